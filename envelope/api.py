@@ -1,0 +1,439 @@
+"""The recipes: encrypt and decrypt bytes, paths, files and streams (async; see `envelope.sync`).
+
+    ciphertext = await encrypt_bytes(data, keyring=kr, object_context={"path": "a/b"})
+    plaintext  = await decrypt_bytes(ciphertext, keyring=kr, expected_context={"path": "a/b"})
+    info       = await encrypt("in.parquet", "out.env", keyring=kr)     # atomic, bounded memory
+
+A writer asks its keyring for a data key, derives the object's keys from it and a fresh
+message id, writes the header and seals the body through the bounded pipeline. A reader parses
+the header defensively, unwraps the data key, checks commitment and header MAC, checks the
+caller's expected context, and only then opens segments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+
+from ._pipeline import first_error, run_pipeline
+from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError
+from .hazmat.format import (
+    FIXED_PREFIX_LEN,
+    MAX_EDKS,
+    MAX_SEG_LOG2,
+    MESSAGE_ID_LEN,
+    MIN_SEG_LOG2,
+    TAG_LEN,
+    Header,
+    WrappedKey,
+    parse_header,
+    parse_prefix,
+)
+from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
+from .hazmat.segments import Layout, open_segments, seal_segments
+from .keyring import Keyring
+from .streams import SinkLike, Source, SourceLike, open_sink, open_source
+
+__all__ = (
+    "ObjectInfo",
+    "Options",
+    "decrypt",
+    "decrypt_bytes",
+    "encrypt",
+    "encrypt_bytes",
+    "open_object",
+    "read_header",
+)
+
+Progress = Callable[[int], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Engine settings. Defaults suit bulk data; all are validated here, before any I/O.
+
+    segment_size: plaintext bytes per segment, a power of two from 4 KiB to 64 MiB.
+    workers: threads sealing/opening at once (default: every core).
+    batch_bytes: plaintext per worker hop; several MiB amortizes the thread hand-off.
+    depth: buffer pairs in flight (default 2 * workers + 2): peak memory is about
+        depth * 2 * max(batch_bytes, segment_size).
+    max_wrapped_keys: a reader refuses headers with more wrapped keys, before any KMS call.
+    """
+
+    segment_size: int = 1 << 20
+    workers: int | None = None
+    batch_bytes: int = 4 << 20
+    depth: int | None = None
+    max_wrapped_keys: int = MAX_EDKS
+
+    def __post_init__(self) -> None:
+        s = self.segment_size
+        if s <= 0 or s & (s - 1) or not MIN_SEG_LOG2 <= s.bit_length() - 1 <= MAX_SEG_LOG2:
+            raise ConfigurationError("segment_size must be a power of two from 4 KiB to 64 MiB")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigurationError("workers must be >= 1")
+        if self.batch_bytes < 1:
+            raise ConfigurationError("batch_bytes must be >= 1")
+        if self.depth is not None and self.depth < 2:
+            raise ConfigurationError("depth must be >= 2")
+        if not 1 <= self.max_wrapped_keys <= MAX_EDKS:
+            raise ConfigurationError(f"max_wrapped_keys must be 1..{MAX_EDKS}")
+
+    @property
+    def seg_log2(self) -> int:
+        return self.segment_size.bit_length() - 1
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def segments_per_batch(self) -> int:
+        return max(1, self.batch_bytes >> self.seg_log2)
+
+    @property
+    def depth_count(self) -> int:
+        return self.depth or 2 * self.worker_count + 2
+
+
+DEFAULT_OPTIONS = Options()
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a call learned about the object it wrote or read. Holds no secret."""
+
+    message_id: str
+    segment_size: int
+    header_len: int
+    plaintext_len: int
+    ciphertext_len: int
+    kms_context: Mapping[str, str] = field(default_factory=dict)
+    object_context: Mapping[str, str] = field(default_factory=dict)
+    wrapped_keys: tuple[WrappedKey, ...] = ()
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+async def _new_object(
+    keyring: Keyring,
+    kms_context: Mapping[str, str],
+    object_context: Mapping[str, str],
+    seg_log2: int,
+) -> tuple[bytes, bytes, ObjectKeys, tuple[WrappedKey, ...]]:
+    data_key = await keyring.encryption_key(kms_context)
+    try:
+        message_id = os.urandom(MESSAGE_ID_LEN)
+        keys = ObjectKeys(data_key.plaintext, message_id, seg_log2=seg_log2)
+    finally:
+        data_key.wipe()
+    wrapped = (data_key.wrapped,)
+    header, hd = seal_header(
+        keys,
+        seg_log2=seg_log2,
+        message_id=message_id,
+        kms_context=kms_context,
+        object_context=object_context,
+        wrapped_keys=wrapped,
+    )
+    return header, hd, keys, wrapped
+
+
+def _info(
+    header_len: int,
+    message_id: bytes,
+    seg_log2: int,
+    plaintext_len: int,
+    kms_context: Mapping[str, str],
+    object_context: Mapping[str, str],
+    wrapped_keys: tuple[WrappedKey, ...],
+) -> ObjectInfo:
+    return ObjectInfo(
+        message_id=message_id.hex(),
+        segment_size=1 << seg_log2,
+        header_len=header_len,
+        plaintext_len=plaintext_len,
+        ciphertext_len=Layout(header_len, seg_log2).ciphertext_length(plaintext_len),
+        kms_context=dict(kms_context),
+        object_context=dict(object_context),
+        wrapped_keys=wrapped_keys,
+    )
+
+
+async def encrypt(
+    source: SourceLike,
+    sink: SinkLike,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    on_progress: Progress | None = None,
+) -> ObjectInfo:
+    """Encrypt `source` into `sink` with bounded memory.
+
+    `kms_context` goes to the KMS with the data-key request (and is what a cache shares);
+    `object_context` stays in the header, bound by its MAC and every segment. A path sink is
+    written atomically: on any error the target is left as it was.
+    """
+    kctx = dict(kms_context or {})
+    octx = dict(object_context or {})
+    seg_log2 = options.seg_log2
+    src = open_source(source)
+    try:
+        out = open_sink(sink)
+        try:
+            header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
+            await out.write(memoryview(header))
+            k = options.segments_per_batch
+            s = 1 << seg_log2
+
+            def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
+                return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
+
+            body = await run_pipeline(
+                src,
+                out,
+                process,
+                in_batch=k * s,
+                out_batch=k * (s + TAG_LEN),
+                workers=options.worker_count,
+                depth=options.depth_count,
+                on_batch=on_progress,
+            )
+            await out.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await out.abort()
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await src.aclose()
+    n = max(1, -(-body // (s + TAG_LEN)))
+    return _info(len(header), header[16:48], seg_log2, body - n * TAG_LEN, kctx, octx, wrapped)
+
+
+async def _run_chunks(
+    fn: Callable[[int, int], None], count: int, per_chunk: int, workers: int
+) -> None:
+    """Run fn(first, last) over [0, count) in chunks of `per_chunk`, `workers` at a time."""
+    limiter = anyio.CapacityLimiter(workers)
+    try:
+        async with anyio.create_task_group() as tg:
+            for first in range(0, count, per_chunk):
+                tg.start_soon(_in_thread, fn, first, min(count, first + per_chunk), limiter)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
+async def _in_thread(
+    fn: Callable[[int, int], None], first: int, last: int, limiter: anyio.CapacityLimiter
+) -> None:
+    await anyio.to_thread.run_sync(fn, first, last, limiter=limiter)
+
+
+async def encrypt_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> bytearray:
+    """Encrypt an in-memory object, sealed straight into one preallocated output buffer.
+
+    Returns a bytearray (no final copy of a large result; the caller may reuse or wipe it).
+    """
+    seg_log2 = options.seg_log2
+    header, hd, keys, _ = await _new_object(
+        keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2
+    )
+    src = memoryview(data).cast("B")
+    layout = Layout(len(header), seg_log2)
+    out = bytearray(layout.ciphertext_length(len(src)))
+    out[: len(header)] = header
+    dst = memoryview(out)[len(header) :]
+    s, t = layout.segment_size, layout.ct_segment_size
+    count = layout.segment_count(len(src))
+
+    def seal(first: int, last: int) -> None:
+        seal_segments(
+            keys,
+            hd,
+            first,
+            src[first * s : last * s],
+            dst[first * t : last * t],
+            seg_log2,
+            last == count,
+        )
+
+    await _run_chunks(seal, count, options.segments_per_batch, options.worker_count)
+    return out
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+async def read_header(source: Source, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
+    """Read and parse exactly one header from `source` (not authenticated yet)."""
+    prefix = bytearray(FIXED_PREFIX_LEN)
+    got = await source.readinto(memoryview(prefix))
+    if got < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    header_len = parse_prefix(bytes(prefix))
+    rest = bytearray(header_len - FIXED_PREFIX_LEN)
+    if await source.readinto(memoryview(rest)) < len(rest):
+        raise HeaderFormatError("object ends inside its header")
+    return parse_header(bytes(prefix + rest), max_wrapped_keys=max_wrapped_keys)
+
+
+def _check_context(
+    actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str
+) -> None:
+    if not expected:
+        return
+    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
+    if missing:
+        raise ContextMismatchError(
+            f"{what} context does not match the expected value for key(s): {', '.join(missing)}"
+        )
+
+
+async def open_object(
+    header: Header,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+) -> ObjectKeys:
+    """Unwrap the data key, check commitment, MAC and expected contexts; return the keys."""
+    data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
+    try:
+        keys = open_header(header, data_key)
+    finally:
+        data_key[:] = bytes(len(data_key))
+    _check_context(header.object_context, expected_context, "object")
+    _check_context(header.kms_context, expected_kms_context, "KMS")
+    return keys
+
+
+async def decrypt(
+    source: SourceLike,
+    sink: SinkLike,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    on_progress: Progress | None = None,
+) -> ObjectInfo:
+    """Decrypt `source` into `sink`, releasing each segment only once its tag verified.
+
+    The object is valid only if the call returns: on any error a path sink is removed and
+    the target left as it was; a stream sink may have received the authenticated segments
+    that preceded the failure and must be rolled back by the caller.
+    """
+    src = open_source(source)
+    try:
+        header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
+        keys = await open_object(
+            header,
+            keyring=keyring,
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+        )
+        out = open_sink(sink)
+        try:
+            seg_log2 = header.seg_log2
+            s = 1 << seg_log2
+            k = max(1, options.batch_bytes >> seg_log2)
+            hd = header.bound_digest
+
+            def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
+                return open_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
+
+            plen = await run_pipeline(
+                src,
+                out,
+                process,
+                in_batch=k * (s + TAG_LEN),
+                out_batch=k * s,
+                workers=options.worker_count,
+                depth=options.depth_count,
+                on_batch=on_progress,
+            )
+            await out.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await out.abort()
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await src.aclose()
+    return _info(
+        header.header_len,
+        header.message_id,
+        header.seg_log2,
+        plen,
+        header.kms_context,
+        header.object_context,
+        header.wrapped_keys,
+    )
+
+
+async def decrypt_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> bytearray:
+    """Decrypt an in-memory object; segments open straight into one output buffer.
+
+    Returns a bytearray, so the caller can wipe the plaintext when done with it.
+    """
+    view = memoryview(data).cast("B")
+    if len(view) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
+    if len(view) < header_len:
+        raise HeaderFormatError("object ends inside its header")
+    header = parse_header(bytes(view[:header_len]), max_wrapped_keys=options.max_wrapped_keys)
+    keys = await open_object(
+        header,
+        keyring=keyring,
+        expected_context=expected_context,
+        expected_kms_context=expected_kms_context,
+    )
+    layout = Layout(header_len, header.seg_log2)
+    plen = layout.plaintext_length(len(view))
+    out = bytearray(plen)
+    src = view[header_len:]
+    dst = memoryview(out)
+    s, t = layout.segment_size, layout.ct_segment_size
+    count = layout.segment_count(plen)
+    hd = header.bound_digest
+
+    def open_(first: int, last: int) -> None:
+        open_segments(
+            keys,
+            hd,
+            first,
+            src[first * t : last * t],
+            dst[first * s : last * s],
+            header.seg_log2,
+            last == count,
+        )
+
+    try:
+        await _run_chunks(open_, count, options.segments_per_batch, options.worker_count)
+    except BaseException:
+        out[:] = bytes(len(out))
+        raise
+    return out

@@ -1,0 +1,112 @@
+"""Every error `envelope` raises, as one tree.
+
+Callers catch by situation. The tree::
+
+    EnvelopeError
+     ├── InvalidObjectError            the bytes are not a valid object: trust none of it
+     │    ├── AuthenticationError      opaque: segment tag, key commitment or header MAC failed
+     │    │    └── TruncatedObjectError   the object ends before its final segment
+     │    └── HeaderFormatError        malformed header (bad magic, a length over its limit, ...)
+     │         ├── UnsupportedVersionError
+     │         └── UnsupportedSuiteError
+     ├── ContextMismatchError          the object's context lacks a pair the caller required
+     ├── KmsError                      a key-management backend failed or refused
+     │    ├── NoBackendError           no configured backend can unwrap this object's data key
+     │    ├── KmsKeyError              the backend refused: unknown key, disabled key, wrong context
+     │    └── KmsUnavailableError      throttled, timed out or unreachable (retries exhausted)
+     ├── ConfigurationError            a bad argument or setting (also a ValueError)
+     └── ClosedError                   a reader or writer used after close
+
+Why one opaque `AuthenticationError`: a tag failure, a commitment mismatch and a header-MAC
+failure all mean "these bytes were not produced under this key"; telling them apart would give
+an attacker an oracle and the user nothing to act on. `TruncatedObjectError` is the one named
+case, because it is only raised after the last present segment *authenticated* as a non-final
+segment, so naming it reveals nothing an attacker does not already know (how long the object is).
+
+No message carries key material, plaintext or ciphertext bytes: messages name fields, lengths,
+limits, key ids and segment indexes only.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AuthenticationError",
+    "ClosedError",
+    "ConfigurationError",
+    "ContextMismatchError",
+    "EnvelopeError",
+    "HeaderFormatError",
+    "InvalidObjectError",
+    "KmsError",
+    "KmsKeyError",
+    "KmsUnavailableError",
+    "NoBackendError",
+    "TruncatedObjectError",
+    "UnsupportedSuiteError",
+    "UnsupportedVersionError",
+)
+
+
+class EnvelopeError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class InvalidObjectError(EnvelopeError):
+    """The input is not a valid `envelope` object; none of its plaintext may be trusted."""
+
+
+class AuthenticationError(InvalidObjectError):
+    """Authentication failed: a segment tag, the key commitment or the header MAC.
+
+    Deliberately opaque. It means the object was altered, or was sealed under another data key.
+    """
+
+    def __init__(self, message: str = "authentication failed") -> None:
+        super().__init__(message)
+
+
+class TruncatedObjectError(AuthenticationError):
+    """The object ends before its final segment (cut at or inside a segment boundary)."""
+
+    def __init__(self, message: str = "object is truncated: no final segment") -> None:
+        super().__init__(message)
+
+
+class HeaderFormatError(InvalidObjectError):
+    """The header is malformed: bad magic, reserved bits set, a length over its named limit."""
+
+
+class UnsupportedVersionError(HeaderFormatError):
+    """The header declares a format version this library does not read."""
+
+
+class UnsupportedSuiteError(HeaderFormatError):
+    """The header declares an algorithm suite this library does not read or does not allow."""
+
+
+class ContextMismatchError(EnvelopeError):
+    """The object's per-object or KMS context lacks a pair the caller required."""
+
+
+class KmsError(EnvelopeError):
+    """A key-management backend failed or refused."""
+
+
+class NoBackendError(KmsError):
+    """No configured backend can unwrap any of the object's wrapped data keys."""
+
+
+class KmsKeyError(KmsError):
+    """The backend refused the key: unknown, disabled, wrong wrapping key or wrong context."""
+
+
+class KmsUnavailableError(KmsError):
+    """The backend is throttling, timing out or unreachable, and retries are exhausted."""
+
+
+class ConfigurationError(EnvelopeError, ValueError):
+    """A bad argument or setting, caught before any data is touched."""
+
+
+class ClosedError(EnvelopeError):
+    """A reader or writer was used after it was closed."""

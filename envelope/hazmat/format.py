@@ -1,0 +1,369 @@
+"""Format v1 header: constants, encoding and defensive parsing (docs/format.md sections 2-4).
+
+Hazardous layer. This module knows bytes, not keys: it encodes and parses the header and the
+two context blocks, and checks every length against a named limit *before* slicing. The MAC and
+the commitment are computed in `envelope.hazmat.keyschedule`; the order of checks that a
+decryptor MUST follow is enforced in `envelope.hazmat.keyschedule.open_header`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import (
+    HeaderFormatError,
+    UnsupportedSuiteError,
+    UnsupportedVersionError,
+)
+
+__all__ = (
+    "COMMITMENT_LEN",
+    "DATA_KEY_LEN",
+    "DEFAULT_SEG_LOG2",
+    "FIXED_PREFIX_LEN",
+    "HEADER_MAC_LEN",
+    "MAGIC",
+    "MAX_EDKS",
+    "MAX_HEADER_LEN",
+    "MAX_SEG_LOG2",
+    "MESSAGE_ID_LEN",
+    "MIN_HEADER_LEN",
+    "MIN_SEG_LOG2",
+    "SUITE_AES256GCM_HKDF_SHA512_COMMIT",
+    "TAG_LEN",
+    "VERSION",
+    "Header",
+    "WrappedKey",
+    "decode_context",
+    "encode_context",
+    "encode_header",
+    "parse_header",
+    "parse_prefix",
+)
+
+# -- 2. Constants and limits ---------------------------------------------------------------
+
+MAGIC = b"\x89ENV"
+VERSION = 1
+SUITE_AES256GCM_HKDF_SHA512_COMMIT = 0x0001
+SUPPORTED_SUITES = frozenset({SUITE_AES256GCM_HKDF_SHA512_COMMIT})
+
+DATA_KEY_LEN = 32
+MESSAGE_ID_LEN = 32
+COMMITMENT_LEN = 32
+HEADER_MAC_LEN = 32
+TAG_LEN = 16
+
+MIN_SEG_LOG2 = 12  # 4 KiB
+MAX_SEG_LOG2 = 26  # 64 MiB
+DEFAULT_SEG_LOG2 = 20  # 1 MiB
+
+#: magic, version, flags, suite, header_len: enough to learn how many bytes the header has.
+FIXED_PREFIX_LEN = 12
+MAX_HEADER_LEN = 1 << 20
+MAX_KMS_CTX_LEN = 8192
+MAX_OBJ_CTX_LEN = 16384
+MAX_EDKS = 8
+MAX_PROVIDER_ID_LEN = 64
+MAX_KEY_ID_LEN = 2048
+MAX_EDK_LEN = 4096
+
+_FIXED = struct.Struct(">4sBBHIB3s32s32s")  # through the commitment: 80 bytes
+_BOUND_TAIL_START = 12  # header[0:8] || header[12:end of obj_ctx] is what segments bind to
+#: smallest possible header: fixed part, two empty contexts, one minimal EDK, the MAC.
+MIN_HEADER_LEN = _FIXED.size + (2 + 2) + (2 + 2) + 1 + (1 + 1 + 2 + 1 + 2 + 1) + HEADER_MAC_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """One wrapped (encrypted) data key, as recorded in the header.
+
+    `provider_id` names the kind of backend that wrapped it (``memory``, ``file``, ``local``,
+    ``aws-kms``, ...), `key_id` the wrapping key in that backend's namespace, `ciphertext` the
+    backend-opaque wrapped bytes. None of these is secret.
+    """
+
+    provider_id: str
+    key_id: str
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        pid = self.provider_id.encode("ascii", "strict") if self.provider_id.isascii() else b""
+        if not 1 <= len(pid) <= MAX_PROVIDER_ID_LEN:
+            raise HeaderFormatError(f"provider id must be 1..{MAX_PROVIDER_ID_LEN} ASCII bytes")
+        if not 1 <= len(self.key_id.encode("utf-8")) <= MAX_KEY_ID_LEN:
+            raise HeaderFormatError(f"key id must be 1..{MAX_KEY_ID_LEN} UTF-8 bytes")
+        if not 1 <= len(self.ciphertext) <= MAX_EDK_LEN:
+            raise HeaderFormatError(f"wrapped key must be 1..{MAX_EDK_LEN} bytes")
+
+    def __repr__(self) -> str:
+        return (
+            f"WrappedKey(provider_id={self.provider_id!r}, key_id={self.key_id!r}, "
+            f"ciphertext=<{len(self.ciphertext)} bytes>)"
+        )
+
+
+# -- 3. Encryption contexts -----------------------------------------------------------------
+
+
+def encode_context(context: Mapping[str, str], *, limit: int = MAX_KMS_CTX_LEN) -> bytes:
+    """Canonical serialization: u16 count, then (u16 len, key, u16 len, value) sorted by key bytes.
+
+    The same mapping always gives the same bytes, so a context can be hashed, compared and bound.
+    """
+    items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    if len(items) > 0xFFFF:
+        raise HeaderFormatError("too many context pairs")
+    parts = [struct.pack(">H", len(items))]
+    for k, v in items:
+        if not k:
+            raise HeaderFormatError("context keys must not be empty")
+        if len(k) > 0xFFFF or len(v) > 0xFFFF:
+            raise HeaderFormatError("context key or value over 65535 bytes")
+        parts.append(struct.pack(">H", len(k)) + k + struct.pack(">H", len(v)) + v)
+    out = b"".join(parts)
+    if len(out) > limit:
+        raise HeaderFormatError(f"context is {len(out)} bytes; the limit is {limit}")
+    return out
+
+
+def decode_context(data: bytes) -> dict[str, str]:
+    """Parse a canonical context block. Rejects duplicates, unsorted keys and trailing bytes."""
+    if len(data) < 2:
+        raise HeaderFormatError("context block shorter than its count")
+    (count,) = struct.unpack_from(">H", data, 0)
+    pos = 2
+    out: dict[str, str] = {}
+    prev: bytes | None = None
+    for _ in range(count):
+        k, pos = _take_bounded(data, pos, 0xFFFF, "context key")
+        v, pos = _take_bounded(data, pos, 0xFFFF, "context value")
+        if not k:
+            raise HeaderFormatError("context key is empty")
+        if prev is not None and k <= prev:
+            raise HeaderFormatError("context keys are not sorted and unique")
+        prev = k
+        try:
+            out[k.decode("utf-8")] = v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HeaderFormatError("context is not valid UTF-8") from None
+    if pos != len(data):
+        raise HeaderFormatError("trailing bytes after context pairs")
+    return out
+
+
+# -- 4. The header --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A parsed (or to-be-encoded) v1 header. Holds no secret.
+
+    `bound_digest` is HD: SHA-256 over every header byte except `header_len`, the wrapped-key
+    list and the MAC. It is the AAD of every segment, so re-wrapping rewrites only the header.
+    """
+
+    seg_log2: int
+    message_id: bytes
+    commitment: bytes
+    kms_context: Mapping[str, str]
+    object_context: Mapping[str, str]
+    wrapped_keys: tuple[WrappedKey, ...]
+    suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT
+    header_len: int = 0
+    bound_digest: bytes = b""
+    header_mac: bytes = b""
+    raw: bytes = field(default=b"", repr=False)
+
+    @property
+    def segment_size(self) -> int:
+        return 1 << self.seg_log2
+
+
+def _fixed_and_contexts(
+    *,
+    suite_id: int,
+    header_len: int,
+    seg_log2: int,
+    message_id: bytes,
+    commitment: bytes,
+    kms_ctx: bytes,
+    obj_ctx: bytes,
+) -> bytes:
+    return (
+        _FIXED.pack(
+            MAGIC, VERSION, 0, suite_id, header_len, seg_log2, b"\0\0\0", message_id, commitment
+        )
+        + struct.pack(">H", len(kms_ctx))
+        + kms_ctx
+        + struct.pack(">H", len(obj_ctx))
+        + obj_ctx
+    )
+
+
+def _encode_edks(wrapped_keys: Sequence[WrappedKey]) -> bytes:
+    if not 1 <= len(wrapped_keys) <= MAX_EDKS:
+        raise HeaderFormatError(f"an object carries 1..{MAX_EDKS} wrapped keys")
+    parts = [bytes([len(wrapped_keys)])]
+    for w in wrapped_keys:
+        pid = w.provider_id.encode("ascii")
+        kid = w.key_id.encode("utf-8")
+        parts.append(
+            bytes([len(pid)])
+            + pid
+            + struct.pack(">H", len(kid))
+            + kid
+            + struct.pack(">H", len(w.ciphertext))
+            + w.ciphertext
+        )
+    return b"".join(parts)
+
+
+def bound_digest_of(unmacd: bytes, edk_start: int) -> bytes:
+    """HD = SHA-256(header[0:8] || header[12:edk_start]): everything but header_len, EDKs, MAC."""
+    h = hashlib.sha256()
+    h.update(unmacd[:8])
+    h.update(unmacd[_BOUND_TAIL_START:edk_start])
+    return h.digest()
+
+
+def encode_header(
+    *,
+    seg_log2: int,
+    message_id: bytes,
+    commitment: bytes,
+    kms_context: Mapping[str, str],
+    object_context: Mapping[str, str],
+    wrapped_keys: Sequence[WrappedKey],
+    suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+) -> tuple[bytes, int, bytes]:
+    """Encode a header without its MAC.
+
+    Returns (header bytes without the MAC, total header_len, HD). The caller appends the
+    32-byte MAC computed over the returned bytes.
+    """
+    if not MIN_SEG_LOG2 <= seg_log2 <= MAX_SEG_LOG2:
+        raise HeaderFormatError(f"seg_log2 must be {MIN_SEG_LOG2}..{MAX_SEG_LOG2}")
+    if len(message_id) != MESSAGE_ID_LEN or len(commitment) != COMMITMENT_LEN:
+        raise HeaderFormatError("message id and commitment are 32 bytes each")
+    kms_ctx = encode_context(kms_context, limit=MAX_KMS_CTX_LEN)
+    obj_ctx = encode_context(object_context, limit=MAX_OBJ_CTX_LEN)
+    edks = _encode_edks(wrapped_keys)
+    # header_len is known before packing: every part's size is.
+    header_len = _FIXED.size + 2 + len(kms_ctx) + 2 + len(obj_ctx) + len(edks) + HEADER_MAC_LEN
+    if header_len > MAX_HEADER_LEN:
+        raise HeaderFormatError(f"header would be {header_len} bytes; limit {MAX_HEADER_LEN}")
+    head = _fixed_and_contexts(
+        suite_id=suite_id,
+        header_len=header_len,
+        seg_log2=seg_log2,
+        message_id=message_id,
+        commitment=commitment,
+        kms_ctx=kms_ctx,
+        obj_ctx=obj_ctx,
+    )
+    unmacd = head + edks
+    return unmacd, header_len, bound_digest_of(unmacd, len(head))
+
+
+def parse_prefix(prefix: bytes) -> int:
+    """Check the first 12 bytes and return header_len (docs/format.md 4.1, steps 1-2).
+
+    Raises before the caller reads any further bytes, so an oversized length costs nothing.
+    """
+    if len(prefix) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    magic, version, flags, suite_id, header_len = struct.unpack_from(">4sBBHI", prefix, 0)
+    if magic != MAGIC:
+        raise HeaderFormatError("not an envelope object (bad magic)")
+    if version != VERSION:
+        raise UnsupportedVersionError(f"unsupported format version {version}")
+    if flags != 0:
+        raise HeaderFormatError("reserved flag bits are set")
+    if suite_id not in SUPPORTED_SUITES:
+        raise UnsupportedSuiteError(f"unsupported algorithm suite 0x{suite_id:04x}")
+    if not MIN_HEADER_LEN <= header_len <= MAX_HEADER_LEN:
+        raise HeaderFormatError(
+            f"header_len {header_len} outside {MIN_HEADER_LEN}..{MAX_HEADER_LEN}"
+        )
+    return int(header_len)
+
+
+def parse_header(data: bytes, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
+    """Parse a whole header (exactly header_len bytes). Authenticates nothing.
+
+    Every length is checked against its limit before it is used to slice.
+    """
+    header_len = parse_prefix(data)
+    if len(data) != header_len:
+        raise HeaderFormatError("header is shorter than its header_len")
+    (_, _, _, suite_id, _, seg_log2, reserved, message_id, commitment) = _FIXED.unpack_from(data, 0)
+    if reserved != b"\0\0\0":
+        raise HeaderFormatError("reserved header bytes are not zero")
+    if not MIN_SEG_LOG2 <= seg_log2 <= MAX_SEG_LOG2:
+        raise HeaderFormatError(f"seg_log2 {seg_log2} outside {MIN_SEG_LOG2}..{MAX_SEG_LOG2}")
+    body_end = header_len - HEADER_MAC_LEN
+    view = data[:body_end]
+    pos = _FIXED.size
+    kms_raw, pos = _take_bounded(view, pos, MAX_KMS_CTX_LEN, "kms context")
+    obj_raw, pos = _take_bounded(view, pos, MAX_OBJ_CTX_LEN, "object context")
+    edk_start = pos
+    if pos + 1 > len(view):
+        raise HeaderFormatError("wrapped-key count runs past the header")
+    count = view[pos]
+    pos += 1
+    if not 1 <= count <= MAX_EDKS:
+        raise HeaderFormatError(f"wrapped-key count {count} outside 1..{MAX_EDKS}")
+    if count > max_wrapped_keys:
+        raise HeaderFormatError(
+            f"object carries {count} wrapped keys; this reader allows {max_wrapped_keys}"
+        )
+    wrapped: list[WrappedKey] = []
+    for _ in range(count):
+        if pos + 1 > len(view):
+            raise HeaderFormatError("provider id length runs past the header")
+        plen = view[pos]
+        pos += 1
+        if not 1 <= plen <= MAX_PROVIDER_ID_LEN or pos + plen > len(view):
+            raise HeaderFormatError("provider id length out of bounds")
+        pid = bytes(view[pos : pos + plen])
+        pos += plen
+        kid, pos = _take_bounded(view, pos, MAX_KEY_ID_LEN, "key id")
+        edk, pos = _take_bounded(view, pos, MAX_EDK_LEN, "wrapped key")
+        if not pid.isascii() or not kid or not edk:
+            raise HeaderFormatError("malformed wrapped-key entry")
+        try:
+            kid_s = kid.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HeaderFormatError("key id is not valid UTF-8") from None
+        wrapped.append(WrappedKey(pid.decode("ascii"), kid_s, edk))
+    if pos != body_end:
+        raise HeaderFormatError("header_len does not match the header's fields")
+    return Header(
+        seg_log2=seg_log2,
+        message_id=bytes(message_id),
+        commitment=bytes(commitment),
+        kms_context=decode_context(kms_raw),
+        object_context=decode_context(obj_raw),
+        wrapped_keys=tuple(wrapped),
+        suite_id=suite_id,
+        header_len=header_len,
+        bound_digest=bound_digest_of(view, edk_start),
+        header_mac=bytes(data[body_end:header_len]),
+        raw=bytes(data),
+    )
+
+
+def _take_bounded(data: bytes, pos: int, limit: int, what: str) -> tuple[bytes, int]:
+    if pos + 2 > len(data):
+        raise HeaderFormatError(f"{what} length runs past the header")
+    (n,) = struct.unpack_from(">H", data, pos)
+    if n > limit:
+        raise HeaderFormatError(f"{what} length {n} over its limit {limit}")
+    pos += 2
+    if pos + n > len(data):
+        raise HeaderFormatError(f"{what} runs past the header")
+    return bytes(data[pos : pos + n]), pos + n

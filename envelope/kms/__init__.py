@@ -1,0 +1,1 @@
+"""Key-management backends behind one Protocol (`envelope.kms.base.KmsBackend`)."""

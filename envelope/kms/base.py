@@ -1,0 +1,82 @@
+"""The one plug point for key management: the `KmsBackend` Protocol and the `DataKey` it returns.
+
+Every backend (in-memory, key file, the embedded KMS, AWS KMS, PKCS#11) implements this small
+async surface. The engine asks for a fresh data key when it writes and for the unwrapping of a
+recorded wrapped key when it reads; re-wrapping needs `encrypt_data_key`. Retries, caching and
+metrics wrap a backend from the outside, so a backend stays a thin translation of its service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from ..hazmat.format import DATA_KEY_LEN, WrappedKey
+
+__all__ = ("DataKey", "KmsBackend", "WrappedKey")
+
+
+class DataKey:
+    """A plaintext data key and its wrapped form.
+
+    The plaintext lives in a `bytearray` so that it can be zeroed (`wipe`) when no longer used.
+    It never appears in a repr, and the object refuses to be pickled.
+    """
+
+    __slots__ = ("_plaintext", "wrapped")
+
+    def __init__(self, plaintext: bytes | bytearray, wrapped: WrappedKey) -> None:
+        if len(plaintext) != DATA_KEY_LEN:
+            raise ValueError(f"data keys are {DATA_KEY_LEN} bytes")
+        self._plaintext = bytearray(plaintext)
+        self.wrapped = wrapped
+
+    @property
+    def plaintext(self) -> bytearray:
+        return self._plaintext
+
+    def wipe(self) -> None:
+        """Overwrite the plaintext with zeros (best effort: Python may hold other copies)."""
+        self._plaintext[:] = bytes(len(self._plaintext))
+
+    def __repr__(self) -> str:
+        return f"DataKey(plaintext=<secret>, wrapped={self.wrapped!r})"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("data keys cannot be pickled")
+
+
+@runtime_checkable
+class KmsBackend(Protocol):
+    """What the encryptor needs from a key-management service.
+
+    `provider_id` is written into every header the backend wraps a key for, so a reader can
+    find the right backend from the header alone. `context` is the KMS-level encryption
+    context: the backend MUST bind it to the wrapped key (AAD), so unwrapping with another
+    context fails.
+    """
+
+    @property
+    def provider_id(self) -> str: ...
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        """A fresh random 32-byte data key, and the same key wrapped under `key_id`."""
+        ...
+
+    async def encrypt_data_key(
+        self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+    ) -> WrappedKey:
+        """Wrap an existing data key under `key_id` (used to re-wrap objects)."""
+        ...
+
+    async def decrypt_data_key(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        """Unwrap; raises KmsKeyError when the key or the context does not match."""
+        ...
+
+    def can_unwrap(self, wrapped: WrappedKey) -> bool:
+        """Cheap, offline filter: could this backend unwrap `wrapped` at all?"""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,114 @@
+"""A single local wrapping key kept in a file (`file:PATH` key URIs), for offline use and tests.
+
+The key file holds one line, ``envelope-file-key-v1:<base64 of 32 random bytes>``, and is
+created with mode 0600 by `envelope keygen`. The key id recorded in headers is a fingerprint,
+``fp-`` + the first 16 bytes of HMAC-SHA-256(key, "envelope/file-key-id") in hex: it names the
+key without revealing anything about it, so decrypting with the wrong key file fails with a
+message that says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import ConfigurationError, KmsKeyError
+from . import _aeswrap
+from .base import DataKey, WrappedKey
+
+__all__ = ("FileKeyBackend", "generate_key_file")
+
+_PREFIX = "envelope-file-key-v1:"
+
+
+def generate_key_file(path: str | os.PathLike[str]) -> str:
+    """Write a new random key to `path` (mode 0600, refusing to overwrite); returns its key id."""
+    key = os.urandom(32)
+    data = (_PREFIX + base64.b64encode(key).decode("ascii") + "\n").encode("ascii")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigurationError(
+            f"{os.fspath(path)!r} exists; refusing to overwrite a key"
+        ) from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return _fingerprint(key)
+
+
+def _fingerprint(key: bytes) -> str:
+    return "fp-" + hmac.new(key, b"envelope/file-key-id", hashlib.sha256).hexdigest()[:32]
+
+
+class FileKeyBackend:
+    """Wraps data keys under the one key read from a key file."""
+
+    provider_id = "file"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path)
+        try:
+            text = p.read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigurationError(
+                f"cannot read key file {os.fspath(path)!r}: {type(e).__name__}"
+            ) from None
+        if not text.startswith(_PREFIX):
+            raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
+        try:
+            key = base64.b64decode(text[len(_PREFIX) :], validate=True)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigurationError(f"{os.fspath(path)!r} does not hold a 256-bit key")
+        self.key_id = _fingerprint(key)
+        self._cipher = AESGCM(key)
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"FileKeyBackend(path={self.path!r}, key_id={self.key_id!r})"
+
+    def _check(self, key_id: str) -> None:
+        if key_id != self.key_id:
+            raise KmsKeyError(
+                f"data key was wrapped under {key_id!r}; "
+                f"key file {self.path!r} holds {self.key_id!r}"
+            )
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        self._check(key_id)
+        plaintext = bytearray(os.urandom(32))
+        return DataKey(
+            plaintext,
+            WrappedKey(
+                self.provider_id, key_id, _aeswrap.wrap(self._cipher, key_id, plaintext, context)
+            ),
+        )
+
+    async def encrypt_data_key(
+        self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+    ) -> WrappedKey:
+        self._check(key_id)
+        return WrappedKey(
+            self.provider_id, key_id, _aeswrap.wrap(self._cipher, key_id, plaintext, context)
+        )
+
+    async def decrypt_data_key(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        self._check(wrapped.key_id)
+        return _aeswrap.unwrap(self._cipher, wrapped.key_id, wrapped.ciphertext, context)
+
+    def can_unwrap(self, wrapped: WrappedKey) -> bool:
+        return wrapped.provider_id == self.provider_id and wrapped.key_id == self.key_id
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,333 @@
+"""Sources and sinks: where plaintext and ciphertext come from and go to.
+
+The engine reads fixed-size batches with `Source.readinto` (which fills the buffer unless the
+input ends) and writes with `Sink.write`, then either `commit`s or `abort`s. Adapters cover
+bytes, paths, sync binary files, async files (anyio's and aiofiles') and async byte iterators.
+
+A path sink is atomic: bytes go to a temporary file beside the target, which is flushed,
+fsynced and renamed over the target only on `commit`; `abort` removes it. So no partial output,
+and no unauthenticated plaintext, ever stands under the final name.
+
+Blocking file calls run on worker threads, a batch (several MiB) per hop, so the event loop
+never stalls on disk I/O.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import IO, Any, Protocol, TypeAlias, cast
+
+import anyio.to_thread
+
+from .errors import ConfigurationError
+
+__all__ = (
+    "AsyncReadable",
+    "AsyncWritable",
+    "Sink",
+    "SinkLike",
+    "Source",
+    "SourceLike",
+    "AtomicFileSink",
+    "BufferSink",
+    "open_sink",
+    "open_source",
+)
+
+
+class Source(Protocol):
+    async def readinto(self, buf: memoryview) -> int:
+        """Fill `buf`; return fewer bytes than its length only at end of input."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Sink(Protocol):
+    async def write(self, data: memoryview) -> None: ...
+
+    async def commit(self) -> None:
+        """Everything was written and authenticated: make it visible."""
+        ...
+
+    async def abort(self) -> None:
+        """Something failed: leave nothing behind (for a path, the target is untouched)."""
+        ...
+
+
+class AsyncReadable(Protocol):
+    """An async binary file: anyio's AsyncFile, aiofiles' files, or anything alike."""
+
+    async def read(self, size: int = -1, /) -> bytes: ...
+
+
+class AsyncWritable(Protocol):
+    async def write(self, data: bytes, /) -> int | None: ...
+
+
+SourceLike: TypeAlias = (
+    "bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] "
+    "| AsyncReadable | AsyncIterable[bytes]"
+)
+SinkLike: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncWritable | Sink"
+
+
+def _is_async_file(obj: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(obj, "read", None)) or inspect.iscoroutinefunction(
+        getattr(obj, "write", None)
+    )
+
+
+def _fill_sync(f: IO[bytes], buf: memoryview) -> int:
+    readinto = getattr(f, "readinto", None)
+    got = 0
+    while got < len(buf):
+        if readinto is not None:
+            n = readinto(buf[got:])
+        else:
+            chunk = f.read(len(buf) - got)
+            n = len(chunk) if chunk else 0
+            buf[got : got + n] = chunk or b""
+        if not n:
+            break
+        got += n
+    return got
+
+
+class _BytesSource:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._mv = memoryview(data).cast("B")
+        self._pos = 0
+
+    async def readinto(self, buf: memoryview) -> int:
+        n = min(len(buf), len(self._mv) - self._pos)
+        buf[:n] = self._mv[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    async def aclose(self) -> None:
+        self._mv.release()
+
+
+class _SyncFileSource:
+    def __init__(self, f: IO[bytes], *, owned: bool) -> None:
+        self._f = f
+        self._owned = owned
+
+    async def readinto(self, buf: memoryview) -> int:
+        return await anyio.to_thread.run_sync(_fill_sync, self._f, buf)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            self._f.close()
+
+
+class _AsyncFileSource:
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    async def readinto(self, buf: memoryview) -> int:
+        got = 0
+        readinto = getattr(self._f, "readinto", None)
+        while got < len(buf):
+            if readinto is not None and inspect.iscoroutinefunction(readinto):
+                n = await readinto(buf[got:])
+            else:
+                chunk = await self._f.read(len(buf) - got)
+                n = len(chunk) if chunk else 0
+                buf[got : got + n] = chunk or b""
+            if not n:
+                break
+            got += n
+        return got
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _IterSource:
+    def __init__(self, it: AsyncIterable[bytes]) -> None:
+        self._it: AsyncIterator[bytes] = aiter(it)
+        self._rest = memoryview(b"")
+        self._done = False
+
+    async def readinto(self, buf: memoryview) -> int:
+        got = 0
+        while got < len(buf):
+            if not self._rest:
+                if self._done:
+                    break
+                try:
+                    chunk = await anext(self._it)
+                except StopAsyncIteration:
+                    self._done = True
+                    break
+                if not isinstance(chunk, bytes | bytearray | memoryview):
+                    raise ConfigurationError("async iterator sources must yield bytes")
+                self._rest = memoryview(chunk).cast("B")
+                continue
+            n = min(len(buf) - got, len(self._rest))
+            buf[got : got + n] = self._rest[:n]
+            self._rest = self._rest[n:]
+            got += n
+        return got
+
+    async def aclose(self) -> None:
+        close = getattr(self._it, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def open_source(src: SourceLike) -> Source:
+    """Adapt any supported input. bytes-likes are data; str and PathLike are paths."""
+    if isinstance(src, bytes | bytearray | memoryview):
+        return _BytesSource(src)
+    if isinstance(src, str | os.PathLike):
+        try:
+            f = open(src, "rb")
+        except OSError as e:
+            raise ConfigurationError(f"cannot open {os.fspath(src)!r}: {e.strerror}") from None
+        return _SyncFileSource(f, owned=True)
+    if _is_async_file(src):
+        return _AsyncFileSource(src)
+    if hasattr(src, "__aiter__"):
+        return _IterSource(cast("AsyncIterable[bytes]", src))
+    if hasattr(src, "read"):
+        return _SyncFileSource(cast("IO[bytes]", src), owned=False)
+    raise ConfigurationError(f"unsupported source type {type(src).__name__}")
+
+
+class BufferSink:
+    """Collects output in memory."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    async def write(self, data: memoryview) -> None:
+        self.buffer += data
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        self.buffer[:] = bytes(len(self.buffer))
+        del self.buffer[:]
+
+
+class AtomicFileSink:
+    """Writes to a temporary file in the target's directory; renames over the target on commit.
+
+    The new file gets the target's mode if the target exists, else 0666 minus the umask, like
+    any file the user creates.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        directory, name = os.path.split(self.path)
+        try:
+            fd, self.tmp_path = tempfile.mkstemp(
+                dir=directory, prefix=f".{name}.", suffix=".envelope-tmp"
+            )
+        except OSError as e:
+            raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
+        self._f: IO[bytes] = os.fdopen(fd, "wb", buffering=0)
+        self._done = False
+
+    async def write(self, data: memoryview) -> None:
+        await anyio.to_thread.run_sync(_write_all, self._f, data)
+
+    def _finish(self) -> None:
+        try:
+            mode = os.stat(self.path).st_mode & 0o7777
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(self._f.fileno(), mode)
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp_path, self.path)
+        dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    async def commit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await anyio.to_thread.run_sync(self._finish)
+        except BaseException:
+            self._remove()
+            raise
+
+    def _remove(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+        try:
+            os.unlink(self.tmp_path)
+        except FileNotFoundError:
+            pass
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._remove()
+
+
+def _write_all(f: IO[bytes], data: memoryview) -> None:
+    view = data
+    while view:
+        n = f.write(view)
+        if n is None:  # non-blocking raw file with nothing written: retry
+            continue
+        view = view[n:]
+
+
+class _SyncFileSink:
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+
+    async def write(self, data: memoryview) -> None:
+        await anyio.to_thread.run_sync(_write_all, self._f, data)
+
+    async def commit(self) -> None:
+        await anyio.to_thread.run_sync(self._f.flush)
+
+    async def abort(self) -> None:
+        return None
+
+
+class _AsyncFileSink:
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    async def write(self, data: memoryview) -> None:
+        await self._f.write(bytes(data) if not isinstance(data, bytes) else data)
+
+    async def commit(self) -> None:
+        flush = getattr(self._f, "flush", None)
+        if flush is not None and inspect.iscoroutinefunction(flush):
+            await flush()
+
+    async def abort(self) -> None:
+        return None
+
+
+def open_sink(dst: SinkLike) -> Sink:
+    """Adapt any supported output. A str or PathLike is written atomically."""
+    if isinstance(dst, str | os.PathLike):
+        return AtomicFileSink(dst)
+    if isinstance(dst, BufferSink | AtomicFileSink):
+        return dst
+    if _is_async_file(dst):
+        return _AsyncFileSink(dst)
+    if hasattr(dst, "write"):
+        return _SyncFileSink(cast("IO[bytes]", dst))
+    raise ConfigurationError(f"unsupported sink type {type(dst).__name__}")
