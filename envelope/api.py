@@ -13,6 +13,7 @@ caller's expected context, and only then opens segments.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from .hazmat.format import (
 from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .keyring import Keyring
+from .metrics import NULL_OBSERVER, Direction, Observer
 from .streams import SinkLike, Source, SourceLike, open_sink, open_source
 
 __all__ = (
@@ -46,10 +48,47 @@ __all__ = (
     "encrypt",
     "encrypt_bytes",
     "open_object",
+    "parse_object_header",
     "read_header",
 )
 
 Progress = Callable[[int], Awaitable[None] | None]
+
+
+class _Tracked:
+    """Reports one object's start, end and per-batch crypto time to an observer."""
+
+    __slots__ = ("direction", "observer", "plaintext_len")
+
+    def __init__(self, observer: Observer, direction: Direction) -> None:
+        self.observer = observer
+        self.direction = direction
+        self.plaintext_len = 0
+
+    def __enter__(self) -> _Tracked:
+        self.observer.object_started(self.direction)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.observer.object_finished(self.direction, self.plaintext_len, exc_type is None)
+
+    def timed(
+        self, fn: Callable[[int, memoryview, memoryview, bool], int], seg_log2: int
+    ) -> Callable[[int, memoryview, memoryview, bool], int]:
+        """Wrap a batch function so each call reports its segment count and duration."""
+        observer, direction = self.observer, self.direction
+        if observer is NULL_OBSERVER:
+            return fn
+
+        def run(index: int, src: memoryview, dst: memoryview, final: bool) -> int:
+            t0 = time.perf_counter()
+            n = fn(index, src, dst, final)
+            seg = 1 << seg_log2
+            count = max(1, -(-len(src) // (seg if direction == "encrypt" else seg + TAG_LEN)))
+            observer.batch_processed(direction, count, time.perf_counter() - t0)
+            return n
+
+        return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +213,7 @@ async def encrypt(
     object_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
     on_progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
 ) -> ObjectInfo:
     """Encrypt `source` into `sink` with bounded memory.
 
@@ -184,44 +224,45 @@ async def encrypt(
     kctx = dict(kms_context or {})
     octx = dict(object_context or {})
     seg_log2 = options.seg_log2
-    src = open_source(source)
-    try:
-        out = open_sink(sink)
+    s = 1 << seg_log2
+    k = options.segments_per_batch
+    with _Tracked(observer, "encrypt") as track:
+        src = open_source(source)
         try:
-            header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
-            await out.write(memoryview(header))
-            k = options.segments_per_batch
-            s = 1 << seg_log2
+            out = open_sink(sink)
+            try:
+                header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
+                await out.write(memoryview(header))
 
-            def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
-                return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
+                def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
+                    return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
 
-            body = await run_pipeline(
-                src,
-                out,
-                process,
-                in_batch=k * s,
-                out_batch=k * (s + TAG_LEN),
-                workers=options.worker_count,
-                depth=options.depth_count,
-                on_batch=on_progress,
-            )
-            await out.commit()
-        except BaseException:
+                body = await run_pipeline(
+                    src,
+                    out,
+                    track.timed(process, seg_log2),
+                    in_batch=k * s,
+                    out_batch=k * (s + TAG_LEN),
+                    workers=options.worker_count,
+                    depth=options.depth_count,
+                    on_batch=on_progress,
+                )
+                await out.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await out.abort()
+                raise
+        finally:
             with anyio.CancelScope(shield=True):
-                await out.abort()
-            raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await src.aclose()
-    n = max(1, -(-body // (s + TAG_LEN)))
-    return _info(len(header), header[16:48], seg_log2, body - n * TAG_LEN, kctx, octx, wrapped)
+                await src.aclose()
+        track.plaintext_len = body - max(1, -(-body // (s + TAG_LEN))) * TAG_LEN
+    return _info(len(header), header[16:48], seg_log2, track.plaintext_len, kctx, octx, wrapped)
 
 
 async def _run_chunks(
     fn: Callable[[int, int], None], count: int, per_chunk: int, workers: int
 ) -> None:
-    """Run fn(first, last) over [0, count) in chunks of `per_chunk`, `workers` at a time."""
+    """Run fn(first, last) over segments [0, count) in chunks, `workers` threads at a time."""
     limiter = anyio.CapacityLimiter(workers)
     try:
         async with anyio.create_task_group() as tg:
@@ -237,6 +278,18 @@ async def _in_thread(
     await anyio.to_thread.run_sync(fn, first, last, limiter=limiter)
 
 
+def _timed_range(track: _Tracked, fn: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    if track.observer is NULL_OBSERVER:
+        return fn
+
+    def run(first: int, last: int) -> None:
+        t0 = time.perf_counter()
+        fn(first, last)
+        track.observer.batch_processed(track.direction, last - first, time.perf_counter() - t0)
+
+    return run
+
+
 async def encrypt_bytes(
     data: bytes | bytearray | memoryview,
     *,
@@ -244,35 +297,40 @@ async def encrypt_bytes(
     kms_context: Mapping[str, str] | None = None,
     object_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
 ) -> bytearray:
     """Encrypt an in-memory object, sealed straight into one preallocated output buffer.
 
     Returns a bytearray (no final copy of a large result; the caller may reuse or wipe it).
     """
     seg_log2 = options.seg_log2
-    header, hd, keys, _ = await _new_object(
-        keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2
-    )
-    src = memoryview(data).cast("B")
-    layout = Layout(len(header), seg_log2)
-    out = bytearray(layout.ciphertext_length(len(src)))
-    out[: len(header)] = header
-    dst = memoryview(out)[len(header) :]
-    s, t = layout.segment_size, layout.ct_segment_size
-    count = layout.segment_count(len(src))
-
-    def seal(first: int, last: int) -> None:
-        seal_segments(
-            keys,
-            hd,
-            first,
-            src[first * s : last * s],
-            dst[first * t : last * t],
-            seg_log2,
-            last == count,
+    with _Tracked(observer, "encrypt") as track:
+        header, hd, keys, _ = await _new_object(
+            keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2
         )
+        src = memoryview(data).cast("B")
+        layout = Layout(len(header), seg_log2)
+        out = bytearray(layout.ciphertext_length(len(src)))
+        out[: len(header)] = header
+        dst = memoryview(out)[len(header) :]
+        s, t = layout.segment_size, layout.ct_segment_size
+        count = layout.segment_count(len(src))
 
-    await _run_chunks(seal, count, options.segments_per_batch, options.worker_count)
+        def seal(first: int, last: int) -> None:
+            seal_segments(
+                keys,
+                hd,
+                first,
+                src[first * s : last * s],
+                dst[first * t : last * t],
+                seg_log2,
+                last == count,
+            )
+
+        await _run_chunks(
+            _timed_range(track, seal), count, options.segments_per_batch, options.worker_count
+        )
+        track.plaintext_len = len(src)
     return out
 
 
@@ -331,6 +389,7 @@ async def decrypt(
     expected_kms_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
     on_progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
 ) -> ObjectInfo:
     """Decrypt `source` into `sink`, releasing each segment only once its tag verified.
 
@@ -338,17 +397,16 @@ async def decrypt(
     the target left as it was; a stream sink may have received the authenticated segments
     that preceded the failure and must be rolled back by the caller.
     """
-    src = open_source(source)
-    try:
-        header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
-        keys = await open_object(
-            header,
-            keyring=keyring,
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-        )
-        out = open_sink(sink)
+    with _Tracked(observer, "decrypt") as track:
+        src = open_source(source)
         try:
+            header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
+            keys = await open_object(
+                header,
+                keyring=keyring,
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
+            )
             seg_log2 = header.seg_log2
             s = 1 << seg_log2
             k = max(1, options.batch_bytes >> seg_log2)
@@ -357,33 +415,45 @@ async def decrypt(
             def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
                 return open_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
 
-            plen = await run_pipeline(
-                src,
-                out,
-                process,
-                in_batch=k * (s + TAG_LEN),
-                out_batch=k * s,
-                workers=options.worker_count,
-                depth=options.depth_count,
-                on_batch=on_progress,
-            )
-            await out.commit()
-        except BaseException:
+            out = open_sink(sink)
+            try:
+                track.plaintext_len = await run_pipeline(
+                    src,
+                    out,
+                    track.timed(process, seg_log2),
+                    in_batch=k * (s + TAG_LEN),
+                    out_batch=k * s,
+                    workers=options.worker_count,
+                    depth=options.depth_count,
+                    on_batch=on_progress,
+                )
+                await out.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await out.abort()
+                raise
+        finally:
             with anyio.CancelScope(shield=True):
-                await out.abort()
-            raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await src.aclose()
+                await src.aclose()
     return _info(
         header.header_len,
         header.message_id,
         header.seg_log2,
-        plen,
+        track.plaintext_len,
         header.kms_context,
         header.object_context,
         header.wrapped_keys,
     )
+
+
+def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
+    """Parse the header at the start of an in-memory object (not authenticated yet)."""
+    if len(view) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
+    if len(view) < header_len:
+        raise HeaderFormatError("object ends inside its header")
+    return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
 
 
 async def decrypt_bytes(
@@ -393,47 +463,50 @@ async def decrypt_bytes(
     expected_context: Mapping[str, str] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
 ) -> bytearray:
     """Decrypt an in-memory object; segments open straight into one output buffer.
 
     Returns a bytearray, so the caller can wipe the plaintext when done with it.
     """
-    view = memoryview(data).cast("B")
-    if len(view) < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
-    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
-    if len(view) < header_len:
-        raise HeaderFormatError("object ends inside its header")
-    header = parse_header(bytes(view[:header_len]), max_wrapped_keys=options.max_wrapped_keys)
-    keys = await open_object(
-        header,
-        keyring=keyring,
-        expected_context=expected_context,
-        expected_kms_context=expected_kms_context,
-    )
-    layout = Layout(header_len, header.seg_log2)
-    plen = layout.plaintext_length(len(view))
-    out = bytearray(plen)
-    src = view[header_len:]
-    dst = memoryview(out)
-    s, t = layout.segment_size, layout.ct_segment_size
-    count = layout.segment_count(plen)
-    hd = header.bound_digest
-
-    def open_(first: int, last: int) -> None:
-        open_segments(
-            keys,
-            hd,
-            first,
-            src[first * t : last * t],
-            dst[first * s : last * s],
-            header.seg_log2,
-            last == count,
+    with _Tracked(observer, "decrypt") as track:
+        view = memoryview(data).cast("B")
+        header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+        keys = await open_object(
+            header,
+            keyring=keyring,
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
         )
+        layout = Layout(header.header_len, header.seg_log2)
+        plen = layout.plaintext_length(len(view))
+        out = bytearray(plen)
+        src = view[header.header_len :]
+        dst = memoryview(out)
+        s, t = layout.segment_size, layout.ct_segment_size
+        count = layout.segment_count(plen)
+        hd = header.bound_digest
 
-    try:
-        await _run_chunks(open_, count, options.segments_per_batch, options.worker_count)
-    except BaseException:
-        out[:] = bytes(len(out))
-        raise
+        def open_(first: int, last: int) -> None:
+            open_segments(
+                keys,
+                hd,
+                first,
+                src[first * t : last * t],
+                dst[first * s : last * s],
+                header.seg_log2,
+                last == count,
+            )
+
+        try:
+            await _run_chunks(
+                _timed_range(track, open_),
+                count,
+                options.segments_per_batch,
+                options.worker_count,
+            )
+        except BaseException:
+            out[:] = bytes(len(out))
+            raise
+        track.plaintext_len = plen
     return out
