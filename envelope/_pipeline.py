@@ -121,7 +121,12 @@ async def run_pipeline(
                     slot = _Slot(pair, n)
                     tg.start_soon(work, slot, index, n, final)
                     index += 1
-                    await job_send.send(slot)
+                    try:
+                        await job_send.send(slot)
+                    except anyio.BrokenResourceError:
+                        # The writer failed and closed its end; the group is being
+                        # cancelled and the writer's error is the one to raise.
+                        await anyio.sleep_forever()
 
                 while True:
                     pair = await free_recv.receive()

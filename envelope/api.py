@@ -21,8 +21,9 @@ import anyio
 import anyio.to_thread
 
 from ._pipeline import first_error, run_pipeline
-from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError
+from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
+    DATA_KEY_LEN,
     FIXED_PREFIX_LEN,
     MAX_EDKS,
     MAX_SEG_LOG2,
@@ -45,8 +46,10 @@ __all__ = (
     "Options",
     "decrypt",
     "decrypt_bytes",
+    "decrypt_into",
     "encrypt",
     "encrypt_bytes",
+    "encrypt_into",
     "open_object",
     "parse_object_header",
     "read_header",
@@ -290,19 +293,16 @@ def _timed_range(track: _Tracked, fn: Callable[[int, int], None]) -> Callable[[i
     return run
 
 
-async def encrypt_bytes(
+async def _seal_in_memory(
     data: bytes | bytearray | memoryview,
-    *,
+    out: bytearray | memoryview | None,
     keyring: Keyring,
-    kms_context: Mapping[str, str] | None = None,
-    object_context: Mapping[str, str] | None = None,
-    options: Options = DEFAULT_OPTIONS,
-    observer: Observer = NULL_OBSERVER,
-) -> bytearray:
-    """Encrypt an in-memory object, sealed straight into one preallocated output buffer.
-
-    Returns a bytearray (no final copy of a large result; the caller may reuse or wipe it).
-    """
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
+    options: Options,
+    observer: Observer,
+) -> tuple[bytearray | memoryview, int]:
+    """Seal a whole in-memory object into `out` (or a new exact-size buffer)."""
     seg_log2 = options.seg_log2
     with _Tracked(observer, "encrypt") as track:
         header, hd, keys, _ = await _new_object(
@@ -310,9 +310,13 @@ async def encrypt_bytes(
         )
         src = memoryview(data).cast("B")
         layout = Layout(len(header), seg_log2)
-        out = bytearray(layout.ciphertext_length(len(src)))
-        out[: len(header)] = header
-        dst = memoryview(out)[len(header) :]
+        total = layout.ciphertext_length(len(src))
+        buf: bytearray | memoryview = bytearray(total) if out is None else out
+        dst = memoryview(buf).cast("B")
+        if len(dst) < total:
+            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
+        dst[: len(header)] = header
+        body = dst[len(header) : total]
         s, t = layout.segment_size, layout.ct_segment_size
         count = layout.segment_count(len(src))
 
@@ -322,16 +326,64 @@ async def encrypt_bytes(
                 hd,
                 first,
                 src[first * s : last * s],
-                dst[first * t : last * t],
+                body[first * t : last * t],
                 seg_log2,
                 last == count,
             )
 
-        await _run_chunks(
-            _timed_range(track, seal), count, options.segments_per_batch, options.worker_count
-        )
+        if count <= options.segments_per_batch:
+            seal(0, count)  # one small batch: a thread hop would cost more than the work
+        else:
+            await _run_chunks(
+                _timed_range(track, seal),
+                count,
+                options.segments_per_batch,
+                options.worker_count,
+            )
         track.plaintext_len = len(src)
-    return out
+    return buf, total
+
+
+async def encrypt_into(
+    data: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> int:
+    """Encrypt an in-memory object into the caller's buffer; returns the bytes written.
+
+    For hot loops that reuse one output buffer (no allocation, no page faults). `out` must
+    hold the header plus the plaintext plus 16 bytes per segment; a short buffer raises
+    ConfigurationError naming the size needed, before any segment is sealed.
+    """
+    _, total = await _seal_in_memory(
+        data, out, keyring, kms_context, object_context, options, observer
+    )
+    return total
+
+
+async def encrypt_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> bytearray:
+    """Encrypt an in-memory object into a new, exactly sized buffer.
+
+    Returns a bytearray (no final copy of a large result; the caller may reuse or wipe it).
+    """
+    buf, _ = await _seal_in_memory(
+        data, None, keyring, kms_context, object_context, options, observer
+    )
+    assert isinstance(buf, bytearray)
+    return buf
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -371,6 +423,9 @@ async def open_object(
 ) -> ObjectKeys:
     """Unwrap the data key, check commitment, MAC and expected contexts; return the keys."""
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
+    if len(data_key) != DATA_KEY_LEN:
+        data_key[:] = bytes(len(data_key))
+        raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
     try:
         keys = open_header(header, data_key)
     finally:
@@ -456,19 +511,15 @@ def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -
     return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
 
 
-async def decrypt_bytes(
+async def _open_in_memory(
     data: bytes | bytearray | memoryview,
-    *,
+    out: bytearray | memoryview | None,
     keyring: Keyring,
-    expected_context: Mapping[str, str] | None = None,
-    expected_kms_context: Mapping[str, str] | None = None,
-    options: Options = DEFAULT_OPTIONS,
-    observer: Observer = NULL_OBSERVER,
-) -> bytearray:
-    """Decrypt an in-memory object; segments open straight into one output buffer.
-
-    Returns a bytearray, so the caller can wipe the plaintext when done with it.
-    """
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+    options: Options,
+    observer: Observer,
+) -> tuple[bytearray | memoryview, int]:
     with _Tracked(observer, "decrypt") as track:
         view = memoryview(data).cast("B")
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
@@ -480,9 +531,11 @@ async def decrypt_bytes(
         )
         layout = Layout(header.header_len, header.seg_log2)
         plen = layout.plaintext_length(len(view))
-        out = bytearray(plen)
+        buf: bytearray | memoryview = bytearray(plen) if out is None else out
+        dst = memoryview(buf).cast("B")
+        if len(dst) < plen:
+            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
         src = view[header.header_len :]
-        dst = memoryview(out)
         s, t = layout.segment_size, layout.ct_segment_size
         count = layout.segment_count(plen)
         hd = header.bound_digest
@@ -498,15 +551,56 @@ async def decrypt_bytes(
                 last == count,
             )
 
+        per_batch = max(1, options.batch_bytes >> header.seg_log2)
         try:
-            await _run_chunks(
-                _timed_range(track, open_),
-                count,
-                options.segments_per_batch,
-                options.worker_count,
-            )
+            if count <= per_batch:
+                open_(0, count)  # one small batch: a thread hop would cost more than the work
+            else:
+                await _run_chunks(
+                    _timed_range(track, open_), count, per_batch, options.worker_count
+                )
         except BaseException:
-            out[:] = bytes(len(out))
+            dst[:plen] = bytes(plen)  # no plaintext of any segment survives a failure
             raise
         track.plaintext_len = plen
-    return out
+    return buf, plen
+
+
+async def decrypt_into(
+    data: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> int:
+    """Decrypt an in-memory object into the caller's buffer; returns the plaintext length.
+
+    On failure the first plaintext-length bytes of `out` are zeroed.
+    """
+    _, n = await _open_in_memory(
+        data, out, keyring, expected_context, expected_kms_context, options, observer
+    )
+    return n
+
+
+async def decrypt_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> bytearray:
+    """Decrypt an in-memory object into a new buffer.
+
+    Returns a bytearray, so the caller can wipe the plaintext when done with it.
+    """
+    buf, _ = await _open_in_memory(
+        data, None, keyring, expected_context, expected_kms_context, options, observer
+    )
+    assert isinstance(buf, bytearray)
+    return buf

@@ -66,7 +66,13 @@ class AuthenticationError(InvalidObjectError):
 
 
 class TruncatedObjectError(AuthenticationError):
-    """The object ends before its final segment (cut at or inside a segment boundary)."""
+    """The object ends before its final segment.
+
+    Raised when the body is empty, or when the last present segment fails as final but
+    authenticates as a non-final segment (the object was cut at a segment boundary). A cut
+    inside a segment, or any length no valid object can have, is the opaque
+    AuthenticationError: nothing authenticated says more.
+    """
 
     def __init__(self, message: str = "object is truncated: no final segment") -> None:
         super().__init__(message)

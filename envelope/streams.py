@@ -324,8 +324,10 @@ def open_sink(dst: SinkLike) -> Sink:
     """Adapt any supported output. A str or PathLike is written atomically."""
     if isinstance(dst, str | os.PathLike):
         return AtomicFileSink(dst)
-    if isinstance(dst, BufferSink | AtomicFileSink):
-        return dst
+    if isinstance(dst, BufferSink | AtomicFileSink) or all(
+        inspect.iscoroutinefunction(getattr(dst, m, None)) for m in ("write", "commit", "abort")
+    ):
+        return cast("Sink", dst)
     if _is_async_file(dst):
         return _AsyncFileSink(dst)
     if hasattr(dst, "write"):

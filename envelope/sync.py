@@ -15,7 +15,15 @@ import anyio
 from . import api
 from .errors import ConfigurationError
 
-__all__ = ("decrypt", "decrypt_bytes", "encrypt", "encrypt_bytes", "run")
+__all__ = (
+    "decrypt",
+    "decrypt_bytes",
+    "decrypt_into",
+    "encrypt",
+    "encrypt_bytes",
+    "encrypt_into",
+    "run",
+)
 
 T = TypeVar("T")
 
@@ -50,3 +58,13 @@ def encrypt_bytes(*args: Any, **kwargs: Any) -> bytearray:
 def decrypt_bytes(*args: Any, **kwargs: Any) -> bytearray:
     """Blocking `envelope.api.decrypt_bytes`."""
     return run(api.decrypt_bytes, *args, **kwargs)
+
+
+def encrypt_into(*args: Any, **kwargs: Any) -> int:
+    """Blocking `envelope.api.encrypt_into`."""
+    return run(api.encrypt_into, *args, **kwargs)
+
+
+def decrypt_into(*args: Any, **kwargs: Any) -> int:
+    """Blocking `envelope.api.decrypt_into`."""
+    return run(api.decrypt_into, *args, **kwargs)

@@ -94,7 +94,11 @@ class WrappedKey:
         pid = self.provider_id.encode("ascii", "strict") if self.provider_id.isascii() else b""
         if not 1 <= len(pid) <= MAX_PROVIDER_ID_LEN:
             raise HeaderFormatError(f"provider id must be 1..{MAX_PROVIDER_ID_LEN} ASCII bytes")
-        if not 1 <= len(self.key_id.encode("utf-8")) <= MAX_KEY_ID_LEN:
+        try:
+            kid_len = len(self.key_id.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise HeaderFormatError("key id must be valid Unicode text") from None
+        if not 1 <= kid_len <= MAX_KEY_ID_LEN:
             raise HeaderFormatError(f"key id must be 1..{MAX_KEY_ID_LEN} UTF-8 bytes")
         if not 1 <= len(self.ciphertext) <= MAX_EDK_LEN:
             raise HeaderFormatError(f"wrapped key must be 1..{MAX_EDK_LEN} bytes")
@@ -114,7 +118,10 @@ def encode_context(context: Mapping[str, str], *, limit: int = MAX_KMS_CTX_LEN) 
 
     The same mapping always gives the same bytes, so a context can be hashed, compared and bound.
     """
-    items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    try:
+        items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
+    except UnicodeEncodeError:
+        raise HeaderFormatError("context keys and values must be valid Unicode text") from None
     if len(items) > 0xFFFF:
         raise HeaderFormatError("too many context pairs")
     parts = [struct.pack(">H", len(items))]
@@ -299,7 +306,7 @@ def parse_header(data: bytes, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
     """
     header_len = parse_prefix(data)
     if len(data) != header_len:
-        raise HeaderFormatError("header is shorter than its header_len")
+        raise HeaderFormatError(f"header is {len(data)} bytes but its header_len says {header_len}")
     (_, _, _, suite_id, _, seg_log2, reserved, message_id, commitment) = _FIXED.unpack_from(data, 0)
     if reserved != b"\0\0\0":
         raise HeaderFormatError("reserved header bytes are not zero")

@@ -59,13 +59,15 @@ class Layout:
     def plaintext_length(self, ciphertext_len: int) -> int:
         """P from the total object length Lc; rejects impossible lengths (truncation)."""
         body = ciphertext_len - self.header_len
-        if body < TAG_LEN:
-            raise TruncatedObjectError()
+        if body <= 0:
+            raise TruncatedObjectError()  # the header, and nothing after it
         t = self.ct_segment_size
         n = -(-body // t)
         r = body - (n - 1) * t
         if n > MAX_SEGMENTS or r < TAG_LEN or (n > 1 and r < TAG_LEN + 1):
-            raise TruncatedObjectError()
+            # No valid object has this length; nothing was authenticated, so the
+            # failure stays opaque (docs/format.md section 7).
+            raise AuthenticationError()
         return body - n * TAG_LEN
 
     def ciphertext_range(self, offset: int, length: int, ciphertext_len: int) -> tuple[int, int]:
@@ -140,15 +142,16 @@ def open_segments(
     length = len(src)
     count = max(1, -(-length // t))
     r = length - (count - 1) * t
-    if r < TAG_LEN or (count > 1 and r == TAG_LEN):
-        raise TruncatedObjectError()
-    if not final and r != t:
-        raise TruncatedObjectError()
-    if first_index + count > MAX_SEGMENTS:
-        raise TruncatedObjectError()
-    if final and r == TAG_LEN and first_index != 0:
-        # An empty final segment is only valid for the empty object (n == 1).
-        raise TruncatedObjectError()
+    if length == 0 and first_index == 0:
+        raise TruncatedObjectError()  # the header, and nothing after it
+    if (
+        r < TAG_LEN
+        or (count > 1 and r == TAG_LEN)
+        or (not final and r != t)
+        or first_index + count > MAX_SEGMENTS
+        or (final and r == TAG_LEN and first_index != 0)  # empty final only if n == 1
+    ):
+        raise AuthenticationError()
     written = 0
     for j in range(count):
         i = first_index + j

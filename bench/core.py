@@ -1,0 +1,208 @@
+"""Core throughput against the raw AES-GCM limit, all measured in one run on the same data.
+
+    python bench/core.py [--json] [--mib 256] [--file-mib 1024]
+
+Prints plaintext MB/s and each figure's ratio to its reference:
+- raw_mbps: AESGCM.encrypt_into over 1 MiB slices in one thread, into one reused buffer
+  (the limit; no framing, no key schedule, no thread hand-off);
+- encrypt/decrypt_1w_mbps: envelope in memory with one worker (encrypt_into/decrypt_into into
+  reused buffers), and *_all_mbps with every core;
+- file_encrypt/decrypt_mbps: path to path (atomic temp file, fsync, rename) against copy_mbps,
+  a plain buffered copy of the same file with the same fsync;
+- peak_rss_mib: a child process that encrypts and then decrypts a 2 GiB generated stream
+  (async iterator in, discarding sink out) reports its peak RSS.
+The machines are shared and noisy: every figure is the best of a few repetitions, and the
+targets are ratios within this one run (one worker >= 0.85 raw; all cores >= 1.7x one worker;
+file to file >= 0.8 copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from envelope import sync
+from envelope.api import Options
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+
+MIB = 1 << 20
+
+
+def best_of(n: int, fn: Callable[[], object]) -> float:
+    """Smallest wall time of n runs of fn (after one warm-up run)."""
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def raw_limit(data: memoryview, reps: int) -> float:
+    aead = AESGCM(os.urandom(32))
+    out = bytearray(MIB + 16)
+    nonce = bytes(12)
+    aad = bytes(32)
+
+    def run() -> None:
+        for i in range(0, len(data), MIB):
+            aead.encrypt_into(nonce, data[i : i + MIB], aad, out)
+
+    return best_of(reps, run)
+
+
+def in_memory(data: memoryview, keyring: Keyring, workers: int, reps: int) -> tuple[float, float]:
+    opts = Options(workers=workers)
+    ct = bytearray(len(data) + len(data) // MIB * 16 + 2 * MIB)
+    pt = bytearray(len(data))
+    n = sync.encrypt_into(data, ct, keyring=keyring, options=opts)
+    ctv = memoryview(ct)[:n]
+    t_enc = best_of(reps, lambda: sync.encrypt_into(data, ct, keyring=keyring, options=opts))
+    n = sync.encrypt_into(data, ct, keyring=keyring, options=opts)
+    ctv = memoryview(ct)[:n]
+    t_dec = best_of(reps, lambda: sync.decrypt_into(ctv, pt, keyring=keyring, options=opts))
+    assert pt == data, "round trip failed"
+    return t_enc, t_dec
+
+
+def plain_copy(src: str, dst: str) -> None:
+    with open(src, "rb", buffering=0) as fi, open(dst, "wb", buffering=0) as fo:
+        buf = bytearray(4 * MIB)
+        view = memoryview(buf)
+        while n := fi.readinto(buf):
+            fo.write(view[:n])
+        os.fsync(fo.fileno())
+
+
+def file_to_file(directory: str, size: int, keyring: Keyring, reps: int) -> dict[str, float]:
+    src = os.path.join(directory, "plain.bin")
+    block = os.urandom(4 * MIB)
+    with open(src, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+    enc, back, copy = (os.path.join(directory, n) for n in ("enc.bin", "back.bin", "copy.bin"))
+    t_copy = best_of(reps, lambda: plain_copy(src, copy))
+    t_enc = best_of(reps, lambda: sync.encrypt(src, enc, keyring=keyring))
+    t_dec = best_of(reps, lambda: sync.decrypt(enc, back, keyring=keyring))
+    return {"copy": t_copy, "encrypt": t_enc, "decrypt": t_dec}
+
+
+_RSS_CHILD = r"""
+import anyio, resource, sys
+from envelope import api
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+TOTAL = int(sys.argv[1])
+class Null:
+    n = 0
+    async def write(self, data): self.n += len(data)
+    async def commit(self): pass
+    async def abort(self): pass
+async def gen():
+    block = bytes(range(256)) * 4096  # 1 MiB
+    for _ in range(TOTAL // len(block)):
+        yield block
+async def main():
+    kms = MemoryKms(); kr = Keyring(kms, kms.create_key())
+    ct = []
+    class Keep(Null):
+        async def write(self, data):
+            self.n += len(data)
+            if len(ct) < 1: ct.append(bytes(data))  # header + first batch only
+    # encrypt the whole stream into a discarding sink
+    sink = Null()
+    await api.encrypt(gen(), sink, keyring=kr)
+    # decrypt a 2 GiB ciphertext stream produced on the fly by a second encryption
+    send, recv = anyio.create_memory_object_stream[bytes](4)
+    class Pipe(Null):
+        async def write(self, data): await send.send(bytes(data))
+        async def commit(self): await send.aclose()
+    async def chunks():
+        async with recv:
+            async for c in recv:
+                yield c
+    out = Null()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: api.encrypt(gen(), Pipe(), keyring=kr))
+        await api.decrypt(chunks(), out, keyring=kr)
+    assert out.n == TOTAL, out.n
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+anyio.run(main)
+"""
+
+
+def peak_rss_mib(total: int) -> int:
+    r = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(total)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mib", type=int, default=256, help="in-memory data size")
+    ap.add_argument("--file-mib", type=int, default=1024, help="file-to-file size")
+    ap.add_argument("--rss-mib", type=int, default=2048, help="stream size for peak RSS")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+
+    kms = MemoryKms()
+    keyring = Keyring(kms, kms.create_key())
+    data = memoryview(os.urandom(args.mib * MIB))
+    size_mb = len(data) / 1e6
+    cores = os.cpu_count() or 1
+
+    t_raw = raw_limit(data, args.reps)
+    e1, d1 = in_memory(data, keyring, 1, args.reps)
+    ea, da = in_memory(data, keyring, cores, args.reps)
+    with tempfile.TemporaryDirectory(prefix="envelope-bench-", dir=os.environ.get("BENCH_DIR")) as d:
+        files = file_to_file(d, args.file_mib * MIB, keyring, max(1, args.reps - 1))
+    file_mb = args.file_mib * MIB / 1e6
+    rss = peak_rss_mib(args.rss_mib * MIB)
+
+    r = {
+        "cores": cores,
+        "raw_mbps": size_mb / t_raw,
+        "encrypt_1w_mbps": size_mb / e1,
+        "decrypt_1w_mbps": size_mb / d1,
+        "encrypt_all_mbps": size_mb / ea,
+        "decrypt_all_mbps": size_mb / da,
+        "file_encrypt_mbps": file_mb / files["encrypt"],
+        "file_decrypt_mbps": file_mb / files["decrypt"],
+        "copy_mbps": file_mb / files["copy"],
+        "peak_rss_mib": rss,
+        "rss_stream_mib": args.rss_mib,
+        "bench_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+    r["ratio_encrypt_1w_to_raw"] = r["encrypt_1w_mbps"] / r["raw_mbps"]
+    r["ratio_decrypt_1w_to_raw"] = r["decrypt_1w_mbps"] / r["raw_mbps"]
+    r["ratio_encrypt_all_to_1w"] = r["encrypt_all_mbps"] / r["encrypt_1w_mbps"]
+    r["ratio_decrypt_all_to_1w"] = r["decrypt_all_mbps"] / r["decrypt_1w_mbps"]
+    r["ratio_file_encrypt_to_copy"] = r["file_encrypt_mbps"] / r["copy_mbps"]
+    r["ratio_file_decrypt_to_copy"] = r["file_decrypt_mbps"] / r["copy_mbps"]
+    r = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        for k, v in r.items():
+            print(f"{k:28} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

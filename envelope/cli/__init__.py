@@ -1,0 +1,1 @@
+"""The `envelope` command line (see `envelope.cli.main`)."""

@@ -1,0 +1,145 @@
+"""Helpers shared by the CLI commands: output, exit codes, progress bars, keyrings."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..keyring import Keyring
+from ..kms.base import KmsBackend
+from ..kms.filekey import FileKeyBackend
+from ..kms.uri import open_backend, open_local_backend
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_KMS = 3
+EXIT_CONTEXT = 4
+
+#: Inputs at least this large get a progress bar on a terminal.
+PROGRESS_MIN_BYTES = 8 << 20
+
+
+def err(message: str) -> None:
+    print(f"envelope: {message}", file=sys.stderr)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """KEY=VALUE arguments into a dict."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"{what} must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def progress_bar(
+    label: str, total: int | None, *, enabled: bool
+) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal and the input is large."""
+    if not enabled or not sys.stderr.isatty() or (total is not None and total < PROGRESS_MIN_BYTES):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        yield advance
+
+
+def input_size(path: str) -> int | None:
+    if path == "-":
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
+    g = p.add_argument_group("keys")
+    g.add_argument(
+        "--key",
+        metavar="URI",
+        help=(
+            "key to encrypt under: file:PATH, local:ALIAS|KEY-ID|ARN, or a bare alias/key id "
+            "of the embedded KMS"
+            if encrypt
+            else "extra key URI to try when unwrapping (the header names the key)"
+        ),
+    )
+    g.add_argument(
+        "--key-file",
+        metavar="PATH",
+        action="append",
+        help="a local wrapping-key file from `envelope keygen` (may repeat on decrypt)",
+    )
+    g.add_argument(
+        "--home",
+        metavar="DIR",
+        default=None,
+        help="embedded KMS home (default $ENVELOPE_HOME or ~/.envelope)",
+    )
+
+
+def keyring_for_encrypt(args: argparse.Namespace) -> Keyring:
+    key_files: list[str] = args.key_file or []
+    if args.key and key_files:
+        raise ConfigurationError("give either --key or --key-file, not both")
+    if len(key_files) > 1:
+        raise ConfigurationError("encrypt takes one --key-file")
+    if key_files:
+        backend = FileKeyBackend(key_files[0])
+        return Keyring(backend, backend.key_id)
+    if not args.key:
+        raise ConfigurationError("encrypt needs --key URI or --key-file PATH")
+    backend2, key_id = open_backend(args.key, home=args.home)
+    return Keyring(backend2, key_id)
+
+
+def keyring_for_decrypt(args: argparse.Namespace) -> Keyring:
+    backends: list[KmsBackend] = [FileKeyBackend(p) for p in args.key_file or []]
+    if args.key:
+        backends.append(open_backend(args.key, home=args.home)[0])
+    if not any(b.provider_id == "local" for b in backends):
+        try:
+            backends.append(open_local_backend(args.home))
+        except ConfigurationError:
+            if not backends:
+                raise
+    return Keyring(decrypt_with=backends)

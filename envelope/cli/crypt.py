@@ -1,0 +1,131 @@
+"""`envelope encrypt`, `envelope decrypt` and `envelope keygen`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from typing import IO
+
+from .. import sync
+from ..api import ObjectInfo, Options
+from ..kms.filekey import generate_key_file
+from ._common import (
+    add_key_arguments,
+    input_size,
+    keyring_for_decrypt,
+    keyring_for_encrypt,
+    parse_pairs,
+    print_json,
+    progress_bar,
+)
+
+
+def _add_io(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", metavar="IN", help="input file, or - for stdin")
+    p.add_argument(
+        "output", metavar="OUT", help="output file (written atomically), or - for stdout"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
+    p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
+
+
+def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("encrypt", help="encrypt a file or stream")
+    _add_io(p)
+    add_key_arguments(p, encrypt=True)
+    p.add_argument(
+        "--context",
+        metavar="KEY=VALUE",
+        action="append",
+        help="per-object context pair, bound in the header (may repeat)",
+    )
+    p.add_argument(
+        "--kms-context",
+        metavar="KEY=VALUE",
+        action="append",
+        help="KMS-level context pair, sent to the KMS with the data-key request (may repeat)",
+    )
+    p.add_argument(
+        "--segment-size",
+        type=int,
+        default=1 << 20,
+        help="plaintext bytes per segment, a power of two from 4096 to 67108864",
+    )
+    p.set_defaults(handler=cmd_encrypt)
+
+    p = sub.add_parser("decrypt", help="decrypt a file or stream")
+    _add_io(p)
+    add_key_arguments(p, encrypt=False)
+    p.add_argument(
+        "--expect-context",
+        metavar="KEY=VALUE",
+        action="append",
+        help="refuse the object unless its per-object context has this pair (may repeat)",
+    )
+    p.set_defaults(handler=cmd_decrypt)
+
+    p = sub.add_parser("keygen", help="create a local wrapping-key file (mode 0600)")
+    p.add_argument("path", metavar="KEYFILE")
+    p.set_defaults(handler=cmd_keygen)
+
+
+def _open_in(path: str) -> str | IO[bytes]:
+    return sys.stdin.buffer if path == "-" else path
+
+
+def _open_out(path: str) -> str | IO[bytes]:
+    return sys.stdout.buffer if path == "-" else path
+
+
+def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
+    if args.json:
+        d = asdict(info)
+        d["operation"] = op
+        d["wrapped_keys"] = [
+            {"provider_id": w.provider_id, "key_id": w.key_id} for w in info.wrapped_keys
+        ]
+        print_json(d)
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    keyring = keyring_for_encrypt(args)
+    options = Options(segment_size=args.segment_size, workers=args.workers)
+    with progress_bar(
+        "encrypting", input_size(args.input), enabled=not args.no_progress
+    ) as advance:
+        info = sync.encrypt(
+            _open_in(args.input),
+            _open_out(args.output),
+            keyring=keyring,
+            kms_context=parse_pairs(args.kms_context, "--kms-context"),
+            object_context=parse_pairs(args.context, "--context"),
+            options=options,
+            on_progress=advance,
+        )
+    _summary("encrypt", info, args)
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    keyring = keyring_for_decrypt(args)
+    with progress_bar(
+        "decrypting", input_size(args.input), enabled=not args.no_progress
+    ) as advance:
+        info = sync.decrypt(
+            _open_in(args.input),
+            _open_out(args.output),
+            keyring=keyring,
+            expected_context=parse_pairs(args.expect_context, "--expect-context"),
+            options=Options(workers=args.workers),
+            on_progress=advance,
+        )
+    _summary("decrypt", info, args)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key_id = generate_key_file(args.path)
+    print(f"wrote {args.path} (key id {key_id})", file=sys.stderr)
+    return 0

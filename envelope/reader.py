@@ -1,0 +1,355 @@
+"""Random access into an encrypted object: a seekable, verifying plaintext reader.
+
+    with open_decrypted("big.env", keyring=kr) as f:     # header checked, key unwrapped
+        f.seek(10 << 30)
+        chunk = f.read(4096)                              # reads and opens one segment
+
+Only the segments that hold the requested bytes are read (one contiguous ciphertext range per
+read call, so over S3 one ranged GET) and each is authenticated before any of its bytes are
+returned. `size` is the plaintext length implied by the ciphertext length: provisional until
+the final segment has verified; `verified_size()` and `seek(0, SEEK_END)` verify it first, so
+a truncated object cannot pass for a shorter valid one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Mapping
+from typing import IO, Protocol
+
+import anyio.to_thread
+
+from .api import DEFAULT_OPTIONS, Options, open_object
+from .errors import ClosedError, ConfigurationError, HeaderFormatError
+from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header, parse_header, parse_prefix
+from .hazmat.keyschedule import ObjectKeys
+from .hazmat.segments import Layout, open_segments
+from .keyring import Keyring
+from .sync import run
+
+__all__ = (
+    "AsyncDecryptingReader",
+    "DecryptingReader",
+    "RangeFile",
+    "aopen_decrypted",
+    "ciphertext_range",
+    "open_decrypted",
+)
+
+
+class RangeFile(Protocol):
+    """Positional reads over ciphertext: a local file, or an object store with ranged GETs."""
+
+    def size(self) -> int: ...
+
+    def read_range(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _SeekableFile:
+    """RangeFile over a seekable binary file object (thread-safe: one lock around seek+read)."""
+
+    def __init__(self, f: IO[bytes], *, owned: bool) -> None:
+        self._f = f
+        self._owned = owned
+        self._lock = threading.Lock()
+        self.reads = 0  # number of positional reads, for tests and diagnostics
+
+    def size(self) -> int:
+        with self._lock:
+            return self._f.seek(0, os.SEEK_END)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            self.reads += 1
+            self._f.seek(offset)
+            out = bytearray()
+            while len(out) < length:
+                chunk = self._f.read(length - len(out))
+                if not chunk:
+                    break
+                out += chunk
+            return bytes(out)
+
+    def close(self) -> None:
+        if self._owned:
+            self._f.close()
+
+
+def ciphertext_range(
+    header: Header, ciphertext_len: int, offset: int, length: int
+) -> tuple[int, int]:
+    """[start, end) of the one ciphertext byte range holding plaintext [offset, offset+length).
+
+    Whole segments only: fetch this range (one ranged GET), then open its segments. Returns an
+    empty range at the end of the object when nothing is requested.
+    """
+    return Layout(header.header_len, header.seg_log2).ciphertext_range(
+        offset, length, ciphertext_len
+    )
+
+
+def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> RangeFile:
+    if isinstance(source, str | os.PathLike):
+        try:
+            return _SeekableFile(open(source, "rb"), owned=True)
+        except OSError as e:
+            raise ConfigurationError(f"cannot open {os.fspath(source)!r}: {e.strerror}") from None
+    if hasattr(source, "read_range"):
+        return source  # type: ignore[return-value]
+    if hasattr(source, "seek") and hasattr(source, "read"):
+        return _SeekableFile(source, owned=False)
+    raise ConfigurationError("random access needs a path, a seekable file or a RangeFile")
+
+
+def _read_header(rf: RangeFile, max_wrapped_keys: int) -> Header:
+    prefix = rf.read_range(0, FIXED_PREFIX_LEN)
+    if len(prefix) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    header_len = parse_prefix(prefix)
+    raw = prefix + rf.read_range(FIXED_PREFIX_LEN, header_len - FIXED_PREFIX_LEN)
+    if len(raw) < header_len:
+        raise HeaderFormatError("object ends inside its header")
+    return parse_header(raw, max_wrapped_keys=max_wrapped_keys)
+
+
+class DecryptingReader(io.RawIOBase):
+    """A read-only, seekable binary file of an object's plaintext. Build with open_decrypted."""
+
+    def __init__(
+        self, rf: RangeFile, header: Header, keys: ObjectKeys, ciphertext_len: int
+    ) -> None:
+        super().__init__()
+        self._rf = rf
+        self.header = header
+        self._keys = keys
+        self._layout = Layout(header.header_len, header.seg_log2)
+        self._ct_len = ciphertext_len
+        self._size = self._layout.plaintext_length(ciphertext_len)
+        self._count = self._layout.segment_count(self._size)
+        self._pos = 0
+        self._verified = False
+        self._cached: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()
+
+    # -- information
+    @property
+    def size(self) -> int:
+        """Plaintext length implied by the ciphertext length (provisional; see verified_size)."""
+        return self._size
+
+    def verified_size(self) -> int:
+        """Authenticate the final segment, then return the plaintext length."""
+        if not self._verified:
+            self._open_range(self._count - 1, self._count)
+        return self._size
+
+    def ciphertext_range(self, offset: int, length: int) -> tuple[int, int]:
+        return self._layout.ciphertext_range(offset, length, self._ct_len)
+
+    # -- io.RawIOBase
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_open()
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self.verified_size() + offset
+        else:
+            raise ConfigurationError(f"bad whence {whence}")
+        if pos < 0:
+            raise ConfigurationError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._check_open()
+        if size is None or size < 0:
+            size = max(0, self._size - self._pos)
+        if self._pos >= self._size:
+            self.verified_size()  # EOF is only trusted once the final segment verified
+            return b""
+        end = min(self._size, self._pos + size)
+        if end <= self._pos:
+            return b""
+        data = self.pread(self._pos, end - self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Plaintext [offset, offset+length) without moving the position. Thread-safe."""
+        self._check_open()
+        end = min(self._size, offset + length)
+        if offset >= end:
+            return b""
+        s = self._layout.segment_size
+        first, last = offset // s, (end - 1) // s + 1
+        plain = self._open_range(first, last)
+        base = first * s
+        return plain[offset - base : end - base]
+
+    def _open_range(self, first: int, last: int) -> bytes:
+        """Read ciphertext of segments [first, last) in one range read and open them."""
+        with self._lock:
+            cached = self._cached
+        if cached is not None and last - first == 1 and cached[0] == first:
+            return cached[1]
+        t = self._layout.ct_segment_size
+        s = self._layout.segment_size
+        start = self.header.header_len + first * t
+        stop = min(self._ct_len, self.header.header_len + last * t)
+        ct = self._rf.read_range(start, stop - start)
+        if len(ct) != stop - start:
+            raise HeaderFormatError("object changed size while being read")
+        final = last == self._count
+        out = bytearray((stop - start) - (last - first) * TAG_LEN)
+        open_segments(
+            self._keys,
+            self.header.bound_digest,
+            first,
+            memoryview(ct),
+            memoryview(out),
+            self.header.seg_log2,
+            final,
+        )
+        plain = bytes(out)
+        with self._lock:
+            if final:
+                self._verified = True
+            if last - first == 1:
+                self._cached = (first, plain)
+            else:
+                self._cached = (last - 1, plain[(last - 1 - first) * s :])
+        return plain
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError("reader is closed")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cached = None
+            self._rf.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"DecryptingReader(size={self._size}, segment_size={self._layout.segment_size})"
+
+
+async def aopen_decrypted(
+    source: str | os.PathLike[str] | IO[bytes] | RangeFile,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> DecryptingReader:
+    """Parse and authenticate the header (one KMS unwrap), then return a seekable reader."""
+    rf = _as_range_file(source)
+    try:
+        header = await anyio.to_thread.run_sync(_read_header, rf, options.max_wrapped_keys)
+        ct_len = await anyio.to_thread.run_sync(rf.size)
+        keys = await open_object(
+            header,
+            keyring=keyring,
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+        )
+        return DecryptingReader(rf, header, keys, ct_len)
+    except BaseException:
+        rf.close()
+        raise
+
+
+def open_decrypted(
+    source: str | os.PathLike[str] | IO[bytes] | RangeFile,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> DecryptingReader:
+    """Blocking `aopen_decrypted`."""
+    return run(
+        aopen_decrypted,
+        source,
+        keyring=keyring,
+        expected_context=expected_context,
+        expected_kms_context=expected_kms_context,
+        options=options,
+    )
+
+
+class AsyncDecryptingReader:
+    """Async face of DecryptingReader: each read runs on a worker thread."""
+
+    def __init__(self, reader: DecryptingReader) -> None:
+        self.reader = reader
+
+    @classmethod
+    async def open(
+        cls,
+        source: str | os.PathLike[str] | IO[bytes] | RangeFile,
+        *,
+        keyring: Keyring,
+        expected_context: Mapping[str, str] | None = None,
+        expected_kms_context: Mapping[str, str] | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> AsyncDecryptingReader:
+        return cls(
+            await aopen_decrypted(
+                source,
+                keyring=keyring,
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
+                options=options,
+            )
+        )
+
+    @property
+    def size(self) -> int:
+        return self.reader.size
+
+    async def read(self, size: int = -1) -> bytes:
+        return await anyio.to_thread.run_sync(self.reader.read, size)
+
+    async def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return await anyio.to_thread.run_sync(self.reader.seek, offset, whence)
+
+    async def tell(self) -> int:
+        return self.reader.tell()
+
+    async def verified_size(self) -> int:
+        return await anyio.to_thread.run_sync(self.reader.verified_size)
+
+    async def aclose(self) -> None:
+        self.reader.close()
+
+    async def __aenter__(self) -> AsyncDecryptingReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
