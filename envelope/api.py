@@ -167,8 +167,9 @@ async def _new_object(
     kms_context: Mapping[str, str],
     object_context: Mapping[str, str],
     seg_log2: int,
+    expected_bytes: int | None = None,
 ) -> tuple[bytes, bytes, ObjectKeys, tuple[WrappedKey, ...]]:
-    data_key = await keyring.encryption_key(kms_context)
+    data_key = await keyring.encryption_key(kms_context, expected_bytes=expected_bytes)
     try:
         message_id = os.urandom(MESSAGE_ID_LEN)
         keys = ObjectKeys(data_key.plaintext, message_id, seg_log2=seg_log2)
@@ -237,6 +238,15 @@ async def encrypt(
                 header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
                 await out.write(memoryview(header))
 
+                async def on_batch(n: int) -> None:
+                    # Charge the data key as plaintext is sealed, so a cache's byte limit
+                    # holds for streams of unknown length.
+                    keyring.charge(wrapped[0], n)
+                    if on_progress is not None:
+                        r = on_progress(n)
+                        if r is not None:
+                            await r
+
                 def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
                     return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
 
@@ -248,7 +258,7 @@ async def encrypt(
                     out_batch=k * (s + TAG_LEN),
                     workers=options.worker_count,
                     depth=options.depth_count,
-                    on_batch=on_progress,
+                    on_batch=on_batch,
                 )
                 await out.commit()
             except BaseException:
@@ -305,10 +315,10 @@ async def _seal_in_memory(
     """Seal a whole in-memory object into `out` (or a new exact-size buffer)."""
     seg_log2 = options.seg_log2
     with _Tracked(observer, "encrypt") as track:
-        header, hd, keys, _ = await _new_object(
-            keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2
-        )
         src = memoryview(data).cast("B")
+        header, hd, keys, _ = await _new_object(
+            keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2, len(src)
+        )
         layout = Layout(len(header), seg_log2)
         total = layout.ciphertext_length(len(src))
         buf: bytearray | memoryview = bytearray(total) if out is None else out
@@ -332,7 +342,7 @@ async def _seal_in_memory(
             )
 
         if count <= options.segments_per_batch:
-            seal(0, count)  # one small batch: a thread hop would cost more than the work
+            _timed_range(track, seal)(0, count)  # one batch: a thread hop costs more
         else:
             await _run_chunks(
                 _timed_range(track, seal),
@@ -554,7 +564,7 @@ async def _open_in_memory(
         per_batch = max(1, options.batch_bytes >> header.seg_log2)
         try:
             if count <= per_batch:
-                open_(0, count)  # one small batch: a thread hop would cost more than the work
+                _timed_range(track, open_)(0, count)  # one batch: a thread hop costs more
             else:
                 await _run_chunks(
                     _timed_range(track, open_), count, per_batch, options.worker_count

@@ -13,7 +13,11 @@ Callers catch by situation. The tree::
      ├── KmsError                      a key-management backend failed or refused
      │    ├── NoBackendError           no configured backend can unwrap this object's data key
      │    ├── KmsKeyError              the backend refused: unknown key, disabled key, wrong context
-     │    └── KmsUnavailableError      throttled, timed out or unreachable (retries exhausted)
+     │    └── KmsUnavailableError      throttled, timed out or unreachable
+     │         ├── ThrottlingError     the backend's request-rate quota was exceeded
+     │         ├── KmsTransientError   a 5xx, internal error or dropped connection
+     │         ├── KmsTimeoutError     a connect or read timeout
+     │         └── RetryExhaustedError (envelope.kms.retry) attempts, budget or deadline spent
      ├── ConfigurationError            a bad argument or setting (also a ValueError)
      └── ClosedError                   a reader or writer used after close
 
@@ -39,7 +43,10 @@ __all__ = (
     "InvalidObjectError",
     "KmsError",
     "KmsKeyError",
+    "KmsTimeoutError",
+    "KmsTransientError",
     "KmsUnavailableError",
+    "ThrottlingError",
     "NoBackendError",
     "TruncatedObjectError",
     "UnsupportedSuiteError",
@@ -108,6 +115,35 @@ class KmsKeyError(KmsError):
 
 class KmsUnavailableError(KmsError):
     """The backend is throttling, timing out or unreachable, and retries are exhausted."""
+
+
+class ThrottlingError(KmsUnavailableError):
+    """The service refused the request because a request-rate quota was exceeded.
+
+    The equivalent of AWS KMS's ``ThrottlingException``: always safe to retry after a backoff.
+    `retry_after` (seconds), when known, is the earliest time a retry could succeed.
+    """
+
+    code = "ThrottlingException"
+
+    def __init__(
+        self,
+        message: str = "rate exceeded",
+        *,
+        operation: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.retry_after = retry_after
+
+
+class KmsTransientError(KmsUnavailableError):
+    """A transient backend failure (HTTP 5xx, internal error, connection reset): retryable."""
+
+
+class KmsTimeoutError(KmsUnavailableError):
+    """A backend call timed out (connect or read timeout): retryable."""
 
 
 class ConfigurationError(EnvelopeError, ValueError):

@@ -1,16 +1,40 @@
 """Which key seals new objects, and which backends may open existing ones.
 
 A `Keyring` is the one concept the engine asks for keys: `encryption_key` for a writer and
-`decryption_key` for a reader. The data-key cache (a later layer) plugs in here, so the engine
-never talks to a backend directly.
+`decryption_key` for a reader. The data-key cache and the retry layer plug in here, so the
+engine never talks to a backend directly::
+
+    kr = Keyring(kms, key_id, cache=CachePolicy(), retry=RetryPolicy.bulk(), observer=obs)
+
+- `cache`: a `CachePolicy` (a private `DataKeyCache` is built), a shared `DataKeyCache`, or
+  None / `NO_CACHE` (every object makes its own KMS call).
+- `partition`: cache entries are shared only between keyrings that name the same partition
+  (and the same backend instance, key id, KMS context and suite). Default: a random partition
+  per keyring, so separate users never share a data key by accident.
+- `retry`: a `RetryPolicy`; every backend is then wrapped in a `RetryingKms` (one retry budget
+  per backend). None: no retries, unless a backend passed in already is a `RetryingKms`.
+- `observer`: KMS calls (per attempt), retries and cache events are reported to it.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 from .errors import ConfigurationError, KmsKeyError, NoBackendError
+from .hazmat.format import SUITE_AES256GCM_HKDF_SHA512_COMMIT
+from .keycache import (
+    CacheKey,
+    CachePolicy,
+    DataKeyCache,
+    backend_identity,
+    decryption_cache_key,
+    encryption_cache_key,
+)
 from .kms.base import DataKey, KmsBackend, WrappedKey
+from .kms.retry import RetryingKms, RetryPolicy, shared_budget
+from .metrics import NULL_OBSERVER, Observer
 
 __all__ = ("Keyring",)
 
@@ -29,6 +53,10 @@ class Keyring:
         key_id: str | None = None,
         *,
         decrypt_with: Sequence[KmsBackend] = (),
+        cache: DataKeyCache | CachePolicy | None = None,
+        partition: str | None = None,
+        retry: RetryPolicy | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         if key_id is not None and backend is None:
             raise ConfigurationError("a key id needs the backend that holds it")
@@ -39,28 +67,115 @@ class Keyring:
         )
         if not self.backends:
             raise ConfigurationError("a keyring needs at least one backend")
+        self.observer = observer
+        self.retry = retry
+        # What the keyring calls: each backend, behind the retry layer when one is configured.
+        self._calls: tuple[KmsBackend, ...] = tuple(self._wrap(b) for b in self.backends)
+        self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
+        if isinstance(cache, CachePolicy):
+            cache = DataKeyCache(cache, observer=observer) if cache.enabled else None
+        elif isinstance(cache, DataKeyCache):
+            if not cache.enabled:
+                cache = None
+            elif cache.observer is NULL_OBSERVER:
+                cache.observer = observer
+        self.cache: DataKeyCache | None = cache
+        if partition is not None and not partition:
+            raise ConfigurationError("a cache partition name must not be empty")
+        self.partition = partition if partition is not None else uuid.uuid4().hex
+
+    def _wrap(self, backend: KmsBackend) -> KmsBackend:
+        if isinstance(backend, RetryingKms):
+            if self.retry is not None:
+                raise ConfigurationError(
+                    "this backend already retries; passing retry= too would multiply retries"
+                )
+            if backend.observer is NULL_OBSERVER:
+                backend.observer = self.observer
+            return backend
+        if self.retry is None and self.observer is NULL_OBSERVER:
+            return backend  # nothing to add: call the backend directly
+        policy = self.retry if self.retry is not None else RetryPolicy.none()
+        budget = (
+            shared_budget(backend, policy.budget_capacity)
+            if policy.budget_capacity is not None
+            else None
+        )
+        return RetryingKms(backend, policy, budget=budget, observer=self.observer)
 
     def __repr__(self) -> str:
-        return f"Keyring(key_id={self.key_id!r}, backends={[b.provider_id for b in self.backends]})"
+        cache = "off" if self.cache is None else repr(self.cache)
+        return (
+            f"Keyring(key_id={self.key_id!r}, backends={[b.provider_id for b in self.backends]}, "
+            f"cache={cache})"
+        )
 
-    async def encryption_key(self, kms_context: Mapping[str, str]) -> DataKey:
+    async def encryption_key(
+        self,
+        kms_context: Mapping[str, str],
+        *,
+        expected_bytes: int | None = None,
+        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+    ) -> DataKey:
+        """A data key for one new object (the caller owns it and should wipe it).
+
+        `expected_bytes`, when the object's plaintext size is known up front, is counted
+        against the cached key's byte limit before the key is handed out; otherwise report the
+        size afterwards with `charge`.
+        """
         if self.backend is None or self.key_id is None:
             raise ConfigurationError("this keyring has no key to encrypt under")
-        return await self.backend.generate_data_key(self.key_id, context=kms_context)
+        call, key_id = self._calls[0], self.key_id
+        fetch = partial(call.generate_data_key, key_id, context=kms_context)
+        if self.cache is None:
+            return await fetch()
+        key = encryption_cache_key(self.partition, self._ids[0], key_id, kms_context, suite_id)
+        return await self.cache.encryption_key(key, fetch, expected_bytes=expected_bytes or 0)
+
+    def charge(self, wrapped: WrappedKey, nbytes: int) -> None:
+        """Count `nbytes` of plaintext encrypted under the data key wrapped as `wrapped`.
+
+        The engine calls this as an object's size becomes known, so the cache's byte limit
+        holds for streams of unknown length. Without a cache it does nothing.
+        """
+        if self.cache is not None:
+            self.cache.charge(wrapped, nbytes)
 
     async def decryption_key(
-        self, wrapped_keys: Sequence[WrappedKey], kms_context: Mapping[str, str]
+        self,
+        wrapped_keys: Sequence[WrappedKey],
+        kms_context: Mapping[str, str],
+        *,
+        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
     ) -> bytearray:
-        """Unwrap the first wrapped key some backend accepts."""
+        """Unwrap the first wrapped key some backend accepts (a cached one first)."""
+        candidates = [
+            (wrapped, i)
+            for wrapped in wrapped_keys
+            for i, backend in enumerate(self.backends)
+            if backend.can_unwrap(wrapped)
+        ]
+        cache = self.cache
+        keys: list[CacheKey] = []
+        if cache is not None:
+            keys = [
+                decryption_cache_key(self.partition, self._ids[i], w, kms_context, suite_id)
+                for w, i in candidates
+            ]
+            if len(keys) > 1:  # several ways in: take a cached one before calling any KMS
+                for key in keys:
+                    hit = cache.peek_decryption_key(key)
+                    if hit is not None:
+                        return hit
         last: KmsKeyError | None = None
-        for wrapped in wrapped_keys:
-            for backend in self.backends:
-                if not backend.can_unwrap(wrapped):
-                    continue
-                try:
-                    return await backend.decrypt_data_key(wrapped, context=kms_context)
-                except KmsKeyError as e:
-                    last = e
+        for n, (wrapped, i) in enumerate(candidates):
+            fetch = partial(self._calls[i].decrypt_data_key, wrapped, context=kms_context)
+            try:
+                if cache is not None:
+                    return await cache.decryption_key(keys[n], fetch)
+                return await fetch()
+            except KmsKeyError as e:
+                last = e
         if last is not None:
             raise last
         names = ", ".join(f"{w.provider_id}:{w.key_id}" for w in wrapped_keys)

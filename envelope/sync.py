@@ -33,7 +33,7 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     try:
         return anyio.run(partial(fn, *args, **kwargs))
     except RuntimeError as e:
-        if "already running" in str(e) or "running event loop" in str(e):
+        if "already running" in str(e).lower() or "running event loop" in str(e):
             raise ConfigurationError(
                 "envelope.sync cannot run inside an event loop; await the envelope.api functions"
             ) from None

@@ -3,7 +3,9 @@
 Master keys live in a dict; data keys are wrapped with AES-256-GCM under them (see `_aeswrap`).
 It behaves like a real backend in every way the engine can observe: unknown keys and wrong
 contexts are refused with `KmsKeyError`, and each call is counted, so tests can assert on KMS
-traffic. `latency` adds a fixed delay per call to model a network KMS.
+traffic. `latency` adds a fixed delay per call to model a network KMS. `quota` (a `RateQuota`)
+makes it answer `ThrottlingError` (AWS's ThrottlingException) past a request rate per operation
+family; throttled calls are counted in `calls` (they reached the service) and in `throttled`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import Mapping
 import anyio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import KmsKeyError
+from ..errors import KmsKeyError, ThrottlingError
 from . import _aeswrap
 from .base import DataKey, WrappedKey
+from .quota import RateQuota
 
 __all__ = ("MemoryKms",)
 
@@ -28,10 +31,12 @@ class MemoryKms:
 
     provider_id = "memory"
 
-    def __init__(self, *, latency: float = 0.0) -> None:
+    def __init__(self, *, latency: float = 0.0, quota: RateQuota | None = None) -> None:
         self._keys: dict[str, AESGCM] = {}
         self.latency = latency
+        self.quota = quota
         self.calls: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"MemoryKms(keys={len(self._keys)}, calls={sum(self.calls.values())})"
@@ -49,8 +54,17 @@ class MemoryKms:
 
     async def _call(self, op: str) -> None:
         self.calls[op] += 1
+        refused: ThrottlingError | None = None
+        if self.quota is not None:
+            try:
+                self.quota.check(op)  # admitted or refused on arrival, as a service would
+            except ThrottlingError as e:
+                self.throttled[op] += 1
+                refused = e
         if self.latency:
             await anyio.sleep(self.latency)
+        if refused is not None:
+            raise refused
 
     async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
         await self._call("GenerateDataKey")

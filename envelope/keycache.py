@@ -1,0 +1,677 @@
+"""The data-key cache, in the bucket-key style: one KMS call serves many objects, within limits.
+
+    kr = Keyring(kms, key_id, cache=CachePolicy())            # 300 s, 2**20 objects, 1 TiB
+    kr = Keyring(kms, key_id, cache=NO_CACHE)                 # one setting turns it off
+
+Why it is safe to share a data key: a data key never encrypts data. Each object derives its own
+keys from the data key and a fresh 256-bit message id (docs/format.md), so the AEAD limits hold
+per object whatever the cache does. The cache limits bound *exposure* instead: how long a
+plaintext data key lives in memory and how long a revoked KMS grant can go unnoticed (TTL), and
+how much data one leaked data key opens (objects, bytes). See docs/cache.md.
+
+Structure (../shared/design/format-and-cache.md, section 6):
+
+- two maps sharing one LRU capacity: the *encrypt* map (key -> a data key and its wrapped form,
+  with usage counters) and the *decrypt* map (wrapped key -> its plaintext), so objects written
+  under one cached data key cost one KMS Decrypt on read;
+- each entry retires at exactly its first bound: TTL counted from creation (each entry's TTL is
+  shortened by up to `ttl_jitter`, never lengthened), `max_objects`, `max_bytes`;
+- cache keys are exact tuples of the partition, the suite, the backend *instance*, the key id
+  (or the wrapped key) and the sorted KMS encryption context (in process, exact equality beats
+  a digest: no collision argument is needed, and it is cheaper). A partition is random per
+  keyring unless the caller names one, so keyrings share entries only when they opt in;
+- single-flight: concurrent misses for one key make one backend call and share its outcome;
+- refresh ahead: within `refresh_ahead` seconds of expiry, one caller fetches a replacement
+  while the others keep using the entry; the replacement gets its own TTL, and a failed refresh
+  leaves the old entry to die at its own expiry (no stale-if-error);
+- hygiene: plaintext keys sit in `bytearray`s, zeroed when an entry leaves; callers get copies
+  (the engine wipes them); nothing here is picklable, no repr shows a key, nothing is logged,
+  and a forked child starts with an empty cache.
+
+Byte accounting: objects are counted when the key is handed out. Bytes are counted either up
+front (`expected_bytes`, exact) or after the fact (`DataKeyCache.charge` / `Keyring.charge`,
+which may overshoot by the objects already in flight; that is safe for the reason above).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+from cachetools import Cache, TLRUCache
+
+from .errors import ConfigurationError, KmsUnavailableError
+from .hazmat.format import DATA_KEY_LEN, SUITE_AES256GCM_HKDF_SHA512_COMMIT
+from .kms.base import DataKey, KmsBackend, WrappedKey
+from .metrics import NULL_OBSERVER, CacheName, EvictionReason, Observer
+
+__all__ = (
+    "NO_CACHE",
+    "CacheKey",
+    "CachePolicy",
+    "DataKeyCache",
+    "backend_identity",
+    "decryption_cache_key",
+    "encryption_cache_key",
+)
+
+Clock = Callable[[], float]
+
+_DAY: Final = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """Limits of the data-key cache. Defaults and their reasons: docs/cache.md.
+
+    enabled: False turns the cache off (every object makes its own KMS call).
+    ttl / decrypt_ttl: seconds an encrypt / decrypt entry lives, counted from its creation.
+    max_objects: objects one data key may encrypt.
+    max_bytes: plaintext bytes one data key may encrypt (enforced as far as they are known).
+    capacity: entries in both maps together; the least recently used leaves first.
+    refresh_ahead: start a refresh this many seconds before expiry (but never in the first half
+        of an entry's life).
+    refresh_retry: after a refresh failed or stalled, wait this long before another.
+    ttl_jitter: shorten each entry's TTL by a random fraction up to this, so that processes
+        started together do not refresh together. Never lengthens a TTL.
+    wait_timeout: how long a caller waits for another caller's KMS request for the same key.
+    """
+
+    enabled: bool = True
+    ttl: float = 300.0
+    decrypt_ttl: float = 300.0
+    max_objects: int = 1 << 20
+    max_bytes: int = 1 << 40
+    capacity: int = 1000
+    refresh_ahead: float = 10.0
+    refresh_retry: float = 1.0
+    ttl_jitter: float = 0.1
+    wait_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.ttl <= _DAY:
+            raise ConfigurationError("cache ttl must be 1 s .. 24 h")
+        if not 1.0 <= self.decrypt_ttl <= _DAY:
+            raise ConfigurationError("cache decrypt_ttl must be 1 s .. 24 h")
+        if not 1 <= self.max_objects <= 1 << 32:
+            raise ConfigurationError("cache max_objects must be 1 .. 2**32")
+        if not 1 <= self.max_bytes <= 1 << 62:
+            raise ConfigurationError("cache max_bytes must be 1 .. 2**62")
+        if not 1 <= self.capacity <= 1_000_000:
+            raise ConfigurationError("cache capacity must be 1 .. 1,000,000")
+        if not 0.0 <= self.refresh_ahead <= _DAY:
+            raise ConfigurationError("cache refresh_ahead must be 0 .. 24 h")
+        if not 0.0 <= self.refresh_retry <= 3600.0:
+            raise ConfigurationError("cache refresh_retry must be 0 .. 3600 s")
+        if not 0.0 <= self.ttl_jitter <= 0.5:
+            raise ConfigurationError("cache ttl_jitter must be 0 .. 0.5")
+        if not 0.0 < self.wait_timeout <= 3600.0:
+            raise ConfigurationError("cache wait_timeout must be in (0, 3600] s")
+
+    @classmethod
+    def off(cls) -> CachePolicy:
+        return cls(enabled=False)
+
+
+#: The no-cache policy: every object asks the KMS for its own data key.
+NO_CACHE: Final = CachePolicy(enabled=False)
+
+
+# -- cache keys -----------------------------------------------------------------------------
+
+_identities: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
+_identities_strong: dict[int, tuple[object, str]] = {}
+_identities_lock = threading.Lock()
+
+
+def backend_identity(backend: KmsBackend) -> str:
+    """A name for this backend *instance* in cache keys.
+
+    Two backends of one kind may hold different master keys under the same key id, so entries
+    are bound to the instance (a random token per object), unless the backend declares a stable
+    `cache_identity` string (e.g. an AWS account and region, where key ids are global).
+    """
+    declared = getattr(backend, "cache_identity", None)
+    if isinstance(declared, str) and declared:
+        return f"{backend.provider_id}:{declared}"
+    with _identities_lock:
+        try:
+            ident = _identities.get(backend)
+            if ident is None:
+                ident = _identities[backend] = f"{backend.provider_id}#{uuid.uuid4().hex}"
+            return ident
+        except TypeError:  # not weak-referenceable: keep it alive so its id is never reused
+            held = _identities_strong.get(id(backend))
+            if held is None or held[0] is not backend:
+                held = _identities_strong[id(backend)] = (
+                    backend,
+                    f"{backend.provider_id}#{uuid.uuid4().hex}",
+                )
+            return held[1]
+
+
+#: A cache key: an exact tuple of the fields it binds (hashable; compared field by field).
+CacheKey = tuple[object, ...]
+
+
+def _context_key(kms_context: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(kms_context.items()))
+
+
+def encryption_cache_key(
+    partition: str,
+    backend_id: str,
+    key_id: str,
+    kms_context: Mapping[str, str],
+    suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+) -> CacheKey:
+    """The encrypt-map key: partition, suite, backend instance, key id, KMS context."""
+    return ("enc", partition, suite_id, backend_id, key_id, _context_key(kms_context))
+
+
+def decryption_cache_key(
+    partition: str,
+    backend_id: str,
+    wrapped: WrappedKey,
+    kms_context: Mapping[str, str],
+    suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+) -> CacheKey:
+    """The decrypt-map key: partition, suite, backend instance, the wrapped key, KMS context."""
+    return (
+        "dec",
+        partition,
+        suite_id,
+        backend_id,
+        wrapped.provider_id,
+        wrapped.key_id,
+        wrapped.ciphertext,
+        _context_key(kms_context),
+    )
+
+
+# -- entries and the store ------------------------------------------------------------------
+
+
+class _Entry:
+    """One cached data key. Its plaintext is zeroed when it leaves the cache."""
+
+    __slots__ = (
+        "bytes",
+        "created",
+        "dead",
+        "dk",
+        "expires",
+        "key",
+        "kind",
+        "next_refresh",
+        "objects",
+        "refresh_at",
+        "wrapped",
+    )
+
+    def __init__(
+        self,
+        kind: CacheName,
+        key: CacheKey,
+        dk: bytes | bytearray,
+        wrapped: WrappedKey | None,
+        created: float,
+        ttl: float,
+        refresh_ahead: float,
+    ) -> None:
+        if len(dk) != DATA_KEY_LEN:
+            raise ValueError(f"data keys are {DATA_KEY_LEN} bytes")
+        self.kind: CacheName = kind
+        self.key = key
+        self.dk = bytearray(dk)
+        self.wrapped = wrapped
+        self.created = created
+        self.expires = created + ttl
+        self.refresh_at = created + max(ttl - refresh_ahead, ttl / 2)
+        self.next_refresh = self.refresh_at
+        self.objects = 0
+        self.bytes = 0
+        self.dead = False
+
+    def zero(self) -> None:
+        self.dk[:] = bytes(len(self.dk))
+        self.dead = True
+
+    def __repr__(self) -> str:
+        return (
+            f"_Entry({self.kind}, dk=<secret>, objects={self.objects}, bytes={self.bytes}, "
+            f"expires={self.expires:.3f})"
+        )
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("cache entries cannot be pickled")
+
+
+def _expires(_key: CacheKey, entry: _Entry, _now: float) -> float:
+    return entry.expires
+
+
+class _Store(TLRUCache[CacheKey, _Entry, float]):
+    """cachetools' TLRU (per-entry expiry + LRU), reporting each entry it drops."""
+
+    def __init__(self, owner: DataKeyCache, capacity: int, clock: Clock) -> None:
+        super().__init__(capacity, _expires, clock)
+        self._owner = owner
+
+    def expire(self, time: float | None = None) -> list[tuple[CacheKey, _Entry]]:
+        gone = super().expire(time)
+        for _, entry in gone:
+            self._owner._dropped(entry, "expired")
+        return gone
+
+    def popitem(self) -> tuple[CacheKey, _Entry]:
+        key, entry = super().popitem()
+        self._owner._dropped(entry, "capacity")
+        return key, entry
+
+
+class _Flight:
+    """One in-flight backend request that other callers for the same key wait on."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+
+_caches: weakref.WeakSet[DataKeyCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_caches):
+        cache._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class DataKeyCache:
+    """The encrypt and decrypt maps, their limits and single-flight; thread-safe.
+
+    Normally built by `Keyring(cache=CachePolicy(...))`; build one yourself to share a cache
+    (and its memory budget) between keyrings, which still share *entries* only when they name
+    the same partition. `clock` and `rng` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        policy: CachePolicy | None = None,
+        *,
+        observer: Observer = NULL_OBSERVER,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy if policy is not None else CachePolicy()
+        self.observer = observer
+        self.clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+        self._store = _Store(self, self.policy.capacity, clock)
+        self._flights: dict[tuple[CacheKey, int], _Flight] = {}
+        self._by_wrapped: dict[WrappedKey, _Entry] = {}
+        self._live: dict[CacheName, int] = {"encrypt": 0, "decrypt": 0}
+        self._earliest = math.inf  # no entry expires before this
+        _caches.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"DataKeyCache(encrypt={self._live['encrypt']}, decrypt={self._live['decrypt']}, "
+            f"policy={self.policy!r})"
+        )
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("a data-key cache cannot be pickled")
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.enabled
+
+    def __len__(self) -> int:
+        return self._live["encrypt"] + self._live["decrypt"]
+
+    def entries(self, cache: CacheName) -> int:
+        """Live entries in one map (expired entries leave at the next operation)."""
+        return self._live[cache]
+
+    # -- bookkeeping (all under self._lock) -------------------------------------------------
+
+    def _dropped(self, entry: _Entry, reason: EvictionReason) -> None:
+        """An entry left the store: zero it and report. Called with the lock held."""
+        if entry.dead:
+            return
+        entry.zero()
+        self._live[entry.kind] -= 1
+        if entry.wrapped is not None and self._by_wrapped.get(entry.wrapped) is entry:
+            del self._by_wrapped[entry.wrapped]
+        self.observer.cache_eviction(entry.kind, reason)
+        self.observer.cache_entries(entry.kind, self._live[entry.kind])
+
+    def _lookup(self, key: CacheKey, now: float) -> _Entry | None:
+        """The live entry for `key`; drops (and zeroes) expired entries first, when due."""
+        if now >= self._earliest:
+            self._store.expire(now)
+            self._earliest = min((e.expires for e in self._all_entries()), default=math.inf)
+        try:
+            return self._store[key]
+        except KeyError:
+            return None
+
+    def _retire(self, entry: _Entry, reason: EvictionReason) -> None:
+        if self._store.get(entry.key) is entry:
+            self._store.pop(entry.key, None)
+        self._dropped(entry, reason)
+
+    def _ttl(self, base: float) -> float:
+        jitter = self.policy.ttl_jitter
+        return base * (1.0 - self._rng.uniform(0.0, jitter)) if jitter else base
+
+    def _insert(
+        self,
+        kind: CacheName,
+        key: CacheKey,
+        dk: bytes | bytearray,
+        wrapped: WrappedKey | None,
+        created: float,
+    ) -> _Entry | None:
+        base = self.policy.ttl if kind == "encrypt" else self.policy.decrypt_ttl
+        entry = _Entry(kind, key, dk, wrapped, created, self._ttl(base), self.policy.refresh_ahead)
+        now = self.clock()
+        if not now < entry.expires:  # the request took longer than the TTL: do not cache
+            entry.zero()
+            return None
+        old = self._store.get(key)
+        if old is not None:
+            self._retire(old, "replaced")
+        self._store[key] = entry
+        self._earliest = min(self._earliest, entry.expires)
+        self._live[kind] += 1
+        if wrapped is not None:
+            self._by_wrapped[wrapped] = entry
+        self.observer.cache_entries(kind, self._live[kind])
+        return entry
+
+    def _take_encrypt(self, entry: _Entry, expected_bytes: int) -> DataKey | None:
+        """Count one object (and its expected bytes) on `entry`; None if that crosses a bound."""
+        p = self.policy
+        if entry.objects >= p.max_objects:
+            self._retire(entry, "objects")
+            return None
+        if entry.bytes + expected_bytes > p.max_bytes:
+            self._retire(entry, "bytes")
+            return None
+        assert entry.wrapped is not None
+        copy = DataKey(entry.dk, entry.wrapped)
+        self._count(entry, expected_bytes)
+        return copy
+
+    def _count(self, entry: _Entry, expected_bytes: int) -> None:
+        """One more object on `entry`; it retires on reaching a bound."""
+        entry.objects += 1
+        entry.bytes += expected_bytes
+        if entry.objects >= self.policy.max_objects:
+            self._retire(entry, "objects")
+        elif entry.bytes >= self.policy.max_bytes:
+            self._retire(entry, "bytes")
+
+    def _all_entries(self) -> list[_Entry]:
+        """Every stored entry, expired ones included (TLRU's own iteration hides those)."""
+        store = self._store
+        return [Cache.__getitem__(store, k) for k in list(Cache.__iter__(store))]
+
+    def _claim_refresh(
+        self, entry: _Entry, now: float, slot: tuple[CacheKey, int]
+    ) -> _Flight | None:
+        if entry.dead or now < entry.next_refresh or slot in self._flights:
+            return None
+        entry.next_refresh = now + self.policy.refresh_retry
+        flight = self._flights[slot] = _Flight()
+        return flight
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        for entry in self._all_entries():
+            entry.zero()
+        self._store.clear()
+        self._flights.clear()
+        self._by_wrapped.clear()
+        self._live = {"encrypt": 0, "decrypt": 0}
+
+    # -- public operations ------------------------------------------------------------------
+
+    async def encryption_key(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], Awaitable[DataKey]],
+        *,
+        expected_bytes: int = 0,
+    ) -> DataKey:
+        """A data key for one new object: cached if within limits, else fetched (single-flight).
+
+        The caller owns the returned `DataKey` (a copy) and should wipe it.
+        """
+        p = self.policy
+        if expected_bytes < 0:
+            raise ConfigurationError("expected_bytes must be >= 0")
+        if not p.enabled or expected_bytes > p.max_bytes:
+            if p.enabled:
+                self.observer.cache_lookup("encrypt", False)
+            return await fetch()  # off, or a single object over the byte limit: a one-use key
+        slot = (key, threading.get_ident())
+        while True:
+            refresh: _Flight | None = None
+            with self._lock:
+                now = self.clock()
+                entry = self._lookup(key, now)
+                got = self._take_encrypt(entry, expected_bytes) if entry is not None else None
+                if entry is not None and got is not None:
+                    self.observer.cache_lookup("encrypt", True)
+                    refresh = self._claim_refresh(entry, now, slot)
+                    if refresh is None:
+                        return got
+                else:
+                    pending = self._flights.get(slot)
+                    owner = pending is None
+                    if pending is None:
+                        pending = self._flights[slot] = _Flight()
+                        self.observer.cache_lookup("encrypt", False)
+                    flight = pending
+            if refresh is not None:
+                assert got is not None
+                await self._refresh_encrypt(key, fetch, refresh, slot)
+                return got
+            if owner:
+                return await self._fill_encrypt(key, fetch, flight, slot, expected_bytes)
+            await self._wait(flight)
+
+    async def decryption_key(
+        self, key: CacheKey, fetch: Callable[[], Awaitable[bytearray]]
+    ) -> bytearray:
+        """The plaintext of one wrapped key: cached, or fetched once (single-flight). A copy."""
+        if not self.policy.enabled:
+            return await fetch()
+        slot = (key, threading.get_ident())
+        while True:
+            refresh: _Flight | None = None
+            with self._lock:
+                now = self.clock()
+                entry = self._lookup(key, now)
+                if entry is not None:
+                    got = bytearray(entry.dk)
+                    self.observer.cache_lookup("decrypt", True)
+                    refresh = self._claim_refresh(entry, now, slot)
+                    if refresh is None:
+                        return got
+                else:
+                    pending = self._flights.get(slot)
+                    owner = pending is None
+                    if pending is None:
+                        pending = self._flights[slot] = _Flight()
+                        self.observer.cache_lookup("decrypt", False)
+                    flight = pending
+            if refresh is not None:
+                await self._refresh_decrypt(key, fetch, refresh, slot)
+                return got
+            if owner:
+                return await self._fill_decrypt(key, fetch, flight, slot)
+            await self._wait(flight)
+
+    def peek_decryption_key(self, key: CacheKey) -> bytearray | None:
+        """A cached plaintext for `key` (a copy, counted as a hit), or None. Never calls a KMS."""
+        if not self.policy.enabled:
+            return None
+        with self._lock:
+            entry = self._lookup(key, self.clock())
+            if entry is None:
+                return None
+            self.observer.cache_lookup("decrypt", True)
+            return bytearray(entry.dk)
+
+    def charge(self, wrapped: WrappedKey, nbytes: int) -> None:
+        """Count `nbytes` more plaintext on the data key wrapped as `wrapped`.
+
+        The entry retires once its byte limit is reached; objects already holding the key
+        finish with it. A key no longer cached (or never cached) is ignored.
+        """
+        if nbytes < 0:
+            raise ConfigurationError("cannot charge a negative number of bytes")
+        with self._lock:
+            entry = self._by_wrapped.get(wrapped)
+            if entry is None or entry.dead:
+                return
+            entry.bytes += nbytes
+            if entry.bytes >= self.policy.max_bytes:
+                self._retire(entry, "bytes")
+
+    def clear(self) -> None:
+        """Drop (and zero) every entry."""
+        with self._lock:
+            for entry in self._all_entries():
+                self._dropped(entry, "cleared")
+            self._store.clear()
+
+    def prune(self) -> int:
+        """Drop expired entries now; returns how many left."""
+        with self._lock:
+            gone = self._store.expire(self.clock())
+            self._earliest = min((e.expires for e in self._all_entries()), default=math.inf)
+            return len(gone)
+
+    # -- the slow paths ---------------------------------------------------------------------
+
+    async def _wait(self, flight: _Flight) -> None:
+        with anyio.move_on_after(self.policy.wait_timeout) as scope:
+            await flight.done.wait()
+        if scope.cancelled_caught:
+            raise KmsUnavailableError(
+                f"timed out after {self.policy.wait_timeout:g} s waiting for a data-key "
+                "request already in flight"
+            )
+        if flight.error is not None:
+            raise flight.error  # the single-flight owner's outcome is shared
+
+    def _land(self, flight: _Flight, slot: tuple[CacheKey, int]) -> None:
+        with self._lock:
+            if self._flights.get(slot) is flight:
+                del self._flights[slot]
+        flight.done.set()
+
+    async def _fill_encrypt(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], Awaitable[DataKey]],
+        flight: _Flight,
+        slot: tuple[CacheKey, int],
+        expected_bytes: int,
+    ) -> DataKey:
+        try:
+            started = self.clock()
+            data_key = await fetch()
+            with self._lock:
+                entry = self._insert("encrypt", key, data_key.plaintext, data_key.wrapped, started)
+                if entry is not None:
+                    self._count(entry, expected_bytes)  # the caller's object: the fetched key
+            return data_key
+        except Exception as e:
+            flight.error = e
+            raise
+        finally:
+            self._land(flight, slot)
+
+    async def _fill_decrypt(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], Awaitable[bytearray]],
+        flight: _Flight,
+        slot: tuple[CacheKey, int],
+    ) -> bytearray:
+        try:
+            started = self.clock()
+            plaintext = await fetch()
+            with self._lock:
+                self._insert("decrypt", key, plaintext, None, started)
+            return plaintext
+        except Exception as e:
+            flight.error = e
+            raise
+        finally:
+            self._land(flight, slot)
+
+    async def _refresh_encrypt(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], Awaitable[DataKey]],
+        flight: _Flight,
+        slot: tuple[CacheKey, int],
+    ) -> None:
+        try:
+            started = self.clock()
+            data_key = await fetch()
+            try:
+                with self._lock:
+                    self._insert("encrypt", key, data_key.plaintext, data_key.wrapped, started)
+            finally:
+                data_key.wipe()
+            self.observer.cache_refresh("encrypt", True)
+        except Exception as e:
+            flight.error = e
+            self.observer.cache_refresh("encrypt", False)  # the old entry dies on time
+        finally:
+            self._land(flight, slot)
+
+    async def _refresh_decrypt(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], Awaitable[bytearray]],
+        flight: _Flight,
+        slot: tuple[CacheKey, int],
+    ) -> None:
+        try:
+            started = self.clock()
+            plaintext = await fetch()
+            try:
+                with self._lock:
+                    self._insert("decrypt", key, plaintext, None, started)
+            finally:
+                plaintext[:] = bytes(len(plaintext))
+            self.observer.cache_refresh("decrypt", True)
+        except Exception as e:
+            flight.error = e
+            self.observer.cache_refresh("decrypt", False)
+        finally:
+            self._land(flight, slot)

@@ -1,0 +1,546 @@
+"""The one retry layer for every KMS backend: classify, back off with full jitter, stop in time.
+
+    kms = RetryingKms(backend, RetryPolicy.bulk())        # or Keyring(..., retry=RetryPolicy())
+
+Rules (see docs/cache.md, "Retries"):
+
+- Errors are classified as THROTTLED, TRANSIENT, TIMEOUT or FATAL (`classify_error`). FATAL
+  errors (unknown key, wrong context, access denied, ...) are raised at once, never retried.
+- Retry k (k = 1, 2, ...) sleeps ``U(0, min(cap, base * 2**(k-1)))`` ("full jitter"), with a
+  larger base for throttling (1 s) than for transient errors and timeouts (50 ms). A server's
+  retry-after hint is honoured, clamped to ``[d, d + retry_after_max_extra]``.
+- A call stops after `max_attempts` attempts or when the next sleep would cross its overall
+  `deadline`; each attempt is also cut at the deadline (and at `attempt_timeout`, if set).
+- A retry budget (token bucket, one per backend) pays for each retry and is refilled by
+  successes; when it is empty, calls fail fast instead of feeding a retry storm.
+- Sleeping is cancellable: cancelling the caller interrupts a backoff at once.
+- Retries live in this layer only. Wrapping a `RetryingKms` in another is refused, and a wrapped
+  backend that offers ``disable_sdk_retries()`` has its SDK's own retries turned off (boto-based
+  backends: pass `BOTOCORE_NO_RETRIES` as ``botocore.config.Config(retries=...)``).
+
+Every attempt is reported to the observer (`kms_call_started` / `kms_call_finished`), so the
+KMS call metrics count what was really sent, retries included.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from ..errors import (
+    ConfigurationError,
+    KmsError,
+    KmsTimeoutError,
+    KmsTransientError,
+    KmsUnavailableError,
+    ThrottlingError,
+)
+from ..metrics import NULL_OBSERVER, GiveUpReason, KmsOutcome, Observer, RetryReason
+from .base import DataKey, KmsBackend, WrappedKey
+
+__all__ = (
+    "BOTOCORE_NO_RETRIES",
+    "ErrorKind",
+    "KmsTimeoutError",
+    "KmsTransientError",
+    "RetryBudget",
+    "RetryBudgetExhaustedError",
+    "RetryDeadlineExceededError",
+    "RetryExhaustedError",
+    "RetryPolicy",
+    "Retrier",
+    "RetryingKms",
+    "classify_error",
+    "shared_budget",
+)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+#: botocore ``Config(retries=BOTOCORE_NO_RETRIES)``: one attempt, so only this layer retries.
+BOTOCORE_NO_RETRIES: Mapping[str, object] = {"total_max_attempts": 1, "mode": "standard"}
+
+
+class ErrorKind(enum.Enum):
+    THROTTLED = "throttled"
+    TRANSIENT = "transient"
+    TIMEOUT = "timeout"
+    FATAL = "fatal"
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class RetryExhaustedError(KmsUnavailableError):
+    """The retry layer gave up; `__cause__` is the last backend error.
+
+    `reason` is "attempts", "budget" or "deadline"; `kind` the class of the last error.
+    """
+
+    reason: GiveUpReason = "attempts"
+
+    def __init__(
+        self, message: str, *, backend: str, operation: str, attempts: int, kind: ErrorKind
+    ) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.operation = operation
+        self.attempts = attempts
+        self.kind = kind
+
+
+class RetryBudgetExhaustedError(RetryExhaustedError):
+    """The backend's retry budget is empty: failing fast instead of adding to a retry storm."""
+
+    reason: GiveUpReason = "budget"
+
+
+class RetryDeadlineExceededError(RetryExhaustedError):
+    """The call's overall deadline passed (or the next backoff would cross it)."""
+
+    reason: GiveUpReason = "deadline"
+
+
+# -- classification -------------------------------------------------------------------------
+
+#: Error codes meaning "slow down" (botocore's list, plus KMS's own).
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+    }
+)
+#: Error codes meaning "try again" (botocore's transient codes plus KMS's internal errors).
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "KMSInternalException",
+        "KMSInternal",
+        "DependencyTimeoutException",
+    }
+)
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+
+
+def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
+    """Duck-typed error code and HTTP status (botocore ``ClientError`` and similar)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        error = response.get("Error")
+        meta = response.get("ResponseMetadata")
+        code = error.get("Code") if isinstance(error, Mapping) else None
+        status = meta.get("HTTPStatusCode") if isinstance(meta, Mapping) else None
+        return (
+            code if isinstance(code, str) else None,
+            status if isinstance(status, int) else None,
+        )
+    code = getattr(exc, "code", None)
+    return (code if isinstance(code, str) else None), None
+
+
+def classify_error(exc: BaseException) -> ErrorKind:
+    """THROTTLED, TRANSIENT, TIMEOUT or FATAL. Unknown errors are FATAL (never retried)."""
+    if isinstance(exc, ThrottlingError):
+        return ErrorKind.THROTTLED
+    if isinstance(exc, RetryExhaustedError):
+        return ErrorKind.FATAL  # a nested layer already retried: never multiply retries
+    if isinstance(exc, KmsTimeoutError | TimeoutError):
+        return ErrorKind.TIMEOUT
+    if isinstance(exc, KmsTransientError):
+        return ErrorKind.TRANSIENT
+    code, status = _code_and_status(exc)  # an AWS-style error code or HTTP status, if any
+    if code in THROTTLING_CODES or status == 429:
+        return ErrorKind.THROTTLED
+    if isinstance(exc, KmsUnavailableError):  # "unavailable", not further described
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, KmsError):  # KmsKeyError, NoBackendError: a refusal
+        return ErrorKind.FATAL
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, ConnectionError | anyio.BrokenResourceError):
+        return ErrorKind.TRANSIENT
+    return ErrorKind.FATAL
+
+
+# -- policy and budget ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to retry one backend call. Profiles: `default()`, `bulk()`, `none()`.
+
+    max_attempts: attempts in all, the first included (1 = never retry).
+    deadline: seconds from the first attempt after which the call fails (RetryDeadlineExceeded).
+    throttle_base / transient_base: backoff base for THROTTLED, and for TRANSIENT and TIMEOUT.
+    cap: the largest single backoff.
+    attempt_timeout: cut one attempt after this many seconds (a TIMEOUT, retried); None = only
+        the deadline cuts attempts.
+    retry_after_max_extra: a server's retry-after hint may lengthen a backoff by at most this.
+    budget_capacity: the retry budget's size (None = no budget); the costs are what one retry
+        of each kind takes from it; a first-try success puts `success_refund` back.
+    """
+
+    max_attempts: int = 3
+    deadline: float = 30.0
+    throttle_base: float = 1.0
+    transient_base: float = 0.05
+    cap: float = 20.0
+    attempt_timeout: float | None = None
+    retry_after_max_extra: float = 5.0
+    budget_capacity: int | None = 500
+    throttle_cost: int = 5
+    transient_cost: int = 14
+    timeout_cost: int = 10
+    success_refund: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 100:
+            raise ConfigurationError("max_attempts must be 1..100")
+        if not 0 < self.deadline <= 3600:
+            raise ConfigurationError("deadline must be in (0, 3600] seconds")
+        for name in ("throttle_base", "transient_base", "cap"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigurationError(f"{name} must be in (0, 3600] seconds")
+        if self.attempt_timeout is not None and not 0 < self.attempt_timeout <= self.deadline:
+            raise ConfigurationError("attempt_timeout must be in (0, deadline]")
+        if not 0 <= self.retry_after_max_extra <= 3600:
+            raise ConfigurationError("retry_after_max_extra must be in [0, 3600] seconds")
+        if self.budget_capacity is not None and self.budget_capacity < 1:
+            raise ConfigurationError("budget_capacity must be >= 1 (or None for no budget)")
+        for name in ("throttle_cost", "transient_cost", "timeout_cost", "success_refund"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be >= 0")
+
+    @classmethod
+    def default(cls) -> RetryPolicy:
+        """Interactive work: 3 attempts, 30 s deadline (the AWS SDKs' standard mode)."""
+        return cls()
+
+    @classmethod
+    def bulk(cls) -> RetryPolicy:
+        """Batch/ETL jobs, where finishing matters more than latency: 8 attempts, 120 s."""
+        return cls(max_attempts=8, deadline=120.0)
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        """One attempt: errors surface unchanged (the layer still reports every call).
+
+        The deadline is the largest allowed (1 h), so that merely observing calls does not
+        cut slow ones.
+        """
+        return cls(max_attempts=1, deadline=3600.0, budget_capacity=None)
+
+    def base_for(self, kind: ErrorKind) -> float:
+        return self.throttle_base if kind is ErrorKind.THROTTLED else self.transient_base
+
+    def backoff_bound(self, kind: ErrorKind, retry: int) -> float:
+        """The upper bound of the sleep before retry number `retry` (1-based)."""
+        return min(self.cap, self.base_for(kind) * 2.0 ** min(retry - 1, 64))
+
+    def cost_of(self, kind: ErrorKind) -> int:
+        if kind is ErrorKind.THROTTLED:
+            return self.throttle_cost
+        if kind is ErrorKind.TIMEOUT:
+            return self.timeout_cost
+        return self.transient_cost
+
+
+class RetryBudget:
+    """A token bucket that pays for retries (botocore's retry quota); thread-safe.
+
+    `acquire(cost)` takes tokens for a retry or refuses; `release(amount)` refills after a
+    success, up to `capacity`. Share one budget per backend client.
+    """
+
+    __slots__ = ("_lock", "_tokens", "capacity")
+
+    def __init__(self, capacity: int = 500) -> None:
+        if capacity < 1:
+            raise ConfigurationError("a retry budget needs a capacity >= 1")
+        self.capacity = capacity
+        self._tokens = capacity
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> int:
+        return self._tokens
+
+    def acquire(self, cost: int) -> bool:
+        with self._lock:
+            if cost > self._tokens:
+                return False
+            self._tokens -= cost
+            return True
+
+    def release(self, amount: int) -> None:
+        if amount <= 0:
+            return
+        with self._lock:
+            self._tokens = min(self.capacity, self._tokens + amount)
+
+    def __repr__(self) -> str:
+        return f"RetryBudget({self._tokens}/{self.capacity})"
+
+
+_budgets: weakref.WeakKeyDictionary[object, RetryBudget] = weakref.WeakKeyDictionary()
+_budgets_lock = threading.Lock()
+
+
+def shared_budget(backend: object, capacity: int) -> RetryBudget:
+    """The one retry budget of a backend client, shared by every wrapper built over it.
+
+    Backends that cannot be weakly referenced get a budget of their own per call.
+    """
+    with _budgets_lock:
+        try:
+            budget = _budgets.get(backend)
+            if budget is None or budget.capacity != capacity:
+                budget = _budgets[backend] = RetryBudget(capacity)
+            return budget
+        except TypeError:
+            return RetryBudget(capacity)
+
+
+class _Uniform(Protocol):
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+_OUTCOME: Mapping[ErrorKind, KmsOutcome] = {
+    ErrorKind.THROTTLED: "throttled",
+    ErrorKind.TRANSIENT: "transient",
+    ErrorKind.TIMEOUT: "timeout",
+    ErrorKind.FATAL: "error",
+}
+_REASON: Mapping[ErrorKind, RetryReason] = {
+    ErrorKind.THROTTLED: "throttled",
+    ErrorKind.TRANSIENT: "transient",
+    ErrorKind.TIMEOUT: "timeout",
+}
+
+
+class Retrier:
+    """Runs calls under a `RetryPolicy`. `sleep`, `clock` and `rng` are injectable for tests."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy | None = None,
+        *,
+        backend: str = "kms",
+        budget: RetryBudget | None = None,
+        observer: Observer = NULL_OBSERVER,
+        sleep: Sleep = anyio.sleep,
+        clock: Clock = time.monotonic,
+        rng: _Uniform | None = None,
+        classify: Callable[[BaseException], ErrorKind] = classify_error,
+    ) -> None:
+        self.policy = policy if policy is not None else RetryPolicy()
+        self.backend = backend
+        if budget is None and self.policy.budget_capacity is not None:
+            budget = RetryBudget(self.policy.budget_capacity)
+        self.budget = budget
+        self.observer = observer
+        self.sleep = sleep
+        self.clock = clock
+        self.rng: _Uniform = rng if rng is not None else random.Random()
+        self.classify = classify
+
+    def __repr__(self) -> str:
+        return f"Retrier(backend={self.backend!r}, policy={self.policy!r}, budget={self.budget!r})"
+
+    def _give_up(
+        self,
+        cls: type[RetryExhaustedError],
+        operation: str,
+        attempts: int,
+        kind: ErrorKind,
+        detail: str,
+    ) -> RetryExhaustedError:
+        self.observer.kms_gave_up(self.backend, operation, cls.reason)
+        return cls(
+            f"{operation} on {self.backend}: {detail} after {attempts} attempt(s); "
+            f"last error was {kind.value}",
+            backend=self.backend,
+            operation=operation,
+            attempts=attempts,
+            kind=kind,
+        )
+
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` (one attempt per call) until it succeeds or the policy says stop."""
+        policy, observer, backend = self.policy, self.observer, self.backend
+        start = self.clock()
+        spent = 0
+        attempt = 1
+        while True:
+            remaining = policy.deadline - (self.clock() - start)
+            limit = remaining
+            if policy.attempt_timeout is not None:
+                limit = min(limit, policy.attempt_timeout)
+            observer.kms_call_started(backend, operation)
+            t0 = time.perf_counter()
+            error: Exception | None = None
+            try:
+                with anyio.move_on_after(limit) as scope:
+                    result = await fn()
+            except Exception as exc:
+                error = exc
+            except BaseException:
+                observer.kms_call_finished(
+                    backend, operation, "cancelled", time.perf_counter() - t0
+                )
+                raise
+            seconds = time.perf_counter() - t0
+            if error is None and not scope.cancelled_caught:
+                observer.kms_call_finished(backend, operation, "ok", seconds)
+                if self.budget is not None:
+                    self.budget.release(spent if spent else policy.success_refund)
+                return result
+            if error is None:  # the attempt was cut by the deadline or attempt_timeout
+                observer.kms_call_finished(backend, operation, "timeout", seconds)
+                if limit >= remaining:
+                    raise self._give_up(
+                        RetryDeadlineExceededError,
+                        operation,
+                        attempt,
+                        ErrorKind.TIMEOUT,
+                        f"deadline of {policy.deadline:g} s passed",
+                    )
+                kind = ErrorKind.TIMEOUT
+                error = KmsTimeoutError(
+                    f"{operation} on {backend}: attempt timed out after {limit:g} s"
+                )
+            else:
+                kind = self.classify(error)
+                observer.kms_call_finished(backend, operation, _OUTCOME[kind], seconds)
+            if kind is ErrorKind.FATAL or policy.max_attempts == 1:
+                raise error  # never retried / retries off: the backend's own error
+            if attempt >= policy.max_attempts:
+                raise self._give_up(
+                    RetryExhaustedError, operation, attempt, kind, "gave up"
+                ) from error
+            cost = policy.cost_of(kind)
+            if self.budget is not None and not self.budget.acquire(cost):
+                raise self._give_up(
+                    RetryBudgetExhaustedError,
+                    operation,
+                    attempt,
+                    kind,
+                    "retry budget exhausted (the backend is failing widely)",
+                ) from error
+            delay = self.rng.uniform(0.0, policy.backoff_bound(kind, attempt))
+            hint = getattr(error, "retry_after", None)
+            if isinstance(hint, int | float) and hint > delay:
+                delay = min(float(hint), delay + policy.retry_after_max_extra)
+            if (self.clock() - start) + delay >= policy.deadline:
+                if self.budget is not None:
+                    self.budget.release(cost)
+                raise self._give_up(
+                    RetryDeadlineExceededError,
+                    operation,
+                    attempt,
+                    kind,
+                    f"the next backoff would pass the deadline of {policy.deadline:g} s",
+                ) from error
+            spent += cost
+            observer.kms_retry(backend, operation, _REASON[kind], attempt, delay)
+            await self.sleep(delay)
+            attempt += 1
+
+
+class RetryingKms:
+    """A `KmsBackend` that runs every call of `inner` through one `Retrier`."""
+
+    def __init__(
+        self,
+        inner: KmsBackend,
+        policy: RetryPolicy | None = None,
+        *,
+        name: str | None = None,
+        budget: RetryBudget | None = None,
+        observer: Observer = NULL_OBSERVER,
+        sleep: Sleep = anyio.sleep,
+        clock: Clock = time.monotonic,
+        rng: _Uniform | None = None,
+        classify: Callable[[BaseException], ErrorKind] = classify_error,
+    ) -> None:
+        if isinstance(inner, RetryingKms):
+            raise ConfigurationError("this backend already retries: retries would multiply")
+        disable: Any = getattr(inner, "disable_sdk_retries", None)
+        if callable(disable):
+            disable()
+        self.inner = inner
+        self.retrier = Retrier(
+            policy,
+            backend=name or inner.provider_id,
+            budget=budget,
+            observer=observer,
+            sleep=sleep,
+            clock=clock,
+            rng=rng,
+            classify=classify,
+        )
+
+    def __repr__(self) -> str:
+        return f"RetryingKms({self.inner!r}, {self.retrier.policy!r})"
+
+    @property
+    def provider_id(self) -> str:
+        return self.inner.provider_id
+
+    @property
+    def observer(self) -> Observer:
+        return self.retrier.observer
+
+    @observer.setter
+    def observer(self, value: Observer) -> None:
+        self.retrier.observer = value
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        return await self.retrier.call(
+            "GenerateDataKey", lambda: self.inner.generate_data_key(key_id, context=context)
+        )
+
+    async def encrypt_data_key(
+        self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+    ) -> WrappedKey:
+        return await self.retrier.call(
+            "Encrypt", lambda: self.inner.encrypt_data_key(key_id, plaintext, context=context)
+        )
+
+    async def decrypt_data_key(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        return await self.retrier.call(
+            "Decrypt", lambda: self.inner.decrypt_data_key(wrapped, context=context)
+        )
+
+    def can_unwrap(self, wrapped: WrappedKey) -> bool:
+        return self.inner.can_unwrap(wrapped)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
