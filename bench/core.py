@@ -98,51 +98,9 @@ def file_to_file(directory: str, size: int, keyring: Keyring, reps: int) -> dict
     return {"copy": t_copy, "encrypt": t_enc, "decrypt": t_dec}
 
 
-_RSS_CHILD = r"""
-import anyio, sys
-from envelope import api
-from envelope.keyring import Keyring
-from envelope.kms.memory import MemoryKms
-TOTAL = int(sys.argv[1])
-class Null:
-    n = 0
-    async def write(self, data): self.n += len(data)
-    async def commit(self): pass
-    async def abort(self): pass
-async def gen():
-    block = bytes(range(256)) * 4096  # 1 MiB
-    for _ in range(TOTAL // len(block)):
-        yield block
-async def main():
-    kms = MemoryKms(); kr = Keyring(kms, kms.create_key())
-    # encrypt the whole stream into a discarding sink
-    sink = Null()
-    await api.encrypt(gen(), sink, keyring=kr)
-    # decrypt a 2 GiB ciphertext stream produced on the fly by a second encryption
-    send, recv = anyio.create_memory_object_stream[bytes](4)
-    class Pipe(Null):
-        async def write(self, data): await send.send(bytes(data))
-        async def commit(self): await send.aclose()
-    async def chunks():
-        async with recv:
-            async for c in recv:
-                yield c
-    out = Null()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: api.encrypt(gen(), Pipe(), keyring=kr))
-        await api.decrypt(chunks(), out, keyring=kr)
-    assert out.n == TOTAL, out.n
-    # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak.
-    with open("/proc/self/status") as f:
-        hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
-    print(hwm // 1024)
-anyio.run(main)
-"""
-
-
 def peak_rss_mib(total: int) -> int:
     r = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(total)],
+        [sys.executable, os.path.join(os.path.dirname(__file__), "rss_child.py"), str(total)],
         check=True,
         capture_output=True,
         text=True,
@@ -168,10 +126,12 @@ def main() -> int:
     t_raw = raw_limit(data, args.reps)
     e1, d1 = in_memory(data, keyring, 1, args.reps)
     ea, da = in_memory(data, keyring, cores, args.reps)
-    with tempfile.TemporaryDirectory(prefix="envelope-bench-", dir=os.environ.get("BENCH_DIR")) as d:
+    with tempfile.TemporaryDirectory(
+        prefix="envelope-bench-", dir=os.environ.get("BENCH_DIR")
+    ) as d:
         files = file_to_file(d, args.file_mib * MIB, keyring, max(1, args.reps - 1))
     file_mb = args.file_mib * MIB / 1e6
-    rss = peak_rss_mib(args.rss_mib * MIB)
+    rss = peak_rss_mib(args.rss_mib)
 
     r = {
         "cores": cores,

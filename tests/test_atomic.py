@@ -1,0 +1,132 @@
+"""Crash safety: a failure in the middle of a file operation leaves the target as it was."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from envelope import api, sync
+from envelope.errors import AuthenticationError
+from envelope.keyring import Keyring
+
+S = 4096
+OPTS = api.Options(segment_size=S, batch_bytes=2 * S, workers=2)
+
+
+class FailingReader(io.RawIOBase):
+    """A source whose disk dies after `fail_after` bytes."""
+
+    def __init__(self, data: bytes, fail_after: int) -> None:
+        self._data = data
+        self._pos = 0
+        self._fail_after = fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        if self._pos >= self._fail_after:
+            raise OSError(5, "Input/output error (injected)")
+        n = min(len(b), len(self._data) - self._pos, self._fail_after - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".envelope-tmp"))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.parametrize("fail_after", [0, 1, S, 5 * S + 7])
+def test_failed_encryption_leaves_target_untouched(
+    tmp_path: Path, keyring: Keyring, existing: bool, fail_after: int
+) -> None:
+    target = tmp_path / "out.env"
+    if existing:
+        target.write_bytes(b"previous content")
+    data = os.urandom(10 * S)
+    with pytest.raises(OSError, match="injected"):
+        sync.encrypt(FailingReader(data, fail_after), target, keyring=keyring, options=OPTS)
+    assert leftovers(tmp_path) == []
+    if existing:
+        assert target.read_bytes() == b"previous content"
+    else:
+        assert not target.exists()
+
+
+@pytest.mark.parametrize("damaged_segment", [0, 3, 9])
+def test_failed_decryption_releases_nothing_under_the_final_name(
+    tmp_path: Path, keyring: Keyring, damaged_segment: int
+) -> None:
+    data = os.urandom(10 * S)
+    ct = bytearray(sync.encrypt_bytes(data, keyring=keyring, options=OPTS))
+    header_len = api.parse_object_header(memoryview(ct)).header_len
+    ct[header_len + damaged_segment * (S + 16) + 5] ^= 0x40
+    src = tmp_path / "in.env"
+    src.write_bytes(ct)
+    target = tmp_path / "plain.bin"
+    target.write_bytes(b"old plaintext")
+    with pytest.raises(AuthenticationError):
+        sync.decrypt(src, target, keyring=keyring, options=OPTS)
+    assert target.read_bytes() == b"old plaintext"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_cancellation_mid_write_leaves_nothing(
+    anyio_backend: str, tmp_path: Path, keyring: Keyring
+) -> None:
+    async def slow_source():  # type: ignore[no-untyped-def]
+        for _ in range(1000):
+            yield os.urandom(S)
+            await anyio.sleep(0.001)
+
+    target = tmp_path / "out.env"
+    with anyio.move_on_after(0.05) as scope:
+        await api.encrypt(slow_source(), target, keyring=keyring, options=OPTS)
+    assert scope.cancelled_caught
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_sigkill_never_exposes_a_partial_target(tmp_path: Path) -> None:
+    """A process killed mid-write leaves at most a temp file, never the final name."""
+    key = tmp_path / "k.key"
+    subprocess.run([sys.executable, "-m", "envelope.cli.main", "keygen", str(key)], check=True)
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    target = tmp_path / "big.env"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "envelope.cli.main",
+            "encrypt",
+            str(src),
+            str(target),
+            "--key-file",
+            str(key),
+            "--workers",
+            "1",
+        ],
+    )
+    deadline = time.monotonic() + 30
+    while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode == -signal.SIGKILL:
+        assert not target.exists()
+    else:  # it finished before the kill landed: then the output must be whole
+        assert target.stat().st_size > 64 << 20

@@ -1,0 +1,115 @@
+"""The command line, run as a user runs it: a real process, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "ENVELOPE_HOME": "/nonexistent-envelope-home-for-tests"}
+
+
+def envelope(
+    *args: str, input: bytes | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    env = dict(ENV)
+    if home is not None:
+        env["ENVELOPE_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", *args],
+        input=input,
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    k = tmp_path / "k.key"
+    r = envelope("keygen", str(k))
+    assert r.returncode == 0, r.stderr
+    assert (k.stat().st_mode & 0o777) == 0o600
+    return k
+
+
+def test_file_round_trip_with_json_summary(tmp_path: Path, key: Path) -> None:
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(3 << 20) + b"tail")
+    enc, back = tmp_path / "out.env", tmp_path / "back.bin"
+    r = envelope(
+        "encrypt",
+        str(src),
+        str(enc),
+        "--key-file",
+        str(key),
+        "--json",
+        "--context",
+        "path=in.bin",
+        "--segment-size",
+        "65536",
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["plaintext_len"] == src.stat().st_size
+    assert info["ciphertext_len"] == enc.stat().st_size
+    assert info["object_context"] == {"path": "in.bin"}
+    assert info["wrapped_keys"][0]["provider_id"] == "file"
+    assert "plaintext" not in r.stdout.decode().lower().replace("plaintext_len", "")
+    r = envelope(
+        "decrypt", str(enc), str(back), "--key-file", str(key), "--expect-context", "path=in.bin"
+    )
+    assert r.returncode == 0, r.stderr
+    assert back.read_bytes() == src.read_bytes()
+
+
+def test_stdin_to_stdout(key: Path) -> None:
+    data = os.urandom(100_000)
+    enc = envelope("encrypt", "-", "-", "--key-file", str(key), input=data)
+    assert enc.returncode == 0, enc.stderr
+    dec = envelope("decrypt", "-", "-", "--key-file", str(key), input=enc.stdout)
+    assert dec.returncode == 0, dec.stderr
+    assert dec.stdout == data
+
+
+def test_errors_have_exit_codes_and_leave_no_output(tmp_path: Path, key: Path) -> None:
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"secret data " * 1000)
+    enc = tmp_path / "out.env"
+    assert envelope("encrypt", str(src), str(enc), "--key-file", str(key)).returncode == 0
+
+    other = tmp_path / "other.key"
+    assert envelope("keygen", str(other)).returncode == 0
+    back = tmp_path / "back.bin"
+    r = envelope("decrypt", str(enc), str(back), "--key-file", str(other))
+    assert r.returncode == 3 and b"NoBackendError" in r.stderr and not back.exists()
+
+    r = envelope(
+        "decrypt", str(enc), str(back), "--key-file", str(key), "--expect-context", "path=elsewhere"
+    )
+    assert r.returncode == 4 and not back.exists()
+
+    damaged = bytearray(enc.read_bytes())
+    damaged[-20] ^= 1
+    enc.write_bytes(bytes(damaged))
+    r = envelope("decrypt", str(enc), str(back), "--key-file", str(key))
+    assert r.returncode == 1 and b"AuthenticationError" in r.stderr and not back.exists()
+    assert b"secret" not in r.stderr
+
+    r = envelope("encrypt", str(src), str(enc), "--key-file", str(key), "--segment-size", "1000")
+    assert r.returncode == 2
+    r = envelope("keygen", str(key))
+    assert r.returncode == 2 and b"refusing to overwrite" in r.stderr
+    r = envelope("encrypt", str(tmp_path / "missing"), str(enc), "--key-file", str(key))
+    assert r.returncode == 2
+
+
+def test_demo_runs_end_to_end() -> None:
+    r = envelope("demo", "--size-mib", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["round_trip_identical"] and out["ranged_read_ok"] and out["tamper_detected"]

@@ -1,0 +1,131 @@
+"""The seekable decrypting reader and the plaintext-to-ciphertext range map."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from envelope import api, sync
+from envelope.errors import AuthenticationError, ClosedError, TruncatedObjectError
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+from envelope.reader import AsyncDecryptingReader, ciphertext_range, open_decrypted
+
+S = 4096
+OPTS = api.Options(segment_size=S)
+_kms = MemoryKms()
+KR = Keyring(_kms, _kms.create_key())
+DATA = os.urandom(25 * S + 123)
+CT = bytes(sync.encrypt_bytes(DATA, keyring=KR, options=OPTS, object_context={"k": "v"}))
+
+
+class CountingFile:
+    """A RangeFile over bytes that records every range read (like ranged GETs)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[tuple[int, int]] = []
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        self.ranges.append((offset, offset + length))
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=80, deadline=None)
+@given(offset=st.integers(0, len(DATA) + 10), length=st.integers(0, 5 * S))
+def test_random_reads_match_and_fetch_one_range(offset: int, length: int) -> None:
+    rf = CountingFile(CT)
+    with open_decrypted(rf, keyring=KR) as r:
+        rf.ranges.clear()
+        r.seek(offset)
+        got = r.read(length)
+        assert got == DATA[offset : offset + length]
+        assert r.tell() == offset + len(got)
+        if got:
+            # exactly one ciphertext range, and it is the one ciphertext_range predicts
+            assert rf.ranges == [ciphertext_range(r.header, len(CT), offset, length)]
+
+
+def test_read_whole_seek_end_and_sizes(tmp_path: Path) -> None:
+    p = tmp_path / "o.env"
+    p.write_bytes(CT)
+    with open_decrypted(p, keyring=KR, expected_context={"k": "v"}) as r:
+        assert r.size == len(DATA)
+        assert r.read() == DATA
+        assert r.read(10) == b""
+        assert r.seek(-5, os.SEEK_END) == len(DATA) - 5
+        assert r.read() == DATA[-5:]
+        assert r.verified_size() == len(DATA)
+        r.seek(3)
+        assert r.seek(4, os.SEEK_CUR) == 7
+        buf = bytearray(9)
+        assert r.readinto(buf) == 9 and bytes(buf) == DATA[7:16]
+    with pytest.raises(ClosedError):
+        r.read(1)
+
+
+def test_pyarrow_reads_through_the_reader() -> None:
+    with open_decrypted(io.BytesIO(CT), keyring=KR) as r:
+        f = pa.PythonFile(r, mode="r")
+        assert f.size() == len(DATA)
+        f.seek(S - 3)
+        assert f.read(10) == DATA[S - 3 : S + 7]
+
+
+def test_truncated_object_cannot_pass_for_a_shorter_one() -> None:
+    header_len = api.parse_object_header(memoryview(CT)).header_len
+    cut = CT[: header_len + 10 * (S + 16)]
+    with open_decrypted(io.BytesIO(cut), keyring=KR) as r:
+        assert r.size == 10 * S  # provisional
+        assert r.read(S) == DATA[:S]  # authenticated non-final segments may be read
+        with pytest.raises(TruncatedObjectError):
+            r.seek(0, os.SEEK_END)
+        with pytest.raises(TruncatedObjectError):
+            r.verified_size()
+        r.seek(9 * S)
+        with pytest.raises(TruncatedObjectError):
+            r.read()
+
+
+def test_damaged_segment_fails_only_where_read() -> None:
+    bad = bytearray(CT)
+    header_len = api.parse_object_header(memoryview(CT)).header_len
+    bad[header_len + 7 * (S + 16) + 100] ^= 1
+    with open_decrypted(io.BytesIO(bytes(bad)), keyring=KR) as r:
+        assert r.pread(0, 7 * S) == DATA[: 7 * S]
+        assert r.pread(8 * S, S) == DATA[8 * S : 9 * S]
+        with pytest.raises(AuthenticationError):
+            r.pread(7 * S + 5, 1)
+
+
+@pytest.mark.anyio
+async def test_async_reader(anyio_backend: str) -> None:
+    async with await AsyncDecryptingReader.open(io.BytesIO(CT), keyring=KR) as r:
+        offsets = random.Random(1).sample(range(len(DATA)), 20)
+        for off in offsets:
+            await r.seek(off)
+            assert await r.read(100) == DATA[off : off + 100]
+        assert await r.verified_size() == len(DATA)
+
+
+def test_ciphertext_range_arithmetic() -> None:
+    h = api.parse_object_header(memoryview(CT))
+    hl, t = h.header_len, S + 16
+    assert ciphertext_range(h, len(CT), 0, 1) == (hl, hl + t)
+    assert ciphertext_range(h, len(CT), S - 1, 2) == (hl, hl + 2 * t)
+    assert ciphertext_range(h, len(CT), len(DATA) - 1, 100) == (hl + 25 * t, len(CT))
+    assert ciphertext_range(h, len(CT), len(DATA), 5) == (len(CT), len(CT))
+    assert ciphertext_range(h, len(CT), 3, 0) == (len(CT), len(CT))
