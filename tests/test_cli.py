@@ -113,3 +113,59 @@ def test_demo_runs_end_to_end() -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["round_trip_identical"] and out["ranged_read_ok"] and out["tamper_detected"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_port_serves_prometheus_text_while_running(key: Path) -> None:
+    """Feed stdin slowly, scrape mid-job: bytes and segment counters are already moving."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "envelope.cli.main",
+            "encrypt",
+            "-",
+            "-",
+            "--key-file",
+            str(key),
+            "--segment-size",
+            "4096",
+            "--metrics-port",
+            str(port),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(os.urandom(64 << 20))  # 16 batches of 4 MiB go through meanwhile
+        proc.stdin.flush()
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    body = r.read().decode()
+                if "envelope_segments_total" in body and 'direction="encrypt"' in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert "# TYPE envelope_" in body, body[:500]
+        assert 'envelope_objects_in_flight{direction="encrypt"} 1.0' in body
+    finally:
+        _, err = proc.communicate(timeout=60)  # closes stdin: end of input
+    assert proc.returncode == 0, err

@@ -15,6 +15,7 @@ from ..keyring import Keyring
 from ..kms.base import KmsBackend
 from ..kms.filekey import FileKeyBackend
 from ..kms.uri import open_backend, open_local_backend
+from ..metrics import NULL_OBSERVER, Observer
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -82,6 +83,29 @@ def progress_bar(
         yield advance
 
 
+def add_metrics_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics while running",
+    )
+
+
+@contextlib.contextmanager
+def metrics_observer(args: argparse.Namespace) -> Iterator[Observer]:
+    """A Prometheus observer with its /metrics endpoint, or the null observer."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        yield NULL_OBSERVER
+        return
+    from ..prometheus import PrometheusObserver, serve_metrics
+
+    observer = PrometheusObserver()
+    with serve_metrics(port, registry=observer.registry):
+        yield observer
+
+
 def input_size(path: str) -> int | None:
     if path == "-":
         return None
@@ -117,7 +141,7 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
     )
 
 
-def keyring_for_encrypt(args: argparse.Namespace) -> Keyring:
+def keyring_for_encrypt(args: argparse.Namespace, observer: Observer = NULL_OBSERVER) -> Keyring:
     key_files: list[str] = args.key_file or []
     if args.key and key_files:
         raise ConfigurationError("give either --key or --key-file, not both")
@@ -125,14 +149,14 @@ def keyring_for_encrypt(args: argparse.Namespace) -> Keyring:
         raise ConfigurationError("encrypt takes one --key-file")
     if key_files:
         backend = FileKeyBackend(key_files[0])
-        return Keyring(backend, backend.key_id)
+        return Keyring(backend, backend.key_id, observer=observer)
     if not args.key:
         raise ConfigurationError("encrypt needs --key URI or --key-file PATH")
     backend2, key_id = open_backend(args.key, home=args.home)
-    return Keyring(backend2, key_id)
+    return Keyring(backend2, key_id, observer=observer)
 
 
-def keyring_for_decrypt(args: argparse.Namespace) -> Keyring:
+def keyring_for_decrypt(args: argparse.Namespace, observer: Observer = NULL_OBSERVER) -> Keyring:
     backends: list[KmsBackend] = [FileKeyBackend(p) for p in args.key_file or []]
     if args.key:
         backends.append(open_backend(args.key, home=args.home)[0])
@@ -142,4 +166,4 @@ def keyring_for_decrypt(args: argparse.Namespace) -> Keyring:
         except ConfigurationError:
             if not backends:
                 raise
-    return Keyring(decrypt_with=backends)
+    return Keyring(decrypt_with=backends, observer=observer)

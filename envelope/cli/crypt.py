@@ -12,9 +12,11 @@ from ..api import ObjectInfo, Options
 from ..kms.filekey import generate_key_file
 from ._common import (
     add_key_arguments,
+    add_metrics_argument,
     input_size,
     keyring_for_decrypt,
     keyring_for_encrypt,
+    metrics_observer,
     parse_pairs,
     print_json,
     progress_bar,
@@ -29,6 +31,7 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
+    add_metrics_argument(p)
 
 
 def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,11 +93,12 @@ def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
-    keyring = keyring_for_encrypt(args)
     options = Options(segment_size=args.segment_size, workers=args.workers)
-    with progress_bar(
-        "encrypting", input_size(args.input), enabled=not args.no_progress
-    ) as advance:
+    with (
+        metrics_observer(args) as observer,
+        progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
+    ):
+        keyring = keyring_for_encrypt(args, observer)
         info = sync.encrypt(
             _open_in(args.input),
             _open_out(args.output),
@@ -103,16 +107,18 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             object_context=parse_pairs(args.context, "--context"),
             options=options,
             on_progress=advance,
+            observer=observer,
         )
     _summary("encrypt", info, args)
     return 0
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
-    keyring = keyring_for_decrypt(args)
-    with progress_bar(
-        "decrypting", input_size(args.input), enabled=not args.no_progress
-    ) as advance:
+    with (
+        metrics_observer(args) as observer,
+        progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,
+    ):
+        keyring = keyring_for_decrypt(args, observer)
         info = sync.decrypt(
             _open_in(args.input),
             _open_out(args.output),
@@ -120,6 +126,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             expected_context=parse_pairs(args.expect_context, "--expect-context"),
             options=Options(workers=args.workers),
             on_progress=advance,
+            observer=observer,
         )
     _summary("decrypt", info, args)
     return 0
