@@ -221,10 +221,13 @@ class AtomicFileSink:
     """Writes to a temporary file in the target's directory; renames over the target on commit.
 
     The new file gets the target's mode if the target exists, else 0666 minus the umask, like
-    any file the user creates.
+    any file the user creates. `durable=False` skips the two fsyncs: the rename is still
+    atomic for other processes and against a crash of this one, but not against power loss
+    (for scratch output that can be rebuilt).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.durable = durable
         self.path = os.path.abspath(os.fspath(path))
         directory, name = os.path.split(self.path)
         try:
@@ -247,14 +250,16 @@ class AtomicFileSink:
             os.umask(umask)
             mode = 0o666 & ~umask
         os.fchmod(self._f.fileno(), mode)
-        os.fsync(self._f.fileno())
+        if self.durable:
+            os.fsync(self._f.fileno())
         self._f.close()
         os.replace(self.tmp_path, self.path)
-        dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        if self.durable:
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     async def commit(self) -> None:
         if self._done:
