@@ -1,0 +1,487 @@
+"""`envelope keys ...`: every key-lifecycle operation of the embedded KMS.
+
+Each command opens the store under ``--home`` / ``$ENVELOPE_HOME`` (default ``~/.envelope``,
+created with its root-key file on first use) in ``--region`` and calls one `KeyService`
+operation. Output is a table (rich) by default and the AWS-shaped response with ``--json``
+(binary members base64, times as epoch seconds). Exit codes: 0 success, 2 usage or
+configuration (including a wrong root key), 3 the KMS refused (the AWS error code is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..service import KeyService, KmsServiceError, RootKeyError, open_service
+
+__all__ = ("add_store_arguments", "register")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_KMS = 3
+
+Handler = Callable[[argparse.Namespace, KeyService], Any]
+
+
+def _err(message: str) -> None:
+    print(f"envelope: {message}", file=sys.stderr)
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """``--home``, ``--region`` and ``--json``, shared by every keys/audit command."""
+    g = p.add_argument_group("embedded KMS")
+    g.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="KMS home (default $ENVELOPE_HOME or ~/.envelope)",
+    )
+    g.add_argument(
+        "--region",
+        default=argparse.SUPPRESS,
+        help="Region namespace of the store (default $ENVELOPE_REGION or us-east-1)",
+    )
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+
+
+@contextmanager
+def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
+    svc = open_service(getattr(args, "home", None), region=getattr(args, "region", None))
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def jsonable(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def emit(args: argparse.Namespace, obj: Any, render: Callable[[Any], None] | None = None) -> None:
+    """JSON with --json; otherwise `render` (a rich table) or an indented key/value listing."""
+    if getattr(args, "json", False) or (render is None and not obj):
+        import json
+
+        json.dump(jsonable(obj), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return
+    if render is not None:
+        render(obj)
+    else:
+        _kv_table(obj)
+
+
+def _when(v: Any) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return datetime.fromtimestamp(v, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(v)
+
+
+def _cell(k: str, v: Any) -> str:
+    if v is None:
+        return "-"
+    if k.endswith("Date") or k in ("ValidTo", "ParametersValidTo", "time"):
+        return _when(v)
+    if isinstance(v, (bytes, bytearray)):
+        return base64.b64encode(bytes(v)).decode("ascii")
+    if isinstance(v, list):
+        return ", ".join(_cell(k, x) if not isinstance(x, Mapping) else _flat(x) for x in v)
+    if isinstance(v, Mapping):
+        return _flat(v)
+    return str(v)
+
+
+def _flat(m: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={_cell(k, v)}" for k, v in m.items())
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _kv_table(obj: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in obj.items():
+        if isinstance(v, Mapping) and k in ("KeyMetadata", "ReplicaKeyMetadata"):
+            for k2, v2 in v.items():
+                table.add_row(k2, _cell(k2, v2))
+        else:
+            table.add_row(k, _cell(k, v))
+    _console().print(table)
+
+
+def _rows_table(columns: list[str], rows: Sequence[Mapping[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(_cell(c, r.get(c)) for c in columns))
+    _console().print(table)
+
+
+def _run(fn: Handler) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            with open_from_args(args) as svc:
+                result = fn(args, svc)
+        except RootKeyError as e:
+            _err(str(e))
+            return EXIT_USAGE
+        except KmsServiceError as e:
+            _err(f"{e.code}: {e.message}")
+            return EXIT_KMS
+        except (OSError, ValueError) as e:
+            _err(str(e))
+            return EXIT_USAGE
+        return result if isinstance(result, int) else EXIT_OK
+
+    return handler
+
+
+def _pairs(items: list[str] | None) -> list[dict[str, str]]:
+    tags = []
+    for item in items or ():
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"tags must be KEY=VALUE, got {item!r}")
+        tags.append({"TagKey": k, "TagValue": v})
+    return tags
+
+
+def _all_pages(call: Callable[[str | None], dict[str, Any]], member: str) -> list[Any]:
+    items: list[Any] = []
+    marker: str | None = None
+    while True:
+        page = call(marker)
+        items.extend(page[member])
+        if not page.get("Truncated"):
+            return items
+        marker = page["NextMarker"]
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _create(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.create_key(
+        description=args.description,
+        key_spec=args.key_spec,
+        key_usage=args.key_usage or _default_usage(args.key_spec),
+        origin=args.origin,
+        multi_region=args.multi_region,
+        tags=_pairs(args.tag),
+    )
+    emit(args, resp, _kv_table)
+
+
+def _default_usage(spec: str) -> str:
+    if spec.startswith("HMAC_"):
+        return "GENERATE_VERIFY_MAC"
+    if spec.startswith("ECC_"):
+        return "SIGN_VERIFY"
+    return "ENCRYPT_DECRYPT"
+
+
+def _list(args: argparse.Namespace, svc: KeyService) -> None:
+    keys = _all_pages(lambda m: svc.list_keys(marker=m), "Keys")
+    if getattr(args, "json", False):
+        emit(args, {"Keys": keys})
+        return
+    aliases: dict[str, list[str]] = {}
+    for a in _all_pages(lambda m: svc.list_aliases(marker=m), "Aliases"):
+        aliases.setdefault(a["TargetKeyId"], []).append(a["AliasName"])
+    rows = []
+    for k in keys:
+        meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
+        rows.append({**meta, "Aliases": ", ".join(aliases.get(k["KeyId"], []))})
+    _rows_table(
+        ["KeyId", "KeyState", "KeySpec", "KeyUsage", "Aliases", "Description"],
+        rows,
+        f"keys in {svc.region}",
+    )
+
+
+def _describe(args: argparse.Namespace, svc: KeyService) -> None:
+    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+
+
+def _simple(op: str) -> Handler:
+    def fn(args: argparse.Namespace, svc: KeyService) -> None:
+        resp = getattr(svc, op)(key_id=args.key)
+        if getattr(args, "json", False):
+            emit(args, resp)
+        elif resp:
+            _kv_table(resp)
+        else:
+            print(f"{op.replace('_', ' ')}: done ({args.key})")
+
+    return fn
+
+
+def _update_description(args: argparse.Namespace, svc: KeyService) -> None:
+    emit(args, svc.update_key_description(key_id=args.key, description=args.description))
+
+
+def _rotation_on(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.enable_key_rotation(key_id=args.key, rotation_period_in_days=args.period)
+    emit(args, svc.get_key_rotation_status(key_id=args.key), _kv_table)
+
+
+def _rotation_list(args: argparse.Namespace, svc: KeyService) -> None:
+    rot = _all_pages(lambda m: svc.list_key_rotations(key_id=args.key, marker=m), "Rotations")
+    emit(
+        args,
+        {"Rotations": rot},
+        lambda o: _rows_table(["RotationDate", "RotationType"], o["Rotations"], "rotations"),
+    )
+
+
+def _schedule(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.schedule_key_deletion(key_id=args.key, pending_window_in_days=args.days)
+    emit(args, resp, _kv_table)
+
+
+def _alias_create(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.create_alias(alias_name=args.name, target_key_id=args.key)
+    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, _kv_table)
+
+
+def _alias_update(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.update_alias(alias_name=args.name, target_key_id=args.key)
+    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, _kv_table)
+
+
+def _alias_delete(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.delete_alias(alias_name=args.name)
+    emit(args, {"AliasName": args.name, "Deleted": True}, _kv_table)
+
+
+def _alias_list(args: argparse.Namespace, svc: KeyService) -> None:
+    aliases = _all_pages(lambda m: svc.list_aliases(key_id=args.key, marker=m), "Aliases")
+    emit(
+        args,
+        {"Aliases": aliases},
+        lambda o: _rows_table(
+            ["AliasName", "TargetKeyId", "LastUpdatedDate"], o["Aliases"], "aliases"
+        ),
+    )
+
+
+def _tag(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.tag_resource(key_id=args.key, tags=_pairs(args.tags))
+    _tags(args, svc)
+
+
+def _untag(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.untag_resource(key_id=args.key, tag_keys=args.tag_keys)
+    _tags(args, svc)
+
+
+def _tags(args: argparse.Namespace, svc: KeyService) -> None:
+    tags = _all_pages(lambda m: svc.list_resource_tags(key_id=args.key, marker=m), "Tags")
+    emit(args, {"Tags": tags}, lambda o: _rows_table(["TagKey", "TagValue"], o["Tags"], "tags"))
+
+
+def _import_params(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.get_parameters_for_import(
+        key_id=args.key,
+        wrapping_algorithm=args.wrapping_algorithm,
+        wrapping_key_spec=args.wrapping_key_spec,
+    )
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "WrappingPublicKey.der").write_bytes(resp["PublicKey"])
+    (out / "ImportToken.bin").write_bytes(resp["ImportToken"])
+    emit(
+        args,
+        {
+            "KeyId": resp["KeyId"],
+            "ParametersValidTo": resp["ParametersValidTo"],
+            "PublicKeyFile": str(out / "WrappingPublicKey.der"),
+            "ImportTokenFile": str(out / "ImportToken.bin"),
+        },
+        _kv_table,
+    )
+
+
+def _valid_to(text: str | None) -> float | None:
+    if text is None:
+        return None
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _import_material(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.import_key_material(
+        key_id=args.key,
+        import_token=Path(args.token).read_bytes(),
+        encrypted_key_material=Path(args.encrypted_material).read_bytes(),
+        valid_to=_valid_to(args.valid_to),
+    )
+    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+
+
+def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
+    """Both steps at once, wrapping a local material file with the service's public key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    params = svc.get_parameters_for_import(
+        key_id=args.key, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
+    )
+    public = serialization.load_der_public_key(params["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey)
+    material = Path(args.material).read_bytes()
+    wrapped = public.encrypt(
+        material,
+        padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
+    )
+    svc.import_key_material(
+        key_id=args.key,
+        import_token=params["ImportToken"],
+        encrypted_key_material=wrapped,
+        valid_to=_valid_to(args.valid_to),
+    )
+    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+
+
+def _replicate(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.replicate_key(
+        key_id=args.key, replica_region=args.replica_region, description=args.description
+    )
+    emit(args, resp, _kv_table)
+
+
+def _update_primary(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.update_primary_region(key_id=args.key, primary_region=args.primary_region)
+    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _cmd(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help: str,
+    fn: Handler,
+    *,
+    key: bool = True,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    add_store_arguments(p)
+    if key:
+        p.add_argument("key", metavar="KEY", help="key id, key ARN or alias name")
+    p.set_defaults(handler=_run(fn))
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``keys`` command tree to the main parser's subcommands."""
+    keys = subparsers.add_parser(
+        "keys", help="manage keys of the embedded KMS", description=__doc__.split("\n\n")[0]
+    )
+    add_store_arguments(keys)
+    sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+
+    p = _cmd(sub, "create", "create a key (CreateKey)", _create, key=False)
+    p.add_argument("--description", default="")
+    p.add_argument(
+        "--key-spec",
+        default="SYMMETRIC_DEFAULT",
+        help="SYMMETRIC_DEFAULT, RSA_2048, ECC_NIST_P256, HMAC_256, ...",
+    )
+    p.add_argument("--key-usage", default=None, help="default: from the key spec")
+    p.add_argument("--origin", default="AWS_KMS", choices=["AWS_KMS", "EXTERNAL"])
+    p.add_argument("--multi-region", action="store_true")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+
+    _cmd(sub, "list", "list keys (ListKeys)", _list, key=False)
+    _cmd(sub, "describe", "show a key (DescribeKey)", _describe)
+    _cmd(sub, "enable", "enable a key (EnableKey)", _simple("enable_key"))
+    _cmd(sub, "disable", "disable a key (DisableKey)", _simple("disable_key"))
+    p = _cmd(sub, "update-description", "UpdateKeyDescription", _update_description)
+    p.add_argument("description")
+    _cmd(sub, "rotate", "rotate a key now (RotateKeyOnDemand)", _simple("rotate_key_on_demand"))
+
+    rot = sub.add_parser("rotation", help="automatic rotation: on, off, status, list")
+    rsub = rot.add_subparsers(dest="rotation_command", metavar="COMMAND", required=True)
+    p = _cmd(rsub, "on", "EnableKeyRotation", _rotation_on)
+    p.add_argument("--period", type=int, default=None, metavar="DAYS", help="90..2560 (365)")
+    _cmd(rsub, "off", "DisableKeyRotation", _simple("disable_key_rotation"))
+    _cmd(rsub, "status", "GetKeyRotationStatus", _simple("get_key_rotation_status"))
+    _cmd(rsub, "list", "ListKeyRotations", _rotation_list)
+
+    p = _cmd(sub, "schedule-deletion", "ScheduleKeyDeletion", _schedule)
+    p.add_argument("--days", type=int, default=None, help="waiting period, 7..30 (30)")
+    _cmd(
+        sub,
+        "cancel-deletion",
+        "CancelKeyDeletion (the key becomes Disabled)",
+        _simple("cancel_key_deletion"),
+    )
+
+    al = sub.add_parser("alias", help="aliases: create, update, delete, list")
+    asub = al.add_subparsers(dest="alias_command", metavar="COMMAND", required=True)
+    p = _cmd(asub, "create", "CreateAlias", _alias_create, key=False)
+    p.add_argument("name", metavar="alias/NAME")
+    p.add_argument("key", metavar="KEY")
+    p = _cmd(asub, "update", "UpdateAlias", _alias_update, key=False)
+    p.add_argument("name", metavar="alias/NAME")
+    p.add_argument("key", metavar="KEY")
+    p = _cmd(asub, "delete", "DeleteAlias", _alias_delete, key=False)
+    p.add_argument("name", metavar="alias/NAME")
+    p = _cmd(asub, "list", "ListAliases", _alias_list, key=False)
+    p.add_argument("--key", default=None, help="only the aliases of this key")
+
+    p = _cmd(sub, "tag", "TagResource", _tag)
+    p.add_argument("tags", nargs="+", metavar="KEY=VALUE")
+    p = _cmd(sub, "untag", "UntagResource", _untag)
+    p.add_argument("tag_keys", nargs="+", metavar="TAG_KEY")
+    _cmd(sub, "tags", "ListResourceTags", _tags)
+
+    imp = sub.add_parser("import", help="imported key material (Origin EXTERNAL keys)")
+    isub = imp.add_subparsers(dest="import_command", metavar="COMMAND", required=True)
+    p = _cmd(
+        isub, "params", "GetParametersForImport: write the wrapping key and token", _import_params
+    )
+    p.add_argument("--wrapping-algorithm", default="RSAES_OAEP_SHA_256")
+    p.add_argument("--wrapping-key-spec", default="RSA_2048")
+    p.add_argument("--out-dir", default=os.curdir)
+    p = _cmd(isub, "material", "ImportKeyMaterial from a wrapped material file", _import_material)
+    p.add_argument("--token", required=True, metavar="FILE")
+    p.add_argument("--encrypted-material", required=True, metavar="FILE")
+    p.add_argument("--valid-to", default=None, metavar="ISO-8601")
+    p = _cmd(isub, "local", "wrap a plaintext material file here and import it", _import_local)
+    p.add_argument("material", metavar="MATERIAL_FILE")
+    p.add_argument("--valid-to", default=None, metavar="ISO-8601")
+    _cmd(isub, "delete", "DeleteImportedKeyMaterial", _simple("delete_imported_key_material"))
+
+    p = _cmd(sub, "replicate", "ReplicateKey (multi-Region keys)", _replicate)
+    p.add_argument("replica_region", metavar="REGION")
+    p.add_argument("--description", default=None)
+    p = _cmd(sub, "update-primary", "UpdatePrimaryRegion", _update_primary)
+    p.add_argument("primary_region", metavar="REGION")

@@ -1,0 +1,769 @@
+"""The machinery every operation shares: one call = one transaction + one audit record.
+
+`ServiceCore` holds the plumbing of `KeyService` (see `service.py` for the operations): running a
+call (`_run`), reading and writing key rows with their cached metadata, applying what became due
+(`_settle`), backing-key material and its cache, and the AWS-shaped `KeyMetadata`. The request
+helpers (`_bytes`, `_context`, pagination markers) validate members the way AWS does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Self
+
+from cachetools import LRUCache
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from . import _specs, _states, audit
+from ._states import (
+    DISABLED,
+    ENABLED,
+    PENDING_DELETION,
+    PENDING_IMPORT,
+    PENDING_REPLICA_DELETION,
+)
+from .errors import (
+    InvalidArnException,
+    InvalidCiphertextException,
+    InvalidMarkerException,
+    KMSInternalException,
+    KMSInvalidStateException,
+    KmsServiceError,
+    LimitExceededException,
+    NotFoundException,
+    TagException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+from .store import Store, material_aad
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "000000000000"
+DAY = 86400.0
+MAX_PLAINTEXT = 4096
+MAX_TAGS = 50
+MAX_ON_DEMAND_ROTATIONS = 25
+IMPORT_TOKEN_TTL = DAY
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
+_DATA_KEY_SPECS = {"AES_128": 16, "AES_256": 32}
+_WRAPPING_ALGORITHMS = (
+    "RSAES_OAEP_SHA_1",
+    "RSAES_OAEP_SHA_256",
+    "RSA_AES_KEY_WRAP_SHA_1",
+    "RSA_AES_KEY_WRAP_SHA_256",
+)
+_WRAPPING_KEY_SPECS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+
+Clock = Callable[[], "float | datetime"]
+Response = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Where a request came from; recorded in the audit log with the principal."""
+
+    source_ip: str = "127.0.0.1"
+    user_agent: str = "envelope"
+    request_id: str | None = None
+
+
+_LOCAL = RequestContext()
+
+
+class _Call:
+    """One call in flight: what the audit record will say about it."""
+
+    __slots__ = (
+        "alarm",
+        "ctx",
+        "head",
+        "key_id",
+        "new_material",
+        "op",
+        "params",
+        "principal",
+        "purges",
+    )
+
+    def __init__(self, op: str, principal: str, ctx: RequestContext, params: dict[str, Any]):
+        self.op = op
+        self.principal = principal
+        self.ctx = ctx
+        self.params = params
+        self.key_id: str | None = None
+        self.alarm = False
+        self.new_material: dict[tuple[str, int], _Material] = {}
+        self.head: audit.Head | None = None
+        # keys found past their deletion date: purged even if the call itself fails
+        self.purges: list[tuple[str, str]] = []
+
+
+class _Key:
+    """A key row: `meta` is the stored JSON (AWS fields plus internal ``x_`` fields)."""
+
+    __slots__ = ("arn", "id", "meta", "region")
+
+    def __init__(self, region: str, key_id: str, meta: dict[str, Any], arn: str) -> None:
+        self.region = region
+        self.id = key_id
+        self.meta = meta
+        self.arn = arn
+
+    @property
+    def state(self) -> str:
+        return str(self.meta["KeyState"])
+
+    @property
+    def spec(self) -> str:
+        return str(self.meta["KeySpec"])
+
+    @property
+    def usage(self) -> str:
+        return str(self.meta["KeyUsage"])
+
+    @property
+    def aws_managed(self) -> bool:
+        return bool(self.meta["KeyManager"] == "AWS")
+
+    @property
+    def multi_region(self) -> bool:
+        return bool(self.meta["MultiRegion"])
+
+    def algorithms(self) -> _specs.Algorithms:
+        return _specs.validate_spec(self.spec, self.usage)
+
+
+class _Material:
+    __slots__ = ("_private", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._private: PrivateKeyTypes | None = None
+
+    def private(self) -> PrivateKeyTypes:
+        if self._private is None:
+            self._private = _specs.load_private(self.raw)
+        return self._private
+
+    def __repr__(self) -> str:
+        return "_Material(<secret>)"
+
+
+class _RequestIds:
+    """Request ids shaped like UUIDs: a random per-service prefix and a counter.
+
+    Unique across processes (64 random bits per service) and far cheaper than `uuid.uuid4()`
+    on the hot path.
+    """
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        x = os.urandom(10).hex()
+        self._prefix = f"{x[:8]}-{x[8:12]}-4{x[13:16]}-{x[16:20]}-"
+        self._n = 0
+
+    def __call__(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n:012x}"
+
+
+def _epoch(t: float | datetime) -> float:
+    return t.timestamp() if isinstance(t, datetime) else float(t)
+
+
+def _seal_quietly(store: Store, clock: Clock, close: bool) -> None:
+    """Best-effort final seal (a finalizer must not raise)."""
+    if store.closed:
+        return
+    try:
+        with store.write() as conn:
+            audit.seal_now(conn, store.signer, _epoch(clock()))
+    except Exception:  # pragma: no cover - nothing useful to do at exit
+        pass
+    finally:
+        if close:
+            store.close()
+
+
+def _require(value: Any, name: str) -> Any:
+    if value is None or value == "" or value == b"":
+        raise ValidationException(f"{name} is required")
+    return value
+
+
+def _bytes(value: Any, name: str, lo: int, hi: int) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ValidationException(f"{name} must be bytes")
+    b = bytes(value)
+    if not lo <= len(b) <= hi:
+        raise ValidationException(f"{name} must be {lo}..{hi} bytes")
+    return b
+
+
+def _context(ctx: Mapping[str, str] | None) -> dict[str, str]:
+    if ctx is None:
+        return {}
+    if not isinstance(ctx, Mapping):
+        raise ValidationException("EncryptionContext must be a map of strings")
+    out: dict[str, str] = {}
+    for k, v in ctx.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise ValidationException("EncryptionContext must be a map of non-empty strings")
+        out[k] = v
+    if sum(len(k) + len(v) for k, v in out.items()) > 8192:
+        raise ValidationException("EncryptionContext is too large")
+    return out
+
+
+def _limit(limit: int | None, default: int, hi: int) -> int:
+    if limit is None:
+        return default
+    if not isinstance(limit, int) or not 1 <= limit <= hi:
+        raise ValidationException(f"Limit must be 1..{hi}")
+    return limit
+
+
+def _marker_encode(value: str) -> str:
+    return base64.urlsafe_b64encode(("m1:" + value).encode()).decode()
+
+
+def _marker_decode(marker: str | None) -> str | None:
+    if marker is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(marker.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidMarkerException("Marker was not issued by this service") from None
+    if not text.startswith("m1:"):
+        raise InvalidMarkerException("Marker was not issued by this service")
+    return text[3:]
+
+
+def _page(items: list[Any], limit: int, key: Callable[[Any], str]) -> tuple[list[Any], Response]:
+    extra: Response = {"Truncated": len(items) > limit}
+    if len(items) > limit:
+        items = items[:limit]
+        extra["NextMarker"] = _marker_encode(key(items[-1]))
+    return items, extra
+
+
+class ServiceCore:
+    """The embedded KMS for one Region of a store (other Regions are other namespaces).
+
+    Thread-safe: calls serialise on the store's lock (and across processes on SQLite's).
+    `clock` returns the current time (epoch seconds or an aware datetime) so tests can move it.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        region: str = DEFAULT_REGION,
+        account: str = DEFAULT_ACCOUNT,
+        owns_store: bool = False,
+    ) -> None:
+        if not _REGION_RE.match(region):
+            raise ValidationException(f"{region!r} is not a Region name")
+        if not re.fullmatch(r"\d{12}", account):
+            raise ValidationException("the account id must be 12 digits")
+        self.store = store
+        self.region = region
+        self.account = account
+        self.root_principal = f"arn:aws:iam::{account}:root"
+        self._clock: Clock = clock or time.time
+        self._owns_store = owns_store
+        self._meta_cache: LRUCache[tuple[str, str], tuple[int, dict[str, Any]]] = LRUCache(
+            maxsize=16384
+        )
+        self._materials: LRUCache[tuple[str, int], _Material] = LRUCache(maxsize=4096)
+        self._fp_key: bytes | None = None
+        self._audit_head: audit.Head | None = None
+        self._request_id = _RequestIds()
+        # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
+        # must not hold `self`, only what sealing needs.
+        self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
+
+    def __repr__(self) -> str:
+        return f"KeyService(region={self.region!r}, store={self.store!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return _epoch(self._clock())
+
+    def arn(self, key_id: str, region: str | None = None) -> str:
+        return f"arn:aws:kms:{region or self.region}:{self.account}:key/{key_id}"
+
+    def _alias_arn(self, name: str) -> str:
+        return f"arn:aws:kms:{self.region}:{self.account}:{name}"
+
+    def _run(
+        self,
+        op: str,
+        principal: str | None,
+        context: RequestContext | None,
+        params: dict[str, Any],
+        fn: Callable[[sqlite3.Connection, _Call, float], Response],
+    ) -> Response:
+        call = _Call(op, principal or self.root_principal, context or _LOCAL, params)
+        # One call at a time per store in this process (SQLite serialises writers anyway); the
+        # lock also covers the caches, which are updated only after a commit.
+        with self.store.lock:
+            return self._run_locked(call, fn)
+
+    def _run_locked(
+        self, call: _Call, fn: Callable[[sqlite3.Connection, _Call, float], Response]
+    ) -> Response:
+        now = self.now()
+        err: KmsServiceError
+        try:
+            with self.store.write() as conn:
+                result = fn(conn, call, now)
+                self._record(conn, call, now, None)
+            # only now is the material known to be committed (see `_material`)
+            self._materials.update(call.new_material)
+            self._audit_head = call.head
+            return result
+        except KmsServiceError as e:
+            err = e
+        except (sqlite3.Error, OSError) as e:
+            err = KMSInternalException(f"the store failed: {type(e).__name__}")
+        call.alarm = call.alarm or err.alarm
+        self._audit_head = None
+        with self.store.write() as conn:
+            for region, key_id in call.purges:
+                key = self._load(conn, region, key_id)
+                if key is not None:
+                    self._settle(conn, key, now)
+            self._record(conn, call, now, err)
+        self._audit_head = call.head
+        raise err
+
+    def _record(
+        self, conn: sqlite3.Connection, call: _Call, now: float, err: KmsServiceError | None
+    ) -> None:
+        body: dict[str, object] = {
+            "time": now,
+            "principal": call.principal,
+            "operation": call.op,
+            "key_id": call.key_id,
+            "request_id": call.ctx.request_id or self._request_id(),
+            "source_ip": call.ctx.source_ip,
+            "user_agent": call.ctx.user_agent,
+            "region": self.region,
+            "outcome": "ok" if err is None else "error",
+            "error_code": None if err is None else err.code,
+            "alarm": 1 if call.alarm else 0,
+            "params": call.params,
+        }
+        call.head = audit.append(conn, body, self.store.signer, now, self._audit_head)
+
+    def close(self) -> None:
+        """Seal the audit log up to its last record (bounds an undetectable tail cut)."""
+        self._finalizer.detach()
+        if self.store.closed:
+            return
+        try:
+            self.seal_audit_log()
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def seal_audit_log(self) -> int | None:
+        with self.store.write() as conn:
+            return audit.seal_now(conn, self.store.signer, self.now())
+
+    def verify_audit_log(self) -> audit.VerifyReport:
+        with self.store.read() as conn:
+            return audit.verify(conn, self.store.audit_public_key)
+
+    def audit_tail(self, n: int = 20) -> list[dict[str, object]]:
+        with self.store.read() as conn:
+            return list(audit.tail(conn, n))
+
+    # -- key rows -------------------------------------------------------------------------
+
+    def _load(self, conn: sqlite3.Connection, region: str, key_id: str) -> _Key | None:
+        row = conn.execute(
+            "SELECT gen, meta FROM keys WHERE region=? AND key_id=?", (region, key_id)
+        ).fetchone()
+        if row is None:
+            return None
+        gen = int(row[0])
+        cached = self._meta_cache.get((region, key_id))
+        if cached is not None and cached[0] == gen:
+            # A shallow copy: writers replace nested values (x_tags) instead of mutating them.
+            meta = dict(cached[1])
+        else:
+            parsed: dict[str, Any] = json.loads(row[1])
+            self._meta_cache[(region, key_id)] = (gen, parsed)
+            meta = dict(parsed)
+        return _Key(region, key_id, meta, self.arn(key_id, region))
+
+    def _save(self, conn: sqlite3.Connection, key: _Key, *, insert: bool = False) -> None:
+        # random, so never reused: a rolled-back write cannot alias a cache entry
+        gen = secrets.randbits(62)
+        text = json.dumps(key.meta, sort_keys=True, separators=(",", ":"))
+        if insert:
+            conn.execute(
+                "INSERT INTO keys(region, key_id, gen, meta) VALUES (?,?,?,?)",
+                (key.region, key.id, gen, text),
+            )
+        else:
+            conn.execute(
+                "UPDATE keys SET gen=?, meta=? WHERE region=? AND key_id=?",
+                (gen, text, key.region, key.id),
+            )
+
+    def _resolve_id(self, conn: sqlite3.Connection, ref: Any, *, managed: bool) -> tuple[str, bool]:
+        """Key id for a key id, key ARN, alias name or alias ARN; (id, created-managed-key?)."""
+        if not isinstance(ref, str) or not ref:
+            raise ValidationException("KeyId is required")
+        if len(ref) > 2048:
+            raise ValidationException("KeyId must be at most 2048 characters")
+        name = ref
+        if ref.startswith("arn:"):
+            parts = ref.split(":", 5)
+            if len(parts) != 6 or parts[2] != "kms":
+                raise InvalidArnException(f"{ref} is not a KMS ARN")
+            if parts[3] != self.region or parts[4] != self.account:
+                raise NotFoundException(f"Key '{ref}' does not exist in {self.region}")
+            resource = parts[5]
+            if resource.startswith("key/"):
+                return resource[4:], False
+            if not resource.startswith("alias/"):
+                raise InvalidArnException(f"{ref} names neither a key nor an alias")
+            name = resource
+        if name.startswith("alias/"):
+            row = conn.execute(
+                "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
+            ).fetchone()
+            if row is not None:
+                return str(row[0]), False
+            if managed and name.startswith("alias/aws/") and _ALIAS_RE.match(name):
+                return self._create_managed_key(conn, name), True
+            raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
+        return name, False
+
+    def _key(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        ref: Any,
+        group: str,
+        now: float,
+        *,
+        managed: bool = False,
+    ) -> _Key:
+        """Resolve, settle what is due, record the key in the audit record, check the state."""
+        if call.key_id is None and isinstance(ref, str):
+            call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
+        key_id, _ = self._resolve_id(conn, ref, managed=managed)
+        key = self._load(conn, self.region, key_id)
+        if key is not None:
+            key = self._settle(conn, key, now, call)
+        if key is None:
+            raise NotFoundException(f"Key '{self.arn(key_id)}' does not exist")
+        call.key_id = key.arn
+        _states.check(key.state, group, key.arn)
+        return key
+
+    def _settle(
+        self, conn: sqlite3.Connection, key: _Key, now: float, call: _Call | None = None
+    ) -> _Key | None:
+        """Apply what became due since the last call: deletion, rotation, material expiry."""
+        m = key.meta
+        state = key.state
+        if state == PENDING_DELETION and m["DeletionDate"] <= now:
+            self._purge(conn, key)
+            if call is not None:
+                call.purges.append((key.region, key.id))
+            return None
+        if state == PENDING_REPLICA_DELETION and not self._replica_regions(conn, key):
+            m["KeyState"] = PENDING_DELETION
+            m["DeletionDate"] = now + m["PendingDeletionWindowInDays"] * DAY
+            self._save(conn, key)
+        elif (
+            state == ENABLED
+            and m.get("x_rot_next") is not None
+            and m["x_rot_next"] <= now
+            and m.get("x_mr_type") != "REPLICA"
+        ):
+            due = float(m["x_rot_next"])
+            self._rotate(conn, key, due, "AUTOMATIC")
+            period = m["x_rot_period"] * DAY
+            nxt = due + period
+            if nxt <= now:
+                nxt += ((now - nxt) // period + 1) * period
+            m["x_rot_next"] = nxt
+            self._save(conn, key)
+        elif (
+            m.get("ExpirationModel") == "KEY_MATERIAL_EXPIRES"
+            and m.get("ValidTo") is not None
+            and m["ValidTo"] <= now
+            and state in (ENABLED, DISABLED)
+        ):
+            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
+            m["KeyState"] = PENDING_IMPORT
+            m["x_version"] = 0
+            m.pop("ValidTo", None)
+            m.pop("ExpirationModel", None)
+            self._save(conn, key)
+        return key
+
+    def _purge(self, conn: sqlite3.Connection, key: _Key) -> None:
+        conn.execute("DELETE FROM keys WHERE region=? AND key_id=?", (key.region, key.id))
+        conn.execute("DELETE FROM aliases WHERE region=? AND key_id=?", (key.region, key.id))
+        conn.execute("DELETE FROM import_tokens WHERE region=? AND key_id=?", (key.region, key.id))
+        if conn.execute("SELECT 1 FROM keys WHERE key_id=?", (key.id,)).fetchone() is None:
+            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
+
+    def _replica_regions(self, conn: sqlite3.Connection, key: _Key) -> list[str]:
+        if not key.multi_region:
+            return []
+        return [
+            str(r[0])
+            for r in conn.execute(
+                "SELECT region FROM keys WHERE key_id=? AND region<>? ORDER BY region",
+                (key.id, key.region),
+            )
+        ]
+
+    # -- material -------------------------------------------------------------------------
+
+    def _put_material(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call | None,
+        key_id: str,
+        version: int,
+        raw: bytes,
+        now: float,
+        kind: str,
+    ) -> None:
+        sealed = self.store.root.seal(raw, material_aad(key_id, version))
+        conn.execute(
+            "INSERT OR REPLACE INTO material(key_id, version, created, kind, sealed) "
+            "VALUES (?,?,?,?,?)",
+            (key_id, version, now, kind, sealed),
+        )
+        if call is not None:
+            call.new_material[(key_id, version)] = _Material(raw)
+
+    def _material(
+        self, conn: sqlite3.Connection, call: _Call, key_id: str, version: int
+    ) -> _Material:
+        cached = self._materials.get((key_id, version))
+        if cached is not None:
+            return cached
+        pending = call.new_material.get((key_id, version))
+        if pending is not None:
+            return pending
+        row = conn.execute(
+            "SELECT sealed FROM material WHERE key_id=? AND version=?", (key_id, version)
+        ).fetchone()
+        if row is None:
+            raise InvalidCiphertextException("the ciphertext names a backing key that is gone")
+        mat = _Material(self.store.root.unseal(bytes(row[0]), material_aad(key_id, version)))
+        # The row may have been written by this very transaction (an automatic rotation), so it
+        # is cached only once the transaction commits.
+        call.new_material[(key_id, version)] = mat
+        return mat
+
+    def _current_version(self, conn: sqlite3.Connection, key: _Key) -> int:
+        if key.multi_region:
+            row = conn.execute("SELECT MAX(version) FROM material WHERE key_id=?", (key.id,))
+            v = row.fetchone()[0]
+            return int(v) if v is not None else 0
+        return int(key.meta["x_version"])
+
+    def _current(self, conn: sqlite3.Connection, call: _Call, key: _Key) -> tuple[int, _Material]:
+        version = self._current_version(conn, key)
+        if version == 0:
+            raise KMSInvalidStateException(f"{key.arn} has no key material")
+        return version, self._material(conn, call, key.id, version)
+
+    def _rotate(self, conn: sqlite3.Connection, key: _Key, when: float, kind: str) -> None:
+        version = self._current_version(conn, key) + 1
+        # Rotation may happen in a transaction that then rolls back: do not cache its material.
+        raw = _specs.generate_material(key.spec)
+        self._put_material(conn, None, key.id, version, raw, when, kind)
+        key.meta["x_version"] = version
+
+    def _fingerprint(self, conn: sqlite3.Connection, key_id: str, raw: bytes) -> str:
+        if self._fp_key is None:
+            row = conn.execute("SELECT value FROM meta WHERE name='fingerprint_key'").fetchone()
+            self._fp_key = self.store.root.unseal(bytes(row[0]), b"fingerprint-key")
+        return hmac.new(self._fp_key, key_id.encode() + b"|" + raw, "sha256").hexdigest()
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _metadata(self, conn: sqlite3.Connection, key: _Key) -> Response:
+        m = key.meta
+        out: Response = {
+            "AWSAccountId": self.account,
+            "KeyId": key.id,
+            "Arn": key.arn,
+            "CreationDate": m["CreationDate"],
+            "Enabled": m["KeyState"] == ENABLED,
+            "Description": m["Description"],
+            "KeyUsage": m["KeyUsage"],
+            "KeyState": m["KeyState"],
+            "Origin": m["Origin"],
+            "KeyManager": m["KeyManager"],
+            "CustomerMasterKeySpec": m["KeySpec"],
+            "KeySpec": m["KeySpec"],
+            "MultiRegion": m["MultiRegion"],
+        }
+        algs = key.algorithms()
+        if algs.encryption:
+            out["EncryptionAlgorithms"] = list(algs.encryption)
+        if algs.signing:
+            out["SigningAlgorithms"] = list(algs.signing)
+        if algs.mac:
+            out["MacAlgorithms"] = list(algs.mac)
+        for f in ("DeletionDate", "PendingDeletionWindowInDays", "ValidTo", "ExpirationModel"):
+            if m.get(f) is not None:
+                out[f] = m[f]
+        if key.multi_region:
+            primary = m["x_primary_region"]
+            regions = [key.region, *self._replica_regions(conn, key)]
+            out["MultiRegionConfiguration"] = {
+                "MultiRegionKeyType": m["x_mr_type"],
+                "PrimaryKey": {"Arn": self.arn(key.id, primary), "Region": primary},
+                "ReplicaKeys": [
+                    {"Arn": self.arn(key.id, r), "Region": r}
+                    for r in sorted(regions)
+                    if r != primary
+                ],
+            }
+        return out
+
+    def _new_key(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call | None,
+        now: float,
+        *,
+        spec: str,
+        usage: str,
+        origin: str,
+        description: str,
+        multi_region: bool,
+        manager: str,
+        tags: dict[str, str],
+        region: str | None = None,
+        key_id: str | None = None,
+    ) -> _Key:
+        region = region or self.region
+        if key_id is None:
+            key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
+        meta: dict[str, Any] = {
+            "KeyId": key_id,
+            "CreationDate": now,
+            "Description": description,
+            "KeyUsage": usage,
+            "KeySpec": spec,
+            "KeyState": PENDING_IMPORT if origin == "EXTERNAL" else ENABLED,
+            "Origin": origin,
+            "KeyManager": manager,
+            "MultiRegion": multi_region,
+            "x_version": 0,
+            "x_rot_period": None,
+            "x_rot_next": None,
+            "x_on_demand": 0,
+            "x_tags": tags,
+            "x_fp": None,
+            "x_mr_type": "PRIMARY" if multi_region else None,
+            "x_primary_region": region if multi_region else None,
+        }
+        key = _Key(region, key_id, meta, self.arn(key_id, region))
+        if origin == "AWS_KMS":
+            existing = conn.execute("SELECT 1 FROM material WHERE key_id=?", (key_id,)).fetchone()
+            if existing is None:
+                self._put_material(
+                    conn, call, key_id, 1, _specs.generate_material(spec), now, "CREATE"
+                )
+            meta["x_version"] = 1
+        self._save(conn, key, insert=True)
+        return key
+
+    def _create_managed_key(self, conn: sqlite3.Connection, alias: str) -> str:
+        now = self.now()
+        service = alias[len("alias/aws/") :]
+        key = self._new_key(
+            conn,
+            None,
+            now,
+            spec=_specs.SYMMETRIC_DEFAULT,
+            usage=_specs.ENCRYPT_DECRYPT,
+            origin="AWS_KMS",
+            description=f"Default key that protects my {service} resources when no other key "
+            "is defined",
+            multi_region=False,
+            manager="AWS",
+            tags={},
+        )
+        key.meta["x_rot_period"] = 365
+        key.meta["x_rot_next"] = now + 365 * DAY
+        self._save(conn, key)
+        conn.execute(
+            "INSERT INTO aliases(region, name, key_id, created, updated) VALUES (?,?,?,?,?)",
+            (self.region, alias, key.id, now, now),
+        )
+        return key.id
+
+    @staticmethod
+    def _customer_managed(key: _Key, op: str) -> None:
+        if key.aws_managed:
+            raise UnsupportedOperationException(f"{op} is not supported on AWS managed keys")
+
+    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
+        """Settle every key of this Region (deletions and rotations that are due)."""
+        for (kid,) in conn.execute(
+            "SELECT key_id FROM keys WHERE region=?", (self.region,)
+        ).fetchall():
+            key = self._load(conn, self.region, str(kid))
+            if key is not None:
+                self._settle(conn, key, now)
+
+    @staticmethod
+    def _check_tags(
+        tags: Sequence[Mapping[str, str]] | None, existing: dict[str, str]
+    ) -> dict[str, str]:
+        out = dict(existing)
+        for t in tags or ():
+            if not isinstance(t, Mapping) or "TagKey" not in t or "TagValue" not in t:
+                raise ValidationException("each tag needs TagKey and TagValue")
+            k, v = t["TagKey"], t["TagValue"]
+            if not isinstance(k, str) or not 1 <= len(k) <= 128:
+                raise TagException("TagKey must be 1..128 characters")
+            if not isinstance(v, str) or len(v) > 256:
+                raise TagException("TagValue must be 0..256 characters")
+            if k.startswith("aws:"):
+                raise TagException("tag keys beginning with aws: are reserved")
+            out[k] = v
+        if len(out) > MAX_TAGS:
+            raise LimitExceededException(f"a key can have at most {MAX_TAGS} tags")
+        return out

@@ -1,0 +1,508 @@
+"""Cryptographic operations: symmetric, data keys, RSA/ECDSA signing, RSA OAEP, HMAC."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _blob, _specs
+from ._core import (
+    _DATA_KEY_SPECS,
+    MAX_PLAINTEXT,
+    RequestContext,
+    Response,
+    ServiceCore,
+    _bytes,
+    _Call,
+    _context,
+    _Key,
+)
+from ._states import (
+    CRYPTO,
+)
+from .errors import (
+    IncorrectKeyException,
+    InvalidCiphertextException,
+    InvalidKeyUsageException,
+    KMSInvalidMacException,
+    KMSInvalidSignatureException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+
+
+class CryptoOps(ServiceCore):
+    """Encrypt, Decrypt, data keys, Sign/Verify, GetPublicKey, MACs."""
+
+    # -- symmetric cryptography -----------------------------------------------------------
+
+    def _symmetric_encrypt(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        key: _Key,
+        plaintext: bytes,
+        ctx: dict[str, str],
+    ) -> bytes:
+        if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
+            raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
+        version, mat = self._current(conn, call, key)
+        return _blob.seal(key.id, version, mat.raw, plaintext, ctx)
+
+    def _encrypt_with(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        key: _Key,
+        plaintext: bytes,
+        ctx: dict[str, str],
+        algorithm: str,
+    ) -> bytes:
+        if key.usage != _specs.ENCRYPT_DECRYPT:
+            raise InvalidKeyUsageException(f"{key.arn} has KeyUsage {key.usage}")
+        if key.spec == _specs.SYMMETRIC_DEFAULT:
+            if algorithm != _specs.SYMMETRIC_DEFAULT:
+                raise InvalidKeyUsageException(f"{key.arn} supports only SYMMETRIC_DEFAULT")
+            return self._symmetric_encrypt(conn, call, key, plaintext, ctx)
+        if ctx:
+            raise ValidationException("asymmetric keys do not take an EncryptionContext")
+        _, mat = self._current(conn, call, key)
+        return _specs.rsa_encrypt(mat.private(), key.algorithms().encryption, algorithm, plaintext)
+
+    def _decrypt_with(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        blob: bytes,
+        ctx: dict[str, str],
+        key_ref: str | None,
+        algorithm: str,
+        now: float,
+    ) -> tuple[_Key, bytes]:
+        if algorithm == _specs.SYMMETRIC_DEFAULT:
+            parsed = _blob.parse(blob)
+            key = self._key(conn, call, parsed.key_id, CRYPTO, now)
+            if key_ref is not None:
+                named, _ = self._resolve_id(conn, key_ref, managed=False)
+                if named != parsed.key_id:
+                    raise IncorrectKeyException(f"the ciphertext was not made under {key_ref}")
+            if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
+                raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
+            if parsed.version > self._current_version(conn, key):
+                raise InvalidCiphertextException("the ciphertext names an unknown backing key")
+            mat = self._material(conn, call, key.id, parsed.version)
+            return key, _blob.open_(parsed, mat.raw, ctx)
+        if key_ref is None:
+            raise ValidationException("KeyId is required to decrypt with an asymmetric key")
+        key = self._key(conn, call, key_ref, CRYPTO, now)
+        if key.usage != _specs.ENCRYPT_DECRYPT or key.spec not in _specs.RSA_SPECS:
+            raise InvalidKeyUsageException(f"{key.arn} cannot decrypt with {algorithm}")
+        if ctx:
+            raise ValidationException("asymmetric keys do not take an EncryptionContext")
+        _, mat = self._current(conn, call, key)
+        return key, _specs.rsa_decrypt(mat.private(), key.algorithms().encryption, algorithm, blob)
+
+    def encrypt(
+        self,
+        *,
+        key_id: str,
+        plaintext: bytes,
+        encryption_context: Mapping[str, str] | None = None,
+        encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
+            key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
+            blob = self._encrypt_with(conn, call, key, pt, ctx, encryption_algorithm)
+            return {
+                "CiphertextBlob": blob,
+                "KeyId": key.arn,
+                "EncryptionAlgorithm": encryption_algorithm,
+            }
+
+        return self._run(
+            "Encrypt", principal, context, {"EncryptionAlgorithm": encryption_algorithm}, op
+        )
+
+    def decrypt(
+        self,
+        *,
+        ciphertext_blob: bytes,
+        encryption_context: Mapping[str, str] | None = None,
+        key_id: str | None = None,
+        encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
+            key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
+            return {"KeyId": key.arn, "Plaintext": pt, "EncryptionAlgorithm": encryption_algorithm}
+
+        return self._run(
+            "Decrypt", principal, context, {"EncryptionAlgorithm": encryption_algorithm}, op
+        )
+
+    def re_encrypt(
+        self,
+        *,
+        ciphertext_blob: bytes,
+        destination_key_id: str,
+        source_encryption_context: Mapping[str, str] | None = None,
+        source_key_id: str | None = None,
+        destination_encryption_context: Mapping[str, str] | None = None,
+        source_encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
+        destination_encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            sctx = _context(source_encryption_context)
+            dctx = _context(destination_encryption_context)
+            blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
+            src, pt = self._decrypt_with(
+                conn, call, blob, sctx, source_key_id, source_encryption_algorithm, now
+            )
+            dst = self._key(conn, call, destination_key_id, CRYPTO, now, managed=True)
+            call.params["DestinationKeyId"] = dst.arn  # key_id records the source key
+            out = self._encrypt_with(conn, call, dst, pt, dctx, destination_encryption_algorithm)
+            return {
+                "CiphertextBlob": out,
+                "SourceKeyId": src.arn,
+                "KeyId": dst.arn,
+                "SourceEncryptionAlgorithm": source_encryption_algorithm,
+                "DestinationEncryptionAlgorithm": destination_encryption_algorithm,
+            }
+
+        return self._run("ReEncrypt", principal, context, {}, op)
+
+    def _data_key(
+        self,
+        opname: str,
+        key_id: str,
+        encryption_context: Mapping[str, str] | None,
+        number_of_bytes: int | None,
+        key_spec: str | None,
+        with_plaintext: bool,
+        principal: str | None,
+        context: RequestContext | None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            if (number_of_bytes is None) == (key_spec is None):
+                raise ValidationException("exactly one of KeySpec and NumberOfBytes is required")
+            if key_spec is not None:
+                if key_spec not in _DATA_KEY_SPECS:
+                    raise ValidationException("KeySpec must be AES_128 or AES_256")
+                n = _DATA_KEY_SPECS[key_spec]
+            else:
+                if not isinstance(number_of_bytes, int) or not 1 <= number_of_bytes <= 1024:
+                    raise ValidationException("NumberOfBytes must be 1..1024")
+                n = number_of_bytes
+            key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
+            plaintext = os.urandom(n)
+            blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
+            out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
+            if with_plaintext:
+                out["Plaintext"] = plaintext
+            return out
+
+        params: dict[str, Any] = {}
+        if key_spec is not None:
+            params["KeySpec"] = key_spec
+        if number_of_bytes is not None:
+            params["NumberOfBytes"] = number_of_bytes
+        return self._run(opname, principal, context, params, op)
+
+    def generate_data_key(
+        self,
+        *,
+        key_id: str,
+        encryption_context: Mapping[str, str] | None = None,
+        number_of_bytes: int | None = None,
+        key_spec: str | None = None,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        return self._data_key(
+            "GenerateDataKey",
+            key_id,
+            encryption_context,
+            number_of_bytes,
+            key_spec,
+            True,
+            principal,
+            context,
+        )
+
+    def generate_data_key_without_plaintext(
+        self,
+        *,
+        key_id: str,
+        encryption_context: Mapping[str, str] | None = None,
+        number_of_bytes: int | None = None,
+        key_spec: str | None = None,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        return self._data_key(
+            "GenerateDataKeyWithoutPlaintext",
+            key_id,
+            encryption_context,
+            number_of_bytes,
+            key_spec,
+            False,
+            principal,
+            context,
+        )
+
+    def _data_key_pair(
+        self,
+        opname: str,
+        key_id: str,
+        key_pair_spec: str,
+        encryption_context: Mapping[str, str] | None,
+        with_plaintext: bool,
+        principal: str | None,
+        context: RequestContext | None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            if key_pair_spec not in _specs.RSA_SPECS and key_pair_spec not in _specs.ECC_CURVES:
+                raise ValidationException("KeyPairSpec must be an RSA_* or ECC_* key spec")
+            key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
+            if key.spec != _specs.SYMMETRIC_DEFAULT or key.usage != _specs.ENCRYPT_DECRYPT:
+                raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
+            der = _specs.generate_material(key_pair_spec)
+            public = _specs.public_der(_specs.load_private(der))
+            out: Response = {
+                "PrivateKeyCiphertextBlob": self._symmetric_encrypt(conn, call, key, der, ctx),
+                "PublicKey": public,
+                "KeyId": key.arn,
+                "KeyPairSpec": key_pair_spec,
+            }
+            if with_plaintext:
+                out["PrivateKeyPlaintext"] = der
+            return out
+
+        return self._run(opname, principal, context, {"KeyPairSpec": key_pair_spec}, op)
+
+    def generate_data_key_pair(
+        self,
+        *,
+        key_id: str,
+        key_pair_spec: str,
+        encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        return self._data_key_pair(
+            "GenerateDataKeyPair",
+            key_id,
+            key_pair_spec,
+            encryption_context,
+            True,
+            principal,
+            context,
+        )
+
+    def generate_data_key_pair_without_plaintext(
+        self,
+        *,
+        key_id: str,
+        key_pair_spec: str,
+        encryption_context: Mapping[str, str] | None = None,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        return self._data_key_pair(
+            "GenerateDataKeyPairWithoutPlaintext",
+            key_id,
+            key_pair_spec,
+            encryption_context,
+            False,
+            principal,
+            context,
+        )
+
+    def generate_random(
+        self,
+        *,
+        number_of_bytes: int,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(number_of_bytes, int) or not 1 <= number_of_bytes <= 1024:
+                raise ValidationException("NumberOfBytes must be 1..1024")
+            return {"Plaintext": os.urandom(number_of_bytes)}
+
+        return self._run(
+            "GenerateRandom", principal, context, {"NumberOfBytes": number_of_bytes}, op
+        )
+
+    # -- asymmetric and HMAC --------------------------------------------------------------
+
+    def _signing_key(self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float) -> _Key:
+        key = self._key(conn, call, key_id, CRYPTO, now)
+        if key.usage != _specs.SIGN_VERIFY:
+            raise InvalidKeyUsageException(f"{key.arn} has KeyUsage {key.usage}, not SIGN_VERIFY")
+        return key
+
+    def sign(
+        self,
+        *,
+        key_id: str,
+        message: bytes,
+        signing_algorithm: str,
+        message_type: str = "RAW",
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            key = self._signing_key(conn, call, key_id, now)
+            _, mat = self._current(conn, call, key)
+            sig = _specs.sign(
+                mat.private(), key.algorithms().signing, signing_algorithm, msg, message_type
+            )
+            return {"KeyId": key.arn, "Signature": sig, "SigningAlgorithm": signing_algorithm}
+
+        return self._run(
+            "Sign",
+            principal,
+            context,
+            {"SigningAlgorithm": signing_algorithm, "MessageType": message_type},
+            op,
+        )
+
+    def verify(
+        self,
+        *,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        signing_algorithm: str,
+        message_type: str = "RAW",
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            sig = _bytes(signature, "Signature", 1, 6144)
+            key = self._signing_key(conn, call, key_id, now)
+            _, mat = self._current(conn, call, key)
+            ok = _specs.verify(
+                mat.private().public_key(),
+                key.algorithms().signing,
+                signing_algorithm,
+                msg,
+                message_type,
+                sig,
+            )
+            if not ok:
+                raise KMSInvalidSignatureException("the signature is not valid")
+            return {"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": signing_algorithm}
+
+        return self._run(
+            "Verify",
+            principal,
+            context,
+            {"SigningAlgorithm": signing_algorithm, "MessageType": message_type},
+            op,
+        )
+
+    def get_public_key(
+        self,
+        *,
+        key_id: str,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, CRYPTO, now)
+            if not _specs.is_asymmetric(key.spec):
+                raise UnsupportedOperationException(f"{key.spec} keys have no public key")
+            _, mat = self._current(conn, call, key)
+            out: Response = {
+                "KeyId": key.arn,
+                "PublicKey": _specs.public_der(mat.private()),
+                "CustomerMasterKeySpec": key.spec,
+                "KeySpec": key.spec,
+                "KeyUsage": key.usage,
+            }
+            algs = key.algorithms()
+            if algs.encryption:
+                out["EncryptionAlgorithms"] = list(algs.encryption)
+            if algs.signing:
+                out["SigningAlgorithms"] = list(algs.signing)
+            return out
+
+        return self._run("GetPublicKey", principal, context, {}, op)
+
+    def _mac_key(self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float) -> _Key:
+        key = self._key(conn, call, key_id, CRYPTO, now)
+        if key.usage != _specs.GENERATE_VERIFY_MAC:
+            raise InvalidKeyUsageException(
+                f"{key.arn} has KeyUsage {key.usage}, not GENERATE_VERIFY_MAC"
+            )
+        return key
+
+    def generate_mac(
+        self,
+        *,
+        key_id: str,
+        message: bytes,
+        mac_algorithm: str,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            key = self._mac_key(conn, call, key_id, now)
+            _, mat = self._current(conn, call, key)
+            tag = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
+            return {"Mac": tag, "MacAlgorithm": mac_algorithm, "KeyId": key.arn}
+
+        return self._run("GenerateMac", principal, context, {"MacAlgorithm": mac_algorithm}, op)
+
+    def verify_mac(
+        self,
+        *,
+        key_id: str,
+        message: bytes,
+        mac_algorithm: str,
+        mac: bytes,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            tag = _bytes(mac, "Mac", 1, 6144)
+            key = self._mac_key(conn, call, key_id, now)
+            _, mat = self._current(conn, call, key)
+            expected = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
+            if not hmac.compare_digest(expected, tag):
+                raise KMSInvalidMacException("the MAC is not valid")
+            return {"KeyId": key.arn, "MacValid": True, "MacAlgorithm": mac_algorithm}
+
+        return self._run("VerifyMac", principal, context, {"MacAlgorithm": mac_algorithm}, op)

@@ -1,0 +1,62 @@
+"""Where the embedded KMS lives: ``$ENVELOPE_HOME`` (default ``~/.envelope``).
+
+Layout: ``kms.sqlite3`` (the store, with its ``-wal`` and ``-shm`` files) and ``root.key`` (the
+root-key file, mode 0600). ``$ENVELOPE_KMS_PASSPHRASE`` selects a scrypt passphrase instead of
+the file; ``$ENVELOPE_REGION`` picks the Region (default us-east-1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ._core import DEFAULT_REGION, Clock
+from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
+from .service import KeyService
+from .store import Store, Synchronous
+
+__all__ = ("STORE_NAME", "ROOT_KEY_NAME", "default_home", "open_service")
+
+STORE_NAME = "kms.sqlite3"
+ROOT_KEY_NAME = "root.key"
+
+
+def default_home(home: str | os.PathLike[str] | None = None) -> Path:
+    if home is not None:
+        return Path(home).expanduser()
+    env = os.environ.get("ENVELOPE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".envelope"
+
+
+def default_root(home: Path) -> RootKeyProvider:
+    passphrase = os.environ.get("ENVELOPE_KMS_PASSPHRASE")
+    if passphrase:
+        return PassphraseRootKey(passphrase)
+    return FileRootKey(home / ROOT_KEY_NAME)
+
+
+def open_service(
+    home: str | os.PathLike[str] | None = None,
+    *,
+    region: str | None = None,
+    root: RootKeyProvider | None = None,
+    synchronous: Synchronous = "NORMAL",
+    clock: Clock | None = None,
+) -> KeyService:
+    """Open (creating on first use) the store under `home` and return its `KeyService`.
+
+    The service owns the store: `close()` seals the audit log and closes the file.
+    """
+    h = default_home(home)
+    h.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = Store.open(h / STORE_NAME, root or default_root(h), synchronous=synchronous)
+    try:
+        return KeyService(
+            store,
+            clock=clock,
+            region=region or os.environ.get("ENVELOPE_REGION") or DEFAULT_REGION,
+            owns_store=True,
+        )
+    except BaseException:
+        store.close()
+        raise

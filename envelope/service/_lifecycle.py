@@ -1,0 +1,366 @@
+"""Key lifecycle and rotation operations (CreateKey .. CancelKeyDeletion, *KeyRotation*)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+
+from . import _specs
+from ._core import (
+    DAY,
+    MAX_ON_DEMAND_ROTATIONS,
+    RequestContext,
+    Response,
+    ServiceCore,
+    _Call,
+    _Key,
+    _limit,
+    _marker_decode,
+    _page,
+)
+from ._states import (
+    CANCEL,
+    DISABLED,
+    ENABLE_DISABLE,
+    ENABLED,
+    MANAGE,
+    PENDING_DELETION,
+    PENDING_IMPORT,
+    PENDING_REPLICA_DELETION,
+    READ,
+    ROTATION,
+    SCHEDULE,
+)
+from .errors import (
+    InvalidMarkerException,
+    LimitExceededException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+
+
+class LifecycleOps(ServiceCore):
+    """CreateKey .. CancelKeyDeletion, and rotation."""
+
+    # -- key lifecycle --------------------------------------------------------------------
+
+    def create_key(
+        self,
+        *,
+        description: str = "",
+        key_usage: str = _specs.ENCRYPT_DECRYPT,
+        key_spec: str | None = None,
+        customer_master_key_spec: str | None = None,
+        origin: str = "AWS_KMS",
+        multi_region: bool = False,
+        tags: Sequence[Mapping[str, str]] | None = None,
+        policy: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        spec = key_spec or customer_master_key_spec or _specs.SYMMETRIC_DEFAULT
+        params = {
+            "KeySpec": spec,
+            "KeyUsage": key_usage,
+            "Origin": origin,
+            "MultiRegion": multi_region,
+        }
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if key_spec and customer_master_key_spec and key_spec != customer_master_key_spec:
+                raise ValidationException("KeySpec and CustomerMasterKeySpec differ")
+            if not isinstance(description, str) or len(description) > 8192:
+                raise ValidationException("Description must be at most 8192 characters")
+            _specs.validate_spec(spec, key_usage)
+            if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"):
+                raise UnsupportedOperationException(f"Origin {origin} needs a custom key store")
+            if origin not in ("AWS_KMS", "EXTERNAL"):
+                raise ValidationException("Origin must be AWS_KMS or EXTERNAL")
+            if origin == "EXTERNAL" and multi_region:
+                raise UnsupportedOperationException(
+                    "multi-Region keys with imported material are not supported yet"
+                )
+            if policy is not None and (not isinstance(policy, str) or len(policy) > 32768):
+                raise ValidationException("Policy must be at most 32768 characters")
+            key = self._new_key(
+                conn,
+                call,
+                now,
+                spec=spec,
+                usage=key_usage,
+                origin=origin,
+                description=description,
+                multi_region=bool(multi_region),
+                manager="CUSTOMER",
+                tags=self._check_tags(tags, {}),
+            )
+            call.key_id = key.arn
+            return {"KeyMetadata": self._metadata(conn, key)}
+
+        return self._run("CreateKey", principal, context, params, op)
+
+    def describe_key(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, READ, now, managed=True)
+            return {"KeyMetadata": self._metadata(conn, key)}
+
+        return self._run("DescribeKey", principal, context, {}, op)
+
+    def list_keys(
+        self,
+        *,
+        limit: int | None = None,
+        marker: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            n = _limit(limit, 100, 1000)
+            after = _marker_decode(marker) or ""
+            self._sweep(conn, now)
+            rows = conn.execute(
+                "SELECT key_id FROM keys WHERE region=? AND key_id>? ORDER BY key_id LIMIT ?",
+                (self.region, after, n + 1),
+            ).fetchall()
+            items, extra = _page([str(r[0]) for r in rows], n, lambda k: k)
+            return {"Keys": [{"KeyId": k, "KeyArn": self.arn(k)} for k in items], **extra}
+
+        return self._run("ListKeys", principal, context, {}, op)
+
+    def run_due_tasks(
+        self, *, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        """Apply every due deletion, rotation and expiry now (AWS does this in the background)."""
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._sweep(conn, now)
+            return {}
+
+        return self._run("RunDueTasks", principal, context, {}, op)
+
+    def update_key_description(
+        self,
+        *,
+        key_id: str,
+        description: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(description, str) or len(description) > 8192:
+                raise ValidationException("Description must be at most 8192 characters")
+            key = self._key(conn, call, key_id, MANAGE, now)
+            self._customer_managed(key, "UpdateKeyDescription")
+            key.meta["Description"] = description
+            self._save(conn, key)
+            return {}
+
+        return self._run("UpdateKeyDescription", principal, context, {}, op)
+
+    def _set_enabled(
+        self,
+        opname: str,
+        key_id: str,
+        enabled: bool,
+        principal: str | None,
+        context: RequestContext | None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, ENABLE_DISABLE, now)
+            self._customer_managed(key, opname)
+            key.meta["KeyState"] = ENABLED if enabled else DISABLED
+            self._save(conn, key)
+            return {}
+
+        return self._run(opname, principal, context, {}, op)
+
+    def enable_key(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        return self._set_enabled("EnableKey", key_id, True, principal, context)
+
+    def disable_key(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        return self._set_enabled("DisableKey", key_id, False, principal, context)
+
+    def schedule_key_deletion(
+        self,
+        *,
+        key_id: str,
+        pending_window_in_days: int | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        days = 30 if pending_window_in_days is None else pending_window_in_days
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(days, int) or not 7 <= days <= 30:
+                raise ValidationException("PendingWindowInDays must be 7..30")
+            key = self._key(conn, call, key_id, SCHEDULE, now)
+            self._customer_managed(key, "ScheduleKeyDeletion")
+            m = key.meta
+            m["PendingDeletionWindowInDays"] = days
+            replicas = (
+                key.multi_region
+                and m["x_mr_type"] == "PRIMARY"
+                and bool(self._replica_regions(conn, key))
+            )
+            if replicas:
+                m["KeyState"] = PENDING_REPLICA_DELETION
+                m["DeletionDate"] = None
+            else:
+                m["KeyState"] = PENDING_DELETION
+                m["DeletionDate"] = now + days * DAY
+            self._save(conn, key)
+            out: Response = {
+                "KeyId": key.arn,
+                "KeyState": m["KeyState"],
+                "PendingWindowInDays": days,
+            }
+            if m["DeletionDate"] is not None:
+                out["DeletionDate"] = m["DeletionDate"]
+            return out
+
+        return self._run(
+            "ScheduleKeyDeletion", principal, context, {"PendingWindowInDays": days}, op
+        )
+
+    def cancel_key_deletion(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, CANCEL, now)
+            m = key.meta
+            m["KeyState"] = DISABLED
+            if m["Origin"] == "EXTERNAL" and self._current_version(conn, key) == 0:
+                m["KeyState"] = PENDING_IMPORT
+            m["DeletionDate"] = None
+            m["PendingDeletionWindowInDays"] = None
+            self._save(conn, key)
+            return {"KeyId": key.arn}
+
+        return self._run("CancelKeyDeletion", principal, context, {}, op)
+
+    # -- rotation -------------------------------------------------------------------------
+
+    def _rotatable(self, key: _Key, opname: str) -> None:
+        if key.spec != _specs.SYMMETRIC_DEFAULT:
+            raise UnsupportedOperationException(f"{opname}: {key.spec} keys cannot be rotated")
+        if key.meta["Origin"] != "AWS_KMS":
+            raise UnsupportedOperationException(
+                f"{opname}: keys with imported material cannot be rotated"
+            )
+        if key.meta.get("x_mr_type") == "REPLICA":
+            raise UnsupportedOperationException(f"{opname}: rotate the primary key instead")
+
+    def enable_key_rotation(
+        self,
+        *,
+        key_id: str,
+        rotation_period_in_days: int | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        days = 365 if rotation_period_in_days is None else rotation_period_in_days
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(days, int) or not 90 <= days <= 2560:
+                raise ValidationException("RotationPeriodInDays must be 90..2560")
+            key = self._key(conn, call, key_id, ROTATION, now)
+            self._customer_managed(key, "EnableKeyRotation")
+            self._rotatable(key, "EnableKeyRotation")
+            key.meta["x_rot_period"] = days
+            key.meta["x_rot_next"] = now + days * DAY
+            self._save(conn, key)
+            return {}
+
+        return self._run(
+            "EnableKeyRotation", principal, context, {"RotationPeriodInDays": days}, op
+        )
+
+    def disable_key_rotation(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, ROTATION, now)
+            self._customer_managed(key, "DisableKeyRotation")
+            self._rotatable(key, "DisableKeyRotation")
+            key.meta["x_rot_period"] = None
+            key.meta["x_rot_next"] = None
+            self._save(conn, key)
+            return {}
+
+        return self._run("DisableKeyRotation", principal, context, {}, op)
+
+    def get_key_rotation_status(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, READ, now)
+            if key.spec != _specs.SYMMETRIC_DEFAULT:
+                raise UnsupportedOperationException(f"{key.spec} keys have no rotation status")
+            src = key
+            if key.meta.get("x_mr_type") == "REPLICA":
+                primary = self._load(conn, key.meta["x_primary_region"], key.id)
+                src = primary or key
+            m = src.meta
+            out: Response = {"KeyId": key.arn, "KeyRotationEnabled": m["x_rot_next"] is not None}
+            if m["x_rot_next"] is not None:
+                out["RotationPeriodInDays"] = m["x_rot_period"]
+                out["NextRotationDate"] = m["x_rot_next"]
+            return out
+
+        return self._run("GetKeyRotationStatus", principal, context, {}, op)
+
+    def rotate_key_on_demand(
+        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, ROTATION, now)
+            self._customer_managed(key, "RotateKeyOnDemand")
+            self._rotatable(key, "RotateKeyOnDemand")
+            if key.meta["x_on_demand"] >= MAX_ON_DEMAND_ROTATIONS:
+                raise LimitExceededException(
+                    f"a key can be rotated on demand at most {MAX_ON_DEMAND_ROTATIONS} times"
+                )
+            key.meta["x_on_demand"] += 1
+            self._rotate(conn, key, now, "ON_DEMAND")
+            self._save(conn, key)
+            return {"KeyId": key.arn}
+
+        return self._run("RotateKeyOnDemand", principal, context, {}, op)
+
+    def list_key_rotations(
+        self,
+        *,
+        key_id: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            n = _limit(limit, 100, 1000)
+            try:
+                after = int(_marker_decode(marker) or "1")
+            except ValueError:
+                raise InvalidMarkerException("Marker was not issued by this service") from None
+            key = self._key(conn, call, key_id, READ, now)
+            if key.spec != _specs.SYMMETRIC_DEFAULT or key.meta["Origin"] != "AWS_KMS":
+                raise UnsupportedOperationException("only symmetric AWS_KMS keys have rotations")
+            rows = conn.execute(
+                "SELECT version, created, kind FROM material WHERE key_id=? AND version>? "
+                "ORDER BY version LIMIT ?",
+                (key.id, after, n + 1),
+            ).fetchall()
+            items, extra = _page(list(rows), n, lambda r: str(r[0]))
+            rotations = [
+                {"KeyId": key.arn, "RotationDate": float(c), "RotationType": str(k)}
+                for _, c, k in items
+            ]
+            return {"Rotations": rotations, **extra}
+
+        return self._run("ListKeyRotations", principal, context, {}, op)

@@ -1,0 +1,125 @@
+"""Multi-Region keys: ReplicateKey and UpdatePrimaryRegion (`mrk-` ids, shared material)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+
+from . import _states
+from ._core import (
+    _REGION_RE,
+    RequestContext,
+    Response,
+    ServiceCore,
+    _Call,
+)
+from ._states import (
+    ENABLE_DISABLE,
+    MANAGE,
+)
+from .errors import (
+    AlreadyExistsException,
+    NotFoundException,
+    UnsupportedOperationException,
+    ValidationException,
+)
+
+
+class MultiRegionOps(ServiceCore):
+    """ReplicateKey and UpdatePrimaryRegion."""
+
+    # -- multi-Region keys ----------------------------------------------------------------
+
+    def replicate_key(
+        self,
+        *,
+        key_id: str,
+        replica_region: str,
+        description: str | None = None,
+        tags: Sequence[Mapping[str, str]] | None = None,
+        policy: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(replica_region, str) or not _REGION_RE.match(replica_region):
+                raise ValidationException(f"{replica_region!r} is not a Region name")
+            key = self._key(conn, call, key_id, MANAGE, now)
+            if not key.multi_region:
+                raise UnsupportedOperationException(f"{key.arn} is not a multi-Region key")
+            if key.meta["x_mr_type"] != "PRIMARY":
+                raise UnsupportedOperationException(
+                    f"{key.arn} is a replica; replicate the primary key"
+                )
+            if replica_region == self.region or self._load(conn, replica_region, key.id):
+                raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
+            replica = self._new_key(
+                conn,
+                call,
+                now,
+                spec=key.spec,
+                usage=key.usage,
+                origin=key.meta["Origin"],
+                description=key.meta["Description"] if description is None else description,
+                multi_region=True,
+                manager="CUSTOMER",
+                tags=self._check_tags(tags, {}),
+                region=replica_region,
+                key_id=key.id,
+            )
+            replica.meta["x_mr_type"] = "REPLICA"
+            replica.meta["x_primary_region"] = self.region
+            self._save(conn, replica)
+            meta = self._metadata(conn, replica)
+            meta["MultiRegionConfiguration"] = self._metadata(conn, key)[
+                "MultiRegionConfiguration"
+            ] | {"MultiRegionKeyType": "REPLICA"}
+            return {
+                "ReplicaKeyMetadata": meta,
+                "ReplicaTags": [
+                    {"TagKey": k, "TagValue": v} for k, v in replica.meta["x_tags"].items()
+                ],
+            }
+
+        return self._run("ReplicateKey", principal, context, {"ReplicaRegion": replica_region}, op)
+
+    def update_primary_region(
+        self,
+        *,
+        key_id: str,
+        primary_region: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(primary_region, str) or not _REGION_RE.match(primary_region):
+                raise ValidationException(f"{primary_region!r} is not a Region name")
+            key = self._key(conn, call, key_id, ENABLE_DISABLE, now)
+            if not key.multi_region:
+                raise UnsupportedOperationException(f"{key.arn} is not a multi-Region key")
+            if key.meta["x_mr_type"] != "PRIMARY":
+                raise UnsupportedOperationException(
+                    "call UpdatePrimaryRegion in the primary key's Region"
+                )
+            if primary_region == self.region:
+                return {}
+            new = self._load(conn, primary_region, key.id)
+            if new is None:
+                raise NotFoundException(f"{key.id} has no replica in {primary_region}")
+            _states.check(new.state, ENABLE_DISABLE, new.arn)
+            for region in [self.region, *self._replica_regions(conn, key)]:
+                k = key if region == self.region else self._load(conn, region, key.id)
+                if k is None:
+                    continue
+                k.meta["x_primary_region"] = primary_region
+                k.meta["x_mr_type"] = "PRIMARY" if region == primary_region else "REPLICA"
+                if region == primary_region:
+                    k.meta["x_rot_period"] = key.meta["x_rot_period"]
+                    k.meta["x_rot_next"] = key.meta["x_rot_next"]
+                    k.meta["x_on_demand"] = key.meta["x_on_demand"]
+                self._save(conn, k)
+            return {}
+
+        return self._run(
+            "UpdatePrimaryRegion", principal, context, {"PrimaryRegion": primary_region}, op
+        )

@@ -1,0 +1,274 @@
+"""Key specs and the cryptography behind each one (AWS names throughout).
+
+One table per family says which KeyUsage a spec allows and which algorithms it offers, so
+`CreateKey` validation, `DescribeKey` output and the per-operation checks agree by construction.
+Nothing here touches the store: functions take raw material and return bytes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
+
+from .errors import (
+    IncorrectKeyMaterialException,
+    InvalidCiphertextException,
+    InvalidKeyUsageException,
+    ValidationException,
+)
+
+SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
+ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+SIGN_VERIFY = "SIGN_VERIFY"
+GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
+KEY_AGREEMENT = "KEY_AGREEMENT"
+KEY_USAGES = (ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT)
+
+RSA_SPECS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
+ECC_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "ECC_NIST_P256": ec.SECP256R1,
+    "ECC_NIST_P384": ec.SECP384R1,
+    "ECC_NIST_P521": ec.SECP521R1,
+    "ECC_SECG_P256K1": ec.SECP256K1,
+}
+HMAC_SPECS = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
+KEY_SPECS = (SYMMETRIC_DEFAULT, *RSA_SPECS, *ECC_CURVES, *HMAC_SPECS)
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "SHA_1": hashes.SHA1,
+    "SHA_224": hashes.SHA224,
+    "SHA_256": hashes.SHA256,
+    "SHA_384": hashes.SHA384,
+    "SHA_512": hashes.SHA512,
+}
+_RSA_SIGNING = tuple(
+    f"RSASSA_{p}_SHA_{n}" for p in ("PSS", "PKCS1_V1_5") for n in ("256", "384", "512")
+)
+_ECC_SIGNING = {
+    "ECC_NIST_P256": ("ECDSA_SHA_256",),
+    "ECC_NIST_P384": ("ECDSA_SHA_384",),
+    "ECC_NIST_P521": ("ECDSA_SHA_512",),
+    "ECC_SECG_P256K1": ("ECDSA_SHA_256",),
+}
+RSA_ENCRYPTION = ("RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256")
+MAC_ALGORITHMS = {
+    "HMAC_224": "HMAC_SHA_224",
+    "HMAC_256": "HMAC_SHA_256",
+    "HMAC_384": "HMAC_SHA_384",
+    "HMAC_512": "HMAC_SHA_512",
+}
+MAX_MESSAGE = 4096
+
+
+@dataclass(frozen=True)
+class Algorithms:
+    encryption: tuple[str, ...] = ()
+    signing: tuple[str, ...] = ()
+    mac: tuple[str, ...] = ()
+
+
+def validate_spec(spec: str, usage: str) -> Algorithms:
+    """The algorithms of (`spec`, `usage`), or ValidationException if AWS refuses the pair."""
+    if spec not in KEY_SPECS:
+        raise ValidationException(f"KeySpec must be one of {', '.join(KEY_SPECS)}")
+    if usage not in KEY_USAGES:
+        raise ValidationException(f"KeyUsage must be one of {', '.join(KEY_USAGES)}")
+    if spec == SYMMETRIC_DEFAULT and usage == ENCRYPT_DECRYPT:
+        return Algorithms(encryption=(SYMMETRIC_DEFAULT,))
+    if spec in RSA_SPECS and usage == ENCRYPT_DECRYPT:
+        return Algorithms(encryption=RSA_ENCRYPTION)
+    if spec in RSA_SPECS and usage == SIGN_VERIFY:
+        return Algorithms(signing=_RSA_SIGNING)
+    if spec in ECC_CURVES and usage == SIGN_VERIFY:
+        return Algorithms(signing=_ECC_SIGNING[spec])
+    if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
+        return Algorithms(mac=(MAC_ALGORITHMS[spec],))
+    raise ValidationException(f"KeyUsage {usage} is not valid for KeySpec {spec}")
+
+
+def is_asymmetric(spec: str) -> bool:
+    return spec in RSA_SPECS or spec in ECC_CURVES
+
+
+def generate_material(spec: str) -> bytes:
+    """Fresh key material: raw bytes for symmetric and HMAC keys, PKCS#8 DER otherwise."""
+    if spec == SYMMETRIC_DEFAULT:
+        return os.urandom(32)
+    if spec in HMAC_SPECS:
+        return os.urandom(HMAC_SPECS[spec])
+    key: PrivateKeyTypes
+    if spec in RSA_SPECS:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_SPECS[spec])
+    else:
+        key = ec.generate_private_key(ECC_CURVES[spec]())
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def check_imported_material(spec: str, material: bytes) -> None:
+    """Imported material must fit the key spec (AES-256, HMAC length, PKCS#8 of the right kind)."""
+    if spec == SYMMETRIC_DEFAULT:
+        if len(material) != 32:
+            raise IncorrectKeyMaterialException("SYMMETRIC_DEFAULT material must be 256 bits")
+        return
+    if spec in HMAC_SPECS:
+        if not HMAC_SPECS[spec] <= len(material) <= 64:
+            raise IncorrectKeyMaterialException(f"{spec} material has the wrong length")
+        return
+    try:
+        key = serialization.load_der_private_key(material, password=None)
+    except (ValueError, TypeError):
+        raise IncorrectKeyMaterialException("material is not a PKCS#8 private key") from None
+    if spec in RSA_SPECS:
+        ok = isinstance(key, rsa.RSAPrivateKey) and key.key_size == RSA_SPECS[spec]
+    else:
+        ok = isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ECC_CURVES[spec])
+    if not ok:
+        raise IncorrectKeyMaterialException(f"material does not match KeySpec {spec}")
+
+
+def load_private(material: bytes) -> PrivateKeyTypes:
+    return serialization.load_der_private_key(material, password=None)
+
+
+def public_der(private: PrivateKeyTypes) -> bytes:
+    return private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _hash_of(algorithm: str) -> hashes.HashAlgorithm:
+    return _HASHES["SHA_" + algorithm.rsplit("_", 1)[1]]()
+
+
+def _message(message: bytes, message_type: str, h: hashes.HashAlgorithm) -> tuple[bytes, bool]:
+    if message_type == "RAW":
+        if not 1 <= len(message) <= MAX_MESSAGE:
+            raise ValidationException(f"Message must be 1..{MAX_MESSAGE} bytes")
+        return message, False
+    if message_type == "DIGEST":
+        if len(message) != h.digest_size:
+            raise ValidationException(
+                f"a DIGEST message for this algorithm must be {h.digest_size} bytes"
+            )
+        return message, True
+    raise ValidationException("MessageType must be RAW or DIGEST")
+
+
+def _check_alg(algorithm: str, allowed: tuple[str, ...], what: str) -> None:
+    if algorithm not in allowed:
+        raise InvalidKeyUsageException(
+            f"{what} {algorithm} is not supported by this key ({', '.join(allowed) or 'none'})"
+        )
+
+
+def sign(
+    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+) -> bytes:
+    _check_alg(algorithm, allowed, "SigningAlgorithm")
+    h = _hash_of(algorithm)
+    data, prehashed = _message(message, mtype, h)
+    alg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+    if isinstance(private, rsa.RSAPrivateKey):
+        pad = _rsa_sign_padding(algorithm, h)
+        return private.sign(data, pad, alg)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    return private.sign(data, ec.ECDSA(alg))
+
+
+def _rsa_sign_padding(algorithm: str, h: hashes.HashAlgorithm) -> padding.AsymmetricPadding:
+    if algorithm.startswith("RSASSA_PSS"):
+        return padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+    return padding.PKCS1v15()
+
+
+def verify(
+    public: PublicKeyTypes,
+    allowed: tuple[str, ...],
+    algorithm: str,
+    message: bytes,
+    mtype: str,
+    signature: bytes,
+) -> bool:
+    _check_alg(algorithm, allowed, "SigningAlgorithm")
+    h = _hash_of(algorithm)
+    data, prehashed = _message(message, mtype, h)
+    alg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, data, _rsa_sign_padding(algorithm, h), alg)
+        else:
+            assert isinstance(public, ec.EllipticCurvePublicKey)
+            public.verify(signature, data, ec.ECDSA(alg))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _oaep(algorithm: str) -> padding.OAEP:
+    h = _hash_of(algorithm)
+    return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
+
+
+def rsa_max_plaintext(private: rsa.RSAPrivateKey, algorithm: str) -> int:
+    return private.key_size // 8 - 2 * _hash_of(algorithm).digest_size - 2
+
+
+def rsa_encrypt(
+    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, plaintext: bytes
+) -> bytes:
+    _check_alg(algorithm, allowed, "EncryptionAlgorithm")
+    assert isinstance(private, rsa.RSAPrivateKey)
+    limit = rsa_max_plaintext(private, algorithm)
+    if not 1 <= len(plaintext) <= limit:
+        raise ValidationException(f"Plaintext must be 1..{limit} bytes for {algorithm}")
+    return private.public_key().encrypt(plaintext, _oaep(algorithm))
+
+
+def rsa_decrypt(
+    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, ciphertext: bytes
+) -> bytes:
+    _check_alg(algorithm, allowed, "EncryptionAlgorithm")
+    assert isinstance(private, rsa.RSAPrivateKey)
+    try:
+        return private.decrypt(ciphertext, _oaep(algorithm))
+    except ValueError:
+        raise InvalidCiphertextException("the ciphertext does not decrypt under this key") from None
+
+
+def mac(material: bytes, allowed: tuple[str, ...], algorithm: str, message: bytes) -> bytes:
+    _check_alg(algorithm, allowed, "MacAlgorithm")
+    if not 1 <= len(message) <= MAX_MESSAGE:
+        raise ValidationException(f"Message must be 1..{MAX_MESSAGE} bytes")
+    return hmac.digest(material, message, algorithm.rsplit("_", 2)[1].lower() + _bits(algorithm))
+
+
+def _bits(algorithm: str) -> str:
+    return algorithm.rsplit("_", 1)[1]
+
+
+def unwrap_import(private: rsa.RSAPrivateKey, algorithm: str, blob: bytes) -> bytes:
+    """Unwrap imported material (RSAES_OAEP_SHA_1/256 or RSA_AES_KEY_WRAP_SHA_1/256)."""
+    from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+
+    h = _hash_of(algorithm)
+    oaep = padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
+    try:
+        if algorithm.startswith("RSAES_OAEP"):
+            return private.decrypt(blob, oaep)
+        k = private.key_size // 8
+        aes_key = private.decrypt(blob[:k], oaep)
+        return aes_key_unwrap_with_padding(aes_key, blob[k:])
+    except (ValueError, InvalidUnwrap):
+        raise InvalidCiphertextException(
+            "EncryptedKeyMaterial does not unwrap with this import token's wrapping key"
+        ) from None

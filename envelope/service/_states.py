@@ -1,0 +1,65 @@
+"""Key states and what each allows, following the AWS KMS key-state table.
+
+`check(state, group)` raises the exception AWS returns when an operation of `group` is called on
+a key in `state`. Operations are grouped by how the table treats them, so the rule for each
+operation is one line here and the state-machine test can hold an independent model of it.
+"""
+
+from __future__ import annotations
+
+from .errors import DisabledException, KMSInvalidStateException
+
+ENABLED = "Enabled"
+DISABLED = "Disabled"
+PENDING_DELETION = "PendingDeletion"
+PENDING_IMPORT = "PendingImport"
+PENDING_REPLICA_DELETION = "PendingReplicaDeletion"
+UNAVAILABLE = "Unavailable"
+CREATING = "Creating"
+UPDATING = "Updating"
+
+PENDING = (PENDING_DELETION, PENDING_REPLICA_DELETION)
+
+# group -> states in which the operation is allowed; any other state raises (see `check`)
+CRYPTO = "crypto"  # Encrypt, Decrypt, ReEncrypt, GenerateDataKey*, Sign, Verify, *Mac, GetPublicKey
+ENABLE_DISABLE = "enable-disable"  # EnableKey, DisableKey
+ROTATION = "rotation"  # EnableKeyRotation, DisableKeyRotation, RotateKeyOnDemand
+# UpdateKeyDescription, Tag/UntagResource, Create/UpdateAlias target, import, replicate
+MANAGE = "manage"
+SCHEDULE = "schedule"  # ScheduleKeyDeletion
+CANCEL = "cancel"  # CancelKeyDeletion
+READ = "read"  # DescribeKey, ListResourceTags, GetKeyRotationStatus, ListKeyRotations
+
+_ALLOWED: dict[str, frozenset[str]] = {
+    CRYPTO: frozenset({ENABLED}),
+    ENABLE_DISABLE: frozenset({ENABLED, DISABLED}),
+    ROTATION: frozenset({ENABLED}),
+    MANAGE: frozenset({ENABLED, DISABLED, PENDING_IMPORT}),
+    SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT}),
+    CANCEL: frozenset(PENDING),
+    READ: frozenset(
+        {
+            ENABLED,
+            DISABLED,
+            PENDING_DELETION,
+            PENDING_IMPORT,
+            PENDING_REPLICA_DELETION,
+            UNAVAILABLE,
+            CREATING,
+            UPDATING,
+        }
+    ),
+}
+# groups in which a Disabled key gets DisabledException rather than KMSInvalidStateException
+_DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION})
+
+
+def check(state: str, group: str, arn: str) -> None:
+    if state in _ALLOWED[group]:
+        return
+    if state == DISABLED and group in _DISABLED_EXCEPTION:
+        raise DisabledException(f"{arn} is disabled.")
+    err = KMSInvalidStateException(f"{arn} is {state}.")
+    if state in PENDING and group == CRYPTO:
+        err.alarm = True  # someone still uses a key that is about to be destroyed
+    raise err

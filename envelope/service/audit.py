@@ -1,0 +1,253 @@
+"""The tamper-evident audit log: a hash chain over every call, sealed by signed digests.
+
+Record ``n`` is stored as ``(seq=n, prev, hash, body)`` where ``body`` is canonical JSON (sorted
+keys, no spaces) and::
+
+    hash(n) = SHA-256("envelope/kms/audit/v1" || u64(n) || hash(n-1) || body(n)),  hash(0) = 32 x 00
+
+so editing a body, deleting, inserting or reordering records breaks the chain at the first
+altered record. An attacker who can write the file could recompute the whole chain, so every
+`SEAL_EVERY`-th record (and the last record when the service closes, or on demand) is sealed::
+
+    seal(n) = Ed25519(audit key, "envelope/kms/audit-seal/v1" || u64(n) || hash(n) || f64(time))
+
+The signing key is kept sealed under the root key, so seals cannot be forged without it, and
+verification checks that the stored public key belongs to that signing key. A tail cut at or
+below the last seal is detected (the seal names a record that is gone, or a mandatory seal at a
+multiple of `SEAL_EVERY` is missing); a cut above the last seal is not detectable from the file
+alone: see docs/kms.md for how `seal_now` on close and periodic seals bound it.
+
+Records never carry plaintext, key material or ciphertext: `append` refuses a body with a
+field it does not know (`FIELDS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+__all__ = ("FIELDS", "SEAL_EVERY", "AuditProblem", "VerifyReport", "append", "seal_now", "verify")
+
+SEAL_EVERY = 256
+GENESIS = bytes(32)
+_DOMAIN = b"envelope/kms/audit/v1"
+_SEAL_DOMAIN = b"envelope/kms/audit-seal/v1"
+FIELDS = frozenset(
+    {
+        "time",
+        "principal",
+        "operation",
+        "key_id",
+        "request_id",
+        "source_ip",
+        "user_agent",
+        "region",
+        "outcome",
+        "error_code",
+        "alarm",
+        "params",
+    }
+)
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(body: Mapping[str, object]) -> str:
+    return _ENCODER.encode(body)
+
+
+def chain_hash(seq: int, prev: bytes, body: str) -> bytes:
+    return hashlib.sha256(_DOMAIN + struct.pack(">Q", seq) + prev + body.encode("utf-8")).digest()
+
+
+def _seal_message(seq: int, chain: bytes, at: float) -> bytes:
+    return _SEAL_DOMAIN + struct.pack(">Q", seq) + chain + struct.pack(">d", at)
+
+
+Head = tuple[int, bytes]
+
+
+def head(conn: sqlite3.Connection) -> Head:
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+
+
+def append(
+    conn: sqlite3.Connection,
+    body: Mapping[str, object],
+    signer: Ed25519PrivateKey,
+    now: float,
+    known_head: Head | None = None,
+) -> Head:
+    """Append one record inside the caller's write transaction; seal every SEAL_EVERY-th.
+
+    `known_head` is the head this process last committed: if another process appended since,
+    the slot after it is taken (sequence numbers are contiguous), the insert fails, and the
+    real head is read. That saves a query per call when one process does most of the work.
+    """
+    unknown = set(body) - FIELDS
+    if unknown:
+        raise ValueError(f"audit records cannot carry {sorted(unknown)}")
+    text = canonical(body)
+    last, prev = known_head if known_head is not None else head(conn)
+    for _ in range(2):
+        seq = last + 1
+        h = chain_hash(seq, prev, text)
+        try:
+            conn.execute(
+                "INSERT INTO audit(seq, prev, hash, body) VALUES (?,?,?,?)", (seq, prev, h, text)
+            )
+            break
+        except sqlite3.IntegrityError:
+            last, prev = head(conn)
+    else:  # pragma: no cover - the head was just read inside this write transaction
+        raise sqlite3.IntegrityError("cannot append to the audit log")
+    if seq % SEAL_EVERY == 0:
+        _seal(conn, seq, h, signer, now)
+    return seq, h
+
+
+def _seal(
+    conn: sqlite3.Connection, seq: int, h: bytes, signer: Ed25519PrivateKey, now: float
+) -> None:
+    sig = signer.sign(_seal_message(seq, h, now))
+    conn.execute(
+        "INSERT OR REPLACE INTO seals(seq, chain, at, sig) VALUES (?,?,?,?)", (seq, h, now, sig)
+    )
+
+
+def seal_now(conn: sqlite3.Connection, signer: Ed25519PrivateKey, now: float) -> int | None:
+    """Seal the last record if it is not sealed yet; returns the sealed seq (None: empty log)."""
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        return None
+    seq, h = int(row[0]), bytes(row[1])
+    if conn.execute("SELECT 1 FROM seals WHERE seq=?", (seq,)).fetchone() is None:
+        _seal(conn, seq, h, signer, now)
+    return seq
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """The first thing wrong with the log: `seq` is the first record that cannot be trusted."""
+
+    seq: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"record {self.seq}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    records: int
+    seals: int
+    last_sealed: int
+    problem: AuditProblem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "seals": self.seals,
+            "last_sealed": self.last_sealed,
+            "first_bad_record": self.problem.seq if self.problem else None,
+            "problem": str(self.problem) if self.problem else None,
+        }
+
+
+def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
+    """Walk the whole chain and every seal; report the first record that cannot be trusted."""
+    seals: dict[int, tuple[bytes, float, bytes]] = {
+        int(s): (bytes(c), float(a), bytes(g))
+        for s, c, a, g in conn.execute("SELECT seq, chain, at, sig FROM seals")
+    }
+    problems: list[AuditProblem] = []
+    prev = GENESIS
+    expected = 1
+    count = 0
+    last_good_seal = 0
+    for seq, stored_prev, stored_hash, body in conn.execute(
+        "SELECT seq, prev, hash, body FROM audit ORDER BY seq"
+    ):
+        count += 1
+        if seq != expected:
+            problems.append(
+                AuditProblem(expected, f"missing (deleted): the log jumps to record {seq}")
+            )
+            break
+        if bytes(stored_prev) != prev:
+            problems.append(
+                AuditProblem(
+                    seq,
+                    "does not follow the previous record (inserted, reordered or "
+                    "a record before it was deleted)",
+                )
+            )
+            break
+        h = chain_hash(seq, prev, str(body))
+        if h != bytes(stored_hash):
+            problems.append(AuditProblem(seq, "was edited: its hash does not match its content"))
+            break
+        try:
+            json.loads(body)
+        except ValueError:
+            problems.append(AuditProblem(seq, "is not valid JSON"))
+            break
+        if seq in seals:
+            chain, at, sig = seals[seq]
+            if chain != h:
+                problems.append(
+                    AuditProblem(
+                        last_good_seal + 1,
+                        f"the chain was rewritten between records {last_good_seal + 1} and {seq} "
+                        f"(the seal at {seq} does not match)",
+                    )
+                )
+                break
+            try:
+                public.verify(sig, _seal_message(seq, chain, at))
+            except InvalidSignature:
+                problems.append(AuditProblem(seq, "its seal's signature is invalid"))
+                break
+            last_good_seal = seq
+        elif seq % SEAL_EVERY == 0:
+            problems.append(
+                AuditProblem(last_good_seal + 1, f"the mandatory seal at record {seq} is missing")
+            )
+            break
+        prev = h
+        expected = seq + 1
+    if not problems:
+        last = expected - 1
+        beyond = [s for s in seals if s > last]
+        if beyond:
+            problems.append(
+                AuditProblem(
+                    last + 1,
+                    f"the log was cut: it ends at record {last} but a seal covers record "
+                    f"{max(beyond)}",
+                )
+            )
+    return VerifyReport(count, len(seals), last_good_seal, problems[0] if problems else None)
+
+
+def tail(conn: sqlite3.Connection, n: int) -> Iterator[dict[str, object]]:
+    """The last `n` records, oldest first, each with its `seq`."""
+    rows = conn.execute("SELECT seq, body FROM audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+    for seq, body in reversed(rows):
+        record: dict[str, object] = json.loads(body)
+        record["seq"] = seq
+        yield record

@@ -1,0 +1,151 @@
+"""The service's exceptions, named exactly like the AWS KMS error codes.
+
+A later HTTP layer turns `KmsServiceError.code` into the ``__type`` of an AWS error response,
+so every refusal a client can see is one of these classes and nothing else. Messages name key
+ids, states, parameter names and limits only: never plaintext, key material or ciphertext.
+
+Root-key problems (`RootKeyError`) are not AWS errors: they are raised when the store is opened,
+before any operation runs, and mean "this process was given the wrong secret".
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AlreadyExistsException",
+    "DisabledException",
+    "ExpiredImportTokenException",
+    "IncorrectKeyException",
+    "IncorrectKeyMaterialException",
+    "InvalidAliasNameException",
+    "InvalidArnException",
+    "InvalidCiphertextException",
+    "InvalidGrantTokenException",
+    "InvalidImportTokenException",
+    "InvalidKeyUsageException",
+    "InvalidMarkerException",
+    "KMSInternalException",
+    "KMSInvalidMacException",
+    "KMSInvalidSignatureException",
+    "KMSInvalidStateException",
+    "KmsServiceError",
+    "LimitExceededException",
+    "NotFoundException",
+    "RootKeyError",
+    "TagException",
+    "ThrottlingException",
+    "UnsupportedOperationException",
+    "ValidationException",
+)
+
+
+class KmsServiceError(Exception):
+    """Base of every refusal; `code` is the AWS error name (the class name by default)."""
+
+    code: str = "KMSInternalException"
+    alarm: bool = False
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__()
+        if "code" not in cls.__dict__:
+            cls.code = cls.__name__
+
+
+class NotFoundException(KmsServiceError):
+    """The key, alias, or other resource does not exist (in this region)."""
+
+
+class DisabledException(KmsServiceError):
+    """The key is disabled."""
+
+
+class KMSInvalidStateException(KmsServiceError):
+    """The key's state does not allow this operation."""
+
+
+class InvalidCiphertextException(KmsServiceError):
+    """The ciphertext was altered, or the encryption context does not match."""
+
+
+class IncorrectKeyException(KmsServiceError):
+    """The ciphertext was made under another key than the one named."""
+
+
+class ValidationException(KmsServiceError):
+    """A parameter is missing, malformed or out of its bounds."""
+
+
+class AlreadyExistsException(KmsServiceError):
+    """The resource (an alias, a replica) already exists."""
+
+
+class LimitExceededException(KmsServiceError):
+    """A quota (tags per key, aliases, ...) would be exceeded."""
+
+
+class InvalidKeyUsageException(KmsServiceError):
+    """The key's KeyUsage or key spec does not support this operation or algorithm."""
+
+
+class KMSInvalidSignatureException(KmsServiceError):
+    """The signature does not verify."""
+
+
+class KMSInvalidMacException(KmsServiceError):
+    """The MAC does not verify."""
+
+
+class InvalidAliasNameException(KmsServiceError):
+    """The alias name breaks the `alias/` rules or is reserved (`alias/aws/`)."""
+
+
+class InvalidArnException(KmsServiceError):
+    """The ARN is malformed or names another partition, account or region."""
+
+
+class InvalidMarkerException(KmsServiceError):
+    """A pagination marker was not issued by this service."""
+
+
+class UnsupportedOperationException(KmsServiceError):
+    """This kind of key does not support the operation (e.g. rotating an asymmetric key)."""
+
+
+class InvalidImportTokenException(KmsServiceError):
+    """The import token is unknown or belongs to another key."""
+
+
+class ExpiredImportTokenException(KmsServiceError):
+    """The import token (and its wrapping key) has expired."""
+
+
+class IncorrectKeyMaterialException(KmsServiceError):
+    """Re-imported material differs from the material the key was created with."""
+
+
+class TagException(KmsServiceError):
+    """A tag key or value is malformed or reserved (`aws:`)."""
+
+
+class InvalidGrantTokenException(KmsServiceError):
+    """Reserved for grants (a later issue)."""
+
+
+class ThrottlingException(KmsServiceError):
+    """Reserved for request quotas (a later issue)."""
+
+
+class KMSInternalException(KmsServiceError):
+    """Something broke inside the service (the store is unreadable, ...)."""
+
+
+class RootKeyError(KmsServiceError):
+    """The root key is missing or wrong; the store was not changed.
+
+    Raised by `Store.open`. Not an AWS error: a server would report it as an internal error.
+    """
+
+    code = "KMSInternalException"

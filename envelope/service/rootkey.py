@@ -1,0 +1,143 @@
+"""Root keys: the one secret that protects every key at rest in the store.
+
+The store never sees the root key itself, only a `RootKey` that can `seal` and `unseal` small
+blobs bound to an AAD (the key id and version of what is sealed), so a later provider can keep
+the root key inside an HSM and implement the same two calls there. Two providers ship:
+
+* `FileRootKey`: 32 random bytes in a file, created with ``O_EXCL`` and mode 0600 the first time
+  a store is initialised (never re-created for an existing store: a missing file is an error).
+* `PassphraseRootKey`: a passphrase stretched with scrypt (N=2**15, r=8, p=1) over a random salt
+  kept in the store.
+
+Sealed blob::
+
+    0x01 || nonce(12) || AES-256-GCM(root, nonce, data, AAD = "envelope/kms/root/v1" || aad)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .errors import RootKeyError
+
+__all__ = ("AesRootKey", "FileRootKey", "PassphraseRootKey", "RootKey", "RootKeyProvider")
+
+_AAD_PREFIX = b"envelope/kms/root/v1"
+_VERSION = b"\x01"
+ROOT_KEY_LEN = 32
+SCRYPT_N = 1 << 15
+
+
+class RootKey(Protocol):
+    """Seal and unseal blobs under the root key; `unseal` raises `RootKeyError` on any mismatch."""
+
+    def seal(self, data: bytes, aad: bytes) -> bytes: ...
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+class RootKeyProvider(Protocol):
+    """Where the root key comes from.
+
+    `salt` is the store's; `create` is true only while a new store is being initialised.
+    """
+
+    @property
+    def description(self) -> str: ...
+
+    def open(self, salt: bytes, *, create: bool) -> RootKey: ...
+
+
+class AesRootKey:
+    """A root key held in this process's memory (never in a repr)."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != ROOT_KEY_LEN:
+            raise RootKeyError(f"a root key is {ROOT_KEY_LEN} bytes")
+        self._aead = AESGCM(key)
+
+    def __repr__(self) -> str:
+        return "AesRootKey(<secret>)"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("root keys cannot be pickled")
+
+    def seal(self, data: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return _VERSION + nonce + self._aead.encrypt(nonce, data, _AAD_PREFIX + aad)
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        if len(blob) < 29 or blob[:1] != _VERSION:
+            raise RootKeyError("a sealed value in the store is malformed")
+        try:
+            return self._aead.decrypt(blob[1:13], blob[13:], _AAD_PREFIX + aad)
+        except InvalidTag:
+            raise RootKeyError(
+                "the root key does not open this store (wrong root key file or passphrase)"
+            ) from None
+
+
+class FileRootKey:
+    """A 32-byte root key in a file (mode 0600); created on first use of a new store only."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"FileRootKey({str(self.path)!r})"
+
+    @property
+    def description(self) -> str:
+        return f"root-key file {self.path}"
+
+    def open(self, salt: bytes, *, create: bool) -> RootKey:
+        if create:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass  # another process (or a previous store) made it: use it
+            else:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(os.urandom(ROOT_KEY_LEN))
+                    f.flush()
+                    os.fsync(f.fileno())
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise RootKeyError(
+                f"root-key file {self.path} is missing; the store cannot be opened without it"
+            ) from None
+        except OSError as e:
+            raise RootKeyError(f"cannot read root-key file {self.path}: {e.strerror}") from None
+        if len(data) != ROOT_KEY_LEN:
+            raise RootKeyError(f"root-key file {self.path} is not {ROOT_KEY_LEN} bytes")
+        return AesRootKey(data)
+
+
+class PassphraseRootKey:
+    """A root key stretched from a passphrase with scrypt over the store's salt."""
+
+    def __init__(self, passphrase: str | bytes, *, n: int = SCRYPT_N) -> None:
+        if not passphrase:
+            raise RootKeyError("an empty passphrase cannot be a root key")
+        self._passphrase = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+        self._n = n
+
+    def __repr__(self) -> str:
+        return "PassphraseRootKey(<secret>)"
+
+    @property
+    def description(self) -> str:
+        return "scrypt passphrase"
+
+    def open(self, salt: bytes, *, create: bool) -> RootKey:
+        kdf = Scrypt(salt=salt, length=ROOT_KEY_LEN, n=self._n, r=8, p=1)
+        return AesRootKey(kdf.derive(self._passphrase))

@@ -1,0 +1,231 @@
+"""Asymmetric and HMAC keys, checked against `cryptography` from the outside."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from envelope.service import KeyService, KmsServiceError
+
+from .conftest import new_key
+
+
+def code_of(fn: Callable[[], Any]) -> str:
+    with pytest.raises(KmsServiceError) as info:
+        fn()
+    return info.value.code
+
+
+_H = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+
+
+def _local_verify(public: Any, alg: str, message: bytes, mtype: str, sig: bytes) -> None:
+    h = _H[alg.rsplit("_", 1)[1]]()
+    algo: Any = utils.Prehashed(h) if mtype == "DIGEST" else h
+    if isinstance(public, rsa.RSAPublicKey):
+        pad: Any = (
+            padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
+            if "PSS" in alg
+            else padding.PKCS1v15()
+        )
+        public.verify(sig, message, pad, algo)
+    else:
+        public.verify(sig, message, ec.ECDSA(algo))
+
+
+@pytest.mark.parametrize(
+    ("spec", "algorithms"),
+    [
+        (
+            "RSA_2048",
+            [f"RSASSA_{p}_SHA_{n}" for p in ("PSS", "PKCS1_V1_5") for n in ("256", "384", "512")],
+        ),
+        ("ECC_NIST_P256", ["ECDSA_SHA_256"]),
+        ("ECC_NIST_P384", ["ECDSA_SHA_384"]),
+        ("ECC_NIST_P521", ["ECDSA_SHA_512"]),
+        ("ECC_SECG_P256K1", ["ECDSA_SHA_256"]),
+    ],
+)
+def test_sign_verify_against_cryptography(
+    svc: KeyService, spec: str, algorithms: list[str]
+) -> None:
+    kid = new_key(svc, key_spec=spec, key_usage="SIGN_VERIFY")
+    meta = svc.describe_key(key_id=kid)["KeyMetadata"]
+    assert meta["SigningAlgorithms"] == algorithms
+    pk = svc.get_public_key(key_id=kid)
+    assert pk["KeySpec"] == spec and pk["SigningAlgorithms"] == algorithms
+    public = serialization.load_der_public_key(pk["PublicKey"])
+    message = b"a message to sign"
+    for alg in algorithms:
+        h = _H[alg.rsplit("_", 1)[1]]()
+        digest = hashlib.new(h.name, message).digest()
+        for mtype, msg in (("RAW", message), ("DIGEST", digest)):
+            sig = svc.sign(key_id=kid, message=msg, message_type=mtype, signing_algorithm=alg)
+            assert sig["SigningAlgorithm"] == alg
+            _local_verify(public, alg, msg, mtype, sig["Signature"])
+            ok = svc.verify(
+                key_id=kid,
+                message=msg,
+                message_type=mtype,
+                signing_algorithm=alg,
+                signature=sig["Signature"],
+            )
+            assert ok["SignatureValid"] is True
+            assert (
+                code_of(
+                    lambda m=msg, t=mtype, a=alg, s=sig["Signature"]: svc.verify(
+                        key_id=kid,
+                        message=m + b"!" if t == "RAW" else bytes(len(m)),
+                        message_type=t,
+                        signing_algorithm=a,
+                        signature=s,
+                    )
+                )
+                == "KMSInvalidSignatureException"
+            )
+        # a DIGEST of the wrong length
+        assert (
+            code_of(
+                lambda a=alg: svc.sign(
+                    key_id=kid, message=b"x" * 7, message_type="DIGEST", signing_algorithm=a
+                )
+            )
+            == "ValidationException"
+        )
+    assert (
+        code_of(lambda: svc.sign(key_id=kid, message=b"x" * 4097, signing_algorithm=algorithms[0]))
+        == "ValidationException"
+    )
+    wrong = "RSASSA_PSS_SHA_256" if spec.startswith("ECC") else "ECDSA_SHA_256"
+    assert code_of(lambda: svc.sign(key_id=kid, message=b"x", signing_algorithm=wrong)) == (
+        "InvalidKeyUsageException"
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"])
+def test_rsa_oaep_local_encrypt_service_decrypt(svc: KeyService, algorithm: str) -> None:
+    kid = new_key(svc, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT")
+    pk = svc.get_public_key(key_id=kid)
+    assert pk["EncryptionAlgorithms"] == ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+    public = serialization.load_der_public_key(pk["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey)
+    h: hashes.HashAlgorithm = hashes.SHA1() if algorithm.endswith("_1") else hashes.SHA256()
+    limit = 256 - 2 * h.digest_size - 2
+    pt = b"\x42" * limit
+    ct = public.encrypt(pt, padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None))
+    out = svc.decrypt(ciphertext_blob=ct, key_id=kid, encryption_algorithm=algorithm)
+    assert out["Plaintext"] == pt
+    # and the service's own ciphertext opens locally... through the service (no private key out)
+    ct2 = svc.encrypt(key_id=kid, plaintext=b"hello", encryption_algorithm=algorithm)
+    assert (
+        svc.decrypt(
+            ciphertext_blob=ct2["CiphertextBlob"], key_id=kid, encryption_algorithm=algorithm
+        )["Plaintext"]
+        == b"hello"
+    )
+    assert (
+        code_of(
+            lambda: svc.encrypt(
+                key_id=kid, plaintext=b"x" * (limit + 1), encryption_algorithm=algorithm
+            )
+        )
+        == "ValidationException"
+    )
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x")) == "InvalidKeyUsageException"
+    assert (
+        code_of(lambda: svc.decrypt(ciphertext_blob=ct, encryption_algorithm=algorithm))
+        == "ValidationException"
+    )
+    assert (
+        code_of(
+            lambda: svc.decrypt(
+                ciphertext_blob=bytes(256), key_id=kid, encryption_algorithm=algorithm
+            )
+        )
+        == "InvalidCiphertextException"
+    )
+    assert (
+        code_of(
+            lambda: svc.encrypt(
+                key_id=kid,
+                plaintext=b"x",
+                encryption_algorithm=algorithm,
+                encryption_context={"a": "b"},
+            )
+        )
+        == "ValidationException"
+    )
+
+
+@pytest.mark.parametrize("spec", ["HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512"])
+def test_hmac_keys(svc: KeyService, spec: str) -> None:
+    kid = new_key(svc, key_spec=spec, key_usage="GENERATE_VERIFY_MAC")
+    alg = "HMAC_SHA_" + spec.split("_")[1]
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["MacAlgorithms"] == [alg]
+    msg = b"mac me"
+    tag = svc.generate_mac(key_id=kid, message=msg, mac_algorithm=alg)["Mac"]
+    assert len(tag) == int(spec.split("_")[1]) // 8
+    assert svc.verify_mac(key_id=kid, message=msg, mac_algorithm=alg, mac=tag)["MacValid"]
+    assert (
+        code_of(lambda: svc.verify_mac(key_id=kid, message=msg + b"!", mac_algorithm=alg, mac=tag))
+        == "KMSInvalidMacException"
+    )
+    other = "HMAC_SHA_256" if alg != "HMAC_SHA_256" else "HMAC_SHA_384"
+    assert code_of(lambda: svc.generate_mac(key_id=kid, message=msg, mac_algorithm=other)) == (
+        "InvalidKeyUsageException"
+    )
+    assert code_of(lambda: svc.generate_mac(key_id=kid, message=b"", mac_algorithm=alg)) == (
+        "ValidationException"
+    )
+
+
+def test_imported_hmac_matches_local_hmac(svc: KeyService) -> None:
+    from .test_rotation_import_mrk import import_material
+
+    kid = new_key(svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC", origin="EXTERNAL")
+    material = bytes(range(32))
+    import_material(svc, kid, material)
+    tag = svc.generate_mac(key_id=kid, message=b"m", mac_algorithm="HMAC_SHA_256")["Mac"]
+    assert tag == hmac.digest(material, b"m", "sha256")
+
+
+@pytest.mark.parametrize("pair_spec", ["RSA_2048", "ECC_NIST_P256", "ECC_SECG_P256K1"])
+def test_generate_data_key_pair(svc: KeyService, pair_spec: str) -> None:
+    kid = new_key(svc)
+    out = svc.generate_data_key_pair(
+        key_id=kid, key_pair_spec=pair_spec, encryption_context={"k": "v"}
+    )
+    private = serialization.load_der_private_key(out["PrivateKeyPlaintext"], password=None)
+    public_der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert out["PublicKey"] == public_der and out["KeyPairSpec"] == pair_spec
+    dec = svc.decrypt(
+        ciphertext_blob=out["PrivateKeyCiphertextBlob"], encryption_context={"k": "v"}
+    )
+    assert dec["Plaintext"] == out["PrivateKeyPlaintext"]
+    np = svc.generate_data_key_pair_without_plaintext(key_id=kid, key_pair_spec=pair_spec)
+    assert "PrivateKeyPlaintext" not in np
+    assert (
+        code_of(lambda: svc.generate_data_key_pair(key_id=kid, key_pair_spec="HMAC_256"))
+        == "ValidationException"
+    )
+
+
+def test_private_keys_never_leave_in_plaintext(svc: KeyService, home: Any) -> None:
+    import sqlite3
+
+    kid = new_key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
+    pk = svc.get_public_key(key_id=kid)["PublicKey"]
+    conn = sqlite3.connect(home / "kms.sqlite3")
+    rows = [bytes(r[0]) for r in conn.execute("SELECT sealed FROM material")]
+    conn.close()
+    # every stored material is sealed (version byte + nonce + ciphertext), none is DER
+    assert rows and all(r[:1] == b"\x01" and b"\x30\x81" not in r[:3] for r in rows)
+    assert all(pk[-20:] not in r for r in rows)

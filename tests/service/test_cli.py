@@ -1,0 +1,126 @@
+"""`envelope keys ...` and `envelope audit ...` against a real store under $ENVELOPE_HOME."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from envelope.cli import audit as audit_cli
+from envelope.cli import keys as keys_cli
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="envelope")
+    sub = parser.add_subparsers(dest="command", required=True)
+    keys_cli.register(sub)
+    audit_cli.register(sub)
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+@pytest.fixture(autouse=True)
+def env_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ENVELOPE_HOME", str(home))
+    monkeypatch.delenv("ENVELOPE_KMS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("ENVELOPE_REGION", raising=False)
+    return home
+
+
+def jrun(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:  # type: ignore[type-arg]
+    capsys.readouterr()
+    assert run([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_create_alias_verify_flow(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    meta = jrun(["keys", "create", "--description", "demo"], capsys)["KeyMetadata"]
+    assert meta["KeyId"] and meta["Arn"].endswith(meta["KeyId"]) and meta["Description"] == "demo"
+    assert run(["keys", "alias", "create", "alias/demo", meta["KeyId"]]) == 0
+    assert jrun(["keys", "describe", "alias/demo"], capsys)["KeyMetadata"]["KeyId"] == meta["KeyId"]
+    keys = jrun(["keys", "list"], capsys)["Keys"]
+    assert [k["KeyId"] for k in keys] == [meta["KeyId"]]
+    capsys.readouterr()
+    assert run(["audit", "verify"]) == 0
+    # edit one record: verify fails and names it
+    conn = sqlite3.connect(home / "kms.sqlite3")
+    conn.execute("UPDATE audit SET body = replace(body, 'CreateAlias', 'DeleteAlias') WHERE seq=2")
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert run(["audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "record 2" in err
+
+
+def test_every_lifecycle_command(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kid = jrun(["keys", "create", "--tag", "team=a"], capsys)["KeyMetadata"]["KeyId"]
+    assert run(["keys", "disable", kid]) == 0
+    assert jrun(["keys", "describe", kid], capsys)["KeyMetadata"]["KeyState"] == "Disabled"
+    assert run(["keys", "enable", kid]) == 0
+    assert run(["keys", "update-description", kid, "renamed"]) == 0
+    st = jrun(["keys", "rotation", "on", kid, "--period", "90"], capsys)
+    assert st["KeyRotationEnabled"] is True and st["RotationPeriodInDays"] == 90
+    assert jrun(["keys", "rotate", kid], capsys)["KeyId"].endswith(kid)
+    assert len(jrun(["keys", "rotation", "list", kid], capsys)["Rotations"]) == 1
+    assert run(["keys", "rotation", "off", kid]) == 0
+    assert jrun(["keys", "rotation", "status", kid], capsys)["KeyRotationEnabled"] is False
+    tags = jrun(["keys", "tag", kid, "env=prod"], capsys)["Tags"]
+    assert {t["TagKey"] for t in tags} == {"env", "team"}
+    assert jrun(["keys", "untag", kid, "env"], capsys)["Tags"] == [
+        {"TagKey": "team", "TagValue": "a"}
+    ]
+    assert run(["keys", "alias", "create", "alias/a", kid]) == 0
+    other = jrun(["keys", "create"], capsys)["KeyMetadata"]["KeyId"]
+    assert run(["keys", "alias", "update", "alias/a", other]) == 0
+    aliases = jrun(["keys", "alias", "list"], capsys)["Aliases"]
+    assert [(a["AliasName"], a["TargetKeyId"]) for a in aliases] == [("alias/a", other)]
+    assert run(["keys", "alias", "delete", "alias/a"]) == 0
+    out = jrun(["keys", "schedule-deletion", kid, "--days", "7"], capsys)
+    assert out["KeyState"] == "PendingDeletion" and out["PendingWindowInDays"] == 7
+    assert run(["keys", "cancel-deletion", kid]) == 0
+    # human-readable output works too
+    capsys.readouterr()
+    assert run(["keys", "list"]) == 0 and kid[:8] in capsys.readouterr().out
+    assert run(["audit", "tail", "-n", "3"]) == 0
+    tail = jrun(["audit", "tail", "-n", "2"], capsys)["Records"]
+    assert len(tail) == 2 and tail[-1]["operation"] == "DescribeKey"  # `keys list` describes
+    assert jrun(["audit", "seal"], capsys)["SealedThrough"] > 0
+
+
+def test_import_and_replicate_commands(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kid = jrun(["keys", "create", "--origin", "EXTERNAL"], capsys)["KeyMetadata"]["KeyId"]
+    material = tmp_path / "material.bin"
+    material.write_bytes(bytes(range(32)))
+    meta = jrun(["keys", "import", "local", kid, str(material)], capsys)["KeyMetadata"]
+    assert meta["KeyState"] == "Enabled"
+    assert run(["keys", "import", "delete", kid]) == 0
+    out = jrun(["keys", "import", "params", kid, "--out-dir", str(tmp_path)], capsys)
+    assert Path(out["PublicKeyFile"]).exists() and Path(out["ImportTokenFile"]).exists()
+    mrk = jrun(["keys", "create", "--multi-region"], capsys)["KeyMetadata"]["KeyId"]
+    rep = jrun(["keys", "replicate", mrk, "eu-west-1"], capsys)["ReplicaKeyMetadata"]
+    assert rep["Arn"].startswith("arn:aws:kms:eu-west-1:")
+    listed = jrun(["keys", "list", "--region", "eu-west-1"], capsys)["Keys"]
+    assert [k["KeyId"] for k in listed] == [mrk]
+    assert run(["keys", "update-primary", mrk, "eu-west-1"]) == 0
+
+
+def test_refusals_exit_3_and_name_the_code(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert run(["keys", "describe", "alias/nope"]) == 3
+    assert "NotFoundException" in capsys.readouterr().err
+    assert run(["keys", "create", "--key-spec", "AES_256"]) == 3
+    assert "ValidationException" in capsys.readouterr().err
+
+
+def test_wrong_root_key_exits_2(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["keys", "create", "--json"]) == 0
+    (home / "root.key").write_bytes(bytes(32))
+    capsys.readouterr()
+    assert run(["keys", "list"]) == 2
+    assert "root key" in capsys.readouterr().err

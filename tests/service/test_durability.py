@@ -1,0 +1,110 @@
+"""SIGKILL at random moments: no acknowledged call is lost, and the audit chain still verifies.
+
+Two children work on the same store at once (so this is also the several-processes test); the
+parent reads their acknowledgements and kills both with SIGKILL at a random point, several
+times. Afterwards every acknowledged key exists and works, every acknowledged data key decrypts
+to what the child was given, and every acknowledged call's request id is in the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from envelope.service import open_service
+
+CHILD = Path(__file__).with_name("kms_child.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_round(home: Path, tag: str, stop_after: int) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(CHILD), str(home), f"{tag}{n}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in range(2)
+    ]
+    acked: list[str] = []
+    try:
+        for n, p in enumerate(procs):
+            assert p.stdout is not None
+            want = stop_after if n == 0 else stop_after // 2
+            for _ in range(want):
+                line = p.stdout.readline()
+                if not line:
+                    raise AssertionError(p.stderr.read() if p.stderr else "child died")
+                acked.append(line)
+    finally:
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)  # by the pid we started, nothing else
+        for p in procs:
+            p.wait()
+            # lines already written to the pipe were acknowledged too
+            if p.stdout is not None:
+                acked += [
+                    line
+                    for line in p.stdout.read().splitlines(keepends=True)
+                    if line.endswith("\n")
+                ]
+            for stream in (p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
+    return acked
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_acknowledged_call(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    open_service(home).close()  # create the store and root key before the children race
+    rng = random.Random(1234)
+    acked: list[str] = []
+    for r in range(3):
+        acked += run_round(home, f"r{r}", rng.randint(30, 250))
+
+    keys = {line.split()[1] for line in acked if line.startswith("K ")}
+    data = [line.split() for line in acked if line.startswith("D ")]
+    assert keys and data
+
+    svc = open_service(home)
+    try:
+        listed = set()
+        marker = None
+        while True:
+            page = svc.list_keys(marker=marker, limit=1000)
+            listed |= {k["KeyId"] for k in page["Keys"]}
+            if not page["Truncated"]:
+                break
+            marker = page["NextMarker"]
+        assert keys <= listed
+        for kid in keys:
+            assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+        for _, kid, blob, plaintext, rid in data:
+            tag = rid.split("-", 1)[0]
+            out = svc.decrypt(
+                ciphertext_blob=bytes.fromhex(blob), encryption_context={"child": tag}
+            )
+            assert out["Plaintext"].hex() == plaintext
+            assert out["KeyId"].endswith(kid)
+        report = svc.verify_audit_log()
+        assert report.ok, report.problem
+    finally:
+        svc.close()
+
+    conn = sqlite3.connect(home / "kms.sqlite3")
+    rids = {json.loads(b)["request_id"] for (b,) in conn.execute("SELECT body FROM audit")}
+    conn.close()
+    missing = [rid for *_, rid in data if rid not in rids]
+    assert not missing

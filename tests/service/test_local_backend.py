@@ -1,0 +1,87 @@
+"""`envelope.kms.local`: the embedded KMS behind the encryptor's `KmsBackend` Protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envelope import api
+from envelope.errors import ConfigurationError, KmsKeyError
+from envelope.keyring import Keyring
+from envelope.kms.base import KmsBackend, WrappedKey
+from envelope.kms.local import LocalKms, key_id_from_uri, open_local
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def kms(home: Path) -> LocalKms:
+    backend = open_local(home)
+    backend.service.create_alias(
+        alias_name="alias/demo",
+        target_key_id=backend.service.create_key(description="demo")["KeyMetadata"]["KeyId"],
+    )
+    return backend
+
+
+def test_uri_forms() -> None:
+    assert key_id_from_uri("local:alias/demo") == "alias/demo"
+    assert key_id_from_uri("local://alias/demo") == "alias/demo"
+    assert key_id_from_uri("arn:aws:kms:us-east-1:000000000000:key/x").startswith("arn:")
+    with pytest.raises(ConfigurationError):
+        key_id_from_uri("local:")
+
+
+async def test_protocol_round_trip(kms: LocalKms) -> None:
+    assert isinstance(kms, KmsBackend) and kms.provider_id == "local"
+    arn = kms.service.describe_key(key_id="alias/demo")["KeyMetadata"]["Arn"]
+    dk = await kms.generate_data_key("local:alias/demo", context={"bucket": "b"})
+    assert dk.wrapped.provider_id == "local" and dk.wrapped.key_id == arn
+    assert kms.can_unwrap(dk.wrapped)
+    assert await kms.decrypt_data_key(dk.wrapped, context={"bucket": "b"}) == dk.plaintext
+    with pytest.raises(KmsKeyError, match="InvalidCiphertextException"):
+        await kms.decrypt_data_key(dk.wrapped, context={"bucket": "other"})
+    rewrapped = await kms.encrypt_data_key("alias/demo", dk.plaintext, context={"x": "y"})
+    assert await kms.decrypt_data_key(rewrapped, context={"x": "y"}) == dk.plaintext
+    # rotation never breaks what was wrapped before
+    kms.service.rotate_key_on_demand(key_id="alias/demo")
+    assert await kms.decrypt_data_key(dk.wrapped, context={"bucket": "b"}) == dk.plaintext
+    await kms.aclose()
+
+
+async def test_errors_map_to_envelope_errors(kms: LocalKms) -> None:
+    with pytest.raises(KmsKeyError, match="NotFoundException"):
+        await kms.generate_data_key("alias/none", context={})
+    dk = await kms.generate_data_key("alias/demo", context={})
+    kms.service.disable_key(key_id="alias/demo")
+    with pytest.raises(KmsKeyError, match="DisabledException"):
+        await kms.decrypt_data_key(dk.wrapped, context={})
+    kms.service.schedule_key_deletion(key_id="alias/demo")
+    with pytest.raises(KmsKeyError, match="KMSInvalidStateException"):
+        await kms.decrypt_data_key(dk.wrapped, context={})
+    assert not kms.can_unwrap(WrappedKey("memory", "k", b"x"))
+    await kms.aclose()
+
+
+async def test_offload_to_a_thread(home: Path) -> None:
+    kms = open_local(home, offload=True)
+    kid = kms.service.create_key()["KeyMetadata"]["KeyId"]
+    dk = await kms.generate_data_key(kid, context={})
+    assert await kms.decrypt_data_key(dk.wrapped, context={}) == dk.plaintext
+    await kms.aclose()
+
+
+async def test_encryptor_round_trip(kms: LocalKms) -> None:
+    keyring = Keyring(kms, "local:alias/demo")
+    sealed = await api.encrypt_bytes(b"hello embedded kms" * 100, keyring=keyring)
+    opened = await api.decrypt_bytes(sealed, keyring=Keyring(decrypt_with=[kms]))
+    assert bytes(opened) == b"hello embedded kms" * 100
+    await kms.aclose()
+
+
+def test_wrong_root_key_is_a_configuration_error(home: Path) -> None:
+    open_local(home).service.close()
+    (home / "root.key").write_bytes(bytes(32))
+    with pytest.raises(ConfigurationError, match="root key"):
+        open_local(home)

@@ -1,0 +1,440 @@
+"""Every operation's parameter bounds and the AWS error name each refusal carries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from envelope.service import KeyService, KmsServiceError
+from envelope.service import errors as E
+
+from .conftest import FakeClock, new_key
+
+
+def code_of(fn: Callable[[], Any]) -> str:
+    with pytest.raises(KmsServiceError) as info:
+        fn()
+    return info.value.code
+
+
+def test_error_codes_are_aws_names() -> None:
+    for name in E.__all__:
+        cls = getattr(E, name)
+        if name in ("KmsServiceError", "RootKeyError"):
+            continue
+        assert cls.code == name
+        assert cls("x").code == name
+
+
+def test_create_key_defaults_and_metadata(svc: KeyService) -> None:
+    meta = svc.create_key(description="d")["KeyMetadata"]
+    assert meta["KeyState"] == "Enabled" and meta["Enabled"] is True
+    assert meta["KeySpec"] == "SYMMETRIC_DEFAULT" and meta["KeyUsage"] == "ENCRYPT_DECRYPT"
+    assert meta["Origin"] == "AWS_KMS" and meta["KeyManager"] == "CUSTOMER"
+    assert meta["MultiRegion"] is False
+    assert meta["Arn"] == f"arn:aws:kms:us-east-1:000000000000:key/{meta['KeyId']}"
+    assert meta["EncryptionAlgorithms"] == ["SYMMETRIC_DEFAULT"]
+    assert svc.describe_key(key_id=meta["Arn"])["KeyMetadata"] == meta
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code"),
+    [
+        ({"key_spec": "AES_256"}, "ValidationException"),
+        ({"key_usage": "SIGN_VERIFY"}, "ValidationException"),
+        ({"key_spec": "HMAC_256"}, "ValidationException"),  # HMAC needs GENERATE_VERIFY_MAC
+        ({"key_spec": "ECC_NIST_P256", "key_usage": "ENCRYPT_DECRYPT"}, "ValidationException"),
+        ({"origin": "AWS_CLOUDHSM"}, "UnsupportedOperationException"),
+        ({"origin": "SOMEWHERE"}, "ValidationException"),
+        ({"description": "x" * 8193}, "ValidationException"),
+        ({"tags": [{"TagKey": "aws:x", "TagValue": "v"}]}, "TagException"),
+        ({"tags": [{"TagKey": "", "TagValue": "v"}]}, "TagException"),
+        ({"tags": [{"TagKey": "k", "TagValue": "v" * 257}]}, "TagException"),
+        (
+            {"tags": [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]},
+            "LimitExceededException",
+        ),
+    ],
+)
+def test_create_key_refusals(svc: KeyService, kwargs: dict[str, Any], code: str) -> None:
+    assert code_of(lambda: svc.create_key(**kwargs)) == code
+
+
+def test_key_references(svc: KeyService) -> None:
+    kid = new_key(svc)
+    arn = svc.arn(kid)
+    svc.create_alias(alias_name="alias/ref", target_key_id=kid)
+    for ref in (kid, arn, "alias/ref", "arn:aws:kms:us-east-1:000000000000:alias/ref"):
+        assert svc.describe_key(key_id=ref)["KeyMetadata"]["KeyId"] == kid
+    assert code_of(lambda: svc.describe_key(key_id="1234")) == "NotFoundException"
+    assert code_of(lambda: svc.describe_key(key_id="alias/none")) == "NotFoundException"
+    other = f"arn:aws:kms:eu-west-1:000000000000:key/{kid}"
+    assert code_of(lambda: svc.describe_key(key_id=other)) == "NotFoundException"
+    assert code_of(lambda: svc.describe_key(key_id="arn:aws:s3:::b")) == "InvalidArnException"
+    assert code_of(lambda: svc.describe_key(key_id="")) == "ValidationException"
+    assert code_of(lambda: svc.describe_key(key_id="x" * 2049)) == "ValidationException"
+
+
+def test_encrypt_decrypt_bounds(svc: KeyService) -> None:
+    kid = new_key(svc)
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"")) == "ValidationException"
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x" * 4097)) == "ValidationException"
+    out = svc.encrypt(key_id=kid, plaintext=b"x" * 4096, encryption_context={"a": "1"})
+    assert out["KeyId"] == svc.arn(kid) and out["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+    blob = out["CiphertextBlob"]
+    # KeyId is optional for symmetric keys; the blob names its key
+    dec = svc.decrypt(ciphertext_blob=blob, encryption_context={"a": "1"})
+    assert dec["Plaintext"] == b"x" * 4096 and dec["KeyId"] == svc.arn(kid)
+    for ctx in ({}, {"a": "2"}, {"a": "1", "b": "1"}):
+        err = code_of(lambda c=ctx: svc.decrypt(ciphertext_blob=blob, encryption_context=c))
+        assert err == "InvalidCiphertextException"
+    flipped = bytearray(blob)
+    flipped[-1] ^= 1
+    assert code_of(
+        lambda: svc.decrypt(ciphertext_blob=bytes(flipped), encryption_context={"a": "1"})
+    ) == ("InvalidCiphertextException")
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=b"garbage")) == "InvalidCiphertextException"
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=b"")) == "ValidationException"
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=b"x" * 6145)) == "ValidationException"
+    other = new_key(svc)
+    assert (
+        code_of(
+            lambda: svc.decrypt(ciphertext_blob=blob, encryption_context={"a": "1"}, key_id=other)
+        )
+        == "IncorrectKeyException"
+    )
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context={"a": "1"}, key_id=kid)
+    bad_ctx: Any = {"a": 1}  # not a map of strings
+    err = code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=bad_ctx))
+    assert err == "ValidationException"
+
+
+def test_generate_data_key_bounds(svc: KeyService) -> None:
+    kid = new_key(svc)
+    assert len(svc.generate_data_key(key_id=kid, key_spec="AES_128")["Plaintext"]) == 16
+    assert len(svc.generate_data_key(key_id=kid, key_spec="AES_256")["Plaintext"]) == 32
+    for n in (1, 1024):
+        out = svc.generate_data_key(key_id=kid, number_of_bytes=n)
+        assert len(out["Plaintext"]) == n
+        assert svc.decrypt(ciphertext_blob=out["CiphertextBlob"])["Plaintext"] == out["Plaintext"]
+    for kwargs in (
+        {},
+        {"key_spec": "AES_256", "number_of_bytes": 32},
+        {"key_spec": "AES_512"},
+        {"number_of_bytes": 0},
+        {"number_of_bytes": 1025},
+    ):
+        assert code_of(lambda k=kwargs: svc.generate_data_key(key_id=kid, **k)) == (
+            "ValidationException"
+        )
+    out = svc.generate_data_key_without_plaintext(key_id=kid, key_spec="AES_256")
+    assert "Plaintext" not in out
+    assert len(svc.decrypt(ciphertext_blob=out["CiphertextBlob"])["Plaintext"]) == 32
+
+
+def test_generate_random_bounds(svc: KeyService) -> None:
+    assert len(svc.generate_random(number_of_bytes=1024)["Plaintext"]) == 1024
+    for n in (0, 1025):
+        assert code_of(lambda n=n: svc.generate_random(number_of_bytes=n)) == "ValidationException"
+
+
+def test_re_encrypt(svc: KeyService) -> None:
+    a, b = new_key(svc), new_key(svc)
+    blob = svc.encrypt(key_id=a, plaintext=b"hi", encryption_context={"x": "1"})["CiphertextBlob"]
+    out = svc.re_encrypt(
+        ciphertext_blob=blob,
+        source_encryption_context={"x": "1"},
+        destination_key_id=b,
+        destination_encryption_context={"y": "2"},
+    )
+    assert out["SourceKeyId"] == svc.arn(a) and out["KeyId"] == svc.arn(b)
+    dec = svc.decrypt(ciphertext_blob=out["CiphertextBlob"], encryption_context={"y": "2"})
+    assert dec["Plaintext"] == b"hi"
+    assert (
+        code_of(lambda: svc.re_encrypt(ciphertext_blob=blob, destination_key_id=b))
+        == "InvalidCiphertextException"
+    )
+
+
+def test_schedule_and_cancel_deletion_bounds(svc: KeyService, clock: FakeClock) -> None:
+    kid = new_key(svc)
+    for days in (6, 31):
+        assert (
+            code_of(lambda d=days: svc.schedule_key_deletion(key_id=kid, pending_window_in_days=d))
+            == "ValidationException"
+        )
+    out = svc.schedule_key_deletion(key_id=kid)
+    assert out["PendingWindowInDays"] == 30 and out["KeyState"] == "PendingDeletion"
+    assert out["DeletionDate"] == clock.now + 30 * 86400
+    assert code_of(lambda: svc.schedule_key_deletion(key_id=kid)) == "KMSInvalidStateException"
+    svc.cancel_key_deletion(key_id=kid)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Disabled"
+    assert code_of(lambda: svc.cancel_key_deletion(key_id=kid)) == "KMSInvalidStateException"
+
+
+def test_deletion_happens_when_window_ends(svc: KeyService, clock: FakeClock) -> None:
+    kid = new_key(svc)
+    svc.create_alias(alias_name="alias/gone", target_key_id=kid)
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    clock.advance(days=7, seconds=-1)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    clock.advance(seconds=1)
+    assert code_of(lambda: svc.describe_key(key_id=kid)) == "NotFoundException"
+    assert svc.list_keys()["Keys"] == []
+    assert svc.list_aliases()["Aliases"] == []
+
+
+def test_pending_deletion_use_is_an_alarm(svc: KeyService) -> None:
+    kid = new_key(svc)
+    blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
+    svc.schedule_key_deletion(key_id=kid)
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=blob)) == "KMSInvalidStateException"
+    last = svc.audit_tail(1)[0]
+    assert last["operation"] == "Decrypt" and last["alarm"] == 1
+    assert last["error_code"] == "KMSInvalidStateException" and last["outcome"] == "error"
+    svc.cancel_key_deletion(key_id=kid)
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=blob)) == "DisabledException"
+    assert svc.audit_tail(1)[0]["alarm"] == 0
+
+
+def test_rotation_bounds(svc: KeyService) -> None:
+    kid = new_key(svc)
+    for days in (89, 2561):
+        assert (
+            code_of(lambda d=days: svc.enable_key_rotation(key_id=kid, rotation_period_in_days=d))
+            == "ValidationException"
+        )
+    assert svc.get_key_rotation_status(key_id=kid)["KeyRotationEnabled"] is False
+    svc.enable_key_rotation(key_id=kid)
+    st = svc.get_key_rotation_status(key_id=kid)
+    assert st["KeyRotationEnabled"] is True and st["RotationPeriodInDays"] == 365
+    svc.disable_key_rotation(key_id=kid)
+    assert svc.get_key_rotation_status(key_id=kid)["KeyRotationEnabled"] is False
+    hmac_key = new_key(svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC")
+    assert code_of(lambda: svc.enable_key_rotation(key_id=hmac_key)) == (
+        "UnsupportedOperationException"
+    )
+    assert code_of(lambda: svc.rotate_key_on_demand(key_id=hmac_key)) == (
+        "UnsupportedOperationException"
+    )
+
+
+def test_on_demand_rotation_limit(svc: KeyService) -> None:
+    kid = new_key(svc)
+    for _ in range(25):
+        svc.rotate_key_on_demand(key_id=kid)
+    assert code_of(lambda: svc.rotate_key_on_demand(key_id=kid)) == "LimitExceededException"
+    rots = svc.list_key_rotations(key_id=kid, limit=10)
+    assert len(rots["Rotations"]) == 10 and rots["Truncated"] is True
+    rest = svc.list_key_rotations(key_id=kid, marker=rots["NextMarker"], limit=100)
+    assert len(rest["Rotations"]) == 15 and rest["Truncated"] is False
+    assert {r["RotationType"] for r in rest["Rotations"]} == {"ON_DEMAND"}
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("demo", "InvalidAliasNameException"),
+        ("alias/has space", "InvalidAliasNameException"),
+        ("alias/aws/s3", "InvalidAliasNameException"),
+        ("alias/" + "x" * 251, "ValidationException"),
+    ],
+)
+def test_alias_name_rules(svc: KeyService, name: str, code: str) -> None:
+    kid = new_key(svc)
+    assert code_of(lambda: svc.create_alias(alias_name=name, target_key_id=kid)) == code
+
+
+def test_alias_lifecycle(svc: KeyService) -> None:
+    a, b = new_key(svc), new_key(svc)
+    svc.create_alias(alias_name="alias/app", target_key_id=a)
+    assert code_of(lambda: svc.create_alias(alias_name="alias/app", target_key_id=b)) == (
+        "AlreadyExistsException"
+    )
+    assert code_of(lambda: svc.create_alias(alias_name="alias/x", target_key_id="alias/app")) == (
+        "ValidationException"
+    )
+    blob = svc.encrypt(key_id="alias/app", plaintext=b"p")["CiphertextBlob"]
+    svc.update_alias(alias_name="alias/app", target_key_id=b)
+    assert svc.describe_key(key_id="alias/app")["KeyMetadata"]["KeyId"] == b
+    assert svc.decrypt(ciphertext_blob=blob)["KeyId"] == svc.arn(a)  # blob names its key
+    rsa_key = new_key(svc, key_spec="RSA_2048", key_usage="SIGN_VERIFY")
+    assert code_of(lambda: svc.update_alias(alias_name="alias/app", target_key_id=rsa_key)) == (
+        "ValidationException"
+    )
+    assert code_of(lambda: svc.update_alias(alias_name="alias/none", target_key_id=a)) == (
+        "NotFoundException"
+    )
+    listed = svc.list_aliases(key_id=b)["Aliases"]
+    assert [x["AliasName"] for x in listed] == ["alias/app"]
+    svc.delete_alias(alias_name="alias/app")
+    assert code_of(lambda: svc.delete_alias(alias_name="alias/app")) == "NotFoundException"
+    svc.schedule_key_deletion(key_id=a)
+    assert code_of(lambda: svc.create_alias(alias_name="alias/late", target_key_id=a)) == (
+        "KMSInvalidStateException"
+    )
+
+
+def test_list_keys_pagination(svc: KeyService) -> None:
+    ids = sorted(new_key(svc) for _ in range(7))
+    seen: list[str] = []
+    marker = None
+    while True:
+        page = svc.list_keys(limit=3, marker=marker)
+        seen += [k["KeyId"] for k in page["Keys"]]
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert seen == ids
+    assert code_of(lambda: svc.list_keys(limit=0)) == "ValidationException"
+    assert code_of(lambda: svc.list_keys(limit=1001)) == "ValidationException"
+    assert code_of(lambda: svc.list_keys(marker="!!bogus")) == "InvalidMarkerException"
+
+
+def test_tags(svc: KeyService) -> None:
+    kid = new_key(svc, tags=[{"TagKey": "team", "TagValue": "a"}])
+    svc.tag_resource(key_id=kid, tags=[{"TagKey": "env", "TagValue": "prod"}])
+    svc.tag_resource(key_id=kid, tags=[{"TagKey": "team", "TagValue": "b"}])
+    tags = svc.list_resource_tags(key_id=kid)["Tags"]
+    assert tags == [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "b"}]
+    svc.untag_resource(key_id=kid, tag_keys=["env"])
+    assert svc.list_resource_tags(key_id=kid)["Tags"] == [{"TagKey": "team", "TagValue": "b"}]
+    assert (
+        code_of(lambda: svc.tag_resource(key_id=kid, tags=[{"TagKey": "aws:k", "TagValue": "v"}]))
+        == "TagException"
+    )
+    many = [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(50)]
+    assert code_of(lambda: svc.tag_resource(key_id=kid, tags=many)) == "LimitExceededException"
+
+
+def test_update_description(svc: KeyService) -> None:
+    kid = new_key(svc)
+    svc.update_key_description(key_id=kid, description="new")
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["Description"] == "new"
+    assert (
+        code_of(lambda: svc.update_key_description(key_id=kid, description="x" * 8193))
+        == "ValidationException"
+    )
+
+
+def test_aws_managed_keys(svc: KeyService) -> None:
+    out = svc.generate_data_key(key_id="alias/aws/s3", key_spec="AES_256")
+    meta = svc.describe_key(key_id="alias/aws/s3")["KeyMetadata"]
+    assert meta["KeyManager"] == "AWS" and out["KeyId"] == meta["Arn"]
+    assert svc.get_key_rotation_status(key_id=meta["KeyId"])["KeyRotationEnabled"] is True
+    kid = meta["KeyId"]
+    for fn in (
+        lambda: svc.disable_key(key_id=kid),
+        lambda: svc.schedule_key_deletion(key_id=kid),
+        lambda: svc.disable_key_rotation(key_id=kid),
+        lambda: svc.update_key_description(key_id=kid, description="x"),
+        lambda: svc.tag_resource(key_id=kid, tags=[{"TagKey": "a", "TagValue": "b"}]),
+        lambda: svc.create_alias(alias_name="alias/mine", target_key_id=kid),
+    ):
+        assert code_of(fn) == "UnsupportedOperationException"
+    # created once: a second use finds the same key
+    assert svc.encrypt(key_id="alias/aws/s3", plaintext=b"x")["KeyId"] == meta["Arn"]
+    assert code_of(lambda: svc.delete_alias(alias_name="alias/aws/s3")) == (
+        "InvalidAliasNameException"
+    )
+
+
+def test_wrong_key_usage(svc: KeyService) -> None:
+    sign_key = new_key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
+    mac_key = new_key(svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC")
+    sym = new_key(svc)
+    for kid in (sign_key, mac_key):
+        assert code_of(lambda k=kid: svc.encrypt(key_id=k, plaintext=b"x")) == (
+            "InvalidKeyUsageException"
+        )
+        assert code_of(lambda k=kid: svc.generate_data_key(key_id=k, key_spec="AES_256")) == (
+            "InvalidKeyUsageException"
+        )
+    assert (
+        code_of(lambda: svc.sign(key_id=sym, message=b"m", signing_algorithm="ECDSA_SHA_256"))
+        == "InvalidKeyUsageException"
+    )
+    assert (
+        code_of(lambda: svc.generate_mac(key_id=sym, message=b"m", mac_algorithm="HMAC_SHA_256"))
+        == "InvalidKeyUsageException"
+    )
+    assert code_of(lambda: svc.get_public_key(key_id=sym)) == "UnsupportedOperationException"
+
+
+def test_disabled_key_refuses_crypto(svc: KeyService) -> None:
+    kid = new_key(svc)
+    blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
+    svc.disable_key(key_id=kid)
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=blob)) == "DisabledException"
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x")) == "DisabledException"
+    svc.enable_key(key_id=kid)
+    assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == b"x"
+
+
+def test_principal_and_context_are_recorded(svc: KeyService) -> None:
+    from envelope.service import RequestContext
+
+    kid = new_key(svc)
+    ctx = RequestContext(source_ip="10.0.0.7", user_agent="tests/1.0", request_id="req-1")
+    svc.encrypt(
+        key_id=kid,
+        plaintext=b"secret plaintext",
+        principal="arn:aws:iam::000000000000:user/alice",
+        context=ctx,
+    )
+    rec = svc.audit_tail(1)[0]
+    assert rec["principal"] == "arn:aws:iam::000000000000:user/alice"
+    assert (rec["source_ip"], rec["user_agent"], rec["request_id"]) == (
+        "10.0.0.7",
+        "tests/1.0",
+        "req-1",
+    )
+    assert svc.audit_tail(2)[0]["principal"] == "arn:aws:iam::000000000000:root"
+
+
+def test_audit_never_holds_secrets(svc: KeyService, home: Any) -> None:
+    kid = new_key(svc)
+    secret = b"TOP-SECRET-PLAINTEXT"
+    out = svc.encrypt(key_id=kid, plaintext=secret)
+    dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+    svc.decrypt(ciphertext_blob=out["CiphertextBlob"])
+    import sqlite3
+
+    conn = sqlite3.connect(home / "kms.sqlite3")
+    bodies = "".join(r[0] for r in conn.execute("SELECT body FROM audit"))
+    conn.close()
+    import base64
+
+    for value in (secret, dk["Plaintext"], out["CiphertextBlob"], dk["CiphertextBlob"]):
+        assert value.hex() not in bodies
+        assert base64.b64encode(value).decode() not in bodies
+    assert secret.decode() not in bodies
+
+
+def test_threads_share_one_service(svc: KeyService) -> None:
+    import threading
+
+    kid = new_key(svc)
+    blobs: list[tuple[bytes, bytes]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(100):
+                r = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+                blobs.append((r["CiphertextBlob"], r["Plaintext"]))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(blobs) == 400
+    for blob, pt in blobs[::37]:
+        assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == pt
+    report = svc.verify_audit_log()
+    assert report.ok and report.records == 1 + 400 + len(blobs[::37])

@@ -1,0 +1,121 @@
+"""Wrong or missing root keys: a clear typed error, and nothing in the store changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from envelope.service import (
+    FileRootKey,
+    KeyService,
+    PassphraseRootKey,
+    RootKeyError,
+    Store,
+    open_service,
+)
+
+from .conftest import FakeClock, new_key, open_store
+
+
+def snapshot(home: Path) -> tuple[dict[str, str], list[str]]:
+    files = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(home.iterdir())
+        if p.is_file() and not p.name.endswith(("-shm", "-wal"))
+    }
+    conn = sqlite3.connect(f"file:{home / 'kms.sqlite3'}?mode=ro", uri=True)
+    dump = list(conn.iterdump())
+    conn.close()
+    return files, dump
+
+
+@pytest.fixture
+def populated(home: Path, clock: FakeClock) -> Path:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    svc.encrypt(key_id=kid, plaintext=b"x")
+    svc.close()
+    return home
+
+
+def test_root_key_file_created_0600_on_first_use(home: Path) -> None:
+    svc = open_service(home)
+    svc.close()
+    mode = stat.S_IMODE(os.stat(home / "root.key").st_mode)
+    assert mode == 0o600 and (home / "root.key").stat().st_size == 32
+    assert stat.S_IMODE(os.stat(home / "kms.sqlite3").st_mode) == 0o600
+
+
+def test_wrong_root_key_file(populated: Path) -> None:
+    before = snapshot(populated)
+    other = populated / "other.key"
+    other.write_bytes(os.urandom(32))
+    with pytest.raises(RootKeyError, match="does not open this store"):
+        Store.open(populated / "kms.sqlite3", FileRootKey(other))
+    other.unlink()
+    assert snapshot(populated) == before
+
+
+def test_missing_root_key_file_is_not_recreated(populated: Path) -> None:
+    (populated / "root.key").rename(populated / "root.key.bak")
+    before = snapshot(populated)
+    with pytest.raises(RootKeyError, match="missing"):
+        open_service(populated)
+    assert not (populated / "root.key").exists()
+    assert snapshot(populated) == before
+    (populated / "root.key.bak").rename(populated / "root.key")
+    open_service(populated).close()
+
+
+def test_malformed_root_key_file(populated: Path) -> None:
+    (populated / "root.key").write_bytes(b"short")
+    with pytest.raises(RootKeyError, match="not 32 bytes"):
+        open_service(populated)
+
+
+def test_passphrase_root_key(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "kms.sqlite3"
+    svc = KeyService(
+        Store.open(path, PassphraseRootKey("correct horse", n=1 << 12)),
+        clock=clock,
+        owns_store=True,
+    )
+    kid = new_key(svc)
+    blob = svc.encrypt(key_id=kid, plaintext=b"p")["CiphertextBlob"]
+    svc.close()
+    home = tmp_path
+    (home / "root.key").write_bytes(os.urandom(32))  # so snapshot() has the same layout
+    before = snapshot(home)
+    with pytest.raises(RootKeyError):
+        Store.open(path, PassphraseRootKey("wrong horse", n=1 << 12))
+    assert snapshot(home) == before
+    again = KeyService(
+        Store.open(path, PassphraseRootKey("correct horse", n=1 << 12)),
+        clock=clock,
+        owns_store=True,
+    )
+    assert again.decrypt(ciphertext_blob=blob)["Plaintext"] == b"p"
+    again.close()
+
+
+def test_passphrase_from_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVELOPE_KMS_PASSPHRASE", "from-env")
+    open_service(home).close()
+    assert not (home / "root.key").exists()
+    monkeypatch.setenv("ENVELOPE_KMS_PASSPHRASE", "other")
+    with pytest.raises(RootKeyError):
+        open_service(home)
+
+
+def test_reprs_hold_no_secrets(home: Path) -> None:
+    svc = open_service(home)
+    key = (home / "root.key").read_bytes()
+    for obj in (svc, svc.store, svc.store.root, PassphraseRootKey("hunter2")):
+        text = repr(obj)
+        assert key.hex() not in text and "hunter2" not in text
+    svc.close()
