@@ -141,6 +141,17 @@ class Keyring:
         if self.cache is not None:
             self.cache.charge(wrapped, nbytes)
 
+    async def aclose(self) -> None:
+        """Close every backend (the embedded KMS seals its audit log on close)."""
+        for backend in self.backends:
+            await backend.aclose()
+
+    async def __aenter__(self) -> Keyring:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
     async def decryption_key(
         self,
         wrapped_keys: Sequence[WrappedKey],

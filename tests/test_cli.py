@@ -169,3 +169,37 @@ def test_metrics_port_serves_prometheus_text_while_running(key: Path) -> None:
     finally:
         _, err = proc.communicate(timeout=60)  # closes stdin: end of input
     assert proc.returncode == 0, err
+
+
+def test_embedded_kms_main_job(tmp_path: Path) -> None:
+    """The issue's flow: a key and an alias in $ENVELOPE_HOME, encrypt under the alias,
+    decrypt with no key argument, the default key when none is given, audit verify."""
+    home = tmp_path / "home"
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(2_000_000))
+    r = envelope("keys", "create", "--description", "demo", "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout)["KeyMetadata"]
+    assert meta["Arn"].endswith(meta["KeyId"])
+    assert (
+        envelope("keys", "alias", "create", "alias/demo", meta["KeyId"], home=home).returncode == 0
+    )
+    enc, back = tmp_path / "out.env", tmp_path / "back.bin"
+    r = envelope("encrypt", str(src), str(enc), "--key", "alias/demo", "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["wrapped_keys"][0]["key_id"] == meta["Arn"]
+    r = envelope("decrypt", str(enc), str(back), home=home)
+    assert r.returncode == 0, r.stderr
+    assert back.read_bytes() == src.read_bytes()
+    r = envelope("encrypt", str(src), str(enc), "--json", home=home)  # default managed key
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["wrapped_keys"][0]["provider_id"] == "local"
+    assert envelope("decrypt", str(enc), str(back), home=home).returncode == 0
+    assert back.read_bytes() == src.read_bytes()
+    r = envelope("audit", "verify", home=home)
+    assert r.returncode == 0, r.stderr
+    # a disabled key refuses (exit 3, the AWS error named) and leaves no output
+    assert envelope("keys", "disable", meta["KeyId"], home=home).returncode == 0
+    enc2 = tmp_path / "demo.env"
+    r = envelope("encrypt", str(src), str(enc2), "--key", "alias/demo", home=home)
+    assert r.returncode == 3 and b"DisabledException" in r.stderr and not enc2.exists()

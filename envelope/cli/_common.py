@@ -23,6 +23,10 @@ EXIT_USAGE = 2
 EXIT_KMS = 3
 EXIT_CONTEXT = 4
 
+#: The key `envelope encrypt` uses when given none: the embedded KMS's managed key for
+#: envelope, created on first use (rotation always on, cannot be disabled or deleted).
+DEFAULT_KEY = "local:alias/aws/envelope"
+
 #: Inputs at least this large get a progress bar on a terminal.
 PROGRESS_MIN_BYTES = 8 << 20
 
@@ -121,8 +125,9 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
         "--key",
         metavar="URI",
         help=(
-            "key to encrypt under: file:PATH, local:ALIAS|KEY-ID|ARN, or a bare alias/key id "
-            "of the embedded KMS"
+            "key to encrypt under: local:ALIAS|KEY-ID|ARN (or a bare alias/key id) of the "
+            "embedded KMS under --home, or file:PATH; default: the embedded KMS's managed key "
+            "alias/aws/envelope"
             if encrypt
             else "extra key URI to try when unwrapping (the header names the key)"
         ),
@@ -150,9 +155,7 @@ def keyring_for_encrypt(args: argparse.Namespace, observer: Observer = NULL_OBSE
     if key_files:
         backend = FileKeyBackend(key_files[0])
         return Keyring(backend, backend.key_id, observer=observer)
-    if not args.key:
-        raise ConfigurationError("encrypt needs --key URI or --key-file PATH")
-    backend2, key_id = open_backend(args.key, home=args.home)
+    backend2, key_id = open_backend(args.key or DEFAULT_KEY, home=args.home)
     return Keyring(backend2, key_id, observer=observer)
 
 
@@ -162,7 +165,7 @@ def keyring_for_decrypt(args: argparse.Namespace, observer: Observer = NULL_OBSE
         backends.append(open_backend(args.key, home=args.home)[0])
     if not any(b.provider_id == "local" for b in backends):
         try:
-            backends.append(open_local_backend(args.home))
+            backends.append(open_local_backend(args.home, must_exist=bool(backends)))
         except ConfigurationError:
             if not backends:
                 raise

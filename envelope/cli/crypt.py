@@ -99,16 +99,19 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
         keyring = keyring_for_encrypt(args, observer)
-        info = sync.encrypt(
-            _open_in(args.input),
-            _open_out(args.output),
-            keyring=keyring,
-            kms_context=parse_pairs(args.kms_context, "--kms-context"),
-            object_context=parse_pairs(args.context, "--context"),
-            options=options,
-            on_progress=advance,
-            observer=observer,
-        )
+        try:
+            info = sync.encrypt(
+                _open_in(args.input),
+                _open_out(args.output),
+                keyring=keyring,
+                kms_context=parse_pairs(args.kms_context, "--kms-context"),
+                object_context=parse_pairs(args.context, "--context"),
+                options=options,
+                on_progress=advance,
+                observer=observer,
+            )
+        finally:
+            sync.run(keyring.aclose)  # the embedded KMS seals its audit log
     _summary("encrypt", info, args)
     return 0
 
@@ -119,15 +122,18 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
         keyring = keyring_for_decrypt(args, observer)
-        info = sync.decrypt(
-            _open_in(args.input),
-            _open_out(args.output),
-            keyring=keyring,
-            expected_context=parse_pairs(args.expect_context, "--expect-context"),
-            options=Options(workers=args.workers),
-            on_progress=advance,
-            observer=observer,
-        )
+        try:
+            info = sync.decrypt(
+                _open_in(args.input),
+                _open_out(args.output),
+                keyring=keyring,
+                expected_context=parse_pairs(args.expect_context, "--expect-context"),
+                options=Options(workers=args.workers),
+                on_progress=advance,
+                observer=observer,
+            )
+        finally:
+            sync.run(keyring.aclose)
     _summary("decrypt", info, args)
     return 0
 

@@ -13,7 +13,7 @@ the loop.
 
 Service refusals map onto `envelope.errors`: an unknown, disabled, pending-deletion or wrong key,
 or a ciphertext/context mismatch, is `KmsKeyError` (its message names the AWS error code);
-throttling and internal failures are `KmsUnavailableError`.
+throttling is `ThrottlingError` and internal failures `KmsTransientError` (both retryable).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from ..errors import ConfigurationError, KmsKeyError, KmsUnavailableError
+from ..errors import ConfigurationError, KmsKeyError, KmsTransientError, ThrottlingError
 from ..service import KeyService, KmsServiceError, RootKeyError, open_service
 from .base import DataKey, WrappedKey
 
@@ -48,8 +48,11 @@ def key_id_from_uri(uri_or_key: str) -> str:
 
 
 def _translate(e: KmsServiceError) -> Exception:
+    """Service errors as the engine's: throttling and transient faults are retryable kinds."""
+    if e.code == "ThrottlingException":
+        return ThrottlingError(f"embedded KMS throttled: {e.message}")
     if e.code in _UNAVAILABLE:
-        return KmsUnavailableError(f"embedded KMS unavailable ({e.code}): {e.message}")
+        return KmsTransientError(f"embedded KMS unavailable ({e.code}): {e.message}")
     return KmsKeyError(f"embedded KMS refused ({e.code}): {e.message}")
 
 

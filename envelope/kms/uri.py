@@ -20,12 +20,23 @@ from .filekey import FileKeyBackend
 __all__ = ("open_backend", "open_local_backend")
 
 
-def open_local_backend(home: str | os.PathLike[str] | None = None) -> Any:
-    """The embedded KMS backend over the store under `home` (default $ENVELOPE_HOME)."""
+def open_local_backend(
+    home: str | os.PathLike[str] | None = None, *, must_exist: bool = False
+) -> Any:
+    """The embedded KMS backend over the store under `home` (default $ENVELOPE_HOME).
+
+    With `must_exist`, a home without a store raises ConfigurationError instead of creating
+    one (a reader has nothing to find in an empty KMS).
+    """
     try:
         module = importlib.import_module("envelope.kms.local")
+        home_module = importlib.import_module("envelope.service._home")
     except ImportError as e:
         raise ConfigurationError(f"the embedded KMS is not available: {e}") from None
+    if must_exist:
+        store = home_module.default_home(home) / home_module.STORE_NAME
+        if not store.exists():
+            raise ConfigurationError(f"no embedded KMS store at {str(store)!r}")
     return module.open_local(home=home)
 
 

@@ -26,6 +26,8 @@ from typing import Any, Self
 from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from ..errors import ThrottlingError
+from ..kms.quota import RateQuota
 from . import _specs, _states, audit
 from ._states import (
     DISABLED,
@@ -44,6 +46,7 @@ from .errors import (
     LimitExceededException,
     NotFoundException,
     TagException,
+    ThrottlingException,
     UnsupportedOperationException,
     ValidationException,
 )
@@ -276,6 +279,7 @@ class ServiceCore:
         region: str = DEFAULT_REGION,
         account: str = DEFAULT_ACCOUNT,
         owns_store: bool = False,
+        quota: RateQuota | None = None,
     ) -> None:
         if not _REGION_RE.match(region):
             raise ValidationException(f"{region!r} is not a Region name")
@@ -287,6 +291,8 @@ class ServiceCore:
         self.root_principal = f"arn:aws:iam::{account}:root"
         self._clock: Clock = clock or time.time
         self._owns_store = owns_store
+        #: Per-operation-family request-rate quota (as AWS KMS enforces); None = unlimited.
+        self.quota = quota
         self._meta_cache: LRUCache[tuple[str, str], tuple[int, dict[str, Any]]] = LRUCache(
             maxsize=16384
         )
@@ -332,6 +338,12 @@ class ServiceCore:
         now = self.now()
         err: KmsServiceError
         try:
+            if self.quota is not None:
+                try:
+                    self.quota.check(call.op)
+                except ThrottlingError as t:
+                    # Refused before any work, and audited like every other refusal.
+                    raise ThrottlingException(str(t)) from None
             with self.store.write() as conn:
                 result = fn(conn, call, now)
                 self._record(conn, call, now, None)

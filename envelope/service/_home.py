@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..kms.quota import RateQuota
 from ._core import DEFAULT_REGION, Clock
 from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
 from .service import KeyService
@@ -42,6 +43,7 @@ def open_service(
     root: RootKeyProvider | None = None,
     synchronous: Synchronous = "NORMAL",
     clock: Clock | None = None,
+    quota: RateQuota | None = None,
 ) -> KeyService:
     """Open (creating on first use) the store under `home` and return its `KeyService`.
 
@@ -56,6 +58,7 @@ def open_service(
             clock=clock,
             region=region or os.environ.get("ENVELOPE_REGION") or DEFAULT_REGION,
             owns_store=True,
+            quota=quota,
         )
     except BaseException:
         store.close()

@@ -43,4 +43,6 @@ class KeyService(LifecycleOps, AliasTagOps, CryptoOps, ImportOps, MultiRegionOps
 
         It shares this service's store, so it is usable while this service is open.
         """
-        return KeyService(self.store, clock=self._clock, region=region, account=self.account)
+        return KeyService(
+            self.store, clock=self._clock, region=region, account=self.account, quota=self.quota
+        )

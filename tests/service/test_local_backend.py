@@ -85,3 +85,39 @@ def test_wrong_root_key_is_a_configuration_error(home: Path) -> None:
     (home / "root.key").write_bytes(bytes(32))
     with pytest.raises(ConfigurationError, match="root key"):
         open_local(home)
+
+
+async def test_quota_throttles_are_audited_and_retried(home: Path) -> None:
+    """A service with a request-rate quota answers ThrottlingException (audited like any
+    refusal); through the retry layer a job still completes with every object correct."""
+    from envelope.errors import ThrottlingError
+    from envelope.kms.quota import RateQuota
+    from envelope.kms.retry import RetryingKms, RetryPolicy
+    from envelope.service import audit, open_service
+
+    clock = [0.0]
+    svc = open_service(home, quota=RateQuota({"GenerateDataKey": 2.0}, clock=lambda: clock[0]))
+    key_id = svc.create_key()["KeyMetadata"]["KeyId"]
+    backend = LocalKms(svc)
+    for _ in range(2):
+        await backend.generate_data_key(key_id, context={})
+    with pytest.raises(ThrottlingError):
+        await backend.generate_data_key(key_id, context={})
+    with svc.store.read() as conn:
+        last = list(audit.tail(conn, 1))[0]
+    assert last["operation"] == "GenerateDataKey"
+    assert last["error_code"] == "ThrottlingException"
+
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock[0] += seconds
+
+    retrying = RetryingKms(backend, RetryPolicy.bulk(), sleep=fake_sleep, clock=lambda: clock[0])
+    kr = Keyring(retrying, key_id)
+    cts = [await api.encrypt_bytes(b"x" * 100, keyring=kr) for _ in range(10)]
+    assert sleeps, "throttling should have caused backoff sleeps"
+    for ct in cts:
+        assert await api.decrypt_bytes(ct, keyring=kr) == b"x" * 100
+    await backend.aclose()
