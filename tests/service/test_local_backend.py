@@ -104,7 +104,7 @@ async def test_quota_throttles_are_audited_and_retried(home: Path) -> None:
     with pytest.raises(ThrottlingError):
         await backend.generate_data_key(key_id, context={})
     with svc.store.read() as conn:
-        last = list(audit.tail(conn, 1))[0]
+        (last,) = list(audit.tail(conn, 1))
     assert last["operation"] == "GenerateDataKey"
     assert last["error_code"] == "ThrottlingException"
 
