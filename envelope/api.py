@@ -44,6 +44,7 @@ from .streams import SinkLike, Source, SourceLike, open_sink, open_source
 __all__ = (
     "ObjectInfo",
     "Options",
+    "PreparedObject",
     "decrypt",
     "decrypt_bytes",
     "decrypt_into",
@@ -51,8 +52,13 @@ __all__ = (
     "encrypt_bytes",
     "encrypt_into",
     "open_object",
+    "open_whole",
     "parse_object_header",
+    "prepare_object",
     "read_header",
+    "rewrap",
+    "rewrap_header",
+    "seal_prepared",
 )
 
 Progress = Callable[[int], Awaitable[None] | None]
@@ -185,6 +191,113 @@ async def _new_object(
         wrapped_keys=wrapped,
     )
     return header, hd, keys, wrapped
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedObject:
+    """A new object's header and keys, ready to seal a plaintext of known size.
+
+    For callers that seal many small objects each in one worker-thread hop (the lake jobs):
+    the KMS step is async (`prepare_object`), sealing is plain sync code (`seal_prepared`).
+    """
+
+    header: bytes
+    bound_digest: bytes
+    keys: ObjectKeys
+    seg_log2: int
+
+    def ciphertext_length(self, plaintext_len: int) -> int:
+        return Layout(len(self.header), self.seg_log2).ciphertext_length(plaintext_len)
+
+
+async def prepare_object(
+    keyring: Keyring,
+    *,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: Options = DEFAULT_OPTIONS,
+    expected_bytes: int | None = None,
+) -> PreparedObject:
+    header, hd, keys, _ = await _new_object(
+        keyring,
+        dict(kms_context or {}),
+        dict(object_context or {}),
+        options.seg_log2,
+        expected_bytes,
+    )
+    return PreparedObject(header, hd, keys, options.seg_log2)
+
+
+def seal_prepared(prepared: PreparedObject, plaintext: bytes | bytearray | memoryview) -> bytearray:
+    """Seal a whole plaintext under a prepared header, on the calling thread."""
+    src = memoryview(plaintext).cast("B")
+    out = bytearray(prepared.ciphertext_length(len(src)))
+    hl = len(prepared.header)
+    out[:hl] = prepared.header
+    seal_segments(
+        prepared.keys, prepared.bound_digest, 0, src, memoryview(out)[hl:], prepared.seg_log2, True
+    )
+    return out
+
+
+def open_whole(
+    header: Header, keys: ObjectKeys, ciphertext: bytes | bytearray | memoryview
+) -> bytearray:
+    """Open a whole in-memory object whose header `open_object` already authenticated."""
+    view = memoryview(ciphertext).cast("B")
+    layout = Layout(header.header_len, header.seg_log2)
+    out = bytearray(layout.plaintext_length(len(view)))
+    open_segments(
+        keys,
+        header.bound_digest,
+        0,
+        view[header.header_len :],
+        memoryview(out),
+        header.seg_log2,
+        True,
+    )
+    return out
+
+
+async def rewrap_header(
+    header: Header,
+    *,
+    keyring: Keyring,
+    to: Keyring,
+    wrapped_cache: dict[bytes, WrappedKey] | None = None,
+) -> bytes:
+    """A new header for the same body, its data key wrapped under `to`'s key instead.
+
+    The data key is unwrapped with `keyring` and the old header authenticated (commitment and
+    MAC) before anything is written; the new header keeps every bound field, so HD and hence
+    every segment stay valid: the body is reused byte for byte, never decrypted. Objects
+    written under one cached data key share a wrapped key: `wrapped_cache` (old wrapped bytes
+    -> new wrapped key) makes a whole prefix cost one KMS wrap per data key.
+    """
+    data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
+    try:
+        if len(data_key) != DATA_KEY_LEN:
+            raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
+        keys = open_header(header, data_key)
+        old = header.wrapped_keys[0].ciphertext
+        new = wrapped_cache.get(old) if wrapped_cache is not None else None
+        if new is None:
+            new = await to.wrap_key(data_key, header.kms_context)
+            if wrapped_cache is not None:
+                wrapped_cache[old] = new
+    finally:
+        data_key[:] = bytes(len(data_key))
+    raw, hd = seal_header(
+        keys,
+        seg_log2=header.seg_log2,
+        message_id=header.message_id,
+        kms_context=header.kms_context,
+        object_context=header.object_context,
+        wrapped_keys=(new,),
+    )
+    if hd != header.bound_digest:  # cannot happen unless the codec changed: refuse loudly
+        raise HeaderFormatError("re-wrapped header does not bind the same body")
+    return raw
 
 
 def _info(
@@ -614,3 +727,44 @@ async def decrypt_bytes(
     )
     assert isinstance(buf, bytearray)
     return buf
+
+
+async def rewrap(
+    source: SourceLike,
+    sink: SinkLike,
+    *,
+    keyring: Keyring,
+    to: Keyring,
+    options: Options = DEFAULT_OPTIONS,
+    wrapped_cache: dict[bytes, WrappedKey] | None = None,
+) -> Header:
+    """Copy an object with its data key re-wrapped under `to`: new header, identical body.
+
+    The header is authenticated first; the body is copied without being decrypted (run
+    `decrypt` or the lake `verify` to authenticate it). A path sink is written atomically.
+    Returns the old header.
+    """
+    src = open_source(source)
+    try:
+        header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
+        new_header = await rewrap_header(
+            header, keyring=keyring, to=to, wrapped_cache=wrapped_cache
+        )
+        out = open_sink(sink)
+        try:
+            await out.write(memoryview(new_header))
+            buf = bytearray(max(1, options.batch_bytes))
+            view = memoryview(buf)
+            while n := await src.readinto(view):
+                await out.write(view[:n])
+                if n < len(buf):
+                    break
+            await out.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await out.abort()
+            raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await src.aclose()
+    return header

@@ -141,6 +141,14 @@ class Keyring:
         if self.cache is not None:
             self.cache.charge(wrapped, nbytes)
 
+    async def wrap_key(
+        self, plaintext: bytes | bytearray, kms_context: Mapping[str, str]
+    ) -> WrappedKey:
+        """Wrap an existing data key under this keyring's key (re-wrapping objects)."""
+        if self.backend is None or self.key_id is None:
+            raise ConfigurationError("this keyring has no key to wrap under")
+        return await self._calls[0].encrypt_data_key(self.key_id, plaintext, context=kms_context)
+
     async def aclose(self) -> None:
         """Close every backend (the embedded KMS seals its audit log on close)."""
         for backend in self.backends:

@@ -70,7 +70,7 @@ class AsyncWritable(Protocol):
 
 SourceLike: TypeAlias = (
     "bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes] "
-    "| AsyncReadable | AsyncIterable[bytes]"
+    "| AsyncReadable | AsyncIterable[bytes] | Source"
 )
 SinkLike: TypeAlias = "str | os.PathLike[str] | IO[bytes] | AsyncWritable | Sink"
 
@@ -191,6 +191,8 @@ def open_source(src: SourceLike) -> Source:
         except OSError as e:
             raise ConfigurationError(f"cannot open {os.fspath(src)!r}: {e.strerror}") from None
         return _SyncFileSource(f, owned=True)
+    if all(inspect.iscoroutinefunction(getattr(src, m, None)) for m in ("readinto", "aclose")):
+        return cast("Source", src)  # already an engine Source
     if _is_async_file(src):
         return _AsyncFileSource(src)
     if hasattr(src, "__aiter__"):

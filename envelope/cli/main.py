@@ -32,7 +32,7 @@ __all__ = ("build_parser", "main")
 
 #: Optional command groups contributed by other parts of the package (imported lazily so a
 #: missing optional part never breaks the core commands).
-_PLUGGABLE = ("envelope.cli.keys", "envelope.cli.audit")
+_PLUGGABLE = ("envelope.cli.keys", "envelope.cli.audit", "envelope.cli.lake")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,270 @@
+"""`envelope lake encrypt|decrypt|verify|rewrap`: bulk jobs over whole prefixes.
+
+Exit codes: 0 every object succeeded (or was already done), 1 some object failed (see the
+summary and `--report`), 2 usage or configuration error, 3 KMS failure before any object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .. import sync
+from ..api import Options
+from ..keycache import CachePolicy
+from ..keyring import Keyring
+from ..kms.retry import RetryPolicy
+from ..lake import jobs
+from ..metrics import Observer
+from ._common import (
+    add_key_arguments,
+    add_metrics_argument,
+    keyring_for_decrypt,
+    metrics_observer,
+    parse_pairs,
+    print_json,
+)
+from ._common import keyring_for_encrypt as _keyring_for_encrypt
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lake = sub.add_parser("lake", help="bulk jobs over whole prefixes (local paths, s3://...)")
+    ops = lake.add_subparsers(dest="lake_command", metavar="OPERATION", required=True)
+
+    p = ops.add_parser("encrypt", help="encrypt every object under SRC into DST")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    add_key_arguments(p, encrypt=True)
+    _common(p)
+    p.set_defaults(handler=cmd_lake, operation="encrypt")
+
+    p = ops.add_parser("decrypt", help="decrypt every object under SRC into DST")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    add_key_arguments(p, encrypt=False)
+    _common(p)
+    p.set_defaults(handler=cmd_lake, operation="decrypt")
+
+    p = ops.add_parser("verify", help="authenticate every object under PREFIX; write nothing")
+    p.add_argument("src", metavar="PREFIX")
+    add_key_arguments(p, encrypt=False)
+    _common(p)
+    p.set_defaults(handler=cmd_lake, operation="verify", dst=None)
+
+    p = ops.add_parser("rewrap", help="move every object under PREFIX to another KMS key")
+    p.add_argument("src", metavar="PREFIX")
+    p.add_argument("--to-key", required=True, metavar="URI", help="the new key (as --key)")
+    add_key_arguments(p, encrypt=False)
+    _common(p)
+    p.set_defaults(handler=cmd_lake, operation="rewrap", dst=None)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--report", metavar="FILE", help="write the full JSON report to FILE")
+    p.add_argument("--dry-run", action="store_true", help="list what would be done; do nothing")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed object")
+    p.add_argument("--no-resume", action="store_true", help="redo objects already done")
+    p.add_argument(
+        "--no-bind-path",
+        action="store_true",
+        help="do not bind/require each object's relative path in its context",
+    )
+    p.add_argument("--fsync", action="store_true", help="fsync every output (local disks)")
+    p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
+    p.add_argument(
+        "--context", metavar="KEY=VALUE", action="append", help="per-object context pair"
+    )
+    p.add_argument(
+        "--kms-context", metavar="KEY=VALUE", action="append", help="KMS-level context pair"
+    )
+    p.add_argument("--no-progress", action="store_true", help="never show a progress display")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing Dask cluster (or set DASK_SCHEDULER_ADDRESS)",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
+    )
+    add_metrics_argument(p)
+
+
+class _RichProgress:
+    """Objects, bytes, throughput, ETA and failures on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("objects"),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task: Any = None
+        self._failed = 0
+
+    def start(self, operation: str, objects: int, total_bytes: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(operation, total=objects, failed=0)
+
+    def advance(self, result: jobs.ObjectResult) -> None:
+        if result.status == "failed":
+            self._failed += 1
+        self._progress.update(self._task, advance=1, failed=self._failed)
+
+    def stop(self) -> None:
+        self._progress.stop()
+
+
+@contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[Any]:
+    if args.no_progress or args.json or not sys.stderr.isatty():
+        yield None
+        return
+    p = _RichProgress()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def _lake_keyring(keyring: Keyring, observer: Observer) -> Keyring:
+    """The same keys behind the bucket-key cache and the bulk retry profile."""
+    return Keyring(
+        keyring.backend,
+        keyring.key_id,
+        decrypt_with=[b for b in keyring.backends if b is not keyring.backend],
+        cache=CachePolicy(),
+        retry=RetryPolicy.bulk(),
+        observer=observer,
+    )
+
+
+def cmd_lake(args: argparse.Namespace) -> int:
+    options = jobs.LakeOptions(
+        concurrency=args.concurrency,
+        dry_run=args.dry_run,
+        fail_fast=args.fail_fast,
+        resume=not args.no_resume,
+        bind_path=not args.no_bind_path,
+        durable=args.fsync,
+        engine=Options(workers=2, depth=4),
+    )
+    octx = parse_pairs(args.context, "--context")
+    kctx = parse_pairs(args.kms_context, "--kms-context")
+    op = args.operation
+    with metrics_observer(args) as observer, _progress(args) as progress:
+        if op == "encrypt":
+            keyring = _lake_keyring(_keyring_for_encrypt(args, observer), observer)
+        else:
+            keyring = _lake_keyring(keyring_for_decrypt(args, observer), observer)
+        to: Keyring | None = None
+        if op == "rewrap":
+            ns = argparse.Namespace(**{**vars(args), "key": args.to_key, "key_file": None})
+            to = _lake_keyring(_keyring_for_encrypt(ns, observer), observer)
+        scheduler = getattr(args, "scheduler", None)
+        t0 = time.perf_counter()
+        try:
+            if scheduler or args.workers:
+                from ..lake.distributed import run_distributed
+
+                report = run_distributed(
+                    op, args, options, kms_context=kctx, object_context=octx, progress=progress
+                )
+            else:
+                report = sync.run(
+                    _run_local, op, args, keyring, to, options, kctx, octx, progress, observer
+                )
+        finally:
+            sync.run(keyring.aclose)
+            if to is not None:
+                sync.run(to.aclose)
+        report.seconds = report.seconds or time.perf_counter() - t0
+    if args.report:
+        report.write(args.report)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        _print_summary(report)
+    return 0 if report.ok else 1
+
+
+async def _run_local(
+    op: str,
+    args: argparse.Namespace,
+    keyring: Keyring,
+    to: Keyring | None,
+    options: jobs.LakeOptions,
+    kctx: dict[str, str],
+    octx: dict[str, str],
+    progress: Any,
+    observer: Observer,
+) -> jobs.JobReport:
+    if op == "encrypt":
+        return await jobs.encrypt_prefix(
+            args.src,
+            args.dst,
+            keyring=keyring,
+            kms_context=kctx,
+            object_context=octx,
+            options=options,
+            progress=progress,
+            observer=observer,
+        )
+    if op == "decrypt":
+        return await jobs.decrypt_prefix(
+            args.src,
+            args.dst,
+            keyring=keyring,
+            object_context=octx,
+            options=options,
+            progress=progress,
+            observer=observer,
+        )
+    if op == "verify":
+        return await jobs.verify_prefix(
+            args.src,
+            keyring=keyring,
+            object_context=octx,
+            options=options,
+            progress=progress,
+            observer=observer,
+        )
+    assert to is not None
+    return await jobs.rewrap_prefix(
+        args.src, keyring=keyring, to=to, options=options, progress=progress
+    )
+
+
+def _print_summary(r: jobs.JobReport) -> None:
+    rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
+    print(
+        f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "
+        f"{r.failed} failed" + (f", {r.planned} planned (dry run)" if r.planned else "")
+    )
+    print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
+    if r.removed_temporaries:
+        print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
+    for f in r.failures[:50]:
+        print(f"FAILED {f.path}: {f.error_type}: {f.error}")
+    if len(r.failures) > 50:
+        print(f"... and {len(r.failures) - 50} more (see --report)")

@@ -1,0 +1,604 @@
+"""Bulk jobs over whole prefixes: encrypt, decrypt, verify and re-wrap.
+
+    report = await encrypt_prefix("raw/", "s3://lake/enc/?endpoint_override=...", keyring=kr)
+    report = await verify_prefix("s3://lake/enc/", keyring=kr)
+    report = await rewrap_prefix("s3://lake/enc/", keyring=kr, to=new_kr)
+    report = await decrypt_prefix("s3://lake/enc/", "restored/", keyring=kr)
+
+Every object is one unit of work: many are in flight at once (bounded), small ones are read,
+sealed and written in a single worker-thread hop, large ones stream through the bounded
+pipeline. Each output appears only when whole (see `envelope.lake.sinks`). A failed object is
+recorded and the rest go on (unless `fail_fast`). Re-running a job skips what is already done
+- checked cheaply from sizes, times and headers, without a manifest - and removes temporary
+files a killed run left behind, so a crash or Ctrl-C loses nothing and duplicates nothing.
+
+Each object's path relative to the prefix is bound into its per-object context under
+``envelope:path``: an encrypted object moved or swapped to another path fails to decrypt and
+to verify, unless the caller turns `bind_path` off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Protocol
+
+import anyio
+import anyio.to_thread
+import pyarrow.fs as pafs
+
+from .. import api
+from .._pipeline import first_error
+from ..errors import ConfigurationError, EnvelopeError, HeaderFormatError, InvalidObjectError
+from ..hazmat.format import FIXED_PREFIX_LEN, Header, parse_header, parse_prefix
+from ..hazmat.segments import Layout
+from ..keyring import Keyring
+from ..kms.base import WrappedKey
+from ..metrics import NULL_OBSERVER, Observer
+from .fs import ArrowSource, Location, resolve
+from .sinks import atomic_sink, is_temporary, write_whole
+
+__all__ = (
+    "DEFAULT_LAKE_OPTIONS",
+    "PATH_CONTEXT_KEY",
+    "Entry",
+    "JobReport",
+    "LakeOptions",
+    "ObjectResult",
+    "Progress",
+    "decrypt_prefix",
+    "encrypt_prefix",
+    "list_objects",
+    "rewrap_prefix",
+    "verify_prefix",
+)
+
+PATH_CONTEXT_KEY = "envelope:path"
+Operation = Literal["encrypt", "decrypt", "verify", "rewrap"]
+Status = Literal["done", "skipped", "failed", "planned"]
+
+
+@dataclass(frozen=True, slots=True)
+class LakeOptions:
+    """How a bulk job runs. Memory is bounded by `concurrency` small objects (each held whole,
+    twice) plus `large_concurrency` streamed ones (each `engine.depth` buffer pairs)."""
+
+    concurrency: int = 16
+    large_concurrency: int = 4
+    small_object_bytes: int = 8 << 20
+    engine: api.Options = field(default_factory=lambda: api.Options(workers=2, depth=4))
+    bind_path: bool = True
+    resume: bool = True
+    dry_run: bool = False
+    fail_fast: bool = False
+    durable: bool = False  # fsync every output (local disks); see docs/lake.md
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.large_concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if self.small_object_bytes < 0:
+            raise ConfigurationError("small_object_bytes must be >= 0")
+
+
+DEFAULT_LAKE_OPTIONS = LakeOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One object under a prefix: its path relative to the prefix, size and mtime (ns)."""
+
+    rel: str
+    size: int
+    mtime_ns: int | None
+
+
+@dataclass(slots=True)
+class ObjectResult:
+    path: str
+    status: Status
+    bytes: int = 0
+    error_type: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class JobReport:
+    """What a job did: counts, bytes, time, and every failure with its reason."""
+
+    operation: Operation
+    source: str
+    destination: str | None
+    objects: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    planned: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    removed_temporaries: int = 0
+    failures: list[ObjectResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def add(self, r: ObjectResult) -> None:
+        self.objects += 1
+        if r.status == "done":
+            self.done += 1
+            self.bytes += r.bytes
+        elif r.status == "skipped":
+            self.skipped += 1
+        elif r.status == "planned":
+            self.planned += 1
+        else:
+            self.failed += 1
+            self.failures.append(r)
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["mb_per_s"] = round(self.bytes / self.seconds / 1e6, 3) if self.seconds else None
+        d["objects_per_s"] = round(self.done / self.seconds, 3) if self.seconds else None
+        return d
+
+    def write(self, path: str) -> None:
+        """Write the report as JSON, atomically."""
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+
+
+class Progress(Protocol):
+    """Told the plan once, then each object's result as it finishes."""
+
+    def start(self, operation: str, objects: int, total_bytes: int) -> None: ...
+
+    def advance(self, result: ObjectResult) -> None: ...
+
+
+# -- listing and cheap "already done" checks ---------------------------------------------
+
+
+def list_objects(loc: Location) -> list[Entry]:
+    """Every file under the prefix (recursively), sorted; temporary files are left out."""
+    info = loc.fs.get_file_info(loc.path)
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigurationError(f"{loc.path!r} does not exist")
+    if info.type == pafs.FileType.File:
+        raise ConfigurationError(f"{loc.path!r} is a file; lake jobs take a prefix (directory)")
+    base = loc.path.rstrip("/")
+    out = []
+    for fi in loc.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
+        if fi.type != pafs.FileType.File or is_temporary(fi.path):
+            continue
+        rel = fi.path[len(base) :].lstrip("/")
+        out.append(Entry(rel, int(fi.size or 0), fi.mtime_ns))
+    out.sort(key=lambda e: e.rel)
+    return out
+
+
+def remove_temporaries(loc: Location) -> int:
+    """Delete temporary files a killed run left under the prefix."""
+    info = loc.fs.get_file_info(loc.path)
+    if info.type != pafs.FileType.Directory:
+        return 0
+    n = 0
+    for fi in loc.fs.get_file_info(pafs.FileSelector(loc.path.rstrip("/"), recursive=True)):
+        if fi.type == pafs.FileType.File and is_temporary(fi.path):
+            try:
+                loc.fs.delete_file(fi.path)
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
+
+
+def _read_header(fs: pafs.FileSystem, path: str) -> tuple[Header, int]:
+    """Parse an object's header with at most two ranged reads; returns (header, object size)."""
+    with fs.open_input_file(path) as f:
+        size = int(f.size())
+        prefix = f.read_at(min(size, 64 << 10), 0)
+        if len(prefix) < FIXED_PREFIX_LEN:
+            raise HeaderFormatError("object is shorter than the fixed header prefix")
+        header_len = parse_prefix(bytes(prefix[:FIXED_PREFIX_LEN]))
+        raw = bytes(prefix[:header_len])
+        if len(raw) < header_len:
+            raw = bytes(f.read_at(header_len, 0))
+        if len(raw) < header_len:
+            raise HeaderFormatError("object ends inside its header")
+        return parse_header(raw), size
+
+
+def _info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo | None:
+    fi = fs.get_file_info(path)
+    return fi if fi.type == pafs.FileType.File else None
+
+
+def _newer_or_same(dst: pafs.FileInfo, src: Entry) -> bool:
+    return src.mtime_ns is None or dst.mtime_ns is None or dst.mtime_ns >= src.mtime_ns
+
+
+def _encrypted_done(fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool) -> bool:
+    dst = _info(fs, path)
+    if dst is None or not _newer_or_same(dst, src):
+        return False
+    try:
+        header, size = _read_header(fs, path)
+    except (EnvelopeError, OSError):
+        return False
+    if bind_path and header.object_context.get(PATH_CONTEXT_KEY) != src.rel:
+        return False
+    return size == Layout(header.header_len, header.seg_log2).ciphertext_length(src.size)
+
+
+def _decrypted_done(
+    src_fs: pafs.FileSystem, src_path: str, dst_fs: pafs.FileSystem, path: str, src: Entry
+) -> bool:
+    dst = _info(dst_fs, path)
+    if dst is None or not _newer_or_same(dst, src):
+        return False
+    try:
+        header, size = _read_header(src_fs, src_path)
+        return bool(dst.size == Layout(header.header_len, header.seg_log2).plaintext_length(size))
+    except (EnvelopeError, OSError):
+        return False
+
+
+# -- the runner ----------------------------------------------------------------------------
+
+
+ObjectFn = Callable[[Entry], Awaitable[ObjectResult]]
+
+
+async def _run(
+    operation: Operation,
+    source: str,
+    destination: str | None,
+    entries: Sequence[Entry],
+    fn: ObjectFn,
+    options: LakeOptions,
+    progress: Progress | None,
+    removed: int,
+) -> JobReport:
+    report = JobReport(operation, source, destination, removed_temporaries=removed)
+    if progress is not None:
+        progress.start(operation, len(entries), sum(e.size for e in entries))
+    small = anyio.CapacityLimiter(options.concurrency)
+    large = anyio.CapacityLimiter(options.large_concurrency)
+    t0 = time.perf_counter()
+
+    async def one(entry: Entry) -> None:
+        limiter = large if entry.size > options.small_object_bytes else small
+        async with limiter:
+            if options.dry_run:
+                result = ObjectResult(entry.rel, "planned", entry.size)
+            else:
+                try:
+                    result = await fn(entry)
+                except (EnvelopeError, OSError, ValueError) as e:
+                    # ValueError: pyarrow reports some filesystem faults as ArrowInvalid
+                    result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, str(e))
+        report.add(result)
+        if progress is not None:
+            progress.advance(result)
+        if result.status == "failed" and options.fail_fast:
+            raise _FailFast(result)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            # Start tasks only as fast as they can run, so millions of entries never become
+            # millions of waiting tasks.
+            gate = anyio.Semaphore(options.concurrency + options.large_concurrency)
+            for entry in entries:
+                await gate.acquire()
+
+                async def run_and_release(e: Entry = entry) -> None:
+                    try:
+                        await one(e)
+                    finally:
+                        gate.release()
+
+                tg.start_soon(run_and_release)
+    except BaseExceptionGroup as group:
+        first = first_error(group)
+        if not isinstance(first, _FailFast):
+            raise first from None
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+class _FailFast(Exception):
+    def __init__(self, result: ObjectResult) -> None:
+        super().__init__(result.error)
+        self.result = result
+
+
+def _object_context(
+    entry: Entry, options: LakeOptions, extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    ctx = dict(extra or {})
+    if options.bind_path:
+        ctx[PATH_CONTEXT_KEY] = entry.rel
+    return ctx
+
+
+def _expected(
+    entry: Entry, options: LakeOptions, extra: Mapping[str, str] | None
+) -> dict[str, str]:
+    return _object_context(entry, options, extra)
+
+
+# -- encrypt -------------------------------------------------------------------------------
+
+
+async def encrypt_prefix(
+    source: str,
+    destination: str,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: LakeOptions = DEFAULT_LAKE_OPTIONS,
+    progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
+    source_fs: pafs.FileSystem | None = None,
+    destination_fs: pafs.FileSystem | None = None,
+    entries: Sequence[Entry] | None = None,
+) -> JobReport:
+    """Encrypt every object under `source` to the same relative path under `destination`."""
+    src, dst = (
+        resolve(source, filesystem=source_fs),
+        resolve(destination, filesystem=destination_fs),
+    )
+    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
+    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, dst)
+    engine = options.engine
+
+    async def one(entry: Entry) -> ObjectResult:
+        src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
+        if options.resume and await anyio.to_thread.run_sync(
+            _encrypted_done, dst.fs, dst_path, entry, options.bind_path
+        ):
+            return ObjectResult(entry.rel, "skipped", entry.size)
+        octx = _object_context(entry, options, object_context)
+        if entry.size <= options.small_object_bytes:
+            prepared = await api.prepare_object(
+                keyring,
+                kms_context=kms_context,
+                object_context=octx,
+                options=engine,
+                expected_bytes=entry.size,
+            )
+
+            def work() -> int:
+                with src.fs.open_input_stream(src_path) as f:
+                    data = f.read()
+                sealed = api.seal_prepared(prepared, data)
+                write_whole(dst.fs, dst_path, sealed, durable=options.durable)
+                return len(data)
+
+            n = await anyio.to_thread.run_sync(work)
+        else:
+            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, src_path)
+            info = await api.encrypt(
+                ArrowSource(stream),
+                atomic_sink(dst.fs, dst_path, durable=options.durable),
+                keyring=keyring,
+                kms_context=kms_context,
+                object_context=octx,
+                options=engine,
+                observer=observer,
+            )
+            n = info.plaintext_len
+        return ObjectResult(entry.rel, "done", n)
+
+    return await _run("encrypt", source, destination, listed, one, options, progress, removed)
+
+
+# -- decrypt and verify --------------------------------------------------------------------
+
+
+class _Discard:
+    async def write(self, data: memoryview) -> None:
+        return None
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        return None
+
+
+async def _open_small(
+    fs: pafs.FileSystem,
+    path: str,
+    keyring: Keyring,
+    expected: Mapping[str, str],
+    engine: api.Options,
+) -> bytearray:
+    """Read a whole small object, authenticate its header, open every segment."""
+    ciphertext = await anyio.to_thread.run_sync(_read_all, fs, path)
+    header = api.parse_object_header(
+        memoryview(ciphertext), max_wrapped_keys=engine.max_wrapped_keys
+    )
+    keys = await api.open_object(header, keyring=keyring, expected_context=expected)
+    return await anyio.to_thread.run_sync(api.open_whole, header, keys, ciphertext)
+
+
+def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return bytes(f.read())
+
+
+async def decrypt_prefix(
+    source: str,
+    destination: str,
+    *,
+    keyring: Keyring,
+    object_context: Mapping[str, str] | None = None,
+    options: LakeOptions = DEFAULT_LAKE_OPTIONS,
+    progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
+    source_fs: pafs.FileSystem | None = None,
+    destination_fs: pafs.FileSystem | None = None,
+    entries: Sequence[Entry] | None = None,
+) -> JobReport:
+    """Decrypt every object under `source` to the same relative path under `destination`.
+
+    `object_context` pairs (and the object's own path, when `bind_path`) are required in
+    every object's context.
+    """
+    src, dst = (
+        resolve(source, filesystem=source_fs),
+        resolve(destination, filesystem=destination_fs),
+    )
+    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
+    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, dst)
+    engine = options.engine
+
+    async def one(entry: Entry) -> ObjectResult:
+        src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
+        if options.resume and await anyio.to_thread.run_sync(
+            _decrypted_done, src.fs, src_path, dst.fs, dst_path, entry
+        ):
+            return ObjectResult(entry.rel, "skipped", entry.size)
+        expected = _expected(entry, options, object_context)
+        if entry.size <= options.small_object_bytes:
+            plain = await _open_small(src.fs, src_path, keyring, expected, engine)
+            await anyio.to_thread.run_sync(
+                lambda: write_whole(dst.fs, dst_path, plain, durable=options.durable)
+            )
+            n = len(plain)
+        else:
+            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, src_path)
+            info = await api.decrypt(
+                ArrowSource(stream),
+                atomic_sink(dst.fs, dst_path, durable=options.durable),
+                keyring=keyring,
+                expected_context=expected,
+                options=engine,
+                observer=observer,
+            )
+            n = info.plaintext_len
+        return ObjectResult(entry.rel, "done", n)
+
+    return await _run("decrypt", source, destination, listed, one, options, progress, removed)
+
+
+async def verify_prefix(
+    source: str,
+    *,
+    keyring: Keyring,
+    object_context: Mapping[str, str] | None = None,
+    options: LakeOptions = DEFAULT_LAKE_OPTIONS,
+    progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
+    source_fs: pafs.FileSystem | None = None,
+    entries: Sequence[Entry] | None = None,
+) -> JobReport:
+    """Authenticate every object under `source` completely; write no plaintext anywhere."""
+    src = resolve(source, filesystem=source_fs)
+    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
+    engine = options.engine
+
+    async def one(entry: Entry) -> ObjectResult:
+        path = src.join(entry.rel)
+        expected = _expected(entry, options, object_context)
+        if entry.size <= options.small_object_bytes:
+            plain = await _open_small(src.fs, path, keyring, expected, engine)
+            n = len(plain)
+            plain[:] = bytes(n)
+        else:
+            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
+            info = await api.decrypt(
+                ArrowSource(stream),
+                _Discard(),
+                keyring=keyring,
+                expected_context=expected,
+                options=engine,
+                observer=observer,
+            )
+            n = info.plaintext_len
+        return ObjectResult(entry.rel, "done", n)
+
+    return await _run("verify", source, None, listed, one, options, progress, 0)
+
+
+# -- rewrap --------------------------------------------------------------------------------
+
+
+async def _target_identity(to: Keyring) -> tuple[str, str]:
+    """(provider id, key id) that `to` records in headers: learned with one throwaway wrap."""
+    probe = await to.wrap_key(bytes(32), {"envelope:purpose": "rewrap-probe"})
+    return probe.provider_id, probe.key_id
+
+
+async def rewrap_prefix(
+    source: str,
+    *,
+    keyring: Keyring,
+    to: Keyring,
+    options: LakeOptions = DEFAULT_LAKE_OPTIONS,
+    progress: Progress | None = None,
+    source_fs: pafs.FileSystem | None = None,
+    entries: Sequence[Entry] | None = None,
+) -> JobReport:
+    """Move every object under `source` to `to`'s key, in place: only headers change.
+
+    Each object's header is authenticated, its data key unwrapped (with `keyring`) and wrapped
+    under the new key, and the object rewritten atomically with the new header and the body
+    copied byte for byte. Objects already under the new key are skipped. Data keys shared by
+    many objects (a cache's bucket keys) are wrapped once per job.
+    """
+    src = resolve(source, filesystem=source_fs)
+    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
+    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, src)
+    target = await _target_identity(to)
+    wrapped_cache: dict[bytes, WrappedKey] = {}
+    engine = options.engine
+
+    async def one(entry: Entry) -> ObjectResult:
+        path = src.join(entry.rel)
+        header, _ = await anyio.to_thread.run_sync(_read_header, src.fs, path)
+        if options.resume and all((w.provider_id, w.key_id) == target for w in header.wrapped_keys):
+            return ObjectResult(entry.rel, "skipped", entry.size)
+        if options.bind_path and header.object_context.get(PATH_CONTEXT_KEY) != entry.rel:
+            raise InvalidObjectError(
+                f"object context names path {header.object_context.get(PATH_CONTEXT_KEY)!r}, "
+                f"not {entry.rel!r}: refusing to re-wrap a moved or swapped object"
+            )
+        new_header = await api.rewrap_header(
+            header, keyring=keyring, to=to, wrapped_cache=wrapped_cache
+        )
+        stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
+        sink = atomic_sink(src.fs, path, durable=options.durable)
+        try:
+            await sink.write(memoryview(new_header))
+            source_ = ArrowSource(stream)
+            skip = bytearray(header.header_len)
+            if await source_.readinto(memoryview(skip)) != header.header_len:
+                raise HeaderFormatError("object ends inside its header")
+            buf = bytearray(max(1, engine.batch_bytes))
+            view = memoryview(buf)
+            copied = 0
+            while n := await source_.readinto(view):
+                await sink.write(view[:n])
+                copied += n
+                if n < len(buf):
+                    break
+            await sink.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await sink.abort()
+            raise
+        finally:
+            await anyio.to_thread.run_sync(stream.close)
+        return ObjectResult(entry.rel, "done", copied)
+
+    return await _run("rewrap", source, source, listed, one, options, progress, removed)
