@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import IO, Protocol
 
 import anyio.to_thread
+from cachetools import LRUCache
 
 from .api import DEFAULT_OPTIONS, Options, open_object
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
@@ -120,7 +121,13 @@ class DecryptingReader(io.RawIOBase):
     """A read-only, seekable binary file of an object's plaintext. Build with open_decrypted."""
 
     def __init__(
-        self, rf: RangeFile, header: Header, keys: ObjectKeys, ciphertext_len: int
+        self,
+        rf: RangeFile,
+        header: Header,
+        keys: ObjectKeys,
+        ciphertext_len: int,
+        *,
+        cache_segments: int = 8,
     ) -> None:
         super().__init__()
         self._rf = rf
@@ -132,7 +139,9 @@ class DecryptingReader(io.RawIOBase):
         self._count = self._layout.segment_count(self._size)
         self._pos = 0
         self._verified = False
-        self._cached: tuple[int, bytes] | None = None
+        #: recently opened (authenticated) segments, so readers that revisit a segment (a
+        #: Parquet footer, then its column chunks) do not fetch and open it again.
+        self._cache: LRUCache[int, bytes] = LRUCache(maxsize=cache_segments)
         self._lock = threading.Lock()
 
     # -- information
@@ -212,38 +221,39 @@ class DecryptingReader(io.RawIOBase):
         return plain[offset - base : end - base]
 
     def _open_range(self, first: int, last: int) -> bytes:
-        """Read ciphertext of segments [first, last) in one range read and open them."""
+        """Plaintext of segments [first, last): cached ones from the cache, the rest fetched in
+        one range read (one ranged GET) and authenticated before use."""
         with self._lock:
-            cached = self._cached
-        if cached is not None and last - first == 1 and cached[0] == first:
-            return cached[1]
-        t = self._layout.ct_segment_size
-        s = self._layout.segment_size
-        start = self.header.header_len + first * t
-        stop = min(self._ct_len, self.header.header_len + last * t)
-        ct = self._rf.read_range(start, stop - start)
-        if len(ct) != stop - start:
-            raise HeaderFormatError("object changed size while being read")
-        final = last == self._count
-        out = bytearray((stop - start) - (last - first) * TAG_LEN)
-        open_segments(
-            self._keys,
-            self.header.bound_digest,
-            first,
-            memoryview(ct),
-            memoryview(out),
-            self.header.seg_log2,
-            final,
-        )
-        plain = bytes(out)
-        with self._lock:
-            if final:
-                self._verified = True
-            if last - first == 1:
-                self._cached = (first, plain)
-            else:
-                self._cached = (last - 1, plain[(last - 1 - first) * s :])
-        return plain
+            have = {i: self._cache[i] for i in range(first, last) if i in self._cache}
+        missing = [i for i in range(first, last) if i not in have]
+        if missing:
+            lo, hi = missing[0], missing[-1] + 1
+            t = self._layout.ct_segment_size
+            s = self._layout.segment_size
+            start = self.header.header_len + lo * t
+            stop = min(self._ct_len, self.header.header_len + hi * t)
+            ct = self._rf.read_range(start, stop - start)
+            if len(ct) != stop - start:
+                raise HeaderFormatError("object changed size while being read")
+            final = hi == self._count
+            out = bytearray((stop - start) - (hi - lo) * TAG_LEN)
+            open_segments(
+                self._keys,
+                self.header.bound_digest,
+                lo,
+                memoryview(ct),
+                memoryview(out),
+                self.header.seg_log2,
+                final,
+            )
+            opened = {i: bytes(out[(i - lo) * s : (i - lo + 1) * s]) for i in range(lo, hi)}
+            have.update(opened)
+            with self._lock:
+                if final:
+                    self._verified = True
+                for i, seg in opened.items():
+                    self._cache[i] = seg
+        return b"".join(have[i] for i in range(first, last))
 
     def _check_open(self) -> None:
         if self.closed:
@@ -251,7 +261,7 @@ class DecryptingReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            self._cached = None
+            self._cache.clear()
             self._rf.close()
         super().close()
 

@@ -112,7 +112,9 @@ def test_demo_runs_end_to_end() -> None:
     r = envelope("demo", "--size-mib", "8", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["round_trip_identical"] and out["ranged_read_ok"] and out["tamper_detected"]
+    assert out["round_trip_identical"] and out["verified"] and out["tamper_detected"]
+    assert out["column_ok"] and out["column_bytes_read_pct"] < 60
+    assert out["kms_calls"] <= 3 < out["objects"] and out["kms_audit_log_verified"]
 
 
 def _free_port() -> int:

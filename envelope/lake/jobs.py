@@ -199,6 +199,15 @@ def remove_temporaries(loc: Location) -> int:
     return n
 
 
+async def _clean(loc: Location, options: LakeOptions, entries: Sequence[Entry] | None) -> int:
+    """Remove a killed run's temporaries, unless this call runs only part of a job (`entries`
+    given: a Dask chunk), where another part may be writing its own right now; the job's
+    driver cleans once, before any part starts."""
+    if options.dry_run or entries is not None:
+        return 0
+    return await anyio.to_thread.run_sync(remove_temporaries, loc)
+
+
 def _read_header(fs: pafs.FileSystem, path: str) -> tuple[Header, int]:
     """Parse an object's header with at most two ranged reads; returns (header, object size)."""
     with fs.open_input_file(path) as f:
@@ -357,7 +366,7 @@ async def encrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, dst)
+    removed = await _clean(dst, options, entries)
     engine = options.engine
 
     async def one(entry: Entry) -> ObjectResult:
@@ -459,7 +468,7 @@ async def decrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, dst)
+    removed = await _clean(dst, options, entries)
     engine = options.engine
 
     async def one(entry: Entry) -> ObjectResult:
@@ -558,7 +567,7 @@ async def rewrap_prefix(
     """
     src = resolve(source, filesystem=source_fs)
     listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = 0 if options.dry_run else await anyio.to_thread.run_sync(remove_temporaries, src)
+    removed = await _clean(src, options, entries)
     target = await _target_identity(to)
     wrapped_cache: dict[bytes, WrappedKey] = {}
     engine = options.engine
