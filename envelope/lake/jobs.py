@@ -38,7 +38,7 @@ from ..hazmat.segments import Layout
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
-from .fs import ArrowSource, Location, resolve
+from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
 from .sinks import atomic_sink, is_temporary, write_whole
 
 __all__ = (
@@ -386,17 +386,15 @@ async def encrypt_prefix(
             )
 
             def work() -> int:
-                with src.fs.open_input_stream(src_path) as f:
-                    data = f.read()
+                data = read_whole(src.fs, src_path)
                 sealed = api.seal_prepared(prepared, data)
                 write_whole(dst.fs, dst_path, sealed, durable=options.durable)
                 return len(data)
 
             n = await anyio.to_thread.run_sync(work)
         else:
-            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, src_path)
             info = await api.encrypt(
-                ArrowSource(stream),
+                await open_source_at(src.fs, src_path),
                 atomic_sink(dst.fs, dst_path, durable=options.durable),
                 keyring=keyring,
                 kms_context=kms_context,
@@ -432,17 +430,12 @@ async def _open_small(
     engine: api.Options,
 ) -> bytearray:
     """Read a whole small object, authenticate its header, open every segment."""
-    ciphertext = await anyio.to_thread.run_sync(_read_all, fs, path)
+    ciphertext = await anyio.to_thread.run_sync(read_whole, fs, path)
     header = api.parse_object_header(
         memoryview(ciphertext), max_wrapped_keys=engine.max_wrapped_keys
     )
     keys = await api.open_object(header, keyring=keyring, expected_context=expected)
     return await anyio.to_thread.run_sync(api.open_whole, header, keys, ciphertext)
-
-
-def _read_all(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return bytes(f.read())
 
 
 async def decrypt_prefix(
@@ -485,9 +478,8 @@ async def decrypt_prefix(
             )
             n = len(plain)
         else:
-            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, src_path)
             info = await api.decrypt(
-                ArrowSource(stream),
+                await open_source_at(src.fs, src_path),
                 atomic_sink(dst.fs, dst_path, durable=options.durable),
                 keyring=keyring,
                 expected_context=expected,
@@ -524,9 +516,8 @@ async def verify_prefix(
             n = len(plain)
             plain[:] = bytes(n)
         else:
-            stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
             info = await api.decrypt(
-                ArrowSource(stream),
+                await open_source_at(src.fs, path),
                 _Discard(),
                 keyring=keyring,
                 expected_context=expected,
