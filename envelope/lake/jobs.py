@@ -423,19 +423,29 @@ class _Discard:
 
 
 async def _open_small(
-    fs: pafs.FileSystem,
-    path: str,
+    ciphertext: bytes,
     keyring: Keyring,
     expected: Mapping[str, str],
     engine: api.Options,
-) -> bytearray:
-    """Read a whole small object, authenticate its header, open every segment."""
-    ciphertext = await anyio.to_thread.run_sync(read_whole, fs, path)
+    then: Callable[[bytearray], None] | None = None,
+) -> int:
+    """Authenticate a whole small object's header, then, in one worker-thread hop, open every
+    segment and hand the plaintext to `then` (write it) before wiping it."""
     header = api.parse_object_header(
         memoryview(ciphertext), max_wrapped_keys=engine.max_wrapped_keys
     )
     keys = await api.open_object(header, keyring=keyring, expected_context=expected)
-    return await anyio.to_thread.run_sync(api.open_whole, header, keys, ciphertext)
+
+    def work() -> int:
+        plain = api.open_whole(header, keys, ciphertext)
+        try:
+            if then is not None:
+                then(plain)
+            return len(plain)
+        finally:
+            plain[:] = bytes(len(plain))
+
+    return await anyio.to_thread.run_sync(work)
 
 
 async def decrypt_prefix(
@@ -466,17 +476,26 @@ async def decrypt_prefix(
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
-        if options.resume and await anyio.to_thread.run_sync(
-            _decrypted_done, src.fs, src_path, dst.fs, dst_path, entry
-        ):
+        small = entry.size <= options.small_object_bytes
+
+        def check_and_read() -> bytes | None:
+            """One hop: the resume check, then (small objects) the whole ciphertext."""
+            if options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry):
+                return None
+            return read_whole(src.fs, src_path) if small else b""
+
+        ciphertext = await anyio.to_thread.run_sync(check_and_read)
+        if ciphertext is None:
             return ObjectResult(entry.rel, "skipped", entry.size)
         expected = _expected(entry, options, object_context)
-        if entry.size <= options.small_object_bytes:
-            plain = await _open_small(src.fs, src_path, keyring, expected, engine)
-            await anyio.to_thread.run_sync(
-                lambda: write_whole(dst.fs, dst_path, plain, durable=options.durable)
+        if small:
+            n = await _open_small(
+                ciphertext,
+                keyring,
+                expected,
+                engine,
+                lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
             )
-            n = len(plain)
         else:
             info = await api.decrypt(
                 await open_source_at(src.fs, src_path),
@@ -512,9 +531,8 @@ async def verify_prefix(
         path = src.join(entry.rel)
         expected = _expected(entry, options, object_context)
         if entry.size <= options.small_object_bytes:
-            plain = await _open_small(src.fs, path, keyring, expected, engine)
-            n = len(plain)
-            plain[:] = bytes(n)
+            ciphertext = await anyio.to_thread.run_sync(read_whole, src.fs, path)
+            n = await _open_small(ciphertext, keyring, expected, engine)
         else:
             info = await api.decrypt(
                 await open_source_at(src.fs, path),
