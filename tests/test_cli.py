@@ -205,3 +205,19 @@ def test_embedded_kms_main_job(tmp_path: Path) -> None:
     enc2 = tmp_path / "demo.env"
     r = envelope("encrypt", str(src), str(enc2), "--key", "alias/demo", home=home)
     assert r.returncode == 3 and b"DisabledException" in r.stderr and not enc2.exists()
+
+
+def test_encrypt_and_decrypt_a_folder(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    src = tmp_path / "in"
+    (src / "a" / "b").mkdir(parents=True)
+    files = {"a/b/x.bin": os.urandom(300_000), "y.csv": b"id,v\n1,2\n", "a/empty": b""}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    r = envelope("encrypt", str(src), str(tmp_path / "enc"), "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["done"] == len(files)
+    r = envelope("decrypt", str(tmp_path / "enc"), str(tmp_path / "back"), home=home)
+    assert r.returncode == 0, r.stderr
+    for rel, data in files.items():
+        assert (tmp_path / "back" / rel).read_bytes() == data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from typing import IO
@@ -35,7 +36,9 @@ def _add_io(p: argparse.ArgumentParser) -> None:
 
 
 def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("encrypt", help="encrypt a file or stream")
+    p = sub.add_parser(
+        "encrypt", help="encrypt a file, a stream, or a folder (every file in it, to OUT/)"
+    )
     _add_io(p)
     add_key_arguments(p, encrypt=True)
     p.add_argument(
@@ -58,7 +61,9 @@ def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.set_defaults(handler=cmd_encrypt)
 
-    p = sub.add_parser("decrypt", help="decrypt a file or stream")
+    p = sub.add_parser(
+        "decrypt", help="decrypt a file, a stream, or a folder (every file in it, to OUT/)"
+    )
     _add_io(p)
     add_key_arguments(p, encrypt=False)
     p.add_argument(
@@ -92,7 +97,16 @@ def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
         print_json(d)
 
 
+def _is_folder(path: str) -> bool:
+    return path != "-" and os.path.isdir(path)
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
+    if _is_folder(args.input):
+        with metrics_observer(args) as observer:
+            from .lake import run_folder
+
+            return run_folder("encrypt", args, keyring_for_encrypt(args, observer), observer)
     options = Options(segment_size=args.segment_size, workers=args.workers)
     with (
         metrics_observer(args) as observer,
@@ -117,6 +131,11 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
+    if _is_folder(args.input):
+        with metrics_observer(args) as observer:
+            from .lake import run_folder
+
+            return run_folder("decrypt", args, keyring_for_decrypt(args, observer), observer)
     with (
         metrics_observer(args) as observer,
         progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,

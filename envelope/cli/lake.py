@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from .. import sync
@@ -192,7 +193,19 @@ def cmd_lake(args: argparse.Namespace) -> int:
                 )
             else:
                 report = sync.run(
-                    _run_local, op, args, keyring, to, options, kctx, octx, progress, observer
+                    partial(
+                        jobs.run_job,
+                        op,
+                        args.src,
+                        args.dst,
+                        keyring=keyring,
+                        to=to,
+                        kms_context=kctx,
+                        object_context=octx,
+                        options=options,
+                        progress=progress,
+                        observer=observer,
+                    )
                 )
         finally:
             sync.run(keyring.aclose)
@@ -208,51 +221,35 @@ def cmd_lake(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-async def _run_local(
-    op: str,
-    args: argparse.Namespace,
-    keyring: Keyring,
-    to: Keyring | None,
-    options: jobs.LakeOptions,
-    kctx: dict[str, str],
-    octx: dict[str, str],
-    progress: Any,
-    observer: Observer,
-) -> jobs.JobReport:
-    if op == "encrypt":
-        return await jobs.encrypt_prefix(
-            args.src,
-            args.dst,
-            keyring=keyring,
-            kms_context=kctx,
-            object_context=octx,
-            options=options,
-            progress=progress,
-            observer=observer,
+def run_folder(
+    operation: str, args: argparse.Namespace, keyring: Keyring, observer: Observer
+) -> int:
+    """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
+    options = jobs.LakeOptions(engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)))
+    bulk = _lake_keyring(keyring, observer)
+    try:
+        report = sync.run(
+            partial(
+                jobs.run_job,
+                operation,
+                args.input,
+                args.output,
+                keyring=bulk,
+                kms_context=parse_pairs(getattr(args, "kms_context", None), "--kms-context"),
+                object_context=parse_pairs(
+                    args.context if operation == "encrypt" else args.expect_context, "--context"
+                ),
+                options=options,
+                observer=observer,
+            )
         )
-    if op == "decrypt":
-        return await jobs.decrypt_prefix(
-            args.src,
-            args.dst,
-            keyring=keyring,
-            object_context=octx,
-            options=options,
-            progress=progress,
-            observer=observer,
-        )
-    if op == "verify":
-        return await jobs.verify_prefix(
-            args.src,
-            keyring=keyring,
-            object_context=octx,
-            options=options,
-            progress=progress,
-            observer=observer,
-        )
-    assert to is not None
-    return await jobs.rewrap_prefix(
-        args.src, keyring=keyring, to=to, options=options, progress=progress
-    )
+    finally:
+        sync.run(bulk.aclose)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        _print_summary(report)
+    return 0 if report.ok else 1
 
 
 def _print_summary(r: jobs.JobReport) -> None:

@@ -118,38 +118,16 @@ def _run_chunk(task: _Task, entries: Sequence[jobs.Entry]) -> dict[str, Any]:
     options = task.options
 
     async def go() -> jobs.JobReport:
-        if task.operation == "encrypt":
-            assert task.destination is not None
-            return await jobs.encrypt_prefix(
-                task.source,
-                task.destination,
-                keyring=keyring,
-                kms_context=task.kms_context,
-                object_context=task.object_context,
-                options=options,
-                entries=entries,
-            )
-        if task.operation == "decrypt":
-            assert task.destination is not None
-            return await jobs.decrypt_prefix(
-                task.source,
-                task.destination,
-                keyring=keyring,
-                object_context=task.object_context,
-                options=options,
-                entries=entries,
-            )
-        if task.operation == "verify":
-            return await jobs.verify_prefix(
-                task.source,
-                keyring=keyring,
-                object_context=task.object_context,
-                options=options,
-                entries=entries,
-            )
-        assert to is not None
-        return await jobs.rewrap_prefix(
-            task.source, keyring=keyring, to=to, options=options, entries=entries
+        return await jobs.run_job(
+            task.operation,
+            task.source,
+            task.destination,
+            keyring=keyring,
+            to=to,
+            kms_context=task.kms_context,
+            object_context=task.object_context,
+            options=options,
+            entries=entries,
         )
 
     return anyio.run(go).to_dict()

@@ -53,6 +53,7 @@ __all__ = (
     "encrypt_prefix",
     "list_objects",
     "rewrap_prefix",
+    "run_job",
     "verify_prefix",
 )
 
@@ -620,3 +621,64 @@ async def rewrap_prefix(
         return ObjectResult(entry.rel, "done", copied)
 
     return await _run("rewrap", source, source, listed, one, options, progress, removed)
+
+
+async def run_job(
+    operation: str,
+    source: str,
+    destination: str | None,
+    *,
+    keyring: Keyring,
+    to: Keyring | None = None,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: LakeOptions = DEFAULT_LAKE_OPTIONS,
+    progress: Progress | None = None,
+    observer: Observer = NULL_OBSERVER,
+    entries: Sequence[Entry] | None = None,
+) -> JobReport:
+    """Any of the four jobs by name (for the CLI and the Dask workers)."""
+    if operation in ("encrypt", "decrypt") and destination is None:
+        raise ConfigurationError(f"{operation} needs a destination")
+    if operation == "encrypt":
+        assert destination is not None
+        return await encrypt_prefix(
+            source,
+            destination,
+            keyring=keyring,
+            kms_context=kms_context,
+            object_context=object_context,
+            options=options,
+            progress=progress,
+            observer=observer,
+            entries=entries,
+        )
+    if operation == "decrypt":
+        assert destination is not None
+        return await decrypt_prefix(
+            source,
+            destination,
+            keyring=keyring,
+            object_context=object_context,
+            options=options,
+            progress=progress,
+            observer=observer,
+            entries=entries,
+        )
+    if operation == "verify":
+        return await verify_prefix(
+            source,
+            keyring=keyring,
+            object_context=object_context,
+            options=options,
+            progress=progress,
+            observer=observer,
+            entries=entries,
+        )
+    if operation == "rewrap":
+        if to is None:
+            raise ConfigurationError("rewrap needs a target keyring")
+        return await rewrap_prefix(
+            source, keyring=keyring, to=to, options=options, progress=progress, entries=entries
+        )
+    raise ConfigurationError(f"unknown lake operation {operation!r}")

@@ -33,6 +33,7 @@ from envelope.errors import (
 )
 from envelope.keyring import Keyring
 from envelope.kms.base import DataKey, KmsBackend, WrappedKey
+from envelope.kms.local import open_local
 from envelope.kms.memory import MemoryKms
 from envelope.kms.retry import RetryingKms, RetryPolicy
 from envelope.lake.parquet import (
@@ -47,11 +48,6 @@ from envelope.lake.parquet import (
     read_encrypted_table,
     write_encrypted_table,
 )
-
-try:  # the embedded KMS lands separately; test over it when it is importable
-    from envelope.kms.local import LocalKms, open_local
-except ImportError:  # pragma: no cover - depends on what is checked in
-    LocalKms = None  # type: ignore[assignment,misc]
 
 TABLE = pa.table(
     {
@@ -305,8 +301,6 @@ def test_pme_over_a_pyarrow_filesystem(kms: MemoryKms, tmp_path: Path) -> None:
 
 @pytest.fixture
 def local_kms(tmp_path: Path) -> Iterator[KmsBackend]:
-    if LocalKms is None:  # pragma: no cover
-        pytest.skip("envelope.kms.local is not available")
     backend = open_local(tmp_path / "home")
     svc = backend.service
     for alias in ("footer-key", "pii-key", "finance-key"):
