@@ -291,8 +291,11 @@ async def _run(
             else:
                 try:
                     result = await fn(entry)
-                except (EnvelopeError, OSError, ValueError) as e:
-                    # ValueError: pyarrow reports some filesystem faults as ArrowInvalid
+                except Exception as e:
+                    # One object's failure, whatever it is (a typed envelope error, a
+                    # filesystem fault, pyarrow's ArrowInvalid), is that object's result: the
+                    # rest of the job goes on and the report names it. Cancellation is not
+                    # an Exception and stops the job.
                     result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, str(e))
         report.add(result)
         if progress is not None:
