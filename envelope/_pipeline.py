@@ -2,11 +2,12 @@
 
     reader ──batch──▶ worker threads (seal/open, GIL released) ──in order──▶ writer
 
-A fixed pool of `depth` buffer pairs circulates: the reader takes a free pair, fills its input
-half, hands it to a worker thread that seals or opens into the output half, and the writer
-writes output halves strictly in batch order, then returns the pair to the pool. So peak memory
-is `depth * (in_batch + out_batch)` whatever the object size, at most `workers` batches are on
-the CPU at once, and I/O overlaps crypto.
+A pool of at most `depth` buffer pairs (created as needed) circulates: the reader takes a
+free pair, fills its input half, hands it to a worker thread that seals or opens into the
+output half, and the writer writes output halves strictly in batch order, then returns the
+pair to the pool. So peak memory is `depth * (in_batch + out_batch)` whatever the object
+size, at most `workers` batches are on the CPU at once, and I/O overlaps crypto. When the
+pipeline ends, the parts of the buffers that held data are zeroed.
 
 To know which batch is the last (it carries the final segment) the reader looks one batch
 ahead: a batch is dispatched only once the next read has started or the input has ended.
@@ -14,6 +15,7 @@ ahead: a batch is dispatched only once the next read has started or the input ha
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -34,6 +36,17 @@ BatchFn = Callable[[int, memoryview, memoryview, bool], int]
 class _Pair:
     inbuf: bytearray
     outbuf: bytearray
+    used_in: int = 0  # high-water marks, so wiping costs what was used, not the capacity
+    used_out: int = 0
+
+    def wipe(self) -> None:
+        """Zero what held plaintext (one side or the other) before the buffers are freed."""
+        if self.used_in:
+            ctypes.memset((ctypes.c_char * self.used_in).from_buffer(self.inbuf), 0, self.used_in)
+        if self.used_out:
+            ctypes.memset(
+                (ctypes.c_char * self.used_out).from_buffer(self.outbuf), 0, self.used_out
+            )
 
 
 class _Slot:
@@ -77,8 +90,7 @@ async def run_pipeline(
     depth = max(2, depth)
     limiter = anyio.CapacityLimiter(max(1, workers))
     free_send, free_recv = anyio.create_memory_object_stream[_Pair](depth)
-    for _ in range(depth):
-        free_send.send_nowait(_Pair(bytearray(in_batch), bytearray(out_batch)))
+    pairs: list[_Pair] = []  # created on demand: a small object needs one or two, not `depth`
     job_send, job_recv = anyio.create_memory_object_stream[_Slot](depth)
     total = 0
 
@@ -86,9 +98,12 @@ async def run_pipeline(
         try:
             src = memoryview(slot.pair.inbuf)[:n]
             dst = memoryview(slot.pair.outbuf)
+            slot.pair.used_in = max(slot.pair.used_in, n)
             slot.written = await anyio.to_thread.run_sync(
                 process, index, src, dst, final, limiter=limiter
             )
+            # (a failing batch zeroes what it wrote itself: see open_segments)
+            slot.pair.used_out = max(slot.pair.used_out, slot.written)
         except BaseException as e:  # handed to the writer, which raises it in order
             slot.error = e
         finally:
@@ -129,7 +144,14 @@ async def run_pipeline(
                         await anyio.sleep_forever()
 
                 while True:
-                    pair = await free_recv.receive()
+                    try:
+                        pair = free_recv.receive_nowait()
+                    except anyio.WouldBlock:
+                        if len(pairs) < depth:
+                            pair = _Pair(bytearray(in_batch), bytearray(out_batch))
+                            pairs.append(pair)
+                        else:
+                            pair = await free_recv.receive()
                     n = await source.readinto(memoryview(pair.inbuf))
                     if n == 0:
                         if held is None:
@@ -148,4 +170,6 @@ async def run_pipeline(
     finally:
         free_send.close()
         free_recv.close()
+        for pair in pairs:
+            pair.wipe()
     return total

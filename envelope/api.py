@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ._pipeline import first_error, run_pipeline
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
@@ -26,12 +29,15 @@ from .hazmat.format import (
     DATA_KEY_LEN,
     FIXED_PREFIX_LEN,
     MAX_EDKS,
+    MAX_KMS_CTX_LEN,
+    MAX_OBJ_CTX_LEN,
     MAX_SEG_LOG2,
     MESSAGE_ID_LEN,
     MIN_SEG_LOG2,
     TAG_LEN,
     Header,
     WrappedKey,
+    encode_context,
     parse_header,
     parse_prefix,
 )
@@ -39,7 +45,7 @@ from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Direction, Observer
-from .streams import SinkLike, Source, SourceLike, open_sink, open_source
+from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source
 
 __all__ = (
     "ObjectInfo",
@@ -62,6 +68,30 @@ __all__ = (
 )
 
 Progress = Callable[[int], Awaitable[None] | None]
+
+
+@asynccontextmanager
+async def _source_scope(source: SourceLike) -> AsyncIterator[Source]:
+    src = open_source(source)
+    try:
+        yield src
+    finally:
+        with anyio.CancelScope(shield=True):
+            await src.aclose()
+
+
+@asynccontextmanager
+async def _sink_scope(sink: SinkLike) -> AsyncIterator[Sink]:
+    """Opened before anything can fail, committed only if everything succeeded, aborted
+    (for a path: the temporary file removed, the target untouched) on any error."""
+    out = open_sink(sink)
+    try:
+        yield out
+        await out.commit()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await out.abort()
+        raise
 
 
 class _Tracked:
@@ -175,6 +205,11 @@ async def _new_object(
     seg_log2: int,
     expected_bytes: int | None = None,
 ) -> tuple[bytes, bytes, ObjectKeys, tuple[WrappedKey, ...]]:
+    try:  # bad contexts are the caller's mistake: refuse them before any KMS call
+        encode_context(kms_context, limit=MAX_KMS_CTX_LEN)
+        encode_context(object_context, limit=MAX_OBJ_CTX_LEN)
+    except HeaderFormatError as e:
+        raise ConfigurationError(str(e)) from None
     data_key = await keyring.encryption_key(kms_context, expected_bytes=expected_bytes)
     try:
         message_id = os.urandom(MESSAGE_ID_LEN)
@@ -259,6 +294,12 @@ def open_whole(
     return out
 
 
+def _rewrap_slot(data_key: bytearray, kms_context: Mapping[str, str]) -> bytes:
+    mac = crypto_hmac.HMAC(bytes(data_key), hashes.SHA256())
+    mac.update(b"envelope/rewrap-cache" + encode_context(kms_context))
+    return mac.finalize()
+
+
 async def rewrap_header(
     header: Header,
     *,
@@ -271,20 +312,23 @@ async def rewrap_header(
     The data key is unwrapped with `keyring` and the old header authenticated (commitment and
     MAC) before anything is written; the new header keeps every bound field, so HD and hence
     every segment stay valid: the body is reused byte for byte, never decrypted. Objects
-    written under one cached data key share a wrapped key: `wrapped_cache` (old wrapped bytes
-    -> new wrapped key) makes a whole prefix cost one KMS wrap per data key.
+    written under one cached data key share their data key: `wrapped_cache` (a MAC of the
+    data key -> its new wrapped key) makes a whole prefix cost one KMS wrap per data key.
     """
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
         if len(data_key) != DATA_KEY_LEN:
             raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
         keys = open_header(header, data_key)
-        old = header.wrapped_keys[0].ciphertext
-        new = wrapped_cache.get(old) if wrapped_cache is not None else None
+        # Keyed by the data key itself (through a MAC, never stored), not by the header's
+        # wrapped bytes: a hostile header could list another object's wrapped key next to
+        # its own and poison a cache keyed by what it claims.
+        slot = _rewrap_slot(data_key, header.kms_context) if wrapped_cache is not None else b""
+        new = wrapped_cache.get(slot) if wrapped_cache is not None else None
         if new is None:
             new = await to.wrap_key(data_key, header.kms_context)
             if wrapped_cache is not None:
-                wrapped_cache[old] = new
+                wrapped_cache[slot] = new
     finally:
         data_key[:] = bytes(len(data_key))
     raw, hd = seal_header(
@@ -344,43 +388,32 @@ async def encrypt(
     s = 1 << seg_log2
     k = options.segments_per_batch
     with _Tracked(observer, "encrypt") as track:
-        src = open_source(source)
-        try:
-            out = open_sink(sink)
-            try:
-                header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
-                await out.write(memoryview(header))
+        async with _source_scope(source) as src, _sink_scope(sink) as out:
+            header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
+            await out.write(memoryview(header))
 
-                async def on_batch(n: int) -> None:
-                    # Charge the data key as plaintext is sealed, so a cache's byte limit
-                    # holds for streams of unknown length.
-                    keyring.charge(wrapped[0], n)
-                    if on_progress is not None:
-                        r = on_progress(n)
-                        if r is not None:
-                            await r
+            async def on_batch(n: int) -> None:
+                # Charge the data key as plaintext is sealed, so a cache's byte limit
+                # holds for streams of unknown length.
+                keyring.charge(wrapped[0], n)
+                if on_progress is not None:
+                    r = on_progress(n)
+                    if r is not None:
+                        await r
 
-                def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
-                    return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
+            def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
+                return seal_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
 
-                body = await run_pipeline(
-                    src,
-                    out,
-                    track.timed(process, seg_log2),
-                    in_batch=k * s,
-                    out_batch=k * (s + TAG_LEN),
-                    workers=options.worker_count,
-                    depth=options.depth_count,
-                    on_batch=on_batch,
-                )
-                await out.commit()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await out.abort()
-                raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await src.aclose()
+            body = await run_pipeline(
+                src,
+                out,
+                track.timed(process, seg_log2),
+                in_batch=k * s,
+                out_batch=k * (s + TAG_LEN),
+                workers=options.worker_count,
+                depth=options.depth_count,
+                on_batch=on_batch,
+            )
         track.plaintext_len = body - max(1, -(-body // (s + TAG_LEN))) * TAG_LEN
     return _info(len(header), header[16:48], seg_log2, track.plaintext_len, kctx, octx, wrapped)
 
@@ -582,8 +615,7 @@ async def decrypt(
     that preceded the failure and must be rolled back by the caller.
     """
     with _Tracked(observer, "decrypt") as track:
-        src = open_source(source)
-        try:
+        async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
             keys = await open_object(
                 header,
@@ -599,26 +631,16 @@ async def decrypt(
             def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
                 return open_segments(keys, hd, index * k, src_mv, dst, seg_log2, final)
 
-            out = open_sink(sink)
-            try:
-                track.plaintext_len = await run_pipeline(
-                    src,
-                    out,
-                    track.timed(process, seg_log2),
-                    in_batch=k * (s + TAG_LEN),
-                    out_batch=k * s,
-                    workers=options.worker_count,
-                    depth=options.depth_count,
-                    on_batch=on_progress,
-                )
-                await out.commit()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await out.abort()
-                raise
-        finally:
-            with anyio.CancelScope(shield=True):
-                await src.aclose()
+            track.plaintext_len = await run_pipeline(
+                src,
+                out,
+                track.timed(process, seg_log2),
+                in_batch=k * (s + TAG_LEN),
+                out_batch=k * s,
+                workers=options.worker_count,
+                depth=options.depth_count,
+                on_batch=on_progress,
+            )
     return _info(
         header.header_len,
         header.message_id,
@@ -750,27 +772,16 @@ async def rewrap(
     `decrypt` or the lake `verify` to authenticate it). A path sink is written atomically.
     Returns the old header.
     """
-    src = open_source(source)
-    try:
+    async with _source_scope(source) as src, _sink_scope(sink) as out:
         header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
         new_header = await rewrap_header(
             header, keyring=keyring, to=to, wrapped_cache=wrapped_cache
         )
-        out = open_sink(sink)
-        try:
-            await out.write(memoryview(new_header))
-            buf = bytearray(max(1, options.batch_bytes))
-            view = memoryview(buf)
-            while n := await src.readinto(view):
-                await out.write(view[:n])
-                if n < len(buf):
-                    break
-            await out.commit()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await out.abort()
-            raise
-    finally:
-        with anyio.CancelScope(shield=True):
-            await src.aclose()
+        await out.write(memoryview(new_header))
+        buf = bytearray(max(1, options.batch_bytes))
+        view = memoryview(buf)
+        while n := await src.readinto(view):
+            await out.write(view[:n])
+            if n < len(buf):
+                break
     return header

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 from .errors import ConfigurationError, KmsKeyError, NoBackendError
-from .hazmat.format import SUITE_AES256GCM_HKDF_SHA512_COMMIT
+from .hazmat.format import DATA_KEY_LEN, MAX_EDKS, SUITE_AES256GCM_HKDF_SHA512_COMMIT
 from .keycache import (
     CacheKey,
     CachePolicy,
@@ -37,6 +37,21 @@ from .kms.retry import RetryingKms, RetryPolicy, shared_budget
 from .metrics import NULL_OBSERVER, Observer
 
 __all__ = ("Keyring",)
+
+
+async def _checked_unwrap(
+    backend: KmsBackend, wrapped: WrappedKey, kms_context: Mapping[str, str]
+) -> bytearray:
+    """Unwrap, and refuse anything but a 32-byte data key (wiping it) before it is used or
+    cached: a KMS will happily decrypt a 16-byte secret someone wrapped to look like one."""
+    key = await backend.decrypt_data_key(wrapped, context=kms_context)
+    if len(key) != DATA_KEY_LEN:
+        n = len(key)
+        key[:] = bytes(n)
+        raise KmsKeyError(
+            f"{wrapped.provider_id}:{wrapped.key_id} unwrapped to {n} bytes, not a data key"
+        )
+    return key
 
 
 class Keyring:
@@ -168,12 +183,17 @@ class Keyring:
         suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
     ) -> bytearray:
         """Unwrap the first wrapped key some backend accepts (a cached one first)."""
-        candidates = [
-            (wrapped, i)
-            for wrapped in wrapped_keys
-            for i, backend in enumerate(self.backends)
-            if backend.can_unwrap(wrapped)
-        ]
+        seen: set[tuple[str, str, bytes]] = set()
+        candidates: list[tuple[WrappedKey, int]] = []
+        for wrapped in wrapped_keys:
+            ident = (wrapped.provider_id, wrapped.key_id, wrapped.ciphertext)
+            if ident in seen:
+                continue  # a header listing one wrapped key twice gets one attempt
+            seen.add(ident)
+            candidates += [
+                (wrapped, i) for i, b in enumerate(self.backends) if b.can_unwrap(wrapped)
+            ]
+        del candidates[MAX_EDKS:]  # never more KMS attempts than a header may carry keys
         cache = self.cache
         keys: list[CacheKey] = []
         if cache is not None:
@@ -188,7 +208,7 @@ class Keyring:
                         return hit
         last: KmsKeyError | None = None
         for n, (wrapped, i) in enumerate(candidates):
-            fetch = partial(self._calls[i].decrypt_data_key, wrapped, context=kms_context)
+            fetch = partial(_checked_unwrap, self._calls[i], wrapped, kms_context)
             try:
                 if cache is not None:
                     return await cache.decryption_key(keys[n], fetch)

@@ -22,6 +22,7 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_KMS = 3
 EXIT_CONTEXT = 4
+EXIT_IO = 5
 
 #: The key `envelope encrypt` uses when given none: the embedded KMS's managed key for
 #: envelope, created on first use (rotation always on, cannot be disabled or deleted).

@@ -5,8 +5,9 @@
     envelope decrypt IN OUT --key-file KEYFILE
     envelope demo
 
-Exit codes: 0 success, 1 the object is invalid (authentication, truncation, bad header),
-2 usage or configuration error, 3 KMS failure, 4 context mismatch, 130 interrupted.
+Exit codes: 0 success, 1 the object is invalid (authentication, truncation, bad header) or a
+lake job had failed objects, 2 usage or configuration error, 3 KMS failure, 4 context
+mismatch, 5 an I/O error (disk full, broken pipe, ...), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import (
     InvalidObjectError,
     KmsError,
 )
-from ._common import EXIT_CONTEXT, EXIT_INVALID, EXIT_KMS, EXIT_USAGE, err
+from ._common import EXIT_CONTEXT, EXIT_INVALID, EXIT_IO, EXIT_KMS, EXIT_USAGE, err
 from .crypt import add_crypt_commands
 from .demo import add_demo_command
 
@@ -60,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        err("interrupted; no partial output was left under the target name")
+        err("interrupted; no partial file was left under a target name")
         return 130
     except ContextMismatchError as e:
         err(str(e))
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigurationError, EnvelopeError) as e:
         err(str(e))
         return EXIT_USAGE
+    except OSError as e:  # disk full, broken pipe, permission: a message, not a traceback
+        err(f"I/O error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        return EXIT_IO
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,8 @@ __all__ = (
     "MAGIC",
     "MAX_EDKS",
     "MAX_HEADER_LEN",
+    "MAX_KMS_CTX_LEN",
+    "MAX_OBJ_CTX_LEN",
     "MAX_SEG_LOG2",
     "MESSAGE_ID_LEN",
     "MIN_HEADER_LEN",
@@ -118,6 +120,8 @@ def encode_context(context: Mapping[str, str], *, limit: int = MAX_KMS_CTX_LEN) 
 
     The same mapping always gives the same bytes, so a context can be hashed, compared and bound.
     """
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+        raise HeaderFormatError("context keys and values must be str")
     try:
         items = sorted((k.encode("utf-8"), v.encode("utf-8")) for k, v in context.items())
     except UnicodeEncodeError:

@@ -64,7 +64,7 @@ class ObjectKeys:
         if epoch_log2 < seg_log2:
             raise ConfigurationError("an epoch holds at least one segment")
         extract = crypto_hmac.HMAC(message_id, hashes.SHA512())
-        extract.update(bytes(data_key))
+        extract.update(data_key)  # no immutable copy of the data key
         self._prk = extract.finalize()
         self._label = b"ENV1" + struct.pack(">H", suite_id)
         self.header_key = self._expand(b"header")

@@ -175,6 +175,7 @@ def open_segments(
             dst[:written] = bytes(written)
             if truncated:
                 raise TruncatedObjectError() from None
-            raise AuthenticationError(f"authentication failed at segment {i}") from None
+            # The same opaque message as a commitment or header-MAC failure (format.md 7).
+            raise AuthenticationError() from None
         written = j * s + (b - a) - TAG_LEN
     return written

@@ -113,7 +113,11 @@ class LocalKms:
                 ciphertext_blob=wrapped.ciphertext, encryption_context=dict(context)
             )
         )
-        return bytearray(resp["Plaintext"])
+        key = bytearray(resp["Plaintext"])
+        if len(key) != 32:
+            key[:] = bytes(len(key))
+            raise KmsKeyError("the wrapped key is not a 32-byte data key")
+        return key
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == PROVIDER_ID

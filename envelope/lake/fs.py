@@ -116,10 +116,18 @@ async def open_source_at(fs: pafs.FileSystem, path: str) -> Source:
     return ArrowSource(stream)
 
 
-def read_whole(fs: pafs.FileSystem, path: str) -> bytes:
-    """A whole small object, from a worker thread."""
+def read_whole(fs: pafs.FileSystem, path: str, size: int) -> bytes:
+    """A whole small object of the listed `size`, from a worker thread.
+
+    Reads at most size + 1 bytes: an object that grew or shrank since the listing is refused
+    (the job reports it and a re-run picks it up), so memory stays bounded by the listing.
+    """
     if isinstance(fs, pafs.LocalFileSystem):
         with open(path, "rb", buffering=0) as f:
-            return f.read()
-    with fs.open_input_stream(path) as f:
-        return bytes(f.read())
+            data = f.read(size + 1)
+    else:
+        with fs.open_input_stream(path) as f:
+            data = bytes(f.read(size + 1))
+    if len(data) != size:
+        raise ConfigurationError(f"{path!r} changed size while the job ran")
+    return data

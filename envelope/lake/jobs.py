@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 from .. import api
 from .._pipeline import first_error
 from ..errors import ConfigurationError, EnvelopeError, HeaderFormatError, InvalidObjectError
-from ..hazmat.format import FIXED_PREFIX_LEN, Header, parse_header, parse_prefix
+from ..hazmat.format import FIXED_PREFIX_LEN, MAX_EDKS, Header, parse_header, parse_prefix
 from ..hazmat.segments import Layout
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
@@ -209,7 +209,9 @@ async def _clean(loc: Location, options: LakeOptions, entries: Sequence[Entry] |
     return await anyio.to_thread.run_sync(remove_temporaries, loc)
 
 
-def _read_header(fs: pafs.FileSystem, path: str) -> tuple[Header, int]:
+def _read_header(
+    fs: pafs.FileSystem, path: str, max_wrapped_keys: int = MAX_EDKS
+) -> tuple[Header, int]:
     """Parse an object's header with at most two ranged reads; returns (header, object size)."""
     with fs.open_input_file(path) as f:
         size = int(f.size())
@@ -222,7 +224,7 @@ def _read_header(fs: pafs.FileSystem, path: str) -> tuple[Header, int]:
             raw = bytes(f.read_at(header_len, 0))
         if len(raw) < header_len:
             raise HeaderFormatError("object ends inside its header")
-        return parse_header(raw), size
+        return parse_header(raw, max_wrapped_keys=max_wrapped_keys), size
 
 
 def _info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo | None:
@@ -390,7 +392,7 @@ async def encrypt_prefix(
             )
 
             def work() -> int:
-                data = read_whole(src.fs, src_path)
+                data = read_whole(src.fs, src_path, entry.size)
                 sealed = api.seal_prepared(prepared, data)
                 write_whole(dst.fs, dst_path, sealed, durable=options.durable)
                 return len(data)
@@ -486,7 +488,7 @@ async def decrypt_prefix(
             """One hop: the resume check, then (small objects) the whole ciphertext."""
             if options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry):
                 return None
-            return read_whole(src.fs, src_path) if small else b""
+            return read_whole(src.fs, src_path, entry.size) if small else b""
 
         ciphertext = await anyio.to_thread.run_sync(check_and_read)
         if ciphertext is None:
@@ -535,7 +537,7 @@ async def verify_prefix(
         path = src.join(entry.rel)
         expected = _expected(entry, options, object_context)
         if entry.size <= options.small_object_bytes:
-            ciphertext = await anyio.to_thread.run_sync(read_whole, src.fs, path)
+            ciphertext = await anyio.to_thread.run_sync(read_whole, src.fs, path, entry.size)
             n = await _open_small(ciphertext, keyring, expected, engine)
         else:
             info = await api.decrypt(
@@ -587,7 +589,9 @@ async def rewrap_prefix(
 
     async def one(entry: Entry) -> ObjectResult:
         path = src.join(entry.rel)
-        header, _ = await anyio.to_thread.run_sync(_read_header, src.fs, path)
+        header, _ = await anyio.to_thread.run_sync(
+            _read_header, src.fs, path, engine.max_wrapped_keys
+        )
         if options.resume and all((w.provider_id, w.key_id) == target for w in header.wrapped_keys):
             return ObjectResult(entry.rel, "skipped", entry.size)
         if options.bind_path and header.object_context.get(PATH_CONTEXT_KEY) != entry.rel:
@@ -604,8 +608,11 @@ async def rewrap_prefix(
             await sink.write(memoryview(new_header))
             source_ = ArrowSource(stream)
             skip = bytearray(header.header_len)
-            if await source_.readinto(memoryview(skip)) != header.header_len:
-                raise HeaderFormatError("object ends inside its header")
+            if await source_.readinto(memoryview(skip)) != header.header_len or (
+                bytes(skip) != header.raw
+            ):
+                # Replaced between the two reads: never splice an old header onto a new body.
+                raise InvalidObjectError(f"{entry.rel!r} changed while being re-wrapped")
             buf = bytearray(max(1, engine.batch_bytes))
             view = memoryview(buf)
             copied = 0

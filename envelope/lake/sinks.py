@@ -85,13 +85,16 @@ class ArrowAtomicSink:
             raise
 
     def _remove(self) -> None:
+        """Close (pyarrow completes the upload: nothing else is possible) and delete the
+        temporary key. A failed delete is raised, not swallowed: the temporary key holds
+        whatever was written, and the job must report it (a re-run deletes it)."""
         try:
             if self._stream is not None and not self._stream.closed:
                 self._stream.close()
         finally:
             try:
                 self.fs.delete_file(self.tmp_path)
-            except (OSError, FileNotFoundError):
+            except FileNotFoundError:
                 pass
 
     async def abort(self) -> None:
@@ -135,6 +138,6 @@ def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, dura
     except BaseException:
         try:
             fs.delete_file(tmp)
-        except (OSError, FileNotFoundError):
+        except FileNotFoundError:
             pass
         raise

@@ -12,9 +12,8 @@ from ._core import (
     Response,
     ServiceCore,
     _Call,
-    _limit,
-    _marker_decode,
     _page,
+    _paging,
 )
 from ._states import (
     MANAGE,
@@ -46,6 +45,14 @@ class AliasTagOps(ServiceCore):
             raise InvalidAliasNameException("alias/aws/ names are reserved for AWS managed keys")
         return name
 
+    def _existing_alias(self, conn: sqlite3.Connection, alias_name: Any) -> tuple[str, str]:
+        """(alias name, key id) of an alias that must exist in this Region."""
+        name = self._check_alias(alias_name)
+        target = self._alias_target(conn, name)
+        if target is None:
+            raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
+        return name, target
+
     def create_alias(
         self,
         *,
@@ -62,11 +69,8 @@ class AliasTagOps(ServiceCore):
                 and (":alias/" in str(target_key_id) or str(target_key_id).startswith("alias/"))
             ):
                 raise ValidationException("TargetKeyId must be a key id or key ARN")
-            key = self._key(conn, call, target_key_id, MANAGE, now)
-            self._customer_managed(key, "CreateAlias")
-            if conn.execute(
-                "SELECT 1 FROM aliases WHERE region=? AND name=?", (self.region, name)
-            ).fetchone():
+            key = self._customer_key(conn, call, target_key_id, MANAGE, now, "CreateAlias")
+            if self._alias_target(conn, name) is not None:
                 raise AlreadyExistsException(
                     f"An alias with the name {self._alias_arn(name)} already exists"
                 )
@@ -87,15 +91,9 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            name = self._check_alias(alias_name)
-            row = conn.execute(
-                "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
-            ).fetchone()
-            if row is None:
-                raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
-            key = self._key(conn, call, target_key_id, MANAGE, now)
-            self._customer_managed(key, "UpdateAlias")
-            old = self._load(conn, self.region, str(row[0]))
+            name, old_id = self._existing_alias(conn, alias_name)
+            key = self._customer_key(conn, call, target_key_id, MANAGE, now, "UpdateAlias")
+            old = self._load(conn, self.region, old_id)
             if old is not None and (old.spec, old.usage) != (key.spec, key.usage):
                 raise ValidationException(
                     "the new target key must have the same KeySpec and KeyUsage as the old one"
@@ -116,13 +114,8 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            name = self._check_alias(alias_name)
-            row = conn.execute(
-                "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
-            ).fetchone()
-            if row is None:
-                raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
-            call.key_id = self.arn(str(row[0]))
+            name, old_id = self._existing_alias(conn, alias_name)
+            call.key_id = self.arn(old_id)
             conn.execute("DELETE FROM aliases WHERE region=? AND name=?", (self.region, name))
             return {}
 
@@ -138,8 +131,7 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n = _limit(limit, 50, 100)
-            after = _marker_decode(marker) or ""
+            n, after = _paging(limit, marker, 50, 100)
             sql = "SELECT name, key_id, created, updated FROM aliases WHERE region=? AND name>?"
             args: list[Any] = [self.region, after]
             if key_id is not None:
@@ -173,8 +165,7 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, MANAGE, now)
-            self._customer_managed(key, "TagResource")
+            key = self._customer_key(conn, call, key_id, MANAGE, now, "TagResource")
             key.meta["x_tags"] = self._check_tags(tags, key.meta["x_tags"])
             self._save(conn, key)
             return {}
@@ -190,8 +181,7 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, MANAGE, now)
-            self._customer_managed(key, "UntagResource")
+            key = self._customer_key(conn, call, key_id, MANAGE, now, "UntagResource")
             tags = dict(key.meta["x_tags"])  # never mutate the cached copy in place
             for k in tag_keys:
                 if not isinstance(k, str) or not 1 <= len(k) <= 128:
@@ -213,8 +203,7 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n = _limit(limit, 50, 50)
-            after = _marker_decode(marker) or ""
+            n, after = _paging(limit, marker, 50, 50)
             key = self._key(conn, call, key_id, READ, now)
             tags = sorted((k, v) for k, v in key.meta["x_tags"].items() if k > after)
             items, extra = _page(tags, n, lambda t: str(t[0]))

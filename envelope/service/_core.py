@@ -148,6 +148,19 @@ class _Key:
     def algorithms(self) -> _specs.Algorithms:
         return _specs.validate_spec(self.spec, self.usage)
 
+    def algorithm_members(self) -> dict[str, list[str]]:
+        """The non-empty EncryptionAlgorithms / SigningAlgorithms / MacAlgorithms members."""
+        algs = self.algorithms()
+        out: dict[str, list[str]] = {}
+        for member, names in (
+            ("EncryptionAlgorithms", algs.encryption),
+            ("SigningAlgorithms", algs.signing),
+            ("MacAlgorithms", algs.mac),
+        ):
+            if names:
+                out[member] = list(names)
+        return out
+
 
 class _Material:
     __slots__ = ("_private", "raw")
@@ -232,12 +245,26 @@ def _context(ctx: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+def _int_in(value: Any, lo: int, hi: int, name: str) -> int:
+    """An integer request member in lo..hi (AWS's range constraints), else ValidationException."""
+    if not isinstance(value, int) or not lo <= value <= hi:
+        raise ValidationException(f"{name} must be {lo}..{hi}")
+    return value
+
+
+def _check_region(region: Any) -> str:
+    if not isinstance(region, str) or not _REGION_RE.match(region):
+        raise ValidationException(f"{region!r} is not a Region name")
+    return region
+
+
 def _limit(limit: int | None, default: int, hi: int) -> int:
-    if limit is None:
-        return default
-    if not isinstance(limit, int) or not 1 <= limit <= hi:
-        raise ValidationException(f"Limit must be 1..{hi}")
-    return limit
+    return default if limit is None else _int_in(limit, 1, hi, "Limit")
+
+
+def _paging(limit: int | None, marker: str | None, default: int, hi: int) -> tuple[int, str]:
+    """(page size, last item of the previous page or "") for a paginated List* call."""
+    return _limit(limit, default, hi), _marker_decode(marker) or ""
 
 
 def _marker_encode(value: str) -> str:
@@ -468,15 +495,20 @@ class ServiceCore:
                 raise InvalidArnException(f"{ref} names neither a key nor an alias")
             name = resource
         if name.startswith("alias/"):
-            row = conn.execute(
-                "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
-            ).fetchone()
-            if row is not None:
-                return str(row[0]), False
+            target = self._alias_target(conn, name)
+            if target is not None:
+                return target, False
             if managed and name.startswith("alias/aws/") and _ALIAS_RE.match(name):
                 return self._create_managed_key(conn, name), True
             raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
         return name, False
+
+    def _alias_target(self, conn: sqlite3.Connection, name: str) -> str | None:
+        """The key id an alias of this Region points to (None: no such alias)."""
+        row = conn.execute(
+            "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _key(
         self,
@@ -516,6 +548,13 @@ class ServiceCore:
             m["KeyState"] = PENDING_DELETION
             m["DeletionDate"] = now + m["PendingDeletionWindowInDays"] * DAY
             self._save(conn, key)
+        elif m.get("x_mr_type") == "REPLICA" and m["Origin"] == "AWS_KMS":
+            # A replica shares its primary's backing keys and rotation schedule: a rotation
+            # that is due is applied to the primary before the replica uses the material, so
+            # both Regions encrypt under the same newest backing key.
+            primary = self._load(conn, m["x_primary_region"], key.id)
+            if primary is not None and primary.meta.get("x_mr_type") == "PRIMARY":
+                self._settle(conn, primary, now, call)
         elif (
             state == ENABLED
             and m.get("x_rot_next") is not None
@@ -536,13 +575,33 @@ class ServiceCore:
             and m["ValidTo"] <= now
             and state in (ENABLED, DISABLED)
         ):
-            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
-            m["KeyState"] = PENDING_IMPORT
-            m["x_version"] = 0
-            m.pop("ValidTo", None)
-            m.pop("ExpirationModel", None)
-            self._save(conn, key)
+            self._drop_imported(conn, key)
         return key
+
+    def _drop_imported(self, conn: sqlite3.Connection, key: _Key) -> None:
+        """Delete a key's imported material in its Region: the key becomes PendingImport.
+
+        The material rows are shared by every Region of a multi-Region key, and each Region
+        imports (and deletes, or lets expire) its own copy, so the rows go only once no Region
+        holds the material any more.
+        """
+        m = key.meta
+        m["KeyState"] = PENDING_IMPORT
+        m["x_version"] = 0
+        m.pop("ValidTo", None)
+        m.pop("ExpirationModel", None)
+        self._save(conn, key)
+        if not any(int(other.meta["x_version"]) for other in self._other_regions(conn, key)):
+            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
+
+    def _other_regions(self, conn: sqlite3.Connection, key: _Key) -> list[_Key]:
+        """The same multi-Region key in every other Region that holds it."""
+        out = []
+        for region in self._replica_regions(conn, key):
+            other = self._load(conn, region, key.id)
+            if other is not None:
+                out.append(other)
+        return out
 
     def _purge(self, conn: sqlite3.Connection, key: _Key) -> None:
         conn.execute("DELETE FROM keys WHERE region=? AND key_id=?", (key.region, key.id))
@@ -648,13 +707,7 @@ class ServiceCore:
             "KeySpec": m["KeySpec"],
             "MultiRegion": m["MultiRegion"],
         }
-        algs = key.algorithms()
-        if algs.encryption:
-            out["EncryptionAlgorithms"] = list(algs.encryption)
-        if algs.signing:
-            out["SigningAlgorithms"] = list(algs.signing)
-        if algs.mac:
-            out["MacAlgorithms"] = list(algs.mac)
+        out.update(key.algorithm_members())
         for f in ("DeletionDate", "PendingDeletionWindowInDays", "ValidTo", "ExpirationModel"):
             if m.get(f) is not None:
                 out[f] = m[f]
@@ -750,6 +803,14 @@ class ServiceCore:
     def _customer_managed(key: _Key, op: str) -> None:
         if key.aws_managed:
             raise UnsupportedOperationException(f"{op} is not supported on AWS managed keys")
+
+    def _customer_key(
+        self, conn: sqlite3.Connection, call: _Call, ref: Any, group: str, now: float, op: str
+    ) -> _Key:
+        """`_key`, then refuse AWS managed keys (operations that change a key)."""
+        key = self._key(conn, call, ref, group, now)
+        self._customer_managed(key, op)
+        return key
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
         """Settle every key of this Region (deletions and rotations that are due)."""

@@ -18,6 +18,7 @@ from ._core import (
     _bytes,
     _Call,
     _context,
+    _int_in,
     _Key,
 )
 from ._states import (
@@ -206,9 +207,7 @@ class CryptoOps(ServiceCore):
                     raise ValidationException("KeySpec must be AES_128 or AES_256")
                 n = _DATA_KEY_SPECS[key_spec]
             else:
-                if not isinstance(number_of_bytes, int) or not 1 <= number_of_bytes <= 1024:
-                    raise ValidationException("NumberOfBytes must be 1..1024")
-                n = number_of_bytes
+                n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             plaintext = os.urandom(n)
             blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
@@ -347,9 +346,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if not isinstance(number_of_bytes, int) or not 1 <= number_of_bytes <= 1024:
-                raise ValidationException("NumberOfBytes must be 1..1024")
-            return {"Plaintext": os.urandom(number_of_bytes)}
+            return {"Plaintext": os.urandom(_int_in(number_of_bytes, 1, 1024, "NumberOfBytes"))}
 
         return self._run(
             "GenerateRandom", principal, context, {"NumberOfBytes": number_of_bytes}, op
@@ -448,11 +445,7 @@ class CryptoOps(ServiceCore):
                 "KeySpec": key.spec,
                 "KeyUsage": key.usage,
             }
-            algs = key.algorithms()
-            if algs.encryption:
-                out["EncryptionAlgorithms"] = list(algs.encryption)
-            if algs.signing:
-                out["SigningAlgorithms"] = list(algs.signing)
+            out.update(key.algorithm_members())  # asymmetric keys have no MacAlgorithms
             return out
 
         return self._run("GetPublicKey", principal, context, {}, op)

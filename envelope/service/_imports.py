@@ -152,7 +152,10 @@ class ImportOps(ServiceCore):
             raw = _specs.unwrap_import(private, str(row[3]), wrapped)
             _specs.check_imported_material(key.spec, raw)
             fp = self._fingerprint(conn, key.id, raw)
-            if key.meta["x_fp"] is not None and not hmac.compare_digest(key.meta["x_fp"], fp):
+            # A multi-Region key's replicas must all hold the same material: whichever Region
+            # imported first fixes it for all of them.
+            known = [k.meta["x_fp"] for k in (key, *self._other_regions(conn, key))]
+            if any(x is not None and not hmac.compare_digest(x, fp) for x in known):
                 raise IncorrectKeyMaterialException(
                     "this key was created with different key material; only that material can "
                     "be imported again"
@@ -177,13 +180,7 @@ class ImportOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "DeleteImportedKeyMaterial")
-            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
-            m = key.meta
-            m["KeyState"] = PENDING_IMPORT
-            m["x_version"] = 0
-            m.pop("ValidTo", None)
-            m.pop("ExpirationModel", None)
-            self._save(conn, key)
+            self._drop_imported(conn, key)
             return {}
 
         return self._run("DeleteImportedKeyMaterial", principal, context, {}, op)

@@ -13,10 +13,12 @@ from ._core import (
     Response,
     ServiceCore,
     _Call,
+    _int_in,
     _Key,
     _limit,
     _marker_decode,
     _page,
+    _paging,
 )
 from ._states import (
     CANCEL,
@@ -76,10 +78,6 @@ class LifecycleOps(ServiceCore):
                 raise UnsupportedOperationException(f"Origin {origin} needs a custom key store")
             if origin not in ("AWS_KMS", "EXTERNAL"):
                 raise ValidationException("Origin must be AWS_KMS or EXTERNAL")
-            if origin == "EXTERNAL" and multi_region:
-                raise UnsupportedOperationException(
-                    "multi-Region keys with imported material are not supported yet"
-                )
             if policy is not None and (not isinstance(policy, str) or len(policy) > 32768):
                 raise ValidationException("Policy must be at most 32768 characters")
             key = self._new_key(
@@ -117,8 +115,7 @@ class LifecycleOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n = _limit(limit, 100, 1000)
-            after = _marker_decode(marker) or ""
+            n, after = _paging(limit, marker, 100, 1000)
             self._sweep(conn, now)
             rows = conn.execute(
                 "SELECT key_id FROM keys WHERE region=? AND key_id>? ORDER BY key_id LIMIT ?",
@@ -151,8 +148,7 @@ class LifecycleOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             if not isinstance(description, str) or len(description) > 8192:
                 raise ValidationException("Description must be at most 8192 characters")
-            key = self._key(conn, call, key_id, MANAGE, now)
-            self._customer_managed(key, "UpdateKeyDescription")
+            key = self._customer_key(conn, call, key_id, MANAGE, now, "UpdateKeyDescription")
             key.meta["Description"] = description
             self._save(conn, key)
             return {}
@@ -168,8 +164,7 @@ class LifecycleOps(ServiceCore):
         context: RequestContext | None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, ENABLE_DISABLE, now)
-            self._customer_managed(key, opname)
+            key = self._customer_key(conn, call, key_id, ENABLE_DISABLE, now, opname)
             key.meta["KeyState"] = ENABLED if enabled else DISABLED
             self._save(conn, key)
             return {}
@@ -197,10 +192,8 @@ class LifecycleOps(ServiceCore):
         days = 30 if pending_window_in_days is None else pending_window_in_days
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if not isinstance(days, int) or not 7 <= days <= 30:
-                raise ValidationException("PendingWindowInDays must be 7..30")
-            key = self._key(conn, call, key_id, SCHEDULE, now)
-            self._customer_managed(key, "ScheduleKeyDeletion")
+            _int_in(days, 7, 30, "PendingWindowInDays")
+            key = self._customer_key(conn, call, key_id, SCHEDULE, now, "ScheduleKeyDeletion")
             m = key.meta
             m["PendingDeletionWindowInDays"] = days
             replicas = (
@@ -235,7 +228,7 @@ class LifecycleOps(ServiceCore):
             key = self._key(conn, call, key_id, CANCEL, now)
             m = key.meta
             m["KeyState"] = DISABLED
-            if m["Origin"] == "EXTERNAL" and self._current_version(conn, key) == 0:
+            if m["Origin"] == "EXTERNAL" and not m["x_version"]:
                 m["KeyState"] = PENDING_IMPORT
             m["DeletionDate"] = None
             m["PendingDeletionWindowInDays"] = None
@@ -246,7 +239,11 @@ class LifecycleOps(ServiceCore):
 
     # -- rotation -------------------------------------------------------------------------
 
-    def _rotatable(self, key: _Key, opname: str) -> None:
+    def _rotation_key(
+        self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float, opname: str
+    ) -> _Key:
+        """The key a rotation-changing operation acts on: customer managed and rotatable."""
+        key = self._customer_key(conn, call, key_id, ROTATION, now, opname)
         if key.spec != _specs.SYMMETRIC_DEFAULT:
             raise UnsupportedOperationException(f"{opname}: {key.spec} keys cannot be rotated")
         if key.meta["Origin"] != "AWS_KMS":
@@ -255,6 +252,7 @@ class LifecycleOps(ServiceCore):
             )
         if key.meta.get("x_mr_type") == "REPLICA":
             raise UnsupportedOperationException(f"{opname}: rotate the primary key instead")
+        return key
 
     def enable_key_rotation(
         self,
@@ -267,11 +265,8 @@ class LifecycleOps(ServiceCore):
         days = 365 if rotation_period_in_days is None else rotation_period_in_days
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if not isinstance(days, int) or not 90 <= days <= 2560:
-                raise ValidationException("RotationPeriodInDays must be 90..2560")
-            key = self._key(conn, call, key_id, ROTATION, now)
-            self._customer_managed(key, "EnableKeyRotation")
-            self._rotatable(key, "EnableKeyRotation")
+            _int_in(days, 90, 2560, "RotationPeriodInDays")
+            key = self._rotation_key(conn, call, key_id, now, "EnableKeyRotation")
             key.meta["x_rot_period"] = days
             key.meta["x_rot_next"] = now + days * DAY
             self._save(conn, key)
@@ -285,9 +280,7 @@ class LifecycleOps(ServiceCore):
         self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, ROTATION, now)
-            self._customer_managed(key, "DisableKeyRotation")
-            self._rotatable(key, "DisableKeyRotation")
+            key = self._rotation_key(conn, call, key_id, now, "DisableKeyRotation")
             key.meta["x_rot_period"] = None
             key.meta["x_rot_next"] = None
             self._save(conn, key)
@@ -319,9 +312,7 @@ class LifecycleOps(ServiceCore):
         self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, ROTATION, now)
-            self._customer_managed(key, "RotateKeyOnDemand")
-            self._rotatable(key, "RotateKeyOnDemand")
+            key = self._rotation_key(conn, call, key_id, now, "RotateKeyOnDemand")
             if key.meta["x_on_demand"] >= MAX_ON_DEMAND_ROTATIONS:
                 raise LimitExceededException(
                     f"a key can be rotated on demand at most {MAX_ON_DEMAND_ROTATIONS} times"

@@ -7,11 +7,12 @@ from collections.abc import Mapping, Sequence
 
 from . import _states
 from ._core import (
-    _REGION_RE,
     RequestContext,
     Response,
     ServiceCore,
     _Call,
+    _check_region,
+    _Key,
 )
 from ._states import (
     ENABLE_DISABLE,
@@ -21,7 +22,6 @@ from .errors import (
     AlreadyExistsException,
     NotFoundException,
     UnsupportedOperationException,
-    ValidationException,
 )
 
 
@@ -29,6 +29,23 @@ class MultiRegionOps(ServiceCore):
     """ReplicateKey and UpdatePrimaryRegion."""
 
     # -- multi-Region keys ----------------------------------------------------------------
+
+    def _primary(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        key_id: str,
+        group: str,
+        now: float,
+        if_replica: str,
+    ) -> _Key:
+        """A multi-Region primary key; a replica is refused with `if_replica` ({arn}: its ARN)."""
+        key = self._key(conn, call, key_id, group, now)
+        if not key.multi_region:
+            raise UnsupportedOperationException(f"{key.arn} is not a multi-Region key")
+        if key.meta["x_mr_type"] != "PRIMARY":
+            raise UnsupportedOperationException(if_replica.format(arn=key.arn))
+        return key
 
     def replicate_key(
         self,
@@ -42,15 +59,10 @@ class MultiRegionOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if not isinstance(replica_region, str) or not _REGION_RE.match(replica_region):
-                raise ValidationException(f"{replica_region!r} is not a Region name")
-            key = self._key(conn, call, key_id, MANAGE, now)
-            if not key.multi_region:
-                raise UnsupportedOperationException(f"{key.arn} is not a multi-Region key")
-            if key.meta["x_mr_type"] != "PRIMARY":
-                raise UnsupportedOperationException(
-                    f"{key.arn} is a replica; replicate the primary key"
-                )
+            _check_region(replica_region)
+            key = self._primary(
+                conn, call, key_id, MANAGE, now, "{arn} is a replica; replicate the primary key"
+            )
             if replica_region == self.region or self._load(conn, replica_region, key.id):
                 raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
             replica = self._new_key(
@@ -92,15 +104,15 @@ class MultiRegionOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if not isinstance(primary_region, str) or not _REGION_RE.match(primary_region):
-                raise ValidationException(f"{primary_region!r} is not a Region name")
-            key = self._key(conn, call, key_id, ENABLE_DISABLE, now)
-            if not key.multi_region:
-                raise UnsupportedOperationException(f"{key.arn} is not a multi-Region key")
-            if key.meta["x_mr_type"] != "PRIMARY":
-                raise UnsupportedOperationException(
-                    "call UpdatePrimaryRegion in the primary key's Region"
-                )
+            _check_region(primary_region)
+            key = self._primary(
+                conn,
+                call,
+                key_id,
+                ENABLE_DISABLE,
+                now,
+                "call UpdatePrimaryRegion in the primary key's Region",
+            )
             if primary_region == self.region:
                 return {}
             new = self._load(conn, primary_region, key.id)

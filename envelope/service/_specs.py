@@ -121,7 +121,9 @@ def check_imported_material(spec: str, material: bytes) -> None:
             raise IncorrectKeyMaterialException("SYMMETRIC_DEFAULT material must be 256 bits")
         return
     if spec in HMAC_SPECS:
-        if not HMAC_SPECS[spec] <= len(material) <= 64:
+        # AWS: from the digest length up to the hash's block size (64 or 128 bytes)
+        hi = 64 if HMAC_SPECS[spec] <= 32 else 128
+        if not HMAC_SPECS[spec] <= len(material) <= hi:
             raise IncorrectKeyMaterialException(f"{spec} material has the wrong length")
         return
     try:
@@ -171,13 +173,20 @@ def _check_alg(algorithm: str, allowed: tuple[str, ...], what: str) -> None:
         )
 
 
-def sign(
-    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
-) -> bytes:
+def _signing_input(
+    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+) -> tuple[hashes.HashAlgorithm, bytes, hashes.HashAlgorithm | utils.Prehashed]:
+    """Check the algorithm and message: (hash, data to sign, hash or Prehashed for `data`)."""
     _check_alg(algorithm, allowed, "SigningAlgorithm")
     h = _hash_of(algorithm)
     data, prehashed = _message(message, mtype, h)
-    alg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+    return h, data, utils.Prehashed(h) if prehashed else h
+
+
+def sign(
+    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+) -> bytes:
+    h, data, alg = _signing_input(allowed, algorithm, message, mtype)
     if isinstance(private, rsa.RSAPrivateKey):
         pad = _rsa_sign_padding(algorithm, h)
         return private.sign(data, pad, alg)
@@ -199,10 +208,7 @@ def verify(
     mtype: str,
     signature: bytes,
 ) -> bool:
-    _check_alg(algorithm, allowed, "SigningAlgorithm")
-    h = _hash_of(algorithm)
-    data, prehashed = _message(message, mtype, h)
-    alg: hashes.HashAlgorithm | utils.Prehashed = utils.Prehashed(h) if prehashed else h
+    h, data, alg = _signing_input(allowed, algorithm, message, mtype)
     try:
         if isinstance(public, rsa.RSAPublicKey):
             public.verify(signature, data, _rsa_sign_padding(algorithm, h), alg)
@@ -260,8 +266,7 @@ def unwrap_import(private: rsa.RSAPrivateKey, algorithm: str, blob: bytes) -> by
     """Unwrap imported material (RSAES_OAEP_SHA_1/256 or RSA_AES_KEY_WRAP_SHA_1/256)."""
     from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
-    h = _hash_of(algorithm)
-    oaep = padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)
+    oaep = _oaep(algorithm)
     try:
         if algorithm.startswith("RSAES_OAEP"):
             return private.decrypt(blob, oaep)
