@@ -2,7 +2,8 @@
 
 The key file holds one line, ``envelope-file-key-v1:<base64 of 32 random bytes>``, and is
 created with mode 0600 by `envelope keygen`. The key id recorded in headers is a fingerprint,
-``fp-`` + the first 16 bytes of HMAC-SHA-256(key, "envelope/file-key-id") in hex: it names the
+``fp-`` + the first 16 bytes of HMAC-SHA-256(K_id, "envelope/file-key-id") in hex, where
+K_id and the wrapping key K_wrap are separate HKDF subkeys of the file's key: it names the
 key without revealing anything about it, so decrypting with the wrong key file fails with a
 message that says so.
 """
@@ -10,13 +11,13 @@ message that says so.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import ConfigurationError, KmsKeyError
 from . import _aeswrap
@@ -44,8 +45,15 @@ def generate_key_file(path: str | os.PathLike[str]) -> str:
     return _fingerprint(key)
 
 
+def _subkey(key: bytes, purpose: bytes) -> bytes:
+    """One key, two purposes kept apart: wrapping data keys, and naming the key."""
+    return HKDF(hashes.SHA256(), 32, None, b"envelope/file-key/" + purpose).derive(key)
+
+
 def _fingerprint(key: bytes) -> str:
-    return "fp-" + hmac.new(key, b"envelope/file-key-id", hashlib.sha256).hexdigest()[:32]
+    mac = crypto_hmac.HMAC(_subkey(key, b"id"), hashes.SHA256())
+    mac.update(b"envelope/file-key-id")
+    return "fp-" + mac.finalize().hex()[:32]
 
 
 class FileKeyBackend:
@@ -70,7 +78,7 @@ class FileKeyBackend:
         if len(key) != 32:
             raise ConfigurationError(f"{os.fspath(path)!r} does not hold a 256-bit key")
         self.key_id = _fingerprint(key)
-        self._cipher = AESGCM(key)
+        self._wrap_key = _subkey(key, b"wrap")
         self.path = os.fspath(path)
 
     def __repr__(self) -> str:
@@ -89,7 +97,7 @@ class FileKeyBackend:
         return DataKey(
             plaintext,
             WrappedKey(
-                self.provider_id, key_id, _aeswrap.wrap(self._cipher, key_id, plaintext, context)
+                self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
             ),
         )
 
@@ -98,14 +106,14 @@ class FileKeyBackend:
     ) -> WrappedKey:
         self._check(key_id)
         return WrappedKey(
-            self.provider_id, key_id, _aeswrap.wrap(self._cipher, key_id, plaintext, context)
+            self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
         )
 
     async def decrypt_data_key(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
     ) -> bytearray:
         self._check(wrapped.key_id)
-        return _aeswrap.unwrap(self._cipher, wrapped.key_id, wrapped.ciphertext, context)
+        return _aeswrap.unwrap(self._wrap_key, wrapped.key_id, wrapped.ciphertext, context)
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == self.provider_id and wrapped.key_id == self.key_id

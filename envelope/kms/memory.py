@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Mapping
 
 import anyio
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import KmsKeyError, ThrottlingError
 from . import _aeswrap
@@ -32,7 +31,7 @@ class MemoryKms:
     provider_id = "memory"
 
     def __init__(self, *, latency: float = 0.0, quota: RateQuota | None = None) -> None:
-        self._keys: dict[str, AESGCM] = {}
+        self._keys: dict[str, bytes] = {}
         self.latency = latency
         self.quota = quota
         self.calls: Counter[str] = Counter()
@@ -43,10 +42,10 @@ class MemoryKms:
 
     def create_key(self, key_id: str | None = None) -> str:
         key_id = key_id or f"mem-{secrets.token_hex(8)}"
-        self._keys[key_id] = AESGCM(AESGCM.generate_key(bit_length=256))
+        self._keys[key_id] = os.urandom(32)
         return key_id
 
-    def _cipher(self, key_id: str) -> AESGCM:
+    def _master(self, key_id: str) -> bytes:
         try:
             return self._keys[key_id]
         except KeyError:
@@ -68,7 +67,7 @@ class MemoryKms:
 
     async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
         await self._call("GenerateDataKey")
-        cipher = self._cipher(key_id)
+        cipher = self._master(key_id)
         plaintext = bytearray(os.urandom(32))
         wrapped = WrappedKey(
             self.provider_id, key_id, _aeswrap.wrap(cipher, key_id, plaintext, context)
@@ -79,7 +78,7 @@ class MemoryKms:
         self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
     ) -> WrappedKey:
         await self._call("Encrypt")
-        cipher = self._cipher(key_id)
+        cipher = self._master(key_id)
         return WrappedKey(
             self.provider_id, key_id, _aeswrap.wrap(cipher, key_id, plaintext, context)
         )
@@ -89,7 +88,7 @@ class MemoryKms:
     ) -> bytearray:
         await self._call("Decrypt")
         return _aeswrap.unwrap(
-            self._cipher(wrapped.key_id), wrapped.key_id, wrapped.ciphertext, context
+            self._master(wrapped.key_id), wrapped.key_id, wrapped.ciphertext, context
         )
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:

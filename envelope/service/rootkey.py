@@ -134,6 +134,9 @@ class PassphraseRootKey:
     def __repr__(self) -> str:
         return "PassphraseRootKey(<secret>)"
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("a passphrase root key cannot be pickled")
+
     @property
     def description(self) -> str:
         return "scrypt passphrase"

@@ -119,3 +119,13 @@ def test_reprs_hold_no_secrets(home: Path) -> None:
         text = repr(obj)
         assert key.hex() not in text and "hunter2" not in text
     svc.close()
+
+
+def test_passphrase_provider_cannot_be_pickled() -> None:
+    import pickle
+
+    from envelope.service.rootkey import PassphraseRootKey
+
+    with pytest.raises(TypeError):
+        pickle.dumps(PassphraseRootKey("hunter2"))
+    assert "hunter2" not in repr(PassphraseRootKey("hunter2"))
