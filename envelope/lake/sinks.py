@@ -1,10 +1,11 @@
 """Atomic output on any pyarrow filesystem: nothing appears under the final name until whole.
 
-Locally: a temporary file beside the target, fsynced and renamed (`AtomicFileSink`). On object
-stores: a temporary key beside the target, written with the filesystem's own output stream
-(multipart upload on S3), then moved onto the final key. pyarrow cannot abort a multipart
-upload (closing always completes it, apache/arrow#40502), so writing the final key directly
-would publish a partial object on error; the temporary key is deleted instead.
+Locally: a temporary file beside the target, fsynced and renamed (`AtomicFileSink`). On S3
+(with botocore): the final key directly, by a multipart upload that is completed only when the
+object is whole and aborted on any error (`envelope.lake.s3`). On other object stores: a
+temporary key beside the target, written with the filesystem's own output stream, then moved
+onto the final key; pyarrow cannot abort an upload (closing always completes it,
+apache/arrow#40502), so writing the final key directly would publish a partial object.
 
 Temporary names are ``.<name>.<random>.envelope-tmp``; `is_temporary` recognises them so a
 re-run can clean up after a killed one.
@@ -21,6 +22,7 @@ import anyio.to_thread
 import pyarrow.fs as pafs
 
 from ..streams import AtomicFileSink, Sink
+from .s3 import MultipartSink, client_for, put_whole
 
 __all__ = ("TMP_SUFFIX", "ArrowAtomicSink", "atomic_sink", "is_temporary", "write_whole")
 
@@ -105,10 +107,14 @@ class ArrowAtomicSink:
 
 
 def atomic_sink(fs: pafs.FileSystem, path: str, *, durable: bool = True) -> Sink:
-    """The right atomic sink for `fs` (a local path gets a real rename)."""
+    """The right atomic sink for `fs`: a real rename locally, an abortable multipart upload
+    on S3 (see envelope.lake.s3), a temporary key and a move elsewhere."""
     if _is_local(fs):
         _ensure_parent(fs, path)
         return AtomicFileSink(path, durable=durable)
+    client = client_for(fs)
+    if client is not None:
+        return MultipartSink(client, path)
     return ArrowAtomicSink(fs, path)
 
 
@@ -130,6 +136,10 @@ def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, dura
             raise
         os.close(fd)
         os.replace(tmp, path)
+        return
+    client = client_for(fs)
+    if client is not None:
+        put_whole(client, path, data)  # one PutObject: whole or nothing, no temporary key
         return
     try:
         with fs.open_output_stream(tmp) as out:

@@ -281,3 +281,62 @@ def test_cli_lake_commands_and_json(tmp_path: Path) -> None:
     assert r.returncode == 1
     failures = json.loads(r.stdout)["failures"]
     assert [f["path"] for f in failures] == [str(victim.relative_to(dst))]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_s3_failed_large_upload_is_aborted_and_leaves_nothing(
+    anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
+) -> None:
+    """A stream that fails after several parts were uploaded: the multipart upload is
+    aborted, no object (final or temporary) appears, no upload is left open."""
+    import botocore.session
+
+    from envelope.lake.s3 import PART_SIZE, client_for
+    from envelope.lake.sinks import atomic_sink
+
+    fs = s3.fs()
+    assert client_for(fs) is not None
+
+    async def failing():  # type: ignore[no-untyped-def]
+        for _ in range(3):
+            yield os.urandom(PART_SIZE)
+        raise OSError(5, "source disk failed (injected)")
+
+    with pytest.raises(OSError, match="injected"):
+        await api.encrypt(failing(), atomic_sink(fs, "lake/big.env"), keyring=k1, options=ENGINE)
+    assert fs.get_file_info(pafs.FileSelector("lake", recursive=True)) == []
+    raw = botocore.session.get_session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=f"http://{s3.endpoint}",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    assert raw.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []
+
+    # and the same sink succeeds whole, straight to the final key
+    data = os.urandom(3 * PART_SIZE + 5)
+    await api.encrypt(data, atomic_sink(fs, "lake/big.env"), keyring=k1, options=ENGINE)
+    with fs.open_input_stream("lake/big.env") as f:
+        assert await api.decrypt_bytes(f.read(), keyring=k1) == data
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_pyarrow_only_fallback_sink_is_atomic(
+    anyio_backend: str, s3: S3, k1: Keyring
+) -> None:
+    """Where botocore cannot stand in for the filesystem: temporary key, then a move."""
+    from envelope.lake.sinks import ArrowAtomicSink, is_temporary
+
+    fs = s3.fs()
+
+    async def failing():  # type: ignore[no-untyped-def]
+        yield os.urandom(100_000)
+        raise OSError(5, "injected")
+
+    with pytest.raises(OSError, match="injected"):
+        await api.encrypt(failing(), ArrowAtomicSink(fs, "lake/x.env"), keyring=k1, options=ENGINE)
+    assert fs.get_file_info(pafs.FileSelector("lake", recursive=True)) == []
+    await api.encrypt(b"whole", ArrowAtomicSink(fs, "lake/x.env"), keyring=k1, options=ENGINE)
+    names = [i.path for i in fs.get_file_info(pafs.FileSelector("lake", recursive=True))]
+    assert names == ["lake/x.env"] and not any(is_temporary(n) for n in names)

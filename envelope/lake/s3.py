@@ -1,0 +1,173 @@
+"""Writing to S3 with a multipart upload we can abort: outputs appear whole or not at all.
+
+pyarrow's S3 output stream always completes its multipart upload when closed, even after an
+error (apache/arrow#40502), so through pyarrow alone an atomic write needs a temporary key and
+a server-side copy (capped at 5 GiB by CopyObject, and every byte written twice). With
+botocore, which pyarrow users of S3 have anyway, the engine writes the final key directly:
+parts are uploaded as they fill, CompleteMultipartUpload publishes the object only when the
+whole object is written, and any error aborts the upload so nothing appears. Objects smaller
+than one part are a single PutObject, atomic by nature.
+
+The botocore client is built from the pyarrow S3FileSystem's own settings (credentials,
+region, endpoint, scheme), so one URI configures both. Filesystems that use settings this
+translation does not cover (assumed roles, anonymous access, proxies) keep the pyarrow path.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pyarrow.fs as pafs
+
+__all__ = ("PART_SIZE", "MultipartSink", "client_for", "put_whole", "split_path")
+
+#: Bytes per uploaded part (S3 requires >= 5 MiB for all but the last part).
+PART_SIZE = 8 << 20
+
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(fs: pafs.FileSystem) -> Any | None:
+    """A botocore S3 client equivalent to `fs`, or None (not S3, no botocore, or settings
+    this translation does not cover)."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return None
+    try:
+        import botocore.config
+        import botocore.session
+    except ImportError:
+        return None
+    opts: dict[str, Any] = fs.__reduce__()[1][0]
+    proxy = opts.get("proxy_options") or {}
+    if opts.get("role_arn") or opts.get("anonymous") or proxy.get("host"):
+        return None
+    ident = tuple(
+        opts.get(k)
+        for k in (
+            "access_key",
+            "secret_key",
+            "session_token",
+            "region",
+            "scheme",
+            "endpoint_override",
+            "force_virtual_addressing",
+            "tls_ca_file_path",
+        )
+    )
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(ident)
+        if client is None:
+            endpoint = opts.get("endpoint_override") or ""
+            scheme = opts.get("scheme") or "https"
+            config = botocore.config.Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                s3={
+                    "addressing_style": "virtual"
+                    if opts.get("force_virtual_addressing")
+                    else ("path" if endpoint else "auto")
+                },
+            )
+            client = botocore.session.get_session().create_client(
+                "s3",
+                region_name=opts.get("region") or None,
+                endpoint_url=f"{scheme}://{endpoint}" if endpoint else None,
+                aws_access_key_id=opts.get("access_key") or None,
+                aws_secret_access_key=opts.get("secret_key") or None,
+                aws_session_token=opts.get("session_token") or None,
+                verify=opts.get("tls_ca_file_path") or None,
+                config=config,
+            )
+            _CLIENTS[ident] = client
+        return client
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """pyarrow's "bucket/key/..." into (bucket, key)."""
+    bucket, _, key = path.lstrip("/").partition("/")
+    return bucket, key
+
+
+def put_whole(client: Any, path: str, data: bytes | bytearray) -> None:
+    """One PutObject: the object appears whole or not at all."""
+    bucket, key = split_path(path)
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+
+
+class MultipartSink:
+    """An engine Sink onto one S3 key: parts as they fill, complete on commit, abort on error.
+
+    Memory: one part buffer (PART_SIZE) besides the engine's own."""
+
+    def __init__(self, client: Any, path: str, *, part_size: int = PART_SIZE) -> None:
+        self.client = client
+        self.bucket, self.key = split_path(path)
+        self.part_size = part_size
+        self._buf = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    def _upload_part(self, data: bytes) -> None:
+        if self._upload_id is None:
+            resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+            self._upload_id = str(resp["UploadId"])
+        number = len(self._parts) + 1
+        resp = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+
+    async def write(self, data: memoryview) -> None:
+        self._buf += data
+        while len(self._buf) >= self.part_size:
+            part = bytes(self._buf[: self.part_size])
+            del self._buf[: self.part_size]
+            await anyio.to_thread.run_sync(self._upload_part, part)
+
+    def _finish(self) -> None:
+        if self._upload_id is None:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buf))
+            return
+        if self._buf:
+            self._upload_part(bytes(self._buf))
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+
+    async def commit(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            await anyio.to_thread.run_sync(self._finish)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._abort)
+            raise
+        finally:
+            self._buf = bytearray()
+
+    def _abort(self) -> None:
+        if self._upload_id is not None:
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload_id
+            )
+            self._upload_id = None
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._buf = bytearray()
+        await anyio.to_thread.run_sync(self._abort)
