@@ -38,6 +38,7 @@ from ..hazmat.segments import Layout
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
+from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
 from .sinks import atomic_sink, is_temporary, write_whole
 
@@ -398,6 +399,23 @@ async def encrypt_prefix(
                 return len(data)
 
             n = await anyio.to_thread.run_sync(work)
+        elif src.is_local and dst.is_local:
+            prepared = await api.prepare_object(
+                keyring,
+                kms_context=kms_context,
+                object_context=octx,
+                options=engine,
+                expected_bytes=entry.size,
+            )
+            n = await anyio.to_thread.run_sync(
+                lambda: direct.seal_file(
+                    prepared,
+                    src_path,
+                    dst_path,
+                    expected_size=entry.size,
+                    durable=options.durable,
+                )
+            )
         else:
             info = await api.encrypt(
                 await open_source_at(src.fs, src_path),
@@ -501,6 +519,14 @@ async def decrypt_prefix(
                 expected,
                 engine,
                 lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
+            )
+        elif src.is_local and dst.is_local:
+            header, _ = await anyio.to_thread.run_sync(
+                _read_header, src.fs, src_path, engine.max_wrapped_keys
+            )
+            keys = await api.open_object(header, keyring=keyring, expected_context=expected)
+            n = await anyio.to_thread.run_sync(
+                lambda: direct.open_file(header, keys, src_path, dst_path, durable=options.durable)
             )
         else:
             info = await api.decrypt(

@@ -1,0 +1,77 @@
+"""File-to-file sealing and opening on one thread (large local objects in lake jobs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from envelope import api, sync
+from envelope.errors import AuthenticationError, ConfigurationError, TruncatedObjectError
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+from envelope.lake import direct
+
+S = 4096
+OPTS = api.Options(segment_size=S)
+_kms = MemoryKms()
+KR = Keyring(_kms, _kms.create_key())
+
+
+def leftovers(d: Path) -> list[str]:
+    return [p.name for p in d.iterdir() if p.name.endswith(".envelope-tmp")]
+
+
+@pytest.mark.parametrize("n", [0, 1, S - 1, S, S + 1, 3 * S, 3 * S + 5])
+def test_round_trip_matches_the_engine(tmp_path: Path, n: int) -> None:
+    data = os.urandom(n)
+    (tmp_path / "src").write_bytes(data)
+    prepared = sync.run(api.prepare_object, KR, options=OPTS, expected_bytes=n)
+    written = direct.seal_file(
+        prepared, str(tmp_path / "src"), str(tmp_path / "enc"), expected_size=n, durable=True
+    )
+    assert written == n
+    ct = (tmp_path / "enc").read_bytes()
+    assert sync.decrypt_bytes(ct, keyring=KR) == data  # the engine reads it
+    header = api.parse_object_header(memoryview(ct))
+    keys = sync.run(api.open_object, header, keyring=KR)
+    assert (
+        direct.open_file(header, keys, str(tmp_path / "enc"), str(tmp_path / "back"), durable=False)
+        == n
+    )
+    assert (tmp_path / "back").read_bytes() == data
+    assert leftovers(tmp_path) == []
+
+
+def test_damage_and_truncation_leave_no_output(tmp_path: Path) -> None:
+    data = os.urandom(5 * S + 3)
+    ct = bytes(sync.encrypt_bytes(data, keyring=KR, options=OPTS))
+    header = api.parse_object_header(memoryview(ct))
+    keys = sync.run(api.open_object, header, keyring=KR)
+    cases = {
+        "flip": (bytes(ct[:-3]) + bytes([ct[-3] ^ 1]) + ct[-2:], AuthenticationError),
+        "cut": (ct[: header.header_len + 2 * (S + 16)], TruncatedObjectError),
+        "inside": (ct[: header.header_len + 2 * (S + 16) + 100], AuthenticationError),
+    }
+    for name, (blob, error) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        target = tmp_path / f"{name}.out"
+        with pytest.raises(error):
+            direct.open_file(header, keys, str(tmp_path / name), str(target), durable=False)
+        assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_source_that_changed_size_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(2 * S))
+    prepared = sync.run(api.prepare_object, KR, options=OPTS, expected_bytes=S)
+    with pytest.raises(ConfigurationError, match="changed size"):
+        direct.seal_file(
+            prepared,
+            str(tmp_path / "src"),
+            str(tmp_path / "enc"),
+            expected_size=S,
+            durable=False,
+        )
+    assert not (tmp_path / "enc").exists() and leftovers(tmp_path) == []
