@@ -60,7 +60,8 @@ from ..hazmat.format import DATA_KEY_LEN
 from ..keyring import Keyring
 from ..kms.base import KmsBackend, WrappedKey
 from ..kms.retry import RetryingKms, RetryPolicy, shared_budget
-from ..reader import DecryptingReader, aopen_decrypted, open_decrypted
+from ..reader import DecryptingReader, aopen_decrypted
+from ..sync import run
 from .fs import ArrowRangeFile, resolve
 
 __all__ = (
@@ -582,15 +583,16 @@ def open_encrypted_parquet(
     `AuthenticationError` from whichever read meets it. Blocking; in async code use
     `aopen_encrypted_parquet`.
     """
-    rf = _open_range(uri_or_path, filesystem)
-    reader = open_decrypted(
-        rf,
+    return run(
+        aopen_encrypted_parquet,
+        uri_or_path,
         keyring=keyring,
+        filesystem=filesystem,
         expected_context=expected_context,
         expected_kms_context=expected_kms_context,
         options=options,
+        pre_buffer=pre_buffer,
     )
-    return EncryptedParquetFile(reader, rf, pre_buffer=pre_buffer)
 
 
 async def aopen_encrypted_parquet(
