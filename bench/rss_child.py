@@ -1,22 +1,33 @@
-"""Encrypt, then decrypt, a generated stream of N MiB; print this process's peak RSS in MiB.
+"""Peak RSS of the engine alone, measured in a process of its own.
 
     python bench/rss_child.py 2048
+        encrypt, then decrypt, a generated stream of 2048 MiB; print the peak RSS in MiB
+    python bench/rss_child.py write OBJ --mib 320 --segment-size 67108864
+        encrypt a generated 320 MiB stream into the object file OBJ (key file beside it)
+    python bench/rss_child.py read OBJ [--memory-budget BYTES] [--workers N]
+        decrypt OBJ into a discarding sink; print {"peak_mib", "baseline_mib", ...} as JSON
 
-Run as its own process so the figure is the engine's alone (bench/core.py and
-tests/test_memory.py both use it). The stream is an async iterator in and a discarding sink
-out; the decrypt side reads ciphertext as a second encryption produces it, so neither side
-ever holds the object.
+Run as its own process so the figure is the engine's alone (bench/core.py, tests/test_memory.py
+and tests/test_memory_budget.py use it). The stream is an async iterator in and a discarding
+sink out; in the first form the decrypt side reads ciphertext as a second encryption produces
+it, so neither side ever holds the object. `read` measures one decrypting pipeline reading a
+file: `baseline_mib` is the RSS just before it starts (interpreter, imports, key), so
+`peak_mib - baseline_mib` is what the pipeline itself added.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 
 from envelope import api
 from envelope.keyring import Keyring
+from envelope.kms.filekey import FileKeyBackend, generate_key_file
 from envelope.kms.memory import MemoryKms
 
 MIB = 1 << 20
@@ -42,13 +53,17 @@ async def generated(total: int) -> AsyncIterator[bytes]:
         yield block
 
 
+def _status_mib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) // 1024
+
+
 def peak_rss_mib() -> int:
     """VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the parent's peak."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
+    return _status_mib("VmHWM")
 
 
-async def main(total: int) -> None:
+async def round_trip(total: int) -> None:
     kms = MemoryKms()
     keyring = Keyring(kms, kms.create_key())
     sink = CountingSink()
@@ -80,5 +95,68 @@ async def main(total: int) -> None:
     print(peak_rss_mib())
 
 
+def _keyring(obj: Path) -> Keyring:
+    key = obj.with_name(obj.name + ".key")
+    if not key.exists():
+        generate_key_file(str(key))
+    backend = FileKeyBackend(key)
+    return Keyring(backend, backend.key_id)
+
+
+def _options(args: argparse.Namespace, **extra: int) -> api.Options:
+    kw = dict(extra)
+    if args.workers is not None:
+        kw["workers"] = args.workers
+    if args.memory_budget is not None:  # absent: whatever the engine under test defaults to
+        kw["memory_budget"] = args.memory_budget
+    return api.Options(**kw)
+
+
+async def write_object(args: argparse.Namespace) -> None:
+    obj = Path(args.object)
+    info = await api.encrypt(
+        generated(args.mib * MIB),
+        str(obj),
+        keyring=_keyring(obj),
+        options=_options(args, segment_size=args.segment_size),
+    )
+    print(json.dumps({"plaintext_len": info.plaintext_len, "segment_size": info.segment_size}))
+
+
+async def read_object(args: argparse.Namespace) -> None:
+    obj = Path(args.object)
+    keyring = _keyring(obj)
+    options = _options(args)
+    baseline = _status_mib("VmRSS")
+    out = CountingSink()
+    info = await api.decrypt(str(obj), out, keyring=keyring, options=options)
+    assert out.n == info.plaintext_len, (out.n, info.plaintext_len)
+    print(
+        json.dumps(
+            {
+                "peak_mib": peak_rss_mib(),
+                "baseline_mib": baseline,
+                "plaintext_len": info.plaintext_len,
+                "segment_size": info.segment_size,
+            }
+        )
+    )
+
+
+def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1].isdigit():
+        anyio.run(round_trip, int(sys.argv[1]) * MIB)
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("mode", choices=("write", "read"))
+    ap.add_argument("object", help="object file (its key file is OBJECT.key)")
+    ap.add_argument("--mib", type=int, default=320, help="write: plaintext MiB")
+    ap.add_argument("--segment-size", type=int, default=1 << 20, help="write: segment size")
+    ap.add_argument("--memory-budget", type=int, default=None, help="pipeline budget, bytes")
+    ap.add_argument("--workers", type=int, default=None)
+    args = ap.parse_args()
+    anyio.run(write_object if args.mode == "write" else read_object, args)
+
+
 if __name__ == "__main__":
-    anyio.run(main, int(sys.argv[1]) * MIB)
+    main()

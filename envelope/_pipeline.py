@@ -2,15 +2,18 @@
 
     reader ──batch──▶ worker threads (seal/open, GIL released) ──in order──▶ writer
 
-A pool of at most `depth` buffer pairs (created as needed) circulates: the reader takes a
-free pair, fills its input half, hands it to a worker thread that seals or opens into the
-output half, and the writer writes output halves strictly in batch order, then returns the
-pair to the pool. So peak memory is `depth * (in_batch + out_batch)` whatever the object
-size, at most `workers` batches are on the CPU at once, and I/O overlaps crypto. When the
-pipeline ends, the parts of the buffers that held data are zeroed.
+Two pools of buffers circulate, both created only as needed and both bounded by a `Plan`
+worked out from a byte budget: input buffers (filled by the reader, freed as soon as a worker
+has sealed or opened them) and output buffers (taken by the reader in batch order, filled by
+a worker, freed once the writer has written them). Every byte the pipeline holds is in those
+buffers, so its memory is at most `plan.peak_bytes` whatever the object size, the segment size
+or the number of cores; at most `plan.workers` batches are on the CPU at once, and I/O
+overlaps crypto. When the pipeline ends, the parts of the buffers that held data are zeroed.
 
-To know which batch is the last (it carries the final segment) the reader looks one batch
-ahead: a batch is dispatched only once the next read has started or the input has ended.
+To know which batch is the last (it carries the final segment) each read asks for one byte
+more than a batch: if it comes, the input goes on and that byte starts the next batch. A look
+ahead of one byte, not of one batch, is what lets the smallest plan be one segment in and one
+out.
 """
 
 from __future__ import annotations
@@ -22,38 +25,126 @@ from dataclasses import dataclass
 import anyio
 import anyio.to_thread
 from anyio.abc import ObjectReceiveStream
-from anyio.streams.memory import MemoryObjectSendStream
 
 from .streams import Sink, Source
 
-__all__ = ("BatchFn", "first_error", "run_pipeline")
+__all__ = ("BatchFn", "Plan", "first_error", "plan_pipeline", "run_pipeline")
 
 #: process(batch_index, src, dst, final) -> bytes written to dst. Runs on a worker thread.
 BatchFn = Callable[[int, memoryview, memoryview, bool], int]
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How many buffers of each kind one pipeline may hold, and how large they are."""
+
+    segments_per_batch: int
+    in_batch: int  # input bytes per batch (a read asks for one byte more: the look-ahead)
+    out_batch: int
+    inputs: int
+    outputs: int
+    workers: int
+
+    @property
+    def peak_bytes(self) -> int:
+        """Every buffer byte the pipeline can hold at once."""
+        return self.inputs * (self.in_batch + 1) + self.outputs * self.out_batch
+
+
+def minimum_bytes(segment_in: int, segment_out: int) -> int:
+    """The least a pipeline can run in: one one-segment batch in (plus the look-ahead byte)
+    and one out. Below this no plan exists for the segment size."""
+    return segment_in + 1 + segment_out
+
+
+def plan_pipeline(
+    *,
+    budget: int,
+    segment_in: int,
+    segment_out: int,
+    max_segments_per_batch: int,
+    workers: int,
+    depth: int,
+) -> Plan | None:
+    """The fullest plan whose buffers fit in `budget` bytes, or None if even the smallest
+    (one segment in, one out, one worker) does not fit.
+
+    Preference, most valued first: every worker busy with one batch being read and one being
+    written (`workers + 1` buffers each side), then batches of `max_segments_per_batch`
+    segments (fewer thread hand-offs), then up to `depth` buffers each side (slack for uneven
+    I/O). Fewer segments per batch is tried before fewer workers; when even one-segment
+    batches cannot feed every worker, fewer workers run.
+    """
+    workers, depth = max(1, workers), max(2, depth)
+
+    def pair(k: int) -> int:
+        return k * (segment_in + segment_out) + 1
+
+    if budget < pair(1):
+        return None
+    k = max(1, max_segments_per_batch)
+    while k > 1 and (workers + 1) * pair(k) > budget:
+        k = max(1, k // 2)
+    pairs = min(depth, budget // pair(k))
+    inputs = pairs
+    if pairs < depth and budget - pairs * pair(k) >= k * segment_in + 1:
+        inputs += 1  # one more batch read ahead is the most useful spare buffer
+    return Plan(
+        segments_per_batch=k,
+        in_batch=k * segment_in,
+        out_batch=k * segment_out,
+        inputs=inputs,
+        outputs=pairs,
+        workers=min(workers, pairs),
+    )
+
+
 @dataclass(slots=True)
-class _Pair:
-    inbuf: bytearray
-    outbuf: bytearray
-    used_in: int = 0  # high-water marks, so wiping costs what was used, not the capacity
-    used_out: int = 0
+class _Buf:
+    data: bytearray
+    used: int = 0  # high-water mark, so wiping costs what was used, not the capacity
 
     def wipe(self) -> None:
-        """Zero what held plaintext (one side or the other) before the buffers are freed."""
-        if self.used_in:
-            ctypes.memset((ctypes.c_char * self.used_in).from_buffer(self.inbuf), 0, self.used_in)
-        if self.used_out:
-            ctypes.memset(
-                (ctypes.c_char * self.used_out).from_buffer(self.outbuf), 0, self.used_out
-            )
+        """Zero what held data (plaintext on one side or the other) before it is freed."""
+        if self.used:
+            ctypes.memset((ctypes.c_char * self.used).from_buffer(self.data), 0, self.used)
+
+
+class _Pool:
+    """At most `count` buffers of `size` bytes, created on first need (a small object needs
+    one or two, not `count`) and handed back for reuse (no page faults in the steady state)."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size = count, size
+        self.made: list[_Buf] = []
+        self._send, self._recv = anyio.create_memory_object_stream[_Buf](count)
+
+    async def take(self) -> _Buf:
+        try:
+            return self._recv.receive_nowait()
+        except anyio.WouldBlock:
+            if len(self.made) < self.count:
+                buf = _Buf(bytearray(self.size))
+                self.made.append(buf)
+                return buf
+            return await self._recv.receive()
+
+    def give(self, buf: _Buf) -> None:
+        self._send.send_nowait(buf)  # never blocks: the stream holds all `count`
+
+    def close(self) -> None:
+        self._send.close()
+        self._recv.close()
+        for buf in self.made:
+            buf.wipe()
 
 
 class _Slot:
-    __slots__ = ("done", "error", "n", "pair", "written")
+    __slots__ = ("done", "error", "inbuf", "n", "outbuf", "written")
 
-    def __init__(self, pair: _Pair, n: int) -> None:
-        self.pair = pair
+    def __init__(self, inbuf: _Buf, outbuf: _Buf, n: int) -> None:
+        self.inbuf = inbuf
+        self.outbuf = outbuf
         self.n = n
         self.done = anyio.Event()
         self.written = 0
@@ -73,68 +164,75 @@ async def run_pipeline(
     source: Source,
     sink: Sink,
     process: BatchFn,
+    plan: Plan,
     *,
-    in_batch: int,
-    out_batch: int,
-    workers: int,
-    depth: int,
     on_batch: Callable[[int], Awaitable[None] | None] | None = None,
 ) -> int:
-    """Run `process` over every `in_batch`-sized batch of `source`; returns bytes written.
+    """Run `process` over every `plan.in_batch`-sized batch of `source`; returns bytes written.
 
     An empty input is one empty final batch. Any error (from the source, a worker or the
     sink) stops the pipeline and is re-raised as itself, not as an exception group; output
     batches after the failed one are never written. `on_batch(n)` is told each batch's input
     size once its output is written (for progress bars).
     """
-    depth = max(2, depth)
-    limiter = anyio.CapacityLimiter(max(1, workers))
-    free_send, free_recv = anyio.create_memory_object_stream[_Pair](depth)
-    pairs: list[_Pair] = []  # created on demand: a small object needs one or two, not `depth`
-    job_send, job_recv = anyio.create_memory_object_stream[_Slot](depth)
+    limiter = anyio.CapacityLimiter(plan.workers)
+    ins = _Pool(plan.inputs, plan.in_batch + 1)
+    outs = _Pool(plan.outputs, plan.out_batch)
+    # Every queued slot holds an output buffer, so the queue never holds more than `outputs`.
+    job_send, job_recv = anyio.create_memory_object_stream[_Slot](plan.outputs)
     total = 0
 
-    async def work(slot: _Slot, index: int, n: int, final: bool) -> None:
+    async def work(slot: _Slot, index: int, final: bool) -> None:
         try:
-            src = memoryview(slot.pair.inbuf)[:n]
-            dst = memoryview(slot.pair.outbuf)
-            slot.pair.used_in = max(slot.pair.used_in, n)
+            src = memoryview(slot.inbuf.data)[: slot.n]
+            dst = memoryview(slot.outbuf.data)
             slot.written = await anyio.to_thread.run_sync(
                 process, index, src, dst, final, limiter=limiter
             )
             # (a failing batch zeroes what it wrote itself: see open_segments)
-            slot.pair.used_out = max(slot.pair.used_out, slot.written)
+            slot.outbuf.used = max(slot.outbuf.used, slot.written)
         except BaseException as e:  # handed to the writer, which raises it in order
             slot.error = e
         finally:
+            ins.give(slot.inbuf)  # the input is spent: the reader may refill it now
             slot.done.set()
 
-    async def writer(jobs: ObjectReceiveStream[_Slot], free: MemoryObjectSendStream[_Pair]) -> None:
+    async def writer(jobs: ObjectReceiveStream[_Slot]) -> None:
         nonlocal total
         async with jobs:
             async for slot in jobs:
                 await slot.done.wait()
                 if slot.error is not None:
                     raise slot.error
-                await sink.write(memoryview(slot.pair.outbuf)[: slot.written])
+                await sink.write(memoryview(slot.outbuf.data)[: slot.written])
                 total += slot.written
                 if on_batch is not None:
                     r = on_batch(slot.n)
                     if r is not None:
                         await r
-                free.send_nowait(slot.pair)  # never blocks: the pool holds exactly `depth`
+                outs.give(slot.outbuf)
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(writer, job_recv, free_send)
+            tg.start_soon(writer, job_recv)
             async with job_send:
+                carry: int | None = None  # the look-ahead byte: the next batch's first
                 index = 0
-                held: tuple[_Pair, int] | None = None
-
-                async def dispatch(pair: _Pair, n: int, final: bool) -> None:
-                    nonlocal index
-                    slot = _Slot(pair, n)
-                    tg.start_soon(work, slot, index, n, final)
+                while True:
+                    inbuf = await ins.take()
+                    view = memoryview(inbuf.data)
+                    pre = 0
+                    if carry is not None:
+                        view[0], pre = carry, 1
+                    n = pre + await source.readinto(view[pre:])
+                    inbuf.used = max(inbuf.used, n)
+                    final = n <= plan.in_batch
+                    if not final:
+                        carry, n = view[plan.in_batch], plan.in_batch
+                    # Outputs are taken in batch order, and the writer frees them in that
+                    # order, so a later batch can never hold the buffer an earlier one needs.
+                    slot = _Slot(inbuf, await outs.take(), n)
+                    tg.start_soon(work, slot, index, final)
                     index += 1
                     try:
                         await job_send.send(slot)
@@ -142,34 +240,11 @@ async def run_pipeline(
                         # The writer failed and closed its end; the group is being
                         # cancelled and the writer's error is the one to raise.
                         await anyio.sleep_forever()
-
-                while True:
-                    try:
-                        pair = free_recv.receive_nowait()
-                    except anyio.WouldBlock:
-                        if len(pairs) < depth:
-                            pair = _Pair(bytearray(in_batch), bytearray(out_batch))
-                            pairs.append(pair)
-                        else:
-                            pair = await free_recv.receive()
-                    n = await source.readinto(memoryview(pair.inbuf))
-                    if n == 0:
-                        if held is None:
-                            await dispatch(pair, 0, True)
-                        else:
-                            await dispatch(held[0], held[1], True)
-                        break
-                    if held is not None:
-                        await dispatch(held[0], held[1], False)
-                    held = (pair, n)
-                    if n < in_batch:
-                        await dispatch(pair, n, True)
+                    if final:
                         break
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
-        free_send.close()
-        free_recv.close()
-        for pair in pairs:
-            pair.wipe()
+        ins.close()
+        outs.close()
     return total

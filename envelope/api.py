@@ -23,7 +23,7 @@ import anyio.to_thread
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from ._pipeline import first_error, run_pipeline
+from ._pipeline import Plan, first_error, minimum_bytes, plan_pipeline, run_pipeline
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
     DATA_KEY_LEN,
@@ -68,6 +68,20 @@ __all__ = (
 )
 
 Progress = Callable[[int], Awaitable[None] | None]
+
+#: What one streaming call's buffers may hold unless told otherwise, and the least allowed
+#: (it holds the default 1 MiB segment with room to spare, so a budget valid for decrypting
+#: is never refused for the default `segment_size`).
+DEFAULT_MEMORY_BUDGET = 256 << 20
+MIN_MEMORY_BUDGET = 4 << 20
+
+
+def _size(n: int) -> str:
+    """Bytes for people: whole KiB/MiB/GiB when exact, else MiB with one decimal."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 @asynccontextmanager
@@ -137,9 +151,16 @@ class Options:
     segment_size: plaintext bytes per segment, a power of two from 4 KiB to 64 MiB.
     workers: threads sealing/opening at once (default: every core).
     batch_bytes: plaintext per worker hop; several MiB amortizes the thread hand-off.
-    depth: buffer pairs in flight (default 2 * workers + 2): peak memory is about
-        depth * 2 * max(batch_bytes, segment_size).
+    depth: at most this many input and this many output batches in flight (default
+        2 * workers + 2), if the memory budget holds them.
     max_wrapped_keys: a reader refuses headers with more wrapped keys, before any KMS call.
+    memory_budget: the most bytes one streaming call's buffers may hold (default 256 MiB,
+        at least 4 MiB), whatever the segment size or the number of cores: batches shrink,
+        then fewer run at once, then fewer workers run, to stay within it. A segment size
+        it cannot hold (two segments and a tag) is refused: here for `segment_size`, and by
+        a reader for the segment size in an object's header, before any output. The
+        seekable reader's cache of opened segments lives within it too. In-memory calls
+        (`*_bytes`, `*_into`) hold the caller's data instead and take no budget.
     """
 
     segment_size: int = 1 << 20
@@ -147,6 +168,7 @@ class Options:
     batch_bytes: int = 4 << 20
     depth: int | None = None
     max_wrapped_keys: int = MAX_EDKS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self) -> None:
         s = self.segment_size
@@ -160,6 +182,44 @@ class Options:
             raise ConfigurationError("depth must be >= 2")
         if not 1 <= self.max_wrapped_keys <= MAX_EDKS:
             raise ConfigurationError(f"max_wrapped_keys must be 1..{MAX_EDKS}")
+        b = self.memory_budget
+        if isinstance(b, bool) or not isinstance(b, int) or b < MIN_MEMORY_BUDGET:
+            raise ConfigurationError(
+                f"memory_budget must be an integer of at least {_size(MIN_MEMORY_BUDGET)} "
+                f"({MIN_MEMORY_BUDGET} bytes)"
+            )
+        self.plan("encrypt", self.seg_log2)  # a segment size the budget cannot hold: say so now
+
+    def plan(self, direction: Direction, seg_log2: int) -> Plan:
+        """The pipeline's buffers for `seg_log2`-sized segments within the memory budget, or
+        ConfigurationError naming the segment size, the budget and how to change them."""
+        s = 1 << seg_log2
+        seg_in, seg_out = (s, s + TAG_LEN) if direction == "encrypt" else (s + TAG_LEN, s)
+        plan = plan_pipeline(
+            budget=self.memory_budget,
+            segment_in=seg_in,
+            segment_out=seg_out,
+            max_segments_per_batch=max(1, self.batch_bytes >> seg_log2),
+            workers=self.worker_count,
+            depth=self.depth_count,
+        )
+        if plan is None:
+            need = minimum_bytes(seg_in, seg_out)
+            what = (
+                "segment_size" if direction == "encrypt" else "the object's segment size (header)"
+            )
+            fix = (
+                ", or choose a smaller segment_size (--segment-size)"
+                if direction == "encrypt"
+                else " (the writer chose the segment size; it is fixed in the object)"
+            )
+            raise ConfigurationError(
+                f"memory budget of {_size(self.memory_budget)} cannot hold {what} of "
+                f"{_size(s)}: {direction}ing needs {need} bytes (one segment in, one out); "
+                f"raise Options(memory_budget=...) (CLI: --memory-budget) to at least "
+                f"{-(-need >> 20)} MiB{fix}"
+            )
+        return plan
 
     @property
     def seg_log2(self) -> int:
@@ -386,7 +446,8 @@ async def encrypt(
     octx = dict(object_context or {})
     seg_log2 = options.seg_log2
     s = 1 << seg_log2
-    k = options.segments_per_batch
+    plan = options.plan("encrypt", seg_log2)
+    k = plan.segments_per_batch
     with _Tracked(observer, "encrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
@@ -408,10 +469,7 @@ async def encrypt(
                 src,
                 out,
                 track.timed(process, seg_log2),
-                in_batch=k * s,
-                out_batch=k * (s + TAG_LEN),
-                workers=options.worker_count,
-                depth=options.depth_count,
+                plan,
                 on_batch=on_batch,
             )
         track.plaintext_len = body - max(1, -(-body // (s + TAG_LEN))) * TAG_LEN
@@ -617,15 +675,15 @@ async def decrypt(
     with _Tracked(observer, "decrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
+            seg_log2 = header.seg_log2
+            plan = options.plan("decrypt", seg_log2)  # before the KMS call and any output
             keys = await open_object(
                 header,
                 keyring=keyring,
                 expected_context=expected_context,
                 expected_kms_context=expected_kms_context,
             )
-            seg_log2 = header.seg_log2
-            s = 1 << seg_log2
-            k = max(1, options.batch_bytes >> seg_log2)
+            k = plan.segments_per_batch
             hd = header.bound_digest
 
             def process(index: int, src_mv: memoryview, dst: memoryview, final: bool) -> int:
@@ -635,10 +693,7 @@ async def decrypt(
                 src,
                 out,
                 track.timed(process, seg_log2),
-                in_batch=k * (s + TAG_LEN),
-                out_batch=k * s,
-                workers=options.worker_count,
-                depth=options.depth_count,
+                plan,
                 on_batch=on_progress,
             )
     return _info(
