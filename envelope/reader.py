@@ -22,7 +22,7 @@ from typing import IO, Protocol
 import anyio.to_thread
 from cachetools import LRUCache
 
-from .api import DEFAULT_OPTIONS, Options, open_object
+from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
 from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header, parse_header, parse_prefix
 from .hazmat.keyschedule import ObjectKeys
@@ -128,6 +128,7 @@ class DecryptingReader(io.RawIOBase):
         ciphertext_len: int,
         *,
         cache_segments: int = 8,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__()
         self._rf = rf
@@ -140,8 +141,15 @@ class DecryptingReader(io.RawIOBase):
         self._pos = 0
         self._verified = False
         #: recently opened (authenticated) segments, so readers that revisit a segment (a
-        #: Parquet footer, then its column chunks) do not fetch and open it again.
-        self._cache: LRUCache[int, bytes] = LRUCache(maxsize=cache_segments)
+        #: Parquet footer, then its column chunks) do not fetch and open it again. Bounded by
+        #: bytes: at most `cache_segments` segments, and only what the memory budget leaves
+        #: beside one segment being fetched and opened (with 64 MiB segments and the default
+        #: 256 MiB budget, one segment).
+        s, t = self._layout.segment_size, self._layout.ct_segment_size
+        self.cache_bytes = max(0, min(cache_segments * s, memory_budget - (s + t)))
+        self._cache: LRUCache[int, bytes | bytearray] = LRUCache(
+            maxsize=max(1, self.cache_bytes), getsizeof=len
+        )
         self._lock = threading.Lock()
 
     # -- information
@@ -153,7 +161,7 @@ class DecryptingReader(io.RawIOBase):
     def verified_size(self) -> int:
         """Authenticate the final segment, then return the plaintext length."""
         if not self._verified:
-            self._open_range(self._count - 1, self._count)
+            self._open_range(self._count - 1, self._count, 0, 0)
         return self._size
 
     def ciphertext_range(self, offset: int, length: int) -> tuple[int, int]:
@@ -216,20 +224,26 @@ class DecryptingReader(io.RawIOBase):
             return b""
         s = self._layout.segment_size
         first, last = offset // s, (end - 1) // s + 1
-        plain = self._open_range(first, last)
-        base = first * s
-        return plain[offset - base : end - base]
+        return self._open_range(first, last, offset - first * s, end - first * s)
 
-    def _open_range(self, first: int, last: int) -> bytes:
-        """Plaintext of segments [first, last): cached ones from the cache, the rest fetched in
-        one range read (one ranged GET) and authenticated before use."""
+    def _open_range(self, first: int, last: int, lo_cut: int = 0, hi_cut: int = -1) -> bytes:
+        """Plaintext [lo_cut, hi_cut) of segments [first, last) (relative to segment `first`):
+        cached segments from the cache, the rest fetched in one range read (one ranged GET)
+        and authenticated before use.
+
+        Memory: the ciphertext is dropped as soon as it is opened, and only the requested
+        bytes are copied out, so a one-segment read holds one segment of ciphertext and one of
+        plaintext at a time, besides the cache (see `cache_bytes`)."""
+        s = self._layout.segment_size
         with self._lock:
             have = {i: self._cache[i] for i in range(first, last) if i in self._cache}
         missing = [i for i in range(first, last) if i not in have]
+        lo = hi = 0
+        out = bytearray()
+        final = False
         if missing:
             lo, hi = missing[0], missing[-1] + 1
             t = self._layout.ct_segment_size
-            s = self._layout.segment_size
             start = self.header.header_len + lo * t
             stop = min(self._ct_len, self.header.header_len + hi * t)
             ct = self._rf.read_range(start, stop - start)
@@ -246,14 +260,42 @@ class DecryptingReader(io.RawIOBase):
                 self.header.seg_log2,
                 final,
             )
-            opened = {i: bytes(out[(i - lo) * s : (i - lo + 1) * s]) for i in range(lo, hi)}
-            have.update(opened)
-            with self._lock:
-                if final:
-                    self._verified = True
-                for i, seg in opened.items():
-                    self._cache[i] = seg
-        return b"".join(have[i] for i in range(first, last))
+            del ct
+        view = memoryview(out)
+
+        def segment(i: int) -> bytes | bytearray | memoryview:
+            return have[i] if i in have else view[(i - lo) * s : (i - lo + 1) * s]
+
+        pieces = [segment(i) for i in range(first, last)]
+        whole = sum(len(p) for p in pieces)
+        hi_cut = whole if hi_cut < 0 else hi_cut
+        wanted: list[bytes | bytearray | memoryview] = []
+        pos = 0
+        for p in pieces:
+            a, b = max(lo_cut, pos), min(hi_cut, pos + len(p))
+            if a < b:
+                wanted.append(memoryview(p)[a - pos : b - pos])
+            pos += len(p)
+        result = b"".join(wanted)  # the requested bytes, copied out once
+        del wanted, pieces
+        view.release()
+        if missing:
+            self._remember(lo, hi, out, final)
+        return result
+
+    def _remember(self, lo: int, hi: int, out: bytearray, final: bool) -> None:
+        """Cache the newest opened segments that fit; a lone segment is cached as the very
+        buffer it was opened into (no copy)."""
+        s = self._layout.segment_size
+        fit = min(hi - lo, self.cache_bytes // s) if self.cache_bytes else 0
+        with self._lock:
+            if final:
+                self._verified = True
+            if hi - lo == 1 and fit:
+                self._cache[lo] = out
+                return
+            for i in range(hi - fit, hi):
+                self._cache[i] = bytes(out[(i - lo) * s : (i - lo + 1) * s])
 
     def _check_open(self) -> None:
         if self.closed:
@@ -281,6 +323,7 @@ async def aopen_decrypted(
     rf = _as_range_file(source)
     try:
         header = await anyio.to_thread.run_sync(_read_header, rf, options.max_wrapped_keys)
+        options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = await anyio.to_thread.run_sync(rf.size)
         keys = await open_object(
             header,
@@ -288,7 +331,7 @@ async def aopen_decrypted(
             expected_context=expected_context,
             expected_kms_context=expected_kms_context,
         )
-        return DecryptingReader(rf, header, keys, ct_len)
+        return DecryptingReader(rf, header, keys, ct_len, memory_budget=options.memory_budget)
     except BaseException:
         rf.close()
         raise

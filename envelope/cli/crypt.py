@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import IO
 
 from .. import sync
-from ..api import ObjectInfo, Options
+from ..api import DEFAULT_MEMORY_BUDGET, ObjectInfo, Options
 from ..kms.filekey import generate_key_file
 from ._common import (
     add_key_arguments,
@@ -32,7 +32,25 @@ def _add_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
+    p.add_argument(
+        "--memory-budget",
+        type=_size,
+        default=DEFAULT_MEMORY_BUDGET,
+        metavar="SIZE",
+        help="most memory the pipeline's buffers may hold, in bytes or with a K/M/G suffix "
+        "(default 256M, at least 4M); a segment size it cannot hold is refused",
+    )
     add_metrics_argument(p)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G)")
+    return int(digits) * mult
 
 
 def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,7 +125,9 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             from .lake import run_folder
 
             return run_folder("encrypt", args, keyring_for_encrypt(args, observer), observer)
-    options = Options(segment_size=args.segment_size, workers=args.workers)
+    options = Options(
+        segment_size=args.segment_size, workers=args.workers, memory_budget=args.memory_budget
+    )
     with (
         metrics_observer(args) as observer,
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
@@ -147,7 +167,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
                 _open_out(args.output),
                 keyring=keyring,
                 expected_context=parse_pairs(args.expect_context, "--expect-context"),
-                options=Options(workers=args.workers),
+                options=Options(workers=args.workers, memory_budget=args.memory_budget),
                 on_progress=advance,
                 observer=observer,
             )
