@@ -4,9 +4,10 @@ The engine reads fixed-size batches with `Source.readinto` (which fills the buff
 input ends) and writes with `Sink.write`, then either `commit`s or `abort`s. Adapters cover
 bytes, paths, sync binary files, async files (anyio's and aiofiles') and async byte iterators.
 
-A path sink is atomic: bytes go to a temporary file beside the target, which is flushed,
-fsynced and renamed over the target only on `commit`; `abort` removes it. So no partial output,
-and no unauthenticated plaintext, ever stands under the final name.
+A path sink follows `envelope.atomic`: a regular or new file is written to a temporary file
+beside it, fsynced and renamed over it only on `commit` (`abort` removes it), so no partial
+output and no unauthenticated plaintext ever stands under the final name; a device or FIFO is
+written through, and a symlink's target is written, never the link.
 
 Blocking file calls run on worker threads, a batch (several MiB) per hop, so the event loop
 never stalls on disk I/O.
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import IO, Any, Protocol, TypeAlias, cast
 
 import anyio.to_thread
 
+from .atomic import OutputFile
 from .errors import ConfigurationError
 
 __all__ = (
@@ -220,72 +221,37 @@ class BufferSink:
 
 
 class AtomicFileSink:
-    """Writes to a temporary file in the target's directory; renames over the target on commit.
+    """Async sink over `envelope.atomic.OutputFile`: a regular (or new) file is replaced
+    atomically on commit, a device or FIFO is written through, a symlink's target is written.
 
-    The new file gets the target's mode if the target exists, else 0666 minus the umask, like
-    any file the user creates. `durable=False` skips the two fsyncs: the rename is still
-    atomic for other processes and against a crash of this one, but not against power loss
-    (for scratch output that can be rebuilt).
+    `durable=False` skips the two fsyncs: the rename is still atomic for other processes and
+    against a crash of this one, but not against power loss (for scratch output that can be
+    rebuilt).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, durable: bool = True, clean_stale: bool = True
+    ) -> None:
+        self._out = OutputFile(path, durable=durable, clean_stale=clean_stale)
         self.durable = durable
-        self.path = os.path.abspath(os.fspath(path))
-        directory, name = os.path.split(self.path)
-        try:
-            fd, self.tmp_path = tempfile.mkstemp(
-                dir=directory, prefix=f".{name}.", suffix=".envelope-tmp"
-            )
-        except OSError as e:
-            raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
-        self._f: IO[bytes] = os.fdopen(fd, "wb", buffering=0)
-        self._done = False
+        self.path = self._out.path
+
+    @property
+    def tmp_path(self) -> str | None:
+        return self._out.tmp_path
+
+    @property
+    def atomic(self) -> bool:
+        return self._out.atomic
 
     async def write(self, data: memoryview) -> None:
-        await anyio.to_thread.run_sync(_write_all, self._f, data)
-
-    def _finish(self) -> None:
-        try:
-            mode = os.stat(self.path).st_mode & 0o7777
-        except FileNotFoundError:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.fchmod(self._f.fileno(), mode)
-        if self.durable:
-            os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.tmp_path, self.path)
-        if self.durable:
-            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        await anyio.to_thread.run_sync(self._out.write, data)
 
     async def commit(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            await anyio.to_thread.run_sync(self._finish)
-        except BaseException:
-            self._remove()
-            raise
-
-    def _remove(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        try:
-            os.unlink(self.tmp_path)
-        except FileNotFoundError:
-            pass
+        await anyio.to_thread.run_sync(self._out.commit)
 
     async def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._remove()
+        self._out.discard()
 
 
 def _write_all(f: IO[bytes], data: memoryview) -> None:

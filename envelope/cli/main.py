@@ -7,15 +7,23 @@
 
 Exit codes: 0 success, 1 the object is invalid (authentication, truncation, bad header) or a
 lake job had failed objects, 2 usage or configuration error, 3 KMS failure, 4 context
-mismatch, 5 an I/O error (disk full, broken pipe, ...), 130 interrupted.
+mismatch, 5 an I/O error (disk full, broken pipe, ...), 130 interrupted (SIGINT), 143
+terminated (SIGTERM: `timeout`, systemd, `docker stop`), 129 hung up (SIGHUP).
+
+SIGTERM and SIGHUP are handled exactly like SIGINT, which every command already handles
+cleanly: the running work is cancelled, every temporary file is removed and no target is
+touched; only the exit code says which signal it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from .. import __version__
 from ..errors import (
@@ -54,15 +62,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Signals that stop a command the way SIGINT does, and the names said on exit.
+_STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
+
+
+class _Stopped:
+    signum: int | None = None
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM/SIGHUP into the SIGINT path: asyncio's runner cancels the running task
+    (so every sink aborts and removes its temporary) and raises KeyboardInterrupt; plain
+    blocking code gets KeyboardInterrupt directly."""
+    _Stopped.signum = signum
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:  # SIGINT ignored (a background job of a non-interactive shell)
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    previous = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    _Stopped.signum = None
+    try:
+        with _stop_signals():
+            return _run(handler, args)
+    except KeyboardInterrupt:  # a signal that arrived while the handlers were being restored
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    from ..atomic import remove_live_temporaries
+
+    remove_live_temporaries()  # belt and braces: every sink already removed its own
+    signum = _Stopped.signum
+    if signum is None:
+        err("interrupted; no partial file was left under a target name")
+        return 130
+    err(f"{_STOP_SIGNALS[signal.Signals(signum)]}; no partial file was left under a target name")
+    return 128 + signum
+
+
+def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        err("interrupted; no partial file was left under a target name")
-        return 130
+        return _interrupted()
     except ContextMismatchError as e:
         err(str(e))
         return EXIT_CONTEXT

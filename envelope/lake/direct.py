@@ -18,11 +18,11 @@ import os
 from typing import IO
 
 from ..api import PreparedObject
+from ..atomic import OutputFile
 from ..errors import ConfigurationError
 from ..hazmat.format import TAG_LEN, Header
 from ..hazmat.keyschedule import ObjectKeys
 from ..hazmat.segments import open_segments, seal_segments
-from .sinks import _tmp_name
 
 __all__ = ("open_file", "seal_file")
 
@@ -38,36 +38,9 @@ def _fill(f: IO[bytes], buf: bytearray) -> int:
     return got
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-class _TempFile:
-    """A temporary file beside `path`, renamed over it by `commit`, removed otherwise."""
-
-    def __init__(self, path: str, durable: bool) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.path = path
-        self.tmp = _tmp_name(path)
-        self.durable = durable
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-
-    def commit(self) -> None:
-        if self.durable:
-            os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+def _output(path: str, durable: bool) -> OutputFile:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return OutputFile(path, durable=durable, clean_stale=False)
 
 
 def seal_file(
@@ -75,10 +48,10 @@ def seal_file(
 ) -> int:
     """Encrypt local file `src` to `dst` under a prepared header; returns plaintext bytes."""
     s = 1 << prepared.seg_log2
-    out = _TempFile(dst, durable)
+    out = _output(dst, durable)
     try:
         with open(src, "rb", buffering=0) as f:
-            _write_all(out.fd, memoryview(prepared.header))
+            out.write(memoryview(prepared.header))
             cur, nxt, sealed = bytearray(s), bytearray(s), bytearray(s + TAG_LEN)
             n, index, total = _fill(f, cur), 0, 0
             while True:
@@ -92,7 +65,7 @@ def seal_file(
                     prepared.seg_log2,
                     m == 0,
                 )
-                _write_all(out.fd, memoryview(sealed)[:w])
+                out.write(memoryview(sealed)[:w])
                 total += n
                 if m == 0:
                     break
@@ -114,7 +87,7 @@ def open_file(header: Header, keys: ObjectKeys, src: str, dst: str, *, durable: 
     """
     s = 1 << header.seg_log2
     t = s + TAG_LEN
-    out = _TempFile(dst, durable)
+    out = _output(dst, durable)
     try:
         with open(src, "rb", buffering=0) as f:
             f.seek(header.header_len)
@@ -132,7 +105,7 @@ def open_file(header: Header, keys: ObjectKeys, src: str, dst: str, *, durable: 
                         header.seg_log2,
                         m == 0,
                     )
-                    _write_all(out.fd, memoryview(plain)[:w])
+                    out.write(memoryview(plain)[:w])
                     total += w
                     if m == 0:
                         break

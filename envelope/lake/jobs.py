@@ -20,7 +20,6 @@ to verify, unless the caller turns `bind_path` off.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ import pyarrow.fs as pafs
 
 from .. import api
 from .._pipeline import first_error
+from ..atomic import write_bytes
 from ..errors import ConfigurationError, EnvelopeError, HeaderFormatError, InvalidObjectError
 from ..hazmat.format import FIXED_PREFIX_LEN, MAX_EDKS, Header, parse_header, parse_prefix
 from ..hazmat.segments import Layout
@@ -148,12 +148,10 @@ class JobReport:
         return d
 
     def write(self, path: str) -> None:
-        """Write the report as JSON, atomically."""
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        """Write the report as JSON by the one output rule (`envelope.atomic`): atomically for
+        a file, through for a device or FIFO, a symlink's target rather than the link."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        write_bytes(path, text.encode(), durable=False)
 
 
 class Progress(Protocol):

@@ -7,38 +7,24 @@ temporary key beside the target, written with the filesystem's own output stream
 onto the final key; pyarrow cannot abort an upload (closing always completes it,
 apache/arrow#40502), so writing the final key directly would publish a partial object.
 
-Temporary names are ``.<name>.<random>.envelope-tmp``; `is_temporary` recognises them so a
-re-run can clean up after a killed one.
+Temporary names are ``.<name>.<random>.envelope-tmp`` (`envelope.atomic`, the one place that
+spells them); `is_temporary` recognises them so a re-run can clean up after a killed one.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pyarrow.fs as pafs
 
+from ..atomic import TMP_SUFFIX, is_temporary, temporary_name, write_bytes
 from ..streams import AtomicFileSink, Sink
 from .s3 import MultipartSink, client_for, put_whole
 
 __all__ = ("TMP_SUFFIX", "ArrowAtomicSink", "atomic_sink", "is_temporary", "write_whole")
-
-TMP_SUFFIX = ".envelope-tmp"
-
-
-def is_temporary(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
-
-
-def _tmp_name(path: str) -> str:
-    head, _, name = path.rpartition("/")
-    tmp = f".{name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
-    return f"{head}/{tmp}" if head else tmp
-
 
 def _is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
@@ -56,7 +42,7 @@ class ArrowAtomicSink:
     def __init__(self, fs: pafs.FileSystem, path: str) -> None:
         self.fs = fs
         self.path = path
-        self.tmp_path = _tmp_name(path)
+        self.tmp_path = temporary_name(path)
         self._stream: Any = None
         self._done = False
 
@@ -111,7 +97,7 @@ def atomic_sink(fs: pafs.FileSystem, path: str, *, durable: bool = True) -> Sink
     on S3 (see envelope.lake.s3), a temporary key and a move elsewhere."""
     if _is_local(fs):
         _ensure_parent(fs, path)
-        return AtomicFileSink(path, durable=durable)
+        return AtomicFileSink(path, durable=durable, clean_stale=False)
     client = client_for(fs)
     if client is not None:
         return MultipartSink(client, path)
@@ -121,26 +107,14 @@ def atomic_sink(fs: pafs.FileSystem, path: str, *, durable: bool = True) -> Sink
 def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, durable: bool) -> None:
     """Write a whole small object atomically from a worker thread (one hop for the lot)."""
     _ensure_parent(fs, path)
-    tmp = _tmp_name(path)
     if _is_local(fs):
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        write_bytes(path, data, durable=durable, clean_stale=False)
         return
     client = client_for(fs)
     if client is not None:
         put_whole(client, path, data)  # one PutObject: whole or nothing, no temporary key
         return
+    tmp = temporary_name(path)
     try:
         with fs.open_output_stream(tmp) as out:
             out.write(data)

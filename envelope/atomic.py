@@ -1,0 +1,286 @@
+"""The one local output writer: what "write to this path" means, for every kind of path.
+
+Every local output of envelope (the CLI's files, the lake jobs' objects, the direct
+file-to-file path, JSON reports) goes through `OutputFile`, so one rule holds everywhere:
+
+- **A regular file, or a path that does not exist yet** is replaced atomically: the bytes go
+  to a temporary file beside it, ``.<name>.<random>.envelope-tmp`` (mode 0600 while written),
+  which is renamed over the target only by `OutputFile.commit`; `OutputFile.discard` removes
+  it. Nothing partial, and no unauthenticated plaintext, ever stands under the final name.
+  The new file takes the old file's mode, or 0666 minus the umask for a new one.
+- **A symlink** is resolved, and its target is what is written (by the rule above); the link
+  itself is never replaced. A dangling link creates its target, as ``cp`` does.
+- **A character or block device, a FIFO or a socket** is written *through*: replacing
+  ``/dev/null`` or a named pipe with a regular file would break it for everyone (and, as root,
+  leave the plaintext world-readable under a device's name). Nothing is atomic there: the
+  caller's release-after-authentication rule per segment still holds, and a failure is
+  reported by a non-zero exit, as with a pipe on stdout.
+- **A directory** is refused.
+
+A temporary file is held under an exclusive `flock` by the process writing it. A killed
+process's lock dies with it, so `remove_stale_temporaries` (run by every new writer of the same
+target, and by the lake jobs at start) removes what a killed run left, and never touches a
+temporary another live process is still writing. Every live temporary of this process is also
+recorded, so a signal handler can remove them before the process exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import threading
+from typing import Literal
+
+from .errors import ConfigurationError
+
+__all__ = (
+    "TMP_SUFFIX",
+    "OutputFile",
+    "is_temporary",
+    "is_stale_temporary",
+    "remove_live_temporaries",
+    "remove_stale_temporaries",
+    "resolve_output",
+    "temporary_name",
+    "write_bytes",
+)
+
+#: The suffix of every temporary file envelope writes. Resume and cleanup depend on it.
+TMP_SUFFIX = ".envelope-tmp"
+
+OutputKind = Literal["atomic", "through"]
+
+_live: set[str] = set()
+_live_lock = threading.Lock()
+
+
+def is_temporary(path: str) -> bool:
+    """Whether `path` (any separator style) names one of envelope's temporary files."""
+    name = path.replace(os.sep, "/").rsplit("/", 1)[-1]
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def temporary_name(path: str) -> str:
+    """A fresh temporary name beside `path` (``/``-separated paths work on object stores)."""
+    head, _, name = path.rpartition("/")
+    tmp = f".{name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+    return f"{head}/{tmp}" if head else tmp
+
+
+def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
+    """The real path to write and how: ``atomic`` (temp file + rename) or ``through``.
+
+    Raises `ConfigurationError` for a directory or a path whose folder does not exist.
+    """
+    real = os.path.realpath(os.fspath(path))
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ConfigurationError(f"cannot write {os.fspath(path)!r}: {e.strerror}") from None
+    if st is None:
+        parent = os.path.dirname(real)
+        if not os.path.isdir(parent):
+            raise ConfigurationError(f"cannot write {os.fspath(path)!r}: no folder {parent!r}")
+        return real, "atomic"
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigurationError(f"cannot write {os.fspath(path)!r}: it is a folder")
+    if stat.S_ISREG(st.st_mode):
+        return real, "atomic"
+    return real, "through"  # character/block device, FIFO, socket
+
+
+def _lock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_stale_temporary(tmp: str) -> bool:
+    """True if `tmp` is a temporary that no live process holds (its writer died)."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True  # our lock is dropped when fd closes
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str) -> int:
+    """Remove the temporaries beside `path` (for that target) that a killed run left behind."""
+    directory, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}."
+    removed = 0
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(TMP_SUFFIX)):
+            continue
+        # `.<name>.<12 hex>.envelope-tmp`: match this target's own names exactly
+        middle = entry[len(prefix) : -len(TMP_SUFFIX)]
+        if len(middle) != 12 or any(c not in "0123456789abcdef" for c in middle):
+            continue
+        tmp = os.path.join(directory, entry)
+        if is_stale_temporary(tmp):
+            try:
+                os.unlink(tmp)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def remove_live_temporaries() -> None:
+    """Remove every temporary this process is writing (for a signal handler before exit)."""
+    with _live_lock:
+        paths = list(_live)
+        _live.clear()
+    for p in paths:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _new_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+class OutputFile:
+    """Blocking writer for one local output path, by the rules in the module docstring.
+
+    Use `write` (whole buffers), then exactly one of `commit` or `discard`; `discard` after
+    `commit` does nothing, so ``try: ... commit() finally: discard()`` is the idiom.
+    `durable=True` fsyncs the file before the rename and the folder after it. `clean_stale`
+    first removes what a killed writer of the same target left (a listing of the folder: the
+    lake jobs turn it off per object and clean the whole destination once, under their lock).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, durable: bool = True, clean_stale: bool = True
+    ) -> None:
+        self.requested = os.fspath(path)
+        self.path, self.kind = resolve_output(path)
+        self.durable = durable
+        self.tmp_path: str | None = None
+        self._done = False
+        if self.kind == "through":
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY)
+            except OSError as e:
+                raise ConfigurationError(f"cannot write {self.requested!r}: {e.strerror}") from None
+            return
+        directory = os.path.dirname(self.path)
+        if clean_stale:
+            remove_stale_temporaries(self.path)
+        tmp = temporary_name(self.path)
+        try:
+            self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
+        with _live_lock:
+            _live.add(tmp)
+        self.tmp_path = tmp
+        _lock(self.fd)
+
+    @property
+    def atomic(self) -> bool:
+        return self.kind == "atomic"
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def commit(self) -> None:
+        """Make the output visible under its name (atomic targets) or just finish it."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            if self.tmp_path is None:
+                os.close(self.fd)
+                self.fd = -1
+                return
+            try:
+                mode = os.stat(self.path).st_mode & 0o7777
+            except FileNotFoundError:
+                mode = _new_file_mode()
+            os.fchmod(self.fd, mode)
+            if self.durable:
+                os.fsync(self.fd)
+            os.replace(self.tmp_path, self.path)
+            self._forget()
+            os.close(self.fd)  # the lock is released only once the name is final
+            self.fd = -1
+            if self.durable:
+                dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except BaseException:
+            self._remove()
+            raise
+
+    def _forget(self) -> None:
+        with _live_lock:
+            _live.discard(self.tmp_path or "")
+        self.tmp_path = None
+
+    def _remove(self) -> None:
+        tmp = self.tmp_path
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            self._forget()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Something failed: remove the temporary (the target is untouched)."""
+        if self._done:
+            return
+        self._done = True
+        self._remove()
+
+    def __enter__(self) -> OutputFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def write_bytes(
+    path: str | os.PathLike[str],
+    data: bytes | bytearray,
+    *,
+    durable: bool,
+    clean_stale: bool = True,
+) -> None:
+    """Write a whole small output by the same rules (reports, small lake objects)."""
+    out = OutputFile(path, durable=durable, clean_stale=clean_stale)
+    try:
+        out.write(data)
+        out.commit()
+    finally:
+        out.discard()

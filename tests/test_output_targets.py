@@ -1,0 +1,290 @@
+"""What `envelope` does to the path it is told to write (issue 8, findings 1, 5 and 11).
+
+Regular and new files are replaced atomically; devices and FIFOs are written through, never
+replaced; a symlink's target is written, never the link; SIGTERM and SIGHUP clean up like
+SIGINT; a later run removes what a killed one left. Every test runs the real CLI in a process.
+Device tests use a private `mknod` copy of /dev/null in a temporary folder, never /dev itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from envelope.atomic import TMP_SUFFIX, OutputFile, remove_stale_temporaries
+
+ENV = {**os.environ, "ENVELOPE_HOME": "/nonexistent-envelope-home-for-tests"}
+
+
+def envelope(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", *args],
+        capture_output=True,
+        env=ENV,
+        timeout=120,
+    )
+
+
+def start(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "envelope.cli.main", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.name.endswith(TMP_SUFFIX))
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> Path:
+    k = tmp_path / "k.key"
+    assert envelope("keygen", str(k)).returncode == 0
+    return k
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> bytes:
+    data = os.urandom((2 << 20) + 77)
+    (tmp_path / "in.bin").write_bytes(data)
+    return data
+
+
+@pytest.fixture
+def sealed(tmp_path: Path, key: Path, plain: bytes) -> Path:
+    out = tmp_path / "in.env"
+    r = envelope("encrypt", str(tmp_path / "in.bin"), str(out), "--key-file", str(key),
+                 "--segment-size", "65536")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def private_null(d: Path) -> Path:
+    """A private character device with /dev/null's numbers (we run as root in CI)."""
+    node = d / "null"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod needs root (CI runs as root)")
+    os.chmod(node, 0o666)
+    return node
+
+
+class FifoReader:
+    """Reads everything written to a FIFO on a thread (the writer blocks until it opens)."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.path = path
+        self.data = b""
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+
+    def join(self) -> bytes:
+        self._t.join(30)
+        return self.data
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_a_device_is_written_through_not_replaced(
+    tmp_path: Path, key: Path, sealed: Path, command: str
+) -> None:
+    node = private_null(tmp_path)
+    src = tmp_path / ("in.bin" if command == "encrypt" else "in.env")
+    r = envelope(command, str(src), str(node), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    st = os.lstat(node)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert st.st_mode & 0o777 == 0o666
+    assert leftovers(tmp_path) == []
+
+
+def test_decrypt_streams_into_a_fifo(tmp_path: Path, key: Path, sealed: Path, plain: bytes) -> None:
+    reader = FifoReader(tmp_path / "pipe")
+    r = envelope("decrypt", str(sealed), str(reader.path), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert reader.join() == plain
+    assert stat.S_ISFIFO(os.lstat(reader.path).st_mode)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_fifo_gets_only_authenticated_segments_and_a_failure_exit(
+    tmp_path: Path, key: Path, sealed: Path, plain: bytes
+) -> None:
+    blob = bytearray(sealed.read_bytes())
+    blob[len(blob) // 2] ^= 1  # a segment in the middle
+    bad = tmp_path / "bad.env"
+    bad.write_bytes(blob)
+    reader = FifoReader(tmp_path / "pipe")
+    r = envelope("decrypt", str(bad), str(reader.path), "--key-file", str(key),
+                 "--workers", "1")
+    got = reader.join()
+    assert r.returncode == 1, r.stderr
+    assert len(got) < len(plain) // 2 + 65536
+    assert got == plain[: len(got)]  # only authenticated segments came out
+    assert stat.S_ISFIFO(os.lstat(reader.path).st_mode)
+
+
+@pytest.mark.parametrize("command", ["encrypt", "decrypt"])
+def test_a_symlink_target_is_replaced_never_the_link(
+    tmp_path: Path, key: Path, sealed: Path, plain: bytes, command: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    target = tmp_path / "sub" / "real.out"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.out"
+    link.symlink_to(target)
+    src = tmp_path / ("in.bin" if command == "encrypt" else "in.env")
+    r = envelope(command, str(src), str(link), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.stat().st_mode & 0o777 == 0o640
+    if command == "decrypt":
+        assert target.read_bytes() == plain
+    else:
+        assert target.read_bytes()[:4] != b"old" and target.stat().st_size > len(plain)
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "sub") == []
+
+
+def test_a_dangling_symlink_creates_its_target(
+    tmp_path: Path, key: Path, sealed: Path, plain: bytes
+) -> None:
+    link = tmp_path / "link.out"
+    link.symlink_to(tmp_path / "made.out")
+    r = envelope("decrypt", str(sealed), str(link), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and (tmp_path / "made.out").read_bytes() == plain
+
+
+def test_a_folder_target_for_a_file_is_refused(tmp_path: Path, key: Path, sealed: Path) -> None:
+    out = tmp_path / "folder"
+    out.mkdir()
+    r = envelope("decrypt", str(sealed), str(out), "--key-file", str(key))
+    assert r.returncode == 2, r.stderr
+    assert b"folder" in r.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_lake_report_follows_the_same_rule(tmp_path: Path, key: Path) -> None:
+    src = tmp_path / "lake"
+    src.mkdir()
+    (src / "a.csv").write_bytes(b"x,y\n1,2\n")
+    real = tmp_path / "real-report.json"
+    real.write_text("{}")
+    link = tmp_path / "report.json"
+    link.symlink_to(real)
+    r = envelope("lake", "encrypt", str(src), str(tmp_path / "enc"), "--key-file", str(key),
+                 "--report", str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink()
+    assert json.loads(real.read_text())["done"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    node = private_null(tmp_path)
+    r = envelope("lake", "verify", str(tmp_path / "enc"), "--key-file", str(key),
+                 "--report", str(node))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(os.lstat(node).st_mode)
+
+
+@pytest.fixture
+def big(tmp_path: Path, key: Path) -> tuple[Path, Path]:
+    """A plaintext and its sealed object, large enough to signal a run in its middle."""
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(96):
+            f.write(os.urandom(1 << 20))
+    enc = tmp_path / "big.env"
+    r = envelope("encrypt", str(src), str(enc), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    return src, enc
+
+
+@pytest.mark.parametrize(
+    ("command", "sig", "code"),
+    [
+        ("decrypt", signal.SIGTERM, 143),
+        ("decrypt", signal.SIGHUP, 129),
+        ("encrypt", signal.SIGTERM, 143),
+        ("encrypt", signal.SIGINT, 130),
+    ],
+)
+def test_a_stop_signal_leaves_nothing_behind(
+    tmp_path: Path, key: Path, big: tuple[Path, Path], command: str, sig: int, code: int
+) -> None:
+    src = big[1] if command == "decrypt" else big[0]
+    target = tmp_path / "target.out"
+    target.write_bytes(b"precious")
+    proc = start(command, str(src), str(target), "--key-file", str(key), "--workers", "1")
+    deadline = time.monotonic() + 30
+    while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.fail("the run finished before the signal: make the input larger")
+    assert proc.returncode == code, stderr
+    assert leftovers(tmp_path) == []
+    assert target.read_bytes() == b"precious"
+
+
+def test_a_later_run_removes_what_a_killed_run_left(
+    tmp_path: Path, key: Path, big: tuple[Path, Path]
+) -> None:
+    target = tmp_path / "target.out"
+    proc = start("decrypt", str(big[1]), str(target), "--key-file", str(key), "--workers", "1")
+    deadline = time.monotonic() + 30
+    while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    stale = leftovers(tmp_path)
+    assert len(stale) == 1
+    r = envelope("decrypt", str(big[1]), str(target), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert leftovers(tmp_path) == []
+    assert target.read_bytes() == big[0].read_bytes()
+
+
+def test_a_live_writers_temporary_is_never_removed(tmp_path: Path) -> None:
+    target = tmp_path / "t.out"
+    live = OutputFile(target, durable=False)  # holds its flock, as another process would
+    try:
+        assert live.tmp_path is not None
+        fd = os.open(live.tmp_path, os.O_RDONLY)
+        try:  # the lock is held: nobody else can take it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        child = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from envelope.atomic import remove_stale_temporaries as r;"
+             " print(r(sys.argv[1]))", str(target)],
+            capture_output=True, text=True, check=True,
+        )
+        assert child.stdout.strip() == "0"
+        assert os.path.exists(live.tmp_path)
+        live.write(b"data")
+        live.commit()
+    finally:
+        live.discard()
+    assert target.read_bytes() == b"data"
+    assert remove_stale_temporaries(str(target)) == 0
