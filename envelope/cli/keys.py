@@ -4,7 +4,8 @@ Each command opens the store under ``--home`` / ``$ENVELOPE_HOME`` (default ``~/
 created with its root-key file on first use) in ``--region`` and calls one `KeyService`
 operation. Output is a table (rich) by default and the AWS-shaped response with ``--json``
 (binary members base64, times as epoch seconds). Exit codes: 0 success, 2 usage or
-configuration (including a wrong root key), 3 the KMS refused (the AWS error code is printed).
+configuration (including a wrong root key, or a missing, truncated or corrupt store), 3 the
+KMS refused (the AWS error code is printed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..service import KeyService, KmsServiceError, RootKeyError, open_service
+from ..service import KeyService, KmsServiceError, open_service
+from ..service.errors import StoreError
 
 __all__ = ("add_store_arguments", "register")
 
@@ -145,7 +147,7 @@ def _run(fn: Handler) -> Callable[[argparse.Namespace], int]:
         try:
             with open_from_args(args) as svc:
                 result = fn(args, svc)
-        except RootKeyError as e:
+        except StoreError as e:  # wrong root key, truncated or corrupt store: not the KMS refusing
             _err(str(e))
             return EXIT_USAGE
         except KmsServiceError as e:

@@ -13,7 +13,10 @@ the loop.
 
 Service refusals map onto `envelope.errors`: an unknown, disabled, pending-deletion or wrong key,
 or a ciphertext/context mismatch, is `KmsKeyError` (its message names the AWS error code);
-throttling is `ThrottlingError` and internal failures `KmsTransientError` (both retryable).
+throttling is `ThrottlingError` and internal failures `KmsTransientError` (both retryable). A
+store that cannot be used as it is (missing, truncated, corrupt; wrong root key) is
+`ConfigurationError`, and a key whose stored row fails authentication is `KmsKeyError`: no
+retry can fix either.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import TypeVar
 import anyio.to_thread
 
 from ..errors import ConfigurationError, KmsKeyError, KmsTransientError, ThrottlingError
-from ..service import KeyService, KmsServiceError, RootKeyError, open_service
+from ..service import KeyService, KmsServiceError, open_service
+from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 
 __all__ = ("PROVIDER_ID", "LocalKms", "key_id_from_uri", "open_local")
@@ -49,6 +53,10 @@ def key_id_from_uri(uri_or_key: str) -> str:
 
 def _translate(e: KmsServiceError) -> Exception:
     """Service errors as the engine's: throttling and transient faults are retryable kinds."""
+    if isinstance(e, TamperedStoreError):
+        return KmsKeyError(f"embedded KMS refused: {e.message}")
+    if isinstance(e, StoreError):
+        return ConfigurationError(f"embedded KMS store unusable: {e.message}")
     if e.code == "ThrottlingException":
         return ThrottlingError(f"embedded KMS throttled: {e.message}")
     if e.code in _UNAVAILABLE:
@@ -140,7 +148,7 @@ def open_local(
     """
     try:
         return LocalKms(open_service(home, region=region), offload=offload)
-    except RootKeyError as e:
+    except StoreError as e:
         raise ConfigurationError(str(e)) from None
     except KmsServiceError as e:
         raise _translate(e) from None

@@ -45,6 +45,7 @@ from .errors import (
     KmsServiceError,
     LimitExceededException,
     NotFoundException,
+    StoreError,
     TagException,
     ThrottlingException,
     UnsupportedOperationException,
@@ -215,6 +216,14 @@ def _seal_quietly(store: Store, clock: Clock, close: bool) -> None:
             store.close()
 
 
+def _store_failure(e: BaseException, store: Store) -> KmsServiceError:
+    """A store failure as a service error: corruption is `StoreError` (not retryable); a busy,
+    full or failing disk is `KMSInternalException` (transient)."""
+    if type(e) is sqlite3.DatabaseError:  # "malformed", "file is not a database"
+        return StoreError(f"the KMS store {store.path} is corrupt ({e}); restore it from a backup")
+    return KMSInternalException(f"the store failed: {type(e).__name__}")
+
+
 def _require(value: Any, name: str) -> Any:
     if value is None or value == "" or value == b"":
         raise ValidationException(f"{name} is required")
@@ -381,15 +390,20 @@ class ServiceCore:
         except KmsServiceError as e:
             err = e
         except (sqlite3.Error, OSError) as e:
-            err = KMSInternalException(f"the store failed: {type(e).__name__}")
+            err = _store_failure(e, self.store)
         call.alarm = call.alarm or err.alarm
         self._audit_head = None
-        with self.store.write() as conn:
-            for region, key_id in call.purges:
-                key = self._load(conn, region, key_id)
-                if key is not None:
-                    self._settle(conn, key, now)
-            self._record(conn, call, now, err)
+        try:
+            with self.store.write() as conn:
+                for region, key_id in call.purges:
+                    key = self._load(conn, region, key_id)
+                    if key is not None:
+                        self._settle(conn, key, now)
+                self._record(conn, call, now, err)
+        except (sqlite3.DatabaseError, StoreError):
+            if isinstance(err, StoreError):
+                raise err from None  # a corrupt store cannot record the refusal either
+            raise
         self._audit_head = call.head
         raise err
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..kms.quota import RateQuota
 from ._core import DEFAULT_REGION, Clock
+from .errors import RootKeyError
 from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
 from .service import KeyService
 from .store import Store, Synchronous
@@ -51,7 +52,20 @@ def open_service(
     """
     h = default_home(home)
     h.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = Store.open(h / STORE_NAME, root or default_root(h), synchronous=synchronous)
+    provider = root or default_root(h)
+    if (
+        not isinstance(provider, FileRootKey)
+        and not (h / STORE_NAME).exists()
+        and (h / ROOT_KEY_NAME).exists()
+    ):
+        # The file provider refuses this itself (under the store's creation lock); another
+        # provider never looks at root.key, so it is checked here.
+        raise RootKeyError(
+            f"{h / ROOT_KEY_NAME} exists but the store {h / STORE_NAME} does not: the store was "
+            "deleted or moved. A new store is not created beside an old root key; restore the "
+            "store from a backup, or move the root-key file away to start a new, empty KMS."
+        )
+    store = Store.open(h / STORE_NAME, provider, synchronous=synchronous)
     try:
         return KeyService(
             store,

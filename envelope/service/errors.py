@@ -4,8 +4,10 @@ A later HTTP layer turns `KmsServiceError.code` into the ``__type`` of an AWS er
 so every refusal a client can see is one of these classes and nothing else. Messages name key
 ids, states, parameter names and limits only: never plaintext, key material or ciphertext.
 
-Root-key problems (`RootKeyError`) are not AWS errors: they are raised when the store is opened,
-before any operation runs, and mean "this process was given the wrong secret".
+Store problems (`StoreError`, and its `RootKeyError` and `TamperedStoreError`) are not AWS
+errors: a missing, truncated, corrupt or tampered store, or the wrong secret, is a configuration
+problem that no retry can fix (restore from backup, or give the right root key). They carry the
+code ``KMSInternalException`` for an HTTP layer, but clients must not treat them as transient.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = (
     "LimitExceededException",
     "NotFoundException",
     "RootKeyError",
+    "StoreError",
+    "TamperedStoreError",
     "TagException",
     "ThrottlingException",
     "UnsupportedOperationException",
@@ -142,10 +146,28 @@ class KMSInternalException(KmsServiceError):
     """Something broke inside the service (the store is unreadable, ...)."""
 
 
-class RootKeyError(KmsServiceError):
+class StoreError(KmsServiceError):
+    """The store cannot be used as it is (missing, truncated, corrupt): not retryable.
+
+    Not an AWS error: a server would report it as an internal error, but a client must not retry
+    it; the message says what was found and how to recover (usually: restore from backup).
+    """
+
+    code = "KMSInternalException"
+
+
+class RootKeyError(StoreError):
     """The root key is missing or wrong; the store was not changed.
 
     Raised by `Store.open`. Not an AWS error: a server would report it as an internal error.
     """
 
     code = "KMSInternalException"
+
+
+class TamperedStoreError(StoreError):
+    """A row of the store fails authentication under the root key: it was edited outside the
+    service (or restored from another store). The row is refused and the refusal is an alarm."""
+
+    code = "KMSInternalException"
+    alarm = True

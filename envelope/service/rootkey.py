@@ -5,7 +5,8 @@ blobs bound to an AAD (the key id and version of what is sealed), so a later pro
 the root key inside an HSM and implement the same two calls there. Two providers ship:
 
 * `FileRootKey`: 32 random bytes in a file, created with ``O_EXCL`` and mode 0600 the first time
-  a store is initialised (never re-created for an existing store: a missing file is an error).
+  a store is initialised (never re-created for an existing store: a missing file is an error;
+  and a new store is never created under an existing file: that file's store was lost).
 * `PassphraseRootKey`: a passphrase stretched with scrypt (N=2**15, r=8, p=1) over a random salt
   kept in the store.
 
@@ -103,7 +104,14 @@ class FileRootKey:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                pass  # another process (or a previous store) made it: use it
+                # Store creation is serialised per folder, so this root key belongs to a store
+                # that is gone: a new store under it would hide the loss (issue 8, finding 4).
+                raise RootKeyError(
+                    f"root-key file {self.path} exists but its store does not: the store was "
+                    "deleted or moved. A new store is not created under an old root key; "
+                    "restore the store from a backup, or move the root-key file away to start "
+                    "a new, empty KMS."
+                ) from None
             else:
                 with os.fdopen(fd, "wb") as f:
                     f.write(os.urandom(ROOT_KEY_LEN))

@@ -15,18 +15,19 @@ missing root key raises `RootKeyError` and leaves the file untouched.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import KMSInternalException, RootKeyError
+from .errors import KMSInternalException, RootKeyError, StoreError
 from .rootkey import RootKey, RootKeyProvider
 
 __all__ = ("SCHEMA_VERSION", "Store")
@@ -94,22 +95,24 @@ class Store:
         synchronous: Synchronous = "NORMAL",
         busy_timeout_ms: int = 30_000,
     ) -> Store:
-        """Open (creating and initialising if new) the store at `path` with root key `root`."""
+        """Open the store at `path` with root key `root`, creating it if nothing is there.
+
+        An existing file that is not a store (empty, corrupt, uninitialised) raises
+        `StoreError` and is left as it is; so do the remains of a store (``-wal`` files, a
+        root-key file) without the store: a lost store is never replaced by an empty one.
+        """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        existed = p.exists() and p.stat().st_size > 0
+        if not p.exists():
+            _create(p, root)
+        _check_file(p)
         conn = sqlite3.connect(
             p, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            if not existed:
-                os.chmod(p, 0o600)
-                # Small pages: a call rewrites one audit page in the WAL, so 1 KiB pages make a
-                # commit about a third cheaper than 4 KiB ones (must precede WAL mode).
-                conn.execute("PRAGMA page_size=1024")
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -118,8 +121,12 @@ class Store:
             # audit page once however often it changed since the last one.
             conn.execute("PRAGMA wal_autocheckpoint=8192")
             meta = _read_meta(conn)
-            if "verifier" not in meta:
-                meta = _initialise(conn, root)
+            missing = [n for n in _REQUIRED_META if n not in meta]
+            if missing:
+                raise StoreError(
+                    f"{p} is not an initialised KMS store (no {', '.join(missing)} in it): it was "
+                    "truncated or replaced. Nothing was changed; restore it from a backup."
+                )
             rk = root.open(meta["salt"], create=False)
             if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
                 raise RootKeyError("the root key does not open this store")
@@ -133,7 +140,10 @@ class Store:
                 raise RootKeyError("the audit public key in the store was replaced")
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise KMSInternalException(f"{p} is not a usable KMS store: {e}") from None
+            raise StoreError(
+                f"{p} is not a usable KMS store ({e}): it is corrupt or not a store. Nothing "
+                "was changed; restore it from a backup."
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -190,14 +200,93 @@ def _read_meta(conn: sqlite3.Connection) -> dict[str, bytes]:
     return {str(n): bytes(v) if not isinstance(v, str) else v.encode() for n, v in rows}
 
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+_REQUIRED_META = ("salt", "verifier", "audit_sk", "audit_pk")
+
+
+def _check_file(p: Path) -> None:
+    """Refuse an existing store file that cannot be a store (never re-initialise it)."""
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise StoreError(f"cannot read the KMS store {p}: {e.strerror}") from None
+    if not p.is_file():
+        raise StoreError(f"{p} is not a regular file, so it cannot be a KMS store")
+    if size == 0:
+        raise StoreError(
+            f"{p} is empty (0 bytes): the KMS store was truncated. It is not re-created, "
+            "because a new store would lose every key; restore it from a backup."
+        )
+
+
+@contextmanager
+def _directory_lock(folder: Path) -> Iterator[None]:
+    """An exclusive `flock` on the folder: one process at a time decides to create a store."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _create(p: Path, provider: RootKeyProvider) -> None:
+    """Create a new store at `p`, atomically: built under a temporary name, then linked.
+
+    Only where nothing of a store exists: leftover ``-wal``/``-shm``/``-journal`` files mean a
+    store was there and is gone, and the root-key provider refuses to create a root key where
+    one exists (`FileRootKey`), so a lost store is never silently replaced by an empty one. The
+    folder lock makes the check and the creation one step across processes, and the link (which
+    never replaces) means the store's name only ever holds a complete, initialised store.
+    """
+    with _directory_lock(p.parent):
+        if p.exists():  # another process created it while we waited
+            return
+        leftovers = [p.name + s for s in _SIDE_FILES if p.with_name(p.name + s).exists()]
+        if leftovers:
+            raise StoreError(
+                f"the KMS store {p} is missing but {', '.join(leftovers)} "
+                f"{'is' if len(leftovers) == 1 else 'are'} still in {p.parent}: the store was "
+                "deleted or moved. A new store is not created over its remains; restore "
+                f"{p.name} from a backup (with its root key)."
+            )
+        tmp = p.with_name(f".{p.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                os.chmod(tmp, 0o600)
+                # Small pages: a call rewrites one audit page in the WAL, so 1 KiB pages make a
+                # commit about a third cheaper than 4 KiB ones (must precede WAL mode).
+                conn.execute("PRAGMA page_size=1024")
+                conn.execute("PRAGMA journal_mode=WAL")
+                _initialise(conn, provider)
+            finally:
+                conn.close()  # the last connection: checkpoints and removes the -wal
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(tmp, p)
+            _fsync_dir(p.parent)
+        finally:
+            for suffix in ("", *_SIDE_FILES):
+                with suppress(FileNotFoundError):
+                    os.unlink(f"{tmp}{suffix}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str, bytes]:
     """Create the schema and the sealed verifier and audit key, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        meta = _read_meta(conn)
-        if "verifier" in meta:  # another process initialised it first
-            conn.execute("ROLLBACK")
-            return meta
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
