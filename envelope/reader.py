@@ -67,7 +67,10 @@ class _SeekableFile:
         with self._lock:
             self.reads += 1
             self._f.seek(offset)
-            out = bytearray()
+            first = self._f.read(length)  # one allocation, no copy, in the usual case
+            if len(first) == length or not first:
+                return first
+            out = bytearray(first)  # a short read (a pipe-like file): gather the rest
             while len(out) < length:
                 chunk = self._f.read(length - len(out))
                 if not chunk:
