@@ -161,13 +161,12 @@ def keyring_for_encrypt(args: argparse.Namespace, observer: Observer = NULL_OBSE
 
 
 def keyring_for_decrypt(args: argparse.Namespace, observer: Observer = NULL_OBSERVER) -> Keyring:
+    """The keys a reader may use: exactly the `--key-file`s and `--key` given; with neither,
+    the embedded KMS under `--home`. A key file alone never touches `$ENVELOPE_HOME` (it
+    would open, and write the audit log of, a KMS the user did not ask for)."""
     backends: list[KmsBackend] = [FileKeyBackend(p) for p in args.key_file or []]
     if args.key:
         backends.append(open_backend(args.key, home=args.home)[0])
-    if not any(b.provider_id == "local" for b in backends):
-        try:
-            backends.append(open_local_backend(args.home, must_exist=bool(backends)))
-        except ConfigurationError:
-            if not backends:
-                raise
+    if not backends:
+        backends.append(open_local_backend(args.home, must_exist=True))
     return Keyring(decrypt_with=backends, observer=observer)

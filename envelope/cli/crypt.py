@@ -23,12 +23,22 @@ from ._common import (
     progress_bar,
 )
 
+_OUT_HELP = (
+    "output file (a regular file is replaced atomically: nothing appears under OUT unless the "
+    "whole run succeeds; a device or FIFO is written through; a symlink's target is written), "
+    "or - for stdout"
+)
+_DECRYPT_OUT_HELP = (
+    _OUT_HELP
+    + ". Streamed output (-, a pipe, a FIFO, a device) is released segment by segment: every "
+    "byte written was authenticated before it was released, but the stream as a whole is "
+    "authenticated (not truncated, nothing missing) only once envelope exits 0"
+)
 
-def _add_io(p: argparse.ArgumentParser) -> None:
+
+def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     p.add_argument("input", metavar="IN", help="input file, or - for stdin")
-    p.add_argument(
-        "output", metavar="OUT", help="output file (written atomically), or - for stdout"
-    )
+    p.add_argument("output", metavar="OUT", help=_DECRYPT_OUT_HELP if decrypt else _OUT_HELP)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
@@ -82,7 +92,7 @@ def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser(
         "decrypt", help="decrypt a file, a stream, or a folder (every file in it, to OUT/)"
     )
-    _add_io(p)
+    _add_io(p, decrypt=True)
     add_key_arguments(p, encrypt=False)
     p.add_argument(
         "--expect-context",

@@ -1,0 +1,64 @@
+"""A key file alone is enough: the CLI never opens the embedded KMS for it (issue 8, #11)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def envelope(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", *args],
+        capture_output=True,
+        env={**os.environ, "ENVELOPE_HOME": str(home)},
+        timeout=120,
+    )
+
+
+def snapshot(home: Path) -> dict[str, tuple[int, str]]:
+    return {
+        str(p.relative_to(home)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(home.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_key_file_commands_leave_the_embedded_kms_untouched(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    src = tmp_path / "in.bin"
+    src.write_bytes(os.urandom(100_000))
+    r = envelope(home, "encrypt", str(src), str(tmp_path / "managed.env"))  # makes a real store
+    assert r.returncode == 0, r.stderr
+    before = snapshot(home)
+    assert any(name.endswith("sqlite3") for name in before)
+    key = tmp_path / "k.key"
+    assert envelope(home, "keygen", str(key)).returncode == 0
+    enc, back = tmp_path / "f.env", tmp_path / "back.bin"
+    r = envelope(home, "encrypt", str(src), str(enc), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    r = envelope(home, "decrypt", str(enc), str(back), "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert back.read_bytes() == src.read_bytes()
+    # an object sealed by the embedded KMS is not opened behind the user's back
+    r = envelope(home, "decrypt", str(tmp_path / "managed.env"), "-", "--key-file", str(key))
+    assert r.returncode != 0 and r.stdout == b""
+    assert b"local" in r.stderr  # it says which key the object needs
+    assert snapshot(home) == before
+
+
+def test_key_file_decrypt_works_beside_a_broken_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "kms.sqlite3").write_bytes(b"not a database")
+    key = tmp_path / "k.key"
+    assert envelope(home, "keygen", str(key)).returncode == 0
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"hello")
+    enc = tmp_path / "f.env"
+    assert envelope(home, "encrypt", str(src), str(enc), "--key-file", str(key)).returncode == 0
+    r = envelope(home, "decrypt", str(enc), "-", "--key-file", str(key))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello"
