@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .kms.base import DataKey as DataKey
     from .kms.base import KmsBackend as KmsBackend
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 _WHERE = {
     "ObjectInfo": "api",
