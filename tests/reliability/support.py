@@ -9,12 +9,17 @@ kill points, signals); the conftest prints them at the end of the run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).with_name("corpus") / "header"
@@ -83,3 +88,66 @@ def leftovers(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.name.endswith((".envelope-tmp", ".tmp")) or ".envelope-tmp" in p.name
     )
+
+
+@contextlib.contextmanager
+def tmpfs(mountpoint: Path, size_bytes: int) -> Iterator[Path]:
+    """A small tmpfs mounted at `mountpoint` (we run as root), that really fills.
+
+    Skips the test, with the reason, where mounting is not permitted; unmounted on the way
+    out, whatever happened (lazily if something still holds it open)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0755", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode})")
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, check=False)
+
+
+def resize_tmpfs(mountpoint: Path, size_bytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(mountpoint)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem holding `folder` to the last byte; returns the filler file."""
+    filler = folder / "filler"
+    chunk = b"\0" * (1 << 16)
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    return filler
+
+
+def make_tree(root: Path, sizes: list[int], r: random.Random) -> dict[str, bytes]:
+    """Files of the given sizes in nested folders; returns {relative path: content}."""
+    out = {}
+    for i, n in enumerate(sizes):
+        rel = f"part={i % 3}/obj-{i:04d}.bin" if i % 4 else f"top-{i:04d}.bin"
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = r.randbytes(n)
+        p.write_bytes(data)
+        out[rel] = data
+    return out
+
+
+def files_under(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
