@@ -2,8 +2,10 @@
 
 ``verify`` walks the hash chain and every signed seal and exits 0 when the log is intact, 1
 naming the first record that cannot be trusted (edited, deleted, inserted, reordered, or a
-tail cut below the last seal). It needs the root key: it checks that the seals' public key is
-the one whose private half is sealed under it.
+tail cut below the last seal); it also checks the store's rows (every key row's MAC, every
+sealed key material), and exits 1 with an ALARM line for each row edited outside the KMS.
+It needs the root key: it checks that the seals' public key is the one whose private half is
+sealed under it.
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ EXIT_TAMPERED = 1
 
 def _verify(args: argparse.Namespace, svc: KeyService) -> int:
     report = svc.verify_audit_log()
-    emit(args, report.as_dict(), _kv_table)
+    store_problems = svc.check_store()
+    out = report.as_dict()
+    out["store_problems"] = store_problems
+    out["ok"] = report.ok and not store_problems
+    emit(args, out, _kv_table)
+    failed = False
     if not report.ok:
         print(f"envelope: audit log verification FAILED at {report.problem}", file=sys.stderr)
-        return EXIT_TAMPERED
-    return 0
+        failed = True
+    for problem in store_problems:
+        print(f"envelope: ALARM: store check FAILED: {problem}", file=sys.stderr)
+        failed = True
+    return EXIT_TAMPERED if failed else 0
 
 
 def _tail(args: argparse.Namespace, svc: KeyService) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..service import KeyService, KmsServiceError, open_service
-from ..service.errors import StoreError
+from ..service.errors import StoreError, TamperedStoreError
 
 __all__ = ("add_store_arguments", "register")
 
@@ -147,6 +147,9 @@ def _run(fn: Handler) -> Callable[[argparse.Namespace], int]:
         try:
             with open_from_args(args) as svc:
                 result = fn(args, svc)
+        except TamperedStoreError as e:  # a row edited outside the KMS: the key is refused
+            _err(f"ALARM: {e.message}")
+            return EXIT_KMS
         except StoreError as e:  # wrong root key, truncated or corrupt store: not the KMS refusing
             _err(str(e))
             return EXIT_USAGE

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ..errors import ThrottlingError
 from ..kms.quota import RateQuota
-from . import _specs, _states, audit
+from . import _rows, _specs, _states, audit
 from ._states import (
     DISABLED,
     ENABLED,
@@ -47,6 +47,7 @@ from .errors import (
     NotFoundException,
     StoreError,
     TagException,
+    TamperedStoreError,
     ThrottlingException,
     UnsupportedOperationException,
     ValidationException,
@@ -214,6 +215,19 @@ def _seal_quietly(store: Store, clock: Clock, close: bool) -> None:
     finally:
         if close:
             store.close()
+
+
+def _authentic_meta(
+    store: Store, region: str, key_id: str, text: object, mac: object
+) -> dict[str, Any] | None:
+    """A key row's parsed metadata if its MAC verifies (and it is a JSON object), else None."""
+    if not isinstance(text, str) or not _rows.check(store.row_key, region, key_id, text, mac):
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _store_failure(e: BaseException, store: Store) -> KmsServiceError:
@@ -451,6 +465,13 @@ class ServiceCore:
         with self.store.read() as conn:
             return audit.verify(conn, self.store.audit_public_key)
 
+    def check_store(self) -> list[str]:
+        """Every key row and key-material row authentic? One sentence per problem found."""
+        from ._storecheck import check_store
+
+        with self.store.read() as conn:
+            return check_store(self.store, conn)
+
     def audit_tail(self, n: int = 20) -> list[dict[str, object]]:
         with self.store.read() as conn:
             return list(audit.tail(conn, n))
@@ -459,17 +480,25 @@ class ServiceCore:
 
     def _load(self, conn: sqlite3.Connection, region: str, key_id: str) -> _Key | None:
         row = conn.execute(
-            "SELECT gen, meta FROM keys WHERE region=? AND key_id=?", (region, key_id)
+            "SELECT gen, meta, mac FROM keys WHERE region=? AND key_id=?", (region, key_id)
         ).fetchone()
         if row is None:
             return None
-        gen = int(row[0])
+        gen = row[0]
         cached = self._meta_cache.get((region, key_id))
         if cached is not None and cached[0] == gen:
             # A shallow copy: writers replace nested values (x_tags) instead of mutating them.
+            # (The cached value was authenticated when it was read or written.)
             meta = dict(cached[1])
         else:
-            parsed: dict[str, Any] = json.loads(row[1])
+            parsed = _authentic_meta(self.store, region, key_id, row[1], row[2])
+            if parsed is None:
+                raise TamperedStoreError(
+                    f"the stored metadata of key {self.arn(key_id, region)} fails "
+                    "authentication under the root key: it was changed outside the KMS (an "
+                    "edited KeyState, usage, dates or tags, or a row copied from another key). "
+                    "The key is refused; restore the store from a backup."
+                )
             self._meta_cache[(region, key_id)] = (gen, parsed)
             meta = dict(parsed)
         return _Key(region, key_id, meta, self.arn(key_id, region))
@@ -478,15 +507,16 @@ class ServiceCore:
         # random, so never reused: a rolled-back write cannot alias a cache entry
         gen = secrets.randbits(62)
         text = json.dumps(key.meta, sort_keys=True, separators=(",", ":"))
+        mac = _rows.mac(self.store.row_key, key.region, key.id, text)
         if insert:
             conn.execute(
-                "INSERT INTO keys(region, key_id, gen, meta) VALUES (?,?,?,?)",
-                (key.region, key.id, gen, text),
+                "INSERT INTO keys(region, key_id, gen, meta, mac) VALUES (?,?,?,?,?)",
+                (key.region, key.id, gen, text, mac),
             )
         else:
             conn.execute(
-                "UPDATE keys SET gen=?, meta=? WHERE region=? AND key_id=?",
-                (gen, text, key.region, key.id),
+                "UPDATE keys SET gen=?, meta=?, mac=? WHERE region=? AND key_id=?",
+                (gen, text, mac, key.region, key.id),
             )
 
     def _resolve_id(self, conn: sqlite3.Connection, ref: Any, *, managed: bool) -> tuple[str, bool]:

@@ -8,9 +8,13 @@ only if the machine loses power before the next checkpoint. ``synchronous=FULL``
 commit and survives power loss too, at a few milliseconds per call on most disks.
 
 Key material is stored only sealed under the root key (see `rootkey`), with the key id and
-version as AAD, so rows cannot be swapped between keys. At initialisation the store records a
-verifier sealed under the root key; opening checks it before anything is written, so a wrong or
-missing root key raises `RootKeyError` and leaves the file untouched.
+version as AAD, so rows cannot be swapped between keys; key rows (state, usage, spec, dates,
+rotation, origin, tags) carry a MAC under a key sealed under the root key, bound to the key id
+and Region (`_rows`), so an edited row is refused (`TamperedStoreError`).
+
+At initialisation the store records a verifier sealed under the root key; opening checks it
+before anything is written, so a wrong or missing root key raises `RootKeyError` and leaves the
+file untouched. A store written by an earlier version is upgraded once (`_migrate`).
 """
 
 from __future__ import annotations
@@ -27,19 +31,19 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from . import _rows
+from ._migrate import SCHEMA_VERSION, read_meta, upgrade
 from .errors import KMSInternalException, RootKeyError, StoreError
 from .rootkey import RootKey, RootKeyProvider
 
 __all__ = ("SCHEMA_VERSION", "Store")
-
-SCHEMA_VERSION = 1
 _VERIFIER = b"envelope/kms/root-key-verifier/v1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys(
     region TEXT NOT NULL, key_id TEXT NOT NULL, gen INTEGER NOT NULL, meta TEXT NOT NULL,
-    PRIMARY KEY(region, key_id));
+    mac BLOB, PRIMARY KEY(region, key_id));
 CREATE TABLE IF NOT EXISTS material(
     key_id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL, kind TEXT NOT NULL,
     sealed BLOB NOT NULL, PRIMARY KEY(key_id, version));
@@ -75,11 +79,14 @@ class Store:
         path: Path,
         root: RootKey,
         signer: Ed25519PrivateKey,
+        row_key: bytes,
     ) -> None:
         self._conn = conn
         self.path = path
         self.root = root
         self.signer = signer
+        #: The key-row MAC key (`_rows`), unsealed from the store's meta table.
+        self.row_key = row_key
         self.lock = threading.RLock()
         self.closed = False
 
@@ -120,7 +127,7 @@ class Store:
             # Fewer, larger checkpoints: each one fsyncs the database file, and rewrites a hot
             # audit page once however often it changed since the last one.
             conn.execute("PRAGMA wal_autocheckpoint=8192")
-            meta = _read_meta(conn)
+            meta = read_meta(conn)
             missing = [n for n in _REQUIRED_META if n not in meta]
             if missing:
                 raise StoreError(
@@ -138,6 +145,8 @@ class Store:
             )
             if public != meta["audit_pk"]:
                 raise RootKeyError("the audit public key in the store was replaced")
+            upgrade(conn, rk, signer)
+            row_key = rk.unseal(read_meta(conn)["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StoreError(
@@ -147,7 +156,7 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, p, rk, signer)
+        return cls(conn, p, rk, signer, row_key)
 
     @property
     def audit_public_key(self) -> Ed25519PublicKey:
@@ -190,14 +199,6 @@ class Store:
             if not self.closed:
                 self.closed = True
                 self._conn.close()
-
-
-def _read_meta(conn: sqlite3.Connection) -> dict[str, bytes]:
-    try:
-        rows = conn.execute("SELECT name, value FROM meta").fetchall()
-    except sqlite3.OperationalError:
-        return {}
-    return {str(n): bytes(v) if not isinstance(v, str) else v.encode() for n, v in rows}
 
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -308,6 +309,7 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             ),
             "fingerprint_key": rk.seal(os.urandom(32), b"fingerprint-key"),
+            "key_row_mac_key": rk.seal(os.urandom(32), _rows.KEY_ROW_MAC_AAD),
         }
         conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", list(meta.items()))
         conn.execute("COMMIT")

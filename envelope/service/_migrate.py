@@ -1,0 +1,114 @@
+"""Schema upgrades of the store, applied once by the first opener that holds the root key.
+
+Schema 1 (before issue 8) stored key rows without a MAC. Schema 2 adds the key-row MAC
+(`_rows`): the upgrade creates the row key, authenticates every existing row as it stands, and
+appends an ``UpgradeStore`` record to the audit log, all in one transaction. Rows are trusted as
+they are at that moment (nothing older can vouch for them); run ``envelope audit verify`` before
+upgrading a store you doubt. A store that claims an older schema than its contents show (a
+rolled-back ``schema_version`` to get tampered rows re-authenticated) is refused, and a second
+upgrade to the same schema in the audit log is reported by the store check.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from . import _rows, audit
+from .errors import StoreError, TamperedStoreError
+from .rootkey import RootKey
+
+__all__ = ("SCHEMA_VERSION", "UPGRADE_OPERATION", "read_meta", "upgrade")
+
+SCHEMA_VERSION = 2
+UPGRADE_OPERATION = "UpgradeStore"
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, bytes]:
+    try:
+        rows = conn.execute("SELECT name, value FROM meta").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    return {str(n): bytes(v) if not isinstance(v, str) else v.encode() for n, v in rows}
+
+
+def schema_of(meta: dict[str, bytes]) -> int:
+    raw = meta.get("schema_version", b"")
+    try:
+        version = int(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise TamperedStoreError(
+            f"the store's schema_version {raw[:20]!r} is not a number"
+        ) from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the store has schema {version}; this version of envelope reads up to "
+            f"{SCHEMA_VERSION}: upgrade envelope"
+        )
+    if version < 1:
+        raise TamperedStoreError(f"the store's schema_version {version} does not exist")
+    if version >= 2 and "key_row_mac_key" not in meta:
+        raise TamperedStoreError(
+            f"the store says schema {version} but has no key-row key: it was edited"
+        )
+    if version < 2 and "key_row_mac_key" in meta:
+        raise TamperedStoreError(
+            "the store says schema 1 but its key rows are authenticated (schema 2): its "
+            "schema_version was rolled back, so that edited rows would be re-authenticated"
+        )
+    return version
+
+
+def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    """Bring the store to `SCHEMA_VERSION` in one transaction (nothing to do if it is)."""
+    if schema_of(read_meta(conn)) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = schema_of(read_meta(conn))  # another process may have upgraded it
+        if version == 1:
+            _to_2(conn, rk, signer)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _to_2(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    row_key = os.urandom(32)
+    conn.execute("ALTER TABLE keys ADD COLUMN mac BLOB")
+    rows = conn.execute("SELECT region, key_id, meta FROM keys").fetchall()
+    for region, key_id, meta in rows:
+        conn.execute(
+            "UPDATE keys SET mac=? WHERE region=? AND key_id=?",
+            (_rows.mac(row_key, str(region), str(key_id), str(meta)), region, key_id),
+        )
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES ('key_row_mac_key', ?)",
+        (rk.seal(row_key, _rows.KEY_ROW_MAC_AAD),),
+    )
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"2",))
+    now = time.time()
+    audit.append(
+        conn,
+        {
+            "time": now,
+            "principal": "envelope",
+            "operation": UPGRADE_OPERATION,
+            "key_id": None,
+            "request_id": os.urandom(16).hex(),
+            "source_ip": "127.0.0.1",
+            "user_agent": "envelope",
+            "region": None,
+            "outcome": "ok",
+            "error_code": None,
+            "alarm": 0,
+            "params": {"FromSchema": 1, "ToSchema": 2, "KeyRows": len(rows)},
+        },
+        signer,
+        now,
+    )

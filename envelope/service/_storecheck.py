@@ -1,0 +1,65 @@
+"""The store check `envelope audit verify` runs beside the audit chain: is every row authentic?
+
+The audit chain says what was done; this says whether the state it left is still the state the
+service wrote: every key row's MAC (`_rows`), every sealed key-material row (unsealed under the
+root key with its key id and version as AAD), and that the store was upgraded to its schema once
+(a second ``UpgradeStore`` record means the rows were re-authenticated after a rollback).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from . import _rows
+from ._migrate import UPGRADE_OPERATION
+from .errors import RootKeyError
+from .store import Store, material_aad
+
+__all__ = ("check_store",)
+
+
+def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
+    """Every problem found, one sentence each (empty: the store's rows are authentic)."""
+    problems: list[str] = []
+    for region, key_id, meta, mac in conn.execute(
+        "SELECT region, key_id, meta, mac FROM keys ORDER BY region, key_id"
+    ):
+        if not (
+            isinstance(region, str)
+            and isinstance(key_id, str)
+            and isinstance(meta, str)
+            and _rows.check(store.row_key, region, key_id, meta, mac)
+        ):
+            problems.append(
+                f"key {key_id!s:.80} in {region!s:.40}: its metadata fails authentication "
+                "(edited outside the KMS)"
+            )
+    for key_id, version, sealed in conn.execute(
+        "SELECT key_id, version, sealed FROM material ORDER BY key_id, version"
+    ):
+        try:
+            if not isinstance(sealed, bytes) or not isinstance(version, int):
+                raise RootKeyError("malformed")
+            store.root.unseal(sealed, material_aad(str(key_id), version))
+        except RootKeyError:
+            problems.append(
+                f"key material {key_id!s:.80} version {version!s:.20} fails authentication "
+                "(edited, or copied from another key)"
+            )
+    upgrades: dict[object, int] = {}
+    pattern = f'%"operation":"{UPGRADE_OPERATION}"%'
+    for (body,) in conn.execute("SELECT body FROM audit WHERE body LIKE ?", (pattern,)):
+        try:
+            to = json.loads(body)["params"]["ToSchema"]
+        except (ValueError, KeyError, TypeError):
+            continue  # an edited record: the chain check names it
+        upgrades[to] = upgrades.get(to, 0) + 1
+    for to, n in sorted(upgrades.items(), key=str):
+        if n > 1:
+            problems.append(
+                f"the store was upgraded to schema {to} {n} times: its version was rolled back "
+                "and its rows re-authenticated, so edits made before the second upgrade are "
+                "hidden"
+            )
+    return problems

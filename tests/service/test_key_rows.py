@@ -1,0 +1,233 @@
+"""Key metadata is authenticated under the root key (issue 8, finding 3).
+
+Before the fix, setting a Disabled key's KeyState to Enabled with an SQLite tool made the key
+usable again, and `envelope audit verify` stayed green.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from envelope.errors import KmsKeyError
+from envelope.kms.local import LocalKms
+from envelope.service import KeyService, open_service
+from envelope.service.errors import DisabledException, RootKeyError, TamperedStoreError
+
+from .conftest import FakeClock, new_key, open_store
+from .test_cli import run
+
+SCHEMA1 = Path(__file__).parent / "data" / "schema1"
+
+
+def db(home: Path) -> sqlite3.Connection:
+    return sqlite3.connect(home / "kms.sqlite3", isolation_level=None)
+
+
+def edit_meta(home: Path, key_id: str, **changes: object) -> None:
+    conn = db(home)
+    (text,) = conn.execute("SELECT meta FROM keys WHERE key_id=?", (key_id,)).fetchone()
+    meta = json.loads(text)
+    meta.update(changes)
+    conn.execute(
+        "UPDATE keys SET meta=?, gen=gen+1 WHERE key_id=?",
+        (json.dumps(meta, sort_keys=True, separators=(",", ":")), key_id),
+    )
+    conn.close()
+
+
+def last_record(svc: KeyService) -> dict[str, object]:
+    return svc.audit_tail(1)[0]
+
+
+@pytest.fixture
+def disabled(home: Path, clock: FakeClock) -> str:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    svc.disable_key(key_id=kid)
+    svc.close()
+    return kid
+
+
+def test_disabled_to_enabled_edit_is_refused_and_is_an_alarm(
+    home: Path, clock: FakeClock, disabled: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(DisabledException):
+        svc.encrypt(key_id=disabled, plaintext=b"x")
+    svc.close()
+    edit_meta(home, disabled, KeyState="Enabled")
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError, match=f"key/{disabled}.*fails authentication"):
+        svc.encrypt(key_id=disabled, plaintext=b"x")
+    record = last_record(svc)
+    assert record["operation"] == "Encrypt" and record["alarm"] == 1
+    assert record["error_code"] == "KMSInternalException"
+    assert any(disabled in p for p in svc.check_store())
+    svc.close()
+    # the CLI: the key is refused (exit 3, ALARM), and audit verify fails naming the key
+    monkeypatch.setenv("ENVELOPE_HOME", str(home))
+    monkeypatch.delenv("ENVELOPE_KMS_PASSPHRASE", raising=False)
+    assert run(["keys", "describe", disabled]) == 3
+    assert run(["audit", "verify"]) == 1
+
+
+def test_the_local_backend_refuses_a_tampered_key_without_retrying(
+    home: Path, disabled: str
+) -> None:
+    import asyncio
+
+    edit_meta(home, disabled, KeyState="Enabled")
+    kms = LocalKms(open_service(home))
+    with pytest.raises(KmsKeyError, match="fails authentication"):
+        asyncio.run(kms.generate_data_key(disabled, context={}))
+    kms.service.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Description": "edited by mallory"},
+        {"DeletionDate": 1.0},
+        {"x_rot_period": 90, "x_rot_next": 1.0},
+        {"Origin": "EXTERNAL"},
+        {"x_tags": {"owner": "mallory"}},
+    ],
+)
+def test_every_metadata_field_is_covered(
+    home: Path, clock: FakeClock, change: dict[str, object]
+) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    svc.close()
+    edit_meta(home, kid, **change)
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError):
+        svc.describe_key(key_id=kid)
+    svc.close()
+
+
+def test_a_row_copied_onto_another_key_or_region_is_refused(home: Path, clock: FakeClock) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    enabled = new_key(svc, multi_region=True)
+    other = new_key(svc, multi_region=True)
+    svc.disable_key(key_id=other)
+    svc.replicate_key(key_id=enabled, replica_region="eu-west-1")
+    svc.close()
+    conn = db(home)
+    # other's row takes enabled's (valid) meta and MAC: wrong key id for that MAC
+    (meta, mac) = conn.execute(
+        "SELECT meta, mac FROM keys WHERE key_id=? AND region='us-east-1'", (enabled,)
+    ).fetchone()
+    conn.execute(
+        "UPDATE keys SET meta=?, mac=?, gen=gen+1 WHERE key_id=?",
+        (meta.replace(enabled, other), mac, other),
+    )
+    # the replica's row takes the primary's meta and MAC: wrong Region for that MAC
+    conn.execute(
+        "UPDATE keys SET meta=?, mac=?, gen=gen+1 WHERE key_id=? AND region='eu-west-1'",
+        (meta, mac, enabled),
+    )
+    conn.close()
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError):
+        svc.encrypt(key_id=other, plaintext=b"x")
+    with pytest.raises(TamperedStoreError):
+        svc.for_region("eu-west-1").describe_key(key_id=enabled)
+    assert svc.describe_key(key_id=enabled)["KeyMetadata"]["KeyState"] == "Enabled"
+    assert len(svc.check_store()) == 2
+    svc.close()
+
+
+def test_edited_key_material_is_reported_by_the_store_check(home: Path, clock: FakeClock) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    a, b = new_key(svc), new_key(svc)
+    svc.close()
+    conn = db(home)
+    sealed = conn.execute("SELECT sealed FROM material WHERE key_id=?", (a,)).fetchone()[0]
+    conn.execute("UPDATE material SET sealed=? WHERE key_id=?", (sealed, b))
+    conn.close()
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    problems = svc.check_store()
+    assert len(problems) == 1 and b in problems[0] and "material" in problems[0]
+    svc.close()
+
+
+def copy_schema1(kind: str, dest: Path) -> dict[str, str]:
+    shutil.copytree(SCHEMA1 / kind, dest)
+    if (dest / "root.key").exists():
+        (dest / "root.key").chmod(0o600)
+    return json.loads((dest / "expect.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_a_schema1_store_is_upgraded_once_and_recorded(home: Path, clock: FakeClock) -> None:
+    expect = copy_schema1("file", home)
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    out = svc.decrypt(
+        ciphertext_blob=bytes.fromhex(expect["blob"]),
+        encryption_context=expect["context"],  # type: ignore[arg-type]
+    )
+    assert out["Plaintext"] == bytes.fromhex(expect["plaintext"])
+    with pytest.raises(DisabledException):
+        svc.encrypt(key_id=expect["disabled"], plaintext=b"x")
+    assert svc.describe_key(key_id="alias/v1")["KeyMetadata"]["KeyId"] == expect["enabled"]
+    upgrades = [r for r in svc.audit_tail(50) if r["operation"] == "UpgradeStore"]
+    assert len(upgrades) == 1
+    assert upgrades[0]["params"] == {"FromSchema": 1, "ToSchema": 2, "KeyRows": 2}
+    assert svc.verify_audit_log().ok and svc.check_store() == []
+    svc.close()
+    # opened again: no second upgrade; and the upgraded rows are now protected
+    edit_meta(home, expect["disabled"], KeyState="Enabled")
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    assert [r for r in svc.audit_tail(50) if r["operation"] == "UpgradeStore"] == upgrades
+    with pytest.raises(TamperedStoreError):
+        svc.encrypt(key_id=expect["disabled"], plaintext=b"x")
+    svc.close()
+
+
+def test_a_rolled_back_schema_version_is_refused(home: Path, clock: FakeClock) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    new_key(svc)
+    svc.close()
+    conn = db(home)
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"1",))
+    conn.close()
+    with pytest.raises(TamperedStoreError, match="rolled back"):
+        open_store(home)
+
+
+def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
+    home: Path, clock: FakeClock
+) -> None:
+    """Strip the MACs and the row key to pass as schema 1 after editing a row: the rows are
+    re-authenticated (nothing older can vouch for them), but the audit log now holds two
+    upgrades, which the store check reports."""
+    expect = copy_schema1("file", home)
+    open_store(home).close()  # the real upgrade
+    conn = db(home)
+    conn.execute("ALTER TABLE keys DROP COLUMN mac")
+    conn.execute("DELETE FROM meta WHERE name='key_row_mac_key'")
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"1",))
+    conn.close()
+    edit_meta(home, expect["disabled"], KeyState="Enabled")
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    problems = svc.check_store()
+    assert len(problems) == 1 and "upgraded to schema 2 2 times" in problems[0]
+    svc.close()
+
+
+def test_a_wrong_root_key_still_cannot_open_a_schema1_store(home: Path) -> None:
+    copy_schema1("file", home)
+    (home / "root.key").write_bytes(bytes(32))
+    with pytest.raises(RootKeyError):
+        open_store(home)
+    conn = db(home)
+    assert conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0] in (
+        b"1",
+        "1",
+    )
+    conn.close()
