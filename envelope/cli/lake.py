@@ -76,6 +76,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="do not bind/require each object's relative path in its context",
     )
     p.add_argument("--fsync", action="store_true", help="fsync every output (local disks)")
+    _safety_arguments(p)
     p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     p.add_argument(
         "--context", metavar="KEY=VALUE", action="append", help="per-object context pair"
@@ -93,6 +94,34 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
     )
     add_metrics_argument(p)
+
+
+def _safety_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symbolic links in a local source (default: skip and report them); "
+        "never out of the source root without --allow-outside",
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="with --follow-symlinks: also follow links that lead outside the source root",
+    )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove the destination's lock when it is stale or its job is known to be gone",
+    )
+
+
+def _safety_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The link and lock options (folder mode of `encrypt`/`decrypt` may lack them)."""
+    return {
+        "follow_symlinks": bool(getattr(args, "follow_symlinks", False)),
+        "allow_outside": bool(getattr(args, "allow_outside", False)),
+        "break_lock": bool(getattr(args, "break_lock", False)),
+    }
 
 
 class _RichProgress:
@@ -169,6 +198,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         bind_path=not args.no_bind_path,
         durable=args.fsync,
         engine=Options(workers=2, depth=4),
+        **_safety_options(args),
     )
     octx = parse_pairs(args.context, "--context")
     kctx = parse_pairs(args.kms_context, "--kms-context")
@@ -225,7 +255,10 @@ def run_folder(
     operation: str, args: argparse.Namespace, keyring: Keyring, observer: Observer
 ) -> int:
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
-    options = jobs.LakeOptions(engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)))
+    options = jobs.LakeOptions(
+        engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)),
+        **_safety_options(args),
+    )
     bulk = _lake_keyring(keyring, observer)
     try:
         report = sync.run(
@@ -256,11 +289,19 @@ def _print_summary(r: jobs.JobReport) -> None:
     rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
     print(
         f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "
-        f"{r.failed} failed" + (f", {r.planned} planned (dry run)" if r.planned else "")
+        f"{r.failed} failed"
+        + (f", {r.planned} planned (dry run)" if r.planned else "")
+        + (f", {len(r.skipped_paths)} paths skipped" if r.skipped_paths else "")
     )
     print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
     if r.removed_temporaries:
         print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
+    for note in r.notes:
+        print(f"note: {note}")
+    for s in r.skipped_paths[:50]:
+        print(f"SKIPPED {s.path}: {s.reason}")
+    if len(r.skipped_paths) > 50:
+        print(f"... and {len(r.skipped_paths) - 50} more skipped (see --report)")
     for f in r.failures[:50]:
         print(f"FAILED {f.path}: {f.error_type}: {f.error}")
     if len(r.failures) > 50:

@@ -174,17 +174,10 @@ def run_on_dask(
     progress: jobs.Progress | None = None,
     retries: int = 2,
 ) -> jobs.JobReport:
-    """Run one lake job over a Dask cluster (`client` is a distributed.Client)."""
-    as_completed = _distributed().as_completed
+    """Run one lake job over a Dask cluster (`client` is a distributed.Client).
 
-    src = resolve(source)
-    entries = jobs.list_objects(src)
-    removed = 0
-    if not options.dry_run:
-        if operation in ("encrypt", "decrypt") and destination is not None:
-            removed = jobs.remove_temporaries(resolve(destination))
-        elif operation == "rewrap":
-            removed = jobs.remove_temporaries(src)
+    The driver checks, lists, locks the destination and cleans, once, and holds the lock
+    until every chunk has finished (chunks take none)."""
     task = _Task(
         operation,
         source,
@@ -194,8 +187,31 @@ def run_on_dask(
         dict(kms_context or {}),
         dict(object_context or {}),
     )
+    dst = resolve(destination) if operation in ("encrypt", "decrypt") and destination else None
+    start = jobs.begin_job(operation, resolve(source), dst, options)
+    try:
+        return _run_chunks(client, task, start, progress, retries)
+    finally:
+        start.release()
+
+
+def _run_chunks(
+    client: Any,
+    task: _Task,
+    start: jobs.JobStart,
+    progress: jobs.Progress | None,
+    retries: int,
+) -> jobs.JobReport:
+    as_completed = _distributed().as_completed
+    operation, source, destination = task.operation, task.source, task.destination
+    entries = start.listing.entries
+    removed = start.removed
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     report = jobs.JobReport(operation, source, destination, removed_temporaries=removed)  # type: ignore[arg-type]
+    report.skipped_paths.extend(start.listing.skipped)
+    report.notes.extend(start.notes)
+    for r in start.listing.rejected:
+        report.add(jobs.ObjectResult(r.path, "failed", 0, r.error_type, r.reason))
     if progress is not None:
         progress.start(operation, len(entries), sum(e.size for e in entries))
     t0 = time.perf_counter()

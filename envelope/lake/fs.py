@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigurationError
 from ..streams import Source, open_source
+from .paths import check_relative
 
 __all__ = (
     "ArrowRangeFile",
@@ -39,7 +40,9 @@ class Location:
         return isinstance(self.fs, pafs.LocalFileSystem)
 
     def join(self, relative: str) -> str:
-        return f"{self.path.rstrip('/')}/{relative}" if relative else self.path
+        """The path of `relative` under this prefix; an unsafe relative path (``..``, ``.``,
+        empty segments, see `envelope.lake.paths`) raises `UnsafePathError` instead."""
+        return f"{self.path.rstrip('/')}/{check_relative(relative)}"
 
 
 def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:

@@ -12,6 +12,12 @@ recorded and the rest go on (unless `fail_fast`). Re-running a job skips what is
 - checked cheaply from sizes, times and headers, without a manifest - and removes temporary
 files a killed run left behind, so a crash or Ctrl-C loses nothing and duplicates nothing.
 
+What a job touches is bounded (`envelope.lake.listing`, `.paths`, `.lock`): source links are
+not followed unless asked, and never out of the source root unless allowed; keys with ``..``,
+``.`` or empty segments are refused per object; a destination overlapping its source is
+refused before anything is written; and a job holds a lock on its destination, so a second job
+there fails clearly instead of deleting the first one's temporaries.
+
 Each object's path relative to the prefix is bound into its per-object context under
 ``envelope:path``: an encrypted object moved or swapped to another path fails to decrypt and
 to verify, unless the caller turns `bind_path` off.
@@ -19,19 +25,22 @@ to verify, unless the caller turns `bind_path` off.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pyarrow.fs as pafs
 
 from .. import api
 from .._pipeline import first_error
-from ..atomic import write_bytes
+from ..atomic import is_stale_temporary, write_bytes
 from ..errors import ConfigurationError, EnvelopeError, HeaderFormatError, InvalidObjectError
 from ..hazmat.format import FIXED_PREFIX_LEN, MAX_EDKS, Header, parse_header, parse_prefix
 from ..hazmat.segments import Layout
@@ -40,6 +49,9 @@ from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
 from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
+from .listing import Entry, Listing, SkippedPath, scan
+from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire
+from .paths import check_apart
 from .sinks import atomic_sink, is_temporary, write_whole
 
 __all__ = (
@@ -47,12 +59,16 @@ __all__ = (
     "PATH_CONTEXT_KEY",
     "Entry",
     "JobReport",
+    "JobStart",
     "LakeOptions",
     "ObjectResult",
     "Progress",
+    "SkippedPath",
+    "begin_job",
     "decrypt_prefix",
     "encrypt_prefix",
     "list_objects",
+    "remove_temporaries",
     "rewrap_prefix",
     "run_job",
     "verify_prefix",
@@ -77,24 +93,21 @@ class LakeOptions:
     dry_run: bool = False
     fail_fast: bool = False
     durable: bool = False  # fsync every output (local disks); see docs/lake.md
+    follow_symlinks: bool = False  # follow links in a local source (inside its root only)
+    allow_outside: bool = False  # with follow_symlinks: also links leading out of the root
+    break_lock: bool = False  # remove a destination lock that is stale or known dead
+    lock_ttl: float = DEFAULT_LOCK_TTL  # seconds without renewal before a lock looks stale
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.large_concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
+        if self.lock_ttl <= 0:
+            raise ConfigurationError("lock_ttl must be > 0 seconds")
         if self.small_object_bytes < 0:
             raise ConfigurationError("small_object_bytes must be >= 0")
 
 
 DEFAULT_LAKE_OPTIONS = LakeOptions()
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One object under a prefix: its path relative to the prefix, size and mtime (ns)."""
-
-    rel: str
-    size: int
-    mtime_ns: int | None
 
 
 @dataclass(slots=True)
@@ -108,7 +121,11 @@ class ObjectResult:
 
 @dataclass(slots=True)
 class JobReport:
-    """What a job did: counts, bytes, time, and every failure with its reason."""
+    """What a job did: counts, bytes, time, and every failure with its reason.
+
+    `skipped` counts objects already done (resume); `skipped_paths` lists what the job left
+    alone on purpose, with the reason (links not followed, special files, a lock); `notes`
+    says what else happened that an operator should know (a stale lock taken over)."""
 
     operation: Operation
     source: str
@@ -122,6 +139,8 @@ class JobReport:
     seconds: float = 0.0
     removed_temporaries: int = 0
     failures: list[ObjectResult] = field(default_factory=list)
+    skipped_paths: list[SkippedPath] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -165,47 +184,154 @@ class Progress(Protocol):
 # -- listing and cheap "already done" checks ---------------------------------------------
 
 
-def list_objects(loc: Location) -> list[Entry]:
-    """Every file under the prefix (recursively), sorted; temporary files are left out."""
-    info = loc.fs.get_file_info(loc.path)
-    if info.type == pafs.FileType.NotFound:
-        raise ConfigurationError(f"{loc.path!r} does not exist")
-    if info.type == pafs.FileType.File:
-        raise ConfigurationError(f"{loc.path!r} is a file; lake jobs take a prefix (directory)")
-    base = loc.path.rstrip("/")
-    out = []
-    for fi in loc.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if fi.type != pafs.FileType.File or is_temporary(fi.path):
+def list_objects(loc: Location, options: LakeOptions = DEFAULT_LAKE_OPTIONS) -> list[Entry]:
+    """Every object under the prefix (recursively), sorted; temporary files are left out.
+
+    Only the objects a job would process: `scan` also says what was skipped or refused."""
+    return scan(
+        loc, follow_symlinks=options.follow_symlinks, allow_outside=options.allow_outside
+    ).entries
+
+
+def _local_temporaries(root: str) -> list[str]:
+    """Stale temporaries under a local folder (no live writer holds their flock), never
+    following links, and never inside a nested folder holding a lake lock of its own
+    (another job's destination)."""
+    found: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                children = list(it)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        rel = fi.path[len(base) :].lstrip("/")
-        out.append(Entry(rel, int(fi.size or 0), fi.mtime_ns))
-    out.sort(key=lambda e: e.rel)
-    return out
+        if folder != root and any(c.name == LOCK_NAME for c in children):
+            continue
+        for c in children:
+            if c.is_dir(follow_symlinks=False):
+                stack.append(c.path)
+            elif is_temporary(c.name) and is_stale_temporary(c.path):
+                found.append(c.path)  # a regular file whose writer's flock is gone
+    return found
 
 
-def remove_temporaries(loc: Location) -> int:
-    """Delete temporary files a killed run left under the prefix."""
+def _remote_temporaries(loc: Location) -> list[str]:
+    base = loc.path.rstrip("/")
+    infos = [
+        fi
+        for fi in loc.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        if fi.type == pafs.FileType.File
+    ]
+    locked = [
+        fi.path.rsplit("/", 1)[0] + "/"
+        for fi in infos
+        if fi.path.rsplit("/", 1)[-1] == LOCK_NAME and fi.path.rsplit("/", 1)[0] != base
+    ]
+    return [
+        fi.path
+        for fi in infos
+        if is_temporary(fi.path) and not any(fi.path.startswith(p) for p in locked)
+    ]
+
+
+def remove_temporaries(loc: Location, lock: DestinationLock) -> int:
+    """Delete temporary files a killed run left under the prefix.
+
+    Only while holding the prefix's `lock`: then no other job writes here, so every temporary
+    is a dead job's (folders with a lock of their own, other jobs' destinations, are left)."""
+    if not lock.held:
+        raise ConfigurationError("temporaries are removed only while holding the lock")
     info = loc.fs.get_file_info(loc.path)
     if info.type != pafs.FileType.Directory:
         return 0
+    paths = _local_temporaries(loc.path) if loc.is_local else _remote_temporaries(loc)
     n = 0
-    for fi in loc.fs.get_file_info(pafs.FileSelector(loc.path.rstrip("/"), recursive=True)):
-        if fi.type == pafs.FileType.File and is_temporary(fi.path):
-            try:
-                loc.fs.delete_file(fi.path)
-                n += 1
-            except FileNotFoundError:
-                pass
+    for path in paths:
+        try:
+            loc.fs.delete_file(path)
+            n += 1
+        except FileNotFoundError:
+            pass
     return n
 
 
-async def _clean(loc: Location, options: LakeOptions, entries: Sequence[Entry] | None) -> int:
-    """Remove a killed run's temporaries, unless this call runs only part of a job (`entries`
-    given: a Dask chunk), where another part may be writing its own right now; the job's
-    driver cleans once, before any part starts."""
-    if options.dry_run or entries is not None:
-        return 0
-    return await anyio.to_thread.run_sync(remove_temporaries, loc)
+@dataclass(slots=True)
+class JobStart:
+    """A job ready to run: its listing, and (when it writes) its held destination lock."""
+
+    listing: Listing
+    lock: DestinationLock | None = None
+    removed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def begin_job(
+    operation: str,
+    src: Location,
+    dst: Location | None,
+    options: LakeOptions,
+    entries: Sequence[Entry] | None = None,
+) -> JobStart:
+    """Check, list, lock and clean, in that order, before anything is written (blocking I/O:
+    call from a worker thread). The caller must `release()` the result in a ``finally``.
+
+    - `dst` (encrypt, decrypt) must not overlap the source;
+    - the source is listed under the link rules (rewrap, which rewrites in place, never
+      follows links); with `entries` given (a chunk of a distributed job) no listing;
+    - the written prefix (`dst`, or the source for rewrap) is locked, and a killed run's
+      temporaries are removed under the lock; a chunk (`entries` given) does neither, its
+      driver does, once. A dry run writes nothing and takes no lock.
+    """
+    if dst is not None:
+        check_apart(src.fs, src.path, dst.fs, dst.path)
+    if entries is not None:
+        listing = Listing(list(entries))
+    else:
+        follow = options.follow_symlinks and operation != "rewrap"
+        listing = scan(src, follow_symlinks=follow, allow_outside=options.allow_outside)
+    start = JobStart(listing)
+    target = src if operation == "rewrap" else dst
+    if entries is not None or options.dry_run or target is None:
+        return start
+    lock = acquire(target, operation=operation, break_lock=options.break_lock, ttl=options.lock_ttl)
+    start.lock = lock
+    try:
+        if lock.took_over is not None:
+            start.notes.append(
+                f"took over the lock of {target.path} from a job that is gone: "
+                f"{lock.took_over.describe()}"
+            )
+        elif lock.broke_unreadable:
+            start.notes.append(f"removed an unreadable lock from {target.path}")
+        start.removed = remove_temporaries(target, lock)
+    except BaseException:
+        lock.release()
+        raise
+    return start
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    operation: str,
+    src: Location,
+    dst: Location | None,
+    options: LakeOptions,
+    entries: Sequence[Entry] | None,
+) -> AsyncIterator[JobStart]:
+    """`begin_job` on a worker thread, released on the way out however the job ends."""
+    with anyio.CancelScope(shield=True):  # a lock taken is never lost to a cancellation
+        start = await anyio.to_thread.run_sync(begin_job, operation, src, dst, options, entries)
+    try:
+        await anyio.lowlevel.checkpoint()
+        yield start
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(start.release)
 
 
 def _read_header(
@@ -271,15 +397,25 @@ async def _run(
     operation: Operation,
     source: str,
     destination: str | None,
-    entries: Sequence[Entry],
+    start: JobStart,
     fn: ObjectFn,
     options: LakeOptions,
     progress: Progress | None,
-    removed: int,
 ) -> JobReport:
-    report = JobReport(operation, source, destination, removed_temporaries=removed)
+    entries = start.listing.entries
+    rejected = start.listing.rejected
+    report = JobReport(operation, source, destination, removed_temporaries=start.removed)
+    report.skipped_paths.extend(start.listing.skipped)
+    report.notes.extend(start.notes)
     if progress is not None:
-        progress.start(operation, len(entries), sum(e.size for e in entries))
+        progress.start(operation, len(entries) + len(rejected), sum(e.size for e in entries))
+    for r in rejected:  # refused at listing (an unsafe key): failed objects, with the reason
+        result = ObjectResult(r.path, "failed", 0, r.error_type, r.reason)
+        report.add(result)
+        if progress is not None:
+            progress.advance(result)
+    if rejected and options.fail_fast:
+        return report
     small = anyio.CapacityLimiter(options.concurrency)
     large = anyio.CapacityLimiter(options.large_concurrency)
     t0 = time.perf_counter()
@@ -370,8 +506,6 @@ async def encrypt_prefix(
         resolve(source, filesystem=source_fs),
         resolve(destination, filesystem=destination_fs),
     )
-    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = await _clean(dst, options, entries)
     engine = options.engine
 
     async def one(entry: Entry) -> ObjectResult:
@@ -427,7 +561,8 @@ async def encrypt_prefix(
             n = info.plaintext_len
         return ObjectResult(entry.rel, "done", n)
 
-    return await _run("encrypt", source, destination, listed, one, options, progress, removed)
+    async with _started("encrypt", src, dst, options, entries) as start:
+        return await _run("encrypt", source, destination, start, one, options, progress)
 
 
 # -- decrypt and verify --------------------------------------------------------------------
@@ -492,8 +627,6 @@ async def decrypt_prefix(
         resolve(source, filesystem=source_fs),
         resolve(destination, filesystem=destination_fs),
     )
-    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = await _clean(dst, options, entries)
     engine = options.engine
 
     async def one(entry: Entry) -> ObjectResult:
@@ -538,7 +671,8 @@ async def decrypt_prefix(
             n = info.plaintext_len
         return ObjectResult(entry.rel, "done", n)
 
-    return await _run("decrypt", source, destination, listed, one, options, progress, removed)
+    async with _started("decrypt", src, dst, options, entries) as start:
+        return await _run("decrypt", source, destination, start, one, options, progress)
 
 
 async def verify_prefix(
@@ -554,7 +688,6 @@ async def verify_prefix(
 ) -> JobReport:
     """Authenticate every object under `source` completely; write no plaintext anywhere."""
     src = resolve(source, filesystem=source_fs)
-    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
     engine = options.engine
 
     async def one(entry: Entry) -> ObjectResult:
@@ -575,7 +708,8 @@ async def verify_prefix(
             n = info.plaintext_len
         return ObjectResult(entry.rel, "done", n)
 
-    return await _run("verify", source, None, listed, one, options, progress, 0)
+    async with _started("verify", src, None, options, entries) as start:
+        return await _run("verify", source, None, start, one, options, progress)
 
 
 # -- rewrap --------------------------------------------------------------------------------
@@ -605,8 +739,6 @@ async def rewrap_prefix(
     many objects (a cache's bucket keys) are wrapped once per job.
     """
     src = resolve(source, filesystem=source_fs)
-    listed = await anyio.to_thread.run_sync(list_objects, src) if entries is None else entries
-    removed = await _clean(src, options, entries)
     target = await _target_identity(to)
     wrapped_cache: dict[bytes, WrappedKey] = {}
     engine = options.engine
@@ -654,7 +786,8 @@ async def rewrap_prefix(
             await anyio.to_thread.run_sync(stream.close)
         return ObjectResult(entry.rel, "done", copied)
 
-    return await _run("rewrap", source, source, listed, one, options, progress, removed)
+    async with _started("rewrap", src, None, options, entries) as start:
+        return await _run("rewrap", source, source, start, one, options, progress)
 
 
 async def run_job(

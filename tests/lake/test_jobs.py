@@ -17,6 +17,7 @@ from envelope.keyring import Keyring
 from envelope.kms.local import open_local
 from envelope.kms.memory import MemoryKms
 from envelope.lake import jobs
+from envelope.lake.lock import LOCK_NAME
 from envelope.lake.sinks import is_temporary
 
 from .conftest import S3, make_tree, read_tree
@@ -209,7 +210,14 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
-    first = [p for p in dst.rglob("*") if p.is_file() and not is_temporary(p.name)]
+    # The killed job's lock stays behind (its holder is provably dead: the re-run takes it
+    # over); it is not an output.
+    assert (dst / LOCK_NAME).is_file()
+    first = [
+        p
+        for p in dst.rglob("*")
+        if p.is_file() and not is_temporary(p.name) and p != dst / LOCK_NAME
+    ]
     assert 0 < len(first) < len(tree)
 
     r = subprocess.run(

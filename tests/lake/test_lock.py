@@ -1,0 +1,395 @@
+"""One job per destination: the lock, its stale cases, and clean-up only under it.
+
+Before the lock, a second job on one destination deleted the first one's temporary files at
+its start, and the first job reported FileNotFoundError failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pyarrow.fs as pafs
+import pytest
+
+from envelope import api
+from envelope.errors import ConfigurationError
+from envelope.keycache import CachePolicy
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+from envelope.lake import jobs
+from envelope.lake.fs import resolve
+from envelope.lake.lock import LOCK_NAME, LockHeldError, StaleLockError, acquire
+from envelope.lake.sinks import is_temporary
+
+from .conftest import S3, make_tree, read_tree
+
+pytestmark = pytest.mark.anyio
+
+ENGINE = api.Options(segment_size=64 << 10, workers=2, depth=3)
+
+
+def opts(**kw: object) -> jobs.LakeOptions:
+    return jobs.LakeOptions(engine=ENGINE, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def k1() -> Keyring:
+    kms = MemoryKms()
+    return Keyring(kms, kms.create_key("k1"), cache=CachePolicy())
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def holder_json(host: str, pid: int, renewed: float, job_id: str = "feedface") -> bytes:
+    return json.dumps(
+        {
+            "job_id": job_id,
+            "operation": "encrypt",
+            "host": host,
+            "pid": pid,
+            "started": renewed - 5,
+            "renewed": renewed,
+        }
+    ).encode()
+
+
+CHILD = r"""
+import json, sys, anyio
+from envelope import api
+from envelope.keycache import CachePolicy
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+from envelope.lake import jobs
+src, dst = sys.argv[1:3]
+kms = MemoryKms()
+kr = Keyring(kms, kms.create_key("k"), cache=CachePolicy())
+opts = jobs.LakeOptions(concurrency=2, large_concurrency=1, engine=api.Options(segment_size=65536))
+report = anyio.run(lambda: jobs.encrypt_prefix(src, dst, keyring=kr, options=opts))
+print(json.dumps(report.to_dict()))
+"""
+
+
+def outputs(dst: Path) -> list[Path]:
+    return [p for p in dst.rglob("*") if p.is_file() and not is_temporary(p.name)]
+
+
+def test_second_job_fails_clearly_and_the_first_completes(tmp_path: Path) -> None:
+    """Two processes on one destination: the second is refused, naming the first; the first
+    finishes every object with no failures (its temporaries were left alone)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree = make_tree(src, [300_000] * 120 + [(16 << 20) + 1] * 2)
+    first = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(src), str(dst)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            if (dst / LOCK_NAME).exists() and len(outputs(dst)) >= 10:
+                break
+            time.sleep(0.005)
+        assert first.poll() is None, "the first job ended before the second could start"
+        kms = MemoryKms()
+        kr = Keyring(kms, kms.create_key("k2"), cache=CachePolicy())
+        with pytest.raises(ConfigurationError, match=f"pid {first.pid} on host") as e:
+            anyio.run(lambda: jobs.encrypt_prefix(str(src), str(dst), keyring=kr, options=opts()))
+        assert isinstance(e.value, LockHeldError) and "running" in str(e.value)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    report = json.loads(out)
+    assert first.returncode == 0 and report["failures"] == []
+    assert report["done"] == len(tree) and report["failed"] == 0
+    assert not (dst / LOCK_NAME).exists()  # released on success
+    assert sorted(str(p.relative_to(dst)) for p in outputs(dst)) == sorted(tree)
+    # the lock is gone: a later job runs (and finds everything done)
+    again = anyio.run(lambda: jobs.encrypt_prefix(str(src), str(dst), keyring=kr, options=opts()))
+    assert again.ok and again.skipped == len(tree)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_two_jobs_in_one_process(anyio_backend: str, tmp_path: Path, k1: Keyring) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree = make_tree(src, [200_000] * 40)
+    results: dict[str, object] = {}
+    started = anyio.Event()
+
+    class Signal:
+        def start(self, operation: str, objects: int, total_bytes: int) -> None:
+            started.set()
+
+        def advance(self, result: jobs.ObjectResult) -> None:
+            return None
+
+    async def first() -> None:
+        results["first"] = await jobs.encrypt_prefix(
+            str(src), str(dst), keyring=k1, options=opts(concurrency=2), progress=Signal()
+        )
+
+    async def second() -> None:
+        await started.wait()
+        try:
+            await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+        except LockHeldError as e:
+            results["second"] = e
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        tg.start_soon(second)
+    r = results["first"]
+    assert isinstance(r, jobs.JobReport) and r.ok and r.done == len(tree)
+    err = results.get("second")
+    assert isinstance(err, LockHeldError) and err.holder is not None
+    assert err.holder.pid == os.getpid() and f"pid {os.getpid()}" in str(err)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_dead_holder_on_this_host_is_taken_over_with_a_note(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree = make_tree(src, [1000] * 5)
+    dst.mkdir()
+    (dst / LOCK_NAME).write_bytes(holder_json(socket.gethostname(), dead_pid(), time.time()))
+    stale_tmp = dst / ".top-0000.bin.0123456789ab.envelope-tmp"
+    stale_tmp.write_bytes(b"left by the killed job")
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+    assert r.ok and r.done == len(tree)
+    assert any("took over" in n and "feedface" in n for n in r.notes), r.notes
+    assert r.removed_temporaries == 1 and not stale_tmp.exists()
+    assert not (dst / LOCK_NAME).exists()
+    # the lock is never an object: not listed as a source, not among the outputs
+    assert set(read_tree(dst)) == set(tree)
+    (dst / LOCK_NAME).write_bytes(holder_json("elsewhere", 1, time.time()))
+    d = await jobs.decrypt_prefix(str(dst), str(tmp_path / "back"), keyring=k1, options=opts())
+    assert d.ok and d.done == len(tree)
+    assert [(s.path, s.reason) for s in d.skipped_paths] == [(LOCK_NAME, "a lake job's lock file")]
+    assert read_tree(tmp_path / "back") == tree
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_lock_from_another_host_needs_break_lock(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, [10] * 3)
+    dst.mkdir()
+    lock = dst / LOCK_NAME
+    lock.write_bytes(holder_json("other-host", 4242, time.time()))
+    with pytest.raises(LockHeldError, match=r"pid 4242 on host other-host.*--break-lock"):
+        await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+    lock.write_bytes(holder_json("other-host", 4242, time.time() - 120))
+    with pytest.raises(StaleLockError, match=r"stale lock.*other-host.*--break-lock"):
+        await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts(lock_ttl=60))
+    assert set(read_tree(dst)) == {LOCK_NAME}  # nothing written; the lock left as it was
+    r = await jobs.encrypt_prefix(
+        str(src), str(dst), keyring=k1, options=opts(lock_ttl=60, break_lock=True)
+    )
+    assert r.ok and r.done == 3 and any("other-host" in n for n in r.notes)
+    assert not lock.exists()
+    # an unreadable lock whose flock no one holds: no live job wrote it; removed with a note
+    lock.write_bytes(b"garbage")
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+    assert r.ok and any("unreadable lock" in n for n in r.notes) and not lock.exists()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_live_holder_is_never_broken(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, [10] * 3)
+    held = acquire(resolve(str(dst)), operation="encrypt")
+    try:
+        with pytest.raises(LockHeldError, match="running"):
+            await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts(break_lock=True))
+        assert read_tree(dst) == {LOCK_NAME: (dst / LOCK_NAME).read_bytes()}
+    finally:
+        held.release()
+    assert not (dst / LOCK_NAME).exists()
+    # temporaries are removed only under a held lock
+    with pytest.raises(ConfigurationError, match="only while holding the lock"):
+        jobs.remove_temporaries(resolve(str(dst)), held)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_lock_released_on_failure_and_on_cancellation(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, [300_000] * 60)
+
+    class Boom:
+        def start(self, operation: str, objects: int, total_bytes: int) -> None:
+            assert (dst / LOCK_NAME).exists()
+            raise RuntimeError("progress display failed")
+
+        def advance(self, result: jobs.ObjectResult) -> None:
+            return None
+
+    with pytest.raises(RuntimeError, match="progress display failed"):
+        await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts(), progress=Boom())
+    assert not (dst / LOCK_NAME).exists()
+
+    seen = anyio.Event()
+
+    class Seen:
+        def start(self, operation: str, objects: int, total_bytes: int) -> None:
+            return None
+
+        def advance(self, result: jobs.ObjectResult) -> None:
+            seen.set()
+
+    with anyio.move_on_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: jobs.encrypt_prefix(
+                    str(src), str(dst), keyring=k1, options=opts(concurrency=2), progress=Seen()
+                )
+            )
+            await seen.wait()
+            assert (dst / LOCK_NAME).exists()
+            tg.cancel_scope.cancel()
+    assert not (dst / LOCK_NAME).exists()
+
+
+def test_sigint_and_sigterm_release_the_lock(tmp_path: Path) -> None:
+    """Ctrl-C in a library caller, SIGTERM to the CLI: the lock goes with the job."""
+    src = tmp_path / "src"
+    make_tree(src, [300_000] * 150)
+    env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", "--concurrency", "2"]
+    runs = {
+        "sigint": ([sys.executable, "-c", CHILD, str(src), str(tmp_path / "a")], signal.SIGINT),
+        "sigterm": ([*cli, str(src), str(tmp_path / "b")], signal.SIGTERM),
+    }
+    for name, (argv, sig) in runs.items():
+        dst = tmp_path / ("a" if name == "sigint" else "b")
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (dst / LOCK_NAME).exists() and len(outputs(dst)) >= 5:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, f"{name}: the job ended before the signal"
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0, name
+        assert not (dst / LOCK_NAME).exists(), name
+        assert 0 < len(outputs(dst)) < 150, name
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_cleanup_leaves_a_nested_destination_alone(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, [10] * 2)
+    (dst / "nested").mkdir(parents=True)
+    ours = dst / ".old.bin.0123456789ab.envelope-tmp"
+    ours.write_bytes(b"x")
+    theirs = dst / "nested" / ".y.bin.0123456789ab.envelope-tmp"
+    theirs.write_bytes(b"y")
+    nested_lock = acquire(resolve(str(dst / "nested")), operation="encrypt")
+    try:
+        r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+        assert r.ok and r.removed_temporaries == 1
+        assert not ours.exists() and theirs.exists()
+    finally:
+        nested_lock.release()
+
+
+# -- S3 -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_s3_lock(anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring) -> None:
+    src = tmp_path / "src"
+    tree = make_tree(src, [100, 5000] * 3)
+    fs = s3.fs()
+    uri = s3.uri("lake/enc")
+    lock_path = f"lake/enc/{LOCK_NAME}"
+
+    # a conditional create: of two racing acquirers exactly one wins
+    barrier = threading.Barrier(2)
+    won: list[object] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            won.append(acquire(resolve(uri), operation="encrypt"))
+        except LockHeldError as e:
+            won.append(e)
+
+    threads = [threading.Thread(target=race) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    locks = [w for w in won if not isinstance(w, Exception)]
+    assert len(locks) == 1 and len(won) == 2
+    held = locks[0]
+    assert fs.get_file_info(lock_path).type == pafs.FileType.File
+    try:
+        with pytest.raises(LockHeldError, match=f"pid {os.getpid()}"):
+            await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts())
+    finally:
+        held.release()  # type: ignore[attr-defined]
+    assert fs.get_file_info(lock_path).type == pafs.FileType.NotFound
+
+    r = await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts())
+    assert r.ok and r.done == len(tree)
+    assert fs.get_file_info(lock_path).type == pafs.FileType.NotFound  # released, not output
+    listed = fs.get_file_info(pafs.FileSelector("lake/enc", recursive=True))
+    names = {i.path for i in listed if i.type == pafs.FileType.File}
+    assert names == {f"lake/enc/{rel}" for rel in tree}
+
+    # stale (another host, not renewed within the TTL): refused, then broken on request
+    with fs.open_output_stream(lock_path) as f:
+        f.write(holder_json("other-host", 7, time.time() - 100))
+    with pytest.raises(StaleLockError, match=r"other-host.*--break-lock"):
+        await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts(lock_ttl=30))
+    r = await jobs.encrypt_prefix(
+        str(src), uri, keyring=k1, options=opts(lock_ttl=30, break_lock=True)
+    )
+    assert r.ok and r.skipped == len(tree) and any("other-host" in n for n in r.notes)
+    assert fs.get_file_info(lock_path).type == pafs.FileType.NotFound
+    # unreadable, with no flock to prove its writer dead: stale until broken
+    with fs.open_output_stream(lock_path) as f:
+        f.write(b"garbage")
+    with pytest.raises(StaleLockError, match="unreadable lock"):
+        await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts())
+    r = await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts(break_lock=True))
+    assert r.ok and any("unreadable lock" in n for n in r.notes)
+
+
+def test_a_held_lock_is_renewed(tmp_path: Path) -> None:
+    held = acquire(resolve(str(tmp_path / "d")), operation="encrypt", ttl=0.3)
+    try:
+        first = json.loads((tmp_path / "d" / LOCK_NAME).read_bytes())["renewed"]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                now = json.loads((tmp_path / "d" / LOCK_NAME).read_bytes())["renewed"]
+            except ValueError:
+                continue  # caught mid-rewrite
+            if now > first:
+                break
+            time.sleep(0.02)
+        assert now > first
+    finally:
+        held.release()

@@ -1,0 +1,382 @@
+"""What a lake job may touch: links in the source, overlapping prefixes, unsafe object keys.
+
+Each test here failed on the code before these rules: links were followed out of the tree and
+into loops, dangling ones dropped without a word, a destination inside its source accepted,
+and keys with ``..``, ``.`` or empty segments never checked by the job itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+
+from envelope import api
+from envelope.errors import ConfigurationError
+from envelope.keycache import CachePolicy
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+from envelope.lake import jobs
+
+from .conftest import S3, read_tree
+
+pytestmark = pytest.mark.anyio
+
+ENGINE = api.Options(segment_size=64 << 10, workers=2, depth=3)
+SECRET = b"outside secret: must never be encrypted by a job over src/\n"
+
+
+def opts(**kw: object) -> jobs.LakeOptions:
+    return jobs.LakeOptions(engine=ENGINE, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def k1() -> Keyring:
+    kms = MemoryKms()
+    return Keyring(kms, kms.create_key("k1"), cache=CachePolicy())
+
+
+def linked_tree(tmp_path: Path) -> Path:
+    """src/ with real files and every kind of link; outside/ beside it."""
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(SECRET)
+    (outside / "dir" / "also-secret.txt").write_bytes(SECRET)
+    src = tmp_path / "src"
+    (src / "real" / "deep").mkdir(parents=True)
+    (src / "top.txt").write_bytes(b"top")
+    (src / "real" / "a.txt").write_bytes(b"a" * 1000)
+    (src / "real" / "deep" / "b.txt").write_bytes(b"b" * 70_000)
+    os.symlink("../outside/secret.txt", src / "to-secret")  # a file outside the root
+    os.symlink(outside / "dir", src / "to-outside-dir")  # a folder outside (absolute)
+    os.symlink("nowhere/missing.txt", src / "dangling")  # a dangling link
+    os.symlink("self-loop", src / "self-loop")  # a link to itself
+    os.symlink("..", src / "real" / "up")  # a folder link back to a parent: a loop
+    os.symlink("real/a.txt", src / "inside-file")  # a file inside the root
+    os.symlink("real/deep", src / "inside-dir")  # a folder inside the root
+    return src
+
+
+def skipped(report: jobs.JobReport) -> dict[str, str]:
+    return {s.path: s.reason for s in report.skipped_paths}
+
+
+async def decrypted(tmp_path: Path, enc: Path, k1: Keyring) -> dict[str, bytes]:
+    back = tmp_path / "back"
+    r = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())
+    assert r.ok, r.failures
+    return read_tree(back)
+
+
+# -- finding 6: links -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_links_are_skipped_and_reported_by_default(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src = linked_tree(tmp_path)
+    enc = tmp_path / "enc"
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert r.ok and r.done == 3, r.failures
+    assert set(read_tree(enc)) == {"top.txt", "real/a.txt", "real/deep/b.txt"}
+    links = ["to-secret", "to-outside-dir", "dangling", "self-loop", "real/up"]
+    links += ["inside-file", "inside-dir"]
+    assert set(skipped(r)) == set(links)
+    assert all("symbolic link" in why for why in skipped(r).values())
+    # in the JSON report too, with path and reason
+    d = json.loads(json.dumps(r.to_dict()))
+    assert {s["path"] for s in d["skipped_paths"]} == set(links)
+    assert all(s["reason"] for s in d["skipped_paths"])
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_follow_symlinks_never_leaves_the_root(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src = linked_tree(tmp_path)
+    enc = tmp_path / "enc"
+    r = await jobs.encrypt_prefix(
+        str(src), str(enc), keyring=k1, options=opts(follow_symlinks=True)
+    )
+    assert r.ok, r.failures
+    # links inside the root are followed, under their own (link) path
+    assert set(read_tree(enc)) == {
+        "top.txt",
+        "real/a.txt",
+        "real/deep/b.txt",
+        "inside-file",
+        "inside-dir/b.txt",
+    }
+    why = skipped(r)
+    assert set(why) == {"to-secret", "to-outside-dir", "dangling", "self-loop", "real/up"}
+    assert "outside the source root" in why["to-secret"]
+    assert "outside the source root" in why["to-outside-dir"]
+    assert "dangling" in why["dangling"]
+    assert "loop" in why["self-loop"] and "loop" in why["real/up"]
+    back = await decrypted(tmp_path, enc, k1)
+    assert SECRET not in back.values()
+    assert back["inside-file"] == b"a" * 1000
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_allow_outside_follows_links_out_of_the_root(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src = linked_tree(tmp_path)
+    enc = tmp_path / "enc"
+    r = await jobs.encrypt_prefix(
+        str(src), str(enc), keyring=k1, options=opts(follow_symlinks=True, allow_outside=True)
+    )
+    assert r.ok, r.failures
+    back = await decrypted(tmp_path, enc, k1)
+    assert back["to-secret"] == SECRET and back["to-outside-dir/also-secret.txt"] == SECRET
+    # dangling and looping links are still reported, never dropped silently
+    assert set(skipped(r)) == {"dangling", "self-loop", "real/up"}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_special_files_are_reported_not_read(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"f")
+    os.mkfifo(src / "pipe")  # opening it for reading would block the job forever
+    r = await jobs.encrypt_prefix(str(src), str(tmp_path / "enc"), keyring=k1, options=opts())
+    assert r.ok and r.done == 1
+    assert skipped(r) == {"pipe": "a FIFO"}
+
+
+def envelope_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_reports_skipped_links_in_summary_report_and_folder_mode(tmp_path: Path) -> None:
+    src = linked_tree(tmp_path)
+    report = tmp_path / "report.json"
+    r = envelope_cli(tmp_path, "lake", "encrypt", str(src), str(tmp_path / "enc"),
+                     "--report", str(report))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "SKIPPED to-secret: symbolic link" in r.stdout
+    assert "7 paths skipped" in r.stdout
+    saved = json.loads(report.read_text())
+    assert len(saved["skipped_paths"]) == 7 and saved["done"] == 3
+
+    r = envelope_cli(tmp_path, "lake", "encrypt", str(src), str(tmp_path / "enc2"),
+                     "--follow-symlinks", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["done"] == 5
+    assert {s["path"] for s in out["skipped_paths"]} == {
+        "to-secret",
+        "to-outside-dir",
+        "dangling",
+        "self-loop",
+        "real/up",
+    }
+
+    # `envelope encrypt FOLDER OUT` goes through the same job and the same rule
+    r = envelope_cli(tmp_path, "encrypt", str(src), str(tmp_path / "enc3"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["done"] == 3 and len(out["skipped_paths"]) == 7
+    assert set(read_tree(tmp_path / "enc3")) == {"top.txt", "real/a.txt", "real/deep/b.txt"}
+    r = envelope_cli(tmp_path, "encrypt", str(src), str(tmp_path / "enc4"))
+    assert r.returncode == 0 and "SKIPPED dangling: symbolic link" in r.stdout, r.stdout
+
+
+# -- finding 7: destination and source apart --------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_overlapping_local_prefixes_are_refused_before_writing(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"a")
+    (src / "sub" / "b.txt").write_bytes(b"b")
+    os.symlink(src / "sub", tmp_path / "alias")  # the same folder under another name
+    before = read_tree(tmp_path)
+    cases = [
+        (str(src), str(src), "is the source itself"),
+        (str(src), str(src) + "/", "is the source itself"),
+        (str(src), str(tmp_path / "src" / ".." / "src"), "is the source itself"),
+        (str(src), str(src / "enc"), "inside the source"),
+        (str(src), str(tmp_path / "alias" / "enc"), "inside the source"),
+        (str(src / "sub"), str(src), "source .* is inside the destination"),
+    ]
+    for source, dest, why in cases:
+        for job in (jobs.encrypt_prefix, jobs.decrypt_prefix):
+            with pytest.raises(ConfigurationError, match=why):
+                await job(source, dest, keyring=k1, options=opts())
+            with pytest.raises(ConfigurationError, match=why):  # even a dry run
+                await job(source, dest, keyring=k1, options=opts(dry_run=True))
+    assert read_tree(tmp_path) == before  # nothing written anywhere
+    assert not (src / "enc").exists() and not (src / ".envelope-lock").exists()
+    # siblings with a common name prefix are not nested
+    r = await jobs.encrypt_prefix(str(src), str(tmp_path / "src-enc"), keyring=k1, options=opts())
+    assert r.ok and r.done == 2
+
+
+def test_cli_refuses_a_destination_inside_the_source(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    r = envelope_cli(tmp_path, "lake", "encrypt", str(src), str(src / "enc"))
+    assert r.returncode == 2 and "inside the source" in r.stderr, r.stderr
+    r = envelope_cli(tmp_path, "encrypt", str(src), str(src / "enc"))
+    assert r.returncode == 2 and "inside the source" in r.stderr, r.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["a.txt"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_overlapping_s3_prefixes_are_refused(
+    anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
+) -> None:
+    fs = s3.fs()
+    with fs.open_output_stream("lake/raw/x.txt") as f:
+        f.write(b"x")
+    cases = [
+        ("lake/raw", "lake/raw/", "is the source itself"),
+        ("lake/raw", "lake/raw/enc", "inside the source"),
+        ("lake/raw/", "lake//raw/enc/", "inside the source"),
+        ("lake/raw", "lake", "source .* is inside the destination"),
+    ]
+    for source, dest, why in cases:
+        with pytest.raises(ConfigurationError, match=why):
+            await jobs.encrypt_prefix(s3.uri(source), s3.uri(dest), keyring=k1, options=opts())
+    names = [i.path for i in fs.get_file_info(pafs.FileSelector("lake", recursive=True))]
+    assert sorted(names) == ["lake/raw", "lake/raw/x.txt"]  # nothing written
+    # a sibling prefix, and a local destination that shares the path text, are fine
+    r = await jobs.encrypt_prefix(s3.uri("lake/raw"), s3.uri("lake/raw-enc"), keyring=k1)
+    assert r.ok and r.done == 1
+    r = await jobs.encrypt_prefix(s3.uri("lake/raw"), str(tmp_path / "lake/raw/enc"), keyring=k1)
+    assert r.ok and r.done == 1
+
+
+# -- finding 9: unsafe object keys -------------------------------------------------------------
+
+
+def boto(s3: S3) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://{s3.endpoint}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+BAD_KEYS = {
+    "a//b": "empty path segment",
+    "a/./c": "'.' path segment",
+    "a/../d": "'..' path segment",
+    "../../escape.txt": "'..' path segment",
+    "e/": "ends with '/'",
+    "/h": "absolute",
+}
+
+
+def all_keys(client: Any) -> set[str]:
+    return {o["Key"] for o in client.list_objects_v2(Bucket="lake").get("Contents", [])}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_unsafe_s3_keys_are_rejected_per_object(
+    anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
+) -> None:
+    client = boto(s3)
+    client.put_object(Bucket="lake", Key="src/ok.txt", Body=b"fine")
+    client.put_object(Bucket="lake", Key="src/dir/", Body=b"")  # an empty folder marker
+    for rel in BAD_KEYS:
+        client.put_object(Bucket="lake", Key=f"src/{rel}", Body=b"payload of " + rel.encode())
+    before = all_keys(client)
+
+    # S3 to a local folder: the direction where a '..' would climb out of the destination
+    out = tmp_path / "out" / "dst"
+    r = await jobs.encrypt_prefix(s3.uri("lake/src"), str(out), keyring=k1, options=opts())
+    assert r.done == 1 and r.failed == len(BAD_KEYS) and not r.ok
+    failed = {f.path: (f.error_type, f.error) for f in r.failures}
+    assert set(failed) == set(BAD_KEYS)
+    for rel, why in BAD_KEYS.items():
+        kind, message = failed[rel]
+        assert kind == "UnsafePathError" and why in str(message), (rel, message)
+    assert list(read_tree(tmp_path)) == ["out/dst/ok.txt"]
+
+    # S3 to S3: nothing appears outside the destination prefix
+    r = await jobs.encrypt_prefix(s3.uri("lake/src"), s3.uri("lake/enc"), keyring=k1)
+    assert r.done == 1 and {f.path for f in r.failures} == set(BAD_KEYS)
+    assert all_keys(client) - before == {"enc/ok.txt"}
+
+    # decrypt and verify refuse them the same way
+    client.put_object(Bucket="lake", Key="enc/x/../ok.txt", Body=b"junk")
+    v = await jobs.verify_prefix(s3.uri("lake/enc"), keyring=k1)
+    assert v.done == 1 and [f.path for f in v.failures] == ["x/../ok.txt"]
+    d = await jobs.decrypt_prefix(s3.uri("lake/enc"), str(tmp_path / "back"), keyring=k1)
+    assert d.done == 1 and [f.error_type for f in d.failures] == ["UnsafePathError"]
+    assert read_tree(tmp_path / "back") == {"ok.txt": b"fine"}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_given_entries_go_through_the_same_check(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A caller-made listing (a Dask chunk) is checked too: '..' never reaches a path."""
+    src = tmp_path / "a" / "src"
+    src.mkdir(parents=True)
+    (tmp_path / "a" / "victim.txt").write_bytes(b"outside")
+    (src / "ok.txt").write_bytes(b"ok")
+    entries = [jobs.Entry("ok.txt", 2, None), jobs.Entry("../victim.txt", 7, None)]
+    r = await jobs.encrypt_prefix(
+        str(src), str(tmp_path / "a" / "dst"), keyring=k1, options=opts(), entries=entries
+    )
+    assert r.done == 1 and [(f.path, f.error_type) for f in r.failures] == [
+        ("../victim.txt", "UnsafePathError")
+    ]
+    assert not (tmp_path / "a" / "victim.txt.env").exists()
+    assert sorted(read_tree(tmp_path / "a")) == ["dst/ok.txt", "src/ok.txt", "victim.txt"]
+    assert (tmp_path / "a" / "victim.txt").read_bytes() == b"outside"
+
+
+@pytest.mark.parametrize(
+    ("rel", "ok"),
+    [
+        ("a", True),
+        ("a/b.c/d..e/.hidden", True),
+        ("...", True),
+        ("", False),
+        ("a//b", False),
+        ("./a", False),
+        ("a/.", False),
+        ("a/../b", False),
+        ("..", False),
+        ("a/", False),
+        ("/a", False),
+        ("a\x00b", False),
+    ],
+)
+def test_check_relative(rel: str, ok: bool) -> None:
+    from envelope.lake.paths import UnsafePathError, check_relative
+
+    if ok:
+        assert check_relative(rel) == rel
+    else:
+        with pytest.raises(UnsafePathError):
+            check_relative(rel)
