@@ -283,7 +283,7 @@ def test_atheris_short_run(tmp_path: Path) -> None:
 
     New inputs go to a scratch folder (libFuzzer writes to its first corpus folder), so the
     checked-in seeds are only read."""
-    runs = size(30_000, 1_000_000)
+    runs = size(20_000, 1_000_000)
     proc = subprocess.run(
         [
             sys.executable,
