@@ -96,7 +96,7 @@ def test_sigkill_file_encryption(tmp_path: Path) -> None:
     keyring = _decrypting(home)
     try:
         whole = 0
-        for k in range(size(18, 150)):
+        for k in range(size(18, 100)):
             old = r.randbytes(100) if k % 2 else None
             if old is None:
                 target.unlink(missing_ok=True)
@@ -134,7 +134,7 @@ def test_sigkill_lake_job(tmp_path: Path) -> None:
     budget = _timed([*cmd, "--dry-run"], env) + 1.0
     keyring = _decrypting(home)
     try:
-        for k in range(size(14, 100)):
+        for k in range(size(14, 60)):
             mid_write = k % 2 == 1
             kill_at(
                 cmd,
@@ -196,7 +196,7 @@ def test_sigkill_key_lifecycle(tmp_path: Path) -> None:
     home = tmp_path / "home"
     open_service(home).close()  # the store and root key exist before the first kill
     lines: list[list[str]] = []
-    rounds = size(18, 150)
+    rounds = size(18, 100)
     for k in range(rounds):
         got = _lifecycle_round(home, f"r{k}", r.randrange(1 << 30), r.uniform(0.3, 1.0))
         lines += got

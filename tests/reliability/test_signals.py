@@ -105,7 +105,7 @@ def test_signal_leaves_nothing(
     out.mkdir()
     env = child_env(ENVELOPE_HOME=str(tmp_path / "home"))
     hits = finished = 0
-    for k in range(size(1, 20)):
+    for k in range(size(1, 10)):
         if op == "lake":
             target = out / f"enc{k}"
             cmd = envelope_cmd(
