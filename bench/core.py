@@ -14,8 +14,14 @@ Prints plaintext MB/s and each figure's ratio to its reference:
 - file_encrypt/decrypt_mbps: path to path (atomic temp file, fsync, rename) against copy_mbps,
   a plain buffered copy of the same file with the same fsync, rounds interleaved, each run
   after os.sync() so that writeback of one run does not throttle the next;
+- stream_encrypt/decrypt_mbps: the streaming pipeline alone at the defaults (in-memory
+  bytes in, a discarding sink out), with every core;
 - peak_rss_mib: a child process that encrypts and then decrypts a 2 GiB generated stream
-  (async iterator in, discarding sink out) reports its peak RSS.
+  (async iterator in, discarding sink out) reports its peak RSS;
+- decrypt_rss_<seg>_mib: a child decrypting a file object written with 64 MiB or 1 MiB
+  segments (`--seg-rss-mib` of plaintext) into a discarding sink, at the default memory
+  budget (256 MiB) and at 160 MiB: peak RSS and `_added`, the peak minus the child's RSS
+  just before the decrypt (what the pipeline itself held).
 The machines are shared and noisy: every figure is the best of a few repetitions, and the
 targets are ratios within this one run (one worker >= 0.85 raw; all cores >= 1.7x one worker;
 file to file >= 0.8 copy).
@@ -108,6 +114,7 @@ def memory_runs(data: memoryview, keyring: Keyring, cores: int) -> dict[str, Cal
         assert pt == data, "round trip failed"
 
     check()
+    stream_ct = bytes(sync.encrypt_bytes(data, keyring=keyring))
     return {
         "raw": raw,
         "raw_full": raw_full,
@@ -116,7 +123,22 @@ def memory_runs(data: memoryview, keyring: Keyring, cores: int) -> dict[str, Cal
         "dec_1w": lambda: sync.decrypt_into(sealed, pt, keyring=keyring, options=one),
         "enc_all": lambda: sync.encrypt_into(data, ct, keyring=keyring, options=every),
         "dec_all": lambda: sync.decrypt_into(sealed, pt, keyring=keyring, options=every),
+        "stream_enc": lambda: sync.encrypt(data, Discard(), keyring=keyring),
+        "stream_dec": lambda: sync.decrypt(stream_ct, Discard(), keyring=keyring),
     }
+
+
+class Discard:
+    """A sink that keeps nothing: the streaming figures measure the pipeline alone."""
+
+    async def write(self, data: memoryview) -> None:
+        return None
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        return None
 
 
 def plain_copy(src: str, dst: str) -> None:
@@ -153,14 +175,34 @@ def file_to_file(directory: str, size: int, keyring: Keyring, reps: int) -> dict
     return best
 
 
-def peak_rss_mib(total: int) -> int:
+def rss_child(*args: str) -> str:
     r = subprocess.run(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "rss_child.py"), str(total)],
+        [sys.executable, os.path.join(os.path.dirname(__file__), "rss_child.py"), *args],
         check=True,
         capture_output=True,
         text=True,
     )
-    return int(r.stdout.strip().splitlines()[-1])
+    return r.stdout.strip().splitlines()[-1]
+
+
+def peak_rss_mib(total: int) -> int:
+    return int(rss_child(str(total)))
+
+
+def decrypt_rss(directory: str, mib: int) -> dict[str, int]:
+    """Peak RSS decrypting objects written with 64 MiB and 1 MiB segments, each in a fresh
+    child: at the default budget, and the 64 MiB one also at a 160 MiB budget."""
+    out: dict[str, int] = {}
+    for name, seg in (("64mib_seg", 64 * MIB), ("1mib_seg", MIB)):
+        obj = os.path.join(directory, f"{name}.env")
+        rss_child("write", obj, "--mib", str(mib), "--segment-size", str(seg))
+        budgets = (("", None), ("_budget160", 160 * MIB)) if seg > MIB else (("", None),)
+        for tag, budget in budgets:
+            extra = ("--memory-budget", str(budget)) if budget else ()
+            r = json.loads(rss_child("read", obj, *extra))
+            out[f"decrypt_rss_{name}{tag}_mib"] = r["peak_mib"]
+            out[f"decrypt_rss_{name}{tag}_added_mib"] = r["peak_mib"] - r["baseline_mib"]
+    return out
 
 
 def main() -> int:
@@ -169,6 +211,9 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=256, help="in-memory data size")
     ap.add_argument("--file-mib", type=int, default=1024, help="file-to-file size")
     ap.add_argument("--rss-mib", type=int, default=2048, help="stream size for peak RSS")
+    ap.add_argument(
+        "--seg-rss-mib", type=int, default=256, help="object size for the decrypt RSS figures"
+    )
     ap.add_argument("--reps", type=int, default=5, help="in-memory rounds")
     ap.add_argument("--file-reps", type=int, default=3, help="file-to-file rounds")
     args = ap.parse_args()
@@ -186,6 +231,7 @@ def main() -> int:
         prefix="envelope-bench-", dir=os.environ.get("BENCH_DIR")
     ) as d:
         files = file_to_file(d, args.file_mib * MIB, keyring, args.file_reps)
+        seg_rss = decrypt_rss(d, args.seg_rss_mib)
     file_mb = args.file_mib * MIB / 1e6
     rss = peak_rss_mib(args.rss_mib)
 
@@ -198,11 +244,14 @@ def main() -> int:
         "decrypt_1w_mbps": size_mb / d1,
         "encrypt_all_mbps": size_mb / ea,
         "decrypt_all_mbps": size_mb / da,
+        "stream_encrypt_mbps": size_mb / t["stream_enc"],
+        "stream_decrypt_mbps": size_mb / t["stream_dec"],
         "file_encrypt_mbps": file_mb / files["encrypt"],
         "file_decrypt_mbps": file_mb / files["decrypt"],
         "copy_mbps": file_mb / files["copy"],
         "peak_rss_mib": rss,
         "rss_stream_mib": args.rss_mib,
+        **seg_rss,
         "bench_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
     }
     r["ratio_encrypt_1w_to_raw"] = r["encrypt_1w_mbps"] / r["raw_mbps"]
