@@ -7,7 +7,9 @@ into a (FileSystem, path) pair. Reads go through pyarrow's own input files on wo
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -119,14 +121,35 @@ async def open_source_at(fs: pafs.FileSystem, path: str) -> Source:
     return ArrowSource(stream)
 
 
-def read_whole(fs: pafs.FileSystem, path: str, size: int) -> bytes:
+def _open_regular(path: str, follow_links: bool) -> int:
+    """Open a local file for reading, refusing what the listing would not have admitted had
+    it been there then: a link swapped in (unless links are followed), a FIFO or a device
+    (opened non-blocking, so a FIFO cannot hang the job)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP and not follow_links:
+            raise ConfigurationError(
+                f"{path!r} became a symbolic link after the listing; not followed"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigurationError(f"{path!r} is no longer a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_whole(fs: pafs.FileSystem, path: str, size: int, *, follow_links: bool = True) -> bytes:
     """A whole small object of the listed `size`, from a worker thread.
 
     Reads at most size + 1 bytes: an object that grew or shrank since the listing is refused
     (the job reports it and a re-run picks it up), so memory stays bounded by the listing.
+    Locally, a file replaced by a link since the listing is refused unless `follow_links`.
     """
     if isinstance(fs, pafs.LocalFileSystem):
-        with open(path, "rb", buffering=0) as f:
+        with open(_open_regular(path, follow_links), "rb", buffering=0) as f:
             data = f.read(size + 1)
     else:
         with fs.open_input_stream(path) as f:

@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import anyio
@@ -525,7 +526,9 @@ async def encrypt_prefix(
             )
 
             def work() -> int:
-                data = read_whole(src.fs, src_path, entry.size)
+                data = read_whole(
+                    src.fs, src_path, entry.size, follow_links=options.follow_symlinks
+                )
                 sealed = api.seal_prepared(prepared, data)
                 write_whole(dst.fs, dst_path, sealed, durable=options.durable)
                 return len(data)
@@ -637,7 +640,9 @@ async def decrypt_prefix(
             """One hop: the resume check, then (small objects) the whole ciphertext."""
             if options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry):
                 return None
-            return read_whole(src.fs, src_path, entry.size) if small else b""
+            if not small:
+                return b""
+            return read_whole(src.fs, src_path, entry.size, follow_links=options.follow_symlinks)
 
         ciphertext = await anyio.to_thread.run_sync(check_and_read)
         if ciphertext is None:
@@ -694,7 +699,9 @@ async def verify_prefix(
         path = src.join(entry.rel)
         expected = _expected(entry, options, object_context)
         if entry.size <= options.small_object_bytes:
-            ciphertext = await anyio.to_thread.run_sync(read_whole, src.fs, path, entry.size)
+            ciphertext = await anyio.to_thread.run_sync(
+                partial(read_whole, src.fs, path, entry.size, follow_links=options.follow_symlinks)
+            )
             n = await _open_small(ciphertext, keyring, expected, engine)
         else:
             info = await api.decrypt(

@@ -133,7 +133,7 @@ def _verdict(
 ) -> bool:
     """Decide about an existing lock: True to take it over (with a note), or raise.
 
-    `flock_free` is None where no flock exists (object stores)."""
+    `flock_free` is None where no flock exists (object stores, some network filesystems)."""
     if holder is None:
         if flock_free is False:
             raise LockHeldError(f"{where} is locked by a running job (details not written)", None)
@@ -253,6 +253,23 @@ def _same_file(fd: int, path: str) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _flock(fd: int, *, wait: bool) -> bool | None:
+    """Take the flock: True if taken, False if another holds it, None where the filesystem
+    has no flock (then liveness rests on the pid and the TTL, as on object stores)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in _NO_FLOCK:
+            return None
+        raise
+    return True
+
+
 def _read_fd(fd: int) -> bytes:
     return os.pread(fd, 64 << 10, 0)
 
@@ -270,7 +287,7 @@ def _acquire_local(directory: str, holder: Holder, break_lock: bool, ttl: float)
             pass
         else:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while an inspector peeks
+                _flock(fd, wait=True)  # blocks only while an inspector peeks
                 os.write(fd, holder.to_bytes())
             except BaseException:
                 os.close(fd)
@@ -291,11 +308,7 @@ def _acquire_local(directory: str, holder: Holder, break_lock: bool, ttl: float)
                 ) from None
             raise
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                free = True
-            except BlockingIOError:
-                free = False
+            free = _flock(fd, wait=False)
             current = Holder.from_bytes(_read_fd(fd))
             if not _same_file(fd, path):
                 continue  # replaced while we looked

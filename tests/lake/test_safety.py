@@ -380,3 +380,31 @@ def test_check_relative(rel: str, ok: bool) -> None:
     else:
         with pytest.raises(UnsafePathError):
             check_relative(rel)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_file_swapped_for_a_link_after_listing_is_not_followed(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """The listing saw a file; a link to a secret or a FIFO stands there when it is read."""
+    outside = tmp_path / "secret.txt"
+    outside.write_bytes(SECRET)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_bytes(b"ok")
+    os.symlink(outside, src / "swapped.txt")
+    os.mkfifo(src / "fifo.txt")
+    entries = [
+        jobs.Entry("fifo.txt", 10, None),
+        jobs.Entry("ok.txt", 2, None),
+        jobs.Entry("swapped.txt", len(SECRET), None),
+    ]
+    enc = tmp_path / "enc"
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(), entries=entries)
+    assert r.done == 1
+    assert {f.path: f.error for f in r.failures} == {
+        "swapped.txt": f"{str(src / 'swapped.txt')!r} became a symbolic link after the "
+        "listing; not followed",
+        "fifo.txt": f"{str(src / 'fifo.txt')!r} is no longer a regular file",
+    }
+    assert list(read_tree(enc)) == ["ok.txt"]
