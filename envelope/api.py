@@ -17,22 +17,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import anyio.to_thread
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from ._pipeline import Plan, first_error, minimum_bytes, plan_pipeline, run_pipeline
-from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
+from ._pipeline import Plan, minimum_bytes, plan_pipeline, run_pipeline
+from .errors import ConfigurationError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
     DATA_KEY_LEN,
     FIXED_PREFIX_LEN,
     MAX_EDKS,
-    MAX_KMS_CTX_LEN,
-    MAX_OBJ_CTX_LEN,
     MAX_SEG_LOG2,
-    MESSAGE_ID_LEN,
     MIN_SEG_LOG2,
     TAG_LEN,
     Header,
@@ -45,6 +43,16 @@ from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Direction, Observer
+from .objects import (
+    PreparedObject,
+    Tracked,
+    checked_contexts,
+    open_into,
+    open_object_keys,
+    parse_object_header,
+    prepare_with_key,
+    seal_into,
+)
 from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source
 
 __all__ = (
@@ -260,49 +268,15 @@ class ObjectInfo:
 
 async def _new_object(
     keyring: Keyring,
-    kms_context: Mapping[str, str],
-    object_context: Mapping[str, str],
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
     seg_log2: int,
     expected_bytes: int | None = None,
-) -> tuple[bytes, bytes, ObjectKeys, tuple[WrappedKey, ...]]:
-    try:  # bad contexts are the caller's mistake: refuse them before any KMS call
-        encode_context(kms_context, limit=MAX_KMS_CTX_LEN)
-        encode_context(object_context, limit=MAX_OBJ_CTX_LEN)
-    except HeaderFormatError as e:
-        raise ConfigurationError(str(e)) from None
-    data_key = await keyring.encryption_key(kms_context, expected_bytes=expected_bytes)
-    try:
-        message_id = os.urandom(MESSAGE_ID_LEN)
-        keys = ObjectKeys(data_key.plaintext, message_id, seg_log2=seg_log2)
-    finally:
-        data_key.wipe()
-    wrapped = (data_key.wrapped,)
-    header, hd = seal_header(
-        keys,
-        seg_log2=seg_log2,
-        message_id=message_id,
-        kms_context=kms_context,
-        object_context=object_context,
-        wrapped_keys=wrapped,
-    )
-    return header, hd, keys, wrapped
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedObject:
-    """A new object's header and keys, ready to seal a plaintext of known size.
-
-    For callers that seal many small objects each in one worker-thread hop (the lake jobs):
-    the KMS step is async (`prepare_object`), sealing is plain sync code (`seal_prepared`).
-    """
-
-    header: bytes
-    bound_digest: bytes
-    keys: ObjectKeys
-    seg_log2: int
-
-    def ciphertext_length(self, plaintext_len: int) -> int:
-        return Layout(len(self.header), self.seg_log2).ciphertext_length(plaintext_len)
+) -> PreparedObject:
+    """A new object's header and keys; the only await is the data key (a KMS call on a miss)."""
+    kms, obj = checked_contexts(kms_context, object_context)  # refused before any KMS call
+    data_key = await keyring.encryption_key(kms, expected_bytes=expected_bytes)
+    return prepare_with_key(data_key, kms, obj, seg_log2)
 
 
 async def prepare_object(
@@ -313,25 +287,14 @@ async def prepare_object(
     options: Options = DEFAULT_OPTIONS,
     expected_bytes: int | None = None,
 ) -> PreparedObject:
-    header, hd, keys, _ = await _new_object(
-        keyring,
-        dict(kms_context or {}),
-        dict(object_context or {}),
-        options.seg_log2,
-        expected_bytes,
-    )
-    return PreparedObject(header, hd, keys, options.seg_log2)
+    """`envelope.objects.new_object` for async callers (the data key is awaited)."""
+    return await _new_object(keyring, kms_context, object_context, options.seg_log2, expected_bytes)
 
 
 def seal_prepared(prepared: PreparedObject, plaintext: bytes | bytearray | memoryview) -> bytearray:
     """Seal a whole plaintext under a prepared header, on the calling thread."""
-    src = memoryview(plaintext).cast("B")
-    out = bytearray(prepared.ciphertext_length(len(src)))
-    hl = len(prepared.header)
-    out[:hl] = prepared.header
-    seal_segments(
-        prepared.keys, prepared.bound_digest, 0, src, memoryview(out)[hl:], prepared.seg_log2, True
-    )
+    out = bytearray(prepared.ciphertext_length(len(memoryview(plaintext).cast("B"))))
+    seal_into(prepared, plaintext, out)
     return out
 
 
@@ -340,17 +303,8 @@ def open_whole(
 ) -> bytearray:
     """Open a whole in-memory object whose header `open_object` already authenticated."""
     view = memoryview(ciphertext).cast("B")
-    layout = Layout(header.header_len, header.seg_log2)
-    out = bytearray(layout.plaintext_length(len(view)))
-    open_segments(
-        keys,
-        header.bound_digest,
-        0,
-        view[header.header_len :],
-        memoryview(out),
-        header.seg_log2,
-        True,
-    )
+    out = bytearray(Layout(header.header_len, header.seg_log2).plaintext_length(len(view)))
+    open_into(header, keys, view, out)
     return out
 
 
@@ -450,7 +404,9 @@ async def encrypt(
     k = plan.segments_per_batch
     with _Tracked(observer, "encrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
-            header, hd, keys, wrapped = await _new_object(keyring, kctx, octx, seg_log2)
+            prepared = await _new_object(keyring, kctx, octx, seg_log2)
+            header, hd, keys = prepared.header, prepared.bound_digest, prepared.keys
+            wrapped = prepared.wrapped_keys
             await out.write(memoryview(header))
 
             async def on_batch(n: int) -> None:
@@ -476,43 +432,6 @@ async def encrypt(
     return _info(len(header), header[16:48], seg_log2, track.plaintext_len, kctx, octx, wrapped)
 
 
-async def _run_chunks(
-    fn: Callable[[int, int], None], count: int, per_chunk: int, workers: int
-) -> None:
-    """Run fn(first, last) over segments [0, count) in chunks, `workers` threads at a time.
-
-    The data is already in memory, so chunks need not be small to bound memory: each is at
-    least `per_chunk` segments and about a quarter of a worker's share, so thread hand-offs
-    cost next to nothing while every worker still gets several chunks to balance the load.
-    """
-    per_chunk = max(per_chunk, -(-count // (4 * workers)))
-    limiter = anyio.CapacityLimiter(workers)
-    try:
-        async with anyio.create_task_group() as tg:
-            for first in range(0, count, per_chunk):
-                tg.start_soon(_in_thread, fn, first, min(count, first + per_chunk), limiter)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-
-
-async def _in_thread(
-    fn: Callable[[int, int], None], first: int, last: int, limiter: anyio.CapacityLimiter
-) -> None:
-    await anyio.to_thread.run_sync(fn, first, last, limiter=limiter)
-
-
-def _timed_range(track: _Tracked, fn: Callable[[int, int], None]) -> Callable[[int, int], None]:
-    if track.observer is NULL_OBSERVER:
-        return fn
-
-    def run(first: int, last: int) -> None:
-        t0 = time.perf_counter()
-        fn(first, last)
-        track.observer.batch_processed(track.direction, last - first, time.perf_counter() - t0)
-
-    return run
-
-
 async def _seal_in_memory(
     data: bytes | bytearray | memoryview,
     out: bytearray | memoryview | None,
@@ -522,44 +441,28 @@ async def _seal_in_memory(
     options: Options,
     observer: Observer,
 ) -> tuple[bytearray | memoryview, int]:
-    """Seal a whole in-memory object into `out` (or a new exact-size buffer)."""
-    seg_log2 = options.seg_log2
-    with _Tracked(observer, "encrypt") as track:
-        src = memoryview(data).cast("B")
-        header, hd, keys, _ = await _new_object(
-            keyring, dict(kms_context or {}), dict(object_context or {}), seg_log2, len(src)
+    """Seal a whole in-memory object into `out` (or a new exact-size buffer) on the object
+    layer: inline when it is one batch (a thread hop costs more than the work), else on a
+    worker thread that spreads the segments over the pool."""
+    src = memoryview(data).cast("B")
+    with Tracked(observer, "encrypt") as track:
+        prepared = await _new_object(
+            keyring, kms_context, object_context, options.seg_log2, len(src)
         )
-        layout = Layout(len(header), seg_log2)
-        total = layout.ciphertext_length(len(src))
-        buf: bytearray | memoryview = bytearray(total) if out is None else out
-        dst = memoryview(buf).cast("B")
-        if len(dst) < total:
-            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
-        dst[: len(header)] = header
-        body = dst[len(header) : total]
-        s, t = layout.segment_size, layout.ct_segment_size
-        count = layout.segment_count(len(src))
-
-        def seal(first: int, last: int) -> None:
-            seal_segments(
-                keys,
-                hd,
-                first,
-                src[first * s : last * s],
-                body[first * t : last * t],
-                seg_log2,
-                last == count,
-            )
-
-        if count <= options.segments_per_batch:
-            _timed_range(track, seal)(0, count)  # one batch: a thread hop costs more
+        buf = bytearray(prepared.ciphertext_length(len(src))) if out is None else out
+        seal = partial(
+            seal_into,
+            prepared,
+            src,
+            buf,
+            per_batch=options.segments_per_batch,
+            workers=options.worker_count,
+            track=track,
+        )
+        if len(src) <= options.batch_bytes:
+            total = seal()
         else:
-            await _run_chunks(
-                _timed_range(track, seal),
-                count,
-                options.segments_per_batch,
-                options.worker_count,
-            )
+            total = await anyio.to_thread.run_sync(seal)
         track.plaintext_len = len(src)
     return buf, total
 
@@ -622,18 +525,6 @@ async def read_header(source: Source, *, max_wrapped_keys: int = MAX_EDKS) -> He
     return parse_header(bytes(prefix + rest), max_wrapped_keys=max_wrapped_keys)
 
 
-def _check_context(
-    actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str
-) -> None:
-    if not expected:
-        return
-    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
-    if missing:
-        raise ContextMismatchError(
-            f"{what} context does not match the expected value for key(s): {', '.join(missing)}"
-        )
-
-
 async def open_object(
     header: Header,
     *,
@@ -643,16 +534,12 @@ async def open_object(
 ) -> ObjectKeys:
     """Unwrap the data key, check commitment, MAC and expected contexts; return the keys."""
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
-    if len(data_key) != DATA_KEY_LEN:
-        data_key[:] = bytes(len(data_key))
-        raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
-    try:
-        keys = open_header(header, data_key)
-    finally:
-        data_key[:] = bytes(len(data_key))
-    _check_context(header.object_context, expected_context, "object")
-    _check_context(header.kms_context, expected_kms_context, "KMS")
-    return keys
+    return open_object_keys(
+        header,
+        data_key,
+        expected_context=expected_context,
+        expected_kms_context=expected_kms_context,
+    )
 
 
 async def decrypt(
@@ -707,16 +594,6 @@ async def decrypt(
     )
 
 
-def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
-    """Parse the header at the start of an in-memory object (not authenticated yet)."""
-    if len(view) < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
-    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
-    if len(view) < header_len:
-        raise HeaderFormatError("object ends inside its header")
-    return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
-
-
 async def _open_in_memory(
     data: bytes | bytearray | memoryview,
     out: bytearray | memoryview | None,
@@ -726,8 +603,8 @@ async def _open_in_memory(
     options: Options,
     observer: Observer,
 ) -> tuple[bytearray | memoryview, int]:
-    with _Tracked(observer, "decrypt") as track:
-        view = memoryview(data).cast("B")
+    view = memoryview(data).cast("B")
+    with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
         keys = await open_object(
             header,
@@ -735,39 +612,22 @@ async def _open_in_memory(
             expected_context=expected_context,
             expected_kms_context=expected_kms_context,
         )
-        layout = Layout(header.header_len, header.seg_log2)
-        plen = layout.plaintext_length(len(view))
+        plen = Layout(header.header_len, header.seg_log2).plaintext_length(len(view))
         buf: bytearray | memoryview = bytearray(plen) if out is None else out
-        dst = memoryview(buf).cast("B")
-        if len(dst) < plen:
-            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
-        src = view[header.header_len :]
-        s, t = layout.segment_size, layout.ct_segment_size
-        count = layout.segment_count(plen)
-        hd = header.bound_digest
-
-        def open_(first: int, last: int) -> None:
-            open_segments(
-                keys,
-                hd,
-                first,
-                src[first * t : last * t],
-                dst[first * s : last * s],
-                header.seg_log2,
-                last == count,
-            )
-
-        per_batch = max(1, options.batch_bytes >> header.seg_log2)
-        try:
-            if count <= per_batch:
-                _timed_range(track, open_)(0, count)  # one batch: a thread hop costs more
-            else:
-                await _run_chunks(
-                    _timed_range(track, open_), count, per_batch, options.worker_count
-                )
-        except BaseException:
-            dst[:plen] = bytes(plen)  # no plaintext of any segment survives a failure
-            raise
+        open_ = partial(
+            open_into,
+            header,
+            keys,
+            view,
+            buf,
+            per_batch=max(1, options.batch_bytes >> header.seg_log2),
+            workers=options.worker_count,
+            track=track,
+        )
+        if plen <= options.batch_bytes:
+            open_()
+        else:
+            await anyio.to_thread.run_sync(open_)
         track.plaintext_len = plen
     return buf, plen
 

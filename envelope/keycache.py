@@ -44,7 +44,7 @@ import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, cast
 
 import anyio
 from cachetools import Cache, TLRUCache
@@ -280,12 +280,17 @@ class _Store(TLRUCache[CacheKey, _Entry, float]):
 
 
 class _Flight:
-    """One in-flight backend request that other callers for the same key wait on."""
+    """One in-flight backend request that other callers for the same key wait on.
+
+    Shared by threads and tasks alike (a plain `threading.Event`): a blocking caller waits on
+    it, an async caller polls it with short sleeps, so one KMS call serves every caller of
+    the process whichever face (sync or async) and whichever thread or event loop they use.
+    """
 
     __slots__ = ("done", "error")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self.done = threading.Event()
         self.error: Exception | None = None
 
 
@@ -323,7 +328,7 @@ class DataKeyCache:
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
         self._store = _Store(self, self.policy.capacity, clock)
-        self._flights: dict[tuple[CacheKey, int], _Flight] = {}
+        self._flights: dict[CacheKey, _Flight] = {}
         self._by_wrapped: dict[WrappedKey, _Entry] = {}
         self._live: dict[CacheName, int] = {"encrypt": 0, "decrypt": 0}
         self._earliest = math.inf  # no entry expires before this
@@ -434,13 +439,11 @@ class DataKeyCache:
         store = self._store
         return [Cache.__getitem__(store, k) for k in list(Cache.__iter__(store))]
 
-    def _claim_refresh(
-        self, entry: _Entry, now: float, slot: tuple[CacheKey, int]
-    ) -> _Flight | None:
-        if entry.dead or now < entry.next_refresh or slot in self._flights:
+    def _claim_refresh(self, entry: _Entry, now: float, key: CacheKey) -> _Flight | None:
+        if entry.dead or now < entry.next_refresh or key in self._flights:
             return None
         entry.next_refresh = now + self.policy.refresh_retry
-        flight = self._flights[slot] = _Flight()
+        flight = self._flights[key] = _Flight()
         return flight
 
     def _reset_after_fork(self) -> None:
@@ -454,6 +457,45 @@ class DataKeyCache:
 
     # -- public operations ------------------------------------------------------------------
 
+    def _decide(
+        self, kind: CacheName, key: CacheKey, expected_bytes: int
+    ) -> tuple[DataKey | bytearray | None, _Flight | None, bool]:
+        """One locked look at the cache: (hit, flight, owner).
+
+        - a hit and no flight: done;
+        - a hit and a flight: the caller owns a refresh-ahead (fetch a replacement, then
+          return the hit);
+        - no hit: the caller owns a new flight (`owner`) and fetches, or waits on another's.
+        """
+        with self._lock:
+            now = self.clock()
+            entry = self._lookup(key, now)
+            got: DataKey | bytearray | None = None
+            if entry is not None:
+                if kind == "encrypt":
+                    got = self._take_encrypt(entry, expected_bytes)
+                else:
+                    got = bytearray(entry.dk)
+            if entry is not None and got is not None:
+                self.observer.cache_lookup(kind, True)
+                return got, self._claim_refresh(entry, now, key), True
+            pending = self._flights.get(key)
+            if pending is not None:
+                return None, pending, False
+            flight = self._flights[key] = _Flight()
+            self.observer.cache_lookup(kind, False)
+            return None, flight, True
+
+    def _bypass(self, expected_bytes: int) -> bool:
+        p = self.policy
+        if expected_bytes < 0:
+            raise ConfigurationError("expected_bytes must be >= 0")
+        if not p.enabled or expected_bytes > p.max_bytes:
+            if p.enabled:
+                self.observer.cache_lookup("encrypt", False)
+            return True  # off, or a single object over the byte limit: a one-use key
+        return False
+
     async def encryption_key(
         self,
         key: CacheKey,
@@ -465,39 +507,40 @@ class DataKeyCache:
 
         The caller owns the returned `DataKey` (a copy) and should wipe it.
         """
-        p = self.policy
-        if expected_bytes < 0:
-            raise ConfigurationError("expected_bytes must be >= 0")
-        if not p.enabled or expected_bytes > p.max_bytes:
-            if p.enabled:
-                self.observer.cache_lookup("encrypt", False)
-            return await fetch()  # off, or a single object over the byte limit: a one-use key
-        slot = (key, threading.get_ident())
+        if self._bypass(expected_bytes):
+            return await fetch()
         while True:
-            refresh: _Flight | None = None
-            with self._lock:
-                now = self.clock()
-                entry = self._lookup(key, now)
-                got = self._take_encrypt(entry, expected_bytes) if entry is not None else None
-                if entry is not None and got is not None:
-                    self.observer.cache_lookup("encrypt", True)
-                    refresh = self._claim_refresh(entry, now, slot)
-                    if refresh is None:
-                        return got
-                else:
-                    pending = self._flights.get(slot)
-                    owner = pending is None
-                    if pending is None:
-                        pending = self._flights[slot] = _Flight()
-                        self.observer.cache_lookup("encrypt", False)
-                    flight = pending
-            if refresh is not None:
-                assert got is not None
-                await self._refresh_encrypt(key, fetch, refresh, slot)
+            got, flight, owner = self._decide("encrypt", key, expected_bytes)
+            if isinstance(got, DataKey):
+                if flight is not None:
+                    await self._refresh(flight, key, "encrypt", fetch)
                 return got
+            assert flight is not None
             if owner:
-                return await self._fill_encrypt(key, fetch, flight, slot, expected_bytes)
+                return await self._fill_encrypt(key, fetch, flight, expected_bytes)
             await self._wait(flight)
+
+    def encryption_key_blocking(
+        self,
+        key: CacheKey,
+        fetch: Callable[[], DataKey],
+        *,
+        expected_bytes: int = 0,
+    ) -> DataKey:
+        """`encryption_key` for plain threads: a hit is one locked lookup, no event loop."""
+        if self._bypass(expected_bytes):
+            return fetch()
+        while True:
+            got, flight, owner = self._decide("encrypt", key, expected_bytes)
+            if isinstance(got, DataKey):
+                if flight is not None:
+                    self._refresh_blocking(flight, key, "encrypt", fetch)
+                return got
+            assert flight is not None
+            if owner:
+                got = self._fill_blocking(flight, key, "encrypt", fetch, expected_bytes)
+                return cast(DataKey, got)
+            self._wait_blocking(flight)
 
     async def decryption_key(
         self, key: CacheKey, fetch: Callable[[], Awaitable[bytearray]]
@@ -505,31 +548,31 @@ class DataKeyCache:
         """The plaintext of one wrapped key: cached, or fetched once (single-flight). A copy."""
         if not self.policy.enabled:
             return await fetch()
-        slot = (key, threading.get_ident())
         while True:
-            refresh: _Flight | None = None
-            with self._lock:
-                now = self.clock()
-                entry = self._lookup(key, now)
-                if entry is not None:
-                    got = bytearray(entry.dk)
-                    self.observer.cache_lookup("decrypt", True)
-                    refresh = self._claim_refresh(entry, now, slot)
-                    if refresh is None:
-                        return got
-                else:
-                    pending = self._flights.get(slot)
-                    owner = pending is None
-                    if pending is None:
-                        pending = self._flights[slot] = _Flight()
-                        self.observer.cache_lookup("decrypt", False)
-                    flight = pending
-            if refresh is not None:
-                await self._refresh_decrypt(key, fetch, refresh, slot)
+            got, flight, owner = self._decide("decrypt", key, 0)
+            if isinstance(got, bytearray):
+                if flight is not None:
+                    await self._refresh(flight, key, "decrypt", fetch)
                 return got
+            assert flight is not None
             if owner:
-                return await self._fill_decrypt(key, fetch, flight, slot)
+                return await self._fill_decrypt(key, fetch, flight)
             await self._wait(flight)
+
+    def decryption_key_blocking(self, key: CacheKey, fetch: Callable[[], bytearray]) -> bytearray:
+        """`decryption_key` for plain threads: a hit is one locked lookup, no event loop."""
+        if not self.policy.enabled:
+            return fetch()
+        while True:
+            got, flight, owner = self._decide("decrypt", key, 0)
+            if isinstance(got, bytearray):
+                if flight is not None:
+                    self._refresh_blocking(flight, key, "decrypt", fetch)
+                return got
+            assert flight is not None
+            if owner:
+                return cast(bytearray, self._fill_blocking(flight, key, "decrypt", fetch, -1))
+            self._wait_blocking(flight)
 
     def peek_decryption_key(self, key: CacheKey) -> bytearray | None:
         """A cached plaintext for `key` (a copy, counted as a hit), or None. Never calls a KMS."""
@@ -574,104 +617,135 @@ class DataKeyCache:
 
     # -- the slow paths ---------------------------------------------------------------------
 
+    def _timed_out(self) -> KmsUnavailableError:
+        return KmsUnavailableError(
+            f"timed out after {self.policy.wait_timeout:g} s waiting for a data-key "
+            "request already in flight"
+        )
+
     async def _wait(self, flight: _Flight) -> None:
-        with anyio.move_on_after(self.policy.wait_timeout) as scope:
-            await flight.done.wait()
-        if scope.cancelled_caught:
-            raise KmsUnavailableError(
-                f"timed out after {self.policy.wait_timeout:g} s waiting for a data-key "
-                "request already in flight"
-            )
+        """Wait for another caller's flight (any thread, any loop): short polls, backing off
+        to 5 ms; misses are rare, so this costs nothing measurable."""
+        deadline = time.monotonic() + self.policy.wait_timeout
+        delay = 0.0002
+        while not flight.done.is_set():
+            if time.monotonic() >= deadline:
+                raise self._timed_out()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.005)
         if flight.error is not None:
             raise flight.error  # the single-flight owner's outcome is shared
 
-    def _land(self, flight: _Flight, slot: tuple[CacheKey, int]) -> None:
+    def _wait_blocking(self, flight: _Flight) -> None:
+        if not flight.done.wait(self.policy.wait_timeout):
+            raise self._timed_out()
+        if flight.error is not None:
+            raise flight.error
+
+    def _land(self, flight: _Flight, key: CacheKey) -> None:
         with self._lock:
-            if self._flights.get(slot) is flight:
-                del self._flights[slot]
+            if self._flights.get(key) is flight:
+                del self._flights[key]
         flight.done.set()
+
+    def _store_fetched(
+        self, kind: CacheName, key: CacheKey, got: DataKey | bytearray, started: float, count: int
+    ) -> None:
+        with self._lock:
+            if isinstance(got, DataKey):
+                entry = self._insert(kind, key, got.plaintext, got.wrapped, started)
+                if entry is not None and count >= 0:
+                    self._count(entry, count)  # the caller's object: the fetched key
+            else:
+                self._insert(kind, key, got, None, started)
 
     async def _fill_encrypt(
         self,
         key: CacheKey,
         fetch: Callable[[], Awaitable[DataKey]],
         flight: _Flight,
-        slot: tuple[CacheKey, int],
         expected_bytes: int,
     ) -> DataKey:
         try:
             started = self.clock()
             data_key = await fetch()
-            with self._lock:
-                entry = self._insert("encrypt", key, data_key.plaintext, data_key.wrapped, started)
-                if entry is not None:
-                    self._count(entry, expected_bytes)  # the caller's object: the fetched key
+            self._store_fetched("encrypt", key, data_key, started, expected_bytes)
             return data_key
         except Exception as e:
             flight.error = e
             raise
         finally:
-            self._land(flight, slot)
+            self._land(flight, key)
 
     async def _fill_decrypt(
-        self,
-        key: CacheKey,
-        fetch: Callable[[], Awaitable[bytearray]],
-        flight: _Flight,
-        slot: tuple[CacheKey, int],
+        self, key: CacheKey, fetch: Callable[[], Awaitable[bytearray]], flight: _Flight
     ) -> bytearray:
         try:
             started = self.clock()
             plaintext = await fetch()
-            with self._lock:
-                self._insert("decrypt", key, plaintext, None, started)
+            self._store_fetched("decrypt", key, plaintext, started, -1)
             return plaintext
         except Exception as e:
             flight.error = e
             raise
         finally:
-            self._land(flight, slot)
+            self._land(flight, key)
 
-    async def _refresh_encrypt(
+    def _fill_blocking(
         self,
-        key: CacheKey,
-        fetch: Callable[[], Awaitable[DataKey]],
         flight: _Flight,
-        slot: tuple[CacheKey, int],
+        key: CacheKey,
+        kind: CacheName,
+        fetch: Callable[[], Any],
+        count: int,
+    ) -> Any:
+        try:
+            started = self.clock()
+            got = fetch()
+            self._store_fetched(kind, key, got, started, count)
+            return got
+        except Exception as e:
+            flight.error = e
+            raise
+        finally:
+            self._land(flight, key)
+
+    def _refreshed(
+        self, kind: CacheName, key: CacheKey, got: DataKey | bytearray, started: float
+    ) -> None:
+        try:
+            self._store_fetched(kind, key, got, started, -1)
+        finally:
+            if isinstance(got, DataKey):
+                got.wipe()
+            else:
+                got[:] = bytes(len(got))
+        self.observer.cache_refresh(kind, True)
+
+    async def _refresh(
+        self,
+        flight: _Flight,
+        key: CacheKey,
+        kind: CacheName,
+        fetch: Callable[[], Awaitable[Any]],
     ) -> None:
         try:
             started = self.clock()
-            data_key = await fetch()
-            try:
-                with self._lock:
-                    self._insert("encrypt", key, data_key.plaintext, data_key.wrapped, started)
-            finally:
-                data_key.wipe()
-            self.observer.cache_refresh("encrypt", True)
+            self._refreshed(kind, key, await fetch(), started)
         except Exception as e:
             flight.error = e
-            self.observer.cache_refresh("encrypt", False)  # the old entry dies on time
+            self.observer.cache_refresh(kind, False)  # the old entry dies on time
         finally:
-            self._land(flight, slot)
+            self._land(flight, key)
 
-    async def _refresh_decrypt(
-        self,
-        key: CacheKey,
-        fetch: Callable[[], Awaitable[bytearray]],
-        flight: _Flight,
-        slot: tuple[CacheKey, int],
+    def _refresh_blocking(
+        self, flight: _Flight, key: CacheKey, kind: CacheName, fetch: Callable[[], Any]
     ) -> None:
         try:
             started = self.clock()
-            plaintext = await fetch()
-            try:
-                with self._lock:
-                    self._insert("decrypt", key, plaintext, None, started)
-            finally:
-                plaintext[:] = bytes(len(plaintext))
-            self.observer.cache_refresh("decrypt", True)
+            self._refreshed(kind, key, fetch(), started)
         except Exception as e:
             flight.error = e
-            self.observer.cache_refresh("decrypt", False)
+            self.observer.cache_refresh(kind, False)
         finally:
-            self._land(flight, slot)
+            self._land(flight, key)

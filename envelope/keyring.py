@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
 
+from . import _portal
 from .errors import ConfigurationError, KmsKeyError, NoBackendError
 from .hazmat.format import DATA_KEY_LEN, MAX_EDKS, SUITE_AES256GCM_HKDF_SHA512_COMMIT
 from .keycache import (
@@ -175,14 +176,14 @@ class Keyring:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def decryption_key(
+    def _candidates(
         self,
         wrapped_keys: Sequence[WrappedKey],
         kms_context: Mapping[str, str],
-        *,
-        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
-    ) -> bytearray:
-        """Unwrap the first wrapped key some backend accepts (a cached one first)."""
+        suite_id: int,
+    ) -> tuple[list[tuple[WrappedKey, int]], list[CacheKey], bytearray | None]:
+        """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
+        plaintext if one of several ways in is already cached."""
         seen: set[tuple[str, str, bytes]] = set()
         candidates: list[tuple[WrappedKey, int]] = []
         for wrapped in wrapped_keys:
@@ -205,7 +206,28 @@ class Keyring:
                 for key in keys:
                     hit = cache.peek_decryption_key(key)
                     if hit is not None:
-                        return hit
+                        return candidates, keys, hit
+        return candidates, keys, None
+
+    @staticmethod
+    def _none_unwrapped(wrapped_keys: Sequence[WrappedKey], last: KmsKeyError | None) -> Exception:
+        if last is not None:
+            return last
+        names = ", ".join(f"{w.provider_id}:{w.key_id}" for w in wrapped_keys)
+        return NoBackendError(f"no configured backend can unwrap this object's data key ({names})")
+
+    async def decryption_key(
+        self,
+        wrapped_keys: Sequence[WrappedKey],
+        kms_context: Mapping[str, str],
+        *,
+        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+    ) -> bytearray:
+        """Unwrap the first wrapped key some backend accepts (a cached one first)."""
+        candidates, keys, hit = self._candidates(wrapped_keys, kms_context, suite_id)
+        if hit is not None:
+            return hit
+        cache = self.cache
         last: KmsKeyError | None = None
         for n, (wrapped, i) in enumerate(candidates):
             fetch = partial(_checked_unwrap, self._calls[i], wrapped, kms_context)
@@ -215,7 +237,60 @@ class Keyring:
                 return await fetch()
             except KmsKeyError as e:
                 last = e
-        if last is not None:
-            raise last
-        names = ", ".join(f"{w.provider_id}:{w.key_id}" for w in wrapped_keys)
-        raise NoBackendError(f"no configured backend can unwrap this object's data key ({names})")
+        raise self._none_unwrapped(wrapped_keys, last)
+
+    # -- the blocking face: no event loop on a cache hit ------------------------------------
+
+    def encryption_key_blocking(
+        self,
+        kms_context: Mapping[str, str],
+        *,
+        expected_bytes: int | None = None,
+        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+    ) -> DataKey:
+        """`encryption_key` for plain threads (ETL code, `envelope.sync`, worker threads).
+
+        A cache hit is one locked lookup on the calling thread. A miss calls the backend
+        through the retry layer on the process-wide portal loop (`envelope._portal`), with
+        single-flight shared with every other thread and task of the process.
+        """
+        if self.backend is None or self.key_id is None:
+            raise ConfigurationError("this keyring has no key to encrypt under")
+        call, key_id = self._calls[0], self.key_id
+        ctx = dict(kms_context)
+
+        def fetch() -> DataKey:
+            return _portal.call(partial(call.generate_data_key, key_id, context=ctx))
+
+        if self.cache is None:
+            return fetch()
+        key = encryption_cache_key(self.partition, self._ids[0], key_id, ctx, suite_id)
+        return self.cache.encryption_key_blocking(key, fetch, expected_bytes=expected_bytes or 0)
+
+    def decryption_key_blocking(
+        self,
+        wrapped_keys: Sequence[WrappedKey],
+        kms_context: Mapping[str, str],
+        *,
+        suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
+    ) -> bytearray:
+        """`decryption_key` for plain threads: a hit needs no event loop (see above)."""
+        candidates, keys, hit = self._candidates(wrapped_keys, kms_context, suite_id)
+        if hit is not None:
+            return hit
+        cache = self.cache
+        ctx = dict(kms_context)
+        last: KmsKeyError | None = None
+        for n, (wrapped, i) in enumerate(candidates):
+            fetch = partial(_portal.call, partial(_checked_unwrap, self._calls[i], wrapped, ctx))
+            try:
+                if cache is not None:
+                    return cache.decryption_key_blocking(keys[n], fetch)
+                return fetch()
+            except KmsKeyError as e:
+                last = e
+        raise self._none_unwrapped(wrapped_keys, last)
+
+    def close(self) -> None:
+        """`aclose` for plain threads (the embedded KMS seals its audit log on close)."""
+        _portal.call(self.aclose)

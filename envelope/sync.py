@@ -1,31 +1,50 @@
-"""Blocking versions of the recipes in `envelope.api`, for code without an event loop.
+"""Blocking recipes, for code without an event loop: ETL functions, UDFs, workers, handlers.
 
-Each call runs the async recipe to completion on a fresh event loop (anyio.run). Do not call
-these from inside a running event loop: use the `envelope.api` coroutines there.
+In-memory work (`encrypt_bytes`, `decrypt_bytes`, `*_into`, `*_many`) runs on the calling
+thread through the synchronous object layer (`envelope.objects`): no event loop per call, no
+thread hop; a data-key cache hit is a locked lookup. A large object's segments, and a batch of
+many small objects, are spread over a process-wide thread pool (AES-GCM releases the GIL).
+
+Streams and paths (`encrypt`, `decrypt`) still run the async pipeline on a fresh event loop
+for now (`run`). Do not call `run` from inside a running event loop: await `envelope.api`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import anyio
 
 from . import api
-from .errors import ConfigurationError
+from .errors import ConfigurationError, EnvelopeError
+from .keyring import Keyring
+from .metrics import NULL_OBSERVER, Observer
+from .objects import (
+    Tracked,
+    new_object,
+    open_into,
+    open_object_keys,
+    parse_object_header,
+    run_ranges,
+    seal_into,
+)
 
 __all__ = (
     "decrypt",
     "decrypt_bytes",
     "decrypt_into",
+    "decrypt_many",
     "encrypt",
     "encrypt_bytes",
     "encrypt_into",
+    "encrypt_many",
     "run",
 )
 
 T = TypeVar("T")
+Buffer = bytes | bytearray | memoryview
 
 
 def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -41,30 +60,282 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
 
 
 def encrypt(*args: Any, **kwargs: Any) -> api.ObjectInfo:
-    """Blocking `envelope.api.encrypt`."""
+    """Blocking `envelope.api.encrypt` (streams and paths)."""
     return run(api.encrypt, *args, **kwargs)
 
 
 def decrypt(*args: Any, **kwargs: Any) -> api.ObjectInfo:
-    """Blocking `envelope.api.decrypt`."""
+    """Blocking `envelope.api.decrypt` (streams and paths)."""
     return run(api.decrypt, *args, **kwargs)
 
 
-def encrypt_bytes(*args: Any, **kwargs: Any) -> bytearray:
-    """Blocking `envelope.api.encrypt_bytes`."""
-    return run(api.encrypt_bytes, *args, **kwargs)
+# -- in memory, on the object layer -------------------------------------------------------------
 
 
-def decrypt_bytes(*args: Any, **kwargs: Any) -> bytearray:
-    """Blocking `envelope.api.decrypt_bytes`."""
-    return run(api.decrypt_bytes, *args, **kwargs)
+def _seal(
+    data: Buffer,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
+    options: api.Options,
+    observer: Observer,
+    workers: int | None = None,
+) -> tuple[bytearray | memoryview, int]:
+    src = memoryview(data).cast("B")
+    with Tracked(observer, "encrypt") as track:
+        prepared = new_object(
+            keyring,
+            kms_context=kms_context,
+            object_context=object_context,
+            seg_log2=options.seg_log2,
+            expected_bytes=len(src),
+        )
+        buf = bytearray(prepared.ciphertext_length(len(src))) if out is None else out
+        n = seal_into(
+            prepared,
+            src,
+            buf,
+            per_batch=options.segments_per_batch,
+            workers=options.worker_count if workers is None else workers,
+            track=track,
+        )
+        track.plaintext_len = len(src)
+    return buf, n
 
 
-def encrypt_into(*args: Any, **kwargs: Any) -> int:
-    """Blocking `envelope.api.encrypt_into`."""
-    return run(api.encrypt_into, *args, **kwargs)
+def _open(
+    data: Buffer,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+    options: api.Options,
+    observer: Observer,
+    workers: int | None = None,
+) -> tuple[bytearray | memoryview, int]:
+    view = memoryview(data).cast("B")
+    with Tracked(observer, "decrypt") as track:
+        header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+        keys = open_object_keys(
+            header,
+            keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+        )
+        buf: bytearray | memoryview
+        if out is None:
+            buf = bytearray(max(0, len(view) - header.header_len))  # >= the plaintext
+        else:
+            buf = out
+        n = open_into(
+            header,
+            keys,
+            view,
+            buf,
+            per_batch=max(1, options.batch_bytes >> header.seg_log2),
+            workers=options.worker_count if workers is None else workers,
+            track=track,
+        )
+        if out is None:
+            assert isinstance(buf, bytearray)
+            del buf[n:]
+        track.plaintext_len = n
+    return buf, n
 
 
-def decrypt_into(*args: Any, **kwargs: Any) -> int:
-    """Blocking `envelope.api.decrypt_into`."""
-    return run(api.decrypt_into, *args, **kwargs)
+def encrypt_bytes(
+    data: Buffer,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> bytearray:
+    """Encrypt an in-memory object into a new, exactly sized buffer (see `api.encrypt_bytes`)."""
+    buf, _ = _seal(data, None, keyring, kms_context, object_context, options, observer)
+    assert isinstance(buf, bytearray)
+    return buf
+
+
+def encrypt_into(
+    data: Buffer,
+    out: bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> int:
+    """Encrypt into the caller's buffer; returns the bytes written (see `api.encrypt_into`)."""
+    return _seal(data, out, keyring, kms_context, object_context, options, observer)[1]
+
+
+def decrypt_bytes(
+    data: Buffer,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> bytearray:
+    """Decrypt an in-memory object into a new buffer (see `api.decrypt_bytes`)."""
+    buf, _ = _open(
+        data, None, keyring, expected_context, expected_kms_context, options, observer
+    )
+    assert isinstance(buf, bytearray)
+    return buf
+
+
+def decrypt_into(
+    data: Buffer,
+    out: bytearray | memoryview,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+) -> int:
+    """Decrypt into the caller's buffer; returns the plaintext length. On failure the
+    plaintext part of `out` is zeroed."""
+    return _open(data, out, keyring, expected_context, expected_kms_context, options, observer)[1]
+
+
+# -- many small objects -----------------------------------------------------------------------
+
+
+def _chunked(
+    count: int,
+    work: Callable[[int], bytearray],
+    options: api.Options,
+    return_exceptions: bool,
+) -> list[bytearray | EnvelopeError]:
+    """Run `work(i)` for every i, in chunks on the pool: one thread hop per chunk, not per
+    object. Without `return_exceptions`, the first failure is raised after every chunk is
+    done, and every plaintext already produced is zeroed first."""
+    results: list[bytearray | EnvelopeError | None] = [None] * count
+    workers = options.worker_count
+    per_chunk = max(1, -(-count // (workers * 4)))  # a few chunks per worker balances load
+
+    def chunk(first: int, last: int) -> None:
+        for i in range(first * per_chunk, min(last * per_chunk, count)):
+            try:
+                results[i] = work(i)
+            except EnvelopeError as e:
+                results[i] = e
+
+    run_ranges(chunk, -(-count // per_chunk), 1, workers)
+    out: list[bytearray | EnvelopeError] = [r for r in results if r is not None]
+    assert len(out) == count
+    if not return_exceptions:
+        first_error = next((r for r in out if isinstance(r, EnvelopeError)), None)
+        if first_error is not None:
+            for r in out:
+                if isinstance(r, bytearray):
+                    r[:] = bytes(len(r))
+            raise first_error
+    return out
+
+
+@overload
+def encrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = ...,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    options: api.Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[False] = ...,
+) -> list[bytearray]: ...
+@overload
+def encrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = ...,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    options: api.Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[True],
+) -> list[bytearray | EnvelopeError]: ...
+def encrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+    return_exceptions: bool = False,
+) -> list[bytearray] | list[bytearray | EnvelopeError]:
+    """Encrypt many small objects on every core: results in input order.
+
+    `object_contexts[i]` (if given) is bound into object i's header. With `return_exceptions`
+    a failed object's slot holds its `EnvelopeError` instead of raising.
+    """
+    if object_contexts is not None and len(object_contexts) != len(items):
+        raise ConfigurationError("object_contexts must have one entry per item")
+
+    def work(i: int) -> bytearray:
+        ctx = object_contexts[i] if object_contexts is not None else None
+        buf, _ = _seal(items[i], None, keyring, kms_context, ctx, options, observer, workers=1)
+        assert isinstance(buf, bytearray)
+        return buf
+
+    return _chunked(len(items), work, options, return_exceptions)
+
+
+@overload
+def decrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    expected_kms_context: Mapping[str, str] | None = ...,
+    options: api.Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[False] = ...,
+) -> list[bytearray]: ...
+@overload
+def decrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    expected_kms_context: Mapping[str, str] | None = ...,
+    options: api.Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[True],
+) -> list[bytearray | EnvelopeError]: ...
+def decrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    observer: Observer = NULL_OBSERVER,
+    return_exceptions: bool = False,
+) -> list[bytearray] | list[bytearray | EnvelopeError]:
+    """Decrypt many small objects on every core: plaintexts in input order.
+
+    Without `return_exceptions` any failure raises (after zeroing every plaintext produced);
+    with it, a failed object's slot holds its `EnvelopeError`.
+    """
+    if expected_contexts is not None and len(expected_contexts) != len(items):
+        raise ConfigurationError("expected_contexts must have one entry per item")
+
+    def work(i: int) -> bytearray:
+        ctx = expected_contexts[i] if expected_contexts is not None else None
+        buf, _ = _open(
+            items[i], None, keyring, ctx, expected_kms_context, options, observer, workers=1
+        )
+        assert isinstance(buf, bytearray)
+        return buf
+
+    return _chunked(len(items), work, options, return_exceptions)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from envelope import api, sync
 from envelope.errors import ConfigurationError
+from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
 from envelope.streams import BufferSink
@@ -196,12 +197,24 @@ def test_into_rejects_short_buffers_before_touching_data() -> None:
     assert out == b"\xaa" * (3 * S - 1)
 
 
-def test_sync_facade_refuses_to_run_inside_an_event_loop() -> None:
+def test_sync_streams_refuse_to_run_inside_an_event_loop() -> None:
     async def inner() -> None:
-        sync.encrypt_bytes(b"x", keyring=KEYRING)
+        sync.encrypt(b"x", BufferSink(), keyring=KEYRING)
 
     with pytest.raises(ConfigurationError, match="event loop"):
         anyio.run(inner)
+
+
+def test_sync_in_memory_calls_work_inside_an_event_loop() -> None:
+    """The object layer starts no loop, so a notebook or an async handler may call it (a
+    cache miss goes to the process-wide portal thread, never to the caller's loop)."""
+    fresh = Keyring(KEYRING.backend, KEYRING.key_id, cache=CachePolicy())
+
+    async def inner() -> bytes:
+        ct = sync.encrypt_bytes(b"x" * 100, keyring=fresh)
+        return bytes(sync.decrypt_bytes(ct, keyring=fresh))
+
+    assert anyio.run(inner) == b"x" * 100
 
 
 @pytest.mark.anyio

@@ -1,0 +1,54 @@
+"""One process-wide event loop on a daemon thread, for blocking callers of async-only code.
+
+The synchronous object layer never starts an event loop per call: a data-key cache hit is a
+locked lookup. Only a miss (a KMS call through an async backend and the async retry layer)
+needs a loop, and it gets this one: started on first use, shared by every thread, restarted
+in a forked child (the thread does not survive `fork`). It is a daemon thread, so it never
+holds up interpreter exit; close what holds resources (`Keyring.close`) before exiting.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+
+__all__ = ("call",)
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_portal: anyio.from_thread.BlockingPortal | None = None
+_pid = 0
+
+
+def _start() -> anyio.from_thread.BlockingPortal:
+    ready = threading.Event()
+    box: list[anyio.from_thread.BlockingPortal] = []
+
+    async def main() -> None:
+        async with anyio.from_thread.BlockingPortal() as portal:
+            box.append(portal)
+            ready.set()
+            await portal.sleep_until_stopped()
+
+    threading.Thread(target=anyio.run, args=(main,), name="envelope-portal", daemon=True).start()
+    ready.wait()
+    return box[0]
+
+
+def _get() -> anyio.from_thread.BlockingPortal:
+    global _portal, _pid
+    with _lock:
+        if _portal is None or _pid != os.getpid():
+            _portal, _pid = _start(), os.getpid()
+        return _portal
+
+
+def call(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run `await fn(*args)` on the shared loop from any plain thread; its result or error."""
+    return _get().call(fn, *args)

@@ -1,0 +1,339 @@
+"""The synchronous object layer: one object sealed or opened over buffers, with no I/O.
+
+Everything here is plain blocking code over memory: no event loop, no thread hop, and no
+allocation the caller's buffer can replace. The async recipes (`envelope.api`), the blocking
+ones (`envelope.sync`), the reader and the lake jobs are built on it; only getting a data key
+may leave the calling thread, and only on a cache miss (see `Keyring.encryption_key_blocking`).
+
+    prepared = new_object(keyring, kms_context={}, object_context={"path": "a"})
+    n = seal_into(prepared, plaintext, out)          # header + sealed segments into `out`
+    header = parse_object_header(memoryview(out))    # the one header reader of the package
+    keys = open_object_keys(header, keyring.decryption_key_blocking(...))
+    m = open_into(header, keys, memoryview(out)[:n], plain_out)
+
+A large object's segments may be sealed or opened on several threads at once (`run_ranges`):
+AES-GCM releases the GIL, so an in-memory object uses every core without an event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
+from .hazmat.format import (
+    DATA_KEY_LEN,
+    FIXED_PREFIX_LEN,
+    MAX_EDKS,
+    MAX_KMS_CTX_LEN,
+    MAX_OBJ_CTX_LEN,
+    MESSAGE_ID_LEN,
+    Header,
+    WrappedKey,
+    encode_context,
+    parse_header,
+    parse_prefix,
+)
+from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
+from .hazmat.segments import Layout, open_segments, seal_segments
+from .keyring import Keyring
+from .kms.base import DataKey
+from .metrics import NULL_OBSERVER, Direction, Observer
+
+__all__ = (
+    "PreparedObject",
+    "Tracked",
+    "check_context",
+    "check_contexts",
+    "checked_contexts",
+    "new_object",
+    "open_into",
+    "open_object_keys",
+    "parse_object_header",
+    "prepare_with_key",
+    "run_ranges",
+    "seal_into",
+)
+
+#: Where new message ids come from. A seam for known-answer tests (replace it in a test with
+#: a function returning fixed bytes) so they need not patch `os.urandom`; never in production.
+message_id_source: Callable[[int], bytes] = os.urandom
+
+
+# -- the header ------------------------------------------------------------------------------
+
+
+def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
+    """Parse the header at the start of an object's bytes (not authenticated yet).
+
+    The one header reader: streams and ranged files read `header_length(prefix)` bytes and
+    call this on them.
+    """
+    if len(view) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
+    if len(view) < header_len:
+        raise HeaderFormatError("object ends inside its header")
+    return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
+
+
+def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str) -> None:
+    if not expected:
+        return
+    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
+    if missing:
+        raise ContextMismatchError(
+            f"{what} context does not match the expected value for key(s): {', '.join(missing)}"
+        )
+
+
+def check_contexts(
+    header: Header,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+) -> None:
+    check_context(header.object_context, expected_context, "object")
+    check_context(header.kms_context, expected_kms_context, "KMS")
+
+
+def open_object_keys(
+    header: Header,
+    data_key: bytearray,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+) -> ObjectKeys:
+    """Check commitment and header MAC under `data_key` (then wiped), then the contexts."""
+    try:
+        if len(data_key) != DATA_KEY_LEN:
+            raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
+        keys = open_header(header, data_key)
+    finally:
+        data_key[:] = bytes(len(data_key))
+    check_contexts(header, expected_context, expected_kms_context)
+    return keys
+
+
+# -- a new object ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedObject:
+    """A new object's header and keys, ready to seal a plaintext."""
+
+    header: bytes
+    bound_digest: bytes
+    keys: ObjectKeys
+    seg_log2: int
+    wrapped_keys: tuple[WrappedKey, ...] = ()
+    message_id: bytes = b""
+
+    def ciphertext_length(self, plaintext_len: int) -> int:
+        return Layout(len(self.header), self.seg_log2).ciphertext_length(plaintext_len)
+
+
+def checked_contexts(
+    kms_context: Mapping[str, str] | None, object_context: Mapping[str, str] | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Copies of both contexts, refused (ConfigurationError) before any KMS call if bad."""
+    kms, obj = dict(kms_context or {}), dict(object_context or {})
+    try:
+        encode_context(kms, limit=MAX_KMS_CTX_LEN)
+        encode_context(obj, limit=MAX_OBJ_CTX_LEN)
+    except HeaderFormatError as e:
+        raise ConfigurationError(str(e)) from None
+    return kms, obj
+
+
+def prepare_with_key(
+    data_key: DataKey,
+    kms_context: Mapping[str, str],
+    object_context: Mapping[str, str],
+    seg_log2: int,
+) -> PreparedObject:
+    """Header and keys of a new object under `data_key` (wiped here: the caller's copy)."""
+    try:
+        message_id = message_id_source(MESSAGE_ID_LEN)
+        keys = ObjectKeys(data_key.plaintext, message_id, seg_log2=seg_log2)
+    finally:
+        data_key.wipe()
+    wrapped = (data_key.wrapped,)
+    header, hd = seal_header(
+        keys,
+        seg_log2=seg_log2,
+        message_id=message_id,
+        kms_context=kms_context,
+        object_context=object_context,
+        wrapped_keys=wrapped,
+    )
+    return PreparedObject(header, hd, keys, seg_log2, wrapped, message_id)
+
+
+def new_object(
+    keyring: Keyring,
+    *,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    seg_log2: int = 20,
+    expected_bytes: int | None = None,
+) -> PreparedObject:
+    """A new object's header and keys, on the calling thread (a cache hit needs no loop)."""
+    kms, obj = checked_contexts(kms_context, object_context)
+    data_key = keyring.encryption_key_blocking(kms, expected_bytes=expected_bytes)
+    return prepare_with_key(data_key, kms, obj, seg_log2)
+
+
+# -- sealing and opening over buffers ----------------------------------------------------------
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+_pools_pid = os.getpid()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool per worker count (rebuilt in a forked child)."""
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():
+            _pools.clear()
+            _pools_pid = os.getpid()
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="envelope")
+        return pool
+
+
+def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, workers: int) -> None:
+    """Call `fn(first, last)` over `count` segments in batches of `per_batch`: inline when one
+    batch (a thread hop costs more than it saves) or one worker, else on the pool's threads.
+    The pool is per worker count, so at most `workers` ranges run at once."""
+    if count <= per_batch:
+        fn(0, count)
+        return
+    ranges = [(i, min(i + per_batch, count)) for i in range(0, count, per_batch)]
+    if workers <= 1:
+        for a, b in ranges:
+            fn(a, b)
+        return
+    futures = [_pool(workers).submit(fn, a, b) for a, b in ranges]
+    errors = []
+    for f in futures:  # wait for every range before raising: no thread still writes `dst`
+        e = f.exception()
+        if e is not None:
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+def seal_into(
+    prepared: PreparedObject,
+    data: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    per_batch: int = 1 << 30,
+    workers: int = 1,
+    track: Tracked | None = None,
+) -> int:
+    """Write header and sealed body of `data` into `out`; returns the bytes written."""
+    src = memoryview(data).cast("B")
+    dst = memoryview(out).cast("B")
+    hl = len(prepared.header)
+    layout = Layout(hl, prepared.seg_log2)
+    total = layout.ciphertext_length(len(src))
+    if len(dst) < total:
+        raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
+    dst[:hl] = prepared.header
+    body = dst[hl:total]
+    s, t = layout.segment_size, layout.ct_segment_size
+    count = layout.segment_count(len(src))
+    keys, hd, seg_log2 = prepared.keys, prepared.bound_digest, prepared.seg_log2
+
+    def seal(first: int, last: int) -> None:
+        seal_segments(
+            keys, hd, first, src[first * s : last * s], body[first * t : last * t], seg_log2,
+            last == count,
+        )
+
+    run_ranges(seal if track is None else track.timed_range(seal), count, per_batch, workers)
+    return total
+
+
+def open_into(
+    header: Header,
+    keys: ObjectKeys,
+    data: bytes | bytearray | memoryview,
+    out: bytearray | memoryview,
+    *,
+    per_batch: int = 1 << 30,
+    workers: int = 1,
+    track: Tracked | None = None,
+) -> int:
+    """Open a whole object (header authenticated by `open_object_keys`) into `out`.
+
+    Returns the plaintext length. On any failure the plaintext part of `out` is zeroed
+    before the error is raised: no segment's plaintext survives an unauthenticated object.
+    """
+    view = memoryview(data).cast("B")
+    dst = memoryview(out).cast("B")
+    layout = Layout(header.header_len, header.seg_log2)
+    plen = layout.plaintext_length(len(view))
+    if len(dst) < plen:
+        raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
+    src = view[header.header_len :]
+    s, t = layout.segment_size, layout.ct_segment_size
+    count = layout.segment_count(plen)
+    hd, seg_log2 = header.bound_digest, header.seg_log2
+
+    def open_(first: int, last: int) -> None:
+        open_segments(
+            keys, hd, first, src[first * t : last * t], dst[first * s : last * s], seg_log2,
+            last == count,
+        )
+
+    try:
+        run_ranges(
+            open_ if track is None else track.timed_range(open_), count, per_batch, workers
+        )
+    except BaseException:
+        dst[:plen] = bytes(plen)
+        raise
+    return plen
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class Tracked:
+    """Reports one object's start, end and crypto time to an observer (nothing if null)."""
+
+    __slots__ = ("direction", "observer", "plaintext_len")
+
+    def __init__(self, observer: Observer, direction: Direction) -> None:
+        self.observer = observer
+        self.direction = direction
+        self.plaintext_len = 0
+
+    def __enter__(self) -> Tracked:
+        if self.observer is not NULL_OBSERVER:
+            self.observer.object_started(self.direction)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.observer is not NULL_OBSERVER:
+            self.observer.object_finished(self.direction, self.plaintext_len, exc_type is None)
+
+    def timed_range(self, fn: Callable[[int, int], None]) -> Callable[[int, int], None]:
+        if self.observer is NULL_OBSERVER:
+            return fn
+        observer, direction = self.observer, self.direction
+
+        def run(first: int, last: int) -> None:
+            t0 = time.perf_counter()
+            fn(first, last)
+            observer.batch_processed(direction, last - first, time.perf_counter() - t0)
+
+        return run

@@ -1,0 +1,197 @@
+"""The synchronous object layer and its faces (issue 9).
+
+- sync and async faces give identical bytes (same data key, the message-id seam fixed);
+- a warm cache serves the sync face with no event loop at all;
+- one cache shared by 16 threads and 64 tasks at once never hands a key out past its limits
+  (checked on the written headers) and makes one KMS call per cold key (single-flight across
+  threads and tasks);
+- the batch API keeps order, shares failures as documented and wipes plaintext on failure.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from envelope import _portal, api, objects, sync
+from envelope.errors import AuthenticationError, ContextMismatchError, EnvelopeError
+from envelope.keycache import CachePolicy
+from envelope.keyring import Keyring
+from envelope.kms.memory import MemoryKms
+
+
+class CountingKms(MemoryKms):
+    """The in-package fake KMS, counting data-key calls (thread-safe)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.generated = 0
+        self.unwrapped = 0
+        self._count_lock = threading.Lock()
+
+    async def generate_data_key(self, key_id: str, *, context: Any) -> Any:
+        with self._count_lock:
+            self.generated += 1
+        return await super().generate_data_key(key_id, context=context)
+
+    async def decrypt_data_key(self, wrapped: Any, *, context: Any) -> bytearray:
+        with self._count_lock:
+            self.unwrapped += 1
+        return await super().decrypt_data_key(wrapped, context=context)
+
+
+def keyring(policy: CachePolicy | None = None, **kw: Any) -> tuple[Keyring, CountingKms]:
+    kms = CountingKms(**kw)
+    return Keyring(kms, kms.create_key("k"), cache=policy or CachePolicy()), kms
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(max_size=20_000),
+    seg_log2=st.sampled_from([12, 13, 20]),
+    ctx=st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=5), max_size=3),
+    mid=st.binary(min_size=32, max_size=32),
+)
+def test_sync_and_async_faces_give_identical_bytes(
+    data: bytes, seg_log2: int, ctx: dict[str, str], mid: bytes
+) -> None:
+    kr, _ = keyring()
+    opts = api.Options(segment_size=1 << seg_log2, batch_bytes=8192, workers=2)
+    saved = objects.message_id_source
+    objects.message_id_source = lambda n: mid
+    try:
+        a = sync.encrypt_bytes(data, keyring=kr, object_context=ctx, options=opts)
+        b = anyio.run(lambda: api.encrypt_bytes(data, keyring=kr, object_context=ctx, options=opts))
+        out = bytearray(len(a))
+        n = sync.encrypt_into(data, out, keyring=kr, object_context=ctx, options=opts)
+    finally:
+        objects.message_id_source = saved
+    assert a == b == out[:n]
+    assert sync.decrypt_bytes(a, keyring=kr, expected_context=ctx, options=opts) == data
+    assert anyio.run(lambda: api.decrypt_bytes(b, keyring=kr, options=opts)) == data
+    bad = bytearray(a)
+    bad[-1] ^= 1
+    with pytest.raises(EnvelopeError):
+        sync.decrypt_bytes(bad, keyring=kr)
+    with pytest.raises(EnvelopeError):
+        anyio.run(lambda: api.decrypt_bytes(bad, keyring=kr))
+
+
+def test_a_warm_cache_needs_no_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    kr, kms = keyring()
+    ct = sync.encrypt_bytes(b"warm", keyring=kr)
+    sync.decrypt_bytes(ct, keyring=kr)
+
+    def no_loop(*_: object, **__: object) -> None:
+        raise AssertionError("an event loop was started")
+
+    monkeypatch.setattr(anyio, "run", no_loop)
+    monkeypatch.setattr(_portal, "call", no_loop)
+    for _ in range(50):
+        assert sync.decrypt_bytes(sync.encrypt_bytes(b"x" * 999, keyring=kr), keyring=kr) == (
+            b"x" * 999
+        )
+    assert kms.generated == 1 and kms.unwrapped == 1
+
+
+def test_one_cache_across_16_threads_and_64_tasks_keeps_its_limits() -> None:
+    limit = 7
+    kr, kms = keyring(CachePolicy(max_objects=limit), latency=0.002)
+    headers: list[bytes] = []
+    lock = threading.Lock()
+    start = threading.Barrier(17)
+
+    def thread_work() -> None:
+        start.wait()
+        for _ in range(20):
+            ct = sync.encrypt_bytes(b"t" * 100, keyring=kr)
+            with lock:
+                headers.append(bytes(ct))
+
+    async def tasks() -> None:
+        async def one() -> None:
+            for _ in range(5):
+                ct = await api.encrypt_bytes(b"a" * 100, keyring=kr)
+                with lock:
+                    headers.append(bytes(ct))
+
+        start.wait()
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(one)
+
+    threads = [threading.Thread(target=thread_work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    anyio.run(tasks)
+    for t in threads:
+        t.join()
+    assert len(headers) == 16 * 20 + 64 * 5
+    per_key = Counter(
+        objects.parse_object_header(memoryview(h)).wrapped_keys[0].ciphertext for h in headers
+    )
+    assert max(per_key.values()) <= limit  # never past the limit, whoever asked
+    assert sum(per_key.values()) == len(headers)
+    assert kms.generated == len(per_key)  # every KMS call's key was used: none wasted
+    assert len(per_key) >= -(-len(headers) // limit)
+
+
+def test_single_flight_holds_across_threads_and_tasks() -> None:
+    kr, kms = keyring(latency=0.2)  # slow enough that every caller arrives during the call
+    start = threading.Barrier(17)
+    results: list[bytes] = []
+
+    def thread_work() -> None:
+        start.wait()
+        results.append(bytes(sync.encrypt_bytes(b"s", keyring=kr)))
+
+    async def tasks() -> None:
+        async def one() -> None:
+            results.append(bytes(await api.encrypt_bytes(b"s", keyring=kr)))
+
+        start.wait()
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(one)
+
+    threads = [threading.Thread(target=thread_work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    anyio.run(tasks)
+    for t in threads:
+        t.join()
+    assert len(results) == 80
+    assert kms.generated == 1
+
+
+def test_many_keeps_order_and_contexts() -> None:
+    kr, kms = keyring()
+    items = [bytes([i]) * (i * 37) for i in range(200)]
+    ctxs = [{"i": str(i)} for i in range(200)]
+    sealed = sync.encrypt_many(items, keyring=kr, object_contexts=ctxs)
+    assert [bytes(p) for p in sync.decrypt_many(sealed, keyring=kr, expected_contexts=ctxs)] == (
+        items
+    )
+    assert kms.generated == 1  # one data key for the whole batch
+    with pytest.raises(ContextMismatchError):
+        sync.decrypt_many(sealed, keyring=kr, expected_contexts=list(reversed(ctxs)))
+
+
+def test_many_failures_raise_or_stay_in_place() -> None:
+    kr, _ = keyring()
+    items = [b"a" * 5000, b"b" * 5000, b"c" * 5000]
+    sealed = sync.encrypt_many(items, keyring=kr)
+    bad = bytearray(sealed[1])
+    bad[-3] ^= 0x40
+    mixed = [sealed[0], bad, sealed[2]]
+    got = sync.decrypt_many(mixed, keyring=kr, return_exceptions=True)
+    assert got[0] == items[0] and got[2] == items[2]
+    assert isinstance(got[1], AuthenticationError)
+    with pytest.raises(AuthenticationError):
+        sync.decrypt_many(mixed, keyring=kr)
