@@ -52,7 +52,7 @@ from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
 from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire
-from .paths import check_apart
+from .paths import check_apart, check_stays_inside
 from .sinks import atomic_sink, is_temporary, write_whole
 
 __all__ = (
@@ -485,6 +485,12 @@ def _expected(
     return _object_context(entry, options, extra)
 
 
+def _real_root(loc: Location) -> str | None:
+    """A local destination's real path, which every output must stay under (None elsewhere:
+    object stores have no links)."""
+    return os.path.realpath(loc.path) if loc.is_local else None
+
+
 # -- encrypt -------------------------------------------------------------------------------
 
 
@@ -508,12 +514,17 @@ async def encrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     engine = options.engine
+    dst_real = _real_root(dst)
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
-        if options.resume and await anyio.to_thread.run_sync(
-            _encrypted_done, dst.fs, dst_path, entry, options.bind_path
-        ):
+
+        def done() -> bool:
+            if dst_real is not None:
+                check_stays_inside(dst_real, dst_path)
+            return options.resume and _encrypted_done(dst.fs, dst_path, entry, options.bind_path)
+
+        if await anyio.to_thread.run_sync(done):
             return ObjectResult(entry.rel, "skipped", entry.size)
         octx = _object_context(entry, options, object_context)
         if entry.size <= options.small_object_bytes:
@@ -631,6 +642,7 @@ async def decrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     engine = options.engine
+    dst_real = _real_root(dst)
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
@@ -638,6 +650,8 @@ async def decrypt_prefix(
 
         def check_and_read() -> bytes | None:
             """One hop: the resume check, then (small objects) the whole ciphertext."""
+            if dst_real is not None:
+                check_stays_inside(dst_real, dst_path)
             if options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry):
                 return None
             if not small:

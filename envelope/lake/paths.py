@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigurationError
 
-__all__ = ("UnsafePathError", "check_apart", "check_relative", "path_problem")
+__all__ = ("UnsafePathError", "check_apart", "check_relative", "check_stays_inside", "path_problem")
 
 
 class UnsafePathError(ConfigurationError):
@@ -57,6 +57,18 @@ def check_relative(rel: str) -> str:
     if problem is not None:
         raise UnsafePathError(f"refusing object {rel!r}: {problem}")
     return rel
+
+
+def check_stays_inside(root_real: str, path: str) -> None:
+    """Refuse a local output `path` whose resolved location is not under `root_real` (the
+    destination's real path): a symbolic link already standing in the destination (as the
+    file itself or a folder on the way) would otherwise carry the write elsewhere, since the
+    output writer writes a link's target."""
+    real = os.path.realpath(path)
+    if not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
+        raise UnsafePathError(
+            f"{path!r} leads outside the destination through a symbolic link; not written"
+        )
 
 
 # -- source and destination apart ------------------------------------------------------------

@@ -408,3 +408,42 @@ async def test_a_file_swapped_for_a_link_after_listing_is_not_followed(
         "fifo.txt": f"{str(src / 'fifo.txt')!r} is no longer a regular file",
     }
     assert list(read_tree(enc)) == ["ok.txt"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_links_standing_in_the_destination_do_not_carry_writes_out(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A link already in the destination (a file, or a folder on the way) would carry the
+    output writer, which writes a link's target, outside the destination."""
+    victim_dir = tmp_path / "elsewhere"
+    victim_dir.mkdir()
+    victim = victim_dir / "victim.txt"
+    victim.write_bytes(b"do not overwrite")
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "x.bin").write_bytes(b"x" * 100)
+    (src / "sub" / "y.bin").write_bytes(b"y" * 100)
+    (src / "z.bin").write_bytes(b"z" * 100)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.symlink(victim, dst / "x.bin")
+    os.symlink(victim_dir, dst / "sub")
+    os.symlink("z-real.bin", dst / "z.bin")  # a link that stays inside: allowed
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+    assert {f.path: f.error_type for f in r.failures} == {
+        "x.bin": "UnsafePathError",
+        "sub/y.bin": "UnsafePathError",
+    }
+    assert r.done == 1 and (dst / "z-real.bin").is_file()
+    assert victim.read_bytes() == b"do not overwrite"
+    assert sorted(p.name for p in victim_dir.iterdir()) == ["victim.txt"]
+    # and decrypting into such a destination is refused the same way
+    enc = tmp_path / "enc"
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).ok
+    back = tmp_path / "back"
+    back.mkdir()
+    os.symlink(victim, back / "x.bin")
+    d = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())
+    assert [(f.path, f.error_type) for f in d.failures] == [("x.bin", "UnsafePathError")]
+    assert victim.read_bytes() == b"do not overwrite"
