@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..service import KeyService
-from .keys import _kv_table, _rows_table, _run, add_store_arguments, emit
+from ..service import KeyService, default_home
+from ..service._home import STORE_NAME
+from ..service.digests import DigestLocation, verify_chain
+from ..service.errors import StoreError
+from .keys import EXIT_USAGE, _kv_table, _rows_table, _run, add_store_arguments, emit
 
 __all__ = ("register",)
 
@@ -24,17 +27,63 @@ EXIT_TAMPERED = 1
 def _verify(args: argparse.Namespace, svc: KeyService) -> int:
     report = svc.verify_audit_log()
     store_problems = svc.check_store()
+    location = DigestLocation(args.digests) if getattr(args, "digests", None) else None
+    chain, against, unpublished = svc.check_digests(location, expected_fingerprint=args.fingerprint)
     out = report.as_dict()
     out["store_problems"] = store_problems
-    out["ok"] = report.ok and not store_problems
-    emit(args, out, _kv_table)
-    failed = False
+    out["digests"] = {
+        **chain.as_dict(),
+        "store_problems": against,
+        "unpublished_seals": unpublished,
+    }
+    failed = _say_problems(chain.problems + against, "digest check")
     if not report.ok:
         print(f"envelope: audit log verification FAILED at {report.problem}", file=sys.stderr)
         failed = True
-    for problem in store_problems:
-        print(f"envelope: ALARM: store check FAILED: {problem}", file=sys.stderr)
-        failed = True
+    failed = _say_problems(store_problems, "store check") or failed
+    if unpublished:
+        print(
+            f"envelope: note: seals {unpublished[0]}..{unpublished[-1]} are not yet published "
+            f"to {chain.location} (run `envelope audit seal` to publish them)",
+            file=sys.stderr,
+        )
+    out["ok"] = not failed
+    emit(args, out, _kv_table)
+    return EXIT_TAMPERED if failed else 0
+
+
+def _say_problems(problems: list[str], what: str) -> bool:
+    for problem in problems:
+        print(f"envelope: ALARM: {what} FAILED: {problem}", file=sys.stderr)
+    return bool(problems)
+
+
+def _verify_command(args: argparse.Namespace) -> int:
+    """With a store under the home: everything. Without one: the digests alone (--digests)."""
+    home = default_home(getattr(args, "home", None))
+    if (home / STORE_NAME).exists():
+        return _run(_verify)(args)
+    if not getattr(args, "digests", None):
+        print(
+            f"envelope: no KMS store at {home / STORE_NAME}; give --home, or --digests PATH to "
+            "verify a copy of the digests alone",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        chain = verify_chain(DigestLocation(args.digests), expected_fingerprint=args.fingerprint)
+    except StoreError as e:
+        print(f"envelope: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    out: dict[str, object] = {"ok": chain.problems == [], "store": None, "digests": chain.as_dict()}
+    failed = _say_problems(chain.problems, "digest check")
+    if chain.latest is None and not failed:
+        print(f"envelope: note: no digests in {chain.location}", file=sys.stderr)
+    print(
+        f"envelope: note: no store at {home / STORE_NAME}: only the digest chain was verified",
+        file=sys.stderr,
+    )
+    emit(args, out, _kv_table)
     return EXIT_TAMPERED if failed else 0
 
 
@@ -65,13 +114,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     add_store_arguments(audit)
     sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
-    p = sub.add_parser("verify", help="check the hash chain and seals (exit 1 if tampered)")
+    p = sub.add_parser(
+        "verify",
+        help="check the hash chain, seals, store rows and digests (exit 1 if tampered)",
+        description="Check the audit hash chain and seals, every key row, and the store against "
+        "the signed digest chain (--digests, default beside the home). Without a store under "
+        "--home, only the digests given with --digests are verified.",
+    )
     add_store_arguments(p)
-    p.set_defaults(handler=_run(_verify))
+    p.add_argument(
+        "--fingerprint",
+        metavar="sha256:HEX",
+        default=None,
+        help="the audit key fingerprint every digest must carry (default: trust the first "
+        "digest's key and print it)",
+    )
+    p.set_defaults(handler=_verify_command)
     p = sub.add_parser("tail", help="show the last records")
     add_store_arguments(p)
     p.add_argument("-n", type=int, default=20, help="how many records (20)")
     p.set_defaults(handler=_run(_tail))
-    p = sub.add_parser("seal", help="sign a digest of the log up to its last record now")
+    p = sub.add_parser(
+        "seal", help="seal the log up to its last record now and publish pending digests"
+    )
     add_store_arguments(p)
     p.set_defaults(handler=_run(_seal))

@@ -37,7 +37,7 @@ def _err(message: str) -> None:
 
 
 def add_store_arguments(p: argparse.ArgumentParser) -> None:
-    """``--home``, ``--region`` and ``--json``, shared by every keys/audit command."""
+    """``--home``, ``--region``, ``--digests`` and ``--json``, shared by keys/audit commands."""
     g = p.add_argument_group("embedded KMS")
     g.add_argument(
         "--home",
@@ -50,12 +50,23 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="Region namespace of the store (default $ENVELOPE_REGION or us-east-1)",
     )
+    g.add_argument(
+        "--digests",
+        metavar="DIR|s3://PREFIX",
+        default=argparse.SUPPRESS,
+        help="where audit digests are published (default $ENVELOPE_AUDIT_DIGESTS or "
+        "HOME.audit-digests beside the home)",
+    )
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 @contextmanager
 def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
-    svc = open_service(getattr(args, "home", None), region=getattr(args, "region", None))
+    svc = open_service(
+        getattr(args, "home", None),
+        region=getattr(args, "region", None),
+        digests=getattr(args, "digests", None),
+    )
     try:
         yield svc
     finally:

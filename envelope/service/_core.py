@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from ..errors import ThrottlingError
 from ..kms.quota import RateQuota
-from . import _rows, _specs, _states, audit
+from . import _rows, _specs, _states, audit, digests
 from ._states import (
     DISABLED,
     ENABLED,
@@ -209,7 +209,8 @@ def _seal_quietly(store: Store, clock: Clock, close: bool) -> None:
         return
     try:
         with store.write() as conn:
-            audit.seal_now(conn, store.signer, _epoch(clock()))
+            audit.seal_now(conn, store.sealer, _epoch(clock()))
+        store.publish_digests(strict=False)
     except Exception:  # pragma: no cover - nothing useful to do at exit
         pass
     finally:
@@ -400,6 +401,8 @@ class ServiceCore:
             # only now is the material known to be committed (see `_material`)
             self._materials.update(call.new_material)
             self._audit_head = call.head
+            if self.store.sealer.dirty:
+                self.store.publish_digests(strict=False)
             return result
         except KmsServiceError as e:
             err = e
@@ -419,6 +422,8 @@ class ServiceCore:
                 raise err from None  # a corrupt store cannot record the refusal either
             raise
         self._audit_head = call.head
+        if self.store.sealer.dirty:
+            self.store.publish_digests(strict=False)
         raise err
 
     def _record(
@@ -438,7 +443,7 @@ class ServiceCore:
             "alarm": 1 if call.alarm else 0,
             "params": call.params,
         }
-        call.head = audit.append(conn, body, self.store.signer, now, self._audit_head)
+        call.head = audit.append(conn, body, self.store.sealer, now, self._audit_head)
 
     def close(self) -> None:
         """Seal the audit log up to its last record (bounds an undetectable tail cut)."""
@@ -446,7 +451,7 @@ class ServiceCore:
         if self.store.closed:
             return
         try:
-            self.seal_audit_log()
+            self.seal_audit_log(strict=False)
         finally:
             if self._owns_store:
                 self.store.close()
@@ -457,13 +462,41 @@ class ServiceCore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def seal_audit_log(self) -> int | None:
+    def seal_audit_log(self, *, strict: bool = True) -> int | None:
+        """Seal the last record (if not sealed yet) and publish every pending digest."""
         with self.store.write() as conn:
-            return audit.seal_now(conn, self.store.signer, self.now())
+            seq = audit.seal_now(conn, self.store.sealer, self.now())
+        self.store.publish_digests(strict=strict)
+        return seq
 
     def verify_audit_log(self) -> audit.VerifyReport:
         with self.store.read() as conn:
             return audit.verify(conn, self.store.audit_public_key)
+
+    def check_digests(
+        self,
+        location: digests.DigestLocation | None = None,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> tuple[digests.ChainReport, list[str], list[int]]:
+        """The digest chain at `location` (default the store's), and this store against it:
+        (chain report, problems of the store against the chain, seals not yet published)."""
+        chain = digests.verify_chain(
+            location or self.store.digests, expected_fingerprint=expected_fingerprint
+        )
+        with self.store.read() as conn:
+            try:
+                counter = self.store.seal_counter(conn)
+            except StoreError as e:
+                return chain, [f"the store's seal counter fails authentication: {e}"], []
+            problems, unpublished = digests.check_store(
+                conn,
+                chain,
+                store_id=self.store.store_id,
+                public_key=self.store.audit_public_bytes,
+                seal_counter=counter,
+            )
+        return chain, problems, unpublished
 
     def check_store(self) -> list[str]:
         """Every key row and key-material row authentic? One sentence per problem found."""

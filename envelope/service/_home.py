@@ -2,7 +2,10 @@
 
 Layout: ``kms.sqlite3`` (the store, with its ``-wal`` and ``-shm`` files) and ``root.key`` (the
 root-key file, mode 0600). ``$ENVELOPE_KMS_PASSPHRASE`` selects a scrypt passphrase instead of
-the file; ``$ENVELOPE_REGION`` picks the Region (default us-east-1).
+the file; ``$ENVELOPE_REGION`` picks the Region (default us-east-1). The audit digests go to
+``$ENVELOPE_AUDIT_DIGESTS`` (a folder or an ``s3://`` prefix), default ``<home>.audit-digests``
+beside the home (``~/.envelope.audit-digests``): a separate path, so the home can be deleted or
+restored without its anchor.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from pathlib import Path
 
 from ..kms.quota import RateQuota
 from ._core import DEFAULT_REGION, Clock
+from .digests import default_location
 from .errors import RootKeyError
 from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
 from .service import KeyService
 from .store import Store, Synchronous
 
-__all__ = ("STORE_NAME", "ROOT_KEY_NAME", "default_home", "open_service")
+__all__ = ("STORE_NAME", "ROOT_KEY_NAME", "default_home", "digests_location", "open_service")
 
 STORE_NAME = "kms.sqlite3"
 ROOT_KEY_NAME = "root.key"
@@ -37,6 +41,16 @@ def default_root(home: Path) -> RootKeyProvider:
     return FileRootKey(home / ROOT_KEY_NAME)
 
 
+def digests_location(home: Path, digests: str | os.PathLike[str] | None = None) -> str:
+    """`digests`, else ``$ENVELOPE_AUDIT_DIGESTS``, else ``<home>.audit-digests`` beside it."""
+    if digests is not None:
+        return os.fspath(digests)
+    env = os.environ.get("ENVELOPE_AUDIT_DIGESTS")
+    if env:
+        return env
+    return str(default_location(home / STORE_NAME))
+
+
 def open_service(
     home: str | os.PathLike[str] | None = None,
     *,
@@ -45,6 +59,7 @@ def open_service(
     synchronous: Synchronous = "NORMAL",
     clock: Clock | None = None,
     quota: RateQuota | None = None,
+    digests: str | os.PathLike[str] | None = None,
 ) -> KeyService:
     """Open (creating on first use) the store under `home` and return its `KeyService`.
 
@@ -65,7 +80,12 @@ def open_service(
             "deleted or moved. A new store is not created beside an old root key; restore the "
             "store from a backup, or move the root-key file away to start a new, empty KMS."
         )
-    store = Store.open(h / STORE_NAME, provider, synchronous=synchronous)
+    store = Store.open(
+        h / STORE_NAME,
+        provider,
+        synchronous=synchronous,
+        digests=digests_location(h, digests),
+    )
     try:
         return KeyService(
             store,

@@ -7,6 +7,10 @@ they are at that moment (nothing older can vouch for them); run ``envelope audit
 upgrading a store you doubt. A store that claims an older schema than its contents show (a
 rolled-back ``schema_version`` to get tampered rows re-authenticated) is refused, and a second
 upgrade to the same schema in the audit log is reported by the store check.
+
+Schema 3 adds the seal counter (sealed under the root key), a random store id, and the digest
+columns of ``seals`` (`digests`); seals made before it stay verifiable by the chain as before,
+and the first seal after it is digest 1.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from . import _rows, audit
 from .errors import StoreError, TamperedStoreError
 from .rootkey import RootKey
 
-__all__ = ("SCHEMA_VERSION", "UPGRADE_OPERATION", "read_meta", "upgrade")
+__all__ = ("SCHEMA_VERSION", "SEALS_INDEX", "UPGRADE_OPERATION", "read_meta", "upgrade")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UPGRADE_OPERATION = "UpgradeStore"
 
 
@@ -59,6 +63,15 @@ def schema_of(meta: dict[str, bytes]) -> int:
             "the store says schema 1 but its key rows are authenticated (schema 2): its "
             "schema_version was rolled back, so that edited rows would be re-authenticated"
         )
+    if version >= 3 and ("seal_counter" not in meta or "store_id" not in meta):
+        raise TamperedStoreError(
+            f"the store says schema {version} but has no seal counter or store id: it was edited"
+        )
+    if version < 3 and "seal_counter" in meta:
+        raise TamperedStoreError(
+            f"the store says schema {version} but has a seal counter (schema 3): its "
+            "schema_version was rolled back"
+        )
     return version
 
 
@@ -71,6 +84,8 @@ def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) ->
         version = schema_of(read_meta(conn))  # another process may have upgraded it
         if version == 1:
             _to_2(conn, rk, signer)
+        if version <= 2:
+            _to_3(conn, rk, signer)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -92,6 +107,36 @@ def _to_2(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
         (rk.seal(row_key, _rows.KEY_ROW_MAC_AAD),),
     )
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"2",))
+    _record(conn, signer, 1, 2, {"KeyRows": len(rows)})
+
+
+def _to_3(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    """Seal counter, store id and digests: every later seal is also a digest file."""
+    for column in ("counter INTEGER", "digest BLOB", "published INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(f"ALTER TABLE seals ADD COLUMN {column}")
+    conn.execute(SEALS_INDEX)
+    store_id = os.urandom(16).hex()
+    conn.executemany(
+        "INSERT INTO meta(name, value) VALUES (?, ?)",
+        [
+            ("store_id", store_id.encode()),
+            ("seal_counter", rk.seal(bytes(8), audit.SEAL_COUNTER_AAD)),
+        ],
+    )
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"3",))
+    _record(conn, audit.Sealer(signer, rk, store_id), 2, 3, {})
+
+
+SEALS_INDEX = "CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter)"
+
+
+def _record(
+    conn: sqlite3.Connection,
+    signer: Ed25519PrivateKey | audit.Sealer,
+    old: int,
+    new: int,
+    extra: dict[str, object],
+) -> None:
     now = time.time()
     audit.append(
         conn,
@@ -107,7 +152,7 @@ def _to_2(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
             "outcome": "ok",
             "error_code": None,
             "alarm": 0,
-            "params": {"FromSchema": 1, "ToSchema": 2, "KeyRows": len(rows)},
+            "params": {"FromSchema": old, "ToSchema": new, **extra},
         },
         signer,
         now,

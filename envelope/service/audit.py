@@ -14,8 +14,11 @@ altered record. An attacker who can write the file could recompute the whole cha
 The signing key is kept sealed under the root key, so seals cannot be forged without it, and
 verification checks that the stored public key belongs to that signing key. A tail cut at or
 below the last seal is detected (the seal names a record that is gone, or a mandatory seal at a
-multiple of `SEAL_EVERY` is missing); a cut above the last seal is not detectable from the file
-alone: see docs/kms.md for how `seal_now` on close and periodic seals bound it.
+multiple of `SEAL_EVERY` is missing) unless the seals above the cut are deleted too; that, a
+rewritten chain with the later seals deleted, and a store rolled back to an older copy are
+visible only against an anchor outside the file: every seal is also a signed digest file
+(`digests`, written by `Sealer`) with a monotonic seal counter. A cut above the last seal (and
+the latest digest) is not detectable: see docs/security.md.
 
 Records never carry plaintext, key material or ciphertext: `append` refuses a body with a
 field it does not know (`FIELDS`).
@@ -33,9 +36,23 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ("FIELDS", "SEAL_EVERY", "AuditProblem", "VerifyReport", "append", "seal_now", "verify")
+from . import digests
+from .errors import TamperedStoreError
+from .rootkey import RootKey
+
+__all__ = (
+    "FIELDS",
+    "SEAL_EVERY",
+    "AuditProblem",
+    "Sealer",
+    "VerifyReport",
+    "append",
+    "seal_now",
+    "verify",
+)
 
 SEAL_EVERY = 256
+SEAL_COUNTER_AAD = b"seal-counter"
 GENESIS = bytes(32)
 _DOMAIN = b"envelope/kms/audit/v1"
 _SEAL_DOMAIN = b"envelope/kms/audit-seal/v1"
@@ -80,10 +97,70 @@ def head(conn: sqlite3.Connection) -> Head:
     return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
+class Sealer:
+    """Makes seals inside the caller's write transaction.
+
+    A seal is the signed row in ``seals`` (above) and, from schema 3, the next value of the
+    store's seal counter (sealed under the root key in ``meta``) and a signed digest of the seal
+    (`digests`) kept in the row until it is published outside the store. `dirty` tells the
+    service that a seal was made, so it publishes after the commit.
+    """
+
+    def __init__(self, signer: Ed25519PrivateKey, root: RootKey, store_id: str) -> None:
+        self.signer = signer
+        self.root = root
+        self.store_id = store_id
+        self.dirty = False
+
+    def __repr__(self) -> str:
+        return f"Sealer(store_id={self.store_id!r})"
+
+    def counter(self, conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE name='seal_counter'").fetchone()
+        if row is None:
+            raise TamperedStoreError("the store's seal counter is missing")
+        raw = self.root.unseal(bytes(row[0]), SEAL_COUNTER_AAD)
+        if len(raw) != 8:
+            raise TamperedStoreError("the store's seal counter is malformed")
+        return int(struct.unpack(">Q", raw)[0])
+
+    def seal(self, conn: sqlite3.Connection, seq: int, h: bytes, now: float) -> None:
+        counter = self.counter(conn) + 1
+        previous = None
+        if counter > 1:
+            row = conn.execute(
+                "SELECT digest FROM seals WHERE counter=?", (counter - 1,)
+            ).fetchone()
+            if row is None or row[0] is None:
+                raise TamperedStoreError(f"the store's seal {counter - 1} is missing")
+            text = row[0] if isinstance(row[0], bytes) else str(row[0]).encode()
+            previous = (digests.name_of(counter - 1), hashlib.sha256(text).hexdigest())
+        digest = digests.make(
+            self.signer,
+            store_id=self.store_id,
+            counter=counter,
+            records=seq,
+            chain_head=h,
+            time=now,
+            previous=previous,
+        )
+        sig = self.signer.sign(_seal_message(seq, h, now))
+        conn.execute(
+            "INSERT OR REPLACE INTO seals(seq, chain, at, sig, counter, digest, published) "
+            "VALUES (?,?,?,?,?,?,0)",
+            (seq, h, now, sig, counter, digest),
+        )
+        conn.execute(
+            "UPDATE meta SET value=? WHERE name='seal_counter'",
+            (self.root.seal(struct.pack(">Q", counter), SEAL_COUNTER_AAD),),
+        )
+        self.dirty = True
+
+
 def append(
     conn: sqlite3.Connection,
     body: Mapping[str, object],
-    signer: Ed25519PrivateKey,
+    signer: Ed25519PrivateKey | Sealer,
     now: float,
     known_head: Head | None = None,
 ) -> Head:
@@ -116,15 +193,21 @@ def append(
 
 
 def _seal(
-    conn: sqlite3.Connection, seq: int, h: bytes, signer: Ed25519PrivateKey, now: float
+    conn: sqlite3.Connection, seq: int, h: bytes, signer: Ed25519PrivateKey | Sealer, now: float
 ) -> None:
+    if isinstance(signer, Sealer):
+        signer.seal(conn, seq, h, now)
+        return
+    # A schema-2 store being upgraded: a seal row without counter or digest.
     sig = signer.sign(_seal_message(seq, h, now))
     conn.execute(
         "INSERT OR REPLACE INTO seals(seq, chain, at, sig) VALUES (?,?,?,?)", (seq, h, now, sig)
     )
 
 
-def seal_now(conn: sqlite3.Connection, signer: Ed25519PrivateKey, now: float) -> int | None:
+def seal_now(
+    conn: sqlite3.Connection, signer: Ed25519PrivateKey | Sealer, now: float
+) -> int | None:
     """Seal the last record if it is not sealed yet; returns the sealed seq (None: empty log)."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     if row is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 __all__ = (
     "AlreadyExistsException",
+    "DigestError",
     "DisabledException",
     "ExpiredImportTokenException",
     "IncorrectKeyException",
@@ -171,3 +172,10 @@ class TamperedStoreError(StoreError):
 
     code = "KMSInternalException"
     alarm = True
+
+
+class DigestError(StoreError):
+    """An audit digest file is malformed, unsigned, or cannot be written without replacing
+    another (see `digests`). Not retryable."""
+
+    code = "KMSInternalException"

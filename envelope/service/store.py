@@ -20,6 +20,7 @@ file untouched. A store written by an earlier version is upgraded once (`_migrat
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -31,8 +32,9 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import _rows
+from . import _rows, audit
 from ._migrate import SCHEMA_VERSION, read_meta, upgrade
+from .digests import DigestLocation, default_location, name_of
 from .errors import KMSInternalException, RootKeyError, StoreError
 from .rootkey import RootKey, RootKeyProvider
 
@@ -56,10 +58,13 @@ CREATE TABLE IF NOT EXISTS import_tokens(
 CREATE TABLE IF NOT EXISTS audit(
     seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seals(
-    seq INTEGER PRIMARY KEY, chain BLOB NOT NULL, at REAL NOT NULL, sig BLOB NOT NULL);
+    seq INTEGER PRIMARY KEY, chain BLOB NOT NULL, at REAL NOT NULL, sig BLOB NOT NULL,
+    counter INTEGER, digest BLOB, published INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter);
 """
 
 Synchronous = Literal["NORMAL", "FULL"]
+_log = logging.getLogger("envelope.service.audit")
 
 
 def material_aad(key_id: str, version: int) -> bytes:
@@ -80,6 +85,8 @@ class Store:
         root: RootKey,
         signer: Ed25519PrivateKey,
         row_key: bytes,
+        store_id: str,
+        digests: DigestLocation,
     ) -> None:
         self._conn = conn
         self.path = path
@@ -87,11 +94,21 @@ class Store:
         self.signer = signer
         #: The key-row MAC key (`_rows`), unsealed from the store's meta table.
         self.row_key = row_key
+        self.store_id = store_id
+        #: Where every seal is published as a signed digest file (outside the store).
+        self.digests = digests
+        self.sealer = audit.Sealer(signer, root, store_id)
         self.lock = threading.RLock()
         self.closed = False
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    @property
+    def audit_public_bytes(self) -> bytes:
+        return self.signer.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
 
     @classmethod
     def open(
@@ -101,12 +118,16 @@ class Store:
         *,
         synchronous: Synchronous = "NORMAL",
         busy_timeout_ms: int = 30_000,
+        digests: str | os.PathLike[str] | DigestLocation | None = None,
     ) -> Store:
         """Open the store at `path` with root key `root`, creating it if nothing is there.
 
         An existing file that is not a store (empty, corrupt, uninitialised) raises
         `StoreError` and is left as it is; so do the remains of a store (``-wal`` files, a
         root-key file) without the store: a lost store is never replaced by an empty one.
+
+        `digests` is where seals are published as digest files (a folder or an ``s3://``
+        prefix; default `digests.default_location`, beside the store's folder).
         """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
@@ -146,7 +167,14 @@ class Store:
             if public != meta["audit_pk"]:
                 raise RootKeyError("the audit public key in the store was replaced")
             upgrade(conn, rk, signer)
-            row_key = rk.unseal(read_meta(conn)["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
+            meta = read_meta(conn)
+            row_key = rk.unseal(meta["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
+            store_id = meta["store_id"].decode("ascii", "replace")
+            location = (
+                digests
+                if isinstance(digests, DigestLocation)
+                else DigestLocation(digests if digests is not None else default_location(p))
+            )
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StoreError(
@@ -156,7 +184,9 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(conn, p, rk, signer, row_key)
+        store = cls(conn, p, rk, signer, row_key, store_id, location)
+        store.publish_digests(strict=False)  # any left by a process killed before publishing
+        return store
 
     @property
     def audit_public_key(self) -> Ed25519PublicKey:
@@ -193,6 +223,41 @@ class Store:
                 yield self._conn
             finally:
                 self._conn.execute("ROLLBACK")
+
+    def publish_digests(self, *, strict: bool = True) -> int:
+        """Write every seal not yet published as a digest file; returns how many were written.
+
+        Called after the commit that made a seal. With `strict` false (after an ordinary call)
+        a failure is logged, not raised: the call is committed and the seal stays pending until
+        the next publish; ``envelope audit verify`` reports pending seals.
+        """
+        with self.lock:
+            self.sealer.dirty = False
+            with self.read() as conn:
+                pending = conn.execute(
+                    "SELECT counter, digest FROM seals WHERE published=0 AND counter IS NOT NULL "
+                    "ORDER BY counter"
+                ).fetchall()
+            done: list[int] = []
+            try:
+                for counter, text in pending:
+                    data = text if isinstance(text, bytes) else str(text).encode()
+                    self.digests.publish(name_of(int(counter)), data)
+                    done.append(int(counter))
+            except (OSError, StoreError) as e:
+                if strict:
+                    raise StoreError(f"cannot publish audit digests to {self.digests}: {e}") from e
+                _log.warning("audit digests not published to %s: %s", self.digests, e)
+            finally:
+                if done:
+                    with self.write() as conn:
+                        conn.executemany(
+                            "UPDATE seals SET published=1 WHERE counter=?", [(c,) for c in done]
+                        )
+            return len(done)
+
+    def seal_counter(self, conn: sqlite3.Connection) -> int:
+        return self.sealer.counter(conn)
 
     def close(self) -> None:
         with self.lock:
@@ -310,6 +375,8 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
             ),
             "fingerprint_key": rk.seal(os.urandom(32), b"fingerprint-key"),
             "key_row_mac_key": rk.seal(os.urandom(32), _rows.KEY_ROW_MAC_AAD),
+            "store_id": os.urandom(16).hex().encode(),
+            "seal_counter": rk.seal(bytes(8), audit.SEAL_COUNTER_AAD),
         }
         conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", list(meta.items()))
         conn.execute("COMMIT")

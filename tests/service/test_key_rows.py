@@ -176,8 +176,10 @@ def test_a_schema1_store_is_upgraded_once_and_recorded(home: Path, clock: FakeCl
         svc.encrypt(key_id=expect["disabled"], plaintext=b"x")
     assert svc.describe_key(key_id="alias/v1")["KeyMetadata"]["KeyId"] == expect["enabled"]
     upgrades = [r for r in svc.audit_tail(50) if r["operation"] == "UpgradeStore"]
-    assert len(upgrades) == 1
-    assert upgrades[0]["params"] == {"FromSchema": 1, "ToSchema": 2, "KeyRows": 2}
+    assert [u["params"] for u in upgrades] == [
+        {"FromSchema": 1, "ToSchema": 2, "KeyRows": 2},
+        {"FromSchema": 2, "ToSchema": 3},
+    ]
     assert svc.verify_audit_log().ok and svc.check_store() == []
     svc.close()
     # opened again: no second upgrade; and the upgraded rows are now protected
@@ -210,13 +212,17 @@ def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
     open_store(home).close()  # the real upgrade
     conn = db(home)
     conn.execute("ALTER TABLE keys DROP COLUMN mac")
-    conn.execute("DELETE FROM meta WHERE name='key_row_mac_key'")
+    conn.execute("DROP INDEX seals_counter")
+    for column in ("counter", "digest", "published"):
+        conn.execute(f"ALTER TABLE seals DROP COLUMN {column}")
+    conn.execute("DELETE FROM meta WHERE name IN ('key_row_mac_key', 'seal_counter', 'store_id')")
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"1",))
     conn.close()
     edit_meta(home, expect["disabled"], KeyState="Enabled")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     problems = svc.check_store()
-    assert len(problems) == 1 and "upgraded to schema 2 2 times" in problems[0]
+    assert len(problems) == 2 and "upgraded to schema 2 2 times" in problems[0]
+    assert "upgraded to schema 3 2 times" in problems[1]
     svc.close()
 
 
