@@ -14,6 +14,7 @@ import argparse
 import base64
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from typing import Any
 
 from ..service import KeyService, KmsServiceError, open_service
 from ..service.errors import StoreError, TamperedStoreError
+from ..service.rootkey import InsecureRootKeyWarning
 
 __all__ = ("add_store_arguments", "register")
 
@@ -57,16 +59,31 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         help="where audit digests are published (default $ENVELOPE_AUDIT_DIGESTS or "
         "HOME.audit-digests beside the home)",
     )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="refuse a root-key file readable by group or others (default: warn; also "
+        "$ENVELOPE_STRICT=1)",
+    )
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
 
 @contextmanager
 def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
-    svc = open_service(
-        getattr(args, "home", None),
-        region=getattr(args, "region", None),
-        digests=getattr(args, "digests", None),
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InsecureRootKeyWarning)
+        svc = open_service(
+            getattr(args, "home", None),
+            region=getattr(args, "region", None),
+            digests=getattr(args, "digests", None),
+            strict=True if getattr(args, "strict", False) else None,
+        )
+    for w in caught:
+        if issubclass(w.category, InsecureRootKeyWarning):
+            _err(f"warning: {w.message}")
+        else:  # pragma: no cover - not ours: shown as usual
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     try:
         yield svc
     finally:

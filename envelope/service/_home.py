@@ -34,11 +34,11 @@ def default_home(home: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".envelope"
 
 
-def default_root(home: Path) -> RootKeyProvider:
+def default_root(home: Path, *, strict: bool | None = None) -> RootKeyProvider:
     passphrase = os.environ.get("ENVELOPE_KMS_PASSPHRASE")
     if passphrase:
         return PassphraseRootKey(passphrase)
-    return FileRootKey(home / ROOT_KEY_NAME)
+    return FileRootKey(home / ROOT_KEY_NAME, strict=strict)
 
 
 def digests_location(home: Path, digests: str | os.PathLike[str] | None = None) -> str:
@@ -60,14 +60,17 @@ def open_service(
     clock: Clock | None = None,
     quota: RateQuota | None = None,
     digests: str | os.PathLike[str] | None = None,
+    strict: bool | None = None,
 ) -> KeyService:
     """Open (creating on first use) the store under `home` and return its `KeyService`.
 
-    The service owns the store: `close()` seals the audit log and closes the file.
+    The service owns the store: `close()` seals the audit log and closes the file. `strict`
+    (default ``$ENVELOPE_STRICT``) refuses a root-key file readable by group or others instead
+    of warning (`InsecureRootKeyWarning`).
     """
     h = default_home(home)
     h.mkdir(parents=True, exist_ok=True, mode=0o700)
-    provider = root or default_root(h)
+    provider = root or default_root(h, strict=strict)
     if (
         not isinstance(provider, FileRootKey)
         and not (h / STORE_NAME).exists()

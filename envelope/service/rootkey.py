@@ -7,8 +7,14 @@ the root key inside an HSM and implement the same two calls there. Two providers
 * `FileRootKey`: 32 random bytes in a file, created with ``O_EXCL`` and mode 0600 the first time
   a store is initialised (never re-created for an existing store: a missing file is an error;
   and a new store is never created under an existing file: that file's store was lost).
-* `PassphraseRootKey`: a passphrase stretched with scrypt (N=2**15, r=8, p=1) over a random salt
-  kept in the store.
+* `PassphraseRootKey`: a passphrase stretched with scrypt over a random salt kept in the store,
+  with N=2**17, r=8, p=1 (OWASP's password storage cheat sheet) for new stores. The parameters
+  are kept in the store beside the salt (``root_kdf``); a store written before they were kept
+  was made with N=2**15 and is opened with it.
+
+A root-key file readable by group or others is a leak waiting to happen: opening one warns
+(`InsecureRootKeyWarning`) and, in strict mode (``strict=True`` or ``$ENVELOPE_STRICT=1``; the
+CLI's ``--strict``), is refused with `RootKeyError`.
 
 Sealed blob::
 
@@ -17,7 +23,11 @@ Sealed blob::
 
 from __future__ import annotations
 
+import json
 import os
+import stat
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -27,12 +37,34 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import RootKeyError
 
-__all__ = ("AesRootKey", "FileRootKey", "PassphraseRootKey", "RootKey", "RootKeyProvider")
+__all__ = (
+    "AesRootKey",
+    "FileRootKey",
+    "InsecureRootKeyWarning",
+    "PassphraseRootKey",
+    "RootKey",
+    "RootKeyProvider",
+    "strict_from_environment",
+)
 
 _AAD_PREFIX = b"envelope/kms/root/v1"
 _VERSION = b"\x01"
 ROOT_KEY_LEN = 32
-SCRYPT_N = 1 << 15
+#: scrypt cost for new passphrase stores: OWASP's recommendation (N=2**17, r=8, p=1).
+SCRYPT_N = 1 << 17
+#: What every passphrase store was made with before the parameters were kept in the store.
+LEGACY_SCRYPT_N = 1 << 15
+#: Bounds on stored parameters (a tampered store must not make us allocate without limit).
+_MAX_SCRYPT_N = 1 << 20
+
+
+class InsecureRootKeyWarning(UserWarning):
+    """The root-key file is readable or writable by group or others."""
+
+
+def strict_from_environment() -> bool:
+    """``$ENVELOPE_STRICT`` set to 1/true/yes: refuse what is otherwise only warned about."""
+    return os.environ.get("ENVELOPE_STRICT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class RootKey(Protocol):
@@ -89,8 +121,11 @@ class AesRootKey:
 class FileRootKey:
     """A 32-byte root key in a file (mode 0600); created on first use of a new store only."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, strict: bool | None = None) -> None:
         self.path = Path(path)
+        #: Refuse (instead of warn about) a file readable by group or others; None: from
+        #: ``$ENVELOPE_STRICT``.
+        self.strict = strict_from_environment() if strict is None else strict
 
     def __repr__(self) -> str:
         return f"FileRootKey({str(self.path)!r})"
@@ -118,6 +153,7 @@ class FileRootKey:
                     f.flush()
                     os.fsync(f.fileno())
         try:
+            self._check_mode()
             data = self.path.read_bytes()
         except FileNotFoundError:
             raise RootKeyError(
@@ -129,11 +165,28 @@ class FileRootKey:
             raise RootKeyError(f"root-key file {self.path} is not {ROOT_KEY_LEN} bytes")
         return AesRootKey(data)
 
+    def _check_mode(self) -> None:
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        if not mode & 0o077:
+            return
+        message = (
+            f"root-key file {self.path} is accessible by group or others (mode {mode:04o}); "
+            f"anyone who can read it can open every key in the store: chmod 600 {self.path}"
+        )
+        if self.strict:
+            raise RootKeyError(message + " (refused in strict mode)")
+        warnings.warn(message, InsecureRootKeyWarning, stacklevel=4)
+
 
 class PassphraseRootKey:
-    """A root key stretched from a passphrase with scrypt over the store's salt."""
+    """A root key stretched from a passphrase with scrypt over the store's salt.
 
-    def __init__(self, passphrase: str | bytes, *, n: int = SCRYPT_N) -> None:
+    `n` is the scrypt cost for a new store, and for an old store that kept no parameters
+    (default: `LEGACY_SCRYPT_N`, what those stores were made with). A store that kept its
+    parameters is always opened with them.
+    """
+
+    def __init__(self, passphrase: str | bytes, *, n: int | None = None) -> None:
         if not passphrase:
             raise RootKeyError("an empty passphrase cannot be a root key")
         self._passphrase = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
@@ -149,6 +202,38 @@ class PassphraseRootKey:
     def description(self) -> str:
         return "scrypt passphrase"
 
-    def open(self, salt: bytes, *, create: bool) -> RootKey:
-        kdf = Scrypt(salt=salt, length=ROOT_KEY_LEN, n=self._n, r=8, p=1)
+    def parameters(self) -> bytes:
+        """The KDF parameters a new store keeps beside its salt (``root_kdf``)."""
+        n = self._n if self._n is not None else SCRYPT_N
+        return json.dumps({"kdf": "scrypt", "n": n, "r": 8, "p": 1}, sort_keys=True).encode()
+
+    def open(self, salt: bytes, *, create: bool, parameters: bytes | None = None) -> RootKey:
+        """`parameters`: the store's ``root_kdf`` (None: a store from before they were kept)."""
+        if parameters is None:
+            n, r, p = (self._n if self._n is not None else LEGACY_SCRYPT_N), 8, 1
+        else:
+            n, r, p = _scrypt_parameters(parameters)
+        kdf = Scrypt(salt=salt, length=ROOT_KEY_LEN, n=n, r=r, p=p)
         return AesRootKey(kdf.derive(self._passphrase))
+
+
+def _scrypt_parameters(raw: bytes) -> tuple[int, int, int]:
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        d = None
+    if not isinstance(d, Mapping) or d.get("kdf") != "scrypt":
+        raise RootKeyError("the store's root-key KDF parameters are malformed")
+    n, r, p = d.get("n"), d.get("r"), d.get("p")
+    if not (
+        isinstance(n, int)
+        and isinstance(r, int)
+        and isinstance(p, int)
+        and 2 <= n <= _MAX_SCRYPT_N
+        and n & (n - 1) == 0
+        and 1 <= r <= 32
+        and 1 <= p <= 16
+        and n * r * p <= _MAX_SCRYPT_N * 8
+    ):
+        raise RootKeyError("the store's root-key KDF parameters are out of bounds")
+    return n, r, p

@@ -36,7 +36,7 @@ from . import _rows, audit
 from ._migrate import SCHEMA_VERSION, read_meta, upgrade
 from .digests import DigestLocation, default_location, name_of
 from .errors import KMSInternalException, RootKeyError, StoreError
-from .rootkey import RootKey, RootKeyProvider
+from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
 
 __all__ = ("SCHEMA_VERSION", "Store")
 _VERIFIER = b"envelope/kms/root-key-verifier/v1"
@@ -155,7 +155,7 @@ class Store:
                     f"{p} is not an initialised KMS store (no {', '.join(missing)} in it): it was "
                     "truncated or replaced. Nothing was changed; restore it from a backup."
                 )
-            rk = root.open(meta["salt"], create=False)
+            rk = _open_root(root, meta, create=False)
             if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
                 raise RootKeyError("the root key does not open this store")
             signer = Ed25519PrivateKey.from_private_bytes(
@@ -341,6 +341,13 @@ def _create(p: Path, provider: RootKeyProvider) -> None:
                     os.unlink(f"{tmp}{suffix}")
 
 
+def _open_root(provider: RootKeyProvider, meta: dict[str, bytes], *, create: bool) -> RootKey:
+    """The root key, derived with the store's own KDF parameters when it kept them."""
+    if isinstance(provider, PassphraseRootKey):
+        return provider.open(meta["salt"], create=create, parameters=meta.get("root_kdf"))
+    return provider.open(meta["salt"], create=create)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -357,7 +364,10 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
             if statement.strip():
                 conn.execute(statement)
         salt = os.urandom(16)
-        rk = provider.open(salt, create=True)
+        kdf: dict[str, bytes] = {}
+        if isinstance(provider, PassphraseRootKey):
+            kdf["root_kdf"] = provider.parameters()
+        rk = _open_root(provider, {"salt": salt, **kdf}, create=True)
         sk = Ed25519PrivateKey.generate()
         raw = sk.private_bytes(
             serialization.Encoding.Raw,
@@ -377,6 +387,7 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
             "key_row_mac_key": rk.seal(os.urandom(32), _rows.KEY_ROW_MAC_AAD),
             "store_id": os.urandom(16).hex().encode(),
             "seal_counter": rk.seal(bytes(8), audit.SEAL_COUNTER_AAD),
+            **kdf,
         }
         conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", list(meta.items()))
         conn.execute("COMMIT")

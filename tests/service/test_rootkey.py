@@ -55,6 +55,7 @@ def test_wrong_root_key_file(populated: Path) -> None:
     before = snapshot(populated)
     other = populated / "other.key"
     other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
     with pytest.raises(RootKeyError, match="does not open this store"):
         Store.open(populated / "kms.sqlite3", FileRootKey(other))
     other.unlink()
