@@ -3,7 +3,10 @@
 ``verify`` walks the hash chain and every signed seal and exits 0 when the log is intact, 1
 naming the first record that cannot be trusted (edited, deleted, inserted, reordered, or a
 tail cut below the last seal); it also checks the store's rows (every key row's MAC, every
-sealed key material), and exits 1 with an ALARM line for each row edited outside the KMS.
+sealed key material), and the store against the signed digest chain outside it (``--digests``:
+a store shorter than, diverging from, or older than the latest digest; digests edited or
+deleted), and exits 1 with an ALARM line for each problem. With no store under ``--home`` it
+verifies a copy of the digests alone.
 It needs the root key: it checks that the seals' public key is the one whose private half is
 sealed under it.
 """
