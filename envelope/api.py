@@ -358,7 +358,7 @@ async def rewrap_header(
     return raw
 
 
-def _info(
+def object_info(
     header_len: int,
     message_id: bytes,
     seg_log2: int,
@@ -429,7 +429,9 @@ async def encrypt(
                 on_batch=on_batch,
             )
         track.plaintext_len = body - max(1, -(-body // (s + TAG_LEN))) * TAG_LEN
-    return _info(len(header), header[16:48], seg_log2, track.plaintext_len, kctx, octx, wrapped)
+    return object_info(
+        len(header), header[16:48], seg_log2, track.plaintext_len, kctx, octx, wrapped
+    )
 
 
 async def _seal_in_memory(
@@ -583,7 +585,7 @@ async def decrypt(
                 plan,
                 on_batch=on_progress,
             )
-    return _info(
+    return object_info(
         header.header_len,
         header.message_id,
         header.seg_log2,

@@ -11,18 +11,25 @@ for now (`run`). Do not call `run` from inside a running event loop: await `enve
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
 
-from . import api
-from .errors import ConfigurationError, EnvelopeError
+from . import api, files
+from .atomic import OutputFile, resolve_output
+from .errors import ConfigurationError, EnvelopeError, HeaderFormatError
+from .hazmat.format import FIXED_PREFIX_LEN, Header
+from .hazmat.format import parse_prefix as header_length
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Observer
 from .objects import (
     Tracked,
+    checked_contexts,
     new_object,
     open_into,
     open_object_keys,
@@ -30,6 +37,7 @@ from .objects import (
     run_ranges,
     seal_into,
 )
+from .streams import AtomicFileSink, SinkLike, SourceLike
 
 __all__ = (
     "decrypt",
@@ -59,14 +67,177 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         raise
 
 
-def encrypt(*args: Any, **kwargs: Any) -> api.ObjectInfo:
-    """Blocking `envelope.api.encrypt` (streams and paths)."""
-    return run(api.encrypt, *args, **kwargs)
+def _regular_file(x: object) -> str | None:
+    """The path of `x` if it names an existing regular local file, else None."""
+    if not isinstance(x, str | os.PathLike):
+        return None
+    path = os.fspath(x)
+    try:
+        return path if stat.S_ISREG(os.stat(path).st_mode) else None
+    except (OSError, ValueError):
+        return None
 
 
-def decrypt(*args: Any, **kwargs: Any) -> api.ObjectInfo:
-    """Blocking `envelope.api.decrypt` (streams and paths)."""
-    return run(api.decrypt, *args, **kwargs)
+def _atomic_target(x: object) -> bool:
+    """Whether `x` is a path the object layer can write positionally (regular or new file)."""
+    if not isinstance(x, str | os.PathLike):
+        return False
+    try:
+        return resolve_output(x)[1] == "atomic"
+    except ConfigurationError:
+        return False
+
+
+def _sync_progress(on_progress: Callable[[int], object] | None) -> Callable[[int], None] | None:
+    if on_progress is None:
+        return None
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with lock:  # worker threads report; the callback sees one call at a time
+            on_progress(n)
+
+    return advance
+
+
+def encrypt(
+    source: SourceLike,
+    sink: SinkLike,
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    on_progress: Callable[[int], object] | None = None,
+    observer: Observer = NULL_OBSERVER,
+    durable: bool = True,
+) -> api.ObjectInfo:
+    """Blocking `envelope.api.encrypt`.
+
+    A regular local file to a regular (or new) local file goes file to file on every core
+    (`envelope.files`), with no event loop; anything else (streams, pipes, devices) goes
+    through the async pipeline. `durable` fsyncs a path output before it is renamed into
+    place (the CLI's `--fsync`).
+    """
+    src = _regular_file(source)
+    if src is None or not _atomic_target(sink):
+        if not durable and isinstance(sink, str | os.PathLike):
+            sink = AtomicFileSink(sink, durable=False)
+        return run(
+            api.encrypt,
+            source,
+            sink,
+            keyring=keyring,
+            kms_context=kms_context,
+            object_context=object_context,
+            options=options,
+            on_progress=on_progress,
+            observer=observer,
+        )
+    assert isinstance(sink, str | os.PathLike)
+    with Tracked(observer, "encrypt") as track:
+        prepared = new_object(
+            keyring,
+            kms_context=kms_context,
+            object_context=object_context,
+            seg_log2=options.seg_log2,
+            expected_bytes=os.stat(src).st_size,
+        )
+        out = OutputFile(sink, durable=durable)
+        try:
+            n = files.seal_file(
+                prepared,
+                src,
+                out,
+                workers=options.worker_count,
+                batch_bytes=options.batch_bytes,
+                memory_budget=options.memory_budget,
+                on_progress=_sync_progress(on_progress),
+                track=track,
+            )
+            out.commit()
+        finally:
+            out.discard()
+        track.plaintext_len = n
+    kctx, octx = checked_contexts(kms_context, object_context)
+    return api.object_info(
+        len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
+        prepared.wrapped_keys,
+    )
+
+
+def _read_file_header(path: str, max_wrapped_keys: int) -> Header:
+    with open(path, "rb", buffering=0) as f:
+        prefix = f.read(FIXED_PREFIX_LEN)
+        if len(prefix) < FIXED_PREFIX_LEN:
+            raise HeaderFormatError("object is shorter than the fixed header prefix")
+        rest = f.read(header_length(prefix) - FIXED_PREFIX_LEN)
+    return parse_object_header(memoryview(prefix + rest), max_wrapped_keys=max_wrapped_keys)
+
+
+def decrypt(
+    source: SourceLike,
+    sink: SinkLike,
+    *,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
+    options: api.Options = api.DEFAULT_OPTIONS,
+    on_progress: Callable[[int], object] | None = None,
+    observer: Observer = NULL_OBSERVER,
+    durable: bool = True,
+) -> api.ObjectInfo:
+    """Blocking `envelope.api.decrypt`; file to file on every core as in `encrypt`.
+
+    The output is renamed into place only once every segment authenticated; a stream, pipe
+    or device output gets each segment only after its tag verified (see `api.decrypt`).
+    """
+    src = _regular_file(source)
+    if src is None or not _atomic_target(sink):
+        if not durable and isinstance(sink, str | os.PathLike):
+            sink = AtomicFileSink(sink, durable=False)
+        return run(
+            api.decrypt,
+            source,
+            sink,
+            keyring=keyring,
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+            options=options,
+            on_progress=on_progress,
+            observer=observer,
+        )
+    assert isinstance(sink, str | os.PathLike)
+    with Tracked(observer, "decrypt") as track:
+        header = _read_file_header(src, options.max_wrapped_keys)
+        options.plan("decrypt", header.seg_log2)  # a segment the budget cannot hold: refuse
+        keys = open_object_keys(
+            header,
+            keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+        )
+        out = OutputFile(sink, durable=durable)
+        try:
+            n = files.open_file(
+                header,
+                keys,
+                src,
+                out,
+                workers=options.worker_count,
+                batch_bytes=options.batch_bytes,
+                memory_budget=options.memory_budget,
+                on_progress=_sync_progress(on_progress),
+                track=track,
+            )
+            out.commit()
+        finally:
+            out.discard()
+        track.plaintext_len = n
+    return api.object_info(
+        header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
+        header.object_context, header.wrapped_keys,
+    )
 
 
 # -- in memory, on the object layer -------------------------------------------------------------

@@ -34,31 +34,57 @@ from ..errors import (
     KmsError,
 )
 from ._common import EXIT_CONTEXT, EXIT_INVALID, EXIT_IO, EXIT_KMS, EXIT_USAGE, err
-from .crypt import add_crypt_commands
-from .demo import add_demo_command
 
 __all__ = ("build_parser", "main")
 
-#: Optional command groups contributed by other parts of the package (imported lazily so a
-#: missing optional part never breaks the core commands).
-_PLUGGABLE = ("envelope.cli.keys", "envelope.cli.audit", "envelope.cli.lake")
+#: Each command and the module that defines it. Only the module of the command being run is
+#: imported, so `envelope encrypt` never loads pyarrow, rich, the KMS service or Prometheus
+#: (start-up is most of the cost of encrypting a small file). Optional parts that fail to
+#: import are left out of the listing, never break the core commands.
+_COMMANDS: dict[str, str] = {
+    "encrypt": "envelope.cli.crypt",
+    "decrypt": "envelope.cli.crypt",
+    "keygen": "envelope.cli.crypt",
+    "demo": "envelope.cli.demo",
+    "keys": "envelope.cli.keys",
+    "audit": "envelope.cli.audit",
+    "lake": "envelope.cli.lake",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _register(module_name: str, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        if module_name == "envelope.cli.crypt":
+            raise
+        return
+    register = getattr(module, "register", None) or getattr(module, "add_crypt_commands", None)
+    if register is None:
+        register = module.add_demo_command
+    register(sub)
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command word of `argv` (the first argument that is not an option), if known."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in _COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with only the module of the command in `argv` loaded (all without one)."""
     parser = argparse.ArgumentParser(
         prog="envelope",
         description="High-throughput envelope encryption of data at rest.",
     )
     parser.add_argument("--version", action="version", version=f"envelope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_crypt_commands(sub)
-    add_demo_command(sub)
-    for name in _PLUGGABLE:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        module.register(sub)
+    command = _command(argv) if argv is not None else None
+    wanted = [_COMMANDS[command]] if command else list(dict.fromkeys(_COMMANDS.values()))
+    for name in wanted:
+        _register(name, sub)
     return parser
 
 
@@ -92,7 +118,9 @@ def _stop_signals() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     _Stopped.signum = None

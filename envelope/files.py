@@ -1,0 +1,227 @@
+"""Local file to local file on the object layer: every core, positional I/O, no event loop.
+
+A format v1 object's layout is fixed by its header length, segment size and plaintext
+length, so every batch of segments has a known place in the input and in the output. Each
+worker thread therefore takes the next batch index, reads it with `pread`, seals or opens it
+while it is still in the CPU cache, and writes it with `pwrite`: no queue, no ordering, no
+hand-off between threads, and memory of two batch buffers per thread. This is the loop that
+keeps pace with a plain copy.
+
+The output is an `envelope.atomic.OutputFile` (a temporary file renamed over the target only
+once whole; removed on any failure), so batches may be written in any order: nothing under
+the final name ever holds unauthenticated plaintext. A device or FIFO target cannot take
+positional writes: callers send those through the streaming pipeline instead.
+
+On decrypt, the final flag of the last segment (found from the input's size) is checked like
+every tag, so a truncated object fails; a source that changes size while it is read fails.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from .atomic import OutputFile
+from .errors import ConfigurationError, TruncatedObjectError
+from .hazmat.format import TAG_LEN, Header
+from .hazmat.keyschedule import ObjectKeys
+from .hazmat.segments import Layout, open_segments, seal_segments
+from .metrics import NULL_OBSERVER
+from .objects import PreparedObject, Tracked, run_ranges
+
+__all__ = ("open_file", "seal_file")
+
+Progress = Callable[[int], None]
+
+
+def _pread_full(fd: int, buf: memoryview, offset: int) -> int:
+    got = 0
+    while got < len(buf):
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+Buffers = tuple[bytearray, bytearray]
+
+
+def _batches(
+    count: int,
+    per_batch: int,
+    workers: int,
+    sizes: tuple[int, int],
+    run: Callable[[int, Buffers], int],
+) -> None:
+    """Run `run(b, buffers)` for every batch index on `workers` threads pulling from one
+    counter; each thread owns one pair of buffers, zeroed when the work ends however it ends
+    (they hold plaintext)."""
+    nbatches = -(-count // per_batch)
+    lock = threading.Lock()
+    next_batch = [0]
+    failed = threading.Event()
+    owned: list[Buffers] = []
+
+    def worker(_a: int, _b: int) -> None:
+        bufs = (bytearray(sizes[0]), bytearray(sizes[1]))
+        with lock:
+            owned.append(bufs)
+        while not failed.is_set():
+            with lock:
+                b = next_batch[0]
+                next_batch[0] += 1
+            if b >= nbatches:
+                return
+            try:
+                run(b, bufs)
+            except BaseException:
+                failed.set()
+                raise
+
+    n = max(1, min(workers, nbatches))
+    try:
+        run_ranges(worker, n, 1, n)
+    except BaseException:  # a worker failed, or the caller was interrupted (SIGINT/SIGTERM)
+        failed.set()  # the other workers stop after their current batch
+        raise
+    finally:
+        for a, b in owned:
+            a[:] = bytes(len(a))
+            b[:] = bytes(len(b))
+
+
+def _timed(
+    track: Tracked | None, run: Callable[[int, Buffers], int]
+) -> Callable[[int, Buffers], int]:
+    if track is None or track.observer is NULL_OBSERVER:
+        return run
+    observer, direction = track.observer, track.direction
+
+    def timed(b: int, bufs: Buffers) -> int:
+        t0 = time.perf_counter()
+        segments = run(b, bufs)
+        observer.batch_processed(direction, segments, time.perf_counter() - t0)
+        return segments
+
+    return timed
+
+
+def _plan(seg: int, per_batch_bytes: int, workers: int, budget: int | None) -> tuple[int, int]:
+    """(segments per batch, workers) so that workers x two buffers fit in `budget`."""
+    per_batch = max(1, per_batch_bytes // seg)
+    if budget is not None:
+        while per_batch > 1 and workers * 2 * per_batch * (seg + TAG_LEN) > budget:
+            per_batch //= 2
+        while workers > 1 and workers * 2 * per_batch * (seg + TAG_LEN) > budget:
+            workers -= 1
+        if 2 * (seg + TAG_LEN) > budget:
+            raise ConfigurationError(
+                f"memory budget of {budget} bytes cannot hold a {seg}-byte segment"
+            )
+    return per_batch, workers
+
+
+def seal_file(
+    prepared: PreparedObject,
+    src: str,
+    out: OutputFile,
+    *,
+    workers: int,
+    batch_bytes: int = 4 << 20,
+    memory_budget: int | None = None,
+    on_progress: Progress | None = None,
+    track: Tracked | None = None,
+) -> int:
+    """Seal local file `src` into `out` (not committed here); returns the plaintext length."""
+    seg_log2 = prepared.seg_log2
+    s = 1 << seg_log2
+    t = s + TAG_LEN
+    hl = len(prepared.header)
+    with open(src, "rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        layout = Layout(hl, seg_log2)
+        count = layout.segment_count(size)
+        per_batch, workers = _plan(s, batch_bytes, workers, memory_budget)
+        _pwrite_all(out.fd, memoryview(prepared.header), 0)
+        keys, hd = prepared.keys, prepared.bound_digest
+
+        def run(b: int, bufs: Buffers) -> int:
+            first = b * per_batch
+            last = min(first + per_batch, count)
+            n = min(size, last * s) - first * s
+            pin, pout = bufs
+            view = memoryview(pin)[:n]
+            if _pread_full(fd, view, first * s) != n:
+                raise ConfigurationError(f"{src!r} changed size while it was encrypted")
+            w = seal_segments(keys, hd, first, view, memoryview(pout), seg_log2, last == count)
+            _pwrite_all(out.fd, memoryview(pout)[:w], hl + first * t)
+            if on_progress is not None:
+                on_progress(n)
+            return last - first
+
+        _batches(count, per_batch, workers, (per_batch * s, per_batch * t), _timed(track, run))
+        if os.fstat(fd).st_size != size:
+            raise ConfigurationError(f"{src!r} changed size while it was encrypted")
+    return size
+
+
+def open_file(
+    header: Header,
+    keys: ObjectKeys,
+    src: str,
+    out: OutputFile,
+    *,
+    workers: int,
+    batch_bytes: int = 4 << 20,
+    memory_budget: int | None = None,
+    on_progress: Progress | None = None,
+    track: Tracked | None = None,
+) -> int:
+    """Open local file `src` (header authenticated) into `out`; returns the plaintext length.
+
+    Every segment's tag is verified before its plaintext is written to the temporary file;
+    on any failure the caller discards `out`, so no plaintext survives.
+    """
+    seg_log2 = header.seg_log2
+    s = 1 << seg_log2
+    t = s + TAG_LEN
+    hl = header.header_len
+    with open(src, "rb", buffering=0) as f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        layout = Layout(hl, seg_log2)
+        if size < hl + TAG_LEN:
+            raise TruncatedObjectError("object ends before its first segment")
+        plen = layout.plaintext_length(size)
+        count = layout.segment_count(plen)
+        per_batch, workers = _plan(s, batch_bytes, workers, memory_budget)
+        hd = header.bound_digest
+
+        def run(b: int, bufs: Buffers) -> int:
+            first = b * per_batch
+            last = min(first + per_batch, count)
+            n = min(size, hl + last * t) - (hl + first * t)
+            cin, pout = bufs
+            view = memoryview(cin)[:n]
+            if _pread_full(fd, view, hl + first * t) != n:
+                raise TruncatedObjectError("object changed size while it was read")
+            w = open_segments(keys, hd, first, view, memoryview(pout), seg_log2, last == count)
+            _pwrite_all(out.fd, memoryview(pout)[:w], first * s)
+            if on_progress is not None:
+                on_progress(w)
+            return last - first
+
+        _batches(count, per_batch, workers, (per_batch * t, per_batch * s), _timed(track, run))
+        if os.fstat(fd).st_size != size:
+            raise TruncatedObjectError("object changed size while it was read")
+    return plen
