@@ -36,8 +36,6 @@ from .hazmat.format import (
     Header,
     WrappedKey,
     encode_context,
-    parse_header,
-    parse_prefix,
 )
 from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
 from .hazmat.segments import Layout, open_segments, seal_segments
@@ -47,6 +45,7 @@ from .objects import (
     PreparedObject,
     Tracked,
     checked_contexts,
+    header_length,
     open_into,
     open_object_keys,
     parse_object_header,
@@ -518,13 +517,10 @@ async def read_header(source: Source, *, max_wrapped_keys: int = MAX_EDKS) -> He
     """Read and parse exactly one header from `source` (not authenticated yet)."""
     prefix = bytearray(FIXED_PREFIX_LEN)
     got = await source.readinto(memoryview(prefix))
-    if got < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
-    header_len = parse_prefix(bytes(prefix))
-    rest = bytearray(header_len - FIXED_PREFIX_LEN)
-    if await source.readinto(memoryview(rest)) < len(rest):
-        raise HeaderFormatError("object ends inside its header")
-    return parse_header(bytes(prefix + rest), max_wrapped_keys=max_wrapped_keys)
+    raw = bytearray(header_length(memoryview(prefix)[:got]))
+    raw[:FIXED_PREFIX_LEN] = prefix
+    got += await source.readinto(memoryview(raw)[FIXED_PREFIX_LEN:])
+    return parse_object_header(memoryview(raw)[:got], max_wrapped_keys=max_wrapped_keys)
 
 
 async def open_object(

@@ -50,6 +50,8 @@ __all__ = (
     "check_context",
     "check_contexts",
     "checked_contexts",
+    "header_length",
+    "read_header",
     "new_object",
     "open_into",
     "open_object_keys",
@@ -67,18 +69,34 @@ message_id_source: Callable[[int], bytes] = os.urandom
 # -- the header ------------------------------------------------------------------------------
 
 
+def header_length(prefix: bytes | bytearray | memoryview) -> int:
+    """The header length announced by an object's fixed prefix (checked against the limits)."""
+    if len(prefix) < FIXED_PREFIX_LEN:
+        raise HeaderFormatError("object is shorter than the fixed header prefix")
+    return parse_prefix(bytes(prefix[:FIXED_PREFIX_LEN]))
+
+
 def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
     """Parse the header at the start of an object's bytes (not authenticated yet).
 
-    The one header reader: streams and ranged files read `header_length(prefix)` bytes and
-    call this on them.
+    With `header_length` and `read_header`, the one header reader of the package: a stream
+    reads `FIXED_PREFIX_LEN` bytes, then `header_length(prefix)` in all, and calls this.
     """
-    if len(view) < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
-    header_len = parse_prefix(bytes(view[:FIXED_PREFIX_LEN]))
+    header_len = header_length(view)
     if len(view) < header_len:
         raise HeaderFormatError("object ends inside its header")
     return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
+
+
+def read_header(
+    read_range: Callable[[int, int], bytes | bytearray], *, max_wrapped_keys: int = MAX_EDKS
+) -> Header:
+    """Read and parse the header of an object with random access (`read_range(offset, n)`
+    returns up to n bytes): a local file, an object store's ranged GET, a seekable file."""
+    prefix = bytes(read_range(0, FIXED_PREFIX_LEN))
+    n = header_length(prefix)
+    raw = prefix + bytes(read_range(FIXED_PREFIX_LEN, n - FIXED_PREFIX_LEN))
+    return parse_object_header(memoryview(raw), max_wrapped_keys=max_wrapped_keys)
 
 
 def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str) -> None:

@@ -24,11 +24,11 @@ from cachetools import LRUCache
 
 from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
-from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header, parse_header, parse_prefix
+from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments
 from .keyring import Keyring
-from .sync import run
+from .objects import open_object_keys, read_header
 
 __all__ = (
     "AsyncDecryptingReader",
@@ -110,14 +110,7 @@ def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> Ra
 
 
 def _read_header(rf: RangeFile, max_wrapped_keys: int) -> Header:
-    prefix = rf.read_range(0, FIXED_PREFIX_LEN)
-    if len(prefix) < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
-    header_len = parse_prefix(prefix)
-    raw = prefix + rf.read_range(FIXED_PREFIX_LEN, header_len - FIXED_PREFIX_LEN)
-    if len(raw) < header_len:
-        raise HeaderFormatError("object ends inside its header")
-    return parse_header(raw, max_wrapped_keys=max_wrapped_keys)
+    return read_header(rf.read_range, max_wrapped_keys=max_wrapped_keys)
 
 
 class DecryptingReader(io.RawIOBase):
@@ -348,15 +341,23 @@ def open_decrypted(
     expected_kms_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
 ) -> DecryptingReader:
-    """Blocking `aopen_decrypted`."""
-    return run(
-        aopen_decrypted,
-        source,
-        keyring=keyring,
-        expected_context=expected_context,
-        expected_kms_context=expected_kms_context,
-        options=options,
-    )
+    """Blocking `aopen_decrypted`, on the calling thread (no event loop; a warm data-key
+    cache makes it one header read and two HMACs)."""
+    rf = _as_range_file(source)
+    try:
+        header = _read_header(rf, options.max_wrapped_keys)
+        options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
+        ct_len = rf.size()
+        keys = open_object_keys(
+            header,
+            keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
+        )
+        return DecryptingReader(rf, header, keys, ct_len, memory_budget=options.memory_budget)
+    except BaseException:
+        rf.close()
+        raise
 
 
 class AsyncDecryptingReader:

@@ -22,9 +22,8 @@ import anyio
 
 from . import api, files
 from .atomic import OutputFile, resolve_output
-from .errors import ConfigurationError, EnvelopeError, HeaderFormatError
-from .hazmat.format import FIXED_PREFIX_LEN, Header
-from .hazmat.format import parse_prefix as header_length
+from .errors import ConfigurationError, EnvelopeError
+from .hazmat.format import Header
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Observer
 from .objects import (
@@ -34,6 +33,7 @@ from .objects import (
     open_into,
     open_object_keys,
     parse_object_header,
+    read_header,
     run_ranges,
     seal_into,
 )
@@ -168,11 +168,8 @@ def encrypt(
 
 def _read_file_header(path: str, max_wrapped_keys: int) -> Header:
     with open(path, "rb", buffering=0) as f:
-        prefix = f.read(FIXED_PREFIX_LEN)
-        if len(prefix) < FIXED_PREFIX_LEN:
-            raise HeaderFormatError("object is shorter than the fixed header prefix")
-        rest = f.read(header_length(prefix) - FIXED_PREFIX_LEN)
-    return parse_object_header(memoryview(prefix + rest), max_wrapped_keys=max_wrapped_keys)
+        fd = f.fileno()
+        return read_header(lambda off, n: os.pread(fd, n, off), max_wrapped_keys=max_wrapped_keys)
 
 
 def decrypt(
