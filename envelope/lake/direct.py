@@ -14,7 +14,9 @@ same format v1 object byte for byte.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import IO
 
 from ..api import PreparedObject
@@ -23,6 +25,7 @@ from ..errors import ConfigurationError
 from ..hazmat.format import TAG_LEN, Header
 from ..hazmat.keyschedule import ObjectKeys
 from ..hazmat.segments import open_segments, seal_segments
+from .paths import UnsafePathError
 
 __all__ = ("open_file", "seal_file")
 
@@ -38,6 +41,20 @@ def _fill(f: IO[bytes], buf: bytearray) -> int:
     return got
 
 
+def _open_source(path: str) -> IO[bytes]:
+    """Open a listed source file, refusing a link or special file swapped in after listing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(f"{path!r} became a symbolic link after it was listed") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path!r} is no longer a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
 def _output(path: str, durable: bool) -> OutputFile:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return OutputFile(path, durable=durable, clean_stale=False)
@@ -50,7 +67,7 @@ def seal_file(
     s = 1 << prepared.seg_log2
     out = _output(dst, durable)
     try:
-        with open(src, "rb", buffering=0) as f:
+        with _open_source(src) as f:
             out.write(memoryview(prepared.header))
             cur, nxt, sealed = bytearray(s), bytearray(s), bytearray(s + TAG_LEN)
             n, index, total = _fill(f, cur), 0, 0
@@ -89,7 +106,7 @@ def open_file(header: Header, keys: ObjectKeys, src: str, dst: str, *, durable: 
     t = s + TAG_LEN
     out = _output(dst, durable)
     try:
-        with open(src, "rb", buffering=0) as f:
+        with _open_source(src) as f:
             f.seek(header.header_len)
             cur, nxt, plain = bytearray(t), bytearray(t), bytearray(s)
             n, index, total = _fill(f, cur), 0, 0

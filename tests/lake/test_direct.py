@@ -75,3 +75,22 @@ def test_source_that_changed_size_is_refused(tmp_path: Path) -> None:
             durable=False,
         )
     assert not (tmp_path / "enc").exists() and leftovers(tmp_path) == []
+
+
+def test_a_source_swapped_for_a_link_after_listing_is_refused(tmp_path: Path) -> None:
+    """The lake lists without following links; a link swapped in afterwards is not opened."""
+    from envelope.lake.paths import UnsafePathError
+
+    (tmp_path / "secret").write_bytes(b"outside the tree")
+    (tmp_path / "src").symlink_to(tmp_path / "secret")
+    prepared = sync.run(api.prepare_object, KR, options=OPTS, expected_bytes=16)
+    with pytest.raises(UnsafePathError, match="link"):
+        direct.seal_file(
+            prepared, str(tmp_path / "src"), str(tmp_path / "enc"), expected_size=16, durable=False
+        )
+    assert not (tmp_path / "enc").exists() and leftovers(tmp_path) == []
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UnsafePathError, match="regular"):
+        direct.seal_file(
+            prepared, str(tmp_path / "fifo"), str(tmp_path / "enc"), expected_size=16, durable=False
+        )
