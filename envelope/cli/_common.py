@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI commands: output, exit codes, progress bars, keyrings."""
+"""Helpers shared by the CLI commands: output, exit codes, progress bars, key arguments."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..keyring import Keyring
-from ..kms.base import KmsBackend
-from ..kms.filekey import FileKeyBackend
-from ..kms.uri import open_backend, open_local_backend
+from ..kms.keyspec import DEFAULT_KEY, KeySpec, Purpose
 from ..metrics import NULL_OBSERVER, Observer
 
 EXIT_OK = 0
@@ -23,10 +20,6 @@ EXIT_USAGE = 2
 EXIT_KMS = 3
 EXIT_CONTEXT = 4
 EXIT_IO = 5
-
-#: The key `envelope encrypt` uses when given none: the embedded KMS's managed key for
-#: envelope, created on first use (rotation always on, cannot be disabled or deleted).
-DEFAULT_KEY = "local:alias/aws/envelope"
 
 #: Inputs at least this large get a progress bar on a terminal.
 PROGRESS_MIN_BYTES = 8 << 20
@@ -128,7 +121,7 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
         help=(
             "key to encrypt under: local:ALIAS|KEY-ID|ARN (or a bare alias/key id) of the "
             "embedded KMS under --home, or file:PATH; default: the embedded KMS's managed key "
-            "alias/aws/envelope"
+            + DEFAULT_KEY.removeprefix("local:")
             if encrypt
             else "extra key URI to try when unwrapping (the header names the key)"
         ),
@@ -147,26 +140,21 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
     )
 
 
-def keyring_for_encrypt(args: argparse.Namespace, observer: Observer = NULL_OBSERVER) -> Keyring:
-    key_files: list[str] = args.key_file or []
-    if args.key and key_files:
-        raise ConfigurationError("give either --key or --key-file, not both")
-    if len(key_files) > 1:
-        raise ConfigurationError("encrypt takes one --key-file")
-    if key_files:
-        backend = FileKeyBackend(key_files[0])
-        return Keyring(backend, backend.key_id, observer=observer)
-    backend2, key_id = open_backend(args.key or DEFAULT_KEY, home=args.home)
-    return Keyring(backend2, key_id, observer=observer)
+def key_spec(
+    args: argparse.Namespace, purpose: Purpose, *, target: bool = False, bulk: bool = False
+) -> KeySpec:
+    """The one place the CLI turns its key arguments into a `KeySpec` (the rules are
+    `envelope.kms.keyspec`'s). `target`: rewrap's `--to-key`, one key to seal under in the
+    same `--home`. `bulk`: the lake jobs' data-key cache and retry profile.
 
-
-def keyring_for_decrypt(args: argparse.Namespace, observer: Observer = NULL_OBSERVER) -> Keyring:
-    """The keys a reader may use: exactly the `--key-file`s and `--key` given; with neither,
-    the embedded KMS under `--home`. A key file alone never touches `$ENVELOPE_HOME` (it
-    would open, and write the audit log of, a KMS the user did not ask for)."""
-    backends: list[KmsBackend] = [FileKeyBackend(p) for p in args.key_file or []]
-    if args.key:
-        backends.append(open_backend(args.key, home=args.home)[0])
-    if not backends:
-        backends.append(open_local_backend(args.home, must_exist=True))
-    return Keyring(decrypt_with=backends, observer=observer)
+    An empty `--key` means no key (the default key on encrypt), and an empty `--home` the
+    working directory, as they always have."""
+    if target:
+        key, files = args.to_key, ()
+    else:
+        key, files = getattr(args, "key", None), tuple(getattr(args, "key_file", None) or ())
+    home = getattr(args, "home", None)
+    spec = KeySpec(
+        key=key or None, key_files=files, home="." if home == "" else home, purpose=purpose
+    )
+    return spec.bulk() if bulk else spec

@@ -15,8 +15,7 @@ from ._common import (
     add_key_arguments,
     add_metrics_argument,
     input_size,
-    keyring_for_decrypt,
-    keyring_for_encrypt,
+    key_spec,
     metrics_observer,
     parse_pairs,
     print_json,
@@ -134,7 +133,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         with metrics_observer(args) as observer:
             from .lake import run_folder
 
-            return run_folder("encrypt", args, keyring_for_encrypt(args, observer), observer)
+            return run_folder("encrypt", args, key_spec(args, "encrypt"), observer)
     options = Options(
         segment_size=args.segment_size, workers=args.workers, memory_budget=args.memory_budget
     )
@@ -142,7 +141,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         metrics_observer(args) as observer,
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
-        keyring = keyring_for_encrypt(args, observer)
+        keyring = key_spec(args, "encrypt").keyring(observer)
         try:
             info = sync.encrypt(
                 _open_in(args.input),
@@ -165,12 +164,12 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         with metrics_observer(args) as observer:
             from .lake import run_folder
 
-            return run_folder("decrypt", args, keyring_for_decrypt(args, observer), observer)
+            return run_folder("decrypt", args, key_spec(args, "decrypt"), observer)
     with (
         metrics_observer(args) as observer,
         progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
-        keyring = keyring_for_decrypt(args, observer)
+        keyring = key_spec(args, "decrypt").keyring(observer)
         try:
             info = sync.decrypt(
                 _open_in(args.input),

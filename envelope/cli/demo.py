@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(work: Path, home: str, size: int) -> dict[str, Any]:
-    from ..lake.parquet import open_encrypted_parquet
+    from ..lake.parquet_objects import open_encrypted_parquet
 
     lake, enc, back = work / "lake", work / "encrypted", work / "restored"
     sample = make_sample_lake(lake, size)

@@ -16,20 +16,18 @@ from typing import Any
 
 from .. import sync
 from ..api import Options
-from ..keycache import CachePolicy
 from ..keyring import Keyring
-from ..kms.retry import RetryPolicy
+from ..kms.keyspec import KeySpec
 from ..lake import jobs
 from ..metrics import Observer
 from ._common import (
     add_key_arguments,
     add_metrics_argument,
-    keyring_for_decrypt,
+    key_spec,
     metrics_observer,
     parse_pairs,
     print_json,
 )
-from ._common import keyring_for_encrypt as _keyring_for_encrypt
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -177,18 +175,6 @@ def _progress(args: argparse.Namespace) -> Iterator[Any]:
         p.stop()
 
 
-def _lake_keyring(keyring: Keyring, observer: Observer) -> Keyring:
-    """The same keys behind the bucket-key cache and the bulk retry profile."""
-    return Keyring(
-        keyring.backend,
-        keyring.key_id,
-        decrypt_with=[b for b in keyring.backends if b is not keyring.backend],
-        cache=CachePolicy(),
-        retry=RetryPolicy.bulk(),
-        observer=observer,
-    )
-
-
 def cmd_lake(args: argparse.Namespace) -> int:
     options = jobs.LakeOptions(
         concurrency=args.concurrency,
@@ -204,14 +190,12 @@ def cmd_lake(args: argparse.Namespace) -> int:
     kctx = parse_pairs(args.kms_context, "--kms-context")
     op = args.operation
     with metrics_observer(args) as observer, _progress(args) as progress:
-        if op == "encrypt":
-            keyring = _lake_keyring(_keyring_for_encrypt(args, observer), observer)
-        else:
-            keyring = _lake_keyring(keyring_for_decrypt(args, observer), observer)
+        keys = key_spec(args, "encrypt" if op == "encrypt" else "decrypt", bulk=True)
+        to_keys = key_spec(args, "encrypt", target=True, bulk=True) if op == "rewrap" else None
+        keyring = keys.keyring(observer)
         to: Keyring | None = None
-        if op == "rewrap":
-            ns = argparse.Namespace(**{**vars(args), "key": args.to_key, "key_file": None})
-            to = _lake_keyring(_keyring_for_encrypt(ns, observer), observer)
+        if to_keys is not None:
+            to = to_keys.keyring(observer)
         scheduler = getattr(args, "scheduler", None)
         t0 = time.perf_counter()
         try:
@@ -219,7 +203,17 @@ def cmd_lake(args: argparse.Namespace) -> int:
                 from ..lake.distributed import run_distributed
 
                 report = run_distributed(
-                    op, args, options, kms_context=kctx, object_context=octx, progress=progress
+                    op,
+                    args.src,
+                    args.dst,
+                    keys=keys,
+                    to=to_keys,
+                    options=options,
+                    kms_context=kctx,
+                    object_context=octx,
+                    progress=progress,
+                    scheduler=scheduler,
+                    workers=args.workers,
                 )
             else:
                 report = sync.run(
@@ -251,15 +245,13 @@ def cmd_lake(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def run_folder(
-    operation: str, args: argparse.Namespace, keyring: Keyring, observer: Observer
-) -> int:
+def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
     options = jobs.LakeOptions(
         engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)),
         **_safety_options(args),
     )
-    bulk = _lake_keyring(keyring, observer)
+    bulk = keys.bulk().keyring(observer)
     try:
         report = sync.run(
             partial(

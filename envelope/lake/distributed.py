@@ -1,11 +1,12 @@
 """Scale-out on Dask: the objects of one job spread over a cluster's workers.
 
 The driver lists the prefix and removes temporaries once, cuts the objects into chunks and
-submits one task per chunk. Each worker process builds its keyring from a picklable `KeySpec`
-once and keeps it (its own data-key cache and KMS client) for every chunk it runs; each chunk
-is the ordinary single-machine job over that chunk's entries, so results, per-object failure
-reporting and the resume rule are the same as on one machine. Dask retries a task whose worker
-died; re-running a chunk is safe because finished objects are skipped.
+submits one task per chunk. Each worker process builds its keyring once from a picklable
+`KeySpec` (`envelope.kms.keyspec`: the same rules as the command line) and keeps it (its own
+data-key cache and KMS client) for every chunk it runs; each chunk is the ordinary
+single-machine job over that chunk's entries, so results, per-object failure reporting and
+the resume rule are the same as on one machine. Dask retries a task whose worker died;
+re-running a chunk is safe because finished objects are skipped.
 
 The KMS must be reachable from every worker: the embedded store on a shared path works (it is
 safe for several processes), and so will the KMS server.
@@ -13,77 +14,24 @@ safe for several processes), and so will the KMS server.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
 
 from ..errors import ConfigurationError
-from ..keycache import CachePolicy
 from ..keyring import Keyring
-from ..kms.base import KmsBackend
-from ..kms.filekey import FileKeyBackend
-from ..kms.retry import RetryPolicy
-from ..kms.uri import open_backend, open_local_backend
+from ..kms.keyspec import KeySpec, Purpose
 from . import jobs
 from .fs import resolve
 
 __all__ = ("KeySpec", "run_distributed", "run_on_dask")
-
-
-@dataclass(frozen=True, slots=True)
-class KeySpec:
-    """How to build a keyring anywhere: key URIs and files, no key material (picklable)."""
-
-    key: str | None = None
-    key_files: tuple[str, ...] = ()
-    home: str | None = None
-    to_key: str | None = None
-
-    def _backends(self) -> list[KmsBackend]:
-        backends: list[KmsBackend] = [FileKeyBackend(p) for p in self.key_files]
-        if not any(b.provider_id == "local" for b in backends):
-            try:
-                backends.append(open_local_backend(self.home, must_exist=bool(backends)))
-            except ConfigurationError:
-                if not backends:
-                    raise
-        return backends
-
-    def encrypt_keyring(self) -> Keyring:
-        if self.key_files:
-            b = FileKeyBackend(self.key_files[0])
-            return _bulk(Keyring(b, b.key_id))
-        backend, key_id = open_backend(self.key or "local:alias/aws/envelope", home=self.home)
-        return _bulk(Keyring(backend, key_id))
-
-    def decrypt_keyring(self) -> Keyring:
-        backends = self._backends()
-        if self.key:
-            backends.append(open_backend(self.key, home=self.home)[0])
-        return _bulk(Keyring(decrypt_with=backends))
-
-    def target_keyring(self) -> Keyring:
-        if not self.to_key:
-            raise ConfigurationError("rewrap needs a target key")
-        backend, key_id = open_backend(self.to_key, home=self.home)
-        return _bulk(Keyring(backend, key_id))
-
-
-def _bulk(k: Keyring) -> Keyring:
-    return Keyring(
-        k.backend,
-        k.key_id,
-        decrypt_with=[b for b in k.backends if b is not k.backend],
-        cache=CachePolicy(),
-        retry=RetryPolicy.bulk(),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,29 +40,30 @@ class _Task:
     source: str
     destination: str | None
     keys: KeySpec
+    to: KeySpec | None
     options: jobs.LakeOptions
     kms_context: Mapping[str, str] = field(default_factory=dict)
     object_context: Mapping[str, str] = field(default_factory=dict)
 
 
-# One set of keyrings per worker process and job kind, reused by every chunk it runs.
-_WORKER_KEYRINGS: dict[tuple[KeySpec, str], tuple[Keyring, Keyring | None]] = {}
+# One keyring per worker process and spec (the spec names its purpose), reused by every
+# chunk the worker runs, so its data-key cache and KMS client live as long as the worker.
+_WORKER_KEYRINGS: dict[KeySpec, Keyring] = {}
 _WORKER_LOCK = threading.Lock()
 
 
-def _keyrings(spec: KeySpec, operation: str) -> tuple[Keyring, Keyring | None]:
+def _worker_keyring(spec: KeySpec) -> Keyring:
     with _WORKER_LOCK:
-        got = _WORKER_KEYRINGS.get((spec, operation))
+        got = _WORKER_KEYRINGS.get(spec)
         if got is None:
-            keyring = spec.encrypt_keyring() if operation == "encrypt" else spec.decrypt_keyring()
-            to = spec.target_keyring() if operation == "rewrap" else None
-            got = _WORKER_KEYRINGS[(spec, operation)] = (keyring, to)
+            got = _WORKER_KEYRINGS[spec] = spec.keyring()
         return got
 
 
 def _run_chunk(task: _Task, entries: Sequence[jobs.Entry]) -> dict[str, Any]:
     """Runs on a Dask worker: the single-machine job over one chunk of entries."""
-    keyring, to = _keyrings(task.keys, task.operation)
+    keyring = _worker_keyring(task.keys)
+    to = _worker_keyring(task.to) if task.to is not None else None
     options = task.options
 
     async def go() -> jobs.JobReport:
@@ -161,6 +110,21 @@ def _chunks(entries: Sequence[jobs.Entry], n_workers: int) -> list[list[jobs.Ent
     return out
 
 
+def _job_keys(operation: str, keys: KeySpec, to: KeySpec | None) -> tuple[KeySpec, KeySpec | None]:
+    """The specs the workers build from: the purpose set by the operation, the lake jobs'
+    cache and retry defaults where unset, and paths pinned for other processes."""
+    if not isinstance(keys, KeySpec) or not (to is None or isinstance(to, KeySpec)):
+        raise ConfigurationError("keys and to must be envelope.kms.keyspec.KeySpec")
+    if operation == "rewrap":
+        if to is None:
+            raise ConfigurationError("rewrap needs the target key: to=KeySpec(key=...)")
+        to = to.for_purpose("encrypt").bulk().pinned()
+    elif to is not None:
+        raise ConfigurationError(f"only rewrap takes a target key, not {operation}")
+    purpose: Purpose = "encrypt" if operation == "encrypt" else "decrypt"
+    return keys.for_purpose(purpose).bulk().pinned(), to
+
+
 def run_on_dask(
     client: Any,
     operation: str,
@@ -168,6 +132,7 @@ def run_on_dask(
     destination: str | None,
     *,
     keys: KeySpec,
+    to: KeySpec | None = None,
     options: jobs.LakeOptions = jobs.DEFAULT_LAKE_OPTIONS,
     kms_context: Mapping[str, str] | None = None,
     object_context: Mapping[str, str] | None = None,
@@ -176,13 +141,17 @@ def run_on_dask(
 ) -> jobs.JobReport:
     """Run one lake job over a Dask cluster (`client` is a distributed.Client).
 
-    The driver checks, lists, locks the destination and cleans, once, and holds the lock
-    until every chunk has finished (chunks take none)."""
+    `keys` names the keys to seal under (encrypt) or read with (decrypt, verify, rewrap);
+    its purpose is set from `operation`. `to` is rewrap's target key. Unset cache and retry
+    take the lake defaults (`KeySpec.bulk`). The driver checks, lists, locks the destination
+    and cleans, once, and holds the lock until every chunk has finished (chunks take none)."""
+    keys, to = _job_keys(operation, keys, to)
     task = _Task(
         operation,
         source,
         destination,
         keys,
+        to,
         options,
         dict(kms_context or {}),
         dict(object_context or {}),
@@ -236,39 +205,43 @@ def _run_chunks(
 
 def run_distributed(
     operation: str,
-    args: argparse.Namespace,
-    options: jobs.LakeOptions,
+    source: str,
+    destination: str | None,
     *,
-    kms_context: Mapping[str, str],
-    object_context: Mapping[str, str],
-    progress: jobs.Progress | None,
+    keys: KeySpec,
+    to: KeySpec | None = None,
+    options: jobs.LakeOptions = jobs.DEFAULT_LAKE_OPTIONS,
+    kms_context: Mapping[str, str] | None = None,
+    object_context: Mapping[str, str] | None = None,
+    progress: jobs.Progress | None = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> jobs.JobReport:
-    """CLI entry: attach to --scheduler / $DASK_SCHEDULER_ADDRESS or start --workers N."""
+    """`run_on_dask` on the cluster at `scheduler` (or $DASK_SCHEDULER_ADDRESS), else on a
+    local cluster of `workers` worker processes (one thread each) started for this job."""
+    if workers is not None and workers < 1:
+        raise ConfigurationError(f"workers must be at least 1, not {workers}")
     dist = _distributed()
     Client, LocalCluster = dist.Client, dist.LocalCluster
-    keys = KeySpec(
-        key=args.key,
-        key_files=tuple(args.key_file or ()),
-        home=os.path.abspath(args.home) if args.home else os.environ.get("ENVELOPE_HOME"),
-        to_key=getattr(args, "to_key", None),
+    run = partial(
+        run_on_dask,
+        operation=operation,
+        source=source,
+        destination=destination,
+        keys=keys,
+        to=to,
+        options=options,
+        kms_context=kms_context,
+        object_context=object_context,
+        progress=progress,
     )
-    address = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
         with Client(address) as client:
-            return run_on_dask(
-                client,
-                operation,
-                args.src,
-                args.dst,
-                keys=keys,
-                options=options,
-                kms_context=kms_context,
-                object_context=object_context,
-                progress=progress,
-            )
+            return run(client)
     with (
         LocalCluster(
-            n_workers=args.workers,
+            n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
@@ -276,14 +249,4 @@ def run_distributed(
         ) as cluster,
         Client(cluster) as client,
     ):
-        return run_on_dask(
-            client,
-            operation,
-            args.src,
-            args.dst,
-            keys=keys,
-            options=options,
-            kms_context=kms_context,
-            object_context=object_context,
-            progress=progress,
-        )
+        return run(client)

@@ -11,9 +11,10 @@ import pytest
 from envelope import api
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
+from envelope.kms.keyspec import KeySpec
 from envelope.kms.local import open_local
 from envelope.lake import jobs
-from envelope.lake.distributed import KeySpec, run_on_dask
+from envelope.lake.distributed import run_on_dask
 
 from .conftest import make_tree, read_tree
 
@@ -26,6 +27,8 @@ def home(tmp_path: Path) -> Path:
     b = open_local(h)
     kid = b.service.create_key()["KeyMetadata"]["KeyId"]
     b.service.create_alias(alias_name="alias/lake", target_key_id=kid)
+    kid2 = b.service.create_key()["KeyMetadata"]["KeyId"]
+    b.service.create_alias(alias_name="alias/lake2", target_key_id=kid2)
     b.service.close()
     return h
 
@@ -68,6 +71,16 @@ def test_dask_cluster_matches_single_machine(tmp_path: Path, home: Path) -> None
             client, "encrypt", str(src), str(tmp_path / "many"), keys=keys, options=OPTS
         )
         assert again.skipped == len(tree) and again.done == 0  # the same resume rule
+        moved = run_on_dask(
+            client,
+            "rewrap",
+            str(tmp_path / "many"),
+            None,
+            keys=KeySpec(home=str(home)),  # the purpose follows the operation
+            to=KeySpec(key="alias/lake2", home=str(home)),
+            options=OPTS,
+        )
+        assert moved.ok and moved.done == len(tree), moved.failures
 
     assert set(read_tree(tmp_path / "many")) == set(read_tree(tmp_path / "one")) == set(tree)
     kr = Keyring(decrypt_with=[open_local(home)], cache=CachePolicy())

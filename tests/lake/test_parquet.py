@@ -1,4 +1,5 @@
-"""`envelope.lake.parquet`: PME with envelope's KMS backends, and Parquet encrypted whole."""
+"""`envelope.lake.parquet_pme` (PME with envelope's KMS backends) and
+`envelope.lake.parquet_objects` (Parquet encrypted whole), and the `parquet` re-export."""
 
 from __future__ import annotations
 
@@ -33,17 +34,23 @@ from envelope.errors import (
 )
 from envelope.keyring import Keyring
 from envelope.kms.base import DataKey, KmsBackend, WrappedKey
+from envelope.kms.filekey import generate_key_file
+from envelope.kms.keyspec import KeySpec
 from envelope.kms.local import open_local
 from envelope.kms.memory import MemoryKms
 from envelope.kms.retry import RetryingKms, RetryPolicy
-from envelope.lake.parquet import (
-    PME_PURPOSE,
+from envelope.lake import parquet, parquet_objects, parquet_pme
+from envelope.lake.parquet_objects import (
     EncryptedParquetFile,
+    aopen_encrypted_parquet,
+    open_encrypted_parquet,
+)
+from envelope.lake.parquet_pme import (
+    PME_PURPOSE,
     EnvelopeKmsClient,
     ParquetCrypto,
-    aopen_encrypted_parquet,
     crypto_factory,
-    open_encrypted_parquet,
+    kms_client_factory,
     pme_kms_context,
     read_encrypted_table,
     write_encrypted_table,
@@ -321,6 +328,49 @@ def test_pme_round_trip_local_kms(local_kms: KmsBackend, tmp_path: Path) -> None
         read_encrypted_table(path, backend=_memory_kms())
 
 
+def test_pme_through_a_key_spec(local_kms: KmsBackend, tmp_path: Path) -> None:
+    """A KeySpec (what a Dask worker receives) opens the backend; ParquetCrypto owns it."""
+    home = str(tmp_path / "home")
+    path = tmp_path / "t.parquet"
+    spec = KeySpec(key="alias/footer-key", home=home, retry="none")
+    with ParquetCrypto(spec, key_ids=lambda name: f"alias/{name}") as crypto:
+        assert type(crypto.backend).__name__ == "LocalKms" and crypto.backend is not local_kms
+        crypto.write_table(TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS)
+        owned = crypto.backend
+    assert crypto._owned is None and owned.service.store.closed  # type: ignore[attr-defined]
+    reader = KeySpec(home=home, purpose="decrypt")  # no keys named: the embedded KMS
+    got = read_encrypted_table(path, backend=reader, columns=["amount"])
+    assert got.column("amount").equals(TABLE.column("amount"))
+    # the backend passed in is the caller's: never closed by ParquetCrypto
+    ParquetCrypto(local_kms).close()
+    assert read_encrypted_table(path, backend=local_kms, columns=["ssn"]).num_rows == 1000
+
+
+def test_pme_key_spec_errors_and_retry(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    generate_key_file(a)
+    generate_key_file(b)
+    with pytest.raises(ConfigurationError, match="one backend; this KeySpec opens 2"):
+        ParquetCrypto(KeySpec(key_files=(str(a), str(b)), purpose="decrypt"))
+    with pytest.raises(ConfigurationError, match="not both"):
+        ParquetCrypto(KeySpec(key_files=(str(a),), retry="bulk"), retry="none")
+    with pytest.raises(ConfigurationError, match="reserved"):  # the opened backend is closed
+        ParquetCrypto(KeySpec(key_files=(str(a),)), kms_context={"purpose": "x"})
+    config = pe.KmsConnectionConfig()
+    client = kms_client_factory(_memory_kms(), retry="bulk")(config)
+    assert isinstance(client.backend, RetryingKms)
+    assert client.backend.retrier.policy == RetryPolicy.bulk()
+    client = kms_client_factory(_memory_kms())(config)
+    assert client.backend.retrier.policy == RetryPolicy.default()  # type: ignore[attr-defined]
+
+
+def test_parquet_module_reexports_both_halves() -> None:
+    for name in parquet.__all__:
+        home = parquet_pme if name in parquet_pme.__all__ else parquet_objects
+        assert getattr(parquet, name) is getattr(home, name), name
+    assert set(parquet.__all__) == set(parquet_pme.__all__) | set(parquet_objects.__all__)
+
+
 # -- the bridge -----------------------------------------------------------------------------
 
 
@@ -480,6 +530,30 @@ async def test_opaque_async(encrypted_wide: tuple[Path, pa.Table], keyring: Keyr
     finally:
         pf.close()
     assert got.column("c39").equals(table.column("c39"))
+
+
+def test_opaque_with_a_key_spec(wide_parquet: tuple[Path, pa.Table], tmp_path: Path) -> None:
+    """A KeySpec names the keys (a key file here); the keyring lives only for the open."""
+    plain, table = wide_parquet
+    key = tmp_path / "k.key"
+    generate_key_file(key)
+    writer = KeySpec(key_files=(str(key),)).keyring()
+    out = tmp_path / "wide.parquet.env"
+    sync.encrypt(plain, out, keyring=writer, options=Options(segment_size=SEG))
+    writer.close()
+    spec = KeySpec(key_files=(str(key),), home=str(tmp_path / "no-kms"), purpose="decrypt")
+    with open_encrypted_parquet(out, keyring=spec) as pf:
+        assert pf.read(columns=["c05"]).column("c05").equals(table.column("c05"))
+    pf2 = anyio.run(partial(aopen_encrypted_parquet, str(out), keyring=spec))
+    try:
+        assert pf2.read(columns=["c06"]).column("c06").equals(table.column("c06"))
+    finally:
+        pf2.close()
+    assert not (tmp_path / "no-kms").exists()  # a key file alone never opens the embedded KMS
+    other = tmp_path / "other.key"
+    generate_key_file(other)
+    with pytest.raises(NoBackendError, match="file:"):  # names the key the object needs
+        open_encrypted_parquet(out, keyring=KeySpec(key_files=(str(other),), purpose="decrypt"))
 
 
 def _chain(e: BaseException | None) -> list[BaseException]:

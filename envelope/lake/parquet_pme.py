@@ -1,0 +1,552 @@
+"""Parquet modular encryption (PME) with envelope's KMS backends (see docs/parquet.md).
+
+Parquet encrypts its own footer and columns, and an envelope `KmsBackend` wraps Parquet's
+keys, so readers can skip columns they have no key for::
+
+    crypto = ParquetCrypto(kms)                          # a KmsBackend or a KeySpec; reuse it
+    crypto.write_table(table, "s3://lake/t.parquet", footer_key="footer-key",
+                       column_keys={"pii-key": ["ssn", "email"]})
+    crypto.read_table("s3://lake/t.parquet", columns=["ssn"])
+
+Key wrapping. pyarrow calls `EnvelopeKmsClient.wrap_key(key, master_key_id)` with a key
+encryption key (KEK; 16 bytes under pyarrow's default double wrapping) or a data key. The key
+is zero-padded to 32 bytes (the data-key size every backend handles) and wrapped with the
+backend's ``encrypt_data_key(backend_key_id, padded, context=...)`` under the KMS encryption
+context (bound as AAD; see `pme_kms_context`)::
+
+    {"purpose": "parquet-pme", "parquet-master-key": <master_key_id>,
+     "parquet-key-bits": <bits of the unpadded key>} | <the caller's static kms_context>
+
+so a wrapped key only opens as a Parquet key, for the master key id the file names, at its
+length. The string pyarrow stores in the file's key metadata is compact JSON
+``{"v": 1, "provider": ..., "key_id": ..., "bits": ..., "ct": <base64 wrapped key>}``: the
+WrappedKey, never key material in clear. Unwrapping checks the JSON strictly (bounded size,
+exact fields, canonical base64) and only calls a backend that claims the wrapped key.
+
+The KMS client's methods are synchronous and run on Arrow threads; they run the backend's
+coroutines on a dedicated event-loop thread (`envelope._bridge`). PME caches KEKs itself for
+`cache_lifetime`, so nothing here caches again. The backend sits behind the retry layer once
+(`envelope.kms.keyspec.with_retry`; its retry budget is shared with keyrings over the same
+backend). Backend errors
+(`envelope.errors.KmsError`) surface unchanged through pyarrow, with a note naming the master
+key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
+
+from .._bridge import Portal, default_portal
+from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, NoBackendError
+from ..hazmat.format import DATA_KEY_LEN
+from ..kms.base import KmsBackend, WrappedKey
+from ..kms.keyspec import KeySpec, RetryName, with_retry
+from ..kms.retry import RetryPolicy
+from .fs import resolve
+
+__all__ = (
+    "DEFAULT_CACHE_LIFETIME",
+    "PME_PURPOSE",
+    "EnvelopeKmsClient",
+    "ParquetCrypto",
+    "crypto_factory",
+    "kms_client_factory",
+    "pme_kms_context",
+    "read_encrypted_table",
+    "write_encrypted_table",
+)
+
+#: The "purpose" pair of every PME wrapping context.
+PME_PURPOSE = "parquet-pme"
+#: How long PME keeps KEKs (and its KMS clients): a writer reuses one KEK per master key for
+#: this long (one KMS call per master key, not per file); a reader keeps unwrapped KEKs this
+#: long, which is also how long a disabled KMS key keeps working in a running process. Same
+#: as envelope's data-key cache TTL (CachePolicy.ttl).
+DEFAULT_CACHE_LIFETIME = datetime.timedelta(minutes=5)
+
+_RESERVED = ("purpose", "parquet-master-key", "parquet-key-bits")
+_WRAP_VERSION = 1
+_MAX_WRAPPED_LEN = 16384  # a JSON wrapped key longer than this is refused before parsing
+_KEY_LENGTHS = (16, 24, 32)  # AES-128/192/256: what PME wraps
+
+KeyIds = Mapping[str, str] | Callable[[str], str]
+
+
+def pme_kms_context(
+    master_key_id: str, key_bits: int, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The KMS encryption context a Parquet key is wrapped under (see the module docstring)."""
+    ctx = dict(extra or {})
+    ctx.update(
+        {
+            "purpose": PME_PURPOSE,
+            "parquet-master-key": master_key_id,
+            "parquet-key-bits": str(key_bits),
+        }
+    )
+    return ctx
+
+
+def _encode_wrapped(wrapped: WrappedKey, bits: int) -> str:
+    return json.dumps(
+        {
+            "v": _WRAP_VERSION,
+            "provider": wrapped.provider_id,
+            "key_id": wrapped.key_id,
+            "bits": bits,
+            "ct": base64.b64encode(wrapped.ciphertext).decode("ascii"),
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def _decode_wrapped(text: str, master_key_id: str) -> tuple[WrappedKey, int]:
+    bad = InvalidObjectError(f"malformed Parquet PME wrapped key for master key {master_key_id!r}")
+    if not isinstance(text, str) or len(text) > _MAX_WRAPPED_LEN:
+        raise bad
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise bad from None
+    if not isinstance(doc, dict) or set(doc) != {"v", "provider", "key_id", "bits", "ct"}:
+        raise bad
+    if doc["v"] != _WRAP_VERSION or type(doc["bits"]) is not int:
+        raise bad
+    bits, provider, key_id, ct = doc["bits"], doc["provider"], doc["key_id"], doc["ct"]
+    if bits // 8 not in _KEY_LENGTHS or bits % 8 or not isinstance(ct, str):
+        raise bad
+    if not isinstance(provider, str) or not isinstance(key_id, str):
+        raise bad
+    try:
+        raw = base64.b64decode(ct.encode("ascii"), validate=True)
+        if base64.b64encode(raw).decode("ascii") != ct:
+            raise bad
+        return WrappedKey(provider, key_id, raw), bits
+    except (binascii.Error, UnicodeEncodeError, EnvelopeError):
+        raise bad from None
+
+
+def _resolve_key_id(key_ids: KeyIds | None, master_key_id: str) -> str:
+    if key_ids is None:
+        return master_key_id
+    if callable(key_ids):
+        return key_ids(master_key_id)
+    try:
+        return key_ids[master_key_id]
+    except KeyError:
+        raise ConfigurationError(
+            f"no backend key is mapped to Parquet master key {master_key_id!r}"
+        ) from None
+
+
+class EnvelopeKmsClient(pe.KmsClient):  # type: ignore[misc]
+    """A pyarrow PME `KmsClient` over an envelope `KmsBackend`.
+
+    `key_ids` maps PME master key identifiers to backend key ids (a mapping or a function;
+    default: the identifier is the backend key id). `kms_context` adds static pairs to every
+    wrapping context (the same pairs are needed to unwrap). Build it through
+    `kms_client_factory` / `ParquetCrypto` rather than directly.
+    """
+
+    def __init__(
+        self,
+        backend: KmsBackend,
+        *,
+        key_ids: KeyIds | None = None,
+        kms_context: Mapping[str, str] | None = None,
+        portal: Portal | None = None,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.key_ids = key_ids
+        self.kms_context = dict(kms_context or {})
+        self.portal = portal
+
+    def __repr__(self) -> str:
+        return f"EnvelopeKmsClient({self.backend!r})"
+
+    def _portal(self) -> Portal:
+        return self.portal if self.portal is not None else default_portal()
+
+    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        n = len(key_bytes)
+        if n not in _KEY_LENGTHS:
+            raise ConfigurationError(f"Parquet keys are 16, 24 or 32 bytes, not {n}")
+        key_id = _resolve_key_id(self.key_ids, master_key_identifier)
+        ctx = pme_kms_context(master_key_identifier, n * 8, self.kms_context)
+        padded = bytearray(DATA_KEY_LEN)
+        padded[:n] = key_bytes
+        try:
+            wrapped = self._portal().call(
+                partial(self.backend.encrypt_data_key, key_id, padded, context=ctx)
+            )
+        except EnvelopeError as e:
+            e.add_note(f"while wrapping the Parquet key of master key {master_key_identifier!r}")
+            raise
+        finally:
+            padded[:] = bytes(DATA_KEY_LEN)
+        return _encode_wrapped(wrapped, n * 8)
+
+    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        wrapped, bits = _decode_wrapped(wrapped_key, master_key_identifier)
+        if not self.backend.can_unwrap(wrapped):
+            raise NoBackendError(
+                f"the Parquet key of master key {master_key_identifier!r} was wrapped by "
+                f"{wrapped.provider_id}:{wrapped.key_id}, which this backend cannot unwrap"
+            )
+        ctx = pme_kms_context(master_key_identifier, bits, self.kms_context)
+        try:
+            plain = self._portal().call(
+                partial(self.backend.decrypt_data_key, wrapped, context=ctx)
+            )
+        except EnvelopeError as e:
+            e.add_note(f"while unwrapping the Parquet key of master key {master_key_identifier!r}")
+            raise
+        try:
+            n = bits // 8
+            if len(plain) != DATA_KEY_LEN or any(plain[n:]):
+                raise InvalidObjectError(
+                    f"Parquet key of master key {master_key_identifier!r} has a bad length"
+                )
+            return bytes(plain[:n])
+        finally:
+            if isinstance(plain, bytearray):
+                plain[:] = bytes(len(plain))
+
+
+Retry = RetryPolicy | RetryName | None
+
+
+def _spec_backend(spec: KeySpec) -> KmsBackend:
+    """The one backend PME wraps through, opened from a KeySpec."""
+    backends, _ = spec.backends()
+    if len(backends) != 1:
+        names = ", ".join(b.provider_id for b in backends)
+        raise ConfigurationError(
+            f"PME wraps Parquet keys through one backend; this KeySpec opens {len(backends)} "
+            f"({names})"
+        )
+    return backends[0]
+
+
+def kms_client_factory(
+    backend: KmsBackend,
+    *,
+    key_ids: KeyIds | None = None,
+    kms_context: Mapping[str, str] | None = None,
+    retry: Retry = None,
+    portal: Portal | None = None,
+) -> Callable[[pe.KmsConnectionConfig], EnvelopeKmsClient]:
+    """The `kms_client_factory` closure pyarrow's `CryptoFactory` takes.
+
+    Every client it builds shares one backend, wrapped once in the retry layer: `retry` (a
+    `RetryPolicy` or a profile name; default `RetryPolicy.default()`; `"none"` for none),
+    unless `backend` is a `RetryingKms` already. Calls go through `portal` (default: the
+    process-wide one).
+    """
+    extra = dict(kms_context or {})
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ConfigurationError(f"kms_context must not set reserved PME keys {clash}")
+    wrapped = with_retry(backend, retry, default=RetryPolicy.default())
+
+    def factory(config: pe.KmsConnectionConfig) -> EnvelopeKmsClient:
+        return EnvelopeKmsClient(wrapped, key_ids=key_ids, kms_context=extra, portal=portal)
+
+    return factory
+
+
+def crypto_factory(
+    backend: KmsBackend,
+    *,
+    key_ids: KeyIds | None = None,
+    kms_context: Mapping[str, str] | None = None,
+    retry: Retry = None,
+    portal: Portal | None = None,
+) -> tuple[pe.CryptoFactory, pe.KmsConnectionConfig]:
+    """A pyarrow `CryptoFactory` over `backend`, and the `KmsConnectionConfig` to pass it.
+
+    The factory owns PME's caches (KMS clients, KEKs): build one per backend and reuse it.
+    """
+    factory = kms_client_factory(
+        backend, key_ids=key_ids, kms_context=kms_context, retry=retry, portal=portal
+    )
+    return pe.CryptoFactory(factory), pe.KmsConnectionConfig(kms_instance_id=backend.provider_id)
+
+
+class ParquetCrypto:
+    """PME over one envelope backend: properties per file, table helpers, dataset options.
+
+    Keep one per backend for the life of the process: its CryptoFactory holds PME's KEK cache
+    (entries live `cache_lifetime`). Encryption properties are created fresh for every file.
+
+    `backend` is a `KmsBackend`, or a `KeySpec` naming one backend (a key file, or a key URI
+    such as ``local:alias/x``; on a Dask worker the same spec the driver uses). A backend
+    opened from a spec is this object's: `close()` it (or use ``with``); its retry profile is
+    the spec's (`retry=` may not be given too).
+    """
+
+    def __init__(
+        self,
+        backend: KmsBackend | KeySpec,
+        *,
+        key_ids: KeyIds | None = None,
+        kms_context: Mapping[str, str] | None = None,
+        retry: Retry = None,
+        cache_lifetime: datetime.timedelta = DEFAULT_CACHE_LIFETIME,
+        portal: Portal | None = None,
+    ) -> None:
+        if cache_lifetime <= datetime.timedelta(0):
+            raise ConfigurationError("cache_lifetime must be positive")
+        self._owned: KmsBackend | None = None
+        if isinstance(backend, KeySpec):
+            if retry is not None and backend.retry is not None:
+                raise ConfigurationError(
+                    "give the retry profile in the KeySpec or retry=, not both"
+                )
+            retry = retry if retry is not None else backend.retry
+            backend = self._owned = _spec_backend(backend)
+        self.backend: KmsBackend = backend
+        self.cache_lifetime = cache_lifetime
+        self.portal = portal
+        try:
+            self.factory, self.connection = crypto_factory(
+                backend, key_ids=key_ids, kms_context=kms_context, retry=retry, portal=portal
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"ParquetCrypto({self.backend!r}, cache_lifetime={self.cache_lifetime})"
+
+    def close(self) -> None:
+        """Close the backend this object opened from a KeySpec (a backend passed in stays
+        open: it is the caller's). The embedded KMS seals its audit log on close."""
+        owned, self._owned = self._owned, None
+        if owned is not None:
+            portal = self.portal if self.portal is not None else default_portal()
+            portal.call(owned.aclose)
+
+    def __enter__(self) -> ParquetCrypto:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def encryption_configuration(
+        self,
+        *,
+        footer_key: str,
+        column_keys: Mapping[str, Sequence[str]],
+        plaintext_footer: bool = False,
+        double_wrapping: bool = True,
+        data_key_length_bits: int = 256,
+        algorithm: str = "AES_GCM_V1",
+    ) -> pe.EncryptionConfiguration:
+        """PME settings: `column_keys` maps a master key id to the columns it protects.
+
+        Columns not named are written in clear. Data keys are AES-256 by default (pyarrow's
+        default is 128); with `double_wrapping` (pyarrow's default) the KMS wraps one 128-bit
+        KEK per master key per `cache_lifetime` and the KEKs wrap the data keys locally.
+        """
+        if not column_keys:
+            raise ConfigurationError("column_keys must name at least one master key")
+        seen: set[str] = set()
+        for key, cols in column_keys.items():
+            if isinstance(cols, str) or not cols:
+                raise ConfigurationError(f"column_keys[{key!r}] must be a non-empty list")
+            if seen & set(cols):
+                raise ConfigurationError(f"columns {sorted(seen & set(cols))} have two keys")
+            seen |= set(cols)
+        if data_key_length_bits not in (128, 192, 256):
+            raise ConfigurationError("data_key_length_bits must be 128, 192 or 256")
+        return pe.EncryptionConfiguration(
+            footer_key=footer_key,
+            column_keys={k: list(v) for k, v in column_keys.items()},
+            encryption_algorithm=algorithm,
+            plaintext_footer=plaintext_footer,
+            double_wrapping=double_wrapping,
+            cache_lifetime=self.cache_lifetime,
+            data_key_length_bits=data_key_length_bits,
+        )
+
+    def encryption_properties(
+        self,
+        *,
+        footer_key: str,
+        column_keys: Mapping[str, Sequence[str]],
+        plaintext_footer: bool = False,
+        double_wrapping: bool = True,
+        data_key_length_bits: int = 256,
+    ) -> Any:
+        """Fresh `FileEncryptionProperties` for ONE file (new data keys; never share them)."""
+        config = self.encryption_configuration(
+            footer_key=footer_key,
+            column_keys=column_keys,
+            plaintext_footer=plaintext_footer,
+            double_wrapping=double_wrapping,
+            data_key_length_bits=data_key_length_bits,
+        )
+        return self.factory.file_encryption_properties(self.connection, config)
+
+    def decryption_properties(self) -> Any:
+        """`FileDecryptionProperties` for reading (the keys come from each file's metadata)."""
+        config = pe.DecryptionConfiguration(cache_lifetime=self.cache_lifetime)
+        return self.factory.file_decryption_properties(self.connection, config)
+
+    def dataset_format(self) -> ds.ParquetFileFormat:
+        """A `ParquetFileFormat` that decrypts, for ``pyarrow.dataset.dataset(..., format=)``."""
+        config = ds.ParquetDecryptionConfig(
+            self.factory,
+            self.connection,
+            pe.DecryptionConfiguration(cache_lifetime=self.cache_lifetime),
+        )
+        options = ds.ParquetFragmentScanOptions(decryption_config=config)
+        return ds.ParquetFileFormat(default_fragment_scan_options=options)
+
+    def dataset_write_options(
+        self,
+        *,
+        footer_key: str,
+        column_keys: Mapping[str, Sequence[str]],
+        plaintext_footer: bool = False,
+        double_wrapping: bool = True,
+        data_key_length_bits: int = 256,
+    ) -> ds.FileWriteOptions:
+        """`file_options` for ``pyarrow.dataset.write_dataset``: pyarrow derives encryption
+        properties (fresh data keys) for every file it writes from this configuration."""
+        config = ds.ParquetEncryptionConfig(
+            self.factory,
+            self.connection,
+            self.encryption_configuration(
+                footer_key=footer_key,
+                column_keys=column_keys,
+                plaintext_footer=plaintext_footer,
+                double_wrapping=double_wrapping,
+                data_key_length_bits=data_key_length_bits,
+            ),
+        )
+        return ds.ParquetFileFormat().make_write_options(encryption_config=config)
+
+    def write_table(
+        self,
+        table: pa.Table,
+        where: str | os.PathLike[str],
+        *,
+        footer_key: str,
+        column_keys: Mapping[str, Sequence[str]],
+        filesystem: pafs.FileSystem | None = None,
+        plaintext_footer: bool = False,
+        double_wrapping: bool = True,
+        data_key_length_bits: int = 256,
+        row_group_size: int | None = None,
+        compression: str = "snappy",
+    ) -> None:
+        """Write `table` as one PME-encrypted Parquet file (local path or filesystem URI)."""
+        props = self.encryption_properties(
+            footer_key=footer_key,
+            column_keys=column_keys,
+            plaintext_footer=plaintext_footer,
+            double_wrapping=double_wrapping,
+            data_key_length_bits=data_key_length_bits,
+        )
+        loc = resolve(os.fspath(where), filesystem=filesystem)
+        pq.write_table(
+            table,
+            loc.path,
+            filesystem=loc.fs,
+            encryption_properties=props,
+            row_group_size=row_group_size,
+            compression=compression,
+        )
+
+    def read_table(
+        self,
+        where: str | os.PathLike[str],
+        *,
+        columns: Sequence[str] | None = None,
+        filesystem: pafs.FileSystem | None = None,
+    ) -> pa.Table:
+        """Read a PME-encrypted file; only the keys of the footer and `columns` are unwrapped."""
+        loc = resolve(os.fspath(where), filesystem=filesystem)
+        with pq.ParquetFile(
+            loc.path, filesystem=loc.fs, decryption_properties=self.decryption_properties()
+        ) as pf:
+            return pf.read(columns=list(columns) if columns is not None else None)
+
+
+@contextlib.contextmanager
+def _crypto(
+    backend: KmsBackend | KeySpec | ParquetCrypto, cache_lifetime: datetime.timedelta
+) -> Iterator[ParquetCrypto]:
+    """The caller's ParquetCrypto, or one for this call (closed after it: a backend opened
+    from a KeySpec is closed, a backend passed in stays open)."""
+    if isinstance(backend, ParquetCrypto):
+        yield backend
+        return
+    with ParquetCrypto(backend, cache_lifetime=cache_lifetime) as crypto:
+        yield crypto
+
+
+def write_encrypted_table(
+    table: pa.Table,
+    where: str | os.PathLike[str],
+    *,
+    backend: KmsBackend | KeySpec | ParquetCrypto,
+    footer_key: str,
+    column_keys: Mapping[str, Sequence[str]],
+    filesystem: pafs.FileSystem | None = None,
+    plaintext_footer: bool = False,
+    row_group_size: int | None = None,
+    cache_lifetime: datetime.timedelta = DEFAULT_CACHE_LIFETIME,
+) -> None:
+    """Write `table` with Parquet modular encryption, keys wrapped by an envelope backend.
+
+        write_encrypted_table(table, "t.parquet", backend=kms, footer_key="footer",
+                              column_keys={"pii": ["ssn"], "finance": ["amount"]})
+
+    `footer_key` and the keys of `column_keys` are master key ids (backend key ids, unless a
+    `ParquetCrypto` with `key_ids` is passed). Passing a backend or a `KeySpec` builds a new
+    PME cache per call: pass a long-lived `ParquetCrypto` when writing many files.
+    """
+    with _crypto(backend, cache_lifetime) as crypto:
+        crypto.write_table(
+            table,
+            where,
+            footer_key=footer_key,
+            column_keys=column_keys,
+            filesystem=filesystem,
+            plaintext_footer=plaintext_footer,
+            row_group_size=row_group_size,
+        )
+
+
+def read_encrypted_table(
+    where: str | os.PathLike[str],
+    *,
+    backend: KmsBackend | KeySpec | ParquetCrypto,
+    columns: Sequence[str] | None = None,
+    filesystem: pafs.FileSystem | None = None,
+    cache_lifetime: datetime.timedelta = DEFAULT_CACHE_LIFETIME,
+) -> pa.Table:
+    """Read a PME-encrypted Parquet file written by `write_encrypted_table` (or any PME
+    writer using an `EnvelopeKmsClient`). A column whose key the backend refuses raises that
+    backend's `KmsError`; leave it out of `columns` to read the rest."""
+    with _crypto(backend, cache_lifetime) as crypto:
+        return crypto.read_table(where, columns=columns, filesystem=filesystem)
