@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._home import default_home as default_home
 from ._home import open_service as open_service
+from ._home import store_path as store_path
 from .errors import KmsServiceError as KmsServiceError
 from .errors import RootKeyError as RootKeyError
 from .rootkey import FileRootKey as FileRootKey
@@ -29,4 +30,5 @@ __all__ = (
     "Store",
     "default_home",
     "open_service",
+    "store_path",
 )

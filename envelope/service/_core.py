@@ -26,8 +26,8 @@ from typing import Any, Self
 from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
-from ..kms.quota import RateQuota
 from . import _rows, _specs, _states, audit, digests
 from ._states import (
     DISABLED,

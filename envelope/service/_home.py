@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..kms.quota import RateQuota
+from .._ratelimit import RateQuota
 from ._core import DEFAULT_REGION, Clock
 from .digests import default_location
 from .errors import RootKeyError
@@ -21,7 +21,14 @@ from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
 from .service import KeyService
 from .store import Store, Synchronous
 
-__all__ = ("STORE_NAME", "ROOT_KEY_NAME", "default_home", "digests_location", "open_service")
+__all__ = (
+    "ROOT_KEY_NAME",
+    "STORE_NAME",
+    "default_home",
+    "digests_location",
+    "open_service",
+    "store_path",
+)
 
 STORE_NAME = "kms.sqlite3"
 ROOT_KEY_NAME = "root.key"
@@ -32,6 +39,12 @@ def default_home(home: str | os.PathLike[str] | None = None) -> Path:
         return Path(home).expanduser()
     env = os.environ.get("ENVELOPE_HOME")
     return Path(env).expanduser() if env else Path.home() / ".envelope"
+
+
+def store_path(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where the store of `home` (default ``$ENVELOPE_HOME`` or ``~/.envelope``) lives: the
+    public answer for clients that must not reach into this module."""
+    return default_home(home) / STORE_NAME
 
 
 def default_root(home: Path, *, strict: bool | None = None) -> RootKeyProvider:

@@ -218,6 +218,11 @@ def seal_now(
     return seq
 
 
+def _blob_or_none(value: object) -> bytes | None:
+    """A BLOB column's value as bytes; None for any other type (an edited row)."""
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
+
+
 @dataclass(frozen=True)
 class AuditProblem:
     """The first thing wrong with the log: `seq` is the first record that cannot be trusted."""
@@ -253,25 +258,32 @@ class VerifyReport:
 
 def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
     """Walk the whole chain and every seal; report the first record that cannot be trusted."""
-    seals: dict[int, tuple[bytes, float, bytes]] = {
-        int(s): (bytes(c), float(a), bytes(g))
-        for s, c, a, g in conn.execute("SELECT seq, chain, at, sig FROM seals")
-    }
+    seals: dict[int, tuple[bytes, float, bytes]] = {}
     problems: list[AuditProblem] = []
+    for s, c, a, g in conn.execute("SELECT seq, chain, at, sig FROM seals ORDER BY seq"):
+        chain, sig = _blob_or_none(c), _blob_or_none(g)
+        if chain is None or sig is None or not isinstance(a, int | float):
+            problems.append(AuditProblem(int(s), "its seal is malformed (edited)"))
+            break
+        seals[int(s)] = (chain, float(a), sig)
     prev = GENESIS
     expected = 1
     count = 0
     last_good_seal = 0
-    for seq, stored_prev, stored_hash, body in conn.execute(
+    for seq, raw_prev, raw_hash, body in conn.execute(
         "SELECT seq, prev, hash, body FROM audit ORDER BY seq"
     ):
         count += 1
+        stored_prev, stored_hash = _blob_or_none(raw_prev), _blob_or_none(raw_hash)
         if seq != expected:
             problems.append(
                 AuditProblem(expected, f"missing (deleted): the log jumps to record {seq}")
             )
             break
-        if bytes(stored_prev) != prev:
+        if stored_hash is None or not isinstance(body, str):
+            problems.append(AuditProblem(seq, "is malformed (a column has the wrong type)"))
+            break
+        if stored_prev != prev:
             problems.append(
                 AuditProblem(
                     seq,
@@ -280,8 +292,8 @@ def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
                 )
             )
             break
-        h = chain_hash(seq, prev, str(body))
-        if h != bytes(stored_hash):
+        h = chain_hash(seq, prev, body)
+        if h != stored_hash:
             problems.append(AuditProblem(seq, "was edited: its hash does not match its content"))
             break
         try:

@@ -377,7 +377,10 @@ def _store_seals(conn: sqlite3.Connection) -> Iterator[tuple[int, bytes, int]]:
     for counter, text, published in conn.execute(
         "SELECT counter, digest, published FROM seals WHERE counter IS NOT NULL ORDER BY counter"
     ):
-        yield int(counter), bytes(text) if not isinstance(text, str) else text.encode(), published
+        if not isinstance(counter, int):
+            continue  # an edited row: the counter check below reports the gap
+        data = bytes(text) if isinstance(text, bytes | bytearray | memoryview) else b""
+        yield counter, data, 1 if published else 0
 
 
 def check_store(
