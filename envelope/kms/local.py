@@ -28,7 +28,7 @@ from typing import TypeVar
 import anyio.to_thread
 
 from ..errors import ConfigurationError, KmsKeyError, KmsTransientError, ThrottlingError
-from ..service import KeyService, KmsServiceError, open_service
+from ..service import KeyService, KmsServiceError, open_service, store_path
 from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 
@@ -140,12 +140,19 @@ def open_local(
     *,
     region: str | None = None,
     offload: bool = False,
+    must_exist: bool = False,
 ) -> LocalKms:
     """Open the embedded KMS under `home` (default ``$ENVELOPE_HOME`` or ``~/.envelope``).
 
-    The store and its root-key file are created on first use. A wrong or missing root key (or
-    ``$ENVELOPE_KMS_PASSPHRASE``) raises `ConfigurationError` and changes nothing.
+    The store and its root-key file are created on first use, unless `must_exist` (a reader
+    has nothing to find in an empty KMS): then a home without a store raises
+    `ConfigurationError`. A wrong or missing root key (or ``$ENVELOPE_KMS_PASSPHRASE``)
+    raises `ConfigurationError` and changes nothing.
     """
+    if must_exist:
+        path = store_path(home)
+        if not path.exists():
+            raise ConfigurationError(f"no embedded KMS store at {str(path)!r}")
     try:
         return LocalKms(open_service(home, region=region), offload=offload)
     except StoreError as e:

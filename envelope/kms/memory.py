@@ -17,10 +17,10 @@ from collections.abc import Mapping
 
 import anyio
 
+from .._ratelimit import RateQuota
 from ..errors import KmsKeyError, ThrottlingError
 from . import _aeswrap
 from .base import DataKey, WrappedKey
-from .quota import RateQuota
 
 __all__ = ("MemoryKms",)
 

@@ -30,14 +30,9 @@ def open_local_backend(
     """
     try:
         module = importlib.import_module("envelope.kms.local")
-        home_module = importlib.import_module("envelope.service._home")
     except ImportError as e:
         raise ConfigurationError(f"the embedded KMS is not available: {e}") from None
-    if must_exist:
-        store = home_module.default_home(home) / home_module.STORE_NAME
-        if not store.exists():
-            raise ConfigurationError(f"no embedded KMS store at {str(store)!r}")
-    return module.open_local(home=home)
+    return module.open_local(home=home, must_exist=must_exist)
 
 
 def open_backend(uri: str, *, home: str | os.PathLike[str] | None = None) -> tuple[KmsBackend, str]:

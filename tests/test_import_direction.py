@@ -1,0 +1,78 @@
+"""Arrows point one way (docs: ../shared/design/architecture.md, issue 9).
+
+Each check runs in a fresh interpreter, so what one import loads is all that is in
+`sys.modules`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def loaded(*imports: str) -> list[str]:
+    code = (
+        "import sys, json\n"
+        + "".join(f"import {m}\n" for m in imports)
+        + "print(json.dumps(sorted(m for m in sys.modules if m.startswith('envelope'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return list(json.loads(out.stdout))
+
+
+def under(modules: list[str], package: str) -> list[str]:
+    return [m for m in modules if m == package or m.startswith(package + ".")]
+
+
+def test_the_service_loads_nothing_from_the_kms_clients() -> None:
+    mods = loaded("envelope.service", "envelope.service.store", "envelope.service.audit")
+    assert under(mods, "envelope.kms") == []
+    assert under(mods, "envelope.api") == [] and under(mods, "envelope.objects") == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["envelope.kms", "envelope.kms.base", "envelope.kms.memory", "envelope.kms.filekey",
+     "envelope.kms.retry", "envelope.kms.uri", "envelope.kms.faults"],
+)
+def test_kms_clients_load_nothing_from_the_service_until_local_is_used(module: str) -> None:
+    assert under(loaded(module), "envelope.service") == []
+
+
+def test_only_the_local_backend_loads_the_service() -> None:
+    assert under(loaded("envelope.kms.local"), "envelope.service") != []
+
+
+@pytest.mark.parametrize(
+    "module", ["envelope.objects", "envelope.sync", "envelope.api", "envelope.reader",
+               "envelope.files", "envelope.keyring"]
+)
+def test_the_core_imports_no_service_server_lake_or_cli(module: str) -> None:
+    mods = loaded(module)
+    for outer in ("envelope.service", "envelope.server", "envelope.lake", "envelope.cli"):
+        assert under(mods, outer) == [], (module, outer)
+
+
+def test_hazmat_imports_only_errors() -> None:
+    mods = loaded("envelope.hazmat.format", "envelope.hazmat.keyschedule",
+                  "envelope.hazmat.segments")
+    assert set(mods) <= {
+        "envelope", "envelope.errors", "envelope.hazmat", "envelope.hazmat.format",
+        "envelope.hazmat.keyschedule", "envelope.hazmat.segments", "envelope._version",
+    }, mods
+
+
+def test_encrypting_a_file_from_the_cli_loads_no_heavy_optional_parts() -> None:
+    code = (
+        "import sys\n"
+        "from envelope.cli.main import build_parser\n"
+        "build_parser(['encrypt', 'a', 'b'])\n"
+        "import envelope.cli.crypt, envelope.files\n"
+        "print(','.join(m for m in ('pyarrow', 'rich', 'prometheus_client', 'envelope.service',"
+        " 'envelope.lake', 'botocore') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
