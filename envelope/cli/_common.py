@@ -158,3 +158,24 @@ def key_spec(
         key=key or None, key_files=files, home="." if home == "" else home, purpose=purpose
     )
     return spec.bulk() if bulk else spec
+
+
+def safety_arguments(p: argparse.ArgumentParser) -> None:
+    """What a job over a folder may touch: links in the source, and the destination's lock
+    (`envelope lake ...` and the folder mode of `envelope encrypt|decrypt`)."""
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symbolic links in a local source (default: skip and report them); "
+        "never out of the source root without --allow-outside",
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="with --follow-symlinks: also follow links that lead outside the source root",
+    )
+    p.add_argument(
+        "--break-lock",
+        action="store_true",
+        help="remove the destination's lock when it is stale or its job is known to be gone",
+    )

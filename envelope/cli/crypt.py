@@ -20,6 +20,7 @@ from ._common import (
     parse_pairs,
     print_json,
     progress_bar,
+    safety_arguments,
 )
 
 _OUT_HELP = (
@@ -49,6 +50,15 @@ def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
         help="most memory the pipeline's buffers may hold, in bytes or with a K/M/G suffix "
         "(default 256M, at least 4M); a segment size it cannot hold is refused",
     )
+    p.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="fsync the output (and its folder) before it is renamed into place, so it "
+        "survives a power cut too; off by default, like cp, age and the lake jobs (the rename "
+        "is still atomic against a crash or kill of envelope): see docs/security.md",
+    )
+    safety_arguments(p)  # for a folder IN (the lake job over a local tree)
     add_metrics_argument(p)
 
 
@@ -152,9 +162,10 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
                 options=options,
                 on_progress=advance,
                 observer=observer,
+                durable=args.fsync,
             )
         finally:
-            sync.run(keyring.aclose)  # the embedded KMS seals its audit log
+            keyring.close()  # the embedded KMS seals its audit log
     _summary("encrypt", info, args)
     return 0
 
@@ -179,9 +190,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
                 options=Options(workers=args.workers, memory_budget=args.memory_budget),
                 on_progress=advance,
                 observer=observer,
+                durable=args.fsync,
             )
         finally:
-            sync.run(keyring.aclose)
+            keyring.close()
     _summary("decrypt", info, args)
     return 0
 

@@ -27,6 +27,7 @@ from ._common import (
     metrics_observer,
     parse_pairs,
     print_json,
+    safety_arguments,
 )
 
 
@@ -74,7 +75,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="do not bind/require each object's relative path in its context",
     )
     p.add_argument("--fsync", action="store_true", help="fsync every output (local disks)")
-    _safety_arguments(p)
+    safety_arguments(p)
     p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     p.add_argument(
         "--context", metavar="KEY=VALUE", action="append", help="per-object context pair"
@@ -92,25 +93,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
     )
     add_metrics_argument(p)
-
-
-def _safety_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--follow-symlinks",
-        action="store_true",
-        help="follow symbolic links in a local source (default: skip and report them); "
-        "never out of the source root without --allow-outside",
-    )
-    p.add_argument(
-        "--allow-outside",
-        action="store_true",
-        help="with --follow-symlinks: also follow links that lead outside the source root",
-    )
-    p.add_argument(
-        "--break-lock",
-        action="store_true",
-        help="remove the destination's lock when it is stale or its job is known to be gone",
-    )
 
 
 def _safety_options(args: argparse.Namespace) -> dict[str, bool]:
@@ -249,6 +231,7 @@ def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
     options = jobs.LakeOptions(
         engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)),
+        durable=bool(getattr(args, "fsync", False)),
         **_safety_options(args),
     )
     bulk = keys.bulk().keyring(observer)
