@@ -413,3 +413,112 @@ def test_store_on_a_full_disk(tmp_path: Path) -> None:
         finally:
             svc.close()
         count(SUITE, "jobs re-run to completion")
+
+
+# -- connection resets on the way to S3 (moto) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_port() -> Iterator[int]:
+    """moto's S3 server in its own process on a free loopback port; stopped by its pid."""
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("moto server did not start")
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _s3_uri(port: int, path: str) -> str:
+    return (
+        f"s3://test:test@{path}?endpoint_override=127.0.0.1%3A{port}&scheme=http&region=us-east-1"
+    )
+
+
+@pytest.mark.slow
+def test_connection_resets_to_s3(moto_port: int, tmp_path: Path) -> None:
+    """A lake job to S3 through a proxy that resets a share of its connections: every object
+    in the bucket is whole and correct, none is a temporary, failures are reported, and a
+    re-run straight to the server completes."""
+    import pyarrow.fs as pafs
+
+    from envelope.lake.sinks import is_temporary
+
+    from .resetproxy import ResetProxy
+
+    r = rng("s3-reset")
+    src = tmp_path / "src"
+    sizes = [r.randrange(0, 60_000) for _ in range(size(20, 120))] + [10 << 20]
+    tree = make_tree(src, sizes, r)
+    direct = pafs.S3FileSystem(
+        access_key="test",
+        secret_key="test",
+        endpoint_override=f"127.0.0.1:{moto_port}",
+        scheme="http",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
+    direct.create_dir("lake")
+    kms = MemoryKms()
+    keyring = Keyring(kms, kms.create_key("s3"))
+    proxy = ResetProxy(("127.0.0.1", moto_port), rate=0.5, seed=r.randrange(1 << 30))
+    try:
+        try:
+            report: jobs.JobReport | None = sync.run(
+                jobs.encrypt_prefix, str(src), _s3_uri(proxy.port, "lake/enc"), keyring=keyring
+            )
+        except (OSError, EnvelopeError) as e:  # the job's own calls (listing, lock) failed
+            report = None
+            assert str(e), "an error without a message"
+    finally:
+        proxy.close()
+    assert proxy.resets, "no connection was reset: the test would pass trivially"
+    count(SUITE, "connection resets injected", proxy.resets)
+    count(SUITE, "connections through the reset proxy", proxy.connections)
+
+    def check(complete: bool) -> int:
+        infos = direct.get_file_info(pafs.FileSelector("lake/enc", recursive=True))
+        names = {i.path[len("lake/enc/") :] for i in infos if i.type == pafs.FileType.File}
+        assert not [n for n in names if is_temporary(n)], f"temporary keys left: {names}"
+        objects = {n for n in names if not n.endswith(".envelope-lock")}
+        assert objects <= set(tree)
+        for rel in objects:
+            with direct.open_input_stream(f"lake/enc/{rel}") as f:
+                data = f.read()
+            got = sync.decrypt_bytes(data, keyring=keyring, expected_context={PATH_KEY: rel})
+            assert bytes(got) == tree[rel], f"{rel}: wrong bytes under its key {where()}"
+        if complete:
+            assert objects == set(tree) and len(names) == len(objects), names
+        return len(objects)
+
+    whole = check(complete=False)
+    if report is not None:
+        assert whole == report.done
+        for f in report.failures:
+            assert f.error, f"failure without a reason: {f}"
+        count(SUITE, "objects failed cleanly (resets)", report.failed)
+    again = sync.run(jobs.encrypt_prefix, str(src), _s3_uri(moto_port, "lake/enc"), keyring=keyring)
+    assert again.ok, again.failures
+    check(complete=True)
+    count(SUITE, "jobs re-run to completion")
