@@ -4,8 +4,9 @@
         encrypt, then decrypt, a generated stream of 2048 MiB; print the peak RSS in MiB
     python bench/rss_child.py write OBJ --mib 320 --segment-size 67108864
         encrypt a generated 320 MiB stream into the object file OBJ (key file beside it)
-    python bench/rss_child.py read OBJ [--memory-budget BYTES] [--workers N]
-        decrypt OBJ into a discarding sink; print {"peak_mib", "baseline_mib", ...} as JSON
+    python bench/rss_child.py read OBJ [--memory-budget BYTES] [--workers N] [--out PATH]
+        decrypt OBJ into a discarding sink (or, with --out, file to file as the CLI does);
+        print {"peak_mib", "baseline_mib", ...} as JSON
 
 Run as its own process so the figure is the engine's alone (bench/core.py, tests/test_memory.py
 and tests/test_memory_budget.py use it). The stream is an async iterator in and a discarding
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 
-from envelope import api
+from envelope import api, sync
 from envelope.keyring import Keyring
 from envelope.kms.filekey import FileKeyBackend, generate_key_file
 from envelope.kms.memory import MemoryKms
@@ -123,14 +125,7 @@ async def write_object(args: argparse.Namespace) -> None:
     print(json.dumps({"plaintext_len": info.plaintext_len, "segment_size": info.segment_size}))
 
 
-async def read_object(args: argparse.Namespace) -> None:
-    obj = Path(args.object)
-    keyring = _keyring(obj)
-    options = _options(args)
-    baseline = _status_mib("VmRSS")
-    out = CountingSink()
-    info = await api.decrypt(str(obj), out, keyring=keyring, options=options)
-    assert out.n == info.plaintext_len, (out.n, info.plaintext_len)
+def _report(baseline: int, info: api.ObjectInfo) -> None:
     print(
         json.dumps(
             {
@@ -141,6 +136,31 @@ async def read_object(args: argparse.Namespace) -> None:
             }
         )
     )
+
+
+async def read_object(args: argparse.Namespace) -> None:
+    """The async pipeline: file in, discarding sink out."""
+    obj = Path(args.object)
+    keyring = _keyring(obj)
+    options = _options(args)
+    baseline = _status_mib("VmRSS")
+    out = CountingSink()
+    info = await api.decrypt(str(obj), out, keyring=keyring, options=options)
+    assert out.n == info.plaintext_len, (out.n, info.plaintext_len)
+    _report(baseline, info)
+
+
+def read_object_to_file(args: argparse.Namespace) -> None:
+    """The blocking call file to file (what the CLI runs for a regular file); the output,
+    not fsynced, is removed afterwards."""
+    obj = Path(args.object)
+    keyring = _keyring(obj)
+    options = _options(args)
+    baseline = _status_mib("VmRSS")
+    info = sync.decrypt(str(obj), args.out, keyring=keyring, options=options, durable=False)
+    assert os.path.getsize(args.out) == info.plaintext_len
+    os.unlink(args.out)
+    _report(baseline, info)
 
 
 def main() -> None:
@@ -154,7 +174,11 @@ def main() -> None:
     ap.add_argument("--segment-size", type=int, default=1 << 20, help="write: segment size")
     ap.add_argument("--memory-budget", type=int, default=None, help="pipeline budget, bytes")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--out", help="read: decrypt file to file into OUT (then removed)")
     args = ap.parse_args()
+    if args.mode == "read" and args.out:
+        read_object_to_file(args)
+        return
     anyio.run(write_object if args.mode == "write" else read_object, args)
 
 

@@ -18,6 +18,7 @@ every tag, so a truncated object fails; a source that changes size while it is r
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -95,8 +96,15 @@ def _batches(
         raise
     finally:
         for a, b in owned:
-            a[:] = bytes(len(a))
-            b[:] = bytes(len(b))
+            _zero(a)
+            _zero(b)
+
+
+def _zero(buf: bytearray) -> None:
+    """Zero in place: `buf[:] = bytes(len(buf))` would first allocate a second buffer as
+    large (64 MiB for a 64 MiB segment), beyond the memory budget the plan kept to."""
+    if buf:
+        ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
 
 
 def _timed(

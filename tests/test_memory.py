@@ -68,3 +68,18 @@ def test_a_smaller_budget_lowers_the_peak_whatever_the_worker_count(big_segments
     added, r = _decrypt_peak(big_segments, "--memory-budget", str(160 * MIB), "--workers", "8")
     assert added <= 160 + SLACK_MIB, r
     assert added >= 128, r
+
+
+@pytest.mark.slow
+def test_file_to_file_decrypt_stays_within_a_160_mib_budget(
+    big_segments: Path, tmp_path: Path
+) -> None:
+    """The blocking call on a regular file (what `envelope decrypt FILE OUT` runs) goes file
+    to file on the object layer (envelope.files), not through the pipeline: its buffers must
+    fit the budget too, wiping included (wiping by `buf[:] = bytes(len(buf))` allocated one
+    more 64 MiB buffer at the end: 196 MiB over baseline)."""
+    out = tmp_path / "plain.bin"
+    added, r = _decrypt_peak(big_segments, "--memory-budget", str(160 * MIB), "--out", str(out))
+    assert added <= 160 + SLACK_MIB, r
+    assert added >= 128, r
+    assert not out.exists()
