@@ -29,7 +29,6 @@ __all__ = (
     "CRYPTOGRAPHIC",
     "OPERATION_FAMILIES",
     "RateQuota",
-    "ThrottlingError",
     "TokenBucket",
     "family_of",
 )

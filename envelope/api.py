@@ -58,7 +58,6 @@ from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source
 __all__ = (
     "ObjectInfo",
     "Options",
-    "PreparedObject",
     "decrypt",
     "decrypt_bytes",
     "decrypt_into",
@@ -67,14 +66,7 @@ __all__ = (
     "encrypt_bytes",
     "encrypt_into",
     "encrypt_many",
-    "open_object",
-    "open_whole",
-    "parse_object_header",
-    "prepare_object",
-    "read_header",
     "rewrap",
-    "rewrap_header",
-    "seal_prepared",
 )
 
 Progress = Callable[[int], Awaitable[None] | None]

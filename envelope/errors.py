@@ -17,9 +17,17 @@ Callers catch by situation. The tree::
      │         ├── ThrottlingError     the backend's request-rate quota was exceeded
      │         ├── KmsTransientError   a 5xx, internal error or dropped connection
      │         ├── KmsTimeoutError     a connect or read timeout
-     │         └── RetryExhaustedError (envelope.kms.retry) attempts, budget or deadline spent
+     │         └── RetryExhaustedError  the retry layer gave up (attempts)
+     │              ├── RetryBudgetExhaustedError   the backend's retry budget is empty
+     │              └── RetryDeadlineExceededError  the call's deadline passed
      ├── ConfigurationError            a bad argument or setting (also a ValueError)
+     │    ├── UnsafePathError          an object key or path cannot be mapped safely (lake jobs)
+     │    ├── LockHeldError            another job holds the destination's lock (lake jobs)
+     │    └── StaleLockError           the lock looks abandoned; --break-lock removes it
      └── ClosedError                   a reader or writer used after close
+
+Every error class lives here, whichever module raises it, so `envelope.errors` is the one
+place to import them from.
 
 Why one opaque `AuthenticationError`: a tag failure, a commitment mismatch and a header-MAC
 failure all mean "these bytes were not produced under this key"; telling them apart would give
@@ -32,6 +40,8 @@ limits, key ids and segment indexes only.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 __all__ = (
     "AuthenticationError",
@@ -46,9 +56,15 @@ __all__ = (
     "KmsTimeoutError",
     "KmsTransientError",
     "KmsUnavailableError",
-    "ThrottlingError",
+    "LockHeldError",
     "NoBackendError",
+    "RetryBudgetExhaustedError",
+    "RetryDeadlineExceededError",
+    "RetryExhaustedError",
+    "StaleLockError",
+    "ThrottlingError",
     "TruncatedObjectError",
+    "UnsafePathError",
     "UnsupportedSuiteError",
     "UnsupportedVersionError",
 )
@@ -152,3 +168,53 @@ class ConfigurationError(EnvelopeError, ValueError):
 
 class ClosedError(EnvelopeError):
     """A reader or writer was used after it was closed."""
+
+
+class RetryExhaustedError(KmsUnavailableError):
+    """The retry layer (`envelope.kms.retry`) gave up; `__cause__` is the last backend error.
+
+    `reason` is "attempts", "budget" or "deadline"; `kind` the `ErrorKind` of the last error.
+    """
+
+    reason: Literal["attempts", "budget", "deadline"] = "attempts"
+
+    def __init__(
+        self, message: str, *, backend: str, operation: str, attempts: int, kind: object
+    ) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.operation = operation
+        self.attempts = attempts
+        self.kind = kind
+
+
+class RetryBudgetExhaustedError(RetryExhaustedError):
+    """The backend's retry budget is empty: failing fast instead of adding to a retry storm."""
+
+    reason: Literal["attempts", "budget", "deadline"] = "budget"
+
+
+class RetryDeadlineExceededError(RetryExhaustedError):
+    """The call's overall deadline passed (or the next backoff would cross it)."""
+
+    reason: Literal["attempts", "budget", "deadline"] = "deadline"
+
+
+class UnsafePathError(ConfigurationError):
+    """An object's key cannot be mapped safely to a path under the destination."""
+
+
+class LockHeldError(ConfigurationError):
+    """Another job holds the destination's lock; `holder` says who (or None if unreadable)."""
+
+    def __init__(self, message: str, holder: object | None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class StaleLockError(ConfigurationError):
+    """The destination's lock looks abandoned but cannot be proven so; `break_lock` removes it."""
+
+    def __init__(self, message: str, holder: object | None) -> None:
+        super().__init__(message)
+        self.holder = holder

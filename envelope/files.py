@@ -19,13 +19,16 @@ every tag, so a truncated object fails; a source that changes size while it is r
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 from .atomic import OutputFile
-from .errors import ConfigurationError, TruncatedObjectError
+from .errors import ConfigurationError, TruncatedObjectError, UnsafePathError
 from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
@@ -123,6 +126,23 @@ def _timed(
     return timed
 
 
+def _open_source(path: str, follow_links: bool) -> IO[bytes]:
+    """Open `path` for reading; with `follow_links=False` a link or a special file is refused
+    (a lake job listed a regular file: whatever stands there now must still be one)."""
+    if follow_links:
+        return open(path, "rb", buffering=0)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(f"{path!r} became a symbolic link after it was listed") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path!r} is no longer a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
+
+
 def _plan(seg: int, per_batch_bytes: int, workers: int, budget: int | None) -> tuple[int, int]:
     """(segments per batch, workers) so that workers x two buffers fit in `budget`."""
     per_batch = max(1, per_batch_bytes // seg)
@@ -148,15 +168,22 @@ def seal_file(
     memory_budget: int | None = None,
     on_progress: Progress | None = None,
     track: Tracked | None = None,
+    follow_links: bool = True,
+    expected_size: int | None = None,
 ) -> int:
-    """Seal local file `src` into `out` (not committed here); returns the plaintext length."""
+    """Seal local file `src` into `out` (not committed here); returns the plaintext length.
+
+    `expected_size` (a lake job's listed size) must match the file's size, before and after.
+    """
     seg_log2 = prepared.seg_log2
     s = 1 << seg_log2
     t = s + TAG_LEN
     hl = len(prepared.header)
-    with open(src, "rb", buffering=0) as f:
+    with _open_source(src, follow_links) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
+        if expected_size is not None and size != expected_size:
+            raise ConfigurationError(f"{src!r} changed size while the job ran")
         layout = Layout(hl, seg_log2)
         count = layout.segment_count(size)
         per_batch, workers = _plan(s, batch_bytes, workers, memory_budget)
@@ -194,6 +221,7 @@ def open_file(
     memory_budget: int | None = None,
     on_progress: Progress | None = None,
     track: Tracked | None = None,
+    follow_links: bool = True,
 ) -> int:
     """Open local file `src` (header authenticated) into `out`; returns the plaintext length.
 
@@ -204,7 +232,7 @@ def open_file(
     s = 1 << seg_log2
     t = s + TAG_LEN
     hl = header.header_len
-    with open(src, "rb", buffering=0) as f:
+    with _open_source(src, follow_links) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         layout = Layout(hl, seg_log2)

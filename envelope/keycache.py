@@ -1,7 +1,7 @@
 """The data-key cache, in the bucket-key style: one KMS call serves many objects, within limits.
 
     kr = Keyring(kms, key_id, cache=CachePolicy())            # 300 s, 2**20 objects, 1 TiB
-    kr = Keyring(kms, key_id, cache=NO_CACHE)                 # one setting turns it off
+    kr = Keyring(kms, key_id, cache=None)                     # the one way to turn it off
 
 Why it is safe to share a data key: a data key never encrypts data. Each object derives its own
 keys from the data key and a fresh 256-bit message id (docs/format.md), so the AEAD limits hold
@@ -55,7 +55,6 @@ from .kms.base import DataKey, KmsBackend, WrappedKey
 from .metrics import NULL_OBSERVER, CacheName, EvictionReason, Observer
 
 __all__ = (
-    "NO_CACHE",
     "CacheKey",
     "CachePolicy",
     "DataKeyCache",
@@ -116,14 +115,6 @@ class CachePolicy:
             raise ConfigurationError("cache ttl_jitter must be 0 .. 0.5")
         if not 0.0 < self.wait_timeout <= 3600.0:
             raise ConfigurationError("cache wait_timeout must be in (0, 3600] s")
-
-    @classmethod
-    def off(cls) -> CachePolicy:
-        return cls(enabled=False)
-
-
-#: The no-cache policy: every object asks the KMS for its own data key.
-NO_CACHE: Final = CachePolicy(enabled=False)
 
 
 # -- cache keys -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ engine never talks to a backend directly::
     kr = Keyring(kms, key_id, cache=CachePolicy(), retry=RetryPolicy.bulk(), observer=obs)
 
 - `cache`: a `CachePolicy` (a private `DataKeyCache` is built), a shared `DataKeyCache`, or
-  None / `NO_CACHE` (every object makes its own KMS call).
+  None, the one way to turn it off (every object makes its own KMS call).
 - `partition`: cache entries are shared only between keyrings that name the same partition
   (and the same backend instance, key id, KMS context and suite). Default: a random partition
   per keyring, so separate users never share a data key by accident.

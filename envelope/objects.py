@@ -26,29 +26,41 @@ from dataclasses import dataclass
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
-    DATA_KEY_LEN,
+    DATA_KEY_LEN as DATA_KEY_LEN,
+)
+from .hazmat.format import (
     FIXED_PREFIX_LEN,
-    MAX_EDKS,
     MAX_KMS_CTX_LEN,
     MAX_OBJ_CTX_LEN,
     MESSAGE_ID_LEN,
-    Header,
     WrappedKey,
     encode_context,
     parse_header,
     parse_prefix,
 )
-from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
+from .hazmat.format import (
+    MAX_EDKS as MAX_EDKS,
+)
+from .hazmat.format import (
+    Header as Header,
+)
+from .hazmat.keyschedule import ObjectKeys as ObjectKeys
+from .hazmat.keyschedule import open_header, seal_header
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .keyring import Keyring
 from .kms.base import DataKey
 from .metrics import NULL_OBSERVER, Direction, Observer
 
 __all__ = (
+    "DATA_KEY_LEN",
+    "MAX_EDKS",
+    "ObjectKeys",
+    "Header",
     "PreparedObject",
     "Tracked",
     "check_context",
     "check_contexts",
+    "ciphertext_length",
     "checked_contexts",
     "header_length",
     "read_header",
@@ -56,6 +68,7 @@ __all__ = (
     "open_into",
     "open_object_keys",
     "parse_object_header",
+    "plaintext_length",
     "prepare_with_key",
     "run_ranges",
     "seal_into",
@@ -134,6 +147,17 @@ def open_object_keys(
         data_key[:] = bytes(len(data_key))
     check_contexts(header, expected_context, expected_kms_context)
     return keys
+
+
+def ciphertext_length(header: Header, plaintext_len: int) -> int:
+    """The size of the object `header` starts, for a plaintext of `plaintext_len` bytes."""
+    return Layout(header.header_len, header.seg_log2).ciphertext_length(plaintext_len)
+
+
+def plaintext_length(header: Header, object_len: int) -> int:
+    """The plaintext size of the `object_len`-byte object `header` starts (ValueError-free:
+    an impossible length raises the format's own typed error)."""
+    return Layout(header.header_len, header.seg_log2).plaintext_length(object_len)
 
 
 # -- a new object ----------------------------------------------------------------------------

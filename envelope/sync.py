@@ -23,10 +23,10 @@ import anyio
 from . import api, files
 from .atomic import OutputFile, resolve_output
 from .errors import ConfigurationError, EnvelopeError
-from .hazmat.format import Header
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Observer
 from .objects import (
+    Header,
     Tracked,
     checked_contexts,
     new_object,

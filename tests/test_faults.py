@@ -7,11 +7,16 @@ import threading
 import anyio
 import pytest
 
-from envelope.errors import ConfigurationError, KmsUnavailableError
+from envelope.errors import (
+    ConfigurationError,
+    KmsTimeoutError,
+    KmsTransientError,
+    KmsUnavailableError,
+    ThrottlingError,
+)
 from envelope.kms.faults import FaultyKms
 from envelope.kms.memory import MemoryKms
-from envelope.kms.quota import CRYPTOGRAPHIC, RateQuota, ThrottlingError, TokenBucket, family_of
-from envelope.kms.retry import KmsTimeoutError, KmsTransientError
+from envelope.kms.quota import CRYPTOGRAPHIC, RateQuota, TokenBucket, family_of
 
 
 class FakeClock:

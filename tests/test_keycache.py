@@ -11,13 +11,12 @@ import anyio
 import pytest
 
 from envelope import api
-from envelope.errors import ConfigurationError, KmsKeyError
-from envelope.keycache import NO_CACHE, CachePolicy, DataKeyCache
+from envelope.errors import ConfigurationError, KmsKeyError, ThrottlingError
+from envelope.keycache import CachePolicy, DataKeyCache
 from envelope.keyring import Keyring
 from envelope.kms.base import WrappedKey
 from envelope.kms.faults import FaultyKms
 from envelope.kms.memory import MemoryKms
-from envelope.kms.quota import ThrottlingError
 from envelope.streams import BufferSink
 
 SMALL = api.Options(segment_size=4096, workers=1)
@@ -91,7 +90,7 @@ def test_defaults_are_the_documented_ones() -> None:
         1 << 40,
         1000,
     )
-    assert not NO_CACHE.enabled
+    assert not CachePolicy(enabled=False).enabled
 
 
 # -- each limit retires an entry at exactly its bound, checked on the written headers ----------
@@ -388,7 +387,7 @@ async def test_kms_context_separates_entries_object_context_does_not() -> None:
 @pytest.mark.anyio
 async def test_no_cache_is_one_setting() -> None:
     kms = MemoryKms()
-    kr = Keyring(kms, kms.create_key(), cache=NO_CACHE)
+    kr = Keyring(kms, kms.create_key(), cache=None)
     assert kr.cache is None
     for _ in range(5):
         await kr.encryption_key({})

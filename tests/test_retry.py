@@ -10,21 +10,27 @@ import anyio.lowlevel
 import pytest
 
 from envelope import api
-from envelope.errors import ConfigurationError, KmsKeyError, KmsUnavailableError, NoBackendError
+from envelope.errors import (
+    ConfigurationError,
+    KmsKeyError,
+    KmsTimeoutError,
+    KmsTransientError,
+    KmsUnavailableError,
+    NoBackendError,
+    RetryBudgetExhaustedError,
+    RetryDeadlineExceededError,
+    RetryExhaustedError,
+    ThrottlingError,
+)
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.base import DataKey, WrappedKey
 from envelope.kms.faults import FaultyKms
 from envelope.kms.memory import MemoryKms
-from envelope.kms.quota import RateQuota, ThrottlingError
+from envelope.kms.quota import RateQuota
 from envelope.kms.retry import (
     ErrorKind,
-    KmsTimeoutError,
-    KmsTransientError,
     RetryBudget,
-    RetryBudgetExhaustedError,
-    RetryDeadlineExceededError,
-    RetryExhaustedError,
     RetryingKms,
     RetryPolicy,
     classify_error,

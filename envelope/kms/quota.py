@@ -14,9 +14,6 @@ from .._ratelimit import (
     RateQuota as RateQuota,
 )
 from .._ratelimit import (
-    ThrottlingError as ThrottlingError,
-)
-from .._ratelimit import (
     TokenBucket as TokenBucket,
 )
 from .._ratelimit import (
@@ -28,7 +25,6 @@ __all__ = (
     "CRYPTOGRAPHIC",
     "OPERATION_FAMILIES",
     "RateQuota",
-    "ThrottlingError",
     "TokenBucket",
     "family_of",
 )

@@ -41,20 +41,18 @@ from ..errors import (
     KmsTimeoutError,
     KmsTransientError,
     KmsUnavailableError,
+    RetryBudgetExhaustedError,
+    RetryDeadlineExceededError,
+    RetryExhaustedError,
     ThrottlingError,
 )
-from ..metrics import NULL_OBSERVER, GiveUpReason, KmsOutcome, Observer, RetryReason
+from ..metrics import NULL_OBSERVER, KmsOutcome, Observer, RetryReason
 from .base import DataKey, KmsBackend, WrappedKey
 
 __all__ = (
     "BOTOCORE_NO_RETRIES",
     "ErrorKind",
-    "KmsTimeoutError",
-    "KmsTransientError",
     "RetryBudget",
-    "RetryBudgetExhaustedError",
-    "RetryDeadlineExceededError",
-    "RetryExhaustedError",
     "RetryPolicy",
     "Retrier",
     "RetryingKms",
@@ -75,39 +73,6 @@ class ErrorKind(enum.Enum):
     TRANSIENT = "transient"
     TIMEOUT = "timeout"
     FATAL = "fatal"
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class RetryExhaustedError(KmsUnavailableError):
-    """The retry layer gave up; `__cause__` is the last backend error.
-
-    `reason` is "attempts", "budget" or "deadline"; `kind` the class of the last error.
-    """
-
-    reason: GiveUpReason = "attempts"
-
-    def __init__(
-        self, message: str, *, backend: str, operation: str, attempts: int, kind: ErrorKind
-    ) -> None:
-        super().__init__(message)
-        self.backend = backend
-        self.operation = operation
-        self.attempts = attempts
-        self.kind = kind
-
-
-class RetryBudgetExhaustedError(RetryExhaustedError):
-    """The backend's retry budget is empty: failing fast instead of adding to a retry storm."""
-
-    reason: GiveUpReason = "budget"
-
-
-class RetryDeadlineExceededError(RetryExhaustedError):
-    """The call's overall deadline passed (or the next backoff would cross it)."""
-
-    reason: GiveUpReason = "deadline"
 
 
 # -- classification -------------------------------------------------------------------------

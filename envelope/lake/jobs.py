@@ -39,15 +39,14 @@ import anyio.lowlevel
 import anyio.to_thread
 import pyarrow.fs as pafs
 
-from .. import api
+from .. import api, objects
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
-from ..errors import ConfigurationError, EnvelopeError, HeaderFormatError, InvalidObjectError
-from ..hazmat.format import FIXED_PREFIX_LEN, MAX_EDKS, Header, parse_header, parse_prefix
-from ..hazmat.segments import Layout
+from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
+from ..objects import MAX_EDKS, Header
 from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
 from .listing import Entry, Listing, SkippedPath, scan
@@ -338,19 +337,17 @@ async def _started(
 def _read_header(
     fs: pafs.FileSystem, path: str, max_wrapped_keys: int = MAX_EDKS
 ) -> tuple[Header, int]:
-    """Parse an object's header with at most two ranged reads; returns (header, object size)."""
+    """Parse an object's header with usually one ranged read; returns (header, object size)."""
     with fs.open_input_file(path) as f:
         size = int(f.size())
-        prefix = f.read_at(min(size, 64 << 10), 0)
-        if len(prefix) < FIXED_PREFIX_LEN:
-            raise HeaderFormatError("object is shorter than the fixed header prefix")
-        header_len = parse_prefix(bytes(prefix[:FIXED_PREFIX_LEN]))
-        raw = bytes(prefix[:header_len])
-        if len(raw) < header_len:
-            raw = bytes(f.read_at(header_len, 0))
-        if len(raw) < header_len:
-            raise HeaderFormatError("object ends inside its header")
-        return parse_header(raw, max_wrapped_keys=max_wrapped_keys), size
+        first = bytes(f.read_at(min(size, 64 << 10), 0))  # holds any usual header
+
+        def read_range(offset: int, n: int) -> bytes:
+            if offset + n <= len(first):
+                return first[offset : offset + n]
+            return bytes(f.read_at(n, offset))
+
+        return objects.read_header(read_range, max_wrapped_keys=max_wrapped_keys), size
 
 
 def _info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo | None:
@@ -372,7 +369,7 @@ def _encrypted_done(fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool)
         return False
     if bind_path and header.object_context.get(PATH_CONTEXT_KEY) != src.rel:
         return False
-    return size == Layout(header.header_len, header.seg_log2).ciphertext_length(src.size)
+    return size == objects.ciphertext_length(header, src.size)
 
 
 def _decrypted_done(
@@ -383,7 +380,7 @@ def _decrypted_done(
         return False
     try:
         header, size = _read_header(src_fs, src_path)
-        return bool(dst.size == Layout(header.header_len, header.seg_log2).plaintext_length(size))
+        return bool(dst.size == objects.plaintext_length(header, size))
     except (EnvelopeError, OSError):
         return False
 
@@ -602,7 +599,7 @@ async def _open_small(
 ) -> int:
     """Authenticate a whole small object's header, then, in one worker-thread hop, open every
     segment and hand the plaintext to `then` (write it) before wiping it."""
-    header = api.parse_object_header(
+    header = objects.parse_object_header(
         memoryview(ciphertext), max_wrapped_keys=engine.max_wrapped_keys
     )
     keys = await api.open_object(header, keyring=keyring, expected_context=expected)

@@ -36,7 +36,7 @@ from typing import Protocol
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, LockHeldError, StaleLockError
 from .fs import Location
 from .s3 import client_for, split_path
 
@@ -45,8 +45,6 @@ __all__ = (
     "LOCK_NAME",
     "DestinationLock",
     "Holder",
-    "LockHeldError",
-    "StaleLockError",
     "acquire",
     "is_lock_name",
 )
@@ -98,22 +96,6 @@ class Holder:
             f"job {self.job_id} ({self.operation}), pid {self.pid} on host {self.host}, "
             f"started {started}, last renewed {age:.0f} s ago"
         )
-
-
-class LockHeldError(ConfigurationError):
-    """Another job holds the destination's lock."""
-
-    def __init__(self, message: str, holder: Holder | None) -> None:
-        super().__init__(message)
-        self.holder = holder
-
-
-class StaleLockError(ConfigurationError):
-    """The destination's lock looks abandoned but cannot be proven so; `break_lock` removes it."""
-
-    def __init__(self, message: str, holder: Holder | None) -> None:
-        super().__init__(message)
-        self.holder = holder
 
 
 def _pid_alive(pid: int) -> bool:

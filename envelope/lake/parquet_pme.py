@@ -52,10 +52,10 @@ import pyarrow.parquet.encryption as pe
 
 from .._bridge import Portal, default_portal
 from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, NoBackendError
-from ..hazmat.format import DATA_KEY_LEN
 from ..kms.base import KmsBackend, WrappedKey
 from ..kms.keyspec import KeySpec, RetryName, with_retry
 from ..kms.retry import RetryPolicy
+from ..objects import DATA_KEY_LEN
 from .fs import resolve
 
 __all__ = (

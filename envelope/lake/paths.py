@@ -20,13 +20,9 @@ import posixpath
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, UnsafePathError
 
-__all__ = ("UnsafePathError", "check_apart", "check_relative", "check_stays_inside", "path_problem")
-
-
-class UnsafePathError(ConfigurationError):
-    """An object's key cannot be mapped safely to a path under the destination."""
+__all__ = ("check_apart", "check_relative", "check_stays_inside", "path_problem")
 
 
 def path_problem(rel: str) -> str | None:

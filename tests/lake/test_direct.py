@@ -79,7 +79,7 @@ def test_source_that_changed_size_is_refused(tmp_path: Path) -> None:
 
 def test_a_source_swapped_for_a_link_after_listing_is_refused(tmp_path: Path) -> None:
     """The lake lists without following links; a link swapped in afterwards is not opened."""
-    from envelope.lake.paths import UnsafePathError
+    from envelope.errors import UnsafePathError
 
     (tmp_path / "secret").write_bytes(b"outside the tree")
     (tmp_path / "src").symlink_to(tmp_path / "secret")

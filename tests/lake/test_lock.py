@@ -21,13 +21,13 @@ import pyarrow.fs as pafs
 import pytest
 
 from envelope import api
-from envelope.errors import ConfigurationError
+from envelope.errors import ConfigurationError, LockHeldError, StaleLockError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
 from envelope.lake import jobs
 from envelope.lake.fs import resolve
-from envelope.lake.lock import LOCK_NAME, LockHeldError, StaleLockError, acquire
+from envelope.lake.lock import LOCK_NAME, acquire
 from envelope.lake.sinks import is_temporary
 
 from .conftest import S3, make_tree, read_tree

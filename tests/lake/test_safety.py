@@ -373,7 +373,8 @@ async def test_given_entries_go_through_the_same_check(
     ],
 )
 def test_check_relative(rel: str, ok: bool) -> None:
-    from envelope.lake.paths import UnsafePathError, check_relative
+    from envelope.errors import UnsafePathError
+    from envelope.lake.paths import check_relative
 
     if ok:
         assert check_relative(rel) == rel
