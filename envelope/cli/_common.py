@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -30,8 +29,10 @@ def err(message: str) -> None:
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
-    sys.stdout.write("\n")
+    """`obj` as the printer's JSON (`--output json`): one JSON style for every command."""
+    from ._output import format_data, jsonable
+
+    sys.stdout.write(format_data(jsonable(obj), "json") or "{}\n")
     sys.stdout.flush()
 
 
@@ -155,7 +156,12 @@ def key_spec(
         key, files = getattr(args, "key", None), tuple(getattr(args, "key_file", None) or ())
     home = getattr(args, "home", None)
     spec = KeySpec(
-        key=key or None, key_files=files, home="." if home == "" else home, purpose=purpose
+        key=key or None,
+        key_files=files,
+        home="." if home == "" else home,
+        cache=getattr(args, "cache", None),  # from $ENVELOPE_CACHE or the profile
+        retry=getattr(args, "retry", None),  # from $ENVELOPE_RETRY or the profile
+        purpose=purpose,
     )
     return spec.bulk() if bulk else spec
 

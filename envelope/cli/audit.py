@@ -20,7 +20,8 @@ from ..service import KeyService, default_home
 from ..service._home import STORE_NAME
 from ..service.digests import DigestLocation, verify_chain
 from ..service.errors import StoreError
-from .keys import EXIT_USAGE, _kv_table, _rows_table, _run, add_store_arguments, emit
+from ._output import emit
+from .keys import EXIT_USAGE, _run, add_store_arguments
 
 __all__ = ("register",)
 
@@ -51,7 +52,7 @@ def _verify(args: argparse.Namespace, svc: KeyService) -> int:
             file=sys.stderr,
         )
     out["ok"] = not failed
-    emit(args, out, _kv_table)
+    emit(args, out, "AuditVerify")
     return EXIT_TAMPERED if failed else 0
 
 
@@ -86,27 +87,19 @@ def _verify_command(args: argparse.Namespace) -> int:
         f"envelope: note: no store at {home / STORE_NAME}: only the digest chain was verified",
         file=sys.stderr,
     )
-    emit(args, out, _kv_table)
+    emit(args, out, "AuditVerify")
     return EXIT_TAMPERED if failed else 0
 
 
 def _tail(args: argparse.Namespace, svc: KeyService) -> int:
     records = svc.audit_tail(args.n)
-    emit(
-        args,
-        {"Records": records},
-        lambda o: _rows_table(
-            ["seq", "time", "operation", "key_id", "outcome", "error_code", "alarm", "principal"],
-            o["Records"],
-            "audit log",
-        ),
-    )
+    emit(args, {"Records": records}, "AuditTail")
     return 0
 
 
 def _seal(args: argparse.Namespace, svc: KeyService) -> int:
     seq = svc.seal_audit_log()
-    emit(args, {"SealedThrough": seq}, _kv_table)
+    emit(args, {"SealedThrough": seq}, "AuditSeal")
     return 0
 
 

@@ -18,10 +18,10 @@ from ._common import (
     key_spec,
     metrics_observer,
     parse_pairs,
-    print_json,
     progress_bar,
     safety_arguments,
 )
+from ._output import add_output_arguments, emit, output_requested
 
 _OUT_HELP = (
     "output file (a regular file is replaced atomically: nothing appears under OUT unless the "
@@ -39,7 +39,11 @@ _DECRYPT_OUT_HELP = (
 def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     p.add_argument("input", metavar="IN", help="input file, or - for stdin")
     p.add_argument("output", metavar="OUT", help=_DECRYPT_OUT_HELP if decrypt else _OUT_HELP)
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_output_arguments(p)  # a summary on stdout only when --json/--output/--query is given
+    p.set_defaults(
+        settings=("key", "home", "region", "output", "cache", "retry", "fsync"),
+        summary_on_stdout=True,
+    )
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
     p.add_argument(
@@ -53,10 +57,11 @@ def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     p.add_argument(
         "--fsync",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="fsync the output (and its folder) before it is renamed into place, so it "
-        "survives a power cut too; off by default, like cp, age and the lake jobs (the rename "
-        "is still atomic against a crash or kill of envelope): see docs/security.md",
+        "survives a power cut too; default $ENVELOPE_FSYNC or the profile's fsync, else off, "
+        "like cp, age and the lake jobs (the rename is still atomic against a crash or kill "
+        "of envelope): see docs/security.md",
     )
     safety_arguments(p)  # for a folder IN (the lake job over a local tree)
     add_metrics_argument(p)
@@ -125,13 +130,14 @@ def _open_out(path: str) -> str | IO[bytes]:
 
 
 def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
-    if args.json:
+    """The object's header facts, as data, when the command line asked for output."""
+    if output_requested(args):
         d = asdict(info)
         d["operation"] = op
         d["wrapped_keys"] = [
             {"provider_id": w.provider_id, "key_id": w.key_id} for w in info.wrapped_keys
         ]
-        print_json(d)
+        emit(args, d, "Encrypt" if op == "encrypt" else "Decrypt")
 
 
 def _is_folder(path: str) -> bool:
@@ -162,7 +168,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
                 options=options,
                 on_progress=advance,
                 observer=observer,
-                durable=args.fsync,
+                durable=bool(args.fsync),
             )
         finally:
             keyring.close()  # the embedded KMS seals its audit log
@@ -190,7 +196,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
                 options=Options(workers=args.workers, memory_budget=args.memory_budget),
                 on_progress=advance,
                 observer=observer,
-                durable=args.fsync,
+                durable=bool(args.fsync),
             )
         finally:
             keyring.close()

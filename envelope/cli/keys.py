@@ -2,8 +2,9 @@
 
 Each command opens the store under ``--home`` / ``$ENVELOPE_HOME`` (default ``~/.envelope``,
 created with its root-key file on first use) in ``--region`` and calls one `KeyService`
-operation. Output is a table (rich) by default and the AWS-shaped response with ``--json``
-(binary members base64, times as epoch seconds). Exit codes: 0 success, 2 usage or
+operation. Output is the AWS-shaped response (binary members base64, times as epoch seconds),
+drawn by `envelope.cli._output` as ``--output json|text|table`` and ``--query`` ask (``--json``
+is ``--output json``); never truncated. Exit codes: 0 success, 2 usage or
 configuration (including a wrong root key, or a missing, truncated or corrupt store), 3 the
 KMS refused (the AWS error code is printed).
 """
@@ -11,11 +12,10 @@ KMS refused (the AWS error code is printed).
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +24,10 @@ from typing import Any
 from ..service import KeyService, KmsServiceError, open_service
 from ..service.errors import StoreError, TamperedStoreError
 from ..service.rootkey import InsecureRootKeyWarning
+from ._output import add_output_arguments, emit
 
-__all__ = ("add_store_arguments", "register")
+__all__ = ("add_store_arguments", "emit", "register")
+
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -39,7 +41,8 @@ def _err(message: str) -> None:
 
 
 def add_store_arguments(p: argparse.ArgumentParser) -> None:
-    """``--home``, ``--region``, ``--digests`` and ``--json``, shared by keys/audit commands."""
+    """``--home``, ``--region``, ``--digests``, ``--strict`` and the output options
+    (``--output``, ``--query``, ``--json``, ``--profile``), shared by keys/audit commands."""
     g = p.add_argument_group("embedded KMS")
     g.add_argument(
         "--home",
@@ -66,7 +69,8 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse a root-key file readable by group or others (default: warn; also "
         "$ENVELOPE_STRICT=1)",
     )
-    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    add_output_arguments(p, nested=True)
+    p.set_defaults(settings=("home", "region", "output"))
 
 
 @contextmanager
@@ -88,86 +92,6 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
         yield svc
     finally:
         svc.close()
-
-
-def jsonable(obj: Any) -> Any:
-    if isinstance(obj, (bytes, bytearray)):
-        return base64.b64encode(bytes(obj)).decode("ascii")
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj
-
-
-def emit(args: argparse.Namespace, obj: Any, render: Callable[[Any], None] | None = None) -> None:
-    """JSON with --json; otherwise `render` (a rich table) or an indented key/value listing."""
-    if getattr(args, "json", False) or (render is None and not obj):
-        import json
-
-        json.dump(jsonable(obj), sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-        return
-    if render is not None:
-        render(obj)
-    else:
-        _kv_table(obj)
-
-
-def _when(v: Any) -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return datetime.fromtimestamp(v, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return str(v)
-
-
-def _cell(k: str, v: Any) -> str:
-    if v is None:
-        return "-"
-    if k.endswith("Date") or k in ("ValidTo", "ParametersValidTo", "time"):
-        return _when(v)
-    if isinstance(v, (bytes, bytearray)):
-        return base64.b64encode(bytes(v)).decode("ascii")
-    if isinstance(v, list):
-        return ", ".join(_cell(k, x) if not isinstance(x, Mapping) else _flat(x) for x in v)
-    if isinstance(v, Mapping):
-        return _flat(v)
-    return str(v)
-
-
-def _flat(m: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_cell(k, v)}" for k, v in m.items())
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
-
-
-def _kv_table(obj: Mapping[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
-    for k, v in obj.items():
-        if isinstance(v, Mapping) and k in ("KeyMetadata", "ReplicaKeyMetadata"):
-            for k2, v2 in v.items():
-                table.add_row(k2, _cell(k2, v2))
-        else:
-            table.add_row(k, _cell(k, v))
-    _console().print(table)
-
-
-def _rows_table(columns: list[str], rows: Sequence[Mapping[str, Any]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*(_cell(c, r.get(c)) for c in columns))
-    _console().print(table)
 
 
 def _run(fn: Handler) -> Callable[[argparse.Namespace], int]:
@@ -225,7 +149,7 @@ def _create(args: argparse.Namespace, svc: KeyService) -> None:
         multi_region=args.multi_region,
         tags=_pairs(args.tag),
     )
-    emit(args, resp, _kv_table)
+    emit(args, resp, "CreateKey")
 
 
 def _default_usage(spec: str) -> str:
@@ -236,89 +160,84 @@ def _default_usage(spec: str) -> str:
     return "ENCRYPT_DECRYPT"
 
 
+#: What `keys list` adds to each ListKeys entry (from DescribeKey), beside its aliases.
+_LIST_DETAILS = ("KeyState", "KeySpec", "KeyUsage", "Description")
+
+
 def _list(args: argparse.Namespace, svc: KeyService) -> None:
+    """ListKeys, each entry (KeyId, KeyArn, as AWS) with its state, spec, usage, description
+    and aliases added: one listing that a person and a script both read whole."""
     keys = _all_pages(lambda m: svc.list_keys(marker=m), "Keys")
-    if getattr(args, "json", False):
-        emit(args, {"Keys": keys})
-        return
     aliases: dict[str, list[str]] = {}
     for a in _all_pages(lambda m: svc.list_aliases(marker=m), "Aliases"):
         aliases.setdefault(a["TargetKeyId"], []).append(a["AliasName"])
     rows = []
     for k in keys:
         meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
-        rows.append({**meta, "Aliases": ", ".join(aliases.get(k["KeyId"], []))})
-    _rows_table(
-        ["KeyId", "KeyState", "KeySpec", "KeyUsage", "Aliases", "Description"],
-        rows,
-        f"keys in {svc.region}",
-    )
+        rows.append(
+            {**k, **{f: meta.get(f) for f in _LIST_DETAILS}, "Aliases": aliases.get(k["KeyId"], [])}
+        )
+    emit(args, {"Keys": rows}, "ListKeys")
 
 
 def _describe(args: argparse.Namespace, svc: KeyService) -> None:
-    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 
 
 def _simple(op: str) -> Handler:
+    title = "".join(w.capitalize() for w in op.split("_"))
+
     def fn(args: argparse.Namespace, svc: KeyService) -> None:
         resp = getattr(svc, op)(key_id=args.key)
-        if getattr(args, "json", False):
-            emit(args, resp)
-        elif resp:
-            _kv_table(resp)
-        else:
-            print(f"{op.replace('_', ' ')}: done ({args.key})")
+        if resp:
+            emit(args, resp, title)
+        else:  # nothing to print (as the AWS CLI); a person still sees it was done
+            _err(f"{op.replace('_', ' ')}: done ({args.key})")
 
     return fn
 
 
 def _update_description(args: argparse.Namespace, svc: KeyService) -> None:
-    emit(args, svc.update_key_description(key_id=args.key, description=args.description))
+    resp = svc.update_key_description(key_id=args.key, description=args.description)
+    if resp:
+        emit(args, resp, "UpdateKeyDescription")
+    else:
+        _err(f"update key description: done ({args.key})")
 
 
 def _rotation_on(args: argparse.Namespace, svc: KeyService) -> None:
     svc.enable_key_rotation(key_id=args.key, rotation_period_in_days=args.period)
-    emit(args, svc.get_key_rotation_status(key_id=args.key), _kv_table)
+    emit(args, svc.get_key_rotation_status(key_id=args.key), "GetKeyRotationStatus")
 
 
 def _rotation_list(args: argparse.Namespace, svc: KeyService) -> None:
     rot = _all_pages(lambda m: svc.list_key_rotations(key_id=args.key, marker=m), "Rotations")
-    emit(
-        args,
-        {"Rotations": rot},
-        lambda o: _rows_table(["RotationDate", "RotationType"], o["Rotations"], "rotations"),
-    )
+    emit(args, {"Rotations": rot}, "ListKeyRotations")
 
 
 def _schedule(args: argparse.Namespace, svc: KeyService) -> None:
     resp = svc.schedule_key_deletion(key_id=args.key, pending_window_in_days=args.days)
-    emit(args, resp, _kv_table)
+    emit(args, resp, "ScheduleKeyDeletion")
 
 
 def _alias_create(args: argparse.Namespace, svc: KeyService) -> None:
     svc.create_alias(alias_name=args.name, target_key_id=args.key)
-    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, _kv_table)
+    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, "CreateAlias")
 
 
 def _alias_update(args: argparse.Namespace, svc: KeyService) -> None:
     svc.update_alias(alias_name=args.name, target_key_id=args.key)
-    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, _kv_table)
+    emit(args, {"AliasName": args.name, "TargetKeyId": args.key}, "UpdateAlias")
 
 
 def _alias_delete(args: argparse.Namespace, svc: KeyService) -> None:
     svc.delete_alias(alias_name=args.name)
-    emit(args, {"AliasName": args.name, "Deleted": True}, _kv_table)
+    emit(args, {"AliasName": args.name, "Deleted": True}, "DeleteAlias")
 
 
 def _alias_list(args: argparse.Namespace, svc: KeyService) -> None:
     aliases = _all_pages(lambda m: svc.list_aliases(key_id=args.key, marker=m), "Aliases")
-    emit(
-        args,
-        {"Aliases": aliases},
-        lambda o: _rows_table(
-            ["AliasName", "TargetKeyId", "LastUpdatedDate"], o["Aliases"], "aliases"
-        ),
-    )
+    emit(args, {"Aliases": aliases}, "ListAliases")
 
 
 def _tag(args: argparse.Namespace, svc: KeyService) -> None:
@@ -333,7 +252,7 @@ def _untag(args: argparse.Namespace, svc: KeyService) -> None:
 
 def _tags(args: argparse.Namespace, svc: KeyService) -> None:
     tags = _all_pages(lambda m: svc.list_resource_tags(key_id=args.key, marker=m), "Tags")
-    emit(args, {"Tags": tags}, lambda o: _rows_table(["TagKey", "TagValue"], o["Tags"], "tags"))
+    emit(args, {"Tags": tags}, "ListResourceTags")
 
 
 def _import_params(args: argparse.Namespace, svc: KeyService) -> None:
@@ -354,7 +273,7 @@ def _import_params(args: argparse.Namespace, svc: KeyService) -> None:
             "PublicKeyFile": str(out / "WrappingPublicKey.der"),
             "ImportTokenFile": str(out / "ImportToken.bin"),
         },
-        _kv_table,
+        "GetParametersForImport",
     )
 
 
@@ -374,7 +293,7 @@ def _import_material(args: argparse.Namespace, svc: KeyService) -> None:
         encrypted_key_material=Path(args.encrypted_material).read_bytes(),
         valid_to=_valid_to(args.valid_to),
     )
-    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 
 
 def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
@@ -398,19 +317,19 @@ def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
         encrypted_key_material=wrapped,
         valid_to=_valid_to(args.valid_to),
     )
-    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 
 
 def _replicate(args: argparse.Namespace, svc: KeyService) -> None:
     resp = svc.replicate_key(
         key_id=args.key, replica_region=args.replica_region, description=args.description
     )
-    emit(args, resp, _kv_table)
+    emit(args, resp, "ReplicateKey")
 
 
 def _update_primary(args: argparse.Namespace, svc: KeyService) -> None:
     svc.update_primary_region(key_id=args.key, primary_region=args.primary_region)
-    emit(args, svc.describe_key(key_id=args.key), _kv_table)
+    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 
 
 # -- parser -----------------------------------------------------------------------------------

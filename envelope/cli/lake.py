@@ -26,9 +26,9 @@ from ._common import (
     key_spec,
     metrics_observer,
     parse_pairs,
-    print_json,
     safety_arguments,
 )
+from ._output import add_output_arguments, emit, output_requested
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_output_arguments(p)  # the summary as data with --json/--output/--query
+    p.set_defaults(settings=("key", "home", "region", "output", "cache", "retry", "fsync"))
     p.add_argument("--report", metavar="FILE", help="write the full JSON report to FILE")
     p.add_argument("--dry-run", action="store_true", help="list what would be done; do nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed object")
@@ -74,7 +75,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not bind/require each object's relative path in its context",
     )
-    p.add_argument("--fsync", action="store_true", help="fsync every output (local disks)")
+    p.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fsync every output (local disks); default $ENVELOPE_FSYNC or the profile's "
+        "fsync, else off",
+    )
     safety_arguments(p)
     p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     p.add_argument(
@@ -164,7 +171,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         resume=not args.no_resume,
         bind_path=not args.no_bind_path,
-        durable=args.fsync,
+        durable=bool(args.fsync),
         engine=Options(workers=2, depth=4),
         **_safety_options(args),
     )
@@ -220,10 +227,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
         report.seconds = report.seconds or time.perf_counter() - t0
     if args.report:
         report.write(args.report)
-    if args.json:
-        print_json(report.to_dict())
-    else:
-        _print_summary(report)
+    _print_summary(report, args)
     return 0 if report.ok else 1
 
 
@@ -253,14 +257,16 @@ def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer
         )
     finally:
         sync.run(bulk.aclose)
-    if args.json:
-        print_json(report.to_dict())
-    else:
-        _print_summary(report)
+    _print_summary(report, args)
     return 0 if report.ok else 1
 
 
-def _print_summary(r: jobs.JobReport) -> None:
+def _print_summary(r: jobs.JobReport, args: argparse.Namespace) -> None:
+    """The report as data when the command line asked for output (--json, --output,
+    --query), else a few lines for a person."""
+    if output_requested(args):
+        emit(args, r.to_dict(), "Lake" + r.operation.capitalize())
+        return
     rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
     print(
         f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "

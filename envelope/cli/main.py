@@ -80,6 +80,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="High-throughput envelope encryption of data at rest.",
     )
     parser.add_argument("--version", action="version", version=f"envelope {__version__}")
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="settings profile from the config file (default $ENVELOPE_PROFILE, else "
+        "[profile.default] if there is one); also accepted after the command",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     command = _command(argv) if argv is not None else None
     wanted = [_COMMANDS[command]] if command else list(dict.fromkeys(_COMMANDS.values()))
@@ -123,12 +130,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        _settings(args)
+    except ConfigurationError as e:
+        err(str(e))
+        return EXIT_USAGE
     _Stopped.signum = None
     try:
         with _stop_signals():
             return _run(handler, args)
     except KeyboardInterrupt:  # a signal that arrived while the handlers were being restored
         return _interrupted()
+
+
+def _settings(args: argparse.Namespace) -> None:
+    """Check the output options, then fill in what the command line left unset from the
+    environment and the profile (`envelope.config.apply_settings`: flags > environment >
+    profile > defaults), before the command does anything."""
+    from ..config import apply_settings
+    from ._output import prepare_output
+
+    prepare_output(args)
+    apply_settings(args)
 
 
 def _interrupted() -> int:

@@ -1,0 +1,480 @@
+"""One printer for every command that prints data, in the AWS CLI's manner.
+
+KMS users already know `aws --output json|text|table --query EXPR`, so `envelope` copies it:
+
+- The data is built once, as JSON-shaped values (bytes become base64), whatever the format.
+- `--query` (JMESPath, the `jmespath` library, imported only when a query is given) applies to
+  that data first; the format only decides how the result is drawn.
+- `json`: indented JSON (4 spaces, non-ASCII kept), nothing printed for an empty object `{}`,
+  as the AWS CLI does.
+- `text`: the AWS CLI's tab-separated lines (`awscli/text.py`): a dict is one line of its
+  scalar values in sorted-key order, then its lists and dicts, each under its key in upper
+  case; a list of dicts is one line per dict, with the columns every dict's scalar keys
+  sorted; a list of scalars is one tab-separated line.
+- `table`: boxes drawn as the AWS CLI's table formatter does (a title, sections for nested
+  members, sorted column headers, a one-row section turned into key/value rows when it
+  would be wider than the terminal). Tables are drawn only when stdout is a terminal;
+  asked for on a pipe or a file, the output is `text` (the same rows, without boxes).
+
+Nothing is ever truncated or elided, in any format: a table is as wide as its widest cell
+(a terminal narrower than that wraps the lines), because a script or a person that reads a
+key id or an ARN must get all of it.
+
+The format comes from `--output` (or `--json`, an alias of `--output json`), else
+$ENVELOPE_OUTPUT, else the profile's `output` (see `envelope.config`), else `table` on a
+terminal and `json` otherwise: a person at a terminal gets boxes, a pipe gets what the AWS
+CLI gives by default, and never a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import unicodedata
+from collections.abc import Mapping
+from typing import IO, Any
+
+from ..errors import ConfigurationError
+
+__all__ = (
+    "FORMATS",
+    "add_output_arguments",
+    "emit",
+    "format_data",
+    "jsonable",
+    "output_requested",
+    "prepare_output",
+    "resolve_format",
+)
+
+#: The output formats, as the AWS CLI names them.
+FORMATS = ("json", "text", "table")
+
+
+def add_output_arguments(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
+    """`--output`, `--query`, `--json` and `--profile` on a command that prints data.
+
+    `nested`: the options are also defined on a parent parser (`envelope keys --json list`),
+    so none may have a default that would overwrite the parent's value."""
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--output",
+        dest="output_format",
+        choices=FORMATS,
+        default=argparse.SUPPRESS,
+        help="json, text (tab-separated) or table (on a terminal only; text otherwise); "
+        "default $ENVELOPE_OUTPUT, the profile's output, else table on a terminal and json "
+        "otherwise",
+    )
+    g.add_argument(
+        "--query",
+        metavar="JMESPATH",
+        default=argparse.SUPPRESS,
+        help="a JMESPath expression applied to the data before it is formatted, "
+        "e.g. 'Keys[].KeyId'",
+    )
+    g.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if nested else False,
+        help="same as --output json",
+    )
+    g.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="settings profile (default $ENVELOPE_PROFILE, else [profile.default] if the "
+        "config file has one); see docs/cli.md",
+    )
+
+
+def output_requested(args: argparse.Namespace) -> bool:
+    """Whether this command line asked for data output (`--output`, `--json` or `--query`).
+
+    Commands whose job is not printing (encrypt, decrypt, the lake jobs) print their summary
+    as data only when asked on their command line; a profile's `output` then picks the
+    format only."""
+    requested = getattr(args, "output_requested", None)
+    if requested is not None:
+        return bool(requested)
+    return bool(
+        getattr(args, "json", False)
+        or getattr(args, "output_format", None) is not None
+        or getattr(args, "query", None) is not None
+    )
+
+
+def prepare_output(args: argparse.Namespace) -> None:
+    """Check the output options before the command does anything (a bad query must not
+    come after a key was created): `--json` with another `--output`, a summary asked for on
+    a stdout that carries the data (`OUT` is `-`), and the JMESPath expression, compiled
+    here (a syntax error is a usage error, exit 2). Run before settings are filled in."""
+    args.output_requested = output_requested(args)
+    if getattr(args, "json", False):
+        given = getattr(args, "output_format", None)
+        if given not in (None, "json"):
+            raise ConfigurationError(f"--json is --output json; it cannot go with --output {given}")
+        args.output_format = "json"
+    if getattr(args, "summary_on_stdout", False) and args.output_requested:
+        if getattr(args, "output", None) == "-":
+            raise ConfigurationError(
+                "OUT is - (stdout carries the data): a summary (--json, --output, --query) "
+                "cannot share it; write OUT to a file"
+            )
+    _compiled_query(args)
+
+
+def _compiled_query(args: argparse.Namespace) -> Any:
+    expression = getattr(args, "query", None)
+    if expression is None:
+        return None
+    compiled = getattr(args, "query_compiled", None)
+    if compiled is not None:
+        return compiled
+    import importlib
+
+    jmespath = importlib.import_module("jmespath")  # no type stubs: Any on purpose
+    try:
+        compiled = jmespath.compile(expression)
+    except jmespath.exceptions.JMESPathError as e:
+        msg, at = getattr(e, "msg", None), getattr(e, "lex_position", None)
+        detail = f"{msg} at character {at}" if msg and at is not None else str(e).splitlines()[0]
+        raise ConfigurationError(
+            f"--query: invalid JMESPath expression {expression!r}: {detail}"
+        ) from None
+    try:  # an unknown function or a wrong argument count shows on any input: say so now
+        compiled.search({})
+    except (jmespath.exceptions.UnknownFunctionError, jmespath.exceptions.ArityError) as e:
+        raise ConfigurationError(f"--query {expression!r}: {e}") from None
+    except jmespath.exceptions.JMESPathError:  # a type error on {}: the real data may fit
+        pass
+    args.query_compiled = compiled
+    return compiled
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+def resolve_format(args: argparse.Namespace, stream: IO[str] | None = None) -> str:
+    """The format to draw in: the option (settings filled in by `envelope.config`), else
+    table on a terminal and json otherwise; table becomes text when `stream` is not a
+    terminal."""
+    stream = stream if stream is not None else sys.stdout
+    fmt = "json" if getattr(args, "json", False) else getattr(args, "output_format", None)
+    tty = _isatty(stream)
+    if fmt is None:
+        fmt = "table" if tty else "json"
+    if fmt not in FORMATS:
+        raise ConfigurationError(f"output must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "table" and not tty:
+        fmt = "text"
+    return fmt
+
+
+def jsonable(obj: Any) -> Any:
+    """The data as JSON values: bytes as base64, tuples as lists, keys as text, and anything
+    else that JSON has no type for as its text."""
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return str(obj)
+
+
+def emit(
+    args: argparse.Namespace, data: Any, title: str = "", *, stream: IO[str] | None = None
+) -> None:
+    """Print `data` (JSON-shaped) as the command line asked: query, then format."""
+    out = stream if stream is not None else sys.stdout
+    fmt = resolve_format(args, out)
+    value = jsonable(data)
+    query = _compiled_query(args)
+    if query is not None:
+        try:
+            value = query.search(value)
+        except ValueError as e:  # jmespath's errors: a function given the wrong types
+            raise ConfigurationError(f"--query {args.query!r}: {e}") from None
+    width = _terminal_width(out) if fmt == "table" else None
+    out.write(format_data(value, fmt, title=title, terminal_width=width))
+    out.flush()
+
+
+def format_data(
+    value: Any, fmt: str, *, title: str = "", terminal_width: int | None = None
+) -> str:
+    """`value` (JSON values) drawn in `fmt`, as the AWS CLI draws it."""
+    if fmt == "json":
+        if isinstance(value, dict) and not value:
+            return ""
+        return json.dumps(value, indent=4, ensure_ascii=False) + "\n"
+    if fmt == "text":
+        lines: list[str] = []
+        _text(value, lines)
+        return "".join(line + "\n" for line in lines)
+    if fmt == "table":
+        return _Table.draw(value, title, terminal_width)
+    raise ConfigurationError(f"output must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+# -- text: awscli/text.py's rules ------------------------------------------------------------
+
+
+def _scalar(v: Any) -> bool:
+    return not isinstance(v, (dict, list))
+
+
+def _str(v: Any) -> str:
+    return str(v)  # as the AWS CLI: None, True and False as Python spells them
+
+
+def _text(
+    item: Any, lines: list[str], ident: str | None = None, keys: list[str] | None = None
+) -> None:
+    if isinstance(item, dict):
+        _text_dict(item, lines, ident, keys)
+    elif isinstance(item, list):
+        _text_list(item, lines, ident)
+    else:
+        lines.append(_str(item))
+
+
+def _text_list(items: list[Any], lines: list[str], ident: str | None) -> None:
+    if not items:
+        return
+    if any(isinstance(el, dict) for el in items):
+        columns = sorted({k for el in items if isinstance(el, dict) for k, v in el.items()
+                          if _scalar(v)})
+        for el in items:
+            _text(el, lines, ident, columns)
+    elif any(isinstance(el, list) for el in items):
+        scalars = [el for el in items if _scalar(el)]
+        if scalars:
+            _text_scalars(scalars, lines, ident)
+        for el in items:
+            if not _scalar(el):
+                _text(el, lines, ident)
+    else:
+        _text_scalars(items, lines, ident)
+
+
+def _text_scalars(items: list[Any], lines: list[str], ident: str | None) -> None:
+    if ident is not None:
+        lines.extend(f"{ident.upper()}\t{_str(v)}" for v in items)
+    else:
+        lines.append("\t".join(_str(v) for v in items))
+
+
+def _text_dict(
+    item: dict[str, Any], lines: list[str], ident: str | None, keys: list[str] | None
+) -> None:
+    if keys is None:
+        ordered = sorted(item.items())
+        scalars = [_str(v) for _, v in ordered if _scalar(v)]
+        rest = [(k, v) for k, v in ordered if not _scalar(v)]
+    else:
+        scalars = [_str(item.get(k, "")) for k in keys]
+        rest = [(k, item[k]) for k in sorted(set(item) - set(keys))]
+    if scalars:
+        lines.append("\t".join(([ident.upper()] if ident is not None else []) + scalars))
+    for k, v in rest:
+        _text(v, lines, k)
+
+
+# -- table: awscli/formatter.py's TableFormatter and awscli/table.py's layout ------------------
+
+
+def _width(text: str) -> int:
+    """Columns `text` takes on a terminal (wide and ambiguous East Asian characters: 2)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WFA" else 1 for c in text)
+
+
+def _cell(v: Any) -> str:
+    """A value as one table line: control characters shown escaped (a newline in a
+    description must not break the box), nothing cut."""
+    s = _str(v)
+    if any(c < " " or c == "\x7f" for c in s):
+        s = s.encode("unicode_escape").decode("ascii")
+    return s
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _center(text: str, width: int) -> str:
+    room = width - _width(text)
+    left = room // 2
+    return " " * left + text + " " * (room - left)
+
+
+class _Section:
+    def __init__(self, title: str, indent: int) -> None:
+        self.title = title
+        self.indent = indent
+        self.headers: list[str] = []
+        self.rows: list[list[str]] = []
+
+    def columns(self) -> list[int]:
+        widths: list[int] = []
+        for row in ([self.headers] if self.headers else []) + self.rows:
+            for i, cell in enumerate(row):
+                if i == len(widths):
+                    widths.append(0)
+                widths[i] = max(widths[i], _width(cell))
+        return widths
+
+    def natural_width(self) -> int:
+        """Width with every cell whole: '|' then '  cell ' and '|' per column, plus the
+        indentation bars on both sides; at least the title's."""
+        cols = self.columns()
+        body = 1 + sum(w + 4 for w in cols) if cols else 0
+        return max(body, _width(self.title) + 4) + 2 * self.indent
+
+
+class _Table:
+    """The AWS CLI's table: a title, then a section per nested member."""
+
+    def __init__(self) -> None:
+        self.sections: list[_Section] = []
+
+    @classmethod
+    def draw(cls, value: Any, title: str, terminal_width: int | None) -> str:
+        table = cls()
+        if not table._build(title or None, value, 0):
+            return ""
+        return table._render(terminal_width)
+
+    def _new(self, title: str | None, indent: int) -> _Section:
+        section = _Section(title or "", indent)
+        self.sections.append(section)
+        return section
+
+    def _current(self) -> _Section:
+        return self.sections[-1] if self.sections else self._new(None, 0)
+
+    def _build(self, title: str | None, value: Any, indent: int) -> bool:
+        if value is None or value == {} or value == [] or value == "":
+            return False
+        if title is not None:
+            self._new(title, indent)
+        if isinstance(value, list):
+            if isinstance(value[0], dict):
+                self._from_list(value, indent, title)
+            else:
+                for item in value:
+                    if _scalar(item):
+                        self._current().rows.append([_cell(item)])
+                    elif isinstance(item, list) and all(_scalar(el) for el in item):
+                        self._current().rows.append([_cell(el) for el in item])
+                    else:
+                        self._build(None, item, indent)
+        elif isinstance(value, dict):
+            self._from_dict(value, indent)
+        else:
+            self._current().rows.append([_cell(value)])
+        return True
+
+    @staticmethod
+    def _split(d: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return sorted(k for k, v in d.items() if _scalar(v)), sorted(
+            k for k, v in d.items() if not _scalar(v)
+        )
+
+    def _from_dict(self, d: dict[str, Any], indent: int) -> None:
+        headers, more = self._split(d)
+        section = self._current()
+        if len(headers) == 1:
+            section.rows.append([headers[0], _cell(d[headers[0]])])
+        elif headers:
+            section.headers = headers
+            section.rows.append([_cell(d[k]) for k in headers])
+        for k in more:
+            self._build(k, d[k], indent + 1)
+
+    def _from_list(self, items: list[Any], indent: int, title: str | None) -> None:
+        headers: set[str] = set()
+        more: set[str] = set()
+        for el in items:
+            if isinstance(el, dict):
+                h, m = self._split(el)
+                headers.update(h)
+                more.update(m)
+        cols, nested = sorted(headers), sorted(more)
+        self._current().headers = cols
+        first = True
+        for el in items:
+            if not isinstance(el, dict):
+                self._build(None, el, indent)
+                continue
+            if not first and nested:
+                self._new(title, indent).headers = cols
+            first = False
+            self._current().rows.append([_cell(el.get(c, "")) for c in cols])
+            for k in nested:
+                if k in el:
+                    self._build(k, el[k], indent + 1)
+
+    def _render(self, terminal_width: int | None) -> str:
+        width = max(s.natural_width() for s in self.sections)
+        if terminal_width is not None and width > terminal_width:
+            # Too wide for the terminal: one-row sections become key/value rows (never cut).
+            for s in self.sections:
+                if len(s.rows) == 1 and s.headers:
+                    s.rows = [[h, v] for h, v in zip(s.headers, s.rows[0], strict=True)]
+                    s.headers = []
+            width = max(s.natural_width() for s in self.sections)
+        out = ["-" * width]
+        for s in self.sections:
+            out.extend(self._render_section(s, width))
+        return "".join(line + "\n" for line in out)
+
+    @staticmethod
+    def _render_section(s: _Section, width: int) -> list[str]:
+        inner = width - 2 * s.indent
+        bars = "|" * s.indent
+        lines: list[str] = []
+        if s.title:
+            lines.append("|" + _center(s.title, inner - 2) + "|")
+            if not s.headers and not s.rows:
+                lines.append("+" + "-" * (inner - 2) + "+")
+        cols = s.columns()
+        if cols:
+            # Stretch the columns to the section's width; never below a cell's width.
+            extra = inner - (1 + sum(w + 4 for w in cols))
+            cols = [
+                w + extra // len(cols) + (1 if i < extra % len(cols) else 0)
+                for i, w in enumerate(cols)
+            ]
+            rule = "+" + "+".join("-" * (w + 3) for w in cols) + "+"
+            if s.headers:
+                lines.append(rule)
+                lines.append(
+                    "|" + "|".join(_center(h, w + 3) for h, w in zip(s.headers, cols, strict=True))
+                    + "|"
+                )
+            if s.rows:
+                lines.append(rule)
+                for row in s.rows:
+                    cells = [_pad(c, w) for c, w in zip(row, cols, strict=False)]
+                    cells += [" " * w for w in cols[len(row) :]]
+                    lines.append("|" + "|".join(f"  {c} " for c in cells) + "|")
+                lines.append(rule)
+        return [bars + line + bars for line in lines]
+
+
+def _terminal_width(stream: IO[str]) -> int | None:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None
