@@ -33,7 +33,7 @@ from .keycache import (
     decryption_cache_key,
     encryption_cache_key,
 )
-from .kms.base import DataKey, KmsBackend, WrappedKey
+from .kms.base import BlockingKms, DataKey, KmsBackend, WrappedKey
 from .kms.retry import RetryingKms, RetryPolicy, shared_budget
 from .metrics import NULL_OBSERVER, Observer
 
@@ -46,6 +46,20 @@ async def _checked_unwrap(
     """Unwrap, and refuse anything but a 32-byte data key (wiping it) before it is used or
     cached: a KMS will happily decrypt a 16-byte secret someone wrapped to look like one."""
     key = await backend.decrypt_data_key(wrapped, context=kms_context)
+    if len(key) != DATA_KEY_LEN:
+        n = len(key)
+        key[:] = bytes(n)
+        raise KmsKeyError(
+            f"{wrapped.provider_id}:{wrapped.key_id} unwrapped to {n} bytes, not a data key"
+        )
+    return key
+
+
+def _checked_unwrap_blocking(
+    backend: BlockingKms, wrapped: WrappedKey, kms_context: Mapping[str, str]
+) -> bytearray:
+    """`_checked_unwrap` for a backend's blocking face."""
+    key = backend.decrypt_data_key_blocking(wrapped, context=kms_context)
     if len(key) != DATA_KEY_LEN:
         n = len(key)
         key[:] = bytes(n)
@@ -260,6 +274,8 @@ class Keyring:
         ctx = dict(kms_context)
 
         def fetch() -> DataKey:
+            if isinstance(call, BlockingKms):  # blocking by nature and not wrapped: direct
+                return call.generate_data_key_blocking(key_id, context=ctx)
             return _portal.call(partial(call.generate_data_key, key_id, context=ctx))
 
         if self.cache is None:
@@ -282,7 +298,11 @@ class Keyring:
         ctx = dict(kms_context)
         last: KmsKeyError | None = None
         for n, (wrapped, i) in enumerate(candidates):
-            fetch = partial(_portal.call, partial(_checked_unwrap, self._calls[i], wrapped, ctx))
+            call = self._calls[i]
+            if isinstance(call, BlockingKms):  # blocking by nature and not wrapped: direct
+                fetch = partial(_checked_unwrap_blocking, call, wrapped, ctx)
+            else:
+                fetch = partial(_portal.call, partial(_checked_unwrap, call, wrapped, ctx))
             try:
                 if cache is not None:
                     return cache.decryption_key_blocking(keys[n], fetch)

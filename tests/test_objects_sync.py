@@ -27,23 +27,15 @@ from envelope.kms.memory import MemoryKms
 
 
 class CountingKms(MemoryKms):
-    """The in-package fake KMS, counting data-key calls (thread-safe)."""
+    """The in-package fake KMS; its own call counters see both faces (async and blocking)."""
 
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.generated = 0
-        self.unwrapped = 0
-        self._count_lock = threading.Lock()
+    @property
+    def generated(self) -> int:
+        return self.calls["GenerateDataKey"]
 
-    async def generate_data_key(self, key_id: str, *, context: Any) -> Any:
-        with self._count_lock:
-            self.generated += 1
-        return await super().generate_data_key(key_id, context=context)
-
-    async def decrypt_data_key(self, wrapped: Any, *, context: Any) -> bytearray:
-        with self._count_lock:
-            self.unwrapped += 1
-        return await super().decrypt_data_key(wrapped, context=context)
+    @property
+    def unwrapped(self) -> int:
+        return self.calls["Decrypt"]
 
 
 def keyring(policy: CachePolicy | None = None, **kw: Any) -> tuple[Keyring, CountingKms]:
@@ -195,3 +187,24 @@ def test_many_failures_raise_or_stay_in_place() -> None:
     assert isinstance(got[1], AuthenticationError)
     with pytest.raises(AuthenticationError):
         sync.decrypt_many(mixed, keyring=kr)
+
+
+def test_backends_blocking_by_nature_are_called_without_any_loop(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file (or the memory fake) offers the blocking face: even a miss needs no loop."""
+    from envelope.kms.base import BlockingKms
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    generate_key_file(str(tmp_path / "k.key"))
+    backend = FileKeyBackend(str(tmp_path / "k.key"))
+    assert isinstance(backend, BlockingKms) and isinstance(MemoryKms(), BlockingKms)
+
+    def no_loop(*_: object, **__: object) -> None:
+        raise AssertionError("an event loop was used")
+
+    monkeypatch.setattr(_portal, "call", no_loop)
+    monkeypatch.setattr(anyio, "run", no_loop)
+    kr = Keyring(backend, backend.key_id)  # no cache: every object is a miss
+    for _ in range(3):
+        assert sync.decrypt_bytes(sync.encrypt_bytes(b"k", keyring=kr), keyring=kr) == b"k"

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Any
 
 from .. import sync
-from ..api import Options
+from ..api import DEFAULT_MEMORY_BUDGET, Options
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
@@ -234,7 +234,10 @@ def cmd_lake(args: argparse.Namespace) -> int:
 def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
     options = jobs.LakeOptions(
-        engine=Options(segment_size=getattr(args, "segment_size", 1 << 20)),
+        engine=Options(
+            segment_size=getattr(args, "segment_size", 1 << 20),
+            memory_budget=getattr(args, "memory_budget", DEFAULT_MEMORY_BUDGET),
+        ),
         durable=bool(getattr(args, "fsync", False)),
         **_safety_options(args),
     )

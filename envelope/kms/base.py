@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..hazmat.format import DATA_KEY_LEN, WrappedKey
 
-__all__ = ("DataKey", "KmsBackend", "WrappedKey")
+__all__ = ("BlockingKms", "DataKey", "KmsBackend", "WrappedKey")
 
 
 class DataKey:
@@ -80,3 +80,23 @@ class KmsBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BlockingKms(Protocol):
+    """The optional blocking face of a backend that is blocking by nature.
+
+    Every backend offers the async `KmsBackend` face. A backend whose calls never wait on a
+    network (a key file, the in-memory fake) may also offer this one; the keyring's blocking
+    face (`Keyring.encryption_key_blocking`, used by `envelope.sync` and the object layer)
+    then calls it directly on a cache miss, on the calling thread. Any other backend, or one
+    behind the retry layer or an observer, is reached through the one process-wide portal
+    loop (`envelope._portal`): correct everywhere, one thread hop per miss.
+    """
+
+    def generate_data_key_blocking(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        ...
+
+    def decrypt_data_key_blocking(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray: ...

@@ -91,7 +91,10 @@ class FileKeyBackend:
                 f"key file {self.path!r} holds {self.key_id!r}"
             )
 
-    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+    def generate_data_key_blocking(
+        self, key_id: str, *, context: Mapping[str, str]
+    ) -> DataKey:
+        """The blocking face (`BlockingKms`): a key file never waits on anything."""
         self._check(key_id)
         plaintext = bytearray(os.urandom(32))
         return DataKey(
@@ -100,6 +103,15 @@ class FileKeyBackend:
                 self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
             ),
         )
+
+    def decrypt_data_key_blocking(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        self._check(wrapped.key_id)
+        return _aeswrap.unwrap(self._wrap_key, wrapped.key_id, wrapped.ciphertext, context)
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        return self.generate_data_key_blocking(key_id, context=context)
 
     async def encrypt_data_key(
         self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
@@ -112,8 +124,7 @@ class FileKeyBackend:
     async def decrypt_data_key(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
     ) -> bytearray:
-        self._check(wrapped.key_id)
-        return _aeswrap.unwrap(self._wrap_key, wrapped.key_id, wrapped.ciphertext, context)
+        return self.decrypt_data_key_blocking(wrapped, context=context)
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == self.provider_id and wrapped.key_id == self.key_id

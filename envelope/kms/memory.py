@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections import Counter
 from collections.abc import Mapping
 
@@ -51,28 +52,56 @@ class MemoryKms:
         except KeyError:
             raise KmsKeyError(f"memory KMS has no key {key_id!r}") from None
 
-    async def _call(self, op: str) -> None:
+    def _admit(self, op: str) -> ThrottlingError | None:
         self.calls[op] += 1
-        refused: ThrottlingError | None = None
         if self.quota is not None:
             try:
                 self.quota.check(op)  # admitted or refused on arrival, as a service would
             except ThrottlingError as e:
                 self.throttled[op] += 1
-                refused = e
+                return e
+        return None
+
+    async def _call(self, op: str) -> None:
+        refused = self._admit(op)
         if self.latency:
             await anyio.sleep(self.latency)
         if refused is not None:
             raise refused
 
-    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
-        await self._call("GenerateDataKey")
+    def _call_blocking(self, op: str) -> None:
+        refused = self._admit(op)
+        if self.latency:
+            time.sleep(self.latency)
+        if refused is not None:
+            raise refused
+
+    def _generate(self, key_id: str, context: Mapping[str, str]) -> DataKey:
         cipher = self._master(key_id)
         plaintext = bytearray(os.urandom(32))
         wrapped = WrappedKey(
             self.provider_id, key_id, _aeswrap.wrap(cipher, key_id, plaintext, context)
         )
         return DataKey(plaintext, wrapped)
+
+    def generate_data_key_blocking(
+        self, key_id: str, *, context: Mapping[str, str]
+    ) -> DataKey:
+        """The blocking face (`BlockingKms`): latency and quota behave as in the async one."""
+        self._call_blocking("GenerateDataKey")
+        return self._generate(key_id, context)
+
+    def decrypt_data_key_blocking(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        self._call_blocking("Decrypt")
+        return _aeswrap.unwrap(
+            self._master(wrapped.key_id), wrapped.key_id, wrapped.ciphertext, context
+        )
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        await self._call("GenerateDataKey")
+        return self._generate(key_id, context)
 
     async def encrypt_data_key(
         self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]

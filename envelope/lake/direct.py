@@ -28,14 +28,21 @@ def _output(path: str, durable: bool) -> OutputFile:
 
 
 def seal_file(
-    prepared: PreparedObject, src: str, dst: str, *, expected_size: int, durable: bool
+    prepared: PreparedObject,
+    src: str,
+    dst: str,
+    *,
+    expected_size: int,
+    durable: bool,
+    memory_budget: int | None = None,
 ) -> int:
-    """Encrypt local file `src` to `dst` under a prepared header; returns plaintext bytes."""
+    """Encrypt local file `src` to `dst` under a prepared header; returns plaintext bytes.
+    Two segment buffers are held; a segment `memory_budget` cannot hold is refused."""
     out = _output(dst, durable)
     try:
         n = files.seal_file(
             prepared, src, out, workers=1, batch_bytes=1, follow_links=False,
-            expected_size=expected_size,
+            expected_size=expected_size, memory_budget=memory_budget,
         )
         out.commit()
         return n
@@ -43,11 +50,22 @@ def seal_file(
         out.discard()
 
 
-def open_file(header: Header, keys: ObjectKeys, src: str, dst: str, *, durable: bool) -> int:
+def open_file(
+    header: Header,
+    keys: ObjectKeys,
+    src: str,
+    dst: str,
+    *,
+    durable: bool,
+    memory_budget: int | None = None,
+) -> int:
     """Decrypt local file `src` (header already authenticated) to `dst`; returns its length."""
     out = _output(dst, durable)
     try:
-        n = files.open_file(header, keys, src, out, workers=1, batch_bytes=1, follow_links=False)
+        n = files.open_file(
+            header, keys, src, out, workers=1, batch_bytes=1, follow_links=False,
+            memory_budget=memory_budget,
+        )
         out.commit()
         return n
     finally:

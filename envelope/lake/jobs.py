@@ -26,6 +26,7 @@ to verify, unless the caller turns `bind_path` off.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -82,7 +83,8 @@ Status = Literal["done", "skipped", "failed", "planned"]
 @dataclass(frozen=True, slots=True)
 class LakeOptions:
     """How a bulk job runs. Memory is bounded by `concurrency` small objects (each held whole,
-    twice) plus `large_concurrency` streamed ones (each `engine.depth` buffer pairs)."""
+    twice) plus `large_concurrency` large ones, which share `engine.memory_budget` (each gets
+    `large_engine`: an equal share, whether it streams or goes file to file)."""
 
     concurrency: int = 16
     large_concurrency: int = 4
@@ -105,6 +107,26 @@ class LakeOptions:
             raise ConfigurationError("lock_ttl must be > 0 seconds")
         if self.small_object_bytes < 0:
             raise ConfigurationError("small_object_bytes must be >= 0")
+        _ = self.large_engine  # a segment size the budget cannot hold at all: refuse now
+
+    @property
+    def large_slots(self) -> int:
+        """How many large objects run at once: `large_concurrency`, fewer when the segment
+        size is so large that the memory budget holds fewer (at least one)."""
+        s = self.engine.segment_size
+        need = max(api.MIN_MEMORY_BUDGET, 2 * (s + TAG_OVERHEAD) + 1)
+        return max(1, min(self.large_concurrency, self.engine.memory_budget // need))
+
+    @property
+    def large_engine(self) -> api.Options:
+        """Engine options for one large object: an equal share of the memory budget among
+        the `large_slots` in flight, so the whole job stays within `engine.memory_budget`."""
+        share = max(api.MIN_MEMORY_BUDGET, self.engine.memory_budget // self.large_slots)
+        return dataclasses.replace(self.engine, memory_budget=share)
+
+
+#: Bytes a sealed segment adds (its tag), for memory planning.
+TAG_OVERHEAD = 16
 
 
 DEFAULT_LAKE_OPTIONS = LakeOptions()
@@ -415,7 +437,7 @@ async def _run(
     if rejected and options.fail_fast:
         return report
     small = anyio.CapacityLimiter(options.concurrency)
-    large = anyio.CapacityLimiter(options.large_concurrency)
+    large = anyio.CapacityLimiter(options.large_slots)
     t0 = time.perf_counter()
 
     async def one(entry: Entry) -> None:
@@ -511,6 +533,7 @@ async def encrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     engine = options.engine
+    large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
 
     async def one(entry: Entry) -> ObjectResult:
@@ -557,6 +580,7 @@ async def encrypt_prefix(
                     dst_path,
                     expected_size=entry.size,
                     durable=options.durable,
+                    memory_budget=large.memory_budget,
                 )
             )
         else:
@@ -566,7 +590,7 @@ async def encrypt_prefix(
                 keyring=keyring,
                 kms_context=kms_context,
                 object_context=octx,
-                options=engine,
+                options=large,
                 observer=observer,
             )
             n = info.plaintext_len
@@ -639,6 +663,7 @@ async def decrypt_prefix(
         resolve(destination, filesystem=destination_fs),
     )
     engine = options.engine
+    large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
 
     async def one(entry: Entry) -> ObjectResult:
@@ -671,9 +696,17 @@ async def decrypt_prefix(
             header, _ = await anyio.to_thread.run_sync(
                 _read_header, src.fs, src_path, engine.max_wrapped_keys
             )
+            large.plan("decrypt", header.seg_log2)  # before the KMS call: refuse what won't fit
             keys = await api.open_object(header, keyring=keyring, expected_context=expected)
             n = await anyio.to_thread.run_sync(
-                lambda: direct.open_file(header, keys, src_path, dst_path, durable=options.durable)
+                lambda: direct.open_file(
+                    header,
+                    keys,
+                    src_path,
+                    dst_path,
+                    durable=options.durable,
+                    memory_budget=large.memory_budget,
+                )
             )
         else:
             info = await api.decrypt(
@@ -681,7 +714,7 @@ async def decrypt_prefix(
                 atomic_sink(dst.fs, dst_path, durable=options.durable),
                 keyring=keyring,
                 expected_context=expected,
-                options=engine,
+                options=large,
                 observer=observer,
             )
             n = info.plaintext_len
@@ -705,6 +738,7 @@ async def verify_prefix(
     """Authenticate every object under `source` completely; write no plaintext anywhere."""
     src = resolve(source, filesystem=source_fs)
     engine = options.engine
+    large = options.large_engine  # one large object's share of the memory budget
 
     async def one(entry: Entry) -> ObjectResult:
         path = src.join(entry.rel)
@@ -720,7 +754,7 @@ async def verify_prefix(
                 _Discard(),
                 keyring=keyring,
                 expected_context=expected,
-                options=engine,
+                options=large,
                 observer=observer,
             )
             n = info.plaintext_len

@@ -94,3 +94,28 @@ def test_a_source_swapped_for_a_link_after_listing_is_refused(tmp_path: Path) ->
         direct.seal_file(
             prepared, str(tmp_path / "fifo"), str(tmp_path / "enc"), expected_size=16, durable=False
         )
+
+
+def test_large_objects_share_the_jobs_memory_budget() -> None:
+    """A job's large objects together stay within engine.memory_budget (issue 8, #10)."""
+    from envelope.lake.jobs import LakeOptions
+
+    default = LakeOptions()
+    assert default.large_slots == default.large_concurrency == 4
+    assert default.large_engine.memory_budget == default.engine.memory_budget // 4
+    huge = LakeOptions(engine=api.Options(segment_size=64 << 20, workers=2))
+    assert huge.large_slots == 1  # two 64 MiB segments per object: one object at a time
+    assert huge.large_engine.memory_budget == 256 << 20
+    mid = LakeOptions(engine=api.Options(segment_size=32 << 20, workers=2))
+    assert mid.large_slots == 3
+
+
+def test_direct_refuses_a_segment_its_share_cannot_hold(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(3 * S))
+    prepared = sync.run(api.prepare_object, KR, options=OPTS, expected_bytes=3 * S)
+    with pytest.raises(ConfigurationError, match="budget"):
+        direct.seal_file(
+            prepared, str(tmp_path / "src"), str(tmp_path / "enc"), expected_size=3 * S,
+            durable=False, memory_budget=S,
+        )
+    assert not (tmp_path / "enc").exists() and leftovers(tmp_path) == []
