@@ -29,11 +29,8 @@ CLI gives by default, and never a table.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import sys
-import unicodedata
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -52,6 +49,9 @@ __all__ = (
 
 #: The output formats, as the AWS CLI names them.
 FORMATS = ("json", "text", "table")
+
+# json, base64 and unicodedata are imported where they are used: `envelope encrypt` imports
+# this module and usually prints nothing (start-up is most of the cost of a small file).
 
 
 def add_output_arguments(p: argparse.ArgumentParser, *, nested: bool = False) -> None:
@@ -184,6 +184,8 @@ def jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, (str, bool, int, float)):
         return obj
     if isinstance(obj, (bytes, bytearray, memoryview)):
+        import base64
+
         return base64.b64encode(bytes(obj)).decode("ascii")
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
@@ -215,6 +217,8 @@ def format_data(
 ) -> str:
     """`value` (JSON values) drawn in `fmt`, as the AWS CLI draws it."""
     if fmt == "json":
+        import json
+
         if isinstance(value, dict) and not value:
             return ""
         return json.dumps(value, indent=4, ensure_ascii=False) + "\n"
@@ -296,6 +300,8 @@ def _text_dict(
 
 def _width(text: str) -> int:
     """Columns `text` takes on a terminal (wide and ambiguous East Asian characters: 2)."""
+    import unicodedata
+
     return sum(2 if unicodedata.east_asian_width(c) in "WFA" else 1 for c in text)
 
 

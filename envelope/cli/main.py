@@ -10,6 +10,10 @@ lake job had failed objects, 2 usage or configuration error, 3 KMS failure, 4 co
 mismatch, 5 an I/O error (disk full, broken pipe, ...), 130 interrupted (SIGINT), 143
 terminated (SIGTERM: `timeout`, systemd, `docker stop`), 129 hung up (SIGHUP).
 
+Every command that prints data takes `--output json|text|table` and `--query JMESPATH` (as the
+AWS CLI), and settings come from flags, then the environment, then a profile of the config file
+(`--profile`), then defaults: docs/cli.md, `envelope.config`, `envelope.cli._output`.
+
 SIGTERM and SIGHUP are handled exactly like SIGINT, which every command already handles
 cleanly: the running work is cancelled, every temporary file is removed and no target is
 touched; only the exit code says which signal it was.
