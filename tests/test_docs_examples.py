@@ -81,3 +81,15 @@ def test_setup_block_alone(in_tmp: Path) -> None:
     namespace = _run(SETUP[0], f"{DOC.name}:setup")
     assert os.stat(in_tmp / "my.key").st_mode & 0o777 == 0o600
     assert "keyring" in namespace
+
+
+def test_readme_example_runs(in_tmp: Path) -> None:
+    text = (DOC.parent.parent / "README.md").read_text("utf-8")
+    (src,) = [m.group(1) for m in _FENCE.finditer(text)]
+    _run(SETUP[0], f"{DOC.name}:setup")  # makes my.key
+    (in_tmp / "big.bin").write_bytes(os.urandom(100_000))
+    namespace = _run(src, "README.md")
+    assert (in_tmp / "big.env").stat().st_size > 100_000
+    keyring = namespace["keyring"]
+    assert isinstance(keyring, Keyring)
+    keyring.close()
