@@ -75,6 +75,10 @@ Progress = Callable[[int], Awaitable[None] | None]
 #: (it holds the default 1 MiB segment with room to spare, so a budget valid for decrypting
 #: is never refused for the default `segment_size`).
 DEFAULT_MEMORY_BUDGET = 256 << 20
+
+#: Cores of this machine, read once (os.cpu_count() costs tens of microseconds a call, which
+#: a 16 KiB object cannot afford).
+_CPUS = os.cpu_count() or 1
 MIN_MEMORY_BUDGET = 4 << 20
 
 
@@ -229,7 +233,7 @@ class Options:
 
     @property
     def worker_count(self) -> int:
-        return self.workers or os.cpu_count() or 1
+        return self.workers or _CPUS
 
     @property
     def segments_per_batch(self) -> int:

@@ -183,6 +183,8 @@ def checked_contexts(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Copies of both contexts, refused (ConfigurationError) before any KMS call if bad."""
     kms, obj = dict(kms_context or {}), dict(object_context or {})
+    if not kms and not obj:
+        return kms, obj  # nothing to check
     try:
         encode_context(kms, limit=MAX_KMS_CTX_LEN)
         encode_context(obj, limit=MAX_OBJ_CTX_LEN)
