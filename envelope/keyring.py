@@ -133,6 +133,11 @@ class Keyring:
         )
         return RetryingKms(backend, policy, budget=budget, observer=self.observer)
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        """Refused: the pickle would carry key material (ship a `KeySpec` to workers instead,
+        and build the keyring there)."""
+        raise TypeError(f"{type(self).__name__} holds key material and cannot be pickled")
+
     def __repr__(self) -> str:
         cache = "off" if self.cache is None else repr(self.cache)
         return (

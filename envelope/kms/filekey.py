@@ -81,6 +81,11 @@ class FileKeyBackend:
         self._wrap_key = _subkey(key, b"wrap")
         self.path = os.fspath(path)
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        """Refused: the pickle would carry key material (ship a `KeySpec` to workers instead,
+        and build the keyring there)."""
+        raise TypeError(f"{type(self).__name__} holds key material and cannot be pickled")
+
     def __repr__(self) -> str:
         return f"FileKeyBackend(path={self.path!r}, key_id={self.key_id!r})"
 

@@ -38,6 +38,11 @@ class MemoryKms:
         self.calls: Counter[str] = Counter()
         self.throttled: Counter[str] = Counter()
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        """Refused: the pickle would carry key material (ship a `KeySpec` to workers instead,
+        and build the keyring there)."""
+        raise TypeError(f"{type(self).__name__} holds key material and cannot be pickled")
+
     def __repr__(self) -> str:
         return f"MemoryKms(keys={len(self._keys)}, calls={sum(self.calls.values())})"
 
