@@ -12,23 +12,26 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.from_thread
+if TYPE_CHECKING:  # anyio is imported on first use: blocking callers that never miss skip it
+    from anyio.from_thread import BlockingPortal
 
 __all__ = ("call",)
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_portal: anyio.from_thread.BlockingPortal | None = None
+_portal: BlockingPortal | None = None
 _pid = 0
 
 
-def _start() -> anyio.from_thread.BlockingPortal:
+def _start() -> BlockingPortal:
+    import anyio
+    import anyio.from_thread
+
     ready = threading.Event()
-    box: list[anyio.from_thread.BlockingPortal] = []
+    box: list[BlockingPortal] = []
 
     async def main() -> None:
         async with anyio.from_thread.BlockingPortal() as portal:
@@ -41,7 +44,7 @@ def _start() -> anyio.from_thread.BlockingPortal:
     return box[0]
 
 
-def _get() -> anyio.from_thread.BlockingPortal:
+def _get() -> BlockingPortal:
     global _portal, _pid
     with _lock:
         if _portal is None or _pid != os.getpid():

@@ -190,12 +190,16 @@ class OutputFile:
         if clean_stale:
             remove_stale_temporaries(self.path)
         tmp = temporary_name(self.path)
+        with _live_lock:  # recorded before it exists: a signal at any point finds it
+            _live.add(tmp)
         try:
             self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError as e:
-            raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
-        with _live_lock:
-            _live.add(tmp)
+        except BaseException as e:
+            with _live_lock:
+                _live.discard(tmp)
+            if isinstance(e, OSError):
+                raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
+            raise
         self.tmp_path = tmp
         _lock(self.fd)
 

@@ -25,6 +25,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from typing import IO
 
 from .atomic import OutputFile
@@ -33,7 +34,8 @@ from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .metrics import NULL_OBSERVER
-from .objects import PreparedObject, Tracked, run_ranges
+from .objects import PreparedObject, Tracked
+from .objects import pool_for as pool
 
 __all__ = ("open_file", "seal_file")
 
@@ -92,22 +94,34 @@ def _batches(
                 raise
 
     n = max(1, min(workers, nbatches))
+    if n == 1:
+        try:
+            worker(0, 1)
+        finally:
+            _wipe(owned)
+        return
+    futures: list[Future[None]] = [pool(n).submit(worker, 0, 1) for _ in range(n)]
     try:
-        run_ranges(worker, n, 1, n)
+        for f in futures:
+            f.result()
     except BaseException:  # a worker failed, or the caller was interrupted (SIGINT/SIGTERM)
-        failed.set()  # the other workers stop after their current batch
+        failed.set()  # the others stop after their current batch...
+        wait(futures)  # ...and are waited for: nothing writes once the caller cleans up
         raise
     finally:
-        for a, b in owned:
-            _zero(a)
-            _zero(b)
+        _wipe(owned)
 
 
 def _zero(buf: bytearray) -> None:
-    """Zero in place: `buf[:] = bytes(len(buf))` would first allocate a second buffer as
-    large (64 MiB for a 64 MiB segment), beyond the memory budget the plan kept to."""
+    """Zero in place (`buf[:] = bytes(n)` would allocate another buffer as large)."""
     if buf:
         ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
+
+
+def _wipe(owned: list[Buffers]) -> None:
+    for a, b in owned:
+        _zero(a)
+        _zero(b)
 
 
 def _timed(

@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-import anyio
 from cachetools import Cache, TLRUCache
 
 from .errors import ConfigurationError, KmsUnavailableError
@@ -617,6 +616,8 @@ class DataKeyCache:
     async def _wait(self, flight: _Flight) -> None:
         """Wait for another caller's flight (any thread, any loop): short polls, backing off
         to 5 ms; misses are rare, so this costs nothing measurable."""
+        import anyio  # async callers only: the blocking face never loads it
+
         deadline = time.monotonic() + self.policy.wait_timeout
         delay = 0.0002
         while not flight.done.is_set():

@@ -317,5 +317,10 @@ class Keyring:
         raise self._none_unwrapped(wrapped_keys, last)
 
     def close(self) -> None:
-        """`aclose` for plain threads (the embedded KMS seals its audit log on close)."""
-        _portal.call(self.aclose)
+        """`aclose` for plain threads (the embedded KMS seals its audit log on close).
+        Backends with a blocking face close on this thread; others on the portal loop."""
+        for backend in self.backends:
+            if isinstance(backend, BlockingKms):
+                backend.close_blocking()
+            else:
+                _portal.call(backend.aclose)

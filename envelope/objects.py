@@ -69,6 +69,7 @@ __all__ = (
     "open_object_keys",
     "parse_object_header",
     "plaintext_length",
+    "pool_for",
     "prepare_with_key",
     "run_ranges",
     "seal_into",
@@ -238,7 +239,7 @@ _pools_lock = threading.Lock()
 _pools_pid = os.getpid()
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def pool_for(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool per worker count (rebuilt in a forked child)."""
     global _pools_pid
     with _pools_lock:
@@ -263,7 +264,7 @@ def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, worke
         for a, b in ranges:
             fn(a, b)
         return
-    futures = [_pool(workers).submit(fn, a, b) for a, b in ranges]
+    futures = [pool_for(workers).submit(fn, a, b) for a, b in ranges]
     errors = []
     for f in futures:  # wait for every range before raising: no thread still writes `dst`
         e = f.exception()

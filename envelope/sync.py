@@ -16,11 +16,10 @@ import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, TypeVar, overload
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
-import anyio
-
-from . import api, files
+from . import files
 from .atomic import OutputFile, resolve_output
 from .errors import ConfigurationError, EnvelopeError
 from .keyring import Keyring
@@ -37,7 +36,7 @@ from .objects import (
     run_ranges,
     seal_into,
 )
-from .streams import AtomicFileSink, SinkLike, SourceLike
+from .options import DEFAULT_OPTIONS, ObjectInfo, Options, object_info
 
 __all__ = (
     "decrypt",
@@ -51,12 +50,30 @@ __all__ = (
     "run",
 )
 
+if TYPE_CHECKING:
+    from .streams import SinkLike, SourceLike
+
 T = TypeVar("T")
 Buffer = bytes | bytearray | memoryview
 
 
+def _api() -> ModuleType:
+    """The async recipes, imported on first use: the blocking paths never load anyio."""
+    from . import api
+
+    return api
+
+
+def _atomic_sink(path: str | os.PathLike[str]) -> Any:
+    from .streams import AtomicFileSink
+
+    return AtomicFileSink(path, durable=False)
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """Run one coroutine function to completion on a new event loop."""
+    import anyio
+
     try:
         return anyio.run(partial(fn, *args, **kwargs))
     except RuntimeError as e:
@@ -107,11 +124,11 @@ def encrypt(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = None,
     object_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     on_progress: Callable[[int], object] | None = None,
     observer: Observer = NULL_OBSERVER,
     durable: bool = True,
-) -> api.ObjectInfo:
+) -> ObjectInfo:
     """Blocking `envelope.api.encrypt`.
 
     A regular local file to a regular (or new) local file goes file to file on every core
@@ -122,9 +139,9 @@ def encrypt(
     src = _regular_file(source)
     if src is None or not _atomic_target(sink):
         if not durable and isinstance(sink, str | os.PathLike):
-            sink = AtomicFileSink(sink, durable=False)
-        return run(
-            api.encrypt,
+            sink = _atomic_sink(sink)
+        return cast(ObjectInfo, run(
+            _api().encrypt,
             source,
             sink,
             keyring=keyring,
@@ -133,7 +150,7 @@ def encrypt(
             options=options,
             on_progress=on_progress,
             observer=observer,
-        )
+        ))
     assert isinstance(sink, str | os.PathLike)
     with Tracked(observer, "encrypt") as track:
         prepared = new_object(
@@ -160,7 +177,7 @@ def encrypt(
             out.discard()
         track.plaintext_len = n
     kctx, octx = checked_contexts(kms_context, object_context)
-    return api.object_info(
+    return object_info(
         len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
         prepared.wrapped_keys,
     )
@@ -179,11 +196,11 @@ def decrypt(
     keyring: Keyring,
     expected_context: Mapping[str, str] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     on_progress: Callable[[int], object] | None = None,
     observer: Observer = NULL_OBSERVER,
     durable: bool = True,
-) -> api.ObjectInfo:
+) -> ObjectInfo:
     """Blocking `envelope.api.decrypt`; file to file on every core as in `encrypt`.
 
     The output is renamed into place only once every segment authenticated; a stream, pipe
@@ -192,9 +209,9 @@ def decrypt(
     src = _regular_file(source)
     if src is None or not _atomic_target(sink):
         if not durable and isinstance(sink, str | os.PathLike):
-            sink = AtomicFileSink(sink, durable=False)
-        return run(
-            api.decrypt,
+            sink = _atomic_sink(sink)
+        return cast(ObjectInfo, run(
+            _api().decrypt,
             source,
             sink,
             keyring=keyring,
@@ -203,7 +220,7 @@ def decrypt(
             options=options,
             on_progress=on_progress,
             observer=observer,
-        )
+        ))
     assert isinstance(sink, str | os.PathLike)
     with Tracked(observer, "decrypt") as track:
         header = _read_file_header(src, options.max_wrapped_keys)
@@ -231,7 +248,7 @@ def decrypt(
         finally:
             out.discard()
         track.plaintext_len = n
-    return api.object_info(
+    return object_info(
         header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
         header.object_context, header.wrapped_keys,
     )
@@ -246,7 +263,7 @@ def _seal(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None,
     object_context: Mapping[str, str] | None,
-    options: api.Options,
+    options: Options,
     observer: Observer,
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
@@ -278,7 +295,7 @@ def _open(
     keyring: Keyring,
     expected_context: Mapping[str, str] | None,
     expected_kms_context: Mapping[str, str] | None,
-    options: api.Options,
+    options: Options,
     observer: Observer,
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
@@ -318,7 +335,7 @@ def encrypt_bytes(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = None,
     object_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
 ) -> bytearray:
     """Encrypt an in-memory object into a new, exactly sized buffer (see `api.encrypt_bytes`)."""
@@ -334,7 +351,7 @@ def encrypt_into(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = None,
     object_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
 ) -> int:
     """Encrypt into the caller's buffer; returns the bytes written (see `api.encrypt_into`)."""
@@ -347,7 +364,7 @@ def decrypt_bytes(
     keyring: Keyring,
     expected_context: Mapping[str, str] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
 ) -> bytearray:
     """Decrypt an in-memory object into a new buffer (see `api.decrypt_bytes`)."""
@@ -365,7 +382,7 @@ def decrypt_into(
     keyring: Keyring,
     expected_context: Mapping[str, str] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
 ) -> int:
     """Decrypt into the caller's buffer; returns the plaintext length. On failure the
@@ -379,7 +396,7 @@ def decrypt_into(
 def _chunked(
     count: int,
     work: Callable[[int], bytearray],
-    options: api.Options,
+    options: Options,
     return_exceptions: bool,
 ) -> list[bytearray | EnvelopeError]:
     """Run `work(i)` for every i, in chunks on the pool: one thread hop per chunk, not per
@@ -416,7 +433,7 @@ def encrypt_many(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = ...,
     object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
-    options: api.Options = ...,
+    options: Options = ...,
     observer: Observer = ...,
     return_exceptions: Literal[False] = ...,
 ) -> list[bytearray]: ...
@@ -427,7 +444,7 @@ def encrypt_many(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = ...,
     object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
-    options: api.Options = ...,
+    options: Options = ...,
     observer: Observer = ...,
     return_exceptions: Literal[True],
 ) -> list[bytearray | EnvelopeError]: ...
@@ -437,7 +454,7 @@ def encrypt_many(
     keyring: Keyring,
     kms_context: Mapping[str, str] | None = None,
     object_contexts: Sequence[Mapping[str, str] | None] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
     return_exceptions: bool = False,
 ) -> list[bytearray] | list[bytearray | EnvelopeError]:
@@ -465,7 +482,7 @@ def decrypt_many(
     keyring: Keyring,
     expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
     expected_kms_context: Mapping[str, str] | None = ...,
-    options: api.Options = ...,
+    options: Options = ...,
     observer: Observer = ...,
     return_exceptions: Literal[False] = ...,
 ) -> list[bytearray]: ...
@@ -476,7 +493,7 @@ def decrypt_many(
     keyring: Keyring,
     expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
     expected_kms_context: Mapping[str, str] | None = ...,
-    options: api.Options = ...,
+    options: Options = ...,
     observer: Observer = ...,
     return_exceptions: Literal[True],
 ) -> list[bytearray | EnvelopeError]: ...
@@ -486,7 +503,7 @@ def decrypt_many(
     keyring: Keyring,
     expected_contexts: Sequence[Mapping[str, str] | None] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
-    options: api.Options = api.DEFAULT_OPTIONS,
+    options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
     return_exceptions: bool = False,
 ) -> list[bytearray] | list[bytearray | EnvelopeError]:

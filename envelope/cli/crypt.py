@@ -9,8 +9,8 @@ from dataclasses import asdict
 from typing import IO
 
 from .. import sync
-from ..api import DEFAULT_MEMORY_BUDGET, ObjectInfo, Options
 from ..kms.filekey import generate_key_file
+from ..options import DEFAULT_MEMORY_BUDGET, ObjectInfo, Options
 from ._common import (
     add_key_arguments,
     add_metrics_argument,

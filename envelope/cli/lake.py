@@ -15,11 +15,11 @@ from functools import partial
 from typing import Any
 
 from .. import sync
-from ..api import DEFAULT_MEMORY_BUDGET, Options
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
 from ..metrics import Observer
+from ..options import DEFAULT_MEMORY_BUDGET, Options
 from ._common import (
     add_key_arguments,
     add_metrics_argument,

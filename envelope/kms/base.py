@@ -100,3 +100,7 @@ class BlockingKms(Protocol):
     def decrypt_data_key_blocking(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
     ) -> bytearray: ...
+
+    def close_blocking(self) -> None:
+        """`aclose` on the calling thread."""
+        ...

@@ -134,5 +134,8 @@ class FileKeyBackend:
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == self.provider_id and wrapped.key_id == self.key_id
 
+    def close_blocking(self) -> None:
+        return None  # nothing held open
+
     async def aclose(self) -> None:
         return None

@@ -128,5 +128,8 @@ class MemoryKms:
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == self.provider_id and wrapped.key_id in self._keys
 
+    def close_blocking(self) -> None:
+        return None  # nothing held open
+
     async def aclose(self) -> None:
         return None

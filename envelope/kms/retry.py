@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import enum
 import random
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
-
-import anyio
 
 from ..errors import (
     ConfigurationError,
@@ -61,6 +60,12 @@ __all__ = (
 )
 
 T = TypeVar("T")
+
+
+async def _anyio_sleep(seconds: float) -> None:
+    import anyio  # loaded by the first retry that waits, not by importing this module
+
+    await anyio.sleep(seconds)
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -147,7 +152,10 @@ def classify_error(exc: BaseException) -> ErrorKind:
         return ErrorKind.FATAL
     if code in TRANSIENT_CODES or status in TRANSIENT_STATUS:
         return ErrorKind.TRANSIENT
-    if isinstance(exc, ConnectionError | anyio.BrokenResourceError):
+    anyio = sys.modules.get("anyio")  # an anyio error can only exist once anyio is loaded
+    if isinstance(exc, ConnectionError) or (
+        anyio is not None and isinstance(exc, anyio.BrokenResourceError)
+    ):
         return ErrorKind.TRANSIENT
     return ErrorKind.FATAL
 
@@ -318,7 +326,7 @@ class Retrier:
         backend: str = "kms",
         budget: RetryBudget | None = None,
         observer: Observer = NULL_OBSERVER,
-        sleep: Sleep = anyio.sleep,
+        sleep: Sleep | None = None,
         clock: Clock = time.monotonic,
         rng: _Uniform | None = None,
         classify: Callable[[BaseException], ErrorKind] = classify_error,
@@ -329,7 +337,7 @@ class Retrier:
             budget = RetryBudget(self.policy.budget_capacity)
         self.budget = budget
         self.observer = observer
-        self.sleep = sleep
+        self.sleep: Sleep = sleep if sleep is not None else _anyio_sleep
         self.clock = clock
         self.rng: _Uniform = rng if rng is not None else random.Random()
         self.classify = classify
@@ -370,6 +378,8 @@ class Retrier:
             t0 = time.perf_counter()
             error: Exception | None = None
             try:
+                import anyio
+
                 with anyio.move_on_after(limit) as scope:
                     result = await fn()
             except Exception as exc:
@@ -448,7 +458,7 @@ class RetryingKms:
         name: str | None = None,
         budget: RetryBudget | None = None,
         observer: Observer = NULL_OBSERVER,
-        sleep: Sleep = anyio.sleep,
+        sleep: Sleep | None = None,
         clock: Clock = time.monotonic,
         rng: _Uniform | None = None,
         classify: Callable[[BaseException], ErrorKind] = classify_error,
