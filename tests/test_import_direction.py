@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,22 @@ def test_lake_and_the_recipes_reach_hazmat_only_through_the_object_layer() -> No
                 if not node.module.startswith("cryptography"):
                     offenders.append(f"{path.name}: from {node.module}")
     assert offenders == []
+
+
+def test_encrypting_a_small_file_with_a_key_file_loads_no_event_loop(tmp_path: Path) -> None:
+    """The CLI's file path is the object layer: no anyio, no asyncio, no async recipes."""
+    code = (
+        "import sys\n"
+        "from envelope.cli.main import main\n"
+        "from envelope.kms.filekey import generate_key_file\n"
+        f"d = {str(tmp_path)!r}\n"
+        "generate_key_file(d + '/k.key')\n"
+        "open(d + '/in', 'wb').write(b'x')\n"
+        "assert main(['encrypt', d + '/in', d + '/out', '--key-file', d + '/k.key']) == 0\n"
+        "assert main(['decrypt', d + '/out', d + '/back', '--key-file', d + '/k.key']) == 0\n"
+        "print(','.join(m for m in ('anyio', 'asyncio', 'envelope.api', 'envelope._pipeline')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    assert (tmp_path / "back").read_bytes() == b"x"
