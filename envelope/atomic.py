@@ -195,13 +195,23 @@ class OutputFile:
         try:
             self.fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except BaseException as e:
+            if not isinstance(e, OSError):  # interrupted: the file may exist (the name is ours)
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
             with _live_lock:
                 _live.discard(tmp)
             if isinstance(e, OSError):
                 raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
             raise
         self.tmp_path = tmp
-        _lock(self.fd)
+        try:
+            _lock(self.fd)
+        except BaseException:
+            self._done = True
+            self._remove()
+            raise
 
     @property
     def atomic(self) -> bool:

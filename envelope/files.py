@@ -106,6 +106,8 @@ def _batches(
             f.result()
     except BaseException:  # a worker failed, or the caller was interrupted (SIGINT/SIGTERM)
         failed.set()  # the others stop after their current batch...
+        for f in futures:
+            f.cancel()  # (those not started never start)
         wait(futures)  # ...and are waited for: nothing writes once the caller cleans up
         raise
     finally:

@@ -18,11 +18,13 @@ AES-GCM releases the GIL, so an in-memory object uses every core without an even
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
@@ -74,6 +76,8 @@ __all__ = (
     "run_ranges",
     "seal_into",
 )
+
+T = TypeVar("T")
 
 #: Where new message ids come from. A seam for known-answer tests (replace it in a test with
 #: a function returning fixed bytes) so they need not patch `os.urandom`; never in production.
@@ -234,12 +238,47 @@ def new_object(
 
 # -- sealing and opening over buffers ----------------------------------------------------------
 
-_pools: dict[int, ThreadPoolExecutor] = {}
+class WorkerPool:
+    """A fixed set of daemon threads running submitted calls; each call gets a `Future`.
+
+    Not `concurrent.futures.ThreadPoolExecutor`: its threads are joined at interpreter exit,
+    so a process interrupted (SIGINT, SIGTERM) while a batch was queued or running could hang
+    on exit instead of leaving with its exit code. Work here is sealing and opening buffers
+    whose output the interrupted caller discards, so the threads may simply end with the
+    process. Callers wait for their own futures before they clean up.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        self._queue = queue.SimpleQueue()
+        for i in range(workers):
+            threading.Thread(target=self._run, name=f"envelope-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:  # handed to the waiting caller, never lost
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del future, fn, args
+
+
+_pools: dict[int, WorkerPool] = {}
 _pools_lock = threading.Lock()
 _pools_pid = os.getpid()
 
 
-def pool_for(workers: int) -> ThreadPoolExecutor:
+def pool_for(workers: int) -> WorkerPool:
     """A process-wide pool per worker count (rebuilt in a forked child)."""
     global _pools_pid
     with _pools_lock:
@@ -248,7 +287,7 @@ def pool_for(workers: int) -> ThreadPoolExecutor:
             _pools_pid = os.getpid()
         pool = _pools.get(workers)
         if pool is None:
-            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="envelope")
+            pool = _pools[workers] = WorkerPool(workers)
         return pool
 
 
@@ -266,10 +305,15 @@ def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, worke
         return
     futures = [pool_for(workers).submit(fn, a, b) for a, b in ranges]
     errors = []
-    for f in futures:  # wait for every range before raising: no thread still writes `dst`
-        e = f.exception()
-        if e is not None:
-            errors.append(e)
+    try:
+        for f in futures:  # wait for every range before raising: no thread still writes `dst`
+            e = f.exception()
+            if e is not None:
+                errors.append(e)
+    except BaseException:  # interrupted while waiting: ranges not started never start
+        for f in futures:
+            f.cancel()
+        raise
     if errors:
         raise errors[0]
 

@@ -377,13 +377,22 @@ def _info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo | None:
     return fi if fi.type == pafs.FileType.File else None
 
 
-def _newer_or_same(dst: pafs.FileInfo, src: Entry) -> bool:
-    return src.mtime_ns is None or dst.mtime_ns is None or dst.mtime_ns >= src.mtime_ns
+def _newer_or_same(dst: pafs.FileInfo, src: Entry, fs: pafs.FileSystem | None = None) -> bool:
+    """Whether `dst` was written at or after `src`'s last change. Object stores keep whole
+    seconds (S3's LastModified), so there the source time is compared at that resolution:
+    an output written in the same second as its source counts as current (its size and path
+    binding are checked too)."""
+    if src.mtime_ns is None or dst.mtime_ns is None:
+        return True
+    src_ns = src.mtime_ns
+    if fs is not None and not isinstance(fs, pafs.LocalFileSystem):
+        src_ns -= src_ns % 1_000_000_000
+    return bool(dst.mtime_ns >= src_ns)
 
 
 def _encrypted_done(fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool) -> bool:
     dst = _info(fs, path)
-    if dst is None or not _newer_or_same(dst, src):
+    if dst is None or not _newer_or_same(dst, src, fs):
         return False
     try:
         header, size = _read_header(fs, path)
@@ -398,7 +407,7 @@ def _decrypted_done(
     src_fs: pafs.FileSystem, src_path: str, dst_fs: pafs.FileSystem, path: str, src: Entry
 ) -> bool:
     dst = _info(dst_fs, path)
-    if dst is None or not _newer_or_same(dst, src):
+    if dst is None or not _newer_or_same(dst, src, dst_fs):
         return False
     try:
         header, size = _read_header(src_fs, src_path)
