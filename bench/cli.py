@@ -50,6 +50,9 @@ def main() -> None:
     work = Path(args.dir or tempfile.mkdtemp(prefix="envelope-bench-cli-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "ENVELOPE_HOME": str(work / "home")}
+    # as installed for users: bytecode cached (some sandboxes set PYTHONDONTWRITEBYTECODE,
+    # which would recompile every module on every start and measure that instead)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     try:
         src, key, tiny = work / "in.bin", work / "k.key", work / "tiny.bin"
         with open(src, "wb") as f:
@@ -72,15 +75,17 @@ def main() -> None:
 
         startup: list[float] = []
         for _ in range(args.rounds):
+            # Every command writes a new file: replacing an existing one costs a flush on ext4
+            # (auto_da_alloc, on rename and on truncate alike), which is not what is compared.
+            for name in ("cp.bin", "o.env", "o.bin"):
+                (work / name).unlink(missing_ok=True)
             keep("cp_mbps", timed(["cp", str(src), str(work / "cp.bin")], env)[0])
-            (work / "cp.bin").unlink()
             dt, _ = timed([*ENVELOPE, "encrypt", str(src), str(work / "o.env"),
                            "--key-file", str(key)], env)
             keep("cli_encrypt_mbps", dt)
             dt, _ = timed([*ENVELOPE, "decrypt", str(work / "o.env"), str(work / "o.bin"),
                            "--key-file", str(key)], env)
             keep("cli_decrypt_mbps", dt)
-            (work / "o.bin").unlink()
             # start-up: a 1-byte file, its own process (RSS measured alone via time -f)
             t0 = time.perf_counter()
             out = subprocess.run(
