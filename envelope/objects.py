@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
@@ -55,6 +55,7 @@ from .metrics import NULL_OBSERVER, Direction, Observer
 
 __all__ = (
     "DATA_KEY_LEN",
+    "ObjectPath",
     "MAX_EDKS",
     "ObjectKeys",
     "Header",
@@ -70,6 +71,7 @@ __all__ = (
     "open_into",
     "open_object_keys",
     "parse_object_header",
+    "pick_path",
     "plaintext_length",
     "pool_for",
     "prepare_with_key",
@@ -163,6 +165,29 @@ def plaintext_length(header: Header, object_len: int) -> int:
     """The plaintext size of the `object_len`-byte object `header` starts (ValueError-free:
     an impossible length raises the format's own typed error)."""
     return Layout(header.header_len, header.seg_log2).plaintext_length(object_len)
+
+
+#: How one object is processed: whole in memory, file to file, or through the pipeline.
+ObjectPath = Literal["small", "direct", "streamed"]
+
+
+def pick_path(
+    size: int | None, *, local_source: bool, local_target: bool, small_limit: int
+) -> ObjectPath:
+    """The one rule for how an object goes, for the lake jobs and `envelope.sync` alike:
+
+    - ``small``: its size is known and at most `small_limit`: read whole, sealed or opened in
+      memory on one thread, written whole (one hop each way, nothing to stream);
+    - ``direct``: both ends are local regular files: positional reads and writes
+      (`envelope.files`), no pipeline;
+    - ``streamed``: anything else (object stores, pipes, devices, unknown sizes): the bounded
+      async pipeline.
+    """
+    if size is not None and size <= small_limit:
+        return "small"
+    if local_source and local_target:
+        return "direct"
+    return "streamed"
 
 
 # -- a new object ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .objects import (
     open_into,
     open_object_keys,
     parse_object_header,
+    pick_path,
     read_header,
     run_ranges,
     seal_into,
@@ -137,7 +138,10 @@ def encrypt(
     place (the CLI's `--fsync`).
     """
     src = _regular_file(source)
-    if src is None or not _atomic_target(sink):
+    route = pick_path(
+        None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
+    )
+    if route != "direct" or src is None:
         if not durable and isinstance(sink, str | os.PathLike):
             sink = _atomic_sink(sink)
         return cast(ObjectInfo, run(
@@ -207,7 +211,10 @@ def decrypt(
     or device output gets each segment only after its tag verified (see `api.decrypt`).
     """
     src = _regular_file(source)
-    if src is None or not _atomic_target(sink):
+    route = pick_path(
+        None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
+    )
+    if route != "direct" or src is None:
         if not durable and isinstance(sink, str | os.PathLike):
             sink = _atomic_sink(sink)
         return cast(ObjectInfo, run(

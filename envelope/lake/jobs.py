@@ -47,7 +47,7 @@ from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
-from ..objects import MAX_EDKS, Header
+from ..objects import MAX_EDKS, Header, ObjectPath, pick_path
 from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
 from .listing import Entry, Listing, SkippedPath, scan
@@ -377,6 +377,15 @@ def _info(fs: pafs.FileSystem, path: str) -> pafs.FileInfo | None:
     return fi if fi.type == pafs.FileType.File else None
 
 
+def _route(entry: Entry, src: Location, dst: Location, options: LakeOptions) -> ObjectPath:
+    return pick_path(
+        entry.size,
+        local_source=src.is_local,
+        local_target=dst.is_local,
+        small_limit=options.small_object_bytes,
+    )
+
+
 def _newer_or_same(dst: pafs.FileInfo, src: Entry, fs: pafs.FileSystem | None = None) -> bool:
     """Whether `dst` was written at or after `src`'s last change. Object stores keep whole
     seconds (S3's LastModified), so there the source time is compared at that resolution:
@@ -556,7 +565,8 @@ async def encrypt_prefix(
         if await anyio.to_thread.run_sync(done):
             return ObjectResult(entry.rel, "skipped", entry.size)
         octx = _object_context(entry, options, object_context)
-        if entry.size <= options.small_object_bytes:
+        route = _route(entry, src, dst, options)
+        if route == "small":
             prepared = await api.prepare_object(
                 keyring,
                 kms_context=kms_context,
@@ -574,7 +584,7 @@ async def encrypt_prefix(
                 return len(data)
 
             n = await anyio.to_thread.run_sync(work)
-        elif src.is_local and dst.is_local:
+        elif route == "direct":
             prepared = await api.prepare_object(
                 keyring,
                 kms_context=kms_context,
@@ -677,7 +687,8 @@ async def decrypt_prefix(
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
-        small = entry.size <= options.small_object_bytes
+        route = _route(entry, src, dst, options)
+        small = route == "small"
 
         def check_and_read() -> bytes | None:
             """One hop: the resume check, then (small objects) the whole ciphertext."""
@@ -701,7 +712,7 @@ async def decrypt_prefix(
                 engine,
                 lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
             )
-        elif src.is_local and dst.is_local:
+        elif route == "direct":
             header, _ = await anyio.to_thread.run_sync(
                 _read_header, src.fs, src_path, engine.max_wrapped_keys
             )
