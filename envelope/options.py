@@ -52,7 +52,8 @@ class Options:
     workers: threads sealing/opening at once (default: every core).
     batch_bytes: plaintext per worker hop; several MiB amortizes the thread hand-off.
     depth: at most this many input and this many output batches in flight (default
-        2 * workers + 2), if the memory budget holds them.
+        workers + 1: every worker busy while one more batch is read and one written; deeper
+        queues bought no throughput and cost memory), if the budget holds them.
     max_wrapped_keys: a reader refuses headers with more wrapped keys, before any KMS call.
     memory_budget: the most bytes one streaming call's buffers may hold (default 256 MiB,
         at least 4 MiB), whatever the segment size or the number of cores: batches shrink,
@@ -135,7 +136,7 @@ class Options:
 
     @property
     def depth_count(self) -> int:
-        return self.depth or 2 * self.worker_count + 2
+        return self.depth or self.worker_count + 1
 
 
 DEFAULT_OPTIONS = Options()
