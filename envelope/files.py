@@ -25,7 +25,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 from typing import IO
 
 from .atomic import OutputFile
@@ -100,7 +99,9 @@ def _batches(
         finally:
             _wipe(owned)
         return
-    futures: list[Future[None]] = [pool(n).submit(worker, 0, 1) for _ in range(n)]
+    from concurrent.futures import wait  # loaded only when several workers run
+
+    futures = [pool(n).submit(worker, 0, 1) for _ in range(n)]
     try:
         for f in futures:
             f.result()

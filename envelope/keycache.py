@@ -38,9 +38,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import secrets
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -137,14 +137,14 @@ def backend_identity(backend: KmsBackend) -> str:
         try:
             ident = _identities.get(backend)
             if ident is None:
-                ident = _identities[backend] = f"{backend.provider_id}#{uuid.uuid4().hex}"
+                ident = _identities[backend] = f"{backend.provider_id}#{secrets.token_hex(16)}"
             return ident
         except TypeError:  # not weak-referenceable: keep it alive so its id is never reused
             held = _identities_strong.get(id(backend))
             if held is None or held[0] is not backend:
                 held = _identities_strong[id(backend)] = (
                     backend,
-                    f"{backend.provider_id}#{uuid.uuid4().hex}",
+                    f"{backend.provider_id}#{secrets.token_hex(16)}",
                 )
             return held[1]
 

@@ -18,7 +18,7 @@ engine never talks to a backend directly::
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -112,7 +112,7 @@ class Keyring:
         self.cache: DataKeyCache | None = cache
         if partition is not None and not partition:
             raise ConfigurationError("a cache partition name must not be empty")
-        self.partition = partition if partition is not None else uuid.uuid4().hex
+        self.partition = partition if partition is not None else secrets.token_hex(16)
 
     def _wrap(self, backend: KmsBackend) -> KmsBackend:
         if isinstance(backend, RetryingKms):

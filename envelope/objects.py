@@ -22,9 +22,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
@@ -78,6 +77,9 @@ __all__ = (
     "run_ranges",
     "seal_into",
 )
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 T = TypeVar("T")
 
@@ -280,6 +282,8 @@ class WorkerPool:
             threading.Thread(target=self._run, name=f"envelope-{i}", daemon=True).start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        from concurrent.futures import Future  # on first use: it loads logging
+
         future: Future[T] = Future()
         self._queue.put((future, fn, args))
         return future

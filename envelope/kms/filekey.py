@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -62,9 +61,9 @@ class FileKeyBackend:
     provider_id = "file"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        p = Path(path)
         try:
-            text = p.read_text("ascii").strip()
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigurationError(
                 f"cannot read key file {os.fspath(path)!r}: {type(e).__name__}"
