@@ -3,10 +3,13 @@
 In-memory work (`encrypt_bytes`, `decrypt_bytes`, `*_into`, `*_many`) runs on the calling
 thread through the synchronous object layer (`envelope.objects`): no event loop per call, no
 thread hop; a data-key cache hit is a locked lookup. A large object's segments, and a batch of
-many small objects, are spread over a process-wide thread pool (AES-GCM releases the GIL).
+large objects, are spread over a process-wide thread pool (AES-GCM releases the GIL).
 
-Streams and paths (`encrypt`, `decrypt`) still run the async pipeline on a fresh event loop
-for now (`run`). Do not call `run` from inside a running event loop: await `envelope.api`.
+`encrypt` / `decrypt` take regular files file to file on every core (`envelope.files`) and
+blocking streams (pipes, stdin/stdout, FIFOs, devices, binary file objects) on one thread
+(`envelope.blocking_streams`), with no event loop. Only async sources and sinks (async files,
+async iterators, engine sinks) go through the async pipeline on a fresh event loop (`run`),
+which cannot be called from inside a running loop: await `envelope.api` there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
-from . import files
+from . import blocking_streams, files
 from .atomic import OutputFile, resolve_output
 from .errors import ConfigurationError, EnvelopeError
 from .keyring import Keyring
@@ -118,6 +121,105 @@ def _sync_progress(on_progress: Callable[[int], object] | None) -> Callable[[int
     return advance
 
 
+class _Reader:
+    """A blocking source: `read_into(buf)` and `close()`; None if `x` is not blocking."""
+
+    def __init__(self, read_into: Callable[[memoryview], int], close: Callable[[], None]):
+        self.read_into = read_into
+        self.close = close
+
+    @staticmethod
+    def of(x: object) -> _Reader | None:
+        if isinstance(x, bytes | bytearray | memoryview):
+            view = memoryview(x).cast("B")
+            pos = [0]
+
+            def from_bytes(buf: memoryview) -> int:
+                n = min(len(buf), len(view) - pos[0])
+                buf[:n] = view[pos[0] : pos[0] + n]
+                pos[0] += n
+                return n
+
+            return _Reader(from_bytes, view.release)
+        if isinstance(x, str | os.PathLike):
+            try:
+                f = open(x, "rb", buffering=0)
+            except OSError as e:
+                raise ConfigurationError(f"cannot open {os.fspath(x)!r}: {e.strerror}") from None
+            return _Reader(f.readinto, f.close)
+        if _is_coroutine_method(x, "read") or _is_coroutine_method(x, "readinto"):
+            return None
+        readinto = getattr(x, "readinto", None)
+        if callable(readinto):
+            return _Reader(readinto, lambda: None)
+        read = getattr(x, "read", None)
+        if callable(read) and not hasattr(x, "__aiter__"):
+
+            def via_read(buf: memoryview) -> int:
+                chunk = read(len(buf))
+                n = len(chunk) if chunk else 0
+                buf[:n] = chunk or b""
+                return n
+
+            return _Reader(via_read, lambda: None)
+        return None
+
+
+class _Writer:
+    """A blocking sink: `write`, then `commit` or `discard`; None if `x` is not blocking."""
+
+    def __init__(
+        self,
+        write: Callable[[memoryview], None],
+        commit: Callable[[], None],
+        discard: Callable[[], None],
+    ):
+        self.write = write
+        self.commit = commit
+        self.discard = discard
+
+    @staticmethod
+    def of(x: object, durable: bool) -> _Writer | None:
+        if isinstance(x, str | os.PathLike):
+            out = OutputFile(x, durable=durable)
+            return _Writer(out.write, out.commit, out.discard)
+        if _is_coroutine_method(x, "write") or not callable(getattr(x, "write", None)):
+            return None
+        if all(callable(getattr(x, m, None)) for m in ("commit", "abort")):
+            return None  # an engine Sink: the async path knows it
+        raw_write = x.write  # type: ignore[attr-defined]
+
+        def write_all(data: memoryview) -> None:
+            while data:
+                n = raw_write(data)
+                data = data[len(data) if n is None else n :]
+
+        flush = getattr(x, "flush", None)
+        return _Writer(write_all, flush if callable(flush) else (lambda: None), lambda: None)
+
+
+def _is_coroutine_method(x: object, name: str) -> bool:
+    fn = getattr(x, name, None)
+    if fn is None:
+        return False
+    import inspect  # only for stream arguments: start-up of a file path never pays for it
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def _blocking_ends(source: object, sink: object, durable: bool) -> tuple[_Reader, object] | None:
+    """The blocking reader of `source`, if both ends are blocking (the sink is opened later,
+    after the KMS call, so a refused key leaves no temporary)."""
+    if _is_coroutine_method(sink, "write") or hasattr(source, "__aiter__"):
+        return None
+    if not isinstance(sink, str | os.PathLike) and not callable(getattr(sink, "write", None)):
+        return None
+    if all(callable(getattr(sink, m, None)) for m in ("commit", "abort")):
+        return None
+    reader = _Reader.of(source)
+    return None if reader is None else (reader, sink)
+
+
 def encrypt(
     source: SourceLike,
     sink: SinkLike,
@@ -133,15 +235,21 @@ def encrypt(
     """Blocking `envelope.api.encrypt`.
 
     A regular local file to a regular (or new) local file goes file to file on every core
-    (`envelope.files`), with no event loop; anything else (streams, pipes, devices) goes
-    through the async pipeline. `durable` fsyncs a path output before it is renamed into
-    place (the CLI's `--fsync`).
+    (`envelope.files`); blocking streams (pipes, devices, binary file objects) on this thread
+    (`envelope.blocking_streams`); only async sources and sinks use the async pipeline.
+    `durable` fsyncs a path output before it is renamed into place (the CLI's `--fsync`).
     """
     src = _regular_file(source)
     route = pick_path(
         None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
     )
     if route != "direct" or src is None:
+        ends = _blocking_ends(source, sink, durable)
+        if ends is not None:
+            return _encrypt_stream(
+                ends[0], ends[1], keyring, kms_context, object_context, options,
+                on_progress, observer, durable,
+            )
         if not durable and isinstance(sink, str | os.PathLike):
             sink = _atomic_sink(sink)
         return cast(ObjectInfo, run(
@@ -187,6 +295,98 @@ def encrypt(
     )
 
 
+def _encrypt_stream(
+    reader: _Reader,
+    sink: object,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
+    options: Options,
+    on_progress: Callable[[int], object] | None,
+    observer: Observer,
+    durable: bool,
+) -> ObjectInfo:
+    """A blocking stream, sealed on this thread (`envelope.blocking_streams`)."""
+    try:
+        with Tracked(observer, "encrypt") as track:
+            prepared = new_object(
+                keyring,
+                kms_context=kms_context,
+                object_context=object_context,
+                seg_log2=options.seg_log2,
+            )
+            wrapped = prepared.wrapped_keys[0]
+            progress = _sync_progress(on_progress)
+
+            def advance(n: int) -> None:
+                keyring.charge(wrapped, n)  # the cache's byte limit holds for streams too
+                if progress is not None:
+                    progress(n)
+
+            writer = _Writer.of(sink, durable)
+            assert writer is not None
+            try:
+                n = blocking_streams.seal_stream(
+                    prepared, reader.read_into, writer.write,
+                    batch_bytes=options.batch_bytes, on_progress=advance, track=track,
+                )
+                writer.commit()
+            finally:
+                writer.discard()
+            track.plaintext_len = n
+    finally:
+        reader.close()
+    kctx, octx = checked_contexts(kms_context, object_context)
+    return object_info(
+        len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
+        prepared.wrapped_keys,
+    )
+
+
+def _decrypt_stream(
+    reader: _Reader,
+    sink: object,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+    options: Options,
+    on_progress: Callable[[int], object] | None,
+    observer: Observer,
+    durable: bool,
+) -> ObjectInfo:
+    """A blocking stream, opened on this thread; each batch released once authenticated."""
+    try:
+        with Tracked(observer, "decrypt") as track:
+            header = blocking_streams.read_stream_header(
+                reader.read_into, max_wrapped_keys=options.max_wrapped_keys
+            )
+            options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
+            keys = open_object_keys(
+                header,
+                keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
+            )
+            writer = _Writer.of(sink, durable)
+            assert writer is not None
+            try:
+                n = blocking_streams.open_stream(
+                    header, keys, reader.read_into, writer.write,
+                    batch_bytes=options.batch_bytes, on_progress=_sync_progress(on_progress),
+                    track=track,
+                )
+                writer.commit()
+            finally:
+                writer.discard()
+            track.plaintext_len = n
+    finally:
+        reader.close()
+    return object_info(
+        header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
+        header.object_context, header.wrapped_keys,
+    )
+
+
 def _read_file_header(path: str, max_wrapped_keys: int) -> Header:
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
@@ -215,6 +415,12 @@ def decrypt(
         None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
     )
     if route != "direct" or src is None:
+        ends = _blocking_ends(source, sink, durable)
+        if ends is not None:
+            return _decrypt_stream(
+                ends[0], ends[1], keyring, expected_context, expected_kms_context, options,
+                on_progress, observer, durable,
+            )
         if not durable and isinstance(sink, str | os.PathLike):
             sink = _atomic_sink(sink)
         return cast(ObjectInfo, run(

@@ -94,3 +94,50 @@ def test_a_flipped_bit_anywhere_refuses_the_whole_file(tmp_path: Path, kr: Keyri
                          options=api.Options(workers=2))
         assert not (tmp_path / "out.bin").exists()
         assert leftovers(tmp_path) == []
+
+
+# -- blocking streams (pipes, stdin/stdout, file objects) ------------------------------------
+
+
+def test_blocking_streams_need_no_event_loop_and_match_the_pipeline(
+    kr: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    data = os.urandom(3 * 4096 + 123)
+    opts = api.Options(segment_size=4096, batch_bytes=2 * 4096)
+    mid = os.urandom(32)
+    monkeypatch.setattr(objects, "message_id_source", lambda n: mid)
+    slow = anyio.run(lambda: api.encrypt_bytes(data, keyring=kr, options=opts))
+
+    def no_loop(*_: object, **__: object) -> None:
+        raise AssertionError("an event loop was started")
+
+    monkeypatch.setattr(anyio, "run", no_loop)
+    out = io.BytesIO()
+    info = sync.encrypt(io.BytesIO(data), out, keyring=kr, options=opts)
+    assert out.getvalue() == bytes(slow) and info.plaintext_len == len(data)
+    back = io.BytesIO()
+    assert sync.decrypt(io.BytesIO(out.getvalue()), back, keyring=kr).plaintext_len == len(data)
+    assert back.getvalue() == data
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut-segment", "cut-short"])
+def test_blocking_streams_release_only_authenticated_batches(kr: Keyring, damage: str) -> None:
+    import io
+
+    data = os.urandom(8 * 4096)
+    opts = api.Options(segment_size=4096, batch_bytes=2 * 4096)
+    blob = bytearray(sync.encrypt_bytes(data, keyring=kr, options=opts))
+    if damage == "flip":
+        blob[len(blob) - 3 * 4112] ^= 1  # inside the 6th segment
+    elif damage == "cut-segment":
+        del blob[len(blob) - 4112 :]  # a whole final segment gone
+    else:
+        del blob[-5:]
+    back = io.BytesIO()
+    with pytest.raises(InvalidObjectError):
+        sync.decrypt(io.BytesIO(bytes(blob)), back, keyring=kr, options=opts)
+    got = back.getvalue()
+    assert got == data[: len(got)]  # a prefix of whole authenticated batches
+    assert len(got) % (2 * 4096) == 0 and len(got) < len(data)
