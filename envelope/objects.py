@@ -43,17 +43,23 @@ from .hazmat.format import (
     MAX_EDKS as MAX_EDKS,
 )
 from .hazmat.format import (
+    TAG_LEN as TAG_LEN,
+)
+from .hazmat.format import (
     Header as Header,
 )
 from .hazmat.keyschedule import ObjectKeys as ObjectKeys
 from .hazmat.keyschedule import open_header, seal_header
-from .hazmat.segments import Layout, open_segments, seal_segments
+from .hazmat.segments import Layout as Layout
+from .hazmat.segments import open_segments, seal_segments
 from .keyring import Keyring
 from .kms.base import DataKey
 from .metrics import NULL_OBSERVER, Direction, Observer
 
 __all__ = (
     "DATA_KEY_LEN",
+    "Layout",
+    "TAG_LEN",
     "ObjectPath",
     "MAX_EDKS",
     "ObjectKeys",
@@ -65,6 +71,8 @@ __all__ = (
     "ciphertext_length",
     "checked_contexts",
     "header_length",
+    "layout",
+    "open_range",
     "read_header",
     "new_object",
     "open_into",
@@ -156,6 +164,24 @@ def open_object_keys(
         data_key[:] = bytes(len(data_key))
     check_contexts(header, expected_context, expected_kms_context)
     return keys
+
+
+def layout(header: Header) -> Layout:
+    """Where each segment of the object `header` starts lies (random access by segment)."""
+    return Layout(header.header_len, header.seg_log2)
+
+
+def open_range(
+    header: Header,
+    keys: ObjectKeys,
+    first: int,
+    ciphertext: memoryview,
+    out: memoryview,
+    final: bool,
+) -> int:
+    """Open consecutive whole segments starting at segment `first` (the seekable reader's
+    unit); `final` when they end the object. Returns the plaintext bytes written to `out`."""
+    return open_segments(keys, header.bound_digest, first, ciphertext, out, header.seg_log2, final)
 
 
 def ciphertext_length(header: Header, plaintext_len: int) -> int:

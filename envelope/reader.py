@@ -24,11 +24,8 @@ from cachetools import LRUCache
 
 from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
-from .hazmat.format import TAG_LEN, Header
-from .hazmat.keyschedule import ObjectKeys
-from .hazmat.segments import Layout, open_segments
 from .keyring import Keyring
-from .objects import open_object_keys, read_header
+from .objects import TAG_LEN, Header, ObjectKeys, layout, open_object_keys, open_range, read_header
 
 __all__ = (
     "AsyncDecryptingReader",
@@ -91,7 +88,7 @@ def ciphertext_range(
     Whole segments only: fetch this range (one ranged GET), then open its segments. Returns an
     empty range at the end of the object when nothing is requested.
     """
-    return Layout(header.header_len, header.seg_log2).ciphertext_range(
+    return layout(header).ciphertext_range(
         offset, length, ciphertext_len
     )
 
@@ -130,7 +127,7 @@ class DecryptingReader(io.RawIOBase):
         self._rf = rf
         self.header = header
         self._keys = keys
-        self._layout = Layout(header.header_len, header.seg_log2)
+        self._layout = layout(header)
         self._ct_len = ciphertext_len
         self._size = self._layout.plaintext_length(ciphertext_len)
         self._count = self._layout.segment_count(self._size)
@@ -247,15 +244,7 @@ class DecryptingReader(io.RawIOBase):
                 raise HeaderFormatError("object changed size while being read")
             final = hi == self._count
             out = bytearray((stop - start) - (hi - lo) * TAG_LEN)
-            open_segments(
-                self._keys,
-                self.header.bound_digest,
-                lo,
-                memoryview(ct),
-                memoryview(out),
-                self.header.seg_log2,
-                final,
-            )
+            open_range(self.header, self._keys, lo, memoryview(ct), memoryview(out), final)
             del ct
         view = memoryview(out)
 
