@@ -137,17 +137,24 @@ def test_key_rows_in_the_store(
     kid = new_key(svc)
     path = svc.store.path
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    before = conn.execute(f"SELECT {column} FROM keys WHERE key_id=?", (kid,)).fetchone()[0]
     try:
         conn.execute(f"UPDATE keys SET {column}=? WHERE key_id=?", (value, kid))
+        changed = value != before
     except sqlite3.IntegrityError:
-        pass  # NOT NULL: SQLite itself refuses it; the row stays as it was
+        changed = False  # NOT NULL: SQLite itself refuses it; the row stays as it was
     conn.execute("UPDATE keys SET gen=gen+1 WHERE key_id=? AND typeof(gen)='integer'", (kid,))
     conn.close()
-    try:
-        svc.describe_key(key_id=kid)
-    except TamperedStoreError:
-        pass
-    assert isinstance(svc.check_store(), list)
+    if changed and column in ("meta", "mac"):  # what the row MAC covers: always refused
+        with pytest.raises(TamperedStoreError):
+            svc.describe_key(key_id=kid)
+        assert any(kid in problem for problem in svc.check_store())
+    else:
+        try:
+            svc.describe_key(key_id=kid)  # gen is not authenticated: only typed errors
+        except TamperedStoreError:
+            pass
+        assert not any(kid in problem for problem in svc.check_store())
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("DELETE FROM keys WHERE key_id=?", (kid,))
     conn.close()
