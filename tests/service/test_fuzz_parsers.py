@@ -218,7 +218,8 @@ def test_digest_parser(data: st.DataObject) -> None:
     tried("digest file")
     try:
         d = digests.parse(raw)
-        assert raw == seed and d.counter == 2
+        # only the genuine digest parses (a missing final newline changes nothing signed)
+        assert raw.rstrip(b"\n") == seed.rstrip(b"\n") and d.counter == 2
     except DigestError:
         pass
 
