@@ -166,28 +166,27 @@ class _Reader:
 
 
 class _Writer:
-    """A blocking sink: `write`, then `commit` or `discard`; None if `x` is not blocking."""
+    """A blocking sink: `write`, then `commit` or `discard`. For a path, `file` is the
+    `OutputFile` (positional writes for the file-to-file path)."""
 
     def __init__(
         self,
         write: Callable[[memoryview], None],
         commit: Callable[[], None],
         discard: Callable[[], None],
+        file: OutputFile | None = None,
     ):
         self.write = write
         self.commit = commit
         self.discard = discard
+        self.file = file
 
     @staticmethod
-    def of(x: object, durable: bool) -> _Writer | None:
+    def of(x: object, durable: bool) -> _Writer:
         if isinstance(x, str | os.PathLike):
             out = OutputFile(x, durable=durable)
-            return _Writer(out.write, out.commit, out.discard)
-        if _is_coroutine_method(x, "write") or not callable(getattr(x, "write", None)):
-            return None
-        if all(callable(getattr(x, m, None)) for m in ("commit", "abort")):
-            return None  # an engine Sink: the async path knows it
-        raw_write = x.write  # type: ignore[attr-defined]
+            return _Writer(out.write, out.commit, out.discard, out)
+        raw_write = x.write  # type: ignore[attr-defined]  # checked by _route
 
         def write_all(data: memoryview) -> None:
             while data:
@@ -196,6 +195,18 @@ class _Writer:
 
         flush = getattr(x, "flush", None)
         return _Writer(write_all, flush if callable(flush) else (lambda: None), lambda: None)
+
+
+def _written(sink: object, durable: bool, fill: Callable[[_Writer], int]) -> int:
+    """Open `sink` (after the KMS call, so a refused key leaves no temporary), let `fill`
+    write it, commit; on any failure discard (a path's temporary is removed)."""
+    writer = _Writer.of(sink, durable)
+    try:
+        n = fill(writer)
+        writer.commit()
+        return n
+    finally:
+        writer.discard()
 
 
 def _is_coroutine_method(x: object, name: str) -> bool:
@@ -207,17 +218,36 @@ def _is_coroutine_method(x: object, name: str) -> bool:
     return inspect.iscoroutinefunction(fn)
 
 
-def _blocking_ends(source: object, sink: object, durable: bool) -> tuple[_Reader, object] | None:
-    """The blocking reader of `source`, if both ends are blocking (the sink is opened later,
-    after the KMS call, so a refused key leaves no temporary)."""
-    if _is_coroutine_method(sink, "write") or hasattr(source, "__aiter__"):
-        return None
-    if not isinstance(sink, str | os.PathLike) and not callable(getattr(sink, "write", None)):
-        return None
-    if all(callable(getattr(sink, m, None)) for m in ("commit", "abort")):
-        return None
-    reader = _Reader.of(source)
-    return None if reader is None else (reader, sink)
+def _blocking_sink(sink: object) -> bool:
+    if isinstance(sink, str | os.PathLike):
+        return True
+    if _is_coroutine_method(sink, "write") or not callable(getattr(sink, "write", None)):
+        return False
+    return not all(callable(getattr(sink, m, None)) for m in ("commit", "abort"))  # a Sink
+
+
+Route = tuple[Literal["direct"], str] | tuple[Literal["stream"], _Reader] | tuple[
+    Literal["async"], object
+]
+
+
+def _route(source: object, sink: object, durable: bool) -> Route:
+    """How `encrypt`/`decrypt` go (`objects.pick_path` decides between direct and streamed):
+    file to file (the source path), a blocking stream (its reader), or the async pipeline
+    (the sink to give it)."""
+    src = _regular_file(source)
+    if src is not None and (
+        pick_path(None, local_source=True, local_target=_atomic_target(sink), small_limit=0)
+        == "direct"
+    ):
+        return ("direct", src)
+    if _blocking_sink(sink) and not hasattr(source, "__aiter__"):
+        reader = _Reader.of(source)
+        if reader is not None:
+            return ("stream", reader)
+    if not durable and isinstance(sink, str | os.PathLike):
+        sink = _atomic_sink(sink)
+    return ("async", sink)
 
 
 def encrypt(
@@ -239,74 +269,14 @@ def encrypt(
     (`envelope.blocking_streams`); only async sources and sinks use the async pipeline.
     `durable` fsyncs a path output before it is renamed into place (the CLI's `--fsync`).
     """
-    src = _regular_file(source)
-    route = pick_path(
-        None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
-    )
-    if route != "direct" or src is None:
-        ends = _blocking_ends(source, sink, durable)
-        if ends is not None:
-            return _encrypt_stream(
-                ends[0], ends[1], keyring, kms_context, object_context, options,
-                on_progress, observer, durable,
-            )
-        if not durable and isinstance(sink, str | os.PathLike):
-            sink = _atomic_sink(sink)
+    route = _route(source, sink, durable)
+    if route[0] == "async":
         return cast(ObjectInfo, run(
-            _api().encrypt,
-            source,
-            sink,
-            keyring=keyring,
-            kms_context=kms_context,
-            object_context=object_context,
-            options=options,
-            on_progress=on_progress,
+            _api().encrypt, source, route[1], keyring=keyring, kms_context=kms_context,
+            object_context=object_context, options=options, on_progress=on_progress,
             observer=observer,
         ))
-    assert isinstance(sink, str | os.PathLike)
-    with Tracked(observer, "encrypt") as track:
-        prepared = new_object(
-            keyring,
-            kms_context=kms_context,
-            object_context=object_context,
-            seg_log2=options.seg_log2,
-            expected_bytes=os.stat(src).st_size,
-        )
-        out = OutputFile(sink, durable=durable)
-        try:
-            n = files.seal_file(
-                prepared,
-                src,
-                out,
-                workers=options.worker_count,
-                batch_bytes=options.batch_bytes,
-                memory_budget=options.memory_budget,
-                on_progress=_sync_progress(on_progress),
-                track=track,
-            )
-            out.commit()
-        finally:
-            out.discard()
-        track.plaintext_len = n
-    kctx, octx = checked_contexts(kms_context, object_context)
-    return object_info(
-        len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
-        prepared.wrapped_keys,
-    )
-
-
-def _encrypt_stream(
-    reader: _Reader,
-    sink: object,
-    keyring: Keyring,
-    kms_context: Mapping[str, str] | None,
-    object_context: Mapping[str, str] | None,
-    options: Options,
-    on_progress: Callable[[int], object] | None,
-    observer: Observer,
-    durable: bool,
-) -> ObjectInfo:
-    """A blocking stream, sealed on this thread (`envelope.blocking_streams`)."""
+    progress = _sync_progress(on_progress)
     try:
         with Tracked(observer, "encrypt") as track:
             prepared = new_object(
@@ -314,76 +284,35 @@ def _encrypt_stream(
                 kms_context=kms_context,
                 object_context=object_context,
                 seg_log2=options.seg_log2,
+                expected_bytes=os.stat(route[1]).st_size if route[0] == "direct" else None,
             )
-            wrapped = prepared.wrapped_keys[0]
-            progress = _sync_progress(on_progress)
+            if route[0] == "direct":
+                src = route[1]
+                n = _written(sink, durable, lambda w: files.seal_file(
+                    prepared, src, cast(OutputFile, w.file), workers=options.worker_count,
+                    batch_bytes=options.batch_bytes, memory_budget=options.memory_budget,
+                    on_progress=progress, track=track,
+                ))
+            else:
+                reader, wrapped = route[1], prepared.wrapped_keys[0]
 
-            def advance(n: int) -> None:
-                keyring.charge(wrapped, n)  # the cache's byte limit holds for streams too
-                if progress is not None:
-                    progress(n)
+                def advance(n: int) -> None:
+                    keyring.charge(wrapped, n)  # the cache's byte limit holds for streams too
+                    if progress is not None:
+                        progress(n)
 
-            writer = _Writer.of(sink, durable)
-            assert writer is not None
-            try:
-                n = blocking_streams.seal_stream(
-                    prepared, reader.read_into, writer.write,
-                    batch_bytes=options.batch_bytes, on_progress=advance, track=track,
-                )
-                writer.commit()
-            finally:
-                writer.discard()
+                n = _written(sink, durable, lambda w: blocking_streams.seal_stream(
+                    prepared, reader.read_into, w.write, batch_bytes=options.batch_bytes,
+                    on_progress=advance, track=track,
+                ))
             track.plaintext_len = n
     finally:
-        reader.close()
+        if route[0] == "stream":
+            route[1].close()
     kctx, octx = checked_contexts(kms_context, object_context)
     return object_info(
         len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
         prepared.wrapped_keys,
-    )
-
-
-def _decrypt_stream(
-    reader: _Reader,
-    sink: object,
-    keyring: Keyring,
-    expected_context: Mapping[str, str] | None,
-    expected_kms_context: Mapping[str, str] | None,
-    options: Options,
-    on_progress: Callable[[int], object] | None,
-    observer: Observer,
-    durable: bool,
-) -> ObjectInfo:
-    """A blocking stream, opened on this thread; each batch released once authenticated."""
-    try:
-        with Tracked(observer, "decrypt") as track:
-            header = blocking_streams.read_stream_header(
-                reader.read_into, max_wrapped_keys=options.max_wrapped_keys
-            )
-            options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
-            keys = open_object_keys(
-                header,
-                keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
-                expected_context=expected_context,
-                expected_kms_context=expected_kms_context,
-            )
-            writer = _Writer.of(sink, durable)
-            assert writer is not None
-            try:
-                n = blocking_streams.open_stream(
-                    header, keys, reader.read_into, writer.write,
-                    batch_bytes=options.batch_bytes, on_progress=_sync_progress(on_progress),
-                    track=track,
-                )
-                writer.commit()
-            finally:
-                writer.discard()
-            track.plaintext_len = n
-    finally:
-        reader.close()
-    return object_info(
-        header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
-        header.object_context, header.wrapped_keys,
     )
 
 
@@ -405,62 +334,51 @@ def decrypt(
     observer: Observer = NULL_OBSERVER,
     durable: bool = True,
 ) -> ObjectInfo:
-    """Blocking `envelope.api.decrypt`; file to file on every core as in `encrypt`.
+    """Blocking `envelope.api.decrypt`; routed as `encrypt` is.
 
-    The output is renamed into place only once every segment authenticated; a stream, pipe
-    or device output gets each segment only after its tag verified (see `api.decrypt`).
+    A path output is renamed into place only once every segment authenticated; a stream, pipe
+    or device output gets each batch only after its tags verified (see `api.decrypt`).
     """
-    src = _regular_file(source)
-    route = pick_path(
-        None, local_source=src is not None, local_target=_atomic_target(sink), small_limit=0
-    )
-    if route != "direct" or src is None:
-        ends = _blocking_ends(source, sink, durable)
-        if ends is not None:
-            return _decrypt_stream(
-                ends[0], ends[1], keyring, expected_context, expected_kms_context, options,
-                on_progress, observer, durable,
-            )
-        if not durable and isinstance(sink, str | os.PathLike):
-            sink = _atomic_sink(sink)
+    route = _route(source, sink, durable)
+    if route[0] == "async":
         return cast(ObjectInfo, run(
-            _api().decrypt,
-            source,
-            sink,
-            keyring=keyring,
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-            options=options,
-            on_progress=on_progress,
-            observer=observer,
+            _api().decrypt, source, route[1], keyring=keyring,
+            expected_context=expected_context, expected_kms_context=expected_kms_context,
+            options=options, on_progress=on_progress, observer=observer,
         ))
-    assert isinstance(sink, str | os.PathLike)
-    with Tracked(observer, "decrypt") as track:
-        header = _read_file_header(src, options.max_wrapped_keys)
-        options.plan("decrypt", header.seg_log2)  # a segment the budget cannot hold: refuse
-        keys = open_object_keys(
-            header,
-            keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-        )
-        out = OutputFile(sink, durable=durable)
-        try:
-            n = files.open_file(
+    progress = _sync_progress(on_progress)
+    try:
+        with Tracked(observer, "decrypt") as track:
+            if route[0] == "direct":
+                header = _read_file_header(route[1], options.max_wrapped_keys)
+            else:
+                header = blocking_streams.read_stream_header(
+                    route[1].read_into, max_wrapped_keys=options.max_wrapped_keys
+                )
+            options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
+            keys = open_object_keys(
                 header,
-                keys,
-                src,
-                out,
-                workers=options.worker_count,
-                batch_bytes=options.batch_bytes,
-                memory_budget=options.memory_budget,
-                on_progress=_sync_progress(on_progress),
-                track=track,
+                keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
             )
-            out.commit()
-        finally:
-            out.discard()
-        track.plaintext_len = n
+            if route[0] == "direct":
+                src = route[1]
+                n = _written(sink, durable, lambda w: files.open_file(
+                    header, keys, src, cast(OutputFile, w.file), workers=options.worker_count,
+                    batch_bytes=options.batch_bytes, memory_budget=options.memory_budget,
+                    on_progress=progress, track=track,
+                ))
+            else:
+                reader = route[1]
+                n = _written(sink, durable, lambda w: blocking_streams.open_stream(
+                    header, keys, reader.read_into, w.write, batch_bytes=options.batch_bytes,
+                    on_progress=progress, track=track,
+                ))
+            track.plaintext_len = n
+    finally:
+        if route[0] == "stream":
+            route[1].close()
     return object_info(
         header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
         header.object_context, header.wrapped_keys,
