@@ -18,7 +18,6 @@ out.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from anyio.abc import ObjectReceiveStream
 from ._plan import Plan as Plan
 from ._plan import minimum_bytes as minimum_bytes
 from ._plan import plan_pipeline as plan_pipeline
+from .objects import zero
 from .streams import Sink, Source
 
 __all__ = ("BatchFn", "Plan", "first_error", "plan_pipeline", "run_pipeline")
@@ -44,8 +44,7 @@ class _Buf:
 
     def wipe(self) -> None:
         """Zero what held data (plaintext on one side or the other) before it is freed."""
-        if self.used:
-            ctypes.memset((ctypes.c_char * self.used).from_buffer(self.data), 0, self.used)
+        zero(self.data, self.used)
 
 
 class _Pool:

@@ -14,7 +14,6 @@ stream cannot be taken back), so a stream is whole only once the call returns.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 from functools import partial
 
@@ -22,7 +21,7 @@ from .errors import HeaderFormatError
 from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import open_segments, seal_segments
-from .objects import PreparedObject, Tracked, header_length, parse_object_header
+from .objects import PreparedObject, Tracked, header_length, parse_object_header, zero
 
 __all__ = ("open_stream", "read_stream_header", "seal_stream")
 
@@ -40,11 +39,6 @@ def _fill(read_into: ReadInto, buf: memoryview) -> int:
             break
         got += n
     return got
-
-
-def _zero(buf: bytearray) -> None:
-    if buf:
-        ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
 
 
 def read_stream_header(read_into: ReadInto, *, max_wrapped_keys: int) -> Header:
@@ -69,29 +63,13 @@ def seal_stream(
     track: Tracked | None = None,
 ) -> int:
     """Write the header and the sealed stream; returns the plaintext length."""
-    seg_log2 = prepared.seg_log2
-    s = 1 << seg_log2
-    k = max(1, batch_bytes >> seg_log2)
-    keys, hd = prepared.keys, prepared.bound_digest
+    s = 1 << prepared.seg_log2
     write(memoryview(prepared.header))
-    cur, nxt, out = bytearray(k * s), bytearray(k * s), bytearray(k * (s + TAG_LEN))
-    try:
-        n, index, total = _fill(read_into, memoryview(cur)), 0, 0
-        while True:
-            m = _fill(read_into, memoryview(nxt)) if n == len(cur) else 0
-
-            seal = partial(_seal, keys, hd, memoryview(cur)[:n], memoryview(out), seg_log2, m == 0)
-            w = _run(track, seal, index, -(-n // s) or 1)
-            write(memoryview(out)[:w])
-            total += n
-            if on_progress is not None:
-                on_progress(n)
-            if m == 0:
-                return total
-            cur, nxt, n, index = nxt, cur, m, index + k
-    finally:
-        _zero(cur)
-        _zero(nxt)
+    return _batches(
+        read_into, write, seg_in=s, seg_out=s + TAG_LEN, batch_bytes=batch_bytes,
+        step=partial(seal_segments, prepared.keys, prepared.bound_digest),
+        seg_log2=prepared.seg_log2, count_input=True, on_progress=on_progress, track=track,
+    )
 
 
 def open_stream(
@@ -106,57 +84,68 @@ def open_stream(
 ) -> int:
     """Open the stream after its header (authenticated); returns the plaintext length.
 
-    A batch is written only once every tag in it verified; plaintext buffers are zeroed at
-    the end however it ends.
+    A batch is written only once every tag in it verified.
     """
-    seg_log2 = header.seg_log2
-    s = 1 << seg_log2
-    t = s + TAG_LEN
+    s = 1 << header.seg_log2
+    return _batches(
+        read_into, write, seg_in=s + TAG_LEN, seg_out=s, batch_bytes=batch_bytes,
+        step=partial(open_segments, keys, header.bound_digest),
+        seg_log2=header.seg_log2, count_input=False, on_progress=on_progress, track=track,
+    )
+
+
+Step = Callable[[int, memoryview, memoryview, int, bool], int]
+
+
+def _batches(
+    read_into: ReadInto,
+    write: Write,
+    *,
+    seg_in: int,
+    seg_out: int,
+    batch_bytes: int,
+    step: Step,
+    seg_log2: int,
+    count_input: bool,
+    on_progress: Progress | None,
+    track: Tracked | None,
+) -> int:
+    """The one loop of both directions: read a batch, look one batch ahead to know whether
+    it is the last, `step(first, src, dst, seg_log2, final)` it, write what it produced.
+    Returns the plaintext bytes (the input's when sealing, the output's when opening). Every
+    buffer, plaintext on either side, is zeroed at the end however it ends."""
     k = max(1, batch_bytes >> seg_log2)
-    hd = header.bound_digest
-    cur, nxt, out = bytearray(k * t), bytearray(k * t), bytearray(k * s)
+    cur, nxt, out = bytearray(k * seg_in), bytearray(k * seg_in), bytearray(k * seg_out)
     try:
         n, index, total = _fill(read_into, memoryview(cur)), 0, 0
         while True:
             m = _fill(read_into, memoryview(nxt)) if n == len(cur) else 0
-
-            open_ = partial(_open, keys, hd, memoryview(cur)[:n], memoryview(out), seg_log2, m == 0)
-            w = _run(track, open_, index, -(-n // t) or 1)
+            w = _run(track, -(-n // seg_in) or 1, step,
+                     index, memoryview(cur)[:n], memoryview(out), seg_log2, m == 0)
             write(memoryview(out)[:w])
-            total += w
+            done = n if count_input else w
+            total += done
             if on_progress is not None:
-                on_progress(w)
+                on_progress(done)
             if m == 0:
                 return total
             cur, nxt, n, index = nxt, cur, m, index + k
     finally:
-        _zero(out)
-
-
-def _seal(
-    keys: ObjectKeys, hd: bytes, src: memoryview, dst: memoryview, seg_log2: int, final: bool,
-    first: int, _last: int,
-) -> int:
-    return seal_segments(keys, hd, first, src, dst, seg_log2, final)
-
-
-def _open(
-    keys: ObjectKeys, hd: bytes, src: memoryview, dst: memoryview, seg_log2: int, final: bool,
-    first: int, _last: int,
-) -> int:
-    return open_segments(keys, hd, first, src, dst, seg_log2, final)
+        for buf in (cur, nxt, out):
+            zero(buf)
 
 
 def _run(
-    track: Tracked | None, fn: Callable[[int, int], int], first: int, segments: int
+    track: Tracked | None, segments: int, step: Step,
+    first: int, src: memoryview, dst: memoryview, seg_log2: int, final: bool,
 ) -> int:
-    """`fn(first, first + segments)`, reported to the observer as one batch when it counts."""
+    """`step(...)`, reported to the observer as one batch of `segments` when it counts."""
     if track is None:
-        return fn(first, first + segments)
+        return step(first, src, dst, seg_log2, final)
     result = [0]
 
-    def call(a: int, b: int) -> None:
-        result[0] = fn(a, b)
+    def call(a: int, _b: int) -> None:
+        result[0] = step(a, src, dst, seg_log2, final)
 
     track.timed_range(call)(first, first + segments)
     return result[0]

@@ -18,7 +18,6 @@ every tag, so a truncated object fails; a source that changes size while it is r
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -33,7 +32,7 @@ from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .metrics import NULL_OBSERVER
-from .objects import PreparedObject, Tracked
+from .objects import PreparedObject, Tracked, zero
 from .objects import pool_for as pool
 
 __all__ = ("open_file", "seal_file")
@@ -115,16 +114,10 @@ def _batches(
         _wipe(owned)
 
 
-def _zero(buf: bytearray) -> None:
-    """Zero in place (`buf[:] = bytes(n)` would allocate another buffer as large)."""
-    if buf:
-        ctypes.memset((ctypes.c_char * len(buf)).from_buffer(buf), 0, len(buf))
-
-
 def _wipe(owned: list[Buffers]) -> None:
     for a, b in owned:
-        _zero(a)
-        _zero(b)
+        zero(a)
+        zero(b)
 
 
 def _timed(

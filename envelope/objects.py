@@ -17,6 +17,7 @@ AES-GCM releases the GIL, so an in-memory object uses every core without an even
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import threading
@@ -84,6 +85,7 @@ __all__ = (
     "prepare_with_key",
     "run_ranges",
     "seal_into",
+    "zero",
 )
 
 if TYPE_CHECKING:
@@ -446,6 +448,14 @@ def open_into(
         dst[:plen] = bytes(plen)
         raise
     return plen
+
+
+def zero(buf: bytearray, length: int | None = None) -> None:
+    """Overwrite `buf` (or its first `length` bytes) with zeros in place (`buf[:] = bytes(n)`
+    would allocate another buffer as large: 64 MiB more for a 64 MiB segment)."""
+    n = len(buf) if length is None else min(length, len(buf))
+    if n:
+        ctypes.memset((ctypes.c_char * n).from_buffer(buf), 0, n)
 
 
 # -- metrics ---------------------------------------------------------------------------------
