@@ -24,6 +24,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import IO
 
 from .atomic import OutputFile
@@ -187,36 +188,27 @@ def seal_file(
     """
     seg_log2 = prepared.seg_log2
     s = 1 << seg_log2
-    t = s + TAG_LEN
     hl = len(prepared.header)
+
+    def changed() -> Exception:
+        return ConfigurationError(f"{src!r} changed size while it was encrypted")
+
     with _open_source(src, follow_links) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         if expected_size is not None and size != expected_size:
             raise ConfigurationError(f"{src!r} changed size while the job ran")
-        layout = Layout(hl, seg_log2)
-        count = layout.segment_count(size)
-        per_batch, workers = _plan(s, batch_bytes, workers, memory_budget)
         _pwrite_all(out.fd, memoryview(prepared.header), 0)
-        keys, hd = prepared.keys, prepared.bound_digest
-
-        def run(b: int, bufs: Buffers) -> int:
-            first = b * per_batch
-            last = min(first + per_batch, count)
-            n = min(size, last * s) - first * s
-            pin, pout = bufs
-            view = memoryview(pin)[:n]
-            if _pread_full(fd, view, first * s) != n:
-                raise ConfigurationError(f"{src!r} changed size while it was encrypted")
-            w = seal_segments(keys, hd, first, view, memoryview(pout), seg_log2, last == count)
-            _pwrite_all(out.fd, memoryview(pout)[:w], hl + first * t)
-            if on_progress is not None:
-                on_progress(n)
-            return last - first
-
-        _batches(count, per_batch, workers, (per_batch * s, per_batch * t), _timed(track, run))
+        _transform(
+            fd, out.fd, in_at=0, in_seg=s, in_end=size, out_at=hl, out_seg=s + TAG_LEN,
+            count=Layout(hl, seg_log2).segment_count(size),
+            step=partial(seal_segments, prepared.keys, prepared.bound_digest),
+            seg_log2=seg_log2, workers=workers, batch_bytes=batch_bytes,
+            memory_budget=memory_budget, changed=changed, count_input=True,
+            on_progress=on_progress, track=track,
+        )
         if os.fstat(fd).st_size != size:
-            raise ConfigurationError(f"{src!r} changed size while it was encrypted")
+            raise changed()
     return size
 
 
@@ -240,8 +232,11 @@ def open_file(
     """
     seg_log2 = header.seg_log2
     s = 1 << seg_log2
-    t = s + TAG_LEN
     hl = header.header_len
+
+    def changed() -> Exception:
+        return TruncatedObjectError("object changed size while it was read")
+
     with _open_source(src, follow_links) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
@@ -249,25 +244,60 @@ def open_file(
         if size < hl + TAG_LEN:
             raise TruncatedObjectError("object ends before its first segment")
         plen = layout.plaintext_length(size)
-        count = layout.segment_count(plen)
-        per_batch, workers = _plan(s, batch_bytes, workers, memory_budget)
-        hd = header.bound_digest
-
-        def run(b: int, bufs: Buffers) -> int:
-            first = b * per_batch
-            last = min(first + per_batch, count)
-            n = min(size, hl + last * t) - (hl + first * t)
-            cin, pout = bufs
-            view = memoryview(cin)[:n]
-            if _pread_full(fd, view, hl + first * t) != n:
-                raise TruncatedObjectError("object changed size while it was read")
-            w = open_segments(keys, hd, first, view, memoryview(pout), seg_log2, last == count)
-            _pwrite_all(out.fd, memoryview(pout)[:w], first * s)
-            if on_progress is not None:
-                on_progress(w)
-            return last - first
-
-        _batches(count, per_batch, workers, (per_batch * t, per_batch * s), _timed(track, run))
+        _transform(
+            fd, out.fd, in_at=hl, in_seg=s + TAG_LEN, in_end=size, out_at=0, out_seg=s,
+            count=layout.segment_count(plen),
+            step=partial(open_segments, keys, header.bound_digest),
+            seg_log2=seg_log2, workers=workers, batch_bytes=batch_bytes,
+            memory_budget=memory_budget, changed=changed, count_input=False,
+            on_progress=on_progress, track=track,
+        )
         if os.fstat(fd).st_size != size:
-            raise TruncatedObjectError("object changed size while it was read")
+            raise changed()
     return plen
+
+
+Step = Callable[[int, memoryview, memoryview, int, bool], int]
+
+
+def _transform(
+    fd: int,
+    out_fd: int,
+    *,
+    in_at: int,
+    in_seg: int,
+    in_end: int,
+    out_at: int,
+    out_seg: int,
+    count: int,
+    step: Step,
+    seg_log2: int,
+    workers: int,
+    batch_bytes: int,
+    memory_budget: int | None,
+    changed: Callable[[], Exception],
+    count_input: bool,
+    on_progress: Progress | None,
+    track: Tracked | None,
+) -> None:
+    """The one positional loop of both directions: segment i of the input starts at
+    `in_at + i * in_seg` and its result goes to `out_at + i * out_seg`; each batch is read,
+    `step(first, src, dst, seg_log2, final)`-ed and written by whichever worker takes it."""
+    per_batch, workers = _plan(1 << seg_log2, batch_bytes, workers, memory_budget)
+
+    def run(b: int, bufs: Buffers) -> int:
+        first = b * per_batch
+        last = min(first + per_batch, count)
+        n = min(in_end, in_at + last * in_seg) - (in_at + first * in_seg)
+        bin_, bout = bufs
+        view = memoryview(bin_)[:n]
+        if _pread_full(fd, view, in_at + first * in_seg) != n:
+            raise changed()
+        w = step(first, view, memoryview(bout), seg_log2, last == count)
+        _pwrite_all(out_fd, memoryview(bout)[:w], out_at + first * out_seg)
+        if on_progress is not None:
+            on_progress(n if count_input else w)
+        return last - first
+
+    sizes = (per_batch * in_seg, per_batch * out_seg)
+    _batches(count, per_batch, workers, sizes, _timed(track, run))
