@@ -17,9 +17,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["envelope"]):
-    from envelope.api import parse_object_header
     from envelope.errors import EnvelopeError
     from envelope.hazmat.format import Header, encode_header, parse_header, parse_prefix
+    from envelope.objects import parse_object_header
 
 
 def _canonical(h: Header, data: bytes) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from envelope import api, sync
+from envelope import api, objects, sync
 from envelope.errors import AuthenticationError
 from envelope.keyring import Keyring
 
@@ -69,7 +69,7 @@ def test_failed_decryption_releases_nothing_under_the_final_name(
 ) -> None:
     data = os.urandom(10 * S)
     ct = bytearray(sync.encrypt_bytes(data, keyring=keyring, options=OPTS))
-    header_len = api.parse_object_header(memoryview(ct)).header_len
+    header_len = objects.parse_object_header(memoryview(ct)).header_len
     ct[header_len + damaged_segment * (S + 16) + 5] ^= 0x40
     src = tmp_path / "in.env"
     src.write_bytes(ct)

@@ -17,6 +17,7 @@ from envelope.keyring import Keyring
 from envelope.kms.base import WrappedKey
 from envelope.kms.faults import FaultyKms
 from envelope.kms.memory import MemoryKms
+from envelope.objects import parse_object_header
 from envelope.streams import BufferSink
 
 SMALL = api.Options(segment_size=4096, workers=1)
@@ -38,7 +39,7 @@ def _cache(clock: FakeClock | None = None, **limits: object) -> DataKeyCache:
 
 def _wrapped_of(objects: Sequence[bytes | bytearray]) -> list[bytes]:
     """The wrapped data key written in each object's header."""
-    return [api.parse_object_header(memoryview(ct)).wrapped_keys[0].ciphertext for ct in objects]
+    return [parse_object_header(memoryview(ct)).wrapped_keys[0].ciphertext for ct in objects]
 
 
 def _runs(keys: list[bytes]) -> list[int]:
@@ -379,7 +380,7 @@ async def test_kms_context_separates_entries_object_context_does_not() -> None:
     ]
     assert _runs(_wrapped_of(cts)) == [5, 5]  # one key per KMS context, shared across paths
     for ct in cts:
-        h = api.parse_object_header(memoryview(ct))
+        h = parse_object_header(memoryview(ct))
         assert set(h.object_context) == {"path"}  # the per-object context stays in the header
         assert await api.decrypt_bytes(ct, keyring=kr) == b"data"
 

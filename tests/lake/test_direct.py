@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from envelope import api, sync
+from envelope import api, objects, sync
 from envelope.errors import AuthenticationError, ConfigurationError, TruncatedObjectError
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
@@ -34,7 +34,7 @@ def test_round_trip_matches_the_engine(tmp_path: Path, n: int) -> None:
     assert written == n
     ct = (tmp_path / "enc").read_bytes()
     assert sync.decrypt_bytes(ct, keyring=KR) == data  # the engine reads it
-    header = api.parse_object_header(memoryview(ct))
+    header = objects.parse_object_header(memoryview(ct))
     keys = sync.run(api.open_object, header, keyring=KR)
     assert (
         direct.open_file(header, keys, str(tmp_path / "enc"), str(tmp_path / "back"), durable=False)
@@ -47,7 +47,7 @@ def test_round_trip_matches_the_engine(tmp_path: Path, n: int) -> None:
 def test_damage_and_truncation_leave_no_output(tmp_path: Path) -> None:
     data = os.urandom(5 * S + 3)
     ct = bytes(sync.encrypt_bytes(data, keyring=KR, options=OPTS))
-    header = api.parse_object_header(memoryview(ct))
+    header = objects.parse_object_header(memoryview(ct))
     keys = sync.run(api.open_object, header, keyring=KR)
     cases = {
         "flip": (bytes(ct[:-3]) + bytes([ct[-3] ^ 1]) + ct[-2:], AuthenticationError),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from envelope import api
+from envelope import api, objects
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.local import open_local
@@ -59,7 +59,7 @@ async def test_local_round_trip_resume_and_kms_calls(
     enc = read_tree(tmp_path / "enc")
     assert set(enc) == set(tree)
     for rel, ct in enc.items():
-        h = api.parse_object_header(memoryview(ct))
+        h = objects.parse_object_header(memoryview(ct))
         assert h.object_context[jobs.PATH_CONTEXT_KEY] == rel
 
     again = await jobs.encrypt_prefix(str(src), str(tmp_path / "enc"), keyring=k1, options=opts())
@@ -104,7 +104,7 @@ async def test_s3_encrypt_verify_rewrap_decrypt(
         for rel in tree:
             with fs.open_input_stream(f"lake/enc/{rel}") as f:
                 ct = f.read()
-            out[rel] = ct[api.parse_object_header(memoryview(ct)).header_len :]
+            out[rel] = ct[objects.parse_object_header(memoryview(ct)).header_len :]
         return out
 
     before = bodies()
