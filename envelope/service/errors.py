@@ -13,15 +13,18 @@ code ``KMSInternalException`` for an HTTP layer, but clients must not treat them
 from __future__ import annotations
 
 __all__ = (
+    "AccessDeniedException",
     "AlreadyExistsException",
     "DigestError",
     "DisabledException",
+    "DryRunOperationException",
     "ExpiredImportTokenException",
     "IncorrectKeyException",
     "IncorrectKeyMaterialException",
     "InvalidAliasNameException",
     "InvalidArnException",
     "InvalidCiphertextException",
+    "InvalidGrantIdException",
     "InvalidGrantTokenException",
     "InvalidImportTokenException",
     "InvalidKeyUsageException",
@@ -32,6 +35,7 @@ __all__ = (
     "KMSInvalidStateException",
     "KmsServiceError",
     "LimitExceededException",
+    "MalformedPolicyDocumentException",
     "NotFoundException",
     "RootKeyError",
     "StoreError",
@@ -136,7 +140,28 @@ class TagException(KmsServiceError):
 
 
 class InvalidGrantTokenException(KmsServiceError):
-    """Reserved for grants (a later issue)."""
+    """A grant token is malformed, unknown, or names another key."""
+
+
+class InvalidGrantIdException(KmsServiceError):
+    """The grant id does not name a grant of this key."""
+
+
+class AccessDeniedException(KmsServiceError):
+    """No policy or grant allows the caller this action on this resource, or one denies it.
+
+    The message has AWS's shape ("User: ARN is not authorized to perform: kms:Action on
+    resource: ARN because ...") and the reason names what was missing, never a secret.
+    """
+
+
+class MalformedPolicyDocumentException(KmsServiceError):
+    """A key policy or IAM policy is not valid JSON, breaks the policy grammar, names an
+    unknown operator or an invalid principal, or is too large; the message says where."""
+
+
+class DryRunOperationException(KmsServiceError):
+    """The call would have succeeded; nothing was done because DryRun was set."""
 
 
 class ThrottlingException(KmsServiceError):
