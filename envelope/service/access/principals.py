@@ -1,0 +1,130 @@
+"""Who is calling: the principal ARNs the access evaluator understands.
+
+A caller is one of the five kinds AWS KMS sees: an account root, an IAM user, an IAM role, an
+assumed-role session (what a running job usually is) or an AWS service principal. Parsing is
+strict because every decision hangs on it: a string that is none of these is refused with
+`ValidationException` instead of being treated as "some principal" that matches nothing, which
+would turn a typo in ``--as`` into a confusing AccessDenied.
+
+Only the ``aws`` partition is accepted: the embedded service has one partition, and an ARN of
+another partition is a mistake, not a caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from envelope.service.errors import ValidationException
+
+__all__ = (
+    "IAM_ARN",
+    "KINDS",
+    "SERVICE_PRINCIPAL",
+    "SESSION_ARN",
+    "Principal",
+    "is_account_id",
+    "parse_principal",
+    "root_of",
+)
+
+KINDS = frozenset({"root", "user", "role", "assumed-role", "service"})
+
+_ACCOUNT = re.compile(r"[0-9]{12}\Z")
+# IAM names: letters, digits and +=,.@_- (AWS's documented character set), 1-64 characters;
+# paths are "/"-separated runs of the same characters (AWS allows up to 512 characters).
+_NAME = r"[\w+=,.@-]{1,64}"
+IAM_ARN = re.compile(
+    r"arn:aws:iam::(?P<account>[0-9]{12}):"
+    r"(?:(?P<root>root)|(?P<kind>user|role)/(?P<path>(?:[\w+=,.@-]+/){0,32})(?P<name>"
+    + _NAME
+    + r"))\Z",
+    re.ASCII,
+)
+SESSION_ARN = re.compile(
+    r"arn:aws:sts::(?P<account>[0-9]{12}):assumed-role/(?P<role>"
+    + _NAME
+    + r")/(?P<session>[\w+=,.@-]{2,64})\Z",
+    re.ASCII,
+)
+# Service principals are DNS-like names under amazonaws.com ("envelope.amazonaws.com").
+SERVICE_PRINCIPAL = re.compile(r"(?P<name>[a-z0-9][a-z0-9-]*)(?:\.[a-z0-9-]+)*\.amazonaws\.com\Z")
+
+
+def is_account_id(text: str) -> bool:
+    """A 12-digit AWS account id (the form a policy uses to name a whole account)."""
+    return _ACCOUNT.match(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """One caller, as the service authenticated it.
+
+    `name` is the user or role name (the last path element; for a session, the role's name),
+    "" for the root, and the service's first DNS label ("envelope") for a service principal.
+    The identity and root ARNs are computed once here because the evaluator reads them on every
+    statement it checks.
+    """
+
+    arn: str
+    account: str | None
+    kind: str
+    name: str
+    _identity: str = field(init=False, repr=False, compare=False)
+    _root: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValidationException(f"unknown principal kind {self.kind!r}")
+        if (self.kind == "service") != (self.account is None):
+            raise ValidationException("a service principal has no account; every other has one")
+        if self.kind == "assumed-role":
+            # A session acts with its role's identity policies and is named by its role ARN in
+            # grants. AWS session ARNs omit the role's path, so the identity ARN has none.
+            identity = f"arn:aws:iam::{self.account}:role/{self.name}"
+        else:
+            identity = self.arn
+        object.__setattr__(self, "_identity", identity)
+        root = None if self.account is None else f"arn:aws:iam::{self.account}:root"
+        object.__setattr__(self, "_root", root)
+
+    @property
+    def identity_arn(self) -> str:
+        """What IAM policies attach to and grants name: the role ARN for a session, else `arn`."""
+        return self._identity
+
+    @property
+    def root_arn(self) -> str | None:
+        """The caller's account root ARN (None for a service principal)."""
+        return self._root
+
+
+def parse_principal(text: str) -> Principal:
+    """Parse a caller ARN or service principal; anything else is a `ValidationException`."""
+    if not isinstance(text, str):
+        raise ValidationException("a principal must be a string")
+    m = IAM_ARN.match(text)
+    if m is not None:
+        if m.group("root"):
+            return Principal(text, m.group("account"), "root", "")
+        return Principal(text, m.group("account"), m.group("kind"), m.group("name"))
+    m = SESSION_ARN.match(text)
+    if m is not None:
+        return Principal(text, m.group("account"), "assumed-role", m.group("role"))
+    m = SERVICE_PRINCIPAL.match(text)
+    if m is not None:
+        return Principal(text, None, "service", m.group("name"))
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    raise ValidationException(
+        f"{shown!r} is not a principal: expected arn:aws:iam::<account>:root, "
+        "arn:aws:iam::<account>:user/<name>, arn:aws:iam::<account>:role/<name>, "
+        "arn:aws:sts::<account>:assumed-role/<role>/<session> or a service principal "
+        "such as envelope.amazonaws.com"
+    )
+
+
+def root_of(account: str) -> Principal:
+    """The root principal of a 12-digit account."""
+    if not isinstance(account, str) or not is_account_id(account):
+        raise ValidationException(f"{account!r} is not a 12-digit account id")
+    return Principal(f"arn:aws:iam::{account}:root", account, "root", "")
