@@ -18,6 +18,7 @@ every tag, so a truncated object fails; a source that changes size while it is r
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -57,7 +58,32 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-Buffers = tuple[bytearray, bytearray]
+#: Buffers are placed so that each batch's bytes sit at the same offset within a page as they
+#: do in the file. The kernel copies between the page cache and user memory with `rep movsb`,
+#: which on some CPUs (measured: AMD EPYC, Linux 6.18) runs at a quarter of its speed when the
+#: destination sits just past the source modulo a page (a bytearray's data starts 16 bytes
+#: into a page: 1.3-1.6 GB/s reading 4 MiB batches, against 5.8-6.1 GB/s so placed).
+PAGE = 4096
+
+
+class _Buf:
+    """One batch buffer, one page longer than a batch, and where its bytes start in memory."""
+
+    __slots__ = ("addr", "data")
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size + PAGE)
+        probe = ctypes.c_char.from_buffer(self.data)
+        self.addr = ctypes.addressof(probe)
+        del probe  # (releases its export of `data`)
+
+    def at(self, file_offset: int, n: int) -> memoryview:
+        """`n` bytes of this buffer whose address is `file_offset` modulo a page."""
+        k = (file_offset - self.addr) % PAGE
+        return memoryview(self.data)[k : k + n]
+
+
+Buffers = tuple[_Buf, _Buf]
 
 
 def _batches(
@@ -77,7 +103,7 @@ def _batches(
     owned: list[Buffers] = []
 
     def worker(_a: int, _b: int) -> None:
-        bufs = (bytearray(sizes[0]), bytearray(sizes[1]))
+        bufs = (_Buf(sizes[0]), _Buf(sizes[1]))
         with lock:
             owned.append(bufs)
         while not failed.is_set():
@@ -117,8 +143,8 @@ def _batches(
 
 def _wipe(owned: list[Buffers]) -> None:
     for a, b in owned:
-        zero(a)
-        zero(b)
+        zero(a.data)
+        zero(b.data)
 
 
 def _timed(
@@ -288,16 +314,21 @@ def _transform(
     def run(b: int, bufs: Buffers) -> int:
         first = b * per_batch
         last = min(first + per_batch, count)
-        n = min(in_end, in_at + last * in_seg) - (in_at + first * in_seg)
-        bin_, bout = bufs
-        view = memoryview(bin_)[:n]
-        if _pread_full(fd, view, in_at + first * in_seg) != n:
+        src_at, dst_at = in_at + first * in_seg, out_at + first * out_seg
+        n = min(in_end, in_at + last * in_seg) - src_at
+        view = bufs[0].at(src_at, n)
+        if _pread_full(fd, view, src_at) != n:
             raise changed()
-        w = step(first, view, memoryview(bout), seg_log2, last == count)
-        _pwrite_all(out_fd, memoryview(bout)[:w], out_at + first * out_seg)
+        k = last - first
+        out = bufs[1].at(dst_at, min(k * out_seg, n + k * TAG_LEN))
+        w = step(first, view, out, seg_log2, last == count)
+        _pwrite_all(out_fd, out[:w], dst_at)
         if on_progress is not None:
             on_progress(n if count_input else w)
         return last - first
 
-    sizes = (per_batch * in_seg, per_batch * out_seg)
+    # no larger than the object needs (a 1-byte file must not fault in 8 MiB of buffers)
+    k = min(per_batch, count)
+    size_in = min(k * in_seg, in_end - in_at)
+    sizes = (size_in, min(k * out_seg, size_in + k * TAG_LEN))
     _batches(count, per_batch, workers, sizes, _timed(track, run))
