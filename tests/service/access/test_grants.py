@@ -1,0 +1,74 @@
+"""grant_allows and grant_covers: a grant allows only its operations within its constraints,
+and a grantee can never create a grant wider than the one it holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from envelope.service.access import grant_allows, grant_covers
+
+from .helpers import ALICE, grant
+
+LAKE = {"purpose": "lake"}
+LAKE_TEAM = {"purpose": "lake", "team": "data"}
+
+
+@pytest.mark.parametrize(
+    ("equals", "subset", "operation", "context", "allowed"),
+    [
+        pytest.param(None, None, "Decrypt", None, True, id="no-constraints"),
+        pytest.param(None, None, "kms:Decrypt", None, True, id="kms-prefix-accepted"),
+        pytest.param(None, None, "Encrypt", None, False, id="operation-not-granted"),
+        pytest.param(LAKE, None, "Decrypt", LAKE, True, id="equals-exact"),
+        pytest.param(LAKE, None, "Decrypt", LAKE_TEAM, False, id="equals-extra-pair"),
+        pytest.param(LAKE, None, "Decrypt", {}, False, id="equals-empty-context"),
+        pytest.param(None, LAKE, "Decrypt", LAKE_TEAM, True, id="subset-extra-pairs-ok"),
+        pytest.param(None, LAKE, "Decrypt", {"team": "data"}, False, id="subset-pair-missing"),
+        pytest.param(None, LAKE, "Decrypt", None, False, id="subset-no-context"),
+        pytest.param(LAKE_TEAM, LAKE, "Decrypt", LAKE_TEAM, True, id="both-constraints-met"),
+        pytest.param(LAKE, None, "CreateGrant", None, True, id="create-grant-checked-by-covers"),
+    ],
+)
+def test_grant_allows(
+    equals: dict[str, str] | None,
+    subset: dict[str, str] | None,
+    operation: str,
+    context: dict[str, str] | None,
+    allowed: bool,
+) -> None:
+    g = grant("g", ALICE, "Decrypt", "CreateGrant", equals=equals, subset=subset)
+    assert grant_allows(g, operation, context) is allowed
+
+
+@pytest.mark.parametrize(
+    ("parent_equals", "parent_subset", "ops", "equals", "subset", "covered"),
+    [
+        pytest.param(None, None, ["Decrypt"], None, None, True, id="unconstrained-parent"),
+        pytest.param(None, None, ["Encrypt"], None, None, False, id="operation-parent-lacks"),
+        pytest.param(None, None, ["kms:Decrypt"], LAKE, None, True, id="narrower-by-equals"),
+        pytest.param(LAKE, None, ["Decrypt"], LAKE, None, True, id="same-equals"),
+        pytest.param(LAKE, None, ["Decrypt"], LAKE_TEAM, None, False, id="other-equals"),
+        pytest.param(LAKE, None, ["Decrypt"], None, LAKE, False, id="subset-wider-than-equals"),
+        pytest.param(LAKE, None, ["Decrypt"], None, None, False, id="dropping-constraint"),
+        pytest.param(None, LAKE, ["Decrypt"], None, LAKE_TEAM, True, id="more-required-pairs"),
+        pytest.param(None, LAKE_TEAM, ["Decrypt"], None, LAKE, False, id="fewer-required-pairs"),
+        pytest.param(None, LAKE, ["Decrypt"], LAKE_TEAM, None, True, id="equals-within-subset"),
+        pytest.param(None, LAKE, ["Decrypt"], {"team": "x"}, None, False, id="equals-outside"),
+        pytest.param(None, LAKE, ["Decrypt"], {"a": "b"}, LAKE, True, id="child-accepts-nothing"),
+    ],
+)
+def test_grant_covers(
+    parent_equals: dict[str, str] | None,
+    parent_subset: dict[str, str] | None,
+    ops: list[str],
+    equals: dict[str, str] | None,
+    subset: dict[str, str] | None,
+    covered: bool,
+) -> None:
+    parent = grant("p", ALICE, "Decrypt", "CreateGrant", equals=parent_equals, subset=parent_subset)
+    assert grant_covers(parent, ops, equals, subset) is covered
+
+
+def test_grant_covers_needs_create_grant() -> None:
+    parent = grant("p", ALICE, "Decrypt")
+    assert not grant_covers(parent, ["Decrypt"], None, None)
