@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envelope.service.access.conditions import Condition, parse_condition_block, wildcard_regex
 from envelope.service.access.principals import (
@@ -161,12 +161,33 @@ class Statement:
         return not self.not_resource.matches(resource)
 
 
+_ACTION_CACHE_LIMIT = 256
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A parsed policy: the exact text and its compiled statements, in document order."""
+    """A parsed policy: the exact text and its compiled statements, in document order.
+
+    `statements_for` memoizes, per lower-cased action, the statements whose Action/NotAction
+    covers it, so `authorize` skips the others without matching them again. The memo is a
+    pure function of the statements (it changes no answer, only its cost) and is bounded, so
+    arbitrary action names cannot grow it without limit.
+    """
 
     text: str
     statements: tuple[Statement, ...]
+    _by_action: dict[str, tuple[Statement, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def statements_for(self, action_lower: str) -> tuple[Statement, ...]:
+        """The statements whose Action/NotAction covers `action_lower`, in document order."""
+        hit = self._by_action.get(action_lower)
+        if hit is None:
+            hit = tuple(s for s in self.statements if s.covers_action(action_lower))
+            if len(self._by_action) < _ACTION_CACHE_LIMIT:
+                self._by_action[action_lower] = hit
+        return hit
 
 
 def _fail(message: str) -> MalformedPolicyDocumentException:

@@ -135,9 +135,7 @@ def authorize(
     kp_self: str | None = None
     kp_account: str | None = None
     if key_policy is not None:
-        for st in key_policy.statements:
-            if not st.covers_action(action_lower):
-                continue
+        for st in key_policy.statements_for(action_lower):
             named = st.names(caller)
             if named == NONE or not st.covers_resource(resource):
                 continue
@@ -153,8 +151,8 @@ def authorize(
 
     iam_allow: str | None = None
     for name, policy in iam_policies:
-        for st in policy.statements:
-            if not st.covers_action(action_lower) or not st.covers_resource(resource):
+        for st in policy.statements_for(action_lower):
+            if not st.covers_resource(resource):
                 continue
             if st.conditions and _first_failed(st, values) >= 0:
                 continue
