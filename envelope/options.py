@@ -50,7 +50,10 @@ class Options:
 
     segment_size: plaintext bytes per segment, a power of two from 4 KiB to 64 MiB.
     workers: threads sealing/opening at once (default: every core).
-    batch_bytes: plaintext per worker hop; several MiB amortizes the thread hand-off.
+    batch_bytes: plaintext per worker hop (default 2 MiB): a few MiB amortize the thread
+        hand-off, and a streaming call holds 2 x (workers + 1) batches, so 2 MiB holds a
+        pipeline to 12 MiB on two cores (4 MiB measured the same throughput at twice the
+        memory: docs/performance.md).
     depth: at most this many input and this many output batches in flight (default
         workers + 1: every worker busy while one more batch is read and one written; deeper
         queues bought no throughput and cost memory), if the budget holds them.
@@ -66,7 +69,7 @@ class Options:
 
     segment_size: int = 1 << 20
     workers: int | None = None
-    batch_bytes: int = 4 << 20
+    batch_bytes: int = 2 << 20
     depth: int | None = None
     max_wrapped_keys: int = MAX_EDKS
     memory_budget: int = DEFAULT_MEMORY_BUDGET

@@ -1,6 +1,6 @@
 """Bounded memory, measured as real peak RSS in a child process (bench/rss_child.py).
 
-A 2 GiB stream encrypts and decrypts in well under 200 MiB; an object written with 64 MiB
+A 2 GiB stream encrypts and decrypts in under 96 MiB; an object written with 64 MiB
 segments decrypts within the memory budget (plus the interpreter's own baseline, measured in
 the same child just before the decrypt starts), and a smaller budget moves the bound down.
 """
@@ -31,9 +31,12 @@ def _child(*args: str) -> str:
 
 
 @pytest.mark.slow
-def test_two_gib_stream_stays_under_200_mib() -> None:
+def test_two_gib_stream_stays_under_96_mib() -> None:
+    """An encrypting and a decrypting pipeline at once, with the bench's own copies of the
+    ciphertext between them: 67-73 MiB at the defaults (2 MiB batches), 106-112 MiB with the
+    former 4 MiB batches (issue 9's target is 80, measured by bench/core.py)."""
     peak = int(_child("2048"))
-    assert 0 < peak < 200, f"peak RSS {peak} MiB"
+    assert 0 < peak < 96, f"peak RSS {peak} MiB"
 
 
 @pytest.fixture(scope="module")

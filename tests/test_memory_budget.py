@@ -115,12 +115,13 @@ def test_every_plan_fits_its_budget_or_there_is_none(seg_log2: int) -> None:
 
 
 def test_the_default_plan_keeps_every_worker_busy() -> None:
-    """1 MiB segments, 2 workers: 4 MiB batches, workers + 1 = 3 in and 3 out (24 MiB): each
-    worker has a batch while one more is read and one written. (The former default of
-    2 x workers + 2 each side, 48 MiB, measured the same throughput: docs/performance.md.)"""
+    """1 MiB segments, 2 workers: 2 MiB batches, workers + 1 = 3 in and 3 out (12 MiB): each
+    worker has a batch while one more is read and one written. (The former defaults, 4 MiB
+    batches and 2 x workers + 2 each side, 48 MiB, measured the same throughput:
+    docs/performance.md.)"""
     plan = api.Options(workers=2).plan("decrypt", 20)
-    assert (plan.segments_per_batch, plan.inputs, plan.outputs, plan.workers) == (4, 3, 3, 2)
-    assert plan.peak_bytes < 25 * MIB  # 24 MiB of batches, plus tags and look-ahead bytes
+    assert (plan.segments_per_batch, plan.inputs, plan.outputs, plan.workers) == (2, 3, 3, 2)
+    assert plan.peak_bytes < 13 * MIB  # 12 MiB of batches, plus tags and look-ahead bytes
 
 
 def test_64_mib_segments_under_the_default_budget() -> None:
