@@ -18,8 +18,8 @@ every tag, so a truncated object fails; a source that changes size while it is r
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import mmap
 import os
 import stat
 import threading
@@ -67,20 +67,26 @@ PAGE = 4096
 
 
 class _Buf:
-    """One batch buffer, one page longer than a batch, and where its bytes start in memory."""
+    """One batch buffer: an anonymous mapping (page-aligned, and returned to the system when
+    closed, not kept by the allocator), one page longer than a batch."""
 
-    __slots__ = ("addr", "data")
+    __slots__ = ("map",)
 
     def __init__(self, size: int) -> None:
-        self.data = bytearray(size + PAGE)
-        probe = ctypes.c_char.from_buffer(self.data)
-        self.addr = ctypes.addressof(probe)
-        del probe  # (releases its export of `data`)
+        self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE)
 
     def at(self, file_offset: int, n: int) -> memoryview:
         """`n` bytes of this buffer whose address is `file_offset` modulo a page."""
-        k = (file_offset - self.addr) % PAGE
-        return memoryview(self.data)[k : k + n]
+        k = file_offset % PAGE
+        return memoryview(self.map)[k : k + n]
+
+    def wipe(self) -> None:
+        """Zero it (it held plaintext), then unmap it."""
+        zero(self.map)
+        try:
+            self.map.close()
+        except BufferError:  # a view is still held (a traceback's frame): unmapped when freed
+            pass
 
 
 Buffers = tuple[_Buf, _Buf]
@@ -143,8 +149,8 @@ def _batches(
 
 def _wipe(owned: list[Buffers]) -> None:
     for a, b in owned:
-        zero(a.data)
-        zero(b.data)
+        a.wipe()
+        b.wipe()
 
 
 def _timed(
