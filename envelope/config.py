@@ -59,13 +59,14 @@ CONFIG_ENV = "ENVELOPE_CONFIG"
 PROFILE_ENV = "ENVELOPE_PROFILE"
 
 #: Every setting a profile may hold, in the order the docs list them.
-SETTINGS = ("key", "home", "region", "output", "cache", "retry", "fsync")
+SETTINGS = ("key", "home", "region", "principal", "output", "cache", "retry", "fsync")
 
 #: The environment variable of each setting (an empty value counts as unset).
 ENVIRONMENT: Mapping[str, str] = {
     "key": "ENVELOPE_KEY",
     "home": "ENVELOPE_HOME",
     "region": "ENVELOPE_REGION",
+    "principal": "ENVELOPE_PRINCIPAL",
     "output": "ENVELOPE_OUTPUT",
     "cache": "ENVELOPE_CACHE",
     "retry": "ENVELOPE_RETRY",
@@ -93,6 +94,7 @@ class Profile:
     key: str | None = None
     home: str | None = None
     region: str | None = None
+    principal: str | None = None
     output: str | None = None
     cache: CachePolicy | None = field(default=None, repr=False)
     retry: str | None = None
@@ -147,7 +149,7 @@ def _profile(path: Path, name: str, body: dict[str, Any]) -> Profile:
         )
     base = path.parent
     values: dict[str, Any] = {}
-    for key in ("key", "home", "region", "output", "retry"):
+    for key in ("key", "home", "region", "principal", "output", "retry"):
         if key in body:
             v = body[key]
             if not isinstance(v, str) or not v:
@@ -337,6 +339,10 @@ def apply_settings(
         attr = _ATTRIBUTE[setting]
         if _flag_given(args, setting):
             sources[setting] = "flag"
+            if setting == "principal" and environ is None:
+                # the embedded KMS opened through a key URI (also in Dask workers started
+                # later) runs as this principal
+                os.environ[ENVIRONMENT[setting]] = getattr(args, attr)
             continue
         raw = env.get(ENVIRONMENT[setting])
         if raw:
@@ -347,8 +353,8 @@ def apply_settings(
         if profile is not None and value is not None:
             setattr(args, attr, value)
             sources[setting] = f"profile {profile.name} ({profile.source})"
-            if setting == "region" and environ is None:
-                os.environ[ENVIRONMENT["region"]] = value
+            if setting in ("region", "principal") and environ is None:
+                os.environ[ENVIRONMENT[setting]] = value
             continue
         setattr(args, attr, False if setting == "fsync" else None)
         sources[setting] = "default"

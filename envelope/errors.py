@@ -13,6 +13,7 @@ Callers catch by situation. The tree::
      ├── KmsError                      a key-management backend failed or refused
      │    ├── NoBackendError           no configured backend can unwrap this object's data key
      │    ├── KmsKeyError              the backend refused: unknown key, disabled key, wrong context
+     │    │    └── KmsAccessDeniedError  no key policy, identity policy or grant allows the call
      │    └── KmsUnavailableError      throttled, timed out or unreachable
      │         ├── ThrottlingError     the backend's request-rate quota was exceeded
      │         ├── KmsTransientError   a 5xx, internal error or dropped connection
@@ -52,6 +53,7 @@ __all__ = (
     "HeaderFormatError",
     "InvalidObjectError",
     "KmsError",
+    "KmsAccessDeniedError",
     "KmsKeyError",
     "KmsTimeoutError",
     "KmsTransientError",
@@ -127,6 +129,11 @@ class NoBackendError(KmsError):
 
 class KmsKeyError(KmsError):
     """The backend refused the key: unknown, disabled, wrong wrapping key or wrong context."""
+
+
+class KmsAccessDeniedError(KmsKeyError):
+    """The KMS denied the call: the caller lacks the permission the message names (a key
+    policy, identity policy or grant), or a policy explicitly denies it. Not retryable."""
 
 
 class KmsUnavailableError(KmsError):

@@ -114,8 +114,22 @@ def input_size(path: str) -> int | None:
         return None
 
 
+def add_principal_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--as ARN``: the principal the embedded KMS sees (its policies and grants decide)."""
+    p.add_argument(
+        "--as",
+        dest="principal",
+        metavar="ARN",
+        default=argparse.SUPPRESS,
+        help="call the embedded KMS as this principal (an IAM user or role ARN, an "
+        "assumed-role session ARN or an account root); default $ENVELOPE_PRINCIPAL, the "
+        "profile's principal, else the local account root",
+    )
+
+
 def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
     g = p.add_argument_group("keys")
+    add_principal_argument(g)
     g.add_argument(
         "--key",
         metavar="URI",

@@ -41,7 +41,7 @@ def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     p.add_argument("output", metavar="OUT", help=_DECRYPT_OUT_HELP if decrypt else _OUT_HELP)
     add_output_arguments(p)  # a summary on stdout only when --json/--output/--query is given
     p.set_defaults(
-        settings=("key", "home", "region", "output", "cache", "retry", "fsync"),
+        settings=("key", "home", "region", "principal", "output", "cache", "retry", "fsync"),
         summary_on_stdout=True,
     )
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")

@@ -24,6 +24,7 @@ from typing import Any
 from ..service import KeyService, KmsServiceError, open_service
 from ..service.errors import StoreError, TamperedStoreError
 from ..service.rootkey import InsecureRootKeyWarning
+from ._common import add_principal_argument
 from ._output import add_output_arguments, emit
 
 __all__ = ("add_store_arguments", "emit", "register")
@@ -69,8 +70,9 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse a root-key file readable by group or others (default: warn; also "
         "$ENVELOPE_STRICT=1)",
     )
+    add_principal_argument(g)
     add_output_arguments(p, nested=True)
-    p.set_defaults(settings=("home", "region", "output"))
+    p.set_defaults(settings=("home", "region", "principal", "output"))
 
 
 @contextmanager
@@ -82,6 +84,7 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
             region=getattr(args, "region", None),
             digests=getattr(args, "digests", None),
             strict=True if getattr(args, "strict", False) else None,
+            principal=getattr(args, "principal", None),
         )
     for w in caught:
         if issubclass(w.category, InsecureRootKeyWarning):

@@ -65,7 +65,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_output_arguments(p)  # the summary as data with --json/--output/--query
-    p.set_defaults(settings=("key", "home", "region", "output", "cache", "retry", "fsync"))
+    p.set_defaults(
+        settings=("key", "home", "region", "principal", "output", "cache", "retry", "fsync")
+    )
     p.add_argument("--report", metavar="FILE", help="write the full JSON report to FILE")
     p.add_argument("--dry-run", action="store_true", help="list what would be done; do nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed object")

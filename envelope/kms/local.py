@@ -27,8 +27,21 @@ from typing import TypeVar
 
 import anyio.to_thread
 
-from ..errors import ConfigurationError, KmsKeyError, KmsTransientError, ThrottlingError
-from ..service import KeyService, KmsServiceError, open_service, store_path
+from ..errors import (
+    ConfigurationError,
+    KmsAccessDeniedError,
+    KmsKeyError,
+    KmsTransientError,
+    ThrottlingError,
+)
+from ..service import (
+    KeyService,
+    KmsServiceError,
+    RequestContext,
+    open_service,
+    store_path,
+    via_service,
+)
 from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 
@@ -57,6 +70,8 @@ def _translate(e: KmsServiceError) -> Exception:
         return KmsKeyError(f"embedded KMS refused: {e.message}")
     if isinstance(e, StoreError):
         return ConfigurationError(f"embedded KMS store unusable: {e.message}")
+    if e.code == "AccessDeniedException":
+        return KmsAccessDeniedError(f"embedded KMS denied access: {e.message}")
     if e.code == "ThrottlingException":
         return ThrottlingError(f"embedded KMS throttled: {e.message}")
     if e.code in _UNAVAILABLE:
@@ -69,10 +84,25 @@ class LocalKms:
 
     provider_id = PROVIDER_ID
 
-    def __init__(self, service: KeyService, *, offload: bool = False, owns: bool = True) -> None:
+    def __init__(
+        self,
+        service: KeyService,
+        *,
+        offload: bool = False,
+        owns: bool = True,
+        principal: str | None = None,
+    ) -> None:
         self.service = service
         self.offload = offload
         self._owns = owns
+        #: Who the encryptor calls as (None: the service's default principal, $ENVELOPE_PRINCIPAL
+        #: or the account root); its policies and grants decide what it may do.
+        self.principal = principal
+        # The encryptor is the "envelope" service to the KMS (kms:ViaService), so the AWS
+        # managed key alias/aws/envelope is usable through it, and only through it.
+        self._ctx = RequestContext(
+            user_agent="envelope-encryptor", via_service=via_service("envelope", service.region)
+        )
 
     def __repr__(self) -> str:
         return f"LocalKms(region={self.service.region!r}, store={str(self.service.store.path)!r})"
@@ -89,7 +119,11 @@ class LocalKms:
         kid = key_id_from_uri(key_id)
         resp = await self._call(
             lambda: self.service.generate_data_key(
-                key_id=kid, key_spec="AES_256", encryption_context=dict(context)
+                key_id=kid,
+                key_spec="AES_256",
+                encryption_context=dict(context),
+                principal=self.principal,
+                context=self._ctx,
             )
         )
         plaintext = bytearray(resp["Plaintext"])
@@ -106,7 +140,11 @@ class LocalKms:
         kid = key_id_from_uri(key_id)
         resp = await self._call(
             lambda: self.service.encrypt(
-                key_id=kid, plaintext=bytes(plaintext), encryption_context=dict(context)
+                key_id=kid,
+                plaintext=bytes(plaintext),
+                encryption_context=dict(context),
+                principal=self.principal,
+                context=self._ctx,
             )
         )
         return WrappedKey(PROVIDER_ID, resp["KeyId"], resp["CiphertextBlob"])
@@ -118,7 +156,10 @@ class LocalKms:
             raise KmsKeyError(f"not a local KMS wrapped key (provider {wrapped.provider_id!r})")
         resp = await self._call(
             lambda: self.service.decrypt(
-                ciphertext_blob=wrapped.ciphertext, encryption_context=dict(context)
+                ciphertext_blob=wrapped.ciphertext,
+                encryption_context=dict(context),
+                principal=self.principal,
+                context=self._ctx,
             )
         )
         key = bytearray(resp["Plaintext"])
@@ -141,20 +182,22 @@ def open_local(
     region: str | None = None,
     offload: bool = False,
     must_exist: bool = False,
+    principal: str | None = None,
 ) -> LocalKms:
     """Open the embedded KMS under `home` (default ``$ENVELOPE_HOME`` or ``~/.envelope``).
 
     The store and its root-key file are created on first use, unless `must_exist` (a reader
     has nothing to find in an empty KMS): then a home without a store raises
     `ConfigurationError`. A wrong or missing root key (or ``$ENVELOPE_KMS_PASSPHRASE``)
-    raises `ConfigurationError` and changes nothing.
+    raises `ConfigurationError` and changes nothing. `principal` is who calls (default
+    ``$ENVELOPE_PRINCIPAL``, else the account root).
     """
     if must_exist:
         path = store_path(home)
         if not path.exists():
             raise ConfigurationError(f"no embedded KMS store at {str(path)!r}")
     try:
-        return LocalKms(open_service(home, region=region), offload=offload)
+        return LocalKms(open_service(home, region=region, principal=principal), offload=offload)
     except StoreError as e:
         raise ConfigurationError(str(e)) from None
     except KmsServiceError as e:

@@ -7,6 +7,7 @@ root-key file next to it and returns a `KeyService`. The service never imports t
 
 from __future__ import annotations
 
+from ._authz import via_service as via_service
 from ._home import default_home as default_home
 from ._home import open_service as open_service
 from ._home import store_path as store_path
@@ -31,4 +32,5 @@ __all__ = (
     "default_home",
     "open_service",
     "store_path",
+    "via_service",
 )

@@ -6,12 +6,14 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import _authz
 from ._core import (
     _ALIAS_RE,
     RequestContext,
     Response,
     ServiceCore,
     _Call,
+    _Key,
     _page,
     _paging,
 )
@@ -45,13 +47,39 @@ class AliasTagOps(ServiceCore):
             raise InvalidAliasNameException("alias/aws/ names are reserved for AWS managed keys")
         return name
 
-    def _existing_alias(self, conn: sqlite3.Connection, alias_name: Any) -> tuple[str, str]:
-        """(alias name, key id) of an alias that must exist in this Region."""
+    def _existing_alias(
+        self, conn: sqlite3.Connection, call: _Call, alias_name: Any
+    ) -> tuple[str, str]:
+        """(alias name, key id) of an alias that must exist in this Region and the caller's
+        account; the caller must be allowed the operation on the alias (identity policies)."""
         name = self._check_alias(alias_name)
-        target = self._alias_target(conn, name)
+        self._authorize_alias(conn, call, name)
+        target = self._alias_target(conn, name, self._account_of(call))
         if target is None:
-            raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
+            raise NotFoundException(
+                f"Alias {self._alias_arn(name, self._account_of(call))} is not found."
+            )
         return name, target
+
+    def _account_of(self, call: _Call) -> str:
+        return call.account or self.account
+
+    def _authorize_alias(self, conn: sqlite3.Connection, call: _Call, name: str) -> None:
+        """AWS authorizes alias operations twice: on the alias (identity policies only, since
+        an alias has no policy of its own) and on the key (its key policy)."""
+        self._authorize_account(conn, call, resource=self._alias_arn(name, self._account_of(call)))
+
+    def _own_key(
+        self, conn: sqlite3.Connection, call: _Call, ref: Any, now: float, op: str
+    ) -> _Key:
+        """An alias's target: a customer managed key of the caller's own account."""
+        key = self._customer_key(conn, call, ref, MANAGE, now, op)
+        if key.account != self._account_of(call):
+            raise NotFoundException(
+                f"Key '{key.arn}' does not exist in account {self._account_of(call)}: an alias "
+                "must be in the same account as its key"
+            )
+        return key
 
     def create_alias(
         self,
@@ -69,14 +97,17 @@ class AliasTagOps(ServiceCore):
                 and (":alias/" in str(target_key_id) or str(target_key_id).startswith("alias/"))
             ):
                 raise ValidationException("TargetKeyId must be a key id or key ARN")
-            key = self._customer_key(conn, call, target_key_id, MANAGE, now, "CreateAlias")
-            if self._alias_target(conn, name) is not None:
+            self._authorize_alias(conn, call, name)
+            key = self._own_key(conn, call, target_key_id, now, "CreateAlias")
+            account = self._account_of(call)
+            if self._alias_target(conn, name, account) is not None:
                 raise AlreadyExistsException(
-                    f"An alias with the name {self._alias_arn(name)} already exists"
+                    f"An alias with the name {self._alias_arn(name, account)} already exists"
                 )
             conn.execute(
-                "INSERT INTO aliases(region, name, key_id, created, updated) VALUES (?,?,?,?,?)",
-                (self.region, name, key.id, now, now),
+                "INSERT INTO aliases(region, account, name, key_id, created, updated) "
+                "VALUES (?,?,?,?,?,?)",
+                (self.region, account, name, key.id, now, now),
             )
             return {}
 
@@ -91,16 +122,18 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            name, old_id = self._existing_alias(conn, alias_name)
-            key = self._customer_key(conn, call, target_key_id, MANAGE, now, "UpdateAlias")
+            name, old_id = self._existing_alias(conn, call, alias_name)
             old = self._load(conn, self.region, old_id)
+            if old is not None:  # AWS checks the old target's key policy too
+                self._authorize_key(conn, call, old, "kms:UpdateAlias")
+            key = self._own_key(conn, call, target_key_id, now, "UpdateAlias")
             if old is not None and (old.spec, old.usage) != (key.spec, key.usage):
                 raise ValidationException(
                     "the new target key must have the same KeySpec and KeyUsage as the old one"
                 )
             conn.execute(
-                "UPDATE aliases SET key_id=?, updated=? WHERE region=? AND name=?",
-                (key.id, now, self.region, name),
+                "UPDATE aliases SET key_id=?, updated=? WHERE region=? AND account=? AND name=?",
+                (key.id, now, self.region, self._account_of(call), name),
             )
             return {}
 
@@ -114,9 +147,16 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            name, old_id = self._existing_alias(conn, alias_name)
-            call.key_id = self.arn(old_id)
-            conn.execute("DELETE FROM aliases WHERE region=? AND name=?", (self.region, name))
+            name, old_id = self._existing_alias(conn, call, alias_name)
+            account = self._account_of(call)
+            call.key_id = self.arn(old_id, account=account)
+            old = self._load(conn, self.region, old_id)
+            if old is not None:
+                self._authorize_key(conn, call, old, "kms:DeleteAlias")
+            conn.execute(
+                "DELETE FROM aliases WHERE region=? AND account=? AND name=?",
+                (self.region, account, name),
+            )
             return {}
 
         return self._run("DeleteAlias", principal, context, {"AliasName": alias_name}, op)
@@ -131,11 +171,17 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
             n, after = _paging(limit, marker, 50, 100)
-            sql = "SELECT name, key_id, created, updated FROM aliases WHERE region=? AND name>?"
-            args: list[Any] = [self.region, after]
+            account = self._account_of(call)
+            sql = (
+                "SELECT name, key_id, created, updated FROM aliases "
+                "WHERE region=? AND account=? AND name>?"
+            )
+            args: list[Any] = [self.region, account, after]
             if key_id is not None:
-                key = self._key(conn, call, key_id, READ, now)
+                # ListAliases is authorized by identity policies alone, as in AWS
+                key = self._key(conn, call, key_id, READ, now, authorize=False)
                 sql += " AND key_id=?"
                 args.append(key.id)
             rows = conn.execute(sql + " ORDER BY name LIMIT ?", (*args, n + 1)).fetchall()
@@ -143,7 +189,7 @@ class AliasTagOps(ServiceCore):
             aliases = [
                 {
                     "AliasName": a,
-                    "AliasArn": self._alias_arn(a),
+                    "AliasArn": self._alias_arn(a, account),
                     "TargetKeyId": k,
                     "CreationDate": float(c),
                     "LastUpdatedDate": float(u),
@@ -165,6 +211,16 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            # the request's tags as condition keys (validated after the key's state, as in AWS)
+            requested = {
+                t["TagKey"]: t["TagValue"]
+                for t in tags or ()
+                if isinstance(t, Mapping)
+                and isinstance(t.get("TagKey"), str)
+                and isinstance(t.get("TagValue"), str)
+            }
+            call.values.update(_authz.tag_values("aws:requesttag/", requested))
+            call.values["aws:tagkeys"] = list(requested)
             key = self._customer_key(conn, call, key_id, MANAGE, now, "TagResource")
             key.meta["x_tags"] = self._check_tags(tags, key.meta["x_tags"])
             self._save(conn, key)
@@ -181,6 +237,7 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            call.values["aws:tagkeys"] = [k for k in tag_keys if isinstance(k, str)]
             key = self._customer_key(conn, call, key_id, MANAGE, now, "UntagResource")
             tags = dict(key.meta["x_tags"])  # never mutate the cached copy in place
             for k in tag_keys:

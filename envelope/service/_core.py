@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
-from . import _rows, _specs, _states, audit, digests
+from . import _authz, _rows, _specs, _states, audit, digests
 from ._states import (
     DISABLED,
     ENABLED,
@@ -36,14 +36,18 @@ from ._states import (
     PENDING_IMPORT,
     PENDING_REPLICA_DELETION,
 )
+from .access import Decision, Principal, Request, authorize, parse_policy
 from .errors import (
+    AccessDeniedException,
     InvalidArnException,
     InvalidCiphertextException,
+    InvalidGrantTokenException,
     InvalidMarkerException,
     KMSInternalException,
     KMSInvalidStateException,
     KmsServiceError,
     LimitExceededException,
+    MalformedPolicyDocumentException,
     NotFoundException,
     StoreError,
     TagException,
@@ -83,6 +87,9 @@ class RequestContext:
     source_ip: str = "127.0.0.1"
     user_agent: str = "envelope"
     request_id: str | None = None
+    #: The AWS service making the call for the principal (``kms:ViaService``), e.g.
+    #: ``envelope.us-east-1.amazonaws.com`` when the encryptor calls through its backend.
+    via_service: str | None = None
 
 
 _LOCAL = RequestContext()
@@ -92,15 +99,22 @@ class _Call:
     """One call in flight: what the audit record will say about it."""
 
     __slots__ = (
+        "account",
         "alarm",
+        "caller",
         "ctx",
+        "decision",
+        "enc_context",
         "head",
         "key_id",
+        "matched",
         "new_material",
         "op",
         "params",
         "principal",
         "purges",
+        "reason",
+        "values",
     )
 
     def __init__(self, op: str, principal: str, ctx: RequestContext, params: dict[str, Any]):
@@ -109,6 +123,17 @@ class _Call:
         self.ctx = ctx
         self.params = params
         self.key_id: str | None = None
+        #: The caller, parsed (set by `_run` before the operation runs) and its account.
+        self.caller: Principal | None = None
+        self.account: str | None = None
+        #: The access decision for the audit record: "allowed" / "denied" (None: not reached).
+        self.decision: str | None = None
+        self.matched: list[str] = []
+        self.reason: str | None = None
+        #: The request's encryption context (condition keys and grant constraints).
+        self.enc_context: dict[str, str] | None = None
+        #: Extra condition-context values of this request (lower-case names).
+        self.values: dict[str, Any] = {}
         self.alarm = False
         self.new_material: dict[tuple[str, int], _Material] = {}
         self.head: audit.Head | None = None
@@ -119,13 +144,18 @@ class _Call:
 class _Key:
     """A key row: `meta` is the stored JSON (AWS fields plus internal ``x_`` fields)."""
 
-    __slots__ = ("arn", "id", "meta", "region")
+    __slots__ = ("account", "arn", "id", "meta", "region")
 
-    def __init__(self, region: str, key_id: str, meta: dict[str, Any], arn: str) -> None:
+    def __init__(
+        self, region: str, key_id: str, meta: dict[str, Any], arn: str, account: str
+    ) -> None:
         self.region = region
         self.id = key_id
         self.meta = meta
         self.arn = arn
+        #: The account that owns the key (``x_account``; keys made before schema 4 belong to
+        #: the service's account).
+        self.account = account
 
     @property
     def state(self) -> str:
@@ -269,6 +299,24 @@ def _context(ctx: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+def _grant_tokens(tokens: Any) -> list[str]:
+    """GrantTokens as AWS constrains them: up to 10 strings of 1..8192 characters.
+
+    Grants here take effect in the same transaction that creates them, so a token is never
+    needed for consistency; it is accepted (and checked) wherever AWS takes one.
+    """
+    if tokens is None:
+        return []
+    if isinstance(tokens, str) or not isinstance(tokens, Sequence):
+        raise ValidationException("GrantTokens must be a list of strings")
+    if len(tokens) > 10:
+        raise ValidationException("GrantTokens must have at most 10 members")
+    for t in tokens:
+        if not isinstance(t, str) or not 1 <= len(t) <= 8192:
+            raise InvalidGrantTokenException("a grant token must be 1..8192 characters")
+    return list(tokens)
+
+
 def _int_in(value: Any, lo: int, hi: int, name: str) -> int:
     """An integer request member in lo..hi (AWS's range constraints), else ValidationException."""
     if not isinstance(value, int) or not lo <= value <= hi:
@@ -331,6 +379,7 @@ class ServiceCore:
         account: str = DEFAULT_ACCOUNT,
         owns_store: bool = False,
         quota: RateQuota | None = None,
+        principal: str | None = None,
     ) -> None:
         if not _REGION_RE.match(region):
             raise ValidationException(f"{region!r} is not a Region name")
@@ -340,6 +389,9 @@ class ServiceCore:
         self.region = region
         self.account = account
         self.root_principal = f"arn:aws:iam::{account}:root"
+        #: Who calls when a call names no principal (the CLI's ``--as``); the account root
+        #: unless configured. Access control applies to it like to any other principal.
+        self.default_principal = principal or self.root_principal
         self._clock: Clock = clock or time.time
         self._owns_store = owns_store
         #: Per-operation-family request-rate quota (as AWS KMS enforces); None = unlimited.
@@ -351,6 +403,7 @@ class ServiceCore:
         self._fp_key: bytes | None = None
         self._audit_head: audit.Head | None = None
         self._request_id = _RequestIds()
+        self._access = _authz.AccessCache(store.row_key)
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -363,11 +416,11 @@ class ServiceCore:
     def now(self) -> float:
         return _epoch(self._clock())
 
-    def arn(self, key_id: str, region: str | None = None) -> str:
-        return f"arn:aws:kms:{region or self.region}:{self.account}:key/{key_id}"
+    def arn(self, key_id: str, region: str | None = None, account: str | None = None) -> str:
+        return f"arn:aws:kms:{region or self.region}:{account or self.account}:key/{key_id}"
 
-    def _alias_arn(self, name: str) -> str:
-        return f"arn:aws:kms:{self.region}:{self.account}:{name}"
+    def _alias_arn(self, name: str, account: str | None = None) -> str:
+        return f"arn:aws:kms:{self.region}:{account or self.account}:{name}"
 
     def _run(
         self,
@@ -377,7 +430,7 @@ class ServiceCore:
         params: dict[str, Any],
         fn: Callable[[sqlite3.Connection, _Call, float], Response],
     ) -> Response:
-        call = _Call(op, principal or self.root_principal, context or _LOCAL, params)
+        call = _Call(op, principal or self.default_principal, context or _LOCAL, params)
         # One call at a time per store in this process (SQLite serialises writers anyway); the
         # lock also covers the caches, which are updated only after a commit.
         with self.store.lock:
@@ -389,6 +442,8 @@ class ServiceCore:
         now = self.now()
         err: KmsServiceError
         try:
+            call.caller = self._access.principal(call.principal)
+            call.account = call.caller.account or self.account
             if self.quota is not None:
                 try:
                     self.quota.check(call.op)
@@ -442,6 +497,10 @@ class ServiceCore:
             "error_code": None if err is None else err.code,
             "alarm": 1 if call.alarm else 0,
             "params": call.params,
+            "account": call.account,
+            "decision": call.decision,
+            "matched": ",".join(call.matched) or None,
+            "reason": call.reason,
         }
         call.head = audit.append(conn, body, self.store.sealer, now, self._audit_head)
 
@@ -534,7 +593,8 @@ class ServiceCore:
                 )
             self._meta_cache[(region, key_id)] = (gen, parsed)
             meta = dict(parsed)
-        return _Key(region, key_id, meta, self.arn(key_id, region))
+        account = str(meta.get("x_account") or self.account)
+        return _Key(region, key_id, meta, self.arn(key_id, region, account), account)
 
     def _save(self, conn: sqlite3.Connection, key: _Key, *, insert: bool = False) -> None:
         # random, so never reused: a rolled-back write cannot alias a cache entry
@@ -552,38 +612,55 @@ class ServiceCore:
                 (gen, text, mac, key.region, key.id),
             )
 
-    def _resolve_id(self, conn: sqlite3.Connection, ref: Any, *, managed: bool) -> tuple[str, bool]:
-        """Key id for a key id, key ARN, alias name or alias ARN; (id, created-managed-key?)."""
+    def _resolve_id(
+        self, conn: sqlite3.Connection, ref: Any, *, managed: bool, account: str | None = None
+    ) -> tuple[str, bool, str | None]:
+        """Resolve a key id, key ARN, alias name or alias ARN.
+
+        Returns (key id, created-managed-key?, the account the reference names or None). A key
+        id or alias name is the caller's (`account`); only an ARN reaches another account's
+        key, as in AWS. An ``alias/aws/`` alias is created on first use, in the caller's account.
+        """
         if not isinstance(ref, str) or not ref:
             raise ValidationException("KeyId is required")
         if len(ref) > 2048:
             raise ValidationException("KeyId must be at most 2048 characters")
+        account = account or self.account
+        named: str | None = None
         name = ref
         if ref.startswith("arn:"):
             parts = ref.split(":", 5)
-            if len(parts) != 6 or parts[2] != "kms":
+            if len(parts) != 6 or parts[2] != "kms" or not re.fullmatch(r"\d{12}", parts[4]):
                 raise InvalidArnException(f"{ref} is not a KMS ARN")
-            if parts[3] != self.region or parts[4] != self.account:
+            if parts[3] != self.region:
                 raise NotFoundException(f"Key '{ref}' does not exist in {self.region}")
+            named = parts[4]
             resource = parts[5]
             if resource.startswith("key/"):
-                return resource[4:], False
+                return resource[4:], False, named
             if not resource.startswith("alias/"):
                 raise InvalidArnException(f"{ref} names neither a key nor an alias")
             name = resource
         if name.startswith("alias/"):
-            target = self._alias_target(conn, name)
+            owner = named or account
+            target = self._alias_target(conn, name, owner)
             if target is not None:
-                return target, False
-            if managed and name.startswith("alias/aws/") and _ALIAS_RE.match(name):
-                return self._create_managed_key(conn, name), True
-            raise NotFoundException(f"Alias {self._alias_arn(name)} is not found.")
-        return name, False
+                return target, False, owner
+            if (
+                managed
+                and owner == account
+                and name.startswith("alias/aws/")
+                and _ALIAS_RE.match(name)
+            ):
+                return self._create_managed_key(conn, name, account), True, owner
+            raise NotFoundException(f"Alias {self._alias_arn(name, owner)} is not found.")
+        return name, False, named or account
 
-    def _alias_target(self, conn: sqlite3.Connection, name: str) -> str | None:
-        """The key id an alias of this Region points to (None: no such alias)."""
+    def _alias_target(self, conn: sqlite3.Connection, name: str, account: str) -> str | None:
+        """The key id an alias of this Region and account points to (None: no such alias)."""
         row = conn.execute(
-            "SELECT key_id FROM aliases WHERE region=? AND name=?", (self.region, name)
+            "SELECT key_id FROM aliases WHERE region=? AND account=? AND name=?",
+            (self.region, account, name),
         ).fetchone()
         return None if row is None else str(row[0])
 
@@ -596,19 +673,186 @@ class ServiceCore:
         now: float,
         *,
         managed: bool = False,
+        action: str | None = None,
+        any_account: bool = False,
+        authorize: bool = True,
     ) -> _Key:
-        """Resolve, settle what is due, record the key in the audit record, check the state."""
+        """Resolve, settle what is due, record the key in the audit record, authorize the
+        caller (`action`, default ``kms:<operation>``), then check the key's state.
+
+        `any_account`: the reference comes from a ciphertext (Decrypt), which may name a key of
+        any account; a reference the caller typed reaches another account only as an ARN.
+        """
         if call.key_id is None and isinstance(ref, str):
             call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
-        key_id, _ = self._resolve_id(conn, ref, managed=managed)
+        key_id, _, named = self._resolve_id(conn, ref, managed=managed, account=call.account)
         key = self._load(conn, self.region, key_id)
+        if key is not None and not any_account and named != key.account:
+            key = None  # another account's key, named without its ARN: not found, as in AWS
         if key is not None:
             key = self._settle(conn, key, now, call)
         if key is None:
-            raise NotFoundException(f"Key '{self.arn(key_id)}' does not exist")
+            raise NotFoundException(f"Key '{self.arn(key_id, account=named)}' does not exist")
         call.key_id = key.arn
+        if authorize:
+            if isinstance(ref, str) and (ref.startswith("alias/") or ":alias/" in ref):
+                call.values["kms:requestalias"] = ref.rsplit(":", 1)[-1]
+            self._authorize_key(conn, call, key, action or f"kms:{call.op}")
         _states.check(key.state, group, key.arn)
         return key
+
+    # -- access control -------------------------------------------------------------------
+
+    def _caller_values(self, call: _Call, now: float) -> dict[str, Any]:
+        """Condition keys every request has: who calls, from where, when, through what."""
+        caller = call.caller
+        assert caller is not None
+        values: dict[str, Any] = {
+            "aws:sourceip": call.ctx.source_ip,
+            "aws:currenttime": _authz.iso_time(now),
+            "aws:principalarn": caller.identity_arn,
+        }
+        if caller.account is not None:
+            values["kms:calleraccount"] = caller.account
+            values["aws:principalaccount"] = caller.account
+        if call.ctx.via_service:
+            values["kms:viaservice"] = call.ctx.via_service
+        if call.enc_context is not None:
+            values.update(_authz.encryption_context_values(call.enc_context))
+        values.update(call.values)
+        return values
+
+    def _authorize_key(self, conn: sqlite3.Connection, call: _Call, key: _Key, action: str) -> None:
+        """Is the caller allowed `action` on `key`? Key policy, identity policies, grants."""
+        caller = call.caller
+        assert caller is not None
+        now = self.now()
+        identity = self._access.identity(conn, caller)
+        m = key.meta
+        policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
+        key_policy = self._access.policy(policy_text, resource_policy=True)
+        values = self._caller_values(call, now)
+        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        values.update(_authz.tag_values("aws:resourcetag/", m.get("x_tags") or {}))
+        values["kms:keyspec"] = m["KeySpec"]
+        values["kms:keyusage"] = m["KeyUsage"]
+        values["kms:keyorigin"] = m["Origin"]
+        if self._access.mentions_aliases(policy_text, identity):
+            values["kms:resourcealiases"] = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT name FROM aliases WHERE region=? AND account=? AND key_id=?",
+                    (key.region, key.account, key.id),
+                )
+            ]
+        request = Request(
+            action=action,
+            caller=caller,
+            resource=key.arn,
+            resource_account=key.account,
+            values=values,
+            encryption_context=call.enc_context,
+            aws_managed=key.aws_managed,
+        )
+        decision = authorize(request, key_policy=key_policy, iam_policies=identity.policies)
+        if not decision.allowed and caller.kind != "service":
+            grants = self._access.grants(
+                conn, key.region, key.id, (caller.identity_arn, caller.arn)
+            )
+            if grants:
+                decision = authorize(
+                    request, key_policy=key_policy, iam_policies=identity.policies, grants=grants
+                )
+        self._decided(call, request, decision)
+
+    def _authorize_account(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        action: str | None = None,
+        resource: str = "*",
+    ) -> None:
+        """An account-level action (CreateKey, ListKeys, ...; an alias): identity policies."""
+        caller = call.caller
+        assert caller is not None
+        identity = self._access.identity(conn, caller)
+        values = self._caller_values(call, self.now())
+        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        request = Request(
+            action=action or f"kms:{call.op}",
+            caller=caller,
+            resource=resource,
+            resource_account=None,
+            values=values,
+            encryption_context=call.enc_context,
+        )
+        decision = authorize(request, key_policy=None, iam_policies=identity.policies)
+        self._decided(call, request, decision)
+
+    def _principal_exists(self, conn: sqlite3.Connection, arn: str) -> bool:
+        """Does a policy's user or role principal exist (AWS refuses policies naming ones that
+        do not)? An assumed-role session exists when its role does."""
+        try:
+            principal = self._access.principal(arn)
+        except KmsServiceError:
+            return False
+        if principal.kind in ("root", "service"):
+            return True
+        row = conn.execute(
+            "SELECT 1 FROM principals WHERE arn=?", (principal.identity_arn,)
+        ).fetchone()
+        return row is not None
+
+    def _checked_policy(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        text: Any,
+        key_arn: str,
+        account: str,
+        bypass: Any,
+    ) -> str:
+        """A key policy to store: valid (`MalformedPolicyDocumentException` otherwise) and, unless
+        `bypass`, one that still lets the caller call PutKeyPolicy (AWS's lockout safety check)."""
+        if not isinstance(bypass, bool):
+            raise ValidationException("BypassPolicyLockoutSafetyCheck must be a boolean")
+        if not isinstance(text, str) or not text:
+            raise ValidationException("Policy must be a non-empty string")
+        policy = parse_policy(
+            text,
+            resource_policy=True,
+            principal_exists=lambda arn: self._principal_exists(conn, arn),
+        )
+        if bypass:
+            return text
+        caller = call.caller
+        assert caller is not None
+        identity = self._access.identity(conn, caller)
+        values = self._caller_values(call, self.now())
+        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        request = Request(
+            action="kms:PutKeyPolicy",
+            caller=caller,
+            resource=key_arn,
+            resource_account=account,
+            values=values,
+        )
+        if not authorize(request, key_policy=policy, iam_policies=identity.policies).allowed:
+            raise MalformedPolicyDocumentException(
+                "The new key policy will not allow you to update the key policy in the future."
+            )
+        return text
+
+    @staticmethod
+    def _decided(call: _Call, request: Request, decision: Decision) -> None:
+        if decision.allowed:
+            call.decision = call.decision or "allowed"
+            if decision.matched:
+                call.matched.append(decision.matched)
+            return
+        call.decision = "denied"
+        call.reason = decision.reason
+        raise AccessDeniedException(decision.message(request))
 
     def _settle(
         self, conn: sqlite3.Connection, key: _Key, now: float, call: _Call | None = None
@@ -684,6 +928,8 @@ class ServiceCore:
         conn.execute("DELETE FROM keys WHERE region=? AND key_id=?", (key.region, key.id))
         conn.execute("DELETE FROM aliases WHERE region=? AND key_id=?", (key.region, key.id))
         conn.execute("DELETE FROM import_tokens WHERE region=? AND key_id=?", (key.region, key.id))
+        # a grant never outlives its key (in this Region)
+        conn.execute("DELETE FROM grants WHERE region=? AND key_id=?", (key.region, key.id))
         if conn.execute("SELECT 1 FROM keys WHERE key_id=?", (key.id,)).fetchone() is None:
             conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
 
@@ -770,7 +1016,7 @@ class ServiceCore:
     def _metadata(self, conn: sqlite3.Connection, key: _Key) -> Response:
         m = key.meta
         out: Response = {
-            "AWSAccountId": self.account,
+            "AWSAccountId": key.account,
             "KeyId": key.id,
             "Arn": key.arn,
             "CreationDate": m["CreationDate"],
@@ -793,9 +1039,12 @@ class ServiceCore:
             regions = [key.region, *self._replica_regions(conn, key)]
             out["MultiRegionConfiguration"] = {
                 "MultiRegionKeyType": m["x_mr_type"],
-                "PrimaryKey": {"Arn": self.arn(key.id, primary), "Region": primary},
+                "PrimaryKey": {
+                    "Arn": self.arn(key.id, primary, key.account),
+                    "Region": primary,
+                },
                 "ReplicaKeys": [
-                    {"Arn": self.arn(key.id, r), "Region": r}
+                    {"Arn": self.arn(key.id, r, key.account), "Region": r}
                     for r in sorted(regions)
                     if r != primary
                 ],
@@ -817,8 +1066,11 @@ class ServiceCore:
         tags: dict[str, str],
         region: str | None = None,
         key_id: str | None = None,
+        account: str | None = None,
+        policy: str | None = None,
     ) -> _Key:
         region = region or self.region
+        account = account or self.account
         if key_id is None:
             key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
         meta: dict[str, Any] = {
@@ -839,8 +1091,10 @@ class ServiceCore:
             "x_fp": None,
             "x_mr_type": "PRIMARY" if multi_region else None,
             "x_primary_region": region if multi_region else None,
+            "x_account": account,
+            "x_policy": policy or _authz.default_key_policy(account),
         }
-        key = _Key(region, key_id, meta, self.arn(key_id, region))
+        key = _Key(region, key_id, meta, self.arn(key_id, region, account), account)
         if origin == "AWS_KMS":
             existing = conn.execute("SELECT 1 FROM material WHERE key_id=?", (key_id,)).fetchone()
             if existing is None:
@@ -851,7 +1105,7 @@ class ServiceCore:
         self._save(conn, key, insert=True)
         return key
 
-    def _create_managed_key(self, conn: sqlite3.Connection, alias: str) -> str:
+    def _create_managed_key(self, conn: sqlite3.Connection, alias: str, account: str) -> str:
         now = self.now()
         service = alias[len("alias/aws/") :]
         key = self._new_key(
@@ -866,13 +1120,16 @@ class ServiceCore:
             multi_region=False,
             manager="AWS",
             tags={},
+            account=account,
+            policy=_authz.managed_key_policy(account, service, self.region),
         )
         key.meta["x_rot_period"] = 365
         key.meta["x_rot_next"] = now + 365 * DAY
         self._save(conn, key)
         conn.execute(
-            "INSERT INTO aliases(region, name, key_id, created, updated) VALUES (?,?,?,?,?)",
-            (self.region, alias, key.id, now, now),
+            "INSERT INTO aliases(region, account, name, key_id, created, updated) "
+            "VALUES (?,?,?,?,?,?)",
+            (self.region, account, alias, key.id, now, now),
         )
         return key.id
 

@@ -18,6 +18,7 @@ from ._core import (
     _bytes,
     _Call,
     _context,
+    _grant_tokens,
     _int_in,
     _Key,
 )
@@ -82,12 +83,14 @@ class CryptoOps(ServiceCore):
         key_ref: str | None,
         algorithm: str,
         now: float,
+        action: str = "kms:Decrypt",
     ) -> tuple[_Key, bytes]:
+        call.values["kms:encryptionalgorithm"] = algorithm
         if algorithm == _specs.SYMMETRIC_DEFAULT:
             parsed = _blob.parse(blob)
-            key = self._key(conn, call, parsed.key_id, CRYPTO, now)
+            key = self._key(conn, call, parsed.key_id, CRYPTO, now, action=action, any_account=True)
             if key_ref is not None:
-                named, _ = self._resolve_id(conn, key_ref, managed=False)
+                named, _, _ = self._resolve_id(conn, key_ref, managed=False, account=call.account)
                 if named != parsed.key_id:
                     raise IncorrectKeyException(f"the ciphertext was not made under {key_ref}")
             if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
@@ -98,7 +101,7 @@ class CryptoOps(ServiceCore):
             return key, _blob.open_(parsed, mat.raw, ctx)
         if key_ref is None:
             raise ValidationException("KeyId is required to decrypt with an asymmetric key")
-        key = self._key(conn, call, key_ref, CRYPTO, now)
+        key = self._key(conn, call, key_ref, CRYPTO, now, action=action)
         if key.usage != _specs.ENCRYPT_DECRYPT or key.spec not in _specs.RSA_SPECS:
             raise InvalidKeyUsageException(f"{key.arn} cannot decrypt with {algorithm}")
         if ctx:
@@ -118,8 +121,11 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            call.enc_context = ctx
             pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
+            call.values["kms:encryptionalgorithm"] = encryption_algorithm
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             blob = self._encrypt_with(conn, call, key, pt, ctx, encryption_algorithm)
             return {
@@ -144,7 +150,9 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            call.enc_context = ctx
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
             return {"KeyId": key.arn, "Plaintext": pt, "EncryptionAlgorithm": encryption_algorithm}
@@ -170,11 +178,25 @@ class CryptoOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             sctx = _context(source_encryption_context)
             dctx = _context(destination_encryption_context)
+            _grant_tokens(grant_tokens)
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
+            call.enc_context = sctx
             src, pt = self._decrypt_with(
-                conn, call, blob, sctx, source_key_id, source_encryption_algorithm, now
+                conn,
+                call,
+                blob,
+                sctx,
+                source_key_id,
+                source_encryption_algorithm,
+                now,
+                "kms:ReEncryptFrom",
             )
-            dst = self._key(conn, call, destination_key_id, CRYPTO, now, managed=True)
+            call.enc_context = dctx
+            call.values.pop("kms:requestalias", None)
+            call.values["kms:encryptionalgorithm"] = destination_encryption_algorithm
+            dst = self._key(
+                conn, call, destination_key_id, CRYPTO, now, managed=True, action="kms:ReEncryptTo"
+            )
             call.params["DestinationKeyId"] = dst.arn  # key_id records the source key
             out = self._encrypt_with(conn, call, dst, pt, dctx, destination_encryption_algorithm)
             return {
@@ -197,9 +219,12 @@ class CryptoOps(ServiceCore):
         with_plaintext: bool,
         principal: str | None,
         context: RequestContext | None,
+        grant_tokens: Sequence[str] = (),
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            call.enc_context = ctx
             if (number_of_bytes is None) == (key_spec is None):
                 raise ValidationException("exactly one of KeySpec and NumberOfBytes is required")
             if key_spec is not None:
@@ -243,6 +268,7 @@ class CryptoOps(ServiceCore):
             True,
             principal,
             context,
+            grant_tokens,
         )
 
     def generate_data_key_without_plaintext(
@@ -265,6 +291,7 @@ class CryptoOps(ServiceCore):
             False,
             principal,
             context,
+            grant_tokens,
         )
 
     def _data_key_pair(
@@ -276,9 +303,12 @@ class CryptoOps(ServiceCore):
         with_plaintext: bool,
         principal: str | None,
         context: RequestContext | None,
+        grant_tokens: Sequence[str] = (),
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
+            call.enc_context = ctx
             if key_pair_spec not in _specs.RSA_SPECS and key_pair_spec not in _specs.ECC_CURVES:
                 raise ValidationException("KeyPairSpec must be an RSA_* or ECC_* key spec")
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
@@ -316,6 +346,7 @@ class CryptoOps(ServiceCore):
             True,
             principal,
             context,
+            grant_tokens,
         )
 
     def generate_data_key_pair_without_plaintext(
@@ -336,6 +367,7 @@ class CryptoOps(ServiceCore):
             False,
             principal,
             context,
+            grant_tokens,
         )
 
     def generate_random(
@@ -346,6 +378,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
             return {"Plaintext": os.urandom(_int_in(number_of_bytes, 1, 1024, "NumberOfBytes"))}
 
         return self._run(
@@ -372,6 +405,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             key = self._signing_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
@@ -401,6 +435,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             sig = _bytes(signature, "Signature", 1, 6144)
             key = self._signing_key(conn, call, key_id, now)
@@ -434,6 +469,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             key = self._key(conn, call, key_id, CRYPTO, now)
             if not _specs.is_asymmetric(key.spec):
                 raise UnsupportedOperationException(f"{key.spec} keys have no public key")
@@ -469,6 +505,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             key = self._mac_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
@@ -489,6 +526,7 @@ class CryptoOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             tag = _bytes(mac, "Mac", 1, 6144)
             key = self._mac_key(conn, call, key_id, now)

@@ -74,12 +74,14 @@ def open_service(
     quota: RateQuota | None = None,
     digests: str | os.PathLike[str] | None = None,
     strict: bool | None = None,
+    principal: str | None = None,
 ) -> KeyService:
     """Open (creating on first use) the store under `home` and return its `KeyService`.
 
     The service owns the store: `close()` seals the audit log and closes the file. `strict`
     (default ``$ENVELOPE_STRICT``) refuses a root-key file readable by group or others instead
-    of warning (`InsecureRootKeyWarning`).
+    of warning (`InsecureRootKeyWarning`). `principal` is who calls when a call names no
+    principal (default ``$ENVELOPE_PRINCIPAL``, else the account root).
     """
     h = default_home(home)
     h.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -109,6 +111,7 @@ def open_service(
             region=region or os.environ.get("ENVELOPE_REGION") or DEFAULT_REGION,
             owns_store=True,
             quota=quota,
+            principal=principal or os.environ.get("ENVELOPE_PRINCIPAL") or None,
         )
     except BaseException:
         store.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import uuid
 from collections.abc import Mapping, Sequence
 
-from . import _specs
+from . import _authz, _specs
 from ._core import (
     DAY,
     MAX_ON_DEMAND_ROTATIONS,
@@ -57,6 +59,7 @@ class LifecycleOps(ServiceCore):
         multi_region: bool = False,
         tags: Sequence[Mapping[str, str]] | None = None,
         policy: str | None = None,
+        bypass_policy_lockout_safety_check: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -69,6 +72,13 @@ class LifecycleOps(ServiceCore):
         }
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            new_tags = self._check_tags(tags, {})
+            call.values.update(_authz.tag_values("aws:requesttag/", new_tags))
+            call.values["aws:tagkeys"] = list(new_tags)
+            call.values["kms:keyspec"] = spec
+            call.values["kms:keyusage"] = key_usage
+            call.values["kms:keyorigin"] = origin
+            self._authorize_account(conn, call)
             if key_spec and customer_master_key_spec and key_spec != customer_master_key_spec:
                 raise ValidationException("KeySpec and CustomerMasterKeySpec differ")
             if not isinstance(description, str) or len(description) > 8192:
@@ -78,8 +88,20 @@ class LifecycleOps(ServiceCore):
                 raise UnsupportedOperationException(f"Origin {origin} needs a custom key store")
             if origin not in ("AWS_KMS", "EXTERNAL"):
                 raise ValidationException("Origin must be AWS_KMS or EXTERNAL")
-            if policy is not None and (not isinstance(policy, str) or len(policy) > 32768):
-                raise ValidationException("Policy must be at most 32768 characters")
+            account = call.account or self.account
+            key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
+            key_policy = (
+                None
+                if policy is None
+                else self._checked_policy(
+                    conn,
+                    call,
+                    policy,
+                    self.arn(key_id, account=account),
+                    account,
+                    bypass_policy_lockout_safety_check,
+                )
+            )
             key = self._new_key(
                 conn,
                 call,
@@ -90,7 +112,10 @@ class LifecycleOps(ServiceCore):
                 description=description,
                 multi_region=bool(multi_region),
                 manager="CUSTOMER",
-                tags=self._check_tags(tags, {}),
+                tags=new_tags,
+                key_id=key_id,
+                account=account,
+                policy=key_policy,
             )
             call.key_id = key.arn
             return {"KeyMetadata": self._metadata(conn, key)}
@@ -115,14 +140,29 @@ class LifecycleOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
             n, after = _paging(limit, marker, 100, 1000)
             self._sweep(conn, now)
-            rows = conn.execute(
-                "SELECT key_id FROM keys WHERE region=? AND key_id>? ORDER BY key_id LIMIT ?",
-                (self.region, after, n + 1),
-            ).fetchall()
-            items, extra = _page([str(r[0]) for r in rows], n, lambda k: k)
-            return {"Keys": [{"KeyId": k, "KeyArn": self.arn(k)} for k in items], **extra}
+            account = call.account or self.account
+            items: list[str] = []
+            # the caller's account only; keys made before schema 4 belong to the service's
+            while len(items) <= n:
+                rows = conn.execute(
+                    "SELECT key_id, meta FROM keys WHERE region=? AND key_id>? ORDER BY key_id "
+                    "LIMIT ?",
+                    (self.region, after, n + 1),
+                ).fetchall()
+                if not rows:
+                    break
+                for kid, text in rows:
+                    if _owner(text, self.account) == account:
+                        items.append(str(kid))
+                after = str(rows[-1][0])
+            page, extra = _page(items, n, lambda k: k)
+            return {
+                "Keys": [{"KeyId": k, "KeyArn": self.arn(k, account=account)} for k in page],
+                **extra,
+            }
 
         return self._run("ListKeys", principal, context, {}, op)
 
@@ -132,6 +172,7 @@ class LifecycleOps(ServiceCore):
         """Apply every due deletion, rotation and expiry now (AWS does this in the background)."""
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
             self._sweep(conn, now)
             return {}
 
@@ -355,3 +396,13 @@ class LifecycleOps(ServiceCore):
             return {"Rotations": rotations, **extra}
 
         return self._run("ListKeyRotations", principal, context, {}, op)
+
+
+def _owner(meta_text: object, default: str) -> str:
+    """The owning account in a key row's stored metadata (authenticated when the key is used;
+    listing only needs to know whose it is)."""
+    try:
+        meta = json.loads(str(meta_text))
+    except ValueError:
+        return default
+    return str(meta.get("x_account") or default) if isinstance(meta, dict) else default

@@ -11,6 +11,12 @@ upgrade to the same schema in the audit log is reported by the store check.
 Schema 3 adds the seal counter (sealed under the root key), a random store id, and the digest
 columns of ``seals`` (`digests`); seals made before it stay verifiable by the chain as before,
 and the first seal after it is digest 1.
+
+Schema 4 adds access control (issue 10): principals, their identity (IAM) policies, grants,
+and the access generation counter; aliases gain the owning account (a store now holds several
+accounts, and every account has its own alias names). Existing aliases belong to the default
+account, the only one earlier versions had. Key rows need no change: a key without an owning
+account or a key policy belongs to the service's account and has the default key policy.
 """
 
 from __future__ import annotations
@@ -27,7 +33,28 @@ from .rootkey import RootKey
 
 __all__ = ("SCHEMA_VERSION", "SEALS_INDEX", "UPGRADE_OPERATION", "read_meta", "upgrade")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+#: The default account of every store written before schema 4.
+LEGACY_ACCOUNT = "000000000000"
+
+#: Access-control tables (schema 4). Every row carries a MAC under the row key (`_rows`), bound
+#: to its table and primary key, so a principal, policy or grant edited in the file is refused.
+ACCESS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS principals(
+    arn TEXT PRIMARY KEY, account TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+    mac BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS principals_account ON principals(account);
+CREATE TABLE IF NOT EXISTS identity_policies(
+    principal TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, mac BLOB NOT NULL,
+    PRIMARY KEY(principal, name));
+CREATE TABLE IF NOT EXISTS grants(
+    grant_id TEXT PRIMARY KEY, region TEXT NOT NULL, key_id TEXT NOT NULL,
+    grantee TEXT NOT NULL, retiring TEXT, name TEXT, token_hash BLOB NOT NULL,
+    body TEXT NOT NULL, mac BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS grants_key ON grants(region, key_id, grantee);
+CREATE INDEX IF NOT EXISTS grants_retiring ON grants(retiring);
+CREATE UNIQUE INDEX IF NOT EXISTS grants_token ON grants(token_hash);
+"""
 UPGRADE_OPERATION = "UpgradeStore"
 
 
@@ -86,6 +113,8 @@ def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) ->
             _to_2(conn, rk, signer)
         if version <= 2:
             _to_3(conn, rk, signer)
+        if version <= 3:
+            _to_4(conn, rk, signer)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -125,6 +154,28 @@ def _to_3(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
     )
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"3",))
     _record(conn, audit.Sealer(signer, rk, store_id), 2, 3, {})
+
+
+def _to_4(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    """Access control: the principal, policy and grant tables; aliases gain their account."""
+    conn.execute("ALTER TABLE aliases RENAME TO aliases_v3")
+    conn.execute(
+        "CREATE TABLE aliases(region TEXT NOT NULL, account TEXT NOT NULL, name TEXT NOT NULL, "
+        "key_id TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, "
+        "PRIMARY KEY(region, account, name))"
+    )
+    conn.execute(
+        "INSERT INTO aliases SELECT region, ?, name, key_id, created, updated FROM aliases_v3",
+        (LEGACY_ACCOUNT,),
+    )
+    conn.execute("DROP TABLE aliases_v3")
+    conn.execute("CREATE INDEX IF NOT EXISTS aliases_key ON aliases(key_id)")
+    for statement in ACCESS_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"4",))
+    store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
+    _record(conn, audit.Sealer(signer, rk, store_id), 3, 4, {})
 
 
 SEALS_INDEX = "CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter)"

@@ -55,6 +55,7 @@ class MultiRegionOps(ServiceCore):
         description: str | None = None,
         tags: Sequence[Mapping[str, str]] | None = None,
         policy: str | None = None,
+        bypass_policy_lockout_safety_check: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -65,6 +66,14 @@ class MultiRegionOps(ServiceCore):
             )
             if replica_region == self.region or self._load(conn, replica_region, key.id):
                 raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
+            replica_arn = self.arn(key.id, replica_region, key.account)
+            replica_policy = (
+                None
+                if policy is None
+                else self._checked_policy(
+                    conn, call, policy, replica_arn, key.account, bypass_policy_lockout_safety_check
+                )
+            )
             replica = self._new_key(
                 conn,
                 call,
@@ -78,6 +87,8 @@ class MultiRegionOps(ServiceCore):
                 tags=self._check_tags(tags, {}),
                 region=replica_region,
                 key_id=key.id,
+                account=key.account,
+                policy=replica_policy,
             )
             replica.meta["x_mr_type"] = "REPLICA"
             replica.meta["x_primary_region"] = self.region

@@ -20,7 +20,7 @@ import hashlib
 import hmac
 import struct
 
-__all__ = ("KEY_ROW_MAC_AAD", "check", "mac")
+__all__ = ("KEY_ROW_MAC_AAD", "check", "check_record", "mac", "record_mac")
 
 _DOMAIN = b"envelope/kms/key-row/v1"
 #: The AAD the row key is sealed under in the store's meta table.
@@ -43,3 +43,21 @@ def check(key: bytes, region: str, key_id: str, meta: str, stored: object) -> bo
     if not isinstance(stored, bytes | bytearray | memoryview):
         return False
     return hmac.compare_digest(mac(key, region, key_id, meta), bytes(stored))
+
+
+def record_mac(key: bytes, table: str, ident: str, body: str) -> bytes:
+    """The MAC of an access-control row (a principal, identity policy or grant).
+
+    Same key as key rows, another domain per table, bound to the row's primary key (`ident`),
+    so a row can be neither edited nor moved to another principal, policy name or grant.
+    """
+    message = (
+        b"envelope/kms/access-row/v1" + _field(table) + _field(ident) + body.encode("utf-8")
+    )
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def check_record(key: bytes, table: str, ident: str, body: str, stored: object) -> bool:
+    if not isinstance(stored, bytes | bytearray | memoryview):
+        return False
+    return hmac.compare_digest(record_mac(key, table, ident, body), bytes(stored))

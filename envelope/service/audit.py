@@ -70,6 +70,13 @@ FIELDS = frozenset(
         "error_code",
         "alarm",
         "params",
+        # access control (issue 10): the calling account, "allowed" / "denied" (None when
+        # the call failed before a decision), what allowed it (a key-policy or identity-policy
+        # statement, a grant id, "root"), and why a denial was made
+        "account",
+        "decision",
+        "matched",
+        "reason",
     }
 )
 

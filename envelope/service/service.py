@@ -21,21 +21,35 @@ from __future__ import annotations
 from ._aliases import AliasTagOps
 from ._core import DEFAULT_ACCOUNT, DEFAULT_REGION, RequestContext
 from ._crypto import CryptoOps
+from ._grants import GrantOps
+from ._iam import IamOps
 from ._imports import ImportOps
 from ._lifecycle import LifecycleOps
 from ._multiregion import MultiRegionOps
+from ._policies import KeyPolicyOps
 
 __all__ = ("DEFAULT_ACCOUNT", "DEFAULT_REGION", "KeyService", "RequestContext")
 
 
-class KeyService(LifecycleOps, AliasTagOps, CryptoOps, ImportOps, MultiRegionOps):
+class KeyService(
+    LifecycleOps,
+    AliasTagOps,
+    CryptoOps,
+    ImportOps,
+    MultiRegionOps,
+    KeyPolicyOps,
+    GrantOps,
+    IamOps,
+):
     """The embedded KMS for one Region of a store (other Regions are other namespaces).
 
     Thread-safe: calls serialise on the store's lock (and across processes on SQLite's).
     `clock` returns the current time (epoch seconds or an aware datetime) so tests can move it.
 
     Operations are grouped in mixins by area (`_lifecycle`, `_aliases`, `_crypto`, `_imports`,
-    `_multiregion`) over the shared machinery of `_core.ServiceCore`.
+    `_multiregion`, `_policies`, `_grants`, `_iam`) over the shared machinery of
+    `_core.ServiceCore`. Every operation is authorized (`_core.ServiceCore._authorize_key` /
+    `_authorize_account`, deciding with `access.authorize`) before it changes anything.
     """
 
     def for_region(self, region: str) -> KeyService:
@@ -44,5 +58,10 @@ class KeyService(LifecycleOps, AliasTagOps, CryptoOps, ImportOps, MultiRegionOps
         It shares this service's store, so it is usable while this service is open.
         """
         return KeyService(
-            self.store, clock=self._clock, region=region, account=self.account, quota=self.quota
+            self.store,
+            clock=self._clock,
+            region=region,
+            account=self.account,
+            quota=self.quota,
+            principal=self.default_principal,
         )

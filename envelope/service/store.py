@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _rows, audit
-from ._migrate import SCHEMA_VERSION, read_meta, upgrade
+from ._migrate import ACCESS_SCHEMA, SCHEMA_VERSION, read_meta, upgrade
 from .digests import DigestLocation, default_location, name_of
 from .errors import KMSInternalException, RootKeyError, StoreError
 from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
@@ -50,8 +50,9 @@ CREATE TABLE IF NOT EXISTS material(
     key_id TEXT NOT NULL, version INTEGER NOT NULL, created REAL NOT NULL, kind TEXT NOT NULL,
     sealed BLOB NOT NULL, PRIMARY KEY(key_id, version));
 CREATE TABLE IF NOT EXISTS aliases(
-    region TEXT NOT NULL, name TEXT NOT NULL, key_id TEXT NOT NULL,
-    created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY(region, name));
+    region TEXT NOT NULL, account TEXT NOT NULL, name TEXT NOT NULL, key_id TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY(region, account, name));
+CREATE INDEX IF NOT EXISTS aliases_key ON aliases(key_id);
 CREATE TABLE IF NOT EXISTS import_tokens(
     token TEXT PRIMARY KEY, region TEXT NOT NULL, key_id TEXT NOT NULL, expires REAL NOT NULL,
     algorithm TEXT NOT NULL, sealed BLOB NOT NULL);
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS seals(
     seq INTEGER PRIMARY KEY, chain BLOB NOT NULL, at REAL NOT NULL, sig BLOB NOT NULL,
     counter INTEGER, digest BLOB, published INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter);
-"""
+""" + ACCESS_SCHEMA
 
 Synchronous = Literal["NORMAL", "FULL"]
 _log = logging.getLogger("envelope.service.audit")

@@ -327,11 +327,18 @@ def test_update_description(svc: KeyService) -> None:
 
 
 def test_aws_managed_keys(svc: KeyService) -> None:
-    out = svc.generate_data_key(key_id="alias/aws/s3", key_spec="AES_256")
+    """Used through their service (kms:ViaService) by the account; never managed by anyone:
+    the fixed key policy allows no management action, so AWS (and we) answer AccessDenied."""
+    from envelope.service import RequestContext
+
+    via = RequestContext(via_service="s3.us-east-1.amazonaws.com")
+    out = svc.generate_data_key(key_id="alias/aws/s3", key_spec="AES_256", context=via)
     meta = svc.describe_key(key_id="alias/aws/s3")["KeyMetadata"]
     assert meta["KeyManager"] == "AWS" and out["KeyId"] == meta["Arn"]
     assert svc.get_key_rotation_status(key_id=meta["KeyId"])["KeyRotationEnabled"] is True
     kid = meta["KeyId"]
+    # not through the service: refused even to the account root
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x")) == "AccessDeniedException"
     for fn in (
         lambda: svc.disable_key(key_id=kid),
         lambda: svc.schedule_key_deletion(key_id=kid),
@@ -339,10 +346,12 @@ def test_aws_managed_keys(svc: KeyService) -> None:
         lambda: svc.update_key_description(key_id=kid, description="x"),
         lambda: svc.tag_resource(key_id=kid, tags=[{"TagKey": "a", "TagValue": "b"}]),
         lambda: svc.create_alias(alias_name="alias/mine", target_key_id=kid),
+        lambda: svc.put_key_policy(key_id=kid, policy=svc.get_key_policy(key_id=kid)["Policy"]),
     ):
-        assert code_of(fn) == "UnsupportedOperationException"
+        assert code_of(fn) == "AccessDeniedException"
     # created once: a second use finds the same key
-    assert svc.encrypt(key_id="alias/aws/s3", plaintext=b"x")["KeyId"] == meta["Arn"]
+    out = svc.encrypt(key_id="alias/aws/s3", plaintext=b"x", context=via)
+    assert out["KeyId"] == meta["Arn"]
     assert code_of(lambda: svc.delete_alias(alias_name="alias/aws/s3")) == (
         "InvalidAliasNameException"
     )
@@ -384,6 +393,13 @@ def test_principal_and_context_are_recorded(svc: KeyService) -> None:
     from envelope.service import RequestContext
 
     kid = new_key(svc)
+    alice = svc.create_user(user_name="alice")["User"]["Arn"]
+    svc.put_principal_policy(
+        arn=alice,
+        policy_name="encrypt",
+        policy_document='{"Version": "2012-10-17", "Statement": {"Effect": "Allow", '
+        '"Action": "kms:Encrypt", "Resource": "*"}}',
+    )
     ctx = RequestContext(source_ip="10.0.0.7", user_agent="tests/1.0", request_id="req-1")
     svc.encrypt(
         key_id=kid,
@@ -397,6 +413,11 @@ def test_principal_and_context_are_recorded(svc: KeyService) -> None:
         "10.0.0.7",
         "tests/1.0",
         "req-1",
+    )
+    assert (rec["account"], rec["decision"], rec["matched"]) == (
+        "000000000000",
+        "allowed",
+        "iam:encrypt:#0",
     )
     assert svc.audit_tail(2)[0]["principal"] == "arn:aws:iam::000000000000:root"
 

@@ -1,0 +1,261 @@
+"""The service side of access control: what the pure evaluator (`access`) needs, from the store.
+
+`access.authorize` decides; this module gathers its inputs for one call: the caller's identity
+(its tags and identity policies, from the ``principals`` and ``identity_policies`` tables), the
+key policy (kept in the key row, so it is authenticated with the key and changes atomically with
+it), the grants of the key for the caller, and the condition context (``kms:*`` and ``aws:*``
+keys). Each row is authenticated under the row key (`_rows.record_mac`), so editing the SQLite
+file to widen access is refused as tampering, like an edited key row.
+
+Caching keeps enforcement within a few microseconds of a call: parsed policies are cached by
+their text (a policy is immutable once parsed), and a caller's identity by its ARN under the
+store's *access generation*, a random number rewritten by every change to principals or
+identity policies (in any process), read once per call.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cachetools import LRUCache
+
+from . import _rows
+from .access import (
+    GrantView,
+    Policy,
+    Principal,
+    parse_policy,
+    parse_principal,
+)
+from .errors import TamperedStoreError
+
+__all__ = (
+    "ACCESS_GEN",
+    "AccessCache",
+    "Identity",
+    "bump_generation",
+    "default_key_policy",
+    "managed_key_policy",
+)
+
+ACCESS_GEN = "access_gen"
+DEFAULT_POLICY_NAME = "default"
+
+
+def default_key_policy(account: str) -> str:
+    """AWS's default key policy: the account root may do everything, which delegates the key
+    to the account's IAM policies (and lets the root manage the key even when IAM says no)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Id": "key-default-1",
+            "Statement": [
+                {
+                    "Sid": "Enable IAM User Permissions",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                    "Action": "kms:*",
+                    "Resource": "*",
+                }
+            ],
+        },
+        indent=2,
+    )
+
+
+def managed_key_policy(account: str, service: str, region: str) -> str:
+    """The fixed policy of an AWS managed key (``alias/aws/<service>``), as AWS writes it:
+    use only through that service by principals of the same account; metadata readable by the
+    account through IAM. Nothing else, so it can never be changed, disabled or shared."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Id": f"auto-{service}-1",
+            "Statement": [
+                {
+                    "Sid": f"Allow access through {service} for all principals in the account "
+                    f"that are authorized to use {service}",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": "*"},
+                    "Action": [
+                        "kms:Encrypt",
+                        "kms:Decrypt",
+                        "kms:ReEncrypt*",
+                        "kms:GenerateDataKey*",
+                        "kms:CreateGrant",
+                        "kms:DescribeKey",
+                    ],
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEquals": {
+                            "kms:CallerAccount": account,
+                            "kms:ViaService": via_service(service, region),
+                        }
+                    },
+                },
+                {
+                    "Sid": "Allow direct access to key metadata to the account",
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                    "Action": ["kms:Describe*", "kms:Get*", "kms:List*"],
+                    "Resource": "*",
+                },
+            ],
+        },
+        indent=2,
+    )
+
+
+def via_service(service: str, region: str) -> str:
+    """The ``kms:ViaService`` value of calls made through `service` (AWS's endpoint name)."""
+    return f"{service}.{region}.amazonaws.com"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The caller as access control sees it: who, which tags, which identity policies."""
+
+    principal: Principal
+    exists: bool
+    tags: Mapping[str, str] = field(default_factory=dict)
+    policies: tuple[tuple[str, Policy], ...] = ()
+
+
+def bump_generation(conn: sqlite3.Connection) -> None:
+    """Invalidate every process's cached identities (call inside the writing transaction)."""
+    conn.execute(
+        "INSERT INTO meta(name, value) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+        (ACCESS_GEN, str(secrets.randbits(62)).encode()),
+    )
+
+
+def _generation(conn: sqlite3.Connection) -> bytes:
+    row = conn.execute("SELECT value FROM meta WHERE name=?", (ACCESS_GEN,)).fetchone()
+    return b"" if row is None else bytes(row[0])
+
+
+class AccessCache:
+    """Parsed policies by text, callers by ARN, identities by ARN under the access generation."""
+
+    def __init__(self, row_key: bytes) -> None:
+        self._row_key = row_key
+        self._policies: LRUCache[tuple[str, bool], Policy] = LRUCache(maxsize=4096)
+        self._principals: LRUCache[str, Principal] = LRUCache(maxsize=4096)
+        self._identities: LRUCache[str, tuple[bytes, Identity]] = LRUCache(maxsize=4096)
+        self._alias_mentions: LRUCache[str, bool] = LRUCache(maxsize=4096)
+
+    def policy(self, text: str, *, resource_policy: bool) -> Policy:
+        """A stored policy, parsed once (it was validated when it was stored)."""
+        hit = self._policies.get((text, resource_policy))
+        if hit is None:
+            hit = parse_policy(text, resource_policy=resource_policy)
+            self._policies[(text, resource_policy)] = hit
+        return hit
+
+    def mentions_aliases(self, key_policy: str, identity: Identity) -> bool:
+        """Does any policy in play test ``kms:ResourceAliases`` (worth a query only then)?"""
+        texts = (key_policy, *(p.text for _, p in identity.policies))
+        return any(self._mentions(t) for t in texts)
+
+    def _mentions(self, text: str) -> bool:
+        hit = self._alias_mentions.get(text)
+        if hit is None:
+            hit = self._alias_mentions[text] = "kms:resourcealiases" in text.lower()
+        return hit
+
+    def principal(self, arn: str) -> Principal:
+        hit = self._principals.get(arn)
+        if hit is None:
+            hit = parse_principal(arn)
+            self._principals[arn] = hit
+        return hit
+
+    def identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:
+        """The caller's stored tags and identity policies (none for the root or a service)."""
+        gen = _generation(conn)
+        hit = self._identities.get(caller.arn)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        identity = self._load_identity(conn, caller)
+        self._identities[caller.arn] = (gen, identity)
+        return identity
+
+    def _load_identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:
+        if caller.kind in ("root", "service"):
+            return Identity(caller, True)
+        arn = caller.identity_arn
+        row = conn.execute("SELECT body, mac FROM principals WHERE arn=?", (arn,)).fetchone()
+        if row is None:
+            return Identity(caller, False)
+        body = self._authentic(row[0], row[1], "principals", arn)
+        policies = []
+        for name, text, mac in conn.execute(
+            "SELECT name, body, mac FROM identity_policies WHERE principal=? ORDER BY name",
+            (arn,),
+        ):
+            doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
+            policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
+        tags = body.get("Tags") or {}
+        return Identity(caller, True, dict(tags), tuple(policies))
+
+    def _authentic(self, text: object, mac: object, table: str, ident: str) -> dict[str, Any]:
+        if isinstance(text, str) and _rows.check_record(self._row_key, table, ident, text, mac):
+            parsed = json.loads(text)
+            if isinstance(parsed, dict):
+                return parsed
+        raise TamperedStoreError(
+            f"the stored {table.replace('_', ' ')} row {ident!r} fails authentication under "
+            "the root key: it was changed outside the KMS; restore the store from a backup"
+        )
+
+    def grants(
+        self, conn: sqlite3.Connection, region: str, key_id: str, grantees: Iterable[str]
+    ) -> list[GrantView]:
+        """The grants of a key whose grantee is one of `grantees` (authenticated rows)."""
+        out: list[GrantView] = []
+        for grantee in dict.fromkeys(grantees):
+            for gid, text, mac in conn.execute(
+                "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=? AND grantee=?",
+                (region, key_id, grantee),
+            ):
+                body = self._authentic(text, mac, "grants", str(gid))
+                out.append(grant_view(body))
+        return out
+
+
+def grant_view(body: Mapping[str, Any]) -> GrantView:
+    """A stored grant (its ListGrants entry) as the evaluator sees it."""
+    constraints = body.get("Constraints") or {}
+    return GrantView(
+        grant_id=str(body["GrantId"]),
+        grantee=str(body["GranteePrincipal"]),
+        operations=frozenset(body["Operations"]),
+        context_equals=constraints.get("EncryptionContextEquals"),
+        context_subset=constraints.get("EncryptionContextSubset"),
+    )
+
+
+def iso_time(now: float) -> str:
+    """``aws:CurrentTime`` (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encryption_context_values(ctx: Mapping[str, str] | None) -> dict[str, Any]:
+    """``kms:EncryptionContext:<k>`` and ``kms:EncryptionContextKeys`` for a request."""
+    if not ctx:
+        return {}
+    values: dict[str, Any] = {f"kms:encryptioncontext:{k.lower()}": v for k, v in ctx.items()}
+    values["kms:encryptioncontextkeys"] = list(ctx)
+    return values
+
+
+def tag_values(prefix: str, tags: Mapping[str, str]) -> dict[str, Any]:
+    """``aws:ResourceTag/<k>`` / ``aws:PrincipalTag/<k>`` / ``aws:RequestTag/<k>`` values."""
+    return {f"{prefix}{k.lower()}": v for k, v in tags.items()}

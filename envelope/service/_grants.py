@@ -1,0 +1,454 @@
+"""Grants: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
+
+A grant lets one principal (the grantee) call a few operations on one key, optionally only with
+a given encryption context, until it is retired or revoked. Grants are stored beside the key
+(``grants`` table, each row authenticated under the row key), take effect in the transaction
+that creates them (so a grant token is never needed for consistency, only accepted), and go
+with their key when it is deleted. The evaluator (`access.authorize`) checks a grant's
+operations and constraints on every call it allows; explicit Deny in a policy still wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _authz, _rows
+from ._core import (
+    RequestContext,
+    Response,
+    ServiceCore,
+    _Call,
+    _grant_tokens,
+    _Key,
+    _page,
+    _paging,
+)
+from ._states import MANAGE, READ
+from .access import GrantView, grant_covers
+from .errors import (
+    AccessDeniedException,
+    InvalidGrantIdException,
+    InvalidGrantTokenException,
+    KmsServiceError,
+    LimitExceededException,
+    ValidationException,
+)
+
+#: What a grant may allow (botocore's GrantOperation enum, less the ML-KEM operations this
+#: service has no keys for).
+GRANT_OPERATIONS = (
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "Sign",
+    "Verify",
+    "GetPublicKey",
+    "CreateGrant",
+    "RetireGrant",
+    "DescribeKey",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "VerifyMac",
+    "DeriveSharedSecret",
+)
+# operations with no encryption context: a grant that has constraints cannot include them
+_NO_CONTEXT = frozenset(
+    {"Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac", "DeriveSharedSecret"}
+)
+_PRINCIPAL = re.compile(r"^[\w+=,.@:/-]{1,256}$")
+_SERVICE = re.compile(r"^([A-Za-z0-9\-]+)\.([A-Za-z0-9\-]+)(\.[A-Za-z0-9\-]+)+$")
+_NAME = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")
+MAX_GRANTS_PER_KEY = 50_000
+
+__all__ = ("GRANT_OPERATIONS", "GrantOps")
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _constraints(value: Any) -> dict[str, dict[str, str]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {
+        "EncryptionContextEquals",
+        "EncryptionContextSubset",
+    }:
+        raise ValidationException(
+            "Constraints takes EncryptionContextEquals and/or EncryptionContextSubset"
+        )
+    out: dict[str, dict[str, str]] = {}
+    for member, ctx in value.items():
+        if not isinstance(ctx, Mapping) or not all(
+            isinstance(k, str) and k and isinstance(v, str) for k, v in ctx.items()
+        ):
+            raise ValidationException(f"{member} must be a map of strings")
+        out[member] = dict(ctx)
+    return out or None
+
+
+class GrantOps(ServiceCore):
+    """Grants on a key."""
+
+    def _grant_principal(self, value: Any, service: Any, member: str) -> str | None:
+        """GranteePrincipal / RetiringPrincipal (an ARN) or their *ServicePrincipal twin."""
+        if value is not None and service is not None:
+            raise ValidationException(f"{member} and {member[:-9]}ServicePrincipal are exclusive")
+        if service is not None:
+            if not isinstance(service, str) or not _SERVICE.match(service) or len(service) > 128:
+                raise ValidationException(f"{member[:-9]}ServicePrincipal is not a service name")
+            return service
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _PRINCIPAL.match(value):
+            raise ValidationException(f"{member} must match [\\w+=,.@:/-]{{1,256}}")
+        try:
+            self._access.principal(value)
+        except KmsServiceError:
+            raise ValidationException(f"{member} {value!r} is not a principal ARN") from None
+        return value
+
+    def _grant_rows(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+        out = []
+        for gid, text, mac in conn.execute(sql, args).fetchall():
+            out.append(self._access._authentic(text, mac, "grants", str(gid)))
+        return out
+
+    def create_grant(
+        self,
+        *,
+        key_id: str,
+        operations: Sequence[str],
+        grantee_principal: str | None = None,
+        retiring_principal: str | None = None,
+        constraints: Mapping[str, Mapping[str, str]] | None = None,
+        grant_tokens: Sequence[str] = (),
+        name: str | None = None,
+        grantee_service_principal: str | None = None,
+        retiring_service_principal: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        params: dict[str, Any] = {
+            "GranteePrincipal": grantee_principal or grantee_service_principal,
+            "RetiringPrincipal": retiring_principal or retiring_service_principal,
+            "Operations": list(operations) if isinstance(operations, Sequence) else None,
+            "Name": name,
+        }
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
+            grantee = self._grant_principal(
+                grantee_principal, grantee_service_principal, "GranteePrincipal"
+            )
+            if grantee is None:
+                raise ValidationException("GranteePrincipal is required")
+            retiring = self._grant_principal(
+                retiring_principal, retiring_service_principal, "RetiringPrincipal"
+            )
+            ops = self._operations(operations)
+            cons = _constraints(constraints)
+            if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
+                raise ValidationException("Name must match [a-zA-Z0-9:/_-]{1,256}")
+            params["Constraints"] = cons
+            call.values["kms:grantoperations"] = list(ops)
+            call.values["kms:grantisforawsresource"] = call.ctx.via_service is not None
+            if cons:
+                call.values["kms:grantconstrainttype"] = list(cons)
+            call.values["kms:granteeprincipal"] = grantee
+            if retiring is not None:
+                call.values["kms:retiringprincipal"] = retiring
+            key = self._key(conn, call, key_id, MANAGE, now)
+            if cons and (
+                _NO_CONTEXT.intersection(ops) or key.algorithm_members().get("EncryptionAlgorithms")
+                != ["SYMMETRIC_DEFAULT"]
+            ):
+                raise ValidationException(
+                    "grant constraints apply only to operations with an encryption context on "
+                    "symmetric encryption keys"
+                )
+            self._check_narrower(conn, call, key, ops, cons)
+            body: dict[str, Any] = {
+                "KeyId": key.arn,
+                "Name": name,
+                "GranteePrincipal": grantee,
+                "RetiringPrincipal": retiring,
+                "IssuingAccount": f"arn:aws:iam::{key.account}:root",
+                "Operations": list(ops),
+                "Constraints": cons,
+            }
+            if name is not None:
+                for row in self._grant_rows(
+                    conn,
+                    "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=? AND name=?",
+                    (key.region, key.id, name),
+                ):
+                    if all(row.get(k) == v for k, v in body.items()):
+                        token = self._issue_token(conn, str(row["GrantId"]))
+                        return {"GrantToken": token, "GrantId": row["GrantId"]}
+            count = conn.execute(
+                "SELECT COUNT(*) FROM grants WHERE region=? AND key_id=?", (key.region, key.id)
+            ).fetchone()[0]
+            if count >= MAX_GRANTS_PER_KEY:
+                raise LimitExceededException(f"{key.arn} has {MAX_GRANTS_PER_KEY} grants")
+            grant_id = secrets.token_hex(32)
+            token = _new_token()
+            body = {"GrantId": grant_id, **body, "CreationDate": now}
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            conn.execute(
+                "INSERT INTO grants(grant_id, region, key_id, grantee, retiring, name, "
+                "token_hash, body, mac) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    grant_id,
+                    key.region,
+                    key.id,
+                    grantee,
+                    retiring,
+                    name,
+                    _token_hash(token),
+                    text,
+                    _rows.record_mac(self.store.row_key, "grants", grant_id, text),
+                ),
+            )
+            call.params["GrantId"] = grant_id
+            return {"GrantToken": token, "GrantId": grant_id}
+
+        return self._run("CreateGrant", principal, context, params, op)
+
+    def _issue_token(self, conn: sqlite3.Connection, grant_id: str) -> str:
+        """A new token for an existing grant (an idempotent CreateGrant): the grant's token
+        hash is replaced, so the older token can no longer retire it."""
+        token = _new_token()
+        conn.execute(
+            "UPDATE grants SET token_hash=? WHERE grant_id=?", (_token_hash(token), grant_id)
+        )
+        return token
+
+    @staticmethod
+    def _operations(value: Any) -> tuple[str, ...]:
+        if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+            raise ValidationException("Operations must be a non-empty list")
+        ops = tuple(dict.fromkeys(value))
+        bad = [o for o in ops if o not in GRANT_OPERATIONS]
+        if bad:
+            raise ValidationException(
+                f"Operations has {bad[0]!r}; valid operations: {', '.join(GRANT_OPERATIONS)}"
+            )
+        return ops
+
+    def _check_narrower(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        key: _Key,
+        ops: Sequence[str],
+        cons: Mapping[str, Mapping[str, str]] | None,
+    ) -> None:
+        """A grantee allowed CreateGrant only by a grant may not give more than it holds."""
+        matched = call.matched[-1] if call.matched else ""
+        if not matched.startswith("grant:"):
+            return
+        parent_id = matched[len("grant:") :]
+        rows = self._grant_rows(
+            conn, "SELECT grant_id, body, mac FROM grants WHERE grant_id=?", (parent_id,)
+        )
+        parent: GrantView | None = _authz.grant_view(rows[0]) if rows else None
+        equals = (cons or {}).get("EncryptionContextEquals")
+        subset = (cons or {}).get("EncryptionContextSubset")
+        if parent is None or not grant_covers(parent, ops, equals, subset):
+            call.decision = "denied"
+            call.reason = f"grant {parent_id} does not hold everything the new grant gives"
+            raise AccessDeniedException(
+                f"User: {call.principal} is not authorized to perform: kms:CreateGrant on "
+                f"resource: {key.arn} because grant {parent_id} does not hold every operation "
+                "and constraint of the new grant"
+            )
+
+    def list_grants(
+        self,
+        *,
+        key_id: str,
+        limit: int | None = None,
+        marker: str | None = None,
+        grant_id: str | None = None,
+        grantee_principal: str | None = None,
+        grantee_service_principal: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            n, after = _paging(limit, marker, 50, 1000)
+            grantee = self._grant_principal(
+                grantee_principal, grantee_service_principal, "GranteePrincipal"
+            )
+            if grant_id is not None and (not isinstance(grant_id, str) or not grant_id):
+                raise ValidationException("GrantId must be 1..128 characters")
+            key = self._key(conn, call, key_id, READ, now)
+            sql = (
+                "SELECT grant_id, body, mac FROM grants "
+                "WHERE region=? AND key_id=? AND grant_id>?"
+            )
+            args: list[Any] = [key.region, key.id, after]
+            if grant_id is not None:
+                sql += " AND grant_id=?"
+                args.append(grant_id)
+            if grantee is not None:
+                sql += " AND grantee=?"
+                args.append(grantee)
+            rows = self._grant_rows(conn, sql + " ORDER BY grant_id LIMIT ?", (*args, n + 1))
+            if grant_id is not None and not rows and after == "":
+                exists = conn.execute(
+                    "SELECT 1 FROM grants WHERE grant_id=? AND region=? AND key_id=?",
+                    (grant_id, key.region, key.id),
+                ).fetchone()
+                if exists is None:
+                    raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
+            items, extra = _page(rows, n, lambda g: str(g["GrantId"]))
+            return {"Grants": [_entry(g) for g in items], **extra}
+
+        return self._run("ListGrants", principal, context, {}, op)
+
+    def list_retirable_grants(
+        self,
+        *,
+        retiring_principal: str | None = None,
+        retiring_service_principal: str | None = None,
+        limit: int | None = None,
+        marker: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            n, after = _paging(limit, marker, 50, 1000)
+            retiring = self._grant_principal(
+                retiring_principal, retiring_service_principal, "RetiringPrincipal"
+            )
+            if retiring is None:
+                raise ValidationException("RetiringPrincipal is required")
+            self._authorize_account(conn, call)
+            rows = self._grant_rows(
+                conn,
+                "SELECT grant_id, body, mac FROM grants WHERE retiring=? AND region=? "
+                "AND grant_id>? ORDER BY grant_id LIMIT ?",
+                (retiring, self.region, after, n + 1),
+            )
+            items, extra = _page(rows, n, lambda g: str(g["GrantId"]))
+            return {"Grants": [_entry(g) for g in items], **extra}
+
+        return self._run("ListRetirableGrants", principal, context, {}, op)
+
+    def retire_grant(
+        self,
+        *,
+        grant_token: str | None = None,
+        key_id: str | None = None,
+        grant_id: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        """Retire a grant: by its token, or by key and grant id. Allowed to the retiring
+        principal, to the grantee when the grant includes RetireGrant, and to the account that
+        owns the key (as in AWS; policies are not consulted)."""
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if grant_token is not None:
+                if not isinstance(grant_token, str) or not 1 <= len(grant_token) <= 8192:
+                    raise InvalidGrantTokenException("GrantToken must be 1..8192 characters")
+                rows = self._grant_rows(
+                    conn,
+                    "SELECT grant_id, body, mac FROM grants WHERE token_hash=?",
+                    (_token_hash(grant_token),),
+                )
+                if not rows:
+                    raise InvalidGrantTokenException("the grant token names no grant")
+                grant = rows[0]
+                if grant_id is not None and grant_id != grant["GrantId"]:
+                    raise InvalidGrantTokenException("the grant token names another grant")
+            else:
+                if key_id is None or grant_id is None:
+                    raise ValidationException("RetireGrant needs GrantToken, or KeyId and GrantId")
+                key = self._key(conn, call, key_id, READ, now, authorize=False)
+                rows = self._grant_rows(
+                    conn,
+                    "SELECT grant_id, body, mac FROM grants WHERE grant_id=? AND region=? "
+                    "AND key_id=?",
+                    (grant_id, key.region, key.id),
+                )
+                if not rows:
+                    raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
+                grant = rows[0]
+            call.key_id = str(grant["KeyId"])
+            call.params["GrantId"] = grant["GrantId"]
+            self._may_retire(call, grant)
+            conn.execute("DELETE FROM grants WHERE grant_id=?", (grant["GrantId"],))
+            return {}
+
+        return self._run("RetireGrant", principal, context, {}, op)
+
+    @staticmethod
+    def _may_retire(call: _Call, grant: Mapping[str, Any]) -> None:
+        caller = call.caller
+        assert caller is not None
+        who = {caller.arn, caller.identity_arn}
+        key_account = str(grant["KeyId"]).split(":")[4]
+        if grant.get("RetiringPrincipal") in who:
+            call.matched.append("retiring-principal")
+        elif grant["GranteePrincipal"] in who and "RetireGrant" in grant["Operations"]:
+            call.matched.append(f"grant:{grant['GrantId']}")
+        elif caller.kind == "root" and caller.account == key_account:
+            call.matched.append("root")
+        else:
+            call.decision = "denied"
+            call.reason = (
+                "not the retiring principal, a grantee holding RetireGrant, or the key's account"
+            )
+            raise AccessDeniedException(
+                f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: "
+                f"{grant['KeyId']} because it is not the grant's retiring principal, a grantee "
+                "whose grant includes RetireGrant, or the account that owns the key"
+            )
+        call.decision = "allowed"
+
+    def revoke_grant(
+        self,
+        *,
+        key_id: str,
+        grant_id: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if not isinstance(grant_id, str) or not 1 <= len(grant_id) <= 128:
+                raise ValidationException("GrantId must be 1..128 characters")
+            call.params["GrantId"] = grant_id
+            key = self._key(conn, call, key_id, READ, now)
+            cur = conn.execute(
+                "DELETE FROM grants WHERE grant_id=? AND region=? AND key_id=?",
+                (grant_id, key.region, key.id),
+            )
+            if cur.rowcount == 0:
+                raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
+            return {}
+
+        return self._run("RevokeGrant", principal, context, {}, op)
+
+
+def _new_token() -> str:
+    return "envgt1-" + secrets.token_urlsafe(48)
+
+
+def _entry(g: Mapping[str, Any]) -> Response:
+    """A GrantListEntry (members that are None left out, as AWS does)."""
+    return {k: v for k, v in g.items() if v is not None}
+
+
