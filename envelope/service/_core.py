@@ -724,6 +724,12 @@ class ServiceCore:
 
     def _authorize_key(self, conn: sqlite3.Connection, call: _Call, key: _Key, action: str) -> None:
         """Is the caller allowed `action` on `key`? Key policy, identity policies, grants."""
+        request, decision = self._decide_key(conn, call, key, action, explain=False)
+        self._decided(call, request, decision)
+
+    def _decide_key(
+        self, conn: sqlite3.Connection, call: _Call, key: _Key, action: str, *, explain: bool
+    ) -> tuple[Request, Decision]:
         caller = call.caller
         assert caller is not None
         now = self.now()
@@ -754,16 +760,22 @@ class ServiceCore:
             encryption_context=call.enc_context,
             aws_managed=key.aws_managed,
         )
-        decision = authorize(request, key_policy=key_policy, iam_policies=identity.policies)
-        if not decision.allowed and caller.kind != "service":
+        decision = authorize(
+            request, key_policy=key_policy, iam_policies=identity.policies, explain=explain
+        )
+        if (explain or not decision.allowed) and caller.kind != "service":
             grants = self._access.grants(
                 conn, key.region, key.id, (caller.identity_arn, caller.arn)
             )
             if grants:
                 decision = authorize(
-                    request, key_policy=key_policy, iam_policies=identity.policies, grants=grants
+                    request,
+                    key_policy=key_policy,
+                    iam_policies=identity.policies,
+                    grants=grants,
+                    explain=explain,
                 )
-        self._decided(call, request, decision)
+        return request, decision
 
     def _authorize_account(
         self,
@@ -771,7 +783,9 @@ class ServiceCore:
         call: _Call,
         action: str | None = None,
         resource: str = "*",
-    ) -> None:
+        *,
+        explain: bool = False,
+    ) -> tuple[Request, Decision]:
         """An account-level action (CreateKey, ListKeys, ...; an alias): identity policies."""
         caller = call.caller
         assert caller is not None
@@ -786,8 +800,66 @@ class ServiceCore:
             values=values,
             encryption_context=call.enc_context,
         )
-        decision = authorize(request, key_policy=None, iam_policies=identity.policies)
-        self._decided(call, request, decision)
+        decision = authorize(
+            request, key_policy=None, iam_policies=identity.policies, explain=explain
+        )
+        if not explain:
+            self._decided(call, request, decision)
+        return request, decision
+
+    def explain_access(
+        self,
+        *,
+        principal: str,
+        action: str,
+        key_id: str | None = None,
+        encryption_context: Mapping[str, str] | None = None,
+        via_service: str | None = None,
+        source_ip: str = "127.0.0.1",
+        values: Mapping[str, Any] | None = None,
+    ) -> Response:
+        """Would `principal` be allowed `action` (``kms:Decrypt``) on `key_id` (or, with no
+        key, at the account level) with this encryption context? Which statement or grant
+        decides, and why each other one does not apply.
+
+        An operator's tool (``envelope policy explain``): it reads the store and changes
+        nothing, so it is neither authorized nor audited, like ``audit tail``. The request's
+        other condition keys (tags, aliases, the caller's account) are filled in as a real call
+        would fill them; `values` adds or overrides any (lower-case names).
+        """
+        if not isinstance(action, str) or ":" not in action:
+            raise ValidationException("action must be a service:Action name, e.g. kms:Decrypt")
+        call = _Call(
+            action.split(":", 1)[1],
+            principal,
+            RequestContext(source_ip=source_ip, via_service=via_service),
+            {},
+        )
+        call.caller = self._access.principal(principal)
+        call.account = call.caller.account or self.account
+        call.enc_context = _context(encryption_context) if encryption_context else None
+        call.values.update({k.lower(): v for k, v in (values or {}).items()})
+        with self.store.read() as conn:
+            if key_id is None:
+                request, decision = self._authorize_account(conn, call, action, explain=True)
+            else:
+                kid, _, named = self._resolve_id(conn, key_id, managed=False, account=call.account)
+                key = self._load(conn, self.region, kid)
+                if key is None or named != key.account:
+                    raise NotFoundException(f"Key '{self.arn(kid, account=named)}' does not exist")
+                if key_id.startswith("alias/") or ":alias/" in key_id:
+                    call.values.setdefault("kms:requestalias", key_id.rsplit(":", 1)[-1])
+                request, decision = self._decide_key(conn, call, key, action, explain=True)
+        return {
+            "Allowed": decision.allowed,
+            "Principal": principal,
+            "Action": action,
+            "Resource": request.resource,
+            "Matched": decision.matched,
+            "Reason": decision.reason,
+            "Message": None if decision.allowed else decision.message(request),
+            "Explanation": list(decision.explanation),
+        }
 
     def _principal_exists(self, conn: sqlite3.Connection, arn: str) -> bool:
         """Does a policy's user or role principal exist (AWS refuses policies naming ones that

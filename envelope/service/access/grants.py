@@ -34,13 +34,17 @@ def context_satisfies(
     context: Mapping[str, str] | None,
 ) -> bool:
     """Whether an encryption context meets the constraints; a missing context is the empty
-    one (so it meets an EncryptionContextSubset only when that is empty too)."""
-    ctx = _EMPTY if context is None else context
-    if equals is not None and dict(ctx) != dict(equals):
+    one (so it meets an EncryptionContextSubset only when that is empty too).
+
+    As AWS documents for GrantConstraints, the key of each pair is compared without regard to
+    case and the value exactly (a policy's kms:EncryptionContext conditions are the way to
+    require a fully case-sensitive context)."""
+    ctx = {k.lower(): v for k, v in (_EMPTY if context is None else context).items()}
+    if equals is not None and ctx != {k.lower(): v for k, v in equals.items()}:
         return False
     if subset is not None:
         for k, v in subset.items():
-            if ctx.get(k) != v:
+            if ctx.get(k.lower()) != v:
                 return False
     return True
 

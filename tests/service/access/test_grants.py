@@ -72,3 +72,14 @@ def test_grant_covers(
 def test_grant_covers_needs_create_grant() -> None:
     parent = grant("p", ALICE, "Decrypt")
     assert not grant_covers(parent, ["Decrypt"], None, None)
+
+
+def test_grant_constraint_keys_ignore_case_but_values_do_not() -> None:
+    """AWS GrantConstraints: "the key in each key-value pair is not case sensitive, but the
+    value is case sensitive"."""
+    from envelope.service.access import context_satisfies
+
+    assert context_satisfies({"Purpose": "etl"}, None, {"purpose": "etl"})
+    assert context_satisfies(None, {"PURPOSE": "etl"}, {"purpose": "etl", "x": "y"})
+    assert not context_satisfies({"Purpose": "etl"}, None, {"purpose": "ETL"})
+    assert not context_satisfies(None, {"purpose": "etl"}, {"purpose": "Etl"})
