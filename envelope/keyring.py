@@ -21,6 +21,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import cast
 
 from . import _portal
 from .errors import ConfigurationError, KmsKeyError, NoBackendError
@@ -101,6 +102,9 @@ class Keyring:
         self.retry = retry
         # What the keyring calls: each backend, behind the retry layer when one is configured.
         self._calls: tuple[KmsBackend, ...] = tuple(self._wrap(b) for b in self.backends)
+        # Which calls are blocking by nature, decided once: an isinstance check against a
+        # runtime-checkable Protocol costs about 20 us, an eighth of a 16 KiB object's decrypt.
+        self._blocking: tuple[bool, ...] = tuple(isinstance(c, BlockingKms) for c in self._calls)
         self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
         if isinstance(cache, CachePolicy):
             cache = DataKeyCache(cache, observer=observer) if cache.enabled else None
@@ -277,10 +281,11 @@ class Keyring:
             raise ConfigurationError("this keyring has no key to encrypt under")
         call, key_id = self._calls[0], self.key_id
         ctx = dict(kms_context)
+        blocking = self._blocking[0]
 
         def fetch() -> DataKey:
-            if isinstance(call, BlockingKms):  # blocking by nature and not wrapped: direct
-                return call.generate_data_key_blocking(key_id, context=ctx)
+            if blocking:  # blocking by nature and not wrapped: direct
+                return cast(BlockingKms, call).generate_data_key_blocking(key_id, context=ctx)
             return _portal.call(partial(call.generate_data_key, key_id, context=ctx))
 
         if self.cache is None:
@@ -304,8 +309,8 @@ class Keyring:
         last: KmsKeyError | None = None
         for n, (wrapped, i) in enumerate(candidates):
             call = self._calls[i]
-            if isinstance(call, BlockingKms):  # blocking by nature and not wrapped: direct
-                fetch = partial(_checked_unwrap_blocking, call, wrapped, ctx)
+            if self._blocking[i]:  # blocking by nature and not wrapped: direct
+                fetch = partial(_checked_unwrap_blocking, cast(BlockingKms, call), wrapped, ctx)
             else:
                 fetch = partial(_portal.call, partial(_checked_unwrap, call, wrapped, ctx))
             try:
