@@ -92,9 +92,37 @@ def _verify_command(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace, svc: KeyService) -> int:
-    records = svc.audit_tail(args.n)
+    records = _denied(svc, args.n) if args.denied else svc.audit_tail(args.n)
     emit(args, {"Records": records}, "AuditTail")
     return 0
+
+
+#: The columns `audit tail --denied` shows: who, from which account, what, on which key, and
+#: why it was refused (the full records stay one `audit tail` away).
+DENIED_COLUMNS = (
+    "seq",
+    "time",
+    "principal",
+    "account",
+    "operation",
+    "key_id",
+    "decision",
+    "matched",
+    "error_code",
+    "reason",
+)
+
+
+def _denied(svc: KeyService, n: int) -> list[dict[str, object]]:
+    """The last `n` denied records, oldest first: read back through the log in growing
+    windows until `n` are found or the log's start is reached."""
+    window = max(n, 1) * 8
+    while True:
+        records = svc.audit_tail(window)
+        denied = [r for r in records if r.get("decision") == "denied"]
+        if len(denied) >= n or len(records) < window:
+            return [{c: r.get(c) for c in DENIED_COLUMNS} for r in denied[-n:] if n > 0]
+        window *= 8
 
 
 def _seal(args: argparse.Namespace, svc: KeyService) -> int:
@@ -129,6 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = sub.add_parser("tail", help="show the last records")
     add_store_arguments(p)
     p.add_argument("-n", type=int, default=20, help="how many records (20)")
+    p.add_argument(
+        "--denied",
+        action="store_true",
+        help="only the calls the access policies refused, with the account, decision, "
+        "matched statement and reason (the last N of them)",
+    )
     p.set_defaults(handler=_run(_tail))
     p = sub.add_parser(
         "seal", help="seal the log up to its last record now and publish pending digests"

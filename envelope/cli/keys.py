@@ -435,6 +435,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--valid-to", default=None, metavar="ISO-8601")
     _cmd(isub, "delete", "DeleteImportedKeyMaterial", _simple("delete_imported_key_material"))
 
+    from .policy import add_key_policy_commands  # imported here: policy imports this module
+
+    add_key_policy_commands(sub)
+
     p = _cmd(sub, "replicate", "ReplicateKey (multi-Region keys)", _replicate)
     p.add_argument("replica_region", metavar="REGION")
     p.add_argument("--description", default=None)

@@ -52,6 +52,9 @@ _COMMANDS: dict[str, str] = {
     "demo": "envelope.cli.demo",
     "keys": "envelope.cli.keys",
     "audit": "envelope.cli.audit",
+    "iam": "envelope.cli.iam",
+    "grants": "envelope.cli.grants",
+    "policy": "envelope.cli.policy",
     "lake": "envelope.cli.lake",
 }
 
