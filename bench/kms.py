@@ -6,6 +6,14 @@ Every call is a committed SQLite transaction with its audit record (WAL; ``synch
 survives a killed process, ``FULL`` also a power cut). Figures: one process; two processes on
 the same store at once (the sum of both); and the `LocalKms` adapter's GenerateDataKey called
 directly on the event loop versus through a worker thread (``offload=True``).
+
+Access control (issue 10): `generate_data_key_per_s` is measured with authorization switched
+off (a subclass whose authorization steps do nothing, for this comparison only) and
+`generate_data_key_per_s_enforced` with it on, in interleaved rounds of the same run, on a key
+with a 20-statement key policy, called by a role session with 5 identity policies, with 100
+grants on the key (for other grantees). `authz_us_per_call` is the difference per call (what
+enforcement costs inside the service: the identity lookup, the cached policies, the decision);
+`authz_evaluator_us_per_call` is the pure decision alone (bench/authz.py's worst case).
 """
 
 from __future__ import annotations
@@ -23,6 +31,139 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envelope.service import KeyService, open_service
+
+ACCOUNT = "000000000000"
+CALLER = f"arn:aws:sts::{ACCOUNT}:assumed-role/LakeJob/bench"
+
+
+class _Unenforced(KeyService):
+    """The same service with authorization skipped: the baseline for what enforcement costs."""
+
+    def _authorize_key(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def _authorize_account(self, *args: Any, **kwargs: Any) -> Any:
+        return None
+
+
+def _enforced_setup(svc: KeyService) -> str:
+    """A key with a 20-statement policy, a caller with 5 identity policies, 100 grants."""
+    for i in range(18):
+        svc.create_role(role_name=f"Team{i}")
+    svc.create_role(role_name="LakeJob")
+    for i in range(7):
+        svc.create_role(role_name=f"Other{i}")
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Sid": "DenyForbidden",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:EncryptionContext:purpose": "forbidden"}},
+        },
+    ]
+    for i in range(18):
+        statements.append(
+            {
+                "Sid": f"Team{i}",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:role/Team{i}"},
+                "Action": ["kms:Encrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+                "Condition": {"StringLike": {"kms:EncryptionContext:team": f"team{i}-*"}},
+            }
+        )
+    policy = json.dumps({"Version": "2012-10-17", "Statement": statements})
+    kid = svc.create_key(description="bench-enforced", policy=policy)["KeyMetadata"]["KeyId"]
+    role = f"arn:aws:iam::{ACCOUNT}:role/LakeJob"
+    for i in range(5):
+        doc: dict[str, Any] = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::lake/*"},
+                {
+                    "Effect": "Allow",
+                    "Action": "kms:GenerateDataKey" if i == 4 else "kms:Encrypt",
+                    "Resource": f"arn:aws:kms:*:{ACCOUNT}:key/*",
+                    "Condition": {
+                        "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": ["b", "team"]}
+                    },
+                },
+            ],
+        }
+        svc.put_principal_policy(arn=role, policy_name=f"p{i}", policy_document=json.dumps(doc))
+    for i in range(100):
+        svc.create_grant(
+            key_id=kid,
+            grantee_principal=f"arn:aws:iam::{ACCOUNT}:role/Other{i % 7}",
+            operations=["Encrypt", "GenerateDataKey"],
+            constraints={"EncryptionContextSubset": {"purpose": f"lake{i}"}},
+        )
+    return kid
+
+
+def _enforcement(home: str, sync: str, seconds: float) -> dict[str, float]:
+    """GenerateDataKey per second with and without authorization, interleaved rounds."""
+    from statistics import median
+
+    from envelope.service.store import Store
+
+    svc = open_service(home, synchronous=sync)  # type: ignore[arg-type]
+    kid = _enforced_setup(svc)
+    store: Store = svc.store
+    plain = _Unenforced(store, region=svc.region)
+    ctx = {"b": "1"}
+
+    def rate(s: KeyService, principal: str | None, dt: float) -> float:
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < dt:
+            for _ in range(100):
+                s.generate_data_key(
+                    key_id=kid, key_spec="AES_256", encryption_context=ctx, principal=principal
+                )
+            n += 100
+        return n / (time.perf_counter() - start)
+
+    rate(svc, CALLER, 0.3)
+    rate(plain, CALLER, 0.3)
+    on: list[float] = []
+    off: list[float] = []
+    for _ in range(5):
+        off.append(rate(plain, CALLER, seconds / 5))
+        on.append(rate(svc, CALLER, seconds / 5))
+    plain.close()
+    svc.close()
+    r_on, r_off = median(on), median(off)
+    return {
+        "generate_data_key_per_s_unenforced": round(r_off, 1),
+        "generate_data_key_per_s_enforced": round(r_on, 1),
+        "enforced_over_unenforced": round(r_on / r_off, 3),
+        "authz_us_per_call": round((1 / r_on - 1 / r_off) * 1e6, 1),
+    }
+
+
+def _evaluator_us() -> float:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import authz  # bench/authz.py
+
+    kp, iam, gs = authz.key_policy(), authz.iam_policies(), authz.grants()
+    who = authz.parse_principal(authz.CALLER)
+    ctx = {"purpose": "lake", "team": "team3-a"}
+    values = {"kms:encryptioncontext:purpose": "lake", "kms:calleraccount": authz.A}
+    worst = 0.0
+    for action in ("kms:Decrypt", "kms:Verify", "kms:ScheduleKeyDeletion"):
+        req = authz.Request(action, who, authz.KEY, authz.A, values, ctx)
+        worst = max(worst, authz.measure(req, kp, iam, gs, 5000)[0])
+    return round(worst, 2)
 
 
 def _setup(home: str, sync: str) -> tuple[KeyService, str, bytes]:
@@ -110,10 +251,15 @@ def main() -> None:
     svc, kid, blob = _setup(home, args.synchronous)
     _loop(svc, kid, blob, "gdk", 0.3)
     results: dict[str, Any] = {"synchronous": args.synchronous, "cpus": os.cpu_count()}
-    for op, name in (("gdk", "generate_data_key_per_s"), ("dec", "decrypt_per_s")):
+    for op, name in (("gdk", "generate_data_key_per_s_root"), ("dec", "decrypt_per_s")):
         n, dt = _loop(svc, kid, blob, op, args.seconds)
         results[name] = round(n / dt, 1)
     svc.close()
+    enforced_home = tempfile.mkdtemp(prefix="envelope-bench-authz-")
+    results.update(_enforcement(enforced_home, args.synchronous, max(args.seconds, 2.0)))
+    # the figure the issue names: without enforcement, beside the enforced one, same run
+    results["generate_data_key_per_s"] = results.pop("generate_data_key_per_s_unenforced")
+    results["authz_evaluator_us_per_call"] = _evaluator_us()
     for op, name in (("gdk", "generate_data_key"), ("dec", "decrypt")):
         rate = _two_processes(home, args.synchronous, op, args.seconds)
         results[f"two_process_{name}_per_s"] = round(rate, 1)

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cachetools import LRUCache
-
 from . import _rows
 from .access import (
     GrantView,
@@ -125,6 +123,8 @@ class Identity:
     exists: bool
     tags: Mapping[str, str] = field(default_factory=dict)
     policies: tuple[tuple[str, Policy], ...] = ()
+    #: Does any of its policies test ``kms:ResourceAliases`` (worth a query only then)?
+    mentions_aliases: bool = False
 
 
 def bump_generation(conn: sqlite3.Connection) -> None:
@@ -141,40 +141,56 @@ def _generation(conn: sqlite3.Connection) -> bytes:
     return b"" if row is None else bytes(row[0])
 
 
+_CACHE_LIMIT = 4096
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Bounded plain-dict caches (cheaper than an LRU on the per-call path): a full cache is
+    emptied and refilled by the calls that follow."""
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
 class AccessCache:
     """Parsed policies by text, callers by ARN, identities by ARN under the access generation."""
 
     def __init__(self, row_key: bytes) -> None:
         self._row_key = row_key
-        self._policies: LRUCache[tuple[str, bool], Policy] = LRUCache(maxsize=4096)
-        self._principals: LRUCache[str, Principal] = LRUCache(maxsize=4096)
-        self._identities: LRUCache[str, tuple[bytes, Identity]] = LRUCache(maxsize=4096)
-        self._alias_mentions: LRUCache[str, bool] = LRUCache(maxsize=4096)
+        self._policies: dict[tuple[str, bool], tuple[Policy, bool]] = {}
+        self._principals: dict[str, Principal] = {}
+        self._identities: dict[str, tuple[bytes, Identity]] = {}
+        self._second = -1
+        self._iso = ""
+
+    def _parsed(self, text: str, resource_policy: bool) -> tuple[Policy, bool]:
+        hit = self._policies.get((text, resource_policy))
+        if hit is None:
+            policy = parse_policy(text, resource_policy=resource_policy)
+            hit = (policy, "kms:resourcealiases" in text.lower())
+            _remember(self._policies, (text, resource_policy), hit)
+        return hit
 
     def policy(self, text: str, *, resource_policy: bool) -> Policy:
         """A stored policy, parsed once (it was validated when it was stored)."""
-        hit = self._policies.get((text, resource_policy))
-        if hit is None:
-            hit = parse_policy(text, resource_policy=resource_policy)
-            self._policies[(text, resource_policy)] = hit
-        return hit
+        return self._parsed(text, resource_policy)[0]
 
     def mentions_aliases(self, key_policy: str, identity: Identity) -> bool:
         """Does any policy in play test ``kms:ResourceAliases`` (worth a query only then)?"""
-        texts = (key_policy, *(p.text for _, p in identity.policies))
-        return any(self._mentions(t) for t in texts)
+        return identity.mentions_aliases or self._parsed(key_policy, True)[1]
 
-    def _mentions(self, text: str) -> bool:
-        hit = self._alias_mentions.get(text)
-        if hit is None:
-            hit = self._alias_mentions[text] = "kms:resourcealiases" in text.lower()
-        return hit
+    def iso_time(self, now: float) -> str:
+        """``aws:CurrentTime`` for `now`, formatted once per second."""
+        second = int(now)
+        if second != self._second:
+            self._second, self._iso = second, iso_time(now)
+        return self._iso
 
     def principal(self, arn: str) -> Principal:
         hit = self._principals.get(arn)
         if hit is None:
             hit = parse_principal(arn)
-            self._principals[arn] = hit
+            _remember(self._principals, arn, hit)
         return hit
 
     def identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:
@@ -184,7 +200,7 @@ class AccessCache:
         if hit is not None and hit[0] == gen:
             return hit[1]
         identity = self._load_identity(conn, caller)
-        self._identities[caller.arn] = (gen, identity)
+        _remember(self._identities, caller.arn, (gen, identity))
         return identity
 
     def _load_identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:
@@ -196,14 +212,17 @@ class AccessCache:
             return Identity(caller, False)
         body = self._authentic(row[0], row[1], "principals", arn)
         policies = []
+        mentions = False
         for name, text, mac in conn.execute(
             "SELECT name, body, mac FROM identity_policies WHERE principal=? ORDER BY name",
             (arn,),
         ):
             doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
-            policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
+            policy, mention = self._parsed(str(doc["Document"]), False)
+            policies.append((str(name), policy))
+            mentions = mentions or mention
         tags = body.get("Tags") or {}
-        return Identity(caller, True, dict(tags), tuple(policies))
+        return Identity(caller, True, dict(tags), tuple(policies), mentions)
 
     def _authentic(self, text: object, mac: object, table: str, ident: str) -> dict[str, Any]:
         if isinstance(text, str) and _rows.check_record(self._row_key, table, ident, text, mac):

@@ -709,7 +709,7 @@ class ServiceCore:
         assert caller is not None
         values: dict[str, Any] = {
             "aws:sourceip": call.ctx.source_ip,
-            "aws:currenttime": _authz.iso_time(now),
+            "aws:currenttime": self._access.iso_time(now),
             "aws:principalarn": caller.identity_arn,
         }
         if caller.account is not None:

@@ -162,6 +162,7 @@ class Statement:
 
 
 _ACTION_CACHE_LIMIT = 256
+_REQUEST_CACHE_LIMIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,9 @@ class Policy:
     _by_action: dict[str, tuple[Statement, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _by_request: dict[tuple[str, str, str], tuple[tuple[Statement, int], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def statements_for(self, action_lower: str) -> tuple[Statement, ...]:
         """The statements whose Action/NotAction covers `action_lower`, in document order."""
@@ -187,6 +191,30 @@ class Policy:
             hit = tuple(s for s in self.statements if s.covers_action(action_lower))
             if len(self._by_action) < _ACTION_CACHE_LIMIT:
                 self._by_action[action_lower] = hit
+        return hit
+
+    def statements_naming(
+        self, action_lower: str, caller: Principal, resource: str
+    ) -> tuple[tuple[Statement, int], ...]:
+        """The statements covering the action and the resource whose principal element names
+        `caller`, each with how it names it (ACCOUNT or SELF), in document order.
+
+        Memoized per (action, caller ARN, resource): all three depend only on the statement
+        and those strings, never on condition values, so only the conditions are left to
+        evaluate per call (a 20-statement key policy usually leaves one or two). Bounded like
+        `statements_for`; when full, the memo is emptied and refilled."""
+        memo_key = (action_lower, caller.arn, resource)
+        hit = self._by_request.get(memo_key)
+        if hit is None:
+            out = []
+            for st in self.statements_for(action_lower):
+                named = st.names(caller)
+                if named != NONE and st.covers_resource(resource):
+                    out.append((st, named))
+            hit = tuple(out)
+            if len(self._by_request) >= _REQUEST_CACHE_LIMIT:
+                self._by_request.clear()
+            self._by_request[memo_key] = hit
         return hit
 
 

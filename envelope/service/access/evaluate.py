@@ -135,10 +135,7 @@ def authorize(
     kp_self: str | None = None
     kp_account: str | None = None
     if key_policy is not None:
-        for st in key_policy.statements_for(action_lower):
-            named = st.names(caller)
-            if named == NONE or not st.covers_resource(resource):
-                continue
+        for st, named in key_policy.statements_naming(action_lower, caller, resource):
             if st.conditions and _first_failed(st, values) >= 0:
                 continue
             if not st.allow:

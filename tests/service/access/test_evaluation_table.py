@@ -543,12 +543,24 @@ STRUCTURE = [
         ),
     ),
     row(
-        "grant/context-keys-are-case-sensitive",
+        # AWS GrantConstraints: "the key in each key-value pair is not case sensitive, but the
+        # value is case sensitive"
+        "grant/context-keys-ignore-case",
+        Case(
+            ALICE,
+            True,
+            key_policy(stmt(Principal=aws(BOB))),
+            context={"Purpose": "lake"},
+            grants=(grant("g1", ALICE, "Decrypt", subset={"purpose": "lake"}),),
+        ),
+    ),
+    row(
+        "grant/context-values-are-case-sensitive",
         Case(
             ALICE,
             False,
             key_policy(stmt(Principal=aws(BOB))),
-            context={"Purpose": "lake"},
+            context={"purpose": "Lake"},
             grants=(grant("g1", ALICE, "Decrypt", subset={"purpose": "lake"}),),
         ),
     ),
