@@ -1,0 +1,416 @@
+"""Grants at the service level (issue 10): constraints on every cryptographic call, retire and
+revoke at once, idempotent CreateGrant, no widening, deletion with the key, listing.
+
+Every grantee here is an IAM user with no identity policy on a key with the default key policy,
+so the grant is the only thing that can allow it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from envelope.service import KeyService
+from envelope.service.errors import (
+    AccessDeniedException,
+    InvalidGrantIdException,
+    NotFoundException,
+)
+
+from .access_helpers import ROOT_A, A, assert_denied, aws, doc, root_stmt, stmt, user
+from .conftest import FakeClock, new_key
+
+EQ = "EncryptionContextEquals"
+SUB = "EncryptionContextSubset"
+
+
+def grant(svc: KeyService, key: str, grantee: str, *ops: str, **kw: Any) -> dict[str, Any]:
+    return svc.create_grant(key_id=key, grantee_principal=grantee, operations=list(ops), **kw)
+
+
+def allowed(fn: Callable[[], Any]) -> bool:
+    try:
+        fn()
+    except AccessDeniedException:
+        return False
+    return True
+
+
+@pytest.fixture
+def key(svc: KeyService) -> str:
+    return svc.arn(new_key(svc))
+
+
+@pytest.fixture
+def grantee(svc: KeyService) -> str:
+    return user(svc, "grantee")
+
+
+# -- constraints ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("constraint", "context", "ok"),
+    [
+        (EQ, {"a": "1"}, True),
+        (EQ, {"a": "1", "b": "2"}, False),  # Equals: no extra pair
+        (EQ, {"a": "2"}, False),
+        (EQ, {}, False),
+        (SUB, {"a": "1"}, True),
+        (SUB, {"a": "1", "b": "2"}, True),  # Subset: extra pairs allowed
+        (SUB, {"b": "2"}, False),
+        (SUB, {}, False),
+    ],
+)
+def test_constraints_on_every_context_operation(
+    svc: KeyService, key: str, grantee: str, constraint: str, context: dict[str, str], ok: bool
+) -> None:
+    """AWS rule: a grant with EncryptionContextEquals allows only a request whose context is
+    exactly the constraint; with EncryptionContextSubset, one whose context includes every pair
+    of it. Checked on Encrypt, Decrypt, ReEncryptFrom/To and every GenerateDataKey*."""
+    ops = [
+        "Encrypt",
+        "Decrypt",
+        "ReEncryptFrom",
+        "ReEncryptTo",
+        "GenerateDataKey",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+    ]
+    grant(svc, key, grantee, *ops, constraints={constraint: {"a": "1"}})
+    blob = svc.encrypt(key_id=key, plaintext=b"p", encryption_context=context)["CiphertextBlob"]
+    as_grantee: dict[str, Callable[[], Any]] = {
+        "Encrypt": lambda: svc.encrypt(
+            key_id=key, plaintext=b"p", encryption_context=context, principal=grantee
+        ),
+        "Decrypt": lambda: svc.decrypt(
+            ciphertext_blob=blob, encryption_context=context, principal=grantee
+        ),
+        "ReEncrypt": lambda: svc.re_encrypt(
+            ciphertext_blob=blob,
+            source_encryption_context=context,
+            destination_key_id=key,
+            destination_encryption_context=context,
+            principal=grantee,
+        ),
+        "GenerateDataKey": lambda: svc.generate_data_key(
+            key_id=key, key_spec="AES_256", encryption_context=context, principal=grantee
+        ),
+        "GenerateDataKeyWithoutPlaintext": lambda: svc.generate_data_key_without_plaintext(
+            key_id=key, key_spec="AES_256", encryption_context=context, principal=grantee
+        ),
+        "GenerateDataKeyPair": lambda: svc.generate_data_key_pair(
+            key_id=key, key_pair_spec="ECC_NIST_P256", encryption_context=context, principal=grantee
+        ),
+        "GenerateDataKeyPairWithoutPlaintext": (
+            lambda: svc.generate_data_key_pair_without_plaintext(
+                key_id=key,
+                key_pair_spec="ECC_NIST_P256",
+                encryption_context=context,
+                principal=grantee,
+            )
+        ),
+    }
+    for fn in as_grantee.values():
+        if ok:
+            fn()
+        else:
+            assert_denied(svc, fn, grantee, A)
+
+
+def test_reencrypt_checks_source_and_destination_contexts_separately(
+    svc: KeyService, grantee: str
+) -> None:
+    """AWS rule: ReEncrypt is two authorizations, ReEncryptFrom with the source context on the
+    source key and ReEncryptTo with the destination context on the destination key."""
+    src, dst = svc.arn(new_key(svc)), svc.arn(new_key(svc))
+    grant(svc, src, grantee, "ReEncryptFrom", constraints={EQ: {"s": "1"}})
+    grant(svc, dst, grantee, "ReEncryptTo", constraints={EQ: {"d": "1"}})
+    blob = svc.encrypt(key_id=src, plaintext=b"p", encryption_context={"s": "1"})["CiphertextBlob"]
+
+    def reencrypt(sctx: dict[str, str], dctx: dict[str, str], b: bytes = blob) -> Any:
+        return svc.re_encrypt(
+            ciphertext_blob=b,
+            source_encryption_context=sctx,
+            destination_key_id=dst,
+            destination_encryption_context=dctx,
+            principal=grantee,
+        )
+
+    out = reencrypt({"s": "1"}, {"d": "1"})
+    assert out["KeyId"] == dst
+    assert_denied(svc, lambda: reencrypt({"s": "1"}, {"d": "2"}), grantee, A)
+    other = svc.encrypt(key_id=src, plaintext=b"p", encryption_context={"s": "2"})
+    assert_denied(
+        svc, lambda: reencrypt({"s": "2"}, {"d": "1"}, other["CiphertextBlob"]), grantee, A
+    )
+    # the grant on the source alone does not allow encrypting under the destination key
+    assert_denied(
+        svc,
+        lambda: svc.re_encrypt(
+            ciphertext_blob=blob,
+            source_encryption_context={"s": "1"},
+            destination_key_id=src,
+            destination_encryption_context={"s": "1"},
+            principal=grantee,
+        ),
+        grantee,
+        A,
+    )
+
+
+def test_grant_allows_only_its_operations(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: a grant allows exactly the operations it lists."""
+    grant(svc, key, grantee, "GenerateDataKey")
+    svc.generate_data_key(key_id=key, key_spec="AES_128", principal=grantee)
+    blob = svc.encrypt(key_id=key, plaintext=b"p")["CiphertextBlob"]
+    assert_denied(svc, lambda: svc.decrypt(ciphertext_blob=blob, principal=grantee), grantee, A)
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+    assert_denied(svc, lambda: svc.describe_key(key_id=key, principal=grantee), grantee, A)
+
+
+def test_grant_tokens_are_accepted_and_the_grant_works_at_once(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS rule: GrantTokens make a new grant usable before it is consistent; here a grant is
+    consistent at once, and its token is accepted on every operation that takes GrantTokens."""
+    token = grant(svc, key, grantee, "Encrypt", "Decrypt")["GrantToken"]
+    blob = svc.encrypt(key_id=key, plaintext=b"p", grant_tokens=[token], principal=grantee)
+    out = svc.decrypt(
+        ciphertext_blob=blob["CiphertextBlob"], grant_tokens=[token], principal=grantee
+    )
+    assert out["Plaintext"] == b"p"
+
+
+def test_deny_in_key_policy_beats_a_grant(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: an explicit Deny in the key policy wins over any Allow, a grant included."""
+    grant(svc, key, grantee, "Encrypt", "Decrypt")
+    svc.encrypt(key_id=key, plaintext=b"p", principal=grantee)
+    svc.put_key_policy(
+        key_id=key,
+        policy=doc(root_stmt(), stmt("Deny", Principal=aws(grantee), Action="kms:Encrypt")),
+    )
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+    # the Deny names Encrypt only: the grant's Decrypt still works
+    blob = svc.encrypt(key_id=key, plaintext=b"p")["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, principal=grantee)["Plaintext"] == b"p"
+
+
+# -- retire and revoke ------------------------------------------------------------------------
+
+
+def test_retire_by_token_by_retiring_principal_takes_effect_at_once(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS rule: the retiring principal may retire a grant by its token; the grant stops
+    allowing at once."""
+    retirer = user(svc, "retirer")
+    g = grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)
+    svc.encrypt(key_id=key, plaintext=b"p", principal=grantee)
+    svc.retire_grant(grant_token=g["GrantToken"], principal=retirer)
+    assert svc.audit_tail(1)[0]["decision"] == "allowed"
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+    assert svc.list_grants(key_id=key)["Grants"] == []
+
+
+def test_retire_by_key_and_grant_id_by_grantee_holding_retire_grant(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS rule: a grantee whose grant includes RetireGrant may retire it (key id + grant id)."""
+    g = grant(svc, key, grantee, "Encrypt", "RetireGrant")
+    svc.retire_grant(key_id=key, grant_id=g["GrantId"], principal=grantee)
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+
+
+def test_retire_by_the_keys_account_root(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: the account that owns the key may retire any of its grants."""
+    g = grant(svc, key, grantee, "Encrypt")
+    svc.retire_grant(key_id=key, grant_id=g["GrantId"], principal=ROOT_A)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+
+
+def test_retire_refused_to_anyone_else(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: RetireGrant is allowed only to the retiring principal, a grantee holding
+    RetireGrant, or the key's account; anyone else (even the grantee without RetireGrant, even a
+    user whose IAM policy allows kms:RetireGrant) is refused, and the grant stays."""
+    retirer = user(svc, "retirer")
+    other = user(svc, "other")
+    svc.put_principal_policy(
+        arn=other, policy_name="p", policy_document=doc(stmt(Action="kms:RetireGrant"))
+    )
+    g = grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)
+    for who in (grantee, other, f"arn:aws:iam::{'1' * 12}:root"):
+        account = who.split(":")[4]
+        assert_denied(
+            svc,
+            lambda w=who: svc.retire_grant(grant_token=g["GrantToken"], principal=w),
+            who,
+            account,
+        )
+        assert_denied(
+            svc,
+            lambda w=who: svc.retire_grant(key_id=key, grant_id=g["GrantId"], principal=w),
+            who,
+            account,
+        )
+    svc.encrypt(key_id=key, plaintext=b"p", principal=grantee)
+
+
+def test_revoke_takes_effect_at_once_and_needs_permission(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS rule: RevokeGrant is authorized by the key policy (not by the grant); a revoked grant
+    stops allowing at once; revoking an unknown grant is InvalidGrantId."""
+    g = grant(svc, key, grantee, "Encrypt", "RetireGrant")
+    assert_denied(
+        svc,
+        lambda: svc.revoke_grant(key_id=key, grant_id=g["GrantId"], principal=grantee),
+        grantee,
+        A,
+    )
+    svc.revoke_grant(key_id=key, grant_id=g["GrantId"])
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+    with pytest.raises(InvalidGrantIdException):
+        svc.revoke_grant(key_id=key, grant_id=g["GrantId"])
+
+
+# -- CreateGrant ------------------------------------------------------------------------------
+
+
+def test_create_grant_idempotent_by_name(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: CreateGrant with the same Name and the same parameters returns the same grant
+    id and creates no second grant; a different parameter makes a new grant."""
+    a = grant(svc, key, grantee, "Decrypt", name="job-1", constraints={EQ: {"a": "1"}})
+    b = grant(svc, key, grantee, "Decrypt", name="job-1", constraints={EQ: {"a": "1"}})
+    assert a["GrantId"] == b["GrantId"]
+    assert len(svc.list_grants(key_id=key)["Grants"]) == 1
+    c = grant(svc, key, grantee, "Encrypt", name="job-1")
+    assert c["GrantId"] != a["GrantId"]
+    assert len(svc.list_grants(key_id=key)["Grants"]) == 2
+
+
+def test_grantee_can_narrow_but_not_widen(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: a grantee allowed CreateGrant only by its grant may give no more than it holds:
+    not more operations, not weaker constraints; a narrower grant is fine."""
+    grant(svc, key, grantee, "Decrypt", "Encrypt", "CreateGrant", constraints={SUB: {"a": "1"}})
+    third = user(svc, "third")
+
+    def sub(*ops: str, **kw: Any) -> Callable[[], Any]:
+        return lambda: grant(svc, key, third, *ops, principal=grantee, **kw)
+
+    narrow = sub("Decrypt", constraints={EQ: {"a": "1", "b": "2"}})()
+    blob = svc.encrypt(key_id=key, plaintext=b"p", encryption_context={"a": "1", "b": "2"})
+    svc.decrypt(
+        ciphertext_blob=blob["CiphertextBlob"],
+        encryption_context={"a": "1", "b": "2"},
+        principal=third,
+    )
+    sub("Decrypt", constraints={SUB: {"a": "1", "c": "3"}})()
+    for wider in (
+        sub("Decrypt", "GenerateDataKey", constraints={SUB: {"a": "1"}}),  # more operations
+        sub("Decrypt"),  # no constraint at all
+        sub("Decrypt", constraints={SUB: {"b": "2"}}),  # another context
+        sub("Decrypt", constraints={EQ: {"b": "2"}}),
+        sub("Decrypt", "CreateGrant", "RetireGrant", constraints={SUB: {"a": "1"}}),
+    ):
+        assert_denied(svc, wider, grantee, A)
+    assert narrow["GrantId"] in {g["GrantId"] for g in svc.list_grants(key_id=key)["Grants"]}
+
+
+# -- lifetime and listing ---------------------------------------------------------------------
+
+
+def test_grants_go_with_the_deleted_key(
+    svc: KeyService, key: str, grantee: str, clock: FakeClock
+) -> None:
+    """AWS rule: a grant never outlives its key: when the key is deleted its grants are gone
+    (ListRetirableGrants no longer shows them, and the rows are removed)."""
+    retirer = user(svc, "retirer")
+    grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)
+    keep = svc.arn(new_key(svc))
+    kept = grant(svc, keep, grantee, "Encrypt", retiring_principal=retirer)
+    svc.schedule_key_deletion(key_id=key, pending_window_in_days=7)
+    clock.advance(days=7, seconds=1)
+    svc.run_due_tasks()
+    with pytest.raises(NotFoundException):
+        svc.describe_key(key_id=key)
+    listed = svc.list_retirable_grants(retiring_principal=retirer)["Grants"]
+    assert [g["GrantId"] for g in listed] == [kept["GrantId"]]
+    conn = sqlite3.connect(str(svc.store.path))
+    try:
+        key_ids = {r[0] for r in conn.execute("SELECT key_id FROM grants")}
+    finally:
+        conn.close()
+    assert key_ids == {keep.rsplit("/", 1)[1]}
+
+
+def test_list_grants_filters_and_pages(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS rule: ListGrants pages with Limit/NextMarker over every grant of the key, and filters
+    by GrantId and GranteePrincipal; an unknown GrantId is InvalidGrantId."""
+    other = user(svc, "other")
+    mine = {grant(svc, key, grantee, "Encrypt", name=f"g{i}")["GrantId"] for i in range(4)}
+    theirs = {grant(svc, key, other, "Decrypt", name=f"o{i}")["GrantId"] for i in range(3)}
+    seen: list[str] = []
+    marker = None
+    pages = 0
+    while True:
+        page = svc.list_grants(key_id=key, limit=2, marker=marker)
+        assert len(page["Grants"]) <= 2
+        seen += [g["GrantId"] for g in page["Grants"]]
+        pages += 1
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert pages == 4 and sorted(seen) == sorted(mine | theirs)
+    by_grantee = svc.list_grants(key_id=key, grantee_principal=other)["Grants"]
+    assert {g["GrantId"] for g in by_grantee} == theirs
+    assert all(g["GranteePrincipal"] == other for g in by_grantee)
+    one = next(iter(mine))
+    (entry,) = svc.list_grants(key_id=key, grant_id=one)["Grants"]
+    assert entry["GrantId"] == one and entry["Operations"] == ["Encrypt"]
+    assert entry["KeyId"] == key and entry["IssuingAccount"] == f"arn:aws:iam::{A}:root"
+    with pytest.raises(InvalidGrantIdException):
+        svc.list_grants(key_id=key, grant_id="0" * 64)
+
+
+def test_list_retirable_grants_shows_only_the_retiring_principals(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS rule: ListRetirableGrants lists the grants (of every key) whose RetiringPrincipal is
+    the one asked for, and is authorized by IAM (kms:ListRetirableGrants)."""
+    retirer = user(svc, "retirer")
+    key2 = svc.arn(new_key(svc))
+    want = {
+        grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)["GrantId"],
+        grant(svc, key2, grantee, "Decrypt", retiring_principal=retirer)["GrantId"],
+    }
+    grant(svc, key, grantee, "Decrypt", retiring_principal=grantee)
+    grant(svc, key, grantee, "GenerateDataKey")
+    got = svc.list_retirable_grants(retiring_principal=retirer)["Grants"]
+    assert {g["GrantId"] for g in got} == want
+    assert {g["KeyId"] for g in got} == {key, key2}
+    assert_denied(
+        svc,
+        lambda: svc.list_retirable_grants(retiring_principal=retirer, principal=retirer),
+        retirer,
+        A,
+    )
+    svc.put_principal_policy(
+        arn=retirer, policy_name="p", policy_document=doc(stmt(Action="kms:ListRetirableGrants"))
+    )
+    mine = svc.list_retirable_grants(retiring_principal=retirer, principal=retirer)["Grants"]
+    assert {g["GrantId"] for g in mine} == want
