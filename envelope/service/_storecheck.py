@@ -2,7 +2,8 @@
 
 The audit chain says what was done; this says whether the state it left is still the state the
 service wrote: every key row's MAC (`_rows`), every sealed key-material row (unsealed under the
-root key with its key id and version as AAD), and that the store was upgraded to its schema once
+root key with its key id and version as AAD), every access-control row (principals, identity
+policies, grants: `_rows.record_mac`), and that the store was upgraded to its schema once
 (a second ``UpgradeStore`` record means the rows were re-authenticated after a rollback).
 """
 
@@ -47,6 +48,26 @@ def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
                 f"key material {key_id!s:.80} version {version!s:.20} fails authentication "
                 "(edited, or copied from another key)"
             )
+    access = (
+        ("principals", "SELECT arn, body, mac FROM principals ORDER BY arn", "principal"),
+        (
+            "identity_policies",
+            "SELECT principal || '|' || name, body, mac FROM identity_policies "
+            "ORDER BY principal, name",
+            "identity policy",
+        ),
+        ("grants", "SELECT grant_id, body, mac FROM grants ORDER BY grant_id", "grant"),
+    )
+    for table, sql, what in access:
+        for ident, body, mac in conn.execute(sql):
+            if not (
+                isinstance(ident, str)
+                and isinstance(body, str)
+                and _rows.check_record(store.row_key, table, ident, body, mac)
+            ):
+                problems.append(
+                    f"{what} {ident!s:.120} fails authentication (edited outside the KMS)"
+                )
     upgrades: dict[object, int] = {}
     pattern = f'%"operation":"{UPGRADE_OPERATION}"%'
     for (body,) in conn.execute("SELECT body FROM audit WHERE body LIKE ?", (pattern,)):

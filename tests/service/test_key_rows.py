@@ -239,3 +239,42 @@ def test_a_wrong_root_key_still_cannot_open_a_schema1_store(home: Path) -> None:
         "1",
     )
     conn.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "edit"),
+    [
+        (
+            "principals",
+            'UPDATE principals SET body=replace(body, \'"Tags":{}\', \'"Tags":{"a":"b"}\')',
+        ),
+        (
+            "identity_policies",
+            "UPDATE identity_policies SET body=replace(body, 'kms:Encrypt', 'kms:*')",
+        ),
+        ("grants", "UPDATE grants SET body=replace(body, 'Encrypt', 'Decrypt')"),
+    ],
+)
+def test_the_store_check_names_an_edited_access_row(
+    home: Path, clock: FakeClock, table: str, edit: str
+) -> None:
+    """Principals, identity policies and grants are authenticated like key rows: an edit that
+    would widen access is named by `audit verify`'s store check."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    user = svc.create_user(user_name="u")["User"]["Arn"]
+    svc.put_principal_policy(
+        arn=user,
+        policy_name="p",
+        policy_document='{"Statement": {"Effect": "Allow", "Action": "kms:Encrypt", '
+        '"Resource": "*"}}',
+    )
+    svc.create_grant(key_id=new_key(svc), grantee_principal=user, operations=["Encrypt"])
+    assert svc.check_store() == []
+    svc.close()
+    conn = db(home)
+    assert conn.execute(edit).rowcount == 1
+    conn.close()
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    problems = svc.check_store()
+    assert len(problems) == 1 and "fails authentication" in problems[0], problems
+    svc.close()
