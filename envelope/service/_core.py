@@ -1001,6 +1001,11 @@ class ServiceCore:
         conn.execute("DELETE FROM aliases WHERE region=? AND key_id=?", (key.region, key.id))
         conn.execute("DELETE FROM import_tokens WHERE region=? AND key_id=?", (key.region, key.id))
         # a grant never outlives its key (in this Region)
+        conn.execute(
+            "DELETE FROM grant_tokens WHERE grant_id IN "
+            "(SELECT grant_id FROM grants WHERE region=? AND key_id=?)",
+            (key.region, key.id),
+        )
         conn.execute("DELETE FROM grants WHERE region=? AND key_id=?", (key.region, key.id))
         if conn.execute("SELECT 1 FROM keys WHERE key_id=?", (key.id,)).fetchone() is None:
             conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))

@@ -195,6 +195,7 @@ class GrantOps(ServiceCore):
                 ):
                     if all(row.get(k) == v for k, v in body.items()):
                         token = self._issue_token(conn, str(row["GrantId"]))
+                        call.params["GrantId"] = row["GrantId"]
                         return {"GrantToken": token, "GrantId": row["GrantId"]}
             count = conn.execute(
                 "SELECT COUNT(*) FROM grants WHERE region=? AND key_id=?", (key.region, key.id)
@@ -202,12 +203,11 @@ class GrantOps(ServiceCore):
             if count >= MAX_GRANTS_PER_KEY:
                 raise LimitExceededException(f"{key.arn} has {MAX_GRANTS_PER_KEY} grants")
             grant_id = secrets.token_hex(32)
-            token = _new_token()
             body = {"GrantId": grant_id, **body, "CreationDate": now}
             text = json.dumps(body, sort_keys=True, separators=(",", ":"))
             conn.execute(
                 "INSERT INTO grants(grant_id, region, key_id, grantee, retiring, name, "
-                "token_hash, body, mac) VALUES (?,?,?,?,?,?,?,?,?)",
+                "body, mac) VALUES (?,?,?,?,?,?,?,?)",
                 (
                     grant_id,
                     key.region,
@@ -215,22 +215,25 @@ class GrantOps(ServiceCore):
                     grantee,
                     retiring,
                     name,
-                    _token_hash(token),
                     text,
                     _rows.record_mac(self.store.row_key, "grants", grant_id, text),
                 ),
             )
+            token = self._issue_token(conn, grant_id)
             call.params["GrantId"] = grant_id
             return {"GrantToken": token, "GrantId": grant_id}
 
         return self._run("CreateGrant", principal, context, params, op)
 
-    def _issue_token(self, conn: sqlite3.Connection, grant_id: str) -> str:
-        """A new token for an existing grant (an idempotent CreateGrant): the grant's token
-        hash is replaced, so the older token can no longer retire it."""
+    @staticmethod
+    def _issue_token(conn: sqlite3.Connection, grant_id: str) -> str:
+        """A new token for a grant. An idempotent CreateGrant issues another one; as in AWS,
+        every token of a grant names it ("grant tokens for the same grant ID can be used
+        interchangeably"). Only a hash is stored: a token is a bearer secret for RetireGrant."""
         token = _new_token()
         conn.execute(
-            "UPDATE grants SET token_hash=? WHERE grant_id=?", (_token_hash(token), grant_id)
+            "INSERT INTO grant_tokens(token_hash, grant_id) VALUES (?, ?)",
+            (_token_hash(token), grant_id),
         )
         return token
 
@@ -366,7 +369,8 @@ class GrantOps(ServiceCore):
                     raise InvalidGrantTokenException("GrantToken must be 1..8192 characters")
                 rows = self._grant_rows(
                     conn,
-                    "SELECT grant_id, body, mac FROM grants WHERE token_hash=?",
+                    "SELECT g.grant_id, g.body, g.mac FROM grant_tokens t JOIN grants g "
+                    "ON g.grant_id = t.grant_id WHERE t.token_hash=?",
                     (_token_hash(grant_token),),
                 )
                 if not rows:
@@ -390,7 +394,7 @@ class GrantOps(ServiceCore):
             call.key_id = str(grant["KeyId"])
             call.params["GrantId"] = grant["GrantId"]
             self._may_retire(call, grant)
-            conn.execute("DELETE FROM grants WHERE grant_id=?", (grant["GrantId"],))
+            _delete_grants(conn, "grant_id=?", (grant["GrantId"],))
             return {}
 
         return self._run("RetireGrant", principal, context, {}, op)
@@ -432,15 +436,22 @@ class GrantOps(ServiceCore):
                 raise ValidationException("GrantId must be 1..128 characters")
             call.params["GrantId"] = grant_id
             key = self._key(conn, call, key_id, READ, now)
-            cur = conn.execute(
-                "DELETE FROM grants WHERE grant_id=? AND region=? AND key_id=?",
-                (grant_id, key.region, key.id),
-            )
-            if cur.rowcount == 0:
+            if not _delete_grants(
+                conn, "grant_id=? AND region=? AND key_id=?", (grant_id, key.region, key.id)
+            ):
                 raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
             return {}
 
         return self._run("RevokeGrant", principal, context, {}, op)
+
+
+def _delete_grants(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> int:
+    """Delete the grants matching `where` with their tokens; how many were deleted."""
+    conn.execute(
+        f"DELETE FROM grant_tokens WHERE grant_id IN (SELECT grant_id FROM grants WHERE {where})",
+        args,
+    )
+    return conn.execute(f"DELETE FROM grants WHERE {where}", args).rowcount
 
 
 def _new_token() -> str:

@@ -20,6 +20,7 @@ from . import _authz, _rows
 from ._core import RequestContext, Response, ServiceCore, _Call, _page, _paging
 from .access import parse_policy
 from .errors import (
+    AccessDeniedException,
     AlreadyExistsException,
     LimitExceededException,
     NotFoundException,
@@ -72,6 +73,16 @@ class IamOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             arn = resource(call)
             call.key_id = arn
+            owner = arn.split(":")[4] if arn.startswith("arn:") else call.account
+            if owner != call.account:
+                # IAM is per account: no root or iam:* policy of one account reaches another's
+                # users and roles
+                call.decision = "denied"
+                call.reason = "IAM principals of another account cannot be managed"
+                raise AccessDeniedException(
+                    f"User: {call.principal} is not authorized to perform: iam:{action} on "
+                    f"resource: {arn} because it belongs to another account ({owner})"
+                )
             self._authorize_account(conn, call, f"iam:{action}", arn)
             result: Response = fn(conn, call, now, arn)
             return result

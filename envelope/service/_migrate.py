@@ -49,11 +49,12 @@ CREATE TABLE IF NOT EXISTS identity_policies(
     PRIMARY KEY(principal, name));
 CREATE TABLE IF NOT EXISTS grants(
     grant_id TEXT PRIMARY KEY, region TEXT NOT NULL, key_id TEXT NOT NULL,
-    grantee TEXT NOT NULL, retiring TEXT, name TEXT, token_hash BLOB NOT NULL,
-    body TEXT NOT NULL, mac BLOB NOT NULL);
+    grantee TEXT NOT NULL, retiring TEXT, name TEXT, body TEXT NOT NULL, mac BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS grants_key ON grants(region, key_id, grantee);
 CREATE INDEX IF NOT EXISTS grants_retiring ON grants(retiring);
-CREATE UNIQUE INDEX IF NOT EXISTS grants_token ON grants(token_hash);
+CREATE TABLE IF NOT EXISTS grant_tokens(
+    token_hash BLOB PRIMARY KEY, grant_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS grant_tokens_grant ON grant_tokens(grant_id);
 """
 UPGRADE_OPERATION = "UpgradeStore"
 
