@@ -21,7 +21,7 @@ from .errors import HeaderFormatError
 from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import open_segments, seal_segments
-from .objects import PreparedObject, Tracked, header_length, parse_object_header, zero
+from .objects import PageBuffer, PreparedObject, Tracked, header_length, parse_object_header
 
 __all__ = ("open_stream", "read_stream_header", "seal_stream")
 
@@ -67,6 +67,7 @@ def seal_stream(
     write(memoryview(prepared.header))
     return _batches(
         read_into, write, seg_in=s, seg_out=s + TAG_LEN, batch_bytes=batch_bytes,
+        in_at=0, out_at=len(prepared.header),
         step=partial(seal_segments, prepared.keys, prepared.bound_digest),
         seg_log2=prepared.seg_log2, count_input=True, on_progress=on_progress, track=track,
     )
@@ -89,6 +90,7 @@ def open_stream(
     s = 1 << header.seg_log2
     return _batches(
         read_into, write, seg_in=s + TAG_LEN, seg_out=s, batch_bytes=batch_bytes,
+        in_at=header.header_len, out_at=0,
         step=partial(open_segments, keys, header.bound_digest),
         seg_log2=header.seg_log2, count_input=False, on_progress=on_progress, track=track,
     )
@@ -104,6 +106,8 @@ def _batches(
     seg_in: int,
     seg_out: int,
     batch_bytes: int,
+    in_at: int,
+    out_at: int,
     step: Step,
     seg_log2: int,
     count_input: bool,
@@ -113,26 +117,34 @@ def _batches(
     """The one loop of both directions: read a batch, look one batch ahead to know whether
     it is the last, `step(first, src, dst, seg_log2, final)` it, write what it produced.
     Returns the plaintext bytes (the input's when sealing, the output's when opening). Every
-    buffer, plaintext on either side, is zeroed at the end however it ends."""
+    buffer, plaintext on either side, is zeroed at the end however it ends. Each batch sits
+    in its buffer at its stream position (`in_at`, `out_at`: where the batches start, after
+    a header) modulo a page: see `objects.PAGE`."""
     k = max(1, batch_bytes >> seg_log2)
-    cur, nxt, out = bytearray(k * seg_in), bytearray(k * seg_in), bytearray(k * seg_out)
+    size_in, size_out = k * seg_in, k * seg_out
+    cur, nxt, out = PageBuffer(size_in), PageBuffer(size_in), PageBuffer(size_out)
     try:
-        n, index, total = _fill(read_into, memoryview(cur)), 0, 0
+        pos_in, pos_out = in_at, out_at
+        src = cur.at(pos_in, size_in)
+        n, index, total = _fill(read_into, src), 0, 0
         while True:
-            m = _fill(read_into, memoryview(nxt)) if n == len(cur) else 0
-            w = _run(track, -(-n // seg_in) or 1, step,
-                     index, memoryview(cur)[:n], memoryview(out), seg_log2, m == 0)
-            write(memoryview(out)[:w])
+            ahead = nxt.at(pos_in + n, size_in)
+            m = _fill(read_into, ahead) if n == size_in else 0
+            dst = out.at(pos_out, size_out)
+            w = _run(track, -(-n // seg_in) or 1, step, index, src[:n], dst, seg_log2, m == 0)
+            write(dst[:w])
+            pos_in, pos_out = pos_in + n, pos_out + w
             done = n if count_input else w
             total += done
             if on_progress is not None:
                 on_progress(done)
             if m == 0:
                 return total
-            cur, nxt, n, index = nxt, cur, m, index + k
+            cur, nxt, src, n, index = nxt, cur, ahead, m, index + k
     finally:
+        src = ahead = dst = memoryview(b"")  # (drop this frame's views, so each unmaps now)
         for buf in (cur, nxt, out):
-            zero(buf)
+            buf.wipe()
 
 
 def _run(

@@ -19,7 +19,6 @@ every tag, so a truncated object fails; a source that changes size while it is r
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import stat
 import threading
@@ -34,7 +33,7 @@ from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .metrics import NULL_OBSERVER
-from .objects import PreparedObject, Tracked, zero
+from .objects import PageBuffer, PreparedObject, Tracked
 from .objects import pool_for as pool
 
 __all__ = ("open_file", "seal_file")
@@ -58,38 +57,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-#: Buffers are placed so that each batch's bytes sit at the same offset within a page as they
-#: do in the file. The kernel copies between the page cache and user memory with `rep movsb`,
-#: which on some CPUs (measured: AMD EPYC, Linux 6.18) runs at a quarter of its speed when the
-#: destination sits just past the source modulo a page (a bytearray's data starts 16 bytes
-#: into a page: 1.3-1.6 GB/s reading 4 MiB batches, against 5.8-6.1 GB/s so placed).
-PAGE = 4096
-
-
-class _Buf:
-    """One batch buffer: an anonymous mapping (page-aligned, and returned to the system when
-    closed, not kept by the allocator), one page longer than a batch."""
-
-    __slots__ = ("map",)
-
-    def __init__(self, size: int) -> None:
-        self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE)
-
-    def at(self, file_offset: int, n: int) -> memoryview:
-        """`n` bytes of this buffer whose address is `file_offset` modulo a page."""
-        k = file_offset % PAGE
-        return memoryview(self.map)[k : k + n]
-
-    def wipe(self) -> None:
-        """Zero it (it held plaintext), then unmap it."""
-        zero(self.map)
-        try:
-            self.map.close()
-        except BufferError:  # a view is still held (a traceback's frame): unmapped when freed
-            pass
-
-
-Buffers = tuple[_Buf, _Buf]
+Buffers = tuple[PageBuffer, PageBuffer]
 
 
 def _batches(
@@ -109,7 +77,7 @@ def _batches(
     owned: list[Buffers] = []
 
     def worker(_a: int, _b: int) -> None:
-        bufs = (_Buf(sizes[0]), _Buf(sizes[1]))
+        bufs = (PageBuffer(sizes[0]), PageBuffer(sizes[1]))
         with lock:
             owned.append(bufs)
         while not failed.is_set():

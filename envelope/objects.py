@@ -17,6 +17,7 @@ AES-GCM releases the GIL, so an in-memory object uses every core without an even
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -64,6 +65,8 @@ __all__ = (
     "MAX_EDKS",
     "ObjectKeys",
     "Header",
+    "PAGE",
+    "PageBuffer",
     "PreparedObject",
     "Tracked",
     "check_context",
@@ -88,7 +91,6 @@ __all__ = (
 )
 
 if TYPE_CHECKING:
-    import mmap
     from concurrent.futures import Future
 
 T = TypeVar("T")
@@ -451,6 +453,39 @@ def open_into(
 
 
 _ZEROS = bytes(64 << 10)
+
+#: Batch buffers are placed so that each batch's bytes sit at the same offset within a page
+#: as they do in the file or stream. The kernel copies between the page cache (or a pipe) and
+#: user memory with `rep movsb`, which on some CPUs (measured: AMD EPYC, Linux 6.18) runs at
+#: a quarter of its speed when the destination sits just past the source modulo a page (a
+#: bytearray's data starts 16 bytes into a page: 1.3-1.6 GB/s reading 4 MiB batches from the
+#: page cache, against 5.8-6.1 GB/s so placed).
+PAGE = 4096
+
+
+class PageBuffer:
+    """One batch buffer for positional or stream I/O: an anonymous mapping (page-aligned,
+    and returned to the system when wiped, not kept by the allocator), a page longer than
+    asked so that a view of any length up to `size` can start at any offset in a page."""
+
+    __slots__ = ("map",)
+
+    def __init__(self, size: int) -> None:
+        self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE)
+
+    def at(self, position: int, n: int) -> memoryview:
+        """`n` bytes of this buffer whose address is `position` (the bytes' offset in their
+        file or stream) modulo a page."""
+        k = position % PAGE
+        return memoryview(self.map)[k : k + n]
+
+    def wipe(self) -> None:
+        """Zero it (it may hold plaintext), then unmap it."""
+        zero(self.map)
+        try:
+            self.map.close()
+        except BufferError:  # a view is still held (a caller's frame): unmapped when freed
+            pass
 
 
 def zero(buf: bytearray | memoryview | mmap.mmap, length: int | None = None) -> None:

@@ -9,6 +9,7 @@ the file offset modulo a page; and a small file gets buffers of its own size, no
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from envelope import api, files, objects, sync
+from envelope import api, blocking_streams, files, objects, sync
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
@@ -46,12 +47,12 @@ def test_positional_io_uses_buffers_at_the_file_offset_modulo_a_page(
     real_preadv, real_pwrite = os.preadv, os.pwrite
 
     def preadv(fd: int, bufs: list[memoryview], offset: int) -> int:
-        seen.append(("read", _address(bufs[0]) % files.PAGE, offset % files.PAGE))
+        seen.append(("read", _address(bufs[0]) % objects.PAGE, offset % objects.PAGE))
         return real_preadv(fd, bufs, offset)
 
     def pwrite(fd: int, data: memoryview, offset: int) -> int:
         if offset:  # (the header, written once at 0 from its own bytes)
-            seen.append(("write", _address(data) % files.PAGE, offset % files.PAGE))
+            seen.append(("write", _address(data) % objects.PAGE, offset % objects.PAGE))
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(files.os, "preadv", preadv)
@@ -122,3 +123,41 @@ def test_a_file_round_trip_loads_no_ctypes_and_no_event_loop(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "o.bin").read_bytes() == src.read_bytes()
     assert r.stdout.strip() == ""
+
+
+def test_stream_batches_sit_at_their_stream_position_modulo_a_page(kr: Keyring) -> None:
+    """A stream's reads and writes (stdin redirected from a file, a pipe) are placed as a
+    file's are: by their position in the stream, the header included."""
+    data = os.urandom(9 * 4096 + 77)
+    pos = {"in": 0, "out": 0}
+    placed: list[tuple[str, int, int]] = []
+    source = io.BytesIO(data)
+    sink = io.BytesIO()
+
+    def read_into(buf: memoryview) -> int:
+        if len(buf) >= 4096:  # (not the lengths of the header's own small reads)
+            placed.append(("read", _address(buf) % objects.PAGE, pos["in"] % objects.PAGE))
+        n = source.readinto(buf)
+        pos["in"] += n
+        return n
+
+    def write(view: memoryview) -> None:
+        if len(view) >= 4096:
+            placed.append(("write", _address(view) % objects.PAGE, pos["out"] % objects.PAGE))
+        sink.write(view)
+        pos["out"] += len(view)
+
+    prepared = objects.new_object(kr, seg_log2=12)
+    n = blocking_streams.seal_stream(prepared, read_into, write, batch_bytes=2 * 4096)
+    assert n == len(data)
+    sealed = sink.getvalue()
+    source, sink = io.BytesIO(sealed), io.BytesIO()
+    pos["in"] = pos["out"] = 0
+    header = blocking_streams.read_stream_header(read_into, max_wrapped_keys=1)
+    keys = objects.open_object_keys(
+        header, kr.decryption_key_blocking(header.wrapped_keys, header.kms_context)
+    )
+    blocking_streams.open_stream(header, keys, read_into, write, batch_bytes=2 * 4096)
+    assert sink.getvalue() == data
+    assert len(placed) >= 4 * 4 and {off for _, _, off in placed} != {0}
+    assert all(addr == off for _, addr, off in placed), placed
