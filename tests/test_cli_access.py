@@ -541,3 +541,33 @@ def test_audit_tail_denied_shows_only_denials_with_their_reason(cli: Cli) -> Non
         ok(cli("keys", "describe", key))
     again = ok(cli("audit", "tail", "--denied", "-n", "2", "--json")).json()["Records"]
     assert again == denied[-2:]
+
+
+# -- docs/access.md -------------------------------------------------------------------------
+
+ACCESS_DOC = Path(__file__).resolve().parent.parent / "docs" / "access.md"
+
+
+@pytest.mark.slow
+def test_the_access_guide_examples_run_as_written(tmp_path: Path) -> None:
+    """Every ``sh`` block of docs/access.md, in order, in one bash with -euo pipefail, in an
+    empty folder: the worked examples assert their own outcomes (`refused` needs exit 3,
+    `test` compares decrypted text), so a page that drifts from the commands fails here."""
+    import re
+
+    blocks = re.findall(r"^```sh\n(.*?)^```$", ACCESS_DOC.read_text("utf-8"), re.S | re.M)
+    script = "\n".join(blocks)
+    assert len(blocks) >= 7 and script.count("refused ") >= 8  # the extraction found them
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENVELOPE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["ENVELOPE_CONFIG"] = ""
+    r = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / "back" / "day=1" / "a.csv").read_text() == "a\n"
