@@ -301,6 +301,9 @@ def test_create_grant_idempotent_by_name(svc: KeyService, key: str, grantee: str
     c = grant(svc, key, grantee, "Encrypt", name="job-1")
     assert c["GrantId"] != a["GrantId"]
     assert len(svc.list_grants(key_id=key)["Grants"]) == 2
+    # the first token still names the grant (every token of a re-created grant retires it)
+    svc.retire_grant(grant_token=a["GrantToken"])
+    assert [g["GrantId"] for g in svc.list_grants(key_id=key)["Grants"]] == [c["GrantId"]]
 
 
 def test_grantee_can_narrow_but_not_widen(svc: KeyService, key: str, grantee: str) -> None:

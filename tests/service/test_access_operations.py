@@ -308,13 +308,6 @@ IAM_ON_PRINCIPAL = frozenset(
     }
 )
 
-_IAM_CROSS_ACCOUNT_BUG = (
-    "BUG: _iam.IamOps._iam_run authorizes iam:<Action> on another account's principal ARN with "
-    "_authorize_account (resource_account None), where evaluate._combine allows any account "
-    "root (and any IAM Allow with Resource *): account B's root can read, tag, re-policy and "
-    "delete account A's users. IAM has no cross-account access to users and roles."
-)
-
 
 def test_every_operation_has_a_case() -> None:
     """AWS rule: every operation is authorized; none may escape this walk."""
@@ -335,13 +328,12 @@ def test_operation_refuses_unauthorized_callers(svc: KeyService, op: str) -> Non
     stranger = user(svc, "stranger", account=B)
     assert_denied(svc, lambda: call(nobody), nobody, A)
     assert_denied(svc, lambda: call(stranger), stranger, B)
-    if op not in ACCOUNT_LEVEL | IAM_ON_PRINCIPAL:  # the latter: see the xfail below
+    if op not in ACCOUNT_LEVEL:
         assert_denied(svc, lambda: call(ROOT_B), ROOT_B, B)
     # the arguments are valid: the owning account's root is allowed the very same call
     call(ROOT_A)
 
 
-@pytest.mark.xfail(strict=True, reason=_IAM_CROSS_ACCOUNT_BUG)
 @pytest.mark.parametrize("op", sorted(IAM_ON_PRINCIPAL))
 def test_another_accounts_root_cannot_manage_principals(svc: KeyService, op: str) -> None:
     """AWS rule: IAM is per account; the root of one account has no power over another
@@ -350,7 +342,6 @@ def test_another_accounts_root_cannot_manage_principals(svc: KeyService, op: str
     assert_denied(svc, lambda: call(ROOT_B), ROOT_B, B)
 
 
-@pytest.mark.xfail(strict=True, reason=_IAM_CROSS_ACCOUNT_BUG)
 def test_iam_allow_star_does_not_reach_another_accounts_principals(svc: KeyService) -> None:
     """AWS rule: an identity policy allowing iam:* on * covers the caller's own account only;
     it cannot attach a policy to another account's user (privilege escalation)."""
