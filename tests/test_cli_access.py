@@ -4,6 +4,7 @@ subprocess checks the real exit code), and every effect checked by asking the KM
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -208,6 +209,17 @@ def test_key_policy_get_put_list_round_trip(cli: Cli, tmp_path: Path) -> None:
         )
     )
     assert r.json()["Matched"] == "key-policy:Reader"
+
+
+def test_key_policy_put_from_stdin(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = new_key(cli)
+    text = policy(
+        {"Sid": "Only", "Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*",
+         "Resource": "*"}
+    )  # fmt: skip
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    ok(cli("keys", "policy", "put", key, "--file", "-"))
+    assert ok(cli("keys", "policy", "get", key, "--json")).json()["Policy"] == text
 
 
 def test_lockout_check_refuses_without_bypass_and_then_the_policy_rules(cli: Cli) -> None:
@@ -452,6 +464,20 @@ def test_explain_exit_codes_and_every_explanation_line(cli: Cli) -> None:
     late = ("policy", "explain", "--as", session("late"), "--action", "kms:Decrypt", key, "--json")
     assert cli(*late).code == 3
     assert cli(*late, "--value", "aws:CurrentTime=2031-01-01T00:00:00Z").code == 0
+
+
+def test_explain_a_question_that_cannot_be_asked_is_a_usage_error(cli: Cli) -> None:
+    """Exit 3 means denied: a typo in the action, the principal or the key must not read as
+    a denial to a script."""
+    key = new_key(cli)
+    for argv, said in (
+        (("--action", "Decrypt", key), "ValidationException"),
+        (("--action", "kms:Decrypt", "--as", "bob", key), "ValidationException"),
+        (("--action", "kms:Decrypt", "alias/none"), "NotFoundException"),
+    ):
+        r = cli("policy", "explain", *argv, "--json")
+        assert (r.code, r.out) == (2, ""), r.err
+        assert said in r.err
 
 
 def test_explain_managed_key_only_through_the_service(cli: Cli, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ principal may or may not do something.
 principal be allowed this action on this key, with this encryption context, through this
 service?) without making the call: it prints the decision, the statement or grant that decides,
 the reason, and one line for each statement or grant that does not apply and why. It reads the
-store only (nothing is audited), and exits 0 when the action would be allowed and 3 when it
-would be denied, so a script can test a policy before it ships.
+store only (nothing is audited), and exits 0 when the action would be allowed, 3 when it
+would be denied (2 when the question is malformed: an unknown key, a bad principal or
+action), so a script can test a policy before it ships.
 
 Policy documents are given inline (``--document JSON``) or from a file (``--file PATH``, ``-``
 for stdin), passed to the KMS unchanged: it validates them (`MalformedPolicyDocumentException`
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..service import KeyService
+from ..service import KeyService, KmsServiceError
+from ..service.errors import StoreError
 from ._common import parse_pairs
 from ._output import emit
 from .keys import EXIT_KMS, EXIT_OK, _cmd, _run, add_store_arguments
@@ -110,15 +112,22 @@ def add_key_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: i
 def _explain(args: argparse.Namespace, svc: KeyService) -> int:
     principal = getattr(args, "principal", None) or svc.default_principal
     values: dict[str, Any] = {k.lower(): v for k, v in parse_pairs(args.value, "--value").items()}
-    result = svc.explain_access(
-        principal=principal,
-        action=args.action,
-        key_id=args.key,
-        encryption_context=parse_pairs(args.context, "--context") or None,
-        via_service=args.via_service,
-        source_ip=args.source_ip,
-        values=values or None,
-    )
+    try:
+        result = svc.explain_access(
+            principal=principal,
+            action=args.action,
+            key_id=args.key,
+            encryption_context=parse_pairs(args.context, "--context") or None,
+            via_service=args.via_service,
+            source_ip=args.source_ip,
+            values=values or None,
+        )
+    except StoreError:
+        raise
+    except KmsServiceError as e:
+        # A question that cannot be asked (a malformed principal or action, an unknown key)
+        # is a usage error (exit 2), never the 3 a script reads as "denied".
+        raise ValueError(f"{e.code}: {e.message}") from None
     emit(args, result, "PolicyExplain")
     if result["Allowed"]:
         return EXIT_OK
