@@ -364,13 +364,9 @@ def test_grants_create_list_use_retire_revoke(cli: Cli) -> None:
     assert r.code == 3 and "InvalidGrantIdException" in r.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug (reported): an idempotent CreateGrant replaces the grant's token hash, "
-    "so the first token no longer names the grant; AWS: 'All grant tokens for the same grant "
-    "ID can be used interchangeably'",
-)
 def test_every_token_of_an_idempotent_grant_retires_it(cli: Cli) -> None:
+    """AWS: 'All grant tokens for the same grant ID can be used interchangeably' (the service
+    once replaced the first token when CreateGrant was repeated with the same Name)."""
     key = new_key(cli)
     job = session("job")
     role(cli, "job")
