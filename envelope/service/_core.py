@@ -261,6 +261,19 @@ def _authentic_meta(
     return parsed if isinstance(parsed, dict) else None
 
 
+def _no_such_principal(caller: Principal) -> Decision:
+    """A user or role the store does not hold (never created, or deleted) is nobody: no
+    statement can allow it, even one naming its ARN or "*" (AWS ties a policy to the
+    principal's unique id, so a deleted user's name stops working at once)."""
+    return Decision(
+        False,
+        None,
+        f"the principal {caller.identity_arn} does not exist (it was never created, or it was "
+        "deleted)",
+        (f"caller: {caller.identity_arn} is not a user or role of this store",),
+    )
+
+
 def _store_failure(e: BaseException, store: Store) -> KmsServiceError:
     """A store failure as a service error: corruption is `StoreError` (not retryable); a busy,
     full or failing disk is `KMSInternalException` (transient)."""
@@ -760,6 +773,8 @@ class ServiceCore:
             encryption_context=call.enc_context,
             aws_managed=key.aws_managed,
         )
+        if not identity.exists:
+            return request, _no_such_principal(caller)
         decision = authorize(
             request, key_policy=key_policy, iam_policies=identity.policies, explain=explain
         )
@@ -800,8 +815,10 @@ class ServiceCore:
             values=values,
             encryption_context=call.enc_context,
         )
-        decision = authorize(
-            request, key_policy=None, iam_policies=identity.policies, explain=explain
+        decision = (
+            authorize(request, key_policy=None, iam_policies=identity.policies, explain=explain)
+            if identity.exists
+            else _no_such_principal(caller)
         )
         if not explain:
             self._decided(call, request, decision)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import sqlite3
 from collections.abc import Mapping
 from typing import Any
@@ -138,6 +139,7 @@ class IamOps(ServiceCore):
                 raise ValidationException("Description must be at most 1000 characters")
             body = {
                 "Arn": arn,
+                "Id": unique_id(kind),
                 "Account": call.account or self.account,
                 "Kind": kind,
                 "Name": name,
@@ -193,13 +195,30 @@ class IamOps(ServiceCore):
         action = "DeleteUser" if kind == "user" else "DeleteRole"
 
         def fn(conn: sqlite3.Connection, call: _Call, now: float, target: str) -> Response:
-            self._principal_row(conn, target)
+            body = self._principal_row(conn, target)
+            self._forget_in_key_policies(conn, target, str(body.get("Id") or unique_id(kind)))
             conn.execute("DELETE FROM identity_policies WHERE principal=?", (target,))
             conn.execute("DELETE FROM principals WHERE arn=?", (target,))
             _authz.bump_generation(conn)
             return {}
 
         return self._iam_run(action, principal, context, {}, lambda call: arn, fn)
+
+    def _forget_in_key_policies(self, conn: sqlite3.Connection, arn: str, uid: str) -> None:
+        """What AWS does when a principal named in key policies is deleted: each policy now
+        shows the principal's unique id instead of its ARN, so the statement names nobody,
+        and a principal created again under the same name is not the one it named."""
+        needle = json.dumps(arn)
+        for region, key_id in conn.execute(
+            "SELECT region, key_id FROM keys WHERE instr(meta, ?) > 0",
+            (json.dumps(needle)[1:-1],),
+        ).fetchall():
+            key = self._load(conn, str(region), str(key_id))
+            text = key.meta.get("x_policy") if key is not None else None
+            if key is None or not isinstance(text, str) or needle not in text:
+                continue
+            key.meta["x_policy"] = text.replace(needle, json.dumps(uid))
+            self._save(conn, key)
 
     def get_principal(
         self, *, arn: str, principal: str | None = None, context: RequestContext | None = None
@@ -380,7 +399,8 @@ class IamOps(ServiceCore):
     def list_accounts(
         self, *, principal: str | None = None, context: RequestContext | None = None
     ) -> Response:
-        """Every account the store knows (of its keys and principals), for administrators."""
+        """Every account the store knows (of its keys and principals); only for the root of
+        the service's own account (the store's administrator)."""
 
         def fn(conn: sqlite3.Connection, call: _Call, now: float, target: str) -> Response:
             accounts = {self.account}
@@ -395,7 +415,28 @@ class IamOps(ServiceCore):
                     accounts.add(owner)
             return {"Accounts": sorted(accounts)}
 
-        return self._iam_run("ListAccounts", principal, context, {}, lambda call: "*", fn)
+        def admin_only(call: _Call) -> str:
+            # the store's own account root administers the store; other accounts must not
+            # learn which accounts share it
+            if call.principal != self.root_principal:
+                call.decision = "denied"
+                call.reason = "only the store's administrator account root may list accounts"
+                raise AccessDeniedException(
+                    f"User: {call.principal} is not authorized to perform: iam:ListAccounts on "
+                    f"resource: * because only {self.root_principal} may list the accounts of "
+                    "this store"
+                )
+            return "*"
+
+        return self._iam_run("ListAccounts", principal, context, {}, admin_only, fn)
+
+
+def unique_id(kind: str) -> str:
+    """A principal's unique id in AWS's shape: AIDA... for users, AROA... for roles."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    return ("AIDA" if kind == "user" else "AROA") + "".join(
+        secrets.choice(alphabet) for _ in range(17)
+    )
 
 
 def _kind_of(arn: Any) -> str:
@@ -416,6 +457,7 @@ def _public(body: Mapping[str, Any]) -> Response:
     """A principal as IAM returns it: no internal fields, tags as a list."""
     out: Response = {
         "Arn": body["Arn"],
+        ("UserId" if body["Kind"] == "user" else "RoleId"): body.get("Id"),
         "Path": body["Path"],
         "CreateDate": body["CreateDate"],
         "Tags": [{"Key": k, "Value": v} for k, v in (body.get("Tags") or {}).items()],

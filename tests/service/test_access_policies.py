@@ -257,20 +257,37 @@ def test_policy_naming_a_deleted_user_cannot_be_put_again(svc: KeyService) -> No
         svc.put_key_policy(key_id=kid, policy=doc(root_stmt(), stmt(Principal=aws(app))))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GAP: a key policy statement naming a user keeps allowing that ARN after the user is "
-    "deleted (and a new user of the same name); AWS binds the statement to the deleted user's "
-    "unique id, so neither is allowed. _core._decide_key ignores Identity.exists.",
-)
 def test_deleted_user_named_by_key_policy_is_no_longer_allowed(svc: KeyService) -> None:
-    """AWS rule: deleting an IAM user named in a key policy ends its access; a user created
-    again with the same name is a different principal and is not allowed by the old statement."""
+    """AWS rule: deleting an IAM user named in a key policy ends its access at once."""
     app = user(svc, "app")
     kid = new_key(svc)
     svc.put_key_policy(key_id=kid, policy=doc(root_stmt(), stmt(Principal=aws(app))))
     svc.encrypt(key_id=kid, plaintext=b"p", principal=app)
     svc.delete_principal(arn=app)
+    assert_denied(svc, lambda: svc.encrypt(key_id=kid, plaintext=b"p", principal=app), app, A)
+
+
+def test_a_principal_that_does_not_exist_is_nobody(svc: KeyService) -> None:
+    """AWS rule: only existing principals make requests; even "*" does not let an unknown
+    user or role ARN in."""
+    ghost = f"arn:aws:iam::{A}:user/never-created"
+    kid = new_key(svc)
+    svc.put_key_policy(
+        key_id=kid,
+        policy=doc(root_stmt(), stmt(Principal="*", Action="kms:Encrypt")),
+    )
+    assert_denied(svc, lambda: svc.encrypt(key_id=kid, plaintext=b"p", principal=ghost), ghost, A)
+
+
+def test_a_user_created_again_is_not_the_user_a_policy_named(svc: KeyService) -> None:
+    """AWS rule: a key policy names a principal by its unique id; once the user is deleted the
+    policy shows that id (GetKeyPolicy), and a new user of the same name is someone else."""
+    app = user(svc, "app")
+    kid = new_key(svc)
+    svc.put_key_policy(key_id=kid, policy=doc(root_stmt(), stmt(Principal=aws(app))))
+    svc.delete_principal(arn=app)
+    shown = svc.get_key_policy(key_id=kid)["Policy"]
+    assert app not in shown and '"AIDA' in shown
     user(svc, "app")
     assert_denied(svc, lambda: svc.encrypt(key_id=kid, plaintext=b"p", principal=app), app, A)
 

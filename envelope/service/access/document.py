@@ -276,6 +276,10 @@ def _parse_resources(raw: object, where: str) -> NameMatcher:
     return _compile_names(items, lower=False)
 
 
+#: A user's or role's unique id (AIDA... / AROA...), as a policy shows a deleted principal.
+UNIQUE_ID = re.compile(r"(AIDA|AROA)[A-Z0-9]{16,32}\Z")
+
+
 def _parse_principal(
     raw: object, where: str, principal_exists: Callable[[str], bool] | None
 ) -> PrincipalMatcher:
@@ -304,6 +308,10 @@ def _parse_principal(
                     arns.add(entry)
                 elif SESSION_ARN.match(entry) is not None:
                     arns.add(entry)
+                elif UNIQUE_ID.match(entry) is not None:
+                    # what AWS writes in place of a deleted user's or role's ARN: the unique
+                    # id of a principal that no longer exists, which names no caller
+                    continue
                 else:
                     raise _fail(
                         f"{here}: {entry!r} is not a valid principal (an account id, or an "
