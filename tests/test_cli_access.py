@@ -211,6 +211,26 @@ def test_key_policy_get_put_list_round_trip(cli: Cli, tmp_path: Path) -> None:
     assert r.json()["Matched"] == "key-policy:Reader"
 
 
+def test_keys_create_with_a_policy_and_the_lockout_check(cli: Cli, tmp_path: Path) -> None:
+    """CreateKey takes Policy and BypassPolicyLockoutSafetyCheck: a policy that would lock the
+    caller out is refused (nothing created) unless the bypass flag is given."""
+    encrypt_only = policy(
+        {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:Encrypt", "Resource": "*"}
+    )
+    before = ok(cli("keys", "list", "--json")).json()
+    r = cli("keys", "create", "--policy", encrypt_only)
+    assert r.code == 3 and "will not allow you to update the key policy" in r.err
+    assert ok(cli("keys", "list", "--json")).json() == before
+    (tmp_path / "p.json").write_text(encrypt_only)
+    made = ok(
+        cli("keys", "create", "--policy-file", str(tmp_path / "p.json"),
+            "--bypass-policy-lockout-safety-check", "--json")
+    ).json()["KeyMetadata"]["KeyId"]  # fmt: skip
+    # the key's policy is exactly the one given, and it rules: not even the root may read it
+    r = cli("keys", "policy", "get", made)
+    assert r.code == 3 and "kms:GetKeyPolicy" in r.err
+
+
 def test_key_policy_put_from_stdin(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     key = new_key(cli)
     text = policy(

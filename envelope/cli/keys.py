@@ -144,6 +144,11 @@ def _all_pages(call: Callable[[str | None], dict[str, Any]], member: str) -> lis
 
 
 def _create(args: argparse.Namespace, svc: KeyService) -> None:
+    policy = None
+    if args.document is not None or args.file is not None:
+        from .policy import read_document
+
+        policy = read_document(args)
     resp = svc.create_key(
         description=args.description,
         key_spec=args.key_spec,
@@ -151,6 +156,8 @@ def _create(args: argparse.Namespace, svc: KeyService) -> None:
         origin=args.origin,
         multi_region=args.multi_region,
         tags=_pairs(args.tag),
+        policy=policy,
+        bypass_policy_lockout_safety_check=args.bypass_policy_lockout_safety_check,
     )
     emit(args, resp, "CreateKey")
 
@@ -373,6 +380,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--origin", default="AWS_KMS", choices=["AWS_KMS", "EXTERNAL"])
     p.add_argument("--multi-region", action="store_true")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--policy",
+        dest="document",
+        metavar="JSON",
+        help="the key policy (default: the "
+        "default key policy, which delegates the key to the account's IAM policies)",
+    )
+    g.add_argument("--policy-file", dest="file", metavar="PATH", help="the key policy from PATH")
+    p.add_argument(
+        "--bypass-policy-lockout-safety-check",
+        action="store_true",
+        help="accept a policy that would stop you from changing it again",
+    )
 
     _cmd(sub, "list", "list keys (ListKeys)", _list, key=False)
     _cmd(sub, "describe", "show a key (DescribeKey)", _describe)

@@ -1,7 +1,9 @@
 """`envelope lake encrypt|decrypt|verify|rewrap`: bulk jobs over whole prefixes.
 
 Exit codes: 0 every object succeeded (or was already done), 1 some object failed (see the
-summary and `--report`), 2 usage or configuration error, 3 KMS failure before any object.
+summary and `--report`), 2 usage or configuration error, 3 a KMS failure before any object, or
+a job in which nothing was done because the KMS refused or failed every object (for example
+AccessDenied for the principal the job runs as: the fix is a permission, not a re-run).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..lake import jobs
 from ..metrics import Observer
 from ..options import DEFAULT_MEMORY_BUDGET, Options
 from ._common import (
+    EXIT_KMS,
     add_key_arguments,
     add_metrics_argument,
     key_spec,
@@ -230,7 +233,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
     if args.report:
         report.write(args.report)
     _print_summary(report, args)
-    return 0 if report.ok else 1
+    return _exit_code(report)
 
 
 def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:
@@ -263,7 +266,29 @@ def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer
     finally:
         sync.run(bulk.aclose)
     _print_summary(report, args)
-    return 0 if report.ok else 1
+    return _exit_code(report)
+
+
+def _exit_code(report: jobs.JobReport) -> int:
+    """0 all done; 3 when nothing was done and every failure was the KMS's (a refusal such as
+    AccessDenied, or an unavailable KMS); else 1."""
+    if report.ok:
+        return 0
+    from ..errors import KmsError
+
+    kms_errors: set[str] = set()
+    todo: list[type[BaseException]] = [KmsError]
+    while todo:
+        cls = todo.pop()
+        kms_errors.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    if (
+        report.done == 0
+        and report.failures
+        and all(f.error_type in kms_errors for f in report.failures)
+    ):
+        return EXIT_KMS
+    return 1
 
 
 def _print_summary(r: jobs.JobReport, args: argparse.Namespace) -> None:

@@ -106,7 +106,7 @@ def test_a_lake_job_as_an_encrypt_only_role(lake: Lake) -> None:
         "lake", "encrypt", str(src), str(other), "--key", key, "--kms-context", "job=adhoc",
         "--no-progress", "--as", WRITER, "--json",
     )  # fmt: skip
-    assert code != 0
+    assert code == 3
     failures = json.loads(out)["failures"]
     assert len(failures) == len(tree)
     assert all("kms:GenerateDataKey" in f["error"] for f in failures)
@@ -123,7 +123,7 @@ def test_a_lake_job_as_an_encrypt_only_role(lake: Lake) -> None:
     # a whole lake decrypt as the Writer fails every object, each naming kms:Decrypt
     code, out, err = lake("lake", "decrypt", str(enc), str(dec), "--no-progress", "--as", WRITER,
                           "--json")  # fmt: skip
-    assert code != 0
+    assert code == 3  # nothing done, every failure the KMS's refusal
     failures = json.loads(out)["failures"]
     assert len(failures) == len(tree)
     assert all("is not authorized to perform: kms:Decrypt" in f["error"] for f in failures)
