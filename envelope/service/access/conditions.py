@@ -211,6 +211,7 @@ class Condition:
     negated: bool
     match: Callable[[object], bool]
     null_expect: frozenset[bool]  # for Null only: the accepted "is missing" answers
+    written: str = ""  # the key as the policy spells it (for explanations)
 
     def holds(self, values: Mapping[str, Value]) -> bool:
         """Whether this condition is satisfied by the request context `values`."""
@@ -236,17 +237,18 @@ class Condition:
         """Why `holds` is false, for an explanation: names the operator and key, never the
         request's values (an encryption context may be sensitive to some readers)."""
         v = values.get(self.key)
+        key = self.written or self.key
         if self.null_expect:
-            return f"{self.operator} {self.key}: the key is {'missing' if v is None else 'present'}"
+            return f"{self.operator} {key}: the key is {'missing' if v is None else 'present'}"
         if v is None:
-            return f"{self.operator} {self.key}: the key is missing from the request"
+            return f"{self.operator} {key}: the key is missing from the request"
         if isinstance(v, _MULTI) and not v:
-            return f"{self.operator} {self.key}: the request has no values for the key"
+            return f"{self.operator} {key}: the request has no values for the key"
         if self.set_op == _ALL:
-            return f"{self.operator} {self.key}: not every request value matches"
+            return f"{self.operator} {key}: not every request value matches"
         if self.negated:
-            return f"{self.operator} {self.key}: a request value matches a listed value"
-        return f"{self.operator} {self.key}: no request value matches"
+            return f"{self.operator} {key}: a request value matches a listed value"
+        return f"{self.operator} {key}: no request value matches"
 
 
 def _fail(where: str, what: str) -> MalformedPolicyDocumentException:
@@ -418,5 +420,7 @@ def parse_condition_block(raw: object, where: str) -> tuple[Condition, ...]:
             null_expect: frozenset[bool] = frozenset()
             if family == "null":
                 null_expect = frozenset(_as_bool(x) is True for x in vals)
-            out.append(Condition(name, key.lower(), set_op, if_exists, negated, match, null_expect))
+            out.append(
+                Condition(name, key.lower(), set_op, if_exists, negated, match, null_expect, key)
+            )
     return tuple(out)

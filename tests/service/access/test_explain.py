@@ -41,7 +41,7 @@ def test_allow_is_explained_statement_by_statement() -> None:
         lines["key-policy:AliceEncrypt (Allow)"] == "does not apply: kms:Decrypt is not in Action"
     )
     assert lines["key-policy:LakeOnly (Allow)"] == (
-        "does not apply: condition StringEquals kms:encryptioncontext:purpose: "
+        "does not apply: condition StringEquals kms:EncryptionContext:purpose: "
         "the key is missing from the request"
     )
     assert lines["iam:reader:ReadAll (Allow)"] == "applies: allows the caller"
@@ -60,7 +60,7 @@ def test_deny_is_named_and_explained() -> None:
     assert "iam:guard:NoWeb (Deny): applies: denies the caller" in d.explanation
     assert (
         "key-policy:LakeOnly (Allow): does not apply: condition StringEquals "
-        "kms:encryptioncontext:purpose: no request value matches"
+        "kms:EncryptionContext:purpose: no request value matches"
     ) in d.explanation
     message = d.message(request("web"))
     assert message == (
