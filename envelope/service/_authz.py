@@ -193,9 +193,13 @@ class AccessCache:
             _remember(self._principals, arn, hit)
         return hit
 
-    def identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:
-        """The caller's stored tags and identity policies (none for the root or a service)."""
-        gen = _generation(conn)
+    def identity(
+        self, conn: sqlite3.Connection, caller: Principal, generation: bytes | None = None
+    ) -> Identity:
+        """The caller's stored tags and identity policies (none for the root or a service).
+        `generation`: the access generation if the caller already read it in this
+        transaction."""
+        gen = _generation(conn) if generation is None else generation
         hit = self._identities.get(caller.arn)
         if hit is not None and hit[0] == gen:
             return hit[1]

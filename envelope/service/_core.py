@@ -99,6 +99,7 @@ class _Call:
     """One call in flight: what the audit record will say about it."""
 
     __slots__ = (
+        "access_gen",
         "account",
         "alarm",
         "caller",
@@ -134,6 +135,8 @@ class _Call:
         self.enc_context: dict[str, str] | None = None
         #: Extra condition-context values of this request (lower-case names).
         self.values: dict[str, Any] = {}
+        #: The store's access generation, read with the key row (see `_load`).
+        self.access_gen: bytes | None = None
         self.alarm = False
         self.new_material: dict[tuple[str, int], _Material] = {}
         self.head: audit.Head | None = None
@@ -583,10 +586,23 @@ class ServiceCore:
 
     # -- key rows -------------------------------------------------------------------------
 
-    def _load(self, conn: sqlite3.Connection, region: str, key_id: str) -> _Key | None:
-        row = conn.execute(
-            "SELECT gen, meta, mac FROM keys WHERE region=? AND key_id=?", (region, key_id)
-        ).fetchone()
+    def _load(
+        self, conn: sqlite3.Connection, region: str, key_id: str, call: _Call | None = None
+    ) -> _Key | None:
+        """A key row, authenticated. With `call`, the same statement also reads the access
+        generation into it (the identity cache's validity: one query per call, not two)."""
+        if call is not None:
+            row = conn.execute(
+                "SELECT gen, meta, mac, (SELECT value FROM meta WHERE name='access_gen') "
+                "FROM keys WHERE region=? AND key_id=?",
+                (region, key_id),
+            ).fetchone()
+            if row is not None:
+                call.access_gen = b"" if row[3] is None else bytes(row[3])
+        else:
+            row = conn.execute(
+                "SELECT gen, meta, mac FROM keys WHERE region=? AND key_id=?", (region, key_id)
+            ).fetchone()
         if row is None:
             return None
         gen = row[0]
@@ -699,7 +715,7 @@ class ServiceCore:
         if call.key_id is None and isinstance(ref, str):
             call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
         key_id, _, named = self._resolve_id(conn, ref, managed=managed, account=call.account)
-        key = self._load(conn, self.region, key_id)
+        key = self._load(conn, self.region, key_id, call)
         if key is not None and not any_account and named != key.account:
             key = None  # another account's key, named without its ARN: not found, as in AWS
         if key is not None:
@@ -746,7 +762,8 @@ class ServiceCore:
         caller = call.caller
         assert caller is not None
         now = self.now()
-        identity = self._access.identity(conn, caller)
+        identity = self._access.identity(conn, caller, call.access_gen)
+        call.access_gen = None  # a later check in this call (after a write) reads it afresh
         m = key.meta
         policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
         key_policy = self._access.policy(policy_text, resource_policy=True)
