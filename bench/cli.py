@@ -7,9 +7,13 @@
 - cp_mbps: `cp` of the same file, same folder, same page cache;
 - startup_s / startup_rss_mib: `envelope encrypt` of a 1-byte file, wall time and peak RSS.
 
-Rounds are interleaved (cp, encrypt, decrypt, start-up in each round) and the best of each
-figure is kept, so a slow spell of this shared machine hits every figure alike. Ratios to
-`cp_mbps` are printed too: the targets are encrypt and decrypt >= 1.0 of cp.
+Rounds are interleaved (cp, encrypt, decrypt, start-up in each round, in an order that turns
+from round to round) and the best of each figure is kept, so a slow spell of this shared
+machine hits every figure alike. Every command writes a new file, its previous output removed
+just before it runs: replacing a file costs a flush on ext4 (auto_da_alloc), and on these VMs
+freed pages turn cold within seconds (the host takes them back), so whichever command ran
+first after a shared clean-up would get the warm pages. Ratios to `cp_mbps` are printed too:
+the targets are encrypt and decrypt >= 1.0 of cp.
 """
 
 from __future__ import annotations
@@ -61,8 +65,8 @@ def main() -> None:
         tiny.write_bytes(b"x")
         subprocess.run([*ENVELOPE, "keygen", str(key)], check=True, env=env,
                        stderr=subprocess.DEVNULL)
-        subprocess.run([*ENVELOPE, "encrypt", str(src), str(work / "warm.env"),
-                        "--key-file", str(key)], check=True, env=env)
+        subprocess.run([*ENVELOPE, "encrypt", str(src), str(work / "o.env"),
+                        "--key-file", str(key)], check=True, env=env)  # (decrypt's input)
         size = src.stat().st_size
         best: dict[str, float] = {}
         rss: dict[str, float] = {}
@@ -73,24 +77,35 @@ def main() -> None:
             if mib is not None:
                 rss[name] = mib
 
-        startup: list[float] = []
-        for _ in range(args.rounds):
-            # Every command writes a new file: replacing an existing one costs a flush on ext4
-            # (auto_da_alloc, on rename and on truncate alike), which is not what is compared.
-            for name in ("cp.bin", "o.env", "o.bin"):
-                (work / name).unlink(missing_ok=True)
-            keep("cp_mbps", timed(["cp", str(src), str(work / "cp.bin")], env)[0])
-            dt, _ = timed([*ENVELOPE, "encrypt", str(src), str(work / "o.env"),
+        def fresh(name: str) -> str:
+            """A path for a command's new output, its previous one removed just now."""
+            (work / name).unlink(missing_ok=True)
+            return str(work / name)
+
+        def run_cp() -> None:
+            keep("cp_mbps", timed(["cp", str(src), fresh("cp.bin")], env)[0])
+
+        def run_encrypt() -> None:
+            # (o.env is also decrypt's input: the latest encrypt's, this round's or the last)
+            dt, _ = timed([*ENVELOPE, "encrypt", str(src), fresh("o.env"),
                            "--key-file", str(key)], env)
             keep("cli_encrypt_mbps", dt)
-            dt, _ = timed([*ENVELOPE, "decrypt", str(work / "o.env"), str(work / "o.bin"),
+
+        def run_decrypt() -> None:
+            dt, _ = timed([*ENVELOPE, "decrypt", str(work / "o.env"), fresh("o.bin"),
                            "--key-file", str(key)], env)
             keep("cli_decrypt_mbps", dt)
+
+        commands = [run_cp, run_encrypt, run_decrypt]
+        startup: list[float] = []
+        for r in range(args.rounds):
+            for command in commands[r % 3 :] + commands[: r % 3]:
+                command()
             # start-up: a 1-byte file, its own process (RSS measured alone via time -f)
             t0 = time.perf_counter()
             out = subprocess.run(
                 ["/usr/bin/time", "-f", "%M", *ENVELOPE, "encrypt", str(tiny),
-                 str(work / "tiny.env"), "--key-file", str(key)],
+                 fresh("tiny.env"), "--key-file", str(key)],
                 check=True, env=env, capture_output=True, text=True,
             ) if shutil.which("/usr/bin/time") else None
             startup.append(time.perf_counter() - t0)
