@@ -56,6 +56,7 @@ _COMMANDS: dict[str, str] = {
     "grants": "envelope.cli.grants",
     "policy": "envelope.cli.policy",
     "lake": "envelope.cli.lake",
+    "serve": "envelope.cli.serve",
 }
 
 

@@ -1,0 +1,402 @@
+"""The ASGI application of `envelope serve`: AWS KMS's JSON protocol over the embedded KMS.
+
+    POST /   X-Amz-Target: TrentService.<Operation>   Content-Type: application/x-amz-json-1.1
+    GET  /healthz                                      {"status": "ok"}
+    GET  /metrics                                      Prometheus text
+
+Per request: read the body (refused past `max_request_bytes` with 413), authenticate it (the
+`authenticate` callable, in production `envelope.server.auth.Authenticator.authenticate`,
+returns the caller's principal ARN or raises an error carrying ``code``, ``status`` and
+``message``), find the operation, translate and validate the body by botocore's model
+(`wire.WireModel`), call the `KeyService` method as that principal with a `RequestContext`
+(source address, user agent, request id), and answer AWS-shaped JSON, or
+``{"__type": CODE, "message": TEXT}`` with the status AWS uses. Every response carries
+``x-amzn-RequestId``. One JSON log line per request (logger ``envelope.server.access``): time,
+request id, source address, principal, operation, status, error code, duration; never a body,
+a key, a signature or the Authorization header.
+
+Blocking service calls: a call is 50-300 us of CPU under the store's lock, so the fast
+operations run on the event-loop thread (a thread hop costs more than the call); operations
+that can take long (key-pair generation, imports, replication, key creation with RSA specs)
+run on a worker thread so they do not stall the other requests of this process.
+
+Graceful shutdown: uvicorn stops accepting on SIGTERM/SIGINT and waits for in-flight requests
+(up to the configured grace period) before the lifespan shutdown closes the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
+
+import anyio.to_thread
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..prometheus import LATENCY_BUCKETS
+from ..service import KeyService, KmsServiceError, RequestContext
+from ..service.errors import StoreError
+from .errors import INTERNAL_MESSAGE, WireError, status_for
+from .wire import Operation, WireModel
+
+__all__ = (
+    "AMZ_JSON",
+    "SLOW_OPERATIONS",
+    "Authenticate",
+    "KmsApp",
+    "ServerMetrics",
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+AMZ_JSON = b"application/x-amz-json-1.1"
+
+#: Operations run on a worker thread: they can take from milliseconds (RSA/ECC generation,
+#: imports, replicas) to a second (RSA 4096), and must not stall the event loop.
+SLOW_OPERATIONS = frozenset(
+    {
+        "CreateKey",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "GetParametersForImport",
+        "ImportKeyMaterial",
+        "ReplicateKey",
+        "Sign",
+        "Verify",
+        "Decrypt",  # RSA keys decrypt with the private key (milliseconds); see `_offload`
+        "DeriveSharedSecret",
+    }
+)
+
+_FAST_DECRYPT_LIMIT = 512  # bytes: symmetric ciphertexts of envelope's KMS are well below it
+
+log = logging.getLogger("envelope.server.access")
+errlog = logging.getLogger("envelope.server")
+
+
+class Authenticate(Protocol):
+    """Who signed this request (a principal ARN); raises an error with code/status/message."""
+
+    def __call__(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> str: ...
+
+
+class ServerMetrics:
+    """Per-operation request counter and latency histogram (sub-millisecond buckets).
+
+    Label values are operation names from the model (or ``unknown``) and AWS error codes (or
+    ``OK``): fixed vocabularies, so cardinality stays bounded. With several workers and
+    ``$PROMETHEUS_MULTIPROC_DIR`` set, every process writes its own files and `/metrics`
+    merges them (prometheus-client's multiprocess mode).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "envelope_server_requests",
+            "KMS API requests served, by operation and outcome (OK or the AWS error code)",
+            ("operation", "code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "envelope_server_request_seconds",
+            "Time from the request's body to its response, by operation",
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, operation: str, code: str, seconds: float) -> None:
+        self.requests.labels(operation, code).inc()
+        self.latency.labels(operation).observe(seconds)
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+class _Outcome:
+    """What one request turned into, for the response, the metrics and the log line."""
+
+    __slots__ = ("body", "code", "operation", "principal", "status")
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.code = "OK"
+        self.body = b"{}"
+        self.operation = "unknown"
+        self.principal: str | None = None
+
+    def fail(self, code: str, message: str, status: int | None = None) -> None:
+        self.code = code
+        self.status = status_for(code) if status is None else status
+        doc: dict[str, str] = {"__type": code}
+        if message:
+            doc["message"] = message
+        self.body = json.dumps(doc).encode()
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+class KmsApp:
+    """The ASGI callable. `service` is this process's `KeyService` (closed at shutdown)."""
+
+    def __init__(
+        self,
+        service: KeyService,
+        authenticate: Authenticate,
+        *,
+        wire: WireModel | None = None,
+        metrics: ServerMetrics | None = None,
+        max_request_bytes: int = 1 << 20,
+        close_service: bool = True,
+    ) -> None:
+        self.service = service
+        self.authenticate = authenticate
+        self.wire = wire if wire is not None else WireModel(type(service))
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self.max_request_bytes = max_request_bytes
+        self.close_service = close_service
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.close_service:
+                    # in-flight requests have finished: uvicorn waits for them first
+                    await anyio.to_thread.run_sync(self.service.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "/")
+        method = scope.get("method", "GET")
+        if path == "/healthz" and method in ("GET", "HEAD"):
+            await _respond(send, 200, b'{"status":"ok"}', b"application/json", None)
+            return
+        if path == "/metrics" and method == "GET":
+            await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode(), None)
+            return
+        if path != "/" or method != "POST":
+            await _respond(send, 404, b'{"message":"Not Found"}', b"application/json", None)
+            return
+        await self._kms(scope, receive, send)
+
+    async def _kms(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = str(uuid.uuid4())
+        raw_headers: list[tuple[bytes, bytes]] = list(scope.get("headers") or ())
+        client = scope.get("client")
+        source_ip = client[0] if client else "unknown"
+        user_agent = _header(raw_headers, b"user-agent") or ""
+        target = _header(raw_headers, b"x-amz-target")
+        out = _Outcome()
+        self.in_flight += 1
+        try:
+            body = await self._body(raw_headers, receive)
+            if body is None:
+                out.fail(
+                    "RequestEntityTooLargeException",
+                    f"The request body exceeds the limit of {self.max_request_bytes} bytes",
+                )
+            else:
+                await self._serve(
+                    scope, raw_headers, body, target, source_ip, user_agent, request_id, out
+                )
+        finally:
+            self.in_flight -= 1
+        await _respond(send, out.status, out.body, AMZ_JSON, request_id)
+        elapsed = time.perf_counter() - started
+        self.metrics.observe(out.operation, out.code, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                json.dumps(
+                    {
+                        "time": round(time.time(), 3),
+                        "request_id": request_id,
+                        "source_ip": source_ip,
+                        "user_agent": user_agent[:200],
+                        "principal": out.principal,
+                        "operation": out.operation,
+                        "status": out.status,
+                        "error": None if out.code == "OK" else out.code,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+    async def _body(self, headers: Sequence[tuple[bytes, bytes]], receive: Receive) -> bytes | None:
+        """The whole body, or None when it is larger than the limit (not read further)."""
+        declared = _header(headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        raw_headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        target: str | None,
+        source_ip: str,
+        user_agent: str,
+        request_id: str,
+        out: _Outcome,
+    ) -> None:
+        ctx = RequestContext(source_ip=source_ip, user_agent=user_agent, request_id=request_id)
+        claimed = target[len("TrentService.") :] if target else ""
+        if claimed in self.wire.operations:
+            out.operation = claimed
+        try:
+            out.principal = self._authenticate(scope, raw_headers, body)
+        except WireError as e:
+            out.fail(e.code, e.message, e.status)
+            return
+        except Exception as e:  # the authenticator's refusal: code, status, message
+            code = getattr(e, "code", None)
+            if not isinstance(code, str):
+                self._internal(out, e)
+                return
+            status = getattr(e, "status", None)
+            out.fail(
+                code, str(getattr(e, "message", "")), status if isinstance(status, int) else None
+            )
+            self._audit_refusal(out.operation if out.operation != "unknown" else claimed, ctx, e)
+            return
+        try:
+            op = self.wire.operation(target)
+            kwargs = self.wire.parse(op, body)
+            assert op.method is not None
+            fn = getattr(self.service, op.method)
+            if _offload(op, kwargs):
+                result = await anyio.to_thread.run_sync(
+                    lambda: fn(principal=out.principal, context=ctx, **kwargs)
+                )
+            else:
+                result = fn(principal=out.principal, context=ctx, **kwargs)
+            out.body = self.wire.render(op, result)
+        except WireError as e:
+            out.fail(e.code, e.message, e.status)
+        except StoreError as e:
+            errlog.error("store error on request %s: %s", request_id, e)
+            out.fail("KMSInternalException", INTERNAL_MESSAGE)
+        except KmsServiceError as e:
+            out.fail(e.code, e.message)
+        except Exception as e:
+            self._internal(out, e, request_id)
+
+    def _authenticate(
+        self, scope: Scope, raw_headers: Sequence[tuple[bytes, bytes]], body: bytes
+    ) -> str:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
+        host = _header(raw_headers, b"host") or ""
+        query = scope.get("query_string", b"").decode("latin-1")
+        return self.authenticate(
+            method=scope.get("method", "POST"),
+            host=host,
+            path=scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/",
+            query=query,
+            headers=headers,
+            body=body,
+        )
+
+    def _audit_refusal(self, operation: str, ctx: RequestContext, e: Exception) -> None:
+        """Record a request refused before any principal was established (if the service can)."""
+        record = getattr(self.service, "record_unauthenticated", None)
+        if record is None:
+            return
+        try:
+            record(
+                operation=operation or "unknown",
+                context=ctx,
+                error_code=str(getattr(e, "code", "")),
+                reason=str(getattr(e, "message", "")),
+                access_key_id=getattr(e, "access_key_id", None),
+            )
+        except Exception:
+            errlog.exception("could not audit an unauthenticated request")
+
+    def _internal(self, out: _Outcome, e: BaseException, request_id: str = "") -> None:
+        errlog.error(
+            "internal error on request %s: %s",
+            request_id,
+            "".join(traceback.format_exception_only(type(e), e)).strip(),
+        )
+        out.fail("KMSInternalException", INTERNAL_MESSAGE)
+
+
+def _offload(op: Operation, kwargs: Mapping[str, Any]) -> bool:
+    if op.name not in SLOW_OPERATIONS:
+        return False
+    if op.name == "Decrypt":
+        # symmetric ciphertexts are small and fast; RSA ones need the private key
+        blob = kwargs.get("ciphertext_blob", b"")
+        return "encryption_algorithm" in kwargs or len(blob) > _FAST_DECRYPT_LIMIT
+    if op.name == "CreateKey":
+        spec = kwargs.get("key_spec") or kwargs.get("customer_master_key_spec")
+        return spec not in (None, "SYMMETRIC_DEFAULT") or bool(kwargs.get("multi_region"))
+    return True
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes, request_id: str | None
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if request_id is not None:
+        headers.append((b"x-amzn-requestid", request_id.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,149 @@
+"""`envelope serve` settings: a TOML file (configs/kms-server.toml), then command-line flags.
+
+    [server]   host, port, workers, log_level, max_request_bytes, graceful_shutdown_seconds
+    [tls]      cert, key                       (both or neither; PEM paths)
+    [store]    home, region, root_key ("file" | "passphrase"), root_key_file
+    [quotas]   FAMILY_OR_OPERATION = requests per second, for the whole server
+
+Unknown tables or keys and bad values are `ConfigurationError`s, never ignored. Relative paths
+are relative to the file's folder. The passphrase of a ``root_key = "passphrase"`` store is read
+from ``$ENVELOPE_KMS_PASSPHRASE`` only: a secret does not belong in a config file.
+
+The settings travel to every worker process as JSON in ``$ENVELOPE_SERVER_SETTINGS``
+(`to_env` / `from_env`), because uvicorn starts workers from an import string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ("ENV_SETTINGS", "ServerSettings", "load_settings")
+
+ENV_SETTINGS = "ENVELOPE_SERVER_SETTINGS"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+#: AWS KMS's largest request is a key policy of 131072 characters (up to 6 bytes each once
+#: JSON-escaped) or an import of 6 KiB blobs; 1 MiB refuses abuse and admits every real call.
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything a worker needs to open the store and serve it."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    log_level: str = "info"
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    graceful_shutdown_seconds: float = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    home: str | None = None
+    region: str | None = None
+    root_key: str = "file"
+    root_key_file: str | None = None
+    quotas: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be 0..65535, not {self.port}")
+        if self.workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, not {self.workers}")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigurationError(
+                f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if self.max_request_bytes < 1024:
+            raise ConfigurationError("max_request_bytes must be at least 1024")
+        if self.graceful_shutdown_seconds < 0:
+            raise ConfigurationError("graceful_shutdown_seconds must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError("TLS needs both a certificate and a key (tls cert and key)")
+        if self.root_key not in ("file", "passphrase"):
+            raise ConfigurationError(
+                f'root_key must be "file" or "passphrase", not {self.root_key!r}'
+            )
+        for name, rate in self.quotas.items():
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
+                raise ConfigurationError(f"quota {name!r} must be a number > 0, not {rate!r}")
+
+    def with_overrides(self, **changes: Any) -> ServerSettings:
+        """These settings with every non-None value of `changes` applied."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls, text: str) -> ServerSettings:
+        data = json.loads(text)
+        data["quotas"] = dict(data.get("quotas") or {})
+        return cls(**data)
+
+
+_TABLES: Mapping[str, Mapping[str, tuple[str, type | tuple[type, ...]]]] = {
+    "server": {
+        "host": ("host", str),
+        "port": ("port", int),
+        "workers": ("workers", int),
+        "log_level": ("log_level", str),
+        "max_request_bytes": ("max_request_bytes", int),
+        "graceful_shutdown_seconds": ("graceful_shutdown_seconds", (int, float)),
+    },
+    "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str)},
+    "store": {
+        "home": ("home", str),
+        "region": ("region", str),
+        "root_key": ("root_key", str),
+        "root_key_file": ("root_key_file", str),
+    },
+}
+_PATHS = ("tls_cert", "tls_key", "home", "root_key_file")
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> ServerSettings:
+    """The settings of the TOML file at `path` (defaults if None)."""
+    if path is None:
+        return ServerSettings()
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigurationError(f"cannot read server config {p}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"server config {p} is not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for table, body in doc.items():
+        if table == "quotas":
+            if not isinstance(body, dict):
+                raise ConfigurationError(f"{p}: [quotas] must be a table")
+            values["quotas"] = dict(body)
+            continue
+        keys = _TABLES.get(table)
+        if keys is None or not isinstance(body, dict):
+            raise ConfigurationError(
+                f"{p}: unknown table [{table}] (known: server, tls, store, quotas)"
+            )
+        for key, value in body.items():
+            spec = keys.get(key)
+            if spec is None:
+                raise ConfigurationError(
+                    f"{p}: unknown key {key!r} in [{table}] (known: {', '.join(keys)})"
+                )
+            attr, kind = spec
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigurationError(f"{p}: [{table}] {key} has the wrong type: {value!r}")
+            if attr in _PATHS:
+                value = str((p.parent / Path(str(value)).expanduser()).resolve())
+            values[attr] = value
+    return ServerSettings(**values)

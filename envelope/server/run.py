@@ -1,0 +1,135 @@
+"""Starting `envelope serve`: one store, N uvicorn worker processes, SigV4 in front.
+
+`serve(settings)` opens the store once in the parent (creating or migrating it, and failing fast
+on a wrong root key) and closes it, then runs uvicorn with the import string
+``envelope.server.run:create_app`` as a factory: each worker process calls `create_app`, which
+reads the settings from ``$ENVELOPE_SERVER_SETTINGS`` and opens its own `KeyService` on the
+shared store (SQLite serialises writers across processes). Request quotas are for the whole
+server, so each worker enforces its share (the rate divided by the number of workers).
+
+The server never starts without authentication: `create_app` needs
+`envelope.server.auth.Authenticator` (AWS Signature Version 4 against the store's access keys).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from .._ratelimit import RateQuota
+from ..errors import ConfigurationError
+from ..service import KeyService, open_service
+from ..service.rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
+from .app import Authenticate, KmsApp
+from .config import ENV_SETTINGS, ServerSettings
+
+__all__ = ("authenticator_for", "create_app", "open_store", "serve")
+
+_ACCESS = logging.getLogger("envelope.server")
+
+
+def _root(settings: ServerSettings) -> RootKeyProvider | None:
+    if settings.root_key == "passphrase":
+        passphrase = os.environ.get("ENVELOPE_KMS_PASSPHRASE")
+        if not passphrase:
+            raise ConfigurationError(
+                'root_key = "passphrase" needs the passphrase in $ENVELOPE_KMS_PASSPHRASE'
+            )
+        return PassphraseRootKey(passphrase)
+    if settings.root_key_file is not None:
+        return FileRootKey(settings.root_key_file)
+    return None  # open_service's default: <home>/root.key (or $ENVELOPE_KMS_PASSPHRASE)
+
+
+def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
+    """This process's service on the configured store, with its share of the quotas."""
+    quota = (
+        RateQuota({name: rate / share for name, rate in settings.quotas.items()})
+        if settings.quotas
+        else None
+    )
+    return open_service(settings.home, region=settings.region, root=_root(settings), quota=quota)
+
+
+def authenticator_for(service: KeyService) -> Authenticate:
+    """The SigV4 authenticator over `service`'s access keys; refuses to run without one."""
+    try:
+        auth = importlib.import_module("envelope.server.auth")
+    except ImportError:
+        raise ConfigurationError(
+            "envelope serve needs AWS Signature Version 4 authentication "
+            "(envelope.server.auth), which this build does not have: refusing to serve "
+            "unauthenticated requests"
+        ) from None
+    authenticator = auth.Authenticator(service)
+    fn: Authenticate = authenticator.authenticate
+    return fn
+
+
+def _configure_logging(level: str) -> None:
+    if not _ACCESS.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _ACCESS.addHandler(handler)
+        _ACCESS.propagate = False
+    _ACCESS.setLevel(level.upper())
+
+
+def create_app() -> KmsApp:
+    """The worker's application (uvicorn factory): settings from the environment."""
+    text = os.environ.get(ENV_SETTINGS)
+    settings = ServerSettings.from_env(text) if text else ServerSettings()
+    _configure_logging(settings.log_level)
+    service = open_store(settings, share=settings.workers)
+    try:
+        authenticate = authenticator_for(service)
+        return KmsApp(service, authenticate, max_request_bytes=settings.max_request_bytes)
+    except BaseException:
+        service.close()
+        raise
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run the server until SIGTERM/SIGINT, finishing in-flight requests first."""
+    import uvicorn
+
+    # fail before binding: the store opens (created or migrated once, here) and auth exists
+    service = open_store(settings)
+    try:
+        authenticator_for(service)
+    finally:
+        service.close()
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigurationError(f"TLS file {path} does not exist")
+    os.environ[ENV_SETTINGS] = settings.to_env()
+    metrics_dir: str | None = None
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="envelope-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # one structured line per request comes from the app
+        "lifespan": "on",
+        "server_header": False,
+        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds) or None,
+    }
+    if settings.workers > 1:
+        options["workers"] = settings.workers
+    if settings.tls_cert is not None:
+        options["ssl_certfile"] = settings.tls_cert
+        options["ssl_keyfile"] = settings.tls_key
+    try:
+        uvicorn.run("envelope.server.run:create_app", **options)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
