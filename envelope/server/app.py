@@ -306,7 +306,7 @@ class KmsApp:
         except Exception as e:  # the authenticator's refusal: code, status, message
             code = getattr(e, "code", None)
             if not isinstance(code, str):
-                self._internal(out, e)
+                self._internal(out, e, request_id)
                 return
             status = getattr(e, "status", None)
             out.fail(

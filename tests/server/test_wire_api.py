@@ -1,0 +1,313 @@
+"""boto3 against `envelope serve` over loopback: the KMS API, its errors and pagination."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from envelope.service import KeyService
+
+from .conftest import Server
+
+
+def _code(exc: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
+    return str(exc.value.response["Error"]["Code"])
+
+
+@pytest.fixture(scope="module")
+def admin(server: Server) -> Any:
+    return server.client("admin")
+
+
+@pytest.fixture(scope="module")
+def key_id(admin: Any) -> str:
+    return str(admin.create_key(Description="wire tests")["KeyMetadata"]["KeyId"])
+
+
+def test_create_and_describe_key(server: Server, admin: Any) -> None:
+    meta = admin.create_key(Description="d1", Tags=[{"TagKey": "team", "TagValue": "etl"}])[
+        "KeyMetadata"
+    ]
+    assert meta["KeyState"] == "Enabled" and meta["Description"] == "d1"
+    assert meta["Arn"] == f"arn:aws:kms:us-east-1:000000000000:key/{meta['KeyId']}"
+    described = admin.describe_key(KeyId=meta["Arn"])["KeyMetadata"]
+    # timestamps travel as epoch numbers and come back as the same instant
+    assert described["CreationDate"] == meta["CreationDate"]
+    assert described["KeyId"] == meta["KeyId"]
+    tags = admin.list_resource_tags(KeyId=meta["KeyId"])["Tags"]
+    assert tags == [{"TagKey": "team", "TagValue": "etl"}]
+
+
+def test_encrypt_decrypt_round_trip_and_wrong_context(admin: Any, key_id: str) -> None:
+    plaintext = bytes(range(256)) * 4
+    enc = admin.encrypt(KeyId=key_id, Plaintext=plaintext, EncryptionContext={"path": "a/b"})
+    assert plaintext not in enc["CiphertextBlob"]
+    dec = admin.decrypt(CiphertextBlob=enc["CiphertextBlob"], EncryptionContext={"path": "a/b"})
+    assert dec["Plaintext"] == plaintext
+    assert dec["KeyId"].endswith(key_id)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.decrypt(CiphertextBlob=enc["CiphertextBlob"], EncryptionContext={"path": "x"})
+    assert _code(e) == "InvalidCiphertextException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_generate_data_key_and_without_plaintext(admin: Any, key_id: str) -> None:
+    dk = admin.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext={"o": "1"})
+    assert len(dk["Plaintext"]) == 32
+    back = admin.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext={"o": "1"})
+    assert back["Plaintext"] == dk["Plaintext"]
+    n = admin.generate_data_key(KeyId=key_id, NumberOfBytes=7)
+    assert len(n["Plaintext"]) == 7
+    wp = admin.generate_data_key_without_plaintext(KeyId=key_id, KeySpec="AES_128")
+    assert "Plaintext" not in wp
+    assert len(admin.decrypt(CiphertextBlob=wp["CiphertextBlob"])["Plaintext"]) == 16
+    rnd = admin.generate_random(NumberOfBytes=64)["Plaintext"]
+    assert len(rnd) == 64 and rnd != admin.generate_random(NumberOfBytes=64)["Plaintext"]
+
+
+def test_list_keys_pagination(admin: Any) -> None:
+    made = {admin.create_key()["KeyMetadata"]["KeyId"] for _ in range(5)}
+    page = admin.list_keys(Limit=2)
+    assert len(page["Keys"]) == 2 and page["Truncated"] is True and page["NextMarker"]
+    seen: list[str] = []
+    for p in admin.get_paginator("list_keys").paginate(PaginationConfig={"PageSize": 2}):
+        seen += [k["KeyId"] for k in p["Keys"]]
+    assert made <= set(seen)
+    assert len(seen) == len(set(seen))
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.list_keys(Marker="not-a-marker-we-issued")
+    assert _code(e) == "InvalidMarkerException"
+
+
+def test_aliases(admin: Any, key_id: str) -> None:
+    admin.create_alias(AliasName="alias/wire-test", TargetKeyId=key_id)
+    assert admin.describe_key(KeyId="alias/wire-test")["KeyMetadata"]["KeyId"] == key_id
+    names = [a["AliasName"] for a in admin.list_aliases(KeyId=key_id)["Aliases"]]
+    assert names == ["alias/wire-test"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_alias(AliasName="alias/wire-test", TargetKeyId=key_id)
+    assert _code(e) == "AlreadyExistsException"
+    other = admin.create_key()["KeyMetadata"]["KeyId"]
+    admin.update_alias(AliasName="alias/wire-test", TargetKeyId=other)
+    assert admin.describe_key(KeyId="alias/wire-test")["KeyMetadata"]["KeyId"] == other
+    admin.delete_alias(AliasName="alias/wire-test")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.describe_key(KeyId="alias/wire-test")
+    assert _code(e) == "NotFoundException"
+
+
+def test_denied_call_is_access_denied_over_the_wire(server: Server, key_id: str) -> None:
+    alice = server.client("alice")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alice.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert _code(e) == "AccessDeniedException"
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    msg = e.value.response["Error"]["Message"]
+    assert msg.startswith(f"User: {server.arns['alice']} is not authorized to perform: kms:Encrypt")
+
+
+def test_key_policy_gives_access(server: Server, admin: Any) -> None:
+    kid = admin.create_key()["KeyMetadata"]["KeyId"]
+    alice = server.client("alice")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "root",
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::000000000000:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Sid": "alice-encrypts",
+                "Effect": "Allow",
+                "Principal": {"AWS": server.arns["alice"]},
+                "Action": "kms:Encrypt",
+                "Resource": "*",
+            },
+        ],
+    }
+    text = json.dumps(policy)
+    admin.put_key_policy(KeyId=kid, PolicyName="default", Policy=text)
+    assert admin.get_key_policy(KeyId=kid, PolicyName="default")["Policy"] == text
+    assert admin.list_key_policies(KeyId=kid)["PolicyNames"] == ["default"]
+    blob = alice.encrypt(KeyId=kid, Plaintext=b"for alice")["CiphertextBlob"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alice.decrypt(CiphertextBlob=blob)
+    assert _code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.put_key_policy(KeyId=kid, PolicyName="default", Policy="{not json")
+    assert _code(e) == "MalformedPolicyDocumentException"
+
+
+def test_grants(server: Server, admin: Any) -> None:
+    kid = admin.create_key()["KeyMetadata"]["KeyId"]
+    alice = server.client("alice")
+    blob = admin.encrypt(KeyId=kid, Plaintext=b"granted", EncryptionContext={"t": "1"})[
+        "CiphertextBlob"
+    ]
+    grant = admin.create_grant(
+        KeyId=kid,
+        GranteePrincipal=server.arns["alice"],
+        Operations=["Decrypt"],
+        Constraints={"EncryptionContextEquals": {"t": "1"}},
+    )
+    assert grant["GrantId"] and grant["GrantToken"]
+    out = alice.decrypt(
+        CiphertextBlob=blob, EncryptionContext={"t": "1"}, GrantTokens=[grant["GrantToken"]]
+    )
+    assert out["Plaintext"] == b"granted"
+    listed = admin.list_grants(KeyId=kid)["Grants"]
+    assert [g["GrantId"] for g in listed] == [grant["GrantId"]]
+    assert listed[0]["Constraints"] == {"EncryptionContextEquals": {"t": "1"}}
+    admin.revoke_grant(KeyId=kid, GrantId=grant["GrantId"])
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        alice.decrypt(CiphertextBlob=blob, EncryptionContext={"t": "1"})
+    assert _code(e) == "AccessDeniedException"
+
+
+def test_key_lifecycle(admin: Any) -> None:
+    kid = admin.create_key()["KeyMetadata"]["KeyId"]
+    admin.disable_key(KeyId=kid)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.encrypt(KeyId=kid, Plaintext=b"x")
+    assert _code(e) == "DisabledException"
+    admin.enable_key(KeyId=kid)
+    admin.enable_key_rotation(KeyId=kid)
+    assert admin.get_key_rotation_status(KeyId=kid)["KeyRotationEnabled"] is True
+    out = admin.schedule_key_deletion(KeyId=kid, PendingWindowInDays=7)
+    assert out["KeyState"] == "PendingDeletion"
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["DeletionDate"] == out["DeletionDate"]
+    admin.cancel_key_deletion(KeyId=kid)
+    assert admin.describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "Disabled"
+
+
+def test_validation_errors_have_aws_shape(server: Server) -> None:
+    raw = server.client("admin", validate=False)  # past botocore's own client-side checks
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        raw.describe_key(KeyId="k" * 2049)
+    assert _code(e) == "ValidationException"
+    assert e.value.response["Error"]["Message"] == (
+        f"1 validation error detected: Value '{'k' * 2049}' at 'keyId' failed to satisfy "
+        "constraint: Member must have length less than or equal to 2048"
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        raw.generate_data_key(KeyId="x", NumberOfBytes=2000, KeySpec="AES_512")
+    assert e.value.response["Error"]["Message"] == (
+        "2 validation errors detected: Value '2000' at 'numberOfBytes' failed to satisfy "
+        "constraint: Member must have value less than or equal to 1024; Value 'AES_512' at "
+        "'keySpec' failed to satisfy constraint: Member must satisfy enum value set: "
+        "[AES_256, AES_128]"
+    )
+    # a sensitive member's value is never echoed
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        raw.encrypt(KeyId="x", Plaintext=b"s" * 4097)
+    assert e.value.response["Error"]["Message"] == (
+        "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: "
+        "Member must have length less than or equal to 4096"
+    )
+    status, _, body = server.raw("TrentService.DescribeKey", b"{}")
+    assert status == 400
+    assert json.loads(body) == {
+        "__type": "ValidationException",
+        "message": "1 validation error detected: Value null at 'keyId' failed to satisfy "
+        "constraint: Member must not be null",
+    }
+
+
+def test_unknown_and_unsupported_operations(server: Server, admin: Any) -> None:
+    status, headers, body = server.raw("TrentService.MakeCoffee", b"{}")
+    assert status == 400 and json.loads(body)["__type"] == "UnknownOperationException"
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-amzn-requestid"])
+    status, _, body = server.raw(None, b"{}")
+    assert status == 400 and json.loads(body)["__type"] == "UnknownOperationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.describe_custom_key_stores()
+    assert _code(e) == "UnsupportedOperationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_key(CustomKeyStoreId="cks-1234567890abcdef0")
+    assert _code(e) == "CustomKeyStoreNotFoundException"
+
+
+def test_dry_run_never_does_the_operation(admin: Any, key_id: str) -> None:
+    before = len(admin.list_grants(KeyId=key_id)["Grants"])
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_grant(
+            KeyId=key_id,
+            GranteePrincipal="arn:aws:iam::000000000000:user/alice",
+            Operations=["Decrypt"],
+            DryRun=True,
+        )
+    served = "dry_run" in KeyService.create_grant.__code__.co_varnames
+    assert _code(e) == ("DryRunOperationException" if served else "UnsupportedOperationException")
+    assert len(admin.list_grants(KeyId=key_id)["Grants"]) == before
+
+
+def test_malformed_bodies(server: Server) -> None:
+    status, _, body = server.raw("TrentService.ListKeys", b"{nope")
+    assert status == 400 and json.loads(body)["__type"] == "SerializationException"
+    status, _, body = server.raw("TrentService.ListKeys", b'{"Limit": "ten"}')
+    assert status == 400 and json.loads(body) == {
+        "__type": "SerializationException",
+        "message": "STRING_VALUE can not be converted to a Integer",
+    }
+    status, _, body = server.raw("TrentService.Encrypt", b'{"KeyId": "k", "Plaintext": "@@"}')
+    assert status == 400 and json.loads(body)["__type"] == "SerializationException"
+
+
+def test_request_body_limit(server: Server) -> None:
+    big = b'{"KeyId": "' + b"k" * (2 << 20) + b'"}'
+    status, headers, body = server.http(
+        "POST",
+        "/",
+        big,
+        {"X-Amz-Target": "TrentService.DescribeKey", "Content-Type": "application/x-amz-json-1.1"},
+    )
+    assert status == 413
+    assert json.loads(body)["__type"] == "RequestEntityTooLargeException"
+    assert "x-amzn-requestid" in headers
+
+
+def test_request_context_reaches_the_audit_log(server: Server, admin: Any, key_id: str) -> None:
+    resp = admin.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    rid = resp["ResponseMetadata"]["RequestId"]
+    assert resp["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"] == rid
+    svc = server.service()
+    try:
+        records = [r for r in svc.audit_tail(50) if r.get("request_id") == rid]
+    finally:
+        svc.close()
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["source_ip"] == "127.0.0.1"
+    assert rec["principal"] == server.arns["admin"]
+    assert "Boto3" in str(rec["user_agent"])
+    # the request log has the same request, and no secret
+    lines = [ln for ln in server.log_lines() if ln.get("request_id") == rid]
+    assert len(lines) == 1 and lines[0]["operation"] == "GenerateDataKey"
+    text = server.log.read_text()
+    assert "Authorization" not in text and "Signature=" not in text
+
+
+def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
+    status, _, body = server.http("GET", "/healthz")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    for _ in range(3):
+        admin.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    status, headers, body = server.http("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = body.decode()
+    m = re.search(
+        r'^envelope_server_requests_total\{code="OK",operation="GenerateDataKey"\} (\S+)$',
+        text,
+        re.M,
+    )
+    assert m is not None and float(m.group(1)) >= 3
+    assert 'envelope_server_request_seconds_bucket{le="0.0005",operation="GenerateDataKey"}' in text
+    status, _, _ = server.http("GET", "/nowhere")
+    assert status == 404
