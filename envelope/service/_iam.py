@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _authz, _rows
-from ._core import RequestContext, Response, ServiceCore, _Call, _page, _paging
+from ._core import RequestContext, Response, ServiceCore, _Call, _int_in, _page, _paging
+from ._trust import default_trust_policy, parse_trust_policy
 from .access import parse_policy
 from .errors import (
     AccessDeniedException,
@@ -127,6 +128,8 @@ class IamOps(ServiceCore):
         description: str | None,
         principal: str | None,
         context: RequestContext | None,
+        trust: str | None = None,
+        max_session: int = 3600,
     ) -> Response:
         action = "CreateUser" if kind == "user" else "CreateRole"
 
@@ -148,6 +151,14 @@ class IamOps(ServiceCore):
                 "Tags": _tags(tags),
                 "Description": description,
             }
+            if kind == "role":
+                # who may assume it (`_trust`), and for how long (IAM's MaxSessionDuration)
+                body["MaxSessionDuration"] = _int_in(
+                    max_session, 3600, 43200, "MaxSessionDuration"
+                )
+                doc = trust or default_trust_policy(str(body["Account"]))
+                parse_trust_policy(doc, lambda a: self._exists(conn, a, arn))
+                body["AssumeRolePolicyDocument"] = doc
             self._write_principal(conn, body)
             return {kind.capitalize(): _public(body)}
 
@@ -179,12 +190,33 @@ class IamOps(ServiceCore):
         path: str = "/",
         description: str | None = None,
         tags: Any = None,
+        assume_role_policy_document: str | None = None,
+        max_session_duration: int = 3600,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
         """An IAM role in the caller's account; its sessions
-        (``arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION``) act with its policies."""
-        return self._create("role", role_name, path, tags, description, principal, context)
+        (``arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION``, from `assume_role`) act with its
+        policies. `assume_role_policy_document`: its trust policy (default: trust its own
+        account, see `_trust`); `max_session_duration`: 3600..43200 s."""
+        return self._create(
+            "role",
+            role_name,
+            path,
+            tags,
+            description,
+            principal,
+            context,
+            assume_role_policy_document,
+            max_session_duration,
+        )
+
+    @staticmethod
+    def _exists(conn: sqlite3.Connection, arn: str, creating: str | None = None) -> bool:
+        """Is `arn` a user or role of the store (or the one being created)?"""
+        if arn == creating:
+            return True
+        return conn.execute("SELECT 1 FROM principals WHERE arn=?", (arn,)).fetchone() is not None
 
     def delete_principal(
         self, *, arn: str, principal: str | None = None, context: RequestContext | None = None
@@ -198,6 +230,8 @@ class IamOps(ServiceCore):
             body = self._principal_row(conn, target)
             self._forget_in_key_policies(conn, target, str(body.get("Id") or unique_id(kind)))
             conn.execute("DELETE FROM identity_policies WHERE principal=?", (target,))
+            # its access keys (a user) or sessions (a role) end with it
+            conn.execute("DELETE FROM access_keys WHERE principal=?", (target,))
             conn.execute("DELETE FROM principals WHERE arn=?", (target,))
             _authz.bump_generation(conn)
             return {}
@@ -466,4 +500,9 @@ def _public(body: Mapping[str, Any]) -> Response:
     out["UserName" if body["Kind"] == "user" else "RoleName"] = body["Name"]
     if body.get("Description"):
         out["Description"] = body["Description"]
+    if body["Kind"] == "role":
+        out["AssumeRolePolicyDocument"] = body.get("AssumeRolePolicyDocument") or (
+            default_trust_policy(str(body["Account"]))
+        )
+        out["MaxSessionDuration"] = body.get("MaxSessionDuration", 3600)
     return out

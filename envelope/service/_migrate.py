@@ -38,7 +38,9 @@ SCHEMA_VERSION = 4
 LEGACY_ACCOUNT = "000000000000"
 
 #: Access-control tables (schema 4). Every row carries a MAC under the row key (`_rows`), bound
-#: to its table and primary key, so a principal, policy or grant edited in the file is refused.
+#: to its table and primary key, so a principal, policy, grant or access key edited in the file
+#: is refused. ``access_keys`` holds users' access keys and roles' sessions (`_credentials`),
+#: their secrets sealed under the root key.
 ACCESS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS principals(
     arn TEXT PRIMARY KEY, account TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
@@ -55,6 +57,11 @@ CREATE INDEX IF NOT EXISTS grants_retiring ON grants(retiring);
 CREATE TABLE IF NOT EXISTS grant_tokens(
     token_hash BLOB PRIMARY KEY, grant_id TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS grant_tokens_grant ON grant_tokens(grant_id);
+CREATE TABLE IF NOT EXISTS access_keys(
+    access_key_id TEXT PRIMARY KEY, principal TEXT NOT NULL, account TEXT NOT NULL,
+    kind TEXT NOT NULL, expires REAL, body TEXT NOT NULL, mac BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS access_keys_principal ON access_keys(principal);
+CREATE INDEX IF NOT EXISTS access_keys_expires ON access_keys(kind, expires);
 """
 UPGRADE_OPERATION = "UpgradeStore"
 

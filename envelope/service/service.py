@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from ._aliases import AliasTagOps
 from ._core import DEFAULT_ACCOUNT, DEFAULT_REGION, RequestContext
+from ._credentials import CredentialOps
 from ._crypto import CryptoOps
 from ._grants import GrantOps
 from ._iam import IamOps
@@ -39,6 +40,7 @@ class KeyService(
     MultiRegionOps,
     KeyPolicyOps,
     GrantOps,
+    CredentialOps,
     IamOps,
 ):
     """The embedded KMS for one Region of a store (other Regions are other namespaces).

@@ -19,7 +19,19 @@ import pytest
 from envelope.service import KeyService
 from envelope.service.errors import AccessDeniedException
 
-from .access_helpers import ROOT_A, ROOT_B, A, B, assert_denied, attach, doc, root_stmt, stmt, user
+from .access_helpers import (
+    ROOT_A,
+    ROOT_B,
+    A,
+    B,
+    assert_denied,
+    attach,
+    aws,
+    doc,
+    root_stmt,
+    stmt,
+    user,
+)
 from .conftest import new_key
 from .test_rotation_import_mrk import wrap
 
@@ -166,12 +178,24 @@ class World:
         attach(self.svc, arn, stmt(Action="kms:DescribeKey"))
         return arn
 
+    @cached_property
+    def access_key(self) -> str:
+        """An access key of `target` (IAM's access-key operations act on it)."""
+        out = self.svc.create_access_key(user_arn=self.target)
+        return str(out["AccessKey"]["AccessKeyId"])
+
+    @cached_property
+    def role(self) -> str:
+        return str(self.svc.create_role(role_name="assumable")["Role"]["Arn"])
+
 
 Case = Callable[[World], dict[str, Any]]
 
 #: For each operation: its valid arguments (building what they name in the world first).
 CASES: dict[str, Case] = {
     "cancel_key_deletion": lambda w: {"key_id": w.pending},
+    "assume_role": lambda w: {"role_arn": w.role, "role_session_name": "s1"},
+    "create_access_key": lambda w: {"user_arn": w.target},
     "create_alias": lambda w: {"alias_name": "alias/new", "target_key_id": w.sym},
     "create_grant": lambda w: {
         "key_id": w.sym,
@@ -182,6 +206,7 @@ CASES: dict[str, Case] = {
     "create_role": lambda w: {"role_name": "newrole"},
     "create_user": lambda w: {"user_name": "newuser"},
     "decrypt": lambda w: {"ciphertext_blob": w.blob},
+    "delete_access_key": lambda w: {"access_key_id": w.access_key, "user_arn": w.target},
     "delete_alias": lambda w: {"alias_name": "alias/k", "_": w.sym},
     "delete_imported_key_material": lambda w: {"key_id": w.imported},
     "delete_principal": lambda w: {"arn": w.target},
@@ -241,6 +266,18 @@ CASES: dict[str, Case] = {
     "tag_principal": lambda w: {"arn": w.target, "tags": {"k": "v"}},
     "tag_resource": lambda w: {"key_id": w.sym, "tags": [{"TagKey": "u", "TagValue": "w"}]},
     "untag_resource": lambda w: {"key_id": w.sym, "tag_keys": ["t"]},
+    "list_access_keys": lambda w: {"user_arn": w.target},
+    "update_access_key": lambda w: {
+        "access_key_id": w.access_key,
+        "user_arn": w.target,
+        "status": "Inactive",
+    },
+    "update_assume_role_policy": lambda w: {
+        "role_arn": w.role,
+        "policy_document": doc(
+            {"Effect": "Allow", "Principal": aws(ROOT_A), "Action": "sts:AssumeRole"}
+        ),
+    },
     "update_alias": lambda w: {"alias_name": "alias/k", "target_key_id": w.sym2, "_": w.sym},
     "update_key_description": lambda w: {"key_id": w.sym, "description": "d"},
     "update_primary_region": lambda w: {
@@ -305,6 +342,11 @@ IAM_ON_PRINCIPAL = frozenset(
         "list_principal_policies",
         "put_principal_policy",
         "tag_principal",
+        "create_access_key",
+        "list_access_keys",
+        "update_access_key",
+        "delete_access_key",
+        "update_assume_role_policy",
     }
 )
 

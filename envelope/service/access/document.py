@@ -255,7 +255,9 @@ def _compile_names(items: Iterable[str], *, lower: bool) -> NameMatcher:
     return NameMatcher(False, exact, wildcard_regex(wild) if wild else None)
 
 
-def _parse_actions(raw: object, where: str, *, resource_policy: bool) -> NameMatcher:
+def _parse_actions(
+    raw: object, where: str, *, resource_policy: bool, service: str = "kms"
+) -> NameMatcher:
     items = _strings(raw, where)
     for item in items:
         if item == "*":
@@ -263,8 +265,9 @@ def _parse_actions(raw: object, where: str, *, resource_policy: bool) -> NameMat
         m = _ACTION.match(item)
         if m is None:
             raise _fail(f"{where}: {item!r} is not an action (service:Action, or *)")
-        if resource_policy and m.group("service").lower() != "kms":
-            raise _fail(f"{where}: {item!r}: a key policy may name only kms: actions")
+        if resource_policy and m.group("service").lower() != service:
+            what = "key" if service == "kms" else "trust"
+            raise _fail(f"{where}: {item!r}: a {what} policy may name only {service}: actions")
     return _compile_names(items, lower=True)
 
 
@@ -334,6 +337,7 @@ def _parse_statement(
     *,
     resource_policy: bool,
     principal_exists: Callable[[str], bool] | None,
+    service: str = "kms",
 ) -> Statement:
     where = f"Statement[{index}]"
     if not isinstance(raw, dict):
@@ -373,10 +377,12 @@ def _parse_statement(
         raise _fail(f"{where}: needs exactly one of Action or NotAction")
     action = not_action = None
     if "Action" in raw:
-        action = _parse_actions(raw["Action"], f"{where}.Action", resource_policy=resource_policy)
+        action = _parse_actions(
+            raw["Action"], f"{where}.Action", resource_policy=resource_policy, service=service
+        )
     else:
         not_action = _parse_actions(
-            raw["NotAction"], f"{where}.NotAction", resource_policy=resource_policy
+            raw["NotAction"], f"{where}.NotAction", resource_policy=resource_policy, service=service
         )
 
     if ("Resource" in raw) == ("NotResource" in raw):
@@ -412,8 +418,12 @@ def parse_policy(
     *,
     resource_policy: bool,
     principal_exists: Callable[[str], bool] | None = None,
+    service: str = "kms",
 ) -> Policy:
     """Parse and compile a key policy (`resource_policy` True) or an IAM identity policy.
+
+    `service`: the one service whose actions a resource policy may name (``kms`` for a key
+    policy, ``sts`` for a role's trust policy).
 
     `principal_exists`, when given, is asked about every IAM user and role ARN a key policy
     names; False refuses the policy as AWS does ("invalid principals"), so a typo in a role
@@ -449,7 +459,11 @@ def parse_policy(
         raise _fail("Statement is an empty list")
     statements = tuple(
         _parse_statement(
-            item, i, resource_policy=resource_policy, principal_exists=principal_exists
+            item,
+            i,
+            resource_policy=resource_policy,
+            principal_exists=principal_exists,
+            service=service,
         )
         for i, item in enumerate(items)
     )

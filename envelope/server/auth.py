@@ -1,0 +1,397 @@
+"""AWS Signature Version 4 authentication of KMS requests against the store's access keys.
+
+`Authenticator.authenticate` takes one HTTP request as received and returns the principal ARN
+that signed it, or raises `AuthError` carrying the AWS error code, HTTP status and message a
+client of AWS KMS would get:
+
+========================================  ======================================================
+``MissingAuthenticationTokenException``   no ``Authorization`` header ("Missing Authentication
+                                          Token")
+``IncompleteSignatureException``          an ``Authorization`` header that is not a complete
+                                          ``AWS4-HMAC-SHA256`` one, or no/malformed X-Amz-Date
+``UnrecognizedClientException``           unknown or inactive access key id, or a session token
+                                          missing, unexpected or wrong ("The security token
+                                          included in the request is invalid.")
+``ExpiredTokenException``                 a role session past its expiration ("The security
+                                          token included in the request is expired")
+``InvalidSignatureException``             the credential scope names another service, an unknown
+                                          region, another date; the request was signed more than
+                                          5 minutes before or after the server's clock
+                                          ("Signature expired: ... is now earlier than ...
+                                          (... - 5 min.)" / "Signature not yet current"); or the
+                                          signature does not match ("The request signature we
+                                          calculated does not match the signature you provided.
+                                          ...")
+========================================  ======================================================
+
+All are HTTP 400, as the AWS JSON-protocol services (KMS, DynamoDB) answer them. The
+signature is recomputed by botocore itself (`botocore.auth.SigV4Auth`: its canonical
+request, string to sign and signing key) over a request rebuilt from exactly the headers
+the client listed in ``SignedHeaders``, with the client's ``X-Amz-Date``, and compared in
+constant time. A signed ``X-Amz-Content-SHA256`` must be the body's real hash (botocore
+would otherwise trust it), and ``X-Amz-Target`` must be signed when present, so that a
+captured request cannot be replayed as another operation.
+
+Secrets come from `KeyService.resolve_credentials` (cached there); they never appear in an
+`AuthError`, whose messages name at most the access key id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from calendar import timegm
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest, HTTPHeaders
+from botocore.credentials import Credentials
+
+if TYPE_CHECKING:
+    from ..service import KeyService
+
+__all__ = ("SKEW", "AuthError", "Authenticated", "Authenticator")
+
+#: AWS's clock-skew window for SigV4 (seconds either side of the server's clock).
+SKEW: Final = 300.0
+SERVICE: Final = "kms"
+ALGORITHM: Final = "AWS4-HMAC-SHA256"
+
+INVALID_TOKEN: Final = "The security token included in the request is invalid."
+EXPIRED_TOKEN: Final = "The security token included in the request is expired"
+MISMATCH: Final = (
+    "The request signature we calculated does not match the signature you provided. Check your "
+    "AWS Secret Access Key and signing method. Consult the service documentation for details."
+)
+_AMZ_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$")
+_SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+class AuthError(Exception):
+    """A request refused before it had a principal: `code` is the AWS error code (the
+    ``__type`` of the response), `status` the HTTP status, `message` what the client is told;
+    `access_key_id` the key the request claimed (for the audit record), if any."""
+
+    def __init__(
+        self, code: str, message: str, *, status: int = 400, access_key_id: str | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.access_key_id = access_key_id
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who signed a request, with which key, for which Region."""
+
+    principal: str
+    access_key_id: str
+    region: str
+
+
+class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
+    """botocore's SigV4 signer, made to sign exactly the headers the client signed (botocore
+    itself skips a few, such as User-Agent, that other SDKs may sign)."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        region: str,
+        body: bytes,
+        keys: dict[tuple[str, str, str], tuple[str, bytes]],
+    ) -> None:
+        super().__init__(credentials, SERVICE, region)
+        self._body = body
+        self._keys = keys
+
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+        # the request holds exactly the signed headers (see `Authenticator._signature`)
+        return request.headers
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        # botocore's derivation (`SigV4Auth.signature`), whose four HMACs depend only on the
+        # secret, the day and the Region: computed once a day per key and Region
+        day = request.context["timestamp"][0:8]
+        cache_key = (self.credentials.access_key, day, self._region_name)
+        hit = self._keys.get(cache_key)
+        if hit is None or not hmac.compare_digest(hit[0], self.credentials.secret_key):
+            secret = self.credentials.secret_key
+            k_date = self._sign(f"AWS4{secret}".encode(), day)
+            k_service = self._sign(self._sign(k_date, self._region_name), SERVICE)
+            k_signing = self._sign(k_service, "aws4_request")
+            if len(self._keys) >= 4096:
+                self._keys.clear()
+            hit = self._keys[cache_key] = (secret, k_signing)
+        return str(self._sign(hit[1], string_to_sign, hex=True))
+
+    def payload(self, request: AWSRequest) -> str:
+        # botocore's own rule for a bytes body (the SHA-256 of the bytes, also when empty),
+        # without making botocore prepare a whole outgoing request to read them back
+        return hashlib.sha256(self._body).hexdigest()
+
+
+def _amz_time(text: str) -> float | None:
+    m = _AMZ_DATE.match(text)
+    if m is None:
+        return None
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    try:
+        return float(timegm((y, mo, d, h, mi, s, 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def _parse_authorization(value: str) -> tuple[str, list[str], str]:
+    """(Credential, SignedHeaders, Signature) of an AWS4-HMAC-SHA256 header, or AuthError."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise AuthError(
+            "IncompleteSignatureException",
+            f"Unsupported AWS 'algorithm': '{algorithm[:64]}'; use {ALGORITHM}",
+        )
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        name, eq, val = part.strip().partition("=")
+        if not eq:
+            if part.strip():
+                raise AuthError(
+                    "IncompleteSignatureException",
+                    f"'{part.strip()[:64]}' not a valid key=value pair (missing equal-sign) in "
+                    "Authorization header",
+                )
+            continue
+        fields[name] = val
+    missing = [
+        f"Authorization header requires '{f}' parameter."
+        for f in ("Credential", "Signature", "SignedHeaders")
+        if not fields.get(f)
+    ]
+    if missing:
+        raise AuthError("IncompleteSignatureException", " ".join(missing))
+    return fields["Credential"], fields["SignedHeaders"].split(";"), fields["Signature"]
+
+
+class Authenticator:
+    """Checks AWS SigV4 on each request against `service`'s access keys and role sessions.
+
+    `regions`: the Regions a credential scope may name (default: the service's Region).
+    `clock` gives the server's time; `skew` the accepted distance to the request's time.
+    Thread-safe (the service's lookup is; this object keeps no per-request state).
+    """
+
+    def __init__(
+        self,
+        service: KeyService,
+        *,
+        clock: Callable[[], float] = time.time,
+        skew: float = SKEW,
+        regions: Collection[str] | None = None,
+    ) -> None:
+        self.service = service
+        self._clock = clock
+        self.skew = skew
+        self.regions = frozenset(regions) if regions is not None else frozenset({service.region})
+        #: SigV4 signing keys by (access key id, day, Region), with the secret they came from
+        self._signing_keys: dict[tuple[str, str, str], tuple[str, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"Authenticator(regions={sorted(self.regions)!r}, skew={self.skew!r})"
+
+    def authenticate(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> str:
+        """The principal ARN that signed this request; `AuthError` if none did."""
+        return self.verify(
+            method=method, host=host, path=path, query=query, headers=headers, body=body
+        ).principal
+
+    def verify(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> Authenticated:
+        """`authenticate` with the access key id and the Region of the credential scope."""
+        values: dict[str, list[str]] = {}
+        for name, value in headers:
+            values.setdefault(name.lower(), []).append(value)
+        auth = values.get("authorization")
+        if not auth or not auth[0].strip():
+            raise AuthError("MissingAuthenticationTokenException", "Missing Authentication Token")
+        if len(auth) > 1:
+            raise AuthError("IncompleteSignatureException", "Only one Authorization header")
+        credential, signed, signature = _parse_authorization(auth[0])
+
+        scope = credential.split("/")
+        if len(scope) != 5:
+            raise AuthError(
+                "IncompleteSignatureException",
+                f"Credential must have exactly 5 slash-delimited elements, e.g. "
+                f"keyid/date/region/service/term, got '{credential[:200]}'",
+            )
+        key_id, scope_date, region, service, term = scope
+        claimed = key_id[:128] or None
+        amz = values.get("x-amz-date")
+        if not amz:
+            raise AuthError(
+                "IncompleteSignatureException",
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' "
+                "header.",
+                access_key_id=claimed,
+            )
+        amz_date = amz[0].strip()
+        signed_at = _amz_time(amz_date)
+        if signed_at is None:
+            raise AuthError(
+                "IncompleteSignatureException",
+                f"Date must be in ISO-8601 'basic format'. Got '{amz_date[:32]}'. See "
+                "http://en.wikipedia.org/wiki/ISO_8601",
+                access_key_id=claimed,
+            )
+        if scope_date != amz_date[:8]:
+            raise AuthError(
+                "InvalidSignatureException",
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+                f"from HTTP: '{scope_date[:16]}' != '{amz_date[:8]}', from '{amz_date}'.",
+                access_key_id=claimed,
+            )
+        if service != SERVICE:
+            raise AuthError(
+                "InvalidSignatureException",
+                f"Credential should be scoped to correct service: '{SERVICE}'. ",
+                access_key_id=claimed,
+            )
+        if region not in self.regions:
+            raise AuthError(
+                "InvalidSignatureException",
+                f"Credential should be scoped to a valid region, not '{region[:64]}'. ",
+                access_key_id=claimed,
+            )
+        if term != "aws4_request":
+            raise AuthError(
+                "InvalidSignatureException",
+                f"Credential should be scoped with a valid terminator: 'aws4_request', not "
+                f"'{term[:32]}'. ",
+                access_key_id=claimed,
+            )
+        signed = [h.strip() for h in signed]
+        if "host" not in signed:
+            raise AuthError(
+                "InvalidSignatureException",
+                "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+                access_key_id=claimed,
+            )
+        if "x-amz-target" in values and "x-amz-target" not in signed:
+            raise AuthError(
+                "InvalidSignatureException",
+                "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
+                access_key_id=claimed,
+            )
+
+        now = self._clock()
+        creds = self.service.resolve_credentials(key_id, now)
+        if creds is None or not creds.active:
+            raise AuthError("UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed)
+        tokens = values.get("x-amz-security-token")
+        if creds.session_token_hash is None:
+            if tokens:
+                raise AuthError(
+                    "UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed
+                )
+        else:
+            token = tokens[0] if tokens and len(tokens) == 1 else None
+            if token is None or not hmac.compare_digest(
+                hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(),
+                creds.session_token_hash,
+            ):
+                raise AuthError(
+                    "UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed
+                )
+            if creds.expires is not None and now >= creds.expires:
+                raise AuthError("ExpiredTokenException", EXPIRED_TOKEN, access_key_id=claimed)
+
+        if signed_at < now - self.skew:
+            raise AuthError(
+                "InvalidSignatureException",
+                f"Signature expired: {amz_date} is now earlier than {_stamp(now - self.skew)} "
+                f"({_stamp(now)} - {self.skew / 60:g} min.)",
+                access_key_id=claimed,
+            )
+        if signed_at > now + self.skew:
+            raise AuthError(
+                "InvalidSignatureException",
+                f"Signature not yet current: {amz_date} is still later than "
+                f"{_stamp(now + self.skew)} ({_stamp(now)} + {self.skew / 60:g} min.)",
+                access_key_id=claimed,
+            )
+
+        if not _SIGNATURE.match(signature):
+            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=claimed)
+        expected = self._signature(
+            method, host, path, query, values, signed, body, amz_date, region, key_id, creds.secret
+        )
+        if expected is None or not hmac.compare_digest(expected, signature):
+            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=claimed)
+        return Authenticated(creds.principal_arn, key_id, region)
+
+    def _signature(
+        self,
+        method: str,
+        host: str,
+        path: str,
+        query: str,
+        values: dict[str, list[str]],
+        signed: list[str],
+        body: bytes,
+        amz_date: str,
+        region: str,
+        key_id: str,
+        secret: str,
+    ) -> str | None:
+        """botocore's signature of the request as the client signed it (None: a header the
+        client says it signed is not in the request, or is not a header name)."""
+        request = AWSRequest(
+            method=method.upper(),
+            url=f"https://{host or 'localhost'}{path or '/'}" + (f"?{query}" if query else ""),
+        )
+        for name in signed:
+            if not _HEADER_NAME.match(name):
+                return None
+            found = values.get(name)
+            if found is None:
+                if name != "host" or not host:
+                    return None
+                found = [host]
+            for value in found:
+                request.headers[name] = value
+        if "x-amz-content-sha256" in signed and any(
+            v.strip() != hashlib.sha256(body).hexdigest()
+            for v in values.get("x-amz-content-sha256", ())
+        ):
+            return None  # botocore would sign the claimed hash instead of the body's
+        request.context["timestamp"] = amz_date
+        signer = _Verifier(Credentials(key_id, secret), region, body, self._signing_keys)
+        canonical = signer.canonical_request(request)
+        return str(signer.signature(signer.string_to_sign(request, canonical), request))
