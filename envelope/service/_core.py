@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import uuid
 import weakref
@@ -65,6 +66,8 @@ MAX_PLAINTEXT = 4096
 MAX_TAGS = 50
 MAX_ON_DEMAND_ROTATIONS = 25
 IMPORT_TOKEN_TTL = DAY
+#: At most this many calls share one commit (bounds a commit's latency and size).
+MAX_GROUP = 64
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 _DATA_KEY_SPECS = {"AES_128": 16, "AES_256": 32}
@@ -142,6 +145,33 @@ class _Call:
         self.head: audit.Head | None = None
         # keys found past their deletion date: purged even if the call itself fails
         self.purges: list[tuple[str, str]] = []
+
+
+class _Slot:
+    """A call waiting for group commit: its outcome once its transaction committed."""
+
+    __slots__ = ("call", "done", "error", "fn", "result")
+
+    def __init__(
+        self, call: _Call, fn: Callable[[sqlite3.Connection, _Call, float], Response]
+    ) -> None:
+        self.call = call
+        self.fn = fn
+        self.done = False
+        self.result: Response | None = None
+        self.error: Exception | None = None
+
+    def succeed(self, result: Response | None) -> None:
+        self.result, self.done = result, True
+
+    def fail(self, error: Exception) -> None:
+        self.error, self.done = error, True
+
+    def outcome(self) -> Response:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class _Key:
@@ -396,6 +426,7 @@ class ServiceCore:
         owns_store: bool = False,
         quota: RateQuota | None = None,
         principal: str | None = None,
+        group_commit: bool = True,
     ) -> None:
         if not _REGION_RE.match(region):
             raise ValidationException(f"{region!r} is not a Region name")
@@ -420,6 +451,10 @@ class ServiceCore:
         self._audit_head: audit.Head | None = None
         self._request_id = _RequestIds()
         self._access = _authz.AccessCache(store.row_key)
+        #: Calls from several threads share commits (see `_run`); off: one transaction each.
+        self.group_commit = group_commit
+        self._pending: list[_Slot] = []
+        self._pending_lock = threading.Lock()
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -447,10 +482,105 @@ class ServiceCore:
         fn: Callable[[sqlite3.Connection, _Call, float], Response],
     ) -> Response:
         call = _Call(op, principal or self.default_principal, context or _LOCAL, params)
-        # One call at a time per store in this process (SQLite serialises writers anyway); the
-        # lock also covers the caches, which are updated only after a commit.
+        if not self.group_commit:
+            # One call at a time per store in this process (SQLite serialises writers anyway);
+            # the lock also covers the caches, which are updated only after a commit.
+            with self.store.lock:
+                return self._run_locked(call, fn)
+        slot = _Slot(call, fn)
+        with self._pending_lock:
+            self._pending.append(slot)
+        # Group commit: whoever holds the store lock commits every call waiting for it in one
+        # transaction (`_commit_pending`); a call that arrived while a commit was in flight is
+        # in the next one. Each call is acknowledged only once its own commit is done.
         with self.store.lock:
-            return self._run_locked(call, fn)
+            while not slot.done:
+                self._commit_pending()
+        return slot.outcome()
+
+    def _commit_pending(self) -> None:
+        """Run and commit the waiting calls (the caller holds the store lock)."""
+        with self._pending_lock:
+            batch = self._pending[:MAX_GROUP]
+            del self._pending[:MAX_GROUP]
+        try:
+            if len(batch) > 1:
+                try:
+                    self._run_batch(batch)
+                    return
+                except Exception:
+                    # The batch's transaction failed as a whole (a store failure, or a bug
+                    # in one call), so nothing of it was committed or acknowledged: each call
+                    # runs again on its own, where only the failing one fails.
+                    self._audit_head = None
+            for slot in batch:
+                if not slot.done:
+                    self._run_single(slot)
+        finally:
+            for slot in batch:
+                if not slot.done:  # interrupted (KeyboardInterrupt) before its commit
+                    slot.fail(KMSInternalException("the call was interrupted; nothing was done"))
+
+    def _run_single(self, slot: _Slot) -> None:
+        try:
+            slot.succeed(self._run_locked(slot.call, slot.fn))
+        except Exception as e:  # handed to the calling thread, which raises it
+            slot.fail(e)
+
+    def _prepare(self, call: _Call) -> None:
+        """Who calls, and the request-rate quota: refused before any work (and audited)."""
+        call.caller = self._access.principal(call.principal)
+        call.account = call.caller.account or self.account
+        if self.quota is not None:
+            try:
+                self.quota.check(call.op)
+            except ThrottlingError as t:
+                raise ThrottlingException(str(t)) from None
+
+    def _run_batch(self, batch: list[_Slot]) -> None:
+        """Several calls in one transaction, each in a savepoint: a refused call is rolled
+        back to its savepoint and its refusal recorded in its place, as `_run_locked` would in
+        a transaction of its own; the others are unaffected. One commit acknowledges them all."""
+        outcomes: list[tuple[_Slot, Response | None, KmsServiceError | None]] = []
+        with self.store.write() as conn:
+            for slot in batch:
+                call = slot.call
+                now = self.now()
+                head = self._audit_head
+                conn.execute("SAVEPOINT envelope_call")
+                err: KmsServiceError | None = None
+                result: Response | None = None
+                try:
+                    self._prepare(call)
+                    result = slot.fn(conn, call, now)
+                    self._record(conn, call, now, None)
+                    self._audit_head = call.head
+                except KmsServiceError as e:
+                    err = e
+                if err is None:
+                    conn.execute("RELEASE envelope_call")
+                else:
+                    conn.execute("ROLLBACK TO envelope_call")
+                    conn.execute("RELEASE envelope_call")
+                    self._audit_head = head
+                    call.new_material.clear()
+                    call.alarm = call.alarm or err.alarm
+                    for region, key_id in call.purges:
+                        key = self._load(conn, region, key_id)
+                        if key is not None:
+                            self._settle(conn, key, now)
+                    self._record(conn, call, now, err)
+                    self._audit_head = call.head
+                outcomes.append((slot, result, err))
+        # committed: only now are the calls' materials known to be durable (see `_material`)
+        for slot, result, err in outcomes:
+            if err is None:
+                self._materials.update(slot.call.new_material)
+                slot.succeed(result)
+            else:
+                slot.fail(err)
+        if self.store.sealer.dirty:
+            self.store.publish_digests(strict=False)
 
     def _run_locked(
         self, call: _Call, fn: Callable[[sqlite3.Connection, _Call, float], Response]
@@ -458,14 +588,7 @@ class ServiceCore:
         now = self.now()
         err: KmsServiceError
         try:
-            call.caller = self._access.principal(call.principal)
-            call.account = call.caller.account or self.account
-            if self.quota is not None:
-                try:
-                    self.quota.check(call.op)
-                except ThrottlingError as t:
-                    # Refused before any work, and audited like every other refusal.
-                    raise ThrottlingException(str(t)) from None
+            self._prepare(call)
             with self.store.write() as conn:
                 result = fn(conn, call, now)
                 self._record(conn, call, now, None)
