@@ -14,6 +14,10 @@ with a 20-statement key policy, called by a role session with 5 identity policie
 grants on the key (for other grantees). `authz_us_per_call` is the difference per call (what
 enforcement costs inside the service: the identity lookup, the cached policies, the decision);
 `authz_evaluator_us_per_call` is the pure decision alone (bench/authz.py's worst case).
+
+Group commit (issue 11): `generate_data_key_per_s_8_threads` beside
+`generate_data_key_per_s_1_thread`, interleaved in the same run (``--synchronous FULL`` shows
+what sharing commits saves when each commit is an fsync).
 """
 
 from __future__ import annotations
@@ -151,6 +155,47 @@ def _enforcement(home: str, sync: str, seconds: float) -> dict[str, float]:
     }
 
 
+def _threads(home: str, sync: str, seconds: float) -> dict[str, float]:
+    """Audited GenerateDataKey per second from 1 and 8 threads of one process (group commit:
+    the 8 threads share commits), interleaved rounds, medians."""
+    import threading
+    from statistics import median
+
+    svc = open_service(home, synchronous=sync)  # type: ignore[arg-type]
+    kid = svc.create_key(description="bench-threads")["KeyMetadata"]["KeyId"]
+
+    def rate(n_threads: int, dt: float) -> float:
+        counts = [0] * n_threads
+        stop = time.perf_counter() + dt
+
+        def work(i: int) -> None:
+            while time.perf_counter() < stop:
+                for _ in range(20):
+                    svc.generate_data_key(key_id=kid, key_spec="AES_256")
+                counts[i] += 20
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - start)
+
+    rate(8, 0.3)
+    one: list[float] = []
+    eight: list[float] = []
+    for _ in range(3):
+        one.append(rate(1, seconds / 3))
+        eight.append(rate(8, seconds / 3))
+    svc.close()
+    return {
+        "generate_data_key_per_s_1_thread": round(median(one), 1),
+        "generate_data_key_per_s_8_threads": round(median(eight), 1),
+        "threads_8_over_1": round(median(eight) / median(one), 3),
+    }
+
+
 def _evaluator_us() -> float:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import authz  # bench/authz.py
@@ -260,6 +305,8 @@ def main() -> None:
     # the figure the issue names: without enforcement, beside the enforced one, same run
     results["generate_data_key_per_s"] = results.pop("generate_data_key_per_s_unenforced")
     results["authz_evaluator_us_per_call"] = _evaluator_us()
+    results.update(_threads(tempfile.mkdtemp(prefix="envelope-bench-threads-"), args.synchronous,
+                            max(args.seconds, 2.0)))  # fmt: skip
     for op, name in (("gdk", "generate_data_key"), ("dec", "decrypt")):
         rate = _two_processes(home, args.synchronous, op, args.seconds)
         results[f"two_process_{name}_per_s"] = round(rate, 1)
