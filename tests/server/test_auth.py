@@ -1,0 +1,354 @@
+"""SigV4 authentication (`envelope.server.auth`) against a real store, with requests genuinely
+signed by botocore's own signer (`SigV4Auth.add_auth`), as boto3 signs them.
+
+Each attack of issue 11 is refused with the AWS error code and message, and changes nothing
+(the service is never reached: `authenticate` only reads).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from envelope.server.auth import (
+    EXPIRED_TOKEN,
+    INVALID_TOKEN,
+    MISMATCH,
+    Authenticator,
+    AuthError,
+)
+from envelope.service import FileRootKey, KeyService, Store
+
+HOST = "kms.us-east-1.amazonaws.com"
+REGION = "us-east-1"
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def kms(tmp_path: Path, clock: Clock) -> Iterator[KeyService]:
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store.open(home / "kms.sqlite3", FileRootKey(home / "root.key"))
+    svc = KeyService(store, clock=clock, owns_store=True)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def auth(kms: KeyService, clock: Clock) -> Authenticator:
+    return Authenticator(kms, clock=clock)
+
+
+@pytest.fixture
+def alice(kms: KeyService) -> Credentials:
+    arn = kms.create_user(user_name="alice")["User"]["Arn"]
+    key = kms.create_access_key(user_arn=arn)["AccessKey"]
+    return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+
+
+@pytest.fixture
+def session(kms: KeyService) -> Credentials:
+    role = kms.create_role(role_name="reader")["Role"]["Arn"]
+    c = kms.assume_role(role_arn=role, role_session_name="job-1", duration_seconds=900)
+    cr = c["Credentials"]
+    return Credentials(cr["AccessKeyId"], cr["SecretAccessKey"], cr["SessionToken"])
+
+
+def signed(
+    creds: Credentials,
+    *,
+    at: float = NOW,
+    target: str = "TrentService.ListKeys",
+    body: bytes = b"{}",
+    region: str = REGION,
+    service: str = "kms",
+) -> dict[str, Any]:
+    """A KMS request signed by botocore at time `at`, as authenticate's keyword arguments."""
+    req = AWSRequest(
+        method="POST",
+        url=f"https://{HOST}/",
+        data=body,
+        headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"},
+    )
+    fixed = datetime.datetime(*time.gmtime(at)[:6])
+    with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
+        SigV4Auth(creds, service, region).add_auth(req)
+    return {
+        "method": "POST",
+        "host": HOST,
+        "path": "/",
+        "query": "",
+        "headers": list(req.headers.items()),
+        "body": body,
+    }
+
+
+def header(req: dict[str, Any], name: str, value: str | None) -> dict[str, Any]:
+    """`req` with header `name` replaced (None: removed)."""
+    headers = [(k, v) for k, v in req["headers"] if k.lower() != name.lower()]
+    if value is not None:
+        headers.append((name, value))
+    return {**req, "headers": headers}
+
+
+def refused(auth: Authenticator, req: dict[str, Any], code: str) -> AuthError:
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(**req)
+    assert info.value.code == code, info.value.message
+    assert info.value.status == 400
+    return info.value
+
+
+def test_user_key_authenticates(auth: Authenticator, alice: Credentials) -> None:
+    assert auth.authenticate(**signed(alice)) == "arn:aws:iam::000000000000:user/alice"
+    got = auth.verify(**signed(alice))
+    assert (got.access_key_id, got.region) == (alice.access_key, REGION)
+
+
+def test_role_session_authenticates(auth: Authenticator, session: Credentials) -> None:
+    assert session.access_key.startswith("ASIA")
+    principal = auth.authenticate(**signed(session))
+    assert principal == "arn:aws:sts::000000000000:assumed-role/reader/job-1"
+
+
+def test_within_five_minutes_either_side_is_accepted(
+    auth: Authenticator, alice: Credentials
+) -> None:
+    for skew in (-299, 299):
+        assert auth.authenticate(**signed(alice, at=NOW + skew)).endswith("user/alice")
+
+
+def test_wrong_secret(auth: Authenticator, alice: Credentials) -> None:
+    last = "A" if alice.secret_key[-1] != "A" else "B"
+    forged = Credentials(alice.access_key, alice.secret_key[:-1] + last)
+    err = refused(auth, signed(forged), "InvalidSignatureException")
+    assert err.message == MISMATCH
+    assert err.access_key_id == alice.access_key
+
+
+def test_tampered_body(auth: Authenticator, alice: Credentials) -> None:
+    req = signed(alice, target="TrentService.Encrypt", body=b'{"KeyId":"alias/a"}')
+    refused(auth, {**req, "body": b'{"KeyId":"alias/b"}'}, "InvalidSignatureException")
+
+
+def test_tampered_signed_header(auth: Authenticator, alice: Credentials) -> None:
+    req = signed(alice)
+    refused(auth, header(req, "Content-Type", "application/json"), "InvalidSignatureException")
+
+
+def test_replayed_with_another_target(auth: Authenticator, alice: Credentials) -> None:
+    req = signed(alice, target="TrentService.DescribeKey", body=b'{"KeyId":"k"}')
+    replay = header(req, "X-Amz-Target", "TrentService.ScheduleKeyDeletion")
+    refused(auth, replay, "InvalidSignatureException")
+
+
+def test_unsigned_target_is_refused(auth: Authenticator, alice: Credentials) -> None:
+    """A target the signature does not cover could be swapped at will."""
+    req = signed(alice)
+    (value,) = [v for k, v in req["headers"] if k == "Authorization"]
+    stripped = value.replace("x-amz-target;", "").replace(";x-amz-target", "")
+    err = refused(auth, header(req, "Authorization", stripped), "InvalidSignatureException")
+    assert "X-Amz-Target" in err.message
+
+
+def test_signed_20_minutes_ago(auth: Authenticator, alice: Credentials, clock: Clock) -> None:
+    req = signed(alice, at=NOW - 1200)
+    err = refused(auth, req, "InvalidSignatureException")
+    # AWS's wording: "Signature expired: <signed> is now earlier than <now - 5 min>
+    # (<now> - 5 min.)"
+    assert err.message == (
+        "Signature expired: 20270115T074000Z is now earlier than 20270115T075500Z "
+        "(20270115T080000Z - 5 min.)"
+    )
+
+
+def test_signed_in_the_future(auth: Authenticator, alice: Credentials) -> None:
+    err = refused(auth, signed(alice, at=NOW + 600), "InvalidSignatureException")
+    assert err.message.startswith("Signature not yet current: 20270115T081000Z is still later")
+
+
+def test_missing_authorization(auth: Authenticator, alice: Credentials) -> None:
+    err = refused(
+        auth, header(signed(alice), "Authorization", None), "MissingAuthenticationTokenException"
+    )
+    assert err.message == "Missing Authentication Token"
+    assert err.access_key_id is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "AWS4-HMAC-SHA256 Credential=AKIAX/20270115/us-east-1/kms/aws4_request",
+        "AWS AKIAIOSFODNN7EXAMPLE:frJIUN8DYpKDtOLCwo//yllqDzg=",
+        "AWS4-HMAC-SHA256 Credential=AKIAX, SignedHeaders=host, Signature=00",
+        "AWS4-HMAC-SHA256 garbage",
+    ],
+)
+def test_malformed_authorization(auth: Authenticator, alice: Credentials, value: str) -> None:
+    refused(auth, header(signed(alice), "Authorization", value), "IncompleteSignatureException")
+
+
+def test_missing_date(auth: Authenticator, alice: Credentials) -> None:
+    refused(auth, header(signed(alice), "X-Amz-Date", None), "IncompleteSignatureException")
+
+
+def test_unknown_access_key(auth: Authenticator, alice: Credentials) -> None:
+    ghost = Credentials("AKIAZZZZZZZZZZZZZZZZ", alice.secret_key)
+    err = refused(auth, signed(ghost), "UnrecognizedClientException")
+    assert err.message == INVALID_TOKEN
+    assert err.access_key_id == "AKIAZZZZZZZZZZZZZZZZ"
+
+
+def test_inactive_then_reactivated_key(
+    auth: Authenticator, alice: Credentials, kms: KeyService
+) -> None:
+    assert auth.authenticate(**signed(alice))  # cached now: deactivation must still take effect
+    kms.update_access_key(access_key_id=alice.access_key, status="Inactive")
+    refused(auth, signed(alice), "UnrecognizedClientException")
+    kms.update_access_key(access_key_id=alice.access_key, status="Active")
+    assert auth.authenticate(**signed(alice)).endswith("user/alice")
+
+
+def test_deleted_key_and_deleted_user(
+    auth: Authenticator, alice: Credentials, kms: KeyService
+) -> None:
+    user = "arn:aws:iam::000000000000:user/alice"
+    assert auth.authenticate(**signed(alice)) == user
+    kms.delete_principal(arn=user)
+    refused(auth, signed(alice), "UnrecognizedClientException")
+    kms.create_user(user_name="alice")  # the same name again is someone else
+    refused(auth, signed(alice), "UnrecognizedClientException")
+
+
+def test_expired_session_token(auth: Authenticator, session: Credentials, clock: Clock) -> None:
+    clock.now = NOW + 901
+    err = refused(auth, signed(session, at=clock.now), "ExpiredTokenException")
+    assert err.message == EXPIRED_TOKEN
+
+
+def test_session_token_missing_or_wrong(auth: Authenticator, session: Credentials) -> None:
+    no_token = Credentials(session.access_key, session.secret_key)
+    assert refused(auth, signed(no_token), "UnrecognizedClientException").message == INVALID_TOKEN
+    other = Credentials(session.access_key, session.secret_key, session.token[:-4] + "AAAA")
+    refused(auth, signed(other), "UnrecognizedClientException")
+
+
+def test_user_key_with_a_session_token(auth: Authenticator, alice: Credentials) -> None:
+    with_token = Credentials(alice.access_key, alice.secret_key, "bogus-token")
+    refused(auth, signed(with_token), "UnrecognizedClientException")
+
+
+def test_scope_must_be_kms_and_the_servers_region(auth: Authenticator, alice: Credentials) -> None:
+    err = refused(auth, signed(alice, service="s3"), "InvalidSignatureException")
+    assert "'kms'" in err.message
+    err = refused(auth, signed(alice, region="eu-west-1"), "InvalidSignatureException")
+    assert "region" in err.message
+    other = Authenticator(auth.service, clock=auth._clock, regions=["us-east-1", "eu-west-1"])
+    assert other.verify(**signed(alice, region="eu-west-1")).region == "eu-west-1"
+
+
+def test_content_sha256_must_be_the_bodys(auth: Authenticator, alice: Credentials) -> None:
+    """botocore uses a signed X-Amz-Content-SHA256 as the payload hash: it must be the real
+    one, or a body could be swapped under a signature over a claimed hash."""
+    body = b'{"KeyId":"a"}'
+    req = AWSRequest(
+        method="POST",
+        url=f"https://{HOST}/",
+        data=b'{"KeyId":"b"}',
+        headers={
+            "X-Amz-Target": "TrentService.DescribeKey",
+            "X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest(),
+        },
+    )
+    fixed = datetime.datetime(*time.gmtime(NOW)[:6])
+    with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
+        SigV4Auth(alice, "kms", REGION).add_auth(req)
+    kwargs = {
+        "method": "POST",
+        "host": HOST,
+        "path": "/",
+        "query": "",
+        "headers": list(req.headers.items()),
+    }
+    assert auth.authenticate(**kwargs, body=body)
+    refused(auth, {**kwargs, "body": b'{"KeyId":"b"}'}, "InvalidSignatureException")
+
+
+def test_nothing_secret_in_errors_or_reprs(
+    auth: Authenticator, alice: Credentials, session: Credentials, kms: KeyService
+) -> None:
+    errors = [
+        refused(auth, signed(Credentials(alice.access_key, "x" * 40)), "InvalidSignatureException"),
+        refused(auth, signed(session, at=NOW - 1200), "InvalidSignatureException"),
+    ]
+    resolved = kms.resolve_credentials(alice.access_key, NOW)
+    assert resolved is not None
+    shown = " ".join([*(repr(e) + str(e) for e in errors), repr(auth), repr(resolved)])
+    for secret in (alice.secret_key, session.secret_key, session.token):
+        assert secret not in shown
+
+
+def test_authenticate_reads_only(auth: Authenticator, alice: Credentials, kms: KeyService) -> None:
+    """Authentication writes nothing (refusals are audited by the server, see
+    `record_unauthenticated`), so a flood of forged requests cannot change the store."""
+    seq = len(kms.audit_tail(1000))
+    auth.authenticate(**signed(alice))
+    with pytest.raises(AuthError):
+        auth.authenticate(**signed(Credentials("AKIAZZZZZZZZZZZZZZZZ", "x")))
+    assert len(kms.audit_tail(1000)) == seq
+
+
+def test_refusal_audit_record(kms: KeyService) -> None:
+    """What the server records for a refused request: one denial, principal anonymous, the
+    claimed key id, the error code and source address; and the log still verifies."""
+    from envelope.service import RequestContext
+
+    kms.record_unauthenticated(
+        operation="ListKeys",
+        context=RequestContext(source_ip="203.0.113.7", user_agent="boto3"),
+        error_code="InvalidSignatureException",
+        reason="Signature expired",
+        access_key_id="AKIAZZZZZZZZZZZZZZZZ",
+    )
+    rec = kms.audit_tail(1)[0]
+    assert rec["principal"] == "anonymous"
+    assert rec["decision"] == "denied"
+    assert rec["error_code"] == "InvalidSignatureException"
+    assert rec["source_ip"] == "203.0.113.7"
+    assert rec["operation"] == "ListKeys"
+    assert rec["params"] == {"AccessKeyId": "AKIAZZZZZZZZZZZZZZZZ"}
+    assert kms.verify_audit_log().ok
+
+
+def test_the_same_json_spelled_differently_is_refused(
+    auth: Authenticator, alice: Credentials
+) -> None:
+    """The signature covers the raw bytes: the same JSON spelled differently is refused."""
+    req = signed(alice, target="TrentService.DescribeKey", body=b'{"KeyId": "k"}')
+    assert auth.authenticate(**req)
+    compact = json.dumps({"KeyId": "k"}, separators=(",", ":")).encode()
+    refused(auth, {**req, "body": compact}, "InvalidSignatureException")
