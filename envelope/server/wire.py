@@ -526,6 +526,11 @@ class WireModel:
 
     def parse(self, op: Operation, body: bytes) -> dict[str, Any]:
         """The method's keyword arguments for this request body (validated)."""
+        if op.method is None:
+            raise WireError(
+                "UnsupportedOperationException",
+                f"{op.name} is not supported by this server (see docs/server.md)",
+            )
         if body.strip():
             try:
                 doc = json.loads(body)
@@ -543,11 +548,6 @@ class WireModel:
         members = checker.structure(op.input, doc, "", top=True)
         if checker.errors:
             raise WireError("ValidationException", _validation_message(checker.errors))
-        if op.method is None:
-            raise WireError(
-                "UnsupportedOperationException",
-                f"{op.name} is not supported by this server (see docs/server.md)",
-            )
         kwargs: dict[str, Any] = {}
         for member, value in members.items():
             kw = op.keywords.get(member)
