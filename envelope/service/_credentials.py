@@ -452,10 +452,12 @@ class CredentialOps(IamOps):
                     "The requested DurationSeconds exceeds the MaxSessionDuration set for this "
                     "role."
                 )
-            conn.execute(
+            purged = conn.execute(
                 "DELETE FROM access_keys WHERE kind='session' AND expires < ?",
                 (now - EXPIRED_KEPT,),
             )
+            if purged.rowcount:
+                _authz.bump_generation(conn)  # cached lookups of the purged sessions go too
             session_arn = f"arn:aws:sts::{account}:assumed-role/{role_name}/{role_session_name}"
             key_id = _new_key_id("ASIA")
             secret = _secret()
