@@ -13,11 +13,12 @@ caller's account (``--as arn:aws:iam::111122223333:root`` to work in another one
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ..service import KeyService
 from ._common import parse_pairs
-from ._output import emit
+from ._output import emit, resolve_format
 from .keys import _all_pages, _cmd, add_store_arguments
 from .policy import add_document_arguments, read_document
 
@@ -37,11 +38,17 @@ def _create_user(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _create_role(args: argparse.Namespace, svc: KeyService) -> None:
+    trust = None
+    if args.trust_policy_file is not None:
+        with open(args.trust_policy_file, encoding="utf-8") as f:
+            trust = f.read()
     resp = svc.create_role(
         role_name=args.name,
         path=args.path,
         description=args.description,
         tags=parse_pairs(args.tag, "--tag") or None,
+        assume_role_policy_document=trust,
+        max_session_duration=args.max_session_duration,
     )
     emit(args, resp, "CreateRole")
 
@@ -91,6 +98,49 @@ def _accounts(args: argparse.Namespace, svc: KeyService) -> None:
     emit(args, svc.list_accounts(), "ListAccounts")
 
 
+def _create_access_key(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.create_access_key(user_arn=args.user_arn)
+    emit(args, resp, "CreateAccessKey")
+    print(
+        "envelope: the secret access key is shown only now; store it safely",
+        file=sys.stderr,
+    )
+
+
+def _list_access_keys(args: argparse.Namespace, svc: KeyService) -> None:
+    emit(args, svc.list_access_keys(user_arn=args.user_arn), "ListAccessKeys")
+
+
+def _update_access_key(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.update_access_key(
+        access_key_id=args.access_key_id, status=args.status, user_arn=args.user
+    )
+    _done(f"access key {args.access_key_id} {args.status}")
+
+
+def _delete_access_key(args: argparse.Namespace, svc: KeyService) -> None:
+    svc.delete_access_key(access_key_id=args.access_key_id, user_arn=args.user)
+    _done(f"delete access key {args.access_key_id}")
+
+
+def _assume_role(args: argparse.Namespace, svc: KeyService) -> None:
+    """Temporary credentials; in text form, shell exports the AWS CLI and SDKs read."""
+    resp = svc.assume_role(
+        role_arn=args.role_arn, role_session_name=args.session, duration_seconds=args.duration
+    )
+    if resolve_format(args) != "text" or getattr(args, "query", None):
+        emit(args, resp, "AssumeRole")
+        return
+    creds = resp["Credentials"]
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", creds["AccessKeyId"]),
+        ("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"]),
+        ("AWS_SESSION_TOKEN", creds["SessionToken"]),
+    ):
+        print(f"export {name}={shlex.quote(str(value))}")
+    print(f"# {resp['AssumedRoleUser']['Arn']} until {creds['Expiration']:.0f} (epoch seconds)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``iam`` command tree to the main parser's subcommands."""
     iam = subparsers.add_parser(
@@ -110,6 +160,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="repeatable")
         if kind == "role":
             p.add_argument("--description", default=None)
+            p.add_argument(
+                "--max-session-duration", type=int, default=3600, metavar="S",
+                help="longest assume-role session, 3600..43200 s (default 3600)",
+            )
+            p.add_argument(
+                "--trust-policy-file", default=None, metavar="FILE",
+                help="who may assume it (default: the account, through its IAM policies)",
+            )
 
     p = _cmd(sub, "delete", "delete a user or role and its identity policies", _delete, key=False)
     p.add_argument("arn", metavar="ARN")
@@ -147,3 +205,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("arn", metavar="ARN")
 
     _cmd(sub, "accounts", "every account the store knows", _accounts, key=False)
+
+    p = _cmd(
+        sub,
+        "create-access-key",
+        "a new access key for a user (or the account root); the secret is shown once",
+        _create_access_key,
+        key=False,
+    )
+    p.add_argument("user_arn", metavar="USER_ARN", nargs="?", help="default: the caller")
+    p = _cmd(sub, "list-access-keys", "a user's access keys (never secrets)", _list_access_keys,
+             key=False)
+    p.add_argument("user_arn", metavar="USER_ARN", nargs="?", help="default: the caller")
+    p = _cmd(sub, "update-access-key", "make an access key Inactive or Active again",
+             _update_access_key, key=False)
+    p.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    p.add_argument("--status", required=True, choices=("Active", "Inactive"))
+    p.add_argument("--user", metavar="USER_ARN", default=None, help="the key's user")
+    p = _cmd(sub, "delete-access-key", "delete an access key", _delete_access_key, key=False)
+    p.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    p.add_argument("--user", metavar="USER_ARN", default=None, help="the key's user")
+    p = _cmd(
+        sub,
+        "assume-role",
+        "temporary credentials of a role session (STS AssumeRole); text output is shell "
+        "exports (eval \"$(envelope iam assume-role ARN --session s --output text)\")",
+        _assume_role,
+        key=False,
+    )
+    p.add_argument("role_arn", metavar="ROLE_ARN")
+    p.add_argument("--session", required=True, metavar="NAME", help="RoleSessionName")
+    p.add_argument("--duration", type=int, default=3600, metavar="S",
+                   help="seconds, 900 up to the role's MaxSessionDuration (default 3600)")

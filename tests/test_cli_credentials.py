@@ -1,0 +1,133 @@
+"""`envelope iam create-access-key|list-access-keys|update-access-key|delete-access-key|
+assume-role`, run as a user runs them against a real store; the credentials they print are then
+used to sign a request that `envelope.server.auth` accepts (the point of having them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from envelope.cli.main import main
+from envelope.server.auth import Authenticator, AuthError
+from envelope.service import open_service
+
+ACCOUNT = "000000000000"
+ALICE = f"arn:aws:iam::{ACCOUNT}:user/alice"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/reader"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ENVELOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ENVELOPE_CONFIG", "")
+    monkeypatch.setenv("ENVELOPE_REGION", "us-east-1")
+    for name in ("ENVELOPE_PRINCIPAL", "ENVELOPE_OUTPUT", "ENVELOPE_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "home"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    os.environ.pop("ENVELOPE_PRINCIPAL", None)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def accepted(home: Path, creds: Credentials) -> str:
+    """Sign a ListKeys request with `creds` (botocore) and authenticate it against the store."""
+    req = AWSRequest(
+        method="POST",
+        url="https://localhost/",
+        data=b"{}",
+        headers={"X-Amz-Target": "TrentService.ListKeys"},
+    )
+    SigV4Auth(creds, "kms", "us-east-1").add_auth(req)
+    with open_service(home) as svc:
+        return Authenticator(svc).authenticate(
+            method="POST",
+            host="localhost",
+            path="/",
+            query="",
+            headers=list(req.headers.items()),
+            body=b"{}",
+        )
+
+
+def test_access_key_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "iam", "create-user", "alice", "--output", "json")[0] == 0
+    code, out, err = run(capsys, "iam", "create-access-key", ALICE, "--output", "json")
+    assert code == 0, err
+    key = json.loads(out)["AccessKey"]
+    assert "shown only now" in err
+    creds = Credentials(key["AccessKeyId"], key["SecretAccessKey"])
+    assert accepted(home, creds) == ALICE
+
+    code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
+    assert code == 0
+    listed = json.loads(out)["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in listed] == [key["AccessKeyId"]]
+    assert key["SecretAccessKey"] not in out
+
+    code, _, err = run(
+        capsys, "iam", "update-access-key", key["AccessKeyId"], "--status", "Inactive"
+    )
+    assert code == 0, err
+    with pytest.raises(AuthError) as info:
+        accepted(home, creds)
+    assert info.value.code == "UnrecognizedClientException"
+
+    assert run(capsys, "iam", "delete-access-key", key["AccessKeyId"])[0] == 0
+    code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
+    assert json.loads(out)["AccessKeyMetadata"] == []
+    # a second delete is the KMS refusing (exit 3), not a usage error
+    code, _, err = run(capsys, "iam", "delete-access-key", key["AccessKeyId"])
+    assert code == 3 and "NotFoundException" in err
+
+
+def test_assume_role_prints_shell_exports(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "iam", "create-role", "reader", "--max-session-duration", "7200")[0] == 0
+    code, out, err = run(
+        capsys,
+        *("iam", "assume-role", ROLE, "--session", "job-1", "--duration", "7200"),
+        *("--output", "text"),
+    )
+    assert code == 0, err
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            env[name] = shlex.split(value)[0]
+    assert set(env) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert env["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    creds = Credentials(
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_SESSION_TOKEN"]
+    )
+    assert accepted(home, creds) == f"arn:aws:sts::{ACCOUNT}:assumed-role/reader/job-1"
+
+    code, out, _ = run(capsys, "iam", "assume-role", ROLE, "--session", "job-2", "--output", "json")
+    assert json.loads(out)["AssumedRoleUser"]["Arn"].endswith("/reader/job-2")
+
+
+def test_assume_role_refusals_exit_3(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "iam", "create-role", "reader")[0] == 0
+    code, _, err = run(capsys, "iam", "assume-role", ROLE, "--session", "s1", "--duration", "7200")
+    assert code == 3 and "MaxSessionDuration" in err
+    assert run(capsys, "iam", "create-user", "bob")[0] == 0
+    code, _, err = run(
+        capsys,
+        "iam",
+        "assume-role",
+        ROLE,
+        "--session",
+        "s1",
+        "--as",
+        f"arn:aws:iam::{ACCOUNT}:user/bob",
+    )
+    assert code == 3 and "AccessDeniedException" in err
