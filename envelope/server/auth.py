@@ -317,18 +317,14 @@ class Authenticator:
         tokens = values.get("x-amz-security-token")
         if creds.session_token_hash is None:
             if tokens:
-                raise AuthError(
-                    "UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed
-                )
+                raise AuthError("UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed)
         else:
             token = tokens[0] if tokens and len(tokens) == 1 else None
             if token is None or not hmac.compare_digest(
                 hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest(),
                 creds.session_token_hash,
             ):
-                raise AuthError(
-                    "UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed
-                )
+                raise AuthError("UnrecognizedClientException", INVALID_TOKEN, access_key_id=claimed)
             if creds.expires is not None and now >= creds.expires:
                 raise AuthError("ExpiredTokenException", EXPIRED_TOKEN, access_key_id=claimed)
 
