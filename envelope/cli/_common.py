@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..kms.keyspec import DEFAULT_KEY, KeySpec, Purpose
+from ..kms.uri import is_aws_key
 from ..metrics import NULL_OBSERVER, Observer
 
 EXIT_OK = 0
@@ -135,11 +136,23 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
         metavar="URI",
         help=(
             "key to encrypt under: local:ALIAS|KEY-ID|ARN (or a bare alias/key id) of the "
-            "embedded KMS under --home, or file:PATH; default: the embedded KMS's managed key "
+            "embedded KMS under --home; an AWS KMS key: arn:aws:kms:REGION:ACCOUNT:key/ID, "
+            "arn:...:alias/NAME, aws-kms:alias/NAME, aws-kms:KEY-ID or "
+            "aws-kms://REGION/...; or file:PATH; default: the embedded KMS's managed key "
             + DEFAULT_KEY.removeprefix("local:")
             if encrypt
-            else "extra key URI to try when unwrapping (the header names the key)"
+            else "extra key URI to try when unwrapping (the header names the key); an AWS KMS "
+            "key (arn:aws:kms:..., aws-kms:...) or aws-kms: lets any AWS KMS key the header "
+            "names be tried"
         ),
+    )
+    g.add_argument(
+        "--kms-endpoint",
+        metavar="URL",
+        default=None,
+        help="AWS-KMS-compatible endpoint for AWS KMS keys (default $AWS_ENDPOINT_URL_KMS, "
+        "else AWS's own for the key's Region); on decrypt it also lets AWS KMS keys named "
+        "by the header be tried",
     )
     g.add_argument(
         "--key-file",
@@ -160,12 +173,16 @@ def key_spec(
 ) -> KeySpec:
     """The one place the CLI turns its key arguments into a `KeySpec` (the rules are
     `envelope.kms.keyspec`'s). `target`: rewrap's `--to-key`, one key to seal under in the
-    same `--home`. `bulk`: the lake jobs' data-key cache and retry profile.
+    same `--home` (and `--kms-endpoint`, when it is an AWS key). `bulk`: the lake jobs'
+    data-key cache and retry profile.
 
     An empty `--key` means no key (the default key on encrypt), and an empty `--home` the
     working directory, as they always have."""
+    endpoint = getattr(args, "kms_endpoint", None) or None
     if target:
         key, files = args.to_key, ()
+        if endpoint is not None and not (key and is_aws_key(key)):
+            endpoint = None  # the endpoint is the source's; --to-key is not an AWS key
     else:
         key, files = getattr(args, "key", None), tuple(getattr(args, "key_file", None) or ())
     home = getattr(args, "home", None)
@@ -176,6 +193,7 @@ def key_spec(
         cache=getattr(args, "cache", None),  # from $ENVELOPE_CACHE or the profile
         retry=getattr(args, "retry", None),  # from $ENVELOPE_RETRY or the profile
         purpose=purpose,
+        kms_endpoint=endpoint,
     )
     return spec.bulk() if bulk else spec
 

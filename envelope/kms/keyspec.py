@@ -9,10 +9,15 @@ Encrypt (`purpose="encrypt"`): one key: the key file if one is given, else `key`
 `DEFAULT_KEY` (the embedded KMS's managed key, created on first use). `key` and a key file
 together, or more than one key file, are refused.
 
-Decrypt (`purpose="decrypt"`): exactly the key files and the `key` given; with neither, the
-embedded KMS under `home`, which must already exist (a reader has nothing to find in an
-empty KMS). A key file alone never opens the embedded KMS: it would create, or write the
-audit log of, a KMS the user did not ask for.
+Decrypt (`purpose="decrypt"`): exactly the key files and the `key` given, plus AWS KMS when
+`kms_endpoint` is given (`--kms-endpoint`); with none of them, the embedded KMS under `home`,
+which must already exist (a reader has nothing to find in an empty KMS). A key file alone
+never opens the embedded KMS: it would create, or write the audit log of, a KMS the user did
+not ask for. An AWS key (`arn:aws:kms:...`, `aws-kms:...`; `aws-kms:` alone names none) lets
+the reader try any AWS KMS key a header names, with its credentials, at its endpoint.
+
+`kms_endpoint`: an AWS-KMS-compatible endpoint URL for AWS keys (default
+``$AWS_ENDPOINT_URL_KMS``, else AWS's own); refused with keys of any other kind.
 
 A spec holds names of keys (URIs, paths), never key material, so it can travel to another
 process; `pinned()` makes its paths absolute first. Backends are opened only by
@@ -30,10 +35,11 @@ from ..errors import ConfigurationError
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..metrics import NULL_OBSERVER, Observer
+from .aws import ENDPOINT_ENV, check_endpoint_url, parse_key_ref
 from .base import KmsBackend
 from .filekey import FileKeyBackend
 from .retry import RetryingKms, RetryPolicy, shared_budget
-from .uri import open_backend, open_local_backend
+from .uri import is_aws_key, open_aws_backend, open_backend, open_local_backend
 
 __all__ = (
     "DEFAULT_KEY",
@@ -109,6 +115,8 @@ class KeySpec:
     retry: a `RetryPolicy` or a profile name (`default`, `bulk`, `none`); None: no retry
         layer, unless a bulk job fills it in.
     purpose: `encrypt` (one key to seal under) or `decrypt` (the keys a reader may use).
+    kms_endpoint: the AWS-KMS-compatible endpoint URL of AWS keys (None: $AWS_ENDPOINT_URL_KMS,
+        else AWS's own endpoint for the key's Region).
     """
 
     key: str | None = None
@@ -117,6 +125,7 @@ class KeySpec:
     cache: CachePolicy | None = None
     retry: RetryPolicy | RetryName | None = None
     purpose: Purpose = "encrypt"
+    kms_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.purpose not in _PURPOSES:
@@ -148,11 +157,22 @@ class KeySpec:
                 raise ConfigurationError("give either --key or --key-file, not both")
             if len(names) > 1:
                 raise ConfigurationError("encrypt takes one --key-file")
+        if self.key is not None and is_aws_key(self.key):
+            parse_key_ref(self.key)  # a malformed ARN or aws-kms: URI is refused here
+        if self.kms_endpoint is not None:
+            if not isinstance(self.kms_endpoint, str) or not self.kms_endpoint:
+                raise ConfigurationError("a KeySpec's kms_endpoint must be a non-empty URL or None")
+            check_endpoint_url(self.kms_endpoint)
+            if self.purpose == "encrypt" and (self.key is None or not is_aws_key(self.key)):
+                raise ConfigurationError(
+                    "--kms-endpoint is for AWS KMS keys: give --key arn:aws:kms:... or aws-kms:..."
+                )
 
     def __repr__(self) -> str:
         return (
             f"KeySpec(purpose={self.purpose!r}, key={self.key!r}, key_files={self.key_files!r}, "
-            f"home={self.home!r}, cache={self.cache!r}, retry={self.retry!r})"
+            f"home={self.home!r}, cache={self.cache!r}, retry={self.retry!r}, "
+            f"kms_endpoint={self.kms_endpoint!r})"
         )
 
     # -- variants -----------------------------------------------------------------------
@@ -180,9 +200,19 @@ class KeySpec:
         if key is not None and key.startswith("file:"):
             key = "file:" + os.path.abspath(key[len("file:") :])
         home = self.home if self.home is not None else os.environ.get("ENVELOPE_HOME") or None
+        endpoint = self.kms_endpoint
+        if self._uses_aws():
+            # AWS keys: the endpoint and a Region the key does not name come from this
+            # process's environment, as the AWS SDKs would find them here.
+            endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            ref = parse_key_ref(key) if key is not None and is_aws_key(key) else None
+            if ref is not None and ref.region is None and region:
+                key = f"aws-kms://{region}/{ref.key or ''}"
         return replace(
             self,
             key=key,
+            kms_endpoint=endpoint,
             key_files=tuple(os.path.abspath(p) for p in self.key_files),
             home=os.path.abspath(os.path.expanduser(home)) if home else None,
         )
@@ -192,20 +222,30 @@ class KeySpec:
     def retry_policy(self) -> RetryPolicy | None:
         return retry_policy(self.retry)
 
+    def _uses_aws(self) -> bool:
+        return self.kms_endpoint is not None or (self.key is not None and is_aws_key(self.key))
+
     def backends(self) -> tuple[tuple[KmsBackend, ...], str | None]:
         """Open the backends this spec names, and the key id to seal under (encrypt) or None.
 
-        Encrypt: one backend. Decrypt: the key files', then `key`'s, else the embedded KMS
-        (which must exist)."""
+        Encrypt: one backend. Decrypt: the key files', then `key`'s and AWS KMS's (with
+        `kms_endpoint`), else the embedded KMS (which must exist)."""
         if self.purpose == "encrypt":
             if self.key_files:
                 fb = FileKeyBackend(self.key_files[0])
                 return (fb,), fb.key_id
-            backend, key_id = open_backend(self.key or DEFAULT_KEY, home=self.home)
+            backend, key_id = open_backend(
+                self.key or DEFAULT_KEY, home=self.home, kms_endpoint=self.kms_endpoint
+            )
             return (backend,), key_id
         opened: list[KmsBackend] = [FileKeyBackend(p) for p in self.key_files]
-        if self.key is not None:
-            opened.append(open_backend(self.key, home=self.home)[0])
+        if self.key is not None and is_aws_key(self.key):
+            opened.append(open_aws_backend(self.key, endpoint_url=self.kms_endpoint)[0])
+        else:
+            if self.key is not None:
+                opened.append(open_backend(self.key, home=self.home)[0])
+            if self.kms_endpoint is not None:
+                opened.append(open_aws_backend(endpoint_url=self.kms_endpoint)[0])
         if not opened:
             opened.append(open_local_backend(self.home, must_exist=True))
         return tuple(opened), None

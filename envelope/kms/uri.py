@@ -2,7 +2,14 @@
 
     file:/path/to/key-file        a local wrapping key (envelope keygen)
     local:alias/demo              the embedded KMS under $ENVELOPE_HOME (key id, ARN or alias)
-    alias/demo, KEY-ID, arn:...   shorthand for local:...
+    alias/demo, KEY-ID            shorthand for local:...
+    arn:aws:kms:REGION:ACCOUNT:key/ID, arn:...:alias/NAME
+                                  AWS KMS or a compatible endpoint (the `aws` backend)
+    aws-kms:alias/NAME, aws-kms:KEY-ID, aws-kms://REGION/..., aws-kms:arn:...
+                                  the same, Region from the ARN, the URI or the AWS chain
+
+A bare KMS ARN names AWS KMS: an ARN is how AWS users name a key, and the embedded KMS's own
+keys stay reachable by ARN as ``local:arn:...``.
 
 Backends are imported only when a URI names them, so optional parts stay optional.
 """
@@ -14,10 +21,11 @@ import os
 from typing import Any
 
 from ..errors import ConfigurationError
+from .aws import is_aws_key
 from .base import KmsBackend
 from .filekey import FileKeyBackend
 
-__all__ = ("open_backend", "open_local_backend")
+__all__ = ("is_aws_key", "open_aws_backend", "open_backend", "open_local_backend")
 
 
 def open_local_backend(
@@ -35,10 +43,35 @@ def open_local_backend(
     return module.open_local(home=home, must_exist=must_exist)
 
 
-def open_backend(uri: str, *, home: str | os.PathLike[str] | None = None) -> tuple[KmsBackend, str]:
-    """Return (backend, key id) for a key URI."""
+def open_aws_backend(
+    uri: str = "aws-kms:", *, endpoint_url: str | None = None
+) -> tuple[KmsBackend, str | None]:
+    """The aws backend for an aws key URI, and the key it names (None for ``aws-kms:`` with no
+    key: a reader's backend). `endpoint_url` default: ``$AWS_ENDPOINT_URL_KMS``."""
+    from .aws import open_aws
+
+    return open_aws(uri, endpoint_url=endpoint_url)
+
+
+def open_backend(
+    uri: str,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    kms_endpoint: str | None = None,
+) -> tuple[KmsBackend, str]:
+    """Return (backend, key id) for a key URI. `kms_endpoint` is for aws keys only."""
     if not uri:
         raise ConfigurationError("empty key URI")
+    if is_aws_key(uri):
+        backend, key_id = open_aws_backend(uri, endpoint_url=kms_endpoint)
+        if key_id is None:
+            raise ConfigurationError(f"{uri!r} names no key (aws-kms:alias/NAME, KEY-ID or ARN)")
+        return backend, key_id
+    if kms_endpoint is not None:
+        raise ConfigurationError(
+            "a KMS endpoint is for AWS KMS keys (arn:aws:kms:... or aws-kms:...), "
+            f"not {uri.split(':', 1)[0]!r} keys"
+        )
     if uri.startswith("file:"):
         backend = FileKeyBackend(uri[len("file:") :])
         return backend, backend.key_id
