@@ -12,8 +12,8 @@ returns the caller's principal ARN or raises an error carrying ``code``, ``statu
 (source address, user agent, request id), and answer AWS-shaped JSON, or
 ``{"__type": CODE, "message": TEXT}`` with the status AWS uses. Every response carries
 ``x-amzn-RequestId``. One JSON log line per request (logger ``envelope.server.access``): time,
-request id, source address, principal, operation, status, error code, duration; never a body,
-a key, a signature or the Authorization header.
+request id, worker pid, source address, principal, operation, status, error code, duration;
+never a body, a key, a signature or the Authorization header.
 
 Blocking service calls: a call is 50-300 us of CPU under the store's lock, so the fast
 operations run on the event-loop thread (a thread hop costs more than the call); operations
@@ -185,6 +185,7 @@ class KmsApp:
         self.max_request_bytes = max_request_bytes
         self.close_service = close_service
         self.in_flight = 0
+        self.pid = os.getpid()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -251,6 +252,7 @@ class KmsApp:
                     {
                         "time": round(time.time(), 3),
                         "request_id": request_id,
+                        "pid": self.pid,
                         "source_ip": source_ip,
                         "user_agent": user_agent[:200],
                         "principal": out.principal,

@@ -11,7 +11,7 @@ import pytest
 
 from envelope.service import KeyService
 
-from .conftest import Server
+from .conftest import Server, real_auth
 
 
 def _code(exc: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
@@ -311,3 +311,31 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
     assert 'envelope_server_request_seconds_bucket{le="0.0005",operation="GenerateDataKey"}' in text
     status, _, _ = server.http("GET", "/nowhere")
     assert status == 404
+
+
+def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Server) -> None:
+    if not real_auth():
+        pytest.skip("needs SigV4 verification (envelope.server.auth) in the build")
+    status, headers, body = server.http(
+        "POST",
+        "/",
+        b"{}",
+        {"X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"},
+    )
+    assert json.loads(body)["__type"] == "MissingAuthenticationTokenException"
+    assert status in (400, 403)
+    unsigned_rid = headers["x-amzn-requestid"]
+    key, _ = server.credentials["admin"]
+    server.credentials["forger"] = (key, "W" * 40)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        server.client("forger").list_keys()
+    assert _code(e) == "InvalidSignatureException"
+    forged_rid = e.value.response["ResponseMetadata"]["RequestId"]
+    svc = server.service()
+    try:
+        records = {r.get("request_id"): r for r in svc.audit_tail(50)}
+    finally:
+        svc.close()
+    for rid in (unsigned_rid, forged_rid):
+        assert records[rid]["decision"] == "denied"
+        assert records[rid]["source_ip"] == "127.0.0.1"
