@@ -1,0 +1,58 @@
+"""`envelope serve` settings: the example file loads; bad files are refused precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from envelope.errors import ConfigurationError
+from envelope.server.config import ServerSettings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_example_config_loads() -> None:
+    s = load_settings(REPO / "configs" / "kms-server.toml")
+    assert (s.host, s.port, s.workers) == ("127.0.0.1", 8080, 2)
+    assert s.quotas["cryptographic"] == 5500
+    assert ServerSettings.from_env(s.to_env()) == s
+
+
+def test_defaults_bind_loopback() -> None:
+    assert load_settings(None).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[server]\nprot = 1\n", "unknown key 'prot'"),
+        ("[srv]\n", "unknown table [srv]"),
+        ('[server]\nport = "80"\n', "wrong type"),
+        ("[server]\nworkers = 0\n", "workers must be at least 1"),
+        ('[tls]\ncert = "a.pem"\n', "both a certificate and a key"),
+        ("[quotas]\ncryptographic = 0\n", "must be a number > 0"),
+        ('[store]\nroot_key = "hsm"\n', "root_key must be"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_configs_are_refused(tmp_path: Path, text: str, needle: str) -> None:
+    p = tmp_path / "kms.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigurationError, match=None) as e:
+        load_settings(p)
+    assert needle in str(e.value)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "etc" / "kms.toml"
+    p.parent.mkdir()
+    p.write_text('[store]\nhome = "../kms"\n[tls]\ncert = "c.pem"\nkey = "k.pem"\n')
+    s = load_settings(p)
+    assert s.home == str(tmp_path / "kms")
+    assert s.tls_cert == str(tmp_path / "etc" / "c.pem")
+
+
+def test_flags_override_the_file() -> None:
+    s = ServerSettings(port=9000).with_overrides(port=None, host="0.0.0.0")
+    assert (s.host, s.port) == ("0.0.0.0", 9000)
