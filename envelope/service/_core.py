@@ -40,6 +40,7 @@ from ._states import (
 from .access import Decision, Principal, Request, authorize, parse_policy
 from .errors import (
     AccessDeniedException,
+    DryRunOperationException,
     InvalidArnException,
     InvalidCiphertextException,
     InvalidGrantTokenException,
@@ -294,6 +295,25 @@ def _authentic_meta(
     return parsed if isinstance(parsed, dict) else None
 
 
+def _dry_run(
+    fn: Callable[[sqlite3.Connection, _Call, float], Response], flag: object
+) -> Callable[[sqlite3.Connection, _Call, float], Response]:
+    """DryRun: the whole call (validation, authorization, key state, the work itself) runs in
+    its transaction, then `DryRunOperationException` rolls it back, as AWS answers a dry run
+    that would have succeeded; a call that would fail fails with its own error."""
+
+    def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+        if not isinstance(flag, bool):
+            raise ValidationException("DryRun must be a boolean")
+        call.params["DryRun"] = True
+        fn(conn, call, now)
+        raise DryRunOperationException(
+            "The request would have succeeded, but the DryRun option is set."
+        )
+
+    return op
+
+
 def _no_such_principal(caller: Principal) -> Decision:
     """A user or role the store does not hold (never created, or deleted) is nobody: no
     statement can allow it, even one naming its ARN or "*" (AWS ties a policy to the
@@ -480,8 +500,12 @@ class ServiceCore:
         context: RequestContext | None,
         params: dict[str, Any],
         fn: Callable[[sqlite3.Connection, _Call, float], Response],
+        *,
+        dry_run: bool = False,
     ) -> Response:
         call = _Call(op, principal or self.default_principal, context or _LOCAL, params)
+        if dry_run is not False:
+            fn = _dry_run(fn, dry_run)
         if not self.group_commit:
             # One call at a time per store in this process (SQLite serialises writers anyway);
             # the lock also covers the caches, which are updated only after a commit.

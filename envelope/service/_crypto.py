@@ -117,6 +117,7 @@ class CryptoOps(ServiceCore):
         encryption_context: Mapping[str, str] | None = None,
         encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -135,7 +136,12 @@ class CryptoOps(ServiceCore):
             }
 
         return self._run(
-            "Encrypt", principal, context, {"EncryptionAlgorithm": encryption_algorithm}, op
+            "Encrypt",
+            principal,
+            context,
+            {"EncryptionAlgorithm": encryption_algorithm},
+            op,
+            dry_run=dry_run,
         )
 
     def decrypt(
@@ -146,6 +152,7 @@ class CryptoOps(ServiceCore):
         key_id: str | None = None,
         encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -158,7 +165,12 @@ class CryptoOps(ServiceCore):
             return {"KeyId": key.arn, "Plaintext": pt, "EncryptionAlgorithm": encryption_algorithm}
 
         return self._run(
-            "Decrypt", principal, context, {"EncryptionAlgorithm": encryption_algorithm}, op
+            "Decrypt",
+            principal,
+            context,
+            {"EncryptionAlgorithm": encryption_algorithm},
+            op,
+            dry_run=dry_run,
         )
 
     def re_encrypt(
@@ -172,6 +184,7 @@ class CryptoOps(ServiceCore):
         source_encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         destination_encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -207,7 +220,7 @@ class CryptoOps(ServiceCore):
                 "DestinationEncryptionAlgorithm": destination_encryption_algorithm,
             }
 
-        return self._run("ReEncrypt", principal, context, {}, op)
+        return self._run("ReEncrypt", principal, context, {}, op, dry_run=dry_run)
 
     def _data_key(
         self,
@@ -220,6 +233,7 @@ class CryptoOps(ServiceCore):
         principal: str | None,
         context: RequestContext | None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
@@ -246,7 +260,7 @@ class CryptoOps(ServiceCore):
             params["KeySpec"] = key_spec
         if number_of_bytes is not None:
             params["NumberOfBytes"] = number_of_bytes
-        return self._run(opname, principal, context, params, op)
+        return self._run(opname, principal, context, params, op, dry_run=dry_run)
 
     def generate_data_key(
         self,
@@ -256,6 +270,7 @@ class CryptoOps(ServiceCore):
         number_of_bytes: int | None = None,
         key_spec: str | None = None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -269,6 +284,7 @@ class CryptoOps(ServiceCore):
             principal,
             context,
             grant_tokens,
+            dry_run=dry_run,
         )
 
     def generate_data_key_without_plaintext(
@@ -279,6 +295,7 @@ class CryptoOps(ServiceCore):
         number_of_bytes: int | None = None,
         key_spec: str | None = None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -292,6 +309,7 @@ class CryptoOps(ServiceCore):
             principal,
             context,
             grant_tokens,
+            dry_run=dry_run,
         )
 
     def _data_key_pair(
@@ -304,6 +322,7 @@ class CryptoOps(ServiceCore):
         principal: str | None,
         context: RequestContext | None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
@@ -326,7 +345,9 @@ class CryptoOps(ServiceCore):
                 out["PrivateKeyPlaintext"] = der
             return out
 
-        return self._run(opname, principal, context, {"KeyPairSpec": key_pair_spec}, op)
+        return self._run(
+            opname, principal, context, {"KeyPairSpec": key_pair_spec}, op, dry_run=dry_run
+        )
 
     def generate_data_key_pair(
         self,
@@ -335,6 +356,7 @@ class CryptoOps(ServiceCore):
         key_pair_spec: str,
         encryption_context: Mapping[str, str] | None = None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -347,6 +369,7 @@ class CryptoOps(ServiceCore):
             principal,
             context,
             grant_tokens,
+            dry_run=dry_run,
         )
 
     def generate_data_key_pair_without_plaintext(
@@ -356,6 +379,7 @@ class CryptoOps(ServiceCore):
         key_pair_spec: str,
         encryption_context: Mapping[str, str] | None = None,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -368,6 +392,7 @@ class CryptoOps(ServiceCore):
             principal,
             context,
             grant_tokens,
+            dry_run=dry_run,
         )
 
     def generate_random(
@@ -401,6 +426,7 @@ class CryptoOps(ServiceCore):
         signing_algorithm: str,
         message_type: str = "RAW",
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -420,6 +446,7 @@ class CryptoOps(ServiceCore):
             context,
             {"SigningAlgorithm": signing_algorithm, "MessageType": message_type},
             op,
+            dry_run=dry_run,
         )
 
     def verify(
@@ -431,6 +458,7 @@ class CryptoOps(ServiceCore):
         signing_algorithm: str,
         message_type: str = "RAW",
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -458,6 +486,7 @@ class CryptoOps(ServiceCore):
             context,
             {"SigningAlgorithm": signing_algorithm, "MessageType": message_type},
             op,
+            dry_run=dry_run,
         )
 
     def get_public_key(
@@ -501,6 +530,7 @@ class CryptoOps(ServiceCore):
         message: bytes,
         mac_algorithm: str,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -512,7 +542,9 @@ class CryptoOps(ServiceCore):
             tag = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
             return {"Mac": tag, "MacAlgorithm": mac_algorithm, "KeyId": key.arn}
 
-        return self._run("GenerateMac", principal, context, {"MacAlgorithm": mac_algorithm}, op)
+        return self._run(
+            "GenerateMac", principal, context, {"MacAlgorithm": mac_algorithm}, op, dry_run=dry_run
+        )
 
     def verify_mac(
         self,
@@ -522,6 +554,7 @@ class CryptoOps(ServiceCore):
         mac_algorithm: str,
         mac: bytes,
         grant_tokens: Sequence[str] = (),
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -536,4 +569,6 @@ class CryptoOps(ServiceCore):
                 raise KMSInvalidMacException("the MAC is not valid")
             return {"KeyId": key.arn, "MacValid": True, "MacAlgorithm": mac_algorithm}
 
-        return self._run("VerifyMac", principal, context, {"MacAlgorithm": mac_algorithm}, op)
+        return self._run(
+            "VerifyMac", principal, context, {"MacAlgorithm": mac_algorithm}, op, dry_run=dry_run
+        )

@@ -136,6 +136,7 @@ class GrantOps(ServiceCore):
         name: str | None = None,
         grantee_service_principal: str | None = None,
         retiring_service_principal: str | None = None,
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -170,8 +171,8 @@ class GrantOps(ServiceCore):
                 call.values["kms:retiringprincipal"] = retiring
             key = self._key(conn, call, key_id, MANAGE, now)
             if cons and (
-                _NO_CONTEXT.intersection(ops) or key.algorithm_members().get("EncryptionAlgorithms")
-                != ["SYMMETRIC_DEFAULT"]
+                _NO_CONTEXT.intersection(ops)
+                or key.algorithm_members().get("EncryptionAlgorithms") != ["SYMMETRIC_DEFAULT"]
             ):
                 raise ValidationException(
                     "grant constraints apply only to operations with an encryption context on "
@@ -223,7 +224,7 @@ class GrantOps(ServiceCore):
             call.params["GrantId"] = grant_id
             return {"GrantToken": token, "GrantId": grant_id}
 
-        return self._run("CreateGrant", principal, context, params, op)
+        return self._run("CreateGrant", principal, context, params, op, dry_run=dry_run)
 
     @staticmethod
     def _issue_token(conn: sqlite3.Connection, grant_id: str) -> str:
@@ -298,8 +299,7 @@ class GrantOps(ServiceCore):
                 raise ValidationException("GrantId must be 1..128 characters")
             key = self._key(conn, call, key_id, READ, now)
             sql = (
-                "SELECT grant_id, body, mac FROM grants "
-                "WHERE region=? AND key_id=? AND grant_id>?"
+                "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=? AND grant_id>?"
             )
             args: list[Any] = [key.region, key.id, after]
             if grant_id is not None:
@@ -356,6 +356,7 @@ class GrantOps(ServiceCore):
         grant_token: str | None = None,
         key_id: str | None = None,
         grant_id: str | None = None,
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -397,7 +398,7 @@ class GrantOps(ServiceCore):
             _delete_grants(conn, "grant_id=?", (grant["GrantId"],))
             return {}
 
-        return self._run("RetireGrant", principal, context, {}, op)
+        return self._run("RetireGrant", principal, context, {}, op, dry_run=dry_run)
 
     @staticmethod
     def _may_retire(call: _Call, grant: Mapping[str, Any]) -> None:
@@ -428,6 +429,7 @@ class GrantOps(ServiceCore):
         *,
         key_id: str,
         grant_id: str,
+        dry_run: bool = False,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -442,7 +444,7 @@ class GrantOps(ServiceCore):
                 raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
             return {}
 
-        return self._run("RevokeGrant", principal, context, {}, op)
+        return self._run("RevokeGrant", principal, context, {}, op, dry_run=dry_run)
 
 
 def _delete_grants(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> int:
@@ -461,5 +463,3 @@ def _new_token() -> str:
 def _entry(g: Mapping[str, Any]) -> Response:
     """A GrantListEntry (members that are None left out, as AWS does)."""
     return {k: v for k, v in g.items() if v is not None}
-
-

@@ -15,6 +15,7 @@ from ._core import (
     Response,
     ServiceCore,
     _Call,
+    _grant_tokens,
     _int_in,
     _Key,
     _limit,
@@ -123,9 +124,15 @@ class LifecycleOps(ServiceCore):
         return self._run("CreateKey", principal, context, params, op)
 
     def describe_key(
-        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+        self,
+        *,
+        key_id: str,
+        grant_tokens: Sequence[str] = (),
+        principal: str | None = None,
+        context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            _grant_tokens(grant_tokens)
             key = self._key(conn, call, key_id, READ, now, managed=True)
             return {"KeyMetadata": self._metadata(conn, key)}
 
