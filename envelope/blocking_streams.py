@@ -123,15 +123,21 @@ def _batches(
     k = max(1, batch_bytes >> seg_log2)
     size_in, size_out = k * seg_in, k * seg_out
     cur, nxt, out = PageBuffer(size_in), PageBuffer(size_in), PageBuffer(size_out)
+    ok = False
     try:
         pos_in, pos_out = in_at, out_at
         src = cur.at(pos_in, size_in)
         n, index, total = _fill(read_into, src), 0, 0
+        cur.filled(n)
         while True:
-            ahead = nxt.at(pos_in + n, size_in)
-            m = _fill(read_into, ahead) if n == size_in else 0
+            m = 0
+            if n == size_in:  # (a short batch is the last: no look-ahead, nothing touched)
+                ahead = nxt.at(pos_in + n, size_in)
+                m = _fill(read_into, ahead)
+                nxt.filled(m)
             dst = out.at(pos_out, size_out)
             w = _run(track, -(-n // seg_in) or 1, step, index, src[:n], dst, seg_log2, m == 0)
+            out.filled(w)
             write(dst[:w])
             pos_in, pos_out = pos_in + n, pos_out + w
             done = n if count_input else w
@@ -139,12 +145,13 @@ def _batches(
             if on_progress is not None:
                 on_progress(done)
             if m == 0:
+                ok = True
                 return total
             cur, nxt, src, n, index = nxt, cur, ahead, m, index + k
     finally:
         src = ahead = dst = memoryview(b"")  # (drop this frame's views, so each unmaps now)
         for buf in (cur, nxt, out):
-            buf.wipe()
+            buf.wipe(everything=not ok)
 
 
 def _run(

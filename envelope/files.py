@@ -96,8 +96,11 @@ def _batches(
     if n == 1:
         try:
             worker(0, 1)
+        except BaseException:
+            failed.set()
+            raise
         finally:
-            _wipe(owned)
+            _wipe(owned, failed.is_set())
         return
     from concurrent.futures import wait  # loaded only when several workers run
 
@@ -112,13 +115,13 @@ def _batches(
         wait(futures)  # ...and are waited for: nothing writes once the caller cleans up
         raise
     finally:
-        _wipe(owned)
+        _wipe(owned, failed.is_set())
 
 
-def _wipe(owned: list[Buffers]) -> None:
+def _wipe(owned: list[Buffers], everything: bool) -> None:
     for a, b in owned:
-        a.wipe()
-        b.wipe()
+        a.wipe(everything=everything)
+        b.wipe(everything=everything)
 
 
 def _timed(
@@ -291,11 +294,14 @@ def _transform(
         src_at, dst_at = in_at + first * in_seg, out_at + first * out_seg
         n = min(in_end, in_at + last * in_seg) - src_at
         view = bufs[0].at(src_at, n)
-        if _pread_full(fd, view, src_at) != n:
+        got = _pread_full(fd, view, src_at)
+        bufs[0].filled(got)
+        if got != n:
             raise changed()
         k = last - first
         out = bufs[1].at(dst_at, min(k * out_seg, n + k * TAG_LEN))
         w = step(first, view, out, seg_log2, last == count)
+        bufs[1].filled(w)
         _pwrite_all(out_fd, out[:w], dst_at)
         if on_progress is not None:
             on_progress(n if count_input else w)

@@ -470,7 +470,6 @@ def open_into(
     return plen
 
 
-_ZEROS = bytes(64 << 10)
 
 #: Batch buffers are placed so that each batch's bytes sit at the same offset within a page
 #: as they do in the file or stream. The kernel copies between the page cache (or a pipe) and
@@ -484,26 +483,39 @@ PAGE = 4096
 class PageBuffer:
     """One batch buffer for positional or stream I/O: an anonymous mapping (page-aligned,
     and returned to the system when wiped, not kept by the allocator), a page longer than
-    asked so that a view of any length up to `size` can start at any offset in a page."""
+    asked so that a view of any length up to `size` can start at any offset in a page.
 
-    __slots__ = ("map",)
+    Pages are faulted in only as they are written. Callers report what they wrote into the
+    last view with `filled(n)`, so that `wipe` zeroes only that (a 1-byte stream does not
+    touch its 2 MiB batch buffers); `wipe(everything=True)` after a failure, when a read or
+    a step may have written more than was reported."""
+
+    __slots__ = ("_start", "map", "used")
 
     def __init__(self, size: int) -> None:
         self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE)
+        self.used = self._start = 0
 
     def at(self, position: int, n: int) -> memoryview:
         """`n` bytes of this buffer whose address is `position` (the bytes' offset in their
         file or stream) modulo a page."""
-        k = position % PAGE
+        self._start = k = position % PAGE
         return memoryview(self.map)[k : k + n]
 
-    def wipe(self) -> None:
-        """Zero it (it may hold plaintext), then unmap it."""
-        zero(self.map)
+    def filled(self, n: int) -> None:
+        """`n` bytes were written at the start of the last view."""
+        self.used = max(self.used, self._start + n)
+
+    def wipe(self, *, everything: bool = False) -> None:
+        """Zero what may hold plaintext, then unmap it."""
+        zero(self.map, None if everything else self.used)
         try:
             self.map.close()
         except BufferError:  # a view is still held (a caller's frame): unmapped when freed
             pass
+
+
+_ZEROS = bytes(64 << 10)
 
 
 def zero(buf: bytearray | memoryview | mmap.mmap, length: int | None = None) -> None:

@@ -14,12 +14,13 @@ import mmap
 import os
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from envelope import api, blocking_streams, files, objects, sync
+from envelope.errors import AuthenticationError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
@@ -72,21 +73,75 @@ def test_positional_io_uses_buffers_at_the_file_offset_modulo_a_page(
     assert all(addr == off for _, addr, off in seen), seen
 
 
-def test_a_small_file_gets_small_buffers(tmp_path: Path, kr: Keyring) -> None:
+class _Recorded(objects.PageBuffer):
+    """The real buffer, remembered (its size, what it was told it holds, how it was wiped)."""
+
+    made: ClassVar[list[_Recorded]] = []
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+        self.wiped: bool | None = None
+        _Recorded.made.append(self)
+
+    def wipe(self, *, everything: bool = False) -> None:
+        self.wiped = everything
+        super().wipe(everything=everything)
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> list[_Recorded]:
+    _Recorded.made = []
+    monkeypatch.setattr(files, "PageBuffer", _Recorded)
+    monkeypatch.setattr(blocking_streams, "PageBuffer", _Recorded)
+    return _Recorded.made
+
+
+def test_a_small_file_gets_small_buffers(
+    tmp_path: Path, kr: Keyring, recorded: list[_Recorded]
+) -> None:
     src = tmp_path / "tiny.bin"
     src.write_bytes(b"x")
-    opts = api.Options(workers=2)  # 1 MiB segments, 4 MiB batches
-    sync.encrypt(str(src), str(tmp_path / "warm.env"), keyring=kr, options=opts, durable=False)
-    tracemalloc.start()
-    try:
-        sync.encrypt(str(src), str(tmp_path / "t.env"), keyring=kr, options=opts, durable=False)
-        sync.decrypt(str(tmp_path / "t.env"), str(tmp_path / "t.bin"), keyring=kr, options=opts,
-                     durable=False)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    opts = api.Options(workers=2)  # 1 MiB segments, 2 MiB batches
+    sync.encrypt(str(src), str(tmp_path / "t.env"), keyring=kr, options=opts, durable=False)
+    sync.decrypt(str(tmp_path / "t.env"), str(tmp_path / "t.bin"), keyring=kr, options=opts,
+                 durable=False)
     assert (tmp_path / "t.bin").read_bytes() == b"x"
-    assert peak < 256 << 10, peak  # a batch's buffers would be 8 MiB
+    assert len(recorded) == 4  # one pair each way: one batch, so one worker
+    assert all(b.size <= 1 + 2 * 16 for b in recorded), [b.size for b in recorded]  # not 2 MiB
+    assert all(b.wiped is False and 0 < b.used < objects.PAGE + 17 for b in recorded)
+
+
+def test_a_small_stream_touches_and_wipes_only_what_it_used(
+    kr: Keyring, recorded: list[_Recorded]
+) -> None:
+    sink = io.BytesIO()
+    prepared = objects.new_object(kr)
+    blocking_streams.seal_stream(prepared, io.BytesIO(b"x").readinto, sink.write,
+                                 batch_bytes=2 << 20)
+    assert [b.size for b in recorded] == [2 << 20, 2 << 20, (2 << 20) + 32]
+    # what was read and written, not the 2 MiB batches (nor the look-ahead buffer at all)
+    assert [b.used - b.used % objects.PAGE for b in recorded] == [0, 0, 0]
+    assert recorded[1].used == 0 and all(b.wiped is False for b in recorded)
+
+
+def test_a_failed_stream_wipes_its_whole_buffers(kr: Keyring, recorded: list[_Recorded]) -> None:
+    sealed = io.BytesIO()
+    data = os.urandom(3 * 4096 + 5)
+    blocking_streams.seal_stream(objects.new_object(kr, seg_log2=12), io.BytesIO(data).readinto,
+                                 sealed.write, batch_bytes=4096)
+    recorded.clear()
+    blob = bytearray(sealed.getvalue())
+    blob[-3] ^= 1  # the last segment's tag
+    source = io.BytesIO(bytes(blob))
+    header = blocking_streams.read_stream_header(source.readinto, max_wrapped_keys=1)
+    keys = objects.open_object_keys(
+        header, kr.decryption_key_blocking(header.wrapped_keys, header.kms_context)
+    )
+    with pytest.raises(AuthenticationError):
+        blocking_streams.open_stream(header, keys, source.readinto, io.BytesIO().write,
+                                     batch_bytes=4096)
+    assert len(recorded) == 3 and all(b.wiped is True for b in recorded)
 
 
 @pytest.mark.parametrize("n", [0, 1, 4095, 65536, 65537, 3 * 65536 + 5])
