@@ -57,6 +57,11 @@ def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
             "identity policy",
         ),
         ("grants", "SELECT grant_id, body, mac FROM grants ORDER BY grant_id", "grant"),
+        (
+            "access_keys",
+            "SELECT access_key_id, body, mac FROM access_keys ORDER BY access_key_id",
+            "access key",
+        ),
     )
     for table, sql, what in access:
         for ident, body, mac in conn.execute(sql):

@@ -253,6 +253,7 @@ def test_a_wrong_root_key_still_cannot_open_a_schema1_store(home: Path) -> None:
             "UPDATE identity_policies SET body=replace(body, 'kms:Encrypt', 'kms:*')",
         ),
         ("grants", "UPDATE grants SET body=replace(body, 'Encrypt', 'Decrypt')"),
+        ("access_keys", "UPDATE access_keys SET body=replace(body, 'Active', 'Activ')"),
     ],
 )
 def test_the_store_check_names_an_edited_access_row(
@@ -269,6 +270,7 @@ def test_the_store_check_names_an_edited_access_row(
         '"Resource": "*"}}',
     )
     svc.create_grant(key_id=new_key(svc), grantee_principal=user, operations=["Encrypt"])
+    svc.create_access_key(user_arn=user)
     assert svc.check_store() == []
     svc.close()
     conn = db(home)
