@@ -298,6 +298,21 @@ def test_keyspec_endpoint_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert KeySpec(key="alias/x").pinned().kms_endpoint is None  # not an AWS key
 
 
+def test_local_arn_still_names_the_embedded_kms(tmp_path: Path) -> None:
+    """A bare KMS ARN is AWS KMS now; ``local:arn:...`` keeps the embedded KMS reachable."""
+    from envelope.kms.local import LocalKms
+
+    home = str(tmp_path / "home")
+    arn = "arn:aws:kms:us-east-1:000000000000:alias/aws/envelope"
+    (local,), key_id = KeySpec(key="local:" + arn, home=home).backends()
+    try:
+        assert isinstance(local, LocalKms) and key_id == arn
+    finally:
+        sync.run(local.aclose)
+    (aws,), _ = KeySpec(key=arn, home=home).backends()
+    assert isinstance(aws, AwsKms) and aws.region == "us-east-1"  # the ARN's Region
+
+
 def test_cli_parses_kms_endpoint() -> None:
     from envelope.cli._common import key_spec
     from envelope.cli.main import build_parser
@@ -479,6 +494,31 @@ def test_lake_job_kms_calls_are_what_the_cache_promises(
     assert (report.done, report.failed) == (n, 0)
     assert dcalls.sent == Counter({"Decrypt": 1})  # one wrapped key, unwrapped once
     for f in src.rglob("*.bin"):
+        assert (tmp_path / "dec" / f.relative_to(src)).read_bytes() == f.read_bytes()
+
+
+def test_cli_lake_job_makes_the_calls_the_cache_promises(
+    tmp_path: Path, moto_url: str, key: dict[str, str]
+) -> None:
+    """`envelope lake` in its own process; every request it sends is counted by a forwarding
+    server in front of moto."""
+    src = tmp_path / "src"
+    n = 200
+    for i in range(n):
+        (src / f"d{i % 5}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 5}" / f"o{i}.csv").write_bytes(b"%d," % i * (i % 50))
+    with Scripted([], then=None, upstream=moto_url) as proxy:
+        r = run_cli("lake", "encrypt", str(src), str(tmp_path / "enc"), "--key", key["arn"],
+                    "--kms-endpoint", proxy.url, "--kms-context", "job=nightly", "--no-progress",
+                    "--json")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["done"] == n
+        assert proxy.requests == ["GenerateDataKey"]
+        r = run_cli("lake", "decrypt", str(tmp_path / "enc"), str(tmp_path / "dec"),
+                    "--kms-endpoint", proxy.url, "--no-progress", "--json")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert proxy.requests == ["GenerateDataKey", "Decrypt"]
+    for f in src.rglob("*.csv"):
         assert (tmp_path / "dec" / f.relative_to(src)).read_bytes() == f.read_bytes()
 
 
