@@ -206,7 +206,7 @@ def check_endpoint_url(url: str) -> str:
     end up in a repr or a log."""
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError:
         raise ConfigurationError(f"{url!r} is not a URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -216,7 +216,6 @@ def check_endpoint_url(url: str) -> str:
             "a KMS endpoint URL carries no credentials, query or fragment "
             f"(got one for host {parts.hostname!r})"
         )
-    del port
     return url
 
 
