@@ -331,7 +331,7 @@ class AwsKms:
                     import boto3.session
                 except ImportError:
                     raise ConfigurationError(
-                        "the aws backend needs boto3: pip install 'envelope[aws]'"
+                        "the aws backend needs boto3: pip install 'envelope-kms[aws]'"
                     ) from None
                 self._session = boto3.session.Session()
             return self._session
