@@ -1,4 +1,6 @@
-"""Cryptographic operations: symmetric, data keys, RSA/ECDSA signing, RSA OAEP, HMAC."""
+"""Cryptographic operations: symmetric, data keys, RSA/ECDSA signing, RSA OAEP, HMAC.
+
+Key agreement (DeriveSharedSecret) is in `_agreement`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _blob, _specs
+from ._agreement import key_agreement_members
 from ._core import (
     _DATA_KEY_SPECS,
     MAX_PLAINTEXT,
@@ -511,6 +514,7 @@ class CryptoOps(ServiceCore):
                 "KeyUsage": key.usage,
             }
             out.update(key.algorithm_members())  # asymmetric keys have no MacAlgorithms
+            out.update(key_agreement_members(key))
             return out
 
         return self._run("GetPublicKey", principal, context, {}, op)

@@ -11,7 +11,7 @@ import hmac
 import os
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
@@ -37,6 +37,12 @@ ECC_CURVES: dict[str, type[ec.EllipticCurve]] = {
     "ECC_NIST_P521": ec.SECP521R1,
     "ECC_SECG_P256K1": ec.SECP256K1,
 }
+#: AWS offers KEY_AGREEMENT (ECDH) on the NIST curves only: secp256k1 keys are SIGN_VERIFY only
+#: (CreateKey's KeyUsage documentation), and SM2 exists only in the China Regions.
+KEY_AGREEMENT_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521")
+ECDH = "ECDH"
+KEY_AGREEMENT_ALGORITHMS = (ECDH,)
+MAX_PUBLIC_KEY = 8192  # bytes of a peer's DER SubjectPublicKeyInfo (the model's bound)
 HMAC_SPECS = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
 KEY_SPECS = (SYMMETRIC_DEFAULT, *RSA_SPECS, *ECC_CURVES, *HMAC_SPECS)
 
@@ -71,10 +77,13 @@ class Algorithms:
     encryption: tuple[str, ...] = ()
     signing: tuple[str, ...] = ()
     mac: tuple[str, ...] = ()
+    key_agreement: tuple[str, ...] = ()
 
 
 def validate_spec(spec: str, usage: str) -> Algorithms:
     """The algorithms of (`spec`, `usage`), or ValidationException if AWS refuses the pair."""
+    if spec == "SM2":
+        raise ValidationException("KeySpec SM2 is offered only in the AWS China Regions")
     if spec not in KEY_SPECS:
         raise ValidationException(f"KeySpec must be one of {', '.join(KEY_SPECS)}")
     if usage not in KEY_USAGES:
@@ -89,6 +98,8 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
         return Algorithms(signing=_ECC_SIGNING[spec])
     if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
         return Algorithms(mac=(MAC_ALGORITHMS[spec],))
+    if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
+        return Algorithms(key_agreement=KEY_AGREEMENT_ALGORITHMS)
     raise ValidationException(f"KeyUsage {usage} is not valid for KeySpec {spec}")
 
 
@@ -277,3 +288,39 @@ def unwrap_import(private: rsa.RSAPrivateKey, algorithm: str, blob: bytes) -> by
         raise InvalidCiphertextException(
             "EncryptedKeyMaterial does not unwrap with this import token's wrapping key"
         ) from None
+
+
+def derive_shared_secret(
+    private: PrivateKeyTypes,
+    allowed: tuple[str, ...],
+    algorithm: str,
+    peer: ec.EllipticCurvePublicKey,
+) -> bytes:
+    """ECDH of the key's private key and a peer's public key (`load_peer_public_key`): the
+    x-coordinate of the shared point, as AWS returns it (no KDF applied).
+
+    The NIST curves have cofactor 1, so this is the cofactor Diffie-Hellman primitive AWS names
+    (SP 800-56A r3, 5.7.1.2)."""
+    _check_alg(algorithm, allowed, "KeyAgreementAlgorithm")
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    if peer.curve.name != private.curve.name:
+        raise ValidationException(
+            f"PublicKey is on {peer.curve.name}, not on {private.curve.name}: "
+            "both key pairs must use the same elliptic curve"
+        )
+    return private.exchange(ec.ECDH(), peer)
+
+
+def load_peer_public_key(der: bytes) -> ec.EllipticCurvePublicKey:
+    """A peer's public key for key agreement: DER SubjectPublicKeyInfo of an elliptic-curve key
+    (the point is checked to lie on its curve), else ValidationException."""
+    try:
+        key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ValidationException(
+            "PublicKey must be a DER-encoded X.509 SubjectPublicKeyInfo (a base64 text or a PEM "
+            "file is not DER)"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValidationException("PublicKey must be an elliptic curve (ECC) public key")
+    return key

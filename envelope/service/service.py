@@ -18,6 +18,7 @@ a GenerateDataKey is one small write transaction plus an AES-GCM call.
 
 from __future__ import annotations
 
+from ._agreement import KeyAgreementOps
 from ._aliases import AliasTagOps
 from ._core import DEFAULT_ACCOUNT, DEFAULT_REGION, RequestContext
 from ._credentials import CredentialOps
@@ -36,6 +37,7 @@ class KeyService(
     LifecycleOps,
     AliasTagOps,
     CryptoOps,
+    KeyAgreementOps,
     ImportOps,
     MultiRegionOps,
     KeyPolicyOps,

@@ -36,7 +36,7 @@ from .conftest import new_key
 from .test_rotation_import_mrk import wrap
 
 #: The number of operations today; the walk must never find fewer.
-MIN_OPERATIONS = 58
+MIN_OPERATIONS = 59
 
 
 def _calls_run(fn: Any, seen: set[str]) -> bool:
@@ -107,6 +107,10 @@ class World:
     def signature(self) -> bytes:
         out = self.svc.sign(key_id=self.sign, message=b"m", signing_algorithm="ECDSA_SHA_256")
         return bytes(out["Signature"])
+
+    @cached_property
+    def agree(self) -> str:
+        return self.arn(new_key(self.svc, key_spec="ECC_NIST_P256", key_usage="KEY_AGREEMENT"))
 
     @cached_property
     def hmac(self) -> str:
@@ -211,6 +215,11 @@ CASES: dict[str, Case] = {
     "delete_imported_key_material": lambda w: {"key_id": w.imported},
     "delete_principal": lambda w: {"arn": w.target},
     "delete_principal_policy": lambda w: {"arn": w.target, "policy_name": "p"},
+    "derive_shared_secret": lambda w: {
+        "key_id": w.agree,
+        "key_agreement_algorithm": "ECDH",
+        "public_key": w.svc.get_public_key(key_id=w.sign)["PublicKey"],
+    },
     "describe_key": lambda w: {"key_id": w.sym},
     "disable_key": lambda w: {"key_id": w.sym},
     "disable_key_rotation": lambda w: {"key_id": w.sym},
