@@ -57,6 +57,7 @@ _COMMANDS: dict[str, str] = {
     "policy": "envelope.cli.policy",
     "lake": "envelope.cli.lake",
     "serve": "envelope.cli.serve",
+    "bench": "envelope.cli.bench",
 }
 
 

@@ -1,0 +1,99 @@
+"""A benchmark result as a terminal table, JSON or a Markdown report.
+
+Every result is JSON-shaped: scalars and small dicts of scalars (shown as one table of
+figures, nested keys joined with a dot) and lists of rows (each list its own table). The
+same walk makes the rich table and the Markdown, so the two always show the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import IO, Any
+
+__all__ = ("cell", "figures", "sections", "to_json", "to_markdown", "print_table")
+
+
+def cell(value: Any) -> str:
+    """A value as a table shows it: figures to 3 significant places or thousands."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else ("yes" if value else "no")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def figures(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, scalar) for every scalar of `data`, nested dicts included."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from figures(value, f"{prefix}{key}.")
+        elif not isinstance(value, list):
+            yield f"{prefix}{key}", value
+
+
+def sections(data: dict[str, Any]) -> Iterator[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of each table: the figures, then each list of rows."""
+    scalars = [[k, cell(v)] for k, v in figures(data)]
+    if scalars:
+        yield "figures", ["figure", "value"], scalars
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            header = list(dict.fromkeys(k for row in value for k in row))
+            rows = [[cell(row.get(k)) for k in header] for row in value]
+            yield key, header, rows
+
+
+def to_json(data: dict[str, Any]) -> str:
+    """Stable JSON: keys in the order measured (documented in docs/bench.md); non-finite
+    figures (a division by a zero time) become null rather than invalid JSON."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, float):
+            return round(x, 4)
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(data), indent=2) + "\n"
+
+
+def to_markdown(title: str, data: dict[str, Any], *, plot: str | None = None) -> str:
+    """A report to paste into an issue: a heading, each table, the plot if one was drawn."""
+    lines = [f"## {title}", ""]
+    for name, header, rows in sections(data):
+        lines += [f"**{name}**", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        lines.append("")
+    if plot:
+        lines += [f"![{title}]({plot})", ""]
+    return "\n".join(lines)
+
+
+def print_table(title: str, data: dict[str, Any], file: IO[str] | None = None) -> None:
+    """The result as rich tables (plain text when not on a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file)
+    for name, header, rows in sections(data):
+        table = Table(title=f"{title}: {name}", title_justify="left")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)

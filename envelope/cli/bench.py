@@ -1,0 +1,162 @@
+"""`envelope bench machine|encrypt|peers|kms|lake`: throughput, peers and KMS cost, measured here.
+
+Every subcommand prints rich tables on a terminal, `--json` for machines (keys: docs/bench.md),
+`--markdown FILE` for a report to paste into an issue and `--plot FILE.png` (matplotlib, the
+`bench` extra). Sizes and rounds are flags, so a run can take a second or an hour. Ctrl-C
+stops a run cleanly: temporary files are removed and child processes are killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import ConfigurationError
+
+__all__ = ("register",)
+
+
+def _size(text: str) -> int:
+    """Bytes from `1048576`, `64K`, `256M`, `1G` (binary units; `KiB`/`MB` spellings too)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit() or int(digits) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G)")
+    return int(digits) * mult
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the result as JSON (docs/bench.md)")
+    g.add_argument("--markdown", metavar="FILE", help="write a Markdown report to FILE")
+    g.add_argument("--plot", metavar="FILE.png", help="draw the result (needs the bench extra)")
+    p.add_argument(
+        "--rounds", type=_positive_int, default=3, help="interleaved rounds; best kept (3)"
+    )
+    p.add_argument("--dir", metavar="DIR", help="scratch folder (default: the system temp)")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser("bench", help="measure throughput, peers, KMS cost, lake estimates")
+    ops = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+
+    p = ops.add_parser("machine", help="this machine's limits: AES-GCM, memory, file copies")
+    p.add_argument("--size", type=_size, default=256 << 20, help="data size (256M)")
+    _common(p)
+    p.set_defaults(handler=cmd_machine)
+
+    p = ops.add_parser("encrypt", help="envelope's throughput as ratios to this machine's limits")
+    p.add_argument("--size", type=_size, default=256 << 20, help="in-memory data size (256M)")
+    p.add_argument("--file-size", type=_size, default=None, help="file size (default --size)")
+    p.add_argument(
+        "--max-object", type=_size, default=4 << 20, help="largest small object (4M; up to 1G)"
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_encrypt)
+
+
+@contextlib.contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress line on stderr when it is a terminal: rounds done of each group."""
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _finish(args: argparse.Namespace, title: str, result: dict[str, Any], kind: str) -> int:
+    """Plot, Markdown, then the JSON or the tables."""
+    from ..bench import report
+
+    plot = getattr(args, "plot", None)
+    if plot:
+        from ..bench import plot as plotting
+
+        plotting.draw(kind, result, plot)
+    if args.markdown:
+        rel = (
+            os.path.relpath(plot, os.path.dirname(os.path.abspath(args.markdown))) if plot else None
+        )
+        with open(args.markdown, "w") as f:
+            f.write(report.to_markdown(title, result, plot=rel))
+    if args.json:
+        sys.stdout.write(report.to_json(result))
+        sys.stdout.flush()
+    else:
+        report.print_table(title, result)
+    return 0
+
+
+def _check_plot(args: argparse.Namespace) -> None:
+    """Refuse `--plot` before measuring anything when matplotlib is missing."""
+    if getattr(args, "plot", None):
+        from ..bench.plot import require_matplotlib
+
+        require_matplotlib()
+
+
+def cmd_machine(args: argparse.Namespace) -> int:
+    from ..bench import machine
+
+    _check_plot(args)
+    with _progress("machine") as progress:
+        result = machine.measure(
+            size=args.size, rounds=args.rounds, directory=args.dir, progress=progress
+        )
+    return _finish(args, "envelope bench machine", result, "machine")
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    from ..bench import encrypt
+
+    if args.max_object > 1 << 30:
+        raise ConfigurationError("--max-object is at most 1G")
+    _check_plot(args)
+    with _progress("encrypt") as progress:
+        result = encrypt.measure(
+            size=args.size,
+            file_size=args.file_size,
+            max_object=args.max_object,
+            rounds=args.rounds,
+            directory=args.dir,
+            progress=progress,
+        )
+    return _finish(args, "envelope bench encrypt", result, "encrypt")

@@ -1,0 +1,86 @@
+"""`envelope bench machine` and `envelope bench encrypt` at tiny sizes: every documented key,
+finite positive figures, a plot that opens and shows something, a Markdown report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from envelope.bench import machine
+from envelope.cli.main import main
+
+from .conftest import check_keys, finite_positive
+
+
+def nonblank(png: Path) -> None:
+    """The PNG opens, has a sensible size and more than a few colours on it."""
+    with Image.open(png) as im:
+        assert im.size[0] >= 400 and im.size[1] >= 200
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 10
+        white = max(count for count, _ in colours)
+        assert white < im.size[0] * im.size[1] * 0.99  # not a blank canvas
+
+
+def test_machine(bench: Any, tmp_path: Path) -> None:
+    png = tmp_path / "m.png"
+    data = bench("machine", "--size", "1M", "--rounds", "1", "--dir", str(tmp_path),
+                 "--plot", str(png))  # fmt: skip
+    leaves = check_keys(data, "machine")
+    finite_positive(
+        leaves, "aes_gcm_1t_mbps", "aes_gcm_all_mbps", "memcpy_mbps", "file_copy_mbps",
+        "file_copy_fsync_mbps", "cores",
+    )  # fmt: skip
+    assert set(data["aes_gcm_mbps_by_threads"]) >= {"1", str(data["cores"])}
+    assert isinstance(data["cpu"]["flags"]["aes"], bool)
+    nonblank(png)
+    assert list(tmp_path.iterdir()) == [png]  # the scratch files are gone
+
+
+def test_cpu_info_reads_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Test CPU 9000\nflags\t\t: fpu aes avx2 vaes\n")
+    got = machine.cpu_info(str(info))
+    assert got["model"] == "Test CPU 9000"
+    assert got["flags"]["aes"] and got["flags"]["vaes"] and not got["flags"]["avx512f"]
+
+
+def test_encrypt(bench: Any, tmp_path: Path) -> None:
+    png, md = tmp_path / "e.png", tmp_path / "e.md"
+    data = bench(
+        "encrypt", "--size", "1M", "--max-object", "16K", "--rounds", "1",
+        "--dir", str(tmp_path), "--plot", str(png), "--markdown", str(md),
+    )  # fmt: skip
+    leaves = check_keys(data, "encrypt")
+    finite_positive(leaves, *[k for k, v in leaves.items() if "mbps" in k or "per_s" in k])
+    finite_positive(leaves, "peak_rss_mib", "memory.ratio_encrypt_1w", "file.ratio_decrypt")
+    assert [r["object_size"] for r in data["objects"]] == [1024, 16384]
+    assert [r["segment_size"] for r in data["segments"]] == [64 << 10, 256 << 10, 1 << 20]
+    assert data["workers"][0]["workers"] == 1
+    nonblank(png)
+    text = md.read_text()
+    assert "| segment_size |" in text and "![envelope bench encrypt](e.png)" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.md", "e.png"]
+
+
+def test_bad_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "machine", "--size", "lots"])
+    assert e.value.code == 2
+    assert "is not a size" in capsys.readouterr().err
+
+
+def test_other_commands_do_not_import_bench() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from envelope.cli.main import build_parser; "
+        "build_parser(['encrypt', 'a', 'b']); "
+        "print([m for m in sys.modules if m.startswith('envelope.bench') or m == 'envelope.cli.bench'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
