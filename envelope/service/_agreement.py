@@ -16,27 +16,14 @@ import sqlite3
 from collections.abc import Sequence
 
 from . import _specs
-from ._core import RequestContext, Response, ServiceCore, _bytes, _Call, _grant_tokens, _Key
+from ._core import RequestContext, Response, ServiceCore, _bytes, _Call, _grant_tokens
 from ._states import CRYPTO
 from .errors import InvalidKeyUsageException, ValidationException
 
 
-def key_agreement_members(key: _Key) -> dict[str, list[str]]:
-    """The `KeyAgreementAlgorithms` member of DescribeKey/GetPublicKey, if the key has one."""
-    algs = key.algorithms().key_agreement
-    return {"KeyAgreementAlgorithms": list(algs)} if algs else {}
-
-
 class KeyAgreementOps(ServiceCore):
-    """DeriveSharedSecret, and KeyAgreementAlgorithms in every key's metadata."""
-
-    def _metadata(self, conn: sqlite3.Connection, key: _Key) -> Response:
-        # `_Key.algorithm_members` lists the encryption, signing and MAC algorithms; the key
-        # agreement ones are added here so CreateKey, DescribeKey and ReplicateKey all show them.
-        out = super()._metadata(conn, key)
-        for member, names in key_agreement_members(key).items():
-            out.setdefault(member, names)
-        return out
+    """DeriveSharedSecret (KeyAgreementAlgorithms are in every key's metadata through
+    `_Key.algorithm_members`)."""
 
     def derive_shared_secret(
         self,

@@ -215,13 +215,15 @@ class _Key:
         return _specs.validate_spec(self.spec, self.usage)
 
     def algorithm_members(self) -> dict[str, list[str]]:
-        """The non-empty EncryptionAlgorithms / SigningAlgorithms / MacAlgorithms members."""
+        """The non-empty EncryptionAlgorithms / SigningAlgorithms / MacAlgorithms /
+        KeyAgreementAlgorithms members."""
         algs = self.algorithms()
         out: dict[str, list[str]] = {}
         for member, names in (
             ("EncryptionAlgorithms", algs.encryption),
             ("SigningAlgorithms", algs.signing),
             ("MacAlgorithms", algs.mac),
+            ("KeyAgreementAlgorithms", algs.key_agreement),
         ):
             if names:
                 out[member] = list(names)

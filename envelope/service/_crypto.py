@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _blob, _specs
-from ._agreement import key_agreement_members
 from ._core import (
     _DATA_KEY_SPECS,
     MAX_PLAINTEXT,
@@ -514,7 +513,6 @@ class CryptoOps(ServiceCore):
                 "KeyUsage": key.usage,
             }
             out.update(key.algorithm_members())  # asymmetric keys have no MacAlgorithms
-            out.update(key_agreement_members(key))
             return out
 
         return self._run("GetPublicKey", principal, context, {}, op)
