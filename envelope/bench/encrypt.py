@@ -192,8 +192,10 @@ def file_to_file(
             os.unlink(out[name])
         os.sync()
 
-    t = {k: mbps(size, best(v)) for k, v in interleaved(
-        rounds, runs, before=before, progress=progress).items()}  # fmt: skip
+    t = {
+        k: mbps(size, best(v))
+        for k, v in interleaved(rounds, runs, before=before, progress=progress).items()
+    }
     with open(src, "rb") as a, open(out["dec"], "rb") as b:
         if a.read() != b.read():
             raise AssertionError("file round trip failed")

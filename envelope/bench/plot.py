@@ -81,10 +81,19 @@ def draw(kind: str, result: dict[str, Any], path: str) -> None:
         ax.set_title(f"peers, {result['size_mib']:g} MiB file")
     elif kind == "machine":
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        names = ["aes_gcm_1t_mbps", "aes_gcm_all_mbps", "memcpy_mbps", "file_copy_mbps",
-                 "file_copy_fsync_mbps"]  # fmt: skip
-        _bars(ax, [n.removesuffix("_mbps") for n in names],
-              {"MB/s": [result[n] for n in names]}, "MB/s")  # fmt: skip
+        names = [
+            "aes_gcm_1t_mbps",
+            "aes_gcm_all_mbps",
+            "memcpy_mbps",
+            "file_copy_mbps",
+            "file_copy_fsync_mbps",
+        ]
+        _bars(
+            ax,
+            [n.removesuffix("_mbps") for n in names],
+            {"MB/s": [result[n] for n in names]},
+            "MB/s",
+        )
         ax.set_title(str(result["cpu"]["model"]))
     elif kind == "kms":
         fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -101,8 +110,9 @@ def draw(kind: str, result: dict[str, Any], path: str) -> None:
     elif kind == "lake":
         fig, ax = plt.subplots(figsize=(8, 4.5))
         est = result["estimate"]
-        _bars(ax, ["duration_s", "kms_calls"],
-              {"estimate": [est["duration_s"], est["kms_calls"]]}, "")  # fmt: skip
+        _bars(
+            ax, ["duration_s", "kms_calls"], {"estimate": [est["duration_s"], est["kms_calls"]]}, ""
+        )
         ax.set_yscale("log")
         ax.set_title(f"lake estimate: {result['objects']} objects")
     else:

@@ -41,16 +41,38 @@ def figures(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]
             yield f"{prefix}{key}", value
 
 
+#: Text longer than this goes under a table as a note, not into a column.
+NOTE_CHARS = 24
+
+
 def sections(data: dict[str, Any]) -> Iterator[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of each table: the figures, then each list of rows."""
+    """(title, header, rows) of each table: the figures, then each list of rows (its empty
+    columns left out, its long texts as a `notes` table after it)."""
     scalars = [[k, cell(v)] for k, v in figures(data)]
     if scalars:
         yield "figures", ["figure", "value"], scalars
     for key, value in data.items():
         if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
-            header = list(dict.fromkeys(k for row in value for k in row))
-            rows = [[cell(row.get(k)) for k in header] for row in value]
-            yield key, header, rows
+            header = [
+                k
+                for k in dict.fromkeys(k for row in value for k in row)
+                if any(row.get(k) not in (None, "") for row in value)
+            ]
+            long = [
+                k
+                for k in header
+                if any(isinstance(row.get(k), str) and len(row[k]) > NOTE_CHARS for row in value)
+            ]
+            short = [k for k in header if k not in long]
+            yield key, short, [[cell(row.get(k)) for k in short] for row in value]
+            notes = [
+                [cell(row.get(short[0])), k, str(row[k])]
+                for row in value
+                for k in long
+                if row.get(k) not in (None, "")
+            ]
+            if notes:
+                yield f"{key}: notes", [short[0], "field", "text"], notes
 
 
 def to_json(data: dict[str, Any]) -> str:
@@ -93,7 +115,9 @@ def print_table(title: str, data: dict[str, Any], file: IO[str] | None = None) -
     for name, header, rows in sections(data):
         table = Table(title=f"{title}: {name}", title_justify="left")
         for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
+            table.add_column(
+                h.replace("_", " "), justify="left" if i == 0 else "right", overflow="fold"
+            )
         for row in rows:
             table.add_row(*row)
         console.print(table)

@@ -19,6 +19,18 @@ from ..errors import ConfigurationError
 
 __all__ = ("register",)
 
+#: The peers' names (envelope.bench.peers.PEERS), here so that the parser needs no import.
+_PEER_NAMES = (
+    "envelope",
+    "envelope-fsync",
+    "tink",
+    "aws-encryption-sdk-best",
+    "aws-encryption-sdk-default",
+    "age",
+    "openssl",
+    "cp",
+)
+
 
 def _size(text: str) -> int:
     """Bytes from `1048576`, `64K`, `256M`, `1G` (binary units; `KiB`/`MB` spellings too)."""
@@ -75,6 +87,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(p)
     p.set_defaults(handler=cmd_encrypt)
+
+    p = ops.add_parser(
+        "peers", help="envelope beside Tink, the AWS Encryption SDK, age, openssl, cp"
+    )
+    p.add_argument("--size", type=_size, default=512 << 20, help="file size (512M)")
+    p.add_argument(
+        "--peers",
+        metavar="NAME,...",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        default=None,
+        help="only these (default: all): " + ", ".join(_PEER_NAMES),
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_peers)
 
 
 @contextlib.contextmanager
@@ -160,3 +186,23 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             progress=progress,
         )
     return _finish(args, "envelope bench encrypt", result, "encrypt")
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from ..bench import peers
+
+    unknown = sorted(set(args.peers or ()) - set(_PEER_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown peer {', '.join(unknown)}; known: {', '.join(_PEER_NAMES)}"
+        )
+    _check_plot(args)
+    with _progress("peers") as progress:
+        result = peers.measure(
+            size=args.size,
+            rounds=args.rounds,
+            directory=args.dir,
+            only=args.peers,
+            progress=progress,
+        )
+    return _finish(args, "envelope bench peers", result, "peers")

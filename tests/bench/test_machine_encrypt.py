@@ -80,7 +80,7 @@ def test_other_commands_do_not_import_bench() -> None:
     code = (
         "import sys; from envelope.cli.main import build_parser; "
         "build_parser(['encrypt', 'a', 'b']); "
-        "print([m for m in sys.modules if m.startswith('envelope.bench') or m == 'envelope.cli.bench'])"
+        "print([m for m in sys.modules if m.startswith(('envelope.bench', 'envelope.cli.bench'))])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,0 +1,110 @@
+"""`envelope bench peers` at a tiny size: documented keys, byte-checked round trips, peers
+that are not installed listed as skipped with their install command, broken ones not timed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envelope.bench import peers
+
+from .conftest import check_keys, finite_positive
+
+FIGURES = ("encrypt_mbps", "decrypt_mbps", "encrypt_median_mbps", "decrypt_median_mbps",
+           "peak_rss_mib", "encrypt_rss_mib", "decrypt_rss_mib")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_peers_missing_tools_are_skipped(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a PATH with cp and true only: age and openssl are "not installed" whatever this host has
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cp", "true"):
+        found = shutil.which(tool)
+        assert found is not None
+        os.symlink(found, bin_dir / tool)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    work = tmp_path / "work"
+    work.mkdir()
+    data = bench(
+        "peers", "--size", "1M", "--rounds", "1", "--dir", str(work),
+        "--peers", "envelope,tink,aws-encryption-sdk-best,age,openssl,cp",
+    )  # fmt: skip
+    check_keys(data, "peers")
+    rows = {r["name"]: r for r in data["rows"]}
+    assert list(rows) == ["envelope", "tink", "aws-encryption-sdk-best", "age", "openssl", "cp"]
+    for name in ("age", "openssl"):
+        assert rows[name]["skipped"] is True and rows[name]["reason"] == "not installed"
+        assert rows[name]["install"].startswith("apt-get install")
+        assert all(rows[name][f] is None for f in FIGURES)
+    for name in ("envelope", "tink", "aws-encryption-sdk-best", "cp"):
+        row = rows[name]
+        assert row["skipped"] is False and row["error"] is None, row
+        finite_positive(row, *FIGURES)
+        assert row["peak_rss_mib"] >= data["rss_floor_mib"] * 0.9
+    # envelope streams: its peak is nowhere near a whole-file buffer plus interpreter
+    assert rows["envelope"]["peak_rss_mib"] < 100
+    finite_positive(data["targets"], "encrypt_over_tink", "decrypt_over_aws_encryption_sdk_best")
+    assert data["targets"]["encrypt_over_cp"] is not None
+    assert list(work.iterdir()) == []
+
+
+def test_a_peer_that_changes_the_bytes_is_not_timed(tmp_path: Path) -> None:
+    broken = peers.Peer(
+        name="broken",
+        setting="decrypt gives back the key file",
+        install="-",
+        present=lambda: True,
+        keygen=lambda key: [["sh", "-c", f"echo not-the-input > {key}"]],
+        encrypt=lambda key, src, dst: ["cp", src, dst],
+        decrypt=lambda key, src, dst: ["cp", key, dst],
+    )
+    failing = peers.Peer(
+        name="failing",
+        setting="exits 3",
+        install="-",
+        present=lambda: True,
+        keygen=lambda key: [],
+        encrypt=lambda key, src, dst: ["sh", "-c", "echo boom >&2; exit 3"],
+        decrypt=lambda key, src, dst: ["cp", src, dst],
+    )
+    absent = peers.Peer(
+        name="absent",
+        setting="-",
+        install="pip install absent-tool",
+        present=lambda: False,
+        keygen=lambda key: [],
+        encrypt=lambda key, src, dst: [],
+        decrypt=lambda key, src, dst: [],
+    )
+    cp = next(p for p in peers.PEERS if p.name == "cp")
+    got = peers.measure(size=64 << 10, rounds=1, directory=str(tmp_path),
+                        peers=[broken, failing, absent, cp])  # fmt: skip
+    rows = {r["name"]: r for r in got["rows"]}
+    assert rows["broken"]["skipped"] and rows["broken"]["error"] == "round trip changed the bytes"
+    assert rows["failing"]["skipped"] and "exited 3" in rows["failing"]["error"]
+    assert "boom" in rows["failing"]["error"]
+    assert rows["absent"]["install"] == "pip install absent-tool"
+    assert rows["broken"]["encrypt_mbps"] is None and rows["broken"]["install"] is None
+    assert rows["cp"]["skipped"] is False and rows["cp"]["encrypt_mbps"] > 0
+
+
+def test_peak_rss_is_the_tools_own(tmp_path: Path) -> None:
+    """A fat parent does not inflate a child's figure (ru_maxrss survives fork and exec)."""
+    ballast = b"\x01" * (200 << 20)  # this process: over 200 MiB resident
+    seconds, rss = peers.run_timed(["true"], dict(os.environ))
+    assert seconds > 0 and 0 < rss < 60, rss
+    del ballast
+
+
+def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from envelope.cli.main import main
+
+    assert main(["bench", "peers", "--peers", "envelope,nosuch"]) == 2
+    assert "unknown peer nosuch" in capsys.readouterr().err
