@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 CLIENTS = 8
+_SESSION = boto3.session.Session()
 
 
 def launch(home: Path, log: Path, creds: Server | None = None, *extra: str) -> Server:
@@ -92,8 +93,10 @@ def kill_group(server: Server) -> None:
 
 
 def client(server: Server) -> Any:
+    """An admin client without retries. Made in the main thread (a boto3 session is not
+    thread-safe) from one session, whose loaded service model the clients share."""
     key, secret = server.credentials["admin"]
-    return boto3.session.Session().client(
+    return _SESSION.client(
         "kms",
         endpoint_url=server.endpoint,
         region_name=REGION,
@@ -184,7 +187,7 @@ def test_sigkill_during_a_storm_loses_nothing_acknowledged(tmp_path: Path) -> No
             resp = admin.create_key(Description="before the storm")
             storm.keys.append(resp["KeyMetadata"]["Arn"])
             storm.request_ids.append(resp["ResponseMetadata"]["RequestId"])
-        clients = [client(first) for _ in range(CLIENTS)]  # made here: boto3 is not thread-safe
+        clients = [client(first) for _ in range(CLIENTS)]
         stop = threading.Event()
         threads = [
             threading.Thread(target=storm_client, args=(kms, storm, i, stop), daemon=True)
