@@ -59,6 +59,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _int_list(text: str) -> list[int]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items or not all(x.isdigit() and int(x) > 0 for x in items):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of positive whole numbers")
+    return sorted({int(x) for x in items})
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the result as JSON (docs/bench.md)")
@@ -101,6 +108,60 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(p)
     p.set_defaults(handler=cmd_peers)
+
+    p = ops.add_parser("kms", help="KMS latency, throughput and the cost the data-key cache saves")
+    p.add_argument("--key", required=True, metavar="URI", help="the key (any key URI)")
+    p.add_argument("--home", metavar="DIR", help="the embedded KMS's home ($ENVELOPE_HOME)")
+    p.add_argument("--kms-endpoint", metavar="URL", help="an AWS KMS compatible endpoint")
+    p.add_argument(
+        "--concurrency",
+        type=_int_list,
+        default=[1, 4, 16],
+        metavar="N,...",
+        help="concurrent callers, one step each (1,4,16)",
+    )
+    p.add_argument(
+        "--seconds", type=_positive_float, default=2.0, help="per operation and step (2)"
+    )
+    p.add_argument(
+        "--objects", type=_positive_int, default=10_000, help="objects in the job (10000)"
+    )
+    p.add_argument("--object-size", type=_size, default=1024, help="bytes per object (1K)")
+    p.add_argument(
+        "--job-concurrency", type=_positive_int, default=16, help="objects in flight (16)"
+    )
+    p.add_argument(
+        "--price",
+        type=_positive_float,
+        default=0.03,
+        metavar="USD",
+        help="price per 10,000 requests (AWS list price 0.03)",
+    )
+    p.add_argument(
+        "--quota",
+        type=_positive_float,
+        default=5500.0,
+        metavar="PER_S",
+        help="request quota per second (AWS shared quota starts at 5500)",
+    )
+    p.add_argument(
+        "--cache-max-objects",
+        type=_positive_int,
+        default=None,
+        help="cache policy: objects per key",
+    )
+    p.add_argument(
+        "--cache-ttl", type=_positive_float, default=None, help="cache policy: seconds per key"
+    )
+    p.add_argument(
+        "--inject-latency",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add this many ms to every call (what a remote KMS would cost)",
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_kms)
 
 
 @contextlib.contextmanager
@@ -206,3 +267,52 @@ def cmd_peers(args: argparse.Namespace) -> int:
             progress=progress,
         )
     return _finish(args, "envelope bench peers", result, "peers")
+
+
+def cmd_kms(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ..bench import kms
+    from ..keycache import CachePolicy
+    from ..kms.uri import open_backend
+
+    if args.inject_latency < 0:
+        raise ConfigurationError("--inject-latency must be >= 0")
+    _check_plot(args)
+    changes: dict[str, Any] = {}
+    if args.cache_max_objects is not None:
+        changes["max_objects"] = args.cache_max_objects
+    if args.cache_ttl is not None:
+        changes["ttl"] = changes["decrypt_ttl"] = args.cache_ttl
+    policy = CachePolicy(**changes)
+    backend, key_id = open_backend(args.key, home=args.home, kms_endpoint=args.kms_endpoint)
+
+    async def run() -> dict[str, Any]:
+        measured: Any = backend
+        if args.inject_latency:
+            from ..kms.faults import FaultyKms
+
+            measured = FaultyKms(
+                backend, latency=args.inject_latency / 1e3, sleep=kms.precise_sleep
+            )
+        try:
+            with _progress("kms") as progress:
+                return await kms.measure(
+                    measured,
+                    key_id,
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                    objects=args.objects,
+                    object_size=args.object_size,
+                    job_concurrency=args.job_concurrency,
+                    policy=policy,
+                    price_per_10k=args.price,
+                    quota_per_s=args.quota,
+                    progress=progress,
+                )
+        finally:
+            await backend.aclose()
+
+    result = anyio.run(run)
+    result["inject_latency_ms"] = args.inject_latency
+    return _finish(args, "envelope bench kms", result, "kms")
