@@ -83,7 +83,7 @@ def to_json(data: dict[str, Any]) -> str:
         if isinstance(x, float) and not math.isfinite(x):
             return None
         if isinstance(x, float):
-            return round(x, 4)
+            return float(f"{x:.6g}")  # 6 significant digits: small costs stay visible
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}
         if isinstance(x, list):

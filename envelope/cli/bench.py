@@ -66,6 +66,43 @@ def _int_list(text: str) -> list[int]:
     return sorted({int(x) for x in items})
 
 
+def _cost_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--price",
+        type=_positive_float,
+        default=0.03,
+        metavar="USD",
+        help="price per 10,000 requests (AWS list price 0.03)",
+    )
+    p.add_argument(
+        "--quota",
+        type=_positive_float,
+        default=5500.0,
+        metavar="PER_S",
+        help="request quota per second (AWS shared quota starts at 5500)",
+    )
+    p.add_argument(
+        "--cache-max-objects",
+        type=_positive_int,
+        default=None,
+        help="cache policy: objects per key",
+    )
+    p.add_argument(
+        "--cache-ttl", type=_positive_float, default=None, help="cache policy: seconds per key"
+    )
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from ..keycache import CachePolicy
+
+    changes: dict[str, Any] = {}
+    if args.cache_max_objects is not None:
+        changes["max_objects"] = args.cache_max_objects
+    if args.cache_ttl is not None:
+        changes["ttl"] = changes["decrypt_ttl"] = args.cache_ttl
+    return CachePolicy(**changes)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the result as JSON (docs/bench.md)")
@@ -130,29 +167,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--job-concurrency", type=_positive_int, default=16, help="objects in flight (16)"
     )
-    p.add_argument(
-        "--price",
-        type=_positive_float,
-        default=0.03,
-        metavar="USD",
-        help="price per 10,000 requests (AWS list price 0.03)",
-    )
-    p.add_argument(
-        "--quota",
-        type=_positive_float,
-        default=5500.0,
-        metavar="PER_S",
-        help="request quota per second (AWS shared quota starts at 5500)",
-    )
-    p.add_argument(
-        "--cache-max-objects",
-        type=_positive_int,
-        default=None,
-        help="cache policy: objects per key",
-    )
-    p.add_argument(
-        "--cache-ttl", type=_positive_float, default=None, help="cache policy: seconds per key"
-    )
+    _cost_arguments(p)
     p.add_argument(
         "--inject-latency",
         type=float,
@@ -162,6 +177,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _common(p)
     p.set_defaults(handler=cmd_kms)
+
+    p = ops.add_parser("lake", help="estimate a lake encrypt job (duration, KMS calls, cost)")
+    p.add_argument("src", metavar="SRC", help="the prefix the job would encrypt")
+    p.add_argument("--key", metavar="URI", help="time the sample against this key (optional)")
+    p.add_argument("--home", metavar="DIR", help="the embedded KMS's home ($ENVELOPE_HOME)")
+    p.add_argument("--kms-endpoint", metavar="URL", help="an AWS KMS compatible endpoint")
+    p.add_argument("--sample", type=_positive_int, default=200, help="small objects to time (200)")
+    p.add_argument(
+        "--sample-bytes", type=_size, default=256 << 20, help="large objects to time (256M)"
+    )
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=16, help="the job's objects in flight (16)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="the job runs without the cache")
+    _cost_arguments(p)
+    _common(p)
+    p.set_defaults(handler=cmd_lake)
 
 
 @contextlib.contextmanager
@@ -273,18 +305,12 @@ def cmd_kms(args: argparse.Namespace) -> int:
     import anyio
 
     from ..bench import kms
-    from ..keycache import CachePolicy
     from ..kms.uri import open_backend
 
     if args.inject_latency < 0:
         raise ConfigurationError("--inject-latency must be >= 0")
     _check_plot(args)
-    changes: dict[str, Any] = {}
-    if args.cache_max_objects is not None:
-        changes["max_objects"] = args.cache_max_objects
-    if args.cache_ttl is not None:
-        changes["ttl"] = changes["decrypt_ttl"] = args.cache_ttl
-    policy = CachePolicy(**changes)
+    policy = _policy(args)
     backend, key_id = open_backend(args.key, home=args.home, kms_endpoint=args.kms_endpoint)
 
     async def run() -> dict[str, Any]:
@@ -316,3 +342,42 @@ def cmd_kms(args: argparse.Namespace) -> int:
     result = anyio.run(run)
     result["inject_latency_ms"] = args.inject_latency
     return _finish(args, "envelope bench kms", result, "kms")
+
+
+def cmd_lake(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ..bench import lake
+    from ..lake import jobs
+
+    _check_plot(args)
+    policy = None if args.no_cache else _policy(args)
+    options = jobs.LakeOptions(concurrency=args.concurrency)
+
+    async def run() -> dict[str, Any]:
+        backend, key_id = None, None
+        if args.key:
+            from ..kms.uri import open_backend
+
+            backend, key_id = open_backend(args.key, home=args.home, kms_endpoint=args.kms_endpoint)
+        try:
+            with _progress("lake") as progress:
+                return await lake.estimate(
+                    args.src,
+                    backend=backend,
+                    key_id=key_id,
+                    policy=policy,
+                    options=options,
+                    sample=args.sample,
+                    sample_bytes=args.sample_bytes,
+                    scratch=args.dir,
+                    price_per_10k=args.price,
+                    quota_per_s=args.quota,
+                    progress=progress,
+                )
+        finally:
+            if backend is not None:
+                await backend.aclose()
+
+    result = anyio.run(run)
+    return _finish(args, "envelope bench lake", result, "lake")
