@@ -40,9 +40,10 @@ __all__ = ("PEERS", "Peer", "measure", "run_timed")
 
 #: Times one command and reports its peak RSS; run with `python -I -S` so that its own
 #: footprint (the floor of every RSS figure) stays small. The tool's stdout is discarded, its
-#: stderr kept for error messages.
+#: stderr kept for error messages. SIGTERM or SIGINT to the launcher kills the tool first, so
+#: an interrupted benchmark leaves nothing running.
 LAUNCHER = """
-import json, os, sys, time
+import json, os, signal, sys, time
 argv = sys.argv[1:]
 t0 = time.perf_counter()
 pid = os.fork()
@@ -53,6 +54,12 @@ if pid == 0:
         os.execvp(argv[0], argv)
     finally:
         os._exit(127)
+def stop(signum, frame):
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    os._exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 _, status, ru = os.wait4(pid, 0)
 dt = time.perf_counter() - t0
 sys.stdout.write(json.dumps({"seconds": dt, "maxrss_kib": ru.ru_maxrss,
@@ -209,9 +216,13 @@ def run_timed(command: Sequence[str], env: dict[str, str]) -> tuple[float, float
     try:
         out, err = proc.communicate()
     finally:
-        if proc.poll() is None:  # interrupted: take the tool down with us
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # interrupted: the launcher kills the tool, then exits
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     if proc.returncode != 0:
         raise PeerError(f"launcher failed: {err.strip()[-500:]}")
     got = json.loads(out)

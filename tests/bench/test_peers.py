@@ -108,3 +108,31 @@ def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
     assert main(["bench", "peers", "--peers", "envelope,nosuch"]) == 2
     assert "unknown peer nosuch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_interrupt_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGINT in the middle of a run: exit 130, the scratch folder gone, no tool left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "envelope.cli.main", "bench", "peers", "--size", "64M",
+         "--rounds", "50", "--peers", "envelope,cp", "--dir", str(tmp_path), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the timed rounds have started
+        work = list(tmp_path.iterdir())
+        if work and any(p.name.endswith(".sealed") for p in work[0].iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert list(tmp_path.iterdir()) == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path) not in ps
