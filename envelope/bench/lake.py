@@ -153,9 +153,9 @@ async def estimate(
     small_rate = len(s_small) / max(1e-6, small_s - fixed) if s_small else 0.0
     large_bytes = sum(e.size for e in s_large)
     large_rate = large_bytes / max(1e-6, large_s - fixed) if s_large else 0.0
-    duration = fixed
-    duration += len(small) / small_rate if small_rate else 0.0
-    duration += sum(e.size for e in large) / large_rate if large_rate else 0.0
+    small_part = len(small) / small_rate if small_rate else 0.0
+    large_part = sum(e.size for e in large) / large_rate if large_rate else 0.0
+    duration = fixed + small_part + large_part
     calls, exact = kms_calls([e.size for e in entries], policy, duration)
     total = sum(e.size for e in entries)
     rate = calls / duration if duration > 0 else 0.0
@@ -184,6 +184,8 @@ async def estimate(
         },
         "estimate": {
             "duration_s": duration,
+            "small_s": small_part,
+            "large_s": large_part,
             "objects_per_s": len(entries) / duration if duration > 0 else 0.0,
             "mbps": total / duration / 1e6 if duration > 0 else 0.0,
             "kms_calls": calls,
@@ -191,6 +193,8 @@ async def estimate(
             "kms_requests_per_s": rate,
             "cost_usd": calls * price_per_10k / 10_000,
             "headroom": quota_per_s / rate if rate else math.inf,
+            "kms_calls_without_cache": len(entries),
+            "cost_without_cache_usd": len(entries) * price_per_10k / 10_000,
         },
         "price_per_10k_usd": price_per_10k,
         "quota_per_s": quota_per_s,

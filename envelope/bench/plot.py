@@ -3,8 +3,8 @@
 `encrypt`: throughput against segment size, workers and object size, each with the machine's
 limit as a line; `peers`: encrypt and decrypt throughput as bars, one pair per tool;
 `machine`: the limits as bars; `kms`: latency percentiles against concurrent callers;
-`lake`: the estimate's parts. matplotlib is imported only here, with the Agg backend (no
-display needed).
+`lake`: the estimated duration's parts, and KMS calls with and without the cache.
+matplotlib is imported only here, with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -108,13 +108,27 @@ def draw(kind: str, result: dict[str, Any], path: str) -> None:
         ax.legend()
         ax.set_title("KMS latency")
     elif kind == "lake":
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
         est = result["estimate"]
-        _bars(
-            ax, ["duration_s", "kms_calls"], {"estimate": [est["duration_s"], est["kms_calls"]]}, ""
+        parts = {
+            "job start": result["sample"]["job_start_seconds"],
+            "small objects": est["small_s"],
+            "large objects": est["large_s"],
+        }
+        bottom = 0.0
+        for name, seconds in parts.items():
+            left.bar(["estimated duration"], [seconds], bottom=bottom, label=name)
+            bottom += seconds
+        left.set_ylabel("seconds")
+        left.legend()
+        left.set_title(f"{result['objects']:,} objects, {result['bytes'] / 1e9:.3g} GB")
+        calls = [est["kms_calls_without_cache"], est["kms_calls"]]
+        right.bar(["without cache", "with cache"], calls, color=["tab:red", "tab:green"])
+        right.set_yscale("log")
+        right.set_ylabel("GenerateDataKey calls")
+        right.set_title(
+            f"KMS cost USD {est['cost_without_cache_usd']:.4g} -> {est['cost_usd']:.4g}"
         )
-        ax.set_yscale("log")
-        ax.set_title(f"lake estimate: {result['objects']} objects")
     else:
         raise ConfigurationError(f"no plot for {kind!r}")
     fig.tight_layout()

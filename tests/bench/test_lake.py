@@ -19,6 +19,7 @@ from envelope.lake import jobs
 from envelope.lake.listing import Entry
 
 from .conftest import check_keys, finite_positive
+from .test_machine_encrypt import nonblank
 
 
 def generate(root: Path) -> None:
@@ -35,8 +36,10 @@ def test_lake_estimate_against_the_real_job(bench: Any, tmp_path: Path) -> None:
     src, scratch = tmp_path / "src", tmp_path / "scratch"
     generate(src)
     scratch.mkdir()
+    png = tmp_path / "lake.png"
     data = bench("lake", str(src), "--sample", "80", "--cache-max-objects", "30",
-                 "--dir", str(scratch))  # fmt: skip
+                 "--dir", str(scratch), "--plot", str(png))  # fmt: skip
+    nonblank(png)
     leaves = check_keys(data, "lake")
     assert data["objects"] == 402 and data["bytes"] == 400 * 4096 + 2 * (1 << 20)
     finite_positive(leaves, "estimate.duration_s", "estimate.kms_calls", "estimate.cost_usd",

@@ -13,6 +13,7 @@ import pytest
 from envelope.bench import peers
 
 from .conftest import check_keys, finite_positive
+from .test_machine_encrypt import nonblank
 
 FIGURES = ("encrypt_mbps", "decrypt_mbps", "encrypt_median_mbps", "decrypt_median_mbps",
            "peak_rss_mib", "encrypt_rss_mib", "decrypt_rss_mib")  # fmt: skip
@@ -35,7 +36,9 @@ def test_peers_missing_tools_are_skipped(
     data = bench(
         "peers", "--size", "1M", "--rounds", "1", "--dir", str(work),
         "--peers", "envelope,tink,aws-encryption-sdk-best,age,openssl,cp",
+        "--plot", str(tmp_path / "peers.png"),
     )  # fmt: skip
+    nonblank(tmp_path / "peers.png")
     check_keys(data, "peers")
     rows = {r["name"]: r for r in data["rows"]}
     assert list(rows) == ["envelope", "tink", "aws-encryption-sdk-best", "age", "openssl", "cp"]
