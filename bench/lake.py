@@ -82,7 +82,10 @@ async def copy_prefix(src: str, dst: str, options: jobs.LakeOptions) -> jobs.Job
         n = await anyio.to_thread.run_sync(copy_one, entry)
         return jobs.ObjectResult(entry.rel, "done", n)
 
-    return await jobs._run("encrypt", src, dst, entries, one, options, None, 0)
+    from envelope.lake.listing import Listing
+
+    start = jobs.JobStart(Listing(entries))  # (the runner takes a job start since 21f4c9c)
+    return await jobs._run("encrypt", src, dst, start, one, options, None)
 
 
 def timed(job: Callable[..., Awaitable[jobs.JobReport]], *a: object, **kw: object) -> float:
