@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from envelope import sync
 from envelope.api import Options
+from envelope.bench import machine, timing
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
 
@@ -52,16 +53,9 @@ MIB = 1 << 20
 
 def interleaved(reps: int, runs: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Best wall time of each run over `reps` rounds that take turns (after one warm-up
-    round): a slow spell of the shared machine then hits every figure alike, not one."""
-    for fn in runs.values():
-        fn()
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(reps):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    round): a slow spell of the shared machine then hits every figure alike, not one.
+    (`envelope.bench.timing.interleaved`, which `envelope bench` uses too.)"""
+    return {name: min(t) for name, t in timing.interleaved(reps, runs).items()}
 
 
 def memory_runs(data: memoryview, keyring: Keyring, cores: int) -> dict[str, Callable[[], object]]:
@@ -142,12 +136,8 @@ class Discard:
 
 
 def plain_copy(src: str, dst: str) -> None:
-    with open(src, "rb", buffering=0) as fi, open(dst, "wb", buffering=0) as fo:
-        buf = bytearray(4 * MIB)
-        view = memoryview(buf)
-        while n := fi.readinto(buf):
-            fo.write(view[:n])
-        os.fsync(fo.fileno())
+    """A buffered user-space copy with fsync (`envelope bench machine`'s fsync'd copy)."""
+    machine.file_copy(src, dst, fsync=True)
 
 
 def file_to_file(directory: str, size: int, keyring: Keyring, reps: int) -> dict[str, float]:
