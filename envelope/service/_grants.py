@@ -395,7 +395,7 @@ class GrantOps(ServiceCore):
             call.key_id = str(grant["KeyId"])
             call.params["GrantId"] = grant["GrantId"]
             self._may_retire(call, grant)
-            _delete_grants(conn, "grant_id=?", (grant["GrantId"],))
+            delete_grants(conn, "grant_id=?", (grant["GrantId"],))
             return {}
 
         return self._run("RetireGrant", principal, context, {}, op, dry_run=dry_run)
@@ -438,7 +438,7 @@ class GrantOps(ServiceCore):
                 raise ValidationException("GrantId must be 1..128 characters")
             call.params["GrantId"] = grant_id
             key = self._key(conn, call, key_id, READ, now)
-            if not _delete_grants(
+            if not delete_grants(
                 conn, "grant_id=? AND region=? AND key_id=?", (grant_id, key.region, key.id)
             ):
                 raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
@@ -447,7 +447,7 @@ class GrantOps(ServiceCore):
         return self._run("RevokeGrant", principal, context, {}, op, dry_run=dry_run)
 
 
-def _delete_grants(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> int:
+def delete_grants(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> int:
     """Delete the grants matching `where` with their tokens; how many were deleted."""
     conn.execute(
         f"DELETE FROM grant_tokens WHERE grant_id IN (SELECT grant_id FROM grants WHERE {where})",

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import _authz, _rows
 from ._core import RequestContext, Response, ServiceCore, _Call, _int_in, _page, _paging
+from ._grants import delete_grants
 from ._trust import default_trust_policy, parse_trust_policy
 from .access import parse_policy
 from .errors import (
@@ -230,6 +231,9 @@ class IamOps(ServiceCore):
             body = self._principal_row(conn, target)
             self._forget_in_key_policies(conn, target, str(body.get("Id") or unique_id(kind)))
             conn.execute("DELETE FROM identity_policies WHERE principal=?", (target,))
+            # its grants go too: a principal created again under this name is someone else
+            # (AWS keeps such grants but they name a unique id that no longer exists)
+            call.params["GrantsDeleted"] = delete_grants(conn, "grantee=?", (target,))
             # its access keys (a user) or sessions (a role) end with it
             conn.execute("DELETE FROM access_keys WHERE principal=?", (target,))
             conn.execute("DELETE FROM principals WHERE arn=?", (target,))

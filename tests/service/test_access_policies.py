@@ -301,3 +301,16 @@ def test_put_key_policy_needs_permission_to_put_key_policy(svc: KeyService) -> N
     svc.encrypt(key_id=kid, plaintext=b"p", principal=app)
     with pytest.raises(AccessDeniedException, match="kms:PutKeyPolicy"):
         svc.put_key_policy(key_id=kid, policy=doc(root_stmt()), principal=app)
+
+
+def test_a_deleted_grantee_takes_its_grants_with_it(svc: KeyService) -> None:
+    """A grant names its grantee; once the grantee is deleted, a principal created again under
+    the same name does not inherit the grant (AWS ties it to the unique id)."""
+    app = user(svc, "app")
+    kid = new_key(svc)
+    svc.create_grant(key_id=kid, grantee_principal=app, operations=["Encrypt"])
+    svc.encrypt(key_id=kid, plaintext=b"p", principal=app)
+    svc.delete_principal(arn=app)
+    assert svc.list_grants(key_id=kid)["Grants"] == []
+    user(svc, "app")
+    assert_denied(svc, lambda: svc.encrypt(key_id=kid, plaintext=b"p", principal=app), app, A)
