@@ -4,6 +4,7 @@
     python -m envelope.bench.peer_tools tink encrypt|decrypt KEYSET SRC DST
     python -m envelope.bench.peer_tools esdk-best|esdk-default keygen KEY
     python -m envelope.bench.peer_tools esdk-best|esdk-default encrypt|decrypt KEY SRC DST
+    python -m envelope.bench.peer_tools envelope|envelope-fsync keygen|encrypt|decrypt ...
 
 Each does what that library's documentation shows for files: Tink's streaming AEAD
 (AES256_GCM_HKDF_1MB, a cleartext JSON keyset) and the AWS Encryption SDK for Python with a
@@ -96,15 +97,43 @@ def _esdk(variant: str, op: str, key: str, src: str = "", dst: str = "") -> None
                 fo.write(chunk)
 
 
+def _envelope(durable: bool, op: str, key: str, src: str = "", dst: str = "") -> None:
+    """envelope in process, as `envelope encrypt|decrypt --key-file` does it."""
+    from envelope import sync
+    from envelope.keyring import Keyring
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    if op == "keygen":
+        generate_key_file(key)
+        return
+    backend = FileKeyBackend(key)
+    keyring = Keyring(backend, backend.key_id)
+    if op == "encrypt":
+        sync.encrypt(src, dst, keyring=keyring, durable=durable)
+    else:
+        sync.decrypt(src, dst, keyring=keyring, durable=durable)
+
+
+TOOLS = ("tink", "esdk-best", "esdk-default", "envelope", "envelope-fsync")
+
+
+def run(tool: str, op: str, key: str, src: str = "", dst: str = "") -> None:
+    """One operation of one tool, in this process (`envelope bench peers` times it in
+    process too, where the library's own work is all there is to time)."""
+    if tool == "tink":
+        _tink(op, key, src, dst)
+    elif tool in ("esdk-best", "esdk-default"):
+        _esdk(tool, op, key, src, dst)
+    elif tool in ("envelope", "envelope-fsync"):
+        _envelope(tool == "envelope-fsync", op, key, src, dst)
+    else:
+        raise ValueError(f"unknown tool {tool!r}")
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) >= 3 and argv[1] in ("keygen", "encrypt", "decrypt"):
-        tool, op, *rest = argv
-        if tool == "tink":
-            _tink(op, *rest)
-            return 0
-        if tool in ("esdk-best", "esdk-default"):
-            _esdk(tool, op, *rest)
-            return 0
+    if len(argv) >= 3 and argv[0] in TOOLS and argv[1] in ("keygen", "encrypt", "decrypt"):
+        run(*argv)
+        return 0
     sys.stderr.write(__doc__ or "")
     return 2
 

@@ -10,6 +10,8 @@ Each tool's round trip is byte-checked before it is timed (a tool that does not 
 input back is reported with `error` and not timed); then rounds interleave every tool (the
 order turning each round), every output a new file, and the best and the median are kept.
 A peer that is not installed is listed with `skipped` and the command that installs it.
+The Python peers (envelope, Tink, the AWS Encryption SDK) are also timed in this process
+(`inproc_*_mbps`, same rounds): their library's own work, without interpreter start-up.
 
 Peers: `envelope` (the CLI, `--no-fsync`, like every peer) and `envelope-fsync` (`--fsync`,
 durable before the rename), Tink's streaming AEAD (`tink`, AES256_GCM_HKDF_1MB), the AWS
@@ -29,10 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import peer_tools
 from .machine import cores, write_file
 from .timing import MIB, Progress, mbps, median, no_progress, ratio
 
@@ -81,6 +85,8 @@ class Peer:
     encrypt: Callable[[str, str, str], list[str]]  # (key, src, dst) -> command
     decrypt: Callable[[str, str, str], list[str]]
     env: dict[str, str] = field(default_factory=dict)
+    #: the `envelope.bench.peer_tools` tool that does the same in this process (Python peers)
+    inproc: str | None = None
 
 
 def _which(*tools: str) -> Callable[[], bool]:
@@ -96,6 +102,7 @@ def _envelope(fsync: bool) -> Peer:
     cli = [PY, "-m", "envelope.cli.main"]
     return Peer(
         name="envelope-fsync" if fsync else "envelope",
+        inproc="envelope-fsync" if fsync else "envelope",
         setting=f"envelope encrypt|decrypt {flag} --key-file (1 MiB segments, every core)",
         install="pip install envelope-kms",
         present=lambda: True,
@@ -112,6 +119,7 @@ def _python_peer(name: str, tool: str, module: str, setting: str, install: str) 
         setting=setting,
         install=install,
         present=_module(module),
+        inproc=tool,
         keygen=lambda key: [[*run, "keygen", key]],
         encrypt=lambda key, src, dst: [*run, "encrypt", key, src, dst],
         decrypt=lambda key, src, dst: [*run, "decrypt", key, src, dst],
@@ -255,6 +263,8 @@ def _skipped(peer: Peer, reason: str, error: str | None = None) -> dict[str, Any
         "peak_rss_mib": None,
         "encrypt_rss_mib": None,
         "decrypt_rss_mib": None,
+        "inproc_encrypt_mbps": None,
+        "inproc_decrypt_mbps": None,
     }
 
 
@@ -292,7 +302,14 @@ def measure(
                 run_timed(peer.encrypt(key, src, sealed), env)
                 run_timed(peer.decrypt(key, sealed, back), env)
                 same = filecmp.cmp(src, back, shallow=False)
-            except (PeerError, subprocess.CalledProcessError, OSError) as e:
+                if same and peer.inproc is not None:  # the in-process round trip too
+                    _unlink(back)
+                    inproc = os.path.join(d, "check.inproc")
+                    peer_tools.run(peer.inproc, "encrypt", key, src, inproc)
+                    peer_tools.run(peer.inproc, "decrypt", key, inproc, back)
+                    _unlink(inproc)
+                    same = filecmp.cmp(src, back, shallow=False)
+            except Exception as e:  # any failure of a peer is that peer's row, not the run's
                 rows[peer.name] = _skipped(peer, "failed", error=str(e)[:500])
                 continue
             finally:
@@ -315,6 +332,13 @@ def measure(
                     _unlink(out)  # a new file each time: replacing one costs an ext4 flush
                     times.setdefault(f"{peer.name}/{op}", []).append(run_timed(command, env))
                 _unlink(out)
+                if peer.inproc is not None:
+                    for op, source in (("encrypt", src), ("decrypt", sealed)):
+                        t0 = time.perf_counter()
+                        peer_tools.run(peer.inproc, op, key, source, out)
+                        dt = time.perf_counter() - t0
+                        times.setdefault(f"{peer.name}/inproc_{op}", []).append((dt, 0.0))
+                        _unlink(out)
             progress(r + 1, rounds)
     for peer in ready:
         enc, dec = times[f"{peer.name}/encrypt"], times[f"{peer.name}/decrypt"]
@@ -332,6 +356,8 @@ def measure(
             "peak_rss_mib": max(m for _, m in enc + dec),
             "encrypt_rss_mib": max(m for _, m in enc),
             "decrypt_rss_mib": max(m for _, m in dec),
+            "inproc_encrypt_mbps": _best(size, times.get(f"{peer.name}/inproc_encrypt")),
+            "inproc_decrypt_mbps": _best(size, times.get(f"{peer.name}/inproc_decrypt")),
         }
     ordered = [rows[p.name] for p in selected]
     return {
@@ -342,6 +368,10 @@ def measure(
         "rows": ordered,
         "targets": _targets(rows),
     }
+
+
+def _best(size: int, runs: list[tuple[float, float]] | None) -> float | None:
+    return mbps(size, min(t for t, _ in runs)) if runs else None
 
 
 def _targets(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:

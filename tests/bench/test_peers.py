@@ -51,6 +51,10 @@ def test_peers_missing_tools_are_skipped(
         assert row["skipped"] is False and row["error"] is None, row
         finite_positive(row, *FIGURES)
         assert row["peak_rss_mib"] >= data["rss_floor_mib"] * 0.9
+        if name == "cp":
+            assert row["inproc_encrypt_mbps"] is None
+        else:  # the Python libraries are timed in process too
+            finite_positive(row, "inproc_encrypt_mbps", "inproc_decrypt_mbps")
     # envelope streams: its peak is nowhere near a whole-file buffer plus interpreter
     assert rows["envelope"]["peak_rss_mib"] < 100
     finite_positive(data["targets"], "encrypt_over_tink", "decrypt_over_aws_encryption_sdk_best")
