@@ -380,7 +380,7 @@ def _targets(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
     def over(peer: str, op: str) -> float | None:
         a, b = rows.get("envelope"), rows.get(peer)
-        if not a or not b or a["skipped"] or b["skipped"]:
+        if not a or not b or a["skipped"] or b["skipped"] or b[f"{op}_mbps"] is None:
             return None
         return ratio(a[f"{op}_mbps"], b[f"{op}_mbps"])
 
@@ -391,4 +391,12 @@ def _targets(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "decrypt_over_aws_encryption_sdk_best": over("aws-encryption-sdk-best", "decrypt"),
         "encrypt_over_cp": over("cp", "encrypt"),
         "decrypt_over_cp": over("cp", "decrypt"),
+        "inproc_encrypt_over_tink": over("tink", "inproc_encrypt"),
+        "inproc_decrypt_over_tink": over("tink", "inproc_decrypt"),
+        "inproc_encrypt_over_aws_encryption_sdk_best": over(
+            "aws-encryption-sdk-best", "inproc_encrypt"
+        ),
+        "inproc_decrypt_over_aws_encryption_sdk_best": over(
+            "aws-encryption-sdk-best", "inproc_decrypt"
+        ),
     }
