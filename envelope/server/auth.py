@@ -43,12 +43,11 @@ import hmac
 import re
 import time
 from calendar import timegm
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
 if TYPE_CHECKING:
@@ -96,45 +95,88 @@ class Authenticated:
     region: str
 
 
-class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
-    """botocore's SigV4 signer, made to sign exactly the headers the client signed (botocore
-    itself skips a few, such as User-Agent, that other SDKs may sign)."""
+class _SignedHeaders:
+    """The headers a client signed, read the way botocore's signer reads its `HTTPHeaders`:
+    iteration over the (lower-case) names, `get_all` in arrival order, a case-insensitive
+    ``in`` and ``[]`` (the first value). botocore's `HTTPHeaders` is an `email.message`
+    with a linear scan per lookup; this gives the signer the same input at a fraction of
+    the cost."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, list[str]]) -> None:
+        self._values = values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __getitem__(self, name: str) -> str | None:
+        found = self._values.get(name.lower())
+        return found[0] if found else None
+
+    def get_all(self, name: str, failobj: object = None) -> list[str] | object:
+        return self._values.get(name.lower(), failobj)
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, vs in self._values.items() for v in vs]
+
+
+class _SignedRequest:
+    """What botocore's `SigV4Auth.canonical_request` and `string_to_sign` read of an
+    `AWSRequest` (method, url, params, headers, context), for a request received rather than
+    sent: no body preparation, no `HTTPHeaders`; the payload's hash is computed once."""
+
+    __slots__ = ("context", "headers", "method", "params", "payload_hash", "url")
 
     def __init__(
-        self,
-        credentials: Credentials,
-        region: str,
-        body: bytes,
-        keys: dict[tuple[str, str, str], tuple[str, bytes]],
+        self, method: str, url: str, headers: _SignedHeaders, timestamp: str, payload_hash: str
     ) -> None:
-        super().__init__(credentials, SERVICE, region)
-        self._body = body
-        self._keys = keys
+        self.method = method
+        self.url = url
+        self.params: dict[str, str] = {}
+        self.headers = headers
+        self.context = {"timestamp": timestamp}
+        self.payload_hash = payload_hash
 
-    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
+
+class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hints
+    """botocore's SigV4 signer for one access key and Region, made to sign exactly the headers
+    the client signed (botocore itself skips a few, such as User-Agent, that other SDKs may
+    sign). Kept per key and Region: it holds no per-request state, only the day's signing
+    key."""
+
+    def __init__(self, credentials: Credentials, region: str) -> None:
+        super().__init__(credentials, SERVICE, region)
+        #: (day, signing key): botocore's four HMACs depend only on the secret, the day and
+        #: the Region, so they run once a day (a tuple, replaced atomically: thread-safe)
+        self._day_key: tuple[str, bytes] = ("", b"")
+
+    def headers_to_sign(self, request: _SignedRequest) -> _SignedHeaders:
         # the request holds exactly the signed headers (see `Authenticator._signature`)
         return request.headers
 
-    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        # botocore's derivation (`SigV4Auth.signature`), whose four HMACs depend only on the
-        # secret, the day and the Region: computed once a day per key and Region
+    def signature(self, string_to_sign: str, request: _SignedRequest) -> str:
+        # botocore's derivation (`SigV4Auth.signature`), the signing key cached per day
         day = request.context["timestamp"][0:8]
-        cache_key = (self.credentials.access_key, day, self._region_name)
-        hit = self._keys.get(cache_key)
-        if hit is None or not hmac.compare_digest(hit[0], self.credentials.secret_key):
+        cached_day, k_signing = self._day_key
+        if cached_day != day:
             secret = self.credentials.secret_key
             k_date = self._sign(f"AWS4{secret}".encode(), day)
             k_service = self._sign(self._sign(k_date, self._region_name), SERVICE)
             k_signing = self._sign(k_service, "aws4_request")
-            if len(self._keys) >= 4096:
-                self._keys.clear()
-            hit = self._keys[cache_key] = (secret, k_signing)
-        return str(self._sign(hit[1], string_to_sign, hex=True))
+            self._day_key = (day, k_signing)
+        return str(self._sign(k_signing, string_to_sign, hex=True))
 
-    def payload(self, request: AWSRequest) -> str:
-        # botocore's own rule for a bytes body (the SHA-256 of the bytes, also when empty),
-        # without making botocore prepare a whole outgoing request to read them back
-        return hashlib.sha256(self._body).hexdigest()
+    def payload(self, request: _SignedRequest) -> str:
+        # botocore's rule for a bytes body (the SHA-256 of the bytes, also when empty),
+        # computed once per request by the authenticator
+        return request.payload_hash
 
 
 def _amz_time(text: str) -> float | None:
@@ -202,8 +244,8 @@ class Authenticator:
         self._clock = clock
         self.skew = skew
         self.regions = frozenset(regions) if regions is not None else frozenset({service.region})
-        #: SigV4 signing keys by (access key id, day, Region), with the secret they came from
-        self._signing_keys: dict[tuple[str, str, str], tuple[str, bytes]] = {}
+        #: botocore signers by (access key id, Region), each with its day's signing key
+        self._verifiers: dict[tuple[str, str], _Verifier] = {}
 
     def __repr__(self) -> str:
         return f"Authenticator(regions={sorted(self.regions)!r}, skew={self.skew!r})"
@@ -368,10 +410,7 @@ class Authenticator:
     ) -> str | None:
         """botocore's signature of the request as the client signed it (None: a header the
         client says it signed is not in the request, or is not a header name)."""
-        request = AWSRequest(
-            method=method.upper(),
-            url=f"https://{host or 'localhost'}{path or '/'}" + (f"?{query}" if query else ""),
-        )
+        signed_values: dict[str, list[str]] = {}
         for name in signed:
             if not _HEADER_NAME.match(name):
                 return None
@@ -380,14 +419,31 @@ class Authenticator:
                 if name != "host" or not host:
                     return None
                 found = [host]
-            for value in found:
-                request.headers[name] = value
-        if "x-amz-content-sha256" in signed and any(
-            v.strip() != hashlib.sha256(body).hexdigest()
-            for v in values.get("x-amz-content-sha256", ())
+            signed_values.setdefault(name, []).extend(found)
+        payload_hash = hashlib.sha256(body).hexdigest()
+        if "x-amz-content-sha256" in signed_values and any(
+            v.strip() != payload_hash for v in signed_values["x-amz-content-sha256"]
         ):
             return None  # botocore would sign the claimed hash instead of the body's
-        request.context["timestamp"] = amz_date
-        signer = _Verifier(Credentials(key_id, secret), region, body, self._signing_keys)
+        request = _SignedRequest(
+            method.upper(),
+            f"https://{host or 'localhost'}{path or '/'}" + (f"?{query}" if query else ""),
+            _SignedHeaders(signed_values),
+            amz_date,
+            payload_hash,
+        )
+        signer = self._verifier(key_id, secret, region)
         canonical = signer.canonical_request(request)
         return str(signer.signature(signer.string_to_sign(request, canonical), request))
+
+    def _verifier(self, key_id: str, secret: str, region: str) -> _Verifier:
+        """The signer of this key and Region (a new one when the secret is not the cached
+        one's: a key id is never reused, but a cache must not rely on that)."""
+        found = self._verifiers.get((key_id, region))
+        if found is None or not hmac.compare_digest(found.credentials.secret_key, secret):
+            if len(self._verifiers) >= 4096:
+                self._verifiers.clear()
+            found = self._verifiers[(key_id, region)] = _Verifier(
+                Credentials(key_id, secret), region
+            )
+        return found

@@ -152,6 +152,7 @@ def serve(settings: ServerSettings) -> None:
         "access_log": False,  # one structured line per request comes from the app
         "lifespan": "on",
         "server_header": False,
+        "http": "envelope.server.protocol:CorkedHTTPProtocol",  # one write per response
         "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds) or None,
     }
     if settings.workers > 1:
