@@ -613,3 +613,12 @@ def test_the_access_guide_examples_run_as_written(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "back" / "day=1" / "a.csv").read_text() == "a\n"
+
+
+def test_as_does_not_outlive_the_command_in_process(cli: Cli) -> None:
+    """`--as` is exported for what the command starts (key URIs, Dask workers), but a caller
+    running `main` in its own process gets its environment back unchanged."""
+    before = os.environ.get("ENVELOPE_PRINCIPAL")
+    role(cli, "someone")
+    cli("keys", "list", "--as", session("someone"))
+    assert os.environ.get("ENVELOPE_PRINCIPAL") == before

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -143,17 +144,32 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
 
         gc.enable()
     handler: Callable[[argparse.Namespace], int] = args.handler
+    # The settings export the Region and the principal to the environment for what the command
+    # starts (the embedded KMS behind a key URI, Dask workers); a caller running `main` in its
+    # own process gets its environment back as it was.
+    exported = {name: os.environ.get(name) for name in _EXPORTED}
     try:
-        _settings(args)
-    except ConfigurationError as e:
-        err(str(e))
-        return EXIT_USAGE
-    _Stopped.signum = None
-    try:
-        with _stop_signals():
-            return _run(handler, args)
-    except KeyboardInterrupt:  # a signal that arrived while the handlers were being restored
-        return _interrupted()
+        try:
+            _settings(args)
+        except ConfigurationError as e:
+            err(str(e))
+            return EXIT_USAGE
+        _Stopped.signum = None
+        try:
+            with _stop_signals():
+                return _run(handler, args)
+        except KeyboardInterrupt:  # a signal that arrived while the handlers were restored
+            return _interrupted()
+    finally:
+        for name, value in exported.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+#: The environment variables `envelope.config.apply_settings` may export for a command.
+_EXPORTED = ("ENVELOPE_REGION", "ENVELOPE_PRINCIPAL")
 
 
 def _settings(args: argparse.Namespace) -> None:
