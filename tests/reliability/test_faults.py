@@ -27,6 +27,7 @@ import resource
 import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,9 @@ def test_eio_and_fsync_failure(fault: str, tmp_path: Path, monkeypatch: pytest.M
     injected = 0
     dir_fsyncs_failed = 0
     real_write, real_fsync = os.write, os.fsync
+    # the job writes and fsyncs from several threads: `+=` on a shared int can lose counts
+    # (it did: one folder fsync failure went uncounted and the bound below failed)
+    counting = threading.Lock()
 
     def ours(fd: int) -> bool:
         try:
@@ -321,7 +325,8 @@ def test_eio_and_fsync_failure(fault: str, tmp_path: Path, monkeypatch: pytest.M
 
     def eio() -> OSError:
         nonlocal injected
-        injected += 1
+        with counting:
+            injected += 1
         return OSError(errno.EIO, os.strerror(errno.EIO))
 
     def write(fd: int, data: Any) -> int:
@@ -332,7 +337,8 @@ def test_eio_and_fsync_failure(fault: str, tmp_path: Path, monkeypatch: pytest.M
     def fsync(fd: int) -> None:
         nonlocal dir_fsyncs_failed
         if fault == "fsync-eio" and ours(fd) and r.random() < 0.3:
-            dir_fsyncs_failed += stat.S_ISDIR(os.fstat(fd).st_mode)
+            with counting:
+                dir_fsyncs_failed += stat.S_ISDIR(os.fstat(fd).st_mode)
             raise eio()
         real_fsync(fd)
 
