@@ -3,8 +3,8 @@
 A refusal on the wire is ``{"__type": CODE, "message": TEXT}`` with the HTTP status AWS uses for
 that code. The KMS API reference gives 400 for every KMS error except `KMSInternalException`
 and `KeyUnavailableException` (500) and `DependencyTimeoutException` (503); of the common errors
-of every AWS API, `UnrecognizedClientException` and `MissingAuthenticationTokenException` are
-403 and `InternalFailure` 500. Everything else a client can see (validation, throttling, access
+of every AWS API, `InternalFailure` is 500. Authentication refusals (`envelope.server.auth`)
+carry their own status, 400, as AWS's JSON-protocol services answer them. Everything else a client can see (validation, throttling, access
 denied, malformed requests) is 400, as AWS KMS answers it.
 
 `WireError` is what the HTTP layer raises for refusals that happen before the service is called
@@ -31,8 +31,8 @@ STATUS: Mapping[str, int] = {
     "InternalFailure": 500,
     "DependencyTimeoutException": 503,
     "ServiceUnavailable": 503,
-    "UnrecognizedClientException": 403,
-    "MissingAuthenticationTokenException": 403,
+    "UnrecognizedClientException": 400,
+    "MissingAuthenticationTokenException": 400,
     "RequestEntityTooLargeException": 413,
 }
 
