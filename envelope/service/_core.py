@@ -917,8 +917,11 @@ class ServiceCore:
         policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
         key_policy = self._access.policy(policy_text, resource_policy=True)
         values = self._caller_values(call, now)
-        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
-        values.update(_authz.tag_values("aws:resourcetag/", m.get("x_tags") or {}))
+        if identity.tags:
+            values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        tags = m.get("x_tags")
+        if tags:
+            values.update(_authz.tag_values("aws:resourcetag/", tags))
         values["kms:keyspec"] = m["KeySpec"]
         values["kms:keyusage"] = m["KeyUsage"]
         values["kms:keyorigin"] = m["Origin"]
