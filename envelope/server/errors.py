@@ -4,8 +4,9 @@ A refusal on the wire is ``{"__type": CODE, "message": TEXT}`` with the HTTP sta
 that code. The KMS API reference gives 400 for every KMS error except `KMSInternalException`
 and `KeyUnavailableException` (500) and `DependencyTimeoutException` (503); of the common errors
 of every AWS API, `InternalFailure` is 500. Authentication refusals (`envelope.server.auth`)
-carry their own status, 400, as AWS's JSON-protocol services answer them. Everything else a client can see (validation, throttling, access
-denied, malformed requests) is 400, as AWS KMS answers it.
+carry their own status, 400, as AWS's JSON-protocol services answer them. Everything else a
+client can see (validation, throttling, access denied, malformed requests) is 400, as AWS KMS
+answers it.
 
 `WireError` is what the HTTP layer raises for refusals that happen before the service is called
 (unknown operation, unparseable body, a member that fails the model's constraints); the

@@ -183,6 +183,9 @@ class Policy:
     _by_request: dict[tuple[str, str, str], tuple[tuple[Statement, int], ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _by_resource: dict[tuple[str, str], tuple[Statement, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def statements_for(self, action_lower: str) -> tuple[Statement, ...]:
         """The statements whose Action/NotAction covers `action_lower`, in document order."""
@@ -191,6 +194,21 @@ class Policy:
             hit = tuple(s for s in self.statements if s.covers_action(action_lower))
             if len(self._by_action) < _ACTION_CACHE_LIMIT:
                 self._by_action[action_lower] = hit
+        return hit
+
+    def statements_covering(self, action_lower: str, resource: str) -> tuple[Statement, ...]:
+        """The statements covering both the action and the resource, in document order
+        (an identity policy's: it names no principal). Memoized per (action, resource) like
+        `statements_naming`, so resource patterns are matched once, not on every call."""
+        memo_key = (action_lower, resource)
+        hit = self._by_resource.get(memo_key)
+        if hit is None:
+            hit = tuple(
+                st for st in self.statements_for(action_lower) if st.covers_resource(resource)
+            )
+            if len(self._by_resource) >= _REQUEST_CACHE_LIMIT:
+                self._by_resource.clear()
+            self._by_resource[memo_key] = hit
         return hit
 
     def statements_naming(

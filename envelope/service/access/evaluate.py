@@ -148,9 +148,7 @@ def authorize(
 
     iam_allow: str | None = None
     for name, policy in iam_policies:
-        for st in policy.statements_for(action_lower):
-            if not st.covers_resource(resource):
-                continue
+        for st in policy.statements_covering(action_lower, resource):
             if st.conditions and _first_failed(st, values) >= 0:
                 continue
             if not st.allow:
