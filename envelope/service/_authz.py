@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -123,8 +123,6 @@ class Identity:
     exists: bool
     tags: Mapping[str, str] = field(default_factory=dict)
     policies: tuple[tuple[str, Policy], ...] = ()
-    #: Does any of its policies test ``kms:ResourceAliases`` (worth a query only then)?
-    mentions_aliases: bool = False
 
 
 def bump_generation(conn: sqlite3.Connection) -> None:
@@ -157,27 +155,19 @@ class AccessCache:
 
     def __init__(self, row_key: bytes) -> None:
         self._row_key = row_key
-        self._policies: dict[tuple[str, bool], tuple[Policy, bool]] = {}
+        self._policies: dict[tuple[str, bool], Policy] = {}
         self._principals: dict[str, Principal] = {}
         self._identities: dict[str, tuple[bytes, Identity]] = {}
         self._second = -1
         self._iso = ""
 
-    def _parsed(self, text: str, resource_policy: bool) -> tuple[Policy, bool]:
-        hit = self._policies.get((text, resource_policy))
-        if hit is None:
-            policy = parse_policy(text, resource_policy=resource_policy)
-            hit = (policy, "kms:resourcealiases" in text.lower())
-            _remember(self._policies, (text, resource_policy), hit)
-        return hit
-
     def policy(self, text: str, *, resource_policy: bool) -> Policy:
         """A stored policy, parsed once (it was validated when it was stored)."""
-        return self._parsed(text, resource_policy)[0]
-
-    def mentions_aliases(self, key_policy: str, identity: Identity) -> bool:
-        """Does any policy in play test ``kms:ResourceAliases`` (worth a query only then)?"""
-        return identity.mentions_aliases or self._parsed(key_policy, True)[1]
+        hit = self._policies.get((text, resource_policy))
+        if hit is None:
+            hit = parse_policy(text, resource_policy=resource_policy)
+            _remember(self._policies, (text, resource_policy), hit)
+        return hit
 
     def iso_time(self, now: float) -> str:
         """``aws:CurrentTime`` for `now`, formatted once per second."""
@@ -216,17 +206,14 @@ class AccessCache:
             return Identity(caller, False)
         body = self._authentic(row[0], row[1], "principals", arn)
         policies = []
-        mentions = False
         for name, text, mac in conn.execute(
             "SELECT name, body, mac FROM identity_policies WHERE principal=? ORDER BY name",
             (arn,),
         ):
             doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
-            policy, mention = self._parsed(str(doc["Document"]), False)
-            policies.append((str(name), policy))
-            mentions = mentions or mention
+            policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
         tags = body.get("Tags") or {}
-        return Identity(caller, True, dict(tags), tuple(policies), mentions)
+        return Identity(caller, True, dict(tags), tuple(policies))
 
     def _authentic(self, text: object, mac: object, table: str, ident: str) -> dict[str, Any]:
         if isinstance(text, str) and _rows.check_record(self._row_key, table, ident, text, mac):
@@ -263,6 +250,90 @@ def grant_view(body: Mapping[str, Any]) -> GrantView:
         context_equals=constraints.get("EncryptionContextEquals"),
         context_subset=constraints.get("EncryptionContextSubset"),
     )
+
+
+_MISSING: Any = object()
+
+
+class ConditionContext(Mapping[str, Any]):
+    """The condition context of one request, computed only where a statement asks.
+
+    Most policies test one or two condition keys; building every value of every request
+    (the encryption context under lower-cased names, tags, ...) cost more than deciding.
+    `base` holds the plain values; the rest are looked up on demand, with AWS's
+    case-insensitive key names (`get` takes lower-case names, as the evaluator passes them).
+    Iterating materializes everything (for explanations and tests)."""
+
+    __slots__ = ("_aliases", "_base", "_ctx", "_lctx", "_ptags", "_rtags")
+
+    def __init__(
+        self,
+        base: dict[str, Any],
+        enc_context: Mapping[str, str] | None = None,
+        principal_tags: Mapping[str, str] | None = None,
+        resource_tags: Mapping[str, str] | None = None,
+        aliases: Callable[[], list[str]] | None = None,
+    ) -> None:
+        self._base = base
+        self._ctx = enc_context or None
+        self._lctx: dict[str, str] | None = None
+        self._ptags = principal_tags or None
+        self._rtags = resource_tags or None
+        self._aliases = aliases
+
+    def get(self, name: str, default: Any = None) -> Any:
+        v = self._base.get(name, _MISSING)
+        if v is not _MISSING:
+            return v
+        if name.startswith("kms:encryptioncontext"):
+            if self._ctx is None:
+                return default
+            if name == "kms:encryptioncontextkeys":
+                return list(self._ctx)
+            if name.startswith("kms:encryptioncontext:"):
+                if self._lctx is None:
+                    self._lctx = {k.lower(): v for k, v in self._ctx.items()}
+                return self._lctx.get(name[22:], default)
+            return default
+        if name.startswith("aws:principaltag/"):
+            return _tag(self._ptags, name[17:], default)
+        if name.startswith("aws:resourcetag/"):
+            return _tag(self._rtags, name[16:], default)
+        if name == "kms:resourcealiases" and self._aliases is not None:
+            found = self._base[name] = self._aliases()
+            return found
+        return default
+
+    def _all(self) -> dict[str, Any]:
+        out = dict(self._base)
+        if self._ctx is not None:
+            out.update(encryption_context_values(self._ctx))
+        out.update(tag_values("aws:principaltag/", self._ptags or {}))
+        out.update(tag_values("aws:resourcetag/", self._rtags or {}))
+        if self._aliases is not None and "kms:resourcealiases" not in out:
+            out["kms:resourcealiases"] = self.get("kms:resourcealiases")
+        return out
+
+    def __getitem__(self, name: str) -> Any:
+        v = self.get(name, _MISSING)
+        if v is _MISSING:
+            raise KeyError(name)
+        return v
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+def _tag(tags: Mapping[str, str] | None, key: str, default: Any) -> Any:
+    if not tags:
+        return default
+    for k, v in tags.items():
+        if k.lower() == key:
+            return v
+    return default
 
 
 def iso_time(now: float) -> str:

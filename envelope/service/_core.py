@@ -895,8 +895,6 @@ class ServiceCore:
             values["aws:principalaccount"] = caller.account
         if call.ctx.via_service:
             values["kms:viaservice"] = call.ctx.via_service
-        if call.enc_context is not None:
-            values.update(_authz.encryption_context_values(call.enc_context))
         values.update(call.values)
         return values
 
@@ -916,23 +914,23 @@ class ServiceCore:
         m = key.meta
         policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
         key_policy = self._access.policy(policy_text, resource_policy=True)
-        values = self._caller_values(call, now)
-        if identity.tags:
-            values.update(_authz.tag_values("aws:principaltag/", identity.tags))
-        tags = m.get("x_tags")
-        if tags:
-            values.update(_authz.tag_values("aws:resourcetag/", tags))
-        values["kms:keyspec"] = m["KeySpec"]
-        values["kms:keyusage"] = m["KeyUsage"]
-        values["kms:keyorigin"] = m["Origin"]
-        if self._access.mentions_aliases(policy_text, identity):
-            values["kms:resourcealiases"] = [
+        base = self._caller_values(call, now)
+        base["kms:keyspec"] = m["KeySpec"]
+        base["kms:keyusage"] = m["KeyUsage"]
+        base["kms:keyorigin"] = m["Origin"]
+
+        def aliases() -> list[str]:
+            return [
                 str(r[0])
                 for r in conn.execute(
                     "SELECT name FROM aliases WHERE region=? AND account=? AND key_id=?",
                     (key.region, key.account, key.id),
                 )
             ]
+
+        values = _authz.ConditionContext(
+            base, call.enc_context, identity.tags, m.get("x_tags"), aliases
+        )
         request = Request(
             action=action,
             caller=caller,
@@ -974,8 +972,9 @@ class ServiceCore:
         caller = call.caller
         assert caller is not None
         identity = self._access.identity(conn, caller)
-        values = self._caller_values(call, self.now())
-        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        values = _authz.ConditionContext(
+            self._caller_values(call, self.now()), call.enc_context, identity.tags
+        )
         request = Request(
             action=action or f"kms:{call.op}",
             caller=caller,
@@ -1086,8 +1085,9 @@ class ServiceCore:
         caller = call.caller
         assert caller is not None
         identity = self._access.identity(conn, caller)
-        values = self._caller_values(call, self.now())
-        values.update(_authz.tag_values("aws:principaltag/", identity.tags))
+        values = _authz.ConditionContext(
+            self._caller_values(call, self.now()), call.enc_context, identity.tags
+        )
         request = Request(
             action="kms:PutKeyPolicy",
             caller=caller,
