@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
+import moto.server as moto_server
 import pytest
 
 import envelope
@@ -60,9 +62,6 @@ from envelope.kms.filekey import FileKeyBackend, generate_key_file
 from envelope.kms.keyspec import KeySpec
 from envelope.kms.retry import RetryingKms, RetryPolicy
 from envelope.lake import jobs
-
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 REGION = "eu-west-1"
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIDTESTTESTTEST", "AWS_SECRET_ACCESS_KEY": "test-secret"}

@@ -5,16 +5,13 @@ before the server starts: ``admin`` (an IAM user allowed ``kms:*``: with the def
 which delegates to IAM, it manages every key it creates) and ``alice`` (no identity policy: only
 what key policies and grants give her).
 
-Credentials: when the build has SigV4 verification (`envelope.server.auth` and the service's
-`create_access_key`), each user gets a real access key and the server is the real
-`envelope serve`. Until then the server is started by `tests.server._trusting`, the same CLI with
-an authenticator that takes the SigV4 access key id as the caller's ARN.
+Credentials: each user gets a real access key (`create_access_key`) and the server is the real
+`envelope serve`, checking SigV4 on every request.
 """
 
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -44,19 +41,6 @@ ADMIN_POLICY = json.dumps(
         "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}],
     }
 )
-
-
-def real_auth() -> bool:
-    """True when the build verifies SigV4 (section A of issue 11 landed).
-
-    ``$ENVELOPE_TEST_SERVER_AUTH`` = ``trust`` or ``real`` forces the choice (``trust`` is for
-    working on the server while the authenticator is being changed)."""
-    forced = os.environ.get("ENVELOPE_TEST_SERVER_AUTH")
-    if forced in ("trust", "real"):
-        return forced == "real"
-    return importlib.util.find_spec("envelope.server.auth") is not None and hasattr(
-        KeyService, "create_access_key"
-    )
 
 
 def free_port() -> int:
@@ -154,11 +138,8 @@ def _prepare(home: Path) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
         )
         creds: dict[str, tuple[str, str]] = {}
         for name, arn in arns.items():
-            if real_auth():
-                key = svc.create_access_key(user_arn=arn)["AccessKey"]  # type: ignore[attr-defined]
-                creds[name] = (key["AccessKeyId"], key["SecretAccessKey"])
-            else:
-                creds[name] = (arn, "not-checked-by-the-trusting-test-server")
+            key = svc.create_access_key(user_arn=arn)["AccessKey"]
+            creds[name] = (key["AccessKeyId"], key["SecretAccessKey"])
         return creds, arns
     finally:
         svc.close()
@@ -171,7 +152,7 @@ def start_server(home: Path, log: Path, *extra: str) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENVELOPE_")}
     env["ENVELOPE_HOME"] = str(home)
     env["PYTHONPATH"] = str(REPO)
-    launcher = ["envelope.cli.main"] if real_auth() else ["tests.server._trusting"]
+    launcher = ["envelope.cli.main"]
     cmd = [
         sys.executable,
         "-m",

@@ -35,11 +35,7 @@ import pytest
 
 from envelope.service import open_service
 
-from .conftest import REGION, REPO, Server, _prepare, free_port, real_auth
-
-pytestmark = pytest.mark.skipif(
-    not real_auth(), reason="worker processes start the real `envelope serve` (needs SigV4)"
-)
+from .conftest import REGION, REPO, Server, _prepare, free_port
 
 CLIENTS = 8
 _SESSION = boto3.session.Session()

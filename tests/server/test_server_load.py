@@ -27,11 +27,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from .conftest import REGION, Server, real_auth, start_server
-
-pytestmark = pytest.mark.skipif(
-    not real_auth(), reason="worker processes start the real `envelope serve` (needs SigV4)"
-)
+from .conftest import REGION, Server, start_server
 
 CLIENTS = 8
 _SESSION = boto3.session.Session()

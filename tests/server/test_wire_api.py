@@ -11,7 +11,7 @@ import pytest
 
 from envelope.service import KeyService
 
-from .conftest import Server, real_auth
+from .conftest import Server
 
 
 def _code(exc: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
@@ -314,8 +314,6 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
 
 
 def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Server) -> None:
-    if not real_auth():
-        pytest.skip("needs SigV4 verification (envelope.server.auth) in the build")
     status, headers, body = server.http(
         "POST",
         "/",

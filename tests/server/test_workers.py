@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import real_auth, start_server
+from .conftest import start_server
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_store(tmp_path: Path) -> None:
-    if not real_auth():
-        pytest.skip("worker processes start the real `envelope serve` (needs SigV4 in the build)")
     srv = start_server(tmp_path / "home", tmp_path / "server.log", "--workers", "2")
     try:
         # keep-alive calls are not held back by Nagle + delayed ACK (about 40 ms each)
