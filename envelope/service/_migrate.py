@@ -17,6 +17,11 @@ and the access generation counter; aliases gain the owning account (a store now 
 accounts, and every account has its own alias names). Existing aliases belong to the default
 account, the only one earlier versions had. Key rows need no change: a key without an owning
 account or a key policy belongs to the service's account and has the default key policy.
+
+Schema 5 adds custom key stores (issue 13): the stores themselves, the HSM clusters (PKCS#11
+tokens) registered with this KMS, and the token objects still to destroy after their KMS keys
+were deleted. Rows are MAC'd like the access-control rows; secrets (the token PIN, the XKS
+proxy's secret access key) are sealed under the root key.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from . import _rows, audit
 from .errors import StoreError, TamperedStoreError
 from .rootkey import RootKey
 
-__all__ = ("SCHEMA_VERSION", "SEALS_INDEX", "UPGRADE_OPERATION", "read_meta", "upgrade")
+__all__ = ("KEYSTORE_SCHEMA", "SCHEMA_VERSION", "SEALS_INDEX", "UPGRADE_OPERATION", "read_meta", "upgrade")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: The default account of every store written before schema 4.
 LEGACY_ACCOUNT = "000000000000"
 
@@ -62,6 +67,20 @@ CREATE TABLE IF NOT EXISTS access_keys(
     kind TEXT NOT NULL, expires REAL, body TEXT NOT NULL, mac BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS access_keys_principal ON access_keys(principal);
 CREATE INDEX IF NOT EXISTS access_keys_expires ON access_keys(kind, expires);
+"""
+
+#: Custom key stores (schema 5). ``body`` is the store's JSON (type, name, connection state,
+#: cluster or proxy settings); ``secret`` is sealed under the root key (`_keystores`).
+KEYSTORE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS custom_key_stores(
+    store_id TEXT PRIMARY KEY, account TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL,
+    secret BLOB, mac BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS custom_key_stores_name ON custom_key_stores(account, name);
+CREATE TABLE IF NOT EXISTS hsm_clusters(
+    cluster_id TEXT PRIMARY KEY, body TEXT NOT NULL, mac BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS token_deletions(
+    store_id TEXT NOT NULL, label TEXT NOT NULL, due REAL NOT NULL,
+    PRIMARY KEY(store_id, label));
 """
 UPGRADE_OPERATION = "UpgradeStore"
 
@@ -123,6 +142,8 @@ def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) ->
             _to_3(conn, rk, signer)
         if version <= 3:
             _to_4(conn, rk, signer)
+        if version <= 4:
+            _to_5(conn, rk, signer)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -184,6 +205,16 @@ def _to_4(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"4",))
     store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
     _record(conn, audit.Sealer(signer, rk, store_id), 3, 4, {})
+
+
+def _to_5(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    """Custom key stores: their table, the registered HSM clusters, pending token deletions."""
+    for statement in KEYSTORE_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"5",))
+    store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
+    _record(conn, audit.Sealer(signer, rk, store_id), 4, 5, {})
 
 
 SEALS_INDEX = "CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter)"

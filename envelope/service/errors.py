@@ -15,12 +15,23 @@ from __future__ import annotations
 __all__ = (
     "AccessDeniedException",
     "AlreadyExistsException",
+    "CloudHsmClusterInUseException",
+    "CloudHsmClusterInvalidConfigurationException",
+    "CloudHsmClusterNotActiveException",
+    "CloudHsmClusterNotFoundException",
+    "CloudHsmClusterNotRelatedException",
+    "CustomKeyStoreHasCMKsException",
+    "CustomKeyStoreInvalidStateException",
+    "CustomKeyStoreNameInUseException",
+    "CustomKeyStoreNotFoundException",
+    "DependencyTimeoutException",
     "DigestError",
     "DisabledException",
     "DryRunOperationException",
     "ExpiredImportTokenException",
     "IncorrectKeyException",
     "IncorrectKeyMaterialException",
+    "IncorrectTrustAnchorException",
     "InvalidAliasNameException",
     "InvalidArnException",
     "InvalidCiphertextException",
@@ -33,17 +44,27 @@ __all__ = (
     "KMSInvalidMacException",
     "KMSInvalidSignatureException",
     "KMSInvalidStateException",
+    "KeyUnavailableException",
     "KmsServiceError",
     "LimitExceededException",
     "MalformedPolicyDocumentException",
     "NotFoundException",
     "RootKeyError",
     "StoreError",
-    "TamperedStoreError",
     "TagException",
+    "TamperedStoreError",
     "ThrottlingException",
     "UnsupportedOperationException",
     "ValidationException",
+    "XksKeyAlreadyInUseException",
+    "XksKeyInvalidConfigurationException",
+    "XksKeyNotFoundException",
+    "XksProxyIncorrectAuthenticationCredentialException",
+    "XksProxyInvalidConfigurationException",
+    "XksProxyInvalidResponseException",
+    "XksProxyUriEndpointInUseException",
+    "XksProxyUriInUseException",
+    "XksProxyUriUnreachableException",
 )
 
 
@@ -171,6 +192,89 @@ class ThrottlingException(KmsServiceError):
 class KMSInternalException(KmsServiceError):
     """Something broke inside the service (the store is unreadable, ...)."""
 
+
+class CloudHsmClusterInUseException(KmsServiceError):
+    """The HSM cluster (PKCS#11 token) already backs another custom key store."""
+
+
+class CloudHsmClusterInvalidConfigurationException(KmsServiceError):
+    """The HSM cluster (token) cannot hold this store's keys as configured."""
+
+
+class CloudHsmClusterNotActiveException(KmsServiceError):
+    """The HSM cluster's token cannot be reached (module or token missing)."""
+
+
+class CloudHsmClusterNotFoundException(KmsServiceError):
+    """No HSM cluster with that id is registered with this KMS."""
+
+
+class CloudHsmClusterNotRelatedException(KmsServiceError):
+    """The new cluster's token does not hold this store's keys."""
+
+
+class CustomKeyStoreHasCMKsException(KmsServiceError):
+    """The custom key store still holds KMS keys (schedule their deletion first)."""
+
+
+class CustomKeyStoreInvalidStateException(KmsServiceError):
+    """The custom key store's ConnectionState does not allow this operation."""
+
+
+class CustomKeyStoreNameInUseException(KmsServiceError):
+    """Another custom key store of this account has that name."""
+
+
+class CustomKeyStoreNotFoundException(KmsServiceError):
+    """No custom key store with that id or name in this account."""
+
+
+class DependencyTimeoutException(KmsServiceError):
+    """A dependency (an HSM or an external key store proxy) timed out; retryable."""
+
+
+class IncorrectTrustAnchorException(KmsServiceError):
+    """The trust anchor is not the one registered for the cluster."""
+
+
+class KeyUnavailableException(KmsServiceError):
+    """The key cannot be used right now; retryable."""
+
+
+class XksKeyAlreadyInUseException(KmsServiceError):
+    """That external key already backs another KMS key of this store."""
+
+
+class XksKeyInvalidConfigurationException(KmsServiceError):
+    """The external key is not an enabled AES-256 key that encrypts and decrypts."""
+
+
+class XksKeyNotFoundException(KmsServiceError):
+    """The external key store proxy has no key with that id."""
+
+
+class XksProxyIncorrectAuthenticationCredentialException(KmsServiceError):
+    """The proxy refused the store's SigV4 credential."""
+
+
+class XksProxyInvalidConfigurationException(KmsServiceError):
+    """The proxy settings cannot work (for example VPC endpoint connectivity)."""
+
+
+class XksProxyInvalidResponseException(KmsServiceError):
+    """The proxy answered something the XKS API does not allow."""
+
+
+class XksProxyUriEndpointInUseException(KmsServiceError):
+    """Another external key store uses that proxy endpoint."""
+
+
+class XksProxyUriInUseException(KmsServiceError):
+    """Another external key store uses that proxy endpoint and path."""
+
+
+class XksProxyUriUnreachableException(KmsServiceError):
+    """The proxy could not be reached (or did not answer GetHealthStatus)."""
 
 class StoreError(KmsServiceError):
     """The store cannot be used as it is (missing, truncated, corrupt): not retryable.

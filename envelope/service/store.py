@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _rows, audit
-from ._migrate import ACCESS_SCHEMA, SCHEMA_VERSION, read_meta, upgrade
+from ._migrate import ACCESS_SCHEMA, KEYSTORE_SCHEMA, SCHEMA_VERSION, read_meta, upgrade
 from .digests import DigestLocation, default_location, name_of
 from .errors import KMSInternalException, RootKeyError, StoreError
 from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS seals(
     seq INTEGER PRIMARY KEY, chain BLOB NOT NULL, at REAL NOT NULL, sig BLOB NOT NULL,
     counter INTEGER, digest BLOB, published INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter);
-""" + ACCESS_SCHEMA
+""" + ACCESS_SCHEMA + KEYSTORE_SCHEMA
 
 Synchronous = Literal["NORMAL", "FULL"]
 _log = logging.getLogger("envelope.service.audit")

@@ -180,6 +180,7 @@ def test_a_schema1_store_is_upgraded_once_and_recorded(home: Path, clock: FakeCl
         {"FromSchema": 1, "ToSchema": 2, "KeyRows": 2},
         {"FromSchema": 2, "ToSchema": 3},
         {"FromSchema": 3, "ToSchema": 4},
+        {"FromSchema": 4, "ToSchema": 5},
     ]
     assert svc.verify_audit_log().ok and svc.check_store() == []
     svc.close()
@@ -222,9 +223,10 @@ def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
     edit_meta(home, expect["disabled"], KeyState="Enabled")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     problems = svc.check_store()
-    assert len(problems) == 3 and "upgraded to schema 2 2 times" in problems[0]
+    assert len(problems) == 4 and "upgraded to schema 2 2 times" in problems[0]
     assert "upgraded to schema 3 2 times" in problems[1]
     assert "upgraded to schema 4 2 times" in problems[2]
+    assert "upgraded to schema 5 2 times" in problems[3]
     svc.close()
 
 
