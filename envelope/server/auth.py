@@ -34,6 +34,11 @@ captured request cannot be replayed as another operation.
 
 Secrets come from `KeyService.resolve_credentials` (cached there); they never appear in an
 `AuthError`, whose messages name at most the access key id.
+
+The same verifier serves other SigV4 services: `service_name` is the service of the credential
+scope (``kms`` for `envelope serve`, ``kms-xks-proxy`` for the XKS proxy of `envelope.xks`), and
+`credentials` is anything with the `CredentialSource` shape (`KeyService`, or
+`StaticCredentials`: a fixed set of access key ids and secrets, as an XKS proxy is configured).
 """
 
 from __future__ import annotations
@@ -43,17 +48,22 @@ import hmac
 import re
 import time
 from calendar import timegm
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 from botocore.auth import SigV4Auth
 from botocore.credentials import Credentials
 
-if TYPE_CHECKING:
-    from ..service import KeyService
-
-__all__ = ("SKEW", "AuthError", "Authenticated", "Authenticator")
+__all__ = (
+    "SKEW",
+    "AuthError",
+    "Authenticated",
+    "Authenticator",
+    "CredentialSource",
+    "ResolvedSecret",
+    "StaticCredentials",
+)
 
 #: AWS's clock-skew window for SigV4 (seconds either side of the server's clock).
 SKEW: Final = 300.0
@@ -151,8 +161,8 @@ class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hint
     sign). Kept per key and Region: it holds no per-request state, only the day's signing
     key."""
 
-    def __init__(self, credentials: Credentials, region: str) -> None:
-        super().__init__(credentials, SERVICE, region)
+    def __init__(self, credentials: Credentials, region: str, service: str = SERVICE) -> None:
+        super().__init__(credentials, service, region)
         #: (day, signing key): botocore's four HMACs depend only on the secret, the day and
         #: the Region, so they run once a day (a tuple, replaced atomically: thread-safe)
         self._day_key: tuple[str, bytes] = ("", b"")
@@ -168,7 +178,7 @@ class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hint
         if cached_day != day:
             secret = self.credentials.secret_key
             k_date = self._sign(f"AWS4{secret}".encode(), day)
-            k_service = self._sign(self._sign(k_date, self._region_name), SERVICE)
+            k_service = self._sign(self._sign(k_date, self._region_name), self._service_name)
             k_signing = self._sign(k_service, "aws4_request")
             self._day_key = (day, k_signing)
         return str(self._sign(k_signing, string_to_sign, hex=True))
@@ -177,6 +187,68 @@ class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hint
         # botocore's rule for a bytes body (the SHA-256 of the bytes, also when empty),
         # computed once per request by the authenticator
         return request.payload_hash
+
+
+class ResolvedSecret(Protocol):
+    """What the authenticator reads of one access key (`service.ResolvedCredentials`)."""
+
+    @property
+    def principal_arn(self) -> str: ...
+    @property
+    def secret(self) -> str: ...
+    @property
+    def session_token_hash(self) -> bytes | None: ...
+    @property
+    def expires(self) -> float | None: ...
+    @property
+    def active(self) -> bool: ...
+
+
+class CredentialSource(Protocol):
+    """Where the authenticator finds the secret of an access key id (`KeyService` is one)."""
+
+    @property
+    def region(self) -> str: ...
+    def resolve_credentials(self, access_key_id: str, now: float) -> ResolvedSecret | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _StaticSecret:
+    principal_arn: str
+    secret: str = field(repr=False)
+    session_token_hash: bytes | None = None
+    expires: float | None = None
+    active: bool = True
+
+
+class StaticCredentials:
+    """A fixed set of long-term access keys (id -> secret), each signing as `principal_arn`
+    (default ``access-key/<id>``): how an XKS proxy knows the credentials AWS KMS signs with.
+    Several keys at once let a credential be rotated without downtime. The repr names only
+    the key ids."""
+
+    __slots__ = ("_keys", "region")
+
+    def __init__(
+        self,
+        keys: Mapping[str, str],
+        region: str,
+        *,
+        principals: Mapping[str, str] | None = None,
+    ) -> None:
+        self.region = region
+        self._keys = {
+            key_id: _StaticSecret(
+                (principals or {}).get(key_id, f"access-key/{key_id}"), secret
+            )
+            for key_id, secret in keys.items()
+        }
+
+    def __repr__(self) -> str:
+        return f"StaticCredentials(access_key_ids={sorted(self._keys)!r}, region={self.region!r})"
+
+    def resolve_credentials(self, access_key_id: str, now: float) -> ResolvedSecret | None:
+        return self._keys.get(access_key_id)
 
 
 def _amz_time(text: str) -> float | None:
@@ -227,20 +299,24 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
 class Authenticator:
     """Checks AWS SigV4 on each request against `service`'s access keys and role sessions.
 
-    `regions`: the Regions a credential scope may name (default: the service's Region).
-    `clock` gives the server's time; `skew` the accepted distance to the request's time.
-    Thread-safe (the service's lookup is; this object keeps no per-request state).
+    `service` is the credential source (the `KeyService`, or `StaticCredentials`);
+    `service_name` the service a credential scope must name (``kms``; ``kms-xks-proxy`` for
+    an XKS proxy). `regions`: the Regions a credential scope may name (default: the source's
+    Region). `clock` gives the server's time; `skew` the accepted distance to the request's
+    time. Thread-safe (the source's lookup is; this object keeps no per-request state).
     """
 
     def __init__(
         self,
-        service: KeyService,
+        service: CredentialSource,
         *,
         clock: Callable[[], float] = time.time,
         skew: float = SKEW,
         regions: Collection[str] | None = None,
+        service_name: str = SERVICE,
     ) -> None:
         self.service = service
+        self.service_name = service_name
         self._clock = clock
         self.skew = skew
         self.regions = frozenset(regions) if regions is not None else frozenset({service.region})
@@ -248,7 +324,10 @@ class Authenticator:
         self._verifiers: dict[tuple[str, str], _Verifier] = {}
 
     def __repr__(self) -> str:
-        return f"Authenticator(regions={sorted(self.regions)!r}, skew={self.skew!r})"
+        return (
+            f"Authenticator(service_name={self.service_name!r}, "
+            f"regions={sorted(self.regions)!r}, skew={self.skew!r})"
+        )
 
     def authenticate(
         self,
@@ -319,10 +398,10 @@ class Authenticator:
                 f"from HTTP: '{scope_date[:16]}' != '{amz_date[:8]}', from '{amz_date}'.",
                 access_key_id=claimed,
             )
-        if service != SERVICE:
+        if service != self.service_name:
             raise AuthError(
                 "InvalidSignatureException",
-                f"Credential should be scoped to correct service: '{SERVICE}'. ",
+                f"Credential should be scoped to correct service: '{self.service_name}'. ",
                 access_key_id=claimed,
             )
         if region not in self.regions:
@@ -444,6 +523,6 @@ class Authenticator:
             if len(self._verifiers) >= 4096:
                 self._verifiers.clear()
             found = self._verifiers[(key_id, region)] = _Verifier(
-                Credentials(key_id, secret), region
+                Credentials(key_id, secret), region, self.service_name
             )
         return found
