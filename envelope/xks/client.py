@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.exceptions import (
     HTTPError,
+    NewConnectionError,
     ProtocolError,
     SSLError,
 )
@@ -374,6 +375,8 @@ class XksClient:
                 )
             except SSLError as e:
                 raise XksTlsError(f"TLS with the XKS proxy {self.endpoint} failed: {e}") from None
+            except NewConnectionError as e:  # (urllib3 derives it from ConnectTimeoutError)
+                raise XksUnreachable(f"cannot reach the XKS proxy {self.endpoint}: {e}") from None
             except Urllib3Timeout:
                 raise XksTimeout(
                     f"the XKS proxy {self.endpoint} did not answer within {self.timeout:g} s"
