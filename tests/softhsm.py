@@ -1,0 +1,93 @@
+"""SoftHSM2 tokens for tests: a private token directory per test process (no test in here).
+
+    from tests.softhsm import make_token
+    config = make_token(tmp_path_factory.mktemp("hsm"), label="lead", pin="1234")
+    token = Token.open(config)
+
+SoftHSM2 reads ``$SOFTHSM2_CONF`` when the module is initialised, so one process has one
+configuration: the first `make_token` of a process writes ``softhsm2.conf`` (its ``tokendir``
+under that call's directory) and points ``$SOFTHSM2_CONF`` at it for this process and its
+children; later calls add tokens to the same directory and ignore their own `tmp_path`. A token
+made after the module was initialised in this process is found all the same: `Token.open`
+starts the module over once when a label is missing (`envelope.pkcs11.library`).
+
+Labels are unique per process: asking again for a label with the same PINs returns the same
+token; with other PINs it is an error. `softhsm2-util` must be on PATH
+(``scripts/install-test-deps`` installs Debian's ``softhsm2``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from envelope.pkcs11 import TokenConfig
+
+__all__ = ("SOFTHSM_MODULE", "make_token", "show_slots", "softhsm_conf")
+
+#: Debian's (and Ubuntu's) SoftHSM2 module; ``$ENVELOPE_TEST_SOFTHSM_MODULE`` overrides it.
+SOFTHSM_MODULE = os.environ.get("ENVELOPE_TEST_SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+
+_lock = threading.Lock()
+_conf: Path | None = None
+_pid = 0
+_made: dict[str, tuple[str, str]] = {}
+
+
+def softhsm_conf(tmp_path: Path) -> Path:
+    """This process's SoftHSM2 configuration (made under `tmp_path` on first use)."""
+    global _conf, _pid
+    with _lock:
+        if _conf is None or _pid != os.getpid():
+            home = Path(tmp_path) / "softhsm"
+            (home / "tokens").mkdir(parents=True, exist_ok=True)
+            conf = home / "softhsm2.conf"
+            conf.write_text(
+                f"directories.tokendir = {home / 'tokens'}\n"
+                "objectstore.backend = file\n"
+                "log.level = ERROR\n"
+                "slots.removable = false\n"
+            )
+            _conf, _pid = conf, os.getpid()
+            _made.clear()
+        os.environ["SOFTHSM2_CONF"] = str(_conf)
+        return _conf
+
+
+def _util(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("softhsm2-util")
+    if exe is None:
+        raise RuntimeError("softhsm2-util is not installed: run scripts/install-test-deps")
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, check=False, env=dict(os.environ)
+    )
+
+
+def make_token(
+    tmp_path: Path, label: str = "t", pin: str = "1234", so_pin: str = "5678"
+) -> TokenConfig:
+    """A SoftHSM2 token labelled `label` with user PIN `pin`, and its `TokenConfig`."""
+    softhsm_conf(tmp_path)
+    with _lock:
+        made = _made.get(label)
+        if made is not None:
+            if made != (pin, so_pin):
+                raise ValueError(f"test token {label!r} was made with other PINs")
+            return TokenConfig(SOFTHSM_MODULE, label, pin)
+        done = _util("--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin)
+        if done.returncode != 0:
+            raise RuntimeError(f"softhsm2-util --init-token failed: {done.stderr.strip()}")
+        _made[label] = (pin, so_pin)
+    return TokenConfig(SOFTHSM_MODULE, label, pin)
+
+
+def show_slots() -> str:
+    """``softhsm2-util --show-slots`` for this process's token directory (raises if it fails:
+    a corrupt token directory makes it fail)."""
+    done = _util("--show-slots")
+    if done.returncode != 0:
+        raise RuntimeError(f"softhsm2-util --show-slots failed: {done.stderr.strip()}")
+    return done.stdout
