@@ -22,7 +22,7 @@ from .errors import (
     TokenError,
     TokenUnavailable,
 )
-from .token import KeyHandle, Token
+from .token import KeyHandle, Token, probe_token
 
 __all__ = (
     "ConnectionErrorCode",
@@ -35,4 +35,5 @@ __all__ = (
     "TokenError",
     "TokenUnavailable",
     "pin_from_source",
+    "probe_token",
 )

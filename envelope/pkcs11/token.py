@@ -19,7 +19,7 @@ handle is only valid in the process that found it; when the key was destroyed me
 another process), the token answers CKR_KEY_HANDLE_INVALID or CKR_OBJECT_HANDLE_INVALID and
 the label is looked up once more.
 
-**Retries.** A call is retried once, on a fresh session or after logging in again, when the
+**Retries.** A call is tried again, on a fresh session or after logging in again, when the
 token says the session is gone (CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED), an operation
 was left active, the handle is stale, or the login was lost (CKR_USER_NOT_LOGGED_IN).
 
@@ -50,7 +50,7 @@ from .failures import from_exception, from_rv, rv_of
 from .library import Library, fork_generation
 from .pool import SessionPool
 
-__all__ = ("KeyHandle", "Token")
+__all__ = ("KeyHandle", "Token", "probe_token")
 
 T = TypeVar("T")
 
@@ -59,6 +59,9 @@ _MAX_LABEL_BYTES: Final = 128
 _MAX_RANDOM: Final = 1 << 20
 _MAX_PLAINTEXT: Final = 1 << 26  # one C_Encrypt; AWS caps Encrypt at 4 KiB anyway
 
+#: One call may meet a stale handle, then a lost login (the stale handle was the first sign of
+#: it), then succeed: three attempts at most.
+_ATTEMPTS: Final = 3
 _USER_NOT_LOGGED_IN: Final = rv("CKR_USER_NOT_LOGGED_IN")
 _STALE_HANDLE: Final = frozenset({rv("CKR_KEY_HANDLE_INVALID"), rv("CKR_OBJECT_HANDLE_INVALID")})
 #: After these the session is closed rather than lent again.
@@ -450,13 +453,14 @@ class Token:
             metrics.observe(op, outcome, perf_counter() - started)
 
     def _run(self, call: Callable[[_Session], T], label: str | None = None) -> T:
-        """`call` on a borrowed session, retried once on a fresh session or after a new login
-        when the failure says so; every other failure becomes a `TokenError`."""
+        """`call` on a borrowed session, tried again on a fresh session, with a fresh handle or
+        after a new login when the failure says so (`_ATTEMPTS` in all); every other failure
+        becomes a `TokenError`."""
         library = self._library
-        for attempt in (1, 2):
+        for attempt in range(1, _ATTEMPTS + 1):
             library.enter()
             try:
-                return self._attempt(call, label, last=attempt == 2)
+                return self._attempt(call, label, last=attempt == _ATTEMPTS)
             except _Retry:
                 continue
             finally:
@@ -514,7 +518,12 @@ class Token:
         from pkcs11 import Attribute, ObjectClass
 
         query = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
-        return list(session.p11.get_objects(query))
+        objects = list(session.p11.get_objects(query))
+        if not objects and not Cryptoki.is_user_state(self._cryptoki.session_state(session.handle)):
+            # private keys are invisible to a session that is not logged in: "no such key"
+            # would be a lie (the login was lost: log in again and look once more)
+            raise CallFailed("C_FindObjects", _USER_NOT_LOGGED_IN)
+        return objects
 
     def _one_object(self, session: _Session, label: str) -> Any:
         objects = self._objects(session, label)
@@ -537,6 +546,34 @@ class Token:
         for other in [k for k, v in self._handles.items() if v == handle and k != label]:
             self._handles.pop(other, None)
         self._handles[label] = handle
+
+
+def probe_token(module: str, token_label: str) -> None:
+    """Is there a token labelled `token_label` in `module`, offering AES-GCM? Needs no PIN (it
+    does not log in). `TokenUnavailable` (CLUSTER_NOT_FOUND, ...) if not. A label the module
+    does not list makes it start over once, as `Token.open` does."""
+    started = perf_counter()
+    outcome = "unavailable"
+    try:
+        library = Library.load(module)
+        for attempt in (1, 2):
+            library.enter()
+            try:
+                library.ensure_initialised()
+                _check_mechanisms(library.find_token(token_label), token_label)
+                outcome = "ok"
+                return
+            except TokenUnavailable as e:
+                if attempt == 2 or e.code != "CLUSTER_NOT_FOUND":
+                    raise
+            finally:
+                library.leave()
+            library.rescan()
+    except BaseException as e:
+        outcome = metrics.outcome_of(e)
+        raise
+    finally:
+        metrics.observe("probe", outcome, perf_counter() - started)
 
 
 def _check_label(label: str) -> None:

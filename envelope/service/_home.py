@@ -2,7 +2,8 @@
 
 Layout: ``kms.sqlite3`` (the store, with its ``-wal`` and ``-shm`` files) and ``root.key`` (the
 root-key file, mode 0600). ``$ENVELOPE_KMS_PASSPHRASE`` selects a scrypt passphrase instead of
-the file; ``$ENVELOPE_REGION`` picks the Region (default us-east-1). The audit digests go to
+the file, and ``$ENVELOPE_ROOT_KEY=pkcs11:...`` a key in an HSM (`Pkcs11RootKey`, before
+both); ``$ENVELOPE_REGION`` picks the Region (default us-east-1). The audit digests go to
 ``$ENVELOPE_AUDIT_DIGESTS`` (a folder or an ``s3://`` prefix), default ``<home>.audit-digests``
 beside the home (``~/.envelope.audit-digests``): a separate path, so the home can be deleted or
 restored without its anchor.
@@ -17,7 +18,7 @@ from .._ratelimit import RateQuota
 from ._core import DEFAULT_REGION, Clock
 from .digests import default_location
 from .errors import RootKeyError
-from .rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
+from .rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
 from .service import KeyService
 from .store import Store, Synchronous
 
@@ -48,6 +49,11 @@ def store_path(home: str | os.PathLike[str] | None = None) -> Path:
 
 
 def default_root(home: Path, *, strict: bool | None = None) -> RootKeyProvider:
+    uri = os.environ.get("ENVELOPE_ROOT_KEY")
+    if uri:
+        if not uri.startswith("pkcs11:"):
+            raise RootKeyError("$ENVELOPE_ROOT_KEY is a pkcs11: URI (docs/hsm.md)")
+        return Pkcs11RootKey(uri)
     passphrase = os.environ.get("ENVELOPE_KMS_PASSPHRASE")
     if passphrase:
         return PassphraseRootKey(passphrase)

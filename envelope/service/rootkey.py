@@ -11,6 +11,9 @@ the root key inside an HSM and implement the same two calls there. Two providers
   with N=2**17, r=8, p=1 (OWASP's password storage cheat sheet) for new stores. The parameters
   are kept in the store beside the salt (``root_kdf``); a store written before they were kept
   was made with N=2**15 and is opened with it.
+* `Pkcs11RootKey`: an AES-256 key inside a PKCS#11 token (an HSM), named by a ``pkcs11:`` URI
+  (``$ENVELOPE_ROOT_KEY``); `seal` and `unseal` run AES-GCM in the token, so the root key is
+  never in this process's memory. The sealed blob is the same as the others' (below).
 
 A root-key file readable by group or others is a leak waiting to happen: opening one warns
 (`InsecureRootKeyWarning`) and, in strict mode (``strict=True`` or ``$ENVELOPE_STRICT=1``; the
@@ -29,7 +32,7 @@ import stat
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,11 +40,16 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import RootKeyError
 
+if TYPE_CHECKING:
+    from ..pkcs11 import Token
+    from ..pkcs11.uri import Pkcs11Uri
+
 __all__ = (
     "AesRootKey",
     "FileRootKey",
     "InsecureRootKeyWarning",
     "PassphraseRootKey",
+    "Pkcs11RootKey",
     "RootKey",
     "RootKeyProvider",
     "strict_from_environment",
@@ -215,6 +223,108 @@ class PassphraseRootKey:
             n, r, p = _scrypt_parameters(parameters)
         kdf = Scrypt(salt=salt, length=ROOT_KEY_LEN, n=n, r=r, p=p)
         return AesRootKey(kdf.derive(self._passphrase))
+
+
+class Pkcs11RootKey:
+    """The root key is an AES-256 key in a PKCS#11 token, named by a ``pkcs11:`` URI::
+
+        pkcs11:token=envelope;object=envelope-root?module-path=/usr/lib/softhsm/libsofthsm2.so
+
+    The PIN comes from the URI's ``pin-source=file:/path`` or ``$ENVELOPE_HSM_PIN``. A new store
+    uses the key if the token has it (an HSM administrator may have made it) and makes it
+    otherwise (sensitive, not extractable, encrypt/decrypt only); an existing store needs it.
+    A key that can leave the token (extractable, or not sensitive) is refused either way.
+    """
+
+    def __init__(self, uri: str) -> None:
+        from ..errors import ConfigurationError
+        from ..pkcs11.uri import parse_pkcs11_uri
+
+        try:
+            self.uri: Pkcs11Uri = parse_pkcs11_uri(uri)
+        except ConfigurationError as e:
+            raise RootKeyError(f"bad pkcs11: root-key URI: {e}") from None
+        if self.uri.object is None:
+            raise RootKeyError("a pkcs11: root-key URI names its key (object=label)")
+        self.label: str = self.uri.object
+
+    def __repr__(self) -> str:
+        return f"Pkcs11RootKey({str(self.uri)!r})"
+
+    @property
+    def description(self) -> str:
+        return f"PKCS#11 key {self.label!r} in token {self.uri.token!r} ({self.uri.module})"
+
+    def open(self, salt: bytes, *, create: bool) -> RootKey:
+        from ..errors import ConfigurationError
+        from ..pkcs11 import Token, TokenError
+
+        try:
+            token = Token.open(self.uri.config())
+        except (ConfigurationError, TokenError) as e:
+            raise RootKeyError(f"the root key's token cannot be opened: {e}") from None
+        try:
+            if not token.has_key(self.label):
+                if not create:
+                    raise RootKeyError(
+                        f"the root key {self.label!r} is not in token {self.uri.token!r}: the "
+                        "store cannot be opened without it"
+                    )
+                token.create_aes_key(self.label)
+            attributes = token.key_attributes(self.label)
+        except TokenError as e:
+            raise RootKeyError(f"the root key's token failed: {e}") from None
+        if (
+            attributes.get("key_type") != "AES"
+            or attributes.get("value_len") != ROOT_KEY_LEN
+            or attributes.get("extractable") is not False
+            or attributes.get("sensitive") is not True
+            or not (attributes.get("encrypt") and attributes.get("decrypt"))
+        ):
+            raise RootKeyError(
+                f"the token key {self.label!r} cannot be a root key: it must be AES-256, "
+                "sensitive, not extractable, and allowed to encrypt and decrypt"
+            )
+        return _TokenRootKey(token, self.label)
+
+
+class _TokenRootKey:
+    """`seal`/`unseal` by the token: the same blob as `AesRootKey`'s, made inside the HSM."""
+
+    __slots__ = ("_label", "_token")
+
+    def __init__(self, token: Token, label: str) -> None:
+        self._token = token
+        self._label = label
+
+    def __repr__(self) -> str:
+        return f"_TokenRootKey({self._label!r})"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("root keys cannot be pickled")
+
+    def seal(self, data: bytes, aad: bytes) -> bytes:
+        from ..pkcs11 import TokenError
+
+        try:
+            iv, ciphertext, tag = self._token.encrypt(self._label, data, _AAD_PREFIX + aad)
+        except TokenError as e:
+            raise RootKeyError(f"the root key's token failed to seal: {e}") from None
+        return _VERSION + iv + ciphertext + tag
+
+    def unseal(self, blob: bytes, aad: bytes) -> bytes:
+        from ..pkcs11 import TokenDecryptError, TokenError
+
+        if len(blob) < 29 or blob[:1] != _VERSION:
+            raise RootKeyError("a sealed value in the store is malformed")
+        try:
+            return self._token.decrypt(
+                self._label, blob[1:13], blob[13:-16], blob[-16:], _AAD_PREFIX + aad
+            )
+        except TokenDecryptError:
+            raise RootKeyError("the root key does not open this store (wrong token key)") from None
+        except TokenError as e:
+            raise RootKeyError(f"the root key's token failed to unseal: {e}") from None
 
 
 def _scrypt_parameters(raw: bytes) -> tuple[int, int, int]:
