@@ -21,12 +21,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from envelope.pkcs11 import TokenConfig
 
-__all__ = ("SOFTHSM_MODULE", "make_token", "show_slots", "softhsm_conf")
+__all__ = (
+    "SOFTHSM_MODULE",
+    "make_token",
+    "make_token_without_user_pin",
+    "show_slots",
+    "softhsm_conf",
+)
 
 #: Debian's (and Ubuntu's) SoftHSM2 module; ``$ENVELOPE_TEST_SOFTHSM_MODULE`` overrides it.
 SOFTHSM_MODULE = os.environ.get("ENVELOPE_TEST_SOFTHSM_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
@@ -91,3 +98,38 @@ def show_slots() -> str:
     if done.returncode != 0:
         raise RuntimeError(f"softhsm2-util --show-slots failed: {done.stderr.strip()}")
     return done.stdout
+
+
+#: C_InitToken on SoftHSM2's free slot, alone in a fresh process: a token whose user PIN was
+#: never set (softhsm2-util always sets one).
+_INIT_SO_ONLY = """
+import ctypes, sys
+module, label, so_pin = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+lib = ctypes.CDLL(module)
+assert lib.C_Initialize(None) == 0
+count = ctypes.c_ulong()
+assert lib.C_GetSlotList(0, None, ctypes.byref(count)) == 0
+slots = (ctypes.c_ulong * count.value)()
+assert lib.C_GetSlotList(0, slots, ctypes.byref(count)) == 0
+free = slots[count.value - 1]  # SoftHSM2 keeps its one uninitialised token last
+rv = lib.C_InitToken(ctypes.c_ulong(free), so_pin, ctypes.c_ulong(len(so_pin)), label.ljust(32))
+lib.C_Finalize(None)
+sys.exit(rv)
+"""
+
+
+def make_token_without_user_pin(tmp_path: Path, label: str, so_pin: str = "5678") -> None:
+    """A SoftHSM2 token with an SO PIN only (a user login: CKR_USER_PIN_NOT_INITIALIZED)."""
+    softhsm_conf(tmp_path)
+    with _lock:
+        if label in _made:
+            raise ValueError(f"test token {label!r} exists")
+        done = subprocess.run(
+            [sys.executable, "-c", _INIT_SO_ONLY, SOFTHSM_MODULE, label, so_pin],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"C_InitToken returned {done.returncode}: {done.stderr.strip()}")
+        _made[label] = ("", so_pin)
