@@ -8,13 +8,13 @@
     blob = client.encrypt("orders", data_key, aad, md)        # XksCiphertext
     data_key == client.decrypt("orders", blob, aad, md)
 
-Synchronous and thread-safe: one keep-alive pool of HTTPS connections (urllib3) shared by every
-thread, so a call costs one request/response on an open connection, not a TCP and TLS
-handshake. Every request is signed with SigV4 for ``kms-xks-proxy`` (botocore's signer, see
-`envelope.xks._sigv4`) and bounded by `timeout` (default 250 ms, what AWS KMS allows a proxy:
-the connection, the TLS handshake and each read of the answer). Nothing is retried, except a
-request on a kept-alive connection the proxy had already closed (sent again once, on a new
-connection, if the time allows).
+Synchronous and thread-safe: one keep-alive pool of HTTPS connections shared by every thread
+(`envelope.xks._transport`: one write per request), so a call costs one
+request/response on an open connection, not a TCP and TLS handshake. Every request is signed
+with SigV4 for ``kms-xks-proxy`` (botocore's signer, see `envelope.xks._sigv4`) and bounded by
+`timeout` (default 250 ms, what AWS KMS allows a proxy: the connection, the TLS handshake, the
+write and the answer together). Nothing is retried, except a request on a kept-alive connection
+the proxy had closed (sent again once, on a new connection, if the time allows).
 
 Every answer is checked against the specification before it is believed: a member missing, a
 length that is not the specification's, Base64 that is not, or a ciphertext data integrity value
@@ -36,30 +36,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
-
-import urllib3
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    SSLError,
-)
-from urllib3.exceptions import (
-    TimeoutError as Urllib3Timeout,
-)
 
 from ..errors import ConfigurationError
 from ._sigv4 import Signer
-from .errors import (
-    XksError,
-    XksInvalidResponse,
-    XksProxyError,
-    XksTimeout,
-    XksTlsError,
-    XksUnreachable,
-)
+from ._transport import Transport
+from .errors import XksError, XksInvalidResponse, XksProxyError
 from .spec import (
     AES_GCM,
     API_PATH,
@@ -92,9 +75,6 @@ __all__ = (
 )
 
 _T = TypeVar("_T")
-
-#: An XKS answer is a few hundred bytes; more than this is not an answer.
-MAX_RESPONSE_BYTES: Final = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +147,8 @@ class XksClient:
     XksProxyUriPath (``[/prefix]/kms/xks/v1``); a bare prefix (``/prefix``, or ``""``) is
     accepted too and completed with ``/kms/xks/v1``. `ca_file`: PEM bundle of the CAs trusted
     for the proxy's certificate (default: the system's). `timeout`: seconds per request.
-    `max_connections`: connections kept open (more concurrent calls open short-lived extra
-    ones). `region`: the Region of the credential scope.
+    `max_connections`: idle connections kept open (more concurrent calls open extra ones,
+    closed after use). `region`: the Region of the credential scope.
     """
 
     def __init__(
@@ -217,15 +197,7 @@ class XksClient:
         self._signer = Signer(access_key_id, secret_access_key, region)
         context = ssl.create_default_context(cafile=ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # the specification's floor
-        self._pool = urllib3.HTTPSConnectionPool(
-            name,
-            port,
-            maxsize=max_connections,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(total=self.timeout),
-            ssl_context=context,
-        )
+        self._transport = Transport(name, port, context, self.timeout, max_connections)
         self._paths: dict[tuple[str, str], str] = {}
 
     def __repr__(self) -> str:
@@ -237,7 +209,7 @@ class XksClient:
 
     def close(self) -> None:
         """Close every pooled connection (calls after this open new ones)."""
-        self._pool.close()
+        self._transport.close()
 
     def __enter__(self) -> XksClient:
         return self
@@ -356,62 +328,12 @@ class XksClient:
         return result
 
     def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        deadline = time.monotonic() + self.timeout
-        attempt = 0
-        while True:
-            attempt += 1
-            headers = self._signer.sign(self._host, path, body)
-            headers["Content-Type"] = "application/json"
-            try:
-                resp = self._pool.urlopen(
-                    "POST",
-                    path,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                    preload_content=False,
-                )
-            except SSLError as e:
-                raise XksTlsError(f"TLS with the XKS proxy {self.endpoint} failed: {e}") from None
-            except NewConnectionError as e:  # (urllib3 derives it from ConnectTimeoutError)
-                raise XksUnreachable(f"cannot reach the XKS proxy {self.endpoint}: {e}") from None
-            except Urllib3Timeout:
-                raise XksTimeout(
-                    f"the XKS proxy {self.endpoint} did not answer within {self.timeout:g} s"
-                ) from None
-            except ProtocolError as e:
-                # a kept-alive connection the proxy had closed: once more on a fresh one
-                if attempt == 1 and time.monotonic() < deadline - self.timeout / 2:
-                    continue
-                raise XksUnreachable(
-                    f"the XKS proxy {self.endpoint} dropped the connection: {e}"
-                ) from None
-            except (HTTPError, OSError) as e:
-                raise XksUnreachable(f"cannot reach the XKS proxy {self.endpoint}: {e}") from None
-            try:
-                data = resp.read(MAX_RESPONSE_BYTES + 1)
-            except SSLError as e:
-                resp.close()
-                raise XksTlsError(f"TLS with the XKS proxy {self.endpoint} failed: {e}") from None
-            except Urllib3Timeout:
-                resp.close()
-                raise XksTimeout(
-                    f"the XKS proxy {self.endpoint} did not answer within {self.timeout:g} s"
-                ) from None
-            except (HTTPError, OSError) as e:
-                resp.close()
-                raise XksUnreachable(
-                    f"the XKS proxy {self.endpoint} dropped the connection: {e}"
-                ) from None
-            if len(data) > MAX_RESPONSE_BYTES:
-                resp.close()
-                raise XksInvalidResponse(
-                    f"the XKS proxy's answer is longer than {MAX_RESPONSE_BYTES} bytes"
-                )
-            resp.release_conn()
-            return resp.status, data
+        h = self._signer.sign(self._host, path, body)
+        head = (
+            f"Host: {h['Host']}\r\nX-Amz-Date: {h['X-Amz-Date']}\r\n"
+            f"Authorization: {h['Authorization']}\r\nContent-Type: application/json\r\n"
+        )
+        return self._transport.post(path, head.encode("latin-1"), body)
 
     @staticmethod
     def _answer(
