@@ -58,3 +58,26 @@ def run_json(code: str, *args: str, timeout: float = 60) -> Any:
     done = run_python(code, *args, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+KNOWN_KEY = r"""
+import sys
+import pkcs11
+from pkcs11 import Attribute, KeyType, ObjectClass
+module, token_label, pin, label, value = sys.argv[1:6]
+token = pkcs11.lib(module).get_token(token_label=token_label)
+with token.open(rw=True, user_pin=pin) as s:
+    s.create_object({
+        Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
+        Attribute.VALUE: bytes.fromhex(value), Attribute.LABEL: label, Attribute.TOKEN: True,
+        Attribute.PRIVATE: True, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
+        Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
+    })
+print("{}")
+"""
+
+
+def make_known_key(config: TokenConfig, label: str, value: bytes) -> None:
+    """A test-only AES key whose value the test knows (extractable, not sensitive), made by
+    python-pkcs11 alone in another process."""
+    run_json(KNOWN_KEY, config.module, config.token_label, config.pin, label, value.hex())
