@@ -149,11 +149,17 @@ def _create(args: argparse.Namespace, svc: KeyService) -> None:
         from .policy import read_document
 
         policy = read_document(args)
+    origin = args.origin
+    if args.custom_key_store is not None and origin is None:
+        # a key in a custom key store: its origin follows from the store's kind
+        origin = "EXTERNAL_KEY_STORE" if args.xks_key_id is not None else "AWS_CLOUDHSM"
     resp = svc.create_key(
         description=args.description,
         key_spec=args.key_spec,
         key_usage=args.key_usage or _default_usage(args.key_spec),
-        origin=args.origin,
+        origin=origin or "AWS_KMS",
+        custom_key_store_id=args.custom_key_store,
+        xks_key_id=args.xks_key_id,
         multi_region=args.multi_region,
         tags=_pairs(args.tag),
         policy=policy,
@@ -377,7 +383,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="SYMMETRIC_DEFAULT, RSA_2048, ECC_NIST_P256, HMAC_256, ...",
     )
     p.add_argument("--key-usage", default=None, help="default: from the key spec")
-    p.add_argument("--origin", default="AWS_KMS", choices=["AWS_KMS", "EXTERNAL"])
+    p.add_argument(
+        "--origin",
+        default=None,
+        choices=["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"],
+        help="default AWS_KMS; with --custom-key-store, AWS_CLOUDHSM (EXTERNAL_KEY_STORE with "
+        "--xks-key-id)",
+    )
+    p.add_argument(
+        "--custom-key-store",
+        metavar="ID",
+        default=None,
+        help="make the key in this custom key store (envelope keystores)",
+    )
+    p.add_argument(
+        "--xks-key-id",
+        metavar="ID",
+        default=None,
+        help="the external key backing the key (an EXTERNAL_KEY_STORE)",
+    )
     p.add_argument("--multi-region", action="store_true")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     g = p.add_mutually_exclusive_group()

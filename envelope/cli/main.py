@@ -55,9 +55,11 @@ _COMMANDS: dict[str, str] = {
     "audit": "envelope.cli.audit",
     "iam": "envelope.cli.iam",
     "grants": "envelope.cli.grants",
+    "keystores": "envelope.cli.keystores",
     "policy": "envelope.cli.policy",
     "lake": "envelope.cli.lake",
     "serve": "envelope.cli.serve",
+    "xks": "envelope.cli.xks",
     "bench": "envelope.cli.bench",
 }
 

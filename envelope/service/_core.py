@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -59,6 +60,8 @@ from .errors import (
     ValidationException,
 )
 from .store import Store, material_aad
+
+_log = logging.getLogger("envelope.service")
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCOUNT = "000000000000"
@@ -112,6 +115,7 @@ class _Call:
         "enc_context",
         "head",
         "key_id",
+        "keystore_calls",
         "matched",
         "new_material",
         "op",
@@ -119,6 +123,7 @@ class _Call:
         "principal",
         "purges",
         "reason",
+        "request_id",
         "values",
     )
 
@@ -146,6 +151,10 @@ class _Call:
         self.head: audit.Head | None = None
         # keys found past their deletion date: purged even if the call itself fails
         self.purges: list[tuple[str, str]] = []
+        #: HSM and XKS calls made for this call (custom key stores), for its audit record.
+        self.keystore_calls: list[dict[str, Any]] = []
+        #: The request id, once something outside needed it (an XKS proxy's kmsRequestId).
+        self.request_id: str | None = None
 
 
 class _Slot:
@@ -477,6 +486,8 @@ class ServiceCore:
         self.group_commit = group_commit
         self._pending: list[_Slot] = []
         self._pending_lock = threading.Lock()
+        #: A key of an HSM key store was purged: destroy its token object after the commit.
+        self._token_deletions_due = False
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -607,6 +618,20 @@ class ServiceCore:
                 slot.fail(err)
         if self.store.sealer.dirty:
             self.store.publish_digests(strict=False)
+        self._after_commit()
+
+    def _after_commit(self) -> None:
+        """Work that must follow a commit: destroying the token objects of purged keys (never
+        before: a rolled-back purge must find its key material still in the token)."""
+        if self._token_deletions_due:
+            self._token_deletions_due = False
+            try:
+                self._settle_token_deletions()
+            except Exception:  # best effort: the rows stay for the next attempt
+                _log.warning("destroying token objects of deleted keys failed", exc_info=True)
+
+    def _settle_token_deletions(self) -> None:
+        """Overridden by the custom-key-store operations (`_keystores`)."""
 
     def _run_locked(
         self, call: _Call, fn: Callable[[sqlite3.Connection, _Call, float], Response]
@@ -623,6 +648,7 @@ class ServiceCore:
             self._audit_head = call.head
             if self.store.sealer.dirty:
                 self.store.publish_digests(strict=False)
+            self._after_commit()
             return result
         except KmsServiceError as e:
             err = e
@@ -644,6 +670,7 @@ class ServiceCore:
         self._audit_head = call.head
         if self.store.sealer.dirty:
             self.store.publish_digests(strict=False)
+        self._after_commit()
         raise err
 
     def _record(
@@ -654,7 +681,7 @@ class ServiceCore:
             "principal": call.principal,
             "operation": call.op,
             "key_id": call.key_id,
-            "request_id": call.ctx.request_id or self._request_id(),
+            "request_id": self._call_request_id(call),
             "source_ip": call.ctx.source_ip,
             "user_agent": call.ctx.user_agent,
             "region": self.region,
@@ -667,7 +694,15 @@ class ServiceCore:
             "matched": ",".join(call.matched) or None,
             "reason": call.reason,
         }
+        if call.keystore_calls:
+            body["keystore_calls"] = call.keystore_calls
         call.head = audit.append(conn, body, self.store.sealer, now, self._audit_head)
+
+    def _call_request_id(self, call: _Call) -> str:
+        """The call's request id (the client's, else one made here), fixed once asked for."""
+        if call.request_id is None:
+            call.request_id = call.ctx.request_id or self._request_id()
+        return call.request_id
 
     def close(self) -> None:
         """Seal the audit log up to its last record (bounds an undetectable tail cut)."""
@@ -876,7 +911,12 @@ class ServiceCore:
             if isinstance(ref, str) and (ref.startswith("alias/") or ":alias/" in ref):
                 call.values["kms:requestalias"] = ref.rsplit(":", 1)[-1]
             self._authorize_key(conn, call, key, action or f"kms:{call.op}")
-        _states.check(key.state, group, key.arn)
+        if "CustomKeyStoreId" in key.meta:
+            from ._keystores import effective_state
+
+            _states.check(effective_state(self, conn, key), group, key.arn)
+        else:
+            _states.check(key.state, group, key.arn)
         return key
 
     # -- access control -------------------------------------------------------------------
@@ -1183,6 +1223,13 @@ class ServiceCore:
         return out
 
     def _purge(self, conn: sqlite3.Connection, key: _Key) -> None:
+        if "x_hsm_label" in key.meta:
+            conn.execute(
+                "INSERT OR IGNORE INTO token_deletions(store_id, label, due) VALUES (?,?,?)",
+                (str(key.meta["CustomKeyStoreId"]), str(key.meta["x_hsm_label"]), self.now()),
+            )
+            # the token object goes once this deletion is committed (`_after_commit`)
+            self._token_deletions_due = True
         conn.execute("DELETE FROM keys WHERE region=? AND key_id=?", (key.region, key.id))
         conn.execute("DELETE FROM aliases WHERE region=? AND key_id=?", (key.region, key.id))
         conn.execute("DELETE FROM import_tokens WHERE region=? AND key_id=?", (key.region, key.id))
@@ -1278,15 +1325,20 @@ class ServiceCore:
 
     def _metadata(self, conn: sqlite3.Connection, key: _Key) -> Response:
         m = key.meta
+        state = m["KeyState"]
+        if "CustomKeyStoreId" in m:
+            from ._keystores import effective_state
+
+            state = effective_state(self, conn, key)
         out: Response = {
             "AWSAccountId": key.account,
             "KeyId": key.id,
             "Arn": key.arn,
             "CreationDate": m["CreationDate"],
-            "Enabled": m["KeyState"] == ENABLED,
+            "Enabled": state == ENABLED,
             "Description": m["Description"],
             "KeyUsage": m["KeyUsage"],
-            "KeyState": m["KeyState"],
+            "KeyState": state,
             "Origin": m["Origin"],
             "KeyManager": m["KeyManager"],
             "CustomerMasterKeySpec": m["KeySpec"],
@@ -1294,7 +1346,15 @@ class ServiceCore:
             "MultiRegion": m["MultiRegion"],
         }
         out.update(key.algorithm_members())
-        for f in ("DeletionDate", "PendingDeletionWindowInDays", "ValidTo", "ExpirationModel"):
+        for f in (
+            "DeletionDate",
+            "PendingDeletionWindowInDays",
+            "ValidTo",
+            "ExpirationModel",
+            "CustomKeyStoreId",
+            "CloudHsmClusterId",
+            "XksKeyConfiguration",
+        ):
             if m.get(f) is not None:
                 out[f] = m[f]
         if key.multi_region:
@@ -1331,7 +1391,11 @@ class ServiceCore:
         key_id: str | None = None,
         account: str | None = None,
         policy: str | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> _Key:
+        """A new key row (and its first backing key, for AWS_KMS and EXTERNAL_KEY_STORE keys:
+        an external key store's key is encrypted under KMS material too). `extra`: more
+        metadata members (a custom key store's)."""
         region = region or self.region
         account = account or self.account
         if key_id is None:
@@ -1357,8 +1421,12 @@ class ServiceCore:
             "x_account": account,
             "x_policy": policy or _authz.default_key_policy(account),
         }
+        if extra:
+            meta.update(extra)
         key = _Key(region, key_id, meta, self.arn(key_id, region, account), account)
-        if origin == "AWS_KMS":
+        if origin == "AWS_CLOUDHSM":
+            meta["x_version"] = 1  # one backing key, in the token (never rotated)
+        if origin in ("AWS_KMS", "EXTERNAL_KEY_STORE"):
             existing = conn.execute("SELECT 1 FROM material WHERE key_id=?", (key_id,)).fetchone()
             if existing is None:
                 self._put_material(

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _blob, _specs
+from . import _blob, _keystores, _specs
 from ._core import (
     _DATA_KEY_SPECS,
     MAX_PLAINTEXT,
@@ -53,6 +53,8 @@ class CryptoOps(ServiceCore):
     ) -> bytes:
         if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
             raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
+        if "CustomKeyStoreId" in key.meta:
+            return _keystores.seal_custom(self, conn, call, key, plaintext, ctx)
         version, mat = self._current(conn, call, key)
         return _blob.seal(key.id, version, mat.raw, plaintext, ctx)
 
@@ -99,6 +101,8 @@ class CryptoOps(ServiceCore):
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
             if parsed.version > self._current_version(conn, key):
                 raise InvalidCiphertextException("the ciphertext names an unknown backing key")
+            if "CustomKeyStoreId" in key.meta:
+                return key, _keystores.open_custom(self, conn, call, key, parsed, ctx)
             mat = self._material(conn, call, key.id, parsed.version)
             return key, _blob.open_(parsed, mat.raw, ctx)
         if key_ref is None:
@@ -401,12 +405,19 @@ class CryptoOps(ServiceCore):
         self,
         *,
         number_of_bytes: int,
+        custom_key_store_id: str | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             self._authorize_account(conn, call)
-            return {"Plaintext": os.urandom(_int_in(number_of_bytes, 1, 1024, "NumberOfBytes"))}
+            n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
+            if custom_key_store_id is not None:
+                call.params["CustomKeyStoreId"] = custom_key_store_id
+                return {
+                    "Plaintext": _keystores.random_bytes(self, conn, call, custom_key_store_id, n)
+                }
+            return {"Plaintext": os.urandom(n)}
 
         return self._run(
             "GenerateRandom", principal, context, {"NumberOfBytes": number_of_bytes}, op

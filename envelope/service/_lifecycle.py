@@ -13,7 +13,6 @@ from ._core import (
     MAX_ON_DEMAND_ROTATIONS,
     RequestContext,
     Response,
-    ServiceCore,
     _Call,
     _grant_tokens,
     _int_in,
@@ -23,6 +22,7 @@ from ._core import (
     _page,
     _paging,
 )
+from ._keystores import CUSTOM_ORIGINS, KeyStoreOps
 from ._states import (
     CANCEL,
     DISABLED,
@@ -44,7 +44,7 @@ from .errors import (
 )
 
 
-class LifecycleOps(ServiceCore):
+class LifecycleOps(KeyStoreOps):
     """CreateKey .. CancelKeyDeletion, and rotation."""
 
     # -- key lifecycle --------------------------------------------------------------------
@@ -61,6 +61,8 @@ class LifecycleOps(ServiceCore):
         tags: Sequence[Mapping[str, str]] | None = None,
         policy: str | None = None,
         bypass_policy_lockout_safety_check: bool = False,
+        custom_key_store_id: str | None = None,
+        xks_key_id: str | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
@@ -85,10 +87,27 @@ class LifecycleOps(ServiceCore):
             if not isinstance(description, str) or len(description) > 8192:
                 raise ValidationException("Description must be at most 8192 characters")
             _specs.validate_spec(spec, key_usage)
-            if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"):
-                raise UnsupportedOperationException(f"Origin {origin} needs a custom key store")
-            if origin not in ("AWS_KMS", "EXTERNAL"):
-                raise ValidationException("Origin must be AWS_KMS or EXTERNAL")
+            custom = origin in CUSTOM_ORIGINS or custom_key_store_id is not None
+            if custom:
+                if custom_key_store_id is None:
+                    raise UnsupportedOperationException(f"Origin {origin} needs a CustomKeyStoreId")
+                if spec != _specs.SYMMETRIC_DEFAULT or key_usage != _specs.ENCRYPT_DECRYPT:
+                    raise UnsupportedOperationException(
+                        "keys in custom key stores are SYMMETRIC_DEFAULT ENCRYPT_DECRYPT keys"
+                    )
+                if multi_region:
+                    raise UnsupportedOperationException(
+                        "multi-Region keys cannot be created in a custom key store"
+                    )
+                call.params["CustomKeyStoreId"] = custom_key_store_id
+                if xks_key_id is not None:
+                    call.params["XksKeyId"] = xks_key_id
+            elif xks_key_id is not None:
+                raise ValidationException("XksKeyId needs Origin EXTERNAL_KEY_STORE")
+            elif origin not in ("AWS_KMS", "EXTERNAL"):
+                raise ValidationException(
+                    "Origin must be AWS_KMS, EXTERNAL, AWS_CLOUDHSM or EXTERNAL_KEY_STORE"
+                )
             account = call.account or self.account
             key_id = f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
             key_policy = (
@@ -102,6 +121,20 @@ class LifecycleOps(ServiceCore):
                     account,
                     bypass_policy_lockout_safety_check,
                 )
+            )
+            extra = (
+                self._custom_key_material(
+                    conn,
+                    call,
+                    now,
+                    store_id=custom_key_store_id,
+                    origin=origin,
+                    xks_key_id=xks_key_id,
+                    key_id=key_id,
+                    account=account,
+                )
+                if custom
+                else None
             )
             key = self._new_key(
                 conn,
@@ -117,6 +150,7 @@ class LifecycleOps(ServiceCore):
                 key_id=key_id,
                 account=account,
                 policy=key_policy,
+                extra=extra,
             )
             call.key_id = key.arn
             return {"KeyMetadata": self._metadata(conn, key)}
@@ -294,6 +328,10 @@ class LifecycleOps(ServiceCore):
         key = self._customer_key(conn, call, key_id, ROTATION, now, opname)
         if key.spec != _specs.SYMMETRIC_DEFAULT:
             raise UnsupportedOperationException(f"{opname}: {key.spec} keys cannot be rotated")
+        if key.meta["Origin"] in CUSTOM_ORIGINS:
+            raise UnsupportedOperationException(
+                f"{opname}: keys in custom key stores cannot be rotated"
+            )
         if key.meta["Origin"] != "AWS_KMS":
             raise UnsupportedOperationException(
                 f"{opname}: keys with imported material cannot be rotated"

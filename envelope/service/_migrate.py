@@ -36,7 +36,14 @@ from . import _rows, audit
 from .errors import StoreError, TamperedStoreError
 from .rootkey import RootKey
 
-__all__ = ("KEYSTORE_SCHEMA", "SCHEMA_VERSION", "SEALS_INDEX", "UPGRADE_OPERATION", "read_meta", "upgrade")
+__all__ = (
+    "KEYSTORE_SCHEMA",
+    "SCHEMA_VERSION",
+    "SEALS_INDEX",
+    "UPGRADE_OPERATION",
+    "read_meta",
+    "upgrade",
+)
 
 SCHEMA_VERSION = 5
 #: The default account of every store written before schema 4.

@@ -34,8 +34,9 @@ _ALLOWED: dict[str, frozenset[str]] = {
     CRYPTO: frozenset({ENABLED}),
     ENABLE_DISABLE: frozenset({ENABLED, DISABLED}),
     ROTATION: frozenset({ENABLED}),
-    MANAGE: frozenset({ENABLED, DISABLED, PENDING_IMPORT}),
-    SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT}),
+    # Unavailable: a key of a disconnected custom key store is still managed and deletable
+    MANAGE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
+    SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
     CANCEL: frozenset(PENDING),
     READ: frozenset(
         {

@@ -77,6 +77,8 @@ FIELDS = frozenset(
         "decision",
         "matched",
         "reason",
+        # custom key stores (issue 13): each HSM or XKS call made for the KMS call
+        "keystore_calls",
     }
 )
 

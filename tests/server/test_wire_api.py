@@ -227,7 +227,7 @@ def test_unknown_and_unsupported_operations(server: Server, admin: Any) -> None:
     status, _, body = server.raw(None, b"{}")
     assert status == 400 and json.loads(body)["__type"] == "UnknownOperationException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
-        admin.describe_custom_key_stores()
+        admin.get_key_last_usage(KeyId="alias/anything")
     assert _code(e) == "UnsupportedOperationException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.create_key(CustomKeyStoreId="cks-1234567890abcdef0")

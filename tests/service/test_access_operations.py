@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import inspect
 import re
+import tempfile
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from envelope.pkcs11 import TokenConfig
 from envelope.service import KeyService
 from envelope.service.errors import AccessDeniedException
 
+from ..softhsm import make_token
 from .access_helpers import (
     ROOT_A,
     ROOT_B,
@@ -68,6 +72,7 @@ class World:
 
     def __init__(self, svc: KeyService) -> None:
         self.svc = svc
+        self.tmp = Path(tempfile.mkdtemp(prefix="access-walk-"))
 
     def arn(self, kid: str) -> str:
         return self.svc.arn(kid)
@@ -192,11 +197,57 @@ class World:
     def role(self) -> str:
         return str(self.svc.create_role(role_name="assumable")["Role"]["Arn"])
 
+    # custom key stores (issue 13): a real SoftHSM2 token, registered as an HSM cluster
+
+    @cached_property
+    def token(self) -> TokenConfig:
+        return make_token(self.tmp, label="access-walk", pin="12345678")
+
+    @cached_property
+    def cluster(self) -> str:
+        out = self.svc.register_hsm_cluster(
+            module=self.token.module, token_label=self.token.token_label
+        )
+        return str(out["CloudHsmClusterId"])
+
+    @cached_property
+    def store_args(self) -> dict[str, Any]:
+        return {
+            "custom_key_store_name": f"walk-{len(self.svc.describe_hsm_clusters()['Clusters'])}",
+            "cloud_hsm_cluster_id": self.cluster,
+            "key_store_password": self.token.pin,
+            "trust_anchor_certificate": "anchor",
+        }
+
+    @cached_property
+    def store(self) -> str:
+        return str(self.svc.create_custom_key_store(**self.store_args)["CustomKeyStoreId"])
+
+    @cached_property
+    def connected_store(self) -> str:
+        self.svc.connect_custom_key_store(custom_key_store_id=self.store)
+        return self.store
+
 
 Case = Callable[[World], dict[str, Any]]
 
 #: For each operation: its valid arguments (building what they name in the world first).
 CASES: dict[str, Case] = {
+    "register_hsm_cluster": lambda w: {
+        "module": w.token.module,
+        "token_label": w.token.token_label,
+    },
+    "describe_hsm_clusters": lambda w: {},
+    "deregister_hsm_cluster": lambda w: {"cloud_hsm_cluster_id": w.cluster},
+    "create_custom_key_store": lambda w: w.store_args,
+    "describe_custom_key_stores": lambda w: {"custom_key_store_id": w.store},
+    "update_custom_key_store": lambda w: {
+        "custom_key_store_id": w.store,
+        "new_custom_key_store_name": "renamed",
+    },
+    "connect_custom_key_store": lambda w: {"custom_key_store_id": w.store},
+    "disconnect_custom_key_store": lambda w: {"custom_key_store_id": w.connected_store},
+    "delete_custom_key_store": lambda w: {"custom_key_store_id": w.store},
     "cancel_key_deletion": lambda w: {"key_id": w.pending},
     "assume_role": lambda w: {"role_arn": w.role, "role_session_name": "s1"},
     "create_access_key": lambda w: {"user_arn": w.target},
@@ -337,6 +388,17 @@ ACCOUNT_LEVEL = frozenset(
         "list_principals",
         "list_retirable_grants",
         "run_due_tasks",
+        # custom key stores: governed by IAM policies in the caller's own account (AWS), and
+        # the HSM cluster registry by the store's administrator
+        "register_hsm_cluster",
+        "describe_hsm_clusters",
+        "deregister_hsm_cluster",
+        "create_custom_key_store",
+        "describe_custom_key_stores",
+        "update_custom_key_store",
+        "connect_custom_key_store",
+        "disconnect_custom_key_store",
+        "delete_custom_key_store",
     }
 )
 

@@ -1,0 +1,180 @@
+"""The KMS's live connections to custom key stores, per process, and their failures as KMS errors.
+
+A custom key store's row (`_keystores`) says *what* to connect to and whether it is connected;
+this module holds *the connection itself*, which is per process: a PKCS#11 token is opened once
+per process (`envelope.pkcs11.Token.open`: one library initialisation, one login, a pool of
+sessions), and an XKS proxy is reached through one keep-alive `envelope.xks.XksClient` per proxy
+setting. Several server workers each open their own; a store disconnected by one worker is seen
+by the others on their next call, because every call reads the row.
+
+Failures become the errors AWS KMS returns (`hsm_error`, `xks_error`, the connection codes):
+AWS's cryptographic operations answer every failure of an external key store's configuration or
+connection with ``KMSInvalidStateException`` and a message naming the cause (AWS KMS Developer
+Guide, "Troubleshooting external key stores"); management operations have their own exceptions.
+
+The PKCS#11 and XKS packages are imported only when a store of that kind is used, so a KMS with
+no custom key store loads neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    InvalidCiphertextException,
+    KMSInvalidStateException,
+    KmsServiceError,
+)
+
+if TYPE_CHECKING:
+    from envelope.pkcs11 import Token
+    from envelope.xks.client import XksClient
+
+__all__ = (
+    "XKS_CA_FILE_ENV",
+    "XKS_TIMEOUT_ENV",
+    "hsm_connection_code",
+    "hsm_error",
+    "open_token",
+    "xks_client",
+    "xks_connection_code",
+    "xks_error",
+)
+
+#: A CA bundle (PEM) the KMS trusts for XKS proxies' TLS certificates, besides the system's.
+XKS_CA_FILE_ENV = "ENVELOPE_XKS_CA_FILE"
+#: Seconds the KMS waits for one XKS proxy request (AWS waits 250 ms).
+XKS_TIMEOUT_ENV = "ENVELOPE_XKS_TIMEOUT"
+
+_lock = threading.Lock()
+_clients: dict[tuple[Any, ...], XksClient] = {}
+
+
+def open_token(module: str, token_label: str, pin: str) -> Token:
+    """The process's connection to a token (opened, logged in, pooled), or TokenUnavailable."""
+    from envelope.pkcs11 import Token, TokenConfig
+
+    return Token.open(TokenConfig(module=module, token_label=token_label, pin=pin))
+
+
+def xks_client(endpoint: str, uri_path: str, access_key_id: str, secret: str) -> XksClient:
+    """One pooled client per proxy setting (endpoint, path, credential) in this process."""
+    from envelope.xks.client import XksClient
+
+    ca_file = os.environ.get(XKS_CA_FILE_ENV) or None
+    timeout_text = os.environ.get(XKS_TIMEOUT_ENV)
+    timeout = float(timeout_text) if timeout_text else None
+    # the secret is part of the identity of a setting, but never kept in clear as a dict key
+    ident = (
+        endpoint,
+        uri_path,
+        access_key_id,
+        hashlib.sha256(secret.encode()).digest(),
+        ca_file,
+        timeout,
+    )
+    with _lock:
+        client = _clients.get(ident)
+        if client is None:
+            kwargs: dict[str, Any] = {"ca_file": ca_file}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            client = XksClient(endpoint, uri_path, access_key_id, secret, **kwargs)
+            _clients[ident] = client
+        return client
+
+
+def hsm_connection_code(error: BaseException) -> str:
+    """The ConnectionErrorCode of a failed attempt to reach a token."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, str) and code else "INTERNAL_ERROR"
+
+
+def hsm_error(error: BaseException, what: str) -> KmsServiceError:
+    """A token failure during a cryptographic operation, as AWS reports CloudHSM failures."""
+    from envelope.pkcs11 import TokenDecryptError
+
+    if isinstance(error, TokenDecryptError):
+        return InvalidCiphertextException(
+            "the ciphertext does not decrypt: it was altered or the encryption context differs"
+        )
+    return KMSInvalidStateException(
+        f"{what} failed in the custom key store's HSM ({type(error).__name__}: "
+        f"{_first_line(error)})"
+    )
+
+
+def xks_connection_code(error: BaseException) -> str:
+    """The ConnectionErrorCode of a failed attempt to reach an XKS proxy (AWS's names)."""
+    from envelope.xks import errors as x
+
+    if isinstance(error, x.XksTimeout):
+        return "XKS_PROXY_TIMED_OUT"
+    if isinstance(error, x.XksTlsError):
+        return "XKS_PROXY_INVALID_TLS_CONFIGURATION"
+    if isinstance(error, x.XksUnreachable):
+        return "XKS_PROXY_NOT_REACHABLE"
+    if isinstance(error, x.XksInvalidResponse):
+        return "XKS_PROXY_INVALID_RESPONSE"
+    if isinstance(error, x.XksProxyError):
+        if error.error_name == "AuthenticationFailedException":
+            return "INVALID_CREDENTIALS"
+        if error.error_name == "AccessDeniedException":
+            return "XKS_PROXY_ACCESS_DENIED"
+        if error.error_name == "InvalidUriPathException":
+            return "XKS_PROXY_INVALID_CONFIGURATION"
+        return "XKS_PROXY_INVALID_RESPONSE"
+    return "INTERNAL_ERROR"
+
+
+#: What the KMS tells a caller for each error an XKS proxy may answer (the XKS API's names).
+_XKS_MESSAGES = {
+    "ValidationException": "the external key store proxy rejected the request as invalid",
+    "InvalidStateException": "the external key is not enabled in the external key manager",
+    "InvalidCiphertextException": (
+        "the external key store proxy rejected the request because the ciphertext or the "
+        "additional authenticated data (the encryption context) is corrupted, missing or "
+        "otherwise invalid"
+    ),
+    "InvalidKeyUsageException": "the external key does not allow this operation",
+    "AuthenticationFailedException": (
+        "the external key store proxy rejected the request: the custom key store's proxy "
+        "authentication credential is not valid"
+    ),
+    "AccessDeniedException": "the external key store proxy denied access to the external key",
+    "KeyNotFoundException": "the external key store proxy has no external key with this id",
+    "InvalidUriPathException": "the external key store proxy rejected the custom key store's "
+    "XksProxyUriPath",
+    "UnsupportedOperationException": "the external key store proxy does not support this request",
+    "ThrottlingException": "the external key store proxy is throttling requests",
+    "InternalException": "the external key store proxy failed internally",
+    "DependencyTimeoutException": "the external key manager did not answer the proxy in time",
+}
+
+
+def xks_error(error: BaseException, what: str) -> KmsServiceError:
+    """An XKS failure during a cryptographic operation: always KMSInvalidStateException, as AWS
+    answers it, with the cause in the message."""
+    from envelope.xks import errors as x
+
+    if isinstance(error, x.XksProxyError):
+        why = _XKS_MESSAGES.get(error.error_name, f"the proxy answered {error.error_name}")
+    elif isinstance(error, x.XksTimeout):
+        why = "the external key store proxy did not respond in time"
+    elif isinstance(error, x.XksTlsError):
+        why = "the TLS connection to the external key store proxy failed"
+    elif isinstance(error, x.XksUnreachable):
+        why = "the external key store proxy cannot be reached"
+    elif isinstance(error, x.XksInvalidResponse):
+        why = "the external key store proxy returned a response the XKS API does not allow"
+    else:
+        why = f"{type(error).__name__}"
+    return KMSInvalidStateException(f"{what} failed: {why}.")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).splitlines()
+    return text[0][:200] if text else type(error).__name__

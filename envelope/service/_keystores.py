@@ -1,0 +1,1335 @@
+"""Custom key stores: KMS keys whose material lives in an HSM (PKCS#11) or an external manager.
+
+AWS KMS has two kinds, and so does this KMS:
+
+* ``AWS_CLOUDHSM`` key stores. AWS backs them with a CloudHSM cluster; here the "cluster" is a
+  PKCS#11 token registered with the KMS under a cluster id (`register_hsm_cluster`: the module
+  path and token label; in AWS the cluster is a resource of another service). The store keeps
+  the token user's PIN (AWS's ``kmsuser`` password, ``KeyStorePassword``) sealed under the root
+  key. A key made in the store (``Origin=AWS_CLOUDHSM``) is a non-extractable AES-256 object in
+  the token, and Encrypt, Decrypt, ReEncrypt and GenerateDataKey* run AES-GCM inside the token.
+* ``EXTERNAL_KEY_STORE`` key stores reach an external key manager through a proxy speaking the
+  AWS XKS proxy API (SigV4 with the store's proxy credential). A key made in the store
+  (``Origin=EXTERNAL_KEY_STORE``, ``XksKeyId``) is encrypted twice, as AWS does: first under
+  backing material the KMS holds for the key, then by the external key, so neither side alone
+  can decrypt.
+
+Ciphertext blobs keep the KMS's format (`_blob`): the same header (format byte, key id,
+version, salt) authenticated as AAD with the encryption context; what follows the header is::
+
+    AWS_CLOUDHSM:        iv(12) || token AES-GCM ciphertext || tag(16)
+    EXTERNAL_KEY_STORE:  iv(12) || u8 len(m) || m || proxy ciphertext || tag(16)
+                         where the proxy encrypted  inner = AES-GCM(message key, zero nonce,
+                         plaintext, AAD) || tag  and  m is the proxy's ciphertextMetadata
+
+(the inner message key is the KMS's per-message key, SHA-256 of the key's backing material and
+the blob's random salt, so a zero nonce is never reused under one key.)
+
+Connection states are AWS's: a new store is DISCONNECTED; ConnectCustomKeyStore tries to reach
+the token or proxy and leaves the store CONNECTED, or FAILED with a ConnectionErrorCode (AWS
+connects in the background and shows CONNECTING meanwhile; here the attempt is synchronous and
+short, so CONNECTING is never observed). While a store is not CONNECTED its keys' state reads
+``Unavailable`` and every cryptographic use fails with ``KMSInvalidStateException``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import sqlite3
+import struct
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidTag
+
+from . import _blob, _keystore_links, _rows
+from ._core import (
+    RequestContext,
+    Response,
+    ServiceCore,
+    _Call,
+    _Key,
+    _limit,
+    _marker_decode,
+    _marker_encode,
+)
+from .errors import (
+    AccessDeniedException,
+    CloudHsmClusterInUseException,
+    CloudHsmClusterNotActiveException,
+    CloudHsmClusterNotFoundException,
+    CloudHsmClusterNotRelatedException,
+    CustomKeyStoreHasCMKsException,
+    CustomKeyStoreInvalidStateException,
+    CustomKeyStoreNameInUseException,
+    CustomKeyStoreNotFoundException,
+    IncorrectTrustAnchorException,
+    InvalidCiphertextException,
+    InvalidMarkerException,
+    KMSInvalidStateException,
+    LimitExceededException,
+    UnsupportedOperationException,
+    ValidationException,
+    XksKeyAlreadyInUseException,
+    XksKeyInvalidConfigurationException,
+    XksKeyNotFoundException,
+    XksProxyIncorrectAuthenticationCredentialException,
+    XksProxyInvalidConfigurationException,
+    XksProxyInvalidResponseException,
+    XksProxyUriInUseException,
+    XksProxyUriUnreachableException,
+)
+
+if TYPE_CHECKING:
+    from envelope.pkcs11 import Token
+    from envelope.xks.client import XksClient
+
+__all__ = (
+    "CLOUDHSM",
+    "CUSTOM_ORIGINS",
+    "EXTERNAL",
+    "KeyStoreOps",
+    "effective_state",
+    "open_custom",
+    "random_bytes",
+    "seal_custom",
+)
+
+CLOUDHSM = "AWS_CLOUDHSM"
+EXTERNAL = "EXTERNAL_KEY_STORE"
+#: Key origins whose material is in a custom key store.
+CUSTOM_ORIGINS = frozenset({CLOUDHSM, EXTERNAL})
+
+CONNECTED = "CONNECTED"
+CONNECTING = "CONNECTING"
+DISCONNECTED = "DISCONNECTED"
+DISCONNECTING = "DISCONNECTING"
+FAILED = "FAILED"
+
+#: AWS's quota: custom key stores per account and Region.
+MAX_STORES = 10
+_CLUSTER_RE = re.compile(r"cluster-[2-7a-zA-Z]{11,16}\Z")
+# AWS allows no port (443 always); a port is accepted here so a proxy can run on loopback
+_ENDPOINT_RE = re.compile(r"https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?\Z")
+_PATH_RE = re.compile(r"(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})\Z|(/kms/xks/v\d{1,2})\Z")
+_XKS_ACCESS_KEY_RE = re.compile(r"[A-Z2-7]{20,30}\Z")
+_XKS_SECRET_RE = re.compile(r"[a-zA-Z0-9/+=]{43,64}\Z")
+_XKS_KEY_ID_RE = re.compile(r"[a-zA-Z0-9-_.]{1,128}\Z")
+_SECRET_AAD = b"envelope/kms/custom-key-store-secret/v1|"
+_ZERO_NONCE = bytes(12)
+_IV = 12
+_TAG = 16
+
+
+def _text(value: Any, name: str, lo: int, hi: int) -> str:
+    if not isinstance(value, str) or not lo <= len(value) <= hi:
+        raise ValidationException(f"{name} must be a string of {lo}..{hi} characters")
+    return value
+
+
+def _secret_aad(store_id: str) -> bytes:
+    return _SECRET_AAD + store_id.encode()
+
+
+def _store_id() -> str:
+    return "cks-" + secrets.token_hex(8)
+
+
+def _cluster_id() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "cluster-" + "".join(secrets.choice(alphabet) for _ in range(11))
+
+
+def token_label(key_id: str) -> str:
+    """The label of a KMS key's object in its token: one object per KMS key."""
+    return f"kms-{key_id}"
+
+
+# ------------------------------------------------------------------------------ store rows
+
+
+class _StoreRow:
+    __slots__ = ("account", "body", "id", "secret")
+
+    def __init__(self, store_id: str, account: str, body: dict[str, Any], secret: bytes | None):
+        self.id = store_id
+        self.account = account
+        self.body = body
+        self.secret = secret
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["CustomKeyStoreType"])
+
+    @property
+    def state(self) -> str:
+        return str(self.body["ConnectionState"])
+
+
+def _load_store(
+    core: ServiceCore, conn: sqlite3.Connection, store_id: str, account: str | None = None
+) -> _StoreRow | None:
+    row = conn.execute(
+        "SELECT account, body, secret, mac FROM custom_key_stores WHERE store_id=?", (store_id,)
+    ).fetchone()
+    if row is None or (account is not None and str(row[0]) != account):
+        return None
+    body_text = str(row[1])
+    secret = None if row[2] is None else bytes(row[2])
+    if not _rows.check_record(
+        core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), row[3]
+    ):
+        from .errors import TamperedStoreError
+
+        raise TamperedStoreError(
+            f"the custom key store {store_id} fails authentication under the root key: it was "
+            "changed outside the KMS; restore the store from a backup"
+        )
+    return _StoreRow(store_id, str(row[0]), json.loads(body_text), secret)
+
+
+def _mac_text(body_text: str, secret: bytes | None) -> str:
+    # the sealed secret is bound too, so a secret cannot be swapped between stores
+    tail = "" if secret is None else base64.b64encode(secret).decode("ascii")
+    return body_text + "|" + tail
+
+
+def _save_store(
+    core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow, *, insert: bool = False
+) -> None:
+    text = json.dumps(row.body, sort_keys=True, separators=(",", ":"))
+    mac = _rows.record_mac(
+        core.store.row_key, "custom_key_stores", row.id, _mac_text(text, row.secret)
+    )
+    if insert:
+        conn.execute(
+            "INSERT INTO custom_key_stores(store_id, account, name, body, secret, mac) "
+            "VALUES (?,?,?,?,?,?)",
+            (row.id, row.account, row.body["CustomKeyStoreName"], text, row.secret, mac),
+        )
+    else:
+        conn.execute(
+            "UPDATE custom_key_stores SET name=?, body=?, secret=?, mac=? WHERE store_id=?",
+            (row.body["CustomKeyStoreName"], text, row.secret, mac, row.id),
+        )
+
+
+def _load_cluster(
+    core: ServiceCore, conn: sqlite3.Connection, cluster_id: str
+) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT body, mac FROM hsm_clusters WHERE cluster_id=?", (cluster_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    if not _rows.check_record(core.store.row_key, "hsm_clusters", cluster_id, str(row[0]), row[1]):
+        from .errors import TamperedStoreError
+
+        raise TamperedStoreError(
+            f"the HSM cluster {cluster_id} fails authentication under the root key: it was "
+            "changed outside the KMS"
+        )
+    body: dict[str, Any] = json.loads(str(row[0]))
+    return body
+
+
+def _secret(core: ServiceCore, row: _StoreRow) -> str:
+    if row.secret is None:
+        raise KMSInvalidStateException(f"the custom key store {row.id} has no credential")
+    return core.store.root.unseal(row.secret, _secret_aad(row.id)).decode("utf-8")
+
+
+def _token_for(core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow) -> Token:
+    cluster = _load_cluster(core, conn, str(row.body["CloudHsmClusterId"]))
+    if cluster is None:
+        raise KMSInvalidStateException(
+            f"the HSM cluster {row.body['CloudHsmClusterId']} of custom key store {row.id} is "
+            "no longer registered"
+        )
+    return _keystore_links.open_token(
+        str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(core, row)
+    )
+
+
+def _xks_for(core: ServiceCore, row: _StoreRow) -> XksClient:
+    proxy = row.body["XksProxyConfiguration"]
+    return _keystore_links.xks_client(
+        str(proxy["UriEndpoint"]),
+        str(proxy["UriPath"]),
+        str(proxy["AccessKeyId"]),
+        _secret(core, row),
+    )
+
+
+def _xks_metadata(core: ServiceCore, call: _Call, key_arn: str | None) -> Any:
+    from envelope.xks.client import RequestMetadata
+
+    return RequestMetadata(
+        aws_principal_arn=call.principal,
+        kms_key_arn=key_arn,
+        kms_operation=call.op,
+        kms_request_id=core._call_request_id(call),
+        kms_via_service=call.ctx.via_service,
+    )
+
+
+def _timed(call: _Call, row: _StoreRow, what: str, outcome: str, started: float) -> None:
+    """One HSM or XKS call in the audit record of the KMS call that made it."""
+    call.keystore_calls.append(
+        {
+            "CustomKeyStoreId": row.id,
+            "Type": row.kind,
+            "Call": what,
+            "Outcome": outcome,
+            "Milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ key state
+
+
+def effective_state(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> str:
+    """A key's state as AWS shows it: ``Unavailable`` while its custom key store is not
+    connected (an Enabled or Disabled key; pending deletion stays pending)."""
+    state = key.state
+    store_id = key.meta.get("CustomKeyStoreId")
+    if store_id is None or state not in ("Enabled", "Disabled"):
+        return state
+    row = _load_store(core, conn, str(store_id))
+    if row is None or row.state != CONNECTED:
+        return "Unavailable"
+    return state
+
+
+def _connected_store(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> _StoreRow:
+    row = _load_store(core, conn, str(key.meta["CustomKeyStoreId"]))
+    if row is None or row.state != CONNECTED:
+        raise KMSInvalidStateException(
+            f"{key.arn} is unavailable: its custom key store "
+            f"{key.meta['CustomKeyStoreId']} is not connected"
+        )
+    return row
+
+
+# ------------------------------------------------------------------------------ cryptography
+
+
+def _header(key_id: str, version: int) -> tuple[bytes, bytes]:
+    kid = key_id.encode("ascii")
+    salt = secrets.token_bytes(16)
+    return bytes((1, len(kid))) + kid + struct.pack(">I", version) + salt, salt
+
+
+def seal_custom(
+    core: ServiceCore,
+    conn: sqlite3.Connection,
+    call: _Call,
+    key: _Key,
+    plaintext: bytes,
+    ctx: Mapping[str, str],
+) -> bytes:
+    """Encrypt under a key of a custom key store (the KMS blob format; see the module doc)."""
+    row = _connected_store(core, conn, key)
+    header, salt = _header(key.id, 1)
+    aad = header + _blob.canonical_context(ctx)
+    started = time.perf_counter()
+    if row.kind == CLOUDHSM:
+        try:
+            iv, ct, tag = _token_for(core, conn, row).encrypt(
+                str(key.meta["x_hsm_label"]), plaintext, aad
+            )
+        except Exception as e:
+            _timed(call, row, "Encrypt", type(e).__name__, started)
+            raise _keystore_links.hsm_error(e, "Encrypt") from None
+        _timed(call, row, "Encrypt", "ok", started)
+        return header + iv + ct + tag
+    mat = core._material(conn, call, key.id, 1)
+    inner = _blob._message_key(mat.raw, salt).encrypt(_ZERO_NONCE, plaintext, aad)
+    try:
+        out = _xks_for(core, row).encrypt(
+            str(key.meta["XksKeyConfiguration"]["Id"]),
+            inner,
+            aad,
+            _xks_metadata(core, call, key.arn),
+        )
+    except Exception as e:
+        _timed(call, row, "Encrypt", _outcome(e), started)
+        raise _keystore_links.xks_error(e, "Encrypt") from None
+    _timed(call, row, "Encrypt", "ok", started)
+    meta = out.ciphertext_metadata or b""
+    if len(out.iv) != _IV or len(out.tag) != _TAG or len(meta) > 255:
+        raise KMSInvalidStateException(
+            "Encrypt failed: the external key store proxy returned a response the XKS API "
+            "does not allow."
+        )
+    return header + out.iv + bytes((len(meta),)) + meta + out.ciphertext + out.tag
+
+
+def open_custom(
+    core: ServiceCore,
+    conn: sqlite3.Connection,
+    call: _Call,
+    key: _Key,
+    parsed: _blob.Parsed,
+    ctx: Mapping[str, str],
+) -> bytes:
+    """Decrypt a blob made by `seal_custom` under this key."""
+    row = _connected_store(core, conn, key)
+    aad = parsed.header + _blob.canonical_context(ctx)
+    iv, body = parsed.nonce, parsed.body
+    started = time.perf_counter()
+    if row.kind == CLOUDHSM:
+        if len(body) < _TAG:
+            raise InvalidCiphertextException("the ciphertext is truncated")
+        try:
+            out: bytes = _token_for(core, conn, row).decrypt(
+                str(key.meta["x_hsm_label"]), iv, body[:-_TAG], body[-_TAG:], aad
+            )
+        except Exception as e:
+            _timed(call, row, "Decrypt", type(e).__name__, started)
+            raise _keystore_links.hsm_error(e, "Decrypt") from None
+        _timed(call, row, "Decrypt", "ok", started)
+        return out
+    from envelope.xks.client import XksCiphertext
+
+    if not body or len(body) < 1 + body[0] + _TAG + 16:
+        raise InvalidCiphertextException("the ciphertext is truncated")
+    n = body[0]
+    meta, rest = body[1 : 1 + n], body[1 + n :]
+    try:
+        inner = _xks_for(core, row).decrypt(
+            str(key.meta["XksKeyConfiguration"]["Id"]),
+            XksCiphertext(
+                ciphertext=rest[:-_TAG], iv=iv, tag=rest[-_TAG:], ciphertext_metadata=meta or None
+            ),
+            aad,
+            _xks_metadata(core, call, key.arn),
+        )
+    except Exception as e:
+        _timed(call, row, "Decrypt", _outcome(e), started)
+        raise _keystore_links.xks_error(e, "Decrypt") from None
+    _timed(call, row, "Decrypt", "ok", started)
+    mat = core._material(conn, call, key.id, 1)
+    try:
+        plain: bytes = _blob._message_key(mat.raw, parsed.salt).decrypt(_ZERO_NONCE, inner, aad)
+    except InvalidTag:
+        raise InvalidCiphertextException(
+            "the ciphertext does not decrypt: it was altered or the encryption context differs"
+        ) from None
+    return plain
+
+
+def _outcome(error: BaseException) -> str:
+    name = getattr(error, "error_name", None)
+    return str(name) if name else type(error).__name__
+
+
+def random_bytes(
+    core: ServiceCore, conn: sqlite3.Connection, call: _Call, store_id: Any, n: int
+) -> bytes:
+    """GenerateRandom from a CloudHSM key store's HSM (AWS: the store must be connected)."""
+    _text(store_id, "CustomKeyStoreId", 1, 64)
+    account = call.account or core.account
+    row = _load_store(core, conn, store_id, account)
+    if row is None:
+        raise CustomKeyStoreNotFoundException(
+            f"no custom key store {store_id} in account {account}"
+        )
+    if row.kind != CLOUDHSM:
+        raise UnsupportedOperationException(
+            "GenerateRandom takes a CustomKeyStoreId only for AWS_CLOUDHSM key stores"
+        )
+    if row.state != CONNECTED:
+        raise CustomKeyStoreInvalidStateException(f"{row.id} is {row.state}, not CONNECTED")
+    started = time.perf_counter()
+    try:
+        out: bytes = _token_for(core, conn, row).random(n)
+    except Exception as e:
+        _timed(call, row, "GenerateRandom", type(e).__name__, started)
+        raise _keystore_links.hsm_error(e, "GenerateRandom") from None
+    _timed(call, row, "GenerateRandom", "ok", started)
+    return out
+
+
+# ------------------------------------------------------------------------------ operations
+
+
+class KeyStoreOps(ServiceCore):
+    """CreateCustomKeyStore .. DisconnectCustomKeyStore, and the HSM cluster registry."""
+
+    # -- the HSM cluster registry (what AWS's CloudHSM service would hold) ----------------
+
+    def _admin_only(self, call: _Call, what: str) -> None:
+        """The HSM cluster registry belongs to the KMS's administrator (its account root): a
+        cluster names a shared library this process loads."""
+        if call.principal != self.root_principal:
+            call.decision = "denied"
+            call.reason = f"only the store's administrator account root may {what}"
+            raise AccessDeniedException(
+                f"User: {call.principal} is not authorized to perform: kms:{call.op} on "
+                f"resource: * because only {self.root_principal} administers this KMS's HSM "
+                "clusters"
+            )
+        call.decision = "allowed"
+        call.matched = ["root"]
+
+    def register_hsm_cluster(
+        self,
+        *,
+        module: str,
+        token_label: str,
+        cloud_hsm_cluster_id: str | None = None,
+        trust_anchor_certificate: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        """Make a PKCS#11 token usable as the "CloudHSM cluster" of AWS_CLOUDHSM key stores.
+
+        Only the KMS's administrator (its account root) registers clusters: the module path is a
+        shared library this process will load. The token itself is not opened here (its PIN
+        comes with the key store); `trust_anchor_certificate`, when given, is what
+        CreateCustomKeyStore's TrustAnchorCertificate must equal.
+        """
+        cluster_id = cloud_hsm_cluster_id or _cluster_id()
+        params = {"CloudHsmClusterId": cluster_id, "TokenLabel": token_label, "Module": module}
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._admin_only(call, "register an HSM cluster")
+            if not _CLUSTER_RE.match(cluster_id):
+                raise ValidationException("CloudHsmClusterId must match cluster-[2-7a-zA-Z]{11,16}")
+            _text(module, "Module", 1, 4096)
+            _text(token_label, "TokenLabel", 1, 32)
+            if trust_anchor_certificate is not None:
+                _text(trust_anchor_certificate, "TrustAnchorCertificate", 1, 5000)
+            if _load_cluster(self, conn, cluster_id) is not None:
+                raise CloudHsmClusterInUseException(f"{cluster_id} is already registered")
+            body = {
+                "CloudHsmClusterId": cluster_id,
+                "Module": module,
+                "TokenLabel": token_label,
+                "TrustAnchorCertificate": trust_anchor_certificate,
+                "CreationDate": now,
+            }
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            conn.execute(
+                "INSERT INTO hsm_clusters(cluster_id, body, mac) VALUES (?,?,?)",
+                (
+                    cluster_id,
+                    text,
+                    _rows.record_mac(self.store.row_key, "hsm_clusters", cluster_id, text),
+                ),
+            )
+            return {"CloudHsmClusterId": cluster_id}
+
+        return self._run("RegisterHsmCluster", principal, context, params, op)
+
+    def describe_hsm_clusters(
+        self, *, principal: str | None = None, context: RequestContext | None = None
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._admin_only(call, "describe HSM clusters")
+            out = []
+            for (cid,) in conn.execute("SELECT cluster_id FROM hsm_clusters ORDER BY cluster_id"):
+                body = _load_cluster(self, conn, str(cid))
+                if body is not None:
+                    out.append({k: v for k, v in body.items() if v is not None})
+            return {"Clusters": out}
+
+        return self._run("DescribeHsmClusters", principal, context, {}, op)
+
+    def deregister_hsm_cluster(
+        self,
+        *,
+        cloud_hsm_cluster_id: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._admin_only(call, "deregister an HSM cluster")
+            if _load_cluster(self, conn, cloud_hsm_cluster_id) is None:
+                raise CloudHsmClusterNotFoundException(
+                    f"no HSM cluster {cloud_hsm_cluster_id} is registered"
+                )
+            for (text,) in conn.execute("SELECT body FROM custom_key_stores"):
+                if json.loads(str(text)).get("CloudHsmClusterId") == cloud_hsm_cluster_id:
+                    raise CloudHsmClusterInUseException(
+                        f"{cloud_hsm_cluster_id} backs a custom key store; delete it first"
+                    )
+            conn.execute("DELETE FROM hsm_clusters WHERE cluster_id=?", (cloud_hsm_cluster_id,))
+            return {}
+
+        return self._run(
+            "DeregisterHsmCluster",
+            principal,
+            context,
+            {"CloudHsmClusterId": cloud_hsm_cluster_id},
+            op,
+        )
+
+    # -- the six AWS operations -----------------------------------------------------------
+
+    def create_custom_key_store(
+        self,
+        *,
+        custom_key_store_name: str,
+        cloud_hsm_cluster_id: str | None = None,
+        trust_anchor_certificate: str | None = None,
+        key_store_password: str | None = None,
+        custom_key_store_type: str | None = None,
+        xks_proxy_uri_endpoint: str | None = None,
+        xks_proxy_uri_path: str | None = None,
+        xks_proxy_vpc_endpoint_service_name: str | None = None,
+        xks_proxy_vpc_endpoint_service_owner: str | None = None,
+        xks_proxy_authentication_credential: Mapping[str, str] | None = None,
+        xks_proxy_connectivity: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        kind = custom_key_store_type or CLOUDHSM
+        params: dict[str, Any] = {
+            "CustomKeyStoreName": custom_key_store_name,
+            "CustomKeyStoreType": kind,
+        }
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
+            account = call.account or self.account
+            name = _text(custom_key_store_name, "CustomKeyStoreName", 1, 256)
+            if kind not in (CLOUDHSM, EXTERNAL):
+                raise ValidationException(
+                    "CustomKeyStoreType must be AWS_CLOUDHSM or EXTERNAL_KEY_STORE"
+                )
+            self._unique_name(conn, account, name, None)
+            count = conn.execute(
+                "SELECT COUNT(*) FROM custom_key_stores WHERE account=?", (account,)
+            ).fetchone()[0]
+            if count >= MAX_STORES:
+                raise LimitExceededException(
+                    f"an account can have at most {MAX_STORES} custom key stores in a Region"
+                )
+            store_id = _store_id()
+            body: dict[str, Any] = {
+                "CustomKeyStoreId": store_id,
+                "CustomKeyStoreName": name,
+                "CustomKeyStoreType": kind,
+                "ConnectionState": DISCONNECTED,
+                "CreationDate": now,
+            }
+            if kind == CLOUDHSM:
+                if any(
+                    v is not None
+                    for v in (
+                        xks_proxy_uri_endpoint,
+                        xks_proxy_uri_path,
+                        xks_proxy_connectivity,
+                        xks_proxy_authentication_credential,
+                        xks_proxy_vpc_endpoint_service_name,
+                        xks_proxy_vpc_endpoint_service_owner,
+                    )
+                ):
+                    raise ValidationException("XksProxy* parameters are for EXTERNAL_KEY_STORE")
+                cluster_id, password, anchor = self._cluster_args(
+                    conn,
+                    cloud_hsm_cluster_id,
+                    key_store_password,
+                    trust_anchor_certificate,
+                    required=True,
+                )
+                assert cluster_id is not None and password is not None
+                self._cluster_free(conn, cluster_id, None)
+                params["CloudHsmClusterId"] = cluster_id
+                body["CloudHsmClusterId"] = cluster_id
+                body["TrustAnchorCertificate"] = anchor
+                secret = self.store.root.seal(password.encode(), _secret_aad(store_id))
+            else:
+                if any(
+                    v is not None
+                    for v in (cloud_hsm_cluster_id, key_store_password, trust_anchor_certificate)
+                ):
+                    raise ValidationException(
+                        "CloudHsmClusterId, KeyStorePassword and TrustAnchorCertificate are for "
+                        "AWS_CLOUDHSM key stores"
+                    )
+                proxy, secret_text = self._proxy_args(
+                    xks_proxy_uri_endpoint,
+                    xks_proxy_uri_path,
+                    xks_proxy_connectivity,
+                    xks_proxy_authentication_credential,
+                    xks_proxy_vpc_endpoint_service_name,
+                    required=True,
+                )
+                assert secret_text is not None
+                self._proxy_free(conn, proxy, None)
+                params.update(
+                    XksProxyUriEndpoint=proxy["UriEndpoint"],
+                    XksProxyUriPath=proxy["UriPath"],
+                    XksProxyConnectivity=proxy["Connectivity"],
+                    XksProxyAccessKeyId=proxy["AccessKeyId"],  # never the secret
+                )
+                body["XksProxyConfiguration"] = proxy
+                self._check_proxy(call, proxy, secret_text)
+                secret = self.store.root.seal(secret_text.encode(), _secret_aad(store_id))
+            row = _StoreRow(store_id, account, body, secret)
+            _save_store(self, conn, row, insert=True)
+            params["CustomKeyStoreId"] = store_id
+            return {"CustomKeyStoreId": store_id}
+
+        return self._run("CreateCustomKeyStore", principal, context, params, op)
+
+    def describe_custom_key_stores(
+        self,
+        *,
+        custom_key_store_id: str | None = None,
+        custom_key_store_name: str | None = None,
+        limit: int | None = None,
+        marker: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            self._authorize_account(conn, call)
+            account = call.account or self.account
+            if custom_key_store_id is not None and custom_key_store_name is not None:
+                raise ValidationException("give CustomKeyStoreId or CustomKeyStoreName, not both")
+            n = _limit(limit, 100, 1000)
+            after = _marker_decode(marker) if marker is not None else ""
+            if marker is not None and after is None:
+                raise InvalidMarkerException("the marker is not one this service gave")
+            if custom_key_store_id is not None:
+                row = _load_store(self, conn, custom_key_store_id, account)
+                if row is None:
+                    raise CustomKeyStoreNotFoundException(
+                        f"no custom key store {custom_key_store_id} in account {account}"
+                    )
+                rows = [row]
+            else:
+                rows = []
+                for sid, nm in conn.execute(
+                    "SELECT store_id, name FROM custom_key_stores WHERE account=? "
+                    "ORDER BY store_id",
+                    (account,),
+                ):
+                    if custom_key_store_name is not None and nm != custom_key_store_name:
+                        continue
+                    loaded = _load_store(self, conn, str(sid))
+                    if loaded is not None:
+                        rows.append(loaded)
+                if custom_key_store_name is not None and not rows:
+                    raise CustomKeyStoreNotFoundException(
+                        f"no custom key store named {custom_key_store_name!r} in account {account}"
+                    )
+            rows = [r for r in rows if r.id > (after or "")]
+            page = rows[:n]
+            out: Response = {"CustomKeyStores": [_entry(r) for r in page], "Truncated": False}
+            if len(rows) > n:
+                out["Truncated"] = True
+                out["NextMarker"] = _marker_encode(page[-1].id)
+            return out
+
+        return self._run("DescribeCustomKeyStores", principal, context, {}, op)
+
+    def update_custom_key_store(
+        self,
+        *,
+        custom_key_store_id: str,
+        new_custom_key_store_name: str | None = None,
+        key_store_password: str | None = None,
+        cloud_hsm_cluster_id: str | None = None,
+        xks_proxy_uri_endpoint: str | None = None,
+        xks_proxy_uri_path: str | None = None,
+        xks_proxy_vpc_endpoint_service_name: str | None = None,
+        xks_proxy_vpc_endpoint_service_owner: str | None = None,
+        xks_proxy_authentication_credential: Mapping[str, str] | None = None,
+        xks_proxy_connectivity: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        params: dict[str, Any] = {"CustomKeyStoreId": custom_key_store_id}
+
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            row = self._own_store(conn, call, custom_key_store_id)
+            changed = []
+            if new_custom_key_store_name is not None:
+                name = _text(new_custom_key_store_name, "NewCustomKeyStoreName", 1, 256)
+                self._unique_name(conn, row.account, name, row.id)
+                row.body["CustomKeyStoreName"] = name
+                params["NewCustomKeyStoreName"] = name
+                changed.append("name")
+            if row.kind == CLOUDHSM:
+                if any(
+                    v is not None
+                    for v in (
+                        xks_proxy_uri_endpoint,
+                        xks_proxy_uri_path,
+                        xks_proxy_connectivity,
+                        xks_proxy_authentication_credential,
+                        xks_proxy_vpc_endpoint_service_name,
+                        xks_proxy_vpc_endpoint_service_owner,
+                    )
+                ):
+                    raise ValidationException("XksProxy* parameters are for EXTERNAL_KEY_STORE")
+                if key_store_password is not None or cloud_hsm_cluster_id is not None:
+                    if row.state != DISCONNECTED:
+                        raise CustomKeyStoreInvalidStateException(
+                            f"{row.id} is {row.state}: disconnect it before changing its "
+                            "KeyStorePassword or CloudHsmClusterId"
+                        )
+                    cluster_id, password, _ = self._cluster_args(
+                        conn, cloud_hsm_cluster_id, key_store_password, None, required=False
+                    )
+                    if cluster_id is not None and cluster_id != row.body["CloudHsmClusterId"]:
+                        self._cluster_free(conn, cluster_id, row.id)
+                        self._cluster_related(conn, row, cluster_id)
+                        row.body["CloudHsmClusterId"] = cluster_id
+                        params["CloudHsmClusterId"] = cluster_id
+                    if password is not None:
+                        row.secret = self.store.root.seal(password.encode(), _secret_aad(row.id))
+                        changed.append("password")
+            else:
+                if any(v is not None for v in (cloud_hsm_cluster_id, key_store_password)):
+                    raise ValidationException(
+                        "CloudHsmClusterId and KeyStorePassword are for AWS_CLOUDHSM key stores"
+                    )
+                old = dict(row.body["XksProxyConfiguration"])
+                needs_disconnect = (
+                    xks_proxy_uri_endpoint is not None
+                    or xks_proxy_connectivity is not None
+                    or xks_proxy_vpc_endpoint_service_name is not None
+                )
+                if needs_disconnect and row.state != DISCONNECTED:
+                    raise CustomKeyStoreInvalidStateException(
+                        f"{row.id} is {row.state}: disconnect it before changing its proxy "
+                        "endpoint or connectivity"
+                    )
+                proxy, secret_text = self._proxy_args(
+                    xks_proxy_uri_endpoint or old["UriEndpoint"],
+                    xks_proxy_uri_path or old["UriPath"],
+                    xks_proxy_connectivity or old["Connectivity"],
+                    xks_proxy_authentication_credential,
+                    xks_proxy_vpc_endpoint_service_name,
+                    required=False,
+                )
+                if secret_text is None:
+                    proxy["AccessKeyId"] = old["AccessKeyId"]
+                if proxy != old or secret_text is not None:
+                    self._proxy_free(conn, proxy, row.id)
+                    self._check_proxy(call, proxy, secret_text or _secret(self, row))
+                    row.body["XksProxyConfiguration"] = proxy
+                    if secret_text is not None:
+                        row.secret = self.store.root.seal(secret_text.encode(), _secret_aad(row.id))
+                    params.update(
+                        XksProxyUriEndpoint=proxy["UriEndpoint"],
+                        XksProxyUriPath=proxy["UriPath"],
+                        XksProxyAccessKeyId=proxy["AccessKeyId"],
+                    )
+            _save_store(self, conn, row)
+            return {}
+
+        return self._run("UpdateCustomKeyStore", principal, context, params, op)
+
+    def delete_custom_key_store(
+        self,
+        *,
+        custom_key_store_id: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            row = self._own_store(conn, call, custom_key_store_id)
+            if row.state != DISCONNECTED:
+                raise CustomKeyStoreInvalidStateException(
+                    f"{row.id} is {row.state}: disconnect it before deleting it"
+                )
+            if self._store_keys(conn, row.id):
+                raise CustomKeyStoreHasCMKsException(
+                    f"{row.id} still holds KMS keys: schedule their deletion and wait for the "
+                    "waiting period to end"
+                )
+            conn.execute("DELETE FROM custom_key_stores WHERE store_id=?", (row.id,))
+            return {}
+
+        return self._run(
+            "DeleteCustomKeyStore",
+            principal,
+            context,
+            {"CustomKeyStoreId": custom_key_store_id},
+            op,
+        )
+
+    def connect_custom_key_store(
+        self,
+        *,
+        custom_key_store_id: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            row = self._own_store(conn, call, custom_key_store_id)
+            if row.state in (DISCONNECTING, FAILED):
+                raise CustomKeyStoreInvalidStateException(
+                    f"{row.id} is {row.state}: disconnect it, correct the error, then connect it"
+                )
+            if row.state == CONNECTED:
+                return {}
+            code = self._try_connect(conn, call, row)
+            row.body["ConnectionState"] = CONNECTED if code is None else FAILED
+            row.body.pop("ConnectionErrorCode", None)
+            if code is not None:
+                row.body["ConnectionErrorCode"] = code
+                call.params["ConnectionErrorCode"] = code
+            _save_store(self, conn, row)
+            if code is None:
+                self._drain_token_deletions(conn, call, row)
+            return {}
+
+        return self._run(
+            "ConnectCustomKeyStore",
+            principal,
+            context,
+            {"CustomKeyStoreId": custom_key_store_id},
+            op,
+        )
+
+    def disconnect_custom_key_store(
+        self,
+        *,
+        custom_key_store_id: str,
+        principal: str | None = None,
+        context: RequestContext | None = None,
+    ) -> Response:
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            row = self._own_store(conn, call, custom_key_store_id)
+            if row.state in (DISCONNECTED, DISCONNECTING):
+                raise CustomKeyStoreInvalidStateException(f"{row.id} is already {row.state}")
+            row.body["ConnectionState"] = DISCONNECTED
+            row.body.pop("ConnectionErrorCode", None)
+            _save_store(self, conn, row)
+            return {}
+
+        return self._run(
+            "DisconnectCustomKeyStore",
+            principal,
+            context,
+            {"CustomKeyStoreId": custom_key_store_id},
+            op,
+        )
+
+    # -- keys in custom key stores (CreateKey) ---------------------------------------------
+
+    def _custom_key_material(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        now: float,
+        *,
+        store_id: Any,
+        origin: str,
+        xks_key_id: Any,
+        key_id: str,
+        account: str,
+    ) -> dict[str, Any]:
+        """Check CreateKey's custom-key-store arguments and make the key's material there.
+
+        Returns the key's metadata members (AWS's and internal). Called before the key row is
+        written, in the same transaction."""
+        if not isinstance(store_id, str) or not 1 <= len(store_id) <= 64:
+            raise ValidationException("CustomKeyStoreId must be 1..64 characters")
+        row = _load_store(self, conn, store_id, account)
+        if row is None:
+            raise CustomKeyStoreNotFoundException(
+                f"no custom key store {store_id} in account {account}"
+            )
+        want = CLOUDHSM if row.kind == CLOUDHSM else EXTERNAL
+        if origin != want:
+            raise UnsupportedOperationException(
+                f"a key in {row.kind} custom key store {row.id} must have Origin {want}"
+            )
+        if row.state != CONNECTED:
+            raise CustomKeyStoreInvalidStateException(
+                f"{row.id} is {row.state}: connect it before creating keys in it"
+            )
+        meta: dict[str, Any] = {"CustomKeyStoreId": row.id}
+        started = time.perf_counter()
+        if row.kind == CLOUDHSM:
+            if xks_key_id is not None:
+                raise ValidationException("XksKeyId is only for EXTERNAL_KEY_STORE keys")
+            label = token_label(key_id)
+            try:
+                handle = _token_for(self, conn, row).create_aes_key(label)
+            except Exception as e:
+                _timed(call, row, "CreateKey", type(e).__name__, started)
+                from .errors import CloudHsmClusterInvalidConfigurationException
+
+                raise CloudHsmClusterInvalidConfigurationException(
+                    f"the key could not be made in the HSM of {row.id}: {type(e).__name__}"
+                ) from None
+            _timed(call, row, "CreateKey", "ok", started)
+            meta.update(
+                CloudHsmClusterId=row.body["CloudHsmClusterId"],
+                x_hsm_label=handle.label,
+                x_hsm_handle=int(handle.handle),
+                x_hsm_id=bytes(handle.key_id).hex(),
+            )
+            return meta
+        if not isinstance(xks_key_id, str) or not _XKS_KEY_ID_RE.match(xks_key_id):
+            raise ValidationException(
+                "XksKeyId is required for EXTERNAL_KEY_STORE keys (1..128 of [a-zA-Z0-9-_.])"
+            )
+        for other in self._store_keys(conn, row.id):
+            if other.get("XksKeyConfiguration", {}).get("Id") == xks_key_id:
+                raise XksKeyAlreadyInUseException(
+                    f"external key {xks_key_id} already backs KMS key {other.get('KeyId')}"
+                )
+        from envelope.xks import errors as xerr
+
+        try:
+            info = _xks_for(self, row).key_metadata(
+                xks_key_id, _xks_metadata(self, call, self.arn(key_id, account=account))
+            )
+        except xerr.XksProxyError as e:
+            _timed(call, row, "GetKeyMetadata", e.error_name, started)
+            if e.error_name == "KeyNotFoundException":
+                raise XksKeyNotFoundException(
+                    f"the external key store proxy has no key {xks_key_id}"
+                ) from None
+            raise _keystore_links.xks_error(e, "CreateKey") from None
+        except Exception as e:
+            _timed(call, row, "GetKeyMetadata", _outcome(e), started)
+            raise _keystore_links.xks_error(e, "CreateKey") from None
+        _timed(call, row, "GetKeyMetadata", "ok", started)
+        usage = set(info.key_usage)
+        if (
+            info.key_spec != "AES_256"
+            or not {"ENCRYPT", "DECRYPT"} <= usage
+            or info.key_status != "ENABLED"
+        ):
+            raise XksKeyInvalidConfigurationException(
+                f"external key {xks_key_id} is {info.key_spec} {sorted(usage)} "
+                f"{info.key_status}: it must be an ENABLED AES_256 key that can ENCRYPT and "
+                "DECRYPT"
+            )
+        meta["XksKeyConfiguration"] = {"Id": xks_key_id}
+        return meta
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _own_store(self, conn: sqlite3.Connection, call: _Call, store_id: Any) -> _StoreRow:
+        self._authorize_account(conn, call)
+        account = call.account or self.account
+        _text(store_id, "CustomKeyStoreId", 1, 64)
+        row = _load_store(self, conn, store_id, account)
+        if row is None:
+            raise CustomKeyStoreNotFoundException(
+                f"no custom key store {store_id} in account {account}"
+            )
+        return row
+
+    def _store_keys(self, conn: sqlite3.Connection, store_id: str) -> list[dict[str, Any]]:
+        """The metadata of every KMS key (any Region, any state) in a custom key store."""
+        out = []
+        for (text,) in conn.execute(
+            "SELECT meta FROM keys WHERE meta LIKE ?", (f'%"CustomKeyStoreId":"{store_id}"%',)
+        ):
+            meta: dict[str, Any] = json.loads(str(text))
+            if meta.get("CustomKeyStoreId") == store_id:
+                out.append(meta)
+        return out
+
+    def _unique_name(
+        self, conn: sqlite3.Connection, account: str, name: str, store_id: str | None
+    ) -> None:
+        row = conn.execute(
+            "SELECT store_id FROM custom_key_stores WHERE account=? AND name=?", (account, name)
+        ).fetchone()
+        if row is not None and str(row[0]) != store_id:
+            raise CustomKeyStoreNameInUseException(
+                f"the custom key store name {name!r} is in use in account {account}"
+            )
+
+    def _cluster_args(
+        self,
+        conn: sqlite3.Connection,
+        cluster_id: Any,
+        password: Any,
+        anchor: Any,
+        *,
+        required: bool,
+    ) -> tuple[str | None, str | None, str | None]:
+        if required and (cluster_id is None or password is None or anchor is None):
+            raise ValidationException(
+                "an AWS_CLOUDHSM key store needs CloudHsmClusterId, KeyStorePassword and "
+                "TrustAnchorCertificate"
+            )
+        if password is not None:
+            _text(password, "KeyStorePassword", 7, 32)
+        if anchor is not None:
+            _text(anchor, "TrustAnchorCertificate", 1, 5000)
+        if cluster_id is None:
+            return None, password, anchor
+        if not isinstance(cluster_id, str) or not _CLUSTER_RE.match(cluster_id):
+            raise ValidationException("CloudHsmClusterId must match cluster-[2-7a-zA-Z]{11,16}")
+        cluster = _load_cluster(self, conn, cluster_id)
+        if cluster is None:
+            raise CloudHsmClusterNotFoundException(
+                f"no HSM cluster {cluster_id} is registered with this KMS "
+                "(envelope keystores register-cluster)"
+            )
+        expected = cluster.get("TrustAnchorCertificate")
+        if anchor is not None and expected is not None and anchor.strip() != expected.strip():
+            raise IncorrectTrustAnchorException(
+                f"the trust anchor certificate is not the one registered for {cluster_id}"
+            )
+        try:
+            from envelope.pkcs11 import probe_token
+
+            probe_token(str(cluster["Module"]), str(cluster["TokenLabel"]))
+        except Exception as e:
+            raise CloudHsmClusterNotActiveException(
+                f"the token of {cluster_id} cannot be reached ({type(e).__name__})"
+            ) from None
+        return cluster_id, password, anchor
+
+    def _cluster_free(
+        self, conn: sqlite3.Connection, cluster_id: str, store_id: str | None
+    ) -> None:
+        for sid, text in conn.execute("SELECT store_id, body FROM custom_key_stores"):
+            if (
+                str(sid) != store_id
+                and json.loads(str(text)).get("CloudHsmClusterId") == cluster_id
+            ):
+                raise CloudHsmClusterInUseException(
+                    f"{cluster_id} already backs custom key store {sid}"
+                )
+
+    def _cluster_related(self, conn: sqlite3.Connection, row: _StoreRow, cluster_id: str) -> None:
+        """A store moves only to a cluster whose token holds every one of its keys (AWS: a
+        cluster that shares the original's backup history)."""
+        labels = [str(m["x_hsm_label"]) for m in self._store_keys(conn, row.id)]
+        if not labels:
+            return
+        cluster = _load_cluster(self, conn, cluster_id)
+        assert cluster is not None
+        try:
+            token = _keystore_links.open_token(
+                str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(self, row)
+            )
+            missing = [label for label in labels if not token.has_key(label)]
+        except Exception as e:
+            raise CloudHsmClusterNotRelatedException(
+                f"{cluster_id} cannot be checked for this store's keys ({type(e).__name__})"
+            ) from None
+        if missing:
+            raise CloudHsmClusterNotRelatedException(
+                f"{cluster_id} does not hold {len(missing)} of the keys of {row.id}: it is not "
+                "a copy of the original token"
+            )
+
+    @staticmethod
+    def _proxy_args(
+        endpoint: Any,
+        path: Any,
+        connectivity: Any,
+        credential: Mapping[str, str] | None,
+        vpc_service: Any,
+        *,
+        required: bool,
+    ) -> tuple[dict[str, Any], str | None]:
+        connectivity = connectivity or "PUBLIC_ENDPOINT"
+        if connectivity not in ("PUBLIC_ENDPOINT", "VPC_ENDPOINT_SERVICE"):
+            raise ValidationException(
+                "XksProxyConnectivity must be PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE"
+            )
+        if connectivity == "VPC_ENDPOINT_SERVICE" or vpc_service is not None:
+            raise XksProxyInvalidConfigurationException(
+                "VPC endpoint service connectivity needs Amazon VPC; this KMS reaches external "
+                "key store proxies at public (HTTPS) endpoints only"
+            )
+        if required and (endpoint is None or path is None or credential is None):
+            raise ValidationException(
+                "an EXTERNAL_KEY_STORE needs XksProxyUriEndpoint, XksProxyUriPath and "
+                "XksProxyAuthenticationCredential"
+            )
+        if (
+            not isinstance(endpoint, str)
+            or not _ENDPOINT_RE.match(endpoint)
+            or not (10 <= len(endpoint) <= 128)
+        ):
+            raise ValidationException(
+                "XksProxyUriEndpoint must be https://host (a port may follow here)"
+            )
+        if not isinstance(path, str) or not _PATH_RE.match(path) or not 10 <= len(path) <= 128:
+            raise ValidationException(
+                "XksProxyUriPath must be /kms/xks/v<n> or /<prefix>/kms/xks/v<n>"
+            )
+        proxy: dict[str, Any] = {
+            "Connectivity": connectivity,
+            "UriEndpoint": endpoint,
+            "UriPath": path,
+        }
+        secret = None
+        if credential is not None:
+            if not isinstance(credential, Mapping):
+                raise ValidationException("XksProxyAuthenticationCredential must be a structure")
+            akid = credential.get("AccessKeyId")
+            raw = credential.get("RawSecretAccessKey")
+            if not isinstance(akid, str) or not _XKS_ACCESS_KEY_RE.match(akid):
+                raise ValidationException(
+                    "XksProxyAuthenticationCredential.AccessKeyId must be 20..30 of [A-Z2-7]"
+                )
+            if not isinstance(raw, str) or not _XKS_SECRET_RE.match(raw):
+                raise ValidationException(
+                    "XksProxyAuthenticationCredential.RawSecretAccessKey must be 43..64 of "
+                    "[a-zA-Z0-9/+=]"
+                )
+            proxy["AccessKeyId"] = akid
+            secret = raw
+        return proxy, secret
+
+    def _proxy_free(
+        self, conn: sqlite3.Connection, proxy: Mapping[str, Any], store_id: str | None
+    ) -> None:
+        for sid, text in conn.execute("SELECT store_id, body FROM custom_key_stores"):
+            other = json.loads(str(text)).get("XksProxyConfiguration")
+            if str(sid) == store_id or other is None:
+                continue
+            if (other["UriEndpoint"], other["UriPath"]) == (proxy["UriEndpoint"], proxy["UriPath"]):
+                raise XksProxyUriInUseException(
+                    f"{proxy['UriEndpoint']}{proxy['UriPath']} is the proxy of custom key store "
+                    f"{sid}"
+                )
+
+    def _check_proxy(self, call: _Call, proxy: Mapping[str, Any], secret: str) -> None:
+        """GetHealthStatus through the proxy, as AWS does when a store is created or its proxy
+        settings change: the settings must work before they are kept."""
+        from envelope.xks import errors as xerr
+
+        client = _keystore_links.xks_client(
+            str(proxy["UriEndpoint"]), str(proxy["UriPath"]), str(proxy["AccessKeyId"]), secret
+        )
+        try:
+            client.health(_xks_metadata(self, call, None))
+        except xerr.XksProxyError as e:
+            if e.error_name == "AuthenticationFailedException":
+                raise XksProxyIncorrectAuthenticationCredentialException(
+                    "the external key store proxy rejected the authentication credential"
+                ) from None
+            raise XksProxyInvalidResponseException(
+                f"the external key store proxy answered GetHealthStatus with {e.error_name}"
+            ) from None
+        except (xerr.XksUnreachable, xerr.XksTimeout) as e:
+            raise XksProxyUriUnreachableException(
+                f"the external key store proxy at {proxy['UriEndpoint']}{proxy['UriPath']} "
+                f"did not answer GetHealthStatus ({type(e).__name__})"
+            ) from None
+        except Exception as e:
+            raise XksProxyInvalidResponseException(
+                f"GetHealthStatus failed: {type(e).__name__}"
+            ) from None
+
+    def _try_connect(self, conn: sqlite3.Connection, call: _Call, row: _StoreRow) -> str | None:
+        """Reach the store's token or proxy; None when connected, else a ConnectionErrorCode."""
+        started = time.perf_counter()
+        if row.kind == CLOUDHSM:
+            cluster = _load_cluster(self, conn, str(row.body["CloudHsmClusterId"]))
+            if cluster is None:
+                return "CLUSTER_NOT_FOUND"
+            try:
+                token = _keystore_links.open_token(
+                    str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(self, row)
+                )
+                token.check()
+            except Exception as e:
+                code = _keystore_links.hsm_connection_code(e)
+                _timed(call, row, "Connect", code, started)
+                return code
+            _timed(call, row, "Connect", "ok", started)
+            return None
+        try:
+            health = _xks_for(self, row).health(_xks_metadata(self, call, None))
+        except Exception as e:
+            code = _keystore_links.xks_connection_code(e)
+            _timed(call, row, "GetHealthStatus", code, started)
+            return code
+        _timed(call, row, "GetHealthStatus", "ok", started)
+        fleet = health.get("ekmFleetDetails") if isinstance(health, Mapping) else None
+        if (
+            isinstance(fleet, list)
+            and fleet
+            and all(
+                isinstance(f, Mapping) and f.get("healthStatus") == "UNAVAILABLE" for f in fleet
+            )
+        ):
+            return "XKS_PROXY_INVALID_RESPONSE"
+        return None
+
+    def _drain_token_deletions(
+        self, conn: sqlite3.Connection, call: _Call | None, row: _StoreRow
+    ) -> None:
+        """Destroy the token objects of KMS keys deleted while this store could not be reached
+        (or since the last drain). Best effort: a failure leaves the row for the next time."""
+        if row.kind != CLOUDHSM:
+            conn.execute("DELETE FROM token_deletions WHERE store_id=?", (row.id,))
+            return
+        labels = [
+            str(r[0])
+            for r in conn.execute("SELECT label FROM token_deletions WHERE store_id=?", (row.id,))
+        ]
+        if not labels:
+            return
+        try:
+            token = _token_for(self, conn, row)
+        except Exception:
+            return
+        from envelope.pkcs11 import KeyNotInToken
+
+        for label in labels:
+            started = time.perf_counter()
+            try:
+                token.destroy_key(label)
+                outcome = "ok"
+            except KeyNotInToken:
+                outcome = "ok"  # already gone
+            except Exception as e:
+                outcome = type(e).__name__
+            if call is not None:
+                _timed(call, row, "DestroyKey", outcome, started)
+            if outcome == "ok":
+                conn.execute(
+                    "DELETE FROM token_deletions WHERE store_id=? AND label=?", (row.id, label)
+                )
+
+    def _settle_token_deletions(self) -> None:
+        """Destroy the pending token objects of connected stores (after a commit)."""
+        with self.store.write() as conn:
+            for (sid,) in conn.execute("SELECT DISTINCT store_id FROM token_deletions").fetchall():
+                row = _load_store(self, conn, str(sid))
+                if row is None:
+                    conn.execute("DELETE FROM token_deletions WHERE store_id=?", (str(sid),))
+                elif row.state == CONNECTED:
+                    self._drain_token_deletions(conn, None, row)
+
+
+def _entry(row: _StoreRow) -> Response:
+    """A CustomKeyStoresListEntry (never the password or the proxy secret)."""
+    b = row.body
+    out: Response = {
+        "CustomKeyStoreId": row.id,
+        "CustomKeyStoreName": b["CustomKeyStoreName"],
+        "CustomKeyStoreType": b["CustomKeyStoreType"],
+        "ConnectionState": b["ConnectionState"],
+        "CreationDate": b["CreationDate"],
+    }
+    if b.get("ConnectionErrorCode"):
+        out["ConnectionErrorCode"] = b["ConnectionErrorCode"]
+    if row.kind == CLOUDHSM:
+        out["CloudHsmClusterId"] = b["CloudHsmClusterId"]
+        if b.get("TrustAnchorCertificate"):
+            out["TrustAnchorCertificate"] = b["TrustAnchorCertificate"]
+    else:
+        out["XksProxyConfiguration"] = dict(b["XksProxyConfiguration"])
+    return out

@@ -1,0 +1,330 @@
+"""HSM key stores (AWS_CLOUDHSM over PKCS#11) in the embedded KMS, with a real SoftHSM2 token.
+
+AWS rules checked here (AWS KMS API reference and Developer Guide, "CloudHSM key stores"):
+a new store is DISCONNECTED; keys are made in a connected store only; a key's material is a
+non-extractable key in the HSM and its cryptography runs there; while the store is
+disconnected its keys are Unavailable and every use fails with KMSInvalidStateException;
+reconnected, old ciphertext decrypts; a store with keys cannot be deleted; deleting a key
+destroys its HSM object after the waiting period.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envelope.service import KeyService
+from envelope.service.errors import (
+    AccessDeniedException,
+    CloudHsmClusterInUseException,
+    CloudHsmClusterNotFoundException,
+    CustomKeyStoreHasCMKsException,
+    CustomKeyStoreInvalidStateException,
+    CustomKeyStoreNameInUseException,
+    CustomKeyStoreNotFoundException,
+    IncorrectTrustAnchorException,
+    InvalidCiphertextException,
+    KMSInvalidStateException,
+    TamperedStoreError,
+    UnsupportedOperationException,
+    ValidationException,
+)
+
+from ..service.conftest import FakeClock, open_store
+from .conftest import HsmToken
+
+CTX = {"dataset": "sales"}
+ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+@pytest.fixture
+def svc(tmp_path: Path, clock: FakeClock) -> Iterator[KeyService]:
+    service = KeyService(open_store(tmp_path / "home"), clock=clock, owns_store=True)
+    yield service
+    service.close()
+
+
+def make_store(svc: KeyService, hsm: HsmToken, name: str = "hsm") -> tuple[str, str]:
+    cluster = svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)[
+        "CloudHsmClusterId"
+    ]
+    store = svc.create_custom_key_store(
+        custom_key_store_name=name,
+        cloud_hsm_cluster_id=cluster,
+        key_store_password=hsm.pin,
+        trust_anchor_certificate=ANCHOR,
+    )["CustomKeyStoreId"]
+    return cluster, store
+
+
+def entry(svc: KeyService, store: str) -> dict[str, Any]:
+    (e,) = svc.describe_custom_key_stores(custom_key_store_id=store)["CustomKeyStores"]
+    return dict(e)
+
+
+def test_lifecycle_of_an_hsm_key(svc: KeyService, hsm: HsmToken, clock: FakeClock) -> None:
+    cluster, store = make_store(svc, hsm)
+    e = entry(svc, store)
+    assert e["ConnectionState"] == "DISCONNECTED" and e["CloudHsmClusterId"] == cluster
+    assert e["CustomKeyStoreType"] == "AWS_CLOUDHSM" and "KeyStorePassword" not in e
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
+
+    meta = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]
+    assert meta["Origin"] == "AWS_CLOUDHSM" and meta["CustomKeyStoreId"] == store
+    assert meta["CloudHsmClusterId"] == cluster and meta["KeyState"] == "Enabled"
+    kid = meta["KeyId"]
+    label = f"kms-{kid}"
+    # the material is in the token, sensitive and never extractable
+    attrs = hsm.token().key_attributes(label)
+    assert attrs["extractable"] is False and attrs["sensitive"] is True
+    assert attrs["never_extractable"] is True and attrs["value_len"] == 32
+
+    blob = svc.encrypt(key_id=kid, plaintext=b"secret", encryption_context=CTX)["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"secret"
+    with pytest.raises(InvalidCiphertextException):
+        svc.decrypt(ciphertext_blob=blob, encryption_context={"dataset": "other"})
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(InvalidCiphertextException):
+        svc.decrypt(ciphertext_blob=tampered, encryption_context=CTX)
+    dk = svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=CTX)
+    assert len(dk["Plaintext"]) == 32
+    back = svc.decrypt(ciphertext_blob=dk["CiphertextBlob"], encryption_context=CTX)
+    assert back["Plaintext"] == dk["Plaintext"]
+    wp = svc.generate_data_key_without_plaintext(key_id=kid, number_of_bytes=16)
+    assert len(svc.decrypt(ciphertext_blob=wp["CiphertextBlob"])["Plaintext"]) == 16
+    # ReEncrypt out of the HSM to an ordinary key and back
+    plain_key = svc.create_key()["KeyMetadata"]["KeyId"]
+    moved = svc.re_encrypt(
+        ciphertext_blob=blob,
+        source_encryption_context=CTX,
+        destination_key_id=plain_key,
+    )["CiphertextBlob"]
+    again = svc.re_encrypt(
+        ciphertext_blob=moved, destination_key_id=kid, destination_encryption_context=CTX
+    )["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=again, encryption_context=CTX)["Plaintext"] == b"secret"
+    assert (
+        len(svc.generate_random(number_of_bytes=24, custom_key_store_id=store)["Plaintext"]) == 24
+    )
+
+    # every HSM call is in the audit record of the KMS call that made it
+    rec = next(r for r in svc.audit_tail(40) if r["operation"] == "GenerateDataKey")
+    (hcall,) = rec["keystore_calls"]
+    assert hcall["CustomKeyStoreId"] == store and hcall["Call"] == "Encrypt"
+    assert hcall["Outcome"] == "ok" and hcall["Milliseconds"] >= 0
+
+    # disconnected: Unavailable, every use refused, management still works
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Unavailable"
+    for use in (
+        lambda: svc.encrypt(key_id=kid, plaintext=b"x"),
+        lambda: svc.decrypt(ciphertext_blob=blob, encryption_context=CTX),
+        lambda: svc.generate_data_key(key_id=kid, key_spec="AES_256"),
+    ):
+        with pytest.raises(KMSInvalidStateException):
+            use()
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.tag_resource(key_id=kid, tags=[{"TagKey": "k", "TagValue": "v"}])
+    # reconnected: the old ciphertext decrypts
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"secret"
+
+    # rotation is not for keys in custom key stores
+    with pytest.raises(UnsupportedOperationException):
+        svc.enable_key_rotation(key_id=kid)
+
+    # a store with keys cannot be deleted; deletion needs DISCONNECTED first
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        svc.delete_custom_key_store(custom_key_store_id=store)
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    with pytest.raises(CustomKeyStoreHasCMKsException):
+        svc.delete_custom_key_store(custom_key_store_id=store)
+
+    # the key is deleted after its window while the store is disconnected: the token object
+    # stays until the store is connected again, then goes
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    clock.advance(days=8)
+    svc.list_keys()
+    svc.run_due_tasks()
+    assert hsm.token().has_key(label)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert not hsm.token().has_key(label)
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.delete_custom_key_store(custom_key_store_id=store)
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        entry(svc, store)
+
+
+def test_a_deleted_key_leaves_the_token_once_its_window_ends(
+    svc: KeyService, hsm: HsmToken, clock: FakeClock
+) -> None:
+    _, store = make_store(svc, hsm, "hsm-delete")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    clock.advance(days=6)
+    svc.run_due_tasks()
+    assert hsm.token().has_key(f"kms-{kid}")
+    clock.advance(days=2)
+    svc.run_due_tasks()
+    assert not hsm.token().has_key(f"kms-{kid}")
+
+
+def test_wrong_pin_fails_the_connection_and_an_update_mends_it(
+    svc: KeyService, hsm: HsmToken
+) -> None:
+    cluster = svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)[
+        "CloudHsmClusterId"
+    ]
+    store = svc.create_custom_key_store(
+        custom_key_store_name="bad-pin",
+        cloud_hsm_cluster_id=cluster,
+        key_store_password="wrong-pin-0",
+        trust_anchor_certificate=ANCHOR,
+    )["CustomKeyStoreId"]
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert e["ConnectionState"] == "FAILED" and e["ConnectionErrorCode"] == "INVALID_CREDENTIALS"
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        svc.connect_custom_key_store(custom_key_store_id=store)  # FAILED: disconnect first
+    with pytest.raises(CustomKeyStoreInvalidStateException):
+        svc.update_custom_key_store(custom_key_store_id=store, key_store_password=hsm.pin)
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.update_custom_key_store(custom_key_store_id=store, key_store_password=hsm.pin)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
+    assert "ConnectionErrorCode" not in entry(svc, store)
+
+
+def test_create_refusals(svc: KeyService, hsm: HsmToken) -> None:
+    with pytest.raises(CloudHsmClusterNotFoundException):
+        svc.create_custom_key_store(
+            custom_key_store_name="x",
+            cloud_hsm_cluster_id="cluster-abcdefghijk",
+            key_store_password=hsm.pin,
+            trust_anchor_certificate=ANCHOR,
+        )
+    cluster = svc.register_hsm_cluster(
+        module=hsm.module, token_label=hsm.label, trust_anchor_certificate=ANCHOR
+    )["CloudHsmClusterId"]
+    with pytest.raises(IncorrectTrustAnchorException):
+        svc.create_custom_key_store(
+            custom_key_store_name="x",
+            cloud_hsm_cluster_id=cluster,
+            key_store_password=hsm.pin,
+            trust_anchor_certificate=ANCHOR.replace("MIIB", "MIIC"),
+        )
+    with pytest.raises(ValidationException):  # AWS: the trust anchor is required
+        svc.create_custom_key_store(
+            custom_key_store_name="x", cloud_hsm_cluster_id=cluster, key_store_password=hsm.pin
+        )
+    first = svc.create_custom_key_store(
+        custom_key_store_name="x",
+        cloud_hsm_cluster_id=cluster,
+        key_store_password=hsm.pin,
+        trust_anchor_certificate=ANCHOR,
+    )["CustomKeyStoreId"]
+    with pytest.raises(CloudHsmClusterInUseException):
+        svc.create_custom_key_store(
+            custom_key_store_name="y",
+            cloud_hsm_cluster_id=cluster,
+            key_store_password=hsm.pin,
+            trust_anchor_certificate=ANCHOR,
+        )
+    other = svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)["CloudHsmClusterId"]
+    with pytest.raises(CustomKeyStoreNameInUseException):
+        svc.create_custom_key_store(
+            custom_key_store_name="x",
+            cloud_hsm_cluster_id=other,
+            key_store_password=hsm.pin,
+            trust_anchor_certificate=ANCHOR,
+        )
+    second = svc.create_custom_key_store(
+        custom_key_store_name="y",
+        cloud_hsm_cluster_id=other,
+        key_store_password=hsm.pin,
+        trust_anchor_certificate=ANCHOR,
+    )["CustomKeyStoreId"]
+    with pytest.raises(CustomKeyStoreNameInUseException):
+        svc.update_custom_key_store(custom_key_store_id=second, new_custom_key_store_name="x")
+    svc.delete_custom_key_store(custom_key_store_id=second)
+    # keys in custom key stores: symmetric, single-Region, with the store's origin
+    svc.connect_custom_key_store(custom_key_store_id=first)
+    for bad in (
+        {"origin": "AWS_CLOUDHSM"},  # no store named
+        {"origin": "AWS_KMS", "custom_key_store_id": first},
+        {"origin": "EXTERNAL_KEY_STORE", "custom_key_store_id": first, "xks_key_id": "k"},
+        {"origin": "AWS_CLOUDHSM", "custom_key_store_id": first, "multi_region": True},
+        {"origin": "AWS_CLOUDHSM", "custom_key_store_id": first, "key_spec": "RSA_2048"},
+    ):
+        with pytest.raises(UnsupportedOperationException):
+            svc.create_key(**bad)  # type: ignore[arg-type]
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id="cks-0000000000000000")
+    # nothing was left behind by the refusals: the store has no keys
+    svc.disconnect_custom_key_store(custom_key_store_id=first)
+    svc.delete_custom_key_store(custom_key_store_id=first)
+
+
+def test_only_the_administrator_registers_clusters_and_iam_governs_stores(
+    svc: KeyService, hsm: HsmToken
+) -> None:
+    svc.create_user(user_name="ops")
+    ops = "arn:aws:iam::000000000000:user/ops"
+    with pytest.raises(AccessDeniedException):
+        svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label, principal=ops)
+    cluster = svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)[
+        "CloudHsmClusterId"
+    ]
+    args = {
+        "custom_key_store_name": "iam",
+        "cloud_hsm_cluster_id": cluster,
+        "key_store_password": hsm.pin,
+        "trust_anchor_certificate": ANCHOR,
+    }
+    with pytest.raises(AccessDeniedException):
+        svc.create_custom_key_store(**args, principal=ops)
+    svc.put_principal_policy(
+        arn=ops,
+        policy_name="ks",
+        policy_document=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": "kms:*CustomKeyStore*", "Resource": "*"}
+                ],
+            }
+        ),
+    )
+    store = svc.create_custom_key_store(**args, principal=ops)["CustomKeyStoreId"]
+    svc.connect_custom_key_store(custom_key_store_id=store, principal=ops)
+    # another account sees none of it
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        svc.describe_custom_key_stores(
+            custom_key_store_id=store, principal="arn:aws:iam::111111111111:root"
+        )
+
+
+def test_an_edited_store_row_is_refused(svc: KeyService, hsm: HsmToken, tmp_path: Path) -> None:
+    _, store = make_store(svc, hsm, "tamper")
+    conn = sqlite3.connect(tmp_path / "home" / "kms.sqlite3")
+    body = json.loads(
+        conn.execute("SELECT body FROM custom_key_stores WHERE store_id=?", (store,)).fetchone()[0]
+    )
+    body["ConnectionState"] = "CONNECTED"
+    with conn:
+        conn.execute(
+            "UPDATE custom_key_stores SET body=? WHERE store_id=?", (json.dumps(body), store)
+        )
+    conn.close()
+    with pytest.raises(TamperedStoreError):
+        svc.describe_custom_key_stores(custom_key_store_id=store)
