@@ -1,0 +1,151 @@
+"""Starting `envelope xks serve`: the XKS proxy on uvicorn, N worker processes, TLS.
+
+`serve(settings)` checks everything that can be checked before binding (the key stores, the
+TLS files, the token: module, label and PIN, by opening it once), then runs uvicorn with the
+factory ``envelope.xks.run:create_app``: each worker process reads the same config file again
+(its path travels in ``$ENVELOPE_XKS_SETTINGS``, the secrets never do), opens the token
+(`envelope.pkcs11.Token`: one login per process) and serves. A key store's request quota is for
+the whole proxy, so each worker enforces its share.
+
+HTTP is uvicorn's httptools parser behind `envelope.server.protocol.CorkedHTTPProtocol` (one
+socket write per answer), as `envelope serve` runs. TLS: 1.2 or later with the cipher suites
+the specification lists (`TLS12_CIPHERS`; TLS 1.3's suites are OpenSSL's defaults, which
+include TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..errors import ConfigurationError
+from .app import XksProxyApp
+from .config import ENV_CONFIG, XksSettings, load_settings
+
+__all__ = ("TLS12_CIPHERS", "create_app", "open_token", "serve")
+
+#: The TLS 1.2 suites the specification names (AES-256-GCM with ECDHE), and ChaCha20's.
+TLS12_CIPHERS: Final = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+_LOG = logging.getLogger("envelope.xks")
+
+
+def open_token(settings: XksSettings) -> Any:
+    """This process's `envelope.pkcs11.Token` for the configured module, label and PIN."""
+    from ..pkcs11 import Token, TokenConfig
+
+    settings.check_token()
+    return Token.open(
+        TokenConfig(
+            module=settings.module,
+            token_label=settings.token_label,
+            pin=settings.pin,
+            pool_size=settings.pool_size,
+        )
+    )
+
+
+def _configure_logging(level: str) -> None:
+    for name in ("envelope.xks", "envelope.xks.access"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            logger.propagate = False
+        logger.setLevel(level.upper())
+
+
+def create_app() -> XksProxyApp:
+    """The worker's application (uvicorn factory): settings from the config file named in
+    the environment."""
+    text = os.environ.get(ENV_CONFIG)
+    settings = XksSettings.from_env(text) if text else load_settings(None)
+    _configure_logging(settings.log_level)
+    token = open_token(settings)
+    return XksProxyApp(settings, token, share=settings.workers, close=token.close)
+
+
+def _run_uvicorn(options: dict[str, Any]) -> None:
+    """uvicorn with TCP_NODELAY on the shared socket of several workers (as
+    `envelope.server.run._run_uvicorn` does for `envelope serve`: uvicorn binds that socket
+    with protocol 0, which asyncio does not set TCP_NODELAY on)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("envelope.xks.run:create_app", **options)
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            sock = config.bind_socket()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            kwargs: dict[str, Any] = {"sockets": [sock]}
+            if "target" in inspect.signature(Multiprocess).parameters:
+                kwargs["target"] = server.run
+            Multiprocess(config, **kwargs).run()
+            return
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the signal it handled once the shutdown is complete
+    if config.workers == 1 and not server.started:
+        raise ConfigurationError(
+            f"envelope xks serve could not start on {config.host}:{config.port} (see above)"
+        )
+
+
+def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> None:
+    """Run the proxy until SIGTERM/SIGINT, finishing in-flight requests first. `overrides`:
+    the command line's changes to the config file (workers apply them too)."""
+    settings.check_serving()
+    for path in (settings.tls_cert, settings.tls_key):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigurationError(f"TLS file {path} does not exist")
+    _configure_logging(settings.log_level)
+    token = open_token(settings)  # a wrong module, label or PIN fails here, before binding
+    token.check()
+    if settings.tls_cert is None:
+        _LOG.warning(
+            "envelope xks serve: no [tls]: serving plain HTTP (AWS KMS only calls HTTPS; use "
+            "this behind a TLS-terminating load balancer only)"
+        )
+    os.environ[ENV_CONFIG] = settings.to_env(overrides or {})
+    metrics_dir: str | None = None
+    if settings.workers > 1:
+        token.close()  # each worker opens its own (one login per process)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            metrics_dir = tempfile.mkdtemp(prefix="envelope-xks-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # one structured line per request comes from the app
+        "lifespan": "on",
+        "server_header": False,
+        "date_header": False,
+        "http": "envelope.server.protocol:CorkedHTTPProtocol",
+        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds) or None,
+    }
+    if settings.workers > 1:
+        options["workers"] = settings.workers
+    if settings.tls_cert is not None:
+        options["ssl_certfile"] = settings.tls_cert
+        options["ssl_keyfile"] = settings.tls_key
+        options["ssl_ciphers"] = TLS12_CIPHERS
+    try:
+        _run_uvicorn(options)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
