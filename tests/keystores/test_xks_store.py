@@ -1,0 +1,270 @@
+"""External key stores: the embedded KMS as the client of `envelope xks serve` (TLS, loopback).
+
+AWS rules checked (AWS KMS Developer Guide, "External key stores" and "Troubleshooting external
+key stores"): creating the store checks the proxy (GetHealthStatus) and refuses a wrong
+credential or an unreachable proxy with their own exceptions; a key names an external key the
+proxy must know (XksKeyNotFoundException) and that must be an enabled AES-256 key for
+encryption and decryption (XksKeyInvalidConfigurationException); data is encrypted twice (the
+KMS's own material, then the external key); every failure of the proxy during a cryptographic
+operation is KMSInvalidStateException with the cause in the message, audited, nothing changed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envelope.service import KeyService
+from envelope.service.errors import (
+    KMSInvalidStateException,
+    XksKeyAlreadyInUseException,
+    XksKeyInvalidConfigurationException,
+    XksKeyNotFoundException,
+    XksProxyIncorrectAuthenticationCredentialException,
+    XksProxyInvalidConfigurationException,
+    XksProxyUriUnreachableException,
+)
+from envelope.xks.spec import ERROR_STATUS
+from tests.xks.conftest import KEY_A1, SECRET_A1, Proxy, proxy, xks_folder  # noqa: F401
+from tests.xks.test_client_transport import Canned, Pki, free_port
+
+from ..service.conftest import FakeClock, open_store
+
+CTX = {"job": "nightly"}
+
+
+@pytest.fixture
+def svc(
+    tmp_path: Path,
+    clock: FakeClock,
+    proxy: Proxy,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[KeyService]:
+    monkeypatch.setenv("ENVELOPE_XKS_CA_FILE", str(proxy.ca.cert_file))
+    monkeypatch.setenv("ENVELOPE_XKS_TIMEOUT", "2")
+    service = KeyService(open_store(tmp_path / "home"), clock=clock, owns_store=True)
+    yield service
+    service.close()
+
+
+def xks_store(svc: KeyService, endpoint: str, name: str = "ext", secret: str = SECRET_A1) -> str:
+    return str(
+        svc.create_custom_key_store(
+            custom_key_store_name=name,
+            custom_key_store_type="EXTERNAL_KEY_STORE",
+            xks_proxy_uri_endpoint=endpoint,
+            xks_proxy_uri_path="/ks/a/kms/xks/v1",
+            xks_proxy_connectivity="PUBLIC_ENDPOINT",
+            xks_proxy_authentication_credential={
+                "AccessKeyId": KEY_A1,
+                "RawSecretAccessKey": secret,
+            },
+        )["CustomKeyStoreId"]
+    )
+
+
+def entry(svc: KeyService, store: str) -> dict[str, Any]:
+    (e,) = svc.describe_custom_key_stores(custom_key_store_id=store)["CustomKeyStores"]
+    return dict(e)
+
+
+def test_a_key_in_an_external_store(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
+    store = xks_store(svc, proxy.endpoint)
+    e = entry(svc, store)
+    assert e["CustomKeyStoreType"] == "EXTERNAL_KEY_STORE"
+    assert e["XksProxyConfiguration"] == {
+        "Connectivity": "PUBLIC_ENDPOINT",
+        "UriEndpoint": proxy.endpoint,
+        "UriPath": "/ks/a/kms/xks/v1",
+        "AccessKeyId": KEY_A1,
+    }
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
+    meta = svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k1")[
+        "KeyMetadata"
+    ]
+    assert meta["XksKeyConfiguration"] == {"Id": "k1"} and meta["Origin"] == "EXTERNAL_KEY_STORE"
+    kid = meta["KeyId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"ledger", encryption_context=CTX)["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"ledger"
+    dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+    assert svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+    # the proxy's ciphertext metadata ("v1" for this key store) travels in the blob
+    assert b"v1" in blob
+    # a changed encryption context: the proxy refuses, KMSInvalidStateException as in AWS
+    with pytest.raises(KMSInvalidStateException, match="ciphertext or the additional"):
+        svc.decrypt(ciphertext_blob=blob, encryption_context={"job": "other"})
+    # the proxy saw AWS's request metadata: the caller, the key, the operation, the request id
+    rec = next(r for r in svc.audit_tail(20) if r["operation"] == "GenerateDataKey")
+    calls = rec["keystore_calls"]
+    assert calls[0]["Call"] == "Encrypt" and calls[0]["Outcome"] == "ok"
+    lines = [x for x in proxy.log_lines() if rec["request_id"] in json.dumps(x)]
+    assert lines, "the proxy's log names the KMS request id"
+    # an external key backs one KMS key of a store
+    with pytest.raises(XksKeyAlreadyInUseException):
+        svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k1")
+    # disconnect: Unavailable and refused; reconnect: the old ciphertext decrypts
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Unavailable"
+    with pytest.raises(KMSInvalidStateException):
+        svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"ledger"
+
+
+def test_external_keys_the_proxy_does_not_allow(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
+    store = xks_store(svc, proxy.endpoint, "ext-keys")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    with pytest.raises(XksKeyNotFoundException):
+        svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="nope")
+    for bad in ("k-disabled", "aes128", "encrypt-only"):
+        with pytest.raises(XksKeyInvalidConfigurationException):
+            svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id=bad)
+    assert svc.list_keys()["Keys"] == []
+
+
+def test_a_wrong_credential(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
+    wrong = SECRET_A1[:-2] + ("AA" if not SECRET_A1.endswith("AA") else "BB")
+    with pytest.raises(XksProxyIncorrectAuthenticationCredentialException):
+        xks_store(svc, proxy.endpoint, "bad-cred", secret=wrong)
+    # a credential changed under a connected store (allowed while CONNECTED, as in AWS):
+    # every use is refused, audited, and the key is untouched
+    store = xks_store(svc, proxy.endpoint, "rotating")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k1")[
+        "KeyMetadata"
+    ]["KeyId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
+    with pytest.raises(XksProxyIncorrectAuthenticationCredentialException):
+        svc.update_custom_key_store(
+            custom_key_store_id=store,
+            xks_proxy_authentication_credential={
+                "AccessKeyId": KEY_A1,
+                "RawSecretAccessKey": wrong,
+            },
+        )
+    # the refused update changed nothing: the store still works
+    assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == b"x"
+    refused = [r for r in svc.audit_tail(5) if r["operation"] == "UpdateCustomKeyStore"]
+    assert refused[-1]["error_code"] == "XksProxyIncorrectAuthenticationCredentialException"
+
+
+def test_vpc_connectivity_is_refused(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
+    with pytest.raises(XksProxyInvalidConfigurationException):
+        svc.create_custom_key_store(
+            custom_key_store_name="vpc",
+            custom_key_store_type="EXTERNAL_KEY_STORE",
+            xks_proxy_uri_endpoint=proxy.endpoint,
+            xks_proxy_uri_path="/ks/a/kms/xks/v1",
+            xks_proxy_connectivity="VPC_ENDPOINT_SERVICE",
+            xks_proxy_authentication_credential={
+                "AccessKeyId": KEY_A1,
+                "RawSecretAccessKey": SECRET_A1,
+            },
+        )
+
+
+# -- proxies that fail: a real TLS server on loopback answering what each test needs -----------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki-ks"))
+
+
+@pytest.fixture
+def canned(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> Iterator[Canned]:
+    monkeypatch.setenv("ENVELOPE_XKS_CA_FILE", str(pki.ca.cert_file))
+    server = Canned(pki.cert)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    server.answers["/ks/a/kms/xks/v1/health"] = (
+        200,
+        json.dumps(
+            {
+                "xksProxyFleetSize": 1,
+                "xksProxyVendor": "test",
+                "xksProxyModel": "canned",
+                "ekmVendor": "test",
+                "ekmFleetDetails": [{"id": "1", "model": "m", "healthStatus": "ACTIVE"}],
+            }
+        ).encode(),
+    )
+    server.answers["/ks/a/kms/xks/v1/keys/k1/metadata"] = (
+        200,
+        json.dumps(
+            {"keySpec": "AES_256", "keyUsage": ["ENCRYPT", "DECRYPT"], "keyStatus": "ENABLED"}
+        ).encode(),
+    )
+    try:
+        yield server
+    finally:
+        if not getattr(server, "stopped", False):
+            server.shutdown()
+            server.server_close()
+
+
+def _canned_key(svc: KeyService, canned: Canned) -> tuple[str, str]:
+    store = xks_store(svc, canned.endpoint, f"canned-{free_port()}")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k1")[
+        "KeyMetadata"
+    ]["KeyId"]
+    return store, kid
+
+
+@pytest.mark.parametrize("error", sorted(ERROR_STATUS))
+def test_each_xks_error_is_kms_invalid_state_audited(
+    svc: KeyService, canned: Canned, error: str
+) -> None:
+    _, kid = _canned_key(svc, canned)
+    canned.answers["/ks/a/kms/xks/v1/keys/k1/encrypt"] = (
+        ERROR_STATUS[error],
+        json.dumps({"errorName": error, "errorMessage": "canned"}).encode(),
+    )
+    before = svc.describe_key(key_id=kid)["KeyMetadata"]
+    with pytest.raises(KMSInvalidStateException) as info:
+        svc.generate_data_key(key_id=kid, key_spec="AES_256")
+    assert "Encrypt failed" in str(info.value)
+    rec = svc.audit_tail(1)[0]
+    assert rec["operation"] == "GenerateDataKey" and rec["error_code"] == "KMSInvalidStateException"
+    assert rec["keystore_calls"][0]["Outcome"] == error
+    assert svc.describe_key(key_id=kid)["KeyMetadata"] == before
+
+
+def test_a_slow_proxy_times_out(
+    svc: KeyService, canned: Canned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ENVELOPE_XKS_TIMEOUT", "0.3")
+    store, kid = _canned_key(svc, canned)
+    canned.silent = True
+    with pytest.raises(KMSInvalidStateException, match="did not respond in time"):
+        svc.encrypt(key_id=kid, plaintext=b"x")
+    assert svc.audit_tail(1)[0]["keystore_calls"][0]["Outcome"] == "XksTimeout"
+    # connecting again finds the proxy timing out: FAILED, with AWS's code
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert e["ConnectionState"] == "FAILED" and e["ConnectionErrorCode"] == "XKS_PROXY_TIMED_OUT"
+
+
+def test_an_unreachable_proxy(svc: KeyService, canned: Canned) -> None:
+    canned.close_after_answer = True  # no kept-alive connection outlives the server
+    store, kid = _canned_key(svc, canned)
+    canned.shutdown()
+    canned.server_close()
+    canned.stopped = True  # type: ignore[attr-defined]
+    with pytest.raises(KMSInvalidStateException, match="cannot be reached"):
+        svc.encrypt(key_id=kid, plaintext=b"x")
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert e["ConnectionState"] == "FAILED"
+    assert e["ConnectionErrorCode"] == "XKS_PROXY_NOT_REACHABLE"
+    with pytest.raises(XksProxyUriUnreachableException):
+        xks_store(svc, f"https://localhost:{free_port()}", "nobody-home")
