@@ -111,6 +111,11 @@ def test_hsm_key_lifecycle_over_the_wire(server: Server, hsm: HsmToken) -> None:
         local.close()
     enc = [r for r in records if r["operation"] == "Encrypt" and r["outcome"] == "ok"]
     assert enc and enc[-1]["keystore_calls"][0]["CustomKeyStoreId"] == store
+    # and measured: the token's calls in the server's /metrics, with sub-millisecond buckets
+    status, _, text = server.http("GET", "/metrics")
+    assert status == 200
+    metrics = text.decode()
+    assert 'envelope_hsm_call_seconds_bucket{le="0.0001",op="encrypt",outcome="ok"}' in metrics
 
 
 def _second_cluster(server: Server, hsm: HsmToken) -> str:
