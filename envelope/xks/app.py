@@ -516,6 +516,9 @@ class XksProxyApp:
                 )
                 else "UNAVAILABLE"
             )
+        except Exception as e:  # a closed token, anything unforeseen: it cannot serve
+            errlog.error("health check failed: %s: %s", type(e).__name__, e)
+            status = "UNAVAILABLE"
         if (
             status == "ACTIVE"
             and (time.perf_counter() - started) * 1000 > self.settings.degraded_ms

@@ -1,0 +1,120 @@
+"""The proxy's ASGI app in this process, on the real SoftHSM2 token, for what a running proxy
+cannot easily be made to show: a token that stops serving (UNAVAILABLE, InternalException), a
+slow health check (DEGRADED), a missing health key, and the dependency timeout (503)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envelope.pkcs11 import Token, TokenConfig
+from envelope.xks._sigv4 import Signer
+from envelope.xks.app import XksProxyApp
+from envelope.xks.config import Credential, KeyStoreSettings, XksSettings
+from tests.softhsm import SOFTHSM_MODULE
+
+from .conftest import KEY_A1, MD, PIN, SECRET_A1, TOKEN_LABEL
+
+HOST = "xks.test:443"
+
+
+def settings(**changes: Any) -> XksSettings:
+    store = KeyStoreSettings("/s", (Credential(KEY_A1, SECRET_A1),))
+    base = XksSettings(keystores=(store,), module=SOFTHSM_MODULE, token_label=TOKEN_LABEL, pin=PIN)
+    return replace(base, **changes)
+
+
+def call(app: XksProxyApp, path: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    body = json.dumps(doc).encode()
+    headers = Signer(KEY_A1, SECRET_A1, "us-east-1").sign(HOST, path, body)
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw.append((b"content-type", b"application/json"))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": raw,
+        "client": ("127.0.0.1", 1),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        await app(scope, receive, send)
+        await asyncio.sleep(0.01)  # let the batched access log flush
+
+    asyncio.run(run())
+    return sent[0]["status"], json.loads(sent[1]["body"])
+
+
+def health(app: XksProxyApp) -> str:
+    status, doc = call(
+        app, "/s/kms/xks/v1/health", {"requestMetadata": MD.to_wire("GetHealthStatus")}
+    )
+    assert status == 200
+    (entry,) = doc["ekmFleetDetails"]
+    return str(entry["healthStatus"])
+
+
+def encrypt(app: XksProxyApp) -> tuple[int, dict[str, Any]]:
+    doc = {
+        "requestMetadata": MD.to_wire("Encrypt"),
+        "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
+        "encryptionAlgorithm": "AES_GCM",
+    }
+    return call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
+
+
+@pytest.fixture
+def token(xks_folder: Path) -> Token:
+    return Token.open(TokenConfig(SOFTHSM_MODULE, TOKEN_LABEL, PIN))
+
+
+def test_healthy(token: Token) -> None:
+    app = XksProxyApp(settings(health_key="health"), token)
+    assert health(app) == "ACTIVE"
+    assert encrypt(app)[0] == 200
+
+
+def test_slower_than_degraded_ms_is_degraded(token: Token) -> None:
+    assert health(XksProxyApp(settings(health_key="health", degraded_ms=0.001), token)) == (
+        "DEGRADED"
+    )
+
+
+def test_a_missing_health_key_is_degraded(token: Token) -> None:
+    app = XksProxyApp(settings(health_key="no-such-health-key"), token)
+    assert health(app) == "DEGRADED"
+    assert encrypt(app)[0] == 200  # the other keys still serve
+
+
+def test_a_closed_token_is_unavailable_and_internal(xks_folder: Path) -> None:
+    # a Token of its own (another pool size: another Token object), then closed
+    own = Token.open(TokenConfig(SOFTHSM_MODULE, TOKEN_LABEL, PIN, pool_size=3))
+    own.close()
+    app = XksProxyApp(settings(), own)
+    assert health(app) == "UNAVAILABLE"
+    status, doc = encrypt(app)
+    assert (status, doc["errorName"]) == (500, "InternalException")
+    assert PIN not in json.dumps(doc)
+
+
+def test_a_token_slower_than_the_dependency_timeout(token: Token) -> None:
+    app = XksProxyApp(settings(dependency_timeout_ms=0.001), token)
+    status, doc = encrypt(app)
+    assert (status, doc["errorName"]) == (503, "DependencyTimeoutException")
+    # the same app with time enough works through the worker thread
+    app = XksProxyApp(settings(dependency_timeout_ms=10_000), token)
+    assert encrypt(app)[0] == 200
