@@ -121,3 +121,24 @@ def test_within_the_five_minute_window() -> None:
     auth = verifier()
     for at in (NOW - 299, NOW + 299):
         assert verify(auth, botocore_headers(KEY_ID, SECRET, "kms-xks-proxy", at)) == KEY_ID
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/kms/xks/v1/health",
+        "/a/b_c-d/kms/xks/v1/keys/Key.1_x-y~z/encrypt",
+        "/kms/xks/v1/keys/.../metadata",  # three periods: an ordinary segment
+        "/a/./b",  # botocore normalises these: the signer must too (its own code path)
+        "/a/../b",
+        "/a b/%41",
+        "/",
+    ],
+)
+def test_every_path_signs_as_botocore_does(path: str) -> None:
+    req = AWSRequest("POST", f"https://{HOST}{path}", data=BODY, headers={"Host": HOST})
+    fixed = datetime.datetime.fromtimestamp(NOW, datetime.UTC).replace(tzinfo=None)
+    with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
+        SigV4Auth(Credentials(KEY_ID, SECRET), "kms-xks-proxy", "us-east-1").add_auth(req)
+    ours = Signer(KEY_ID, SECRET, "us-east-1").sign(HOST, path, BODY, NOW)
+    assert ours["Authorization"] == req.headers["Authorization"]
