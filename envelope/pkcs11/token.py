@@ -336,7 +336,8 @@ class Token:
             from pkcs11 import Attribute, ObjectClass
 
             objects = session.p11.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
-            return sorted(str(obj[Attribute.LABEL]) for obj in objects)
+            keys = {(str(o[Attribute.LABEL]), bytes(o[Attribute.ID]) or o.handle) for o in objects}
+            return sorted(label for label, _ in keys)
 
         return self._timed("list_keys", lambda: self._run(run))
 
@@ -523,6 +524,13 @@ class Token:
             # private keys are invisible to a session that is not logged in: "no such key"
             # would be a lie (the login was lost: log in again and look once more)
             raise CallFailed("C_FindObjects", _USER_NOT_LOGGED_IN)
+        if len(objects) > 1:
+            # One key can be listed twice: SoftHSM2 may index a key file a second time when
+            # this process creates it while another process changes the token (the file, and
+            # a fresh process, hold one key). The same label and CKA_ID is the same key (keys
+            # without an id stay apart).
+            by_id = {bytes(o[Attribute.ID]) or o.handle: o for o in objects}
+            objects = list(by_id.values())
         return objects
 
     def _one_object(self, session: _Session, label: str) -> Any:
