@@ -148,7 +148,8 @@ class XksClient:
     accepted too and completed with ``/kms/xks/v1``. `ca_file`: PEM bundle of the CAs trusted
     for the proxy's certificate (default: the system's). `timeout`: seconds per request.
     `max_connections`: idle connections kept open (more concurrent calls open extra ones,
-    closed after use). `region`: the Region of the credential scope.
+    closed after use). `region`: the Region of the credential scope. `client_cert` (PEM
+    chain) and `client_key`: a certificate for proxies that ask for one (mutual TLS).
     """
 
     def __init__(
@@ -162,6 +163,8 @@ class XksClient:
         ca_file: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = 32,
+        client_cert: str | None = None,
+        client_key: str | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme != "https" or not parts.hostname:
@@ -197,6 +200,11 @@ class XksClient:
         self._signer = Signer(access_key_id, secret_access_key, region)
         context = ssl.create_default_context(cafile=ca_file)
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # the specification's floor
+        if client_cert is not None:
+            try:
+                context.load_cert_chain(client_cert, client_key)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigurationError(f"cannot load the client certificate: {e}") from None
         self._transport = Transport(name, port, context, self.timeout, max_connections)
         self._paths: dict[tuple[str, str], str] = {}
 

@@ -3,6 +3,9 @@
     [server]    host, port, workers, log_level, region, max_request_bytes,
                 graceful_shutdown_seconds, dependency_timeout_ms
     [tls]       cert, key                         (both or neither; PEM paths)
+                client_ca, client_subject         (mutual TLS: the CA bundle client
+                                                  certificates must chain to, and the common
+                                                  name they must carry)
     [token]     module, label, pool_size, and the user PIN from one of: pin, pin_env (the name
                 of an environment variable; default $ENVELOPE_HSM_PIN), pin_source
                 ("file:/path")
@@ -147,6 +150,10 @@ class XksSettings:
     dependency_timeout_ms: float = 0.0
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: mutual TLS: client certificates must chain to this CA bundle...
+    tls_client_ca: str | None = None
+    #: ... and carry this subject common name (AWS KMS: cks.kms.<region>.amazonaws.com)
+    tls_client_subject: str | None = None
     max_plaintext_bytes: int = 8192
     max_aad_bytes: int = 8192
     health_key: str | None = None
@@ -167,6 +174,10 @@ class XksSettings:
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("TLS needs both a certificate and a key ([tls] cert, key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigurationError("[tls] client_ca (mutual TLS) needs the proxy's cert and key")
+        if self.tls_client_subject is not None and self.tls_client_ca is None:
+            raise ConfigurationError("[tls] client_subject needs client_ca")
         if not 1 <= self.pool_size <= 1024:
             raise ConfigurationError("[token] pool_size is a session count from 1 to 1024")
         if self.max_plaintext_bytes < MIN_PLAINTEXT_SUPPORTED:
@@ -246,7 +257,12 @@ _TABLES: Mapping[str, Mapping[str, tuple[str, type | tuple[type, ...]]]] = {
         "graceful_shutdown_seconds": ("graceful_shutdown_seconds", (int, float)),
         "dependency_timeout_ms": ("dependency_timeout_ms", (int, float)),
     },
-    "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str)},
+    "tls": {
+        "cert": ("tls_cert", str),
+        "key": ("tls_key", str),
+        "client_ca": ("tls_client_ca", str),
+        "client_subject": ("tls_client_subject", str),
+    },
     "token": {
         "module": ("module", str),
         "label": ("token_label", str),
@@ -266,7 +282,7 @@ _TABLES: Mapping[str, Mapping[str, tuple[str, type | tuple[type, ...]]]] = {
         "model": ("ekm_model", str),
     },
 }
-_PATHS = ("tls_cert", "tls_key")
+_PATHS = ("tls_cert", "tls_key", "tls_client_ca")
 _KEYSTORE_KEYS = (
     "path_prefix",
     "keys",

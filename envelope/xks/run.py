@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from typing import Any, Final
 from ..errors import ConfigurationError
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
+from .protocol import ENV_CLIENT_SUBJECT
 
 __all__ = ("TLS12_CIPHERS", "create_app", "open_token", "serve")
 
@@ -107,7 +109,7 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
     """Run the proxy until SIGTERM/SIGINT, finishing in-flight requests first. `overrides`:
     the command line's changes to the config file (workers apply them too)."""
     settings.check_serving()
-    for path in (settings.tls_cert, settings.tls_key):
+    for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca):
         if path is not None and not os.path.isfile(path):
             raise ConfigurationError(f"TLS file {path} does not exist")
     _configure_logging(settings.log_level)
@@ -143,6 +145,11 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
         options["ssl_certfile"] = settings.tls_cert
         options["ssl_keyfile"] = settings.tls_key
         options["ssl_ciphers"] = TLS12_CIPHERS
+    if settings.tls_client_ca is not None:
+        options["ssl_ca_certs"] = settings.tls_client_ca
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        options["http"] = "envelope.xks.protocol:MutualTlsHTTPProtocol"
+        os.environ[ENV_CLIENT_SUBJECT] = settings.tls_client_subject or ""
     try:
         _run_uvicorn(options)
     finally:

@@ -80,6 +80,8 @@ class Proxy:
     ca: Ca
     other_ca: Ca
     folder: Path
+    #: (certificate, key) this proxy's clients present (mutual TLS), if it asks for one
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -93,7 +95,10 @@ class Proxy:
         *,
         timeout: float = 10.0,
         ca: Path | None = None,
+        client_cert: tuple[Path, Path] | bool | None = True,
     ) -> XksClient:
+        """A client; `client_cert` True: the proxy's usual client certificate (if any)."""
+        cert = self.client_cert if client_cert is True else client_cert or None
         return XksClient(
             self.endpoint,
             uri_path,
@@ -102,6 +107,8 @@ class Proxy:
             region="us-east-1",
             ca_file=str(ca or self.ca.cert_file),
             timeout=timeout,
+            client_cert=str(cert[0]) if cert else None,
+            client_key=str(cert[1]) if cert else None,
         )
 
     def raw(
@@ -122,6 +129,8 @@ class Proxy:
             hdrs |= Signer(key, secret, "us-east-1").sign(f"localhost:{self.port}", path, body, at)
         hdrs |= headers or {}
         ctx = ssl.create_default_context(cafile=str(self.ca.cert_file))
+        if self.client_cert is not None:
+            ctx.load_cert_chain(*self.client_cert)
         conn = http.client.HTTPSConnection("localhost", self.port, context=ctx, timeout=30)
         try:
             conn.request(method, path, body=body, headers=hdrs)
@@ -164,6 +173,7 @@ region = "us-east-1"
 [tls]
 cert = "{cert}"
 key = "{key}"
+{extra.get("tls", "")}
 
 [token]
 module = "/usr/lib/softhsm/libsofthsm2.so"
@@ -215,7 +225,7 @@ def make_keys(folder: Path) -> Path:
     return placeholder
 
 
-def start_proxy(folder: Path, **extra: str) -> Proxy:
+def start_proxy(folder: Path, client_cert: tuple[Path, Path] | None = None, **extra: str) -> Proxy:
     ca = make_ca(folder, "ca")
     other = make_ca(folder, "other-ca")
     cert, key = make_server_cert(folder, ca, "proxy")
@@ -231,7 +241,7 @@ def start_proxy(folder: Path, **extra: str) -> Proxy:
             stdout=f,
             stderr=subprocess.STDOUT,
         )
-    proxy = Proxy(port, proc, log, ca, other, folder)
+    proxy = Proxy(port, proc, log, ca, other, folder, client_cert)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

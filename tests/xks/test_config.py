@@ -86,6 +86,11 @@ def test_a_minimal_config(tmp_path: Path) -> None:
         (BASE.format(secret=SECRET) + "[limits]\nmax_aad_bytes = 100\n", "max_aad_bytes"),
         (BASE.format(secret=SECRET) + "[limits]\nmax_plaintext_bytes = 4000\n", "4300"),
         (BASE.format(secret=SECRET) + '[tls]\ncert = "a.pem"\n', "both a certificate"),
+        (BASE.format(secret=SECRET) + '[tls]\nclient_ca = "ca.pem"\n', "needs the proxy's cert"),
+        (
+            BASE.format(secret=SECRET) + '[tls]\ncert = "a"\nkey = "b"\nclient_subject = "x"\n',
+            "client_subject needs client_ca",
+        ),
         (
             BASE.format(secret=SECRET).replace(
                 'path_prefix = "/p"', 'path_prefix = "/p"\nkeys = ["a/b"]'

@@ -105,3 +105,37 @@ def make_server_cert(
         )
     )
     return cert_file, key_file
+
+
+def make_client_cert(folder: Path, ca: Ca, name: str, common_name: str) -> tuple[Path, Path]:
+    """(certificate chain PEM, private key PEM) of a TLS client `common_name`, signed by `ca`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_file = folder / f"{name}.pem"
+    key_file = folder / f"{name}.key"
+    cert_file.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + ca.cert.public_bytes(serialization.Encoding.PEM)
+    )
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
