@@ -28,62 +28,49 @@ The external key id is the label of an AES key in the token. Per request, in thi
    ``InvalidCiphertextException``; a token that fails is ``InternalException`` (or
    ``DependencyTimeoutException`` past ``dependency_timeout_ms``).
 
-One JSON log line per request (logger ``envelope.xks.access``: the request metadata,
-kmsRequestId first among them, the key id, status, error and duration; never a body, a
-plaintext, an AAD, a key or a secret) and Prometheus metrics with sub-millisecond buckets.
+Steps 1-5 are here, 6 and 7 in `envelope.xks.operations`. One JSON log line per request
+(logger ``envelope.xks.access``: the request metadata, kmsRequestId first among them, the key
+id, status, error and duration; never a body, a plaintext, an AAD, a key or a secret) and
+Prometheus metrics with sub-millisecond buckets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .. import __version__
 from .._ratelimit import TokenBucket
-from ..pkcs11.errors import KeyNotInToken, TokenDecryptError, TokenError
 from ..prometheus import LATENCY_BUCKETS
 from ..server.auth import Authenticator, AuthError, StaticCredentials
 from .config import KeyStoreSettings, XksSettings
 from .errors import XksProxyError
+from .operations import Operations, TokenLike
 from .spec import (
-    AES_GCM,
     API_PATH,
-    CDIV_SHA_256,
-    IV_LENGTHS,
-    KEY_SPEC_AES_256,
-    MAX_CIPHERTEXT_METADATA,
     OPERATIONS,
     SERVICE,
     SKEW,
-    TAG_LENGTH,
     RequestMetadata,
     SpecViolation,
-    b64decode,
-    b64encode,
-    cdiv,
-    check_key_id,
-    proxy_aad,
 )
 
-__all__ = ("ProxyMetrics", "TokenLike", "XksProxyApp")
+__all__ = ("ProxyMetrics", "XksProxyApp")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-_T = TypeVar("_T")
 
 JSON: Final = b"application/json"
 _BY_SEGMENT: Final = {segment: name for name, segment in OPERATIONS.items()}
@@ -92,18 +79,6 @@ KEY_CACHE_SECONDS: Final = 10.0
 
 log = logging.getLogger("envelope.xks.access")
 errlog = logging.getLogger("envelope.xks")
-
-
-class TokenLike(Protocol):
-    """What the proxy uses of `envelope.pkcs11.Token`."""
-
-    def check(self) -> None: ...
-    def key_attributes(self, label: str) -> dict[str, object]: ...
-    def encrypt(self, label: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes, bytes]: ...
-    def decrypt(
-        self, label: str, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes
-    ) -> bytes: ...
-    def random(self, n: int) -> bytes: ...
 
 
 class ProxyMetrics:
@@ -206,29 +181,6 @@ class _Outcome:
         self.body = json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _invalid(member: str, message: str) -> XksProxyError:
-    return XksProxyError("ValidationException", f"{member} {message}")
-
-
-def _string(doc: Mapping[str, Any], name: str) -> str:
-    value = doc.get(name)
-    if not isinstance(value, str) or not value:
-        raise _invalid(name, "is required (a non-empty string)")
-    return value
-
-
-def _bytes(doc: Mapping[str, Any], name: str, *, required: bool) -> bytes | None:
-    value = doc.get(name)
-    if value is None:
-        if required:
-            raise _invalid(name, "is required")
-        return None
-    try:
-        return b64decode(value, name)
-    except SpecViolation as e:
-        raise _invalid(name, e.message) from None
-
-
 class XksProxyApp:
     """The ASGI callable. `token` is this process's `envelope.pkcs11.Token`; `share` is the
     number of worker processes (each enforces its share of a key store's quota)."""
@@ -252,10 +204,8 @@ class XksProxyApp:
         }
         self._close = close
         self._access = _AccessLog()
-        self._keys: dict[str, tuple[float, dict[str, object]]] = {}
-        self._timeout = settings.dependency_timeout_ms / 1000.0
+        self.operations = Operations(settings, token, errlog)
         self.pid = os.getpid()
-        self.model = f"envelope XKS proxy {__version__}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -414,224 +364,16 @@ class XksProxyApp:
         except SpecViolation as e:
             raise XksProxyError("ValidationException", str(e)) from None
         if out.operation == "GetHealthStatus":
-            answer = await self._health()
+            answer = await self.operations.health()
         else:
             assert out.key_id is not None
             if out.operation == "GetKeyMetadata":
-                answer = await self._metadata(store, out.key_id)
+                answer = await self.operations.metadata(store.settings, out.key_id)
             elif out.operation == "Encrypt":
-                answer = await self._encrypt(store, out.key_id, doc)
+                answer = await self.operations.encrypt(store.settings, out.key_id, doc)
             else:
-                answer = await self._decrypt(store, out.key_id, doc)
+                answer = await self.operations.decrypt(store.settings, out.key_id, doc)
         return json.dumps(answer, separators=(",", ":")).encode()
-
-    async def _token(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Call the token, mapping its errors. Inline by default: a token call is tens of
-        microseconds and a thread hop costs more (docs/xks.md); with dependency_timeout_ms
-        the call runs on a worker thread and is abandoned past that time."""
-        try:
-            if self._timeout <= 0:
-                return fn(*args)
-            with anyio.fail_after(self._timeout):
-                return await anyio.to_thread.run_sync(lambda: fn(*args), abandon_on_cancel=True)
-        except TimeoutError:
-            raise XksProxyError(
-                "DependencyTimeoutException", "the token did not answer in time"
-            ) from None
-        except KeyNotInToken as e:
-            self._keys.pop(e.label, None)
-            raise XksProxyError("KeyNotFoundException", "no such key in the token") from None
-        except TokenDecryptError:
-            raise XksProxyError(
-                "InvalidCiphertextException",
-                "the ciphertext, IV, tag, AAD or ciphertext metadata do not verify",
-            ) from None
-        except TokenError as e:
-            errlog.error("token call failed: %s", e)
-            raise XksProxyError(
-                "InternalException", "the key manager (PKCS#11 token) failed"
-            ) from None
-
-    async def _key(self, store: _Store, key_id: str) -> dict[str, object]:
-        """The attributes of an allowed key (cached KEY_CACHE_SECONDS), or KeyNotFound."""
-        try:
-            check_key_id(key_id)
-        except SpecViolation:
-            raise XksProxyError("KeyNotFoundException", "not a valid external key id") from None
-        allowed = store.settings.keys
-        if allowed is not None and key_id not in allowed:
-            raise XksProxyError("KeyNotFoundException", "no such key in this key store")
-        now = time.monotonic()
-        hit = self._keys.get(key_id)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        attrs = await self._token(self.token.key_attributes, key_id)
-        if len(self._keys) >= 4096:
-            self._keys.clear()
-        self._keys[key_id] = (now + KEY_CACHE_SECONDS, attrs)
-        return attrs
-
-    @staticmethod
-    def _spec_of(attrs: Mapping[str, object]) -> str:
-        kind = str(attrs.get("key_type", "UNKNOWN"))
-        length = attrs.get("value_len")
-        return f"{kind}_{int(length) * 8}" if isinstance(length, int) else kind
-
-    async def _usable(self, store: _Store, key_id: str, usage: str) -> None:
-        attrs = await self._key(store, key_id)
-        if key_id in store.settings.disabled_keys:
-            raise XksProxyError("InvalidStateException", "the external key is disabled")
-        if self._spec_of(attrs) != KEY_SPEC_AES_256 or attrs.get(usage) is not True:
-            raise XksProxyError(
-                "InvalidKeyUsageException",
-                f"the external key is not an AES-256 key allowed to {usage}",
-            )
-
-    async def _health(self) -> dict[str, Any]:
-        """A deep check: the token answers, makes random bytes and (with a health key)
-        encrypts and decrypts; slower than degraded_ms is DEGRADED."""
-        started = time.perf_counter()
-        status = "ACTIVE"
-        try:
-            await self._token(self.token.check)
-            await self._token(self.token.random, 16)
-            key = self.settings.health_key
-            if key is not None:
-                probe = b"envelope-xks-health-check"
-                aad = proxy_aad(b"health", None)
-                iv, ct, tag = await self._token(self.token.encrypt, key, probe, aad)
-                back = await self._token(self.token.decrypt, key, iv, ct, tag, aad)
-                if not hmac.compare_digest(back, probe):
-                    status = "DEGRADED"
-        except XksProxyError as e:
-            # a token that is unreachable is UNAVAILABLE; a broken health key or a slow
-            # dependency still serving the other calls is DEGRADED
-            status = (
-                "DEGRADED"
-                if e.error_name
-                in (
-                    "KeyNotFoundException",
-                    "InvalidCiphertextException",
-                    "DependencyTimeoutException",
-                )
-                else "UNAVAILABLE"
-            )
-        except Exception as e:  # a closed token, anything unforeseen: it cannot serve
-            errlog.error("health check failed: %s: %s", type(e).__name__, e)
-            status = "UNAVAILABLE"
-        if (
-            status == "ACTIVE"
-            and (time.perf_counter() - started) * 1000 > self.settings.degraded_ms
-        ):
-            status = "DEGRADED"
-        s = self.settings
-        return {
-            "xksProxyFleetSize": 1,
-            "xksProxyVendor": "envelope",
-            "xksProxyModel": self.model,
-            "ekmVendor": s.ekm_vendor,
-            "ekmFleetDetails": [
-                {
-                    "id": s.token_label,
-                    "model": s.ekm_model or os.path.basename(s.module),
-                    "healthStatus": status,
-                }
-            ],
-        }
-
-    async def _metadata(self, store: _Store, key_id: str) -> dict[str, Any]:
-        attrs = await self._key(store, key_id)
-        usage = [
-            name.upper()
-            for name in ("encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive")
-            if attrs.get(name) is True
-        ]
-        return {
-            "keySpec": self._spec_of(attrs),
-            "keyUsage": usage,
-            "keyStatus": "DISABLED" if key_id in store.settings.disabled_keys else "ENABLED",
-        }
-
-    def _algorithm(self, doc: Mapping[str, Any]) -> None:
-        if _string(doc, "encryptionAlgorithm") != AES_GCM:
-            raise XksProxyError(
-                "UnsupportedOperationException", "encryptionAlgorithm must be AES_GCM"
-            )
-
-    def _aad(self, doc: Mapping[str, Any]) -> bytes | None:
-        aad = _bytes(doc, "additionalAuthenticatedData", required=False)
-        if aad is not None and len(aad) > self.settings.max_aad_bytes:
-            raise XksProxyError(
-                "UnsupportedOperationException",
-                f"additionalAuthenticatedData is longer than {self.settings.max_aad_bytes} bytes",
-            )
-        return aad
-
-    def _data(self, doc: Mapping[str, Any], name: str) -> bytes:
-        data = _bytes(doc, name, required=True)
-        assert data is not None
-        if not data:
-            raise _invalid(name, "must not be empty")
-        if len(data) > self.settings.max_plaintext_bytes:
-            raise XksProxyError(
-                "UnsupportedOperationException",
-                f"{name} is longer than {self.settings.max_plaintext_bytes} bytes",
-            )
-        return data
-
-    async def _encrypt(self, store: _Store, key_id: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-        plaintext = self._data(doc, "plaintext")
-        self._algorithm(doc)
-        aad = self._aad(doc)
-        integrity = doc.get("ciphertextDataIntegrityValueAlgorithm")
-        if integrity is not None:
-            if not isinstance(integrity, str):
-                raise _invalid("ciphertextDataIntegrityValueAlgorithm", "must be a string")
-            if integrity != CDIV_SHA_256:
-                raise XksProxyError(
-                    "UnsupportedOperationException",
-                    "ciphertextDataIntegrityValueAlgorithm must be SHA_256",
-                )
-        await self._usable(store, key_id, "encrypt")
-        meta = store.settings.ciphertext_metadata
-        full_aad = proxy_aad(aad, meta)
-        iv, ciphertext, tag = await self._token(self.token.encrypt, key_id, plaintext, full_aad)
-        answer: dict[str, Any] = {
-            "ciphertext": b64encode(ciphertext),
-            "initializationVector": b64encode(iv),
-            "authenticationTag": b64encode(tag),
-        }
-        if meta is not None:
-            answer["ciphertextMetadata"] = b64encode(meta)
-        if integrity is not None:
-            # Appendix C: the CDIV first, then a decryption of exactly what is returned
-            value = cdiv(aad, meta, iv, ciphertext, tag)
-            back = await self._token(self.token.decrypt, key_id, iv, ciphertext, tag, full_aad)
-            if not hmac.compare_digest(back, plaintext):
-                raise XksProxyError("InternalException", "the token's ciphertext did not verify")
-            answer["ciphertextDataIntegrityValue"] = b64encode(value)
-        return answer
-
-    async def _decrypt(self, store: _Store, key_id: str, doc: Mapping[str, Any]) -> dict[str, Any]:
-        ciphertext = self._data(doc, "ciphertext")
-        self._algorithm(doc)
-        iv = _bytes(doc, "initializationVector", required=True)
-        tag = _bytes(doc, "authenticationTag", required=True)
-        assert iv is not None and tag is not None
-        meta = _bytes(doc, "ciphertextMetadata", required=False)
-        aad = self._aad(doc)
-        if meta is not None and len(meta) > MAX_CIPHERTEXT_METADATA:
-            raise _invalid("ciphertextMetadata", f"is longer than {MAX_CIPHERTEXT_METADATA} bytes")
-        if len(iv) not in IV_LENGTHS or len(tag) != TAG_LENGTH:
-            raise XksProxyError(
-                "InvalidCiphertextException",
-                "the initializationVector must be 12 or 16 bytes and the authenticationTag 16",
-            )
-        await self._usable(store, key_id, "decrypt")
-        plaintext = await self._token(
-            self.token.decrypt, key_id, iv, ciphertext, tag, proxy_aad(aad, meta)
-        )
-        return {"plaintext": b64encode(plaintext)}
 
 
 def _decode(raw: Any) -> tuple[list[tuple[str, str]], dict[str, str]]:
