@@ -49,6 +49,7 @@ _OK = 0
 _ALREADY_INITIALIZED = rv("CKR_CRYPTOKI_ALREADY_INITIALIZED")
 _ALREADY_LOGGED_IN = rv("CKR_USER_ALREADY_LOGGED_IN")
 _CANT_LOCK = rv("CKR_CANT_LOCK")
+_SESSION_GONE = frozenset({rv("CKR_SESSION_HANDLE_INVALID"), rv("CKR_SESSION_CLOSED")})
 
 _generation = 0  # bumped in every forked child: state made before it belongs to the parent
 _registry_lock = threading.Lock()
@@ -250,6 +251,9 @@ class Library:
             anchor = self.open_session(token)
             try:
                 self._login(anchor, token, pin)
+            except _AnchorGone as e:
+                _close_quietly(anchor)
+                raise from_rv(e.args[0], f"login to token {token.label!r}") from None
             except BaseException:
                 _close_quietly(anchor)
                 raise
@@ -263,10 +267,8 @@ class Library:
                 return
             try:
                 self._login(entry.anchor, token, pin)
-            except TokenUnavailable:
-                raise
-            except Exception:
-                # the anchor itself is gone: a new one carries the login from now on
+            except _AnchorGone:
+                # the anchor session itself is gone: a new one carries the login from now on
                 _close_quietly(entry.anchor)
                 entry.anchor = self.open_session(token)
                 self._login(entry.anchor, token, pin)
@@ -295,11 +297,17 @@ class Library:
             return
         error = from_rv(value, f"login to token {token.label!r}")
         metrics.observe("login", metrics.outcome_of(error), perf_counter() - started)
+        if value in _SESSION_GONE:
+            raise _AnchorGone(value)
         if not isinstance(error, TokenUnavailable):
             raise TokenUnavailable(
                 "INTERNAL_ERROR", f"login to token {token.label!r}: {rv_name(value)}"
             )
         raise error
+
+
+class _AnchorGone(Exception):
+    """The session carrying the login is no longer there (internal to `Library`)."""
 
 
 def _handle(session: Any) -> int:

@@ -149,6 +149,7 @@ class Token:
         self._slot_id = -1
         self._pool: SessionPool[_Session] | None = None
         self._handles: dict[str, int] = {}
+        self._handles_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Token(module={self.config.module!r}, label={self.config.token_label!r})"
@@ -223,6 +224,7 @@ class Token:
         self._create_lock = threading.Lock()
         self._pool = None
         self._handles = {}
+        self._handles_lock = threading.Lock()
 
     def _current(self) -> bool:
         return self._generation == fork_generation() and self._epoch == self._library.epoch
@@ -324,7 +326,7 @@ class Token:
 
         def run(session: _Session) -> None:
             obj = self._one_object(session, label)
-            self._handles.pop(label, None)
+            self._forget(label)
             obj.destroy()
 
         self._timed("destroy_key", lambda: self._run(run))
@@ -496,7 +498,7 @@ class Token:
         else:
             pool.give_back(session)
         if value in _STALE_HANDLE and label is not None:
-            self._handles.pop(label, None)
+            self._forget(label)
         if not last and value in _RETRY_ONCE:
             if value == _USER_NOT_LOGGED_IN:
                 self._relogin()
@@ -550,10 +552,16 @@ class Token:
 
     def _remember(self, label: str, handle: int) -> None:
         # a module may hand a destroyed key's handle value to another object later: a handle
-        # names one label at a time
-        for other in [k for k, v in self._handles.items() if v == handle and k != label]:
-            self._handles.pop(other, None)
-        self._handles[label] = handle
+        # names one label at a time. Writers take the lock (readers need none: a dict lookup
+        # is atomic), so no thread walks the dict while another changes it.
+        with self._handles_lock:
+            for other in [k for k, v in self._handles.items() if v == handle and k != label]:
+                self._handles.pop(other, None)
+            self._handles[label] = handle
+
+    def _forget(self, label: str) -> None:
+        with self._handles_lock:
+            self._handles.pop(label, None)
 
 
 def probe_token(module: str, token_label: str) -> None:
