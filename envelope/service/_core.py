@@ -120,6 +120,7 @@ class _Call:
         "new_material",
         "op",
         "params",
+        "prefetched",
         "principal",
         "purges",
         "reason",
@@ -155,6 +156,8 @@ class _Call:
         self.keystore_calls: list[dict[str, Any]] = []
         #: The request id, once something outside needed it (an XKS proxy's kmsRequestId).
         self.request_id: str | None = None
+        #: An external key store's answer obtained before the transaction (`_keystores`).
+        self.prefetched: Any = None
 
 
 class _Slot:
@@ -488,6 +491,9 @@ class ServiceCore:
         self._pending_lock = threading.Lock()
         #: A key of an HSM key store was purged: destroy its token object after the commit.
         self._token_deletions_due = False
+        #: Key references (as callers give them, and key ids) seen naming an external key
+        #: store's key: only their calls prefetch the proxy's answer (`_keystores`).
+        self._external_refs: set[str] = set()
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -515,10 +521,24 @@ class ServiceCore:
         fn: Callable[[sqlite3.Connection, _Call, float], Response],
         *,
         dry_run: bool = False,
+        prefetch: Callable[[_Call], None] | None = None,
     ) -> Response:
+        """Run `fn` in a store transaction with its audit record (group commit).
+
+        `prefetch`, if given, runs first, outside the store lock: it may call an external key
+        store's proxy and leave the answer in ``call.prefetched``, so that slow round trips of
+        concurrent calls overlap instead of queueing behind the lock. It decides nothing:
+        `fn` checks everything again in the transaction and uses the answer only if it
+        matches (`_keystores`); a failing prefetch is ignored.
+        """
         call = _Call(op, principal or self.default_principal, context or _LOCAL, params)
         if dry_run is not False:
             fn = _dry_run(fn, dry_run)
+        elif prefetch is not None:
+            try:
+                prefetch(call)
+            except Exception:
+                call.prefetched = None
         if not self.group_commit:
             # One call at a time per store in this process (SQLite serialises writers anyway);
             # the lock also covers the caches, which are updated only after a commit.

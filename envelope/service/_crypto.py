@@ -134,12 +134,20 @@ class CryptoOps(ServiceCore):
             pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
             call.values["kms:encryptionalgorithm"] = encryption_algorithm
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
+            if "XksKeyConfiguration" in key.meta:
+                self._external_refs.add(key_id)
             blob = self._encrypt_with(conn, call, key, pt, ctx, encryption_algorithm)
             return {
                 "CiphertextBlob": blob,
                 "KeyId": key.arn,
                 "EncryptionAlgorithm": encryption_algorithm,
             }
+
+        def prefetch(call: _Call) -> None:
+            if key_id in self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
+                pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
+                ctx = _context(encryption_context)
+                _keystores.prefetch_seal(self, call, key_id, ctx, pt, None)
 
         return self._run(
             "Encrypt",
@@ -148,6 +156,7 @@ class CryptoOps(ServiceCore):
             {"EncryptionAlgorithm": encryption_algorithm},
             op,
             dry_run=dry_run,
+            prefetch=prefetch,
         )
 
     def decrypt(
@@ -170,6 +179,11 @@ class CryptoOps(ServiceCore):
             key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
             return {"KeyId": key.arn, "Plaintext": pt, "EncryptionAlgorithm": encryption_algorithm}
 
+        def prefetch(call: _Call) -> None:
+            if self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
+                blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
+                _keystores.prefetch_open(self, call, blob, _context(encryption_context))
+
         return self._run(
             "Decrypt",
             principal,
@@ -177,6 +191,7 @@ class CryptoOps(ServiceCore):
             {"EncryptionAlgorithm": encryption_algorithm},
             op,
             dry_run=dry_run,
+            prefetch=prefetch,
         )
 
     def re_encrypt(
@@ -254,19 +269,33 @@ class CryptoOps(ServiceCore):
             else:
                 n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
-            plaintext = os.urandom(n)
+            if "XksKeyConfiguration" in key.meta:
+                self._external_refs.add(key_id)
+            plaintext = _keystores.prefetched_plaintext(call, n) or os.urandom(n)
             blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
             out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
             if with_plaintext:
                 out["Plaintext"] = plaintext
             return out
 
+        def prefetch(call: _Call) -> None:
+            if key_id not in self._external_refs:
+                return
+            if key_spec is not None and number_of_bytes is None and key_spec in _DATA_KEY_SPECS:
+                n = _DATA_KEY_SPECS[key_spec]
+            elif key_spec is None and isinstance(number_of_bytes, int):
+                n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
+            else:
+                return
+            ctx = _context(encryption_context)
+            _keystores.prefetch_seal(self, call, key_id, ctx, None, n)
+
         params: dict[str, Any] = {}
         if key_spec is not None:
             params["KeySpec"] = key_spec
         if number_of_bytes is not None:
             params["NumberOfBytes"] = number_of_bytes
-        return self._run(opname, principal, context, params, op, dry_run=dry_run)
+        return self._run(opname, principal, context, params, op, dry_run=dry_run, prefetch=prefetch)
 
     def generate_data_key(
         self,

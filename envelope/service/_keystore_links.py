@@ -169,7 +169,10 @@ def xks_error(error: BaseException, what: str) -> KmsServiceError:
     elif isinstance(error, x.XksUnreachable):
         why = "the external key store proxy cannot be reached"
     elif isinstance(error, x.XksInvalidResponse):
-        why = "the external key store proxy returned a response the XKS API does not allow"
+        why = (
+            "the external key store proxy returned a response the XKS API does not allow ("
+            f"{_first_line(error)})"
+        )
     else:
         why = f"{type(error).__name__}"
     return KMSInvalidStateException(f"{what} failed: {why}.")

@@ -11,6 +11,7 @@ operation is KMSInvalidStateException with the cause in the message, audited, no
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -29,9 +30,9 @@ from envelope.service.errors import (
     XksProxyInvalidConfigurationException,
     XksProxyUriUnreachableException,
 )
-from envelope.xks.spec import ERROR_STATUS
+from envelope.xks.spec import ERROR_STATUS, cdiv
 from tests.xks.conftest import KEY_A1, SECRET_A1, Proxy, proxy, xks_folder  # noqa: F401
-from tests.xks.test_client_transport import Canned, Pki, free_port
+from tests.xks.test_client_transport import Canned, Pki, _Handler, free_port
 
 from ..service.conftest import FakeClock, open_store
 
@@ -94,6 +95,16 @@ def test_a_key_in_an_external_store(svc: KeyService, proxy: Proxy) -> None:  # n
     assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"ledger"
     dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
     assert svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+    # after the first call names the key, its proxy calls are made before the store lock is
+    # taken (overlapping across threads) and used by the transaction: still one proxy call
+    # per KMS call, and the same answers
+    for _ in range(3):
+        dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+        out = svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])
+        assert out["Plaintext"] == dk["Plaintext"]
+    gdk, dec = svc.audit_tail(2)
+    assert len(gdk["keystore_calls"]) == 1 and len(dec["keystore_calls"]) == 1
+    assert kid in svc._external_refs
     # the proxy's ciphertext metadata ("v1" for this key store) travels in the blob
     assert b"v1" in blob
     # a changed encryption context: the proxy refuses, KMSInvalidStateException as in AWS
@@ -268,3 +279,59 @@ def test_an_unreachable_proxy(svc: KeyService, canned: Canned) -> None:
     assert e["ConnectionErrorCode"] == "XKS_PROXY_NOT_REACHABLE"
     with pytest.raises(XksProxyUriUnreachableException):
         xks_store(svc, f"https://localhost:{free_port()}", "nobody-home")
+
+
+def test_proxy_round_trips_of_concurrent_calls_overlap(svc: KeyService, canned: Canned) -> None:
+    """Two GenerateDataKey calls on an external key at once: both proxy requests are in flight
+    together (a barrier in the proxy holds each until the other arrives), which cannot happen if
+    the calls made their proxy requests inside the store's lock, one after the other."""
+    canned.RequestHandlerClass = _Barriered  # before any connection is kept alive
+    _, kid = _canned_key(svc, canned)
+    svc.generate_data_key(key_id=kid, key_spec="AES_256")  # the key is now known as external
+    barrier = threading.Barrier(2, timeout=10)
+    canned.barrier = barrier  # type: ignore[attr-defined]
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            svc.generate_data_key(key_id=kid, key_spec="AES_256")
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and not barrier.broken
+
+
+class _Barriered(_Handler):
+    """Holds each Encrypt until another is in flight too (`canned.barrier`), then answers it
+    as a proxy would (a well-formed answer with its integrity value)."""
+
+    def do_POST(self) -> None:
+        if not self.path.endswith("/encrypt"):
+            super().do_POST()
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        barrier = getattr(self.server, "barrier", None)
+        if barrier is not None:
+            barrier.wait()
+        aad = base64.b64decode(body.get("additionalAuthenticatedData", ""))
+        n = len(base64.b64decode(body["plaintext"]))
+        iv, ct, tag = b"i" * 12, b"c" * n, b"t" * 16
+        answer = {
+            "authenticationTag": base64.b64encode(tag).decode(),
+            "ciphertext": base64.b64encode(ct).decode(),
+            "initializationVector": base64.b64encode(iv).decode(),
+            "ciphertextDataIntegrityValue": base64.b64encode(
+                cdiv(aad, None, iv, ct, tag)
+            ).decode(),
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
