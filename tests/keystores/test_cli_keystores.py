@@ -1,0 +1,113 @@
+"""`envelope keystores ...` and `envelope keys create --custom-key-store`, run as a user runs
+them: a real store in a temporary home, a real SoftHSM2 token, the command line in process, and
+every effect checked by asking the KMS back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from envelope.cli.main import main
+
+from .conftest import HsmToken
+
+ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    monkeypatch.setenv("ENVELOPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ENVELOPE_CONFIG", "")
+    monkeypatch.setenv("ENVELOPE_REGION", "us-east-1")
+    for name in ("ENVELOPE_PRINCIPAL", "ENVELOPE_OUTPUT", "ENVELOPE_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*argv: str) -> Result:
+        os.environ.pop("ENVELOPE_PRINCIPAL", None)
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def ok(r: Result) -> Result:
+    assert r.code == 0, r.err
+    return r
+
+
+def test_an_hsm_store_from_the_command_line(
+    cli: Cli, hsm: HsmToken, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = ok(
+        cli("keystores", "register-cluster", "--module", hsm.module, "--token", hsm.label, "--json")
+    ).json()["CloudHsmClusterId"]
+    assert cluster.startswith("cluster-")
+    assert [
+        c["CloudHsmClusterId"]
+        for c in ok(cli("keystores", "clusters", "--json")).json()["Clusters"]
+    ] == [cluster]
+    # the PIN from a file; a store without one is refused before anything is done
+    anchor = tmp_path / "anchor.pem"
+    anchor.write_text(ANCHOR)
+    monkeypatch.delenv("ENVELOPE_KEY_STORE_PASSWORD", raising=False)
+    r = cli(
+        "keystores", "create", "lake-hsm", "--cluster-id", cluster, "--trust-anchor", str(anchor)
+    )
+    assert r.code != 0 and "PIN" in r.err
+    pin = tmp_path / "pin.txt"
+    pin.write_text(hsm.pin + "\n")
+    store = ok(
+        cli(
+            "keystores",
+            "create",
+            "lake-hsm",
+            "--cluster-id",
+            cluster,
+            "--password-file",
+            str(pin),
+            "--trust-anchor",
+            str(anchor),
+            "--json",
+        )
+    ).json()["CustomKeyStoreId"]
+    connected = ok(cli("keystores", "connect", store, "--json")).json()
+    assert connected["ConnectionState"] == "CONNECTED"
+    meta = ok(
+        cli("keys", "create", "--custom-key-store", store, "--description", "in the HSM", "--json")
+    ).json()["KeyMetadata"]
+    assert meta["Origin"] == "AWS_CLOUDHSM" and meta["CustomKeyStoreId"] == store
+    # the encryptor uses it like any other local key
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(300_000))
+    ok(cli("encrypt", "--key", "local:" + meta["Arn"], str(src), str(tmp_path / "data.env")))
+    ok(cli("decrypt", str(tmp_path / "data.env"), str(tmp_path / "back.bin")))
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    described = ok(cli("keystores", "describe", "--json")).json()["CustomKeyStores"]
+    assert [d["CustomKeyStoreName"] for d in described] == ["lake-hsm"]
+    assert hsm.pin not in json.dumps(described)
+    ok(cli("keystores", "disconnect", store))
+    assert (
+        ok(cli("keystores", "describe", store, "--json")).json()["CustomKeyStores"][0][
+            "ConnectionState"
+        ]
+        == "DISCONNECTED"
+    )
+    r = cli("keystores", "delete", store)
+    assert r.code != 0 and "CustomKeyStoreHasCMKsException" in r.err
