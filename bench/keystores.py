@@ -143,6 +143,7 @@ class XksProxy:
 port = {self.port}
 workers = {workers}
 log_level = "warning"
+graceful_shutdown_seconds = 1
 region = "us-east-1"
 
 [tls]
