@@ -56,6 +56,8 @@ _EXCEPTIONS: Final[dict[str, str]] = {
     "OperationActive": "CKR_OPERATION_ACTIVE",
     "AttributeSensitive": "CKR_ATTRIBUTE_SENSITIVE",
     "GeneralError": "CKR_GENERAL_ERROR",
+    "FunctionFailed": "CKR_FUNCTION_FAILED",
+    "TemplateInconsistent": "CKR_TEMPLATE_INCONSISTENT",
 }
 
 

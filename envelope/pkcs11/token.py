@@ -84,6 +84,12 @@ _RETRY_ONCE: Final = frozenset(
         *_STALE_HANDLE,
     }
 )
+#: C_GenerateKey failures that a second attempt cures: SoftHSM2 can lose a new object's
+#: attributes when another process changes the token at that moment (and answers
+#: CKR_TEMPLATE_INCONSISTENT for a template that is consistent).
+_CREATE_RETRY: Final = frozenset(
+    {rv("CKR_TEMPLATE_INCONSISTENT"), rv("CKR_GENERAL_ERROR"), rv("CKR_FUNCTION_FAILED")}
+)
 #: What C_Decrypt answers when the GCM tag does not verify: SoftHSM2 says CKR_GENERAL_ERROR.
 _BAD_TAG: Final = frozenset(
     {
@@ -296,9 +302,14 @@ class Token:
         key_id = os.urandom(16)
 
         def run(session: _Session) -> KeyHandle:
-            if self._objects(session, label):
+            from pkcs11 import Attribute, KeyType, MechanismFlag
+
+            existing = self._objects(session, label)
+            mine = [o for o in existing if bytes(o[Attribute.ID]) == key_id]
+            if len(mine) < len(existing):
                 raise KeyAlreadyInToken(label)
-            from pkcs11 import KeyType, MechanismFlag
+            for leftover in mine:  # what a failed attempt of this very call left behind
+                leftover.destroy()
 
             key = session.p11.generate_key(
                 KeyType.AES,
@@ -314,7 +325,7 @@ class Token:
             return KeyHandle(label, handle, key_id)
 
         with self._create_lock:
-            return self._timed("create_key", lambda: self._run(run))
+            return self._timed("create_key", lambda: self._run(run, retry=_CREATE_RETRY))
 
     def has_key(self, label: str) -> bool:
         _check_label(label)
@@ -455,7 +466,13 @@ class Token:
         finally:
             metrics.observe(op, outcome, perf_counter() - started)
 
-    def _run(self, call: Callable[[_Session], T], label: str | None = None) -> T:
+    def _run(
+        self,
+        call: Callable[[_Session], T],
+        label: str | None = None,
+        *,
+        retry: frozenset[int] = frozenset(),
+    ) -> T:
         """`call` on a borrowed session, tried again on a fresh session, with a fresh handle or
         after a new login when the failure says so (`_ATTEMPTS` in all); every other failure
         becomes a `TokenError`."""
@@ -463,14 +480,21 @@ class Token:
         for attempt in range(1, _ATTEMPTS + 1):
             library.enter()
             try:
-                return self._attempt(call, label, last=attempt == _ATTEMPTS)
+                return self._attempt(call, label, retry, last=attempt == _ATTEMPTS)
             except _Retry:
                 continue
             finally:
                 library.leave()
         raise AssertionError("unreachable")
 
-    def _attempt(self, call: Callable[[_Session], T], label: str | None, *, last: bool) -> T:
+    def _attempt(
+        self,
+        call: Callable[[_Session], T],
+        label: str | None,
+        retry: frozenset[int],
+        *,
+        last: bool,
+    ) -> T:
         pool = self._ensure()
         session = pool.borrow()
         failure: BaseException
@@ -499,7 +523,7 @@ class Token:
             pool.give_back(session)
         if value in _STALE_HANDLE and label is not None:
             self._forget(label)
-        if not last and value in _RETRY_ONCE:
+        if not last and (value in _RETRY_ONCE or value in retry):
             if value == _USER_NOT_LOGGED_IN:
                 self._relogin()
             raise _Retry

@@ -308,3 +308,44 @@ def test_token_errors_are_envelope_errors() -> None:
     from envelope.errors import EnvelopeError
 
     assert issubclass(TokenError, EnvelopeError)
+
+
+def test_a_create_that_fails_after_making_the_key_is_retried_and_leaves_one_key(
+    config: TokenConfig, label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM2 can answer CKR_TEMPLATE_INCONSISTENT to a consistent C_GenerateKey when another
+    process changes the token at that moment, leaving a half-made object behind. Here the
+    first attempt makes the key and then fails that way: the call is retried, the leftover of
+    its own first attempt removed, and one key remains."""
+    from pkcs11.exceptions import TemplateInconsistent
+
+    import envelope.pkcs11.token as token_module
+
+    failures: list[str] = []
+
+    class Flaky:
+        def __init__(self, p11: Any) -> None:
+            self._p11 = p11
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._p11, name)
+
+        def generate_key(self, *args: Any, **kwargs: Any) -> Any:
+            key = self._p11.generate_key(*args, **kwargs)
+            if not failures:
+                failures.append(kwargs["label"])
+                raise TemplateInconsistent()
+            return key
+
+    class FlakySession(token_module._Session):
+        def __init__(self, p11: Any) -> None:
+            super().__init__(p11)
+            self.p11 = Flaky(p11)
+
+    monkeypatch.setattr(token_module, "_Session", FlakySession)
+    with Token.open(replace(config, pool_size=1)) as token:  # a new pool: flaky sessions
+        made = token.create_aes_key(label)
+        assert failures == [label]
+        assert token.list_keys().count(label) == 1
+        assert token.key_attributes(label)["key_id"] == made.key_id.hex()
+        assert token.decrypt(label, *token.encrypt(label, b"x", b""), b"") == b"x"
