@@ -340,7 +340,11 @@ class XksProxyApp:
             return store.auth.verify(
                 method=scope.get("method", "POST"),
                 host=first.get("host", ""),
-                path=scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/",
+                # the path as sent (what the client signed); ASGI's raw_path is optional
+                path=(scope.get("raw_path") or scope.get("path", "/").encode())
+                .decode("latin-1")
+                .split("?", 1)[0]
+                or "/",
                 query=scope.get("query_string", b"").decode("latin-1"),
                 headers=headers,
                 body=body,

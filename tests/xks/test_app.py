@@ -29,7 +29,9 @@ def settings(**changes: Any) -> XksSettings:
     return replace(base, **changes)
 
 
-def call(app: XksProxyApp, path: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def call(
+    app: XksProxyApp, path: str, doc: dict[str, Any], *, raw_path: bool = True
+) -> tuple[int, dict[str, Any]]:
     body = json.dumps(doc).encode()
     headers = Signer(KEY_A1, SECRET_A1, "us-east-1").sign(HOST, path, body)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -43,6 +45,8 @@ def call(app: XksProxyApp, path: str, doc: dict[str, Any]) -> tuple[int, dict[st
         "headers": raw,
         "client": ("127.0.0.1", 1),
     }
+    if not raw_path:  # optional in ASGI: the path is then what was signed
+        del scope["raw_path"]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -86,6 +90,13 @@ def test_healthy(token: Token) -> None:
     app = XksProxyApp(settings(health_key="health"), token)
     assert health(app) == "ACTIVE"
     assert encrypt(app)[0] == 200
+    status, doc = call(
+        app,
+        "/s/kms/xks/v1/keys/k1/metadata",
+        {"requestMetadata": MD.to_wire("GetKeyMetadata")},
+        raw_path=False,
+    )
+    assert (status, doc["keySpec"]) == (200, "AES_256")
 
 
 def test_slower_than_degraded_ms_is_degraded(token: Token) -> None:
