@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from ..errors import ConfigurationError
 from . import metrics
 from .cryptoki import Cryptoki, ModuleLoadError, rv, rv_name
 from .errors import TokenUnavailable
-from .failures import from_exception, from_rv
+from .failures import from_exception, from_rv, rv_of
 
 if TYPE_CHECKING:
     import pkcs11
@@ -50,6 +51,11 @@ _ALREADY_INITIALIZED = rv("CKR_CRYPTOKI_ALREADY_INITIALIZED")
 _ALREADY_LOGGED_IN = rv("CKR_USER_ALREADY_LOGGED_IN")
 _CANT_LOCK = rv("CKR_CANT_LOCK")
 _SESSION_GONE = frozenset({rv("CKR_SESSION_HANDLE_INVALID"), rv("CKR_SESSION_CLOSED")})
+#: SoftHSM2 keeps a token's label and flags in a file that every login rewrites; reading it
+#: while another process writes it fails with CKR_GENERAL_ERROR. Listing tokens and logging in
+#: (rare calls) are tried again after these pauses (seconds).
+_TRANSIENT = frozenset({rv("CKR_GENERAL_ERROR"), rv("CKR_FUNCTION_FAILED")})
+_TRANSIENT_PAUSES = (0.005, 0.02, 0.05, 0.1)
 
 _generation = 0  # bumped in every forked child: state made before it belongs to the parent
 _registry_lock = threading.Lock()
@@ -92,7 +98,8 @@ class Library:
         self._logins: dict[int, _Login] = {}
         #: bumped whenever the module starts over (rescan, or first use in a forked child)
         self.epoch = 0
-        self._gate = threading.Condition(threading.Lock())
+        self._gate_lock = threading.Lock()  # taken bare on the hot path (no Python frame)
+        self._gate = threading.Condition(self._gate_lock)
         self._active = 0  # calls in flight (`enter` .. `leave`)
         self._rescanning = False
 
@@ -147,19 +154,20 @@ class Library:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._logins = {}  # the parent's; nothing to close here (its sessions are not ours)
-        self._gate = threading.Condition(threading.Lock())
+        self._gate_lock = threading.Lock()
+        self._gate = threading.Condition(self._gate_lock)
         self._active = 0
         self._rescanning = False
 
     def enter(self) -> None:
         """A call into the module starts (it waits while the module starts over)."""
-        with self._gate:
+        with self._gate_lock:
             while self._rescanning:
                 self._gate.wait()
             self._active += 1
 
     def leave(self) -> None:
-        with self._gate:
+        with self._gate_lock:
             self._active -= 1
             if self._rescanning and self._active == 0:
                 self._gate.notify_all()
@@ -207,10 +215,14 @@ class Library:
 
     def find_token(self, label: str) -> pkcs11.Token:
         """The one token carrying `label` (CLUSTER_NOT_FOUND if none does, or several do)."""
-        try:
-            tokens = list(self._pkcs11.get_tokens(token_label=label))
-        except Exception as e:  # python-pkcs11's errors for C_GetSlotList and friends
-            raise from_exception(e, f"listing the tokens of {self.module}") from None
+        for pause in (*_TRANSIENT_PAUSES, None):
+            try:
+                tokens = list(self._pkcs11.get_tokens(token_label=label))
+                break
+            except Exception as e:  # python-pkcs11's errors for C_GetSlotList and friends
+                if pause is None or rv_of(e) not in _TRANSIENT:
+                    raise from_exception(e, f"listing the tokens of {self.module}") from None
+                time.sleep(pause)
         if not tokens:
             raise TokenUnavailable(
                 "CLUSTER_NOT_FOUND", f"no token labelled {label!r} in {self.module}"
@@ -291,7 +303,11 @@ class Library:
 
     def _login(self, anchor: Any, token: pkcs11.Token, pin: str) -> None:
         started = perf_counter()
-        value = self.cryptoki.login(_handle(anchor), pin)
+        for pause in (*_TRANSIENT_PAUSES, None):
+            value = self.cryptoki.login(_handle(anchor), pin)
+            if pause is None or value not in _TRANSIENT:
+                break
+            time.sleep(pause)
         if value in (_OK, _ALREADY_LOGGED_IN):
             metrics.observe("login", "ok", perf_counter() - started)
             return

@@ -11,7 +11,8 @@ pool is most-recently-used first, so a lightly loaded process keeps reusing the 
 
 from __future__ import annotations
 
-import threading
+import queue
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -23,7 +24,13 @@ S = TypeVar("S")
 
 
 class SessionPool(Generic[S]):
-    """Up to `size` sessions made by `open_session`, closed by `close_session`."""
+    """Up to `size` sessions made by `open_session`, closed by `close_session`.
+
+    A queue holds one ticket per session that may be lent (`size` in all); a borrower takes a
+    ticket, then an idle session or, if none is idle, opens one. Both are C-level structures
+    (`queue.SimpleQueue`, `collections.deque`), so a borrow and a return cost about a
+    microsecond and no Python-level lock.
+    """
 
     def __init__(
         self,
@@ -37,53 +44,60 @@ class SessionPool(Generic[S]):
         self._open = open_session
         self._close = close_session
         self._timeout = timeout
-        self._free = threading.BoundedSemaphore(size)  # sessions not lent out (or not opened)
-        self._lock = threading.Lock()
-        self._idle: list[S] = []
+        self._tickets: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        for _ in range(size):
+            self._tickets.put(True)
+        self._idle: deque[S] = deque()  # most recently returned last (LIFO)
         self._closed = False
         self.opened = 0  # sessions opened over the pool's life (a statistic for tests and docs)
 
     def borrow(self) -> S:
-        if not self._free.acquire(timeout=self._timeout):
+        try:
+            self._tickets.get(timeout=self._timeout)
+        except queue.Empty:
             raise TokenUnavailable(
                 "NETWORK_ERRORS",
                 f"no token session came free in {self._timeout:g} s ({self.size} busy)",
-            )
+            ) from None
         try:
-            with self._lock:
-                if self._closed:
-                    raise TokenUnavailable("INTERNAL_ERROR", "the token was closed")
-                if self._idle:
-                    return self._idle.pop()
-            session = self._open()
-            with self._lock:
+            if self._closed:
+                raise TokenUnavailable("INTERNAL_ERROR", "the token was closed")
+            try:
+                return self._idle.pop()
+            except IndexError:
+                session = self._open()
                 self.opened += 1
-            return session
+                return session
         except BaseException:
-            self._free.release()
+            self._tickets.put(True)
             raise
 
     def give_back(self, session: S) -> None:
         """Return a session that is fine for the next call."""
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._idle.append(session)
-        if closed:
+        if self._closed:
             self._quietly_close(session)
-        self._free.release()
+        else:
+            self._idle.append(session)
+            if self._closed:  # closed meanwhile: `close` may have missed it
+                self._drain()
+        self._tickets.put(True)
 
     def discard(self, session: S) -> None:
         """Drop a session that failed in a way that may leave it unusable."""
         self._quietly_close(session)
-        self._free.release()
+        self._tickets.put(True)
 
     def close(self) -> None:
         """Close the idle sessions now, and the lent ones as they come back."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for session in idle:
+        self._closed = True
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                session = self._idle.pop()
+            except IndexError:
+                return
             self._quietly_close(session)
 
     def _quietly_close(self, session: S) -> None:

@@ -152,3 +152,35 @@ def test_our_initialisation_comes_first_and_python_pkcs11s_own_is_skipped(
         pkcs11.lib(token.config.module)
     assert "already initialized" in str(caught.value)  # CKR_CRYPTOKI_ALREADY_INITIALIZED
     token.check()
+
+
+def test_a_token_file_being_rewritten_elsewhere_is_read_again(
+    hsm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM2 rewrites a token's file at every login; another process reading it then gets
+    CKR_GENERAL_ERROR from C_GetTokenInfo or C_Login (seen in the multi-process stress test).
+    Listing tokens and logging in try again after a short pause."""
+    from pkcs11.exceptions import GeneralError
+
+    config = make_token(hsm_dir, _unique("rewritten"))
+    library = Library.load(config.module)
+    real_tokens, real_login = library._pkcs11.get_tokens, library.cryptoki.login
+    failures = {"tokens": 2, "login": 2}
+
+    def get_tokens(**kwargs: object) -> object:
+        if failures["tokens"]:
+            failures["tokens"] -= 1
+            raise GeneralError()
+        return real_tokens(**kwargs)
+
+    def login(session: int, pin: str) -> int:
+        if failures["login"]:
+            failures["login"] -= 1
+            return rv("CKR_GENERAL_ERROR")
+        return real_login(session, pin)
+
+    monkeypatch.setattr(library._pkcs11, "get_tokens", get_tokens)
+    monkeypatch.setattr(library.cryptoki, "login", login)
+    with Token.open(config) as token:
+        token.check()
+    assert failures == {"tokens": 0, "login": 0}
