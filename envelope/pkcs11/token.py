@@ -90,6 +90,8 @@ _RETRY_ONCE: Final = frozenset(
 _CREATE_RETRY: Final = frozenset(
     {rv("CKR_TEMPLATE_INCONSISTENT"), rv("CKR_GENERAL_ERROR"), rv("CKR_FUNCTION_FAILED")}
 )
+_GENERAL_ERROR: Final = rv("CKR_GENERAL_ERROR")
+_GENERAL: Final = frozenset({_GENERAL_ERROR})
 #: What C_Decrypt answers when the GCM tag does not verify: SoftHSM2 says CKR_GENERAL_ERROR.
 _BAD_TAG: Final = frozenset(
     {
@@ -423,7 +425,10 @@ class Token:
         """The plaintext, or `TokenDecryptError` when the tag does not verify (whatever was
         altered: IV, ciphertext, tag, AAD, or another key)."""
 
+        general_errors = 0
+
         def run(session: _Session) -> bytes:
+            nonlocal general_errors
             if len(iv) != GCM_IV_LEN or len(tag) != GCM_TAG_LEN:
                 raise TokenDecryptError(
                     f"an AES-GCM ciphertext here has a {GCM_IV_LEN}-byte IV and a "
@@ -436,10 +441,15 @@ class Token:
                 )
             except CallFailed as e:
                 if e.function == "C_Decrypt" and e.rv in _BAD_TAG:
+                    if e.rv == _GENERAL_ERROR and not general_errors:
+                        # SoftHSM2's answer to a bad tag, but also to a passing fault: one more
+                        # try tells them apart (a bad tag fails again)
+                        general_errors += 1
+                        raise
                     raise TokenDecryptError() from None
                 raise
 
-        return self._timed("decrypt", lambda: self._run(run, label))
+        return self._timed("decrypt", lambda: self._run(run, label, retry=_GENERAL))
 
     def random(self, n: int) -> bytes:
         """`n` bytes from the token's random number generator."""

@@ -349,3 +349,31 @@ def test_a_create_that_fails_after_making_the_key_is_retried_and_leaves_one_key(
         assert token.list_keys().count(label) == 1
         assert token.key_attributes(label)["key_id"] == made.key_id.hex()
         assert token.decrypt(label, *token.encrypt(label, b"x", b""), b"") == b"x"
+
+
+def test_a_passing_general_error_is_not_taken_for_a_bad_tag(
+    token: Token, label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM2 answers a bad tag with CKR_GENERAL_ERROR, which it also gives for passing
+    faults: a good ciphertext that meets one must still decrypt (one more try), and a bad one
+    is still TokenDecryptError."""
+    from envelope.pkcs11.cryptoki import CallFailed, rv
+
+    token.create_aes_key(label)
+    iv, ct, tag = token.encrypt(label, b"plaintext", b"aad")
+    cryptoki = token._library.cryptoki
+    real = cryptoki.decrypt_gcm
+    calls: list[int] = []
+
+    def flaky(*args: Any) -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise CallFailed("C_Decrypt", rv("CKR_GENERAL_ERROR"))
+        return real(*args)
+
+    monkeypatch.setattr(cryptoki, "decrypt_gcm", flaky)
+    assert token.decrypt(label, iv, ct, tag, b"aad") == b"plaintext"
+    assert len(calls) == 2
+    monkeypatch.setattr(cryptoki, "decrypt_gcm", real)
+    with pytest.raises(TokenDecryptError):
+        token.decrypt(label, iv, ct, tag, b"other aad")
