@@ -932,7 +932,7 @@ class ServiceCore:
                 call.values["kms:requestalias"] = ref.rsplit(":", 1)[-1]
             self._authorize_key(conn, call, key, action or f"kms:{call.op}")
         if "CustomKeyStoreId" in key.meta:
-            from ._keystores import effective_state
+            from ._keystore_rows import effective_state
 
             _states.check(effective_state(self, conn, key), group, key.arn)
         else:
@@ -1347,7 +1347,7 @@ class ServiceCore:
         m = key.meta
         state = m["KeyState"]
         if "CustomKeyStoreId" in m:
-            from ._keystores import effective_state
+            from ._keystore_rows import effective_state
 
             state = effective_state(self, conn, key)
         out: Response = {

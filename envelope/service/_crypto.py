@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import _blob, _keystores, _specs
+from . import _blob, _keystore_crypto, _specs
 from ._core import (
     _DATA_KEY_SPECS,
     MAX_PLAINTEXT,
@@ -54,7 +54,7 @@ class CryptoOps(ServiceCore):
         if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
             raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
         if "CustomKeyStoreId" in key.meta:
-            return _keystores.seal_custom(self, conn, call, key, plaintext, ctx)
+            return _keystore_crypto.seal_custom(self, conn, call, key, plaintext, ctx)
         version, mat = self._current(conn, call, key)
         return _blob.seal(key.id, version, mat.raw, plaintext, ctx)
 
@@ -102,7 +102,7 @@ class CryptoOps(ServiceCore):
             if parsed.version > self._current_version(conn, key):
                 raise InvalidCiphertextException("the ciphertext names an unknown backing key")
             if "CustomKeyStoreId" in key.meta:
-                return key, _keystores.open_custom(self, conn, call, key, parsed, ctx)
+                return key, _keystore_crypto.open_custom(self, conn, call, key, parsed, ctx)
             mat = self._material(conn, call, key.id, parsed.version)
             return key, _blob.open_(parsed, mat.raw, ctx)
         if key_ref is None:
@@ -147,7 +147,7 @@ class CryptoOps(ServiceCore):
             if key_id in self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
                 pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
                 ctx = _context(encryption_context)
-                _keystores.prefetch_seal(self, call, key_id, ctx, pt, None)
+                _keystore_crypto.prefetch_seal(self, call, key_id, ctx, pt, None)
 
         return self._run(
             "Encrypt",
@@ -182,7 +182,7 @@ class CryptoOps(ServiceCore):
         def prefetch(call: _Call) -> None:
             if self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
                 blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
-                _keystores.prefetch_open(self, call, blob, _context(encryption_context))
+                _keystore_crypto.prefetch_open(self, call, blob, _context(encryption_context))
 
         return self._run(
             "Decrypt",
@@ -271,7 +271,7 @@ class CryptoOps(ServiceCore):
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             if "XksKeyConfiguration" in key.meta:
                 self._external_refs.add(key_id)
-            plaintext = _keystores.prefetched_plaintext(call, n) or os.urandom(n)
+            plaintext = _keystore_crypto.prefetched_plaintext(call, n) or os.urandom(n)
             blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
             out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
             if with_plaintext:
@@ -288,7 +288,7 @@ class CryptoOps(ServiceCore):
             else:
                 return
             ctx = _context(encryption_context)
-            _keystores.prefetch_seal(self, call, key_id, ctx, None, n)
+            _keystore_crypto.prefetch_seal(self, call, key_id, ctx, None, n)
 
         params: dict[str, Any] = {}
         if key_spec is not None:
@@ -443,9 +443,8 @@ class CryptoOps(ServiceCore):
             n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
             if custom_key_store_id is not None:
                 call.params["CustomKeyStoreId"] = custom_key_store_id
-                return {
-                    "Plaintext": _keystores.random_bytes(self, conn, call, custom_key_store_id, n)
-                }
+                out = _keystore_crypto.random_bytes(self, conn, call, custom_key_store_id, n)
+                return {"Plaintext": out}
             return {"Plaintext": os.urandom(n)}
 
         return self._run(

@@ -34,27 +34,18 @@ short, so CONNECTING is never observed). While a store is not CONNECTED its keys
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
-import re
-import secrets
 import sqlite3
-import struct
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-
-from . import _blob, _keystore_links, _rows
+from . import _keystore_links, _rows
 from ._core import (
     RequestContext,
     Response,
     ServiceCore,
     _Call,
-    _Key,
     _limit,
     _marker_decode,
     _marker_encode,
@@ -70,9 +61,7 @@ from .errors import (
     CustomKeyStoreNameInUseException,
     CustomKeyStoreNotFoundException,
     IncorrectTrustAnchorException,
-    InvalidCiphertextException,
     InvalidMarkerException,
-    KMSInvalidStateException,
     LimitExceededException,
     UnsupportedOperationException,
     ValidationException,
@@ -87,561 +76,42 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from envelope.pkcs11 import Token
-    from envelope.xks.client import XksClient
+    pass
 
-__all__ = (
-    "CLOUDHSM",
-    "CUSTOM_ORIGINS",
-    "EXTERNAL",
-    "KeyStoreOps",
-    "effective_state",
-    "open_custom",
-    "prefetch_open",
-    "prefetch_seal",
-    "prefetched_plaintext",
-    "random_bytes",
-    "seal_custom",
+
+from ._keystore_rows import (
+    _CLUSTER_RE,
+    _ENDPOINT_RE,
+    _PATH_RE,
+    _XKS_ACCESS_KEY_RE,
+    _XKS_KEY_ID_RE,
+    _XKS_SECRET_RE,
+    CLOUDHSM,
+    CONNECTED,
+    DISCONNECTED,
+    DISCONNECTING,
+    EXTERNAL,
+    FAILED,
+    MAX_STORES,
+    _cluster_id,
+    _entry,
+    _load_cluster,
+    _load_store,
+    _outcome,
+    _save_store,
+    _secret,
+    _secret_aad,
+    _store_id,
+    _StoreRow,
+    _text,
+    _timed,
+    _token_for,
+    _xks_for,
+    _xks_metadata,
+    token_label,
 )
 
-CLOUDHSM = "AWS_CLOUDHSM"
-EXTERNAL = "EXTERNAL_KEY_STORE"
-#: Key origins whose material is in a custom key store.
-CUSTOM_ORIGINS = frozenset({CLOUDHSM, EXTERNAL})
-
-CONNECTED = "CONNECTED"
-CONNECTING = "CONNECTING"
-DISCONNECTED = "DISCONNECTED"
-DISCONNECTING = "DISCONNECTING"
-FAILED = "FAILED"
-
-#: AWS's quota: custom key stores per account and Region.
-MAX_STORES = 10
-_CLUSTER_RE = re.compile(r"cluster-[2-7a-zA-Z]{11,16}\Z")
-# AWS allows no port (443 always); a port is accepted here so a proxy can run on loopback
-_ENDPOINT_RE = re.compile(r"https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?\Z")
-_PATH_RE = re.compile(r"(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})\Z|(/kms/xks/v\d{1,2})\Z")
-_XKS_ACCESS_KEY_RE = re.compile(r"[A-Z2-7]{20,30}\Z")
-_XKS_SECRET_RE = re.compile(r"[a-zA-Z0-9/+=]{43,64}\Z")
-_XKS_KEY_ID_RE = re.compile(r"[a-zA-Z0-9-_.]{1,128}\Z")
-_SECRET_AAD = b"envelope/kms/custom-key-store-secret/v1|"
-_ZERO_NONCE = bytes(12)
-_IV = 12
-_TAG = 16
-
-
-def _text(value: Any, name: str, lo: int, hi: int) -> str:
-    if not isinstance(value, str) or not lo <= len(value) <= hi:
-        raise ValidationException(f"{name} must be a string of {lo}..{hi} characters")
-    return value
-
-
-def _secret_aad(store_id: str) -> bytes:
-    return _SECRET_AAD + store_id.encode()
-
-
-def _store_id() -> str:
-    return "cks-" + secrets.token_hex(8)
-
-
-def _cluster_id() -> str:
-    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
-    return "cluster-" + "".join(secrets.choice(alphabet) for _ in range(11))
-
-
-def token_label(key_id: str) -> str:
-    """The label of a KMS key's object in its token: one object per KMS key."""
-    return f"kms-{key_id}"
-
-
-# ------------------------------------------------------------------------------ store rows
-
-
-class _StoreRow:
-    __slots__ = ("account", "body", "id", "secret")
-
-    def __init__(self, store_id: str, account: str, body: dict[str, Any], secret: bytes | None):
-        self.id = store_id
-        self.account = account
-        self.body = body
-        self.secret = secret
-
-    @property
-    def kind(self) -> str:
-        return str(self.body["CustomKeyStoreType"])
-
-    @property
-    def state(self) -> str:
-        return str(self.body["ConnectionState"])
-
-
-def _load_store(
-    core: ServiceCore, conn: sqlite3.Connection, store_id: str, account: str | None = None
-) -> _StoreRow | None:
-    row = conn.execute(
-        "SELECT account, body, secret, mac FROM custom_key_stores WHERE store_id=?", (store_id,)
-    ).fetchone()
-    if row is None or (account is not None and str(row[0]) != account):
-        return None
-    body_text = str(row[1])
-    secret = None if row[2] is None else bytes(row[2])
-    if not _rows.check_record(
-        core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), row[3]
-    ):
-        from .errors import TamperedStoreError
-
-        raise TamperedStoreError(
-            f"the custom key store {store_id} fails authentication under the root key: it was "
-            "changed outside the KMS; restore the store from a backup"
-        )
-    return _StoreRow(store_id, str(row[0]), json.loads(body_text), secret)
-
-
-def _mac_text(body_text: str, secret: bytes | None) -> str:
-    # the sealed secret is bound too, so a secret cannot be swapped between stores
-    tail = "" if secret is None else base64.b64encode(secret).decode("ascii")
-    return body_text + "|" + tail
-
-
-def _save_store(
-    core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow, *, insert: bool = False
-) -> None:
-    text = json.dumps(row.body, sort_keys=True, separators=(",", ":"))
-    mac = _rows.record_mac(
-        core.store.row_key, "custom_key_stores", row.id, _mac_text(text, row.secret)
-    )
-    if insert:
-        conn.execute(
-            "INSERT INTO custom_key_stores(store_id, account, name, body, secret, mac) "
-            "VALUES (?,?,?,?,?,?)",
-            (row.id, row.account, row.body["CustomKeyStoreName"], text, row.secret, mac),
-        )
-    else:
-        conn.execute(
-            "UPDATE custom_key_stores SET name=?, body=?, secret=?, mac=? WHERE store_id=?",
-            (row.body["CustomKeyStoreName"], text, row.secret, mac, row.id),
-        )
-
-
-def _load_cluster(
-    core: ServiceCore, conn: sqlite3.Connection, cluster_id: str
-) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT body, mac FROM hsm_clusters WHERE cluster_id=?", (cluster_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    if not _rows.check_record(core.store.row_key, "hsm_clusters", cluster_id, str(row[0]), row[1]):
-        from .errors import TamperedStoreError
-
-        raise TamperedStoreError(
-            f"the HSM cluster {cluster_id} fails authentication under the root key: it was "
-            "changed outside the KMS"
-        )
-    body: dict[str, Any] = json.loads(str(row[0]))
-    return body
-
-
-def _secret(core: ServiceCore, row: _StoreRow) -> str:
-    if row.secret is None:
-        raise KMSInvalidStateException(f"the custom key store {row.id} has no credential")
-    return core.store.root.unseal(row.secret, _secret_aad(row.id)).decode("utf-8")
-
-
-def _token_for(core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow) -> Token:
-    cluster = _load_cluster(core, conn, str(row.body["CloudHsmClusterId"]))
-    if cluster is None:
-        raise KMSInvalidStateException(
-            f"the HSM cluster {row.body['CloudHsmClusterId']} of custom key store {row.id} is "
-            "no longer registered"
-        )
-    return _keystore_links.open_token(
-        str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(core, row)
-    )
-
-
-def _xks_for(core: ServiceCore, row: _StoreRow) -> XksClient:
-    proxy = row.body["XksProxyConfiguration"]
-    return _keystore_links.xks_client(
-        str(proxy["UriEndpoint"]),
-        str(proxy["UriPath"]),
-        str(proxy["AccessKeyId"]),
-        _secret(core, row),
-    )
-
-
-def _xks_metadata(core: ServiceCore, call: _Call, key_arn: str | None) -> Any:
-    from envelope.xks.client import RequestMetadata
-
-    return RequestMetadata(
-        aws_principal_arn=call.principal,
-        kms_key_arn=key_arn,
-        kms_operation=call.op,
-        kms_request_id=core._call_request_id(call),
-        kms_via_service=call.ctx.via_service,
-    )
-
-
-def _timed(call: _Call, row: _StoreRow, what: str, outcome: str, started: float) -> None:
-    """One HSM or XKS call in the audit record of the KMS call that made it."""
-    call.keystore_calls.append(
-        {
-            "CustomKeyStoreId": row.id,
-            "Type": row.kind,
-            "Call": what,
-            "Outcome": outcome,
-            "Milliseconds": round((time.perf_counter() - started) * 1000, 3),
-        }
-    )
-
-
-# ------------------------------------------------------------------------------ key state
-
-
-def effective_state(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> str:
-    """A key's state as AWS shows it: ``Unavailable`` while its custom key store is not
-    connected (an Enabled or Disabled key; pending deletion stays pending)."""
-    state = key.state
-    store_id = key.meta.get("CustomKeyStoreId")
-    if store_id is None or state not in ("Enabled", "Disabled"):
-        return state
-    row = _load_store(core, conn, str(store_id))
-    if row is None or row.state != CONNECTED:
-        return "Unavailable"
-    return state
-
-
-def _connected_store(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> _StoreRow:
-    row = _load_store(core, conn, str(key.meta["CustomKeyStoreId"]))
-    if row is None or row.state != CONNECTED:
-        raise KMSInvalidStateException(
-            f"{key.arn} is unavailable: its custom key store "
-            f"{key.meta['CustomKeyStoreId']} is not connected"
-        )
-    return row
-
-
-# ------------------------------------------------------------------------------ cryptography
-
-
-def _header(key_id: str, version: int) -> tuple[bytes, bytes]:
-    kid = key_id.encode("ascii")
-    salt = secrets.token_bytes(16)
-    return bytes((1, len(kid))) + kid + struct.pack(">I", version) + salt, salt
-
-
-def seal_custom(
-    core: ServiceCore,
-    conn: sqlite3.Connection,
-    call: _Call,
-    key: _Key,
-    plaintext: bytes,
-    ctx: Mapping[str, str],
-) -> bytes:
-    """Encrypt under a key of a custom key store (the KMS blob format; see the module doc)."""
-    row = _connected_store(core, conn, key)
-    header, salt = _header(key.id, 1)
-    aad = header + _blob.canonical_context(ctx)
-    started = time.perf_counter()
-    if row.kind == CLOUDHSM:
-        try:
-            iv, ct, tag = _token_for(core, conn, row).encrypt(
-                str(key.meta["x_hsm_label"]), plaintext, aad
-            )
-        except Exception as e:
-            _timed(call, row, "Encrypt", type(e).__name__, started)
-            raise _keystore_links.hsm_error(e, "Encrypt") from None
-        _timed(call, row, "Encrypt", "ok", started)
-        return header + iv + ct + tag
-    pre = _taken(call, key, row, _blob.canonical_context(ctx))
-    if pre is not None and pre.plaintext == plaintext:
-        if pre.error is not None:
-            raise _keystore_links.xks_error(pre.error, "Encrypt") from None
-        if pre.blob is not None:
-            return pre.blob
-    mat = core._material(conn, call, key.id, 1)
-    inner = _blob._message_key(mat.raw, salt).encrypt(_ZERO_NONCE, plaintext, aad)
-    try:
-        out = _xks_for(core, row).encrypt(
-            str(key.meta["XksKeyConfiguration"]["Id"]),
-            inner,
-            aad,
-            _xks_metadata(core, call, key.arn),
-        )
-    except Exception as e:
-        _timed(call, row, "Encrypt", _outcome(e), started)
-        raise _keystore_links.xks_error(e, "Encrypt") from None
-    _timed(call, row, "Encrypt", "ok", started)
-    meta = out.ciphertext_metadata or b""
-    if len(out.iv) != _IV or len(out.tag) != _TAG or len(meta) > 255:
-        raise KMSInvalidStateException(
-            "Encrypt failed: the external key store proxy returned a response the XKS API "
-            "does not allow."
-        )
-    return header + out.iv + bytes((len(meta),)) + meta + out.ciphertext + out.tag
-
-
-def open_custom(
-    core: ServiceCore,
-    conn: sqlite3.Connection,
-    call: _Call,
-    key: _Key,
-    parsed: _blob.Parsed,
-    ctx: Mapping[str, str],
-) -> bytes:
-    """Decrypt a blob made by `seal_custom` under this key."""
-    row = _connected_store(core, conn, key)
-    aad = parsed.header + _blob.canonical_context(ctx)
-    iv, body = parsed.nonce, parsed.body
-    started = time.perf_counter()
-    if row.kind == CLOUDHSM:
-        if len(body) < _TAG:
-            raise InvalidCiphertextException("the ciphertext is truncated")
-        try:
-            out: bytes = _token_for(core, conn, row).decrypt(
-                str(key.meta["x_hsm_label"]), iv, body[:-_TAG], body[-_TAG:], aad
-            )
-        except Exception as e:
-            _timed(call, row, "Decrypt", type(e).__name__, started)
-            raise _keystore_links.hsm_error(e, "Decrypt") from None
-        _timed(call, row, "Decrypt", "ok", started)
-        return out
-    core._external_refs.add(key.id)
-    pre = _taken(call, key, row, _blob.canonical_context(ctx))
-    if pre is not None and pre.blob == parsed.header + iv + body:
-        if pre.error is not None:
-            raise _keystore_links.xks_error(pre.error, "Decrypt") from None
-        if pre.plaintext is not None:
-            return pre.plaintext
-    from envelope.xks.client import XksCiphertext
-
-    if not body or len(body) < 1 + body[0] + _TAG + 16:
-        raise InvalidCiphertextException("the ciphertext is truncated")
-    n = body[0]
-    meta, rest = body[1 : 1 + n], body[1 + n :]
-    try:
-        inner = _xks_for(core, row).decrypt(
-            str(key.meta["XksKeyConfiguration"]["Id"]),
-            XksCiphertext(
-                ciphertext=rest[:-_TAG], iv=iv, tag=rest[-_TAG:], ciphertext_metadata=meta or None
-            ),
-            aad,
-            _xks_metadata(core, call, key.arn),
-        )
-    except Exception as e:
-        _timed(call, row, "Decrypt", _outcome(e), started)
-        raise _keystore_links.xks_error(e, "Decrypt") from None
-    _timed(call, row, "Decrypt", "ok", started)
-    mat = core._material(conn, call, key.id, 1)
-    try:
-        plain: bytes = _blob._message_key(mat.raw, parsed.salt).decrypt(_ZERO_NONCE, inner, aad)
-    except InvalidTag:
-        raise InvalidCiphertextException(
-            "the ciphertext does not decrypt: it was altered or the encryption context differs"
-        ) from None
-    return plain
-
-
-# ------------------------------------------------------------------------------ prefetching
-#
-# An XKS round trip takes a millisecond or more, and every KMS call runs in a store transaction
-# under the store lock: made inside it, the round trips of concurrent calls would queue one
-# behind the other. So Encrypt, GenerateDataKey* and Decrypt on an external store's key make
-# their proxy call first, outside the lock (`ServiceCore._run`'s prefetch), and the call's
-# transaction then does every check as usual (resolution, authorization, key state, the store
-# still connected with the same settings) and uses the prefetched answer only if it is for the
-# same key, store settings, encryption context and input. A prefetch never decides anything:
-# anything unexpected and it is simply not used.
-
-
-class _Prefetched:
-    __slots__ = ("blob", "context", "error", "fingerprint", "key_id", "plaintext")
-
-    def __init__(
-        self,
-        key_id: str,
-        fingerprint: bytes,
-        context: bytes,
-        plaintext: bytes | None,
-        blob: bytes | None,
-        error: BaseException | None = None,
-    ) -> None:
-        self.key_id = key_id
-        self.fingerprint = fingerprint
-        self.context = context
-        self.plaintext = plaintext
-        self.blob = blob
-        self.error = error
-
-
-def _fingerprint(row: _StoreRow) -> bytes:
-    """What the store's settings are (endpoint, path, credential, state): a prefetched answer
-    obtained under other settings is not used."""
-    text = json.dumps(row.body, sort_keys=True).encode() + (row.secret or b"")
-    return hashlib.sha256(text).digest()
-
-
-def _taken(call: _Call, key: _Key, row: _StoreRow, context: bytes) -> _Prefetched | None:
-    pre = call.prefetched
-    if not isinstance(pre, _Prefetched):
-        return None
-    call.prefetched = None  # used at most once
-    if pre.key_id != key.id or pre.context != context or pre.fingerprint != _fingerprint(row):
-        return None
-    return pre
-
-
-def prefetched_plaintext(call: _Call, n: int) -> bytes | None:
-    """The data key a prefetched GenerateDataKey encrypted (its length checked)."""
-    pre = call.prefetched
-    if isinstance(pre, _Prefetched) and pre.plaintext is not None and len(pre.plaintext) == n:
-        return pre.plaintext
-    return None
-
-
-def _external_key(
-    core: ServiceCore,
-    call: _Call,
-    conn: sqlite3.Connection,
-    key_id: str,
-    ctx: Mapping[str, str],
-    action: str,
-) -> tuple[_Key, _StoreRow, bytes, XksClient] | None:
-    """Under the store's read lock: the external-store key a prefetch may use, if the caller
-    would be allowed (checked again in the transaction), with its material and client."""
-    key = core._load(conn, core.region, key_id)
-    if key is None or "XksKeyConfiguration" not in key.meta or key.state != "Enabled":
-        return None
-    row = _load_store(core, conn, str(key.meta["CustomKeyStoreId"]))
-    if row is None or row.state != CONNECTED:
-        return None
-    scratch = _Call(call.op, call.principal, call.ctx, {})
-    scratch.caller = core._access.principal(call.principal)
-    scratch.account = scratch.caller.account or core.account
-    scratch.enc_context = dict(ctx)
-    core._authorize_key(conn, scratch, key, action)  # AccessDenied: no proxy call
-    mat = core._material(conn, scratch, key.id, 1)
-    return key, row, mat.raw, _xks_for(core, row)
-
-
-def prefetch_seal(
-    core: ServiceCore,
-    call: _Call,
-    key_ref: str,
-    ctx: Mapping[str, str],
-    plaintext: bytes | None,
-    n: int | None,
-) -> None:
-    """Encrypt or GenerateDataKey* on an external store's key: the proxy call, before the lock."""
-    with core.store.read() as conn:
-        account = core._access.principal(call.principal).account or core.account
-        key_id, _, named = core._resolve_id(conn, key_ref, managed=False, account=account)
-        found = _external_key(core, call, conn, key_id, ctx, f"kms:{call.op}")
-    if found is None:
-        return
-    key, row, material, client = found
-    if named != key.account:
-        return
-    if plaintext is None:
-        if n is None:
-            return
-        plaintext = os.urandom(n)
-    header, salt = _header(key.id, 1)
-    context = _blob.canonical_context(ctx)
-    aad = header + context
-    inner = _blob._message_key(material, salt).encrypt(_ZERO_NONCE, plaintext, aad)
-    started = time.perf_counter()
-    try:
-        out = client.encrypt(
-            str(key.meta["XksKeyConfiguration"]["Id"]),
-            inner,
-            aad,
-            _xks_metadata(core, call, key.arn),
-        )
-    except Exception as e:
-        _timed(call, row, "Encrypt", _outcome(e), started)
-        call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, None, e)
-        return
-    _timed(call, row, "Encrypt", "ok", started)
-    meta = out.ciphertext_metadata or b""
-    if len(out.iv) != _IV or len(out.tag) != _TAG or len(meta) > 255:
-        return
-    blob = header + out.iv + bytes((len(meta),)) + meta + out.ciphertext + out.tag
-    call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, blob)
-
-
-def prefetch_open(core: ServiceCore, call: _Call, blob: bytes, ctx: Mapping[str, str]) -> None:
-    """Decrypt of an external store's ciphertext: the proxy call, before the lock."""
-    parsed = _blob.parse(blob)
-    with core.store.read() as conn:
-        found = _external_key(core, call, conn, parsed.key_id, ctx, "kms:Decrypt")
-    if found is None:
-        return
-    key, row, material, client = found
-    context = _blob.canonical_context(ctx)
-    body = parsed.body
-    if not body or len(body) < 1 + body[0] + _TAG + 16:
-        return
-    from envelope.xks.client import XksCiphertext
-
-    n = body[0]
-    rest = body[1 + n :]
-    aad = parsed.header + context
-    started = time.perf_counter()
-    try:
-        inner = client.decrypt(
-            str(key.meta["XksKeyConfiguration"]["Id"]),
-            XksCiphertext(
-                ciphertext=rest[:-_TAG],
-                iv=parsed.nonce,
-                tag=rest[-_TAG:],
-                ciphertext_metadata=body[1 : 1 + n] or None,
-            ),
-            aad,
-            _xks_metadata(core, call, key.arn),
-        )
-    except Exception as e:
-        _timed(call, row, "Decrypt", _outcome(e), started)
-        call.prefetched = _Prefetched(key.id, _fingerprint(row), context, None, blob, e)
-        return
-    _timed(call, row, "Decrypt", "ok", started)
-    try:
-        plain = _blob._message_key(material, parsed.salt).decrypt(_ZERO_NONCE, inner, aad)
-    except InvalidTag:
-        return
-    call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plain, blob)
-
-
-def _outcome(error: BaseException) -> str:
-    name = getattr(error, "error_name", None)
-    return str(name) if name else type(error).__name__
-
-
-def random_bytes(
-    core: ServiceCore, conn: sqlite3.Connection, call: _Call, store_id: Any, n: int
-) -> bytes:
-    """GenerateRandom from a CloudHSM key store's HSM (AWS: the store must be connected)."""
-    _text(store_id, "CustomKeyStoreId", 1, 64)
-    account = call.account or core.account
-    row = _load_store(core, conn, store_id, account)
-    if row is None:
-        raise CustomKeyStoreNotFoundException(
-            f"no custom key store {store_id} in account {account}"
-        )
-    if row.kind != CLOUDHSM:
-        raise UnsupportedOperationException(
-            "GenerateRandom takes a CustomKeyStoreId only for AWS_CLOUDHSM key stores"
-        )
-    if row.state != CONNECTED:
-        raise CustomKeyStoreInvalidStateException(f"{row.id} is {row.state}, not CONNECTED")
-    started = time.perf_counter()
-    try:
-        out: bytes = _token_for(core, conn, row).random(n)
-    except Exception as e:
-        _timed(call, row, "GenerateRandom", type(e).__name__, started)
-        raise _keystore_links.hsm_error(e, "GenerateRandom") from None
-    _timed(call, row, "GenerateRandom", "ok", started)
-    return out
+__all__ = ("KeyStoreOps",)
 
 
 # ------------------------------------------------------------------------------ operations
@@ -1500,24 +970,3 @@ class KeyStoreOps(ServiceCore):
                     conn.execute("DELETE FROM token_deletions WHERE store_id=?", (str(sid),))
                 elif row.state == CONNECTED:
                     self._drain_token_deletions(conn, None, row)
-
-
-def _entry(row: _StoreRow) -> Response:
-    """A CustomKeyStoresListEntry (never the password or the proxy secret)."""
-    b = row.body
-    out: Response = {
-        "CustomKeyStoreId": row.id,
-        "CustomKeyStoreName": b["CustomKeyStoreName"],
-        "CustomKeyStoreType": b["CustomKeyStoreType"],
-        "ConnectionState": b["ConnectionState"],
-        "CreationDate": b["CreationDate"],
-    }
-    if b.get("ConnectionErrorCode"):
-        out["ConnectionErrorCode"] = b["ConnectionErrorCode"]
-    if row.kind == CLOUDHSM:
-        out["CloudHsmClusterId"] = b["CloudHsmClusterId"]
-        if b.get("TrustAnchorCertificate"):
-            out["TrustAnchorCertificate"] = b["TrustAnchorCertificate"]
-    else:
-        out["XksProxyConfiguration"] = dict(b["XksProxyConfiguration"])
-    return out

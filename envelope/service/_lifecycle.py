@@ -22,7 +22,8 @@ from ._core import (
     _page,
     _paging,
 )
-from ._keystores import CUSTOM_ORIGINS, KeyStoreOps
+from ._keystore_rows import CUSTOM_ORIGINS
+from ._keystores import KeyStoreOps
 from ._states import (
     CANCEL,
     DISABLED,

@@ -1,0 +1,274 @@
+"""Custom key stores' rows and connections: what the KMS keeps about each store, and how it
+reaches the store's token or proxy for a call (`_keystores` has the operations, the format and
+the states; `_keystore_crypto` the cryptography)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import _keystore_links, _rows
+from ._core import (
+    Response,
+    ServiceCore,
+    _Call,
+    _Key,
+)
+from .errors import (
+    KMSInvalidStateException,
+    ValidationException,
+)
+
+if TYPE_CHECKING:
+    from envelope.pkcs11 import Token
+    from envelope.xks.client import XksClient
+
+
+__all__ = ("CLOUDHSM", "CUSTOM_ORIGINS", "EXTERNAL", "effective_state", "token_label")
+
+CLOUDHSM = "AWS_CLOUDHSM"
+EXTERNAL = "EXTERNAL_KEY_STORE"
+#: Key origins whose material is in a custom key store.
+CUSTOM_ORIGINS = frozenset({CLOUDHSM, EXTERNAL})
+
+CONNECTED = "CONNECTED"
+CONNECTING = "CONNECTING"
+DISCONNECTED = "DISCONNECTED"
+DISCONNECTING = "DISCONNECTING"
+FAILED = "FAILED"
+
+#: AWS's quota: custom key stores per account and Region.
+MAX_STORES = 10
+_CLUSTER_RE = re.compile(r"cluster-[2-7a-zA-Z]{11,16}\Z")
+# AWS allows no port (443 always); a port is accepted here so a proxy can run on loopback
+_ENDPOINT_RE = re.compile(r"https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?\Z")
+_PATH_RE = re.compile(r"(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})\Z|(/kms/xks/v\d{1,2})\Z")
+_XKS_ACCESS_KEY_RE = re.compile(r"[A-Z2-7]{20,30}\Z")
+_XKS_SECRET_RE = re.compile(r"[a-zA-Z0-9/+=]{43,64}\Z")
+_XKS_KEY_ID_RE = re.compile(r"[a-zA-Z0-9-_.]{1,128}\Z")
+_SECRET_AAD = b"envelope/kms/custom-key-store-secret/v1|"
+_ZERO_NONCE = bytes(12)
+_IV = 12
+_TAG = 16
+
+
+def _text(value: Any, name: str, lo: int, hi: int) -> str:
+    if not isinstance(value, str) or not lo <= len(value) <= hi:
+        raise ValidationException(f"{name} must be a string of {lo}..{hi} characters")
+    return value
+
+
+def _secret_aad(store_id: str) -> bytes:
+    return _SECRET_AAD + store_id.encode()
+
+
+def _store_id() -> str:
+    return "cks-" + secrets.token_hex(8)
+
+
+def _cluster_id() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    return "cluster-" + "".join(secrets.choice(alphabet) for _ in range(11))
+
+
+def token_label(key_id: str) -> str:
+    """The label of a KMS key's object in its token: one object per KMS key."""
+    return f"kms-{key_id}"
+
+
+# ------------------------------------------------------------------------------ store rows
+
+
+class _StoreRow:
+    __slots__ = ("account", "body", "id", "secret")
+
+    def __init__(self, store_id: str, account: str, body: dict[str, Any], secret: bytes | None):
+        self.id = store_id
+        self.account = account
+        self.body = body
+        self.secret = secret
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["CustomKeyStoreType"])
+
+    @property
+    def state(self) -> str:
+        return str(self.body["ConnectionState"])
+
+
+def _load_store(
+    core: ServiceCore, conn: sqlite3.Connection, store_id: str, account: str | None = None
+) -> _StoreRow | None:
+    row = conn.execute(
+        "SELECT account, body, secret, mac FROM custom_key_stores WHERE store_id=?", (store_id,)
+    ).fetchone()
+    if row is None or (account is not None and str(row[0]) != account):
+        return None
+    body_text = str(row[1])
+    secret = None if row[2] is None else bytes(row[2])
+    if not _rows.check_record(
+        core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), row[3]
+    ):
+        from .errors import TamperedStoreError
+
+        raise TamperedStoreError(
+            f"the custom key store {store_id} fails authentication under the root key: it was "
+            "changed outside the KMS; restore the store from a backup"
+        )
+    return _StoreRow(store_id, str(row[0]), json.loads(body_text), secret)
+
+
+def _mac_text(body_text: str, secret: bytes | None) -> str:
+    # the sealed secret is bound too, so a secret cannot be swapped between stores
+    tail = "" if secret is None else base64.b64encode(secret).decode("ascii")
+    return body_text + "|" + tail
+
+
+def _save_store(
+    core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow, *, insert: bool = False
+) -> None:
+    text = json.dumps(row.body, sort_keys=True, separators=(",", ":"))
+    mac = _rows.record_mac(
+        core.store.row_key, "custom_key_stores", row.id, _mac_text(text, row.secret)
+    )
+    if insert:
+        conn.execute(
+            "INSERT INTO custom_key_stores(store_id, account, name, body, secret, mac) "
+            "VALUES (?,?,?,?,?,?)",
+            (row.id, row.account, row.body["CustomKeyStoreName"], text, row.secret, mac),
+        )
+    else:
+        conn.execute(
+            "UPDATE custom_key_stores SET name=?, body=?, secret=?, mac=? WHERE store_id=?",
+            (row.body["CustomKeyStoreName"], text, row.secret, mac, row.id),
+        )
+
+
+def _load_cluster(
+    core: ServiceCore, conn: sqlite3.Connection, cluster_id: str
+) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT body, mac FROM hsm_clusters WHERE cluster_id=?", (cluster_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    if not _rows.check_record(core.store.row_key, "hsm_clusters", cluster_id, str(row[0]), row[1]):
+        from .errors import TamperedStoreError
+
+        raise TamperedStoreError(
+            f"the HSM cluster {cluster_id} fails authentication under the root key: it was "
+            "changed outside the KMS"
+        )
+    body: dict[str, Any] = json.loads(str(row[0]))
+    return body
+
+
+def _secret(core: ServiceCore, row: _StoreRow) -> str:
+    if row.secret is None:
+        raise KMSInvalidStateException(f"the custom key store {row.id} has no credential")
+    return core.store.root.unseal(row.secret, _secret_aad(row.id)).decode("utf-8")
+
+
+def _token_for(core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow) -> Token:
+    cluster = _load_cluster(core, conn, str(row.body["CloudHsmClusterId"]))
+    if cluster is None:
+        raise KMSInvalidStateException(
+            f"the HSM cluster {row.body['CloudHsmClusterId']} of custom key store {row.id} is "
+            "no longer registered"
+        )
+    return _keystore_links.open_token(
+        str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(core, row)
+    )
+
+
+def _xks_for(core: ServiceCore, row: _StoreRow) -> XksClient:
+    proxy = row.body["XksProxyConfiguration"]
+    return _keystore_links.xks_client(
+        str(proxy["UriEndpoint"]),
+        str(proxy["UriPath"]),
+        str(proxy["AccessKeyId"]),
+        _secret(core, row),
+    )
+
+
+def _xks_metadata(core: ServiceCore, call: _Call, key_arn: str | None) -> Any:
+    from envelope.xks.client import RequestMetadata
+
+    return RequestMetadata(
+        aws_principal_arn=call.principal,
+        kms_key_arn=key_arn,
+        kms_operation=call.op,
+        kms_request_id=core._call_request_id(call),
+        kms_via_service=call.ctx.via_service,
+    )
+
+
+def _timed(call: _Call, row: _StoreRow, what: str, outcome: str, started: float) -> None:
+    """One HSM or XKS call in the audit record of the KMS call that made it."""
+    call.keystore_calls.append(
+        {
+            "CustomKeyStoreId": row.id,
+            "Type": row.kind,
+            "Call": what,
+            "Outcome": outcome,
+            "Milliseconds": round((time.perf_counter() - started) * 1000, 3),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------ key state
+
+
+def effective_state(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> str:
+    """A key's state as AWS shows it: ``Unavailable`` while its custom key store is not
+    connected (an Enabled or Disabled key; pending deletion stays pending)."""
+    state = key.state
+    store_id = key.meta.get("CustomKeyStoreId")
+    if store_id is None or state not in ("Enabled", "Disabled"):
+        return state
+    row = _load_store(core, conn, str(store_id))
+    if row is None or row.state != CONNECTED:
+        return "Unavailable"
+    return state
+
+
+def _connected_store(core: ServiceCore, conn: sqlite3.Connection, key: _Key) -> _StoreRow:
+    row = _load_store(core, conn, str(key.meta["CustomKeyStoreId"]))
+    if row is None or row.state != CONNECTED:
+        raise KMSInvalidStateException(
+            f"{key.arn} is unavailable: its custom key store "
+            f"{key.meta['CustomKeyStoreId']} is not connected"
+        )
+    return row
+
+
+def _outcome(error: BaseException) -> str:
+    name = getattr(error, "error_name", None)
+    return str(name) if name else type(error).__name__
+
+
+def _entry(row: _StoreRow) -> Response:
+    """A CustomKeyStoresListEntry (never the password or the proxy secret)."""
+    b = row.body
+    out: Response = {
+        "CustomKeyStoreId": row.id,
+        "CustomKeyStoreName": b["CustomKeyStoreName"],
+        "CustomKeyStoreType": b["CustomKeyStoreType"],
+        "ConnectionState": b["ConnectionState"],
+        "CreationDate": b["CreationDate"],
+    }
+    if b.get("ConnectionErrorCode"):
+        out["ConnectionErrorCode"] = b["ConnectionErrorCode"]
+    if row.kind == CLOUDHSM:
+        out["CloudHsmClusterId"] = b["CloudHsmClusterId"]
+        if b.get("TrustAnchorCertificate"):
+            out["TrustAnchorCertificate"] = b["TrustAnchorCertificate"]
+    else:
+        out["XksProxyConfiguration"] = dict(b["XksProxyConfiguration"])
+    return out
