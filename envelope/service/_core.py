@@ -494,6 +494,9 @@ class ServiceCore:
         #: Key references (as callers give them, and key ids) seen naming an external key
         #: store's key: only their calls prefetch the proxy's answer (`_keystores`).
         self._external_refs: set[str] = set()
+        #: Custom key stores' parsed rows and live connections, keyed by the row's MAC
+        #: (`_keystore_rows`).
+        self._keystore_cache: dict[tuple[str, str], Any] = {}
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -527,9 +530,10 @@ class ServiceCore:
 
         `prefetch`, if given, runs first, outside the store lock: it may call an external key
         store's proxy and leave the answer in ``call.prefetched``, so that slow round trips of
-        concurrent calls overlap instead of queueing behind the lock. It decides nothing:
-        `fn` checks everything again in the transaction and uses the answer only if it
-        matches (`_keystores`); a failing prefetch is ignored.
+        concurrent calls overlap instead of queueing behind the lock (a round trip made inside
+        the lock would also stall every other call's prefetch, which reads under it). It
+        decides nothing: `fn` checks everything again in the transaction and uses the answer
+        only if it matches (`_keystore_crypto`); a failing prefetch is ignored.
         """
         call = _Call(op, principal or self.default_principal, context or _LOCAL, params)
         if dry_run is not False:

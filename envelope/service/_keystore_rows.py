@@ -85,13 +85,23 @@ def token_label(key_id: str) -> str:
 
 
 class _StoreRow:
-    __slots__ = ("account", "body", "id", "secret")
+    __slots__ = ("account", "body", "id", "mac", "secret")
 
-    def __init__(self, store_id: str, account: str, body: dict[str, Any], secret: bytes | None):
+    def __init__(
+        self,
+        store_id: str,
+        account: str,
+        body: dict[str, Any],
+        secret: bytes | None,
+        mac: bytes = b"",
+    ):
         self.id = store_id
         self.account = account
         self.body = body
         self.secret = secret
+        #: The row's MAC as read (empty for a row not yet written): what the per-process
+        #: caches of this row's parsed body, secret and connection are keyed by.
+        self.mac = mac
 
     @property
     def kind(self) -> str:
@@ -105,15 +115,24 @@ class _StoreRow:
 def _load_store(
     core: ServiceCore, conn: sqlite3.Connection, store_id: str, account: str | None = None
 ) -> _StoreRow | None:
+    """A store's row, authenticated. The parsed row is cached per process under its MAC (a
+    row written since has another MAC, so is read and checked again); every call still reads
+    the row, so a store disconnected by another process is seen at once."""
     row = conn.execute(
         "SELECT account, body, secret, mac FROM custom_key_stores WHERE store_id=?", (store_id,)
     ).fetchone()
     if row is None or (account is not None and str(row[0]) != account):
         return None
+    mac = bytes(row[3])
+    cache = core._keystore_cache
+    cached = cache.get(("row", store_id))
+    if cached is not None and cached[0] == mac:
+        body: dict[str, Any] = dict(cached[1])
+        return _StoreRow(store_id, str(row[0]), body, cached[2], mac)
     body_text = str(row[1])
     secret = None if row[2] is None else bytes(row[2])
     if not _rows.check_record(
-        core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), row[3]
+        core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), mac
     ):
         from .errors import TamperedStoreError
 
@@ -121,7 +140,9 @@ def _load_store(
             f"the custom key store {store_id} fails authentication under the root key: it was "
             "changed outside the KMS; restore the store from a backup"
         )
-    return _StoreRow(store_id, str(row[0]), json.loads(body_text), secret)
+    body = json.loads(body_text)
+    cache[("row", store_id)] = (mac, dict(body), secret)
+    return _StoreRow(store_id, str(row[0]), body, secret, mac)
 
 
 def _mac_text(body_text: str, secret: bytes | None) -> str:
@@ -176,25 +197,44 @@ def _secret(core: ServiceCore, row: _StoreRow) -> str:
 
 
 def _token_for(core: ServiceCore, conn: sqlite3.Connection, row: _StoreRow) -> Token:
+    """The process's connection to the store's token (cached under the row's MAC: the cluster
+    row and the sealed PIN are read and unsealed once per change of the store's row)."""
+    key = ("token", row.id)
+    cached = core._keystore_cache.get(key)
+    if cached is not None and row.mac and cached[0] == row.mac:
+        token: Token = cached[1]
+        return token
     cluster = _load_cluster(core, conn, str(row.body["CloudHsmClusterId"]))
     if cluster is None:
         raise KMSInvalidStateException(
             f"the HSM cluster {row.body['CloudHsmClusterId']} of custom key store {row.id} is "
             "no longer registered"
         )
-    return _keystore_links.open_token(
+    token = _keystore_links.open_token(
         str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(core, row)
     )
+    if row.mac:
+        core._keystore_cache[key] = (row.mac, token)
+    return token
 
 
 def _xks_for(core: ServiceCore, row: _StoreRow) -> XksClient:
+    """The process's client of the store's proxy (cached under the row's MAC)."""
+    key = ("xks", row.id)
+    cached = core._keystore_cache.get(key)
+    if cached is not None and row.mac and cached[0] == row.mac:
+        client: XksClient = cached[1]
+        return client
     proxy = row.body["XksProxyConfiguration"]
-    return _keystore_links.xks_client(
+    client = _keystore_links.xks_client(
         str(proxy["UriEndpoint"]),
         str(proxy["UriPath"]),
         str(proxy["AccessKeyId"]),
         _secret(core, row),
     )
+    if row.mac:
+        core._keystore_cache[key] = (row.mac, client)
+    return client
 
 
 def _xks_metadata(core: ServiceCore, call: _Call, key_arn: str | None) -> Any:
