@@ -328,3 +328,50 @@ def test_an_edited_store_row_is_refused(svc: KeyService, hsm: HsmToken, tmp_path
     conn.close()
     with pytest.raises(TamperedStoreError):
         svc.describe_custom_key_stores(custom_key_store_id=store)
+
+
+def test_key_policies_and_grants_govern_hsm_keys_as_any_other(
+    svc: KeyService, hsm: HsmToken
+) -> None:
+    _, store = make_store(svc, hsm, "governed")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    svc.create_user(user_name="reader")
+    reader = "arn:aws:iam::000000000000:user/reader"
+    blob = svc.encrypt(key_id=kid, plaintext=b"p", encryption_context=CTX)["CiphertextBlob"]
+    # no policy, no grant: refused before the HSM is asked
+    with pytest.raises(AccessDeniedException):
+        svc.decrypt(ciphertext_blob=blob, encryption_context=CTX, principal=reader)
+    assert "keystore_calls" not in svc.audit_tail(1)[0]
+    # a grant for Decrypt with this encryption context: allowed, only with it
+    svc.create_grant(
+        key_id=kid,
+        grantee_principal=reader,
+        operations=["Decrypt"],
+        constraints={"EncryptionContextEquals": CTX},
+    )
+    out = svc.decrypt(ciphertext_blob=blob, encryption_context=CTX, principal=reader)
+    assert out["Plaintext"] == b"p"
+    with pytest.raises(AccessDeniedException):
+        svc.encrypt(key_id=kid, plaintext=b"q", principal=reader)
+    # a key policy that denies Decrypt to everyone but the root wins over the grant
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": "arn:aws:iam::000000000000:root"},
+                "Action": "kms:*",
+                "Resource": "*",
+            },
+            {
+                "Effect": "Deny",
+                "Principal": {"AWS": reader},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+            },
+        ],
+    }
+    svc.put_key_policy(key_id=kid, policy_name="default", policy=json.dumps(policy))
+    with pytest.raises(AccessDeniedException):
+        svc.decrypt(ciphertext_blob=blob, encryption_context=CTX, principal=reader)
