@@ -308,13 +308,16 @@ class XksProxyApp:
 
     async def _body(self, declared: str | None, receive: Receive) -> bytes:
         limit = self.settings.max_request_bytes
-        too_large = XksProxyError(
-            "UnsupportedOperationException", f"the request body exceeds {limit} bytes"
-        )
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
+            raise _too_large(limit)
+        message = await receive()
+        if not message.get("more_body", False):  # the whole body at once: the usual case
+            body: bytes = message.get("body", b"")
+            if len(body) > limit:
+                raise _too_large(limit)
+            return body
+        chunks: list[bytes] = [message.get("body", b"")]
+        size = len(chunks[0])
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -322,7 +325,7 @@ class XksProxyApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -378,6 +381,10 @@ class XksProxyApp:
             else:
                 answer = await self.operations.decrypt(store.settings, out.key_id, doc)
         return json.dumps(answer, separators=(",", ":")).encode()
+
+
+def _too_large(limit: int) -> XksProxyError:
+    return XksProxyError("UnsupportedOperationException", f"the request body exceeds {limit} bytes")
 
 
 def _decode(raw: Any) -> tuple[list[tuple[str, str]], dict[str, str]]:
