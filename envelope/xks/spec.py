@@ -21,7 +21,6 @@ import this module, so the two sides cannot disagree on a name or a limit.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -212,16 +211,17 @@ def key_path(prefix: str, key_id: str, operation: str) -> str:
 
 
 def b64encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def b64decode(value: object, member: str) -> bytes:
     """Standard padded Base64 (RFC 4648 section 4), strictly: no URL-safe alphabet, no
-    whitespace, no missing padding."""
+    whitespace, no missing or excess padding (binascii's strict mode: a third of the cost of
+    `base64.b64decode`, which an XKS call pays five times on each side)."""
     if not isinstance(value, str):
         raise SpecViolation(member, "must be a Base64 string")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise SpecViolation(member, "is not valid standard Base64") from None
 

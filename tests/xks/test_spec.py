@@ -115,7 +115,18 @@ def test_credentials_shapes() -> None:
 
 def test_base64_is_strict_standard() -> None:
     assert b64decode("SGVsbG8gV29ybGQh", "plaintext") == b"Hello World!"
-    for bad in ("SGVsbG8", "SGV sbG8=", "-_8=", 5, None):
+    assert b64decode("", "plaintext") == b""
+    for bad in (
+        "SGVsbG8",
+        "SGV sbG8=",
+        "-_8=",
+        "SGVsbG8==",
+        "SGVsbG8=\n",
+        "SGVsbG8=A",
+        "é",
+        5,
+        None,
+    ):
         with pytest.raises(SpecViolation):
             b64decode(bad, "plaintext")
 
