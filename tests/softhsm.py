@@ -11,8 +11,9 @@ children; later calls add tokens to the same directory and ignore their own `tmp
 made after the module was initialised in this process is found all the same: `Token.open`
 starts the module over once when a label is missing (`envelope.pkcs11.library`).
 
-Labels are unique per process: asking again for a label with the same PINs returns the same
-token; with other PINs it is an error. `softhsm2-util` must be on PATH
+Asking again for a label gives a new, empty token under it (the old one is deleted, and if
+this process has the module initialised, the module starts over so that the new token is the
+one it finds): a fixture per test module may use one fixed label. `softhsm2-util` must be on PATH
 (``scripts/install-test-deps`` installs Debian's ``softhsm2``).
 """
 
@@ -79,16 +80,34 @@ def make_token(
     """A SoftHSM2 token labelled `label` with user PIN `pin`, and its `TokenConfig`."""
     softhsm_conf(tmp_path)
     with _lock:
-        made = _made.get(label)
-        if made is not None:
-            if made != (pin, so_pin):
-                raise ValueError(f"test token {label!r} was made with other PINs")
-            return TokenConfig(SOFTHSM_MODULE, label, pin)
+        again = _forget(label)
         done = _util("--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin)
         if done.returncode != 0:
             raise RuntimeError(f"softhsm2-util --init-token failed: {done.stderr.strip()}")
         _made[label] = (pin, so_pin)
+    if again:
+        _start_over()
     return TokenConfig(SOFTHSM_MODULE, label, pin)
+
+
+def _forget(label: str) -> bool:
+    """Delete this process's earlier token of `label`, if any (under `_lock`)."""
+    if label not in _made:
+        return False
+    done = _util("--delete-token", "--token", label)
+    if done.returncode != 0:
+        raise RuntimeError(f"softhsm2-util --delete-token failed: {done.stderr.strip()}")
+    del _made[label]
+    return True
+
+
+def _start_over() -> None:
+    """The module, if loaded here, still lists the deleted token: make it list tokens anew."""
+    from envelope.pkcs11.library import Library
+
+    library = Library.loaded(SOFTHSM_MODULE)
+    if library is not None:
+        library.rescan()
 
 
 def show_slots() -> str:
@@ -122,8 +141,7 @@ def make_token_without_user_pin(tmp_path: Path, label: str, so_pin: str = "5678"
     """A SoftHSM2 token with an SO PIN only (a user login: CKR_USER_PIN_NOT_INITIALIZED)."""
     softhsm_conf(tmp_path)
     with _lock:
-        if label in _made:
-            raise ValueError(f"test token {label!r} exists")
+        again = _forget(label)
         done = subprocess.run(
             [sys.executable, "-c", _INIT_SO_ONLY, SOFTHSM_MODULE, label, so_pin],
             capture_output=True,
@@ -133,3 +151,5 @@ def make_token_without_user_pin(tmp_path: Path, label: str, so_pin: str = "5678"
         if done.returncode != 0:
             raise RuntimeError(f"C_InitToken returned {done.returncode}: {done.stderr.strip()}")
         _made[label] = ("", so_pin)
+    if again:
+        _start_over()

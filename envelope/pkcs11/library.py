@@ -107,8 +107,14 @@ class Library:
         return f"Library({self.module!r})"
 
     @classmethod
+    def loaded(cls, module: str) -> Library | None:
+        """The module's `Library` if this process has loaded it (nothing is loaded here)."""
+        with _registry_lock:
+            return _libraries.get(_module_key(module))
+
+    @classmethod
     def load(cls, module: str) -> Library:
-        key = os.path.realpath(module) if os.path.exists(module) else module
+        key = _module_key(module)
         with _registry_lock:
             library = _libraries.get(key)
             if library is None:
@@ -324,6 +330,11 @@ class Library:
 
 class _AnchorGone(Exception):
     """The session carrying the login is no longer there (internal to `Library`)."""
+
+
+def _module_key(module: str) -> str:
+    """One `Library` per file, however its path is spelled."""
+    return os.path.realpath(module) if os.path.exists(module) else module
 
 
 def _handle(session: Any) -> int:
