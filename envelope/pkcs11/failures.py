@@ -6,6 +6,7 @@ ConnectionErrorCode; everything else is a plain `TokenError` naming the call and
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from .cryptoki import rv, rv_name
@@ -76,6 +77,10 @@ def from_rv(value: int, what: str) -> TokenError:
 
 def from_exception(exc: BaseException, what: str) -> TokenError:
     value = rv_of(exc)
+    if value is None:
+        # python-pkcs11 names a return value it has no class for in its message
+        match = re.fullmatch(r"Unmapped error code (0x[0-9a-fA-F]+)", str(exc))
+        value = int(match.group(1), 16) if match else None
     if value is not None:
         return from_rv(value, what)
     return TokenError(f"{what} failed: {type(exc).__name__}")

@@ -184,3 +184,13 @@ def test_a_token_file_being_rewritten_elsewhere_is_read_again(
     with Token.open(config) as token:
         token.check()
     assert failures == {"tokens": 0, "login": 0}
+
+
+def test_a_return_value_python_pkcs11_has_no_class_for_is_still_named() -> None:
+    from pkcs11.exceptions import PKCS11Error
+
+    from envelope.pkcs11.failures import from_exception
+
+    error = from_exception(PKCS11Error("Unmapped error code 0x1b"), "C_DestroyObject")
+    assert "CKR_ACTION_PROHIBITED" in str(error)
+    assert "PKCS11Error" in str(from_exception(PKCS11Error("something else"), "C_X"))
