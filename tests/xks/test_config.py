@@ -39,7 +39,7 @@ def test_the_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     s.check_token()
     (store,) = s.keystores
     assert store.uri_path == "/keystores/demo/kms/xks/v1"
-    assert store.keys == {"orders", "payments"}
+    assert store.keys == frozenset({"orders", "payments"})
     assert store.credentials[0].secret_access_key == SECRET
     assert s.health_key == "xks-health" and s.pin == "1234" and s.workers == 2
     assert SECRET not in repr(s) and SECRET not in repr(store) and "1234" not in repr(s)

@@ -58,6 +58,10 @@ def test_round_trip_with_aad_cdiv_and_ciphertext_metadata(proxy: Proxy) -> None:
         assert client.decrypt("k1", bare, b"", MD) == b"x" * 4300
 
 
+def flip(b: bytes) -> bytes:
+    return bytes([b[0] ^ 1]) + b[1:]
+
+
 def test_both_credentials_of_a_store_work_for_rotation(proxy: Proxy) -> None:
     with proxy.client(key=KEY_A2, secret=SECRET_A2) as client:
         ct = client.encrypt("k1", b"rotated", b"", MD)
@@ -70,7 +74,6 @@ def test_anything_altered_is_invalid_ciphertext(proxy: Proxy, change: str) -> No
     with proxy.client() as client:
         ct = client.encrypt("k1", b"data key bytes..", b"context", MD)
         aad = b"context"
-        flip = lambda b: bytes([b[0] ^ 1]) + b[1:]  # noqa: E731
         if change == "other aad":
             aad = b"contexu"
         elif change == "no aad":
