@@ -1,7 +1,8 @@
 """Starting `envelope xks serve`: the XKS proxy on uvicorn, N worker processes, TLS.
 
 `serve(settings)` checks everything that can be checked before binding (the key stores, the
-TLS files, the token: module, label and PIN, by opening it once), then runs uvicorn with the
+TLS files, the token: module, label and PIN, by opening it once; it makes the health check's
+test key if the token lacks it), then runs uvicorn with the
 factory ``envelope.xks.run:create_app``: each worker process reads the same config file again
 (its path travels in ``$ENVELOPE_XKS_SETTINGS``, the secrets never do), opens the token
 (`envelope.pkcs11.Token`: one login per process) and serves. A key store's request quota is for
@@ -115,6 +116,11 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
     _configure_logging(settings.log_level)
     token = open_token(settings)  # a wrong module, label or PIN fails here, before binding
     token.check()
+    if settings.health_key is not None and not token.has_key(settings.health_key):
+        # "The XKS Proxy SHOULD create test keys in the external key manager" for its deep
+        # health check: a key of its own, never one a KMS key uses
+        token.create_aes_key(settings.health_key)
+        _LOG.warning("envelope xks serve: made the health check's key %r", settings.health_key)
     if settings.tls_cert is None:
         _LOG.warning(
             "envelope xks serve: no [tls]: serving plain HTTP (AWS KMS only calls HTTPS; use "

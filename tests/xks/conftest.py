@@ -181,7 +181,7 @@ label = "{TOKEN_LABEL}"
 pin_env = "XKS_TEST_PIN"
 
 [health]
-key = "health"
+key = "{extra.get("health_key", "health")}"
 
 [[keystore]]
 path_prefix = "/ks/a"

@@ -1,5 +1,6 @@
 """`envelope xks serve` with two worker processes: each logs in to the token itself (the parent
-closes its session before forking), both serve, and /metrics merges their counts."""
+closes its session before forking), both serve, and /metrics merges their counts; the health
+check's test key is made at start when the token lacks it."""
 
 from __future__ import annotations
 
@@ -15,11 +16,21 @@ from .conftest import MD, Proxy, start_proxy
 
 @pytest.fixture(scope="module")
 def two(xks_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    p = start_proxy(tmp_path_factory.mktemp("workers"), server="workers = 2")
+    p = start_proxy(
+        tmp_path_factory.mktemp("workers"), server="workers = 2", health_key="made-at-start"
+    )
     try:
         yield p
     finally:
         p.stop()
+
+
+def test_the_health_key_is_made_at_start(two: Proxy) -> None:
+    # the token had no "made-at-start" key: serve made it, so the deep check passes
+    with two.client() as client:
+        (entry,) = client.health(MD)["ekmFleetDetails"]
+    assert entry["healthStatus"] == "ACTIVE"
+    assert "made the health check's key 'made-at-start'" in two.log.read_text()
 
 
 def test_both_workers_serve_and_metrics_merge(two: Proxy) -> None:
