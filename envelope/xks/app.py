@@ -43,6 +43,7 @@ import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any, Final
 
 import anyio
@@ -51,9 +52,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .._ratelimit import TokenBucket
+from ..errors import ConfigurationError
 from ..prometheus import LATENCY_BUCKETS
 from ..server.auth import Authenticator, AuthError, StaticCredentials
-from .config import KeyStoreSettings, XksSettings
+from .config import KeyStoreSettings, XksSettings, load_settings
 from .errors import XksProxyError
 from .operations import Operations, TokenLike
 from .spec import (
@@ -74,6 +76,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON: Final = b"application/json"
 _BY_SEGMENT: Final = {segment: name for name, segment in OPERATIONS.items()}
+#: How often the config file is looked at for changed key stores (seconds).
+RELOAD_SECONDS: Final = 1.0
 #: How long a key's attributes are trusted before the token is asked again (seconds).
 KEY_CACHE_SECONDS: Final = 10.0
 
@@ -199,9 +203,12 @@ class XksProxyApp:
         self.settings = settings
         self.token = token
         self.metrics = metrics if metrics is not None else ProxyMetrics()
-        self.stores = {
-            ks.path_prefix: _Store(ks, settings.region, clock, share) for ks in settings.keystores
-        }
+        self._clock = clock
+        self._share = share
+        self.stores = self._stores(settings)
+        self._source = settings.source
+        self._stamp = self._file_stamp()
+        self._next_check = time.monotonic() + RELOAD_SECONDS
         self._close = close
         self._access = _AccessLog()
         self.operations = Operations(settings, token, errlog)
@@ -221,6 +228,56 @@ class XksProxyApp:
                         await anyio.to_thread.run_sync(self._close)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    # -- the key stores, reloaded when the config file changes ----------------------------
+
+    def _stores(self, settings: XksSettings) -> dict[str, _Store]:
+        return {
+            ks.path_prefix: _Store(ks, settings.region, self._clock, self._share)
+            for ks in settings.keystores
+        }
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self._source is None:
+            return None
+        try:
+            st = os.stat(self._source)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _maybe_reload(self) -> None:
+        """The key stores of the config file again if it changed (looked at once every
+        RELOAD_SECONDS): credentials can be added and removed without a restart, as the
+        specification recommends for their rotation. A file that does not load is logged and
+        the running key stores stay. The other settings need a restart."""
+        now = time.monotonic()
+        if now < self._next_check or self._source is None:
+            return
+        self._next_check = now + RELOAD_SECONDS
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            fresh = load_settings(self._source)
+            fresh.check_serving()
+        except ConfigurationError as e:
+            errlog.error(
+                "%s changed but does not load; the key stores stay as they were: %s",
+                self._source,
+                e,
+            )
+            return
+        self.stores = self._stores(replace(self.settings, keystores=fresh.keystores))
+        errlog.warning(
+            "key stores reloaded from %s: %s",
+            self._source,
+            ", ".join(
+                f"{p or '/'} ({len(st.settings.credentials)} credentials)"
+                for p, st in self.stores.items()
+            ),
+        )
 
     # -- routing ------------------------------------------------------------------------
 
@@ -250,6 +307,7 @@ class XksProxyApp:
         started = time.perf_counter()
         out = _Outcome()
         client = scope.get("client")
+        self._maybe_reload()
         try:
             store, out.operation, out.key_id = self._route(path)
             out.store = store.settings.path_prefix
