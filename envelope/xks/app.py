@@ -44,6 +44,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import replace
+from fnmatch import fnmatchcase
 from typing import Any, Final
 
 import anyio
@@ -228,6 +229,28 @@ class XksProxyApp:
                         await anyio.to_thread.run_sync(self._close)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    @staticmethod
+    def _authorize(store: KeyStoreSettings, key_id: str | None, md: RequestMetadata) -> None:
+        """Secondary authorization (the specification's Authorization section): the calling
+        principal must match one of the patterns configured for the key (or the store)."""
+        patterns = store.principals_for(key_id)
+        if patterns is None:
+            return
+        principal = md.aws_principal_arn
+        if any(fnmatchcase(principal, pattern) for pattern in patterns):
+            return
+        errlog.warning(
+            "access denied: %s may not use key %s of %s (allowed: %s; kmsRequestId %s)",
+            principal[:300],
+            key_id,
+            store.path_prefix or "/",
+            ", ".join(patterns),
+            md.kms_request_id[:200],
+        )
+        raise XksProxyError(
+            "AccessDeniedException", "the proxy's authorization does not allow this principal"
+        )
 
     # -- the key stores, reloaded when the config file changes ----------------------------
 
@@ -428,7 +451,9 @@ class XksProxyApp:
             out.md = RequestMetadata.from_wire(out.operation, doc.get("requestMetadata"))
         except SpecViolation as e:
             raise XksProxyError("ValidationException", str(e)) from None
-        if out.operation == "GetHealthStatus":
+        if out.operation != "GetHealthStatus":
+            self._authorize(store.settings, out.key_id, out.md)
+        if out.operation == "GetHealthStatus":  # never under secondary authorization
             answer = await self.operations.health()
         else:
             assert out.key_id is not None

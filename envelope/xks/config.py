@@ -12,7 +12,8 @@
     [limits]    max_plaintext_bytes, max_aad_bytes
     [health]    key (a test key label for the deep check), degraded_ms, vendor, model
     [[keystore]]  path_prefix, keys (allow-list), disabled_keys, requests_per_second,
-                  ciphertext_metadata
+                  ciphertext_metadata, allowed_principals, key_principals (secondary
+                  authorization on the request's awsPrincipalArn)
       [[keystore.credential]]  access_key_id, and the secret from secret_access_key or
                                secret_access_key_env
 
@@ -88,6 +89,9 @@ class KeyStoreSettings:
     (InvalidStateException): PKCS#11 has no per-key switch, so the proxy keeps it.
     `requests_per_second`: this store's quota (ThrottlingException past it).
     `ciphertext_metadata`: up to 20 bytes returned with every Encrypt and bound into its tag.
+    `allowed_principals`: shell-style patterns (``fnmatch``, case-sensitive) one of which the
+    request metadata's awsPrincipalArn must match for GetKeyMetadata, Encrypt and Decrypt
+    (None: any principal); `key_principals`: the same per key id, instead of the store's.
     """
 
     path_prefix: str
@@ -96,6 +100,8 @@ class KeyStoreSettings:
     disabled_keys: frozenset[str] = frozenset()
     requests_per_second: float | None = None
     ciphertext_metadata: bytes | None = None
+    allowed_principals: tuple[str, ...] | None = None
+    key_principals: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         try:
@@ -109,7 +115,7 @@ class KeyStoreSettings:
             raise ConfigurationError(
                 f"keystore {self.path_prefix!r} needs at least one [[keystore.credential]]"
             )
-        for label in (self.keys or frozenset()) | self.disabled_keys:
+        for label in (self.keys or frozenset()) | self.disabled_keys | set(self.key_principals):
             try:
                 check_key_id(label)
             except SpecViolation as e:
@@ -128,6 +134,12 @@ class KeyStoreSettings:
     @property
     def uri_path(self) -> str:
         return self.path_prefix + API_PATH
+
+    def principals_for(self, key_id: str | None) -> tuple[str, ...] | None:
+        """The principal patterns that may use `key_id` (None: anyone)."""
+        if key_id is not None and key_id in self.key_principals:
+            return self.key_principals[key_id]
+        return self.allowed_principals
 
 
 @dataclass(frozen=True)
@@ -289,6 +301,8 @@ _KEYSTORE_KEYS = (
     "disabled_keys",
     "requests_per_second",
     "ciphertext_metadata",
+    "allowed_principals",
+    "key_principals",
     "credential",
 )
 _CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "secret_access_key_env")
@@ -298,6 +312,12 @@ def _labels(p: Path, where: str, value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigurationError(f"{p}: {where} must be a list of key labels")
     return frozenset(value)
+
+
+def _patterns(p: Path, where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigurationError(f"{p}: {where} must be a list of principal ARN patterns")
+    return tuple(value)
 
 
 def _credential(p: Path, where: str, body: Any) -> Credential:
@@ -353,6 +373,10 @@ def _keystore(p: Path, index: int, body: Any) -> KeyStoreSettings:
     meta = body.get("ciphertext_metadata")
     if meta is not None and not isinstance(meta, str):
         raise ConfigurationError(f"{p}: {where} ciphertext_metadata must be a string")
+    allowed = body.get("allowed_principals")
+    per_key = body.get("key_principals", {})
+    if not isinstance(per_key, dict):
+        raise ConfigurationError(f"{p}: {where} key_principals must be a table: key = [patterns]")
     return KeyStoreSettings(
         path_prefix=prefix,
         credentials=tuple(
@@ -362,6 +386,12 @@ def _keystore(p: Path, index: int, body: Any) -> KeyStoreSettings:
         disabled_keys=_labels(p, f"{where} disabled_keys", body.get("disabled_keys", [])),
         requests_per_second=None if rate is None else float(rate),
         ciphertext_metadata=None if meta is None else meta.encode("utf-8"),
+        allowed_principals=(
+            None if allowed is None else _patterns(p, f"{where} allowed_principals", allowed)
+        ),
+        key_principals={
+            k: _patterns(p, f"{where} key_principals.{k}", v) for k, v in per_key.items()
+        },
     )
 
 

@@ -7,7 +7,8 @@ deep health check's key), and two keys made with python-pkcs11 directly, as anot
 ``aes128`` (AES-128) and ``encrypt-only`` (CKA_DECRYPT false).
 
 Two key stores: ``/ks/a`` (two credentials, for rotation; ciphertext metadata ``v1``; an
-allow-list) and ``/ks/b`` (another credential; 5 requests per second).
+allow-list of keys; principals of account 111122223333 and ec2.amazonaws.com only, and only
+alice on ``aes128``) and ``/ks/b`` (another credential; 5 requests per second).
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ path_prefix = "/ks/a"
 keys = ["k1", "k-disabled", "aes128", "encrypt-only"]
 disabled_keys = ["k-disabled"]
 ciphertext_metadata = "v1"
+allowed_principals = ["arn:aws:iam::111122223333:*", "ec2.amazonaws.com"]
+key_principals = {{ aes128 = ["arn:aws:iam::111122223333:user/alice"] }}
 [[keystore.credential]]
 access_key_id = "{KEY_A1}"
 secret_access_key_env = "XKS_TEST_SECRET_A1"

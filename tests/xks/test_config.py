@@ -86,6 +86,18 @@ def test_a_minimal_config(tmp_path: Path) -> None:
         (BASE.format(secret=SECRET) + "[limits]\nmax_aad_bytes = 100\n", "max_aad_bytes"),
         (BASE.format(secret=SECRET) + "[limits]\nmax_plaintext_bytes = 4000\n", "4300"),
         (BASE.format(secret=SECRET) + '[tls]\ncert = "a.pem"\n', "both a certificate"),
+        (
+            BASE.format(secret=SECRET).replace(
+                'path_prefix = "/p"', 'path_prefix = "/p"\nallowed_principals = "arn:*"'
+            ),
+            "list of principal ARN patterns",
+        ),
+        (
+            BASE.format(secret=SECRET).replace(
+                'path_prefix = "/p"', 'path_prefix = "/p"\nkey_principals = { "a/b" = ["x"] }'
+            ),
+            "key 'a/b'",
+        ),
         (BASE.format(secret=SECRET) + '[tls]\nclient_ca = "ca.pem"\n', "needs the proxy's cert"),
         (
             BASE.format(secret=SECRET) + '[tls]\ncert = "a"\nkey = "b"\nclient_subject = "x"\n',

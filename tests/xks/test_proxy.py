@@ -404,3 +404,34 @@ def test_metrics_have_sub_millisecond_buckets(proxy: Proxy) -> None:
     assert 'envelope_xks_proxy_requests_total{operation="GetKeyMetadata",outcome="OK"}' in text
     assert re.search(r'envelope_xks_proxy_request_seconds_bucket\{le="0\.0001",', text)
     assert "envelope_hsm_call_seconds" in text  # the token's own histogram
+
+
+@pytest.mark.parametrize(
+    ("principal", "key_id", "allowed"),
+    [
+        ("arn:aws:iam::111122223333:user/bob", "k1", True),  # the store's rule
+        ("ec2.amazonaws.com", "k1", True),
+        ("arn:aws:iam::444455556666:user/mallory", "k1", False),
+        ("arn:aws:iam::444455556666:user/mallory", "no-such-key", False),  # before the lookup
+        ("arn:aws:iam::111122223333:user/bob", "aes128", False),  # the key's own rule
+        ("arn:aws:iam::111122223333:user/alice", "aes128", True),
+    ],
+)
+def test_secondary_authorization_on_the_principal(
+    proxy: Proxy, principal: str, key_id: str, allowed: bool
+) -> None:
+    md = MD.__class__(principal, MD.kms_key_arn, "DescribeKey", "authz-check")
+    with proxy.client() as client:
+        if allowed:
+            assert client.key_metadata(key_id, md).key_status == "ENABLED"
+            return
+        for call in (
+            lambda: client.key_metadata(key_id, md),
+            lambda: client.encrypt(key_id, b"x", b"", md),
+        ):
+            with pytest.raises(XksProxyError) as e:
+                call()
+            assert (e.value.error_name, e.value.status) == ("AccessDeniedException", 403)
+        # GetHealthStatus is never under secondary authorization
+        assert client.health(md)["xksProxyFleetSize"] == 1
+    assert "access denied: " + principal in proxy.log.read_text()
