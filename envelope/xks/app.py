@@ -20,15 +20,17 @@ The external key id is the label of an AES key in the token. Per request, in thi
 5. a JSON object of ``Content-Type: application/json`` with the members the specification
    requires, else ``ValidationException`` (400); ``encryptionAlgorithm`` other than AES_GCM or
    a CDIV algorithm other than SHA_256 is ``UnsupportedOperationException``;
-6. the key: allowed in this store and present in the token (``KeyNotFoundException``), not
+6. secondary authorization (not for GetHealthStatus): the request's awsPrincipalArn matches
+   the key's or the store's principal patterns, if any, else ``AccessDeniedException`` (403);
+7. the key: allowed in this store and present in the token (``KeyNotFoundException``), not
    disabled (``InvalidStateException``), an AES-256 key allowed to encrypt/decrypt
    (``InvalidKeyUsageException``);
-7. the token call: AES-GCM inside the token, with the AAD the specification prescribes
+8. the token call: AES-GCM inside the token, with the AAD the specification prescribes
    (`spec.proxy_aad`: lengths, AAD, ciphertext metadata); a tag that does not verify is
    ``InvalidCiphertextException``; a token that fails is ``InternalException`` (or
    ``DependencyTimeoutException`` past ``dependency_timeout_ms``).
 
-Steps 1-5 are here, 6 and 7 in `envelope.xks.operations`. One JSON log line per request
+Steps 1-6 are here, 7 and 8 in `envelope.xks.operations`. One JSON log line per request
 (logger ``envelope.xks.access``: the request metadata, kmsRequestId first among them, the key
 id, status, error and duration; never a body, a plaintext, an AAD, a key or a secret) and
 Prometheus metrics with sub-millisecond buckets.
