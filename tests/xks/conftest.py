@@ -6,9 +6,10 @@ disabled), ``k-outside`` (in the token, not in the key store's allow-list), ``he
 deep health check's key), and two keys made with python-pkcs11 directly, as another tool would:
 ``aes128`` (AES-128) and ``encrypt-only`` (CKA_DECRYPT false).
 
-Two key stores: ``/ks/a`` (two credentials, for rotation; ciphertext metadata ``v1``; an
-allow-list of keys; principals of account 111122223333 and ec2.amazonaws.com only, and only
-alice on ``aes128``) and ``/ks/b`` (another credential; 5 requests per second).
+Three key stores: ``/ks/a`` (two credentials, for rotation; ciphertext metadata ``v1``; an
+allow-list of keys), ``/ks/b`` (another credential; 5 requests per second) and ``/ks/c``
+(secondary authorization: principals of account 111122223333 and ec2.amazonaws.com only, and
+only alice on ``aes128``). tests/keystores uses this proxy too (``/ks/a``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ KEY_A2 = "XKSROTATEDKEY2345672ABCDE"
 SECRET_A2 = "sARwWk4ciLnN0bZ7+J8wWesEGbZ/f0MZRMsjFn3e4cQ="
 KEY_B = "BKSBSTOREKEY234567BBBB"
 SECRET_B = "Rq8yV0p9kM3xN2bT7cW5zL1aH6jD4fG0sE8uI2oP5rY="
+KEY_C = "CKSCSTOREKEY234567CCCC"
+SECRET_C = "Zc7yV0p9kM3xN2bT7cW5zL1aH6jD4fG0sE8uI2oP5rY="
 MD = RequestMetadata(
     "arn:aws:iam::111122223333:user/alice",
     "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
@@ -189,8 +192,6 @@ path_prefix = "/ks/a"
 keys = ["k1", "k-disabled", "aes128", "encrypt-only"]
 disabled_keys = ["k-disabled"]
 ciphertext_metadata = "v1"
-allowed_principals = ["arn:aws:iam::111122223333:*", "ec2.amazonaws.com"]
-key_principals = {{ aes128 = ["arn:aws:iam::111122223333:user/alice"] }}
 [[keystore.credential]]
 access_key_id = "{KEY_A1}"
 secret_access_key_env = "XKS_TEST_SECRET_A1"
@@ -204,6 +205,14 @@ requests_per_second = 5
 [[keystore.credential]]
 access_key_id = "{KEY_B}"
 secret_access_key = "{SECRET_B}"
+
+[[keystore]]
+path_prefix = "/ks/c"
+allowed_principals = ["arn:aws:iam::111122223333:*", "ec2.amazonaws.com"]
+key_principals = {{ aes128 = ["arn:aws:iam::111122223333:user/alice"] }}
+[[keystore.credential]]
+access_key_id = "{KEY_C}"
+secret_access_key = "{SECRET_C}"
 """
     path = folder / "xks-proxy.toml"
     path.write_text(text)

@@ -15,7 +15,7 @@ import pytest
 from envelope.xks.client import XksCiphertext
 from envelope.xks.errors import XksProxyError, XksTlsError
 
-from .conftest import KEY_A2, KEY_B, MD, SECRET_A1, SECRET_A2, SECRET_B, Proxy
+from .conftest import KEY_A2, KEY_B, KEY_C, MD, SECRET_A1, SECRET_A2, SECRET_B, SECRET_C, Proxy
 
 ENCRYPT = "/ks/a/kms/xks/v1/keys/k1/encrypt"
 
@@ -385,6 +385,7 @@ def test_one_structured_log_line_per_request_without_secrets(proxy: Proxy) -> No
         SECRET_A1,
         SECRET_A2,
         SECRET_B,
+        SECRET_C,
         "24680",
         base64.b64encode(plaintext).decode(),
         base64.b64encode(aad).decode(),
@@ -421,7 +422,7 @@ def test_secondary_authorization_on_the_principal(
     proxy: Proxy, principal: str, key_id: str, allowed: bool
 ) -> None:
     md = MD.__class__(principal, MD.kms_key_arn, "DescribeKey", "authz-check")
-    with proxy.client() as client:
+    with proxy.client("/ks/c/kms/xks/v1", KEY_C, SECRET_C) as client:
         if allowed:
             assert client.key_metadata(key_id, md).key_status == "ENABLED"
             return
