@@ -25,6 +25,7 @@ from typing import Any
 
 from . import _rows
 from .access import (
+    Decision,
     GrantView,
     Policy,
     Principal,
@@ -160,6 +161,60 @@ class AccessCache:
         self._identities: dict[str, tuple[bytes, Identity]] = {}
         self._second = -1
         self._iso = ""
+        #: Allowed decisions by (caller, key, action), with what they were made from: see
+        #: `decided` and `remember_decision`.
+        self._decisions: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+
+    def decided(
+        self,
+        caller: str,
+        resource: str,
+        action: str,
+        identity: Identity,
+        key_policy: Policy,
+        aws_managed: bool,
+        values: ConditionContext,
+    ) -> Decision | None:
+        """The decision an earlier identical evaluation made, if still valid.
+
+        `authorize` is a pure function of the policies, the request's caller, action and
+        resource, and the condition values it reads. A decision is reused only for the same
+        caller, key and action, the very same identity and key-policy objects (both are
+        replaced when anything in them changes: the identity cache by the access generation,
+        the policy cache by the policy's text), and equal values for every condition key the
+        earlier evaluation read. Only decisions that policies allowed are kept, so grants
+        (consulted only when policies do not allow) never enter into it."""
+        memo = self._decisions.get((caller, resource, action))
+        if (
+            memo is None
+            or memo[0] is not identity
+            or memo[1] is not key_policy
+            or memo[2] != aws_managed
+        ):
+            return None
+        for name, value in memo[3]:
+            if values.get(name) != value:
+                return None
+        decision: Decision = memo[4]
+        return decision
+
+    def remember_decision(
+        self,
+        caller: str,
+        resource: str,
+        action: str,
+        identity: Identity,
+        key_policy: Policy,
+        aws_managed: bool,
+        reads: list[tuple[str, Any]],
+        decision: Decision,
+    ) -> None:
+        _remember(
+            self._decisions,
+            (caller, resource, action),
+            # each name once (several statements often test the same condition key)
+            (identity, key_policy, aws_managed, tuple(dict(reads).items()), decision),
+        )
 
     def policy(self, text: str, *, resource_policy: bool) -> Policy:
         """A stored policy, parsed once (it was validated when it was stored)."""
@@ -264,7 +319,7 @@ class ConditionContext(Mapping[str, Any]):
     case-insensitive key names (`get` takes lower-case names, as the evaluator passes them).
     Iterating materializes everything (for explanations and tests)."""
 
-    __slots__ = ("_aliases", "_base", "_ctx", "_lctx", "_ptags", "_rtags")
+    __slots__ = ("_aliases", "_base", "_ctx", "_lctx", "_ptags", "_reads", "_rtags")
 
     def __init__(
         self,
@@ -280,8 +335,21 @@ class ConditionContext(Mapping[str, Any]):
         self._ptags = principal_tags or None
         self._rtags = resource_tags or None
         self._aliases = aliases
+        #: (name, value) of every lookup, once `record` was called (`AccessCache.decided`).
+        self._reads: list[tuple[str, Any]] | None = None
+
+    def record(self) -> list[tuple[str, Any]]:
+        """Record every lookup from now on; the list they are appended to."""
+        self._reads = []
+        return self._reads
 
     def get(self, name: str, default: Any = None) -> Any:
+        v = self._get(name, default)
+        if self._reads is not None:
+            self._reads.append((name, v))
+        return v
+
+    def _get(self, name: str, default: Any) -> Any:
         v = self._base.get(name, _MISSING)
         if v is not _MISSING:
             return v
@@ -315,7 +383,7 @@ class ConditionContext(Mapping[str, Any]):
         return out
 
     def __getitem__(self, name: str) -> Any:
-        v = self.get(name, _MISSING)
+        v = self._get(name, _MISSING)
         if v is _MISSING:
             raise KeyError(name)
         return v

@@ -1006,9 +1006,22 @@ class ServiceCore:
         )
         if not identity.exists:
             return request, _no_such_principal(caller)
+        reads = None
+        if not explain:
+            known = self._access.decided(
+                caller.arn, key.arn, action, identity, key_policy, key.aws_managed, values
+            )
+            if known is not None:
+                return request, known
+            reads = values.record()
         decision = authorize(
             request, key_policy=key_policy, iam_policies=identity.policies, explain=explain
         )
+        if reads is not None and decision.allowed:
+            self._access.remember_decision(
+                caller.arn, key.arn, action, identity, key_policy, key.aws_managed, reads,
+                decision,
+            )
         if (explain or not decision.allowed) and caller.kind != "service":
             grants = self._access.grants(
                 conn, key.region, key.id, (caller.identity_arn, caller.arn)
