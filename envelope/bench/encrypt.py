@@ -25,11 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import sync
-from ..keycache import CachePolicy
 from ..keyring import Keyring
-from ..kms.memory import MemoryKms
 from ..options import Options
 from . import machine
+from .objects import cached_keyring, sync_runs
 from .timing import KIB, MIB, Progress, best, interleaved, mbps, no_progress, ratio
 
 __all__ = ("SEGMENT_SIZES", "measure", "object_sizes")
@@ -40,11 +39,6 @@ SEGMENT_SIZES = (64 * KIB, 256 * KIB, MIB, 4 * MIB, 16 * MIB)
 def object_sizes(largest: int) -> list[int]:
     """1 KiB, 16 KiB, 256 KiB, 4 MiB, 64 MiB, 1 GiB: those up to `largest`."""
     return [s for s in (KIB, 16 * KIB, 256 * KIB, 4 * MIB, 64 * MIB, 1 << 30) if s <= largest]
-
-
-def _keyring() -> Keyring:
-    kms = MemoryKms()
-    return Keyring(kms, kms.create_key("bench"), cache=CachePolicy())
 
 
 def _memory_runs(
@@ -67,7 +61,7 @@ def in_memory(
     size: int, rounds: int, cores: int, progress: Progress = no_progress
 ) -> dict[str, Any]:
     """Memory, segment and worker figures, with the AES-GCM limits they are ratios to."""
-    keyring = _keyring()
+    keyring = cached_keyring()
     data = memoryview(os.urandom(size))
     threads = machine.thread_counts(cores)
     runs: dict[str, Callable[[], object]] = {}
@@ -125,26 +119,13 @@ def small_objects(
 ) -> list[dict[str, Any]]:
     """Objects/s of whole-object encrypt and decrypt by object size (cached data key: the
     figure is the object work, not the KMS), each run moving about 4 MiB or one object."""
-    keyring = _keyring()
+    keyring = cached_keyring()
     runs: dict[str, Callable[[], object]] = {}
     counts: dict[int, int] = {}
     sizes = object_sizes(largest)
     for size in sizes:
-        data = os.urandom(size)
-        sealed = bytes(sync.encrypt_bytes(data, keyring=keyring))
-        if sync.decrypt_bytes(sealed, keyring=keyring) != data:
-            raise AssertionError("object round trip failed")
         count = counts[size] = max(1, (4 * MIB) // size)
-
-        def enc(data: bytes = data, count: int = count) -> None:
-            for _ in range(count):
-                sync.encrypt_bytes(data, keyring=keyring)
-
-        def dec(sealed: bytes = sealed, count: int = count) -> None:
-            for _ in range(count):
-                sync.decrypt_bytes(sealed, keyring=keyring)
-
-        runs[f"enc_{size}"], runs[f"dec_{size}"] = enc, dec
+        runs[f"enc_{size}"], runs[f"dec_{size}"] = sync_runs(os.urandom(size), keyring, count)
     t = interleaved(rounds, runs, progress=progress)
     rows = []
     for size in sizes:
@@ -169,7 +150,7 @@ def file_to_file(
 ) -> dict[str, float]:
     """Path to path, interleaved with the copies it is compared to; each run after os.sync()
     and into a new file."""
-    keyring = _keyring()
+    keyring = cached_keyring()
     src = os.path.join(directory, "plain.bin")
     machine.write_file(src, size)
     out = {

@@ -40,7 +40,7 @@ from . import peer_tools
 from .machine import cores, write_file
 from .timing import MIB, Progress, mbps, median, no_progress, ratio
 
-__all__ = ("PEERS", "Peer", "measure", "run_timed")
+__all__ = ("PEERS", "Peer", "measure", "run_timed", "startup")
 
 #: Times one command and reports its peak RSS; run with `python -I -S` so that its own
 #: footprint (the floor of every RSS figure) stays small. The tool's stdout is discarded, its
@@ -275,9 +275,11 @@ def measure(
     directory: str | None = None,
     peers: Sequence[Peer] = PEERS,
     only: Sequence[str] | None = None,
+    in_process: bool = True,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """Every peer's file-to-file figures (keys: module docstring, docs/bench.md)."""
+    """Every peer's file-to-file figures (keys: module docstring, docs/bench.md); without
+    `in_process` the Python peers are timed as whole processes only (`inproc_*` None)."""
     selected = [p for p in peers if only is None or p.name in only]
     env = {**os.environ}
     # as installed for users: bytecode cached (a sandbox may disable it, which would
@@ -332,7 +334,7 @@ def measure(
                     _unlink(out)  # a new file each time: replacing one costs an ext4 flush
                     times.setdefault(f"{peer.name}/{op}", []).append(run_timed(command, env))
                 _unlink(out)
-                if peer.inproc is not None:
+                if in_process and peer.inproc is not None:
                     for op, source in (("encrypt", src), ("decrypt", sealed)):
                         t0 = time.perf_counter()
                         peer_tools.run(peer.inproc, op, key, source, out)
@@ -368,6 +370,26 @@ def measure(
         "rows": ordered,
         "targets": _targets(rows),
     }
+
+
+def startup(rounds: int = 3, directory: str | None = None) -> dict[str, float]:
+    """Start-up of `envelope encrypt` as a user runs it: a 1-byte file, whole process, best
+    wall seconds and least peak RSS over `rounds` (each output a new file)."""
+    env = {**os.environ}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: bytecode cached
+    peer = PEERS[0]  # `envelope`, as `bench peers` runs it
+    with tempfile.TemporaryDirectory(prefix="envelope-bench-startup-", dir=directory) as d:
+        env["ENVELOPE_HOME"] = os.path.join(d, "home")
+        key, src, out = (os.path.join(d, n) for n in ("k.key", "tiny.bin", "tiny.env"))
+        with open(src, "wb") as f:
+            f.write(b"x")
+        for command in peer.keygen(key):
+            subprocess.run(command, check=True, capture_output=True, env=env)
+        runs = []
+        for _ in range(rounds):
+            _unlink(out)
+            runs.append(run_timed(peer.encrypt(key, src, out), env))
+    return {"seconds": min(t for t, _ in runs), "peak_rss_mib": min(m for _, m in runs)}
 
 
 def _best(size: int, runs: list[tuple[float, float]] | None) -> float | None:

@@ -1,0 +1,222 @@
+"""Small-object throughput: the object layer against the bare primitive work of one object.
+
+Each run does a fixed number of whole objects of one size (about `call_bytes` of them, as
+`reps`), with a cached data key (one KMS call for the run), so its figure is objects/s:
+
+- `floor`: a bare loop doing only one object's primitive work on one thread (HKDF-SHA-512
+  key schedule, header HMAC and commitment, AES-256-GCM of the body): the limit;
+- `floor_all`: the same loop on every core at once;
+- `sync_encrypt` / `sync_decrypt`: `envelope.sync.encrypt_bytes` / `decrypt_bytes`;
+- `async_encrypt_64` / `async_decrypt_64`: `await envelope.api.*_bytes`, 64 in flight;
+- `batch_encrypt` / `batch_decrypt`: `envelope.sync.encrypt_many` / `decrypt_many` (every
+  core).
+
+`envelope bench encrypt` uses the sync runs for its `objects` rows; `bench/objects.py` prints
+every figure. Rounds interleave every figure of a size (`timing.interleaved`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+import anyio
+
+from .. import api, sync
+from ..hazmat.format import MESSAGE_ID_LEN
+from ..hazmat.keyschedule import ObjectKeys, seal_header
+from ..hazmat.segments import Layout, seal_segments
+from ..keycache import CachePolicy
+from ..keyring import Keyring
+from ..kms.memory import MemoryKms
+from .machine import cores
+from .timing import MIB, Progress, best, interleaved, no_progress
+
+__all__ = ("FIGURES", "cached_keyring", "measure", "runs", "sync_runs")
+
+#: The figures of `runs`, in the order they are measured.
+FIGURES = (
+    "floor",
+    "floor_all",
+    "sync_encrypt",
+    "sync_decrypt",
+    "async_encrypt_64",
+    "async_decrypt_64",
+    "batch_encrypt",
+    "batch_decrypt",
+)
+
+#: A run: does some objects, returns how many.
+Run = Callable[[], int]
+
+
+def cached_keyring() -> Keyring:
+    """A keyring over an in-memory KMS with the data-key cache: the figures are object work."""
+    kms = MemoryKms()
+    return Keyring(kms, kms.create_key("bench"), cache=CachePolicy())
+
+
+def sync_runs(data: bytes, keyring: Keyring, count: int) -> tuple[Run, Run]:
+    """(encrypt, decrypt) of `count` whole objects of `data`, round trip checked first."""
+    sealed = bytes(sync.encrypt_bytes(data, keyring=keyring))
+    if sync.decrypt_bytes(sealed, keyring=keyring) != data:
+        raise AssertionError("object round trip failed")
+
+    def enc() -> int:
+        for _ in range(count):
+            sync.encrypt_bytes(data, keyring=keyring)
+        return count
+
+    def dec() -> int:
+        for _ in range(count):
+            sync.decrypt_bytes(sealed, keyring=keyring)
+        return count
+
+    return enc, dec
+
+
+def floor_run(size: int, count: int) -> Run:
+    """`count` objects' primitive work alone (no object layer, no KMS, no thread hop)."""
+    data = os.urandom(size)
+    dk = bytearray(os.urandom(32))
+    kms = MemoryKms()
+    kid = kms.create_key("floor")
+    wk = anyio.run(lambda: kms.generate_data_key(kid, context={})).wrapped
+    outputs: dict[int, bytearray] = {}
+
+    def run() -> int:
+        for _ in range(count):
+            mid = os.urandom(MESSAGE_ID_LEN)
+            keys = ObjectKeys(dk, mid, seg_log2=20)
+            header, hd = seal_header(
+                keys, seg_log2=20, message_id=mid, kms_context={}, object_context={},
+                wrapped_keys=(wk,),
+            )
+            layout = Layout(len(header), 20)
+            total = layout.ciphertext_length(size)
+            out = outputs.get(total)
+            if out is None:
+                out = outputs[total] = bytearray(total)
+            seal_segments(keys, hd, 0, memoryview(data), memoryview(out)[len(header) :], 20, True)
+        return count
+
+    return run
+
+
+def on_all_cores(make: Callable[[], Run], n: int) -> Run:
+    """One run of `make()`'s loop on each of `n` threads at once (each thread its own loop)."""
+    loops = [make() for _ in range(n)]
+
+    def run() -> int:
+        counts = [0] * n
+
+        def worker(i: int) -> None:
+            counts[i] = loops[i]()
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts)
+
+    return run
+
+
+def _in_flight(fn: Callable[[], Coroutine[Any, Any, None]], rounds: int, width: int = 64) -> Run:
+    """`rounds` times `width` awaits of `fn` in flight at once, in one event loop."""
+
+    async def all_rounds() -> None:
+        for _ in range(rounds):
+            async with anyio.create_task_group() as tg:
+                for _ in range(width):
+                    tg.start_soon(fn)
+
+    def run() -> int:
+        anyio.run(all_rounds)
+        return rounds * width
+
+    return run
+
+
+def runs(size: int, keyring: Keyring, *, call_bytes: int = MIB, n_cores: int = 0) -> dict[str, Run]:
+    """Every figure's run for objects of `size` (keys: FIGURES): `reps` = call_bytes / size
+    objects a run (sync and floor), 8x that in flight (async), 4x in a batch."""
+    n_cores = n_cores or cores()
+    data = os.urandom(size)
+    reps = max(1, call_bytes // size)
+    sync_enc, sync_dec = sync_runs(data, keyring, reps)
+    sealed = bytes(sync.encrypt_bytes(data, keyring=keyring))
+    batch = [data] * (reps * 4)
+    sealed_batch = sync.encrypt_many(batch, keyring=keyring)
+
+    async def enc() -> None:
+        await api.encrypt_bytes(data, keyring=keyring)
+
+    async def dec() -> None:
+        await api.decrypt_bytes(sealed, keyring=keyring)
+
+    def batch_enc() -> int:
+        sync.encrypt_many(batch, keyring=keyring)
+        return len(batch)
+
+    def batch_dec() -> int:
+        sync.decrypt_many(sealed_batch, keyring=keyring)
+        return len(batch)
+
+    flight_rounds = max(1, reps // 8)
+    return {
+        "floor": floor_run(size, reps),
+        "floor_all": on_all_cores(lambda: floor_run(size, reps), n_cores),
+        "sync_encrypt": sync_enc,
+        "sync_decrypt": sync_dec,
+        "async_encrypt_64": _in_flight(enc, flight_rounds),
+        "async_decrypt_64": _in_flight(dec, flight_rounds),
+        "batch_encrypt": batch_enc,
+        "batch_decrypt": batch_dec,
+    }
+
+
+def _lasting(run: Run, seconds: float) -> tuple[Callable[[], object], Callable[[], int]]:
+    """`run` repeated to last about `seconds` (calibrated on one untimed call), and how many
+    objects one timed call did."""
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    calls = max(1, math.ceil(seconds / once)) if once > 0 else 1
+    done = [0]
+
+    def repeated() -> None:
+        n = 0
+        for _ in range(calls):
+            n += run()
+        done[0] = n
+
+    return repeated, lambda: done[0]
+
+
+def measure(
+    sizes: Iterable[int],
+    *,
+    rounds: int = 3,
+    seconds: float = 0.0,
+    call_bytes: int = MIB,
+    keyring: Keyring | None = None,
+    progress: Progress = no_progress,
+) -> dict[int, dict[str, float]]:
+    """Objects/s of every figure (FIGURES) by object size, best of `rounds` interleaved
+    rounds; with `seconds`, each figure's run repeats to last about that long."""
+    keyring = keyring or cached_keyring()
+    out: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        timed: dict[str, Callable[[], object]] = {}
+        counted: dict[str, Callable[[], int]] = {}
+        for name, run in runs(size, keyring, call_bytes=call_bytes).items():
+            timed[name], counted[name] = _lasting(run, seconds)
+        t = interleaved(rounds, timed, progress=progress)
+        out[size] = {name: counted[name]() / best(t[name]) for name in FIGURES}
+    return out
