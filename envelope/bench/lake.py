@@ -13,33 +13,53 @@
    a scratch folder that is removed afterwards, after an untimed warm-up job (thread pools,
    imports, the first data key); an empty job measures the fixed cost of starting one. The
    duration estimate is that fixed cost plus the small objects at the sample's objects/s and
-   the large ones at its MB/s.
+   the large ones at its MB/s. With `to_nowhere` the sample is encrypted and its output
+   discarded (`encrypt_to_nowhere`): nothing is written, so the estimate is the read and
+   encrypt cost alone.
 4. Price the calls (`price_per_10k`) and set their rate against the quota.
 
 Without a key the sample runs on an in-memory KMS (no KMS latency in the sample; with the
 cache that is one call per `max_objects` objects anyway).
+
+`compare_jobs` (what `bench/lake.py` prints) times real encrypt and decrypt jobs over a tree
+against `copy_prefix`, a plain copy of it through the same job runner; `generate_tree` makes
+such a tree.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
+from .. import api
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..kms.base import KmsBackend
 from ..kms.memory import MemoryKms
 from ..lake import jobs
-from ..lake.fs import resolve
-from ..lake.listing import Entry
+from ..lake.fs import open_source_at, read_whole, resolve
+from ..lake.listing import Entry, Listing
 from .kms import DEFAULT_PRICE_PER_10K, DEFAULT_QUOTA_PER_S, CountingKms
-from .timing import MIB, Progress, no_progress
+from .timing import KIB, MIB, Progress, best, interleaved, no_progress
 
-__all__ = ("estimate", "kms_calls", "pick_sample")
+__all__ = (
+    "compare_jobs",
+    "copy_prefix",
+    "encrypt_to_nowhere",
+    "estimate",
+    "generate_tree",
+    "kms_calls",
+    "pick_sample",
+)
 
 
 def kms_calls(sizes: list[int], policy: CachePolicy | None, duration: float) -> tuple[int, bool]:
@@ -91,15 +111,83 @@ def pick_sample(
     return picked_small, picked_large
 
 
+class CountingSink:
+    """A sink that keeps nothing and counts the bytes it was given."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    async def write(self, data: memoryview) -> None:
+        self.bytes += len(data)
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        return None
+
+
+async def encrypt_to_nowhere(
+    src: str, entries: list[Entry], keyring: Keyring, options: jobs.LakeOptions
+) -> jobs.JobReport:
+    """`entries` of `src` encrypted as `jobs.encrypt_prefix` encrypts them (same runner and
+    concurrency, same object context and engine options, one data key per object through
+    the keyring) with every output discarded: small objects read whole and sealed in one
+    worker-thread hop, large ones streamed through the pipeline into a `CountingSink` (the
+    job's path to an object store; a local job seals them file to file). The report's
+    objects' `bytes` are the ciphertext bytes produced. Nothing is written anywhere."""
+    loc = resolve(src)
+    engine, large = options.engine, options.large_engine
+
+    async def one(entry: Entry) -> jobs.ObjectResult:
+        path = loc.join(entry.rel)
+        octx = {jobs.PATH_CONTEXT_KEY: entry.rel} if options.bind_path else {}
+        if entry.size <= options.small_object_bytes:
+            prepared = await api.prepare_object(
+                keyring, object_context=octx, options=engine, expected_bytes=entry.size
+            )
+
+            def work() -> int:
+                data = read_whole(loc.fs, path, entry.size, follow_links=options.follow_symlinks)
+                return len(api.seal_prepared(prepared, data))
+
+            n = await anyio.to_thread.run_sync(work)
+        else:
+            sink = CountingSink()
+            await api.encrypt(
+                await open_source_at(loc.fs, path),
+                sink,
+                keyring=keyring,
+                object_context=octx,
+                options=large,
+            )
+            n = sink.bytes
+        return jobs.ObjectResult(entry.rel, "done", n)
+
+    start = jobs.JobStart(Listing(entries))
+    return await jobs._run("encrypt", src, None, start, one, options, None)
+
+
 async def _timed_job(
-    src: str, entries: list[Entry], keyring: Keyring, options: jobs.LakeOptions, scratch: str
+    src: str,
+    entries: list[Entry],
+    keyring: Keyring,
+    options: jobs.LakeOptions,
+    scratch: str | None,
 ) -> float:
-    with tempfile.TemporaryDirectory(prefix="envelope-bench-lake-", dir=scratch) as out:
+    """Seconds of one sample job: into a scratch folder under `scratch` (removed after), or
+    with `scratch` None to nowhere."""
+    if scratch is None:
         t0 = time.perf_counter()
-        report = await jobs.encrypt_prefix(
-            src, out, keyring=keyring, options=options, entries=entries
-        )
+        report = await encrypt_to_nowhere(src, entries, keyring, options)
         seconds = time.perf_counter() - t0
+    else:
+        with tempfile.TemporaryDirectory(prefix="envelope-bench-lake-", dir=scratch) as out:
+            t0 = time.perf_counter()
+            report = await jobs.encrypt_prefix(
+                src, out, keyring=keyring, options=options, entries=entries
+            )
+            seconds = time.perf_counter() - t0
     if not report.ok:
         first = report.failures[0]
         raise RuntimeError(f"sample object {first.path} failed: {first.error}")
@@ -116,6 +204,7 @@ async def estimate(
     sample: int = 200,
     sample_bytes: int = 256 * MIB,
     scratch: str | None = None,
+    to_nowhere: bool = False,
     price_per_10k: float = DEFAULT_PRICE_PER_10K,
     quota_per_s: float = DEFAULT_QUOTA_PER_S,
     progress: Progress = no_progress,
@@ -138,7 +227,7 @@ async def estimate(
     counting = CountingKms(backend)
     keyring = Keyring(counting, key_id, cache=policy)
     try:
-        where = scratch or tempfile.gettempdir()
+        where = None if to_nowhere else scratch or tempfile.gettempdir()
         # warm-up, untimed: thread pools, imports and the first data key are not per-object
         await _timed_job(src, (s_small or s_large)[: options.concurrency], keyring, options, where)
         fixed = await _timed_job(src, [], keyring, options, where)
@@ -161,6 +250,7 @@ async def estimate(
     rate = calls / duration if duration > 0 else 0.0
     return {
         "source": src,
+        "to_nowhere": to_nowhere,
         "objects": len(entries),
         "bytes": total,
         "small_objects": len(small),
@@ -198,4 +288,105 @@ async def estimate(
         },
         "price_per_10k_usd": price_per_10k,
         "quota_per_s": quota_per_s,
+    }
+
+
+def generate_tree(root: Path, small: int, large: int, large_size: int) -> None:
+    """`small` objects of 16 KiB under root/small (100 a folder) and `large` of `large_size`
+    (a multiple of 4 MiB) under root/large, random-looking bytes."""
+    block = os.urandom(16 * KIB)
+    for i in range(small):
+        d = root / "small" / f"d{i // 100:03d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"o{i:06d}.bin").write_bytes(block[i % 64 :] + block[: i % 64])
+    chunk = os.urandom(4 * MIB)
+    for i in range(large):
+        d = root / "large"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"big{i}.bin", "wb") as f:
+            for _ in range(large_size // len(chunk)):
+                f.write(chunk)
+
+
+async def copy_prefix(src: str, dst: str, options: jobs.LakeOptions) -> jobs.JobReport:
+    """The baseline of a lake job: the job runner moving bytes with no crypto and no KMS
+    (same concurrency; small objects read whole and written in one hop, large ones through
+    a user-space buffer of the engine's batch size)."""
+    s, d = resolve(src), resolve(dst)
+    entries = await anyio.to_thread.run_sync(jobs.list_objects, s)
+
+    def copy_one(entry: Entry) -> int:
+        sp, dp = s.join(entry.rel), d.join(entry.rel)
+        os.makedirs(os.path.dirname(dp), exist_ok=True)
+        if entry.size <= options.small_object_bytes:
+            with open(sp, "rb") as f:
+                data = f.read()
+            with open(dp + ".tmp", "wb") as f:
+                f.write(data)
+            os.replace(dp + ".tmp", dp)
+            return len(data)
+        n = 0
+        buf = bytearray(options.engine.batch_bytes)
+        with open(sp, "rb", buffering=0) as fi, open(dp + ".tmp", "wb", buffering=0) as fo:
+            while k := fi.readinto(buf):
+                fo.write(memoryview(buf)[:k])
+                n += k
+        os.replace(dp + ".tmp", dp)
+        return n
+
+    async def one(entry: Entry) -> jobs.ObjectResult:
+        return jobs.ObjectResult(entry.rel, "done", await anyio.to_thread.run_sync(copy_one, entry))
+
+    start = jobs.JobStart(Listing(entries))
+    return await jobs._run("encrypt", src, dst, start, one, options, None)
+
+
+def compare_jobs(
+    src: Path, work: Path, keyring: Keyring, options: jobs.LakeOptions, rounds: int
+) -> dict[str, float]:
+    """Best wall seconds of `copy`, `encrypt` and `decrypt` jobs over `src` (outputs under
+    `work`), in `rounds` interleaved rounds, each run after its previous output is removed
+    and os.sync() (one run's writeback must not throttle the next): on shared VMs the page
+    cache's state swings a single run by 2-10x, and taking turns gives every job the same
+    chances. Also `bytes` and `objects` of the tree."""
+    out = {name: str(work / name) for name in ("copy", "encrypt", "decrypt")}
+
+    def job(make: Callable[[], Awaitable[jobs.JobReport]]) -> Callable[[], None]:
+        def run() -> None:
+            report = anyio.run(make)
+            if not report.ok:
+                first = report.failures[0]
+                raise RuntimeError(f"{first.path} failed: {first.error}")
+
+        return run
+
+    runs: dict[str, Callable[[], object]] = {
+        "copy": job(lambda: copy_prefix(str(src), out["copy"], options)),
+        "encrypt": job(
+            lambda: jobs.encrypt_prefix(str(src), out["encrypt"], keyring=keyring, options=options)
+        ),
+        "decrypt": job(
+            lambda: jobs.decrypt_prefix(
+                out["encrypt"], out["decrypt"], keyring=keyring, options=options
+            )
+        ),
+    }
+
+    def before(name: str) -> None:
+        shutil.rmtree(out[name], ignore_errors=True)
+        os.sync()
+
+    try:
+        # (no warm-up round; the first round runs copy, encrypt, decrypt in that order, so
+        # decrypt always has an encrypted tree to read)
+        t = interleaved(rounds, runs, warm=False, before=before)
+    finally:
+        for path in out.values():
+            shutil.rmtree(path, ignore_errors=True)
+    files = [p for p in src.rglob("*") if p.is_file()]
+    return {
+        **{f"{name}_s": best(v) for name, v in t.items()},
+        "bytes": sum(p.stat().st_size for p in files),
+        "objects": len(files),
     }

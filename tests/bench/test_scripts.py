@@ -124,3 +124,16 @@ def test_objects_script(tmp_path: Path) -> None:
     check(got, OBJECTS_KEYS)
     for k in _OBJECT_FIGURES:
         assert got[k] > 0 and got[k] == got[f"by_size.16k.{k}"], k
+
+
+def test_lake_script(tmp_path: Path) -> None:
+    got = run_script("lake.py", "--small", "5", "--large", "1", "--large-mib", "4",
+                     "--rounds", "1", tmp_path=tmp_path)  # fmt: skip
+    check(got, LAKE_KEYS)
+    assert (got["objects"], got["small_objects"], got["large_objects"]) == (6, 5, 1)
+    # the local KMS's audit log: one data key for the encrypt job (cached), one unwrap for
+    # the decrypt job (cached too), whatever order the rounds took
+    assert got["kms_calls"] == 2
+    for k in LAKE_KEYS - {"objects", "small_objects", "large_objects", "kms_calls"}:
+        assert got[k] > 0, k
+    assert not list(tmp_path.glob("envelope-lake-bench-*"))  # its tree removed (BENCH_DIR)
