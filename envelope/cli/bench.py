@@ -191,6 +191,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--concurrency", type=_positive_int, default=16, help="the job's objects in flight (16)"
     )
     p.add_argument("--no-cache", action="store_true", help="the job runs without the cache")
+    p.add_argument(
+        "--to-nowhere",
+        action="store_true",
+        help="encrypt the sample and discard its output (no scratch writes: read+encrypt alone)",
+    )
     _cost_arguments(p)
     _common(p)
     p.set_defaults(handler=cmd_lake)
@@ -371,6 +376,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
                     sample=args.sample,
                     sample_bytes=args.sample_bytes,
                     scratch=args.dir,
+                    to_nowhere=args.to_nowhere,
                     price_per_10k=args.price,
                     quota_per_s=args.quota,
                     progress=progress,
