@@ -22,6 +22,9 @@ Prints plaintext MB/s and each figure's ratio to its reference:
   segments (`--seg-rss-mib` of plaintext) into a discarding sink, at the default memory
   budget (256 MiB) and at 160 MiB: peak RSS and `_added`, the peak minus the child's RSS
   just before the decrypt (what the pipeline itself held).
+The throughput runs are `envelope.bench`'s (machine.aes_gcm_runner, encrypt.memory_runs,
+encrypt.stream_runs, encrypt.file_to_file), so these figures and `envelope bench`'s are the
+same measurement; the RSS children are bench/rss_child.py.
 The machines are shared and noisy: every figure is the best of a few repetitions, and the
 targets are ratios within this one run (one worker >= 0.85 raw; all cores >= 1.7x one worker;
 file to file >= 0.8 copy).
@@ -36,133 +39,32 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from envelope import sync
-from envelope.api import Options
-from envelope.bench import machine, timing
+from envelope.bench import encrypt, machine, timing
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
+from envelope.options import Options
 
 MIB = 1 << 20
 
 
-def interleaved(reps: int, runs: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Best wall time of each run over `reps` rounds that take turns (after one warm-up
-    round): a slow spell of the shared machine then hits every figure alike, not one.
-    (`envelope.bench.timing.interleaved`, which `envelope bench` uses too.)"""
-    return {name: min(t) for name, t in timing.interleaved(reps, runs).items()}
-
-
 def memory_runs(data: memoryview, keyring: Keyring, cores: int) -> dict[str, Callable[[], object]]:
     """The in-memory runs, on the same data:
-    raw: AESGCM.encrypt_into over 1 MiB slices into one reused 1 MiB buffer (output in cache);
-    raw_full: the same calls, each output at its place in a full-size buffer, as any in-memory
-    encryption of the whole object must write it;
-    enc/dec_1w and enc/dec_all: envelope's encrypt_into/decrypt_into into reused buffers."""
-    aead = AESGCM(os.urandom(32))
-    nonce, aad = bytes(12), bytes(32)
-    small = bytearray(MIB + 16)
-    full = bytearray(len(data) + (len(data) // MIB + 1) * 16)
-    full_view = memoryview(full)
-
-    def raw() -> None:
-        for i in range(0, len(data), MIB):
-            aead.encrypt_into(nonce, data[i : i + MIB], aad, small)
-
-    def raw_full() -> None:
-        for k, i in enumerate(range(0, len(data), MIB)):
-            o = i + 16 * k
-            aead.encrypt_into(nonce, data[i : i + MIB], aad, full_view[o : o + MIB + 16])
-
-    def raw_span(lo: int, hi: int) -> None:
-        for k, i in enumerate(range(lo, hi, MIB)):
-            o = i + 16 * (lo // MIB + k)
-            aead.encrypt_into(nonce, data[i : i + MIB], aad, full_view[o : o + MIB + 16])
-
-    def raw_all() -> None:
-        """raw_full on every core: the most the machine allows in parallel."""
-        step = -(-len(data) // cores // MIB) * MIB
-        threads = [
-            threading.Thread(target=raw_span, args=(lo, min(len(data), lo + step)))
-            for lo in range(0, len(data), step)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-
-    ct = bytearray(len(data) + len(data) // MIB * 16 + 2 * MIB)
-    pt = bytearray(len(data))
-    one, every = Options(workers=1), Options(workers=cores)
-    n = sync.encrypt_into(data, ct, keyring=keyring, options=one)
-    ctv = memoryview(ct)[:n]
-    sealed = bytes(ctv)  # decrypt runs read this copy; the encrypt runs overwrite `ct`
-
-    def check() -> None:
-        sync.decrypt_into(sealed, pt, keyring=keyring, options=every)
-        assert pt == data, "round trip failed"
-
-    check()
-    stream_ct = bytes(sync.encrypt_bytes(data, keyring=keyring))
-    return {
-        "raw": raw,
-        "raw_full": raw_full,
-        "raw_all": raw_all,
-        "enc_1w": lambda: sync.encrypt_into(data, ct, keyring=keyring, options=one),
-        "dec_1w": lambda: sync.decrypt_into(sealed, pt, keyring=keyring, options=one),
-        "enc_all": lambda: sync.encrypt_into(data, ct, keyring=keyring, options=every),
-        "dec_all": lambda: sync.decrypt_into(sealed, pt, keyring=keyring, options=every),
-        "stream_enc": lambda: sync.encrypt(data, Discard(), keyring=keyring),
-        "stream_dec": lambda: sync.decrypt(stream_ct, Discard(), keyring=keyring),
-    }
-
-
-class Discard:
-    """A sink that keeps nothing: the streaming figures measure the pipeline alone."""
-
-    async def write(self, data: memoryview) -> None:
-        return None
-
-    async def commit(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
-
-
-def plain_copy(src: str, dst: str) -> None:
-    """A buffered user-space copy with fsync (`envelope bench machine`'s fsync'd copy)."""
-    machine.file_copy(src, dst, fsync=True)
-
-
-def file_to_file(directory: str, size: int, keyring: Keyring, reps: int) -> dict[str, float]:
-    """Best time of each over interleaved rounds, every run starting from a clean page cache
-    state (os.sync before, outside the timing): on these VMs dirty-page writeback throttling
-    otherwise decides the figure. Both sides fsync their output."""
-    src = os.path.join(directory, "plain.bin")
-    block = os.urandom(4 * MIB)
-    with open(src, "wb") as f:
-        for _ in range(size // len(block)):
-            f.write(block)
-    enc, back, copy = (os.path.join(directory, n) for n in ("enc.bin", "back.bin", "copy.bin"))
+    raw: AES-GCM over 1 MiB slices into one reused 1 MiB buffer (output in cache);
+    raw_full / raw_all: each output at its place in a full-size buffer, on one thread / on
+    every core (`envelope bench machine`'s AES-GCM limits);
+    enc/dec_1w and enc/dec_all: envelope's encrypt_into/decrypt_into into reused buffers;
+    stream_enc/dec: the streaming pipeline into a sink that keeps nothing."""
     runs: dict[str, Callable[[], object]] = {
-        "copy": lambda: plain_copy(src, copy),
-        "encrypt": lambda: sync.encrypt(src, enc, keyring=keyring),
-        "decrypt": lambda: sync.decrypt(enc, back, keyring=keyring),
+        "raw": machine.aes_gcm_runner(data, 1, in_cache=True),
+        "raw_full": machine.aes_gcm_runner(data, 1),
+        "raw_all": machine.aes_gcm_runner(data, cores),
     }
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(reps):
-        for name, fn in runs.items():
-            os.sync()
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+    runs["enc_1w"], runs["dec_1w"] = encrypt.memory_runs(data, keyring, Options(workers=1))
+    runs["enc_all"], runs["dec_all"] = encrypt.memory_runs(data, keyring, Options(workers=cores))
+    runs["stream_enc"], runs["stream_dec"] = encrypt.stream_runs(data, keyring)
+    return runs
 
 
 def rss_child(*args: str) -> str:
@@ -212,17 +114,19 @@ def main() -> int:
     keyring = Keyring(kms, kms.create_key())
     data = memoryview(os.urandom(args.mib * MIB))
     size_mb = len(data) / 1e6
-    cores = os.cpu_count() or 1
+    cores = machine.cores()
 
-    t = interleaved(args.reps, memory_runs(data, keyring, cores))
+    t = {
+        name: timing.best(times)
+        for name, times in timing.interleaved(args.reps, memory_runs(data, keyring, cores)).items()
+    }
     t_raw, t_raw_full, t_raw_all = t["raw"], t["raw_full"], t["raw_all"]
     e1, d1, ea, da = t["enc_1w"], t["dec_1w"], t["enc_all"], t["dec_all"]
     with tempfile.TemporaryDirectory(
         prefix="envelope-bench-", dir=os.environ.get("BENCH_DIR")
     ) as d:
-        files = file_to_file(d, args.file_mib * MIB, keyring, args.file_reps)
+        files = encrypt.file_to_file(d, args.file_mib * MIB, args.file_reps)
         seg_rss = decrypt_rss(d, args.seg_rss_mib)
-    file_mb = args.file_mib * MIB / 1e6
     rss = peak_rss_mib(args.rss_mib)
 
     r = {
@@ -236,9 +140,9 @@ def main() -> int:
         "decrypt_all_mbps": size_mb / da,
         "stream_encrypt_mbps": size_mb / t["stream_enc"],
         "stream_decrypt_mbps": size_mb / t["stream_dec"],
-        "file_encrypt_mbps": file_mb / files["encrypt"],
-        "file_decrypt_mbps": file_mb / files["decrypt"],
-        "copy_mbps": file_mb / files["copy"],
+        "file_encrypt_mbps": files["encrypt_fsync_mbps"],
+        "file_decrypt_mbps": files["decrypt_fsync_mbps"],
+        "copy_mbps": files["copy_fsync_mbps"],
         "peak_rss_mib": rss,
         "rss_stream_mib": args.rss_mib,
         **seg_rss,

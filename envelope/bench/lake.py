@@ -49,6 +49,7 @@ from ..lake import jobs
 from ..lake.fs import open_source_at, read_whole, resolve
 from ..lake.listing import Entry, Listing
 from .kms import DEFAULT_PRICE_PER_10K, DEFAULT_QUOTA_PER_S, CountingKms
+from .sink import CountingSink
 from .timing import KIB, MIB, Progress, best, interleaved, no_progress
 
 __all__ = (
@@ -109,22 +110,6 @@ def pick_sample(
         picked_large.append(e)
         total += e.size
     return picked_small, picked_large
-
-
-class CountingSink:
-    """A sink that keeps nothing and counts the bytes it was given."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-    async def write(self, data: memoryview) -> None:
-        self.bytes += len(data)
-
-    async def commit(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
 
 
 async def encrypt_to_nowhere(

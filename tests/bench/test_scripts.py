@@ -74,6 +74,43 @@ LAKE_KEYS = {
 }
 
 
+CORE_KEYS = {
+    "cores",
+    "raw_mbps",
+    "raw_full_mbps",
+    "raw_all_mbps",
+    "encrypt_1w_mbps",
+    "decrypt_1w_mbps",
+    "encrypt_all_mbps",
+    "decrypt_all_mbps",
+    "stream_encrypt_mbps",
+    "stream_decrypt_mbps",
+    "file_encrypt_mbps",
+    "file_decrypt_mbps",
+    "copy_mbps",
+    "peak_rss_mib",
+    "rss_stream_mib",
+    "decrypt_rss_64mib_seg_mib",
+    "decrypt_rss_64mib_seg_added_mib",
+    "decrypt_rss_64mib_seg_budget160_mib",
+    "decrypt_rss_64mib_seg_budget160_added_mib",
+    "decrypt_rss_1mib_seg_mib",
+    "decrypt_rss_1mib_seg_added_mib",
+    "bench_peak_rss_mib",
+    "ratio_encrypt_1w_to_raw",
+    "ratio_decrypt_1w_to_raw",
+    "ratio_encrypt_1w_to_raw_full",
+    "ratio_decrypt_1w_to_raw_full",
+    "raw_scaling",
+    "ratio_encrypt_all_to_raw_all",
+    "ratio_decrypt_all_to_raw_all",
+    "ratio_encrypt_all_to_1w",
+    "ratio_decrypt_all_to_1w",
+    "ratio_file_encrypt_to_copy",
+    "ratio_file_decrypt_to_copy",
+}
+
+
 def leaves(value: Any, prefix: str = "") -> dict[str, Any]:
     """Every leaf of a JSON object by dotted path."""
     if not isinstance(value, dict):
@@ -137,3 +174,16 @@ def test_lake_script(tmp_path: Path) -> None:
     for k in LAKE_KEYS - {"objects", "small_objects", "large_objects", "kms_calls"}:
         assert got[k] > 0, k
     assert not list(tmp_path.glob("envelope-lake-bench-*"))  # its tree removed (BENCH_DIR)
+
+
+def test_core_script(tmp_path: Path) -> None:
+    got = run_script("core.py", "--mib", "4", "--file-mib", "4", "--rss-mib", "8",
+                     "--seg-rss-mib", "4", "--reps", "1", "--file-reps", "1",
+                     tmp_path=tmp_path)  # fmt: skip
+    check(got, CORE_KEYS)
+    for k in CORE_KEYS - {"rss_stream_mib"}:
+        assert got[k] > 0 or k.endswith("_added_mib"), k  # (peak minus baseline: may be 0)
+    assert got["rss_stream_mib"] == 8
+    assert got["ratio_file_encrypt_to_copy"] == pytest.approx(
+        got["file_encrypt_mbps"] / got["copy_mbps"], rel=0.01
+    )
