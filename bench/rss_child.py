@@ -31,22 +31,9 @@ from envelope import api, sync
 from envelope.keyring import Keyring
 from envelope.kms.filekey import FileKeyBackend, generate_key_file
 from envelope.kms.memory import MemoryKms
+from envelope.streams import CountingSink
 
 MIB = 1 << 20
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.n = 0
-
-    async def write(self, data: memoryview) -> None:
-        self.n += len(data)
-
-    async def commit(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
 
 
 async def generated(total: int) -> AsyncIterator[bytes]:
@@ -70,7 +57,7 @@ async def round_trip(total: int) -> None:
     keyring = Keyring(kms, kms.create_key())
     sink = CountingSink()
     await api.encrypt(generated(total), sink, keyring=keyring)
-    assert sink.n > total
+    assert sink.bytes > total
 
     send, recv = anyio.create_memory_object_stream[bytes](4)
 
@@ -93,7 +80,7 @@ async def round_trip(total: int) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(produce)
         await api.decrypt(ciphertext(), out, keyring=keyring)
-    assert out.n == total, out.n
+    assert out.bytes == total, out.bytes
     print(peak_rss_mib())
 
 
@@ -146,7 +133,7 @@ async def read_object(args: argparse.Namespace) -> None:
     baseline = _status_mib("VmRSS")
     out = CountingSink()
     info = await api.decrypt(str(obj), out, keyring=keyring, options=options)
-    assert out.n == info.plaintext_len, (out.n, info.plaintext_len)
+    assert out.bytes == info.plaintext_len, (out.bytes, info.plaintext_len)
     _report(baseline, info)
 
 

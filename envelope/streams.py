@@ -34,6 +34,7 @@ __all__ = (
     "SourceLike",
     "AtomicFileSink",
     "BufferSink",
+    "CountingSink",
     "open_sink",
     "open_source",
 )
@@ -201,6 +202,24 @@ def open_source(src: SourceLike) -> Source:
     if hasattr(src, "read"):
         return _SyncFileSource(cast("IO[bytes]", src), owned=False)
     raise ConfigurationError(f"unsupported source type {type(src).__name__}")
+
+
+class CountingSink:
+    """A sink that keeps nothing and counts the bytes it was given: for checking that
+    ciphertext decrypts without writing the plaintext anywhere (a lake ``verify`` job), and
+    for timing the pipeline alone (`envelope bench`)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    async def write(self, data: memoryview) -> None:
+        self.bytes += len(data)
+
+    async def commit(self) -> None:
+        return None
+
+    async def abort(self) -> None:
+        return None
 
 
 class BufferSink:

@@ -28,9 +28,9 @@ from typing import Any
 from .. import sync
 from ..keyring import Keyring
 from ..options import Options
+from ..streams import CountingSink
 from . import machine
 from .objects import cached_keyring, sync_runs
-from .sink import CountingSink
 from .timing import KIB, MIB, Progress, best, interleaved, mbps, no_progress, ratio
 
 __all__ = ("SEGMENT_SIZES", "file_to_file", "measure", "memory_runs", "object_sizes", "stream_runs")

@@ -48,8 +48,8 @@ from ..kms.memory import MemoryKms
 from ..lake import jobs
 from ..lake.fs import open_source_at, read_whole, resolve
 from ..lake.listing import Entry, Listing
+from ..streams import CountingSink
 from .kms import DEFAULT_PRICE_PER_10K, DEFAULT_QUOTA_PER_S, CountingKms
-from .sink import CountingSink
 from .timing import KIB, MIB, Progress, best, interleaved, no_progress
 
 __all__ = (

@@ -40,7 +40,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pyarrow.fs as pafs
 
-from .. import api, objects
+from .. import api, objects, streams
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
 from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
@@ -622,17 +622,6 @@ async def encrypt_prefix(
 # -- decrypt and verify --------------------------------------------------------------------
 
 
-class _Discard:
-    async def write(self, data: memoryview) -> None:
-        return None
-
-    async def commit(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
-
-
 async def _open_small(
     ciphertext: bytes,
     keyring: Keyring,
@@ -771,7 +760,7 @@ async def verify_prefix(
         else:
             info = await api.decrypt(
                 await open_source_at(src.fs, path),
-                _Discard(),
+                streams.CountingSink(),
                 keyring=keyring,
                 expected_context=expected,
                 options=large,
