@@ -2,7 +2,7 @@
 
     [server]   host, port, workers, log_level, max_request_bytes, graceful_shutdown_seconds
     [tls]      cert, key                       (both or neither; PEM paths)
-    [store]    home, region, root_key ("file" | "passphrase"), root_key_file
+    [store]    home, region, root_key ("file" | "passphrase" | a pkcs11: URI), root_key_file
     [quotas]   FAMILY_OR_OPERATION = requests per second, for the whole server
 
 Unknown tables or keys and bad values are `ConfigurationError`s, never ignored. Relative paths
@@ -68,9 +68,12 @@ class ServerSettings:
             raise ConfigurationError("graceful_shutdown_seconds must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("TLS needs both a certificate and a key (tls cert and key)")
-        if self.root_key not in ("file", "passphrase"):
+        if self.root_key not in ("file", "passphrase") and not self.root_key.startswith(
+            "pkcs11:"
+        ):
             raise ConfigurationError(
-                f'root_key must be "file" or "passphrase", not {self.root_key!r}'
+                'root_key must be "file", "passphrase" or a pkcs11: URI (the root key in an '
+                f"HSM, docs/hsm.md), not {self.root_key!r}"
             )
         for name, rate in self.quotas.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:

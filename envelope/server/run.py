@@ -26,7 +26,7 @@ from typing import Any
 from .._ratelimit import RateQuota
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
-from ..service.rootkey import FileRootKey, PassphraseRootKey, RootKeyProvider
+from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
 from .app import Authenticate, KmsApp
 from .config import ENV_SETTINGS, ServerSettings
 
@@ -36,6 +36,9 @@ _ACCESS = logging.getLogger("envelope.server")
 
 
 def _root(settings: ServerSettings) -> RootKeyProvider | None:
+    if settings.root_key.startswith("pkcs11:"):
+        # the root key in an HSM; its PIN from the URI's pin-source or $ENVELOPE_HSM_PIN
+        return Pkcs11RootKey(settings.root_key)
     if settings.root_key == "passphrase":
         passphrase = os.environ.get("ENVELOPE_KMS_PASSPHRASE")
         if not passphrase:

@@ -56,3 +56,17 @@ def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 def test_flags_override_the_file() -> None:
     s = ServerSettings(port=9000).with_overrides(port=None, host="0.0.0.0")
     assert (s.host, s.port) == ("0.0.0.0", 9000)
+
+
+def test_the_root_key_may_be_in_an_hsm(tmp_path: Path) -> None:
+    """`root_key = "pkcs11:..."`: the server's store is opened with its root key in a token."""
+    from envelope.server.run import _root
+    from envelope.service.rootkey import Pkcs11RootKey
+
+    uri = "pkcs11:token=kms;object=kms-root?module-path=/usr/lib/softhsm/libsofthsm2.so"
+    p = tmp_path / "kms.toml"
+    p.write_text(f'[store]\nroot_key = "{uri}"\n')
+    s = load_settings(p)
+    assert s.root_key == uri and ServerSettings.from_env(s.to_env()) == s
+    provider = _root(s)
+    assert isinstance(provider, Pkcs11RootKey) and provider.label == "kms-root"
