@@ -40,10 +40,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequen
 from typing import Any, Protocol
 
 import anyio.to_thread
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..prometheus import LATENCY_BUCKETS
+from .._serving import RequestMetrics
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
 from .errors import INTERNAL_MESSAGE, WireError, status_for
@@ -102,58 +102,22 @@ class Authenticate(Protocol):
     ) -> str: ...
 
 
-class ServerMetrics:
-    """Per-operation request counter and latency histogram (sub-millisecond buckets).
-
-    Label values are operation names from the model (or ``unknown``) and AWS error codes (or
-    ``OK``): fixed vocabularies, so cardinality stays bounded. With several workers and
-    ``$PROMETHEUS_MULTIPROC_DIR`` set, every process writes its own files and `/metrics`
-    merges them (prometheus-client's multiprocess mode).
-    """
+class ServerMetrics(RequestMetrics):
+    """Per-operation request counter and latency histogram (`envelope._serving`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "envelope_server_requests",
-            "KMS API requests served, by operation and outcome (OK or the AWS error code)",
-            ("operation", "code"),
-            registry=self.registry,
+        super().__init__(
+            requests=(
+                "envelope_server_requests",
+                "KMS API requests served, by operation and outcome (OK or the AWS error code)",
+            ),
+            latency=(
+                "envelope_server_request_seconds",
+                "Time from the request's body to its response, by operation",
+            ),
+            outcome_label="code",
+            registry=registry,
         )
-        self.latency = Histogram(
-            "envelope_server_request_seconds",
-            "Time from the request's body to its response, by operation",
-            ("operation",),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-
-        # the labelled children, looked up once per label set (`labels()` costs as much as
-        # the update itself; both vocabularies are small and fixed)
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._histograms: dict[str, Any] = {}
-
-    def observe(self, operation: str, code: str, seconds: float) -> None:
-        counter = self._counters.get((operation, code))
-        if counter is None:
-            counter = self._counters[(operation, code)] = self.requests.labels(operation, code)
-        histogram = self._histograms.get(operation)
-        if histogram is None:
-            histogram = self._histograms[operation] = self.latency.labels(operation)
-        counter.inc()
-        histogram.observe(seconds)
-
-    def exposition(self) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged)
-        # and what the KMS's parts measure in the default registry: the HSM token's and the
-        # XKS client's call histograms (envelope.pkcs11, envelope.xks), the process collector
-        from prometheus_client import REGISTRY
-
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
 class _Outcome:

@@ -14,16 +14,15 @@ The server never starts without authentication: `create_app` needs
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from typing import Any
 
 from .._ratelimit import RateQuota
+from .._serving import run_uvicorn
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
@@ -99,38 +98,6 @@ def create_app() -> KmsApp:
         raise
 
 
-def _run_uvicorn(options: dict[str, Any]) -> None:
-    """`uvicorn.run`, except that the shared socket of several workers gets TCP_NODELAY.
-
-    uvicorn binds that socket itself with protocol 0, and asyncio sets TCP_NODELAY only on
-    sockets whose protocol is IPPROTO_TCP: every response (headers and body are two writes)
-    then waited for the client's delayed ACK, about 40 ms a call. Linux copies TCP_NODELAY from
-    the listening socket to the connections it accepts.
-    """
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    config = uvicorn.Config("envelope.server.run:create_app", **options)
-    server = uvicorn.Server(config)
-    try:
-        if config.workers > 1:
-            sock = config.bind_socket()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            kwargs: dict[str, Any] = {"sockets": [sock]}
-            if "target" in inspect.signature(Multiprocess).parameters:
-                kwargs["target"] = server.run
-            Multiprocess(config, **kwargs).run()
-            return
-        server.run()
-    except KeyboardInterrupt:
-        # uvicorn re-raises the SIGTERM/SIGINT it handled once the shutdown is complete
-        pass
-    if config.workers == 1 and not server.started:
-        raise ConfigurationError(
-            f"envelope serve could not start on {config.host}:{config.port} (see above)"
-        )
-
-
 def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM/SIGINT, finishing in-flight requests first."""
     # fail before binding: the store opens (created or migrated once, here) and auth exists
@@ -164,7 +131,7 @@ def serve(settings: ServerSettings) -> None:
         options["ssl_certfile"] = settings.tls_cert
         options["ssl_keyfile"] = settings.tls_key
     try:
-        _run_uvicorn(options)
+        run_uvicorn("envelope.server.run:create_app", options, "envelope serve")
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -51,12 +51,12 @@ from typing import Any, Final
 
 import anyio
 import anyio.to_thread
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .._ratelimit import TokenBucket
+from .._serving import RequestMetrics
 from ..errors import ConfigurationError
-from ..prometheus import LATENCY_BUCKETS
 from ..server.auth import Authenticator, AuthError, StaticCredentials
 from .config import KeyStoreSettings, XksSettings, load_settings
 from .errors import XksProxyError
@@ -88,48 +88,22 @@ log = logging.getLogger("envelope.xks.access")
 errlog = logging.getLogger("envelope.xks")
 
 
-class ProxyMetrics:
-    """Requests by operation and outcome, and their latency (sub-millisecond buckets)."""
+class ProxyMetrics(RequestMetrics):
+    """Requests by operation and outcome, and their latency (`envelope._serving`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "envelope_xks_proxy_requests",
-            "XKS proxy requests, by operation and outcome (OK or the XKS errorName)",
-            ("operation", "outcome"),
-            registry=self.registry,
+        super().__init__(
+            requests=(
+                "envelope_xks_proxy_requests",
+                "XKS proxy requests, by operation and outcome (OK or the XKS errorName)",
+            ),
+            latency=(
+                "envelope_xks_proxy_request_seconds",
+                "Time from an XKS request's body to its answer, by operation",
+            ),
+            outcome_label="outcome",
+            registry=registry,
         )
-        self.latency = Histogram(
-            "envelope_xks_proxy_request_seconds",
-            "Time from an XKS request's body to its answer, by operation",
-            ("operation",),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._histograms: dict[str, Any] = {}
-
-    def observe(self, operation: str, outcome: str, seconds: float) -> None:
-        counter = self._counters.get((operation, outcome))
-        if counter is None:
-            counter = self._counters[(operation, outcome)] = self.requests.labels(
-                operation, outcome
-            )
-        histogram = self._histograms.get(operation)
-        if histogram is None:
-            histogram = self._histograms[operation] = self.latency.labels(operation)
-        counter.inc()
-        histogram.observe(seconds)
-
-    def exposition(self) -> bytes:
-        """This app's metrics and the default registry's (the token's call histogram)."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
-            return generate_latest(merged)
-        return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
 class _Store:

@@ -16,17 +16,16 @@ include TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any, Final
 
+from .._serving import run_uvicorn
 from ..errors import ConfigurationError
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
@@ -77,33 +76,6 @@ def create_app() -> XksProxyApp:
     _configure_logging(settings.log_level)
     token = open_token(settings)
     return XksProxyApp(settings, token, share=settings.workers, close=token.close)
-
-
-def _run_uvicorn(options: dict[str, Any]) -> None:
-    """uvicorn with TCP_NODELAY on the shared socket of several workers (as
-    `envelope.server.run._run_uvicorn` does for `envelope serve`: uvicorn binds that socket
-    with protocol 0, which asyncio does not set TCP_NODELAY on)."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
-    config = uvicorn.Config("envelope.xks.run:create_app", **options)
-    server = uvicorn.Server(config)
-    try:
-        if config.workers > 1:
-            sock = config.bind_socket()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            kwargs: dict[str, Any] = {"sockets": [sock]}
-            if "target" in inspect.signature(Multiprocess).parameters:
-                kwargs["target"] = server.run
-            Multiprocess(config, **kwargs).run()
-            return
-        server.run()
-    except KeyboardInterrupt:
-        pass  # uvicorn re-raises the signal it handled once the shutdown is complete
-    if config.workers == 1 and not server.started:
-        raise ConfigurationError(
-            f"envelope xks serve could not start on {config.host}:{config.port} (see above)"
-        )
 
 
 def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> None:
@@ -157,7 +129,7 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
         options["http"] = "envelope.xks.protocol:MutualTlsHTTPProtocol"
         os.environ[ENV_CLIENT_SUBJECT] = settings.tls_client_subject or ""
     try:
-        _run_uvicorn(options)
+        run_uvicorn("envelope.xks.run:create_app", options, "envelope xks serve")
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""What the two HTTP servers (`envelope serve`, `envelope xks serve`) share: per-request
+metrics and running uvicorn.
+
+Both are ASGI apps under uvicorn with optional workers, count requests by operation and
+outcome, and time them with sub-millisecond buckets; one implementation of each keeps their
+behaviour the same (the TCP_NODELAY fix below was found once and applies to both).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+
+from .errors import ConfigurationError
+from .prometheus import LATENCY_BUCKETS
+
+__all__ = ("RequestMetrics", "run_uvicorn")
+
+
+class RequestMetrics:
+    """A request counter by operation and outcome, and a latency histogram by operation.
+
+    Label values are fixed vocabularies (operation names, error codes), so cardinality stays
+    bounded. With several workers and ``$PROMETHEUS_MULTIPROC_DIR`` set, every process writes
+    its own files and `exposition` merges them (prometheus-client's multiprocess mode); alone,
+    it also shows the default registry, where the HSM token's and XKS client's call
+    histograms live.
+    """
+
+    def __init__(
+        self,
+        *,
+        requests: tuple[str, str],
+        latency: tuple[str, str],
+        outcome_label: str,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            requests[0], requests[1], ("operation", outcome_label), registry=self.registry
+        )
+        self.latency = Histogram(
+            latency[0],
+            latency[1],
+            ("operation",),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # the labelled children, looked up once per label set (`labels()` costs as much as
+        # the update itself)
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
+
+    def observe(self, operation: str, outcome: str, seconds: float) -> None:
+        counter = self._counters.get((operation, outcome))
+        if counter is None:
+            counter = self._counters[(operation, outcome)] = self.requests.labels(
+                operation, outcome
+            )
+        histogram = self._histograms.get(operation)
+        if histogram is None:
+            histogram = self._histograms[operation] = self.latency.labels(operation)
+        counter.inc()
+        histogram.observe(seconds)
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
+        return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+
+def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
+    """Run `app_factory` ("module:function") under uvicorn with `options`.
+
+    With several workers, uvicorn binds the shared socket itself with protocol 0, and asyncio
+    sets TCP_NODELAY only on sockets whose protocol is IPPROTO_TCP: every response (headers and
+    body are two writes) then waited for the client's delayed ACK, about 40 ms a call. Linux
+    copies TCP_NODELAY from the listening socket to the connections it accepts, so it is set
+    there.
+    """
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app_factory, **options)
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            sock = config.bind_socket()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            kwargs: dict[str, Any] = {"sockets": [sock]}
+            if "target" in inspect.signature(Multiprocess).parameters:
+                kwargs["target"] = server.run
+            Multiprocess(config, **kwargs).run()
+            return
+        server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the signal it handled once the shutdown is complete
+    if config.workers == 1 and not server.started:
+        raise ConfigurationError(
+            f"{what} could not start on {config.host}:{config.port} (see above)"
+        )
