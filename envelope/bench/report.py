@@ -58,12 +58,14 @@ def sections(data: dict[str, Any]) -> Iterator[tuple[str, list[str], list[list[s
                 for k in dict.fromkeys(k for row in value for k in row)
                 if any(row.get(k) not in (None, "") for row in value)
             ]
+            # a row's name always stays in the table, first: it is what the row is about
             long = [
                 k
                 for k in header
-                if any(isinstance(row.get(k), str) and len(row[k]) > NOTE_CHARS for row in value)
+                if k != "name"
+                and any(isinstance(row.get(k), str) and len(row[k]) > NOTE_CHARS for row in value)
             ]
-            short = [k for k in header if k not in long]
+            short = sorted((k for k in header if k not in long), key=lambda k: k != "name")
             yield key, short, [[cell(row.get(k)) for k in short] for row in value]
             notes = [
                 [cell(row.get(short[0])), k, str(row[k])]
