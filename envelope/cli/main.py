@@ -29,6 +29,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from .. import __version__
 from ..errors import (
@@ -234,8 +235,31 @@ def run() -> None:
         code = main(sys.argv[1:], _enable_gc=True)
     finally:
         gc.enable()
+    if code >= 128:  # stopped by a signal: see `quiet_half_closed_loops`
+        quiet_half_closed_loops()
     gc.freeze()
     sys.exit(code)
+
+
+def quiet_half_closed_loops() -> None:
+    """Drop one known piece of noise from an interrupted command's exit.
+
+    A signal turns into KeyboardInterrupt wherever the main thread is, and asyncio's
+    `BaseSelectorEventLoop.close` is not safe against that: interrupted between closing its
+    self-pipe socket and forgetting it, it leaves a loop that is not marked closed, whose
+    finalizer at interpreter exit tries again and prints "Exception ignored in
+    BaseEventLoop.__del__ ... ValueError: Invalid file descriptor: -1". The command has
+    already cleaned up and chosen its exit code by then; nothing remains to close. Every
+    other unraisable exception is still reported."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "BaseEventLoop.__del__" and isinstance(unraisable.exc_value, ValueError):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":  # pragma: no cover
