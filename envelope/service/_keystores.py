@@ -46,9 +46,8 @@ from ._core import (
     Response,
     ServiceCore,
     _Call,
-    _limit,
-    _marker_decode,
-    _marker_encode,
+    _page,
+    _paging,
 )
 from .errors import (
     AccessDeniedException,
@@ -61,7 +60,6 @@ from .errors import (
     CustomKeyStoreNameInUseException,
     CustomKeyStoreNotFoundException,
     IncorrectTrustAnchorException,
-    InvalidMarkerException,
     LimitExceededException,
     UnsupportedOperationException,
     ValidationException,
@@ -112,6 +110,13 @@ from ._keystore_rows import (
 )
 
 __all__ = ("KeyStoreOps",)
+
+
+def _only_for(kind: str, **members: Any) -> None:
+    """Refuse members given for the other kind of custom key store (named in the message)."""
+    given = [name for name, value in members.items() if value is not None]
+    if given:
+        raise ValidationException(f"{', '.join(given)} apply only to {kind} key stores")
 
 
 # ------------------------------------------------------------------------------ operations
@@ -279,18 +284,15 @@ class KeyStoreOps(ServiceCore):
                 "CreationDate": now,
             }
             if kind == CLOUDHSM:
-                if any(
-                    v is not None
-                    for v in (
-                        xks_proxy_uri_endpoint,
-                        xks_proxy_uri_path,
-                        xks_proxy_connectivity,
-                        xks_proxy_authentication_credential,
-                        xks_proxy_vpc_endpoint_service_name,
-                        xks_proxy_vpc_endpoint_service_owner,
-                    )
-                ):
-                    raise ValidationException("XksProxy* parameters are for EXTERNAL_KEY_STORE")
+                _only_for(
+                    "EXTERNAL_KEY_STORE",
+                    XksProxyUriEndpoint=xks_proxy_uri_endpoint,
+                    XksProxyUriPath=xks_proxy_uri_path,
+                    XksProxyConnectivity=xks_proxy_connectivity,
+                    XksProxyAuthenticationCredential=xks_proxy_authentication_credential,
+                    XksProxyVpcEndpointServiceName=xks_proxy_vpc_endpoint_service_name,
+                    XksProxyVpcEndpointServiceOwner=xks_proxy_vpc_endpoint_service_owner,
+                )
                 cluster_id, password, anchor = self._cluster_args(
                     conn,
                     cloud_hsm_cluster_id,
@@ -305,14 +307,12 @@ class KeyStoreOps(ServiceCore):
                 body["TrustAnchorCertificate"] = anchor
                 secret = self.store.root.seal(password.encode(), _secret_aad(store_id))
             else:
-                if any(
-                    v is not None
-                    for v in (cloud_hsm_cluster_id, key_store_password, trust_anchor_certificate)
-                ):
-                    raise ValidationException(
-                        "CloudHsmClusterId, KeyStorePassword and TrustAnchorCertificate are for "
-                        "AWS_CLOUDHSM key stores"
-                    )
+                _only_for(
+                    "AWS_CLOUDHSM",
+                    CloudHsmClusterId=cloud_hsm_cluster_id,
+                    KeyStorePassword=key_store_password,
+                    TrustAnchorCertificate=trust_anchor_certificate,
+                )
                 proxy, secret_text = self._proxy_args(
                     xks_proxy_uri_endpoint,
                     xks_proxy_uri_path,
@@ -354,10 +354,7 @@ class KeyStoreOps(ServiceCore):
             account = call.account or self.account
             if custom_key_store_id is not None and custom_key_store_name is not None:
                 raise ValidationException("give CustomKeyStoreId or CustomKeyStoreName, not both")
-            n = _limit(limit, 100, 1000)
-            after = _marker_decode(marker) if marker is not None else ""
-            if marker is not None and after is None:
-                raise InvalidMarkerException("the marker is not one this service gave")
+            n, after = _paging(limit, marker, 100, 1000)
             if custom_key_store_id is not None:
                 row = _load_store(self, conn, custom_key_store_id, account)
                 if row is None:
@@ -381,13 +378,8 @@ class KeyStoreOps(ServiceCore):
                     raise CustomKeyStoreNotFoundException(
                         f"no custom key store named {custom_key_store_name!r} in account {account}"
                     )
-            rows = [r for r in rows if r.id > (after or "")]
-            page = rows[:n]
-            out: Response = {"CustomKeyStores": [_entry(r) for r in page], "Truncated": False}
-            if len(rows) > n:
-                out["Truncated"] = True
-                out["NextMarker"] = _marker_encode(page[-1].id)
-            return out
+            page, extra = _page([r for r in rows if r.id > after], n, lambda r: r.id)
+            return {"CustomKeyStores": [_entry(r) for r in page], **extra}
 
         return self._run("DescribeCustomKeyStores", principal, context, {}, op)
 
@@ -419,18 +411,15 @@ class KeyStoreOps(ServiceCore):
                 params["NewCustomKeyStoreName"] = name
                 changed.append("name")
             if row.kind == CLOUDHSM:
-                if any(
-                    v is not None
-                    for v in (
-                        xks_proxy_uri_endpoint,
-                        xks_proxy_uri_path,
-                        xks_proxy_connectivity,
-                        xks_proxy_authentication_credential,
-                        xks_proxy_vpc_endpoint_service_name,
-                        xks_proxy_vpc_endpoint_service_owner,
-                    )
-                ):
-                    raise ValidationException("XksProxy* parameters are for EXTERNAL_KEY_STORE")
+                _only_for(
+                    "EXTERNAL_KEY_STORE",
+                    XksProxyUriEndpoint=xks_proxy_uri_endpoint,
+                    XksProxyUriPath=xks_proxy_uri_path,
+                    XksProxyConnectivity=xks_proxy_connectivity,
+                    XksProxyAuthenticationCredential=xks_proxy_authentication_credential,
+                    XksProxyVpcEndpointServiceName=xks_proxy_vpc_endpoint_service_name,
+                    XksProxyVpcEndpointServiceOwner=xks_proxy_vpc_endpoint_service_owner,
+                )
                 if key_store_password is not None or cloud_hsm_cluster_id is not None:
                     if row.state != DISCONNECTED:
                         raise CustomKeyStoreInvalidStateException(
@@ -449,10 +438,11 @@ class KeyStoreOps(ServiceCore):
                         row.secret = self.store.root.seal(password.encode(), _secret_aad(row.id))
                         changed.append("password")
             else:
-                if any(v is not None for v in (cloud_hsm_cluster_id, key_store_password)):
-                    raise ValidationException(
-                        "CloudHsmClusterId and KeyStorePassword are for AWS_CLOUDHSM key stores"
-                    )
+                _only_for(
+                    "AWS_CLOUDHSM",
+                    CloudHsmClusterId=cloud_hsm_cluster_id,
+                    KeyStorePassword=key_store_password,
+                )
                 old = dict(row.body["XksProxyConfiguration"])
                 needs_disconnect = (
                     xks_proxy_uri_endpoint is not None
