@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import socket
+import tempfile
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -18,7 +20,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from .errors import ConfigurationError
 from .prometheus import LATENCY_BUCKETS
 
-__all__ = ("RequestMetrics", "run_uvicorn")
+__all__ = ("RequestMetrics", "base_options", "run_uvicorn", "serve_with")
 
 
 class RequestMetrics:
@@ -107,3 +109,50 @@ def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
         raise ConfigurationError(
             f"{what} could not start on {config.host}:{config.port} (see above)"
         )
+
+
+def base_options(
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    workers: int,
+    graceful_shutdown_seconds: float,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> dict[str, Any]:
+    """The uvicorn options both servers start from: the app factory, no access log (each app
+    writes one structured line per request), no Server header, the corked HTTP protocol (one
+    write per response), graceful shutdown, workers and TLS."""
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "lifespan": "on",
+        "server_header": False,
+        "http": "envelope.server.protocol:CorkedHTTPProtocol",
+        "timeout_graceful_shutdown": int(graceful_shutdown_seconds) or None,
+    }
+    if workers > 1:
+        options["workers"] = workers
+    if tls_cert is not None:
+        options["ssl_certfile"] = tls_cert
+        options["ssl_keyfile"] = tls_key
+    return options
+
+
+def serve_with(app_factory: str, options: dict[str, Any], what: str, metrics_prefix: str) -> None:
+    """`run_uvicorn`, with a private Prometheus multiprocess folder for several workers (unless
+    ``$PROMETHEUS_MULTIPROC_DIR`` names one), removed afterwards."""
+    metrics_dir: str | None = None
+    if options.get("workers", 1) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix=metrics_prefix)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        run_uvicorn(app_factory, options, what)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

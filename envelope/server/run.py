@@ -16,13 +16,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
-from typing import Any
 
 from .._ratelimit import RateQuota
-from .._serving import run_uvicorn
+from .._serving import base_options, serve_with
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
@@ -110,29 +107,13 @@ def serve(settings: ServerSettings) -> None:
         if path is not None and not os.path.isfile(path):
             raise ConfigurationError(f"TLS file {path} does not exist")
     os.environ[ENV_SETTINGS] = settings.to_env()
-    metrics_dir: str | None = None
-    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="envelope-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    options: dict[str, Any] = {
-        "factory": True,
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # one structured line per request comes from the app
-        "lifespan": "on",
-        "server_header": False,
-        "http": "envelope.server.protocol:CorkedHTTPProtocol",  # one write per response
-        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds) or None,
-    }
-    if settings.workers > 1:
-        options["workers"] = settings.workers
-    if settings.tls_cert is not None:
-        options["ssl_certfile"] = settings.tls_cert
-        options["ssl_keyfile"] = settings.tls_key
-    try:
-        run_uvicorn("envelope.server.run:create_app", options, "envelope serve")
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    options = base_options(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=settings.workers,
+        graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+    )
+    serve_with("envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-")

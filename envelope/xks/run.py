@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import ssl
 import sys
-import tempfile
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .._serving import run_uvicorn
+from .._serving import base_options, serve_with
 from ..errors import ConfigurationError
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
@@ -99,38 +97,25 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
             "this behind a TLS-terminating load balancer only)"
         )
     os.environ[ENV_CONFIG] = settings.to_env(overrides or {})
-    metrics_dir: str | None = None
     if settings.workers > 1:
         token.close()  # each worker opens its own (one login per process)
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            metrics_dir = tempfile.mkdtemp(prefix="envelope-xks-metrics-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    options: dict[str, Any] = {
-        "factory": True,
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # one structured line per request comes from the app
-        "lifespan": "on",
-        "server_header": False,
-        "date_header": False,
-        "http": "envelope.server.protocol:CorkedHTTPProtocol",
-        "timeout_graceful_shutdown": int(settings.graceful_shutdown_seconds) or None,
-    }
-    if settings.workers > 1:
-        options["workers"] = settings.workers
+    options = base_options(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=settings.workers,
+        graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
+        tls_cert=settings.tls_cert,
+        tls_key=settings.tls_key,
+    )
+    options["date_header"] = False
     if settings.tls_cert is not None:
-        options["ssl_certfile"] = settings.tls_cert
-        options["ssl_keyfile"] = settings.tls_key
         options["ssl_ciphers"] = TLS12_CIPHERS
     if settings.tls_client_ca is not None:
         options["ssl_ca_certs"] = settings.tls_client_ca
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         options["http"] = "envelope.xks.protocol:MutualTlsHTTPProtocol"
         os.environ[ENV_CLIENT_SUBJECT] = settings.tls_client_subject or ""
-    try:
-        run_uvicorn("envelope.xks.run:create_app", options, "envelope xks serve")
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    serve_with(
+        "envelope.xks.run:create_app", options, "envelope xks serve", "envelope-xks-metrics-"
+    )
