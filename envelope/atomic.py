@@ -229,8 +229,7 @@ class OutputFile:
         self._done = True
         try:
             if self.tmp_path is None:
-                os.close(self.fd)
-                self.fd = -1
+                self._close()
                 return
             try:
                 mode = os.stat(self.path).st_mode & 0o7777
@@ -241,8 +240,7 @@ class OutputFile:
                 os.fsync(self.fd)
             os.replace(self.tmp_path, self.path)
             self._forget()
-            os.close(self.fd)  # the lock is released only once the name is final
-            self.fd = -1
+            self._close()  # the lock is released only once the name is final
             if self.durable:
                 dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
                 try:
@@ -266,9 +264,16 @@ class OutputFile:
             except FileNotFoundError:
                 pass
             self._forget()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close()
+
+    def _close(self) -> None:
+        # The descriptor is forgotten *before* it is closed: a signal landing between the two
+        # (KeyboardInterrupt on SIGINT) must not leave a stale number that the cleanup closes a
+        # second time (EBADF replacing the interrupt, or worse, closing a descriptor another
+        # thread has just been given). A leaked descriptor at exit is the lesser harm.
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def discard(self) -> None:
         """Something failed: remove the temporary (the target is untouched)."""

@@ -102,10 +102,12 @@ def _batches(
         finally:
             _wipe(owned, failed.is_set())
         return
-    from concurrent.futures import wait  # loaded only when several workers run
+    from concurrent.futures import Future, wait  # loaded only when several workers run
 
-    futures = [pool(n).submit(worker, 0, 1) for _ in range(n)]
-    try:
+    futures: list[Future[None]] = []
+    try:  # submitted inside the try: an interrupt between two submits still waits for the first
+        for _ in range(n):
+            futures.append(pool(n).submit(worker, 0, 1))
         for f in futures:
             f.result()
     except BaseException:  # a worker failed, or the caller was interrupted (SIGINT/SIGTERM)

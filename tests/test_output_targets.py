@@ -288,3 +288,37 @@ def test_a_live_writers_temporary_is_never_removed(tmp_path: Path) -> None:
         live.discard()
     assert target.read_bytes() == b"data"
     assert remove_stale_temporaries(str(target)) == 0
+
+
+@pytest.mark.parametrize("where", ["commit", "discard"])
+def test_an_interrupt_right_after_close_is_not_turned_into_ebadf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """SIGINT's KeyboardInterrupt may land just after `os.close` returns (the handler runs at the
+    next bytecode). The cleanup must not close the same number again: in CI that turned a clean
+    interrupt into 'I/O error: Bad file descriptor' (exit 5) and could close another thread's
+    freshly opened descriptor."""
+    import envelope.atomic as atomic
+
+    target = tmp_path / "t"
+    out = OutputFile(target)
+    out.write(b"x" * 10)
+    real_close, calls = os.close, []
+
+    def close_then_interrupt(fd: int) -> None:
+        calls.append(fd)
+        real_close(fd)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "close", close_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        out.commit() if where == "commit" else out.discard()
+    monkeypatch.undo()
+    assert len(calls) == 1, calls  # closed once; the second close would have raised EBADF
+    assert out.fd == -1
+    if where == "discard":
+        assert not list(tmp_path.iterdir())
+    else:  # the interrupt came after the rename: the output is whole and nothing else is left
+        assert target.read_bytes() == b"x" * 10
+        assert [p.name for p in tmp_path.iterdir()] == ["t"]

@@ -223,8 +223,8 @@ class _LocalStore:
                 if _same_file(self.fd, self.path):
                     os.unlink(self.path)  # while still holding the flock
             finally:
-                os.close(self.fd)
-                self.fd = -1
+                fd, self.fd = self.fd, -1  # forgotten first: see atomic.OutputFile._close
+                os.close(fd)
 
 
 def _same_file(fd: int, path: str) -> bool:
