@@ -51,3 +51,46 @@ def test_other_unraisable_errors_are_still_reported() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "still shown" in out.stderr
+
+
+STRANDED = """
+import asyncio, atexit, sys
+import anyio
+import envelope.cli.main as cli
+
+def interrupted_command(argv, *, _enable_gc=False):
+    # An anyio worker thread whose stop callback never runs: the loop is left by an
+    # interrupt before it processes the main task's done-callbacks (what a signal landing
+    # during the loop's teardown does).
+    async def job():
+        await anyio.to_thread.run_sync(lambda: None)
+        raise KeyboardInterrupt
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(loop.create_task(job()))
+    except KeyboardInterrupt:
+        pass
+    print("interrupted", file=sys.stderr)
+    return 130
+
+cli.main = interrupted_command
+{disable}
+atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_an_interrupted_command_exits_even_with_a_stranded_worker_thread(guarded: bool) -> None:
+    """The process must end with its exit code (and its exit handlers run) even when a
+    non-daemon anyio worker thread can no longer be told to stop; without the guard, the
+    interpreter joins that thread forever."""
+    disable = "" if guarded else "cli.exit_despite_stranded_threads = lambda code: None"
+    cmd = [sys.executable, "-c", STRANDED.format(disable=disable)]
+    if not guarded:
+        with pytest.raises(subprocess.TimeoutExpired):
+            subprocess.run(cmd, capture_output=True, text=True, timeout=8)
+        return
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 130, out.stderr
+    assert "interrupted" in out.stderr and "exit handlers ran" in out.stderr, out.stderr

@@ -237,8 +237,43 @@ def run() -> None:
         gc.enable()
     if code >= 128:  # stopped by a signal: see `quiet_half_closed_loops`
         quiet_half_closed_loops()
+        exit_despite_stranded_threads(code)
     gc.freeze()
     sys.exit(code)
+
+
+def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
+    """End an interrupted command even if a thread it started can no longer be stopped.
+
+    The interpreter joins every non-daemon thread before it exits. anyio's worker threads are
+    non-daemon and are told to stop by a callback of the event loop's main task; a signal that
+    lands while that loop is being torn down (KeyboardInterrupt goes wherever the main thread
+    is) skips the callback, and the worker then waits for work forever: the process had
+    already cleaned up and said "interrupted", and hung (seen in the signal tests, 1 run in
+    ~50). After `grace` seconds for such threads to end by themselves, the exit handlers run
+    and the process leaves with its exit code without joining them: the work they belonged to
+    was cancelled and its output already discarded."""
+    import threading
+    import time
+
+    def stranded() -> list[threading.Thread]:
+        me = threading.current_thread()
+        return [t for t in threading.enumerate() if t is not me and not t.daemon]
+
+    deadline = time.monotonic() + grace
+    for t in stranded():
+        t.join(max(0.0, deadline - time.monotonic()))
+    if not stranded():
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def quiet_half_closed_loops() -> None:
