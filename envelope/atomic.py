@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 import stat
 import threading
 from typing import Literal
@@ -66,7 +65,7 @@ def is_temporary(path: str) -> bool:
 def temporary_name(path: str) -> str:
     """A fresh temporary name beside `path` (``/``-separated paths work on object stores)."""
     head, _, name = path.rpartition("/")
-    tmp = f".{name}.{secrets.token_hex(6)}{TMP_SUFFIX}"
+    tmp = f".{name}.{os.urandom(6).hex()}{TMP_SUFFIX}"
     return f"{head}/{tmp}" if head else tmp
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import secrets
 import threading
 import time
 import weakref
@@ -137,14 +136,14 @@ def backend_identity(backend: KmsBackend) -> str:
         try:
             ident = _identities.get(backend)
             if ident is None:
-                ident = _identities[backend] = f"{backend.provider_id}#{secrets.token_hex(16)}"
+                ident = _identities[backend] = f"{backend.provider_id}#{os.urandom(16).hex()}"
             return ident
         except TypeError:  # not weak-referenceable: keep it alive so its id is never reused
             held = _identities_strong.get(id(backend))
             if held is None or held[0] is not backend:
                 held = _identities_strong[id(backend)] = (
                     backend,
-                    f"{backend.provider_id}#{secrets.token_hex(16)}",
+                    f"{backend.provider_id}#{os.urandom(16).hex()}",
                 )
             return held[1]
 

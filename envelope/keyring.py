@@ -18,7 +18,7 @@ engine never talks to a backend directly::
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import cast
@@ -116,7 +116,7 @@ class Keyring:
         self.cache: DataKeyCache | None = cache
         if partition is not None and not partition:
             raise ConfigurationError("a cache partition name must not be empty")
-        self.partition = partition if partition is not None else secrets.token_hex(16)
+        self.partition = partition if partition is not None else os.urandom(16).hex()
 
     def _wrap(self, backend: KmsBackend) -> KmsBackend:
         if isinstance(backend, RetryingKms):

@@ -13,13 +13,13 @@ The DK itself never keys a cipher, so a cached DK can seal any number of objects
 
 from __future__ import annotations
 
-import hmac as _hmac
 import struct
 from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.constant_time import bytes_eq
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from ..errors import AuthenticationError, ConfigurationError
@@ -134,9 +134,9 @@ def open_header(
         suite_id=header.suite_id,
         epoch_log2=epoch_log2,
     )
-    if not _hmac.compare_digest(keys.commitment, header.commitment):
+    if not bytes_eq(keys.commitment, header.commitment):
         raise AuthenticationError()
     expected = keys.mac(header.raw[: header.header_len - len(header.header_mac)])
-    if not _hmac.compare_digest(expected, header.header_mac):
+    if not bytes_eq(expected, header.header_mac):
         raise AuthenticationError()
     return keys

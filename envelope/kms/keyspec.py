@@ -35,7 +35,6 @@ from ..errors import ConfigurationError
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..metrics import NULL_OBSERVER, Observer
-from .aws import ENDPOINT_ENV, check_endpoint_url, parse_key_ref
 from .base import KmsBackend
 from .filekey import FileKeyBackend
 from .retry import RetryingKms, RetryPolicy, shared_budget
@@ -158,10 +157,14 @@ class KeySpec:
             if len(names) > 1:
                 raise ConfigurationError("encrypt takes one --key-file")
         if self.key is not None and is_aws_key(self.key):
+            from .aws import parse_key_ref
+
             parse_key_ref(self.key)  # a malformed ARN or aws-kms: URI is refused here
         if self.kms_endpoint is not None:
             if not isinstance(self.kms_endpoint, str) or not self.kms_endpoint:
                 raise ConfigurationError("a KeySpec's kms_endpoint must be a non-empty URL or None")
+            from .aws import check_endpoint_url
+
             check_endpoint_url(self.kms_endpoint)
             if self.purpose == "encrypt" and (self.key is None or not is_aws_key(self.key)):
                 raise ConfigurationError(
@@ -204,6 +207,8 @@ class KeySpec:
         if self._uses_aws():
             # AWS keys: the endpoint and a Region the key does not name come from this
             # process's environment, as the AWS SDKs would find them here.
+            from .aws import ENDPOINT_ENV, parse_key_ref
+
             endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
             ref = parse_key_ref(key) if key is not None and is_aws_key(key) else None

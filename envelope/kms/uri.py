@@ -21,11 +21,22 @@ import os
 from typing import Any
 
 from ..errors import ConfigurationError
-from .aws import is_aws_key
 from .base import KmsBackend
 from .filekey import FileKeyBackend
 
 __all__ = ("is_aws_key", "open_aws_backend", "open_backend", "open_local_backend")
+
+
+def is_aws_key(uri: str) -> bool:
+    """Does this key argument name the aws backend (``aws-kms:...`` or a KMS ARN)?
+
+    `envelope.kms.aws.is_aws_key` decides; it is loaded only for an argument that could be one
+    (it and the regular expressions it needs cost a key-file command's start-up ~2 ms)."""
+    if not uri.startswith(("aws-kms:", "arn:")):
+        return False
+    from .aws import is_aws_key as exact
+
+    return exact(uri)
 
 
 def open_local_backend(
