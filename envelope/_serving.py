@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,7 +21,24 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, g
 from .errors import ConfigurationError
 from .prometheus import LATENCY_BUCKETS
 
-__all__ = ("RequestMetrics", "base_options", "run_uvicorn", "serve_with")
+__all__ = ("RequestMetrics", "base_options", "decode_headers", "run_uvicorn", "serve_with")
+
+
+def decode_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """An ASGI scope's headers as text (latin-1, as HTTP/1.1 carries them; names lower-cased),
+    and the first value of each name: one pass for everything a request reads (SigV4 needs
+    them all, in order; routing needs a few by name)."""
+    headers: list[tuple[str, str]] = []
+    first: dict[str, str] = {}
+    for k, v in raw:
+        name = k.decode("latin-1").lower()
+        value = v.decode("latin-1")
+        headers.append((name, value))
+        if name not in first:
+            first[name] = value
+    return headers, first
 
 
 class RequestMetrics:

@@ -114,15 +114,9 @@ def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
 def load_profiles(path: Path) -> dict[str, Profile]:
     """Every profile of the file at `path`, checked. A file that is not TOML is an error that
     names the file and the line; so is a profile with an unknown key or a bad value."""
-    import tomllib
+    from ._toml import read_toml
 
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:  # its message ends "(at line N, column M)"
-        raise ConfigurationError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ConfigurationError(f"{path}: cannot read the config file: {e.strerror}") from None
+    doc = read_toml(path, "the config file")
     unknown = sorted(set(doc) - {"profile"})
     if unknown:
         raise ConfigurationError(

@@ -43,7 +43,7 @@ import anyio.to_thread
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .._serving import RequestMetrics
+from .._serving import RequestMetrics, decode_headers
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
 from .errors import INTERNAL_MESSAGE, WireError, status_for
@@ -141,20 +141,6 @@ class _Outcome:
         self.body = json.dumps(doc).encode()
 
 
-def _decode(raw: Sequence[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """The headers as text (latin-1, as HTTP/1.1 carries them; names lower-cased), and the
-    first value of each name: one pass for everything a request reads."""
-    headers: list[tuple[str, str]] = []
-    first: dict[str, str] = {}
-    for k, v in raw:
-        name = k.decode("latin-1").lower()
-        value = v.decode("latin-1")
-        headers.append((name, value))
-        if name not in first:
-            first[name] = value
-    return headers, first
-
-
 class KmsApp:
     """The ASGI callable. `service` is this process's `KeyService` (closed at shutdown)."""
 
@@ -213,7 +199,7 @@ class KmsApp:
     async def _kms(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
-        headers, first = _decode(scope.get("headers") or ())
+        headers, first = decode_headers(scope.get("headers") or ())
         client = scope.get("client")
         source_ip = client[0] if client else "unknown"
         user_agent = first.get("user-agent", "")

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .._toml import KeySpecs, read_toml, table_values
 from ..errors import ConfigurationError
 
 __all__ = ("ENV_SETTINGS", "ServerSettings", "load_settings")
@@ -93,7 +93,7 @@ class ServerSettings:
         return cls(**data)
 
 
-_TABLES: Mapping[str, Mapping[str, tuple[str, type | tuple[type, ...]]]] = {
+_TABLES: Mapping[str, KeySpecs] = {
     "server": {
         "host": ("host", str),
         "port": ("port", int),
@@ -118,13 +118,7 @@ def load_settings(path: str | os.PathLike[str] | None) -> ServerSettings:
     if path is None:
         return ServerSettings()
     p = Path(path)
-    try:
-        with p.open("rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigurationError(f"cannot read server config {p}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigurationError(f"server config {p} is not valid TOML: {e}") from None
+    doc = read_toml(p, "server config")
     values: dict[str, Any] = {}
     for table, body in doc.items():
         if table == "quotas":
@@ -137,16 +131,5 @@ def load_settings(path: str | os.PathLike[str] | None) -> ServerSettings:
             raise ConfigurationError(
                 f"{p}: unknown table [{table}] (known: server, tls, store, quotas)"
             )
-        for key, value in body.items():
-            spec = keys.get(key)
-            if spec is None:
-                raise ConfigurationError(
-                    f"{p}: unknown key {key!r} in [{table}] (known: {', '.join(keys)})"
-                )
-            attr, kind = spec
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise ConfigurationError(f"{p}: [{table}] {key} has the wrong type: {value!r}")
-            if attr in _PATHS:
-                value = str((p.parent / Path(str(value)).expanduser()).resolve())
-            values[attr] = value
+        values.update(table_values(p, table, body, keys, paths=_PATHS))
     return ServerSettings(**values)

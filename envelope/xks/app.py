@@ -55,7 +55,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .._ratelimit import TokenBucket
-from .._serving import RequestMetrics
+from .._serving import RequestMetrics, decode_headers
 from ..errors import ConfigurationError
 from ..server.auth import Authenticator, AuthError, StaticCredentials
 from .config import KeyStoreSettings, XksSettings, load_settings
@@ -315,7 +315,7 @@ class XksProxyApp:
                 raise XksProxyError(
                     "UnsupportedOperationException", "XKS operations take POST only", 405
                 )
-            headers, first = _decode(scope.get("headers") or ())
+            headers, first = decode_headers(scope.get("headers") or ())
             body = await self._body(first.get("content-length"), receive)
             out.access_key_id = self._authenticate(store, scope, headers, first, body)
             if store.bucket is not None and store.bucket.take() > 0:
@@ -444,19 +444,6 @@ class XksProxyApp:
 
 def _too_large(limit: int) -> XksProxyError:
     return XksProxyError("UnsupportedOperationException", f"the request body exceeds {limit} bytes")
-
-
-def _decode(raw: Any) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """The headers as text (latin-1, names lower-cased) and the first value of each name."""
-    headers: list[tuple[str, str]] = []
-    first: dict[str, str] = {}
-    for k, v in raw:
-        name = k.decode("latin-1").lower()
-        value = v.decode("latin-1")
-        headers.append((name, value))
-        if name not in first:
-            first[name] = value
-    return headers, first
 
 
 class _AccessLog:

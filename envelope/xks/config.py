@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .._toml import KeySpecs, read_toml, table_values
 from ..errors import ConfigurationError
 from .spec import (
     API_PATH,
@@ -258,7 +258,7 @@ class XksSettings:
         return load_settings(doc.get("source")).with_overrides(**doc.get("overrides", {}))
 
 
-_TABLES: Mapping[str, Mapping[str, tuple[str, type | tuple[type, ...]]]] = {
+_TABLES: Mapping[str, KeySpecs] = {
     "server": {
         "host": ("host", str),
         "port": ("port", int),
@@ -400,13 +400,7 @@ def load_settings(path: str | os.PathLike[str] | None) -> XksSettings:
     if path is None:
         return XksSettings(pin=os.environ.get(_PIN_ENV, ""))
     p = Path(path)
-    try:
-        with p.open("rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigurationError(f"cannot read XKS proxy config {p}: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigurationError(f"XKS proxy config {p} is not valid TOML: {e}") from None
+    doc = read_toml(p, "XKS proxy config")
     values: dict[str, Any] = {"source": str(p.resolve())}
     pin_sources: dict[str, str] = {}
     keystores: list[KeyStoreSettings] = []
@@ -421,22 +415,11 @@ def load_settings(path: str | os.PathLike[str] | None) -> XksSettings:
             raise ConfigurationError(
                 f"{p}: unknown table [{table}] (known: {', '.join(_TABLES)}, [[keystore]])"
             )
-        for key, value in body.items():
-            spec = keys.get(key)
-            if spec is None:
-                raise ConfigurationError(
-                    f"{p}: unknown key {key!r} in [{table}] (known: {', '.join(keys)})"
-                )
-            attr, kind = spec
-            if isinstance(value, bool) or not isinstance(value, kind):
-                shown = "<secret>" if attr == "pin" else repr(value)
-                raise ConfigurationError(f"{p}: [{table}] {key} has the wrong type: {shown}")
+        for attr, value in table_values(p, table, body, keys, paths=_PATHS, secrets=("pin",)):
             if attr in ("pin", "pin_env", "pin_source"):
                 pin_sources[attr] = str(value)
-                continue
-            if attr in _PATHS:
-                value = str((p.parent / Path(str(value)).expanduser()).resolve())
-            values[attr] = value
+            else:
+                values[attr] = value
     values["pin"] = _pin(p, pin_sources)
     values["keystores"] = tuple(keystores)
     return XksSettings(**values)
