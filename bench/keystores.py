@@ -28,15 +28,10 @@ both are bound by the store's commit path and the figure is `hsm_to_default_rati
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from envelope.service import KeyService, open_service  # noqa: E402
+from tests.xks.running import XksProxy  # noqa: E402
 
 ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 CTX = {"bench": "keystores"}
@@ -119,156 +115,10 @@ XKS_KEY_LABEL = "bench-xks-key"
 XKS_PREFIX = "/bench"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class XksProxy:
-    """``envelope xks serve`` in a subprocess on loopback TLS, in front of its own token."""
-
-    def __init__(self, folder: Path, workers: int) -> None:
-        from tests.softhsm import make_token
-        from tests.xks.tls import make_ca, make_server_cert
-
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        token_label = "bench-xks-" + secrets.token_hex(4)
-        pin = "97531"
-        module = make_token(folder, label=token_label, pin=pin).module
-        self.ca = make_ca(folder, "bench-ca")
-        cert, key = make_server_cert(folder, self.ca, "bench-proxy")
-        self.secret = base64.b64encode(secrets.token_bytes(32)).decode()  # 44 of [A-Za-z0-9+/=]
-        self.port = _free_port()
-        self.config = folder / "xks-proxy.toml"
-        self.config.write_text(
-            f"""
-[server]
-port = {self.port}
-workers = {workers}
-log_level = "warning"
-graceful_shutdown_seconds = 1
-region = "us-east-1"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[token]
-module = "{module}"
-label = "{token_label}"
-pin_env = "BENCH_XKS_PIN"
-
-[[keystore]]
-path_prefix = "{XKS_PREFIX}"
-[[keystore.credential]]
-access_key_id = "{XKS_ACCESS_KEY}"
-secret_access_key_env = "BENCH_XKS_SECRET"
-"""
-        )
-        self.env = dict(
-            os.environ, BENCH_XKS_PIN=pin, BENCH_XKS_SECRET=self.secret, PYTHONPATH=str(REPO)
-        )
-        cli = [sys.executable, "-m", "envelope.cli.main", "xks"]
-        made = subprocess.run(
-            [*cli, "create-key", XKS_KEY_LABEL, "--config", str(self.config), "--json"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            check=False,
-        )
-        if made.returncode != 0:
-            raise RuntimeError(f"envelope xks create-key failed: {made.stderr.strip()}")
-        self.log = folder / "proxy.log"
-        with self.log.open("wb") as f:
-            self.proc = subprocess.Popen(
-                [*cli, "serve", "--config", str(self.config)],
-                env=self.env,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait()
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://localhost:{self.port}"
-
-    def _wait(self) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.ca.cert_file))
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"xks serve exited {self.proc.returncode}: {self._tail()}")
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1) as raw,
-                    ctx.wrap_socket(raw, server_hostname="localhost"),
-                ):
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"xks serve did not start: {self._tail()}")
-            time.sleep(0.05)
-
-    def _tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def cpu_seconds(self) -> float:
-        """User+system CPU of the proxy and its worker processes so far (from /proc)."""
-        total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        for pid in [self.proc.pid, *_children(self.proc.pid)]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return out
-    for k in kids:
-        out.append(int(k))
-        out.extend(_children(int(k)))
-    return out
-
-
 def _xks_key(svc: KeyService, proxy: XksProxy) -> str:
     """A connected external key store through `proxy`, and a key in it."""
     os.environ["ENVELOPE_XKS_CA_FILE"] = str(proxy.ca.cert_file)
-    store = svc.create_custom_key_store(
-        custom_key_store_name="bench-xks",
-        custom_key_store_type="EXTERNAL_KEY_STORE",
-        xks_proxy_uri_endpoint=proxy.endpoint,
-        xks_proxy_uri_path=f"{XKS_PREFIX}/kms/xks/v1",
-        xks_proxy_connectivity="PUBLIC_ENDPOINT",
-        xks_proxy_authentication_credential={
-            "AccessKeyId": XKS_ACCESS_KEY,
-            "RawSecretAccessKey": proxy.secret,
-        },
-    )["CustomKeyStoreId"]
-    svc.connect_custom_key_store(custom_key_store_id=store)
-    meta = svc.create_key(
-        origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id=XKS_KEY_LABEL
-    )["KeyMetadata"]
-    return str(meta["KeyId"])
+    return str(proxy.connect(svc, "bench-xks")[1]["KeyId"])
 
 
 def _cpu_split(svc: KeyService, kid: str, proxy: XksProxy, seconds: float) -> dict[str, float]:
@@ -318,7 +168,7 @@ def _client_ceiling(proxy: XksProxy, kid_arn: str, n_threads: int, seconds: floa
 
     client = XksClient(
         proxy.endpoint,
-        f"{XKS_PREFIX}/kms/xks/v1",
+        proxy.uri_path,
         XKS_ACCESS_KEY,
         proxy.secret,
         ca_file=str(proxy.ca.cert_file),
@@ -377,7 +227,13 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     results["hsm_to_default_ratio"] = results["hsm_to_default_ratio_1"]
 
     if not args.no_xks:
-        proxy = XksProxy(folder / "xks", args.proxy_workers)
+        proxy = XksProxy(
+            folder / "xks",
+            key_label=XKS_KEY_LABEL,
+            prefix=XKS_PREFIX,
+            access_key_id=XKS_ACCESS_KEY,
+            workers=args.proxy_workers,
+        )
         try:
             xks_kid = _xks_key(svc, proxy)
             _rate(svc, xks_kid, 8, 0.5)

@@ -13,27 +13,18 @@ the custom key store, and once the store is disconnected the same file no longer
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
 import os
-import secrets
-import signal
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from envelope.service import open_service
-from tests.xks.tls import Ca, make_ca, make_server_cert
+from tests.xks.running import XksProxy
 
-from ..softhsm import make_token
 from .conftest import HsmToken
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,98 +36,21 @@ XKS_KEY = "e2e-external-key"
 _DROP = ("ENVELOPE_", "AWS_")
 
 
-@dataclass
-class XksProxy:
-    endpoint: str
-    ca: Ca
-    secret: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ping(port: int, ca: Ca) -> bool:
-    ctx = ssl.create_default_context(cafile=str(ca.cert_file))
-    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=5)
-    try:
-        conn.request("GET", "/ping")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="module")
 def xks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XksProxy]:
     """``envelope xks serve`` with TLS on loopback, its key ``e2e-external-key`` in a token."""
-    folder = tmp_path_factory.mktemp("xks-e2e")
-    pin = "86420"
-    token = make_token(folder, label="xks-e2e-" + secrets.token_hex(4), pin=pin)
-    ca = make_ca(folder, "ca")
-    cert, key = make_server_cert(folder, ca, "proxy")
-    secret = base64.b64encode(secrets.token_bytes(32)).decode()
-    port = _free_port()
-    config = folder / "xks-proxy.toml"
-    config.write_text(
-        f"""
-[server]
-port = {port}
-log_level = "info"
-graceful_shutdown_seconds = 1
-region = "us-east-1"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[token]
-module = "{token.module}"
-label = "{token.token_label}"
-pin_env = "E2E_XKS_PIN"
-
-[[keystore]]
-path_prefix = "{XKS_PREFIX}"
-keys = ["{XKS_KEY}"]
-[[keystore.credential]]
-access_key_id = "{XKS_ACCESS_KEY}"
-secret_access_key_env = "E2E_XKS_SECRET"
-"""
+    proxy = XksProxy(
+        tmp_path_factory.mktemp("xks-e2e"),
+        key_label=XKS_KEY,
+        prefix=XKS_PREFIX,
+        access_key_id=XKS_ACCESS_KEY,
+        log_level="info",  # the access log names each request the KMS made
+        only_listed_keys=True,
     )
-    env = dict(os.environ, E2E_XKS_PIN=pin, E2E_XKS_SECRET=secret, PYTHONPATH=str(REPO))
-    cli = [sys.executable, "-m", "envelope.cli.main", "xks"]
-    made = subprocess.run(
-        [*cli, "create-key", XKS_KEY, "--config", str(config), "--json"],
-        capture_output=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    log = folder / "proxy.log"
-    with log.open("wb") as f:
-        proc = subprocess.Popen(
-            [*cli, "serve", "--config", str(config)], env=env, stdout=f, stderr=subprocess.STDOUT
-        )
     try:
-        deadline = time.monotonic() + 60
-        while not _ping(port, ca):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield XksProxy(f"https://localhost:{port}", ca, secret, proc, log)
+        yield proxy
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proxy.stop()
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -267,21 +181,7 @@ def test_a_key_in_an_external_store(
     env = _env(home) | trust
     svc = open_service(home)
     try:
-        store = svc.create_custom_key_store(
-            custom_key_store_name="e2e-xks",
-            custom_key_store_type="EXTERNAL_KEY_STORE",
-            xks_proxy_uri_endpoint=xks.endpoint,
-            xks_proxy_uri_path=f"{XKS_PREFIX}/kms/xks/v1",
-            xks_proxy_connectivity="PUBLIC_ENDPOINT",
-            xks_proxy_authentication_credential={
-                "AccessKeyId": XKS_ACCESS_KEY,
-                "RawSecretAccessKey": xks.secret,
-            },
-        )["CustomKeyStoreId"]
-        svc.connect_custom_key_store(custom_key_store_id=store)
-        meta = svc.create_key(
-            origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id=XKS_KEY
-        )["KeyMetadata"]
+        store, meta = xks.connect(svc, "e2e-xks")
         svc.create_alias(alias_name="alias/external", target_key_id=meta["KeyId"])
     finally:
         svc.close()
