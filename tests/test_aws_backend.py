@@ -28,12 +28,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import moto.server as moto_server
 import pytest
 
 import envelope
@@ -70,17 +68,6 @@ FAST = RetryPolicy(max_attempts=4, deadline=20.0, throttle_base=0.01, transient_
 
 
 # -- servers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import moto.server as moto_server
 import pytest
 
 from envelope import sync
@@ -37,17 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(base / "home", base / "server.log")
     try:
         yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    srv.start()
-    host, port = srv.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
     finally:
         srv.stop()
 
