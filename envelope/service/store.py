@@ -26,6 +26,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -289,6 +290,12 @@ class _WriterQueue:
     shell, the schema upgrade at open) is serialised by SQLite as before. Where the file system
     has no `flock` (some network file systems) the queue is skipped.
 
+    A writer first polls the queue for up to `_SPIN_SECONDS` (about one transaction) before it
+    sleeps in it: on this VM waking a sleeping process costs ~150 us, and two processes that
+    do nothing but write handed the lock over at 2,400 calls/s sleeping, 3,080/s polling first
+    (3,700/s with SQLite's sleeps, which let one process run many transactions in a row while
+    the other waits milliseconds: throughput bought with the tail latency above).
+
     The descriptor is this process's own: a forked child opens its own, since a `flock` is
     shared by every process holding the same open file description.
     """
@@ -312,7 +319,15 @@ class _WriterQueue:
         fd = self._descriptor()
         if fd >= 0:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                deadline = time.perf_counter() + _SPIN_SECONDS
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.perf_counter() > deadline:
+                            fcntl.flock(fd, fcntl.LOCK_EX)
+                            break
             except OSError as e:
                 if e.errno not in _NO_FLOCK:
                     raise
@@ -329,6 +344,8 @@ class _WriterQueue:
             os.close(fd)
 
 
+#: How long a writer polls the queue before it sleeps in it (see `_WriterQueue`).
+_SPIN_SECONDS = 0.0002
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
