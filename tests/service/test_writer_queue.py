@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from envelope.service import open_service
-from envelope.service.store import _WriterQueue  # noqa
+from envelope.service.store import _WriterQueue
 
 HOLD = """
 import fcntl, os, sys
