@@ -14,14 +14,21 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 
 from .errors import ConfigurationError
 from .prometheus import LATENCY_BUCKETS
 
-__all__ = ("RequestMetrics", "base_options", "decode_headers", "run_uvicorn", "serve_with")
+__all__ = (
+    "ListenSettings",
+    "RequestMetrics",
+    "base_options",
+    "decode_headers",
+    "run_uvicorn",
+    "serve_with",
+)
 
 
 def decode_headers(
@@ -129,19 +136,32 @@ def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
         )
 
 
-def base_options(
-    *,
-    host: str,
-    port: int,
-    log_level: str,
-    workers: int,
-    graceful_shutdown_seconds: float,
-    tls_cert: str | None,
-    tls_key: str | None,
-) -> dict[str, Any]:
+class ListenSettings(Protocol):
+    """What both servers' settings say about listening (`ServerSettings`, `XksSettings`)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def graceful_shutdown_seconds(self) -> float: ...
+    @property
+    def tls_cert(self) -> str | None: ...
+    @property
+    def tls_key(self) -> str | None: ...
+
+
+def base_options(settings: ListenSettings) -> dict[str, Any]:
     """The uvicorn options both servers start from: the app factory, no access log (each app
     writes one structured line per request), no Server header, the corked HTTP protocol (one
     write per response), graceful shutdown, workers and TLS."""
+    host, port, log_level = settings.host, settings.port, settings.log_level
+    workers, graceful_shutdown_seconds = settings.workers, settings.graceful_shutdown_seconds
+    tls_cert, tls_key = settings.tls_cert, settings.tls_key
     options: dict[str, Any] = {
         "factory": True,
         "host": host,

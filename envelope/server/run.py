@@ -107,13 +107,5 @@ def serve(settings: ServerSettings) -> None:
         if path is not None and not os.path.isfile(path):
             raise ConfigurationError(f"TLS file {path} does not exist")
     os.environ[ENV_SETTINGS] = settings.to_env()
-    options = base_options(
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        workers=settings.workers,
-        graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-    )
+    options = base_options(settings)
     serve_with("envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-")

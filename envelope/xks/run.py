@@ -99,15 +99,7 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
     os.environ[ENV_CONFIG] = settings.to_env(overrides or {})
     if settings.workers > 1:
         token.close()  # each worker opens its own (one login per process)
-    options = base_options(
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        workers=settings.workers,
-        graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
-        tls_cert=settings.tls_cert,
-        tls_key=settings.tls_key,
-    )
+    options = base_options(settings)
     options["date_header"] = False
     if settings.tls_cert is not None:
         options["ssl_ciphers"] = TLS12_CIPHERS
