@@ -18,8 +18,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from envelope.service import open_service
 from envelope.service.store import _WriterQueue
 
@@ -93,7 +91,6 @@ def test_a_call_waits_while_another_process_holds_the_queue(tmp_path: Path) -> N
         svc.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_queues_on_a_descriptor_of_its_own(tmp_path: Path) -> None:
     """A `flock` belongs to the open file description: a child using its parent's descriptor
     would hold the parent's lock instead of waiting for it."""
