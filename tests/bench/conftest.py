@@ -12,6 +12,8 @@ import pytest
 
 from envelope.cli.main import main
 
+from ..server.conftest import server  # noqa: F401  (`envelope serve` for a module, as in tests/server)
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bench.md"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,9 @@ import pytest
 
 from envelope.service import open_service
 
-from ..server.conftest import Server, start_server
+from ..server.conftest import Server
 
 SMALL = ("--seconds", "0.3", "--concurrency", "1,2", "--objects", "60", "--cache-max-objects", "20")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("bench-serve")
-    srv = start_server(base / "home", base / "server.log")
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def check(data: dict[str, Any], objects: int, per_key: int) -> None:

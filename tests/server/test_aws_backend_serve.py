@@ -6,11 +6,9 @@ must show the same calls, made by the same user."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,11 @@ from envelope.kms.aws import AwsKms
 from envelope.kms.keyspec import KeySpec
 from envelope.lake import jobs
 
-from ..test_aws_backend import counted
-from .conftest import REGION, Server, start_server
+from ..test_aws_backend import counted, file_digest, write_big_file
+from .conftest import REGION, Server
 
 OBJECTS = 2000
 PER_KEY = 500  # objects one data key may encrypt: the promise is ceil(2000 / 500) = 4 keys
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("serve-aws")
-    srv = start_server(base / "home", base / "server.log")
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 class Target:
@@ -136,13 +124,7 @@ def test_a_big_file_round_trip_through_envelope_serve(
     arn = server.client("admin").create_key()["KeyMetadata"]["Arn"]
     mib = int(os.environ.get("ENVELOPE_AWS_BIG_MIB", "64"))
     src, enc, back = tmp_path / "big", tmp_path / "big.env", tmp_path / "big.out"
-    digest = hashlib.sha256()
-    with open(src, "wb") as f:
-        block = os.urandom(1 << 20)
-        for i in range(mib):
-            chunk = block[i % 89 :] + block[: i % 89]
-            digest.update(chunk)
-            f.write(chunk)
+    digest = write_big_file(src, mib)
     kr = KeySpec(key=arn, kms_endpoint=server.endpoint).keyring()
     (backend,) = kr.backends
     calls = counted(backend, REGION)  # type: ignore[arg-type]
@@ -152,9 +134,5 @@ def test_a_big_file_round_trip_through_envelope_serve(
         sync.decrypt(str(enc), str(back), keyring=kr, durable=False)
     finally:
         kr.close()
-    out = hashlib.sha256()
-    with open(back, "rb") as f:
-        while chunk := f.read(1 << 22):
-            out.update(chunk)
-    assert out.hexdigest() == digest.hexdigest() and back.stat().st_size == mib << 20
+    assert file_digest(back) == digest and back.stat().st_size == mib << 20
     assert calls.sent == Counter({"GenerateDataKey": 1, "Decrypt": 1})
