@@ -153,7 +153,7 @@ CacheKey = tuple[object, ...]
 
 
 def _context_key(kms_context: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(kms_context.items()))
+    return tuple(sorted(kms_context.items())) if kms_context else ()
 
 
 def encryption_cache_key(

@@ -207,16 +207,21 @@ class Keyring:
     ) -> tuple[list[tuple[WrappedKey, int]], list[CacheKey], bytearray | None]:
         """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
         plaintext if one of several ways in is already cached."""
+        backends = self.backends
+        candidates: list[tuple[WrappedKey, int]]
+        if len(wrapped_keys) == 1:  # nearly every object: no repeats to skip
+            wrapped = wrapped_keys[0]
+            candidates = [(wrapped, i) for i, b in enumerate(backends) if b.can_unwrap(wrapped)]
+            wrapped_keys = ()
+        else:
+            candidates = []
         seen: set[tuple[str, str, bytes]] = set()
-        candidates: list[tuple[WrappedKey, int]] = []
         for wrapped in wrapped_keys:
             ident = (wrapped.provider_id, wrapped.key_id, wrapped.ciphertext)
             if ident in seen:
                 continue  # a header listing one wrapped key twice gets one attempt
             seen.add(ident)
-            candidates += [
-                (wrapped, i) for i, b in enumerate(self.backends) if b.can_unwrap(wrapped)
-            ]
+            candidates += [(wrapped, i) for i, b in enumerate(backends) if b.can_unwrap(wrapped)]
         del candidates[MAX_EDKS:]  # never more KMS attempts than a header may carry keys
         cache = self.cache
         keys: list[CacheKey] = []

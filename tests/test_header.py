@@ -509,3 +509,25 @@ def test_header_len_must_cover_exactly_the_fields() -> None:
         body = patched[: len(raw) + delta] if delta < 0 else patched + b"\0" * delta
         with pytest.raises(HeaderFormatError):
             parse_header(body)
+
+
+def test_a_wrapped_key_list_is_parsed_once_and_its_memo_stays_bounded() -> None:
+    """Objects sealed under one cached data key share their wrapped-key list: the reader keeps
+    the parsed list by its bytes (`format._WRAPPED_MEMO`). The memo must give what a fresh
+    parse gives, never skip a reader's own limit, and stay within its bounds."""
+    from envelope.hazmat import format as fmt
+
+    fmt._WRAPPED_MEMO.clear()
+    two = raw_header(edks=[raw_edk(b"m", b"k", b"e"), raw_edk(b"m", b"j", b"f")])
+    first = parse_header(two)
+    assert parse_header(two).wrapped_keys is first.wrapped_keys  # from the memo
+    assert first.wrapped_keys == (WrappedKey("m", "k", b"e"), WrappedKey("m", "j", b"f"))
+    with pytest.raises(HeaderFormatError, match="allows 1"):
+        parse_header(two, max_wrapped_keys=1)  # the count is checked before the memo
+    for i in range(600):
+        parse_header(raw_header(edks=[raw_edk(b"m", b"k%d" % i, b"e")]))
+    assert 0 < len(fmt._WRAPPED_MEMO) <= fmt._WRAPPED_MEMO_ENTRIES
+    fmt._WRAPPED_MEMO.clear()
+    big = raw_header(edks=[raw_edk(b"m", b"k", b"\x02" * 2000)])
+    assert parse_header(big).wrapped_keys[0].ciphertext == b"\x02" * 2000
+    assert fmt._WRAPPED_MEMO == {}  # over the size kept

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import (
     HeaderFormatError,
@@ -74,6 +75,8 @@ MAX_KEY_ID_LEN = 2048
 MAX_EDK_LEN = 4096
 
 _FIXED = struct.Struct(">4sBBHIB3s32s32s")  # through the commitment: 80 bytes
+_U16 = struct.Struct(">H")
+_EMPTY_CONTEXT = b"\0\0"
 _BOUND_TAIL_START = 12  # header[0:8] || header[12:end of obj_ctx] is what segments bind to
 #: smallest possible header: fixed part, two empty contexts, one minimal EDK, the MAC.
 MIN_HEADER_LEN = _FIXED.size + (2 + 2) + (2 + 2) + 1 + (1 + 1 + 2 + 1 + 2 + 1) + HEADER_MAC_LEN
@@ -143,6 +146,8 @@ def encode_context(context: Mapping[str, str], *, limit: int = MAX_KMS_CTX_LEN) 
 
 def decode_context(data: bytes) -> dict[str, str]:
     """Parse a canonical context block. Rejects duplicates, unsorted keys and trailing bytes."""
+    if data == _EMPTY_CONTEXT:  # most objects: decrypting small ones pays for every call
+        return {}
     if len(data) < 2:
         raise HeaderFormatError("context block shorter than its count")
     (count,) = struct.unpack_from(">H", data, 0)
@@ -169,12 +174,15 @@ def decode_context(data: bytes) -> dict[str, str]:
 # -- 4. The header --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     """A parsed (or to-be-encoded) v1 header. Holds no secret.
 
     `bound_digest` is HD: SHA-256 over every header byte except `header_len`, the wrapped-key
     list and the MAC. It is the AAD of every segment, so re-wrapping rewrites only the header.
+
+    A named tuple, not a frozen dataclass: one is made for every object opened, and a frozen
+    dataclass's constructor (a checked ``object.__setattr__`` per field) cost about a quarter
+    of parsing a small object's header; a tuple is as immutable and built in one step.
     """
 
     seg_log2: int
@@ -187,7 +195,16 @@ class Header:
     header_len: int = 0
     bound_digest: bytes = b""
     header_mac: bytes = b""
-    raw: bytes = field(default=b"", repr=False)
+    raw: bytes = b""
+
+    def __repr__(self) -> str:  # without `raw`, which repeats every field
+        return (
+            f"Header(seg_log2={self.seg_log2}, message_id={self.message_id!r}, "
+            f"commitment={self.commitment!r}, kms_context={self.kms_context!r}, "
+            f"object_context={self.object_context!r}, wrapped_keys={self.wrapped_keys!r}, "
+            f"suite_id={self.suite_id}, header_len={self.header_len}, "
+            f"bound_digest={self.bound_digest!r}, header_mac={self.header_mac!r})"
+        )
 
     @property
     def segment_size(self) -> int:
@@ -308,6 +325,7 @@ def parse_header(data: bytes, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
 
     Every length is checked against its limit before it is used to slice.
     """
+    data = bytes(data)  # no copy of bytes; a view's slices below must be bytes too
     header_len = parse_prefix(data)
     if len(data) != header_len:
         raise HeaderFormatError(f"header is {len(data)} bytes but its header_len says {header_len}")
@@ -332,15 +350,48 @@ def parse_header(data: bytes, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
         raise HeaderFormatError(
             f"object carries {count} wrapped keys; this reader allows {max_wrapped_keys}"
         )
+    wrapped = _wrapped_key_list(view[edk_start:body_end])
+    return Header(
+        seg_log2=seg_log2,
+        message_id=bytes(message_id),
+        commitment=bytes(commitment),
+        kms_context=decode_context(kms_raw),
+        object_context=decode_context(obj_raw),
+        wrapped_keys=wrapped,
+        suite_id=suite_id,
+        header_len=header_len,
+        bound_digest=bound_digest_of(view, edk_start),
+        header_mac=data[body_end:header_len],
+        raw=data,
+    )
+
+
+#: Wrapped-key lists already parsed, by their bytes. Objects sealed under one cached data key
+#: carry the same list, so a reader of many small objects parses it once. Bounded in entries
+#: and in the size of a list kept (never more than ~256 KiB), and safe to share by threads (a
+#: lost race parses twice).
+_WRAPPED_MEMO: dict[bytes, tuple[WrappedKey, ...]] = {}
+_WRAPPED_MEMO_ENTRIES = 256
+_WRAPPED_MEMO_MAX_BYTES = 1024
+
+
+def _wrapped_key_list(data: bytes) -> tuple[WrappedKey, ...]:
+    """The wrapped keys of a header's list (its count byte, already checked, then the keys),
+    which must fill `data` exactly."""
+    memo = _WRAPPED_MEMO.get(data)
+    if memo is not None:
+        return memo
+    pos = 1
     wrapped: list[WrappedKey] = []
-    for _ in range(count):
+    view = data
+    for _ in range(data[0]):
         if pos + 1 > len(view):
             raise HeaderFormatError("provider id length runs past the header")
         plen = view[pos]
         pos += 1
         if not 1 <= plen <= MAX_PROVIDER_ID_LEN or pos + plen > len(view):
             raise HeaderFormatError("provider id length out of bounds")
-        pid = bytes(view[pos : pos + plen])
+        pid = view[pos : pos + plen]
         pos += plen
         kid, pos = _take_bounded(view, pos, MAX_KEY_ID_LEN, "key id")
         edk, pos = _take_bounded(view, pos, MAX_EDK_LEN, "wrapped key")
@@ -351,27 +402,20 @@ def parse_header(data: bytes, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
         except UnicodeDecodeError:
             raise HeaderFormatError("key id is not valid UTF-8") from None
         wrapped.append(WrappedKey(pid.decode("ascii"), kid_s, edk))
-    if pos != body_end:
+    if pos != len(data):
         raise HeaderFormatError("header_len does not match the header's fields")
-    return Header(
-        seg_log2=seg_log2,
-        message_id=bytes(message_id),
-        commitment=bytes(commitment),
-        kms_context=decode_context(kms_raw),
-        object_context=decode_context(obj_raw),
-        wrapped_keys=tuple(wrapped),
-        suite_id=suite_id,
-        header_len=header_len,
-        bound_digest=bound_digest_of(view, edk_start),
-        header_mac=bytes(data[body_end:header_len]),
-        raw=bytes(data),
-    )
+    found = tuple(wrapped)
+    if len(data) <= _WRAPPED_MEMO_MAX_BYTES:
+        if len(_WRAPPED_MEMO) >= _WRAPPED_MEMO_ENTRIES:
+            _WRAPPED_MEMO.clear()
+        _WRAPPED_MEMO[data] = found
+    return found
 
 
 def _take_bounded(data: bytes, pos: int, limit: int, what: str) -> tuple[bytes, int]:
     if pos + 2 > len(data):
         raise HeaderFormatError(f"{what} length runs past the header")
-    (n,) = struct.unpack_from(">H", data, pos)
+    (n,) = _U16.unpack_from(data, pos)
     if n > limit:
         raise HeaderFormatError(f"{what} length {n} over its limit {limit}")
     pos += 2
