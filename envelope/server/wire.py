@@ -467,14 +467,19 @@ class Operation:
     output: _Node | None
     #: Input members (AWS names) -> the method's keyword for each member it takes.
     keywords: Mapping[str, str]
+    #: Members the model leaves optional that the operation cannot go without (GenerateRandom's
+    #: NumberOfBytes): absent, AWS answers ValidationException "<Member> is required.".
+    needed: tuple[str, ...] = ()
 
 
-def _method_keywords(fn: Callable[..., Any]) -> set[str]:
-    return {
-        p.name
+def _method_keywords(fn: Callable[..., Any]) -> tuple[set[str], set[str]]:
+    """The method's keyword-only parameters, and those of them without a default."""
+    params = [
+        p
         for p in inspect.signature(fn).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
-    }
+    ]
+    return {p.name for p in params}, {p.name for p in params if p.default is p.empty}
 
 
 def _neutral(value: object, neutral: tuple[object, ...]) -> bool:
@@ -501,9 +506,10 @@ class WireModel:
             if not callable(fn):
                 method_name: str | None = None
                 taken: set[str] = set()
+                without_default: set[str] = set()
             else:
                 method_name = method
-                taken = _method_keywords(fn)
+                taken, without_default = _method_keywords(fn)
             inp = _compile(om.input_shape, cache) if om.input_shape is not None else None
             out = _compile(om.output_shape, cache) if om.output_shape is not None else None
             keywords = {}
@@ -511,7 +517,8 @@ class WireModel:
                 kw = botocore.xform_name(member)
                 if kw in taken:
                     keywords[member] = kw
-            self.operations[name] = Operation(name, method_name, inp, out, keywords)
+            needed = tuple(m for m, kw in keywords.items() if kw in without_default)
+            self.operations[name] = Operation(name, method_name, inp, out, keywords, needed)
 
     def operation(self, target: str | None) -> Operation:
         """The operation named by an ``X-Amz-Target`` header, or UnknownOperationException."""
@@ -560,6 +567,9 @@ class WireModel:
                     f"{member} is not supported for {op.name} by this server",
                 )
             raise WireError(rule.code, rule.why)
+        for member in op.needed:
+            if member not in members:
+                raise WireError("ValidationException", f"{member} is required.")
         return kwargs
 
     def render(self, op: Operation, result: Mapping[str, Any] | None) -> bytes:

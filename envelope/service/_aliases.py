@@ -39,6 +39,11 @@ class AliasTagOps(ServiceCore):
     def _check_alias(name: Any) -> str:
         if not isinstance(name, str) or not 1 <= len(name) <= 256:
             raise ValidationException("AliasName must be 1..256 characters")
+        if not name.startswith("alias/"):  # AWS's own words for this one
+            raise ValidationException(
+                'Alias must start with the prefix "alias/". Please see '
+                "https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html"
+            )
         if not _ALIAS_RE.match(name):
             raise InvalidAliasNameException(
                 "AliasName must start with alias/ and contain only a-z A-Z 0-9 / _ -"
@@ -46,6 +51,13 @@ class AliasTagOps(ServiceCore):
         if name.startswith("alias/aws/"):
             raise InvalidAliasNameException("alias/aws/ names are reserved for AWS managed keys")
         return name
+
+    @staticmethod
+    def _check_target(target_key_id: Any) -> None:
+        """An alias's target is named by key id or key ARN, never by another alias."""
+        ref = str(target_key_id or "")
+        if ref.startswith("alias/") or (ref.startswith("arn:aws:kms:") and ":alias/" in ref):
+            raise ValidationException("TargetKeyId must be a key id or key ARN")
 
     def _existing_alias(
         self, conn: sqlite3.Connection, call: _Call, alias_name: Any
@@ -91,12 +103,7 @@ class AliasTagOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             name = self._check_alias(alias_name)
-            if (
-                target_key_id
-                and str(target_key_id).startswith(("alias/", "arn:aws:kms:"))
-                and (":alias/" in str(target_key_id) or str(target_key_id).startswith("alias/"))
-            ):
-                raise ValidationException("TargetKeyId must be a key id or key ARN")
+            self._check_target(target_key_id)
             self._authorize_alias(conn, call, name)
             key = self._own_key(conn, call, target_key_id, now, "CreateAlias")
             account = self._account_of(call)
@@ -123,6 +130,7 @@ class AliasTagOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             name, old_id = self._existing_alias(conn, call, alias_name)
+            self._check_target(target_key_id)
             old = self._load(conn, self.region, old_id)
             if old is not None:  # AWS checks the old target's key policy too
                 self._authorize_key(conn, call, old, "kms:UpdateAlias")

@@ -1019,7 +1019,13 @@ class ServiceCore:
         )
         if reads is not None and decision.allowed:
             self._access.remember_decision(
-                caller.arn, key.arn, action, identity, key_policy, key.aws_managed, reads,
+                caller.arn,
+                key.arn,
+                action,
+                identity,
+                key_policy,
+                key.aws_managed,
+                reads,
                 decision,
             )
         if (explain or not decision.allowed) and caller.kind != "service":
@@ -1525,9 +1531,17 @@ class ServiceCore:
 
     @staticmethod
     def _check_tags(
-        tags: Sequence[Mapping[str, str]] | None, existing: dict[str, str]
+        tags: Sequence[Mapping[str, str]] | None,
+        existing: dict[str, str],
+        *,
+        new_key: bool = False,
     ) -> dict[str, str]:
+        """`existing` with `tags` applied, checked as AWS checks them: a key listed twice in
+        one request, or a key beginning with ``aws:`` in any case, is a TagException; more than
+        50 tags is a TagException when the key is being created (CreateKey, ReplicateKey) and
+        LimitExceededException when tags are added to a key (TagResource)."""
         out = dict(existing)
+        seen: set[str] = set()
         for t in tags or ():
             if not isinstance(t, Mapping) or "TagKey" not in t or "TagValue" not in t:
                 raise ValidationException("each tag needs TagKey and TagValue")
@@ -1536,9 +1550,14 @@ class ServiceCore:
                 raise TagException("TagKey must be 1..128 characters")
             if not isinstance(v, str) or len(v) > 256:
                 raise TagException("TagValue must be 0..256 characters")
-            if k.startswith("aws:"):
-                raise TagException("tag keys beginning with aws: are reserved")
+            if k[:4].lower() == "aws:":
+                raise TagException("Tags beginning with aws: are reserved")
+            if k in seen:
+                raise TagException("Duplicate tag keys")
+            seen.add(k)
             out[k] = v
         if len(out) > MAX_TAGS:
+            if new_key:
+                raise TagException("Too many tags")
             raise LimitExceededException(f"a key can have at most {MAX_TAGS} tags")
         return out

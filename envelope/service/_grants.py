@@ -65,6 +65,30 @@ GRANT_OPERATIONS = (
 _NO_CONTEXT = frozenset(
     {"Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac", "DeriveSharedSecret"}
 )
+_ANY_KEY = ("CreateGrant", "RetireGrant", "DescribeKey")
+# what each kind of key supports (the AWS guide's "Grant operations"): a grant for another
+# operation is refused with ValidationException, as CreateGrant's documentation says
+_SUPPORTED_BY_USAGE = {
+    "SYMMETRIC": frozenset(
+        {
+            "Decrypt",
+            "Encrypt",
+            "GenerateDataKey",
+            "GenerateDataKeyWithoutPlaintext",
+            "GenerateDataKeyPair",
+            "GenerateDataKeyPairWithoutPlaintext",
+            "ReEncryptFrom",
+            "ReEncryptTo",
+            *_ANY_KEY,
+        }
+    ),
+    "ENCRYPT_DECRYPT": frozenset(
+        {"Decrypt", "Encrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey", *_ANY_KEY}
+    ),
+    "SIGN_VERIFY": frozenset({"Sign", "Verify", "GetPublicKey", *_ANY_KEY}),
+    "GENERATE_VERIFY_MAC": frozenset({"GenerateMac", "VerifyMac", *_ANY_KEY}),
+    "KEY_AGREEMENT": frozenset({"DeriveSharedSecret", "GetPublicKey", *_ANY_KEY}),
+}
 _PRINCIPAL = re.compile(r"^[\w+=,.@:/-]{1,256}$")
 _SERVICE = re.compile(r"^([A-Za-z0-9\-]+)\.([A-Za-z0-9\-]+)(\.[A-Za-z0-9\-]+)+$")
 _NAME = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")
@@ -170,6 +194,13 @@ class GrantOps(ServiceCore):
             if retiring is not None:
                 call.values["kms:retiringprincipal"] = retiring
             key = self._key(conn, call, key_id, MANAGE, now)
+            kind = "SYMMETRIC" if key.spec == "SYMMETRIC_DEFAULT" else key.usage
+            unsupported = [op for op in ops if op not in _SUPPORTED_BY_USAGE.get(kind, _ANY_KEY)]
+            if unsupported:
+                raise ValidationException(
+                    f"{key.arn} ({key.spec}, {key.usage}) does not support "
+                    f"{', '.join(unsupported)}: a grant may allow only operations its key supports"
+                )
             if cons and (
                 _NO_CONTEXT.intersection(ops)
                 or key.algorithm_members().get("EncryptionAlgorithms") != ["SYMMETRIC_DEFAULT"]
@@ -362,7 +393,8 @@ class GrantOps(ServiceCore):
     ) -> Response:
         """Retire a grant: by its token, or by key and grant id. Allowed to the retiring
         principal, to the grantee when the grant includes RetireGrant, and to the account that
-        owns the key (as in AWS; policies are not consulted)."""
+        owns the key: its root, or a principal of that account to whom an identity policy
+        delegates ``kms:RetireGrant`` (as in AWS; the key policy is not consulted)."""
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             if grant_token is not None:
@@ -394,24 +426,40 @@ class GrantOps(ServiceCore):
                 grant = rows[0]
             call.key_id = str(grant["KeyId"])
             call.params["GrantId"] = grant["GrantId"]
-            self._may_retire(call, grant)
+            self._may_retire(conn, call, grant)
             delete_grants(conn, "grant_id=?", (grant["GrantId"],))
             return {}
 
         return self._run("RetireGrant", principal, context, {}, op, dry_run=dry_run)
 
-    @staticmethod
-    def _may_retire(call: _Call, grant: Mapping[str, Any]) -> None:
+    def _may_retire(self, conn: sqlite3.Connection, call: _Call, grant: Mapping[str, Any]) -> None:
+        """AWS's rule: the grant says who may retire it (its retiring principal; its grantee if
+        it includes RetireGrant), and the key's account may, itself (root) or through a
+        principal it delegates ``kms:RetireGrant`` to in an identity policy. An identity policy
+        that denies ``kms:RetireGrant`` stops anyone it applies to. The key policy plays no
+        part."""
         caller = call.caller
         assert caller is not None
         who = {caller.arn, caller.identity_arn}
         key_account = str(grant["KeyId"]).split(":")[4]
+        _, identity = self._authorize_account(
+            conn, call, "kms:RetireGrant", str(grant["KeyId"]), explain=True
+        )
+        if not identity.allowed and identity.matched:  # an explicit Deny
+            call.decision = "denied"
+            call.reason = identity.reason
+            raise AccessDeniedException(
+                f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: "
+                f"{grant['KeyId']} with an explicit deny in an identity-based policy"
+            )
         if grant.get("RetiringPrincipal") in who:
             call.matched.append("retiring-principal")
         elif grant["GranteePrincipal"] in who and "RetireGrant" in grant["Operations"]:
             call.matched.append(f"grant:{grant['GrantId']}")
         elif caller.kind == "root" and caller.account == key_account:
             call.matched.append("root")
+        elif caller.account == key_account and identity.allowed:
+            call.matched.append(identity.matched or "iam")  # delegated by the key's account
         else:
             call.decision = "denied"
             call.reason = (
@@ -420,7 +468,8 @@ class GrantOps(ServiceCore):
             raise AccessDeniedException(
                 f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: "
                 f"{grant['KeyId']} because it is not the grant's retiring principal, a grantee "
-                "whose grant includes RetireGrant, or the account that owns the key"
+                "whose grant includes RetireGrant, or the account that owns the key (nor a "
+                "principal of that account allowed kms:RetireGrant by an identity policy)"
             )
         call.decision = "allowed"
 

@@ -76,7 +76,7 @@ class LifecycleOps(KeyStoreOps):
         }
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            new_tags = self._check_tags(tags, {})
+            new_tags = self._check_tags(tags, {}, new_key=True)
             call.values.update(_authz.tag_values("aws:requesttag/", new_tags))
             call.values["aws:tagkeys"] = list(new_tags)
             call.values["kms:keyspec"] = spec

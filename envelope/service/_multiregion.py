@@ -84,7 +84,7 @@ class MultiRegionOps(ServiceCore):
                 description=key.meta["Description"] if description is None else description,
                 multi_region=True,
                 manager="CUSTOMER",
-                tags=self._check_tags(tags, {}),
+                tags=self._check_tags(tags, {}, new_key=True),
                 region=replica_region,
                 key_id=key.id,
                 account=key.account,

@@ -337,3 +337,33 @@ def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Serv
     for rid in (unsigned_rid, forged_rid):
         assert records[rid]["decision"] == "denied"
         assert records[rid]["source_ip"] == "127.0.0.1"
+
+
+def test_answers_as_aws_recorded_them(admin: Any, key_id: str) -> None:
+    """Answers of real AWS KMS to a suite of boto3 calls (recorded by others against AWS), for
+    cases where the model alone does not say: a member the model leaves optional but the
+    operation needs, grantees retiring their own grants through the account's delegation
+    (the test user has kms:* in an identity policy), and grants for operations the key lacks."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.generate_random()
+    assert _code(e) == "ValidationException"
+    assert e.value.response["Error"]["Message"] == "NumberOfBytes is required."
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    me = "arn:aws:iam::000000000000:user/admin"
+    for by_token in (True, False):  # a grant without RetireGrant, retired by its own grantee
+        g = admin.create_grant(KeyId=key_id, GranteePrincipal=me, Operations=["Decrypt"])
+        if by_token:
+            admin.retire_grant(GrantToken=g["GrantToken"])
+        else:
+            admin.retire_grant(KeyId=key_id, GrantId=g["GrantId"])
+        grants = admin.list_grants(KeyId=key_id)["Grants"]
+        assert g["GrantId"] not in {x["GrantId"] for x in grants}
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_grant(
+            KeyId=key_id, GranteePrincipal="arn:aws:iam::000000000000:root", Operations=["Sign"]
+        )
+    assert _code(e) == "ValidationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.create_alias(AliasName="no-prefix", TargetKeyId=key_id)
+    assert _code(e) == "ValidationException"
+    assert 'must start with the prefix "alias/"' in e.value.response["Error"]["Message"]

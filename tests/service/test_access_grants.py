@@ -20,7 +20,7 @@ from envelope.service.errors import (
     NotFoundException,
 )
 
-from .access_helpers import ROOT_A, A, assert_denied, aws, doc, root_stmt, stmt, user
+from .access_helpers import ROOT_A, ROOT_B, A, B, assert_denied, aws, doc, root_stmt, stmt, user
 from .conftest import FakeClock, new_key
 
 EQ = "EncryptionContextEquals"
@@ -243,12 +243,17 @@ def test_retire_by_the_keys_account_root(svc: KeyService, key: str, grantee: str
 
 def test_retire_refused_to_anyone_else(svc: KeyService, key: str, grantee: str) -> None:
     """AWS rule: RetireGrant is allowed only to the retiring principal, a grantee holding
-    RetireGrant, or the key's account; anyone else (even the grantee without RetireGrant, even a
-    user whose IAM policy allows kms:RetireGrant) is refused, and the grant stays."""
+    RetireGrant, or the key's account (its root, or a principal of it to whom an identity policy
+    delegates kms:RetireGrant); anyone else (the grantee without RetireGrant, a user of another
+    account even with an IAM policy allowing kms:RetireGrant, another account's root) is
+    refused, and the grant stays."""
     retirer = user(svc, "retirer")
-    other = user(svc, "other")
+    other = user(svc, "other", account=B)
     svc.put_principal_policy(
-        arn=other, policy_name="p", policy_document=doc(stmt(Action="kms:RetireGrant"))
+        arn=other,
+        policy_document=doc(stmt(Action="kms:RetireGrant")),
+        policy_name="p",
+        principal=ROOT_B,
     )
     g = grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)
     for who in (grantee, other, f"arn:aws:iam::{'1' * 12}:root"):
@@ -417,3 +422,29 @@ def test_list_retirable_grants_shows_only_the_retiring_principals(
     )
     mine = svc.list_retirable_grants(retiring_principal=retirer, principal=retirer)["Grants"]
     assert {g["GrantId"] for g in mine} == want
+
+
+def test_the_keys_account_delegates_retiring_and_an_identity_deny_stops_it(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS: "The AWS account that owns the KMS key can delegate the kms:RetireGrant permission
+    to an IAM principal in the account", and "to deny permission to retire a grant, you can use
+    a Deny action with the kms:RetireGrant permission" in an IAM policy: a grantee whose own
+    grant includes RetireGrant is then refused too."""
+    delegate = user(svc, "delegate")
+    svc.put_principal_policy(
+        arn=delegate, policy_name="p", policy_document=doc(stmt(Action="kms:RetireGrant"))
+    )
+    g = grant(svc, key, grantee, "Encrypt")
+    svc.retire_grant(key_id=key, grant_id=g["GrantId"], principal=delegate)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+    g = grant(svc, key, grantee, "Encrypt", "RetireGrant")
+    svc.put_principal_policy(
+        arn=grantee,
+        policy_name="no-retire",
+        policy_document=doc(stmt("Deny", Action="kms:RetireGrant")),
+    )
+    assert_denied(
+        svc, lambda: svc.retire_grant(grant_token=g["GrantToken"], principal=grantee), grantee, A
+    )
+    assert [x["GrantId"] for x in svc.list_grants(key_id=key)["Grants"]] == [g["GrantId"]]

@@ -61,7 +61,7 @@ def test_create_key_defaults_and_metadata(svc: KeyService) -> None:
         ({"tags": [{"TagKey": "k", "TagValue": "v" * 257}]}, "TagException"),
         (
             {"tags": [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]},
-            "LimitExceededException",
+            "TagException",  # AWS's recorded answer on CreateKey ("Too many tags")
         ),
     ],
 )
@@ -243,7 +243,7 @@ def test_on_demand_rotation_limit(svc: KeyService) -> None:
 @pytest.mark.parametrize(
     ("name", "code"),
     [
-        ("demo", "InvalidAliasNameException"),
+        ("demo", "ValidationException"),  # AWS: 'Alias must start with the prefix "alias/"'
         ("alias/has space", "InvalidAliasNameException"),
         ("alias/aws/s3", "InvalidAliasNameException"),
         ("alias/" + "x" * 251, "ValidationException"),
@@ -314,6 +314,33 @@ def test_tags(svc: KeyService) -> None:
     )
     many = [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(50)]
     assert code_of(lambda: svc.tag_resource(key_id=kid, tags=many)) == "LimitExceededException"
+
+
+@pytest.mark.parametrize(
+    ("tags", "message"),
+    [
+        ([{"TagKey": "AWS:k", "TagValue": "v"}], "Tags beginning with aws: are reserved"),
+        ([{"TagKey": "Aws:k", "TagValue": "v"}], "Tags beginning with aws: are reserved"),
+        (
+            [{"TagKey": "t", "TagValue": "a"}, {"TagKey": "t", "TagValue": "b"}],
+            "Duplicate tag keys",
+        ),
+        ([{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)], "Too many tags"),
+    ],
+)
+def test_tag_refusals_as_aws_words_them(
+    svc: KeyService, tags: list[dict[str, str]], message: str
+) -> None:
+    """AWS's recorded answers (TagException and its message) on CreateKey; TagResource refuses
+    the same tags (but more than 50 there is LimitExceededException, as its model lists)."""
+    with pytest.raises(E.TagException, match=message):
+        svc.create_key(tags=tags)
+    assert svc.list_keys()["Keys"] == []  # nothing was made
+    if message != "Too many tags":
+        kid = new_key(svc)
+        with pytest.raises(E.TagException, match=message):
+            svc.tag_resource(key_id=kid, tags=tags)
+        assert svc.list_resource_tags(key_id=kid)["Tags"] == []
 
 
 def test_update_description(svc: KeyService) -> None:
@@ -466,3 +493,38 @@ def test_threads_share_one_service(svc: KeyService) -> None:
         assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == pt
     report = svc.verify_audit_log()
     assert report.ok and report.records == 1 + 400 + len(blobs[::37])
+
+
+@pytest.mark.parametrize(
+    ("spec", "usage", "refused", "accepted"),
+    [
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", ["Sign"], ["GenerateDataKeyPair", "ReEncryptTo"]),
+        ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", ["GenerateMac"], ["Decrypt"]),
+        ("RSA_2048", "ENCRYPT_DECRYPT", ["GenerateDataKey"], ["GetPublicKey", "Decrypt"]),
+        ("ECC_NIST_P256", "SIGN_VERIFY", ["GenerateDataKey", "Decrypt"], ["Sign", "Verify"]),
+        ("HMAC_256", "GENERATE_VERIFY_MAC", ["Encrypt"], ["GenerateMac", "DescribeKey"]),
+        ("ECC_NIST_P256", "KEY_AGREEMENT", ["Sign"], ["DeriveSharedSecret", "GetPublicKey"]),
+    ],
+)
+def test_a_grant_allows_only_what_its_key_supports(
+    svc: KeyService, spec: str, usage: str, refused: list[str], accepted: list[str]
+) -> None:
+    """CreateGrant's documentation: "you cannot create a grant for a symmetric encryption KMS
+    key that allows the Sign operation, or a grant for an asymmetric KMS key that allows the
+    GenerateDataKey operation. If you try, KMS returns a ValidationError exception"."""
+    kid = new_key(svc, key_spec=spec, key_usage=usage)
+    grantee = "arn:aws:iam::000000000000:user/someone"
+    with pytest.raises(E.ValidationException, match="does not support"):
+        svc.create_grant(key_id=kid, grantee_principal=grantee, operations=[*accepted, *refused])
+    assert svc.list_grants(key_id=kid)["Grants"] == []
+    svc.create_grant(key_id=kid, grantee_principal=grantee, operations=accepted)
+
+
+def test_update_alias_takes_a_key_not_an_alias(svc: KeyService) -> None:
+    a, b = new_key(svc), new_key(svc)
+    svc.create_alias(alias_name="alias/one", target_key_id=a)
+    svc.create_alias(alias_name="alias/two", target_key_id=b)
+    for target in ("alias/one", "arn:aws:kms:us-east-1:000000000000:alias/one"):
+        with pytest.raises(E.ValidationException, match="key id or key ARN"):
+            svc.update_alias(alias_name="alias/two", target_key_id=target)
+    assert svc.describe_key(key_id="alias/two")["KeyMetadata"]["KeyId"] == b
