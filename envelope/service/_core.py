@@ -9,6 +9,7 @@ helpers (`_bytes`, `_context`, pagination markers) validate members the way AWS 
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import json
 import logging
@@ -117,6 +118,7 @@ class _Call:
         "key_id",
         "keystore_calls",
         "matched",
+        "material_ids",
         "new_material",
         "op",
         "params",
@@ -156,6 +158,9 @@ class _Call:
         self.keystore_calls: list[dict[str, Any]] = []
         #: The request id, once something outside needed it (an XKS proxy's kmsRequestId).
         self.request_id: str | None = None
+        #: Key-material ids of the symmetric backing keys this call used, in order (answered
+        #: as KeyMaterialId; ReEncrypt's source first, then its destination).
+        self.material_ids: list[str] = []
         #: An external key store's answer obtained before the transaction (`_keystores`).
         self.prefetched: Any = None
 
@@ -395,6 +400,17 @@ def _grant_tokens(tokens: Any) -> list[str]:
         if not isinstance(t, str) or not 1 <= len(t) <= 8192:
             raise InvalidGrantTokenException("a grant token must be 1..8192 characters")
     return list(tokens)
+
+
+def key_material_id(key_id: str, version: int) -> str:
+    """The KeyMaterialId of version `version` of a key's backing key: 64 hex digits, as AWS's.
+
+    Derived from the key id and the version, not from the material (which it must not reveal):
+    the same on every replica of a multi-Region key, fixed for the life of the material, and
+    the same again when one key's imported material is imported again."""
+    return hashlib.sha256(
+        b"envelope/kms/key-material-id/v1\0" + key_id.encode() + version.to_bytes(4, "big")
+    ).hexdigest()
 
 
 def _int_in(value: Any, lo: int, hi: int, name: str) -> int:
@@ -1400,6 +1416,17 @@ class ServiceCore:
         ):
             if m.get(f) is not None:
                 out[f] = m[f]
+        if state != PENDING_REPLICA_DELETION:
+            # AWS shows the window only while a primary waits for its replicas to go
+            out.pop("PendingDeletionWindowInDays", None)
+        if (
+            m["KeySpec"] == _specs.SYMMETRIC_DEFAULT
+            and m["Origin"] in ("AWS_KMS", "EXTERNAL")
+            and "CustomKeyStoreId" not in m
+        ):
+            version = self._current_version(conn, key)
+            if version:
+                out["CurrentKeyMaterialId"] = key_material_id(key.id, version)
         if key.multi_region:
             primary = m["x_primary_region"]
             regions = [key.region, *self._replica_regions(conn, key)]

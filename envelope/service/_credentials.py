@@ -424,9 +424,7 @@ class CredentialOps(IamOps):
                 raise ValidationException(
                     f"{str(role_arn)[:200]!r} is not the ARN of an IAM role (RoleArn)"
                 )
-            if not isinstance(role_session_name, str) or not _SESSION_NAME.match(
-                role_session_name
-            ):
+            if not isinstance(role_session_name, str) or not _SESSION_NAME.match(role_session_name):
                 raise ValidationException(
                     "RoleSessionName must be 2..64 characters of [A-Za-z0-9+=,.@_-]"
                 )
@@ -436,8 +434,10 @@ class CredentialOps(IamOps):
             row = conn.execute(
                 "SELECT body, mac FROM principals WHERE arn=? AND kind='role'", (role_arn,)
             ).fetchone()
-            role = None if row is None else self._access._authentic(
-                row[0], row[1], "principals", role_arn
+            role = (
+                None
+                if row is None
+                else self._access._authentic(row[0], row[1], "principals", role_arn)
             )
             request, decision = self._decide_assume(conn, call, now, role_arn, account, role)
             self._decided(call, request, decision)

@@ -23,6 +23,7 @@ from ._core import (
     _grant_tokens,
     _int_in,
     _Key,
+    key_material_id,
 )
 from ._states import (
     CRYPTO,
@@ -56,6 +57,7 @@ class CryptoOps(ServiceCore):
         if "CustomKeyStoreId" in key.meta:
             return _keystore_crypto.seal_custom(self, conn, call, key, plaintext, ctx)
         version, mat = self._current(conn, call, key)
+        call.material_ids.append(key_material_id(key.id, version))
         return _blob.seal(key.id, version, mat.raw, plaintext, ctx)
 
     def _encrypt_with(
@@ -104,7 +106,9 @@ class CryptoOps(ServiceCore):
             if "CustomKeyStoreId" in key.meta:
                 return key, _keystore_crypto.open_custom(self, conn, call, key, parsed, ctx)
             mat = self._material(conn, call, key.id, parsed.version)
-            return key, _blob.open_(parsed, mat.raw, ctx)
+            opened = _blob.open_(parsed, mat.raw, ctx)
+            call.material_ids.append(key_material_id(key.id, parsed.version))
+            return key, opened
         if key_ref is None:
             raise ValidationException("KeyId is required to decrypt with an asymmetric key")
         key = self._key(conn, call, key_ref, CRYPTO, now, action=action)
@@ -177,7 +181,14 @@ class CryptoOps(ServiceCore):
             call.enc_context = ctx
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
-            return {"KeyId": key.arn, "Plaintext": pt, "EncryptionAlgorithm": encryption_algorithm}
+            out: Response = {
+                "KeyId": key.arn,
+                "Plaintext": pt,
+                "EncryptionAlgorithm": encryption_algorithm,
+            }
+            if call.material_ids:
+                out["KeyMaterialId"] = call.material_ids[-1]
+            return out
 
         def prefetch(call: _Call) -> None:
             if self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
@@ -232,14 +243,20 @@ class CryptoOps(ServiceCore):
                 conn, call, destination_key_id, CRYPTO, now, managed=True, action="kms:ReEncryptTo"
             )
             call.params["DestinationKeyId"] = dst.arn  # key_id records the source key
+            source_ids = list(call.material_ids)
             out = self._encrypt_with(conn, call, dst, pt, dctx, destination_encryption_algorithm)
-            return {
+            result: Response = {
                 "CiphertextBlob": out,
                 "SourceKeyId": src.arn,
                 "KeyId": dst.arn,
                 "SourceEncryptionAlgorithm": source_encryption_algorithm,
                 "DestinationEncryptionAlgorithm": destination_encryption_algorithm,
             }
+            if source_ids:
+                result["SourceKeyMaterialId"] = source_ids[-1]
+            if len(call.material_ids) > len(source_ids):
+                result["DestinationKeyMaterialId"] = call.material_ids[-1]
+            return result
 
         return self._run("ReEncrypt", principal, context, {}, op, dry_run=dry_run)
 
@@ -276,6 +293,8 @@ class CryptoOps(ServiceCore):
             out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
             if with_plaintext:
                 out["Plaintext"] = plaintext
+            if call.material_ids:
+                out["KeyMaterialId"] = call.material_ids[-1]
             return out
 
         def prefetch(call: _Call) -> None:
@@ -378,6 +397,8 @@ class CryptoOps(ServiceCore):
             }
             if with_plaintext:
                 out["PrivateKeyPlaintext"] = der
+            if call.material_ids:
+                out["KeyMaterialId"] = call.material_ids[-1]
             return out
 
         return self._run(

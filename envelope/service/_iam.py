@@ -44,9 +44,13 @@ def _tags(tags: Any) -> dict[str, str]:
     """IAM tags: a list of {Key, Value} or a plain mapping."""
     if tags is None:
         return {}
-    items = tags.items() if isinstance(tags, Mapping) else [
-        (t.get("Key"), t.get("Value")) if isinstance(t, Mapping) else (None, None) for t in tags
-    ]
+    items = (
+        tags.items()
+        if isinstance(tags, Mapping)
+        else [
+            (t.get("Key"), t.get("Value")) if isinstance(t, Mapping) else (None, None) for t in tags
+        ]
+    )
     out: dict[str, str] = {}
     for k, v in items:
         if not isinstance(k, str) or not 1 <= len(k) <= 128 or not isinstance(v, str):
@@ -154,9 +158,7 @@ class IamOps(ServiceCore):
             }
             if kind == "role":
                 # who may assume it (`_trust`), and for how long (IAM's MaxSessionDuration)
-                body["MaxSessionDuration"] = _int_in(
-                    max_session, 3600, 43200, "MaxSessionDuration"
-                )
+                body["MaxSessionDuration"] = _int_in(max_session, 3600, 43200, "MaxSessionDuration")
                 doc = trust or default_trust_policy(str(body["Account"]))
                 parse_trust_policy(doc, lambda a: self._exists(conn, a, arn))
                 body["AssumeRolePolicyDocument"] = doc
@@ -381,9 +383,7 @@ class IamOps(ServiceCore):
             ).fetchone()
             if row is None:
                 raise NotFoundException(f"{target} has no identity policy named {name}")
-            body = self._access._authentic(
-                row[0], row[1], "identity_policies", f"{target}|{name}"
-            )
+            body = self._access._authentic(row[0], row[1], "identity_policies", f"{target}|{name}")
             return {"PolicyName": name, "PolicyDocument": body["Document"], "Arn": target}
 
         return self._iam_run(

@@ -21,6 +21,7 @@ from ._core import (
     _marker_decode,
     _page,
     _paging,
+    key_material_id,
 )
 from ._keystore_rows import CUSTOM_ORIGINS
 from ._keystores import KeyStoreOps
@@ -401,8 +402,9 @@ class LifecycleOps(KeyStoreOps):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             key = self._rotation_key(conn, call, key_id, now, "RotateKeyOnDemand")
             if key.meta["x_on_demand"] >= MAX_ON_DEMAND_ROTATIONS:
-                raise LimitExceededException(
-                    f"a key can be rotated on demand at most {MAX_ON_DEMAND_ROTATIONS} times"
+                raise LimitExceededException(  # AWS's words; its guide puts the limit at 25
+                    "The on-demand rotations limit has been reached for the given keyId. No more "
+                    f"on-demand rotations can be performed for this key: {key.arn}"
                 )
             key.meta["x_on_demand"] += 1
             self._rotate(conn, key, now, "ON_DEMAND")
@@ -435,9 +437,16 @@ class LifecycleOps(KeyStoreOps):
                 (key.id, after, n + 1),
             ).fetchall()
             items, extra = _page(list(rows), n, lambda r: str(r[0]))
+            current = self._current_version(conn, key)
             rotations = [
-                {"KeyId": key.arn, "RotationDate": float(c), "RotationType": str(k)}
-                for _, c, k in items
+                {
+                    "KeyId": key.arn,
+                    "KeyMaterialId": key_material_id(key.id, int(v)),
+                    "KeyMaterialState": "CURRENT" if int(v) == current else "NON_CURRENT",
+                    "RotationDate": float(c),
+                    "RotationType": str(k),
+                }
+                for v, c, k in items
             ]
             return {"Rotations": rotations, **extra}
 

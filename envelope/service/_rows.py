@@ -51,9 +51,7 @@ def record_mac(key: bytes, table: str, ident: str, body: str) -> bytes:
     Same key as key rows, another domain per table, bound to the row's primary key (`ident`),
     so a row can be neither edited nor moved to another principal, policy name or grant.
     """
-    message = (
-        b"envelope/kms/access-row/v1" + _field(table) + _field(ident) + body.encode("utf-8")
-    )
+    message = b"envelope/kms/access-row/v1" + _field(table) + _field(ident) + body.encode("utf-8")
     return hmac.new(key, message, hashlib.sha256).digest()
 
 

@@ -53,9 +53,7 @@ def parse_trust_policy(
     if not isinstance(text, str):
         raise MalformedPolicyDocumentException("the trust policy must be a JSON string")
     if len(text) > MAX_TRUST_POLICY:
-        raise LimitExceededException(
-            f"Cannot exceed quota for ACLSizePerRole: {MAX_TRUST_POLICY}"
-        )
+        raise LimitExceededException(f"Cannot exceed quota for ACLSizePerRole: {MAX_TRUST_POLICY}")
     try:
         doc = json.loads(text)
     except ValueError:

@@ -276,6 +276,7 @@ class XksProxyUriInUseException(KmsServiceError):
 class XksProxyUriUnreachableException(KmsServiceError):
     """The proxy could not be reached (or did not answer GetHealthStatus)."""
 
+
 class StoreError(KmsServiceError):
     """The store cannot be used as it is (missing, truncated, corrupt): not retryable.
 

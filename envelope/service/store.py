@@ -44,7 +44,8 @@ from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
 __all__ = ("SCHEMA_VERSION", "Store")
 _VERIFIER = b"envelope/kms/root-key-verifier/v1"
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS keys(
     region TEXT NOT NULL, key_id TEXT NOT NULL, gen INTEGER NOT NULL, meta TEXT NOT NULL,
@@ -65,7 +66,10 @@ CREATE TABLE IF NOT EXISTS seals(
     seq INTEGER PRIMARY KEY, chain BLOB NOT NULL, at REAL NOT NULL, sig BLOB NOT NULL,
     counter INTEGER, digest BLOB, published INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter);
-""" + ACCESS_SCHEMA + KEYSTORE_SCHEMA
+"""
+    + ACCESS_SCHEMA
+    + KEYSTORE_SCHEMA
+)
 
 Synchronous = Literal["NORMAL", "FULL"]
 _log = logging.getLogger("envelope.service.audit")

@@ -528,3 +528,45 @@ def test_update_alias_takes_a_key_not_an_alias(svc: KeyService) -> None:
         with pytest.raises(E.ValidationException, match="key id or key ARN"):
             svc.update_alias(alias_name="alias/two", target_key_id=target)
     assert svc.describe_key(key_id="alias/two")["KeyMetadata"]["KeyId"] == b
+
+
+def test_key_material_ids_follow_rotation(svc: KeyService) -> None:
+    """AWS names each backing key (KeyMaterialId, 64 hex digits): DescribeKey's
+    CurrentKeyMaterialId is what new ciphertext uses, a rotation changes it, and Decrypt and
+    ReEncrypt answer the id of the material a ciphertext was made under."""
+    kid = new_key(svc)
+    first = svc.describe_key(key_id=kid)["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert len(first) == 64 and int(first, 16) >= 0
+    old = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+    assert old["KeyMaterialId"] == first
+    svc.rotate_key_on_demand(key_id=kid)
+    second = svc.describe_key(key_id=kid)["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert second != first
+    assert svc.decrypt(ciphertext_blob=old["CiphertextBlob"])["KeyMaterialId"] == first
+    new = svc.encrypt(key_id=kid, plaintext=b"x")
+    assert svc.decrypt(ciphertext_blob=new["CiphertextBlob"])["KeyMaterialId"] == second
+    other = new_key(svc)
+    moved = svc.re_encrypt(ciphertext_blob=old["CiphertextBlob"], destination_key_id=other)
+    assert moved["SourceKeyMaterialId"] == first
+    assert (
+        moved["DestinationKeyMaterialId"]
+        == (svc.describe_key(key_id=other)["KeyMetadata"]["CurrentKeyMaterialId"])
+    )
+    (rotation,) = svc.list_key_rotations(key_id=kid)["Rotations"]
+    assert rotation["KeyMaterialId"] == second and rotation["KeyMaterialState"] == "CURRENT"
+    pair = svc.generate_data_key_pair_without_plaintext(key_id=kid, key_pair_spec="ECC_NIST_P256")
+    assert pair["KeyMaterialId"] == second
+    rsa = new_key(svc, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT")
+    assert "CurrentKeyMaterialId" not in svc.describe_key(key_id=rsa)["KeyMetadata"]
+
+
+def test_pending_deletion_window_shown_only_for_a_primary_awaiting_replicas(
+    svc: KeyService,
+) -> None:
+    """KeyMetadata.PendingDeletionWindowInDays "is present only when the KeyState of the KMS
+    key is PendingReplicaDeletion" (botocore's model); DeletionDate says when."""
+    kid = new_key(svc)
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    meta = svc.describe_key(key_id=kid)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion" and "DeletionDate" in meta
+    assert "PendingDeletionWindowInDays" not in meta

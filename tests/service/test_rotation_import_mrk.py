@@ -274,6 +274,8 @@ def test_update_primary_region_and_deletion(svc: KeyService, clock: FakeClock) -
     # the primary (now in ap-south-1) waits for its replicas to go first
     out = ap.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
     assert out["KeyState"] == "PendingReplicaDeletion"
+    waiting = ap.describe_key(key_id=kid)["KeyMetadata"]
+    assert waiting["PendingDeletionWindowInDays"] == 7  # shown only in this state
     blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
     svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
     clock.advance(days=7)
