@@ -75,6 +75,11 @@ IMPORT_TOKEN_TTL = DAY
 MAX_GROUP = 64
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
+#: A key id as AWS makes them: a UUID, or ``mrk-`` and 32 hex digits for a multi-Region key.
+#: Anything else is not a key id at all, answered "Invalid keyId '...'" as AWS answers it.
+_KEY_ID_RE = re.compile(
+    r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
 _DATA_KEY_SPECS = {"AES_128": 16, "AES_256": 32}
 _WRAPPING_ALGORITHMS = (
     "RSAES_OAEP_SHA_1",
@@ -886,7 +891,7 @@ class ServiceCore:
             if len(parts) != 6 or parts[2] != "kms" or not re.fullmatch(r"\d{12}", parts[4]):
                 raise InvalidArnException(f"{ref} is not a KMS ARN")
             if parts[3] != self.region:
-                raise NotFoundException(f"Key '{ref}' does not exist in {self.region}")
+                raise NotFoundException(f"Invalid arn {parts[3]}")  # AWS's words
             named = parts[4]
             resource = parts[5]
             if resource.startswith("key/"):
@@ -907,6 +912,8 @@ class ServiceCore:
             ):
                 return self._create_managed_key(conn, name, account), True, owner
             raise NotFoundException(f"Alias {self._alias_arn(name, owner)} is not found.")
+        if named is None and not _KEY_ID_RE.match(name):
+            raise NotFoundException(f"Invalid keyId '{name}'")
         return name, False, named or account
 
     def _alias_target(self, conn: sqlite3.Connection, name: str, account: str) -> str | None:

@@ -570,3 +570,28 @@ def test_pending_deletion_window_shown_only_for_a_primary_awaiting_replicas(
     meta = svc.describe_key(key_id=kid)["KeyMetadata"]
     assert meta["KeyState"] == "PendingDeletion" and "DeletionDate" in meta
     assert "PendingDeletionWindowInDays" not in meta
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("fake-key-id", "Invalid keyId 'fake-key-id'"),
+        ("134f2428cec14b25a1ae9048164dba47", "Invalid keyId '134f2428cec14b25a1ae9048164dba47'"),
+        ("mrk-fake-key-id", "Invalid keyId 'mrk-fake-key-id'"),
+        (
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "Key 'arn:aws:kms:us-east-1:000000000000:key/1234abcd-12ab-34cd-56ef-1234567890ab' "
+            "does not exist",
+        ),
+        (
+            "arn:aws:kms:eu-west-1:000000000000:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "Invalid arn eu-west-1",
+        ),
+    ],
+)
+def test_unknown_keys_are_answered_in_aws_words(svc: KeyService, ref: str, message: str) -> None:
+    """NotFoundException with the messages AWS was recorded giving: a reference that is not a
+    key id at all, a key id of no key, and an ARN of another Region."""
+    with pytest.raises(E.NotFoundException) as info:
+        svc.describe_key(key_id=ref)
+    assert info.value.message == message
