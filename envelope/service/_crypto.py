@@ -93,7 +93,17 @@ class CryptoOps(ServiceCore):
     ) -> tuple[_Key, bytes]:
         call.values["kms:encryptionalgorithm"] = algorithm
         if algorithm == _specs.SYMMETRIC_DEFAULT:
-            parsed = _blob.parse(blob)
+            try:
+                parsed = _blob.parse(blob)
+            except InvalidCiphertextException:
+                if key_ref is not None:  # named an asymmetric key without its algorithm?
+                    named = self._key(conn, call, key_ref, CRYPTO, now, action=action)
+                    if named.spec != _specs.SYMMETRIC_DEFAULT:
+                        raise InvalidKeyUsageException(
+                            f"{named.arn} ({named.spec}) does not decrypt with SYMMETRIC_DEFAULT: "
+                            "give the EncryptionAlgorithm the ciphertext was made with"
+                        ) from None
+                raise
             key = self._key(conn, call, parsed.key_id, CRYPTO, now, action=action, any_account=True)
             if key_ref is not None:
                 named, _, _ = self._resolve_id(conn, key_ref, managed=False, account=call.account)

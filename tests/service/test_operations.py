@@ -595,3 +595,23 @@ def test_unknown_keys_are_answered_in_aws_words(svc: KeyService, ref: str, messa
     with pytest.raises(E.NotFoundException) as info:
         svc.describe_key(key_id=ref)
     assert info.value.message == message
+
+
+def test_rsa_ciphertext_without_its_algorithm_is_a_key_usage_error(svc: KeyService) -> None:
+    """Decrypt naming an RSA key but not the algorithm (SYMMETRIC_DEFAULT by default) is
+    InvalidKeyUsageException, as for Encrypt: "the encryption algorithm ... specified for the
+    operation is incompatible with the type of key material"; a damaged blob under a
+    symmetric key stays InvalidCiphertextException."""
+    rsa = new_key(svc, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT")
+    ct = svc.encrypt(key_id=rsa, plaintext=b"x", encryption_algorithm="RSAES_OAEP_SHA_256")
+    blob = ct["CiphertextBlob"]
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=blob, key_id=rsa)) == (
+        "InvalidKeyUsageException"
+    )
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=blob)) == "InvalidCiphertextException"
+    out = svc.decrypt(ciphertext_blob=blob, key_id=rsa, encryption_algorithm="RSAES_OAEP_SHA_256")
+    assert out["Plaintext"] == b"x" and "KeyMaterialId" not in out
+    sym = new_key(svc)
+    assert code_of(lambda: svc.decrypt(ciphertext_blob=b"\x01junk", key_id=sym)) == (
+        "InvalidCiphertextException"
+    )
