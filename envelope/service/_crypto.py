@@ -97,10 +97,10 @@ class CryptoOps(ServiceCore):
                 parsed = _blob.parse(blob)
             except InvalidCiphertextException:
                 if key_ref is not None:  # named an asymmetric key without its algorithm?
-                    named = self._key(conn, call, key_ref, CRYPTO, now, action=action)
-                    if named.spec != _specs.SYMMETRIC_DEFAULT:
+                    given = self._key(conn, call, key_ref, CRYPTO, now, action=action)
+                    if given.spec != _specs.SYMMETRIC_DEFAULT:
                         raise InvalidKeyUsageException(
-                            f"{named.arn} ({named.spec}) does not decrypt with SYMMETRIC_DEFAULT: "
+                            f"{given.arn} ({given.spec}) does not decrypt with SYMMETRIC_DEFAULT: "
                             "give the EncryptionAlgorithm the ciphertext was made with"
                         ) from None
                 raise
