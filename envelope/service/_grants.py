@@ -322,7 +322,7 @@ class GrantOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n, after = _paging(limit, marker, 50, 1000)
+            n, after = _paging(limit, marker, 50, 100)  # "between 1 and 100" (docs)
             grantee = self._grant_principal(
                 grantee_principal, grantee_service_principal, "GranteePrincipal"
             )
@@ -363,7 +363,7 @@ class GrantOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n, after = _paging(limit, marker, 50, 1000)
+            n, after = _paging(limit, marker, 50, 100)  # "between 1 and 100" (docs)
             retiring = self._grant_principal(
                 retiring_principal, retiring_service_principal, "RetiringPrincipal"
             )

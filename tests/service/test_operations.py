@@ -615,3 +615,21 @@ def test_rsa_ciphertext_without_its_algorithm_is_a_key_usage_error(svc: KeyServi
     assert code_of(lambda: svc.decrypt(ciphertext_blob=b"\x01junk", key_id=sym)) == (
         "InvalidCiphertextException"
     )
+
+
+def test_list_limits_follow_each_operations_documented_range(svc: KeyService) -> None:
+    """ListAliases, ListGrants and ListRetirableGrants take Limit 1..100, ListResourceTags
+    1..50, ListKeys and ListKeyRotations 1..1000 (the API reference of each; the model itself
+    allows 1..1000 everywhere)."""
+    kid = new_key(svc)
+    me = "arn:aws:iam::000000000000:root"
+    for fn, top in (
+        (lambda n: svc.list_aliases(limit=n), 100),
+        (lambda n: svc.list_grants(key_id=kid, limit=n), 100),
+        (lambda n: svc.list_retirable_grants(retiring_principal=me, limit=n), 100),
+        (lambda n: svc.list_resource_tags(key_id=kid, limit=n), 50),
+        (lambda n: svc.list_keys(limit=n), 1000),
+    ):
+        fn(top)
+        assert code_of(lambda f=fn, t=top: f(t + 1)) == "ValidationException"
+        assert code_of(lambda f=fn: f(0)) == "ValidationException"
