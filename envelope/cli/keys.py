@@ -302,12 +302,22 @@ def _valid_to(text: str | None) -> float | None:
     return dt.timestamp()
 
 
+def _expiry(text: str | None) -> dict[str, Any]:
+    """ValidTo and the ExpirationModel it implies: `--valid-to` makes the material expire, and
+    without it the material never does (AWS's own default, KEY_MATERIAL_EXPIRES, would then
+    refuse the import for want of a date)."""
+    valid_to = _valid_to(text)
+    if valid_to is None:
+        return {"expiration_model": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    return {"expiration_model": "KEY_MATERIAL_EXPIRES", "valid_to": valid_to}
+
+
 def _import_material(args: argparse.Namespace, svc: KeyService) -> None:
     svc.import_key_material(
         key_id=args.key,
         import_token=Path(args.token).read_bytes(),
         encrypted_key_material=Path(args.encrypted_material).read_bytes(),
-        valid_to=_valid_to(args.valid_to),
+        **_expiry(args.valid_to),
     )
     emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 
@@ -331,7 +341,7 @@ def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
         key_id=args.key,
         import_token=params["ImportToken"],
         encrypted_key_material=wrapped,
-        valid_to=_valid_to(args.valid_to),
+        **_expiry(args.valid_to),
     )
     emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
 

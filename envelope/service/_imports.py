@@ -21,6 +21,7 @@ from ._core import (
     _bytes,
     _Call,
     _Key,
+    key_material_id,
 )
 from ._states import (
     ENABLED,
@@ -115,9 +116,7 @@ class ImportOps(ServiceCore):
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
-        model = expiration_model or (
-            "KEY_MATERIAL_EXPIRES" if valid_to is not None else "KEY_MATERIAL_DOES_NOT_EXPIRE"
-        )
+        model = expiration_model or "KEY_MATERIAL_EXPIRES"  # AWS's default
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             token = _bytes(import_token, "ImportToken", 1, 6144)
@@ -127,7 +126,11 @@ class ImportOps(ServiceCore):
                     "ExpirationModel must be KEY_MATERIAL_EXPIRES or KEY_MATERIAL_DOES_NOT_EXPIRE"
                 )
             vt = valid_to.timestamp() if isinstance(valid_to, datetime) else valid_to
-            if model == "KEY_MATERIAL_EXPIRES" and (vt is None or vt <= now):
+            if model == "KEY_MATERIAL_EXPIRES" and vt is None:  # AWS's words
+                raise ValidationException(
+                    "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES"
+                )
+            if model == "KEY_MATERIAL_EXPIRES" and vt is not None and vt <= now:
                 raise ValidationException("ValidTo must be a future time with KEY_MATERIAL_EXPIRES")
             if model == "KEY_MATERIAL_DOES_NOT_EXPIRE" and vt is not None:
                 raise ValidationException(
@@ -170,7 +173,7 @@ class ImportOps(ServiceCore):
             m["ExpirationModel"] = model
             m["ValidTo"] = vt
             self._save(conn, key)
-            return {}
+            return {"KeyId": key.arn, "KeyMaterialId": key_material_id(key.id, 1)}
 
         return self._run("ImportKeyMaterial", principal, context, {"ExpirationModel": model}, op)
 

@@ -141,6 +141,7 @@ class World:
             "key_id": self.external,
             "import_token": params["ImportToken"],
             "encrypted_key_material": wrap(params, bytes(range(32)), "RSAES_OAEP_SHA_256"),
+            "expiration_model": "KEY_MATERIAL_DOES_NOT_EXPIRE",
         }
 
     @cached_property
@@ -153,6 +154,7 @@ class World:
             key_id=kid,
             import_token=params["ImportToken"],
             encrypted_key_material=wrap(params, bytes(32), "RSAES_OAEP_SHA_256"),
+            expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
         )
         return kid
 

@@ -290,6 +290,7 @@ def _import(
         key_id=kid,
         import_token=params["ImportToken"],
         encrypted_key_material=wrap(params, material, algorithm),
+        expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
     )
 
 

@@ -633,3 +633,28 @@ def test_list_limits_follow_each_operations_documented_range(svc: KeyService) ->
         fn(top)
         assert code_of(lambda f=fn, t=top: f(t + 1)) == "ValidationException"
         assert code_of(lambda f=fn: f(0)) == "ValidationException"
+
+
+def test_import_key_material_answers_and_defaults_as_aws(svc: KeyService) -> None:
+    """ImportKeyMaterial answers KeyId (ARN) and KeyMaterialId; its ExpirationModel defaults to
+    KEY_MATERIAL_EXPIRES, so an import without ValidTo must say it never expires."""
+    from .test_rotation_import_mrk import wrap
+
+    kid = svc.create_key(origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    params = svc.get_parameters_for_import(
+        key_id=kid, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
+    )
+    blob = wrap(params, bytes(range(32)), "RSAES_OAEP_SHA_256")
+    with pytest.raises(E.ValidationException, match="A validTo date must be set"):
+        svc.import_key_material(
+            key_id=kid, import_token=params["ImportToken"], encrypted_key_material=blob
+        )
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "PendingImport"
+    out = svc.import_key_material(
+        key_id=kid,
+        import_token=params["ImportToken"],
+        encrypted_key_material=blob,
+        expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
+    )
+    meta = svc.describe_key(key_id=kid)["KeyMetadata"]
+    assert out == {"KeyId": meta["Arn"], "KeyMaterialId": meta["CurrentKeyMaterialId"]}

@@ -101,6 +101,8 @@ def import_material(
     params = svc.get_parameters_for_import(
         key_id=kid, wrapping_algorithm=algorithm, wrapping_key_spec="RSA_2048"
     )
+    if "valid_to" not in kw:  # AWS's default model (KEY_MATERIAL_EXPIRES) needs a date
+        kw.setdefault("expiration_model", "KEY_MATERIAL_DOES_NOT_EXPIRE")
     svc.import_key_material(
         key_id=kid,
         import_token=params["ImportToken"],
@@ -176,6 +178,8 @@ def test_import_refusals(svc: KeyService, clock: FakeClock) -> None:
     good = wrap(params, bytes(32), "RSAES_OAEP_SHA_256")
 
     def imp(key: str, token: bytes, blob: bytes, **kw: Any) -> str:
+        if "valid_to" not in kw:
+            kw.setdefault("expiration_model", "KEY_MATERIAL_DOES_NOT_EXPIRE")
         return code_of(
             lambda: svc.import_key_material(
                 key_id=key, import_token=token, encrypted_key_material=blob, **kw
