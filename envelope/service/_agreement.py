@@ -16,9 +16,9 @@ import sqlite3
 from collections.abc import Sequence
 
 from . import _specs
-from ._core import RequestContext, Response, ServiceCore, _bytes, _Call, _grant_tokens
+from ._core import RequestContext, Response, ServiceCore, _bytes, _Call, _grant_tokens, wrong_usage
 from ._states import CRYPTO
-from .errors import InvalidKeyUsageException, ValidationException
+from .errors import ValidationException
 
 
 class KeyAgreementOps(ServiceCore):
@@ -48,9 +48,7 @@ class KeyAgreementOps(ServiceCore):
             call.values["kms:keyagreementalgorithm"] = key_agreement_algorithm
             key = self._key(conn, call, key_id, CRYPTO, now)
             if key.usage != _specs.KEY_AGREEMENT:
-                raise InvalidKeyUsageException(
-                    f"{key.arn} has KeyUsage {key.usage}, not KEY_AGREEMENT"
-                )
+                raise wrong_usage(key, "DeriveSharedSecret")
             _, mat = self._current(conn, call, key)
             secret = _specs.derive_shared_secret(
                 mat.private(), key.algorithms().key_agreement, key_agreement_algorithm, peer

@@ -46,6 +46,7 @@ from .errors import (
     InvalidArnException,
     InvalidCiphertextException,
     InvalidGrantTokenException,
+    InvalidKeyUsageException,
     InvalidMarkerException,
     KMSInternalException,
     KMSInvalidStateException,
@@ -405,6 +406,13 @@ def _grant_tokens(tokens: Any) -> list[str]:
         if not isinstance(t, str) or not 1 <= len(t) <= 8192:
             raise InvalidGrantTokenException("a grant token must be 1..8192 characters")
     return list(tokens)
+
+
+def wrong_usage(key: _Key, op: str) -> InvalidKeyUsageException:
+    """A key used for an operation its KeyUsage does not allow, in AWS's words."""
+    return InvalidKeyUsageException(
+        f"{key.arn} key usage is {key.usage} which is not valid for {op}."
+    )
 
 
 def key_material_id(key_id: str, version: int) -> str:

@@ -24,6 +24,7 @@ from ._core import (
     _int_in,
     _Key,
     key_material_id,
+    wrong_usage,
 )
 from ._states import (
     CRYPTO,
@@ -70,7 +71,7 @@ class CryptoOps(ServiceCore):
         algorithm: str,
     ) -> bytes:
         if key.usage != _specs.ENCRYPT_DECRYPT:
-            raise InvalidKeyUsageException(f"{key.arn} has KeyUsage {key.usage}")
+            raise wrong_usage(key, call.op)
         if key.spec == _specs.SYMMETRIC_DEFAULT:
             if algorithm != _specs.SYMMETRIC_DEFAULT:
                 raise InvalidKeyUsageException(f"{key.arn} supports only SYMMETRIC_DEFAULT")
@@ -108,7 +109,10 @@ class CryptoOps(ServiceCore):
             if key_ref is not None:
                 named, _, _ = self._resolve_id(conn, key_ref, managed=False, account=call.account)
                 if named != parsed.key_id:
-                    raise IncorrectKeyException(f"the ciphertext was not made under {key_ref}")
+                    raise IncorrectKeyException(  # AWS's words
+                        "The key ID in the request does not identify a CMK that can perform this "
+                        "operation."
+                    )
             if key.usage != _specs.ENCRYPT_DECRYPT or key.spec != _specs.SYMMETRIC_DEFAULT:
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
             if parsed.version > self._current_version(conn, key):
@@ -487,7 +491,7 @@ class CryptoOps(ServiceCore):
     def _signing_key(self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float) -> _Key:
         key = self._key(conn, call, key_id, CRYPTO, now)
         if key.usage != _specs.SIGN_VERIFY:
-            raise InvalidKeyUsageException(f"{key.arn} has KeyUsage {key.usage}, not SIGN_VERIFY")
+            raise wrong_usage(key, call.op)
         return key
 
     def sign(
@@ -590,9 +594,7 @@ class CryptoOps(ServiceCore):
     def _mac_key(self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float) -> _Key:
         key = self._key(conn, call, key_id, CRYPTO, now)
         if key.usage != _specs.GENERATE_VERIFY_MAC:
-            raise InvalidKeyUsageException(
-                f"{key.arn} has KeyUsage {key.usage}, not GENERATE_VERIFY_MAC"
-            )
+            raise wrong_usage(key, call.op)
         return key
 
     def generate_mac(

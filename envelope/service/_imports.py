@@ -45,8 +45,8 @@ class ImportOps(ServiceCore):
     @staticmethod
     def _external(key: _Key, opname: str) -> None:
         if key.meta["Origin"] != "EXTERNAL":
-            raise UnsupportedOperationException(
-                f"{opname}: {key.arn} does not have Origin EXTERNAL"
+            raise UnsupportedOperationException(  # AWS's words
+                f"{key.arn} origin is {key.meta['Origin']} which is not valid for this operation."
             )
 
     def get_parameters_for_import(

@@ -55,7 +55,7 @@ class LifecycleOps(KeyStoreOps):
         self,
         *,
         description: str = "",
-        key_usage: str = _specs.ENCRYPT_DECRYPT,
+        key_usage: str | None = None,
         key_spec: str | None = None,
         customer_master_key_spec: str | None = None,
         origin: str = "AWS_KMS",
@@ -68,6 +68,8 @@ class LifecycleOps(KeyStoreOps):
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        usage_given = key_usage is not None
+        key_usage = key_usage or _specs.ENCRYPT_DECRYPT
         spec = key_spec or customer_master_key_spec or _specs.SYMMETRIC_DEFAULT
         params = {
             "KeySpec": spec,
@@ -88,6 +90,11 @@ class LifecycleOps(KeyStoreOps):
                 raise ValidationException("KeySpec and CustomerMasterKeySpec differ")
             if not isinstance(description, str) or len(description) > 8192:
                 raise ValidationException("Description must be at most 8192 characters")
+            if not usage_given and spec != _specs.SYMMETRIC_DEFAULT:
+                raise ValidationException(  # AWS's words
+                    "You must specify a KeyUsage value for all KMS keys except for symmetric "
+                    "encryption keys."
+                )
             _specs.validate_spec(spec, key_usage)
             custom = origin in CUSTOM_ORIGINS or custom_key_store_id is not None
             if custom:

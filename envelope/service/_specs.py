@@ -100,7 +100,7 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
         return Algorithms(mac=(MAC_ALGORITHMS[spec],))
     if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
         return Algorithms(key_agreement=KEY_AGREEMENT_ALGORITHMS)
-    raise ValidationException(f"KeyUsage {usage} is not valid for KeySpec {spec}")
+    raise ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec}")
 
 
 def is_asymmetric(spec: str) -> bool:
@@ -163,16 +163,16 @@ def _hash_of(algorithm: str) -> hashes.HashAlgorithm:
     return _HASHES["SHA_" + algorithm.rsplit("_", 1)[1]]()
 
 
-def _message(message: bytes, message_type: str, h: hashes.HashAlgorithm) -> tuple[bytes, bool]:
+def _message(
+    message: bytes, message_type: str, h: hashes.HashAlgorithm, algorithm: str
+) -> tuple[bytes, bool]:
     if message_type == "RAW":
         if not 1 <= len(message) <= MAX_MESSAGE:
             raise ValidationException(f"Message must be 1..{MAX_MESSAGE} bytes")
         return message, False
     if message_type == "DIGEST":
         if len(message) != h.digest_size:
-            raise ValidationException(
-                f"a DIGEST message for this algorithm must be {h.digest_size} bytes"
-            )
+            raise ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
         return message, True
     raise ValidationException("MessageType must be RAW or DIGEST")
 
@@ -190,7 +190,7 @@ def _signing_input(
     """Check the algorithm and message: (hash, data to sign, hash or Prehashed for `data`)."""
     _check_alg(algorithm, allowed, "SigningAlgorithm")
     h = _hash_of(algorithm)
-    data, prehashed = _message(message, mtype, h)
+    data, prehashed = _message(message, mtype, h, algorithm)
     return h, data, utils.Prehashed(h) if prehashed else h
 
 
@@ -247,7 +247,10 @@ def rsa_encrypt(
     assert isinstance(private, rsa.RSAPrivateKey)
     limit = rsa_max_plaintext(private, algorithm)
     if not 1 <= len(plaintext) <= limit:
-        raise ValidationException(f"Plaintext must be 1..{limit} bytes for {algorithm}")
+        raise ValidationException(  # AWS's words
+            f"Algorithm {algorithm} and key spec RSA_{private.key_size} cannot encrypt data "
+            f"larger than {limit} bytes."
+        )
     return private.public_key().encrypt(plaintext, _oaep(algorithm))
 
 
@@ -263,7 +266,11 @@ def rsa_decrypt(
 
 
 def mac(material: bytes, allowed: tuple[str, ...], algorithm: str, message: bytes) -> bytes:
-    _check_alg(algorithm, allowed, "MacAlgorithm")
+    if algorithm not in allowed:  # AWS's words; the key's spec is HMAC_<bits> of its algorithm
+        spec = "HMAC_" + allowed[0].rsplit("_", 1)[1] if allowed else "none"
+        raise InvalidKeyUsageException(
+            f"Algorithm {algorithm} is incompatible with key spec {spec}."
+        )
     if not 1 <= len(message) <= MAX_MESSAGE:
         raise ValidationException(f"Message must be 1..{MAX_MESSAGE} bytes")
     return hmac.digest(material, message, algorithm.rsplit("_", 2)[1].lower() + _bits(algorithm))

@@ -55,12 +55,17 @@ _ALLOWED: dict[str, frozenset[str]] = {
 _DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION})
 
 
+def _spoken(state: str) -> str:
+    """A KeyState as AWS words it in messages: PendingImport -> "pending import"."""
+    return "".join(" " + c.lower() if c.isupper() else c for c in state).strip()
+
+
 def check(state: str, group: str, arn: str) -> None:
     if state in _ALLOWED[group]:
         return
     if state == DISABLED and group in _DISABLED_EXCEPTION:
         raise DisabledException(f"{arn} is disabled.")
-    err = KMSInvalidStateException(f"{arn} is {state}.")
+    err = KMSInvalidStateException(f"{arn} is {_spoken(state)}.")
     if state in PENDING and group == CRYPTO:
         err.alarm = True  # someone still uses a key that is about to be destroyed
     raise err

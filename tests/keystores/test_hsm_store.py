@@ -264,7 +264,12 @@ def test_create_refusals(svc: KeyService, hsm: HsmToken) -> None:
         {"origin": "AWS_KMS", "custom_key_store_id": first},
         {"origin": "EXTERNAL_KEY_STORE", "custom_key_store_id": first, "xks_key_id": "k"},
         {"origin": "AWS_CLOUDHSM", "custom_key_store_id": first, "multi_region": True},
-        {"origin": "AWS_CLOUDHSM", "custom_key_store_id": first, "key_spec": "RSA_2048"},
+        {
+            "origin": "AWS_CLOUDHSM",
+            "custom_key_store_id": first,
+            "key_spec": "RSA_2048",
+            "key_usage": "ENCRYPT_DECRYPT",
+        },
     ):
         with pytest.raises(UnsupportedOperationException):
             svc.create_key(**bad)  # type: ignore[arg-type]

@@ -658,3 +658,74 @@ def test_import_key_material_answers_and_defaults_as_aws(svc: KeyService) -> Non
     )
     meta = svc.describe_key(key_id=kid)["KeyMetadata"]
     assert out == {"KeyId": meta["Arn"], "KeyMaterialId": meta["CurrentKeyMaterialId"]}
+
+
+def test_refusals_in_aws_recorded_words(svc: KeyService) -> None:
+    """Error messages as real AWS KMS was recorded giving them (codes were already right)."""
+    sym = new_key(svc)
+    sign = new_key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
+    mac = new_key(svc, key_spec="HMAC_224", key_usage="GENERATE_VERIFY_MAC")
+    rsa = new_key(svc, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT")
+    arn = svc.describe_key(key_id=sym)["KeyMetadata"]["Arn"]
+
+    def message(fn: Callable[[], Any]) -> str:
+        with pytest.raises(KmsServiceError) as info:
+            fn()
+        return info.value.message
+
+    assert (
+        message(lambda: svc.generate_mac(key_id=sym, message=b"m", mac_algorithm="HMAC_SHA_256"))
+        == f"{arn} key usage is ENCRYPT_DECRYPT which is not valid for GenerateMac."
+    )
+    sign_arn = svc.describe_key(key_id=sign)["KeyMetadata"]["Arn"]
+    assert message(lambda: svc.encrypt(key_id=sign, plaintext=b"x")) == (
+        f"{sign_arn} key usage is SIGN_VERIFY which is not valid for Encrypt."
+    )
+    assert (
+        message(lambda: svc.generate_mac(key_id=mac, message=b"m", mac_algorithm="HMAC_SHA_256"))
+        == "Algorithm HMAC_SHA_256 is incompatible with key spec HMAC_224."
+    )
+    assert (
+        message(
+            lambda: svc.sign(
+                key_id=sign,
+                message=b"short",
+                message_type="DIGEST",
+                signing_algorithm="ECDSA_SHA_256",
+            )
+        )
+        == "Digest is invalid length for algorithm ECDSA_SHA_256."
+    )
+    assert (
+        message(
+            lambda: svc.encrypt(
+                key_id=rsa, plaintext=bytes(215), encryption_algorithm="RSAES_OAEP_SHA_1"
+            )
+        )
+        == "Algorithm RSAES_OAEP_SHA_1 and key spec RSA_2048 cannot encrypt data larger than "
+        "214 bytes."
+    )
+    assert (
+        message(
+            lambda: svc.get_parameters_for_import(
+                key_id=sym, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
+            )
+        )
+        == f"{arn} origin is AWS_KMS which is not valid for this operation."
+    )
+    assert message(lambda: svc.create_key(key_spec="HMAC_256")) == (
+        "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."
+    )
+    assert message(lambda: svc.create_key(key_spec="RSA_2048", key_usage="KEY_AGREEMENT")) == (
+        "KeyUsage KEY_AGREEMENT is not compatible with KeySpec RSA_2048"
+    )
+    blob = svc.encrypt(key_id=sym, plaintext=b"x")["CiphertextBlob"]
+    assert message(lambda: svc.decrypt(ciphertext_blob=blob, key_id=rsa)) == (
+        "The key ID in the request does not identify a CMK that can perform this operation."
+    )
+    external = svc.create_key(origin="EXTERNAL")["KeyMetadata"]
+    assert message(lambda: svc.encrypt(key_id=external["KeyId"], plaintext=b"x")) == (
+        f"{external['Arn']} is pending import."
+    )
+    svc.schedule_key_deletion(key_id=sym, pending_window_in_days=7)
+    assert message(lambda: svc.encrypt(key_id=sym, plaintext=b"x")) == f"{arn} is pending deletion."
