@@ -46,7 +46,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .._serving import RequestMetrics, decode_headers
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
-from .errors import INTERNAL_MESSAGE, WireError, status_for
+from .errors import INTERNAL_MESSAGE, SILENT, WireError, status_for
 from .wire import Operation, WireModel
 
 __all__ = (
@@ -136,7 +136,7 @@ class _Outcome:
         self.code = code
         self.status = status_for(code) if status is None else status
         doc: dict[str, str] = {"__type": code}
-        if message:
+        if message and code not in SILENT:
             doc["message"] = message
         self.body = json.dumps(doc).encode()
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 __all__ = (
     "INTERNAL_MESSAGE",
+    "SILENT",
     "STATUS",
     "WireError",
     "status_for",
@@ -36,6 +37,13 @@ STATUS: Mapping[str, int] = {
     "MissingAuthenticationTokenException": 400,
     "RequestEntityTooLargeException": 413,
 }
+
+#: Codes AWS answers with no message at all (recorded against AWS: a ciphertext that does not
+#: open, a signature or MAC that does not verify say nothing about why). The service's reason
+#: still goes to the audit record.
+SILENT: frozenset[str] = frozenset(
+    {"InvalidCiphertextException", "KMSInvalidSignatureException", "KMSInvalidMacException"}
+)
 
 #: What a client is told about a failure inside the server; the detail goes to the log only.
 INTERNAL_MESSAGE = "The service encountered an internal error. Try again later."

@@ -408,6 +408,11 @@ def _grant_tokens(tokens: Any) -> list[str]:
     return list(tokens)
 
 
+def valid_key_id(text: str) -> bool:
+    """Is `text` shaped as a key id this service makes (a UUID, or ``mrk-`` and 32 hex)?"""
+    return _KEY_ID_RE.match(text) is not None
+
+
 def wrong_usage(key: _Key, op: str) -> InvalidKeyUsageException:
     """A key used for an operation its KeyUsage does not allow, in AWS's words."""
     return InvalidKeyUsageException(
@@ -920,7 +925,7 @@ class ServiceCore:
             ):
                 return self._create_managed_key(conn, name, account), True, owner
             raise NotFoundException(f"Alias {self._alias_arn(name, owner)} is not found.")
-        if named is None and not _KEY_ID_RE.match(name):
+        if named is None and not valid_key_id(name):
             raise NotFoundException(f"Invalid keyId '{name}'")
         return name, False, named or account
 

@@ -24,6 +24,7 @@ from ._core import (
     _int_in,
     _Key,
     key_material_id,
+    valid_key_id,
     wrong_usage,
 )
 from ._states import (
@@ -105,6 +106,8 @@ class CryptoOps(ServiceCore):
                             "give the EncryptionAlgorithm the ciphertext was made with"
                         ) from None
                 raise
+            if not valid_key_id(parsed.key_id):  # damaged or forged: names no key at all
+                raise InvalidCiphertextException("the ciphertext is not a KMS ciphertext blob")
             key = self._key(conn, call, parsed.key_id, CRYPTO, now, action=action, any_account=True)
             if key_ref is not None:
                 named, _, _ = self._resolve_id(conn, key_ref, managed=False, account=call.account)

@@ -53,6 +53,10 @@ def test_encrypt_decrypt_round_trip_and_wrong_context(admin: Any, key_id: str) -
         admin.decrypt(CiphertextBlob=enc["CiphertextBlob"], EncryptionContext={"path": "x"})
     assert _code(e) == "InvalidCiphertextException"
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert e.value.response["Error"]["Message"] == ""  # AWS says nothing about why
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # garbage, not a key's name
+        admin.decrypt(CiphertextBlob=b"\x01" * 60)
+    assert _code(e) == "InvalidCiphertextException"
 
 
 def test_generate_data_key_and_without_plaintext(admin: Any, key_id: str) -> None:
