@@ -39,8 +39,8 @@ STATUS: Mapping[str, int] = {
 }
 
 #: Codes AWS answers with no message at all (recorded against AWS: a ciphertext that does not
-#: open, a signature or MAC that does not verify say nothing about why). The service's reason
-#: still goes to the audit record.
+#: open, a signature or MAC that does not verify say nothing about why). In process, the
+#: library and the CLI still get the service's reason.
 SILENT: frozenset[str] = frozenset(
     {"InvalidCiphertextException", "KMSInvalidSignatureException", "KMSInvalidMacException"}
 )
