@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-from . import _states
+from . import _authz, _states
 from ._core import (
     RequestContext,
     Response,
@@ -81,7 +81,7 @@ class MultiRegionOps(ServiceCore):
                 spec=key.spec,
                 usage=key.usage,
                 origin=key.meta["Origin"],
-                description=key.meta["Description"] if description is None else description,
+                description="" if description is None else description,  # not shared (AWS)
                 multi_region=True,
                 manager="CUSTOMER",
                 tags=self._check_tags(tags, {}, new_key=True),
@@ -97,12 +97,16 @@ class MultiRegionOps(ServiceCore):
             meta["MultiRegionConfiguration"] = self._metadata(conn, key)[
                 "MultiRegionConfiguration"
             ] | {"MultiRegionKeyType": "REPLICA"}
-            return {
+            out: Response = {
                 "ReplicaKeyMetadata": meta,
-                "ReplicaTags": [
-                    {"TagKey": k, "TagValue": v} for k, v in replica.meta["x_tags"].items()
-                ],
+                "ReplicaPolicy": replica.meta.get("x_policy")
+                or _authz.default_key_policy(replica.account),
             }
+            if replica.meta["x_tags"]:  # AWS leaves the member out for a replica without tags
+                out["ReplicaTags"] = [
+                    {"TagKey": k, "TagValue": v} for k, v in replica.meta["x_tags"].items()
+                ]
+            return out
 
         return self._run("ReplicateKey", principal, context, {"ReplicaRegion": replica_region}, op)
 

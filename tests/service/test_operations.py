@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -729,3 +730,18 @@ def test_refusals_in_aws_recorded_words(svc: KeyService) -> None:
     )
     svc.schedule_key_deletion(key_id=sym, pending_window_in_days=7)
     assert message(lambda: svc.encrypt(key_id=sym, plaintext=b"x")) == f"{arn} is pending deletion."
+
+
+def test_replicate_key_answers_as_aws(svc: KeyService) -> None:
+    """ReplicateKey answers the replica's policy; ReplicaTags only when it has tags; the
+    description is not shared by multi-Region keys ("The default value is an empty string")."""
+    kid = svc.create_key(multi_region=True, description="primary")["KeyMetadata"]["KeyId"]
+    out = svc.replicate_key(key_id=kid, replica_region="eu-west-1")
+    assert "ReplicaTags" not in out
+    assert json.loads(out["ReplicaPolicy"])["Statement"]
+    assert out["ReplicaKeyMetadata"]["Description"] == ""
+    tagged = svc.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
+    out = svc.replicate_key(
+        key_id=tagged, replica_region="eu-west-1", tags=[{"TagKey": "t", "TagValue": "v"}]
+    )
+    assert out["ReplicaTags"] == [{"TagKey": "t", "TagValue": "v"}]
