@@ -95,11 +95,6 @@ UNSERVED_MEMBERS: Mapping[str, Unserved] = {
         "UnsupportedOperationException",
         "KeyMaterialId is not supported: a key here has one imported key material",
     ),
-    "ImportType": Unserved(
-        (),
-        "UnsupportedOperationException",
-        "ImportType is not supported: a key here has one imported key material",
-    ),
     "KeyMaterialDescription": Unserved(
         (),
         "UnsupportedOperationException",

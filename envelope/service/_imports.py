@@ -113,9 +113,14 @@ class ImportOps(ServiceCore):
         encrypted_key_material: bytes,
         valid_to: float | datetime | None = None,
         expiration_model: str | None = None,
+        import_type: str | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        """ImportKeyMaterial. `import_type` as AWS: NEW_KEY_MATERIAL for a key's first material,
+        EXISTING_KEY_MATERIAL to import it again (after DeleteImportedKeyMaterial or expiry);
+        new material for a key that already has some (rotation of imported material) is not
+        supported: a key here holds one imported material."""
         model = expiration_model or "KEY_MATERIAL_EXPIRES"  # AWS's default
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
@@ -138,6 +143,23 @@ class ImportOps(ServiceCore):
                 )
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "ImportKeyMaterial")
+            had_material = any(
+                k.meta.get("x_fp") is not None for k in (key, *self._other_regions(conn, key))
+            )
+            if import_type not in (None, "NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"):
+                raise ValidationException(
+                    "ImportType must be NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL"
+                )
+            if import_type == "NEW_KEY_MATERIAL" and had_material:
+                raise UnsupportedOperationException(
+                    f"{key.arn} already has key material: importing new key material to rotate "
+                    "to is not supported here (a key holds one imported key material)"
+                )
+            if import_type == "EXISTING_KEY_MATERIAL" and not had_material:
+                raise ValidationException(
+                    f"{key.arn} has no key material yet: import it with ImportType "
+                    "NEW_KEY_MATERIAL"
+                )
             row = conn.execute(
                 "SELECT region, key_id, expires, algorithm, sealed FROM import_tokens "
                 "WHERE token=?",

@@ -40,6 +40,7 @@ from ._states import (
 )
 from .errors import (
     InvalidMarkerException,
+    KMSInvalidStateException,
     LimitExceededException,
     UnsupportedOperationException,
     ValidationException,
@@ -341,6 +342,16 @@ class LifecycleOps(KeyStoreOps):
             raise UnsupportedOperationException(
                 f"{opname}: keys in custom key stores cannot be rotated"
             )
+        if (
+            key.meta["Origin"] == "EXTERNAL"
+            and opname == "RotateKeyOnDemand"
+            and not key.multi_region  # those AWS does not rotate on demand at all
+        ):
+            # AWS rotates an imported key on demand to material imported for it beforehand
+            # (ImportType NEW_KEY_MATERIAL); a key here holds one material, so none is pending
+            raise KMSInvalidStateException(
+                f"No available key material pending rotation for the key: {key.arn}."
+            )
         if key.meta["Origin"] != "AWS_KMS":
             raise UnsupportedOperationException(
                 f"{opname}: keys with imported material cannot be rotated"
@@ -436,8 +447,13 @@ class LifecycleOps(KeyStoreOps):
             except ValueError:
                 raise InvalidMarkerException("Marker was not issued by this service") from None
             key = self._key(conn, call, key_id, READ, now)
-            if key.spec != _specs.SYMMETRIC_DEFAULT or key.meta["Origin"] != "AWS_KMS":
-                raise UnsupportedOperationException("only symmetric AWS_KMS keys have rotations")
+            if key.spec != _specs.SYMMETRIC_DEFAULT or key.meta["Origin"] not in (
+                "AWS_KMS",
+                "EXTERNAL",  # its one imported material: no rotations to list
+            ):
+                raise UnsupportedOperationException(
+                    "only symmetric keys of AWS_KMS or EXTERNAL origin have rotations"
+                )
             rows = conn.execute(
                 "SELECT version, created, kind FROM material WHERE key_id=? AND version>? "
                 "ORDER BY version LIMIT ?",
