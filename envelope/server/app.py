@@ -87,8 +87,19 @@ log = logging.getLogger("envelope.server.access")
 errlog = logging.getLogger("envelope.server")
 
 
+class Signed(Protocol):
+    """Who signed a request, and the Region its credential scope names."""
+
+    @property
+    def principal(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+
 class Authenticate(Protocol):
-    """Who signed this request (a principal ARN); raises an error with code/status/message."""
+    """Who signed this request: a principal ARN (served in the service's own Region), or a
+    `Signed` naming the Region to serve it in; raises an error with code/status/message."""
 
     def __call__(
         self,
@@ -99,7 +110,7 @@ class Authenticate(Protocol):
         query: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
-    ) -> str: ...
+    ) -> str | Signed: ...
 
 
 class ServerMetrics(RequestMetrics):
@@ -162,6 +173,8 @@ class KmsApp:
         self.close_service = close_service
         self.in_flight = 0
         self.pid = os.getpid()
+        #: The store's other Regions, served to requests signed for them (`_service_for`).
+        self._regions: dict[str, KeyService] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -178,6 +191,8 @@ class KmsApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.close_service:
                     # in-flight requests have finished: uvicorn waits for them first
+                    for other in list(self._regions.values()):
+                        await anyio.to_thread.run_sync(other.close)
                     await anyio.to_thread.run_sync(self.service.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -277,7 +292,9 @@ class KmsApp:
         if claimed in self.wire.operations:
             out.operation = claimed
         try:
-            out.principal = self._authenticate(scope, headers, first, body)
+            who = self._authenticate(scope, headers, first, body)
+            out.principal = who if isinstance(who, str) else who.principal
+            service = self._service_for(None if isinstance(who, str) else who.region)
         except WireError as e:
             out.fail(e.code, e.message, e.status)
             return
@@ -296,7 +313,7 @@ class KmsApp:
             op = self.wire.operation(target)
             kwargs = self.wire.parse(op, body)
             assert op.method is not None
-            fn = getattr(self.service, op.method)
+            fn = getattr(service, op.method)
             if _offload(op, kwargs):
                 result = await anyio.to_thread.run_sync(
                     lambda: fn(principal=out.principal, context=ctx, **kwargs)
@@ -314,13 +331,24 @@ class KmsApp:
         except Exception as e:
             self._internal(out, e, request_id)
 
+    def _service_for(self, region: str | None) -> KeyService:
+        """The service of the Region a request was signed for: the store serves every Region
+        its authenticator accepts, as AWS's Regional endpoints would (multi-Region keys and
+        their replicas are reached with a client configured for each Region)."""
+        if region is None or region == self.service.region:
+            return self.service
+        other = self._regions.get(region)
+        if other is None:
+            other = self._regions.setdefault(region, self.service.for_region(region))
+        return other
+
     def _authenticate(
         self,
         scope: Scope,
         headers: Sequence[tuple[str, str]],
         first: Mapping[str, str],
         body: bytes,
-    ) -> str:
+    ) -> str | Signed:
         host = first.get("host", "")
         query = scope.get("query_string", b"").decode("latin-1")
         return self.authenticate(

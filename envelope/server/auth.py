@@ -65,6 +65,9 @@ __all__ = (
     "StaticCredentials",
 )
 
+#: A Region name as AWS spells them (us-east-1, ap-southeast-2, us-gov-west-1, ...).
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+
 #: AWS's clock-skew window for SigV4 (seconds either side of the server's clock).
 SKEW: Final = 300.0
 SERVICE: Final = "kms"
@@ -302,8 +305,9 @@ class Authenticator:
     `service` is the credential source (the `KeyService`, or `StaticCredentials`);
     `service_name` the service a credential scope must name (``kms``; ``kms-xks-proxy`` for
     an XKS proxy). `regions`: the Regions a credential scope may name (default: the source's
-    Region). `clock` gives the server's time; `skew` the accepted distance to the request's
-    time. Thread-safe (the source's lookup is; this object keeps no per-request state).
+    Region); `any_region`: any well-formed Region name too. `clock` gives the server's time;
+    `skew` the accepted distance to the request's time. Thread-safe (the source's lookup is;
+    this object keeps no per-request state).
     """
 
     def __init__(
@@ -313,6 +317,7 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         skew: float = SKEW,
         regions: Collection[str] | None = None,
+        any_region: bool = False,
         service_name: str = SERVICE,
     ) -> None:
         self.service = service
@@ -320,6 +325,8 @@ class Authenticator:
         self._clock = clock
         self.skew = skew
         self.regions = frozenset(regions) if regions is not None else frozenset({service.region})
+        #: Accept every well-formed Region name (``envelope serve``: one store, every Region).
+        self.any_region = any_region
         #: botocore signers by (access key id, Region), each with its day's signing key
         self._verifiers: dict[tuple[str, str], _Verifier] = {}
 
@@ -404,7 +411,7 @@ class Authenticator:
                 f"Credential should be scoped to correct service: '{self.service_name}'. ",
                 access_key_id=claimed,
             )
-        if region not in self.regions:
+        if region not in self.regions and not (self.any_region and _REGION.match(region)):
             raise AuthError(
                 "InvalidSignatureException",
                 f"Credential should be scoped to a valid region, not '{region[:64]}'. ",

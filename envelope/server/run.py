@@ -67,8 +67,10 @@ def authenticator_for(service: KeyService) -> Authenticate:
             "(envelope.server.auth), which this build does not have: refusing to serve "
             "unauthenticated requests"
         ) from None
-    authenticator = auth.Authenticator(service)
-    fn: Authenticate = authenticator.authenticate
+    # every Region of the store, as AWS's Regional endpoints: a client signs for the Region
+    # it is configured for (multi-Region replicas are reached that way)
+    authenticator = auth.Authenticator(service, any_region=True)
+    fn: Authenticate = authenticator.verify
     return fn
 
 

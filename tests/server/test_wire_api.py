@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+import boto3
+import botocore.config
 import botocore.exceptions
 import pytest
 
@@ -371,3 +373,31 @@ def test_answers_as_aws_recorded_them(admin: Any, key_id: str) -> None:
         admin.create_alias(AliasName="no-prefix", TargetKeyId=key_id)
     assert _code(e) == "ValidationException"
     assert 'must start with the prefix "alias/"' in e.value.response["Error"]["Message"]
+
+
+def test_every_region_of_the_store_is_served(server: Server, admin: Any) -> None:
+    """A client configured for another Region reaches that Region of the store, as AWS's
+    Regional endpoints would: a multi-Region key's replica is described and used there, and
+    its ciphertext opens in either Region."""
+    key, secret = server.credentials["admin"]
+    eu = boto3.client(
+        "kms",
+        endpoint_url=server.endpoint,
+        region_name="eu-west-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}),
+    )
+    kid = admin.create_key(MultiRegion=True)["KeyMetadata"]["KeyId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        eu.describe_key(KeyId=kid)  # not replicated yet: no such key in eu-west-1
+    assert _code(e) == "NotFoundException"
+    out = admin.replicate_key(KeyId=kid, ReplicaRegion="eu-west-1")
+    assert out["ReplicaKeyMetadata"]["Arn"].startswith("arn:aws:kms:eu-west-1:")
+    meta = eu.describe_key(KeyId=kid)["KeyMetadata"]
+    assert meta["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
+    blob = admin.encrypt(KeyId=kid, Plaintext=b"both ways")["CiphertextBlob"]
+    assert eu.decrypt(CiphertextBlob=blob)["Plaintext"] == b"both ways"
+    home_only = admin.create_key()["KeyMetadata"]["KeyId"]
+    listed = {k["KeyId"] for k in eu.list_keys()["Keys"]}
+    assert kid in listed and home_only not in listed  # each Region lists its own keys
