@@ -208,13 +208,7 @@ class Keyring:
         """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
         plaintext if one of several ways in is already cached."""
         backends = self.backends
-        candidates: list[tuple[WrappedKey, int]]
-        if len(wrapped_keys) == 1:  # nearly every object: no repeats to skip
-            wrapped = wrapped_keys[0]
-            candidates = [(wrapped, i) for i, b in enumerate(backends) if b.can_unwrap(wrapped)]
-            wrapped_keys = ()
-        else:
-            candidates = []
+        candidates: list[tuple[WrappedKey, int]] = []
         seen: set[tuple[str, str, bytes]] = set()
         for wrapped in wrapped_keys:
             ident = (wrapped.provider_id, wrapped.key_id, wrapped.ciphertext)

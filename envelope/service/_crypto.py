@@ -203,9 +203,7 @@ class CryptoOps(ServiceCore):
                 "Plaintext": pt,
                 "EncryptionAlgorithm": encryption_algorithm,
             }
-            if call.material_ids:
-                out["KeyMaterialId"] = call.material_ids[-1]
-            return out
+            return _with_material_id(out, call)
 
         def prefetch(call: _Call) -> None:
             if self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
@@ -310,9 +308,7 @@ class CryptoOps(ServiceCore):
             out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
             if with_plaintext:
                 out["Plaintext"] = plaintext
-            if call.material_ids:
-                out["KeyMaterialId"] = call.material_ids[-1]
-            return out
+            return _with_material_id(out, call)
 
         def prefetch(call: _Call) -> None:
             if key_id not in self._external_refs:
@@ -414,9 +410,7 @@ class CryptoOps(ServiceCore):
             }
             if with_plaintext:
                 out["PrivateKeyPlaintext"] = der
-            if call.material_ids:
-                out["KeyMaterialId"] = call.material_ids[-1]
-            return out
+            return _with_material_id(out, call)
 
         return self._run(
             opname, principal, context, {"KeyPairSpec": key_pair_spec}, op, dry_run=dry_run
@@ -649,3 +643,11 @@ class CryptoOps(ServiceCore):
         return self._run(
             "VerifyMac", principal, context, {"MacAlgorithm": mac_algorithm}, op, dry_run=dry_run
         )
+
+
+def _with_material_id(out: Response, call: _Call) -> Response:
+    """`out` with the KeyMaterialId of the symmetric backing key the call used last (AWS
+    answers it from Decrypt and the GenerateDataKey family; absent for other keys)."""
+    if call.material_ids:
+        out["KeyMaterialId"] = call.material_ids[-1]
+    return out

@@ -143,9 +143,9 @@ class ImportOps(ServiceCore):
                 )
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "ImportKeyMaterial")
-            had_material = any(
-                k.meta.get("x_fp") is not None for k in (key, *self._other_regions(conn, key))
-            )
+            # a multi-Region key's material is one for all its Regions
+            known = [k.meta.get("x_fp") for k in (key, *self._other_regions(conn, key))]
+            had_material = any(x is not None for x in known)
             if import_type not in (None, "NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"):
                 raise ValidationException(
                     "ImportType must be NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL"
@@ -179,7 +179,6 @@ class ImportOps(ServiceCore):
             fp = self._fingerprint(conn, key.id, raw)
             # A multi-Region key's replicas must all hold the same material: whichever Region
             # imported first fixes it for all of them.
-            known = [k.meta["x_fp"] for k in (key, *self._other_regions(conn, key))]
             if any(x is not None and not hmac.compare_digest(x, fp) for x in known):
                 raise IncorrectKeyMaterialException(
                     "this key was created with different key material; only that material can "
