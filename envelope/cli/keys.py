@@ -227,7 +227,13 @@ def _rotation_on(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _rotation_list(args: argparse.Namespace, svc: KeyService) -> None:
-    rot = _all_pages(lambda m: svc.list_key_rotations(key_id=args.key, marker=m), "Rotations")
+    include = "ALL_KEY_MATERIAL" if args.all_material else None
+    rot = _all_pages(
+        lambda m: svc.list_key_rotations(
+            key_id=args.key, include_key_material=include, marker=m
+        ),
+        "Rotations",
+    )
     emit(args, {"Rotations": rot}, "ListKeyRotations")
 
 
@@ -312,14 +318,33 @@ def _expiry(text: str | None) -> dict[str, Any]:
     return {"expiration_model": "KEY_MATERIAL_EXPIRES", "valid_to": valid_to}
 
 
+def _material_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ImportType, KeyMaterialId and KeyMaterialDescription from the command line, and the
+    expiry (`_expiry`)."""
+    out = _expiry(args.valid_to)
+    if args.new:
+        out["import_type"] = "NEW_KEY_MATERIAL"
+    if args.material_id is not None:
+        out["import_type"] = "EXISTING_KEY_MATERIAL"
+        out["key_material_id"] = args.material_id
+    if args.material_description is not None:
+        out["key_material_description"] = args.material_description
+    return out
+
+
 def _import_material(args: argparse.Namespace, svc: KeyService) -> None:
-    svc.import_key_material(
+    done = svc.import_key_material(
         key_id=args.key,
         import_token=Path(args.token).read_bytes(),
         encrypted_key_material=Path(args.encrypted_material).read_bytes(),
-        **_expiry(args.valid_to),
+        **_material_options(args),
     )
-    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
+    emit(args, done, "ImportKeyMaterial")
+
+
+def _delete_material(args: argparse.Namespace, svc: KeyService) -> None:
+    resp = svc.delete_imported_key_material(key_id=args.key, key_material_id=args.material_id)
+    emit(args, resp, "DeleteImportedKeyMaterial")
 
 
 def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
@@ -337,13 +362,30 @@ def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
         material,
         padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
     )
-    svc.import_key_material(
+    done = svc.import_key_material(
         key_id=args.key,
         import_token=params["ImportToken"],
         encrypted_key_material=wrapped,
-        **_expiry(args.valid_to),
+        **_material_options(args),
     )
-    emit(args, svc.describe_key(key_id=args.key), "DescribeKey")
+    emit(args, done, "ImportKeyMaterial")
+
+
+def _material_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--valid-to", default=None, metavar="ISO-8601")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--new",
+        action="store_true",
+        help="new material for a key that has some, to rotate to (ImportType NEW_KEY_MATERIAL)",
+    )
+    which.add_argument(
+        "--material-id",
+        default=None,
+        metavar="ID",
+        help="the material being imported again (KeyMaterialId, checked)",
+    )
+    p.add_argument("--material-description", default=None, metavar="TEXT")
 
 
 def _replicate(args: argparse.Namespace, svc: KeyService) -> None:
@@ -443,7 +485,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--period", type=int, default=None, metavar="DAYS", help="90..2560 (365)")
     _cmd(rsub, "off", "DisableKeyRotation", _simple("disable_key_rotation"))
     _cmd(rsub, "status", "GetKeyRotationStatus", _simple("get_key_rotation_status"))
-    _cmd(rsub, "list", "ListKeyRotations", _rotation_list)
+    p = _cmd(rsub, "list", "ListKeyRotations", _rotation_list)
+    p.add_argument(
+        "--all-material",
+        action="store_true",
+        help="also the first key material and any pending rotation (IncludeKeyMaterial)",
+    )
 
     p = _cmd(sub, "schedule-deletion", "ScheduleKeyDeletion", _schedule)
     p.add_argument("--days", type=int, default=None, help="waiting period, 7..30 (30)")
@@ -484,11 +531,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = _cmd(isub, "material", "ImportKeyMaterial from a wrapped material file", _import_material)
     p.add_argument("--token", required=True, metavar="FILE")
     p.add_argument("--encrypted-material", required=True, metavar="FILE")
-    p.add_argument("--valid-to", default=None, metavar="ISO-8601")
+    _material_arguments(p)
     p = _cmd(isub, "local", "wrap a plaintext material file here and import it", _import_local)
     p.add_argument("material", metavar="MATERIAL_FILE")
-    p.add_argument("--valid-to", default=None, metavar="ISO-8601")
-    _cmd(isub, "delete", "DeleteImportedKeyMaterial", _simple("delete_imported_key_material"))
+    _material_arguments(p)
+    p = _cmd(isub, "delete", "DeleteImportedKeyMaterial", _delete_material)
+    p.add_argument(
+        "--material-id", default=None, metavar="ID", help="which material (default: the current)"
+    )
 
     from .policy import add_key_policy_commands  # imported here: policy imports this module
 

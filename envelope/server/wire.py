@@ -90,22 +90,6 @@ UNSERVED_MEMBERS: Mapping[str, Unserved] = {
         "UnsupportedOperationException",
         "Recipient (a Nitro Enclaves attestation document) is not supported by this server",
     ),
-    "KeyMaterialId": Unserved(
-        (),
-        "UnsupportedOperationException",
-        "KeyMaterialId is not supported: a key here has one imported key material",
-    ),
-    "KeyMaterialDescription": Unserved(
-        (),
-        "UnsupportedOperationException",
-        "KeyMaterialDescription is not supported: a key here has one imported key material",
-    ),
-    "IncludeKeyMaterial": Unserved(
-        ("ROTATIONS_ONLY",),
-        "UnsupportedOperationException",
-        "IncludeKeyMaterial ALL_KEY_MATERIAL is not supported: a key here has one imported "
-        "key material",
-    ),
     "ResourceOwners": Unserved(
         (),
         "UnsupportedOperationException",

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
-from . import _authz, _rows, _specs, _states, audit, digests
+from . import _authz, _materials, _rows, _specs, _states, audit, digests
 from ._states import (
     DISABLED,
     ENABLED,
@@ -1268,29 +1268,57 @@ class ServiceCore:
             m["x_rot_next"] = nxt
             self._save(conn, key)
         elif (
-            m.get("ExpirationModel") == "KEY_MATERIAL_EXPIRES"
-            and m.get("ValidTo") is not None
-            and m["ValidTo"] <= now
-            and state in (ENABLED, DISABLED)
+            state in (ENABLED, DISABLED, PENDING_IMPORT)
+            and (expiry := _materials.next_expiry(m)) is not None
+            and expiry <= now
         ):
-            self._drop_imported(conn, key)
+            self._drop_imported(conn, key, _materials.expired(m, now))
         return key
 
-    def _drop_imported(self, conn: sqlite3.Connection, key: _Key) -> None:
-        """Delete a key's imported material in its Region: the key becomes PendingImport.
+    def _drop_imported(
+        self, conn: sqlite3.Connection, key: _Key, versions: list[int], *, delete: bool = False
+    ) -> None:
+        """Remove imported materials from a key in its Region (deleted, or expired): the key
+        becomes PendingImport if a material permanently associated with it goes, current or
+        not (AWS's rule; a key pending deletion keeps its state), but not for one pending
+        rotation.
 
-        The material rows are shared by every Region of a multi-Region key, and each Region
-        imports (and deletes, or lets expire) its own copy, so the rows go only once no Region
-        holds the material any more.
+        A material pending rotation that is deleted (`delete`) in the primary's Region (or of
+        a single-Region key) is no longer associated with the key at all, in any Region: AWS
+        lets different material be imported in its place. Each Region holds its own copy of a
+        material, and the material rows are shared by every Region of a multi-Region key, so a
+        row goes only once no Region holds that version any more.
         """
         m = key.meta
-        m["KeyState"] = PENDING_IMPORT
-        m["x_version"] = 0
-        m.pop("ValidTo", None)
-        m.pop("ExpirationModel", None)
+        mats = _materials.entries(m)
+        others = self._other_regions(conn, key)
+        changed: dict[str, _Key] = {}
+        for v in versions:
+            entry = mats.get(str(v))
+            if entry is None:
+                continue
+            if delete and entry["state"] == _materials.PENDING and m.get("x_mr_type") != "REPLICA":
+                del mats[str(v)]
+                for other in others:
+                    if _materials.entries(other.meta).pop(str(v), None) is not None:
+                        _materials.refresh(other.meta)
+                        changed[other.region] = other
+                continue
+            entry["imported"] = False
+            entry.pop("model", None)
+            entry.pop("valid_to", None)
+        _materials.refresh(m)
         self._save(conn, key)
-        if not any(int(other.meta["x_version"]) for other in self._other_regions(conn, key)):
-            conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
+        for other in changed.values():
+            self._save(conn, other)
+        for v in versions:
+            held = [
+                _materials.entries(k.meta).get(str(v), {}).get("imported")
+                for k in (key, *others)
+            ]
+            if not any(held):
+                conn.execute("DELETE FROM material WHERE key_id=? AND version=?", (key.id, v))
+                self._materials.pop((key.id, v), None)
 
     def _other_regions(self, conn: sqlite3.Connection, key: _Key) -> list[_Key]:
         """The same multi-Region key in every other Region that holds it."""
@@ -1375,7 +1403,8 @@ class ServiceCore:
         return mat
 
     def _current_version(self, conn: sqlite3.Connection, key: _Key) -> int:
-        if key.multi_region:
+        if key.multi_region and key.meta["Origin"] != "EXTERNAL":
+            # rotation on the primary writes the shared rows; a replica catches up lazily
             row = conn.execute("SELECT MAX(version) FROM material WHERE key_id=?", (key.id,))
             v = row.fetchone()[0]
             return int(v) if v is not None else 0
@@ -1386,6 +1415,15 @@ class ServiceCore:
         if version == 0:
             raise KMSInvalidStateException(f"{key.arn} has no key material")
         return version, self._material(conn, call, key.id, version)
+
+    def _check_imported(self, key: _Key, version: int) -> None:
+        """A ciphertext of a key with imported material names one of its materials that
+        rotation made current at some point (never one pending rotation)."""
+        entry = _materials.entries(key.meta).get(str(version))
+        if entry is None or entry["state"] == _materials.PENDING:
+            raise InvalidCiphertextException("the ciphertext names an unknown backing key")
+        if not entry["imported"]:  # the key is PendingImport then: a second guard
+            raise KMSInvalidStateException(f"{key.arn} is pending import.")
 
     def _rotate(self, conn: sqlite3.Connection, key: _Key, when: float, kind: str) -> None:
         version = self._current_version(conn, key) + 1
@@ -1444,7 +1482,12 @@ class ServiceCore:
             and m["Origin"] in ("AWS_KMS", "EXTERNAL")
             and "CustomKeyStoreId" not in m
         ):
-            version = self._current_version(conn, key)
+            if m["Origin"] == "EXTERNAL":
+                # AWS keeps naming the current material after it is deleted or expires
+                cur = _materials.current(m)
+                version = cur[0] if cur is not None else 0
+            else:
+                version = self._current_version(conn, key)
             if version:
                 out["CurrentKeyMaterialId"] = key_material_id(key.id, version)
         if key.multi_region:
@@ -1505,12 +1548,13 @@ class ServiceCore:
             "x_rot_next": None,
             "x_on_demand": 0,
             "x_tags": tags,
-            "x_fp": None,
             "x_mr_type": "PRIMARY" if multi_region else None,
             "x_primary_region": region if multi_region else None,
             "x_account": account,
             "x_policy": policy or _authz.default_key_policy(account),
         }
+        if origin == "EXTERNAL":
+            meta["x_mats"] = {}
         if extra:
             meta.update(extra)
         key = _Key(region, key_id, meta, self.arn(key_id, region, account), account)

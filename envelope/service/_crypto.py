@@ -120,6 +120,8 @@ class CryptoOps(ServiceCore):
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
             if parsed.version > self._current_version(conn, key):
                 raise InvalidCiphertextException("the ciphertext names an unknown backing key")
+            if key.meta["Origin"] == "EXTERNAL":
+                self._check_imported(key, parsed.version)
             if "CustomKeyStoreId" in key.meta:
                 return key, _keystore_crypto.open_custom(self, conn, call, key, parsed, ctx)
             mat = self._material(conn, call, key.id, parsed.version)

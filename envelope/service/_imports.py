@@ -6,11 +6,12 @@ import hmac
 import secrets
 import sqlite3
 from datetime import datetime
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import _specs
+from . import _materials, _specs
 from ._core import (
     _WRAPPING_ALGORITHMS,
     _WRAPPING_KEY_SPECS,
@@ -21,17 +22,20 @@ from ._core import (
     _bytes,
     _Call,
     _Key,
-    key_material_id,
+)
+from ._core import (
+    key_material_id as key_material_id_of,
 )
 from ._states import (
-    ENABLED,
+    DELETE_MATERIAL,
     MANAGE,
-    PENDING_IMPORT,
 )
 from .errors import (
     ExpiredImportTokenException,
     IncorrectKeyMaterialException,
     InvalidImportTokenException,
+    KMSInvalidStateException,
+    NotFoundException,
     UnsupportedOperationException,
     ValidationException,
 )
@@ -114,13 +118,16 @@ class ImportOps(ServiceCore):
         valid_to: float | datetime | None = None,
         expiration_model: str | None = None,
         import_type: str | None = None,
+        key_material_description: str | None = None,
+        key_material_id: str | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
-        """ImportKeyMaterial. `import_type` as AWS: NEW_KEY_MATERIAL for a key's first material,
-        EXISTING_KEY_MATERIAL to import it again (after DeleteImportedKeyMaterial or expiry);
-        new material for a key that already has some (rotation of imported material) is not
-        supported: a key here holds one imported material."""
+        """ImportKeyMaterial, as AWS: a key's first material (ImportType NEW_KEY_MATERIAL, the
+        default before any), the same material again (EXISTING_KEY_MATERIAL, the default
+        after: to restore deleted or expired material or change its expiry, in any Region of
+        a multi-Region key), or, for a symmetric encryption key, new material for a later
+        RotateKeyOnDemand (NEW_KEY_MATERIAL on a key that has some; in the primary Region)."""
         model = expiration_model or "KEY_MATERIAL_EXPIRES"  # AWS's default
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
@@ -141,25 +148,49 @@ class ImportOps(ServiceCore):
                 raise ValidationException(
                     "ValidTo is not allowed with KEY_MATERIAL_DOES_NOT_EXPIRE"
                 )
-            key = self._key(conn, call, key_id, MANAGE, now)
-            self._external(key, "ImportKeyMaterial")
-            # a multi-Region key's material is one for all its Regions
-            known = [k.meta.get("x_fp") for k in (key, *self._other_regions(conn, key))]
-            had_material = any(x is not None for x in known)
             if import_type not in (None, "NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"):
                 raise ValidationException(
                     "ImportType must be NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL"
                 )
-            if import_type == "NEW_KEY_MATERIAL" and had_material:
-                raise UnsupportedOperationException(
-                    f"{key.arn} already has key material: importing new key material to rotate "
-                    "to is not supported here (a key holds one imported key material)"
-                )
-            if import_type == "EXISTING_KEY_MATERIAL" and not had_material:
+            if key_material_description is not None and len(key_material_description) > 256:
+                raise ValidationException("KeyMaterialDescription must be at most 256 characters")
+            key = self._key(conn, call, key_id, MANAGE, now)
+            self._external(key, "ImportKeyMaterial")
+            symmetric = key.spec == _specs.SYMMETRIC_DEFAULT
+            if not symmetric and (
+                key_material_id is not None or key_material_description is not None
+            ):
                 raise ValidationException(
-                    f"{key.arn} has no key material yet: import it with ImportType "
-                    "NEW_KEY_MATERIAL"
+                    "KeyMaterialId and KeyMaterialDescription are only usable with symmetric "
+                    "encryption keys"
                 )
+            # A multi-Region key's materials are the same in all its Regions; this Region's
+            # entries win over the others' (its own import state and expiry).
+            others = self._other_regions(conn, key)
+            family: dict[str, dict[str, Any]] = {}
+            for k in (*others, key):
+                family.update(_materials.entries(k.meta))
+            kind = import_type or ("EXISTING_KEY_MATERIAL" if family else "NEW_KEY_MATERIAL")
+            if kind == "NEW_KEY_MATERIAL" and key_material_id is not None:
+                raise ValidationException(
+                    "KeyMaterialId cannot be specified with ImportType NEW_KEY_MATERIAL"
+                )
+            if kind == "EXISTING_KEY_MATERIAL" and not family:
+                raise ValidationException(
+                    f"{key.arn} has no key material yet: import it with ImportType NEW_KEY_MATERIAL"
+                )
+            if kind == "NEW_KEY_MATERIAL" and family:
+                if not symmetric:  # AWS: asymmetric and HMAC keys keep their first material
+                    raise UnsupportedOperationException(
+                        f"{key.arn} already has key material; the key material of a {key.spec} "
+                        "key cannot be changed after the initial import"
+                    )
+                if key.meta.get("x_mr_type") == "REPLICA":
+                    raise UnsupportedOperationException(
+                        f"New key material cannot be imported into the replica key {key.arn}: "
+                        "import it into the primary Region key, then into each replica with "
+                        "ImportType EXISTING_KEY_MATERIAL"
+                    )
             row = conn.execute(
                 "SELECT region, key_id, expires, algorithm, sealed FROM import_tokens "
                 "WHERE token=?",
@@ -177,34 +208,97 @@ class ImportOps(ServiceCore):
             raw = _specs.unwrap_import(private, str(row[3]), wrapped)
             _specs.check_imported_material(key.spec, raw)
             fp = self._fingerprint(conn, key.id, raw)
-            # A multi-Region key's replicas must all hold the same material: whichever Region
-            # imported first fixes it for all of them.
-            if any(x is not None and not hmac.compare_digest(x, fp) for x in known):
-                raise IncorrectKeyMaterialException(
-                    "this key was created with different key material; only that material can "
-                    "be imported again"
-                )
-            self._put_material(conn, call, key.id, 1, raw, now, "IMPORT")
+            match = next(
+                (int(v) for v, e in family.items() if hmac.compare_digest(str(e["fp"]), fp)), None
+            )
+            mats = _materials.entries(key.meta)
+            if kind == "NEW_KEY_MATERIAL":
+                # never a version used before, even by material since dissociated: its id
+                # names one material for good
+                used = [int(v) for v in family] + [k.meta.get("x_mat_hi", 0) for k in others]
+                version = 1 + max(0, key.meta.get("x_mat_hi", 0), *used)
+                if match is not None:
+                    raise IncorrectKeyMaterialException(
+                        f"The key material is already associated with KMS key {key.id} (id: "
+                        f"{key_material_id_of(key.id, match)}); import it with ImportType "
+                        "EXISTING_KEY_MATERIAL"
+                    )
+                pending = _materials.pending(key.meta)
+                if pending is not None:  # AWS's words
+                    raise KMSInvalidStateException(
+                        f"New key material (id: {key_material_id_of(key.id, version)}) cannot be "
+                        f"imported into KMS key {key.id}, because another key material (id: "
+                        f"{key_material_id_of(key.id, pending[0])}) is pending rotation."
+                    )
+                state = _materials.PENDING if family else _materials.CURRENT
+                entry: dict[str, Any] = {"fp": fp, "state": state}
+            else:
+                if match is None:
+                    raise IncorrectKeyMaterialException(
+                        "this key was created with different key material; only material "
+                        "associated with it can be imported again"
+                    )
+                version = match
+                if key_material_id is not None and key_material_id != (
+                    key_material_id_of(key.id, match)
+                ):
+                    raise IncorrectKeyMaterialException(
+                        f"The key material does not match the key material id {key_material_id}"
+                    )
+                base = family[str(match)]
+                entry = mats.get(str(match)) or {
+                    f: base[f] for f in ("fp", "state", "desc", "rotated", "rtype") if f in base
+                }
+            entry["imported"] = True
+            entry["model"] = model
+            entry["valid_to"] = vt if model == "KEY_MATERIAL_EXPIRES" else None
+            if key_material_description is not None:
+                entry["desc"] = key_material_description
+            mats[str(version)] = entry
+            key.meta["x_mat_hi"] = max(version, key.meta.get("x_mat_hi", 0))
+            self._put_material(conn, call, key.id, version, raw, now, "IMPORT")
             # The same material under the same (id, version): a cached copy stays valid.
-            m = key.meta
-            m["x_fp"] = fp
-            m["x_version"] = 1
-            if m["KeyState"] == PENDING_IMPORT:
-                m["KeyState"] = ENABLED
-            m["ExpirationModel"] = model
-            m["ValidTo"] = vt
+            _materials.refresh(key.meta)  # Enabled once it holds every associated material
             self._save(conn, key)
-            return {"KeyId": key.arn, "KeyMaterialId": key_material_id(key.id, 1)}
+            return {"KeyId": key.arn, "KeyMaterialId": key_material_id_of(key.id, version)}
 
-        return self._run("ImportKeyMaterial", principal, context, {"ExpirationModel": model}, op)
+        params = {"ExpirationModel": model, "ImportType": import_type}
+        return self._run("ImportKeyMaterial", principal, context, params, op)
 
     def delete_imported_key_material(
-        self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
+        self,
+        *,
+        key_id: str,
+        key_material_id: str | None = None,
+        principal: str | None = None,
+        context: RequestContext | None = None,
     ) -> Response:
-        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            key = self._key(conn, call, key_id, MANAGE, now)
-            self._external(key, "DeleteImportedKeyMaterial")
-            self._drop_imported(conn, key)
-            return {}
+        """DeleteImportedKeyMaterial: the current material (by default) or the one named, in
+        this Region. Deleting a material permanently associated with the key, current or
+        earlier, makes the key PendingImport until it is imported again; deleting material
+        pending rotation (in the primary Region) dissociates it from the key."""
 
-        return self._run("DeleteImportedKeyMaterial", principal, context, {}, op)
+        def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            key = self._key(conn, call, key_id, DELETE_MATERIAL, now)
+            self._external(key, "DeleteImportedKeyMaterial")
+            mats = _materials.entries(key.meta)
+            if key_material_id is None:
+                cur = _materials.current(key.meta)
+                if cur is None:  # nothing was ever imported: nothing to delete
+                    return {"KeyId": key.arn}
+                version = cur[0]
+            else:
+                found = [
+                    int(v) for v in mats if key_material_id_of(key.id, int(v)) == key_material_id
+                ]
+                if not found:
+                    raise NotFoundException(
+                        f"Key material {key_material_id} is not associated with {key.arn}"
+                    )
+                version = found[0]
+            self._drop_imported(conn, key, [version], delete=True)
+            return {"KeyId": key.arn, "KeyMaterialId": key_material_id_of(key.id, version)}
+
+        return self._run(
+            "DeleteImportedKeyMaterial", principal, context, {"KeyMaterialId": key_material_id}, op
+        )

@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 
-from . import _authz, _specs
+from . import _authz, _materials, _specs
 from ._core import (
     DAY,
     MAX_ON_DEMAND_ROTATIONS,
@@ -320,7 +320,7 @@ class LifecycleOps(KeyStoreOps):
             key = self._key(conn, call, key_id, CANCEL, now)
             m = key.meta
             m["KeyState"] = DISABLED
-            if m["Origin"] == "EXTERNAL" and not m["x_version"]:
+            if m["Origin"] == "EXTERNAL" and not _materials.complete(m):
                 m["KeyState"] = PENDING_IMPORT
             m["DeletionDate"] = None
             m["PendingDeletionWindowInDays"] = None
@@ -342,23 +342,50 @@ class LifecycleOps(KeyStoreOps):
             raise UnsupportedOperationException(
                 f"{opname}: keys in custom key stores cannot be rotated"
             )
-        if (
-            key.meta["Origin"] == "EXTERNAL"
-            and opname == "RotateKeyOnDemand"
-            and not key.multi_region  # those AWS does not rotate on demand at all
+        if key.meta["Origin"] != "AWS_KMS" and not (
+            # AWS rotates an imported key on demand only, to material imported beforehand
+            key.meta["Origin"] == "EXTERNAL" and opname == "RotateKeyOnDemand"
         ):
-            # AWS rotates an imported key on demand to material imported for it beforehand
-            # (ImportType NEW_KEY_MATERIAL); a key here holds one material, so none is pending
-            raise KMSInvalidStateException(
-                f"No available key material pending rotation for the key: {key.arn}."
-            )
-        if key.meta["Origin"] != "AWS_KMS":
             raise UnsupportedOperationException(
-                f"{opname}: keys with imported material cannot be rotated"
+                f"{opname}: keys with imported material cannot be rotated automatically"
             )
         if key.meta.get("x_mr_type") == "REPLICA":
             raise UnsupportedOperationException(f"{opname}: rotate the primary key instead")
         return key
+
+    def _rotate_imported(self, conn: sqlite3.Connection, key: _Key, now: float) -> None:
+        """RotateKeyOnDemand of a key with imported material: the material pending rotation
+        becomes current in every Region of the key (each must hold it), the current one stays
+        for decryption."""
+        pending = _materials.pending(key.meta)
+        if pending is None:  # AWS's words
+            raise KMSInvalidStateException(
+                f"No available key material pending rotation for the key: {key.arn}."
+            )
+        version = pending[0]
+        family = [key, *self._other_regions(conn, key)]
+        lacking = [
+            k.region
+            for k in family
+            if not _materials.entries(k.meta).get(str(version), {}).get("imported")
+        ]
+        if lacking:
+            raise KMSInvalidStateException(
+                f"The key material (id: {key_material_id(key.id, version)}) pending rotation "
+                f"for {key.arn} is not yet imported into the key in "
+                f"{', '.join(sorted(lacking))}: import it there with ImportType "
+                "EXISTING_KEY_MATERIAL first."
+            )
+        for k in family:
+            mats = _materials.entries(k.meta)
+            for entry in mats.values():
+                if entry["state"] == _materials.CURRENT:
+                    entry["state"] = _materials.NON_CURRENT
+            entry = mats[str(version)]
+            entry.update(state=_materials.CURRENT, rotated=now, rtype="ON_DEMAND")
+            _materials.refresh(k.meta)
+            if k is not key:
+                self._save(conn, k)
 
     def enable_key_rotation(
         self,
@@ -424,8 +451,11 @@ class LifecycleOps(KeyStoreOps):
                     "The on-demand rotations limit has been reached for the given keyId. No more "
                     f"on-demand rotations can be performed for this key: {key.arn}"
                 )
+            if key.meta["Origin"] == "EXTERNAL":
+                self._rotate_imported(conn, key, now)
+            else:
+                self._rotate(conn, key, now, "ON_DEMAND")
             key.meta["x_on_demand"] += 1
-            self._rotate(conn, key, now, "ON_DEMAND")
             self._save(conn, key)
             return {"KeyId": key.arn}
 
@@ -435,45 +465,91 @@ class LifecycleOps(KeyStoreOps):
         self,
         *,
         key_id: str,
+        include_key_material: str | None = None,
         limit: int | None = None,
         marker: str | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        """ListKeyRotations: the materials that rotations made current, oldest first; with
+        IncludeKeyMaterial ALL_KEY_MATERIAL also the first material and any pending one."""
+        include = include_key_material or "ROTATIONS_ONLY"
+
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if include not in ("ROTATIONS_ONLY", "ALL_KEY_MATERIAL"):
+                raise ValidationException(
+                    "IncludeKeyMaterial must be ALL_KEY_MATERIAL or ROTATIONS_ONLY"
+                )
             n = _limit(limit, 100, 1000)
             try:
-                after = int(_marker_decode(marker) or "1")
+                after = int(_marker_decode(marker) or "0")
             except ValueError:
                 raise InvalidMarkerException("Marker was not issued by this service") from None
             key = self._key(conn, call, key_id, READ, now)
             if key.spec != _specs.SYMMETRIC_DEFAULT or key.meta["Origin"] not in (
                 "AWS_KMS",
-                "EXTERNAL",  # its one imported material: no rotations to list
+                "EXTERNAL",
             ):
                 raise UnsupportedOperationException(
                     "only symmetric keys of AWS_KMS or EXTERNAL origin have rotations"
                 )
-            rows = conn.execute(
-                "SELECT version, created, kind FROM material WHERE key_id=? AND version>? "
-                "ORDER BY version LIMIT ?",
-                (key.id, after, n + 1),
-            ).fetchall()
-            items, extra = _page(list(rows), n, lambda r: str(r[0]))
-            current = self._current_version(conn, key)
-            rotations = [
-                {
-                    "KeyId": key.arn,
-                    "KeyMaterialId": key_material_id(key.id, int(v)),
-                    "KeyMaterialState": "CURRENT" if int(v) == current else "NON_CURRENT",
-                    "RotationDate": float(c),
-                    "RotationType": str(k),
-                }
-                for v, c, k in items
-            ]
-            return {"Rotations": rotations, **extra}
+            every = include == "ALL_KEY_MATERIAL"
+            if key.meta["Origin"] == "EXTERNAL":
+                entries = self._imported_rotations(conn, key, every, after)
+            else:
+                rows = conn.execute(
+                    "SELECT version, created, kind FROM material WHERE key_id=? AND version>? "
+                    "ORDER BY version LIMIT ?",
+                    (key.id, after if every else max(after, 1), n + 1),
+                ).fetchall()
+                current = self._current_version(conn, key)
+                entries = []
+                for v, created, kind in rows:
+                    entry: Response = {
+                        "KeyId": key.arn,
+                        "KeyMaterialId": key_material_id(key.id, int(v)),
+                        "KeyMaterialState": "CURRENT" if int(v) == current else "NON_CURRENT",
+                    }
+                    if int(v) > 1:  # the first material came with the key, not a rotation
+                        entry["RotationDate"] = float(created)
+                        entry["RotationType"] = str(kind)
+                    entries.append((int(v), entry))
+            items, extra = _page(entries[: n + 1], n, lambda e: str(e[0]))
+            return {"Rotations": [e for _, e in items], **extra}
 
-        return self._run("ListKeyRotations", principal, context, {}, op)
+        return self._run(
+            "ListKeyRotations", principal, context, {"IncludeKeyMaterial": include}, op
+        )
+
+    def _imported_rotations(
+        self, conn: sqlite3.Connection, key: _Key, every: bool, after: int
+    ) -> list[tuple[int, Response]]:
+        """ListKeyRotations entries of a key with imported material (this Region's view)."""
+        mats = _materials.entries(key.meta)
+        others = self._other_regions(conn, key)
+        out: list[tuple[int, Response]] = []
+        for v in sorted(int(x) for x in mats):
+            e = mats[str(v)]
+            if v <= after or not (every or e.get("rotated") is not None):
+                continue
+            everywhere = all(
+                _materials.entries(k.meta).get(str(v), {}).get("imported")
+                for k in (key, *others)
+            )
+            entry: Response = {"KeyId": key.arn, "KeyMaterialId": key_material_id(key.id, v)}
+            if e.get("desc") is not None:
+                entry["KeyMaterialDescription"] = e["desc"]
+            entry["ImportState"] = "IMPORTED" if e["imported"] else "PENDING_IMPORT"
+            entry["KeyMaterialState"] = _materials.shown_state(e, everywhere)
+            if e["imported"] and e.get("model"):
+                entry["ExpirationModel"] = e["model"]
+                if e["model"] == "KEY_MATERIAL_EXPIRES" and e.get("valid_to") is not None:
+                    entry["ValidTo"] = e["valid_to"]
+            if e.get("rotated") is not None:
+                entry["RotationDate"] = e["rotated"]
+                entry["RotationType"] = e["rtype"]
+            out.append((v, entry))
+        return out
 
 
 def _owner(meta_text: object, default: str) -> str:

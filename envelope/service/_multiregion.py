@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 
-from . import _authz, _states
+from . import _authz, _materials, _states
 from ._core import (
     RequestContext,
     Response,
@@ -92,6 +92,8 @@ class MultiRegionOps(ServiceCore):
             )
             replica.meta["x_mr_type"] = "REPLICA"
             replica.meta["x_primary_region"] = self.region
+            if key.meta["Origin"] == "EXTERNAL":
+                replica.meta["x_mats"] = _materials.for_replica(key.meta)
             self._save(conn, replica)
             meta = self._metadata(conn, replica)
             meta["MultiRegionConfiguration"] = self._metadata(conn, key)[

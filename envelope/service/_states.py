@@ -26,6 +26,8 @@ ENABLE_DISABLE = "enable-disable"  # EnableKey, DisableKey
 ROTATION = "rotation"  # EnableKeyRotation, DisableKeyRotation, RotateKeyOnDemand
 # UpdateKeyDescription, Tag/UntagResource, Create/UpdateAlias target, import, replicate
 MANAGE = "manage"
+#: DeleteImportedKeyMaterial: also while the key waits for deletion (its state stays)
+DELETE_MATERIAL = "delete-material"
 SCHEDULE = "schedule"  # ScheduleKeyDeletion
 CANCEL = "cancel"  # CancelKeyDeletion
 READ = "read"  # DescribeKey, ListResourceTags, GetKeyRotationStatus, ListKeyRotations
@@ -36,6 +38,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     ROTATION: frozenset({ENABLED}),
     # Unavailable: a key of a disconnected custom key store is still managed and deletable
     MANAGE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
+    DELETE_MATERIAL: frozenset({ENABLED, DISABLED, PENDING_IMPORT, *PENDING}),
     SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
     CANCEL: frozenset(PENDING),
     READ: frozenset(

@@ -401,3 +401,70 @@ def test_every_region_of_the_store_is_served(server: Server, admin: Any) -> None
     home_only = admin.create_key()["KeyMetadata"]["KeyId"]
     listed = {k["KeyId"] for k in eu.list_keys()["Keys"]}
     assert kid in listed and home_only not in listed  # each Region lists its own keys
+
+
+def _wrapped_for(client: Any, kid: str, material: bytes) -> dict[str, Any]:
+    """ImportToken and EncryptedKeyMaterial for `material` (GetParametersForImport over the
+    wire, RSAES_OAEP_SHA_256 wrapping done here as a client would)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    params = client.get_parameters_for_import(
+        KeyId=kid, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048"
+    )
+    public = serialization.load_der_public_key(params["PublicKey"])
+    assert isinstance(public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    return {
+        "ImportToken": params["ImportToken"],
+        "EncryptedKeyMaterial": public.encrypt(material, oaep),
+    }
+
+
+def test_imported_key_material_rotates_over_the_wire(admin: Any) -> None:
+    """ImportType, KeyMaterialId, KeyMaterialDescription and IncludeKeyMaterial as boto3 sends
+    them: import, import new material, rotate on demand, list, delete one material."""
+    kid = admin.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    never = {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}
+    first = admin.import_key_material(
+        KeyId=kid, KeyMaterialDescription="v1", **never, **_wrapped_for(admin, kid, b"\x11" * 32)
+    )
+    old = admin.encrypt(KeyId=kid, Plaintext=b"old")["CiphertextBlob"]
+    second = admin.import_key_material(
+        KeyId=kid, ImportType="NEW_KEY_MATERIAL", **never, **_wrapped_for(admin, kid, b"\x22" * 32)
+    )
+    listed = admin.list_key_rotations(KeyId=kid, IncludeKeyMaterial="ALL_KEY_MATERIAL")
+    assert [(r["KeyMaterialId"], r["KeyMaterialState"]) for r in listed["Rotations"]] == [
+        (first["KeyMaterialId"], "CURRENT"),
+        (second["KeyMaterialId"], "PENDING_ROTATION"),
+    ]
+    assert listed["Rotations"][0]["KeyMaterialDescription"] == "v1"
+    assert admin.list_key_rotations(KeyId=kid)["Rotations"] == []
+    admin.rotate_key_on_demand(KeyId=kid)
+    meta = admin.describe_key(KeyId=kid)["KeyMetadata"]
+    assert meta["CurrentKeyMaterialId"] == second["KeyMaterialId"]
+    rotation = admin.list_key_rotations(KeyId=kid)["Rotations"][0]
+    assert rotation["RotationType"] == "ON_DEMAND" and "RotationDate" in rotation
+    out = admin.decrypt(CiphertextBlob=old)
+    assert (out["Plaintext"], out["KeyMaterialId"]) == (b"old", first["KeyMaterialId"])
+    gone = admin.delete_imported_key_material(KeyId=kid, KeyMaterialId=first["KeyMaterialId"])
+    assert gone["KeyMaterialId"] == first["KeyMaterialId"] and gone["KeyId"] == meta["Arn"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.decrypt(CiphertextBlob=old)
+    assert _code(e) == "KMSInvalidStateException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.import_key_material(
+            KeyId=kid,
+            KeyMaterialId=second["KeyMaterialId"],
+            **never,
+            **_wrapped_for(admin, kid, b"\x11" * 32),
+        )
+    assert _code(e) == "IncorrectKeyMaterialException"
+    admin.import_key_material(
+        KeyId=kid,
+        ImportType="EXISTING_KEY_MATERIAL",
+        KeyMaterialId=first["KeyMaterialId"],
+        **never,
+        **_wrapped_for(admin, kid, b"\x11" * 32),
+    )
+    assert admin.decrypt(CiphertextBlob=old)["Plaintext"] == b"old"

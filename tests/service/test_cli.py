@@ -97,8 +97,24 @@ def test_import_and_replicate_commands(
     kid = jrun(["keys", "create", "--origin", "EXTERNAL"], capsys)["KeyMetadata"]["KeyId"]
     material = tmp_path / "material.bin"
     material.write_bytes(bytes(range(32)))
-    meta = jrun(["keys", "import", "local", kid, str(material)], capsys)["KeyMetadata"]
-    assert meta["KeyState"] == "Enabled"
+    first = jrun(["keys", "import", "local", kid, str(material)], capsys)["KeyMaterialId"]
+    assert jrun(["keys", "describe", kid], capsys)["KeyMetadata"]["KeyState"] == "Enabled"
+    # new material to rotate to, the rotation, and the list of materials
+    material.write_bytes(bytes(range(1, 33)))
+    args = ["--new", "--material-description", "second"]
+    second = jrun(["keys", "import", "local", kid, str(material), *args], capsys)
+    assert run(["keys", "rotate", kid]) == 0
+    rotations = jrun(["keys", "rotation", "list", kid, "--all-material"], capsys)["Rotations"]
+    assert [(r["KeyMaterialId"], r["KeyMaterialState"]) for r in rotations] == [
+        (first, "NON_CURRENT"),
+        (second["KeyMaterialId"], "CURRENT"),
+    ]
+    assert rotations[1]["KeyMaterialDescription"] == "second"
+    gone = jrun(["keys", "import", "delete", kid, "--material-id", first], capsys)
+    assert gone["KeyMaterialId"] == first
+    material.write_bytes(bytes(range(32)))
+    again = ["keys", "import", "local", kid, str(material), "--material-id", first]
+    assert jrun(again, capsys)["KeyMaterialId"] == first
     assert run(["keys", "import", "delete", kid]) == 0
     out = jrun(["keys", "import", "params", kid, "--out-dir", str(tmp_path)], capsys)
     assert Path(out["PublicKeyFile"]).exists() and Path(out["ImportTokenFile"]).exists()

@@ -67,8 +67,9 @@ def test_external_multi_region_key_replicas_import_the_same_material(svc: KeySer
     assert dec["Plaintext"] == b"from us" and dec["KeyId"] == rmeta["Arn"]
     back = eu.encrypt(key_id=kid, plaintext=b"from eu")["CiphertextBlob"]
     assert svc.decrypt(ciphertext_blob=back)["Plaintext"] == b"from eu"
-    # imported keys are not rotated, in either Region
-    assert code_of(lambda: svc.rotate_key_on_demand(key_id=kid)) == (
+    # imported keys rotate on demand only, to material imported for it, from the primary
+    assert code_of(lambda: svc.rotate_key_on_demand(key_id=kid)) == "KMSInvalidStateException"
+    assert code_of(lambda: eu.rotate_key_on_demand(key_id=kid)) == (
         "UnsupportedOperationException"
     )
     assert code_of(lambda: svc.enable_key_rotation(key_id=kid)) == ("UnsupportedOperationException")

@@ -749,7 +749,7 @@ def test_replicate_key_answers_as_aws(svc: KeyService) -> None:
 
 def test_import_type_as_aws_defines_it(svc: KeyService) -> None:
     """NEW_KEY_MATERIAL for a key's first material, EXISTING_KEY_MATERIAL to import it again;
-    new material on a key that has some (rotating imported material) is not supported."""
+    the same material imported as new is refused (it is already associated with the key)."""
     from .test_rotation_import_mrk import wrap
 
     kid = svc.create_key(origin="EXTERNAL")["KeyMetadata"]["KeyId"]
@@ -768,7 +768,7 @@ def test_import_type_as_aws_defines_it(svc: KeyService) -> None:
 
     assert code_of(lambda: imp("EXISTING_KEY_MATERIAL")) == "ValidationException"
     imp("NEW_KEY_MATERIAL")
-    assert code_of(lambda: imp("NEW_KEY_MATERIAL")) == "UnsupportedOperationException"
+    assert code_of(lambda: imp("NEW_KEY_MATERIAL")) == "IncorrectKeyMaterialException"
     svc.delete_imported_key_material(key_id=kid)
     imp("EXISTING_KEY_MATERIAL")
     assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
