@@ -61,8 +61,8 @@ class MultiRegionOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _check_region(replica_region)
-            key = self._primary(
-                conn, call, key_id, MANAGE, now, "{arn} is a replica; replicate the primary key"
+            key = self._primary(  # AWS's words
+                conn, call, key_id, MANAGE, now, "{arn} is not a multi-region primary key."
             )
             if replica_region == self.region or self._load(conn, replica_region, key.id):
                 raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
