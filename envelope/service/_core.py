@@ -754,6 +754,8 @@ class ServiceCore:
         }
         if call.keystore_calls:
             body["keystore_calls"] = call.keystore_calls
+        if call.material_ids and err is None:
+            body["key_material_ids"] = call.material_ids
         call.head = audit.append(conn, body, self.store.sealer, now, self._audit_head)
 
     def _call_request_id(self, call: _Call) -> str:

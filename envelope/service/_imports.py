@@ -260,7 +260,8 @@ class ImportOps(ServiceCore):
             # The same material under the same (id, version): a cached copy stays valid.
             _materials.refresh(key.meta)  # Enabled once it holds every associated material
             self._save(conn, key)
-            return {"KeyId": key.arn, "KeyMaterialId": key_material_id_of(key.id, version)}
+            call.material_ids.append(key_material_id_of(key.id, version))
+            return {"KeyId": key.arn, "KeyMaterialId": call.material_ids[-1]}
 
         params = {"ExpirationModel": model, "ImportType": import_type}
         return self._run("ImportKeyMaterial", principal, context, params, op)
@@ -297,7 +298,8 @@ class ImportOps(ServiceCore):
                     )
                 version = found[0]
             self._drop_imported(conn, key, [version], delete=True)
-            return {"KeyId": key.arn, "KeyMaterialId": key_material_id_of(key.id, version)}
+            call.material_ids.append(key_material_id_of(key.id, version))
+            return {"KeyId": key.arn, "KeyMaterialId": call.material_ids[-1]}
 
         return self._run(
             "DeleteImportedKeyMaterial", principal, context, {"KeyMaterialId": key_material_id}, op

@@ -451,10 +451,14 @@ class LifecycleOps(KeyStoreOps):
                     "The on-demand rotations limit has been reached for the given keyId. No more "
                     f"on-demand rotations can be performed for this key: {key.arn}"
                 )
+            before = self._current_version(conn, key)
             if key.meta["Origin"] == "EXTERNAL":
                 self._rotate_imported(conn, key, now)
             else:
                 self._rotate(conn, key, now, "ON_DEMAND")
+            # the audit record names the material rotated from and to
+            for version in (before, self._current_version(conn, key)):
+                call.material_ids.append(key_material_id(key.id, version))
             key.meta["x_on_demand"] += 1
             self._save(conn, key)
             return {"KeyId": key.arn}

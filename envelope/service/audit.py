@@ -79,6 +79,9 @@ FIELDS = frozenset(
         "reason",
         # custom key stores (issue 13): each HSM or XKS call made for the KMS call
         "keystore_calls",
+        # the KeyMaterialIds the call used or changed (as CloudTrail's keyMaterialId): which
+        # backing key encrypted or decrypted, which material was imported, deleted or rotated
+        "key_material_ids",
     }
 )
 

@@ -316,3 +316,33 @@ def test_material_is_deleted_from_a_key_pending_deletion(svc: KeyService) -> Non
     assert code_of(lambda: imp(svc, kid, M1)) == "KMSInvalidStateException"
     svc.cancel_key_deletion(key_id=kid)
     assert meta(svc, kid)["KeyState"] == "PendingImport"
+
+
+def test_audit_records_name_the_key_materials(svc: KeyService) -> None:
+    """Which material encrypted, decrypted, was imported, deleted or rotated to: in the
+    audit record of the call (CloudTrail's keyMaterialId), never for a refused call."""
+    kid = new_key(svc, origin="EXTERNAL")
+    id1 = imp(svc, kid, M1)["KeyMaterialId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
+    id2 = imp(svc, kid, M2, import_type="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    svc.rotate_key_on_demand(key_id=kid)
+    svc.decrypt(ciphertext_blob=blob)
+    svc.delete_imported_key_material(key_id=kid, key_material_id=id1)
+    assert code_of(lambda: svc.encrypt(key_id=kid, plaintext=b"x")) == "KMSInvalidStateException"
+    records = [r for r in svc.audit_tail(30) if r["key_id"] and str(r["key_id"]).endswith(kid)]
+    named = [
+        (r["operation"], r.get("key_material_ids"))
+        for r in records
+        if r["operation"] not in ("GetParametersForImport", "CreateKey")
+    ]
+    assert named == [
+        ("ImportKeyMaterial", [id1]),
+        ("Encrypt", [id1]),
+        ("ImportKeyMaterial", [id2]),
+        ("RotateKeyOnDemand", [id1, id2]),
+        ("Decrypt", [id1]),
+        ("DeleteImportedKeyMaterial", [id1]),
+        ("Encrypt", None),
+    ]
+    report = svc.verify_audit_log()
+    assert report.ok
