@@ -90,11 +90,6 @@ UNSERVED_MEMBERS: Mapping[str, Unserved] = {
         "UnsupportedOperationException",
         "Recipient (a Nitro Enclaves attestation document) is not supported by this server",
     ),
-    "ResourceOwners": Unserved(
-        (),
-        "UnsupportedOperationException",
-        "ResourceOwners is not supported: ListKeys lists the caller's account's keys",
-    ),
 }
 
 #: The one deliberate widening of a model pattern: AWS reaches an XKS proxy on port 443 only, so

@@ -187,12 +187,29 @@ class LifecycleOps(KeyStoreOps):
         *,
         limit: int | None = None,
         marker: str | None = None,
+        resource_owners: Sequence[str] | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        """ListKeys: the caller's account's keys in this Region. `resource_owners` as AWS:
+        ``SELF`` (the default) and ``OTHER_ACCOUNTS_VIA_RAM``, keys other accounts share
+        through Resource Access Manager: there is no RAM here, so that part is always empty
+        (another account's key is used by its ARN, under its key policy and grants)."""
+        owners = ["SELF"] if resource_owners is None else list(resource_owners)
+
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
+            if (
+                not 1 <= len(owners) <= 2
+                or len(set(owners)) != len(owners)
+                or any(o not in ("SELF", "OTHER_ACCOUNTS_VIA_RAM") for o in owners)
+            ):
+                raise ValidationException(
+                    "ResourceOwners must be one or both of SELF and OTHER_ACCOUNTS_VIA_RAM"
+                )
             self._authorize_account(conn, call)
             n, after = _paging(limit, marker, 100, 1000)
+            if "SELF" not in owners:
+                return {"Keys": [], "Truncated": False}
             self._sweep(conn, now)
             account = call.account or self.account
             items: list[str] = []
@@ -215,7 +232,8 @@ class LifecycleOps(KeyStoreOps):
                 **extra,
             }
 
-        return self._run("ListKeys", principal, context, {}, op)
+        params = {} if resource_owners is None else {"ResourceOwners": owners}
+        return self._run("ListKeys", principal, context, params, op)
 
     def run_due_tasks(
         self, *, principal: str | None = None, context: RequestContext | None = None

@@ -87,6 +87,16 @@ def test_list_keys_pagination(admin: Any) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.list_keys(Marker="not-a-marker-we-issued")
     assert _code(e) == "InvalidMarkerException"
+    # ResourceOwners: SELF is the default; nothing is shared through RAM here
+    own = admin.list_keys(ResourceOwners=["SELF"], Limit=1000)["Keys"]
+    assert made <= {k["KeyId"] for k in own}
+    both = admin.list_keys(ResourceOwners=["OTHER_ACCOUNTS_VIA_RAM", "SELF"], Limit=1000)
+    assert both["Keys"] == own
+    shared = admin.list_keys(ResourceOwners=["OTHER_ACCOUNTS_VIA_RAM"])
+    assert shared["Keys"] == [] and shared["Truncated"] is False
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.list_keys(ResourceOwners=["SELF", "SELF"])
+    assert _code(e) == "ValidationException"
 
 
 def test_aliases(admin: Any, key_id: str) -> None:
