@@ -397,7 +397,7 @@ class CryptoOps(ServiceCore):
             _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
             call.enc_context = ctx
-            if key_pair_spec not in _specs.RSA_SPECS and key_pair_spec not in _specs.ECC_CURVES:
+            if key_pair_spec not in _specs.KEY_PAIR_SPECS:
                 raise ValidationException("KeyPairSpec must be an RSA_* or ECC_* key spec")
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             if key.spec != _specs.SYMMETRIC_DEFAULT or key.usage != _specs.ENCRYPT_DECRYPT:

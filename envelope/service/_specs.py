@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from .errors import (
     IncorrectKeyMaterialException,
     InvalidCiphertextException,
     InvalidKeyUsageException,
+    UnsupportedOperationException,
     ValidationException,
 )
 
@@ -43,8 +44,16 @@ KEY_AGREEMENT_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521")
 ECDH = "ECDH"
 KEY_AGREEMENT_ALGORITHMS = (ECDH,)
 MAX_PUBLIC_KEY = 8192  # bytes of a peer's DER SubjectPublicKeyInfo (the model's bound)
+#: Ed25519 keys (AWS since 2025): signing and verification only. AWS offers two algorithms:
+#: ED25519_SHA_512 (pure Ed25519 of a RAW message) and ED25519_PH_SHA_512 (HashEdDSA,
+#: "Ed25519ph", of a message digest). `cryptography` implements the first only, so keys here
+#: offer ED25519_SHA_512 alone (docs/kms.md).
+EDWARDS25519 = "ECC_NIST_EDWARDS25519"
+ED25519_SHA_512 = "ED25519_SHA_512"
 HMAC_SPECS = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
-KEY_SPECS = (SYMMETRIC_DEFAULT, *RSA_SPECS, *ECC_CURVES, *HMAC_SPECS)
+KEY_SPECS = (SYMMETRIC_DEFAULT, *RSA_SPECS, *ECC_CURVES, EDWARDS25519, *HMAC_SPECS)
+#: GenerateDataKeyPair's KeyPairSpec values served (the model's, less SM2 and ML-KEM)
+KEY_PAIR_SPECS = (*RSA_SPECS, *ECC_CURVES, EDWARDS25519)
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "SHA_1": hashes.SHA1,
@@ -96,6 +105,8 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
         return Algorithms(signing=_RSA_SIGNING)
     if spec in ECC_CURVES and usage == SIGN_VERIFY:
         return Algorithms(signing=_ECC_SIGNING[spec])
+    if spec == EDWARDS25519 and usage == SIGN_VERIFY:
+        return Algorithms(signing=(ED25519_SHA_512,))
     if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
         return Algorithms(mac=(MAC_ALGORITHMS[spec],))
     if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
@@ -104,7 +115,7 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
 
 
 def is_asymmetric(spec: str) -> bool:
-    return spec in RSA_SPECS or spec in ECC_CURVES
+    return spec in RSA_SPECS or spec in ECC_CURVES or spec == EDWARDS25519
 
 
 def generate_material(spec: str) -> bytes:
@@ -116,6 +127,8 @@ def generate_material(spec: str) -> bytes:
     key: PrivateKeyTypes
     if spec in RSA_SPECS:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_SPECS[spec])
+    elif spec == EDWARDS25519:
+        key = ed25519.Ed25519PrivateKey.generate()
     else:
         key = ec.generate_private_key(ECC_CURVES[spec]())
     return key.private_bytes(
@@ -143,6 +156,8 @@ def check_imported_material(spec: str, material: bytes) -> None:
         raise IncorrectKeyMaterialException("material is not a PKCS#8 private key") from None
     if spec in RSA_SPECS:
         ok = isinstance(key, rsa.RSAPrivateKey) and key.key_size == RSA_SPECS[spec]
+    elif spec == EDWARDS25519:
+        ok = isinstance(key, ed25519.Ed25519PrivateKey)
     else:
         ok = isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ECC_CURVES[spec])
     if not ok:
@@ -194,9 +209,29 @@ def _signing_input(
     return h, data, utils.Prehashed(h) if prehashed else h
 
 
+def _ed25519_message(
+    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+) -> bytes:
+    """The message pure Ed25519 signs: a RAW one (AWS: ED25519_SHA_512 requires
+    MessageType RAW; Ed25519 hashes the message itself, with SHA-512)."""
+    if algorithm == "ED25519_PH_SHA_512":
+        raise UnsupportedOperationException(
+            "ED25519_PH_SHA_512 (HashEdDSA, Ed25519ph) is not implemented by this KMS: sign the "
+            "message itself with ED25519_SHA_512"
+        )
+    _check_alg(algorithm, allowed, "SigningAlgorithm")
+    if mtype != "RAW":
+        raise ValidationException(
+            f"The {algorithm} signing algorithm requires MessageType RAW, not {mtype}"
+        )
+    return _message(message, mtype, hashes.SHA512(), algorithm)[0]
+
+
 def sign(
     private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
 ) -> bytes:
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return private.sign(_ed25519_message(allowed, algorithm, message, mtype))
     h, data, alg = _signing_input(allowed, algorithm, message, mtype)
     if isinstance(private, rsa.RSAPrivateKey):
         pad = _rsa_sign_padding(algorithm, h)
@@ -219,6 +254,13 @@ def verify(
     mtype: str,
     signature: bytes,
 ) -> bool:
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        data = _ed25519_message(allowed, algorithm, message, mtype)
+        try:
+            public.verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
     h, data, alg = _signing_input(allowed, algorithm, message, mtype)
     try:
         if isinstance(public, rsa.RSAPublicKey):

@@ -478,3 +478,26 @@ def test_imported_key_material_rotates_over_the_wire(admin: Any) -> None:
         **_wrapped_for(admin, kid, b"\x11" * 32),
     )
     assert admin.decrypt(CiphertextBlob=old)["Plaintext"] == b"old"
+
+
+def test_ed25519_keys_over_the_wire(admin: Any) -> None:
+    """An ECC_NIST_EDWARDS25519 key as boto3 makes and uses it; the signature verifies with
+    the public key GetPublicKey returns."""
+    from cryptography.hazmat.primitives import serialization
+
+    meta = admin.create_key(KeySpec="ECC_NIST_EDWARDS25519", KeyUsage="SIGN_VERIFY")
+    kid = meta["KeyMetadata"]["KeyId"]
+    assert meta["KeyMetadata"]["SigningAlgorithms"] == ["ED25519_SHA_512"]
+    sig = admin.sign(KeyId=kid, Message=b"m", SigningAlgorithm="ED25519_SHA_512")["Signature"]
+    public = serialization.load_der_public_key(admin.get_public_key(KeyId=kid)["PublicKey"])
+    public.verify(sig, b"m")
+    out = admin.verify(KeyId=kid, Message=b"m", Signature=sig, SigningAlgorithm="ED25519_SHA_512")
+    assert out["SignatureValid"] is True
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.sign(
+            KeyId=kid,
+            Message=b"\0" * 64,
+            MessageType="DIGEST",
+            SigningAlgorithm="ED25519_PH_SHA_512",
+        )
+    assert _code(e) == "UnsupportedOperationException"

@@ -195,7 +195,9 @@ def test_imported_hmac_matches_local_hmac(svc: KeyService) -> None:
     assert tag == hmac.digest(material, b"m", "sha256")
 
 
-@pytest.mark.parametrize("pair_spec", ["RSA_2048", "ECC_NIST_P256", "ECC_SECG_P256K1"])
+@pytest.mark.parametrize(
+    "pair_spec", ["RSA_2048", "ECC_NIST_P256", "ECC_SECG_P256K1", "ECC_NIST_EDWARDS25519"]
+)
 def test_generate_data_key_pair(svc: KeyService, pair_spec: str) -> None:
     kid = new_key(svc)
     out = svc.generate_data_key_pair(
@@ -229,3 +231,75 @@ def test_private_keys_never_leave_in_plaintext(svc: KeyService, home: Any) -> No
     # every stored material is sealed (version byte + nonce + ciphertext), none is DER
     assert rows and all(r[:1] == b"\x01" and b"\x30\x81" not in r[:3] for r in rows)
     assert all(pk[-20:] not in r for r in rows)
+
+
+def test_ed25519_keys_sign_and_verify(svc: KeyService) -> None:
+    """ECC_NIST_EDWARDS25519 SIGN_VERIFY keys: pure Ed25519 (ED25519_SHA_512) of a RAW message,
+    verifiable offline with the public key; HashEdDSA (ED25519_PH_SHA_512) is not offered."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    meta = svc.create_key(key_spec="ECC_NIST_EDWARDS25519", key_usage="SIGN_VERIFY")["KeyMetadata"]
+    kid = meta["KeyId"]
+    assert meta["SigningAlgorithms"] == ["ED25519_SHA_512"]
+    assert code_of(
+        lambda: svc.create_key(key_spec="ECC_NIST_EDWARDS25519", key_usage="KEY_AGREEMENT")
+    ) == ("ValidationException")
+    out = svc.sign(key_id=kid, message=b"ledger entry", signing_algorithm="ED25519_SHA_512")
+    assert len(out["Signature"]) == 64 and out["SigningAlgorithm"] == "ED25519_SHA_512"
+    public = serialization.load_der_public_key(svc.get_public_key(key_id=kid)["PublicKey"])
+    assert isinstance(public, ed25519.Ed25519PublicKey)
+    public.verify(out["Signature"], b"ledger entry")
+    with pytest.raises(InvalidSignature):
+        public.verify(out["Signature"], b"ledger entrY")
+    ok = svc.verify(
+        key_id=kid,
+        message=b"ledger entry",
+        signature=out["Signature"],
+        signing_algorithm="ED25519_SHA_512",
+    )
+    assert ok["SignatureValid"] is True
+    bad = bytes([out["Signature"][0] ^ 1]) + out["Signature"][1:]
+    assert code_of(
+        lambda: svc.verify(
+            key_id=kid, message=b"ledger entry", signature=bad, signing_algorithm="ED25519_SHA_512"
+        )
+    ) == ("KMSInvalidSignatureException")
+    digest = hashlib.sha512(b"ledger entry").digest()
+    assert code_of(
+        lambda: svc.sign(
+            key_id=kid, message=digest, message_type="DIGEST", signing_algorithm="ED25519_SHA_512"
+        )
+    ) == ("ValidationException")
+    assert code_of(
+        lambda: svc.sign(
+            key_id=kid,
+            message=digest,
+            message_type="DIGEST",
+            signing_algorithm="ED25519_PH_SHA_512",
+        )
+    ) == ("UnsupportedOperationException")
+    assert code_of(
+        lambda: svc.sign(key_id=kid, message=b"x", signing_algorithm="ECDSA_SHA_256")
+    ) == ("InvalidKeyUsageException")
+
+
+def test_imported_ed25519_material_signs(svc: KeyService) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from .test_rotation_import_mrk import import_material
+
+    kid = new_key(svc, origin="EXTERNAL", key_spec="ECC_NIST_EDWARDS25519", key_usage="SIGN_VERIFY")
+    private = ed25519.Ed25519PrivateKey.generate()
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    wrong = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(KmsServiceError) as info:
+        import_material(svc, kid, wrong)
+    assert info.value.code == "IncorrectKeyMaterialException"
+    import_material(svc, kid, der)
+    sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ED25519_SHA_512")["Signature"]
+    private.public_key().verify(sig, b"m")
