@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -50,8 +51,21 @@ MAX_PUBLIC_KEY = 8192  # bytes of a peer's DER SubjectPublicKeyInfo (the model's
 #: offer ED25519_SHA_512 alone (docs/kms.md).
 EDWARDS25519 = "ECC_NIST_EDWARDS25519"
 ED25519_SHA_512 = "ED25519_SHA_512"
+#: ML-DSA keys (FIPS 204; AWS since 2025), signing and verification with ML_DSA_SHAKE_256:
+#: pure ML-DSA (empty context) of a RAW message, or of a 64-byte EXTERNAL_MU. Served where the
+#: installed `cryptography` has ML-DSA (its class of each parameter set, by name).
+ML_DSA_SHAKE_256 = "ML_DSA_SHAKE_256"
+ML_DSA_SPECS = {"ML_DSA_44": "MLDSA44", "ML_DSA_65": "MLDSA65", "ML_DSA_87": "MLDSA87"}
+MU_LENGTH = 64
 HMAC_SPECS = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
-KEY_SPECS = (SYMMETRIC_DEFAULT, *RSA_SPECS, *ECC_CURVES, EDWARDS25519, *HMAC_SPECS)
+KEY_SPECS = (
+    SYMMETRIC_DEFAULT,
+    *RSA_SPECS,
+    *ECC_CURVES,
+    EDWARDS25519,
+    *ML_DSA_SPECS,
+    *HMAC_SPECS,
+)
 #: GenerateDataKeyPair's KeyPairSpec values served (the model's, less SM2 and ML-KEM)
 KEY_PAIR_SPECS = (*RSA_SPECS, *ECC_CURVES, EDWARDS25519)
 
@@ -107,6 +121,9 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
         return Algorithms(signing=_ECC_SIGNING[spec])
     if spec == EDWARDS25519 and usage == SIGN_VERIFY:
         return Algorithms(signing=(ED25519_SHA_512,))
+    if spec in ML_DSA_SPECS and usage == SIGN_VERIFY:
+        _ml_dsa_class(spec)  # refused here if this build has no ML-DSA
+        return Algorithms(signing=(ML_DSA_SHAKE_256,))
     if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
         return Algorithms(mac=(MAC_ALGORITHMS[spec],))
     if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
@@ -115,7 +132,29 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
 
 
 def is_asymmetric(spec: str) -> bool:
-    return spec in RSA_SPECS or spec in ECC_CURVES or spec == EDWARDS25519
+    return spec in RSA_SPECS or spec in ECC_CURVES or spec == EDWARDS25519 or spec in ML_DSA_SPECS
+
+
+def _ml_dsa_class(spec: str) -> Any:
+    """`cryptography`'s private-key class of an ML-DSA parameter set, or
+    UnsupportedOperationException where this installation lacks it."""
+    try:
+        from cryptography.hazmat.primitives.asymmetric import mldsa
+
+        cls = getattr(mldsa, ML_DSA_SPECS[spec] + "PrivateKey")
+        if not hasattr(cls, "sign_mu"):
+            raise AttributeError("sign_mu")
+    except (ImportError, AttributeError):
+        raise UnsupportedOperationException(
+            f"KeySpec {spec} needs ML-DSA, which the installed cryptography package lacks "
+            "(upgrade cryptography)"
+        ) from None
+    return cls
+
+
+def _ml_dsa_key(key: object) -> bool:
+    """`key` is an ML-DSA private or public key (of any parameter set)."""
+    return type(key).__name__.startswith("MLDSA")
 
 
 def generate_material(spec: str) -> bytes:
@@ -129,6 +168,8 @@ def generate_material(spec: str) -> bytes:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_SPECS[spec])
     elif spec == EDWARDS25519:
         key = ed25519.Ed25519PrivateKey.generate()
+    elif spec in ML_DSA_SPECS:
+        key = _ml_dsa_class(spec).generate()
     else:
         key = ec.generate_private_key(ECC_CURVES[spec]())
     return key.private_bytes(
@@ -158,6 +199,8 @@ def check_imported_material(spec: str, material: bytes) -> None:
         ok = isinstance(key, rsa.RSAPrivateKey) and key.key_size == RSA_SPECS[spec]
     elif spec == EDWARDS25519:
         ok = isinstance(key, ed25519.Ed25519PrivateKey)
+    elif spec in ML_DSA_SPECS:
+        ok = isinstance(key, _ml_dsa_class(spec))
     else:
         ok = isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ECC_CURVES[spec])
     if not ok:
@@ -189,7 +232,7 @@ def _message(
         if len(message) != h.digest_size:
             raise ValidationException(f"Digest is invalid length for algorithm {algorithm}.")
         return message, True
-    raise ValidationException("MessageType must be RAW or DIGEST")
+    raise ValidationException(f"MessageType {message_type} is not valid for {algorithm}")
 
 
 def _check_alg(algorithm: str, allowed: tuple[str, ...], what: str) -> None:
@@ -227,9 +270,30 @@ def _ed25519_message(
     return _message(message, mtype, hashes.SHA512(), algorithm)[0]
 
 
+def _ml_dsa_message(
+    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+) -> tuple[bytes, bool]:
+    """(message or mu, is mu): ML_DSA_SHAKE_256 signs a RAW message (pure ML-DSA, empty
+    context) or a 64-byte EXTERNAL_MU (FIPS 204 section 6.2's representative); no DIGEST."""
+    _check_alg(algorithm, allowed, "SigningAlgorithm")
+    if mtype == "EXTERNAL_MU":
+        if len(message) != MU_LENGTH:
+            raise ValidationException(f"An EXTERNAL_MU Message must be {MU_LENGTH} bytes")
+        return message, True
+    if mtype != "RAW":
+        raise ValidationException(
+            f"The {algorithm} signing algorithm takes MessageType RAW or EXTERNAL_MU, not {mtype}"
+        )
+    return _message(message, mtype, hashes.SHA512(), algorithm)[0], False
+
+
 def sign(
     private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
 ) -> bytes:
+    if _ml_dsa_key(private):
+        data, mu = _ml_dsa_message(allowed, algorithm, message, mtype)
+        ml: Any = private
+        return bytes(ml.sign_mu(data) if mu else ml.sign(data))
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return private.sign(_ed25519_message(allowed, algorithm, message, mtype))
     h, data, alg = _signing_input(allowed, algorithm, message, mtype)
@@ -254,6 +318,14 @@ def verify(
     mtype: str,
     signature: bytes,
 ) -> bool:
+    if _ml_dsa_key(public):
+        data, mu = _ml_dsa_message(allowed, algorithm, message, mtype)
+        ml: Any = public
+        try:
+            (ml.verify_mu if mu else ml.verify)(signature, data)
+        except InvalidSignature:
+            return False
+        return True
     if isinstance(public, ed25519.Ed25519PublicKey):
         data = _ed25519_message(allowed, algorithm, message, mtype)
         try:

@@ -501,3 +501,28 @@ def test_ed25519_keys_over_the_wire(admin: Any) -> None:
             SigningAlgorithm="ED25519_PH_SHA_512",
         )
     assert _code(e) == "UnsupportedOperationException"
+
+
+def test_ml_dsa_keys_over_the_wire(admin: Any) -> None:
+    """An ML_DSA_65 key over boto3: a 3,309-byte signature of a RAW message and of an
+    EXTERNAL_MU, verified by the server and offline."""
+    from cryptography.hazmat.primitives import serialization
+
+    kid = admin.create_key(KeySpec="ML_DSA_65", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    public: Any = serialization.load_der_public_key(admin.get_public_key(KeyId=kid)["PublicKey"])
+    sig = admin.sign(KeyId=kid, Message=b"m", SigningAlgorithm="ML_DSA_SHAKE_256")["Signature"]
+    assert len(sig) == 3309
+    public.verify(sig, b"m")
+    mu = bytes(range(64))
+    by_mu = admin.sign(
+        KeyId=kid, Message=mu, MessageType="EXTERNAL_MU", SigningAlgorithm="ML_DSA_SHAKE_256"
+    )["Signature"]
+    public.verify_mu(by_mu, mu)
+    out = admin.verify(
+        KeyId=kid,
+        Message=mu,
+        MessageType="EXTERNAL_MU",
+        Signature=by_mu,
+        SigningAlgorithm="ML_DSA_SHAKE_256",
+    )
+    assert out["SignatureValid"] is True

@@ -303,3 +303,70 @@ def test_imported_ed25519_material_signs(svc: KeyService) -> None:
     import_material(svc, kid, der)
     sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ED25519_SHA_512")["Signature"]
     private.public_key().verify(sig, b"m")
+
+
+@pytest.mark.parametrize("spec", ["ML_DSA_44", "ML_DSA_65", "ML_DSA_87"])
+def test_ml_dsa_keys_sign_and_verify(svc: KeyService, spec: str) -> None:
+    """ML-DSA keys (FIPS 204): ML_DSA_SHAKE_256 of a RAW message (pure ML-DSA, empty context)
+    or of a 64-byte EXTERNAL_MU, both verifiable offline with the public key."""
+    from cryptography.exceptions import InvalidSignature
+
+    meta = svc.create_key(key_spec=spec, key_usage="SIGN_VERIFY")["KeyMetadata"]
+    kid = meta["KeyId"]
+    assert meta["SigningAlgorithms"] == ["ML_DSA_SHAKE_256"]
+    public: Any = serialization.load_der_public_key(svc.get_public_key(key_id=kid)["PublicKey"])
+    sig = svc.sign(key_id=kid, message=b"release v2", signing_algorithm="ML_DSA_SHAKE_256")
+    public.verify(sig["Signature"], b"release v2")
+    with pytest.raises(InvalidSignature):
+        public.verify(sig["Signature"], b"release v3")
+    mu = hashlib.shake_256(b"representative").digest(64)
+    by_mu = svc.sign(
+        key_id=kid, message=mu, message_type="EXTERNAL_MU", signing_algorithm="ML_DSA_SHAKE_256"
+    )["Signature"]
+    public.verify_mu(by_mu, mu)
+    good = svc.verify(
+        key_id=kid,
+        message=mu,
+        message_type="EXTERNAL_MU",
+        signature=by_mu,
+        signing_algorithm="ML_DSA_SHAKE_256",
+    )
+    assert good["SignatureValid"] is True
+    assert code_of(
+        lambda: svc.verify(
+            key_id=kid,
+            message=b"release v3",
+            signature=sig["Signature"],
+            signing_algorithm="ML_DSA_SHAKE_256",
+        )
+    ) == ("KMSInvalidSignatureException")
+    for mtype, message in (("DIGEST", bytes(32)), ("EXTERNAL_MU", bytes(63))):
+        assert code_of(
+            lambda m=mtype, b=message: svc.sign(
+                key_id=kid, message=b, message_type=m, signing_algorithm="ML_DSA_SHAKE_256"
+            )
+        ) == ("ValidationException")
+    assert code_of(lambda: svc.create_key(key_spec=spec, key_usage="ENCRYPT_DECRYPT")) == (
+        "ValidationException"
+    )
+
+
+def test_imported_ml_dsa_material_signs(svc: KeyService) -> None:
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    from .test_rotation_import_mrk import import_material
+
+    kid = new_key(svc, origin="EXTERNAL", key_spec="ML_DSA_65", key_usage="SIGN_VERIFY")
+    private = mldsa.MLDSA65PrivateKey.generate()
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    other = mldsa.MLDSA44PrivateKey.generate().private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with pytest.raises(KmsServiceError) as info:
+        import_material(svc, kid, other)
+    assert info.value.code == "IncorrectKeyMaterialException"
+    import_material(svc, kid, der)
+    sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ML_DSA_SHAKE_256")["Signature"]
+    private.public_key().verify(sig, b"m")
