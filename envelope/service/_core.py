@@ -247,6 +247,7 @@ class _Key:
             ("SigningAlgorithms", algs.signing),
             ("MacAlgorithms", algs.mac),
             ("KeyAgreementAlgorithms", algs.key_agreement),
+            ("EncapsulationAlgorithms", algs.encapsulation),
         ):
             if names:
                 out[member] = list(names)

@@ -40,8 +40,7 @@ from .errors import (
     ValidationException,
 )
 
-#: What a grant may allow (botocore's GrantOperation enum, less the ML-KEM operations this
-#: service has no keys for).
+#: What a grant may allow (botocore's GrantOperation enum).
 GRANT_OPERATIONS = (
     "Decrypt",
     "Encrypt",
@@ -60,10 +59,21 @@ GRANT_OPERATIONS = (
     "GenerateMac",
     "VerifyMac",
     "DeriveSharedSecret",
+    "Encapsulate",
+    "Decapsulate",
 )
 # operations with no encryption context: a grant that has constraints cannot include them
 _NO_CONTEXT = frozenset(
-    {"Sign", "Verify", "GetPublicKey", "GenerateMac", "VerifyMac", "DeriveSharedSecret"}
+    {
+        "Sign",
+        "Verify",
+        "GetPublicKey",
+        "GenerateMac",
+        "VerifyMac",
+        "DeriveSharedSecret",
+        "Encapsulate",
+        "Decapsulate",
+    }
 )
 _ANY_KEY = ("CreateGrant", "RetireGrant", "DescribeKey")
 # what each kind of key supports (the AWS guide's "Grant operations"): a grant for another
@@ -88,6 +98,7 @@ _SUPPORTED_BY_USAGE = {
     "SIGN_VERIFY": frozenset({"Sign", "Verify", "GetPublicKey", *_ANY_KEY}),
     "GENERATE_VERIFY_MAC": frozenset({"GenerateMac", "VerifyMac", *_ANY_KEY}),
     "KEY_AGREEMENT": frozenset({"DeriveSharedSecret", "GetPublicKey", *_ANY_KEY}),
+    "ENCAPSULATE_DECAPSULATE": frozenset({"Encapsulate", "Decapsulate", "GetPublicKey", *_ANY_KEY}),
 }
 _PRINCIPAL = re.compile(r"^[\w+=,.@:/-]{1,256}$")
 _SERVICE = re.compile(r"^([A-Za-z0-9\-]+)\.([A-Za-z0-9\-]+)(\.[A-Za-z0-9\-]+)+$")

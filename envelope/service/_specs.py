@@ -30,7 +30,14 @@ ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
 SIGN_VERIFY = "SIGN_VERIFY"
 GENERATE_VERIFY_MAC = "GENERATE_VERIFY_MAC"
 KEY_AGREEMENT = "KEY_AGREEMENT"
-KEY_USAGES = (ENCRYPT_DECRYPT, SIGN_VERIFY, GENERATE_VERIFY_MAC, KEY_AGREEMENT)
+ENCAPSULATE_DECAPSULATE = "ENCAPSULATE_DECAPSULATE"
+KEY_USAGES = (
+    ENCRYPT_DECRYPT,
+    SIGN_VERIFY,
+    GENERATE_VERIFY_MAC,
+    KEY_AGREEMENT,
+    ENCAPSULATE_DECAPSULATE,
+)
 
 RSA_SPECS = {"RSA_2048": 2048, "RSA_3072": 3072, "RSA_4096": 4096}
 ECC_CURVES: dict[str, type[ec.EllipticCurve]] = {
@@ -57,6 +64,12 @@ ED25519_SHA_512 = "ED25519_SHA_512"
 ML_DSA_SHAKE_256 = "ML_DSA_SHAKE_256"
 ML_DSA_SPECS = {"ML_DSA_44": "MLDSA44", "ML_DSA_65": "MLDSA65", "ML_DSA_87": "MLDSA87"}
 MU_LENGTH = 64
+#: ML-KEM keys (FIPS 203; AWS since 2025): Encapsulate and Decapsulate with ML_KEM. Served
+#: where the installed `cryptography` has the parameter set (ML-KEM-768 and 1024 today; it
+#: has no ML-KEM-512, which is then refused). The ciphertext length of each parameter set.
+ML_KEM = "ML_KEM"
+ML_KEM_SPECS = {"ML_KEM_512": "MLKEM512", "ML_KEM_768": "MLKEM768", "ML_KEM_1024": "MLKEM1024"}
+ML_KEM_CIPHERTEXT = {"ML_KEM_512": 768, "ML_KEM_768": 1088, "ML_KEM_1024": 1568}
 HMAC_SPECS = {"HMAC_224": 28, "HMAC_256": 32, "HMAC_384": 48, "HMAC_512": 64}
 KEY_SPECS = (
     SYMMETRIC_DEFAULT,
@@ -64,10 +77,11 @@ KEY_SPECS = (
     *ECC_CURVES,
     EDWARDS25519,
     *ML_DSA_SPECS,
+    *ML_KEM_SPECS,
     *HMAC_SPECS,
 )
-#: GenerateDataKeyPair's KeyPairSpec values served (the model's, less SM2 and ML-KEM)
-KEY_PAIR_SPECS = (*RSA_SPECS, *ECC_CURVES, EDWARDS25519)
+#: GenerateDataKeyPair's KeyPairSpec values served (the model's, less SM2)
+KEY_PAIR_SPECS = (*RSA_SPECS, *ECC_CURVES, EDWARDS25519, *ML_KEM_SPECS)
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "SHA_1": hashes.SHA1,
@@ -101,6 +115,7 @@ class Algorithms:
     signing: tuple[str, ...] = ()
     mac: tuple[str, ...] = ()
     key_agreement: tuple[str, ...] = ()
+    encapsulation: tuple[str, ...] = ()
 
 
 def validate_spec(spec: str, usage: str) -> Algorithms:
@@ -122,8 +137,11 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
     if spec == EDWARDS25519 and usage == SIGN_VERIFY:
         return Algorithms(signing=(ED25519_SHA_512,))
     if spec in ML_DSA_SPECS and usage == SIGN_VERIFY:
-        _ml_dsa_class(spec)  # refused here if this build has no ML-DSA
+        _pq_class(spec)  # refused here if this build has no ML-DSA
         return Algorithms(signing=(ML_DSA_SHAKE_256,))
+    if spec in ML_KEM_SPECS and usage == ENCAPSULATE_DECAPSULATE:
+        _pq_class(spec)
+        return Algorithms(encapsulation=(ML_KEM,))
     if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
         return Algorithms(mac=(MAC_ALGORITHMS[spec],))
     if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
@@ -132,24 +150,59 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
 
 
 def is_asymmetric(spec: str) -> bool:
-    return spec in RSA_SPECS or spec in ECC_CURVES or spec == EDWARDS25519 or spec in ML_DSA_SPECS
+    return (
+        spec in RSA_SPECS
+        or spec in ECC_CURVES
+        or spec == EDWARDS25519
+        or spec in ML_DSA_SPECS
+        or spec in ML_KEM_SPECS
+    )
 
 
-def _ml_dsa_class(spec: str) -> Any:
-    """`cryptography`'s private-key class of an ML-DSA parameter set, or
+def _pq_class(spec: str) -> Any:
+    """`cryptography`'s private-key class of an ML-DSA or ML-KEM parameter set, or
     UnsupportedOperationException where this installation lacks it."""
+    if spec in ML_DSA_SPECS:
+        module, name, needed = "mldsa", ML_DSA_SPECS[spec], "sign_mu"
+    else:
+        module, name, needed = "mlkem", ML_KEM_SPECS[spec], "decapsulate"
     try:
-        from cryptography.hazmat.primitives.asymmetric import mldsa
+        import importlib
 
-        cls = getattr(mldsa, ML_DSA_SPECS[spec] + "PrivateKey")
-        if not hasattr(cls, "sign_mu"):
-            raise AttributeError("sign_mu")
+        found = importlib.import_module(f"cryptography.hazmat.primitives.asymmetric.{module}")
+        cls = getattr(found, name + "PrivateKey")
+        if not hasattr(cls, needed):
+            raise AttributeError(needed)
     except (ImportError, AttributeError):
         raise UnsupportedOperationException(
-            f"KeySpec {spec} needs ML-DSA, which the installed cryptography package lacks "
-            "(upgrade cryptography)"
+            f"KeySpec {spec} is not available: the installed cryptography package has no "
+            f"{name[:2]}-{name[2:5]}-{name[5:]}"
         ) from None
     return cls
+
+
+def encapsulate(public: Any, allowed: tuple[str, ...], algorithm: str) -> tuple[bytes, bytes]:
+    """(shared secret, its ciphertext) for ML-KEM public key `public` (FIPS 203 Encaps)."""
+    _check_alg(algorithm, allowed, "EncapsulationAlgorithm")
+    secret, ciphertext = public.encapsulate()
+    return bytes(secret), bytes(ciphertext)
+
+
+def decapsulate(
+    private: Any, spec: str, allowed: tuple[str, ...], algorithm: str, ciphertext: bytes
+) -> bytes:
+    """The shared secret of `ciphertext` (FIPS 203 Decaps, with its implicit rejection: a
+    ciphertext of the right length always gives 32 bytes, the right ones only if it is the
+    one Encapsulate made). A wrong length is InvalidCiphertextException, as AWS answers."""
+    _check_alg(algorithm, allowed, "EncapsulationAlgorithm")
+    if len(ciphertext) != ML_KEM_CIPHERTEXT[spec]:
+        raise InvalidCiphertextException(
+            f"SharedSecretCiphertextBlob of a {spec} key is {ML_KEM_CIPHERTEXT[spec]} bytes"
+        )
+    try:
+        return bytes(private.decapsulate(ciphertext))
+    except ValueError:
+        raise InvalidCiphertextException("SharedSecretCiphertextBlob is not valid") from None
 
 
 def _ml_dsa_key(key: object) -> bool:
@@ -168,8 +221,8 @@ def generate_material(spec: str) -> bytes:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_SPECS[spec])
     elif spec == EDWARDS25519:
         key = ed25519.Ed25519PrivateKey.generate()
-    elif spec in ML_DSA_SPECS:
-        key = _ml_dsa_class(spec).generate()
+    elif spec in ML_DSA_SPECS or spec in ML_KEM_SPECS:
+        key = _pq_class(spec).generate()
     else:
         key = ec.generate_private_key(ECC_CURVES[spec]())
     return key.private_bytes(
@@ -199,8 +252,8 @@ def check_imported_material(spec: str, material: bytes) -> None:
         ok = isinstance(key, rsa.RSAPrivateKey) and key.key_size == RSA_SPECS[spec]
     elif spec == EDWARDS25519:
         ok = isinstance(key, ed25519.Ed25519PrivateKey)
-    elif spec in ML_DSA_SPECS:
-        ok = isinstance(key, _ml_dsa_class(spec))
+    elif spec in ML_DSA_SPECS or spec in ML_KEM_SPECS:
+        ok = isinstance(key, _pq_class(spec))
     else:
         ok = isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ECC_CURVES[spec])
     if not ok:

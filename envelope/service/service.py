@@ -26,6 +26,7 @@ from ._crypto import CryptoOps
 from ._grants import GrantOps
 from ._iam import IamOps
 from ._imports import ImportOps
+from ._kem import KemOps
 from ._lifecycle import LifecycleOps
 from ._multiregion import MultiRegionOps
 from ._policies import KeyPolicyOps
@@ -38,6 +39,7 @@ class KeyService(
     AliasTagOps,
     CryptoOps,
     KeyAgreementOps,
+    KemOps,
     ImportOps,
     MultiRegionOps,
     KeyPolicyOps,

@@ -526,3 +526,30 @@ def test_ml_dsa_keys_over_the_wire(admin: Any) -> None:
         SigningAlgorithm="ML_DSA_SHAKE_256",
     )
     assert out["SignatureValid"] is True
+
+
+def test_ml_kem_keys_over_the_wire(admin: Any) -> None:
+    """Encapsulate and Decapsulate as boto3 calls them, with an ML_KEM_768 key."""
+    kid = admin.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")[
+        "KeyMetadata"
+    ]["KeyId"]
+    out = admin.encapsulate(KeyId=kid, EncapsulationAlgorithm="ML_KEM")
+    back = admin.decapsulate(
+        KeyId=kid,
+        SharedSecretCiphertextBlob=out["SharedSecretCiphertextBlob"],
+        EncapsulationAlgorithm="ML_KEM",
+    )
+    assert back["SharedSecret"] == out["SharedSecret"] and len(out["SharedSecret"]) == 32
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        admin.decapsulate(
+            KeyId=kid, SharedSecretCiphertextBlob=b"\0" * 10, EncapsulationAlgorithm="ML_KEM"
+        )
+    assert _code(e) == "InvalidCiphertextException"
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    if hasattr(mlkem, "MLKEM512PrivateKey"):  # served once cryptography has it
+        admin.create_key(KeySpec="ML_KEM_512", KeyUsage="ENCAPSULATE_DECAPSULATE")
+    else:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            admin.create_key(KeySpec="ML_KEM_512", KeyUsage="ENCAPSULATE_DECAPSULATE")
+        assert _code(e) == "UnsupportedOperationException"

@@ -118,6 +118,17 @@ class World:
         return self.arn(new_key(self.svc, key_spec="ECC_NIST_P256", key_usage="KEY_AGREEMENT"))
 
     @cached_property
+    def kem(self) -> str:
+        return self.arn(
+            new_key(self.svc, key_spec="ML_KEM_768", key_usage="ENCAPSULATE_DECAPSULATE")
+        )
+
+    @cached_property
+    def kem_ciphertext(self) -> bytes:
+        out = self.svc.encapsulate(key_id=self.kem, encapsulation_algorithm="ML_KEM")
+        return bytes(out["SharedSecretCiphertextBlob"])
+
+    @cached_property
     def hmac(self) -> str:
         return self.arn(new_key(self.svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC"))
 
@@ -273,11 +284,17 @@ CASES: dict[str, Case] = {
         "key_agreement_algorithm": "ECDH",
         "public_key": w.svc.get_public_key(key_id=w.sign)["PublicKey"],
     },
+    "decapsulate": lambda w: {
+        "key_id": w.kem,
+        "shared_secret_ciphertext_blob": w.kem_ciphertext,
+        "encapsulation_algorithm": "ML_KEM",
+    },
     "describe_key": lambda w: {"key_id": w.sym},
     "disable_key": lambda w: {"key_id": w.sym},
     "disable_key_rotation": lambda w: {"key_id": w.sym},
     "enable_key": lambda w: {"key_id": w.disabled},
     "enable_key_rotation": lambda w: {"key_id": w.sym},
+    "encapsulate": lambda w: {"key_id": w.kem, "encapsulation_algorithm": "ML_KEM"},
     "encrypt": lambda w: {"key_id": w.sym, "plaintext": b"x"},
     "generate_data_key": lambda w: {"key_id": w.sym, "key_spec": "AES_256"},
     "generate_data_key_without_plaintext": lambda w: {"key_id": w.sym, "key_spec": "AES_256"},

@@ -370,3 +370,53 @@ def test_imported_ml_dsa_material_signs(svc: KeyService) -> None:
     import_material(svc, kid, der)
     sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ML_DSA_SHAKE_256")["Signature"]
     private.public_key().verify(sig, b"m")
+
+
+@pytest.mark.parametrize(("spec", "length"), [("ML_KEM_768", 1088), ("ML_KEM_1024", 1568)])
+def test_ml_kem_keys_encapsulate_and_decapsulate(svc: KeyService, spec: str, length: int) -> None:
+    """ML-KEM keys (FIPS 203): Encapsulate gives a 32-byte secret and its ciphertext,
+    Decapsulate recovers it, also from a ciphertext made offline with GetPublicKey's key; an
+    altered ciphertext gives another secret (implicit rejection), a wrong length is refused."""
+    meta = svc.create_key(key_spec=spec, key_usage="ENCAPSULATE_DECAPSULATE")["KeyMetadata"]
+    kid = meta["KeyId"]
+    assert meta["EncapsulationAlgorithms"] == ["ML_KEM"]
+    out = svc.encapsulate(key_id=kid, encapsulation_algorithm="ML_KEM")
+    secret, blob = out["SharedSecret"], out["SharedSecretCiphertextBlob"]
+    assert len(secret) == 32 and len(blob) == length and out["EncapsulationAlgorithm"] == "ML_KEM"
+
+    def dec(b: bytes) -> bytes:
+        got = svc.decapsulate(
+            key_id=kid, shared_secret_ciphertext_blob=b, encapsulation_algorithm="ML_KEM"
+        )
+        return bytes(got["SharedSecret"])
+
+    assert dec(blob) == secret
+    public: Any = serialization.load_der_public_key(svc.get_public_key(key_id=kid)["PublicKey"])
+    offline_secret, offline_blob = public.encapsulate()
+    assert dec(offline_blob) == offline_secret
+    altered = bytes([blob[0] ^ 1]) + blob[1:]
+    assert len(dec(altered)) == 32 and dec(altered) != secret
+    assert code_of(lambda: dec(blob[:-1])) == "InvalidCiphertextException"
+    assert code_of(lambda: svc.encapsulate(key_id=kid, encapsulation_algorithm="RSA")) == (
+        "ValidationException"
+    )
+    sym = new_key(svc)
+    assert code_of(lambda: svc.encapsulate(key_id=sym, encapsulation_algorithm="ML_KEM")) == (
+        "InvalidKeyUsageException"
+    )
+    # data key pairs of ML-KEM, and grants for the two operations
+    pair = svc.generate_data_key_pair(key_id=sym, key_pair_spec=spec)
+    private: Any = serialization.load_der_private_key(pair["PrivateKeyPlaintext"], password=None)
+    s2, b2 = public.encapsulate()
+    assert private.decapsulate(b2) != s2  # another key pair
+    grant = svc.create_grant(
+        key_id=kid,
+        grantee_principal="arn:aws:iam::000000000000:root",
+        operations=["Encapsulate", "Decapsulate"],
+    )
+    assert grant["GrantId"]
+    assert code_of(
+        lambda: svc.create_grant(
+            key_id=kid, grantee_principal="arn:aws:iam::000000000000:root", operations=["Sign"]
+        )
+    ) == ("ValidationException")
