@@ -259,7 +259,8 @@ class CryptoOps(ServiceCore):
             dst = self._key(
                 conn, call, destination_key_id, CRYPTO, now, managed=True, action="kms:ReEncryptTo"
             )
-            call.params["DestinationKeyId"] = dst.arn  # key_id records the source key
+            call.params["DestinationKeyId"] = dst.arn
+            call.key_id = src.arn  # the record's key_id is the source key (AWS's CloudTrail)
             source_ids = list(call.material_ids)
             out = self._encrypt_with(conn, call, dst, pt, dctx, destination_encryption_algorithm)
             result: Response = {

@@ -30,6 +30,7 @@ from ._kem import KemOps
 from ._lifecycle import LifecycleOps
 from ._multiregion import MultiRegionOps
 from ._policies import KeyPolicyOps
+from ._usage import KeyUsageOps
 
 __all__ = ("DEFAULT_ACCOUNT", "DEFAULT_REGION", "KeyService", "RequestContext")
 
@@ -40,6 +41,7 @@ class KeyService(
     CryptoOps,
     KeyAgreementOps,
     KemOps,
+    KeyUsageOps,
     ImportOps,
     MultiRegionOps,
     KeyPolicyOps,

@@ -553,3 +553,12 @@ def test_ml_kem_keys_over_the_wire(admin: Any) -> None:
         with pytest.raises(botocore.exceptions.ClientError) as e:
             admin.create_key(KeySpec="ML_KEM_512", KeyUsage="ENCAPSULATE_DECAPSULATE")
         assert _code(e) == "UnsupportedOperationException"
+
+
+def test_key_last_usage_over_the_wire(admin: Any) -> None:
+    kid = admin.create_key()["KeyMetadata"]["KeyId"]
+    assert admin.get_key_last_usage(KeyId=kid)["KeyLastUsage"] == {}
+    admin.generate_data_key(KeyId=kid, KeySpec="AES_256")
+    out = admin.get_key_last_usage(KeyId=kid)
+    assert out["KeyId"] == kid and out["KeyLastUsage"]["Operation"] == "GenerateDataKey"
+    assert out["KeyLastUsage"]["KmsRequestId"] and out["TrackingStartDate"]

@@ -306,6 +306,7 @@ CASES: dict[str, Case] = {
     "generate_mac": lambda w: {"key_id": w.hmac, "message": b"m", "mac_algorithm": "HMAC_SHA_256"},
     "generate_random": lambda w: {"number_of_bytes": 16},
     "get_key_policy": lambda w: {"key_id": w.sym},
+    "get_key_last_usage": lambda w: {"key_id": w.sym},
     "get_key_rotation_status": lambda w: {"key_id": w.sym},
     "get_parameters_for_import": lambda w: {
         "key_id": w.external,
