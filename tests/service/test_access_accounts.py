@@ -73,6 +73,41 @@ def test_cross_account_needs_key_policy_and_callers_iam(svc: KeyService) -> None
     assert_denied(svc, lambda: svc.encrypt(key_id=kid, plaintext=b"p", principal=ROOT_B), ROOT_B, B)
 
 
+def test_another_account_may_only_use_a_key_never_manage_it(svc: KeyService) -> None:
+    """AWS rule: whatever the key policy says, another account may perform only the
+    cryptographic operations and CreateGrant, DescribeKey, GetKeyRotationStatus,
+    GetPublicKey, ListGrants, RetireGrant and RevokeGrant on a key: a policy giving it
+    kms:* lets it use the key, not disable, delete, re-policy, tag or describe its usage."""
+    kid = svc.arn(new_key(svc))
+    svc.put_key_policy(
+        key_id=kid, policy=doc(root_stmt(), stmt(Sid="B", Principal=aws(ROOT_B), Action="kms:*"))
+    )
+    blob = svc.encrypt(key_id=kid, plaintext=b"p", principal=ROOT_B)["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, principal=ROOT_B)["Plaintext"] == b"p"
+    assert svc.describe_key(key_id=kid, principal=ROOT_B)["KeyMetadata"]["Arn"] == kid
+    svc.get_key_rotation_status(key_id=kid, principal=ROOT_B)
+    svc.create_grant(key_id=kid, grantee_principal=ROOT_B, operations=["Decrypt"], principal=ROOT_B)
+    svc.list_grants(key_id=kid, principal=ROOT_B)
+    for call in (
+        lambda: svc.disable_key(key_id=kid, principal=ROOT_B),
+        lambda: svc.schedule_key_deletion(key_id=kid, principal=ROOT_B),
+        lambda: svc.put_key_policy(key_id=kid, policy=doc(root_stmt(B)), principal=ROOT_B),
+        lambda: svc.get_key_policy(key_id=kid, principal=ROOT_B),
+        lambda: svc.tag_resource(
+            key_id=kid, tags=[{"TagKey": "t", "TagValue": "v"}], principal=ROOT_B
+        ),
+        lambda: svc.update_key_description(key_id=kid, description="x", principal=ROOT_B),
+        lambda: svc.enable_key_rotation(key_id=kid, principal=ROOT_B),
+        lambda: svc.list_resource_tags(key_id=kid, principal=ROOT_B),
+        lambda: svc.get_key_last_usage(key_id=kid, principal=ROOT_B),
+    ):
+        denied = assert_denied(svc, call, ROOT_B, B)
+        assert "another account" in str(denied)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+    why = svc.explain_access(principal=ROOT_B, action="kms:DisableKey", key_id=kid)
+    assert why["Allowed"] is False
+
+
 def test_another_accounts_key_is_reachable_only_by_arn(svc: KeyService) -> None:
     """AWS rule: a key id or alias name resolves in the caller's account; another account's
     key is named by its key ARN (or alias ARN), otherwise it is NotFound."""

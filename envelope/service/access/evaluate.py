@@ -11,8 +11,9 @@ One pure function, `authorize`, in AWS KMS's order (see the package docstring of
    allows the caller's account (b, delegation to IAM) and the caller's IAM allows, or the
    caller is that account's root (c). Same account: a or (b and c). Another account:
    (a or b) and c. A service principal: a. An AWS managed key is never usable from another
-   account. Otherwise a grant of the caller for the operation, with its constraints met,
-   allows.
+   account, and another account may perform only the cryptographic operations and a few read
+   and grant operations on a key (`CROSS_ACCOUNT_ACTIONS`). Otherwise a grant of the caller
+   for the operation, with its constraints met, allows.
 
 Choices the documentation leaves open, and why:
 
@@ -45,6 +46,52 @@ __all__ = ("Decision", "Request", "Value", "authorize")
 _RESOURCE_DENY = "explicit deny in a resource-based policy"
 _IDENTITY_DENY = "explicit deny in an identity-based policy"
 _MANAGED = "AWS managed keys cannot be used from another account"
+_NOT_CROSS_ACCOUNT = "this operation cannot be performed on a key of another account"
+#: The only actions AWS lets another account's principals perform on a key, whatever the key
+#: policy says (the developer guide, "Allowing users in other accounts to use a KMS key":
+#: permissions for any other operation "have no effect"): the cryptographic operations and
+#: a few read and grant operations. Managing the key stays with its own account.
+CROSS_ACCOUNT_ACTIONS = frozenset(
+    "kms:" + a.lower()
+    for a in (
+        "CreateGrant",
+        "Decrypt",
+        "DescribeKey",
+        "Encrypt",
+        "GenerateDataKey",
+        "GenerateDataKeyPair",
+        "GenerateDataKeyPairWithoutPlaintext",
+        "GenerateDataKeyWithoutPlaintext",
+        "GenerateMac",
+        "GetKeyRotationStatus",
+        "GetPublicKey",
+        "ListGrants",
+        "ReEncryptFrom",
+        "ReEncryptTo",
+        "RetireGrant",
+        "RevokeGrant",
+        "Sign",
+        "Verify",
+        "VerifyMac",
+        "DeriveSharedSecret",
+        "Encapsulate",
+        "Decapsulate",
+    )
+)
+
+
+def _foreign(request: Request) -> bool:
+    """A principal of another account asks for a KMS action AWS never allows across accounts
+    (other services' actions, such as sts:AssumeRole on a role, have their own rules)."""
+    account = request.caller.account
+    action = request.action.lower()
+    return (
+        account is not None
+        and request.resource_account is not None
+        and account != request.resource_account
+        and action.startswith("kms:")
+        and action not in CROSS_ACCOUNT_ACTIONS
+    )
 
 
 @dataclass(slots=True)  # not frozen: built on every call, and a frozen __init__ costs ~3 us
@@ -128,6 +175,8 @@ def authorize(
         raise ValueError("an account-level request (resource_account None) has no key policy")
     if request.aws_managed and caller.account != request.resource_account:
         return Decision(False, None, _MANAGED)
+    if _foreign(request):
+        return Decision(False, None, _NOT_CROSS_ACCOUNT)
     action_lower = request.action.lower()
     resource = request.resource
     values = request.values
@@ -330,6 +379,12 @@ def _authorize_explained(
     if request.aws_managed and caller.account != request.resource_account:
         lines.append("the key is AWS managed and the caller is from another account")
         return Decision(False, None, _MANAGED, tuple(lines))
+    if _foreign(request):
+        lines.append(
+            f"{request.action} is not one of the operations another account may perform on a "
+            "key, whatever its policy says"
+        )
+        return Decision(False, None, _NOT_CROSS_ACCOUNT, tuple(lines))
     if deny is not None:
         if not account_level:
             _find_grant(request, grants, lines)
