@@ -853,7 +853,8 @@ class ServiceCore:
         gen = row[0]
         cached = self._meta_cache.get((region, key_id))
         if cached is not None and cached[0] == gen:
-            # A shallow copy: writers replace nested values (x_tags) instead of mutating them.
+            # A shallow copy: writers replace nested values (x_tags) instead of mutating them
+            # (but x_mats, copied below).
             # (The cached value was authenticated when it was read or written.)
             meta = dict(cached[1])
         else:
@@ -867,6 +868,10 @@ class ServiceCore:
                 )
             self._meta_cache[(region, key_id)] = (gen, parsed)
             meta = dict(parsed)
+        if "x_mats" in meta:
+            # imported materials are changed in place (`_materials`): this key's own copy, so
+            # a write rolled back later cannot leave its changes in the cached value
+            meta["x_mats"] = {v: dict(e) for v, e in meta["x_mats"].items()}
         account = str(meta.get("x_account") or self.account)
         return _Key(region, key_id, meta, self.arn(key_id, region, account), account)
 

@@ -346,3 +346,35 @@ def test_audit_records_name_the_key_materials(svc: KeyService) -> None:
     ]
     report = svc.verify_audit_log()
     assert report.ok
+
+
+def test_a_failed_write_leaves_no_trace_in_the_cached_key(
+    svc: KeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Materials are changed in place on the loaded key: a call whose write fails after that
+    (here the store refusing the row) must not leave its change in the cached metadata."""
+    import sqlite3
+
+    from envelope.service._core import ServiceCore
+
+    kid = new_key(svc, origin="EXTERNAL")
+    imp(svc, kid, M1)
+    id2 = imp(svc, kid, M2, import_type="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    assert [r["ImportState"] for r in listed(svc, kid)] == ["IMPORTED", "IMPORTED"]
+    real = ServiceCore._save
+
+    def failing(self: ServiceCore, conn: sqlite3.Connection, key: Any, **kw: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(ServiceCore, "_save", failing)
+    for call in (
+        lambda: svc.delete_imported_key_material(key_id=kid, key_material_id=id2),
+        lambda: svc.rotate_key_on_demand(key_id=kid),
+    ):
+        with pytest.raises(Exception):  # noqa: B017 - the store failure, as the caller sees it
+            call()
+    monkeypatch.setattr(ServiceCore, "_save", real)
+    assert [r["KeyMaterialState"] for r in listed(svc, kid)] == ["CURRENT", "PENDING_ROTATION"]
+    assert [r["ImportState"] for r in listed(svc, kid)] == ["IMPORTED", "IMPORTED"]
+    svc.rotate_key_on_demand(key_id=kid)
+    assert meta(svc, kid)["CurrentKeyMaterialId"] == id2
