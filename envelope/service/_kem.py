@@ -15,7 +15,17 @@ import sqlite3
 from collections.abc import Sequence
 
 from . import _specs
-from ._core import RequestContext, Response, ServiceCore, _bytes, _Call, _grant_tokens, wrong_usage
+from ._core import (
+    RequestContext,
+    Response,
+    ServiceCore,
+    _bytes,
+    _Call,
+    _grant_tokens,
+    _Key,
+    _Material,
+    wrong_usage,
+)
 from ._states import CRYPTO
 from .errors import ValidationException
 
@@ -30,6 +40,15 @@ class KemOps(ServiceCore):
     """Encapsulate and Decapsulate (EncapsulationAlgorithms are in the key's metadata through
     `_Key.algorithm_members`)."""
 
+    def _kem_key(
+        self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float
+    ) -> tuple[_Key, _Material]:
+        """The ML-KEM key named (usable, its usage checked) and its current material."""
+        key = self._key(conn, call, key_id, CRYPTO, now)
+        if key.usage != _specs.ENCAPSULATE_DECAPSULATE:
+            raise wrong_usage(key, call.op)
+        return key, self._current(conn, call, key)[1]
+
     def encapsulate(
         self,
         *,
@@ -43,10 +62,7 @@ class KemOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
             algorithm = _algorithm(encapsulation_algorithm)
-            key = self._key(conn, call, key_id, CRYPTO, now)
-            if key.usage != _specs.ENCAPSULATE_DECAPSULATE:
-                raise wrong_usage(key, "Encapsulate")
-            _, mat = self._current(conn, call, key)
+            key, mat = self._kem_key(conn, call, key_id, now)
             secret, ciphertext = _specs.encapsulate(
                 mat.private().public_key(), key.algorithms().encapsulation, algorithm
             )
@@ -81,10 +97,7 @@ class KemOps(ServiceCore):
             _grant_tokens(grant_tokens)
             algorithm = _algorithm(encapsulation_algorithm)
             blob = _bytes(shared_secret_ciphertext_blob, "SharedSecretCiphertextBlob", 1, 6144)
-            key = self._key(conn, call, key_id, CRYPTO, now)
-            if key.usage != _specs.ENCAPSULATE_DECAPSULATE:
-                raise wrong_usage(key, "Decapsulate")
-            _, mat = self._current(conn, call, key)
+            key, mat = self._kem_key(conn, call, key_id, now)
             secret = _specs.decapsulate(
                 mat.private(), key.spec, key.algorithms().encapsulation, algorithm, blob
             )

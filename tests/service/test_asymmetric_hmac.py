@@ -284,27 +284,6 @@ def test_ed25519_keys_sign_and_verify(svc: KeyService) -> None:
     ) == ("InvalidKeyUsageException")
 
 
-def test_imported_ed25519_material_signs(svc: KeyService) -> None:
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    from .test_rotation_import_mrk import import_material
-
-    kid = new_key(svc, origin="EXTERNAL", key_spec="ECC_NIST_EDWARDS25519", key_usage="SIGN_VERIFY")
-    private = ed25519.Ed25519PrivateKey.generate()
-    der = private.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    wrong = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    with pytest.raises(KmsServiceError) as info:
-        import_material(svc, kid, wrong)
-    assert info.value.code == "IncorrectKeyMaterialException"
-    import_material(svc, kid, der)
-    sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ED25519_SHA_512")["Signature"]
-    private.public_key().verify(sig, b"m")
-
-
 @pytest.mark.parametrize("spec", ["ML_DSA_44", "ML_DSA_65", "ML_DSA_87"])
 def test_ml_dsa_keys_sign_and_verify(svc: KeyService, spec: str) -> None:
     """ML-DSA keys (FIPS 204): ML_DSA_SHAKE_256 of a RAW message (pure ML-DSA, empty context)
@@ -349,27 +328,6 @@ def test_ml_dsa_keys_sign_and_verify(svc: KeyService, spec: str) -> None:
     assert code_of(lambda: svc.create_key(key_spec=spec, key_usage="ENCRYPT_DECRYPT")) == (
         "ValidationException"
     )
-
-
-def test_imported_ml_dsa_material_signs(svc: KeyService) -> None:
-    from cryptography.hazmat.primitives.asymmetric import mldsa
-
-    from .test_rotation_import_mrk import import_material
-
-    kid = new_key(svc, origin="EXTERNAL", key_spec="ML_DSA_65", key_usage="SIGN_VERIFY")
-    private = mldsa.MLDSA65PrivateKey.generate()
-    der = private.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    other = mldsa.MLDSA44PrivateKey.generate().private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    with pytest.raises(KmsServiceError) as info:
-        import_material(svc, kid, other)
-    assert info.value.code == "IncorrectKeyMaterialException"
-    import_material(svc, kid, der)
-    sig = svc.sign(key_id=kid, message=b"m", signing_algorithm="ML_DSA_SHAKE_256")["Signature"]
-    private.public_key().verify(sig, b"m")
 
 
 @pytest.mark.parametrize(("spec", "length"), [("ML_KEM_768", 1088), ("ML_KEM_1024", 1568)])
@@ -420,3 +378,42 @@ def test_ml_kem_keys_encapsulate_and_decapsulate(svc: KeyService, spec: str, len
             key_id=kid, grantee_principal="arn:aws:iam::000000000000:root", operations=["Sign"]
         )
     ) == ("ValidationException")
+
+
+def _pkcs8(private: Any) -> bytes:
+    return bytes(
+        private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "algorithm"),
+    [("ECC_NIST_EDWARDS25519", "ED25519_SHA_512"), ("ML_DSA_65", "ML_DSA_SHAKE_256")],
+)
+def test_imported_signing_material_signs(svc: KeyService, spec: str, algorithm: str) -> None:
+    """Imported Ed25519 or ML-DSA private keys (PKCS#8) sign; another kind of key is refused."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+    from .test_rotation_import_mrk import import_material
+
+    kid = new_key(svc, origin="EXTERNAL", key_spec=spec, key_usage="SIGN_VERIFY")
+    private: Any = (
+        ed25519.Ed25519PrivateKey.generate()
+        if spec == "ECC_NIST_EDWARDS25519"
+        else mldsa.MLDSA65PrivateKey.generate()
+    )
+    wrong = (
+        ec.generate_private_key(ec.SECP256R1())
+        if spec == "ECC_NIST_EDWARDS25519"
+        else mldsa.MLDSA44PrivateKey.generate()
+    )
+    with pytest.raises(KmsServiceError) as info:
+        import_material(svc, kid, _pkcs8(wrong))
+    assert info.value.code == "IncorrectKeyMaterialException"
+    import_material(svc, kid, _pkcs8(private))
+    sig = svc.sign(key_id=kid, message=b"m", signing_algorithm=algorithm)["Signature"]
+    private.public_key().verify(sig, b"m")
