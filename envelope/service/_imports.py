@@ -211,6 +211,7 @@ class ImportOps(ServiceCore):
             match = next(
                 (int(v) for v, e in family.items() if hmac.compare_digest(str(e["fp"]), fp)), None
             )
+            _materials.adopt(key.meta, family)
             mats = _materials.entries(key.meta)
             if kind == "NEW_KEY_MATERIAL":
                 # never a version used before, even by material since dissociated: its id

@@ -40,6 +40,7 @@ __all__ = (
     "complete",
     "current",
     "entries",
+    "adopt",
     "expired",
     "for_replica",
     "pending",
@@ -155,15 +156,27 @@ def expired(meta: dict[str, Any], now: float) -> list[int]:
     )
 
 
+_SHARED = ("fp", "state", "desc", "rotated", "rtype")
+
+
 def for_replica(meta: dict[str, Any]) -> dict[str, Entry]:
     """A new replica's entries: every material permanently associated with the key, none
     imported yet (the replica is usable once it holds them all)."""
-    keep = ("fp", "state", "desc", "rotated", "rtype")
     return {
-        v: {f: e[f] for f in keep if f in e} | {"imported": False}
+        v: {f: e[f] for f in _SHARED if f in e} | {"imported": False}
         for v, e in entries(meta).items()
         if e["state"] != PENDING
     }
+
+
+def adopt(meta: dict[str, Any], family: dict[str, Entry]) -> None:
+    """Give this Region an entry, not imported, for every material permanently associated
+    with the key in another Region (`family`: every Region's entries), so that `complete`
+    asks for all of them here too."""
+    mats = entries(meta)
+    for v, e in family.items():
+        if e["state"] != PENDING and v not in mats:
+            mats[v] = {f: e[f] for f in _SHARED if f in e} | {"imported": False}
 
 
 def shown_state(entry: Entry, everywhere: bool) -> str:

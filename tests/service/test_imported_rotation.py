@@ -378,3 +378,26 @@ def test_a_failed_write_leaves_no_trace_in_the_cached_key(
     assert [r["ImportState"] for r in listed(svc, kid)] == ["IMPORTED", "IMPORTED"]
     svc.rotate_key_on_demand(key_id=kid)
     assert meta(svc, kid)["CurrentKeyMaterialId"] == id2
+
+
+def test_new_material_in_the_primary_after_a_replica_imported_first(svc: KeyService) -> None:
+    """A replica imported the key's first material before the primary had any; new material
+    imported into the primary then waits for rotation, and the primary still needs the
+    first material before it is usable."""
+    kid = new_key(svc, origin="EXTERNAL", multi_region=True)
+    svc.replicate_key(key_id=kid, replica_region=EU)
+    eu = svc.for_region(EU)
+    id1 = imp(eu, kid, M1)["KeyMaterialId"]
+    id2 = imp(svc, kid, M2, import_type="NEW_KEY_MATERIAL")["KeyMaterialId"]
+    states = {
+        r["KeyMaterialId"]: (r["KeyMaterialState"], r["ImportState"]) for r in listed(svc, kid)
+    }
+    assert states == {
+        id1: ("CURRENT", "PENDING_IMPORT"),
+        id2: ("PENDING_MULTI_REGION_IMPORT_AND_ROTATION", "IMPORTED"),
+    }
+    assert meta(svc, kid)["KeyState"] == "PendingImport"
+    imp(svc, kid, M1)
+    assert meta(svc, kid)["KeyState"] == "Enabled"
+    blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]
+    assert eu.decrypt(ciphertext_blob=blob)["KeyMaterialId"] == id1
