@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import sqlite3
 from datetime import datetime
@@ -39,6 +40,8 @@ from .errors import (
     UnsupportedOperationException,
     ValidationException,
 )
+
+_DESCRIPTION = re.compile(r"[a-zA-Z0-9:/_\s.-]{1,256}")
 
 
 class ImportOps(ServiceCore):
@@ -152,8 +155,12 @@ class ImportOps(ServiceCore):
                 raise ValidationException(
                     "ImportType must be NEW_KEY_MATERIAL or EXISTING_KEY_MATERIAL"
                 )
-            if key_material_description is not None and len(key_material_description) > 256:
-                raise ValidationException("KeyMaterialDescription must be at most 256 characters")
+            if key_material_description is not None and not _DESCRIPTION.fullmatch(
+                key_material_description
+            ):
+                raise ValidationException(  # the model's length and pattern
+                    "KeyMaterialDescription must be 1 to 256 letters, digits, spaces and :/_.-"
+                )
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "ImportKeyMaterial")
             symmetric = key.spec == _specs.SYMMETRIC_DEFAULT

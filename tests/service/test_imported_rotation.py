@@ -129,6 +129,10 @@ def test_each_material_is_deleted_and_imported_again_on_its_own(svc: KeyService)
         lambda: imp(svc, kid, M3, import_type="NEW_KEY_MATERIAL", key_material_id=id1)
     ) == ("ValidationException")
     assert code_of(lambda: imp(svc, kid, M3)) == "IncorrectKeyMaterialException"
+    for bad in ("", "x" * 257, "semi;colon"):
+        assert code_of(lambda d=bad: imp(svc, kid, M1, key_material_description=d)) == (
+            "ValidationException"
+        )
     assert meta(svc, kid)["KeyState"] == "PendingImport"  # failed calls changed nothing
 
     imp(svc, kid, M1, key_material_id=id1, import_type="EXISTING_KEY_MATERIAL")
