@@ -169,10 +169,14 @@ def _create(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _default_usage(spec: str) -> str:
+    """The one KeyUsage a spec has, or its most common one (RSA: ENCRYPT_DECRYPT; ECC on the
+    NIST curves: SIGN_VERIFY, not KEY_AGREEMENT); AWS itself requires KeyUsage for them."""
     if spec.startswith("HMAC_"):
         return "GENERATE_VERIFY_MAC"
-    if spec.startswith("ECC_"):
+    if spec.startswith(("ECC_", "ML_DSA_")):
         return "SIGN_VERIFY"
+    if spec.startswith("ML_KEM_"):
+        return "ENCAPSULATE_DECAPSULATE"
     return "ENCRYPT_DECRYPT"
 
 
@@ -432,7 +436,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--key-spec",
         default="SYMMETRIC_DEFAULT",
-        help="SYMMETRIC_DEFAULT, RSA_2048, ECC_NIST_P256, HMAC_256, ...",
+        help="SYMMETRIC_DEFAULT, RSA_2048, ECC_NIST_P256, ECC_NIST_EDWARDS25519, ML_DSA_65, "
+        "ML_KEM_768, HMAC_256, ...",
     )
     p.add_argument("--key-usage", default=None, help="default: from the key spec")
     p.add_argument(

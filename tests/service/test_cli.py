@@ -126,6 +126,22 @@ def test_import_and_replicate_commands(
     assert run(["keys", "update-primary", mrk, "eu-west-1"]) == 0
 
 
+@pytest.mark.parametrize(
+    ("spec", "usage"),
+    [
+        ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"),
+        ("ML_DSA_44", "SIGN_VERIFY"),
+        ("ML_KEM_768", "ENCAPSULATE_DECAPSULATE"),
+        ("HMAC_256", "GENERATE_VERIFY_MAC"),
+    ],
+)
+def test_create_takes_the_key_usage_of_the_spec(
+    home: Path, capsys: pytest.CaptureFixture[str], spec: str, usage: str
+) -> None:
+    meta = jrun(["keys", "create", "--key-spec", spec], capsys)["KeyMetadata"]
+    assert (meta["KeySpec"], meta["KeyUsage"]) == (spec, usage)
+
+
 def test_refusals_exit_3_and_name_the_code(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert run(["keys", "describe", "alias/nope"]) == 3
