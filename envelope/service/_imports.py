@@ -253,10 +253,7 @@ class ImportOps(ServiceCore):
                     raise IncorrectKeyMaterialException(
                         f"The key material does not match the key material id {key_material_id}"
                     )
-                base = family[str(match)]
-                entry = mats.get(str(match)) or {
-                    f: base[f] for f in ("fp", "state", "desc", "rotated", "rtype") if f in base
-                }
+                entry = mats.get(str(match)) or _materials.unimported(family[str(match)])
             entry["imported"] = True
             entry["model"] = model
             entry["valid_to"] = vt if model == "KEY_MATERIAL_EXPIRES" else None

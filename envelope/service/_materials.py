@@ -37,15 +37,17 @@ __all__ = (
     "CURRENT",
     "NON_CURRENT",
     "PENDING",
+    "adopt",
     "complete",
     "current",
     "entries",
-    "adopt",
     "expired",
     "for_replica",
+    "next_expiry",
     "pending",
     "refresh",
     "shown_state",
+    "unimported",
 )
 
 CURRENT: Final = "CURRENT"
@@ -159,14 +161,16 @@ def expired(meta: dict[str, Any], now: float) -> list[int]:
 _SHARED = ("fp", "state", "desc", "rotated", "rtype")
 
 
+def unimported(entry: Entry) -> Entry:
+    """Another Region's entry as this Region's before it imports the material: what every
+    Region shares (fingerprint, state, description, rotation), none of its import."""
+    return {f: entry[f] for f in _SHARED if f in entry} | {"imported": False}
+
+
 def for_replica(meta: dict[str, Any]) -> dict[str, Entry]:
     """A new replica's entries: every material permanently associated with the key, none
     imported yet (the replica is usable once it holds them all)."""
-    return {
-        v: {f: e[f] for f in _SHARED if f in e} | {"imported": False}
-        for v, e in entries(meta).items()
-        if e["state"] != PENDING
-    }
+    return {v: unimported(e) for v, e in entries(meta).items() if e["state"] != PENDING}
 
 
 def adopt(meta: dict[str, Any], family: dict[str, Entry]) -> None:
@@ -176,7 +180,7 @@ def adopt(meta: dict[str, Any], family: dict[str, Entry]) -> None:
     mats = entries(meta)
     for v, e in family.items():
         if e["state"] != PENDING and v not in mats:
-            mats[v] = {f: e[f] for f in _SHARED if f in e} | {"imported": False}
+            mats[v] = unimported(e)
 
 
 def shown_state(entry: Entry, everywhere: bool) -> str:
