@@ -9,6 +9,7 @@ paths taken from the file's own folder rather than from wherever the command was
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ __all__ = ("KeySpecs", "read_toml", "table_values")
 KeySpecs = Mapping[str, tuple[str, type | tuple[type, ...]]]
 
 
-def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """The parsed document at `path`; `what` names the file in errors ("server config")."""
     import tomllib  # only where a settings file is read (a command's start-up may not)
 

@@ -33,7 +33,6 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigurationError
@@ -101,17 +100,20 @@ class Profile:
     fsync: bool | None = None
 
 
-def config_path(environ: Mapping[str, str] | None = None) -> Path | None:
-    """The config file to read (it may not exist), or None when $ENVELOPE_CONFIG is empty."""
+def config_path(environ: Mapping[str, str] | None = None) -> str | None:
+    """The config file to read (it may not exist), or None when $ENVELOPE_CONFIG is empty.
+
+    Plain `os.path`, not `pathlib`: every command reads this at start-up, and pathlib (with the
+    `urllib.parse` it imports) would add to every command's start-up time."""
     env = os.environ if environ is None else environ
     explicit = env.get(CONFIG_ENV)
     if explicit is not None:
-        return Path(explicit).expanduser() if explicit else None
+        return os.path.expanduser(explicit) if explicit else None
     base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "envelope" / "config.toml"
+    return os.path.join(base, "envelope", "config.toml")
 
 
-def load_profiles(path: Path) -> dict[str, Profile]:
+def load_profiles(path: str | os.PathLike[str]) -> dict[str, Profile]:
     """Every profile of the file at `path`, checked. A file that is not TOML is an error that
     names the file and the line; so is a profile with an unknown key or a bad value."""
     from ._toml import read_toml
@@ -134,14 +136,14 @@ def load_profiles(path: Path) -> dict[str, Profile]:
     return profiles
 
 
-def _profile(path: Path, name: str, body: dict[str, Any]) -> Profile:
+def _profile(path: str | os.PathLike[str], name: str, body: dict[str, Any]) -> Profile:
     where = f"{path}: [profile.{name}]"
     unknown = sorted(set(body) - set(SETTINGS))
     if unknown:
         raise ConfigurationError(
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(SETTINGS)})"
         )
-    base = path.parent
+    base = os.path.dirname(os.fspath(path))
     values: dict[str, Any] = {}
     for key in ("key", "home", "region", "principal", "output", "retry"):
         if key in body:
@@ -155,9 +157,9 @@ def _profile(path: Path, name: str, body: dict[str, Any]) -> Profile:
         if "retry" in values:
             values["retry"] = _retry(values["retry"])
         if "home" in values:
-            values["home"] = str(base / Path(values["home"]).expanduser())
+            values["home"] = os.path.join(base, os.path.expanduser(values["home"]))
         if "key" in values and values["key"].startswith("file:"):
-            values["key"] = "file:" + str(base / Path(values["key"][5:]).expanduser())
+            values["key"] = "file:" + os.path.join(base, os.path.expanduser(values["key"][5:]))
         if "fsync" in body:
             if not isinstance(body["fsync"], bool):
                 raise ConfigurationError("fsync must be true or false")
@@ -166,7 +168,7 @@ def _profile(path: Path, name: str, body: dict[str, Any]) -> Profile:
             values["cache"] = _cache_from_toml(body["cache"])
     except ConfigurationError as e:
         raise ConfigurationError(f"{where}: {e}") from None
-    return Profile(name=name, source=str(path), **values)
+    return Profile(name=name, source=os.fspath(path), **values)
 
 
 def _output(v: str) -> str:
@@ -177,9 +179,7 @@ def _output(v: str) -> str:
 
 def _retry(v: str) -> str:
     if v not in RETRY_PROFILES:
-        raise ConfigurationError(
-            f"retry must be one of {', '.join(RETRY_PROFILES)}, not {v!r}"
-        )
+        raise ConfigurationError(f"retry must be one of {', '.join(RETRY_PROFILES)}, not {v!r}")
     return v
 
 
@@ -240,8 +240,7 @@ def _cache_from_toml(v: Any) -> CachePolicy:
     if isinstance(v, dict):
         return _cache(v)
     raise ConfigurationError(
-        "cache must be \"off\" or a table such as { ttl = 300, max_objects = 1000, "
-        "max_bytes = \"1G\" }"
+        'cache must be "off" or a table such as { ttl = 300, max_objects = 1000, max_bytes = "1G" }'
     )
 
 
@@ -262,9 +261,7 @@ def _cache_from_env(v: str) -> CachePolicy:
     return _cache(spec)
 
 
-def select_profile(
-    name: str | None, environ: Mapping[str, str] | None = None
-) -> Profile | None:
+def select_profile(name: str | None, environ: Mapping[str, str] | None = None) -> Profile | None:
     """The profile named `name` (the --profile flag), else $ENVELOPE_PROFILE, else the file's
     `default` profile if it has one, else None. A profile named explicitly (flag or
     environment) that the file lacks is an error."""
@@ -273,11 +270,9 @@ def select_profile(
     if not name:
         name, source = env.get(PROFILE_ENV) or None, PROFILE_ENV
     path = config_path(env)
-    if path is None or not path.is_file():
+    if path is None or not os.path.isfile(path):
         if name:
-            where = (
-                f"{CONFIG_ENV} is empty" if path is None else f"there is no config file {path}"
-            )
+            where = f"{CONFIG_ENV} is empty" if path is None else f"there is no config file {path}"
             raise ConfigurationError(f"profile {name!r} ({source}) not found: {where}")
         return None
     profiles = load_profiles(path)

@@ -123,6 +123,21 @@ def _run_on_a_terminal(argv: list[str], home: Path, columns: int) -> str:
     return b"".join(chunks).decode().replace("\r\n", "\n")
 
 
+def test_help_is_wrapped_to_the_terminal_as_shutil_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Help is sized without `shutil` (start-up), by the same rule: $COLUMNS, else the terminal
+    of stdout, else 80 columns; argparse leaves two of them free."""
+    monkeypatch.delenv("COLUMNS", raising=False)  # this process's own setting must not leak in
+    widest = lambda out: max(len(line) for line in out.splitlines())  # noqa: E731
+    on_terminal = _run_on_a_terminal(["encrypt", "--help"], tmp_path, 60)
+    assert 50 <= widest(on_terminal) <= 58
+    piped = envelope("encrypt", "--help", home=tmp_path)
+    assert 70 <= widest(piped.stdout) <= 78
+    wide = envelope("encrypt", "--help", home=tmp_path, env={"COLUMNS": "140"})
+    assert 100 <= widest(wide.stdout) <= 138
+
+
 @pytest.mark.parametrize("columns", [40, 200])
 def test_a_table_on_a_terminal_is_drawn_whole_however_narrow(
     kms: tuple[Path, list[dict[str, Any]]], columns: int
@@ -253,7 +268,8 @@ def test_lake_summary_as_data(tmp_path: Path) -> None:
 
 
 def test_startup_imports_only_what_the_output_needs(tmp_path: Path) -> None:
-    """`envelope encrypt` loads no jmespath, rich or tomllib unless they are needed."""
+    """`envelope encrypt` loads no jmespath, rich or tomllib unless they are needed, and never
+    pathlib or shutil (each a few milliseconds of every command's start-up)."""
     key = tmp_path / "k.key"
     assert envelope("keygen", str(key), home=tmp_path).returncode == 0
     src = tmp_path / "in"
@@ -262,7 +278,8 @@ def test_startup_imports_only_what_the_output_needs(tmp_path: Path) -> None:
         "import sys\n"
         "from envelope.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
-        "print(','.join(m for m in ('jmespath', 'rich', 'tomllib') if m in sys.modules),"
+        "print(','.join(m for m in ('jmespath', 'rich', 'tomllib', 'pathlib', 'shutil')"
+        " if m in sys.modules),"
         " file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )

@@ -127,24 +127,31 @@ def test_flags_beat_environment_beats_profile_beats_default(config: Path) -> Non
     assert args.home == str(config.parent / "kms-home")  # not in the environment: profile
     # flags over environment
     args = parsed(
-        ["encrypt", "a", "b", "--key", "alias/flag", "--fsync", "--output", "text",
-         "--home", "/h"],
+        ["encrypt", "a", "b", "--key", "alias/flag", "--fsync", "--output", "text", "--home", "/h"],
         env,
     )
     assert args.key == "alias/flag" and args.fsync is True and args.output_format == "text"
     assert args.home == "/h" and args.setting_sources["key"] == "flag"
     # an explicit "off" flag beats a profile's "on"
-    args = parsed(["encrypt", "a", "b", "--no-fsync", "--profile", "prod"],
-                  {"ENVELOPE_CONFIG": str(config)})
+    args = parsed(
+        ["encrypt", "a", "b", "--no-fsync", "--profile", "prod"], {"ENVELOPE_CONFIG": str(config)}
+    )
     assert args.fsync is False and args.setting_sources["fsync"] == "flag"
     # a key file is a key: the profile's key does not join it
-    args = parsed(["encrypt", "a", "b", "--key-file", "k", "--profile", "prod"],
-                  {"ENVELOPE_CONFIG": str(config)})
+    args = parsed(
+        ["encrypt", "a", "b", "--key-file", "k", "--profile", "prod"],
+        {"ENVELOPE_CONFIG": str(config)},
+    )
     assert args.key is None and key_spec(args, "encrypt").key_files == ("k",)
     # nothing anywhere: the defaults
     args = parsed(["encrypt", "a", "b"], {"ENVELOPE_CONFIG": ""})
     assert (args.key, args.home, args.output_format, args.cache, args.retry, args.fsync) == (
-        None, None, None, None, None, False
+        None,
+        None,
+        None,
+        None,
+        None,
+        False,
     )
     assert set(args.setting_sources.values()) == {"default"}
 
@@ -174,8 +181,11 @@ def test_profile_flag_before_or_after_the_command(config: Path) -> None:
 
 
 def test_a_missing_profile_named_explicitly_is_an_error(config: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"profile 'nope' \(--profile\) not found in .*"
-                       r"profiles: default, offline, prod"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"profile 'nope' \(--profile\) not found in .*"
+        r"profiles: default, offline, prod",
+    ):
         select_profile("nope", {"ENVELOPE_CONFIG": str(config)})
     with pytest.raises(ConfigurationError, match="ENVELOPE_PROFILE"):
         select_profile(None, {"ENVELOPE_CONFIG": str(config), "ENVELOPE_PROFILE": "nope"})
@@ -205,11 +215,11 @@ def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
         ('[profile.a]\nretry = "forever"\n', "retry must be one of default, bulk, none"),
         ('[profile.a]\nfsync = "yes"\n', "fsync must be true or false"),
         ('[profile.a]\nkey = ""\n', "key must be a non-empty string"),
-        ('[profile.a]\nregion = 3\n', "region must be a non-empty string"),
+        ("[profile.a]\nregion = 3\n", "region must be a non-empty string"),
         ('[profile.a]\ncache = "on"\n', 'cache must be "off" or a table'),
-        ('[profile.a]\ncache = { ttl = 0 }\n', "cache ttl must be"),
+        ("[profile.a]\ncache = { ttl = 0 }\n", "cache ttl must be"),
         ('[profile.a]\ncache = { max_bytes = "lots" }\n', "cache max_bytes must be a whole"),
-        ('[profile.a]\ncache = { size = 1 }\n', "unknown cache setting 'size'"),
+        ("[profile.a]\ncache = { size = 1 }\n", "unknown cache setting 'size'"),
         ("[profile]\na = 1\n", r"\[profile.a\] must be a table"),
     ],
 )
@@ -239,18 +249,22 @@ def test_bad_environment_values_are_refused(var: str, value: str, message: str) 
 
 
 def test_environment_cache_off_and_empty_values_are_unset() -> None:
-    args = parsed(["encrypt", "a", "b"], {"ENVELOPE_CONFIG": "", "ENVELOPE_CACHE": "off",
-                                          "ENVELOPE_KEY": ""})
+    args = parsed(
+        ["encrypt", "a", "b"], {"ENVELOPE_CONFIG": "", "ENVELOPE_CACHE": "off", "ENVELOPE_KEY": ""}
+    )
     assert args.cache is not None and args.cache.enabled is False
     assert args.key is None and args.setting_sources["key"] == "default"
 
 
 def test_config_path_default_and_overrides(tmp_path: Path) -> None:
-    assert config_path({"ENVELOPE_CONFIG": str(tmp_path / "x.toml")}) == tmp_path / "x.toml"
+    assert config_path({"ENVELOPE_CONFIG": str(tmp_path / "x.toml")}) == str(tmp_path / "x.toml")
+    assert config_path({"ENVELOPE_CONFIG": "~/x.toml"}) == os.path.expanduser("~/x.toml")
     assert config_path({"ENVELOPE_CONFIG": ""}) is None
-    assert config_path({"XDG_CONFIG_HOME": str(tmp_path)}) == tmp_path / "envelope" / "config.toml"
+    got = config_path({"XDG_CONFIG_HOME": str(tmp_path)})
+    assert got == str(tmp_path / "envelope" / "config.toml")
     default = config_path({})
-    assert default is not None and default.parts[-3:] == (".config", "envelope", "config.toml")
+    assert default is not None
+    assert Path(default).parts[-3:] == (".config", "envelope", "config.toml")
 
 
 # -- as a user runs it ---------------------------------------------------------------------
@@ -260,7 +274,9 @@ def envelope(*args: str, home: Path, env: dict[str, str]) -> subprocess.Complete
     base = {k: v for k, v in os.environ.items() if not k.startswith("ENVELOPE_")}
     return subprocess.run(
         [sys.executable, "-m", "envelope.cli.main", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**base, "HOME": str(home), **env},
     )
 
@@ -287,12 +303,25 @@ def test_cli_profiles_end_to_end(tmp_path: Path) -> None:
     assert envelope("keygen", str(cfg_dir / "my.key"), home=tmp_path, env=env).returncode == 0
     src = tmp_path / "in"
     src.write_bytes(b"data")
-    r = envelope("--profile", "offline", "encrypt", str(src), str(tmp_path / "out"), "--json",
-                 home=tmp_path, env=env)
+    r = envelope(
+        "--profile",
+        "offline",
+        "encrypt",
+        str(src),
+        str(tmp_path / "out"),
+        "--json",
+        home=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["wrapped_keys"][0]["provider_id"] == "file"
-    r = envelope("decrypt", str(tmp_path / "out"), "-", home=tmp_path,
-                 env={**env, "ENVELOPE_PROFILE": "offline"})
+    r = envelope(
+        "decrypt",
+        str(tmp_path / "out"),
+        "-",
+        home=tmp_path,
+        env={**env, "ENVELOPE_PROFILE": "offline"},
+    )
     assert r.returncode == 0 and r.stdout == "data"
     r = envelope("keys", "list", "--profile", "nope", home=tmp_path, env=env)
     assert r.returncode == 2 and "profile 'nope'" in r.stderr and "offline" in r.stderr
