@@ -200,8 +200,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
     out["concurrency_sweep"] = sweep
     # (b) the embedded KMS
-    with tempfile.TemporaryDirectory(prefix="envelope-bench-") as home:
-        local = _local_kms(home)
+    with tempfile.TemporaryDirectory(prefix="envelope-bench-") as work:
+        local = _local_kms(os.path.join(work, "home"))  # its audit digests beside it, in work
         if local is None:
             out |= {
                 "embedded_available": False,

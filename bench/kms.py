@@ -300,7 +300,18 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--home", default=None, help="store directory (default: a fresh temp dir)")
     args = ap.parse_args()
-    home = args.home or tempfile.mkdtemp(prefix="envelope-bench-kms-")
+    # every store in one temporary folder, removed at the end (each store's audit digests
+    # are written beside it, so the stores sit one level down)
+    with tempfile.TemporaryDirectory(prefix="envelope-bench-kms-") as work:
+        results = _measure(args, args.home or os.path.join(work, "home"), work)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for k, v in results.items():
+            print(f"{k:45s} {v}")
+
+
+def _measure(args: argparse.Namespace, home: str, work: str) -> dict[str, Any]:
 
     svc, kid, blob = _setup(home, args.synchronous)
     _loop(svc, kid, blob, "gdk", 0.3)
@@ -309,13 +320,13 @@ def main() -> None:
         n, dt = _loop(svc, kid, blob, op, args.seconds)
         results[name] = round(n / dt, 1)
     svc.close()
-    enforced_home = tempfile.mkdtemp(prefix="envelope-bench-authz-")
+    enforced_home = os.path.join(work, "authz")
     results.update(_enforcement(enforced_home, args.synchronous, max(args.seconds, 2.0)))
     # the figure the issue names: without enforcement, beside the enforced one, same run
     results["generate_data_key_per_s"] = results.pop("generate_data_key_per_s_unenforced")
     results["authz_evaluator_us_per_call"] = _evaluator_us()
-    results.update(_threads(tempfile.mkdtemp(prefix="envelope-bench-threads-"), args.synchronous,
-                            max(args.seconds, 2.0)))  # fmt: skip
+    threads_home = os.path.join(work, "threads")
+    results.update(_threads(threads_home, args.synchronous, max(args.seconds, 2.0)))
     for op, name in (("gdk", "generate_data_key"), ("dec", "decrypt")):
         rate = _two_processes(home, args.synchronous, op, args.seconds)
         results[f"two_process_{name}_per_s"] = round(rate, 1)
@@ -325,12 +336,7 @@ def main() -> None:
     results["audit_records"] = report.records
     results["audit_chain_ok"] = report.ok
     check.close()
-
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for k, v in results.items():
-            print(f"{k:45s} {v}")
+    return results
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import tempfile
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -70,9 +69,9 @@ def operations() -> list[str]:
 class World:
     """The resources the operations act on, all in account A, made by A's root on demand."""
 
-    def __init__(self, svc: KeyService) -> None:
+    def __init__(self, svc: KeyService, tmp: Path) -> None:
         self.svc = svc
-        self.tmp = Path(tempfile.mkdtemp(prefix="access-walk-"))
+        self.tmp = tmp  # the test's own folder (a SoftHSM2 token goes there), removed by pytest
 
     def arn(self, kid: str) -> str:
         return self.svc.arn(kid)
@@ -450,12 +449,14 @@ def test_every_operation_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("op", sorted(CASES))
-def test_operation_refuses_unauthorized_callers(svc: KeyService, op: str) -> None:
+def test_operation_refuses_unauthorized_callers(
+    svc: KeyService, op: str, tmp_path: Path
+) -> None:
     """AWS rule: a caller the key policy and IAM policies do not allow gets AccessDenied, the
     request changes nothing and is logged as a denial: a same-account IAM user with no identity
     policy (the default key policy delegates to IAM, which says nothing), a user of another
     account with no policy, and another account's root (not named by the key policy)."""
-    w = World(svc)
+    w = World(svc, tmp_path)
     call = caller_of(w, op)
     nobody = user(svc, "nobody")
     stranger = user(svc, "stranger", account=B)
@@ -468,17 +469,21 @@ def test_operation_refuses_unauthorized_callers(svc: KeyService, op: str) -> Non
 
 
 @pytest.mark.parametrize("op", sorted(IAM_ON_PRINCIPAL))
-def test_another_accounts_root_cannot_manage_principals(svc: KeyService, op: str) -> None:
+def test_another_accounts_root_cannot_manage_principals(
+    svc: KeyService, op: str, tmp_path: Path
+) -> None:
     """AWS rule: IAM is per account; the root of one account has no power over another
     account's users and roles (their policies, tags or existence)."""
-    call = caller_of(World(svc), op)
+    call = caller_of(World(svc, tmp_path), op)
     assert_denied(svc, lambda: call(ROOT_B), ROOT_B, B)
 
 
-def test_iam_allow_star_does_not_reach_another_accounts_principals(svc: KeyService) -> None:
+def test_iam_allow_star_does_not_reach_another_accounts_principals(
+    svc: KeyService, tmp_path: Path
+) -> None:
     """AWS rule: an identity policy allowing iam:* on * covers the caller's own account only;
     it cannot attach a policy to another account's user (privilege escalation)."""
-    w = World(svc)
+    w = World(svc, tmp_path)
     admin_b = user(svc, "admin", account=B)
     attach(svc, admin_b, stmt(Action="iam:*"))
     call = caller_of(w, "put_principal_policy")

@@ -80,8 +80,9 @@ class Lifecycle(RuleBasedStateMachine):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="kms-sm-"))
         self.clock = FakeClock()
+        home = self.dir / "home"  # inside: the audit digests go beside the home, not beside dir
         self.services = [
-            KeyService(open_store(self.dir), clock=self.clock, owns_store=True) for _ in range(2)
+            KeyService(open_store(home), clock=self.clock, owns_store=True) for _ in range(2)
         ]
         self.svc = self.services[0]
         self.model: dict[str, ModelKey] = {}
