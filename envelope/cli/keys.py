@@ -97,10 +97,26 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
         svc.close()
 
 
-def _run(fn: Handler) -> Callable[[argparse.Namespace], int]:
+def _by_arn(args: argparse.Namespace, svc: KeyService) -> None:
+    """Replace an alias name or alias ARN in `args.key` by its key's ARN (a DescribeKey call).
+
+    AWS takes an alias only in DescribeKey and the cryptographic operations; the management
+    operations want "the key ID or key ARN" and refuse an alias. On the command line an alias
+    is the name people know, so it is looked up first, as the caller."""
+    ref = getattr(args, "key", None)
+    if isinstance(ref, str) and (ref.startswith("alias/") or ":alias/" in ref):
+        args.key = str(svc.describe_key(key_id=ref)["KeyMetadata"]["Arn"])
+
+
+def _run(fn: Handler, *, takes_alias: bool = False) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command: `fn` with the store open and errors reported. Unless the
+    operation `takes_alias`, an alias given as KEY is resolved first (`_by_arn`)."""
+
     def handler(args: argparse.Namespace) -> int:
         try:
             with open_from_args(args) as svc:
+                if not takes_alias:
+                    _by_arn(args, svc)
                 result = fn(args, svc)
         except TamperedStoreError as e:  # a row edited outside the KMS: the key is refused
             _err(f"ALARM: {e.message}")
@@ -233,9 +249,7 @@ def _rotation_on(args: argparse.Namespace, svc: KeyService) -> None:
 def _rotation_list(args: argparse.Namespace, svc: KeyService) -> None:
     include = "ALL_KEY_MATERIAL" if args.all_material else None
     rot = _all_pages(
-        lambda m: svc.list_key_rotations(
-            key_id=args.key, include_key_material=include, marker=m
-        ),
+        lambda m: svc.list_key_rotations(key_id=args.key, include_key_material=include, marker=m),
         "Rotations",
     )
     emit(args, {"Rotations": rot}, "ListKeyRotations")
@@ -414,12 +428,18 @@ def _cmd(
     fn: Handler,
     *,
     key: bool = True,
+    takes_alias: bool = False,
 ) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
     add_store_arguments(p)
     if key:
-        p.add_argument("key", metavar="KEY", help="key id, key ARN or alias name")
-    p.set_defaults(handler=_run(fn))
+        p.add_argument(
+            "key",
+            metavar="KEY",
+            help="key id, key ARN or alias name"
+            + ("" if takes_alias else " (an alias is looked up with DescribeKey first)"),
+        )
+    p.set_defaults(handler=_run(fn, takes_alias=takes_alias))
     return p
 
 
@@ -477,7 +497,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
 
     _cmd(sub, "list", "list keys (ListKeys)", _list, key=False)
-    _cmd(sub, "describe", "show a key (DescribeKey)", _describe)
+    _cmd(sub, "describe", "show a key (DescribeKey)", _describe, takes_alias=True)
     _cmd(sub, "enable", "enable a key (EnableKey)", _simple("enable_key"))
     _cmd(sub, "disable", "disable a key (DisableKey)", _simple("disable_key"))
     p = _cmd(sub, "update-description", "UpdateKeyDescription", _update_description)

@@ -185,4 +185,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="set any other condition key of the request "
         "(e.g. aws:CurrentTime=2030-01-01T00:00:00Z)",
     )
-    p.set_defaults(handler=_run(_explain))
+    p.set_defaults(handler=_run(_explain, takes_alias=True))  # kms:RequestAlias

@@ -81,6 +81,42 @@ _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 _KEY_ID_RE = re.compile(
     r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
 )
+#: The operations whose key the API reference asks for as "the key ID or key ARN" (only the
+#: cryptographic operations, DescribeKey and GetPublicKey take an alias name or alias ARN too):
+#: an alias there is not resolved but refused, "Invalid keyId '...'", as any other string that
+#: is not a key id. (CreateAlias and UpdateAlias refuse an alias target in their own words, and
+#: so does GetKeyLastUsage; GenerateMac and VerifyMac, whose reference says neither, take
+#: aliases.)
+KEY_ID_ONLY = frozenset(
+    {
+        "CancelKeyDeletion",
+        "CreateGrant",
+        "DeleteImportedKeyMaterial",
+        "DisableKey",
+        "DisableKeyRotation",
+        "EnableKey",
+        "EnableKeyRotation",
+        "GetKeyPolicy",
+        "GetKeyRotationStatus",
+        "GetParametersForImport",
+        "ImportKeyMaterial",
+        "ListAliases",
+        "ListGrants",
+        "ListKeyPolicies",
+        "ListKeyRotations",
+        "ListResourceTags",
+        "PutKeyPolicy",
+        "ReplicateKey",
+        "RetireGrant",
+        "RevokeGrant",
+        "RotateKeyOnDemand",
+        "ScheduleKeyDeletion",
+        "TagResource",
+        "UntagResource",
+        "UpdateKeyDescription",
+        "UpdatePrimaryRegion",
+    }
+)
 _DATA_KEY_SPECS = {"AES_128": 16, "AES_256": 32}
 _WRAPPING_ALGORITHMS = (
     "RSAES_OAEP_SHA_1",
@@ -407,6 +443,11 @@ def _grant_tokens(tokens: Any) -> list[str]:
         if not isinstance(t, str) or not 1 <= len(t) <= 8192:
             raise InvalidGrantTokenException("a grant token must be 1..8192 characters")
     return list(tokens)
+
+
+def _names_alias(ref: Any) -> bool:
+    """An alias name (``alias/...``) or an alias ARN."""
+    return isinstance(ref, str) and (ref.startswith("alias/") or ":alias/" in ref)
 
 
 def valid_key_id(text: str) -> bool:
@@ -966,6 +1007,8 @@ class ServiceCore:
         """
         if call.key_id is None and isinstance(ref, str):
             call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
+        if call.op in KEY_ID_ONLY and _names_alias(ref):
+            raise NotFoundException(f"Invalid keyId '{ref[:2048]}'")
         key_id, _, named = self._resolve_id(conn, ref, managed=managed, account=call.account)
         key = self._load(conn, self.region, key_id, call)
         if key is not None and not any_account and named != key.account:
@@ -976,7 +1019,7 @@ class ServiceCore:
             raise NotFoundException(f"Key '{self.arn(key_id, account=named)}' does not exist")
         call.key_id = key.arn
         if authorize:
-            if isinstance(ref, str) and (ref.startswith("alias/") or ":alias/" in ref):
+            if _names_alias(ref):
                 call.values["kms:requestalias"] = ref.rsplit(":", 1)[-1]
             self._authorize_key(conn, call, key, action or f"kms:{call.op}")
         if "CustomKeyStoreId" in key.meta:
@@ -1321,8 +1364,7 @@ class ServiceCore:
             self._save(conn, other)
         for v in versions:
             held = [
-                _materials.entries(k.meta).get(str(v), {}).get("imported")
-                for k in (key, *others)
+                _materials.entries(k.meta).get(str(v), {}).get("imported") for k in (key, *others)
             ]
             if not any(held):
                 conn.execute("DELETE FROM material WHERE key_id=? AND version=?", (key.id, v))

@@ -91,6 +91,27 @@ def test_every_lifecycle_command(home: Path, capsys: pytest.CaptureFixture[str])
     assert jrun(["audit", "seal"], capsys)["SealedThrough"] > 0
 
 
+def test_an_alias_names_the_key_of_a_management_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """AWS's management operations refuse an alias ("key ID or key ARN"); the command line
+    takes the alias people know and looks it up with DescribeKey first, as the caller."""
+    kid = jrun(["keys", "create"], capsys)["KeyMetadata"]["KeyId"]
+    assert run(["keys", "alias", "create", "alias/etl", kid]) == 0
+    st = jrun(["keys", "rotation", "on", "alias/etl"], capsys)
+    assert st["KeyRotationEnabled"] is True and st["KeyId"].endswith(kid)
+    tail = jrun(["audit", "tail", "-n", "3"], capsys)["Records"]
+    assert [r["operation"] for r in tail] == [
+        "DescribeKey",
+        "EnableKeyRotation",
+        "GetKeyRotationStatus",
+    ]
+    assert all(r["key_id"].endswith(kid) for r in tail)
+    capsys.readouterr()
+    assert run(["keys", "disable", "alias/none"]) == 3  # an unknown alias: the lookup's answer
+    assert "NotFoundException" in capsys.readouterr().err
+
+
 def test_import_and_replicate_commands(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

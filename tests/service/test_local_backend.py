@@ -45,7 +45,7 @@ async def test_protocol_round_trip(kms: LocalKms) -> None:
     rewrapped = await kms.encrypt_data_key("alias/demo", dk.plaintext, context={"x": "y"})
     assert await kms.decrypt_data_key(rewrapped, context={"x": "y"}) == dk.plaintext
     # rotation never breaks what was wrapped before
-    kms.service.rotate_key_on_demand(key_id="alias/demo")
+    kms.service.rotate_key_on_demand(key_id=arn)  # key id or ARN only, as in AWS
     assert await kms.decrypt_data_key(dk.wrapped, context={"bucket": "b"}) == dk.plaintext
     await kms.aclose()
 
@@ -54,10 +54,10 @@ async def test_errors_map_to_envelope_errors(kms: LocalKms) -> None:
     with pytest.raises(KmsKeyError, match="NotFoundException"):
         await kms.generate_data_key("alias/none", context={})
     dk = await kms.generate_data_key("alias/demo", context={})
-    kms.service.disable_key(key_id="alias/demo")
+    kms.service.disable_key(key_id=dk.wrapped.key_id)  # key id or ARN only, as in AWS
     with pytest.raises(KmsKeyError, match="DisabledException"):
         await kms.decrypt_data_key(dk.wrapped, context={})
-    kms.service.schedule_key_deletion(key_id="alias/demo")
+    kms.service.schedule_key_deletion(key_id=dk.wrapped.key_id)
     with pytest.raises(KmsKeyError, match="KMSInvalidStateException"):
         await kms.decrypt_data_key(dk.wrapped, context={})
     assert not kms.can_unwrap(WrappedKey("memory", "k", b"x"))
