@@ -237,6 +237,23 @@ class Store:
             finally:
                 self._conn.execute("ROLLBACK")
 
+    @contextmanager
+    def side_reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own, in autocommit (each statement its own snapshot),
+        for a long scan: its reads take neither the write lock nor this store's connection,
+        so every other call, of this process or another, goes on meanwhile."""
+        conn = sqlite3.connect(
+            self.path.absolute().as_uri() + "?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30,
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
+
     def publish_digests(self, *, strict: bool = True) -> int:
         """Write every seal not yet published as a digest file; returns how many were written.
 

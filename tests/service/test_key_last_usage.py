@@ -3,9 +3,15 @@ key in its Region, with the audit record that shows it."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from envelope.service import KeyService
+from envelope.service.store import Store
 
 from .conftest import FakeClock, new_key
 from .test_rotation_import_mrk import code_of
@@ -82,3 +88,30 @@ def test_the_scan_finds_a_use_far_back(svc: KeyService, records: int) -> None:
         svc.generate_data_key(key_id=busy, key_spec="AES_256")
     assert usage(svc, old)["Operation"] == "GenerateDataKey"
     assert usage(svc, new_key(svc)) == {}
+
+
+def test_the_scan_holds_nothing_other_calls_wait_for(
+    svc: KeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is scanned after the call is recorded, on a read-only connection of its own:
+    while it runs, another thread's call (which needs the write lock and this process's
+    connection) goes through. A scan inside the call stalled every other call for as long."""
+    kid, other = new_key(svc), new_key(svc)
+    svc.encrypt(key_id=kid, plaintext=b"x")
+    real = Store.side_reader
+    done: list[object] = []
+
+    @contextmanager
+    def probing(self: Store) -> Iterator[sqlite3.Connection]:
+        with real(self) as conn:
+            t = threading.Thread(
+                target=lambda: done.append(svc.generate_data_key(key_id=other, key_spec="AES_256"))
+            )
+            t.start()
+            t.join(timeout=30)
+            assert not t.is_alive(), "a call waited for the scan"
+            yield conn
+
+    monkeypatch.setattr(Store, "side_reader", probing)
+    assert usage(svc, kid)["Operation"] == "Encrypt"
+    assert len(done) == 1
