@@ -117,6 +117,8 @@ KEY_ID_ONLY = frozenset(
         "UpdatePrimaryRegion",
     }
 )
+#: How long `custom_key_store_types` trusts what it read.
+_STORE_TYPES_TTL = 1.0
 _DATA_KEY_SPECS = {"AES_128": 16, "AES_256": 32}
 _WRAPPING_ALGORITHMS = (
     "RSAES_OAEP_SHA_1",
@@ -567,9 +569,9 @@ class ServiceCore:
         self._pending_lock = threading.Lock()
         #: A key of an HSM key store was purged: destroy its token object after the commit.
         self._token_deletions_due = False
-        #: Key references (as callers give them, and key ids) seen naming an external key
-        #: store's key: only their calls prefetch the proxy's answer (`_keystores`).
-        self._external_refs: set[str] = set()
+        #: The kinds of custom key store the store defines, and when that was read
+        #: (`custom_key_store_types`).
+        self._store_types: tuple[frozenset[str], float] = (frozenset(), -_STORE_TYPES_TTL - 1.0)
         #: Custom key stores' parsed rows and live connections, keyed by the row's MAC
         #: (`_keystore_rows`).
         self._keystore_cache: dict[tuple[str, str], Any] = {}
@@ -590,6 +592,25 @@ class ServiceCore:
 
     def _alias_arn(self, name: str, account: str | None = None) -> str:
         return f"arn:aws:kms:{self.region}:{account or self.account}:{name}"
+
+    def custom_key_store_types(self) -> frozenset[str]:
+        """The kinds of custom key store the store defines (``AWS_CLOUDHSM``,
+        ``EXTERNAL_KEY_STORE``), read at most once a `_STORE_TYPES_TTL` (a store another
+        process creates is seen within it; this process's own at once). Not an operation, not
+        audited: while an external key store is defined, Encrypt, Decrypt and GenerateDataKey*
+        make a key's proxy call before the store lock (`_run`'s prefetch), and a server runs
+        its calls off its event loop while any custom key store is defined."""
+        types, read_at = self._store_types
+        now = time.monotonic()
+        if now - read_at > _STORE_TYPES_TTL:
+            with self.store.read() as conn:
+                rows = conn.execute(
+                    "SELECT DISTINCT json_extract(body, '$.CustomKeyStoreType') "
+                    "FROM custom_key_stores"
+                ).fetchall()
+            types = frozenset(str(r[0]) for r in rows)
+            self._store_types = (types, now)
+        return types
 
     def _run(
         self,

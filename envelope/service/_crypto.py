@@ -27,6 +27,7 @@ from ._core import (
     valid_key_id,
     wrong_usage,
 )
+from ._keystore_rows import EXTERNAL
 from ._states import (
     CRYPTO,
 )
@@ -157,8 +158,6 @@ class CryptoOps(ServiceCore):
             pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
             call.values["kms:encryptionalgorithm"] = encryption_algorithm
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
-            if "XksKeyConfiguration" in key.meta:
-                self._external_refs.add(key_id)
             blob = self._encrypt_with(conn, call, key, pt, ctx, encryption_algorithm)
             return {
                 "CiphertextBlob": blob,
@@ -167,7 +166,10 @@ class CryptoOps(ServiceCore):
             }
 
         def prefetch(call: _Call) -> None:
-            if key_id in self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
+            if (
+                encryption_algorithm == _specs.SYMMETRIC_DEFAULT
+                and EXTERNAL in self.custom_key_store_types()
+            ):
                 pt = _bytes(plaintext, "Plaintext", 1, MAX_PLAINTEXT)
                 ctx = _context(encryption_context)
                 _keystore_crypto.prefetch_seal(self, call, key_id, ctx, pt, None)
@@ -208,7 +210,10 @@ class CryptoOps(ServiceCore):
             return _with_material_id(out, call)
 
         def prefetch(call: _Call) -> None:
-            if self._external_refs and encryption_algorithm == _specs.SYMMETRIC_DEFAULT:
+            if (
+                encryption_algorithm == _specs.SYMMETRIC_DEFAULT
+                and EXTERNAL in self.custom_key_store_types()
+            ):
                 blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
                 _keystore_crypto.prefetch_open(self, call, blob, _context(encryption_context))
 
@@ -304,8 +309,6 @@ class CryptoOps(ServiceCore):
             else:
                 n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
-            if "XksKeyConfiguration" in key.meta:
-                self._external_refs.add(key_id)
             plaintext = _keystore_crypto.prefetched_plaintext(call, n) or os.urandom(n)
             blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
             out: Response = {"CiphertextBlob": blob, "KeyId": key.arn}
@@ -314,7 +317,7 @@ class CryptoOps(ServiceCore):
             return _with_material_id(out, call)
 
         def prefetch(call: _Call) -> None:
-            if key_id not in self._external_refs:
+            if EXTERNAL not in self.custom_key_store_types():
                 return
             if key_spec is not None and number_of_bytes is None and key_spec in _DATA_KEY_SPECS:
                 n = _DATA_KEY_SPECS[key_spec]

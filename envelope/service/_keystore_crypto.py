@@ -146,7 +146,6 @@ def open_custom(
             raise _keystore_links.hsm_error(e, "Decrypt") from None
         _timed(call, row, "Decrypt", "ok", started)
         return out
-    core._external_refs.add(key.id)
     pre = _taken(call, key, row, _blob.canonical_context(ctx))
     if pre is not None and pre.blob == parsed.header + iv + body:
         if pre.error is not None:

@@ -337,7 +337,10 @@ class KeyStoreOps(ServiceCore):
             params["CustomKeyStoreId"] = store_id
             return {"CustomKeyStoreId": store_id}
 
-        return self._run("CreateCustomKeyStore", principal, context, params, op)
+        try:
+            return self._run("CreateCustomKeyStore", principal, context, params, op)
+        finally:
+            self._store_types = (frozenset(), float("-inf"))  # read again on the next call
 
     def describe_custom_key_stores(
         self,
@@ -501,13 +504,16 @@ class KeyStoreOps(ServiceCore):
             conn.execute("DELETE FROM custom_key_stores WHERE store_id=?", (row.id,))
             return {}
 
-        return self._run(
-            "DeleteCustomKeyStore",
-            principal,
-            context,
-            {"CustomKeyStoreId": custom_key_store_id},
-            op,
-        )
+        try:
+            return self._run(
+                "DeleteCustomKeyStore",
+                principal,
+                context,
+                {"CustomKeyStoreId": custom_key_store_id},
+                op,
+            )
+        finally:
+            self._store_types = (frozenset(), float("-inf"))  # read again on the next call
 
     def connect_custom_key_store(
         self,

@@ -95,7 +95,7 @@ def test_a_key_in_an_external_store(svc: KeyService, proxy: Proxy) -> None:  # n
     assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"ledger"
     dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
     assert svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
-    # after the first call names the key, its proxy calls are made before the store lock is
+    # while an external key store is defined, proxy calls are made before the store lock is
     # taken (overlapping across threads) and used by the transaction: still one proxy call
     # per KMS call, and the same answers
     for _ in range(3):
@@ -104,7 +104,7 @@ def test_a_key_in_an_external_store(svc: KeyService, proxy: Proxy) -> None:  # n
         assert out["Plaintext"] == dk["Plaintext"]
     gdk, dec = svc.audit_tail(2)
     assert len(gdk["keystore_calls"]) == 1 and len(dec["keystore_calls"]) == 1
-    assert kid in svc._external_refs
+    assert svc.custom_key_store_types() == {"EXTERNAL_KEY_STORE"}
     # the proxy's ciphertext metadata ("v1" for this key store) travels in the blob
     assert b"v1" in blob
     # a changed encryption context: the proxy refuses, KMSInvalidStateException as in AWS
@@ -325,9 +325,7 @@ class _Barriered(_Handler):
             "authenticationTag": base64.b64encode(tag).decode(),
             "ciphertext": base64.b64encode(ct).decode(),
             "initializationVector": base64.b64encode(iv).decode(),
-            "ciphertextDataIntegrityValue": base64.b64encode(
-                cdiv(aad, None, iv, ct, tag)
-            ).decode(),
+            "ciphertextDataIntegrityValue": base64.b64encode(cdiv(aad, None, iv, ct, tag)).decode(),
         }
         data = json.dumps(answer).encode()
         self.send_response(200)
@@ -335,3 +333,83 @@ class _Barriered(_Handler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _signed_scope(
+    access: dict[str, Any], target: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    """An ASGI scope and body for a SigV4-signed KMS request, as boto3 would send it."""
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    data = json.dumps(body).encode()
+    request = botocore.awsrequest.AWSRequest(
+        method="POST",
+        url="http://127.0.0.1:8080/",
+        data=data,
+        headers={
+            "X-Amz-Target": f"TrentService.{target}",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+    )
+    credentials = botocore.credentials.Credentials(access["AccessKeyId"], access["SecretAccessKey"])
+    botocore.auth.SigV4Auth(credentials, "kms", "us-east-1").add_auth(request)
+    headers = [(k.lower().encode(), str(v).encode()) for k, v in request.headers.items()]
+    headers += [(b"host", b"127.0.0.1:8080"), (b"content-length", str(len(data)).encode())]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+    }
+    return scope, data
+
+
+def test_a_slow_proxy_does_not_stall_the_servers_other_requests(
+    svc: KeyService, canned: Canned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`envelope serve` runs a call inline on its event loop when it cannot wait on anything;
+    a call on a key in a custom key store waits on the proxy (here a silent one, until the
+    timeout). While the store defines a custom key store, calls run on worker threads, so
+    another request of the same worker is answered meanwhile."""
+    import asyncio
+    import time
+
+    from envelope.server.app import KmsApp
+    from envelope.server.run import authenticator_for
+
+    monkeypatch.setenv("ENVELOPE_XKS_TIMEOUT", "1.5")
+    _, kid = _canned_key(svc, canned)
+    canned.silent = True
+    access = svc.create_access_key()["AccessKey"]
+    app = KmsApp(svc, authenticator_for(svc), close_service=False)
+    slow = _signed_scope(access, "Encrypt", {"KeyId": kid, "Plaintext": "eA=="})
+    quick = _signed_scope(access, "GenerateRandom", {"NumberOfBytes": 8})
+
+    async def call(request: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
+        scope, body = request
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(dict(message))
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"]), time.monotonic()
+
+    async def main() -> tuple[tuple[int, float], tuple[int, float], float]:
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(call(slow))
+        await asyncio.sleep(0.1)  # the slow call is waiting on the proxy
+        answered = await call(quick)
+        return await waiting, answered, started
+
+    (slow_status, slow_done), (quick_status, quick_done), started = asyncio.run(main())
+    assert quick_status == 200 and slow_status == 400  # the proxy timed out: KMSInvalidState
+    assert quick_done - started < 1.0 < slow_done - started
