@@ -512,7 +512,8 @@ class WireModel:
         if body.strip():
             try:
                 doc = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                # (RecursionError: nesting deeper than the parser's stack, e.g. 2,000 "[")
                 raise WireError(
                     "SerializationException", "The request body is not valid JSON"
                 ) from None

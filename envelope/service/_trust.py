@@ -56,7 +56,7 @@ def parse_trust_policy(
         raise LimitExceededException(f"Cannot exceed quota for ACLSizePerRole: {MAX_TRUST_POLICY}")
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested deeper than the parser goes)
         doc = None  # the shared parser names the JSON error precisely
     if isinstance(doc, dict):
         raw = doc.get("Statement")

@@ -419,7 +419,7 @@ class XksProxyApp:
             raise XksProxyError("ValidationException", "Content-Type must be application/json")
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # (RecursionError: nested past the parser's stack)
             raise XksProxyError("ValidationException", "the body is not valid JSON") from None
         if not isinstance(doc, dict):
             raise XksProxyError("ValidationException", "the body must be a JSON object")

@@ -349,7 +349,7 @@ class XksClient:
     ) -> _T:
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # (a proxy's answer nested past the parser's stack)
             doc = None
         if status != 200:
             name = doc.get("errorName") if isinstance(doc, dict) else None

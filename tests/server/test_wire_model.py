@@ -145,6 +145,15 @@ def test_output_keeps_only_the_output_shape(wire: WireModel) -> None:
     assert body == {"KeyId": "k", "Plaintext": "AAE=", "CiphertextBlob": "/w=="}
 
 
+def test_json_nested_past_the_parsers_stack_is_a_serialization_error(wire: WireModel) -> None:
+    """(It was a RecursionError, answered as an internal error with status 500.)"""
+    op = wire.operation("TrentService.Encrypt")
+    for body in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
+        with pytest.raises(WireError) as info:
+            wire.parse(op, body)
+        assert info.value.code == "SerializationException"
+
+
 def test_status_codes() -> None:
     assert status_for("KMSInternalException") == 500
     assert status_for("KeyUnavailableException") == 500

@@ -372,6 +372,7 @@ def test_trust_policy_rules(svc: KeyService) -> None:
         doc({"Effect": "Allow", "Action": "sts:AssumeRole"}),
         trust(f"arn:aws:iam::{A}:user/nobody-here"),
         "{not json",
+        "[" * 1000 + "]" * 1000,  # nested past the JSON parser's stack (was a RecursionError)
     ]
     for policy in bad:
         with pytest.raises(MalformedPolicyDocumentException):

@@ -31,9 +31,14 @@ def settings(**changes: Any) -> XksSettings:
 
 
 def call(
-    app: XksProxyApp, path: str, doc: dict[str, Any], *, raw_path: bool = True
+    app: XksProxyApp,
+    path: str,
+    doc: dict[str, Any],
+    *,
+    raw_path: bool = True,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    body = json.dumps(doc).encode()
+    body = json.dumps(doc).encode() if raw is None else raw
     headers = Signer(KEY_A1, SECRET_A1, "us-east-1").sign(HOST, path, body)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     raw.append((b"content-type", b"application/json"))
@@ -130,3 +135,10 @@ def test_a_token_slower_than_the_dependency_timeout(token: Token) -> None:
     # the same app with time enough works through the worker thread
     app = XksProxyApp(settings(dependency_timeout_ms=10_000), token)
     assert encrypt(app)[0] == 200
+
+
+def test_a_body_nested_past_the_parsers_stack_is_a_validation_error(token: Token) -> None:
+    app = XksProxyApp(settings(), token)
+    for raw in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
+        status, doc = call(app, "/s/kms/xks/v1/keys/k1/encrypt", {}, raw=raw)
+        assert (status, doc["errorName"]) == (400, "ValidationException")

@@ -261,6 +261,8 @@ def test_a_closed_keep_alive_connection_is_replaced(pki: Pki, canned: Canned) ->
             "Base64",
         ),
         (500, b"<html>oops</html>", "without a known errorName"),
+        (200, b"[" * 5000 + b"]" * 5000, "not a JSON object"),  # nested past the parser's stack
+        (500, b'{"a":' * 5000 + b"1" + b"}" * 5000, "without a known errorName"),
         (400, json.dumps({"errorName": "NoSuchThing"}).encode(), "without a known errorName"),
     ],
 )
