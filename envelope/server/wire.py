@@ -462,6 +462,25 @@ def _neutral(value: object, neutral: tuple[object, ...]) -> bool:
     return value in neutral
 
 
+def _unpaired_surrogate(doc: Any) -> bool:
+    """Whether a string (or a member name) of `doc` holds a lone UTF-16 surrogate: JSON's
+    ``\\ud800`` escapes decode to one, and it cannot be stored, logged or signed as UTF-8."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class WireModel:
     """The KMS model compiled against a service class (default `KeyService`)."""
 
@@ -517,6 +536,12 @@ class WireModel:
                 raise WireError(
                     "SerializationException", "The request body is not valid JSON"
                 ) from None
+            if b"\\u" in body and _unpaired_surrogate(doc):
+                raise WireError(
+                    "SerializationException",
+                    "The request body is not valid JSON: a string holds an unpaired surrogate "
+                    "(\\ud800-\\udfff), which no UTF-8 text can",
+                )
         else:
             doc = {}
         if op.input is None:

@@ -154,6 +154,21 @@ def test_json_nested_past_the_parsers_stack_is_a_serialization_error(wire: WireM
         assert info.value.code == "SerializationException"
 
 
+def test_an_unpaired_surrogate_is_a_serialization_error(wire: WireModel) -> None:
+    """``\\ud800`` alone decodes to a string no UTF-8 can hold (it was a 500 deep inside the
+    call); a surrogate pair is an ordinary character."""
+    op = wire.operation("TrentService.CreateKey")
+    for body in (
+        b'{"Description": "\\ud800"}',
+        b'{"Tags": [{"TagKey": "\\udfff", "TagValue": ""}]}',
+    ):
+        with pytest.raises(WireError) as info:
+            wire.parse(op, body)
+        assert info.value.code == "SerializationException"
+    parsed = wire.parse(op, b'{"Description": "\\ud83d\\ude00"}')
+    assert parsed["description"] == "\U0001f600"
+
+
 def test_status_codes() -> None:
     assert status_for("KMSInternalException") == 500
     assert status_for("KeyUnavailableException") == 500
