@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import MutableMapping
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from envelope.pkcs11 import Token, TokenConfig
 from envelope.xks._sigv4 import Signer
 from envelope.xks.app import XksProxyApp
 from envelope.xks.config import Credential, KeyStoreSettings, XksSettings
+from envelope.xks.spec import ERROR_STATUS
 from tests.softhsm import SOFTHSM_MODULE
 
 from .conftest import KEY_A1, MD, PIN, SECRET_A1, TOKEN_LABEL
@@ -142,3 +144,55 @@ def test_a_body_nested_past_the_parsers_stack_is_a_validation_error(token: Token
     for raw in (b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
         status, doc = call(app, "/s/kms/xks/v1/keys/k1/encrypt", {}, raw=raw)
         assert (status, doc["errorName"]) == (400, "ValidationException")
+
+
+def _junk(rng: random.Random, depth: int = 0) -> Any:
+    choices: list[Any] = [None, True, -1, 2**64, 1.5, "", "\ud800", "A" * 5000, "====", "AES_GCM"]
+    if depth < 3:
+        choices += [[_junk(rng, depth + 1)], {"k": _junk(rng, depth + 1)}]
+    return rng.choice(choices)
+
+
+def _mutated(rng: random.Random, doc: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(doc))
+    for _ in range(rng.randrange(1, 4)):
+        target = out
+        if "requestMetadata" in out and rng.random() < 0.5:
+            target = out["requestMetadata"] if isinstance(out["requestMetadata"], dict) else out
+        name = rng.choice([*target, "extra"]) if target else "extra"
+        if rng.random() < 0.2:
+            target.pop(name, None)
+        else:
+            target[name] = _junk(rng)
+    return out
+
+
+@pytest.mark.parametrize("operation", ["health", "metadata", "encrypt", "decrypt"])
+def test_malformed_requests_get_xks_errors(token: Token, operation: str) -> None:
+    """Every proxy operation, sent its own request with members removed or replaced by values
+    of the wrong type, size or encoding (signed, so they reach the operation): each answer is
+    a success or an XKS error with the status the specification gives it, never an
+    InternalException (fixed seed)."""
+    app = XksProxyApp(settings(), token)
+    base = {"requestMetadata": MD.to_wire("Encrypt")}
+    paths = {
+        "health": ("/s/kms/xks/v1/health", {"requestMetadata": MD.to_wire("GetHealthStatus")}),
+        "metadata": ("/s/kms/xks/v1/keys/k1/metadata", {"requestMetadata": MD.to_wire("Encrypt")}),
+        "encrypt": (
+            "/s/kms/xks/v1/keys/k1/encrypt",
+            base | {"plaintext": "AAAAAAAAAAAAAAAAAAAAAA==", "encryptionAlgorithm": "AES_GCM"},
+        ),
+    }
+    status, sealed = call(app, *paths["encrypt"])
+    assert status == 200
+    paths["decrypt"] = (
+        "/s/kms/xks/v1/keys/k1/decrypt",
+        {"requestMetadata": MD.to_wire("Decrypt"), "encryptionAlgorithm": "AES_GCM"} | sealed,
+    )
+    path, doc = paths[operation]
+    rng = random.Random(operation)
+    for _ in range(25):
+        status, answer = call(app, path, _mutated(rng, doc))
+        if status != 200:
+            name = answer.get("errorName")
+            assert name != "InternalException" and ERROR_STATUS.get(name) == status, answer
