@@ -221,7 +221,14 @@ def format_data(
 
         if isinstance(value, dict) and not value:
             return ""
-        return json.dumps(value, indent=4, ensure_ascii=False) + "\n"
+        text = json.dumps(value, indent=4, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # a lone surrogate (a local file name whose bytes are not UTF-8): written as is, it
+            # would make the output invalid UTF-8, so invalid JSON; escaped, it is valid JSON
+            text = json.dumps(value, indent=4, ensure_ascii=True)
+        return text + "\n"
     if fmt == "text":
         lines: list[str] = []
         _text(value, lines)

@@ -29,12 +29,21 @@ def path_problem(rel: str) -> str | None:
     """Why `rel` is not a safe relative path, or None when it is.
 
     Safe: non-empty segments separated by single ``/``, none of them ``.`` or ``..``, no NUL,
-    no leading or trailing ``/``.
+    no leading or trailing ``/``, and valid UTF-8 (a local name of other bytes reaches Python
+    with surrogates, which no filesystem of pyarrow can address).
     """
     if not rel:
         return "empty relative path"
     if "\x00" in rel:
         return "NUL character in the key"
+    if not rel.isascii():
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:  # a local file name of bytes that are not UTF-8
+            return (
+                "the name is not valid UTF-8 (object stores, pyarrow and the job's journal "
+                "hold names as UTF-8): rename it"
+            )
     if rel.startswith("/"):
         return "key is absolute (starts with '/')"
     if rel.endswith("/"):

@@ -21,6 +21,7 @@ from envelope import api
 from envelope.errors import ConfigurationError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
+from envelope.kms.filekey import generate_key_file
 from envelope.kms.memory import MemoryKms
 from envelope.lake import jobs
 
@@ -152,6 +153,33 @@ async def test_special_files_are_reported_not_read(
     r = await jobs.encrypt_prefix(str(src), str(tmp_path / "enc"), keyring=k1, options=opts())
     assert r.ok and r.done == 1
     assert skipped(r) == {"pipe": "a FIFO"}
+
+
+def test_a_local_name_that_is_not_utf8_is_refused_and_reported_as_json(tmp_path: Path) -> None:
+    """A file named with bytes that are not UTF-8 reaches Python with surrogates; no pyarrow
+    filesystem can address it. The job refuses that one object with a typed reason, does the
+    others, and its JSON report stays valid UTF-8 (it was a UnicodeEncodeError from pyarrow,
+    and the report then carried the raw bytes)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.bin").write_bytes(b"ok")
+    with open(os.path.join(os.fsencode(src), b"\xff\xfeodd.bin"), "wb") as f:
+        f.write(b"odd")
+    generate_key_file(tmp_path / "k.key")
+    r = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", str(src),
+         str(tmp_path / "enc"), "--key-file", str(tmp_path / "k.key"), "--json"],
+        capture_output=True,
+        env={**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout.decode("utf-8"))  # strict: valid UTF-8
+    assert out["done"] == 1
+    (failure,) = out["failures"]
+    assert failure["error_type"] == "UnsafePathError" and "not valid UTF-8" in failure["error"]
+    assert os.fsencode(failure["path"]) == b"\xff\xfeodd.bin"
+    assert set(read_tree(tmp_path / "enc")) == {"ok.bin"}
 
 
 def envelope_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -370,6 +398,8 @@ async def test_given_entries_go_through_the_same_check(
         ("a/", False),
         ("/a", False),
         ("a\x00b", False),
+        ("caf\u00e9/\u6587\u4ef6", True),
+        ("a/\udcff\udcfe.bin", False),  # b"\xff\xfe.bin" as os.fsdecode gives it
     ],
 )
 def test_check_relative(rel: str, ok: bool) -> None:
