@@ -49,6 +49,14 @@ class Location:
 
 def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     """(filesystem, path) for a URI or local path; `filesystem` overrides the URI's own."""
+    if not uri.isascii():
+        try:
+            uri.encode("utf-8")
+        except UnicodeEncodeError:  # a local path of bytes that are not UTF-8
+            raise ConfigurationError(
+                f"{uri!r} is not valid UTF-8: pyarrow's filesystems address paths as UTF-8, "
+                "so a lake job cannot read or write under it (rename it)"
+            ) from None
     if filesystem is not None:
         return Location(filesystem, uri)
     if "://" not in uri:

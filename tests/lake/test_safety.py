@@ -180,6 +180,19 @@ def test_a_local_name_that_is_not_utf8_is_refused_and_reported_as_json(tmp_path:
     assert failure["error_type"] == "UnsafePathError" and "not valid UTF-8" in failure["error"]
     assert os.fsencode(failure["path"]) == b"\xff\xfeodd.bin"
     assert set(read_tree(tmp_path / "enc")) == {"ok.bin"}
+    # a source or destination root so named: a usage error before anything is read or written
+    odd_root = os.path.join(os.fsencode(tmp_path), b"r\xff")
+    os.mkdir(odd_root)
+    for source, dest in ((odd_root, os.fsencode(tmp_path / "enc2")), (os.fsencode(src), odd_root)):
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", source, dest,
+             "--key-file", str(tmp_path / "k.key")],
+            capture_output=True,
+            env={**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")},
+            timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and b"is not valid UTF-8" in r.stderr, r.stderr
+    assert os.listdir(odd_root) == [] and not (tmp_path / "enc2").exists()
 
 
 def envelope_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
