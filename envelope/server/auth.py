@@ -519,7 +519,10 @@ class Authenticator:
             payload_hash,
         )
         signer = self._verifier(key_id, secret, region)
-        canonical = signer.canonical_request(request)
+        try:
+            canonical = signer.canonical_request(request)
+        except ValueError:  # a Host no URL can hold (urlsplit: "Invalid IPv6 URL" for "[::1")
+            return None
         return str(signer.signature(signer.string_to_sign(request, canonical), request))
 
     def _verifier(self, key_id: str, secret: str, region: str) -> _Verifier:

@@ -291,3 +291,16 @@ def test_corked_transport_flushes_on_the_next_loop_turn_and_on_close() -> None:
 
     sent, closed = asyncio.run(main())
     assert sent == [b"ab", b"c"] and closed == [b"closed"]
+
+
+@pytest.mark.parametrize("host", ["[::1", "a]b"])
+def test_a_host_no_url_can_hold_is_a_signature_mismatch(
+    kms: KeyService, creds: Credentials, host: str
+) -> None:
+    """botocore canonicalises through a URL; a Host header that is not one ("[::1": urlsplit's
+    "Invalid IPv6 URL") was an internal error, answered 500."""
+    auth = Authenticator(kms, clock=lambda: NOW)
+    signed = _reference_sign(creds, CASES["boto3-like"][0], BODY)
+    with pytest.raises(AuthError) as e:
+        auth.authenticate(method="POST", host=host, path="/", query="", headers=signed, body=BODY)
+    assert e.value.code == "InvalidSignatureException"
