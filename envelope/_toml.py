@@ -58,6 +58,8 @@ def table_values(
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             shown = "<secret>" if attr in secrets else repr(value)
             raise ConfigurationError(f"{path}: [{table}] {key} has the wrong type: {shown}")
+        if isinstance(value, str) and "\x00" in value:  # no path, host or name holds one
+            raise ConfigurationError(f"{path}: [{table}] {key} holds a NUL character")
         if attr in paths:
             value = str((path.parent / Path(str(value)).expanduser()).resolve())
         yield attr, value

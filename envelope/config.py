@@ -150,6 +150,8 @@ def _profile(path: str | os.PathLike[str], name: str, body: dict[str, Any]) -> P
             v = body[key]
             if not isinstance(v, str) or not v:
                 raise ConfigurationError(f"{where}: {key} must be a non-empty string")
+            if "\x00" in v:  # no path, key or name holds one (the OS refuses it deep inside)
+                raise ConfigurationError(f"{where}: {key} holds a NUL character")
             values[key] = v
     try:
         if "output" in values:

@@ -62,3 +62,15 @@ def test_key_file_decrypt_works_beside_a_broken_home(tmp_path: Path) -> None:
     r = envelope(home, "decrypt", str(enc), "-", "--key-file", str(key))
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"hello"
+
+
+def test_a_key_file_path_the_os_refuses_is_a_configuration_error(tmp_path: Path) -> None:
+    """(A NUL in the path, as a config file can write it: it was open()'s ValueError.)"""
+    import pytest
+
+    from envelope.errors import ConfigurationError
+    from envelope.kms.filekey import FileKeyBackend
+
+    for path in (str(tmp_path / "k\x00.key"), str(tmp_path / "missing.key"), str(tmp_path)):
+        with pytest.raises(ConfigurationError, match="cannot read key file"):
+            FileKeyBackend(path)

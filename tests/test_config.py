@@ -220,6 +220,7 @@ def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
         ("[profile.a]\ncache = { ttl = 0 }\n", "cache ttl must be"),
         ('[profile.a]\ncache = { max_bytes = "lots" }\n', "cache max_bytes must be a whole"),
         ("[profile.a]\ncache = { size = 1 }\n", "unknown cache setting 'size'"),
+        ('[profile.a]\nhome = "a\\u0000b"\n', "home holds a NUL character"),
         ("[profile]\na = 1\n", r"\[profile.a\] must be a table"),
     ],
 )

@@ -64,7 +64,7 @@ class FileKeyBackend:
         try:
             with open(path, encoding="ascii") as f:
                 text = f.read().strip()
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, ValueError) as e:  # (ValueError: undecodable, or a NUL in the path)
             raise ConfigurationError(
                 f"cannot read key file {os.fspath(path)!r}: {type(e).__name__}"
             ) from None

@@ -27,6 +27,8 @@ def test_defaults_bind_loopback() -> None:
     ("text", "needle"),
     [
         ("[server]\nprot = 1\n", "unknown key 'prot'"),
+        ('[store]\nhome = "a\\u0000b"\n', "home holds a NUL character"),
+        ('[tls]\ncert = "c\\u0000"\nkey = "k"\n', "cert holds a NUL character"),
         ("[srv]\n", "unknown table [srv]"),
         ('[server]\nport = "80"\n', "wrong type"),
         ("[server]\nworkers = 0\n", "workers must be at least 1"),
