@@ -34,6 +34,7 @@ from envelope.xks.spec import ERROR_STATUS, cdiv
 from tests.xks.conftest import KEY_A1, SECRET_A1, Proxy, proxy, xks_folder  # noqa: F401
 from tests.xks.test_client_transport import Canned, Pki, _Handler, free_port
 
+from ..server.asgi import answer, signed_request
 from ..service.conftest import FakeClock, open_store
 
 CTX = {"job": "nightly"}
@@ -335,40 +336,6 @@ class _Barriered(_Handler):
         self.wfile.write(data)
 
 
-def _signed_scope(
-    access: dict[str, Any], target: str, body: dict[str, Any]
-) -> tuple[dict[str, Any], bytes]:
-    """An ASGI scope and body for a SigV4-signed KMS request, as boto3 would send it."""
-    import botocore.auth
-    import botocore.awsrequest
-    import botocore.credentials
-
-    data = json.dumps(body).encode()
-    request = botocore.awsrequest.AWSRequest(
-        method="POST",
-        url="http://127.0.0.1:8080/",
-        data=data,
-        headers={
-            "X-Amz-Target": f"TrentService.{target}",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    credentials = botocore.credentials.Credentials(access["AccessKeyId"], access["SecretAccessKey"])
-    botocore.auth.SigV4Auth(credentials, "kms", "us-east-1").add_auth(request)
-    headers = [(k.lower().encode(), str(v).encode()) for k, v in request.headers.items()]
-    headers += [(b"host", b"127.0.0.1:8080"), (b"content-length", str(len(data)).encode())]
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-    }
-    return scope, data
-
-
 def test_a_slow_proxy_does_not_stall_the_servers_other_requests(
     svc: KeyService, canned: Canned, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -387,21 +354,12 @@ def test_a_slow_proxy_does_not_stall_the_servers_other_requests(
     canned.silent = True
     access = svc.create_access_key()["AccessKey"]
     app = KmsApp(svc, authenticator_for(svc), close_service=False)
-    slow = _signed_scope(access, "Encrypt", {"KeyId": kid, "Plaintext": "eA=="})
-    quick = _signed_scope(access, "GenerateRandom", {"NumberOfBytes": 8})
+    slow = signed_request(access, "Encrypt", {"KeyId": kid, "Plaintext": "eA=="})
+    quick = signed_request(access, "GenerateRandom", {"NumberOfBytes": 8})
 
     async def call(request: tuple[dict[str, Any], bytes]) -> tuple[int, float]:
-        scope, body = request
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(dict(message))
-
-        await app(scope, receive, send)
-        return int(sent[0]["status"]), time.monotonic()
+        status, _ = await answer(app, request)
+        return status, time.monotonic()
 
     async def main() -> tuple[tuple[int, float], tuple[int, float], float]:
         started = time.monotonic()

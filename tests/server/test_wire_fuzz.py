@@ -13,15 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import botocore.auth
-import botocore.awsrequest
-import botocore.credentials
 import botocore.session
 import pytest
 
 from envelope.server.app import KmsApp
 from envelope.server.run import authenticator_for
 from envelope.service import KeyService, open_service
+
+from .asgi import answer, signed_request
 
 PER_OPERATION = 25
 BROKEN = (
@@ -91,45 +90,14 @@ class Fuzzer:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[KeyService, str, Any]]:
     home: Path = tmp_path_factory.mktemp("fuzz") / "home"
     svc = open_service(home)
-    access = svc.create_access_key()["AccessKey"]
+    access = dict(svc.create_access_key()["AccessKey"])
     arn = str(svc.create_key()["KeyMetadata"]["Arn"])
-    creds = botocore.credentials.Credentials(access["AccessKeyId"], access["SecretAccessKey"])
-    yield svc, arn, creds
+    yield svc, arn, access
     svc.close()
 
 
-def _send(app: KmsApp, creds: Any, op: str, data: bytes) -> tuple[int, dict[str, Any]]:
-    request = botocore.awsrequest.AWSRequest(
-        method="POST",
-        url="http://127.0.0.1:8080/",
-        data=data,
-        headers={
-            "X-Amz-Target": f"TrentService.{op}",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    botocore.auth.SigV4Auth(creds, "kms", "us-east-1").add_auth(request)
-    headers = [(k.lower().encode(), str(v).encode()) for k, v in request.headers.items()]
-    headers += [(b"host", b"127.0.0.1:8080"), (b"content-length", str(len(data)).encode())]
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": data, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(dict(message))
-
-    asyncio.run(app(scope, receive, send))
-    return int(sent[0]["status"]), json.loads(sent[1]["body"] or b"{}")
+def _send(app: KmsApp, access: dict[str, Any], op: str, data: bytes) -> tuple[int, dict[str, Any]]:
+    return asyncio.run(answer(app, signed_request(access, op, data)))
 
 
 MODEL = botocore.session.get_session().get_service_model("kms")
@@ -137,7 +105,7 @@ MODEL = botocore.session.get_session().get_service_model("kms")
 
 @pytest.mark.parametrize("op", MODEL.operation_names)
 def test_malformed_requests_get_client_errors(world: tuple[KeyService, str, Any], op: str) -> None:
-    svc, arn, creds = world
+    svc, arn, access = world
     app = KmsApp(svc, authenticator_for(svc), close_service=False)
     rng = random.Random(f"{op}-1")
     fuzz = Fuzzer(rng, arn)
@@ -148,7 +116,7 @@ def test_malformed_requests_get_client_errors(world: tuple[KeyService, str, Any]
         else:
             body = fuzz.value(shape) if shape is not None else {}
             data = json.dumps(body).encode()
-        status, doc = _send(app, creds, op, data)
+        status, doc = _send(app, access, op, data)
         assert status < 500, (op, data[:200], doc)
         if status >= 400:
             assert isinstance(doc.get("__type"), str) and doc["__type"], (op, doc)
