@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigurationError
 from ..streams import Source, open_source
-from .paths import check_relative
+from .paths import check_relative, is_utf8
 
 __all__ = (
     "ArrowRangeFile",
@@ -49,14 +49,11 @@ class Location:
 
 def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     """(filesystem, path) for a URI or local path; `filesystem` overrides the URI's own."""
-    if not uri.isascii():
-        try:
-            uri.encode("utf-8")
-        except UnicodeEncodeError:  # a local path of bytes that are not UTF-8
-            raise ConfigurationError(
-                f"{uri!r} is not valid UTF-8: pyarrow's filesystems address paths as UTF-8, "
-                "so a lake job cannot read or write under it (rename it)"
-            ) from None
+    if not is_utf8(uri):
+        raise ConfigurationError(
+            f"{uri!r} is not valid UTF-8: pyarrow's filesystems address paths as UTF-8, "
+            "so a lake job cannot read or write under it (rename it)"
+        )
     if filesystem is not None:
         return Location(filesystem, uri)
     if "://" not in uri:

@@ -22,7 +22,19 @@ import pyarrow.fs as pafs
 
 from ..errors import ConfigurationError, UnsafePathError
 
-__all__ = ("check_apart", "check_relative", "check_stays_inside", "path_problem")
+__all__ = ("check_apart", "check_relative", "check_stays_inside", "is_utf8", "path_problem")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be written as UTF-8: a local name of bytes that are not UTF-8
+    reaches Python with surrogates (``os.fsdecode``), and no pyarrow filesystem can address it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def path_problem(rel: str) -> str | None:
@@ -36,14 +48,11 @@ def path_problem(rel: str) -> str | None:
         return "empty relative path"
     if "\x00" in rel:
         return "NUL character in the key"
-    if not rel.isascii():
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:  # a local file name of bytes that are not UTF-8
-            return (
-                "the name is not valid UTF-8 (object stores, pyarrow and the job's journal "
-                "hold names as UTF-8): rename it"
-            )
+    if not is_utf8(rel):
+        return (
+            "the name is not valid UTF-8 (object stores, pyarrow and the job's journal "
+            "hold names as UTF-8): rename it"
+        )
     if rel.startswith("/"):
         return "key is absolute (starts with '/')"
     if rel.endswith("/"):

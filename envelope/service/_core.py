@@ -1226,7 +1226,7 @@ class ServiceCore:
                 key = self._load(conn, self.region, kid)
                 if key is None or named != key.account:
                     raise NotFoundException(f"Key '{self.arn(kid, account=named)}' does not exist")
-                if key_id.startswith("alias/") or ":alias/" in key_id:
+                if _names_alias(key_id):
                     call.values.setdefault("kms:requestalias", key_id.rsplit(":", 1)[-1])
                 request, decision = self._decide_key(conn, call, key, action, explain=True)
         return {
