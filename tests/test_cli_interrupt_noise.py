@@ -94,3 +94,34 @@ def test_an_interrupted_command_exits_even_with_a_stranded_worker_thread(guarded
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert out.returncode == 130, out.stderr
     assert "interrupted" in out.stderr and "exit handlers ran" in out.stderr, out.stderr
+
+
+LATE = """
+import atexit, os, signal, sys
+import envelope.cli.main as cli
+
+def finished_command(argv, *, _enable_gc=False):
+    print("output", end="")  # still in stdout's buffer when the exit begins
+    return {code}
+
+cli.main = finished_command
+atexit.register(lambda: os.kill(os.getpid(), signal.{sig}))  # lands while the exit runs
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_signal_during_the_exit_of_a_finished_command_keeps_its_code(sig: str, code: int) -> None:
+    """A signal that lands after the command is over (here from an exit handler, as a SIGINT
+    inside `logging.shutdown` did in the signal tests) prints no traceback, loses nothing
+    already printed and does not change the exit code: the work was done."""
+    out = subprocess.run(
+        [sys.executable, "-c", LATE.format(sig=sig, code=code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == code, (out.returncode, out.stderr)
+    assert out.stdout == "output"

@@ -272,13 +272,41 @@ def run() -> None:
     gc.disable()
     try:
         code = main(sys.argv[1:], _enable_gc=True)
+    except KeyboardInterrupt:  # in the instant after `main` restored the signal handlers
+        code = _interrupted()
     finally:
         gc.enable()
+    end_on_late_signals(code)
     if code >= 128:  # stopped by a signal: see `quiet_half_closed_loops`
         quiet_half_closed_loops()
         exit_despite_stranded_threads(code)
     gc.freeze()
     sys.exit(code)
+
+
+def end_on_late_signals(code: int) -> None:
+    """Let a signal that arrives once the command is over end the process at once, quietly,
+    with the code the command chose.
+
+    The command has finished (or been interrupted and cleaned up) by then: every output is
+    renamed or removed and the exit code is decided. A SIGINT during the interpreter's exit
+    would otherwise raise KeyboardInterrupt inside whichever exit handler is running and print
+    "Exception ignored in atexit callback ... Traceback" (seen in the signal tests, a SIGINT
+    landing in `logging.shutdown`), and a SIGTERM or SIGHUP would end it by the default
+    action with -N, as if the work had been cut short. Standard streams are flushed first so
+    nothing already printed is lost; the remaining exit handlers are skipped, since nothing
+    is left for them to save."""
+
+    def finish(signum: int, frame: FrameType | None) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    for s in (signal.SIGINT, *_STOP_SIGNALS):
+        signal.signal(s, finish)
 
 
 def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
