@@ -83,6 +83,41 @@ def progress_bar(
         yield advance
 
 
+def byte_size(text: str) -> int:
+    """A positive number of bytes from `1048576`, `64K`, `256M`, `1G` (binary units; `KiB` and
+    `MB` spellings too): the one parser of every size flag."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit() or int(digits) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G)")
+    return int(digits) * mult
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
+    """`--memory-budget` (and, to encrypt, `--segment-size`): the same flags for one file, a
+    folder and a lake job."""
+    from ..options import DEFAULT_MEMORY_BUDGET
+
+    p.add_argument(
+        "--memory-budget",
+        type=byte_size,
+        default=DEFAULT_MEMORY_BUDGET,
+        metavar="SIZE",
+        help="most memory the buffers may hold, in bytes or with a K/M/G suffix "
+        "(default 256M, at least 4M); a segment size it cannot hold is refused",
+    )
+    if encrypt:
+        p.add_argument(
+            "--segment-size",
+            type=byte_size,
+            default=1 << 20,
+            metavar="SIZE",
+            help="plaintext bytes per segment, a power of two from 4K to 64M (default 1M)",
+        )
+
+
 def add_metrics_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",

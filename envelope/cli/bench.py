@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigurationError
+from ._common import byte_size
 
 __all__ = ("register",)
 
@@ -30,17 +31,6 @@ _PEER_NAMES = (
     "openssl",
     "cp",
 )
-
-
-def _size(text: str) -> int:
-    """Bytes from `1048576`, `64K`, `256M`, `1G` (binary units; `KiB`/`MB` spellings too)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = units.get(t[-1:], 1)
-    digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit() or int(digits) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G)")
-    return int(digits) * mult
 
 
 def _positive_int(text: str) -> int:
@@ -119,15 +109,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ops = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
     p = ops.add_parser("machine", help="this machine's limits: AES-GCM, memory, file copies")
-    p.add_argument("--size", type=_size, default=256 << 20, help="data size (256M)")
+    p.add_argument("--size", type=byte_size, default=256 << 20, help="data size (256M)")
     _common(p)
     p.set_defaults(handler=cmd_machine)
 
     p = ops.add_parser("encrypt", help="envelope's throughput as ratios to this machine's limits")
-    p.add_argument("--size", type=_size, default=256 << 20, help="in-memory data size (256M)")
-    p.add_argument("--file-size", type=_size, default=None, help="file size (default --size)")
+    p.add_argument("--size", type=byte_size, default=256 << 20, help="in-memory data size (256M)")
+    p.add_argument("--file-size", type=byte_size, default=None, help="file size (default --size)")
     p.add_argument(
-        "--max-object", type=_size, default=4 << 20, help="largest small object (4M; up to 1G)"
+        "--max-object", type=byte_size, default=4 << 20, help="largest small object (4M; up to 1G)"
     )
     _common(p)
     p.set_defaults(handler=cmd_encrypt)
@@ -135,7 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = ops.add_parser(
         "peers", help="envelope beside Tink, the AWS Encryption SDK, age, openssl, cp"
     )
-    p.add_argument("--size", type=_size, default=512 << 20, help="file size (512M)")
+    p.add_argument("--size", type=byte_size, default=512 << 20, help="file size (512M)")
     p.add_argument(
         "--peers",
         metavar="NAME,...",
@@ -163,7 +153,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--objects", type=_positive_int, default=10_000, help="objects in the job (10000)"
     )
-    p.add_argument("--object-size", type=_size, default=1024, help="bytes per object (1K)")
+    p.add_argument("--object-size", type=byte_size, default=1024, help="bytes per object (1K)")
     p.add_argument(
         "--job-concurrency", type=_positive_int, default=16, help="objects in flight (16)"
     )
@@ -185,7 +175,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--kms-endpoint", metavar="URL", help="an AWS KMS compatible endpoint")
     p.add_argument("--sample", type=_positive_int, default=200, help="small objects to time (200)")
     p.add_argument(
-        "--sample-bytes", type=_size, default=256 << 20, help="large objects to time (256M)"
+        "--sample-bytes", type=byte_size, default=256 << 20, help="large objects to time (256M)"
     )
     p.add_argument(
         "--concurrency", type=_positive_int, default=16, help="the job's objects in flight (16)"

@@ -10,8 +10,9 @@ from typing import IO
 
 from .. import sync
 from ..kms.filekey import generate_key_file
-from ..options import DEFAULT_MEMORY_BUDGET, ObjectInfo, Options
+from ..options import ObjectInfo, Options
 from ._common import (
+    add_engine_arguments,
     add_key_arguments,
     add_metrics_argument,
     input_size,
@@ -46,14 +47,7 @@ def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     p.add_argument("--workers", type=int, default=None, help="crypto threads (default: all cores)")
-    p.add_argument(
-        "--memory-budget",
-        type=_size,
-        default=DEFAULT_MEMORY_BUDGET,
-        metavar="SIZE",
-        help="most memory the pipeline's buffers may hold, in bytes or with a K/M/G suffix "
-        "(default 256M, at least 4M); a segment size it cannot hold is refused",
-    )
+    add_engine_arguments(p, encrypt=not decrypt)
     p.add_argument(
         "--fsync",
         action=argparse.BooleanOptionalAction,
@@ -65,16 +59,6 @@ def _add_io(p: argparse.ArgumentParser, *, decrypt: bool = False) -> None:
     )
     safety_arguments(p)  # for a folder IN (the lake job over a local tree)
     add_metrics_argument(p)
-
-
-def _size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = units.get(t[-1:], 1)
-    digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G)")
-    return int(digits) * mult
 
 
 def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -94,12 +78,6 @@ def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="KEY=VALUE",
         action="append",
         help="KMS-level context pair, sent to the KMS with the data-key request (may repeat)",
-    )
-    p.add_argument(
-        "--segment-size",
-        type=int,
-        default=1 << 20,
-        help="plaintext bytes per segment, a power of two from 4096 to 67108864",
     )
     p.set_defaults(handler=cmd_encrypt)
 

@@ -21,9 +21,10 @@ from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
 from ..metrics import Observer
-from ..options import DEFAULT_MEMORY_BUDGET, Options
+from ..options import Options
 from ._common import (
     EXIT_KMS,
+    add_engine_arguments,
     add_key_arguments,
     add_metrics_argument,
     key_spec,
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     add_key_arguments(p, encrypt=True)
-    _common(p)
+    _common(p, encrypt=True)
     p.set_defaults(handler=cmd_lake, operation="encrypt")
 
     p = ops.add_parser("decrypt", help="decrypt every object under SRC into DST")
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_lake, operation="rewrap", dst=None)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
     add_output_arguments(p)  # the summary as data with --json/--output/--query
     p.set_defaults(
         settings=("key", "home", "region", "principal", "output", "cache", "retry", "fsync")
@@ -89,6 +90,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     safety_arguments(p)
     p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
+    add_engine_arguments(p, encrypt=encrypt)
     p.add_argument(
         "--context", metavar="KEY=VALUE", action="append", help="per-object context pair"
     )
@@ -177,7 +179,12 @@ def cmd_lake(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         bind_path=not args.no_bind_path,
         durable=bool(args.fsync),
-        engine=Options(workers=2, depth=4),
+        engine=Options(
+            workers=2,
+            depth=4,
+            segment_size=getattr(args, "segment_size", 1 << 20),  # rewrap keeps the source's
+            memory_budget=args.memory_budget,
+        ),
         **_safety_options(args),
     )
     octx = parse_pairs(args.context, "--context")
@@ -241,7 +248,7 @@ def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer
     options = jobs.LakeOptions(
         engine=Options(
             segment_size=getattr(args, "segment_size", 1 << 20),
-            memory_budget=getattr(args, "memory_budget", DEFAULT_MEMORY_BUDGET),
+            memory_budget=args.memory_budget,
         ),
         durable=bool(getattr(args, "fsync", False)),
         **_safety_options(args),
