@@ -118,9 +118,15 @@ def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
 
     config = uvicorn.Config(app_factory, **options)
     server = uvicorn.Server(config)
+    failed = ConfigurationError(
+        f"{what} could not start on {config.host}:{config.port} (see above)"
+    )
     try:
         if config.workers > 1:
-            sock = config.bind_socket()
+            try:
+                sock = config.bind_socket()
+            except SystemExit:  # uvicorn has logged why it cannot bind, and exits
+                raise failed from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             kwargs: dict[str, Any] = {"sockets": [sock]}
             if "target" in inspect.signature(Multiprocess).parameters:
@@ -130,10 +136,11 @@ def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
         server.run()
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it handled once the shutdown is complete
+    except SystemExit:  # uvicorn exits with its own code (3) when it cannot bind or start
+        if server.started:
+            raise
     if config.workers == 1 and not server.started:
-        raise ConfigurationError(
-            f"{what} could not start on {config.host}:{config.port} (see above)"
-        )
+        raise failed
 
 
 class ListenSettings(Protocol):

@@ -173,6 +173,32 @@ def test_metrics_port_serves_prometheus_text_while_running(key: Path) -> None:
     assert proc.returncode == 0, err
 
 
+def test_a_metrics_port_that_cannot_be_used_is_a_usage_error(tmp_path: Path, key: Path) -> None:
+    """Out of range, or taken by another listener: exit 2 with a message naming the flag,
+    before anything is written (it was a traceback and exit 1, or 'I/O error: Address already
+    in use' with no word of which address)."""
+    import socket
+
+    (tmp_path / "tree").mkdir()
+    src = tmp_path / "tree" / "in.txt"
+    src.write_bytes(b"x" * 100)
+    for port in ("99999", "0", "-1", "http"):
+        r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                     "--metrics-port", port)
+        assert r.returncode == 2 and b"Traceback" not in r.stderr, r.stderr
+        assert b"is not a port number" in r.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for cmd in (("encrypt", str(src), str(tmp_path / "o.env")),
+                    ("lake", "encrypt", str(tmp_path / "tree"), str(tmp_path / "lake"))):
+            r = envelope(*cmd, "--key-file", str(key), "--metrics-port", port)
+            assert r.returncode == 2, r.stderr
+            assert f"--metrics-port {port}: cannot listen".encode() in r.stderr, r.stderr
+    assert not (tmp_path / "o.env").exists() and not (tmp_path / "lake").exists()
+
+
 def test_embedded_kms_main_job(tmp_path: Path) -> None:
     """The issue's flow: a key and an alias in $ENVELOPE_HOME, encrypt under the alias,
     decrypt with no key argument, the default key when none is given, audit verify."""

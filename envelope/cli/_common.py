@@ -118,10 +118,17 @@ def add_engine_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
         )
 
 
+def port_number(text: str) -> int:
+    """A TCP port to listen on, 1-65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
 def add_metrics_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_number,
         metavar="PORT",
         help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics while running",
     )
@@ -137,7 +144,13 @@ def metrics_observer(args: argparse.Namespace) -> Iterator[Observer]:
     from ..prometheus import PrometheusObserver, serve_metrics
 
     observer = PrometheusObserver()
-    with serve_metrics(port, registry=observer.registry):
+    try:
+        server = serve_metrics(port, registry=observer.registry)
+    except OSError as e:  # taken, or not ours to bind: said before any work starts
+        raise ConfigurationError(
+            f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}: {e.strerror or e}"
+        ) from None
+    with server:
         yield observer
 
 

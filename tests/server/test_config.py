@@ -72,3 +72,27 @@ def test_the_root_key_may_be_in_an_hsm(tmp_path: Path) -> None:
     assert s.root_key == uri and ServerSettings.from_env(s.to_env()) == s
     provider = _root(s)
     assert isinstance(provider, Pkcs11RootKey) and provider.label == "kms-root"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_a_usage_error_naming_the_address(tmp_path: Path, workers: str) -> None:
+    """uvicorn ends the process with its own status 3 (which reads as a KMS error here) when
+    it cannot bind; `envelope serve` says which address and exits 2."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENVELOPE_", "AWS_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "serve", "--home", str(tmp_path / "h"),
+             "--port", str(port), "--workers", workers],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+    assert r.returncode == 2, r.stderr
+    assert f"could not start on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
