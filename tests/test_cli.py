@@ -199,6 +199,56 @@ def test_a_metrics_port_that_cannot_be_used_is_a_usage_error(tmp_path: Path, key
     assert not (tmp_path / "o.env").exists() and not (tmp_path / "lake").exists()
 
 
+def test_dash_is_stdout_never_a_folder_or_a_key_file(tmp_path: Path, key: Path) -> None:
+    """`-` means stdout everywhere; where stdout cannot be the target (a folder's many
+    objects, a key file) it is refused, not taken as a file or folder called `-`."""
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 10)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for cmd in (
+        ("encrypt", str(src), "-", "--key-file", str(key)),
+        ("lake", "encrypt", str(src), "-", "--key-file", str(key), "--no-progress"),
+        ("keygen", "-"),
+    ):
+        r = subprocess.run([sys.executable, "-m", "envelope.cli.main", *cmd], cwd=cwd,
+                           capture_output=True, env=ENV, timeout=120)
+        assert r.returncode == 2 and b"stdout" in r.stderr, (cmd, r.stderr)
+    assert list(cwd.iterdir()) == []
+
+
+def test_keygen_names_what_is_wrong_with_the_path(tmp_path: Path) -> None:
+    r = envelope("keygen", str(tmp_path / "no" / "k.key"))
+    assert r.returncode == 2 and b"no folder" in r.stderr, r.stderr
+    r = envelope("keygen", str(tmp_path))
+    assert r.returncode == 2 and b"is a folder" in r.stderr, r.stderr
+    (tmp_path / "k.key").write_bytes(b"keep")
+    r = envelope("keygen", str(tmp_path / "k.key"))
+    assert r.returncode == 2 and b"refusing to overwrite" in r.stderr, r.stderr
+    assert (tmp_path / "k.key").read_bytes() == b"keep"
+
+
+def test_a_key_file_that_cannot_be_written_whole_is_removed(tmp_path: Path) -> None:
+    """A file-size limit (as a full disk would) stops the write part-way: nothing is left
+    under the key file's name."""
+    code = (
+        "import resource, signal, sys\n"
+        "from envelope.kms.filekey import generate_key_file\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (10, 10))\n"
+        "try:\n"
+        "    generate_key_file(sys.argv[1])\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    target = tmp_path / "k.key"
+    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                       text=True, env=ENV, timeout=60)
+    assert r.stdout.strip() == "27", r.stdout + r.stderr  # EFBIG
+    assert not target.exists()
+
+
 def test_embedded_kms_main_job(tmp_path: Path) -> None:
     """The issue's flow: a key and an alias in $ENVELOPE_HOME, encrypt under the alias,
     decrypt with no key argument, the default key when none is given, audit verify."""

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import IO
 
 from .. import sync
+from ..errors import ConfigurationError
 from ..kms.filekey import generate_key_file
 from ..options import ObjectInfo, Options
 from ._common import (
@@ -183,6 +184,10 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    if args.path == "-":
+        raise ConfigurationError(
+            "keygen writes a key file, never to stdout; name a file (./- for one called '-')"
+        )
     key_id = generate_key_file(args.path)
     print(f"wrote {args.path} (key id {key_id})", file=sys.stderr)
     return 0

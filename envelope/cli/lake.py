@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from .. import sync
+from ..errors import ConfigurationError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
@@ -171,7 +172,18 @@ def _progress(args: argparse.Namespace) -> Iterator[Any]:
         p.stop()
 
 
+def _not_stdout(dst: str | None) -> None:
+    """`-` means stdout to every command; a job writes many objects, so it is refused rather
+    than taken as a folder called `-`."""
+    if dst == "-":
+        raise ConfigurationError(
+            "a job over a folder or prefix writes many objects and cannot write to stdout; "
+            "give a destination folder (./- for one called '-')"
+        )
+
+
 def cmd_lake(args: argparse.Namespace) -> int:
+    _not_stdout(args.dst)
     options = jobs.LakeOptions(
         concurrency=args.concurrency,
         dry_run=args.dry_run,
@@ -245,6 +257,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
 
 def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
+    _not_stdout(args.output)
     options = jobs.LakeOptions(
         engine=Options(
             segment_size=getattr(args, "segment_size", 1 << 20),

@@ -28,19 +28,29 @@ _PREFIX = "envelope-file-key-v1:"
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> str:
-    """Write a new random key to `path` (mode 0600, refusing to overwrite); returns its key id."""
+    """Write a new random key to `path` (mode 0600, refusing to overwrite); returns its key id.
+
+    A write that fails (disk full, quota) removes the file it created, so no short key file is
+    left under the name."""
     key = os.urandom(32)
     data = (_PREFIX + base64.b64encode(key).decode("ascii") + "\n").encode("ascii")
+    name = os.fspath(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise ConfigurationError(
-            f"{os.fspath(path)!r} exists; refusing to overwrite a key"
-        ) from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        what = "is a folder" if os.path.isdir(path) else "exists; refusing to overwrite a key"
+        raise ConfigurationError(f"{name!r} {what}") from None
+    except FileNotFoundError:
+        folder = os.path.dirname(name) or "."
+        raise ConfigurationError(f"no folder {folder!r} for the key file {name!r}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(path)  # created by us just above (O_EXCL)
+        raise
     return _fingerprint(key)
 
 
