@@ -333,6 +333,8 @@ def _print_summary(r: jobs.JobReport, args: argparse.Namespace) -> None:
         print(f"SKIPPED {s.path}: {s.reason}")
     if len(r.skipped_paths) > 50:
         print(f"... and {len(r.skipped_paths) - 50} more skipped (see --report)")
+    for path in r.planned_paths:  # a dry run: the whole plan, one path a line
+        print(f"PLANNED {path}")
     for f in r.failures[:50]:
         print(f"FAILED {f.path}: {f.error_type}: {f.error}")
     if len(r.failures) > 50:

@@ -194,12 +194,14 @@ def _run_chunks(
             setattr(report, name, getattr(report, name) + part[name])
         for f in part["failures"]:
             report.failures.append(jobs.ObjectResult(**f))
+        report.planned_paths.extend(part["planned_paths"])
         if progress is not None:
             for f in part["failures"]:
                 progress.advance(jobs.ObjectResult(**f))
             for _ in range(part["objects"] - len(part["failures"])):
                 progress.advance(jobs.ObjectResult("", "done"))
     report.seconds = time.perf_counter() - t0
+    report.planned_paths.sort()
     return report
 
 

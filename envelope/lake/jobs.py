@@ -147,7 +147,9 @@ class JobReport:
 
     `skipped` counts objects already done (resume); `skipped_paths` lists what the job left
     alone on purpose, with the reason (links not followed, special files, a lock); `notes`
-    says what else happened that an operator should know (a stale lock taken over)."""
+    says what else happened that an operator should know (a stale lock taken over). A dry run
+    counts and lists (`planned_paths`, sorted) what a real run would process, after the same
+    resume check."""
 
     operation: Operation
     source: str
@@ -163,6 +165,7 @@ class JobReport:
     failures: list[ObjectResult] = field(default_factory=list)
     skipped_paths: list[SkippedPath] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    planned_paths: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -177,6 +180,7 @@ class JobReport:
             self.skipped += 1
         elif r.status == "planned":
             self.planned += 1
+            self.planned_paths.append(r.path)
         else:
             self.failed += 1
             self.failures.append(r)
@@ -439,7 +443,10 @@ async def _run(
     fn: ObjectFn,
     options: LakeOptions,
     progress: Progress | None,
+    done: Callable[[Entry], Awaitable[bool]] | None = None,
 ) -> JobReport:
+    """Run `fn` on every listed entry, bounded; a dry run asks only `done` (the operation's
+    resume check, with `options.resume`) and plans the rest."""
     entries = start.listing.entries
     rejected = start.listing.rejected
     report = JobReport(operation, source, destination, removed_temporaries=start.removed)
@@ -461,17 +468,19 @@ async def _run(
     async def one(entry: Entry) -> None:
         limiter = large if entry.size > options.small_object_bytes else small
         async with limiter:
-            if options.dry_run:
-                result = ObjectResult(entry.rel, "planned", entry.size)
-            else:
-                try:
+            try:
+                if not options.dry_run:
                     result = await fn(entry)
-                except Exception as e:
-                    # One object's failure, whatever it is (a typed envelope error, a
-                    # filesystem fault, pyarrow's ArrowInvalid), is that object's result: the
-                    # rest of the job goes on and the report names it. Cancellation is not
-                    # an Exception and stops the job.
-                    result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, str(e))
+                elif options.resume and done is not None and await done(entry):
+                    result = ObjectResult(entry.rel, "skipped", entry.size)
+                else:
+                    result = ObjectResult(entry.rel, "planned", entry.size)
+            except Exception as e:
+                # One object's failure, whatever it is (a typed envelope error, a
+                # filesystem fault, pyarrow's ArrowInvalid), is that object's result: the
+                # rest of the job goes on and the report names it. Cancellation is not
+                # an Exception and stops the job.
+                result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, str(e))
         report.add(result)
         if progress is not None:
             progress.advance(result)
@@ -498,6 +507,7 @@ async def _run(
         if not isinstance(first, _FailFast):
             raise first from None
     report.seconds = time.perf_counter() - t0
+    report.planned_paths.sort()
     return report
 
 
@@ -554,15 +564,18 @@ async def encrypt_prefix(
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
 
+    def already_done(entry: Entry) -> bool:
+        dst_path = dst.join(entry.rel)
+        if dst_real is not None:
+            check_stays_inside(dst_real, dst_path)
+        return options.resume and _encrypted_done(dst.fs, dst_path, entry, options.bind_path)
+
+    async def done(entry: Entry) -> bool:
+        return await anyio.to_thread.run_sync(already_done, entry)
+
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
-
-        def done() -> bool:
-            if dst_real is not None:
-                check_stays_inside(dst_real, dst_path)
-            return options.resume and _encrypted_done(dst.fs, dst_path, entry, options.bind_path)
-
-        if await anyio.to_thread.run_sync(done):
+        if await done(entry):
             return ObjectResult(entry.rel, "skipped", entry.size)
         octx = _object_context(entry, options, object_context)
         route = _route(entry, src, dst, options)
@@ -616,7 +629,7 @@ async def encrypt_prefix(
         return ObjectResult(entry.rel, "done", n)
 
     async with _started("encrypt", src, dst, options, entries) as start:
-        return await _run("encrypt", source, destination, start, one, options, progress)
+        return await _run("encrypt", source, destination, start, one, options, progress, done)
 
 
 # -- decrypt and verify --------------------------------------------------------------------
@@ -674,6 +687,15 @@ async def decrypt_prefix(
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
 
+    def already_done(entry: Entry) -> bool:
+        src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
+        if dst_real is not None:
+            check_stays_inside(dst_real, dst_path)
+        return options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry)
+
+    async def done(entry: Entry) -> bool:
+        return await anyio.to_thread.run_sync(already_done, entry)
+
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
         route = _route(entry, src, dst, options)
@@ -681,9 +703,7 @@ async def decrypt_prefix(
 
         def check_and_read() -> bytes | None:
             """One hop: the resume check, then (small objects) the whole ciphertext."""
-            if dst_real is not None:
-                check_stays_inside(dst_real, dst_path)
-            if options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry):
+            if already_done(entry):
                 return None
             if not small:
                 return b""
@@ -730,7 +750,7 @@ async def decrypt_prefix(
         return ObjectResult(entry.rel, "done", n)
 
     async with _started("decrypt", src, dst, options, entries) as start:
-        return await _run("decrypt", source, destination, start, one, options, progress)
+        return await _run("decrypt", source, destination, start, one, options, progress, done)
 
 
 async def verify_prefix(
@@ -804,12 +824,21 @@ async def rewrap_prefix(
     wrapped_cache: dict[bytes, WrappedKey] = {}
     engine = options.engine
 
+    def under_target(header: Header) -> bool:
+        return all((w.provider_id, w.key_id) == target for w in header.wrapped_keys)
+
+    async def done(entry: Entry) -> bool:
+        header, _ = await anyio.to_thread.run_sync(
+            _read_header, src.fs, src.join(entry.rel), engine.max_wrapped_keys
+        )
+        return under_target(header)
+
     async def one(entry: Entry) -> ObjectResult:
         path = src.join(entry.rel)
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, path, engine.max_wrapped_keys
         )
-        if options.resume and all((w.provider_id, w.key_id) == target for w in header.wrapped_keys):
+        if options.resume and under_target(header):
             return ObjectResult(entry.rel, "skipped", entry.size)
         if options.bind_path and header.object_context.get(PATH_CONTEXT_KEY) != entry.rel:
             raise InvalidObjectError(
@@ -848,7 +877,7 @@ async def rewrap_prefix(
         return ObjectResult(entry.rel, "done", copied)
 
     async with _started("rewrap", src, None, options, entries) as start:
-        return await _run("rewrap", source, source, start, one, options, progress)
+        return await _run("rewrap", source, source, start, one, options, progress, done)
 
 
 async def run_job(

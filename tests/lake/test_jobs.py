@@ -78,6 +78,53 @@ async def test_local_round_trip_resume_and_kms_calls(
     assert kms.calls["Decrypt"] == 1  # the decrypt cache: one unwrap for every object
 
 
+async def test_a_dry_run_plans_only_what_a_real_run_would_do(
+    anyio_backend: str, tmp_path: Path, kms: MemoryKms, k1: Keyring, k2: Keyring
+) -> None:
+    """A dry run applies the same resume check as the run (objects already done count as
+    skipped, not planned), lists the planned paths sorted, makes no data-key call and writes
+    nothing; `resume=False` plans everything."""
+    src = tmp_path / "src"
+    tree = make_tree(src, [10, 20, 30])
+    enc, back = tmp_path / "enc", tmp_path / "back"
+    first = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert first.done == 3
+    (src / "new").mkdir()
+    (src / "new" / "z.bin").write_bytes(b"z" * 5)
+    (src / "a.bin").write_bytes(b"a" * 5)
+    calls = dict(kms.calls)
+    before = read_tree(enc)
+    dry = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(dry_run=True))
+    assert (dry.planned, dry.skipped, dry.done) == (2, 3, 0)
+    assert dry.planned_paths == ["a.bin", "new/z.bin"]
+    assert read_tree(enc) == before and dict(kms.calls) == calls
+    everything = await jobs.encrypt_prefix(
+        str(src), str(enc), keyring=k1, options=opts(dry_run=True, resume=False)
+    )
+    assert everything.planned == 5 and everything.skipped == 0
+    assert everything.to_dict()["planned_paths"] == sorted([*tree, "a.bin", "new/z.bin"])
+
+    second = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert (second.done, second.skipped) == (2, 3)
+    dry = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts(dry_run=True))
+    assert dry.planned == 5 and not back.exists()
+    await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())
+    (back / "a.bin").unlink()
+    dry = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts(dry_run=True))
+    assert (dry.planned_paths, dry.skipped) == (["a.bin"], 4)
+
+    moved = ["a.bin", "new/z.bin"]  # these two move to k2 first
+    listed = jobs.list_objects(jobs.resolve(str(enc)))
+    sub = await jobs.rewrap_prefix(
+        str(enc), keyring=k1, to=k2, options=opts(), entries=[e for e in listed if e.rel in moved]
+    )
+    assert sub.done == 2
+    before = read_tree(enc)
+    dry = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts(dry_run=True))
+    assert dry.skipped == 2 and dry.planned_paths == sorted(set(tree))
+    assert read_tree(enc) == before
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # backend-independent: run once
 async def test_s3_encrypt_verify_rewrap_decrypt(
     anyio_backend: str, tmp_path: Path, s3: S3, kms: MemoryKms, k1: Keyring, k2: Keyring
