@@ -112,9 +112,25 @@ def test_demo_runs_end_to_end() -> None:
     r = envelope("demo", "--size-mib", "8", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert envelope("demo", "--size-mib", "1", "--query", "verified", "--output", "text").stdout \
+        == b"True\n"
     assert out["round_trip_identical"] and out["verified"] and out["tamper_detected"]
     assert out["column_ok"] and out["column_bytes_read_pct"] < 60
     assert out["kms_calls"] <= 3 < out["objects"] and out["kms_audit_log_verified"]
+
+
+def test_counts_must_be_positive(tmp_path: Path) -> None:
+    """`demo --size-mib 0` made no sample, failed on an internal path and left its store's
+    digest folder behind in the temporary folder; `audit tail -n -1` printed every record."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    for cmd in (("demo", "--size-mib", "0"), ("demo", "--size-mib", "-5"),
+                ("audit", "tail", "-n", "-1"), ("audit", "tail", "-n", "0")):
+        r = subprocess.run([sys.executable, "-m", "envelope.cli.main", *cmd],
+                           capture_output=True, env={**ENV, "TMPDIR": str(tmp),
+                           "ENVELOPE_HOME": str(tmp_path / "home")}, timeout=120)
+        assert r.returncode == 2 and b"is not a positive whole number" in r.stderr, r.stderr
+    assert list(tmp.iterdir()) == [] and not (tmp_path / "home").exists()
 
 
 def _free_port() -> int:

@@ -83,6 +83,13 @@ def progress_bar(
         yield advance
 
 
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (counts, rounds, sizes in MiB)."""
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
 def byte_size(text: str) -> int:
     """A positive number of bytes from `1048576`, `64K`, `256M`, `1G` (binary units; `KiB` and
     `MB` spellings too): the one parser of every size flag."""

@@ -20,6 +20,7 @@ from ..service import KeyService, default_home
 from ..service._home import STORE_NAME
 from ..service.digests import DigestLocation, verify_chain
 from ..service.errors import StoreError
+from ._common import positive_int
 from ._output import emit
 from .keys import EXIT_USAGE, _run, add_store_arguments
 
@@ -156,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(handler=_verify_command)
     p = sub.add_parser("tail", help="show the last records")
     add_store_arguments(p)
-    p.add_argument("-n", type=int, default=20, help="how many records (20)")
+    p.add_argument("-n", type=positive_int, default=20, help="how many records (20)")
     p.add_argument(
         "--denied",
         action="store_true",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import ConfigurationError
-from ._common import byte_size
+from ._common import byte_size, positive_int
 
 __all__ = ("register",)
 
@@ -31,12 +31,6 @@ _PEER_NAMES = (
     "openssl",
     "cp",
 )
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -73,7 +67,7 @@ def _cost_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cache-max-objects",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="cache policy: objects per key",
     )
@@ -99,7 +93,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--markdown", metavar="FILE", help="write a Markdown report to FILE")
     g.add_argument("--plot", metavar="FILE.png", help="draw the result (needs the bench extra)")
     p.add_argument(
-        "--rounds", type=_positive_int, default=3, help="interleaved rounds; best kept (3)"
+        "--rounds", type=positive_int, default=3, help="interleaved rounds; best kept (3)"
     )
     p.add_argument("--dir", metavar="DIR", help="scratch folder (default: the system temp)")
 
@@ -151,11 +145,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--seconds", type=_positive_float, default=2.0, help="per operation and step (2)"
     )
     p.add_argument(
-        "--objects", type=_positive_int, default=10_000, help="objects in the job (10000)"
+        "--objects", type=positive_int, default=10_000, help="objects in the job (10000)"
     )
     p.add_argument("--object-size", type=byte_size, default=1024, help="bytes per object (1K)")
     p.add_argument(
-        "--job-concurrency", type=_positive_int, default=16, help="objects in flight (16)"
+        "--job-concurrency", type=positive_int, default=16, help="objects in flight (16)"
     )
     _cost_arguments(p)
     p.add_argument(
@@ -173,12 +167,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--key", metavar="URI", help="time the sample against this key (optional)")
     p.add_argument("--home", metavar="DIR", help="the embedded KMS's home ($ENVELOPE_HOME)")
     p.add_argument("--kms-endpoint", metavar="URL", help="an AWS KMS compatible endpoint")
-    p.add_argument("--sample", type=_positive_int, default=200, help="small objects to time (200)")
+    p.add_argument("--sample", type=positive_int, default=200, help="small objects to time (200)")
     p.add_argument(
         "--sample-bytes", type=byte_size, default=256 << 20, help="large objects to time (256M)"
     )
     p.add_argument(
-        "--concurrency", type=_positive_int, default=16, help="the job's objects in flight (16)"
+        "--concurrency", type=positive_int, default=16, help="the job's objects in flight (16)"
     )
     p.add_argument("--no-cache", action="store_true", help="the job runs without the cache")
     p.add_argument(

@@ -24,18 +24,21 @@ from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..kms.uri import open_local_backend
 from ..lake import jobs
-from ._common import print_json
+from ._common import positive_int
+from ._output import add_output_arguments, emit, output_requested
 
 
 def add_demo_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="run the main job end to end on a generated sample lake")
-    p.add_argument("--size-mib", type=int, default=64, help="sample lake size (default 64 MiB)")
+    p.add_argument(
+        "--size-mib", type=positive_int, default=64, help="sample lake size (default 64 MiB)"
+    )
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep the files")
     p.add_argument(
         "--home", metavar="DIR", help="embedded KMS home to use (default: a fresh one in DIR)"
     )
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.set_defaults(handler=cmd_demo)
+    add_output_arguments(p)  # the results as data with --json/--output/--query
+    p.set_defaults(handler=cmd_demo, settings=("output",))
 
 
 def make_sample_lake(root: Path, size: int) -> dict[str, int]:
@@ -91,8 +94,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         home = args.home or str(work / "kms-home")
         result = _run(work, home, args.size_mib << 20)
         result["work_dir"] = str(work) if args.keep else None
-    if args.json:
-        print_json(result)
+    if output_requested(args):
+        emit(args, result, "Demo")
     else:
         print(f"sample lake     {result['objects']} objects, {result['bytes'] / 1e6:.1f} MB")
         print(
@@ -131,10 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(work: Path, home: str, size: int) -> dict[str, Any]:
-    from ..lake.parquet_objects import open_encrypted_parquet
-
-    lake, enc, back = work / "lake", work / "encrypted", work / "restored"
-    sample = make_sample_lake(lake, size)
+    sample = make_sample_lake(work / "lake", size)
     backend = open_local_backend(home)
     service = backend.service
     key_id = service.create_key(description="envelope demo")["KeyMetadata"]["KeyId"]
@@ -142,8 +142,22 @@ def _run(work: Path, home: str, size: int) -> dict[str, Any]:
         service.create_alias(alias_name="alias/demo", target_key_id=key_id)
     except Exception:  # an existing --home may have it: point it at the new key
         service.update_alias(alias_name="alias/demo", target_key_id=key_id)
-    audit_start = len(service.audit_tail(1_000_000))
     keyring = Keyring(backend, "alias/demo", cache=CachePolicy())
+    try:
+        return _steps(work, home, sample, keyring, service, key_id)
+    finally:
+        # seals the audit log, and (on failure) before the work folder is removed: a store
+        # closed later would write its digests into a folder that is gone
+        sync.run(keyring.aclose)
+
+
+def _steps(
+    work: Path, home: str, sample: dict[str, int], keyring: Keyring, service: Any, key_id: str
+) -> dict[str, Any]:
+    from ..lake.parquet_objects import open_encrypted_parquet
+
+    lake, enc, back = work / "lake", work / "encrypted", work / "restored"
+    audit_start = len(service.audit_tail(1_000_000))
     # 64 KiB segments: Parquet readers fetch column chunks, so small segments mean fewer
     # bytes fetched per ranged read (the cost: 16 bytes of tag per 64 KiB).
     options = jobs.LakeOptions(engine=Options(segment_size=64 << 10, workers=2, depth=4))
@@ -190,7 +204,7 @@ def _run(work: Path, home: str, size: int) -> dict[str, Any]:
 
     records = service.audit_tail(1_000_000)
     kms_calls = len(records) - audit_start
-    sync.run(keyring.aclose)  # seals the audit log
+    sync.run(keyring.aclose)  # seals the audit log (closing again is a no-op)
     checker = open_local_backend(home).service
     audit_ok = checker.verify_audit_log().ok
     checker.close()
