@@ -234,6 +234,41 @@ def test_dash_is_stdout_never_a_folder_or_a_key_file(tmp_path: Path, key: Path) 
     assert list(cwd.iterdir()) == []
 
 
+def test_a_context_key_given_twice_with_different_values_is_refused(
+    tmp_path: Path, key: Path
+) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"x")
+    r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                 "--context", "k=v", "--context", "k=w")
+    assert r.returncode == 2 and b"gives 'k' twice: 'v' and 'w'" in r.stderr, r.stderr
+    assert not (tmp_path / "o.env").exists()
+    r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                 "--context", "k=v", "--context", "k=v", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["object_context"] == {"k": "v"}
+
+
+def test_lake_decrypt_and_verify_take_expect_context_as_decrypt_does(
+    tmp_path: Path, key: Path
+) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_bytes(b"a" * 100)
+    enc = str(tmp_path / "enc")
+    r = envelope("lake", "encrypt", str(tmp_path / "src"), enc, "--key-file", str(key),
+                 "--context", "team=x", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    for flag in ("--expect-context", "--context"):
+        r = envelope("lake", "verify", enc, "--key-file", str(key), flag, "team=y",
+                     "--no-progress")
+        assert r.returncode == 1 and b"ContextMismatchError" in r.stdout, r.stdout + r.stderr
+        r = envelope("lake", "decrypt", enc, str(tmp_path / f"out{flag}"), "--key-file",
+                     str(key), flag, "team=x", "--no-progress")
+        assert r.returncode == 0, r.stderr
+    r = envelope("lake", "encrypt", str(tmp_path / "src"), str(tmp_path / "e2"), "--key-file",
+                 str(key), "--expect-context", "team=x", "--no-progress")
+    assert r.returncode == 2  # a pair to bind is --context; expecting is for reading
+
+
 def test_keygen_names_what_is_wrong_with_the_path(tmp_path: Path) -> None:
     r = envelope("keygen", str(tmp_path / "no" / "k.key"))
     assert r.returncode == 2 and b"no folder" in r.stderr, r.stderr

@@ -38,12 +38,15 @@ def print_json(obj: Any) -> None:
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    """KEY=VALUE arguments into a dict."""
+    """KEY=VALUE arguments into a dict; a key given twice with different values is refused
+    (one of them would be dropped without a word)."""
     out: dict[str, str] = {}
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigurationError(f"{what} must be KEY=VALUE, got {item!r}")
+        if out.get(key, value) != value:
+            raise ConfigurationError(f"{what} gives {key!r} twice: {out[key]!r} and {value!r}")
         out[key] = value
     return out
 

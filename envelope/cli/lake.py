@@ -92,9 +92,22 @@ def _common(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
     safety_arguments(p)
     p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     add_engine_arguments(p, encrypt=encrypt)
-    p.add_argument(
-        "--context", metavar="KEY=VALUE", action="append", help="per-object context pair"
-    )
+    if encrypt:
+        p.add_argument(
+            "--context",
+            metavar="KEY=VALUE",
+            action="append",
+            help="per-object context pair, bound in every header (may repeat)",
+        )
+    else:  # the name `envelope decrypt` uses, and the lake's own
+        p.add_argument(
+            "--expect-context",
+            "--context",
+            dest="context",
+            metavar="KEY=VALUE",
+            action="append",
+            help="a pair every object's context must hold (may repeat)",
+        )
     p.add_argument(
         "--kms-context", metavar="KEY=VALUE", action="append", help="KMS-level context pair"
     )

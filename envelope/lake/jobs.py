@@ -517,6 +517,17 @@ class _FailFast(Exception):
         self.result = result
 
 
+def _check_context(options: LakeOptions, extra: Mapping[str, str] | None) -> None:
+    """With `bind_path`, the job writes (and requires) each object's own path under
+    `envelope:path`; a caller's pair of that name would be silently replaced, so it is
+    refused before the job starts."""
+    if options.bind_path and extra and PATH_CONTEXT_KEY in extra:
+        raise ConfigurationError(
+            f"{PATH_CONTEXT_KEY} is set by the job to each object's relative path; drop it "
+            "from the context, or turn path binding off (--no-bind-path, bind_path=False)"
+        )
+
+
 def _object_context(
     entry: Entry, options: LakeOptions, extra: Mapping[str, str] | None
 ) -> dict[str, str]:
@@ -556,6 +567,7 @@ async def encrypt_prefix(
     entries: Sequence[Entry] | None = None,
 ) -> JobReport:
     """Encrypt every object under `source` to the same relative path under `destination`."""
+    _check_context(options, object_context)
     src, dst = (
         resolve(source, filesystem=source_fs),
         resolve(destination, filesystem=destination_fs),
@@ -679,6 +691,7 @@ async def decrypt_prefix(
     `object_context` pairs (and the object's own path, when `bind_path`) are required in
     every object's context.
     """
+    _check_context(options, object_context)
     src, dst = (
         resolve(source, filesystem=source_fs),
         resolve(destination, filesystem=destination_fs),
@@ -765,6 +778,7 @@ async def verify_prefix(
     entries: Sequence[Entry] | None = None,
 ) -> JobReport:
     """Authenticate every object under `source` completely; write no plaintext anywhere."""
+    _check_context(options, object_context)
     src = resolve(source, filesystem=source_fs)
     engine = options.engine
     large = options.large_engine  # one large object's share of the memory budget

@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from envelope import api, objects
+from envelope.errors import ConfigurationError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.local import open_local
@@ -123,6 +124,33 @@ async def test_a_dry_run_plans_only_what_a_real_run_would_do(
     dry = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts(dry_run=True))
     assert dry.skipped == 2 and dry.planned_paths == sorted(set(tree))
     assert read_tree(enc) == before
+
+
+async def test_a_context_pair_the_job_would_replace_is_refused(
+    anyio_backend: str, tmp_path: Path, kms: MemoryKms, k1: Keyring
+) -> None:
+    """`envelope:path` is the job's own pair under path binding: a caller's value for it was
+    silently replaced by each object's path. Now refused before anything is written; without
+    path binding it is the caller's pair like any other."""
+    src = tmp_path / "src"
+    make_tree(src, [10, 20])
+    evil = {jobs.PATH_CONTEXT_KEY: "elsewhere", "team": "a"}
+    with pytest.raises(ConfigurationError, match="envelope:path is set by the job"):
+        await jobs.encrypt_prefix(str(src), str(tmp_path / "enc"), keyring=k1,
+                                  object_context=evil, options=opts())
+    assert not (tmp_path / "enc").exists() and kms.calls["GenerateDataKey"] == 0
+    r = await jobs.encrypt_prefix(str(src), str(tmp_path / "enc"), keyring=k1,
+                                  object_context=evil, options=opts(bind_path=False))
+    assert r.done == 2
+    for ct in read_tree(tmp_path / "enc").values():
+        assert objects.parse_object_header(memoryview(ct)).object_context == evil
+    for job in (jobs.decrypt_prefix(str(tmp_path / "enc"), str(tmp_path / "back"), keyring=k1,
+                                    object_context=evil, options=opts()),
+                jobs.verify_prefix(str(tmp_path / "enc"), keyring=k1, object_context=evil,
+                                   options=opts())):
+        with pytest.raises(ConfigurationError, match="envelope:path is set by the job"):
+            await job
+    assert not (tmp_path / "back").exists()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # backend-independent: run once
