@@ -269,6 +269,17 @@ def test_lake_decrypt_and_verify_take_expect_context_as_decrypt_does(
     assert r.returncode == 2  # a pair to bind is --context; expecting is for reading
 
 
+def test_an_unknown_option_is_reported_by_its_command() -> None:
+    """With the command's own usage, not the top level's `usage: envelope ... COMMAND ...`."""
+    for cmd, prog in ((("lake", "verify", "x", "--bogus"), b"envelope lake verify: error"),
+                      (("keys", "list", "--bogus"), b"envelope keys list: error"),
+                      (("encrypt", "a", "b", "--bogus", "1"), b"envelope encrypt: error")):
+        r = envelope(*cmd)
+        assert r.returncode == 2, r.stderr
+        assert prog + b": unrecognized arguments: " in r.stderr, r.stderr
+        assert b"COMMAND ..." not in r.stderr
+
+
 def test_keygen_names_what_is_wrong_with_the_path(tmp_path: Path) -> None:
     r = envelope("keygen", str(tmp_path / "no" / "k.key"))
     assert r.returncode == 2 and b"no folder" in r.stderr, r.stderr

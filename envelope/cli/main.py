@@ -118,11 +118,24 @@ def _columns() -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose help uses `_Formatter`; sub-parsers are made of this class too."""
+    """An ArgumentParser whose help uses `_Formatter`; sub-parsers are made of this class too.
+
+    An argument a command does not know is reported by that command's own parser, with its
+    usage (`envelope lake verify: error: unrecognized arguments: --bogus`): argparse leaves it
+    to the top-level parser, which prints `usage: envelope [-h] ... COMMAND ...` instead. No
+    parser here is called for known arguments only, so extras are always an error."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error("unrecognized arguments: " + " ".join(extras))
+        return parsed, extras
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
