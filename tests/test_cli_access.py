@@ -217,6 +217,7 @@ def test_keys_create_with_a_policy_and_the_lockout_check(cli: Cli, tmp_path: Pat
     encrypt_only = policy(
         {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:Encrypt", "Resource": "*"}
     )
+    ok(cli("keys", "create"))  # the store exists, with one key
     before = ok(cli("keys", "list", "--json")).json()
     r = cli("keys", "create", "--policy", encrypt_only)
     assert r.code == 3 and "will not allow you to update the key policy" in r.err
@@ -540,6 +541,7 @@ def test_explain_exit_code_in_a_real_process(tmp_path: Path) -> None:
             timeout=120,
         )
 
+    assert run("keys", "create").returncode == 0  # a store to ask about
     denied = run(
         "policy",
         "explain",

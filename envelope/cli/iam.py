@@ -155,6 +155,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p = _cmd(
             sub, f"create-{kind}", f"create an IAM {kind} in the caller's account", fn, key=False
         )
+        p.set_defaults(creates_store=True)
         p.add_argument("name", metavar="NAME")
         p.add_argument("--path", default="/", help="IAM path, / or /a/b/ (default /)")
         p.add_argument("--tag", action="append", metavar="KEY=VALUE", help="repeatable")
@@ -214,6 +215,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         key=False,
     )
     p.add_argument("user_arn", metavar="USER_ARN", nargs="?", help="default: the caller")
+    p.set_defaults(creates_store=True)
     p = _cmd(sub, "list-access-keys", "a user's access keys (never secrets)", _list_access_keys,
              key=False)
     p.add_argument("user_arn", metavar="USER_ARN", nargs="?", help="default: the caller")

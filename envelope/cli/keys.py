@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..service import KeyService, KmsServiceError, open_service
+from ..errors import ConfigurationError
+from ..service import KeyService, KmsServiceError, open_service, store_path
 from ..service.errors import StoreError, TamperedStoreError
 from ..service.rootkey import InsecureRootKeyWarning
 from ._common import add_principal_argument
@@ -77,10 +78,20 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
+    """The embedded KMS of the command line's home. Only a command that makes something
+    (`creates_store`: CreateKey, a user or role, an access key, an HSM cluster) starts a
+    store where there is none; any other finds nothing in an empty KMS, and a mistyped
+    `--home` would otherwise leave a new store behind and answer "no keys"."""
+    home = getattr(args, "home", None)
+    if not getattr(args, "creates_store", False) and not store_path(home).exists():
+        raise ConfigurationError(
+            f"no embedded KMS store at {str(store_path(home))!r} (check --home or "
+            "$ENVELOPE_HOME; `envelope keys create` starts one)"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InsecureRootKeyWarning)
         svc = open_service(
-            getattr(args, "home", None),
+            home,
             region=getattr(args, "region", None),
             digests=getattr(args, "digests", None),
             strict=True if getattr(args, "strict", False) else None,
@@ -452,6 +463,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
 
     p = _cmd(sub, "create", "create a key (CreateKey)", _create, key=False)
+    p.set_defaults(creates_store=True)
     p.add_argument("--description", default="")
     p.add_argument(
         "--key-spec",

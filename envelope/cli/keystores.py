@@ -189,6 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         _register_cluster,
         key=False,
     )
+    p.set_defaults(creates_store=True)
     p.add_argument("--module", required=True, metavar="PATH", help="the PKCS#11 module (.so)")
     p.add_argument("--token", required=True, metavar="LABEL", help="the token's label")
     p.add_argument("--cluster-id", default=None, help="cluster-... (default: a new id)")

@@ -165,10 +165,34 @@ def test_create_takes_the_key_usage_of_the_spec(
 
 def test_refusals_exit_3_and_name_the_code(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
-    assert run(["keys", "describe", "alias/nope"]) == 3
-    assert "NotFoundException" in capsys.readouterr().err
     assert run(["keys", "create", "--key-spec", "AES_256"]) == 3
     assert "ValidationException" in capsys.readouterr().err
+    assert run(["keys", "create"]) == 0
+    capsys.readouterr()
+    assert run(["keys", "describe", "alias/nope"]) == 3
+    assert "NotFoundException" in capsys.readouterr().err
+
+
+def test_a_missing_store_is_created_only_by_a_command_that_makes_something(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`keys list --home typo` answered "no keys" and left a new store at `typo`; a command
+    that only reads or changes what exists now says there is no store (exit 2), and only
+    CreateKey, a user or role, an access key or an HSM cluster starts one."""
+    from envelope.cli.main import main
+
+    typo = tmp_path / "typo"
+    for argv in (["keys", "list"], ["keys", "describe", "alias/x"], ["audit", "tail"],
+                 ["iam", "list"], ["grants", "retirable", "arn:aws:iam::000000000000:root"],
+                 ["keystores", "describe"],
+                 ["keys", "enable", "1234abcd-12ab-34cd-56ef-1234567890ab"]):
+        capsys.readouterr()
+        assert main([*argv, "--home", str(typo)]) == 2, argv
+        assert "no embedded KMS store at" in capsys.readouterr().err
+        assert not typo.exists(), argv
+    assert main(["iam", "create-user", "app", "--home", str(typo)]) == 0
+    assert (typo / "kms.sqlite3").exists()
+    assert main(["iam", "list", "--home", str(typo), "--json"]) == 0
 
 
 def test_wrong_root_key_exits_2(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
