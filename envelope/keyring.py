@@ -236,7 +236,12 @@ class Keyring:
         if last is not None:
             return last
         names = ", ".join(f"{w.provider_id}:{w.key_id}" for w in wrapped_keys)
-        return NoBackendError(f"no configured backend can unwrap this object's data key ({names})")
+        hint = ""
+        if any(w.provider_id == "file" for w in wrapped_keys):
+            hint = "; a file: key is a key file: pass it (--key-file PATH, or FileKeyBackend)"
+        return NoBackendError(
+            f"no configured backend can unwrap this object's data key ({names}){hint}"
+        )
 
     async def decryption_key(
         self,

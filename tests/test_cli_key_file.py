@@ -74,3 +74,21 @@ def test_a_key_file_path_the_os_refuses_is_a_configuration_error(tmp_path: Path)
     for path in (str(tmp_path / "k\x00.key"), str(tmp_path / "missing.key"), str(tmp_path)):
         with pytest.raises(ConfigurationError, match="cannot read key file"):
             FileKeyBackend(path)
+
+
+def test_decrypting_without_the_key_file_says_to_pass_it(tmp_path: Path) -> None:
+    """The header names a key file's key id: without `--key-file` the refusal says so, both
+    when there is no embedded KMS at all and when there is one that cannot help."""
+    key = tmp_path / "k.key"
+    assert envelope(tmp_path / "home", "keygen", str(key)).returncode == 0
+    (tmp_path / "p").write_bytes(b"x" * 10)
+    enc = tmp_path / "p.env"
+    assert envelope(tmp_path / "home", "encrypt", str(tmp_path / "p"), str(enc), "--key-file",
+                    str(key)).returncode == 0
+    r = envelope(tmp_path / "none", "decrypt", str(enc), str(tmp_path / "o"))
+    assert r.returncode == 2 and b"--key-file PATH" in r.stderr, r.stderr
+    assert envelope(tmp_path / "kms", "keys", "create").returncode == 0
+    r = envelope(tmp_path / "kms", "decrypt", str(enc), str(tmp_path / "o"))
+    assert r.returncode == 3 and b"NoBackendError" in r.stderr, r.stderr
+    assert b"a file: key is a key file: pass it (--key-file PATH" in r.stderr
+    assert not (tmp_path / "o").exists()

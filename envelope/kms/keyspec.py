@@ -251,8 +251,14 @@ class KeySpec:
                 opened.append(open_backend(self.key, home=self.home)[0])
             if self.kms_endpoint is not None:
                 opened.append(open_aws_backend(endpoint_url=self.kms_endpoint)[0])
-        if not opened:
-            opened.append(open_local_backend(self.home, must_exist=True))
+        if not opened:  # no key named: the embedded KMS's keys, which the header names
+            try:
+                opened.append(open_local_backend(self.home, must_exist=True))
+            except ConfigurationError as e:
+                raise ConfigurationError(
+                    f"{e}, and no key was given: an object sealed with a key file needs it "
+                    "(--key-file PATH); one sealed by a KMS needs --key, --kms-endpoint or --home"
+                ) from None
         return tuple(opened), None
 
     def keyring(self, observer: Observer = NULL_OBSERVER) -> Keyring:
