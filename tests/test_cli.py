@@ -280,6 +280,16 @@ def test_an_unknown_option_is_reported_by_its_command() -> None:
         assert b"COMMAND ..." not in r.stderr
 
 
+def test_a_home_that_is_a_file_is_named(tmp_path: Path) -> None:
+    """It was `I/O error: File exists` (exit 5), which names no option."""
+    (tmp_path / "f").write_bytes(b"x")
+    for cmd in (("encrypt", str(tmp_path / "f"), str(tmp_path / "o.env")),
+                ("keys", "create")):
+        r = envelope(*cmd, "--home", str(tmp_path / "f"))
+        assert r.returncode == 2 and b"is not a folder" in r.stderr, r.stderr
+    assert not (tmp_path / "o.env").exists()
+
+
 def test_keygen_names_what_is_wrong_with_the_path(tmp_path: Path) -> None:
     r = envelope("keygen", str(tmp_path / "no" / "k.key"))
     assert r.returncode == 2 and b"no folder" in r.stderr, r.stderr

@@ -22,6 +22,7 @@ from .._ratelimit import RateQuota
 from .._serving import base_options, serve_with
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
+from ..service.errors import StoreError
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
 from .app import Authenticate, KmsApp
 from .config import ENV_SETTINGS, ServerSettings
@@ -54,7 +55,12 @@ def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
         if settings.quotas
         else None
     )
-    return open_service(settings.home, region=settings.region, root=_root(settings), quota=quota)
+    try:
+        return open_service(
+            settings.home, region=settings.region, root=_root(settings), quota=quota
+        )
+    except StoreError as e:  # a wrong root key, a home that is a file, a corrupt store
+        raise ConfigurationError(str(e)) from None
 
 
 def authenticator_for(service: KeyService) -> Authenticate:

@@ -17,7 +17,7 @@ from pathlib import Path
 from .._ratelimit import RateQuota
 from ._core import DEFAULT_REGION, Clock
 from .digests import default_location
-from .errors import RootKeyError
+from .errors import RootKeyError, StoreError
 from .rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
 from .service import KeyService
 from .store import Store, Synchronous
@@ -90,7 +90,10 @@ def open_service(
     principal (default ``$ENVELOPE_PRINCIPAL``, else the account root).
     """
     h = default_home(home)
-    h.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        h.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):  # a file where the home (or a parent) goes
+        raise StoreError(f"the KMS home {str(h)!r} is not a folder") from None
     provider = root or default_root(h, strict=strict)
     if (
         not isinstance(provider, FileRootKey)

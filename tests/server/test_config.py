@@ -96,3 +96,29 @@ def test_a_port_in_use_is_a_usage_error_naming_the_address(tmp_path: Path, worke
     assert r.returncode == 2, r.stderr
     assert f"could not start on 127.0.0.1:{port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_store_serve_cannot_open_is_a_usage_error(tmp_path: Path) -> None:
+    """A wrong root key, or a home that is a file, was a traceback from `envelope serve`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENVELOPE_", "AWS_"))}
+
+    def serve(home: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "serve", "--home", str(home),
+             "--port", "1"], capture_output=True, text=True, env=env, timeout=60,
+        )
+
+    home = tmp_path / "home"
+    made = subprocess.run([sys.executable, "-m", "envelope.cli.main", "keys", "create",
+                           "--home", str(home)], capture_output=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    (home / "root.key").write_bytes(bytes(32))
+    (tmp_path / "file").write_bytes(b"")
+    for where, said in ((home, "root key does not open this store"),
+                        (tmp_path / "file", "is not a folder")):
+        r = serve(where)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
