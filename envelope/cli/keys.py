@@ -138,7 +138,10 @@ def _run(fn: Handler, *, takes_alias: bool = False) -> Callable[[argparse.Namesp
         except KmsServiceError as e:
             _err(f"{e.code}: {e.message}")
             return EXIT_KMS
-        except (OSError, ValueError) as e:
+        except OSError as e:  # a --file or --trust-policy-file that cannot be read
+            _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            return EXIT_USAGE
+        except ValueError as e:
             _err(str(e))
             return EXIT_USAGE
         return result if isinstance(result, int) else EXIT_OK
