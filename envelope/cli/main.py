@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import (
@@ -311,15 +311,20 @@ def end_on_late_signals(code: int) -> None:
     is left for them to save."""
 
     def finish(signum: int, frame: FrameType | None) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        _flushed_exit(code)
 
     for s in (signal.SIGINT, *_STOP_SIGNALS):
         signal.signal(s, finish)
+
+
+def _flushed_exit(code: int) -> NoReturn:
+    """Leave now with `code`, after what the standard streams still buffer."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
@@ -348,12 +353,7 @@ def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
     import atexit
 
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    _flushed_exit(code)
 
 
 def quiet_half_closed_loops() -> None:
