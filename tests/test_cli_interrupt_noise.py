@@ -125,3 +125,48 @@ def test_a_signal_during_the_exit_of_a_finished_command_keeps_its_code(sig: str,
     assert "Traceback" not in out.stderr, out.stderr
     assert out.returncode == code, (out.returncode, out.stderr)
     assert out.stdout == "output"
+
+
+SWALLOWED = """
+import signal, sys, time, weakref
+import envelope.cli.main as cli
+{disable}
+
+def command(argv, *, _enable_gc=False):
+    cli._Stopped.signum = signal.SIGHUP  # what the SIGHUP handler records before it interrupts
+    class C:
+        pass
+    c = C()
+    def finalizer(ref):
+        raise KeyboardInterrupt  # the handler's interrupt, landing inside a finalizer
+    ref = weakref.ref(c, finalizer)
+    del c
+    t = time.monotonic()
+    while time.monotonic() - t < 5:  # the job goes on
+        pass
+    print("finished", file=sys.stderr)
+    return 0
+
+cli.main = command
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_an_interrupt_a_finalizer_swallowed_is_delivered_again(guarded: bool) -> None:
+    """A stop signal whose KeyboardInterrupt lands inside a finalizer (as SIGHUP did in
+    importlib's module-lock callback, in the signal tests) was printed as "Exception ignored
+    in ..." and lost: the job ran on. It now stops the job, with the signal's exit code."""
+    disable = "" if guarded else "cli.redeliver_interrupts_from_finalizers = lambda: None"
+    out = subprocess.run(
+        [sys.executable, "-c", SWALLOWED.format(disable=disable)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if not guarded:
+        assert "Exception ignored" in out.stderr and "finished" in out.stderr, out.stderr
+        return
+    assert out.returncode == 129, out.stderr
+    assert "Traceback" not in out.stderr and "finished" not in out.stderr, out.stderr
+    assert "hung up; no partial file was left" in out.stderr

@@ -282,6 +282,8 @@ def run() -> None:
     `main()` in its own process keeps its collector as it was."""
     import gc
 
+    redeliver_interrupts_from_finalizers()
+    quiet_half_closed_loops()  # from the start: the collector may meet such a loop mid-command
     gc.disable()
     try:
         code = main(sys.argv[1:], _enable_gc=True)
@@ -290,11 +292,45 @@ def run() -> None:
     finally:
         gc.enable()
     end_on_late_signals(code)
-    if code >= 128:  # stopped by a signal: see `quiet_half_closed_loops`
-        quiet_half_closed_loops()
+    if code >= 128:  # stopped by a signal
         exit_despite_stranded_threads(code)
     gc.freeze()
     sys.exit(code)
+
+
+def redeliver_interrupts_from_finalizers() -> None:
+    """Deliver again an interrupt that a finalizer swallowed.
+
+    A signal turns into KeyboardInterrupt wherever the main thread is, and that can be
+    inside a finalizer: a `__del__`, or a weakref callback such as the one importlib runs when
+    a module lock is collected. Python cannot raise from there; it prints "Exception ignored
+    in: ... KeyboardInterrupt" and carries on, so the user's Ctrl-C (or SIGTERM, which the
+    CLI turns into one) is lost and a traceback is printed (seen in the signal tests). Such an
+    interrupt is sent again instead: a bare thread (`_thread`, which nothing waits for) sends
+    SIGINT to the main thread a few milliseconds later, once the finalizer and this hook have
+    returned, and wakes a blocking wait as the first signal did; one that lands in a
+    finalizer again is sent again. The stop signal that caused it is still recorded
+    (`_Stopped`), so the exit code names it. Every other unraisable exception is reported as
+    before."""
+    import _thread
+    import time
+
+    previous = sys.unraisablehook
+    main_thread = _thread.get_ident()
+
+    def resend() -> None:
+        time.sleep(0.005)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and callable(
+            signal.getsignal(signal.SIGINT)
+        ):
+            _thread.start_new_thread(resend, ())
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def end_on_late_signals(code: int) -> None:
@@ -357,15 +393,15 @@ def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
 
 
 def quiet_half_closed_loops() -> None:
-    """Drop one known piece of noise from an interrupted command's exit.
+    """Drop one known piece of noise from an interrupted command.
 
     A signal turns into KeyboardInterrupt wherever the main thread is, and asyncio's
     `BaseSelectorEventLoop.close` is not safe against that: interrupted between closing its
     self-pipe socket and forgetting it, it leaves a loop that is not marked closed, whose
-    finalizer at interpreter exit tries again and prints "Exception ignored in
-    BaseEventLoop.__del__ ... ValueError: Invalid file descriptor: -1". The command has
-    already cleaned up and chosen its exit code by then; nothing remains to close. Every
-    other unraisable exception is still reported."""
+    finalizer (when the collector finds it, during the command's clean-up or at interpreter
+    exit) tries again and prints "Exception ignored in BaseEventLoop.__del__ ... ValueError:
+    Invalid file descriptor: -1". The interrupt itself is handled as usual; nothing remains
+    to close. Every other unraisable exception is still reported."""
     previous = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
