@@ -164,9 +164,18 @@ class Store:
                     f"{p} is not an initialised KMS store (no {', '.join(missing)} in it): it was "
                     "truncated or replaced. Nothing was changed; restore it from a backup."
                 )
-            rk = _open_root(root, meta, create=False)
-            if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
-                raise RootKeyError("the root key does not open this store")
+            try:
+                rk = _open_root(root, meta, create=False)
+                if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
+                    raise RootKeyError("the root key does not open this store")
+            except RootKeyError as e:  # say which kind of root key the store was made with
+                made_with = meta.get("root_provider", b"").decode("utf-8", "replace")
+                if made_with and made_with != root.description:
+                    raise RootKeyError(
+                        f"{e.message}; this store was made with the {made_with}, and was "
+                        f"opened with the {root.description}"
+                    ) from None
+                raise
             signer = Ed25519PrivateKey.from_private_bytes(
                 rk.unseal(meta["audit_sk"], b"audit-signing-key")
             )

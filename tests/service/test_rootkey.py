@@ -62,6 +62,27 @@ def test_wrong_root_key_file(populated: Path) -> None:
     assert snapshot(populated) == before
 
 
+def test_a_root_key_of_another_kind_names_the_one_the_store_was_made_with(
+    populated: Path,
+) -> None:
+    """A store made with the root-key file, opened with a passphrase: the refusal says which
+    kind of root key the store needs, so the operator knows what to set."""
+    before = snapshot(populated)
+    with pytest.raises(RootKeyError) as refused:
+        Store.open(populated / "kms.sqlite3", PassphraseRootKey("not it"))
+    said = str(refused.value)
+    assert "does not open this store" in said
+    assert f"made with the root-key file {populated / 'root.key'}" in said
+    assert "opened with the scrypt passphrase" in said
+    assert snapshot(populated) == before
+    other = populated / "other.key"
+    other.write_bytes(os.urandom(32))
+    other.chmod(0o600)
+    with pytest.raises(RootKeyError, match="made with the root-key file"):
+        Store.open(populated / "kms.sqlite3", FileRootKey(other))
+    other.unlink()
+
+
 def test_missing_root_key_file_is_not_recreated(populated: Path) -> None:
     (populated / "root.key").rename(populated / "root.key.bak")
     before = snapshot(populated)
