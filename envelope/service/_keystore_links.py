@@ -166,6 +166,11 @@ def xks_error(error: BaseException, what: str) -> KmsServiceError:
         why = "the external key store proxy did not respond in time"
     elif isinstance(error, x.XksTlsError):
         why = "the TLS connection to the external key store proxy failed"
+        if "CERTIFICATE_VERIFY_FAILED" in str(error):
+            why += (
+                f" (its certificate is not trusted: add its CA with ${XKS_CA_FILE_ENV}, "
+                "or use a publicly trusted certificate)"
+            )
     elif isinstance(error, x.XksUnreachable):
         why = "the external key store proxy cannot be reached"
     elif isinstance(error, x.XksInvalidResponse):

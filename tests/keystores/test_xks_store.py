@@ -371,3 +371,20 @@ def test_a_slow_proxy_does_not_stall_the_servers_other_requests(
     (slow_status, slow_done), (quick_status, quick_done), started = asyncio.run(main())
     assert quick_status == 200 and slow_status == 400  # the proxy timed out: KMSInvalidState
     assert quick_done - started < 1.0 < slow_done - started
+
+
+def test_an_untrusted_proxy_certificate_says_how_to_trust_it() -> None:
+    """The message a user sees names the setting that adds the proxy's CA; other TLS failures
+    (a reset, a protocol error) do not get that advice."""
+    from envelope.service._keystore_links import xks_error
+    from envelope.xks.errors import XksTlsError
+
+    untrusted = XksTlsError(
+        "TLS with the XKS proxy https://127.0.0.1:8443 failed: [SSL: CERTIFICATE_VERIFY_FAILED] "
+        "certificate verify failed: self-signed certificate"
+    )
+    said = xks_error(untrusted, "Decrypt").message
+    assert "TLS connection to the external key store proxy failed" in said
+    assert "$ENVELOPE_XKS_CA_FILE" in said
+    other = xks_error(XksTlsError("TLS with the XKS proxy failed: EOF"), "Decrypt").message
+    assert "ENVELOPE_XKS_CA_FILE" not in other
