@@ -83,10 +83,11 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
     store where there is none; any other finds nothing in an empty KMS, and a mistyped
     `--home` would otherwise leave a new store behind and answer "no keys"."""
     home = getattr(args, "home", None)
-    if not getattr(args, "creates_store", False) and not store_path(home).exists():
+    path = store_path(home)
+    if not getattr(args, "creates_store", False) and not path.exists():
         raise ConfigurationError(
-            f"no embedded KMS store at {str(store_path(home))!r} (check --home or "
-            "$ENVELOPE_HOME; `envelope keys create` starts one)"
+            f"no embedded KMS store at {str(path)!r} (check --home or $ENVELOPE_HOME; "
+            "`envelope keys create` starts one)"
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InsecureRootKeyWarning)

@@ -21,7 +21,7 @@ from envelope.service import errors as E
 from envelope.service._core import KEY_ID_ONLY
 
 from .conftest import new_key
-from .test_rotation_import_mrk import import_material, wrap
+from .test_rotation_import_mrk import import_material
 
 GRANTEE = "arn:aws:iam::000000000000:role/Reader"
 
@@ -118,15 +118,7 @@ def _cases() -> dict[str, Setup]:
         kid = _external(svc, imported=False)
 
         def call(ref: str) -> Any:
-            params = svc.get_parameters_for_import(
-                key_id=kid, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
-            )
-            return svc.import_key_material(
-                key_id=ref,
-                import_token=params["ImportToken"],
-                encrypted_key_material=wrap(params, os.urandom(32), "RSAES_OAEP_SHA_256"),
-                expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
-            )
+            return import_material(svc, kid, os.urandom(32), key_ref=ref)
 
         return kid, call
 

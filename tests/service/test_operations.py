@@ -750,21 +750,12 @@ def test_replicate_key_answers_as_aws(svc: KeyService) -> None:
 def test_import_type_as_aws_defines_it(svc: KeyService) -> None:
     """NEW_KEY_MATERIAL for a key's first material, EXISTING_KEY_MATERIAL to import it again;
     the same material imported as new is refused (it is already associated with the key)."""
-    from .test_rotation_import_mrk import wrap
+    from .test_rotation_import_mrk import import_material
 
     kid = svc.create_key(origin="EXTERNAL")["KeyMetadata"]["KeyId"]
 
     def imp(import_type: str) -> Any:
-        params = svc.get_parameters_for_import(
-            key_id=kid, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
-        )
-        return svc.import_key_material(
-            key_id=kid,
-            import_token=params["ImportToken"],
-            encrypted_key_material=wrap(params, bytes(range(32)), "RSAES_OAEP_SHA_256"),
-            expiration_model="KEY_MATERIAL_DOES_NOT_EXPIRE",
-            import_type=import_type,
-        )
+        return import_material(svc, kid, bytes(range(32)), import_type=import_type)
 
     assert code_of(lambda: imp("EXISTING_KEY_MATERIAL")) == "ValidationException"
     imp("NEW_KEY_MATERIAL")

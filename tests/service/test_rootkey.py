@@ -56,7 +56,7 @@ def test_wrong_root_key_file(populated: Path) -> None:
     other = populated / "other.key"
     other.write_bytes(os.urandom(32))
     other.chmod(0o600)
-    with pytest.raises(RootKeyError, match="does not open this store"):
+    with pytest.raises(RootKeyError, match=r"does not open this store.*made with the root-key"):
         Store.open(populated / "kms.sqlite3", FileRootKey(other))
     other.unlink()
     assert snapshot(populated) == before
@@ -75,12 +75,6 @@ def test_a_root_key_of_another_kind_names_the_one_the_store_was_made_with(
     assert f"made with the root-key file {populated / 'root.key'}" in said
     assert "opened with the scrypt passphrase" in said
     assert snapshot(populated) == before
-    other = populated / "other.key"
-    other.write_bytes(os.urandom(32))
-    other.chmod(0o600)
-    with pytest.raises(RootKeyError, match="made with the root-key file"):
-        Store.open(populated / "kms.sqlite3", FileRootKey(other))
-    other.unlink()
 
 
 def test_missing_root_key_file_is_not_recreated(populated: Path) -> None:

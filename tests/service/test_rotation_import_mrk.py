@@ -96,15 +96,23 @@ def wrap(params: dict[str, Any], material: bytes, algorithm: str) -> bytes:
 
 
 def import_material(
-    svc: KeyService, kid: str, material: bytes, algorithm: str = "RSAES_OAEP_SHA_256", **kw: Any
-) -> None:
+    svc: KeyService,
+    kid: str,
+    material: bytes,
+    algorithm: str = "RSAES_OAEP_SHA_256",
+    *,
+    key_ref: str | None = None,
+    **kw: Any,
+) -> Any:
+    """GetParametersForImport on `kid`, then ImportKeyMaterial naming the key as `key_ref`
+    (default `kid`); returns the import's response."""
     params = svc.get_parameters_for_import(
         key_id=kid, wrapping_algorithm=algorithm, wrapping_key_spec="RSA_2048"
     )
     if "valid_to" not in kw:  # AWS's default model (KEY_MATERIAL_EXPIRES) needs a date
         kw.setdefault("expiration_model", "KEY_MATERIAL_DOES_NOT_EXPIRE")
-    svc.import_key_material(
-        key_id=kid,
+    return svc.import_key_material(
+        key_id=kid if key_ref is None else key_ref,
         import_token=params["ImportToken"],
         encrypted_key_material=wrap(params, material, algorithm),
         **kw,
