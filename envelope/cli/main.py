@@ -363,7 +363,7 @@ def _flushed_exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
+def exit_despite_stranded_threads(code: int, grace: float = 10.0) -> None:
     """End an interrupted command even if a thread it started can no longer be stopped.
 
     The interpreter joins every non-daemon thread before it exits. anyio's worker threads are
@@ -371,7 +371,9 @@ def exit_despite_stranded_threads(code: int, grace: float = 2.0) -> None:
     lands while that loop is being torn down (KeyboardInterrupt goes wherever the main thread
     is) skips the callback, and the worker then waits for work forever: the process had
     already cleaned up and said "interrupted", and hung (seen in the signal tests, 1 run in
-    ~50). After `grace` seconds for such threads to end by themselves, the exit handlers run
+    ~50). After `grace` seconds for such threads to end by themselves (long enough for a
+    clean-up still running on a worker thread, such as a lake job's lock release on a busy
+    disk, to finish), the exit handlers run
     and the process leaves with its exit code without joining them: the work they belonged to
     was cancelled and its output already discarded."""
     import threading

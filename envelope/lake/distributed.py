@@ -246,7 +246,7 @@ def run_distributed(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # None still binds :8787 for its HTTP routes
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,

@@ -50,7 +50,7 @@ def test_dask_cluster_matches_single_machine(tmp_path: Path, home: Path) -> None
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # None still binds :8787 for its HTTP routes
             host="127.0.0.1",
         ) as cluster,
         distributed.Client(cluster) as client,
