@@ -9,6 +9,10 @@ the high-water mark across fork and exec), so a fat parent would inflate every f
 Each tool's round trip is byte-checked before it is timed (a tool that does not give the
 input back is reported with `error` and not timed); then rounds interleave every tool (the
 order turning each round), every output a new file, and the best and the median are kept.
+Before each timed command the page cache's dirty pages are written back (`os.sync`, not
+timed): otherwise the kernel's writeback of the earlier tools' outputs lands on whichever
+tool runs when it starts (on a 2-core VM that doubled a 0.4 s run's system time), and a
+short run such as `cp` or envelope suffers it most.
 A peer that is not installed is listed with `skipped` and the command that installs it.
 The Python peers (envelope, Tink, the AWS Encryption SDK) are also timed in this process
 (`inproc_*_mbps`, same rounds): their library's own work, without interpreter start-up.
@@ -241,6 +245,11 @@ def run_timed(command: Sequence[str], env: dict[str, str]) -> tuple[float, float
     return float(got["seconds"]), got["maxrss_kib"] / 1024
 
 
+def _settle() -> None:
+    """Write back every dirty page now, off the clock (see the module docstring)."""
+    os.sync()
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -332,10 +341,12 @@ def measure(
                     ("decrypt", peer.decrypt(key, sealed, out)),
                 ):
                     _unlink(out)  # a new file each time: replacing one costs an ext4 flush
+                    _settle()
                     times.setdefault(f"{peer.name}/{op}", []).append(run_timed(command, env))
                 _unlink(out)
                 if in_process and peer.inproc is not None:
                     for op, source in (("encrypt", src), ("decrypt", sealed)):
+                        _settle()
                         t0 = time.perf_counter()
                         peer_tools.run(peer.inproc, op, key, source, out)
                         dt = time.perf_counter() - t0
@@ -388,6 +399,7 @@ def startup(rounds: int = 3, directory: str | None = None) -> dict[str, float]:
         runs = []
         for _ in range(rounds):
             _unlink(out)
+            _settle()
             runs.append(run_timed(peer.encrypt(key, src, out), env))
     return {"seconds": min(t for t, _ in runs), "peak_rss_mib": min(m for _, m in runs)}
 
