@@ -300,10 +300,11 @@ def grant_view(body: Mapping[str, Any]) -> GrantView:
     constraints = body.get("Constraints") or {}
     return GrantView(
         grant_id=str(body["GrantId"]),
-        grantee=str(body["GranteePrincipal"]),
+        grantee=str(body.get("GranteePrincipal") or body["GranteeServicePrincipal"]),
         operations=frozenset(body["Operations"]),
         context_equals=constraints.get("EncryptionContextEquals"),
         context_subset=constraints.get("EncryptionContextSubset"),
+        source_arn=constraints.get("SourceArn"),
     )
 
 

@@ -112,18 +112,28 @@ def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
-def _constraints(value: Any) -> dict[str, dict[str, str]] | None:
+_CONTEXT_CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
+#: GrantConstraints.SourceArn's pattern in botocore's model (20..512 characters)
+_SOURCE_ARN = re.compile(r"^arn:aws[a-z0-9-]*:[a-z0-9-]+:[a-z0-9-]*:[0-9]{12}:.+$")
+
+
+def _constraints(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping) or set(value) - {
-        "EncryptionContextEquals",
-        "EncryptionContextSubset",
-    }:
+    if not isinstance(value, Mapping) or set(value) - {*_CONTEXT_CONSTRAINTS, "SourceArn"}:
         raise ValidationException(
-            "Constraints takes EncryptionContextEquals and/or EncryptionContextSubset"
+            "Constraints takes EncryptionContextEquals, EncryptionContextSubset and SourceArn"
         )
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, Any] = {}
     for member, ctx in value.items():
+        if member == "SourceArn":
+            if not isinstance(ctx, str) or not 20 <= len(ctx) <= 512 or not _SOURCE_ARN.match(ctx):
+                raise ValidationException(
+                    "SourceArn must be the ARN of a resource (20..512 characters, "
+                    "arn:aws...:service:region:account-id:resource)"
+                )
+            out[member] = ctx
+            continue
         if not isinstance(ctx, Mapping) or not all(
             isinstance(k, str) and k and isinstance(v, str) for k, v in ctx.items()
         ):
@@ -194,13 +204,24 @@ class GrantOps(ServiceCore):
             )
             ops = self._operations(operations)
             cons = _constraints(constraints)
+            if grantee_service_principal is not None:  # CreateGrant's documented rule
+                if not (cons or {}).get("SourceArn"):
+                    raise ValidationException(
+                        "a grant for a GranteeServicePrincipal must have a SourceArn constraint"
+                    )
+                if retiring is None:
+                    raise ValidationException(
+                        "a grant for a GranteeServicePrincipal must name a RetiringPrincipal "
+                        "or a RetiringServicePrincipal"
+                    )
             if name is not None and (not isinstance(name, str) or not _NAME.match(name)):
                 raise ValidationException("Name must match [a-zA-Z0-9:/_-]{1,256}")
             params["Constraints"] = cons
             call.values["kms:grantoperations"] = list(ops)
             call.values["kms:grantisforawsresource"] = call.ctx.via_service is not None
-            if cons:
-                call.values["kms:grantconstrainttype"] = list(cons)
+            kinds = [c for c in _CONTEXT_CONSTRAINTS if c in (cons or {})]
+            if kinds:  # the condition key's values (the AWS guide): context constraints only
+                call.values["kms:grantconstrainttype"] = kinds
             call.values["kms:granteeprincipal"] = grantee
             if retiring is not None:
                 call.values["kms:retiringprincipal"] = retiring
@@ -212,20 +233,26 @@ class GrantOps(ServiceCore):
                     f"{key.arn} ({key.spec}, {key.usage}) does not support "
                     f"{', '.join(unsupported)}: a grant may allow only operations its key supports"
                 )
-            if cons and (
+            if any(c in (cons or {}) for c in _CONTEXT_CONSTRAINTS) and (
                 _NO_CONTEXT.intersection(ops)
                 or key.algorithm_members().get("EncryptionAlgorithms") != ["SYMMETRIC_DEFAULT"]
             ):
                 raise ValidationException(
-                    "grant constraints apply only to operations with an encryption context on "
-                    "symmetric encryption keys"
+                    "encryption context grant constraints apply only to operations with an "
+                    "encryption context on symmetric encryption keys"
                 )
             self._check_narrower(conn, call, key, ops, cons)
+            grantee_member = "GranteePrincipal"
+            if grantee_service_principal is not None:
+                grantee_member = "GranteeServicePrincipal"
+            retiring_member = "RetiringPrincipal"
+            if retiring_service_principal is not None:
+                retiring_member = "RetiringServicePrincipal"
             body: dict[str, Any] = {
                 "KeyId": key.arn,
                 "Name": name,
-                "GranteePrincipal": grantee,
-                "RetiringPrincipal": retiring,
+                grantee_member: grantee,
+                retiring_member: retiring,
                 "IssuingAccount": f"arn:aws:iam::{key.account}:root",
                 "Operations": list(ops),
                 "Constraints": cons,
@@ -298,7 +325,7 @@ class GrantOps(ServiceCore):
         call: _Call,
         key: _Key,
         ops: Sequence[str],
-        cons: Mapping[str, Mapping[str, str]] | None,
+        cons: Mapping[str, Any] | None,
     ) -> None:
         """A grantee allowed CreateGrant only by a grant may not give more than it holds."""
         matched = call.matched[-1] if call.matched else ""
@@ -465,7 +492,7 @@ class GrantOps(ServiceCore):
             )
         if grant.get("RetiringPrincipal") in who:
             call.matched.append("retiring-principal")
-        elif grant["GranteePrincipal"] in who and "RetireGrant" in grant["Operations"]:
+        elif grant.get("GranteePrincipal") in who and "RetireGrant" in grant["Operations"]:
             call.matched.append(f"grant:{grant['GrantId']}")
         elif caller.kind == "root" and caller.account == key_account:
             call.matched.append("root")
@@ -521,5 +548,12 @@ def _new_token() -> str:
 
 
 def _entry(g: Mapping[str, Any]) -> Response:
-    """A GrantListEntry (members that are None left out, as AWS does)."""
-    return {k: v for k, v in g.items() if v is not None}
+    """A GrantListEntry (members that are None left out, as AWS does). A store written before
+    grants kept the *ServicePrincipal members apart held a service name under
+    GranteePrincipal / RetiringPrincipal: it is answered under its own member."""
+    out = {k: v for k, v in g.items() if v is not None}
+    for member in ("GranteePrincipal", "RetiringPrincipal"):
+        value = out.get(member)
+        if isinstance(value, str) and not value.startswith("arn:") and _SERVICE.match(value):
+            out[member[:-9] + "ServicePrincipal"] = out.pop(member)
+    return out

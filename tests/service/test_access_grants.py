@@ -18,6 +18,7 @@ from envelope.service.errors import (
     AccessDeniedException,
     InvalidGrantIdException,
     NotFoundException,
+    ValidationException,
 )
 
 from .access_helpers import ROOT_A, ROOT_B, A, B, assert_denied, aws, doc, root_stmt, stmt, user
@@ -448,3 +449,72 @@ def test_the_keys_account_delegates_retiring_and_an_identity_deny_stops_it(
         svc, lambda: svc.retire_grant(grant_token=g["GrantToken"], principal=grantee), grantee, A
     )
     assert [x["GrantId"] for x in svc.list_grants(key_id=key)["Grants"]] == [g["GrantId"]]
+
+
+# -- service principals and SourceArn --------------------------------------------------------
+
+BUCKET = f"arn:aws:s3:us-east-1:{A}:accesspoint/lake"
+S3 = "s3.amazonaws.com"
+
+
+def test_a_service_principal_grant_needs_a_source_arn_and_a_retiring_principal(
+    svc: KeyService, key: str
+) -> None:
+    """AWS (CreateGrant, GranteeServicePrincipal): "you must also specify a SourceArn grant
+    constraint. In addition, you must specify either a RetiringPrincipal or a
+    RetiringServicePrincipal." A refused call creates nothing."""
+    for kw in (
+        {"retiring_service_principal": S3},
+        {"constraints": {"SourceArn": BUCKET}},
+        {"constraints": {"EncryptionContextSubset": {"a": "1"}}, "retiring_service_principal": S3},
+    ):
+        with pytest.raises(ValidationException):
+            svc.create_grant(
+                key_id=key, grantee_service_principal=S3, operations=["Encrypt"], **kw
+            )
+    assert svc.list_grants(key_id=key)["Grants"] == []
+    made = svc.create_grant(
+        key_id=key,
+        grantee_service_principal=S3,
+        retiring_service_principal=S3,
+        operations=["Encrypt", "Decrypt"],
+        constraints={"SourceArn": BUCKET, "EncryptionContextSubset": {"a": "1"}},
+    )
+    (entry,) = svc.list_grants(key_id=key)["Grants"]
+    assert entry["GrantId"] == made["GrantId"]
+    assert entry["GranteeServicePrincipal"] == S3
+    assert entry["RetiringServicePrincipal"] == S3
+    assert "GranteePrincipal" not in entry and "RetiringPrincipal" not in entry
+    assert entry["Constraints"] == {"SourceArn": BUCKET, "EncryptionContextSubset": {"a": "1"}}
+    listed = svc.list_grants(key_id=key, grantee_service_principal=S3)["Grants"]
+    assert [g["GrantId"] for g in listed] == [made["GrantId"]]
+    retirable = svc.list_retirable_grants(retiring_service_principal=S3)["Grants"]
+    assert [g["GrantId"] for g in retirable] == [made["GrantId"]]
+
+
+def test_a_grant_with_a_principal_keeps_its_members(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """A grant for an IAM principal retired by a service lists each under its own member."""
+    grant(svc, key, grantee, "Encrypt", retiring_service_principal=S3)
+    (entry,) = svc.list_grants(key_id=key)["Grants"]
+    assert entry["GranteePrincipal"] == grantee
+    assert entry["RetiringServicePrincipal"] == S3
+    assert "GranteeServicePrincipal" not in entry and "RetiringPrincipal" not in entry
+
+
+def test_a_source_arn_grant_allows_no_direct_call(svc: KeyService, key: str, grantee: str) -> None:
+    """AWS: a SourceArn constraint allows the grant only for a request made on behalf of that
+    resource; a principal calling for itself is not. The constraint fits every kind of key (a
+    signing key here), unlike the encryption context constraints."""
+    grant(svc, key, grantee, "Encrypt", constraints={"SourceArn": BUCKET})
+    assert_denied(
+        svc, lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee), grantee, A
+    )
+    signing = svc.arn(new_key(svc, key_usage="SIGN_VERIFY", key_spec="ECC_NIST_P256"))
+    grant(svc, signing, grantee, "Sign", constraints={"SourceArn": BUCKET})
+    with pytest.raises(ValidationException):
+        grant(svc, signing, grantee, "Sign", constraints={"EncryptionContextSubset": {"a": "1"}})
+    for bad in ("bucket", "arn:aws:s3:::bucket", "x" * 600):
+        with pytest.raises(ValidationException):
+            grant(svc, key, grantee, "Encrypt", constraints={"SourceArn": bad})

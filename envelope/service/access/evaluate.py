@@ -294,6 +294,17 @@ def _find_grant(
             if lines is not None:
                 lines.append(f"grant:{g.grant_id}: does not apply: it does not grant {op}")
             continue
+        if (
+            g.source_arn is not None
+            and op != "RetireGrant"
+            and request.values.get("aws:sourcearn") != g.source_arn
+        ):
+            if lines is not None:
+                lines.append(
+                    f"grant:{g.grant_id}: does not apply: the request is not made on behalf of "
+                    f"its SourceArn {g.source_arn}"
+                )
+            continue
         if op != "CreateGrant" and not context_satisfies(
             g.context_equals, g.context_subset, request.encryption_context
         ):

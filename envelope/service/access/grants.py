@@ -3,7 +3,9 @@
 A grant allows its grantee a set of operations on one key, optionally only for encryption
 contexts that equal (EncryptionContextEquals) or include (EncryptionContextSubset) given pairs.
 Both constraints may be set; the context must then satisfy both. Context keys and values are
-compared exactly (case-sensitive), as AWS does.
+compared exactly (case-sensitive), as AWS does. A SourceArn constraint allows the grant only
+for requests made on behalf of that resource (the request's ``aws:SourceArn``), for every
+operation but RetireGrant.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class GrantView:
     operations: frozenset[str]
     context_equals: Mapping[str, str] | None
     context_subset: Mapping[str, str] | None
+    source_arn: str | None = None
 
 
 def context_satisfies(
@@ -49,15 +52,23 @@ def context_satisfies(
     return True
 
 
-def grant_allows(grant: GrantView, operation: str, context: Mapping[str, str] | None) -> bool:
+def grant_allows(
+    grant: GrantView,
+    operation: str,
+    context: Mapping[str, str] | None,
+    source_arn: str | None = None,
+) -> bool:
     """Whether `grant` allows `operation` ("Decrypt" or "kms:Decrypt") with this encryption
-    context. The grantee is not checked here: that is `authorize`'s job.
+    context, for a request made on behalf of `source_arn` (None: of no resource). The grantee
+    is not checked here: that is `authorize`'s job.
 
     For CreateGrant the constraints bind the grant being created, not a context of the call;
     check those with `grant_covers`.
     """
     op = operation[4:] if operation.startswith("kms:") else operation
     if op not in grant.operations:
+        return False
+    if grant.source_arn is not None and op != "RetireGrant" and source_arn != grant.source_arn:
         return False
     if op == "CreateGrant":
         return True

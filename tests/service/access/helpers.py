@@ -69,5 +69,6 @@ def grant(
     *operations: str,
     equals: Mapping[str, str] | None = None,
     subset: Mapping[str, str] | None = None,
+    source_arn: str | None = None,
 ) -> GrantView:
-    return GrantView(grant_id, grantee, frozenset(operations), equals, subset)
+    return GrantView(grant_id, grantee, frozenset(operations), equals, subset, source_arn)

@@ -58,6 +58,7 @@ class Case:
     reason: str | None = None  # a substring the reason must contain
 
 
+BUCKET_ARN = f"arn:aws:s3:us-east-1:{A}:accesspoint/lake"
 IAM_DECRYPT = iam_policy(stmt(Sid="Dec", Action="kms:Decrypt"))
 IAM_ALL = iam_policy(stmt(Sid="All", Action="kms:*"))
 IAM_DENY_DECRYPT = iam_policy(stmt("Deny", Sid="NoDec", Action="kms:Decrypt"))
@@ -475,6 +476,36 @@ STRUCTURE = [
             False,
             key_policy(stmt(Principal=aws(BOB))),
             grants=(grant("g1", ALICE, "Encrypt"),),
+        ),
+    ),
+    row(
+        "grant/source-arn-met",
+        Case(
+            ALICE,
+            True,
+            key_policy(stmt(Principal=aws(BOB))),
+            values={"aws:sourcearn": BUCKET_ARN},
+            grants=(grant("g1", ALICE, "Decrypt", source_arn=BUCKET_ARN),),
+            matched="grant:g1",
+        ),
+    ),
+    row(
+        "grant/source-arn-absent-denied",  # a direct call is made on behalf of no resource
+        Case(
+            ALICE,
+            False,
+            key_policy(stmt(Principal=aws(BOB))),
+            grants=(grant("g1", ALICE, "Decrypt", source_arn=BUCKET_ARN),),
+        ),
+    ),
+    row(
+        "grant/source-arn-other-resource-denied",
+        Case(
+            ALICE,
+            False,
+            key_policy(stmt(Principal=aws(BOB))),
+            values={"aws:sourcearn": BUCKET_ARN + "-other"},
+            grants=(grant("g1", ALICE, "Decrypt", source_arn=BUCKET_ARN),),
         ),
     ),
     row(

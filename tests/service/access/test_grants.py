@@ -83,3 +83,15 @@ def test_grant_constraint_keys_ignore_case_but_values_do_not() -> None:
     assert context_satisfies(None, {"PURPOSE": "etl"}, {"purpose": "etl", "x": "y"})
     assert not context_satisfies({"Purpose": "etl"}, None, {"purpose": "ETL"})
     assert not context_satisfies(None, {"purpose": "etl"}, {"purpose": "Etl"})
+
+
+def test_a_source_arn_constraint_allows_only_requests_on_behalf_of_that_resource() -> None:
+    """AWS: the SourceArn constraint "allows the permissions in the grant only when the request
+    is made on behalf of a specific AWS resource"; it "does not apply to RetireGrant"."""
+    bucket = "arn:aws:s3:us-east-1:111122223333:accesspoint/lake"
+    g = grant("g", ALICE, "Decrypt", "DescribeKey", "RetireGrant", source_arn=bucket)
+    assert grant_allows(g, "Decrypt", None, bucket)
+    assert grant_allows(g, "kms:DescribeKey", None, bucket)
+    assert not grant_allows(g, "Decrypt", None)
+    assert not grant_allows(g, "Decrypt", None, bucket + "-other")
+    assert grant_allows(g, "RetireGrant", None)
