@@ -974,8 +974,15 @@ class ServiceCore:
         name = ref
         if ref.startswith("arn:"):
             parts = ref.split(":", 5)
-            if len(parts) != 6 or parts[2] != "kms" or not re.fullmatch(r"\d{12}", parts[4]):
+            if (
+                len(parts) != 6
+                or parts[2] != "kms"
+                or not re.fullmatch(r"\d{12}", parts[4])
+                or not re.fullmatch(r"aws(-[a-z]+)*", parts[1])
+            ):
                 raise InvalidArnException(f"{ref} is not a KMS ARN")
+            if parts[1] != "aws":  # another partition's key (aws-cn, aws-us-gov, ...)
+                raise NotFoundException(f"Invalid arn {parts[1]}")
             if parts[3] != self.region:
                 raise NotFoundException(f"Invalid arn {parts[3]}")  # AWS's words
             named = parts[4]

@@ -42,6 +42,7 @@ from .errors import (
 )
 
 _DESCRIPTION = re.compile(r"[a-zA-Z0-9:/_\s.-]{1,256}")
+MAX_VALID_TO = 365 * 86400  # seconds after the request that ValidTo may be
 
 
 class ImportOps(ServiceCore):
@@ -147,6 +148,10 @@ class ImportOps(ServiceCore):
                 )
             if model == "KEY_MATERIAL_EXPIRES" and vt is not None and vt <= now:
                 raise ValidationException("ValidTo must be a future time with KEY_MATERIAL_EXPIRES")
+            if model == "KEY_MATERIAL_EXPIRES" and vt is not None and vt > now + MAX_VALID_TO:
+                raise ValidationException(  # ValidTo: "The maximum value is 365 days from the
+                    "ValidTo must be at most 365 days from the request date"  # request date"
+                )
             if model == "KEY_MATERIAL_DOES_NOT_EXPIRE" and vt is not None:
                 raise ValidationException(
                     "ValidTo is not allowed with KEY_MATERIAL_DOES_NOT_EXPIRE"

@@ -451,8 +451,14 @@ class LifecycleOps(KeyStoreOps):
                 primary = self._load(conn, key.meta["x_primary_region"], key.id)
                 src = primary or key
             m = src.meta
-            out: Response = {"KeyId": key.arn, "KeyRotationEnabled": m["x_rot_next"] is not None}
-            if m["x_rot_next"] is not None:
+            # AWS: "While a KMS key is pending deletion, its key rotation status is false";
+            # the status comes back when the deletion is cancelled (it is kept, not cleared)
+            enabled = m["x_rot_next"] is not None and key.state not in (
+                PENDING_DELETION,
+                PENDING_REPLICA_DELETION,
+            )
+            out: Response = {"KeyId": key.arn, "KeyRotationEnabled": enabled}
+            if enabled:
                 out["RotationPeriodInDays"] = m["x_rot_period"]
                 out["NextRotationDate"] = m["x_rot_next"]
             return out
@@ -555,8 +561,7 @@ class LifecycleOps(KeyStoreOps):
             if v <= after or not (every or e.get("rotated") is not None):
                 continue
             everywhere = all(
-                _materials.entries(k.meta).get(str(v), {}).get("imported")
-                for k in (key, *others)
+                _materials.entries(k.meta).get(str(v), {}).get("imported") for k in (key, *others)
             )
             entry: Response = {"KeyId": key.arn, "KeyMaterialId": key_material_id(key.id, v)}
             if e.get("desc") is not None:

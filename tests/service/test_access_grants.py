@@ -469,9 +469,7 @@ def test_a_service_principal_grant_needs_a_source_arn_and_a_retiring_principal(
         {"constraints": {"EncryptionContextSubset": {"a": "1"}}, "retiring_service_principal": S3},
     ):
         with pytest.raises(ValidationException):
-            svc.create_grant(
-                key_id=key, grantee_service_principal=S3, operations=["Encrypt"], **kw
-            )
+            svc.create_grant(key_id=key, grantee_service_principal=S3, operations=["Encrypt"], **kw)
     assert svc.list_grants(key_id=key)["Grants"] == []
     made = svc.create_grant(
         key_id=key,

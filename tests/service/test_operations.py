@@ -588,6 +588,10 @@ def test_pending_deletion_window_shown_only_for_a_primary_awaiting_replicas(
             "arn:aws:kms:eu-west-1:000000000000:key/1234abcd-12ab-34cd-56ef-1234567890ab",
             "Invalid arn eu-west-1",
         ),
+        (  # another partition's key is not one of this (aws) endpoint's, whatever its id
+            "arn:aws-cn:kms:us-east-1:000000000000:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "Invalid arn aws-cn",
+        ),
     ],
 )
 def test_unknown_keys_are_answered_in_aws_words(svc: KeyService, ref: str, message: str) -> None:
@@ -596,6 +600,27 @@ def test_unknown_keys_are_answered_in_aws_words(svc: KeyService, ref: str, messa
     with pytest.raises(E.NotFoundException) as info:
         svc.describe_key(key_id=ref)
     assert info.value.message == message
+
+
+@pytest.mark.parametrize("partition", ["aws-us-gov", "aws-cn"])
+def test_a_key_or_alias_arn_of_another_partition_reaches_nothing(
+    svc: KeyService, partition: str
+) -> None:
+    """A key's ARN with another partition names another key (partitions are separate
+    worlds): never the key of the same id here; a partition that is no partition at all is
+    not an ARN."""
+    kid = new_key(svc)
+    svc.create_alias(alias_name="alias/p", target_key_id=kid)
+    for ref in (svc.arn(kid), f"arn:aws:kms:us-east-1:{svc.account}:alias/p"):
+        assert svc.describe_key(key_id=ref)["KeyMetadata"]["KeyId"] == kid
+        other = ref.replace("arn:aws:", f"arn:{partition}:", 1)
+        assert code_of(lambda o=other: svc.describe_key(key_id=o)) == "NotFoundException"
+        assert code_of(lambda o=other: svc.encrypt(key_id=o, plaintext=b"x")) == (
+            "NotFoundException"
+        )
+        for bad in ("arn::", "arn:bogus1:", "arn:AWS:"):
+            broken = ref.replace("arn:aws:", bad, 1)
+            assert code_of(lambda b=broken: svc.describe_key(key_id=b)) == "InvalidArnException"
 
 
 def test_rsa_ciphertext_without_its_algorithm_is_a_key_usage_error(svc: KeyService) -> None:

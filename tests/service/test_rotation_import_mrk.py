@@ -68,6 +68,27 @@ def test_automatic_rotation_when_due(svc: KeyService, clock: FakeClock) -> None:
     assert svc.get_key_rotation_status(key_id=kid)["NextRotationDate"] > clock.now
 
 
+def test_a_key_pending_deletion_reports_rotation_off_and_is_not_rotated(
+    svc: KeyService, clock: FakeClock
+) -> None:
+    """AWS (GetKeyRotationStatus): "While a KMS key is pending deletion, its key rotation
+    status is false and KMS does not rotate the key material. If you cancel the deletion, the
+    original key rotation status returns to true." """
+    kid = new_key(svc)
+    svc.enable_key_rotation(key_id=kid, rotation_period_in_days=90)
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=30)
+    status = svc.get_key_rotation_status(key_id=kid)
+    assert status["KeyRotationEnabled"] is False
+    assert "NextRotationDate" not in status and "RotationPeriodInDays" not in status
+    clock.advance(days=29)
+    svc.describe_key(key_id=kid)
+    assert svc.list_key_rotations(key_id=kid)["Rotations"] == []
+    svc.cancel_key_deletion(key_id=kid)
+    status = svc.get_key_rotation_status(key_id=kid)
+    assert status["KeyRotationEnabled"] is True
+    assert status["RotationPeriodInDays"] == 90
+
+
 def test_rotation_survives_reopen(home: Path, clock: FakeClock) -> None:
     a = KeyService(open_store(home), clock=clock, owns_store=True)
     kid = new_key(a)
@@ -200,6 +221,12 @@ def test_import_refusals(svc: KeyService, clock: FakeClock) -> None:
     short = wrap(params, bytes(16), "RSAES_OAEP_SHA_256")
     assert imp(kid, params["ImportToken"], short) == "IncorrectKeyMaterialException"
     assert imp(kid, params["ImportToken"], good, valid_to=clock.now - 1) == "ValidationException"
+    # ValidTo: "The maximum value is 365 days from the request date."
+    assert (
+        imp(kid, params["ImportToken"], good, valid_to=clock.now + 365 * DAY + 1)
+        == "ValidationException"
+    )
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "PendingImport"
     assert (
         imp(
             kid,
