@@ -7,7 +7,7 @@ blocking file path and the CLI's start-up never import anyio.
 
 from __future__ import annotations
 
-__all__ = ("Plan", "minimum_bytes", "plan_pipeline")
+__all__ = ("Plan", "minimum_bytes", "plan_pipeline", "segments_within")
 
 
 class Plan:
@@ -36,8 +36,14 @@ class Plan:
         self.workers = workers
 
     def _fields(self) -> tuple[int, ...]:
-        return (self.segments_per_batch, self.in_batch, self.out_batch, self.inputs,
-                self.outputs, self.workers)
+        return (
+            self.segments_per_batch,
+            self.in_batch,
+            self.out_batch,
+            self.inputs,
+            self.outputs,
+            self.workers,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -64,6 +70,20 @@ def minimum_bytes(segment_in: int, segment_out: int) -> int:
     """The least a pipeline can run in: one one-segment batch in (plus the look-ahead byte)
     and one out. Below this no plan exists for the segment size."""
     return segment_in + 1 + segment_out
+
+
+def segments_within(
+    budget: int | None, segment_in: int, segment_out: int, max_segments: int
+) -> int:
+    """Segments per batch for a one-thread loop holding one batch in (plus the look-ahead
+    byte) and one out: the most, up to `max_segments`, that fit in `budget` (None: no limit).
+    Never below one: a budget too small for one segment is refused before (`minimum_bytes`,
+    `Options.plan`)."""
+    k = max(1, max_segments)
+    if budget is not None:
+        while k > 1 and k * (segment_in + segment_out) + 1 > budget:
+            k //= 2
+    return k
 
 
 def plan_pipeline(

@@ -17,20 +17,104 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from .errors import HeaderFormatError
+from ._plan import segments_within
+from .errors import ConfigurationError, HeaderFormatError
 from .hazmat.format import FIXED_PREFIX_LEN, TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import open_segments, seal_segments
 from .objects import PageBuffer, PreparedObject, Tracked, header_length, parse_object_header
 
-__all__ = ("open_stream", "read_stream_header", "seal_stream")
+__all__ = (
+    "fill",
+    "open_stream",
+    "read_into_of",
+    "read_stream_header",
+    "seal_stream",
+    "wait_ready",
+    "write_all",
+)
 
 ReadInto = Callable[[memoryview], int]
 Write = Callable[[memoryview], None]
 Progress = Callable[[int], None]
 
 
-def _fill(read_into: ReadInto, buf: memoryview) -> int:
+def wait_ready(stream: object, *, writing: bool) -> None:
+    """Block until a non-blocking `stream` can be read (or written): it answered None or
+    raised BlockingIOError, Python's "nothing now", which is neither the end of the input nor
+    a whole write. A stream with no descriptor to wait on cannot be waited for: refused."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if not isinstance(fd, int):
+        side = "sink" if writing else "source"
+        raise ConfigurationError(
+            f"the {side} is non-blocking (it answered None: nothing now) and has no file "
+            "descriptor to wait on; pass a blocking stream"
+        )
+    import selectors  # only non-blocking streams come here
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+        sel.select()
+
+
+def read_into_of(stream: object) -> ReadInto | None:
+    """`stream`'s `readinto` (else its `read`) as a ReadInto that blocks: a non-blocking
+    stream's None is waited out, so it is never taken for the end of the input (that would
+    seal a shorter, valid object). None if `stream` has neither method."""
+    readinto = getattr(stream, "readinto", None)
+    if callable(readinto):
+
+        def via_readinto(buf: memoryview) -> int:
+            while True:
+                try:
+                    n = readinto(buf)
+                except BlockingIOError:
+                    n = None
+                if n is not None:
+                    return int(n)
+                wait_ready(stream, writing=False)
+
+        return via_readinto
+    read = getattr(stream, "read", None)
+    if not callable(read):
+        return None
+
+    def via_read(buf: memoryview) -> int:
+        while True:
+            try:
+                chunk = read(len(buf))
+            except BlockingIOError:
+                chunk = None
+            if chunk is not None:
+                n = len(chunk)
+                buf[:n] = chunk
+                return n
+            wait_ready(stream, writing=False)
+
+    return via_read
+
+
+def write_all(stream: object, data: memoryview) -> None:
+    """Write all of `data` to a file object, blocking: a raw stream may write part (or, when
+    non-blocking, None: nothing now, or raise BlockingIOError with what it did write)."""
+    write = stream.write  # type: ignore[attr-defined]
+    while data:
+        try:
+            n = write(data)
+        except BlockingIOError as e:
+            data = data[e.characters_written :]
+            wait_ready(stream, writing=True)
+            continue
+        if n is None:
+            wait_ready(stream, writing=True)
+            continue
+        data = data[n:]
+
+
+def fill(read_into: ReadInto, buf: memoryview) -> int:
     """Fill `buf`; fewer bytes only at the end of the input."""
     got = 0
     while got < len(buf):
@@ -44,10 +128,10 @@ def _fill(read_into: ReadInto, buf: memoryview) -> int:
 def read_stream_header(read_into: ReadInto, *, max_wrapped_keys: int) -> Header:
     """Read exactly one header from the stream (not authenticated yet)."""
     prefix = bytearray(FIXED_PREFIX_LEN)
-    got = _fill(read_into, memoryview(prefix))
+    got = fill(read_into, memoryview(prefix))
     raw = bytearray(header_length(memoryview(prefix)[:got]))
     raw[:FIXED_PREFIX_LEN] = prefix
-    got += _fill(read_into, memoryview(raw)[FIXED_PREFIX_LEN:])
+    got += fill(read_into, memoryview(raw)[FIXED_PREFIX_LEN:])
     if got < len(raw):
         raise HeaderFormatError("object ends inside its header")
     return parse_object_header(memoryview(raw), max_wrapped_keys=max_wrapped_keys)
@@ -59,6 +143,7 @@ def seal_stream(
     write: Write,
     *,
     batch_bytes: int,
+    memory_budget: int | None = None,
     on_progress: Progress | None = None,
     track: Tracked | None = None,
 ) -> int:
@@ -67,7 +152,7 @@ def seal_stream(
     write(memoryview(prepared.header))
     return _batches(
         read_into, write, seg_in=s, seg_out=s + TAG_LEN, batch_bytes=batch_bytes,
-        in_at=0, out_at=len(prepared.header),
+        memory_budget=memory_budget, in_at=0, out_at=len(prepared.header),
         step=partial(seal_segments, prepared.keys, prepared.bound_digest),
         seg_log2=prepared.seg_log2, count_input=True, on_progress=on_progress, track=track,
     )
@@ -80,6 +165,7 @@ def open_stream(
     write: Write,
     *,
     batch_bytes: int,
+    memory_budget: int | None = None,
     on_progress: Progress | None = None,
     track: Tracked | None = None,
 ) -> int:
@@ -90,7 +176,7 @@ def open_stream(
     s = 1 << header.seg_log2
     return _batches(
         read_into, write, seg_in=s + TAG_LEN, seg_out=s, batch_bytes=batch_bytes,
-        in_at=header.header_len, out_at=0,
+        memory_budget=memory_budget, in_at=header.header_len, out_at=0,
         step=partial(open_segments, keys, header.bound_digest),
         seg_log2=header.seg_log2, count_input=False, on_progress=on_progress, track=track,
     )
@@ -106,6 +192,7 @@ def _batches(
     seg_in: int,
     seg_out: int,
     batch_bytes: int,
+    memory_budget: int | None,
     in_at: int,
     out_at: int,
     step: Step,
@@ -114,29 +201,34 @@ def _batches(
     on_progress: Progress | None,
     track: Tracked | None,
 ) -> int:
-    """The one loop of both directions: read a batch, look one batch ahead to know whether
-    it is the last, `step(first, src, dst, seg_log2, final)` it, write what it produced.
-    Returns the plaintext bytes (the input's when sealing, the output's when opening). Every
-    buffer, plaintext on either side, is zeroed at the end however it ends. Each batch sits
-    in its buffer at its stream position (`in_at`, `out_at`: where the batches start, after
-    a header) modulo a page: see `objects.PAGE`."""
-    k = max(1, batch_bytes >> seg_log2)
+    """The one loop of both directions: read a batch and one byte more (the look-ahead that
+    says whether it is the last), `step(first, src, dst, seg_log2, final)` it, write what it
+    produced; the look-ahead byte starts the next batch. Two buffers, one in and one out,
+    as many segments each as `batch_bytes` and `memory_budget` allow (the async pipeline's
+    least: `_plan.minimum_bytes`). Returns the plaintext bytes (the input's when sealing,
+    the output's when opening). Every buffer, plaintext on either side, is zeroed at the end
+    however it ends. Each batch sits in its buffer at its stream position (`in_at`,
+    `out_at`: where the batches start, after a header) modulo a page: see `objects.PAGE`."""
+    k = segments_within(memory_budget, seg_in, seg_out, batch_bytes >> seg_log2)
     size_in, size_out = k * seg_in, k * seg_out
-    cur, nxt, out = PageBuffer(size_in), PageBuffer(size_in), PageBuffer(size_out)
+    inb, out = PageBuffer(size_in + 1), PageBuffer(size_out)
     ok = False
+    src = dst = memoryview(b"")
     try:
-        pos_in, pos_out = in_at, out_at
-        src = cur.at(pos_in, size_in)
-        n, index, total = _fill(read_into, src), 0, 0
-        cur.filled(n)
+        pos_in, pos_out, index, total = in_at, out_at, 0, 0
+        ahead: int | None = None  # the look-ahead byte read with the previous batch
         while True:
-            m = 0
-            if n == size_in:  # (a short batch is the last: no look-ahead, nothing touched)
-                ahead = nxt.at(pos_in + n, size_in)
-                m = _fill(read_into, ahead)
-                nxt.filled(m)
+            src = inb.at(pos_in, size_in + 1)
+            n = 0
+            if ahead is not None:
+                src[0], n = ahead, 1
+            n += fill(read_into, src[n:])
+            inb.filled(n)
+            last = n <= size_in
+            if not last:
+                ahead, n = src[size_in], size_in
             dst = out.at(pos_out, size_out)
-            w = _run(track, -(-n // seg_in) or 1, step, index, src[:n], dst, seg_log2, m == 0)
+            w = _run(track, -(-n // seg_in) or 1, step, index, src[:n], dst, seg_log2, last)
             out.filled(w)
             write(dst[:w])
             pos_in, pos_out = pos_in + n, pos_out + w
@@ -144,13 +236,13 @@ def _batches(
             total += done
             if on_progress is not None:
                 on_progress(done)
-            if m == 0:
+            if last:
                 ok = True
                 return total
-            cur, nxt, src, n, index = nxt, cur, ahead, m, index + k
+            index += k
     finally:
-        src = ahead = dst = memoryview(b"")  # (drop this frame's views, so each unmaps now)
-        for buf in (cur, nxt, out):
+        src = dst = memoryview(b"")  # (drop this frame's views, so each unmaps now)
+        for buf in (inb, out):
             buf.wipe(everything=not ok)
 
 

@@ -23,6 +23,7 @@ from typing import IO, Any, Protocol, TypeAlias, cast
 import anyio.to_thread
 
 from .atomic import OutputFile
+from .blocking_streams import fill, read_into_of, write_all
 from .errors import ConfigurationError
 
 __all__ = (
@@ -83,22 +84,6 @@ def _is_async_file(obj: object) -> bool:
     )
 
 
-def _fill_sync(f: IO[bytes], buf: memoryview) -> int:
-    readinto = getattr(f, "readinto", None)
-    got = 0
-    while got < len(buf):
-        if readinto is not None:
-            n = readinto(buf[got:])
-        else:
-            chunk = f.read(len(buf) - got)
-            n = len(chunk) if chunk else 0
-            buf[got : got + n] = chunk or b""
-        if not n:
-            break
-        got += n
-    return got
-
-
 class _BytesSource:
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._mv = memoryview(data).cast("B")
@@ -118,9 +103,13 @@ class _SyncFileSource:
     def __init__(self, f: IO[bytes], *, owned: bool) -> None:
         self._f = f
         self._owned = owned
+        read_into = read_into_of(f)
+        if read_into is None:
+            raise ConfigurationError(f"{type(f).__name__} has neither readinto nor read")
+        self._read_into = read_into
 
     async def readinto(self, buf: memoryview) -> int:
-        return await anyio.to_thread.run_sync(_fill_sync, self._f, buf)
+        return await anyio.to_thread.run_sync(fill, self._read_into, buf)
 
     async def aclose(self) -> None:
         if self._owned:
@@ -273,21 +262,12 @@ class AtomicFileSink:
         self._out.discard()
 
 
-def _write_all(f: IO[bytes], data: memoryview) -> None:
-    view = data
-    while view:
-        n = f.write(view)
-        if n is None:  # non-blocking raw file with nothing written: retry
-            continue
-        view = view[n:]
-
-
 class _SyncFileSink:
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
 
     async def write(self, data: memoryview) -> None:
-        await anyio.to_thread.run_sync(_write_all, self._f, data)
+        await anyio.to_thread.run_sync(write_all, self._f, data)
 
     async def commit(self) -> None:
         await anyio.to_thread.run_sync(self._f.flush)

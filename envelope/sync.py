@@ -88,15 +88,19 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         raise
 
 
-def _regular_file(x: object) -> str | None:
-    """The path of `x` if it names an existing regular local file, else None."""
+def _positional_file(x: object) -> str | None:
+    """The path of `x` if it names an existing regular local file whose size says where it
+    ends, else None. A size of 0 is not trusted: procfs and other pseudo-files report 0 and
+    still have content, so they (and truly empty files, at no cost) are read to their end as
+    a stream instead of being sealed as empty."""
     if not isinstance(x, str | os.PathLike):
         return None
     path = os.fspath(x)
     try:
-        return path if stat.S_ISREG(os.stat(path).st_mode) else None
+        st = os.stat(path)
     except (OSError, ValueError):
         return None
+    return path if stat.S_ISREG(st.st_mode) and st.st_size > 0 else None
 
 
 def _atomic_target(x: object) -> bool:
@@ -149,20 +153,10 @@ class _Reader:
             return _Reader(f.readinto, f.close)
         if _is_coroutine_method(x, "read") or _is_coroutine_method(x, "readinto"):
             return None
-        readinto = getattr(x, "readinto", None)
-        if callable(readinto):
-            return _Reader(readinto, lambda: None)
-        read = getattr(x, "read", None)
-        if callable(read) and not hasattr(x, "__aiter__"):
-
-            def via_read(buf: memoryview) -> int:
-                chunk = read(len(buf))
-                n = len(chunk) if chunk else 0
-                buf[:n] = chunk or b""
-                return n
-
-            return _Reader(via_read, lambda: None)
-        return None
+        if not callable(getattr(x, "readinto", None)) and hasattr(x, "__aiter__"):
+            return None
+        read_into = blocking_streams.read_into_of(x)
+        return None if read_into is None else _Reader(read_into, lambda: None)
 
 
 class _Writer:
@@ -186,15 +180,12 @@ class _Writer:
         if isinstance(x, str | os.PathLike):
             out = OutputFile(x, durable=durable)
             return _Writer(out.write, out.commit, out.discard, out)
-        raw_write = x.write  # type: ignore[attr-defined]  # checked by _route
-
-        def write_all(data: memoryview) -> None:
-            while data:
-                n = raw_write(data)
-                data = data[len(data) if n is None else n :]
-
-        flush = getattr(x, "flush", None)
-        return _Writer(write_all, flush if callable(flush) else (lambda: None), lambda: None)
+        flush = getattr(x, "flush", None)  # (x has a write method: checked by _route)
+        return _Writer(
+            partial(blocking_streams.write_all, x),
+            flush if callable(flush) else (lambda: None),
+            lambda: None,
+        )
 
 
 def _written(sink: object, durable: bool, fill: Callable[[_Writer], int]) -> int:
@@ -226,16 +217,18 @@ def _blocking_sink(sink: object) -> bool:
     return not all(callable(getattr(sink, m, None)) for m in ("commit", "abort"))  # a Sink
 
 
-Route = tuple[Literal["direct"], str] | tuple[Literal["stream"], _Reader] | tuple[
-    Literal["async"], object
-]
+Route = (
+    tuple[Literal["direct"], str]
+    | tuple[Literal["stream"], _Reader]
+    | tuple[Literal["async"], object]
+)
 
 
 def _route(source: object, sink: object, durable: bool) -> Route:
     """How `encrypt`/`decrypt` go (`objects.pick_path` decides between direct and streamed):
     file to file (the source path), a blocking stream (its reader), or the async pipeline
     (the sink to give it)."""
-    src = _regular_file(source)
+    src = _positional_file(source)
     if src is not None and (
         pick_path(None, local_source=True, local_target=_atomic_target(sink), small_limit=0)
         == "direct"
@@ -271,11 +264,20 @@ def encrypt(
     """
     route = _route(source, sink, durable)
     if route[0] == "async":
-        return cast(ObjectInfo, run(
-            _api().encrypt, source, route[1], keyring=keyring, kms_context=kms_context,
-            object_context=object_context, options=options, on_progress=on_progress,
-            observer=observer,
-        ))
+        return cast(
+            ObjectInfo,
+            run(
+                _api().encrypt,
+                source,
+                route[1],
+                keyring=keyring,
+                kms_context=kms_context,
+                object_context=object_context,
+                options=options,
+                on_progress=on_progress,
+                observer=observer,
+            ),
+        )
     progress = _sync_progress(on_progress)
     try:
         with Tracked(observer, "encrypt") as track:
@@ -288,11 +290,20 @@ def encrypt(
             )
             if route[0] == "direct":
                 src = route[1]
-                n = _written(sink, durable, lambda w: files.seal_file(
-                    prepared, src, cast(OutputFile, w.file), workers=options.worker_count,
-                    batch_bytes=options.batch_bytes, memory_budget=options.memory_budget,
-                    on_progress=progress, track=track,
-                ))
+                n = _written(
+                    sink,
+                    durable,
+                    lambda w: files.seal_file(
+                        prepared,
+                        src,
+                        cast(OutputFile, w.file),
+                        workers=options.worker_count,
+                        batch_bytes=options.batch_bytes,
+                        memory_budget=options.memory_budget,
+                        on_progress=progress,
+                        track=track,
+                    ),
+                )
             else:
                 reader, wrapped = route[1], prepared.wrapped_keys[0]
 
@@ -301,17 +312,31 @@ def encrypt(
                     if progress is not None:
                         progress(n)
 
-                n = _written(sink, durable, lambda w: blocking_streams.seal_stream(
-                    prepared, reader.read_into, w.write, batch_bytes=options.batch_bytes,
-                    on_progress=advance, track=track,
-                ))
+                n = _written(
+                    sink,
+                    durable,
+                    lambda w: blocking_streams.seal_stream(
+                        prepared,
+                        reader.read_into,
+                        w.write,
+                        batch_bytes=options.batch_bytes,
+                        memory_budget=options.memory_budget,
+                        on_progress=advance,
+                        track=track,
+                    ),
+                )
             track.plaintext_len = n
     finally:
         if route[0] == "stream":
             route[1].close()
     kctx, octx = checked_contexts(kms_context, object_context)
     return object_info(
-        len(prepared.header), prepared.message_id, prepared.seg_log2, n, kctx, octx,
+        len(prepared.header),
+        prepared.message_id,
+        prepared.seg_log2,
+        n,
+        kctx,
+        octx,
         prepared.wrapped_keys,
     )
 
@@ -341,11 +366,20 @@ def decrypt(
     """
     route = _route(source, sink, durable)
     if route[0] == "async":
-        return cast(ObjectInfo, run(
-            _api().decrypt, source, route[1], keyring=keyring,
-            expected_context=expected_context, expected_kms_context=expected_kms_context,
-            options=options, on_progress=on_progress, observer=observer,
-        ))
+        return cast(
+            ObjectInfo,
+            run(
+                _api().decrypt,
+                source,
+                route[1],
+                keyring=keyring,
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
+                options=options,
+                on_progress=on_progress,
+                observer=observer,
+            ),
+        )
     progress = _sync_progress(on_progress)
     try:
         with Tracked(observer, "decrypt") as track:
@@ -364,24 +398,49 @@ def decrypt(
             )
             if route[0] == "direct":
                 src = route[1]
-                n = _written(sink, durable, lambda w: files.open_file(
-                    header, keys, src, cast(OutputFile, w.file), workers=options.worker_count,
-                    batch_bytes=options.batch_bytes, memory_budget=options.memory_budget,
-                    on_progress=progress, track=track,
-                ))
+                n = _written(
+                    sink,
+                    durable,
+                    lambda w: files.open_file(
+                        header,
+                        keys,
+                        src,
+                        cast(OutputFile, w.file),
+                        workers=options.worker_count,
+                        batch_bytes=options.batch_bytes,
+                        memory_budget=options.memory_budget,
+                        on_progress=progress,
+                        track=track,
+                    ),
+                )
             else:
                 reader = route[1]
-                n = _written(sink, durable, lambda w: blocking_streams.open_stream(
-                    header, keys, reader.read_into, w.write, batch_bytes=options.batch_bytes,
-                    on_progress=progress, track=track,
-                ))
+                n = _written(
+                    sink,
+                    durable,
+                    lambda w: blocking_streams.open_stream(
+                        header,
+                        keys,
+                        reader.read_into,
+                        w.write,
+                        batch_bytes=options.batch_bytes,
+                        memory_budget=options.memory_budget,
+                        on_progress=progress,
+                        track=track,
+                    ),
+                )
             track.plaintext_len = n
     finally:
         if route[0] == "stream":
             route[1].close()
     return object_info(
-        header.header_len, header.message_id, header.seg_log2, n, header.kms_context,
-        header.object_context, header.wrapped_keys,
+        header.header_len,
+        header.message_id,
+        header.seg_log2,
+        n,
+        header.kms_context,
+        header.object_context,
+        header.wrapped_keys,
     )
 
 
@@ -499,9 +558,7 @@ def decrypt_bytes(
     observer: Observer = NULL_OBSERVER,
 ) -> bytearray:
     """Decrypt an in-memory object into a new buffer (see `api.decrypt_bytes`)."""
-    buf, _ = _open(
-        data, None, keyring, expected_context, expected_kms_context, options, observer
-    )
+    buf, _ = _open(data, None, keyring, expected_context, expected_kms_context, options, observer)
     assert isinstance(buf, bytearray)
     return buf
 

@@ -1,0 +1,185 @@
+"""Where a stream ends: non-blocking streams, and files whose size is not their length.
+
+Python's "nothing now" (None, or BlockingIOError) of a non-blocking stream is waited out.
+
+A pipe's end left O_NONBLOCK (by a parent shell, an event loop, a framework) answers a read
+with None while its writer is slow, and a write with None (or a short count) while its
+reader is. Taking that None for the end of the input sealed a shorter object that decrypted
+cleanly; taking it for a whole write reported bytes that never arrived. Every face must read
+to the real end and write every byte, or refuse a stream it cannot wait on. Likewise a
+pseudo-file that reports size 0 is read to its end, never sealed as empty.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import envelope
+from envelope import sync
+from envelope.errors import ConfigurationError, EnvelopeError
+from envelope.keyring import Keyring
+
+DATA = os.urandom(3_000_000)
+
+
+def _slow_writer(fd: int, data: bytes, step: int = 100_000) -> threading.Thread:
+    """Write `data` to pipe end `fd` in steps with pauses, then close it."""
+
+    def feed() -> None:
+        try:
+            with open(fd, "wb", buffering=0) as f:
+                for i in range(0, len(data), step):
+                    view = memoryview(data)[i : i + step]
+                    while view:
+                        view = view[f.write(view) :]
+                    time.sleep(0.005)
+        except BrokenPipeError:
+            pass
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture
+def slow_nonblocking_source() -> Iterator[io.FileIO]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    feeder = _slow_writer(w, DATA)
+    with open(r, "rb", buffering=0) as src:
+        yield src
+    feeder.join(10)
+
+
+def test_sync_encrypt_reads_a_nonblocking_source_to_its_end(
+    slow_nonblocking_source: io.FileIO, keyring: Keyring
+) -> None:
+    out = io.BytesIO()
+    info = sync.encrypt(slow_nonblocking_source, out, keyring=keyring)
+    assert info.plaintext_len == len(DATA)
+    assert bytes(sync.decrypt_bytes(out.getvalue(), keyring=keyring)) == DATA
+
+
+def test_a_buffered_nonblocking_source_too(keyring: Keyring) -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    feeder = _slow_writer(w, DATA)
+    out = io.BytesIO()
+    with open(r, "rb") as src:  # a BufferedReader over the non-blocking pipe
+        assert sync.encrypt(src, out, keyring=keyring).plaintext_len == len(DATA)
+    feeder.join(10)
+    assert bytes(sync.decrypt_bytes(out.getvalue(), keyring=keyring)) == DATA
+
+
+def test_async_encrypt_reads_a_nonblocking_source_to_its_end(
+    slow_nonblocking_source: io.FileIO, keyring: Keyring
+) -> None:
+    out = io.BytesIO()
+
+    async def main() -> int:
+        info = await envelope.encrypt(slow_nonblocking_source, out, keyring=keyring)
+        return info.plaintext_len
+
+    assert anyio.run(main) == len(DATA)
+    assert bytes(sync.decrypt_bytes(out.getvalue(), keyring=keyring)) == DATA
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_sync_decrypt_writes_every_byte_to_a_nonblocking_sink(
+    keyring: Keyring, buffered: bool
+) -> None:
+    ct = bytes(sync.encrypt_bytes(DATA, keyring=keyring))
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    got = bytearray()
+
+    def drain() -> None:
+        time.sleep(0.2)  # the pipe (64 KiB) fills first: the writer meets "nothing now"
+        with open(r, "rb", buffering=0) as f:
+            while chunk := f.read(65536):
+                got.extend(chunk)
+                time.sleep(0.001)
+
+    t = threading.Thread(target=drain)
+    t.start()
+    with open(w, "wb", buffering=-1 if buffered else 0) as sink:
+        info = sync.decrypt(ct, sink, keyring=keyring)
+    t.join(30)
+    assert info.plaintext_len == len(DATA)
+    assert bytes(got) == DATA
+
+
+class _NothingNow:
+    """A source that says "nothing now" and has no descriptor to wait on."""
+
+    def readinto(self, buf: memoryview) -> None:
+        return None
+
+
+def test_a_nonblocking_source_without_a_descriptor_is_refused(keyring: Keyring) -> None:
+    """Nothing to wait on: refused, and what reached the sink is no object that opens."""
+    out = io.BytesIO()
+    with pytest.raises(ConfigurationError, match="non-blocking"):
+        sync.encrypt(_NothingNow(), out, keyring=keyring)
+    with pytest.raises(EnvelopeError):
+        sync.decrypt_bytes(out.getvalue(), keyring=keyring)
+
+
+def test_cli_encrypts_a_nonblocking_stdin_to_its_end(tmp_path: Path) -> None:
+    """`producer | envelope encrypt - out`, where the producer left the pipe O_NONBLOCK."""
+    key = tmp_path / "k.key"
+    env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
+    cli = [sys.executable, "-m", "envelope.cli.main"]
+    subprocess.run([*cli, "keygen", str(key)], check=True, env=env, capture_output=True)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    feeder = _slow_writer(w, DATA)
+    sealed = tmp_path / "out.env"
+    done = subprocess.run(
+        [*cli, "encrypt", "-", str(sealed), "--key-file", str(key)],
+        stdin=r,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    os.close(r)
+    feeder.join(10)
+    assert done.returncode == 0, done.stderr
+    back = tmp_path / "back.bin"
+    subprocess.run(
+        [*cli, "decrypt", str(sealed), str(back), "--key-file", str(key)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert back.read_bytes() == DATA
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux procfs")
+def test_a_pseudo_file_reporting_size_zero_is_read_to_its_end(
+    tmp_path: Path, keyring: Keyring
+) -> None:
+    """procfs reports st_size 0 for files with content: the file-to-file path, which trusts
+    the size, sealed an empty object that opened cleanly. Such a file is read to its end."""
+    proc = "/proc/self/status"  # (its content varies a little: compared by its first line)
+    sealed = tmp_path / "status.env"
+    info = sync.encrypt(proc, str(sealed), keyring=keyring)
+    assert info.plaintext_len > 0
+    back = bytes(sync.decrypt_bytes(sealed.read_bytes(), keyring=keyring))
+    assert len(back) == info.plaintext_len
+    assert back.split(b"\n")[0] == Path(proc).read_bytes().split(b"\n")[0]
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert sync.encrypt(str(empty), str(tmp_path / "e.env"), keyring=keyring).plaintext_len == 0
+    assert bytes(sync.decrypt_bytes((tmp_path / "e.env").read_bytes(), keyring=keyring)) == b""
