@@ -41,6 +41,7 @@ from .metrics import NULL_OBSERVER, Direction, Observer
 from .objects import (
     PreparedObject,
     Tracked,
+    check_contexts,
     checked_contexts,
     header_length,
     open_into,
@@ -190,11 +191,14 @@ async def rewrap_header(
     keyring: Keyring,
     to: Keyring,
     wrapped_cache: dict[bytes, WrappedKey] | None = None,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
 ) -> bytes:
     """A new header for the same body, its data key wrapped under `to`'s key instead.
 
     The data key is unwrapped with `keyring` and the old header authenticated (commitment and
-    MAC) before anything is written; the new header keeps every bound field, so HD and hence
+    MAC), and its contexts checked against the expected pairs (ContextMismatchError), before
+    anything is wrapped or written; the new header keeps every bound field, so HD and hence
     every segment stay valid: the body is reused byte for byte, never decrypted. Objects
     written under one cached data key share their data key: `wrapped_cache` (a MAC of the
     data key -> its new wrapped key) makes a whole prefix cost one KMS wrap per data key.
@@ -204,6 +208,7 @@ async def rewrap_header(
         if len(data_key) != DATA_KEY_LEN:
             raise KmsKeyError(f"backend returned a {len(data_key)}-byte data key; 32 expected")
         keys = open_header(header, data_key)
+        check_contexts(header, expected_context, expected_kms_context)
         # Keyed by the data key itself (through a MAC, never stored), not by the header's
         # wrapped bytes: a hostile header could list another object's wrapped key next to
         # its own and poison a cache keyed by what it claims.
@@ -586,17 +591,24 @@ async def rewrap(
     to: Keyring,
     options: Options = DEFAULT_OPTIONS,
     wrapped_cache: dict[bytes, WrappedKey] | None = None,
+    expected_context: Mapping[str, str] | None = None,
+    expected_kms_context: Mapping[str, str] | None = None,
 ) -> Header:
     """Copy an object with its data key re-wrapped under `to`: new header, identical body.
 
-    The header is authenticated first; the body is copied without being decrypted (run
-    `decrypt` or the lake `verify` to authenticate it). A path sink is written atomically.
-    Returns the old header.
+    The header is authenticated first, and its contexts checked against the expected pairs;
+    the body is copied without being decrypted (run `decrypt` or the lake `verify` to
+    authenticate it). A path sink is written atomically. Returns the old header.
     """
     async with _source_scope(source) as src, _sink_scope(sink) as out:
         header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
         new_header = await rewrap_header(
-            header, keyring=keyring, to=to, wrapped_cache=wrapped_cache
+            header,
+            keyring=keyring,
+            to=to,
+            wrapped_cache=wrapped_cache,
+            expected_context=expected_context,
+            expected_kms_context=expected_kms_context,
         )
         await out.write(memoryview(new_header))
         buf = bytearray(max(1, options.batch_bytes))

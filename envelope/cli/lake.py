@@ -109,7 +109,12 @@ def _common(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
             help="a pair every object's context must hold (may repeat)",
         )
     p.add_argument(
-        "--kms-context", metavar="KEY=VALUE", action="append", help="KMS-level context pair"
+        "--kms-context",
+        metavar="KEY=VALUE",
+        action="append",
+        help="KMS-level context pair, sent with every key call (may repeat)"
+        if encrypt
+        else "a pair every object's KMS context must hold (may repeat)",
     )
     p.add_argument("--no-progress", action="store_true", help="never show a progress display")
     p.add_argument(

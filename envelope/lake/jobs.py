@@ -651,6 +651,7 @@ async def _open_small(
     ciphertext: bytes,
     keyring: Keyring,
     expected: Mapping[str, str],
+    expected_kms: Mapping[str, str] | None,
     engine: api.Options,
     then: Callable[[bytearray], None] | None = None,
 ) -> int:
@@ -659,7 +660,9 @@ async def _open_small(
     header = objects.parse_object_header(
         memoryview(ciphertext), max_wrapped_keys=engine.max_wrapped_keys
     )
-    keys = await api.open_object(header, keyring=keyring, expected_context=expected)
+    keys = await api.open_object(
+        header, keyring=keyring, expected_context=expected, expected_kms_context=expected_kms
+    )
 
     def work() -> int:
         plain = api.open_whole(header, keys, ciphertext)
@@ -679,6 +682,7 @@ async def decrypt_prefix(
     *,
     keyring: Keyring,
     object_context: Mapping[str, str] | None = None,
+    kms_context: Mapping[str, str] | None = None,
     options: LakeOptions = DEFAULT_LAKE_OPTIONS,
     progress: Progress | None = None,
     observer: Observer = NULL_OBSERVER,
@@ -689,7 +693,8 @@ async def decrypt_prefix(
     """Decrypt every object under `source` to the same relative path under `destination`.
 
     `object_context` pairs (and the object's own path, when `bind_path`) are required in
-    every object's context.
+    every object's context, and `kms_context` pairs in its KMS context (an object without
+    them fails with ContextMismatchError, and no plaintext of it is written).
     """
     _check_context(options, object_context)
     src, dst = (
@@ -731,6 +736,7 @@ async def decrypt_prefix(
                 ciphertext,
                 keyring,
                 expected,
+                kms_context,
                 engine,
                 lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
             )
@@ -739,7 +745,12 @@ async def decrypt_prefix(
                 _read_header, src.fs, src_path, engine.max_wrapped_keys
             )
             large.plan("decrypt", header.seg_log2)  # before the KMS call: refuse what won't fit
-            keys = await api.open_object(header, keyring=keyring, expected_context=expected)
+            keys = await api.open_object(
+                header,
+                keyring=keyring,
+                expected_context=expected,
+                expected_kms_context=kms_context,
+            )
             n = await anyio.to_thread.run_sync(
                 lambda: direct.open_file(
                     header,
@@ -756,6 +767,7 @@ async def decrypt_prefix(
                 atomic_sink(dst.fs, dst_path, durable=options.durable),
                 keyring=keyring,
                 expected_context=expected,
+                expected_kms_context=kms_context,
                 options=large,
                 observer=observer,
             )
@@ -771,13 +783,15 @@ async def verify_prefix(
     *,
     keyring: Keyring,
     object_context: Mapping[str, str] | None = None,
+    kms_context: Mapping[str, str] | None = None,
     options: LakeOptions = DEFAULT_LAKE_OPTIONS,
     progress: Progress | None = None,
     observer: Observer = NULL_OBSERVER,
     source_fs: pafs.FileSystem | None = None,
     entries: Sequence[Entry] | None = None,
 ) -> JobReport:
-    """Authenticate every object under `source` completely; write no plaintext anywhere."""
+    """Authenticate every object under `source` completely; write no plaintext anywhere.
+    `object_context` and `kms_context` pairs are required as in `decrypt_prefix`."""
     _check_context(options, object_context)
     src = resolve(source, filesystem=source_fs)
     engine = options.engine
@@ -790,13 +804,14 @@ async def verify_prefix(
             ciphertext = await anyio.to_thread.run_sync(
                 partial(read_whole, src.fs, path, entry.size, follow_links=options.follow_symlinks)
             )
-            n = await _open_small(ciphertext, keyring, expected, engine)
+            n = await _open_small(ciphertext, keyring, expected, kms_context, engine)
         else:
             info = await api.decrypt(
                 await open_source_at(src.fs, path),
                 streams.CountingSink(),
                 keyring=keyring,
                 expected_context=expected,
+                expected_kms_context=kms_context,
                 options=large,
                 observer=observer,
             )
@@ -821,6 +836,8 @@ async def rewrap_prefix(
     *,
     keyring: Keyring,
     to: Keyring,
+    object_context: Mapping[str, str] | None = None,
+    kms_context: Mapping[str, str] | None = None,
     options: LakeOptions = DEFAULT_LAKE_OPTIONS,
     progress: Progress | None = None,
     source_fs: pafs.FileSystem | None = None,
@@ -828,11 +845,14 @@ async def rewrap_prefix(
 ) -> JobReport:
     """Move every object under `source` to `to`'s key, in place: only headers change.
 
-    Each object's header is authenticated, its data key unwrapped (with `keyring`) and wrapped
+    Each object's header is authenticated and its contexts checked (`object_context` and
+    `kms_context` pairs required, as in `decrypt_prefix`: an object without them fails and
+    is left as it was), its data key unwrapped (with `keyring`) and wrapped
     under the new key, and the object rewritten atomically with the new header and the body
     copied byte for byte. Objects already under the new key are skipped. Data keys shared by
     many objects (a cache's bucket keys) are wrapped once per job.
     """
+    _check_context(options, object_context)
     src = resolve(source, filesystem=source_fs)
     target = await _target_identity(to)
     wrapped_cache: dict[bytes, WrappedKey] = {}
@@ -860,7 +880,12 @@ async def rewrap_prefix(
                 f"not {entry.rel!r}: refusing to re-wrap a moved or swapped object"
             )
         new_header = await api.rewrap_header(
-            header, keyring=keyring, to=to, wrapped_cache=wrapped_cache
+            header,
+            keyring=keyring,
+            to=to,
+            wrapped_cache=wrapped_cache,
+            expected_context=_expected(entry, options, object_context),
+            expected_kms_context=kms_context,
         )
         stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
         sink = atomic_sink(src.fs, path, durable=options.durable)
@@ -908,7 +933,8 @@ async def run_job(
     observer: Observer = NULL_OBSERVER,
     entries: Sequence[Entry] | None = None,
 ) -> JobReport:
-    """Any of the four jobs by name (for the CLI and the Dask workers)."""
+    """Any of the four jobs by name (for the CLI and the Dask workers). `kms_context` and
+    `object_context` are written by encrypt and required by the others."""
     if operation in ("encrypt", "decrypt") and destination is None:
         raise ConfigurationError(f"{operation} needs a destination")
     if operation == "encrypt":
@@ -931,6 +957,7 @@ async def run_job(
             destination,
             keyring=keyring,
             object_context=object_context,
+            kms_context=kms_context,
             options=options,
             progress=progress,
             observer=observer,
@@ -941,6 +968,7 @@ async def run_job(
             source,
             keyring=keyring,
             object_context=object_context,
+            kms_context=kms_context,
             options=options,
             progress=progress,
             observer=observer,
@@ -950,6 +978,13 @@ async def run_job(
         if to is None:
             raise ConfigurationError("rewrap needs a target keyring")
         return await rewrap_prefix(
-            source, keyring=keyring, to=to, options=options, progress=progress, entries=entries
+            source,
+            keyring=keyring,
+            to=to,
+            object_context=object_context,
+            kms_context=kms_context,
+            options=options,
+            progress=progress,
+            entries=entries,
         )
     raise ConfigurationError(f"unknown lake operation {operation!r}")

@@ -234,6 +234,46 @@ async def test_tampering_is_reported_per_object(
     assert {f.path for f in loose.failures} == {cut, bad}
 
 
+async def test_decrypt_verify_and_rewrap_require_the_expected_contexts(
+    anyio_backend: str, tmp_path: Path, k1: Keyring, k2: Keyring
+) -> None:
+    """`kms_context` and `object_context` given to decrypt, verify and rewrap are pairs each
+    object must hold (the CLI's --kms-context and --expect-context): an object without them
+    fails, is not written, not counted as verified and not re-wrapped."""
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 3000, 300_000])  # small, and streamed
+    r = await jobs.encrypt_prefix(
+        str(src), str(enc), keyring=k1, kms_context={"dataset": "sales"},
+        object_context={"team": "a"}, options=opts(),
+    )
+    assert r.ok
+    sealed = read_tree(enc)
+    wrong = [({"dataset": "other"}, None), (None, {"team": "b"})]
+    for kctx, octx in wrong:
+        d = await jobs.decrypt_prefix(
+            str(enc), str(tmp_path / "back"), keyring=k1, kms_context=kctx,
+            object_context=octx, options=opts(),
+        )
+        assert d.done == 0 and {f.error_type for f in d.failures} == {"ContextMismatchError"}
+        assert not any((tmp_path / "back" / rel).exists() for rel in tree)
+        v = await jobs.verify_prefix(
+            str(enc), keyring=k1, kms_context=kctx, object_context=octx, options=opts()
+        )
+        assert v.done == 0 and len(v.failures) == len(tree)
+        w = await jobs.rewrap_prefix(
+            str(enc), keyring=k1, to=k2, kms_context=kctx, object_context=octx, options=opts()
+        )
+        assert w.done == 0 and len(w.failures) == len(tree)
+        assert read_tree(enc) == sealed  # nothing re-wrapped
+    right = {"kms_context": {"dataset": "sales"}, "object_context": {"team": "a"}}
+    assert (await jobs.verify_prefix(str(enc), keyring=k1, options=opts(), **right)).ok
+    assert (await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts(), **right)).ok
+    d = await jobs.decrypt_prefix(
+        str(enc), str(tmp_path / "back"), keyring=k2, options=opts(), **right
+    )
+    assert d.ok and read_tree(tmp_path / "back") == tree
+
+
 async def test_fail_fast_stops_early(anyio_backend: str, tmp_path: Path, k1: Keyring) -> None:
     src = tmp_path / "src"
     make_tree(src, [1000] * 30)
