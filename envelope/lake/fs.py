@@ -16,6 +16,7 @@ import anyio.to_thread
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from ..blocking_streams import fill
 from ..errors import ConfigurationError
 from ..streams import Source, open_source
 from .paths import check_relative, is_utf8
@@ -26,8 +27,54 @@ __all__ = (
     "Location",
     "open_source_at",
     "read_whole",
+    "redact_uri",
     "resolve",
 )
+
+#: query members of a pyarrow filesystem URI that carry secrets
+_SECRET_QUERY = frozenset({"secret_key", "session_token", "access_key"})
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` fit for a report, a log or a message: the secret of ``s3://KEY:SECRET@...`` and
+    the credentials of its query (``secret_key``, ``session_token``, ``access_key``) replaced
+    by ``***``. Anything that is not a URI comes back as it is."""
+    if "://" not in uri:
+        return uri
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k in _SECRET_QUERY for k, _ in pairs):
+            masked = [(k, "***" if k in _SECRET_QUERY else v) for k, v in pairs]
+            query = urlencode(masked, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _without_secrets(text: str, uri: str) -> str:
+    """`text` (an error that may quote `uri` or parts of it) with `uri`'s secrets masked."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    text = text.replace(uri, redact_uri(uri))
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    secrets = [parts.password or ""]
+    secrets += [v for k, v in parse_qsl(parts.query) if k in _SECRET_QUERY]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "***").replace(unquote(secret), "***")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +108,7 @@ def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as e:
-        raise ConfigurationError(f"cannot open {uri!r}: {e}") from None
+        raise ConfigurationError(_without_secrets(f"cannot open {uri!r}: {e}", uri)) from None
     return Location(fs, path)
 
 
@@ -72,21 +119,10 @@ class ArrowSource:
         self._f = stream
 
     async def readinto(self, buf: memoryview) -> int:
-        return await anyio.to_thread.run_sync(_fill, self._f, buf)
+        return await anyio.to_thread.run_sync(fill, self._f.readinto, buf)
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._f.close)
-
-
-def _fill(f: object, buf: memoryview) -> int:
-    got = 0
-    readinto = f.readinto  # type: ignore[attr-defined]
-    while got < len(buf):
-        n = readinto(buf[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 class ArrowRangeFile:

@@ -49,7 +49,7 @@ from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
 from ..objects import MAX_EDKS, Header, ObjectPath, pick_path
 from . import direct
-from .fs import ArrowSource, Location, open_source_at, read_whole, resolve
+from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, resolve
 from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire
 from .paths import check_apart, check_stays_inside
@@ -166,6 +166,12 @@ class JobReport:
     skipped_paths: list[SkippedPath] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     planned_paths: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # reports are printed, written (--report) and logged: never a credential of a URI
+        self.source = redact_uri(self.source)
+        if self.destination is not None:
+            self.destination = redact_uri(self.destination)
 
     @property
     def ok(self) -> bool:

@@ -165,6 +165,7 @@ async def test_s3_encrypt_verify_rewrap_decrypt(
     enc_uri = s3.uri("lake/enc")
     r = await jobs.encrypt_prefix(str(src), enc_uri, keyring=k1, options=opts(concurrency=32))
     assert r.ok and r.done == len(tree), r.failures[:3]
+    assert r.destination == enc_uri.replace("test:test@", "test:***@")  # no secret in reports
     listed = fs.get_file_info(pafs.FileSelector("lake/enc", recursive=True))
     names = [i.path for i in listed if i.type == pafs.FileType.File]
     assert len(names) == len(tree) and not any(is_temporary(n) for n in names)

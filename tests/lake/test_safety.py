@@ -491,3 +491,27 @@ async def test_links_standing_in_the_destination_do_not_carry_writes_out(
     d = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())
     assert [(f.path, f.error_type) for f in d.failures] == [("x.bin", "UnsafePathError")]
     assert victim.read_bytes() == b"do not overwrite"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://AKIA1:Se%2Fcret@lake/p?region=us-east-1", "s3://AKIA1:***@lake/p?region=us-east-1"),
+        (
+            "s3://lake/p?secret_key=s3cr3t&session_token=t0k&scheme=http",
+            "s3://lake/p?secret_key=***&session_token=***&scheme=http",
+        ),
+        ("s3://lake/p", "s3://lake/p"),
+        ("relative/dir", "relative/dir"),
+    ],
+)
+def test_credentials_of_a_uri_never_reach_a_report_or_a_message(uri: str, shown: str) -> None:
+    """lake.md suggests ``s3://KEY:SECRET@bucket``: reports (printed, --json, --report files)
+    and error messages show the URI with its secrets masked."""
+    from envelope.lake.fs import redact_uri, resolve
+
+    assert redact_uri(uri) == shown
+    assert jobs.JobReport("encrypt", "src", uri).destination == shown
+    with pytest.raises(ConfigurationError) as e:
+        resolve("nosuchfs://AKIA1:TopSecret@x/y")
+    assert "TopSecret" not in str(e.value) and "AKIA1:***@" in str(e.value)
