@@ -396,22 +396,31 @@ def _route(entry: Entry, src: Location, dst: Location, options: LakeOptions) -> 
     )
 
 
-def _newer_or_same(dst: pafs.FileInfo, src: Entry, fs: pafs.FileSystem | None = None) -> bool:
-    """Whether `dst` was written at or after `src`'s last change. Object stores keep whole
-    seconds (S3's LastModified), so there the source time is compared at that resolution:
-    an output written in the same second as its source counts as current (its size and path
-    binding are checked too)."""
+def _newer_or_same(dst: pafs.FileInfo, src: Entry, exact: bool) -> bool:
+    """Whether `dst` was written at or after `src`'s last change.
+
+    With both on local disks (`exact`) the times have nanoseconds. Object stores keep whole
+    seconds (S3's LastModified), so a source changed in the same second as its output was
+    written may be newer or older: that output is not trusted (the object is done again), so
+    a source rewritten just after its output is never skipped. The cost is redoing an object
+    whose source and output share a second, once: the new output is a second later."""
     if src.mtime_ns is None or dst.mtime_ns is None:
         return True
-    src_ns = src.mtime_ns
-    if fs is not None and not isinstance(fs, pafs.LocalFileSystem):
-        src_ns -= src_ns % 1_000_000_000
-    return bool(dst.mtime_ns >= src_ns)
+    if exact:
+        return bool(dst.mtime_ns >= src.mtime_ns)
+    second = 1_000_000_000
+    return bool(dst.mtime_ns // second > src.mtime_ns // second)
 
 
-def _encrypted_done(fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool) -> bool:
+def _local(*filesystems: pafs.FileSystem) -> bool:
+    return all(isinstance(fs, pafs.LocalFileSystem) for fs in filesystems)
+
+
+def _encrypted_done(
+    fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool, exact: bool
+) -> bool:
     dst = _info(fs, path)
-    if dst is None or not _newer_or_same(dst, src, fs):
+    if dst is None or not _newer_or_same(dst, src, exact):
         return False
     try:
         header, size = _read_header(fs, path)
@@ -426,7 +435,7 @@ def _decrypted_done(
     src_fs: pafs.FileSystem, src_path: str, dst_fs: pafs.FileSystem, path: str, src: Entry
 ) -> bool:
     dst = _info(dst_fs, path)
-    if dst is None or not _newer_or_same(dst, src, dst_fs):
+    if dst is None or not _newer_or_same(dst, src, _local(src_fs, dst_fs)):
         return False
     try:
         header, size = _read_header(src_fs, src_path)
@@ -586,7 +595,9 @@ async def encrypt_prefix(
         dst_path = dst.join(entry.rel)
         if dst_real is not None:
             check_stays_inside(dst_real, dst_path)
-        return options.resume and _encrypted_done(dst.fs, dst_path, entry, options.bind_path)
+        return options.resume and _encrypted_done(
+            dst.fs, dst_path, entry, options.bind_path, _local(src.fs, dst.fs)
+        )
 
     async def done(entry: Entry) -> bool:
         return await anyio.to_thread.run_sync(already_done, entry)

@@ -22,14 +22,20 @@ def free_port() -> int:
 
 
 def make_tree(root: Path, sizes: list[int], seed: int = 0) -> dict[str, bytes]:
-    """Files of the given sizes in nested folders; returns {relative path: content}."""
+    """Files of the given sizes in nested folders; returns {relative path: content}.
+
+    Each file is dated a minute back, as a lake's data is older than the job that encrypts
+    it: an output on S3 (whole-second times) written in the same second as its source is
+    redone by a resumed job, which tests of resume on S3 would otherwise meet at random."""
     out = {}
+    past = time.time() - 60
     for i, size in enumerate(sizes):
         rel = f"part={i % 3}/sub{i % 2}/obj-{i:04d}.bin" if i % 4 else f"top-{i:04d}.bin"
         data = os.urandom(size)
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
+        os.utime(p, (past, past))
         out[rel] = data
     return out
 

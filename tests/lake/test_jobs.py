@@ -408,6 +408,38 @@ def test_cli_lake_commands_and_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_s3_resume_redoes_a_source_changed_in_its_outputs_second(
+    anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
+) -> None:
+    """S3 keeps whole seconds: a source rewritten (same size) in the same second as its
+    output, after it, must be encrypted again, never skipped as done; and decrypting a
+    ciphertext replaced in its plaintext output's second likewise."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"version-1")
+    uri = s3.uri("lake/same-second")
+    assert (await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts())).done == 1
+    out = s3.fs().get_file_info("lake/same-second/a.bin")
+    second = out.mtime_ns - out.mtime_ns % 1_000_000_000
+    (src / "a.bin").write_bytes(b"version-2")
+    os.utime(src / "a.bin", ns=(second + 900_000_000, second + 900_000_000))
+    again = await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=opts())
+    assert (again.done, again.skipped) == (1, 0)
+    back = await jobs.decrypt_prefix(uri, str(tmp_path / "back"), keyring=k1, options=opts())
+    assert back.ok and (tmp_path / "back" / "a.bin").read_bytes() == b"version-2"
+    # a plaintext output dated (to the nanosecond) in its ciphertext's second is not trusted
+    out = s3.fs().get_file_info("lake/same-second/a.bin")
+    second = out.mtime_ns - out.mtime_ns % 1_000_000_000
+    os.utime(tmp_path / "back" / "a.bin", ns=(second + 999_000_000, second + 999_000_000))
+    redo = await jobs.decrypt_prefix(uri, str(tmp_path / "back"), keyring=k1, options=opts())
+    assert (redo.done, redo.skipped) == (1, 0)
+    # a second later, it is
+    later = second + 1_500_000_000
+    os.utime(tmp_path / "back" / "a.bin", ns=(later, later))
+    done = await jobs.decrypt_prefix(uri, str(tmp_path / "back"), keyring=k1, options=opts())
+    assert (done.done, done.skipped) == (0, 1)
+
+
 async def test_s3_failed_large_upload_is_aborted_and_leaves_nothing(
     anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
 ) -> None:
