@@ -74,18 +74,68 @@ def _atomic_sink(path: str | os.PathLike[str]) -> Any:
     return AtomicFileSink(path, durable=False)
 
 
+class _Run:
+    """A coroutine `run` is running: its loop and task, and whether `interrupt` cancelled it."""
+
+    __slots__ = ("interrupted", "loop", "task")
+
+    def __init__(self) -> None:
+        self.loop: Any = None
+        self.task: Any = None
+        self.interrupted = False
+
+
+#: `run` calls in progress on the main thread, innermost last (for `interrupt`)
+_runs: list[_Run] = []
+
+
 def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     """Run one coroutine function to completion on a new event loop."""
     import anyio
 
+    state = _Run()
+
+    async def main() -> T:
+        import asyncio
+
+        state.loop, state.task = asyncio.get_running_loop(), asyncio.current_task()
+        return await fn(*args, **kwargs)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        _runs.append(state)
     try:
-        return anyio.run(partial(fn, *args, **kwargs))
+        return anyio.run(main)
     except RuntimeError as e:
         if "already running" in str(e).lower() or "running event loop" in str(e):
             raise ConfigurationError(
                 "envelope.sync cannot run inside an event loop; await the envelope.api functions"
             ) from None
         raise
+    except BaseException as e:
+        if state.interrupted and type(e).__name__ == "CancelledError":
+            raise KeyboardInterrupt from None  # as asyncio's runner answers Ctrl-C
+        raise
+    finally:
+        if on_main:
+            _runs.remove(state)
+
+
+def interrupt() -> bool:
+    """Stop the coroutine `run` is running on the main thread the way asyncio's runner
+    handles Ctrl-C: its task is cancelled (every sink aborts, every lock is released on the
+    way out) and `run` then raises KeyboardInterrupt. For a signal handler when SIGINT is
+    ignored (a background job of a non-interactive shell), where the runner installs no
+    handler of its own. False when there is nothing to cancel, or it was cancelled already
+    (a second signal): the caller then raises KeyboardInterrupt itself."""
+    if not _runs:
+        return False
+    state = _runs[-1]
+    if state.interrupted or state.task is None or state.loop.is_closed():
+        return False
+    state.interrupted = True
+    state.loop.call_soon_threadsafe(state.task.cancel)
+    return True
 
 
 def _positional_file(x: object) -> str | None:

@@ -175,7 +175,12 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     _Stopped.signum = signum
     if callable(signal.getsignal(signal.SIGINT)):
         signal.raise_signal(signal.SIGINT)
-    else:  # SIGINT ignored (a background job of a non-interactive shell)
+        return
+    # SIGINT ignored (a background job of a non-interactive shell): asyncio's runner then
+    # installs no handler, so a running job is cancelled here as it would have done;
+    # KeyboardInterrupt raised at a random point of the event loop could skip an abort
+    sync = sys.modules.get("envelope.sync")
+    if sync is None or not sync.interrupt():
         raise KeyboardInterrupt
 
 

@@ -496,3 +496,51 @@ async def test_pyarrow_only_fallback_sink_is_atomic(
     await api.encrypt(b"whole", ArrowAtomicSink(fs, "lake/x.env"), keyring=k1, options=ENGINE)
     names = [i.path for i in fs.get_file_info(pafs.FileSelector("lake", recursive=True))]
     assert names == ["lake/x.env"] and not any(is_temporary(n) for n in names)
+
+
+def test_sigterm_with_sigint_ignored_aborts_every_s3_upload_and_releases_the_lock(
+    tmp_path: Path, s3: S3
+) -> None:
+    """A background job of a non-interactive shell has SIGINT ignored, so asyncio's runner
+    installs no handler of its own; SIGTERM must still cancel the job cleanly: every
+    multipart upload in flight aborted, the lock released, exit 143."""
+    import signal
+    import time
+
+    import botocore.session
+
+    from envelope.kms.filekey import generate_key_file
+
+    key = tmp_path / "k.key"
+    generate_key_file(str(key))
+    src = tmp_path / "src"
+    make_tree(src, [40 << 20] * 4)  # several parts each: uploads are in flight
+    uri = s3.uri("lake/bg")
+    raw = botocore.session.get_session().create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=f"http://{s3.endpoint}",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", str(src), uri,
+         "--key-file", str(key), "--no-progress"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if raw.list_multipart_uploads(Bucket="lake").get("Uploads"):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert raw.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []
+    keys = [o["Key"] for o in raw.list_objects_v2(Bucket="lake").get("Contents", [])]
+    assert not any(k.endswith(LOCK_NAME) for k in keys), keys
