@@ -8,9 +8,11 @@ The lock names its holder (job id, operation, host, pid, start time, last renewa
 job's error says who is in the way.
 
 Locally the lock file is created with ``O_EXCL`` and its holder keeps an ``flock`` on it while
-alive: the kernel drops the flock when the process dies, however it dies, so on the same host a
-lock whose flock is free and whose pid is gone is *provably* stale and is taken over with a
-note in the report (a re-run after SIGKILL needs no manual step). On S3 the lock object is
+alive: the kernel drops the flock when the process dies, however it dies, so a lock of this
+host whose flock is free (or, without a flock, whose pid is gone) is *provably* stale and is
+taken over with a note in the report (a re-run after SIGKILL needs no manual step, even
+when the new job has the dead one's pid, as PID 1 of a restarted container does). On S3 the
+lock object is
 created with a conditional PutObject (``If-None-Match: *``, via botocore), so two jobs cannot
 both create it; elsewhere creation is a best effort (check, write, read back). A holder renews
 its lock every `ttl` / 5 seconds; a lock whose holder cannot be checked (another host, an
@@ -53,6 +55,9 @@ LOCK_NAME = ".envelope-lock"
 DEFAULT_LOCK_TTL = 900.0
 _HOST = socket.gethostname()
 _ATTEMPTS = 40  # bounded retries of the create/inspect loop (a racing job, a half-written lock)
+#: job ids of the locks this process holds now (a lock naming this pid but none of these is
+#: an earlier process's that had the same pid)
+_HELD: set[str] = set()
 
 
 def is_lock_name(path: str) -> bool:
@@ -130,12 +135,18 @@ def _verdict(
         )
     who = holder.describe()
     same_host = holder.host == _HOST
-    alive = same_host and _pid_alive(holder.pid)
+    if holder.pid == os.getpid():  # this process: one of its jobs, or an earlier process that
+        alive = same_host and holder.job_id in _HELD  # had this pid (a restarted container)
+    else:
+        alive = same_host and _pid_alive(holder.pid)
     fresh = time.time() - holder.renewed <= ttl
     if flock_free is False:
         raise LockHeldError(f"{where} is locked by a running {who}; wait for it to finish", holder)
-    if same_host and not alive:
-        return True  # provably dead: its pid is gone (and locally its flock too)
+    if same_host and (flock_free or not alive):
+        # provably dead: a live holder on this host keeps its flock (whatever process now has
+        # its pid), or, without a flock, its pid is gone (another host's flock on a shared
+        # filesystem is not trusted to be visible here)
+        return True
     if same_host and alive and fresh:
         raise LockHeldError(f"{where} is locked by a running {who}; wait for it to finish", holder)
     if break_lock:
@@ -167,6 +178,7 @@ class DestinationLock:
         self._renewer = threading.Thread(
             target=self._renew, args=(max(0.05, ttl / 5),), name="envelope-lock", daemon=True
         )
+        _HELD.add(holder.job_id)
         self._renewer.start()
 
     @property
@@ -186,7 +198,10 @@ class DestinationLock:
         self._released = True
         self._stop.set()
         self._renewer.join()
-        self._store.remove_own(self.holder)
+        try:
+            self._store.remove_own(self.holder)
+        finally:
+            _HELD.discard(self.holder.job_id)
 
     def __enter__(self) -> DestinationLock:
         return self

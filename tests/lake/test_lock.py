@@ -393,3 +393,19 @@ def test_a_held_lock_is_renewed(tmp_path: Path) -> None:
         assert now > first
     finally:
         held.release()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_dead_holder_whose_pid_is_now_ours_is_taken_over(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A restarted container runs its job as PID 1 again: the killed job's lock names this
+    host and this very pid, and nobody holds its flock. It is an earlier process's, provably
+    dead, and taken over without --break-lock (a lock this process does hold is not)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tree = make_tree(src, [100] * 3)
+    dst.mkdir()
+    (dst / LOCK_NAME).write_bytes(holder_json(socket.gethostname(), os.getpid(), time.time()))
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
+    assert r.ok and r.done == len(tree) and any("took over" in n for n in r.notes), r.notes
+    assert not (dst / LOCK_NAME).exists()
