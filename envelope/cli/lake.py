@@ -9,6 +9,7 @@ AccessDenied for the principal the job runs as: the fix is a permission, not a r
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from ._common import (
     key_spec,
     metrics_observer,
     parse_pairs,
+    positive_int,
     safety_arguments,
 )
 from ._output import add_output_arguments, emit, output_requested
@@ -90,7 +92,9 @@ def _common(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
         "fsync, else off",
     )
     safety_arguments(p)
-    p.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
+    p.add_argument(
+        "--concurrency", type=positive_int, default=16, help="objects in flight (default 16)"
+    )
     add_engine_arguments(p, encrypt=encrypt)
     if encrypt:
         p.add_argument(
@@ -123,7 +127,11 @@ def _common(p: argparse.ArgumentParser, *, encrypt: bool = False) -> None:
         help="run on an existing Dask cluster (or set DASK_SCHEDULER_ADDRESS)",
     )
     p.add_argument(
-        "--workers", type=int, metavar="N", help="start a local Dask cluster of N worker processes"
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="start a local Dask cluster of N worker processes (even if DASK_SCHEDULER_ADDRESS "
+        "is set)",
     )
     add_metrics_argument(p)
 
@@ -228,6 +236,8 @@ def cmd_lake(args: argparse.Namespace) -> int:
         if to_keys is not None:
             to = to_keys.keyring(observer)
         scheduler = getattr(args, "scheduler", None)
+        if not scheduler and not args.workers:  # the variable, as --scheduler (lake.md)
+            scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         t0 = time.perf_counter()
         try:
             if scheduler or args.workers:

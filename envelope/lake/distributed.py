@@ -219,8 +219,10 @@ def run_distributed(
     scheduler: str | None = None,
     workers: int | None = None,
 ) -> jobs.JobReport:
-    """`run_on_dask` on the cluster at `scheduler` (or $DASK_SCHEDULER_ADDRESS), else on a
-    local cluster of `workers` worker processes (one thread each) started for this job."""
+    """`run_on_dask` on the cluster at `scheduler`, else on a local cluster of `workers`
+    worker processes (one thread each) started for this job, else on the cluster at
+    $DASK_SCHEDULER_ADDRESS (asking for `workers` starts a local cluster even when it is set),
+    else on a local cluster of Dask's default size."""
     if workers is not None and workers < 1:
         raise ConfigurationError(f"workers must be at least 1, not {workers}")
     dist = _distributed()
@@ -237,7 +239,7 @@ def run_distributed(
         object_context=object_context,
         progress=progress,
     )
-    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    address = scheduler or (None if workers else os.environ.get("DASK_SCHEDULER_ADDRESS"))
     if address:
         with Client(address) as client:
             return run(client)

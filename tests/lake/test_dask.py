@@ -140,8 +140,31 @@ def test_cli_workers_starts_a_local_cluster(tmp_path: Path, home: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=env,
+        # --workers asks for a local cluster: it wins over a scheduler in the environment
+        env={**env, "DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1"},
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:]
     assert read_tree(tmp_path / "back") == tree
+    # without --workers, DASK_SCHEDULER_ADDRESS is --scheduler: here nothing listens there
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "envelope.cli.main",
+            "lake",
+            "verify",
+            str(tmp_path / "enc"),
+            "--key",
+            "alias/lake",
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            **env,
+            "DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:1",
+            "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s",
+        },
+        timeout=300,
+    )
+    assert r.returncode != 0 and "127.0.0.1:1" in r.stderr, (r.returncode, r.stderr[-2000:])
