@@ -325,7 +325,12 @@ def begin_job(
         listing = Listing(list(entries))
     else:
         follow = options.follow_symlinks and operation != "rewrap"
-        listing = scan(src, follow_symlinks=follow, allow_outside=options.allow_outside)
+        listing = scan(
+            src,
+            follow_symlinks=follow,
+            allow_outside=options.allow_outside,
+            exclude=dst.path if dst is not None and dst.is_local and src.is_local else None,
+        )
     start = JobStart(listing)
     target = src if operation == "rewrap" else dst
     if entries is not None or options.dry_run or target is None:

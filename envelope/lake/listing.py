@@ -66,17 +66,25 @@ class Listing:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def scan(loc: Location, *, follow_symlinks: bool = False, allow_outside: bool = False) -> Listing:
+def scan(
+    loc: Location,
+    *,
+    follow_symlinks: bool = False,
+    allow_outside: bool = False,
+    exclude: str | None = None,
+) -> Listing:
     """Every object under the prefix (recursively, sorted), with what was skipped or refused.
 
-    Temporary files of the atomic writers are left out silently; a job lock is reported."""
+    Temporary files of the atomic writers are left out silently; a job lock is reported.
+    `exclude` is a local folder (the job's destination) that a followed link must not lead
+    into: the job would read its own outputs."""
     info = loc.fs.get_file_info(loc.path)
     if info.type == pafs.FileType.NotFound:
         raise ConfigurationError(f"{loc.path!r} does not exist")
     if info.type == pafs.FileType.File:
         raise ConfigurationError(f"{loc.path!r} is a file; lake jobs take a prefix (directory)")
     if loc.is_local:
-        out = _walk_local(loc.path, follow_symlinks, allow_outside)
+        out = _walk_local(loc.path, follow_symlinks, allow_outside, exclude)
     else:
         client = client_for(loc.fs)
         out = _list_s3(client, loc) if client is not None else _list_arrow(loc)
@@ -118,9 +126,10 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _walk_local(root: str, follow: bool, allow_outside: bool) -> Listing:
+def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | None) -> Listing:
     out = Listing([])
     root_real = os.path.realpath(root)
+    exclude_real = os.path.realpath(exclude) if exclude is not None else None
     top = os.stat(root)
     # (folder path, its relative prefix, the (dev, ino) of it and its ancestors: loop guard)
     stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
@@ -163,6 +172,11 @@ def _walk_local(root: str, follow: bool, allow_outside: bool) -> Listing:
                         out.skipped.append(SkippedPath(rel, f"symbolic link: {e.strerror}"))
                     continue
                 target = os.path.realpath(de.path)
+                if exclude_real is not None and _inside(target, exclude_real):
+                    out.skipped.append(
+                        SkippedPath(rel, "symbolic link leads into the destination, not followed")
+                    )
+                    continue
                 if not allow_outside and not _inside(target, root_real):
                     out.skipped.append(
                         SkippedPath(
@@ -173,6 +187,13 @@ def _walk_local(root: str, follow: bool, allow_outside: bool) -> Listing:
                     )
                     continue
             if stat.S_ISDIR(st.st_mode):
+                if (  # a folder reached through a link to outside may hold the destination
+                    follow
+                    and exclude_real is not None
+                    and _inside(os.path.realpath(de.path), exclude_real)
+                ):
+                    out.skipped.append(SkippedPath(rel, "the destination, not read"))
+                    continue
                 ident = (st.st_dev, st.st_ino)
                 if ident in ancestors:
                     out.skipped.append(

@@ -143,6 +143,29 @@ async def test_allow_outside_follows_links_out_of_the_root(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_followed_link_never_leads_the_job_into_its_own_destination(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """With --follow-symlinks --allow-outside, a link in the source to the destination (or to
+    a folder above it) must not make the job read its own outputs: each re-run would
+    encrypt the ciphertext again, one level deeper."""
+    src, dst = tmp_path / "s", tmp_path / "d"
+    src.mkdir()
+    dst.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    os.symlink("../d", src / "out")  # the destination itself
+    os.symlink("..", src / "up")  # a folder that holds the destination
+    o = opts(follow_symlinks=True, allow_outside=True)
+    for _ in range(2):
+        r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=o)
+        assert r.ok, r.failures
+        assert skipped(r)["out"].startswith("symbolic link leads into the destination")
+        assert not any(rel.startswith(("out/", "up/d/")) for rel in read_tree(dst)), sorted(
+            read_tree(dst)
+        )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_special_files_are_reported_not_read(
     anyio_backend: str, tmp_path: Path, k1: Keyring
 ) -> None:
