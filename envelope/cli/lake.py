@@ -156,15 +156,15 @@ class _RichProgress:
             Progress,
             TextColumn,
             TimeRemainingColumn,
-            TransferSpeedColumn,
         )
 
+        # (the task counts objects; rich's TransferSpeedColumn would show objects/s as bytes/s)
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("objects"),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[speed]}"),
             TimeRemainingColumn(),
             TextColumn("[red]{task.fields[failed]} failed"),
             console=Console(stderr=True),
@@ -172,15 +172,23 @@ class _RichProgress:
         )
         self._task: Any = None
         self._failed = 0
+        self._bytes = 0
+        self._t0 = 0.0
 
     def start(self, operation: str, objects: int, total_bytes: int) -> None:
         self._progress.start()
-        self._task = self._progress.add_task(operation, total=objects, failed=0)
+        self._t0 = time.perf_counter()
+        self._task = self._progress.add_task(operation, total=objects, failed=0, speed="")
 
     def advance(self, result: jobs.ObjectResult) -> None:
         if result.status == "failed":
             self._failed += 1
-        self._progress.update(self._task, advance=1, failed=self._failed)
+        elif result.status == "done":
+            self._bytes += result.bytes
+        rate = self._bytes / max(time.perf_counter() - self._t0, 1e-6)
+        self._progress.update(
+            self._task, advance=1, failed=self._failed, speed=f"{rate / 1e6:.1f} MB/s"
+        )
 
     def stop(self) -> None:
         self._progress.stop()

@@ -544,3 +544,22 @@ def test_sigterm_with_sigint_ignored_aborts_every_s3_upload_and_releases_the_loc
     assert raw.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []
     keys = [o["Key"] for o in raw.list_objects_v2(Bucket="lake").get("Contents", [])]
     assert not any(k.endswith(LOCK_NAME) for k in keys), keys
+
+
+def test_the_progress_display_shows_bytes_per_second_not_objects() -> None:
+    """The bar counts objects; its speed column is the bytes of the objects done per second
+    (rich's transfer-speed column would have shown objects per second labelled bytes/s)."""
+    from envelope.cli.lake import _RichProgress
+
+    p = _RichProgress()
+    p.start("encrypt", 3, 30_000_000)
+    try:
+        for rel in ("a", "b"):
+            p.advance(jobs.ObjectResult(rel, "done", 10_000_000))
+        p.advance(jobs.ObjectResult("c", "failed", 0, "AuthenticationError", "bad tag"))
+        (task,) = p._progress.tasks
+        assert task.completed == 3 and task.fields["failed"] == 1
+        speed = task.fields["speed"]
+        assert speed.endswith(" MB/s") and float(speed.split()[0]) > 1000  # 20 MB at once
+    finally:
+        p.stop()
