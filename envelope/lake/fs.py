@@ -25,6 +25,7 @@ __all__ = (
     "ArrowRangeFile",
     "ArrowSource",
     "Location",
+    "open_output",
     "open_source_at",
     "read_whole",
     "redact_uri",
@@ -110,6 +111,20 @@ def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     except (ValueError, OSError) as e:
         raise ConfigurationError(_without_secrets(f"cannot open {uri!r}: {e}", uri)) from None
     return Location(fs, path)
+
+
+def open_output(fs: pafs.FileSystem, path: str) -> pa.NativeFile:
+    """`fs.open_output_stream(path)`, its parent folder made first where the filesystem has
+    folders that must exist (a local disk under a SubTreeFileSystem, HDFS, ...); object
+    stores have none, never raise for a missing parent and so never get folder markers."""
+    try:
+        return fs.open_output_stream(path)
+    except FileNotFoundError:
+        parent = path.rpartition("/")[0]
+        if not parent:
+            raise
+        fs.create_dir(parent, recursive=True)
+        return fs.open_output_stream(path)
 
 
 class ArrowSource:

@@ -39,7 +39,7 @@ from typing import Protocol
 import pyarrow.fs as pafs
 
 from ..errors import ConfigurationError, LockHeldError, StaleLockError
-from .fs import Location
+from .fs import Location, open_output
 from .s3 import client_for, split_path
 
 __all__ = (
@@ -381,7 +381,7 @@ class _RemoteStore:
         if self.client is not None:
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data)
             return
-        with self.fs.open_output_stream(self.path) as f:
+        with open_output(self.fs, self.path) as f:
             f.write(data)
 
     def delete(self) -> None:

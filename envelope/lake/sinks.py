@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 
 from ..atomic import TMP_SUFFIX, is_temporary, temporary_name, write_bytes
 from ..streams import AtomicFileSink, Sink
+from .fs import open_output
 from .s3 import MultipartSink, client_for, put_whole
 
 __all__ = ("TMP_SUFFIX", "ArrowAtomicSink", "atomic_sink", "is_temporary", "write_whole")
@@ -48,7 +49,7 @@ class ArrowAtomicSink:
 
     def _open(self) -> None:
         _ensure_parent(self.fs, self.path)
-        self._stream = self.fs.open_output_stream(self.tmp_path)
+        self._stream = open_output(self.fs, self.tmp_path)
 
     async def write(self, data: memoryview) -> None:
         if self._stream is None:
@@ -116,7 +117,7 @@ def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, dura
         return
     tmp = temporary_name(path)
     try:
-        with fs.open_output_stream(tmp) as out:
+        with open_output(fs, tmp) as out:
             out.write(data)
         fs.move(tmp, path)
     except BaseException:

@@ -478,6 +478,30 @@ async def test_s3_failed_large_upload_is_aborted_and_leaves_nothing(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_filesystem_with_folders_gets_them_made(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """Any pyarrow filesystem works (lake.md): one whose folders must exist before a file is
+    written in them (a SubTreeFileSystem over a local disk) gets them made, for the lock and
+    for nested outputs alike, and the job resumes and decrypts there."""
+    src = tmp_path / "src"
+    tree = make_tree(src, [0, 10, 70_000, 300_000] * 3)
+    (tmp_path / "sub").mkdir()
+    fs = pafs.SubTreeFileSystem(str(tmp_path / "sub"), pafs.LocalFileSystem())
+    r = await jobs.encrypt_prefix(
+        str(src), "deep/enc", keyring=k1, destination_fs=fs, options=opts()
+    )
+    assert r.ok and r.done == len(tree), r.failures[:3]
+    again = await jobs.encrypt_prefix(
+        str(src), "deep/enc", keyring=k1, destination_fs=fs, options=opts()
+    )
+    assert again.skipped == len(tree)
+    back = await jobs.decrypt_prefix(
+        "deep/enc", str(tmp_path / "back"), keyring=k1, source_fs=fs, options=opts()
+    )
+    assert back.ok and read_tree(tmp_path / "back") == tree
+
+
 async def test_pyarrow_only_fallback_sink_is_atomic(
     anyio_backend: str, s3: S3, k1: Keyring
 ) -> None:
