@@ -422,8 +422,16 @@ def _local(*filesystems: pafs.FileSystem) -> bool:
 
 
 def _encrypted_done(
-    fs: pafs.FileSystem, path: str, src: Entry, bind_path: bool, exact: bool
+    fs: pafs.FileSystem,
+    path: str,
+    src: Entry,
+    exact: bool,
+    object_context: Mapping[str, str],
+    kms_context: Mapping[str, str],
 ) -> bool:
+    """The output is current (see `_newer_or_same`), is this source's ciphertext by length,
+    and its header holds exactly the contexts this run would write (the path binding among
+    them): a re-run with other --context or --kms-context pairs encrypts again."""
     dst = _info(fs, path)
     if dst is None or not _newer_or_same(dst, src, exact):
         return False
@@ -431,7 +439,7 @@ def _encrypted_done(
         header, size = _read_header(fs, path)
     except (EnvelopeError, OSError):
         return False
-    if bind_path and header.object_context.get(PATH_CONTEXT_KEY) != src.rel:
+    if header.object_context != object_context or header.kms_context != kms_context:
         return False
     return size == objects.ciphertext_length(header, src.size)
 
@@ -601,7 +609,12 @@ async def encrypt_prefix(
         if dst_real is not None:
             check_stays_inside(dst_real, dst_path)
         return options.resume and _encrypted_done(
-            dst.fs, dst_path, entry, options.bind_path, _local(src.fs, dst.fs)
+            dst.fs,
+            dst_path,
+            entry,
+            _local(src.fs, dst.fs),
+            _object_context(entry, options, object_context),
+            kms_context or {},
         )
 
     async def done(entry: Entry) -> bool:

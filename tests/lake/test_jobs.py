@@ -275,6 +275,29 @@ async def test_decrypt_verify_and_rewrap_require_the_expected_contexts(
     assert d.ok and read_tree(tmp_path / "back") == tree
 
 
+async def test_a_rerun_with_other_contexts_encrypts_again(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """Resume skips an output only if its header holds the contexts this run would write: a
+    re-run with another --context or --kms-context encrypts again (it skipped everything and
+    reported success, leaving the objects under the old pairs)."""
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 3000])
+    first = {"kms_context": {"dataset": "sales"}, "object_context": {"team": "a"}}
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(), **first)).ok
+    same = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(), **first)
+    assert same.skipped == len(tree)
+    for other in (
+        {"kms_context": {"dataset": "sales"}, "object_context": {"team": "b"}},
+        {"kms_context": {"dataset": "hr"}, "object_context": {"team": "b"}},
+        {"kms_context": {"dataset": "hr"}, "object_context": {"team": "b", "x": "1"}},
+    ):
+        r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(), **other)
+        assert (r.done, r.skipped) == (len(tree), 0), other
+        v = await jobs.verify_prefix(str(enc), keyring=k1, options=opts(), **other)
+        assert v.ok and v.done == len(tree)
+
+
 async def test_fail_fast_stops_early(anyio_backend: str, tmp_path: Path, k1: Keyring) -> None:
     src = tmp_path / "src"
     make_tree(src, [1000] * 30)
