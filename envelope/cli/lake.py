@@ -321,7 +321,7 @@ def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer
         )
     finally:
         sync.run(bulk.aclose)
-    _print_summary(report, args)
+    _print_summary(report, args, quiet=True)
     return _exit_code(report)
 
 
@@ -347,31 +347,35 @@ def _exit_code(report: jobs.JobReport) -> int:
     return 1
 
 
-def _print_summary(r: jobs.JobReport, args: argparse.Namespace) -> None:
+def _print_summary(r: jobs.JobReport, args: argparse.Namespace, *, quiet: bool = False) -> None:
     """The report as data when the command line asked for output (--json, --output,
-    --query), else a few lines for a person."""
+    --query), else a few lines for a person. `quiet` (the folder mode of `encrypt` and
+    `decrypt`, which print nothing when all goes well): only what went wrong or was left
+    alone, on stderr."""
     if output_requested(args):
         emit(args, r.to_dict(), "Lake" + r.operation.capitalize())
         return
-    rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
-    print(
-        f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "
-        f"{r.failed} failed"
-        + (f", {r.planned} planned (dry run)" if r.planned else "")
-        + (f", {len(r.skipped_paths)} paths skipped" if r.skipped_paths else "")
-    )
-    print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
-    if r.removed_temporaries:
-        print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
+    out = sys.stderr if quiet else sys.stdout
+    if not quiet:
+        rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
+        print(
+            f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "
+            f"{r.failed} failed"
+            + (f", {r.planned} planned (dry run)" if r.planned else "")
+            + (f", {len(r.skipped_paths)} paths skipped" if r.skipped_paths else "")
+        )
+        print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
+        if r.removed_temporaries:
+            print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
     for note in r.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=out)
     for s in r.skipped_paths[:50]:
-        print(f"SKIPPED {s.path}: {s.reason}")
+        print(f"SKIPPED {s.path}: {s.reason}", file=out)
     if len(r.skipped_paths) > 50:
-        print(f"... and {len(r.skipped_paths) - 50} more skipped (see --report)")
+        print(f"... and {len(r.skipped_paths) - 50} more skipped (see --report)", file=out)
     for path in r.planned_paths:  # a dry run: the whole plan, one path a line
-        print(f"PLANNED {path}")
+        print(f"PLANNED {path}", file=out)
     for f in r.failures[:50]:
-        print(f"FAILED {f.path}: {f.error_type}: {f.error}")
+        print(f"FAILED {f.path}: {f.error_type}: {f.error}", file=out)
     if len(r.failures) > 50:
-        print(f"... and {len(r.failures) - 50} more (see --report)")
+        print(f"... and {len(r.failures) - 50} more (see --report)", file=out)

@@ -331,6 +331,8 @@ def begin_job(
             allow_outside=options.allow_outside,
             exclude=dst.path if dst is not None and dst.is_local and src.is_local else None,
         )
+        if operation == "rewrap":  # it writes where it reads: the lock there is its own
+            listing.skipped = [s for s in listing.skipped if s.path != LOCK_NAME]
     start = JobStart(listing)
     target = src if operation == "rewrap" else dst
     if entries is not None or options.dry_run or target is None:

@@ -409,3 +409,21 @@ async def test_a_dead_holder_whose_pid_is_now_ours_is_taken_over(
     r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
     assert r.ok and r.done == len(tree) and any("took over" in n for n in r.notes), r.notes
     assert not (dst / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_rewrap_does_not_report_the_lock_it_takes_over_as_a_skipped_path(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """rewrap writes where it reads: a killed rewrap's lock is the next one's to take over
+    (noted as such), not an object of the prefix left alone."""
+    kms = MemoryKms()
+    k1 = Keyring(kms, kms.create_key("k1"), cache=CachePolicy())
+    k2 = Keyring(kms, kms.create_key("k2"), cache=CachePolicy())
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    make_tree(src, [100] * 3)
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).ok
+    (enc / LOCK_NAME).write_bytes(holder_json(socket.gethostname(), dead_pid(), time.time()))
+    r = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts())
+    assert r.ok and r.done == 3 and any("took over" in n for n in r.notes)
+    assert r.skipped_paths == []
