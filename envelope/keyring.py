@@ -24,7 +24,7 @@ from functools import partial
 from typing import cast
 
 from . import _portal
-from .errors import ConfigurationError, KmsKeyError, NoBackendError
+from .errors import ClosedError, ConfigurationError, KmsKeyError, NoBackendError
 from .hazmat.format import DATA_KEY_LEN, MAX_EDKS, SUITE_AES256GCM_HKDF_SHA512_COMMIT
 from .keycache import (
     CacheKey,
@@ -106,6 +106,8 @@ class Keyring:
         # runtime-checkable Protocol costs about 20 us, an eighth of a 16 KiB object's decrypt.
         self._blocking: tuple[bool, ...] = tuple(isinstance(c, BlockingKms) for c in self._calls)
         self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
+        self._closed = False
+        self._owns_cache = isinstance(cache, CachePolicy)  # (a DataKeyCache may be shared)
         if isinstance(cache, CachePolicy):
             cache = DataKeyCache(cache, observer=observer) if cache.enabled else None
         elif isinstance(cache, DataKeyCache):
@@ -162,7 +164,8 @@ class Keyring:
         against the cached key's byte limit before the key is handed out; otherwise report the
         size afterwards with `charge`.
         """
-        if self.backend is None or self.key_id is None:
+        if self._closed or self.backend is None or self.key_id is None:
+            self._check_open()
             raise ConfigurationError("this keyring has no key to encrypt under")
         call, key_id = self._calls[0], self.key_id
         fetch = partial(call.generate_data_key, key_id, context=kms_context)
@@ -184,12 +187,26 @@ class Keyring:
         self, plaintext: bytes | bytearray, kms_context: Mapping[str, str]
     ) -> WrappedKey:
         """Wrap an existing data key under this keyring's key (re-wrapping objects)."""
+        self._check_open()
         if self.backend is None or self.key_id is None:
             raise ConfigurationError("this keyring has no key to wrap under")
         return await self._calls[0].encrypt_data_key(self.key_id, plaintext, context=kms_context)
 
+    def _closing(self) -> None:
+        """Refuse use from now on, and zero the cached data keys (those of a cache this
+        keyring made; a `DataKeyCache` passed in may serve other keyrings and stays)."""
+        self._closed = True
+        if self.cache is not None and self._owns_cache:
+            self.cache.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this keyring is closed")
+
     async def aclose(self) -> None:
-        """Close every backend (the embedded KMS seals its audit log on close)."""
+        """Close every backend (the embedded KMS seals its audit log on close) and the
+        keyring: its cached data keys are zeroed, and any later use raises ClosedError."""
+        self._closing()
         for backend in self.backends:
             await backend.aclose()
 
@@ -207,6 +224,7 @@ class Keyring:
     ) -> tuple[list[tuple[WrappedKey, int]], list[CacheKey], bytearray | None]:
         """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
         plaintext if one of several ways in is already cached."""
+        self._check_open()
         backends = self.backends
         candidates: list[tuple[WrappedKey, int]] = []
         seen: set[tuple[str, str, bytes]] = set()
@@ -281,7 +299,8 @@ class Keyring:
         through the retry layer on the process-wide portal loop (`envelope._portal`), with
         single-flight shared with every other thread and task of the process.
         """
-        if self.backend is None or self.key_id is None:
+        if self._closed or self.backend is None or self.key_id is None:
+            self._check_open()
             raise ConfigurationError("this keyring has no key to encrypt under")
         call, key_id = self._calls[0], self.key_id
         ctx = dict(kms_context)
@@ -328,6 +347,7 @@ class Keyring:
     def close(self) -> None:
         """`aclose` for plain threads (the embedded KMS seals its audit log on close).
         Backends with a blocking face close on this thread; others on the portal loop."""
+        self._closing()
         for backend in self.backends:
             if isinstance(backend, BlockingKms):
                 backend.close_blocking()

@@ -208,3 +208,30 @@ def test_backends_blocking_by_nature_are_called_without_any_loop(
     kr = Keyring(backend, backend.key_id)  # no cache: every object is a miss
     for _ in range(3):
         assert sync.decrypt_bytes(sync.encrypt_bytes(b"k", keyring=kr), keyring=kr) == b"k"
+
+
+def test_a_closed_keyring_zeroes_its_cache_and_refuses_use() -> None:
+    """close() (and aclose()) drops and zeroes the data keys the keyring cached, and every
+    later use raises ClosedError: not a KMS error that the retry layer and the docs call
+    transient. A DataKeyCache passed in, which other keyrings may share, is left alone."""
+    from envelope.errors import ClosedError
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key(), cache=CachePolicy())
+    ct = bytes(sync.encrypt_bytes(b"x", keyring=kr))
+    sync.decrypt_bytes(ct, keyring=kr)
+    assert kr.cache is not None and len(kr.cache) == 2
+    kr.close()
+    assert len(kr.cache) == 0
+    with pytest.raises(ClosedError):
+        sync.encrypt_bytes(b"y", keyring=kr)
+    with pytest.raises(ClosedError):
+        sync.decrypt_bytes(ct, keyring=kr)
+    with pytest.raises(ClosedError):
+        anyio.run(lambda: api.encrypt_bytes(b"y", keyring=kr))
+    shared = Keyring(kms, kms.create_key(), cache=CachePolicy())
+    assert shared.cache is not None
+    other = Keyring(kms, shared.key_id, cache=shared.cache)
+    sync.encrypt_bytes(b"z", keyring=other)
+    other.close()
+    assert len(shared.cache) == 1  # not this keyring's cache to clear
