@@ -104,13 +104,15 @@ async def run_pipeline(
     plan: Plan,
     *,
     on_batch: Callable[[int], Awaitable[None] | None] | None = None,
+    count_output: bool = False,
 ) -> int:
     """Run `process` over every `plan.in_batch`-sized batch of `source`; returns bytes written.
 
     An empty input is one empty final batch. Any error (from the source, a worker or the
     sink) stops the pipeline and is re-raised as itself, not as an exception group; output
     batches after the failed one are never written. `on_batch(n)` is told each batch's input
-    size once its output is written (for progress bars).
+    size (its output size with `count_output`: the plaintext when opening) once its output
+    is written (for progress bars).
     """
     limiter = anyio.CapacityLimiter(plan.workers)
     ins = _Pool(plan.inputs, plan.in_batch + 1)
@@ -144,7 +146,7 @@ async def run_pipeline(
                 await sink.write(memoryview(slot.outbuf.data)[: slot.written])
                 total += slot.written
                 if on_batch is not None:
-                    r = on_batch(slot.n)
+                    r = on_batch(slot.written if count_output else slot.n)
                     if r is not None:
                         await r
                 outs.give(slot.outbuf)

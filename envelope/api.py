@@ -41,6 +41,7 @@ from .metrics import NULL_OBSERVER, Direction, Observer
 from .objects import (
     PreparedObject,
     Tracked,
+    byte_view,
     check_contexts,
     checked_contexts,
     header_length,
@@ -164,7 +165,7 @@ async def prepare_object(
 
 def seal_prepared(prepared: PreparedObject, plaintext: bytes | bytearray | memoryview) -> bytearray:
     """Seal a whole plaintext under a prepared header, on the calling thread."""
-    out = bytearray(prepared.ciphertext_length(len(memoryview(plaintext).cast("B"))))
+    out = bytearray(prepared.ciphertext_length(len(byte_view(plaintext))))
     seal_into(prepared, plaintext, out)
     return out
 
@@ -173,7 +174,7 @@ def open_whole(
     header: Header, keys: ObjectKeys, ciphertext: bytes | bytearray | memoryview
 ) -> bytearray:
     """Open a whole in-memory object whose header `open_object` already authenticated."""
-    view = memoryview(ciphertext).cast("B")
+    view = byte_view(ciphertext)
     out = bytearray(Layout(header.header_len, header.seg_log2).plaintext_length(len(view)))
     open_into(header, keys, view, out)
     return out
@@ -300,7 +301,7 @@ async def _seal_in_memory(
     """Seal a whole in-memory object into `out` (or a new exact-size buffer) on the object
     layer: inline when it is one batch (a thread hop costs more than the work), else on a
     worker thread that spreads the segments over the pool."""
-    src = memoryview(data).cast("B")
+    src = byte_view(data)
     with Tracked(observer, "encrypt") as track:
         prepared = await _new_object(
             keyring, kms_context, object_context, options.seg_log2, len(src)
@@ -435,6 +436,7 @@ async def decrypt(
                 track.timed(process, seg_log2),
                 plan,
                 on_batch=on_progress,
+                count_output=True,  # plaintext bytes, as every other path reports
             )
     return object_info(
         header.header_len,
@@ -456,7 +458,7 @@ async def _open_in_memory(
     options: Options,
     observer: Observer,
 ) -> tuple[bytearray | memoryview, int]:
-    view = memoryview(data).cast("B")
+    view = byte_view(data)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
         keys = await open_object(

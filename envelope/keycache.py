@@ -95,6 +95,15 @@ class CachePolicy:
     wait_timeout: float = 20.0
 
     def __post_init__(self) -> None:
+        for name in ("max_objects", "max_bytes", "capacity"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"cache {name} must be a whole number, not {value!r}")
+        for name in ("ttl", "decrypt_ttl", "refresh_ahead", "refresh_retry", "ttl_jitter",
+                     "wait_timeout"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"cache {name} must be a number, not {value!r}")
         if not 1.0 <= self.ttl <= _DAY:
             raise ConfigurationError("cache ttl must be 1 s .. 24 h")
         if not 1.0 <= self.decrypt_ttl <= _DAY:

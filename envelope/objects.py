@@ -68,6 +68,7 @@ __all__ = (
     "PageBuffer",
     "PreparedObject",
     "Tracked",
+    "byte_view",
     "check_context",
     "check_contexts",
     "ciphertext_length",
@@ -97,6 +98,22 @@ T = TypeVar("T")
 #: Where new message ids come from. A seam for known-answer tests (replace it in a test with
 #: a function returning fixed bytes) so they need not patch `os.urandom`; never in production.
 message_id_source: Callable[[int], bytes] = os.urandom
+
+
+def byte_view(data: object, what: str = "data") -> memoryview:
+    """`data` (bytes, bytearray, memoryview, an array: any buffer) as a flat view of bytes.
+    A view that is not C-contiguous (a slice with a step, a transposed array) is copied once;
+    anything that is not a buffer is a ConfigurationError naming it, not a TypeError from
+    deep inside the call."""
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigurationError(
+            f"{what} must be bytes-like (bytes, bytearray, memoryview), not {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B")
 
 
 # -- the header ------------------------------------------------------------------------------
@@ -135,6 +152,11 @@ def read_header(
 def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str) -> None:
     if not expected:
         return
+    if not isinstance(expected, Mapping):
+        raise ConfigurationError(
+            f"the expected {what} context must be a mapping of strings, not "
+            f"{type(expected).__name__}"
+        )
     missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
     if missing:
         raise ContextMismatchError(
@@ -405,7 +427,7 @@ def seal_into(
     track: Tracked | None = None,
 ) -> int:
     """Write header and sealed body of `data` into `out`; returns the bytes written."""
-    src = memoryview(data).cast("B")
+    src = byte_view(data)
     dst = memoryview(out).cast("B")
     hl = len(prepared.header)
     layout = Layout(hl, prepared.seg_log2)
@@ -443,7 +465,7 @@ def open_into(
     Returns the plaintext length. On any failure the plaintext part of `out` is zeroed
     before the error is raised: no segment's plaintext survives an unauthenticated object.
     """
-    view = memoryview(data).cast("B")
+    view = byte_view(data)
     dst = memoryview(out).cast("B")
     layout = Layout(header.header_len, header.seg_log2)
     plen = layout.plaintext_length(len(view))

@@ -75,6 +75,11 @@ class Options:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
 
     def __post_init__(self) -> None:
+        for name in ("segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys"):
+            value = getattr(self, name)
+            if value is not None or name in ("segment_size", "batch_bytes", "max_wrapped_keys"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
         s = self.segment_size
         if s <= 0 or s & (s - 1) or not MIN_SEG_LOG2 <= s.bit_length() - 1 <= MAX_SEG_LOG2:
             raise ConfigurationError("segment_size must be a power of two from 4 KiB to 64 MiB")

@@ -37,6 +37,14 @@ __all__ = (
 )
 
 
+
+def _whole(value: object, what: str) -> int:
+    """`value` if it is an int (not a bool); else ConfigurationError, at the call that got it
+    rather than as a TypeError from a later read."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{what} must be a whole number, not {value!r}")
+    return value
+
 class RangeFile(Protocol):
     """Positional reads over ciphertext: a local file, or an object store with ranged GETs."""
 
@@ -153,6 +161,7 @@ class DecryptingReader(io.RawIOBase):
 
     def verified_size(self) -> int:
         """Authenticate the final segment, then return the plaintext length."""
+        self._check_open()
         if not self._verified:
             self._open_range(self._count - 1, self._count, 0, 0)
         return self._size
@@ -173,6 +182,7 @@ class DecryptingReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._check_open()
+        _whole(offset, "seek offset")
         if whence == os.SEEK_SET:
             pos = offset
         elif whence == os.SEEK_CUR:
@@ -194,6 +204,8 @@ class DecryptingReader(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
+        if size is not None:
+            _whole(size, "size")
         if size is None or size < 0:
             size = max(0, self._size - self._pos)
         if self._pos >= self._size:
@@ -212,6 +224,8 @@ class DecryptingReader(io.RawIOBase):
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext [offset, offset+length) without moving the position. Thread-safe."""
         self._check_open()
+        if _whole(offset, "offset") < 0 or _whole(length, "length") < 0:
+            raise ConfigurationError(f"offset and length must be >= 0, not {offset}, {length}")
         end = min(self._size, offset + length)
         if offset >= end:
             return b""

@@ -30,6 +30,7 @@ from .metrics import NULL_OBSERVER, Observer
 from .objects import (
     Header,
     Tracked,
+    byte_view,
     checked_contexts,
     new_object,
     open_into,
@@ -507,7 +508,7 @@ def _seal(
     observer: Observer,
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
-    src = memoryview(data).cast("B")
+    src = byte_view(data)
     with Tracked(observer, "encrypt") as track:
         prepared = new_object(
             keyring,
@@ -539,7 +540,7 @@ def _open(
     observer: Observer,
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
-    view = memoryview(data).cast("B")
+    view = byte_view(data)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
         keys = open_object_keys(
@@ -677,6 +678,14 @@ def _chunked(
     return out
 
 
+def _nbytes(x: object) -> int:
+    """`x`'s size in bytes, 0 if it is no buffer (its own slot reports that)."""
+    try:
+        return memoryview(x).nbytes  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
 @overload
 def encrypt_many(
     items: Sequence[Buffer],
@@ -699,6 +708,17 @@ def encrypt_many(
     observer: Observer = ...,
     return_exceptions: Literal[True],
 ) -> list[bytearray | EnvelopeError]: ...
+@overload
+def encrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = ...,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: bool,
+) -> list[bytearray] | list[bytearray | EnvelopeError]: ...
 def encrypt_many(
     items: Sequence[Buffer],
     *,
@@ -723,7 +743,7 @@ def encrypt_many(
         assert isinstance(buf, bytearray)
         return buf
 
-    total = sum(len(memoryview(x).cast("B")) for x in items)
+    total = sum(_nbytes(x) for x in items)
     return _chunked(len(items), work, options, return_exceptions, total)
 
 
@@ -749,6 +769,17 @@ def decrypt_many(
     observer: Observer = ...,
     return_exceptions: Literal[True],
 ) -> list[bytearray | EnvelopeError]: ...
+@overload
+def decrypt_many(
+    items: Sequence[Buffer],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    expected_kms_context: Mapping[str, str] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: bool,
+) -> list[bytearray] | list[bytearray | EnvelopeError]: ...
 def decrypt_many(
     items: Sequence[Buffer],
     *,
@@ -775,5 +806,5 @@ def decrypt_many(
         assert isinstance(buf, bytearray)
         return buf
 
-    total = sum(len(memoryview(x).cast("B")) for x in items)
+    total = sum(_nbytes(x) for x in items)
     return _chunked(len(items), work, options, return_exceptions, total)

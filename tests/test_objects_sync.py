@@ -235,3 +235,65 @@ def test_a_closed_keyring_zeroes_its_cache_and_refuses_use() -> None:
     sync.encrypt_bytes(b"z", keyring=other)
     other.close()
     assert len(shared.cache) == 1  # not this keyring's cache to clear
+
+
+def test_bad_inputs_are_configuration_errors_at_the_call() -> None:
+    """Every error is an EnvelopeError (README): a non-buffer, a bad setting, a bad expected
+    context. A non-contiguous view (a documented input type) works; a bad item of a batch
+    fails only its own slot."""
+    from envelope.errors import ConfigurationError
+    from envelope.options import Options
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    for bad in ("text", None, 3):
+        with pytest.raises(ConfigurationError, match="bytes-like"):
+            sync.encrypt_bytes(bad, keyring=kr)  # type: ignore[arg-type]
+    stepped = memoryview(b"abcdef")[::2]
+    assert bytes(sync.decrypt_bytes(sync.encrypt_bytes(stepped, keyring=kr), keyring=kr)) == (
+        b"ace"
+    )
+    out = sync.encrypt_many([b"a", None, b"c"], keyring=kr, return_exceptions=True)  # type: ignore[list-item]
+    assert isinstance(out[1], ConfigurationError) and isinstance(out[0], bytearray)
+    assert bytes(sync.decrypt_bytes(out[2], keyring=kr)) == b"c"  # type: ignore[arg-type]
+    for kw in ({"workers": 1.5}, {"segment_size": 4096.0}, {"batch_bytes": True}):
+        with pytest.raises(ConfigurationError, match="whole number"):
+            Options(**kw)  # type: ignore[arg-type]
+    for kw in ({"max_objects": 1.5}, {"ttl": True}, {"capacity": "9"}):
+        with pytest.raises(ConfigurationError, match="cache"):
+            CachePolicy(**kw)  # type: ignore[arg-type]
+    ct = sync.encrypt_bytes(b"x", keyring=kr, object_context={"a": "1"})
+    with pytest.raises(ConfigurationError, match="mapping"):
+        sync.decrypt_bytes(ct, keyring=kr, expected_context="a")  # type: ignore[arg-type]
+
+
+def test_progress_counts_plaintext_bytes_in_both_faces() -> None:
+    """on_progress reports plaintext bytes, encrypt and decrypt, sync and async alike."""
+    import io
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    data = bytes(5_000_000)
+    ct = bytes(sync.encrypt_bytes(data, keyring=kr, options=api.Options(segment_size=1 << 16)))
+    seen: dict[str, int] = Counter()
+
+    def counter(name: str) -> Any:
+        def add(n: int) -> None:
+            seen[name] += n
+
+        return add
+
+    sync.decrypt(io.BytesIO(ct), io.BytesIO(), keyring=kr, on_progress=counter("sync"))
+
+    class Sink:
+        async def write(self, data: memoryview) -> None:
+            return None
+
+        async def commit(self) -> None:
+            return None
+
+        async def abort(self) -> None:
+            return None
+
+    anyio.run(lambda: api.decrypt(ct, Sink(), keyring=kr, on_progress=counter("async")))
+    assert seen == {"sync": len(data), "async": len(data)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -129,3 +130,27 @@ def test_ciphertext_range_arithmetic() -> None:
     assert ciphertext_range(h, len(CT), len(DATA) - 1, 100) == (hl + 25 * t, len(CT))
     assert ciphertext_range(h, len(CT), len(DATA), 5) == (len(CT), len(CT))
     assert ciphertext_range(h, len(CT), 3, 0) == (len(CT), len(CT))
+
+
+def test_bad_positions_are_configuration_errors_and_closed_readers_say_so(
+    tmp_path: Path,
+) -> None:
+    """pread and seek check their arguments where they are given (one typed error whatever
+    the source), and a closed reader answers ClosedError to everything, verified_size too."""
+    from envelope.errors import ConfigurationError
+
+    p = tmp_path / "o.env"
+    p.write_bytes(CT)
+    for source in (str(p), io.BytesIO(CT)):
+        r = open_decrypted(source, keyring=KR)
+        for offset, length in ((-1, 2), (0, -5), (1.5, 2)):
+            with pytest.raises(ConfigurationError):
+                r.pread(offset, length)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            r.seek(1.5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            r.read(2.0)  # type: ignore[arg-type]
+        r.close()
+        for call in (r.verified_size, partial(r.pread, 0, 1), r.tell, partial(r.read, 1)):
+            with pytest.raises(ClosedError):
+                call()
