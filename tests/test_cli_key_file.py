@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def envelope(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
@@ -92,3 +94,18 @@ def test_decrypting_without_the_key_file_says_to_pass_it(tmp_path: Path) -> None
     assert r.returncode == 3 and b"NoBackendError" in r.stderr, r.stderr
     assert b"a file: key is a key file: pass it (--key-file PATH" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_keyring_naming_a_key_the_file_does_not_hold_says_so(tmp_path: Path) -> None:
+    """Encrypting under a key id the key file does not hold names the file's own key; it
+    used to say a data key "was wrapped under" the wrong id, though nothing was wrapped."""
+    from envelope import sync
+    from envelope.errors import KmsKeyError
+    from envelope.keyring import Keyring
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    key = tmp_path / "k.key"
+    generate_key_file(str(key))
+    backend = FileKeyBackend(str(key))
+    with pytest.raises(KmsKeyError, match=r"holds key .* not 'alias/etl'.*backend\.key_id"):
+        sync.encrypt_bytes(b"x", keyring=Keyring(backend, "alias/etl"))

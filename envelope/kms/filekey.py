@@ -98,8 +98,13 @@ class FileKeyBackend:
     def __repr__(self) -> str:
         return f"FileKeyBackend(path={self.path!r}, key_id={self.key_id!r})"
 
-    def _check(self, key_id: str) -> None:
+    def _check(self, key_id: str, wrapping: bool = False) -> None:
         if key_id != self.key_id:
+            if wrapping:  # asked to wrap under a key it does not hold
+                raise KmsKeyError(
+                    f"key file {self.path!r} holds key {self.key_id!r}, not {key_id!r}: "
+                    "build the keyring with the file's own key id (backend.key_id)"
+                )
             raise KmsKeyError(
                 f"data key was wrapped under {key_id!r}; "
                 f"key file {self.path!r} holds {self.key_id!r}"
@@ -109,7 +114,7 @@ class FileKeyBackend:
         self, key_id: str, *, context: Mapping[str, str]
     ) -> DataKey:
         """The blocking face (`BlockingKms`): a key file never waits on anything."""
-        self._check(key_id)
+        self._check(key_id, wrapping=True)
         plaintext = bytearray(os.urandom(32))
         return DataKey(
             plaintext,
@@ -130,7 +135,7 @@ class FileKeyBackend:
     async def encrypt_data_key(
         self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
     ) -> WrappedKey:
-        self._check(key_id)
+        self._check(key_id, wrapping=True)
         return WrappedKey(
             self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
         )
