@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -67,6 +68,18 @@ class S3:
         return (
             f"s3://test:test@{path}?endpoint_override=127.0.0.1%3A{self.port}"
             "&scheme=http&region=us-east-1"
+        )
+
+    def client(self) -> Any:
+        """A botocore S3 client for this server (to look at what pyarrow cannot: uploads)."""
+        import botocore.session
+
+        return botocore.session.get_session().create_client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url=f"http://{self.endpoint}",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
         )
 
     def reset(self) -> None:

@@ -468,8 +468,6 @@ async def test_s3_failed_large_upload_is_aborted_and_leaves_nothing(
 ) -> None:
     """A stream that fails after several parts were uploaded: the multipart upload is
     aborted, no object (final or temporary) appears, no upload is left open."""
-    import botocore.session
-
     from envelope.lake.s3 import PART_SIZE, client_for
     from envelope.lake.sinks import atomic_sink
 
@@ -484,13 +482,7 @@ async def test_s3_failed_large_upload_is_aborted_and_leaves_nothing(
     with pytest.raises(OSError, match="injected"):
         await api.encrypt(failing(), atomic_sink(fs, "lake/big.env"), keyring=k1, options=ENGINE)
     assert fs.get_file_info(pafs.FileSelector("lake", recursive=True)) == []
-    raw = botocore.session.get_session().create_client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=f"http://{s3.endpoint}",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    raw = s3.client()
     assert raw.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []
 
     # and the same sink succeeds whole, straight to the final key
@@ -554,8 +546,6 @@ def test_sigterm_with_sigint_ignored_aborts_every_s3_upload_and_releases_the_loc
     import signal
     import time
 
-    import botocore.session
-
     from envelope.kms.filekey import generate_key_file
 
     key = tmp_path / "k.key"
@@ -563,13 +553,7 @@ def test_sigterm_with_sigint_ignored_aborts_every_s3_upload_and_releases_the_loc
     src = tmp_path / "src"
     make_tree(src, [40 << 20] * 4)  # several parts each: uploads are in flight
     uri = s3.uri("lake/bg")
-    raw = botocore.session.get_session().create_client(
-        "s3",
-        region_name="us-east-1",
-        endpoint_url=f"http://{s3.endpoint}",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    raw = s3.client()
     env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", str(src), uri,

@@ -338,18 +338,6 @@ async def test_overlapping_s3_prefixes_are_refused(
 # -- finding 9: unsafe object keys -------------------------------------------------------------
 
 
-def boto(s3: S3) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=f"http://{s3.endpoint}",
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
 BAD_KEYS = {
     "a//b": "empty path segment",
     "a/./c": "'.' path segment",
@@ -368,7 +356,7 @@ def all_keys(client: Any) -> set[str]:
 async def test_unsafe_s3_keys_are_rejected_per_object(
     anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
 ) -> None:
-    client = boto(s3)
+    client = s3.client()
     client.put_object(Bucket="lake", Key="src/ok.txt", Body=b"fine")
     client.put_object(Bucket="lake", Key="src/dir/", Body=b"")  # an empty folder marker
     for rel in BAD_KEYS:
