@@ -53,6 +53,7 @@ from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, r
 from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire
 from .paths import check_apart, check_stays_inside
+from .s3 import client_for, split_path
 from .sinks import atomic_sink, is_temporary, write_whole
 
 __all__ = (
@@ -248,7 +249,9 @@ def _local_temporaries(root: str) -> list[str]:
     return found
 
 
-def _remote_temporaries(loc: Location) -> list[str]:
+def _remote_temporaries(loc: Location) -> tuple[list[str], list[str]]:
+    """(temporaries under the prefix, folders under it with a lock of their own: other jobs'
+    destinations, whose temporaries are theirs and not in the first list)."""
     base = loc.path.rstrip("/")
     infos = [
         fi
@@ -260,24 +263,53 @@ def _remote_temporaries(loc: Location) -> list[str]:
         for fi in infos
         if fi.path.rsplit("/", 1)[-1] == LOCK_NAME and fi.path.rsplit("/", 1)[0] != base
     ]
-    return [
+    temporaries = [
         fi.path
         for fi in infos
         if is_temporary(fi.path) and not any(fi.path.startswith(p) for p in locked)
     ]
+    return temporaries, locked
 
 
-def remove_temporaries(loc: Location, lock: DestinationLock) -> int:
-    """Delete temporary files a killed run left under the prefix.
+def _abort_stale_uploads(loc: Location, locked: Sequence[str]) -> int:
+    """Abort the multipart uploads a killed run left open under an S3 prefix: no listing
+    shows them, and S3 bills their parts until they are aborted. Called only while holding
+    the prefix's lock and before the job writes anything, so every open upload there is a
+    dead job's; those under `locked` folders (other jobs' destinations) are left."""
+    client = client_for(loc.fs)
+    if client is None:
+        return 0
+    bucket, key = split_path(loc.path)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+    n = 0
+    for page in client.get_paginator("list_multipart_uploads").paginate(
+        Bucket=bucket, Prefix=prefix
+    ):
+        for upload in page.get("Uploads", []):
+            if any(f"{bucket}/{upload['Key']}".startswith(p) for p in locked):
+                continue
+            client.abort_multipart_upload(
+                Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+            n += 1
+    return n
+
+
+def remove_temporaries(loc: Location, lock: DestinationLock) -> tuple[int, int]:
+    """Delete temporary files, and abort S3 multipart uploads, that a killed run left under
+    the prefix; returns how many of each.
 
     Only while holding the prefix's `lock`: then no other job writes here, so every temporary
     is a dead job's (folders with a lock of their own, other jobs' destinations, are left)."""
     if not lock.held:
         raise ConfigurationError("temporaries are removed only while holding the lock")
-    info = loc.fs.get_file_info(loc.path)
-    if info.type != pafs.FileType.Directory:
-        return 0
-    paths = _local_temporaries(loc.path) if loc.is_local else _remote_temporaries(loc)
+    folder = loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
+    aborted = 0
+    if loc.is_local:
+        paths = _local_temporaries(loc.path) if folder else []
+    else:
+        paths, locked = _remote_temporaries(loc) if folder else ([], [])
+        aborted = _abort_stale_uploads(loc, locked)  # (uploads may be all there is)
     n = 0
     for path in paths:
         try:
@@ -285,7 +317,7 @@ def remove_temporaries(loc: Location, lock: DestinationLock) -> int:
             n += 1
         except FileNotFoundError:
             pass
-    return n
+    return n, aborted
 
 
 @dataclass(slots=True)
@@ -347,7 +379,12 @@ def begin_job(
             )
         elif lock.broke_unreadable:
             start.notes.append(f"removed an unreadable lock from {target.path}")
-        start.removed = remove_temporaries(target, lock)
+        start.removed, aborted = remove_temporaries(target, lock)
+        if aborted:
+            start.notes.append(
+                f"aborted {aborted} unfinished multipart upload(s) left under {target.path} "
+                "by a job that is gone"
+            )
     except BaseException:
         lock.release()
         raise

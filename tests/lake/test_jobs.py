@@ -594,3 +594,24 @@ def test_the_progress_display_shows_bytes_per_second_not_objects() -> None:
         assert speed.endswith(" MB/s") and float(speed.split()[0]) > 1000  # 20 MB at once
     finally:
         p.stop()
+
+
+async def test_a_rerun_aborts_the_multipart_uploads_a_killed_job_left(
+    anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
+) -> None:
+    """A job killed mid-upload (SIGKILL: nothing could abort) leaves multipart uploads that
+    no listing shows and S3 bills. The next job on that prefix, holding its lock, aborts
+    them, says so in a note, and leaves another job's destination (its own lock) alone."""
+    raw = s3.client()
+    mine = raw.create_multipart_upload(Bucket="lake", Key="dst/part=1/x.bin")["UploadId"]
+    raw.upload_part(Bucket="lake", Key="dst/part=1/x.bin", UploadId=mine, PartNumber=1,
+                    Body=b"p" * (5 << 20))  # fmt: skip
+    raw.put_object(Bucket="lake", Key="dst/other/.envelope-lock", Body=b"{}")
+    theirs = raw.create_multipart_upload(Bucket="lake", Key="dst/other/y.bin")["UploadId"]
+    outside = raw.create_multipart_upload(Bucket="lake", Key="elsewhere/z.bin")["UploadId"]
+    src = tmp_path / "src"
+    make_tree(src, [10, 20])
+    r = await jobs.encrypt_prefix(str(src), s3.uri("lake/dst"), keyring=k1, options=opts())
+    assert r.ok and any("aborted 1 unfinished multipart upload" in n for n in r.notes), r.notes
+    left = {u["UploadId"] for u in raw.list_multipart_uploads(Bucket="lake").get("Uploads", [])}
+    assert left == {theirs, outside}
