@@ -30,6 +30,7 @@ EXIT_TAMPERED = 1
 
 
 def _verify(args: argparse.Namespace, svc: KeyService) -> int:
+    svc.seal_on_close = False  # a verifier writes nothing, least of all a seal over what it read
     report = svc.verify_audit_log()
     store_problems = svc.check_store()
     location = DigestLocation(args.digests) if getattr(args, "digests", None) else None
@@ -46,6 +47,15 @@ def _verify(args: argparse.Namespace, svc: KeyService) -> int:
         print(f"envelope: audit log verification FAILED at {report.problem}", file=sys.stderr)
         failed = True
     failed = _say_problems(store_problems, "store check") or failed
+    if report.unsealed:
+        first = report.last_sealed + 1
+        print(
+            f"envelope: WARNING: records {first}..{report.records} are above the last seal: "
+            "the hash chain alone cannot authenticate them (a KMS process stopped before "
+            "sealing them, or someone who can write the store appended them); check them "
+            "(`envelope audit tail`), then `envelope audit seal` vouches for them",
+            file=sys.stderr,
+        )
     if unpublished:
         print(
             f"envelope: note: seals {unpublished[0]}..{unpublished[-1]} are not yet published "
@@ -93,6 +103,7 @@ def _verify_command(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace, svc: KeyService) -> int:
+    svc.seal_on_close = False  # reading the log writes nothing to it
     records = _denied(svc, args.n) if args.denied else svc.audit_tail(args.n)
     emit(args, {"Records": records}, "AuditTail")
     return 0
@@ -127,6 +138,15 @@ def _denied(svc: KeyService, n: int) -> list[dict[str, object]]:
 
 
 def _seal(args: argparse.Namespace, svc: KeyService) -> int:
+    report = svc.verify_audit_log()
+    if not report.ok:  # never sign over a log found tampered with
+        svc.seal_on_close = False
+        print(
+            f"envelope: refusing to seal: audit log verification FAILED at {report.problem} "
+            "(`envelope audit verify` says more)",
+            file=sys.stderr,
+        )
+        return EXIT_TAMPERED
     seq = svc.seal_audit_log()
     emit(args, {"SealedThrough": seq}, "AuditSeal")
     return 0

@@ -578,6 +578,9 @@ class ServiceCore:
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
+        #: `close` seals the log up to its last record; a reader that must not write (audit
+        #: verify, audit tail: never sign over records it has not vouched for) turns it off.
+        self.seal_on_close = True
 
     def __repr__(self) -> str:
         return f"KeyService(region={self.region!r}, store={self.store!r})"
@@ -836,7 +839,8 @@ class ServiceCore:
         if self.store.closed:
             return
         try:
-            self.seal_audit_log(strict=False)
+            if self.seal_on_close:
+                self.seal_audit_log(strict=False)
         finally:
             if self._owns_store:
                 self.store.close()

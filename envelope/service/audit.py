@@ -257,12 +257,19 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.problem is None
 
+    @property
+    def unsealed(self) -> int:
+        """Records above the last seal: the chain alone cannot authenticate them (a process
+        stopped before sealing them, or someone who can write the store appended them)."""
+        return max(0, self.records - self.last_sealed) if self.ok else 0
+
     def as_dict(self) -> dict[str, object]:
         return {
             "ok": self.ok,
             "records": self.records,
             "seals": self.seals,
             "last_sealed": self.last_sealed,
+            "unsealed_records": self.unsealed,
             "first_bad_record": self.problem.seq if self.problem else None,
             "problem": str(self.problem) if self.problem else None,
         }

@@ -231,3 +231,44 @@ def test_digests_on_s3(
     assert run(["audit", "verify", "--digests", uri]) == 0
     fs.delete_file("audit/kms-digests/digest-000000000002.json")
     assert run(["audit", "verify", "--digests", uri]) == 1
+
+
+def test_verify_writes_nothing_and_seal_refuses_a_tampered_log(
+    logged: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`audit verify` is read-only: it used to seal the log when it closed the store, so a
+    record appended outside the KMS (its chain hash is public) was signed and published by
+    the administrator's own check, and a cut log was sealed as it stood. Now verify names the
+    unsealed records and writes nothing; `audit seal` refuses a log that fails verification."""
+    monkeypatch.setenv("ENVELOPE_HOME", str(logged))
+    monkeypatch.delenv("ENVELOPE_KMS_PASSPHRASE", raising=False)
+    monkeypatch.delenv("ENVELOPE_AUDIT_DIGESTS", raising=False)
+    published = sorted(p.name for p in digests_of(logged).iterdir())
+    conn = db(logged)
+    seq, h = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    body = json.dumps({"operation": "Decrypt", "principal": "arn:aws:iam::000000000000:user/x",
+                       "decision": "allowed"}, sort_keys=True, separators=(",", ":"))  # fmt: skip
+    conn.execute(
+        "INSERT INTO audit(seq, prev, hash, body) VALUES (?,?,?,?)",
+        (seq + 1, h, chain_hash(seq + 1, h, body), body),
+    )
+    conn.close()
+    capsys.readouterr()
+    for _ in range(2):
+        assert run(["audit", "verify", "--json"]) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["unsealed_records"] == 1
+        assert f"records {seq + 1}..{seq + 1} are above the last seal" in out.err
+    assert sorted(p.name for p in digests_of(logged).iterdir()) == published
+    assert run(["audit", "tail", "-n", "1"]) == 0
+    assert sorted(p.name for p in digests_of(logged).iterdir()) == published
+    # a log found tampered with is never sealed, by `audit seal` either
+    conn = db(logged)
+    conn.execute("UPDATE audit SET body = replace(body, 'allowed', 'denied') WHERE seq = 3")
+    conn.close()
+    assert run(["audit", "seal"]) == 1
+    assert "refusing to seal" in capsys.readouterr().err
+    assert sorted(p.name for p in digests_of(logged).iterdir()) == published
