@@ -179,6 +179,10 @@ def base_options(settings: ListenSettings) -> dict[str, Any]:
         "server_header": False,
         "http": "envelope.server.protocol:CorkedHTTPProtocol",
         "timeout_graceful_shutdown": int(graceful_shutdown_seconds) or None,
+        # The client address is the socket's peer, never a header: uvicorn otherwise takes
+        # X-Forwarded-For from loopback peers, so any local client could choose the address
+        # that aws:SourceIp conditions test and the audit log records.
+        "proxy_headers": False,
     }
     if workers > 1:
         options["workers"] = workers

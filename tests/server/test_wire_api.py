@@ -562,3 +562,27 @@ def test_key_last_usage_over_the_wire(admin: Any) -> None:
     out = admin.get_key_last_usage(KeyId=kid)
     assert out["KeyId"] == kid and out["KeyLastUsage"]["Operation"] == "GenerateDataKey"
     assert out["KeyLastUsage"]["KmsRequestId"] and out["TrackingStartDate"]
+
+
+def test_a_forwarded_for_header_does_not_choose_the_source_address(
+    server: Server, admin: Any, key_id: str
+) -> None:
+    """The source address (aws:SourceIp, the audit record) is the socket's peer: uvicorn
+    trusted X-Forwarded-For from loopback, so any local client could pick the address that
+    an IpAddress condition tests."""
+
+    def forwarded(request: Any, **_: Any) -> None:
+        request.headers["X-Forwarded-For"] = "10.9.9.7"
+
+    admin.meta.events.register("before-sign.kms.GenerateDataKey", forwarded)
+    try:
+        resp = admin.generate_data_key(KeyId=key_id, KeySpec="AES_256")
+    finally:
+        admin.meta.events.unregister("before-sign.kms.GenerateDataKey", forwarded)
+    rid = resp["ResponseMetadata"]["RequestId"]
+    svc = server.service()
+    try:
+        (rec,) = [r for r in svc.audit_tail(50) if r.get("request_id") == rid]
+    finally:
+        svc.close()
+    assert rec["source_ip"] == "127.0.0.1"
