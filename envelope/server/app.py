@@ -47,7 +47,7 @@ from .._serving import RequestMetrics, decode_headers
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
 from .errors import INTERNAL_MESSAGE, SILENT, WireError, status_for
-from .wire import Operation, WireModel
+from .wire import TARGET_PREFIX, Operation, WireModel
 
 __all__ = (
     "AMZ_JSON",
@@ -63,6 +63,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 AMZ_JSON = b"application/x-amz-json-1.1"
+#: The longest User-Agent kept (CloudTrail's userAgent field is cut at 1 KiB too).
+MAX_USER_AGENT = 1024
 
 #: Operations run on a worker thread: they can take from milliseconds (RSA/ECC generation,
 #: imports, replicas) to a second (RSA 4096), and must not stall the event loop.
@@ -295,10 +297,18 @@ class KmsApp:
         request_id: str,
         out: _Outcome,
     ) -> None:
-        ctx = RequestContext(source_ip=source_ip, user_agent=user_agent, request_id=request_id)
-        claimed = target[len("TrentService.") :] if target else ""
+        # what a client sends is bounded before it is written anywhere (the audit log keeps
+        # every record, and an unauthenticated request is audited too)
+        ctx = RequestContext(
+            source_ip=source_ip, user_agent=user_agent[:MAX_USER_AGENT], request_id=request_id
+        )
+        claimed = ""
+        if target and target.startswith(TARGET_PREFIX):
+            claimed = target[len(TARGET_PREFIX) :]
         if claimed in self.wire.operations:
             out.operation = claimed
+        else:
+            claimed = "unknown"  # never an unchecked name in the log
         try:
             who = self._authenticate(scope, headers, first, body)
             out.principal = who if isinstance(who, str) else who.principal

@@ -355,6 +355,34 @@ def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Serv
         assert records[rid]["source_ip"] == "127.0.0.1"
 
 
+def test_what_an_unauthenticated_client_sends_is_bounded_in_the_audit_log(
+    server: Server,
+) -> None:
+    """An unsigned request is audited; its operation is recorded only when it names one
+    (`TrentService.` and a known name: a made-up target such as "XXXXXXXXXXXXXDecrypt" was
+    recorded as Decrypt), and its User-Agent is cut at 1 KiB (a log that keeps every record
+    stored 60 KB of it per request)."""
+    status, headers, _ = server.http(
+        "POST",
+        "/",
+        b"{}",
+        {
+            "X-Amz-Target": "XXXXXXXXXXXXXDecrypt",
+            "Content-Type": "application/x-amz-json-1.1",
+            "User-Agent": "u" * 60_000,
+        },
+    )
+    assert status in (400, 403)
+    rid = headers["x-amzn-requestid"]
+    svc = server.service()
+    try:
+        (rec,) = [r for r in svc.audit_tail(50) if r.get("request_id") == rid]
+    finally:
+        svc.close()
+    assert rec["operation"] == "unknown" and rec["decision"] == "denied"
+    assert len(str(rec["user_agent"])) == 1024
+
+
 def test_answers_as_aws_recorded_them(admin: Any, key_id: str) -> None:
     """Answers of real AWS KMS to a suite of boto3 calls (recorded by others against AWS), for
     cases where the model alone does not say: a member the model leaves optional but the
