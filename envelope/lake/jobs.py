@@ -665,6 +665,25 @@ async def encrypt_prefix(
             return ObjectResult(entry.rel, "skipped", entry.size)
         octx = _object_context(entry, options, object_context)
         route = _route(entry, src, dst, options)
+        if route == "streamed":  # api.encrypt reports it to the observer itself
+            info = await api.encrypt(
+                await open_source_at(src.fs, src_path),
+                atomic_sink(dst.fs, dst_path, durable=options.durable),
+                keyring=keyring,
+                kms_context=kms_context,
+                object_context=octx,
+                options=large,
+                observer=observer,
+            )
+            return ObjectResult(entry.rel, "done", info.plaintext_len)
+        with objects.Tracked(observer, "encrypt") as track:
+            track.plaintext_len = n = await local(entry, src_path, dst_path, octx, route)
+        return ObjectResult(entry.rel, "done", n)
+
+    async def local(
+        entry: Entry, src_path: str, dst_path: str, octx: Mapping[str, str], route: str
+    ) -> int:
+        """The small and direct routes (whole in memory, or file to file): plaintext bytes."""
         if route == "small":
             prepared = await api.prepare_object(
                 keyring,
@@ -682,37 +701,24 @@ async def encrypt_prefix(
                 write_whole(dst.fs, dst_path, sealed, durable=options.durable)
                 return len(data)
 
-            n = await anyio.to_thread.run_sync(work)
-        elif route == "direct":
-            prepared = await api.prepare_object(
-                keyring,
-                kms_context=kms_context,
-                object_context=octx,
-                options=engine,
-                expected_bytes=entry.size,
+            return await anyio.to_thread.run_sync(work)
+        prepared = await api.prepare_object(
+            keyring,
+            kms_context=kms_context,
+            object_context=octx,
+            options=engine,
+            expected_bytes=entry.size,
+        )
+        return await anyio.to_thread.run_sync(
+            lambda: direct.seal_file(
+                prepared,
+                src_path,
+                dst_path,
+                expected_size=entry.size,
+                durable=options.durable,
+                memory_budget=large.memory_budget,
             )
-            n = await anyio.to_thread.run_sync(
-                lambda: direct.seal_file(
-                    prepared,
-                    src_path,
-                    dst_path,
-                    expected_size=entry.size,
-                    durable=options.durable,
-                    memory_budget=large.memory_budget,
-                )
-            )
-        else:
-            info = await api.encrypt(
-                await open_source_at(src.fs, src_path),
-                atomic_sink(dst.fs, dst_path, durable=options.durable),
-                keyring=keyring,
-                kms_context=kms_context,
-                object_context=octx,
-                options=large,
-                observer=observer,
-            )
-            n = info.plaintext_len
-        return ObjectResult(entry.rel, "done", n)
+        )
 
     async with _started("encrypt", src, dst, options, entries) as start:
         return await _run("encrypt", source, destination, start, one, options, progress, done)
@@ -805,37 +811,7 @@ async def decrypt_prefix(
         if ciphertext is None:
             return ObjectResult(entry.rel, "skipped", entry.size)
         expected = _expected(entry, options, object_context)
-        if small:
-            n = await _open_small(
-                ciphertext,
-                keyring,
-                expected,
-                kms_context,
-                engine,
-                lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
-            )
-        elif route == "direct":
-            header, _ = await anyio.to_thread.run_sync(
-                _read_header, src.fs, src_path, engine.max_wrapped_keys
-            )
-            large.plan("decrypt", header.seg_log2)  # before the KMS call: refuse what won't fit
-            keys = await api.open_object(
-                header,
-                keyring=keyring,
-                expected_context=expected,
-                expected_kms_context=kms_context,
-            )
-            n = await anyio.to_thread.run_sync(
-                lambda: direct.open_file(
-                    header,
-                    keys,
-                    src_path,
-                    dst_path,
-                    durable=options.durable,
-                    memory_budget=large.memory_budget,
-                )
-            )
-        else:
+        if route == "streamed":  # api.decrypt reports it to the observer itself
             info = await api.decrypt(
                 await open_source_at(src.fs, src_path),
                 atomic_sink(dst.fs, dst_path, durable=options.durable),
@@ -845,8 +821,45 @@ async def decrypt_prefix(
                 options=large,
                 observer=observer,
             )
-            n = info.plaintext_len
+            return ObjectResult(entry.rel, "done", info.plaintext_len)
+        with objects.Tracked(observer, "decrypt") as track:
+            track.plaintext_len = n = await local(entry, ciphertext, expected, route)
         return ObjectResult(entry.rel, "done", n)
+
+    async def local(
+        entry: Entry, ciphertext: bytes, expected: Mapping[str, str], route: str
+    ) -> int:
+        """The small and direct routes (whole in memory, or file to file): plaintext bytes."""
+        src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
+        if route == "small":
+            return await _open_small(
+                ciphertext,
+                keyring,
+                expected,
+                kms_context,
+                engine,
+                lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
+            )
+        header, _ = await anyio.to_thread.run_sync(
+            _read_header, src.fs, src_path, engine.max_wrapped_keys
+        )
+        large.plan("decrypt", header.seg_log2)  # before the KMS call: refuse what won't fit
+        keys = await api.open_object(
+            header,
+            keyring=keyring,
+            expected_context=expected,
+            expected_kms_context=kms_context,
+        )
+        return await anyio.to_thread.run_sync(
+            lambda: direct.open_file(
+                header,
+                keys,
+                src_path,
+                dst_path,
+                durable=options.durable,
+                memory_budget=large.memory_budget,
+            )
+        )
 
     async with _started("decrypt", src, dst, options, entries) as start:
         return await _run("decrypt", source, destination, start, one, options, progress, done)
@@ -878,7 +891,10 @@ async def verify_prefix(
             ciphertext = await anyio.to_thread.run_sync(
                 partial(read_whole, src.fs, path, entry.size, follow_links=options.follow_symlinks)
             )
-            n = await _open_small(ciphertext, keyring, expected, kms_context, engine)
+            with objects.Tracked(observer, "decrypt") as track:
+                track.plaintext_len = n = await _open_small(
+                    ciphertext, keyring, expected, kms_context, engine
+                )
         else:
             info = await api.decrypt(
                 await open_source_at(src.fs, path),

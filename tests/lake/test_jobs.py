@@ -615,3 +615,35 @@ async def test_a_rerun_aborts_the_multipart_uploads_a_killed_job_left(
     assert r.ok and any("aborted 1 unfinished multipart upload" in n for n in r.notes), r.notes
     left = {u["UploadId"] for u in raw.list_multipart_uploads(Bucket="lake").get("Uploads", [])}
     assert left == {theirs, outside}
+
+
+async def test_every_route_of_a_lake_job_reports_its_objects_and_bytes(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """`--metrics-port` (an observer) counts every object and its plaintext bytes, whichever
+    route it took: small in memory, file to file, or streamed (only the streamed one did)."""
+    from prometheus_client import CollectorRegistry
+
+    from envelope.prometheus import PrometheusObserver
+
+    registry = CollectorRegistry()
+    obs = PrometheusObserver(registry)
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    sizes = [10, 3000, 70_000, 300_000, (9 << 20) + 3]
+    tree = make_tree(src, sizes)
+
+    def count(direction: str) -> tuple[float, float]:
+        objs = registry.get_sample_value(
+            "envelope_objects_total", {"direction": direction, "outcome": "ok"}
+        )
+        got = registry.get_sample_value("envelope_bytes_total", {"direction": direction})
+        return objs or 0.0, got or 0.0
+
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(), observer=obs)
+    assert r.ok and count("encrypt") == (len(tree), sum(sizes))
+    d = await jobs.decrypt_prefix(
+        str(enc), str(tmp_path / "back"), keyring=k1, options=opts(), observer=obs
+    )
+    assert d.ok and count("decrypt") == (len(tree), sum(sizes))
+    v = await jobs.verify_prefix(str(enc), keyring=k1, options=opts(), observer=obs)
+    assert v.ok and count("decrypt") == (2 * len(tree), 2 * sum(sizes))
