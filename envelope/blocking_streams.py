@@ -14,6 +14,8 @@ stream cannot be taken back), so a stream is whole only once the call returns.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable
 from functools import partial
 
@@ -26,6 +28,7 @@ from .objects import PageBuffer, PreparedObject, Tracked, header_length, parse_o
 
 __all__ = (
     "fill",
+    "flush_all",
     "open_stream",
     "read_into_of",
     "read_stream_header",
@@ -37,6 +40,35 @@ __all__ = (
 ReadInto = Callable[[memoryview], int]
 Write = Callable[[memoryview], None]
 Progress = Callable[[int], None]
+
+
+def _says_nothing_now(stream: object, *, reading: bool) -> bool:
+    """Whether a None from `stream` means "nothing now" (Python's io contract for raw and
+    buffered streams, and what a read of a non-blocking descriptor answers) rather than what
+    it always meant for other file-like objects: the end of the input, or a write that
+    returned nothing (such a wrapper may have written it all: never written twice)."""
+    if isinstance(stream, io.RawIOBase | io.BufferedIOBase):
+        return True
+    if not reading:
+        return False
+    try:
+        return not os.get_blocking(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, TypeError):
+        return False
+
+
+def flush_all(stream: object) -> None:
+    """`stream.flush()` (if it has one), waiting while a non-blocking descriptor cannot take
+    the buffered bytes yet (BlockingIOError): the end of the output is never dropped."""
+    flush = getattr(stream, "flush", None)
+    if not callable(flush):
+        return
+    while True:
+        try:
+            flush()
+            return
+        except BlockingIOError:
+            wait_ready(stream, writing=True)
 
 
 def wait_ready(stream: object, *, writing: bool) -> None:
@@ -56,7 +88,10 @@ def wait_ready(stream: object, *, writing: bool) -> None:
     import selectors  # only non-blocking streams come here
 
     with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+        try:
+            sel.register(fd, selectors.EVENT_WRITE if writing else selectors.EVENT_READ)
+        except PermissionError:  # epoll cannot watch a regular file: it is always ready
+            return
         sel.select()
 
 
@@ -65,6 +100,7 @@ def read_into_of(stream: object) -> ReadInto | None:
     stream's None is waited out, so it is never taken for the end of the input (that would
     seal a shorter, valid object). None if `stream` has neither method."""
     readinto = getattr(stream, "readinto", None)
+    waits = _says_nothing_now(stream, reading=True)
     if callable(readinto):
 
         def via_readinto(buf: memoryview) -> int:
@@ -73,8 +109,10 @@ def read_into_of(stream: object) -> ReadInto | None:
                     n = readinto(buf)
                 except BlockingIOError:
                     n = None
-                if n is not None:
-                    return int(n)
+                    if not waits:
+                        raise
+                if n is not None or not waits:
+                    return int(n or 0)
                 wait_ready(stream, writing=False)
 
         return via_readinto
@@ -88,9 +126,11 @@ def read_into_of(stream: object) -> ReadInto | None:
                 chunk = read(len(buf))
             except BlockingIOError:
                 chunk = None
-            if chunk is not None:
-                n = len(chunk)
-                buf[:n] = chunk
+                if not waits:
+                    raise
+            if chunk is not None or not waits:
+                n = len(chunk or b"")
+                buf[:n] = chunk or b""
                 return n
             wait_ready(stream, writing=False)
 
@@ -101,6 +141,7 @@ def write_all(stream: object, data: memoryview) -> None:
     """Write all of `data` to a file object, blocking: a raw stream may write part (or, when
     non-blocking, None: nothing now, or raise BlockingIOError with what it did write)."""
     write = stream.write  # type: ignore[attr-defined]
+    waits = _says_nothing_now(stream, reading=False)
     while data:
         try:
             n = write(data)
@@ -109,6 +150,8 @@ def write_all(stream: object, data: memoryview) -> None:
             wait_ready(stream, writing=True)
             continue
         if n is None:
+            if not waits:  # a file-like object that returns nothing wrote it all
+                return
             wait_ready(stream, writing=True)
             continue
         data = data[n:]

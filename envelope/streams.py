@@ -23,7 +23,7 @@ from typing import IO, Any, Protocol, TypeAlias, cast
 import anyio.to_thread
 
 from .atomic import OutputFile
-from .blocking_streams import fill, read_into_of, write_all
+from .blocking_streams import fill, flush_all, read_into_of, write_all
 from .errors import ConfigurationError
 
 __all__ = (
@@ -270,7 +270,7 @@ class _SyncFileSink:
         await anyio.to_thread.run_sync(write_all, self._f, data)
 
     async def commit(self) -> None:
-        await anyio.to_thread.run_sync(self._f.flush)
+        await anyio.to_thread.run_sync(flush_all, self._f)
 
     async def abort(self) -> None:
         return None

@@ -231,10 +231,9 @@ class _Writer:
         if isinstance(x, str | os.PathLike):
             out = OutputFile(x, durable=durable)
             return _Writer(out.write, out.commit, out.discard, out)
-        flush = getattr(x, "flush", None)  # (x has a write method: checked by _route)
-        return _Writer(
+        return _Writer(  # (x has a write method: checked by _route)
             partial(blocking_streams.write_all, x),
-            flush if callable(flush) else (lambda: None),
+            partial(blocking_streams.flush_all, x),
             lambda: None,
         )
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -119,10 +120,13 @@ def test_sync_decrypt_writes_every_byte_to_a_nonblocking_sink(
     assert bytes(got) == DATA
 
 
-class _NothingNow:
-    """A source that says "nothing now" and has no descriptor to wait on."""
+class _NothingNow(io.RawIOBase):
+    """A raw stream that says "nothing now" and has no descriptor to wait on."""
 
-    def readinto(self, buf: memoryview) -> None:
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> None:
         return None
 
 
@@ -183,3 +187,75 @@ def test_a_pseudo_file_reporting_size_zero_is_read_to_its_end(
     empty.write_bytes(b"")
     assert sync.encrypt(str(empty), str(tmp_path / "e.env"), keyring=keyring).plaintext_len == 0
     assert bytes(sync.decrypt_bytes((tmp_path / "e.env").read_bytes(), keyring=keyring)) == b""
+
+
+class _Wrapper:
+    """A file-like wrapper whose write returns nothing (it wrote it all), the way many do."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+
+    def write(self, data: Any) -> None:
+        self.f.write(data)
+
+    def fileno(self) -> int:
+        return int(self.f.fileno())
+
+
+def test_a_wrapper_whose_write_returns_none_wrote_it_all(
+    tmp_path: Path, keyring: Keyring
+) -> None:
+    """Only raw and buffered io streams answer None for "nothing now": a plain wrapper's None
+    means it wrote everything (writing again would repeat the bytes), over a pipe, a regular
+    file, or nothing at all."""
+    ct = bytes(sync.encrypt_bytes(DATA[:100_000], keyring=keyring))
+    with open(tmp_path / "out.bin", "wb") as f:
+        sync.decrypt(ct, _Wrapper(f), keyring=keyring)
+    assert (tmp_path / "out.bin").read_bytes() == DATA[:100_000]
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        with open(r, "rb") as f:
+            got.extend(f.read())
+
+    t = threading.Thread(target=drain)
+    t.start()
+    with open(w, "wb", buffering=0) as f:
+        sync.decrypt(ct, _Wrapper(f), keyring=keyring)
+    t.join(30)
+    assert bytes(got) == DATA[:100_000]
+    kept: list[bytes] = []
+
+    class Collect:
+        def write(self, data: Any) -> None:
+            kept.append(bytes(data))
+
+    sync.decrypt(ct, Collect(), keyring=keyring)
+    assert b"".join(kept) == DATA[:100_000]
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_buffered_nonblocking_sink_gets_its_last_bytes(keyring: Keyring, face: str) -> None:
+    """The final flush of a buffered writer over a non-blocking pipe raises BlockingIOError
+    while the reader is slow: it is waited out, never dropped (the output was cut short)."""
+    data = DATA[:200_000]
+    ct = bytes(sync.encrypt_bytes(data, keyring=keyring))
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    got = bytearray()
+
+    def drain() -> None:
+        time.sleep(1.0)  # the pipe (64 KiB) and the writer's buffer fill meanwhile
+        with open(r, "rb") as f:
+            got.extend(f.read())
+
+    t = threading.Thread(target=drain)
+    t.start()
+    with open(w, "wb") as sink:
+        if face == "sync":
+            sync.decrypt(ct, sink, keyring=keyring)
+        else:
+            anyio.run(lambda: envelope.decrypt(ct, sink, keyring=keyring))
+    t.join(30)
+    assert bytes(got) == data

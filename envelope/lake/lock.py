@@ -135,14 +135,15 @@ def _verdict(
         )
     who = holder.describe()
     same_host = holder.host == _HOST
-    if holder.pid == os.getpid():  # this process: one of its jobs, or an earlier process that
-        alive = same_host and holder.job_id in _HELD  # had this pid (a restarted container)
-    else:
-        alive = same_host and _pid_alive(holder.pid)
+    # Our own pid proves nothing unless the job is one of ours: it may be an earlier process
+    # that had this pid (PID 1 of a restarted container), or a twin host of the same name.
+    own_pid = holder.pid == os.getpid()
+    alive = same_host and (holder.job_id in _HELD if own_pid else _pid_alive(holder.pid))
+    gone = same_host and not own_pid and not alive
     fresh = time.time() - holder.renewed <= ttl
     if flock_free is False:
         raise LockHeldError(f"{where} is locked by a running {who}; wait for it to finish", holder)
-    if same_host and (flock_free or not alive):
+    if same_host and (flock_free or gone):
         # provably dead: a live holder on this host keeps its flock (whatever process now has
         # its pid), or, without a flock, its pid is gone (another host's flock on a shared
         # filesystem is not trusted to be visible here)

@@ -427,3 +427,17 @@ async def test_a_rewrap_does_not_report_the_lock_it_takes_over_as_a_skipped_path
     r = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts())
     assert r.ok and r.done == 3 and any("took over" in n for n in r.notes)
     assert r.skipped_paths == []
+
+
+def test_our_own_pid_on_an_object_store_is_neither_alive_nor_dead() -> None:
+    """Without a flock (an object store), a lock naming this host and this pid but none of
+    this process's jobs may be an earlier process (a restarted container) or a twin host of
+    the same name that runs now: never taken over by itself, but --break-lock breaks it."""
+    from envelope.lake import lock as lk
+
+    holder = lk.Holder("feedface", "encrypt", socket.gethostname(), os.getpid(), time.time(),
+                       time.time())  # fmt: skip
+    with pytest.raises(LockHeldError, match="--break-lock"):
+        lk._verdict("s3://lake/x", holder, 900.0, False, None)
+    assert lk._verdict("s3://lake/x", holder, 900.0, True, None) is True
+    assert lk._verdict("/local/x", holder, 900.0, False, True) is True  # a free flock proves it
