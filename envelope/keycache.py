@@ -36,6 +36,7 @@ which may overshoot by the objects already in flight; that is safe for the reaso
 from __future__ import annotations
 
 import math
+import operator
 import os
 import random
 import threading
@@ -97,13 +98,23 @@ class CachePolicy:
     def __post_init__(self) -> None:
         for name in ("max_objects", "max_bytes", "capacity"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool):
                 raise ConfigurationError(f"cache {name} must be a whole number, not {value!r}")
+            try:
+                object.__setattr__(self, name, operator.index(value))
+            except TypeError:
+                raise ConfigurationError(
+                    f"cache {name} must be a whole number, not {value!r}"
+                ) from None
         for name in ("ttl", "decrypt_ttl", "refresh_ahead", "refresh_retry", "ttl_jitter",
                      "wait_timeout"):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or isinstance(value, str | bytes):
                 raise ConfigurationError(f"cache {name} must be a number, not {value!r}")
+            try:  # an int, a float, a numpy number: anything with __float__
+                object.__setattr__(self, name, float(value))
+            except (TypeError, ValueError):
+                raise ConfigurationError(f"cache {name} must be a number, not {value!r}") from None
         if not 1.0 <= self.ttl <= _DAY:
             raise ConfigurationError("cache ttl must be 1 s .. 24 h")
         if not 1.0 <= self.decrypt_ttl <= _DAY:

@@ -6,6 +6,7 @@ object layer, the file path and the CLI's start-up can use them without importin
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ DEFAULT_MEMORY_BUDGET = 256 << 20
 #: a 16 KiB object cannot afford).
 _CPUS = os.cpu_count() or 1
 MIN_MEMORY_BUDGET = 4 << 20
+
+
+def whole_number(value: object, name: str) -> int:
+    """`value` as an int if it is integral (an int, a numpy integer: anything with
+    `__index__`), not a bool; else ConfigurationError naming `name`."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+    raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
 
 
 def _size(n: int) -> str:
@@ -78,8 +90,7 @@ class Options:
         for name in ("segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys"):
             value = getattr(self, name)
             if value is not None or name in ("segment_size", "batch_bytes", "max_wrapped_keys"):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
+                object.__setattr__(self, name, whole_number(value, name))
         s = self.segment_size
         if s <= 0 or s & (s - 1) or not MIN_SEG_LOG2 <= s.bit_length() - 1 <= MAX_SEG_LOG2:
             raise ConfigurationError("segment_size must be a power of two from 4 KiB to 64 MiB")

@@ -26,6 +26,7 @@ from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
 from .keyring import Keyring
 from .objects import TAG_LEN, Header, ObjectKeys, layout, open_object_keys, open_range, read_header
+from .options import whole_number
 
 __all__ = (
     "AsyncDecryptingReader",
@@ -39,11 +40,9 @@ __all__ = (
 
 
 def _whole(value: object, what: str) -> int:
-    """`value` if it is an int (not a bool); else ConfigurationError, at the call that got it
-    rather than as a TypeError from a later read."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{what} must be a whole number, not {value!r}")
-    return value
+    """`value` as an int if it is integral (a numpy integer too), not a bool; else
+    ConfigurationError, at the call that got it rather than a TypeError from a later read."""
+    return whole_number(value, what)
 
 class RangeFile(Protocol):
     """Positional reads over ciphertext: a local file, or an object store with ranged GETs."""

@@ -237,6 +237,19 @@ def test_a_closed_keyring_zeroes_its_cache_and_refuses_use() -> None:
     assert len(shared.cache) == 1  # not this keyring's cache to clear
 
 
+class _Index:
+    """An integral type that is not int (as numpy's integers are): it has __index__."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __index__(self) -> int:
+        return self.n
+
+    def __float__(self) -> float:
+        return float(self.n)
+
+
 def test_bad_inputs_are_configuration_errors_at_the_call() -> None:
     """Every error is an EnvelopeError (README): a non-buffer, a bad setting, a bad expected
     context. A non-contiguous view (a documented input type) works; a bad item of a batch
@@ -256,6 +269,9 @@ def test_bad_inputs_are_configuration_errors_at_the_call() -> None:
     out = sync.encrypt_many([b"a", None, b"c"], keyring=kr, return_exceptions=True)  # type: ignore[list-item]
     assert isinstance(out[1], ConfigurationError) and isinstance(out[0], bytearray)
     assert bytes(sync.decrypt_bytes(out[2], keyring=kr)) == b"c"  # type: ignore[arg-type]
+    # integral values of other types (numpy's) are whole numbers; floats and bools are not
+    assert Options(workers=_Index(2), segment_size=_Index(4096)).workers == 2
+    assert CachePolicy(max_objects=_Index(10), ttl=_Index(60)).ttl == 60.0
     for kw in ({"workers": 1.5}, {"segment_size": 4096.0}, {"batch_bytes": True}):
         with pytest.raises(ConfigurationError, match="whole number"):
             Options(**kw)  # type: ignore[arg-type]

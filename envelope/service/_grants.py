@@ -490,9 +490,11 @@ class GrantOps(ServiceCore):
                 f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: "
                 f"{grant['KeyId']} with an explicit deny in an identity-based policy"
             )
-        if grant.get("RetiringPrincipal") in who:
+        retiring = grant.get("RetiringPrincipal") or grant.get("RetiringServicePrincipal")
+        grantee = grant.get("GranteePrincipal") or grant.get("GranteeServicePrincipal")
+        if retiring in who:
             call.matched.append("retiring-principal")
-        elif grant.get("GranteePrincipal") in who and "RetireGrant" in grant["Operations"]:
+        elif grantee in who and "RetireGrant" in grant["Operations"]:
             call.matched.append(f"grant:{grant['GrantId']}")
         elif caller.kind == "root" and caller.account == key_account:
             call.matched.append("root")

@@ -488,6 +488,18 @@ def test_a_service_principal_grant_needs_a_source_arn_and_a_retiring_principal(
     assert [g["GrantId"] for g in listed] == [made["GrantId"]]
     retirable = svc.list_retirable_grants(retiring_service_principal=S3)["Grants"]
     assert [g["GrantId"] for g in retirable] == [made["GrantId"]]
+    # its retiring service principal retires it (RetireGrant is not bound by SourceArn)
+    svc.retire_grant(key_id=key, grant_id=made["GrantId"], principal=S3)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+    again = svc.create_grant(
+        key_id=key,
+        grantee_service_principal=S3,
+        retiring_principal=f"arn:aws:iam::{A}:root",
+        operations=["Encrypt", "RetireGrant"],
+        constraints={"SourceArn": BUCKET},
+    )
+    svc.retire_grant(grant_token=again["GrantToken"], principal=S3)  # a grantee with RetireGrant
+    assert svc.list_grants(key_id=key)["Grants"] == []
 
 
 def test_a_grant_with_a_principal_keeps_its_members(
