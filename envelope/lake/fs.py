@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -32,48 +33,42 @@ __all__ = (
     "resolve",
 )
 
-#: query members of a pyarrow filesystem URI that carry secrets
+#: query members of a pyarrow filesystem URI that carry secrets (compared in lower case)
 _SECRET_QUERY = frozenset({"secret_key", "session_token", "access_key"})
+#: scheme://USER:SECRET@ — the secret runs to the last "@" before the query: AWS secret keys
+#: hold "/" and "+", which a URI parser would take for the start of the path
+_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):(?P<secret>[^?#]*)@")
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:" + "|".join(_SECRET_QUERY) + r")=)(?P<value>[^&#]*)", re.IGNORECASE
+)
+
+
+def _secrets(uri: str) -> list[str]:
+    """The secrets spelled in `uri`: its userinfo's secret and its credential query members."""
+    found = []
+    m = _USERINFO.match(uri)
+    if m and m.group("secret"):
+        found.append(m.group("secret"))
+    found += [q.group("value") for q in _QUERY_SECRET.finditer(uri) if q.group("value")]
+    return found
 
 
 def redact_uri(uri: str) -> str:
     """`uri` fit for a report, a log or a message: the secret of ``s3://KEY:SECRET@...`` and
-    the credentials of its query (``secret_key``, ``session_token``, ``access_key``) replaced
-    by ``***``. Anything that is not a URI comes back as it is."""
+    the credentials of its query (``secret_key``, ``session_token``, ``access_key``, in any
+    case) replaced by ``***``. Anything that is not a URI comes back as it is."""
     if "://" not in uri:
         return uri
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k in _SECRET_QUERY for k, _ in pairs):
-            masked = [(k, "***" if k in _SECRET_QUERY else v) for k, v in pairs]
-            query = urlencode(masked, safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    uri = _USERINFO.sub(lambda m: f"{m.group('head')}:***@", uri, count=1)
+    return _QUERY_SECRET.sub(lambda q: f"{q.group('key')}***", uri)
 
 
 def _without_secrets(text: str, uri: str) -> str:
     """`text` (an error that may quote `uri` or parts of it) with `uri`'s secrets masked."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    from urllib.parse import unquote
 
     text = text.replace(uri, redact_uri(uri))
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return text
-    secrets = [parts.password or ""]
-    secrets += [v for k, v in parse_qsl(parts.query) if k in _SECRET_QUERY]
-    for secret in filter(None, secrets):
+    for secret in _secrets(uri):
         text = text.replace(secret, "***").replace(unquote(secret), "***")
     return text
 

@@ -514,6 +514,8 @@ async def test_links_standing_in_the_destination_do_not_carry_writes_out(
             "s3://lake/p?secret_key=s3cr3t&session_token=t0k&scheme=http",
             "s3://lake/p?secret_key=***&session_token=***&scheme=http",
         ),
+        ("s3://AKIA1:wJalr/K7MDENG+bPx@lake/p", "s3://AKIA1:***@lake/p"),  # "/" in a secret
+        ("s3://lake/p?Secret_Key=s3cr3t", "s3://lake/p?Secret_Key=***"),
         ("s3://lake/p", "s3://lake/p"),
         ("relative/dir", "relative/dir"),
     ],
@@ -525,6 +527,8 @@ def test_credentials_of_a_uri_never_reach_a_report_or_a_message(uri: str, shown:
 
     assert redact_uri(uri) == shown
     assert jobs.JobReport("encrypt", "src", uri).destination == shown
-    with pytest.raises(ConfigurationError) as e:
-        resolve("nosuchfs://AKIA1:TopSecret@x/y")
-    assert "TopSecret" not in str(e.value) and "AKIA1:***@" in str(e.value)
+    for bad in ("nosuchfs://AKIA1:TopSekrit@x/y", "s3://AKIA1:Top/Sekrit@lake/x?Secret_Key=z9z9"):
+        with pytest.raises(ConfigurationError) as e:
+            resolve(bad)
+        message = str(e.value)
+        assert "Sekrit" not in message and "z9z9" not in message and "AKIA1:***@" in message
