@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..service import KeyService
+from ._common import EXIT_KMS
 from ._output import emit
 from .keys import _all_pages, _cmd, add_store_arguments
 
@@ -131,14 +132,26 @@ def _update(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _simple(opname: str, method: str, verb: str) -> object:
-    def handler(args: argparse.Namespace, svc: KeyService) -> None:
+    def handler(args: argparse.Namespace, svc: KeyService) -> int:
         getattr(svc, method)(custom_key_store_id=args.store)
-        print(f"envelope: {verb} custom key store {args.store}", file=sys.stderr)
-        if method == "connect_custom_key_store":
-            (entry,) = svc.describe_custom_key_stores(custom_key_store_id=args.store)[
-                "CustomKeyStores"
-            ]
-            emit(args, entry, opname)
+        if method != "connect_custom_key_store":
+            print(f"envelope: {verb} custom key store {args.store}", file=sys.stderr)
+            return 0
+        # ConnectCustomKeyStore answers at once, as in AWS; the state says how it went
+        (entry,) = svc.describe_custom_key_stores(custom_key_store_id=args.store)[
+            "CustomKeyStores"
+        ]
+        emit(args, entry, opname)
+        state = entry.get("ConnectionState")
+        if state == "FAILED":
+            print(
+                f"envelope: custom key store {args.store} FAILED to connect: "
+                f"{entry.get('ConnectionErrorCode', 'unknown error')}",
+                file=sys.stderr,
+            )
+            return EXIT_KMS
+        print(f"envelope: custom key store {args.store} is {state}", file=sys.stderr)
+        return 0
 
     return handler
 

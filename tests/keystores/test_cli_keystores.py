@@ -109,5 +109,14 @@ def test_an_hsm_store_from_the_command_line(
         ]
         == "DISCONNECTED"
     )
+    # a connection that fails says so and exits 3 (it said "connected" and exited 0)
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("99999999\n")
+    ok(cli("keystores", "update", store, "--password-file", str(wrong)))
+    r = cli("keystores", "connect", store, "--json")
+    assert r.code == 3 and "FAILED to connect" in r.err and "connected" not in r.err, r.err
+    assert r.json()["ConnectionState"] == "FAILED"
+    ok(cli("keystores", "disconnect", store))
+    ok(cli("keystores", "update", store, "--password-file", str(pin)))
     r = cli("keystores", "delete", store)
     assert r.code != 0 and "CustomKeyStoreHasCMKsException" in r.err
