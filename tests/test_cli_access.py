@@ -466,6 +466,11 @@ def test_explain_exit_codes_and_every_explanation_line(cli: Cli) -> None:
     explained = [line for line in lines if line.startswith("EXPLANATION\t")]
     assert len(explained) == 2 and any("kms:Decrypt is not in Action" in x for x in explained)
 
+    # a pattern or a malformed action is a question no call asks: usage (2), never an answer
+    for pattern in ("kms:*", "kms:Get*", "kms:", "Decrypt"):
+        bad = cli(*base, "--action", pattern)
+        assert bad.code == 2 and "one service:Action name" in bad.err, (pattern, bad.err)
+
     # account-level actions: no key; IAM alone decides
     assert cli("policy", "explain", "--as", w, "--action", "kms:CreateKey", "--json").code == 3
     assert ok(cli("policy", "explain", "--action", "kms:CreateKey", "--json")).json()["Allowed"]

@@ -75,6 +75,7 @@ IMPORT_TOKEN_TTL = DAY
 #: At most this many calls share one commit (bounds a commit's latency and size).
 MAX_GROUP = 64
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: A key id as AWS makes them: a UUID, or ``mrk-`` and 32 hex digits for a multi-Region key.
 #: Anything else is not a key id at all, answered "Invalid keyId '...'" as AWS answers it.
@@ -1217,8 +1218,12 @@ class ServiceCore:
         other condition keys (tags, aliases, the caller's account) are filled in as a real call
         would fill them; `values` adds or overrides any (lower-case names).
         """
-        if not isinstance(action, str) or ":" not in action:
-            raise ValidationException("action must be a service:Action name, e.g. kms:Decrypt")
+        if not isinstance(action, str) or not _ACTION_NAME.fullmatch(action):
+            # one action, named in full: a pattern (kms:*, kms:Get*) is a policy's way to
+            # name many, and no single call is ever made under it
+            raise ValidationException(
+                f"action must be one service:Action name, e.g. kms:Decrypt, not {action!r}"
+            )
         call = _Call(
             action.split(":", 1)[1],
             principal,
