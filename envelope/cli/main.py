@@ -275,6 +275,13 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except OSError as e:  # disk full, broken pipe, permission: a message, not a traceback
         err(f"I/O error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         return EXIT_IO
+    except Exception as e:
+        # an object store that cannot be reached or refuses (botocore's errors are not
+        # OSError): the storage failed, as a disk does; anything else stays a traceback
+        if not type(e).__module__.startswith("botocore"):
+            raise
+        err(f"I/O error: {type(e).__name__}: {e}")
+        return EXIT_IO
 
 
 def run() -> None:

@@ -647,3 +647,21 @@ async def test_every_route_of_a_lake_job_reports_its_objects_and_bytes(
     assert d.ok and count("decrypt") == (len(tree), sum(sizes))
     v = await jobs.verify_prefix(str(enc), keyring=k1, options=opts(), observer=obs)
     assert v.ok and count("decrypt") == (2 * len(tree), 2 * sum(sizes))
+
+
+def test_an_unreachable_object_store_is_an_io_error_not_a_traceback(tmp_path: Path) -> None:
+    from envelope.kms.filekey import generate_key_file
+
+    key = tmp_path / "k.key"
+    generate_key_file(str(key))
+    src = tmp_path / "src"
+    make_tree(src, [10])
+    uri = "s3://a:b@lake/x?endpoint_override=127.0.0.1%3A1&scheme=http&region=us-east-1"
+    r = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", str(src), uri,
+         "--key-file", str(key), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
+    assert "I/O error" in r.stderr and "a:b@" not in r.stderr
