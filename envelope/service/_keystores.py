@@ -496,6 +496,13 @@ class KeyStoreOps(ServiceCore):
                 raise CustomKeyStoreInvalidStateException(
                     f"{row.id} is {row.state}: disconnect it before deleting it"
                 )
+            pattern = f'%"CustomKeyStoreId":"{row.id}"%'
+            for region, kid in conn.execute(  # a deletion that is due is done first
+                "SELECT region, key_id FROM keys WHERE meta LIKE ?", (pattern,)
+            ).fetchall():
+                key = self._load(conn, str(region), str(kid))
+                if key is not None:
+                    self._settle(conn, key, now)
             if self._store_keys(conn, row.id):
                 raise CustomKeyStoreHasCMKsException(
                     f"{row.id} still holds KMS keys: schedule their deletion and wait for the "

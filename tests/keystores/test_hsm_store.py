@@ -380,3 +380,23 @@ def test_key_policies_and_grants_govern_hsm_keys_as_any_other(
     svc.put_key_policy(key_id=kid, policy_name="default", policy=json.dumps(policy))
     with pytest.raises(AccessDeniedException):
         svc.decrypt(ciphertext_blob=blob, encryption_context=CTX, principal=reader)
+
+
+def test_a_store_whose_keys_waiting_periods_ended_can_be_deleted(
+    svc: KeyService, hsm: HsmToken, clock: FakeClock
+) -> None:
+    """AWS: a custom key store can be deleted once its keys are deleted. A key whose waiting
+    period ended is deleted, even if nothing has looked at it since: the delete refused with
+    CustomKeyStoreHasCMKsException until a DescribeKey purged it."""
+    _, store = make_store(svc, hsm, "hsm-due")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    clock.advance(days=6)
+    with pytest.raises(CustomKeyStoreHasCMKsException):
+        svc.delete_custom_key_store(custom_key_store_id=store)
+    clock.advance(days=2)
+    svc.delete_custom_key_store(custom_key_store_id=store)
+    with pytest.raises(CustomKeyStoreNotFoundException):
+        entry(svc, store)
