@@ -24,9 +24,11 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    CustomKeyStoreInvalidStateException,
     InvalidCiphertextException,
     KMSInvalidStateException,
     KmsServiceError,
+    XksKeyInvalidConfigurationException,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ __all__ = (
     "open_token",
     "xks_client",
     "xks_connection_code",
+    "xks_create_key_error",
     "xks_error",
 )
 
@@ -158,6 +161,29 @@ _XKS_MESSAGES = {
 def xks_error(error: BaseException, what: str) -> KmsServiceError:
     """An XKS failure during a cryptographic operation: always KMSInvalidStateException, as AWS
     answers it, with the cause in the message."""
+    return KMSInvalidStateException(f"{what} failed: {_xks_why(error)}.")
+
+
+def xks_create_key_error(error: BaseException) -> KmsServiceError:
+    """An XKS failure while CreateKey asks the proxy about the external key, mapped as the XKS
+    proxy API specification's "KMS considerations" table maps it for CreateKey: the external
+    key's own state or usage is XksKeyInvalidConfigurationException, a proxy that denies
+    access is KMSInvalidStateException, and anything else (the proxy unreachable, slow,
+    refusing the credential or the path, throttling, failing) says the custom key store is
+    not in a state to make keys: CustomKeyStoreInvalidStateException."""
+    from envelope.xks import errors as x
+
+    why = f"CreateKey failed: {_xks_why(error)}."
+    if isinstance(error, x.XksProxyError):
+        if error.error_name in ("InvalidStateException", "InvalidKeyUsageException"):
+            return XksKeyInvalidConfigurationException(why)
+        if error.error_name == "AccessDeniedException":
+            return KMSInvalidStateException(why)
+    return CustomKeyStoreInvalidStateException(why)
+
+
+def _xks_why(error: BaseException) -> str:
+    """The cause of an XKS failure, in words for the caller's message."""
     from envelope.xks import errors as x
 
     if isinstance(error, x.XksProxyError):
@@ -180,7 +206,7 @@ def xks_error(error: BaseException, what: str) -> KmsServiceError:
         )
     else:
         why = f"{type(error).__name__}"
-    return KMSInvalidStateException(f"{what} failed: {why}.")
+    return why
 
 
 def _first_line(error: BaseException) -> str:

@@ -658,10 +658,10 @@ class KeyStoreOps(ServiceCore):
                 raise XksKeyNotFoundException(
                     f"the external key store proxy has no key {xks_key_id}"
                 ) from None
-            raise _keystore_links.xks_error(e, "CreateKey") from None
+            raise _keystore_links.xks_create_key_error(e) from None
         except Exception as e:
             _timed(call, row, "GetKeyMetadata", _outcome(e), started)
-            raise _keystore_links.xks_error(e, "CreateKey") from None
+            raise _keystore_links.xks_create_key_error(e) from None
         _timed(call, row, "GetKeyMetadata", "ok", started)
         usage = set(info.key_usage)
         if (

@@ -22,6 +22,7 @@ import pytest
 
 from envelope.service import KeyService
 from envelope.service.errors import (
+    CustomKeyStoreInvalidStateException,
     KMSInvalidStateException,
     XksKeyAlreadyInUseException,
     XksKeyInvalidConfigurationException,
@@ -247,6 +248,34 @@ def test_each_xks_error_is_kms_invalid_state_audited(
     assert rec["operation"] == "GenerateDataKey" and rec["error_code"] == "KMSInvalidStateException"
     assert rec["keystore_calls"][0]["Outcome"] == error
     assert svc.describe_key(key_id=kid)["KeyMetadata"] == before
+
+
+@pytest.mark.parametrize("error", sorted(ERROR_STATUS))
+def test_create_key_maps_each_xks_error_as_the_spec_says(
+    svc: KeyService, canned: Canned, error: str
+) -> None:
+    """CreateKey asks the proxy for the external key's metadata; the XKS proxy API's "KMS
+    considerations" table maps its errors for CreateKey: the key's state or usage is
+    XksKeyInvalidConfigurationException, KeyNotFound is XksKeyNotFoundException, AccessDenied
+    is KMSInvalidStateException, and every other failure CustomKeyStoreInvalidStateException
+    (KMSInvalidStateException, not among CreateKey's errors, answered them all)."""
+    store = xks_store(svc, canned.endpoint, f"ck-{free_port()}")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    canned.answers["/ks/a/kms/xks/v1/keys/k2/metadata"] = (
+        ERROR_STATUS[error],
+        json.dumps({"errorName": error, "errorMessage": "canned"}).encode(),
+    )
+    expected: type[Exception] = CustomKeyStoreInvalidStateException
+    if error in ("InvalidStateException", "InvalidKeyUsageException"):
+        expected = XksKeyInvalidConfigurationException
+    elif error == "KeyNotFoundException":
+        expected = XksKeyNotFoundException
+    elif error == "AccessDeniedException":
+        expected = KMSInvalidStateException
+    with pytest.raises(expected):
+        svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k2")
+    assert svc.audit_tail(1)[0]["error_code"] == expected.__name__
+    assert svc.list_keys()["Keys"] == []
 
 
 def test_a_slow_proxy_times_out(
