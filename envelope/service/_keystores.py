@@ -872,25 +872,42 @@ class KeyStoreOps(ServiceCore):
         client = _keystore_links.xks_client(
             str(proxy["UriEndpoint"]), str(proxy["UriPath"]), str(proxy["AccessKeyId"]), secret
         )
+        where = f"{proxy['UriEndpoint']}{proxy['UriPath']}"
+        # each failure answered as botocore's model documents the exceptions of
+        # CreateCustomKeyStore and UpdateCustomKeyStore
         try:
-            client.health(_xks_metadata(self, call, None))
+            health = client.health(_xks_metadata(self, call, None))
         except xerr.XksProxyError as e:
             if e.error_name == "AuthenticationFailedException":
                 raise XksProxyIncorrectAuthenticationCredentialException(
                     "the external key store proxy rejected the authentication credential"
                 ) from None
+            if e.error_name == "InvalidUriPathException":
+                raise XksProxyInvalidConfigurationException(
+                    f"the external key store proxy has no XKS API at {where} (XksProxyUriPath)"
+                ) from None
+            if e.error_name in ("ThrottlingException", "DependencyTimeoutException"):
+                raise XksProxyUriUnreachableException(
+                    f"the external key store proxy at {where} is not available now: it "
+                    f"answered GetHealthStatus with {e.error_name}"
+                ) from None
             raise XksProxyInvalidResponseException(
                 f"the external key store proxy answered GetHealthStatus with {e.error_name}"
             ) from None
-        except (xerr.XksUnreachable, xerr.XksTimeout) as e:
+        except (xerr.XksUnreachable, xerr.XksTimeout, xerr.XksTlsError) as e:
             raise XksProxyUriUnreachableException(
-                f"the external key store proxy at {proxy['UriEndpoint']}{proxy['UriPath']} "
-                f"did not answer GetHealthStatus ({type(e).__name__})"
+                f"the external key store proxy at {where} did not answer GetHealthStatus: "
+                f"{_keystore_links.xks_error(e, 'GetHealthStatus').message}"
             ) from None
         except Exception as e:
             raise XksProxyInvalidResponseException(
                 f"GetHealthStatus failed: {type(e).__name__}"
             ) from None
+        if _all_unavailable(health):
+            raise XksProxyUriUnreachableException(
+                f"the external key store proxy at {where} reports every external key manager "
+                "instance UNAVAILABLE"
+            )
 
     def _try_connect(self, conn: sqlite3.Connection, call: _Call, row: _StoreRow) -> str | None:
         """Reach the store's token or proxy; None when connected, else a ConnectionErrorCode."""
@@ -917,15 +934,8 @@ class KeyStoreOps(ServiceCore):
             _timed(call, row, "GetHealthStatus", code, started)
             return code
         _timed(call, row, "GetHealthStatus", "ok", started)
-        fleet = health.get("ekmFleetDetails") if isinstance(health, Mapping) else None
-        if (
-            isinstance(fleet, list)
-            and fleet
-            and all(
-                isinstance(f, Mapping) and f.get("healthStatus") == "UNAVAILABLE" for f in fleet
-            )
-        ):
-            return "XKS_PROXY_INVALID_RESPONSE"
+        if _all_unavailable(health):  # botocore: the proxy cannot serve: not reachable
+            return "XKS_PROXY_NOT_REACHABLE"
         return None
 
     def _drain_token_deletions(
@@ -973,3 +983,13 @@ class KeyStoreOps(ServiceCore):
                     conn.execute("DELETE FROM token_deletions WHERE store_id=?", (str(sid),))
                 elif row.state == CONNECTED:
                     self._drain_token_deletions(conn, None, row)
+
+
+def _all_unavailable(health: object) -> bool:
+    """Whether a GetHealthStatus answer says every external key manager is UNAVAILABLE."""
+    fleet = health.get("ekmFleetDetails") if isinstance(health, Mapping) else None
+    return (
+        isinstance(fleet, list)
+        and bool(fleet)
+        and all(isinstance(f, Mapping) and f.get("healthStatus") == "UNAVAILABLE" for f in fleet)
+    )

@@ -278,6 +278,40 @@ def test_create_key_maps_each_xks_error_as_the_spec_says(
     assert svc.list_keys()["Keys"] == []
 
 
+def test_a_proxy_that_cannot_serve_is_refused_as_botocore_documents(
+    svc: KeyService, canned: Canned
+) -> None:
+    """CreateCustomKeyStore checks GetHealthStatus: every external key manager UNAVAILABLE,
+    throttling or a dependency timeout is XksProxyUriUnreachableException, a path with no XKS
+    API XksProxyInvalidConfigurationException (each was XksProxyInvalidResponseException, or
+    accepted); connecting to such a proxy fails with XKS_PROXY_NOT_REACHABLE."""
+    health = "/ks/a/kms/xks/v1/health"
+    good = canned.answers[health]
+    doc = json.loads(good[1])
+    doc["ekmFleetDetails"] = [{"id": "1", "model": "m", "healthStatus": "UNAVAILABLE"}]
+    cases: list[tuple[tuple[int, bytes], type[Exception]]] = [
+        ((200, json.dumps(doc).encode()), XksProxyUriUnreachableException),
+    ]
+    for name, expected in (
+        ("ThrottlingException", XksProxyUriUnreachableException),
+        ("DependencyTimeoutException", XksProxyUriUnreachableException),
+        ("InvalidUriPathException", XksProxyInvalidConfigurationException),
+    ):
+        body = json.dumps({"errorName": name, "errorMessage": "canned"}).encode()
+        cases.append(((ERROR_STATUS[name], body), expected))
+    for answer_, expected in cases:
+        canned.answers[health] = answer_
+        with pytest.raises(expected):
+            xks_store(svc, canned.endpoint, f"sick-{free_port()}")
+    assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
+    canned.answers[health] = good
+    store = xks_store(svc, canned.endpoint, "later-sick")
+    canned.answers[health] = cases[0][0]
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert (e["ConnectionState"], e["ConnectionErrorCode"]) == ("FAILED", "XKS_PROXY_NOT_REACHABLE")
+
+
 def test_a_slow_proxy_times_out(
     svc: KeyService, canned: Canned, monkeypatch: pytest.MonkeyPatch
 ) -> None:
