@@ -251,7 +251,8 @@ def _combine(
     else:
         resource_ok = kp_self if kp_self is not None else kp_account
         if resource_ok is not None and identity_ok is not None:
-            matched = "key-policy:" + resource_ok
+            # both sides were needed: both are named (access.md's `matched`)
+            matched = f"key-policy:{resource_ok},{identity_ok}"
             how = "allowed by the key policy and the caller's own account"
         missing_identity = resource_ok is not None
     if matched is not None:

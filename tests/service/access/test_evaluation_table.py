@@ -150,7 +150,9 @@ STRUCTURE = [
     # -- cross-account: both sides must allow --------------------------------------------------
     row(
         "cross-account/key-policy-names-account+iam-allows",
-        Case(CAROL_B, True, ACCOUNT_B_TOO, (IAM_DECRYPT,), matched="key-policy:PartnerB"),
+        Case(
+            CAROL_B, True, ACCOUNT_B_TOO, (IAM_DECRYPT,), matched="key-policy:PartnerB,iam:p0:Dec"
+        ),
     ),
     row(
         "cross-account/key-policy-names-account-no-iam-denied",
@@ -163,7 +165,7 @@ STRUCTURE = [
     row("cross-account/key-policy-names-user-no-iam-denied", Case(CAROL_B, False, CAROL_DIRECT)),
     row(
         "cross-account/key-policy-names-user+iam-allows",
-        Case(CAROL_B, True, CAROL_DIRECT, (IAM_DECRYPT,), matched="key-policy:Carol"),
+        Case(CAROL_B, True, CAROL_DIRECT, (IAM_DECRYPT,), matched="key-policy:Carol,iam:p0:Dec"),
     ),
     row("cross-account/other-root-needs-no-iam", Case(ROOT_B, True, ACCOUNT_B_TOO)),
     row("cross-account/star-principal-still-needs-caller-iam", Case(CAROL_B, False, EVERYONE)),
