@@ -27,6 +27,7 @@ principals or policies, in any process) is unchanged: one small read per request
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -527,7 +528,14 @@ class CredentialOps(IamOps):
             return request, _no_such_principal(caller)
         text = role.get("AssumeRolePolicyDocument") or default_trust_policy(account)
         trust = self._trust_policy(str(text))
-        return request, authorize(request, key_policy=trust, iam_policies=identity.policies)
+        decision = authorize(request, key_policy=trust, iam_policies=identity.policies)
+        # the evaluator calls every resource policy a key policy: here it is the trust policy
+        matched = decision.matched
+        if matched is not None and "key-policy:" in matched:
+            decision = dataclasses.replace(
+                decision, matched=matched.replace("key-policy:", "trust-policy:")
+            )
+        return request, decision
 
     def _trust_policy(self, text: str) -> Policy:
         cache: dict[str, Policy] = self.__dict__.setdefault("_trust_cache", {})

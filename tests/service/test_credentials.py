@@ -237,6 +237,8 @@ def test_assume_role_shape(svc: KeyService, clock: FakeClock) -> None:
     assert who["Arn"] == session(r, "job-7")
     rec = svc.audit_tail(1)[0]
     assert rec["operation"] == "sts:AssumeRole" and rec["decision"] == "allowed"
+    # what allowed it is the role's trust policy, not a key policy (no key is involved)
+    assert rec["matched"] == "trust-policy:#0"
     assert rec["params"]["AccessKeyId"] == creds["AccessKeyId"]
     assert rec["key_id"] == r
     resolved = svc.resolve_credentials(creds["AccessKeyId"], clock.now)
