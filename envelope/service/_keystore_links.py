@@ -204,8 +204,8 @@ def _xks_why(error: BaseException) -> str:
             "the external key store proxy returned a response the XKS API does not allow ("
             f"{_first_line(error)})"
         )
-    else:
-        why = f"{type(error).__name__}"
+    else:  # a local misconfiguration ($ENVELOPE_XKS_TIMEOUT, the CA file): say which
+        why = f"{type(error).__name__}: {_first_line(error)}"
     return why
 
 
