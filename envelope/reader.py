@@ -39,11 +39,6 @@ __all__ = (
 
 
 
-def _whole(value: object, what: str) -> int:
-    """`value` as an int if it is integral (a numpy integer too), not a bool; else
-    ConfigurationError, at the call that got it rather than a TypeError from a later read."""
-    return whole_number(value, what)
-
 class RangeFile(Protocol):
     """Positional reads over ciphertext: a local file, or an object store with ranged GETs."""
 
@@ -181,7 +176,7 @@ class DecryptingReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._check_open()
-        _whole(offset, "seek offset")
+        whole_number(offset, "seek offset")
         if whence == os.SEEK_SET:
             pos = offset
         elif whence == os.SEEK_CUR:
@@ -204,7 +199,7 @@ class DecryptingReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
         if size is not None:
-            _whole(size, "size")
+            whole_number(size, "size")
         if size is None or size < 0:
             size = max(0, self._size - self._pos)
         if self._pos >= self._size:
@@ -223,7 +218,7 @@ class DecryptingReader(io.RawIOBase):
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext [offset, offset+length) without moving the position. Thread-safe."""
         self._check_open()
-        if _whole(offset, "offset") < 0 or _whole(length, "length") < 0:
+        if whole_number(offset, "offset") < 0 or whole_number(length, "length") < 0:
             raise ConfigurationError(f"offset and length must be >= 0, not {offset}, {length}")
         end = min(self._size, offset + length)
         if offset >= end:

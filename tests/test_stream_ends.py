@@ -170,12 +170,12 @@ def test_cli_encrypts_a_nonblocking_stdin_to_its_end(tmp_path: Path) -> None:
     assert back.read_bytes() == DATA
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux procfs")
 def test_a_pseudo_file_reporting_size_zero_is_read_to_its_end(
     tmp_path: Path, keyring: Keyring
 ) -> None:
-    """procfs reports st_size 0 for files with content: the file-to-file path, which trusts
-    the size, sealed an empty object that opened cleanly. Such a file is read to its end."""
+    """(Linux, as every machine this suite targets.) procfs reports st_size 0 for files with
+    content: the file-to-file path, which trusts the size, sealed an empty object that opened
+    cleanly. Such a file is read to its end."""
     proc = "/proc/self/status"  # (its content varies a little: compared by its first line)
     sealed = tmp_path / "status.env"
     info = sync.encrypt(proc, str(sealed), keyring=keyring)
@@ -202,9 +202,7 @@ class _Wrapper:
         return int(self.f.fileno())
 
 
-def test_a_wrapper_whose_write_returns_none_wrote_it_all(
-    tmp_path: Path, keyring: Keyring
-) -> None:
+def test_a_wrapper_whose_write_returns_none_wrote_it_all(tmp_path: Path, keyring: Keyring) -> None:
     """Only raw and buffered io streams answer None for "nothing now": a plain wrapper's None
     means it wrote everything (writing again would repeat the bytes), over a pipe, a regular
     file, or nothing at all."""
