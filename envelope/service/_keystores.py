@@ -35,10 +35,11 @@ short, so CONNECTING is never observed). While a store is not CONNECTED its keys
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _keystore_links, _rows
 from ._core import (
@@ -49,34 +50,6 @@ from ._core import (
     _page,
     _paging,
 )
-from .errors import (
-    AccessDeniedException,
-    CloudHsmClusterInUseException,
-    CloudHsmClusterNotActiveException,
-    CloudHsmClusterNotFoundException,
-    CloudHsmClusterNotRelatedException,
-    CustomKeyStoreHasCMKsException,
-    CustomKeyStoreInvalidStateException,
-    CustomKeyStoreNameInUseException,
-    CustomKeyStoreNotFoundException,
-    IncorrectTrustAnchorException,
-    LimitExceededException,
-    UnsupportedOperationException,
-    ValidationException,
-    XksKeyAlreadyInUseException,
-    XksKeyInvalidConfigurationException,
-    XksKeyNotFoundException,
-    XksProxyIncorrectAuthenticationCredentialException,
-    XksProxyInvalidConfigurationException,
-    XksProxyInvalidResponseException,
-    XksProxyUriInUseException,
-    XksProxyUriUnreachableException,
-)
-
-if TYPE_CHECKING:
-    pass
-
-
 from ._keystore_rows import (
     _CLUSTER_RE,
     _ENDPOINT_RE,
@@ -107,6 +80,30 @@ from ._keystore_rows import (
     _xks_for,
     _xks_metadata,
     token_label,
+)
+from .errors import (
+    AccessDeniedException,
+    CloudHsmClusterInUseException,
+    CloudHsmClusterNotActiveException,
+    CloudHsmClusterNotFoundException,
+    CloudHsmClusterNotRelatedException,
+    CustomKeyStoreHasCMKsException,
+    CustomKeyStoreInvalidStateException,
+    CustomKeyStoreNameInUseException,
+    CustomKeyStoreNotFoundException,
+    IncorrectTrustAnchorException,
+    KmsServiceError,
+    LimitExceededException,
+    UnsupportedOperationException,
+    ValidationException,
+    XksKeyAlreadyInUseException,
+    XksKeyInvalidConfigurationException,
+    XksKeyNotFoundException,
+    XksProxyIncorrectAuthenticationCredentialException,
+    XksProxyInvalidConfigurationException,
+    XksProxyInvalidResponseException,
+    XksProxyUriInUseException,
+    XksProxyUriUnreachableException,
 )
 
 __all__ = ("KeyStoreOps",)
@@ -171,6 +168,14 @@ class KeyStoreOps(ServiceCore):
                 _text(trust_anchor_certificate, "TrustAnchorCertificate", 1, 5000)
             if _load_cluster(self, conn, cluster_id) is not None:
                 raise CloudHsmClusterInUseException(f"{cluster_id} is already registered")
+            # one token, one cluster: AWS lets a cluster back one key store only, and a token
+            # registered twice would let two stores share it
+            for (other,) in conn.execute("SELECT cluster_id FROM hsm_clusters"):
+                known = _load_cluster(self, conn, str(other))
+                if known is not None and _same_token(known, module, token_label):
+                    raise CloudHsmClusterInUseException(
+                        f"token {token_label!r} of {module} is already registered as {other}"
+                    )
             body = {
                 "CloudHsmClusterId": cluster_id,
                 "Module": module,
@@ -283,6 +288,7 @@ class KeyStoreOps(ServiceCore):
                 "ConnectionState": DISCONNECTED,
                 "CreationDate": now,
             }
+            row = _StoreRow(store_id, account, body, None)
             if kind == CLOUDHSM:
                 _only_for(
                     "EXTERNAL_KEY_STORE",
@@ -295,6 +301,8 @@ class KeyStoreOps(ServiceCore):
                 )
                 cluster_id, password, anchor = self._cluster_args(
                     conn,
+                    call,
+                    row,
                     cloud_hsm_cluster_id,
                     key_store_password,
                     trust_anchor_certificate,
@@ -305,7 +313,7 @@ class KeyStoreOps(ServiceCore):
                 params["CloudHsmClusterId"] = cluster_id
                 body["CloudHsmClusterId"] = cluster_id
                 body["TrustAnchorCertificate"] = anchor
-                secret = self.store.root.seal(password.encode(), _secret_aad(store_id))
+                row.secret = self.store.root.seal(password.encode(), _secret_aad(store_id))
             else:
                 _only_for(
                     "AWS_CLOUDHSM",
@@ -330,9 +338,8 @@ class KeyStoreOps(ServiceCore):
                     XksProxyAccessKeyId=proxy["AccessKeyId"],  # never the secret
                 )
                 body["XksProxyConfiguration"] = proxy
-                self._check_proxy(call, proxy, secret_text)
-                secret = self.store.root.seal(secret_text.encode(), _secret_aad(store_id))
-            row = _StoreRow(store_id, account, body, secret)
+                self._check_proxy(call, row, proxy, secret_text)
+                row.secret = self.store.root.seal(secret_text.encode(), _secret_aad(store_id))
             _save_store(self, conn, row, insert=True)
             params["CustomKeyStoreId"] = store_id
             return {"CustomKeyStoreId": store_id}
@@ -430,11 +437,20 @@ class KeyStoreOps(ServiceCore):
                             "KeyStorePassword or CloudHsmClusterId"
                         )
                     cluster_id, password, _ = self._cluster_args(
-                        conn, cloud_hsm_cluster_id, key_store_password, None, required=False
+                        conn,
+                        call,
+                        row,
+                        cloud_hsm_cluster_id,
+                        key_store_password,
+                        None,
+                        required=False,
                     )
                     if cluster_id is not None and cluster_id != row.body["CloudHsmClusterId"]:
                         self._cluster_free(conn, cluster_id, row.id)
-                        self._cluster_related(conn, row, cluster_id)
+                        # the new cluster is checked with the new password when one is given
+                        self._cluster_related(
+                            conn, call, row, cluster_id, password or _secret(self, row)
+                        )
                         row.body["CloudHsmClusterId"] = cluster_id
                         params["CloudHsmClusterId"] = cluster_id
                     if password is not None:
@@ -469,7 +485,7 @@ class KeyStoreOps(ServiceCore):
                     proxy["AccessKeyId"] = old["AccessKeyId"]
                 if proxy != old or secret_text is not None:
                     self._proxy_free(conn, proxy, row.id)
-                    self._check_proxy(call, proxy, secret_text or _secret(self, row))
+                    self._check_proxy(call, row, proxy, secret_text or _secret(self, row))
                     row.body["XksProxyConfiguration"] = proxy
                     if secret_text is not None:
                         row.secret = self.store.root.seal(secret_text.encode(), _secret_aad(row.id))
@@ -715,6 +731,8 @@ class KeyStoreOps(ServiceCore):
     def _cluster_args(
         self,
         conn: sqlite3.Connection,
+        call: _Call,
+        row: _StoreRow,
         cluster_id: Any,
         password: Any,
         anchor: Any,
@@ -745,14 +763,17 @@ class KeyStoreOps(ServiceCore):
             raise IncorrectTrustAnchorException(
                 f"the trust anchor certificate is not the one registered for {cluster_id}"
             )
+        started = time.perf_counter()
         try:
             from envelope.pkcs11 import probe_token
 
             probe_token(str(cluster["Module"]), str(cluster["TokenLabel"]))
         except Exception as e:
+            _timed(call, row, "Probe", _keystore_links.hsm_connection_code(e), started)
             raise CloudHsmClusterNotActiveException(
                 f"the token of {cluster_id} cannot be reached ({type(e).__name__})"
             ) from None
+        _timed(call, row, "Probe", "ok", started)
         return cluster_id, password, anchor
 
     def _cluster_free(
@@ -767,20 +788,30 @@ class KeyStoreOps(ServiceCore):
                     f"{cluster_id} already backs custom key store {sid}"
                 )
 
-    def _cluster_related(self, conn: sqlite3.Connection, row: _StoreRow, cluster_id: str) -> None:
+    def _cluster_related(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        row: _StoreRow,
+        cluster_id: str,
+        password: str,
+    ) -> None:
         """A store moves only to a cluster whose token holds every one of its keys (AWS: a
-        cluster that shares the original's backup history)."""
+        cluster that shares the original's backup history), opened with `password`."""
         labels = [str(m["x_hsm_label"]) for m in self._store_keys(conn, row.id)]
         if not labels:
             return
         cluster = _load_cluster(self, conn, cluster_id)
         assert cluster is not None
+        started = time.perf_counter()
         try:
             token = _keystore_links.open_token(
-                str(cluster["Module"]), str(cluster["TokenLabel"]), _secret(self, row)
+                str(cluster["Module"]), str(cluster["TokenLabel"]), password
             )
             missing = [label for label in labels if not token.has_key(label)]
+            _timed(call, row, "FindKeys", "ok", started)
         except Exception as e:
+            _timed(call, row, "FindKeys", _keystore_links.hsm_connection_code(e), started)
             raise CloudHsmClusterNotRelatedException(
                 f"{cluster_id} cannot be checked for this store's keys ({type(e).__name__})"
             ) from None
@@ -800,7 +831,12 @@ class KeyStoreOps(ServiceCore):
         *,
         required: bool,
     ) -> tuple[dict[str, Any], str | None]:
-        connectivity = connectivity or "PUBLIC_ENDPOINT"
+        if required and connectivity is None:
+            # CreateCustomKeyStore: "XksProxyConnectivity ... Required for an external key
+            # store" (the API reference), so it has no default
+            raise ValidationException(
+                "an EXTERNAL_KEY_STORE needs XksProxyConnectivity (PUBLIC_ENDPOINT here)"
+            )
         if connectivity not in ("PUBLIC_ENDPOINT", "VPC_ENDPOINT_SERVICE"):
             raise ValidationException(
                 "XksProxyConnectivity must be PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE"
@@ -864,45 +900,23 @@ class KeyStoreOps(ServiceCore):
                     f"{sid}"
                 )
 
-    def _check_proxy(self, call: _Call, proxy: Mapping[str, Any], secret: str) -> None:
+    def _check_proxy(
+        self, call: _Call, row: _StoreRow, proxy: Mapping[str, Any], secret: str
+    ) -> None:
         """GetHealthStatus through the proxy, as AWS does when a store is created or its proxy
-        settings change: the settings must work before they are kept."""
-        from envelope.xks import errors as xerr
-
+        settings change: the settings must work before they are kept. The round trip is in
+        the call's audit record (``keystore_calls``), whatever its outcome."""
         client = _keystore_links.xks_client(
             str(proxy["UriEndpoint"]), str(proxy["UriPath"]), str(proxy["AccessKeyId"]), secret
         )
         where = f"{proxy['UriEndpoint']}{proxy['UriPath']}"
-        # each failure answered as botocore's model documents the exceptions of
-        # CreateCustomKeyStore and UpdateCustomKeyStore
+        started = time.perf_counter()
         try:
             health = client.health(_xks_metadata(self, call, None))
-        except xerr.XksProxyError as e:
-            if e.error_name == "AuthenticationFailedException":
-                raise XksProxyIncorrectAuthenticationCredentialException(
-                    "the external key store proxy rejected the authentication credential"
-                ) from None
-            if e.error_name == "InvalidUriPathException":
-                raise XksProxyInvalidConfigurationException(
-                    f"the external key store proxy has no XKS API at {where} (XksProxyUriPath)"
-                ) from None
-            if e.error_name in ("ThrottlingException", "DependencyTimeoutException"):
-                raise XksProxyUriUnreachableException(
-                    f"the external key store proxy at {where} is not available now: it "
-                    f"answered GetHealthStatus with {e.error_name}"
-                ) from None
-            raise XksProxyInvalidResponseException(
-                f"the external key store proxy answered GetHealthStatus with {e.error_name}"
-            ) from None
-        except (xerr.XksUnreachable, xerr.XksTimeout, xerr.XksTlsError) as e:
-            raise XksProxyUriUnreachableException(
-                f"the external key store proxy at {where} did not answer GetHealthStatus: "
-                f"{_keystore_links.xks_error(e, 'GetHealthStatus').message}"
-            ) from None
         except Exception as e:
-            raise XksProxyInvalidResponseException(
-                f"GetHealthStatus failed: {type(e).__name__}"
-            ) from None
+            _timed(call, row, "GetHealthStatus", _keystore_links.xks_connection_code(e), started)
+            raise _health_refusal(e, where) from None
+        _timed(call, row, "GetHealthStatus", "ok", started)
         if _all_unavailable(health):
             raise XksProxyUriUnreachableException(
                 f"the external key store proxy at {where} reports every external key manager "
@@ -983,6 +997,43 @@ class KeyStoreOps(ServiceCore):
                     conn.execute("DELETE FROM token_deletions WHERE store_id=?", (str(sid),))
                 elif row.state == CONNECTED:
                     self._drain_token_deletions(conn, None, row)
+
+
+def _same_token(cluster: Mapping[str, Any], module: str, token_label: str) -> bool:
+    """Does a registered cluster name this token (the same module file, the same label)?"""
+    if cluster.get("TokenLabel") != token_label:
+        return False
+    return os.path.realpath(str(cluster.get("Module"))) == os.path.realpath(module)
+
+
+def _health_refusal(e: Exception, where: str) -> KmsServiceError:
+    """The KMS error for a failed GetHealthStatus at CreateCustomKeyStore or
+    UpdateCustomKeyStore, as botocore's model documents those operations' exceptions."""
+    from envelope.xks import errors as xerr
+
+    if isinstance(e, xerr.XksProxyError):
+        if e.error_name == "AuthenticationFailedException":
+            return XksProxyIncorrectAuthenticationCredentialException(
+                "the external key store proxy rejected the authentication credential"
+            )
+        if e.error_name == "InvalidUriPathException":
+            return XksProxyInvalidConfigurationException(
+                f"the external key store proxy has no XKS API at {where} (XksProxyUriPath)"
+            )
+        if e.error_name in ("ThrottlingException", "DependencyTimeoutException"):
+            return XksProxyUriUnreachableException(
+                f"the external key store proxy at {where} is not available now: it "
+                f"answered GetHealthStatus with {e.error_name}"
+            )
+        return XksProxyInvalidResponseException(
+            f"the external key store proxy answered GetHealthStatus with {e.error_name}"
+        )
+    if isinstance(e, (xerr.XksUnreachable, xerr.XksTimeout, xerr.XksTlsError)):
+        return XksProxyUriUnreachableException(
+            f"the external key store proxy at {where} did not answer GetHealthStatus: "
+            f"{_keystore_links.xks_error(e, 'GetHealthStatus').message}"
+        )
+    return XksProxyInvalidResponseException(f"GetHealthStatus failed: {type(e).__name__}")
 
 
 def _all_unavailable(health: object) -> bool:

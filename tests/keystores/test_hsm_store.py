@@ -11,6 +11,7 @@ destroys its HSM object after the waiting period.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import Any
 
 import pytest
 
+from envelope.pkcs11 import Token
 from envelope.service import KeyService
 from envelope.service.errors import (
     AccessDeniedException,
     CloudHsmClusterInUseException,
     CloudHsmClusterNotFoundException,
+    CloudHsmClusterNotRelatedException,
     CustomKeyStoreHasCMKsException,
     CustomKeyStoreInvalidStateException,
     CustomKeyStoreNameInUseException,
@@ -36,6 +39,7 @@ from envelope.service.errors import (
 )
 
 from ..service.conftest import FakeClock, open_store
+from ..softhsm import make_token
 from .conftest import HsmToken
 
 CTX = {"dataset": "sales"}
@@ -205,7 +209,7 @@ def test_wrong_pin_fails_the_connection_and_an_update_mends_it(
     assert "ConnectionErrorCode" not in entry(svc, store)
 
 
-def test_create_refusals(svc: KeyService, hsm: HsmToken) -> None:
+def test_create_refusals(svc: KeyService, hsm: HsmToken, tmp_path: Path) -> None:
     with pytest.raises(CloudHsmClusterNotFoundException):
         svc.create_custom_key_store(
             custom_key_store_name="x",
@@ -240,7 +244,14 @@ def test_create_refusals(svc: KeyService, hsm: HsmToken) -> None:
             key_store_password=hsm.pin,
             trust_anchor_certificate=ANCHOR,
         )
-    other = svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)["CloudHsmClusterId"]
+    # one token is one cluster: registered again (under another id) it would let a second
+    # store share it
+    with pytest.raises(CloudHsmClusterInUseException, match="already registered as"):
+        svc.register_hsm_cluster(module=hsm.module, token_label=hsm.label)
+    spare = make_token(tmp_path, label="spare-" + secrets.token_hex(3), pin=hsm.pin)
+    other = svc.register_hsm_cluster(module=spare.module, token_label=spare.token_label)[
+        "CloudHsmClusterId"
+    ]
     with pytest.raises(CustomKeyStoreNameInUseException):
         svc.create_custom_key_store(
             custom_key_store_name="x",
@@ -400,3 +411,38 @@ def test_a_store_whose_keys_waiting_periods_ended_can_be_deleted(
     svc.delete_custom_key_store(custom_key_store_id=store)
     with pytest.raises(CustomKeyStoreNotFoundException):
         entry(svc, store)
+
+
+def test_moving_a_store_to_another_token_opens_it_with_the_new_password(
+    svc: KeyService, hsm: HsmToken, tmp_path: Path
+) -> None:
+    """UpdateCustomKeyStore naming both a new cluster and a new KeyStorePassword checks the new
+    cluster (does its token hold the store's keys?) with the new password, the one the store
+    will log in with from then on; the old one need not open it."""
+    _, store = make_store(svc, hsm, name="moving")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    # the copy's token has a PIN of its own and holds a key under the store's key's label
+    copy = make_token(tmp_path, label="copy-" + secrets.token_hex(3), pin="87654321")
+    token = Token.open(copy)
+    try:
+        token.create_aes_key(f"kms-{kid}")
+    finally:
+        token.close()
+    cluster = svc.register_hsm_cluster(module=copy.module, token_label=copy.token_label)[
+        "CloudHsmClusterId"
+    ]
+    with pytest.raises(CloudHsmClusterNotRelatedException):  # a PIN that opens neither
+        svc.update_custom_key_store(
+            custom_key_store_id=store, cloud_hsm_cluster_id=cluster, key_store_password="0000000"
+        )
+    assert entry(svc, store)["CloudHsmClusterId"] != cluster  # the refusal changed nothing
+    svc.update_custom_key_store(
+        custom_key_store_id=store, cloud_hsm_cluster_id=cluster, key_store_password=copy.pin
+    )
+    assert entry(svc, store)["CloudHsmClusterId"] == cluster
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
+    record = [r for r in svc.audit_tail(10) if r["operation"] == "UpdateCustomKeyStore"][-1]
+    assert [c["Call"] for c in record["keystore_calls"]] == ["Probe", "FindKeys"]

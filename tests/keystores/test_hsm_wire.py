@@ -7,13 +7,16 @@ KMS model, so the shapes are AWS's.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 import pytest
 
 from ..server.conftest import Server, start_server
+from ..softhsm import make_token
 from .conftest import HsmToken
 
 ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -33,7 +36,7 @@ def code(e: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
     return str(e.value.response["Error"]["Code"])
 
 
-def test_hsm_key_lifecycle_over_the_wire(server: Server, hsm: HsmToken) -> None:
+def test_hsm_key_lifecycle_over_the_wire(server: Server, hsm: HsmToken, tmp_path: Path) -> None:
     local = server.service()
     try:
         cluster = local.register_hsm_cluster(module=hsm.module, token_label=hsm.label)[
@@ -94,7 +97,7 @@ def test_hsm_key_lifecycle_over_the_wire(server: Server, hsm: HsmToken) -> None:
     # a wrong PIN over the wire: FAILED with AWS's code
     bad = kms.create_custom_key_store(
         CustomKeyStoreName="wire-bad-pin",
-        CloudHsmClusterId=_second_cluster(server, hsm),
+        CloudHsmClusterId=_second_cluster(server, tmp_path),
         KeyStorePassword="not-the-pin",
         TrustAnchorCertificate=ANCHOR,
     )["CustomKeyStoreId"]
@@ -118,10 +121,12 @@ def test_hsm_key_lifecycle_over_the_wire(server: Server, hsm: HsmToken) -> None:
     assert 'envelope_hsm_call_seconds_bucket{le="0.0001",op="encrypt",outcome="ok"}' in metrics
 
 
-def _second_cluster(server: Server, hsm: HsmToken) -> str:
+def _second_cluster(server: Server, tmp_path: Path) -> str:
+    """A cluster on a token of its own (one token is one cluster)."""
+    spare = make_token(tmp_path, label="wire-" + secrets.token_hex(3), pin="12345678")
     local = server.service()
     try:
-        out = local.register_hsm_cluster(module=hsm.module, token_label=hsm.label)
+        out = local.register_hsm_cluster(module=spare.module, token_label=spare.token_label)
         return str(out["CloudHsmClusterId"])
     finally:
         local.close()

@@ -24,6 +24,7 @@ from envelope.service import KeyService
 from envelope.service.errors import (
     CustomKeyStoreInvalidStateException,
     KMSInvalidStateException,
+    ValidationException,
     XksKeyAlreadyInUseException,
     XksKeyInvalidConfigurationException,
     XksKeyNotFoundException,
@@ -165,6 +166,59 @@ def test_a_wrong_credential(svc: KeyService, proxy: Proxy) -> None:  # noqa: F81
     assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == b"x"
     refused = [r for r in svc.audit_tail(5) if r["operation"] == "UpdateCustomKeyStore"]
     assert refused[-1]["error_code"] == "XksProxyIncorrectAuthenticationCredentialException"
+
+
+def test_the_proxy_checks_of_create_and_update_are_audited(
+    svc: KeyService,
+    proxy: Proxy,  # noqa: F811
+) -> None:
+    """CreateCustomKeyStore and UpdateCustomKeyStore call the proxy (GetHealthStatus): the
+    round trip is in the call's audit record, refused or not, as every other proxy call is."""
+    wrong = SECRET_A1[:-2] + ("AA" if not SECRET_A1.endswith("AA") else "BB")
+    with pytest.raises(XksProxyIncorrectAuthenticationCredentialException):
+        xks_store(svc, proxy.endpoint, "bad-cred", secret=wrong)
+    store = xks_store(svc, proxy.endpoint, "audited")
+    svc.update_custom_key_store(
+        custom_key_store_id=store,
+        xks_proxy_authentication_credential={
+            "AccessKeyId": KEY_A1,
+            "RawSecretAccessKey": SECRET_A1,
+        },
+        xks_proxy_uri_path="/ks/a/kms/xks/v1",
+    )
+    refused, created, updated = svc.audit_tail(3)
+    assert refused["operation"] == "CreateCustomKeyStore" and refused["outcome"] == "error"
+    (call,) = refused["keystore_calls"]
+    assert call["Call"] == "GetHealthStatus" and call["Outcome"] == "INVALID_CREDENTIALS"
+    assert call["Type"] == "EXTERNAL_KEY_STORE" and call["Milliseconds"] >= 0
+    for record in (created, updated):
+        (call,) = record["keystore_calls"]
+        assert (call["Call"], call["Outcome"], call["CustomKeyStoreId"]) == (
+            "GetHealthStatus",
+            "ok",
+            store,
+        )
+    # the secret never reaches the audit log
+    assert SECRET_A1 not in json.dumps([refused, created, updated])
+
+
+def test_an_external_store_needs_its_connectivity(
+    svc: KeyService,
+    proxy: Proxy,  # noqa: F811
+) -> None:
+    """The API reference: XksProxyConnectivity is "Required for an external key store"."""
+    with pytest.raises(ValidationException, match="XksProxyConnectivity"):
+        svc.create_custom_key_store(
+            custom_key_store_name="no-connectivity",
+            custom_key_store_type="EXTERNAL_KEY_STORE",
+            xks_proxy_uri_endpoint=proxy.endpoint,
+            xks_proxy_uri_path="/ks/a/kms/xks/v1",
+            xks_proxy_authentication_credential={
+                "AccessKeyId": KEY_A1,
+                "RawSecretAccessKey": SECRET_A1,
+            },
+        )
+    assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
 
 
 def test_vpc_connectivity_is_refused(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
