@@ -47,7 +47,7 @@ from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
-from ..objects import MAX_EDKS, Header, ObjectPath, pick_path
+from ..objects import MAX_EDKS, Header, ObjectPath, check_contexts, pick_path
 from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, resolve
 from .listing import Entry, Listing, SkippedPath, scan
@@ -948,27 +948,38 @@ async def rewrap_prefix(
     wrapped_cache: dict[bytes, WrappedKey] = {}
     engine = options.engine
 
-    def under_target(header: Header) -> bool:
-        return all((w.provider_id, w.key_id) == target for w in header.wrapped_keys)
+    def bound_path(entry: Entry, header: Header) -> None:
+        if options.bind_path and header.object_context.get(PATH_CONTEXT_KEY) != entry.rel:
+            raise InvalidObjectError(
+                f"object context names path {header.object_context.get(PATH_CONTEXT_KEY)!r}, "
+                f"not {entry.rel!r}: refusing to re-wrap a moved or swapped object"
+            )
+
+    def already_under_target(entry: Entry, header: Header) -> bool:
+        """Already under the new key: nothing to write. Its contexts as its header states
+        them must still be the expected ones, so that a job run with the wrong pairs reports
+        it as failed rather than done (authenticating them would cost a KMS call per object
+        left as it is; decrypting it authenticates them)."""
+        if not all((w.provider_id, w.key_id) == target for w in header.wrapped_keys):
+            return False
+        bound_path(entry, header)
+        check_contexts(header, _expected(entry, options, object_context), kms_context)
+        return True
 
     async def done(entry: Entry) -> bool:
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, src.join(entry.rel), engine.max_wrapped_keys
         )
-        return under_target(header)
+        return already_under_target(entry, header)
 
     async def one(entry: Entry) -> ObjectResult:
         path = src.join(entry.rel)
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, path, engine.max_wrapped_keys
         )
-        if options.resume and under_target(header):
+        if options.resume and already_under_target(entry, header):
             return ObjectResult(entry.rel, "skipped", entry.size)
-        if options.bind_path and header.object_context.get(PATH_CONTEXT_KEY) != entry.rel:
-            raise InvalidObjectError(
-                f"object context names path {header.object_context.get(PATH_CONTEXT_KEY)!r}, "
-                f"not {entry.rel!r}: refusing to re-wrap a moved or swapped object"
-            )
+        bound_path(entry, header)
         new_header = await api.rewrap_header(
             header,
             keyring=keyring,

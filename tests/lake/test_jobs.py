@@ -269,6 +269,24 @@ async def test_decrypt_verify_and_rewrap_require_the_expected_contexts(
     right = {"kms_context": {"dataset": "sales"}, "object_context": {"team": "a"}}
     assert (await jobs.verify_prefix(str(enc), keyring=k1, options=opts(), **right)).ok
     assert (await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts(), **right)).ok
+    # objects already under the new key are left as they are, but only if they hold the pairs:
+    # a re-run with the wrong ones reports them as failed, not as done
+    moved = read_tree(enc)
+    for kctx, octx in wrong:
+        w = await jobs.rewrap_prefix(
+            str(enc), keyring=k1, to=k2, kms_context=kctx, object_context=octx, options=opts()
+        )
+        assert (w.done, w.skipped) == (0, 0)
+        assert {f.error_type for f in w.failures} == {"ContextMismatchError"}
+        assert len(w.failures) == len(tree)
+        planned = await jobs.rewrap_prefix(
+            str(enc), keyring=k1, to=k2, kms_context=kctx, object_context=octx,
+            options=opts(dry_run=True),
+        )
+        assert planned.skipped == 0 and len(planned.failures) == len(tree)
+    again = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts(), **right)
+    assert again.ok and again.skipped == len(tree)
+    assert read_tree(enc) == moved
     d = await jobs.decrypt_prefix(
         str(enc), str(tmp_path / "back"), keyring=k2, options=opts(), **right
     )
