@@ -17,6 +17,7 @@ from ._core import (
     _page,
     _paging,
 )
+from ._specs import key_type
 from ._states import (
     MANAGE,
     READ,
@@ -135,9 +136,16 @@ class AliasTagOps(ServiceCore):
             if old is not None:  # AWS checks the old target's key policy too
                 self._authorize_key(conn, call, old, "kms:UpdateAlias")
             key = self._own_key(conn, call, target_key_id, now, "UpdateAlias")
-            if old is not None and (old.spec, old.usage) != (key.spec, key.usage):
+            # AWS (UpdateAlias): "the current and new KMS key must be the same type (both
+            # symmetric or both asymmetric or both HMAC), and they must have the same key
+            # usage"; the key spec may differ (RSA_2048 -> RSA_3072, ECC -> RSA signing)
+            if old is not None and (key_type(old.spec), old.usage) != (
+                key_type(key.spec),
+                key.usage,
+            ):
                 raise ValidationException(
-                    "the new target key must have the same KeySpec and KeyUsage as the old one"
+                    f"the new target key must be of the same type ({key_type(old.spec)}) and "
+                    f"have the same KeyUsage ({old.usage}) as the alias's current key"
                 )
             conn.execute(
                 "UPDATE aliases SET key_id=?, updated=? WHERE region=? AND account=? AND name=?",

@@ -159,6 +159,13 @@ def is_asymmetric(spec: str) -> bool:
     )
 
 
+def key_type(spec: str) -> str:
+    """A key's type as UpdateAlias compares them: symmetric, asymmetric or HMAC."""
+    if spec in HMAC_SPECS:
+        return "HMAC"
+    return "asymmetric" if is_asymmetric(spec) else "symmetric"
+
+
 def _pq_class(spec: str) -> Any:
     """`cryptography`'s private-key class of an ML-DSA or ML-KEM parameter set, or
     UnsupportedOperationException where this installation lacks it."""

@@ -272,6 +272,7 @@ def test_alias_lifecycle(svc: KeyService) -> None:
     assert code_of(lambda: svc.update_alias(alias_name="alias/app", target_key_id=rsa_key)) == (
         "ValidationException"
     )
+    assert svc.describe_key(key_id="alias/app")["KeyMetadata"]["KeyId"] == b  # unchanged
     assert code_of(lambda: svc.update_alias(alias_name="alias/none", target_key_id=a)) == (
         "NotFoundException"
     )
@@ -283,6 +284,36 @@ def test_alias_lifecycle(svc: KeyService) -> None:
     assert code_of(lambda: svc.create_alias(alias_name="alias/late", target_key_id=a)) == (
         "KMSInvalidStateException"
     )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        # AWS (UpdateAlias): the same type (symmetric, asymmetric or HMAC) and the same usage;
+        # the key spec may differ
+        (("RSA_2048", "ENCRYPT_DECRYPT"), ("RSA_3072", "ENCRYPT_DECRYPT"), True),
+        (("ECC_NIST_P256", "SIGN_VERIFY"), ("ECC_NIST_P384", "SIGN_VERIFY"), True),
+        (("ECC_NIST_P256", "SIGN_VERIFY"), ("RSA_2048", "SIGN_VERIFY"), True),
+        (("HMAC_256", "GENERATE_VERIFY_MAC"), ("HMAC_512", "GENERATE_VERIFY_MAC"), True),
+        (("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), ("RSA_2048", "ENCRYPT_DECRYPT"), False),
+        (("RSA_2048", "SIGN_VERIFY"), ("RSA_2048", "ENCRYPT_DECRYPT"), False),
+        (("HMAC_256", "GENERATE_VERIFY_MAC"), ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), False),
+        (("ECC_NIST_P256", "KEY_AGREEMENT"), ("ECC_NIST_P256", "SIGN_VERIFY"), False),
+    ],
+)
+def test_update_alias_needs_the_same_key_type_and_usage(
+    svc: KeyService, old: tuple[str, str], new: tuple[str, str], allowed: bool
+) -> None:
+    a = new_key(svc, key_spec=old[0], key_usage=old[1])
+    b = new_key(svc, key_spec=new[0], key_usage=new[1])
+    svc.create_alias(alias_name="alias/moving", target_key_id=a)
+    if allowed:
+        svc.update_alias(alias_name="alias/moving", target_key_id=b)
+    else:
+        with pytest.raises(E.ValidationException, match="same type"):
+            svc.update_alias(alias_name="alias/moving", target_key_id=b)
+    target = svc.describe_key(key_id="alias/moving")["KeyMetadata"]["KeyId"]
+    assert target == (b if allowed else a)
 
 
 def test_list_keys_pagination(svc: KeyService) -> None:
