@@ -430,11 +430,19 @@ def _context(ctx: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+#: Every grant token this service has issued: the prefix, then 48 random bytes, base64url.
+GRANT_TOKEN_PREFIX = "envgt1-"
+_GRANT_TOKEN_RE = re.compile(r"envgt1-[A-Za-z0-9_-]{64}\Z")
+
+
 def _grant_tokens(tokens: Any) -> list[str]:
-    """GrantTokens as AWS constrains them: up to 10 strings of 1..8192 characters.
+    """GrantTokens as AWS constrains them: up to 10 strings of 1..8192 characters, each a
+    grant token (InvalidGrantTokenException, "the specified grant token is not valid", for
+    anything this service could not have issued, such as a grant id passed by mistake).
 
     Grants here take effect in the same transaction that creates them, so a token is never
-    needed for consistency; it is accepted (and checked) wherever AWS takes one.
+    needed for consistency; a well-formed one is accepted wherever AWS takes one (what a
+    caller may do is decided by the grants in force, not by the tokens it passes).
     """
     if tokens is None:
         return []
@@ -445,6 +453,8 @@ def _grant_tokens(tokens: Any) -> list[str]:
     for t in tokens:
         if not isinstance(t, str) or not 1 <= len(t) <= 8192:
             raise InvalidGrantTokenException("a grant token must be 1..8192 characters")
+        if _GRANT_TOKEN_RE.match(t) is None:
+            raise InvalidGrantTokenException("the specified grant token is not valid")
     return list(tokens)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import _authz, _rows
 from ._core import (
+    GRANT_TOKEN_PREFIX,
     RequestContext,
     Response,
     ServiceCore,
@@ -546,7 +547,7 @@ def delete_grants(conn: sqlite3.Connection, where: str, args: Sequence[Any]) -> 
 
 
 def _new_token() -> str:
-    return "envgt1-" + secrets.token_urlsafe(48)
+    return GRANT_TOKEN_PREFIX + secrets.token_urlsafe(48)
 
 
 def _entry(g: Mapping[str, Any]) -> Response:

@@ -17,6 +17,7 @@ from envelope.service import KeyService
 from envelope.service.errors import (
     AccessDeniedException,
     InvalidGrantIdException,
+    InvalidGrantTokenException,
     NotFoundException,
     ValidationException,
 )
@@ -187,6 +188,29 @@ def test_grant_tokens_are_accepted_and_the_grant_works_at_once(
         ciphertext_blob=blob["CiphertextBlob"], grant_tokens=[token], principal=grantee
     )
     assert out["Plaintext"] == b"p"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["garbage", "0" * 64, "envgt1-short", "envgt1-" + "A" * 63 + "!", "envgt2-" + "A" * 64],
+)
+def test_a_grant_token_this_kms_did_not_issue_is_refused(
+    svc: KeyService, key: str, grantee: str, bad: str
+) -> None:
+    """AWS: InvalidGrantTokenException, "the specified grant token is not valid", on every
+    operation that takes GrantTokens (a grant id passed as a token, say); nothing is done."""
+    token = grant(svc, key, grantee, "Encrypt", "Decrypt", "CreateGrant")["GrantToken"]
+    for call in (
+        lambda: svc.encrypt(key_id=key, plaintext=b"p", grant_tokens=[token, bad]),
+        lambda: svc.generate_data_key(key_id=key, key_spec="AES_256", grant_tokens=[bad]),
+        lambda: svc.create_grant(
+            key_id=key, grantee_principal=grantee, operations=["Decrypt"], grant_tokens=[bad]
+        ),
+    ):
+        with pytest.raises(InvalidGrantTokenException, match="not valid"):
+            call()
+    assert svc.audit_tail(1)[0]["error_code"] == "InvalidGrantTokenException"
+    assert len(svc.list_grants(key_id=key)["Grants"]) == 1  # no grant was made
 
 
 def test_deny_in_key_policy_beats_a_grant(svc: KeyService, key: str, grantee: str) -> None:

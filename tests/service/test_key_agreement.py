@@ -21,6 +21,7 @@ from envelope.service.errors import (
     AccessDeniedException,
     DisabledException,
     DryRunOperationException,
+    InvalidGrantTokenException,
     InvalidKeyUsageException,
     KMSInvalidStateException,
     NotFoundException,
@@ -203,7 +204,12 @@ def test_member_validation(svc: KeyService) -> None:
             derive(svc, kid, bad)  # type: ignore[arg-type]
     with pytest.raises(ValidationException, match="GrantTokens"):
         derive(svc, kid, peer, grant_tokens=["t"] * 11)
-    assert derive(svc, kid, peer, grant_tokens=["token"])["SharedSecret"]
+    with pytest.raises(InvalidGrantTokenException):  # not a token this KMS issued
+        derive(svc, kid, peer, grant_tokens=["token"])
+    token = svc.create_grant(
+        key_id=kid, grantee_principal=svc.root_principal, operations=["DeriveSharedSecret"]
+    )["GrantToken"]
+    assert derive(svc, kid, peer, grant_tokens=[token])["SharedSecret"]
 
 
 def test_key_states(svc: KeyService) -> None:
