@@ -188,7 +188,7 @@ class AliasTagOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             self._authorize_account(conn, call)
-            n, after = _paging(limit, marker, 50, 100)
+            n, after = _paging(call, limit, marker, 50, 100)
             account = self._account_of(call)
             sql = (
                 "SELECT name, key_id, created, updated FROM aliases "
@@ -201,7 +201,7 @@ class AliasTagOps(ServiceCore):
                 sql += " AND key_id=?"
                 args.append(key.id)
             rows = conn.execute(sql + " ORDER BY name LIMIT ?", (*args, n + 1)).fetchall()
-            items, extra = _page(list(rows), n, lambda r: str(r[0]))
+            items, extra = _page(call, list(rows), n, lambda r: str(r[0]))
             aliases = [
                 {
                     "AliasName": a,
@@ -276,10 +276,10 @@ class AliasTagOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n, after = _paging(limit, marker, 50, 50)
+            n, after = _paging(call, limit, marker, 50, 50)
             key = self._key(conn, call, key_id, READ, now)
             tags = sorted((k, v) for k, v in key.meta["x_tags"].items() if k > after)
-            items, extra = _page(tags, n, lambda t: str(t[0]))
+            items, extra = _page(call, tags, n, lambda t: str(t[0]))
             return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in items], **extra}
 
         return self._run("ListResourceTags", principal, context, {}, op)

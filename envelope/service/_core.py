@@ -503,32 +503,40 @@ def _limit(limit: int | None, default: int, hi: int) -> int:
     return default if limit is None else _int_in(limit, 1, hi, "Limit")
 
 
-def _paging(limit: int | None, marker: str | None, default: int, hi: int) -> tuple[int, str]:
+def _paging(
+    call: _Call, limit: int | None, marker: str | None, default: int, hi: int
+) -> tuple[int, str]:
     """(page size, last item of the previous page or "") for a paginated List* call."""
-    return _limit(limit, default, hi), _marker_decode(marker) or ""
+    return _limit(limit, default, hi), _marker_decode(call, marker) or ""
 
 
-def _marker_encode(value: str) -> str:
-    return base64.urlsafe_b64encode(("m1:" + value).encode()).decode()
+def _marker_encode(call: _Call, value: str) -> str:
+    """A NextMarker: the last item of the page, bound to the operation that listed it."""
+    return base64.urlsafe_b64encode(f"m1:{call.op}:{value}".encode()).decode()
 
 
-def _marker_decode(marker: str | None) -> str | None:
+def _marker_decode(call: _Call, marker: str | None) -> str | None:
+    """The last item of the previous page, from a Marker this operation issued
+    (InvalidMarkerException for anything else: a marker of another List operation too)."""
     if marker is None:
         return None
     try:
         text = base64.urlsafe_b64decode(marker.encode()).decode()
     except (ValueError, UnicodeDecodeError):
         raise InvalidMarkerException("Marker was not issued by this service") from None
-    if not text.startswith("m1:"):
-        raise InvalidMarkerException("Marker was not issued by this service")
-    return text[3:]
+    prefix = f"m1:{call.op}:"
+    if not text.startswith(prefix):
+        raise InvalidMarkerException("Marker was not issued by this service") from None
+    return text[len(prefix) :]
 
 
-def _page(items: list[Any], limit: int, key: Callable[[Any], str]) -> tuple[list[Any], Response]:
+def _page(
+    call: _Call, items: list[Any], limit: int, key: Callable[[Any], str]
+) -> tuple[list[Any], Response]:
     extra: Response = {"Truncated": len(items) > limit}
     if len(items) > limit:
         items = items[:limit]
-        extra["NextMarker"] = _marker_encode(key(items[-1]))
+        extra["NextMarker"] = _marker_encode(call, key(items[-1]))
     return items, extra
 
 

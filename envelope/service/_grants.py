@@ -361,7 +361,7 @@ class GrantOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n, after = _paging(limit, marker, 50, 100)  # "between 1 and 100" (docs)
+            n, after = _paging(call, limit, marker, 50, 100)  # "between 1 and 100" (docs)
             grantee = self._grant_principal(
                 grantee_principal, grantee_service_principal, "GranteePrincipal"
             )
@@ -386,7 +386,7 @@ class GrantOps(ServiceCore):
                 ).fetchone()
                 if exists is None:
                     raise InvalidGrantIdException(f"{key.arn} has no grant {grant_id}")
-            items, extra = _page(rows, n, lambda g: str(g["GrantId"]))
+            items, extra = _page(call, rows, n, lambda g: str(g["GrantId"]))
             return {"Grants": [_entry(g) for g in items], **extra}
 
         return self._run("ListGrants", principal, context, {}, op)
@@ -402,7 +402,7 @@ class GrantOps(ServiceCore):
         context: RequestContext | None = None,
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            n, after = _paging(limit, marker, 50, 100)  # "between 1 and 100" (docs)
+            n, after = _paging(call, limit, marker, 50, 100)  # "between 1 and 100" (docs)
             retiring = self._grant_principal(
                 retiring_principal, retiring_service_principal, "RetiringPrincipal"
             )
@@ -415,7 +415,7 @@ class GrantOps(ServiceCore):
                 "AND grant_id>? ORDER BY grant_id LIMIT ?",
                 (retiring, self.region, after, n + 1),
             )
-            items, extra = _page(rows, n, lambda g: str(g["GrantId"]))
+            items, extra = _page(call, rows, n, lambda g: str(g["GrantId"]))
             return {"Grants": [_entry(g) for g in items], **extra}
 
         return self._run("ListRetirableGrants", principal, context, {}, op)

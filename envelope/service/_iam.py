@@ -285,7 +285,7 @@ class IamOps(ServiceCore):
             raise ValidationException("kind must be user or role")
 
         def fn(conn: sqlite3.Connection, call: _Call, now: float, target: str) -> Response:
-            n, after = _paging(limit, marker, 100, 1000)
+            n, after = _paging(call, limit, marker, 100, 1000)
             sql = "SELECT arn, body, mac FROM principals WHERE account=? AND arn>?"
             args: list[Any] = [call.account or self.account, after]
             if kind is not None:
@@ -293,7 +293,7 @@ class IamOps(ServiceCore):
                 args.append(kind)
             rows = conn.execute(sql + " ORDER BY arn LIMIT ?", (*args, n + 1)).fetchall()
             bodies = [self._access._authentic(b, m, "principals", str(a)) for a, b, m in rows]
-            items, extra = _page(bodies, n, lambda b: str(b["Arn"]))
+            items, extra = _page(call, bodies, n, lambda b: str(b["Arn"]))
             return {"Principals": [_public(b) for b in items], **extra}
 
         action = {"user": "ListUsers", "role": "ListRoles", None: "ListUsers"}[kind]

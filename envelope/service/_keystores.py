@@ -364,7 +364,7 @@ class KeyStoreOps(ServiceCore):
             account = call.account or self.account
             if custom_key_store_id is not None and custom_key_store_name is not None:
                 raise ValidationException("give CustomKeyStoreId or CustomKeyStoreName, not both")
-            n, after = _paging(limit, marker, 100, 1000)
+            n, after = _paging(call, limit, marker, 100, 1000)
             if custom_key_store_id is not None:
                 row = _load_store(self, conn, custom_key_store_id, account)
                 if row is None:
@@ -388,7 +388,7 @@ class KeyStoreOps(ServiceCore):
                     raise CustomKeyStoreNotFoundException(
                         f"no custom key store named {custom_key_store_name!r} in account {account}"
                     )
-            page, extra = _page([r for r in rows if r.id > after], n, lambda r: r.id)
+            page, extra = _page(call, [r for r in rows if r.id > after], n, lambda r: r.id)
             return {"CustomKeyStores": [_entry(r) for r in page], **extra}
 
         return self._run("DescribeCustomKeyStores", principal, context, {}, op)

@@ -207,7 +207,7 @@ class LifecycleOps(KeyStoreOps):
                     "ResourceOwners must be one or both of SELF and OTHER_ACCOUNTS_VIA_RAM"
                 )
             self._authorize_account(conn, call)
-            n, after = _paging(limit, marker, 100, 1000)
+            n, after = _paging(call, limit, marker, 100, 1000)
             if "SELF" not in owners:
                 return {"Keys": [], "Truncated": False}
             self._sweep(conn, now)
@@ -226,7 +226,7 @@ class LifecycleOps(KeyStoreOps):
                     if _owner(text, self.account) == account:
                         items.append(str(kid))
                 after = str(rows[-1][0])
-            page, extra = _page(items, n, lambda k: k)
+            page, extra = _page(call, items, n, lambda k: k)
             return {
                 "Keys": [{"KeyId": k, "KeyArn": self.arn(k, account=account)} for k in page],
                 **extra,
@@ -510,7 +510,7 @@ class LifecycleOps(KeyStoreOps):
                 )
             n = _limit(limit, 100, 1000)
             try:
-                after = int(_marker_decode(marker) or "0")
+                after = int(_marker_decode(call, marker) or "0")
             except ValueError:
                 raise InvalidMarkerException("Marker was not issued by this service") from None
             key = self._key(conn, call, key_id, READ, now)
@@ -542,7 +542,7 @@ class LifecycleOps(KeyStoreOps):
                         entry["RotationDate"] = float(created)
                         entry["RotationType"] = str(kind)
                     entries.append((int(v), entry))
-            items, extra = _page(entries[: n + 1], n, lambda e: str(e[0]))
+            items, extra = _page(call, entries[: n + 1], n, lambda e: str(e[0]))
             return {"Rotations": [e for _, e in items], **extra}
 
         return self._run(

@@ -90,7 +90,7 @@ class KeyPolicyOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _limit(limit, 100, 1000)
-            after = _marker_decode(marker)
+            after = _marker_decode(call, marker)
             self._key(conn, call, key_id, READ, now)
             names = [] if after is not None else [_authz.DEFAULT_POLICY_NAME]
             return {"PolicyNames": names, "Truncated": False}

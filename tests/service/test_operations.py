@@ -332,6 +332,32 @@ def test_list_keys_pagination(svc: KeyService) -> None:
     assert code_of(lambda: svc.list_keys(marker="!!bogus")) == "InvalidMarkerException"
 
 
+def test_a_marker_serves_only_the_operation_that_issued_it(svc: KeyService) -> None:
+    """A NextMarker of ListKeys is not a marker of ListAliases, ListGrants, ListResourceTags,
+    ListKeyRotations or ListKeyPolicies: InvalidMarkerException, not a page from elsewhere."""
+    kid = new_key(svc, tags=[{"TagKey": f"t{i}", "TagValue": "v"} for i in range(3)])
+    for i in range(3):
+        new_key(svc)
+        svc.create_alias(alias_name=f"alias/m{i}", target_key_id=kid)
+        svc.create_grant(key_id=kid, grantee_principal=svc.root_principal, operations=["Encrypt"])
+    marker = svc.list_keys(limit=1)["NextMarker"]
+    for call in (
+        lambda: svc.list_aliases(marker=marker),
+        lambda: svc.list_grants(key_id=kid, marker=marker),
+        lambda: svc.list_resource_tags(key_id=kid, marker=marker),
+        lambda: svc.list_key_rotations(key_id=kid, marker=marker),
+        lambda: svc.list_key_policies(key_id=kid, marker=marker),
+    ):
+        assert code_of(call) == "InvalidMarkerException"
+    # each operation's own markers go on working
+    assert svc.list_keys(limit=1, marker=marker)["Keys"]
+    aliases = svc.list_aliases(limit=1)
+    assert svc.list_aliases(marker=aliases["NextMarker"])["Aliases"]
+    assert code_of(lambda: svc.list_keys(marker=aliases["NextMarker"])) == "InvalidMarkerException"
+    tags = svc.list_resource_tags(key_id=kid, limit=1)
+    assert len(svc.list_resource_tags(key_id=kid, marker=tags["NextMarker"])["Tags"]) == 2
+
+
 def test_tags(svc: KeyService) -> None:
     kid = new_key(svc, tags=[{"TagKey": "team", "TagValue": "a"}])
     svc.tag_resource(key_id=kid, tags=[{"TagKey": "env", "TagValue": "prod"}])
