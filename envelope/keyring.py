@@ -37,6 +37,7 @@ from .keycache import (
 from .kms.base import BlockingKms, DataKey, KmsBackend, WrappedKey
 from .kms.retry import RetryingKms, RetryPolicy, shared_budget
 from .metrics import NULL_OBSERVER, Observer
+from .printable import wrapped_key_name
 
 __all__ = ("Keyring",)
 
@@ -50,9 +51,7 @@ async def _checked_unwrap(
     if len(key) != DATA_KEY_LEN:
         n = len(key)
         key[:] = bytes(n)
-        raise KmsKeyError(
-            f"{wrapped.provider_id}:{wrapped.key_id} unwrapped to {n} bytes, not a data key"
-        )
+        raise KmsKeyError(f"{wrapped_key_name(wrapped)} unwrapped to {n} bytes, not a data key")
     return key
 
 
@@ -64,9 +63,7 @@ def _checked_unwrap_blocking(
     if len(key) != DATA_KEY_LEN:
         n = len(key)
         key[:] = bytes(n)
-        raise KmsKeyError(
-            f"{wrapped.provider_id}:{wrapped.key_id} unwrapped to {n} bytes, not a data key"
-        )
+        raise KmsKeyError(f"{wrapped_key_name(wrapped)} unwrapped to {n} bytes, not a data key")
     return key
 
 
@@ -253,7 +250,7 @@ class Keyring:
     def _none_unwrapped(wrapped_keys: Sequence[WrappedKey], last: KmsKeyError | None) -> Exception:
         if last is not None:
             return last
-        names = ", ".join(f"{w.provider_id}:{w.key_id}" for w in wrapped_keys)
+        names = ", ".join(wrapped_key_name(w) for w in wrapped_keys)
         hint = ""
         if any(w.provider_id == "file" for w in wrapped_keys):
             hint = "; a file: key is a key file: pass it (--key-file PATH, or FileKeyBackend)"

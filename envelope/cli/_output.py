@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from ..errors import ConfigurationError
+from ..printable import printable
 
 __all__ = (
     "FORMATS",
@@ -246,7 +247,11 @@ def _scalar(v: Any) -> bool:
 
 
 def _str(v: Any) -> str:
-    return str(v)  # as the AWS CLI: None, True and False as Python spells them
+    """A scalar as the AWS CLI prints it (None, True and False as Python spells them), its
+    unprintable characters escaped: a value may come from an object's header (a key id, a
+    context value), and a raw tab, newline or ESC would forge fields, lines or terminal
+    commands (format.md §4)."""
+    return printable(str(v))
 
 
 def _text(
@@ -281,7 +286,7 @@ def _text_list(items: list[Any], lines: list[str], ident: str | None) -> None:
 
 def _text_scalars(items: list[Any], lines: list[str], ident: str | None) -> None:
     if ident is not None:
-        lines.extend(f"{ident.upper()}\t{_str(v)}" for v in items)
+        lines.extend(f"{_str(ident.upper())}\t{_str(v)}" for v in items)
     else:
         lines.append("\t".join(_str(v) for v in items))
 
@@ -297,7 +302,7 @@ def _text_dict(
         scalars = [_str(item.get(k, "")) for k in keys]
         rest = [(k, item[k]) for k in sorted(set(item) - set(keys))]
     if scalars:
-        lines.append("\t".join(([ident.upper()] if ident is not None else []) + scalars))
+        lines.append("\t".join(([_str(ident.upper())] if ident is not None else []) + scalars))
     for k, v in rest:
         _text(v, lines, k)
 
@@ -313,12 +318,9 @@ def _width(text: str) -> int:
 
 
 def _cell(v: Any) -> str:
-    """A value as one table line: control characters shown escaped (a newline in a
-    description must not break the box), nothing cut."""
-    s = _str(v)
-    if any(c < " " or c == "\x7f" for c in s):
-        s = s.encode("unicode_escape").decode("ascii")
-    return s
+    """A value as one table line: unprintable characters shown escaped (`_str`: a newline in
+    a description must not break the box), nothing cut."""
+    return _str(v)
 
 
 def _pad(text: str, width: int) -> str:
@@ -333,7 +335,7 @@ def _center(text: str, width: int) -> str:
 
 class _Section:
     def __init__(self, title: str, indent: int) -> None:
-        self.title = title
+        self.title = _str(title)  # a member name may be a context key from a header
         self.indent = indent
         self.headers: list[str] = []
         self.rows: list[list[str]] = []
@@ -408,9 +410,9 @@ class _Table:
         headers, more = self._split(d)
         section = self._current()
         if len(headers) == 1:
-            section.rows.append([headers[0], _cell(d[headers[0]])])
+            section.rows.append([_cell(headers[0]), _cell(d[headers[0]])])
         elif headers:
-            section.headers = headers
+            section.headers = [_cell(h) for h in headers]
             section.rows.append([_cell(d[k]) for k in headers])
         for k in more:
             self._build(k, d[k], indent + 1)
@@ -424,14 +426,15 @@ class _Table:
                 headers.update(h)
                 more.update(m)
         cols, nested = sorted(headers), sorted(more)
-        self._current().headers = cols
+        shown = [_cell(c) for c in cols]
+        self._current().headers = shown
         first = True
         for el in items:
             if not isinstance(el, dict):
                 self._build(None, el, indent)
                 continue
             if not first and nested:
-                self._new(title, indent).headers = cols
+                self._new(title, indent).headers = shown
             first = False
             self._current().rows.append([_cell(el.get(c, "")) for c in cols])
             for k in nested:

@@ -47,6 +47,7 @@ from ..errors import (
     ThrottlingError,
 )
 from ..hazmat.format import DATA_KEY_LEN
+from ..printable import wrapped_key_name
 from .base import DataKey, WrappedKey
 from .retry import BOTOCORE_NO_RETRIES
 
@@ -435,9 +436,7 @@ class AwsKms:
         """Decrypt with KeyId = the recorded key ARN, in its Region, on the calling thread."""
         region = key_arn_region(wrapped.key_id) if wrapped.provider_id == PROVIDER_ID else None
         if region is None:
-            raise KmsKeyError(
-                f"not an AWS KMS wrapped key ({wrapped.provider_id}:{wrapped.key_id})"
-            )
+            raise KmsKeyError(f"not an AWS KMS wrapped key ({wrapped_key_name(wrapped)})")
         resp = self._call(
             "Decrypt",
             region,

@@ -56,6 +56,7 @@ from ..kms.base import KmsBackend, WrappedKey
 from ..kms.keyspec import KeySpec, RetryName, with_retry
 from ..kms.retry import RetryPolicy
 from ..objects import DATA_KEY_LEN
+from ..printable import wrapped_key_name
 from .fs import resolve
 
 __all__ = (
@@ -207,7 +208,7 @@ class EnvelopeKmsClient(pe.KmsClient):  # type: ignore[misc]
         if not self.backend.can_unwrap(wrapped):
             raise NoBackendError(
                 f"the Parquet key of master key {master_key_identifier!r} was wrapped by "
-                f"{wrapped.provider_id}:{wrapped.key_id}, which this backend cannot unwrap"
+                f"{wrapped_key_name(wrapped)}, which this backend cannot unwrap"
             )
         ctx = pme_kms_context(master_key_identifier, bits, self.kms_context)
         try:
