@@ -246,8 +246,8 @@ def open_file(
         fd = f.fileno()
         size = os.fstat(fd).st_size
         layout = Layout(hl, seg_log2)
-        if size < hl + TAG_LEN:
-            raise TruncatedObjectError("object ends before its first segment")
+        # an empty body is TruncatedObjectError, an impossible length (1..15 bytes of a
+        # segment) the opaque AuthenticationError, as on every other face (format.md §7.1)
         plen = layout.plaintext_length(size)
         _transform(
             fd, out.fd, in_at=hl, in_seg=s + TAG_LEN, in_end=size, out_at=0, out_seg=s,

@@ -81,6 +81,29 @@ def test_truncated_objects_are_refused_and_nothing_is_left(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("body", [0, 1, 8, 15, 16, 17])
+def test_a_body_cut_short_fails_as_on_every_other_face(
+    tmp_path: Path, kr: Keyring, body: int
+) -> None:
+    """format.md §7.1: an empty body is TruncatedObjectError; 1..15 bytes of a segment is an
+    impossible length, the opaque AuthenticationError; 16 and 17 bytes fail their tag. The file
+    path answers with the very class the in-memory path does."""
+    sealed, _ = _sealed(tmp_path, kr)
+    blob = sealed.read_bytes()
+    header_len = objects.header_length(blob)
+    cut = blob[: header_len + body]
+    bad = tmp_path / "bad.env"
+    bad.write_bytes(cut)
+    with pytest.raises(InvalidObjectError) as in_memory:
+        sync.decrypt_bytes(cut, keyring=kr)
+    with pytest.raises(InvalidObjectError) as from_file:
+        sync.decrypt(str(bad), str(tmp_path / "out.bin"), keyring=kr)
+    assert type(from_file.value) is type(in_memory.value)
+    expected = TruncatedObjectError if body == 0 else AuthenticationError
+    assert type(from_file.value) is expected
+    assert not (tmp_path / "out.bin").exists() and leftovers(tmp_path) == []
+
+
 def test_a_flipped_bit_anywhere_refuses_the_whole_file(tmp_path: Path, kr: Keyring) -> None:
     sealed, _ = _sealed(tmp_path, kr)
     blob = bytearray(sealed.read_bytes())
