@@ -510,18 +510,21 @@ class PageBuffer:
     Pages are faulted in only as they are written. Callers report what they wrote into the
     last view with `filled(n)`, so that `wipe` zeroes only that (a 1-byte stream does not
     touch its 2 MiB batch buffers); `wipe(everything=True)` after a failure, when a read or
-    a step may have written more than was reported."""
+    a step may have written more than was reported, zeroes every byte any view handed out
+    reached, and no more (a failing 358-byte object with 64 MiB segments must not fault in
+    two 64 MiB buffers only to zero them)."""
 
-    __slots__ = ("_start", "map", "used")
+    __slots__ = ("_start", "map", "reach", "used")
 
     def __init__(self, size: int) -> None:
         self.map = mmap.mmap(-1, size + PAGE, flags=mmap.MAP_PRIVATE)
-        self.used = self._start = 0
+        self.used = self._start = self.reach = 0
 
     def at(self, position: int, n: int) -> memoryview:
         """`n` bytes of this buffer whose address is `position` (the bytes' offset in their
         file or stream) modulo a page."""
         self._start = k = position % PAGE
+        self.reach = max(self.reach, k + n)
         return memoryview(self.map)[k : k + n]
 
     def filled(self, n: int) -> None:
@@ -530,7 +533,10 @@ class PageBuffer:
 
     def wipe(self, *, everything: bool = False) -> None:
         """Zero what may hold plaintext, then unmap it."""
-        zero(self.map, None if everything else self.used)
+        if everything:
+            zero(self.map, self.reach, sparse=True)
+        else:
+            zero(self.map, self.used)
         try:
             self.map.close()
         except BufferError:  # a view is still held (a caller's frame): unmapped when freed
@@ -540,15 +546,20 @@ class PageBuffer:
 _ZEROS = bytes(64 << 10)
 
 
-def zero(buf: bytearray | memoryview | mmap.mmap, length: int | None = None) -> None:
+def zero(
+    buf: bytearray | memoryview | mmap.mmap, length: int | None = None, *, sparse: bool = False
+) -> None:
     """Overwrite `buf` (or its first `length` bytes) with zeros in place, a cached block at a
     time (`buf[:] = bytes(n)` would allocate another buffer as large: 64 MiB more for a
-    64 MiB segment; and no ctypes, whose import the CLI's start-up would pay)."""
+    64 MiB segment; and no ctypes, whose import the CLI's start-up would pay). `sparse`: a
+    block already all zeros is not written, so that pages of an anonymous mapping never
+    written are only read (the kernel's shared zero page), not faulted in."""
     view = memoryview(buf).cast("B")
     n = len(view) if length is None else min(length, len(view))
     step = len(_ZEROS)
     for a in range(0, n - step + 1, step):
-        view[a : a + step] = _ZEROS
+        if not sparse or view[a : a + step] != _ZEROS:
+            view[a : a + step] = _ZEROS
     tail = n % step
     if tail:
         view[n - tail : n] = _ZEROS[:tail]

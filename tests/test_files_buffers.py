@@ -217,3 +217,35 @@ def test_stream_batches_sit_at_their_stream_position_modulo_a_page(kr: Keyring) 
     assert sink.getvalue() == data
     assert len(placed) >= 4 * 4 and {off for _, _, off in placed} != {0}
     assert all(addr == off for _, addr, off in placed), placed
+
+
+def test_a_sparse_zero_clears_every_written_block() -> None:
+    buf = bytearray(300_000)
+    for at in (0, 65_535, 65_536, 200_001, 299_999):
+        buf[at] = 0xFF
+    objects.zero(buf, sparse=True)
+    assert buf == bytearray(300_000)
+    buf[5] = 1
+    objects.zero(buf, 4, sparse=True)  # only the first 4 bytes asked for
+    assert buf[5] == 1
+
+
+def test_wiping_after_a_failure_does_not_fault_in_a_buffer_never_written() -> None:
+    """A failing tiny object with 64 MiB segments: its batch buffers were handed out whole
+    but hardly written; wiping them everything=True zeroes what was written (the kernel's
+    zero page is only read elsewhere), so peak RSS does not grow by the buffers' size."""
+    code = """
+import resource, sys
+from envelope import objects
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+bufs = [objects.PageBuffer(64 << 20) for _ in range(2)]
+for b in bufs:
+    view = b.at(100, 64 << 20)
+    view[:4096] = b"\\x01" * 4096
+    view.release()
+    b.wipe(everything=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown_kib = int(out.stdout)
+    assert grown_kib < 16 * 1024, f"peak RSS grew by {grown_kib} KiB"
