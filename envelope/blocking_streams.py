@@ -95,10 +95,22 @@ def wait_ready(stream: object, *, writing: bool) -> None:
         sel.select()
 
 
+def binary(stream: object, role: str) -> None:
+    """Refuse a text-mode file object as a source or a sink (ConfigurationError): objects and
+    their plaintext are bytes, and a text stream would fail deep inside with a TypeError."""
+    if isinstance(stream, io.TextIOBase):
+        mode = "'rb'" if role == "source" else "'wb'"
+        raise ConfigurationError(
+            f"the {role} is a text stream ({type(stream).__name__}): open it in binary mode "
+            f"({mode}), or pass its .buffer"
+        )
+
+
 def read_into_of(stream: object) -> ReadInto | None:
     """`stream`'s `readinto` (else its `read`) as a ReadInto that blocks: a non-blocking
     stream's None is waited out, so it is never taken for the end of the input (that would
     seal a shorter, valid object). None if `stream` has neither method."""
+    binary(stream, "source")
     readinto = getattr(stream, "readinto", None)
     waits = _says_nothing_now(stream, reading=True)
     if callable(readinto):

@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
@@ -55,6 +55,7 @@ from .hazmat.segments import open_segments, seal_segments
 from .keyring import Keyring
 from .kms.base import DataKey
 from .metrics import NULL_OBSERVER, Direction, Observer
+from .printable import printable
 
 __all__ = (
     "DATA_KEY_LEN",
@@ -116,6 +117,35 @@ def byte_view(data: object, what: str = "data") -> memoryview:
     return view.cast("B")
 
 
+def output_view(out: object) -> memoryview:
+    """A caller's output buffer as a flat, writable view of bytes (ConfigurationError for a
+    read-only buffer such as `bytes`, a non-contiguous view, or anything not a buffer)."""
+    try:
+        view = memoryview(out)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigurationError(
+            f"the output buffer must be a writable buffer (bytearray, memoryview, mmap), not "
+            f"{type(out).__name__}"
+        ) from None
+    if view.readonly:
+        raise ConfigurationError(
+            f"the output buffer is read-only ({type(out).__name__}): pass a bytearray"
+        )
+    if not view.c_contiguous:
+        raise ConfigurationError("the output buffer must be contiguous")
+    return view.cast("B")
+
+
+def buffer_sequence(items: object, what: str = "items") -> None:
+    """`items` of a batch call must be a sequence of objects (a list or a tuple), not one
+    buffer (whose elements would be ints) nor None."""
+    if isinstance(items, bytes | bytearray | memoryview | str) or not isinstance(items, Sequence):
+        raise ConfigurationError(
+            f"{what} must be a sequence (a list or a tuple) of bytes-like objects, not "
+            f"{type(items).__name__}"
+        )
+
+
 # -- the header ------------------------------------------------------------------------------
 
 
@@ -157,10 +187,17 @@ def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None,
             f"the expected {what} context must be a mapping of strings, not "
             f"{type(expected).__name__}"
         )
+    for k, v in expected.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigurationError(
+                f"the expected {what} context must map strings to strings, not "
+                f"{type(k).__name__} to {type(v).__name__}"
+            )
     missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
     if missing:
         raise ContextMismatchError(
-            f"{what} context does not match the expected value for key(s): {', '.join(missing)}"
+            f"{what} context does not match the expected value for key(s): "
+            f"{', '.join(printable(k) for k in missing)}"
         )
 
 
@@ -428,7 +465,7 @@ def seal_into(
 ) -> int:
     """Write header and sealed body of `data` into `out`; returns the bytes written."""
     src = byte_view(data)
-    dst = memoryview(out).cast("B")
+    dst = output_view(out)
     hl = len(prepared.header)
     layout = Layout(hl, prepared.seg_log2)
     total = layout.ciphertext_length(len(src))
@@ -466,7 +503,7 @@ def open_into(
     before the error is raised: no segment's plaintext survives an unauthenticated object.
     """
     view = byte_view(data)
-    dst = memoryview(out).cast("B")
+    dst = output_view(out)
     layout = Layout(header.header_len, header.seg_log2)
     plen = layout.plaintext_length(len(view))
     if len(dst) < plen:

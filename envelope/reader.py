@@ -104,6 +104,14 @@ def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> Ra
     if hasattr(source, "read_range"):
         return source  # type: ignore[return-value]
     if hasattr(source, "seek") and hasattr(source, "read"):
+        if isinstance(source, io.TextIOBase):
+            raise ConfigurationError("the ciphertext is bytes: open its file in binary mode ('rb')")
+        seekable = getattr(source, "seekable", None)
+        if callable(seekable) and not seekable():
+            raise ConfigurationError(
+                "random access needs a seekable source; this stream (a pipe or a socket?) is "
+                "not: decrypt it as a stream instead"
+            )
         return _SeekableFile(source, owned=False)
     raise ConfigurationError("random access needs a path, a seekable file or a RangeFile")
 

@@ -23,7 +23,7 @@ from typing import IO, Any, Protocol, TypeAlias, cast
 import anyio.to_thread
 
 from .atomic import OutputFile
-from .blocking_streams import fill, flush_all, read_into_of, write_all
+from .blocking_streams import binary, fill, flush_all, read_into_of, write_all
 from .errors import ConfigurationError
 
 __all__ = (
@@ -264,6 +264,7 @@ class AtomicFileSink:
 
 class _SyncFileSink:
     def __init__(self, f: IO[bytes]) -> None:
+        binary(f, "sink")
         self._f = f
 
     async def write(self, data: memoryview) -> None:

@@ -30,6 +30,7 @@ from .metrics import NULL_OBSERVER, Observer
 from .objects import (
     Header,
     Tracked,
+    buffer_sequence,
     byte_view,
     checked_contexts,
     new_object,
@@ -231,6 +232,7 @@ class _Writer:
         if isinstance(x, str | os.PathLike):
             out = OutputFile(x, durable=durable)
             return _Writer(out.write, out.commit, out.discard, out)
+        blocking_streams.binary(x, "sink")
         return _Writer(  # (x has a write method: checked by _route)
             partial(blocking_streams.write_all, x),
             partial(blocking_streams.flush_all, x),
@@ -733,6 +735,7 @@ def encrypt_many(
     `object_contexts[i]` (if given) is bound into object i's header. With `return_exceptions`
     a failed object's slot holds its `EnvelopeError` instead of raising.
     """
+    buffer_sequence(items)
     if object_contexts is not None and len(object_contexts) != len(items):
         raise ConfigurationError("object_contexts must have one entry per item")
 
@@ -794,6 +797,7 @@ def decrypt_many(
     Without `return_exceptions` any failure raises (after zeroing every plaintext produced);
     with it, a failed object's slot holds its `EnvelopeError`.
     """
+    buffer_sequence(items)
     if expected_contexts is not None and len(expected_contexts) != len(items):
         raise ConfigurationError("expected_contexts must have one entry per item")
 
