@@ -150,6 +150,10 @@ class DecryptingReader(io.RawIOBase):
         #: 256 MiB budget, one segment).
         s, t = self._layout.segment_size, self._layout.ct_segment_size
         self.cache_bytes = max(0, min(cache_segments * s, memory_budget - (s + t)))
+        #: segments opened per range read: a long read is fetched and opened this many at a
+        #: time, each step holding its ciphertext, its plaintext and the bytes copied out
+        #: (about three times its size) beside the cache, within the memory budget
+        self._step = max(1, (memory_budget - self.cache_bytes) // (3 * (s + t)))
         self._cache: LRUCache[int, bytes | bytearray] = LRUCache(
             maxsize=max(1, self.cache_bytes), getsizeof=len
         )
@@ -199,9 +203,14 @@ class DecryptingReader(io.RawIOBase):
         return pos
 
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        n = len(data)
-        memoryview(buffer).cast("B")[:n] = data
+        """Read into `buffer` straight from each step of segments (no copy of the whole)."""
+        self._check_open()
+        view = memoryview(buffer).cast("B")
+        if self._pos >= self._size:
+            self.verified_size()  # EOF is only trusted once the final segment verified
+            return 0
+        n = self._pread_into(self._pos, view[: max(0, min(len(view), self._size - self._pos))])
+        self._pos += n
         return n
 
     def read(self, size: int | None = -1) -> bytes:
@@ -233,7 +242,30 @@ class DecryptingReader(io.RawIOBase):
             return b""
         s = self._layout.segment_size
         first, last = offset // s, (end - 1) // s + 1
-        return self._open_range(first, last, offset - first * s, end - first * s)
+        if last - first <= 3 * self._step:
+            # one range read holds ~2 copies of its segments and the result; stepping holds
+            # the result twice (filled, then as bytes) and ~3 steps: it pays only beyond this
+            return self._open_range(first, last, offset - first * s, end - first * s)
+        out = bytearray(end - offset)
+        self._pread_into(offset, memoryview(out))
+        return bytes(out)
+
+    def _pread_into(self, offset: int, dst: memoryview) -> int:
+        """Plaintext from `offset` into all of `dst` (within the size), `_step` segments at a
+        time, so that a long read never holds more than one step of ciphertext."""
+        s = self._layout.segment_size
+        end = min(self._size, offset + len(dst))
+        done = 0
+        while offset + done < end:
+            at = offset + done
+            first = at // s
+            last = min((end - 1) // s + 1, first + self._step)
+            stop = min(end, last * s)
+            piece = self._open_range(first, last, at - first * s, stop - first * s)
+            dst[done : done + len(piece)] = piece
+            done += len(piece)
+            del piece
+        return done
 
     def _open_range(self, first: int, last: int, lo_cut: int = 0, hi_cut: int = -1) -> bytes:
         """Plaintext [lo_cut, hi_cut) of segments [first, last) (relative to segment `first`):

@@ -365,3 +365,28 @@ def test_blocking_streams_stay_within_the_budget(
     sync.decrypt(io.BytesIO(ct), out, keyring=kr, options=opts)
     assert 0 < sum(mapped) <= budget, mapped
     assert out.h.digest() == hashlib.sha256(data).digest()
+
+
+def test_a_long_read_is_opened_a_step_at_a_time(kr: Keyring) -> None:
+    """A read far longer than the budget holds the result (twice for `read`, which returns
+    bytes; once for `readinto`, which fills the caller's buffer) and one step of segments,
+    not all of their ciphertext and plaintext at once."""
+    seg, n = 256 * KIB, 40 * MIB + 7
+    data = os.urandom(n)
+    ct = bytes(sync.encrypt_bytes(data, keyring=kr, options=api.Options(segment_size=seg)))
+    budget = 8 * MIB
+    opts = api.Options(memory_budget=budget)
+    with open_decrypted(io.BytesIO(ct), keyring=kr, options=opts) as r:
+        with traced():
+            assert r.read() == data
+            peak = tracemalloc.get_traced_memory()[1]
+        assert peak <= 2 * n + budget + SLACK, peak
+        into = bytearray(n)
+        r.seek(0)
+        with traced():
+            assert r.readinto(into) == n
+            peak = tracemalloc.get_traced_memory()[1]
+        assert into == data
+        assert peak <= budget + SLACK, peak
+        # a read that starts and ends inside segments, across steps
+        assert r.pread(3 * seg + 11, 9 * MIB) == data[3 * seg + 11 : 3 * seg + 11 + 9 * MIB]
