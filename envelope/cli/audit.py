@@ -77,7 +77,8 @@ def _verify_command(args: argparse.Namespace) -> int:
     """With a store under the home: everything. Without one: the digests alone (--digests)."""
     home = default_home(getattr(args, "home", None))
     if (home / STORE_NAME).exists():
-        return _run(_verify)(args)
+        # a tampered store (a sealed row replaced) fails verification: exit 1, not a usage error
+        return _run(_verify, tampered=EXIT_TAMPERED, tampered_what="store check FAILED: ")(args)
     if not getattr(args, "digests", None):
         print(
             f"envelope: no KMS store at {home / STORE_NAME}; give --home, or --digests PATH to "

@@ -120,9 +120,16 @@ def _by_arn(args: argparse.Namespace, svc: KeyService) -> None:
         args.key = str(svc.describe_key(key_id=ref)["KeyMetadata"]["Arn"])
 
 
-def _run(fn: Handler, *, takes_alias: bool = False) -> Callable[[argparse.Namespace], int]:
+def _run(
+    fn: Handler,
+    *,
+    takes_alias: bool = False,
+    tampered: int = EXIT_KMS,
+    tampered_what: str = "",
+) -> Callable[[argparse.Namespace], int]:
     """The handler of a command: `fn` with the store open and errors reported. Unless the
-    operation `takes_alias`, an alias given as KEY is resolved first (`_by_arn`)."""
+    operation `takes_alias`, an alias given as KEY is resolved first (`_by_arn`). A tampered
+    store exits with `tampered` (`audit verify`: 1, a failed verification)."""
 
     def handler(args: argparse.Namespace) -> int:
         try:
@@ -131,8 +138,8 @@ def _run(fn: Handler, *, takes_alias: bool = False) -> Callable[[argparse.Namesp
                     _by_arn(args, svc)
                 result = fn(args, svc)
         except TamperedStoreError as e:  # a row edited outside the KMS: the key is refused
-            _err(f"ALARM: {e.message}")
-            return EXIT_KMS
+            _err(f"ALARM: {tampered_what}{e.message}")
+            return tampered
         except StoreError as e:  # wrong root key, truncated or corrupt store: not the KMS refusing
             _err(str(e))
             return EXIT_USAGE

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import _rows, audit
 from ._migrate import ACCESS_SCHEMA, KEYSTORE_SCHEMA, SCHEMA_VERSION, read_meta, upgrade
 from .digests import DigestLocation, default_location, name_of
-from .errors import KMSInternalException, RootKeyError, StoreError
+from .errors import KMSInternalException, RootKeyError, StoreError, TamperedStoreError
 from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
 
 __all__ = ("SCHEMA_VERSION", "Store")
@@ -176,17 +176,25 @@ class Store:
                         f"opened with the {root.description}"
                     ) from None
                 raise
+            # The root key is proven right (the verifier opened): a sealed row that does not
+            # open under it now was replaced or edited, which is tampering, not a wrong key.
             signer = Ed25519PrivateKey.from_private_bytes(
-                rk.unseal(meta["audit_sk"], b"audit-signing-key")
+                _sealed_row(rk, meta, "audit_sk", b"audit-signing-key", "audit signing key")
             )
             public = signer.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw
             )
             if public != meta["audit_pk"]:
-                raise RootKeyError("the audit public key in the store was replaced")
+                raise TamperedStoreError(
+                    f"the audit public key in {p} was replaced: it is not the one whose private "
+                    "half is sealed under the root key. Nothing was changed; restore the store "
+                    "from a backup"
+                )
             upgrade(conn, rk, signer)
             meta = read_meta(conn)
-            row_key = rk.unseal(meta["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
+            row_key = _sealed_row(
+                rk, meta, "key_row_mac_key", _rows.KEY_ROW_MAC_AAD, "key-row MAC key"
+            )
             store_id = meta["store_id"].decode("ascii", "replace")
             location = (
                 digests
@@ -452,6 +460,19 @@ def _create(p: Path, provider: RootKeyProvider) -> None:
             for suffix in ("", *_SIDE_FILES):
                 with suppress(FileNotFoundError):
                     os.unlink(f"{tmp}{suffix}")
+
+
+def _sealed_row(rk: RootKey, meta: dict[str, bytes], name: str, aad: bytes, what: str) -> bytes:
+    """A value of the meta table sealed under the root key, once the root key is known to be
+    the store's: a failure to open it is TamperedStoreError, not RootKeyError."""
+    try:
+        return rk.unseal(meta[name], aad)
+    except RootKeyError:
+        raise TamperedStoreError(
+            f"the store's {what} ({name}) does not open under its root key, which opens the "
+            "store's verifier: the row was replaced or edited. Nothing was changed; restore "
+            "the store from a backup"
+        ) from None
 
 
 def _open_root(provider: RootKeyProvider, meta: dict[str, bytes], *, create: bool) -> RootKey:

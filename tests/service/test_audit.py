@@ -157,12 +157,14 @@ def test_forged_seal_signature(logged: Path, clock: FakeClock) -> None:
 
 
 def test_replaced_public_key_is_refused_at_open(logged: Path, clock: FakeClock) -> None:
-    from envelope.service import RootKeyError
+    """The root key is the right one (it opens the verifier): a replaced public key is
+    tampering with the store, not a wrong root key."""
+    from envelope.service.errors import TamperedStoreError
 
     conn = db(logged)
     conn.execute("UPDATE meta SET value=? WHERE name='audit_pk'", (bytes(32),))
     conn.close()
-    with pytest.raises(RootKeyError):
+    with pytest.raises(TamperedStoreError, match="audit public key"):
         open_store(logged)
 
 

@@ -201,3 +201,31 @@ def test_wrong_root_key_exits_2(home: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert run(["keys", "list"]) == 2
     assert "root key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [("audit_sk", "audit signing key"), ("key_row_mac_key", "key-row MAC key")],
+)
+def test_a_replaced_sealed_row_is_tampering_not_a_wrong_root_key(
+    home: Path, capsys: pytest.CaptureFixture[str], name: str, what: str
+) -> None:
+    """The root key opens the store's verifier, so a sealed meta row that no longer opens
+    under it was replaced: `audit verify` reports a failed verification (exit 1, an ALARM),
+    and every other command refuses the store as tampered (exit 3), never "wrong root key"."""
+    assert run(["keys", "create", "--json"]) == 0
+    conn = sqlite3.connect(home / "kms.sqlite3")
+    (sealed,) = conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+    conn.execute(  # one byte of the seal flipped: the root key no longer opens this row
+        "UPDATE meta SET value=? WHERE name=?",
+        (bytes(sealed[:-1]) + bytes([sealed[-1] ^ 1]), name),
+    )
+    conn.commit()
+    conn.close()
+    capsys.readouterr()
+    assert run(["audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "ALARM" in err and what in err and "wrong root key" not in err
+    assert run(["keys", "list"]) == 3
+    err = capsys.readouterr().err
+    assert "ALARM" in err and what in err
