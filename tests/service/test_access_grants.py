@@ -54,6 +54,27 @@ def grantee(svc: KeyService) -> str:
 # -- constraints ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("constraint", [EQ, SUB])
+def test_constraints_do_not_bind_describe_key_and_retire_grant(
+    svc: KeyService, key: str, grantee: str, constraint: str
+) -> None:
+    """AWS (GrantConstraints): a grant with an encryption context constraint may include
+    DescribeKey and RetireGrant, "but the constraint doesn't apply to these operations"."""
+    made = grant(
+        svc,
+        key,
+        grantee,
+        "Decrypt",
+        "DescribeKey",
+        "RetireGrant",
+        constraints={constraint: {"Dept": "IT"}},
+    )
+    assert svc.describe_key(key_id=key, principal=grantee)["KeyMetadata"]["Arn"] == key
+    assert not allowed(lambda: svc.encrypt(key_id=key, plaintext=b"p", principal=grantee))
+    svc.retire_grant(key_id=key, grant_id=made["GrantId"], principal=grantee)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+
+
 @pytest.mark.parametrize(
     ("constraint", "context", "ok"),
     [

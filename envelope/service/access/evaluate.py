@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from envelope.service.access.conditions import Value
 from envelope.service.access.document import ACCOUNT, NONE, SELF, Policy, Statement
-from envelope.service.access.grants import GrantView, context_satisfies
+from envelope.service.access.grants import UNCONSTRAINED, GrantView, context_satisfies
 from envelope.service.access.principals import Principal
 
 __all__ = ("Decision", "Request", "Value", "authorize")
@@ -306,7 +306,7 @@ def _find_grant(
                     f"its SourceArn {g.source_arn}"
                 )
             continue
-        if op != "CreateGrant" and not context_satisfies(
+        if op not in UNCONSTRAINED and not context_satisfies(
             g.context_equals, g.context_subset, request.encryption_context
         ):
             if lines is not None:

@@ -2,8 +2,10 @@
 
 A grant allows its grantee a set of operations on one key, optionally only for encryption
 contexts that equal (EncryptionContextEquals) or include (EncryptionContextSubset) given pairs.
-Both constraints may be set; the context must then satisfy both. Context keys and values are
-compared exactly (case-sensitive), as AWS does. A SourceArn constraint allows the grant only
+Both constraints may be set; the context must then satisfy both. Context keys are compared
+without regard to case and values exactly, as AWS's GrantConstraints documents. The constraints
+do not apply to DescribeKey and RetireGrant, which take no encryption context (AWS: "the
+constraint doesn't apply to these operations"). A SourceArn constraint allows the grant only
 for requests made on behalf of that resource (the request's ``aws:SourceArn``), for every
 operation but RetireGrant.
 """
@@ -13,9 +15,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ("GrantView", "context_satisfies", "grant_allows", "grant_covers")
+__all__ = (
+    "UNCONSTRAINED",
+    "GrantView",
+    "context_satisfies",
+    "grant_allows",
+    "grant_covers",
+)
 
 _EMPTY: Mapping[str, str] = {}
+#: Operations a grant's context constraints do not bind: CreateGrant (they bind the grant it
+#: creates: `grant_covers`), DescribeKey and RetireGrant (no encryption context).
+UNCONSTRAINED = frozenset({"CreateGrant", "DescribeKey", "RetireGrant"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,7 @@ def grant_allows(
         return False
     if grant.source_arn is not None and op != "RetireGrant" and source_arn != grant.source_arn:
         return False
-    if op == "CreateGrant":
+    if op in UNCONSTRAINED:
         return True
     return context_satisfies(grant.context_equals, grant.context_subset, context)
 
