@@ -474,7 +474,9 @@ class GrantOps(ServiceCore):
     def _may_retire(self, conn: sqlite3.Connection, call: _Call, grant: Mapping[str, Any]) -> None:
         """AWS's rule: the grant says who may retire it (its retiring principal; its grantee if
         it includes RetireGrant), and the key's account may, itself (root) or through a
-        principal it delegates ``kms:RetireGrant`` to in an identity policy. An identity policy
+        principal it delegates ``kms:RetireGrant`` to in an identity policy; so may a principal
+        of a retiring account (a retiring principal that is an account root) to whom that
+        account delegates ``kms:RetireGrant``. An identity policy
         that denies ``kms:RetireGrant`` stops anyone it applies to. The key policy plays no
         part."""
         caller = call.caller
@@ -501,10 +503,15 @@ class GrantOps(ServiceCore):
             call.matched.append("root")
         elif caller.account == key_account and identity.allowed:
             call.matched.append(identity.matched or "iam")  # delegated by the key's account
+        elif retiring == f"arn:aws:iam::{caller.account}:root" and identity.allowed:
+            # AWS: "If the retiring principal is a different AWS account, administrators in
+            # the other account can use kms:RetireGrant to delegate permission"
+            call.matched.append(identity.matched or "iam")
         else:
             call.decision = "denied"
             call.reason = (
-                "not the retiring principal, a grantee holding RetireGrant, or the key's account"
+                "not the retiring principal, a grantee holding RetireGrant, the key's account, "
+                "or a principal its retiring account delegates kms:RetireGrant to"
             )
             raise AccessDeniedException(
                 f"User: {caller.arn} is not authorized to perform: kms:RetireGrant on resource: "

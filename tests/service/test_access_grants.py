@@ -319,6 +319,30 @@ def test_retire_refused_to_anyone_else(svc: KeyService, key: str, grantee: str) 
     svc.encrypt(key_id=key, plaintext=b"p", principal=grantee)
 
 
+def test_a_retiring_account_delegates_retire_grant_to_its_principals(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS: "If the retiring principal is a different AWS account, administrators in the other
+    account can use kms:RetireGrant to delegate permission" to its users; a user of that
+    account without the permission is refused, and so is one of a third account."""
+    delegated = user(svc, "retirer", account=B)
+    bare = user(svc, "bare", account=B)
+    svc.put_principal_policy(
+        arn=delegated,
+        policy_document=doc(stmt(Action="kms:RetireGrant")),
+        policy_name="p",
+        principal=ROOT_B,
+    )
+    by_token = grant(svc, key, grantee, "Encrypt", retiring_principal=ROOT_B)
+    by_id = grant(svc, key, grantee, "Decrypt", retiring_principal=ROOT_B)
+    assert_denied(
+        svc, lambda: svc.retire_grant(grant_token=by_token["GrantToken"], principal=bare), bare, B
+    )
+    svc.retire_grant(grant_token=by_token["GrantToken"], principal=delegated)
+    svc.retire_grant(key_id=key, grant_id=by_id["GrantId"], principal=delegated)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+
+
 def test_revoke_takes_effect_at_once_and_needs_permission(
     svc: KeyService, key: str, grantee: str
 ) -> None:
