@@ -300,7 +300,10 @@ class KmsApp:
         # what a client sends is bounded before it is written anywhere (the audit log keeps
         # every record, and an unauthenticated request is audited too)
         ctx = RequestContext(
-            source_ip=source_ip, user_agent=user_agent[:MAX_USER_AGENT], request_id=request_id
+            source_ip=source_ip,
+            user_agent=user_agent[:MAX_USER_AGENT],
+            request_id=request_id,
+            secure_transport=scope.get("scheme") == "https",  # uvicorn's own TLS, no proxy header
         )
         claimed = ""
         if target and target.startswith(TARGET_PREFIX):

@@ -143,9 +143,14 @@ class RequestContext:
     #: The AWS service making the call for the principal (``kms:ViaService``), e.g.
     #: ``envelope.us-east-1.amazonaws.com`` when the encryptor calls through its backend.
     via_service: str | None = None
+    #: Whether the request came over TLS (``aws:SecureTransport``): set by the HTTP server;
+    #: None for a call made in process, which crossed no network.
+    secure_transport: bool | None = None
 
 
 _LOCAL = RequestContext()
+#: ``aws:PrincipalType`` of each kind of caller (IAM's values; a service principal has none)
+_PRINCIPAL_TYPES = {"root": "Account", "user": "User", "assumed-role": "AssumedRole"}
 
 
 class _Call:
@@ -1093,13 +1098,24 @@ class ServiceCore:
         values: dict[str, Any] = {
             "aws:sourceip": call.ctx.source_ip,
             "aws:currenttime": self._access.iso_time(now),
+            "aws:epochtime": int(now),
             "aws:principalarn": caller.identity_arn,
+            "aws:requestedregion": self.region,
+            "aws:viaawsservice": bool(call.ctx.via_service),
+            "aws:principalisawsservice": caller.kind == "service",
         }
+        kind = _PRINCIPAL_TYPES.get(caller.kind)
+        if kind is not None:
+            values["aws:principaltype"] = kind
+        if caller.kind == "user":
+            values["aws:username"] = caller.name
         if caller.account is not None:
             values["kms:calleraccount"] = caller.account
             values["aws:principalaccount"] = caller.account
         if call.ctx.via_service:
             values["kms:viaservice"] = call.ctx.via_service
+        if call.ctx.secure_transport is not None:
+            values["aws:securetransport"] = call.ctx.secure_transport
         values.update(call.values)
         return values
 
@@ -1123,6 +1139,9 @@ class ServiceCore:
         base["kms:keyspec"] = m["KeySpec"]
         base["kms:keyusage"] = m["KeyUsage"]
         base["kms:keyorigin"] = m["Origin"]
+        base["kms:multiregion"] = key.multi_region
+        if key.multi_region:
+            base["kms:multiregionkeytype"] = m.get("x_mr_type", "PRIMARY")
 
         def aliases() -> list[str]:
             return [

@@ -37,6 +37,7 @@ from .errors import (
     InvalidKeyUsageException,
     KMSInvalidMacException,
     KMSInvalidSignatureException,
+    KmsServiceError,
     UnsupportedOperationException,
     ValidationException,
 )
@@ -248,6 +249,9 @@ class CryptoOps(ServiceCore):
             _grant_tokens(grant_tokens)
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             call.enc_context = sctx
+            same = self._same_key(conn, call, blob, source_key_id, destination_key_id)
+            if same is not None:
+                call.values["kms:reencryptonsamekey"] = same
             src, pt = self._decrypt_with(
                 conn,
                 call,
@@ -403,6 +407,7 @@ class CryptoOps(ServiceCore):
             call.enc_context = ctx
             if key_pair_spec not in _specs.KEY_PAIR_SPECS:
                 raise ValidationException("KeyPairSpec must be an RSA_* or ECC_* key spec")
+            call.values["kms:datakeypairspec"] = key_pair_spec
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             if key.spec != _specs.SYMMETRIC_DEFAULT or key.usage != _specs.ENCRYPT_DECRYPT:
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
@@ -491,6 +496,32 @@ class CryptoOps(ServiceCore):
 
     # -- asymmetric and HMAC --------------------------------------------------------------
 
+    def _same_key(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        blob: bytes,
+        source_ref: str | None,
+        destination_ref: Any,
+    ) -> bool | None:
+        """``kms:ReEncryptOnSameKey``: do the source (the blob's key, or SourceKeyId) and the
+        destination name the same key? Known before either key is authorized, since both
+        checks (ReEncryptFrom, ReEncryptTo) may test it; None when a reference does not
+        resolve (the call then fails on it, as without the condition key)."""
+        try:
+            if source_ref is not None:
+                source, _, _ = self._resolve_id(
+                    conn, source_ref, managed=False, account=call.account
+                )
+            else:
+                source = _blob.parse(blob).key_id
+            target, _, _ = self._resolve_id(
+                conn, destination_ref, managed=False, account=call.account
+            )
+        except KmsServiceError:
+            return None
+        return bool(source == target)
+
     def _signing_key(self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float) -> _Key:
         key = self._key(conn, call, key_id, CRYPTO, now)
         if key.usage != _specs.SIGN_VERIFY:
@@ -512,6 +543,7 @@ class CryptoOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            _signing_values(call, signing_algorithm, message_type)
             key = self._signing_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
             sig = _specs.sign(
@@ -545,6 +577,7 @@ class CryptoOps(ServiceCore):
             _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             sig = _bytes(signature, "Signature", 1, 6144)
+            _signing_values(call, signing_algorithm, message_type)
             key = self._signing_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
             ok = _specs.verify(
@@ -614,6 +647,8 @@ class CryptoOps(ServiceCore):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
+            if isinstance(mac_algorithm, str):
+                call.values["kms:macalgorithm"] = mac_algorithm
             key = self._mac_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
             tag = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
@@ -639,6 +674,8 @@ class CryptoOps(ServiceCore):
             _grant_tokens(grant_tokens)
             msg = _bytes(message, "Message", 1, _specs.MAX_MESSAGE)
             tag = _bytes(mac, "Mac", 1, 6144)
+            if isinstance(mac_algorithm, str):
+                call.values["kms:macalgorithm"] = mac_algorithm
             key = self._mac_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
             expected = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
@@ -657,3 +694,11 @@ def _with_material_id(out: Response, call: _Call) -> Response:
     if call.material_ids:
         out["KeyMaterialId"] = call.material_ids[-1]
     return out
+
+
+def _signing_values(call: _Call, algorithm: Any, message_type: Any) -> None:
+    """``kms:SigningAlgorithm`` and ``kms:MessageType`` of Sign and Verify."""
+    if isinstance(algorithm, str):
+        call.values["kms:signingalgorithm"] = algorithm
+    if isinstance(message_type, str):
+        call.values["kms:messagetype"] = message_type

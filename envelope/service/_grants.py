@@ -367,6 +367,7 @@ class GrantOps(ServiceCore):
             )
             if grant_id is not None and (not isinstance(grant_id, str) or not grant_id):
                 raise ValidationException("GrantId must be 1..128 characters")
+            call.values["kms:grantisforawsresource"] = call.ctx.via_service is not None
             key = self._key(conn, call, key_id, READ, now)
             sql = (
                 "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=? AND grant_id>?"
@@ -534,6 +535,7 @@ class GrantOps(ServiceCore):
             if not isinstance(grant_id, str) or not 1 <= len(grant_id) <= 128:
                 raise ValidationException("GrantId must be 1..128 characters")
             call.params["GrantId"] = grant_id
+            call.values["kms:grantisforawsresource"] = call.ctx.via_service is not None
             key = self._key(conn, call, key_id, READ, now)
             if not delete_grants(
                 conn, "grant_id=? AND region=? AND key_id=?", (grant_id, key.region, key.id)

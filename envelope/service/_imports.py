@@ -73,6 +73,8 @@ class ImportOps(ServiceCore):
                 )
             if wrapping_key_spec not in _WRAPPING_KEY_SPECS:
                 raise ValidationException("WrappingKeySpec must be RSA_2048, RSA_3072 or RSA_4096")
+            call.values["kms:wrappingalgorithm"] = wrapping_algorithm
+            call.values["kms:wrappingkeyspec"] = wrapping_key_spec
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "GetParametersForImport")
             private = rsa.generate_private_key(
@@ -166,6 +168,9 @@ class ImportOps(ServiceCore):
                 raise ValidationException(  # the model's length and pattern
                     "KeyMaterialDescription must be 1 to 256 letters, digits, spaces and :/_.-"
                 )
+            call.values["kms:expirationmodel"] = model
+            if vt is not None:
+                call.values["kms:validto"] = float(vt)  # epoch seconds, as AWS gives it
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "ImportKeyMaterial")
             symmetric = key.spec == _specs.SYMMETRIC_DEFAULT

@@ -86,6 +86,12 @@ class LifecycleOps(KeyStoreOps):
             call.values["kms:keyspec"] = spec
             call.values["kms:keyusage"] = key_usage
             call.values["kms:keyorigin"] = origin
+            call.values["kms:bypasspolicylockoutsafetycheck"] = (
+                bypass_policy_lockout_safety_check is True
+            )
+            call.values["kms:multiregion"] = multi_region is True
+            if multi_region is True:
+                call.values["kms:multiregionkeytype"] = "PRIMARY"
             self._authorize_account(conn, call)
             if key_spec and customer_master_key_spec and key_spec != customer_master_key_spec:
                 raise ValidationException("KeySpec and CustomerMasterKeySpec differ")
@@ -303,6 +309,7 @@ class LifecycleOps(KeyStoreOps):
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _int_in(days, 7, 30, "PendingWindowInDays")
+            call.values["kms:schedulekeydeletionpendingwindowindays"] = days
             key = self._customer_key(conn, call, key_id, SCHEDULE, now, "ScheduleKeyDeletion")
             m = key.meta
             m["PendingDeletionWindowInDays"] = days
@@ -417,6 +424,7 @@ class LifecycleOps(KeyStoreOps):
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _int_in(days, 90, 2560, "RotationPeriodInDays")
+            call.values["kms:rotationperiodindays"] = days
             key = self._rotation_key(conn, call, key_id, now, "EnableKeyRotation")
             key.meta["x_rot_period"] = days
             key.meta["x_rot_next"] = now + days * DAY

@@ -61,6 +61,7 @@ class MultiRegionOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _check_region(replica_region)
+            call.values["kms:replicaregion"] = replica_region
             key = self._primary(  # AWS's words
                 conn, call, key_id, MANAGE, now, "{arn} is not a multi-region primary key."
             )
@@ -122,6 +123,7 @@ class MultiRegionOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _check_region(primary_region)
+            call.values["kms:primaryregion"] = primary_region
             key = self._primary(
                 conn,
                 call,

@@ -68,6 +68,9 @@ class KeyPolicyOps(ServiceCore):
             name = _policy_name(policy_name)
             if name != _authz.DEFAULT_POLICY_NAME:
                 raise ValidationException("PolicyName must be default: a key has one policy")
+            call.values["kms:bypasspolicylockoutsafetycheck"] = (
+                bypass_policy_lockout_safety_check is True
+            )
             key = self._key(conn, call, key_id, READ, now)
             # an AWS managed key's policy allows no PutKeyPolicy, so `_key` refused it already
             self._customer_managed(key, "PutKeyPolicy")

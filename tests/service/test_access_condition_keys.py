@@ -1,0 +1,212 @@
+"""The condition keys AWS KMS puts in each request ("Condition keys for AWS KMS" and IAM's
+global keys), each shown to be present: a Deny conditioned on it stops the call, and the same
+call with a value outside the condition goes through.
+
+Without a key in the request a condition on it is false, so a Deny on a key this service never
+supplied was silently skipped (a Deny of CreateKey with BypassPolicyLockoutSafetyCheck, AWS's
+own example, let the bypass through).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from envelope.service import KeyService
+from envelope.service.errors import AccessDeniedException
+
+from .access_helpers import A, attach, stmt, user
+
+Call = Callable[[KeyService, str, str], Any]
+
+
+def _key(svc: KeyService, **kw: Any) -> str:
+    return str(svc.create_key(**kw)["KeyMetadata"]["Arn"])
+
+
+def _policy(svc: KeyService, key: str, caller: str, bypass: bool) -> Any:
+    text = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                stmt(Principal={"AWS": f"arn:aws:iam::{A}:root"}),
+                stmt(Principal={"AWS": caller}),
+            ],
+        }
+    )
+    return svc.put_key_policy(
+        key_id=key, policy=text, bypass_policy_lockout_safety_check=bypass, principal=caller
+    )
+
+
+def _sign(svc: KeyService, caller: str, algorithm: str) -> Any:
+    key = _key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
+    return svc.sign(
+        key_id=key, message=b"m", signing_algorithm=algorithm, message_type="RAW", principal=caller
+    )
+
+
+def _mac(svc: KeyService, caller: str, algorithm: str) -> Any:
+    key = _key(svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC")
+    return svc.generate_mac(key_id=key, message=b"m", mac_algorithm=algorithm, principal=caller)
+
+
+def _reencrypt(svc: KeyService, caller: str, same: bool) -> Any:
+    a, b = _key(svc), _key(svc)
+    blob = svc.encrypt(key_id=a, plaintext=b"p")["CiphertextBlob"]
+    return svc.re_encrypt(
+        ciphertext_blob=blob, destination_key_id=a if same else b, principal=caller
+    )
+
+
+#: (condition key, Deny's condition, a call the Deny stops, the same call outside the condition)
+CASES: list[tuple[str, dict[str, Any], Callable[[KeyService, str], Any], Callable[..., Any]]] = [
+    (
+        "kms:BypassPolicyLockoutSafetyCheck on CreateKey",
+        {"Bool": {"kms:BypassPolicyLockoutSafetyCheck": "true"}},
+        lambda s, c: s.create_key(bypass_policy_lockout_safety_check=True, principal=c),
+        lambda s, c: s.create_key(principal=c),
+    ),
+    (
+        "kms:BypassPolicyLockoutSafetyCheck on PutKeyPolicy",
+        {"Bool": {"kms:BypassPolicyLockoutSafetyCheck": "true"}},
+        lambda s, c: _policy(s, _key(s), c, True),
+        lambda s, c: _policy(s, _key(s), c, False),
+    ),
+    (
+        "kms:ScheduleKeyDeletionPendingWindowInDays",
+        {"NumericLessThan": {"kms:ScheduleKeyDeletionPendingWindowInDays": "30"}},
+        lambda s, c: s.schedule_key_deletion(key_id=_key(s), pending_window_in_days=7, principal=c),
+        lambda s, c: s.schedule_key_deletion(key_id=_key(s), principal=c),
+    ),
+    (
+        "kms:RotationPeriodInDays",
+        {"NumericLessThan": {"kms:RotationPeriodInDays": "180"}},
+        lambda s, c: s.enable_key_rotation(key_id=_key(s), rotation_period_in_days=90, principal=c),
+        lambda s, c: s.enable_key_rotation(
+            key_id=_key(s), rotation_period_in_days=365, principal=c
+        ),
+    ),
+    (
+        "kms:GrantIsForAWSResource on ListGrants",
+        {"Bool": {"kms:GrantIsForAWSResource": "false"}},
+        lambda s, c: s.list_grants(key_id=_key(s), principal=c),
+        None,
+    ),
+    (
+        "kms:ReEncryptOnSameKey",
+        {"Bool": {"kms:ReEncryptOnSameKey": "true"}},
+        lambda s, c: _reencrypt(s, c, True),
+        lambda s, c: _reencrypt(s, c, False),
+    ),
+    (
+        "kms:DataKeyPairSpec",
+        {"StringEquals": {"kms:DataKeyPairSpec": "RSA_2048"}},
+        lambda s, c: s.generate_data_key_pair(
+            key_id=_key(s), key_pair_spec="RSA_2048", principal=c
+        ),
+        lambda s, c: s.generate_data_key_pair(
+            key_id=_key(s), key_pair_spec="ECC_NIST_P256", principal=c
+        ),
+    ),
+    (
+        "kms:SigningAlgorithm",
+        {"StringEquals": {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "RAW"}},
+        lambda s, c: _sign(s, c, "ECDSA_SHA_256"),
+        None,
+    ),
+    (
+        "kms:MacAlgorithm",
+        {"StringEquals": {"kms:MacAlgorithm": "HMAC_SHA_256"}},
+        lambda s, c: _mac(s, c, "HMAC_SHA_256"),
+        None,
+    ),
+    (
+        "kms:MultiRegion",
+        {"Bool": {"kms:MultiRegion": "true"}},
+        lambda s, c: s.create_key(multi_region=True, principal=c),
+        lambda s, c: s.create_key(principal=c),
+    ),
+    (
+        "kms:MultiRegionKeyType on a key",
+        {"StringEquals": {"kms:MultiRegionKeyType": "PRIMARY"}},
+        lambda s, c: s.describe_key(key_id=_key(s, multi_region=True), principal=c),
+        lambda s, c: s.describe_key(key_id=_key(s), principal=c),
+    ),
+    (
+        "kms:ReplicaRegion",
+        {"StringEquals": {"kms:ReplicaRegion": "eu-west-1"}},
+        lambda s, c: s.replicate_key(
+            key_id=_key(s, multi_region=True), replica_region="eu-west-1", principal=c
+        ),
+        lambda s, c: s.replicate_key(
+            key_id=_key(s, multi_region=True), replica_region="us-west-2", principal=c
+        ),
+    ),
+    (
+        "kms:WrappingAlgorithm and kms:WrappingKeySpec",
+        {
+            "StringEquals": {
+                "kms:WrappingAlgorithm": "RSAES_OAEP_SHA_1",
+                "kms:WrappingKeySpec": "RSA_2048",
+            }
+        },
+        lambda s, c: s.get_parameters_for_import(
+            key_id=_key(s, origin="EXTERNAL"),
+            wrapping_algorithm="RSAES_OAEP_SHA_1",
+            wrapping_key_spec="RSA_2048",
+            principal=c,
+        ),
+        lambda s, c: s.get_parameters_for_import(
+            key_id=_key(s, origin="EXTERNAL"),
+            wrapping_algorithm="RSAES_OAEP_SHA_256",
+            wrapping_key_spec="RSA_2048",
+            principal=c,
+        ),
+    ),
+    (
+        "aws:PrincipalType and aws:username",
+        {"StringEquals": {"aws:PrincipalType": "User", "aws:username": "caller"}},
+        lambda s, c: s.describe_key(key_id=_key(s), principal=c),
+        None,
+    ),
+    (
+        "aws:RequestedRegion and aws:ViaAWSService",
+        {
+            "StringEquals": {"aws:RequestedRegion": "us-east-1"},
+            "Bool": {"aws:ViaAWSService": "false"},
+        },
+        lambda s, c: s.describe_key(key_id=_key(s), principal=c),
+        None,
+    ),
+    (
+        "aws:EpochTime",
+        {"NumericGreaterThan": {"aws:EpochTime": "1000"}},
+        lambda s, c: s.describe_key(key_id=_key(s), principal=c),
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "condition", "denied", "allowed"), CASES, ids=[c[0] for c in CASES]
+)
+def test_a_deny_on_each_condition_key_applies(
+    svc: KeyService,
+    name: str,
+    condition: dict[str, Any],
+    denied: Callable[[KeyService, str], Any],
+    allowed: Callable[[KeyService, str], Any] | None,
+) -> None:
+    caller = user(svc, "caller")
+    attach(svc, caller, stmt(), stmt("Deny", Condition=condition))
+    with pytest.raises(AccessDeniedException, match="explicit deny"):
+        denied(svc, caller)
+    if allowed is not None:
+        allowed(svc, caller)
+    # and without the Deny, the call it stopped goes through
+    attach(svc, caller, stmt())
+    denied(svc, caller)
