@@ -96,6 +96,25 @@ class PrincipalMatcher:
             return SELF if caller.kind == "root" else ACCOUNT
         return NONE
 
+    def exempts(self, caller: Principal) -> bool:
+        """As a NotPrincipal: does the element name every principal AWS validates for this
+        caller? AWS checks the account first, then the role, then the assumed-role session,
+        and a Deny applies if any of them is not named ("you must also specify the account ARN
+        of the not-denied principal. Otherwise, the policy might deny access to the entire
+        account"). So a user is exempt only with its account, a session only with its
+        account, its role and its session ARN; naming an account exempts its root alone."""
+        if self.any:
+            return True
+        if caller.account is None:
+            return caller.arn in self.services
+        if caller.account not in self.accounts:
+            return False
+        if caller.kind == "root":
+            return True
+        if caller.kind == "assumed-role":
+            return caller.identity_arn in self.arns and caller.arn in self.arns
+        return caller.arn in self.arns
+
 
 @dataclass(frozen=True, slots=True)
 class NameMatcher:
@@ -137,13 +156,17 @@ class Statement:
     def names(self, caller: Principal) -> int:
         """How the Principal (or NotPrincipal) element names `caller` (NONE/ACCOUNT/SELF).
 
-        NotPrincipal applies to every caller it does not name, where naming includes naming
-        the caller's account: ``"NotPrincipal": {"AWS": "111122223333"}`` exempts that whole
-        account. A caller NotPrincipal applies to counts as named itself (SELF)."""
+        A Deny's NotPrincipal applies to every caller it does not exempt
+        (`PrincipalMatcher.exempts`: the caller's account and the caller itself must both be
+        named, as AWS validates the account first); a caller it applies to counts as named
+        itself (SELF)."""
         if self.principal is not None:
             return self.principal.classify(caller)
         if self.not_principal is not None:
-            return NONE if self.not_principal.classify(caller) else SELF
+            if self.allow:  # (AWS no longer supports it; kept to its old meaning: anyone
+                # whom the element does not name, by itself or by its account)
+                return NONE if self.not_principal.classify(caller) else SELF
+            return NONE if self.not_principal.exempts(caller) else SELF
         return SELF
 
     def covers_action(self, action_lower: str) -> bool:

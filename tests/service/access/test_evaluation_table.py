@@ -301,8 +301,25 @@ STRUCTURE = [
         ),
     ),
     row(
-        "not-principal/deny-all-but-alice:alice-allowed",
-        Case(ALICE, True, key_policy(stmt(Principal="*"), stmt("Deny", NotPrincipal=aws(ALICE)))),
+        # AWS validates the account first: it must be named too, or the Deny applies to it
+        "not-principal/deny-all-but-alice-and-her-account:alice-allowed",
+        Case(
+            ALICE,
+            True,
+            key_policy(stmt(Principal="*"), stmt("Deny", NotPrincipal=aws(ALICE, ROOT_A))),
+        ),
+    ),
+    row(
+        "not-principal/deny-all-but-alice-without-her-account:alice-denied",
+        Case(ALICE, False, key_policy(stmt(Principal="*"), stmt("Deny", NotPrincipal=aws(ALICE)))),
+    ),
+    row(
+        "not-principal/deny-all-but-alice-and-her-account:bob-of-that-account-denied",
+        Case(
+            BOB,
+            False,
+            key_policy(stmt(Principal="*"), stmt("Deny", NotPrincipal=aws(ALICE, ROOT_A))),
+        ),
     ),
     row(
         "not-principal/deny-all-but-alice:bob-denied",
