@@ -226,6 +226,13 @@ class GrantOps(ServiceCore):
             call.values["kms:granteeprincipal"] = grantee
             if retiring is not None:
                 call.values["kms:retiringprincipal"] = retiring
+            # kms:EncryptionContext:<key> and kms:EncryptionContextKeys list CreateGrant among
+            # their operations: there they read the grant's encryption context constraint
+            constrained = (cons or {}).get("EncryptionContextEquals")
+            if constrained is None:
+                constrained = (cons or {}).get("EncryptionContextSubset")
+            if constrained is not None:
+                call.enc_context = dict(constrained)
             key = self._key(conn, call, key_id, MANAGE, now)
             kind = "SYMMETRIC" if key.spec == "SYMMETRIC_DEFAULT" else key.usage
             unsupported = [op for op in ops if op not in _SUPPORTED_BY_USAGE.get(kind, _ANY_KEY)]

@@ -210,3 +210,36 @@ def test_a_deny_on_each_condition_key_applies(
     # and without the Deny, the call it stopped goes through
     attach(svc, caller, stmt())
     denied(svc, caller)
+
+
+def test_create_grant_conditions_read_the_grants_context_constraint(svc: KeyService) -> None:
+    """kms:EncryptionContext:<key> and kms:EncryptionContextKeys list CreateGrant among their
+    operations: there they read the encryption context constraint of the grant requested."""
+    caller, grantee = user(svc, "caller"), user(svc, "grantee")
+    key = _key(svc)
+    attach(
+        svc,
+        caller,
+        stmt(
+            Action="kms:CreateGrant",
+            Condition={
+                "StringEquals": {"kms:EncryptionContext:Dept": "IT"},
+                "ForAnyValue:StringEquals": {"kms:EncryptionContextKeys": "Dept"},
+            },
+        ),
+    )
+
+    def create(constraints: dict[str, Any] | None) -> Any:
+        return svc.create_grant(
+            key_id=key,
+            grantee_principal=grantee,
+            operations=["Decrypt"],
+            constraints=constraints,
+            principal=caller,
+        )
+
+    create({"EncryptionContextEquals": {"Dept": "IT"}})
+    create({"EncryptionContextSubset": {"Dept": "IT"}})
+    for other in ({"EncryptionContextEquals": {"Dept": "HR"}}, None):
+        with pytest.raises(AccessDeniedException):
+            create(other)
