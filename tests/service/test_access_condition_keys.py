@@ -243,3 +243,31 @@ def test_create_grant_conditions_read_the_grants_context_constraint(svc: KeyServ
     for other in ({"EncryptionContextEquals": {"Dept": "HR"}}, None):
         with pytest.raises(AccessDeniedException):
             create(other)
+
+
+def test_a_key_policy_with_forallvalues_on_an_encryption_context_key_is_refused(
+    svc: KeyService,
+) -> None:
+    """The guide's warning on kms:EncryptionContext:<key>: ForAllValues holds for a request
+    with no encryption context at all, so KMS refuses it in a key policy
+    (OverlyPermissiveCondition); the policy is unchanged."""
+    from envelope.service.errors import MalformedPolicyDocumentException
+
+    key = _key(svc)
+    before = svc.get_key_policy(key_id=key)["Policy"]
+    text = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                stmt(Principal={"AWS": f"arn:aws:iam::{A}:root"}),
+                stmt(
+                    Principal={"AWS": "*"},
+                    Action="kms:Decrypt",
+                    Condition={"ForAllValues:StringEquals": {"kms:EncryptionContext:AppName": "X"}},
+                ),
+            ],
+        }
+    )
+    with pytest.raises(MalformedPolicyDocumentException, match="OverlyPermissiveCondition"):
+        svc.put_key_policy(key_id=key, policy=text)
+    assert svc.get_key_policy(key_id=key)["Policy"] == before

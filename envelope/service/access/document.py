@@ -437,6 +437,17 @@ def _parse_statement(
     conditions: tuple[Condition, ...] = ()
     if "Condition" in raw:
         conditions = parse_condition_block(raw["Condition"], f"{where}.Condition")
+    if resource_policy and effect == "Allow":
+        for c in conditions:
+            # KMS refuses this in a key policy (the guide's warning on kms:EncryptionContext:):
+            # ForAllValues holds for a request with no encryption context, or with only other
+            # pairs, so it would allow far more than it seems to
+            if c.set_op == 2 and c.key.startswith("kms:encryptioncontext:"):
+                raise _fail(
+                    f"{where}.Condition: OverlyPermissiveCondition:EncryptionContext: "
+                    f"{c.operator} on {c.written or c.key} allows requests without that "
+                    "encryption context pair; use the operator without ForAllValues"
+                )
 
     return Statement(
         sid=sid,
