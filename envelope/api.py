@@ -186,6 +186,33 @@ def _rewrap_slot(data_key: bytearray, kms_context: Mapping[str, str]) -> bytes:
     return mac.finalize()
 
 
+#: Wraps in flight, by (the cache's id, slot): single-flight for `rewrap_header`'s cache.
+_wrapping: dict[tuple[int, bytes], anyio.Event] = {}
+
+
+async def _wrapped_once(
+    cache: dict[bytes, WrappedKey], slot: bytes, wrap: Callable[[], Awaitable[WrappedKey]]
+) -> WrappedKey:
+    """`cache[slot]`, made by `wrap` once: a task that finds the same slot being wrapped waits
+    for that answer instead of asking the KMS again (and, if that wrap failed, tries itself)."""
+    key = (id(cache), slot)
+    while True:
+        hit = cache.get(slot)
+        if hit is not None:
+            return hit
+        pending = _wrapping.get(key)
+        if pending is None:
+            break
+        await pending.wait()
+    done = _wrapping[key] = anyio.Event()
+    try:
+        new = cache[slot] = await wrap()
+        return new
+    finally:
+        del _wrapping[key]
+        done.set()
+
+
 async def rewrap_header(
     header: Header,
     *,
@@ -202,7 +229,9 @@ async def rewrap_header(
     anything is wrapped or written; the new header keeps every bound field, so HD and hence
     every segment stay valid: the body is reused byte for byte, never decrypted. Objects
     written under one cached data key share their data key: `wrapped_cache` (a MAC of the
-    data key -> its new wrapped key) makes a whole prefix cost one KMS wrap per data key.
+    data key -> its new wrapped key) makes a whole prefix cost one KMS wrap per data key,
+    also when many objects sharing one are re-wrapped at once (the first wraps it, the
+    others wait for its answer), so the prefix keeps one wrapped key per data key.
     """
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
@@ -213,12 +242,13 @@ async def rewrap_header(
         # Keyed by the data key itself (through a MAC, never stored), not by the header's
         # wrapped bytes: a hostile header could list another object's wrapped key next to
         # its own and poison a cache keyed by what it claims.
-        slot = _rewrap_slot(data_key, header.kms_context) if wrapped_cache is not None else b""
-        new = wrapped_cache.get(slot) if wrapped_cache is not None else None
-        if new is None:
+        if wrapped_cache is None:
             new = await to.wrap_key(data_key, header.kms_context)
-            if wrapped_cache is not None:
-                wrapped_cache[slot] = new
+        else:
+            slot = _rewrap_slot(data_key, header.kms_context)
+            new = await _wrapped_once(
+                wrapped_cache, slot, partial(to.wrap_key, data_key, header.kms_context)
+            )
     finally:
         data_key[:] = bytes(len(data_key))
     raw, hd = seal_header(

@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 from .. import api, objects, streams
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
-from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
+from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, NoBackendError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
@@ -915,12 +915,6 @@ async def verify_prefix(
 # -- rewrap --------------------------------------------------------------------------------
 
 
-async def _target_identity(to: Keyring) -> tuple[str, str]:
-    """(provider id, key id) that `to` records in headers: learned with one throwaway wrap."""
-    probe = await to.wrap_key(bytes(32), {"envelope:purpose": "rewrap-probe"})
-    return probe.provider_id, probe.key_id
-
-
 async def rewrap_prefix(
     source: str,
     *,
@@ -941,10 +935,15 @@ async def rewrap_prefix(
     under the new key, and the object rewritten atomically with the new header and the body
     copied byte for byte. Objects already under the new key are skipped. Data keys shared by
     many objects (a cache's bucket keys) are wrapped once per job.
+
+    Which (provider, key id) `to` writes is learned from the job's first real wrap, made with
+    that object's own KMS context (a key policy may require one), so a job costs no KMS call
+    beyond one wrap per data key; objects wait for it only until that first wrap is done.
     """
     _check_context(options, object_context)
     src = resolve(source, filesystem=source_fs)
-    target = await _target_identity(to)
+    target: list[tuple[str, str]] = []  # learned from the first wrap (`fresh_header`)
+    learning = anyio.Lock()
     wrapped_cache: dict[bytes, WrappedKey] = {}
     engine = options.engine
 
@@ -960,16 +959,62 @@ async def rewrap_prefix(
         them must still be the expected ones, so that a job run with the wrong pairs reports
         it as failed rather than done (authenticating them would cost a KMS call per object
         left as it is; decrypting it authenticates them)."""
-        if not all((w.provider_id, w.key_id) == target for w in header.wrapped_keys):
+        if not all((w.provider_id, w.key_id) == target[0] for w in header.wrapped_keys):
             return False
         bound_path(entry, header)
         check_contexts(header, _expected(entry, options, object_context), kms_context)
         return True
 
+    async def fresh_header(entry: Entry, header: Header) -> bytes:
+        bound_path(entry, header)
+
+        async def rewrapped(reader: Keyring) -> bytes:
+            return await api.rewrap_header(
+                header,
+                keyring=reader,
+                to=to,
+                wrapped_cache=wrapped_cache,
+                expected_context=_expected(entry, options, object_context),
+                expected_kms_context=kms_context,
+            )
+
+        if target:
+            return await rewrapped(keyring)
+        try:
+            new = await rewrapped(keyring)
+        except NoBackendError:
+            # learning the target from an object the source keyring cannot read: on a re-run
+            # it is already under the new key, which `to` reads (with its own KMS context)
+            new = await rewrapped(to)
+        if not target:
+            w = objects.parse_object_header(memoryview(new)).wrapped_keys[0]
+            target.append((w.provider_id, w.key_id))
+        return new
+
+    async def skip_or_header(entry: Entry, header: Header) -> bytes | None:
+        """None when the object is already under the target key (resume), else its new
+        header. Until the first wrap says what the target is, one object at a time wraps."""
+        if not options.resume:
+            return await fresh_header(entry, header)
+        if not target:
+            async with learning:
+                if not target:
+                    new = await fresh_header(entry, header)
+                    return None if already_under_target(entry, header) else new
+        if already_under_target(entry, header):
+            return None
+        return await fresh_header(entry, header)
+
     async def done(entry: Entry) -> bool:
+        """A dry run's resume check: only the first object is wrapped (to learn the target;
+        nothing is written), every other one is judged from its header."""
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, src.join(entry.rel), engine.max_wrapped_keys
         )
+        if not target:
+            async with learning:
+                if not target:
+                    await fresh_header(entry, header)
         return already_under_target(entry, header)
 
     async def one(entry: Entry) -> ObjectResult:
@@ -977,17 +1022,9 @@ async def rewrap_prefix(
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, path, engine.max_wrapped_keys
         )
-        if options.resume and already_under_target(entry, header):
+        new_header = await skip_or_header(entry, header)
+        if new_header is None:
             return ObjectResult(entry.rel, "skipped", entry.size)
-        bound_path(entry, header)
-        new_header = await api.rewrap_header(
-            header,
-            keyring=keyring,
-            to=to,
-            wrapped_cache=wrapped_cache,
-            expected_context=_expected(entry, options, object_context),
-            expected_kms_context=kms_context,
-        )
         stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
         sink = atomic_sink(src.fs, path, durable=options.durable)
         try:

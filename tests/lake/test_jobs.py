@@ -6,15 +6,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
 from envelope import api, objects
-from envelope.errors import ConfigurationError
+from envelope.errors import ConfigurationError, KmsKeyError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
+from envelope.kms.base import WrappedKey
 from envelope.kms.local import open_local
 from envelope.kms.memory import MemoryKms
 from envelope.lake import jobs
@@ -187,7 +189,7 @@ async def test_s3_encrypt_verify_rewrap_decrypt(
     rw = await jobs.rewrap_prefix(enc_uri, keyring=k1, to=k2, options=opts(concurrency=32))
     assert rw.ok and rw.done == len(tree)
     assert bodies() == before  # bodies byte-identical: only headers changed
-    assert kms.calls["Encrypt"] == 2  # one probe + one wrap: every object shares a data key
+    assert kms.calls["Encrypt"] == 1  # one wrap (32 at once): every object shares a data key
 
     # every object now opens under k2 alone (a keyring that cannot reach k1)
     only_k2 = MemoryKms()
@@ -683,3 +685,44 @@ def test_an_unreachable_object_store_is_an_io_error_not_a_traceback(tmp_path: Pa
     )  # fmt: skip
     assert r.returncode == 5 and "Traceback" not in r.stderr, r.stderr
     assert "I/O error" in r.stderr and "a:b@" not in r.stderr
+
+
+class _ContextBound(MemoryKms):
+    """A KMS whose key policy requires the pair dataset=sales on every wrap (AWS practice)."""
+
+    async def encrypt_data_key(
+        self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+    ) -> WrappedKey:
+        if context.get("dataset") != "sales":
+            raise KmsKeyError("AccessDeniedException: the key policy requires dataset=sales")
+        return await super().encrypt_data_key(key_id, plaintext, context=context)
+
+
+async def test_rewrap_to_a_key_that_requires_the_objects_kms_context(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A rewrap wraps only with each object's own KMS context: no call made with any other
+    (a key policy conditioned on the encryption context refused a probe before any object,
+    and the whole job), and one wrap per data key however many objects share it at once."""
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 3000, 50, 70, 90, 110, 130, 150])
+    ctx = {"dataset": "sales"}
+    assert (
+        await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, kms_context=ctx, options=opts())
+    ).ok
+    strict = _ContextBound()
+    to = Keyring(strict, strict.create_key("bound"), cache=CachePolicy())
+    w = await jobs.rewrap_prefix(
+        str(enc), keyring=k1, to=to, kms_context=ctx, options=opts(concurrency=8)
+    )
+    assert w.ok and w.done == len(tree), w.failures[:2]
+    assert strict.calls["Encrypt"] == 1
+    # a re-run: everything is under the new key already; one wrap learns that, none is written
+    again = await jobs.rewrap_prefix(
+        str(enc), keyring=k1, to=to, kms_context=ctx, options=opts(concurrency=8)
+    )
+    assert again.ok and again.skipped == len(tree) and again.done == 0
+    d = await jobs.decrypt_prefix(
+        str(enc), str(tmp_path / "back"), keyring=to, kms_context=ctx, options=opts()
+    )
+    assert d.ok and read_tree(tmp_path / "back") == tree
