@@ -258,6 +258,10 @@ async def test_attempts_exhausted_is_a_clear_unavailable_error() -> None:
     assert isinstance(info.value.__cause__, ThrottlingError)
     assert info.value.attempts == 3 and "GenerateDataKey" in str(info.value)
     assert flaky.calls["GenerateDataKey"] == 3 and len(fake.sleeps) == 2
+    # the message names the last backend error, so a wrong endpoint does not read like an
+    # outage in a log line or a lake report (which show the message, not __cause__)
+    cause = info.value.__cause__
+    assert f"({type(cause).__name__}: {str(cause).splitlines()[0]}" in str(info.value)
 
 
 @pytest.mark.anyio

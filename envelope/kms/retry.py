@@ -66,6 +66,8 @@ async def _anyio_sleep(seconds: float) -> None:
     import anyio  # loaded by the first retry that waits, not by importing this module
 
     await anyio.sleep(seconds)
+
+
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
@@ -352,11 +354,18 @@ class Retrier:
         attempts: int,
         kind: ErrorKind,
         detail: str,
+        last: BaseException | None = None,
     ) -> RetryExhaustedError:
+        """The error to raise: it names the last backend error too (an unreachable endpoint
+        must not read like a KMS outage), whose object is also its ``__cause__``."""
         self.observer.kms_gave_up(self.backend, operation, cls.reason)
+        why = ""
+        if last is not None:
+            text = str(last).splitlines()[0] if str(last) else ""
+            why = f" ({type(last).__name__}: {text[:300]})" if text else f" ({type(last).__name__})"
         return cls(
             f"{operation} on {self.backend}: {detail} after {attempts} attempt(s); "
-            f"last error was {kind.value}",
+            f"last error was {kind.value}{why}",
             backend=self.backend,
             operation=operation,
             attempts=attempts,
@@ -416,7 +425,12 @@ class Retrier:
                 raise error  # never retried / retries off: the backend's own error
             if attempt >= policy.max_attempts:
                 raise self._give_up(
-                    RetryExhaustedError, operation, attempt, kind, "gave up"
+                    RetryExhaustedError,
+                    operation,
+                    attempt,
+                    kind,
+                    "gave up",
+                    error,
                 ) from error
             cost = policy.cost_of(kind)
             if self.budget is not None and not self.budget.acquire(cost):
@@ -426,6 +440,7 @@ class Retrier:
                     attempt,
                     kind,
                     "retry budget exhausted (the backend is failing widely)",
+                    error,
                 ) from error
             delay = self.rng.uniform(0.0, policy.backoff_bound(kind, attempt))
             hint = getattr(error, "retry_after", None)
@@ -440,6 +455,7 @@ class Retrier:
                     attempt,
                     kind,
                     f"the next backoff would pass the deadline of {policy.deadline:g} s",
+                    error,
                 ) from error
             spent += cost
             observer.kms_retry(backend, operation, _REASON[kind], attempt, delay)
