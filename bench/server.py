@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import multiprocessing as mp
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,15 +221,27 @@ def envelope_server(base: Path, workers: int, log_level: str) -> Iterator[Target
         _stop(proc)
 
 
+def moto_version() -> str | None:
+    """The moto of this interpreter (the one the project's test extra pins), or None."""
+    try:
+        return importlib.metadata.version("moto")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 @contextmanager
 def moto_server(base: Path) -> Iterator[Target]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    """moto's server from this interpreter (`python -m moto.server`), never another moto
+    that happens to be first on PATH."""
     port = _free_port()
     log = base / "moto.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with log.open("wb") as f:
         proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=f, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
         )
     target = Target("moto", f"http://127.0.0.1:{port}", "AKIAMOTOBENCH0000000", "moto-secret")
     target.proc = proc
@@ -401,18 +413,31 @@ def main() -> None:
     ap.add_argument("--only", choices=("envelope", "moto"), help="measure one server only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    counts = [int(c) for c in args.clients.split(",") if c]
+    try:
+        counts = [int(c) for c in args.clients.split(",") if c]
+    except ValueError:
+        ap.error(f"--clients must be comma-separated whole numbers, not {args.clients!r}")
+    if not counts or min(counts) < 1 or args.rounds < 1 or args.seconds <= 0:
+        ap.error("--clients, --rounds and --seconds must be positive")
     names = ("envelope", "moto") if args.only is None else (args.only,)
+    if "moto" in names and moto_version() is None:
+        ap.error("moto is not installed here: pip install 'moto[server]', or pass --only envelope")
+    # SIGTERM (a CI cancel, a supervisor) unwinds like Ctrl-C: the servers are stopped and the
+    # scratch folder removed by the context managers below, not left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cells: dict[tuple[str, str, int], Cell] = {}
     load_before = _loadavg()
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         base = Path(tmp)
-        with (
-            envelope_server(base, args.workers, args.log_level) as env_t,
-            moto_server(base) as moto_t,
-        ):
-            targets = {"envelope": env_t, "moto": moto_t}
+        with ExitStack() as servers_up:
+            targets: dict[str, Target] = {}
+            if "envelope" in names:
+                targets["envelope"] = servers_up.enter_context(
+                    envelope_server(base, args.workers, args.log_level)
+                )
+            if "moto" in names:
+                targets["moto"] = servers_up.enter_context(moto_server(base))
             for t in targets.values():
                 t.key_id = t.client().create_key(Description="bench")["KeyMetadata"]["Arn"]
             for r in range(args.rounds):
@@ -467,6 +492,7 @@ def main() -> None:
             "envelope_log_level": args.log_level,
             "client_processes": args.client_processes,
             "cpus": os.cpu_count(),
+            "moto_version": moto_version() if "moto" in names else None,
         },
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -478,4 +504,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the servers were stopped on the way out
+        sys.exit(130)
