@@ -197,36 +197,55 @@ def _client_ceiling(proxy: XksProxy, kid_arn: str, n_threads: int, seconds: floa
 
 def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     svc = open_service(folder / "home")
-    default_kid = str(svc.create_key(description="bench-default")["KeyMetadata"]["KeyId"])
-    hsm_kid = _hsm_key(svc, folder)
-    for kid in (default_kid, hsm_kid):
-        _rate(svc, kid, 8, 0.3)  # warm: caches, the token's session pool
+    try:  # closed before the folder goes: a service closed at exit writes its digests there
+        return _measure_with(args, folder, svc)
+    finally:
+        svc.close()
 
+
+def _measure_with(args: argparse.Namespace, folder: Path, svc: KeyService) -> dict[str, Any]:
     results: dict[str, Any] = {"cpus": os.cpu_count(), "rounds": args.rounds}
+    default_kid = str(svc.create_key(description="bench-default")["KeyMetadata"]["KeyId"])
+    hsm_kid: str | None = None
+    if args.no_hsm:
+        results["hsm_skipped"] = "--no-hsm"
+    else:
+        try:
+            hsm_kid = _hsm_key(svc, folder)
+        except Exception as e:  # no SoftHSM2 here: the default store is still measured
+            results["hsm_skipped"] = f"{type(e).__name__}: {e}"
+    for kid in (default_kid, hsm_kid):
+        if kid is not None:
+            _rate(svc, kid, 8, 0.3)  # warm: caches, the token's session pool
+
     results["loadavg_1m_start"] = round(os.getloadavg()[0], 2)
-    r = _interleaved(
-        args.rounds,
-        args.seconds,
-        {
-            "default_1": lambda dt: _rate(svc, default_kid, 1, dt),
-            "hsm_1": lambda dt: _rate(svc, hsm_kid, 1, dt),
-            "default_8": lambda dt: _rate(svc, default_kid, 8, dt),
-            "hsm_8": lambda dt: _rate(svc, hsm_kid, 8, dt),
-        },
-    )
+    cases: dict[str, Callable[[float], float]] = {
+        "default_1": lambda dt: _rate(svc, default_kid, 1, dt),
+        "default_8": lambda dt: _rate(svc, default_kid, 8, dt),
+    }
+    if hsm_kid is not None:
+        kid = hsm_kid
+        cases["hsm_1"] = lambda dt: _rate(svc, kid, 1, dt)
+        cases["hsm_8"] = lambda dt: _rate(svc, kid, 8, dt)
+    r = _interleaved(args.rounds, args.seconds, cases)
     for name, rates in r.items():
         store, threads = name.split("_")
         results[f"{store}_generate_data_key_per_s_{threads}"] = round(median(rates), 1)
     results["default_generate_data_key_per_s"] = results["default_generate_data_key_per_s_1"]
-    results["hsm_generate_data_key_per_s"] = results["hsm_generate_data_key_per_s_1"]
-    for threads in ("1", "8"):
-        ratio = median(
-            h / d for h, d in zip(r[f"hsm_{threads}"], r[f"default_{threads}"], strict=True)
-        )
-        results[f"hsm_to_default_ratio_{threads}"] = round(ratio, 3)
-    results["hsm_to_default_ratio"] = results["hsm_to_default_ratio_1"]
+    if hsm_kid is not None:
+        results["hsm_generate_data_key_per_s"] = results["hsm_generate_data_key_per_s_1"]
+        for threads in ("1", "8"):
+            ratio = median(
+                h / d for h, d in zip(r[f"hsm_{threads}"], r[f"default_{threads}"], strict=True)
+            )
+            results[f"hsm_to_default_ratio_{threads}"] = round(ratio, 3)
+        results["hsm_to_default_ratio"] = results["hsm_to_default_ratio_1"]
 
-    if not args.no_xks:
+    if args.no_xks:
+        results["xks_skipped"] = "--no-xks"
+    elif hsm_kid is None:  # the proxy keeps its keys in a SoftHSM2 token too
+        results["xks_skipped"] = f"the proxy needs SoftHSM2: {results['hsm_skipped']}"
+    else:
         proxy = XksProxy(
             folder / "xks",
             key_label=XKS_KEY_LABEL,
@@ -258,8 +277,6 @@ def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             results.update(_cpu_split(svc, xks_kid, proxy, 2.0))
         finally:
             proxy.stop()
-
-    svc.close()
     return results
 
 
@@ -269,9 +286,12 @@ def main() -> None:
     ap.add_argument("--xks-seconds", type=float, default=8.0, help="XKS vs default, all rounds")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--proxy-workers", type=int, default=1)
+    ap.add_argument("--no-hsm", action="store_true", help="skip the HSM store (and XKS)")
     ap.add_argument("--no-xks", action="store_true", help="skip the external key store")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args()
+    if args.rounds < 1 or args.seconds <= 0 or args.xks_seconds <= 0 or args.proxy_workers < 1:
+        ap.error("--rounds, --seconds, --xks-seconds and --proxy-workers must be positive")
 
     folder = Path(tempfile.mkdtemp(prefix="envelope-bench-keystores-"))
     try:
