@@ -338,8 +338,13 @@ def _epoch(t: float | datetime) -> float:
 
 
 def _seal_quietly(store: Store, clock: Clock, close: bool) -> None:
-    """Best-effort final seal (a finalizer must not raise)."""
+    """Best-effort final seal (a finalizer must not raise). A store whose file is gone (a
+    temporary store removed before the process exits) has nothing left to seal, and
+    publishing its digests would recreate the folder it was removed with."""
     if store.closed:
+        return
+    if not store.path.exists():
+        store.close()
         return
     try:
         with store.write() as conn:
@@ -863,7 +868,7 @@ class ServiceCore:
         if self.store.closed:
             return
         try:
-            if self.seal_on_close:
+            if self.seal_on_close and self.store.path.exists():  # (see `_seal_quietly`)
                 self.seal_audit_log(strict=False)
         finally:
             if self._owns_store:

@@ -185,3 +185,27 @@ def test_tail_cut_above_the_last_seal_is_bounded_by_sealing_on_close(
     conn.close()
     ok, bad, problem = verify(logged, clock)
     assert not ok and bad is not None and "cut" in problem
+
+
+@pytest.mark.parametrize("how", ["close", "finalizer"])
+def test_a_removed_store_is_not_sealed_and_its_folder_not_recreated(
+    tmp_path: Path, clock: FakeClock, how: str
+) -> None:
+    """A temporary store removed before its service is closed (a benchmark's or a test's
+    scratch folder): sealing it would publish digests beside it and recreate the removed
+    folder; there is nothing left to seal."""
+    import gc
+    import shutil
+
+    from envelope.service import KeyService
+
+    folder = tmp_path / "scratch"
+    svc = KeyService(open_store(folder / "home"), clock=clock, owns_store=True)
+    svc.create_key()
+    shutil.rmtree(folder)
+    if how == "close":
+        svc.close()
+    else:
+        del svc
+        gc.collect()
+    assert not folder.exists()
