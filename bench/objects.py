@@ -6,7 +6,8 @@ For 1 KiB, 16 KiB and 256 KiB objects with a cached data key (one KMS call for t
 
 - floor_per_s: a bare loop doing only one object's primitive work on one thread (HKDF-SHA-512
   key schedule, header HMAC and commitment, AES-256-GCM of the body): the limit;
-- floor_all_per_s: the same loop on every core at once;
+- floor_all_per_s: the same loop on every core at once, one process per core (threads of one
+  interpreter would share its lock and understate the limit);
 - sync_encrypt_per_s / sync_decrypt_per_s: `envelope.sync.encrypt_bytes` / `decrypt_bytes`;
 - async_encrypt_per_s_64 / async_decrypt_per_s_64: `await envelope.api.*_bytes`, 64 in flight;
 - batch_encrypt_per_s / batch_decrypt_per_s: `envelope.sync.encrypt_many` / `decrypt_many`
@@ -58,6 +59,8 @@ def main() -> None:
         "--call-kib", type=int, default=1024, help="object bytes one timed call does (at least one)"
     )
     args = ap.parse_args()
+    if args.rounds < 1 or args.seconds < 0 or args.call_kib < 1:
+        ap.error("--rounds and --call-kib must be positive, --seconds not negative")
     got = objects.measure(
         SIZES.values(), rounds=args.rounds, seconds=args.seconds, call_bytes=args.call_kib << 10
     )
