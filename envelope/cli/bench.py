@@ -87,15 +87,19 @@ def _policy(args: argparse.Namespace) -> Any:
     return CachePolicy(**changes)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, rounds: bool = True, scratch: bool = True) -> None:
+    """The output options, and `--rounds` / `--dir` for the benchmarks that use them (an
+    option a benchmark would ignore is not offered)."""
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the result as JSON (docs/bench.md)")
     g.add_argument("--markdown", metavar="FILE", help="write a Markdown report to FILE")
     g.add_argument("--plot", metavar="FILE.png", help="draw the result (needs the bench extra)")
-    p.add_argument(
-        "--rounds", type=positive_int, default=3, help="interleaved rounds; best kept (3)"
-    )
-    p.add_argument("--dir", metavar="DIR", help="scratch folder (default: the system temp)")
+    if rounds:
+        p.add_argument(
+            "--rounds", type=positive_int, default=3, help="interleaved rounds; best kept (3)"
+        )
+    if scratch:
+        p.add_argument("--dir", metavar="DIR", help="scratch folder (default: the system temp)")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,7 +163,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="MS",
         help="add this many ms to every call (what a remote KMS would cost)",
     )
-    _common(p)
+    _common(p, rounds=False, scratch=False)  # steps of --seconds each; nothing written
     p.set_defaults(handler=cmd_kms)
 
     p = ops.add_parser("lake", help="estimate a lake encrypt job (duration, KMS calls, cost)")
@@ -181,7 +185,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="encrypt the sample and discard its output (no scratch writes: read+encrypt alone)",
     )
     _cost_arguments(p)
-    _common(p)
+    _common(p, rounds=False)  # one timed sample: the estimate
     p.set_defaults(handler=cmd_lake)
 
 
