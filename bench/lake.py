@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--large-mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best of)")
     args = ap.parse_args()
+    if args.small < 1 or args.large < 1 or args.large_mib < 1 or args.rounds < 1:
+        ap.error("--small, --large, --large-mib and --rounds must be positive")
 
     with tempfile.TemporaryDirectory(
         prefix="envelope-lake-bench-", dir=os.environ.get("BENCH_DIR")
@@ -98,4 +100,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
