@@ -58,6 +58,8 @@ def test_encrypt(bench: Any, tmp_path: Path) -> None:
     finite_positive(leaves, *[k for k, v in leaves.items() if "mbps" in k or "per_s" in k])
     finite_positive(leaves, "peak_rss_mib", "memory.ratio_encrypt_1w", "file.ratio_decrypt")
     assert [r["object_size"] for r in data["objects"]] == [1024, 16384]
+    # small objects are also compared with the per-object floor, not only bulk AES-GCM
+    assert all(r["floor_per_s"] > 0 and r["ratio_encrypt_to_floor"] > 0 for r in data["objects"])
     assert [r["segment_size"] for r in data["segments"]] == [64 << 10, 256 << 10, 1 << 20]
     assert data["workers"][0]["workers"] == 1
     nonblank(png)

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CLI_KEYS = {
     "cp_mbps",
+    "cp_decrypt_slot_mbps",
     "cli_encrypt_mbps",
     "cli_decrypt_mbps",
     "startup_s",
@@ -152,6 +153,9 @@ def test_cli_script(tmp_path: Path) -> None:
         assert got[k] > 0, k
     assert got["ratios.encrypt_to_cp"] == pytest.approx(
         got["cli_encrypt_mbps"] / got["cp_mbps"], abs=0.01
+    )
+    assert got["ratios.decrypt_to_cp"] == pytest.approx(
+        got["cli_decrypt_mbps"] / got["cp_decrypt_slot_mbps"], abs=0.01
     )
 
 
