@@ -28,6 +28,7 @@ from anyio.abc import ObjectReceiveStream
 from ._plan import Plan as Plan
 from ._plan import minimum_bytes as minimum_bytes
 from ._plan import plan_pipeline as plan_pipeline
+from .hazmat.format import TAG_LEN
 from .objects import zero
 from .streams import Sink, Source
 
@@ -115,8 +116,15 @@ async def run_pipeline(
     is written (for progress bars).
     """
     limiter = anyio.CapacityLimiter(plan.workers)
-    ins = _Pool(plan.inputs, plan.in_batch + 1)
-    outs = _Pool(plan.outputs, plan.out_batch)
+    in_size, out_size = plan.in_batch + 1, plan.out_batch
+    remaining = getattr(source, "remaining", None)
+    if callable(remaining):  # an input of known length: buffers no larger than it needs (a
+        # small object with 64 MiB segments must not zero-fill 64 MiB batch buffers)
+        left = int(remaining())
+        in_size = min(in_size, left + 1)
+        out_size = min(out_size, left + TAG_LEN * plan.segments_per_batch)
+    ins = _Pool(plan.inputs, in_size)
+    outs = _Pool(plan.outputs, out_size)
     # Every queued slot holds an output buffer, so the queue never holds more than `outputs`.
     job_send, job_recv = anyio.create_memory_object_stream[_Slot](plan.outputs)
     total = 0

@@ -95,6 +95,10 @@ class _BytesSource:
         self._pos += n
         return n
 
+    def remaining(self) -> int:
+        """Bytes not yet read: the pipeline sizes its buffers to them (`run_pipeline`)."""
+        return len(self._mv) - self._pos
+
     async def aclose(self) -> None:
         self._mv.release()
 
