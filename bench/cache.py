@@ -239,17 +239,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--objects", type=int, default=10_000)
-    p.add_argument("--uncached-objects", type=int, default=1_000)
-    p.add_argument("--size", type=int, default=16 * 1024)
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--objects", type=int, default=10_000, help="objects in the cached job (10000)")
+    p.add_argument(
+        "--uncached-objects", type=int, default=1_000, help="objects in the uncached job (1000)"
+    )
+    p.add_argument("--size", type=int, default=16 * 1024, help="bytes per object (16384)")
+    p.add_argument("--concurrency", type=int, default=64, help="objects in flight (64)")
     p.add_argument("--latency", type=float, default=0.005, help="MemoryKms latency per call (s)")
-    p.add_argument("--hit-repeat", type=int, default=20_000)
+    p.add_argument(
+        "--hit-repeat",
+        type=int,
+        default=20_000,
+        help="cache lookups timed for the hit cost (20000)",
+    )
     p.add_argument(
         "--sweep", type=int, nargs="*", default=[1, 8], help="extra concurrency levels (case a)"
     )
-    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="the anyio backend (asyncio)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = p.parse_args()
     out = anyio.run(main_async, args, backend=args.backend)
     if args.json:

@@ -35,9 +35,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--size-mib", type=int, default=512)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ap.add_argument("--size-mib", type=int, default=512, help="file size in MiB (512)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds; the best of each figure is kept (3)",
+    )
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
     if args.size_mib < 1 or args.rounds < 1:

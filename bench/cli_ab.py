@@ -41,9 +41,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("trees", nargs="+", help="folders that each hold an envelope/ package")
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--size-mib", type=int, default=512)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rounds", type=int, default=8, help="alternating A/B rounds (8)")
+    ap.add_argument("--size-mib", type=int, default=512, help="file size in MiB (512)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args()
     trees = [str(Path(t).resolve()) for t in args.trees]
     for t in trees:

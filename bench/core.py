@@ -99,7 +99,7 @@ def decrypt_rss(directory: str, mib: int) -> dict[str, int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ap.add_argument("--mib", type=int, default=256, help="in-memory data size")
     ap.add_argument("--file-mib", type=int, default=1024, help="file-to-file size")
     ap.add_argument("--rss-mib", type=int, default=2048, help="stream size for peak RSS")

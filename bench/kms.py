@@ -295,9 +295,14 @@ def _adapter(home: str, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per figure (3)")
+    ap.add_argument(
+        "--synchronous",
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="the store's SQLite synchronous mode (NORMAL; FULL fsyncs every commit)",
+    )
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ap.add_argument("--home", default=None, help="store directory (default: a fresh temp dir)")
     args = ap.parse_args()
     # every store in one temporary folder, removed at the end (each store's audit digests

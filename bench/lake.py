@@ -40,10 +40,17 @@ MIB = 1 << 20
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--small", type=int, default=10_000)
-    ap.add_argument("--large", type=int, default=8)
-    ap.add_argument("--large-mib", type=int, default=256)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ap.add_argument(
+        "--small", type=int, default=10_000, help="small objects (1-64 KiB) in the tree (10000)"
+    )
+    ap.add_argument("--large", type=int, default=8, help="large objects in the tree (8)")
+    ap.add_argument(
+        "--large-mib",
+        type=int,
+        default=256,
+        help="MiB per large object (256); the tree goes under $BENCH_DIR or the system temp",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best of)")
     args = ap.parse_args()
     if args.small < 1 or args.large < 1 or args.large_mib < 1 or args.rounds < 1:

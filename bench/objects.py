@@ -52,9 +52,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ap.add_argument("--seconds", type=float, default=0.5, help="per figure per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds; the best of each figure is kept (3)",
+    )
     ap.add_argument(
         "--call-kib", type=int, default=1024, help="object bytes one timed call does (at least one)"
     )

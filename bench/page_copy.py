@@ -39,9 +39,9 @@ def read_all(fd: int, size: int, view: memoryview) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mib", type=int, default=512)
-    ap.add_argument("--batch-kib", type=int, default=4096)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mib", type=int, default=512, help="MiB copied (512)")
+    ap.add_argument("--batch-kib", type=int, default=4096, help="KiB per read/write (4096)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args()
     batch = args.batch_kib << 10
     with tempfile.NamedTemporaryFile(prefix="envelope-bench-page-") as f:

@@ -155,12 +155,18 @@ def main() -> None:
         anyio.run(round_trip, int(sys.argv[1]) * MIB)
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("mode", choices=("write", "read"))
+    ap.add_argument(
+        "mode",
+        choices=("write", "read"),
+        help="write: encrypt a stream to OUT; read: decrypt OUT to nowhere",
+    )
     ap.add_argument("object", help="object file (its key file is OBJECT.key)")
     ap.add_argument("--mib", type=int, default=320, help="write: plaintext MiB")
     ap.add_argument("--segment-size", type=int, default=1 << 20, help="write: segment size")
     ap.add_argument("--memory-budget", type=int, default=None, help="pipeline budget, bytes")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument(
+        "--workers", type=int, default=None, help="engine workers (default: every core)"
+    )
     ap.add_argument("--out", help="read: decrypt file to file into OUT (then removed)")
     args = ap.parse_args()
     if args.mode == "read" and args.out:

@@ -399,7 +399,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seconds", type=float, default=4.0, help="per cell and round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="rounds over every cell, alternating server order (2)"
+    )
     ap.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     ap.add_argument("--workers", type=int, default=2, help="envelope serve --workers")
     ap.add_argument("--log-level", default="info", help="envelope serve --log-level")
@@ -411,7 +413,7 @@ def main() -> None:
         "of one process, as the issue's benchmark specifies)",
     )
     ap.add_argument("--only", choices=("envelope", "moto"), help="measure one server only")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args()
     try:
         counts = [int(c) for c in args.clients.split(",") if c]
