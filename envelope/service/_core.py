@@ -40,6 +40,7 @@ from ._states import (
     PENDING_REPLICA_DELETION,
 )
 from .access import Decision, Principal, Request, authorize, parse_policy
+from .access.document import check_new_key_policy
 from .errors import (
     AccessDeniedException,
     DryRunOperationException,
@@ -1332,6 +1333,7 @@ class ServiceCore:
             resource_policy=True,
             principal_exists=lambda arn: self._principal_exists(conn, arn),
         )
+        check_new_key_policy(policy)
         if bypass:
             return text
         caller = call.caller

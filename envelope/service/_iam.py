@@ -22,6 +22,7 @@ from ._core import RequestContext, Response, ServiceCore, _Call, _int_in, _page,
 from ._grants import delete_grants
 from ._trust import default_trust_policy, parse_trust_policy
 from .access import parse_policy
+from .access.document import check_new_identity_policy
 from .errors import (
     AccessDeniedException,
     AlreadyExistsException,
@@ -337,7 +338,7 @@ class IamOps(ServiceCore):
         def fn(conn: sqlite3.Connection, call: _Call, now: float, target: str) -> Response:
             name = _policy_name(policy_name)
             self._principal_row(conn, target)
-            parse_policy(policy_document, resource_policy=False)
+            check_new_identity_policy(parse_policy(policy_document, resource_policy=False))
             count = conn.execute(
                 "SELECT COUNT(*) FROM identity_policies WHERE principal=? AND name<>?",
                 (target, name),

@@ -271,3 +271,39 @@ def test_a_key_policy_with_forallvalues_on_an_encryption_context_key_is_refused(
     with pytest.raises(MalformedPolicyDocumentException, match="OverlyPermissiveCondition"):
         svc.put_key_policy(key_id=key, policy=text)
     assert svc.get_key_policy(key_id=key)["Policy"] == before
+
+
+@pytest.mark.parametrize("text", ["€", "日本", "\U0001f600", "\x7f", "\x85"])
+def test_a_key_policy_holds_only_latin_1(svc: KeyService, text: str) -> None:
+    """AWS KMS, "Key policy format": printable ASCII and Latin-1 Supplement characters, tab,
+    line feed and carriage return; anything else is MalformedPolicyDocumentException."""
+    from envelope.service.errors import MalformedPolicyDocumentException
+
+    key = _key(svc)
+    ok = {
+        "Version": "2012-10-17",
+        "Statement": [stmt(Sid="Root ok é", Principal={"AWS": f"arn:aws:iam::{A}:root"})],
+    }
+    svc.put_key_policy(key_id=key, policy=json.dumps(ok, ensure_ascii=False))
+    bad = dict(ok, Statement=[dict(ok["Statement"][0], Sid=f"Root {text}")])
+    with pytest.raises(MalformedPolicyDocumentException, match="Latin-1"):
+        svc.put_key_policy(key_id=key, policy=json.dumps(bad, ensure_ascii=False))
+
+
+@pytest.mark.parametrize(
+    ("sids", "ok"),
+    [(["A1", "B2"], True), (["has space"], False), (["dash-ed"], False), (["A", "A"], False)],
+)
+def test_an_identity_policys_sids_follow_iams_rules(
+    svc: KeyService, sids: list[str], ok: bool
+) -> None:
+    """IAM: a Sid holds letters and digits only and is unique within the policy."""
+    from envelope.service.errors import MalformedPolicyDocumentException
+
+    caller = user(svc, "caller")
+    statements = [stmt(Sid=sid) for sid in sids]
+    if ok:
+        attach(svc, caller, *statements)
+    else:
+        with pytest.raises(MalformedPolicyDocumentException, match="Sid"):
+            attach(svc, caller, *statements)

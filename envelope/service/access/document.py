@@ -41,6 +41,8 @@ __all__ = (
     "Policy",
     "PrincipalMatcher",
     "Statement",
+    "check_new_identity_policy",
+    "check_new_key_policy",
     "parse_policy",
 )
 
@@ -437,17 +439,6 @@ def _parse_statement(
     conditions: tuple[Condition, ...] = ()
     if "Condition" in raw:
         conditions = parse_condition_block(raw["Condition"], f"{where}.Condition")
-    if resource_policy and effect == "Allow":
-        for c in conditions:
-            # KMS refuses this in a key policy (the guide's warning on kms:EncryptionContext:):
-            # ForAllValues holds for a request with no encryption context, or with only other
-            # pairs, so it would allow far more than it seems to
-            if c.set_op == 2 and c.key.startswith("kms:encryptioncontext:"):
-                raise _fail(
-                    f"{where}.Condition: OverlyPermissiveCondition:EncryptionContext: "
-                    f"{c.operator} on {c.written or c.key} allows requests without that "
-                    "encryption context pair; use the operator without ForAllValues"
-                )
 
     return Statement(
         sid=sid,
@@ -520,3 +511,51 @@ def parse_policy(
         for i, item in enumerate(items)
     )
     return Policy(text, statements)
+
+
+# -- rules checked when a policy is written (not when a stored one is read: a policy stored
+# -- before a rule existed keeps working) ------------------------------------------------------
+
+#: What a key policy may hold (AWS KMS, "Key policy format"): tab, line feed, carriage return,
+#: printable ASCII and the printable Latin-1 Supplement.
+_KEY_POLICY_TEXT = re.compile(r"[\t\n\r\x20-\x7e\xa0-\xff]*\Z")
+_IAM_SID = re.compile(r"[A-Za-z0-9]*\Z")
+
+
+def check_new_key_policy(policy: Policy) -> None:
+    """The rules KMS applies when a key policy is set (CreateKey, PutKeyPolicy, ReplicateKey):
+    its character set, and no Allow whose ForAllValues tests a kms:EncryptionContext: key (the
+    guide's warning: it holds for a request with no encryption context at all)."""
+    bad = _KEY_POLICY_TEXT.match(policy.text)
+    if bad is None:
+        at = next(i for i, c in enumerate(policy.text) if not _KEY_POLICY_TEXT.match(c))
+        raise _fail(
+            f"the policy holds U+{ord(policy.text[at]):04X} at character {at}: a key policy may "
+            "hold only printable ASCII and Latin-1 characters, tab, line feed and carriage return"
+        )
+    for st in policy.statements:
+        if not st.allow:
+            continue
+        for c in st.conditions:
+            if c.set_op == 2 and c.key.startswith("kms:encryptioncontext:"):
+                raise _fail(
+                    f"Statement {st.label}: OverlyPermissiveCondition:EncryptionContext: "
+                    f"{c.operator} on {c.written or c.key} allows requests without that "
+                    "encryption context pair; use the operator without ForAllValues"
+                )
+
+
+def check_new_identity_policy(policy: Policy) -> None:
+    """IAM's rules for an identity policy's statement ids: letters and digits only, unique
+    within the policy."""
+    seen: set[str] = set()
+    for st in policy.statements:
+        if st.sid is None:
+            continue
+        if not _IAM_SID.match(st.sid):
+            raise _fail(
+                f"Statement {st.label}: an IAM policy's Sid may hold only letters and digits"
+            )
+        if st.sid in seen:
+            raise _fail(f"Statement {st.label}: the Sid {st.sid!r} is used twice in the policy")
+        seen.add(st.sid)
