@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 from .. import api, objects, streams
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
-from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, NoBackendError
+from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
@@ -965,31 +965,50 @@ async def rewrap_prefix(
         check_contexts(header, _expected(entry, options, object_context), kms_context)
         return True
 
+    def learned(w: WrappedKey) -> None:
+        if not target:
+            target.append((w.provider_id, w.key_id))
+
+    async def probe(header: Header) -> None:
+        """Learn the target from a wrap of a throwaway key under `to`, with this object's own
+        KMS context (a key policy may require it): for an object the source keyring cannot
+        read (a re-run finds objects already under the new key) and for a dry run."""
+        throwaway = bytearray(os.urandom(32))
+        try:
+            learned(await to.wrap_key(throwaway, header.kms_context))
+        finally:
+            throwaway[:] = bytes(32)
+
     async def fresh_header(entry: Entry, header: Header) -> bytes:
         bound_path(entry, header)
-
-        async def rewrapped(reader: Keyring) -> bytes:
-            return await api.rewrap_header(
-                header,
-                keyring=reader,
-                to=to,
-                wrapped_cache=wrapped_cache,
-                expected_context=_expected(entry, options, object_context),
-                expected_kms_context=kms_context,
-            )
-
-        if target:
-            return await rewrapped(keyring)
-        try:
-            new = await rewrapped(keyring)
-        except NoBackendError:
-            # learning the target from an object the source keyring cannot read: on a re-run
-            # it is already under the new key, which `to` reads (with its own KMS context)
-            new = await rewrapped(to)
-        if not target:
-            w = objects.parse_object_header(memoryview(new)).wrapped_keys[0]
-            target.append((w.provider_id, w.key_id))
+        new = await api.rewrap_header(
+            header,
+            keyring=keyring,
+            to=to,
+            wrapped_cache=wrapped_cache,
+            expected_context=_expected(entry, options, object_context),
+            expected_kms_context=kms_context,
+        )
+        learned(objects.parse_object_header(memoryview(new)).wrapped_keys[0])
         return new
+
+    async def first(entry: Entry, header: Header) -> bytes | None:
+        """The first object of a resumed job (one at a time until the target is known): its
+        real wrap says what the target is; if it cannot be re-wrapped (with the source
+        keyring, an object already under the new key may be unreadable), a throwaway wrap
+        says it, and an object already under the target is then skipped as any other."""
+        try:
+            new = await fresh_header(entry, header)
+        except Exception:
+            if not target:
+                try:
+                    await probe(header)
+                except Exception:
+                    pass  # the object's own error is the one to report
+            if target and already_under_target(entry, header):
+                return None
+            raise
+        return None if already_under_target(entry, header) else new
 
     async def skip_or_header(entry: Entry, header: Header) -> bytes | None:
         """None when the object is already under the target key (resume), else its new
@@ -999,22 +1018,21 @@ async def rewrap_prefix(
         if not target:
             async with learning:
                 if not target:
-                    new = await fresh_header(entry, header)
-                    return None if already_under_target(entry, header) else new
+                    return await first(entry, header)
         if already_under_target(entry, header):
             return None
         return await fresh_header(entry, header)
 
     async def done(entry: Entry) -> bool:
-        """A dry run's resume check: only the first object is wrapped (to learn the target;
-        nothing is written), every other one is judged from its header."""
+        """A dry run's resume check: one throwaway wrap learns the target (nothing is read
+        with the source keyring, nothing written); every object is judged from its header."""
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, src.join(entry.rel), engine.max_wrapped_keys
         )
         if not target:
             async with learning:
                 if not target:
-                    await fresh_header(entry, header)
+                    await probe(header)
         return already_under_target(entry, header)
 
     async def one(entry: Entry) -> ObjectResult:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -726,3 +727,64 @@ async def test_rewrap_to_a_key_that_requires_the_objects_kms_context(
         str(enc), str(tmp_path / "back"), keyring=to, kms_context=ctx, options=opts()
     )
     assert d.ok and read_tree(tmp_path / "back") == tree
+
+
+class _Credentials:
+    """One set of credentials on a shared KMS that may use only some of its keys (as AWS KMS:
+    a backend claims every wrapped key of its provider; the key policy decides)."""
+
+    def __init__(self, kms: MemoryKms, allowed: set[str]) -> None:
+        self.inner, self.allowed, self.provider_id = kms, allowed, kms.provider_id
+
+    def can_unwrap(self, w: WrappedKey) -> bool:
+        return w.provider_id == self.provider_id
+
+    async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> Any:
+        return await self.inner.generate_data_key(key_id, context=context)
+
+    async def encrypt_data_key(
+        self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+    ) -> WrappedKey:
+        if key_id not in self.allowed:
+            raise KmsKeyError(f"AccessDeniedException: kms:Encrypt on {key_id}")
+        return await self.inner.encrypt_data_key(key_id, plaintext, context=context)
+
+    async def decrypt_data_key(self, w: WrappedKey, *, context: Mapping[str, str]) -> bytearray:
+        if w.key_id not in self.allowed:
+            raise KmsKeyError(f"AccessDeniedException: kms:Decrypt on {w.key_id}")
+        return await self.inner.decrypt_data_key(w, context=context)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_rewrap_rerun_skips_objects_the_source_credentials_cannot_read(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """A rotation's usual credentials: the source keyring may decrypt under the old key only.
+    A re-run (and a dry re-run) finds every object already under the new key and skips it;
+    it learns what the new key is with one throwaway wrap under `to`, never by reading an
+    object with credentials that cannot."""
+    kms = MemoryKms()
+    old, new = kms.create_key("old"), kms.create_key("new")
+    source = Keyring(_Credentials(kms, {old}), old, cache=CachePolicy())  # type: ignore[arg-type]
+    to = Keyring(_Credentials(kms, {new}), new, cache=CachePolicy())  # type: ignore[arg-type]
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 20, 30, 40, 50])
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=source, options=opts())).ok
+    first = await jobs.rewrap_prefix(str(enc), keyring=source, to=to, options=opts(concurrency=4))
+    assert first.ok and first.done == len(tree)
+    moved = read_tree(enc)
+    for dry in (False, True):
+        again = await jobs.rewrap_prefix(
+            str(enc), keyring=source, to=to, options=opts(concurrency=4, dry_run=dry)
+        )
+        assert again.ok and again.skipped == len(tree), (dry, again.failures[:2])
+    assert read_tree(enc) == moved
+    # without resume nothing is learned: every object is re-wrapped with the source keyring,
+    # and each one fails alike (it cannot read them), none is rewritten
+    forced = await jobs.rewrap_prefix(
+        str(enc), keyring=source, to=to, options=opts(concurrency=4, resume=False)
+    )
+    assert forced.done == 0 and len(forced.failures) == len(tree)
+    assert read_tree(enc) == moved
