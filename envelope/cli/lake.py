@@ -24,6 +24,7 @@ from ..kms.keyspec import KeySpec
 from ..lake import jobs
 from ..metrics import Observer
 from ..options import Options
+from ..printable import printable
 from ._common import (
     EXIT_KMS,
     add_engine_arguments,
@@ -367,15 +368,17 @@ def _print_summary(r: jobs.JobReport, args: argparse.Namespace, *, quiet: bool =
         print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
         if r.removed_temporaries:
             print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
+    # object names and error texts are anyone's text (a shared bucket, a header): shown
+    # escaped, as --output text shows them, so none can forge a line or command a terminal
     for note in r.notes:
-        print(f"note: {note}", file=out)
+        print(f"note: {printable(note)}", file=out)
     for s in r.skipped_paths[:50]:
-        print(f"SKIPPED {s.path}: {s.reason}", file=out)
+        print(f"SKIPPED {printable(s.path)}: {printable(s.reason)}", file=out)
     if len(r.skipped_paths) > 50:
         print(f"... and {len(r.skipped_paths) - 50} more skipped (see --report)", file=out)
     for path in r.planned_paths:  # a dry run: the whole plan, one path a line
-        print(f"PLANNED {path}", file=out)
+        print(f"PLANNED {printable(path)}", file=out)
     for f in r.failures[:50]:
-        print(f"FAILED {f.path}: {f.error_type}: {f.error}", file=out)
+        print(f"FAILED {printable(f.path)}: {f.error_type}: {printable(f.error or '')}", file=out)
     if len(r.failures) > 50:
         print(f"... and {len(r.failures) - 50} more (see --report)", file=out)

@@ -140,7 +140,9 @@ class Store:
         """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
-        p = Path(path)
+        # absolute: the service checks the file is still there when it closes (`_core`), and a
+        # relative path would name another file once the process changes directory
+        p = Path(os.path.abspath(path))
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not p.exists():
             _create(p, root)

@@ -532,3 +532,24 @@ def test_credentials_of_a_uri_never_reach_a_report_or_a_message(uri: str, shown:
             resolve(bad)
         message = str(e.value)
         assert "Sekrit" not in message and "z9z9" not in message and "AKIA1:***@" in message
+
+
+def test_the_summary_prints_object_names_escaped(tmp_path: Path) -> None:
+    """Object names are anyone's text (a shared bucket): the person-readable summary shows
+    them escaped, as --output text does, so a name cannot retitle or clear the terminal or
+    forge a FAILED line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    evil = "evil\x1b]0;PWNED\x07\x1b[2J\nFAILED forged"
+    (src / evil).write_bytes(b"rows")
+    key = tmp_path / "k.key"
+    assert envelope_cli(tmp_path, "keygen", str(key)).returncode == 0
+    r = envelope_cli(
+        tmp_path, "lake", "encrypt", str(src), str(tmp_path / "dst"), "--key-file", str(key),
+        "--dry-run", "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = r.stdout + r.stderr
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert not any(line.startswith("FAILED") for line in shown.splitlines())
+    assert "PLANNED evil\\x1b]0;PWNED\\x07\\x1b[2J\\nFAILED forged" in shown

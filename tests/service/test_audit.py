@@ -209,3 +209,23 @@ def test_a_removed_store_is_not_sealed_and_its_folder_not_recreated(
         del svc
         gc.collect()
     assert not folder.exists()
+
+
+def test_a_store_opened_by_a_relative_path_is_sealed_after_a_chdir(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps its absolute path: a process that changes directory after opening it by
+    a relative path still seals its audit log on close (the file is there)."""
+    import sqlite3
+
+    from envelope.service import KeyService
+
+    monkeypatch.chdir(tmp_path)
+    svc = KeyService(open_store(Path("home")), clock=clock, owns_store=True)
+    svc.create_key()
+    monkeypatch.chdir("/")
+    svc.close()
+    conn = sqlite3.connect(tmp_path / "home" / "kms.sqlite3")
+    last = conn.execute("SELECT max(seq) FROM audit").fetchone()[0]
+    assert conn.execute("SELECT 1 FROM seals WHERE seq=?", (last,)).fetchone() is not None
+    conn.close()
