@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from ..service import KeyService, default_home
 from ..service._home import STORE_NAME
@@ -153,6 +154,26 @@ def _seal(args: argparse.Namespace, svc: KeyService) -> int:
     return 0
 
 
+def _administrator(
+    handler: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """The audit commands read and seal the log with the store's root key, as its
+    administrator: no principal's policies apply, so an explicit ``--as`` is refused rather
+    than silently ignored ($ENVELOPE_PRINCIPAL, a shell-wide default, is not an error)."""
+
+    def run(args: argparse.Namespace) -> int:
+        if getattr(args, "setting_sources", {}).get("principal") == "flag":
+            print(
+                "envelope: --as does not apply to audit commands: they read the log with the "
+                "store's root key, as its administrator, whatever principal is named",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        return handler(args)
+
+    return run
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``audit`` command tree to the main parser's subcommands."""
     audit = subparsers.add_parser(
@@ -175,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the audit key fingerprint every digest must carry (default: trust the first "
         "digest's key and print it)",
     )
-    p.set_defaults(handler=_verify_command)
+    p.set_defaults(handler=_administrator(_verify_command))
     p = sub.add_parser("tail", help="show the last records")
     add_store_arguments(p)
     p.add_argument("-n", type=positive_int, default=20, help="how many records (20)")
@@ -185,9 +206,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="only the calls the access policies refused, with the account, decision, "
         "matched statement and reason (the last N of them)",
     )
-    p.set_defaults(handler=_run(_tail))
+    p.set_defaults(handler=_administrator(_run(_tail)))
     p = sub.add_parser(
         "seal", help="seal the log up to its last record now and publish pending digests"
     )
     add_store_arguments(p)
-    p.set_defaults(handler=_run(_seal))
+    p.set_defaults(handler=_administrator(_run(_seal)))

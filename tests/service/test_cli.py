@@ -229,3 +229,30 @@ def test_a_replaced_sealed_row_is_tampering_not_a_wrong_root_key(
     assert run(["keys", "list"]) == 3
     err = capsys.readouterr().err
     assert "ALARM" in err and what in err
+
+
+def test_audit_commands_refuse_an_explicit_as(home: Path) -> None:
+    """The audit commands read the log with the store's root key: an explicit --as would be
+    ignored, so it is refused (exit 2); $ENVELOPE_PRINCIPAL, a shell-wide default, is not."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ENVELOPE_HOME": str(home)}
+
+    def envelope(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=120,
+        )
+
+    assert envelope("keys", "create", "--json").returncode == 0
+    who = "arn:aws:iam::000000000000:user/auditor"
+    for command in (["tail", "-n", "1"], ["seal"], ["verify"]):
+        r = envelope("audit", *command, "--as", who)
+        assert r.returncode == 2 and "--as does not apply" in r.stderr, (command, r.stderr)
+        r = envelope("audit", *command, ENVELOPE_PRINCIPAL=who)
+        assert r.returncode == 0, (command, r.stderr)
