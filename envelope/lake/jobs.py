@@ -989,7 +989,8 @@ async def rewrap_prefix(
             expected_context=_expected(entry, options, object_context),
             expected_kms_context=kms_context,
         )
-        learned(objects.parse_object_header(memoryview(new)).wrapped_keys[0])
+        if not target:  # parsed once per job, not once per object
+            learned(objects.parse_object_header(memoryview(new)).wrapped_keys[0])
         return new
 
     async def first(entry: Entry, header: Header) -> bytes | None:
