@@ -23,6 +23,7 @@ import anyio.to_thread
 from cachetools import LRUCache
 
 from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
+from .blocking_streams import binary
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
 from .keyring import Keyring
 from .objects import TAG_LEN, Header, ObjectKeys, layout, open_object_keys, open_range, read_header
@@ -104,8 +105,7 @@ def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> Ra
     if hasattr(source, "read_range"):
         return source  # type: ignore[return-value]
     if hasattr(source, "seek") and hasattr(source, "read"):
-        if isinstance(source, io.TextIOBase):
-            raise ConfigurationError("the ciphertext is bytes: open its file in binary mode ('rb')")
+        binary(source, "source")
         seekable = getattr(source, "seekable", None)
         if callable(seekable) and not seekable():
             raise ConfigurationError(
