@@ -42,29 +42,28 @@ from .printable import wrapped_key_name
 __all__ = ("Keyring",)
 
 
-async def _checked_unwrap(
-    backend: KmsBackend, wrapped: WrappedKey, kms_context: Mapping[str, str]
-) -> bytearray:
-    """Unwrap, and refuse anything but a 32-byte data key (wiping it) before it is used or
-    cached: a KMS will happily decrypt a 16-byte secret someone wrapped to look like one."""
-    key = await backend.decrypt_data_key(wrapped, context=kms_context)
+def _data_key_only(key: bytearray, wrapped: WrappedKey) -> bytearray:
+    """Refuse anything but a 32-byte data key (wiping it) before it is used or cached: a KMS
+    will happily decrypt a 16-byte secret someone wrapped to look like one."""
     if len(key) != DATA_KEY_LEN:
         n = len(key)
         key[:] = bytes(n)
         raise KmsKeyError(f"{wrapped_key_name(wrapped)} unwrapped to {n} bytes, not a data key")
     return key
+
+
+async def _checked_unwrap(
+    backend: KmsBackend, wrapped: WrappedKey, kms_context: Mapping[str, str]
+) -> bytearray:
+    """Unwrap with the backend's async face; a data key only (`_data_key_only`)."""
+    return _data_key_only(await backend.decrypt_data_key(wrapped, context=kms_context), wrapped)
 
 
 def _checked_unwrap_blocking(
     backend: BlockingKms, wrapped: WrappedKey, kms_context: Mapping[str, str]
 ) -> bytearray:
     """`_checked_unwrap` for a backend's blocking face."""
-    key = backend.decrypt_data_key_blocking(wrapped, context=kms_context)
-    if len(key) != DATA_KEY_LEN:
-        n = len(key)
-        key[:] = bytes(n)
-        raise KmsKeyError(f"{wrapped_key_name(wrapped)} unwrapped to {n} bytes, not a data key")
-    return key
+    return _data_key_only(backend.decrypt_data_key_blocking(wrapped, context=kms_context), wrapped)
 
 
 class Keyring:

@@ -361,7 +361,7 @@ class Retrier:
         self.observer.kms_gave_up(self.backend, operation, cls.reason)
         why = ""
         if last is not None:
-            text = str(last).splitlines()[0] if str(last) else ""
+            text = next(iter(str(last).splitlines()), "")
             why = f" ({type(last).__name__}: {text[:300]})" if text else f" ({type(last).__name__})"
         return cls(
             f"{operation} on {self.backend}: {detail} after {attempts} attempt(s); "
