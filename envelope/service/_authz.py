@@ -124,6 +124,20 @@ class Identity:
     exists: bool
     tags: Mapping[str, str] = field(default_factory=dict)
     policies: tuple[tuple[str, Policy], ...] = ()
+    unique_id: str | None = None  # the user's or role's AIDA.../AROA... id
+
+    @property
+    def user_id(self) -> str | None:
+        """The caller's ``aws:userid`` as AWS gives it: a user's unique id, a role session's
+        ``role-id:session-name``, the account id for the root; None for a service."""
+        caller = self.principal
+        if caller.kind == "root":
+            return caller.account
+        if self.unique_id is None:
+            return None
+        if caller.kind == "assumed-role":
+            return f"{self.unique_id}:{caller.arn.rsplit('/', 1)[-1]}"
+        return self.unique_id
 
 
 def bump_generation(conn: sqlite3.Connection) -> None:
@@ -268,7 +282,14 @@ class AccessCache:
             doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
             policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
         tags = body.get("Tags") or {}
-        return Identity(caller, True, dict(tags), tuple(policies))
+        unique_id = body.get("Id")
+        return Identity(
+            caller,
+            True,
+            dict(tags),
+            tuple(policies),
+            unique_id if isinstance(unique_id, str) else None,
+        )
 
     def _authentic(self, text: object, mac: object, table: str, ident: str) -> dict[str, Any]:
         if isinstance(text, str) and _rows.check_record(self._row_key, table, ident, text, mac):

@@ -1097,7 +1097,7 @@ class ServiceCore:
 
     # -- access control -------------------------------------------------------------------
 
-    def _caller_values(self, call: _Call, now: float) -> dict[str, Any]:
+    def _caller_values(self, call: _Call, now: float, identity: _authz.Identity) -> dict[str, Any]:
         """Condition keys every request has: who calls, from where, when, through what."""
         caller = call.caller
         assert caller is not None
@@ -1115,6 +1115,9 @@ class ServiceCore:
             values["aws:principaltype"] = kind
         if caller.kind == "user":
             values["aws:username"] = caller.name
+        user_id = identity.user_id
+        if user_id is not None:
+            values["aws:userid"] = user_id
         if caller.account is not None:
             values["kms:calleraccount"] = caller.account
             values["aws:principalaccount"] = caller.account
@@ -1141,7 +1144,7 @@ class ServiceCore:
         m = key.meta
         policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
         key_policy = self._access.policy(policy_text, resource_policy=True)
-        base = self._caller_values(call, now)
+        base = self._caller_values(call, now, identity)
         base["kms:keyspec"] = m["KeySpec"]
         base["kms:keyusage"] = m["KeyUsage"]
         base["kms:keyorigin"] = m["Origin"]
@@ -1222,7 +1225,7 @@ class ServiceCore:
         assert caller is not None
         identity = self._access.identity(conn, caller)
         values = _authz.ConditionContext(
-            self._caller_values(call, self.now()), call.enc_context, identity.tags
+            self._caller_values(call, self.now(), identity), call.enc_context, identity.tags
         )
         request = Request(
             action=action or f"kms:{call.op}",
@@ -1340,7 +1343,7 @@ class ServiceCore:
         assert caller is not None
         identity = self._access.identity(conn, caller)
         values = _authz.ConditionContext(
-            self._caller_values(call, self.now()), call.enc_context, identity.tags
+            self._caller_values(call, self.now(), identity), call.enc_context, identity.tags
         )
         request = Request(
             action="kms:PutKeyPolicy",

@@ -510,7 +510,7 @@ class CredentialOps(IamOps):
         caller = call.caller
         assert caller is not None
         identity = self._access.identity(conn, caller)
-        values = self._caller_values(call, now)
+        values = self._caller_values(call, now, identity)
         values.update(_authz.tag_values("aws:principaltag/", identity.tags))
         request = Request(
             action="sts:AssumeRole",

@@ -24,8 +24,9 @@ written:
 - A request value of the wrong type for the operator (a word for ``NumericEquals``, a number
   for ``IpAddress``) matches nothing, so positive operators are false and negated ones true.
 - Operator names are case-sensitive as AWS spells them; ``Null`` has no ``IfExists`` form and
-  takes no set operator. Policy variables (``${aws:username}``) are not expanded: they match
-  only their literal text. ``ArnEquals`` and ``ArnLike`` are the same operator, as in AWS:
+  takes no set operator. Policy variables (``${aws:username}``) in the values of the string
+  and ARN operators are expanded per request (`envelope.service.access.variables`, which
+  says what an unresolved one does). ``ArnEquals`` and ``ArnLike`` are the same operator, as in AWS:
   each of the six colon-separated ARN components is matched with ``*``/``?`` wildcards.
 - Condition key names are case-insensitive: they are lower-cased here, and the service
   supplies lower-case names in `Request.values`.
@@ -45,6 +46,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from envelope.service.access.variables import Segments, Template, parse_template
 from envelope.service.errors import MalformedPolicyDocumentException
 
 __all__ = (
@@ -52,10 +54,14 @@ __all__ = (
     "Condition",
     "Value",
     "parse_condition_block",
+    "segments_source",
     "wildcard_regex",
 )
 
 Value = str | bool | int | float | datetime | Sequence[str] | None
+#: A condition's values with policy variables, resolved against one request: the positive test
+#: of a request value, and whether a variable had no value.
+Templated = Callable[[Mapping[str, Value]], tuple[Callable[[object], bool], bool]]
 
 _NONE, _ANY, _ALL = 0, 1, 2
 _MULTI = (list, tuple, set, frozenset)
@@ -212,6 +218,7 @@ class Condition:
     match: Callable[[object], bool]
     null_expect: frozenset[bool]  # for Null only: the accepted "is missing" answers
     written: str = ""  # the key as the policy spells it (for explanations)
+    templated: Templated | None = None  # set when a value holds a policy variable
 
     def holds(self, values: Mapping[str, Value]) -> bool:
         """Whether this condition is satisfied by the request context `values`."""
@@ -225,6 +232,10 @@ class Condition:
                 return False
             return self.negated
         match = self.match
+        if self.templated is not None:
+            match, unresolved = self.templated(values)
+            if unresolved and self.negated:
+                return False  # an unresolved variable never widens what a policy says
         if isinstance(v, _MULTI):
             if self.set_op == _ALL:
                 return all(match(x) != self.negated for x in v)
@@ -244,6 +255,8 @@ class Condition:
             return f"{self.operator} {key}: the key is missing from the request"
         if isinstance(v, _MULTI) and not v:
             return f"{self.operator} {key}: the request has no values for the key"
+        if self.templated is not None and self.templated(values)[1]:
+            return f"{self.operator} {key}: a policy variable in its values has no value"
         if self.set_op == _ALL:
             return f"{self.operator} {key}: not every request value matches"
         if self.negated:
@@ -285,6 +298,106 @@ def _scalars(raw: object, where: str) -> list[str | int | float | bool]:
 
 
 def _compile_match(
+    family: str, vals: list[str | int | float | bool], where: str, variables: bool = False
+) -> tuple[Callable[[object], bool], Templated | None]:
+    """The positive test of one request value for these policy values, and, when some of
+    them hold policy variables (`variables`: the policy's Version has them), the per-request
+    test that resolves them."""
+    templates: list[Template] = []
+    if variables and family in ("str", "stri", "like", "arn"):
+        kept: list[str | int | float | bool] = []
+        for x in vals:
+            t = parse_template(x) if isinstance(x, str) else None
+            if t is None:
+                kept.append(x)
+            else:
+                templates.append(t)
+        vals = kept
+    static = _compile_static(family, vals, where) if vals else _nothing
+    if not templates:
+        return static, None
+    return static, _compile_templated(family, static if vals else None, templates)
+
+
+def _nothing(v: object) -> bool:
+    return False
+
+
+_TEMPLATE_CACHE_LIMIT = 256
+
+
+def _compile_templated(
+    family: str, static: Callable[[object], bool] | None, templates: list[Template]
+) -> Templated:
+    """Resolve `templates` per request; the test they compile to is memoized per resolved
+    text (bounded), so a policy with ``${aws:username}`` compiles once per user."""
+    memo: dict[tuple[Segments, ...], Callable[[object], bool]] = {}
+
+    def templated(values: Mapping[str, Value]) -> tuple[Callable[[object], bool], bool]:
+        resolved = []
+        unresolved = False
+        for t in templates:
+            segments = t.resolve(values)
+            if segments is None:
+                unresolved = True
+            else:
+                resolved.append(segments)
+        key = tuple(resolved)
+        match = memo.get(key)
+        if match is None:
+            match = _compile_segments(family, key, static)
+            if len(memo) >= _TEMPLATE_CACHE_LIMIT:
+                memo.clear()
+            memo[key] = match
+        return match, unresolved
+
+    return templated
+
+
+def _compile_segments(
+    family: str, resolved: tuple[Segments, ...], static: Callable[[object], bool] | None
+) -> Callable[[object], bool]:
+    """The positive test for resolved template values (their substituted text is literal),
+    ORed with the condition's other values."""
+    test: Callable[[object], bool]
+    if not resolved:
+        test = _nothing
+    elif family == "str":
+        exact = frozenset("".join(t for _, t in segs) for segs in resolved)
+        test = lambda v: _as_str(v) in exact  # noqa: E731
+    elif family == "stri":
+        lowered = frozenset("".join(t for _, t in segs).lower() for segs in resolved)
+
+        def test(v: object) -> bool:
+            s = _as_str(v)
+            return s is not None and s.lower() in lowered
+
+    else:
+        make = segments_source if family == "like" else _arn_source
+        sources = [src for src in map(make, resolved) if src is not None]
+        rx = re.compile("(?:" + "|".join(sources) + r")\Z", re.DOTALL) if sources else None
+        arn = family == "arn"
+
+        def test(v: object) -> bool:
+            if rx is None:
+                return False
+            if arn:
+                return isinstance(v, str) and v.count(":") >= 5 and rx.match(v) is not None
+            s = _as_str(v)
+            return s is not None and rx.match(s) is not None
+
+    if static is None:
+        return test
+    return lambda v: static(v) or test(v)
+
+
+def segments_source(segments: Segments) -> str:
+    """The regex source of resolved template text: the policy's own ``*``/``?`` are wildcards
+    (``*`` any run of characters), substituted text is literal."""
+    return "".join(_wildcard_source(t, ".*") if wild else re.escape(t) for wild, t in segments)
+
+
+def _compile_static(
     family: str, vals: list[str | int | float | bool], where: str
 ) -> Callable[[object], bool]:
     if family in ("str", "stri", "like", "arn"):
@@ -377,21 +490,37 @@ def _compile_match(
     return in_net
 
 
+def _arn_source(segments: Segments) -> str | None:
+    """An ARN pattern's regex, component by component: ``*`` never crosses a colon in the first
+    five components; the sixth (the resource) is the rest of the ARN, colons included. None
+    when the text has fewer than six components (not an ARN)."""
+    if segments == ((True, "*"),):
+        return ".*"
+    out: list[str] = []
+    colons = 0
+    for wild, text in segments:
+        for c in text:
+            if c == ":":
+                colons += 1
+                out.append(":")
+            elif wild and c == "*":
+                out.append("[^:]*" if colons < 5 else ".*")
+            elif wild and c == "?":
+                out.append("[^:]" if colons < 5 else ".")
+            else:
+                out.append(re.escape(c))
+    return f"(?:{''.join(out)})" if colons >= 5 else None
+
+
 def _compile_arn(patterns: list[str], where: str) -> Callable[[object], bool]:
-    """ARN patterns match component by component: ``*`` never crosses a colon in the first
-    five components; the sixth (the resource) is the rest of the ARN, colons included."""
+    """ARN patterns (see `_arn_source`) in one regex."""
     regexes = []
     for p in patterns:
-        if p == "*":
-            regexes.append(".*")
-            continue
-        parts = p.split(":", 5)
-        if len(parts) != 6:
+        source = _arn_source(((True, p),))
+        if source is None:
             raise _fail(where, f"condition value {p!r} is not an ARN (six ':'-separated parts)")
-        head = [_wildcard_source(c, "[^:]*") for c in parts[:5]]
-        tail = _wildcard_source(parts[5], ".*")
-        regexes.append(":".join([*head, tail]))
-    rx = re.compile("(?:" + "|".join(f"(?:{r})" for r in regexes) + r")\Z", re.DOTALL)
+        regexes.append(source)
+    rx = re.compile("(?:" + "|".join(regexes) + r")\Z", re.DOTALL)
 
     def arn(v: object) -> bool:
         return isinstance(v, str) and v.count(":") >= 5 and rx.match(v) is not None
@@ -399,9 +528,12 @@ def _compile_arn(patterns: list[str], where: str) -> Callable[[object], bool]:
     return arn
 
 
-def parse_condition_block(raw: object, where: str) -> tuple[Condition, ...]:
+def parse_condition_block(
+    raw: object, where: str, *, variables: bool = False
+) -> tuple[Condition, ...]:
     """Compile a statement's ``Condition`` member, or raise `MalformedPolicyDocumentException`
-    naming the operator, key and value that is wrong."""
+    naming the operator, key and value that is wrong. `variables`: the policy's Version
+    (2012-10-17) gives ``${...}`` in string and ARN values its meaning."""
     if not isinstance(raw, dict):
         raise _fail(where, "Condition must be an object of operators")
     out: list[Condition] = []
@@ -416,11 +548,21 @@ def parse_condition_block(raw: object, where: str) -> tuple[Condition, ...]:
                 raise _fail(here, f"{key!r} is not a condition key (prefix:name)")
             at = f"{here}.{key}"
             vals = _scalars(raw_values, at)
-            match = _compile_match(family, vals, at)
+            match, templated = _compile_match(family, vals, at, variables)
             null_expect: frozenset[bool] = frozenset()
             if family == "null":
                 null_expect = frozenset(_as_bool(x) is True for x in vals)
             out.append(
-                Condition(name, key.lower(), set_op, if_exists, negated, match, null_expect, key)
+                Condition(
+                    name,
+                    key.lower(),
+                    set_op,
+                    if_exists,
+                    negated,
+                    match,
+                    null_expect,
+                    key,
+                    templated,
+                )
             )
     return tuple(out)

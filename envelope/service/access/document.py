@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from envelope.service.access.conditions import Condition, parse_condition_block, wildcard_regex
+from envelope.service.access.conditions import (
+    Condition,
+    Value,
+    parse_condition_block,
+    segments_source,
+    wildcard_regex,
+)
 from envelope.service.access.principals import (
     IAM_ARN,
     SERVICE_PRINCIPAL,
@@ -30,6 +36,7 @@ from envelope.service.access.principals import (
     Principal,
     is_account_id,
 )
+from envelope.service.access.variables import Template, parse_template
 from envelope.service.errors import MalformedPolicyDocumentException
 
 __all__ = (
@@ -48,6 +55,8 @@ __all__ = (
 
 MAX_POLICY_BYTES = 32768
 VERSIONS = frozenset({"2012-10-17", "2008-10-17"})
+#: The policy language version that has policy variables (``${aws:username}``).
+VARIABLES_VERSION = "2012-10-17"
 INVALID_PRINCIPALS = "Policy contains a statement with one or more invalid principals."
 
 _TOP_MEMBERS = frozenset({"Version", "Id", "Statement"})
@@ -122,17 +131,33 @@ class PrincipalMatcher:
 class NameMatcher:
     """A compiled Action/NotAction or Resource/NotResource list: literal names in a set, the
     wildcard patterns in one regex. Actions are stored lower-cased (AWS matches them
-    case-insensitively); resources keep their case (ARN matching is case-sensitive)."""
+    case-insensitively); resources keep their case (ARN matching is case-sensitive).
+    `templates`: resource patterns with policy variables, matched per request
+    (`matches_late`); `matches` sees only the others."""
 
     any: bool
     exact: frozenset[str]
     pattern: re.Pattern[str] | None
+    templates: tuple[Template, ...] = ()
 
     def matches(self, name: str) -> bool:
         """Whether `name` (lower-cased for actions) is in the list."""
         if self.any or name in self.exact:
             return True
         return self.pattern is not None and self.pattern.match(name) is not None
+
+    def matches_late(self, name: str, values: Mapping[str, Value]) -> bool | None:
+        """Whether a pattern with policy variables, resolved against the request's `values`,
+        matches `name`: True if one does; False if none does and all resolved; None if none
+        does and one has no value."""
+        unresolved = False
+        for t in self.templates:
+            segments = t.resolve(values)
+            if segments is None:
+                unresolved = True
+            elif _template_regex(segments).match(name) is not None:
+                return True
+        return None if unresolved else False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +179,9 @@ class Statement:
     conditions: tuple[Condition, ...]
     allow: bool
     label: str
+    #: Resource/NotResource holds policy variables: `covers_resource` only sees its other
+    #: patterns and lets the statement through; `resource_holds` decides per request.
+    late_resource: bool = False
 
     def names(self, caller: Principal) -> int:
         """How the Principal (or NotPrincipal) element names `caller` (NONE/ACCOUNT/SELF).
@@ -179,11 +207,25 @@ class Statement:
         return not self.not_action.matches(action_lower)
 
     def covers_resource(self, resource: str) -> bool:
-        """Whether the statement's Resource/NotResource covers the resource ARN."""
+        """Whether the statement's Resource/NotResource covers the resource ARN, or (with
+        `late_resource`) may cover it once its policy variables are known."""
         if self.resource is not None:
-            return self.resource.matches(resource)
+            return self.resource.matches(resource) or bool(self.resource.templates)
         assert self.not_resource is not None
         return not self.not_resource.matches(resource)
+
+    def resource_holds(self, resource: str, values: Mapping[str, Value]) -> bool:
+        """With `late_resource`: whether Resource/NotResource covers the resource once its
+        policy variables are resolved against the request (a NotResource with an unresolved
+        variable does not apply: it cannot say what it leaves out)."""
+        if self.resource is not None:
+            return self.resource.matches(resource) or (
+                self.resource.matches_late(resource, values) is True
+            )
+        assert self.not_resource is not None
+        return not self.not_resource.matches(resource) and (
+            self.not_resource.matches_late(resource, values) is False
+        )
 
 
 _ACTION_CACHE_LIMIT = 256
@@ -289,13 +331,32 @@ def _strings(raw: object, where: str) -> list[str]:
     return items  # type: ignore[return-value]
 
 
-def _compile_names(items: Iterable[str], *, lower: bool) -> NameMatcher:
+def _compile_names(
+    items: Iterable[str], *, lower: bool, templates: tuple[Template, ...] = ()
+) -> NameMatcher:
     names = [i.lower() for i in items] if lower else list(items)
     if "*" in names:
         return NameMatcher(True, frozenset(), None)
     exact = frozenset(n for n in names if "*" not in n and "?" not in n)
     wild = [n for n in names if n not in exact]
-    return NameMatcher(False, exact, wildcard_regex(wild) if wild else None)
+    return NameMatcher(False, exact, wildcard_regex(wild) if wild else None, templates)
+
+
+_NO_NAMES = NameMatcher(False, frozenset(), None)
+_TEMPLATE_REGEX_LIMIT = 1024
+_template_regexes: dict[tuple[tuple[bool, str], ...], re.Pattern[str]] = {}
+
+
+def _template_regex(segments: tuple[tuple[bool, str], ...]) -> re.Pattern[str]:
+    """A resolved resource pattern as a regex: the policy's own ``*``/``?`` are wildcards,
+    substituted text is literal. Memoized (bounded): one compile per user, not per call."""
+    rx = _template_regexes.get(segments)
+    if rx is None:
+        rx = re.compile(segments_source(segments) + r"\Z", re.DOTALL)
+        if len(_template_regexes) >= _TEMPLATE_REGEX_LIMIT:
+            _template_regexes.clear()
+        _template_regexes[segments] = rx
+    return rx
 
 
 def _parse_actions(
@@ -314,12 +375,22 @@ def _parse_actions(
     return _compile_names(items, lower=True)
 
 
-def _parse_resources(raw: object, where: str) -> NameMatcher:
+def _parse_resources(raw: object, where: str, *, variables: bool = False) -> NameMatcher:
     items = _strings(raw, where)
     for item in items:
         if item != "*" and not item.startswith("arn:"):
             raise _fail(f"{where}: {item!r} is not a resource (an ARN or *)")
-    return _compile_names(items, lower=False)
+    templates: list[Template] = []
+    if variables:
+        plain = []
+        for item in items:
+            t = parse_template(item)
+            if t is None:
+                plain.append(item)
+            else:
+                templates.append(t)
+        items = plain
+    return _compile_names(items, lower=False, templates=tuple(templates))
 
 
 #: A user's or role's unique id (AIDA... / AROA...), as a policy shows a deleted principal.
@@ -381,6 +452,7 @@ def _parse_statement(
     resource_policy: bool,
     principal_exists: Callable[[str], bool] | None,
     service: str = "kms",
+    variables: bool = False,
 ) -> Statement:
     where = f"Statement[{index}]"
     if not isinstance(raw, dict):
@@ -432,13 +504,17 @@ def _parse_statement(
         raise _fail(f"{where}: needs exactly one of Resource or NotResource")
     resource = not_resource = None
     if "Resource" in raw:
-        resource = _parse_resources(raw["Resource"], f"{where}.Resource")
+        resource = _parse_resources(raw["Resource"], f"{where}.Resource", variables=variables)
     else:
-        not_resource = _parse_resources(raw["NotResource"], f"{where}.NotResource")
+        not_resource = _parse_resources(
+            raw["NotResource"], f"{where}.NotResource", variables=variables
+        )
 
     conditions: tuple[Condition, ...] = ()
     if "Condition" in raw:
-        conditions = parse_condition_block(raw["Condition"], f"{where}.Condition")
+        conditions = parse_condition_block(
+            raw["Condition"], f"{where}.Condition", variables=variables
+        )
 
     return Statement(
         sid=sid,
@@ -453,6 +529,7 @@ def _parse_statement(
         conditions=conditions,
         allow=effect == "Allow",
         label=sid if sid else f"#{index}",
+        late_resource=bool((resource or not_resource or _NO_NAMES).templates),
     )
 
 
@@ -507,6 +584,7 @@ def parse_policy(
             resource_policy=resource_policy,
             principal_exists=principal_exists,
             service=service,
+            variables=doc.get("Version") == VARIABLES_VERSION,
         )
         for i, item in enumerate(items)
     )

@@ -147,9 +147,19 @@ def _why_not(
         member = "Action" if st.action is not None else "NotAction"
         verb = "is not in" if st.action is not None else "is in"
         return f"{request.action} {verb} {member}"
-    if not st.covers_resource(request.resource):
+    if not st.covers_resource(request.resource) or (
+        st.late_resource and not st.resource_holds(request.resource, request.values)
+    ):
         member = "Resource" if st.resource is not None else "NotResource"
         verb = "is not in" if st.resource is not None else "is in"
+        matcher = st.resource if st.resource is not None else st.not_resource
+        assert matcher is not None
+        if (
+            st.late_resource
+            and not matcher.matches(request.resource)
+            and matcher.matches_late(request.resource, request.values) is None
+        ):
+            return f"a policy variable in {member} has no value in the request"
         return f"resource {request.resource} {verb} {member}"
     failed = _first_failed(st, request.values)
     if failed >= 0:
@@ -185,6 +195,8 @@ def authorize(
     kp_account: str | None = None
     if key_policy is not None:
         for st, named in key_policy.statements_naming(action_lower, caller, resource):
+            if st.late_resource and not st.resource_holds(resource, values):
+                continue
             if st.conditions and _first_failed(st, values) >= 0:
                 continue
             if not st.allow:
@@ -198,6 +210,8 @@ def authorize(
     iam_allow: str | None = None
     for name, policy in iam_policies:
         for st in policy.statements_covering(action_lower, resource):
+            if st.late_resource and not st.resource_holds(resource, values):
+                continue
             if st.conditions and _first_failed(st, values) >= 0:
                 continue
             if not st.allow:
