@@ -78,6 +78,43 @@ MAX_GROUP = 64
 _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
+#: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the
+#: predefined aliases AWS keeps in every account (ListAliases shows them without a
+#: TargetKeyId) for the services that integrate with KMS, and this project's own ``envelope``.
+#: Any other ``alias/aws/`` name is NotFoundException, as in AWS: a typo must not leave a key
+#: that nobody can disable or delete.
+MANAGED_SERVICES = frozenset(
+    {
+        "acm",
+        "backup",
+        "codeartifact",
+        "codecommit",
+        "connect",
+        "dms",
+        "dynamodb",
+        "ebs",
+        "ecr",
+        "elasticfilesystem",
+        "envelope",
+        "es",
+        "fsx",
+        "glue",
+        "kafka",
+        "kinesis",
+        "kinesisvideo",
+        "lambda",
+        "lightsail",
+        "rds",
+        "redshift",
+        "s3",
+        "secretsmanager",
+        "sns",
+        "sqs",
+        "ssm",
+        "timestream",
+        "xray",
+    }
+)
 #: A key id as AWS makes them: a UUID, or ``mrk-`` and 32 hex digits for a multi-Region key.
 #: Anything else is not a key id at all, answered "Invalid keyId '...'" as AWS answers it.
 _KEY_ID_RE = re.compile(
@@ -1031,12 +1068,7 @@ class ServiceCore:
             target = self._alias_target(conn, name, owner)
             if target is not None:
                 return target, False, owner
-            if (
-                managed
-                and owner == account
-                and name.startswith("alias/aws/")
-                and _ALIAS_RE.match(name)
-            ):
+            if managed and owner == account and name[len("alias/aws/") :] in MANAGED_SERVICES:
                 return self._create_managed_key(conn, name, account), True, owner
             raise NotFoundException(f"Alias {self._alias_arn(name, owner)} is not found.")
         if named is None and not valid_key_id(name):

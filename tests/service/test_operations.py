@@ -442,6 +442,22 @@ def test_aws_managed_keys(svc: KeyService) -> None:
     )
 
 
+@pytest.mark.parametrize("name", ["alias/aws/third", "alias/aws/typo-service", "alias/aws/S3"])
+def test_only_predefined_aws_aliases_make_a_managed_key(svc: KeyService, name: str) -> None:
+    """A typo in an alias/aws/ name is NotFoundException, as in AWS, not a new AWS managed key
+    that nobody could ever disable or delete."""
+    from envelope.service import RequestContext
+
+    via = RequestContext(via_service="s3.us-east-1.amazonaws.com")
+    before = svc.list_keys()["Keys"]
+    assert code_of(lambda: svc.describe_key(key_id=name)) == "NotFoundException"
+    assert (
+        code_of(lambda: svc.generate_data_key(key_id=name, key_spec="AES_256", context=via))
+        == "NotFoundException"
+    )
+    assert svc.list_keys()["Keys"] == before
+
+
 def test_wrong_key_usage(svc: KeyService) -> None:
     sign_key = new_key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
     mac_key = new_key(svc, key_spec="HMAC_256", key_usage="GENERATE_VERIFY_MAC")
