@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -388,20 +389,34 @@ def _delete_material(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
-    """Both steps at once, wrapping a local material file with the service's public key."""
+    """Both steps at once, wrapping a local material file with the service's public key.
+
+    Symmetric and HMAC material is wrapped with RSAES_OAEP_SHA_256. A private key (PKCS#8
+    DER, or PEM, which is turned into the DER AWS asks for) is too long for one OAEP block,
+    so it is wrapped with RSA_AES_KEY_WRAP_SHA_256, as AWS requires for RSA and P-521 keys."""
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
+    material = _local_material(Path(args.material).read_bytes(), args.material)
+    asymmetric = _is_private_key(material)
+    if not asymmetric and len(material) > _OAEP_2048_SHA256_MAX:
+        raise ConfigurationError(
+            f"{args.material}: {len(material)} bytes is neither key material of a symmetric "
+            "or HMAC key nor a private key (PKCS#8 DER or PEM)"
+        )
+    algorithm = "RSA_AES_KEY_WRAP_SHA_256" if asymmetric else "RSAES_OAEP_SHA_256"
     params = svc.get_parameters_for_import(
-        key_id=args.key, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec="RSA_2048"
+        key_id=args.key, wrapping_algorithm=algorithm, wrapping_key_spec="RSA_2048"
     )
     public = serialization.load_der_public_key(params["PublicKey"])
     assert isinstance(public, rsa.RSAPublicKey)
-    material = Path(args.material).read_bytes()
-    wrapped = public.encrypt(
-        material,
-        padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
-    )
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    if asymmetric:
+        aes_key = secrets.token_bytes(32)
+        wrapped = public.encrypt(aes_key, oaep) + aes_key_wrap_with_padding(aes_key, material)
+    else:
+        wrapped = public.encrypt(material, oaep)
     done = svc.import_key_material(
         key_id=args.key,
         import_token=params["ImportToken"],
@@ -409,6 +424,39 @@ def _import_local(args: argparse.Namespace, svc: KeyService) -> None:
         **_material_options(args),
     )
     emit(args, done, "ImportKeyMaterial")
+
+
+#: The longest plaintext one RSAES_OAEP_SHA_256 block of a 2048-bit key holds (RFC 8017).
+_OAEP_2048_SHA256_MAX = 2048 // 8 - 2 * 32 - 2
+
+
+def _local_material(data: bytes, name: str) -> bytes:
+    """The material as AWS takes it: a PEM private key becomes unencrypted PKCS#8 DER."""
+    if not data.lstrip().startswith(b"-----BEGIN"):
+        return data
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"{name}: PEM material must be an unencrypted private key ({exc})"
+        ) from None
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _is_private_key(material: bytes) -> bool:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_der_private_key(material, password=None)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _material_arguments(p: argparse.ArgumentParser) -> None:

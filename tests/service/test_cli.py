@@ -148,6 +148,82 @@ def test_import_and_replicate_commands(
 
 
 @pytest.mark.parametrize(
+    ("spec", "make", "pem"),
+    [
+        ("RSA_2048", "rsa", False),
+        ("RSA_3072", "rsa", True),
+        ("ECC_NIST_P256", "p256", True),
+        ("ECC_NIST_P521", "p521", False),
+    ],
+)
+def test_import_local_takes_private_keys_in_der_or_pem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, make: str, pem: bool
+) -> None:
+    """A private key is too long for one RSAES_OAEP block: `import local` wraps it with
+    RSA_AES_KEY_WRAP_SHA_256 (it said only "Encryption failed" before), and a PEM file is
+    turned into the PKCS#8 DER AWS asks for. The imported key then signs, and the signature
+    verifies under the local key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    if make == "rsa":
+        private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(
+            65537, int(spec.split("_")[1])
+        )
+    else:
+        private = ec.generate_private_key(ec.SECP256R1() if make == "p256" else ec.SECP521R1())
+    encoding = serialization.Encoding.PEM if pem else serialization.Encoding.DER
+    material = tmp_path / "key.material"
+    material.write_bytes(
+        private.private_bytes(
+            encoding, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    kid = jrun(
+        [
+            "keys",
+            "create",
+            "--origin",
+            "EXTERNAL",
+            "--key-spec",
+            spec,
+            "--key-usage",
+            "SIGN_VERIFY",
+        ],
+        capsys,
+    )["KeyMetadata"]["KeyId"]
+    jrun(["keys", "import", "local", kid, str(material)], capsys)
+    from envelope.service import open_service
+
+    with open_service() as svc:
+        algorithm = "RSASSA_PSS_SHA_256" if make == "rsa" else "ECDSA_SHA_256"
+        if make == "p521":
+            algorithm = "ECDSA_SHA_512"
+        sig = svc.sign(key_id=kid, message=b"m", signing_algorithm=algorithm)["Signature"]
+    public = private.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        public.verify(sig, b"m", pss, hashes.SHA256())
+    else:
+        digest = hashes.SHA256() if make == "p256" else hashes.SHA512()
+        public.verify(sig, b"m", ec.ECDSA(digest))
+
+
+def test_import_local_refuses_unusable_material(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kid = jrun(["keys", "create", "--origin", "EXTERNAL"], capsys)["KeyMetadata"]["KeyId"]
+    bad_pem = tmp_path / "bad.pem"
+    bad_pem.write_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    huge = tmp_path / "huge.bin"
+    huge.write_bytes(b"x" * 400)
+    for path, words in ((bad_pem, "unencrypted private key"), (huge, "neither key material")):
+        capsys.readouterr()
+        assert run(["keys", "import", "local", kid, str(path)]) == 2
+        assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     ("spec", "usage"),
     [
         ("ECC_NIST_EDWARDS25519", "SIGN_VERIFY"),
@@ -182,10 +258,15 @@ def test_a_missing_store_is_created_only_by_a_command_that_makes_something(
     from envelope.cli.main import main
 
     typo = tmp_path / "typo"
-    for argv in (["keys", "list"], ["keys", "describe", "alias/x"], ["audit", "tail"],
-                 ["iam", "list"], ["grants", "retirable", "arn:aws:iam::000000000000:root"],
-                 ["keystores", "describe"],
-                 ["keys", "enable", "1234abcd-12ab-34cd-56ef-1234567890ab"]):
+    for argv in (
+        ["keys", "list"],
+        ["keys", "describe", "alias/x"],
+        ["audit", "tail"],
+        ["iam", "list"],
+        ["grants", "retirable", "arn:aws:iam::000000000000:root"],
+        ["keystores", "describe"],
+        ["keys", "enable", "1234abcd-12ab-34cd-56ef-1234567890ab"],
+    ):
         capsys.readouterr()
         assert main([*argv, "--home", str(typo)]) == 2, argv
         assert "no embedded KMS store at" in capsys.readouterr().err
