@@ -629,3 +629,21 @@ def test_as_does_not_outlive_the_command_in_process(cli: Cli) -> None:
     role(cli, "someone")
     cli("keys", "list", "--as", session("someone"))
     assert os.environ.get("ENVELOPE_PRINCIPAL") == before
+
+
+def test_keys_list_for_a_caller_allowed_only_list_keys(cli: Cli) -> None:
+    """kms:ListKeys alone gives the list; the aliases and details `keys list` adds are
+    extras, left empty with a note when they are not allowed (it was refused outright)."""
+    kid = new_key(cli)
+    ok(cli("keys", "alias", "create", "alias/lister-test", kid))
+    role(cli, "lister", allow("kms:ListKeys"))
+    r = ok(cli("keys", "list", "--as", session("lister"), "--json"))
+    (row,) = r.json()["Keys"]
+    assert row["KeyId"] == kid and row["Aliases"] is None and row["KeyState"] is None
+    assert "not allowed kms:ListAliases" in r.err
+    assert "not allowed kms:DescribeKey on 1 of 1 keys" in r.err
+    role(cli, "reader", allow(["kms:ListKeys", "kms:ListAliases", "kms:DescribeKey"]))
+    r = ok(cli("keys", "list", "--as", session("reader"), "--json"))
+    (row,) = r.json()["Keys"]
+    assert row["Aliases"] == ["alias/lister-test"] and row["KeyState"] == "Enabled"
+    assert "note" not in r.err

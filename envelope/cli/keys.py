@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..service import KeyService, KmsServiceError, open_service, store_path
-from ..service.errors import StoreError, TamperedStoreError
+from ..service.errors import AccessDeniedException, StoreError, TamperedStoreError
 from ..service.rootkey import InsecureRootKeyWarning
 from ._common import add_principal_argument
 from ._output import add_output_arguments, emit
@@ -227,15 +227,33 @@ def _list(args: argparse.Namespace, svc: KeyService) -> None:
     """ListKeys, each entry (KeyId, KeyArn, as AWS) with its state, spec, usage, description
     and aliases added: one listing that a person and a script both read whole."""
     keys = _all_pages(lambda m: svc.list_keys(marker=m), "Keys")
-    aliases: dict[str, list[str]] = {}
-    for a in _all_pages(lambda m: svc.list_aliases(marker=m), "Aliases"):
-        aliases.setdefault(a["TargetKeyId"], []).append(a["AliasName"])
+    aliases: dict[str, list[str]] | None = {}
+    try:
+        found: dict[str, list[str]] = {}
+        for a in _all_pages(lambda m: svc.list_aliases(marker=m), "Aliases"):
+            found.setdefault(a["TargetKeyId"], []).append(a["AliasName"])
+        aliases = found
+    except AccessDeniedException:
+        # a caller allowed kms:ListKeys alone still gets its list (the details are extras)
+        aliases = None
+        _err("note: not allowed kms:ListAliases, so no aliases are shown")
     rows = []
+    hidden = 0
     for k in keys:
-        meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
+        try:
+            meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
+        except AccessDeniedException:
+            meta = {}
+            hidden += 1
         rows.append(
-            {**k, **{f: meta.get(f) for f in _LIST_DETAILS}, "Aliases": aliases.get(k["KeyId"], [])}
+            {
+                **k,
+                **{f: meta.get(f) for f in _LIST_DETAILS},
+                "Aliases": None if aliases is None else aliases.get(k["KeyId"], []),
+            }
         )
+    if hidden:
+        _err(f"note: not allowed kms:DescribeKey on {hidden} of {len(keys)} keys: no details shown")
     emit(args, {"Keys": rows}, "ListKeys")
 
 
