@@ -14,6 +14,7 @@ sealed under it.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -174,6 +175,17 @@ def _administrator(
     return run
 
 
+def _fingerprint(text: str) -> str:
+    """A key fingerprint as `envelope audit verify` prints it: ``sha256:`` and 64 hex digits
+    (case-insensitive). Anything else is a usage error, not a key that every digest fails."""
+    if not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a key fingerprint (sha256: and 64 hex digits, as `envelope audit "
+            "verify` prints it)"
+        )
+    return text.lower()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``audit`` command tree to the main parser's subcommands."""
     audit = subparsers.add_parser(
@@ -192,6 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--fingerprint",
         metavar="sha256:HEX",
+        type=_fingerprint,
         default=None,
         help="the audit key fingerprint every digest must carry (default: trust the first "
         "digest's key and print it)",

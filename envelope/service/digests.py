@@ -441,10 +441,17 @@ def check_store(
     unpublished: list[int] = []
     for counter in sorted(c for c in seals if c > done):
         if seals[counter][1]:
-            problems.append(
-                f"{name_of(counter)} was published but is not in {chain.location} (the latest "
-                "digests were deleted)"
-            )
+            if chain.problems:  # the chain check stopped early: it says nothing of deletion
+                problems.append(
+                    f"{name_of(counter)} was published but the digests were verified only up to "
+                    f"{latest.name if latest is not None else 'none of them'} (see the digest "
+                    "problems above)"
+                )
+            else:
+                problems.append(
+                    f"{name_of(counter)} was published but is not in {chain.location} (the "
+                    "latest digests were deleted)"
+                )
             break
         unpublished.append(counter)
     return problems, unpublished

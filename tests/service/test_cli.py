@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -337,3 +338,26 @@ def test_audit_commands_refuse_an_explicit_as(home: Path) -> None:
         assert r.returncode == 2 and "--as does not apply" in r.stderr, (command, r.stderr)
         r = envelope("audit", *command, ENVELOPE_PRINCIPAL=who)
         assert r.returncode == 0, (command, r.stderr)
+
+
+def test_audit_verify_fingerprint(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed --fingerprint is a usage error (it was taken as a key every digest fails);
+    a well-formed wrong one fails the chain without claiming that digests were deleted."""
+    jrun(["keys", "create"], capsys)
+    assert run(["audit", "seal"]) == 0
+    report = jrun(["audit", "verify"], capsys)
+    text = json.dumps(report)
+    real = re.search(r"sha256:[0-9a-f]{64}", text)
+    assert real is not None, report
+    with pytest.raises(SystemExit) as info:
+        run(["audit", "verify", "--fingerprint", "sha256:00"])
+    assert info.value.code == 2
+    assert "is not a key fingerprint" in capsys.readouterr().err
+    capsys.readouterr()
+    assert run(["audit", "verify", "--fingerprint", "sha256:" + "0" * 64]) == 1
+    err = capsys.readouterr().err
+    assert "not the expected" in err and "were deleted" not in err
+    assert (
+        run(["audit", "verify", "--fingerprint", real.group(0).upper().replace("SHA256", "sha256")])
+        == 0
+    )
