@@ -29,6 +29,36 @@ def err(message: str) -> None:
     print(f"envelope: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def envelope_warnings() -> Iterator[None]:
+    """Show this package's own warnings (an exposed root-key file, ...) as one
+    ``envelope: warning: ...`` line, like every other message of the command line, whichever
+    command raised them; a warning from elsewhere keeps Python's form (its file and line help
+    whoever reports it)."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if category.__module__.startswith("envelope."):
+            err(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def print_json(obj: Any) -> None:
     """`obj` as the printer's JSON (`--output json`): one JSON style for every command."""
     from ._output import format_data, jsonable

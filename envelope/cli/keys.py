@@ -15,7 +15,6 @@ import argparse
 import os
 import secrets
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,7 +24,6 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..service import KeyService, KmsServiceError, open_service, store_path
 from ..service.errors import AccessDeniedException, StoreError, TamperedStoreError
-from ..service.rootkey import InsecureRootKeyWarning
 from ._common import add_principal_argument
 from ._output import add_output_arguments, emit
 
@@ -90,20 +88,13 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
             f"no embedded KMS store at {str(path)!r} (check --home or $ENVELOPE_HOME; "
             "`envelope keys create` starts one)"
         )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InsecureRootKeyWarning)
-        svc = open_service(
-            home,
-            region=getattr(args, "region", None),
-            digests=getattr(args, "digests", None),
-            strict=True if getattr(args, "strict", False) else None,
-            principal=getattr(args, "principal", None),
-        )
-    for w in caught:
-        if issubclass(w.category, InsecureRootKeyWarning):
-            _err(f"warning: {w.message}")
-        else:  # pragma: no cover - not ours: shown as usual
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    svc = open_service(  # an exposed root-key file warns: `envelope_warnings` shows it
+        home,
+        region=getattr(args, "region", None),
+        digests=getattr(args, "digests", None),
+        strict=True if getattr(args, "strict", False) else None,
+        principal=getattr(args, "principal", None),
+    )
     try:
         yield svc
     finally:

@@ -39,7 +39,15 @@ from ..errors import (
     InvalidObjectError,
     KmsError,
 )
-from ._common import EXIT_CONTEXT, EXIT_INVALID, EXIT_IO, EXIT_KMS, EXIT_USAGE, err
+from ._common import (
+    EXIT_CONTEXT,
+    EXIT_INVALID,
+    EXIT_IO,
+    EXIT_KMS,
+    EXIT_USAGE,
+    envelope_warnings,
+    err,
+)
 
 __all__ = ("build_parser", "main")
 
@@ -216,7 +224,7 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
             return EXIT_USAGE
         _Stopped.signum = None
         try:
-            with _stop_signals():
+            with _stop_signals(), envelope_warnings():
                 return _run(handler, args)
         except KeyboardInterrupt:  # a signal that arrived while the handlers were restored
             return _interrupted()

@@ -12,6 +12,7 @@ import pytest
 
 from envelope.cli import audit as audit_cli
 from envelope.cli import keys as keys_cli
+from envelope.cli._common import envelope_warnings
 
 
 def run(argv: list[str]) -> int:
@@ -20,7 +21,8 @@ def run(argv: list[str]) -> int:
     keys_cli.register(sub)
     audit_cli.register(sub)
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    with envelope_warnings():  # as `envelope.cli.main` runs every command
+        return int(args.handler(args))
 
 
 @pytest.fixture(autouse=True)

@@ -43,6 +43,7 @@ def test_strict_mode_refuses_it(exposed: Path, how: str, monkeypatch: pytest.Mon
         open_service(exposed, strict=True if how == "argument" else None)
 
 
+@pytest.mark.filterwarnings("always::envelope.service.rootkey.InsecureRootKeyWarning")
 def test_the_cli_warns_on_stderr_and_refuses_with_strict(
     exposed: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -125,3 +126,35 @@ def test_tampered_kdf_parameters_are_refused_before_any_work(tmp_path: Path, kdf
     conn.close()
     with pytest.raises(RootKeyError, match="KDF parameters"):
         Store.open(path, PassphraseRootKey("pw"))
+
+
+def test_encrypt_and_decrypt_warn_in_the_command_lines_words(exposed: Path, tmp_path: Path) -> None:
+    """Every command shows the warning as `envelope: warning: ...`; encrypt and decrypt
+    printed Python's raw form (file, line number and source line) before."""
+    import os
+    import subprocess
+    import sys
+
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"hello")
+    env = {**os.environ, "ENVELOPE_HOME": str(exposed)}
+    env.pop("ENVELOPE_STRICT", None)
+
+    def envelope(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    for args in (
+        ("encrypt", str(plain), str(tmp_path / "sealed")),
+        ("decrypt", str(tmp_path / "sealed"), str(tmp_path / "back")),
+    ):
+        r = envelope(*args)
+        assert r.returncode == 0, r.stderr
+        assert "envelope: warning: root-key file" in r.stderr, r.stderr
+        assert "Warning:" not in r.stderr and ".py:" not in r.stderr, r.stderr
+    assert (tmp_path / "back").read_bytes() == b"hello"
