@@ -38,7 +38,13 @@ from ..metrics import NULL_OBSERVER, Observer
 from .base import KmsBackend
 from .filekey import FileKeyBackend
 from .retry import RetryingKms, RetryPolicy, shared_budget
-from .uri import is_aws_key, open_aws_backend, open_backend, open_local_backend
+from .uri import (
+    NoStoreError,
+    is_aws_key,
+    open_aws_backend,
+    open_backend,
+    open_local_backend,
+)
 
 __all__ = (
     "DEFAULT_KEY",
@@ -254,8 +260,8 @@ class KeySpec:
         if not opened:  # no key named: the embedded KMS's keys, which the header names
             try:
                 opened.append(open_local_backend(self.home, must_exist=True))
-            except ConfigurationError as e:
-                raise ConfigurationError(
+            except NoStoreError as e:  # not a root-key or store error: those say their own
+                raise NoStoreError(
                     f"{e}, and no key was given: an object sealed with a key file needs it "
                     "(--key-file PATH); one sealed by a KMS needs --key, --kms-endpoint or --home"
                 ) from None

@@ -44,6 +44,7 @@ from ..service import (
 )
 from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
+from .uri import NoStoreError
 
 __all__ = ("PROVIDER_ID", "LocalKms", "key_id_from_uri", "open_local")
 
@@ -195,7 +196,7 @@ def open_local(
     if must_exist:
         path = store_path(home)
         if not path.exists():
-            raise ConfigurationError(f"no embedded KMS store at {str(path)!r}")
+            raise NoStoreError(f"no embedded KMS store at {str(path)!r}")
     try:
         return LocalKms(open_service(home, region=region, principal=principal), offload=offload)
     except StoreError as e:

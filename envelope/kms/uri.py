@@ -39,13 +39,18 @@ def is_aws_key(uri: str) -> bool:
     return exact(uri)
 
 
+class NoStoreError(ConfigurationError):
+    """There is no embedded KMS store where one must exist (`open_local_backend`'s
+    `must_exist`): a reader has nothing to find in an empty KMS."""
+
+
 def open_local_backend(
     home: str | os.PathLike[str] | None = None, *, must_exist: bool = False
 ) -> Any:
     """The embedded KMS backend over the store under `home` (default $ENVELOPE_HOME).
 
-    With `must_exist`, a home without a store raises ConfigurationError instead of creating
-    one (a reader has nothing to find in an empty KMS).
+    With `must_exist`, a home without a store raises `NoStoreError` instead of creating one
+    (a reader has nothing to find in an empty KMS).
     """
     try:
         module = importlib.import_module("envelope.kms.local")

@@ -166,12 +166,21 @@ class Store:
                     f"{p} is not an initialised KMS store (no {', '.join(missing)} in it): it was "
                     "truncated or replaced. Nothing was changed; restore it from a backup."
                 )
+            made_with = meta.get("root_provider", b"").decode("utf-8", "replace")
             try:
                 rk = _open_root(root, meta, create=False)
+            except RootKeyError as e:  # no key at all (strict mode, a missing file): name the
+                # store's provider only if it is of another kind (a passphrase, not a file); a
+                # file at another path is a moved home, and its old path would mislead
+                if made_with and _kind(made_with) != _kind(root.description):
+                    raise RootKeyError(
+                        f"{e.message}; this store was made with the {made_with}"
+                    ) from None
+                raise
+            try:
                 if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
                     raise RootKeyError("the root key does not open this store")
-            except RootKeyError as e:  # say which kind of root key the store was made with
-                made_with = meta.get("root_provider", b"").decode("utf-8", "replace")
+            except RootKeyError as e:  # a wrong key: say which one the store was made with
                 if made_with and made_with != root.description:
                     raise RootKeyError(
                         f"{e.message}; this store was made with the {made_with}, and was "
@@ -532,3 +541,11 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
             conn.execute("ROLLBACK")
         raise
     return meta
+
+
+def _kind(description: str) -> str:
+    """A root-key provider's kind from its description: a file, a passphrase or a PKCS#11 key."""
+    for prefix in ("root-key file ", "PKCS#11 key "):
+        if description.startswith(prefix):
+            return prefix
+    return description

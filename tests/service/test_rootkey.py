@@ -145,3 +145,59 @@ def test_passphrase_provider_cannot_be_pickled() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(PassphraseRootKey("hunter2"))
     assert "hunter2" not in repr(PassphraseRootKey("hunter2"))
+
+
+def test_a_moved_home_is_not_told_about_its_old_path(populated: Path, tmp_path: Path) -> None:
+    """A home copied elsewhere keeps its root-key file beside it. A refusal that is not about
+    a wrong key (strict mode here) named the old path as the key the store "was made with",
+    which sent the operator after the wrong file."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(populated, moved)
+    (moved / "root.key").chmod(0o644)
+    with pytest.raises(RootKeyError) as refused:
+        Store.open(moved / "kms.sqlite3", FileRootKey(moved / "root.key", strict=True))
+    assert "strict mode" in str(refused.value)
+    assert "made with" not in str(refused.value)
+    # a wrong key still names the file the store was made with: that is the one to find
+    (moved / "root.key").write_bytes(os.urandom(32))
+    (moved / "root.key").chmod(0o600)
+    with pytest.raises(RootKeyError, match=r"does not open this store.*made with the root-key"):
+        Store.open(moved / "kms.sqlite3", FileRootKey(moved / "root.key"))
+
+
+def test_a_missing_key_file_names_a_passphrase_store(tmp_path: Path, clock: FakeClock) -> None:
+    """A store made with a passphrase, opened with the default key file (none there): the
+    refusal says the store needs a passphrase."""
+    home = tmp_path / "pp"
+    home.mkdir()
+    Store.open(home / "kms.sqlite3", PassphraseRootKey("secret words")).close()
+    with pytest.raises(RootKeyError, match=r"made with the scrypt passphrase"):
+        Store.open(home / "kms.sqlite3", FileRootKey(home / "root.key"))
+
+
+def test_decrypt_with_a_wrong_root_key_says_only_that(
+    populated: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`envelope decrypt` without --key added "no key was given: ... --key-file" to any error
+    of the embedded KMS; a wrong root key is not a missing key argument."""
+    from envelope.cli.main import main
+
+    monkeypatch.setenv("ENVELOPE_HOME", str(populated))
+    monkeypatch.setenv("ENVELOPE_CONFIG", "")
+    plain, sealed = tmp_path / "p", tmp_path / "s"
+    plain.write_bytes(b"data")
+    assert main(["encrypt", str(plain), str(sealed)]) == 0
+    (populated / "root.key").write_bytes(os.urandom(32))
+    capsys.readouterr()
+    assert main(["decrypt", str(sealed), str(tmp_path / "back")]) == 2
+    err = capsys.readouterr().err
+    assert "does not open this store" in err and "no key was given" not in err
+    empty = tmp_path / "empty-home"
+    monkeypatch.setenv("ENVELOPE_HOME", str(empty))
+    assert main(["decrypt", str(sealed), str(tmp_path / "back")]) == 2
+    assert "no key was given" in capsys.readouterr().err  # the hint where it helps
