@@ -29,7 +29,7 @@ from ..errors import ConfigurationError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec, Purpose
 from . import jobs
-from .fs import resolve
+from .fs import absolute, resolve
 
 __all__ = ("KeySpec", "run_distributed", "run_on_dask")
 
@@ -144,8 +144,13 @@ def run_on_dask(
     `keys` names the keys to seal under (encrypt) or read with (decrypt, verify, rewrap);
     its purpose is set from `operation`. `to` is rewrap's target key. Unset cache and retry
     take the lake defaults (`KeySpec.bulk`). The driver checks, lists, locks the destination
-    and cleans, once, and holds the lock until every chunk has finished (chunks take none)."""
+    and cleans, once, and holds the lock until every chunk has finished (chunks take none);
+    then it removes what a worker that died mid-object left (temporaries, S3 uploads).
+    Local paths are made absolute here: a worker resolves a relative one against its own
+    working folder."""
     keys, to = _job_keys(operation, keys, to)
+    source = absolute(source)
+    destination = absolute(destination) if destination is not None else None
     task = _Task(
         operation,
         source,
@@ -156,10 +161,21 @@ def run_on_dask(
         dict(kms_context or {}),
         dict(object_context or {}),
     )
+    src = resolve(source)
     dst = resolve(destination) if operation in ("encrypt", "decrypt") and destination else None
-    start = jobs.begin_job(operation, resolve(source), dst, options)
+    start = jobs.begin_job(operation, src, dst, options)
     try:
-        return _run_chunks(client, task, start, progress, retries)
+        report = _run_chunks(client, task, start, progress, retries)
+        if start.lock is not None:  # every chunk has finished: what is left is a dead worker's
+            removed, aborted = jobs.remove_temporaries(dst or src, start.lock)
+            report.removed_temporaries += removed
+            if removed or aborted:
+                report.notes.append(
+                    f"removed {removed} temporary file(s) and aborted {aborted} multipart "
+                    "upload(s) left by a worker that died during the job (its chunk was run "
+                    "again)"
+                )
+        return report
     finally:
         start.release()
 
@@ -184,11 +200,21 @@ def _run_chunks(
     if progress is not None:
         progress.start(operation, len(entries), sum(e.size for e in entries))
     t0 = time.perf_counter()
-    futures = [
-        client.submit(_run_chunk, task, chunk, retries=retries, pure=False)
-        for chunk in _chunks(entries, n_workers)
-    ]
-    for fut in as_completed(futures):
+    # Chunks are submitted a few per worker at a time, so that with fail_fast the job stops
+    # as a local one does: after the first failure no further chunk starts (those running
+    # stop at their own first failure), and every submitted chunk is waited for.
+    pending = iter(_chunks(entries, n_workers))
+
+    def submit() -> Any | None:
+        chunk = next(pending, None)
+        if chunk is None:
+            return None
+        return client.submit(_run_chunk, task, chunk, retries=retries, pure=False)
+
+    first = [f for f in (submit() for _ in range(2 * n_workers)) if f is not None]
+    running = as_completed(first)
+    stopping = False
+    for fut in running:
         part = fut.result()
         for name in ("done", "skipped", "failed", "planned", "objects", "bytes"):
             setattr(report, name, getattr(report, name) + part[name])
@@ -196,13 +222,25 @@ def _run_chunks(
             report.failures.append(jobs.ObjectResult(**f))
         report.planned_paths.extend(part["planned_paths"])
         if progress is not None:
-            for f in part["failures"]:
-                progress.advance(jobs.ObjectResult(**f))
-            for _ in range(part["objects"] - len(part["failures"])):
-                progress.advance(jobs.ObjectResult("", "done"))
+            _advance(progress, part)
+        stopping = stopping or (task.options.fail_fast and bool(part["failures"]))
+        if not stopping:
+            nxt = submit()
+            if nxt is not None:
+                running.add(nxt)
     report.seconds = time.perf_counter() - t0
     report.planned_paths.sort()
     return report
+
+
+def _advance(progress: jobs.Progress, part: Mapping[str, Any]) -> None:
+    """Tell `progress` a finished chunk's objects: its failures one by one, then its other
+    objects, the first of which carries the bytes the chunk sealed or opened (a chunk
+    reports only its total)."""
+    for f in part["failures"]:
+        progress.advance(jobs.ObjectResult(**f))
+    for i in range(part["objects"] - len(part["failures"])):
+        progress.advance(jobs.ObjectResult("", "done", part["bytes"] if i == 0 else 0))
 
 
 def run_distributed(

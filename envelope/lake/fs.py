@@ -90,6 +90,13 @@ class Location:
         return f"{self.path.rstrip('/')}/{check_relative(relative)}"
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute against this process's working folder; a URI as given.
+    What a job hands to other processes: a Dask worker has a working folder of its own, where
+    a relative path names other files."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     """(filesystem, path) for a URI or local path; `filesystem` overrides the URI's own."""
     if not is_utf8(uri):
@@ -100,7 +107,7 @@ def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     if filesystem is not None:
         return Location(filesystem, uri)
     if "://" not in uri:
-        return Location(pafs.LocalFileSystem(), os.path.abspath(uri))
+        return Location(pafs.LocalFileSystem(), absolute(uri))
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as e:

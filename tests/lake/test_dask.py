@@ -168,3 +168,98 @@ def test_cli_workers_starts_a_local_cluster(tmp_path: Path, home: Path) -> None:
         timeout=300,
     )
     assert r.returncode != 0 and "127.0.0.1:1" in r.stderr, (r.returncode, r.stderr[-2000:])
+
+
+def _cluster() -> distributed.LocalCluster:
+    return distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address="127.0.0.1:0",
+        host="127.0.0.1",
+    )
+
+
+def test_relative_paths_name_the_drivers_files_not_the_workers(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of an existing cluster have working folders of their own. A relative path was
+    shipped as typed: each worker read a same-named file in its folder and wrote outside the
+    driver's locked destination, and the job said "done"."""
+    workers, driver = tmp_path / "workers", tmp_path / "driver"
+    (workers / "src").mkdir(parents=True)
+    (workers / "src" / "a.txt").write_bytes(b"decoy, not to be read")
+    (driver / "src").mkdir(parents=True)
+    (driver / "src" / "a.txt").write_bytes(b"the driver's own data")
+    monkeypatch.chdir(workers)  # the workers start here
+    keys = KeySpec(key="local:alias/lake", home=str(home))
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        monkeypatch.chdir(driver)
+        report = run_on_dask(client, "encrypt", "src", "enc", keys=keys, options=OPTS)
+        assert report.ok and report.done == 1, report.failures
+        back = run_on_dask(client, "decrypt", "enc", "back", keys=keys, options=OPTS)
+        assert back.ok and back.done == 1
+    assert (driver / "back" / "a.txt").read_bytes() == b"the driver's own data"
+    assert not (workers / "enc").exists() and not (workers / "back").exists()
+
+
+class _Recorder:
+    def __init__(self, plant: Path | None = None) -> None:
+        self.plant = plant
+        self.bytes = 0
+        self.results = 0
+
+    def start(self, operation: str, objects: int, total_bytes: int) -> None:
+        if self.plant is not None:  # what a worker killed mid-object leaves behind
+            self.plant.parent.mkdir(parents=True, exist_ok=True)
+            self.plant.write_bytes(b"half an object")
+
+    def advance(self, result: jobs.ObjectResult) -> None:
+        self.results += 1
+        self.bytes += result.bytes
+
+
+def test_leftovers_fail_fast_and_progress_across_chunks(tmp_path: Path, home: Path) -> None:
+    from envelope.atomic import TMP_SUFFIX
+
+    src = tmp_path / "src"
+    tree = make_tree(src, [5000] * 40)
+    keys = KeySpec(key="local:alias/lake", home=str(home))
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        # a temporary left in the destination while the job ran is removed before the
+        # driver lets the lock go (chunks hold none; a dead worker's chunk is run again)
+        leftover = tmp_path / "enc" / f".dead-worker-object{TMP_SUFFIX}"
+        progress = _Recorder(plant=leftover)
+        report = run_on_dask(
+            client,
+            "encrypt",
+            str(src),
+            str(tmp_path / "enc"),
+            keys=keys,
+            options=OPTS,
+            progress=progress,
+        )
+        assert report.ok and report.done == len(tree)
+        assert not leftover.exists()
+        assert report.removed_temporaries == 1
+        assert any("left by a worker that died" in n for n in report.notes), report.notes
+        # the progress is told every object, and the bytes (it showed 0.0 MB/s)
+        assert progress.results == len(tree) and progress.bytes == report.bytes > 0
+
+        # fail_fast stops the job, not each chunk: no chunk starts after the first failure
+        for p in sorted((tmp_path / "enc").rglob("*.bin")):
+            data = bytearray(p.read_bytes())
+            data[-1] ^= 1
+            p.write_bytes(bytes(data))
+        fast = jobs.LakeOptions(engine=OPTS.engine, fail_fast=True)
+        failed = run_on_dask(
+            client,
+            "decrypt",
+            str(tmp_path / "enc"),
+            str(tmp_path / "back"),
+            keys=keys,
+            options=fast,
+        )
+        # 8 chunks of 5, 4 submitted at first: those run (each stops at its own failures,
+        # objects already under way included), and no other starts
+        assert failed.failed >= 1 and failed.objects <= 20 < len(tree), failed
