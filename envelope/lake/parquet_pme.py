@@ -64,6 +64,8 @@ __all__ = (
     "PME_PURPOSE",
     "EnvelopeKmsClient",
     "ParquetCrypto",
+    "UnencryptedParquetError",
+    "check_encrypted",
     "crypto_factory",
     "kms_client_factory",
     "pme_kms_context",
@@ -85,6 +87,39 @@ _MAX_WRAPPED_LEN = 16384  # a JSON wrapped key longer than this is refused befor
 _KEY_LENGTHS = (16, 24, 32)  # AES-128/192/256: what PME wraps
 
 KeyIds = Mapping[str, str] | Callable[[str], str]
+
+_ENCRYPTED_FOOTER = b"PARE"  # a Parquet file whose footer is encrypted ends with this
+_PLAIN_FOOTER = b"PAR1"  # and every other Parquet file with this
+
+
+class UnencryptedParquetError(InvalidObjectError):
+    """A file read as PME-encrypted is not encrypted: pyarrow would read a plain file in its
+    place without a word, so a writer with no key could swap forged rows in."""
+
+
+def check_encrypted(f: pa.NativeFile, path: str, *, plaintext_footer: bool = False) -> None:
+    """Refuse a file that is not PME-encrypted, by its trailing magic: ``PARE`` (an encrypted
+    footer, what `ParquetCrypto` writes by default) is required. A file written with
+    ``plaintext_footer=True`` ends ``PAR1`` like any plain Parquet file; `plaintext_footer`
+    accepts that, and then nothing here (nor in pyarrow) can tell it from an unencrypted
+    file: keep footers encrypted where files can be replaced."""
+    size = f.size()
+    if size < 12:
+        raise InvalidObjectError(f"{path}: {size} bytes is not a Parquet file")
+    f.seek(size - 4)
+    magic = f.read(4)
+    f.seek(0)
+    if magic == _ENCRYPTED_FOOTER:
+        return
+    if magic == _PLAIN_FOOTER:
+        if plaintext_footer:
+            return
+        raise UnencryptedParquetError(
+            f"{path} is not an encrypted Parquet file (its footer is in plaintext): refused, "
+            "as a file anyone could have written in place of an encrypted one; for files "
+            "written with plaintext_footer=True, read with plaintext_footer=True"
+        )
+    raise InvalidObjectError(f"{path}: not a Parquet file (no PAR1 or PARE at its end)")
 
 
 def pme_kms_context(
@@ -412,7 +447,10 @@ class ParquetCrypto:
         return self.factory.file_decryption_properties(self.connection, config)
 
     def dataset_format(self) -> ds.ParquetFileFormat:
-        """A `ParquetFileFormat` that decrypts, for ``pyarrow.dataset.dataset(..., format=)``."""
+        """A `ParquetFileFormat` that decrypts, for ``pyarrow.dataset.dataset(..., format=)``.
+
+        pyarrow reads an unencrypted file with it as readily as an encrypted one, so a file
+        swapped for a plain one is read without a word: `dataset` checks every file first."""
         config = ds.ParquetDecryptionConfig(
             self.factory,
             self.connection,
@@ -420,6 +458,24 @@ class ParquetCrypto:
         )
         options = ds.ParquetFragmentScanOptions(decryption_config=config)
         return ds.ParquetFileFormat(default_fragment_scan_options=options)
+
+    def dataset(
+        self,
+        source: str | os.PathLike[str] | Sequence[str],
+        *,
+        filesystem: pafs.FileSystem | None = None,
+        plaintext_footer: bool = False,
+        **kwargs: Any,
+    ) -> ds.Dataset:
+        """``pyarrow.dataset.dataset(source, format=self.dataset_format(), ...)`` after checking
+        that every file in it is encrypted (`check_encrypted`): a dataset cannot be given a
+        forged plain file to read in place of an encrypted one."""
+        found = ds.dataset(source, format=self.dataset_format(), filesystem=filesystem, **kwargs)
+        fs = found.filesystem
+        for path in found.files:
+            with fs.open_input_file(path) as f:
+                check_encrypted(f, path, plaintext_footer=plaintext_footer)
+        return found
 
     def dataset_write_options(
         self,
@@ -483,13 +539,16 @@ class ParquetCrypto:
         *,
         columns: Sequence[str] | None = None,
         filesystem: pafs.FileSystem | None = None,
+        plaintext_footer: bool = False,
     ) -> pa.Table:
-        """Read a PME-encrypted file; only the keys of the footer and `columns` are unwrapped."""
+        """Read a PME-encrypted file; only the keys of the footer and `columns` are unwrapped.
+        The file must be encrypted (`check_encrypted`; `plaintext_footer` for a file written
+        with one)."""
         loc = resolve(os.fspath(where), filesystem=filesystem)
-        with pq.ParquetFile(
-            loc.path, filesystem=loc.fs, decryption_properties=self.decryption_properties()
-        ) as pf:
-            return pf.read(columns=list(columns) if columns is not None else None)
+        with loc.fs.open_input_file(loc.path) as f:  # checked and read through one handle
+            check_encrypted(f, loc.path, plaintext_footer=plaintext_footer)
+            with pq.ParquetFile(f, decryption_properties=self.decryption_properties()) as pf:
+                return pf.read(columns=list(columns) if columns is not None else None)
 
 
 @contextlib.contextmanager
@@ -545,9 +604,12 @@ def read_encrypted_table(
     columns: Sequence[str] | None = None,
     filesystem: pafs.FileSystem | None = None,
     cache_lifetime: datetime.timedelta = DEFAULT_CACHE_LIFETIME,
+    plaintext_footer: bool = False,
 ) -> pa.Table:
     """Read a PME-encrypted Parquet file written by `write_encrypted_table` (or any PME
     writer using an `EnvelopeKmsClient`). A column whose key the backend refuses raises that
     backend's `KmsError`; leave it out of `columns` to read the rest."""
     with _crypto(backend, cache_lifetime) as crypto:
-        return crypto.read_table(where, columns=columns, filesystem=filesystem)
+        return crypto.read_table(
+            where, columns=columns, filesystem=filesystem, plaintext_footer=plaintext_footer
+        )

@@ -224,7 +224,7 @@ def test_pme_wrapped_keys_hold_no_key_material(
         assert padded[n:] == bytes(32 - n)  # zero padding to the 32-byte data-key size
         for form in (key, base64.b64encode(key), key.hex().encode()):
             assert form not in blob
-    assert ParquetCrypto(kms).read_table(path).equals(TABLE)
+    assert ParquetCrypto(kms).read_table(path, plaintext_footer=True).equals(TABLE)
     # the KMS calls ran on the bridge's loop thread, not the caller's
     assert rec.threads == {"envelope-kms-portal"}
     # what is stored is a WrappedKey: provider, key id and ciphertext, bound by context
@@ -592,3 +592,37 @@ def test_opaque_tampered_footer_fails_at_open(
     with pytest.raises(Exception) as info:
         open_encrypted_parquet(path, keyring=keyring)
     assert any(isinstance(e, AuthenticationError) for e in _chain(info.value)), repr(info.value)
+
+
+def test_a_plain_file_swapped_in_is_refused(kms: MemoryKms, tmp_path: Path) -> None:
+    """A writer with no key replaces an encrypted file with a plain one holding forged rows:
+    pyarrow's PME reader reads it without a word (its decryption properties allow plaintext
+    files), so every read path here checks the file first."""
+    from envelope.lake.parquet_pme import UnencryptedParquetError, read_encrypted_table
+
+    crypto = ParquetCrypto(kms)
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    path = folder / "t.parquet"
+    crypto.write_table(TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS)
+    assert crypto.read_table(path).equals(TABLE)
+    assert crypto.dataset(str(folder)).to_table().num_rows == TABLE.num_rows
+    forged = pa.table({name: TABLE.column(name) for name in TABLE.column_names})
+    pq.write_table(forged, path)  # no key needed
+    with pytest.raises(UnencryptedParquetError, match="not an encrypted Parquet file"):
+        crypto.read_table(path)
+    with pytest.raises(UnencryptedParquetError):
+        read_encrypted_table(path, backend=kms)
+    with pytest.raises(UnencryptedParquetError):
+        crypto.dataset(str(folder))
+    # a file written with a plaintext footer is read only when the caller says so
+    crypto.write_table(
+        TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS, plaintext_footer=True
+    )
+    with pytest.raises(UnencryptedParquetError):
+        crypto.read_table(path)
+    assert crypto.read_table(path, plaintext_footer=True).equals(TABLE)
+    assert crypto.dataset(str(folder), plaintext_footer=True).to_table().num_rows == 1000
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(InvalidObjectError, match="not a Parquet file"):
+        crypto.read_table(path)
