@@ -58,6 +58,7 @@ from ..kms.retry import RetryPolicy
 from ..objects import DATA_KEY_LEN
 from ..printable import wrapped_key_name
 from .fs import resolve
+from .sinks import write_whole
 
 __all__ = (
     "DEFAULT_CACHE_LIFETIME",
@@ -515,7 +516,11 @@ class ParquetCrypto:
         row_group_size: int | None = None,
         compression: str = "snappy",
     ) -> None:
-        """Write `table` as one PME-encrypted Parquet file (local path or filesystem URI)."""
+        """Write `table` as one PME-encrypted Parquet file (local path or filesystem URI).
+
+        The file is encoded in memory (the table is in memory already) and published whole by
+        the lake's one atomic writer: a failure leaves nothing under the final name, and a
+        column of `column_keys` the table lacks is a `ConfigurationError` before any write."""
         props = self.encryption_properties(
             footer_key=footer_key,
             column_keys=column_keys,
@@ -524,14 +529,18 @@ class ParquetCrypto:
             data_key_length_bits=data_key_length_bits,
         )
         loc = resolve(os.fspath(where), filesystem=filesystem)
-        pq.write_table(
-            table,
-            loc.path,
-            filesystem=loc.fs,
-            encryption_properties=props,
-            row_group_size=row_group_size,
-            compression=compression,
-        )
+        out = pa.BufferOutputStream()
+        try:
+            pq.write_table(
+                table,
+                out,
+                encryption_properties=props,
+                row_group_size=row_group_size,
+                compression=compression,
+            )
+        except OSError as e:  # nothing but the table and the keys are involved here
+            raise ConfigurationError(f"cannot encrypt the table as asked: {e}") from None
+        write_whole(loc.fs, loc.path, out.getvalue().to_pybytes(), durable=False)
 
     def read_table(
         self,

@@ -626,3 +626,18 @@ def test_a_plain_file_swapped_in_is_refused(kms: MemoryKms, tmp_path: Path) -> N
     path.write_bytes(b"not parquet at all")
     with pytest.raises(InvalidObjectError, match="not a Parquet file"):
         crypto.read_table(path)
+
+
+def test_write_table_is_atomic_and_names_a_missing_column(kms: MemoryKms, tmp_path: Path) -> None:
+    """A typo in column_keys was pyarrow's OSError, after the file had been created; now it
+    is a ConfigurationError and nothing appears under the final name (or replaces it)."""
+    crypto = ParquetCrypto(kms)
+    path = tmp_path / "t.parquet"
+    with pytest.raises(ConfigurationError, match="ssnx"):
+        crypto.write_table(TABLE, path, footer_key="footer-key", column_keys={"pii-key": ["ssnx"]})
+    assert list(tmp_path.iterdir()) == []
+    crypto.write_table(TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS)
+    before = path.read_bytes()
+    with pytest.raises(ConfigurationError):
+        crypto.write_table(TABLE, path, footer_key="footer-key", column_keys={"pii-key": ["nope"]})
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
