@@ -353,6 +353,10 @@ def begin_job(
     """
     if dst is not None:
         check_apart(src.fs, src.path, dst.fs, dst.path)
+        if dst.is_local and dst.fs.get_file_info(dst.path).type == pafs.FileType.File:
+            raise ConfigurationError(
+                f"the destination {dst.path} is a file: a lake job writes a folder of objects"
+            )
     if entries is not None:
         listing = Listing(list(entries))
     else:

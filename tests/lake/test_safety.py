@@ -310,6 +310,18 @@ def test_cli_refuses_a_destination_inside_the_source(tmp_path: Path) -> None:
     assert sorted(p.name for p in src.iterdir()) == ["a.txt"]
 
 
+def test_cli_refuses_a_destination_that_is_a_file(tmp_path: Path) -> None:
+    """It failed as an I/O error (exit 5) while taking the lock; it is a usage error."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"keep me")
+    r = envelope_cli(tmp_path, "lake", "encrypt", str(src), str(target))
+    assert r.returncode == 2 and "is a file" in r.stderr, r.stderr
+    assert target.read_bytes() == b"keep me"
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_overlapping_s3_prefixes_are_refused(
     anyio_backend: str, tmp_path: Path, s3: S3, k1: Keyring
