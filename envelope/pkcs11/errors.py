@@ -21,6 +21,7 @@ __all__ = (
     "ConnectionErrorCode",
     "KeyAlreadyInToken",
     "KeyNotInToken",
+    "KeyNotProtected",
     "TokenDecryptError",
     "TokenError",
     "TokenUnavailable",
@@ -48,6 +49,18 @@ class TokenUnavailable(TokenError):
         super().__init__(f"{code}: {message}")
         self.code: ConnectionErrorCode = code
         self.message = message
+
+
+class KeyNotProtected(TokenError):
+    """The key with the label and CKA_ID the KMS recorded is no longer as protected as it was
+    made (sensitive, never extractable): it is not used."""
+
+    def __init__(self, label: str, wrong: list[str]) -> None:
+        super().__init__(
+            f"the key labelled {label!r} in the token is not {', '.join(wrong)} as the KMS made "
+            "it: it is not used (its value may be known outside the token)"
+        )
+        self.label = label
 
 
 class KeyNotInToken(TokenError):

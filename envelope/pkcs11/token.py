@@ -42,6 +42,7 @@ from .cryptoki import GCM_IV_LEN, GCM_TAG_LEN, CallFailed, Cryptoki, rv
 from .errors import (
     KeyAlreadyInToken,
     KeyNotInToken,
+    KeyNotProtected,
     TokenDecryptError,
     TokenError,
     TokenUnavailable,
@@ -329,16 +330,29 @@ class Token:
         with self._create_lock:
             return self._timed("create_key", lambda: self._run(run, retry=_CREATE_RETRY))
 
-    def has_key(self, label: str) -> bool:
+    def has_key(self, label: str, key_id: bytes | None = None) -> bool:
+        """Whether the token holds the key `label` (with `key_id`: that very key, made by
+        `create_aes_key` and still as protected as it made it; see `_one_object`)."""
         _check_label(label)
-        return self._timed("find_key", lambda: self._run(lambda s: bool(self._objects(s, label))))
 
-    def destroy_key(self, label: str) -> None:
-        """Destroy the key in the token (`KeyNotInToken` if there is none)."""
+        def run(session: _Session) -> bool:
+            if key_id is None:
+                return bool(self._objects(session, label))
+            try:
+                self._one_object(session, label, key_id)
+            except KeyNotInToken:
+                return False
+            return True
+
+        return self._timed("find_key", lambda: self._run(run))
+
+    def destroy_key(self, label: str, key_id: bytes | None = None) -> None:
+        """Destroy the key in the token (`KeyNotInToken` if there is none; with `key_id`, only
+        that key: another one given the label is left alone)."""
         _check_label(label)
 
         def run(session: _Session) -> None:
-            obj = self._one_object(session, label)
+            obj = self._one_object(session, label, key_id, protected=False)
             self._forget(label)
             obj.destroy()
 
@@ -407,23 +421,35 @@ class Token:
 
         return self._timed("key_attributes", lambda: self._run(run))
 
-    def encrypt(self, label: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes, bytes]:
+    def encrypt(
+        self, label: str, plaintext: bytes, aad: bytes, *, key_id: bytes | None = None
+    ) -> tuple[bytes, bytes, bytes]:
         """AES-256-GCM inside the token under the key `label`: (iv, ciphertext, tag), with a
-        random 12-byte IV and a 16-byte tag."""
+        random 12-byte IV and a 16-byte tag. With `key_id` (the CKA_ID `create_aes_key` gave),
+        only that key, as protected as it was made, is used (`_one_object`)."""
         if len(plaintext) > _MAX_PLAINTEXT:
             raise ConfigurationError(f"one token encryption takes at most {_MAX_PLAINTEXT} bytes")
 
         def run(session: _Session) -> tuple[bytes, bytes, bytes]:
-            key = self._handle(session, label)
+            key = self._handle(session, label, key_id)
             return self._cryptoki.encrypt_gcm(
                 session.handle, key, os.urandom(GCM_IV_LEN), bytes(plaintext), bytes(aad)
             )
 
         return self._timed("encrypt", lambda: self._run(run, label))
 
-    def decrypt(self, label: str, iv: bytes, ciphertext: bytes, tag: bytes, aad: bytes) -> bytes:
+    def decrypt(
+        self,
+        label: str,
+        iv: bytes,
+        ciphertext: bytes,
+        tag: bytes,
+        aad: bytes,
+        *,
+        key_id: bytes | None = None,
+    ) -> bytes:
         """The plaintext, or `TokenDecryptError` when the tag does not verify (whatever was
-        altered: IV, ciphertext, tag, AAD, or another key)."""
+        altered: IV, ciphertext, tag, AAD, or another key). `key_id` as for `encrypt`."""
 
         general_errors = 0
 
@@ -434,7 +460,7 @@ class Token:
                     f"an AES-GCM ciphertext here has a {GCM_IV_LEN}-byte IV and a "
                     f"{GCM_TAG_LEN}-byte tag"
                 )
-            key = self._handle(session, label)
+            key = self._handle(session, label, key_id)
             try:
                 return self._cryptoki.decrypt_gcm(
                     session.handle, key, bytes(iv), bytes(ciphertext), bytes(tag), bytes(aad)
@@ -569,18 +595,36 @@ class Token:
             objects = list(by_id.values())
         return objects
 
-    def _one_object(self, session: _Session, label: str) -> Any:
+    def _one_object(
+        self, session: _Session, label: str, key_id: bytes | None = None, *, protected: bool = True
+    ) -> Any:
+        """The one secret key labelled `label`. With `key_id`: the one whose CKA_ID it is
+        (another key given the label by someone with the PIN is not it: `KeyNotInToken`),
+        and, when `protected`, still sensitive and never extractable since it was generated
+        (`KeyNotProtected` otherwise). A label is not an identity: without these checks a key
+        swapped in under the label (a known value, extractable) would be used as the KMS's."""
+        from pkcs11 import Attribute
+
         objects = self._objects(session, label)
+        if key_id is not None:
+            objects = [o for o in objects if bytes(o[Attribute.ID]) == key_id]
         if not objects:
             raise KeyNotInToken(label)
         if len(objects) > 1:
             raise TokenError(f"{len(objects)} secret keys in the token are labelled {label!r}")
-        return objects[0]
+        obj = objects[0]
+        if key_id is not None and protected:
+            protections = _protections()
+            flags = obj.get_attributes(list(protections))
+            wrong = [name for a, (name, want) in protections.items() if flags.get(a) != want]
+            if wrong:
+                raise KeyNotProtected(label, wrong)
+        return obj
 
-    def _handle(self, session: _Session, label: str) -> int:
+    def _handle(self, session: _Session, label: str, key_id: bytes | None = None) -> int:
         handle = self._handles.get(label)
         if handle is None:
-            handle = int(self._one_object(session, label).handle)
+            handle = int(self._one_object(session, label, key_id).handle)
             self._remember(label, handle)
         return handle
 
@@ -631,6 +675,17 @@ def _check_label(label: str) -> None:
         raise ConfigurationError("a key label is a non-empty string")
     if len(label.encode("utf-8")) > _MAX_LABEL_BYTES:
         raise ConfigurationError(f"a key label is at most {_MAX_LABEL_BYTES} bytes")
+
+
+def _protections() -> dict[Any, tuple[str, bool]]:
+    from pkcs11 import Attribute
+
+    return {
+        Attribute.SENSITIVE: ("sensitive", True),
+        Attribute.EXTRACTABLE: ("extractable", False),
+        Attribute.ALWAYS_SENSITIVE: ("always sensitive", True),
+        Attribute.NEVER_EXTRACTABLE: ("never extractable", True),
+    }
 
 
 def _key_template() -> dict[Any, Any]:

@@ -86,7 +86,10 @@ def seal_custom(
     if row.kind == CLOUDHSM:
         try:
             iv, ct, tag = _token_for(core, conn, row).encrypt(
-                str(key.meta["x_hsm_label"]), plaintext, aad
+                str(key.meta["x_hsm_label"]),
+                plaintext,
+                aad,
+                key_id=_keystore_links.hsm_key_id(key.meta),
             )
         except Exception as e:
             _timed(call, row, "Encrypt", type(e).__name__, started)
@@ -139,7 +142,12 @@ def open_custom(
             raise InvalidCiphertextException("the ciphertext is truncated")
         try:
             out: bytes = _token_for(core, conn, row).decrypt(
-                str(key.meta["x_hsm_label"]), iv, body[:-_TAG], body[-_TAG:], aad
+                str(key.meta["x_hsm_label"]),
+                iv,
+                body[:-_TAG],
+                body[-_TAG:],
+                aad,
+                key_id=_keystore_links.hsm_key_id(key.meta),
             )
         except Exception as e:
             _timed(call, row, "Decrypt", type(e).__name__, started)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -94,6 +95,15 @@ def hsm_connection_code(error: BaseException) -> str:
     """The ConnectionErrorCode of a failed attempt to reach a token."""
     code = getattr(error, "code", None)
     return code if isinstance(code, str) and code else "INTERNAL_ERROR"
+
+
+def hsm_key_id(meta: Mapping[str, Any]) -> bytes | None:
+    """The CKA_ID recorded when the key was made in the HSM (`x_hsm_id`): the token uses only
+    the key with this id, still protected as made, never another given the same label."""
+    raw = meta.get("x_hsm_id")
+    if not isinstance(raw, str) or not raw:
+        return None
+    return bytes.fromhex(raw)
 
 
 def hsm_error(error: BaseException, what: str) -> KmsServiceError:

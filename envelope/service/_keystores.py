@@ -798,8 +798,11 @@ class KeyStoreOps(ServiceCore):
     ) -> None:
         """A store moves only to a cluster whose token holds every one of its keys (AWS: a
         cluster that shares the original's backup history), opened with `password`."""
-        labels = [str(m["x_hsm_label"]) for m in self._store_keys(conn, row.id)]
-        if not labels:
+        keys = [
+            (str(m["x_hsm_label"]), _keystore_links.hsm_key_id(m))
+            for m in self._store_keys(conn, row.id)
+        ]
+        if not keys:
             return
         cluster = _load_cluster(self, conn, cluster_id)
         assert cluster is not None
@@ -808,7 +811,8 @@ class KeyStoreOps(ServiceCore):
             token = _keystore_links.open_token(
                 str(cluster["Module"]), str(cluster["TokenLabel"]), password
             )
-            missing = [label for label in labels if not token.has_key(label)]
+            # the very keys (label and CKA_ID, still protected), not just keys so labelled
+            missing = [label for label, key_id in keys if not token.has_key(label, key_id)]
             _timed(call, row, "FindKeys", "ok", started)
         except Exception as e:
             _timed(call, row, "FindKeys", _keystore_links.hsm_connection_code(e), started)

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from envelope.pkcs11 import Token
 from envelope.service import KeyService
 from envelope.service.errors import (
     AccessDeniedException,
@@ -423,13 +422,13 @@ def test_moving_a_store_to_another_token_opens_it_with_the_new_password(
     svc.connect_custom_key_store(custom_key_store_id=store)
     kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
     svc.disconnect_custom_key_store(custom_key_store_id=store)
-    # the copy's token has a PIN of its own and holds a key under the store's key's label
+    # the copy's token has a PIN of its own and holds the store's key: its label and CKA_ID,
+    # generated sensitive and never extractable (a backup restored, as far as the KMS can see)
     copy = make_token(tmp_path, label="copy-" + secrets.token_hex(3), pin="87654321")
-    token = Token.open(copy)
-    try:
-        token.create_aes_key(f"kms-{kid}")
-    finally:
-        token.close()
+    key_id_hex = str(hsm.token().key_attributes(f"kms-{kid}")["key_id"])
+    _in_token(
+        tmp_path, copy.module, copy.token_label, copy.pin, f"kms-{kid}", "generate", key_id_hex
+    )
     cluster = svc.register_hsm_cluster(module=copy.module, token_label=copy.token_label)[
         "CloudHsmClusterId"
     ]
@@ -446,3 +445,68 @@ def test_moving_a_store_to_another_token_opens_it_with_the_new_password(
     assert entry(svc, store)["ConnectionState"] == "CONNECTED"
     record = [r for r in svc.audit_tail(10) if r["operation"] == "UpdateCustomKeyStore"][-1]
     assert [c["Call"] for c in record["keystore_calls"]] == ["Probe", "FindKeys"]
+
+
+_SWAP = """
+import sys
+import pkcs11
+from pkcs11 import Attribute as A, KeyType, ObjectClass
+
+module, token_label, pin, label, mode, key_id = sys.argv[1:]
+lib = pkcs11.lib(module)
+with lib.get_token(token_label=token_label).open(user_pin=pin, rw=True) as s:
+    if mode == "generate":
+        s.generate_key(KeyType.AES, 256, label=label, id=bytes.fromhex(key_id), store=True,
+                       template={A.SENSITIVE: True, A.EXTRACTABLE: False, A.PRIVATE: True})
+        sys.exit(0)
+    if mode != "beside":
+        for o in s.get_objects({A.LABEL: label}):
+            o.destroy()
+    s.create_object({
+        A.CLASS: ObjectClass.SECRET_KEY, A.KEY_TYPE: KeyType.AES, A.VALUE: bytes(32),
+        A.TOKEN: True, A.PRIVATE: True, A.LABEL: label, A.ENCRYPT: True, A.DECRYPT: True,
+        A.SENSITIVE: mode == "sensitive-copy", A.EXTRACTABLE: mode != "sensitive-copy",
+        A.ID: bytes.fromhex(key_id) if mode != "beside" else b"attacker",
+    })
+"""
+
+
+def _in_token(tmp_path: Path, *args: str) -> None:
+    """`_SWAP` in another process: someone else with the PIN, changing the token."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "swap.py"
+    script.write_text(_SWAP)
+    subprocess.run([sys.executable, str(script), *args], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["replace", "sensitive-copy", "beside"])
+def test_a_key_swapped_in_under_the_label_is_not_used(
+    svc: KeyService, hsm: HsmToken, tmp_path: Path, mode: str
+) -> None:
+    """Someone with the token's PIN replaces a KMS key's token object with a key of known
+    value under the same label (and even the same CKA_ID, or a sensitive copy made from a
+    known value): the KMS refused nothing and sealed data keys under it. Now only the key
+    with the recorded CKA_ID, sensitive and never extractable since generation, is used; a
+    key merely added beside it under the label changes nothing."""
+    _, store = make_store(svc, hsm, f"hsm-swap-{mode}")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    meta = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]
+    kid = meta["KeyId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"before", encryption_context=CTX)["CiphertextBlob"]
+    key_id_hex = str(hsm.token().key_attributes(f"kms-{kid}")["key_id"])
+    assert key_id_hex
+    _in_token(tmp_path, hsm.module, hsm.label, hsm.pin, f"kms-{kid}", mode, key_id_hex)
+    if mode == "beside":  # ours is still there and still the one used
+        out = svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=CTX)
+        assert (
+            svc.decrypt(ciphertext_blob=out["CiphertextBlob"], encryption_context=CTX)["Plaintext"]
+            == out["Plaintext"]
+        )
+        assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"before"
+        return
+    with pytest.raises(KMSInvalidStateException):
+        svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=CTX)
+    with pytest.raises(KMSInvalidStateException):
+        svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)
