@@ -124,8 +124,9 @@ def _update(args: argparse.Namespace, svc: KeyService) -> None:
         cloud_hsm_cluster_id=args.cluster_id,
         xks_proxy_uri_endpoint=args.proxy_endpoint,
         xks_proxy_uri_path=args.proxy_path,
+        # a secret file alone (rotating the secret) is not ignored: it needs its key id too
         xks_proxy_authentication_credential=_credential(args, required=False)
-        if args.proxy_access_key_id is not None
+        if args.proxy_access_key_id is not None or args.proxy_secret_file is not None
         else None,
     )
     print(f"envelope: updated custom key store {args.store}", file=sys.stderr)
@@ -215,6 +216,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("cluster_id", metavar="CLUSTER_ID")
 
     p = _cmd(sub, "create", "CreateCustomKeyStore", _create, key=False)
+    p.set_defaults(creates_store=True)  # an external key store needs no cluster registered
     p.add_argument("name", metavar="NAME")
     p.add_argument("--type", default="AWS_CLOUDHSM", choices=["AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"])
     _hsm_arguments(p, create=True)

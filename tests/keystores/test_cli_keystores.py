@@ -120,3 +120,33 @@ def test_an_hsm_store_from_the_command_line(
     ok(cli("keystores", "update", store, "--password-file", str(pin)))
     r = cli("keystores", "delete", store)
     assert r.code != 0 and "CustomKeyStoreHasCMKsException" in r.err
+
+
+def test_xks_create_on_a_fresh_home_and_update_with_a_secret_alone(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/keystores.md's external-store example starts with `keystores create` on a fresh
+    home: it said "no embedded KMS store". And `update --proxy-secret-file` without the key id
+    printed "updated" and changed nothing: it is refused, as AWS needs both."""
+    monkeypatch.delenv("ENVELOPE_XKS_PROXY_SECRET", raising=False)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("A" * 43 + "\n")
+    r = cli(
+        "keystores",
+        "create",
+        "ext",
+        "--type",
+        "EXTERNAL_KEY_STORE",
+        "--proxy-endpoint",
+        "https://127.0.0.1:9",  # nothing listens: the store is made, the proxy is not there
+        "--proxy-path",
+        "/kms/xks/v1",
+        "--proxy-access-key-id",
+        "A" * 20,
+        "--proxy-secret-file",
+        str(secret),
+    )
+    assert "no embedded KMS store" not in r.err, r.err
+    assert r.code == 3 and "XksProxy" in r.err, r.err
+    r = cli("keystores", "update", "cks-0123456789abcdef", "--proxy-secret-file", str(secret))
+    assert r.code == 2 and "give both --proxy-access-key-id" in r.err, r.err
