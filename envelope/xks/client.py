@@ -145,8 +145,8 @@ class XksClient:
 
     `endpoint`: ``https://host[:port]`` (AWS's XksProxyUriEndpoint). `uri_path`: the
     XksProxyUriPath (``[/prefix]/kms/xks/v1``); a bare prefix (``/prefix``, or ``""``) is
-    accepted too and completed with ``/kms/xks/v1``. `ca_file`: PEM bundle of the CAs trusted
-    for the proxy's certificate (default: the system's). `timeout`: seconds per request.
+    accepted too and completed with ``/kms/xks/v1``. `ca_file`: PEM bundle of CAs trusted
+    for the proxy's certificate besides the system's. `timeout`: seconds per request.
     `max_connections`: idle connections kept open (more concurrent calls open extra ones,
     closed after use). `region`: the Region of the credential scope. `client_cert` (PEM
     chain) and `client_key`: a certificate for proxies that ask for one (mutual TLS).
@@ -198,7 +198,14 @@ class XksClient:
         #: the Host header, exactly as signed and sent
         self._host = shown if port == 443 else f"{shown}:{port}"
         self._signer = Signer(access_key_id, secret_access_key, region)
-        context = ssl.create_default_context(cafile=ca_file)
+        # the system's CAs, and `ca_file`'s besides (a private CA for one proxy must not take
+        # the public ones away from another)
+        context = ssl.create_default_context()
+        if ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigurationError(f"cannot load the CA file {ca_file}: {e}") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2  # the specification's floor
         if client_cert is not None:
             try:

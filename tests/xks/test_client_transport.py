@@ -359,3 +359,22 @@ def test_bad_arguments_are_configuration_errors(pki: Pki) -> None:
         client.encrypt("a/b", b"x", b"", MD)
     with pytest.raises(ConfigurationError):
         client.encrypt("k", b"x", b"", RequestMetadata("arn", None, "Encrypt", "r"))
+
+
+def test_a_ca_file_is_trusted_besides_the_systems(pki: Pki) -> None:
+    """ENVELOPE_XKS_CA_FILE is documented as CAs trusted "besides the system's", but the
+    client trusted that file alone: one proxy behind a private CA took the public CAs away
+    from every other store of the KMS."""
+    client = client_for("https://localhost:1", pki)
+    trusted = {c["serialNumber"] for c in client._transport._context.get_ca_certs()}
+    system = {c["serialNumber"] for c in ssl.create_default_context().get_ca_certs()}
+    private = {c["serialNumber"] for c in _load(pki.ca.cert_file).get_ca_certs()}
+    assert private <= trusted and system <= trusted
+    with pytest.raises(ConfigurationError, match="cannot load the CA file"):
+        client_for("https://localhost:1", pki, ca=Path("/nonexistent/ca.pem"))
+
+
+def _load(path: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(path))
+    return context
