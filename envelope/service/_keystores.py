@@ -987,20 +987,37 @@ class KeyStoreOps(ServiceCore):
                 outcome = type(e).__name__
             if call is not None:
                 _timed(call, row, "DestroyKey", outcome, started)
+                call.keystore_calls[-1]["Label"] = label
             if outcome == "ok":
                 conn.execute(
                     "DELETE FROM token_deletions WHERE store_id=? AND label=?", (row.id, label)
                 )
 
     def _settle_token_deletions(self) -> None:
-        """Destroy the pending token objects of connected stores (after a commit)."""
+        """Destroy the pending token objects of connected stores (after a commit), in an
+        audit record of its own (``DestroyHsmKeys``, by ``AWS Internal`` as CloudTrail names
+        KMS's background work): each DestroyKey call, its outcome and the labels destroyed."""
+        call = _Call(DESTROY_OPERATION, INTERNAL_PRINCIPAL, RequestContext(), {})
         with self.store.write() as conn:
             for (sid,) in conn.execute("SELECT DISTINCT store_id FROM token_deletions").fetchall():
                 row = _load_store(self, conn, str(sid))
                 if row is None:
                     conn.execute("DELETE FROM token_deletions WHERE store_id=?", (str(sid),))
                 elif row.state == CONNECTED:
-                    self._drain_token_deletions(conn, None, row)
+                    self._drain_token_deletions(conn, call, row)
+            if call.keystore_calls:
+                self._audit_head = None  # (read the chain's head from the store)
+                self._record(conn, call, self.now(), None)
+        if call.keystore_calls:
+            self._audit_head = call.head
+            if self.store.sealer.dirty:
+                self.store.publish_digests(strict=False)
+
+
+#: The audit record of destroying deleted keys' token objects after the commit that purged
+#: them, and who it is by: KMS itself, as CloudTrail shows background work.
+DESTROY_OPERATION = "DestroyHsmKeys"
+INTERNAL_PRINCIPAL = "AWS Internal"
 
 
 def _same_token(cluster: Mapping[str, Any], module: str, token_label: str) -> bool:

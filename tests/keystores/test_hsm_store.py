@@ -180,6 +180,13 @@ def test_a_deleted_key_leaves_the_token_once_its_window_ends(
     clock.advance(days=2)
     svc.run_due_tasks()
     assert not hsm.token().has_key(f"kms-{kid}")
+    # the destruction has an audit record of its own (it had none)
+    (record,) = [r for r in svc.audit_tail(5) if r["operation"] == "DestroyHsmKeys"]
+    assert record["principal"] == "AWS Internal" and record["outcome"] == "ok"
+    assert [(c["Call"], c["Outcome"], c["Label"]) for c in record["keystore_calls"]] == [
+        ("DestroyKey", "ok", f"kms-{kid}")
+    ]
+    assert svc.verify_audit_log().ok
 
 
 def test_wrong_pin_fails_the_connection_and_an_update_mends_it(
