@@ -77,7 +77,9 @@ class TokenBucket:
     def __init__(self, rate: float, capacity: float | None = None, *, clock: Clock) -> None:
         if not rate > 0:
             raise ConfigurationError("a token bucket needs a rate > 0")
-        capacity = rate if capacity is None else capacity
+        # default: one second of rate, and never less than one request (a rate below 1/s,
+        # such as one worker's share of a small quota, still admits a request now and then)
+        capacity = max(1.0, rate) if capacity is None else capacity
         if not capacity >= 1:
             raise ConfigurationError("a token bucket needs a capacity >= 1")
         self.rate = float(rate)

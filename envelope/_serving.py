@@ -9,11 +9,13 @@ behaviour the same (the TCP_NODELAY fix below was found once and applies to both
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import shutil
 import socket
+import ssl
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -104,6 +106,35 @@ class RequestMetrics:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
+#: Open connections per worker process before new ones are answered 503.
+MAX_CONNECTIONS_PER_WORKER = 2048
+
+
+def check_tls(options: Mapping[str, Any]) -> None:
+    """The TLS files of `options` load, before any worker starts: a certificate whose key does
+    not match made each worker fail as it started, and uvicorn start it again, for ever."""
+    cert, key = options.get("ssl_certfile"), options.get("ssl_keyfile")
+    client_ca = options.get("ssl_ca_certs")
+    for path in (cert, key, client_ca):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigurationError(f"TLS file {path} does not exist")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigurationError(
+                f"the TLS certificate {cert} and key {key} do not load as a pair: {e}"
+            ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigurationError(
+                f"the TLS client CA file {client_ca} does not load: {e}"
+            ) from None
+
+
 def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
     """Run `app_factory` ("module:function") under uvicorn with `options`.
 
@@ -116,6 +147,7 @@ def run_uvicorn(app_factory: str, options: dict[str, Any], what: str) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    check_tls(options)
     config = uvicorn.Config(app_factory, **options)
     server = uvicorn.Server(config)
     failed = ConfigurationError(
@@ -178,7 +210,11 @@ def base_options(settings: ListenSettings) -> dict[str, Any]:
         "lifespan": "on",
         "server_header": False,
         "http": "envelope.server.protocol:CorkedHTTPProtocol",
-        "timeout_graceful_shutdown": int(graceful_shutdown_seconds) or None,
+        # uvicorn takes whole seconds, and reads 0 (or None) as "wait for ever"
+        "timeout_graceful_shutdown": max(1, math.ceil(graceful_shutdown_seconds)),
+        # connections (and requests) per worker past which uvicorn answers 503 at once:
+        # clients that hold sockets cannot use up the process's file descriptors
+        "limit_concurrency": MAX_CONNECTIONS_PER_WORKER,
         # The client address is the socket's peer, never a header: uvicorn otherwise takes
         # X-Forwarded-For from loopback peers, so any local client could choose the address
         # that aws:SourceIp conditions test and the audit log records.

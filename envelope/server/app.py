@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
+import anyio
 import anyio.to_thread
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -91,6 +92,16 @@ SLOW_OPERATIONS = frozenset(
     }
 )
 
+#: Seconds a request's body may take to arrive once its headers have, by default (a client
+#: trickling it holds a socket and, unbounded, could hold them all).
+BODY_TIMEOUT_SECONDS = 30.0
+#: Refusals before authentication (unsigned, badly signed, unknown keys) are audited, but at
+#: most this many per second from one source address (in bursts of `REFUSAL_AUDIT_BURST`),
+#: per worker: an unauthenticated flood must not grow the log without bound. Those over it
+#: are counted, and the next audited refusal from that address says how many (`Suppressed`).
+REFUSAL_AUDIT_RATE = 5.0
+REFUSAL_AUDIT_BURST = 50.0
+_REFUSAL_SOURCES = 4096  # addresses tracked at once (the least recent are forgotten)
 _FAST_DECRYPT_LIMIT = 512  # bytes: symmetric ciphertexts of envelope's KMS are well below it
 
 log = logging.getLogger("envelope.server.access")
@@ -141,6 +152,36 @@ class ServerMetrics(RequestMetrics):
         )
 
 
+class _ClientGone(Exception):
+    """The client closed the connection before its request was whole."""
+
+
+class _RefusalBudget:
+    """Per source address: may this refusal be audited, and how many were not since?"""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self._sources: dict[str, list[float]] = {}  # address -> [tokens, stamp, suppressed]
+
+    def admit(self, source: str) -> int | None:
+        """None: over the budget (counted); else how many were suppressed before this one."""
+        now = self.clock()
+        entry = self._sources.pop(source, None)  # re-inserted last: the most recent
+        if entry is None:
+            if len(self._sources) >= _REFUSAL_SOURCES:
+                del self._sources[next(iter(self._sources))]
+            entry = [self.burst, now, 0.0]
+        entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
+        entry[1] = now
+        self._sources[source] = entry
+        if entry[0] < 1.0:
+            entry[2] += 1
+            return None
+        entry[0] -= 1.0
+        suppressed, entry[2] = int(entry[2]), 0.0
+        return suppressed
+
+
 class _Outcome:
     """What one request turned into, for the response, the metrics and the log line."""
 
@@ -173,6 +214,7 @@ class KmsApp:
         wire: WireModel | None = None,
         metrics: ServerMetrics | None = None,
         max_request_bytes: int = 1 << 20,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
         close_service: bool = True,
     ) -> None:
         self.service = service
@@ -180,9 +222,11 @@ class KmsApp:
         self.wire = wire if wire is not None else WireModel(type(service))
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.max_request_bytes = max_request_bytes
+        self.body_timeout = body_timeout
         self.close_service = close_service
         self.in_flight = 0
         self.pid = os.getpid()
+        self._refusals = _RefusalBudget(REFUSAL_AUDIT_RATE, REFUSAL_AUDIT_BURST)
         #: The store's other Regions, served to requests signed for them (`_service_for`).
         self._regions: dict[str, KeyService] = {}
 
@@ -232,16 +276,27 @@ class KmsApp:
         out = _Outcome()
         self.in_flight += 1
         try:
-            body = await self._body(first.get("content-length"), receive)
-            if body is None:
+            try:
+                with anyio.fail_after(self.body_timeout):
+                    body = await self._body(first.get("content-length"), receive)
+            except _ClientGone:
+                return  # nothing to answer, serve or audit: the request never was whole
+            except TimeoutError:
                 out.fail(
-                    "RequestEntityTooLargeException",
-                    f"The request body exceeds the limit of {self.max_request_bytes} bytes",
+                    "RequestTimeoutException",
+                    f"The request body did not arrive within {self.body_timeout:g} seconds",
+                    408,
                 )
             else:
-                await self._serve(
-                    scope, headers, first, body, target, source_ip, user_agent, request_id, out
-                )
+                if body is None:
+                    out.fail(
+                        "RequestEntityTooLargeException",
+                        f"The request body exceeds the limit of {self.max_request_bytes} bytes",
+                    )
+                else:
+                    await self._serve(
+                        scope, headers, first, body, target, source_ip, user_agent, request_id, out
+                    )
         finally:
             self.in_flight -= 1
         await _respond(send, out.status, out.body, AMZ_JSON, request_id)
@@ -275,7 +330,7 @@ class KmsApp:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise _ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_request_bytes:
@@ -400,9 +455,13 @@ class KmsApp:
         )
 
     def _audit_refusal(self, operation: str, ctx: RequestContext, e: Exception) -> None:
-        """Record a request refused before any principal was established (if the service can)."""
+        """Record a request refused before any principal was established (if the service can),
+        within the source address's budget (`REFUSAL_AUDIT_RATE`)."""
         record = getattr(self.service, "record_unauthenticated", None)
         if record is None:
+            return
+        suppressed = self._refusals.admit(ctx.source_ip or "unknown")
+        if suppressed is None:
             return
         try:
             record(
@@ -411,6 +470,7 @@ class KmsApp:
                 error_code=str(getattr(e, "code", "")),
                 reason=str(getattr(e, "message", "")),
                 access_key_id=getattr(e, "access_key_id", None),
+                suppressed=suppressed,
             )
         except Exception:
             errlog.exception("could not audit an unauthenticated request")

@@ -1,6 +1,7 @@
 """`envelope serve` settings: a TOML file (configs/kms-server.toml), then command-line flags.
 
-    [server]   host, port, workers, log_level, max_request_bytes, graceful_shutdown_seconds
+    [server]   host, port, workers, log_level, max_request_bytes, graceful_shutdown_seconds,
+               header_timeout_seconds, body_timeout_seconds
     [tls]      cert, key                       (both or neither; PEM paths)
     [store]    home, region, root_key ("file" | "passphrase" | a pkcs11: URI), root_key_file
     [quotas]   FAMILY_OR_OPERATION = requests per second, for the whole server
@@ -45,6 +46,8 @@ class ServerSettings:
     log_level: str = "info"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     graceful_shutdown_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
     home: str | None = None
@@ -66,6 +69,10 @@ class ServerSettings:
             raise ConfigurationError("max_request_bytes must be at least 1024")
         if self.graceful_shutdown_seconds < 0:
             raise ConfigurationError("graceful_shutdown_seconds must be >= 0")
+        for name in ("header_timeout_seconds", "body_timeout_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("TLS needs both a certificate and a key (tls cert and key)")
         if self.root_key not in ("file", "passphrase") and not self.root_key.startswith(
@@ -78,6 +85,8 @@ class ServerSettings:
         for name, rate in self.quotas.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
                 raise ConfigurationError(f"quota {name!r} must be a number > 0, not {rate!r}")
+        if self.quotas:
+            _check_quota_names(self.quotas)
 
     def with_overrides(self, **changes: Any) -> ServerSettings:
         """These settings with every non-None value of `changes` applied."""
@@ -93,6 +102,29 @@ class ServerSettings:
         return cls(**data)
 
 
+def _check_quota_names(quotas: Mapping[str, float]) -> None:
+    """Each [quotas] key is the cryptographic family or a KMS operation outside it (AWS's
+    quotas): a typo would otherwise set nothing, and an operation of the family (``Decrypt``)
+    would silently set the whole family's rate."""
+    import botocore.session
+
+    from .._ratelimit import CRYPTOGRAPHIC, OPERATION_FAMILIES
+
+    operations = set(botocore.session.get_session().get_service_model("kms").operation_names)
+    for name in quotas:
+        family = OPERATION_FAMILIES.get(name)
+        if family is not None:
+            raise ConfigurationError(
+                f"quota {name!r}: {name} shares the {family!r} quota with the other "
+                f"cryptographic operations (AWS's rule): set {family} = RATE instead"
+            )
+        if name != CRYPTOGRAPHIC and name not in operations:
+            raise ConfigurationError(
+                f"quota {name!r} is neither {CRYPTOGRAPHIC!r} nor a KMS operation (names are "
+                "AWS's, case-sensitive: CreateKey, DescribeKey, ...)"
+            )
+
+
 _TABLES: Mapping[str, KeySpecs] = {
     "server": {
         "host": ("host", str),
@@ -101,6 +133,8 @@ _TABLES: Mapping[str, KeySpecs] = {
         "log_level": ("log_level", str),
         "max_request_bytes": ("max_request_bytes", int),
         "graceful_shutdown_seconds": ("graceful_shutdown_seconds", (int, float)),
+        "header_timeout_seconds": ("header_timeout_seconds", (int, float)),
+        "body_timeout_seconds": ("body_timeout_seconds", (int, float)),
     },
     "tls": {"cert": ("tls_cert", str), "key": ("tls_key", str)},
     "store": {

@@ -12,6 +12,13 @@ next runs its callbacks (writes outside a request cycle: uvicorn's own 400 answe
 
 The parser is uvicorn's: httptools when it is installed (a C parser, about half the CPU of a
 request here), h11 otherwise.
+
+uvicorn bounds neither how long a request's headers may take nor how large they may be, so one
+unauthenticated client could hold sockets open by trickling bytes (slowloris) or grow a worker
+by hundreds of MiB with one header. Here a request's headers must arrive within
+`HEADER_TIMEOUT_SECONDS` of the connection opening or of the previous response (else 408 and
+the connection is closed) and hold at most `MAX_HEADER_BYTES` (else 431, closed). The body's
+own deadline is the application's (`envelope.server.app`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,19 @@ try:
 except ImportError:  # httptools is optional: uvicorn's pure-Python h11 parser then
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
-__all__ = ("CorkedHTTPProtocol", "CorkedTransport")
+__all__ = ("HEADER_TIMEOUT_SECONDS", "MAX_HEADER_BYTES", "CorkedHTTPProtocol", "CorkedTransport")
+
+#: Seconds within which a request's headers must arrive whole.
+HEADER_TIMEOUT_SECONDS = 10.0
+#: The most bytes a request's start line and headers may take (a SigV4 request with a session
+#: token needs a few KiB).
+MAX_HEADER_BYTES = 64 * 1024
+
+_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\n"
+    b"content-length: 0\r\n\r\n"
+)
 
 
 class CorkedTransport:
@@ -71,14 +90,65 @@ class CorkedTransport:
 
 
 class CorkedHTTPProtocol(_Base):
-    """uvicorn's HTTP protocol, writing each response with one system call."""
+    """uvicorn's HTTP protocol, writing each response with one system call, with a deadline
+    and a size limit on each request's headers."""
+
+    _header_bytes = 0
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # the corked transport stands in for the real one (it forwards everything else)
         super().connection_made(cast(asyncio.Transport, CorkedTransport(transport, self.loop)))
+        self._await_headers()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if self._awaiting_headers():  # all of it belongs to headers not yet complete
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._refuse(_TOO_LARGE)
+        else:
+            self._header_bytes = 0
+            self._stop_header_timer()
 
     def on_response_complete(self) -> None:
         transport = self.transport
         if isinstance(transport, CorkedTransport):
             transport.flush()
         super().on_response_complete()
+        if not transport.is_closing():
+            self._await_headers()  # the next request on this connection has its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _awaiting_headers(self) -> bool:
+        cycle = getattr(self, "cycle", None)
+        return cycle is None or bool(cycle.response_complete)
+
+    def _await_headers(self) -> None:
+        self._stop_header_timer()
+        self._header_bytes = 0
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_late)
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers() and not self.transport.is_closing():
+            if self._header_bytes:
+                self._refuse(_TIMEOUT)
+            else:  # nothing of a request came: an idle connection is closed without a word
+                self._stop_header_timer()
+                self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        self._stop_header_timer()
+        self.transport.write(response)
+        self.transport.close()

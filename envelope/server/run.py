@@ -24,6 +24,7 @@ from ..errors import ConfigurationError
 from ..service import KeyService, open_service
 from ..service.errors import StoreError
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
+from . import protocol
 from .app import Authenticate, KmsApp
 from .config import ENV_SETTINGS, ServerSettings
 
@@ -97,7 +98,13 @@ def create_app() -> KmsApp:
     service = open_store(settings, share=settings.workers)
     try:
         authenticate = authenticator_for(service)
-        return KmsApp(service, authenticate, max_request_bytes=settings.max_request_bytes)
+        protocol.HEADER_TIMEOUT_SECONDS = settings.header_timeout_seconds  # (this worker's)
+        return KmsApp(
+            service,
+            authenticate,
+            max_request_bytes=settings.max_request_bytes,
+            body_timeout=settings.body_timeout_seconds,
+        )
     except BaseException:
         service.close()
         raise
@@ -111,9 +118,6 @@ def serve(settings: ServerSettings) -> None:
         authenticator_for(service)
     finally:
         service.close()
-    for path in (settings.tls_cert, settings.tls_key):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigurationError(f"TLS file {path} does not exist")
     os.environ[ENV_SETTINGS] = settings.to_env()
     options = base_options(settings)
     serve_with("envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-")

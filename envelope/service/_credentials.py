@@ -612,13 +612,18 @@ class CredentialOps(IamOps):
         error_code: str,
         reason: str,
         access_key_id: str | None = None,
+        suppressed: int = 0,
     ) -> None:
         """Audit a request refused before it had a principal (unsigned, badly signed, an
         unknown or expired key): principal ``anonymous``, decision ``denied``, the claimed
-        access key id in its parameters. Never a secret: the caller passes none."""
+        access key id in its parameters. Never a secret: the caller passes none.
+        `suppressed`: refusals from the same address the server did not record since the last
+        one it did (its budget against floods), as ``SuppressedRefusals``."""
         params: dict[str, Any] = {}
         if access_key_id:
             params["AccessKeyId"] = str(access_key_id)[:128]
+        if suppressed:
+            params["SuppressedRefusals"] = int(suppressed)
         call = _Call(str(operation)[:128], "anonymous", context, params)
         call.decision = "denied"
         call.reason = reason[:1000]

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .._serving import base_options, serve_with
-from ..errors import ConfigurationError
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
 from .protocol import ENV_CLIENT_SUBJECT
@@ -80,9 +79,6 @@ def serve(settings: XksSettings, overrides: Mapping[str, Any] | None = None) -> 
     """Run the proxy until SIGTERM/SIGINT, finishing in-flight requests first. `overrides`:
     the command line's changes to the config file (workers apply them too)."""
     settings.check_serving()
-    for path in (settings.tls_cert, settings.tls_key, settings.tls_client_ca):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigurationError(f"TLS file {path} does not exist")
     _configure_logging(settings.log_level)
     token = open_token(settings)  # a wrong module, label or PIN fails here, before binding
     token.check()

@@ -36,6 +36,10 @@ def test_defaults_bind_loopback() -> None:
         ("[quotas]\ncryptographic = 0\n", "must be a number > 0"),
         ('[store]\nroot_key = "hsm"\n', "root_key must be"),
         ("[server\n", "not valid TOML"),
+        ("[quotas]\ncryptograhpic = 5\n", "neither 'cryptographic' nor a KMS operation"),
+        ("[quotas]\ncryptographic = 5500\nDecrypt = 1\n", "shares the 'cryptographic' quota"),
+        ("[server]\nheader_timeout_seconds = 0\n", "header_timeout_seconds must be"),
+        ("[server]\nbody_timeout_seconds = -1\n", "body_timeout_seconds must be"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path: Path, text: str, needle: str) -> None:
@@ -89,9 +93,22 @@ def test_a_port_in_use_is_a_usage_error_naming_the_address(tmp_path: Path, worke
         taken.listen()
         port = taken.getsockname()[1]
         r = subprocess.run(
-            [sys.executable, "-m", "envelope.cli.main", "serve", "--home", str(tmp_path / "h"),
-             "--port", str(port), "--workers", workers],
-            capture_output=True, text=True, env=env, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "envelope.cli.main",
+                "serve",
+                "--home",
+                str(tmp_path / "h"),
+                "--port",
+                str(port),
+                "--workers",
+                workers,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
     assert r.returncode == 2, r.stderr
     assert f"could not start on 127.0.0.1:{port}" in r.stderr, r.stderr
@@ -108,17 +125,64 @@ def test_a_store_serve_cannot_open_is_a_usage_error(tmp_path: Path) -> None:
 
     def serve(home: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "envelope.cli.main", "serve", "--home", str(home),
-             "--port", "1"], capture_output=True, text=True, env=env, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "envelope.cli.main",
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
 
     home = tmp_path / "home"
-    made = subprocess.run([sys.executable, "-m", "envelope.cli.main", "keys", "create",
-                           "--home", str(home)], capture_output=True, env=env, timeout=60)
+    made = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "keys", "create", "--home", str(home)],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stderr
     (home / "root.key").write_bytes(bytes(32))
     (tmp_path / "file").write_bytes(b"")
-    for where, said in ((home, "root key does not open this store"),
-                        (tmp_path / "file", "is not a folder")):
+    for where, said in (
+        (home, "root key does not open this store"),
+        (tmp_path / "file", "is not a folder"),
+    ):
         r = serve(where)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_quota_below_one_request_per_worker_still_admits_requests() -> None:
+    """CreateKey = 5 over 8 workers is 0.625/s each: the bucket could not be made (capacity
+    below one) and every CreateKey answered KMSInternalException (500)."""
+    from envelope._ratelimit import RateQuota
+    from envelope.errors import ThrottlingError
+
+    now = [0.0]
+    quota = RateQuota({"CreateKey": 5 / 8}, clock=lambda: now[0])
+    quota.check("CreateKey")
+    with pytest.raises(ThrottlingError):
+        quota.check("CreateKey")
+    now[0] += 1.7
+    quota.check("CreateKey")
+
+
+def test_graceful_shutdown_zero_is_one_second_not_for_ever() -> None:
+    """uvicorn reads a timeout of 0 (or None) as "wait for ever": a client holding a
+    connection then held up every shutdown."""
+    from envelope._serving import base_options
+
+    for given, sent in ((0, 1), (0.4, 1), (2.5, 3), (30, 30)):
+        assert (
+            base_options(ServerSettings(graceful_shutdown_seconds=given))[
+                "timeout_graceful_shutdown"
+            ]
+            == sent
+        )

@@ -1,0 +1,201 @@
+"""Clients that never authenticate, against the real server: slow or huge headers, a body that
+never finishes, a client that leaves mid-request, and a flood of unsigned requests. Each used
+to cost the server something unbounded (sockets, memory, audit records); now each has a limit
+that costs a real client nothing."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import Server, start_server
+
+CONFIG = """
+[server]
+header_timeout_seconds = 1
+body_timeout_seconds = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("hostile")
+    config = base / "server.toml"
+    config.write_text(CONFIG)
+    srv = start_server(base / "home", base / "server.log", "--config", str(config))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _records(server: Server) -> int:
+    svc = server.service()
+    try:
+        tail = svc.audit_tail(1)
+        return int(tail[0]["seq"]) if tail else 0  # type: ignore[call-overload]
+    finally:
+        svc.close()
+
+
+def test_headers_that_trickle_are_cut_off(quick: Server) -> None:
+    with _connect(quick) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        started = time.monotonic()
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 8
+    with _connect(quick) as sock:  # an idle connection is closed without a word
+        assert _answer(sock) == b""
+
+
+def test_huge_headers_are_refused(quick: Server) -> None:
+    with _connect(quick) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # 4 MiB of one header, at most
+                sock.sendall(b"a" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert quick.http("GET", "/healthz")[0] == 200
+
+
+def test_a_body_that_never_finishes_times_out_and_is_not_audited(quick: Server) -> None:
+    before = _records(quick)
+    with _connect(quick) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
+            b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n{"
+        )
+        answer = _answer(sock)
+    assert b" 408 " in answer.split(b"\r\n", 1)[0], answer
+    assert b"RequestTimeoutException" in answer
+    assert _records(quick) == before
+
+
+def test_a_client_that_leaves_mid_body_is_neither_served_nor_audited(quick: Server) -> None:
+    before = _records(quick)
+    with _connect(quick) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
+            b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n{}"
+        )
+    time.sleep(0.5)
+    assert _records(quick) == before
+    assert quick.http("GET", "/healthz")[0] == 200
+
+
+def test_a_flood_of_unsigned_requests_is_audited_within_a_budget(quick: Server) -> None:
+    before = _records(quick)
+    body = b"{}"
+    headers = {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": "TrentService.ListKeys",
+    }
+    for _ in range(200):
+        status, _, answer = quick.http("POST", "/", body, headers)
+        assert status == 400 and b"MissingAuthenticationToken" in answer
+    audited = _records(quick) - before
+    assert 50 <= audited < 120, audited  # the burst, and what the rate refilled meanwhile
+    time.sleep(0.5)
+    quick.http("POST", "/", body, headers)
+    svc = quick.service()
+    try:
+        last = svc.audit_tail(1)[0]
+    finally:
+        svc.close()
+    assert last["principal"] == "anonymous"
+    assert last["params"]["SuppressedRefusals"] >= 200 - audited - 1  # type: ignore[index]
+    # every refusal is still counted in the metrics
+    _, _, metrics = quick.http("GET", "/metrics")
+    assert b'code="MissingAuthenticationTokenException"' in metrics
+
+
+def test_signed_calls_are_unaffected(quick: Server) -> None:
+    kms = quick.client()
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key, Plaintext=b"p" * 4096)["CiphertextBlob"]
+    assert kms.decrypt(CiphertextBlob=blob)["Plaintext"] == b"p" * 4096
+
+
+def test_tls_files_that_do_not_pair_are_a_usage_error(tmp_path: Path) -> None:
+    """A certificate with another key made every worker fail as it started, and uvicorn
+    start it again, for ever (8 tracebacks in 10 s, never an exit)."""
+    import datetime
+    import subprocess
+    import sys
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "other.key").write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "envelope.cli.main",
+            "serve",
+            "--home",
+            str(tmp_path / "home"),
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--tls-cert",
+            str(tmp_path / "cert.pem"),
+            "--tls-key",
+            str(tmp_path / "other.key"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "do not load as a pair" in r.stderr and "other.key" in r.stderr
+    assert "Traceback" not in r.stderr
