@@ -231,7 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sub,
         "assume-role",
         "temporary credentials of a role session (STS AssumeRole); text output is shell "
-        "exports (eval \"$(envelope iam assume-role ARN --session s --output text)\")",
+        "exports (eval \"$(envelope iam assume-role ARN --session job1 --output text)\")",
         _assume_role,
         key=False,
     )
