@@ -131,29 +131,15 @@ def test_tampered_kdf_parameters_are_refused_before_any_work(tmp_path: Path, kdf
 def test_encrypt_and_decrypt_warn_in_the_command_lines_words(exposed: Path, tmp_path: Path) -> None:
     """Every command shows the warning as `envelope: warning: ...`; encrypt and decrypt
     printed Python's raw form (file, line number and source line) before."""
-    import os
-    import subprocess
-    import sys
+    from ..reliability.support import run_envelope
 
     plain = tmp_path / "plain.txt"
     plain.write_bytes(b"hello")
-    env = {**os.environ, "ENVELOPE_HOME": str(exposed)}
-    env.pop("ENVELOPE_STRICT", None)
-
-    def envelope(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "envelope.cli.main", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
-
     for args in (
         ("encrypt", str(plain), str(tmp_path / "sealed")),
         ("decrypt", str(tmp_path / "sealed"), str(tmp_path / "back")),
     ):
-        r = envelope(*args)
+        r = run_envelope(*args, home=exposed)
         assert r.returncode == 0, r.stderr
         assert "envelope: warning: root-key file" in r.stderr, r.stderr
         assert "Warning:" not in r.stderr and ".py:" not in r.stderr, r.stderr

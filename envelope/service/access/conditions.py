@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from envelope.service.access.variables import Segments, Template, parse_template
+from envelope.service.access.variables import as_text as _as_str
 from envelope.service.errors import MalformedPolicyDocumentException
 
 __all__ = (
@@ -113,18 +114,6 @@ def _wildcard_source(pattern: str, star: str) -> str:
 
 
 # --- request-side coercions: None means "this value cannot be compared" (matches nothing) ----
-
-
-def _as_str(v: object) -> str | None:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return str(v)
-    if isinstance(v, datetime):
-        return v.isoformat()
-    return None
 
 
 def _as_num(v: object) -> float | None:

@@ -36,9 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ("Segments", "Template", "Var", "parse_template")
+__all__ = ("Segments", "Template", "Var", "as_text", "parse_template")
 
-_MULTI = (list, tuple, set, frozenset, bytes)
 _ESCAPES = {"${*}": "*", "${?}": "?", "${$}": "$"}
 # ${ name } or ${ name , 'default' } (a default's quote is doubled); the name as condition keys
 # are written, without spaces, commas or braces
@@ -78,7 +77,7 @@ class Template:
             elif isinstance(part, tuple):
                 out.append((False, part[0]))
             else:
-                text = _as_text(values.get(part.key))
+                text = as_text(values.get(part.key))
                 if text is None:
                     if part.default is None:
                         return None
@@ -87,13 +86,14 @@ class Template:
         return tuple(out)
 
 
-def _as_text(v: object) -> str | None:
-    if v is None or isinstance(v, _MULTI):
-        return None
-    if isinstance(v, bool):
-        return "true" if v else "false"
+def as_text(v: object) -> str | None:
+    """A request value as the string operators (and a policy variable) see it: text as is,
+    ``true``/``false``, decimal numbers, ISO 8601 times; None for anything else (a missing
+    key, several values, bytes)."""
     if isinstance(v, str):
         return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, int | float):
         return str(v)
     if isinstance(v, datetime):
