@@ -34,7 +34,9 @@ READ = "read"  # DescribeKey, ListResourceTags, GetKeyRotationStatus, ListKeyRot
 
 _ALLOWED: dict[str, frozenset[str]] = {
     CRYPTO: frozenset({ENABLED}),
-    ENABLE_DISABLE: frozenset({ENABLED, DISABLED}),
+    # Unavailable (a disconnected custom key store): "you can view and manage unavailable KMS
+    # keys" (the key-state table); the stored state changes, and shows once it reconnects
+    ENABLE_DISABLE: frozenset({ENABLED, DISABLED, UNAVAILABLE}),
     ROTATION: frozenset({ENABLED}),
     # Unavailable: a key of a disconnected custom key store is still managed and deletable
     MANAGE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),

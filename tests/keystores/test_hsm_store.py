@@ -517,3 +517,28 @@ def test_a_key_swapped_in_under_the_label_is_not_used(
         svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=CTX)
     with pytest.raises(KMSInvalidStateException):
         svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)
+
+
+def test_unavailable_keys_are_enabled_and_disabled_for_when_the_store_reconnects(
+    svc: KeyService, hsm: HsmToken
+) -> None:
+    """AWS: "You can view and manage unavailable KMS keys, but you cannot use them in
+    cryptographic operations". EnableKey and DisableKey were KMSInvalidStateException."""
+    _, store = make_store(svc, hsm, "hsm-manage")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+
+    def state() -> str:
+        return str(svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"])
+
+    assert state() == "Unavailable"
+    svc.disable_key(key_id=kid)
+    assert state() == "Unavailable"
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert state() == "Disabled"
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.enable_key(key_id=kid)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert state() == "Enabled"
+    svc.encrypt(key_id=kid, plaintext=b"x")
