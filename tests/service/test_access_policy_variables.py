@@ -118,3 +118,26 @@ def test_a_2008_policy_keeps_variables_literal(svc: KeyService) -> None:
     with pytest.raises(AccessDeniedException):
         _encrypt(svc, _tagged(svc, "alice"), alice)
     _encrypt(svc, _tagged(svc, "${aws:username}"), alice)
+
+
+def test_a_tag_guard_in_the_key_policy_denies_a_caller_without_the_tag(svc: KeyService) -> None:
+    """The key policy denies Encrypt unless the key's dept tag is the caller's; every user has
+    an allow-all identity policy. A user with no dept tag must stay denied (it was let through
+    while an unresolved variable made the Deny not apply)."""
+    kid = new_key(svc, tags=[{"TagKey": "dept", "TagValue": "finance"}])
+    guard = stmt(
+        "Deny",
+        Principal=aws("*"),
+        Action="kms:Encrypt",
+        Condition={"StringNotEquals": {"aws:ResourceTag/dept": "${aws:PrincipalTag/dept}"}},
+    )
+    svc.put_key_policy(key_id=kid, policy=doc(root_stmt(), guard), principal=ROOT_A)
+    finance = user(svc, "fin", tags=[{"Key": "dept", "Value": "finance"}])
+    hr = user(svc, "hr", tags=[{"Key": "dept", "Value": "hr"}])
+    nobody = user(svc, "untagged")
+    for who in (finance, hr, nobody):
+        attach(svc, who, stmt(Action="kms:*", Resource="*"))
+    _encrypt(svc, kid, finance)
+    for who in (hr, nobody):
+        with pytest.raises(AccessDeniedException):
+            _encrypt(svc, kid, who)

