@@ -93,6 +93,57 @@ _ENCRYPTED_FOOTER = b"PARE"  # a Parquet file whose footer is encrypted ends wit
 _PLAIN_FOOTER = b"PAR1"  # and every other Parquet file with this
 
 
+class _EncryptedOnly(pafs.FileSystemHandler):  # type: ignore[misc]
+    """A read-only view of a filesystem whose files open only if `check_encrypted` passes
+    (for datasets: pyarrow opens each file when it scans, so the check is on that handle)."""
+
+    def __init__(self, fs: pafs.FileSystem, plaintext_footer: bool) -> None:
+        self.fs = fs
+        self.plaintext_footer = plaintext_footer
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _EncryptedOnly)
+            and other.fs.equals(self.fs)
+            and other.plaintext_footer == self.plaintext_footer
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def equals(self, other: object) -> bool:
+        return self == other
+
+    def get_type_name(self) -> str:
+        return "envelope-encrypted-only"
+
+    def normalize_path(self, path: str) -> str:
+        return str(self.fs.normalize_path(path))
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return list(self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return list(self.fs.get_file_info(selector))
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        f = self.fs.open_input_file(path)
+        try:
+            check_encrypted(f, path, plaintext_footer=self.plaintext_footer)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.open_input_file(path)
+
+    def _read_only(self, *args: object, **kwargs: object) -> Any:
+        raise ConfigurationError("an encrypted-only dataset view is read-only")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
+    delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
+
+
 class UnencryptedParquetError(InvalidObjectError):
     """A file read as PME-encrypted is not encrypted: pyarrow would read a plain file in its
     place without a word, so a writer with no key could swap forged rows in."""
@@ -468,14 +519,19 @@ class ParquetCrypto:
         plaintext_footer: bool = False,
         **kwargs: Any,
     ) -> ds.Dataset:
-        """``pyarrow.dataset.dataset(source, format=self.dataset_format(), ...)`` after checking
-        that every file in it is encrypted (`check_encrypted`): a dataset cannot be given a
-        forged plain file to read in place of an encrypted one."""
-        found = ds.dataset(source, format=self.dataset_format(), filesystem=filesystem, **kwargs)
-        fs = found.filesystem
+        """``pyarrow.dataset.dataset(source, format=self.dataset_format(), ...)`` whose every
+        file read is checked to be encrypted (`check_encrypted`) through the very handle the
+        read uses: a plain file swapped in, before the scan or while it runs, is refused
+        (`UnencryptedParquetError`), never read. Every file is also checked once here."""
+        if filesystem is None and isinstance(source, str | os.PathLike):
+            loc = resolve(os.fspath(source))
+            filesystem, source = loc.fs, loc.path
+        checked = pafs.PyFileSystem(
+            _EncryptedOnly(filesystem or pafs.LocalFileSystem(), plaintext_footer)
+        )
+        found = ds.dataset(source, format=self.dataset_format(), filesystem=checked, **kwargs)
         for path in found.files:
-            with fs.open_input_file(path) as f:
-                check_encrypted(f, path, plaintext_footer=plaintext_footer)
+            checked.open_input_file(path).close()
         return found
 
     def dataset_write_options(

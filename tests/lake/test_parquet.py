@@ -615,6 +615,13 @@ def test_a_plain_file_swapped_in_is_refused(kms: MemoryKms, tmp_path: Path) -> N
         read_encrypted_table(path, backend=kms)
     with pytest.raises(UnencryptedParquetError):
         crypto.dataset(str(folder))
+    # a plain file swapped in after the dataset was made is refused when the scan opens it
+    crypto.write_table(TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS)
+    lazy = crypto.dataset(str(folder))
+    assert lazy.to_table().num_rows == TABLE.num_rows
+    pq.write_table(forged, path)
+    with pytest.raises(UnencryptedParquetError):
+        lazy.to_table()
     # a file written with a plaintext footer is read only when the caller says so
     crypto.write_table(
         TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS, plaintext_footer=True
