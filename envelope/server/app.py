@@ -98,9 +98,13 @@ BODY_TIMEOUT_SECONDS = 30.0
 #: Refusals before authentication (unsigned, badly signed, unknown keys) are audited, but at
 #: most this many per second from one source address (in bursts of `REFUSAL_AUDIT_BURST`),
 #: per worker: an unauthenticated flood must not grow the log without bound. Those over it
-#: are counted, and the next audited refusal from that address says how many (`Suppressed`).
+#: are counted, and the next audited refusal says how many (`SuppressedRefusals`).
 REFUSAL_AUDIT_RATE = 5.0
 REFUSAL_AUDIT_BURST = 50.0
+#: And at most this many per second from all addresses together (bursts of
+#: `REFUSAL_AUDIT_TOTAL_BURST`), per worker.
+REFUSAL_AUDIT_TOTAL_RATE = 20.0
+REFUSAL_AUDIT_TOTAL_BURST = 200.0
 _REFUSAL_SOURCES = 4096  # addresses tracked at once (the least recent are forgotten)
 _FAST_DECRYPT_LIMIT = 512  # bytes: symmetric ciphertexts of envelope's KMS are well below it
 
@@ -157,29 +161,54 @@ class _ClientGone(Exception):
 
 
 class _RefusalBudget:
-    """Per source address: may this refusal be audited, and how many were not since?"""
+    """May this refusal be audited? Within a per-address budget (one noisy client does not use
+    up the rest) and a budget for all addresses together (a client rotating addresses, as any
+    local one can on 127.0.0.0/8, still cannot grow the log faster than that). Refusals not
+    audited are counted, whatever their address, and the next audited one carries the count
+    (`admit`'s answer), so no count is lost when an address is forgotten."""
 
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        total_rate: float,
+        total_burst: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.rate, self.burst, self.clock = rate, burst, clock
-        self._sources: dict[str, list[float]] = {}  # address -> [tokens, stamp, suppressed]
+        self._sources: dict[str, list[float]] = {}  # address -> [tokens, stamp]
+        self._total = [total_burst, clock()]
+        self._total_rate, self._total_burst = total_rate, total_burst
+        self._suppressed = 0
 
     def admit(self, source: str) -> int | None:
-        """None: over the budget (counted); else how many were suppressed before this one."""
+        """None: over a budget (counted); else how many were not audited since the last
+        refusal that was, from any address."""
         now = self.clock()
         entry = self._sources.pop(source, None)  # re-inserted last: the most recent
         if entry is None:
             if len(self._sources) >= _REFUSAL_SOURCES:
                 del self._sources[next(iter(self._sources))]
-            entry = [self.burst, now, 0.0]
-        entry[0] = min(self.burst, entry[0] + (now - entry[1]) * self.rate)
-        entry[1] = now
+            entry = [self.burst, now]
         self._sources[source] = entry
-        if entry[0] < 1.0:
-            entry[2] += 1
+        if not (
+            _take(entry, now, self.rate, self.burst)
+            and _take(self._total, now, self._total_rate, self._total_burst)
+        ):
+            self._suppressed += 1
             return None
-        entry[0] -= 1.0
-        suppressed, entry[2] = int(entry[2]), 0.0
+        suppressed, self._suppressed = self._suppressed, 0
         return suppressed
+
+
+def _take(bucket: list[float], now: float, rate: float, burst: float) -> bool:
+    """Take one token from [tokens, stamp] refilled at `rate` up to `burst`."""
+    bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
+    bucket[1] = now
+    if bucket[0] < 1.0:
+        return False
+    bucket[0] -= 1.0
+    return True
 
 
 class _Outcome:
@@ -226,7 +255,12 @@ class KmsApp:
         self.close_service = close_service
         self.in_flight = 0
         self.pid = os.getpid()
-        self._refusals = _RefusalBudget(REFUSAL_AUDIT_RATE, REFUSAL_AUDIT_BURST)
+        self._refusals = _RefusalBudget(
+            REFUSAL_AUDIT_RATE,
+            REFUSAL_AUDIT_BURST,
+            REFUSAL_AUDIT_TOTAL_RATE,
+            REFUSAL_AUDIT_TOTAL_BURST,
+        )
         #: The store's other Regions, served to requests signed for them (`_service_for`).
         self._regions: dict[str, KeyService] = {}
 

@@ -617,8 +617,8 @@ class CredentialOps(IamOps):
         """Audit a request refused before it had a principal (unsigned, badly signed, an
         unknown or expired key): principal ``anonymous``, decision ``denied``, the claimed
         access key id in its parameters. Never a secret: the caller passes none.
-        `suppressed`: refusals from the same address the server did not record since the last
-        one it did (its budget against floods), as ``SuppressedRefusals``."""
+        `suppressed`: refusals the server did not record since the last one it did (its budget
+        against floods), as ``SuppressedRefusals``."""
         params: dict[str, Any] = {}
         if access_key_id:
             params["AccessKeyId"] = str(access_key_id)[:128]
