@@ -205,17 +205,27 @@ def _run_chunks(
     # stop at their own first failure), and every submitted chunk is waited for.
     pending = iter(_chunks(entries, n_workers))
 
+    submitted: list[Any] = []
+
     def submit() -> Any | None:
         chunk = next(pending, None)
         if chunk is None:
             return None
-        return client.submit(_run_chunk, task, chunk, retries=retries, pure=False)
+        fut = client.submit(_run_chunk, task, chunk, retries=retries, pure=False)
+        submitted.append(fut)
+        return fut
 
     first = [f for f in (submit() for _ in range(2 * n_workers)) if f is not None]
     running = as_completed(first)
     stopping = False
     for fut in running:
-        part = fut.result()
+        try:
+            part = fut.result()
+        except Exception:
+            # a chunk that failed for good (its workers died more often than `retries`):
+            # the others still write under the driver's lock, so they are waited for first
+            _distributed().wait([f for f in submitted if not f.done()])
+            raise
         for name in ("done", "skipped", "failed", "planned", "objects", "bytes"):
             setattr(report, name, getattr(report, name) + part[name])
         for f in part["failures"]:

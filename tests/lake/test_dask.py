@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import distributed
@@ -263,3 +265,38 @@ def test_leftovers_fail_fast_and_progress_across_chunks(tmp_path: Path, home: Pa
         # 8 chunks of 5, 4 submitted at first: those run (each stops at its own failures,
         # objects already under way included), and no other starts
         assert failed.failed >= 1 and failed.objects <= 20 < len(tree), failed
+
+
+_FINISHED: list[int] = []
+
+
+def _chunk_or_death(task: object, entries: list[Any]) -> dict[str, object]:
+    """Stands in for `_run_chunk` (in process): the first chunk fails for good, the others
+    take a second."""
+    if entries[0].rel == "e0":
+        raise RuntimeError("worker died too often")
+    time.sleep(1.0)
+    _FINISHED.append(len(entries))
+    return {}
+
+
+def test_a_chunk_that_fails_for_good_waits_for_the_others_before_the_lock_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk whose workers died more often than its retries raised out of the driver's
+    loop at once: the lock was released while other chunks still wrote under it."""
+    from envelope.lake import distributed as dist_mod
+    from envelope.lake.listing import Entry, Listing
+
+    _FINISHED.clear()
+    monkeypatch.setattr(dist_mod, "_run_chunk", _chunk_or_death)
+    entries = [Entry(f"e{i}", 10, None) for i in range(8)]
+    task = dist_mod._Task("encrypt", "/src", "/dst", KeySpec(), None, OPTS)
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=4, dashboard_address=None
+    ) as client:
+        with pytest.raises(RuntimeError, match="worker died"):
+            dist_mod._run_chunks(client, task, jobs.JobStart(Listing(entries)), None, 0)
+        assert len(_FINISHED) >= 1  # the chunks already running finished before it raised
+        in_flight = [f for f in client.futures.values() if f.status == "pending"]
+        assert in_flight == []
