@@ -21,6 +21,13 @@ body_timeout_seconds = 1
 """
 
 
+#: A request's head announcing a 100-byte body (the tests send less of it).
+PROMISES_100_BYTES = (
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
+    b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n"
+)
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("hostile")
@@ -87,10 +94,7 @@ def test_huge_headers_are_refused(quick: Server) -> None:
 def test_a_body_that_never_finishes_times_out_and_is_not_audited(quick: Server) -> None:
     before = _records(quick)
     with _connect(quick) as sock:
-        sock.sendall(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
-            b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n{"
-        )
+        sock.sendall(PROMISES_100_BYTES + b"{")
         answer = _answer(sock)
     assert b" 408 " in answer.split(b"\r\n", 1)[0], answer
     assert b"RequestTimeoutException" in answer
@@ -100,10 +104,7 @@ def test_a_body_that_never_finishes_times_out_and_is_not_audited(quick: Server) 
 def test_a_client_that_leaves_mid_body_is_neither_served_nor_audited(quick: Server) -> None:
     before = _records(quick)
     with _connect(quick) as sock:
-        sock.sendall(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
-            b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n{}"
-        )
+        sock.sendall(PROMISES_100_BYTES + b"{}")
     time.sleep(0.5)
     assert _records(quick) == before
     assert quick.http("GET", "/healthz")[0] == 200
