@@ -106,6 +106,40 @@ class RequestMetrics:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request's body was whole."""
+
+
+class BodyTooLarge(Exception):
+    """The request's body is over the limit (it was not read further)."""
+
+
+async def read_body(receive: Any, declared: str | None, limit: int, seconds: float) -> bytes:
+    """A request's whole body, for both servers: `BodyTooLarge` past `limit` bytes (by its
+    Content-Length or as it arrives), `ClientGone` if the client leaves first (a partial body
+    is never served), `TimeoutError` if it takes more than `seconds` (a client that
+    trickles it would hold the socket)."""
+    import anyio
+
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    with anyio.fail_after(seconds):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 #: Open connections per worker process before new ones are answered 503.
 MAX_CONNECTIONS_PER_WORKER = 2048
 

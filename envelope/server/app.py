@@ -44,7 +44,7 @@ import anyio.to_thread
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .._serving import RequestMetrics, decode_headers
+from .._serving import BodyTooLarge, ClientGone, RequestMetrics, decode_headers, read_body
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
 from .errors import INTERNAL_MESSAGE, SILENT, WireError, status_for
@@ -154,10 +154,6 @@ class ServerMetrics(RequestMetrics):
             outcome_label="code",
             registry=registry,
         )
-
-
-class _ClientGone(Exception):
-    """The client closed the connection before its request was whole."""
 
 
 class _RefusalBudget:
@@ -311,9 +307,10 @@ class KmsApp:
         self.in_flight += 1
         try:
             try:
-                with anyio.fail_after(self.body_timeout):
-                    body = await self._body(first.get("content-length"), receive)
-            except _ClientGone:
+                body = await read_body(
+                    receive, first.get("content-length"), self.max_request_bytes, self.body_timeout
+                )
+            except ClientGone:
                 return  # nothing to answer, serve or audit: the request never was whole
             except TimeoutError:
                 out.fail(
@@ -321,16 +318,15 @@ class KmsApp:
                     f"The request body did not arrive within {self.body_timeout:g} seconds",
                     408,
                 )
+            except BodyTooLarge:
+                out.fail(
+                    "RequestEntityTooLargeException",
+                    f"The request body exceeds the limit of {self.max_request_bytes} bytes",
+                )
             else:
-                if body is None:
-                    out.fail(
-                        "RequestEntityTooLargeException",
-                        f"The request body exceeds the limit of {self.max_request_bytes} bytes",
-                    )
-                else:
-                    await self._serve(
-                        scope, headers, first, body, target, source_ip, user_agent, request_id, out
-                    )
+                await self._serve(
+                    scope, headers, first, body, target, source_ip, user_agent, request_id, out
+                )
         finally:
             self.in_flight -= 1
         await _respond(send, out.status, out.body, AMZ_JSON, request_id)
@@ -354,25 +350,6 @@ class KmsApp:
                     separators=(",", ":"),
                 )
             )
-
-    async def _body(self, declared: str | None, receive: Receive) -> bytes | None:
-        """The whole body, or None when it is larger than the limit (not read further)."""
-        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_request_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
 
     async def _serve(
         self,

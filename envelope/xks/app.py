@@ -55,7 +55,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .._ratelimit import TokenBucket
-from .._serving import RequestMetrics, decode_headers
+from .._serving import BodyTooLarge, ClientGone, RequestMetrics, decode_headers, read_body
 from ..errors import ConfigurationError
 from ..server.auth import Authenticator, AuthError, StaticCredentials
 from .config import KeyStoreSettings, XksSettings, load_settings
@@ -316,7 +316,22 @@ class XksProxyApp:
                     "UnsupportedOperationException", "XKS operations take POST only", 405
                 )
             headers, first = decode_headers(scope.get("headers") or ())
-            body = await self._body(first.get("content-length"), receive)
+            limit = self.settings.max_request_bytes
+            try:
+                body = await read_body(
+                    receive, first.get("content-length"), limit, self.settings.body_timeout_seconds
+                )
+            except ClientGone:
+                return  # never whole: nothing to answer or serve
+            except BodyTooLarge:
+                raise _too_large(limit) from None
+            except TimeoutError:
+                raise XksProxyError(
+                    "ValidationException",
+                    "the request body did not arrive within "
+                    f"{self.settings.body_timeout_seconds:g} seconds",
+                    408,
+                ) from None
             out.access_key_id = self._authenticate(store, scope, headers, first, body)
             if store.bucket is not None and store.bucket.take() > 0:
                 raise XksProxyError(
@@ -362,31 +377,6 @@ class XksProxyApp:
                     separators=(",", ":"),
                 )
             )
-
-    async def _body(self, declared: str | None, receive: Receive) -> bytes:
-        limit = self.settings.max_request_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
-        message = await receive()
-        if not message.get("more_body", False):  # the whole body at once: the usual case
-            body: bytes = message.get("body", b"")
-            if len(body) > limit:
-                raise _too_large(limit)
-            return body
-        chunks: list[bytes] = [message.get("body", b"")]
-        size = len(chunks[0])
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
 
     def _authenticate(
         self,

@@ -158,6 +158,9 @@ class XksSettings:
     region: str = "us-east-1"
     max_request_bytes: int = 65536
     graceful_shutdown_seconds: float = 10.0
+    #: a request's headers must arrive within this (408), its body within the next (408)
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
     #: token calls slower than this answer DependencyTimeoutException (0: wait for them)
     dependency_timeout_ms: float = 0.0
     tls_cert: str | None = None
@@ -210,6 +213,8 @@ class XksSettings:
             )
         if self.graceful_shutdown_seconds < 0 or self.dependency_timeout_ms < 0:
             raise ConfigurationError("timeouts must be >= 0")
+        if not (self.header_timeout_seconds > 0 and self.body_timeout_seconds > 0):
+            raise ConfigurationError("header_timeout_seconds and body_timeout_seconds must be > 0")
         if self.degraded_ms <= 0:
             raise ConfigurationError("[health] degraded_ms must be > 0")
         if self.health_key is not None:
@@ -268,6 +273,8 @@ _TABLES: Mapping[str, KeySpecs] = {
         "max_request_bytes": ("max_request_bytes", int),
         "graceful_shutdown_seconds": ("graceful_shutdown_seconds", (int, float)),
         "dependency_timeout_ms": ("dependency_timeout_ms", (int, float)),
+        "header_timeout_seconds": ("header_timeout_seconds", (int, float)),
+        "body_timeout_seconds": ("body_timeout_seconds", (int, float)),
     },
     "tls": {
         "cert": ("tls_cert", str),
