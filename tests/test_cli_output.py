@@ -322,6 +322,37 @@ def test_text_follows_the_aws_cli() -> None:
     assert format_data("scalar", "text") == "scalar\n"
 
 
+def test_a_value_alone_keeps_its_lines_and_tabs_but_no_terminal_control() -> None:
+    """`--query Policy --output text` printed `{\\n  "Version": ...`: not JSON, so the AWS
+    workflow (get the policy to a file, edit it, put it back) failed. A value alone has no
+    fields or rows to forge: its line feeds and tabs print as they are; ESC, CR, a
+    bidirectional override stay escaped. Inside records they all stay escaped."""
+    assert format_data('{\n\t"a": 1\n}', "text") == '{\n\t"a": 1\n}\n'
+    assert format_data("a\x1b]0;x\x07b\rc\u202ed\ne", "text") == (
+        "a\\x1b]0;x\\x07b\\rc\\u202ed\ne\n"
+    )
+    assert format_data({"K": "a\nb"}, "text") == "a\\nb\n"
+    assert format_data(["a\tb", "c"], "text") == "a\\tb\tc\n"
+
+
+def test_a_key_policy_round_trips_through_text_output(
+    kms: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    home, metas = kms
+    key = metas[1]["KeyId"]
+    got = envelope(
+        "keys", "policy", "get", key, "--query", "Policy", "--output", "text", home=home
+    )
+    assert got.returncode == 0, got.stderr
+    document = json.loads(got.stdout)
+    assert document["Statement"][0]["Action"] == "kms:*"
+    (tmp_path / "policy.json").write_text(got.stdout)
+    put = envelope(
+        "keys", "policy", "put", key, "--file", str(tmp_path / "policy.json"), home=home
+    )
+    assert put.returncode == 0, put.stderr
+
+
 def test_json_follows_the_aws_cli() -> None:
     assert format_data({}, "json") == ""  # nothing for an empty response
     assert format_data([], "json") == "[]\n"

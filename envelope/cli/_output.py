@@ -231,6 +231,11 @@ def format_data(
             text = json.dumps(value, indent=4, ensure_ascii=True)
         return text + "\n"
     if fmt == "text":
+        if isinstance(value, str):
+            # one value alone (`--query Policy --output text`): no fields or rows to forge, so
+            # its line feeds and tabs are printed as they are, as the AWS CLI does (a policy
+            # then round-trips through a file); other control characters stay escaped
+            return _lone(value) + "\n"
         lines: list[str] = []
         _text(value, lines)
         return "".join(line + "\n" for line in lines)
@@ -252,6 +257,13 @@ def _str(v: Any) -> str:
     context value), and a raw tab, newline or ESC would forge fields, lines or terminal
     commands (format.md §4)."""
     return printable(str(v))
+
+
+def _lone(text: str) -> str:
+    """A value printed alone: `printable`, but for its line feeds and tabs."""
+    if "\n" not in text and "\t" not in text:
+        return printable(text)
+    return "\n".join("\t".join(printable(p) for p in ln.split("\t")) for ln in text.split("\n"))
 
 
 def _text(
