@@ -101,6 +101,8 @@ class Keyring:
         # Which calls are blocking by nature, decided once: an isinstance check against a
         # runtime-checkable Protocol costs about 20 us, an eighth of a 16 KiB object's decrypt.
         self._blocking: tuple[bool, ...] = tuple(isinstance(c, BlockingKms) for c in self._calls)
+        if not all(self._blocking):  # a blocking caller's miss will need the portal's loop
+            _portal.prepare()
         self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
         self._closed = False
         self._owns_cache = isinstance(cache, CachePolicy)  # (a DataKeyCache may be shared)

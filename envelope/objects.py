@@ -414,6 +414,19 @@ _pools_lock = threading.Lock()
 _pools_pid = os.getpid()
 
 
+def _pools_after_fork() -> None:
+    """A child forked while another thread held `_pools_lock` would wait on it for ever; its
+    pools' threads did not come along either."""
+    global _pools_lock, _pools_pid
+    _pools_lock = threading.Lock()
+    _pools.clear()
+    _pools_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pools_after_fork)
+
+
 def pool_for(workers: int) -> WorkerPool:
     """A process-wide pool per worker count (rebuilt in a forked child)."""
     global _pools_pid

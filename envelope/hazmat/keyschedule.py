@@ -140,3 +140,17 @@ def open_header(
     if not bytes_eq(expected, header.header_mac):
         raise AuthenticationError()
     return keys
+
+
+def _warm_up() -> None:
+    """Use each primitive once at import, on the importing thread. OpenSSL fetches and caches
+    an algorithm under a write lock the first time it is used; a worker pool forked while
+    another thread made that first use hands its children the lock held, and their first
+    HMAC waits for ever. Done here, the first use precedes any thread the library starts
+    (about 50 microseconds, once per process)."""
+    keys = ObjectKeys(bytes(DATA_KEY_LEN), bytes(MESSAGE_ID_LEN))
+    keys.segment_cipher(0).encrypt(bytes(12), b"", None)
+    keys.mac(b"")
+
+
+_warm_up()

@@ -27,6 +27,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -79,6 +80,32 @@ def material_aad(key_id: str, version: int) -> bytes:
     return f"material|{key_id}|{version}".encode()
 
 
+#: Every store open in this process, for the fork guard below.
+_open_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+_held_for_fork: list[Store] = []
+
+
+def _before_fork() -> None:
+    """Wait until no thread is inside a store's transaction, and keep it so until the fork is
+    done: SQLite's lock bookkeeping is process memory, so a child forked while another thread
+    held a write (or read) transaction inherits "held by another connection of this process"
+    for a connection that does not exist there, and waits for ever on its first write."""
+    for store in sorted(_open_stores, key=id):
+        store.lock.acquire()
+        _held_for_fork.append(store)
+
+
+def _after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
+
+
 class Store:
     """An open store: the SQLite connection, the root key and the audit signing key.
 
@@ -109,6 +136,7 @@ class Store:
         self.lock = threading.RLock()
         self._writers = _WriterQueue(path)
         self.closed = False
+        _open_stores.add(self)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
