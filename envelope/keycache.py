@@ -296,11 +296,26 @@ class _Flight:
     the process whichever face (sync or async) and whichever thread or event loop they use.
     """
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "thread")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: Exception | None = None
+        #: The owner's thread: a blocking caller on that same thread (a sync call inside the
+        #: owner task's event loop) must not wait for it, or the loop could never finish it.
+        self.thread = threading.get_ident()
+
+
+def _for_waiter(error: Exception) -> Exception:
+    """The owner's error as one waiter raises it: a copy of it, without the owner's traceback
+    or cause. Raising the one shared instance from every waiting thread piled each waiter's
+    frames (and the plaintext in their locals) onto an object all of them hold, where an error
+    reporter of any of them would find the others' data."""
+    copy = type(error).__new__(type(error), *error.args)
+    copy.args = error.args
+    copy.__dict__.update(error.__dict__)
+    copy.__suppress_context__ = True
+    return copy
 
 
 _caches: weakref.WeakSet[DataKeyCache] = weakref.WeakSet()
@@ -549,7 +564,8 @@ class DataKeyCache:
             if owner:
                 got = self._fill_blocking(flight, key, "encrypt", fetch, expected_bytes)
                 return cast(DataKey, got)
-            self._wait_blocking(flight)
+            if not self._wait_blocking(flight):
+                return fetch()  # (uncached: the owner's key fills the cache)
 
     async def decryption_key(
         self, key: CacheKey, fetch: Callable[[], Awaitable[bytearray]]
@@ -581,7 +597,8 @@ class DataKeyCache:
             assert flight is not None
             if owner:
                 return cast(bytearray, self._fill_blocking(flight, key, "decrypt", fetch, -1))
-            self._wait_blocking(flight)
+            if not self._wait_blocking(flight):
+                return fetch()
 
     def peek_decryption_key(self, key: CacheKey) -> bytearray | None:
         """A cached plaintext for `key` (a copy, counted as a hit), or None. Never calls a KMS."""
@@ -645,13 +662,19 @@ class DataKeyCache:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.005)
         if flight.error is not None:
-            raise flight.error  # the single-flight owner's outcome is shared
+            raise _for_waiter(flight.error)  # the single-flight owner's outcome is shared
 
-    def _wait_blocking(self, flight: _Flight) -> None:
+    def _wait_blocking(self, flight: _Flight) -> bool:
+        """Wait for another caller's flight; False (not waited) when its owner is a task of
+        this very thread's event loop: blocking here would freeze that loop for the whole
+        wait_timeout, and the owner with it. The caller then fetches on its own."""
+        if flight.thread == threading.get_ident() and not flight.done.is_set():
+            return False
         if not flight.done.wait(self.policy.wait_timeout):
             raise self._timed_out()
         if flight.error is not None:
-            raise flight.error
+            raise _for_waiter(flight.error)
+        return True
 
     def _land(self, flight: _Flight, key: CacheKey) -> None:
         with self._lock:

@@ -467,3 +467,81 @@ def test_cache_modules_do_not_log() -> None:
         with open(mod.__file__ or "", encoding="utf-8") as f:
             source = f.read()
         assert "logging" not in source and "print(" not in source
+
+
+def test_waiters_of_a_failed_request_each_get_their_own_exception() -> None:
+    """Every waiter re-raised the owner's one exception object: each raise added that
+    thread's frames to it, so any caller's traceback held every other caller's locals (their
+    plaintext rows) for an error reporter to send off."""
+    import threading
+    import traceback
+
+    from envelope import sync
+    from envelope.errors import KmsError
+
+    mem = MemoryKms()
+    kid = mem.create_key()
+    bad = FaultyKms(mem, latency=0.2)
+    bad.push("transient")
+    kr = Keyring(bad, kid, cache=CachePolicy())
+    caught: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        secret_row = b"ssn=123-45-%04d" % i
+        try:
+            sync.encrypt_bytes(secret_row, keyring=kr)
+        except KmsError as e:
+            caught.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(caught) == 8 and len({id(e) for e in caught}) == 8
+    for e in caught:
+        frames = traceback.extract_tb(e.__traceback__)
+        assert sum(1 for f in frames if f.name == "worker") == 1
+        rows = set()
+        tb = e.__traceback__
+        while tb is not None:
+            row = tb.tb_frame.f_locals.get("secret_row")
+            if row is not None:
+                rows.add(row)
+            tb = tb.tb_next
+        assert len(rows) == 1  # its own row only
+    kr.close()
+
+
+def test_a_sync_call_inside_the_loop_of_the_owning_task_does_not_freeze_it() -> None:
+    """An async task owns a data-key request on a loop; a sync call on that same loop waited
+    for it with a blocking wait, so the loop (and the owner) froze for wait_timeout and the
+    sync call failed. It now fetches on its own."""
+    import time
+
+    from envelope import sync
+
+    mem = MemoryKms()
+    kid = mem.create_key()
+    kr = Keyring(FaultyKms(mem, latency=0.2), kid, cache=CachePolicy(wait_timeout=5))
+    done: dict[str, float] = {}
+
+    async def main() -> None:
+        t0 = time.monotonic()
+
+        async def owner() -> None:
+            await api.encrypt_bytes(b"a", keyring=kr)
+            done["owner"] = time.monotonic() - t0
+
+        async def blocking_caller() -> None:
+            await anyio.sleep(0.05)  # the owner's request is in flight
+            sync.encrypt_bytes(b"b", keyring=kr)
+            done["sync"] = time.monotonic() - t0
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(owner)
+            tg.start_soon(blocking_caller)
+
+    anyio.run(main)
+    assert done["sync"] < 2 and done["owner"] < 2, done
+    kr.close()
