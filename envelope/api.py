@@ -43,12 +43,14 @@ from .objects import (
     Tracked,
     byte_view,
     check_contexts,
+    check_keyring,
     checked_contexts,
     header_length,
     open_into,
     open_object_keys,
     parse_object_header,
     prepare_with_key,
+    required_output,
     seal_into,
 )
 from .options import DEFAULT_MEMORY_BUDGET as DEFAULT_MEMORY_BUDGET
@@ -146,6 +148,7 @@ async def _new_object(
     expected_bytes: int | None = None,
 ) -> PreparedObject:
     """A new object's header and keys; the only await is the data key (a KMS call on a miss)."""
+    check_keyring(keyring)
     kms, obj = checked_contexts(kms_context, object_context)  # refused before any KMS call
     data_key = await keyring.encryption_key(kms, expected_bytes=expected_bytes)
     return prepare_with_key(data_key, kms, obj, seg_log2)
@@ -233,6 +236,7 @@ async def rewrap_header(
     also when many objects sharing one are re-wrapped at once (the first wraps it, the
     others wait for its answer), so the prefix keeps one wrapped key per data key.
     """
+    check_keyring(keyring)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
         if len(data_key) != DATA_KEY_LEN:
@@ -370,6 +374,7 @@ async def encrypt_into(
     hold the header plus the plaintext plus 16 bytes per segment; a short buffer raises
     ConfigurationError naming the size needed, before any segment is sealed.
     """
+    required_output(out)
     _, total = await _seal_in_memory(
         data, out, keyring, kms_context, object_context, options, observer
     )
@@ -417,6 +422,7 @@ async def open_object(
     expected_kms_context: Mapping[str, str] | None = None,
 ) -> ObjectKeys:
     """Unwrap the data key, check commitment, MAC and expected contexts; return the keys."""
+    check_keyring(keyring)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     return open_object_keys(
         header,
@@ -531,6 +537,7 @@ async def decrypt_into(
 
     On failure the first plaintext-length bytes of `out` are zeroed.
     """
+    required_output(out)
     _, n = await _open_in_memory(
         data, out, keyring, expected_context, expected_kms_context, options, observer
     )

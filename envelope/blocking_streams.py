@@ -104,6 +104,8 @@ def binary(stream: object, role: str) -> None:
             f"the {role} is a text stream ({type(stream).__name__}): open it in binary mode "
             f"({mode}), or pass its .buffer"
         )
+    if getattr(stream, "closed", False) is True:
+        raise ConfigurationError(f"the {role} ({type(stream).__name__}) is closed")
 
 
 def read_into_of(stream: object) -> ReadInto | None:

@@ -66,6 +66,32 @@ def _checked_unwrap_blocking(
     return _data_key_only(backend.decrypt_data_key_blocking(wrapped, context=kms_context), wrapped)
 
 
+def _check_arguments(
+    backend: object, key_id: object, decrypt_with: object, cache: object, retry: object
+) -> None:
+    """Refuse, when the keyring is made, the arguments that would otherwise fail on first use
+    with an AttributeError from inside (``cache=True``, ``retry=3``, one backend given as
+    `decrypt_with`)."""
+    if isinstance(backend, str):
+        raise ConfigurationError(
+            f"backend must be a KMS backend object, not the string {backend[:100]!r}: for a "
+            "key URI use envelope.open_backend(uri), which gives the backend and key id"
+        )
+    if key_id is not None and not isinstance(key_id, str):
+        raise ConfigurationError(f"key_id must be a string, not {type(key_id).__name__}")
+    if cache is not None and not isinstance(cache, CachePolicy | DataKeyCache):
+        raise ConfigurationError(
+            f"cache must be a CachePolicy, a DataKeyCache or None, not {type(cache).__name__}"
+        )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+    if isinstance(decrypt_with, str | bytes) or not isinstance(decrypt_with, Sequence):
+        raise ConfigurationError(
+            "decrypt_with is a sequence of backends (a list or tuple), not "
+            f"{type(decrypt_with).__name__}"
+        )
+
+
 class Keyring:
     """Seal under (`backend`, `key_id`); open with `backend` and any of `decrypt_with`.
 
@@ -87,6 +113,7 @@ class Keyring:
     ) -> None:
         if key_id is not None and backend is None:
             raise ConfigurationError("a key id needs the backend that holds it")
+        _check_arguments(backend, key_id, decrypt_with, cache, retry)
         self.backend = backend
         self.key_id = key_id
         self.backends: tuple[KmsBackend, ...] = tuple(

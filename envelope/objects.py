@@ -117,6 +117,26 @@ def byte_view(data: object, what: str = "data") -> memoryview:
     return view.cast("B")
 
 
+def check_keyring(keyring: object) -> None:
+    """`keyring` is a Keyring (ConfigurationError otherwise: a backend, None or a key URI
+    passed in its place failed deep inside with an AttributeError)."""
+    if not isinstance(keyring, Keyring):
+        raise ConfigurationError(
+            f"keyring must be an envelope.Keyring, not {type(keyring).__name__} (a backend "
+            "goes inside one: Keyring(backend, key_id); a key URI: envelope.open_backend)"
+        )
+
+
+def required_output(out: object) -> None:
+    """`out` of an ``*_into`` call is given: None is this module's "allocate a new buffer",
+    so an ``*_into(data, None)`` would seal or open, report a length and drop the result."""
+    if out is None:
+        raise ConfigurationError(
+            "out must be a writable buffer (bytearray, memoryview, mmap), not None: "
+            "encrypt_bytes and decrypt_bytes return a new one"
+        )
+
+
 def output_view(out: object) -> memoryview:
     """A caller's output buffer as a flat, writable view of bytes (ConfigurationError for a
     read-only buffer such as `bytes`, a non-contiguous view, or anything not a buffer)."""
@@ -321,6 +341,11 @@ def checked_contexts(
     kms_context: Mapping[str, str] | None, object_context: Mapping[str, str] | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Copies of both contexts, refused (ConfigurationError) before any KMS call if bad."""
+    for name, ctx in (("kms_context", kms_context), ("object_context", object_context)):
+        if ctx is not None and not isinstance(ctx, Mapping):
+            raise ConfigurationError(
+                f"{name} must be a mapping of strings to strings, not {type(ctx).__name__}"
+            )
     kms, obj = dict(kms_context or {}), dict(object_context or {})
     if not kms and not obj:
         return kms, obj  # nothing to check
@@ -365,6 +390,7 @@ def new_object(
     expected_bytes: int | None = None,
 ) -> PreparedObject:
     """A new object's header and keys, on the calling thread (a cache hit needs no loop)."""
+    check_keyring(keyring)
     kms, obj = checked_contexts(kms_context, object_context)
     data_key = keyring.encryption_key_blocking(kms, expected_bytes=expected_bytes)
     return prepare_with_key(data_key, kms, obj, seg_log2)

@@ -26,7 +26,16 @@ from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .blocking_streams import binary
 from .errors import ClosedError, ConfigurationError, HeaderFormatError
 from .keyring import Keyring
-from .objects import TAG_LEN, Header, ObjectKeys, layout, open_object_keys, open_range, read_header
+from .objects import (
+    TAG_LEN,
+    Header,
+    ObjectKeys,
+    check_keyring,
+    layout,
+    open_object_keys,
+    open_range,
+    read_header,
+)
 from .options import whole_number
 
 __all__ = (
@@ -385,6 +394,7 @@ def open_decrypted(
         header = _read_header(rf, options.max_wrapped_keys)
         options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = rf.size()
+        check_keyring(keyring)
         keys = open_object_keys(
             header,
             keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),

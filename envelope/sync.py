@@ -32,6 +32,7 @@ from .objects import (
     Tracked,
     buffer_sequence,
     byte_view,
+    check_keyring,
     checked_contexts,
     new_object,
     open_into,
@@ -39,6 +40,7 @@ from .objects import (
     parse_object_header,
     pick_path,
     read_header,
+    required_output,
     run_ranges,
     seal_into,
 )
@@ -442,6 +444,7 @@ def decrypt(
                     route[1].read_into, max_wrapped_keys=options.max_wrapped_keys
                 )
             options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
+            check_keyring(keyring)
             keys = open_object_keys(
                 header,
                 keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
@@ -510,6 +513,7 @@ def _seal(
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     src = byte_view(data)
+    _check_options(options)
     with Tracked(observer, "encrypt") as track:
         prepared = new_object(
             keyring,
@@ -542,8 +546,10 @@ def _open(
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     view = byte_view(data)
+    _check_options(options)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+        check_keyring(keyring)
         keys = open_object_keys(
             header,
             keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
@@ -597,6 +603,7 @@ def encrypt_into(
     observer: Observer = NULL_OBSERVER,
 ) -> int:
     """Encrypt into the caller's buffer; returns the bytes written (see `api.encrypt_into`)."""
+    required_output(out)
     return _seal(data, out, keyring, kms_context, object_context, options, observer)[1]
 
 
@@ -627,6 +634,7 @@ def decrypt_into(
 ) -> int:
     """Decrypt into the caller's buffer; returns the plaintext length. On failure the
     plaintext part of `out` is zeroed."""
+    required_output(out)
     return _open(data, out, keyring, expected_context, expected_kms_context, options, observer)[1]
 
 
@@ -640,6 +648,28 @@ def decrypt_into(
 #: objects use processes (a Dask or multiprocessing pool, each building its keyring from a
 #: `KeySpec`).
 THREADED_BATCH_MIN_BYTES = 1 << 20
+
+
+def _check_options(options: object) -> None:
+    if not isinstance(options, Options):
+        raise ConfigurationError(
+            f"options must be an envelope.Options, not {type(options).__name__} "
+            "(Options(segment_size=...), not a dict)"
+        )
+
+
+def _per_item(contexts: object, items: Sequence[object], name: str) -> None:
+    """`contexts` is one context per item (or None): one mapping given for all of them was
+    indexed by position and failed with a KeyError that no `return_exceptions` caught."""
+    if contexts is None:
+        return
+    if isinstance(contexts, Mapping) or not isinstance(contexts, Sequence):
+        raise ConfigurationError(
+            f"{name} is one context per item (a list), not {type(contexts).__name__}: for the "
+            f"same context on every item pass [context] * len(items)"
+        )
+    if len(contexts) != len(items):
+        raise ConfigurationError(f"{name} must have one entry per item")
 
 
 def _chunked(
@@ -736,8 +766,7 @@ def encrypt_many(
     a failed object's slot holds its `EnvelopeError` instead of raising.
     """
     buffer_sequence(items)
-    if object_contexts is not None and len(object_contexts) != len(items):
-        raise ConfigurationError("object_contexts must have one entry per item")
+    _per_item(object_contexts, items, "object_contexts")
 
     def work(i: int) -> bytearray:
         ctx = object_contexts[i] if object_contexts is not None else None
@@ -798,8 +827,7 @@ def decrypt_many(
     with it, a failed object's slot holds its `EnvelopeError`.
     """
     buffer_sequence(items)
-    if expected_contexts is not None and len(expected_contexts) != len(items):
-        raise ConfigurationError("expected_contexts must have one entry per item")
+    _per_item(expected_contexts, items, "expected_contexts")
 
     def work(i: int) -> bytearray:
         ctx = expected_contexts[i] if expected_contexts is not None else None

@@ -53,7 +53,52 @@ def cases(kr: Keyring, ct: bytes, pipe: io.BufferedReader) -> dict[str, Callable
         "decrypt_many(None)": lambda: sync.decrypt_many(None, keyring=kr),  # type: ignore
         "decrypt_many(one object)": lambda: sync.decrypt_many(ct, keyring=kr),  # type: ignore
         "encrypt_many(None)": lambda: sync.encrypt_many(None, keyring=kr),  # type: ignore
+        # a library user's review (these were AttributeError, KeyError or ValueError, several
+        # only at first use, and an *_into with out=None reported a length and dropped it)
+        "encrypt_into(out=None)": lambda: sync.encrypt_into(b"rows", None, keyring=kr),  # type: ignore
+        "decrypt_into(out=None)": lambda: sync.decrypt_into(ct, None, keyring=kr),  # type: ignore
+        "async encrypt_into(out=None)": lambda: _run(
+            envelope.encrypt_into(b"rows", None, keyring=kr)  # type: ignore[arg-type]
+        ),
+        "async decrypt_into(out=None)": lambda: _run(
+            envelope.decrypt_into(ct, None, keyring=kr)  # type: ignore[arg-type]
+        ),
+        "Keyring(cache=True)": lambda: Keyring(MemoryKms(), "k", cache=True),  # type: ignore
+        "Keyring(retry=3)": lambda: Keyring(MemoryKms(), "k", retry=3),  # type: ignore
+        "Keyring(decrypt_with=one backend)": lambda: Keyring(decrypt_with=MemoryKms()),  # type: ignore
+        "Keyring(a key URI)": lambda: Keyring("local:alias/x", "k"),  # type: ignore
+        "keyring=None": lambda: sync.encrypt_bytes(b"rows", keyring=None),  # type: ignore
+        "keyring=a backend": lambda: sync.decrypt_bytes(ct, keyring=MemoryKms()),  # type: ignore
+        "kms_context a string": lambda: sync.encrypt_bytes(
+            b"rows", keyring=kr, kms_context="tenant"  # type: ignore[arg-type]
+        ),
+        "object_contexts one mapping": lambda: sync.encrypt_many(
+            [b"a"], keyring=kr, object_contexts={"path": "a"}, return_exceptions=True  # type: ignore
+        ),
+        "expected_contexts one mapping": lambda: sync.decrypt_many(
+            [ct], keyring=kr, expected_contexts={"path": "a"}, return_exceptions=True  # type: ignore
+        ),
+        "a closed source": lambda: sync.encrypt(_closed(), io.BytesIO(), keyring=kr),
+        "random access to a closed file": lambda: envelope.open_decrypted(_closed(), keyring=kr),
+        "options a dict": lambda: sync.encrypt_bytes(
+            b"rows", keyring=kr, options={"segment_size": 4096}  # type: ignore[arg-type]
+        ),
     }
+
+
+def _run(coro: Any) -> Any:
+    import anyio
+
+    async def main() -> Any:
+        return await coro
+
+    return anyio.run(main)
+
+
+def _closed() -> io.BytesIO:
+    f = io.BytesIO(b"rows")
+    f.close()
+    return f
 
 
 CASES = list(cases(None, b"", None))  # type: ignore[arg-type]
