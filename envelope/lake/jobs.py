@@ -29,11 +29,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -403,9 +404,33 @@ async def _started(
     options: LakeOptions,
     entries: Sequence[Entry] | None,
 ) -> AsyncIterator[JobStart]:
-    """`begin_job` on a worker thread, released on the way out however the job ends."""
-    with anyio.CancelScope(shield=True):  # a lock taken is never lost to a cancellation
-        start = await anyio.to_thread.run_sync(begin_job, operation, src, dst, options, entries)
+    """`begin_job` on a worker thread, released on the way out however the job ends.
+
+    A signal can end the wait for the thread (asyncio's runner cancels the task natively,
+    which a shielded scope does not hold off) while the thread goes on and takes the lock:
+    whichever of the two comes second releases it, so a lock taken is never left behind."""
+    handoff = threading.Lock()
+    state: dict[str, Any] = {"start": None, "gone": False}
+
+    def begin() -> JobStart:
+        started = begin_job(operation, src, dst, options, entries)
+        with handoff:
+            orphaned = state["gone"]
+            state["start"] = started
+        if orphaned:
+            started.release()
+        return started
+
+    try:
+        with anyio.CancelScope(shield=True):  # a lock taken is never lost to a cancellation
+            start = await anyio.to_thread.run_sync(begin)
+    except BaseException:
+        with handoff:
+            state["gone"] = True
+            taken = state["start"]
+        if taken is not None:
+            taken.release()
+        raise
     try:
         await anyio.lowlevel.checkpoint()
         yield start

@@ -441,3 +441,47 @@ def test_our_own_pid_on_an_object_store_is_neither_alive_nor_dead() -> None:
         lk._verdict("s3://lake/x", holder, 900.0, False, None)
     assert lk._verdict("s3://lake/x", holder, 900.0, True, None) is True
     assert lk._verdict("/local/x", holder, 900.0, False, True) is True  # a free flock proves it
+
+
+def test_a_job_cancelled_while_it_starts_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM makes asyncio's runner cancel the task natively, which the shielded scope
+    around the start does not hold off: the wait for the starting thread ended while the
+    thread went on and took the lock, and nobody released it (a CI run left one behind)."""
+    import asyncio
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(b"a")
+    dst = tmp_path / "dst"
+    real = jobs.begin_job
+    taken = threading.Event()
+
+    def slow_begin(*args: object, **kwargs: object) -> jobs.JobStart:
+        time.sleep(0.3)  # the cancel lands meanwhile
+        started = real(*args, **kwargs)  # type: ignore[arg-type]
+        taken.set()
+        return started
+
+    monkeypatch.setattr(jobs, "begin_job", slow_begin)
+
+    async def start_and_hold() -> None:
+        async with jobs._started(
+            "encrypt", resolve(str(src)), resolve(str(dst)), jobs.LakeOptions(), None
+        ):
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(start_and_hold())
+        await asyncio.sleep(0.05)
+        task.cancel()  # what asyncio's runner does on SIGINT (our SIGTERM path)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert taken.wait(5)
+    deadline = time.monotonic() + 5
+    while (dst / ".envelope-lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not (dst / ".envelope-lock").exists()
