@@ -58,6 +58,7 @@ from .options import DEFAULT_OPTIONS as DEFAULT_OPTIONS
 from .options import MIN_MEMORY_BUDGET as MIN_MEMORY_BUDGET
 from .options import ObjectInfo as ObjectInfo
 from .options import Options as Options
+from .options import check_options
 from .options import object_info as object_info
 from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source
 
@@ -285,6 +286,7 @@ async def encrypt(
     `object_context` stays in the header, bound by its MAC and every segment. A path sink is
     written atomically: on any error the target is left as it was.
     """
+    check_options(options)
     kctx = dict(kms_context or {})
     octx = dict(object_context or {})
     seg_log2 = options.seg_log2
@@ -335,6 +337,7 @@ async def _seal_in_memory(
     """Seal a whole in-memory object into `out` (or a new exact-size buffer) on the object
     layer: inline when it is one batch (a thread hop costs more than the work), else on a
     worker thread that spreads the segments over the pool."""
+    check_options(options)
     src = byte_view(data)
     with Tracked(observer, "encrypt") as track:
         prepared = await _new_object(
@@ -449,6 +452,7 @@ async def decrypt(
     the target left as it was; a stream sink may have received the authenticated segments
     that preceded the failure and must be rolled back by the caller.
     """
+    check_options(options)
     with _Tracked(observer, "decrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
@@ -494,6 +498,7 @@ async def _open_in_memory(
     options: Options,
     observer: Observer,
 ) -> tuple[bytearray | memoryview, int]:
+    check_options(options)
     view = byte_view(data)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)

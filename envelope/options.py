@@ -194,3 +194,13 @@ def object_info(
         object_context=dict(object_context),
         wrapped_keys=wrapped_keys,
     )
+
+
+def check_options(options: object) -> None:
+    """`options` is an Options (ConfigurationError otherwise: a dict of its fields failed
+    deep inside with an AttributeError)."""
+    if not isinstance(options, Options):
+        raise ConfigurationError(
+            f"options must be an envelope.Options, not {type(options).__name__} "
+            "(Options(segment_size=...), not a dict)"
+        )

@@ -36,7 +36,7 @@ from .objects import (
     open_range,
     read_header,
 )
-from .options import whole_number
+from .options import check_options, whole_number
 
 __all__ = (
     "AsyncDecryptingReader",
@@ -364,6 +364,7 @@ async def aopen_decrypted(
     """Parse and authenticate the header (one KMS unwrap), then return a seekable reader."""
     rf = _as_range_file(source)
     try:
+        check_options(options)
         header = await anyio.to_thread.run_sync(_read_header, rf, options.max_wrapped_keys)
         options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = await anyio.to_thread.run_sync(rf.size)
@@ -391,6 +392,7 @@ def open_decrypted(
     cache makes it one header read and two HMACs)."""
     rf = _as_range_file(source)
     try:
+        check_options(options)
         header = _read_header(rf, options.max_wrapped_keys)
         options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = rf.size()

@@ -44,7 +44,7 @@ from .objects import (
     run_ranges,
     seal_into,
 )
-from .options import DEFAULT_OPTIONS, ObjectInfo, Options, object_info
+from .options import DEFAULT_OPTIONS, ObjectInfo, Options, check_options, object_info
 
 __all__ = (
     "decrypt",
@@ -316,6 +316,7 @@ def encrypt(
     (`envelope.blocking_streams`); only async sources and sinks use the async pipeline.
     `durable` fsyncs a path output before it is renamed into place (the CLI's `--fsync`).
     """
+    check_options(options)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(
@@ -418,6 +419,7 @@ def decrypt(
     A path output is renamed into place only once every segment authenticated; a stream, pipe
     or device output gets each batch only after its tags verified (see `api.decrypt`).
     """
+    check_options(options)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(
@@ -513,7 +515,7 @@ def _seal(
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     src = byte_view(data)
-    _check_options(options)
+    check_options(options)
     with Tracked(observer, "encrypt") as track:
         prepared = new_object(
             keyring,
@@ -546,7 +548,7 @@ def _open(
     workers: int | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     view = byte_view(data)
-    _check_options(options)
+    check_options(options)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
         check_keyring(keyring)
@@ -648,14 +650,6 @@ def decrypt_into(
 #: objects use processes (a Dask or multiprocessing pool, each building its keyring from a
 #: `KeySpec`).
 THREADED_BATCH_MIN_BYTES = 1 << 20
-
-
-def _check_options(options: object) -> None:
-    if not isinstance(options, Options):
-        raise ConfigurationError(
-            f"options must be an envelope.Options, not {type(options).__name__} "
-            "(Options(segment_size=...), not a dict)"
-        )
 
 
 def _per_item(contexts: object, items: Sequence[object], name: str) -> None:

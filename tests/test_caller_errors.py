@@ -83,6 +83,15 @@ def cases(kr: Keyring, ct: bytes, pipe: io.BufferedReader) -> dict[str, Callable
         "options a dict": lambda: sync.encrypt_bytes(
             b"rows", keyring=kr, options={"segment_size": 4096}  # type: ignore[arg-type]
         ),
+        "options a dict, async": lambda: _run(
+            envelope.decrypt_bytes(ct, keyring=kr, options={"segment_size": 4096})  # type: ignore[arg-type]
+        ),
+        "options a dict, streams": lambda: sync.encrypt(
+            io.BytesIO(b"rows"), io.BytesIO(), keyring=kr, options={}  # type: ignore[arg-type]
+        ),
+        "options a dict, random access": lambda: envelope.open_decrypted(
+            io.BytesIO(ct), keyring=kr, options={}  # type: ignore[arg-type]
+        ),
     }
 
 
