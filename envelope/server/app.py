@@ -44,6 +44,7 @@ import anyio.to_thread
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .._ratelimit import TokenBucket
 from .._serving import BodyTooLarge, ClientGone, RequestMetrics, decode_headers, read_body
 from ..service import KeyService, KmsServiceError, RequestContext
 from ..service.errors import StoreError
@@ -159,9 +160,10 @@ class ServerMetrics(RequestMetrics):
 class _RefusalBudget:
     """May this refusal be audited? Within a per-address budget (one noisy client does not use
     up the rest) and a budget for all addresses together (a client rotating addresses, as any
-    local one can on 127.0.0.0/8, still cannot grow the log faster than that). Refusals not
-    audited are counted, whatever their address, and the next audited one carries the count
-    (`admit`'s answer), so no count is lost when an address is forgotten."""
+    local one can on 127.0.0.0/8, still cannot grow the log faster than that): two kinds of
+    `TokenBucket`. Refusals not audited are counted, whatever their address, and the next
+    audited one carries the count (`admit`'s answer), so no count is lost when an address is
+    forgotten."""
 
     def __init__(
         self,
@@ -172,39 +174,24 @@ class _RefusalBudget:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.rate, self.burst, self.clock = rate, burst, clock
-        self._sources: dict[str, list[float]] = {}  # address -> [tokens, stamp]
-        self._total = [total_burst, clock()]
-        self._total_rate, self._total_burst = total_rate, total_burst
+        self._sources: dict[str, TokenBucket] = {}
+        self._total = TokenBucket(total_rate, total_burst, clock=clock)
         self._suppressed = 0
 
     def admit(self, source: str) -> int | None:
         """None: over a budget (counted); else how many were not audited since the last
         refusal that was, from any address."""
-        now = self.clock()
-        entry = self._sources.pop(source, None)  # re-inserted last: the most recent
-        if entry is None:
+        bucket = self._sources.pop(source, None)  # re-inserted last: the most recent
+        if bucket is None:
             if len(self._sources) >= _REFUSAL_SOURCES:
                 del self._sources[next(iter(self._sources))]
-            entry = [self.burst, now]
-        self._sources[source] = entry
-        if not (
-            _take(entry, now, self.rate, self.burst)
-            and _take(self._total, now, self._total_rate, self._total_burst)
-        ):
+            bucket = TokenBucket(self.rate, self.burst, clock=self.clock)
+        self._sources[source] = bucket
+        if bucket.take() or self._total.take():
             self._suppressed += 1
             return None
         suppressed, self._suppressed = self._suppressed, 0
         return suppressed
-
-
-def _take(bucket: list[float], now: float, rate: float, burst: float) -> bool:
-    """Take one token from [tokens, stamp] refilled at `rate` up to `burst`."""
-    bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
-    bucket[1] = now
-    if bucket[0] < 1.0:
-        return False
-    bucket[0] -= 1.0
-    return True
 
 
 class _Outcome:
