@@ -106,6 +106,20 @@ class RequestMetrics:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
 
 
+#: Seconds within which a request's headers must arrive whole: each worker sets its server's
+#: setting (`set_header_timeout`) before it serves; the HTTP protocol reads it per connection.
+header_timeout_seconds = 10.0
+#: The most bytes a request's start line and headers may take (a SigV4 request with a session
+#: token needs a few KiB).
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def set_header_timeout(seconds: float) -> None:
+    """This worker's header deadline (`envelope.server.protocol`), from its settings."""
+    global header_timeout_seconds
+    header_timeout_seconds = float(seconds)
+
+
 class ClientGone(Exception):
     """The client closed the connection before its request's body was whole."""
 

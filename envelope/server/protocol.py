@@ -16,9 +16,9 @@ request here), h11 otherwise.
 uvicorn bounds neither how long a request's headers may take nor how large they may be, so one
 unauthenticated client could hold sockets open by trickling bytes (slowloris) or grow a worker
 by hundreds of MiB with one header. Here a request's headers must arrive within
-`HEADER_TIMEOUT_SECONDS` of the connection opening or of the previous response (else 408 and
-the connection is closed) and hold at most `MAX_HEADER_BYTES` (else 431, closed). The body's
-own deadline is the application's (`envelope.server.app`).
+`envelope._serving.header_timeout_seconds` of the connection opening or of the previous
+response (else 408 and the connection is closed) and hold at most `MAX_HEADER_BYTES` there
+(else 431, closed). The body's deadline is `envelope._serving.read_body`'s.
 """
 
 from __future__ import annotations
@@ -26,18 +26,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from .. import _serving
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
 except ImportError:  # httptools is optional: uvicorn's pure-Python h11 parser then
     from uvicorn.protocols.http.h11_impl import H11Protocol as _Base  # type: ignore[assignment]
 
-__all__ = ("HEADER_TIMEOUT_SECONDS", "MAX_HEADER_BYTES", "CorkedHTTPProtocol", "CorkedTransport")
-
-#: Seconds within which a request's headers must arrive whole.
-HEADER_TIMEOUT_SECONDS = 10.0
-#: The most bytes a request's start line and headers may take (a SigV4 request with a session
-#: token needs a few KiB).
-MAX_HEADER_BYTES = 64 * 1024
+__all__ = ("CorkedHTTPProtocol", "CorkedTransport")
 
 _TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 _TOO_LARGE = (
@@ -107,7 +103,7 @@ class CorkedHTTPProtocol(_Base):
             return
         if self._awaiting_headers():  # all of it belongs to headers not yet complete
             self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES:
+            if self._header_bytes > _serving.MAX_HEADER_BYTES:
                 self._refuse(_TOO_LARGE)
         else:
             self._header_bytes = 0
@@ -132,7 +128,9 @@ class CorkedHTTPProtocol(_Base):
     def _await_headers(self) -> None:
         self._stop_header_timer()
         self._header_bytes = 0
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_late)
+        self._header_timer = self.loop.call_later(
+            _serving.header_timeout_seconds, self._headers_late
+        )
 
     def _stop_header_timer(self) -> None:
         if self._header_timer is not None:

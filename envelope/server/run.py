@@ -19,12 +19,11 @@ import os
 import sys
 
 from .._ratelimit import RateQuota
-from .._serving import base_options, serve_with
+from .._serving import base_options, serve_with, set_header_timeout
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
 from ..service.errors import StoreError
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
-from . import protocol
 from .app import Authenticate, KmsApp
 from .config import ENV_SETTINGS, ServerSettings
 
@@ -98,7 +97,7 @@ def create_app() -> KmsApp:
     service = open_store(settings, share=settings.workers)
     try:
         authenticate = authenticator_for(service)
-        protocol.HEADER_TIMEOUT_SECONDS = settings.header_timeout_seconds  # (this worker's)
+        set_header_timeout(settings.header_timeout_seconds)
         return KmsApp(
             service,
             authenticate,

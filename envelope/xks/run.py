@@ -23,8 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .._serving import base_options, serve_with
-from ..server import protocol
+from .._serving import base_options, serve_with, set_header_timeout
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
 from .protocol import ENV_CLIENT_SUBJECT
@@ -72,7 +71,7 @@ def create_app() -> XksProxyApp:
     text = os.environ.get(ENV_CONFIG)
     settings = XksSettings.from_env(text) if text else load_settings(None)
     _configure_logging(settings.log_level)
-    protocol.HEADER_TIMEOUT_SECONDS = settings.header_timeout_seconds  # (this worker's)
+    set_header_timeout(settings.header_timeout_seconds)
     token = open_token(settings)
     return XksProxyApp(settings, token, share=settings.workers, close=token.close)
 
