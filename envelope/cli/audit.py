@@ -209,7 +209,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="the audit key fingerprint every digest must carry (default: trust the first "
         "digest's key and print it)",
     )
-    p.set_defaults(handler=_administrator(_verify_command))
+    # read-only: a verifier neither upgrades the store (which would re-authenticate its rows
+    # as they are) nor publishes its pending digests
+    p.set_defaults(handler=_administrator(_verify_command), read_only=True)
     p = sub.add_parser("tail", help="show the last records")
     add_store_arguments(p)
     p.add_argument("-n", type=positive_int, default=20, help="how many records (20)")

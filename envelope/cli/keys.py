@@ -94,6 +94,7 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
         digests=getattr(args, "digests", None),
         strict=True if getattr(args, "strict", False) else None,
         principal=getattr(args, "principal", None),
+        read_only=getattr(args, "read_only", False),
     )
     try:
         yield svc

@@ -81,13 +81,15 @@ def open_service(
     digests: str | os.PathLike[str] | None = None,
     strict: bool | None = None,
     principal: str | None = None,
+    read_only: bool = False,
 ) -> KeyService:
     """Open (creating on first use) the store under `home` and return its `KeyService`.
 
     The service owns the store: `close()` seals the audit log and closes the file. `strict`
     (default ``$ENVELOPE_STRICT``) refuses a root-key file readable by group or others instead
     of warning (`InsecureRootKeyWarning`). `principal` is who calls when a call names no
-    principal (default ``$ENVELOPE_PRINCIPAL``, else the account root).
+    principal (default ``$ENVELOPE_PRINCIPAL``, else the account root). `read_only` opens an
+    existing store for checking (`Store.open`): no schema upgrade, no digests published.
     """
     h = default_home(home)
     try:
@@ -112,6 +114,7 @@ def open_service(
         provider,
         synchronous=synchronous,
         digests=digests_location(h, digests),
+        read_only=read_only,
     )
     try:
         return KeyService(

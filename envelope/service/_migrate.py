@@ -33,7 +33,7 @@ import time
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import _rows, audit
-from .errors import StoreError, TamperedStoreError
+from .errors import RootKeyError, StoreError, TamperedStoreError
 from .rootkey import RootKey
 
 __all__ = (
@@ -41,8 +41,11 @@ __all__ = (
     "SCHEMA_VERSION",
     "SEALS_INDEX",
     "UPGRADE_OPERATION",
+    "VERIFIER",
+    "open_verifier",
     "read_meta",
     "upgrade",
+    "verifier_aad",
 )
 
 SCHEMA_VERSION = 5
@@ -91,6 +94,48 @@ CREATE TABLE IF NOT EXISTS token_deletions(
 """
 UPGRADE_OPERATION = "UpgradeStore"
 
+#: What the root-key verifier seals: opening it proves the root key is the store's.
+VERIFIER = b"envelope/kms/root-key-verifier/v1"
+#: The verifier's AAD before schema floors: a store written by an earlier version.
+_LEGACY_VERIFIER_AAD = b"verifier"
+
+
+def verifier_aad(schema: int) -> bytes:
+    """The verifier's AAD names the lowest schema the store may claim (its "floor": the schema
+    it was made or last upgraded to). Everything else that marks a schema (the row-MAC key, the
+    seal counter, the columns) is data an editor of the file can strip; the floor is sealed
+    under the root key, so a store edited to look older than it is cannot be re-authenticated
+    by an upgrade (`upgrade` re-MACs rows as it finds them)."""
+    return b"verifier/schema/%d" % schema
+
+
+def open_verifier(rk: RootKey, sealed: bytes) -> int:
+    """The schema floor the store's verifier was sealed with (1 for one sealed before floors),
+    or RootKeyError when the root key does not open it (a wrong key)."""
+    for schema in range(SCHEMA_VERSION, 1, -1):
+        try:
+            value = rk.unseal(sealed, verifier_aad(schema))
+        except RootKeyError:
+            continue
+        if value != VERIFIER:
+            raise RootKeyError("the root key does not open this store")
+        return schema
+    if rk.unseal(sealed, _LEGACY_VERIFIER_AAD) != VERIFIER:
+        raise RootKeyError("the root key does not open this store")
+    return 1
+
+
+def check_floor(version: int, floor: int) -> None:
+    """A store whose schema_version is below the floor its verifier was sealed with was edited
+    to look older (its newer parts stripped), so that an upgrade would re-authenticate rows."""
+    if version < floor:
+        raise TamperedStoreError(
+            f"the store says schema {version}, but its verifier, sealed under the root key, was "
+            f"written at schema {floor}: its schema_version was rolled back and its newer parts "
+            "stripped, so that an upgrade would re-authenticate edited rows. Nothing was "
+            "changed; restore the store from a backup"
+        )
+
 
 def read_meta(conn: sqlite3.Connection) -> dict[str, bytes]:
     try:
@@ -137,12 +182,16 @@ def schema_of(meta: dict[str, bytes]) -> int:
 
 
 def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
-    """Bring the store to `SCHEMA_VERSION` in one transaction (nothing to do if it is)."""
-    if schema_of(read_meta(conn)) == SCHEMA_VERSION:
+    """Bring the store to `SCHEMA_VERSION` and its verifier's floor with it, in one
+    transaction (nothing to do if both are there). The caller has checked the floor."""
+    meta = read_meta(conn)
+    if schema_of(meta) == SCHEMA_VERSION and open_verifier(rk, meta["verifier"]) == SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = schema_of(read_meta(conn))  # another process may have upgraded it
+        meta = read_meta(conn)  # another process may have upgraded it
+        version = schema_of(meta)
+        check_floor(version, open_verifier(rk, meta["verifier"]))
         if version == 1:
             _to_2(conn, rk, signer)
         if version <= 2:
@@ -151,6 +200,10 @@ def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) ->
             _to_4(conn, rk, signer)
         if version <= 4:
             _to_5(conn, rk, signer)
+        conn.execute(
+            "UPDATE meta SET value=? WHERE name='verifier'",
+            (rk.seal(VERIFIER, verifier_aad(SCHEMA_VERSION)),),
+        )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

@@ -37,13 +37,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _rows, audit
-from ._migrate import ACCESS_SCHEMA, KEYSTORE_SCHEMA, SCHEMA_VERSION, read_meta, upgrade
+from ._migrate import (
+    ACCESS_SCHEMA,
+    KEYSTORE_SCHEMA,
+    SCHEMA_VERSION,
+    VERIFIER,
+    check_floor,
+    open_verifier,
+    read_meta,
+    schema_of,
+    upgrade,
+    verifier_aad,
+)
 from .digests import DigestLocation, default_location, name_of
 from .errors import KMSInternalException, RootKeyError, StoreError, TamperedStoreError
 from .rootkey import PassphraseRootKey, RootKey, RootKeyProvider
 
 __all__ = ("SCHEMA_VERSION", "Store")
-_VERIFIER = b"envelope/kms/root-key-verifier/v1"
 
 _SCHEMA = (
     """
@@ -156,8 +166,12 @@ class Store:
         synchronous: Synchronous = "NORMAL",
         busy_timeout_ms: int = 30_000,
         digests: str | os.PathLike[str] | DigestLocation | None = None,
+        read_only: bool = False,
     ) -> Store:
         """Open the store at `path` with root key `root`, creating it if nothing is there.
+
+        `read_only` (``envelope audit verify``) neither upgrades the store's schema nor
+        publishes pending digests at open: a store that needs an upgrade is refused.
 
         An existing file that is not a store (empty, corrupt, uninitialised) raises
         `StoreError` and is left as it is; so do the remains of a store (``-wal`` files, a
@@ -205,9 +219,9 @@ class Store:
                         f"{e.message}; this store was made with the {made_with}"
                     ) from None
                 raise
+            version = schema_of(meta)  # a store of a newer envelope says so, not "wrong key"
             try:
-                if rk.unseal(meta["verifier"], b"verifier") != _VERIFIER:
-                    raise RootKeyError("the root key does not open this store")
+                floor = open_verifier(rk, meta["verifier"])
             except RootKeyError as e:  # a wrong key: say which one the store was made with
                 if made_with and made_with != root.description:
                     raise RootKeyError(
@@ -229,7 +243,16 @@ class Store:
                     "half is sealed under the root key. Nothing was changed; restore the store "
                     "from a backup"
                 )
-            upgrade(conn, rk, signer)
+            check_floor(version, floor)
+            if read_only:
+                if version != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{p} has schema {version}; this version of envelope reads it only "
+                        f"after upgrading it to schema {SCHEMA_VERSION}, which writes to it. "
+                        "To check it unchanged, use the version of envelope that wrote it"
+                    )
+            else:
+                upgrade(conn, rk, signer)
             meta = read_meta(conn)
             row_key = _sealed_row(
                 rk, meta, "key_row_mac_key", _rows.KEY_ROW_MAC_AAD, "key-row MAC key"
@@ -250,7 +273,8 @@ class Store:
             conn.close()
             raise
         store = cls(conn, p, rk, signer, row_key, store_id, location)
-        store.publish_digests(strict=False)  # any left by a process killed before publishing
+        if not read_only:
+            store.publish_digests(strict=False)  # any left by a process killed before publishing
         return store
 
     @property
@@ -551,7 +575,7 @@ def _initialise(conn: sqlite3.Connection, provider: RootKeyProvider) -> dict[str
             "schema_version": str(SCHEMA_VERSION).encode(),
             "salt": salt,
             "root_provider": provider.description.encode(),
-            "verifier": rk.seal(_VERIFIER, b"verifier"),
+            "verifier": rk.seal(VERIFIER, verifier_aad(SCHEMA_VERSION)),
             "audit_sk": rk.seal(raw, b"audit-signing-key"),
             "audit_pk": sk.public_key().public_bytes(
                 serialization.Encoding.Raw, serialization.PublicFormat.Raw

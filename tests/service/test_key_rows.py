@@ -16,7 +16,9 @@ import pytest
 from envelope.errors import KmsKeyError
 from envelope.kms.local import LocalKms
 from envelope.service import KeyService, open_service
+from envelope.service._migrate import VERIFIER
 from envelope.service.errors import DisabledException, RootKeyError, TamperedStoreError
+from envelope.service.store import Store
 
 from .conftest import FakeClock, new_key, open_store
 from .test_cli import run
@@ -204,14 +206,9 @@ def test_a_rolled_back_schema_version_is_refused(home: Path, clock: FakeClock) -
         open_store(home)
 
 
-def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
-    home: Path, clock: FakeClock
-) -> None:
-    """Strip the MACs and the row key to pass as schema 1 after editing a row: the rows are
-    re-authenticated (nothing older can vouch for them), but the audit log now holds two
-    upgrades, which the store check reports."""
-    expect = copy_schema1("file", home)
-    open_store(home).close()  # the real upgrade
+def strip_to_schema1(home: Path) -> None:
+    """What an editor of the file does to pass a store off as schema 1 (before row MACs):
+    drop every part later schemas added and set schema_version back."""
     conn = db(home)
     conn.execute("ALTER TABLE keys DROP COLUMN mac")
     conn.execute("DROP INDEX seals_counter")
@@ -220,6 +217,75 @@ def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
     conn.execute("DELETE FROM meta WHERE name IN ('key_row_mac_key', 'seal_counter', 'store_id')")
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"1",))
     conn.close()
+
+
+def schema_version(home: Path) -> int:
+    conn = db(home)
+    (value,) = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+    conn.close()
+    return int(value)
+
+
+def as_sealed_before_floors(store: Store) -> None:
+    """Seal the store's verifier as versions before schema floors did, and close it."""
+    with store.write() as conn:
+        conn.execute(
+            "UPDATE meta SET value=? WHERE name='verifier'",
+            (store.root.seal(VERIFIER, b"verifier"),),
+        )
+    store.close()
+
+
+@pytest.mark.parametrize("made", ["new", "upgraded"])
+def test_a_store_stripped_to_look_like_schema1_is_refused_not_reauthenticated(
+    home: Path, clock: FakeClock, made: str
+) -> None:
+    """Found by an adversarial review: strip the row MACs, the seal counter and the store id,
+    set schema_version to 1, and the next open "upgraded" the store, MACing edited rows as it
+    found them (a Disabled key enabled, a key policy opened to everyone), while `envelope audit
+    verify` stayed green. The verifier is now sealed with the schema the store was made or last
+    upgraded at, so the stripped store is refused and nothing is written to it."""
+    if made == "new":
+        svc = KeyService(open_store(home), clock=clock, owns_store=True)
+        kid = new_key(svc)
+        svc.disable_key(key_id=kid)
+        svc.close()
+    else:
+        kid = copy_schema1("file", home)["disabled"]
+        open_store(home).close()  # the real upgrade
+    strip_to_schema1(home)
+    edit_meta(home, kid, KeyState="Enabled")
+    with pytest.raises(TamperedStoreError, match="rolled back and its newer parts stripped"):
+        open_store(home)
+    assert schema_version(home) == 1  # nothing upgraded, nothing re-authenticated
+    assert run(["audit", "verify", "--home", str(home)]) == 1
+
+
+def test_a_store_sealed_before_floors_gets_its_floor_at_the_next_open(
+    home: Path, clock: FakeClock
+) -> None:
+    """A store written by an earlier version has a verifier without a floor: the first open
+    by this version seals it with the current schema, after which stripping is refused. (A
+    store stripped before that first open is upgraded, and the store check reports the second
+    upgrade: `test_a_faked_schema1_store_opened_before_its_floor_is_an_alarm`.)"""
+    store = open_store(home)
+    as_sealed_before_floors(store)
+    open_store(home).close()  # raises the floor
+    strip_to_schema1(home)
+    with pytest.raises(TamperedStoreError, match="rolled back"):
+        open_store(home)
+
+
+def test_a_faked_schema1_store_opened_before_its_floor_is_an_alarm(
+    home: Path, clock: FakeClock
+) -> None:
+    """The residue: a store upgraded by an earlier version (its verifier has no floor), then
+    stripped to pass as schema 1 before this version opens it, is upgraded again, rows as they
+    are; the audit log then holds two upgrades, which the store check reports."""
+    expect = copy_schema1("file", home)
+    store = open_store(home)  # the real upgrade; then its verifier put back as it was sealed
+    as_sealed_before_floors(store)
+    strip_to_schema1(home)
     edit_meta(home, expect["disabled"], KeyState="Enabled")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     problems = svc.check_store()
@@ -228,6 +294,18 @@ def test_a_faked_schema1_store_is_upgraded_but_the_second_upgrade_is_an_alarm(
     assert "upgraded to schema 4 2 times" in problems[2]
     assert "upgraded to schema 5 2 times" in problems[3]
     svc.close()
+
+
+def test_audit_verify_neither_upgrades_nor_publishes(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`envelope audit verify` is a check: it used to upgrade an old store (authenticating its
+    rows as they were) and publish pending digests."""
+    copy_schema1("file", home)
+    before = (home / "kms.sqlite3").read_bytes()
+    assert run(["audit", "verify", "--home", str(home)]) == 2
+    assert "has schema 1" in capsys.readouterr().err
+    assert schema_version(home) == 1 and (home / "kms.sqlite3").read_bytes() == before
 
 
 def test_a_wrong_root_key_still_cannot_open_a_schema1_store(home: Path) -> None:
