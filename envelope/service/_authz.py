@@ -149,10 +149,14 @@ def bump_generation(conn: sqlite3.Connection) -> None:
     )
 
 
-def _generation(conn: sqlite3.Connection) -> bytes:
-    row = conn.execute("SELECT value FROM meta WHERE name=?", (ACCESS_GEN,)).fetchone()
-    return b"" if row is None else bytes(row[0])
-
+#: An SQL expression (two parameters: the identity ARN twice) whose value changes whenever the
+#: principal's row or any of its identity-policy rows changes, appears or goes: their MACs,
+#: each bound to its row's table, key and text (`_rows`).
+IDENTITY_STAMP = (
+    "(SELECT ifnull(group_concat(hex(mac)), '') FROM (SELECT mac FROM principals WHERE arn=? "
+    "UNION ALL SELECT mac FROM (SELECT mac FROM identity_policies WHERE principal=? "
+    "ORDER BY name)))"
+)
 
 _CACHE_LIMIT = 4096
 
@@ -172,7 +176,7 @@ class AccessCache:
         self._row_key = row_key
         self._policies: dict[tuple[str, bool], Policy] = {}
         self._principals: dict[str, Principal] = {}
-        self._identities: dict[str, tuple[bytes, Identity]] = {}
+        self._identities: dict[str, tuple[str, Identity]] = {}
         self._second = -1
         self._iso = ""
         #: Allowed decisions by (caller, key, action), with what they were made from: see
@@ -253,17 +257,29 @@ class AccessCache:
         return hit
 
     def identity(
-        self, conn: sqlite3.Connection, caller: Principal, generation: bytes | None = None
+        self, conn: sqlite3.Connection, caller: Principal, stamp: str | None = None
     ) -> Identity:
         """The caller's stored tags and identity policies (none for the root or a service).
-        `generation`: the access generation if the caller already read it in this
-        transaction."""
-        gen = _generation(conn) if generation is None else generation
+
+        Reused while the rows it was read from are unchanged: its `stamp` is the MACs of the
+        caller's principal row and identity-policy rows (`IDENTITY_STAMP`), which any change
+        to them changes; `stamp` is given when the caller already read it in this transaction.
+        (Not the access generation, a number outside every MAC: an editor of the file who put
+        an old one back made a running process keep a deleted Deny policy in force.)"""
+        if caller.kind in ("root", "service"):  # nothing stored: one object per caller
+            hit = self._identities.get(caller.arn)
+            if hit is None:
+                hit = ("", self._load_identity(conn, caller))
+                _remember(self._identities, caller.arn, hit)
+            return hit[1]
+        if stamp is None:
+            arn = caller.identity_arn
+            stamp = str(conn.execute(f"SELECT {IDENTITY_STAMP}", (arn, arn)).fetchone()[0])
         hit = self._identities.get(caller.arn)
-        if hit is not None and hit[0] == gen:
+        if hit is not None and hit[0] == stamp:
             return hit[1]
         identity = self._load_identity(conn, caller)
-        _remember(self._identities, caller.arn, (gen, identity))
+        _remember(self._identities, caller.arn, (stamp, identity))
         return identity
 
     def _load_identity(self, conn: sqlite3.Connection, caller: Principal) -> Identity:

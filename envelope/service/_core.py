@@ -195,7 +195,6 @@ class _Call:
     """One call in flight: what the audit record will say about it."""
 
     __slots__ = (
-        "access_gen",
         "account",
         "alarm",
         "caller",
@@ -203,6 +202,7 @@ class _Call:
         "decision",
         "enc_context",
         "head",
+        "identity_stamp",
         "key_id",
         "keystore_calls",
         "matched",
@@ -235,8 +235,8 @@ class _Call:
         self.enc_context: dict[str, str] | None = None
         #: Extra condition-context values of this request (lower-case names).
         self.values: dict[str, Any] = {}
-        #: The store's access generation, read with the key row (see `_load`).
-        self.access_gen: bytes | None = None
+        #: The caller's identity stamp, read with the key row (see `_load`).
+        self.identity_stamp: str | None = None
         self.alarm = False
         self.new_material: dict[tuple[str, int], _Material] = {}
         self.head: audit.Head | None = None
@@ -622,7 +622,9 @@ class ServiceCore:
         self._owns_store = owns_store
         #: Per-operation-family request-rate quota (as AWS KMS enforces); None = unlimited.
         self.quota = quota
-        self._meta_cache: LRUCache[tuple[str, str], tuple[int, dict[str, Any]]] = LRUCache(
+        #: Parsed key rows by (Region, key id), with the row's text and MAC they were parsed
+        #: from: reused only while the row holds exactly those (see `_load`).
+        self._meta_cache: LRUCache[tuple[str, str], tuple[str, bytes, dict[str, Any]]] = LRUCache(
             maxsize=16384
         )
         self._materials: LRUCache[tuple[str, int], _Material] = LRUCache(maxsize=4096)
@@ -970,31 +972,35 @@ class ServiceCore:
     def _load(
         self, conn: sqlite3.Connection, region: str, key_id: str, call: _Call | None = None
     ) -> _Key | None:
-        """A key row, authenticated. With `call`, the same statement also reads the access
-        generation into it (the identity cache's validity: one query per call, not two)."""
-        if call is not None:
+        """A key row, authenticated. With `call`, the same statement also reads the caller's
+        identity stamp into it (the identity cache's validity, `_authz.IDENTITY_STAMP`: one
+        query per call, not two)."""
+        caller = None if call is None else call.caller
+        if caller is not None and caller.kind not in ("root", "service"):
+            arn = caller.identity_arn
             row = conn.execute(
-                "SELECT gen, meta, mac, (SELECT value FROM meta WHERE name='access_gen') "
-                "FROM keys WHERE region=? AND key_id=?",
-                (region, key_id),
+                f"SELECT meta, mac, {_authz.IDENTITY_STAMP} FROM keys WHERE region=? AND key_id=?",
+                (arn, arn, region, key_id),
             ).fetchone()
-            if row is not None:
-                call.access_gen = b"" if row[3] is None else bytes(row[3])
+            if row is not None and call is not None:
+                call.identity_stamp = str(row[2])
         else:
             row = conn.execute(
-                "SELECT gen, meta, mac FROM keys WHERE region=? AND key_id=?", (region, key_id)
+                "SELECT meta, mac FROM keys WHERE region=? AND key_id=?", (region, key_id)
             ).fetchone()
         if row is None:
             return None
-        gen = row[0]
+        text, mac = row[0], row[1]
         cached = self._meta_cache.get((region, key_id))
-        if cached is not None and cached[0] == gen:
-            # A shallow copy: writers replace nested values (x_tags) instead of mutating them
-            # (but x_mats, copied below).
-            # (The cached value was authenticated when it was read or written.)
-            meta = dict(cached[1])
+        if cached is not None and cached[0] == text and cached[1] == mac:
+            # The row is byte for byte the one authenticated and parsed before, so this is
+            # what checking it again would give. (Not the row's `gen` counter, which is outside
+            # the MAC: an editor of the file who put an old `gen` back made a process keep a
+            # key it had seen Enabled in use after it was disabled.) A shallow copy: writers
+            # replace nested values (x_tags) instead of mutating them (but x_mats, below).
+            meta = dict(cached[2])
         else:
-            parsed = _authentic_meta(self.store, region, key_id, row[1], row[2])
+            parsed = _authentic_meta(self.store, region, key_id, text, mac)
             if parsed is None:
                 raise TamperedStoreError(
                     f"the stored metadata of key {self.arn(key_id, region)} fails "
@@ -1002,7 +1008,7 @@ class ServiceCore:
                     "edited KeyState, usage, dates or tags, or a row copied from another key). "
                     "The key is refused; restore the store from a backup."
                 )
-            self._meta_cache[(region, key_id)] = (gen, parsed)
+            self._meta_cache[(region, key_id)] = (text, bytes(mac), parsed)
             meta = dict(parsed)
         if "x_mats" in meta:
             # imported materials are changed in place (`_materials`): this key's own copy, so
@@ -1012,7 +1018,8 @@ class ServiceCore:
         return _Key(region, key_id, meta, self.arn(key_id, region, account), account)
 
     def _save(self, conn: sqlite3.Connection, key: _Key, *, insert: bool = False) -> None:
-        # random, so never reused: a rolled-back write cannot alias a cache entry
+        # `gen` is kept for earlier versions' caches, which key on it (this one keys on the
+        # row's text and MAC): random, so never reused
         gen = secrets.randbits(62)
         text = json.dumps(key.meta, sort_keys=True, separators=(",", ":"))
         mac = _rows.mac(self.store.row_key, key.region, key.id, text)
@@ -1171,8 +1178,8 @@ class ServiceCore:
         caller = call.caller
         assert caller is not None
         now = self.now()
-        identity = self._access.identity(conn, caller, call.access_gen)
-        call.access_gen = None  # a later check in this call (after a write) reads it afresh
+        identity = self._access.identity(conn, caller, call.identity_stamp)
+        call.identity_stamp = None  # a later check in this call (after a write) reads it afresh
         m = key.meta
         policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
         key_policy = self._access.policy(policy_text, resource_policy=True)

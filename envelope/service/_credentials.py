@@ -71,6 +71,17 @@ _SECRET_AAD = b"envelope/kms/access-key-secret/v1|"
 _TABLE = "access_keys"
 
 
+def _stamp(conn: sqlite3.Connection, owner: str, key_id: str) -> tuple[Any, ...]:
+    """The MACs of an access key's row and of its owner's principal row: they change whenever
+    either row changes, appears or goes (the credential cache's validity)."""
+    row = conn.execute(
+        "SELECT mac, (SELECT mac FROM principals WHERE arn=?) FROM access_keys "
+        "WHERE access_key_id=?",
+        (owner, key_id),
+    ).fetchone()
+    return () if row is None else tuple(row)
+
+
 @dataclass(frozen=True, slots=True)
 class ResolvedCredentials:
     """What the authenticator needs to check a request signed with one access key."""
@@ -552,31 +563,37 @@ class CredentialOps(IamOps):
     def resolve_credentials(self, access_key_id: str, now: float) -> ResolvedCredentials | None:
         """The owner and secret of an access key, or None when the store has no such key
         (or its owner no longer exists). Not authorized, not audited: the SigV4
-        authenticator's lookup, cached per key id under the access generation."""
+        authenticator's lookup, cached per key id.
+
+        A cached answer is reused while the rows it was read from are unchanged: the access
+        key's row and its owner's principal row, by their MACs (each bound to its row's table,
+        key and text). Not the access generation, a number outside every MAC: an editor of
+        the file who put an old one back made a running server keep accepting a deleted or
+        deactivated access key."""
         if not isinstance(access_key_id, str) or not _KEY_ID.match(access_key_id):
             return None
         # (created on first use: the service's constructor is shared plumbing, `_core`)
-        cache: dict[str, tuple[bytes, ResolvedCredentials]] = self.__dict__.setdefault(
-            "_credential_cache", {}
+        cache: dict[str, tuple[str, tuple[Any, ...], ResolvedCredentials]] = (
+            self.__dict__.setdefault("_credential_cache", {})
         )
         with self.store.read() as conn:
-            row = conn.execute(
-                "SELECT value FROM meta WHERE name=?", (_authz.ACCESS_GEN,)
-            ).fetchone()
-            gen = b"" if row is None else bytes(row[0])
             hit = cache.get(access_key_id)
-            if hit is not None and hit[0] == gen:
-                return hit[1]
-            resolved = self._load_credentials(conn, access_key_id)
-        if resolved is not None:  # unknown ids are not cached: a key created next is found
-            if len(cache) >= 4096:
-                cache.clear()
-            cache[access_key_id] = (gen, resolved)
+            if hit is not None and hit[1] == _stamp(conn, hit[0], access_key_id):
+                return hit[2]
+            loaded = self._load_credentials(conn, access_key_id)
+            if loaded is None:  # unknown ids are not cached: a key created next is found
+                return None
+            owner, resolved = loaded
+            stamp = _stamp(conn, owner, access_key_id)
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[access_key_id] = (owner, stamp, resolved)
         return resolved
 
     def _load_credentials(
         self, conn: sqlite3.Connection, key_id: str
-    ) -> ResolvedCredentials | None:
+    ) -> tuple[str, ResolvedCredentials] | None:
+        """(the key's owner, its credentials), or None when there is no such key."""
         body = self._key_row(conn, key_id)
         if body is None:
             return None
@@ -594,7 +611,7 @@ class CredentialOps(IamOps):
             ) from None
         token = body.get("SessionTokenHash")
         expires = body.get("Expiration")
-        return ResolvedCredentials(
+        return owner, ResolvedCredentials(
             principal_arn=principal,
             secret=secret,
             session_token_hash=bytes.fromhex(token) if isinstance(token, str) else None,
