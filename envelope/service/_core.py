@@ -55,6 +55,7 @@ from .errors import (
     LimitExceededException,
     MalformedPolicyDocumentException,
     NotFoundException,
+    RootKeyError,
     StoreError,
     TagException,
     TamperedStoreError,
@@ -1572,7 +1573,17 @@ class ServiceCore:
         ).fetchone()
         if row is None:
             raise InvalidCiphertextException("the ciphertext names a backing key that is gone")
-        mat = _Material(self.store.root.unseal(bytes(row[0]), material_aad(key_id, version)))
+        try:
+            plain = self.store.root.unseal(bytes(row[0]), material_aad(key_id, version))
+        except RootKeyError:
+            # the root key opened the store's verifier at open: a material row it does not
+            # open was replaced, copied from another key or edited (not a wrong root key)
+            raise TamperedStoreError(
+                f"the key material of key {key_id} (version {version}) fails authentication "
+                "under the root key: the row was replaced, copied from another key or edited "
+                "outside the KMS. The key is refused; restore the store from a backup."
+            ) from None
+        mat = _Material(plain)
         # The row may have been written by this very transaction (an automatic rotation), so it
         # is cached only once the transaction commits.
         call.new_material[(key_id, version)] = mat
@@ -1590,7 +1601,15 @@ class ServiceCore:
         version = self._current_version(conn, key)
         if version == 0:
             raise KMSInvalidStateException(f"{key.arn} has no key material")
-        return version, self._material(conn, call, key.id, version)
+        try:
+            return version, self._material(conn, call, key.id, version)
+        except InvalidCiphertextException:
+            # the authenticated key row names this version as current: its row was deleted
+            raise TamperedStoreError(
+                f"the current key material of {key.arn} (version {version}) is missing from "
+                "the store: its row was deleted outside the KMS. Restore the store from a "
+                "backup."
+            ) from None
 
     def _check_imported(self, key: _Key, version: int) -> None:
         """A ciphertext of a key with imported material names one of its materials that

@@ -2,7 +2,8 @@
 
 The audit chain says what was done; this says whether the state it left is still the state the
 service wrote: every key row's MAC (`_rows`), every sealed key-material row (unsealed under the
-root key with its key id and version as AAD), every access-control row (principals, identity
+root key with its key id and version as AAD) and none of the versions a key row names
+missing, every access-control row (principals, identity
 policies, grants: `_rows.record_mac`), and that the store was upgraded to its schema once
 (a second ``UpgradeStore`` record means the rows were re-authenticated after a rollback).
 """
@@ -20,9 +21,22 @@ from .store import Store, material_aad
 __all__ = ("check_store",)
 
 
+def _missing_versions(meta: object, key_id: str, versions: set[tuple[str, int]]) -> list[int]:
+    """The material versions a key's authenticated row says it has (1 to ``x_version``) that
+    have no row: only for keys whose material is made in the store and never deleted while
+    the key exists (not imported, not multi-Region, not in a custom key store)."""
+    if not isinstance(meta, dict) or meta.get("Origin") != "AWS_KMS" or meta.get("MultiRegion"):
+        return []
+    last = meta.get("x_version")
+    if not isinstance(last, int) or isinstance(last, bool):
+        return []
+    return [v for v in range(1, last + 1) if (key_id, v) not in versions]
+
+
 def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
     """Every problem found, one sentence each (empty: the store's rows are authentic)."""
     problems: list[str] = []
+    versions = {(str(k), v) for k, v in conn.execute("SELECT key_id, version FROM material")}
     for region, key_id, meta, mac in conn.execute(
         "SELECT region, key_id, meta, mac FROM keys ORDER BY region, key_id"
     ):
@@ -35,6 +49,14 @@ def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
             problems.append(
                 f"key {key_id!s:.80} in {region!s:.40}: its metadata fails authentication "
                 "(edited outside the KMS)"
+            )
+            continue
+        missing = _missing_versions(json.loads(meta), key_id, versions)
+        if missing:
+            problems.append(
+                f"key {key_id!s:.80} in {region!s:.40}: its key material version"
+                f"{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:10]))} "
+                "named by its authenticated row is missing (deleted outside the KMS)"
             )
     for key_id, version, sealed in conn.execute(
         "SELECT key_id, version, sealed FROM material ORDER BY key_id, version"

@@ -159,6 +159,33 @@ def test_edited_key_material_is_reported_by_the_store_check(home: Path, clock: F
     svc.close()
 
 
+@pytest.mark.parametrize("edit", ["copied", "deleted"])
+def test_tampered_key_material_is_refused_as_tampering_with_an_alarm(
+    home: Path, clock: FakeClock, edit: str
+) -> None:
+    """A material row copied from another key was reported at run time as a wrong root key
+    (exit 2 from the CLI, no alarm), and a deleted one made every call, even GenerateDataKey,
+    an InvalidCiphertextException: the root key opened the verifier, so both are tampering."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    a, b = new_key(svc), new_key(svc)
+    svc.close()
+    conn = db(home)
+    if edit == "copied":
+        sealed = conn.execute("SELECT sealed FROM material WHERE key_id=?", (a,)).fetchone()[0]
+        conn.execute("UPDATE material SET sealed=? WHERE key_id=?", (sealed, b))
+    else:
+        conn.execute("DELETE FROM material WHERE key_id=?", (b,))
+    conn.close()
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError, match="material"):
+        svc.generate_data_key(key_id=b, key_spec="AES_256")
+    record = last_record(svc)
+    assert record["error_code"] == "KMSInternalException" and record["alarm"] == 1
+    problems = svc.check_store()
+    assert len(problems) == 1 and b in problems[0] and "material" in problems[0]
+    svc.close()
+
+
 def copy_schema1(kind: str, dest: Path) -> dict[str, str]:
     shutil.copytree(SCHEMA1 / kind, dest)
     if (dest / "root.key").exists():
