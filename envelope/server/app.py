@@ -466,7 +466,7 @@ class KmsApp:
                 operation=operation or "unknown",
                 context=ctx,
                 error_code=str(getattr(e, "code", "")),
-                reason=str(getattr(e, "message", "")),
+                reason=str(getattr(e, "audit_message", None) or getattr(e, "message", "")),
                 access_key_id=getattr(e, "access_key_id", None),
                 suppressed=suppressed,
             )

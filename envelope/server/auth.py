@@ -65,6 +65,12 @@ __all__ = (
     "StaticCredentials",
 )
 
+_SPACES = re.compile(r"[ \t]+")
+
+#: An access key id as AWS spells them: only such a claimed id is recorded (anything else may be
+#: a secret sent in its place).
+_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+
 #: A Region name as AWS spells them (us-east-1, ap-southeast-2, us-gov-west-1, ...).
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 
@@ -87,16 +93,28 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 class AuthError(Exception):
     """A request refused before it had a principal: `code` is the AWS error code (the
     ``__type`` of the response), `status` the HTTP status, `message` what the client is told;
-    `access_key_id` the key the request claimed (for the audit record), if any."""
+    `access_key_id` the key the request claimed (for the audit record), if any.
+
+    `audit_message` is what the audit record keeps, when `message` echoes text of the request
+    back to its sender, as AWS's answers do: that text may be a secret (a client with its key
+    id and secret swapped sends its secret where the key id goes), and the audit log is kept
+    for ever and read by others."""
 
     def __init__(
-        self, code: str, message: str, *, status: int = 400, access_key_id: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 400,
+        access_key_id: str | None = None,
+        audit_message: str | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status
         self.access_key_id = access_key_id
+        self.audit_message = message if audit_message is None else audit_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +209,13 @@ class _Verifier(SigV4Auth):  # type: ignore[misc]  # botocore ships no type hint
         # computed once per request by the authenticator
         return request.payload_hash
 
+    def _header_value(self, value: str) -> str:
+        # SigV4's Trimall: trim, and collapse runs of spaces. botocore's signer uses
+        # str.split(), which also takes U+0085 and U+00A0 (bytes 0x85, 0xA0 of a header read
+        # as Latin-1) for spaces: a verifier that did so would let those bytes be added to any
+        # signed header value after signing.
+        return _SPACES.sub(" ", value.strip(" \t"))
+
 
 class ResolvedSecret(Protocol):
     """What the authenticator reads of one access key (`service.ResolvedCredentials`)."""
@@ -276,6 +301,7 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
         raise AuthError(
             "IncompleteSignatureException",
             f"Unsupported AWS 'algorithm': '{algorithm[:64]}'; use {ALGORITHM}",
+            audit_message=f"Unsupported AWS 'algorithm'; use {ALGORITHM}",
         )
     fields: dict[str, str] = {}
     for part in rest.split(","):
@@ -285,6 +311,8 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
                 raise AuthError(
                     "IncompleteSignatureException",
                     f"'{part.strip()[:64]}' not a valid key=value pair (missing equal-sign) in "
+                    "Authorization header",
+                    audit_message="not a valid key=value pair (missing equal-sign) in "
                     "Authorization header",
                 )
             continue
@@ -378,10 +406,13 @@ class Authenticator:
                 "IncompleteSignatureException",
                 f"Credential must have exactly 5 slash-delimited elements, e.g. "
                 f"keyid/date/region/service/term, got '{credential[:200]}'",
+                audit_message="Credential must have exactly 5 slash-delimited elements, e.g. "
+                f"keyid/date/region/service/term; it has {len(scope)}",
             )
         key_id, scope_date, region, service, term = scope
-        claimed = key_id[:128] or None
-        amz = values.get("x-amz-date")
+        claimed = key_id if _KEY_ID.match(key_id) else None
+        # SigV4 takes the signing time from X-Amz-Date, else from Date (in the same format)
+        amz = values.get("x-amz-date") or values.get("date")
         if not amz:
             raise AuthError(
                 "IncompleteSignatureException",

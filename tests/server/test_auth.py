@@ -352,3 +352,80 @@ def test_the_same_json_spelled_differently_is_refused(
     assert auth.authenticate(**req)
     compact = json.dumps({"KeyId": "k"}, separators=(",", ":")).encode()
     refused(auth, {**req, "body": compact}, "InvalidSignatureException")
+
+
+# -- found by an adversarial review of authentication ----------------------------------------
+
+
+@pytest.mark.parametrize("slash", [False, True])
+def test_a_secret_sent_as_the_key_id_is_never_kept_for_the_audit(
+    auth: Authenticator, alice: Credentials, slash: bool
+) -> None:
+    """A client with its key id and secret swapped sends its secret where the key id goes:
+    it reached the audit record, as the claimed AccessKeyId or, with a '/' in it, inside the
+    echoed Credential of the message. The client is still told what it sent (as AWS does)."""
+    secret = alice.secret_key if not slash else "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    err = refused(
+        auth,
+        signed(Credentials(secret, alice.access_key)),
+        "IncompleteSignatureException" if slash else "UnrecognizedClientException",
+    )
+    assert err.access_key_id is None
+    assert secret not in err.audit_message
+    assert (secret in err.message) == slash  # AWS's echo, to the sender only
+
+
+def test_a_foreign_token_in_authorization_is_not_kept_for_the_audit(
+    auth: Authenticator, alice: Credentials
+) -> None:
+    token = "sk_live_51HxVERYSECRETTOKENVALUE0123456789"
+    for value in (token, f"Bearer\t{token}", f"AWS4-HMAC-SHA256 {token}"):
+        err = refused(
+            auth, header(signed(alice), "Authorization", value), "IncompleteSignatureException"
+        )
+        assert token not in err.audit_message and err.access_key_id is None
+
+
+@pytest.mark.parametrize("extra", ["\xa0", "\x85"])
+def test_non_ascii_spaces_cannot_be_added_to_a_signed_header(
+    auth: Authenticator, alice: Credentials, extra: str
+) -> None:
+    """SigV4 collapses spaces only; botocore's signer's str.split() also took U+00A0 and U+0085
+    (bytes 0xA0 and 0x85 read as Latin-1) for spaces, so a verifier built on it accepted them
+    added to any signed header value after signing."""
+    req = signed(alice)
+    refused(
+        auth,
+        header(req, "X-Amz-Target", "TrentService.ListKeys" + extra),
+        "InvalidSignatureException",
+    )
+    (date,) = [v for k, v in req["headers"] if k == "X-Amz-Date"]
+    refused(auth, header(req, "X-Amz-Date", extra + date), "InvalidSignatureException")
+
+
+def test_a_request_signed_with_a_date_header(auth: Authenticator, alice: Credentials) -> None:
+    """SigV4 takes the signing time from Date when there is no X-Amz-Date (the error for neither
+    said so, and a Date header was refused)."""
+
+    class DateSigner(SigV4Auth):  # type: ignore[misc]
+        def _set_necessary_date_headers(self, request: AWSRequest) -> None:
+            request.headers["Date"] = request.context["timestamp"]
+
+    req = AWSRequest(
+        method="POST",
+        url=f"https://{HOST}/",
+        data=b"{}",
+        headers={
+            "X-Amz-Target": "TrentService.ListKeys",
+            "Content-Type": "application/x-amz-json-1.1",
+        },
+    )
+    fixed = datetime.datetime(*time.gmtime(NOW)[:6])
+    with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
+        DateSigner(alice, "kms", REGION).add_auth(req)
+    headers = list(req.headers.items())
+    assert "X-Amz-Date" not in dict(headers) and "date;" in dict(headers)["Authorization"]
+    out = auth.authenticate(
+        method="POST", host=HOST, path="/", query="", headers=headers, body=b"{}"
+    )
+    assert out.endswith("user/alice")
