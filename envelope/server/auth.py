@@ -43,6 +43,7 @@ scope (``kms`` for `envelope serve`, ``kms-xks-proxy`` for the XKS proxy of `env
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -70,9 +71,6 @@ _SPACES = re.compile(r"[ \t]+")
 #: An access key id as AWS spells them: only such a claimed id is recorded (anything else may be
 #: a secret sent in its place).
 _KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
-
-#: A Region name as AWS spells them (us-east-1, ap-southeast-2, us-gov-west-1, ...).
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 
 #: AWS's clock-skew window for SigV4 (seconds either side of the server's clock).
 SKEW: Final = 300.0
@@ -266,9 +264,7 @@ class StaticCredentials:
     ) -> None:
         self.region = region
         self._keys = {
-            key_id: _StaticSecret(
-                (principals or {}).get(key_id, f"access-key/{key_id}"), secret
-            )
+            key_id: _StaticSecret((principals or {}).get(key_id, f"access-key/{key_id}"), secret)
             for key_id, secret in keys.items()
         }
 
@@ -327,13 +323,29 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
     return fields["Credential"], fields["SignedHeaders"].split(";"), fields["Signature"]
 
 
+@functools.cache
+def kms_regions() -> frozenset[str]:
+    """The Regions AWS KMS has, in every partition, from botocore's endpoint data: the ones an
+    endpoint serving every Region of a store answers for. A made-up Region name has no AWS
+    endpoint; accepting any well-formed one let a signed-in caller make a server keep a
+    Region's service for each name it invented (memory without bound)."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("kms", partition_name=partition)
+    )
+
+
 class Authenticator:
     """Checks AWS SigV4 on each request against `service`'s access keys and role sessions.
 
     `service` is the credential source (the `KeyService`, or `StaticCredentials`);
     `service_name` the service a credential scope must name (``kms``; ``kms-xks-proxy`` for
     an XKS proxy). `regions`: the Regions a credential scope may name (default: the source's
-    Region); `any_region`: any well-formed Region name too. `clock` gives the server's time;
+    Region). `clock` gives the server's time;
     `skew` the accepted distance to the request's time. Thread-safe (the source's lookup is;
     this object keeps no per-request state).
     """
@@ -345,7 +357,6 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         skew: float = SKEW,
         regions: Collection[str] | None = None,
-        any_region: bool = False,
         service_name: str = SERVICE,
     ) -> None:
         self.service = service
@@ -353,8 +364,6 @@ class Authenticator:
         self._clock = clock
         self.skew = skew
         self.regions = frozenset(regions) if regions is not None else frozenset({service.region})
-        #: Accept every well-formed Region name (``envelope serve``: one store, every Region).
-        self.any_region = any_region
         #: botocore signers by (access key id, Region), each with its day's signing key
         self._verifiers: dict[tuple[str, str], _Verifier] = {}
 
@@ -442,7 +451,7 @@ class Authenticator:
                 f"Credential should be scoped to correct service: '{self.service_name}'. ",
                 access_key_id=claimed,
             )
-        if region not in self.regions and not (self.any_region and _REGION.match(region)):
+        if region not in self.regions:
             raise AuthError(
                 "InvalidSignatureException",
                 f"Credential should be scoped to a valid region, not '{region[:64]}'. ",

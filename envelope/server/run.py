@@ -73,9 +73,9 @@ def authenticator_for(service: KeyService) -> Authenticate:
             "(envelope.server.auth), which this build does not have: refusing to serve "
             "unauthenticated requests"
         ) from None
-    # every Region of the store, as AWS's Regional endpoints: a client signs for the Region
-    # it is configured for (multi-Region replicas are reached that way)
-    authenticator = auth.Authenticator(service, any_region=True)
+    # every AWS Region, as AWS's Regional endpoints: a client signs for the Region it is
+    # configured for (multi-Region replicas are reached that way)
+    authenticator = auth.Authenticator(service, regions=auth.kms_regions() | {service.region})
     fn: Authenticate = authenticator.verify
     return fn
 

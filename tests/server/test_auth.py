@@ -429,3 +429,17 @@ def test_a_request_signed_with_a_date_header(auth: Authenticator, alice: Credent
         method="POST", host=HOST, path="/", query="", headers=headers, body=b"{}"
     )
     assert out.endswith("user/alice")
+
+
+def test_the_server_answers_for_aws_regions_only(kms: KeyService, alice: Credentials) -> None:
+    """`envelope serve` took any well-formed Region name: a signed-in caller with no
+    permissions grew a worker by about 4 kB for each Region it made up (a service kept per
+    Region), and CreateKey in "zz-madeup-7" succeeded. AWS has no endpoint for such a name."""
+    from envelope.server.run import authenticator_for
+
+    verify = authenticator_for(kms)
+    now = time.time()
+    assert verify(**signed(alice, at=now, region="eu-west-1")).region == "eu-west-1"
+    with pytest.raises(AuthError) as info:
+        verify(**signed(alice, at=now, region="zz-madeup-7"))
+    assert info.value.code == "InvalidSignatureException" and "valid region" in info.value.message
