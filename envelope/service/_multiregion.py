@@ -100,16 +100,16 @@ class MultiRegionOps(ServiceCore):
             meta["MultiRegionConfiguration"] = self._metadata(conn, key)[
                 "MultiRegionConfiguration"
             ] | {"MultiRegionKeyType": "REPLICA"}
-            out: Response = {
+            return {
                 "ReplicaKeyMetadata": meta,
                 "ReplicaPolicy": replica.meta.get("x_policy")
                 or _authz.default_key_policy(replica.account),
-            }
-            if replica.meta["x_tags"]:  # AWS leaves the member out for a replica without tags
-                out["ReplicaTags"] = [
+                # an empty list for a replica without tags, as in AWS's own example answer
+                # (botocore's examples-1.json), which clients index without a check
+                "ReplicaTags": [
                     {"TagKey": k, "TagValue": v} for k, v in replica.meta["x_tags"].items()
-                ]
-            return out
+                ],
+            }
 
         return self._run("ReplicateKey", principal, context, {"ReplicaRegion": replica_region}, op)
 

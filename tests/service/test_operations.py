@@ -831,11 +831,12 @@ def test_refusals_in_aws_recorded_words(svc: KeyService) -> None:
 
 
 def test_replicate_key_answers_as_aws(svc: KeyService) -> None:
-    """ReplicateKey answers the replica's policy; ReplicaTags only when it has tags; the
+    """ReplicateKey answers the replica's policy; ReplicaTags, empty when it has none (AWS's
+    example answer in botocore's examples-1.json has ``"ReplicaTags": []``); the
     description is not shared by multi-Region keys ("The default value is an empty string")."""
     kid = svc.create_key(multi_region=True, description="primary")["KeyMetadata"]["KeyId"]
     out = svc.replicate_key(key_id=kid, replica_region="eu-west-1")
-    assert "ReplicaTags" not in out
+    assert out["ReplicaTags"] == []
     assert json.loads(out["ReplicaPolicy"])["Statement"]
     assert out["ReplicaKeyMetadata"]["Description"] == ""
     tagged = svc.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
