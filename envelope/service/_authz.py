@@ -297,6 +297,13 @@ class AccessCache:
         ):
             doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
             policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
+        if body.get("PolicyNames") != [name for name, _ in policies]:
+            # each policy row is authenticated alone; the set is in the principal's row
+            raise TamperedStoreError(
+                f"the identity policies of {arn!r} are not the ones its authenticated row names "
+                "(a policy row was deleted, added or renamed outside the KMS): its access is "
+                "refused; restore the store from a backup"
+            )
         tags = body.get("Tags") or {}
         unique_id = body.get("Id")
         return Identity(

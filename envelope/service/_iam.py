@@ -110,6 +110,19 @@ class IamOps(ServiceCore):
             raise NotFoundException(f"The principal {arn} does not exist")
         return self._access._authentic(row[0], row[1], "principals", arn)
 
+    def _name_policies(self, conn: sqlite3.Connection, arn: str) -> None:
+        """Record in the principal's authenticated row the names of its identity policies, as
+        they are now (call after adding or deleting one): a policy row deleted outside the KMS
+        is then refused as tampering (`_authz.AccessCache`), not read as never attached."""
+        body = self._principal_row(conn, arn)
+        body["PolicyNames"] = [
+            str(n)
+            for (n,) in conn.execute(
+                "SELECT name FROM identity_policies WHERE principal=? ORDER BY name", (arn,)
+            )
+        ]
+        self._write_principal(conn, body)
+
     def _write_principal(self, conn: sqlite3.Connection, body: dict[str, Any]) -> None:
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         conn.execute(
@@ -156,6 +169,7 @@ class IamOps(ServiceCore):
                 "CreateDate": now,
                 "Tags": _tags(tags),
                 "Description": description,
+                "PolicyNames": [],
             }
             if kind == "role":
                 # who may assume it (`_trust`), and for how long (IAM's MaxSessionDuration)
@@ -358,7 +372,7 @@ class IamOps(ServiceCore):
                     ),
                 ),
             )
-            _authz.bump_generation(conn)
+            self._name_policies(conn, target)
             return {}
 
         return self._iam_run(
@@ -409,7 +423,7 @@ class IamOps(ServiceCore):
             )
             if cur.rowcount == 0:
                 raise NotFoundException(f"{target} has no identity policy named {name}")
-            _authz.bump_generation(conn)
+            self._name_policies(conn, target)
             return {}
 
         return self._iam_run(

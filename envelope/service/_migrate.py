@@ -22,10 +22,16 @@ Schema 5 adds custom key stores (issue 13): the stores themselves, the HSM clust
 tokens) registered with this KMS, and the token objects still to destroy after their KMS keys
 were deleted. Rows are MAC'd like the access-control rows; secrets (the token PIN, the XKS
 proxy's secret access key) are sealed under the root key.
+
+Schema 6 puts the names of a principal's identity policies in its authenticated row
+(``PolicyNames``), so that a policy row deleted with an SQLite tool (a Deny gone: wider access)
+is refused like an edited one; before, each policy row was authenticated alone and the set was
+not. The upgrade records the names as they are.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -48,7 +54,7 @@ __all__ = (
     "verifier_aad",
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: The default account of every store written before schema 4.
 LEGACY_ACCOUNT = "000000000000"
 
@@ -200,6 +206,8 @@ def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) ->
             _to_4(conn, rk, signer)
         if version <= 4:
             _to_5(conn, rk, signer)
+        if version <= 5:
+            _to_6(conn, rk, signer)
         conn.execute(
             "UPDATE meta SET value=? WHERE name='verifier'",
             (rk.seal(VERIFIER, verifier_aad(SCHEMA_VERSION)),),
@@ -275,6 +283,34 @@ def _to_5(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"5",))
     store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
     _record(conn, audit.Sealer(signer, rk, store_id), 4, 5, {})
+
+
+def _to_6(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+    """Each principal's row names its identity policies (``PolicyNames``), under its MAC."""
+    row_key = rk.unseal(read_meta(conn)["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
+    rows = conn.execute("SELECT arn, body, mac FROM principals").fetchall()
+    for arn, text, mac in rows:
+        if not _rows.check_record(row_key, "principals", str(arn), str(text), mac):
+            raise TamperedStoreError(
+                f"the principal row {arn!s:.200} fails authentication under the root key: it "
+                "was edited outside the KMS, and an upgrade does not re-authenticate it. "
+                "Nothing was changed; restore the store from a backup"
+            )
+        body = json.loads(text)
+        body["PolicyNames"] = [
+            str(n)
+            for (n,) in conn.execute(
+                "SELECT name FROM identity_policies WHERE principal=? ORDER BY name", (arn,)
+            )
+        ]
+        new = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        conn.execute(
+            "UPDATE principals SET body=?, mac=? WHERE arn=?",
+            (new, _rows.record_mac(row_key, "principals", str(arn), new), arn),
+        )
+    conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"6",))
+    store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
+    _record(conn, audit.Sealer(signer, rk, store_id), 5, 6, {"Principals": len(rows)})
 
 
 SEALS_INDEX = "CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter)"

@@ -2,10 +2,10 @@
 
 The audit chain says what was done; this says whether the state it left is still the state the
 service wrote: every key row's MAC (`_rows`), every sealed key-material row (unsealed under the
-root key with its key id and version as AAD) and none of the versions a key row names
-missing, every access-control row (principals, identity
-policies, grants: `_rows.record_mac`), and that the store was upgraded to its schema once
-(a second ``UpgradeStore`` record means the rows were re-authenticated after a rollback).
+root key with its key id and version as AAD) and none of the versions a key row names missing,
+every access-control row (principals, identity policies, grants: `_rows.record_mac`) and every
+principal's set of policies, and that the store was upgraded to its schema once (a second
+``UpgradeStore`` record means the rows were re-authenticated after a rollback).
 """
 
 from __future__ import annotations
@@ -31,6 +31,34 @@ def _missing_versions(meta: object, key_id: str, versions: set[tuple[str, int]])
     if not isinstance(last, int) or isinstance(last, bool):
         return []
     return [v for v in range(1, last + 1) if (key_id, v) not in versions]
+
+
+def _policy_sets(store: Store, conn: sqlite3.Connection) -> list[str]:
+    """Principals whose identity-policy rows are not the ones their authenticated row names
+    (a policy row deleted or added outside the KMS: each row is authenticated alone)."""
+    attached: dict[str, list[str]] = {}
+    for principal, name in conn.execute(
+        "SELECT principal, name FROM identity_policies ORDER BY principal, name"
+    ):
+        attached.setdefault(str(principal), []).append(str(name))
+    problems = []
+    for arn, body, mac in conn.execute("SELECT arn, body, mac FROM principals ORDER BY arn"):
+        names = attached.pop(str(arn), [])
+        if not (
+            isinstance(arn, str)
+            and isinstance(body, str)
+            and _rows.check_record(store.row_key, "principals", arn, body, mac)
+        ):
+            continue  # reported as edited above
+        named = json.loads(body).get("PolicyNames")
+        if named != names:
+            problems.append(
+                f"principal {arn:.120}: its identity policies are not the ones its row names "
+                "(a policy row deleted or added outside the KMS)"
+            )
+    for arn in attached:
+        problems.append(f"identity policies of {arn:.120}, which does not exist")
+    return problems
 
 
 def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
@@ -95,6 +123,7 @@ def check_store(store: Store, conn: sqlite3.Connection) -> list[str]:
                 problems.append(
                     f"{what} {ident!s:.120} fails authentication (edited outside the KMS)"
                 )
+    problems += _policy_sets(store, conn)
     upgrades: dict[object, int] = {}
     pattern = f'%"operation":"{UPGRADE_OPERATION}"%'
     for (body,) in conn.execute("SELECT body FROM audit WHERE body LIKE ?", (pattern,)):

@@ -210,6 +210,7 @@ def test_a_schema1_store_is_upgraded_once_and_recorded(home: Path, clock: FakeCl
         {"FromSchema": 2, "ToSchema": 3},
         {"FromSchema": 3, "ToSchema": 4},
         {"FromSchema": 4, "ToSchema": 5},
+        {"FromSchema": 5, "ToSchema": 6, "Principals": 0},
     ]
     assert svc.verify_audit_log().ok and svc.check_store() == []
     svc.close()
@@ -316,10 +317,11 @@ def test_a_faked_schema1_store_opened_before_its_floor_is_an_alarm(
     edit_meta(home, expect["disabled"], KeyState="Enabled")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     problems = svc.check_store()
-    assert len(problems) == 4 and "upgraded to schema 2 2 times" in problems[0]
+    assert len(problems) == 5 and "upgraded to schema 2 2 times" in problems[0]
     assert "upgraded to schema 3 2 times" in problems[1]
     assert "upgraded to schema 4 2 times" in problems[2]
     assert "upgraded to schema 5 2 times" in problems[3]
+    assert "upgraded to schema 6 2 times" in problems[4]
     svc.close()
 
 
