@@ -12,13 +12,22 @@ restored without its anchor.
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from pathlib import Path
 
 from .._ratelimit import RateQuota
 from ._core import DEFAULT_REGION, Clock
 from .digests import default_location
 from .errors import RootKeyError, StoreError
-from .rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
+from .rootkey import (
+    FileRootKey,
+    InsecureRootKeyWarning,
+    PassphraseRootKey,
+    Pkcs11RootKey,
+    RootKeyProvider,
+    strict_from_environment,
+)
 from .service import KeyService
 from .store import Store, Synchronous
 
@@ -46,6 +55,22 @@ def store_path(home: str | os.PathLike[str] | None = None) -> Path:
     """Where the store of `home` (default ``$ENVELOPE_HOME`` or ``~/.envelope``) lives: the
     public answer for clients that must not reach into this module."""
     return default_home(home) / STORE_NAME
+
+
+def _check_folder(home: Path, strict: bool) -> None:
+    """A home that group or others may write lets them replace the store or its root key (or
+    plant a link where one will be made): warned about, refused in strict mode, as a root-key
+    file they may read is."""
+    mode = stat.S_IMODE(os.stat(home).st_mode)
+    if not mode & 0o022:
+        return
+    message = (
+        f"the KMS home {home} is writable by group or others (mode {mode:04o}): they could "
+        f"replace the store or its root key: chmod 700 {home}"
+    )
+    if strict:
+        raise StoreError(message + " (refused in strict mode)")
+    warnings.warn(message, InsecureRootKeyWarning, stacklevel=3)
 
 
 def default_root(home: Path, *, strict: bool | None = None) -> RootKeyProvider:
@@ -96,6 +121,7 @@ def open_service(
         h.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (FileExistsError, NotADirectoryError):  # a file where the home (or a parent) goes
         raise StoreError(f"the KMS home {str(h)!r} is not a folder") from None
+    _check_folder(h, strict_from_environment() if strict is None else strict)
     provider = root or default_root(h, strict=strict)
     if (
         not isinstance(provider, FileRootKey)

@@ -67,7 +67,8 @@ _MAX_SCRYPT_N = 1 << 20
 
 
 class InsecureRootKeyWarning(UserWarning):
-    """The root-key file is readable or writable by group or others."""
+    """The root-key file is readable or writable by group or others (or the folder holding it
+    and the store is writable by them: they could replace either)."""
 
 
 def strict_from_environment() -> bool:

@@ -492,6 +492,12 @@ def _create(p: Path, provider: RootKeyProvider) -> None:
     with _directory_lock(p.parent):
         if p.exists():  # another process created it while we waited
             return
+        if os.path.islink(p):  # dangling: a store is never made through a link
+            raise StoreError(
+                f"the KMS store {p} is a symbolic link to {os.readlink(p)!r}, which does not "
+                "exist: a new store is not created through it. Remove the link, or point it at "
+                "the store"
+            )
         leftovers = [p.name + s for s in _SIDE_FILES if p.with_name(p.name + s).exists()]
         if leftovers:
             raise StoreError(
