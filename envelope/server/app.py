@@ -228,9 +228,12 @@ class KmsApp:
         max_request_bytes: int = 1 << 20,
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         close_service: bool = True,
+        check_headers: Callable[[Sequence[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.service = service
         self.authenticate = authenticate
+        #: The authenticator's checks that need no body, run before the body is read.
+        self.check_headers = check_headers
         self.wire = wire if wire is not None else WireModel(type(service))
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self.max_request_bytes = max_request_bytes
@@ -291,29 +294,39 @@ class KmsApp:
         user_agent = first.get("user-agent", "")
         target = first.get("x-amz-target")
         out = _Outcome()
+        ctx = self._context(scope, source_ip, user_agent, request_id)
+        claimed = self._claimed(target, out)
         self.in_flight += 1
         try:
-            try:
-                body = await read_body(
-                    receive, first.get("content-length"), self.max_request_bytes, self.body_timeout
-                )
-            except ClientGone:
-                return  # nothing to answer, serve or audit: the request never was whole
-            except TimeoutError:
-                out.fail(
-                    "RequestTimeoutException",
-                    f"The request body did not arrive within {self.body_timeout:g} seconds",
-                    408,
-                )
-            except BodyTooLarge:
-                out.fail(
-                    "RequestEntityTooLargeException",
-                    f"The request body exceeds the limit of {self.max_request_bytes} bytes",
-                )
-            else:
-                await self._serve(
-                    scope, headers, first, body, target, source_ip, user_agent, request_id, out
-                )
+            # refused on its headers alone, a request's body is never read: a client without
+            # a valid access key cannot make the worker hold bodies
+            if self.check_headers is None or self._headers_pass(
+                headers, claimed, ctx, out, request_id
+            ):
+                try:
+                    body = await read_body(
+                        receive,
+                        first.get("content-length"),
+                        self.max_request_bytes,
+                        self.body_timeout,
+                    )
+                except ClientGone:
+                    return  # nothing to answer, serve or audit: the request never was whole
+                except TimeoutError:
+                    out.fail(
+                        "RequestTimeoutException",
+                        f"The request body did not arrive within {self.body_timeout:g} seconds",
+                        408,
+                    )
+                except BodyTooLarge:
+                    out.fail(
+                        "RequestEntityTooLargeException",
+                        f"The request body exceeds the limit of {self.max_request_bytes} bytes",
+                    )
+                else:
+                    await self._serve(
+                        scope, headers, first, body, target, claimed, ctx, request_id, out
+                    )
         finally:
             self.in_flight -= 1
         await _respond(send, out.status, out.body, AMZ_JSON, request_id)
@@ -338,6 +351,58 @@ class KmsApp:
                 )
             )
 
+    @staticmethod
+    def _context(scope: Scope, source_ip: str, user_agent: str, request_id: str) -> RequestContext:
+        # what a client sends is bounded before it is written anywhere (the audit log keeps
+        # every record, and an unauthenticated request is audited too)
+        return RequestContext(
+            source_ip=source_ip,
+            user_agent=user_agent[:MAX_USER_AGENT],
+            request_id=request_id,
+            secure_transport=scope.get("scheme") == "https",  # uvicorn's own TLS, no proxy header
+        )
+
+    def _claimed(self, target: str | None, out: _Outcome) -> str:
+        """The operation the target names, if it is one (also `out`'s), else ``unknown``."""
+        claimed = ""
+        if target and target.startswith(TARGET_PREFIX):
+            claimed = target[len(TARGET_PREFIX) :]
+        if claimed in self.wire.operations:
+            out.operation = claimed
+            return claimed
+        return "unknown"  # never an unchecked name in the log
+
+    def _refused(
+        self, e: Exception, claimed: str, ctx: RequestContext, out: _Outcome, request_id: str
+    ) -> None:
+        """The authenticator's refusal (an error with code, status, message) as the answer,
+        audited; anything else is an internal error."""
+        code = getattr(e, "code", None)
+        if not isinstance(code, str):
+            self._internal(out, e, request_id)
+            return
+        status = getattr(e, "status", None)
+        out.fail(code, str(getattr(e, "message", "")), status if isinstance(status, int) else None)
+        self._audit_refusal(claimed, ctx, e)
+
+    def _headers_pass(
+        self,
+        headers: Sequence[tuple[str, str]],
+        claimed: str,
+        ctx: RequestContext,
+        out: _Outcome,
+        request_id: str,
+    ) -> bool:
+        """What the authenticator can check without the body (`check_headers`), before the
+        body is read; False (and `out` filled) if refused."""
+        assert self.check_headers is not None
+        try:
+            self.check_headers(headers)
+        except Exception as e:
+            self._refused(e, claimed, ctx, out, request_id)
+            return False
+        return True
+
     async def _serve(
         self,
         scope: Scope,
@@ -345,26 +410,11 @@ class KmsApp:
         first: Mapping[str, str],
         body: bytes,
         target: str | None,
-        source_ip: str,
-        user_agent: str,
+        claimed: str,
+        ctx: RequestContext,
         request_id: str,
         out: _Outcome,
     ) -> None:
-        # what a client sends is bounded before it is written anywhere (the audit log keeps
-        # every record, and an unauthenticated request is audited too)
-        ctx = RequestContext(
-            source_ip=source_ip,
-            user_agent=user_agent[:MAX_USER_AGENT],
-            request_id=request_id,
-            secure_transport=scope.get("scheme") == "https",  # uvicorn's own TLS, no proxy header
-        )
-        claimed = ""
-        if target and target.startswith(TARGET_PREFIX):
-            claimed = target[len(TARGET_PREFIX) :]
-        if claimed in self.wire.operations:
-            out.operation = claimed
-        else:
-            claimed = "unknown"  # never an unchecked name in the log
         try:
             who = self._authenticate(scope, headers, first, body)
             out.principal = who if isinstance(who, str) else who.principal
@@ -373,15 +423,7 @@ class KmsApp:
             out.fail(e.code, e.message, e.status)
             return
         except Exception as e:  # the authenticator's refusal: code, status, message
-            code = getattr(e, "code", None)
-            if not isinstance(code, str):
-                self._internal(out, e, request_id)
-                return
-            status = getattr(e, "status", None)
-            out.fail(
-                code, str(getattr(e, "message", "")), status if isinstance(status, int) else None
-            )
-            self._audit_refusal(out.operation if out.operation != "unknown" else claimed, ctx, e)
+            self._refused(e, claimed, ctx, out, request_id)
             return
         try:
             op = self.wire.operation(target)

@@ -51,7 +51,7 @@ import time
 from calendar import timegm
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from botocore.auth import SigV4Auth
 from botocore.credentials import Credentials
@@ -323,6 +323,26 @@ def _parse_authorization(value: str) -> tuple[str, list[str], str]:
     return fields["Credential"], fields["SignedHeaders"].split(";"), fields["Signature"]
 
 
+def _by_name(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        values.setdefault(name.lower(), []).append(value)
+    return values
+
+
+class _Claims(NamedTuple):
+    """What a request's headers claim, checked up to the signature itself."""
+
+    claimed: str | None
+    key_id: str
+    region: str
+    amz_date: str
+    signed: list[str]
+    signature: str
+    secret: str
+    principal: str
+
+
 @functools.cache
 def kms_regions() -> frozenset[str]:
     """The Regions AWS KMS has, in every partition, from botocore's endpoint data: the ones an
@@ -399,9 +419,35 @@ class Authenticator:
         body: bytes,
     ) -> Authenticated:
         """`authenticate` with the access key id and the Region of the credential scope."""
-        values: dict[str, list[str]] = {}
-        for name, value in headers:
-            values.setdefault(name.lower(), []).append(value)
+        values = _by_name(headers)
+        c = self._claims(values)
+        if not _SIGNATURE.match(c.signature):
+            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=c.claimed)
+        expected = self._signature(
+            method,
+            host,
+            path,
+            query,
+            values,
+            c.signed,
+            body,
+            c.amz_date,
+            c.region,
+            c.key_id,
+            c.secret,
+        )
+        if expected is None or not hmac.compare_digest(expected, c.signature):
+            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=c.claimed)
+        return Authenticated(c.principal, c.key_id, c.region)
+
+    def check_headers(self, headers: Sequence[tuple[str, str]]) -> None:
+        """Everything `verify` checks that needs no body (the Authorization header, the
+        credential scope, the signing time, the access key and its session token), raising
+        the same `AuthError`: a server runs it before it reads a request's body, so that a
+        client with no valid access key cannot make it hold bodies in memory."""
+        self._claims(_by_name(headers))
+
+    def _claims(self, values: dict[str, list[str]]) -> _Claims:
         auth = values.get("authorization")
         if not auth or not auth[0].strip():
             raise AuthError("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -511,14 +557,9 @@ class Authenticator:
                 access_key_id=claimed,
             )
 
-        if not _SIGNATURE.match(signature):
-            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=claimed)
-        expected = self._signature(
-            method, host, path, query, values, signed, body, amz_date, region, key_id, creds.secret
+        return _Claims(
+            claimed, key_id, region, amz_date, signed, signature, creds.secret, creds.principal_arn
         )
-        if expected is None or not hmac.compare_digest(expected, signature):
-            raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=claimed)
-        return Authenticated(creds.principal_arn, key_id, region)
 
     def _signature(
         self,

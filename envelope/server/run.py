@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import Any
 
 from .._ratelimit import RateQuota
 from .._serving import base_options, serve_with, set_header_timeout
@@ -65,6 +66,12 @@ def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
 
 def authenticator_for(service: KeyService) -> Authenticate:
     """The SigV4 authenticator over `service`'s access keys; refuses to run without one."""
+    fn: Authenticate = _authenticator(service).verify
+    return fn
+
+
+def _authenticator(service: KeyService) -> Any:
+    """The `envelope.server.auth.Authenticator` over `service`, for every AWS Region."""
     try:
         auth = importlib.import_module("envelope.server.auth")
     except ImportError:
@@ -75,9 +82,7 @@ def authenticator_for(service: KeyService) -> Authenticate:
         ) from None
     # every AWS Region, as AWS's Regional endpoints: a client signs for the Region it is
     # configured for (multi-Region replicas are reached that way)
-    authenticator = auth.Authenticator(service, regions=auth.kms_regions() | {service.region})
-    fn: Authenticate = authenticator.verify
-    return fn
+    return auth.Authenticator(service, regions=auth.kms_regions() | {service.region})
 
 
 def _configure_logging(level: str) -> None:
@@ -96,13 +101,14 @@ def create_app() -> KmsApp:
     _configure_logging(settings.log_level)
     service = open_store(settings, share=settings.workers)
     try:
-        authenticate = authenticator_for(service)
+        authenticator = _authenticator(service)
         set_header_timeout(settings.header_timeout_seconds)
         return KmsApp(
             service,
-            authenticate,
+            authenticator.verify,
             max_request_bytes=settings.max_request_bytes,
             body_timeout=settings.body_timeout_seconds,
+            check_headers=authenticator.check_headers,
         )
     except BaseException:
         service.close()

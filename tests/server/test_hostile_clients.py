@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
 import pytest
 
-from .conftest import Server, start_server
+from .conftest import REGION, Server, start_server
 
 CONFIG = """
 [server]
@@ -26,6 +29,29 @@ PROMISES_100_BYTES = (
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.1\r\n"
     b"X-Amz-Target: TrentService.ListKeys\r\nContent-Length: 100\r\n\r\n"
 )
+
+
+def signed_promise(server: Server, length: int = 100) -> bytes:
+    """The head of a request signed with a real access key, promising a `length`-byte body:
+    it passes every check the server makes before reading a body (an unsigned one does not)."""
+    key, secret = server.credentials["admin"]
+    req = botocore.awsrequest.AWSRequest(
+        "POST",
+        server.endpoint + "/",
+        data=b"x" * length,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "TrentService.ListKeys",
+        },
+    )
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(key, secret), "kms", REGION).add_auth(
+        req
+    )
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    return (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{head}"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +120,7 @@ def test_huge_headers_are_refused(quick: Server) -> None:
 def test_a_body_that_never_finishes_times_out_and_is_not_audited(quick: Server) -> None:
     before = _records(quick)
     with _connect(quick) as sock:
-        sock.sendall(PROMISES_100_BYTES + b"{")
+        sock.sendall(signed_promise(quick) + b"{")
         answer = _answer(sock)
     assert b" 408 " in answer.split(b"\r\n", 1)[0], answer
     assert b"RequestTimeoutException" in answer
@@ -104,10 +130,24 @@ def test_a_body_that_never_finishes_times_out_and_is_not_audited(quick: Server) 
 def test_a_client_that_leaves_mid_body_is_neither_served_nor_audited(quick: Server) -> None:
     before = _records(quick)
     with _connect(quick) as sock:
-        sock.sendall(PROMISES_100_BYTES + b"{}")
+        sock.sendall(signed_promise(quick) + b"{}")
     time.sleep(0.5)
     assert _records(quick) == before
     assert quick.http("GET", "/healthz")[0] == 200
+
+
+def test_an_unsigned_request_is_refused_before_its_body_is_read(quick: Server) -> None:
+    """Found by an adversarial review: bodies were read whole before any check, so clients with
+    no access key could make a worker hold up to 1 MiB per connection (2 GiB at the connection
+    limit). A request its headers alone refuse is answered at once, its body never read."""
+    with _connect(quick) as sock:
+        sock.sendall(PROMISES_100_BYTES.replace(b"100", b"1048000") + b"{")
+        sock.settimeout(5)
+        started = time.monotonic()
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"MissingAuthenticationToken" in head
+    assert time.monotonic() - started < 0.9  # before this server's 1 s body deadline
 
 
 def test_a_flood_of_unsigned_requests_is_audited_within_a_budget(quick: Server) -> None:
