@@ -52,12 +52,15 @@ KEY_AGREEMENT_SPECS = ("ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521")
 ECDH = "ECDH"
 KEY_AGREEMENT_ALGORITHMS = (ECDH,)
 MAX_PUBLIC_KEY = 8192  # bytes of a peer's DER SubjectPublicKeyInfo (the model's bound)
-#: Ed25519 keys (AWS since 2025): signing and verification only. AWS offers two algorithms:
-#: ED25519_SHA_512 (pure Ed25519 of a RAW message) and ED25519_PH_SHA_512 (HashEdDSA,
-#: "Ed25519ph", of a message digest). `cryptography` implements the first only, so keys here
-#: offer ED25519_SHA_512 alone (docs/kms.md).
+#: Ed25519 keys (AWS since 2025): signing and verification only, with two algorithms:
+#: ED25519_SHA_512 (pure Ed25519 of a RAW message, by `cryptography`) and ED25519_PH_SHA_512
+#: (HashEdDSA, "Ed25519ph", RFC 8032, of a 64-byte DIGEST, which AWS hashes once more as the
+#: algorithm's own prehash: the signature is Ed25519ph's over the digest's bytes).
+#: `cryptography` has no Ed25519ph; libsodium's (PyNaCl) is constant-time, as a signing key
+#: needs.
 EDWARDS25519 = "ECC_NIST_EDWARDS25519"
 ED25519_SHA_512 = "ED25519_SHA_512"
+ED25519_PH_SHA_512 = "ED25519_PH_SHA_512"
 #: ML-DSA keys (FIPS 204; AWS since 2025), signing and verification with ML_DSA_SHAKE_256:
 #: pure ML-DSA (empty context) of a RAW message, or of a 64-byte EXTERNAL_MU. Served where the
 #: installed `cryptography` has ML-DSA (its class of each parameter set, by name).
@@ -135,7 +138,7 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
     if spec in ECC_CURVES and usage == SIGN_VERIFY:
         return Algorithms(signing=_ECC_SIGNING[spec])
     if spec == EDWARDS25519 and usage == SIGN_VERIFY:
-        return Algorithms(signing=(ED25519_SHA_512,))
+        return Algorithms(signing=(ED25519_SHA_512, ED25519_PH_SHA_512))
     if spec in ML_DSA_SPECS and usage == SIGN_VERIFY:
         _pq_class(spec)  # refused here if this build has no ML-DSA
         return Algorithms(signing=(ML_DSA_SHAKE_256,))
@@ -312,22 +315,64 @@ def _signing_input(
     return h, data, utils.Prehashed(h) if prehashed else h
 
 
-def _ed25519_message(
-    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
-) -> bytes:
-    """The message pure Ed25519 signs: a RAW one (AWS: ED25519_SHA_512 requires
-    MessageType RAW; Ed25519 hashes the message itself, with SHA-512)."""
-    if algorithm == "ED25519_PH_SHA_512":
-        raise UnsupportedOperationException(
-            "ED25519_PH_SHA_512 (HashEdDSA, Ed25519ph) is not implemented by this KMS: sign the "
-            "message itself with ED25519_SHA_512"
-        )
+def _ed25519_message(allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str) -> bytes:
+    """What Ed25519 signs: for ED25519_SHA_512 a RAW message (pure Ed25519 hashes it itself);
+    for ED25519_PH_SHA_512 a DIGEST of SHA-512's length, which Ed25519ph hashes again (AWS:
+    "the input is hashed twice: once by you and once by KMS")."""
     _check_alg(algorithm, allowed, "SigningAlgorithm")
+    if algorithm == ED25519_PH_SHA_512:
+        if mtype != "DIGEST":
+            raise ValidationException(
+                f"The {algorithm} signing algorithm requires MessageType DIGEST, not {mtype}"
+            )
+        return _message(message, mtype, hashes.SHA512(), algorithm)[0]
     if mtype != "RAW":
         raise ValidationException(
             f"The {algorithm} signing algorithm requires MessageType RAW, not {mtype}"
         )
     return _message(message, mtype, hashes.SHA512(), algorithm)[0]
+
+
+def _ed25519ph_state(data: bytes) -> Any:
+    """libsodium's Ed25519ph state over `data` (it computes the SHA-512 prehash itself)."""
+    from nacl.bindings import crypto_sign_ed25519ph_state, crypto_sign_ed25519ph_update
+
+    state = crypto_sign_ed25519ph_state()
+    crypto_sign_ed25519ph_update(state, data)
+    return state
+
+
+def _ed25519_raw(key: ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, ed25519.Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _ed25519ph_sign(private: ed25519.Ed25519PrivateKey, data: bytes) -> bytes:
+    from nacl.bindings import crypto_sign_ed25519ph_final_create
+
+    seed = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    # libsodium's secret key is the seed and the public key
+    return bytes(
+        crypto_sign_ed25519ph_final_create(_ed25519ph_state(data), seed + _ed25519_raw(private))
+    )
+
+
+def _ed25519ph_verify(public: ed25519.Ed25519PublicKey, data: bytes, signature: bytes) -> bool:
+    from nacl.bindings import crypto_sign_ed25519ph_final_verify
+    from nacl.exceptions import BadSignatureError
+
+    if len(signature) != 64:
+        return False
+    try:
+        return bool(
+            crypto_sign_ed25519ph_final_verify(
+                _ed25519ph_state(data), signature, _ed25519_raw(public)
+            )
+        )
+    except BadSignatureError:
+        return False
 
 
 def _ml_dsa_message(
@@ -355,7 +400,10 @@ def sign(
         ml: Any = private
         return bytes(ml.sign_mu(data) if mu else ml.sign(data))
     if isinstance(private, ed25519.Ed25519PrivateKey):
-        return private.sign(_ed25519_message(allowed, algorithm, message, mtype))
+        data = _ed25519_message(allowed, algorithm, message, mtype)
+        if algorithm == ED25519_PH_SHA_512:
+            return _ed25519ph_sign(private, data)
+        return private.sign(data)
     h, data, alg = _signing_input(allowed, algorithm, message, mtype)
     if isinstance(private, rsa.RSAPrivateKey):
         pad = _rsa_sign_padding(algorithm, h)
@@ -388,6 +436,8 @@ def verify(
         return True
     if isinstance(public, ed25519.Ed25519PublicKey):
         data = _ed25519_message(allowed, algorithm, message, mtype)
+        if algorithm == ED25519_PH_SHA_512:
+            return _ed25519ph_verify(public, data, signature)
         try:
             public.verify(signature, data)
         except InvalidSignature:

@@ -235,13 +235,13 @@ def test_private_keys_never_leave_in_plaintext(svc: KeyService, home: Any) -> No
 
 def test_ed25519_keys_sign_and_verify(svc: KeyService) -> None:
     """ECC_NIST_EDWARDS25519 SIGN_VERIFY keys: pure Ed25519 (ED25519_SHA_512) of a RAW message,
-    verifiable offline with the public key; HashEdDSA (ED25519_PH_SHA_512) is not offered."""
+    verifiable offline with the public key; HashEdDSA in its own test below."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     meta = svc.create_key(key_spec="ECC_NIST_EDWARDS25519", key_usage="SIGN_VERIFY")["KeyMetadata"]
     kid = meta["KeyId"]
-    assert meta["SigningAlgorithms"] == ["ED25519_SHA_512"]
+    assert meta["SigningAlgorithms"] == ["ED25519_SHA_512", "ED25519_PH_SHA_512"]
     assert code_of(
         lambda: svc.create_key(key_spec="ECC_NIST_EDWARDS25519", key_usage="KEY_AGREEMENT")
     ) == ("ValidationException")
@@ -272,16 +272,139 @@ def test_ed25519_keys_sign_and_verify(svc: KeyService) -> None:
         )
     ) == ("ValidationException")
     assert code_of(
-        lambda: svc.sign(
+        lambda: svc.sign(key_id=kid, message=b"x", signing_algorithm="ECDSA_SHA_256")
+    ) == ("InvalidKeyUsageException")
+
+
+# RFC 8032, section 7.3, "TEST abc": Ed25519ph of the message "abc"
+RFC8032_PH_SEED = "833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42"
+RFC8032_PH_SIGNATURE = (
+    "98a70222f0b8121aa9d30f813d683f809e462b469c7ff87639499bb94e6dae41"
+    "31f85042463c2a355a2003d062adf5aaa10b8c61e636062aaad11c2a26083406"
+)
+
+
+def _ph_verify_offline(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Ed25519ph verification written here from RFC 8032 section 5.1 (dom2 with phflag 1 and
+    an empty context, PH = SHA-512), in plain integers: an implementation independent of the
+    one under test (fine for public data; never for signing)."""
+    p = 2**255 - 19
+    q = 2**252 + 27742317777372353535851937790883648493
+    d = -121665 * pow(121666, p - 2, p) % p
+    sqrt_m1 = pow(2, (p - 1) // 4, p)
+
+    def add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+        x1, y1, z1, t1 = a
+        x2, y2, z2, t2 = b
+        aa, bb = (y1 - x1) * (y2 - x2) % p, (y1 + x1) * (y2 + x2) % p
+        cc, dd = t1 * 2 * d * t2 % p, z1 * 2 * z2 % p
+        e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+        return (e * f % p, g * h % p, f * g % p, e * h % p)
+
+    def mul(s: int, pt: tuple[int, ...]) -> tuple[int, ...]:
+        out = (0, 1, 1, 0)
+        while s:
+            if s & 1:
+                out = add(out, pt)
+            pt, s = add(pt, pt), s >> 1
+        return out
+
+    def decompress(b: bytes) -> tuple[int, ...] | None:
+        y = int.from_bytes(b, "little")
+        sign, y = y >> 255, y & ((1 << 255) - 1)
+        if y >= p:
+            return None
+        x2 = (y * y - 1) * pow(d * y * y + 1, p - 2, p) % p
+        x = pow(x2, (p + 3) // 8, p)
+        if (x * x - x2) % p:
+            x = x * sqrt_m1 % p
+        if (x * x - x2) % p or (x == 0 and sign):
+            return None
+        if x & 1 != sign:
+            x = p - x
+        return (x, y, 1, x * y % p)
+
+    def equal(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+        return (a[0] * b[2] - b[0] * a[2]) % p == 0 and (a[1] * b[2] - b[1] * a[2]) % p == 0
+
+    gy = 4 * pow(5, p - 2, p) % p
+    base = decompress(gy.to_bytes(32, "little"))
+    a_pt, r_pt = decompress(public), decompress(signature[:32])
+    s = int.from_bytes(signature[32:], "little")
+    if base is None or a_pt is None or r_pt is None or s >= q:
+        return False
+    dom2 = b"SigEd25519 no Ed25519 collisions" + bytes([1, 0])
+    ph = hashlib.sha512(message).digest()
+    k = int.from_bytes(hashlib.sha512(dom2 + signature[:32] + public + ph).digest(), "little") % q
+    return equal(mul(s, base), add(r_pt, mul(k, a_pt)))
+
+
+def test_ed25519ph_matches_rfc8032_and_an_independent_verifier(svc: KeyService) -> None:
+    """ED25519_PH_SHA_512: HashEdDSA of a 64-byte DIGEST, which KMS hashes again as the
+    algorithm's prehash ("the input is hashed twice"): the signature is Ed25519ph's over the
+    digest's bytes. Checked against RFC 8032's own vector (an imported key with its seed) and
+    a verifier written in this test from the RFC."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from envelope.service import _specs
+
+    rfc_key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(RFC8032_PH_SEED))
+    assert _specs._ed25519ph_sign(rfc_key, b"abc").hex() == RFC8032_PH_SIGNATURE
+    meta = svc.create_key(key_spec="ECC_NIST_EDWARDS25519", key_usage="SIGN_VERIFY")["KeyMetadata"]
+    kid = meta["KeyId"]
+    public = svc.get_public_key(key_id=kid)
+    assert public["SigningAlgorithms"] == ["ED25519_SHA_512", "ED25519_PH_SHA_512"]
+    raw = serialization.load_der_public_key(public["PublicKey"]).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    digest = hashlib.sha512(b"ledger entry").digest()
+    out = svc.sign(
+        key_id=kid, message=digest, message_type="DIGEST", signing_algorithm="ED25519_PH_SHA_512"
+    )
+    sig = out["Signature"]
+    assert len(sig) == 64 and out["SigningAlgorithm"] == "ED25519_PH_SHA_512"
+    assert _ph_verify_offline(raw, digest, sig)
+    assert not _ph_verify_offline(raw, digest[:-1] + b"\0", sig)
+    ok = svc.verify(
+        key_id=kid,
+        message=digest,
+        message_type="DIGEST",
+        signature=sig,
+        signing_algorithm="ED25519_PH_SHA_512",
+    )
+    assert ok["SignatureValid"] is True
+    bad = sig[:-1] + bytes([sig[-1] ^ 1])
+    assert code_of(
+        lambda: svc.verify(
             key_id=kid,
             message=digest,
             message_type="DIGEST",
+            signature=bad,
             signing_algorithm="ED25519_PH_SHA_512",
         )
-    ) == ("UnsupportedOperationException")
+    ) == ("KMSInvalidSignatureException")
+    # DIGEST only, of SHA-512's length; a pure Ed25519 signature is not a HashEdDSA one
     assert code_of(
-        lambda: svc.sign(key_id=kid, message=b"x", signing_algorithm="ECDSA_SHA_256")
-    ) == ("InvalidKeyUsageException")
+        lambda: svc.sign(key_id=kid, message=b"m", signing_algorithm="ED25519_PH_SHA_512")
+    ) == ("ValidationException")
+    assert code_of(
+        lambda: svc.sign(
+            key_id=kid,
+            message=digest[:32],
+            message_type="DIGEST",
+            signing_algorithm="ED25519_PH_SHA_512",
+        )
+    ) == ("ValidationException")
+    pure = svc.sign(key_id=kid, message=digest, signing_algorithm="ED25519_SHA_512")["Signature"]
+    assert code_of(
+        lambda: svc.verify(
+            key_id=kid,
+            message=digest,
+            message_type="DIGEST",
+            signature=pure,
+            signing_algorithm="ED25519_PH_SHA_512",
+        )
+    ) == ("KMSInvalidSignatureException")
 
 
 @pytest.mark.parametrize("spec", ["ML_DSA_44", "ML_DSA_65", "ML_DSA_87"])
