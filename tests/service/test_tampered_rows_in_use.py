@@ -180,3 +180,30 @@ def test_a_schema5_store_gets_its_policy_names_once(home: Path, clock: FakeClock
     assert upgrades == [{"FromSchema": 5, "ToSchema": 6, "Principals": 1}]
     assert svc.check_store() == []
     svc.close()
+
+
+@pytest.mark.parametrize("change", ["put", "delete"])
+def test_a_policy_change_does_not_make_a_tampered_set_authentic(
+    home: Path, clock: FakeClock, change: str
+) -> None:
+    """Found by a review of the fix above: the next PutUserPolicy or DeleteUserPolicy on the
+    user (for another policy) rewrote the names from the rows as they stood, making a deleted
+    Deny's absence authentic. A change now checks the set first and is refused."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    etl = user(svc, "etl")
+    attach(svc, etl, stmt(Action="kms:*", Resource="*"), name="allow-kms")
+    attach(svc, etl, stmt("Deny", Action="kms:*", Resource="*"), name="deny-all")
+    attach(svc, etl, stmt(Action="kms:DescribeKey", Resource="*"), name="other")
+    svc.close()
+    put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError):
+        if change == "put":
+            attach(svc, etl, stmt(Action="kms:Encrypt", Resource="*"), name="new")
+        else:
+            svc.delete_principal_policy(arn=etl, policy_name="other", principal=ROOT_A)
+    with pytest.raises(TamperedStoreError):
+        svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
+    assert any("etl" in p for p in svc.check_store())
+    svc.close()
