@@ -190,12 +190,18 @@ class Store:
             _create(p, root)
         _check_file(p)
         conn = sqlite3.connect(
-            p, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+            # read-only: not even a checkpoint of a WAL left by a killed process (its content
+            # may be evidence), nor its removal when the connection closes
+            p.as_uri() + "?mode=ro" if read_only else p,
+            uri=read_only,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=busy_timeout_ms / 1000,
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
+            if str(mode).lower() != "wal" and not read_only:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             # Fewer, larger checkpoints: each one fsyncs the database file, and rewrites a hot
@@ -494,9 +500,9 @@ def _create(p: Path, provider: RootKeyProvider) -> None:
             return
         if os.path.islink(p):  # dangling: a store is never made through a link
             raise StoreError(
-                f"the KMS store {p} is a symbolic link to {os.readlink(p)!r}, which does not "
-                "exist: a new store is not created through it. Remove the link, or point it at "
-                "the store"
+                f"the KMS store {p} is a symbolic link to {os.readlink(p)!r}, which leads to "
+                "no existing file: a new store is not created through it. Remove the link, or "
+                "point it at the store"
             )
         leftovers = [p.name + s for s in _SIDE_FILES if p.with_name(p.name + s).exists()]
         if leftovers:

@@ -389,3 +389,29 @@ def test_the_store_check_names_an_edited_access_row(
     problems = svc.check_store()
     assert len(problems) == 1 and "fails authentication" in problems[0], problems
     svc.close()
+
+
+def test_audit_verify_leaves_a_killed_process_s_wal_as_it_is(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Closing verify's connection checkpointed the WAL a killed process left into the store
+    and removed it: the store changed, and the WAL's content (evidence, on a store in doubt)
+    went. Verify now reads through a read-only connection."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from envelope.service import open_service\n"
+        "svc = open_service(sys.argv[1])\n"
+        "kid = svc.create_key()['KeyMetadata']['KeyId']\n"
+        "for _ in range(20):\n"
+        "    svc.generate_data_key(key_id=kid, key_spec='AES_256')\n"
+        "os._exit(0)\n"  # as if killed: nothing closed, nothing checkpointed
+    )
+    subprocess.run([sys.executable, "-c", script, str(home)], check=True, timeout=120)
+    wal = home / "kms.sqlite3-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    before = ((home / "kms.sqlite3").read_bytes(), wal.read_bytes())
+    run(["audit", "verify", "--home", str(home)])
+    assert ((home / "kms.sqlite3").read_bytes(), wal.read_bytes()) == before
