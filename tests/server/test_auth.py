@@ -86,8 +86,10 @@ def signed(
     body: bytes = b"{}",
     region: str = REGION,
     service: str = "kms",
+    signer: type[SigV4Auth] = SigV4Auth,
 ) -> dict[str, Any]:
-    """A KMS request signed by botocore at time `at`, as authenticate's keyword arguments."""
+    """A KMS request signed by botocore (or `signer`) at time `at`, as authenticate's keyword
+    arguments."""
     req = AWSRequest(
         method="POST",
         url=f"https://{HOST}/",
@@ -96,7 +98,7 @@ def signed(
     )
     fixed = datetime.datetime(*time.gmtime(at)[:6])
     with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
-        SigV4Auth(creds, service, region).add_auth(req)
+        signer(creds, service, region).add_auth(req)
     return {
         "method": "POST",
         "host": HOST,
@@ -412,24 +414,10 @@ def test_a_request_signed_with_a_date_header(auth: Authenticator, alice: Credent
         def _set_necessary_date_headers(self, request: AWSRequest) -> None:
             request.headers["Date"] = request.context["timestamp"]
 
-    req = AWSRequest(
-        method="POST",
-        url=f"https://{HOST}/",
-        data=b"{}",
-        headers={
-            "X-Amz-Target": "TrentService.ListKeys",
-            "Content-Type": "application/x-amz-json-1.1",
-        },
-    )
-    fixed = datetime.datetime(*time.gmtime(NOW)[:6])
-    with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
-        DateSigner(alice, "kms", REGION).add_auth(req)
-    headers = list(req.headers.items())
-    assert "X-Amz-Date" not in dict(headers) and "date;" in dict(headers)["Authorization"]
-    out = auth.authenticate(
-        method="POST", host=HOST, path="/", query="", headers=headers, body=b"{}"
-    )
-    assert out.endswith("user/alice")
+    req = signed(alice, signer=DateSigner)
+    headers = dict(req["headers"])
+    assert "X-Amz-Date" not in headers and "date;" in headers["Authorization"]
+    assert auth.authenticate(**req).endswith("user/alice")
 
 
 def test_the_server_answers_for_aws_regions_only(kms: KeyService, alice: Credentials) -> None:

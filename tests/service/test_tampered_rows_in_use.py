@@ -105,49 +105,47 @@ def test_a_deleted_access_key_stays_deleted_when_the_old_access_generation_is_pu
     assert server.resolve_credentials(kid, clock()) is None
 
 
-@pytest.mark.parametrize("edit", ["deleted", "added"])
-def test_an_identity_policy_row_deleted_or_added_outside_the_kms_is_tampering(
-    home: Path, clock: FakeClock, edit: str
-) -> None:
-    """Each policy row was authenticated alone, not the set: deleting a user's Deny with an
-    SQLite tool widened its access and `envelope audit verify` stayed green. The principal's
-    authenticated row now names its policies."""
+def etl_with_deny(home: Path, clock: FakeClock) -> tuple[str, str]:
+    """A key and a user `etl` allowed everything but denied by its `deny-all` policy, in a
+    closed store: (key id, user ARN)."""
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     kid = new_key(svc)
     etl = user(svc, "etl")
     attach(svc, etl, stmt(Action="kms:*", Resource="*"), name="allow-kms")
     attach(svc, etl, stmt("Deny", Action="kms:*", Resource="*"), name="deny-all")
+    attach(svc, etl, stmt(Action="kms:DescribeKey", Resource="*"), name="other")
     with pytest.raises(AccessDeniedException):
         svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
     other = user(svc, "other")
     attach(svc, other, stmt(Action="kms:*", Resource="*"), name="extra")
     svc.close()
-    if edit == "deleted":
-        put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
-    else:  # another principal's authentic row moved over (its MAC names the other principal)
-        put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
-        put_back(home, "UPDATE identity_policies SET principal=? WHERE name='extra'", etl)
-    svc = KeyService(open_store(home), clock=clock, owns_store=True)
-    with pytest.raises((TamperedStoreError, AccessDeniedException)):
-        svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
-    problems = svc.check_store()
-    assert any("etl" in p for p in problems), problems
-    svc.close()
+    return kid, etl
 
 
 def test_a_deleted_deny_is_refused_as_tampering(home: Path, clock: FakeClock) -> None:
-    svc = KeyService(open_store(home), clock=clock, owns_store=True)
-    kid = new_key(svc)
-    etl = user(svc, "etl")
-    attach(svc, etl, stmt(Action="kms:*", Resource="*"), name="allow-kms")
-    attach(svc, etl, stmt("Deny", Action="kms:*", Resource="*"), name="deny-all")
-    svc.close()
+    """Each policy row was authenticated alone, not the set: deleting a user's Deny with an
+    SQLite tool widened its access and `envelope audit verify` stayed green. The principal's
+    authenticated row now names its policies."""
+    kid, etl = etl_with_deny(home, clock)
     put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     with pytest.raises(TamperedStoreError, match="not the ones its authenticated row names"):
         svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
     assert svc.audit_tail(1)[0]["alarm"] == 1
     assert run(["audit", "verify", "--home", str(home)]) == 1
+    svc.close()
+
+
+def test_a_policy_row_moved_over_from_another_principal_is_refused(
+    home: Path, clock: FakeClock
+) -> None:
+    kid, etl = etl_with_deny(home, clock)
+    put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
+    put_back(home, "UPDATE identity_policies SET principal=? WHERE name='extra'", etl)
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    with pytest.raises(TamperedStoreError):
+        svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
+    assert any("etl" in p for p in svc.check_store())
     svc.close()
 
 
@@ -189,13 +187,7 @@ def test_a_policy_change_does_not_make_a_tampered_set_authentic(
     """Found by a review of the fix above: the next PutUserPolicy or DeleteUserPolicy on the
     user (for another policy) rewrote the names from the rows as they stood, making a deleted
     Deny's absence authentic. A change now checks the set first and is refused."""
-    svc = KeyService(open_store(home), clock=clock, owns_store=True)
-    kid = new_key(svc)
-    etl = user(svc, "etl")
-    attach(svc, etl, stmt(Action="kms:*", Resource="*"), name="allow-kms")
-    attach(svc, etl, stmt("Deny", Action="kms:*", Resource="*"), name="deny-all")
-    attach(svc, etl, stmt(Action="kms:DescribeKey", Resource="*"), name="other")
-    svc.close()
+    kid, etl = etl_with_deny(home, clock)
     put_back(home, "DELETE FROM identity_policies WHERE name='deny-all'")
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     with pytest.raises(TamperedStoreError):
