@@ -358,53 +358,32 @@ def test_ed25519ph_matches_rfc8032_and_an_independent_verifier(svc: KeyService) 
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     digest = hashlib.sha512(b"ledger entry").digest()
-    out = svc.sign(
-        key_id=kid, message=digest, message_type="DIGEST", signing_algorithm="ED25519_PH_SHA_512"
-    )
+
+    def ph(operation: str, **kwargs: Any) -> Any:
+        call = getattr(svc, operation)
+        return call(
+            key_id=kid, message_type="DIGEST", signing_algorithm="ED25519_PH_SHA_512", **kwargs
+        )
+
+    out = ph("sign", message=digest)
     sig = out["Signature"]
     assert len(sig) == 64 and out["SigningAlgorithm"] == "ED25519_PH_SHA_512"
     assert _ph_verify_offline(raw, digest, sig)
     assert not _ph_verify_offline(raw, digest[:-1] + b"\0", sig)
-    ok = svc.verify(
-        key_id=kid,
-        message=digest,
-        message_type="DIGEST",
-        signature=sig,
-        signing_algorithm="ED25519_PH_SHA_512",
-    )
-    assert ok["SignatureValid"] is True
+    assert ph("verify", message=digest, signature=sig)["SignatureValid"] is True
     bad = sig[:-1] + bytes([sig[-1] ^ 1])
-    assert code_of(
-        lambda: svc.verify(
-            key_id=kid,
-            message=digest,
-            message_type="DIGEST",
-            signature=bad,
-            signing_algorithm="ED25519_PH_SHA_512",
-        )
-    ) == ("KMSInvalidSignatureException")
+    assert code_of(lambda: ph("verify", message=digest, signature=bad)) == (
+        "KMSInvalidSignatureException"
+    )
     # DIGEST only, of SHA-512's length; a pure Ed25519 signature is not a HashEdDSA one
     assert code_of(
         lambda: svc.sign(key_id=kid, message=b"m", signing_algorithm="ED25519_PH_SHA_512")
     ) == ("ValidationException")
-    assert code_of(
-        lambda: svc.sign(
-            key_id=kid,
-            message=digest[:32],
-            message_type="DIGEST",
-            signing_algorithm="ED25519_PH_SHA_512",
-        )
-    ) == ("ValidationException")
+    assert code_of(lambda: ph("sign", message=digest[:32])) == ("ValidationException")
     pure = svc.sign(key_id=kid, message=digest, signing_algorithm="ED25519_SHA_512")["Signature"]
-    assert code_of(
-        lambda: svc.verify(
-            key_id=kid,
-            message=digest,
-            message_type="DIGEST",
-            signature=pure,
-            signing_algorithm="ED25519_PH_SHA_512",
-        )
-    ) == ("KMSInvalidSignatureException")
+    assert code_of(lambda: ph("verify", message=digest, signature=pure)) == (
+        "KMSInvalidSignatureException"
+    )
 
 
 @pytest.mark.parametrize("spec", ["ML_DSA_44", "ML_DSA_65", "ML_DSA_87"])
