@@ -81,7 +81,10 @@ class CachePolicy:
     refresh_retry: after a refresh failed or stalled, wait this long before another.
     ttl_jitter: shorten each entry's TTL by a random fraction up to this, so that processes
         started together do not refresh together. Never lengthens a TTL.
-    wait_timeout: how long a caller waits for another caller's KMS request for the same key.
+    wait_timeout: how long a caller waits for another caller's KMS request for the same key;
+        None (the default): until that request ends, which its own retry deadline and the
+        backend's timeouts bound. (A fixed 20 s made waiters fail while the request they waited
+        on went on, within its 30 s, or bulk 120 s, retry deadline, and then succeeded.)
     """
 
     enabled: bool = True
@@ -93,7 +96,7 @@ class CachePolicy:
     refresh_ahead: float = 10.0
     refresh_retry: float = 1.0
     ttl_jitter: float = 0.1
-    wait_timeout: float = 20.0
+    wait_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_objects", "max_bytes", "capacity"):
@@ -109,6 +112,8 @@ class CachePolicy:
         for name in ("ttl", "decrypt_ttl", "refresh_ahead", "refresh_retry", "ttl_jitter",
                      "wait_timeout"):  # fmt: skip
             value = getattr(self, name)
+            if value is None and name == "wait_timeout":
+                continue  # wait for the request in flight, however long it takes
             if isinstance(value, bool) or isinstance(value, str | bytes):
                 raise ConfigurationError(f"cache {name} must be a number, not {value!r}")
             try:  # an int, a float, a numpy number: anything with __float__
@@ -131,8 +136,8 @@ class CachePolicy:
             raise ConfigurationError("cache refresh_retry must be 0 .. 3600 s")
         if not 0.0 <= self.ttl_jitter <= 0.5:
             raise ConfigurationError("cache ttl_jitter must be 0 .. 0.5")
-        if not 0.0 < self.wait_timeout <= 3600.0:
-            raise ConfigurationError("cache wait_timeout must be in (0, 3600] s")
+        if self.wait_timeout is not None and not 0.0 < self.wait_timeout <= 3600.0:
+            raise ConfigurationError("cache wait_timeout must be None or in (0, 3600] s")
 
 
 # -- cache keys -----------------------------------------------------------------------------
@@ -645,8 +650,8 @@ class DataKeyCache:
 
     def _timed_out(self) -> KmsUnavailableError:
         return KmsUnavailableError(
-            f"timed out after {self.policy.wait_timeout:g} s waiting for a data-key "
-            "request already in flight"
+            f"timed out after {self.policy.wait_timeout or 0:g} s (the cache's wait_timeout) "
+            "waiting for a data-key request already in flight"
         )
 
     async def _wait(self, flight: _Flight) -> None:
@@ -654,7 +659,8 @@ class DataKeyCache:
         to 5 ms; misses are rare, so this costs nothing measurable."""
         import anyio  # async callers only: the blocking face never loads it
 
-        deadline = time.monotonic() + self.policy.wait_timeout
+        limit = self.policy.wait_timeout
+        deadline = math.inf if limit is None else time.monotonic() + limit
         delay = 0.0002
         while not flight.done.is_set():
             if time.monotonic() >= deadline:

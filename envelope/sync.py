@@ -674,32 +674,39 @@ def _chunked(
     total_bytes: int = 0,
 ) -> list[bytearray | EnvelopeError]:
     """Run `work(i)` for every i, in chunks on the pool: one thread hop per chunk, not per
-    object (inline when the objects are small: see THREADED_BATCH_MIN_BYTES). Without
-    `return_exceptions`, the first failure is raised after every chunk is done, and every
-    plaintext already produced is zeroed first."""
+    object (inline when the objects are small: see THREADED_BATCH_MIN_BYTES).
+
+    Without `return_exceptions`, the first failure stops the batch: items not yet started are
+    not started (a KMS that throttles or is down got one request per remaining item, each
+    after its own retries), the chunks running finish their item, every plaintext already
+    produced is zeroed, and the failure is raised."""
     results: list[bytearray | EnvelopeError | None] = [None] * count
     workers = options.worker_count
     if count and total_bytes // count < THREADED_BATCH_MIN_BYTES:
         workers = 1
     per_chunk = max(1, -(-count // (workers * 4)))  # a few chunks per worker balances load
+    failed = threading.Event()
 
     def chunk(first: int, last: int) -> None:
         for i in range(first * per_chunk, min(last * per_chunk, count)):
+            if failed.is_set():
+                return
             try:
                 results[i] = work(i)
             except EnvelopeError as e:
                 results[i] = e
+                if not return_exceptions:
+                    failed.set()
 
     run_ranges(chunk, -(-count // per_chunk), 1, workers)
+    if failed.is_set():
+        first_error = next(r for r in results if isinstance(r, EnvelopeError))
+        for r in results:
+            if isinstance(r, bytearray):
+                r[:] = bytes(len(r))
+        raise first_error
     out: list[bytearray | EnvelopeError] = [r for r in results if r is not None]
     assert len(out) == count
-    if not return_exceptions:
-        first_error = next((r for r in out if isinstance(r, EnvelopeError)), None)
-        if first_error is not None:
-            for r in out:
-                if isinstance(r, bytearray):
-                    r[:] = bytes(len(r))
-            raise first_error
     return out
 
 

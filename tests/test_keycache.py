@@ -545,3 +545,41 @@ def test_a_sync_call_inside_the_loop_of_the_owning_task_does_not_freeze_it() -> 
     anyio.run(main)
     assert done["sync"] < 2 and done["owner"] < 2, done
     kr.close()
+
+
+def test_waiters_wait_as_long_as_the_request_they_wait_on() -> None:
+    """Found by a reliability review: waiters gave up after a fixed 20 s while the request
+    they waited on went on within its own retry deadline (30 s, bulk 120 s) and succeeded: 15
+    of 16 callers failed. By default a waiter now waits for that request's outcome; a
+    wait_timeout, where set, still caps it."""
+    import threading
+    import time
+
+    from envelope import sync
+
+    assert CachePolicy().wait_timeout is None
+    mem = MemoryKms()
+    kid = mem.create_key()
+    slow = FaultyKms(mem, latency=1.0)
+    for policy, ok in ((CachePolicy(), 8), (CachePolicy(wait_timeout=0.3), 1)):
+        slow.calls.clear()
+        kr = Keyring(slow, kid, cache=policy)
+        outcomes: list[str] = []
+
+        def worker(kr: Keyring = kr, out: list[str] = outcomes) -> None:
+            try:
+                sync.encrypt_bytes(b"x", keyring=kr)
+                out.append("ok")
+            except Exception as e:
+                out.append(type(e).__name__)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count("ok") == ok, outcomes
+        assert slow.calls["GenerateDataKey"] == 1  # single flight either way
+        assert time.monotonic() - started < 5
+        kr.close()

@@ -313,3 +313,27 @@ def test_progress_counts_plaintext_bytes_in_both_faces() -> None:
 
     anyio.run(lambda: api.decrypt(ct, Sink(), keyring=kr, on_progress=counter("async")))
     assert seen == {"sync": len(data), "async": len(data)}
+
+
+@pytest.mark.parametrize("size", [64, 256 << 10])  # inline, and on the worker threads
+def test_a_batch_stops_at_its_first_failure(size: int) -> None:
+    """Found by a reliability review: with the KMS throttling, `encrypt_many` went on through
+    every item, each asking the KMS again after its own retries (300 items, 304 requests, 79 s)
+    before raising the first failure. Without return_exceptions it now stops starting items at
+    the first failure; with it, every item still gets its own answer."""
+    from envelope.errors import ThrottlingError
+    from envelope.kms.faults import FaultyKms
+    from envelope.kms.retry import RetryPolicy
+
+    mem = MemoryKms()
+    kid = mem.create_key()
+    refusing = FaultyKms(mem, throttle=1.0)
+    kr = Keyring(refusing, kid, retry=RetryPolicy.none())
+    items = [bytes(size)] * 40
+    with pytest.raises(ThrottlingError):
+        sync.encrypt_many(items, keyring=kr)
+    assert refusing.calls["GenerateDataKey"] <= 4, refusing.calls  # the chunks already running
+    refusing.calls.clear()
+    out = sync.encrypt_many(items, keyring=kr, return_exceptions=True)
+    assert all(isinstance(r, ThrottlingError) for r in out)
+    kr.close()
