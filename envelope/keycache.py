@@ -41,6 +41,7 @@ import os
 import random
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from .metrics import NULL_OBSERVER, CacheName, EvictionReason, Observer
 
 __all__ = (
     "CacheKey",
+    "CacheTtlWarning",
     "CachePolicy",
     "DataKeyCache",
     "backend_identity",
@@ -63,6 +65,11 @@ __all__ = (
 )
 
 Clock = Callable[[], float]
+
+
+class CacheTtlWarning(UserWarning):
+    """A data key arrived after its TTL had run out (the TTL counts from the request): it
+    was not cached, so single-flight could not serve the callers waiting for it."""
 
 _DAY: Final = 24 * 3600.0
 
@@ -361,6 +368,7 @@ class DataKeyCache:
         self._by_wrapped: dict[WrappedKey, _Entry] = {}
         self._live: dict[CacheName, int] = {"encrypt": 0, "decrypt": 0}
         self._earliest = math.inf  # no entry expires before this
+        self._slow_warned = False  # CacheTtlWarning once per cache
         _caches.add(self)
 
     def __repr__(self) -> str:
@@ -428,6 +436,16 @@ class DataKeyCache:
         now = self.clock()
         if not now < entry.expires:  # the request took longer than the TTL: do not cache
             entry.zero()
+            if not self._slow_warned:
+                self._slow_warned = True
+                warnings.warn(
+                    f"a {kind} data key took {now - created:.1f} s to arrive, longer than the "
+                    f"cache's TTL ({base:g} s): it is not cached, so concurrent callers each "
+                    "make their own KMS request in turn. Set the TTL well above the KMS's "
+                    "response time",
+                    CacheTtlWarning,
+                    stacklevel=2,
+                )
             return None
         old = self._store.get(key)
         if old is not None:

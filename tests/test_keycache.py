@@ -583,3 +583,27 @@ def test_waiters_wait_as_long_as_the_request_they_wait_on() -> None:
         assert slow.calls["GenerateDataKey"] == 1  # single flight either way
         assert time.monotonic() - started < 5
         kr.close()
+
+
+def test_a_key_slower_than_the_ttl_is_a_warning() -> None:
+    """A reliability review found a TTL shorter than the KMS's response time turns
+    single-flight into a queue (each caller fetches in turn: the key arrives expired, so it is
+    not cached). That is now said, once per cache."""
+    from envelope import sync
+    from envelope.keycache import CacheTtlWarning
+
+    mem = MemoryKms()
+    kid = mem.create_key()
+    clock = [0.0]
+    cache = DataKeyCache(CachePolicy(ttl=1, ttl_jitter=0), clock=lambda: clock[0])
+    kr = Keyring(mem, kid, cache=cache)
+    real = mem.generate_data_key_blocking
+
+    def slow(*args: object, **kwargs: object) -> object:
+        clock[0] += 2.0  # the request outlives the TTL
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    mem.generate_data_key_blocking = slow  # type: ignore[method-assign]
+    with pytest.warns(CacheTtlWarning, match="longer than the cache's TTL"):
+        sync.encrypt_bytes(b"x", keyring=kr)
+    kr.close()
