@@ -1076,7 +1076,12 @@ class ServiceCore:
             target = self._alias_target(conn, name, owner)
             if target is not None:
                 return target, False, owner
-            if managed and owner == account and name[len("alias/aws/") :] in MANAGED_SERVICES:
+            if (
+                managed
+                and owner == account
+                and name.startswith("alias/aws/")
+                and name[len("alias/aws/") :] in MANAGED_SERVICES
+            ):
                 return self._create_managed_key(conn, name, account), True, owner
             raise NotFoundException(f"Alias {self._alias_arn(name, owner)} is not found.")
         if named is None and not valid_key_id(name):

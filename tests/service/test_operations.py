@@ -442,10 +442,23 @@ def test_aws_managed_keys(svc: KeyService) -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["alias/aws/third", "alias/aws/typo-service", "alias/aws/S3"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alias/aws/third",
+        "alias/aws/typo-service",
+        "alias/aws/S3",
+        # any alias whose name from its 11th character was a service's made one (found by a
+        # conformance review): a customer's alias/dev/s3 was taken for good by a managed key
+        "alias/dev/s3",
+        "alias/qa1/rds",
+        "alias/AWS/s3",
+        "alias/0123s3",
+    ],
+)
 def test_only_predefined_aws_aliases_make_a_managed_key(svc: KeyService, name: str) -> None:
     """A typo in an alias/aws/ name is NotFoundException, as in AWS, not a new AWS managed key
-    that nobody could ever disable or delete."""
+    that nobody could ever disable or delete; and only an alias/aws/ name makes one."""
     from envelope.service import RequestContext
 
     via = RequestContext(via_service="s3.us-east-1.amazonaws.com")
@@ -456,6 +469,7 @@ def test_only_predefined_aws_aliases_make_a_managed_key(svc: KeyService, name: s
         == "NotFoundException"
     )
     assert svc.list_keys()["Keys"] == before
+    assert all(a["AliasName"] != name for a in svc.list_aliases()["Aliases"])
 
 
 def test_wrong_key_usage(svc: KeyService) -> None:
