@@ -271,7 +271,15 @@ class GrantOps(ServiceCore):
                     "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=? AND name=?",
                     (key.region, key.id, name),
                 ):
-                    if all(row.get(k) == v for k, v in body.items()):
+                    # the same grant: the same parameters, Operations as a set (its order
+                    # says nothing; a retry that listed them in another order made a second
+                    # grant)
+                    if all(
+                        sorted(row.get(k) or ()) == sorted(v)
+                        if k == "Operations"
+                        else row.get(k) == v
+                        for k, v in body.items()
+                    ):
                         token = self._issue_token(conn, str(row["GrantId"]))
                         call.params["GrantId"] = row["GrantId"]
                         return {"GrantToken": token, "GrantId": row["GrantId"]}
