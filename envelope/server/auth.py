@@ -43,7 +43,6 @@ scope (``kms`` for `envelope serve`, ``kms-xks-proxy`` for the XKS proxy of `env
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
@@ -341,22 +340,6 @@ class _Claims(NamedTuple):
     signature: str
     secret: str
     principal: str
-
-
-@functools.cache
-def kms_regions() -> frozenset[str]:
-    """The Regions AWS KMS has, in every partition, from botocore's endpoint data: the ones an
-    endpoint serving every Region of a store answers for. A made-up Region name has no AWS
-    endpoint; accepting any well-formed one let a signed-in caller make a server keep a
-    Region's service for each name it invented (memory without bound)."""
-    import botocore.session
-
-    session = botocore.session.get_session()
-    return frozenset(
-        region
-        for partition in session.get_available_partitions()
-        for region in session.get_available_regions("kms", partition_name=partition)
-    )
 
 
 class Authenticator:

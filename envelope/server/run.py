@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from .._ratelimit import RateQuota
+from .._regions import aws_kms_regions
 from .._serving import base_options, serve_with, set_header_timeout
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
@@ -82,7 +83,11 @@ def _authenticator(service: KeyService) -> Any:
         ) from None
     # every AWS Region, as AWS's Regional endpoints: a client signs for the Region it is
     # configured for (multi-Region replicas are reached that way)
-    return auth.Authenticator(service, regions=auth.kms_regions() | {service.region})
+    # every AWS Region, and every Region the store already holds keys in (a replica an
+    # earlier release made in a Region AWS does not have stays reachable); never any name
+    return auth.Authenticator(
+        service, regions=(aws_kms_regions() or frozenset()) | service.store_regions()
+    )
 
 
 def _configure_logging(level: str) -> None:

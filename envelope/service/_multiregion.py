@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 
+from .._regions import aws_kms_regions
 from . import _authz, _materials, _states
 from ._core import (
     RequestContext,
@@ -22,6 +23,7 @@ from .errors import (
     AlreadyExistsException,
     NotFoundException,
     UnsupportedOperationException,
+    ValidationException,
 )
 
 
@@ -61,6 +63,11 @@ class MultiRegionOps(ServiceCore):
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _check_region(replica_region)
+            known = aws_kms_regions()
+            if known is not None and replica_region not in known:
+                # a replica there could never be reached over the wire (`envelope serve`
+                # answers for AWS's Regions): AWS has no endpoint for the name
+                raise ValidationException(f"{replica_region!r} is not an AWS Region")
             call.values["kms:replicaregion"] = replica_region
             key = self._primary(  # AWS's words
                 conn, call, key_id, MANAGE, now, "{arn} is not a multi-region primary key."

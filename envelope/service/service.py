@@ -60,6 +60,13 @@ class KeyService(
     `_authorize_account`, deciding with `access.authorize`) before it changes anything.
     """
 
+    def store_regions(self) -> frozenset[str]:
+        """This service's Region and every Region the store holds keys in (a server answers
+        for these besides AWS's own)."""
+        with self.store.read() as conn:
+            rows = conn.execute("SELECT DISTINCT region FROM keys").fetchall()
+        return frozenset({self.region, *(str(r) for (r,) in rows)})
+
     def for_region(self, region: str) -> KeyService:
         """A service for another Region of the same store (same clock and account).
 

@@ -432,3 +432,18 @@ def test_the_server_answers_for_aws_regions_only(kms: KeyService, alice: Credent
     with pytest.raises(AuthError) as info:
         verify(**signed(alice, at=now, region="zz-madeup-7"))
     assert info.value.code == "InvalidSignatureException" and "valid region" in info.value.message
+    # a Region the store already holds keys in (an earlier release let a replica go anywhere)
+    # is still served, read from the store when the server starts
+    kms.for_region("eu-mars-1").create_key()
+    verify = authenticator_for(kms)
+    assert verify(**signed(alice, at=now, region="eu-mars-1")).region == "eu-mars-1"
+
+
+def test_replicas_go_only_to_aws_regions(kms: KeyService) -> None:
+    """A replica in a Region AWS does not have could never be reached over the wire."""
+    from envelope.service.errors import ValidationException
+
+    kid = kms.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
+    with pytest.raises(ValidationException, match="not an AWS Region"):
+        kms.replicate_key(key_id=kid, replica_region="eu-mars-1")
+    assert kms.replicate_key(key_id=kid, replica_region="eu-west-1")["ReplicaKeyMetadata"]
