@@ -289,13 +289,13 @@ def _to_6(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
     """Each principal's row names its identity policies (``PolicyNames``), under its MAC."""
     row_key = rk.unseal(read_meta(conn)["key_row_mac_key"], _rows.KEY_ROW_MAC_AAD)
     rows = conn.execute("SELECT arn, body, mac FROM principals").fetchall()
+    tampered = 0
     for arn, text, mac in rows:
         if not _rows.check_record(row_key, "principals", str(arn), str(text), mac):
-            raise TamperedStoreError(
-                f"the principal row {arn!s:.200} fails authentication under the root key: it "
-                "was edited outside the KMS, and an upgrade does not re-authenticate it. "
-                "Nothing was changed; restore the store from a backup"
-            )
+            # left as it is: still refused on use and named by the store check (an upgrade
+            # never re-authenticates a row that fails), while the rest of the store upgrades
+            tampered += 1
+            continue
         body = json.loads(text)
         body["PolicyNames"] = [
             str(n)
@@ -310,7 +310,10 @@ def _to_6(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
         )
     conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"6",))
     store_id = read_meta(conn)["store_id"].decode("ascii", "replace")
-    _record(conn, audit.Sealer(signer, rk, store_id), 5, 6, {"Principals": len(rows)})
+    extra: dict[str, object] = {"Principals": len(rows) - tampered}
+    if tampered:
+        extra["TamperedPrincipals"] = tampered
+    _record(conn, audit.Sealer(signer, rk, store_id), 5, 6, extra)
 
 
 SEALS_INDEX = "CREATE INDEX IF NOT EXISTS seals_counter ON seals(counter)"

@@ -150,33 +150,40 @@ def test_a_policy_row_moved_over_from_another_principal_is_refused(
 
 
 def test_a_schema5_store_gets_its_policy_names_once(home: Path, clock: FakeClock) -> None:
-    """The upgrade to schema 6 records each principal's policy names as they are."""
+    """The upgrade to schema 6 records each principal's policy names as they are; a principal
+    row that fails its MAC is left as it is (still refused, and named by the store check) and
+    does not stop the rest of the store from upgrading."""
+    from envelope.service import _rows
+    from envelope.service._migrate import VERIFIER, verifier_aad
+
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     kid = new_key(svc)
     etl = user(svc, "etl")
+    other = user(svc, "other")
     attach(svc, etl, stmt(Action="kms:*", Resource="*"), name="allow-kms")
     store = svc.store
     with store.write() as conn:  # as schema 5 wrote it: no names, MAC'd, verifier floor 5
-        from envelope.service import _rows
-        from envelope.service._migrate import VERIFIER, verifier_aad
-
-        (text,) = conn.execute("SELECT body FROM principals WHERE arn=?", (etl,)).fetchone()
-        body = json.loads(text)
-        del body["PolicyNames"]
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-        mac = _rows.record_mac(store.row_key, "principals", etl, text)
-        conn.execute("UPDATE principals SET body=?, mac=? WHERE arn=?", (text, mac, etl))
+        for arn in (etl, other):
+            (text,) = conn.execute("SELECT body FROM principals WHERE arn=?", (arn,)).fetchone()
+            body = json.loads(text)
+            del body["PolicyNames"]
+            text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+            mac = _rows.record_mac(store.row_key, "principals", arn, text)
+            conn.execute("UPDATE principals SET body=?, mac=? WHERE arn=?", (text, mac, arn))
         conn.execute("UPDATE meta SET value=? WHERE name='schema_version'", (b"5",))
         conn.execute(
             "UPDATE meta SET value=? WHERE name='verifier'",
             (store.root.seal(VERIFIER, verifier_aad(5)),),
         )
     svc.close()
+    tags = 'replace(body, \'"Tags":{}\', \'"Tags":{"a":"b"}\')'
+    put_back(home, f"UPDATE principals SET body={tags} WHERE arn=?", other)
     svc = KeyService(open_store(home), clock=clock, owns_store=True)
     svc.generate_data_key(key_id=kid, key_spec="AES_256", principal=etl)
     upgrades = [r["params"] for r in svc.audit_tail(20) if r["operation"] == "UpgradeStore"]
-    assert upgrades == [{"FromSchema": 5, "ToSchema": 6, "Principals": 1}]
-    assert svc.check_store() == []
+    assert upgrades == [{"FromSchema": 5, "ToSchema": 6, "Principals": 1, "TamperedPrincipals": 1}]
+    problems = svc.check_store()
+    assert len(problems) == 1 and "user/other" in problems[0], problems
     svc.close()
 
 
