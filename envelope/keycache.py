@@ -71,6 +71,7 @@ class CacheTtlWarning(UserWarning):
     """A data key arrived after its TTL had run out (the TTL counts from the request): it
     was not cached, so single-flight could not serve the callers waiting for it."""
 
+
 _DAY: Final = 24 * 3600.0
 
 
@@ -88,10 +89,11 @@ class CachePolicy:
     refresh_retry: after a refresh failed or stalled, wait this long before another.
     ttl_jitter: shorten each entry's TTL by a random fraction up to this, so that processes
         started together do not refresh together. Never lengthens a TTL.
-    wait_timeout: how long a caller waits for another caller's KMS request for the same key;
-        None (the default): until that request ends, which its own retry deadline and the
-        backend's timeouts bound. (A fixed 20 s made waiters fail while the request they waited
-        on went on, within its 30 s, or bulk 120 s, retry deadline, and then succeeded.)
+    wait_timeout: how long a caller waits for another caller's KMS request for the same key:
+        300 s by default, longer than any request of the default and bulk retry profiles
+        (30 s and 120 s deadlines, 30 s read timeouts) can take, so that waiters share its
+        outcome (a 20 s default made them fail while the request went on and succeeded);
+        None waits for as long as the request takes.
     """
 
     enabled: bool = True
@@ -103,7 +105,7 @@ class CachePolicy:
     refresh_ahead: float = 10.0
     refresh_retry: float = 1.0
     ttl_jitter: float = 0.1
-    wait_timeout: float | None = None
+    wait_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
         for name in ("max_objects", "max_bytes", "capacity"):
@@ -529,8 +531,10 @@ class DataKeyCache:
             pending = self._flights.get(key)
             if pending is not None:
                 return None, pending, False
-            flight = self._flights[key] = _Flight()
+            # the observer first: a flight registered and then abandoned by an observer that
+            # raised would hold every later caller of this key until its wait_timeout
             self.observer.cache_lookup(kind, False)
+            flight = self._flights[key] = _Flight()
             return None, flight, True
 
     def _bypass(self, expected_bytes: int) -> bool:

@@ -698,7 +698,15 @@ def _chunked(
                 if not return_exceptions:
                     failed.set()
 
-    run_ranges(chunk, -(-count // per_chunk), 1, workers)
+    try:
+        run_ranges(chunk, -(-count // per_chunk), 1, workers)
+    except BaseException:
+        # a failure that is not an EnvelopeError (a keyring's own error, an interrupt) leaves
+        # the chunks: the plaintexts already produced are zeroed before it goes on
+        for r in results:
+            if isinstance(r, bytearray):
+                r[:] = bytes(len(r))
+        raise
     if failed.is_set():
         first_error = next(r for r in results if isinstance(r, EnvelopeError))
         for r in results:

@@ -550,18 +550,19 @@ def test_a_sync_call_inside_the_loop_of_the_owning_task_does_not_freeze_it() -> 
 def test_waiters_wait_as_long_as_the_request_they_wait_on() -> None:
     """Found by a reliability review: waiters gave up after a fixed 20 s while the request
     they waited on went on within its own retry deadline (30 s, bulk 120 s) and succeeded: 15
-    of 16 callers failed. By default a waiter now waits for that request's outcome; a
-    wait_timeout, where set, still caps it."""
+    of 16 callers failed. The default now outlasts any request of the retry profiles; None
+    waits as long as the request takes; a short wait_timeout still caps it."""
     import threading
     import time
 
     from envelope import sync
 
-    assert CachePolicy().wait_timeout is None
+    assert CachePolicy().wait_timeout == 300.0  # past the bulk profile's 120 s deadline
     mem = MemoryKms()
     kid = mem.create_key()
     slow = FaultyKms(mem, latency=1.0)
-    for policy, ok in ((CachePolicy(), 8), (CachePolicy(wait_timeout=0.3), 1)):
+    policies = (CachePolicy(), CachePolicy(wait_timeout=None), CachePolicy(wait_timeout=0.3))
+    for policy, ok in zip(policies, (8, 8, 1), strict=True):
         slow.calls.clear()
         kr = Keyring(slow, kid, cache=policy)
         outcomes: list[str] = []
@@ -606,4 +607,26 @@ def test_a_key_slower_than_the_ttl_is_a_warning() -> None:
     mem.generate_data_key_blocking = slow  # type: ignore[method-assign]
     with pytest.warns(CacheTtlWarning, match="longer than the cache's TTL"):
         sync.encrypt_bytes(b"x", keyring=kr)
+    kr.close()
+
+
+def test_an_observer_that_raises_leaves_no_flight_behind() -> None:
+    """A second review: the flight was registered before the observer heard of the miss, so
+    an observer that raised left it registered and never landed: every later caller of the key
+    waited for it (for ever, with wait_timeout=None)."""
+    from envelope import sync
+    from envelope.metrics import NullObserver
+
+    class Raising(NullObserver):
+        def cache_lookup(self, kind: str, hit: bool) -> None:
+            if not hit:
+                raise RuntimeError("observer failed")
+
+    mem = MemoryKms()
+    kid = mem.create_key()
+    cache = DataKeyCache(CachePolicy(wait_timeout=None), observer=Raising())
+    kr = Keyring(mem, kid, cache=cache)
+    with pytest.raises(RuntimeError):
+        sync.encrypt_bytes(b"x", keyring=kr)
+    assert not cache._flights  # nothing left for a later caller to wait on
     kr.close()

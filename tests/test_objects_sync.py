@@ -337,3 +337,30 @@ def test_a_batch_stops_at_its_first_failure(size: int) -> None:
     out = sync.encrypt_many(items, keyring=kr, return_exceptions=True)
     assert all(isinstance(r, ThrottlingError) for r in out)
     kr.close()
+
+
+def test_a_batch_zeroes_its_plaintexts_whatever_the_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second review: a failure that is not an EnvelopeError (here a keyring's own
+    RuntimeError on the third item) left the plaintexts already opened in clear, reachable
+    from the exception's traceback."""
+    mem = MemoryKms()
+    kid = mem.create_key()
+    kr = Keyring(mem, kid, cache=CachePolicy(enabled=False))
+    sealed = [bytes(sync.encrypt_bytes(b"SECRET-%d" % i, keyring=kr)) for i in range(3)]
+    produced: list[bytearray] = []
+    real = sync._open
+
+    def opening(*args: Any, **kwargs: Any) -> Any:
+        if len(produced) == 2:
+            raise RuntimeError("a keyring's own failure")
+        buf, n = real(*args, **kwargs)
+        produced.append(buf)
+        return buf, n
+
+    monkeypatch.setattr(sync, "_open", opening)
+    with pytest.raises(RuntimeError):
+        sync.decrypt_many(sealed, keyring=kr)
+    assert len(produced) == 2 and all(p == bytes(len(p)) for p in produced)
+    kr.close()

@@ -297,12 +297,16 @@ class KmsApp:
         ctx = self._context(scope, source_ip, user_agent, request_id)
         claimed = self._claimed(target, out)
         self.in_flight += 1
+        refused_early = False
         try:
             # refused on its headers alone, a request's body is never read: a client without
-            # a valid access key cannot make the worker hold bodies
-            if self.check_headers is None or self._headers_pass(
+            # a valid access key cannot make the worker hold bodies. The connection is then
+            # closed after the answer: the unread body (a client waiting on 100 Continue, or
+            # still sending) must not be taken for what comes next on it.
+            refused_early = self.check_headers is not None and not self._headers_pass(
                 headers, claimed, ctx, out, request_id
-            ):
+            )
+            if not refused_early:
                 try:
                     body = await read_body(
                         receive,
@@ -329,7 +333,7 @@ class KmsApp:
                     )
         finally:
             self.in_flight -= 1
-        await _respond(send, out.status, out.body, AMZ_JSON, request_id)
+        await _respond(send, out.status, out.body, AMZ_JSON, request_id, close=refused_early)
         elapsed = time.perf_counter() - started
         self.metrics.observe(out.operation, out.code, elapsed)
         if log.isEnabledFor(logging.INFO):
@@ -538,7 +542,13 @@ def _offload(op: Operation, kwargs: Mapping[str, Any]) -> bool:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes, request_id: str | None
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes,
+    request_id: str | None,
+    *,
+    close: bool = False,
 ) -> None:
     headers = [
         (b"content-type", content_type),
@@ -546,5 +556,7 @@ async def _respond(
     ]
     if request_id is not None:
         headers.append((b"x-amzn-requestid", request_id.encode()))
+    if close:  # the server closes the connection after this answer
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -148,10 +148,14 @@ def test_an_unsigned_request_is_refused_before_its_body_is_read(quick: Server) -
         sock.sendall(PROMISES_100_BYTES.replace(b"100", b"1048000") + b"{")
         sock.settimeout(5)
         started = time.monotonic()
-        head = sock.recv(65536)
-    assert head.startswith(b"HTTP/1.1 400"), head
-    assert b"MissingAuthenticationToken" in head
-    assert time.monotonic() - started < 0.9  # before this server's 1 s body deadline
+        answer = _answer(sock)  # until the server closes the connection
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"MissingAuthenticationToken" in answer
+    # answered and closed at once, before this server's 1 s body deadline: the unread body
+    # (a client still sending, or waiting on 100 Continue) is never taken for a next request
+    # (a second review saw it answered 431, or a next request lost, on a kept connection)
+    assert time.monotonic() - started < 0.9
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
 
 
 def test_a_flood_of_unsigned_requests_is_audited_within_a_budget(quick: Server) -> None:
