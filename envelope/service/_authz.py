@@ -149,6 +149,29 @@ def bump_generation(conn: sqlite3.Connection) -> None:
     )
 
 
+def policy_names(conn: sqlite3.Connection, arn: str) -> list[str]:
+    """The names of a principal's identity-policy rows, in order (what its row names)."""
+    return [
+        str(n)
+        for (n,) in conn.execute(
+            "SELECT name FROM identity_policies WHERE principal=? ORDER BY name", (arn,)
+        )
+    ]
+
+
+def check_policy_names(arn: str, body: Mapping[str, Any], names: list[str]) -> None:
+    """Each policy row is authenticated alone; the set is in the principal's authenticated row
+    (``PolicyNames``): rows that are not the ones it names were deleted, added or renamed
+    outside the KMS, and are refused (the caller's access, or a change that would write the
+    tampered set into a new authentic row)."""
+    if body.get("PolicyNames") != names:
+        raise TamperedStoreError(
+            f"the identity policies of {arn!r} are not the ones its authenticated row names "
+            "(a policy row was deleted, added or renamed outside the KMS): refused, and "
+            "nothing was changed; restore the store from a backup"
+        )
+
+
 #: An SQL expression (two parameters: the identity ARN twice) whose value changes whenever the
 #: principal's row or any of its identity-policy rows changes, appears or goes: their MACs,
 #: each bound to its row's table, key and text (`_rows`).
@@ -297,13 +320,7 @@ class AccessCache:
         ):
             doc = self._authentic(text, mac, "identity_policies", f"{arn}|{name}")
             policies.append((str(name), self.policy(str(doc["Document"]), resource_policy=False)))
-        if body.get("PolicyNames") != [name for name, _ in policies]:
-            # each policy row is authenticated alone; the set is in the principal's row
-            raise TamperedStoreError(
-                f"the identity policies of {arn!r} are not the ones its authenticated row names "
-                "(a policy row was deleted, added or renamed outside the KMS): its access is "
-                "refused; restore the store from a backup"
-            )
+        check_policy_names(arn, body, [name for name, _ in policies])
         tags = body.get("Tags") or {}
         unique_id = body.get("Id")
         return Identity(

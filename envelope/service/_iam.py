@@ -28,7 +28,6 @@ from .errors import (
     AlreadyExistsException,
     LimitExceededException,
     NotFoundException,
-    TamperedStoreError,
     ValidationException,
 )
 
@@ -111,24 +110,12 @@ class IamOps(ServiceCore):
             raise NotFoundException(f"The principal {arn} does not exist")
         return self._access._authentic(row[0], row[1], "principals", arn)
 
-    def _policy_names(self, conn: sqlite3.Connection, arn: str) -> list[str]:
-        return [
-            str(n)
-            for (n,) in conn.execute(
-                "SELECT name FROM identity_policies WHERE principal=? ORDER BY name", (arn,)
-            )
-        ]
-
     def _check_policy_set(self, conn: sqlite3.Connection, arn: str) -> None:
         """The principal's policy rows are the ones its authenticated row names (call before
         changing one): else a change would write the tampered set into a new authentic row."""
-        body = self._principal_row(conn, arn)
-        if body.get("PolicyNames") != self._policy_names(conn, arn):
-            raise TamperedStoreError(
-                f"the identity policies of {arn!r} are not the ones its authenticated row names "
-                "(a policy row was deleted, added or renamed outside the KMS): nothing was "
-                "changed; restore the store from a backup"
-            )
+        _authz.check_policy_names(
+            arn, self._principal_row(conn, arn), _authz.policy_names(conn, arn)
+        )
 
     def _name_policies(self, conn: sqlite3.Connection, arn: str) -> None:
         """Record in the principal's authenticated row the names of its identity policies, as
@@ -136,7 +123,7 @@ class IamOps(ServiceCore):
         `_check_policy_set`): a policy row deleted outside the KMS is then refused as
         tampering (`_authz.AccessCache`), not read as never attached."""
         body = self._principal_row(conn, arn)
-        body["PolicyNames"] = self._policy_names(conn, arn)
+        body["PolicyNames"] = _authz.policy_names(conn, arn)
         self._write_principal(conn, body)
 
     def _write_principal(self, conn: sqlite3.Connection, body: dict[str, Any]) -> None:

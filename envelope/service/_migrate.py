@@ -38,7 +38,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import _rows, audit
+from . import _authz, _rows, audit
 from .errors import RootKeyError, StoreError, TamperedStoreError
 from .rootkey import RootKey
 
@@ -297,12 +297,7 @@ def _to_6(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> N
             tampered += 1
             continue
         body = json.loads(text)
-        body["PolicyNames"] = [
-            str(n)
-            for (n,) in conn.execute(
-                "SELECT name FROM identity_policies WHERE principal=? ORDER BY name", (arn,)
-            )
-        ]
+        body["PolicyNames"] = _authz.policy_names(conn, str(arn))
         new = json.dumps(body, sort_keys=True, separators=(",", ":"))
         conn.execute(
             "UPDATE principals SET body=?, mac=? WHERE arn=?",
