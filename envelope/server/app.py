@@ -136,6 +136,7 @@ class Authenticate(Protocol):
         query: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
+        checked: object = None,
     ) -> str | Signed: ...
 
 
@@ -228,11 +229,12 @@ class KmsApp:
         max_request_bytes: int = 1 << 20,
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         close_service: bool = True,
-        check_headers: Callable[[Sequence[tuple[str, str]]], None] | None = None,
+        check_headers: Callable[[Sequence[tuple[str, str]]], object] | None = None,
     ) -> None:
         self.service = service
         self.authenticate = authenticate
-        #: The authenticator's checks that need no body, run before the body is read.
+        #: The authenticator's checks that need no body, run before the body is read; what
+        #: they return is handed to `authenticate` as ``checked`` (so not done twice).
         self.check_headers = check_headers
         self.wire = wire if wire is not None else WireModel(type(service))
         self.metrics = metrics if metrics is not None else ServerMetrics()
@@ -298,14 +300,14 @@ class KmsApp:
         claimed = self._claimed(target, out)
         self.in_flight += 1
         refused_early = False
+        checked: object = None
         try:
             # refused on its headers alone, a request's body is never read: a client without
             # a valid access key cannot make the worker hold bodies. The connection is then
             # closed after the answer: the unread body (a client waiting on 100 Continue, or
             # still sending) must not be taken for what comes next on it.
-            refused_early = self.check_headers is not None and not self._headers_pass(
-                headers, claimed, ctx, out, request_id
-            )
+            if self.check_headers is not None:
+                refused_early, checked = self._headers_pass(headers, claimed, ctx, out, request_id)
             if not refused_early:
                 try:
                     body = await read_body(
@@ -329,7 +331,7 @@ class KmsApp:
                     )
                 else:
                     await self._serve(
-                        scope, headers, first, body, target, claimed, ctx, request_id, out
+                        scope, headers, first, body, target, claimed, ctx, request_id, out, checked
                     )
         finally:
             self.in_flight -= 1
@@ -396,16 +398,15 @@ class KmsApp:
         ctx: RequestContext,
         out: _Outcome,
         request_id: str,
-    ) -> bool:
+    ) -> tuple[bool, object]:
         """What the authenticator can check without the body (`check_headers`), before the
-        body is read; False (and `out` filled) if refused."""
+        body is read: (refused, what it returned). Refused: `out` is filled."""
         assert self.check_headers is not None
         try:
-            self.check_headers(headers)
+            return False, self.check_headers(headers)
         except Exception as e:
             self._refused(e, claimed, ctx, out, request_id)
-            return False
-        return True
+            return True, None
 
     async def _serve(
         self,
@@ -418,9 +419,10 @@ class KmsApp:
         ctx: RequestContext,
         request_id: str,
         out: _Outcome,
+        checked: object = None,
     ) -> None:
         try:
-            who = self._authenticate(scope, headers, first, body)
+            who = self._authenticate(scope, headers, first, body, checked)
             out.principal = who if isinstance(who, str) else who.principal
             service = self._service_for(None if isinstance(who, str) else who.region)
         except WireError as e:
@@ -486,16 +488,24 @@ class KmsApp:
         headers: Sequence[tuple[str, str]],
         first: Mapping[str, str],
         body: bytes,
+        checked: object = None,
     ) -> str | Signed:
         host = first.get("host", "")
+        path = scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/"
         query = scope.get("query_string", b"").decode("latin-1")
+        method = scope.get("method", "POST")
+        if checked is None:  # (an authenticator without check_headers takes no `checked`)
+            return self.authenticate(
+                method=method, host=host, path=path, query=query, headers=headers, body=body
+            )
         return self.authenticate(
-            method=scope.get("method", "POST"),
+            method=method,
             host=host,
-            path=scope.get("raw_path", b"/").decode("latin-1").split("?", 1)[0] or "/",
+            path=path,
             query=query,
             headers=headers,
             body=body,
+            checked=checked,
         )
 
     def _audit_refusal(self, operation: str, ctx: RequestContext, e: Exception) -> None:

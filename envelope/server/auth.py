@@ -400,10 +400,13 @@ class Authenticator:
         query: str,
         headers: Sequence[tuple[str, str]],
         body: bytes,
+        checked: object = None,
     ) -> Authenticated:
-        """`authenticate` with the access key id and the Region of the credential scope."""
+        """`authenticate` with the access key id and the Region of the credential scope.
+        `checked`: what `check_headers` returned for these headers (its checks, and the
+        access key's lookup, are not done again)."""
         values = _by_name(headers)
-        c = self._claims(values)
+        c = checked if isinstance(checked, _Claims) else self._claims(values)
         if not _SIGNATURE.match(c.signature):
             raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=c.claimed)
         expected = self._signature(
@@ -423,12 +426,13 @@ class Authenticator:
             raise AuthError("InvalidSignatureException", MISMATCH, access_key_id=c.claimed)
         return Authenticated(c.principal, c.key_id, c.region)
 
-    def check_headers(self, headers: Sequence[tuple[str, str]]) -> None:
+    def check_headers(self, headers: Sequence[tuple[str, str]]) -> object:
         """Everything `verify` checks that needs no body (the Authorization header, the
         credential scope, the signing time, the access key and its session token), raising
         the same `AuthError`: a server runs it before it reads a request's body, so that a
-        client with no valid access key cannot make it hold bodies in memory."""
-        self._claims(_by_name(headers))
+        client with no valid access key cannot make it hold bodies in memory. Returns what
+        `verify` then takes as `checked`."""
+        return self._claims(_by_name(headers))
 
     def _claims(self, values: dict[str, list[str]]) -> _Claims:
         auth = values.get("authorization")

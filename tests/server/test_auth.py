@@ -447,3 +447,43 @@ def test_replicas_go_only_to_aws_regions(kms: KeyService) -> None:
     with pytest.raises(ValidationException, match="not an AWS Region"):
         kms.replicate_key(key_id=kid, replica_region="eu-mars-1")
     assert kms.replicate_key(key_id=kid, replica_region="eu-west-1")["ReplicaKeyMetadata"]
+
+
+def test_the_server_looks_up_a_request_s_access_key_once(
+    kms: KeyService, alice: Credentials, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header check before the body and the signature check after it each looked the
+    access key up (a store read per request, twice). The second now takes the first's result."""
+    import asyncio
+
+    from envelope.server.app import KmsApp
+    from envelope.server.run import _authenticator
+
+    from .asgi import answer, signed_request
+
+    kms.put_principal_policy(
+        arn="arn:aws:iam::000000000000:user/alice",
+        policy_name="all",
+        policy_document=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}],
+            }
+        ),
+    )
+    authenticator = _authenticator(kms)
+    app = KmsApp(
+        kms, authenticator.verify, close_service=False, check_headers=authenticator.check_headers
+    )
+    lookups = []
+    real = kms.resolve_credentials
+
+    def counted(key_id: str, now: float) -> Any:
+        lookups.append(key_id)
+        return real(key_id, now)
+
+    monkeypatch.setattr(kms, "resolve_credentials", counted)
+    access = {"AccessKeyId": alice.access_key, "SecretAccessKey": alice.secret_key}
+    status, doc = asyncio.run(answer(app, signed_request(access, "ListKeys", {})))
+    assert status == 200, doc
+    assert lookups == [alice.access_key]
