@@ -187,11 +187,14 @@ def schema_of(meta: dict[str, bytes]) -> int:
     return version
 
 
-def upgrade(conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey) -> None:
+def upgrade(
+    conn: sqlite3.Connection, rk: RootKey, signer: Ed25519PrivateKey, version: int, floor: int
+) -> None:
     """Bring the store to `SCHEMA_VERSION` and its verifier's floor with it, in one
-    transaction (nothing to do if both are there). The caller has checked the floor."""
-    meta = read_meta(conn)
-    if schema_of(meta) == SCHEMA_VERSION and open_verifier(rk, meta["verifier"]) == SCHEMA_VERSION:
+    transaction (nothing to do if both are there). `version` and `floor` are what the caller
+    read and checked at open; inside the transaction they are read again (another process
+    may have upgraded the store meanwhile)."""
+    if version == SCHEMA_VERSION and floor == SCHEMA_VERSION:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:

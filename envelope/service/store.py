@@ -258,7 +258,7 @@ class Store:
                         "To check it unchanged, use the version of envelope that wrote it"
                     )
             else:
-                upgrade(conn, rk, signer)
+                upgrade(conn, rk, signer, version, floor)
             meta = read_meta(conn)
             row_key = _sealed_row(
                 rk, meta, "key_row_mac_key", _rows.KEY_ROW_MAC_AAD, "key-row MAC key"
