@@ -109,6 +109,10 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
     if on_main:
         _runs.append(state)
     try:
+        if on_main:
+            from ._signal_safe_loop import loop_factory
+
+            return anyio.run(main, backend_options={"loop_factory": loop_factory()})
         return anyio.run(main)
     except RuntimeError as e:
         if "already running" in str(e).lower() or "running event loop" in str(e):

@@ -295,8 +295,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def cmd_kms(args: argparse.Namespace) -> int:
-    import anyio
-
+    from .. import sync
     from ..bench import kms
     from ..kms.uri import open_backend
 
@@ -332,14 +331,13 @@ def cmd_kms(args: argparse.Namespace) -> int:
         finally:
             await backend.aclose()
 
-    result = anyio.run(run)
+    result = sync.run(run)
     result["inject_latency_ms"] = args.inject_latency
     return _finish(args, "envelope bench kms", result, "kms")
 
 
 def cmd_lake(args: argparse.Namespace) -> int:
-    import anyio
-
+    from .. import sync
     from ..bench import lake
     from ..lake import jobs
 
@@ -373,5 +371,5 @@ def cmd_lake(args: argparse.Namespace) -> int:
             if backend is not None:
                 await backend.aclose()
 
-    result = anyio.run(run)
+    result = sync.run(run)
     return _finish(args, "envelope bench lake", result, "lake")

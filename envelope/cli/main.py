@@ -303,7 +303,6 @@ def run() -> None:
     import gc
 
     redeliver_interrupts_from_finalizers()
-    quiet_half_closed_loops()  # from the start: the collector may meet such a loop mid-command
     gc.disable()
     try:
         code = main(sys.argv[1:], _enable_gc=True)
@@ -412,27 +411,6 @@ def exit_despite_stranded_threads(code: int, grace: float = 10.0) -> None:
 
     atexit._run_exitfuncs()
     _flushed_exit(code)
-
-
-def quiet_half_closed_loops() -> None:
-    """Drop one known piece of noise from an interrupted command.
-
-    A signal turns into KeyboardInterrupt wherever the main thread is, and asyncio's
-    `BaseSelectorEventLoop.close` is not safe against that: interrupted between closing its
-    self-pipe socket and forgetting it, it leaves a loop that is not marked closed, whose
-    finalizer (when the collector finds it, during the command's clean-up or at interpreter
-    exit) tries again and prints "Exception ignored in BaseEventLoop.__del__ ... ValueError:
-    Invalid file descriptor: -1". The interrupt itself is handled as usual; nothing remains
-    to close. Every other unraisable exception is still reported."""
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        where = getattr(unraisable.object, "__qualname__", "")
-        if where == "BaseEventLoop.__del__" and isinstance(unraisable.exc_value, ValueError):
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = hook
 
 
 if __name__ == "__main__":  # pragma: no cover
