@@ -53,7 +53,7 @@ class TokenUnavailable(TokenError):
 
 class KeyNotProtected(TokenError):
     """The key with the label and CKA_ID the KMS recorded is no longer as protected as it was
-    made (sensitive, never extractable): it is not used."""
+    made (generated in the token, sensitive, never extractable): it is not used."""
 
     def __init__(self, label: str, wrong: list[str]) -> None:
         super().__init__(

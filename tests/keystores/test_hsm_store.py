@@ -457,7 +457,7 @@ def test_moving_a_store_to_another_token_opens_it_with_the_new_password(
 _SWAP = """
 import sys
 import pkcs11
-from pkcs11 import Attribute as A, KeyType, ObjectClass
+from pkcs11 import Attribute as A, KeyType, Mechanism, ObjectClass
 
 module, token_label, pin, label, mode, key_id = sys.argv[1:]
 lib = pkcs11.lib(module)
@@ -469,6 +469,17 @@ with lib.get_token(token_label=token_label).open(user_pin=pin, rw=True) as s:
     if mode != "beside":
         for o in s.get_objects({A.LABEL: label}):
             o.destroy()
+    if mode == "derived":
+        # sensitive, never extractable and always sensitive, yet of a value the attacker
+        # knows: derived from a base key by encrypting known data with it (AES-ECB)
+        base = s.generate_key(KeyType.AES, 256, store=False, template={
+            A.SENSITIVE: True, A.EXTRACTABLE: False, A.ENCRYPT: True, A.DERIVE: True})
+        base.derive_key(KeyType.AES, 256, mechanism=Mechanism.AES_ECB_ENCRYPT_DATA,
+                        mechanism_param=bytes(32), store=True, label=label,
+                        id=bytes.fromhex(key_id), template={
+            A.TOKEN: True, A.PRIVATE: True, A.SENSITIVE: True, A.EXTRACTABLE: False,
+            A.ENCRYPT: True, A.DECRYPT: True})
+        sys.exit(0)
     s.create_object({
         A.CLASS: ObjectClass.SECRET_KEY, A.KEY_TYPE: KeyType.AES, A.VALUE: bytes(32),
         A.TOKEN: True, A.PRIVATE: True, A.LABEL: label, A.ENCRYPT: True, A.DECRYPT: True,
@@ -488,15 +499,17 @@ def _in_token(tmp_path: Path, *args: str) -> None:
     subprocess.run([sys.executable, str(script), *args], check=True, timeout=60)
 
 
-@pytest.mark.parametrize("mode", ["replace", "sensitive-copy", "beside"])
+@pytest.mark.parametrize("mode", ["replace", "sensitive-copy", "derived", "beside"])
 def test_a_key_swapped_in_under_the_label_is_not_used(
     svc: KeyService, hsm: HsmToken, tmp_path: Path, mode: str
 ) -> None:
     """Someone with the token's PIN replaces a KMS key's token object with a key of known
     value under the same label (and even the same CKA_ID, or a sensitive copy made from a
-    known value): the KMS refused nothing and sealed data keys under it. Now only the key
-    with the recorded CKA_ID, sensitive and never extractable since generation, is used; a
-    key merely added beside it under the label changes nothing."""
+    known value, or one derived inside the token from known data, which the token reports as
+    sensitive, never extractable and always sensitive): the KMS refused nothing and sealed
+    data keys under it. Now only the key with the recorded CKA_ID, generated in the token
+    (CKA_LOCAL, CKM_AES_KEY_GEN) and sensitive and never extractable since, is used; a key
+    merely added beside it under the label changes nothing."""
     _, store = make_store(svc, hsm, f"hsm-swap-{mode}")
     svc.connect_custom_key_store(custom_key_store_id=store)
     meta = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]
