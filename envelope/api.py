@@ -44,6 +44,7 @@ from .objects import (
     byte_view,
     check_contexts,
     check_keyring,
+    check_output_path,
     checked_contexts,
     header_length,
     open_into,
@@ -287,8 +288,8 @@ async def encrypt(
     written atomically: on any error the target is left as it was.
     """
     check_options(options)
-    kctx = dict(kms_context or {})
-    octx = dict(object_context or {})
+    check_output_path(sink, keyring)
+    kctx, octx = checked_contexts(kms_context, object_context)
     seg_log2 = options.seg_log2
     s = 1 << seg_log2
     plan = options.plan("encrypt", seg_log2)
@@ -453,6 +454,7 @@ async def decrypt(
     that preceded the failure and must be rolled back by the caller.
     """
     check_options(options)
+    check_output_path(sink, keyring)
     with _Tracked(observer, "decrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)

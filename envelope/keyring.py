@@ -34,7 +34,7 @@ from .keycache import (
     decryption_cache_key,
     encryption_cache_key,
 )
-from .kms.base import BlockingKms, DataKey, KmsBackend, WrappedKey
+from .kms.base import BlockingKms, DataKey, KmsBackend, WrappedKey, state_paths_of
 from .kms.retry import RetryingKms, RetryPolicy, shared_budget
 from .metrics import NULL_OBSERVER, Observer
 from .printable import wrapped_key_name
@@ -368,6 +368,13 @@ class Keyring:
             except KmsKeyError as e:
                 last = e
         raise self._none_unwrapped(wrapped_keys, last)
+
+    def state_paths(self) -> tuple[str, ...]:
+        """The local files this keyring's backends keep keys or key state in (a key file; the
+        embedded KMS's store, root-key file and digest folder). An output written with these
+        keys must not replace one of them: encrypting onto the key file would seal the only
+        copy of the key under itself (`envelope.objects.check_output_path`)."""
+        return tuple(p for b in self.backends for p in state_paths_of(b))
 
     def close(self) -> None:
         """`aclose` for plain threads (the embedded KMS seals its audit log on close).

@@ -127,6 +127,37 @@ def check_keyring(keyring: object) -> None:
         )
 
 
+def check_output_path(sink: object, keyring: Keyring) -> None:
+    """A path output must not be, or lie inside, a file the keyring's keys live in
+    (`Keyring.state_paths`): the output replaces its target once the object is whole, so
+    encrypting onto the key file sealed the only copy of the key under itself, and one onto
+    the embedded KMS's root-key file or store made every key in it unusable. Compared by
+    real path and by file identity (a hard link or another mount of the same file).
+    ConfigurationError, before any KMS call or output."""
+    if not isinstance(sink, str | os.PathLike):
+        return
+    check_keyring(keyring)
+    target = os.path.realpath(os.fspath(sink))
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except (OSError, ValueError):
+        st = None
+    for kept in keyring.state_paths():
+        real = os.path.realpath(kept)
+        inside = target == real or target.startswith(real.rstrip(os.sep) + os.sep)
+        if not inside and st is not None:
+            try:
+                kst = os.stat(real)
+            except OSError:
+                continue
+            inside = (kst.st_dev, kst.st_ino) == (st.st_dev, st.st_ino)
+        if inside:
+            raise ConfigurationError(
+                f"refusing to write {os.fspath(sink)!r}: it is (or is inside) {kept!r}, where "
+                "the keys of this keyring are kept; writing it would lose them"
+            )
+
+
 def required_output(out: object) -> None:
     """`out` of an ``*_into`` call is given: None is this module's "allocate a new buffer",
     so an ``*_into(data, None)`` would seal or open, report a length and drop the result."""

@@ -33,6 +33,7 @@ from .objects import (
     buffer_sequence,
     byte_view,
     check_keyring,
+    check_output_path,
     checked_contexts,
     new_object,
     open_into,
@@ -321,6 +322,7 @@ def encrypt(
     `durable` fsyncs a path output before it is renamed into place (the CLI's `--fsync`).
     """
     check_options(options)
+    check_output_path(sink, keyring)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(
@@ -424,6 +426,7 @@ def decrypt(
     or device output gets each batch only after its tags verified (see `api.decrypt`).
     """
     check_options(options)
+    check_output_path(sink, keyring)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(

@@ -70,27 +70,42 @@ def cases(kr: Keyring, ct: bytes, pipe: io.BufferedReader) -> dict[str, Callable
         "keyring=None": lambda: sync.encrypt_bytes(b"rows", keyring=None),  # type: ignore
         "keyring=a backend": lambda: sync.decrypt_bytes(ct, keyring=MemoryKms()),  # type: ignore
         "kms_context a string": lambda: sync.encrypt_bytes(
-            b"rows", keyring=kr, kms_context="tenant"  # type: ignore[arg-type]
+            b"rows",
+            keyring=kr,
+            kms_context="tenant",  # type: ignore[arg-type]
         ),
         "object_contexts one mapping": lambda: sync.encrypt_many(
-            [b"a"], keyring=kr, object_contexts={"path": "a"}, return_exceptions=True  # type: ignore
+            [b"a"],
+            keyring=kr,
+            object_contexts={"path": "a"},
+            return_exceptions=True,  # type: ignore
         ),
         "expected_contexts one mapping": lambda: sync.decrypt_many(
-            [ct], keyring=kr, expected_contexts={"path": "a"}, return_exceptions=True  # type: ignore
+            [ct],
+            keyring=kr,
+            expected_contexts={"path": "a"},
+            return_exceptions=True,  # type: ignore
         ),
         "a closed source": lambda: sync.encrypt(_closed(), io.BytesIO(), keyring=kr),
         "random access to a closed file": lambda: envelope.open_decrypted(_closed(), keyring=kr),
         "options a dict": lambda: sync.encrypt_bytes(
-            b"rows", keyring=kr, options={"segment_size": 4096}  # type: ignore[arg-type]
+            b"rows",
+            keyring=kr,
+            options={"segment_size": 4096},  # type: ignore[arg-type]
         ),
         "options a dict, async": lambda: _run(
             envelope.decrypt_bytes(ct, keyring=kr, options={"segment_size": 4096})  # type: ignore[arg-type]
         ),
         "options a dict, streams": lambda: sync.encrypt(
-            io.BytesIO(b"rows"), io.BytesIO(), keyring=kr, options={}  # type: ignore[arg-type]
+            io.BytesIO(b"rows"),
+            io.BytesIO(),
+            keyring=kr,
+            options={},  # type: ignore[arg-type]
         ),
         "options a dict, random access": lambda: envelope.open_decrypted(
-            io.BytesIO(ct), keyring=kr, options={}  # type: ignore[arg-type]
+            io.BytesIO(ct),
+            keyring=kr,
+            options={},  # type: ignore[arg-type]
         ),
     }
 
@@ -121,3 +136,24 @@ def test_a_bad_argument_is_a_configuration_error(
     with pytest.raises(ConfigurationError) as e:
         cases(kr, ct, pipe)[name]()
     assert str(e.value)
+
+
+def test_the_async_stream_face_checks_contexts_like_every_other_face() -> None:
+    """`await envelope.encrypt(..., kms_context="tenant")` raised a bare ValueError from
+    `dict()`, and a list of pairs as the object context was taken silently; the other faces
+    refuse both with ConfigurationError (review)."""
+    from functools import partial
+
+    import anyio
+
+    from envelope import api
+    from envelope.errors import ConfigurationError
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key("k"))
+    for bad in ({"kms_context": "tenant"}, {"object_context": [("path", "a")]}):
+        call = partial(api.encrypt, b"data", bytearray(), keyring=kr, **bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="must be a mapping"):
+            anyio.run(call)

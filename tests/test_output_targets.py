@@ -322,3 +322,88 @@ def test_an_interrupt_right_after_close_is_not_turned_into_ebadf(
     else:  # the interrupt came after the rename: the output is whole and nothing else is left
         assert target.read_bytes() == b"x" * 10
         assert [p.name for p in tmp_path.iterdir()] == ["t"]
+
+
+# -- an output over the keys the command uses ------------------------------------------------
+
+
+def _kms_env(home: Path) -> dict[str, str]:
+    return {**os.environ, "ENVELOPE_HOME": str(home)}
+
+
+@pytest.mark.parametrize("op", ["encrypt", "decrypt"])
+def test_an_output_over_the_key_file_is_refused(tmp_path: Path, key: Path, op: str) -> None:
+    """`envelope encrypt p k.key --key-file k.key` replaced the only copy of the key with
+    data sealed under it: both were lost. Refused before anything is written, as is a hard
+    link to the key file and a decrypt onto it."""
+    src = tmp_path / "p"
+    src.write_bytes(b"hello")
+    if op == "decrypt":
+        sealed = tmp_path / "p.env"
+        assert envelope("encrypt", str(src), str(sealed), "--key-file", str(key)).returncode == 0
+        src = sealed
+    link = tmp_path / "link.key"
+    os.link(key, link)
+    before = key.read_bytes()
+    for target in (key, link):
+        r = envelope(op, str(src), str(target), "--key-file", str(key))
+        assert r.returncode == 2, r.stderr
+        assert b"refusing to write" in r.stderr and b"keys of this keyring" in r.stderr
+        assert key.read_bytes() == before
+        assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["root.key", "kms.sqlite3", "kms.sqlite3-wal"])
+def test_an_output_over_the_embedded_kms_files_is_refused(tmp_path: Path, name: str) -> None:
+    """Encrypting onto the home's root-key file (or its store) left a KMS that could not be
+    opened: every key in it lost. The digest folder is refused the same way."""
+    home = tmp_path / "home"
+    env = _kms_env(home)
+    src = tmp_path / "p"
+    src.write_bytes(b"hello")
+    ok = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "encrypt", str(src), str(tmp_path / "o")],
+        capture_output=True, env=env, timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    for target in (home / name, tmp_path / "home.audit-digests" / "x"):
+        before = {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()}
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "encrypt", str(src), str(target)],
+            capture_output=True, env=env, timeout=120,
+        )
+        assert r.returncode == 2, r.stderr
+        assert b"refusing to write" in r.stderr
+        assert (home / "root.key").read_bytes() == before["root.key"]
+        assert not (tmp_path / "home.audit-digests" / "x").exists()
+    listed = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "keys", "list"],
+        capture_output=True, env=env, timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_the_library_refuses_it_too(tmp_path: Path) -> None:
+    """The guard is in the object layer: `envelope.sync` and the async API refuse a path
+    output over a key file of the keyring, before any KMS call or temporary file."""
+    import anyio
+
+    from envelope import api, sync
+    from envelope.errors import ConfigurationError
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    path = tmp_path / "k.key"
+    generate_key_file(path)
+    before = path.read_bytes()
+    backend = FileKeyBackend(path)
+    from envelope.keyring import Keyring
+
+    kr = Keyring(backend, backend.key_id)
+    src = tmp_path / "p"
+    src.write_bytes(b"x" * 100)
+    with pytest.raises(ConfigurationError, match="refusing to write"):
+        sync.encrypt(str(src), str(path), keyring=kr)
+    with pytest.raises(ConfigurationError, match="refusing to write"):
+        anyio.run(lambda: api.encrypt(str(src), path, keyring=kr))
+    assert path.read_bytes() == before
+    assert leftovers(tmp_path) == []

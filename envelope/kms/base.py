@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from ..hazmat.format import DATA_KEY_LEN, WrappedKey
 
-__all__ = ("BlockingKms", "DataKey", "KmsBackend", "WrappedKey")
+__all__ = ("BlockingKms", "DataKey", "KmsBackend", "WrappedKey", "state_paths_of")
 
 
 class DataKey:
@@ -80,6 +80,15 @@ class KmsBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def state_paths_of(backend: object) -> tuple[str, ...]:
+    """The local files `backend` keeps keys or key state in, by its optional
+    ``state_paths()`` (a key file; the embedded KMS's store, root-key file and digest folder);
+    () for a backend without local state (AWS KMS, an HSM, the in-memory fake). What no output
+    written with the backend's keys may replace (`Keyring.state_paths`)."""
+    paths = getattr(backend, "state_paths", None)
+    return tuple(paths()) if callable(paths) else ()
 
 
 @runtime_checkable

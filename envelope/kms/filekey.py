@@ -98,6 +98,10 @@ class FileKeyBackend:
     def __repr__(self) -> str:
         return f"FileKeyBackend(path={self.path!r}, key_id={self.key_id!r})"
 
+    def state_paths(self) -> tuple[str, ...]:
+        """The key file (see `Keyring.state_paths`)."""
+        return (self.path,)
+
     def _check(self, key_id: str, wrapping: bool = False) -> None:
         if key_id != self.key_id:
             if wrapping:  # asked to wrap under a key it does not hold

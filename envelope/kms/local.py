@@ -108,6 +108,10 @@ class LocalKms:
     def __repr__(self) -> str:
         return f"LocalKms(region={self.service.region!r}, store={str(self.service.store.path)!r})"
 
+    def state_paths(self) -> tuple[str, ...]:
+        """The store's files, its root-key file and digest folder (see `Keyring.state_paths`)."""
+        return self.service.state_paths()
+
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
             if self.offload:

@@ -46,7 +46,7 @@ from ..errors import (
     ThrottlingError,
 )
 from ..metrics import NULL_OBSERVER, KmsOutcome, Observer, RetryReason
-from .base import DataKey, KmsBackend, WrappedKey
+from .base import DataKey, KmsBackend, WrappedKey, state_paths_of
 
 __all__ = (
     "BOTOCORE_NO_RETRIES",
@@ -532,6 +532,9 @@ class RetryingKms:
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return self.inner.can_unwrap(wrapped)
+
+    def state_paths(self) -> tuple[str, ...]:
+        return state_paths_of(self.inner)
 
     async def aclose(self) -> None:
         await self.inner.aclose()

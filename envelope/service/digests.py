@@ -220,6 +220,11 @@ class DigestLocation:
     def _shown(self) -> str:
         return self.where.split("?", 1)[0]
 
+    @property
+    def is_local(self) -> bool:
+        """A folder on this machine (not an ``s3://`` prefix)."""
+        return self._fs is None
+
     def __str__(self) -> str:
         return self._shown()
 

@@ -60,6 +60,10 @@ class KeyService(
     `_authorize_account`, deciding with `access.authorize`) before it changes anything.
     """
 
+    def state_paths(self) -> tuple[str, ...]:
+        """The files the store keeps its state in (`Store.state_paths`)."""
+        return self.store.state_paths()
+
     def store_regions(self) -> frozenset[str]:
         """This service's Region and every Region the store holds keys in (a server answers
         for these besides AWS's own)."""

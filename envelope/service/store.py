@@ -146,10 +146,23 @@ class Store:
         self.lock = threading.RLock()
         self._writers = _WriterQueue(path)
         self.closed = False
+        #: The root-key file the store was opened with (None: a passphrase, an HSM key).
+        self.root_file: Path | None = None
         _open_stores.add(self)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
+
+    def state_paths(self) -> tuple[str, ...]:
+        """Where this store keeps its state: the SQLite file and its companions, the root-key
+        file, and the digest folder when it is local. No output of a command using the store
+        may be written over one of them (or into the folder)."""
+        paths = [str(self.path) + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+        if self.root_file is not None:
+            paths.append(str(self.root_file))
+        if self.digests.is_local:
+            paths.append(self.digests.where)
+        return tuple(paths)
 
     @property
     def audit_public_bytes(self) -> bytes:
@@ -279,6 +292,7 @@ class Store:
             conn.close()
             raise
         store = cls(conn, p, rk, signer, row_key, store_id, location)
+        store.root_file = getattr(root, "path", None)  # a root-key file's (FileRootKey)
         if not read_only:
             store.publish_digests(strict=False)  # any left by a process killed before publishing
         return store
