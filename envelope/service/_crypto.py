@@ -27,7 +27,7 @@ from ._core import (
     valid_key_id,
     wrong_usage,
 )
-from ._keystore_rows import EXTERNAL
+from ._keystore_rows import CUSTOM_ORIGINS, EXTERNAL
 from ._states import (
     CRYPTO,
 )
@@ -411,6 +411,12 @@ class CryptoOps(ServiceCore):
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             if key.spec != _specs.SYMMETRIC_DEFAULT or key.usage != _specs.ENCRYPT_DECRYPT:
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")
+            if key.meta.get("Origin") in CUSTOM_ORIGINS:
+                # the API reference: "You cannot use an asymmetric KMS key or a KMS key in a
+                # custom key store to generate a data key pair"
+                raise UnsupportedOperationException(
+                    f"{opname} is not supported with {key.arn}: it is in a custom key store"
+                )
             der = _specs.generate_material(key_pair_spec)
             public = _specs.public_der(_specs.load_private(der))
             out: Response = {

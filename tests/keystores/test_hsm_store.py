@@ -555,3 +555,18 @@ def test_unavailable_keys_are_enabled_and_disabled_for_when_the_store_reconnects
     svc.connect_custom_key_store(custom_key_store_id=store)
     assert state() == "Enabled"
     svc.encrypt(key_id=kid, plaintext=b"x")
+
+
+@pytest.mark.parametrize(
+    "op", ["generate_data_key_pair", "generate_data_key_pair_without_plaintext"]
+)
+def test_data_key_pairs_are_not_made_under_a_custom_key_store_key(
+    svc: KeyService, hsm: HsmToken, op: str
+) -> None:
+    """The API reference of GenerateDataKeyPair: "You cannot use an asymmetric KMS key or a
+    KMS key in a custom key store" (UnsupportedOperationException); both were served."""
+    _, store = make_store(svc, hsm, f"hsm-pair-{op}")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    with pytest.raises(UnsupportedOperationException, match="custom key store"):
+        getattr(svc, op)(key_id=kid, key_pair_spec="ECC_NIST_P256")
