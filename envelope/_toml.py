@@ -33,6 +33,10 @@ def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         raise ConfigurationError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:  # its message ends "(at line N, column M)"
         raise ConfigurationError(f"{what} {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8
+        raise ConfigurationError(
+            f"{what} {path} is not valid TOML: not UTF-8 text (byte {e.start})"
+        ) from None
 
 
 def table_values(

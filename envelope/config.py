@@ -75,6 +75,8 @@ ENVIRONMENT: Mapping[str, str] = {
 #: The attribute of an argparse namespace each setting fills (`--output` is stored as
 #: `output_format`: `output` is the OUT path of encrypt/decrypt).
 _ATTRIBUTE: Mapping[str, str] = {s: s for s in SETTINGS} | {"output": "output_format"}
+#: The flag of a setting, where it is not --SETTING.
+_FLAGS: Mapping[str, str] = {"principal": "--as"}
 
 OUTPUTS = ("json", "text", "table")
 RETRY_PROFILES = ("default", "bulk", "none")
@@ -272,6 +274,8 @@ def select_profile(name: str | None, environ: Mapping[str, str] | None = None) -
     if not name:
         name, source = env.get(PROFILE_ENV) or None, PROFILE_ENV
     path = config_path(env)
+    if path is not None and os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigurationError(f"the config file {path} is not a file")
     if path is None or not os.path.isfile(path):
         if name:
             where = f"{CONFIG_ENV} is empty" if path is None else f"there is no config file {path}"
@@ -329,6 +333,10 @@ def apply_settings(
     for setting in wanted:
         attr = _ATTRIBUTE[setting]
         if _flag_given(args, setting):
+            if getattr(args, attr, None) == "":
+                # an unset shell variable (`--home "$DIR"`): taken as the working directory
+                # it put a root key beside the data; taken as no key, the default key
+                raise ConfigurationError(f"{_FLAGS.get(setting, '--' + setting)} is empty")
             sources[setting] = "flag"
             if setting == "principal" and environ is None:
                 # the embedded KMS opened through a key URI (also in Dask workers started

@@ -205,6 +205,34 @@ def test_malformed_toml_names_the_file_and_line(tmp_path: Path) -> None:
     assert str(bad) in str(e.value) and "line 3" in str(e.value)
 
 
+def test_a_config_file_that_is_not_utf8_or_not_a_file_is_refused(tmp_path: Path) -> None:
+    """A file of other bytes ended in a UnicodeDecodeError traceback (exit 1); a folder
+    named as the config file was passed over without a word (review)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"\xff\xfe[profile.a]\n")
+    with pytest.raises(ConfigurationError, match="not UTF-8") as e:
+        load_profiles(bad)
+    assert str(bad) in str(e.value)
+    with pytest.raises(ConfigurationError, match="is not a file"):
+        parsed(["encrypt", "a", "b"], {"ENVELOPE_CONFIG": str(tmp_path)})
+    r = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "keys", "list"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ENVELOPE_CONFIG": str(bad), "ENVELOPE_HOME": str(tmp_path / "h")},
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not UTF-8" in r.stderr
+
+
+@pytest.mark.parametrize("flags", [["--home", ""], ["--key", ""], ["--as", ""]])
+def test_an_empty_flag_is_refused(flags: list[str]) -> None:
+    """`--home "$DIR"` with DIR unset put a new KMS (root key included) in the working
+    directory; `--key "$KEY"` sealed under the default key. Both are usage errors now."""
+    with pytest.raises(ConfigurationError, match=f"{flags[0]} is empty"):
+        parsed(["encrypt", "a", "b", *flags], {"ENVELOPE_CONFIG": ""})
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [

@@ -238,8 +238,10 @@ def parse(*argv: str) -> KeySpec:
 
 def test_cli_arguments_become_one_spec() -> None:
     assert parse("encrypt", "i", "o") == KeySpec()
-    assert parse("encrypt", "i", "o", "--key", "", "--key-file", "k") == KeySpec(key_files=("k",))
-    assert parse("encrypt", "i", "o", "--home", "") == KeySpec(home=".")  # as Path("") did
+    # empty values (an unset shell variable) are refused, not taken as no key or the cwd
+    for empty in (["--key", ""], ["--home", ""], ["--key-file", ""]):
+        with pytest.raises(ConfigurationError, match="non-empty"):
+            parse("encrypt", "i", "o", *empty)
     assert parse("decrypt", "i", "o", "--key-file", "a", "--key-file", "b", "--key", "x") == (
         KeySpec(key="x", key_files=("a", "b"), purpose="decrypt")
     )

@@ -262,10 +262,10 @@ def key_spec(
     """The one place the CLI turns its key arguments into a `KeySpec` (the rules are
     `envelope.kms.keyspec`'s). `target`: rewrap's `--to-key`, one key to seal under in the
     same `--home` (and `--kms-endpoint`, when it is an AWS key). `bulk`: the lake jobs'
-    data-key cache and retry profile.
-
-    An empty `--key` means no key (the default key on encrypt), and an empty `--home` the
-    working directory, as they always have."""
+    data-key cache and retry profile. An empty `--key`, `--key-file` or `--home` is refused
+    (`KeySpec`; the settings refuse the flags first): from an unset shell variable, taken
+    as no key it sealed under the default key, taken as the working directory it put a root
+    key beside the data."""
     endpoint = getattr(args, "kms_endpoint", None) or None
     if target:
         key, files = args.to_key, ()
@@ -275,9 +275,9 @@ def key_spec(
         key, files = getattr(args, "key", None), tuple(getattr(args, "key_file", None) or ())
     home = getattr(args, "home", None)
     spec = KeySpec(
-        key=key or None,
+        key=key,
         key_files=files,
-        home="." if home == "" else home,
+        home=home,
         cache=getattr(args, "cache", None),  # from $ENVELOPE_CACHE or the profile
         retry=getattr(args, "retry", None),  # from $ENVELOPE_RETRY or the profile
         purpose=purpose,
