@@ -369,3 +369,23 @@ def test_encrypt_and_decrypt_a_folder(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     for rel, data in files.items():
         assert (tmp_path / "back" / rel).read_bytes() == data
+
+
+def test_encrypt_starts_no_kms_in_a_mistyped_home(tmp_path: Path) -> None:
+    """`envelope encrypt p o --home TYPO` made the folders, a store and a root key, then
+    failed on the named key (leaving them behind), or, with the default key, quietly sealed
+    under a new KMS that only the stray home could open. A named key needs a store that
+    exists; the default key a --home folder that exists (review)."""
+    src = tmp_path / "p"
+    src.write_bytes(b"hello")
+    out = str(tmp_path / "o")
+    typo = tmp_path / "typo"
+    r = envelope("encrypt", str(src), out, "--home", str(typo / "deeper"), "--key", "alias/etl")
+    assert r.returncode == 2 and b"no embedded KMS store" in r.stderr, r.stderr
+    r = envelope("encrypt", str(src), out, "--home", str(typo))
+    assert r.returncode == 2 and b"no KMS home folder" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+    (tmp_path / "made").mkdir()  # a folder made on purpose starts a KMS
+    r = envelope("encrypt", str(src), out, "--home", str(tmp_path / "made"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "made" / "kms.sqlite3").exists()

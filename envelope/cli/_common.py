@@ -274,6 +274,14 @@ def key_spec(
     else:
         key, files = getattr(args, "key", None), tuple(getattr(args, "key_file", None) or ())
     home = getattr(args, "home", None)
+    sources = getattr(args, "setting_sources", {})
+    if (
+        purpose == "encrypt"
+        and not files
+        and sources.get("home") == "flag"
+        and _starts_a_store(key)
+    ):
+        _check_home_folder(home)
     spec = KeySpec(
         key=key,
         key_files=files,
@@ -284,6 +292,33 @@ def key_spec(
         kms_endpoint=endpoint,
     )
     return spec.bulk() if bulk else spec
+
+
+def _starts_a_store(key: str | None) -> bool:
+    """Whether sealing under `key` may start a new embedded KMS: the default key, or another
+    AWS managed key of the embedded KMS (made on first use)."""
+    from ..kms.uri import names_managed_key
+
+    if key is None:
+        return True
+    if is_aws_key(key) or key.startswith("file:"):
+        return False
+    return names_managed_key(key.removeprefix("local:"))
+
+
+def _check_home_folder(home: str | None) -> None:
+    """A home given with --home must be a folder that exists before `encrypt` starts a KMS in
+    it: a mistyped one was a new KMS holding the only key of what it sealed (docs/cli.md).
+    A home set in the environment or a profile, and the default ~/.envelope, are made on
+    first use."""
+    if home is None or os.path.isdir(os.path.expanduser(home)):
+        return
+    if os.path.exists(os.path.expanduser(home)):
+        raise ConfigurationError(f"the KMS home {home!r} is not a folder")
+    raise ConfigurationError(
+        f"no KMS home folder {home!r}: make it first (mkdir -m 700 {home}) to start a new "
+        "embedded KMS there, or give the home that holds your keys"
+    )
 
 
 def safety_arguments(p: argparse.ArgumentParser) -> None:

@@ -96,5 +96,13 @@ def open_backend(
     elif ":" in uri and not uri.startswith("arn:"):
         scheme = uri.split(":", 1)[0]
         raise ConfigurationError(f"unknown key URI scheme {scheme!r}")
-    backend = open_local_backend(home)
+    # an AWS managed key is made on first use, so a store may be started for it; a key
+    # someone made is in no empty KMS, so none is started to look for it (a mistyped home)
+    backend = open_local_backend(home, must_exist=not names_managed_key(uri))
     return backend, backend.resolve_key_id(uri) if hasattr(backend, "resolve_key_id") else uri
+
+
+def names_managed_key(uri: str) -> bool:
+    """Whether an embedded-KMS key URI (without ``local:``) names an AWS managed key
+    (``alias/aws/NAME``, or its alias ARN), which the KMS makes on first use."""
+    return uri.startswith("alias/aws/") or (uri.startswith("arn:") and ":alias/aws/" in uri)
