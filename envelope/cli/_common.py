@@ -229,9 +229,10 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
             "aws-kms://REGION/...; or file:PATH; default: the embedded KMS's managed key "
             + DEFAULT_KEY.removeprefix("local:")
             if encrypt
-            else "extra key URI to try when unwrapping (the header names the key); an AWS KMS "
-            "key (arn:aws:kms:..., aws-kms:...) or aws-kms: lets any AWS KMS key the header "
-            "names be tried"
+            else "key URI to unwrap with, instead of the embedded KMS under --home (which is "
+            "used when no key is given; the header names the key): local:..., file:PATH, or an "
+            "AWS KMS key (arn:aws:kms:..., aws-kms:...); aws-kms: alone lets any AWS KMS key "
+            "the header names be tried"
         ),
     )
     g.add_argument(
