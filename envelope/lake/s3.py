@@ -74,7 +74,7 @@ def client_for(fs: pafs.FileSystem) -> Any | None:
             client = botocore.session.get_session().create_client(
                 "s3",
                 region_name=opts.get("region") or None,
-                endpoint_url=f"{scheme}://{endpoint}" if endpoint else None,
+                endpoint_url=_endpoint_url(endpoint, scheme),
                 aws_access_key_id=opts.get("access_key") or None,
                 aws_secret_access_key=opts.get("secret_key") or None,
                 aws_session_token=opts.get("session_token") or None,
@@ -83,6 +83,15 @@ def client_for(fs: pafs.FileSystem) -> Any | None:
             )
             _CLIENTS[ident] = client
         return client
+
+
+def _endpoint_url(endpoint: str, scheme: str) -> str | None:
+    """The URL of pyarrow's `endpoint_override`, which may name its scheme itself
+    (``http://host:port``, as $AWS_ENDPOINT_URL_S3 does) or leave it to `scheme`: the scheme
+    was put in front a second time (``https://http://...``) and every job failed."""
+    if not endpoint:
+        return None
+    return endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
 
 
 def split_path(path: str) -> tuple[str, str]:

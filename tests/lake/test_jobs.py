@@ -788,3 +788,22 @@ async def test_a_rewrap_rerun_skips_objects_the_source_credentials_cannot_read(
     )
     assert forced.done == 0 and len(forced.failures) == len(tree)
     assert read_tree(enc) == moved
+
+
+def test_an_s3_endpoint_that_names_its_scheme(s3: S3) -> None:
+    """`AWS_ENDPOINT_URL_S3=http://host:port` (or an `endpoint_override` with its scheme),
+    which pyarrow takes, became the client URL `https://http://host...`: every lake job on
+    such an endpoint failed (review)."""
+    from envelope.lake.s3 import client_for, put_whole
+
+    fs = pafs.S3FileSystem(
+        access_key="test",
+        secret_key="test",
+        endpoint_override=f"http://{s3.endpoint}",
+        region="us-east-1",
+    )
+    client = client_for(fs)
+    assert client is not None and client.meta.endpoint_url == f"http://{s3.endpoint}"
+    put_whole(client, "lake/whole.env", b"sealed bytes")
+    with fs.open_input_stream("lake/whole.env") as f:
+        assert f.read() == b"sealed bytes"
