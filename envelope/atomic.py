@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import threading
 from typing import Literal
@@ -57,9 +58,15 @@ _live_lock = threading.Lock()
 
 
 def is_temporary(path: str) -> bool:
-    """Whether `path` (any separator style) names one of envelope's temporary files."""
+    """Whether `path` (any separator style) is named as `temporary_name` names envelope's
+    temporary files: ``.<name>.<12 hex digits>.envelope-tmp``. Anything else that merely ends
+    in the suffix is someone's data (a job deleted ``.q.report.envelope-tmp`` from its
+    destination, and passed over a source file so named)."""
     name = path.replace(os.sep, "/").rsplit("/", 1)[-1]
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX), re.DOTALL)
 
 
 def temporary_name(path: str) -> str:

@@ -97,7 +97,8 @@ def scan(
 def _admit(out: Listing, rel: str, size: int, mtime_ns: int | None) -> None:
     """The one place an object of a listing becomes an Entry, a skipped lock or a refusal."""
     name = rel.rsplit("/", 1)[-1]
-    if name and is_temporary(name):
+    if name and is_temporary(name):  # a run's own (a later one, or its clean-up, removes it)
+        out.skipped.append(SkippedPath(rel, "an envelope temporary file (of an unfinished run)"))
         return
     if name == LOCK_NAME:
         out.skipped.append(SkippedPath(rel, "a lake job's lock file"))

@@ -222,7 +222,7 @@ class _Recorder:
 
 
 def test_leftovers_fail_fast_and_progress_across_chunks(tmp_path: Path, home: Path) -> None:
-    from envelope.atomic import TMP_SUFFIX
+    from envelope.atomic import temporary_name
 
     src = tmp_path / "src"
     tree = make_tree(src, [5000] * 40)
@@ -230,7 +230,7 @@ def test_leftovers_fail_fast_and_progress_across_chunks(tmp_path: Path, home: Pa
     with _cluster() as cluster, distributed.Client(cluster) as client:
         # a temporary left in the destination while the job ran is removed before the
         # driver lets the lock go (chunks hold none; a dead worker's chunk is run again)
-        leftover = tmp_path / "enc" / f".dead-worker-object{TMP_SUFFIX}"
+        leftover = Path(temporary_name(str(tmp_path / "enc" / "dead-worker-object")))
         progress = _Recorder(plant=leftover)
         report = run_on_dask(
             client,

@@ -807,3 +807,26 @@ def test_an_s3_endpoint_that_names_its_scheme(s3: S3) -> None:
     put_whole(client, "lake/whole.env", b"sealed bytes")
     with fs.open_input_stream("lake/whole.env") as f:
         assert f.read() == b"sealed bytes"
+
+
+async def test_files_named_like_temporaries_are_data_unless_named_as_ours(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """Anything starting with '.' and ending in '.envelope-tmp' was taken for a temporary: a
+    source file so named was passed over without a word (and lost when the source was
+    deleted after "all done"), and a destination object so named was deleted. Only the
+    exact form of `temporary_name` is ours now, and a source file of that form is listed
+    among the skipped paths (review)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "n").write_bytes(b"n")
+    (src / ".q.report.envelope-tmp").write_bytes(b"user data")
+    (src / ".f.0123456789ab.envelope-tmp").write_bytes(b"left by a run")
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / ".mine.envelope-tmp").write_bytes(b"a user's object in the destination")
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert (r.objects, r.done, r.failed) == (2, 2, 0)
+    assert [s.path for s in r.skipped_paths] == [".f.0123456789ab.envelope-tmp"]
+    assert (enc / ".mine.envelope-tmp").read_bytes() == b"a user's object in the destination"
+    assert (enc / ".q.report.envelope-tmp").exists() and r.removed_temporaries == 0
