@@ -69,10 +69,25 @@ def is_temporary(path: str) -> bool:
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}" + re.escape(TMP_SUFFIX), re.DOTALL)
 
 
+#: The longest file name most file systems take (NAME_MAX), in bytes.
+_NAME_MAX = 255
+
+
+def _stem(name: str) -> str:
+    """`name` as it goes into its temporaries' names: cut (at a character) so that the
+    temporary fits NAME_MAX. A target name of 229-255 bytes is legal, and the 27 bytes a
+    temporary adds made it fail with "File name too long" though the final name fits."""
+    room = _NAME_MAX - len(f"..{'0' * 12}{TMP_SUFFIX}")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return name
+    return raw[:room].decode("utf-8", "ignore")
+
+
 def temporary_name(path: str) -> str:
     """A fresh temporary name beside `path` (``/``-separated paths work on object stores)."""
     head, _, name = path.rpartition("/")
-    tmp = f".{name}.{os.urandom(6).hex()}{TMP_SUFFIX}"
+    tmp = f".{_stem(name)}.{os.urandom(6).hex()}{TMP_SUFFIX}"
     return f"{head}/{tmp}" if head else tmp
 
 
@@ -127,7 +142,7 @@ def is_stale_temporary(tmp: str) -> bool:
 def remove_stale_temporaries(path: str) -> int:
     """Remove the temporaries beside `path` (for that target) that a killed run left behind."""
     directory, name = os.path.split(os.path.abspath(path))
-    prefix = f".{name}."
+    prefix = f".{_stem(name)}."
     removed = 0
     try:
         entries = os.listdir(directory)

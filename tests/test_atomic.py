@@ -130,3 +130,26 @@ def test_sigkill_never_exposes_a_partial_target(tmp_path: Path) -> None:
         assert not target.exists()
     else:  # it finished before the kill landed: then the output must be whole
         assert target.stat().st_size > 64 << 20
+
+
+@pytest.mark.parametrize("name", ["n" * 240, "é" * 127, "x" * 255])
+def test_a_long_legal_name_is_written(tmp_path: Path, name: str) -> None:
+    """A target name of 229-255 bytes is legal, but its temporary (27 bytes longer) was not:
+    the write failed with "File name too long" naming the folder (review). The temporary's
+    stem is cut to fit; a killed run's temporaries of such a target are still found."""
+    from envelope.atomic import OutputFile, is_temporary, remove_stale_temporaries, temporary_name
+
+    target = tmp_path / name
+    out = OutputFile(str(target), durable=False)
+    try:
+        out.write(memoryview(b"data"))
+        out.commit()
+    finally:
+        out.discard()
+    assert target.read_bytes() == b"data"
+    assert leftovers(tmp_path) == []
+    stale = Path(temporary_name(str(target)))
+    assert len(stale.name.encode()) <= 255 and is_temporary(stale.name)
+    stale.write_bytes(b"left by a killed run")
+    assert remove_stale_temporaries(str(target)) == 1
+    assert leftovers(tmp_path) == []
