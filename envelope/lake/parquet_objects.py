@@ -25,11 +25,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..api import DEFAULT_OPTIONS, Options
+from ..errors import ContextMismatchError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..reader import DecryptingReader, aopen_decrypted
 from ..sync import run
 from .fs import ArrowRangeFile, resolve
+from .jobs import PATH_CONTEXT_KEY
 
 __all__ = ("EncryptedParquetFile", "aopen_encrypted_parquet", "open_encrypted_parquet")
 
@@ -68,6 +70,24 @@ class EncryptedParquetFile(pq.ParquetFile):  # type: ignore[misc]
 def _open_range(uri_or_path: str | os.PathLike[str], filesystem: Any) -> ArrowRangeFile:
     loc = resolve(os.fspath(uri_or_path), filesystem=filesystem)
     return ArrowRangeFile(loc.fs, loc.path)
+
+
+def _check_bound_path(reader: DecryptingReader, path: str) -> None:
+    """An object a lake job wrote names its path below the job's root in its authenticated
+    context (`envelope:path`), which lake decrypt and verify check: a file copied over
+    another (mallory's rows at alice's path) is refused there. This reader does not know
+    the root, but the path it was given must end with the bound one; otherwise the copy was
+    read as the file it replaced. `ContextMismatchError`, as the lake jobs raise."""
+    bound = reader.header.object_context.get(PATH_CONTEXT_KEY)
+    if bound is None:
+        return
+    given = path.replace(os.sep, "/")
+    if given != bound and not given.endswith("/" + bound):
+        raise ContextMismatchError(
+            f"{path!r} holds the object a lake job wrote at {bound!r} (its {PATH_CONTEXT_KEY} "
+            "context): a file copied or moved over another is not read as that file; pass "
+            f"expected_context={{{PATH_CONTEXT_KEY!r}: ...}} to say which path it must be"
+        )
 
 
 def open_encrypted_parquet(
@@ -134,6 +154,12 @@ async def aopen_encrypted_parquet(
     finally:
         if owned is not None:  # the data key is unwrapped: the keyring is done
             await owned.aclose()
+    try:
+        if expected_context is None or PATH_CONTEXT_KEY not in expected_context:
+            _check_bound_path(reader, rf.path)
+    except BaseException:
+        reader.close()
+        raise
     return await anyio.to_thread.run_sync(
         partial(EncryptedParquetFile, reader, rf, pre_buffer=pre_buffer)
     )

@@ -648,3 +648,35 @@ def test_write_table_is_atomic_and_names_a_missing_column(kms: MemoryKms, tmp_pa
     with pytest.raises(ConfigurationError):
         crypto.write_table(TABLE, path, footer_key="footer-key", column_keys={"pii-key": ["nope"]})
     assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_opaque_keeps_a_lake_object_s_path_binding(
+    wide_parquet: tuple[Path, pa.Table], tmp_path: Path, keyring: Keyring
+) -> None:
+    """A lake job binds each object to its path (`envelope:path`), and lake decrypt and
+    verify refuse a file copied over another; the opaque reader read the copy as the file
+    it replaced (mallory's rows at alice's path) unless the caller knew to pass the path as
+    an expected context (review)."""
+    from envelope.errors import ContextMismatchError
+    from envelope.lake import jobs
+
+    plain, table = wide_parquet
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "alice.parquet").write_bytes(plain.read_bytes())
+    pq.write_table(table.slice(0, 10), src / "mallory.parquet")
+    enc = tmp_path / "enc"
+    report = anyio.run(partial(jobs.encrypt_prefix, str(src), str(enc), keyring=keyring))
+    assert report.ok
+    with open_encrypted_parquet(enc / "alice.parquet", keyring=keyring) as pf:
+        assert pf.read(columns=["c00"]).num_rows == table.num_rows
+    (enc / "alice.parquet").write_bytes((enc / "mallory.parquet").read_bytes())
+    with pytest.raises(ContextMismatchError, match=r"mallory\.parquet"):
+        open_encrypted_parquet(enc / "alice.parquet", keyring=keyring)
+    # the caller may still name the path it expects, as lake verify does
+    with open_encrypted_parquet(
+        enc / "alice.parquet",
+        keyring=keyring,
+        expected_context={jobs.PATH_CONTEXT_KEY: "mallory.parquet"},
+    ) as pf:
+        assert pf.read(columns=["c00"]).num_rows == 10
