@@ -378,7 +378,7 @@ async def encrypt_into(
     hold the header plus the plaintext plus 16 bytes per segment; a short buffer raises
     ConfigurationError naming the size needed, before any segment is sealed.
     """
-    required_output(out)
+    required_output(out, data)
     _, total = await _seal_in_memory(
         data, out, keyring, kms_context, object_context, options, observer
     )
@@ -544,7 +544,7 @@ async def decrypt_into(
 
     On failure the first plaintext-length bytes of `out` are zeroed.
     """
-    required_output(out)
+    required_output(out, data)
     _, n = await _open_in_memory(
         data, out, keyring, expected_context, expected_kms_context, options, observer
     )

@@ -158,14 +158,16 @@ def check_output_path(sink: object, keyring: Keyring) -> None:
             )
 
 
-def required_output(out: object) -> None:
+def required_output(out: object, data: object) -> None:
     """`out` of an ``*_into`` call is given: None is this module's "allocate a new buffer",
-    so an ``*_into(data, None)`` would seal or open, report a length and drop the result."""
+    so an ``*_into(data, None)`` would seal or open, report a length and drop the result.
+    And it is apart from `data` (`check_apart`): checked before any KMS call."""
     if out is None:
         raise ConfigurationError(
             "out must be a writable buffer (bytearray, memoryview, mmap), not None: "
             "encrypt_bytes and decrypt_bytes return a new one"
         )
+    check_apart(byte_view(data), output_view(out))
 
 
 def output_view(out: object) -> memoryview:
@@ -185,6 +187,30 @@ def output_view(out: object) -> memoryview:
     if not view.c_contiguous:
         raise ConfigurationError("the output buffer must be contiguous")
     return view.cast("B")
+
+
+def check_apart(src: memoryview, dst: memoryview) -> None:
+    """The input and the output of an ``*_into`` call must not share memory: the header is
+    written first and segments land at other offsets than they are read from, so sealing
+    into the plaintext's own buffer sealed what the header had overwritten (an object that
+    opens, to the wrong bytes), and opening in place failed at random after zeroing the
+    caller's ciphertext. ConfigurationError before anything is written. Read-only input
+    (bytes) shares nothing with a writable output but the same object's memory."""
+    if not src.nbytes or not dst.nbytes:
+        return
+    if src.obj is dst.obj:
+        raise ConfigurationError("data and out are views of one buffer: give out its own buffer")
+    if src.readonly:
+        return
+    import ctypes  # only for writable input: two views of one memory may be different objects
+
+    try:
+        a = ctypes.addressof(ctypes.c_char.from_buffer(src))
+        b = ctypes.addressof(ctypes.c_char.from_buffer(dst))
+    except (TypeError, ValueError):
+        return
+    if a < b + dst.nbytes and b < a + src.nbytes:
+        raise ConfigurationError("data and out overlap in memory: give out its own buffer")
 
 
 def buffer_sequence(items: object, what: str = "items") -> None:
@@ -536,6 +562,7 @@ def seal_into(
     """Write header and sealed body of `data` into `out`; returns the bytes written."""
     src = byte_view(data)
     dst = output_view(out)
+    check_apart(src, dst)
     hl = len(prepared.header)
     layout = Layout(hl, prepared.seg_log2)
     total = layout.ciphertext_length(len(src))
@@ -574,6 +601,7 @@ def open_into(
     """
     view = byte_view(data)
     dst = output_view(out)
+    check_apart(view, dst)
     layout = Layout(header.header_len, header.seg_log2)
     plen = layout.plaintext_length(len(view))
     if len(dst) < plen:

@@ -612,7 +612,7 @@ def encrypt_into(
     observer: Observer = NULL_OBSERVER,
 ) -> int:
     """Encrypt into the caller's buffer; returns the bytes written (see `api.encrypt_into`)."""
-    required_output(out)
+    required_output(out, data)
     return _seal(data, out, keyring, kms_context, object_context, options, observer)[1]
 
 
@@ -643,7 +643,7 @@ def decrypt_into(
 ) -> int:
     """Decrypt into the caller's buffer; returns the plaintext length. On failure the
     plaintext part of `out` is zeroed."""
-    required_output(out)
+    required_output(out, data)
     return _open(data, out, keyring, expected_context, expected_kms_context, options, observer)[1]
 
 

@@ -157,3 +157,45 @@ def test_the_async_stream_face_checks_contexts_like_every_other_face() -> None:
         call = partial(api.encrypt, b"data", bytearray(), keyring=kr, **bad)  # type: ignore[arg-type]
         with pytest.raises(ConfigurationError, match="must be a mapping"):
             anyio.run(call)
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_into_calls_refuse_an_output_that_shares_the_input_s_memory(face: str) -> None:
+    """`encrypt_into(view_of_buf, buf)` sealed what the header had already overwritten (an
+    object that opened without error, to the wrong bytes), and `decrypt_into(buf, buf)`
+    failed at random after zeroing the caller's ciphertext. Refused before any KMS call,
+    whether the two are views of one object or different objects over one memory (review)."""
+    import ctypes
+    import os
+    from functools import partial
+
+    import anyio
+
+    from envelope import api, sync
+    from envelope.errors import ConfigurationError
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key("k"))
+    sealed = bytes(sync.encrypt_bytes(os.urandom(3000), keyring=kr))
+    calls_before = dict(kms.calls)
+
+    def call(fn: str, data: object, out: object) -> None:
+        if face == "sync":
+            getattr(sync, fn)(data, out, keyring=kr)
+        else:
+            anyio.run(partial(getattr(api, fn), data, out, keyring=kr))
+
+    buf = bytearray(os.urandom(6000))
+    other_object_same_memory = (ctypes.c_char * 1000).from_buffer(buf, 2000)
+    for data in (memoryview(buf)[:1000], buf, memoryview(other_object_same_memory)):
+        with pytest.raises(ConfigurationError, match=r"one buffer|overlap"):
+            call("encrypt_into", data, buf)
+    inplace = bytearray(sealed)
+    with pytest.raises(ConfigurationError, match="one buffer"):
+        call("decrypt_into", inplace, inplace)
+    assert bytes(inplace) == sealed  # the ciphertext is left as it was
+    assert dict(kms.calls) == calls_before
+    out = bytearray(8000)  # apart: fine
+    assert call("encrypt_into", memoryview(buf)[:1000], out) is None
