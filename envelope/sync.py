@@ -689,7 +689,7 @@ def _chunked(
     produced is zeroed, and the failure is raised."""
     results: list[bytearray | EnvelopeError | None] = [None] * count
     workers = options.worker_count
-    if count and total_bytes // count < THREADED_BATCH_MIN_BYTES:
+    if (count and total_bytes // count < THREADED_BATCH_MIN_BYTES) or _on_event_loop_thread():
         workers = 1
     per_chunk = max(1, -(-count // (workers * 4)))  # a few chunks per worker balances load
     failed = threading.Event()
@@ -723,6 +723,20 @@ def _chunked(
     out: list[bytearray | EnvelopeError] = [r for r in results if r is not None]
     assert len(out) == count
     return out
+
+
+def _on_event_loop_thread() -> bool:
+    """Whether this thread is running an event loop (a blocking batch called from async
+    code). Its items then run on this thread: on pool threads, a data key a task of this
+    loop was fetching could not land while the loop waited for the pool, and the pool
+    waited for the key, so the loop froze for the cache's whole wait_timeout and failed."""
+    try:
+        import sniffio
+
+        sniffio.current_async_library()
+    except Exception:  # AsyncLibraryNotFoundError: no loop here (or no sniffio)
+        return False
+    return True
 
 
 def _nbytes(x: object) -> int:

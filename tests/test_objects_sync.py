@@ -364,3 +364,41 @@ def test_a_batch_zeroes_its_plaintexts_whatever_the_failure(
         sync.decrypt_many(sealed, keyring=kr)
     assert len(produced) == 2 and all(p == bytes(len(p)) for p in produced)
     kr.close()
+
+
+@pytest.mark.parametrize("op", ["encrypt_many", "decrypt_many"])
+def test_a_sync_batch_inside_a_running_loop_does_not_wait_on_its_own_loop(op: str) -> None:
+    """A blocking batch of large objects called from async code, while a task of the same
+    loop was fetching the data key: the batch's pool threads waited for that fetch, which
+    could not land while the loop waited for the pool; the loop froze for the cache's whole
+    wait_timeout, then the batch failed (review). Its items now run on the calling thread."""
+    import asyncio
+
+    from envelope import api, sync
+    from envelope.keycache import CachePolicy
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms(latency=0.2)
+    kr = Keyring(kms, kms.create_key("k"), cache=CachePolicy(wait_timeout=5))
+    items = [bytes(2 << 20)] * 3  # large enough for the pool
+    if op == "decrypt_many":
+        # one data key for all (another keyring's cache): kr must unwrap it to open them
+        warm = Keyring(kms, kr.key_id, cache=CachePolicy())
+        items = [bytes(b) for b in sync.encrypt_many(items, keyring=warm)]
+        sealed = bytes(sync.encrypt_bytes(b"x", keyring=warm))
+
+    async def owner() -> None:
+        if op == "encrypt_many":
+            await api.encrypt_bytes(b"x", keyring=kr)
+        else:
+            await api.decrypt_bytes(sealed, keyring=kr)
+
+    async def main() -> int:
+        task = asyncio.create_task(owner())
+        await asyncio.sleep(0.05)  # the owner is now waiting on the KMS
+        out = getattr(sync, op)(items, keyring=kr)
+        await task
+        return len(out)
+
+    assert asyncio.run(main()) == 3
