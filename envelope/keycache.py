@@ -371,6 +371,7 @@ class DataKeyCache:
         self._live: dict[CacheName, int] = {"encrypt": 0, "decrypt": 0}
         self._earliest = math.inf  # no entry expires before this
         self._slow_warned = False  # CacheTtlWarning once per cache
+        self._closed = False  # `close`: nothing is cached any more
         _caches.add(self)
 
     def __repr__(self) -> str:
@@ -433,6 +434,8 @@ class DataKeyCache:
         wrapped: WrappedKey | None,
         created: float,
     ) -> _Entry | None:
+        if self._closed:
+            return None
         base = self.policy.ttl if kind == "encrypt" else self.policy.decrypt_ttl
         entry = _Entry(kind, key, dk, wrapped, created, self._ttl(base), self.policy.refresh_ahead)
         now = self.clock()
@@ -660,6 +663,14 @@ class DataKeyCache:
             for entry in self._all_entries():
                 self._dropped(entry, "cleared")
             self._store.clear()
+
+    def close(self) -> None:
+        """`clear`, and cache nothing from now on: a key a request still in flight brings
+        back (a call that began before its keyring was closed) goes to that caller only.
+        It was cached in the closed keyring's cache, where nothing would ever zero it."""
+        with self._lock:
+            self._closed = True
+        self.clear()
 
     def prune(self) -> int:
         """Drop expired entries now; returns how many left."""

@@ -222,7 +222,7 @@ class Keyring:
         keyring made; a `DataKeyCache` passed in may serve other keyrings and stays)."""
         self._closed = True
         if self.cache is not None and self._owns_cache:
-            self.cache.clear()
+            self.cache.close()
 
     def _check_open(self) -> None:
         if self._closed:

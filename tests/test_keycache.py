@@ -630,3 +630,38 @@ def test_an_observer_that_raises_leaves_no_flight_behind() -> None:
         sync.encrypt_bytes(b"x", keyring=kr)
     assert not cache._flights  # nothing left for a later caller to wait on
     kr.close()
+
+
+def test_a_key_landing_after_its_keyring_closed_is_not_cached() -> None:
+    """Closing a keyring zeroes its cached data keys; a request already in flight then
+    brought its key back into the closed keyring's cache, where nothing would ever zero it
+    (review). The caller still gets its key; the cache keeps nothing."""
+    import threading
+    import time
+
+    from envelope import sync
+    from envelope.keycache import CachePolicy
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms(latency=0.3)
+    kr = Keyring(kms, kms.create_key("k"), cache=CachePolicy())
+    results: list[object] = []
+
+    def seal() -> None:
+        try:
+            results.append(len(sync.encrypt_bytes(b"x", keyring=kr)))
+        except Exception as e:
+            results.append(type(e).__name__)
+
+    t = threading.Thread(target=seal)
+    t.start()
+    assert kr.cache is not None
+    deadline = time.monotonic() + 30
+    while not kr.cache._flights:  # until the request is in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    kr.close()
+    t.join()
+    assert len(results) == 1 and isinstance(results[0], int), results
+    assert len(kr.cache) == 0
