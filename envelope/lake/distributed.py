@@ -18,6 +18,7 @@ import importlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,6 +45,9 @@ class _Task:
     options: jobs.LakeOptions
     kms_context: Mapping[str, str] = field(default_factory=dict)
     object_context: Mapping[str, str] = field(default_factory=dict)
+    #: The name of the job's Dask Event that tells its chunks to stop (the driver was
+    #: interrupted): a chunk starts no further slice of its objects once it is set.
+    stop: str = ""
 
 
 # One keyring per worker process and spec (the spec names its purpose), reused by every
@@ -60,26 +64,62 @@ def _worker_keyring(spec: KeySpec) -> Keyring:
         return got
 
 
+#: A chunk runs its objects in slices of about this many bytes (or `4 * concurrency`
+#: objects), and looks at the job's stop event between slices.
+_SLICE_BYTES = 64 << 20
+
+#: What a chunk reports: the counters and lists the driver adds up.
+_PART_COUNTS = ("done", "skipped", "failed", "planned", "objects", "bytes")
+
+
+def _slices(entries: Sequence[jobs.Entry], most: int) -> list[Sequence[jobs.Entry]]:
+    out: list[Sequence[jobs.Entry]] = []
+    first, size = 0, 0
+    for i, e in enumerate(entries):
+        size += e.size
+        if i + 1 - first >= most or size >= _SLICE_BYTES:
+            out.append(entries[first : i + 1])
+            first, size = i + 1, 0
+    if first < len(entries):
+        out.append(entries[first:])
+    return out
+
+
 def _run_chunk(task: _Task, entries: Sequence[jobs.Entry]) -> dict[str, Any]:
-    """Runs on a Dask worker: the single-machine job over one chunk of entries."""
+    """Runs on a Dask worker: the single-machine job over one chunk of entries, a slice at
+    a time; it stops between slices once the driver sets the job's stop event (it was
+    interrupted, and holds the destination's lock until its chunks have ended)."""
     keyring = _worker_keyring(task.keys)
     to = _worker_keyring(task.to) if task.to is not None else None
     options = task.options
+    stop = _distributed().Event(task.stop) if task.stop else None
+    part: dict[str, Any] = dict.fromkeys(_PART_COUNTS, 0)
+    part["failures"], part["planned_paths"] = [], []
+    for piece in _slices(entries, 4 * options.concurrency):
+        if stop is not None and stop.is_set():
+            break
 
-    async def go() -> jobs.JobReport:
-        return await jobs.run_job(
-            task.operation,
-            task.source,
-            task.destination,
-            keyring=keyring,
-            to=to,
-            kms_context=task.kms_context,
-            object_context=task.object_context,
-            options=options,
-            entries=entries,
-        )
+        async def go(piece: Sequence[jobs.Entry] = piece) -> jobs.JobReport:
+            return await jobs.run_job(
+                task.operation,
+                task.source,
+                task.destination,
+                keyring=keyring,
+                to=to,
+                kms_context=task.kms_context,
+                object_context=task.object_context,
+                options=options,
+                entries=piece,
+            )
 
-    return anyio.run(go).to_dict()
+        got: dict[str, Any] = anyio.run(go).to_dict()
+        for name in _PART_COUNTS:
+            part[name] += got[name]
+        part["failures"].extend(got["failures"])
+        part["planned_paths"].extend(got["planned_paths"])
+        if options.fail_fast and got["failures"]:
+            break
+    return part
 
 
 def _distributed() -> Any:
@@ -160,12 +200,19 @@ def run_on_dask(
         options,
         dict(kms_context or {}),
         dict(object_context or {}),
+        stop=f"envelope-stop-{uuid.uuid4().hex}",
     )
     src = resolve(source)
     dst = resolve(destination) if operation in ("encrypt", "decrypt") and destination else None
     start = jobs.begin_job(operation, src, dst, options)
+    submitted: list[Any] = []
+    ended = True  # whether no chunk may still be writing (the lock may go)
     try:
-        report = _run_chunks(client, task, start, progress, retries)
+        try:
+            report = _run_chunks(client, task, start, progress, retries, submitted)
+        except BaseException:
+            ended = _stop_chunks(client, task, submitted)
+            raise
         if start.lock is not None:  # every chunk has finished: what is left is a dead worker's
             removed, aborted = jobs.remove_temporaries(dst or src, start.lock)
             report.removed_temporaries += removed
@@ -177,7 +224,23 @@ def run_on_dask(
                 )
         return report
     finally:
-        start.release()
+        if ended:
+            start.release()
+
+
+def _stop_chunks(client: Any, task: _Task, submitted: list[Any]) -> bool:
+    """The driver was interrupted (or failed): tell the chunks to stop at their next slice
+    and wait for them, so that none is still writing once the lock goes (they kept writing
+    after the driver had exited and released it, so another job could take the lock while
+    they did). False if that wait is interrupted too (a second Ctrl-C): the lock is then
+    kept, for `--break-lock` once the workers are done."""
+    d = _distributed()
+    try:
+        d.Event(task.stop, client=client).set()  # a chunk not started yet ends at once
+        d.wait([f for f in submitted if not f.done()])
+    except BaseException:
+        return False
+    return True
 
 
 def _run_chunks(
@@ -186,6 +249,7 @@ def _run_chunks(
     start: jobs.JobStart,
     progress: jobs.Progress | None,
     retries: int,
+    submitted: list[Any],
 ) -> jobs.JobReport:
     as_completed = _distributed().as_completed
     operation, source, destination = task.operation, task.source, task.destination
@@ -204,8 +268,6 @@ def _run_chunks(
     # as a local one does: after the first failure no further chunk starts (those running
     # stop at their own first failure), and every submitted chunk is waited for.
     pending = iter(_chunks(entries, n_workers))
-
-    submitted: list[Any] = []
 
     def submit() -> Any | None:
         chunk = next(pending, None)

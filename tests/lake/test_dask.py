@@ -296,7 +296,49 @@ def test_a_chunk_that_fails_for_good_waits_for_the_others_before_the_lock_goes(
         processes=False, n_workers=1, threads_per_worker=4, dashboard_address=None
     ) as client:
         with pytest.raises(RuntimeError, match="worker died"):
-            dist_mod._run_chunks(client, task, jobs.JobStart(Listing(entries)), None, 0)
+            dist_mod._run_chunks(client, task, jobs.JobStart(Listing(entries)), None, 0, [])
         assert len(_FINISHED) >= 1  # the chunks already running finished before it raised
         in_flight = [f for f in client.futures.values() if f.status == "pending"]
         assert in_flight == []
+
+
+class _Interrupting(_Recorder):
+    """Ctrl-C at the driver as the first chunk's results come in."""
+
+    def advance(self, result: jobs.ObjectResult) -> None:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_driver_stops_its_chunks_before_the_lock_goes(
+    tmp_path: Path, home: Path
+) -> None:
+    """SIGINT or SIGTERM at the driver released the destination's lock and exited while the
+    chunks on the workers went on writing (for seconds, on S3 past the driver's exit): a
+    re-run or another job could take the lock meanwhile. The chunks are now told to stop at
+    their next slice, and the lock goes only once none is running (review)."""
+    from envelope.lake.lock import LOCK_NAME
+
+    src = tmp_path / "src"
+    make_tree(src, [20_000] * 400)
+    dst = tmp_path / "enc"
+    keys = KeySpec(key="local:alias/lake", home=str(home))
+    opts = jobs.LakeOptions(engine=OPTS.engine, concurrency=2)
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        with pytest.raises(KeyboardInterrupt):
+            run_on_dask(
+                client,
+                "encrypt",
+                str(src),
+                str(dst),
+                keys=keys,
+                options=opts,
+                progress=_Interrupting(),
+            )
+        running = [f for f in client.futures.values() if f.status == "pending"]
+        assert running == []  # every chunk had ended when the driver let go
+        assert not (dst / LOCK_NAME).exists()
+        written = sorted(p.name for p in dst.iterdir())
+        assert 0 < len(written) < 400  # the chunks stopped early
+        # a re-run finishes the job
+        report = run_on_dask(client, "encrypt", str(src), str(dst), keys=keys, options=opts)
+        assert report.ok and report.done + report.skipped == 400
