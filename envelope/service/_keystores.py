@@ -657,6 +657,13 @@ class KeyStoreOps(ServiceCore):
             raise ValidationException(
                 "XksKeyId is required for EXTERNAL_KEY_STORE keys (1..128 of [a-zA-Z0-9-_.])"
             )
+        if xks_key_id.strip(".") == "":
+            # the model's pattern admits it, but no proxy can be asked for it: the key id is
+            # a path segment of the XKS URIs, and "." or ".." is normalised away
+            raise XksKeyNotFoundException(
+                f"the external key store proxy can have no key {xks_key_id!r} (an XKS key id "
+                "of periods alone names no key in the proxy's URI paths)"
+            )
         for other in self._store_keys(conn, row.id):
             if other.get("XksKeyConfiguration", {}).get("Id") == xks_key_id:
                 raise XksKeyAlreadyInUseException(

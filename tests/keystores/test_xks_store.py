@@ -134,8 +134,13 @@ def test_a_key_in_an_external_store(svc: KeyService, proxy: Proxy) -> None:  # n
 def test_external_keys_the_proxy_does_not_allow(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
     store = xks_store(svc, proxy.endpoint, "ext-keys")
     svc.connect_custom_key_store(custom_key_store_id=store)
-    with pytest.raises(XksKeyNotFoundException):
-        svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="nope")
+    # "." and ".." pass the model's pattern but name no key in the proxy's URI paths: they
+    # were CustomKeyStoreInvalidStateException on a connected store, naming an internal error
+    for missing in ("nope", ".", ".."):
+        with pytest.raises(XksKeyNotFoundException):
+            svc.create_key(
+                origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id=missing
+            )
     for bad in ("k-disabled", "aes128", "encrypt-only"):
         with pytest.raises(XksKeyInvalidConfigurationException):
             svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id=bad)
