@@ -139,6 +139,13 @@ def xks_connection_code(error: BaseException) -> str:
             return "XKS_PROXY_ACCESS_DENIED"
         if error.error_name == "InvalidUriPathException":
             return "XKS_PROXY_INVALID_CONFIGURATION"
+        # well-formed answers that the proxy cannot serve now: the XKS specification's "KMS
+        # considerations" group them with an unreachable and a timed-out proxy, and
+        # XKS_PROXY_INVALID_RESPONSE is for an answer KMS cannot interpret
+        if error.error_name == "ThrottlingException":
+            return "XKS_PROXY_NOT_REACHABLE"
+        if error.error_name == "DependencyTimeoutException":
+            return "XKS_PROXY_TIMED_OUT"
         return "XKS_PROXY_INVALID_RESPONSE"
     return "INTERNAL_ERROR"
 

@@ -927,12 +927,13 @@ class KeyStoreOps(ServiceCore):
         except Exception as e:
             _timed(call, row, "GetHealthStatus", _keystore_links.xks_connection_code(e), started)
             raise _health_refusal(e, where) from None
-        _timed(call, row, "GetHealthStatus", "ok", started)
-        if _all_unavailable(health):
+        if _all_unavailable(health):  # audited as what it decides, not as "ok"
+            _timed(call, row, "GetHealthStatus", "XKS_PROXY_NOT_REACHABLE", started)
             raise XksProxyUriUnreachableException(
                 f"the external key store proxy at {where} reports every external key manager "
                 "instance UNAVAILABLE"
             )
+        _timed(call, row, "GetHealthStatus", "ok", started)
 
     def _try_connect(self, conn: sqlite3.Connection, call: _Call, row: _StoreRow) -> str | None:
         """Reach the store's token or proxy; None when connected, else a ConnectionErrorCode."""
@@ -958,9 +959,10 @@ class KeyStoreOps(ServiceCore):
             code = _keystore_links.xks_connection_code(e)
             _timed(call, row, "GetHealthStatus", code, started)
             return code
-        _timed(call, row, "GetHealthStatus", "ok", started)
         if _all_unavailable(health):  # botocore: the proxy cannot serve: not reachable
+            _timed(call, row, "GetHealthStatus", "XKS_PROXY_NOT_REACHABLE", started)
             return "XKS_PROXY_NOT_REACHABLE"
+        _timed(call, row, "GetHealthStatus", "ok", started)
         return None
 
     def _drain_token_deletions(

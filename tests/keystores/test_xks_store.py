@@ -365,10 +365,22 @@ def test_a_proxy_that_cannot_serve_is_refused_as_botocore_documents(
     assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
     canned.answers[health] = good
     store = xks_store(svc, canned.endpoint, "later-sick")
-    canned.answers[health] = cases[0][0]
-    svc.connect_custom_key_store(custom_key_store_id=store)
-    e = entry(svc, store)
-    assert (e["ConnectionState"], e["ConnectionErrorCode"]) == ("FAILED", "XKS_PROXY_NOT_REACHABLE")
+    # every manager UNAVAILABLE, throttling, a dependency timeout: not reachable or timed
+    # out, not XKS_PROXY_INVALID_RESPONSE (an answer KMS cannot interpret); the audit record
+    # says the check failed (it said "ok" for the UNAVAILABLE answer)
+    for answer_, code in (
+        (cases[0][0], "XKS_PROXY_NOT_REACHABLE"),
+        (cases[1][0], "XKS_PROXY_NOT_REACHABLE"),
+        (cases[2][0], "XKS_PROXY_TIMED_OUT"),
+    ):
+        canned.answers[health] = answer_
+        svc.connect_custom_key_store(custom_key_store_id=store)
+        e = entry(svc, store)
+        assert (e["ConnectionState"], e["ConnectionErrorCode"]) == ("FAILED", code)
+        connect = [r for r in svc.audit_tail(5) if r["operation"] == "ConnectCustomKeyStore"]
+        (check,) = connect[-1]["keystore_calls"]  # type: ignore[misc]
+        assert (check["Call"], check["Outcome"]) == ("GetHealthStatus", code)
+        svc.disconnect_custom_key_store(custom_key_store_id=store)
 
 
 def test_a_slow_proxy_times_out(
