@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from envelope.errors import ConfigurationError
+
 
 def envelope(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
@@ -109,3 +111,27 @@ def test_a_keyring_naming_a_key_the_file_does_not_hold_says_so(tmp_path: Path) -
     backend = FileKeyBackend(str(key))
     with pytest.raises(KmsKeyError, match=r"holds key .* not 'alias/etl'.*backend\.key_id"):
         sync.encrypt_bytes(b"x", keyring=Keyring(backend, "alias/etl"))
+
+
+def test_a_key_file_others_may_read_is_warned_about_and_binary_is_not_a_key_file(
+    tmp_path: Path,
+) -> None:
+    """The embedded KMS's root-key file is warned about when group or others may read it; a
+    key file was not, though it unwraps everything sealed under it. A binary file given as
+    a key file said 'UnicodeDecodeError' (review)."""
+    import warnings
+
+    from envelope.kms.filekey import FileKeyBackend, InsecureKeyFileWarning, generate_key_file
+
+    key = tmp_path / "k.key"
+    generate_key_file(key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FileKeyBackend(key)  # 0600: no warning
+    key.chmod(0o644)
+    with pytest.warns(InsecureKeyFileWarning, match="chmod 600"):
+        FileKeyBackend(key)
+    binary = tmp_path / "b.key"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ConfigurationError, match="is not an envelope key file"):
+        FileKeyBackend(binary)

@@ -353,6 +353,7 @@ def test_envelope_decrypts_the_key_file_objects(tmp_path: Path) -> None:
 
     path = tmp_path / "vector.key"
     path.write_text(KEYFILE["key_file"]["text"], "ascii")
+    path.chmod(0o600)  # as `envelope keygen` makes them (a wider mode is warned about)
     backend = FileKeyBackend(path)
     assert backend.key_id == KEYFILE["key_file"]["key_id"]
     keyring = Keyring(decrypt_with=[backend])
@@ -371,6 +372,7 @@ def test_envelope_refuses_the_bad_wrapped_keys(n: dict[str, Any], tmp_path: Path
 
     path = tmp_path / "vector.key"
     path.write_text(KEYFILE["key_file"]["text"], "ascii")
+    path.chmod(0o600)  # as `envelope keygen` makes them (a wider mode is warned about)
     backend = FileKeyBackend(path)
     entry = WrappedKey("file", n["key_id"], bytes.fromhex(n["wrapped"]))
 

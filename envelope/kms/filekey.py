@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
+import warnings
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import hashes
@@ -22,7 +24,7 @@ from ..errors import ConfigurationError, KmsKeyError
 from . import _aeswrap
 from .base import DataKey, WrappedKey
 
-__all__ = ("FileKeyBackend", "generate_key_file")
+__all__ = ("FileKeyBackend", "InsecureKeyFileWarning", "generate_key_file")
 
 _PREFIX = "envelope-file-key-v1:"
 
@@ -65,6 +67,11 @@ def _fingerprint(key: bytes) -> str:
     return "fp-" + mac.finalize().hex()[:32]
 
 
+class InsecureKeyFileWarning(UserWarning):
+    """A key file group or others may read or write (`envelope keygen` makes them 0600): who
+    can read it can unwrap every data key sealed under it."""
+
+
 class FileKeyBackend:
     """Wraps data keys under the one key read from a key file."""
 
@@ -73,10 +80,14 @@ class FileKeyBackend:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
             with open(path, encoding="ascii") as f:
+                mode = os.fstat(f.fileno()).st_mode
                 text = f.read().strip()
-        except (OSError, ValueError) as e:  # (ValueError: undecodable, or a NUL in the path)
+        except UnicodeDecodeError:  # binary: not a key file (as text of another kind is not)
+            raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file") from None
+        except (OSError, ValueError) as e:  # (ValueError: a NUL in the path)
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
             raise ConfigurationError(
-                f"cannot read key file {os.fspath(path)!r}: {type(e).__name__}"
+                f"cannot read key file {os.fspath(path)!r}: {reason}"
             ) from None
         if not text.startswith(_PREFIX):
             raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
@@ -89,6 +100,14 @@ class FileKeyBackend:
         self.key_id = _fingerprint(key)
         self._wrap_key = _subkey(key, b"wrap")
         self.path = os.fspath(path)
+        if mode & 0o077:
+            warnings.warn(
+                InsecureKeyFileWarning(
+                    f"key file {os.fspath(path)} may be read or written by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {os.fspath(path)}"
+                ),
+                stacklevel=2,
+            )
 
     def __reduce__(self) -> str | tuple[object, ...]:
         """Refused: the pickle would carry key material (ship a `KeySpec` to workers instead,

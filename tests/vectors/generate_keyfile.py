@@ -158,6 +158,7 @@ def _file_backend(text: str) -> FileKeyBackend:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "vector.key"
         path.write_text(text, "ascii")
+        path.chmod(0o600)  # as `envelope keygen` makes them
         return FileKeyBackend(path)
 
 
