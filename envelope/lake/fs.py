@@ -110,8 +110,12 @@ def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
         return Location(pafs.LocalFileSystem(), absolute(uri))
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-    except (ValueError, OSError) as e:
+    except ValueError as e:  # a URI pyarrow cannot take: the caller's to fix
         raise ConfigurationError(_without_secrets(f"cannot open {uri!r}: {e}", uri)) from None
+    except OSError as e:  # the store could not be reached (a bucket's Region is looked up)
+        raise OSError(
+            e.errno or errno.EIO, _without_secrets(f"cannot reach {uri!r}: {e}", uri)
+        ) from None
     return Location(fs, path)
 
 

@@ -565,3 +565,34 @@ def test_the_summary_prints_object_names_escaped(tmp_path: Path) -> None:
     assert "\x1b" not in shown and "\x07" not in shown
     assert not any(line.startswith("FAILED") for line in shown.splitlines())
     assert "PLANNED evil\\x1b]0;PWNED\\x07\\x1b[2J\\nFAILED forged" in shown
+
+
+def test_a_store_that_cannot_be_reached_is_an_io_error_not_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyarrow looks a bucket's Region up when the URI names none; a store it cannot reach
+    was a ConfigurationError (exit 2, "usage"), though nothing was wrong with the command
+    (review). It is an OSError now (exit 5, as a disk that fails), credentials redacted; a
+    URI pyarrow cannot take is still a ConfigurationError."""
+    from types import SimpleNamespace
+
+    from envelope.errors import ConfigurationError
+    from envelope.lake import fs as fs_mod
+
+    def unreachable(uri: str) -> object:
+        raise OSError("When resolving region for bucket 'lake': Could not resolve host")
+
+    def malformed(uri: str) -> object:
+        raise ValueError("Expected a URI")
+
+    monkeypatch.setattr(
+        fs_mod, "pafs", SimpleNamespace(FileSystem=SimpleNamespace(from_uri=unreachable))
+    )
+    with pytest.raises(OSError, match="cannot reach") as e:
+        fs_mod.resolve("s3://AKIDEXAMPLE:SECRETEXAMPLE@lake/enc/")
+    assert not isinstance(e.value, ConfigurationError) and "SECRETEXAMPLE" not in str(e.value)
+    monkeypatch.setattr(
+        fs_mod, "pafs", SimpleNamespace(FileSystem=SimpleNamespace(from_uri=malformed))
+    )
+    with pytest.raises(ConfigurationError, match="cannot open"):
+        fs_mod.resolve("s3://lake/enc/")
