@@ -371,3 +371,25 @@ def test_a_table_never_cuts_a_cell() -> None:
     assert len(widths) == 1 and widths.pop() > 200
     newline = format_data({"Description": "two\nlines", "KeyId": "k"}, "table", title="T")
     assert "two\\nlines" in newline and len({len(x) for x in newline.splitlines()}) == 1
+
+
+def test_ciphertext_is_not_written_to_a_terminal(tmp_path: Path) -> None:
+    """`envelope encrypt FILE -` on a terminal wrote raw ciphertext to it (garbled, and
+    lost); refused as age refuses it. A pipe or a file still gets it (review)."""
+    from envelope.kms.filekey import generate_key_file
+
+    key = tmp_path / "k.key"
+    generate_key_file(key)
+    src = tmp_path / "p"
+    src.write_bytes(b"secret")
+    cmd = [sys.executable, "-m", "envelope.cli.main", "encrypt", str(src), "-"]
+    cmd += ["--key-file", str(key)]
+    leader, follower = pty.openpty()
+    try:
+        r = subprocess.run(cmd, stdout=follower, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert r.returncode == 2 and b"refusing to write ciphertext to a terminal" in r.stderr
+    piped = subprocess.run(cmd, capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout.startswith(b"\x89ENV")

@@ -104,8 +104,16 @@ def _open_in(path: str) -> str | IO[bytes]:
     return sys.stdin.buffer if path == "-" else path
 
 
-def _open_out(path: str) -> str | IO[bytes]:
-    return sys.stdout.buffer if path == "-" else path
+def _open_out(path: str, *, ciphertext: bool = False) -> str | IO[bytes]:
+    if path != "-":
+        return path
+    if ciphertext and sys.stdout.isatty():
+        # binary on a terminal garbles it and is lost (age refuses this too)
+        raise ConfigurationError(
+            "refusing to write ciphertext to a terminal: redirect stdout (> FILE, | cmd) or "
+            "name an output file"
+        )
+    return sys.stdout.buffer
 
 
 def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
@@ -132,6 +140,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     options = Options(
         segment_size=args.segment_size, workers=args.workers, memory_budget=args.memory_budget
     )
+    out = _open_out(args.output, ciphertext=True)  # before the KMS is opened
     with (
         metrics_observer(args) as observer,
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
@@ -140,7 +149,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         try:
             info = sync.encrypt(
                 _open_in(args.input),
-                _open_out(args.output),
+                out,
                 keyring=keyring,
                 kms_context=parse_pairs(args.kms_context, "--kms-context"),
                 object_context=parse_pairs(args.context, "--context"),
