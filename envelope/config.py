@@ -357,5 +357,30 @@ def apply_settings(
             continue
         setattr(args, attr, False if setting == "fsync" else None)
         sources[setting] = "default"
+    for setting in ("region", "principal"):
+        value = getattr(args, _ATTRIBUTE[setting], None) if setting in sources else None
+        problem = _name_problem(setting, value) if isinstance(value, str) else None
+        if problem is not None:
+            raise ConfigurationError(f"{_shown_source(setting, sources[setting])}: {problem}")
     args.setting_sources = sources
     return sources
+
+
+def _name_problem(setting: str, value: str) -> str | None:
+    """What is wrong with a Region or principal name (the KMS refused it only when called,
+    as a KMS error, exit 3, naming neither the file nor the profile it came from)."""
+    from ._names import REGION, principal_problem
+
+    if setting == "principal":
+        return principal_problem(value)
+    if not REGION.match(value):
+        return f"{value!r} is not a Region name (such as us-east-1)"
+    return None
+
+
+def _shown_source(setting: str, source: str) -> str:
+    if source == "flag":
+        return _FLAGS.get(setting, "--" + setting)
+    if source in ENVIRONMENT.values():
+        return "$" + source
+    return source

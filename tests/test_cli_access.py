@@ -494,7 +494,7 @@ def test_explain_a_question_that_cannot_be_asked_is_a_usage_error(cli: Cli) -> N
     key = new_key(cli)
     for argv, said in (
         (("--action", "Decrypt", key), "ValidationException"),
-        (("--action", "kms:Decrypt", "--as", "bob", key), "ValidationException"),
+        (("--action", "kms:Decrypt", "--as", "bob", key), "--as: 'bob' is not a principal"),
         (("--action", "kms:Decrypt", "alias/none"), "NotFoundException"),
     ):
         r = cli("policy", "explain", *argv, "--json")

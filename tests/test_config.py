@@ -358,3 +358,28 @@ def test_cli_profiles_end_to_end(tmp_path: Path) -> None:
     r = envelope("keys", "list", home=tmp_path, env=env)
     assert r.returncode == 2 and str(cfg_dir / "config.toml") in r.stderr
     assert "line 1" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "where"),
+    [
+        (["keys", "list"], {"ENVELOPE_REGION": "mars-1"}, r"\$ENVELOPE_REGION"),
+        (["keys", "list", "--region", "xx"], {}, "--region"),
+        (["keys", "list"], {"ENVELOPE_PRINCIPAL": "bob"}, r"\$ENVELOPE_PRINCIPAL"),
+        (["encrypt", "a", "b", "--as", "bob"], {}, "--as"),
+    ],
+)
+def test_a_bad_region_or_principal_is_a_usage_error_naming_its_source(
+    argv: list[str], env: dict[str, str], where: str
+) -> None:
+    """They reached the KMS, which refused them as a KMS error (exit 3) naming neither the
+    variable nor the profile they came from (review)."""
+    with pytest.raises(ConfigurationError, match=f"^{where}: .* is not a"):
+        parsed(argv, {"ENVELOPE_CONFIG": "", **env})
+
+
+def test_a_bad_region_in_a_profile_names_the_file_and_profile(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[profile.default]\nregion = "mars-1"\n')
+    with pytest.raises(ConfigurationError, match=r"profile default \(.*c\.toml\): 'mars-1'"):
+        parsed(["keys", "list"], {"ENVELOPE_CONFIG": str(path)})

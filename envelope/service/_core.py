@@ -29,6 +29,7 @@ from typing import Any, Self
 from cachetools import LRUCache
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from .._names import REGION as _REGION_RE
 from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
 from . import _authz, _materials, _rows, _specs, _states, audit, digests
@@ -76,7 +77,6 @@ MAX_ON_DEMAND_ROTATIONS = 25
 IMPORT_TOKEN_TTL = DAY
 #: At most this many calls share one commit (bounds a commit's latency and size).
 MAX_GROUP = 64
-_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from envelope._names import IAM_ARN, SERVICE_PRINCIPAL, SESSION_ARN, principal_problem
 from envelope.service.errors import ValidationException
 
 __all__ = (
@@ -31,24 +32,6 @@ __all__ = (
 KINDS = frozenset({"root", "user", "role", "assumed-role", "service"})
 
 _ACCOUNT = re.compile(r"[0-9]{12}\Z")
-# IAM names: letters, digits and +=,.@_- (AWS's documented character set), 1-64 characters;
-# paths are "/"-separated runs of the same characters (AWS allows up to 512 characters).
-_NAME = r"[\w+=,.@-]{1,64}"
-IAM_ARN = re.compile(
-    r"arn:aws:iam::(?P<account>[0-9]{12}):"
-    r"(?:(?P<root>root)|(?P<kind>user|role)/(?P<path>(?:[\w+=,.@-]+/){0,32})(?P<name>"
-    + _NAME
-    + r"))\Z",
-    re.ASCII,
-)
-SESSION_ARN = re.compile(
-    r"arn:aws:sts::(?P<account>[0-9]{12}):assumed-role/(?P<role>"
-    + _NAME
-    + r")/(?P<session>[\w+=,.@-]{2,64})\Z",
-    re.ASCII,
-)
-# Service principals are DNS-like names under amazonaws.com ("envelope.amazonaws.com").
-SERVICE_PRINCIPAL = re.compile(r"(?P<name>[a-z0-9][a-z0-9-]*)(?:\.[a-z0-9-]+)*\.amazonaws\.com\Z")
 
 
 def is_account_id(text: str) -> bool:
@@ -114,13 +97,7 @@ def parse_principal(text: str) -> Principal:
     m = SERVICE_PRINCIPAL.match(text)
     if m is not None:
         return Principal(text, None, "service", m.group("name"))
-    shown = text if len(text) <= 200 else text[:200] + "..."
-    raise ValidationException(
-        f"{shown!r} is not a principal: expected arn:aws:iam::<account>:root, "
-        "arn:aws:iam::<account>:user/<name>, arn:aws:iam::<account>:role/<name>, "
-        "arn:aws:sts::<account>:assumed-role/<role>/<session> or a service principal "
-        "such as envelope.amazonaws.com"
-    )
+    raise ValidationException(principal_problem(text) or f"{text!r} is not a principal")
 
 
 def root_of(account: str) -> Principal:
