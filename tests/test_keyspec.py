@@ -284,3 +284,25 @@ def test_the_dask_module_reexports_the_one_keyspec() -> None:
     from envelope.lake import distributed
 
     assert distributed.KeySpec is KeySpec
+
+
+def test_a_closed_shared_embedded_backend_is_closed_not_a_fault_to_retry(tmp_path: Path) -> None:
+    """Two keyrings over one embedded-KMS backend: closing one closes the backend, and the
+    other got KmsTransientError ("the store is closed"), which the retry layer retried
+    until RetryExhaustedError. It is ClosedError at once now (review)."""
+    from envelope import sync
+    from envelope.errors import ClosedError
+    from envelope.keyring import Keyring
+    from envelope.kms.local import open_local
+    from envelope.kms.retry import RetryPolicy
+
+    backend = open_local(tmp_path / "home")
+    kid = backend.service.create_key()["KeyMetadata"]["KeyId"]
+    writer = Keyring(backend, kid, retry=RetryPolicy.default())
+    reader = Keyring(decrypt_with=[backend])
+    sealed = bytes(sync.encrypt_bytes(b"x", keyring=writer))
+    reader.close()
+    with pytest.raises(ClosedError, match="closed"):
+        sync.encrypt_bytes(b"y", keyring=writer)
+    with pytest.raises(ClosedError):
+        sync.decrypt_bytes(sealed, keyring=writer)

@@ -28,6 +28,7 @@ from typing import TypeVar
 import anyio.to_thread
 
 from ..errors import (
+    ClosedError,
     ConfigurationError,
     KmsAccessDeniedError,
     KmsKeyError,
@@ -118,6 +119,11 @@ class LocalKms:
                 return await anyio.to_thread.run_sync(fn)
             return fn()
         except KmsServiceError as e:
+            if self.service.store.closed:  # not a fault to retry: closed for good
+                raise ClosedError(
+                    "the embedded KMS backend is closed (a keyring over it was closed: "
+                    "keyrings sharing one backend close it together)"
+                ) from None
             raise _translate(e) from None
 
     async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
