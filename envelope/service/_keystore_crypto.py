@@ -28,6 +28,7 @@ from .errors import (
     InvalidCiphertextException,
     KMSInvalidStateException,
     UnsupportedOperationException,
+    ValidationException,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,23 @@ from ._keystore_rows import (
 )
 
 # ------------------------------------------------------------------------------ cryptography
+
+#: The longest additionalAuthenticatedData every XKS proxy must take ("proxies MUST support
+#: ... up to 8192 bytes"): the blob header and the encryption context must fit it.
+_XKS_AAD_LIMIT = 8192
+
+
+def _check_xks_aad(aad: bytes) -> None:
+    """A key in an external key store seals with AAD = blob header + encryption context, and
+    a proxy need take no more than 8192 bytes of it: a longer context (still within the
+    KMS's own limit) failed as KMSInvalidStateException from the proxy's refusal. It is a
+    ValidationException of the call now, before the proxy is asked."""
+    if len(aad) > _XKS_AAD_LIMIT:
+        raise ValidationException(
+            f"the encryption context is too long for a key in an external key store: with "
+            f"the blob header it makes {len(aad)} bytes of additionalAuthenticatedData, and "
+            f"an XKS proxy need take only {_XKS_AAD_LIMIT}"
+        )
 
 
 __all__ = (
@@ -96,6 +114,7 @@ def seal_custom(
             raise _keystore_links.hsm_error(e, "Encrypt") from None
         _timed(call, row, "Encrypt", "ok", started)
         return header + iv + ct + tag
+    _check_xks_aad(aad)
     pre = _taken(call, key, row, _blob.canonical_context(ctx))
     if pre is not None and pre.plaintext == plaintext:
         if pre.error is not None:
@@ -296,6 +315,8 @@ def prefetch_seal(
     header, salt = _header(key.id, 1)
     context = _blob.canonical_context(ctx)
     aad = header + context
+    if len(aad) > _XKS_AAD_LIMIT:
+        return  # refused by the call itself (`_check_xks_aad`), without asking the proxy
     inner = _blob._message_key(material, salt).encrypt(_ZERO_NONCE, plaintext, aad)
     started = time.perf_counter()
     try:

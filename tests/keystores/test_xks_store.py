@@ -522,3 +522,28 @@ def test_an_untrusted_proxy_certificate_says_how_to_trust_it() -> None:
     assert "$ENVELOPE_XKS_CA_FILE" in said
     other = xks_error(XksTlsError("TLS with the XKS proxy failed: EOF"), "Decrypt").message
     assert "ENVELOPE_XKS_CA_FILE" not in other
+
+
+def test_an_encryption_context_too_long_for_the_xks_aad_is_a_validation_error(
+    svc: KeyService,
+    proxy: Proxy,  # noqa: F811
+) -> None:
+    """The AAD sent to the proxy is the blob header and the encryption context; a proxy need
+    take no more than 8192 bytes of it. A context within the KMS's own limit but past that
+    failed as KMSInvalidStateException (the proxy's refusal, reported as the store's state);
+    it is a ValidationException of the call now, and the proxy is not asked (review)."""
+    store = xks_store(svc, proxy.endpoint, "ext-aad")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="EXTERNAL_KEY_STORE", custom_key_store_id=store, xks_key_id="k1")[
+        "KeyMetadata"
+    ]["KeyId"]
+    long_ctx = {"k": "v" * 8150}
+    for call in (
+        lambda: svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=long_ctx),
+        lambda: svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=long_ctx),
+    ):
+        with pytest.raises(ValidationException, match="too long for a key in an external"):
+            call()
+    fine = {"k": "v" * 8000}
+    blob = svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=fine)["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=fine)["Plaintext"] == b"x"
