@@ -42,6 +42,7 @@ from .objects import (
     PreparedObject,
     Tracked,
     byte_view,
+    check_before_unwrap,
     check_contexts,
     check_keyring,
     check_output_path,
@@ -239,6 +240,7 @@ async def rewrap_header(
     others wait for its answer), so the prefix keeps one wrapped key per data key.
     """
     check_keyring(keyring)
+    check_contexts(header, expected_context, expected_kms_context)  # before the KMS call
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
         if len(data_key) != DATA_KEY_LEN:
@@ -425,8 +427,11 @@ async def open_object(
     expected_context: Mapping[str, str] | None = None,
     expected_kms_context: Mapping[str, str] | None = None,
 ) -> ObjectKeys:
-    """Unwrap the data key, check commitment, MAC and expected contexts; return the keys."""
+    """Unwrap the data key, check commitment, MAC and expected contexts; return the keys.
+    Expected contexts the header lacks are refused before the KMS is asked (and checked
+    again once the header is authenticated)."""
     check_keyring(keyring)
+    check_contexts(header, expected_context, expected_kms_context)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     return open_object_keys(
         header,
@@ -504,6 +509,7 @@ async def _open_in_memory(
     view = byte_view(data)
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+        check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
         keys = await open_object(
             header,
             keyring=keyring,

@@ -287,6 +287,26 @@ def check_contexts(
     check_context(header.kms_context, expected_kms_context, "KMS")
 
 
+def check_before_unwrap(
+    header: Header,
+    ciphertext_len: int,
+    out: object,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+) -> None:
+    """What a whole-object decrypt can refuse from the header alone, before the KMS is asked
+    for its data key (a refused call cost a KMS request, and an audit record, first): expected
+    contexts of the wrong type or that the header does not have (the header is authenticated
+    after the unwrap all the same), and an output buffer too short for the plaintext."""
+    check_contexts(header, expected_context, expected_kms_context)
+    if out is not None:
+        plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
+        if len(output_view(out)) < plen:
+            raise ConfigurationError(
+                f"output buffer holds {len(output_view(out))} bytes; {plen} needed"
+            )
+
+
 def open_object_keys(
     header: Header,
     data_key: bytearray,

@@ -32,6 +32,7 @@ from .objects import (
     Tracked,
     buffer_sequence,
     byte_view,
+    check_before_unwrap,
     check_keyring,
     check_output_path,
     checked_contexts,
@@ -454,6 +455,7 @@ def decrypt(
                 )
             options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
             check_keyring(keyring)
+            check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
             keys = open_object_keys(
                 header,
                 keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
@@ -559,6 +561,7 @@ def _open(
     with Tracked(observer, "decrypt") as track:
         header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
         check_keyring(keyring)
+        check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
         keys = open_object_keys(
             header,
             keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),

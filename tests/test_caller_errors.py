@@ -199,3 +199,40 @@ def test_into_calls_refuse_an_output_that_shares_the_input_s_memory(face: str) -
     assert dict(kms.calls) == calls_before
     out = bytearray(8000)  # apart: fine
     assert call("encrypt_into", memoryview(buf)[:1000], out) is None
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_what_the_header_refuses_is_refused_before_the_kms_is_asked(face: str) -> None:
+    """An expected context of the wrong type, or one the object lacks, and a decrypt_into
+    buffer too short for the plaintext (known from the header) were refused only after the
+    data key was unwrapped: a KMS request (and an audit record) for a call that could not
+    succeed (review)."""
+    import os
+    from functools import partial
+
+    import anyio
+
+    from envelope import api, sync
+    from envelope.errors import ConfigurationError, ContextMismatchError
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    writer = Keyring(kms, kms.create_key("k"))
+    sealed = bytes(sync.encrypt_bytes(os.urandom(3000), keyring=writer, object_context={"a": "1"}))
+    reader = Keyring(decrypt_with=[kms])  # no cache: every open asks the KMS
+    before = dict(kms.calls)
+
+    def call(fn: str, *args: object, **kw: object) -> None:
+        if face == "sync":
+            getattr(sync, fn)(*args, keyring=reader, **kw)
+        else:
+            anyio.run(partial(getattr(api, fn), *args, keyring=reader, **kw))
+
+    with pytest.raises(ConfigurationError, match="mapping"):
+        call("decrypt_bytes", sealed, expected_context="a=1")
+    with pytest.raises(ContextMismatchError):
+        call("decrypt_bytes", sealed, expected_context={"a": "2"})
+    with pytest.raises(ConfigurationError, match="3000 needed"):
+        call("decrypt_into", sealed, bytearray(100))
+    assert dict(kms.calls) == before
