@@ -98,10 +98,24 @@ async def _sink_scope(sink: SinkLike) -> AsyncIterator[Sink]:
     try:
         yield out
         await out.commit()
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await out.abort()
+    except BaseException as e:
+        await abort_keeping(out, e)
         raise
+
+
+async def abort_keeping(sink: Sink, error: BaseException) -> None:
+    """Abort `sink` after `error`, shielded from cancellation. An abort that fails too (an
+    object store refusing AbortMultipartUpload after an UploadPart failed) is added to
+    `error` as a note instead of replacing it: the report named only the abort's failure,
+    and the cause was lost."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await sink.abort()
+        except Exception as abort_error:
+            error.add_note(
+                f"discarding the unfinished output failed too: {type(abort_error).__name__}: "
+                f"{abort_error}"
+            )
 
 
 class _Tracked:

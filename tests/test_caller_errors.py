@@ -236,3 +236,30 @@ def test_what_the_header_refuses_is_refused_before_the_kms_is_asked(face: str) -
     with pytest.raises(ConfigurationError, match="3000 needed"):
         call("decrypt_into", sealed, bytearray(100))
     assert dict(kms.calls) == before
+
+
+def test_a_failed_abort_does_not_hide_the_failure_that_caused_it() -> None:
+    """An UploadPart failed and the AbortMultipartUpload after it failed too: the error
+    raised (and the lake report) named only the abort, and the cause was lost (review).
+    The cause is raised, with the abort's failure as a note."""
+    import anyio
+
+    from envelope import api
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    class FailingSink:
+        async def write(self, data: memoryview) -> None:
+            raise OSError(5, "UploadPart failed (injected)")
+
+        async def commit(self) -> None:
+            raise AssertionError("not reached")
+
+        async def abort(self) -> None:
+            raise RuntimeError("AbortMultipartUpload failed (injected)")
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key("k"))
+    with pytest.raises(OSError, match="UploadPart failed") as e:
+        anyio.run(lambda: api.encrypt(b"x" * 100_000, FailingSink(), keyring=kr))
+    assert any("AbortMultipartUpload failed" in n for n in e.value.__notes__)

@@ -576,7 +576,8 @@ async def _run(
                 # filesystem fault, pyarrow's ArrowInvalid), is that object's result: the
                 # rest of the job goes on and the report names it. Cancellation is not
                 # an Exception and stops the job.
-                result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, str(e))
+                said = "; ".join([str(e), *getattr(e, "__notes__", ())])
+                result = ObjectResult(entry.rel, "failed", 0, type(e).__name__, said)
         report.add(result)
         if progress is not None:
             progress.advance(result)
@@ -1093,9 +1094,8 @@ async def rewrap_prefix(
                 if n < len(buf):
                     break
             await sink.commit()
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await sink.abort()
+        except BaseException as e:
+            await api.abort_keeping(sink, e)
             raise
         finally:
             await anyio.to_thread.run_sync(stream.close)
