@@ -12,6 +12,7 @@ caller's expected context, and only then opens segments.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ from .hazmat.segments import Layout, open_segments, seal_segments
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Direction, Observer
 from .objects import (
+    KeptPaths,
     PreparedObject,
     Tracked,
     byte_view,
@@ -666,6 +668,8 @@ async def rewrap(
     the body is copied without being decrypted (run `decrypt` or the lake `verify` to
     authenticate it). A path sink is written atomically. Returns the old header.
     """
+    if isinstance(sink, str | os.PathLike):
+        KeptPaths([keyring, to]).check(sink)  # neither keyring's keys are written over
     async with _source_scope(source) as src, _sink_scope(sink) as out:
         header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
         new_header = await rewrap_header(

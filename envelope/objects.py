@@ -127,35 +127,67 @@ def check_keyring(keyring: object) -> None:
         )
 
 
+class KeptPaths:
+    """Where keyrings keep their keys (`Keyring.state_paths`: a key file; the embedded KMS's
+    store, root-key file and digest folder), for refusing an output written over one of them:
+    the output replaces its target once the object is whole, so encrypting onto the key file
+    sealed the only copy of the key under itself, and one onto the embedded KMS's root-key file
+    or store made every key in it unusable.
+
+    `check(path)` compares real paths and file identity (a hard link, another mount). A job
+    of many objects (`root`: its local destination) checks by name first, which costs nothing
+    per object: an entry can only land on a kept file of the same name, since the job keeps
+    its writes inside the destination; a kept folder under the destination (a digest folder)
+    makes every entry checked in full."""
+
+    __slots__ = ("_all", "_names", "_real")
+
+    def __init__(self, keyrings: Sequence[Keyring], root: str | None = None) -> None:
+        for keyring in keyrings:
+            check_keyring(keyring)
+        self._real = {os.path.realpath(p): p for k in keyrings for p in k.state_paths()}
+        self._names = {os.path.basename(r) for r in self._real}
+        top = os.path.realpath(root) if root is not None else None
+        self._all = top is None or any(
+            _inside(r, top) and os.path.isdir(r) for r in self._real
+        )
+
+    def check(self, path: str | os.PathLike[str]) -> None:
+        """ConfigurationError if `path` is, or is inside, a kept path."""
+        if not self._real:
+            return
+        name = os.fspath(path)
+        if not self._all and os.path.basename(name) not in self._names:
+            return
+        target = os.path.realpath(name)
+        try:
+            st: os.stat_result | None = os.stat(target)
+        except (OSError, ValueError):
+            st = None
+        for real, kept in self._real.items():
+            hit = _inside(target, real)
+            if not hit and st is not None:
+                try:
+                    kst = os.stat(real)
+                except OSError:
+                    continue
+                hit = (kst.st_dev, kst.st_ino) == (st.st_dev, st.st_ino)
+            if hit:
+                raise ConfigurationError(
+                    f"refusing to write {name!r}: it is (or is inside) {kept!r}, where the "
+                    "keys of this keyring are kept; writing it would lose them"
+                )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def check_output_path(sink: object, keyring: Keyring) -> None:
     """A path output must not be, or lie inside, a file the keyring's keys live in
-    (`Keyring.state_paths`): the output replaces its target once the object is whole, so
-    encrypting onto the key file sealed the only copy of the key under itself, and one onto
-    the embedded KMS's root-key file or store made every key in it unusable. Compared by
-    real path and by file identity (a hard link or another mount of the same file).
-    ConfigurationError, before any KMS call or output."""
-    if not isinstance(sink, str | os.PathLike):
-        return
-    check_keyring(keyring)
-    target = os.path.realpath(os.fspath(sink))
-    try:
-        st: os.stat_result | None = os.stat(target)
-    except (OSError, ValueError):
-        st = None
-    for kept in keyring.state_paths():
-        real = os.path.realpath(kept)
-        inside = target == real or target.startswith(real.rstrip(os.sep) + os.sep)
-        if not inside and st is not None:
-            try:
-                kst = os.stat(real)
-            except OSError:
-                continue
-            inside = (kst.st_dev, kst.st_ino) == (st.st_dev, st.st_ino)
-        if inside:
-            raise ConfigurationError(
-                f"refusing to write {os.fspath(sink)!r}: it is (or is inside) {kept!r}, where "
-                "the keys of this keyring are kept; writing it would lose them"
-            )
+    (`KeptPaths`). ConfigurationError, before any KMS call or output."""
+    if isinstance(sink, str | os.PathLike):
+        KeptPaths([keyring]).check(sink)
 
 
 def required_output(out: object, data: object) -> None:

@@ -407,3 +407,62 @@ def test_the_library_refuses_it_too(tmp_path: Path) -> None:
         anyio.run(lambda: api.encrypt(str(src), path, keyring=kr))
     assert path.read_bytes() == before
     assert leftovers(tmp_path) == []
+
+
+def test_folder_mode_lake_jobs_reports_and_rewrap_do_not_write_over_the_keys(
+    tmp_path: Path,
+) -> None:
+    """The guard covered one file only: a folder encrypted into the KMS home with a file
+    named root.key replaced the root-key file (every key lost); one with a file named like
+    the key file, into its folder, sealed the key under itself; `lake --report` could be
+    the root-key file; `api.rewrap` could write onto the key file (review of the fix)."""
+    import anyio
+
+    from envelope import api, sync
+    from envelope.errors import ConfigurationError
+    from envelope.keyring import Keyring
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    home = tmp_path / "home"
+    env = _kms_env(home)
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", *args],
+            capture_output=True, env=env, timeout=120,
+        )
+
+    (tmp_path / "p").write_bytes(b"hello")
+    assert run("encrypt", str(tmp_path / "p"), str(tmp_path / "p.env")).returncode == 0
+    root_key = (home / "root.key").read_bytes()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "root.key").write_bytes(b"evil")
+    (src / "kms.sqlite3").write_bytes(b"evil")
+    r = run("encrypt", str(src), str(home), "--no-progress")
+    assert r.returncode == 1 and b"refusing to write" in r.stderr, r.stderr
+    assert (home / "root.key").read_bytes() == root_key
+    r = run("lake", "encrypt", str(src), str(tmp_path / "d"), "--report", str(home / "root.key"))
+    assert r.returncode == 2 and b"refusing to write" in r.stderr, r.stderr
+    assert (home / "root.key").read_bytes() == root_key
+    assert run("decrypt", str(tmp_path / "p.env"), "-").returncode == 0  # the KMS still opens
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    key = keys / "the.key"
+    generate_key_file(key)
+    before = key.read_bytes()
+    other = tmp_path / "src2"
+    other.mkdir()
+    (other / "the.key").write_bytes(b"x")
+    r = run("encrypt", str(other), str(keys), "--key-file", str(key), "--no-progress")
+    assert r.returncode == 1 and b"refusing to write" in r.stderr, r.stderr
+    assert key.read_bytes() == before
+
+    backend = FileKeyBackend(key)
+    kr = Keyring(backend, backend.key_id)
+    obj = tmp_path / "obj.env"
+    obj.write_bytes(bytes(sync.encrypt_bytes(b"secret", keyring=kr)))
+    with pytest.raises(ConfigurationError, match="refusing to write"):
+        anyio.run(lambda: api.rewrap(str(obj), str(key), keyring=kr, to=kr))
+    assert key.read_bytes() == before

@@ -23,6 +23,7 @@ from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
 from ..metrics import Observer
+from ..objects import KeptPaths
 from ..options import Options
 from ..printable import printable
 from ._common import (
@@ -249,6 +250,8 @@ def cmd_lake(args: argparse.Namespace) -> int:
             scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         t0 = time.perf_counter()
         try:
+            if args.report:  # an output too: never over the keys (checked before the job)
+                KeptPaths([k for k in (keyring, to) if k is not None]).check(args.report)
             if scheduler or args.workers:
                 from ..lake.distributed import run_distributed
 

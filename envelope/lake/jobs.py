@@ -649,6 +649,14 @@ def _real_root(loc: Location) -> str | None:
 # -- encrypt -------------------------------------------------------------------------------
 
 
+def _kept(keyring: Keyring, dst: Location) -> objects.KeptPaths | None:
+    """The keyring's kept paths, for a local destination (every object's target is checked
+    against them: a source file named root.key, encrypted into the KMS home, replaced the
+    root-key file; one named like the key file, into its folder, sealed the key under
+    itself). None for an object store, which holds no local key."""
+    return objects.KeptPaths([keyring], dst.path) if dst.is_local else None
+
+
 async def encrypt_prefix(
     source: str,
     destination: str,
@@ -672,11 +680,14 @@ async def encrypt_prefix(
     engine = options.engine
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
+    kept = _kept(keyring, dst)
 
     def already_done(entry: Entry) -> bool:
         dst_path = dst.join(entry.rel)
         if dst_real is not None:
             check_stays_inside(dst_real, dst_path)
+        if kept is not None:
+            kept.check(dst_path)
         return options.resume and _encrypted_done(
             dst.fs,
             dst_path,
@@ -815,10 +826,14 @@ async def decrypt_prefix(
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
 
+    kept = _kept(keyring, dst)
+
     def already_done(entry: Entry) -> bool:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
         if dst_real is not None:
             check_stays_inside(dst_real, dst_path)
+        if kept is not None:
+            kept.check(dst_path)
         return options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry)
 
     async def done(entry: Entry) -> bool:
