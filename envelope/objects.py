@@ -226,23 +226,68 @@ def check_apart(src: memoryview, dst: memoryview) -> None:
     written first and segments land at other offsets than they are read from, so sealing
     into the plaintext's own buffer sealed what the header had overwritten (an object that
     opens, to the wrong bytes), and opening in place failed at random after zeroing the
-    caller's ciphertext. ConfigurationError before anything is written. Read-only input
-    (bytes) shares nothing with a writable output but the same object's memory."""
-    if not src.nbytes or not dst.nbytes:
+    caller's ciphertext. ConfigurationError before anything is written. Compared by address
+    (two views of one buffer may be apart; two objects may share memory, read-only or not);
+    `bytes` input shares memory with no writable buffer and costs nothing here."""
+    if not src.nbytes or not dst.nbytes or isinstance(src.obj, bytes):
         return
-    if src.obj is dst.obj:
-        raise ConfigurationError("data and out are views of one buffer: give out its own buffer")
-    if src.readonly:
-        return
-    import ctypes  # only for writable input: two views of one memory may be different objects
-
-    try:
-        a = ctypes.addressof(ctypes.c_char.from_buffer(src))
-        b = ctypes.addressof(ctypes.c_char.from_buffer(dst))
-    except (TypeError, ValueError):
-        return
+    a, b = _address(src), _address(dst)
     if a < b + dst.nbytes and b < a + src.nbytes:
         raise ConfigurationError("data and out overlap in memory: give out its own buffer")
+
+
+def _address(view: memoryview) -> int:
+    """Where a contiguous buffer starts, read-only or not: the buffer protocol's `buf`
+    (ctypes' from_buffer takes writable buffers only)."""
+    import ctypes
+
+    api = _buffer_api()
+    buf = api.Buffer()
+    if api.get(ctypes.py_object(view), ctypes.byref(buf), 0) != 0:
+        raise ConfigurationError("data is not a buffer")
+    try:
+        return int(buf.buf or 0)
+    finally:
+        api.release(ctypes.byref(buf))
+
+
+class _BufferApi:
+    """CPython's PyObject_GetBuffer / PyBuffer_Release and its Py_buffer, through ctypes."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class Buffer(ctypes.Structure):
+            _fields_ = (
+                ("buf", ctypes.c_void_p),
+                ("obj", ctypes.c_void_p),
+                ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t),
+                ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p),
+            )
+
+        self.Buffer = Buffer
+        self.get = ctypes.pythonapi.PyObject_GetBuffer
+        self.get.argtypes = (ctypes.py_object, ctypes.POINTER(Buffer), ctypes.c_int)
+        self.get.restype = ctypes.c_int
+        self.release = ctypes.pythonapi.PyBuffer_Release
+        self.release.argtypes = (ctypes.POINTER(Buffer),)
+        self.release.restype = None
+
+
+_BUFFER_API: list[_BufferApi] = []
+
+
+def _buffer_api() -> _BufferApi:
+    if not _BUFFER_API:
+        _BUFFER_API.append(_BufferApi())
+    return _BUFFER_API[0]
 
 
 def buffer_sequence(items: object, what: str = "items") -> None:
