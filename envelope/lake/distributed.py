@@ -236,11 +236,35 @@ def _stop_chunks(client: Any, task: _Task, submitted: list[Any]) -> bool:
     kept, for `--break-lock` once the workers are done."""
     d = _distributed()
     try:
-        d.Event(task.stop, client=client).set()  # a chunk not started yet ends at once
-        d.wait([f for f in submitted if not f.done()])
+        d.Event(task.stop, client=client).set()  # a chunk that starts from now on does nothing
+        unfinished = [f for f in submitted if not f.done()]
+        states = _task_states(client, [f.key for f in unfinished])
+        # a chunk no worker has taken may never be taken (no free worker, none at all):
+        # cancelled, not waited for; those a worker holds end at their next slice
+        idle = [f for f in unfinished if states.get(f.key) != "processing"]
+        client.cancel(idle)
+        d.wait([f for f in unfinished if f not in idle], timeout=_STOP_WAIT)
     except BaseException:
         return False
     return True
+
+
+#: How long an interrupted driver waits for its running chunks to reach their next slice
+#: before it leaves, keeping the lock.
+_STOP_WAIT = 300.0
+
+
+def _task_states(client: Any, keys: list[Any]) -> dict[Any, str]:
+    """The scheduler's state of each task (``processing``: a worker holds it)."""
+    if not keys:
+        return {}
+
+    def states(dask_scheduler: Any) -> dict[Any, str]:
+        tasks = dask_scheduler.tasks
+        return {k: tasks[k].state for k in keys if k in tasks}
+
+    got: dict[Any, str] = client.run_on_scheduler(states)
+    return got
 
 
 def _run_chunks(

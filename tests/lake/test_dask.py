@@ -342,3 +342,44 @@ def test_an_interrupted_driver_stops_its_chunks_before_the_lock_goes(
         # a re-run finishes the job
         report = run_on_dask(client, "encrypt", str(src), str(dst), keys=keys, options=opts)
         assert report.ok and report.done + report.skipped == 400
+
+
+NO_WORKERS = """
+import _thread, sys, threading
+from pathlib import Path
+import distributed
+from envelope.kms.filekey import generate_key_file
+from envelope.kms.keyspec import KeySpec
+from envelope.lake.distributed import run_on_dask
+from envelope.lake.lock import LOCK_NAME
+
+root = Path(sys.argv[1])
+(root / "src").mkdir()
+for i in range(20):
+    (root / "src" / f"f{i}").write_bytes(b"x" * 1000)
+generate_key_file(root / "k.key")
+with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+    with distributed.Client(cluster) as client:
+        threading.Timer(1.0, _thread.interrupt_main).start()  # Ctrl-C while nothing runs
+        try:
+            run_on_dask(client, "encrypt", str(root / "src"), str(root / "dst"),
+                        keys=KeySpec(key_files=(str(root / "k.key"),)))
+        except KeyboardInterrupt:
+            print("interrupted; lock left:", (root / "dst" / LOCK_NAME).exists())
+"""
+
+
+def test_an_interrupted_driver_whose_chunks_no_worker_took_leaves_at_once(tmp_path: Path) -> None:
+    """With no free worker (none at all, or all busy elsewhere) the interrupted driver waited
+    for chunks that would never start: it hung, and a second Ctrl-C left the lock behind.
+    Chunks no worker holds are cancelled, not waited for (review of the fix)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", NO_WORKERS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "interrupted; lock left: False", out.stderr[-2000:]
