@@ -99,8 +99,20 @@ def _store_identity(fs: pafs.FileSystem) -> tuple[object, ...]:
     the side of refusing."""
     if isinstance(fs, pafs.S3FileSystem):
         opts = fs.__reduce__()[1][0]
-        return ("s3", opts.get("endpoint_override") or "")
+        return ("s3", _endpoint_identity(str(opts.get("endpoint_override") or "")))
     return (type(fs).__name__,)
+
+
+def _endpoint_identity(endpoint: str) -> str:
+    """One spelling per endpoint: without its scheme (pyarrow takes ``http://host:port`` and
+    ``host:port`` with a separate scheme alike), case or trailing slash, loopback named one
+    way. Two spellings of one store counted as two, and a destination inside the source was
+    accepted (review)."""
+    host = endpoint.split("://", 1)[-1].rstrip("/").lower()
+    for loopback in ("localhost", "[::1]"):
+        if host == loopback or host.startswith(loopback + ":"):
+            return "127.0.0.1" + host[len(loopback) :]
+    return host
 
 
 def _normalised(path: str) -> str:

@@ -596,3 +596,24 @@ def test_a_store_that_cannot_be_reached_is_an_io_error_not_a_usage_error(
     )
     with pytest.raises(ConfigurationError, match="cannot open"):
         fs_mod.resolve("s3://lake/enc/")
+
+
+def test_one_s3_endpoint_spelled_two_ways_is_one_store() -> None:
+    """`endpoint_override='127.0.0.1:9000'` with `scheme='http'` and `'http://localhost:9000'`
+    name one store; the overlap check counted them as two and accepted a destination
+    inside the source (review)."""
+    import pyarrow.fs as pafs
+
+    from envelope.errors import ConfigurationError
+    from envelope.lake.paths import check_apart
+
+    def s3(endpoint: str, **kw: object) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(
+            access_key="t", secret_key="t", region="us-east-1", endpoint_override=endpoint, **kw
+        )
+
+    a = s3("127.0.0.1:9000", scheme="http")
+    for b in (s3("http://127.0.0.1:9000"), s3("http://localhost:9000/"), s3("LOCALHOST:9000")):
+        with pytest.raises(ConfigurationError, match="inside the source"):
+            check_apart(a, "b/raw", b, "b/raw/enc")
+    check_apart(a, "b/raw", s3("127.0.0.1:9001"), "b/raw/enc")  # another store: apart
