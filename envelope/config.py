@@ -328,6 +328,8 @@ def apply_settings(
     env = os.environ if environ is None else environ
     wanted = tuple(getattr(args, "settings", ()))
     named = getattr(args, "profile", None)
+    if named == "":
+        raise ConfigurationError("--profile is empty")
     profile = select_profile(named, env) if (wanted or named) else None
     sources: dict[str, str] = {}
     for setting in wanted:

@@ -225,7 +225,9 @@ def test_a_config_file_that_is_not_utf8_or_not_a_file_is_refused(tmp_path: Path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not UTF-8" in r.stderr
 
 
-@pytest.mark.parametrize("flags", [["--home", ""], ["--key", ""], ["--as", ""]])
+@pytest.mark.parametrize(
+    "flags", [["--home", ""], ["--key", ""], ["--as", ""], ["--profile", ""]]
+)
 def test_an_empty_flag_is_refused(flags: list[str]) -> None:
     """`--home "$DIR"` with DIR unset put a new KMS (root key included) in the working
     directory; `--key "$KEY"` sealed under the default key. Both are usage errors now."""

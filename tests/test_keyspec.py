@@ -306,3 +306,9 @@ def test_a_closed_shared_embedded_backend_is_closed_not_a_fault_to_retry(tmp_pat
         sync.encrypt_bytes(b"y", keyring=writer)
     with pytest.raises(ClosedError):
         sync.decrypt_bytes(sealed, keyring=writer)
+
+
+def test_an_empty_kms_endpoint_is_refused() -> None:
+    """`--kms-endpoint "$URL"` with URL unset sent an AWS key's calls to AWS's own endpoint."""
+    with pytest.raises(ConfigurationError, match="--kms-endpoint is empty"):
+        parse("encrypt", "i", "o", "--key", "aws-kms:alias/x", "--kms-endpoint", "")

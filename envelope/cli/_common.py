@@ -267,7 +267,9 @@ def key_spec(
     (`KeySpec`; the settings refuse the flags first): from an unset shell variable, taken
     as no key it sealed under the default key, taken as the working directory it put a root
     key beside the data."""
-    endpoint = getattr(args, "kms_endpoint", None) or None
+    endpoint = getattr(args, "kms_endpoint", None)
+    if endpoint == "":  # an unset shell variable: AWS keys' calls went to AWS's own endpoint
+        raise ConfigurationError("--kms-endpoint is empty")
     if target:
         key, files = args.to_key, ()
         if endpoint is not None and not (key and is_aws_key(key)):
