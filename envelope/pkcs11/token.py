@@ -616,7 +616,7 @@ class Token:
         obj = objects[0]
         if key_id is not None and protected:
             protections = _protections()
-            flags = obj.get_attributes(list(protections))
+            flags = _attributes(obj, list(protections))
             wrong = [name for a, (name, want) in protections.items() if flags.get(a) != want]
             if wrong:
                 raise KeyNotProtected(label, wrong)
@@ -676,6 +676,25 @@ def _check_label(label: str) -> None:
         raise ConfigurationError("a key label is a non-empty string")
     if len(label.encode("utf-8")) > _MAX_LABEL_BYTES:
         raise ConfigurationError(f"a key label is at most {_MAX_LABEL_BYTES} bytes")
+
+
+def _attributes(obj: Any, wanted: list[Any]) -> dict[Any, object]:
+    """`wanted` attributes of `obj`; one the token will not give, or gives a value python-pkcs11
+    cannot decode (CK_UNAVAILABLE_INFORMATION as the key-generation mechanism of a derived
+    key: a ValueError), is left out, so it counts as not what the KMS made."""
+    from pkcs11.exceptions import PKCS11Error
+
+    try:
+        return dict(obj.get_attributes(wanted))
+    except (ValueError, PKCS11Error):
+        pass
+    got: dict[Any, object] = {}
+    for attribute in wanted:
+        try:
+            got[attribute] = obj[attribute]
+        except (ValueError, PKCS11Error):
+            continue
+    return got
 
 
 def _protections() -> dict[Any, tuple[str, object]]:

@@ -526,8 +526,9 @@ def test_a_key_swapped_in_under_the_label_is_not_used(
         )
         assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"before"
         return
-    with pytest.raises(KMSInvalidStateException):
+    with pytest.raises(KMSInvalidStateException) as e:
         svc.generate_data_key(key_id=kid, key_spec="AES_256", encryption_context=CTX)
+    assert "ValueError" not in str(e.value), e.value  # refused as unprotected, not by accident
     with pytest.raises(KMSInvalidStateException):
         svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)
 
