@@ -194,7 +194,8 @@ async def estimate(
     quota_per_s: float = DEFAULT_QUOTA_PER_S,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
-    """The estimate (keys: module docstring, docs/bench.md)."""
+    """The estimate (keys: module docstring, docs/bench.md). `policy` None is the lake jobs'
+    default cache; `CachePolicy(enabled=False)` measures and counts without one."""
     options = options or jobs.LakeOptions()
     policy = policy if policy is not None else CachePolicy()
     t0 = time.perf_counter()
@@ -242,6 +243,7 @@ async def estimate(
         "large_objects": len(large),
         "listing_s": listing_s,
         "cache_policy": {
+            "enabled": policy.enabled,
             "ttl": policy.ttl,
             "max_objects": policy.max_objects,
             "max_bytes": policy.max_bytes,

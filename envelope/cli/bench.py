@@ -342,7 +342,10 @@ def cmd_lake(args: argparse.Namespace) -> int:
     from ..lake import jobs
 
     _check_plot(args)
-    policy = None if args.no_cache else _policy(args)
+    from ..keycache import CachePolicy
+
+    # off is said explicitly: None is the estimate's "the lake jobs' default cache"
+    policy = CachePolicy(enabled=False) if args.no_cache else _policy(args)
     options = jobs.LakeOptions(concurrency=args.concurrency)
 
     async def run() -> dict[str, Any]:

@@ -81,3 +81,16 @@ def test_sample_is_spread_and_bounded() -> None:
     entries = [e(10)] * 50 + [e(1000)] * 5
     small, large = lake.pick_sample(entries, 100, 10, 2500)
     assert len(small) == 10 and len(large) == 2
+
+
+def test_no_cache_measures_and_counts_without_one(bench: Any, tmp_path: Path) -> None:
+    """`--no-cache` was ignored: the estimate replaced "no policy" with the default cache, so
+    the sample ran cached and the call count was the cached one (review)."""
+    src = tmp_path / "src"
+    for i in range(30):
+        (src / "d").mkdir(parents=True, exist_ok=True)
+        (src / "d" / f"o{i}").write_bytes(os.urandom(1000))
+    data = bench("lake", str(src), "--sample", "10", "--no-cache", "--to-nowhere")
+    assert data["cache_policy"]["enabled"] is False
+    assert data["estimate"]["kms_calls"] == 30  # one per object
+    assert data["sample"]["kms_calls"] >= 10  # the sample asked once per object too
