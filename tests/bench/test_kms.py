@@ -78,3 +78,37 @@ def test_bad_concurrency_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as e:
         main(["bench", "kms", "--key", "file:/nonexistent", "--concurrency", "0,2"])
     assert e.value.code == 2
+
+
+def test_concurrent_callers_are_concurrent_with_a_backend_that_never_yields() -> None:
+    """The embedded KMS and a key file never yield to the event loop, so the callers (tasks
+    of one loop) took turns: the first ran alone until the deadline and every
+    `--concurrency` row measured one caller (review). Each caller is a thread now."""
+    import threading
+    import time
+
+    class Blocking(MemoryKms):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lock = threading.Lock()
+            self.in_flight = 0
+            self.most = 0
+            self.threads: set[int] = set()
+
+        async def generate_data_key(self, key_id: str, *, context: Any) -> Any:
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                self.threads.add(threading.get_ident())
+            time.sleep(0.002)  # noqa: ASYNC251 (blocking work that never yields, as the KMS)
+            with self.lock:
+                self.in_flight -= 1
+            return await super().generate_data_key(key_id, context=context)
+
+    backend = Blocking()
+    key = backend.create_key("k")
+    samples, errors, _ = anyio.run(
+        kms._timed_calls, "generate_data_key", backend, key, None, 4, 0.3  # type: ignore[arg-type]
+    )
+    assert errors == 0 and samples
+    assert len(backend.threads) == 4 and backend.most > 1
