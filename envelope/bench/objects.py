@@ -208,8 +208,12 @@ def runs(size: int, keyring: Keyring, *, call_bytes: int = MIB, n_cores: int = 0
 
 
 def _lasting(run: Run, seconds: float) -> tuple[Callable[[], object], Callable[[], int]]:
-    """`run` repeated to last about `seconds` (calibrated on one untimed call), and how many
-    objects one timed call did."""
+    """`run` repeated to last about `seconds` (calibrated on an untimed call after a warm-up
+    one), and how many objects one timed call did. The first call of a run can cost far more
+    than the others (the all-core floor starts its processes then: 0.22 s against 3.5 ms), and
+    calibrating on it sized that run at a few milliseconds, the denominator of the all-core
+    ratios."""
+    run()  # warm-up: processes, pools, imports
     t0 = time.perf_counter()
     run()
     once = time.perf_counter() - t0
