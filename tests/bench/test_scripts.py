@@ -210,3 +210,28 @@ def test_a_run_is_calibrated_after_its_first_call() -> None:
     repeated, done = _lasting(run, 0.1)
     repeated()
     assert done() >= 20  # about 0.1 s of 2 ms calls, not one call's worth
+
+
+def test_whole_object_runs_are_one_thread_at_every_size() -> None:
+    """The per-object figures are compared with one thread of the primitive work; at the
+    default options an object of 4 MiB and more was spread over the worker pool (review)."""
+    import os
+    import threading
+
+    from envelope import objects
+    from envelope.bench.objects import cached_keyring, sync_runs
+
+    seen: set[str] = set()
+    sealed = objects.seal_segments
+
+    def spy(*args: object, **kw: object) -> object:
+        seen.add(threading.current_thread().name)
+        return sealed(*args, **kw)  # type: ignore[arg-type]
+
+    objects.seal_segments = spy  # type: ignore[assignment]
+    try:
+        enc, _ = sync_runs(os.urandom(8 << 20), cached_keyring(), 1)
+        enc()
+    finally:
+        objects.seal_segments = sealed
+    assert seen == {threading.current_thread().name}
