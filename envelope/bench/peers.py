@@ -245,6 +245,39 @@ def run_timed(command: Sequence[str], env: dict[str, str]) -> tuple[float, float
     return float(got["seconds"]), got["maxrss_kib"] / 1024
 
 
+def _timed_round(
+    peer: Peer,
+    d: str,
+    src: str,
+    env: dict[str, str],
+    in_process: bool,
+    times: dict[str, list[tuple[float, float]]],
+) -> None:
+    """One round of `peer`: encrypt and decrypt as processes (and in process), timed."""
+    key = os.path.join(d, f"{peer.name}.key")
+    out = os.path.join(d, f"{peer.name}.out")
+    sealed = os.path.join(d, f"{peer.name}.sealed")
+    try:
+        for op, command in (
+            ("encrypt", peer.encrypt(key, src, out)),
+            ("decrypt", peer.decrypt(key, sealed, out)),
+        ):
+            _unlink(out)  # a new file each time: replacing one costs an ext4 flush
+            _settle()
+            times.setdefault(f"{peer.name}/{op}", []).append(run_timed(command, env))
+        _unlink(out)
+        if in_process and peer.inproc is not None:
+            for op, source in (("encrypt", src), ("decrypt", sealed)):
+                _settle()
+                t0 = time.perf_counter()
+                peer_tools.run(peer.inproc, op, key, source, out)
+                dt = time.perf_counter() - t0
+                times.setdefault(f"{peer.name}/inproc_{op}", []).append((dt, 0.0))
+                _unlink(out)
+    finally:
+        _unlink(out)
+
+
 def _settle() -> None:
     """Write back every dirty page now, off the clock (see the module docstring)."""
     os.sync()
@@ -333,27 +366,16 @@ def measure(
         for r in range(rounds):
             k = r % len(ready) if ready else 0
             for peer in ready[k:] + ready[:k]:
-                key = os.path.join(d, f"{peer.name}.key")
-                out = os.path.join(d, f"{peer.name}.out")
-                sealed = os.path.join(d, f"{peer.name}.sealed")
-                for op, command in (
-                    ("encrypt", peer.encrypt(key, src, out)),
-                    ("decrypt", peer.decrypt(key, sealed, out)),
-                ):
-                    _unlink(out)  # a new file each time: replacing one costs an ext4 flush
-                    _settle()
-                    times.setdefault(f"{peer.name}/{op}", []).append(run_timed(command, env))
-                _unlink(out)
-                if in_process and peer.inproc is not None:
-                    for op, source in (("encrypt", src), ("decrypt", sealed)):
-                        _settle()
-                        t0 = time.perf_counter()
-                        peer_tools.run(peer.inproc, op, key, source, out)
-                        dt = time.perf_counter() - t0
-                        times.setdefault(f"{peer.name}/inproc_{op}", []).append((dt, 0.0))
-                        _unlink(out)
+                if peer.name in rows:  # failed in an earlier round
+                    continue
+                try:
+                    _timed_round(peer, d, src, env, in_process, times)
+                except Exception as e:  # a peer failing mid-run is its row, not the run's
+                    rows[peer.name] = _skipped(peer, "failed", error=str(e)[:500])
             progress(r + 1, rounds)
     for peer in ready:
+        if peer.name in rows:
+            continue
         enc, dec = times[f"{peer.name}/encrypt"], times[f"{peer.name}/decrypt"]
         rows[peer.name] = {
             "name": peer.name,

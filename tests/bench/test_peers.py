@@ -143,3 +143,30 @@ def test_interrupt_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path) not in ps
+
+
+def test_a_peer_that_fails_during_the_timed_rounds_is_its_row(tmp_path: Path) -> None:
+    """A peer that passed its round-trip check and then failed in a timed round ended the
+    whole run with a traceback, every other peer's figures lost (review)."""
+    counter = tmp_path / "runs"
+    counter.write_text("")
+    flaky = peers.Peer(
+        name="flaky",
+        setting="fails after its check",
+        install="-",
+        present=lambda: True,
+        keygen=lambda key: [],
+        # the check encrypts once; the timed round's encrypt is the second call: it fails
+        encrypt=lambda key, src, dst: [
+            "sh",
+            "-c",
+            f'echo x >> {counter}; [ "$(wc -l < {counter})" -le 1 ] || exit 4; cp {src} {dst}',
+        ],
+        decrypt=lambda key, src, dst: ["cp", src, dst],
+    )
+    cp = next(p for p in peers.PEERS if p.name == "cp")
+    got = peers.measure(size=64 << 10, rounds=2, directory=str(tmp_path), peers=[flaky, cp])
+    rows = {r["name"]: r for r in got["rows"]}
+    assert rows["flaky"]["skipped"] and rows["flaky"]["reason"] == "failed"
+    assert "exited 4" in rows["flaky"]["error"]
+    assert rows["cp"]["skipped"] is False and rows["cp"]["encrypt_mbps"] > 0
