@@ -215,9 +215,15 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _finish(args: argparse.Namespace, title: str, result: dict[str, Any], kind: str) -> int:
-    """Plot, Markdown, then the JSON or the tables."""
+    """The JSON or the tables first (a plot or a Markdown file that cannot be written then
+    loses no measurement), then the plot and the Markdown."""
     from ..bench import report
 
+    if args.json:
+        sys.stdout.write(report.to_json(result))
+        sys.stdout.flush()
+    else:
+        report.print_table(title, result)
     plot = getattr(args, "plot", None)
     if plot:
         from ..bench import plot as plotting
@@ -229,20 +235,31 @@ def _finish(args: argparse.Namespace, title: str, result: dict[str, Any], kind: 
         )
         with open(args.markdown, "w") as f:
             f.write(report.to_markdown(title, result, plot=rel))
-    if args.json:
-        sys.stdout.write(report.to_json(result))
-        sys.stdout.flush()
-    else:
-        report.print_table(title, result)
     return 0
 
 
+#: What `--plot` can write (matplotlib's formats that need nothing more).
+_PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
 def _check_plot(args: argparse.Namespace) -> None:
-    """Refuse `--plot` before measuring anything when matplotlib is missing."""
-    if getattr(args, "plot", None):
+    """Refuse before measuring anything (minutes, at the defaults) what would fail once the
+    figures are in: `--plot` without matplotlib or in a format it cannot write, an output
+    file in a folder that does not exist, a `--dir` that is not a folder."""
+    plot = getattr(args, "plot", None)
+    if plot:
         from ..bench.plot import require_matplotlib
 
         require_matplotlib()
+        if os.path.splitext(plot)[1].lower() not in _PLOT_FORMATS:
+            raise ConfigurationError(f"--plot {plot!r}: name a {', '.join(_PLOT_FORMATS)} file")
+    for flag, path in (("--plot", plot), ("--markdown", getattr(args, "markdown", None))):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            raise ConfigurationError(f"{flag} {path!r}: no folder {folder!r}")
+    scratch = getattr(args, "dir", None)
+    if scratch is not None and not os.path.isdir(scratch):
+        raise ConfigurationError(f"--dir {scratch!r} is not a folder")
 
 
 def cmd_machine(args: argparse.Namespace) -> int:

@@ -86,3 +86,25 @@ def test_other_commands_do_not_import_bench() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--plot", "figure.txt"],
+        ["--plot", "/nonexistent-folder/x.png"],
+        ["--markdown", "/nonexistent-folder/x.md"],
+        ["--dir", "/nonexistent-folder"],
+    ],
+)
+def test_outputs_that_cannot_be_written_are_refused_before_measuring(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --plot matplotlib cannot write, or a --markdown or --dir in no folder, failed only
+    once every figure was measured (minutes at the defaults), and the figures were lost
+    (review)."""
+    from envelope.cli.main import main
+
+    assert main(["bench", "machine", "--size", "1M", *flags, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "envelope:" in captured.err
