@@ -276,8 +276,8 @@ def cmd_machine(args: argparse.Namespace) -> int:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from ..bench import encrypt
 
-    if args.max_object > 1 << 30:
-        raise ConfigurationError("--max-object is at most 1G")
+    if not 1 << 10 <= args.max_object <= 1 << 30:  # below 1K no object size is measured
+        raise ConfigurationError("--max-object is 1K to 1G")
     _check_plot(args)
     with _progress("encrypt") as progress:
         result = encrypt.measure(
@@ -294,6 +294,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_peers(args: argparse.Namespace) -> int:
     from ..bench import peers
 
+    if args.peers is not None and not args.peers:
+        raise ConfigurationError(f"--peers names no peer; known: {', '.join(_PEER_NAMES)}")
     unknown = sorted(set(args.peers or ()) - set(_PEER_NAMES))
     if unknown:
         raise ConfigurationError(
@@ -316,8 +318,8 @@ def cmd_kms(args: argparse.Namespace) -> int:
     from ..bench import kms
     from ..kms.uri import open_backend
 
-    if args.inject_latency < 0:
-        raise ConfigurationError("--inject-latency must be >= 0")
+    if not 0 <= args.inject_latency <= 60_000:  # NaN too (it added nothing), inf hung
+        raise ConfigurationError("--inject-latency is 0 to 60000 milliseconds")
     _check_plot(args)
     policy = _policy(args)
     backend, key_id = open_backend(args.key, home=args.home, kms_endpoint=args.kms_endpoint)

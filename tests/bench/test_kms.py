@@ -112,3 +112,19 @@ def test_concurrent_callers_are_concurrent_with_a_backend_that_never_yields() ->
     )
     assert errors == 0 and samples
     assert len(backend.threads) == 4 and backend.most > 1
+
+
+def test_inputs_that_measure_nothing_or_hang_are_refused(capsys: Any) -> None:
+    """`--inject-latency nan` added no latency and printed null, `inf` hung until killed,
+    `--peers ""` measured nothing and exited 0, `--max-object 512` measured no object
+    (review)."""
+    from envelope.cli.main import main
+
+    for argv in (
+        ["bench", "kms", "--key", "file:/nonexistent", "--inject-latency", "nan"],
+        ["bench", "kms", "--key", "file:/nonexistent", "--inject-latency", "inf"],
+        ["bench", "peers", "--peers", ""],
+        ["bench", "encrypt", "--max-object", "512"],
+    ):
+        assert main([*argv, "--json"]) == 2, argv
+        assert capsys.readouterr().out == ""
