@@ -98,7 +98,7 @@ def aes_gcm_runner(
 
 
 def write_file(path: str, size: int) -> None:
-    """`size` random-looking bytes at `path` (a 1 MiB random block repeated, shifted)."""
+    """`size` random-looking bytes at `path`: a 1 MiB random block repeated."""
     block = os.urandom(MIB)
     with open(path, "wb") as f:
         left = size
