@@ -353,7 +353,12 @@ def _import_params(args: argparse.Namespace, svc: KeyService) -> None:
 def _valid_to(text: str | None) -> float | None:
     if text is None:
         return None
-    dt = datetime.fromisoformat(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:  # it said only "Invalid isoformat string", naming no option
+        raise ConfigurationError(
+            f"--valid-to {text!r} is not an ISO 8601 date and time (2027-01-31T00:00:00Z)"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()

@@ -363,3 +363,19 @@ def test_audit_verify_fingerprint(home: Path, capsys: pytest.CaptureFixture[str]
         run(["audit", "verify", "--fingerprint", real.group(0).upper().replace("SHA256", "sha256")])
         == 0
     )
+
+
+def test_a_bad_valid_to_names_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--valid-to tomorrow` said only "Invalid isoformat string: 'tomorrow'" (review)."""
+    import os
+
+    from envelope.cli.main import main
+
+    kid = jrun(["keys", "create", "--origin", "EXTERNAL"], capsys)["KeyMetadata"]["KeyId"]
+    material = tmp_path / "m.bin"
+    material.write_bytes(os.urandom(32))
+    capsys.readouterr()
+    assert main(["keys", "import", "local", kid, str(material), "--valid-to", "tomorrow"]) == 2
+    assert "--valid-to 'tomorrow' is not an ISO 8601" in capsys.readouterr().err
