@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
@@ -134,19 +134,32 @@ class KeptPaths:
     sealed the only copy of the key under itself, and one onto the embedded KMS's root-key file
     or store made every key in it unusable.
 
-    `check(path)` compares real paths and file identity (a hard link, another mount). A job
-    of many objects (`root`: its local destination) checks by name first, which costs nothing
-    per object: an entry can only land on a kept file of the same name, since the job keeps
-    its writes inside the destination; a kept folder under the destination (a digest folder)
-    makes every entry checked in full."""
+    `check(path)` compares real paths and file identity (a hard link, another mount, another
+    case on a case-insensitive disk). A job of many objects (`root`: its local destination)
+    checks cheaply first: an entry can land on a kept file only under one of its names (as
+    given or real, in any case: the job keeps its writes inside the destination), or through
+    a symbolic link, which the writer follows (one `lstat`); a kept folder under the
+    destination (a digest folder) makes every entry checked in full."""
 
     __slots__ = ("_all", "_names", "_real")
 
     def __init__(self, keyrings: Sequence[Keyring], root: str | None = None) -> None:
         for keyring in keyrings:
             check_keyring(keyring)
-        self._real = {os.path.realpath(p): p for k in keyrings for p in k.state_paths()}
-        self._names = {os.path.basename(r) for r in self._real}
+        self._set([p for k in keyrings for p in k.state_paths()], root)
+
+    @classmethod
+    def of(cls, paths: Iterable[str], root: str | None = None) -> KeptPaths:
+        """Kept paths named directly (what a command that builds no keyring must not write)."""
+        kept = cls.__new__(cls)
+        kept._set(list(paths), root)
+        return kept
+
+    def _set(self, paths: list[str], root: str | None) -> None:
+        self._real = {os.path.realpath(p): p for p in paths}
+        self._names = {
+            os.path.basename(n).casefold() for r, p in self._real.items() for n in (r, p)
+        }
         top = os.path.realpath(root) if root is not None else None
         self._all = top is None or any(
             _inside(r, top) and os.path.isdir(r) for r in self._real
@@ -157,7 +170,11 @@ class KeptPaths:
         if not self._real:
             return
         name = os.fspath(path)
-        if not self._all and os.path.basename(name) not in self._names:
+        if (
+            not self._all
+            and os.path.basename(name).casefold() not in self._names
+            and not os.path.islink(name)
+        ):
             return
         target = os.path.realpath(name)
         try:

@@ -466,3 +466,24 @@ def test_folder_mode_lake_jobs_reports_and_rewrap_do_not_write_over_the_keys(
     with pytest.raises(ConfigurationError, match="refusing to write"):
         anyio.run(lambda: api.rewrap(str(obj), str(key), keyring=kr, to=kr))
     assert key.read_bytes() == before
+
+
+def test_a_link_of_another_name_to_a_kept_file_is_refused_in_a_folder_job(tmp_path: Path) -> None:
+    """The folder and lake jobs check each target by name first; a symbolic link of another
+    name to the key file (a `current.key` rotation link) or to the root-key file was written
+    through, since the writer follows links: the key was sealed under itself, or the KMS
+    lost every key (review of the fix)."""
+    from envelope.kms.filekey import generate_key_file
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    generate_key_file(keys / "key-2024.key")
+    before = (keys / "key-2024.key").read_bytes()
+    (keys / "current.key").symlink_to("key-2024.key")
+    (keys / "other-name").symlink_to("key-2024.key")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "other-name").write_bytes(b"evil")
+    r = envelope("encrypt", str(src), str(keys), "--key-file", str(keys / "current.key"))
+    assert r.returncode == 1 and b"refusing to write" in r.stderr, r.stderr
+    assert (keys / "key-2024.key").read_bytes() == before

@@ -253,10 +253,24 @@ def _check_plot(args: argparse.Namespace) -> None:
         require_matplotlib()
         if os.path.splitext(plot)[1].lower() not in _PLOT_FORMATS:
             raise ConfigurationError(f"--plot {plot!r}: name a {', '.join(_PLOT_FORMATS)} file")
-    for flag, path in (("--plot", plot), ("--markdown", getattr(args, "markdown", None))):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder is not None and not os.path.isdir(folder):
+    outputs = [(f, p) for f, p in (("--plot", plot), ("--markdown", args.markdown)) if p]
+    for flag, path in outputs:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
             raise ConfigurationError(f"{flag} {path!r}: no folder {folder!r}")
+    if outputs:  # never over the embedded KMS's files or the key file (as every writer)
+        from ..kms.local import home_paths
+        from ..objects import KeptPaths
+
+        key = getattr(args, "key", None) or ""
+        kept = KeptPaths.of(
+            [
+                *home_paths(getattr(args, "home", None)),
+                *([key[5:]] if key.startswith("file:") else []),
+            ]
+        )
+        for _, path in outputs:
+            kept.check(path)
     scratch = getattr(args, "dir", None)
     if scratch is not None and not os.path.isdir(scratch):
         raise ConfigurationError(f"--dir {scratch!r} is not a folder")

@@ -39,6 +39,7 @@ from ..service import (
     KeyService,
     KmsServiceError,
     RequestContext,
+    home_paths,
     open_service,
     store_path,
     via_service,
@@ -47,7 +48,7 @@ from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 from .uri import NoStoreError
 
-__all__ = ("PROVIDER_ID", "LocalKms", "key_id_from_uri", "open_local")
+__all__ = ("PROVIDER_ID", "LocalKms", "home_paths", "key_id_from_uri", "open_local")
 
 PROVIDER_ID = "local"
 _PREFIX = "local:"

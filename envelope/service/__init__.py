@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._authz import via_service as via_service
 from ._home import default_home as default_home
+from ._home import home_paths as home_paths
 from ._home import open_service as open_service
 from ._home import store_path as store_path
 from .errors import KmsServiceError as KmsServiceError
@@ -31,6 +32,7 @@ __all__ = (
     "Store",
     "default_home",
     "open_service",
+    "home_paths",
     "store_path",
     "via_service",
 )

@@ -36,6 +36,7 @@ __all__ = (
     "STORE_NAME",
     "default_home",
     "digests_location",
+    "home_paths",
     "open_service",
     "store_path",
 )
@@ -55,6 +56,21 @@ def store_path(home: str | os.PathLike[str] | None = None) -> Path:
     """Where the store of `home` (default ``$ENVELOPE_HOME`` or ``~/.envelope``) lives: the
     public answer for clients that must not reach into this module."""
     return default_home(home) / STORE_NAME
+
+
+def home_paths(home: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
+    """Where the embedded KMS under `home` keeps its state, whether or not a store is open
+    there: the store and its companions, the root-key file, and the digest folder when it is
+    local (`Store.state_paths` for an open store). For commands that write files and open no
+    store, which must not write over these."""
+    h = default_home(home)
+    store = str(h / STORE_NAME)
+    paths = [store + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+    paths.append(str(h / ROOT_KEY_NAME))
+    digests = digests_location(h)
+    if "://" not in digests:
+        paths.append(digests)
+    return tuple(paths)
 
 
 def _check_folder(home: Path, strict: bool) -> None:

@@ -108,3 +108,23 @@ def test_outputs_that_cannot_be_written_are_refused_before_measuring(
     assert main(["bench", "machine", "--size", "1M", *flags, "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "envelope:" in captured.err
+
+
+def test_a_report_over_the_kms_root_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`envelope bench ... --markdown $ENVELOPE_HOME/root.key` replaced the root-key file
+    with a Markdown report: every key of the KMS lost (review of the output guard)."""
+    from envelope.cli.main import main
+    from envelope.kms.local import open_local
+
+    home = tmp_path / "home"
+    open_local(home).service.close()
+    monkeypatch.setenv("ENVELOPE_HOME", str(home))
+    before = (home / "root.key").read_bytes()
+    (tmp_path / "report.png").symlink_to(home / "root.key")  # a link of another name
+    for flag in ("--markdown", "--plot"):
+        target = home / "root.key" if flag == "--markdown" else tmp_path / "report.png"
+        assert main(["bench", "machine", "--size", "1M", flag, str(target), "--json"]) == 2
+        assert "refusing to write" in capsys.readouterr().err
+    assert (home / "root.key").read_bytes() == before
