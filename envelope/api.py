@@ -256,7 +256,7 @@ async def rewrap_header(
     others wait for its answer), so the prefix keeps one wrapped key per data key.
     """
     check_keyring(keyring)
-    check_contexts(header, expected_context, expected_kms_context)  # before the KMS call
+    check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
         if len(data_key) != DATA_KEY_LEN:
@@ -444,10 +444,9 @@ async def open_object(
     expected_kms_context: Mapping[str, str] | None = None,
 ) -> ObjectKeys:
     """Unwrap the data key, check commitment, MAC and expected contexts; return the keys.
-    Expected contexts the header lacks are refused before the KMS is asked (and checked
-    again once the header is authenticated)."""
+    Expected contexts that are not mappings of strings are refused before the KMS is asked."""
     check_keyring(keyring)
-    check_contexts(header, expected_context, expected_kms_context)
+    check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     return open_object_keys(
         header,

@@ -353,6 +353,19 @@ def read_header(
 def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str) -> None:
     if not expected:
         return
+    check_expected(expected, what)
+    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
+    if missing:
+        raise ContextMismatchError(
+            f"{what} context does not match the expected value for key(s): "
+            f"{', '.join(printable(k) for k in missing)}"
+        )
+
+
+def check_expected(expected: Mapping[str, str] | None, what: str) -> None:
+    """An expected context is a mapping of strings to strings (ConfigurationError)."""
+    if not expected:
+        return
     if not isinstance(expected, Mapping):
         raise ConfigurationError(
             f"the expected {what} context must be a mapping of strings, not "
@@ -364,12 +377,6 @@ def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None,
                 f"the expected {what} context must map strings to strings, not "
                 f"{type(k).__name__} to {type(v).__name__}"
             )
-    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
-    if missing:
-        raise ContextMismatchError(
-            f"{what} context does not match the expected value for key(s): "
-            f"{', '.join(printable(k) for k in missing)}"
-        )
 
 
 def check_contexts(
@@ -388,11 +395,13 @@ def check_before_unwrap(
     expected_context: Mapping[str, str] | None,
     expected_kms_context: Mapping[str, str] | None,
 ) -> None:
-    """What a whole-object decrypt can refuse from the header alone, before the KMS is asked
-    for its data key (a refused call cost a KMS request, and an audit record, first): expected
-    contexts of the wrong type or that the header does not have (the header is authenticated
-    after the unwrap all the same), and an output buffer too short for the plaintext."""
-    check_contexts(header, expected_context, expected_kms_context)
+    """What a whole-object decrypt can refuse before the KMS is asked for its data key (a
+    refused call cost a KMS request, and an audit record, first): expected contexts that are
+    not mappings of strings, and an output buffer too short for the plaintext. Not a context
+    the header lacks: the header is not authenticated before the unwrap, and a tampered one
+    must be refused as tampered (AuthenticationError), not as another object."""
+    check_expected(expected_context, "object")
+    check_expected(expected_kms_context, "KMS")
     if out is not None:
         plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
         if len(output_view(out)) < plen:

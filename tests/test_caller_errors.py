@@ -221,7 +221,7 @@ def test_what_the_header_refuses_is_refused_before_the_kms_is_asked(face: str) -
     import anyio
 
     from envelope import api, sync
-    from envelope.errors import ConfigurationError, ContextMismatchError
+    from envelope.errors import AuthenticationError, ConfigurationError, ContextMismatchError
     from envelope.keyring import Keyring
     from envelope.kms.memory import MemoryKms
 
@@ -239,11 +239,20 @@ def test_what_the_header_refuses_is_refused_before_the_kms_is_asked(face: str) -
 
     with pytest.raises(ConfigurationError, match="mapping"):
         call("decrypt_bytes", sealed, expected_context="a=1")
-    with pytest.raises(ContextMismatchError):
-        call("decrypt_bytes", sealed, expected_context={"a": "2"})
     with pytest.raises(ConfigurationError, match="3000 needed"):
         call("decrypt_into", sealed, bytearray(100))
     assert dict(kms.calls) == before
+    # a context the header lacks is refused once the header is authenticated: a tampered
+    # header must be AuthenticationError, not another object's mismatch (review of the fix)
+    with pytest.raises(ContextMismatchError):
+        call("decrypt_bytes", sealed, expected_context={"a": "2"})
+    tagged = bytes(
+        sync.encrypt_bytes(b"x", keyring=writer, object_context={"tenant": "alpha-ctx"})
+    )
+    at = tagged.index(b"alpha-ctx")
+    tampered = tagged[:at] + b"alphb-ctx" + tagged[at + 9 :]
+    with pytest.raises(AuthenticationError):
+        call("decrypt_bytes", tampered, expected_context={"tenant": "alpha-ctx"})
 
 
 def test_a_failed_abort_does_not_hide_the_failure_that_caused_it() -> None:
