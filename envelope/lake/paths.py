@@ -99,16 +99,23 @@ def _store_identity(fs: pafs.FileSystem) -> tuple[object, ...]:
     the side of refusing."""
     if isinstance(fs, pafs.S3FileSystem):
         opts = fs.__reduce__()[1][0]
-        return ("s3", _endpoint_identity(str(opts.get("endpoint_override") or "")))
+        endpoint = str(opts.get("endpoint_override") or "")
+        return ("s3", _endpoint_identity(endpoint, str(opts.get("scheme") or "https")))
     return (type(fs).__name__,)
 
 
-def _endpoint_identity(endpoint: str) -> str:
+def _endpoint_identity(endpoint: str, scheme: str = "https") -> str:
     """One spelling per endpoint: without its scheme (pyarrow takes ``http://host:port`` and
-    ``host:port`` with a separate scheme alike), case or trailing slash, loopback named one
-    way. Two spellings of one store counted as two, and a destination inside the source was
-    accepted (review)."""
-    host = endpoint.split("://", 1)[-1].rstrip("/").lower()
+    ``host:port`` with a separate scheme alike), case, trailing slash or the host's trailing
+    dot, the scheme's default port spelled out or not, loopback named one way. Two spellings
+    of one store counted as two, and a destination inside the source was accepted (review)."""
+    if "://" in endpoint:
+        scheme, endpoint = endpoint.split("://", 1)
+    host = endpoint.rstrip("/").lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme.lower(), "")
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    host = host.rstrip(".") if ":" not in host else host.replace(".:", ":")
     for loopback in ("localhost", "[::1]"):
         if host == loopback or host.startswith(loopback + ":"):
             return "127.0.0.1" + host[len(loopback) :]

@@ -613,7 +613,16 @@ def test_one_s3_endpoint_spelled_two_ways_is_one_store() -> None:
         )
 
     a = s3("127.0.0.1:9000", scheme="http")
-    for b in (s3("http://127.0.0.1:9000"), s3("http://localhost:9000/"), s3("LOCALHOST:9000")):
+    for b in (
+        s3("http://127.0.0.1:9000"),
+        s3("http://localhost:9000/"),
+        s3("LOCALHOST:9000"),
+        s3("localhost.:9000", scheme="http"),
+    ):
         with pytest.raises(ConfigurationError, match="inside the source"):
             check_apart(a, "b/raw", b, "b/raw/enc")
+    with pytest.raises(ConfigurationError, match="inside the source"):  # the default port
+        check_apart(
+            s3("127.0.0.1", scheme="http"), "b/raw", s3("127.0.0.1:80", scheme="http"), "b/raw/x"
+        )
     check_apart(a, "b/raw", s3("127.0.0.1:9001"), "b/raw/enc")  # another store: apart
