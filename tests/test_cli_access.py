@@ -647,3 +647,16 @@ def test_keys_list_for_a_caller_allowed_only_list_keys(cli: Cli) -> None:
     (row,) = r.json()["Keys"]
     assert row["Aliases"] == ["alias/lister-test"] and row["KeyState"] == "Enabled"
     assert "note" not in r.err
+
+
+def test_explain_refuses_an_action_kms_does_not_have(cli: Cli) -> None:
+    """`--action kms:Decryptt` (a typo) matched `kms:*` and was answered "allowed", exit 0,
+    by the very tool operators use to test policies; `s3:GetObject` read as "denied"
+    (review). Both are questions that cannot be asked: exit 2."""
+    key = new_key(cli)
+    for action in ("kms:Decryptt", "kms:Bogus", "s3:GetObject"):
+        r = cli("policy", "explain", "--action", action, key, "--json")
+        assert (r.code, r.out) == (2, ""), r.err
+        assert "is not an AWS KMS action" in r.err
+    for action in ("kms:Decrypt", "kms:ReEncryptFrom", "kms:ListRetirableGrants"):
+        assert cli("policy", "explain", "--action", action, key, "--json").code == 0

@@ -1289,6 +1289,18 @@ class ServiceCore:
             self._decided(call, request, decision)
         return request, decision
 
+    def _is_kms_action(self, action: str) -> bool:
+        """`kms:Name` where Name is an operation this KMS serves (a public method of the
+        service, by its snake-case name), or one of the IAM actions that are not operations
+        (ReEncrypt is authorized as kms:ReEncryptFrom and kms:ReEncryptTo)."""
+        service, _, name = action.partition(":")
+        if service != "kms":
+            return False
+        if name in ("ReEncryptFrom", "ReEncryptTo"):
+            return True
+        method = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        return not method.startswith("_") and callable(getattr(type(self), method, None))
+
     def explain_access(
         self,
         *,
@@ -1314,6 +1326,11 @@ class ServiceCore:
             # name many, and no single call is ever made under it
             raise ValidationException(
                 f"action must be one service:Action name, e.g. kms:Decrypt, not {action!r}"
+            )
+        if not self._is_kms_action(action):
+            # a typo (kms:Decryptt) matched kms:* and was answered "allowed"
+            raise ValidationException(
+                f"{action!r} is not an AWS KMS action (kms:Decrypt, kms:ReEncryptFrom, ...)"
             )
         call = _Call(
             action.split(":", 1)[1],
