@@ -58,6 +58,10 @@ def _tags(tags: Any) -> dict[str, str]:
             raise ValidationException("each tag needs a Key of 1..128 characters and a Value")
         if len(v) > 256:
             raise ValidationException("a tag Value is at most 256 characters")
+        if k.lower().startswith("aws:"):
+            # IAM reserves the prefix (InvalidInput); these tags are what aws:PrincipalTag/<k>
+            # conditions read, so a caller must not set names in AWS's space
+            raise ValidationException(f"tag keys beginning with aws: are reserved, not {k!r}")
         out[k] = v
     if len(out) > MAX_TAGS:
         raise LimitExceededException(f"a principal can have at most {MAX_TAGS} tags")

@@ -519,3 +519,15 @@ def test_edited_grant_row_is_tampering(svc: KeyService, app: str) -> None:
         svc.decrypt(ciphertext_blob=blob, principal=app)
     with pytest.raises(TamperedStoreError):
         svc.list_grants(key_id=kid)
+
+
+def test_principal_tags_in_aws_reserved_space_are_refused(svc: KeyService, app: str) -> None:
+    """IAM reserves tag keys beginning with aws: (InvalidInput), as KMS does for its own
+    tags; IAM users and roles took them, and they feed aws:PrincipalTag conditions (review)."""
+    from envelope.service.errors import ValidationException
+
+    for tags in ({"aws:x": "1"}, [{"Key": "AWS:team", "Value": "blue"}]):
+        with pytest.raises(ValidationException, match="reserved"):
+            svc.tag_principal(arn=app, tags=tags)
+    with pytest.raises(ValidationException, match="reserved"):
+        svc.create_user(user_name="carol", tags={"aws:y": "2"})
