@@ -46,6 +46,7 @@ from .objects import (
     byte_view,
     check_before_unwrap,
     check_contexts,
+    check_expected_contexts,
     check_keyring,
     check_output_path,
     checked_contexts,
@@ -256,7 +257,7 @@ async def rewrap_header(
     others wait for its answer), so the prefix keeps one wrapped key per data key.
     """
     check_keyring(keyring)
-    check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
+    check_expected_contexts(expected_context, expected_kms_context)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     try:
         if len(data_key) != DATA_KEY_LEN:
@@ -446,7 +447,7 @@ async def open_object(
     """Unwrap the data key, check commitment, MAC and expected contexts; return the keys.
     Expected contexts that are not mappings of strings are refused before the KMS is asked."""
     check_keyring(keyring)
-    check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
+    check_expected_contexts(expected_context, expected_kms_context)
     data_key = await keyring.decryption_key(header.wrapped_keys, header.kms_context)
     return open_object_keys(
         header,

@@ -46,6 +46,7 @@ __all__ = (
     "resolve_output",
     "temporary_name",
     "write_bytes",
+    "within",
 )
 
 #: The suffix of every temporary file envelope writes. Resume and cleanup depend on it.
@@ -55,6 +56,11 @@ OutputKind = Literal["atomic", "through"]
 
 _live: set[str] = set()
 _live_lock = threading.Lock()
+
+
+def within(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies under it (both real, local paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def is_temporary(path: str) -> bool:

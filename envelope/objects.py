@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from .atomic import within
 from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
     DATA_KEY_LEN as DATA_KEY_LEN,
@@ -162,7 +163,7 @@ class KeptPaths:
         }
         top = os.path.realpath(root) if root is not None else None
         self._all = top is None or any(
-            _inside(r, top) and os.path.isdir(r) for r in self._real
+            within(r, top) and os.path.isdir(r) for r in self._real
         )
 
     def check(self, path: str | os.PathLike[str]) -> None:
@@ -182,7 +183,7 @@ class KeptPaths:
         except (OSError, ValueError):
             st = None
         for real, kept in self._real.items():
-            hit = _inside(target, real)
+            hit = within(target, real)
             if not hit and st is not None:
                 try:
                     kst = os.stat(real)
@@ -194,10 +195,6 @@ class KeptPaths:
                     f"refusing to write {name!r}: it is (or is inside) {kept!r}, where the "
                     "keys of this keyring are kept; writing it would lose them"
                 )
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def check_output_path(sink: object, keyring: Keyring) -> None:
@@ -362,6 +359,15 @@ def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None,
         )
 
 
+def check_expected_contexts(
+    expected_context: Mapping[str, str] | None, expected_kms_context: Mapping[str, str] | None
+) -> None:
+    """Both expected contexts are mappings of strings (ConfigurationError): what can be
+    refused before the KMS is asked, the header not yet authenticated."""
+    check_expected(expected_context, "object")
+    check_expected(expected_kms_context, "KMS")
+
+
 def check_expected(expected: Mapping[str, str] | None, what: str) -> None:
     """An expected context is a mapping of strings to strings (ConfigurationError)."""
     if not expected:
@@ -400,8 +406,7 @@ def check_before_unwrap(
     not mappings of strings, and an output buffer too short for the plaintext. Not a context
     the header lacks: the header is not authenticated before the unwrap, and a tampered one
     must be refused as tampered (AuthenticationError), not as another object."""
-    check_expected(expected_context, "object")
-    check_expected(expected_kms_context, "KMS")
+    check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
         plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
         if len(output_view(out)) < plen:
@@ -682,10 +687,11 @@ def seal_into(
     workers: int = 1,
     track: Tracked | None = None,
 ) -> int:
-    """Write header and sealed body of `data` into `out`; returns the bytes written."""
+    """Write header and sealed body of `data` into `out`; returns the bytes written. `out`
+    must not share memory with `data`: the public ``*_into`` faces check it once, before the
+    KMS call (`required_output`)."""
     src = byte_view(data)
     dst = output_view(out)
-    check_apart(src, dst)
     hl = len(prepared.header)
     layout = Layout(hl, prepared.seg_log2)
     total = layout.ciphertext_length(len(src))
@@ -721,10 +727,10 @@ def open_into(
 
     Returns the plaintext length. On any failure the plaintext part of `out` is zeroed
     before the error is raised: no segment's plaintext survives an unauthenticated object.
+    `out` must not share memory with `data` (checked once by `required_output`).
     """
     view = byte_view(data)
     dst = output_view(out)
-    check_apart(view, dst)
     layout = Layout(header.header_len, header.seg_log2)
     plen = layout.plaintext_length(len(view))
     if len(dst) < plen:

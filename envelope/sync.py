@@ -33,6 +33,7 @@ from .objects import (
     buffer_sequence,
     byte_view,
     check_before_unwrap,
+    check_expected_contexts,
     check_keyring,
     check_output_path,
     checked_contexts,
@@ -455,7 +456,7 @@ def decrypt(
                 )
             options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
             check_keyring(keyring)
-            check_before_unwrap(header, 0, None, expected_context, expected_kms_context)
+            check_expected_contexts(expected_context, expected_kms_context)
             keys = open_object_keys(
                 header,
                 keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),

@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from ..atomic import within
 from ..errors import ConfigurationError
 from .fs import Location
 from .lock import LOCK_NAME
@@ -123,10 +124,6 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | None) -> Listing:
     out = Listing([])
     root_real = os.path.realpath(root)
@@ -173,12 +170,12 @@ def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | Non
                         out.skipped.append(SkippedPath(rel, f"symbolic link: {e.strerror}"))
                     continue
                 target = os.path.realpath(de.path)
-                if exclude_real is not None and _inside(target, exclude_real):
+                if exclude_real is not None and within(target, exclude_real):
                     out.skipped.append(
                         SkippedPath(rel, "symbolic link leads into the destination, not followed")
                     )
                     continue
-                if not allow_outside and not _inside(target, root_real):
+                if not allow_outside and not within(target, root_real):
                     out.skipped.append(
                         SkippedPath(
                             rel,
@@ -191,7 +188,7 @@ def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | Non
                 if (  # a folder reached through a link to outside may hold the destination
                     follow
                     and exclude_real is not None
-                    and _inside(os.path.realpath(de.path), exclude_real)
+                    and within(os.path.realpath(de.path), exclude_real)
                 ):
                     out.skipped.append(SkippedPath(rel, "the destination, not read"))
                     continue
