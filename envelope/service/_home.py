@@ -29,7 +29,7 @@ from .rootkey import (
     strict_from_environment,
 )
 from .service import KeyService
-from .store import Store, Synchronous
+from .store import Store, Synchronous, store_files
 
 __all__ = (
     "ROOT_KEY_NAME",
@@ -64,8 +64,7 @@ def home_paths(home: str | os.PathLike[str] | None = None) -> tuple[str, ...]:
     local (`Store.state_paths` for an open store). For commands that write files and open no
     store, which must not write over these."""
     h = default_home(home)
-    store = str(h / STORE_NAME)
-    paths = [store + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+    paths = list(store_files(h / STORE_NAME))
     paths.append(str(h / ROOT_KEY_NAME))
     digests = digests_location(h)
     if "://" not in digests:

@@ -157,7 +157,7 @@ class Store:
         """Where this store keeps its state: the SQLite file and its companions, the root-key
         file, and the digest folder when it is local. No output of a command using the store
         may be written over one of them (or into the folder)."""
-        paths = [str(self.path) + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+        paths = list(store_files(self.path))
         if self.root_file is not None:
             paths.append(str(self.root_file))
         if self.digests.is_local:
@@ -471,6 +471,11 @@ _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def store_files(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The store file at `path` and the side files SQLite keeps beside it."""
+    return tuple(os.fspath(path) + suffix for suffix in ("", *_SIDE_FILES))
 _REQUIRED_META = ("salt", "verifier", "audit_sk", "audit_pk")
 
 
