@@ -36,7 +36,7 @@ from .hazmat.format import (
     encode_context,
 )
 from .hazmat.keyschedule import ObjectKeys, open_header, seal_header
-from .hazmat.segments import Layout, open_segments, seal_segments
+from .hazmat.segments import open_segments, seal_segments
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Direction, Observer
 from .objects import (
@@ -188,8 +188,8 @@ async def prepare_object(
 
 def seal_prepared(prepared: PreparedObject, plaintext: bytes | bytearray | memoryview) -> bytearray:
     """Seal a whole plaintext under a prepared header, on the calling thread."""
-    out = bytearray(prepared.ciphertext_length(len(byte_view(plaintext))))
-    seal_into(prepared, plaintext, out)
+    out, _ = seal_into(prepared, byte_view(plaintext), None)
+    assert isinstance(out, bytearray)
     return out
 
 
@@ -197,9 +197,8 @@ def open_whole(
     header: Header, keys: ObjectKeys, ciphertext: bytes | bytearray | memoryview
 ) -> bytearray:
     """Open a whole in-memory object whose header `open_object` already authenticated."""
-    view = byte_view(ciphertext)
-    out = bytearray(Layout(header.header_len, header.seg_log2).plaintext_length(len(view)))
-    open_into(header, keys, view, out)
+    out, _ = open_into(header, keys, byte_view(ciphertext), None)
+    assert isinstance(out, bytearray)
     return out
 
 
@@ -363,22 +362,21 @@ async def _seal_in_memory(
         prepared = await _new_object(
             keyring, kms_context, object_context, options.seg_log2, len(src)
         )
-        buf = bytearray(prepared.ciphertext_length(len(src))) if out is None else out
         seal = partial(
             seal_into,
             prepared,
             src,
-            buf,
+            out,
             per_batch=options.segments_per_batch,
             workers=options.worker_count,
             track=track,
         )
         if len(src) <= options.batch_bytes:
-            total = seal()
+            result = seal()
         else:
-            total = await anyio.to_thread.run_sync(seal)
+            result = await anyio.to_thread.run_sync(seal)
         track.plaintext_len = len(src)
-    return buf, total
+    return result
 
 
 async def encrypt_into(
@@ -532,24 +530,22 @@ async def _open_in_memory(
             expected_context=expected_context,
             expected_kms_context=expected_kms_context,
         )
-        plen = Layout(header.header_len, header.seg_log2).plaintext_length(len(view))
-        buf: bytearray | memoryview = bytearray(plen) if out is None else out
         open_ = partial(
             open_into,
             header,
             keys,
             view,
-            buf,
+            out,
             per_batch=max(1, options.batch_bytes >> header.seg_log2),
             workers=options.worker_count,
             track=track,
         )
-        if plen <= options.batch_bytes:
-            open_()
+        if len(view) - header.header_len <= options.batch_bytes:  # (>= the plaintext)
+            result = open_()
         else:
-            await anyio.to_thread.run_sync(open_)
-        track.plaintext_len = plen
-    return buf, plen
+            result = await anyio.to_thread.run_sync(open_)
+        track.plaintext_len = result[1]
+    return result
 
 
 async def decrypt_into(

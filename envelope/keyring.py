@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import cast
 
 from . import _portal
 from .errors import ClosedError, ConfigurationError, KmsKeyError, NoBackendError
@@ -125,10 +124,13 @@ class Keyring:
         self.retry = retry
         # What the keyring calls: each backend, behind the retry layer when one is configured.
         self._calls: tuple[KmsBackend, ...] = tuple(self._wrap(b) for b in self.backends)
-        # Which calls are blocking by nature, decided once: an isinstance check against a
-        # runtime-checkable Protocol costs about 20 us, an eighth of a 16 KiB object's decrypt.
-        self._blocking: tuple[bool, ...] = tuple(isinstance(c, BlockingKms) for c in self._calls)
-        if not all(self._blocking):  # a blocking caller's miss will need the portal's loop
+        # Each call's blocking face if it is blocking by nature (else None), decided once: an
+        # isinstance check against a runtime-checkable Protocol costs about 20 us, an eighth
+        # of a 16 KiB object's decrypt.
+        self._blocking: tuple[BlockingKms | None, ...] = tuple(
+            c if isinstance(c, BlockingKms) else None for c in self._calls
+        )
+        if None in self._blocking:  # a blocking caller's miss will need the portal's loop
             _portal.prepare()
         self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
         self._closed = False
@@ -249,7 +251,10 @@ class Keyring:
     ) -> tuple[list[tuple[WrappedKey, int]], list[CacheKey], bytearray | None]:
         """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
         plaintext if one of several ways in is already cached."""
-        self._check_open()
+        # Plain loops, not comprehensions: this runs once per object read, and each
+        # comprehension is a call of its own in this Python.
+        if self._closed:
+            self._check_open()
         backends = self.backends
         candidates: list[tuple[WrappedKey, int]] = []
         seen: set[tuple[str, str, bytes]] = set()
@@ -258,15 +263,17 @@ class Keyring:
             if ident in seen:
                 continue  # a header listing one wrapped key twice gets one attempt
             seen.add(ident)
-            candidates += [(wrapped, i) for i, b in enumerate(backends) if b.can_unwrap(wrapped)]
+            for i, b in enumerate(backends):
+                if b.can_unwrap(wrapped):
+                    candidates.append((wrapped, i))
         del candidates[MAX_EDKS:]  # never more KMS attempts than a header may carry keys
         cache = self.cache
         keys: list[CacheKey] = []
         if cache is not None:
-            keys = [
-                decryption_cache_key(self.partition, self._ids[i], w, kms_context, suite_id)
-                for w, i in candidates
-            ]
+            for w, i in candidates:
+                keys.append(
+                    decryption_cache_key(self.partition, self._ids[i], w, kms_context, suite_id)
+                )
             if len(keys) > 1:  # several ways in: take a cached one before calling any KMS
                 for key in keys:
                     hit = cache.peek_decryption_key(key)
@@ -332,8 +339,8 @@ class Keyring:
         blocking = self._blocking[0]
 
         def fetch() -> DataKey:
-            if blocking:  # blocking by nature and not wrapped: direct
-                return cast(BlockingKms, call).generate_data_key_blocking(key_id, context=ctx)
+            if blocking is not None:  # blocking by nature and not wrapped: direct
+                return blocking.generate_data_key_blocking(key_id, context=ctx)
             return _portal.call(partial(call.generate_data_key, key_id, context=ctx))
 
         if self.cache is None:
@@ -356,11 +363,12 @@ class Keyring:
         ctx = dict(kms_context)
         last: KmsKeyError | None = None
         for n, (wrapped, i) in enumerate(candidates):
-            call = self._calls[i]
-            if self._blocking[i]:  # blocking by nature and not wrapped: direct
-                fetch = partial(_checked_unwrap_blocking, cast(BlockingKms, call), wrapped, ctx)
+            blocking = self._blocking[i]
+            if blocking is not None:  # blocking by nature and not wrapped: direct
+                fetch = partial(_checked_unwrap_blocking, blocking, wrapped, ctx)
             else:
-                fetch = partial(_portal.call, partial(_checked_unwrap, call, wrapped, ctx))
+                unwrap = partial(_checked_unwrap, self._calls[i], wrapped, ctx)
+                fetch = partial(_portal.call, unwrap)
             try:
                 if cache is not None:
                     return cache.decryption_key_blocking(keys[n], fetch)

@@ -6,10 +6,10 @@ ones (`envelope.sync`), the reader and the lake jobs are built on it; only getti
 may leave the calling thread, and only on a cache miss (see `Keyring.encryption_key_blocking`).
 
     prepared = new_object(keyring, kms_context={}, object_context={"path": "a"})
-    n = seal_into(prepared, plaintext, out)          # header + sealed segments into `out`
+    _, n = seal_into(prepared, byte_view(plaintext), out)  # header + sealed segments into `out`
     header = parse_object_header(memoryview(out))    # the one header reader of the package
     keys = open_object_keys(header, keyring.decryption_key_blocking(...))
-    m = open_into(header, keys, memoryview(out)[:n], plain_out)
+    _, m = open_into(header, keys, memoryview(out)[:n], plain_out)
 
 A large object's segments may be sealed or opened on several threads at once (`run_ranges`):
 AES-GCM releases the GIL, so an in-memory object uses every core without an event loop.
@@ -406,7 +406,8 @@ def check_before_unwrap(
     not mappings of strings, and an output buffer too short for the plaintext. Not a context
     the header lacks: the header is not authenticated before the unwrap, and a tampered one
     must be refused as tampered (AuthenticationError), not as another object."""
-    check_expected_contexts(expected_context, expected_kms_context)
+    if expected_context or expected_kms_context:
+        check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
         plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
         if len(output_view(out)) < plen:
@@ -429,7 +430,8 @@ def open_object_keys(
         keys = open_header(header, data_key)
     finally:
         data_key[:] = bytes(len(data_key))
-    check_contexts(header, expected_context, expected_kms_context)
+    if expected_context or expected_kms_context:
+        check_contexts(header, expected_context, expected_kms_context)
     return keys
 
 
@@ -526,6 +528,8 @@ def checked_contexts(
     kms_context: Mapping[str, str] | None, object_context: Mapping[str, str] | None
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Copies of both contexts, refused (ConfigurationError) before any KMS call if bad."""
+    if kms_context is None and object_context is None:
+        return {}, {}  # the usual call: nothing to check
     for name, ctx in (("kms_context", kms_context), ("object_context", object_context)):
         if ctx is not None and not isinstance(ctx, Mapping):
             raise ConfigurationError(
@@ -680,28 +684,38 @@ def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, worke
 
 def seal_into(
     prepared: PreparedObject,
-    data: bytes | bytearray | memoryview,
-    out: bytearray | memoryview,
+    src: memoryview,
+    out: bytearray | memoryview | None,
     *,
     per_batch: int = 1 << 30,
     workers: int = 1,
     track: Tracked | None = None,
-) -> int:
-    """Write header and sealed body of `data` into `out`; returns the bytes written. `out`
-    must not share memory with `data`: the public ``*_into`` faces check it once, before the
-    KMS call (`required_output`)."""
-    src = byte_view(data)
-    dst = output_view(out)
+) -> tuple[bytearray | memoryview, int]:
+    """Write header and sealed body of `data` into `out`, or into a new buffer of exactly the
+    object's size if `out` is None; returns (the buffer, the bytes written). `src` is a flat
+    view of bytes (`byte_view`: the callers made one already). `out` must not share memory
+    with `src`: the public ``*_into`` faces check it once, before the KMS call
+    (`required_output`)."""
+    keys, hd, seg_log2 = prepared.keys, prepared.bound_digest, prepared.seg_log2
     hl = len(prepared.header)
-    layout = Layout(hl, prepared.seg_log2)
+    layout = Layout(hl, seg_log2)
     total = layout.ciphertext_length(len(src))
-    if len(dst) < total:
-        raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
+    buf: bytearray | memoryview
+    if out is None:
+        buf = bytearray(total)
+        dst = memoryview(buf)
+    else:
+        buf, dst = out, output_view(out)
+        if len(dst) < total:
+            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
     dst[:hl] = prepared.header
     body = dst[hl:total]
-    s, t = layout.segment_size, layout.ct_segment_size
+    s = 1 << seg_log2
+    if len(src) <= per_batch * s and (track is None or track.observer is NULL_OBSERVER):
+        seal_segments(keys, hd, 0, src, body, seg_log2, True)  # one batch, untimed: no hop
+        return buf, total
+    t = s + TAG_LEN
     count = layout.segment_count(len(src))
-    keys, hd, seg_log2 = prepared.keys, prepared.bound_digest, prepared.seg_log2
 
     def seal(first: int, last: int) -> None:
         seal_segments(
@@ -710,35 +724,49 @@ def seal_into(
         )
 
     run_ranges(seal if track is None else track.timed_range(seal), count, per_batch, workers)
-    return total
+    return buf, total
 
 
 def open_into(
     header: Header,
     keys: ObjectKeys,
-    data: bytes | bytearray | memoryview,
-    out: bytearray | memoryview,
+    view: memoryview,
+    out: bytearray | memoryview | None,
     *,
     per_batch: int = 1 << 30,
     workers: int = 1,
     track: Tracked | None = None,
-) -> int:
-    """Open a whole object (header authenticated by `open_object_keys`) into `out`.
+) -> tuple[bytearray | memoryview, int]:
+    """Open a whole object (header authenticated by `open_object_keys`) into `out`, or into
+    a new buffer of exactly the plaintext's size if `out` is None.
 
-    Returns the plaintext length. On any failure the plaintext part of `out` is zeroed
-    before the error is raised: no segment's plaintext survives an unauthenticated object.
-    `out` must not share memory with `data` (checked once by `required_output`).
+    Returns (the buffer, the plaintext length). On any failure the plaintext part of the
+    buffer is zeroed before the error is raised: no segment's plaintext survives an
+    unauthenticated object. `view` is a flat view of the object's bytes (`byte_view`), and
+    `out` must not share memory with it (checked once by `required_output`).
     """
-    view = byte_view(data)
-    dst = output_view(out)
-    layout = Layout(header.header_len, header.seg_log2)
-    plen = layout.plaintext_length(len(view))
-    if len(dst) < plen:
-        raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
-    src = view[header.header_len :]
-    s, t = layout.segment_size, layout.ct_segment_size
-    count = layout.segment_count(plen)
     hd, seg_log2 = header.bound_digest, header.seg_log2
+    layout = Layout(header.header_len, seg_log2)
+    plen = layout.plaintext_length(len(view))
+    buf: bytearray | memoryview
+    if out is None:
+        buf = bytearray(plen)
+        dst = memoryview(buf)
+    else:
+        buf, dst = out, output_view(out)
+        if len(dst) < plen:
+            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
+    src = view[header.header_len :]
+    s = 1 << seg_log2
+    t = s + TAG_LEN
+    if plen <= per_batch * s and (track is None or track.observer is NULL_OBSERVER):
+        try:  # one batch, untimed: no hop
+            open_segments(keys, hd, 0, src, dst[:plen], seg_log2, True)
+        except BaseException:
+            dst[:plen] = bytes(plen)
+            raise
+        return buf, plen
+    count = layout.segment_count(plen)
 
     def open_(first: int, last: int) -> None:
         open_segments(
@@ -753,8 +781,7 @@ def open_into(
     except BaseException:
         dst[:plen] = bytes(plen)
         raise
-    return plen
-
+    return buf, plen
 
 
 #: Batch buffers are placed so that each batch's bytes sit at the same offset within a page

@@ -526,25 +526,41 @@ def _seal(
 ) -> tuple[bytearray | memoryview, int]:
     src = byte_view(data)
     check_options(options)
+    args = (src, out, keyring, kms_context, object_context, options, workers)
+    if observer is NULL_OBSERVER:  # nothing to report: no tracking on every small object
+        return _sealed(*args, None)
     with Tracked(observer, "encrypt") as track:
-        prepared = new_object(
-            keyring,
-            kms_context=kms_context,
-            object_context=object_context,
-            seg_log2=options.seg_log2,
-            expected_bytes=len(src),
-        )
-        buf = bytearray(prepared.ciphertext_length(len(src))) if out is None else out
-        n = seal_into(
-            prepared,
-            src,
-            buf,
-            per_batch=options.segments_per_batch,
-            workers=options.worker_count if workers is None else workers,
-            track=track,
-        )
+        result = _sealed(*args, track)
         track.plaintext_len = len(src)
-    return buf, n
+    return result
+
+
+def _sealed(
+    src: memoryview,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
+    options: Options,
+    workers: int | None,
+    track: Tracked | None,
+) -> tuple[bytearray | memoryview, int]:
+    seg_log2 = options.seg_log2
+    prepared = new_object(
+        keyring,
+        kms_context=kms_context,
+        object_context=object_context,
+        seg_log2=seg_log2,
+        expected_bytes=len(src),
+    )
+    return seal_into(
+        prepared,
+        src,
+        out,
+        per_batch=max(1, options.batch_bytes >> seg_log2),
+        workers=options.worker_count if workers is None else workers,
+        track=track,
+    )
 
 
 def _open(
@@ -559,35 +575,43 @@ def _open(
 ) -> tuple[bytearray | memoryview, int]:
     view = byte_view(data)
     check_options(options)
+    args = (view, out, keyring, expected_context, expected_kms_context, options, workers)
+    if observer is NULL_OBSERVER:  # as in _seal
+        return _opened(*args, None)
     with Tracked(observer, "decrypt") as track:
-        header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
-        check_keyring(keyring)
-        check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
-        keys = open_object_keys(
-            header,
-            keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-        )
-        buf: bytearray | memoryview
-        if out is None:
-            buf = bytearray(max(0, len(view) - header.header_len))  # >= the plaintext
-        else:
-            buf = out
-        n = open_into(
-            header,
-            keys,
-            view,
-            buf,
-            per_batch=max(1, options.batch_bytes >> header.seg_log2),
-            workers=options.worker_count if workers is None else workers,
-            track=track,
-        )
-        if out is None:
-            assert isinstance(buf, bytearray)
-            del buf[n:]
-        track.plaintext_len = n
-    return buf, n
+        result = _opened(*args, track)
+        track.plaintext_len = result[1]
+    return result
+
+
+def _opened(
+    view: memoryview,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+    options: Options,
+    workers: int | None,
+    track: Tracked | None,
+) -> tuple[bytearray | memoryview, int]:
+    header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+    check_keyring(keyring)
+    check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
+    keys = open_object_keys(
+        header,
+        keyring.decryption_key_blocking(header.wrapped_keys, header.kms_context),
+        expected_context=expected_context,
+        expected_kms_context=expected_kms_context,
+    )
+    return open_into(
+        header,
+        keys,
+        view,
+        out,
+        per_batch=max(1, options.batch_bytes >> header.seg_log2),
+        workers=options.worker_count if workers is None else workers,
+        track=track,
+    )
 
 
 def encrypt_bytes(

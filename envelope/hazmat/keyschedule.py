@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from hmac import compare_digest
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.constant_time import bytes_eq
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from ..errors import AuthenticationError, ConfigurationError
@@ -134,10 +134,10 @@ def open_header(
         suite_id=header.suite_id,
         epoch_log2=epoch_log2,
     )
-    if not bytes_eq(keys.commitment, header.commitment):
+    if not compare_digest(keys.commitment, header.commitment):
         raise AuthenticationError()
     expected = keys.mac(header.raw[: header.header_len - len(header.header_mac)])
-    if not bytes_eq(expected, header.header_mac):
+    if not compare_digest(expected, header.header_mac):
         raise AuthenticationError()
     return keys
 

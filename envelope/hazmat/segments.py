@@ -64,10 +64,13 @@ class Layout:
         """n = max(1, ceil(P / S)): an empty object still has one (empty) final segment."""
         if plaintext_len < 0:
             raise ConfigurationError("negative length")
-        return max(1, -(-plaintext_len // self.segment_size))
+        return max(1, -(-plaintext_len >> self.seg_log2))
 
     def ciphertext_length(self, plaintext_len: int) -> int:
-        n = self.segment_count(plaintext_len)
+        # segment_count written out: this runs once or twice per object, on the hot path
+        if plaintext_len < 0:
+            raise ConfigurationError("negative length")
+        n = max(1, -(-plaintext_len >> self.seg_log2))
         if n > MAX_SEGMENTS:
             raise ConfigurationError("object exceeds 2^32 segments; use a larger segment size")
         return self.header_len + plaintext_len + n * TAG_LEN
@@ -77,7 +80,7 @@ class Layout:
         body = ciphertext_len - self.header_len
         if body <= 0:
             raise TruncatedObjectError()  # the header, and nothing after it
-        t = self.ct_segment_size
+        t = (1 << self.seg_log2) + TAG_LEN
         n = -(-body // t)
         r = body - (n - 1) * t
         if n > MAX_SEGMENTS or r < TAG_LEN or (n > 1 and r < TAG_LEN + 1):
