@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 from . import _portal
 from .errors import ClosedError, ConfigurationError, KmsKeyError, NoBackendError
@@ -130,7 +131,7 @@ class Keyring:
         self._blocking: tuple[BlockingKms | None, ...] = tuple(
             c if isinstance(c, BlockingKms) else None for c in self._calls
         )
-        if None in self._blocking:  # a blocking caller's miss will need the portal's loop
+        if any(b is None for b in self._blocking):  # a blocking caller's miss needs the portal
             _portal.prepare()
         self._ids: tuple[str, ...] = tuple(backend_identity(b) for b in self.backends)
         self._closed = False
@@ -146,6 +147,19 @@ class Keyring:
         if partition is not None and not partition:
             raise ConfigurationError("a cache partition name must not be empty")
         self.partition = partition if partition is not None else os.urandom(16).hex()
+        #: The encrypt-map key of the usual call (no KMS context, the one suite), made once.
+        self._plain_key = encryption_cache_key(self.partition, self._ids[0], key_id or "", {})
+        #: The last decrypt route (`_candidates`): (wrapped keys, KMS context, suite, the
+        #: candidates, their cache keys), replaced whole, so threads read it safely.
+        self._last_route: tuple[Any, ...] = (None, None, None, (), ())
+
+    def _encryption_cache_key(self, kms_context: Mapping[str, str], suite_id: int) -> CacheKey:
+        if kms_context or suite_id != SUITE_AES256GCM_HKDF_SHA512_COMMIT:
+            assert self.key_id is not None
+            return encryption_cache_key(
+                self.partition, self._ids[0], self.key_id, kms_context, suite_id
+            )
+        return self._plain_key
 
     def _wrap(self, backend: KmsBackend) -> KmsBackend:
         if isinstance(backend, RetryingKms):
@@ -198,7 +212,7 @@ class Keyring:
         fetch = partial(call.generate_data_key, key_id, context=kms_context)
         if self.cache is None:
             return await fetch()
-        key = encryption_cache_key(self.partition, self._ids[0], key_id, kms_context, suite_id)
+        key = self._encryption_cache_key(kms_context, suite_id)
         return await self.cache.encryption_key(key, fetch, expected_bytes=expected_bytes or 0)
 
     def charge(self, wrapped: WrappedKey, nbytes: int) -> None:
@@ -248,13 +262,37 @@ class Keyring:
         wrapped_keys: Sequence[WrappedKey],
         kms_context: Mapping[str, str],
         suite_id: int,
-    ) -> tuple[list[tuple[WrappedKey, int]], list[CacheKey], bytearray | None]:
+    ) -> tuple[tuple[tuple[WrappedKey, int], ...], tuple[CacheKey, ...], bytearray | None]:
         """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
         plaintext if one of several ways in is already cached."""
-        # Plain loops, not comprehensions: this runs once per object read, and each
-        # comprehension is a call of its own in this Python.
         if self._closed:
             self._check_open()
+        # Objects written under one cached data key carry the very same wrapped-key tuple
+        # (the header parser shares it), so a reader of many small objects finds its route
+        # here, without building it again for each (a tenth of a 16 KiB object's decrypt).
+        last = self._last_route
+        if (
+            last[0] is wrapped_keys
+            and type(wrapped_keys) is tuple  # (immutable: a list could change between calls)
+            and last[1] == kms_context
+            and last[2] == suite_id
+        ):
+            candidates, keys = last[3], last[4]
+        else:
+            candidates, keys = self._route(wrapped_keys, kms_context, suite_id)
+            self._last_route = (wrapped_keys, dict(kms_context), suite_id, candidates, keys)
+        cache = self.cache
+        if cache is not None and len(keys) > 1:
+            # several ways in: take a cached one before calling any KMS
+            for key in keys:
+                hit = cache.peek_decryption_key(key)
+                if hit is not None:
+                    return candidates, keys, hit
+        return candidates, keys, None
+
+    def _route(
+        self, wrapped_keys: Sequence[WrappedKey], kms_context: Mapping[str, str], suite_id: int
+    ) -> tuple[tuple[tuple[WrappedKey, int], ...], tuple[CacheKey, ...]]:
         backends = self.backends
         candidates: list[tuple[WrappedKey, int]] = []
         seen: set[tuple[str, str, bytes]] = set()
@@ -267,19 +305,13 @@ class Keyring:
                 if b.can_unwrap(wrapped):
                     candidates.append((wrapped, i))
         del candidates[MAX_EDKS:]  # never more KMS attempts than a header may carry keys
-        cache = self.cache
-        keys: list[CacheKey] = []
-        if cache is not None:
-            for w, i in candidates:
-                keys.append(
-                    decryption_cache_key(self.partition, self._ids[i], w, kms_context, suite_id)
-                )
-            if len(keys) > 1:  # several ways in: take a cached one before calling any KMS
-                for key in keys:
-                    hit = cache.peek_decryption_key(key)
-                    if hit is not None:
-                        return candidates, keys, hit
-        return candidates, keys, None
+        keys: tuple[CacheKey, ...] = ()
+        if self.cache is not None:
+            keys = tuple(
+                decryption_cache_key(self.partition, self._ids[i], w, kms_context, suite_id)
+                for w, i in candidates
+            )
+        return tuple(candidates), keys
 
     @staticmethod
     def _none_unwrapped(wrapped_keys: Sequence[WrappedKey], last: KmsKeyError | None) -> Exception:
@@ -334,19 +366,18 @@ class Keyring:
         if self._closed or self.backend is None or self.key_id is None:
             self._check_open()
             raise ConfigurationError("this keyring has no key to encrypt under")
-        call, key_id = self._calls[0], self.key_id
         ctx = dict(kms_context)
-        blocking = self._blocking[0]
-
-        def fetch() -> DataKey:
-            if blocking is not None:  # blocking by nature and not wrapped: direct
-                return blocking.generate_data_key_blocking(key_id, context=ctx)
-            return _portal.call(partial(call.generate_data_key, key_id, context=ctx))
-
+        fetch = partial(self._generate_blocking, self.key_id, ctx)  # (a partial: no closure)
         if self.cache is None:
             return fetch()
-        key = encryption_cache_key(self.partition, self._ids[0], key_id, ctx, suite_id)
+        key = self._encryption_cache_key(ctx, suite_id)
         return self.cache.encryption_key_blocking(key, fetch, expected_bytes=expected_bytes or 0)
+
+    def _generate_blocking(self, key_id: str, ctx: Mapping[str, str]) -> DataKey:
+        blocking = self._blocking[0]
+        if blocking is not None:  # blocking by nature and not wrapped: direct
+            return blocking.generate_data_key_blocking(key_id, context=ctx)
+        return _portal.call(partial(self._calls[0].generate_data_key, key_id, context=ctx))
 
     def decryption_key_blocking(
         self,

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envelope import _portal, api, objects, sync
-from envelope.errors import AuthenticationError, ContextMismatchError, EnvelopeError
+from envelope.errors import AuthenticationError, ContextMismatchError, EnvelopeError, KmsKeyError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
@@ -402,3 +402,21 @@ def test_a_sync_batch_inside_a_running_loop_does_not_wait_on_its_own_loop(op: st
         return len(out)
 
     assert asyncio.run(main()) == 3
+
+
+def test_the_remembered_decrypt_route_follows_its_inputs() -> None:
+    """The keyring remembers its last decrypt route (objects under one cached data key share
+    one wrapped-key tuple); another context or a list changed in place takes a new route."""
+    kms_a, kms_b = CountingKms(), CountingKms()
+    kr = Keyring(kms_a, kms_a.create_key("a"), decrypt_with=[kms_b], cache=CachePolicy())
+    only_b = Keyring(kms_b, kms_b.create_key("b"), cache=None)
+    da = kr.encryption_key_blocking({"t": "1"})
+    db = only_b.encryption_key_blocking({"t": "1"})
+    wrapped = (da.wrapped,)
+    assert kr.decryption_key_blocking(wrapped, {"t": "1"}) == da.plaintext
+    with pytest.raises(KmsKeyError):  # the same tuple under another context: not the last route
+        kr.decryption_key_blocking(wrapped, {"t": "2"})
+    listed = [da.wrapped]
+    assert kr.decryption_key_blocking(listed, {"t": "1"}) == da.plaintext
+    listed[0] = db.wrapped  # the same list, now naming a key only the second backend holds
+    assert kr.decryption_key_blocking(listed, {"t": "1"}) == db.plaintext

@@ -23,21 +23,18 @@ class DataKey:
     It never appears in a repr, and the object refuses to be pickled.
     """
 
-    __slots__ = ("_plaintext", "wrapped")
+    __slots__ = ("plaintext", "wrapped")
 
     def __init__(self, plaintext: bytes | bytearray, wrapped: WrappedKey) -> None:
         if len(plaintext) != DATA_KEY_LEN:
             raise ValueError(f"data keys are {DATA_KEY_LEN} bytes")
-        self._plaintext = bytearray(plaintext)
+        #: A plain attribute, not a property: it is read once per object on the hot path.
+        self.plaintext = bytearray(plaintext)
         self.wrapped = wrapped
-
-    @property
-    def plaintext(self) -> bytearray:
-        return self._plaintext
 
     def wipe(self) -> None:
         """Overwrite the plaintext with zeros (best effort: Python may hold other copies)."""
-        self._plaintext[:] = bytes(len(self._plaintext))
+        self.plaintext[:] = bytes(len(self.plaintext))
 
     def __repr__(self) -> str:
         return f"DataKey(plaintext=<secret>, wrapped={self.wrapped!r})"
