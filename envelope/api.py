@@ -358,25 +358,38 @@ async def _seal_in_memory(
     worker thread that spreads the segments over the pool."""
     check_options(options)
     src = byte_view(data)
+    args = (src, out, keyring, kms_context, object_context, options)
+    if observer is NULL_OBSERVER:  # nothing to report: no tracking on every small object
+        return await _sealed_in_memory(*args, None)
     with Tracked(observer, "encrypt") as track:
-        prepared = await _new_object(
-            keyring, kms_context, object_context, options.seg_log2, len(src)
-        )
-        seal = partial(
-            seal_into,
-            prepared,
-            src,
-            out,
-            per_batch=options.segments_per_batch,
-            workers=options.worker_count,
-            track=track,
-        )
-        if len(src) <= options.batch_bytes:
-            result = seal()
-        else:
-            result = await anyio.to_thread.run_sync(seal)
+        result = await _sealed_in_memory(*args, track)
         track.plaintext_len = len(src)
     return result
+
+
+async def _sealed_in_memory(
+    src: memoryview,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None,
+    object_context: Mapping[str, str] | None,
+    options: Options,
+    track: Tracked | None,
+) -> tuple[bytearray | memoryview, int]:
+    seg_log2 = options.seg_log2
+    prepared = await _new_object(keyring, kms_context, object_context, seg_log2, len(src))
+    seal = partial(
+        seal_into,
+        prepared,
+        src,
+        out,
+        per_batch=max(1, options.batch_bytes >> seg_log2),
+        workers=options.worker_count,
+        track=track,
+    )
+    if len(src) <= options.batch_bytes:
+        return seal()
+    return await anyio.to_thread.run_sync(seal)
 
 
 async def encrypt_into(
@@ -521,31 +534,46 @@ async def _open_in_memory(
 ) -> tuple[bytearray | memoryview, int]:
     check_options(options)
     view = byte_view(data)
+    args = (view, out, keyring, expected_context, expected_kms_context, options)
+    if observer is NULL_OBSERVER:  # as in _seal_in_memory
+        return await _opened_in_memory(*args, None)
     with Tracked(observer, "decrypt") as track:
-        header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
-        check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
-        keys = await open_object(
-            header,
-            keyring=keyring,
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-        )
-        open_ = partial(
-            open_into,
-            header,
-            keys,
-            view,
-            out,
-            per_batch=max(1, options.batch_bytes >> header.seg_log2),
-            workers=options.worker_count,
-            track=track,
-        )
-        if len(view) - header.header_len <= options.batch_bytes:  # (>= the plaintext)
-            result = open_()
-        else:
-            result = await anyio.to_thread.run_sync(open_)
+        result = await _opened_in_memory(*args, track)
         track.plaintext_len = result[1]
     return result
+
+
+async def _opened_in_memory(
+    view: memoryview,
+    out: bytearray | memoryview | None,
+    keyring: Keyring,
+    expected_context: Mapping[str, str] | None,
+    expected_kms_context: Mapping[str, str] | None,
+    options: Options,
+    track: Tracked | None,
+) -> tuple[bytearray | memoryview, int]:
+    header = parse_object_header(view, max_wrapped_keys=options.max_wrapped_keys)
+    check_keyring(keyring)
+    check_before_unwrap(header, len(view), out, expected_context, expected_kms_context)
+    keys = open_object_keys(  # (open_object, less the checks just made)
+        header,
+        await keyring.decryption_key(header.wrapped_keys, header.kms_context),
+        expected_context=expected_context,
+        expected_kms_context=expected_kms_context,
+    )
+    open_ = partial(
+        open_into,
+        header,
+        keys,
+        view,
+        out,
+        per_batch=max(1, options.batch_bytes >> header.seg_log2),
+        workers=options.worker_count,
+        track=track,
+    )
+    if len(view) - header.header_len <= options.batch_bytes:  # (>= the plaintext)
+        return open_()
+    return await anyio.to_thread.run_sync(open_)
 
 
 async def decrypt_into(

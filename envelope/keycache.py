@@ -593,7 +593,10 @@ class DataKeyCache:
 
         The caller owns the returned `DataKey` (a copy) and should wipe it.
         """
-        if self._bypass(expected_bytes):
+        p = self.policy
+        if (not p.enabled or not 0 <= expected_bytes <= p.max_bytes) and self._bypass(
+            expected_bytes
+        ):
             return await fetch()
         while True:
             got, flight, owner = self._decide("encrypt", key, expected_bytes)
