@@ -41,6 +41,9 @@ from .printable import wrapped_key_name
 
 __all__ = ("Keyring",)
 
+#: A decrypt route: the (wrapped key, backend index) pairs worth trying, in order.
+Route = tuple[tuple[WrappedKey, int], ...]
+
 
 def _data_key_only(key: bytearray, wrapped: WrappedKey) -> bytearray:
     """Refuse anything but a 32-byte data key (wiping it) before it is used or cached: a KMS
@@ -147,19 +150,24 @@ class Keyring:
         if partition is not None and not partition:
             raise ConfigurationError("a cache partition name must not be empty")
         self.partition = partition if partition is not None else os.urandom(16).hex()
-        #: The encrypt-map key of the usual call (no KMS context, the one suite), made once.
-        self._plain_key = encryption_cache_key(self.partition, self._ids[0], key_id or "", {})
-        #: The last decrypt route (`_candidates`): (wrapped keys, KMS context, suite, the
-        #: candidates, their cache keys), replaced whole, so threads read it safely.
-        self._last_route: tuple[Any, ...] = (None, None, None, (), ())
+        #: The encrypt-map key of the usual call (no KMS context, the one suite) as (key id,
+        #: partition, key): made again if either attribute is given a new value.
+        self._plain_key: tuple[str | None, str, CacheKey] = (None, "", ())
+        #: The last decrypt route (`_candidates`): (wrapped keys, KMS context, suite,
+        #: partition, the candidates, their cache keys), replaced whole (threads read it).
+        self._last_route: tuple[Any, ...] = (None, None, None, None, (), ())
 
     def _encryption_cache_key(self, kms_context: Mapping[str, str], suite_id: int) -> CacheKey:
+        key_id, partition = self.key_id, self.partition
+        assert key_id is not None
         if kms_context or suite_id != SUITE_AES256GCM_HKDF_SHA512_COMMIT:
-            assert self.key_id is not None
-            return encryption_cache_key(
-                self.partition, self._ids[0], self.key_id, kms_context, suite_id
-            )
-        return self._plain_key
+            return encryption_cache_key(partition, self._ids[0], key_id, kms_context, suite_id)
+        plain = self._plain_key
+        if plain[0] == key_id and plain[1] == partition:
+            return plain[2]
+        key = encryption_cache_key(partition, self._ids[0], key_id, {})
+        self._plain_key = (key_id, partition, key)
+        return key
 
     def _wrap(self, backend: KmsBackend) -> KmsBackend:
         if isinstance(backend, RetryingKms):
@@ -262,37 +270,64 @@ class Keyring:
         wrapped_keys: Sequence[WrappedKey],
         kms_context: Mapping[str, str],
         suite_id: int,
-    ) -> tuple[tuple[tuple[WrappedKey, int], ...], tuple[CacheKey, ...], bytearray | None]:
-        """The (wrapped key, backend) pairs worth trying, their cache keys, and a cached
-        plaintext if one of several ways in is already cached."""
+        fresh: bool = False,
+    ) -> tuple[Route, tuple[CacheKey, ...], bytearray | None, bool]:
+        """The (wrapped key, backend) pairs worth trying, their cache keys, a cached plaintext
+        if one of several ways in is already cached, and whether the route was remembered
+        (`fresh`: never; a remembered route none of whose ways worked is made afresh by
+        `_changed_route`, for a backend may have gained or lost the key since)."""
         if self._closed:
             self._check_open()
         # Objects written under one cached data key carry the very same wrapped-key tuple
         # (the header parser shares it), so a reader of many small objects finds its route
         # here, without building it again for each (a tenth of a 16 KiB object's decrypt).
         last = self._last_route
-        if (
-            last[0] is wrapped_keys
+        remembered = (
+            not fresh
+            and last[0] is wrapped_keys
             and type(wrapped_keys) is tuple  # (immutable: a list could change between calls)
             and last[1] == kms_context
             and last[2] == suite_id
-        ):
-            candidates, keys = last[3], last[4]
+            and last[3] == self.partition
+        )
+        if remembered:
+            candidates, keys = last[4], last[5]
         else:
             candidates, keys = self._route(wrapped_keys, kms_context, suite_id)
-            self._last_route = (wrapped_keys, dict(kms_context), suite_id, candidates, keys)
+            self._last_route = (
+                wrapped_keys,
+                dict(kms_context),
+                suite_id,
+                self.partition,
+                candidates,
+                keys,
+            )
         cache = self.cache
         if cache is not None and len(keys) > 1:
             # several ways in: take a cached one before calling any KMS
             for key in keys:
                 hit = cache.peek_decryption_key(key)
                 if hit is not None:
-                    return candidates, keys, hit
-        return candidates, keys, None
+                    return candidates, keys, hit, remembered
+        return candidates, keys, None, remembered
+
+    def _changed_route(
+        self,
+        wrapped_keys: Sequence[WrappedKey],
+        kms_context: Mapping[str, str],
+        suite_id: int,
+        tried: Route,
+    ) -> tuple[Route, tuple[CacheKey, ...], bytearray | None] | None:
+        """After a remembered route failed: the route made afresh, or None if it is the one
+        tried (asking the same backends again would only repeat their refusals)."""
+        candidates, keys, hit, _ = self._candidates(wrapped_keys, kms_context, suite_id, True)
+        if hit is None and candidates == tried:
+            return None
+        return candidates, keys, hit
 
     def _route(
         self, wrapped_keys: Sequence[WrappedKey], kms_context: Mapping[str, str], suite_id: int
-    ) -> tuple[tuple[tuple[WrappedKey, int], ...], tuple[CacheKey, ...]]:
+    ) -> tuple[Route, tuple[CacheKey, ...]]:
         backends = self.backends
         candidates: list[tuple[WrappedKey, int]] = []
         seen: set[tuple[str, str, bytes]] = set()
@@ -333,20 +368,25 @@ class Keyring:
         suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
     ) -> bytearray:
         """Unwrap the first wrapped key some backend accepts (a cached one first)."""
-        candidates, keys, hit = self._candidates(wrapped_keys, kms_context, suite_id)
-        if hit is not None:
-            return hit
+        candidates, keys, hit, remembered = self._candidates(wrapped_keys, kms_context, suite_id)
         cache = self.cache
         last: KmsKeyError | None = None
-        for n, (wrapped, i) in enumerate(candidates):
-            fetch = partial(_checked_unwrap, self._calls[i], wrapped, kms_context)
-            try:
-                if cache is not None:
-                    return await cache.decryption_key(keys[n], fetch)
-                return await fetch()
-            except KmsKeyError as e:
-                last = e
-        raise self._none_unwrapped(wrapped_keys, last)
+        while hit is None:
+            for n, (wrapped, i) in enumerate(candidates):
+                fetch = partial(_checked_unwrap, self._calls[i], wrapped, kms_context)
+                try:
+                    if cache is not None:
+                        return await cache.decryption_key(keys[n], fetch)
+                    return await fetch()
+                except KmsKeyError as e:
+                    last = e
+            again = remembered and self._changed_route(
+                wrapped_keys, kms_context, suite_id, candidates
+            )
+            if not again:
+                raise self._none_unwrapped(wrapped_keys, last)
+            (candidates, keys, hit), remembered = again, False
+        return hit
 
     # -- the blocking face: no event loop on a cache hit ------------------------------------
 
@@ -387,26 +427,31 @@ class Keyring:
         suite_id: int = SUITE_AES256GCM_HKDF_SHA512_COMMIT,
     ) -> bytearray:
         """`decryption_key` for plain threads: a hit needs no event loop (see above)."""
-        candidates, keys, hit = self._candidates(wrapped_keys, kms_context, suite_id)
-        if hit is not None:
-            return hit
+        candidates, keys, hit, remembered = self._candidates(wrapped_keys, kms_context, suite_id)
         cache = self.cache
         ctx = dict(kms_context)
         last: KmsKeyError | None = None
-        for n, (wrapped, i) in enumerate(candidates):
-            blocking = self._blocking[i]
-            if blocking is not None:  # blocking by nature and not wrapped: direct
-                fetch = partial(_checked_unwrap_blocking, blocking, wrapped, ctx)
-            else:
-                unwrap = partial(_checked_unwrap, self._calls[i], wrapped, ctx)
-                fetch = partial(_portal.call, unwrap)
-            try:
-                if cache is not None:
-                    return cache.decryption_key_blocking(keys[n], fetch)
-                return fetch()
-            except KmsKeyError as e:
-                last = e
-        raise self._none_unwrapped(wrapped_keys, last)
+        while hit is None:
+            for n, (wrapped, i) in enumerate(candidates):
+                blocking = self._blocking[i]
+                if blocking is not None:  # blocking by nature and not wrapped: direct
+                    fetch = partial(_checked_unwrap_blocking, blocking, wrapped, ctx)
+                else:
+                    unwrap = partial(_checked_unwrap, self._calls[i], wrapped, ctx)
+                    fetch = partial(_portal.call, unwrap)
+                try:
+                    if cache is not None:
+                        return cache.decryption_key_blocking(keys[n], fetch)
+                    return fetch()
+                except KmsKeyError as e:
+                    last = e
+            again = remembered and self._changed_route(
+                wrapped_keys, kms_context, suite_id, candidates
+            )
+            if not again:
+                raise self._none_unwrapped(wrapped_keys, last)
+            (candidates, keys, hit), remembered = again, False
+        return hit
 
     def state_paths(self) -> tuple[str, ...]:
         """The local files this keyring's backends keep keys or key state in (a key file; the

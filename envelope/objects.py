@@ -56,6 +56,7 @@ from .hazmat.segments import open_segments, seal_segments
 from .keyring import Keyring
 from .kms.base import DataKey
 from .metrics import NULL_OBSERVER, Direction, Observer
+from .options import cores
 from .printable import printable
 
 __all__ = (
@@ -688,14 +689,15 @@ def seal_into(
     out: bytearray | memoryview | None,
     *,
     per_batch: int = 1 << 30,
-    workers: int = 1,
+    workers: int | None = 1,
     track: Tracked | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     """Write header and sealed body of `data` into `out`, or into a new buffer of exactly the
     object's size if `out` is None; returns (the buffer, the bytes written). `src` is a flat
     view of bytes (`byte_view`: the callers made one already). `out` must not share memory
     with `src`: the public ``*_into`` faces check it once, before the KMS call
-    (`required_output`)."""
+    (`required_output`). `workers` None means every core (`Options.workers`), counted only
+    for an object of several batches."""
     keys, hd, seg_log2 = prepared.keys, prepared.bound_digest, prepared.seg_log2
     hl = len(prepared.header)
     layout = Layout(hl, seg_log2)
@@ -723,7 +725,8 @@ def seal_into(
             last == count,
         )
 
-    run_ranges(seal if track is None else track.timed_range(seal), count, per_batch, workers)
+    run = seal if track is None else track.timed_range(seal)
+    run_ranges(run, count, per_batch, workers or cores())
     return buf, total
 
 
@@ -734,7 +737,7 @@ def open_into(
     out: bytearray | memoryview | None,
     *,
     per_batch: int = 1 << 30,
-    workers: int = 1,
+    workers: int | None = 1,
     track: Tracked | None = None,
 ) -> tuple[bytearray | memoryview, int]:
     """Open a whole object (header authenticated by `open_object_keys`) into `out`, or into
@@ -743,7 +746,8 @@ def open_into(
     Returns (the buffer, the plaintext length). On any failure the plaintext part of the
     buffer is zeroed before the error is raised: no segment's plaintext survives an
     unauthenticated object. `view` is a flat view of the object's bytes (`byte_view`), and
-    `out` must not share memory with it (checked once by `required_output`).
+    `out` must not share memory with it (checked once by `required_output`). `workers` as
+    in `seal_into`.
     """
     hd, seg_log2 = header.bound_digest, header.seg_log2
     layout = Layout(header.header_len, seg_log2)
@@ -775,9 +779,8 @@ def open_into(
         )
 
     try:
-        run_ranges(
-            open_ if track is None else track.timed_range(open_), count, per_batch, workers
-        )
+        run = open_ if track is None else track.timed_range(open_)
+        run_ranges(run, count, per_batch, workers or cores())
     except BaseException:
         dst[:plen] = bytes(plen)
         raise

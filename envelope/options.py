@@ -34,6 +34,12 @@ DEFAULT_MEMORY_BUDGET = 256 << 20
 #: Cores of this machine, read once (os.cpu_count() costs tens of microseconds a call, which
 #: a 16 KiB object cannot afford).
 _CPUS = os.cpu_count() or 1
+
+
+def cores() -> int:
+    """This machine's cores, as `Options.workers=None` means them (read once, at import)."""
+    return _CPUS
+
 MIN_MEMORY_BUDGET = 4 << 20
 
 
@@ -85,10 +91,6 @@ class Options:
     depth: int | None = None
     max_wrapped_keys: int = MAX_EDKS
     memory_budget: int = DEFAULT_MEMORY_BUDGET
-    #: log2 of `segment_size`, and `workers` or every core: read once per object, so plain
-    #: fields set here, not properties (a property is a call on every small object's path).
-    seg_log2: int = field(init=False, repr=False, compare=False)
-    worker_count: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys"):
@@ -100,8 +102,6 @@ class Options:
             raise ConfigurationError("segment_size must be a power of two from 4 KiB to 64 MiB")
         if self.workers is not None and self.workers < 1:
             raise ConfigurationError("workers must be >= 1")
-        object.__setattr__(self, "seg_log2", s.bit_length() - 1)
-        object.__setattr__(self, "worker_count", self.workers or _CPUS)
         if self.batch_bytes < 1:
             raise ConfigurationError("batch_bytes must be >= 1")
         if self.depth is not None and self.depth < 2:
@@ -146,6 +146,14 @@ class Options:
                 f"{-(-need >> 20)} MiB{fix}"
             )
         return plan
+
+    @property
+    def seg_log2(self) -> int:
+        return self.segment_size.bit_length() - 1
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or _CPUS
 
     @property
     def segments_per_batch(self) -> int:

@@ -558,7 +558,7 @@ def _sealed(
         src,
         out,
         per_batch=max(1, options.batch_bytes >> seg_log2),
-        workers=options.worker_count if workers is None else workers,
+        workers=options.workers if workers is None else workers,  # (None: every core)
         track=track,
     )
 
@@ -609,7 +609,7 @@ def _opened(
         view,
         out,
         per_batch=max(1, options.batch_bytes >> header.seg_log2),
-        workers=options.worker_count if workers is None else workers,
+        workers=options.workers if workers is None else workers,  # (None: every core)
         track=track,
     )
 

@@ -61,7 +61,9 @@ def test_64_mib_segments_decrypt_within_the_default_budget(big_segments: Path) -
     added, r = _decrypt_peak(big_segments)
     # Three 64 MiB buffers fit in 256 MiB (two read, one opened): 192 MiB, not 513+.
     assert added <= 256 + SLACK_MIB, r
-    assert added >= 128, r  # it did hold at least one segment in and one out
+    # it did hold at least one segment in and one out (128 MiB; both figures are whole MiB
+    # rounded down, so their difference may read one less)
+    assert added >= 127, r
 
 
 @pytest.mark.slow
@@ -70,7 +72,7 @@ def test_a_smaller_budget_lowers_the_peak_whatever_the_worker_count(big_segments
     192 MiB the default budget uses), even when asked for 8 workers on 2 cores."""
     added, r = _decrypt_peak(big_segments, "--memory-budget", str(160 * MIB), "--workers", "8")
     assert added <= 160 + SLACK_MIB, r
-    assert added >= 128, r
+    assert added >= 127, r  # one segment in and one out (less one MiB of rounding, as above)
 
 
 @pytest.mark.slow

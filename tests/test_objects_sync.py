@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from typing import Any
@@ -420,3 +421,43 @@ def test_the_remembered_decrypt_route_follows_its_inputs() -> None:
     assert kr.decryption_key_blocking(listed, {"t": "1"}) == da.plaintext
     listed[0] = db.wrapped  # the same list, now naming a key only the second backend holds
     assert kr.decryption_key_blocking(listed, {"t": "1"}) == db.plaintext
+
+
+@pytest.mark.parametrize("face", ["sync", "async"])
+def test_a_remembered_route_is_made_again_when_a_backend_gains_the_key(face: str) -> None:
+    """The remembered route of a header found no backend that holds its key; a backend that
+    gains that key afterwards (a key imported, a replica arrived) opens the next object with
+    the very same wrapped-key tuple, and a route that still fails asks no backend twice."""
+    writer_kms = CountingKms()
+    writer = Keyring(writer_kms, writer_kms.create_key("ka"), cache=None)
+    sealed = bytes(sync.encrypt_bytes(b"payload", keyring=writer))
+    later = CountingKms()
+    reader = Keyring(decrypt_with=[later], cache=CachePolicy())
+
+    def decrypt() -> bytes:
+        if face == "sync":
+            return bytes(sync.decrypt_bytes(sealed, keyring=reader))
+        return bytes(anyio.run(lambda: api.decrypt_bytes(sealed, keyring=reader)))
+
+    with pytest.raises(EnvelopeError):
+        decrypt()
+    later._keys["ka"] = writer_kms._keys["ka"]  # the key arrives in the reader's backend
+    assert decrypt() == b"payload"
+    wrong = Keyring(decrypt_with=[CountingKms()], cache=CachePolicy())
+    stranger = wrong.backends[0]
+    assert isinstance(stranger, CountingKms)
+    stranger._keys["ka"] = os.urandom(32)  # holds a key of that name, not the one that wrapped
+    for _ in range(2):
+        with pytest.raises(EnvelopeError):
+            sync.decrypt_bytes(sealed, keyring=wrong)
+    assert stranger.unwrapped == 2  # once per call: the same route is not tried twice
+
+
+def test_the_usual_cache_key_follows_a_new_key_id() -> None:
+    kms = CountingKms()
+    kr = Keyring(kms, kms.create_key("k1"), cache=CachePolicy())
+    kms.create_key("k2")
+    sync.encrypt_bytes(b"x", keyring=kr)
+    kr.key_id = "k2"
+    header = objects.parse_object_header(memoryview(sync.encrypt_bytes(b"x", keyring=kr)))
+    assert [w.key_id for w in header.wrapped_keys] == ["k2"]

@@ -237,3 +237,21 @@ def test_options_are_validated() -> None:
         api.Options(max_wrapped_keys=9)
     assert api.Options(segment_size=1 << 26).seg_log2 == 26
     assert api.Options(segment_size=4096).seg_log2 == 12
+
+
+def test_options_travel_as_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options rebuild from `dataclasses.asdict` (its settings and nothing derived), and one
+    pickled to another process (a Dask worker) counts that machine's cores, not the sender's."""
+    import dataclasses
+    import pickle
+
+    from envelope import options as options_module
+
+    opts = api.Options(segment_size=1 << 16, batch_bytes=1 << 20)
+    assert api.Options(**dataclasses.asdict(opts)) == opts
+    assert set(dataclasses.asdict(opts)) == {
+        "segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys", "memory_budget"
+    }
+    shipped = pickle.dumps(opts)
+    monkeypatch.setattr(options_module, "_CPUS", 999)
+    assert pickle.loads(shipped).worker_count == 999
