@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from envelope.pkcs11 import Token, TokenConfig
+from envelope.pkcs11.errors import TokenDecryptError
 from envelope.xks._sigv4 import Signer
 from envelope.xks.app import XksProxyApp
 from envelope.xks.config import Credential, KeyStoreSettings, XksSettings
@@ -196,3 +197,30 @@ def test_malformed_requests_get_xks_errors(token: Token, operation: str) -> None
         if status != 200:
             name = answer.get("errorName")
             assert name != "InternalException" and ERROR_STATUS.get(name) == status, answer
+
+
+@pytest.mark.parametrize("fault", ["does not open", "opens to other bytes"])
+def test_a_token_whose_ciphertext_does_not_verify_is_internal(token: Token, fault: str) -> None:
+    """Appendix C: with a CDIV asked for, the proxy decrypts what the token returned before
+    answering. A token whose ciphertext does not give the plaintext back is the key manager's
+    failure (500 InternalException), never a ciphertext returned, nor the caller's error."""
+
+    class Faulty:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(token, name)
+
+        def decrypt(self, *args: Any, **kw: Any) -> bytes:
+            if fault == "does not open":
+                raise TokenDecryptError()
+            return b"\x01" * 16
+
+    app = XksProxyApp(settings(), Faulty())  # type: ignore[arg-type]
+    doc = {
+        "requestMetadata": MD.to_wire("Encrypt"),
+        "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
+        "encryptionAlgorithm": "AES_GCM",
+        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+    }
+    status, answer = call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
+    assert (status, answer["errorName"]) == (500, "InternalException")
+    assert "ciphertext" not in answer
