@@ -224,3 +224,42 @@ def test_a_token_whose_ciphertext_does_not_verify_is_internal(token: Token, faul
     status, answer = call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
     assert (status, answer["errorName"]) == (500, "InternalException")
     assert "ciphertext" not in answer
+
+
+def test_an_encryption_past_the_dependency_timeout_is_not_checked(token: Token) -> None:
+    """The request gives up on a token slower than dependency_timeout_ms; the encryption it
+    abandoned on the worker thread is not followed by Appendix C's check decryption (one more
+    call on a token already too slow)."""
+    import threading
+    import time
+
+    decrypted = threading.Event()
+    finished = threading.Event()
+
+    class Slow:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(token, name)
+
+        def encrypt(self, *args: Any, **kw: Any) -> tuple[bytes, bytes, bytes]:
+            time.sleep(0.3)
+            try:
+                return token.encrypt(*args, **kw)
+            finally:
+                finished.set()
+
+        def decrypt(self, *args: Any, **kw: Any) -> bytes:
+            decrypted.set()
+            return token.decrypt(*args, **kw)
+
+    app = XksProxyApp(settings(dependency_timeout_ms=100), Slow())  # type: ignore[arg-type]
+    doc = {
+        "requestMetadata": MD.to_wire("Encrypt"),
+        "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
+        "encryptionAlgorithm": "AES_GCM",
+        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
+    }
+    status, answer = call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
+    assert (status, answer["errorName"]) == (503, "DependencyTimeoutException")
+    assert finished.wait(5)
+    time.sleep(0.2)  # time for a check decryption, had one followed
+    assert not decrypted.is_set()
