@@ -81,12 +81,14 @@ def health(app: XksProxyApp) -> str:
     return str(entry["healthStatus"])
 
 
-def encrypt(app: XksProxyApp) -> tuple[int, dict[str, Any]]:
+def encrypt(app: XksProxyApp, *, integrity: bool = False) -> tuple[int, dict[str, Any]]:
     doc = {
         "requestMetadata": MD.to_wire("Encrypt"),
         "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
         "encryptionAlgorithm": "AES_GCM",
     }
+    if integrity:  # a CDIV asked for: Appendix C's check decryption follows the encryption
+        doc["ciphertextDataIntegrityValueAlgorithm"] = "SHA_256"
     return call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
 
 
@@ -215,13 +217,7 @@ def test_a_token_whose_ciphertext_does_not_verify_is_internal(token: Token, faul
             return b"\x01" * 16
 
     app = XksProxyApp(settings(), Faulty())  # type: ignore[arg-type]
-    doc = {
-        "requestMetadata": MD.to_wire("Encrypt"),
-        "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
-        "encryptionAlgorithm": "AES_GCM",
-        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
-    }
-    status, answer = call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
+    status, answer = encrypt(app, integrity=True)
     assert (status, answer["errorName"]) == (500, "InternalException")
     assert "ciphertext" not in answer
 
@@ -252,13 +248,7 @@ def test_an_encryption_past_the_dependency_timeout_is_not_checked(token: Token) 
             return token.decrypt(*args, **kw)
 
     app = XksProxyApp(settings(dependency_timeout_ms=100), Slow())  # type: ignore[arg-type]
-    doc = {
-        "requestMetadata": MD.to_wire("Encrypt"),
-        "plaintext": "AAAAAAAAAAAAAAAAAAAAAA==",
-        "encryptionAlgorithm": "AES_GCM",
-        "ciphertextDataIntegrityValueAlgorithm": "SHA_256",
-    }
-    status, answer = call(app, "/s/kms/xks/v1/keys/k1/encrypt", doc)
+    status, answer = encrypt(app, integrity=True)
     assert (status, answer["errorName"]) == (503, "DependencyTimeoutException")
     assert finished.wait(5)
     time.sleep(0.2)  # time for a check decryption, had one followed
