@@ -537,9 +537,7 @@ class DataKeyCache:
         """
         with self._lock:
             now = self.clock()
-            if now >= self._earliest:
-                self._expire(now)
-            entry = self._store.live(key, now)
+            entry = self._lookup(key, now)
             got: DataKey | bytearray | None = None
             if entry is not None:
                 # A hit is the hot path of every small object: one function, no more calls

@@ -317,12 +317,14 @@ class Keyring:
         kms_context: Mapping[str, str],
         suite_id: int,
         tried: Route,
-    ) -> tuple[Route, tuple[CacheKey, ...], bytearray | None] | None:
-        """After a remembered route failed: the route made afresh, or None if it is the one
-        tried (asking the same backends again would only repeat their refusals)."""
+        last: KmsKeyError | None,
+    ) -> tuple[Route, tuple[CacheKey, ...], bytearray | None]:
+        """After a remembered route failed: the route made afresh, or the failure (`last`) if
+        it is the one tried (asking the same backends again would only repeat their
+        refusals)."""
         candidates, keys, hit, _ = self._candidates(wrapped_keys, kms_context, suite_id, True)
         if hit is None and candidates == tried:
-            return None
+            raise self._none_unwrapped(wrapped_keys, last)
         return candidates, keys, hit
 
     def _route(
@@ -380,12 +382,12 @@ class Keyring:
                     return await fetch()
                 except KmsKeyError as e:
                     last = e
-            again = remembered and self._changed_route(
-                wrapped_keys, kms_context, suite_id, candidates
-            )
-            if not again:
+            if not remembered:
                 raise self._none_unwrapped(wrapped_keys, last)
-            (candidates, keys, hit), remembered = again, False
+            candidates, keys, hit = self._changed_route(
+                wrapped_keys, kms_context, suite_id, candidates, last
+            )
+            remembered = False
         return hit
 
     # -- the blocking face: no event loop on a cache hit ------------------------------------
@@ -445,12 +447,12 @@ class Keyring:
                     return fetch()
                 except KmsKeyError as e:
                     last = e
-            again = remembered and self._changed_route(
-                wrapped_keys, kms_context, suite_id, candidates
-            )
-            if not again:
+            if not remembered:
                 raise self._none_unwrapped(wrapped_keys, last)
-            (candidates, keys, hit), remembered = again, False
+            candidates, keys, hit = self._changed_route(
+                wrapped_keys, kms_context, suite_id, candidates, last
+            )
+            remembered = False
         return hit
 
     def state_paths(self) -> tuple[str, ...]:

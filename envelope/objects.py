@@ -236,6 +236,20 @@ def output_view(out: object) -> memoryview:
     return view.cast("B")
 
 
+def output_buffer(
+    out: bytearray | memoryview | None, n: int
+) -> tuple[bytearray | memoryview, memoryview]:
+    """(`out`, its flat writable view), or a new buffer of exactly `n` bytes and its view when
+    `out` is None; ConfigurationError, naming the size needed, for one shorter than `n`."""
+    if out is None:
+        buf = bytearray(n)
+        return buf, memoryview(buf)
+    dst = output_view(out)
+    if len(dst) < n:
+        raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {n} needed")
+    return out, dst
+
+
 def check_apart(src: memoryview, dst: memoryview) -> None:
     """The input and the output of an ``*_into`` call must not share memory: the header is
     written first and segments land at other offsets than they are read from, so sealing
@@ -398,7 +412,7 @@ def check_contexts(
 def check_before_unwrap(
     header: Header,
     ciphertext_len: int,
-    out: object,
+    out: bytearray | memoryview | None,
     expected_context: Mapping[str, str] | None,
     expected_kms_context: Mapping[str, str] | None,
 ) -> None:
@@ -411,10 +425,7 @@ def check_before_unwrap(
         check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
         plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
-        if len(output_view(out)) < plen:
-            raise ConfigurationError(
-                f"output buffer holds {len(output_view(out))} bytes; {plen} needed"
-            )
+        output_buffer(out, plen)  # (refuses a buffer too short for the plaintext)
 
 
 def open_object_keys(
@@ -702,14 +713,7 @@ def seal_into(
     hl = len(prepared.header)
     layout = Layout(hl, seg_log2)
     total = layout.ciphertext_length(len(src))
-    buf: bytearray | memoryview
-    if out is None:
-        buf = bytearray(total)
-        dst = memoryview(buf)
-    else:
-        buf, dst = out, output_view(out)
-        if len(dst) < total:
-            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {total} needed")
+    buf, dst = output_buffer(out, total)
     dst[:hl] = prepared.header
     body = dst[hl:total]
     s = 1 << seg_log2
@@ -752,14 +756,7 @@ def open_into(
     hd, seg_log2 = header.bound_digest, header.seg_log2
     layout = Layout(header.header_len, seg_log2)
     plen = layout.plaintext_length(len(view))
-    buf: bytearray | memoryview
-    if out is None:
-        buf = bytearray(plen)
-        dst = memoryview(buf)
-    else:
-        buf, dst = out, output_view(out)
-        if len(dst) < plen:
-            raise ConfigurationError(f"output buffer holds {len(dst)} bytes; {plen} needed")
+    buf, dst = output_buffer(out, plen)
     src = view[header.header_len :]
     s = 1 << seg_log2
     t = s + TAG_LEN

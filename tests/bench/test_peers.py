@@ -62,22 +62,30 @@ def test_peers_missing_tools_are_skipped(
     assert list(work.iterdir()) == []
 
 
-def test_a_peer_that_changes_the_bytes_is_not_timed(tmp_path: Path) -> None:
-    broken = peers.Peer(
-        name="broken",
-        setting="decrypt gives back the key file",
+def made_up_peer(name: str, setting: str, encrypt: Any, decrypt: Any, keygen: Any = None) -> Any:
+    """A peer of the test's own making, always present, with no key unless `keygen` says."""
+    return peers.Peer(
+        name=name,
+        setting=setting,
         install="-",
         present=lambda: True,
+        keygen=keygen or (lambda key: []),
+        encrypt=encrypt,
+        decrypt=decrypt,
+    )
+
+
+def test_a_peer_that_changes_the_bytes_is_not_timed(tmp_path: Path) -> None:
+    broken = made_up_peer(
+        "broken",
+        "decrypt gives back the key file",
         keygen=lambda key: [["sh", "-c", f"echo not-the-input > {key}"]],
         encrypt=lambda key, src, dst: ["cp", src, dst],
         decrypt=lambda key, src, dst: ["cp", key, dst],
     )
-    failing = peers.Peer(
-        name="failing",
-        setting="exits 3",
-        install="-",
-        present=lambda: True,
-        keygen=lambda key: [],
+    failing = made_up_peer(
+        "failing",
+        "exits 3",
         encrypt=lambda key, src, dst: ["sh", "-c", "echo boom >&2; exit 3"],
         decrypt=lambda key, src, dst: ["cp", src, dst],
     )
@@ -150,12 +158,9 @@ def test_a_peer_that_fails_during_the_timed_rounds_is_its_row(tmp_path: Path) ->
     whole run with a traceback, every other peer's figures lost (review)."""
     counter = tmp_path / "runs"
     counter.write_text("")
-    flaky = peers.Peer(
-        name="flaky",
-        setting="fails after its check",
-        install="-",
-        present=lambda: True,
-        keygen=lambda key: [],
+    flaky = made_up_peer(
+        "flaky",
+        "fails after its check",
         # the check encrypts once; the timed round's encrypt is the second call: it fails
         encrypt=lambda key, src, dst: [
             "sh",
