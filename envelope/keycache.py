@@ -591,10 +591,7 @@ class DataKeyCache:
 
         The caller owns the returned `DataKey` (a copy) and should wipe it.
         """
-        p = self.policy
-        if (not p.enabled or not 0 <= expected_bytes <= p.max_bytes) and self._bypass(
-            expected_bytes
-        ):
+        if self._bypass(expected_bytes):
             return await fetch()
         while True:
             got, flight, owner = self._decide("encrypt", key, expected_bytes)
@@ -615,10 +612,7 @@ class DataKeyCache:
         expected_bytes: int = 0,
     ) -> DataKey:
         """`encryption_key` for plain threads: a hit is one locked lookup, no event loop."""
-        p = self.policy
-        if (not p.enabled or not 0 <= expected_bytes <= p.max_bytes) and self._bypass(
-            expected_bytes
-        ):
+        if self._bypass(expected_bytes):
             return fetch()
         while True:
             got, flight, owner = self._decide("encrypt", key, expected_bytes)
