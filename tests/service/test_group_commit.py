@@ -7,10 +7,17 @@ one record per call, in a valid chain.
 
 from __future__ import annotations
 
+import os
+import signal
+import statistics
 import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from envelope.service import KeyService
+from envelope.service._core import _LOCAL, _Call, _Slot
 from envelope.service.errors import KmsServiceError, NotFoundException
 
 from .conftest import FakeClock, new_key, open_store
@@ -91,4 +98,141 @@ def test_group_commit_can_be_turned_off(home: Path, clock: FakeClock) -> None:
     blobs, refusals, unexpected = _storm(svc, kid)
     assert unexpected == [] and len(blobs) + len(refusals) == THREADS * CALLS
     assert svc.verify_audit_log().ok
+    svc.close()
+
+
+class _SlowCommits(KeyService):
+    """Every commit takes 5 ms with the GIL released, as an fsync does; records how many
+    calls were waiting when each commit began."""
+
+    waiting: list[int]
+
+    def _commit_pending(self) -> None:
+        time.sleep(0.005)
+        self.waiting.append(len(self._pending))
+        super()._commit_pending()
+
+
+def test_a_slow_commit_is_shared_by_every_thread_waiting_for_it(
+    home: Path, clock: FakeClock
+) -> None:
+    # A thread whose call was committed must learn it at once, not queue behind the next
+    # leader's whole commit: then the next commit holds nearly every thread's next call.
+    svc = _SlowCommits(open_store(home), clock=clock, owns_store=True)
+    svc.waiting = []
+    kid = new_key(svc)
+    start = threading.Barrier(THREADS)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(25):
+            svc.generate_data_key(key_id=kid, key_spec="AES_256")
+
+    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    groups = svc.waiting[1:]  # (the first may start before the others arrive)
+    assert statistics.median(groups) >= THREADS - 2, groups
+    assert sum(1 for r in svc.audit_tail(10**6) if r["operation"] == "GenerateDataKey") == (
+        THREADS * 25
+    )
+    svc.close()
+
+
+def test_an_interrupted_waiting_call_is_not_run_later(home: Path, clock: FakeClock) -> None:
+    # The caller saw KeyboardInterrupt while its call waited for another thread's commit: it
+    # must not be run afterwards behind its back, and the calls after it must not hang.
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    entered, release = threading.Event(), threading.Event()
+    real = svc._commit_pending
+
+    def held() -> None:
+        entered.set()
+        release.wait(30)
+        real()
+
+    svc._commit_pending = held  # type: ignore[method-assign]
+    leader = threading.Thread(
+        target=svc.generate_data_key, kwargs={"key_id": kid, "key_spec": "AES_256"}
+    )
+    leader.start()
+    assert entered.wait(30)
+    svc._commit_pending = real  # type: ignore[method-assign]
+    interrupter = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        svc.encrypt(key_id=kid, plaintext=b"abandoned", encryption_context={"who": "main"})
+    release.set()
+    leader.join(30)
+    assert not leader.is_alive()
+    done = threading.Thread(target=svc.encrypt, kwargs={"key_id": kid, "plaintext": b"later"})
+    done.start()
+    done.join(30)
+    assert not done.is_alive()
+    ops = [r["operation"] for r in svc.audit_tail(10**6)]
+    assert ops.count("GenerateDataKey") == 1
+    assert ops.count("Encrypt") == 1  # the later one only
+    assert svc.verify_audit_log().ok
+    svc.close()
+
+
+def test_the_lead_passes_to_the_oldest_waiting_call(home: Path, clock: FakeClock) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    call = svc.describe_key  # (any fn: these slots are never run)
+    a, b, c = (_Slot(_Call("Encrypt", "p", _LOCAL, {}), lambda *x: call(key_id=kid)) for _ in "abc")
+    svc._pending[:] = [b, c]
+    svc._leading = True
+    a.lead = True
+    a.succeed({})
+    svc._pass_lead(a)
+    assert b.lead and not b.wake.locked() and c.wake.locked() and svc._leading
+    # b was handed the lead but its thread was interrupted before its call ran: it leaves the
+    # queue and hands the lead on
+    svc._pass_lead(b)
+    assert svc._pending == [c] and c.lead and not c.wake.locked()
+    c.succeed({})
+    svc._pending.clear()
+    svc._pass_lead(c)
+    assert not svc._leading
+    svc.close()
+
+
+def test_a_forked_child_never_runs_the_parents_waiting_calls(home: Path, clock: FakeClock) -> None:
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    ran = home / "orphan-ran"
+
+    def orphan(conn: object, call: object, now: float) -> dict[str, object]:
+        ran.write_text("ran")
+        return {}
+
+    # another thread's call, queued behind a leader, when this thread forks
+    svc._pending.append(_Slot(_Call("Encrypt", svc.root_principal, _LOCAL, {}), orphan))
+    svc._leading = True
+    pid = os.fork()
+    if pid == 0:  # the child: a call of its own works, and runs only itself
+        code = 1
+        try:
+            svc.generate_data_key(key_id=kid, key_spec="AES_256")
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child's call hung behind the parent's queue")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not ran.exists()
+    svc._pending.clear()
+    svc._leading = False
     svc.close()
