@@ -760,19 +760,32 @@ def open_into(
     src = view[header.header_len :]
     s = 1 << seg_log2
     t = s + TAG_LEN
+    # The caller's own buffer is visible to it while this runs: segments are opened in a
+    # private scratch, one per thread and reused (a fresh 1 MiB buffer per range would fault
+    # in its pages each time), and copied there once authenticated (see `open_segments`).
+    scratches: dict[int, memoryview] | None = None if out is None else {}
     if plen <= per_batch * s and (track is None or track.observer is NULL_OBSERVER):
+        scratch = None if scratches is None else memoryview(bytearray(min(plen, s)))
         try:  # one batch, untimed: no hop
-            open_segments(keys, hd, 0, src, dst[:plen], seg_log2, True)
+            open_segments(keys, hd, 0, src, dst[:plen], seg_log2, True, scratch)
         except BaseException:
             dst[:plen] = bytes(plen)
             raise
+        finally:
+            if scratch is not None:
+                zero(scratch)
         return buf, plen
     count = layout.segment_count(plen)
 
     def open_(first: int, last: int) -> None:
+        scratch = None
+        if scratches is not None:
+            scratch = scratches.get(threading.get_ident())
+            if scratch is None:
+                scratch = scratches[threading.get_ident()] = memoryview(bytearray(s))
         open_segments(
             keys, hd, first, src[first * t : last * t], dst[first * s : last * s], seg_log2,
-            last == count,
+            last == count, scratch,
         )
 
     try:
@@ -781,6 +794,9 @@ def open_into(
     except BaseException:
         dst[:plen] = bytes(plen)
         raise
+    finally:
+        for scratch in (scratches or {}).values():
+            zero(scratch)
     return buf, plen
 
 

@@ -197,6 +197,54 @@ def test_into_rejects_short_buffers_before_touching_data() -> None:
     assert out == b"\xaa" * (3 * S - 1)
 
 
+@pytest.mark.parametrize("face", ["sync", "async"])
+@pytest.mark.parametrize("opts", OPTS, ids=["one batch", "ranges on workers"])
+@pytest.mark.parametrize("bad", ["first", "last"])
+def test_into_never_shows_a_failing_segment_s_plaintext_in_the_caller_s_buffer(
+    face: str, opts: api.Options, bad: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AES-GCM writes a segment's plaintext before it checks the tag: opened straight into the
+    caller's buffer, that plaintext sat there, for another thread or a shared mapping to read,
+    until the failure zeroed it (review). Checked at the instant each tag fails."""
+    from cryptography.exceptions import InvalidTag
+
+    from envelope.errors import AuthenticationError
+    from envelope.hazmat.keyschedule import ObjectKeys
+
+    marker = b"UNAUTHENTICATED!"
+    data = marker * (3 * S // len(marker))
+    ct = bytearray(sync.encrypt_bytes(data, keyring=KEYRING, options=opts))
+    ct[-1 if bad == "last" else len(ct) - 2 * (S + 16) - 1] ^= 1  # a tag of the last or first
+    out = bytearray(len(data))
+    seen: list[bool] = []
+    real = ObjectKeys.segment_cipher
+
+    class Watched:
+        def __init__(self, cipher: Any) -> None:
+            self.cipher = cipher
+
+        def decrypt_into(self, nonce: bytes, *args: Any) -> None:
+            try:
+                self.cipher.decrypt_into(nonce, *args)
+            except InvalidTag:  # (earlier segments authenticated: their plaintext may show)
+                i = int.from_bytes(nonce[:8], "big")
+                seen.append(marker in out[i * S : (i + 1) * S])
+                raise
+
+    monkeypatch.setattr(ObjectKeys, "segment_cipher", lambda k, i: Watched(real(k, i)))
+    with pytest.raises(AuthenticationError):
+        if face == "sync":
+            sync.decrypt_into(bytes(ct), out, keyring=KEYRING, options=opts)
+        else:
+            anyio.run(lambda: api.decrypt_into(bytes(ct), out, keyring=KEYRING, options=opts))
+    assert seen and not any(seen)
+    assert not any(out)
+    # and an intact object still opens into the caller's buffer
+    ct[-1 if bad == "last" else len(ct) - 2 * (S + 16) - 1] ^= 1
+    assert sync.decrypt_into(bytes(ct), out, keyring=KEYRING, options=opts) == len(data)
+    assert out == data
+
+
 def test_sync_streams_refuse_to_run_inside_an_event_loop() -> None:
     async def inner() -> None:
         sync.encrypt(b"x", BufferSink(), keyring=KEYRING)
@@ -250,7 +298,12 @@ def test_options_travel_as_their_settings(monkeypatch: pytest.MonkeyPatch) -> No
     opts = api.Options(segment_size=1 << 16, batch_bytes=1 << 20)
     assert api.Options(**dataclasses.asdict(opts)) == opts
     assert set(dataclasses.asdict(opts)) == {
-        "segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys", "memory_budget"
+        "segment_size",
+        "workers",
+        "batch_bytes",
+        "depth",
+        "max_wrapped_keys",
+        "memory_budget",
     }
     shipped = pickle.dumps(opts)
     monkeypatch.setattr(options_module, "_CPUS", 999)

@@ -148,6 +148,7 @@ def open_segments(
     dst: memoryview,
     seg_log2: int,
     final: bool,
+    scratch: memoryview | None = None,
 ) -> int:
     """Open the ciphertext segments in `src` into `dst`; returns plaintext bytes written.
 
@@ -155,6 +156,13 @@ def open_segments(
     unauthenticated segment survives in the buffer. If the last segment of a final batch fails
     as final but authenticates as non-final, the object was cut at a segment boundary:
     TruncatedObjectError.
+
+    AES-GCM writes a segment's plaintext before it checks the tag. Where `dst` is memory that
+    someone else can read while this runs (the caller's buffer of ``decrypt_into``: another
+    thread, a shared mapping), pass `scratch`, a private buffer of at least one segment: each
+    segment is opened there and copied into `dst` only once its tag verified (the caller wipes
+    `scratch` when done with it). Internal batch buffers, released only after the call, need
+    none.
     """
     s = 1 << seg_log2
     t = s + TAG_LEN
@@ -178,7 +186,8 @@ def open_segments(
         b = min(a + t, length)
         is_final = final and j == count - 1
         cipher = keys.segment_cipher(i)
-        out = dst[j * s : j * s + (b - a) - TAG_LEN]
+        final_out = dst[j * s : j * s + (b - a) - TAG_LEN]
+        out = final_out if scratch is None else scratch[: len(final_out)]
         try:
             cipher.decrypt_into(_NONCE.pack(i, 1 if is_final else 0), src[a:b], hd, out)
         except InvalidTag:
@@ -196,5 +205,7 @@ def open_segments(
                 raise TruncatedObjectError() from None
             # The same opaque message as a commitment or header-MAC failure (format.md 7).
             raise AuthenticationError() from None
+        if scratch is not None:
+            final_out[:] = out
         written = j * s + (b - a) - TAG_LEN
     return written
