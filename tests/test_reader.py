@@ -154,3 +154,30 @@ def test_bad_positions_are_configuration_errors_and_closed_readers_say_so(
         for call in (r.verified_size, partial(r.pread, 0, 1), r.tell, partial(r.read, 1)):
             with pytest.raises(ClosedError):
                 call()
+
+
+def test_a_huge_claimed_size_is_not_allocated_before_a_segment_authenticates(
+    tmp_path: Path,
+) -> None:
+    """A valid header in front of a sparse terabyte: the reader's size is claimed by the file's
+    length and a header no segment has vouched for yet, so a whole read must fail on the first
+    tag, not ask for a terabyte first (it raised MemoryError; review)."""
+    opts = api.Options(segment_size=4096)
+    ct = sync.encrypt_bytes(os.urandom(3 * 4096 + 5), keyring=KR, options=opts)
+    header_len = len(ct) - (3 * (4096 + 16) + 5 + 16)
+    path = tmp_path / "sparse.env"
+    with open(path, "wb") as f:
+        f.write(ct[:header_len])
+        f.truncate(header_len + (1 << 40) + 5)
+    with open_decrypted(path, keyring=KR) as reader:
+        assert reader.size > 1 << 39
+        with pytest.raises(AuthenticationError):
+            reader.read()
+        with pytest.raises(AuthenticationError):
+            reader.pread(0, 1 << 40)
+    # a real object's first authentic segments do not change that: the hole fails next
+    with open(path, "r+b") as f:
+        f.write(ct[: len(ct) - 5 - 16])
+    with open_decrypted(path, keyring=KR) as reader:
+        with pytest.raises(AuthenticationError):
+            reader.read()
