@@ -240,9 +240,16 @@ def output_buffer(
     out: bytearray | memoryview | None, n: int
 ) -> tuple[bytearray | memoryview, memoryview]:
     """(`out`, its flat writable view), or a new buffer of exactly `n` bytes and its view when
-    `out` is None; ConfigurationError, naming the size needed, for one shorter than `n`."""
+    `out` is None; ConfigurationError, naming the size needed, for one shorter than `n`, and
+    for a new one that memory cannot hold."""
     if out is None:
-        buf = bytearray(n)
+        try:
+            buf = bytearray(n)
+        except MemoryError:  # (n is what the input claims: typed, so a batch can hold it)
+            raise ConfigurationError(
+                f"an output of {n} bytes does not fit in memory: encrypt or decrypt it as a "
+                "stream or a file instead"
+            ) from None
         return buf, memoryview(buf)
     dst = output_view(out)
     if len(dst) < n:

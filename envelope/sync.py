@@ -729,7 +729,7 @@ def _chunked(
             try:
                 results[i] = work(i)
             except EnvelopeError as e:
-                results[i] = e
+                results[i] = _detached(e) if return_exceptions else e
                 if not return_exceptions:
                     failed.set()
 
@@ -751,6 +751,17 @@ def _chunked(
     out: list[bytearray | EnvelopeError] = [r for r in results if r is not None]
     assert len(out) == count
     return out
+
+
+def _detached(error: EnvelopeError) -> EnvelopeError:
+    """A per-item error as `return_exceptions` hands it back, without its traceback (and
+    without the context it hides): those frames hold the object's derived keys, the output
+    buffers and the caller's input, which would live as long as the caller keeps the list
+    (and an mmap given as input could not be closed while they pinned it)."""
+    error.__traceback__ = None
+    if error.__suppress_context__:
+        error.__context__ = None
+    return error
 
 
 def _on_event_loop_thread() -> bool:

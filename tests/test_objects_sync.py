@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -461,3 +462,31 @@ def test_the_usual_cache_key_follows_a_new_key_id() -> None:
     kr.key_id = "k2"
     header = objects.parse_object_header(memoryview(sync.encrypt_bytes(b"x", keyring=kr)))
     assert [w.key_id for w in header.wrapped_keys] == ["k2"]
+
+
+def test_an_object_whose_output_cannot_fit_in_memory_is_a_typed_error(tmp_path: Path) -> None:
+    """A mapped file can claim a terabyte of plaintext (a valid header before a sparse hole):
+    the in-memory faces answer with the library's own error, which a batch with
+    `return_exceptions` keeps in the object's slot, never a bare MemoryError (review)."""
+    import mmap
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    opts = api.Options(segment_size=4096)
+    good = sync.encrypt_bytes(b"fits", keyring=kr)
+    ct = sync.encrypt_bytes(os.urandom(4096), keyring=kr, options=opts)
+    header_len = len(ct) - 4096 - 16
+    path = tmp_path / "sparse.env"
+    with open(path, "wb") as f:
+        f.write(ct[:header_len])
+        f.truncate(header_len + (1 << 40))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        try:
+            sync.decrypt_bytes(m, keyring=kr)
+            raise AssertionError("decrypted")
+        except EnvelopeError:
+            pass
+        out = sync.decrypt_many([good, m], keyring=kr, return_exceptions=True)
+        assert out[0] == b"fits" and isinstance(out[1], EnvelopeError)
+        # the error handed back does not pin the input (its frames held views of it)
+        assert out[1].__traceback__ is None
