@@ -30,7 +30,7 @@ from ._core import (
     _page,
     _paging,
 )
-from ._states import MANAGE, READ
+from ._states import GRANT, READ
 from .access import GrantView, grant_covers
 from .errors import (
     AccessDeniedException,
@@ -233,7 +233,7 @@ class GrantOps(ServiceCore):
                 constrained = (cons or {}).get("EncryptionContextSubset")
             if constrained is not None:
                 call.enc_context = dict(constrained)
-            key = self._key(conn, call, key_id, MANAGE, now)
+            key = self._key(conn, call, key_id, GRANT, now)
             kind = "SYMMETRIC" if key.spec == "SYMMETRIC_DEFAULT" else key.usage
             unsupported = [op for op in ops if op not in _SUPPORTED_BY_USAGE.get(kind, _ANY_KEY)]
             if unsupported:

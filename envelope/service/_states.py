@@ -31,6 +31,9 @@ DELETE_MATERIAL = "delete-material"
 SCHEDULE = "schedule"  # ScheduleKeyDeletion
 CANCEL = "cancel"  # CancelKeyDeletion
 READ = "read"  # DescribeKey, ListResourceTags, GetKeyRotationStatus, ListKeyRotations
+#: CreateGrant: the key-state table refuses it on a Disabled key (DisabledException) and on one
+#: pending import, unlike the other management operations; a disconnected store's key is fine
+GRANT = "grant"
 
 _ALLOWED: dict[str, frozenset[str]] = {
     CRYPTO: frozenset({ENABLED}),
@@ -43,6 +46,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     DELETE_MATERIAL: frozenset({ENABLED, DISABLED, PENDING_IMPORT, *PENDING}),
     SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
     CANCEL: frozenset(PENDING),
+    GRANT: frozenset({ENABLED, UNAVAILABLE}),
     READ: frozenset(
         {
             ENABLED,
@@ -57,7 +61,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     ),
 }
 # groups in which a Disabled key gets DisabledException rather than KMSInvalidStateException
-_DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION})
+_DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION, GRANT})
 
 
 def _spoken(state: str) -> str:
@@ -70,6 +74,8 @@ def check(state: str, group: str, arn: str) -> None:
         return
     if state == DISABLED and group in _DISABLED_EXCEPTION:
         raise DisabledException(f"{arn} is disabled.")
+    if group == CANCEL:  # (the key-state table's own words)
+        raise KMSInvalidStateException(f"{arn} is not pending deletion.")
     err = KMSInvalidStateException(f"{arn} is {_spoken(state)}.")
     if state in PENDING and group == CRYPTO:
         err.alarm = True  # someone still uses a key that is about to be destroyed

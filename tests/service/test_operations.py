@@ -494,6 +494,31 @@ def test_wrong_key_usage(svc: KeyService) -> None:
     assert code_of(lambda: svc.get_public_key(key_id=sym)) == "UnsupportedOperationException"
 
 
+def test_the_key_state_table_s_create_grant_and_cancel_key_deletion_rows(
+    svc: KeyService,
+) -> None:
+    """CreateGrant is refused on a Disabled key (DisabledException) and on one pending import,
+    unlike the other management operations; CancelKeyDeletion of a key not pending deletion
+    says so in the table's words (review)."""
+    grantee = "arn:aws:iam::000000000000:role/Reader"
+    kid, imported = new_key(svc), new_key(svc, origin="EXTERNAL")
+    svc.disable_key(key_id=kid)
+    for key, code, words in (
+        (kid, "DisabledException", "is disabled."),
+        (imported, "KMSInvalidStateException", "is pending import."),
+    ):
+        with pytest.raises(KmsServiceError) as info:
+            svc.create_grant(key_id=key, grantee_principal=grantee, operations=["Decrypt"])
+        assert info.value.code == code and str(info.value).endswith(words)
+    assert svc.list_grants(key_id=kid)["Grants"] == []
+    svc.enable_key(key_id=kid)
+    assert svc.create_grant(key_id=kid, grantee_principal=grantee, operations=["Decrypt"])
+    with pytest.raises(KmsServiceError) as info:
+        svc.cancel_key_deletion(key_id=kid)
+    assert info.value.code == "KMSInvalidStateException"
+    assert str(info.value).endswith("is not pending deletion.")
+
+
 def test_disabled_key_refuses_crypto(svc: KeyService) -> None:
     kid = new_key(svc)
     blob = svc.encrypt(key_id=kid, plaintext=b"x")["CiphertextBlob"]

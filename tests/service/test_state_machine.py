@@ -54,6 +54,13 @@ RULES: dict[str, dict[str, str | None]] = {
         IMPORT: "KMSInvalidStateException",
     },
     "manage": {ENABLED: None, DISABLED: None, PENDING: "KMSInvalidStateException", IMPORT: None},
+    # the key-state table's CreateGrant row: refused on a Disabled key and one pending import
+    "grant": {
+        ENABLED: None,
+        DISABLED: "DisabledException",
+        PENDING: "KMSInvalidStateException",
+        IMPORT: "KMSInvalidStateException",
+    },
     "schedule": {ENABLED: None, DISABLED: None, PENDING: "KMSInvalidStateException", IMPORT: None},
     "cancel": {
         ENABLED: "KMSInvalidStateException",
@@ -176,6 +183,16 @@ class Lifecycle(RuleBasedStateMachine):
         bad = period is not None and not 90 <= period <= 2560
         exp = "ValidationException" if bad else self.expect(kid, "rotation")
         self.call(exp, self.svc.enable_key_rotation, key_id=kid, rotation_period_in_days=period)
+
+    @rule(kid=keys)
+    def grant(self, kid: str) -> None:
+        self.call(
+            self.expect(kid, "grant"),
+            self.svc.create_grant,
+            key_id=kid,
+            grantee_principal="arn:aws:iam::000000000000:role/Reader",
+            operations=["Decrypt"],
+        )
 
     @rule(kid=keys)
     def disable_rotation(self, kid: str) -> None:
