@@ -112,6 +112,9 @@ header_timeout_seconds = 10.0
 #: The most bytes a request's start line and headers may take (a SigV4 request with a session
 #: token needs a few KiB).
 MAX_HEADER_BYTES = 64 * 1024
+#: The most bytes of a body answered before it was read whole (over the size limit) that a
+#: connection drops to serve the client's next request; beyond, it is closed.
+MAX_DRAIN_BYTES = 16 * 1024 * 1024
 
 
 def set_header_timeout(seconds: float) -> None:

@@ -300,6 +300,7 @@ class KmsApp:
         claimed = self._claimed(target, out)
         self.in_flight += 1
         refused_early = False
+        body_unread = False  # (refused before its whole body was read)
         checked: object = None
         try:
             # refused on its headers alone, a request's body is never read: a client without
@@ -319,12 +320,16 @@ class KmsApp:
                 except ClientGone:
                     return  # nothing to answer, serve or audit: the request never was whole
                 except TimeoutError:
+                    body_unread = True
                     out.fail(
                         "RequestTimeoutException",
                         f"The request body did not arrive within {self.body_timeout:g} seconds",
                         408,
                     )
                 except BodyTooLarge:
+                    # the rest of the body is dropped as it arrives (the protocol's drain),
+                    # unless the client waits for "100 Continue" and may never send it
+                    body_unread = "100-continue" in first.get("expect", "").lower()
                     out.fail(
                         "RequestEntityTooLargeException",
                         f"The request body exceeds the limit of {self.max_request_bytes} bytes",
@@ -335,7 +340,10 @@ class KmsApp:
                     )
         finally:
             self.in_flight -= 1
-        await _respond(send, out.status, out.body, AMZ_JSON, request_id, close=refused_early)
+        # A body that may never come whole: the connection closes after the answer, or the
+        # next request's bytes would be taken for the rest of it (RFC 9112 9.6)
+        close = refused_early or body_unread
+        await _respond(send, out.status, out.body, AMZ_JSON, request_id, close=close)
         elapsed = time.perf_counter() - started
         self.metrics.observe(out.operation, out.code, elapsed)
         if log.isEnabledFor(logging.INFO):

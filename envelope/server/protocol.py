@@ -19,6 +19,13 @@ by hundreds of MiB with one header. Here a request's headers must arrive within
 `envelope._serving.header_timeout_seconds` of the connection opening or of the previous
 response (else 408 and the connection is closed) and hold at most `MAX_HEADER_BYTES` there
 (else 431, closed). The body's deadline is `envelope._serving.read_body`'s.
+
+An application may answer before it has read a request's whole body (a body over the size
+limit). uvicorn's parser then drops the rest of that body as it arrives, and the connection
+serves the next request after it; here the rest must arrive within the header deadline and
+hold at most `envelope._serving.MAX_DRAIN_BYTES`, else the connection is closed (a client
+must not hold a socket by sending an endless refused body). Its bytes are never counted as
+the next request's headers (they were: a pipelined call after a 413 got an unsolicited 431).
 """
 
 from __future__ import annotations
@@ -91,6 +98,10 @@ class CorkedHTTPProtocol(_Base):
 
     _header_bytes = 0
     _header_timer: asyncio.TimerHandle | None = None
+    #: The last response went out before its request's body was whole: the rest is dropped
+    #: (`_drained` bytes so far) before the next request's headers begin.
+    _draining = False
+    _drained = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # the corked transport stands in for the real one (it forwards everything else)
@@ -100,6 +111,16 @@ class CorkedHTTPProtocol(_Base):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.transport.is_closing():
+            return
+        if self._draining:
+            if self._body_arriving():  # all of it was the answered request's body
+                self._drained += len(data)
+                if self._drained > _serving.MAX_DRAIN_BYTES:
+                    self._stop_header_timer()
+                    self.transport.close()
+                return
+            # this data ended that body: what follows it (if anything) is not counted
+            self._draining = False
             return
         if self._awaiting_headers():  # all of it belongs to headers not yet complete
             self._header_bytes += len(data)
@@ -113,9 +134,11 @@ class CorkedHTTPProtocol(_Base):
         transport = self.transport
         if isinstance(transport, CorkedTransport):
             transport.flush()
+        draining = self._body_arriving()
         super().on_response_complete()
         if not transport.is_closing():
             self._await_headers()  # the next request on this connection has its own deadline
+            self._draining, self._drained = draining, 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_header_timer()
@@ -124,6 +147,11 @@ class CorkedHTTPProtocol(_Base):
     def _awaiting_headers(self) -> bool:
         cycle = getattr(self, "cycle", None)
         return cycle is None or bool(cycle.response_complete)
+
+    def _body_arriving(self) -> bool:
+        """The current request's body is not whole yet (uvicorn's cycles: `more_body`)."""
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and bool(getattr(cycle, "more_body", False))
 
     def _await_headers(self) -> None:
         self._stop_header_timer()
@@ -139,6 +167,9 @@ class CorkedHTTPProtocol(_Base):
 
     def _headers_late(self) -> None:
         self._header_timer = None
+        if self._draining and not self.transport.is_closing():
+            self.transport.close()  # (the refused body did not end in time: already answered)
+            return
         if self._awaiting_headers() and not self.transport.is_closing():
             if self._header_bytes:
                 self._refuse(_TIMEOUT)

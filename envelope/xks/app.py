@@ -324,8 +324,13 @@ class XksProxyApp:
             except ClientGone:
                 return  # never whole: nothing to answer or serve
             except BodyTooLarge:
+                # the rest is dropped as it arrives (the protocol's drain), unless the client
+                # waits for "100 Continue" and may never send it: then the answer closes
+                if "100-continue" in first.get("expect", "").lower():
+                    out.headers.append((b"connection", b"close"))
                 raise _too_large(limit) from None
             except TimeoutError:
+                out.headers.append((b"connection", b"close"))  # (the rest may never come)
                 raise XksProxyError(
                     "ValidationException",
                     "the request body did not arrive within "

@@ -285,6 +285,102 @@ def test_request_body_limit(server: Server) -> None:
     assert "x-amzn-requestid" in headers
 
 
+def _signed_raw(server: Server, target: str, body: bytes, extra: str = "") -> bytes:
+    """One signed request as bytes on the wire (for pipelining on a raw socket)."""
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    key, secret = server.credentials["admin"]
+    hdrs = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target}
+    req = botocore.awsrequest.AWSRequest("POST", server.endpoint + "/", data=body, headers=hdrs)
+    creds = botocore.credentials.Credentials(key, secret)
+    botocore.auth.SigV4Auth(creds, "kms", "us-east-1").add_auth(req)
+    lines = [b"POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}".encode()]
+    lines += [f"{k}: {v}".encode() for k, v in req.headers.items() if k.lower() != "host"]
+    lines.append(f"Content-Length: {len(body)}".encode())
+    lines += [extra.encode()] if extra else []
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _answers(sock: Any, want: int) -> tuple[list[tuple[int, bytes]], bool]:
+    """Up to `want` responses read from `sock` ((status, lower-cased head) each), and whether
+    the server closed the connection after them."""
+
+    data, answers, closed = b"", [], False
+    sock.settimeout(10)
+    while len(answers) < want:
+        while b"\r\n\r\n" not in data:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                chunk = b""
+            if not chunk:
+                return answers, True
+            data += chunk
+        head, data = data.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answers, True
+            data += chunk
+        answers.append((int(head.split()[1]), head.lower()))
+        data = data[length:]
+    try:
+        sock.settimeout(0.5)
+        closed = sock.recv(1) == b""
+    except TimeoutError:  # (open and quiet)
+        closed = False
+    except OSError:
+        closed = True
+    return answers, closed
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(server: Server) -> None:
+    """A body refused for its size is dropped as it arrives and the next request on the
+    connection is served (its bytes were taken for the next request's headers: a pipelined
+    call after a 413 got an unsolicited 431 and a reset instead of its answer; review)."""
+    import socket
+
+    big = b'{"Description": "' + b"a" * (1100 << 10) + b'"}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            _signed_raw(server, "TrentService.CreateKey", big)
+            + _signed_raw(server, "TrentService.ListKeys", b"{}")
+        )
+        answers, closed = _answers(sock, 2)
+    assert [status for status, _ in answers] == [413, 200] and not closed
+
+
+def test_a_refused_body_that_may_never_come_closes_the_connection(server: Server) -> None:
+    """A client that waits for 100 Continue may never send the body it declared; one that
+    sends more than the drain allows is not read for ever: both connections close after the
+    answer, and nothing else is answered on them."""
+    import socket
+
+    from envelope._serving import MAX_DRAIN_BYTES
+
+    big = b'{"Description": "' + b"a" * (1100 << 10) + b'"}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        request = _signed_raw(server, "TrentService.CreateKey", big, "Expect: 100-continue")
+        sock.sendall(request[: request.index(b"\r\n\r\n") + 4])  # headers only
+        answers, closed = _answers(sock, 2)
+    assert [status for status, _ in answers] == [413] and closed
+    assert b"connection: close" in answers[0][1]
+    huge = b'{"Description": "' + b"a" * (MAX_DRAIN_BYTES + (2 << 20)) + b'"}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        try:
+            sock.sendall(
+                _signed_raw(server, "TrentService.CreateKey", huge)
+                + _signed_raw(server, "TrentService.ListKeys", b"{}")
+            )
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while the client was still sending: what the cap is for
+        answers, closed = _answers(sock, 2)
+    assert [status for status, _ in answers] in ([413], []) and closed
+
+
 def test_request_context_reaches_the_audit_log(server: Server, admin: Any, key_id: str) -> None:
     resp = admin.generate_data_key(KeyId=key_id, KeySpec="AES_256")
     rid = resp["ResponseMetadata"]["RequestId"]
@@ -557,9 +653,9 @@ def test_ml_dsa_keys_over_the_wire(admin: Any) -> None:
 
 def test_ml_kem_keys_over_the_wire(admin: Any) -> None:
     """Encapsulate and Decapsulate as boto3 calls them, with an ML_KEM_768 key."""
-    kid = admin.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")[
-        "KeyMetadata"
-    ]["KeyId"]
+    kid = admin.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")["KeyMetadata"][
+        "KeyId"
+    ]
     out = admin.encapsulate(KeyId=kid, EncapsulationAlgorithm="ML_KEM")
     back = admin.decapsulate(
         KeyId=kid,
