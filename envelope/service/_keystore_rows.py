@@ -47,6 +47,16 @@ MAX_STORES = 10
 _CLUSTER_RE = re.compile(r"cluster-[2-7a-zA-Z]{11,16}\Z")
 # AWS allows no port (443 always); a port is accepted here so a proxy can run on loopback
 _ENDPOINT_RE = re.compile(r"https://[a-zA-Z0-9.-]+(:[0-9]{1,5})?\Z")
+
+
+def reachable_form(endpoint: str) -> bool:
+    """Whether an endpoint `_ENDPOINT_RE` admits names a host and port that can be dialled:
+    the pattern takes any five digits and any run of dots (a port of 99999 made the connection
+    check fail inside the socket library, answered as an internal error; review)."""
+    host, _, port = endpoint[len("https://") :].partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        return False
+    return all(0 < len(x) <= 63 and x[0] != "-" and x[-1] != "-" for x in host.split("."))
 _PATH_RE = re.compile(r"(/[a-zA-Z0-9/_-]+/kms/xks/v\d{1,2})\Z|(/kms/xks/v\d{1,2})\Z")
 _XKS_ACCESS_KEY_RE = re.compile(r"[A-Z2-7]{20,30}\Z")
 _XKS_SECRET_RE = re.compile(r"[a-zA-Z0-9/+=]{43,64}\Z")

@@ -79,6 +79,7 @@ from ._keystore_rows import (
     _token_for,
     _xks_for,
     _xks_metadata,
+    reachable_form,
     token_label,
 )
 from .errors import (
@@ -866,9 +867,11 @@ class KeyStoreOps(ServiceCore):
             not isinstance(endpoint, str)
             or not _ENDPOINT_RE.match(endpoint)
             or not (10 <= len(endpoint) <= 128)
+            or not reachable_form(endpoint)
         ):
             raise ValidationException(
-                "XksProxyUriEndpoint must be https://host (a port may follow here)"
+                "XksProxyUriEndpoint must be https://host (a port may follow here): a host "
+                "name of labels of 1-63 characters and a port of 1-65535"
             )
         if not isinstance(path, str) or not _PATH_RE.match(path) or not 10 <= len(path) <= 128:
             raise ValidationException(

@@ -226,6 +226,31 @@ def test_an_external_store_needs_its_connectivity(
     assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://localhost:99999",
+        "https://localhost:0",
+        "https://..........",
+        "https://a..b.example",
+    ],
+)
+def test_an_endpoint_no_socket_can_dial_is_a_validation_error(
+    svc: KeyService,
+    proxy: Proxy,  # noqa: F811
+    endpoint: str,
+) -> None:
+    """The pattern admits any five digits and any run of dots: such an endpoint was probed and
+    failed inside the socket library, answered as KMSInternalException (review)."""
+    with pytest.raises(ValidationException, match="XksProxyUriEndpoint"):
+        xks_store(svc, endpoint, name="undialable")
+    assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
+    store = xks_store(svc, proxy.endpoint)  # (created DISCONNECTED)
+    with pytest.raises(ValidationException, match="XksProxyUriEndpoint"):
+        svc.update_custom_key_store(custom_key_store_id=store, xks_proxy_uri_endpoint=endpoint)
+    assert entry(svc, store)["XksProxyConfiguration"]["UriEndpoint"] == proxy.endpoint
+
+
 def test_vpc_connectivity_is_refused(svc: KeyService, proxy: Proxy) -> None:  # noqa: F811
     with pytest.raises(XksProxyInvalidConfigurationException):
         svc.create_custom_key_store(
