@@ -510,6 +510,16 @@ class Authenticator:
                 "'X-Amz-Target' must be a 'SignedHeader' in the AWS Authorization.",
                 access_key_id=claimed,
             )
+        # "If you include a date or x-amz-date header, you must also include that header in
+        # the list of signed headers" (IAM User Guide, creating a signed request)
+        dated = "x-amz-date" if "x-amz-date" in values else "date" if "date" in values else None
+        if dated is not None and dated not in signed:
+            raise AuthError(
+                "InvalidSignatureException",
+                f"'{'X-Amz-Date' if dated == 'x-amz-date' else 'Date'}' must be a "
+                "'SignedHeader' in the AWS Authorization.",
+                access_key_id=claimed,
+            )
 
         now = self._clock()
         creds = self.service.resolve_credentials(key_id, now)

@@ -177,6 +177,23 @@ def test_unsigned_target_is_refused(auth: Authenticator, alice: Credentials) -> 
     assert "X-Amz-Target" in err.message
 
 
+def test_an_unsigned_date_header_is_refused(auth: Authenticator, alice: Credentials) -> None:
+    """ "If you include a date or x-amz-date header, you must also include that header in the
+    list of signed headers" (IAM User Guide): one left out was accepted (review)."""
+
+    class UndatedSigner(SigV4Auth):  # type: ignore[misc]
+        def headers_to_sign(self, request: AWSRequest) -> Any:
+            headers = super().headers_to_sign(request)
+            del headers["x-amz-date"]
+            return headers
+
+    req = signed(alice, signer=UndatedSigner)  # a valid signature over the other headers
+    headers = dict(req["headers"])
+    assert "X-Amz-Date" in headers and "x-amz-date" not in headers["Authorization"]
+    err = refused(auth, req, "InvalidSignatureException")
+    assert "X-Amz-Date" in err.message
+
+
 def test_signed_20_minutes_ago(auth: Authenticator, alice: Credentials, clock: Clock) -> None:
     req = signed(alice, at=NOW - 1200)
     err = refused(auth, req, "InvalidSignatureException")
