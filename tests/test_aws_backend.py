@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -579,6 +580,31 @@ def test_decrypt_picks_the_aws_backend_from_the_header(
     )
 
 
+def test_a_reader_given_an_aws_key_decrypts_with_that_key_only(
+    tmp_path: Path, moto_url: str, key: dict[str, str]
+) -> None:
+    """A decrypt KeySpec naming an AWS key sends it as Decrypt's KeyId, so a data key wrapped
+    under another key is refused by KMS (review: the key argument chose only the backend)."""
+    from envelope.errors import KmsKeyError
+    from envelope.kms.keyspec import KeySpec
+
+    other = admin(moto_url).create_key(Description="another")["KeyMetadata"]["Arn"]
+    blob = bytes(sync.encrypt_bytes(b"rows", keyring=Keyring(new_kms(moto_url), key["arn"])))
+    spec = KeySpec(purpose="decrypt", kms_endpoint=moto_url)
+
+    def opened(named: str) -> bytes:
+        reader = replace(spec, key=named).keyring()
+        try:
+            return bytes(sync.decrypt_bytes(blob, keyring=reader))
+        finally:
+            reader.close()
+
+    assert opened(key["arn"]) == opened(f"aws-kms:{key['alias']}") == b"rows"
+    with pytest.raises(KmsKeyError):
+        opened(other)
+    assert opened("aws-kms:") == b"rows"  # any key the header names
+
+
 # -- error mapping ------------------------------------------------------------------------------
 
 
@@ -717,4 +743,3 @@ def test_botocore_retries_are_off_and_reprs_carry_no_secrets(moto_url: str) -> N
     kms.close_blocking()
     with pytest.raises(ConfigurationError, match="closed"):
         kms.client("us-east-1")
-

@@ -229,10 +229,11 @@ def add_key_arguments(p: argparse.ArgumentParser, *, encrypt: bool) -> None:
             "aws-kms://REGION/...; or file:PATH; default: the embedded KMS's managed key "
             + DEFAULT_KEY.removeprefix("local:")
             if encrypt
-            else "key URI to unwrap with, instead of the embedded KMS under --home (which is "
-            "used when no key is given; the header names the key): local:..., file:PATH, or an "
-            "AWS KMS key (arn:aws:kms:..., aws-kms:...); aws-kms: alone lets any AWS KMS key "
-            "the header names be tried"
+            else "the key to unwrap with, and no other (a data key wrapped under another key is "
+            "refused, as AWS KMS's Decrypt with a KeyId): local:..., file:PATH, or an AWS KMS "
+            "key (arn:aws:kms:..., aws-kms:...); aws-kms: alone lets any AWS KMS key the "
+            "header names be tried; without a key argument, the embedded KMS under --home "
+            "unwraps with the key the header names"
         ),
     )
     g.add_argument(

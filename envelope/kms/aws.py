@@ -316,6 +316,10 @@ class AwsKms:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: The one key this backend decrypts with (a reader's ``--key`` naming a key): sent as
+        #: Decrypt's KeyId instead of the header's, so AWS KMS refuses a data key wrapped under
+        #: any other (IncorrectKeyException). None: the key ARN the header records.
+        self.required_key: str | None = None
 
     def __repr__(self) -> str:
         return f"AwsKms(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
@@ -437,11 +441,15 @@ class AwsKms:
         region = key_arn_region(wrapped.key_id) if wrapped.provider_id == PROVIDER_ID else None
         if region is None:
             raise KmsKeyError(f"not an AWS KMS wrapped key ({wrapped_key_name(wrapped)})")
+        key_id = wrapped.key_id
+        if self.required_key is not None:
+            key_id = self.required_key
+            region = key_arn_region(key_id) or self.region or region
         resp = self._call(
             "Decrypt",
             region,
             lambda c: c.decrypt(
-                KeyId=wrapped.key_id,
+                KeyId=key_id,
                 CiphertextBlob=wrapped.ciphertext,
                 EncryptionContext=dict(context),
                 EncryptionAlgorithm="SYMMETRIC_DEFAULT",

@@ -251,10 +251,11 @@ class KeySpec:
             return (backend,), key_id
         opened: list[KmsBackend] = [FileKeyBackend(p) for p in self.key_files]
         if self.key is not None and is_aws_key(self.key):
-            opened.append(open_aws_backend(self.key, endpoint_url=self.kms_endpoint)[0])
+            backend, named = open_aws_backend(self.key, endpoint_url=self.kms_endpoint)
+            opened.append(_only(backend, named))
         else:
             if self.key is not None:
-                opened.append(open_backend(self.key, home=self.home)[0])
+                opened.append(_only(*open_backend(self.key, home=self.home)))
             if self.kms_endpoint is not None:
                 opened.append(open_aws_backend(endpoint_url=self.kms_endpoint)[0])
         if not opened:  # no key named: the embedded KMS's keys, which the header names
@@ -275,6 +276,17 @@ class KeySpec:
         if key_id is not None:
             return Keyring(backends[0], key_id, cache=self.cache, retry=policy, observer=observer)
         return Keyring(decrypt_with=backends, cache=self.cache, retry=policy, observer=observer)
+
+
+def _only(backend: KmsBackend, key_id: str | None) -> KmsBackend:
+    """A reader's backend held to the one key its key argument names (`required_key`: the KMS
+    refuses a data key wrapped under another, as AWS KMS does for Decrypt with a KeyId); a
+    key file is one key already, and ``aws-kms:`` alone names none (any AWS key may be
+    tried). A key argument that named a key used to choose only the backend: any key of the
+    embedded KMS decrypted, and a key that did not exist was not noticed (review)."""
+    if key_id is not None and hasattr(backend, "required_key"):
+        backend.required_key = key_id
+    return backend
 
 
 def build_keyring(spec: KeySpec, observer: Observer = NULL_OBSERVER) -> Keyring:

@@ -98,6 +98,10 @@ class LocalKms:
         self.service = service
         self.offload = offload
         self._owns = owns
+        #: The one key this backend decrypts with (a reader's ``--key``): sent as Decrypt's
+        #: KeyId, so the KMS refuses a data key wrapped under any other (IncorrectKeyException)
+        #: or names a key it does not have (NotFoundException). None: the key the blob names.
+        self.required_key: str | None = None
         #: Who the encryptor calls as (None: the service's default principal, $ENVELOPE_PRINCIPAL
         #: or the account root); its policies and grants decide what it may do.
         self.principal = principal
@@ -166,10 +170,12 @@ class LocalKms:
     ) -> bytearray:
         if wrapped.provider_id != PROVIDER_ID:
             raise KmsKeyError(f"not a local KMS wrapped key (provider {wrapped.provider_id!r})")
+        required = self.required_key
         resp = await self._call(
             lambda: self.service.decrypt(
                 ciphertext_blob=wrapped.ciphertext,
                 encryption_context=dict(context),
+                key_id=None if required is None else key_id_from_uri(required),
                 principal=self.principal,
                 context=self._ctx,
             )
