@@ -17,6 +17,11 @@ file-to-file path, JSON reports) goes through `OutputFile`, so one rule holds ev
   reported by a non-zero exit, as with a pipe on stdout.
 - **A directory** is refused.
 
+The lake jobs ask for regular files only (``regular_only``): an object's output that is a
+FIFO, socket or device is refused there, never written through (someone who may write to a
+destination could otherwise plant a named pipe and read an object's plaintext from it, or
+stall the job for ever on a pipe with no reader).
+
 A temporary file is held under an exclusive `flock` by the process writing it. A killed
 process's lock dies with it, so `remove_stale_temporaries` (run by every new writer of the same
 target, and by the lake jobs at start) removes what a killed run left, and never touches a
@@ -34,13 +39,14 @@ import stat
 import threading
 from typing import Literal
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, UnsafePathError
 
 __all__ = (
     "TMP_SUFFIX",
     "OutputFile",
     "is_temporary",
     "is_stale_temporary",
+    "not_a_regular_file",
     "remove_live_temporaries",
     "remove_stale_temporaries",
     "resolve_output",
@@ -200,13 +206,21 @@ class OutputFile:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, durable: bool = True, clean_stale: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        clean_stale: bool = True,
+        regular_only: bool = False,
     ) -> None:
         self.requested = os.fspath(path)
         self.path, self.kind = resolve_output(path)
         self.durable = durable
         self.tmp_path: str | None = None
         self._done = False
+        if self.kind == "through" and regular_only:
+            self._done = True
+            raise not_a_regular_file(self.requested)
         if self.kind == "through":
             try:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY)
@@ -316,15 +330,24 @@ class OutputFile:
         self.discard()
 
 
+def not_a_regular_file(path: str) -> UnsafePathError:
+    """The refusal of an output that is a FIFO, socket or device where only a regular file
+    may be written (`OutputFile`'s ``regular_only``)."""
+    return UnsafePathError(
+        f"{path!r} is not a regular file (a FIFO, socket or device): not written through"
+    )
+
+
 def write_bytes(
     path: str | os.PathLike[str],
     data: bytes | bytearray,
     *,
     durable: bool,
     clean_stale: bool = True,
+    regular_only: bool = False,
 ) -> None:
     """Write a whole small output by the same rules (reports, small lake objects)."""
-    out = OutputFile(path, durable=durable, clean_stale=clean_stale)
+    out = OutputFile(path, durable=durable, clean_stale=clean_stale, regular_only=regular_only)
     try:
         out.write(data)
         out.commit()

@@ -242,9 +242,16 @@ class AtomicFileSink:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, durable: bool = True, clean_stale: bool = True
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        clean_stale: bool = True,
+        regular_only: bool = False,
     ) -> None:
-        self._out = OutputFile(path, durable=durable, clean_stale=clean_stale)
+        self._out = OutputFile(
+            path, durable=durable, clean_stale=clean_stale, regular_only=regular_only
+        )
         self.durable = durable
         self.path = self._out.path
 

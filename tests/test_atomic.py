@@ -153,3 +153,23 @@ def test_a_long_legal_name_is_written(tmp_path: Path, name: str) -> None:
     stale.write_bytes(b"left by a killed run")
     assert remove_stale_temporaries(str(target)) == 1
     assert leftovers(tmp_path) == []
+
+
+def test_regular_only_refuses_a_fifo_and_writes_nothing_through_it(tmp_path: Path) -> None:
+    """The lake jobs' writer: a FIFO (socket, device) where an object goes is refused before
+    anything is opened (the check before it can be raced by someone planting one)."""
+    from envelope.atomic import OutputFile, write_bytes
+    from envelope.errors import UnsafePathError
+
+    fifo = tmp_path / "obj"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(UnsafePathError, match="not a regular file"):
+            OutputFile(fifo, regular_only=True)
+        with pytest.raises(UnsafePathError, match="not a regular file"):
+            write_bytes(fifo, b"plaintext", durable=False, regular_only=True)
+        assert os.read(reader, 100) == b""
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj"]  # no temporary left

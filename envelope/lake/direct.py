@@ -24,7 +24,7 @@ __all__ = ("open_file", "seal_file")
 
 def _output(path: str, durable: bool) -> OutputFile:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return OutputFile(path, durable=durable, clean_stale=False)
+    return OutputFile(path, durable=durable, clean_stale=False, regular_only=True)
 
 
 def seal_file(

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 
 import pyarrow.fs as pafs
 
+from ..atomic import not_a_regular_file
 from ..errors import ConfigurationError, UnsafePathError
 
 __all__ = ("check_apart", "check_relative", "check_stays_inside", "is_utf8", "path_problem")
@@ -83,6 +85,12 @@ def check_stays_inside(root_real: str, path: str) -> None:
         raise UnsafePathError(
             f"{path!r} leads outside the destination through a symbolic link; not written"
         )
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:
+        return  # (nothing there yet, or the writer says what is wrong)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a folder is refused by the writer)
+        raise not_a_regular_file(path)
 
 
 # -- source and destination apart ------------------------------------------------------------

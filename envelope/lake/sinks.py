@@ -98,7 +98,7 @@ def atomic_sink(fs: pafs.FileSystem, path: str, *, durable: bool = True) -> Sink
     on S3 (see envelope.lake.s3), a temporary key and a move elsewhere."""
     if _is_local(fs):
         _ensure_parent(fs, path)
-        return AtomicFileSink(path, durable=durable, clean_stale=False)
+        return AtomicFileSink(path, durable=durable, clean_stale=False, regular_only=True)
     client = client_for(fs)
     if client is not None:
         return MultipartSink(client, path)
@@ -109,7 +109,7 @@ def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, dura
     """Write a whole small object atomically from a worker thread (one hop for the lot)."""
     _ensure_parent(fs, path)
     if _is_local(fs):
-        write_bytes(path, data, durable=durable, clean_stale=False)
+        write_bytes(path, data, durable=durable, clean_stale=False, regular_only=True)
         return
     client = client_for(fs)
     if client is not None:

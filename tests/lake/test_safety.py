@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -626,3 +627,40 @@ def test_one_s3_endpoint_spelled_two_ways_is_one_store() -> None:
             s3("127.0.0.1", scheme="http"), "b/raw", s3("127.0.0.1:80", scheme="http"), "b/raw/x"
         )
     check_apart(a, "b/raw", s3("127.0.0.1:9001"), "b/raw/enc")  # another store: apart
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("small_object_bytes", [8 << 20, 0], ids=["whole", "streamed"])
+async def test_a_fifo_at_an_output_path_is_refused_never_written_through(
+    anyio_backend: str, tmp_path: Path, k1: Keyring, small_object_bytes: int
+) -> None:
+    """Anyone who may write to a destination could plant a named pipe at an object's output
+    path and read its plaintext (a decrypt) from it; with no reader the job stalled for ever.
+    A lake job writes regular files only: that object fails, the others are done (review)."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    src.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (src / name).write_bytes(b"secret rows of " + name.encode() * 1000)
+    o = opts(small_object_bytes=small_object_bytes)
+    for out in (enc, back):
+        out.mkdir()
+        os.mkfifo(out / "a.txt")
+    reader = os.open(enc / "a.txt", os.O_RDONLY | os.O_NONBLOCK)  # (a writer would not block)
+    try:
+        r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
+        assert r.done == 1 and [(f.path, f.error_type) for f in r.failures] == [
+            ("a.txt", "UnsafePathError")
+        ]
+        assert os.read(reader, 1 << 20) == b""  # nothing went through the pipe
+    finally:
+        os.close(reader)
+    (enc / "a.txt").unlink()
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)).ok
+    reader = os.open(back / "a.txt", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        d = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=o)
+        assert d.done == 1 and [f.error_type for f in d.failures] == ["UnsafePathError"]
+        assert os.read(reader, 1 << 20) == b""
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(back / "a.txt").st_mode)  # left as it was
