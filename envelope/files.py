@@ -190,17 +190,20 @@ def seal_file(
     """Seal local file `src` into `out` (not committed here); returns the plaintext length.
 
     `expected_size` (a lake job's listed size) must match the file's size, before and after.
+    A file written to while it was read (its size or modification time moved) is refused: the
+    output would hold a mix of its old and new bytes, and look current to a resumed job.
     """
     seg_log2 = prepared.seg_log2
     s = 1 << seg_log2
     hl = len(prepared.header)
 
     def changed() -> Exception:
-        return ConfigurationError(f"{src!r} changed size while it was encrypted")
+        return ConfigurationError(f"{src!r} changed while it was encrypted; nothing written")
 
     with _open_source(src, follow_links) as f:
         fd = f.fileno()
-        size = os.fstat(fd).st_size
+        before = os.fstat(fd)
+        size = before.st_size
         if expected_size is not None and size != expected_size:
             raise ConfigurationError(f"{src!r} changed size while the job ran")
         _pwrite_all(out.fd, memoryview(prepared.header), 0)
@@ -212,7 +215,8 @@ def seal_file(
             memory_budget=memory_budget, changed=changed, count_input=True,
             on_progress=on_progress, track=track,
         )
-        if os.fstat(fd).st_size != size:
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (size, before.st_mtime_ns):
             raise changed()
     return size
 

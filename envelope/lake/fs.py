@@ -212,7 +212,10 @@ def read_whole(fs: pafs.FileSystem, path: str, size: int, *, follow_links: bool 
     """
     if isinstance(fs, pafs.LocalFileSystem):
         with open(_open_regular(path, follow_links), "rb", buffering=0) as f:
+            before = os.fstat(f.fileno()).st_mtime_ns
             data = f.read(size + 1)
+            if os.fstat(f.fileno()).st_mtime_ns != before:  # written to while read: torn
+                raise ConfigurationError(f"{path!r} changed while it was read; nothing written")
     else:
         with fs.open_input_stream(path) as f:
             data = bytes(f.read(size + 1))

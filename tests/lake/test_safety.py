@@ -664,3 +664,53 @@ async def test_a_fifo_at_an_output_path_is_refused_never_written_through(
     finally:
         os.close(reader)
     assert stat.S_ISFIFO(os.lstat(back / "a.txt").st_mode)  # left as it was
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("small_object_bytes", [8 << 20, 0], ids=["whole", "file to file"])
+async def test_a_source_written_to_while_it_is_encrypted_fails_and_is_redone(
+    anyio_backend: str,
+    tmp_path: Path,
+    k1: Keyring,
+    small_object_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source changed while it was read gave an output of its old and new bytes mixed,
+    newer than the source, so every later run skipped it (review). It fails now, nothing is
+    written, and the next run encrypts the new bytes."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    src.mkdir()
+    victim = src / "big.bin"
+    victim.write_bytes(b"old!" * 50_000)
+    (src / "other.bin").write_bytes(b"steady")
+    ino = victim.stat().st_ino
+    real_fstat = os.fstat
+    seen: list[int] = []
+    written: list[bool] = []
+
+    def fstat(fd: int) -> os.stat_result:
+        # the writer strikes just after the job looked at the open file the second time (the
+        # first look checks that it is a regular file, the second records its state)
+        st = real_fstat(fd)
+        if st.st_ino == ino:
+            seen.append(fd)
+        if len(seen) == 2 and not written:
+            written.append(True)
+            with open(victim, "r+b") as f:
+                f.write(b"NEW!")
+            os.utime(victim, ns=(st.st_mtime_ns + 10**9, st.st_mtime_ns + 10**9))
+        return st
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    o = opts(small_object_bytes=small_object_bytes)
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
+    monkeypatch.undo()
+    assert written and r.done == 1
+    assert [(f.path, f.error_type) for f in r.failures] == [("big.bin", "ConfigurationError")]
+    assert "changed while" in r.failures[0].error
+    assert sorted(p.name for p in enc.iterdir() if not p.name.startswith(".")) == ["other.bin"]
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
+    assert r.ok and r.done == 1
+    assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=o)).ok
+    assert (back / "big.bin").read_bytes() == victim.read_bytes()
+    assert victim.read_bytes().startswith(b"NEW!")
