@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 from .. import api, objects, streams
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
-from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError
+from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, LockHeldError
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
@@ -52,7 +52,7 @@ from ..objects import MAX_EDKS, Header, ObjectPath, check_contexts, pick_path
 from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, resolve
 from .listing import Entry, Listing, SkippedPath, scan
-from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire
+from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire, live_local_lock
 from .paths import check_apart, check_stays_inside
 from .s3 import client_for, split_path
 from .sinks import atomic_sink, is_temporary, write_whole
@@ -227,10 +227,11 @@ def list_objects(loc: Location, options: LakeOptions = DEFAULT_LAKE_OPTIONS) -> 
     ).entries
 
 
-def _local_temporaries(root: str) -> list[str]:
+def _local_temporaries(root: str, busy: list[str] | None = None) -> list[str]:
     """Stale temporaries under a local folder (no live writer holds their flock), never
     following links, and never inside a nested folder holding a lake lock of its own
-    (another job's destination)."""
+    (another job's destination); the nested folders whose job is running are added to
+    `busy`."""
     found: list[str] = []
     stack = [root]
     while stack:
@@ -240,7 +241,11 @@ def _local_temporaries(root: str) -> list[str]:
                 children = list(it)
         except (FileNotFoundError, NotADirectoryError):
             continue
-        if folder != root and any(c.name == LOCK_NAME for c in children):
+        if folder != root and any(
+            c.name == LOCK_NAME and c.is_file(follow_symlinks=False) for c in children
+        ):
+            if busy is not None and live_local_lock(folder):
+                busy.append(folder)
             continue
         for c in children:
             if c.is_dir(follow_symlinks=False):
@@ -296,18 +301,21 @@ def _abort_stale_uploads(loc: Location, locked: Sequence[str]) -> int:
     return n
 
 
-def remove_temporaries(loc: Location, lock: DestinationLock) -> tuple[int, int]:
+def remove_temporaries(
+    loc: Location, lock: DestinationLock, busy: list[str] | None = None
+) -> tuple[int, int]:
     """Delete temporary files, and abort S3 multipart uploads, that a killed run left under
     the prefix; returns how many of each.
 
     Only while holding the prefix's `lock`: then no other job writes here, so every temporary
-    is a dead job's (folders with a lock of their own, other jobs' destinations, are left)."""
+    is a dead job's (folders with a lock of their own, other jobs' destinations, are left;
+    locally, those whose job is running are added to `busy`)."""
     if not lock.held:
         raise ConfigurationError("temporaries are removed only while holding the lock")
     folder = loc.fs.get_file_info(loc.path).type == pafs.FileType.Directory
     aborted = 0
     if loc.is_local:
-        paths = _local_temporaries(loc.path) if folder else []
+        paths = _local_temporaries(loc.path, busy) if folder else []
     else:
         paths, locked = _remote_temporaries(loc) if folder else ([], [])
         aborted = _abort_stale_uploads(loc, locked)  # (uploads may be all there is)
@@ -319,6 +327,20 @@ def remove_temporaries(loc: Location, lock: DestinationLock) -> tuple[int, int]:
         except FileNotFoundError:
             pass
     return n, aborted
+
+
+def _check_nested(target: Location, busy: Sequence[str], listing: Listing) -> None:
+    """Refuse a job that would write inside the destination of a running job nested in its
+    own (the two would write the same files, each binding its own relative paths; review).
+    A nested destination this job writes nothing into is left to its job."""
+    for folder in busy:
+        prefix = os.path.relpath(folder, target.path).replace(os.sep, "/") + "/"
+        if any(e.rel.startswith(prefix) for e in listing.entries):
+            raise LockHeldError(
+                f"{folder} is the destination of a running job, and this job would write "
+                "there; wait for it to finish",
+                None,
+            )
 
 
 @dataclass(slots=True)
@@ -384,7 +406,9 @@ def begin_job(
             )
         elif lock.broke_unreadable:
             start.notes.append(f"removed an unreadable lock from {target.path}")
-        start.removed, aborted = remove_temporaries(target, lock)
+        busy: list[str] = []
+        start.removed, aborted = remove_temporaries(target, lock, busy)
+        _check_nested(target, busy, start.listing)
         if aborted:
             start.notes.append(
                 f"aborted {aborted} unfinished multipart upload(s) left under {target.path} "

@@ -185,6 +185,11 @@ def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | Non
                     )
                     continue
             if stat.S_ISDIR(st.st_mode):
+                if de.name == LOCK_NAME:  # its copy would stand where a job's lock goes
+                    out.skipped.append(
+                        SkippedPath(rel, f"a folder named {LOCK_NAME}, a name lake jobs reserve")
+                    )
+                    continue
                 if (  # a folder reached through a link to outside may hold the destination
                     follow
                     and exclude_real is not None

@@ -20,6 +20,10 @@ object store) counts as stale once its last renewal is older than `ttl`. A stale
 not provably dead, or a lock the user knows to be dead, is removed only with ``break_lock``
 (``--break-lock``); a holder that provably runs (same host, flock held or pid alive and the
 lock fresh) is never broken.
+
+Locally a destination nested in another job's is taken as that job's too: a job whose
+destination lies inside (or holds) the destination of a running job is refused, or the two
+would write the same files, each binding its own relative paths (review).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -49,6 +54,7 @@ __all__ = (
     "Holder",
     "acquire",
     "is_lock_name",
+    "live_local_lock",
 )
 
 LOCK_NAME = ".envelope-lock"
@@ -272,7 +278,52 @@ def _read_fd(fd: int) -> bytes:
     return os.pread(fd, 64 << 10, 0)
 
 
+def live_local_lock(directory: str) -> bool:
+    """Whether the local folder `directory` holds a lake lock (a regular file) whose holder
+    is alive: its flock is taken."""
+    try:
+        fd = os.open(
+            os.path.join(directory, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        )
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        free = _flock(fd, wait=False)
+        if free:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return free is False
+    finally:
+        os.close(fd)
+
+
+def _locked_ancestor(directory: str) -> str | None:
+    """The nearest folder above `directory` that a running job holds as its destination."""
+    child, parent = directory, os.path.dirname(directory)
+    while parent != child:
+        if live_local_lock(parent):
+            return parent
+        child, parent = parent, os.path.dirname(parent)
+    return None
+
+
 def _acquire_local(directory: str, holder: Holder, break_lock: bool, ttl: float) -> DestinationLock:
+    lock = _acquire_local_here(directory, holder, break_lock, ttl)
+    outer = _locked_ancestor(directory)
+    if outer is not None:
+        lock.release()
+        raise LockHeldError(
+            f"{directory} is inside {outer}, the destination of a running job; wait for it "
+            "to finish",
+            None,
+        )
+    return lock
+
+
+def _acquire_local_here(
+    directory: str, holder: Holder, break_lock: bool, ttl: float
+) -> DestinationLock:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_NAME)
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -485,3 +485,55 @@ def test_a_job_cancelled_while_it_starts_leaves_no_lock(
     while (dst / ".envelope-lock").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not (dst / ".envelope-lock").exists()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_destination_nested_in_a_running_jobs_is_refused_both_ways(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A second job on a folder inside a running job's destination (or around one it would
+    write into) wrote the same files, each binding its own relative paths, and every one of
+    them failed verification afterwards (review). Neither writes anything now."""
+    src = tmp_path / "src"
+    make_tree(src / "d1", [10] * 3)
+    make_tree(src / "d2", [10] * 2, seed=1)
+    out = tmp_path / "out"
+    outer = acquire(resolve(str(out)), operation="encrypt")  # a running job on out/
+    try:
+        with pytest.raises(LockHeldError, match="inside"):
+            await jobs.encrypt_prefix(str(src / "d1"), str(out / "d1"), keyring=k1)
+    finally:
+        outer.release()
+    assert not (out / "d1").exists() or outputs(out / "d1") == []
+    inner = acquire(resolve(str(out / "d1")), operation="encrypt")  # a running job on out/d1
+    try:
+        with pytest.raises(LockHeldError, match="would write there"):
+            await jobs.encrypt_prefix(str(src), str(out), keyring=k1)
+        assert [p.name for p in outputs(out)] == [LOCK_NAME]  # (the nested job's own)
+        # a job that writes nothing into the nested destination goes ahead
+        r = await jobs.encrypt_prefix(str(src / "d2"), str(out / "d2"), keyring=k1)
+        assert r.ok and r.done == 2
+    finally:
+        inner.release()
+    assert (await jobs.encrypt_prefix(str(src), str(out), keyring=k1)).ok
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_source_folder_named_like_the_lock_is_skipped_and_said(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """Its copy stood where the destination's lock goes (FileExistsError at the top; nested,
+    it made its folder look like another job's destination, whose temporaries were then
+    never cleaned; review)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for folder in (src / LOCK_NAME, src / "sub" / LOCK_NAME):
+        folder.mkdir(parents=True)
+        (folder / "x.txt").write_bytes(b"x")
+    (src / "sub" / "y.txt").write_bytes(b"y")
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1)
+    assert r.ok and r.done == 1
+    assert sorted(s.path for s in r.skipped_paths) == [LOCK_NAME, f"sub/{LOCK_NAME}"]
+    stale = dst / "sub" / ".y.txt.0123456789ab.envelope-tmp"
+    stale.write_bytes(b"left by a killed run")
+    r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1)
+    assert r.removed_temporaries == 1 and not stale.exists()
