@@ -46,7 +46,7 @@ from ..keyring import Keyring
 from ..kms.base import KmsBackend
 from ..kms.memory import MemoryKms
 from ..lake import jobs
-from ..lake.fs import open_source_at, read_whole, resolve
+from ..lake.fs import open_source_at, read_whole, redact_uri, resolve
 from ..lake.listing import Entry, Listing
 from ..streams import CountingSink
 from .kms import DEFAULT_PRICE_PER_10K, DEFAULT_QUOTA_PER_S, CountingKms
@@ -235,7 +235,7 @@ async def estimate(
     total = sum(e.size for e in entries)
     rate = calls / duration if duration > 0 else 0.0
     return {
-        "source": src,
+        "source": redact_uri(src),  # (an S3 URI may carry an access key and its secret)
         "to_nowhere": to_nowhere,
         "objects": len(entries),
         "bytes": total,

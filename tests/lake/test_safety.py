@@ -714,3 +714,22 @@ async def test_a_source_written_to_while_it_is_encrypted_fails_and_is_redone(
     assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=o)).ok
     assert (back / "big.bin").read_bytes() == victim.read_bytes()
     assert victim.read_bytes().startswith(b"NEW!")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_bench_lake_never_shows_the_uri_s_secret(
+    anyio_backend: str, s3: S3, k1: Keyring
+) -> None:
+    """`envelope bench lake` printed the source URI whole, secret key included, where the
+    lake jobs' reports print ``***`` (review)."""
+    from envelope.bench import lake as bench_lake
+
+    s3.client().put_object(Bucket="lake", Key="bench/a.bin", Body=b"x" * 1000)
+    uri = s3.uri("lake/bench").replace("test:test@", "AKIAEXAMPLE:SuperSecret123@")
+    with pytest.MonkeyPatch.context() as mp:  # (the server takes any key)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        result = await bench_lake.estimate(
+            uri, backend=k1.backend, key_id=k1.key_id, sample=1, to_nowhere=True
+        )
+    text = json.dumps(result)
+    assert "SuperSecret123" not in text and "AKIAEXAMPLE:***@" in text
