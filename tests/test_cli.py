@@ -487,3 +487,14 @@ def test_encrypt_starts_no_kms_in_a_mistyped_home(tmp_path: Path) -> None:
     r = envelope("encrypt", str(src), out, "--home", str(tmp_path / "made"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "made" / "kms.sqlite3").exists()
+
+
+def test_audit_help_does_not_offer_as_which_it_refuses(tmp_path: Path) -> None:
+    """The audit commands read the log as its administrator: their help listed --as, which
+    they then refused (review). Not listed; still refused with the reason."""
+    for command in ("verify", "tail", "seal"):
+        r = envelope("audit", command, "--help")
+        assert r.returncode == 0 and b"--as" not in r.stdout, command
+    r = envelope("audit", "verify", "--as", "arn:aws:iam::000000000000:root", home=tmp_path)
+    assert r.returncode == 2 and b"does not apply to audit" in r.stderr
+    assert b"--as ARN" in envelope("keys", "list", "--help").stdout

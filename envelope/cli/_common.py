@@ -203,8 +203,12 @@ def input_size(path: str) -> int | None:
         return None
 
 
-def add_principal_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--as ARN``: the principal the embedded KMS sees (its policies and grants decide)."""
+def add_principal_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, *, shown: bool = True
+) -> None:
+    """``--as ARN``: the principal the embedded KMS sees (its policies and grants decide).
+    Not `shown` where it does not apply (the audit commands): still parsed, so that it is
+    refused with the reason rather than as an unknown option."""
     p.add_argument(
         "--as",
         dest="principal",
@@ -212,7 +216,9 @@ def add_principal_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup)
         default=argparse.SUPPRESS,
         help="call the embedded KMS as this principal (an IAM user or role ARN, an "
         "assumed-role session ARN or an account root); default $ENVELOPE_PRINCIPAL, the "
-        "profile's principal, else the local account root",
+        "profile's principal, else the local account root"
+        if shown
+        else argparse.SUPPRESS,
     )
 
 

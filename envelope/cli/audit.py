@@ -191,7 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     audit = subparsers.add_parser(
         "audit", help="verify and read the KMS audit log", description=__doc__.split("\n\n")[0]
     )
-    add_store_arguments(audit)
+    add_store_arguments(audit, principal=False)
     sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
     p = sub.add_parser(
         "verify",
@@ -200,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "the signed digest chain (--digests, default beside the home). Without a store under "
         "--home, only the digests given with --digests are verified.",
     )
-    add_store_arguments(p)
+    add_store_arguments(p, principal=False)
     p.add_argument(
         "--fingerprint",
         metavar="sha256:HEX",
@@ -213,7 +213,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     # as they are) nor publishes its pending digests
     p.set_defaults(handler=_administrator(_verify_command), read_only=True)
     p = sub.add_parser("tail", help="show the last records")
-    add_store_arguments(p)
+    add_store_arguments(p, principal=False)
     p.add_argument("-n", type=positive_int, default=20, help="how many records (20)")
     p.add_argument(
         "--denied",
@@ -225,5 +225,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = sub.add_parser(
         "seal", help="seal the log up to its last record now and publish pending digests"
     )
-    add_store_arguments(p)
+    add_store_arguments(p, principal=False)
     p.set_defaults(handler=_administrator(_run(_seal)))

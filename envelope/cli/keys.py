@@ -41,9 +41,10 @@ def _err(message: str) -> None:
     print(f"envelope: {message}", file=sys.stderr)
 
 
-def add_store_arguments(p: argparse.ArgumentParser) -> None:
+def add_store_arguments(p: argparse.ArgumentParser, *, principal: bool = True) -> None:
     """``--home``, ``--region``, ``--digests``, ``--strict`` and the output options
-    (``--output``, ``--query``, ``--json``, ``--profile``), shared by keys/audit commands."""
+    (``--output``, ``--query``, ``--json``, ``--profile``), shared by keys/audit commands;
+    ``--as`` is listed only where a `principal` applies."""
     g = p.add_argument_group("embedded KMS")
     g.add_argument(
         "--home",
@@ -70,7 +71,7 @@ def add_store_arguments(p: argparse.ArgumentParser) -> None:
         help="refuse a root-key file readable by group or others (default: warn; also "
         "$ENVELOPE_STRICT=1)",
     )
-    add_principal_argument(g)
+    add_principal_argument(g, shown=principal)
     add_output_arguments(p, nested=True)
     p.set_defaults(settings=("home", "region", "principal", "output"))
 
