@@ -306,7 +306,7 @@ async def encrypt(
     written atomically: on any error the target is left as it was.
     """
     check_options(options)
-    check_output_path(sink, keyring)
+    check_output_path(sink, keyring, source)
     kctx, octx = checked_contexts(kms_context, object_context)
     seg_log2 = options.seg_log2
     s = 1 << seg_log2
@@ -486,7 +486,7 @@ async def decrypt(
     that preceded the failure and must be rolled back by the caller.
     """
     check_options(options)
-    check_output_path(sink, keyring)
+    check_output_path(sink, keyring, source)
     with _Tracked(observer, "decrypt") as track:
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)

@@ -198,11 +198,22 @@ class KeptPaths:
                 )
 
 
-def check_output_path(sink: object, keyring: Keyring) -> None:
+def check_output_path(sink: object, keyring: Keyring, source: object = None) -> None:
     """A path output must not be, or lie inside, a file the keyring's keys live in
-    (`KeptPaths`). ConfigurationError, before any KMS call or output."""
+    (`KeptPaths`), nor be the path `source` itself (the same file, by any name or hard
+    link: replacing it replaced the plaintext, and a hard link kept it, as ``cp`` refuses).
+    ConfigurationError, before any KMS call or output."""
     if isinstance(sink, str | os.PathLike):
         KeptPaths([keyring]).check(sink)
+        if isinstance(source, str | os.PathLike):
+            try:
+                same = os.path.samefile(source, sink)
+            except OSError:  # (one of them does not exist: the route reports it)
+                same = False
+            if same:
+                raise ConfigurationError(
+                    f"the output {os.fspath(sink)!r} is the input itself: write elsewhere"
+                )
 
 
 def required_output(out: object, data: object) -> None:

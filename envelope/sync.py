@@ -324,7 +324,7 @@ def encrypt(
     `durable` fsyncs a path output before it is renamed into place (the CLI's `--fsync`).
     """
     check_options(options)
-    check_output_path(sink, keyring)
+    check_output_path(sink, keyring, source)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(
@@ -428,7 +428,7 @@ def decrypt(
     or device output gets each batch only after its tags verified (see `api.decrypt`).
     """
     check_options(options)
-    check_output_path(sink, keyring)
+    check_output_path(sink, keyring, source)
     route = _route(source, sink, durable)
     if route[0] == "async":
         return cast(
