@@ -498,3 +498,17 @@ def test_audit_help_does_not_offer_as_which_it_refuses(tmp_path: Path) -> None:
     r = envelope("audit", "verify", "--as", "arn:aws:iam::000000000000:root", home=tmp_path)
     assert r.returncode == 2 and b"does not apply to audit" in r.stderr
     assert b"--as ARN" in envelope("keys", "list", "--help").stdout
+
+
+def test_the_first_encrypt_says_it_started_a_kms_and_where_its_root_key_is(
+    tmp_path: Path,
+) -> None:
+    """It made a root key, the only way to open what it sealed, without a word (review)."""
+    home = tmp_path / "home"
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"rows")
+    r = envelope("encrypt", str(src), str(tmp_path / "a.env"), home=home)
+    assert r.returncode == 0 and b"started a new embedded KMS" in r.stderr, r.stderr
+    assert str(home / "root.key").encode() in r.stderr
+    r = envelope("encrypt", str(src), str(tmp_path / "b.env"), home=home)
+    assert r.returncode == 0 and b"started a new embedded KMS" not in r.stderr

@@ -304,6 +304,36 @@ def key_spec(
     return spec.bulk() if bulk else spec
 
 
+@contextlib.contextmanager
+def announcing_a_new_store(*specs: KeySpec | None) -> Iterator[None]:
+    """Say on stderr, once, when sealing under one of `specs` started a new embedded KMS:
+    it made a root key that is the only way to open what it protects, which a user of a first
+    `envelope encrypt` was not told (review)."""
+    fresh = []
+    for spec in specs:
+        if spec is None or spec.purpose != "encrypt" or spec.key_files:
+            continue
+        if not _starts_a_store(spec.key):
+            continue
+        from ..kms.local import store_path
+
+        store = store_path(spec.home)
+        if not store.exists():
+            fresh.append(store)
+    try:
+        yield
+    finally:
+        for store in fresh:
+            if store.exists():
+                root = store.parent / "root.key"  # (none with a passphrase or an HSM root key)
+                what = f"its root key ({root})" if root.exists() else "its root key"
+                print(
+                    f"envelope: started a new embedded KMS in {store.parent}; {what} is the "
+                    "only way to decrypt what it protects: back it up (docs/security.md)",
+                    file=sys.stderr,
+                )
+
+
 def _starts_a_store(key: str | None) -> bool:
     """Whether sealing under `key` may start a new embedded KMS: the default key, or another
     AWS managed key of the embedded KMS (made on first use)."""

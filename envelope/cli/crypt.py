@@ -11,11 +11,13 @@ from typing import IO
 from .. import sync
 from ..errors import ConfigurationError
 from ..kms.filekey import generate_key_file
+from ..kms.keyspec import KeySpec
 from ..options import ObjectInfo, Options
 from ._common import (
     add_engine_arguments,
     add_key_arguments,
     add_metrics_argument,
+    announcing_a_new_store,
     input_size,
     key_spec,
     metrics_observer,
@@ -132,11 +134,17 @@ def _is_folder(path: str) -> bool:
 
 
 def cmd_encrypt(args: argparse.Namespace) -> int:
+    spec = key_spec(args, "encrypt")
+    with announcing_a_new_store(spec):
+        return _encrypt(args, spec)
+
+
+def _encrypt(args: argparse.Namespace, spec: KeySpec) -> int:
     if _is_folder(args.input):
         with metrics_observer(args) as observer:
             from .lake import run_folder
 
-            return run_folder("encrypt", args, key_spec(args, "encrypt"), observer)
+            return run_folder("encrypt", args, spec, observer)
     options = Options(
         segment_size=args.segment_size, workers=args.workers, memory_budget=args.memory_budget
     )
@@ -145,7 +153,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
         metrics_observer(args) as observer,
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
-        keyring = key_spec(args, "encrypt").keyring(observer)
+        keyring = spec.keyring(observer)
         try:
             info = sync.encrypt(
                 _open_in(args.input),

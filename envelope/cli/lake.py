@@ -31,6 +31,7 @@ from ._common import (
     add_engine_arguments,
     add_key_arguments,
     add_metrics_argument,
+    announcing_a_new_store,
     key_spec,
     metrics_observer,
     parse_pairs,
@@ -238,9 +239,13 @@ def cmd_lake(args: argparse.Namespace) -> int:
     octx = parse_pairs(args.context, "--context")
     kctx = parse_pairs(args.kms_context, "--kms-context")
     op = args.operation
-    with metrics_observer(args) as observer, _progress(args) as progress:
-        keys = key_spec(args, "encrypt" if op == "encrypt" else "decrypt", bulk=True)
-        to_keys = key_spec(args, "encrypt", target=True, bulk=True) if op == "rewrap" else None
+    keys = key_spec(args, "encrypt" if op == "encrypt" else "decrypt", bulk=True)
+    to_keys = key_spec(args, "encrypt", target=True, bulk=True) if op == "rewrap" else None
+    with (
+        announcing_a_new_store(keys, to_keys),
+        metrics_observer(args) as observer,
+        _progress(args) as progress,
+    ):
         keyring = keys.keyring(observer)
         to: Keyring | None = None
         if to_keys is not None:

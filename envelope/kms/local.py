@@ -48,7 +48,7 @@ from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 from .uri import NoStoreError
 
-__all__ = ("PROVIDER_ID", "LocalKms", "home_paths", "key_id_from_uri", "open_local")
+__all__ = ("PROVIDER_ID", "LocalKms", "home_paths", "key_id_from_uri", "open_local", "store_path")
 
 PROVIDER_ID = "local"
 _PREFIX = "local:"
