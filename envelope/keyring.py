@@ -350,11 +350,22 @@ class Keyring:
             )
         return tuple(candidates), keys
 
-    @staticmethod
-    def _none_unwrapped(wrapped_keys: Sequence[WrappedKey], last: KmsKeyError | None) -> Exception:
+    def _none_unwrapped(
+        self, wrapped_keys: Sequence[WrappedKey], last: KmsKeyError | None
+    ) -> Exception:
+        """The refusal when no backend could unwrap: naming the keys the object needs and
+        the keys given (a wrong key file was told to pass a key file; review)."""
         if last is not None:
             return last
         names = ", ".join(wrapped_key_name(w) for w in wrapped_keys)
+        files = [b for b in self.backends if b.provider_id == "file"]
+        if files and any(w.provider_id == "file" for w in wrapped_keys):
+            given = ", ".join(f"file:{getattr(b, 'key_id', '?')}" for b in files)
+            return NoBackendError(
+                f"the key file{'s' if len(files) > 1 else ''} given ({given}) "
+                f"{'are' if len(files) > 1 else 'is'} not the key this object was sealed with "
+                f"({names})"
+            )
         hint = ""
         if any(w.provider_id == "file" for w in wrapped_keys):
             hint = "; a file: key is a key file: pass it (--key-file PATH, or FileKeyBackend)"

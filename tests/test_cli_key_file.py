@@ -96,6 +96,13 @@ def test_decrypting_without_the_key_file_says_to_pass_it(tmp_path: Path) -> None
     assert r.returncode == 3 and b"NoBackendError" in r.stderr, r.stderr
     assert b"a file: key is a key file: pass it (--key-file PATH" in r.stderr
     assert not (tmp_path / "o").exists()
+    # another key file: told it is the wrong one, not to pass a key file (review)
+    other = tmp_path / "other.key"
+    assert envelope(tmp_path / "home", "keygen", str(other)).returncode == 0
+    r = envelope(tmp_path / "none", "decrypt", str(enc), str(tmp_path / "o"), "--key-file",
+                 str(other))
+    assert r.returncode == 3 and b"is not the key this object was sealed with" in r.stderr
+    assert b"pass it" not in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_a_keyring_naming_a_key_the_file_does_not_hold_says_so(tmp_path: Path) -> None:
