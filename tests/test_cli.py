@@ -512,3 +512,16 @@ def test_the_first_encrypt_says_it_started_a_kms_and_where_its_root_key_is(
     assert str(home / "root.key").encode() in r.stderr
     r = envelope("encrypt", str(src), str(tmp_path / "b.env"), home=home)
     assert r.returncode == 0 and b"started a new embedded KMS" not in r.stderr
+
+
+def test_a_folder_run_over_finished_outputs_says_it_left_them(tmp_path: Path, key: Path) -> None:
+    """A second `encrypt DIR OUT` (under another key, say) skipped every object without a
+    word (review): it says how many it left, and how to redo them."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.csv").write_bytes(b"a")
+    r = envelope("encrypt", str(src), str(out), "--key-file", str(key))
+    assert r.returncode == 0 and b"already done" not in r.stderr, r.stderr
+    r = envelope("encrypt", str(src), str(out), "--key-file", str(key))
+    assert r.returncode == 0 and b"1 object already done" in r.stderr, r.stderr
+    assert b"--no-resume" in r.stderr

@@ -376,6 +376,14 @@ def _print_summary(r: jobs.JobReport, args: argparse.Namespace, *, quiet: bool =
         print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
         if r.removed_temporaries:
             print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
+    elif r.skipped:  # (the folder mode said nothing: a re-run under another key did nothing)
+        print(
+            f"note: {r.skipped} object{'s' if r.skipped > 1 else ''} already done in the "
+            "destination (current for their source and contexts) left as they are, under the "
+            "key they were sealed with; remove them, or run `envelope lake "
+            f"{r.operation} --no-resume`, to do them again",
+            file=out,
+        )
     # object names and error texts are anyone's text (a shared bucket, a header): shown
     # escaped, as --output text shows them, so none can forge a line or command a terminal
     for note in r.notes:
