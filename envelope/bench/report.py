@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -109,7 +110,18 @@ def to_markdown(title: str, data: dict[str, Any], *, plot: str | None = None) ->
 
 
 def print_table(title: str, data: dict[str, Any], file: IO[str] | None = None) -> None:
-    """The result as rich tables (plain text when not on a terminal)."""
+    """The result as rich tables on a terminal; elsewhere (a pipe, a file) plain
+    tab-separated rows under each section's title, never wrapped or cut (rich drew an
+    80-column table into a pipe, folding numbers across lines; review)."""
+    out = file if file is not None else sys.stdout
+    if not out.isatty():
+        for name, header, rows in sections(data):
+            print(f"{title}: {name}", file=out)
+            print("\t".join(header), file=out)
+            for row in rows:
+                print("\t".join(row), file=out)
+            print(file=out)
+        return
     from rich.console import Console
     from rich.table import Table
 

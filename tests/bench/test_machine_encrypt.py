@@ -128,3 +128,19 @@ def test_a_report_over_the_kms_root_key_is_refused(
         assert main(["bench", "machine", "--size", "1M", flag, str(target), "--json"]) == 2
         assert "refusing to write" in capsys.readouterr().err
     assert (home / "root.key").read_bytes() == before
+
+
+def test_a_result_printed_into_a_pipe_is_plain_rows_never_wrapped() -> None:
+    """`envelope bench ... | tail` got an 80-column rich table with numbers folded across
+    lines (1,0 over 24); docs/cli.md promises tables only on a terminal (review)."""
+    import io
+
+    from envelope.bench.report import print_table
+
+    data = {"long_name_" * 6: 1024, "ratio": 0.123456, "note": "x" * 200}
+    out = io.StringIO()
+    print_table("bench", data, file=out)
+    text = out.getvalue()
+    assert "│" not in text and "─" not in text
+    assert "x" * 200 in text and "1024" in text.replace(",", "")
+    assert all(len(line) < 400 for line in text.splitlines())
