@@ -352,8 +352,6 @@ def buffer_sequence(items: object, what: str = "items") -> None:
 
 def header_length(prefix: bytes | bytearray | memoryview) -> int:
     """The header length announced by an object's fixed prefix (checked against the limits)."""
-    if len(prefix) < FIXED_PREFIX_LEN:
-        raise HeaderFormatError("object is shorter than the fixed header prefix")
     return parse_prefix(bytes(prefix[:FIXED_PREFIX_LEN]))
 
 

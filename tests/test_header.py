@@ -531,3 +531,19 @@ def test_a_wrapped_key_list_is_parsed_once_and_its_memo_stays_bounded() -> None:
     big = raw_header(edks=[raw_edk(b"m", b"k", b"\x02" * 2000)])
     assert parse_header(big).wrapped_keys[0].ciphertext == b"\x02" * 2000
     assert fmt._WRAPPED_MEMO == {}  # over the size kept
+
+
+def test_a_few_bytes_of_something_else_are_not_an_envelope_object() -> None:
+    """A 5-byte text file was 'shorter than the fixed header prefix' (review): what is not
+    the magic is not an envelope object, whatever its length; a cut object is still short."""
+    from envelope import sync
+    from envelope.errors import HeaderFormatError
+    from envelope.hazmat.format import MAGIC
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    for data, words in ((b"hello", "not an envelope object"), (MAGIC[:3], "shorter")):
+        with pytest.raises(HeaderFormatError, match=words):
+            sync.decrypt_bytes(data, keyring=kr)

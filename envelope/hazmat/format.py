@@ -303,6 +303,8 @@ def parse_prefix(prefix: bytes) -> int:
     Raises before the caller reads any further bytes, so an oversized length costs nothing.
     """
     if len(prefix) < FIXED_PREFIX_LEN:
+        if not MAGIC.startswith(bytes(prefix[: len(MAGIC)])):  # (a few bytes of anything else)
+            raise HeaderFormatError("not an envelope object (bad magic)")
         raise HeaderFormatError("object is shorter than the fixed header prefix")
     magic, version, flags, suite_id, header_len = struct.unpack_from(">4sBBHI", prefix, 0)
     if magic != MAGIC:
