@@ -108,6 +108,8 @@ def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
 
     Raises `ConfigurationError` for a directory or a path whose folder does not exist.
     """
+    if not os.fspath(path):  # (realpath("") is the working folder: "it is a folder")
+        raise ConfigurationError("the output path is empty")
     real = os.path.realpath(os.fspath(path))
     try:
         st = os.stat(real)

@@ -173,3 +173,12 @@ def test_regular_only_refuses_a_fifo_and_writes_nothing_through_it(tmp_path: Pat
     finally:
         os.close(reader)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obj"]  # no temporary left
+
+
+def test_an_empty_output_path_is_named_as_such() -> None:
+    """`encrypt in.csv ""` said "cannot write '': it is a folder" (review)."""
+    from envelope.atomic import resolve_output
+    from envelope.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="the output path is empty"):
+        resolve_output("")
