@@ -98,7 +98,9 @@ def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(handler=cmd_decrypt)
 
     p = sub.add_parser("keygen", help="create a local wrapping-key file (mode 0600)")
-    p.add_argument("path", metavar="KEYFILE")
+    p.add_argument(
+        "path", metavar="KEYFILE", help="where to write the new key file (must not exist)"
+    )
     p.set_defaults(handler=cmd_keygen)
 
 
