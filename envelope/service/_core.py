@@ -77,6 +77,8 @@ MAX_ON_DEMAND_ROTATIONS = 25
 IMPORT_TOKEN_TTL = DAY
 #: At most this many calls share one commit (bounds a commit's latency and size).
 MAX_GROUP = 64
+#: How long a call waiting for group commit sleeps before it checks that someone leads.
+_LEAD_CHECK_SECONDS = 0.5
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the
@@ -759,20 +761,38 @@ class ServiceCore:
         # committed then waited behind the next leader's whole commit to learn it, so commits
         # held one or two calls where eight threads were calling.)
         slot = _Slot(call, fn)
-        with self._pending_lock:
-            self._pending.append(slot)
-            slot.lead = not self._leading
-            self._leading = True
-        try:
+        try:  # (from the queueing on: an interrupt anywhere leaves the lead to someone)
+            with self._pending_lock:
+                self._pending.append(slot)
+                slot.lead = not self._leading
+                self._leading = True
             if not slot.lead:
-                slot.wake.acquire()
+                while not slot.wake.acquire(timeout=_LEAD_CHECK_SECONDS):
+                    if self._lead_lost(slot):
+                        break
             if not slot.done:
                 with self.store.lock:
                     while not slot.done:
-                        self._commit_pending()
+                        if not self._commit_pending():  # (taken, never settled: see there)
+                            slot.fail(KMSInternalException("the call was interrupted"))
         finally:
             self._pass_lead(slot)
         return slot.outcome()
+
+    def _lead_lost(self, slot: _Slot) -> bool:
+        """A waiting call heard nothing for a while: True once it is settled or leads, taking
+        the lead itself when nobody is committing (the store lock is free). A leader
+        interrupted in its hand-over (a KeyboardInterrupt between two bytecodes) would
+        otherwise leave every later call waiting for ever; a second leader is harmless, since
+        commits take the store lock one at a time."""
+        with self._pending_lock:
+            if slot.done or slot.lead:
+                return True
+            if not self.store.lock.acquire(blocking=False):
+                return False  # a leader is at work
+            self.store.lock.release()
+            slot.lead = self._leading = True
+            return True
 
     def _pass_lead(self, slot: _Slot) -> None:
         """After `slot`'s call returned (or was interrupted): a leader hands the lead to the
@@ -797,24 +817,29 @@ class ServiceCore:
         self._pending = []
         self._leading = False
 
-    def _commit_pending(self) -> None:
-        """Run and commit the waiting calls (the caller holds the store lock)."""
-        if len(self._pending) < self._last_group:
-            # Fewer calls wait than the last commit held: its callers, just woken, are
-            # probably on their way back with their next call. Letting the GIL go once lets
-            # them queue for this commit instead of the next (measured: 8 threads with
-            # synchronous=FULL went from 3,000-3,400 to 3,500-3,700 calls/s). Never taken
-            # by a lone thread, whose every commit holds one call.
-            time.sleep(0)
-        with self._pending_lock:
-            batch = self._pending[:MAX_GROUP]
-            del self._pending[:MAX_GROUP]
-        self._last_group = len(batch)
-        try:
+    def _commit_pending(self) -> bool:
+        """Run and commit the waiting calls (the caller holds the store lock); False when none
+        waited (a leader's own call that is neither waiting nor settled was taken by a commit
+        an interrupt cut short before it could settle it)."""
+        batch: list[_Slot] = []
+        try:  # (every call taken from the queue is settled, even if interrupted here)
+            if len(self._pending) < self._last_group:
+                # Fewer calls wait than the last commit held: its callers, just woken, are
+                # probably on their way back with their next call. Letting the GIL go once
+                # lets them queue for this commit instead of the next (measured: 8 threads
+                # with synchronous=FULL went from 3,000-3,400 to 3,500-3,700 calls/s). Never
+                # taken by a lone thread, whose every commit holds one call.
+                time.sleep(0)
+            with self._pending_lock:
+                batch = self._pending[:MAX_GROUP]  # (a copy, taken before they leave it)
+                del self._pending[: len(batch)]
+            self._last_group = len(batch)
+            if not batch:
+                return False
             if len(batch) > 1:
                 try:
                     self._run_batch(batch)
-                    return
+                    return True
                 except Exception:
                     # The batch's transaction failed as a whole (a store failure, or a bug
                     # in one call), so nothing of it was committed or acknowledged: each call
@@ -823,9 +848,13 @@ class ServiceCore:
             for slot in batch:
                 if not slot.done:
                     self._run_single(slot)
+            return True
         finally:
             for slot in batch:
                 if not slot.done:  # interrupted (KeyboardInterrupt) before its commit
+                    with self._pending_lock:
+                        if slot in self._pending:  # (interrupted between taking and removing)
+                            self._pending.remove(slot)
                     slot.fail(KMSInternalException("the call was interrupted; nothing was done"))
 
     def _run_single(self, slot: _Slot) -> None:

@@ -107,10 +107,10 @@ class _SlowCommits(KeyService):
 
     waiting: list[int]
 
-    def _commit_pending(self) -> None:
+    def _commit_pending(self) -> bool:
         time.sleep(0.005)
         self.waiting.append(len(self._pending))
-        super()._commit_pending()
+        return super()._commit_pending()
 
 
 def test_a_slow_commit_is_shared_by_every_thread_waiting_for_it(
@@ -149,10 +149,10 @@ def test_an_interrupted_waiting_call_is_not_run_later(home: Path, clock: FakeClo
     entered, release = threading.Event(), threading.Event()
     real = svc._commit_pending
 
-    def held() -> None:
+    def held() -> bool:
         entered.set()
         release.wait(30)
-        real()
+        return real()
 
     svc._commit_pending = held  # type: ignore[method-assign]
     leader = threading.Thread(
@@ -235,4 +235,21 @@ def test_a_forked_child_never_runs_the_parents_waiting_calls(home: Path, clock: 
     assert not ran.exists()
     svc._pending.clear()
     svc._leading = False
+    svc.close()
+
+
+def test_a_lost_lead_is_taken_over(home: Path, clock: FakeClock) -> None:
+    """A leader interrupted in its hand-over (a KeyboardInterrupt between two bytecodes of
+    its clean-up) left the lead taken by nobody: every later call waited for ever. A waiting
+    call that hears nothing for a while leads itself when nobody holds the store lock."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    svc._leading = True  # as such a leader leaves it
+    done = threading.Thread(
+        target=svc.generate_data_key, kwargs={"key_id": kid, "key_spec": "AES_256"}
+    )
+    done.start()
+    done.join(30)
+    assert not done.is_alive()
+    assert svc._leading is False and svc._pending == []
     svc.close()
