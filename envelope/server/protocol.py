@@ -102,6 +102,11 @@ class CorkedHTTPProtocol(_Base):
     #: (`_drained` bytes so far) before the next request's headers begin.
     _draining = False
     _drained = 0
+    #: Of the data being parsed: how many bytes were that body's, and whether it ended there
+    #: (uvicorn's parser tells, through `on_body` and `on_message_complete`; its cycle does
+    #: not: an answered cycle keeps ``more_body``).
+    _drain_body = 0
+    _drain_ended = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # the corked transport stands in for the real one (it forwards everything else)
@@ -109,26 +114,43 @@ class CorkedHTTPProtocol(_Base):
         self._await_headers()
 
     def data_received(self, data: bytes) -> None:
+        draining = self._draining
+        self._drain_body, self._drain_ended = 0, False
         super().data_received(data)
         if self.transport.is_closing():
             return
-        if self._draining:
-            if self._body_arriving():  # all of it was the answered request's body
-                self._drained += len(data)
+        n = len(data)
+        if draining:
+            if not self._drain_ended:  # all of it was the answered request's body
+                self._drained += n
                 if self._drained > _serving.MAX_DRAIN_BYTES:
                     self._stop_header_timer()
                     self.transport.close()
                 return
-            # this data ended that body: what follows it (if anything) is not counted
+            # that body ended in this data: what followed it is the next request's, with its
+            # own header deadline from now (a body's chunk framing counts here: a few bytes)
             self._draining = False
-            return
+            self._await_headers()
+            n = max(0, n - self._drain_body)
         if self._awaiting_headers():  # all of it belongs to headers not yet complete
-            self._header_bytes += len(data)
+            self._header_bytes += n
             if self._header_bytes > _serving.MAX_HEADER_BYTES:
                 self._refuse(_TOO_LARGE)
         else:
             self._header_bytes = 0
             self._stop_header_timer()
+
+    def on_body(self, body: bytes) -> None:  # (httptools' callback; h11 has none: see below)
+        if self._draining:
+            self._drain_body += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        # Without these callbacks (uvicorn's h11 parser) a drain never sees its body end: it
+        # lasts until the header deadline or the byte limit, and the connection is closed.
+        if self._draining:
+            self._drain_ended = True
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         transport = self.transport

@@ -353,6 +353,35 @@ def test_a_refused_body_is_never_read_as_the_next_request(server: Server) -> Non
     assert [status for status, _ in answers] == [413, 200] and not closed
 
 
+def test_after_a_dropped_body_the_next_request_has_the_header_limits(server: Server) -> None:
+    """The parser does not say that an answered request's body ended: its drop went on into
+    the next request, whose headers were then counted against the body's 16 MiB instead of
+    their own 64 KiB, and whose header deadline was not reset (review)."""
+    import socket
+
+    big = b'{"Description": "' + b"a" * (2400 << 10) + b'"}'
+    request = _signed_raw(server, "TrentService.CreateKey", big)
+    head = request[: request.index(b"\r\n\r\n")].replace(
+        f"Content-Length: {len(big)}".encode(), b"Transfer-Encoding: chunked"
+    )
+    half = len(big) // 2
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + b"\r\n\r\n" + b"%x\r\n" % half + big[:half] + b"\r\n")
+        answers, closed = _answers(sock, 1)  # refused while the body is still arriving
+        assert [status for status, _ in answers] == [413] and not closed
+        rest = big[half:]
+        sock.sendall(b"%x\r\n" % len(rest) + rest + b"\r\n0\r\n\r\n")
+        fat = _signed_raw(server, "TrentService.ListKeys", b"{}").replace(
+            b"\r\n\r\n", b"\r\nX-Filler: " + b"f" * (400 << 10) + b"\r\n\r\n", 1
+        )
+        try:
+            sock.sendall(fat)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answers, closed = _answers(sock, 1)
+    assert [status for status, _ in answers] in ([431], []) and closed
+
+
 def test_a_refused_body_that_may_never_come_closes_the_connection(server: Server) -> None:
     """A client that waits for 100 Continue may never send the body it declared; one that
     sends more than the drain allows is not read for ever: both connections close after the
