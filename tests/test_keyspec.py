@@ -312,3 +312,33 @@ def test_an_empty_kms_endpoint_is_refused() -> None:
     """`--kms-endpoint "$URL"` with URL unset sent an AWS key's calls to AWS's own endpoint."""
     with pytest.raises(ConfigurationError, match="--kms-endpoint is empty"):
         parse("encrypt", "i", "o", "--key", "aws-kms:alias/x", "--kms-endpoint", "")
+
+
+def test_a_reader_held_to_a_key_of_another_region_decrypts_there(tmp_path: Path) -> None:
+    """`decrypt --key` with the ARN of a multi-Region replica (or any key of another Region
+    of the store) sent it as KeyId to the default Region's service, which answered
+    NotFoundException, though that key sealed the object (review)."""
+    from envelope import sync
+    from envelope.kms.local import LocalKms
+    from envelope.service import open_service
+
+    home = tmp_path / "home"
+    svc = open_service(home)
+    primary = svc.create_key(multi_region=True)["KeyMetadata"]
+    replica = svc.replicate_key(key_id=primary["KeyId"], replica_region="eu-west-1")
+    replica_arn = replica["ReplicaKeyMetadata"]["Arn"]
+    sealer = Keyring(LocalKms(svc.for_region("eu-west-1"), owns=False), replica_arn)
+    blobs = [
+        bytes(sync.encrypt_bytes(b"rows", keyring=sealer)),
+        bytes(
+            sync.encrypt_bytes(b"rows", keyring=Keyring(LocalKms(svc, owns=False), primary["Arn"]))
+        ),
+    ]
+    svc.close()
+    for named in (replica_arn, primary["Arn"]):
+        reader = KeySpec(purpose="decrypt", key=f"local:{named}", home=str(home)).keyring()
+        try:
+            for blob in blobs:
+                assert bytes(sync.decrypt_bytes(blob, keyring=reader)) == b"rows"
+        finally:
+            reader.close()

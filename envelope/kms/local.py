@@ -102,6 +102,8 @@ class LocalKms:
         #: KeyId, so the KMS refuses a data key wrapped under any other (IncorrectKeyException)
         #: or names a key it does not have (NotFoundException). None: the key the blob names.
         self.required_key: str | None = None
+        #: Services of the same store for other Regions (a required key's ARN names one).
+        self._regions: dict[str, KeyService] = {}
         #: Who the encryptor calls as (None: the service's default principal, $ENVELOPE_PRINCIPAL
         #: or the account root); its policies and grants decide what it may do.
         self.principal = principal
@@ -171,8 +173,8 @@ class LocalKms:
         if wrapped.provider_id != PROVIDER_ID:
             raise KmsKeyError(f"not a local KMS wrapped key (provider {wrapped.provider_id!r})")
         required = self.required_key
-        resp = await self._call(
-            lambda: self.service.decrypt(
+        resp = await self._call(  # (the Region's service is made inside: its errors typed)
+            lambda: self._service_for(required).decrypt(
                 ciphertext_blob=wrapped.ciphertext,
                 encryption_context=dict(context),
                 key_id=None if required is None else key_id_from_uri(required),
@@ -188,6 +190,21 @@ class LocalKms:
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:
         return wrapped.provider_id == PROVIDER_ID
+
+    def _service_for(self, key: str | None) -> KeyService:
+        """The service of the Region a key ARN names (a multi-Region replica, a key of
+        another Region of the same store), else this backend's own: a KeyId is resolved in
+        the Region it is sent to, as in AWS KMS."""
+        if key is None:
+            return self.service
+        parts = key_id_from_uri(key).split(":")
+        region = parts[3] if len(parts) > 5 and parts[0] == "arn" and parts[2] == "kms" else ""
+        if not region or region == self.service.region:
+            return self.service
+        service = self._regions.get(region)
+        if service is None:
+            service = self._regions[region] = self.service.for_region(region)
+        return service
 
     async def aclose(self) -> None:
         if self._owns:
