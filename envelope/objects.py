@@ -705,6 +705,11 @@ def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, worke
     except BaseException:  # interrupted while waiting: ranges not started never start
         for f in futures:
             f.cancel()
+        # and those running end before the caller's clean-up zeroes their output (one range
+        # is a batch: milliseconds), else a worker could write plaintext after it
+        from concurrent.futures import wait  # (imported with the pool, never at start-up)
+
+        wait(futures)
         raise
     if errors:
         raise errors[0]
@@ -811,7 +816,7 @@ def open_into(
         dst[:plen] = bytes(plen)
         raise
     finally:
-        for scratch in (scratches or {}).values():
+        for scratch in list((scratches or {}).values()):
             zero(scratch)
     return buf, plen
 

@@ -490,3 +490,27 @@ def test_an_object_whose_output_cannot_fit_in_memory_is_a_typed_error(tmp_path: 
         assert out[0] == b"fits" and isinstance(out[1], EnvelopeError)
         # the error handed back does not pin the input (its frames held views of it)
         assert out[1].__traceback__ is None
+
+
+def test_an_interrupted_wait_for_ranges_returns_only_when_the_running_ones_ended() -> None:
+    """Interrupted while it waited, `run_ranges` raised at once and a range still running
+    went on writing its output after the caller's clean-up had zeroed it (review)."""
+    import signal
+    import time
+
+    running, ended = threading.Event(), threading.Event()
+
+    def fn(first: int, last: int) -> None:
+        if first == 0:
+            running.set()
+            time.sleep(0.4)
+            ended.set()
+
+    def interrupt() -> None:
+        running.wait(10)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        objects.run_ranges(fn, 8, 1, 2)
+    assert ended.is_set()
