@@ -205,15 +205,21 @@ def check_output_path(sink: object, keyring: Keyring, source: object = None) -> 
     ConfigurationError, before any KMS call or output."""
     if isinstance(sink, str | os.PathLike):
         KeptPaths([keyring]).check(sink)
-        if isinstance(source, str | os.PathLike):
-            try:
-                same = os.path.samefile(source, sink)
-            except OSError:  # (one of them does not exist: the route reports it)
-                same = False
-            if same:
-                raise ConfigurationError(
-                    f"the output {os.fspath(sink)!r} is the input itself: write elsewhere"
-                )
+        check_not_the_input(source, sink)
+
+
+def check_not_the_input(source: object, sink: object) -> None:
+    """ConfigurationError when the paths `source` and `sink` name one file (by any name or
+    hard link); anything else (a stream, a path that does not exist) passes."""
+    if isinstance(source, str | os.PathLike) and isinstance(sink, str | os.PathLike):
+        try:
+            same = os.path.samefile(source, sink)
+        except OSError:  # (one of them does not exist: the route reports it)
+            same = False
+        if same:
+            raise ConfigurationError(
+                f"the output {os.fspath(sink)!r} is the input itself: write elsewhere"
+            )
 
 
 def required_output(out: object, data: object) -> None:

@@ -525,3 +525,20 @@ def test_a_folder_run_over_finished_outputs_says_it_left_them(tmp_path: Path, ke
     r = envelope("encrypt", str(src), str(out), "--key-file", str(key))
     assert r.returncode == 0 and b"1 object already done" in r.stderr, r.stderr
     assert b"--no-resume" in r.stderr
+
+
+def test_a_refused_path_starts_no_kms(tmp_path: Path) -> None:
+    """A missing input, or an output that is the input, was refused only after the embedded
+    KMS had been started (a store and a root key made, and announced; review)."""
+    home = tmp_path / "home"
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"rows")
+    for args in (
+        ("encrypt", str(tmp_path / "missing.csv"), str(tmp_path / "o.env")),
+        ("encrypt", str(src), str(src)),
+        ("decrypt", str(src), str(src)),
+    ):
+        r = envelope(*args, home=home)
+        assert r.returncode == 2 and b"started a new embedded KMS" not in r.stderr, r.stderr
+        assert not home.exists(), args
+    assert src.read_bytes() == b"rows"

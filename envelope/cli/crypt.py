@@ -12,6 +12,7 @@ from .. import sync
 from ..errors import ConfigurationError
 from ..kms.filekey import generate_key_file
 from ..kms.keyspec import KeySpec
+from ..objects import check_not_the_input
 from ..options import ObjectInfo, Options
 from ._common import (
     add_engine_arguments,
@@ -131,6 +132,18 @@ def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
         emit(args, d, "Encrypt" if op == "encrypt" else "Decrypt")
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """What a path argument gets wrong, before any KMS is opened (or started: a typo must not
+    make a store and a root key before it is refused)."""
+    if args.input != "-":
+        try:
+            os.stat(args.input)
+        except OSError as e:
+            raise ConfigurationError(f"cannot open {args.input!r}: {e.strerror}") from None
+        if args.output != "-":
+            check_not_the_input(args.input, args.output)
+
+
 def _is_folder(path: str) -> bool:
     return path != "-" and os.path.isdir(path)
 
@@ -150,6 +163,7 @@ def _encrypt(args: argparse.Namespace, spec: KeySpec) -> int:
     options = Options(
         segment_size=args.segment_size, workers=args.workers, memory_budget=args.memory_budget
     )
+    _check_paths(args)
     out = _open_out(args.output, ciphertext=True)  # before the KMS is opened
     with (
         metrics_observer(args) as observer,
@@ -180,6 +194,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
             from .lake import run_folder
 
             return run_folder("decrypt", args, key_spec(args, "decrypt"), observer)
+    _check_paths(args)
     with (
         metrics_observer(args) as observer,
         progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,
