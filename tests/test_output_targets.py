@@ -208,6 +208,31 @@ def test_the_input_itself_is_never_the_output(
     assert leftovers(tmp_path) == []
 
 
+def test_standard_output_that_is_the_input_is_refused(
+    tmp_path: Path, key: Path, plain: bytes
+) -> None:
+    """`envelope encrypt f - >> f` appended the ciphertext to its own plaintext (review)."""
+    src = tmp_path / "in.bin"
+    with open(src, "ab") as out:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "envelope.cli.main",
+                "encrypt",
+                str(src),
+                "-",
+                "--key-file",
+                str(key),
+            ],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert r.returncode == 2 and b"standard output is" in r.stderr, r.stderr
+    assert src.read_bytes() == plain
+
+
 def test_lake_report_follows_the_same_rule(tmp_path: Path, key: Path) -> None:
     src = tmp_path / "lake"
     src.mkdir()

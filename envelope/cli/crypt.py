@@ -142,6 +142,15 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise ConfigurationError(f"cannot open {args.input!r}: {e.strerror}") from None
         if args.output != "-":
             check_not_the_input(args.input, args.output)
+        else:  # `encrypt f - >> f`: stdout is the input itself, appended to
+            try:
+                out, src = os.fstat(sys.stdout.fileno()), os.stat(args.input)
+            except (OSError, ValueError):
+                return
+            if (out.st_dev, out.st_ino) == (src.st_dev, src.st_ino):
+                raise ConfigurationError(
+                    f"standard output is {args.input!r} itself: write elsewhere"
+                )
 
 
 def _is_folder(path: str) -> bool:

@@ -537,3 +537,19 @@ async def test_a_source_folder_named_like_the_lock_is_skipped_and_said(
     stale.write_bytes(b"left by a killed run")
     r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1)
     assert r.removed_temporaries == 1 and not stale.exists()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_destination_nested_through_a_link_is_refused_too(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_tree(src, [10] * 2)
+    out.mkdir()
+    (tmp_path / "alias").symlink_to(out)
+    outer = acquire(resolve(str(out)), operation="encrypt")
+    try:
+        with pytest.raises(LockHeldError, match="inside"):
+            await jobs.encrypt_prefix(str(src), str(tmp_path / "alias" / "d1"), keyring=k1)
+    finally:
+        outer.release()
