@@ -112,10 +112,8 @@ def test_demo_runs_end_to_end() -> None:
     r = envelope("demo", "--size-mib", "8", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert (
-        envelope("demo", "--size-mib", "1", "--query", "verified", "--output", "text").stdout
+    assert envelope("demo", "--size-mib", "1", "--query", "verified", "--output", "text").stdout \
         == b"True\n"
-    )
     assert out["round_trip_identical"] and out["verified"] and out["tamper_detected"]
     assert out["column_ok"] and out["column_bytes_read_pct"] < 60
     assert out["kms_calls"] <= 3 < out["objects"] and out["kms_audit_log_verified"]
@@ -126,18 +124,11 @@ def test_counts_must_be_positive(tmp_path: Path) -> None:
     digest folder behind in the temporary folder; `audit tail -n -1` printed every record."""
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    for cmd in (
-        ("demo", "--size-mib", "0"),
-        ("demo", "--size-mib", "-5"),
-        ("audit", "tail", "-n", "-1"),
-        ("audit", "tail", "-n", "0"),
-    ):
-        r = subprocess.run(
-            [sys.executable, "-m", "envelope.cli.main", *cmd],
-            capture_output=True,
-            env={**ENV, "TMPDIR": str(tmp), "ENVELOPE_HOME": str(tmp_path / "home")},
-            timeout=120,
-        )
+    for cmd in (("demo", "--size-mib", "0"), ("demo", "--size-mib", "-5"),
+                ("audit", "tail", "-n", "-1"), ("audit", "tail", "-n", "0")):
+        r = subprocess.run([sys.executable, "-m", "envelope.cli.main", *cmd],
+                           capture_output=True, env={**ENV, "TMPDIR": str(tmp),
+                           "ENVELOPE_HOME": str(tmp_path / "home")}, timeout=120)
         assert r.returncode == 2 and b"is not a positive whole number" in r.stderr, r.stderr
     assert list(tmp.iterdir()) == [] and not (tmp_path / "home").exists()
 
@@ -208,25 +199,16 @@ def test_a_metrics_port_that_cannot_be_used_is_a_usage_error(tmp_path: Path, key
     src = tmp_path / "tree" / "in.txt"
     src.write_bytes(b"x" * 100)
     for port in ("99999", "0", "-1", "http"):
-        r = envelope(
-            "encrypt",
-            str(src),
-            str(tmp_path / "o.env"),
-            "--key-file",
-            str(key),
-            "--metrics-port",
-            port,
-        )
+        r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                     "--metrics-port", port)
         assert r.returncode == 2 and b"Traceback" not in r.stderr, r.stderr
         assert b"is not a port number" in r.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        for cmd in (
-            ("encrypt", str(src), str(tmp_path / "o.env")),
-            ("lake", "encrypt", str(tmp_path / "tree"), str(tmp_path / "lake")),
-        ):
+        for cmd in (("encrypt", str(src), str(tmp_path / "o.env")),
+                    ("lake", "encrypt", str(tmp_path / "tree"), str(tmp_path / "lake"))):
             r = envelope(*cmd, "--key-file", str(key), "--metrics-port", port)
             assert r.returncode == 2, r.stderr
             assert f"--metrics-port {port}: cannot listen".encode() in r.stderr, r.stderr
@@ -246,13 +228,8 @@ def test_dash_is_stdout_never_a_folder_or_a_key_file(tmp_path: Path, key: Path) 
         ("lake", "encrypt", str(src), "-", "--key-file", str(key), "--no-progress"),
         ("keygen", "-"),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "envelope.cli.main", *cmd],
-            cwd=cwd,
-            capture_output=True,
-            env=ENV,
-            timeout=120,
-        )
+        r = subprocess.run([sys.executable, "-m", "envelope.cli.main", *cmd], cwd=cwd,
+                           capture_output=True, env=ENV, timeout=120)
         assert r.returncode == 2 and b"stdout" in r.stderr, (cmd, r.stderr)
     assert list(cwd.iterdir()) == []
 
@@ -262,31 +239,12 @@ def test_a_context_key_given_twice_with_different_values_is_refused(
 ) -> None:
     src = tmp_path / "in.txt"
     src.write_bytes(b"x")
-    r = envelope(
-        "encrypt",
-        str(src),
-        str(tmp_path / "o.env"),
-        "--key-file",
-        str(key),
-        "--context",
-        "k=v",
-        "--context",
-        "k=w",
-    )
+    r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                 "--context", "k=v", "--context", "k=w")
     assert r.returncode == 2 and b"gives 'k' twice: 'v' and 'w'" in r.stderr, r.stderr
     assert not (tmp_path / "o.env").exists()
-    r = envelope(
-        "encrypt",
-        str(src),
-        str(tmp_path / "o.env"),
-        "--key-file",
-        str(key),
-        "--context",
-        "k=v",
-        "--context",
-        "k=v",
-        "--json",
-    )
+    r = envelope("encrypt", str(src), str(tmp_path / "o.env"), "--key-file", str(key),
+                 "--context", "k=v", "--context", "k=v", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["object_context"] == {"k": "v"}
 
 
@@ -296,54 +254,26 @@ def test_lake_decrypt_and_verify_take_expect_context_as_decrypt_does(
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a").write_bytes(b"a" * 100)
     enc = str(tmp_path / "enc")
-    r = envelope(
-        "lake",
-        "encrypt",
-        str(tmp_path / "src"),
-        enc,
-        "--key-file",
-        str(key),
-        "--context",
-        "team=x",
-        "--no-progress",
-    )
+    r = envelope("lake", "encrypt", str(tmp_path / "src"), enc, "--key-file", str(key),
+                 "--context", "team=x", "--no-progress")
     assert r.returncode == 0, r.stderr
     for flag in ("--expect-context", "--context"):
-        r = envelope("lake", "verify", enc, "--key-file", str(key), flag, "team=y", "--no-progress")
+        r = envelope("lake", "verify", enc, "--key-file", str(key), flag, "team=y",
+                     "--no-progress")
         assert r.returncode == 1 and b"ContextMismatchError" in r.stdout, r.stdout + r.stderr
-        r = envelope(
-            "lake",
-            "decrypt",
-            enc,
-            str(tmp_path / f"out{flag}"),
-            "--key-file",
-            str(key),
-            flag,
-            "team=x",
-            "--no-progress",
-        )
+        r = envelope("lake", "decrypt", enc, str(tmp_path / f"out{flag}"), "--key-file",
+                     str(key), flag, "team=x", "--no-progress")
         assert r.returncode == 0, r.stderr
-    r = envelope(
-        "lake",
-        "encrypt",
-        str(tmp_path / "src"),
-        str(tmp_path / "e2"),
-        "--key-file",
-        str(key),
-        "--expect-context",
-        "team=x",
-        "--no-progress",
-    )
+    r = envelope("lake", "encrypt", str(tmp_path / "src"), str(tmp_path / "e2"), "--key-file",
+                 str(key), "--expect-context", "team=x", "--no-progress")
     assert r.returncode == 2  # a pair to bind is --context; expecting is for reading
 
 
 def test_an_unknown_option_is_reported_by_its_command() -> None:
     """With the command's own usage, not the top level's `usage: envelope ... COMMAND ...`."""
-    for cmd, prog in (
-        (("lake", "verify", "x", "--bogus"), b"envelope lake verify: error"),
-        (("keys", "list", "--bogus"), b"envelope keys list: error"),
-        (("encrypt", "a", "b", "--bogus", "1"), b"envelope encrypt: error"),
-    ):
+    for cmd, prog in ((("lake", "verify", "x", "--bogus"), b"envelope lake verify: error"),
+                      (("keys", "list", "--bogus"), b"envelope keys list: error"),
+                      (("encrypt", "a", "b", "--bogus", "1"), b"envelope encrypt: error")):
         r = envelope(*cmd)
         assert r.returncode == 2, r.stderr
         assert prog + b": unrecognized arguments: " in r.stderr, r.stderr
@@ -353,7 +283,8 @@ def test_an_unknown_option_is_reported_by_its_command() -> None:
 def test_a_home_that_is_a_file_is_named(tmp_path: Path) -> None:
     """It was `I/O error: File exists` (exit 5), which names no option."""
     (tmp_path / "f").write_bytes(b"x")
-    for cmd in (("encrypt", str(tmp_path / "f"), str(tmp_path / "o.env")), ("keys", "create")):
+    for cmd in (("encrypt", str(tmp_path / "f"), str(tmp_path / "o.env")),
+                ("keys", "create")):
         r = envelope(*cmd, "--home", str(tmp_path / "f"))
         assert r.returncode == 2 and b"is not a folder" in r.stderr, r.stderr
     assert not (tmp_path / "o.env").exists()
@@ -384,13 +315,8 @@ def test_a_key_file_that_cannot_be_written_whole_is_removed(tmp_path: Path) -> N
         "    print(e.errno)\n"
     )
     target = tmp_path / "k.key"
-    r = subprocess.run(
-        [sys.executable, "-c", code, str(target)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=60,
-    )
+    r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True,
+                       text=True, env=ENV, timeout=60)
     assert r.stdout.strip() == "27", r.stdout + r.stderr  # EFBIG
     assert not target.exists()
 

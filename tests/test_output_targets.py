@@ -65,15 +65,8 @@ def plain(tmp_path: Path) -> bytes:
 @pytest.fixture
 def sealed(tmp_path: Path, key: Path, plain: bytes) -> Path:
     out = tmp_path / "in.env"
-    r = envelope(
-        "encrypt",
-        str(tmp_path / "in.bin"),
-        str(out),
-        "--key-file",
-        str(key),
-        "--segment-size",
-        "65536",
-    )
+    r = envelope("encrypt", str(tmp_path / "in.bin"), str(out), "--key-file", str(key),
+                 "--segment-size", "65536")
     assert r.returncode == 0, r.stderr
     return out
 
@@ -139,7 +132,8 @@ def test_a_fifo_gets_only_authenticated_segments_and_a_failure_exit(
     bad = tmp_path / "bad.env"
     bad.write_bytes(blob)
     reader = FifoReader(tmp_path / "pipe")
-    r = envelope("decrypt", str(bad), str(reader.path), "--key-file", str(key), "--workers", "1")
+    r = envelope("decrypt", str(bad), str(reader.path), "--key-file", str(key),
+                 "--workers", "1")
     got = reader.join()
     assert r.returncode == 1, r.stderr
     assert len(got) < len(plain) // 2 + 65536
@@ -208,6 +202,7 @@ def test_the_input_itself_is_never_the_output(
     assert leftovers(tmp_path) == []
 
 
+
 def test_standard_output_that_is_the_input_is_refused(
     tmp_path: Path, key: Path, plain: bytes
 ) -> None:
@@ -241,24 +236,15 @@ def test_lake_report_follows_the_same_rule(tmp_path: Path, key: Path) -> None:
     real.write_text("{}")
     link = tmp_path / "report.json"
     link.symlink_to(real)
-    r = envelope(
-        "lake",
-        "encrypt",
-        str(src),
-        str(tmp_path / "enc"),
-        "--key-file",
-        str(key),
-        "--report",
-        str(link),
-    )
+    r = envelope("lake", "encrypt", str(src), str(tmp_path / "enc"), "--key-file", str(key),
+                 "--report", str(link))
     assert r.returncode == 0, r.stderr
     assert link.is_symlink()
     assert json.loads(real.read_text())["done"] == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     node = private_null(tmp_path)
-    r = envelope(
-        "lake", "verify", str(tmp_path / "enc"), "--key-file", str(key), "--report", str(node)
-    )
+    r = envelope("lake", "verify", str(tmp_path / "enc"), "--key-file", str(key),
+                 "--report", str(node))
     assert r.returncode == 0, r.stderr
     assert stat.S_ISCHR(os.lstat(node).st_mode)
 
@@ -335,16 +321,10 @@ def test_a_live_writers_temporary_is_never_removed(tmp_path: Path) -> None:
         finally:
             os.close(fd)
         child = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from envelope.atomic import remove_stale_temporaries as r;"
-                " print(r(sys.argv[1]))",
-                str(target),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
+            [sys.executable, "-c",
+             "import sys; from envelope.atomic import remove_stale_temporaries as r;"
+             " print(r(sys.argv[1]))", str(target)],
+            capture_output=True, text=True, check=True,
         )
         assert child.stdout.strip() == "0"
         assert os.path.exists(live.tmp_path)
@@ -429,18 +409,14 @@ def test_an_output_over_the_embedded_kms_files_is_refused(tmp_path: Path, name: 
     src.write_bytes(b"hello")
     ok = subprocess.run(
         [sys.executable, "-m", "envelope.cli.main", "encrypt", str(src), str(tmp_path / "o")],
-        capture_output=True,
-        env=env,
-        timeout=120,
+        capture_output=True, env=env, timeout=120,
     )
     assert ok.returncode == 0, ok.stderr
     for target in (home / name, tmp_path / "home.audit-digests" / "x"):
         before = {p.name: p.read_bytes() for p in home.iterdir() if p.is_file()}
         r = subprocess.run(
             [sys.executable, "-m", "envelope.cli.main", "encrypt", str(src), str(target)],
-            capture_output=True,
-            env=env,
-            timeout=120,
+            capture_output=True, env=env, timeout=120,
         )
         assert r.returncode == 2, r.stderr
         assert b"refusing to write" in r.stderr
@@ -448,9 +424,7 @@ def test_an_output_over_the_embedded_kms_files_is_refused(tmp_path: Path, name: 
         assert not (tmp_path / "home.audit-digests" / "x").exists()
     listed = subprocess.run(
         [sys.executable, "-m", "envelope.cli.main", "keys", "list"],
-        capture_output=True,
-        env=env,
-        timeout=120,
+        capture_output=True, env=env, timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
 
@@ -501,9 +475,7 @@ def test_folder_mode_lake_jobs_reports_and_rewrap_do_not_write_over_the_keys(
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [sys.executable, "-m", "envelope.cli.main", *args],
-            capture_output=True,
-            env=env,
-            timeout=120,
+            capture_output=True, env=env, timeout=120,
         )
 
     (tmp_path / "p").write_bytes(b"hello")

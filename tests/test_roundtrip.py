@@ -298,12 +298,7 @@ def test_options_travel_as_their_settings(monkeypatch: pytest.MonkeyPatch) -> No
     opts = api.Options(segment_size=1 << 16, batch_bytes=1 << 20)
     assert api.Options(**dataclasses.asdict(opts)) == opts
     assert set(dataclasses.asdict(opts)) == {
-        "segment_size",
-        "workers",
-        "batch_bytes",
-        "depth",
-        "max_wrapped_keys",
-        "memory_budget",
+        "segment_size", "workers", "batch_bytes", "depth", "max_wrapped_keys", "memory_budget"
     }
     shipped = pickle.dumps(opts)
     monkeypatch.setattr(options_module, "_CPUS", 999)

@@ -682,9 +682,9 @@ def test_ml_dsa_keys_over_the_wire(admin: Any) -> None:
 
 def test_ml_kem_keys_over_the_wire(admin: Any) -> None:
     """Encapsulate and Decapsulate as boto3 calls them, with an ML_KEM_768 key."""
-    kid = admin.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")["KeyMetadata"][
-        "KeyId"
-    ]
+    kid = admin.create_key(KeySpec="ML_KEM_768", KeyUsage="ENCAPSULATE_DECAPSULATE")[
+        "KeyMetadata"
+    ]["KeyId"]
     out = admin.encapsulate(KeyId=kid, EncapsulationAlgorithm="ML_KEM")
     back = admin.decapsulate(
         KeyId=kid,
