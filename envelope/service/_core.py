@@ -803,12 +803,15 @@ class ServiceCore:
                 self._pending.remove(slot)
             if not slot.lead:
                 return
-            if self._pending:
-                heir = self._pending[0]
+            # (two leaders, after a takeover in `_lead_lost`, must not hand one call the lead
+            # twice: its lock would be released twice)
+            heir = next((s for s in self._pending if not s.lead), None)
+            if heir is not None:
                 heir.lead = True
                 heir.wake.release()
-            else:
+            elif not self._pending:
                 self._leading = False
+            # (else every waiting call already has the lead: one of them leads next)
 
     def _reset_after_fork(self) -> None:
         """In a forked child: the parent's waiting calls belong to threads that do not exist

@@ -253,3 +253,24 @@ def test_a_lost_lead_is_taken_over(home: Path, clock: FakeClock) -> None:
     assert not done.is_alive()
     assert svc._leading is False and svc._pending == []
     svc.close()
+
+
+def test_a_call_already_handed_the_lead_is_not_handed_it_again(
+    home: Path, clock: FakeClock
+) -> None:
+    """After a takeover (`_lead_lost`) two threads may lead for a while; the second to hand
+    over must not hand the same waiting call the lead again (its lock, already released,
+    raised RuntimeError in that leader's clean-up)."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    a, b, f = (_Slot(_Call("Encrypt", "p", _LOCAL, {}), lambda *x: {}) for _ in "abf")
+    svc._pending[:] = [f]
+    svc._leading = True
+    f.lead = True
+    f.wake.release()  # handed the lead by the first leader; its thread not yet awake
+    for leader in (a, b):
+        leader.lead = True
+        leader.succeed({})
+        svc._pass_lead(leader)
+    assert svc._leading and svc._pending == [f] and not f.wake.locked()
+    svc._pending.clear()
+    svc.close()
