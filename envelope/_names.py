@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ("IAM_ARN", "REGION", "SERVICE_PRINCIPAL", "SESSION_ARN", "principal_problem")
+__all__ = (
+    "IAM_ARN",
+    "KMS_ARN",
+    "KMS_PARTITION",
+    "REGION",
+    "SERVICE_PRINCIPAL",
+    "SESSION_ARN",
+    "principal_problem",
+)
 
 #: A Region name of the embedded KMS ("us-east-1", "eu-central-2").
 REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
@@ -18,6 +26,13 @@ REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 # IAM names: letters, digits and +=,.@_- (AWS's documented character set), 1-64 characters;
 # paths are "/"-separated runs of the same characters (AWS allows up to 512 characters).
 _NAME = r"[\w+=,.@-]{1,64}"
+#: The partitions a KMS ARN may name (aws, aws-cn, aws-us-gov, ...).
+KMS_PARTITION = r"aws(?:-[a-z]+)*"
+#: A KMS key or alias ARN: groups partition, Region, account, "key" or "alias", the rest (the
+#: aws backend's key references and the embedded KMS's reader both read it).
+KMS_ARN = re.compile(
+    rf"arn:({KMS_PARTITION}):kms:([a-z0-9-]+):(\d{{12}}):(key|alias)/([A-Za-z0-9/_+=,.@-]+)"
+)
 IAM_ARN = re.compile(
     r"arn:aws:iam::(?P<account>[0-9]{12}):"
     r"(?:(?P<root>root)|(?P<kind>user|role)/(?P<path>(?:[\w+=,.@-]+/){0,32})(?P<name>"

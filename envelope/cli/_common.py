@@ -325,7 +325,9 @@ def announcing_a_new_store(*specs: KeySpec | None) -> Iterator[None]:
     finally:
         for store in fresh:
             if store.exists():
-                root = store.parent / "root.key"  # (none with a passphrase or an HSM root key)
+                from ..kms.local import ROOT_KEY_NAME
+
+                root = store.parent / ROOT_KEY_NAME  # (none with a passphrase or an HSM key)
                 what = f"its root key ({root})" if root.exists() else "its root key"
                 print(
                     f"envelope: started a new embedded KMS in {store.parent}; {what} is the "

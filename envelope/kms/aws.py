@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+from .._names import KMS_ARN, KMS_PARTITION
 from ..errors import (
     ConfigurationError,
     KmsAccessDeniedError,
@@ -69,12 +70,8 @@ ENDPOINT_ENV = "AWS_ENDPOINT_URL_KMS"
 
 T = TypeVar("T")
 
-_PARTITION = r"aws(?:-[a-z]+)*"
 _REGION_RE = re.compile(r"[a-z]{2,}(?:-[a-z0-9]+)+")
-_ARN_RE = re.compile(
-    rf"arn:({_PARTITION}):kms:([a-z0-9-]+):(\d{{12}}):(key|alias)/([A-Za-z0-9/_+=,.@-]+)"
-)
-_KMS_ARN_PREFIX = re.compile(rf"arn:{_PARTITION}:kms:")
+_KMS_ARN_PREFIX = re.compile(rf"arn:{KMS_PARTITION}:kms:")
 
 # -- error codes (AWS KMS API reference, "Errors" of GenerateDataKey, Encrypt, Decrypt, and
 # the common errors of every AWS API) -------------------------------------------------------
@@ -153,7 +150,7 @@ def _check_region(region: str, where: str) -> str:
 
 
 def _parse_arn(arn: str) -> AwsKeyRef:
-    m = _ARN_RE.fullmatch(arn)
+    m = KMS_ARN.fullmatch(arn)
     if m is None:
         raise ConfigurationError(
             f"{arn!r} is not a KMS key or alias ARN "
@@ -194,7 +191,7 @@ def parse_key_ref(text: str) -> AwsKeyRef:
 
 def key_arn_region(key_id: str) -> str | None:
     """The Region of a KMS *key* ARN (what headers record), or None if `key_id` is not one."""
-    m = _ARN_RE.fullmatch(key_id)
+    m = KMS_ARN.fullmatch(key_id)
     if m is None or m.group(4) != "key" or not _REGION_RE.fullmatch(m.group(2)):
         return None
     return m.group(2)

@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import anyio.to_thread
 
+from .._names import KMS_ARN
 from ..errors import (
     ClosedError,
     ConfigurationError,
@@ -36,6 +37,7 @@ from ..errors import (
     ThrottlingError,
 )
 from ..service import (
+    ROOT_KEY_NAME,
     KeyService,
     KmsServiceError,
     RequestContext,
@@ -48,7 +50,15 @@ from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
 from .uri import NoStoreError
 
-__all__ = ("PROVIDER_ID", "LocalKms", "home_paths", "key_id_from_uri", "open_local", "store_path")
+__all__ = (
+    "PROVIDER_ID",
+    "ROOT_KEY_NAME",
+    "LocalKms",
+    "home_paths",
+    "key_id_from_uri",
+    "open_local",
+    "store_path",
+)
 
 PROVIDER_ID = "local"
 _PREFIX = "local:"
@@ -197,8 +207,8 @@ class LocalKms:
         the Region it is sent to, as in AWS KMS."""
         if key is None:
             return self.service
-        parts = key_id_from_uri(key).split(":")
-        region = parts[3] if len(parts) > 5 and parts[0] == "arn" and parts[2] == "kms" else ""
+        m = KMS_ARN.fullmatch(key_id_from_uri(key))
+        region = m.group(2) if m is not None else ""
         if not region or region == self.service.region:
             return self.service
         service = self._regions.get(region)

@@ -53,7 +53,7 @@ from . import direct
 from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, resolve
 from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire, live_local_lock
-from .paths import check_apart, check_stays_inside
+from .paths import check_apart, check_local_output
 from .s3 import client_for, split_path
 from .sinks import atomic_sink, is_temporary, write_whole
 
@@ -709,7 +709,7 @@ async def encrypt_prefix(
     def already_done(entry: Entry) -> bool:
         dst_path = dst.join(entry.rel)
         if dst_real is not None:
-            check_stays_inside(dst_real, dst_path)
+            check_local_output(dst_real, dst_path)
         if kept is not None:
             kept.check(dst_path)
         return options.resume and _encrypted_done(
@@ -855,7 +855,7 @@ async def decrypt_prefix(
     def already_done(entry: Entry) -> bool:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
         if dst_real is not None:
-            check_stays_inside(dst_real, dst_path)
+            check_local_output(dst_real, dst_path)
         if kept is not None:
             kept.check(dst_path)
         return options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry)

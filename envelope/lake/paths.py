@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 from ..atomic import not_a_regular_file
 from ..errors import ConfigurationError, UnsafePathError
 
-__all__ = ("check_apart", "check_relative", "check_stays_inside", "is_utf8", "path_problem")
+__all__ = ("check_apart", "check_relative", "check_local_output", "is_utf8", "path_problem")
 
 
 def is_utf8(text: str) -> bool:
@@ -75,11 +75,13 @@ def check_relative(rel: str) -> str:
     return rel
 
 
-def check_stays_inside(root_real: str, path: str) -> None:
+def check_local_output(root_real: str, path: str) -> None:
     """Refuse a local output `path` whose resolved location is not under `root_real` (the
     destination's real path): a symbolic link already standing in the destination (as the
     file itself or a folder on the way) would otherwise carry the write elsewhere, since the
-    output writer writes a link's target."""
+    output writer writes a link's target. And refuse one that is a FIFO, socket or device:
+    the resume check would open it to read a header (a FIFO with no writer blocks for ever),
+    before the writer's own refusal (`OutputFile`'s ``regular_only``) is reached."""
     real = os.path.realpath(path)
     if not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
         raise UnsafePathError(

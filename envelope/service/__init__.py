@@ -8,6 +8,7 @@ root-key file next to it and returns a `KeyService`. The service never imports t
 from __future__ import annotations
 
 from ._authz import via_service as via_service
+from ._home import ROOT_KEY_NAME as ROOT_KEY_NAME
 from ._home import default_home as default_home
 from ._home import home_paths as home_paths
 from ._home import open_service as open_service
@@ -32,6 +33,7 @@ __all__ = (
     "Store",
     "default_home",
     "open_service",
+    "ROOT_KEY_NAME",
     "home_paths",
     "store_path",
     "via_service",

@@ -84,6 +84,16 @@ class Server:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """A signed POST / with any target and body, for what boto3 will not send."""
+        return self.http("POST", "/", body, self.signed_headers(target, body, user, headers))
+
+    def signed_headers(
+        self,
+        target: str | None,
+        body: bytes,
+        user: str = "admin",
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The headers of a POST / of `body` to `target`, SigV4-signed as `user`."""
         key, secret = self.credentials[user]
         hdrs = {"Content-Type": "application/x-amz-json-1.1", **(headers or {})}
         if target is not None:
@@ -91,7 +101,7 @@ class Server:
         req = botocore.awsrequest.AWSRequest("POST", self.endpoint + "/", data=body, headers=hdrs)
         creds = botocore.credentials.Credentials(key, secret)
         botocore.auth.SigV4Auth(creds, "kms", REGION).add_auth(req)
-        return self.http("POST", "/", body, dict(req.headers.items()))
+        return dict(req.headers.items())
 
     def http(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None

@@ -287,17 +287,9 @@ def test_request_body_limit(server: Server) -> None:
 
 def _signed_raw(server: Server, target: str, body: bytes, extra: str = "") -> bytes:
     """One signed request as bytes on the wire (for pipelining on a raw socket)."""
-    import botocore.auth
-    import botocore.awsrequest
-    import botocore.credentials
-
-    key, secret = server.credentials["admin"]
-    hdrs = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target}
-    req = botocore.awsrequest.AWSRequest("POST", server.endpoint + "/", data=body, headers=hdrs)
-    creds = botocore.credentials.Credentials(key, secret)
-    botocore.auth.SigV4Auth(creds, "kms", "us-east-1").add_auth(req)
     lines = [b"POST / HTTP/1.1", f"Host: 127.0.0.1:{server.port}".encode()]
-    lines += [f"{k}: {v}".encode() for k, v in req.headers.items() if k.lower() != "host"]
+    signed = server.signed_headers(target, body).items()
+    lines += [f"{k}: {v}".encode() for k, v in signed if k.lower() != "host"]
     lines.append(f"Content-Length: {len(body)}".encode())
     lines += [extra.encode()] if extra else []
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
