@@ -376,12 +376,11 @@ def _print_summary(r: jobs.JobReport, args: argparse.Namespace, *, quiet: bool =
         print(f"{r.bytes} bytes in {r.seconds:.2f} s ({rate})")
         if r.removed_temporaries:
             print(f"removed {r.removed_temporaries} temporary files left by an earlier run")
-    elif r.skipped:  # (the folder mode said nothing: a re-run under another key did nothing)
+    elif r.skipped:  # (the folder mode said nothing: a re-run looked as if it did nothing)
         print(
             f"note: {r.skipped} object{'s' if r.skipped > 1 else ''} already done in the "
-            "destination (current for their source and contexts) left as they are, under the "
-            "key they were sealed with; remove them, or run `envelope lake "
-            f"{r.operation} --no-resume`, to do them again",
+            "destination (current for their source, contexts and key) left as they are; "
+            f"remove them, or run `envelope lake {r.operation} --no-resume`, to do them again",
             file=out,
         )
     # object names and error texts are anyone's text (a shared bucket, a header): shown

@@ -520,20 +520,21 @@ def _encrypted_done(
     exact: bool,
     object_context: Mapping[str, str],
     kms_context: Mapping[str, str],
-) -> bool:
-    """The output is current (see `_newer_or_same`), is this source's ciphertext by length,
-    and its header holds exactly the contexts this run would write (the path binding among
-    them): a re-run with other --context or --kms-context pairs encrypts again."""
+) -> Header | None:
+    """The output's header if the output is current (see `_newer_or_same`), is this source's
+    ciphertext by length, and its header holds exactly the contexts this run would write (the
+    path binding among them): a re-run with other --context or --kms-context pairs encrypts
+    again. Whether it is under this run's key is the caller's check (it may cost a KMS call)."""
     dst = _info(fs, path)
     if dst is None or not _newer_or_same(dst, src, exact):
-        return False
+        return None
     try:
         header, size = _read_header(fs, path)
     except (EnvelopeError, OSError):
-        return False
+        return None
     if header.object_context != object_context or header.kms_context != kms_context:
-        return False
-    return size == objects.ciphertext_length(header, src.size)
+        return None
+    return header if size == objects.ciphertext_length(header, src.size) else None
 
 
 def _decrypted_done(
@@ -705,14 +706,18 @@ async def encrypt_prefix(
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
     kept = _kept(keyring, dst)
+    target: list[tuple[str, str]] = []  # (provider, key id) this run's headers name
+    learning = anyio.Lock()
 
-    def already_done(entry: Entry) -> bool:
+    def output_header(entry: Entry) -> Header | None:
         dst_path = dst.join(entry.rel)
         if dst_real is not None:
             check_local_output(dst_real, dst_path)
         if kept is not None:
             kept.check(dst_path)
-        return options.resume and _encrypted_done(
+        if not options.resume:
+            return None
+        return _encrypted_done(
             dst.fs,
             dst_path,
             entry,
@@ -721,8 +726,28 @@ async def encrypt_prefix(
             kms_context or {},
         )
 
+    async def learn_target() -> None:
+        """Which (provider, key id) this run's headers name, from a data key of the run's
+        own (through the cache, which serves the objects written next): an alias or a key
+        URI names its key only through the KMS's answer."""
+        key = await keyring.encryption_key(kms_context or {})
+        try:
+            target.append((key.wrapped.provider_id, key.wrapped.key_id))
+        finally:
+            key.wipe()
+
     async def done(entry: Entry) -> bool:
-        return await anyio.to_thread.run_sync(already_done, entry)
+        """Resume: an output already there counts as done only if it is current and under
+        this run's key (a re-run under another key encrypts again: its outputs would
+        otherwise be a mix of two keys, and the old key's retirement would break them)."""
+        header = await anyio.to_thread.run_sync(output_header, entry)
+        if header is None:
+            return False
+        if not target:
+            async with learning:
+                if not target:
+                    await learn_target()
+        return all((w.provider_id, w.key_id) == target[0] for w in header.wrapped_keys)
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)

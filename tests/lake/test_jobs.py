@@ -319,6 +319,58 @@ async def test_a_rerun_with_other_contexts_encrypts_again(
         assert v.ok and v.done == len(tree)
 
 
+async def test_a_rerun_under_another_key_encrypts_again(
+    anyio_backend: str, tmp_path: Path, kms: MemoryKms, k1: Keyring, k2: Keyring
+) -> None:
+    """Resume skips an output only if it is under this run's key: a re-run under another key
+    encrypted nothing and reported every object as done, leaving the destination under the
+    old key (retiring which would then break it); a re-run under the same key skips all."""
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 3000, 70_000])
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).ok
+    r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k2, options=opts())
+    assert (r.done, r.skipped) == (len(tree), 0)
+    for ct in read_tree(enc).values():
+        (w,) = objects.parse_object_header(memoryview(ct)).wrapped_keys
+        assert w.key_id == k2.key_id
+    dry = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts(dry_run=True))
+    assert (dry.planned, dry.skipped) == (len(tree), 0)
+    again = await jobs.encrypt_prefix(str(src), str(enc), keyring=k2, options=opts())
+    assert (again.done, again.skipped) == (0, len(tree))
+    back = await jobs.decrypt_prefix(str(enc), str(tmp_path / "back"), keyring=k2, options=opts())
+    assert back.ok and read_tree(tmp_path / "back") == tree
+
+
+async def test_resume_learns_the_key_an_alias_names(anyio_backend: str, tmp_path: Path) -> None:
+    """An alias names its key only through the KMS: a re-run through the key's own id skips
+    the outputs written through the alias, and one after the alias moved to another key
+    encrypts again."""
+    b = open_local(tmp_path / "home")
+    try:
+        first = b.service.create_key()["KeyMetadata"]["KeyId"]
+        b.service.create_alias(alias_name="alias/lake", target_key_id=first)
+        src, enc = tmp_path / "src", tmp_path / "enc"
+        tree = make_tree(src, [10, 3000])
+
+        async def run(key_id: str) -> jobs.JobReport:
+            # (not closed: keyrings over one backend close it together; closed below)
+            kr = Keyring(b, key_id, cache=CachePolicy())
+            return await jobs.encrypt_prefix(str(src), str(enc), keyring=kr, options=opts())
+
+        assert (await run("alias/lake")).done == len(tree)
+        by_id = await run(first)
+        assert (by_id.done, by_id.skipped) == (0, len(tree))
+        second = b.service.create_key()["KeyMetadata"]["KeyId"]
+        b.service.update_alias(alias_name="alias/lake", target_key_id=second)
+        moved = await run("alias/lake")
+        assert (moved.done, moved.skipped) == (len(tree), 0)
+        for ct in read_tree(enc).values():
+            (w,) = objects.parse_object_header(memoryview(ct)).wrapped_keys
+            assert second in w.key_id
+    finally:
+        b.service.close()
+
+
 async def test_fail_fast_stops_early(anyio_backend: str, tmp_path: Path, k1: Keyring) -> None:
     src = tmp_path / "src"
     make_tree(src, [1000] * 30)
