@@ -121,10 +121,17 @@ class Decision:
     explanation: tuple[str, ...] = ()
 
     def message(self, request: Request) -> str:
-        """The AccessDeniedException message, in AWS's shape."""
+        """The AccessDeniedException message, in AWS's shape: "... with an explicit deny in
+        a <type> policy" for a Deny, "... because no <type> policy allows the <action>
+        action" otherwise (IAM User Guide, "Troubleshoot access denied error messages")."""
+        why = (
+            f"with an {self.reason}"
+            if self.reason in (_RESOURCE_DENY, _IDENTITY_DENY)
+            else f"because {self.reason}"
+        )
         return (
             f"User: {request.caller.arn} is not authorized to perform: {request.action} "
-            f"on resource: {request.resource} because {self.reason}"
+            f"on resource: {request.resource} {why}"
         )
 
 

@@ -65,7 +65,7 @@ def test_deny_is_named_and_explained() -> None:
     message = d.message(request("web"))
     assert message == (
         f"User: {ALICE} is not authorized to perform: kms:Decrypt on resource: {KEY} "
-        "because explicit deny in an identity-based policy"
+        "with an explicit deny in an identity-based policy"  # AWS's wording for a Deny
     )
 
 
