@@ -10,6 +10,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _keystore_links, _rows
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from envelope.xks.client import XksClient
 
 
-__all__ = ("CLOUDHSM", "CUSTOM_ORIGINS", "EXTERNAL", "effective_state", "token_label")
+__all__ = ("CLOUDHSM", "CUSTOM_ORIGINS", "EXTERNAL", "effective_state", "in_region", "token_label")
 
 CLOUDHSM = "AWS_CLOUDHSM"
 EXTERNAL = "EXTERNAL_KEY_STORE"
@@ -127,7 +128,25 @@ def _load_store(
 ) -> _StoreRow | None:
     """A store's row, authenticated. The parsed row is cached per process under its MAC (a
     row written since has another MAC, so is read and checked again); every call still reads
-    the row, so a store disconnected by another process is seen at once."""
+    the row, so a store disconnected by another process is seen at once.
+
+    With `account` (a caller naming a store), only a store of that account and of the
+    service's Region: a custom key store belongs to one account and Region, as in AWS."""
+    loaded = _load_any_store(core, conn, store_id, account)
+    if loaded is not None and account is not None and not in_region(loaded.body, core.region):
+        return None
+    return loaded
+
+
+def in_region(body: Mapping[str, Any], region: str) -> bool:
+    """Whether a store's body says it belongs to `region`. Stores made before they recorded
+    their Region (no ``Region``) are seen from every Region, as they were then."""
+    return body.get("Region", region) == region
+
+
+def _load_any_store(
+    core: ServiceCore, conn: sqlite3.Connection, store_id: str, account: str | None
+) -> _StoreRow | None:
     row = conn.execute(
         "SELECT account, body, secret, mac FROM custom_key_stores WHERE store_id=?", (store_id,)
     ).fetchone()

@@ -79,6 +79,7 @@ from ._keystore_rows import (
     _token_for,
     _xks_for,
     _xks_metadata,
+    in_region,
     reachable_form,
     token_label,
 )
@@ -274,9 +275,12 @@ class KeyStoreOps(ServiceCore):
                     "CustomKeyStoreType must be AWS_CLOUDHSM or EXTERNAL_KEY_STORE"
                 )
             self._unique_name(conn, account, name, None)
-            count = conn.execute(
-                "SELECT COUNT(*) FROM custom_key_stores WHERE account=?", (account,)
-            ).fetchone()[0]
+            count = sum(
+                in_region(json.loads(body), self.region)
+                for (body,) in conn.execute(
+                    "SELECT body FROM custom_key_stores WHERE account=?", (account,)
+                )
+            )
             if count >= MAX_STORES:
                 raise LimitExceededException(
                     f"an account can have at most {MAX_STORES} custom key stores in a Region"
@@ -288,6 +292,7 @@ class KeyStoreOps(ServiceCore):
                 "CustomKeyStoreType": kind,
                 "ConnectionState": DISCONNECTED,
                 "CreationDate": now,
+                "Region": self.region,  # (never answered: the store belongs to this Region)
             }
             row = _StoreRow(store_id, account, body, None)
             if kind == CLOUDHSM:
@@ -383,7 +388,7 @@ class KeyStoreOps(ServiceCore):
                     if custom_key_store_name is not None and nm != custom_key_store_name:
                         continue
                     loaded = _load_store(self, conn, str(sid))
-                    if loaded is not None:
+                    if loaded is not None and in_region(loaded.body, self.region):
                         rows.append(loaded)
                 if custom_key_store_name is not None and not rows:
                     raise CustomKeyStoreNotFoundException(

@@ -571,3 +571,31 @@ def test_data_key_pairs_are_not_made_under_a_custom_key_store_key(
     kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
     with pytest.raises(UnsupportedOperationException, match="custom key store"):
         getattr(svc, op)(key_id=kid, key_pair_spec="ECC_NIST_P256")
+
+
+def test_a_store_belongs_to_its_region(svc: KeyService, hsm: HsmToken) -> None:
+    """A custom key store belongs to one account and Region (AWS: DescribeCustomKeyStores
+    "gets information about custom key stores in the account and Region"): from another
+    Region it is not listed, not found by id, and no key can be made in it; it was seen,
+    connected, disconnected and used from every Region of the store."""
+    _, store = make_store(svc, hsm, name="regional")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    eu = svc.for_region("eu-west-1")
+    assert eu.describe_custom_key_stores()["CustomKeyStores"] == []
+    for call in (
+        lambda: eu.describe_custom_key_stores(custom_key_store_id=store),
+        lambda: eu.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store),
+        lambda: eu.disconnect_custom_key_store(custom_key_store_id=store),
+        lambda: eu.update_custom_key_store(
+            custom_key_store_id=store, new_custom_key_store_name="x"
+        ),
+        lambda: eu.delete_custom_key_store(custom_key_store_id=store),
+    ):
+        with pytest.raises(CustomKeyStoreNotFoundException):
+            call()
+    e = entry(svc, store)
+    assert (e["ConnectionState"], e["CustomKeyStoreName"]) == ("CONNECTED", "regional")
+    assert "Region" not in e
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=CTX)["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"x"
