@@ -141,7 +141,7 @@ def _load_store(
 def in_region(body: Mapping[str, Any], region: str) -> bool:
     """Whether a store's body says it belongs to `region`. Stores made before they recorded
     their Region (no ``Region``) are seen from every Region, as they were then."""
-    return body.get("Region", region) == region
+    return bool(body.get("Region", region) == region)
 
 
 def _load_any_store(
