@@ -1045,9 +1045,8 @@ class ServiceCore:
     ) -> tuple[digests.ChainReport, list[str], list[int]]:
         """The digest chain at `location` (default the store's), and this store against it:
         (chain report, problems of the store against the chain, seals not yet published)."""
-        chain = digests.verify_chain(
-            location or self.store.digests, expected_fingerprint=expected_fingerprint
-        )
+        where = location or self.store.digests
+        chain = digests.verify_chain(where, expected_fingerprint=expected_fingerprint)
         with self.store.read() as conn:
             try:
                 counter = self.store.seal_counter(conn)
@@ -1059,6 +1058,7 @@ class ServiceCore:
                 store_id=self.store.store_id,
                 public_key=self.store.audit_public_bytes,
                 seal_counter=counter,
+                location=where,
             )
         return chain, problems, unpublished
 

@@ -378,14 +378,48 @@ def _link_problem(
     return None
 
 
-def _store_seals(conn: sqlite3.Connection) -> Iterator[tuple[int, bytes, int]]:
-    for counter, text, published in conn.execute(
-        "SELECT counter, digest, published FROM seals WHERE counter IS NOT NULL ORDER BY counter"
+def _store_seals(
+    conn: sqlite3.Connection, store_id: str, public_key: bytes, problems: list[str]
+) -> Iterator[tuple[int, bytes, int]]:
+    """Each seal row's (counter, digest text, published), once its digest text, signed by the
+    store's key, vouches for the row's columns: the counter and published columns are not
+    signed themselves, and a row renumbered to the counter the store expects, marked not yet
+    published, hid a cut of every record and seal above it (the digests beside it deleted)."""
+    for seq, chain, counter, text, published in conn.execute(
+        "SELECT seq, chain, counter, digest, published FROM seals WHERE counter IS NOT NULL "
+        "ORDER BY counter"
     ):
         if not isinstance(counter, int):
             continue  # an edited row: the counter check below reports the gap
         data = bytes(text) if isinstance(text, bytes | bytearray | memoryview) else b""
+        try:
+            d = parse(data)
+        except DigestError as e:
+            problems.append(f"the store's seal at record {seq} holds no valid digest: {e}")
+            continue
+        if (d.counter, d.records, d.store_id, d.public_key) != (
+            counter,
+            seq,
+            store_id,
+            public_key,
+        ) or d.chain_head != bytes(chain):
+            problems.append(
+                f"the store's seal at record {seq} says it is seal {counter}, but its signed "
+                f"digest is seal {d.counter} of record {d.records}: the seal row was edited"
+            )
+            continue
         yield counter, data, 1 if published else 0
+
+
+def _published_since(location: DigestLocation | None, counter: int, text: bytes) -> bool:
+    """Whether digest `counter` is at `location` now, exactly as the store's seal holds it
+    (digests are written once and never replaced)."""
+    if location is None:
+        return False
+    try:
+        return location.read(name_of(counter)) == text
+    except OSError:
+        return False
 
 
 def check_store(
@@ -395,16 +429,21 @@ def check_store(
     store_id: str,
     public_key: bytes,
     seal_counter: int,
+    location: DigestLocation | None = None,
 ) -> tuple[list[str], list[int]]:
     """Compare a store with its digests: (problems, counters of seals not yet published).
 
     Finds a store shorter than, or diverging from, any digest (records cut or rewritten), a
     store whose seal counter is older than the latest digest (rolled back), seal rows deleted,
     and digests deleted from the end of the chain (a published seal whose file is gone).
+
+    `location` is where `chain` was listed: a seal the store says is published but that the
+    listing lacks is looked for there by name before it is called deleted (a server running
+    beside the check may have published it between the listing and the store's read).
     """
     problems: list[str] = []
     latest = chain.latest
-    seals = {c: (t, p) for c, t, p in _store_seals(conn)}
+    seals = {c: (t, p) for c, t, p in _store_seals(conn, store_id, public_key, problems)}
     top = max(seals, default=0)
     if top != seal_counter:
         problems.append(
@@ -446,6 +485,8 @@ def check_store(
     unpublished: list[int] = []
     for counter in sorted(c for c in seals if c > done):
         if seals[counter][1]:
+            if not chain.problems and _published_since(location, counter, seals[counter][0]):
+                continue
             if chain.problems:  # the chain check stopped early: it says nothing of deletion
                 problems.append(
                     f"{name_of(counter)} was published but the digests were verified only up to "

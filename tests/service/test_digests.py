@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from envelope.service import KeyService
+from envelope.service import KeyService, digests
 from envelope.service.audit import chain_hash
 from envelope.service.digests import DigestLocation, parse, verify_chain
 
@@ -92,6 +92,51 @@ def test_cut_with_the_seals_above_it_is_detected(logged: Path, clock: FakeClock)
     assert alone  # the store alone cannot tell
     assert any("shorter than digest-000000000004.json" in p for p in problems), problems
     assert any("seal counter is 5 but its last seal is 3" in p for p in problems)
+
+
+def test_a_cut_hidden_by_renumbering_a_seal_row_is_detected(
+    logged: Path, clock: FakeClock
+) -> None:
+    """The counter and published columns of a seal row are not signed: a cut above seal 3,
+    its row renumbered to the counter the store expects (5) and marked not yet published,
+    the digests deleted, passed every check (review). The row's own signed digest says which
+    seal it is."""
+    keep = digest_records(logged, 3)
+    conn = db(logged)
+    conn.execute("DELETE FROM audit WHERE seq > ?", (keep,))
+    conn.execute("DELETE FROM seals WHERE seq > ?", (keep,))
+    conn.execute("UPDATE seals SET counter=?, published=0 WHERE seq=?", (SESSIONS, keep))
+    conn.close()
+    shutil.rmtree(digests_of(logged))
+    _, problems = check(logged, clock)
+    assert any(
+        f"seal at record {keep} says it is seal {SESSIONS}, but its signed digest is seal 3"
+        in p
+        for p in problems
+    ), problems
+
+
+def test_a_digest_published_during_the_check_is_no_alarm(
+    logged: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check lists the digests, then reads the store: a server that seals and publishes
+    in between made the store's newest published seal look deleted from the digests ("the
+    latest digests were deleted", exit 1, against a busy server; review). It is looked for by
+    name first; one really deleted is still reported (see the test of deleted digests)."""
+    real = digests.verify_chain
+
+    def listing_then_a_seal(*args: object, **kwargs: object) -> digests.ChainReport:
+        chain = real(*args, **kwargs)  # type: ignore[arg-type]
+        session(logged, clock, calls=2)  # another process seals and publishes meanwhile
+        return chain
+
+    monkeypatch.setattr(digests, "verify_chain", listing_then_a_seal)
+    _, problems = check(logged, clock)
+    assert problems == []
+    monkeypatch.undo()
+    (digests_of(logged) / f"digest-{SESSIONS + 1:012d}.json").unlink()
+    _, problems = check(logged, clock)
+    assert any("the latest digests were deleted" in p for p in problems), problems
 
 
 def test_rewritten_chain_with_later_seals_deleted_is_detected(
