@@ -14,7 +14,9 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -161,6 +163,13 @@ async def read_body(receive: Any, declared: str | None, limit: int, seconds: flo
 MAX_CONNECTIONS_PER_WORKER = 2048
 
 
+class InsecureTlsKeyWarning(UserWarning):
+    """The server's TLS private key file can be read by group or others."""
+
+
+_WARNED_KEYS: set[str] = set()
+
+
 def check_tls(options: Mapping[str, Any]) -> None:
     """The TLS files of `options` load, before any worker starts: a certificate whose key does
     not match made each worker fail as it started, and uvicorn start it again, for ever."""
@@ -169,6 +178,17 @@ def check_tls(options: Mapping[str, Any]) -> None:
     for path in (cert, key, client_ca):
         if path is not None and not os.path.isfile(path):
             raise ConfigurationError(f"TLS file {path} does not exist")
+    if key is not None and key not in _WARNED_KEYS:
+        mode = stat.S_IMODE(os.stat(key).st_mode)
+        if mode & 0o077:
+            _WARNED_KEYS.add(key)  # (checked again as uvicorn starts: said once)
+            warnings.warn(
+                InsecureTlsKeyWarning(
+                    f"TLS private key {key} is accessible by group or others (mode {mode:04o}): "
+                    f"anyone who can read it can pose as this server: chmod 600 {key}"
+                ),
+                stacklevel=2,
+            )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if cert is not None:
         try:

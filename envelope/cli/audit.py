@@ -221,7 +221,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="only the calls the access policies refused, with the account, decision, "
         "matched statement and reason (the last N of them)",
     )
-    p.set_defaults(handler=_administrator(_run(_tail)))
+    # read-only: reading the log writes nothing (and works on a read-only copy of the store)
+    p.set_defaults(handler=_administrator(_run(_tail)), read_only=True)
     p = sub.add_parser(
         "seal", help="seal the log up to its last record now and publish pending digests"
     )

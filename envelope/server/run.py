@@ -21,7 +21,7 @@ from typing import Any
 
 from .._ratelimit import RateQuota
 from .._regions import aws_kms_regions
-from .._serving import base_options, serve_with, set_header_timeout
+from .._serving import base_options, check_tls, serve_with, set_header_timeout
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service
 from ..service.errors import StoreError
@@ -122,12 +122,15 @@ def create_app() -> KmsApp:
 
 def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM/SIGINT, finishing in-flight requests first."""
-    # fail before binding: the store opens (created or migrated once, here) and auth exists
+    # fail before binding: the TLS files load (before a new store and root key are made for
+    # a server that cannot start), the store opens (created or migrated once, here) and auth
+    # exists
+    options = base_options(settings)
+    check_tls(options)
     service = open_store(settings)
     try:
         authenticator_for(service)
     finally:
         service.close()
     os.environ[ENV_SETTINGS] = settings.to_env()
-    options = base_options(settings)
     serve_with("envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-")

@@ -199,13 +199,15 @@ class Store:
         # relative path would name another file once the process changes directory
         p = Path(os.path.abspath(path))
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not read_only:
+            _check_writable(p)
         if not p.exists():
             _create(p, root)
         _check_file(p)
         conn = sqlite3.connect(
             # read-only: not even a checkpoint of a WAL left by a killed process (its content
             # may be evidence), nor its removal when the connection closes
-            p.as_uri() + "?mode=ro" if read_only else p,
+            p.as_uri() + _read_only_query(p) if read_only else p,
             uri=read_only,
             isolation_level=None,
             check_same_thread=False,
@@ -503,6 +505,44 @@ def _directory_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _read_only_query(p: Path) -> str:
+    """The URI query that opens `p` read-only. On a read-only file system, a store closed
+    cleanly (no WAL beside it) is opened ``immutable``: SQLite otherwise needs to create the
+    WAL index (``-shm``) there, and failed with "unable to open database file". A WAL left
+    beside it is never skipped that way: the open then fails and says so."""
+    try:
+        read_only_fs = bool(os.statvfs(p.parent).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    wal = p.with_name(p.name + "-wal")
+    if read_only_fs and not wal.exists():
+        return "?mode=ro&immutable=1"
+    return "?mode=ro"
+
+
+def _check_writable(p: Path) -> None:
+    """A store opened to write (every call appends its audit record) must be writable, with
+    its folder (SQLite's journal and WAL files live there): a read-only mount opened, then
+    failed every call with an internal error, or was called corrupt."""
+    folder = p.parent
+    try:
+        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return  # an unreadable folder: the open below says why
+    if read_only_fs:
+        raise StoreError(
+            f"the KMS store {p} is on a read-only file system: the KMS writes an audit record "
+            "for every call (`envelope audit verify` and `envelope audit tail` read a store "
+            "there)"
+        )
+    for target in (folder, p):
+        if target.exists() and not os.access(target, os.W_OK):
+            raise StoreError(
+                f"the KMS store {p} cannot be written ({target} is not writable by this user): "
+                "the KMS writes an audit record for every call"
+            )
 
 
 def _create(p: Path, provider: RootKeyProvider) -> None:

@@ -250,6 +250,52 @@ def test_tls_files_that_do_not_pair_are_a_usage_error(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert "do not load as a pair" in r.stderr and "other.key" in r.stderr
     assert "Traceback" not in r.stderr
+    # refused before a store and a root key were made for a server that could not start
+    assert not (tmp_path / "home" / "kms.sqlite3").exists()
+    # and a private key others can read is said, once (the file was written with mode 0644)
+    (tmp_path / "other.key").chmod(0o644)
+    r = subprocess.run(r.args, capture_output=True, text=True, timeout=60)
+    assert r.stderr.count("warning: TLS private key") == 1, r.stderr
+    assert f"chmod 600 {tmp_path / 'other.key'}" in r.stderr
+
+
+def test_a_store_on_a_read_only_file_system_is_refused(tmp_path: Path) -> None:
+    """`envelope serve` on a read-only mount started, and then every call was a 500 (the
+    audit record could not be written); `envelope audit tail` still reads a store there."""
+    import shutil
+    import subprocess
+    import sys
+
+    from envelope.service import open_service
+
+    open_service(tmp_path / "src").close()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = shutil.which("mount") is not None and (
+        subprocess.run(["mount", "--bind", str(tmp_path / "src"), str(ro)], check=False)
+    ).returncode == 0
+    if not mounted:
+        pytest.skip("needs mount --bind (root on Linux) for a real read-only file system")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+        cli = [sys.executable, "-m", "envelope.cli.main"]
+        r = subprocess.run(
+            [*cli, "serve", "--home", str(ro), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 2 and "is on a read-only file system" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        r = subprocess.run(
+            [*cli, "audit", "tail", "--home", str(ro), "-n", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0 and '"Records"' in r.stdout, r.stderr
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
 
 
 def test_the_refusal_budget_bounds_every_address_together_and_loses_no_count() -> None:
