@@ -67,25 +67,39 @@ class EncryptedParquetFile(pq.ParquetFile):  # type: ignore[misc]
         self.decrypting_reader.close()
 
 
+def _root_path(root: str | os.PathLike[str], filesystem: Any) -> str:
+    """The lake job's destination as the path its objects' paths are joined to (a URI
+    resolved as the object's own is)."""
+    return resolve(os.fspath(root), filesystem=filesystem).path
+
+
 def _open_range(uri_or_path: str | os.PathLike[str], filesystem: Any) -> ArrowRangeFile:
     loc = resolve(os.fspath(uri_or_path), filesystem=filesystem)
     return ArrowRangeFile(loc.fs, loc.path)
 
 
-def _check_bound_path(reader: DecryptingReader, path: str) -> None:
+def _check_bound_path(reader: DecryptingReader, path: str, root: str | None) -> None:
     """An object a lake job wrote names its path below the job's root in its authenticated
     context (`envelope:path`), which lake decrypt and verify check: a file copied over
-    another (mallory's rows at alice's path) is refused there. This reader does not know
-    the root, but the path it was given must end with the bound one; otherwise the copy was
-    read as the file it replaced. `ContextMismatchError`, as the lake jobs raise."""
+    another (mallory's rows at alice's path) is refused there. With `root` (the job's
+    destination), the path given must be exactly root/bound. Without it, the path given must
+    end with the bound one, which refuses a copy from another folder of the same depth or
+    deeper, but not a shallower object of the same name (``part-0.parquet`` at the top copied
+    over ``tenant=alice/part-0.parquet``): pass `root` for that. `ContextMismatchError`, as
+    the lake jobs raise."""
     bound = reader.header.object_context.get(PATH_CONTEXT_KEY)
     if bound is None:
         return
     given = path.replace(os.sep, "/")
-    if given != bound and not given.endswith("/" + bound):
+    if root is not None:
+        ok = given == root.replace(os.sep, "/").rstrip("/") + "/" + bound
+    else:
+        ok = given == bound or given.endswith("/" + bound)
+    if not ok:
         raise ContextMismatchError(
             f"{path!r} holds the object a lake job wrote at {bound!r} (its {PATH_CONTEXT_KEY} "
-            "context): a file copied or moved over another is not read as that file; pass "
+            + ("context) " if root is None else f"context) below {root!r}")
+            + ": a file copied or moved over another is not read as that file; pass "
             f"expected_context={{{PATH_CONTEXT_KEY!r}: ...}} to say which path it must be"
         )
 
@@ -99,6 +113,7 @@ def open_encrypted_parquet(
     expected_kms_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
     pre_buffer: bool = True,
+    root: str | os.PathLike[str] | None = None,
 ) -> EncryptedParquetFile:
     """Open a Parquet file that envelope encrypted whole, without decrypting it first.
 
@@ -109,6 +124,10 @@ def open_encrypted_parquet(
     reads the Parquet footer; column reads then fetch only their segments. Tampering raises
     `AuthenticationError` from whichever read meets it. Blocking; in async code use
     `aopen_encrypted_parquet`.
+
+    `root`, the lake job's destination the file was written under, makes the path check
+    exact (see `_check_bound_path`): give it whenever a lake has the same file name at
+    several depths (partitioned tables).
     """
     return run(
         aopen_encrypted_parquet,
@@ -119,6 +138,7 @@ def open_encrypted_parquet(
         expected_kms_context=expected_kms_context,
         options=options,
         pre_buffer=pre_buffer,
+        root=root,
     )
 
 
@@ -131,6 +151,7 @@ async def aopen_encrypted_parquet(
     expected_kms_context: Mapping[str, str] | None = None,
     options: Options = DEFAULT_OPTIONS,
     pre_buffer: bool = True,
+    root: str | os.PathLike[str] | None = None,
 ) -> EncryptedParquetFile:
     """Async `open_encrypted_parquet`; the blocking reads run on worker threads.
 
@@ -156,7 +177,9 @@ async def aopen_encrypted_parquet(
             await owned.aclose()
     try:
         if expected_context is None or PATH_CONTEXT_KEY not in expected_context:
-            _check_bound_path(reader, rf.path)
+            _check_bound_path(
+                reader, rf.path, None if root is None else _root_path(root, filesystem)
+            )
     except BaseException:
         reader.close()
         raise

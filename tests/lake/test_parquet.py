@@ -680,3 +680,31 @@ def test_opaque_keeps_a_lake_object_s_path_binding(
         expected_context={jobs.PATH_CONTEXT_KEY: "mallory.parquet"},
     ) as pf:
         assert pf.read(columns=["c00"]).num_rows == 10
+
+
+def test_opaque_with_the_lake_root_refuses_a_shallower_copy_of_the_same_name(
+    wide_parquet: tuple[Path, pa.Table], tmp_path: Path, keyring: Keyring
+) -> None:
+    """Partitioned lakes hold the same file name at several depths: ``part-0.parquet`` at
+    the top copied over ``tenant=alice/part-0.parquet`` ends the path it replaced, so the
+    suffix check read mallory's rows as alice's (review). With `root` the check is exact."""
+    from envelope.errors import ContextMismatchError
+    from envelope.lake import jobs
+
+    plain, table = wide_parquet
+    src = tmp_path / "src"
+    (src / "tenant=alice").mkdir(parents=True)
+    (src / "tenant=alice" / "part-0.parquet").write_bytes(plain.read_bytes())
+    pq.write_table(table.slice(0, 10), src / "part-0.parquet")
+    enc = tmp_path / "enc"
+    assert anyio.run(partial(jobs.encrypt_prefix, str(src), str(enc), keyring=keyring)).ok
+    alice = enc / "tenant=alice" / "part-0.parquet"
+    with open_encrypted_parquet(alice, keyring=keyring, root=enc) as pf:
+        assert pf.read(columns=["c00"]).num_rows == table.num_rows
+    alice.write_bytes((enc / "part-0.parquet").read_bytes())
+    with pytest.raises(ContextMismatchError, match=r"below"):
+        open_encrypted_parquet(alice, keyring=keyring, root=enc)
+    with pytest.raises(ContextMismatchError):
+        open_encrypted_parquet(alice, keyring=keyring, root=f"file://{enc}")
+    with open_encrypted_parquet(enc / "part-0.parquet", keyring=keyring, root=enc) as pf:
+        assert pf.read(columns=["c00"]).num_rows == 10
