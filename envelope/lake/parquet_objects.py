@@ -32,6 +32,7 @@ from ..reader import DecryptingReader, aopen_decrypted
 from ..sync import run
 from .fs import ArrowRangeFile, resolve
 from .jobs import PATH_CONTEXT_KEY
+from .parquet_pme import parquet_read_errors
 
 __all__ = ("EncryptedParquetFile", "aopen_encrypted_parquet", "open_encrypted_parquet")
 
@@ -55,7 +56,8 @@ class EncryptedParquetFile(pq.ParquetFile):  # type: ignore[misc]
         self.range_file = range_file
         self.arrow_file = pa.PythonFile(reader, mode="r")
         try:
-            super().__init__(self.arrow_file, pre_buffer=pre_buffer)
+            with parquet_read_errors(range_file.path):
+                super().__init__(self.arrow_file, pre_buffer=pre_buffer)
         except BaseException:
             self.arrow_file.close()
             reader.close()

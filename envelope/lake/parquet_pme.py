@@ -51,7 +51,13 @@ import pyarrow.parquet as pq
 import pyarrow.parquet.encryption as pe
 
 from .._bridge import Portal, default_portal
-from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, NoBackendError
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    EnvelopeError,
+    InvalidObjectError,
+    NoBackendError,
+)
 from ..kms.base import KmsBackend, WrappedKey
 from ..kms.keyspec import KeySpec, RetryName, with_retry
 from ..kms.retry import RetryPolicy
@@ -612,8 +618,32 @@ class ParquetCrypto:
         loc = resolve(os.fspath(where), filesystem=filesystem)
         with loc.fs.open_input_file(loc.path) as f:  # checked and read through one handle
             check_encrypted(f, loc.path, plaintext_footer=plaintext_footer)
-            with pq.ParquetFile(f, decryption_properties=self.decryption_properties()) as pf:
-                return pf.read(columns=list(columns) if columns is not None else None)
+            with parquet_read_errors(loc.path):
+                with pq.ParquetFile(f, decryption_properties=self.decryption_properties()) as pf:
+                    return pf.read(columns=list(columns) if columns is not None else None)
+
+
+@contextlib.contextmanager
+def parquet_read_errors(path: str) -> Iterator[None]:
+    """pyarrow's errors on reading an encrypted Parquet file as this package's types: a
+    decryption or signature failure (a page, the footer or a column's metadata changed, or
+    not this key's) is `AuthenticationError`; a file pyarrow cannot parse is
+    `InvalidObjectError`. Errors of the KMS and of this package pass as they are, and so do
+    other I/O errors (a file that is gone, a network failure)."""
+    try:
+        yield
+    except EnvelopeError:
+        raise
+    except (OSError, pa.ArrowException) as e:
+        text = str(e)
+        lowered = text.lower()
+        if "decryption" in lowered or "signature verification" in lowered:
+            raise AuthenticationError(
+                f"{path}: {text}: the file was changed, or its keys are not these"
+            ) from None
+        if isinstance(e, ValueError) or "corrupt" in lowered or "invalid column" in lowered:
+            raise InvalidObjectError(f"{path} is not a readable Parquet file: {text}") from None
+        raise
 
 
 @contextlib.contextmanager

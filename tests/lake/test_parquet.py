@@ -132,6 +132,34 @@ def test_pme_round_trip_memory(kms: MemoryKms, tmp_path: Path) -> None:
         pq.read_table(path)
 
 
+def test_pme_damaged_files_raise_this_package_s_errors(kms: MemoryKms, tmp_path: Path) -> None:
+    """A changed page or footer, a truncated file and a file too short to be Parquet raised
+    pyarrow's OSError and ArrowInvalid, which a caller catching `envelope.errors` missed
+    (review): now AuthenticationError for what fails to decrypt or verify, InvalidObjectError
+    for what does not parse."""
+    from envelope.errors import AuthenticationError
+
+    table = pa.table({"id": pa.array(range(1000)), "ssn": [f"S{i:08d}" for i in range(1000)]})
+    good = tmp_path / "g.parquet"
+    crypto = ParquetCrypto(kms)
+    crypto.write_table(table, good, footer_key="footer-key", column_keys={"pii-key": ["ssn"]})
+    data = good.read_bytes()
+    footer = int.from_bytes(data[-8:-4], "little")
+    body, tail = bytearray(data), bytearray(data)
+    body[4 + (len(data) - 8 - footer) // 2] ^= 1
+    tail[-20] ^= 1
+    cases = {
+        "body": (bytes(body), AuthenticationError),
+        "footer": (bytes(tail), AuthenticationError),
+        "short": (b"PARE" * 3, InvalidObjectError),
+    }
+    for name, (content, error) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(error):
+            crypto.read_table(tmp_path / name)
+    assert crypto.read_table(good).equals(table)
+
+
 def test_pme_kek_cache_and_dataset(kms: MemoryKms, tmp_path: Path) -> None:
     crypto = ParquetCrypto(kms)
     for i in range(3):
