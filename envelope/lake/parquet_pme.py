@@ -548,9 +548,28 @@ class ParquetCrypto:
         plaintext_footer: bool = False,
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
+        schema: pa.Schema | None = None,
     ) -> ds.FileWriteOptions:
         """`file_options` for ``pyarrow.dataset.write_dataset``: pyarrow derives encryption
-        properties (fresh data keys) for every file it writes from this configuration."""
+        properties (fresh data keys) for every file it writes from this configuration.
+
+        ``write_dataset`` is not atomic: a column of `column_keys` its data lacks fails it
+        after it has created an empty file under the final name. Give the data's `schema`
+        and such a column is a `ConfigurationError` here, before anything is written."""
+        if schema is not None:
+            props = self.encryption_properties(
+                footer_key=footer_key,
+                column_keys=column_keys,
+                plaintext_footer=plaintext_footer,
+                double_wrapping=double_wrapping,
+                data_key_length_bits=data_key_length_bits,
+            )
+            try:  # pyarrow checks the columns against the schema as it writes (in memory)
+                pq.write_table(
+                    schema.empty_table(), pa.BufferOutputStream(), encryption_properties=props
+                )
+            except OSError as e:
+                raise ConfigurationError(f"cannot encrypt this schema as asked: {e}") from None
         config = ds.ParquetEncryptionConfig(
             self.factory,
             self.connection,

@@ -192,6 +192,24 @@ def test_pme_write_dataset(kms: MemoryKms, tmp_path: Path) -> None:
     assert back.sort_by("id").equals(TABLE)
 
 
+def test_pme_write_dataset_options_check_the_columns_against_a_schema(
+    kms: MemoryKms, tmp_path: Path
+) -> None:
+    """write_dataset with a mistyped column made an empty file under the final name, then
+    raised a bare OSError (review): given the schema, the options refuse it first."""
+    crypto = ParquetCrypto(kms)
+    with pytest.raises(ConfigurationError, match="ssnx"):
+        crypto.dataset_write_options(
+            footer_key="footer-key", column_keys={"pii-key": ["ssnx"]}, schema=TABLE.schema
+        )
+    options = crypto.dataset_write_options(
+        footer_key="footer-key", column_keys=COLUMN_KEYS, schema=TABLE.schema
+    )
+    ds.write_dataset(TABLE, tmp_path / "out", format="parquet", file_options=options)
+    back = ds.dataset(str(tmp_path / "out"), format=crypto.dataset_format()).to_table()
+    assert back.sort_by("id").equals(TABLE)
+
+
 def test_pme_missing_and_wrong_keys(kms: MemoryKms, tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     write_encrypted_table(
