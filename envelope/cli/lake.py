@@ -272,6 +272,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
                     progress=progress,
                     scheduler=scheduler,
                     workers=args.workers,
+                    observer=observer,
                 )
             else:
                 report = sync.run(

@@ -29,6 +29,7 @@ import anyio
 from ..errors import ConfigurationError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec, Purpose
+from ..metrics import NULL_OBSERVER, Direction, Observer
 from . import jobs
 from .fs import absolute, resolve
 
@@ -178,8 +179,13 @@ def run_on_dask(
     object_context: Mapping[str, str] | None = None,
     progress: jobs.Progress | None = None,
     retries: int = 2,
+    observer: Observer = NULL_OBSERVER,
 ) -> jobs.JobReport:
     """Run one lake job over a Dask cluster (`client` is a distributed.Client).
+
+    `observer` hears of every object as its chunk's result reaches the driver (objects, bytes
+    and failures: a `--metrics-port` of the driver shows the job); the KMS calls are made,
+    and counted, in the workers.
 
     `keys` names the keys to seal under (encrypt) or read with (decrypt, verify, rewrap);
     its purpose is set from `operation`. `to` is rewrap's target key. Unset cache and retry
@@ -209,7 +215,7 @@ def run_on_dask(
     ended = True  # whether no chunk may still be writing (the lock may go)
     try:
         try:
-            report = _run_chunks(client, task, start, progress, retries, submitted)
+            report = _run_chunks(client, task, start, progress, retries, submitted, observer)
         except BaseException:
             ended = _stop_chunks(client, task, submitted)
             raise
@@ -274,6 +280,7 @@ def _run_chunks(
     progress: jobs.Progress | None,
     retries: int,
     submitted: list[Any],
+    observer: Observer = NULL_OBSERVER,
 ) -> jobs.JobReport:
     as_completed = _distributed().as_completed
     operation, source, destination = task.operation, task.source, task.destination
@@ -319,6 +326,7 @@ def _run_chunks(
         report.planned_paths.extend(part["planned_paths"])
         if progress is not None:
             _advance(progress, part)
+        _observe(observer, operation, part)
         stopping = stopping or (task.options.fail_fast and bool(part["failures"]))
         if not stopping:
             nxt = submit()
@@ -339,6 +347,25 @@ def _advance(progress: jobs.Progress, part: Mapping[str, Any]) -> None:
         progress.advance(jobs.ObjectResult("", "done", part["bytes"] if i == 0 else 0))
 
 
+def _observe(observer: Observer, operation: str, part: Mapping[str, Any]) -> None:
+    """Tell `observer` a finished chunk's objects as a local job's would have: each object
+    sealed or opened (its bytes, the chunk's total, on the first) and each failed one; the
+    skipped and planned are not objects the engine ran, and rewrap opens no body."""
+    direction: Direction
+    if operation == "encrypt":
+        direction = "encrypt"
+    elif operation in ("decrypt", "verify"):
+        direction = "decrypt"
+    else:
+        return
+    for i in range(part["done"]):
+        observer.object_started(direction)
+        observer.object_finished(direction, part["bytes"] if i == 0 else 0, True)
+    for _ in part["failures"]:
+        observer.object_started(direction)
+        observer.object_finished(direction, 0, False)
+
+
 def run_distributed(
     operation: str,
     source: str,
@@ -352,6 +379,7 @@ def run_distributed(
     progress: jobs.Progress | None = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    observer: Observer = NULL_OBSERVER,
 ) -> jobs.JobReport:
     """`run_on_dask` on the cluster at `scheduler`, else on a local cluster of `workers`
     worker processes (one thread each) started for this job, else on the cluster at
@@ -372,6 +400,7 @@ def run_distributed(
         kms_context=kms_context,
         object_context=object_context,
         progress=progress,
+        observer=observer,
     )
     address = scheduler or (None if workers else os.environ.get("DASK_SCHEDULER_ADDRESS"))
     if address:
