@@ -199,6 +199,15 @@ class Token:
                 raise
             self._library.rescan()
             self._in_module(self._ensure)
+        except TokenError as e:
+            # the module could not even list its tokens: SoftHSM2 answers CKR_GENERAL_ERROR
+            # for ever once a token's files were deleted under it, until it starts over (a
+            # connect failed with INTERNAL_ERROR until the process restarted, even after the
+            # token was made again)
+            if type(e) is not TokenError:
+                raise
+            self._library.rescan()
+            self._in_module(self._ensure)
 
     def close(self) -> None:
         """Let go of this `Token`; the last user closes its sessions and logs the process out

@@ -599,3 +599,32 @@ def test_a_store_belongs_to_its_region(svc: KeyService, hsm: HsmToken) -> None:
     kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
     blob = svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=CTX)["CiphertextBlob"]
     assert svc.decrypt(ciphertext_blob=blob, encryption_context=CTX)["Plaintext"] == b"x"
+
+
+def test_a_token_deleted_under_a_running_process_and_made_again_reconnects(
+    svc: KeyService, tmp_path: Path
+) -> None:
+    """SoftHSM2 fails every token listing (CKR_GENERAL_ERROR) once a token's files are
+    deleted under a process that has seen it: Connect said INTERNAL_ERROR ("retry"), and kept
+    saying it after the token was made again, until the process restarted (review). The
+    module now starts over: the store is FAILED with CLUSTER_NOT_FOUND while the token is
+    gone, and connects once it is back."""
+    from .. import softhsm
+
+    label = "gone-" + secrets.token_hex(4)
+    config = make_token(tmp_path / "softhsm", label=label, pin="12345678")
+    _, store = make_store(svc, HsmToken(config), name="gone")
+    with softhsm._lock:
+        softhsm._forget(label)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert (e["ConnectionState"], e.get("ConnectionErrorCode")) == ("FAILED", "CLUSTER_NOT_FOUND")
+    with softhsm._lock:
+        done = softhsm._util(
+            "--init-token", "--free", "--label", label, "--pin", "12345678", "--so-pin", "5678"
+        )
+        assert done.returncode == 0, done.stderr
+        softhsm._made[label] = ("12345678", "5678")
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
