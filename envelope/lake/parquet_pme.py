@@ -447,7 +447,7 @@ class ParquetCrypto:
         self,
         *,
         footer_key: str,
-        column_keys: Mapping[str, Sequence[str]],
+        column_keys: Mapping[str, Sequence[str]] | None,
         plaintext_footer: bool = False,
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
@@ -455,10 +455,30 @@ class ParquetCrypto:
     ) -> pe.EncryptionConfiguration:
         """PME settings: `column_keys` maps a master key id to the columns it protects.
 
-        Columns not named are written in clear. Data keys are AES-256 by default (pyarrow's
+        Columns not named are written in clear (neither hidden nor authenticated). None
+        encrypts every column under the footer key (Parquet's "uniform encryption": every page
+        authenticated; pyarrow 21 or later). Data keys are AES-256 by default (pyarrow's
         default is 128); with `double_wrapping` (pyarrow's default) the KMS wraps one 128-bit
         KEK per master key per `cache_lifetime` and the KEKs wrap the data keys locally.
         """
+        if data_key_length_bits not in (128, 192, 256):
+            raise ConfigurationError("data_key_length_bits must be 128, 192 or 256")
+        if column_keys is None:
+            try:
+                return pe.EncryptionConfiguration(
+                    footer_key=footer_key,
+                    uniform_encryption=True,
+                    encryption_algorithm=algorithm,
+                    plaintext_footer=plaintext_footer,
+                    double_wrapping=double_wrapping,
+                    cache_lifetime=self.cache_lifetime,
+                    data_key_length_bits=data_key_length_bits,
+                )
+            except TypeError:  # pyarrow before 21 has no uniform_encryption
+                raise ConfigurationError(
+                    f"column_keys=None (every column under the footer key) needs pyarrow 21 or "
+                    f"later; this is pyarrow {pa.__version__}: name the columns instead"
+                ) from None
         if not column_keys:
             raise ConfigurationError("column_keys must name at least one master key")
         seen: set[str] = set()
@@ -468,8 +488,6 @@ class ParquetCrypto:
             if seen & set(cols):
                 raise ConfigurationError(f"columns {sorted(seen & set(cols))} have two keys")
             seen |= set(cols)
-        if data_key_length_bits not in (128, 192, 256):
-            raise ConfigurationError("data_key_length_bits must be 128, 192 or 256")
         return pe.EncryptionConfiguration(
             footer_key=footer_key,
             column_keys={k: list(v) for k, v in column_keys.items()},
@@ -484,7 +502,7 @@ class ParquetCrypto:
         self,
         *,
         footer_key: str,
-        column_keys: Mapping[str, Sequence[str]],
+        column_keys: Mapping[str, Sequence[str]] | None,
         plaintext_footer: bool = False,
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
@@ -544,7 +562,7 @@ class ParquetCrypto:
         self,
         *,
         footer_key: str,
-        column_keys: Mapping[str, Sequence[str]],
+        column_keys: Mapping[str, Sequence[str]] | None,
         plaintext_footer: bool = False,
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
@@ -589,7 +607,7 @@ class ParquetCrypto:
         where: str | os.PathLike[str],
         *,
         footer_key: str,
-        column_keys: Mapping[str, Sequence[str]],
+        column_keys: Mapping[str, Sequence[str]] | None,
         filesystem: pafs.FileSystem | None = None,
         plaintext_footer: bool = False,
         double_wrapping: bool = True,
@@ -684,7 +702,7 @@ def write_encrypted_table(
     *,
     backend: KmsBackend | KeySpec | ParquetCrypto,
     footer_key: str,
-    column_keys: Mapping[str, Sequence[str]],
+    column_keys: Mapping[str, Sequence[str]] | None,
     filesystem: pafs.FileSystem | None = None,
     plaintext_footer: bool = False,
     row_group_size: int | None = None,
