@@ -16,8 +16,8 @@ from ._core import (
     _Key,
 )
 from ._states import (
-    ENABLE_DISABLE,
     MANAGE,
+    UPDATE_PRIMARY,
 )
 from .errors import (
     AlreadyExistsException,
@@ -135,7 +135,7 @@ class MultiRegionOps(ServiceCore):
                 conn,
                 call,
                 key_id,
-                ENABLE_DISABLE,
+                UPDATE_PRIMARY,
                 now,
                 "call UpdatePrimaryRegion in the primary key's Region",
             )
@@ -144,7 +144,7 @@ class MultiRegionOps(ServiceCore):
             new = self._load(conn, primary_region, key.id)
             if new is None:
                 raise NotFoundException(f"{key.id} has no replica in {primary_region}")
-            _states.check(new.state, ENABLE_DISABLE, new.arn)
+            _states.check(new.state, UPDATE_PRIMARY, new.arn)
             for region in [self.region, *self._replica_regions(conn, key)]:
                 k = key if region == self.region else self._load(conn, region, key.id)
                 if k is None:

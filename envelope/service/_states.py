@@ -34,6 +34,10 @@ READ = "read"  # DescribeKey, ListResourceTags, GetKeyRotationStatus, ListKeyRot
 #: CreateGrant: the key-state table refuses it on a Disabled key (DisabledException) and on one
 #: pending import, unlike the other management operations; a disconnected store's key is fine
 GRANT = "grant"
+#: UpdatePrimaryRegion: "both the primary key and the replica key must be in the Enabled key
+#: state when the operation starts" (Developer Guide, "Change the primary key"); a Disabled
+#: one is DisabledException, the error botocore's model lists for the operation
+UPDATE_PRIMARY = "update-primary"
 
 _ALLOWED: dict[str, frozenset[str]] = {
     CRYPTO: frozenset({ENABLED}),
@@ -47,6 +51,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     SCHEDULE: frozenset({ENABLED, DISABLED, PENDING_IMPORT, UNAVAILABLE}),
     CANCEL: frozenset(PENDING),
     GRANT: frozenset({ENABLED, UNAVAILABLE}),
+    UPDATE_PRIMARY: frozenset({ENABLED}),
     READ: frozenset(
         {
             ENABLED,
@@ -61,7 +66,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     ),
 }
 # groups in which a Disabled key gets DisabledException rather than KMSInvalidStateException
-_DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION, GRANT})
+_DISABLED_EXCEPTION = frozenset({CRYPTO, ROTATION, GRANT, UPDATE_PRIMARY})
 
 
 def _spoken(state: str) -> str:

@@ -301,6 +301,26 @@ def test_multi_region_encrypt_primary_decrypt_replica(svc: KeyService, clock: Fa
     )
 
 
+def test_update_primary_region_needs_both_keys_enabled(svc: KeyService) -> None:
+    """"Both the primary key and the replica key must be in the Enabled key state when the
+    operation starts" (Developer Guide, "Change the primary key"): a Disabled one is
+    DisabledException (it made the replica the primary; review), and nothing changes."""
+    us, eu = svc, svc.for_region("eu-west-1")
+    for disabled in (us, eu):
+        kid = new_key(us, multi_region=True)
+        us.replicate_key(key_id=kid, replica_region="eu-west-1")
+        disabled.disable_key(key_id=kid)
+        assert code_of(
+            lambda k=kid: us.update_primary_region(key_id=k, primary_region="eu-west-1")
+        ) == ("DisabledException")
+        mr = eu.describe_key(key_id=kid)["KeyMetadata"]["MultiRegionConfiguration"]
+        assert mr["MultiRegionKeyType"] == "REPLICA"
+        disabled.enable_key(key_id=kid)
+        us.update_primary_region(key_id=kid, primary_region="eu-west-1")
+        mr = eu.describe_key(key_id=kid)["KeyMetadata"]["MultiRegionConfiguration"]
+        assert mr["MultiRegionKeyType"] == "PRIMARY"
+
+
 def test_update_primary_region_and_deletion(svc: KeyService, clock: FakeClock) -> None:
     kid = new_key(svc, multi_region=True)
     svc.replicate_key(key_id=kid, replica_region="ap-south-1")
