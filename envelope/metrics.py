@@ -72,7 +72,8 @@ class Observer(Protocol):
     def kms_retry(
         self, backend: str, operation: str, reason: RetryReason, attempt: int, delay: float
     ) -> None:
-        """Attempt number `attempt` failed with `reason`; the layer sleeps `delay` s, retries."""
+        """Attempt number `attempt` failed with `reason`; the layer slept `delay` s and retries
+        now (a call cancelled in its backoff is not counted: that retry is never sent)."""
 
     def kms_gave_up(self, backend: str, operation: str, reason: GiveUpReason) -> None:
         """The retry layer stopped: attempts, retry budget or deadline exhausted."""

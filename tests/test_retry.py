@@ -210,9 +210,10 @@ async def test_job_of_5000_objects_survives_30_percent_throttling() -> None:
     assert len(rec.retries) == throttles == len(fake.sleeps)  # every throttle retried once
     assert rec.outcomes.count("throttled") == throttles
     assert rec.outcomes.count("ok") == 10_000
-    for (reason, attempt, delay), slept in zip(rec.retries, fake.sleeps, strict=True):
+    # (a retry is reported once its sleep is over, so across tasks the two orders differ)
+    assert sorted(d for _, _, d in rec.retries) == sorted(fake.sleeps)
+    for reason, attempt, delay in rec.retries:
         assert reason == "throttled"
-        assert delay == slept
         assert 0.0 <= delay <= policy.backoff_bound(ErrorKind.THROTTLED, attempt)
     assert max(a for _, a, _ in rec.retries) >= 4  # later retries happened, with larger bounds
     assert retrying.retrier.budget is not None
@@ -338,11 +339,21 @@ async def test_attempt_timeout_is_a_retried_timeout() -> None:
 
 @pytest.mark.anyio
 async def test_cancellation_interrupts_a_backoff_sleep() -> None:
+    """A call cancelled in its backoff ends at once; the retry it was waiting for is never
+    sent, so its budget tokens go back and it is not counted as a retry (they were kept, and
+    a burst of cancelled calls drained the budget for everyone; review)."""
     kms = MemoryKms()
     flaky = FaultyKms(kms, throttle=1.0)
     rec = Recorder()
     policy = RetryPolicy(throttle_base=600.0, cap=600.0, deadline=3600.0)
-    retrying = RetryingKms(flaky, policy, observer=rec, rng=Highest())  # real anyio.sleep
+    budget = RetryBudget(capacity=100)
+    in_backoff = anyio.Event()
+
+    async def sleep(seconds: float) -> None:  # a real sleep, that says when it starts
+        in_backoff.set()
+        await anyio.sleep(seconds)
+
+    retrying = RetryingKms(flaky, policy, observer=rec, rng=Highest(), budget=budget, sleep=sleep)
     finished = False
 
     async def job() -> None:
@@ -353,10 +364,11 @@ async def test_cancellation_interrupts_a_backoff_sleep() -> None:
     with anyio.fail_after(10):  # a safety net only: cancellation must end the sleep at once
         async with anyio.create_task_group() as tg:
             tg.start_soon(job)
-            await rec.retried.wait()  # the job is now in a 600 s backoff
+            await in_backoff.wait()  # the job has paid for a retry: now in a 600 s backoff
             tg.cancel_scope.cancel()
     assert not finished
-    assert flaky.calls["GenerateDataKey"] == 1 and rec.retries == [("throttled", 1, 600.0)]
+    assert flaky.calls["GenerateDataKey"] == 1 and rec.outcomes == ["throttled"]
+    assert rec.retries == [] and budget.available == 100
 
 
 @pytest.mark.anyio

@@ -457,9 +457,17 @@ class Retrier:
                     f"the next backoff would pass the deadline of {policy.deadline:g} s",
                     error,
                 ) from error
+            try:
+                await self.sleep(delay)
+            except BaseException:
+                # cancelled in the backoff (a caller's timeout, a task group that failed):
+                # the retry is never sent, so its tokens go back and it is not counted (they
+                # were kept, and a burst of cancelled calls drained the budget for everyone)
+                if self.budget is not None:
+                    self.budget.release(cost)
+                raise
             spent += cost
             observer.kms_retry(backend, operation, _REASON[kind], attempt, delay)
-            await self.sleep(delay)
             attempt += 1
 
 
