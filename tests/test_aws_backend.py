@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -581,7 +582,7 @@ def test_decrypt_picks_the_aws_backend_from_the_header(
 
 
 def test_a_reader_given_an_aws_key_decrypts_with_that_key_only(
-    tmp_path: Path, moto_url: str, key: dict[str, str]
+    tmp_path: Path, moto_url: str, key: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A decrypt KeySpec naming an AWS key sends it as Decrypt's KeyId, so a data key wrapped
     under another key is refused by KMS (review: the key argument chose only the backend)."""
@@ -599,10 +600,66 @@ def test_a_reader_given_an_aws_key_decrypts_with_that_key_only(
         finally:
             reader.close()
 
-    assert opened(key["arn"]) == opened(f"aws-kms:{key['alias']}") == b"rows"
+    assert opened(key["arn"]) == b"rows"
+    with pytest.raises(ConfigurationError, match="no AWS Region"):  # an alias needs a Region
+        opened(f"aws-kms:{key['alias']}")
+    monkeypatch.setenv("AWS_REGION", REGION)  # (the reader's, never the header's)
+    assert opened(f"aws-kms:{key['alias']}") == b"rows"
     with pytest.raises(KmsKeyError):
         opened(other)
     assert opened("aws-kms:") == b"rows"  # any key the header names
+
+
+def test_a_reader_s_alias_is_resolved_in_its_own_region_not_the_header_s(
+    moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aliases are per Region: a reader pinned to aws-kms:alias/NAME (its Region from the AWS
+    chain) resolved the alias in the Region the header names, so an object under the key
+    that alias/NAME names in another Region was decrypted (review). It is refused now."""
+    from envelope.errors import EnvelopeError
+    from envelope.kms.keyspec import KeySpec
+
+    other = "us-west-2"  # (REGION is the reader's own)
+    name = f"alias/pin-{os.urandom(4).hex()}"
+    for region in (REGION, other):
+        kms = admin(moto_url, region)
+        kms.create_alias(AliasName=name, TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    other_arn = admin(moto_url, other).describe_key(KeyId=name)["KeyMetadata"]["Arn"]
+    blob = bytes(sync.encrypt_bytes(b"rows", keyring=Keyring(new_kms(moto_url), other_arn)))
+    monkeypatch.setenv("AWS_REGION", REGION)
+    reader = KeySpec(purpose="decrypt", kms_endpoint=moto_url, key=f"aws-kms:{name}").keyring()
+    try:
+        with pytest.raises(EnvelopeError):
+            sync.decrypt_bytes(blob, keyring=reader)
+    finally:
+        reader.close()
+    there = KeySpec(purpose="decrypt", kms_endpoint=moto_url, key=f"aws-kms://{other}/{name}")
+    reader = there.keyring()
+    try:
+        assert bytes(sync.decrypt_bytes(blob, keyring=reader)) == b"rows"
+    finally:
+        reader.close()
+
+
+def test_botocore_debug_logs_carry_no_key_material(
+    moto_url: str, key: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At DEBUG botocore logs request parameters and response bodies: every data key of
+    GenerateDataKey and Decrypt, and each one re-wrapped with Encrypt, reached the log
+    (review). Those records are withheld; the others stay."""
+    import base64
+
+    kms = new_kms(moto_url)
+    with caplog.at_level(logging.DEBUG):
+        dk = kms.generate_data_key_blocking(key["arn"], context={})
+        kms.encrypt_data_key_blocking(key["arn"], dk.plaintext, context={})
+        back = kms.decrypt_data_key_blocking(dk.wrapped, context={})
+    secret = base64.b64encode(bytes(dk.plaintext)).decode()
+    assert back == dk.plaintext
+    assert secret not in caplog.text and "Plaintext" not in caplog.text
+    assert caplog.text.count("withheld by envelope") >= 3
+    assert "botocore.endpoint" in caplog.text  # botocore still logs the rest
+    dk.wipe()
 
 
 # -- error mapping ------------------------------------------------------------------------------
@@ -616,6 +673,7 @@ def test_moto_refusals_are_key_errors_never_retried(moto_url: str, key: dict[str
     with pytest.raises(KmsKeyError, match="NotFoundException") as e:
         sync.run(retrying.generate_data_key, missing, context={})
     assert not isinstance(e.value, KmsAccessDeniedError)
+    assert f"for key {missing}" in str(e.value)  # (moto, as AWS for some codes, says nothing)
     assert calls.sent == Counter({"GenerateDataKey": 1})  # FATAL: no retry anywhere
 
     dk = kms.generate_data_key_blocking(key["arn"], context={"a": "1"})

@@ -29,6 +29,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -48,7 +49,7 @@ from ..errors import (
     ThrottlingError,
 )
 from ..hazmat.format import DATA_KEY_LEN
-from ..printable import wrapped_key_name
+from ..printable import printable, wrapped_key_name
 from .base import DataKey, WrappedKey
 from .retry import BOTOCORE_NO_RETRIES
 
@@ -230,9 +231,42 @@ def _retry_after(response: Mapping[str, Any]) -> float | None:
     return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
-def _translate(exc: Exception, operation: str) -> Exception:
+class _KeyMaterialLogFilter(logging.Filter):
+    """Withholds botocore's debug records that hold key material. At DEBUG, botocore logs
+    each request's parameters (Encrypt's ``Plaintext``: a data key being re-wrapped) and each
+    response body (GenerateDataKey's and Decrypt's ``Plaintext``): an application that turned
+    on debug logging wrote every data key to its log (review)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            return True
+        if "Plaintext" in text:
+            record.msg = "(a %s record withheld by envelope: it holds key material)"
+            record.args = (record.name,)
+        return True
+
+
+_LOG_FILTER = _KeyMaterialLogFilter()
+#: The botocore loggers that write request parameters and response bodies.
+_BOTOCORE_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers")
+
+
+def guard_botocore_logs() -> None:
+    """Install `_KeyMaterialLogFilter` on botocore's body loggers (once; process-wide, so it
+    covers this process's other KMS clients too)."""
+    for name in _BOTOCORE_BODY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)
+
+
+def _translate(exc: Exception, operation: str, key: str | None = None) -> Exception:
     """botocore's errors as the engine's: the retry layer retries throttling, transient and
-    timeout kinds only; configuration problems are `ConfigurationError` (the CLI's exit 2)."""
+    timeout kinds only; configuration problems are `ConfigurationError` (the CLI's exit 2).
+    The message names `key` (the key id asked for: AWS itself says nothing for several codes,
+    and neither does moto for any)."""
     import botocore.exceptions as bx
 
     if isinstance(exc, bx.ClientError):
@@ -240,7 +274,8 @@ def _translate(exc: Exception, operation: str) -> Exception:
         code = str(error.get("Code") or "")
         message = str(error.get("Message") or "").strip()
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        text = f"AWS KMS {operation} ({code or status}){': ' + message if message else ''}"
+        on = f" for key {printable(key)}" if key else ""
+        text = f"AWS KMS {operation} ({code or status}){on}{': ' + message if message else ''}"
         if code in _THROTTLING or status == 429:
             return ThrottlingError(
                 text, operation=operation, retry_after=_retry_after(exc.response)
@@ -362,6 +397,7 @@ class AwsKms:
                 raise ConfigurationError("this AWS KMS backend is closed")
             client = self._clients.get(region)
             if client is None:
+                guard_botocore_logs()
                 config = Config(
                     retries=dict(BOTOCORE_NO_RETRIES),
                     connect_timeout=self._timeouts[0],
@@ -375,13 +411,15 @@ class AwsKms:
                 self._clients[region] = client
             return client
 
-    def _call(self, operation: str, region: str | None, fn: Callable[[Any], T]) -> T:
+    def _call(
+        self, operation: str, region: str | None, fn: Callable[[Any], T], key: str | None = None
+    ) -> T:
         try:
             return fn(self.client(region))
         except ConfigurationError:
             raise
         except Exception as e:
-            translated = _translate(e, operation)
+            translated = _translate(e, operation, key)
             if translated is e:
                 raise
             raise translated from None
@@ -400,6 +438,7 @@ class AwsKms:
             lambda c: c.generate_data_key(
                 KeyId=kid, KeySpec="AES_256", EncryptionContext=dict(context)
             ),
+            kid,
         )
         plaintext = bytearray(resp["Plaintext"])
         try:
@@ -426,6 +465,7 @@ class AwsKms:
             lambda c: c.encrypt(
                 KeyId=kid, Plaintext=bytes(plaintext), EncryptionContext=dict(context)
             ),
+            kid,
         )
         return WrappedKey(
             PROVIDER_ID, self._recorded_arn(resp, "Encrypt"), bytes(resp["CiphertextBlob"])
@@ -441,7 +481,11 @@ class AwsKms:
         key_id = wrapped.key_id
         if self.required_key is not None:
             key_id = self.required_key
-            region = key_arn_region(key_id) or self.region or region
+            # an alias or key id the reader named is resolved in the reader's Region (its
+            # argument's, else the AWS chain's), never in the one the header names: aliases
+            # are per Region, so a header could pick the Region where the same alias name
+            # names another key, and the pin would hold nothing (review)
+            region = key_arn_region(key_id) or self._default_region()
         resp = self._call(
             "Decrypt",
             region,
@@ -451,6 +495,7 @@ class AwsKms:
                 EncryptionContext=dict(context),
                 EncryptionAlgorithm="SYMMETRIC_DEFAULT",
             ),
+            key_id,
         )
         key = bytearray(resp["Plaintext"])
         if resp.get("KeyId") != wrapped.key_id or len(key) != DATA_KEY_LEN:
