@@ -79,6 +79,13 @@ def main() -> None:
     }
     result["size_mib"] = args.size_mib
     result["cores"] = cores()
+    result["filesystem"] = got.get("filesystem")  # (tmpfs, or a cp that clones: not a copy)
+    if result["filesystem"] in ("tmpfs", "xfs", "btrfs", "zfs", "bcachefs"):
+        print(
+            f"bench/cli.py: note: the work folder is on {result['filesystem']}: cp_mbps is "
+            "not a disk copy there (give --dir on an ext4 disk to compare with the docs)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

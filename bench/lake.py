@@ -42,7 +42,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     ap.add_argument(
-        "--small", type=int, default=10_000, help="small objects (1-64 KiB) in the tree (10000)"
+        "--small", type=int, default=10_000, help="small objects (16 KiB) in the tree (10000)"
     )
     ap.add_argument("--large", type=int, default=8, help="large objects in the tree (8)")
     ap.add_argument(

@@ -280,7 +280,7 @@ async def estimate(
 
 def generate_tree(root: Path, small: int, large: int, large_size: int) -> None:
     """`small` objects of 16 KiB under root/small (100 a folder) and `large` of `large_size`
-    (a multiple of 4 MiB) under root/large, random-looking bytes."""
+    bytes under root/large, random-looking bytes."""
     block = os.urandom(16 * KIB)
     for i in range(small):
         d = root / "small" / f"d{i // 100:03d}"
@@ -294,6 +294,7 @@ def generate_tree(root: Path, small: int, large: int, large_size: int) -> None:
         with open(d / f"big{i}.bin", "wb") as f:
             for _ in range(large_size // len(chunk)):
                 f.write(chunk)
+            f.write(chunk[: large_size % len(chunk)])  # (any size: 2 MiB made empty files)
 
 
 async def copy_prefix(src: str, dst: str, options: jobs.LakeOptions) -> jobs.JobReport:

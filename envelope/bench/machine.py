@@ -40,6 +40,28 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def filesystem_type(path: str, mounts: str = "/proc/mounts") -> str | None:
+    """The type of the file system `path` is on (``ext4``, ``tmpfs``, ...), from the longest
+    mount point above it; None where /proc/mounts cannot say. File figures mean another
+    thing on ``tmpfs`` (no disk, fsync free) or on a file system where ``cp`` clones
+    (``xfs``, ``btrfs``): a bench prints it beside them."""
+    real = os.path.realpath(path)
+    best_point, best_type = "", None
+    try:
+        with open(mounts, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                inside = real == point or real.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best_point):
+                    best_point, best_type = point, fields[2]
+    except OSError:
+        return None
+    return best_type
+
+
 def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, Any]:
     """CPU model and AES-related flags; empty values where the system does not say."""
     model, flags = platform.processor() or platform.machine(), set[str]()

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import peer_tools
-from .machine import cores, write_file
+from .machine import cores, filesystem_type, write_file
 from .timing import MIB, Progress, mbps, median, no_progress, ratio
 
 __all__ = ("PEERS", "Peer", "measure", "run_timed", "startup")
@@ -329,6 +329,7 @@ def measure(
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="envelope-bench-peers-", dir=directory) as d:
+        fs_type = filesystem_type(d)
         env["ENVELOPE_HOME"] = os.path.join(d, "home")
         src = os.path.join(d, "plain.bin")
         write_file(src, size)
@@ -400,6 +401,9 @@ def measure(
         "rounds": rounds,
         "cores": cores(),
         "rss_floor_mib": floor,
+        # tmpfs: no disk at all; xfs/btrfs: cp clones instead of copying (its figure is not a
+        # copy's): the figures are comparable only between runs on the same kind
+        "filesystem": fs_type,
         "rows": ordered,
         "targets": _targets(rows),
     }
