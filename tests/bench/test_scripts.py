@@ -147,6 +147,7 @@ def check(got: dict[str, Any], keys: set[str]) -> None:
 def test_cli_script(tmp_path: Path) -> None:
     got = run_script("cli.py", "--size-mib", "1", "--rounds", "1", "--dir", str(tmp_path / "w"),
                      tmp_path=tmp_path)
+    assert isinstance(got.pop("filesystem"), str)  # (the work folder's: ext4, tmpfs, ...)
     check(got, CLI_KEYS)
     assert got["size_mib"] == 1
     for k in ("cli_encrypt_mbps", "cli_decrypt_mbps", "cp_mbps", "startup_s", "startup_rss_mib"):
