@@ -379,6 +379,27 @@ def test_cli_file_round_trip_with_an_arn_and_an_endpoint(
     assert back.read_bytes() == src.read_bytes()
 
 
+def test_cli_retries_a_throttled_call_of_one_file(
+    tmp_path: Path, moto_url: str, key: dict[str, str]
+) -> None:
+    """One file's default retry profile is `default` (3 attempts, as the AWS SDKs): a single
+    ThrottlingException failed `envelope encrypt` after one request (review). `none` still
+    turns retries off."""
+    src, enc = tmp_path / "in.bin", tmp_path / "in.env"
+    src.write_bytes(b"rows")
+    throttled = (400, "ThrottlingException", 0)
+    with Scripted([throttled], then=None, upstream=moto_url) as srv:
+        r = run_cli("encrypt", str(src), str(enc), "--key", key["arn"], "--kms-endpoint", srv.url)
+        assert r.returncode == 0, r.stderr
+        assert srv.requests == ["GenerateDataKey"] * 2
+    enc.unlink()
+    with Scripted([throttled], then=None, upstream=moto_url) as srv:
+        r = run_cli("encrypt", str(src), str(enc), "--key", key["arn"], "--kms-endpoint", srv.url,
+                    env={"ENVELOPE_RETRY": "none"})  # fmt: skip
+        assert r.returncode == 3 and "ThrottlingException" in r.stderr, r.stderr
+        assert srv.requests == ["GenerateDataKey"] and not enc.exists()
+
+
 def test_cli_refusals_exit_codes(tmp_path: Path, moto_url: str, key: dict[str, str]) -> None:
     src = tmp_path / "in.bin"
     src.write_bytes(b"x" * 100)

@@ -292,12 +292,16 @@ def key_spec(
         and _starts_a_store(key)
     ):
         _check_home_folder(home)
+    retry = getattr(args, "retry", None)  # from $ENVELOPE_RETRY or the profile
     spec = KeySpec(
         key=key,
         key_files=files,
         home=home,
         cache=getattr(args, "cache", None),  # from $ENVELOPE_CACHE or the profile
-        retry=getattr(args, "retry", None),  # from $ENVELOPE_RETRY or the profile
+        # one file: the `default` profile (3 attempts within 30 s, as the AWS SDKs' standard
+        # mode), so one ThrottlingException from a remote KMS does not fail the command;
+        # the lake jobs: `bulk` (KeySpec.bulk)
+        retry=retry if retry is not None or bulk else "default",
         purpose=purpose,
         kms_endpoint=endpoint,
     )
