@@ -412,9 +412,10 @@ class Keyring:
     ) -> DataKey:
         """`encryption_key` for plain threads (ETL code, `envelope.sync`, worker threads).
 
-        A cache hit is one locked lookup on the calling thread. A miss calls the backend
-        through the retry layer on the process-wide portal loop (`envelope._portal`), with
-        single-flight shared with every other thread and task of the process.
+        A cache hit is one locked lookup on the calling thread. A miss calls a blocking
+        backend (and the retry layer over one) on the calling thread, any other through the
+        process-wide portal loop (`envelope._portal`), with single-flight shared with every
+        other thread and task of the process.
         """
         if self._closed or self.backend is None or self.key_id is None:
             self._check_open()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -456,3 +457,79 @@ async def test_keyring_retry_and_cache_together() -> None:
             tg.start_soon(one)
     assert flaky.calls["GenerateDataKey"] == 3 and len(fake.sleeps) == 2
     assert len(set(got)) == 1 and len(got) == 200
+
+
+class ThrottledBlocking(MemoryKms):
+    """A blocking backend whose first `throttles` blocking calls are throttled."""
+
+    def __init__(self, throttles: int) -> None:
+        super().__init__()
+        self.left = throttles
+        self.blocking_calls = 0
+
+    def generate_data_key_blocking(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        self.blocking_calls += 1
+        if self.left > 0:
+            self.left -= 1
+            raise ThrottlingError("throttled (scripted)", operation="GenerateDataKey")
+        return super().generate_data_key_blocking(key_id, context=context)
+
+
+def test_the_retry_layer_over_a_blocking_backend_retries_on_the_calling_thread() -> None:
+    """Over a backend with a blocking face the retry layer has one too: the same policy,
+    budget and reports, sleeping on the calling thread; a blocking caller's miss went
+    through the process-wide portal's event loop instead (the CLI paid its start-up)."""
+    from envelope.kms.base import BlockingKms
+
+    kms = ThrottledBlocking(throttles=2)
+    key_id = kms.create_key()
+    slept: list[float] = []
+    rec = Recorder()
+    budget = RetryBudget(capacity=100)
+    retrying = RetryingKms(kms, RetryPolicy.default(), observer=rec, budget=budget, rng=Highest())
+    retrying.retrier.sleep_blocking = slept.append
+    assert isinstance(retrying, BlockingKms)
+    assert not isinstance(RetryingKms(FaultyKms(kms)), BlockingKms)  # async-only stays so
+    dk = retrying.generate_data_key_blocking(key_id, context={})
+    assert kms.blocking_calls == 3 and kms.calls["GenerateDataKey"] == 1
+    assert rec.outcomes == ["throttled", "throttled", "ok"] and len(slept) == 2
+    assert [r[:2] for r in rec.retries] == [("throttled", 1), ("throttled", 2)]
+    assert budget.available == 100  # a success after retries puts back what it spent
+    assert retrying.decrypt_data_key_blocking(dk.wrapped, context={}) == dk.plaintext
+    kms.left = 10
+    with pytest.raises(RetryExhaustedError):
+        retrying.generate_data_key_blocking(key_id, context={})
+    kms.left = 10
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    retrying.retrier.sleep_blocking = interrupted
+    before = budget.available
+    with pytest.raises(KeyboardInterrupt):
+        retrying.generate_data_key_blocking(key_id, context={})
+    assert budget.available == before  # the retry never sent gave its tokens back
+
+
+def test_a_sync_object_with_retries_starts_no_event_loop(tmp_path: Path) -> None:
+    """`envelope.sync` with a retrying keyring over a key file seals without anyio (no
+    portal loop, no import): the blocking face is used end to end."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading\n"
+        "from envelope import sync\n"
+        "from envelope.keyring import Keyring\n"
+        "from envelope.kms.filekey import FileKeyBackend, generate_key_file\n"
+        "from envelope.kms.retry import RetryPolicy\n"
+        f"generate_key_file({str(tmp_path / 'k.key')!r})\n"
+        f"b = FileKeyBackend({str(tmp_path / 'k.key')!r})\n"
+        "kr = Keyring(b, b.key_id, retry=RetryPolicy.default())\n"
+        "ct = sync.encrypt_bytes(b'rows', keyring=kr)\n"
+        "assert bytes(sync.decrypt_bytes(ct, keyring=kr)) == b'rows'\n"
+        "print('anyio' in sys.modules, [t.name for t in threading.enumerate()])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False ['MainThread']"

@@ -96,7 +96,7 @@ class BlockingKms(Protocol):
     network (a key file, the in-memory fake) may also offer this one; the keyring's blocking
     face (`Keyring.encryption_key_blocking`, used by `envelope.sync` and the object layer)
     then calls it directly on a cache miss, on the calling thread. Any other backend, or one
-    behind the retry layer or an observer, is reached through the one process-wide portal
+    behind an async-only retry layer, is reached through the one process-wide portal
     loop (`envelope._portal`): correct everywhere, one thread hop per miss.
     """
 

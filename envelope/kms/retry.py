@@ -46,7 +46,7 @@ from ..errors import (
     ThrottlingError,
 )
 from ..metrics import NULL_OBSERVER, KmsOutcome, Observer, RetryReason
-from .base import DataKey, KmsBackend, WrappedKey, state_paths_of
+from .base import BlockingKms, DataKey, KmsBackend, WrappedKey, state_paths_of
 
 __all__ = (
     "BOTOCORE_NO_RETRIES",
@@ -332,8 +332,10 @@ class Retrier:
         clock: Clock = time.monotonic,
         rng: _Uniform | None = None,
         classify: Callable[[BaseException], ErrorKind] = classify_error,
+        sleep_blocking: Callable[[float], None] = time.sleep,
     ) -> None:
         self.policy = policy if policy is not None else RetryPolicy()
+        self.sleep_blocking = sleep_blocking
         self.backend = backend
         if budget is None and self.policy.budget_capacity is not None:
             budget = RetryBudget(self.policy.budget_capacity)
@@ -400,9 +402,7 @@ class Retrier:
                 raise
             seconds = time.perf_counter() - t0
             if error is None and not scope.cancelled_caught:
-                observer.kms_call_finished(backend, operation, "ok", seconds)
-                if self.budget is not None:
-                    self.budget.release(spent if spent else policy.success_refund)
+                self._succeeded(operation, seconds, spent)
                 return result
             if error is None:  # the attempt was cut by the deadline or attempt_timeout
                 observer.kms_call_finished(backend, operation, "timeout", seconds)
@@ -421,58 +421,123 @@ class Retrier:
             else:
                 kind = self.classify(error)
                 observer.kms_call_finished(backend, operation, _OUTCOME[kind], seconds)
-            if kind is ErrorKind.FATAL or policy.max_attempts == 1:
-                raise error  # never retried / retries off: the backend's own error
-            if attempt >= policy.max_attempts:
-                raise self._give_up(
-                    RetryExhaustedError,
-                    operation,
-                    attempt,
-                    kind,
-                    "gave up",
-                    error,
-                ) from error
-            cost = policy.cost_of(kind)
-            if self.budget is not None and not self.budget.acquire(cost):
-                raise self._give_up(
-                    RetryBudgetExhaustedError,
-                    operation,
-                    attempt,
-                    kind,
-                    "retry budget exhausted (the backend is failing widely)",
-                    error,
-                ) from error
-            delay = self.rng.uniform(0.0, policy.backoff_bound(kind, attempt))
-            hint = getattr(error, "retry_after", None)
-            if isinstance(hint, int | float) and hint > delay:
-                delay = min(float(hint), delay + policy.retry_after_max_extra)
-            if (self.clock() - start) + delay >= policy.deadline:
-                if self.budget is not None:
-                    self.budget.release(cost)
-                raise self._give_up(
-                    RetryDeadlineExceededError,
-                    operation,
-                    attempt,
-                    kind,
-                    f"the next backoff would pass the deadline of {policy.deadline:g} s",
-                    error,
-                ) from error
+            delay, cost = self._next_retry(operation, attempt, start, kind, error)
             try:
                 await self.sleep(delay)
             except BaseException:
-                # cancelled in the backoff (a caller's timeout, a task group that failed):
-                # the retry is never sent, so its tokens go back and it is not counted (they
-                # were kept, and a burst of cancelled calls drained the budget for everyone)
-                if self.budget is not None:
-                    self.budget.release(cost)
+                self._not_retried(cost)
                 raise
             spent += cost
             observer.kms_retry(backend, operation, _REASON[kind], attempt, delay)
             attempt += 1
 
+    def call_blocking(self, operation: str, fn: Callable[[], T]) -> T:
+        """`call` for a blocking `fn`, on the calling thread (no event loop): the same policy,
+        budget and reports. A blocking attempt cannot be cut short here, so `attempt_timeout`
+        is the backend's own (its connect and read timeouts); the deadline still bounds the
+        retries."""
+        observer, backend = self.observer, self.backend
+        start = self.clock()
+        spent = 0
+        attempt = 1
+        while True:
+            observer.kms_call_started(backend, operation)
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+            except Exception as exc:
+                error: Exception = exc
+            except BaseException:
+                observer.kms_call_finished(
+                    backend, operation, "cancelled", time.perf_counter() - t0
+                )
+                raise
+            else:
+                self._succeeded(operation, time.perf_counter() - t0, spent)
+                return result
+            kind = self.classify(error)
+            observer.kms_call_finished(
+                backend, operation, _OUTCOME[kind], time.perf_counter() - t0
+            )
+            delay, cost = self._next_retry(operation, attempt, start, kind, error)
+            try:
+                self.sleep_blocking(delay)
+            except BaseException:  # Ctrl-C in the backoff: the retry is never sent
+                self._not_retried(cost)
+                raise
+            spent += cost
+            observer.kms_retry(backend, operation, _REASON[kind], attempt, delay)
+            attempt += 1
+
+    def _succeeded(self, operation: str, seconds: float, spent: int) -> None:
+        self.observer.kms_call_finished(self.backend, operation, "ok", seconds)
+        if self.budget is not None:
+            self.budget.release(spent if spent else self.policy.success_refund)
+
+    def _not_retried(self, cost: int) -> None:
+        """A call cancelled (or interrupted) in its backoff: the retry it paid for is never
+        sent, so its tokens go back and it is not counted (they were kept, and a burst of
+        cancelled calls drained the budget for everyone)."""
+        if self.budget is not None:
+            self.budget.release(cost)
+
+    def _next_retry(
+        self, operation: str, attempt: int, start: float, kind: ErrorKind, error: Exception
+    ) -> tuple[float, int]:
+        """After a failed attempt: (the backoff before the next, the budget it took), or the
+        error to raise (a fatal one, attempts, budget or deadline spent)."""
+        policy = self.policy
+        if kind is ErrorKind.FATAL or policy.max_attempts == 1:
+            raise error  # never retried / retries off: the backend's own error
+        if attempt >= policy.max_attempts:
+            raise self._give_up(
+                RetryExhaustedError,
+                operation,
+                attempt,
+                kind,
+                "gave up",
+                error,
+            ) from error
+        cost = policy.cost_of(kind)
+        if self.budget is not None and not self.budget.acquire(cost):
+            raise self._give_up(
+                RetryBudgetExhaustedError,
+                operation,
+                attempt,
+                kind,
+                "retry budget exhausted (the backend is failing widely)",
+                error,
+            ) from error
+        delay = self.rng.uniform(0.0, policy.backoff_bound(kind, attempt))
+        hint = getattr(error, "retry_after", None)
+        if isinstance(hint, int | float) and hint > delay:
+            delay = min(float(hint), delay + policy.retry_after_max_extra)
+        if (self.clock() - start) + delay >= policy.deadline:
+            if self.budget is not None:
+                self.budget.release(cost)
+            raise self._give_up(
+                RetryDeadlineExceededError,
+                operation,
+                attempt,
+                kind,
+                f"the next backoff would pass the deadline of {policy.deadline:g} s",
+                error,
+            ) from error
+        return delay, cost
+
 
 class RetryingKms:
-    """A `KmsBackend` that runs every call of `inner` through one `Retrier`."""
+    """A `KmsBackend` that runs every call of `inner` through one `Retrier`.
+
+    Over a backend with a blocking face (`BlockingKms`: a key file, the embedded KMS, boto3)
+    it has one too (`_BlockingRetryingKms`, chosen by the constructor), with the same
+    retries on the calling thread: a blocking caller's cache miss then needs no event loop
+    (it went through the process-wide portal, whose start-up the CLI paid on every run)."""
+
+    def __new__(cls, inner: KmsBackend, *args: Any, **kwargs: Any) -> RetryingKms:
+        if cls is RetryingKms and isinstance(inner, BlockingKms):
+            cls = _BlockingRetryingKms
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -546,3 +611,25 @@ class RetryingKms:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _BlockingRetryingKms(RetryingKms):
+    """`RetryingKms` over a `BlockingKms`, with the blocking face too."""
+
+    def generate_data_key_blocking(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        inner: BlockingKms = self.inner  # type: ignore[assignment]  # (__new__ checked it)
+        return self.retrier.call_blocking(
+            "GenerateDataKey", lambda: inner.generate_data_key_blocking(key_id, context=context)
+        )
+
+    def decrypt_data_key_blocking(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        inner: BlockingKms = self.inner  # type: ignore[assignment]  # (__new__ checked it)
+        return self.retrier.call_blocking(
+            "Decrypt", lambda: inner.decrypt_data_key_blocking(wrapped, context=context)
+        )
+
+    def close_blocking(self) -> None:
+        inner: BlockingKms = self.inner  # type: ignore[assignment]  # (__new__ checked it)
+        inner.close_blocking()
