@@ -283,7 +283,15 @@ class KmsApp:
             await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode(), None)
             return
         if path != "/" or method != "POST":
-            await _respond(send, 404, b'{"message":"Not Found"}', b"application/json", None)
+            # in the AWS error shape, with a request id, as every other answer of the API
+            await _respond(
+                send,
+                404,
+                b'{"__type":"UnknownOperationException","message":"Not Found: the KMS API is '
+                b'POST / with an X-Amz-Target header"}',
+                AMZ_JSON,
+                str(uuid.uuid4()),
+            )
             return
         await self._kms(scope, receive, send)
 

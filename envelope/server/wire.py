@@ -462,6 +462,12 @@ def _neutral(value: object, neutral: tuple[object, ...]) -> bool:
     return value in neutral
 
 
+def _not_json(constant: str) -> Any:
+    """`json.loads`' hook for NaN, Infinity and -Infinity: refused as the malformed JSON they
+    are (they reached the operations inside members the model does not know)."""
+    raise json.JSONDecodeError(f"{constant} is not JSON", constant, 0)
+
+
 def _unpaired_surrogate(doc: Any) -> bool:
     """Whether a string (or a member name) of `doc` holds a lone UTF-16 surrogate: JSON's
     ``\\ud800`` escapes decode to one, and it cannot be stored, logged or signed as UTF-8."""
@@ -530,7 +536,8 @@ class WireModel:
             )
         if body.strip():
             try:
-                doc = json.loads(body)
+                # NaN / Infinity / -Infinity are not JSON (RFC 8259), though Python reads them
+                doc = json.loads(body, parse_constant=_not_json)
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 # (RecursionError: nesting deeper than the parser's stack, e.g. 2,000 "[")
                 raise WireError(

@@ -129,6 +129,8 @@ _KEY_ID_RE = re.compile(
 #: is not a key id. (CreateAlias and UpdateAlias refuse an alias target in their own words, and
 #: so does GetKeyLastUsage; GenerateMac and VerifyMac, whose reference says neither, take
 #: aliases.)
+#: AWS KMS's message when an operation that wants a key id or key ARN is given an alias.
+ALIASES_NOT_SUPPORTED = "Key Aliases are not supported for this operation."
 KEY_ID_ONLY = frozenset(
     {
         "CancelKeyDeletion",
@@ -1223,7 +1225,9 @@ class ServiceCore:
         if call.key_id is None and isinstance(ref, str):
             call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
         if call.op in KEY_ID_ONLY and _names_alias(ref):
-            raise NotFoundException(f"Invalid keyId '{ref[:2048]}'")
+            # AWS's answer, alias name or alias ARN alike (its body, as clients have recorded
+            # it for CreateGrant and GetKeyPolicy): InvalidArnException, not NotFound
+            raise InvalidArnException(ALIASES_NOT_SUPPORTED)
         key_id, _, named = self._resolve_id(conn, ref, managed=managed, account=call.account)
         key = self._load(conn, self.region, key_id, call)
         if key is not None and not any_account and named != key.account:

@@ -23,9 +23,9 @@ import json
 import sqlite3
 from typing import Any
 
-from ._core import RequestContext, Response, ServiceCore, _Call
+from ._core import ALIASES_NOT_SUPPORTED, RequestContext, Response, ServiceCore, _Call
 from ._states import READ
-from .errors import InvalidArnException, NotFoundException
+from .errors import InvalidArnException
 
 #: The operations AWS counts as a key's cryptographic use.
 CRYPTOGRAPHIC_OPERATIONS = frozenset(
@@ -57,10 +57,8 @@ class KeyUsageOps(ServiceCore):
         self, *, key_id: str, principal: str | None = None, context: RequestContext | None = None
     ) -> Response:
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
-            if isinstance(key_id, str) and ":alias/" in key_id:  # AWS: no alias names here
-                raise InvalidArnException(f"{key_id[:256]} is an alias ARN, not a key ARN")
-            if isinstance(key_id, str) and key_id.startswith("alias/"):
-                raise NotFoundException(f"Invalid keyId '{key_id[:256]}': name the key itself")
+            if isinstance(key_id, str) and (":alias/" in key_id or key_id.startswith("alias/")):
+                raise InvalidArnException(ALIASES_NOT_SUPPORTED)  # (as the key-id-only ops)
             key = self._key(conn, call, key_id, READ, now)
             created = float(key.meta["CreationDate"])
             top = conn.execute("SELECT max(seq) FROM audit").fetchone()[0]

@@ -245,7 +245,7 @@ def test_unknown_and_unsupported_operations(server: Server, admin: Any) -> None:
     assert status == 400 and json.loads(body)["__type"] == "UnknownOperationException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.get_key_last_usage(KeyId="alias/anything")  # AWS: no alias names here
-    assert _code(e) == "NotFoundException"
+    assert _code(e) == "InvalidArnException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         admin.create_key(CustomKeyStoreId="cks-1234567890abcdef0")
     assert _code(e) == "CustomKeyStoreNotFoundException"
@@ -275,6 +275,9 @@ def test_malformed_bodies(server: Server) -> None:
     }
     status, _, body = server.raw("TrentService.Encrypt", b'{"KeyId": "k", "Plaintext": "@@"}')
     assert status == 400 and json.loads(body)["__type"] == "SerializationException"
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):  # not JSON, though Python reads them
+        status, _, body = server.raw("TrentService.ListKeys", b'{"Foo": ' + constant + b"}")
+        assert status == 400 and json.loads(body)["__type"] == "SerializationException"
 
 
 def test_request_body_limit(server: Server) -> None:
@@ -438,8 +441,11 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
     )
     assert m is not None and float(m.group(1)) >= 3
     assert 'envelope_server_request_seconds_bucket{le="0.0005",operation="GenerateDataKey"}' in text
-    status, _, _ = server.http("GET", "/nowhere")
-    assert status == 404
+    for method, path in (("GET", "/nowhere"), ("GET", "/"), ("PUT", "/"), ("POST", "/x")):
+        status, headers, body = server.http(method, path)  # the AWS error shape, a request id
+        assert status == 404 and json.loads(body)["__type"] == "UnknownOperationException"
+        assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-amzn-requestid"])
+        assert headers["content-type"] == "application/x-amz-json-1.1"
 
 
 def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Server) -> None:

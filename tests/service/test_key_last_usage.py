@@ -74,7 +74,7 @@ def test_keys_are_named_by_id_or_arn_only(svc: KeyService) -> None:
     svc.create_alias(alias_name="alias/used", target_key_id=kid)
     arn = svc.describe_key(key_id=kid)["KeyMetadata"]["Arn"]
     assert svc.get_key_last_usage(key_id=arn)["KeyId"] == kid
-    assert code_of(lambda: svc.get_key_last_usage(key_id="alias/used")) == "NotFoundException"
+    assert code_of(lambda: svc.get_key_last_usage(key_id="alias/used")) == "InvalidArnException"
     alias_arn = arn.replace(f"key/{kid}", "alias/used")
     assert code_of(lambda: svc.get_key_last_usage(key_id=alias_arn)) == "InvalidArnException"
 
