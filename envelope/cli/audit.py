@@ -221,8 +221,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="only the calls the access policies refused, with the account, decision, "
         "matched statement and reason (the last N of them)",
     )
-    # read-only: reading the log writes nothing (and works on a read-only copy of the store)
-    p.set_defaults(handler=_administrator(_run(_tail)), read_only=True)
+    # read-only where the store cannot be written (a read-only copy, a mount): reading the
+    # log writes nothing; a writable store of an older schema is upgraded first, as before
+    p.set_defaults(handler=_administrator(_run(_tail)), read_only="if-unwritable")
     p = sub.add_parser(
         "seal", help="seal the log up to its last record now and publish pending digests"
     )

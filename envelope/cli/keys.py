@@ -89,13 +89,18 @@ def open_from_args(args: argparse.Namespace) -> Iterator[KeyService]:
             f"no embedded KMS store at {str(path)!r} (check --home or $ENVELOPE_HOME; "
             "`envelope keys create` starts one)"
         )
+    read_only = getattr(args, "read_only", False)
+    if read_only == "if-unwritable":  # a reader that upgrades an older store it can write
+        from ..service.store import unwritable
+
+        read_only = unwritable(path) is not None
     svc = open_service(  # an exposed root-key file warns: `envelope_warnings` shows it
         home,
         region=getattr(args, "region", None),
         digests=getattr(args, "digests", None),
         strict=True if getattr(args, "strict", False) else None,
         principal=getattr(args, "principal", None),
-        read_only=getattr(args, "read_only", False),
+        read_only=bool(read_only),
     )
     try:
         yield svc

@@ -522,27 +522,32 @@ def _read_only_query(p: Path) -> str:
     return "?mode=ro"
 
 
+def unwritable(p: Path) -> str | None:
+    """Why the store at `p` cannot be written (its file system is read-only, or it or its
+    folder is not writable by this user), or None."""
+    folder = p.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    except OSError:
+        return None  # an unreadable folder: opening it says why
+    for target in (folder, p):
+        if target.exists() and not os.access(target, os.W_OK):
+            return f"{target} is not writable by this user"
+    return None
+
+
 def _check_writable(p: Path) -> None:
     """A store opened to write (every call appends its audit record) must be writable, with
     its folder (SQLite's journal and WAL files live there): a read-only mount opened, then
     failed every call with an internal error, or was called corrupt."""
-    folder = p.parent
-    try:
-        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
-    except OSError:
-        return  # an unreadable folder: the open below says why
-    if read_only_fs:
+    why = unwritable(p)
+    if why is not None:
         raise StoreError(
-            f"the KMS store {p} is on a read-only file system: the KMS writes an audit record "
+            f"the KMS store {p} cannot be written ({why}): the KMS writes an audit record "
             "for every call (`envelope audit verify` and `envelope audit tail` read a store "
             "there)"
         )
-    for target in (folder, p):
-        if target.exists() and not os.access(target, os.W_OK):
-            raise StoreError(
-                f"the KMS store {p} cannot be written ({target} is not writable by this user): "
-                "the KMS writes an audit record for every call"
-            )
 
 
 def _create(p: Path, provider: RootKeyProvider) -> None:

@@ -415,3 +415,17 @@ def test_audit_verify_leaves_a_killed_process_s_wal_as_it_is(
     before = ((home / "kms.sqlite3").read_bytes(), wal.read_bytes())
     run(["audit", "verify", "--home", str(home)])
     assert ((home / "kms.sqlite3").read_bytes(), wal.read_bytes()) == before
+
+
+def test_audit_tail_reads_an_older_store_it_can_write(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`audit tail` opens read-only only where the store cannot be written: opened read-only
+    always, it refused a schema-1 store (which it used to upgrade and read) with advice meant
+    for `audit verify` (review)."""
+    from .test_cli import run
+
+    copy_schema1("file", home)
+    monkeypatch.setenv("ENVELOPE_HOME", str(home))
+    assert run(["audit", "tail", "-n", "2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["Records"]) == 2
