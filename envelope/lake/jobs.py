@@ -44,7 +44,13 @@ import pyarrow.fs as pafs
 from .. import api, objects, streams
 from .._pipeline import first_error
 from ..atomic import is_stale_temporary, write_bytes
-from ..errors import ConfigurationError, EnvelopeError, InvalidObjectError, LockHeldError
+from ..errors import (
+    ConfigurationError,
+    EnvelopeError,
+    InvalidObjectError,
+    KmsError,
+    LockHeldError,
+)
 from ..keyring import Keyring
 from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
@@ -708,6 +714,16 @@ async def encrypt_prefix(
     kept = _kept(keyring, dst)
     target: list[tuple[str, str]] = []  # (provider, key id) this run's headers name
     learning = anyio.Lock()
+    #: the error of a failed `learn_target`, raised again for each object that needs it
+    #: instead of asking the KMS (and its retries) once per object, one at a time
+    unlearned: list[BaseException] = []
+    #: what the keyring names: outputs whose header names exactly this are under this run's
+    #: key without asking the KMS (a key file, a key ARN); an alias or a bare id is learned
+    named = (
+        (keyring.backend.provider_id, keyring.key_id)
+        if keyring.backend is not None and keyring.key_id is not None
+        else None
+    )
 
     def output_header(entry: Entry) -> Header | None:
         dst_path = dst.join(entry.rel)
@@ -743,11 +759,22 @@ async def encrypt_prefix(
         header = await anyio.to_thread.run_sync(output_header, entry)
         if header is None:
             return False
+        names = {(w.provider_id, w.key_id) for w in header.wrapped_keys}
+        if names == {named}:
+            return True
         if not target:
             async with learning:
+                if unlearned:
+                    raise KmsError(
+                        f"cannot tell whether this output is under this run's key: {unlearned[0]}"
+                    ) from None
                 if not target:
-                    await learn_target()
-        return all((w.provider_id, w.key_id) == target[0] for w in header.wrapped_keys)
+                    try:
+                        await learn_target()
+                    except EnvelopeError as e:
+                        unlearned.append(e)
+                        raise
+        return names == {target[0]}
 
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)

@@ -371,6 +371,44 @@ async def test_resume_learns_the_key_an_alias_names(anyio_backend: str, tmp_path
         b.service.close()
 
 
+async def test_resume_with_the_kms_down(
+    anyio_backend: str, tmp_path: Path, kms: MemoryKms, k1: Keyring
+) -> None:
+    """A finished job is checked again without the KMS when the key argument names the key
+    its headers name (a key file, a key ARN); when it must be learned (an alias) and the KMS
+    is down, the learning is tried once, not once per object with its retries (review: a
+    re-run failed every object, each after a full retry cycle, one at a time)."""
+    from envelope.kms.faults import FaultyKms
+    from envelope.kms.retry import RetryPolicy
+
+    src, enc = tmp_path / "src", tmp_path / "enc"
+    tree = make_tree(src, [10, 3000, 5000, 70])
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).ok
+    down = FaultyKms(kms, transient=1.0)
+    assert k1.key_id is not None
+    same = Keyring(down, k1.key_id, cache=CachePolicy())
+    again = await jobs.encrypt_prefix(str(src), str(enc), keyring=same, options=opts())
+    assert (again.skipped, again.failed) == (len(tree), 0) and sum(down.calls.values()) == 0
+
+    b = open_local(tmp_path / "home")
+    try:
+        kid = b.service.create_key()["KeyMetadata"]["KeyId"]
+        b.service.create_alias(alias_name="alias/lake", target_key_id=kid)
+        by_alias = Keyring(b, "alias/lake", cache=CachePolicy())
+        enc2 = tmp_path / "enc2"
+        assert (await jobs.encrypt_prefix(str(src), str(enc2), keyring=by_alias, options=opts())).ok
+        unreachable = FaultyKms(b, transient=1.0)
+        policy = RetryPolicy(max_attempts=3, transient_base=0.001, throttle_base=0.001)
+        retrying = Keyring(unreachable, "alias/lake", cache=CachePolicy(), retry=policy)
+        r = await jobs.encrypt_prefix(
+            str(src), str(enc2), keyring=retrying, options=opts(concurrency=1)
+        )
+        assert r.failed == len(tree) and r.skipped == 0
+        assert unreachable.calls["GenerateDataKey"] == 3  # one learning, with its retries
+    finally:
+        b.service.close()
+
+
 async def test_fail_fast_stops_early(anyio_backend: str, tmp_path: Path, k1: Keyring) -> None:
     src = tmp_path / "src"
     make_tree(src, [1000] * 30)
