@@ -626,6 +626,7 @@ def test_a_reader_given_an_aws_key_decrypts_with_that_key_only(
     assert opened(key["arn"]) == b"rows"
     with pytest.raises(ConfigurationError, match="no AWS Region"):  # an alias needs a Region
         opened(f"aws-kms:{key['alias']}")
+    assert opened(f"aws-kms:{key['id']}") == b"rows"  # a key id: asked in the header's Region
     monkeypatch.setenv("AWS_REGION", REGION)  # (the reader's, never the header's)
     assert opened(f"aws-kms:{key['alias']}") == b"rows"
     with pytest.raises(KmsKeyError):

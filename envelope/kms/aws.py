@@ -481,11 +481,15 @@ class AwsKms:
         key_id = wrapped.key_id
         if self.required_key is not None:
             key_id = self.required_key
-            # an alias or key id the reader named is resolved in the reader's Region (its
-            # argument's, else the AWS chain's), never in the one the header names: aliases
-            # are per Region, so a header could pick the Region where the same alias name
-            # names another key, and the pin would hold nothing (review)
-            region = key_arn_region(key_id) or self._default_region()
+            # an alias the reader named is resolved in the reader's Region (its argument's,
+            # else the AWS chain's), never in the one the header names: aliases are per
+            # Region, so a header could pick the Region where the same alias name names
+            # another key, and the pin would hold nothing (review). A key id names one key
+            # (or a multi-Region key's replicas) wherever it is asked: the header's Region
+            if key_id.startswith("alias/"):
+                region = key_arn_region(key_id) or self._default_region()
+            else:
+                region = key_arn_region(key_id) or self.region or region
         resp = self._call(
             "Decrypt",
             region,
