@@ -24,6 +24,7 @@ __all__ = (
     "KeyNotProtected",
     "TokenDecryptError",
     "TokenError",
+    "TokenListingError",
     "TokenUnavailable",
 )
 
@@ -40,6 +41,12 @@ ConnectionErrorCode = Literal[
 
 class TokenError(EnvelopeError):
     """A call into the PKCS#11 token failed."""
+
+
+class TokenListingError(TokenError):
+    """The module could not list its tokens (SoftHSM2 answers CKR_GENERAL_ERROR for ever
+    once a token's files were deleted under the process): starting the module over may
+    help, which `Token` does once."""
 
 
 class TokenUnavailable(TokenError):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigurationError
 from . import metrics
 from .cryptoki import Cryptoki, ModuleLoadError, rv, rv_name
-from .errors import TokenUnavailable
+from .errors import TokenError, TokenListingError, TokenUnavailable
 from .failures import from_exception, from_rv, rv_of
 
 if TYPE_CHECKING:
@@ -227,7 +227,10 @@ class Library:
                 break
             except Exception as e:  # python-pkcs11's errors for C_GetSlotList and friends
                 if pause is None or rv_of(e) not in _TRANSIENT:
-                    raise from_exception(e, f"listing the tokens of {self.module}") from None
+                    error = from_exception(e, f"listing the tokens of {self.module}")
+                    if type(error) is TokenError:
+                        error = TokenListingError(str(error))
+                    raise error from None
                 time.sleep(pause)
         if not tokens:
             raise TokenUnavailable(

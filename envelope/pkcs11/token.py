@@ -45,6 +45,7 @@ from .errors import (
     KeyNotProtected,
     TokenDecryptError,
     TokenError,
+    TokenListingError,
     TokenUnavailable,
 )
 from .failures import from_exception, from_rv, rv_of
@@ -199,13 +200,11 @@ class Token:
                 raise
             self._library.rescan()
             self._in_module(self._ensure)
-        except TokenError as e:
+        except TokenListingError:
             # the module could not even list its tokens: SoftHSM2 answers CKR_GENERAL_ERROR
             # for ever once a token's files were deleted under it, until it starts over (a
             # connect failed with INTERNAL_ERROR until the process restarted, even after the
-            # token was made again)
-            if type(e) is not TokenError:
-                raise
+            # token was made again); only then, as a rescan ends every session of the module
             self._library.rescan()
             self._in_module(self._ensure)
 
