@@ -15,6 +15,7 @@ and closed once the data key is unwrapped: pass a long-lived keyring to open man
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -94,7 +95,11 @@ def _check_bound_path(reader: DecryptingReader, path: str, root: str | None) -> 
         return
     given = path.replace(os.sep, "/")
     if root is not None:
-        ok = given == root.replace(os.sep, "/").rstrip("/") + "/" + bound
+        # both sides normalised: a root at the top of a filesystem= ("", "/", ".") joins to
+        # "/t=a/..." where the path given is "t=a/..." (review)
+        top = posixpath.normpath(root.replace(os.sep, "/") or ".").lstrip("/")
+        whole = bound if top in ("", ".") else top + "/" + bound
+        ok = given.lstrip("/") == posixpath.normpath(whole).lstrip("/")
     else:
         ok = given == bound or given.endswith("/" + bound)
     if not ok:

@@ -784,3 +784,14 @@ def test_opaque_with_the_lake_root_refuses_a_shallower_copy_of_the_same_name(
         open_encrypted_parquet(alice, keyring=keyring, root=f"file://{enc}")
     with open_encrypted_parquet(enc / "part-0.parquet", keyring=keyring, root=enc) as pf:
         assert pf.read(columns=["c00"]).num_rows == 10
+    # a root at the top of a filesystem= (review: "", "/" and "." refused the right file)
+    top = pafs.SubTreeFileSystem(str(enc), pafs.LocalFileSystem())
+    for root in ("", "/", "."):
+        with open_encrypted_parquet(
+            "part-0.parquet", keyring=keyring, filesystem=top, root=root
+        ) as pf:
+            assert pf.read(columns=["c00"]).num_rows == 10
+        with pytest.raises(ContextMismatchError):
+            open_encrypted_parquet(
+                "tenant=alice/part-0.parquet", keyring=keyring, filesystem=top, root=root
+            )
