@@ -18,6 +18,7 @@ service (`envelope.service`) both use it without importing each other.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,11 +30,15 @@ __all__ = (
     "CRYPTOGRAPHIC",
     "OPERATION_FAMILIES",
     "RateQuota",
+    "SharedTokenBucket",
     "TokenBucket",
     "family_of",
 )
 
 Clock = Callable[[], float]
+
+#: A shared bucket's file: (tokens, stamp) as two little-endian doubles.
+_SHARED = struct.Struct("<dd")
 
 #: The family shared by the symmetric cryptographic operations.
 CRYPTOGRAPHIC = "cryptographic"
@@ -106,12 +111,85 @@ class TokenBucket:
         return f"TokenBucket(rate={self.rate}, capacity={self.capacity})"
 
 
+class SharedTokenBucket:
+    """A `TokenBucket` whose state (tokens, stamp) lives in a 16-byte file that several
+    processes share, updated under an exclusive `flock`: the worker processes of one server
+    then enforce one rate together, and a client whose keep-alive connection lands on one
+    worker is held to the server's rate, not to that worker's share of it. The clock must be
+    the same in every process (`time.monotonic` is, on one machine)."""
+
+    __slots__ = ("_fd", "_map", "capacity", "clock", "rate")
+
+    def __init__(
+        self, path: str, rate: float, capacity: float | None = None, *, clock: Clock
+    ) -> None:
+        import mmap
+        import os
+
+        if not rate > 0:
+            raise ConfigurationError("a token bucket needs a rate > 0")
+        capacity = max(1.0, rate) if capacity is None else capacity
+        if not capacity >= 1:
+            raise ConfigurationError("a token bucket needs a capacity >= 1")
+        self.rate, self.capacity, self.clock = float(rate), float(capacity), clock
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        with self._locked():
+            if os.fstat(self._fd).st_size < _SHARED.size:  # the first process to open it
+                os.ftruncate(self._fd, _SHARED.size)
+                os.pwrite(self._fd, _SHARED.pack(self.capacity, clock()), 0)
+        self._map = mmap.mmap(self._fd, _SHARED.size)
+
+    def _locked(self) -> _Flock:
+        return _Flock(self._fd)
+
+    def take(self, n: float = 1.0) -> float:
+        """Take `n` tokens: 0.0 if taken, else the seconds until they would be available."""
+        with self._locked():
+            tokens, stamp = _SHARED.unpack_from(self._map, 0)
+            now = self.clock()
+            elapsed = now - stamp
+            if elapsed > 0:
+                tokens = min(self.capacity, tokens + elapsed * self.rate)
+            stamp = max(stamp, now)
+            wait = 0.0
+            if tokens >= n - 1e-9:
+                tokens = max(0.0, tokens - n)
+            else:
+                wait = (n - tokens) / self.rate
+            _SHARED.pack_into(self._map, 0, tokens, stamp)
+            return wait
+
+    def __repr__(self) -> str:
+        return f"SharedTokenBucket(rate={self.rate}, capacity={self.capacity})"
+
+
+class _Flock:
+    """An exclusive `flock` on a file descriptor, as a context manager."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class RateQuota:
     """A request-rate quota per operation family; `check` raises `ThrottlingError` past it.
 
     `rates` maps families (or operation names, see `family_of`) to requests per second.
     `default`, if set, applies to every family not listed; otherwise unlisted families are
     unlimited. `burst` is the bucket capacity in requests (default: one second of rate).
+    `shared_dir`: the buckets live in files there (`SharedTokenBucket`), one rate for every
+    process that opens a quota over the same folder.
     """
 
     def __init__(
@@ -121,8 +199,10 @@ class RateQuota:
         default: float | None = None,
         burst: float | Mapping[str, float] | None = None,
         clock: Clock = time.monotonic,
+        shared_dir: str | None = None,
     ) -> None:
         self.rates = {family_of(k): float(v) for k, v in (rates or {}).items()}
+        self.shared_dir = shared_dir
         for family, rate in self.rates.items():
             if not rate > 0:
                 raise ConfigurationError(f"quota rate for {family!r} must be > 0")
@@ -131,14 +211,14 @@ class RateQuota:
         self.default = default
         self._burst = burst
         self.clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[str, TokenBucket | SharedTokenBucket] = {}
         self._lock = threading.Lock()
         self.throttled: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"RateQuota(rates={self.rates!r}, default={self.default!r})"
 
-    def _bucket(self, family: str) -> TokenBucket | None:
+    def _bucket(self, family: str) -> TokenBucket | SharedTokenBucket | None:
         bucket = self._buckets.get(family)
         if bucket is not None:
             return bucket
@@ -149,7 +229,14 @@ class RateQuota:
         with self._lock:
             bucket = self._buckets.get(family)
             if bucket is None:
-                bucket = self._buckets[family] = TokenBucket(rate, burst, clock=self.clock)
+                if self.shared_dir is not None:
+                    import os
+
+                    path = os.path.join(self.shared_dir, f"quota-{family}")
+                    bucket = SharedTokenBucket(path, rate, burst, clock=self.clock)
+                else:
+                    bucket = TokenBucket(rate, burst, clock=self.clock)
+                self._buckets[family] = bucket
         return bucket
 
     def check(self, operation_family: str) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 from .._ratelimit import RateQuota
@@ -50,10 +52,20 @@ def _root(settings: ServerSettings) -> RootKeyProvider | None:
     return None  # open_service's default: <home>/root.key (or $ENVELOPE_KMS_PASSPHRASE)
 
 
+#: The folder of the quota buckets the workers of one server share (set by `serve`).
+ENV_QUOTA_DIR = "ENVELOPE_SERVER_QUOTA_DIR"
+
+
 def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
-    """This process's service on the configured store, with its share of the quotas."""
+    """This process's service on the configured store, with the quotas: one rate for all the
+    workers when they share buckets (`ENV_QUOTA_DIR`), else this process's share of it."""
+    shared = os.environ.get(ENV_QUOTA_DIR) or None
+    if shared is not None:
+        share = 1
     quota = (
-        RateQuota({name: rate / share for name, rate in settings.quotas.items()})
+        RateQuota(
+            {name: rate / share for name, rate in settings.quotas.items()}, shared_dir=shared
+        )
         if settings.quotas
         else None
     )
@@ -133,4 +145,17 @@ def serve(settings: ServerSettings) -> None:
     finally:
         service.close()
     os.environ[ENV_SETTINGS] = settings.to_env()
-    serve_with("envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-")
+    quota_dir: str | None = None
+    if settings.quotas and settings.workers > 1:
+        # the workers' buckets in files they share: one rate for the whole server (a client's
+        # keep-alive connection stays on one worker, which held it to rate / workers)
+        quota_dir = tempfile.mkdtemp(prefix="envelope-quotas-")
+        os.environ[ENV_QUOTA_DIR] = quota_dir
+    try:
+        serve_with(
+            "envelope.server.run:create_app", options, "envelope serve", "envelope-metrics-"
+        )
+    finally:
+        if quota_dir is not None:
+            shutil.rmtree(quota_dir, ignore_errors=True)
+            os.environ.pop(ENV_QUOTA_DIR, None)

@@ -174,6 +174,67 @@ def test_a_quota_below_one_request_per_worker_still_admits_requests() -> None:
     quota.check("CreateKey")
 
 
+def test_quotas_over_one_shared_folder_enforce_one_rate(tmp_path: Path) -> None:
+    """Two quotas over one folder (two workers' processes, or here two file descriptions,
+    which `flock` excludes alike) share their buckets: 10 admitted between them, not 10
+    each, then both throttle, and the refill is shared too."""
+    from envelope._ratelimit import RateQuota
+    from envelope.errors import ThrottlingError
+
+    now = [0.0]
+    a, b = (RateQuota({"cryptographic": 10}, clock=lambda: now[0], shared_dir=str(tmp_path))
+            for _ in "ab")  # fmt: skip
+    admitted = 0
+    for i in range(30):
+        try:
+            (a if i % 2 else b).check("Encrypt")
+            admitted += 1
+        except ThrottlingError as e:
+            assert "(10/s)" in str(e)  # the configured rate, not a worker's share
+    assert admitted == 10
+    now[0] += 0.5
+    admitted = 0
+    for quota in (a, b, a, b, a, b, a, b):
+        try:
+            quota.check("GenerateDataKey")
+            admitted += 1
+        except ThrottlingError:
+            pass
+    assert admitted == 5
+
+
+def test_one_client_under_the_quota_is_not_throttled_by_one_worker_s_share(
+    tmp_path: Path,
+) -> None:
+    """A boto3 client's keep-alive connection stays on one worker, which enforced only its
+    share of the quota (rate / workers): a client paced at 70% of the configured rate was
+    throttled (review). The workers share one bucket now."""
+    import time
+
+    from .conftest import start_server
+
+    config = tmp_path / "server.toml"
+    config.write_text("[quotas]\ncryptographic = 20\n")
+    server = start_server(
+        tmp_path / "home", tmp_path / "server.log", "--workers", "2", "--config", str(config)
+    )
+    try:
+        kms = server.client()
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        throttled = 0
+        for _ in range(40):  # 14 a second for about 3 s, on one connection
+            started = time.monotonic()
+            try:
+                kms.encrypt(KeyId=key, Plaintext=b"p")
+            except Exception as e:
+                assert "ThrottlingException" in str(e), e
+                throttled += 1
+            time.sleep(max(0.0, 1 / 14 - (time.monotonic() - started)))
+        assert throttled == 0
+    finally:
+        server.stop()
+
+
 def test_graceful_shutdown_zero_is_one_second_not_for_ever() -> None:
     """uvicorn reads a timeout of 0 (or None) as "wait for ever": a client holding a
     connection then held up every shutdown."""
