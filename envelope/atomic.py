@@ -103,13 +103,37 @@ def temporary_name(path: str) -> str:
     return f"{head}/{tmp}" if head else tmp
 
 
+_DESCRIPTOR_ALIAS = re.compile(
+    r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/\d+"
+)
+_STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def descriptor_alias(path: str | os.PathLike[str]) -> int | None:
+    """The descriptor number a path such as ``/dev/stdout``, ``/dev/fd/3`` or
+    ``/proc/self/fd/1`` names (as the shell gives it, before links are followed), else None.
+    Such a path is not a file to replace: resolved, ``/dev/stdout`` is whatever the shell
+    redirected to, and replacing it atomically wiped a file opened with ``>>``."""
+    text = os.path.abspath(os.fspath(path))
+    if not _DESCRIPTOR_ALIAS.fullmatch(text):
+        return None
+    return _STD_NAMES[text] if text in _STD_NAMES else int(text.rsplit("/", 1)[1])
+
+
 def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
     """The real path to write and how: ``atomic`` (temp file + rename) or ``through``.
 
-    Raises `ConfigurationError` for a directory or a path whose folder does not exist.
+    Raises `ConfigurationError` for a directory, a path whose folder does not exist, or a path
+    that names an open descriptor (``/dev/stdout``: write to the stream itself instead).
     """
     if not os.fspath(path):  # (realpath("") is the working folder: "it is a folder")
         raise ConfigurationError("the output path is empty")
+    fd = descriptor_alias(path)
+    if fd is not None:
+        raise ConfigurationError(
+            f"{os.fspath(path)!r} names open descriptor {fd}, not a file: pass the stream "
+            "itself (the command line writes standard output for -)"
+        )
     real = os.path.realpath(os.fspath(path))
     try:
         st = os.stat(real)

@@ -228,6 +228,35 @@ def test_standard_output_that_is_the_input_is_refused(
     assert src.read_bytes() == plain
 
 
+def test_dev_stdout_is_standard_output_not_a_file_to_replace(
+    tmp_path: Path, key: Path, plain: bytes, sealed: Path
+) -> None:
+    """`envelope encrypt f /dev/stdout >> log` resolved /dev/stdout to log and replaced it
+    atomically: what log held was gone (review). /dev/stdout, /dev/fd/1 and
+    /proc/self/fd/1 are standard output, as `-`; /dev/stdin is standard input; another
+    descriptor's name is refused, never replaced."""
+    log = tmp_path / "log.txt"
+    for name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        log.write_bytes(b"precious\n")
+        with open(log, "ab") as out:
+            r = subprocess.run(
+                [sys.executable, "-m", "envelope.cli.main", "decrypt", str(sealed), name,
+                 "--key-file", str(key)],
+                stdout=out, stderr=subprocess.PIPE, env=ENV, timeout=120,
+            )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert log.read_bytes() == b"precious\n" + plain, name
+    with open(sealed, "rb") as source:
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "decrypt", "/dev/stdin", "-",
+             "--key-file", str(key)],
+            stdin=source, capture_output=True, env=ENV, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 0 and r.stdout == plain, r.stderr
+    r = envelope("decrypt", str(sealed), "/dev/stderr", "--key-file", str(key))
+    assert r.returncode == 2 and b"names open descriptor 2" in r.stderr
+
+
 def test_lake_report_follows_the_same_rule(tmp_path: Path, key: Path) -> None:
     src = tmp_path / "lake"
     src.mkdir()

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import IO
 
 from .. import sync
+from ..atomic import descriptor_alias
 from ..errors import ConfigurationError
 from ..kms.filekey import generate_key_file
 from ..kms.keyspec import KeySpec
@@ -134,7 +135,14 @@ def _summary(op: str, info: ObjectInfo, args: argparse.Namespace) -> None:
 
 def _check_paths(args: argparse.Namespace) -> None:
     """What a path argument gets wrong, before any KMS is opened (or started: a typo must not
-    make a store and a root key before it is refused)."""
+    make a store and a root key before it is refused). ``/dev/stdout`` (``/dev/fd/1``,
+    ``/proc/self/fd/1``) is standard output, as ``-``, and ``/dev/stdin`` standard input:
+    resolved as paths, they named the shell's redirect target, which was then replaced (a
+    file opened with ``>>`` lost what it held) or not found (a pipe)."""
+    if descriptor_alias(args.input) == 0:
+        args.input = "-"
+    if descriptor_alias(args.output) == 1:
+        args.output = "-"
     if args.input != "-":
         try:
             os.stat(args.input)
