@@ -332,9 +332,7 @@ def test_cli_parses_kms_endpoint() -> None:
     args = build_parser(["encrypt", "a", "b"]).parse_args(
         ["encrypt", "a", "b", "--key", arn, "--kms-endpoint", "http://127.0.0.1:4566"]
     )
-    assert key_spec(args, "encrypt") == KeySpec(
-        key=arn, kms_endpoint="http://127.0.0.1:4566", retry="default"  # (one file's profile)
-    )
+    assert key_spec(args, "encrypt") == KeySpec(key=arn, kms_endpoint="http://127.0.0.1:4566")
 
 
 # -- the CLI ----------------------------------------------------------------------------------

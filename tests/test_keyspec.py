@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from envelope import sync
-from envelope.cli._common import key_spec
+from envelope.cli._common import key_spec, one_file
 from envelope.cli.main import build_parser
 from envelope.errors import ConfigurationError, KmsKeyError, NoBackendError
 from envelope.keycache import CachePolicy
@@ -238,6 +238,7 @@ def parse(*argv: str) -> KeySpec:
 
 def test_cli_arguments_become_one_spec() -> None:
     assert parse("encrypt", "i", "o") == KeySpec()
+    assert one_file(parse("encrypt", "i", "o")) == KeySpec(retry="default")  # one file's
     # empty values (an unset shell variable) are refused, not taken as no key or the cwd
     for empty in (["--key", ""], ["--home", ""], ["--key-file", ""]):
         with pytest.raises(ConfigurationError, match="non-empty"):

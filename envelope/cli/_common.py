@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -292,20 +293,23 @@ def key_spec(
         and _starts_a_store(key)
     ):
         _check_home_folder(home)
-    retry = getattr(args, "retry", None)  # from $ENVELOPE_RETRY or the profile
     spec = KeySpec(
         key=key,
         key_files=files,
         home=home,
         cache=getattr(args, "cache", None),  # from $ENVELOPE_CACHE or the profile
-        # one file: the `default` profile (3 attempts within 30 s, as the AWS SDKs' standard
-        # mode), so one ThrottlingException from a remote KMS does not fail the command;
-        # the lake jobs: `bulk` (KeySpec.bulk)
-        retry=retry if retry is not None or bulk else "default",
+        retry=getattr(args, "retry", None),  # from $ENVELOPE_RETRY or the profile
         purpose=purpose,
         kms_endpoint=endpoint,
     )
     return spec.bulk() if bulk else spec
+
+
+def one_file(spec: KeySpec) -> KeySpec:
+    """`spec` for one file's keyring: the `default` retry profile unless one was set (3
+    attempts within 30 s, as the AWS SDKs' standard mode), so one ThrottlingException from a
+    remote KMS does not fail the command. (A folder goes through the lake jobs: `bulk`.)"""
+    return spec if spec.retry is not None else dataclasses.replace(spec, retry="default")
 
 
 @contextlib.contextmanager

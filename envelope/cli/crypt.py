@@ -23,6 +23,7 @@ from ._common import (
     input_size,
     key_spec,
     metrics_observer,
+    one_file,
     parse_pairs,
     progress_bar,
     safety_arguments,
@@ -186,7 +187,7 @@ def _encrypt(args: argparse.Namespace, spec: KeySpec) -> int:
         metrics_observer(args) as observer,
         progress_bar("encrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
-        keyring = spec.keyring(observer)
+        keyring = one_file(spec).keyring(observer)
         try:
             info = sync.encrypt(
                 _open_in(args.input),
@@ -216,7 +217,7 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
         metrics_observer(args) as observer,
         progress_bar("decrypting", input_size(args.input), enabled=not args.no_progress) as advance,
     ):
-        keyring = key_spec(args, "decrypt").keyring(observer)
+        keyring = one_file(key_spec(args, "decrypt")).keyring(observer)
         try:
             info = sync.decrypt(
                 _open_in(args.input),
