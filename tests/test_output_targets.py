@@ -562,3 +562,35 @@ def test_a_link_of_another_name_to_a_kept_file_is_refused_in_a_folder_job(tmp_pa
     r = envelope("encrypt", str(src), str(keys), "--key-file", str(keys / "current.key"))
     assert r.returncode == 1 and b"refusing to write" in r.stderr, r.stderr
     assert (keys / "key-2024.key").read_bytes() == before
+
+
+def test_a_signal_as_the_output_is_renamed_says_the_output_stands(
+    tmp_path: Path,
+    key: Path,
+    plain: bytes,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal whose KeyboardInterrupt came as the rename over the target returned (a rename
+    of 2 GB takes about a second) exited 143 with "no partial file was left", the target
+    already replaced (review). The writer sees that the rename was done; the command says
+    the output stands and exits 0."""
+    import envelope.atomic as atomic
+    from envelope.cli.main import main
+
+    out = tmp_path / "out.env"
+    out.write_bytes(b"OLD")
+    real = os.replace
+
+    def replace_then_interrupted(a: str, b: str) -> None:
+        real(a, b)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", replace_then_interrupted)
+    code = main(["encrypt", str(tmp_path / "in.bin"), str(out), "--key-file", str(key)])
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert code == 0
+    assert "was written completely (it stands)" in capsys.readouterr().err
+    assert out.read_bytes()[:4] == b"\x89ENV" and leftovers(tmp_path) == []
+    back = envelope("decrypt", str(out), "-", "--key-file", str(key))
+    assert back.returncode == 0 and back.stdout == plain

@@ -39,6 +39,7 @@ from ..errors import (
     InvalidObjectError,
     KmsError,
 )
+from ..printable import printable
 from ._common import (
     EXIT_CONTEXT,
     EXIT_INVALID,
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
             with _stop_signals(), envelope_warnings():
                 return _run(handler, args)
         except KeyboardInterrupt:  # a signal that arrived while the handlers were restored
-            return _interrupted()
+            return _interrupted(args)
     finally:
         for name, value in exported.items():
             if value is None:
@@ -251,11 +252,23 @@ def _settings(args: argparse.Namespace) -> None:
     apply_settings(args)
 
 
-def _interrupted() -> int:
-    from ..atomic import remove_live_temporaries
+def _interrupted(args: argparse.Namespace | None = None) -> int:
+    from ..atomic import remove_live_temporaries, was_committed
 
     remove_live_temporaries()  # belt and braces: every sink already removed its own
     signum = _Stopped.signum
+    output = getattr(args, "output", None)
+    if (
+        getattr(args, "command", None) in ("encrypt", "decrypt")
+        and isinstance(output, str)
+        and output != "-"
+        and was_committed(output)
+    ):
+        # the signal came as the output's rename was done (a rename of 2 GB takes about a
+        # second): the command did its work, and the file under the name is the new one
+        what = "interrupted" if signum is None else _STOP_SIGNALS[signal.Signals(signum)]
+        err(f"{what} after {printable(output)} was written completely (it stands)")
+        return 0
     if signum is None:
         err("interrupted; no partial file was left under a target name")
         return 130
@@ -267,7 +280,7 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     try:
         return handler(args)
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(args)
     except ContextMismatchError as e:
         err(str(e))
         return EXIT_CONTEXT
