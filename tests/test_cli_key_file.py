@@ -75,9 +75,11 @@ def test_a_key_file_path_the_os_refuses_is_a_configuration_error(tmp_path: Path)
     from envelope.errors import ConfigurationError
     from envelope.kms.filekey import FileKeyBackend
 
-    for path in (str(tmp_path / "k\x00.key"), str(tmp_path / "missing.key"), str(tmp_path)):
+    for path in (str(tmp_path / "k\x00.key"), str(tmp_path / "missing.key")):
         with pytest.raises(ConfigurationError, match="cannot read key file"):
             FileKeyBackend(path)
+    with pytest.raises(ConfigurationError, match="not a regular file"):  # a folder
+        FileKeyBackend(str(tmp_path))
 
 
 def test_decrypting_without_the_key_file_says_to_pass_it(tmp_path: Path) -> None:
@@ -142,3 +144,29 @@ def test_a_key_file_others_may_read_is_warned_about_and_binary_is_not_a_key_file
     binary.write_bytes(bytes(range(256)))
     with pytest.raises(ConfigurationError, match="is not an envelope key file"):
         FileKeyBackend(binary)
+
+
+def test_a_key_file_that_is_no_regular_file_or_too_long_is_refused_at_once(
+    tmp_path: Path,
+) -> None:
+    """A FIFO given as the key file hung the command; a device such as /dev/zero (here a
+    private copy) or a huge file was read until memory ran out (review). The key file is
+    opened without blocking, must be a regular file, and is read up to a bound."""
+    from envelope.kms.filekey import FileKeyBackend
+
+    fifo, zero, huge = tmp_path / "fifo", tmp_path / "zero", tmp_path / "huge.key"
+    os.mkfifo(fifo)
+    huge.write_bytes(b"x")
+    os.truncate(huge, 1 << 30)  # sparse: no disk
+    cases: list[tuple[Path, str]] = [(fifo, "not a regular file"), (huge, "not an envelope key")]
+    if os.geteuid() == 0:
+        os.mknod(zero, 0o600 | 0o020000, os.makedev(1, 5))  # a character device, as /dev/zero
+        cases.append((zero, "not a regular file"))
+    for path, said in cases:
+        with pytest.raises(ConfigurationError, match=said):
+            FileKeyBackend(path)
+    plain = tmp_path / "p"
+    plain.write_bytes(b"rows")
+    r = envelope(tmp_path / "home", "encrypt", str(plain), str(tmp_path / "o"),
+                 "--key-file", str(fifo))  # fmt: skip
+    assert r.returncode == 2 and b"not a regular file" in r.stderr, r.stderr

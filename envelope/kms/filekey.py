@@ -72,6 +72,10 @@ class InsecureKeyFileWarning(UserWarning):
     can read it can unwrap every data key sealed under it."""
 
 
+#: A key file holds one line of about 60 characters: anything much longer is not one.
+_MAX_KEY_FILE = 4096
+
+
 class FileKeyBackend:
     """Wraps data keys under the one key read from a key file."""
 
@@ -79,11 +83,27 @@ class FileKeyBackend:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
-            with open(path, encoding="ascii") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                text = f.read().strip()
+            # non-blocking, and a regular file only, read up to a bound: a FIFO given as the
+            # key file hung the command, and /dev/zero (or a huge file) read until memory ran
+            # out (review)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise ConfigurationError(
+                        f"{os.fspath(path)!r} is not a regular file: a key file is one"
+                    )
+                mode = st.st_mode
+                raw = os.read(fd, _MAX_KEY_FILE + 1)
+            finally:
+                os.close(fd)
+            if len(raw) > _MAX_KEY_FILE:
+                raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
+            text = raw.decode("ascii").strip()
         except UnicodeDecodeError:  # binary: not a key file (as text of another kind is not)
             raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file") from None
+        except ConfigurationError:
+            raise
         except (OSError, ValueError) as e:  # (ValueError: a NUL in the path)
             reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
             raise ConfigurationError(
