@@ -139,6 +139,22 @@ def was_committed(path: str | os.PathLike[str]) -> bool:
         return real in _COMMITTED
 
 
+#: Refusals of the storage itself (permission, a read-only or full file system, a failed
+#: device): I/O errors, the CLI's exit 5 as docs/cli.md says, not a usage error.
+_STORAGE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.ENOSPC, errno.EDQUOT}
+)
+
+
+def _cannot_write(e: OSError, where: str, to: str = "") -> Exception:
+    """The error for an output that cannot be opened: the `OSError` (with a message naming
+    the output) for a refusal of the storage, else a `ConfigurationError` (a path that
+    cannot be an output: no such folder, a name too long, ...)."""
+    if e.errno in _STORAGE_ERRNOS:
+        return OSError(e.errno, f"cannot write {to}{where!r}: {e.strerror}")
+    return ConfigurationError(f"cannot write {to}{where!r}: {e.strerror}")
+
+
 def _is_file(path: str, made: os.stat_result) -> bool:
     try:
         now = os.stat(path)
@@ -278,7 +294,7 @@ class OutputFile:
             try:
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_NOCTTY)
             except OSError as e:
-                raise ConfigurationError(f"cannot write {self.requested!r}: {e.strerror}") from None
+                raise _cannot_write(e, self.requested) from None
             return
         directory = os.path.dirname(self.path)
         if clean_stale:
@@ -297,7 +313,7 @@ class OutputFile:
             with _live_lock:
                 _live.discard(tmp)
             if isinstance(e, OSError):
-                raise ConfigurationError(f"cannot write to {directory!r}: {e.strerror}") from None
+                raise _cannot_write(e, directory, "to ") from None
             raise
         self.tmp_path = tmp
         try:
