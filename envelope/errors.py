@@ -63,6 +63,7 @@ __all__ = (
     "RetryBudgetExhaustedError",
     "RetryDeadlineExceededError",
     "RetryExhaustedError",
+    "SourceChangedError",
     "StaleLockError",
     "ThrottlingError",
     "TruncatedObjectError",
@@ -171,6 +172,11 @@ class KmsTimeoutError(KmsUnavailableError):
 
 class ConfigurationError(EnvelopeError, ValueError):
     """A bad argument or setting, caught before any data is touched."""
+
+
+class SourceChangedError(EnvelopeError):
+    """The input changed while it was read (its size or modification time moved): nothing
+    was written, and a run once it stopped changing does it (the CLI's exit 5, I/O)."""
 
 
 class ClosedError(EnvelopeError):

@@ -28,7 +28,12 @@ from functools import partial
 from typing import IO
 
 from .atomic import OutputFile
-from .errors import ConfigurationError, TruncatedObjectError, UnsafePathError
+from .errors import (
+    ConfigurationError,
+    SourceChangedError,
+    TruncatedObjectError,
+    UnsafePathError,
+)
 from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
@@ -198,14 +203,14 @@ def seal_file(
     hl = len(prepared.header)
 
     def changed() -> Exception:
-        return ConfigurationError(f"{src!r} changed while it was encrypted; nothing written")
+        return SourceChangedError(f"{src!r} changed while it was encrypted; nothing written")
 
     with _open_source(src, follow_links) as f:
         fd = f.fileno()
         before = os.fstat(fd)
         size = before.st_size
         if expected_size is not None and size != expected_size:
-            raise ConfigurationError(f"{src!r} changed size while the job ran")
+            raise SourceChangedError(f"{src!r} changed size while the job ran")
         _pwrite_all(out.fd, memoryview(prepared.header), 0)
         _transform(
             fd, out.fd, in_at=0, in_seg=s, in_end=size, out_at=hl, out_seg=s + TAG_LEN,

@@ -38,6 +38,7 @@ from ..errors import (
     EnvelopeError,
     InvalidObjectError,
     KmsError,
+    SourceChangedError,
 )
 from ..printable import printable
 from ._common import (
@@ -290,6 +291,9 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except KmsError as e:
         err(f"{type(e).__name__}: {e}")
         return EXIT_KMS
+    except SourceChangedError as e:  # an I/O condition: run again once it stops changing
+        err(str(e))
+        return EXIT_IO
     except (ConfigurationError, EnvelopeError) as e:
         err(str(e))
         return EXIT_USAGE

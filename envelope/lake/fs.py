@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..blocking_streams import fill
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, SourceChangedError
 from ..streams import Source, open_source
 from .paths import check_relative, is_utf8
 
@@ -215,7 +215,7 @@ def read_whole(fs: pafs.FileSystem, path: str, size: int, *, follow_links: bool 
             before = os.fstat(f.fileno()).st_mtime_ns
             data = f.read(size + 1)
             if os.fstat(f.fileno()).st_mtime_ns != before:  # written to while read: torn
-                raise ConfigurationError(f"{path!r} changed while it was read; nothing written")
+                raise SourceChangedError(f"{path!r} changed while it was read; nothing written")
     else:
         with fs.open_input_stream(path) as f:
             data = bytes(f.read(size + 1))

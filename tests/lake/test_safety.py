@@ -706,7 +706,7 @@ async def test_a_source_written_to_while_it_is_encrypted_fails_and_is_redone(
     r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
     monkeypatch.undo()
     assert written and r.done == 1
-    assert [(f.path, f.error_type) for f in r.failures] == [("big.bin", "ConfigurationError")]
+    assert [(f.path, f.error_type) for f in r.failures] == [("big.bin", "SourceChangedError")]
     assert "changed while" in r.failures[0].error
     assert sorted(p.name for p in enc.iterdir() if not p.name.startswith(".")) == ["other.bin"]
     r = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
