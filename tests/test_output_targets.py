@@ -139,6 +139,15 @@ def test_a_fifo_gets_only_authenticated_segments_and_a_failure_exit(
     assert len(got) < len(plain) // 2 + 65536
     assert got == plain[: len(got)]  # only authenticated segments came out
     assert stat.S_ISFIFO(os.lstat(reader.path).st_mode)
+    # and the message says so: the failure alone hid that a prefix went out (review)
+    assert b"authenticated but incomplete prefix" in r.stderr, r.stderr
+    with open(bad, "rb") as source:
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "decrypt", "-", "-", "--key-file",
+             str(key)],
+            stdin=source, capture_output=True, env=ENV, timeout=120,
+        )  # fmt: skip
+    assert r.returncode == 1 and b"written to standard output" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("command", ["encrypt", "decrypt"])

@@ -25,6 +25,7 @@ import argparse
 import importlib
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -270,11 +271,39 @@ def _interrupted(args: argparse.Namespace | None = None) -> int:
         what = "interrupted" if signum is None else _STOP_SIGNALS[signal.Signals(signum)]
         err(f"{what} after {printable(output)} was written completely (it stands)")
         return 0
+    streamed = _streamed_plaintext(args)
+    tail = (
+        f"; any plaintext already written to {streamed} is an authenticated but incomplete "
+        "prefix"
+        if streamed is not None
+        else "; no partial file was left under a target name"
+    )
     if signum is None:
-        err("interrupted; no partial file was left under a target name")
+        err("interrupted" + tail)
         return 130
-    err(f"{_STOP_SIGNALS[signal.Signals(signum)]}; no partial file was left under a target name")
+    err(_STOP_SIGNALS[signal.Signals(signum)] + tail)
     return 128 + signum
+
+
+def _streamed_plaintext(args: argparse.Namespace | None) -> str | None:
+    """Where a one-file decrypt writes plaintext as it goes (standard output, a FIFO, a
+    device: no temporary, no rename), named for a message; None for anything else. Its
+    failure or interruption leaves there the segments authenticated so far, which "no
+    partial file was left" hid (review)."""
+    if args is None or getattr(args, "command", None) != "decrypt":
+        return None
+    output = getattr(args, "output", None)
+    if output == "-":
+        return "standard output"
+    if not isinstance(output, str):
+        return None
+    try:
+        st = os.stat(output)
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    return printable(output)
 
 
 def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -286,7 +315,16 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         err(str(e))
         return EXIT_CONTEXT
     except InvalidObjectError as e:
-        err(f"{type(e).__name__}: {e}")
+        streamed = _streamed_plaintext(args)
+        err(
+            f"{type(e).__name__}: {e}"
+            + (
+                f" (any plaintext already written to {streamed} is an authenticated but "
+                "incomplete prefix: do not use it)"
+                if streamed is not None
+                else ""
+            )
+        )
         return EXIT_INVALID
     except KmsError as e:
         err(f"{type(e).__name__}: {e}")
