@@ -127,3 +127,27 @@ def test_an_interrupt_a_finalizer_swallowed_is_delivered_again(guarded: bool) ->
     assert out.returncode == 129, out.stderr
     assert "Traceback" not in out.stderr and "finished" not in out.stderr, out.stderr
     assert "hung up; no partial file was left" in out.stderr
+
+
+def test_ctrl_c_while_the_command_s_modules_import_is_a_quiet_130() -> None:
+    """Ctrl-C in the first tenth of a second (the imports, before `main` handles signals)
+    printed a Python traceback (review). The console script's entry point imports behind a
+    guard: here a finder interrupts the import of `envelope.cli.main`, as a signal would."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Interrupting:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'envelope.cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Interrupting())\n"
+        "from envelope.cli.entry import run\n"
+        "run()\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "encrypt", "x", "y"], capture_output=True, timeout=60
+    )
+    assert r.returncode == 130 and r.stderr == b"envelope: interrupted\n", r.stderr

@@ -348,7 +348,8 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
 
 
 def run() -> None:
-    """The `envelope` console script: `main` for a process of its own.
+    """The `envelope` console script (through `envelope.cli.entry`): `main` for a process of its
+    own.
 
     The cyclic garbage collector is off while the command's modules import and its arguments
     parse (they make many objects and no garbage; collecting them is most of what a small
