@@ -118,7 +118,7 @@ class SharedTokenBucket:
     worker is held to the server's rate, not to that worker's share of it. The clock must be
     the same in every process (`time.monotonic` is, on one machine)."""
 
-    __slots__ = ("_fd", "_map", "capacity", "clock", "rate")
+    __slots__ = ("_fd", "_lock", "_map", "capacity", "clock", "rate")
 
     def __init__(
         self, path: str, rate: float, capacity: float | None = None, *, clock: Clock
@@ -132,6 +132,9 @@ class SharedTokenBucket:
         if not capacity >= 1:
             raise ConfigurationError("a token bucket needs a capacity >= 1")
         self.rate, self.capacity, self.clock = float(rate), float(capacity), clock
+        # `flock` excludes other open files, not other threads over this one: both are needed
+        # (threads of one worker shared the lock, lost updates and let requests in free)
+        self._lock = threading.Lock()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
         with self._locked():
             if os.fstat(self._fd).st_size < _SHARED.size:  # the first process to open it
@@ -140,7 +143,7 @@ class SharedTokenBucket:
         self._map = mmap.mmap(self._fd, _SHARED.size)
 
     def _locked(self) -> _Flock:
-        return _Flock(self._fd)
+        return _Flock(self._fd, self._lock)
 
     def take(self, n: float = 1.0) -> float:
         """Take `n` tokens: 0.0 if taken, else the seconds until they would be available."""
@@ -164,22 +167,30 @@ class SharedTokenBucket:
 
 
 class _Flock:
-    """An exclusive `flock` on a file descriptor, as a context manager."""
+    """This process's lock, then an exclusive `flock` on the file, as a context manager."""
 
-    __slots__ = ("_fd",)
+    __slots__ = ("_fd", "_lock")
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, fd: int, lock: threading.Lock) -> None:
+        self._fd, self._lock = fd, lock
 
     def __enter__(self) -> None:
         import fcntl
 
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._lock.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         import fcntl
 
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
 
 
 class RateQuota:
@@ -214,6 +225,8 @@ class RateQuota:
         self._buckets: dict[str, TokenBucket | SharedTokenBucket] = {}
         self._lock = threading.Lock()
         self.throttled: dict[str, int] = {}
+        for family in self.rates:  # shared ones: opened (made) now, not on a first request
+            self._bucket(family)
 
     def __repr__(self) -> str:
         return f"RateQuota(rates={self.rates!r}, default={self.default!r})"

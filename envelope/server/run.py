@@ -25,7 +25,7 @@ from .._ratelimit import RateQuota
 from .._regions import aws_kms_regions
 from .._serving import base_options, check_tls, serve_with, set_header_timeout
 from ..errors import ConfigurationError
-from ..service import KeyService, open_service
+from ..service import KeyService, open_service, store_path
 from ..service.errors import StoreError
 from ..service.rootkey import FileRootKey, PassphraseRootKey, Pkcs11RootKey, RootKeyProvider
 from .app import Authenticate, KmsApp
@@ -59,7 +59,9 @@ ENV_QUOTA_DIR = "ENVELOPE_SERVER_QUOTA_DIR"
 def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
     """This process's service on the configured store, with the quotas: one rate for all the
     workers when they share buckets (`ENV_QUOTA_DIR`), else this process's share of it."""
-    shared = os.environ.get(ENV_QUOTA_DIR) or None
+    shared = (os.environ.get(ENV_QUOTA_DIR) or None) if settings.workers > 1 else None
+    if shared is not None and not os.path.isdir(shared):
+        shared = None  # its folder is gone (removed by hand): this worker's share, alone
     if shared is not None:
         share = 1
     quota = (
@@ -149,7 +151,10 @@ def serve(settings: ServerSettings) -> None:
     if settings.quotas and settings.workers > 1:
         # the workers' buckets in files they share: one rate for the whole server (a client's
         # keep-alive connection stays on one worker, which held it to rate / workers)
-        quota_dir = tempfile.mkdtemp(prefix="envelope-quotas-")
+        # beside the store (its folder exists, is the server's, and no /tmp cleaner ages it)
+        quota_dir = tempfile.mkdtemp(
+            prefix=".envelope-quotas-", dir=store_path(settings.home).parent
+        )
         os.environ[ENV_QUOTA_DIR] = quota_dir
     try:
         serve_with(
