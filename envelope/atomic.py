@@ -104,7 +104,7 @@ def temporary_name(path: str) -> str:
 
 
 _DESCRIPTOR_ALIAS = re.compile(
-    r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(?:self|thread-self|\d+)(?:/task/\d+)?/fd/\d+"
+    r"/dev/(?:std(?:in|out|err)|fd/\d+)|/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/\d+"
 )
 _STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 
@@ -120,6 +120,17 @@ def descriptor_alias(path: str | os.PathLike[str]) -> int | None:
     return _STD_NAMES[text] if text in _STD_NAMES else int(text.rsplit("/", 1)[1])
 
 
+def own_descriptor(path: str | os.PathLike[str]) -> int | None:
+    """`descriptor_alias`, for this process's own descriptors only (``/proc/<another
+    pid>/fd/1`` is another process's standard output, not ours)."""
+    fd = descriptor_alias(path)
+    if fd is None:
+        return None
+    match = _DESCRIPTOR_ALIAS.fullmatch(os.path.abspath(os.fspath(path)))
+    owner = match.group(1) if match else None
+    return fd if owner in (None, "self", "thread-self", str(os.getpid())) else None
+
+
 #: The outputs this process has made visible under their names, most recent last (at most
 #: 64): a command interrupted as it finished learns that its output stands (`was_committed`).
 _COMMITTED: list[str] = []
@@ -129,6 +140,14 @@ def _committed(path: str) -> None:
     with _live_lock:
         _COMMITTED.append(path)
         del _COMMITTED[:-64]
+
+
+def forget_commits() -> None:
+    """Start a new command: `was_committed` answers for what is renamed from now on (a
+    process that runs several commands must not take an earlier one's output for this
+    one's)."""
+    with _live_lock:
+        _COMMITTED.clear()
 
 
 def was_committed(path: str | os.PathLike[str]) -> bool:
@@ -183,7 +202,7 @@ def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise ConfigurationError(f"cannot write {os.fspath(path)!r}: {e.strerror}") from None
+        raise _cannot_write(e, os.fspath(path)) from None
     if st is None:
         parent = os.path.dirname(real)
         if not os.path.isdir(parent):

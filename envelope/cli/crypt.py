@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import IO
 
 from .. import sync
-from ..atomic import descriptor_alias
+from ..atomic import own_descriptor
 from ..errors import ConfigurationError
 from ..kms.filekey import generate_key_file
 from ..kms.keyspec import KeySpec
@@ -140,9 +140,9 @@ def _check_paths(args: argparse.Namespace) -> None:
     ``/proc/self/fd/1``) is standard output, as ``-``, and ``/dev/stdin`` standard input:
     resolved as paths, they named the shell's redirect target, which was then replaced (a
     file opened with ``>>`` lost what it held) or not found (a pipe)."""
-    if descriptor_alias(args.input) == 0:
+    if own_descriptor(args.input) == 0:
         args.input = "-"
-    if descriptor_alias(args.output) == 1:
+    if own_descriptor(args.output) == 1:
         args.output = "-"
     if args.input != "-":
         try:

@@ -226,6 +226,9 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
             err(str(e))
             return EXIT_USAGE
         _Stopped.signum = None
+        from ..atomic import forget_commits
+
+        forget_commits()  # `_interrupted` asks about this command's outputs only
         try:
             with _stop_signals(), envelope_warnings():
                 return _run(handler, args)
