@@ -220,5 +220,5 @@ def read_whole(fs: pafs.FileSystem, path: str, size: int, *, follow_links: bool 
         with fs.open_input_stream(path) as f:
             data = bytes(f.read(size + 1))
     if len(data) != size:
-        raise ConfigurationError(f"{path!r} changed size while the job ran")
+        raise SourceChangedError(f"{path!r} changed size while the job ran")
     return data

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from envelope import api, objects, sync
-from envelope.errors import AuthenticationError, ConfigurationError, TruncatedObjectError
+from envelope.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    SourceChangedError,
+    TruncatedObjectError,
+)
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
 from envelope.lake import direct
@@ -66,7 +71,7 @@ def test_damage_and_truncation_leave_no_output(tmp_path: Path) -> None:
 def test_source_that_changed_size_is_refused(tmp_path: Path) -> None:
     (tmp_path / "src").write_bytes(os.urandom(2 * S))
     prepared = sync.run(api.prepare_object, KR, options=OPTS, expected_bytes=S)
-    with pytest.raises(ConfigurationError, match="changed size"):
+    with pytest.raises(SourceChangedError, match="changed size"):
         direct.seal_file(
             prepared,
             str(tmp_path / "src"),
