@@ -533,3 +533,16 @@ def test_a_sync_object_with_retries_starts_no_event_loop(tmp_path: Path) -> None
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False ['MainThread']"
+
+
+def test_a_retrying_backend_copies_as_any_object() -> None:
+    """`RetryingKms.__new__` chooses the blocking class from its first argument; it required
+    one, so copy (and unpickling) failed with a TypeError (review)."""
+    import copy
+
+    from envelope.kms.base import BlockingKms
+
+    retrying = RetryingKms(MemoryKms(), RetryPolicy.default())
+    twin = copy.copy(retrying)
+    assert isinstance(twin, BlockingKms) and twin.inner is retrying.inner
+    assert not isinstance(copy.copy(RetryingKms(FaultyKms(MemoryKms()))), BlockingKms)
