@@ -582,12 +582,8 @@ class ParquetCrypto:
                 double_wrapping=double_wrapping,
                 data_key_length_bits=data_key_length_bits,
             )
-            try:  # pyarrow checks the columns against the schema as it writes (in memory)
-                pq.write_table(
-                    schema.empty_table(), pa.BufferOutputStream(), encryption_properties=props
-                )
-            except OSError as e:
-                raise ConfigurationError(f"cannot encrypt this schema as asked: {e}") from None
+            # pyarrow checks the columns against the schema as it writes (in memory)
+            _encoded(schema.empty_table(), props)
         config = ds.ParquetEncryptionConfig(
             self.factory,
             self.connection,
@@ -628,18 +624,8 @@ class ParquetCrypto:
             data_key_length_bits=data_key_length_bits,
         )
         loc = resolve(os.fspath(where), filesystem=filesystem)
-        out = pa.BufferOutputStream()
-        try:
-            pq.write_table(
-                table,
-                out,
-                encryption_properties=props,
-                row_group_size=row_group_size,
-                compression=compression,
-            )
-        except OSError as e:  # nothing but the table and the keys are involved here
-            raise ConfigurationError(f"cannot encrypt the table as asked: {e}") from None
-        write_whole(loc.fs, loc.path, out.getvalue().to_pybytes(), durable=False)
+        data = _encoded(table, props, row_group_size=row_group_size, compression=compression)
+        write_whole(loc.fs, loc.path, data, durable=False)
 
     def read_table(
         self,
@@ -658,6 +644,18 @@ class ParquetCrypto:
             with parquet_read_errors(loc.path):
                 with pq.ParquetFile(f, decryption_properties=self.decryption_properties()) as pf:
                     return pf.read(columns=list(columns) if columns is not None else None)
+
+
+def _encoded(table: pa.Table, props: Any, **options: Any) -> bytes:
+    """`table` as an encrypted Parquet file, in memory. pyarrow's OSError here can only be
+    the table and the keys disagreeing (a column of `column_keys` the table lacks): a
+    `ConfigurationError`, before anything is written anywhere."""
+    out = pa.BufferOutputStream()
+    try:
+        pq.write_table(table, out, encryption_properties=props, **options)
+    except OSError as e:
+        raise ConfigurationError(f"cannot encrypt the table as asked: {e}") from None
+    return bytes(out.getvalue().to_pybytes())
 
 
 @contextlib.contextmanager
