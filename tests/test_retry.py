@@ -546,3 +546,31 @@ def test_a_retrying_backend_copies_as_any_object() -> None:
     twin = copy.copy(retrying)
     assert isinstance(twin, BlockingKms) and twin.inner is retrying.inner
     assert not isinstance(copy.copy(RetryingKms(FaultyKms(MemoryKms()))), BlockingKms)
+
+
+def test_the_embedded_kms_is_called_on_the_calling_thread(tmp_path: Path) -> None:
+    """`LocalKms` is blocking by nature (issue 9: "memory, key file and the embedded KMS are
+    blocking by nature and expose that") and now exposes its blocking face: `envelope.sync`
+    over it, with retries, starts no portal loop (review: it went through the portal)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from envelope import sync\n"
+        "from envelope.keyring import Keyring\n"
+        "from envelope.kms.base import BlockingKms\n"
+        "from envelope.kms.local import open_local\n"
+        "from envelope.kms.retry import RetryPolicy\n"
+        f"b = open_local({str(tmp_path / 'home')!r})\n"
+        "kid = b.service.create_key()['KeyMetadata']['KeyId']\n"
+        "assert isinstance(b, BlockingKms)\n"
+        "kr = Keyring(b, kid, retry=RetryPolicy.default())\n"
+        "ct = sync.encrypt_bytes(b'rows', keyring=kr)\n"
+        "assert bytes(sync.decrypt_bytes(ct, keyring=Keyring(b, kid))) == b'rows'\n"
+        "kr.close()\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "envelope-portal" not in r.stdout, r.stdout

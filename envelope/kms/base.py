@@ -92,12 +92,12 @@ def state_paths_of(backend: object) -> tuple[str, ...]:
 class BlockingKms(Protocol):
     """The optional blocking face of a backend that is blocking by nature.
 
-    Every backend offers the async `KmsBackend` face. A backend whose calls never wait on a
-    network (a key file, the in-memory fake) may also offer this one; the keyring's blocking
-    face (`Keyring.encryption_key_blocking`, used by `envelope.sync` and the object layer)
-    then calls it directly on a cache miss, on the calling thread. Any other backend, or one
-    behind an async-only retry layer, is reached through the one process-wide portal
-    loop (`envelope._portal`): correct everywhere, one thread hop per miss.
+    Every backend offers the async `KmsBackend` face. A backend that is blocking by nature
+    (a key file, the in-memory fake, the embedded KMS, boto3) may also offer this one; the
+    keyring's blocking face (`Keyring.encryption_key_blocking`, used by `envelope.sync` and
+    the object layer) then calls it directly on a cache miss, on the calling thread. Any
+    other backend is reached through the one process-wide portal loop (`envelope._portal`):
+    correct everywhere, one thread hop per miss.
     """
 
     def generate_data_key_blocking(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:

@@ -130,10 +130,9 @@ class LocalKms:
         """The store's files, its root-key file and digest folder (see `Keyring.state_paths`)."""
         return self.service.state_paths()
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    def _blocking(self, fn: Callable[[], T]) -> T:
+        """`fn` (a call of the service) on this thread, its errors as the engine's."""
         try:
-            if self.offload:
-                return await anyio.to_thread.run_sync(fn)
             return fn()
         except KmsServiceError as e:
             if self.service.store.closed:  # not a fault to retry: closed for good
@@ -143,16 +142,37 @@ class LocalKms:
                 ) from None
             raise _translate(e) from None
 
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self.offload:
+            return await anyio.to_thread.run_sync(self._blocking, fn)
+        return self._blocking(fn)
+
+    # The blocking face (`BlockingKms`): the service is blocking by nature (a committed
+    # SQLite transaction per call, thread-safe, shared commits across threads), so
+    # `envelope.sync` calls it on the calling thread instead of through the portal loop.
+
+    def generate_data_key_blocking(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
+        return self._blocking(lambda: self._generate(key_id, context))
+
+    def decrypt_data_key_blocking(
+        self, wrapped: WrappedKey, *, context: Mapping[str, str]
+    ) -> bytearray:
+        return self._blocking(lambda: self._decrypt(wrapped, context))
+
+    def close_blocking(self) -> None:
+        if self._owns:
+            self.service.close()
+
     async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
-        kid = key_id_from_uri(key_id)
-        resp = await self._call(
-            lambda: self.service.generate_data_key(
-                key_id=kid,
-                key_spec="AES_256",
-                encryption_context=dict(context),
-                principal=self.principal,
-                context=self._ctx,
-            )
+        return await self._call(lambda: self._generate(key_id, context))
+
+    def _generate(self, key_id: str, context: Mapping[str, str]) -> DataKey:
+        resp = self.service.generate_data_key(
+            key_id=key_id_from_uri(key_id),
+            key_spec="AES_256",
+            encryption_context=dict(context),
+            principal=self.principal,
+            context=self._ctx,
         )
         plaintext = bytearray(resp["Plaintext"])
         try:
@@ -180,17 +200,19 @@ class LocalKms:
     async def decrypt_data_key(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
     ) -> bytearray:
+        return await self._call(lambda: self._decrypt(wrapped, context))
+
+    def _decrypt(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytearray:
         if wrapped.provider_id != PROVIDER_ID:
             raise KmsKeyError(f"not a local KMS wrapped key (provider {wrapped.provider_id!r})")
         required = self.required_key
-        resp = await self._call(  # (the Region's service is made inside: its errors typed)
-            lambda: self._service_for(required).decrypt(
-                ciphertext_blob=wrapped.ciphertext,
-                encryption_context=dict(context),
-                key_id=None if required is None else key_id_from_uri(required),
-                principal=self.principal,
-                context=self._ctx,
-            )
+        # (the Region's service is made inside `_blocking`: its errors typed)
+        resp = self._service_for(required).decrypt(
+            ciphertext_blob=wrapped.ciphertext,
+            encryption_context=dict(context),
+            key_id=None if required is None else key_id_from_uri(required),
+            principal=self.principal,
+            context=self._ctx,
         )
         key = bytearray(resp["Plaintext"])
         if len(key) != 32:

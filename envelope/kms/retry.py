@@ -529,10 +529,11 @@ class Retrier:
 class RetryingKms:
     """A `KmsBackend` that runs every call of `inner` through one `Retrier`.
 
-    Over a backend with a blocking face (`BlockingKms`: a key file, the memory fake, boto3)
-    it has one too (`_BlockingRetryingKms`, chosen by the constructor), with the same
-    retries on the calling thread: a blocking caller's cache miss then needs no event loop
-    (it went through the process-wide portal, whose start-up the CLI paid on every run)."""
+    Over a backend with a blocking face (`BlockingKms`: a key file, the memory fake, the
+    embedded KMS, boto3) it has one too (`_BlockingRetryingKms`, chosen by the
+    constructor), with the same retries on the calling thread: a blocking caller's cache
+    miss then needs no event loop (it went through the process-wide portal, whose start-up
+    the CLI paid on every run)."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> RetryingKms:
         # (no required argument here: copy and pickle make the object with none)
