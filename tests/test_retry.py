@@ -511,12 +511,19 @@ def test_the_retry_layer_over_a_blocking_backend_retries_on_the_calling_thread()
     assert budget.available == before  # the retry never sent gave its tokens back
 
 
-def test_a_sync_object_with_retries_starts_no_event_loop(tmp_path: Path) -> None:
-    """`envelope.sync` with a retrying keyring over a key file seals without anyio (no
-    portal loop, no import): the blocking face is used end to end."""
+def in_a_fresh_interpreter(code: str) -> str:
+    """What `code` prints, run in a new interpreter (nothing imported or started yet)."""
     import subprocess
     import sys
 
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_a_sync_object_with_retries_starts_no_event_loop(tmp_path: Path) -> None:
+    """`envelope.sync` with a retrying keyring over a key file seals without anyio (no
+    portal loop, no import): the blocking face is used end to end."""
     code = (
         "import sys, threading\n"
         "from envelope import sync\n"
@@ -530,9 +537,7 @@ def test_a_sync_object_with_retries_starts_no_event_loop(tmp_path: Path) -> None
         "assert bytes(sync.decrypt_bytes(ct, keyring=kr)) == b'rows'\n"
         "print('anyio' in sys.modules, [t.name for t in threading.enumerate()])\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "False ['MainThread']"
+    assert in_a_fresh_interpreter(code).strip() == "False ['MainThread']"
 
 
 def test_a_retrying_backend_copies_as_any_object() -> None:
@@ -552,9 +557,6 @@ def test_the_embedded_kms_is_called_on_the_calling_thread(tmp_path: Path) -> Non
     """`LocalKms` is blocking by nature (issue 9: "memory, key file and the embedded KMS are
     blocking by nature and expose that") and now exposes its blocking face: `envelope.sync`
     over it, with retries, starts no portal loop (review: it went through the portal)."""
-    import subprocess
-    import sys
-
     code = (
         "import threading\n"
         "from envelope import sync\n"
@@ -571,6 +573,5 @@ def test_the_embedded_kms_is_called_on_the_calling_thread(tmp_path: Path) -> Non
         "kr.close()\n"
         "print(sorted(t.name for t in threading.enumerate()))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert "envelope-portal" not in r.stdout, r.stdout
+    threads = in_a_fresh_interpreter(code)
+    assert "envelope-portal" not in threads and "MainThread" in threads, threads

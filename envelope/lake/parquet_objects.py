@@ -33,7 +33,7 @@ from ..reader import DecryptingReader, aopen_decrypted
 from ..sync import run
 from .fs import ArrowRangeFile, resolve
 from .jobs import PATH_CONTEXT_KEY
-from .parquet_pme import parquet_read_errors
+from .parquet_errors import parquet_read_errors
 
 __all__ = ("EncryptedParquetFile", "aopen_encrypted_parquet", "open_encrypted_parquet")
 

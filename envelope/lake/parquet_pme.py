@@ -52,7 +52,6 @@ import pyarrow.parquet.encryption as pe
 
 from .._bridge import Portal, default_portal
 from ..errors import (
-    AuthenticationError,
     ConfigurationError,
     EnvelopeError,
     InvalidObjectError,
@@ -64,6 +63,7 @@ from ..kms.retry import RetryPolicy
 from ..objects import DATA_KEY_LEN
 from ..printable import wrapped_key_name
 from .fs import resolve
+from .parquet_errors import parquet_read_errors
 from .sinks import write_whole
 
 __all__ = (
@@ -574,27 +574,18 @@ class ParquetCrypto:
         ``write_dataset`` is not atomic: a column of `column_keys` its data lacks fails it
         after it has created an empty file under the final name. Give the data's `schema`
         and such a column is a `ConfigurationError` here, before anything is written."""
-        if schema is not None:
-            props = self.encryption_properties(
-                footer_key=footer_key,
-                column_keys=column_keys,
-                plaintext_footer=plaintext_footer,
-                double_wrapping=double_wrapping,
-                data_key_length_bits=data_key_length_bits,
-            )
-            # pyarrow checks the columns against the schema as it writes (in memory)
-            _encoded(schema.empty_table(), props)
-        config = ds.ParquetEncryptionConfig(
-            self.factory,
-            self.connection,
-            self.encryption_configuration(
-                footer_key=footer_key,
-                column_keys=column_keys,
-                plaintext_footer=plaintext_footer,
-                double_wrapping=double_wrapping,
-                data_key_length_bits=data_key_length_bits,
-            ),
+        settings = self.encryption_configuration(
+            footer_key=footer_key,
+            column_keys=column_keys,
+            plaintext_footer=plaintext_footer,
+            double_wrapping=double_wrapping,
+            data_key_length_bits=data_key_length_bits,
         )
+        if schema is not None:
+            # pyarrow checks the columns against the schema as it writes (in memory)
+            props = self.factory.file_encryption_properties(self.connection, settings)
+            _encoded(schema.empty_table(), props)
+        config = ds.ParquetEncryptionConfig(self.factory, self.connection, settings)
         return ds.ParquetFileFormat().make_write_options(encryption_config=config)
 
     def write_table(
@@ -656,29 +647,6 @@ def _encoded(table: pa.Table, props: Any, **options: Any) -> bytes:
     except OSError as e:
         raise ConfigurationError(f"cannot encrypt the table as asked: {e}") from None
     return bytes(out.getvalue().to_pybytes())
-
-
-@contextlib.contextmanager
-def parquet_read_errors(path: str) -> Iterator[None]:
-    """pyarrow's errors on reading an encrypted Parquet file as this package's types: a
-    decryption or signature failure (a page, the footer or a column's metadata changed, or
-    not this key's) is `AuthenticationError`; a file pyarrow cannot parse is
-    `InvalidObjectError`. Errors of the KMS and of this package pass as they are, and so do
-    other I/O errors (a file that is gone, a network failure)."""
-    try:
-        yield
-    except EnvelopeError:
-        raise
-    except (OSError, pa.ArrowException) as e:
-        text = str(e)
-        lowered = text.lower()
-        if "decryption" in lowered or "signature verification" in lowered:
-            raise AuthenticationError(
-                f"{path}: {text}: the file was changed, or its keys are not these"
-            ) from None
-        if isinstance(e, ValueError) or "corrupt" in lowered or "invalid column" in lowered:
-            raise InvalidObjectError(f"{path} is not a readable Parquet file: {text}") from None
-        raise
 
 
 @contextlib.contextmanager
