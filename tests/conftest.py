@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +43,30 @@ def moto_url() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         srv.stop()
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[str]:
+    """`folder` made unwritable to this process, the way a user meets it: "mode" (mode 0555)
+    for a user other than root; as root, whom no mode stops, "mount" (a read-only bind mount
+    of the folder onto itself). Restored afterwards."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield "mode"
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = shutil.which("mount") is not None and (
+        subprocess.run(["mount", "--bind", str(folder), str(folder)], check=False).returncode == 0
+    )
+    if not mounted:
+        pytest.skip(
+            "running as root, only a read-only mount makes a folder unwritable, and this "
+            "machine refuses mount --bind (a container without CAP_SYS_ADMIN)"
+        )
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield "mount"
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
