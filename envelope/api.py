@@ -491,13 +491,15 @@ async def decrypt(
         async with _source_scope(source) as src, _sink_scope(sink) as out:
             header = await read_header(src, max_wrapped_keys=options.max_wrapped_keys)
             seg_log2 = header.seg_log2
-            plan = options.plan("decrypt", seg_log2)  # before the KMS call and any output
             keys = await open_object(
                 header,
                 keyring=keyring,
                 expected_context=expected_context,
                 expected_kms_context=expected_kms_context,
             )
+            # after the header authenticated (a forged segment size is AuthenticationError,
+            # not advice to raise the budget), before any output
+            plan = options.plan("decrypt", seg_log2)
             k = plan.segments_per_batch
             hd = header.bound_digest
 

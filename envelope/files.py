@@ -31,7 +31,6 @@ from .atomic import OutputFile
 from .errors import (
     ConfigurationError,
     SourceChangedError,
-    TruncatedObjectError,
     UnsafePathError,
 )
 from .hazmat.format import TAG_LEN, Header
@@ -249,7 +248,8 @@ def open_file(
     hl = header.header_len
 
     def changed() -> Exception:
-        return TruncatedObjectError("object changed size while it was read")
+        # not a truncation: the file moved under us (an I/O condition, exit 5: run again)
+        return SourceChangedError(f"{src!r} changed size while it was decrypted; nothing written")
 
     with _open_source(src, follow_links) as f:
         fd = f.fileno()

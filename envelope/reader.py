@@ -24,7 +24,7 @@ from cachetools import LRUCache
 
 from .api import DEFAULT_MEMORY_BUDGET, DEFAULT_OPTIONS, Options, open_object
 from .blocking_streams import binary
-from .errors import ClosedError, ConfigurationError, HeaderFormatError
+from .errors import ClosedError, ConfigurationError, SourceChangedError
 from .keyring import Keyring
 from .objects import (
     TAG_LEN,
@@ -194,7 +194,7 @@ class DecryptingReader(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._check_open()
-        whole_number(offset, "seek offset")
+        offset = whole_number(offset, "seek offset")  # a numpy integer would overflow below
         if whence == os.SEEK_SET:
             pos = offset
         elif whence == os.SEEK_CUR:
@@ -222,7 +222,7 @@ class DecryptingReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         self._check_open()
         if size is not None:
-            whole_number(size, "size")
+            size = whole_number(size, "size")
         if size is None or size < 0:
             size = max(0, self._size - self._pos)
         if self._pos >= self._size:
@@ -241,10 +241,14 @@ class DecryptingReader(io.RawIOBase):
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext [offset, offset+length) without moving the position. Thread-safe."""
         self._check_open()
-        if whole_number(offset, "offset") < 0 or whole_number(length, "length") < 0:
+        # as Python ints: a numpy integer's sum wraps (a valid range read back as empty)
+        offset, length = whole_number(offset, "offset"), whole_number(length, "length")
+        if offset < 0 or length < 0:
             raise ConfigurationError(f"offset and length must be >= 0, not {offset}, {length}")
         end = min(self._size, offset + length)
         if offset >= end:
+            if length and offset >= self._size:
+                self.verified_size()  # EOF is only trusted once the final segment verified
             return b""
         s = self._layout.segment_size
         first, last = offset // s, (end - 1) // s + 1
@@ -304,7 +308,8 @@ class DecryptingReader(io.RawIOBase):
             stop = min(self._ct_len, self.header.header_len + hi * t)
             ct = self._rf.read_range(start, stop - start)
             if len(ct) != stop - start:
-                raise HeaderFormatError("object changed size while being read")
+                # the object moved under the reader (not a header fault nor a truncation)
+                raise SourceChangedError("the object changed size while it was read")
             final = hi == self._count
             out = bytearray((stop - start) - (hi - lo) * TAG_LEN)
             open_range(self.header, self._keys, lo, memoryview(ct), memoryview(out), final)
@@ -372,7 +377,6 @@ async def aopen_decrypted(
     try:
         check_options(options)
         header = await anyio.to_thread.run_sync(_read_header, rf, options.max_wrapped_keys)
-        options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = await anyio.to_thread.run_sync(rf.size)
         keys = await open_object(
             header,
@@ -380,6 +384,9 @@ async def aopen_decrypted(
             expected_context=expected_context,
             expected_kms_context=expected_kms_context,
         )
+        # a segment too large for the budget: refused once the header authenticated (a
+        # forged segment size is AuthenticationError, not advice to raise the budget)
+        options.plan("decrypt", header.seg_log2)
         return DecryptingReader(rf, header, keys, ct_len, memory_budget=options.memory_budget)
     except BaseException:
         rf.close()
@@ -400,7 +407,6 @@ def open_decrypted(
     try:
         check_options(options)
         header = _read_header(rf, options.max_wrapped_keys)
-        options.plan("decrypt", header.seg_log2)  # a segment too large for the budget: refuse
         ct_len = rf.size()
         check_keyring(keyring)
         keys = open_object_keys(
@@ -409,6 +415,9 @@ def open_decrypted(
             expected_context=expected_context,
             expected_kms_context=expected_kms_context,
         )
+        # a segment too large for the budget: refused once the header authenticated (a
+        # forged segment size is AuthenticationError, not advice to raise the budget)
+        options.plan("decrypt", header.seg_log2)
         return DecryptingReader(rf, header, keys, ct_len, memory_budget=options.memory_budget)
     except BaseException:
         rf.close()

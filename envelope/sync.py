@@ -454,7 +454,6 @@ def decrypt(
                 header = blocking_streams.read_stream_header(
                     route[1].read_into, max_wrapped_keys=options.max_wrapped_keys
                 )
-            options.plan("decrypt", header.seg_log2)  # before the KMS call and any output
             check_keyring(keyring)
             check_expected_contexts(expected_context, expected_kms_context)
             keys = open_object_keys(
@@ -463,6 +462,9 @@ def decrypt(
                 expected_context=expected_context,
                 expected_kms_context=expected_kms_context,
             )
+            # once the header authenticated (a forged segment size is AuthenticationError),
+            # before any output
+            options.plan("decrypt", header.seg_log2)
             if route[0] == "direct":
                 src = route[1]
                 n = _written(

@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from envelope import api, sync
 from envelope._pipeline import minimum_bytes, plan_pipeline
-from envelope.errors import ConfigurationError
+from envelope.errors import AuthenticationError, ConfigurationError
 from envelope.hazmat.format import TAG_LEN
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
@@ -207,15 +208,15 @@ def test_a_budget_of_exactly_the_minimum_works_and_one_byte_less_is_refused(
 
 
 def test_decrypt_refuses_a_segment_size_the_budget_cannot_hold_and_writes_nothing(
-    tmp_path: Path, kms: MemoryKms, kr: Keyring
+    tmp_path: Path, kr: Keyring
 ) -> None:
-    """The header names 8 MiB segments; a 12 MiB budget cannot hold two. Refused after the
-    header and before the KMS call: no temporary file, no target, nothing on a stream."""
+    """The header names 8 MiB segments; a 12 MiB budget cannot hold two. Refused once the
+    header authenticated and before any output: no temporary file, no target, nothing on a
+    stream."""
     ct = bytes(
         sync.encrypt_bytes(b"x" * 1000, keyring=kr, options=api.Options(segment_size=8 * MIB))
     )
     opts = api.Options(memory_budget=12 * MIB)
-    calls = sum(kms.calls.values())
     target = tmp_path / "out.bin"
     with pytest.raises(ConfigurationError) as e:
         sync.decrypt(ct, str(target), keyring=kr, options=opts)
@@ -227,10 +228,50 @@ def test_decrypt_refuses_a_segment_size_the_budget_cannot_hold_and_writes_nothin
     with pytest.raises(ConfigurationError):
         sync.decrypt(ct, stream, keyring=kr, options=opts)
     assert stream.getvalue() == b""
-    assert sum(kms.calls.values()) == calls  # refused before unwrapping the data key
     # and the figure it names is enough
     sync.decrypt(ct, stream, keyring=kr, options=api.Options(memory_budget=17 * MIB))
     assert stream.getvalue() == b"x" * 1000
+
+
+def test_a_forged_segment_size_is_an_invalid_object_not_a_budget_to_raise(
+    tmp_path: Path, kr: Keyring
+) -> None:
+    """``seg_log2`` (header byte 12) raised to 64 MiB segments in a 4 KiB-segment object: the
+    budget check ran on the unauthenticated header, so every face answered ConfigurationError
+    with advice to raise the budget (CLI exit 2), and following it gave AuthenticationError.
+    The header authenticates first now: AuthenticationError everywhere, nothing written."""
+    ct = bytearray(
+        sync.encrypt_bytes(os.urandom(9000), keyring=kr, options=api.Options(segment_size=4096))
+    )
+    assert ct[12] == 12
+    ct[12] = 26
+    small = api.Options(memory_budget=4 * MIB)
+    target = tmp_path / "out.bin"
+    faces = {
+        "bytes": lambda: sync.decrypt_bytes(bytes(ct), keyring=kr, options=small),
+        "path": lambda: sync.decrypt(bytes(ct), str(target), keyring=kr, options=small),
+        "reader": lambda: open_decrypted(io.BytesIO(bytes(ct)), keyring=kr, options=small),
+    }
+    for name, face in faces.items():
+        with pytest.raises(AuthenticationError):
+            face()
+        assert list(tmp_path.iterdir()) == [], name
+    with pytest.raises(AuthenticationError):
+        anyio.run(lambda: api.decrypt(bytes(ct), str(target), keyring=kr, options=small))
+    assert list(tmp_path.iterdir()) == []
+    # the CLI: exit 1 (an invalid object), not 2 (raise the budget)
+    key, src, enc = tmp_path / "k.key", tmp_path / "in.bin", tmp_path / "in.env"
+    args = ("--key-file", str(key), "--no-progress")
+    assert _envelope("keygen", str(key)).returncode == 0
+    src.write_bytes(os.urandom(9000))
+    r = _envelope("encrypt", str(src), str(enc), *args, "--segment-size", "4096")
+    assert r.returncode == 0, r.stderr
+    forged = bytearray(enc.read_bytes())
+    forged[12] = 26
+    enc.write_bytes(forged)
+    r = _envelope("decrypt", str(enc), str(target), *args, "--memory-budget", "4M")
+    assert r.returncode == 1 and b"memory budget" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.bin", "in.env", "k.key"]
 
 
 def test_the_reader_refuses_it_too(kr: Keyring) -> None:

@@ -101,6 +101,48 @@ def test_truncated_object_cannot_pass_for_a_shorter_one() -> None:
             r.read()
 
 
+def test_pread_at_the_provisional_end_checks_the_final_segment() -> None:
+    """An EOF probe with pread alone said b"" (end of file) on an object whose final segment
+    was cut off; read() and readinto() already verified it (review)."""
+    header_len = api.parse_object_header(memoryview(CT)).header_len
+    cut = CT[: header_len + 10 * (S + 16)]
+    with open_decrypted(io.BytesIO(cut), keyring=KR) as r:
+        assert r.pread(r.size, 0) == b""  # nothing asked, nothing to vouch for
+        with pytest.raises(TruncatedObjectError):
+            r.pread(r.size, 100)
+    with open_decrypted(io.BytesIO(CT), keyring=KR) as r:
+        assert r.pread(len(DATA), 100) == b"" and r.pread(len(DATA) + 5, 1) == b""
+
+
+def test_numpy_positions_are_python_ints_inside() -> None:
+    """Positions given as numpy integers (a pandas or Arrow caller's offsets) were used as
+    given after the check: offset + length wrapped at 2**63, so a valid range read back as
+    empty (a false end of file), and read(2**63) raised OverflowError (review)."""
+    import numpy as np  # installed with the test extra (matplotlib, dask)
+    big = 2**63 - 1
+    with open_decrypted(io.BytesIO(CT), keyring=KR) as r:
+        assert r.pread(np.int64(5), np.int64(big)) == DATA[5:]
+        assert r.seek(np.int64(5)) == 5 and type(r.tell()) is int
+        assert r.read(2**63) == DATA[5:]
+        r.seek(np.int32(7))
+        assert r.read(np.int64(10)) == DATA[7:17]
+        r.seek(np.int64(big))
+        assert r.seek(10, os.SEEK_CUR) == big + 10
+
+
+def test_an_object_that_shrinks_under_the_reader_is_source_changed(tmp_path: Path) -> None:
+    """Not a header fault (HeaderFormatError, as before) nor a truncation: the file moved
+    under the reader, an I/O condition to retry (SourceChangedError, CLI exit 5)."""
+    from envelope.errors import SourceChangedError
+
+    p = tmp_path / "o.env"
+    p.write_bytes(CT)
+    with open_decrypted(str(p), keyring=KR) as r:
+        os.truncate(p, len(CT) - 3 * (S + 16))
+        with pytest.raises(SourceChangedError):
+            r.pread(len(DATA) - 10, 10)
+
+
 def test_damaged_segment_fails_only_where_read() -> None:
     bad = bytearray(CT)
     header_len = api.parse_object_header(memoryview(CT)).header_len

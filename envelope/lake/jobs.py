@@ -964,13 +964,15 @@ async def decrypt_prefix(
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, src_path, engine.max_wrapped_keys
         )
-        large.plan("decrypt", header.seg_log2)  # before the KMS call: refuse what won't fit
         keys = await api.open_object(
             header,
             keyring=keyring,
             expected_context=expected,
             expected_kms_context=kms_context,
         )
+        # refuse what won't fit once the header authenticated (a forged segment size is an
+        # AuthenticationError, not a budget to raise), before any output
+        large.plan("decrypt", header.seg_log2)
         return await anyio.to_thread.run_sync(
             lambda: direct.open_file(
                 header,
