@@ -26,7 +26,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .atomic import within
-from .errors import ConfigurationError, ContextMismatchError, HeaderFormatError, KmsKeyError
+from .errors import (
+    ConfigurationError,
+    ContextMismatchError,
+    HeaderFormatError,
+    InvalidObjectError,
+    KmsKeyError,
+)
 from .hazmat.format import (
     DATA_KEY_LEN as DATA_KEY_LEN,
 )
@@ -446,7 +452,12 @@ def check_before_unwrap(
     if expected_context or expected_kms_context:
         check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
-        plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
+        try:
+            plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
+        except InvalidObjectError:
+            # an impossible body length is refused after the unwrap, as on every other face
+            # (format.md §7: the steps in order, the length after the header's MAC)
+            return
         output_buffer(out, plen)  # (refuses a buffer too short for the plaintext)
 
 

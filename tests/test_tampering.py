@@ -630,3 +630,35 @@ async def test_streaming_failure_surfaces_as_the_segment_error(
                 await decrypt(bad, sink, keyring=keyring, options=_opts(4096))
             assert type(e.value) is AuthenticationError
             assert sink.getvalue() == PT[: i * S]
+
+
+def test_decrypt_into_checks_in_the_specs_order_like_every_other_face(tmp_path: Path) -> None:
+    """format.md §7: a reader stops at the first failing step, in order, and the body length
+    comes after the unwrap and the header's MAC. decrypt_into checked the length before the
+    KMS call, so one damaged object under a key the reader lacks was TruncatedObjectError or
+    AuthenticationError there and NoBackendError on decrypt_bytes (review)."""
+    import anyio
+
+    from envelope import api, sync
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    mine, theirs = MemoryKms(), MemoryKms()
+    kr, other = Keyring(mine, mine.create_key()), Keyring(theirs, theirs.create_key())
+    opts = Options(segment_size=4096)
+    ct = bytes(sync.encrypt_bytes(os.urandom(10_000), keyring=kr, options=opts))
+    hl = api.parse_object_header(memoryview(ct)).header_len
+    cases = ((ct[:hl], TruncatedObjectError), (ct[: hl + 100], AuthenticationError))
+    for damaged, with_key in cases:
+        for keyring, expected in ((other, NoBackendError), (kr, with_key)):
+            faces = {
+                "bytes": lambda: sync.decrypt_bytes(damaged, keyring=keyring),  # noqa: B023
+                "into": lambda: sync.decrypt_into(damaged, bytearray(20_000), keyring=keyring),  # noqa: B023
+                "async into": lambda: anyio.run(
+                    partial(api.decrypt_into, damaged, bytearray(20_000), keyring=keyring)  # noqa: B023
+                ),
+            }
+            for name, face in faces.items():
+                with pytest.raises(EnvelopeError) as e:
+                    face()
+                assert type(e.value) is expected, (name, len(damaged), e.value)
