@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import pyarrow.fs as pafs
 from ..blocking_streams import fill
 from ..errors import ConfigurationError, SourceChangedError
 from ..streams import Source, open_source
+from ..uri_secrets import redact_uri, without_secrets
 from .paths import check_relative, is_utf8
 
 __all__ = (
@@ -32,45 +32,6 @@ __all__ = (
     "redact_uri",
     "resolve",
 )
-
-#: query members of a pyarrow filesystem URI that carry secrets (compared in lower case)
-_SECRET_QUERY = frozenset({"secret_key", "session_token", "access_key"})
-#: scheme://USER:SECRET@ — the secret runs to the last "@" before the query: AWS secret keys
-#: hold "/" and "+", which a URI parser would take for the start of the path
-_USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):(?P<secret>[^?#]*)@")
-_QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:" + "|".join(_SECRET_QUERY) + r")=)(?P<value>[^&#]*)", re.IGNORECASE
-)
-
-
-def _secrets(uri: str) -> list[str]:
-    """The secrets spelled in `uri`: its userinfo's secret and its credential query members."""
-    found = []
-    m = _USERINFO.match(uri)
-    if m and m.group("secret"):
-        found.append(m.group("secret"))
-    found += [q.group("value") for q in _QUERY_SECRET.finditer(uri) if q.group("value")]
-    return found
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` fit for a report, a log or a message: the secret of ``s3://KEY:SECRET@...`` and
-    the credentials of its query (``secret_key``, ``session_token``, ``access_key``, in any
-    case) replaced by ``***``. Anything that is not a URI comes back as it is."""
-    if "://" not in uri:
-        return uri
-    uri = _USERINFO.sub(lambda m: f"{m.group('head')}:***@", uri, count=1)
-    return _QUERY_SECRET.sub(lambda q: f"{q.group('key')}***", uri)
-
-
-def _without_secrets(text: str, uri: str) -> str:
-    """`text` (an error that may quote `uri` or parts of it) with `uri`'s secrets masked."""
-    from urllib.parse import unquote
-
-    text = text.replace(uri, redact_uri(uri))
-    for secret in _secrets(uri):
-        text = text.replace(secret, "***").replace(unquote(secret), "***")
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +72,10 @@ def resolve(uri: str, *, filesystem: pafs.FileSystem | None = None) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except ValueError as e:  # a URI pyarrow cannot take: the caller's to fix
-        raise ConfigurationError(_without_secrets(f"cannot open {uri!r}: {e}", uri)) from None
+        raise ConfigurationError(without_secrets(f"cannot open {uri!r}: {e}", uri)) from None
     except OSError as e:  # the store could not be reached (a bucket's Region is looked up)
         raise OSError(
-            e.errno or errno.EIO, _without_secrets(f"cannot reach {uri!r}: {e}", uri)
+            e.errno or errno.EIO, without_secrets(f"cannot reach {uri!r}: {e}", uri)
         ) from None
     return Location(fs, path)
 

@@ -36,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ..uri_secrets import redact_uri, without_secrets
 from .errors import DigestError
 
 __all__ = (
@@ -214,11 +215,19 @@ class DigestLocation:
             try:
                 self._fs, base = pafs.FileSystem.from_uri(self.where)
             except (ValueError, OSError) as e:
-                raise DigestError(f"cannot use the digest location {self._shown()}: {e}") from None
+                raise DigestError(
+                    f"cannot use the digest location {self._shown()}: {self.scrub(str(e))}"
+                ) from None
             self._base = base.rstrip("/")
 
     def _shown(self) -> str:
-        return self.where.split("?", 1)[0]
+        # no query (endpoint settings are noise) and no secret: s3://KEY:SECRET@ is masked
+        return redact_uri(self.where.split("?", 1)[0])
+
+    def scrub(self, text: str) -> str:
+        """`text` (an error from this location's filesystem) with the location's secrets
+        masked, for a message or a log line."""
+        return without_secrets(text, self.where)
 
     @property
     def is_local(self) -> bool:

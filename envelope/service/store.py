@@ -377,9 +377,12 @@ class Store:
                     self.digests.publish(name_of(int(counter)), data)
                     done.append(int(counter))
             except (OSError, StoreError) as e:
+                why = self.digests.scrub(str(e))
                 if strict:
-                    raise StoreError(f"cannot publish audit digests to {self.digests}: {e}") from e
-                _log.warning("audit digests not published to %s: %s", self.digests, e)
+                    raise StoreError(
+                        f"cannot publish audit digests to {self.digests}: {why}"
+                    ) from None
+                _log.warning("audit digests not published to %s: %s", self.digests, why)
             finally:
                 if done:
                     with self.write() as conn:

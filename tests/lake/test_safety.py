@@ -529,6 +529,12 @@ async def test_links_standing_in_the_destination_do_not_carry_writes_out(
         ),
         ("s3://AKIA1:wJalr/K7MDENG+bPx@lake/p", "s3://AKIA1:***@lake/p"),  # "/" in a secret
         ("s3://lake/p?Secret_Key=s3cr3t", "s3://lake/p?Secret_Key=***"),
+        (  # Azure's and GCS's credentials (any member named like a secret, token or key)
+            "abfs://acct@c/x?tenant_id=t&client_id=c&client_secret=CS1&account_key=AK2"
+            "&sas_token=ST3&access_token=AT4",
+            "abfs://acct@c/x?tenant_id=t&client_id=c&client_secret=***&account_key=***"
+            "&sas_token=***&access_token=***",
+        ),
         ("s3://lake/p", "s3://lake/p"),
         ("relative/dir", "relative/dir"),
     ],

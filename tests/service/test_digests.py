@@ -317,3 +317,29 @@ def test_verify_writes_nothing_and_seal_refuses_a_tampered_log(
     assert run(["audit", "seal"]) == 1
     assert "refusing to seal" in capsys.readouterr().err
     assert sorted(p.name for p in digests_of(logged).iterdir()) == published
+
+
+def test_a_digest_location_never_shows_its_credentials(
+    home: Path,
+    s3_server: S3,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``--digests s3://KEY:SECRET@bucket/...`` put the secret in the location's str and repr,
+    the warning and the error when publishing failed, and ``audit verify --json`` (the query
+    was stripped, the userinfo was not: review)."""
+    s3_server.reset()
+    secret = "S3DIGESTSECRETvalue"
+    uri = s3_server.uri("nosuchbucket/dig").replace("test:test@", f"AKDIG:{secret}@")
+    where = DigestLocation(uri)
+    assert secret not in str(where) and secret not in repr(where) and "AKDIG:***@" in str(where)
+    monkeypatch.setenv("ENVELOPE_HOME", str(home))
+    monkeypatch.delenv("ENVELOPE_KMS_PASSPHRASE", raising=False)
+    caplog.set_level("DEBUG")
+    run(["keys", "create", "--digests", uri, "--json"])  # the bucket is missing: not published
+    run(["audit", "verify", "--digests", uri, "--json"])
+    out, err = capsys.readouterr()
+    shown = out + err + caplog.text
+    assert "nosuchbucket" in shown  # it did report the location
+    assert secret not in shown
