@@ -45,6 +45,7 @@ from .spec import (
     check_access_key_id,
     check_key_id,
     check_secret_access_key,
+    shown_key_id,
     split_uri_path,
 )
 
@@ -76,7 +77,7 @@ class Credential:
             check_secret_access_key(self.secret_access_key)
         except SpecViolation as e:
             raise ConfigurationError(
-                f"credential {self.access_key_id[:40]!r}: {e.message}"
+                f"credential {shown_key_id(self.access_key_id)}: {e.message}"
             ) from None
 
 
@@ -343,7 +344,7 @@ def _credential(p: Path, where: str, body: Any) -> Credential:
     env = body.get("secret_access_key_env")
     if (secret is None) == (env is None):
         raise ConfigurationError(
-            f"{p}: {where} ({key_id[:40]}) needs exactly one of secret_access_key and "
+            f"{p}: {where} ({shown_key_id(key_id)}) needs exactly one of secret_access_key and "
             "secret_access_key_env"
         )
     if env is not None:
@@ -351,7 +352,9 @@ def _credential(p: Path, where: str, body: Any) -> Credential:
             raise ConfigurationError(f"{p}: {where} secret_access_key_env must be a name")
         secret = os.environ.get(env)
         if not secret:
-            raise ConfigurationError(f"{p}: {where} ({key_id[:40]}): ${env} is not set or empty")
+            raise ConfigurationError(
+                f"{p}: {where} ({shown_key_id(key_id)}): ${env} is not set or empty"
+            )
     if not isinstance(secret, str):
         raise ConfigurationError(f"{p}: {where} secret_access_key must be a string")
     return Credential(key_id, secret)

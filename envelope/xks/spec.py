@@ -189,6 +189,16 @@ def check_access_key_id(value: str) -> str:
     return value
 
 
+def shown_key_id(value: object) -> str:
+    """`value` (a configured access key id) fit for a message: quoted when it is one, else
+    only its length. A credential with its id and secret swapped has its secret where the id
+    goes, and a message or a log line must not carry it."""
+    if isinstance(value, str) and _ACCESS_KEY_ID.match(value):
+        return repr(value)
+    n = len(value) if isinstance(value, str) else 0
+    return f"<an access key id that is not one: {n} characters, not shown (a secret?)>"
+
+
 def check_secret_access_key(value: str) -> str:
     if not isinstance(value, str) or not _SECRET.match(value):
         # never echo the value: it is a secret

@@ -137,3 +137,15 @@ def test_serving_needs_a_keystore_and_a_pin(
     pin_file.write_text("5555\n")
     s = load(tmp_path, f'[token]\nlabel = "t"\npin_source = "file:{pin_file}"\n')
     assert s.pin == "5555"
+
+
+def test_a_credential_with_its_id_and_secret_swapped_shows_neither(tmp_path: Path) -> None:
+    """The secret sat where the id goes, and the refusal quoted 40 characters of that "id"
+    (logged by the proxy's hot reload too): now it names only its length (review)."""
+    swapped = BASE.format(secret="HMLG7DAFPC72QCMBHX4HWTQ4").replace(
+        'access_key_id = "HMLG7DAFPC72QCMBHX4HWTQ4"', f'access_key_id = "{SECRET}"'
+    )
+    for text in (swapped, swapped.replace("secret_access_key =", "secret_access_key_env =")):
+        with pytest.raises(ConfigurationError) as e:
+            load(tmp_path, text)
+        assert SECRET[:8] not in str(e.value) and "44 characters, not shown" in str(e.value)
