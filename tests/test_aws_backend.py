@@ -684,6 +684,29 @@ def test_botocore_debug_logs_carry_no_key_material(
     dk.wipe()
 
 
+def test_botocore_debug_logs_carry_no_session_token(
+    moto_url: str, key: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role's session token (a bearer credential) reached botocore's debug log in the signed
+    request's headers (botocore.endpoint) and its canonical request (botocore.auth) (review);
+    so did the lake's S3 client's, which had no filter at all."""
+    token = "SESSIONTOKEN" + os.urandom(12).hex()
+    session = boto3.session.Session(
+        aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=token,
+    )
+    kms = AwsKms(endpoint_url=moto_url, session=session)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            dk = kms.generate_data_key_blocking(key["arn"], context={})
+    finally:
+        kms.close_blocking()
+    dk.wipe()
+    assert token not in caplog.text
+    assert "withheld by envelope" in caplog.text and "botocore.endpoint" in caplog.text
+
+
 # -- error mapping ------------------------------------------------------------------------------
 
 

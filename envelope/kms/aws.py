@@ -29,7 +29,6 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import threading
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+from .._botocore_logs import guard_botocore_logs
 from .._names import KMS_ARN, KMS_PARTITION
 from ..errors import (
     ConfigurationError,
@@ -229,37 +229,6 @@ def _retry_after(response: Mapping[str, Any]) -> float | None:
     except ValueError:
         return None
     return seconds if seconds is not None and 0 <= seconds <= 3600 else None
-
-
-class _KeyMaterialLogFilter(logging.Filter):
-    """Withholds botocore's debug records that hold key material. At DEBUG, botocore logs
-    each request's parameters (Encrypt's ``Plaintext``: a data key being re-wrapped) and each
-    response body (GenerateDataKey's and Decrypt's ``Plaintext``): an application that turned
-    on debug logging wrote every data key to its log (review)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            text = record.getMessage()
-        except Exception:  # a record that cannot be formatted is not ours to judge
-            return True
-        if "Plaintext" in text:
-            record.msg = "(a %s record withheld by envelope: it holds key material)"
-            record.args = (record.name,)
-        return True
-
-
-_LOG_FILTER = _KeyMaterialLogFilter()
-#: The botocore loggers that write request parameters and response bodies.
-_BOTOCORE_BODY_LOGGERS = ("botocore.endpoint", "botocore.parsers")
-
-
-def guard_botocore_logs() -> None:
-    """Install `_KeyMaterialLogFilter` on botocore's body loggers (once; process-wide, so it
-    covers this process's other KMS clients too)."""
-    for name in _BOTOCORE_BODY_LOGGERS:
-        logger = logging.getLogger(name)
-        if _LOG_FILTER not in logger.filters:
-            logger.addFilter(_LOG_FILTER)
 
 
 def _translate(exc: Exception, operation: str, key: str | None = None) -> Exception:

@@ -22,6 +22,8 @@ import anyio
 import anyio.to_thread
 import pyarrow.fs as pafs
 
+from .._botocore_logs import guard_botocore_logs
+
 __all__ = ("PART_SIZE", "MultipartSink", "client_for", "put_whole", "split_path")
 
 #: Bytes per uploaded part (S3 requires >= 5 MiB for all but the last part).
@@ -61,6 +63,7 @@ def client_for(fs: pafs.FileSystem) -> Any | None:
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(ident)
         if client is None:
+            guard_botocore_logs()
             endpoint = opts.get("endpoint_override") or ""
             scheme = opts.get("scheme") or "https"
             config = botocore.config.Config(
