@@ -398,8 +398,14 @@ class KmsApp:
         self, e: Exception, claimed: str, ctx: RequestContext, out: _Outcome, request_id: str
     ) -> None:
         """The authenticator's refusal (an error with code, status, message) as the answer,
-        audited; anything else is an internal error."""
+        audited; anything else is an internal error. A store error met while looking up the
+        caller's key (a tampered access-key row) carries a code too, but it is the operator's
+        alarm, not the caller's answer: logged, and KMSInternalException to the caller."""
         code = getattr(e, "code", None)
+        if isinstance(e, StoreError):
+            errlog.error("store error on request %s: %s", request_id, e)
+            out.fail("KMSInternalException", INTERNAL_MESSAGE)
+            return
         if not isinstance(code, str):
             self._internal(out, e, request_id)
             return

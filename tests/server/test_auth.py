@@ -504,3 +504,37 @@ def test_the_server_looks_up_a_request_s_access_key_once(
     status, doc = asyncio.run(answer(app, signed_request(access, "ListKeys", {})))
     assert status == 200, doc
     assert lookups == [alice.access_key]
+
+
+def test_a_tampered_access_key_row_is_the_operators_alarm_not_the_callers_answer(
+    kms: KeyService, alice: Credentials, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store error met while looking up the caller's key carries a code, so it went out to
+    an unauthenticated caller verbatim (naming the row and the root key) and reached no log:
+    the operator never saw the tampering (review). Now: KMSInternalException, and logged."""
+    import asyncio
+    import sqlite3
+
+    from envelope.server.app import INTERNAL_MESSAGE, KmsApp
+    from envelope.server.run import _authenticator
+
+    from .asgi import answer, signed_request
+
+    authenticator = _authenticator(kms)
+    app = KmsApp(
+        kms, authenticator.verify, close_service=False, check_headers=authenticator.check_headers
+    )
+    db = sqlite3.connect(kms.store.path, isolation_level=None)
+    try:
+        db.execute(
+            "UPDATE access_keys SET body = replace(body, 'Active', 'Inactive') "
+            "WHERE access_key_id = ?",
+            (alice.access_key,),
+        )
+    finally:
+        db.close()
+    access = {"AccessKeyId": alice.access_key, "SecretAccessKey": alice.secret_key}
+    with caplog.at_level("ERROR", logger="envelope.server"):
+        status, doc = asyncio.run(answer(app, signed_request(access, "ListKeys", {})))
+    assert status == 500 and doc == {"__type": "KMSInternalException", "message": INTERNAL_MESSAGE}
+    assert alice.access_key in caplog.text and "root key" in caplog.text
