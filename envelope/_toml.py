@@ -26,17 +26,20 @@ def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """The parsed document at `path`; `what` names the file in errors ("server config")."""
     import tomllib  # only where a settings file is read (a command's start-up may not)
 
+    # The errors are raised after their except blocks: ``from None`` hides the original
+    # exception but keeps it (``__context__``), and a UnicodeDecodeError holds the whole file,
+    # a PIN and secret access keys included, for anything that walks the chain (review).
+    problem = ""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
-        raise ConfigurationError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        problem = f"cannot read {what} {path}: {e.strerror or e}"
     except tomllib.TOMLDecodeError as e:  # its message ends "(at line N, column M)"
-        raise ConfigurationError(f"{what} {path} is not valid TOML: {e}") from None
+        problem = f"{what} {path} is not valid TOML: {e}"
     except UnicodeDecodeError as e:  # TOML is UTF-8
-        raise ConfigurationError(
-            f"{what} {path} is not valid TOML: not UTF-8 text (byte {e.start})"
-        ) from None
+        problem = f"{what} {path} is not valid TOML: not UTF-8 text (byte {e.start})"
+    raise ConfigurationError(problem)
 
 
 def table_values(

@@ -21,3 +21,23 @@ def test_backends_and_keyrings_refuse_pickling(tmp_path: Path) -> None:
                 Keyring(mem, mem.create_key(), cache=CachePolicy())):
         with pytest.raises(TypeError, match="cannot be pickled"):
             pickle.dumps(obj)
+
+
+def test_secret_holding_settings_and_credentials_refuse_pickling() -> None:
+    """The XKS proxy's settings (the token PIN) and credentials, and the server's static
+    credentials and checked claims (secret access keys), pickled with the secret inside
+    (review); the token configuration already refused."""
+    from envelope.server.auth import StaticCredentials, _Claims
+    from envelope.xks.config import Credential, XksSettings
+
+    secret = "sARwWk4ciLnN0bZ7+J8wWesEGbZ/f0MZRMsjFn3e4cQ="
+    claims = _Claims(None, "AKIDEXAMPLE", "us-east-1", "20261201T000000Z", [], "", secret, "p")
+    for obj in (
+        Credential("HMLG7DAFPC72QCMBHX4HWTQ4", secret),
+        XksSettings(pin="PIN-9876"),
+        StaticCredentials({"HMLG7DAFPC72QCMBHX4HWTQ4": secret}, "us-east-1"),
+        claims,
+    ):
+        with pytest.raises(TypeError, match="pickled"):
+            pickle.dumps(obj)
+        assert secret not in repr(obj) and "PIN-9876" not in repr(obj)

@@ -81,9 +81,11 @@ def pin_from_source(source: str | None = None) -> str:
     if len(raw) > _MAX_PIN_FILE:
         raise ConfigurationError(f"the PIN file {path} is larger than {_MAX_PIN_FILE} bytes")
     try:
-        lines = raw.decode("utf-8").splitlines()
+        lines: list[str] | None = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        raise ConfigurationError(f"the PIN file {path} is not UTF-8 text") from None
+        lines = None  # raised below, outside: the decode error holds the file (the PIN)
+    if lines is None:
+        raise ConfigurationError(f"the PIN file {path} is not UTF-8 text")
     if not lines or not lines[0]:
         raise ConfigurationError(f"the PIN file {path} is empty")
     return lines[0]

@@ -254,6 +254,9 @@ class StaticCredentials:
 
     __slots__ = ("_keys", "region")
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("static credentials hold secret access keys and cannot be pickled")
+
     def __init__(
         self,
         keys: Mapping[str, str],
@@ -330,7 +333,8 @@ def _by_name(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 class _Claims(NamedTuple):
-    """What a request's headers claim, checked up to the signature itself."""
+    """What a request's headers claim, checked up to the signature itself. Its repr leaves the
+    secret out (it travels from the header check to the signature check)."""
 
     claimed: str | None
     key_id: str
@@ -340,6 +344,12 @@ class _Claims(NamedTuple):
     signature: str
     secret: str
     principal: str
+
+    def __repr__(self) -> str:
+        return f"_Claims(key_id={self.key_id!r}, region={self.region!r}, secret=<secret>)"
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("checked claims hold a secret access key and cannot be pickled")
 
 
 class Authenticator:

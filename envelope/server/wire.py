@@ -538,11 +538,14 @@ class WireModel:
             try:
                 # NaN / Infinity / -Infinity are not JSON (RFC 8259), though Python reads them
                 doc = json.loads(body, parse_constant=_not_json)
+                parsed = True
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 # (RecursionError: nesting deeper than the parser's stack, e.g. 2,000 "[")
-                raise WireError(
-                    "SerializationException", "The request body is not valid JSON"
-                ) from None
+                parsed = False
+            if not parsed:
+                # raised outside the except block: the decode error holds the whole body (a
+                # Plaintext), and ``from None`` would still keep it as __context__ (review)
+                raise WireError("SerializationException", "The request body is not valid JSON")
             if b"\\u" in body and _unpaired_surrogate(doc):
                 raise WireError(
                     "SerializationException",

@@ -80,6 +80,9 @@ class Credential:
                 f"credential {shown_key_id(self.access_key_id)}: {e.message}"
             ) from None
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("an XKS credential holds a secret access key and cannot be pickled")
+
 
 @dataclass(frozen=True)
 class KeyStoreSettings:
@@ -178,6 +181,9 @@ class XksSettings:
     ekm_model: str | None = None
     #: the config file these came from (workers read it again: secrets never travel)
     source: str | None = None
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("XKS proxy settings hold the token PIN and credentials: not pickled")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
