@@ -393,6 +393,9 @@ class DataKeyCache:
     ) -> None:
         self.policy = policy if policy is not None else CachePolicy()
         self.observer = observer
+        #: the optional delta event (`NullObserver.cache_entries_changed`), for observers
+        #: shared by several caches: a count of one cache would overwrite another's
+        self._entries_changed = getattr(observer, "cache_entries_changed", None)
         self.clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
@@ -437,6 +440,8 @@ class DataKeyCache:
             del self._by_wrapped[entry.wrapped]
         self.observer.cache_eviction(entry.kind, reason)
         self.observer.cache_entries(entry.kind, self._live[entry.kind])
+        if self._entries_changed is not None:
+            self._entries_changed(entry.kind, -1)
 
     def _lookup(self, key: CacheKey, now: float) -> _Entry | None:
         """The live entry for `key`; drops (and zeroes) expired entries first, when due."""
@@ -492,6 +497,8 @@ class DataKeyCache:
         if wrapped is not None:
             self._by_wrapped[wrapped] = entry
         self.observer.cache_entries(kind, self._live[kind])
+        if self._entries_changed is not None:
+            self._entries_changed(kind, 1)
         return entry
 
     def _count(self, entry: _Entry, expected_bytes: int) -> None:

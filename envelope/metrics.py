@@ -11,7 +11,7 @@ Who reports what:
 - the retry layer (`envelope.kms.retry`), once per backend *attempt*: `kms_call_started`,
   `kms_call_finished`; per backoff: `kms_retry`; when it stops trying: `kms_gave_up`;
 - the data-key cache (`envelope.keycache`): `cache_lookup`, `cache_eviction`, `cache_refresh`,
-  `cache_entries`.
+  `cache_entries` (and `cache_entries_changed`, when the observer has it).
 
 Subclass `NullObserver` to implement only the events you care about.
 """
@@ -131,6 +131,12 @@ class NullObserver:
         return None
 
     def cache_entries(self, cache: CacheName, count: int) -> None:
+        return None
+
+    def cache_entries_changed(self, cache: CacheName, delta: int) -> None:
+        """Optional (not in `Observer`; called when an observer has it): one cache's live
+        entries in `cache` changed by `delta`. An observer shared by several caches sums
+        these; `cache_entries` gives one cache's count, which another's would overwrite."""
         return None
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Final
+from typing import Final, get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -145,6 +145,31 @@ class _Metrics:
         self.entries = Gauge(
             "cache_entries", "Live data-key cache entries.", ["cache"], namespace=ns, registry=r
         )
+        # Every series an alert may watch exists at 0 before its first event: a series born
+        # at 1 shows no increase(), so "gave up > 0 in 5 m" missed a process's first give-up.
+        # The cache's labels are known now; a backend's and operation's at its first call.
+        for cache in get_args(CacheName):
+            for counter in (self.hits, self.misses, self.entries):
+                counter.labels(cache)
+            for reason in get_args(EvictionReason):
+                self.evictions.labels(cache, reason)
+            for outcome in ("ok", "error"):
+                self.refreshes.labels(cache, outcome)
+        self._kms_seen: set[tuple[str, str]] = set()
+
+    def kms_series(self, backend: str, operation: str) -> None:
+        """Create the KMS series of (`backend`, `operation`) at 0, once (its first call)."""
+        if (backend, operation) in self._kms_seen:
+            return
+        self._kms_seen.add((backend, operation))
+        for outcome in get_args(KmsOutcome):
+            self.kms_calls.labels(backend, operation, outcome)
+        self.throttles.labels(backend, operation)
+        for retry in get_args(RetryReason):
+            self.retries.labels(backend, operation, retry)
+        for gave_up in get_args(GiveUpReason):
+            self.gave_up.labels(backend, operation, gave_up)
+        self.retry_sleep.labels(backend)
 
 
 # Collectors per registry and namespace (weakly keyed: a dropped registry takes its own along).
@@ -198,6 +223,7 @@ class PrometheusObserver:
     # -- KMS --------------------------------------------------------------------------------
 
     def kms_call_started(self, backend: str, operation: str) -> None:
+        self._m.kms_series(backend, operation)
         self._m.kms_in_flight.labels(backend).inc()
 
     def kms_call_finished(
@@ -231,7 +257,12 @@ class PrometheusObserver:
         self._m.refreshes.labels(cache, "ok" if ok else "error").inc()
 
     def cache_entries(self, cache: CacheName, count: int) -> None:
-        self._m.entries.labels(cache).set(count)
+        # one cache's count: observers share their collectors (one registry), so several
+        # caches report here and a set() would keep only the last; the gauge sums the deltas
+        return None
+
+    def cache_entries_changed(self, cache: CacheName, delta: int) -> None:
+        self._m.entries.labels(cache).inc(delta)
 
 
 class MetricsServer:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from envelope import api
+from envelope import api, sync
 from envelope.errors import InvalidObjectError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
@@ -202,3 +202,46 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     }
     assert len(queried) >= 15
     assert queried <= exported, queried - exported
+
+
+def test_two_caches_on_one_registry_add_up_their_entries() -> None:
+    """Observers on one registry share collectors, and each cache set the gauge to its own
+    count: two keyrings with 3 and 1 live keys showed 1 (review). The gauge sums now."""
+    registry = CollectorRegistry()
+    kms = MemoryKms()
+    a = Keyring(kms, kms.create_key(), cache=CachePolicy(), observer=PrometheusObserver(registry))
+    b = Keyring(kms, kms.create_key(), cache=CachePolicy(), observer=PrometheusObserver(registry))
+    for i in range(3):
+        sync.encrypt_bytes(b"x", keyring=a, kms_context={"n": str(i)})
+    sync.encrypt_bytes(b"x", keyring=b)
+
+    def entries() -> float | None:
+        return registry.get_sample_value("envelope_cache_entries", {"cache": "encrypt"})
+
+    assert entries() == 4
+    assert b.cache is not None
+    b.cache.clear()
+    assert entries() == 3
+
+
+def test_the_series_alerts_watch_exist_before_their_first_event() -> None:
+    """A labelled counter born at 1 shows no increase(), so the documented alerts
+    (increase(envelope_kms_gave_up_total[5m]) > 0, refreshes with outcome="error") missed a
+    process's first event (review): the series exist at 0 from the observer's (cache) or the
+    backend's first call (KMS)."""
+    registry = CollectorRegistry()
+    o = PrometheusObserver(registry)
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("envelope_cache_refreshes_total", cache="encrypt", outcome="error") == 0
+    assert value("envelope_cache_evictions_total", cache="decrypt", reason="capacity") == 0
+    call = {"backend": "aws", "operation": "Decrypt"}
+    assert value("envelope_kms_gave_up_total", **call, reason="budget") is None
+    o.kms_call_started("aws", "Decrypt")
+    o.kms_call_finished("aws", "Decrypt", "ok", 0.001)
+    for reason in ("attempts", "budget", "deadline"):
+        assert value("envelope_kms_gave_up_total", **call, reason=reason) == 0
+    assert value("envelope_kms_retries_total", **call, reason="throttled") == 0
+    assert value("envelope_kms_throttles_total", **call) == 0

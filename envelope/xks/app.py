@@ -303,7 +303,7 @@ class XksProxyApp:
             body = self.metrics.exposition()
             await _respond(send, 200, body, CONTENT_TYPE_LATEST.encode(), [])
             return
-        started = time.perf_counter()
+        started = served_from = time.perf_counter()
         out = _Outcome()
         client = scope.get("client")
         self._maybe_reload()
@@ -337,6 +337,8 @@ class XksProxyApp:
                     f"{self.settings.body_timeout_seconds:g} seconds",
                     408,
                 ) from None
+            # the latency histogram starts once the body is in: its upload is the client's
+            served_from = time.perf_counter()
             out.access_key_id = self._authenticate(store, scope, headers, first, body)
             if store.bucket is not None and store.bucket.take() > 0:
                 raise XksProxyError(
@@ -354,8 +356,9 @@ class XksProxyApp:
             )
             out.fail(XksProxyError("InternalException", "internal error of the XKS proxy"))
         await _respond(send, out.status, out.body, JSON, out.headers)
-        elapsed = time.perf_counter() - started
-        self.metrics.observe(out.operation, out.code, elapsed)
+        now = time.perf_counter()
+        elapsed = now - started
+        self.metrics.observe(out.operation, out.code, now - served_from)
         if log.isEnabledFor(logging.INFO):
             md = out.md
             self._access.add(

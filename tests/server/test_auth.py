@@ -538,3 +538,41 @@ def test_a_tampered_access_key_row_is_the_operators_alarm_not_the_callers_answer
         status, doc = asyncio.run(answer(app, signed_request(access, "ListKeys", {})))
     assert status == 500 and doc == {"__type": "KMSInternalException", "message": INTERNAL_MESSAGE}
     assert alice.access_key in caplog.text and "root key" in caplog.text
+
+
+def test_the_latency_histogram_does_not_count_the_clients_upload(
+    kms: KeyService, alice: Credentials
+) -> None:
+    """envelope_server_request_seconds ("from the request's body to its response") started
+    before the body was read: a body trickled over seconds made a 1 ms call look that slow,
+    and any signed-in client could push any operation's p99 toward the body timeout (review)."""
+    import asyncio
+
+    from envelope.server.app import KmsApp
+    from envelope.server.run import _authenticator
+
+    from .asgi import signed_request
+
+    authenticator = _authenticator(kms)
+    app = KmsApp(
+        kms, authenticator.verify, close_service=False, check_headers=authenticator.check_headers
+    )
+    access = {"AccessKeyId": alice.access_key, "SecretAccessKey": alice.secret_key}
+    scope, data = signed_request(access, "ListAliases", {})
+    chunks = [data[:1], data[1:]]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.3)  # a slow client
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] in (200, 400)
+    total = app.metrics.registry.get_sample_value(
+        "envelope_server_request_seconds_sum", {"operation": "ListAliases"}
+    )
+    assert total is not None and total < 0.3, total
