@@ -216,7 +216,9 @@ class CryptoOps(ServiceCore):
                 and EXTERNAL in self.custom_key_store_types()
             ):
                 blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
-                _keystore_crypto.prefetch_open(self, call, blob, _context(encryption_context))
+                _keystore_crypto.prefetch_open(
+                    self, call, blob, _context(encryption_context), key_id
+                )
 
         return self._run(
             "Decrypt",

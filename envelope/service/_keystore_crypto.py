@@ -21,7 +21,9 @@ from ._core import (
     ServiceCore,
     _Call,
     _Key,
+    _names_alias,
 )
+from ._specs import SYMMETRIC_DEFAULT
 from .errors import (
     CustomKeyStoreInvalidStateException,
     CustomKeyStoreNotFoundException,
@@ -275,9 +277,14 @@ def _external_key(
     key_id: str,
     ctx: Mapping[str, str],
     action: str,
+    values: Mapping[str, Any],
 ) -> tuple[_Key, _StoreRow, bytes, XksClient] | None:
     """Under the store's read lock: the external-store key a prefetch may use, if the caller
-    would be allowed (checked again in the transaction), with its material and client."""
+    would be allowed (checked again in the transaction), with its material and client.
+
+    `values` are the request's condition keys the transaction will set (the encryption
+    algorithm, the alias the request named): without them, a policy denying on
+    kms:RequestAlias let the proxy encrypt for a call the transaction then refused (review)."""
     key = core._load(conn, core.region, key_id)
     if key is None or "XksKeyConfiguration" not in key.meta or key.state != "Enabled":
         return None
@@ -288,6 +295,7 @@ def _external_key(
     scratch.caller = core._access.principal(call.principal)
     scratch.account = scratch.caller.account or core.account
     scratch.enc_context = dict(ctx)
+    scratch.values.update(values)
     core._authorize_key(conn, scratch, key, action)  # AccessDenied: no proxy call
     mat = core._material(conn, scratch, key.id, 1)
     return key, row, mat.raw, _xks_for(core, row)
@@ -305,7 +313,10 @@ def prefetch_seal(
     with core.store.read() as conn:
         account = core._access.principal(call.principal).account or core.account
         key_id, _, named = core._resolve_id(conn, key_ref, managed=False, account=account)
-        found = _external_key(core, call, conn, key_id, ctx, f"kms:{call.op}")
+        values: dict[str, Any] = {"kms:encryptionalgorithm": SYMMETRIC_DEFAULT}
+        if _names_alias(key_ref):
+            values["kms:requestalias"] = key_ref.rsplit(":", 1)[-1]
+        found = _external_key(core, call, conn, key_id, ctx, f"kms:{call.op}", values)
     if found is None:
         return
     key, row, material, client = found
@@ -341,11 +352,24 @@ def prefetch_seal(
     call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, blob)
 
 
-def prefetch_open(core: ServiceCore, call: _Call, blob: bytes, ctx: Mapping[str, str]) -> None:
-    """Decrypt of an external store's ciphertext: the proxy call, before the lock."""
+def prefetch_open(
+    core: ServiceCore,
+    call: _Call,
+    blob: bytes,
+    ctx: Mapping[str, str],
+    key_ref: str | None = None,
+) -> None:
+    """Decrypt of an external store's ciphertext: the proxy call, before the lock. Not made
+    when the request's KeyId names another key (the call is IncorrectKeyException)."""
     parsed = _blob.parse(blob)
     with core.store.read() as conn:
-        found = _external_key(core, call, conn, parsed.key_id, ctx, "kms:Decrypt")
+        if key_ref is not None:
+            account = core._access.principal(call.principal).account or core.account
+            named, _, _ = core._resolve_id(conn, key_ref, managed=False, account=account)
+            if named != parsed.key_id:
+                return
+        values = {"kms:encryptionalgorithm": SYMMETRIC_DEFAULT}
+        found = _external_key(core, call, conn, parsed.key_id, ctx, "kms:Decrypt", values)
     if found is None:
         return
     key, row, material, client = found

@@ -572,3 +572,34 @@ def test_an_encryption_context_too_long_for_the_xks_aad_is_a_validation_error(
     fine = {"k": "v" * 8000}
     blob = svc.encrypt(key_id=kid, plaintext=b"x", encryption_context=fine)["CiphertextBlob"]
     assert svc.decrypt(ciphertext_blob=blob, encryption_context=fine)["Plaintext"] == b"x"
+
+
+def test_a_call_its_key_policy_denies_never_reaches_the_proxy(
+    svc: KeyService, canned: Canned
+) -> None:
+    """The prefetch (the proxy call made before the store lock) checked access without the
+    request's condition keys: a policy denying on kms:RequestAlias let the external key
+    manager encrypt for a call the transaction then refused (review)."""
+    from envelope.service.errors import AccessDeniedException
+
+    _, kid = _canned_key(svc, canned)
+    svc.create_alias(alias_name="alias/blocked", target_key_id=kid)
+    policy = json.loads(svc.get_key_policy(key_id=kid)["Policy"])
+    policy["Statement"].append(
+        {
+            "Effect": "Deny",
+            "Principal": {"AWS": "*"},
+            "Action": ["kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"],
+            "Resource": "*",
+            "Condition": {"StringEquals": {"kms:RequestAlias": "alias/blocked"}},
+        }
+    )
+    svc.put_key_policy(key_id=kid, policy_name="default", policy=json.dumps(policy))
+    canned.requests.clear()
+    with pytest.raises(AccessDeniedException):
+        svc.encrypt(key_id="alias/blocked", plaintext=b"rows")
+    with pytest.raises(AccessDeniedException):
+        svc.generate_data_key(key_id="alias/blocked", key_spec="AES_256")
+    assert [path for path, _, _ in canned.requests] == []
+    rec = svc.audit_tail(1)[0]
+    assert rec["error_code"] == "AccessDeniedException" and not rec.get("keystore_calls")
