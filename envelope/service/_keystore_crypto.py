@@ -34,7 +34,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from envelope.xks.client import XksClient
+    from envelope.xks.client import XksCiphertext, XksClient
 
 
 from ._keystore_rows import (
@@ -136,13 +136,53 @@ def seal_custom(
         _timed(call, row, "Encrypt", _outcome(e), started)
         raise _keystore_links.xks_error(e, "Encrypt") from None
     _timed(call, row, "Encrypt", "ok", started)
-    meta = out.ciphertext_metadata or b""
-    if len(out.iv) != _IV or len(out.tag) != _TAG or len(meta) > 255:
+    blob = _xks_blob(header, out)
+    if blob is None:
         raise KMSInvalidStateException(
             "Encrypt failed: the external key store proxy returned a response the XKS API "
             "does not allow."
         )
-    return header + out.iv + bytes((len(meta),)) + meta + out.ciphertext + out.tag
+    return blob
+
+
+#: In the byte that gives the ciphertext metadata's length: the proxy's IV is 16 bytes, and its
+#: last 4 follow this byte (the blob's nonce field holds 12). The XKS API allows 12 or 16; the
+#: metadata is at most 20 bytes, so blobs written before 16-byte IVs never have this bit set.
+_IV16 = 0x80
+#: The XKS API's limit on ciphertextMetadata (spec: "MUST NOT exceed 20 bytes").
+_MAX_XKS_METADATA = 20
+
+
+def _xks_blob(header: bytes, out: XksCiphertext) -> bytes | None:
+    """The KMS ciphertext blob of a proxy's Encrypt answer, or None if the answer is not one
+    the XKS API allows (an IV of neither 12 nor 16 bytes, a tag not of 16, metadata over 20)."""
+    meta = out.ciphertext_metadata or b""
+    if len(out.iv) not in (_IV, 16) or len(out.tag) != _TAG or len(meta) > _MAX_XKS_METADATA:
+        return None
+    flags = len(meta) | (_IV16 if len(out.iv) == 16 else 0)
+    return header + out.iv[:_IV] + bytes((flags,)) + out.iv[_IV:] + meta + out.ciphertext + out.tag
+
+
+def _xks_parts(nonce: bytes, body: bytes) -> XksCiphertext | None:
+    """What a proxy's Decrypt needs back from a blob (`_xks_blob`'s inverse), or None for a
+    blob no proxy answer could have made (refused here, never sent to the proxy)."""
+    from envelope.xks.client import XksCiphertext
+
+    if not body:
+        return None
+    extra = 16 - _IV if body[0] & _IV16 else 0
+    n = body[0] & ~_IV16
+    rest = body[1:]
+    # (the inner layer under the proxy's key is at least a tag and a byte: 17 bytes)
+    if n > _MAX_XKS_METADATA or len(rest) < extra + n + _TAG + 17:
+        return None
+    sealed = rest[extra + n :]
+    return XksCiphertext(
+        ciphertext=sealed[:-_TAG],
+        iv=nonce + rest[:extra],
+        tag=sealed[-_TAG:],
+        ciphertext_metadata=rest[extra : extra + n] or None,
+    )
 
 
 def open_custom(
@@ -181,18 +221,15 @@ def open_custom(
             raise _keystore_links.xks_error(pre.error, "Decrypt") from None
         if pre.plaintext is not None:
             return pre.plaintext
-    from envelope.xks.client import XksCiphertext
-
-    if not body or len(body) < 1 + body[0] + _TAG + 16:
-        raise InvalidCiphertextException("the ciphertext is truncated")
-    n = body[0]
-    meta, rest = body[1 : 1 + n], body[1 + n :]
+    parts = _xks_parts(iv, body)
+    if parts is None:
+        raise InvalidCiphertextException(
+            "the ciphertext is truncated or damaged: no external key store answer makes it"
+        )
     try:
         inner = _xks_for(core, row).decrypt(
             str(key.meta["XksKeyConfiguration"]["Id"]),
-            XksCiphertext(
-                ciphertext=rest[:-_TAG], iv=iv, tag=rest[-_TAG:], ciphertext_metadata=meta or None
-            ),
+            parts,
             aad,
             _xks_metadata(core, call, key.arn),
         )
@@ -204,8 +241,12 @@ def open_custom(
     try:
         plain: bytes = _blob._message_key(mat.raw, parsed.salt).decrypt(_ZERO_NONCE, inner, aad)
     except InvalidTag:
-        raise InvalidCiphertextException(
-            "the ciphertext does not decrypt: it was altered or the encryption context differs"
+        # The proxy authenticated the same AAD (the header and the context) and said yes, so
+        # a failing inner layer is the proxy's wrong answer: the XKS spec's "Proxy returns an
+        # invalid ciphertext" row, KMSInvalidStateException (review)
+        raise KMSInvalidStateException(
+            "Decrypt failed: the external key store proxy returned a plaintext that does not "
+            "open the inner layer of this ciphertext."
         ) from None
     return plain
 
@@ -345,10 +386,14 @@ def prefetch_seal(
         call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, None, e)
         return
     _timed(call, row, "Encrypt", "ok", started)
-    meta = out.ciphertext_metadata or b""
-    if len(out.iv) != _IV or len(out.tag) != _TAG or len(meta) > 255:
+    blob = _xks_blob(header, out)
+    if blob is None:
+        # not asked again in the transaction: the same refusal, from this answer
+        from envelope.xks.errors import XksInvalidResponse
+
+        error = XksInvalidResponse("its IV, tag or ciphertext metadata has a length it may not")
+        call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, None, error)
         return
-    blob = header + out.iv + bytes((len(meta),)) + meta + out.ciphertext + out.tag
     call.prefetched = _Prefetched(key.id, _fingerprint(row), context, plaintext, blob)
 
 
@@ -374,24 +419,15 @@ def prefetch_open(
         return
     key, row, material, client = found
     context = _blob.canonical_context(ctx)
-    body = parsed.body
-    if not body or len(body) < 1 + body[0] + _TAG + 16:
+    parts = _xks_parts(parsed.nonce, parsed.body)
+    if parts is None:
         return
-    from envelope.xks.client import XksCiphertext
-
-    n = body[0]
-    rest = body[1 + n :]
     aad = parsed.header + context
     started = time.perf_counter()
     try:
         inner = client.decrypt(
             str(key.meta["XksKeyConfiguration"]["Id"]),
-            XksCiphertext(
-                ciphertext=rest[:-_TAG],
-                iv=parsed.nonce,
-                tag=rest[-_TAG:],
-                ciphertext_metadata=body[1 : 1 + n] or None,
-            ),
+            parts,
             aad,
             _xks_metadata(core, call, key.arn),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -603,3 +604,89 @@ def test_a_call_its_key_policy_denies_never_reaches_the_proxy(
     assert [path for path, _, _ in canned.requests] == []
     rec = svc.audit_tail(1)[0]
     assert rec["error_code"] == "AccessDeniedException" and not rec.get("keystore_calls")
+
+
+class _Sixteen(_Handler):
+    """A proxy whose IVs are 16 bytes, as the XKS API allows ("MUST be either 12 bytes ... or
+    16 bytes"): its "encryption" is the identity under a keyed tag, enough to round-trip. With
+    `server.lie`, Decrypt answers a plaintext with one byte changed."""
+
+    def do_POST(self) -> None:
+        import hashlib
+        import hmac
+
+        op = self.path.rsplit("/", 1)[-1]
+        if op not in ("encrypt", "decrypt"):
+            super().do_POST()
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        self.server.requests.append((self.path, dict(self.headers.items()), b""))
+        aad = base64.b64decode(body.get("additionalAuthenticatedData", ""))
+
+        def tag(iv: bytes, data: bytes) -> bytes:
+            return hmac.new(b"k" * 32, iv + data + aad, hashlib.sha256).digest()[:16]
+
+        if op == "encrypt":
+            pt, iv = base64.b64decode(body["plaintext"]), os.urandom(16)
+            answer = {
+                "authenticationTag": base64.b64encode(tag(iv, pt)).decode(),
+                "ciphertext": base64.b64encode(pt).decode(),
+                "initializationVector": base64.b64encode(iv).decode(),
+                "ciphertextDataIntegrityValue": base64.b64encode(
+                    cdiv(aad, None, iv, pt, tag(iv, pt))
+                ).decode(),
+            }
+        else:
+            iv = base64.b64decode(body["initializationVector"])
+            ct = base64.b64decode(body["ciphertext"])
+            assert len(iv) == 16 and base64.b64decode(body["authenticationTag"]) == tag(iv, ct)
+            if getattr(self.server, "lie", False):
+                ct = bytes((ct[0] ^ 1,)) + ct[1:]
+            answer = {"plaintext": base64.b64encode(ct).decode()}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_proxy_with_16_byte_ivs(svc: KeyService, canned: Canned) -> None:
+    """Every Encrypt and GenerateDataKey failed on a proxy answering 16-byte IVs (the blob had
+    room for 12 only), after asking the proxy twice (review). The blob now carries them, and
+    blobs of 12-byte IVs read as before. A proxy whose Decrypt answer does not open the inner
+    layer is KMSInvalidStateException (the spec's "Proxy returns an invalid ciphertext"), not
+    InvalidCiphertextException (the caller's ciphertext is fine)."""
+    canned.RequestHandlerClass = _Sixteen
+    _, kid = _canned_key(svc, canned)
+    canned.requests.clear()
+    blob = svc.encrypt(key_id=kid, plaintext=b"rows", encryption_context={"t": "1"})
+    assert [p.rsplit("/", 1)[-1] for p, _, _ in canned.requests] == ["encrypt"]
+    blob = blob["CiphertextBlob"]
+    out = svc.decrypt(ciphertext_blob=blob, encryption_context={"t": "1"})
+    assert out["Plaintext"] == b"rows" and out["KeyId"].endswith(kid)
+    dk = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+    assert svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+    canned.lie = True  # type: ignore[attr-defined]
+    with pytest.raises(KMSInvalidStateException, match="does not open"):
+        svc.decrypt(ciphertext_blob=blob, encryption_context={"t": "1"})
+
+
+def test_a_blob_no_proxy_answer_could_make_is_refused_without_asking_the_proxy(
+    svc: KeyService, canned: Canned
+) -> None:
+    """A blob whose metadata-length byte says more than the XKS API's 20 bytes was sent to the
+    proxy as is (over-long ciphertextMetadata, which the spec forbids): refused here now."""
+    from envelope.service.errors import InvalidCiphertextException
+
+    canned.RequestHandlerClass = _Sixteen
+    _, kid = _canned_key(svc, canned)
+    blob = bytearray(svc.encrypt(key_id=kid, plaintext=b"rows")["CiphertextBlob"])
+    # the flags byte, before the IV's last 4 bytes, the inner layer (4 + 16) and the tag
+    at = len(blob) - (4 + 20 + 16) - 1
+    assert blob[at] == 0x80
+    blob[at] = 0x80 | 21
+    canned.requests.clear()
+    with pytest.raises(InvalidCiphertextException):
+        svc.decrypt(ciphertext_blob=bytes(blob))
+    assert canned.requests == []
