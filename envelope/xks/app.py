@@ -17,11 +17,12 @@ The external key id is the label of an AES key in the token. Per request, in thi
    credentials, within 5 minutes of the proxy's clock (`envelope.server.auth.Authenticator`),
    else ``AuthenticationFailedException`` (401);
 4. the key store's request quota, else ``ThrottlingException`` (429);
-5. a JSON object of ``Content-Type: application/json`` with the members the specification
-   requires, else ``ValidationException`` (400); ``encryptionAlgorithm`` other than AES_GCM or
-   a CDIV algorithm other than SHA_256 is ``UnsupportedOperationException``;
+5. a JSON object of ``Content-Type: application/json`` with the request metadata the
+   specification requires, else ``ValidationException`` (400);
 6. secondary authorization (not for GetHealthStatus): the request's awsPrincipalArn matches
    the key's or the store's principal patterns, if any, else ``AccessDeniedException`` (403);
+   then the operation's own members (``ValidationException``; ``encryptionAlgorithm`` other
+   than AES_GCM or a CDIV algorithm other than SHA_256 is ``UnsupportedOperationException``);
 7. the key: allowed in this store and present in the token (``KeyNotFoundException``), not
    disabled (``InvalidStateException``), an AES-256 key allowed to encrypt/decrypt
    (``InvalidKeyUsageException``);

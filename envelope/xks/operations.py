@@ -261,16 +261,23 @@ class Operations:
                     "ciphertextDataIntegrityValueAlgorithm must be SHA_256",
                 )
         await self._usable(store, key_id, "encrypt")
+        if integrity is not None:
+            # the check below decrypts: a key that may only encrypt cannot give a CDIV (AWS's
+            # test client expects InvalidKeyUsageException here; it was a 500 from the token)
+            await self._usable(store, key_id, "decrypt")
         meta = store.ciphertext_metadata
         full_aad = proxy_aad(aad, meta)
+        value = b""
         if integrity is None:
             iv, ciphertext, tag = await self._token(
                 self.token.encrypt, key_id, plaintext, full_aad
             )
         else:  # both token calls in one hop to the worker thread: one hop costs as much as one
-            iv, ciphertext, tag, back = await self._token(
-                self._encrypt_and_decrypt, key_id, plaintext, full_aad
+            iv, ciphertext, tag, value, back = await self._token(
+                self._encrypt_and_decrypt, key_id, plaintext, aad, meta
             )
+            if not hmac.compare_digest(back, plaintext):
+                raise XksProxyError("InternalException", "the token's ciphertext did not verify")
         answer: dict[str, Any] = {
             "ciphertext": b64encode(ciphertext),
             "initializationVector": b64encode(iv),
@@ -279,29 +286,30 @@ class Operations:
         if meta is not None:
             answer["ciphertextMetadata"] = b64encode(meta)
         if integrity is not None:
-            # Appendix C: the CDIV, and a decryption of exactly what is returned
-            value = cdiv(aad, meta, iv, ciphertext, tag)
-            if not hmac.compare_digest(back, plaintext):
-                raise XksProxyError("InternalException", "the token's ciphertext did not verify")
             answer["ciphertextDataIntegrityValue"] = b64encode(value)
         return answer
 
     def _encrypt_and_decrypt(
-        self, key_id: str, plaintext: bytes, aad: bytes
-    ) -> tuple[bytes, bytes, bytes, bytes]:
-        """Encrypt in the token, then decrypt what it returned (Appendix C's check that the
-        token's ciphertext opens), on the one worker thread `_token` runs it on. An encryption
-        that outlasted dependency_timeout_ms was abandoned by the request (a
-        DependencyTimeoutException): its check is not made, to ask no more of a slow token."""
+        self, key_id: str, plaintext: bytes, aad: bytes | None, meta: bytes | None
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """Encrypt in the token, compute the CDIV, then decrypt what the CDIV covers
+        (Appendix C's order: the value computed before the check, so a corruption of the
+        returned fields after the check cannot go unnoticed), on the one worker thread
+        `_token` runs it on. An encryption that outlasted dependency_timeout_ms was abandoned
+        by the request (a DependencyTimeoutException): its check is not made, to ask no more
+        of a slow token. Returns the IV, ciphertext, tag, CDIV and the decrypted plaintext."""
+        full_aad = proxy_aad(aad, meta)
         started = time.monotonic()
-        iv, ciphertext, tag = self.token.encrypt(key_id, plaintext, aad)
+        iv, ciphertext, tag = self.token.encrypt(key_id, plaintext, full_aad)
         if 0 < self._timeout <= time.monotonic() - started:
             raise TimeoutError  # (the request's own deadline, counted from the hop: no later)
+        iv, ciphertext, tag = bytes(iv), bytes(ciphertext), bytes(tag)
+        value = cdiv(aad, meta, iv, ciphertext, tag)
         try:
-            back = self.token.decrypt(key_id, iv, ciphertext, tag, aad)
+            back = self.token.decrypt(key_id, iv, ciphertext, tag, full_aad)
         except TokenDecryptError:  # the token's own ciphertext does not open: its fault, and
             back = b""  # refused by the caller as InternalException, not InvalidCiphertext
-        return iv, ciphertext, tag, back
+        return iv, ciphertext, tag, value, back
 
     async def decrypt(
         self, store: KeyStoreSettings, key_id: str, doc: Mapping[str, Any]
@@ -315,12 +323,14 @@ class Operations:
         aad = self._aad(doc)
         if meta is not None and len(meta) > MAX_CIPHERTEXT_METADATA:
             raise _invalid("ciphertextMetadata", f"is longer than {MAX_CIPHERTEXT_METADATA} bytes")
+        # the key first (unknown, disabled, wrong usage), then the ciphertext's shape, as
+        # docs/xks.md orders the checks
+        await self._usable(store, key_id, "decrypt")
         if len(iv) not in IV_LENGTHS or len(tag) != TAG_LENGTH:
             raise XksProxyError(
                 "InvalidCiphertextException",
                 "the initializationVector must be 12 or 16 bytes and the authenticationTag 16",
             )
-        await self._usable(store, key_id, "decrypt")
         plaintext = await self._token(
             self.token.decrypt, key_id, iv, ciphertext, tag, proxy_aad(aad, meta)
         )

@@ -5,6 +5,7 @@ specification: answers, error names and statuses, authentication, limits, logs, 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import threading
@@ -134,6 +135,16 @@ def test_key_metadata_status_and_usage(proxy: Proxy) -> None:
         with pytest.raises(XksProxyError) as e:
             client.decrypt("encrypt-only", ct, b"", MD)
         assert e.value.error_name == "InvalidKeyUsageException"
+        # with a CDIV the proxy must decrypt what it returns: the key cannot (AWS's test
+        # client, test_encrypt_only_key; it was InternalException, 500; review)
+        with pytest.raises(XksProxyError) as e:
+            client.encrypt("encrypt-only", b"one way", b"", MD, integrity=True)
+        assert (e.value.error_name, e.value.status) == ("InvalidKeyUsageException", 400)
+        # the key's checks come before the ciphertext's shape (docs/xks.md's order)
+        for key in ("k-disabled", "nope"):
+            with pytest.raises(XksProxyError) as e:
+                client.decrypt(key, dataclasses.replace(ct, iv=b"i" * 13), b"", MD)
+            assert e.value.error_name in ("InvalidStateException", "KeyNotFoundException")
 
 
 def test_health_reports_the_token(proxy: Proxy) -> None:
