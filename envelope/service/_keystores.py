@@ -336,7 +336,7 @@ class KeyStoreOps(ServiceCore):
                     required=True,
                 )
                 assert secret_text is not None
-                self._proxy_free(conn, proxy, None)
+                self._proxy_free(conn, proxy, None, account)
                 params.update(
                     XksProxyUriEndpoint=proxy["UriEndpoint"],
                     XksProxyUriPath=proxy["UriPath"],
@@ -490,7 +490,7 @@ class KeyStoreOps(ServiceCore):
                 if secret_text is None:
                     proxy["AccessKeyId"] = old["AccessKeyId"]
                 if proxy != old or secret_text is not None:
-                    self._proxy_free(conn, proxy, row.id)
+                    self._proxy_free(conn, proxy, row.id, row.account)
                     self._check_proxy(call, row, proxy, secret_text or _secret(self, row))
                     row.body["XksProxyConfiguration"] = proxy
                     if secret_text is not None:
@@ -858,7 +858,9 @@ class KeyStoreOps(ServiceCore):
             raise ValidationException(
                 "XksProxyConnectivity must be PUBLIC_ENDPOINT or VPC_ENDPOINT_SERVICE"
             )
-        if connectivity == "VPC_ENDPOINT_SERVICE" or vpc_service is not None:
+        # "specify a null or empty string for the XksProxyVpcEndpointServiceName" (the API
+        # reference, on changing to PUBLIC_ENDPOINT): an empty name is no VPC endpoint service
+        if connectivity == "VPC_ENDPOINT_SERVICE" or vpc_service not in (None, ""):
             raise XksProxyInvalidConfigurationException(
                 "VPC endpoint service connectivity needs Amazon VPC; this KMS reaches external "
                 "key store proxies at public (HTTPS) endpoints only"
@@ -881,6 +883,14 @@ class KeyStoreOps(ServiceCore):
         if not isinstance(path, str) or not _PATH_RE.match(path) or not 10 <= len(path) <= 128:
             raise ValidationException(
                 "XksProxyUriPath must be /kms/xks/v<n> or /<prefix>/kms/xks/v<n>"
+            )
+        if not path.endswith("/kms/xks/v1") or "//" in path:
+            # the model's pattern takes any version and empty segments; the developer guide:
+            # "must end with /kms/xks/v1" (the only version of the proxy API), and a path with
+            # an empty segment names no prefix a proxy serves (it was a 500 here; review)
+            raise ValidationException(
+                "XksProxyUriPath must end with /kms/xks/v1, the XKS proxy API's only version, "
+                "with no empty segment (//)"
             )
         proxy: dict[str, Any] = {
             "Connectivity": connectivity,
@@ -907,11 +917,22 @@ class KeyStoreOps(ServiceCore):
         return proxy, secret
 
     def _proxy_free(
-        self, conn: sqlite3.Connection, proxy: Mapping[str, Any], store_id: str | None
+        self,
+        conn: sqlite3.Connection,
+        proxy: Mapping[str, Any],
+        store_id: str | None,
+        account: str,
     ) -> None:
-        for sid, text in conn.execute("SELECT store_id, body FROM custom_key_stores"):
-            other = json.loads(str(text)).get("XksProxyConfiguration")
-            if str(sid) == store_id or other is None:
+        """XksProxyUriInUseException if another store of `account` in this Region has this
+        proxy ("unique in the AWS account and Region", the API reference): another account's
+        store is not looked at (it was, and the refusal named its store id; review)."""
+        rows = conn.execute(
+            "SELECT store_id, body FROM custom_key_stores WHERE account=?", (account,)
+        )
+        for sid, text in rows:
+            body = json.loads(str(text))
+            other = body.get("XksProxyConfiguration")
+            if str(sid) == store_id or other is None or not in_region(body, self.region):
                 continue
             if (other["UriEndpoint"], other["UriPath"]) == (proxy["UriEndpoint"], proxy["UriPath"]):
                 raise XksProxyUriInUseException(

@@ -690,3 +690,63 @@ def test_a_blob_no_proxy_answer_could_make_is_refused_without_asking_the_proxy(
     with pytest.raises(InvalidCiphertextException):
         svc.decrypt(ciphertext_blob=bytes(blob))
     assert canned.requests == []
+
+
+def _xks_args(endpoint: str, name: str, path: str = "/ks/a/kms/xks/v1") -> dict[str, Any]:
+    return {
+        "custom_key_store_name": name,
+        "custom_key_store_type": "EXTERNAL_KEY_STORE",
+        "xks_proxy_uri_endpoint": endpoint,
+        "xks_proxy_uri_path": path,
+        "xks_proxy_connectivity": "PUBLIC_ENDPOINT",
+        "xks_proxy_authentication_credential": {
+            "AccessKeyId": KEY_A1,
+            "RawSecretAccessKey": SECRET_A1,
+        },
+    }
+
+
+def test_a_proxy_is_unique_in_an_account_and_region_only(
+    svc: KeyService, proxy: Proxy  # noqa: F811
+) -> None:
+    """XksProxyUriInUseException is per account and Region (the API reference): another
+    account's store with the same proxy was refused, naming that account's store id (review);
+    another Region's store with it too."""
+    from envelope.service.errors import XksProxyUriInUseException
+
+    theirs = xks_store(svc, proxy.endpoint, "theirs")
+    other = "arn:aws:iam::111111111111:root"
+    mine = svc.create_custom_key_store(**_xks_args(proxy.endpoint, "mine"), principal=other)
+    assert mine["CustomKeyStoreId"] != theirs
+    west = svc.for_region("us-west-2")
+    assert west.create_custom_key_store(**_xks_args(proxy.endpoint, "west"))["CustomKeyStoreId"]
+    with pytest.raises(XksProxyUriInUseException) as e:
+        svc.create_custom_key_store(**_xks_args(proxy.endpoint, "again"), principal=other)
+    assert theirs not in str(e.value)
+
+
+@pytest.mark.parametrize("path", ["/a//b/kms/xks/v1", "/kms/xks/v2", "/ks/a/kms/xks/v10"])
+def test_a_proxy_path_that_is_no_xks_api_path_is_a_validation_error(
+    svc: KeyService, proxy: Proxy, path: str  # noqa: F811
+) -> None:
+    """"/a//b/kms/xks/v1" passed the model's pattern and failed in the client (a 500), and
+    "/kms/xks/v2" was kept and silently rewritten to ".../kms/xks/v2/kms/xks/v1" (review). The
+    developer guide: the path "must end with /kms/xks/v1"."""
+    with pytest.raises(ValidationException, match="must end with /kms/xks/v1"):
+        svc.create_custom_key_store(**_xks_args(proxy.endpoint, "p", path))
+    assert svc.describe_custom_key_stores()["CustomKeyStores"] == []
+
+
+def test_an_empty_vpc_endpoint_service_name_means_none(
+    svc: KeyService, proxy: Proxy  # noqa: F811
+) -> None:
+    """The API reference: to use PUBLIC_ENDPOINT, "specify a null or empty string for the
+    XksProxyVpcEndpointServiceName"; an empty string was refused as VPC connectivity."""
+    args = _xks_args(proxy.endpoint, "pub") | {"xks_proxy_vpc_endpoint_service_name": ""}
+    store = svc.create_custom_key_store(**args)["CustomKeyStoreId"]
+    svc.update_custom_key_store(
+        custom_key_store_id=store,
+        xks_proxy_connectivity="PUBLIC_ENDPOINT",
+        xks_proxy_vpc_endpoint_service_name="",
+    )
+    assert entry(svc, store)["XksProxyConfiguration"]["Connectivity"] == "PUBLIC_ENDPOINT"
