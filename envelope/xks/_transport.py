@@ -133,10 +133,15 @@ class _Conn:
         return status, body, keep_alive and not buf
 
     def _chunked(self, buf: bytes, deadline: float) -> tuple[bytes, bytes]:
+        """A chunked body. The lines between chunks (a size, the final CRLF) are bounded like
+        the headers: a proxy sending a size line or trailers without end made this client
+        buffer all it sent until the deadline (review)."""
         body = b""
         while True:
             end = buf.find(b"\r\n")
             while end < 0:
+                if len(buf) > _MAX_HEAD:
+                    raise XksInvalidResponse("the XKS proxy sent a chunk size line too long")
                 buf += self._recv(deadline)
                 end = buf.find(b"\r\n")
             try:
@@ -146,6 +151,8 @@ class _Conn:
             buf = buf[end + 2 :]
             if size == 0:
                 while b"\r\n" not in buf:  # no trailers expected: the final CRLF
+                    if len(buf) > _MAX_HEAD:
+                        raise XksInvalidResponse("the XKS proxy's chunked answer does not end")
                     buf += self._recv(deadline)
                 return body, buf[buf.find(b"\r\n") + 2 :]
             if len(body) + size > MAX_RESPONSE_BYTES:

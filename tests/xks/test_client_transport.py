@@ -378,3 +378,33 @@ def _load(path: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.load_verify_locations(cafile=str(path))
     return context
+
+
+class _EndlessChunkLine(_Handler):
+    """Answers chunked, then sends a chunk-size line (or, with `server.trailers`, trailers)
+    that never ends."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if getattr(self.server, "trailers", False):
+            self.wfile.write(b"0\r\n")
+        for _ in range(8):
+            self.wfile.write(b"f" * 16384)
+            self.wfile.flush()
+        time.sleep(1.0)
+
+
+@pytest.mark.parametrize("trailers", [False, True])
+def test_a_chunked_answer_without_end_is_refused_at_a_bound(
+    pki: Pki, canned: Canned, trailers: bool
+) -> None:
+    """The chunk-size line and the final CRLF were read without a bound: a hostile proxy made
+    the KMS hold all it sent until the deadline (review). Refused past the header limit."""
+    canned.RequestHandlerClass = _EndlessChunkLine
+    canned.trailers = trailers  # type: ignore[attr-defined]
+    client = client_for(canned.endpoint, pki, timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(XksInvalidResponse):
+        client.encrypt("k1", b"x" * 32, b"", MD)
+    assert time.monotonic() - started < 1.0
