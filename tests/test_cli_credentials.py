@@ -131,3 +131,28 @@ def test_assume_role_refusals_exit_3(home: Path, capsys: pytest.CaptureFixture[s
         f"arn:aws:iam::{ACCOUNT}:user/bob",
     )
     assert code == 3 and "AccessDeniedException" in err
+
+
+def test_a_secret_that_cannot_be_written_leaves_no_key(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The secret is shown once. Written to a full disk, it was lost while its key stayed
+    active (exit 2, a key no one can use or must remember to delete; review): the key is
+    deleted again and the error says so."""
+    import subprocess
+    import sys
+
+    assert run(capsys, "iam", "create-user", "alice", "--output", "json")[0] == 0
+    with open("/dev/full", "w") as full:  # (as stdout only: written to, never replaced)
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "iam", "create-access-key", ALICE,
+             "--output", "json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ),
+            timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 5, r.stderr
+    assert b"was deleted again" in r.stderr
+    code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
+    assert code == 0 and json.loads(out)["AccessKeyMetadata"] == []

@@ -22,9 +22,9 @@ from ..service import KeyService, default_home
 from ..service._home import STORE_NAME
 from ..service.digests import DigestLocation, verify_chain
 from ..service.errors import StoreError
-from ._common import positive_int
+from ._common import EXIT_USAGE, positive_int
 from ._output import emit
-from .keys import EXIT_USAGE, _run, add_store_arguments
+from .keys import _run, add_store_arguments
 
 __all__ = ("register",)
 

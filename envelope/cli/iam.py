@@ -100,7 +100,19 @@ def _accounts(args: argparse.Namespace, svc: KeyService) -> None:
 
 def _create_access_key(args: argparse.Namespace, svc: KeyService) -> None:
     resp = svc.create_access_key(user_arn=args.user_arn)
-    emit(args, resp, "CreateAccessKey")
+    try:
+        emit(args, resp, "CreateAccessKey")
+        sys.stdout.flush()
+    except OSError as e:
+        # The secret is shown once: if it never reached the output (a full disk, a closed
+        # pipe), the key would stay active with a secret no one has. Deleted, and said so.
+        key_id = resp["AccessKey"]["AccessKeyId"]
+        svc.delete_access_key(access_key_id=key_id, user_arn=args.user_arn)
+        e.strerror = (
+            f"{e.strerror or e}: the secret access key could not be written, so access key "
+            f"{key_id} was deleted again; nothing was created"
+        )
+        raise
     print(
         "envelope: the secret access key is shown only now; store it safely",
         file=sys.stderr,

@@ -12,6 +12,7 @@ KMS refused (the AWS error code is printed).
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import sys
@@ -24,15 +25,11 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..service import KeyService, KmsServiceError, open_service, store_path
 from ..service.errors import AccessDeniedException, StoreError, TamperedStoreError
-from ._common import add_principal_argument
+from ._common import EXIT_IO, EXIT_KMS, EXIT_OK, EXIT_USAGE, add_principal_argument
 from ._output import add_output_arguments, emit
 
 __all__ = ("add_store_arguments", "emit", "register")
 
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_KMS = 3
 
 Handler = Callable[[argparse.Namespace, KeyService], Any]
 
@@ -119,6 +116,10 @@ def _by_arn(args: argparse.Namespace, svc: KeyService) -> None:
         args.key = str(svc.describe_key(key_id=ref)["KeyMetadata"]["Arn"])
 
 
+#: Errors of a path named on the command line that names nothing usable
+_MISNAMED = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP})
+
+
 def _run(
     fn: Handler,
     *,
@@ -145,9 +146,12 @@ def _run(
         except KmsServiceError as e:
             _err(f"{e.code}: {e.message}")
             return EXIT_KMS
-        except OSError as e:  # a --file or --trust-policy-file that cannot be read
+        except OSError as e:
             _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-            return EXIT_USAGE
+            # a --file or --trust-policy-file named wrong is the command line's fault (2); the
+            # output or the storage failing (a full disk, a closed pipe, permission) is an I/O
+            # error (5), as docs/cli.md says (both were 2)
+            return EXIT_USAGE if e.errno in _MISNAMED else EXIT_IO
         except ValueError as e:
             _err(str(e))
             return EXIT_USAGE

@@ -23,9 +23,9 @@ from typing import Any
 
 from ..service import KeyService, KmsServiceError
 from ..service.errors import StoreError
-from ._common import parse_pairs
+from ._common import EXIT_KMS, EXIT_OK, parse_pairs
 from ._output import emit
-from .keys import EXIT_KMS, EXIT_OK, _cmd, _run, add_store_arguments
+from .keys import _cmd, _run, add_store_arguments
 
 __all__ = ("add_document_arguments", "add_key_policy_commands", "read_document", "register")
 
