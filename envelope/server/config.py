@@ -78,9 +78,11 @@ class ServerSettings:
         if self.root_key not in ("file", "passphrase") and not self.root_key.startswith(
             "pkcs11:"
         ):
+            # not echoed: a passphrase pasted where its provider's name goes is a secret
             raise ConfigurationError(
                 'root_key must be "file", "passphrase" or a pkcs11: URI (the root key in an '
-                f"HSM, docs/hsm.md), not {self.root_key!r}"
+                f"HSM, docs/hsm.md), not the {len(self.root_key)}-character value given "
+                "(not shown: it may be a secret)"
             )
         for name, rate in self.quotas.items():
             if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:

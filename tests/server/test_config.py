@@ -50,6 +50,14 @@ def test_bad_configs_are_refused(tmp_path: Path, text: str, needle: str) -> None
     assert needle in str(e.value)
 
 
+def test_a_passphrase_pasted_as_the_root_key_provider_is_not_echoed(tmp_path: Path) -> None:
+    p = tmp_path / "kms.toml"
+    p.write_text('[store]\nroot_key = "correct horse battery staple"\n')
+    with pytest.raises(ConfigurationError) as e:
+        load_settings(p)
+    assert "root_key must be" in str(e.value) and "horse" not in str(e.value)
+
+
 def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     p = tmp_path / "etc" / "kms.toml"
     p.parent.mkdir()
