@@ -119,6 +119,29 @@ def test_demo_runs_end_to_end() -> None:
     assert out["kms_calls"] <= 3 < out["objects"] and out["kms_audit_log_verified"]
 
 
+def test_the_demo_keeps_its_hands_off_what_is_not_its_own(tmp_path: Path) -> None:
+    """`demo --keep DIR` removed DIR's lake/, encrypted/, restored/ and tampered/ folders
+    whoever made them, and `demo --home H` re-pointed H's own alias/demo at its throwaway key
+    (review). A folder the demo did not make is refused, and the alias is left alone."""
+    work = tmp_path / "project"
+    (work / "lake").mkdir(parents=True)
+    (work / "lake" / "important.txt").write_text("precious")
+    r = envelope("demo", "--keep", str(work), "--size-mib", "1")
+    assert r.returncode == 2 and b"not made by envelope demo" in r.stderr, r.stderr
+    assert (work / "lake" / "important.txt").read_text() == "precious"
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # its own folder it may replace
+        assert envelope("demo", "--keep", str(fresh), "--size-mib", "1").returncode == 0
+    home = tmp_path / "home"
+    mine = json.loads(envelope("keys", "create", "--json", home=home).stdout)["KeyMetadata"]
+    r = envelope("keys", "alias", "create", "alias/demo", mine["KeyId"], home=home)
+    assert r.returncode == 0, r.stderr
+    r = envelope("demo", "--home", str(home), "--size-mib", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    r = envelope("keys", "describe", "alias/demo", "--json", home=home)
+    assert json.loads(r.stdout)["KeyMetadata"]["KeyId"] == mine["KeyId"]
+
+
 def test_counts_must_be_positive(tmp_path: Path) -> None:
     """`demo --size-mib 0` made no sample, failed on an internal path and left its store's
     digest folder behind in the temporary folder; `audit tail -n -1` printed every record."""

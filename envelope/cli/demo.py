@@ -20,10 +20,13 @@ from typing import Any
 
 from .. import sync
 from ..api import Options
+from ..errors import ConfigurationError
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..kms.uri import open_local_backend
 from ..lake import jobs
+from ..printable import printable
+from ..service.errors import AlreadyExistsException
 from ._common import positive_int
 from ._output import add_output_arguments, emit, output_requested
 
@@ -86,11 +89,34 @@ def _same_tree(a: Path, b: Path) -> bool:
     return files_a == files_b and all((a / p).read_bytes() == (b / p).read_bytes() for p in files_a)
 
 
+#: The folders the demo makes in its work folder (and removes before a run there again).
+_DEMO_FOLDERS = ("lake", "encrypted", "restored", "tampered")
+#: Left in a --keep folder: the demo made these folders, so a later run may replace them.
+_MARKER = ".envelope-demo"
+
+
+def _claim(work: Path) -> None:
+    """Make `work` the demo's: its demo folders are removed only when an earlier run left its
+    marker there. ``--keep .`` in a project with a ``lake/`` folder removed the user's files
+    (review): refused instead, before anything is touched."""
+    mine = (work / _MARKER).is_file()
+    theirs = [d for d in _DEMO_FOLDERS if (work / d).exists() and not mine]
+    if theirs:
+        raise ConfigurationError(
+            f"{printable(str(work))} already has {', '.join(theirs)}, not made by envelope "
+            "demo: give --keep a new or empty folder (the demo replaces those folders)"
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    for d in _DEMO_FOLDERS:
+        shutil.rmtree(work / d, ignore_errors=True)
+    (work / _MARKER).write_text("made by envelope demo: its folders here are replaced\n")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="envelope-demo-") as tmp:
         work = Path(args.keep or tmp)
-        for d in ("lake", "encrypted", "restored", "tampered"):
-            shutil.rmtree(work / d, ignore_errors=True)
+        if args.keep:
+            _claim(work)
         home = args.home or str(work / "kms-home")
         result = _run(work, home, args.size_mib << 20)
         result["work_dir"] = str(work) if args.keep else None
@@ -138,11 +164,15 @@ def _run(work: Path, home: str, size: int) -> dict[str, Any]:
     backend = open_local_backend(home)
     service = backend.service
     key_id = service.create_key(description="envelope demo")["KeyMetadata"]["KeyId"]
+    alias = "alias/demo"
     try:
-        service.create_alias(alias_name="alias/demo", target_key_id=key_id)
-    except Exception:  # an existing --home may have it: point it at the new key
-        service.update_alias(alias_name="alias/demo", target_key_id=key_id)
-    keyring = Keyring(backend, "alias/demo", cache=CachePolicy())
+        service.create_alias(alias_name=alias, target_key_id=key_id)
+    except AlreadyExistsException:
+        # an existing --home's own alias/demo is left as it is (it was re-pointed at the
+        # demo's throwaway key, so whatever encrypted under it used that key; review)
+        alias = f"alias/demo-{key_id[:8]}"
+        service.create_alias(alias_name=alias, target_key_id=key_id)
+    keyring = Keyring(backend, alias, cache=CachePolicy())
     try:
         return _steps(work, home, sample, keyring, service, key_id)
     finally:

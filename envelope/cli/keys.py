@@ -15,7 +15,6 @@ import argparse
 import errno
 import os
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..printable import printable
 from ..service import KeyService, KmsServiceError, open_service, store_path
 from ..service.errors import AccessDeniedException, StoreError, TamperedStoreError
-from ._common import EXIT_IO, EXIT_KMS, EXIT_OK, EXIT_USAGE, add_principal_argument
+from ._common import EXIT_IO, EXIT_KMS, EXIT_OK, EXIT_USAGE, add_principal_argument, err
 from ._output import add_output_arguments, emit
 
 __all__ = ("add_store_arguments", "emit", "register")
@@ -35,7 +35,10 @@ Handler = Callable[[argparse.Namespace, KeyService], Any]
 
 
 def _err(message: str) -> None:
-    print(f"envelope: {message}", file=sys.stderr)
+    """One line on stderr. Messages quote what the caller typed (a key id, an alias): it is
+    escaped (a newline or a terminal escape in an argument split the line or recoloured the
+    terminal; review)."""
+    err(printable(message))
 
 
 def add_store_arguments(p: argparse.ArgumentParser, *, principal: bool = True) -> None:
@@ -184,6 +187,16 @@ def _all_pages(call: Callable[[str | None], dict[str, Any]], member: str) -> lis
 # -- handlers ---------------------------------------------------------------------------------
 
 
+def _store_type(svc: KeyService, store_id: str) -> str | None:
+    """The custom key store's type, or None when it cannot be read (CreateKey then says why)."""
+    try:
+        (store,) = svc.describe_custom_key_stores(custom_key_store_id=store_id)["CustomKeyStores"]
+    except (KmsServiceError, ValueError):
+        return None
+    kind = store.get("CustomKeyStoreType")
+    return kind if isinstance(kind, str) else None
+
+
 def _create(args: argparse.Namespace, svc: KeyService) -> None:
     policy = None
     if args.document is not None or args.file is not None:
@@ -194,6 +207,13 @@ def _create(args: argparse.Namespace, svc: KeyService) -> None:
     if args.custom_key_store is not None and origin is None:
         # a key in a custom key store: its origin follows from the store's kind
         origin = "EXTERNAL_KEY_STORE" if args.xks_key_id is not None else "AWS_CLOUDHSM"
+        external = _store_type(svc, args.custom_key_store) == "EXTERNAL_KEY_STORE"
+        if args.xks_key_id is None and external:
+            # (it was guessed AWS_CLOUDHSM, and refused as an origin the user never gave)
+            raise ConfigurationError(
+                f"{args.custom_key_store} is an external key store: give the external key's "
+                "id in the proxy with --xks-key-id"
+            )
     resp = svc.create_key(
         description=args.description,
         key_spec=args.key_spec,
@@ -225,7 +245,7 @@ def _default_usage(spec: str) -> str:
 _LIST_DETAILS = ("KeyState", "KeySpec", "KeyUsage", "Description")
 
 
-def _list(args: argparse.Namespace, svc: KeyService) -> None:
+def _list(args: argparse.Namespace, svc: KeyService) -> int:
     """ListKeys, each entry (KeyId, KeyArn, as AWS) with its state, spec, usage, description
     and aliases added: one listing that a person and a script both read whole."""
     keys = _all_pages(lambda m: svc.list_keys(marker=m), "Keys")
@@ -241,12 +261,19 @@ def _list(args: argparse.Namespace, svc: KeyService) -> None:
         _err("note: not allowed kms:ListAliases, so no aliases are shown")
     rows = []
     hidden = 0
+    alarms = 0
     for k in keys:
-        try:
-            meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
-        except AccessDeniedException:
-            meta = {}
-            hidden += 1
+        meta: dict[str, Any] = {}
+        if not args.brief:  # one DescribeKey per key (each one audited)
+            try:
+                meta = svc.describe_key(key_id=k["KeyId"])["KeyMetadata"]
+            except AccessDeniedException:
+                hidden += 1
+            except TamperedStoreError as e:
+                # one edited row: that key is named and refused, the others still listed
+                # (it sank the whole listing; review); the command still exits 3
+                _err(f"ALARM: {e.message}")
+                alarms += 1
         rows.append(
             {
                 **k,
@@ -257,6 +284,7 @@ def _list(args: argparse.Namespace, svc: KeyService) -> None:
     if hidden:
         _err(f"note: not allowed kms:DescribeKey on {hidden} of {len(keys)} keys: no details shown")
     emit(args, {"Keys": rows}, "ListKeys")
+    return EXIT_KMS if alarms else EXIT_OK
 
 
 def _describe(args: argparse.Namespace, svc: KeyService) -> None:
@@ -592,7 +620,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="accept a policy that would stop you from changing it again",
     )
 
-    _cmd(sub, "list", "list keys (ListKeys)", _list, key=False)
+    p = _cmd(sub, "list", "list keys (ListKeys)", _list, key=False)
+    p.add_argument(
+        "--brief",
+        action="store_true",
+        help="ListKeys and ListAliases only: no DescribeKey per key (no state, spec, usage or "
+        "description; one audit record per page instead of one per key)",
+    )
     _cmd(sub, "describe", "show a key (DescribeKey)", _describe, takes_alias=True)
     _cmd(sub, "enable", "enable a key (EnableKey)", _simple("enable_key"))
     _cmd(sub, "disable", "disable a key (DisableKey)", _simple("disable_key"))

@@ -1938,11 +1938,16 @@ class ServiceCore:
         return key
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
-        """Settle every key of this Region (deletions and rotations that are due)."""
+        """Settle every key of this Region (deletions and rotations that are due). A key row
+        edited outside the KMS is skipped here: it is refused (and alarmed) wherever it is
+        used, and one such row made every ListKeys of the Region fail (review)."""
         for (kid,) in conn.execute(
             "SELECT key_id FROM keys WHERE region=?", (self.region,)
         ).fetchall():
-            key = self._load(conn, self.region, str(kid))
+            try:
+                key = self._load(conn, self.region, str(kid))
+            except TamperedStoreError:
+                continue
             if key is not None:
                 self._settle(conn, key, now)
 

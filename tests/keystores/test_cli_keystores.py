@@ -14,6 +14,7 @@ import pytest
 
 from envelope.cli.main import main
 
+from ..xks.conftest import Proxy, proxy, xks_folder  # noqa: F401
 from .conftest import HsmToken
 
 ANCHOR = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -150,3 +151,36 @@ def test_xks_create_on_a_fresh_home_and_update_with_a_secret_alone(
     assert r.code == 3 and "XksProxy" in r.err, r.err
     r = cli("keystores", "update", "cks-0123456789abcdef", "--proxy-secret-file", str(secret))
     assert r.code == 2 and "give both --proxy-access-key-id" in r.err, r.err
+
+
+def test_a_key_in_an_external_store_without_its_xks_key_id_says_so(
+    cli: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    proxy: Proxy,  # noqa: F811
+) -> None:
+    """Without --xks-key-id the origin was guessed AWS_CLOUDHSM, and the refusal spoke of an
+    origin the user never gave (review): the option is named."""
+    from envelope.service import open_service
+
+    from ..xks.conftest import KEY_A1, SECRET_A1
+
+    monkeypatch.setenv("ENVELOPE_XKS_CA_FILE", str(proxy.ca.cert_file))
+    ok(cli("keys", "create", "--json"))  # the store
+    with open_service(tmp_path / "home") as svc:
+        store = svc.create_custom_key_store(
+            custom_key_store_name="ext",
+            custom_key_store_type="EXTERNAL_KEY_STORE",
+            xks_proxy_uri_endpoint=proxy.endpoint,
+            xks_proxy_uri_path="/ks/a/kms/xks/v1",
+            xks_proxy_connectivity="PUBLIC_ENDPOINT",
+            xks_proxy_authentication_credential={
+                "AccessKeyId": KEY_A1,
+                "RawSecretAccessKey": SECRET_A1,
+            },
+        )["CustomKeyStoreId"]
+        svc.connect_custom_key_store(custom_key_store_id=store)
+    r = cli("keys", "create", "--custom-key-store", store)
+    assert r.code == 2 and "--xks-key-id" in r.err and "AWS_CLOUDHSM" not in r.err, r.err
+    made = ok(cli("keys", "create", "--custom-key-store", store, "--xks-key-id", "k1", "--json"))
+    assert made.json()["KeyMetadata"]["Origin"] == "EXTERNAL_KEY_STORE"

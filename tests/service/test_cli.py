@@ -379,3 +379,41 @@ def test_a_bad_valid_to_names_the_option(
     capsys.readouterr()
     assert main(["keys", "import", "local", kid, str(material), "--valid-to", "tomorrow"]) == 2
     assert "--valid-to 'tomorrow' is not an ISO 8601" in capsys.readouterr().err
+
+
+def test_keys_list_names_a_tampered_key_and_lists_the_rest(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One edited key row made `keys list` print only the alarm and list nothing (review):
+    the others are listed, that key is named, and the command still exits 3. --brief makes
+    no DescribeKey call (one audit record per key otherwise)."""
+    from .test_key_rows import edit_meta
+
+    ids = [jrun(["keys", "create"], capsys)["KeyMetadata"]["KeyId"] for _ in range(3)]
+    edit_meta(home, ids[1], Description="edited outside the KMS")
+    capsys.readouterr()
+    assert run(["keys", "list", "--json"]) == 3
+    out, err = capsys.readouterr()
+    assert out, err
+    listed = json.loads(out)["Keys"]
+    assert sorted(k["KeyId"] for k in listed) == sorted(ids)
+    assert [k["KeyState"] for k in listed if k["KeyId"] != ids[1]] == ["Enabled", "Enabled"]
+    assert "ALARM" in err and ids[1] in err
+    from envelope.service import open_service
+
+    assert run(["keys", "list", "--brief", "--json"]) == 0
+    assert [k["KeyId"] for k in json.loads(capsys.readouterr().out)["Keys"]] == [
+        k["KeyId"] for k in listed
+    ]
+    with open_service(home) as svc:
+        ops = [r["operation"] for r in svc.audit_tail(2)]  # the --brief listing's
+    assert sorted(ops) == ["ListAliases", "ListKeys"], ops
+
+
+def test_errors_escape_what_the_caller_typed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A key id with a newline and a terminal escape split the error line and recoloured the
+    terminal (review): one line, escaped."""
+    jrun(["keys", "create"], capsys)  # (a store to look in)
+    assert run(["keys", "describe", "a\nb\x1b[31m"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "\\x1b" in err
