@@ -491,3 +491,21 @@ def test_a_refused_path_starts_no_kms(tmp_path: Path) -> None:
         assert r.returncode == 2 and b"started a new embedded KMS" not in r.stderr, r.stderr
         assert not home.exists(), args
     assert src.read_bytes() == b"rows"
+
+
+def test_a_region_no_key_can_be_in_is_refused_before_a_store_is_made(tmp_path: Path) -> None:
+    """A typo (us-eest-1) made keys in a Region no one looks in, and `serve --region bogus`
+    printed a traceback and left a new store behind (review). A Region this store already
+    holds keys in (an earlier release let them in) still opens."""
+    home = tmp_path / "home"
+    r = envelope("keys", "create", "--region", "us-eest-1", home=home)
+    assert r.returncode == 2 and b"not an AWS Region" in r.stderr and not home.exists()
+    r = envelope("serve", "--port", "0", "--region", "bogus", home=home)
+    assert r.returncode == 2 and b"Traceback" not in r.stderr and not home.exists(), r.stderr
+    assert envelope("keys", "create", "--region", "eu-west-3", home=home).returncode == 0
+    from envelope.service import open_service
+
+    with open_service(home) as svc:
+        svc.for_region("eu-mars-1").create_key()
+    r = envelope("keys", "list", "--region", "eu-mars-1", "--json", home=home)
+    assert r.returncode == 0 and len(json.loads(r.stdout)["Keys"]) == 1, r.stderr

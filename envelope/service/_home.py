@@ -16,7 +16,9 @@ import stat
 import warnings
 from pathlib import Path
 
+from .._names import REGION as REGION_PATTERN
 from .._ratelimit import RateQuota
+from .._regions import aws_kms_regions
 from ._core import DEFAULT_REGION, Clock
 from .digests import default_location
 from .errors import RootKeyError, StoreError
@@ -110,6 +112,37 @@ def digests_location(home: Path, digests: str | os.PathLike[str] | None = None) 
     return str(default_location(home / STORE_NAME))
 
 
+def _check_region(region: str, store: Path) -> None:
+    """Refuse a Region no key can be in, before a store is opened or made: a name of the
+    wrong shape, or (with botocore's Region list at hand) a name AWS does not have and this
+    store holds no keys in. A typo (us-eest-1) made keys in a Region no one looks in, and
+    ``envelope serve --region bogus`` left a new store behind with a traceback (review)."""
+    if not REGION_PATTERN.match(region):
+        raise StoreError(f"{region!r} is not a Region name (like us-east-1)")
+    aws = aws_kms_regions()
+    if aws is None or region in aws:
+        return
+    if store.exists():
+        import sqlite3
+
+        try:
+            conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            try:
+                held = conn.execute(
+                    "SELECT 1 FROM keys WHERE region=? LIMIT 1", (region,)
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return  # not readable as a store: Store.open says what is wrong with it
+        if held:
+            return  # (a Region an earlier release let keys into)
+    raise StoreError(
+        f"{region!r} is not an AWS Region, and this store holds no keys in it: check --region "
+        "or $ENVELOPE_REGION"
+    )
+
+
 def open_service(
     home: str | os.PathLike[str] | None = None,
     *,
@@ -132,6 +165,8 @@ def open_service(
     existing store for checking (`Store.open`): no schema upgrade, no digests published.
     """
     h = default_home(home)
+    region = region or os.environ.get("ENVELOPE_REGION") or DEFAULT_REGION
+    _check_region(region, h / STORE_NAME)
     try:
         h.mkdir(parents=True, exist_ok=True, mode=0o700)
     except (FileExistsError, NotADirectoryError):  # a file where the home (or a parent) goes
@@ -161,7 +196,7 @@ def open_service(
         return KeyService(
             store,
             clock=clock,
-            region=region or os.environ.get("ENVELOPE_REGION") or DEFAULT_REGION,
+            region=region,
             owns_store=True,
             quota=quota,
             principal=principal or os.environ.get("ENVELOPE_PRINCIPAL") or None,
