@@ -608,12 +608,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--policy",
+        "--document",  # (the spelling of `keys policy put` and `iam put-policy`)
         dest="document",
         metavar="JSON",
         help="the key policy (default: the "
         "default key policy, which delegates the key to the account's IAM policies)",
     )
-    g.add_argument("--policy-file", dest="file", metavar="PATH", help="the key policy from PATH")
+    g.add_argument(
+        "--policy-file", "--file", dest="file", metavar="PATH", help="the key policy from PATH"
+    )
     p.add_argument(
         "--bypass-policy-lockout-safety-check",
         action="store_true",

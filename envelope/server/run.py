@@ -71,6 +71,15 @@ def open_store(settings: ServerSettings, *, share: int = 1) -> KeyService:
         if settings.quotas
         else None
     )
+    path = store_path(settings.home)
+    if not path.exists() and (path.parent.is_dir() or not path.parent.exists()):
+        # A server on a new, empty store has no access key that could sign a request: a
+        # mistyped --home served an empty KMS, and left a store behind (review)
+        raise ConfigurationError(
+            f"no embedded KMS store at {str(path)!r} (check --home, [store] home or "
+            "$ENVELOPE_HOME; `envelope iam create-user` or `envelope keys create` starts one, "
+            "docs/server.md)"
+        )
     try:
         return open_service(
             settings.home, region=settings.region, root=_root(settings), quota=quota

@@ -96,6 +96,9 @@ def test_a_port_in_use_is_a_usage_error_naming_the_address(tmp_path: Path, worke
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ENVELOPE_", "AWS_"))}
+    from envelope.service import open_service
+
+    open_service(tmp_path / "h").close()  # (serve needs a store)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -121,6 +124,26 @@ def test_a_port_in_use_is_a_usage_error_naming_the_address(tmp_path: Path, worke
     assert r.returncode == 2, r.stderr
     assert f"could not start on 127.0.0.1:{port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_serve_on_a_home_without_a_store_is_a_usage_error(tmp_path: Path) -> None:
+    """A mistyped --home served a new, empty KMS (no access key could sign a request) and
+    left a store behind (review)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENVELOPE_", "AWS_"))}
+    home = tmp_path / "typo"
+    r = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "serve", "--home", str(home), "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "no embedded KMS store" in r.stderr, r.stderr
+    assert not home.exists()
 
 
 def test_a_store_serve_cannot_open_is_a_usage_error(tmp_path: Path) -> None:
