@@ -151,3 +151,42 @@ def test_ctrl_c_while_the_command_s_modules_import_is_a_quiet_130() -> None:
         [sys.executable, "-c", code, "encrypt", "x", "y"], capture_output=True, timeout=60
     )
     assert r.returncode == 130 and r.stderr == b"envelope: interrupted\n", r.stderr
+
+
+SWALLOWED_IN_MAIN = """
+import os, signal, sys, time, weakref
+import envelope.cli.main as cli
+
+def handler(args):
+    class C:
+        pass
+    c = C()
+    def finalizer(ref):
+        os.kill(os.getpid(), signal.SIGHUP)  # the signal lands inside the finalizer
+        time.sleep(0.05)
+    ref = weakref.ref(c, finalizer)
+    del c
+    t = time.monotonic()
+    while time.monotonic() - t < 5:  # the job goes on
+        pass
+    print("finished", file=sys.stderr)
+    return 0
+
+cli._run = lambda fn, args: handler(args)
+sys.exit(cli.main(["keys", "list"]))
+"""
+
+
+def test_main_alone_delivers_an_interrupt_a_finalizer_swallowed() -> None:
+    """The signal tests call `main()` as code of its own would, without `run()`'s hook: a
+    SIGHUP that landed in importlib's module-lock callback there was printed as "Exception
+    ignored ... Traceback" and lost (a CI run). `main` installs the hook while its signal
+    handlers are in place."""
+    out = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_IN_MAIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 129, out.stderr
+    assert "Traceback" not in out.stderr and "finished" not in out.stderr, out.stderr

@@ -198,9 +198,13 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 @contextmanager
 def _stop_signals() -> Iterator[None]:
     previous = {s: signal.signal(s, _on_stop_signal) for s in _STOP_SIGNALS}
+    hook = sys.unraisablehook
+    if not isinstance(hook, _LostInterrupt):  # (`main` called by code of its own, not `run`)
+        sys.unraisablehook = _LostInterrupt(hook)
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, h in previous.items():
             signal.signal(s, h)
 
@@ -390,25 +394,36 @@ def redeliver_interrupts_from_finalizers() -> None:
     finalizer again is sent again. The stop signal that caused it is still recorded
     (`_Stopped`), so the exit code names it. Every other unraisable exception is reported as
     before."""
-    import _thread
-    import time
+    if not isinstance(sys.unraisablehook, _LostInterrupt):
+        sys.unraisablehook = _LostInterrupt(sys.unraisablehook)
 
-    previous = sys.unraisablehook
-    main_thread = _thread.get_ident()
 
-    def resend() -> None:
-        time.sleep(0.005)
-        signal.pthread_kill(main_thread, signal.SIGINT)
+class _LostInterrupt:
+    """The `sys.unraisablehook` of `redeliver_interrupts_from_finalizers`, also installed by
+    `main` while its signal handlers are (the signal tests call `main` directly, and one
+    SIGHUP landed in a module-lock callback there and was lost)."""
 
-    def hook(unraisable: Any) -> None:
+    def __init__(self, previous: Callable[[Any], object]) -> None:
+        import _thread
+
+        self.previous = previous
+        self.main_thread = _thread.get_ident()
+
+    def __call__(self, unraisable: Any) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt) and callable(
             signal.getsignal(signal.SIGINT)
         ):
-            _thread.start_new_thread(resend, ())
-            return
-        previous(unraisable)
+            import _thread
 
-    sys.unraisablehook = hook
+            _thread.start_new_thread(self._resend, ())
+            return
+        self.previous(unraisable)
+
+    def _resend(self) -> None:
+        import time
+
+        time.sleep(0.005)
+        signal.pthread_kill(self.main_thread, signal.SIGINT)
 
 
 def end_on_late_signals(code: int) -> None:

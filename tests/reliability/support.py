@@ -62,7 +62,7 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-_ENTRY = "import sys; from envelope.cli.main import main; sys.exit(main())"
+_ENTRY = "from envelope.cli.entry import run; run()"  # the console script's own code
 
 
 def envelope_cmd(*args: str) -> list[str]:
