@@ -13,6 +13,7 @@ caller's expected context, and only then opens segments.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -208,30 +209,41 @@ def _rewrap_slot(data_key: bytearray, kms_context: Mapping[str, str]) -> bytes:
     return mac.finalize()
 
 
-#: Wraps in flight, by (the cache's id, slot): single-flight for `rewrap_header`'s cache.
-_wrapping: dict[tuple[int, bytes], anyio.Event] = {}
+#: Wraps in flight, by (the cache's id, slot): single-flight for `rewrap_header`'s cache,
+#: across threads and event loops alike (a cache shared by a thread pool's rewraps: an
+#: anyio.Event belongs to one loop, and was refused or hung in another; review).
+_wrapping: dict[tuple[int, bytes], threading.Event] = {}
+_wrapping_lock = threading.Lock()
 
 
 async def _wrapped_once(
     cache: dict[bytes, WrappedKey], slot: bytes, wrap: Callable[[], Awaitable[WrappedKey]]
 ) -> WrappedKey:
     """`cache[slot]`, made by `wrap` once: a task that finds the same slot being wrapped waits
-    for that answer instead of asking the KMS again (and, if that wrap failed, tries itself)."""
+    for that answer instead of asking the KMS again (and, if that wrap failed, tries itself).
+    The wait polls a `threading.Event`, as the data-key cache's single-flight does."""
     key = (id(cache), slot)
     while True:
-        hit = cache.get(slot)
-        if hit is not None:
-            return hit
-        pending = _wrapping.get(key)
-        if pending is None:
-            break
-        await pending.wait()
-    done = _wrapping[key] = anyio.Event()
+        with _wrapping_lock:
+            hit = cache.get(slot)
+            if hit is not None:
+                return hit
+            pending = _wrapping.get(key)
+            if pending is None:
+                done = _wrapping[key] = threading.Event()
+                break
+        delay = 0.0005
+        while not pending.is_set():
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.01)
     try:
-        new = cache[slot] = await wrap()
+        new = await wrap()
+        with _wrapping_lock:
+            cache[slot] = new
         return new
     finally:
-        del _wrapping[key]
+        with _wrapping_lock:
+            del _wrapping[key]
         done.set()
 
 

@@ -662,3 +662,4 @@ def test_decrypt_into_checks_in_the_specs_order_like_every_other_face(tmp_path: 
                 with pytest.raises(EnvelopeError) as e:
                     face()
                 assert type(e.value) is expected, (name, len(damaged), e.value)
+
