@@ -209,6 +209,12 @@ class KeySpec:
         if key is not None and key.startswith("file:"):
             key = "file:" + os.path.abspath(key[len("file:") :])
         home = self.home if self.home is not None else os.environ.get("ENVELOPE_HOME") or None
+        if home is None and self._uses_local():
+            # this process's default home (~/.envelope), named: a worker of another user or
+            # in a container has another ~, and sealed under a new, private KMS there (review)
+            from .local import store_path
+
+            home = str(store_path(None).parent)
         endpoint = self.kms_endpoint
         if self._uses_aws():
             # AWS keys: the endpoint and a Region the key does not name come from this
@@ -235,6 +241,15 @@ class KeySpec:
 
     def _uses_aws(self) -> bool:
         return self.kms_endpoint is not None or (self.key is not None and is_aws_key(self.key))
+
+    def _uses_local(self) -> bool:
+        """Whether `backends` may open the embedded KMS (a local key, the default key, or a
+        reader that names no key)."""
+        if self._uses_aws():
+            return False
+        if self.key is not None:
+            return not self.key.startswith("file:")
+        return not (self.purpose == "encrypt" and self.key_files)
 
     def backends(self) -> tuple[tuple[KmsBackend, ...], str | None]:
         """Open the backends this spec names, and the key id to seal under (encrypt) or None.
