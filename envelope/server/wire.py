@@ -78,10 +78,6 @@ _DRY_RUN = Unserved(
 #: table and from the service method's signature is refused as unsupported.
 UNSERVED_MEMBERS: Mapping[str, Unserved] = {
     "DryRun": _DRY_RUN,
-    # only meaningful with DryRun; without it nothing is asked
-    "DryRunModifiers": Unserved(
-        ((),), "UnsupportedOperationException", "DryRunModifiers needs DryRun"
-    ),
     # grant tokens make a new grant usable before it is eventually consistent; grants here are
     # effective at once, so a token adds nothing (it is still validated against the model)
     "GrantTokens": Unserved((None,), "", ""),

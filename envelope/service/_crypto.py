@@ -188,19 +188,26 @@ class CryptoOps(ServiceCore):
     def decrypt(
         self,
         *,
-        ciphertext_blob: bytes,
+        ciphertext_blob: bytes | None = None,
         encryption_context: Mapping[str, str] | None = None,
         key_id: str | None = None,
         encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         grant_tokens: Sequence[str] = (),
         dry_run: bool = False,
+        dry_run_modifiers: Sequence[str] | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        ignore = _ignores_ciphertext(dry_run, dry_run_modifiers)
+
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
             call.enc_context = ctx
+            if ignore:  # a permission test: the key named, authorized, in a usable state
+                call.values["kms:encryptionalgorithm"] = encryption_algorithm
+                self._key(conn, call, _named(key_id, "KeyId"), CRYPTO, now, action="kms:Decrypt")
+                return {}
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
             out: Response = {
@@ -214,6 +221,7 @@ class CryptoOps(ServiceCore):
             if (
                 encryption_algorithm == _specs.SYMMETRIC_DEFAULT
                 and EXTERNAL in self.custom_key_store_types()
+                and ciphertext_blob is not None
             ):
                 blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
                 _keystore_crypto.prefetch_open(
@@ -233,8 +241,8 @@ class CryptoOps(ServiceCore):
     def re_encrypt(
         self,
         *,
-        ciphertext_blob: bytes,
         destination_key_id: str,
+        ciphertext_blob: bytes | None = None,
         source_encryption_context: Mapping[str, str] | None = None,
         source_key_id: str | None = None,
         destination_encryption_context: Mapping[str, str] | None = None,
@@ -242,13 +250,32 @@ class CryptoOps(ServiceCore):
         destination_encryption_algorithm: str = _specs.SYMMETRIC_DEFAULT,
         grant_tokens: Sequence[str] = (),
         dry_run: bool = False,
+        dry_run_modifiers: Sequence[str] | None = None,
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
+        ignore = _ignores_ciphertext(dry_run, dry_run_modifiers)
+
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             sctx = _context(source_encryption_context)
             dctx = _context(destination_encryption_context)
             _grant_tokens(grant_tokens)
+            if ignore:  # a permission test: both keys named, authorized, usable
+                call.enc_context = sctx
+                call.values["kms:encryptionalgorithm"] = source_encryption_algorithm
+                src = self._key(
+                    conn, call, _named(source_key_id, "SourceKeyId"), CRYPTO, now,
+                    action="kms:ReEncryptFrom",
+                )  # fmt: skip
+                call.enc_context = dctx
+                call.values.pop("kms:requestalias", None)
+                call.values["kms:encryptionalgorithm"] = destination_encryption_algorithm
+                self._key(
+                    conn, call, destination_key_id, CRYPTO, now, managed=True,
+                    action="kms:ReEncryptTo",
+                )  # fmt: skip
+                call.key_id = src.arn
+                return {}
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             call.enc_context = sctx
             same = self._same_key(conn, call, blob, source_key_id, destination_key_id)
@@ -710,3 +737,34 @@ def _signing_values(call: _Call, algorithm: Any, message_type: Any) -> None:
         call.values["kms:signingalgorithm"] = algorithm
     if isinstance(message_type, str):
         call.values["kms:messagetype"] = message_type
+
+
+#: The values of DryRunModifiers (the model's enum).
+_DRY_RUN_MODIFIERS = frozenset({"IGNORE_CIPHERTEXT"})
+
+
+def _ignores_ciphertext(dry_run: object, modifiers: Sequence[str] | None) -> bool:
+    """Whether a Decrypt or ReEncrypt is a permission test only: DryRun with the
+    IGNORE_CIPHERTEXT modifier ("KMS performs only authorization validation without
+    ciphertext validation", the API reference). The modifiers "only apply when DryRun is set
+    to true": without it they are checked and otherwise ignored."""
+    if modifiers is None:
+        return False
+    if not isinstance(modifiers, Sequence) or isinstance(modifiers, str | bytes):
+        raise ValidationException("DryRunModifiers must be a list")
+    for m in modifiers:
+        if m not in _DRY_RUN_MODIFIERS:
+            raise ValidationException(
+                f"DryRunModifiers member {str(m)[:40]!r} is not one of IGNORE_CIPHERTEXT"
+            )
+    return dry_run is True and "IGNORE_CIPHERTEXT" in modifiers
+
+
+def _named(key_ref: str | None, member: str) -> str:
+    """The key a permission test names: required there (the API reference: "required ... when
+    DryRun is true and DryRunModifiers is set to IGNORE_CIPHERTEXT")."""
+    if key_ref is None:
+        raise ValidationException(
+            f"{member} is required when DryRun is true and DryRunModifiers is IGNORE_CIPHERTEXT"
+        )
+    return key_ref

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import partial
 from typing import Any
 
 import boto3
@@ -263,6 +264,33 @@ def test_dry_run_never_does_the_operation(admin: Any, key_id: str) -> None:
     served = "dry_run" in KeyService.create_grant.__code__.co_varnames
     assert _code(e) == ("DryRunOperationException" if served else "UnsupportedOperationException")
     assert len(admin.list_grants(KeyId=key_id)["Grants"]) == before
+
+
+def test_a_permission_test_ignores_the_ciphertext(server: Server, admin: Any, key_id: str) -> None:
+    """Decrypt and ReEncrypt with DryRun and DryRunModifiers=[IGNORE_CIPHERTEXT]: "KMS performs
+    only authorization validation without ciphertext validation" (the API reference). They
+    were refused ("DryRunModifiers needs DryRun", even with DryRun; review)."""
+    alice = server.client("alice")  # no policy: not allowed
+    for client, expected in ((admin, "DryRunOperationException"), (alice, "AccessDeniedException")):
+        for call in (
+            partial(client.decrypt, KeyId=key_id),
+            partial(client.decrypt, KeyId=key_id, CiphertextBlob=b"\x00" * 100),
+            partial(client.re_encrypt, SourceKeyId=key_id, DestinationKeyId=key_id),
+        ):
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                call(DryRun=True, DryRunModifiers=["IGNORE_CIPHERTEXT"])
+            assert _code(e) == expected, (call, e.value)
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # the key must be named
+        admin.decrypt(DryRun=True, DryRunModifiers=["IGNORE_CIPHERTEXT"])
+    assert _code(e) == "ValidationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:  # without it, the ciphertext counts
+        admin.decrypt(KeyId=key_id, CiphertextBlob=b"\x00" * 100, DryRun=True)
+    assert _code(e) == "InvalidCiphertextException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        server.client("admin", validate=False).decrypt(
+            KeyId=key_id, DryRun=True, DryRunModifiers=["NOPE"]
+        )
+    assert _code(e) == "ValidationException"
 
 
 def test_malformed_bodies(server: Server) -> None:
