@@ -82,8 +82,9 @@ _LEAD_CHECK_SECONDS = 0.5
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the
-#: predefined aliases AWS keeps in every account (ListAliases shows them without a
-#: TargetKeyId) for the services that integrate with KMS, and this project's own ``envelope``.
+#: predefined aliases AWS keeps in every account for the services that integrate with KMS,
+#: and this project's own ``envelope``. (AWS's ListAliases "might also include" them without a
+#: TargetKeyId before first use; here ListAliases shows one once its key is made.)
 #: Any other ``alias/aws/`` name is NotFoundException, as in AWS: a typo must not leave a key
 #: that nobody can disable or delete.
 MANAGED_SERVICES = frozenset(

@@ -107,6 +107,12 @@ class MultiRegionOps(ServiceCore):
             meta["MultiRegionConfiguration"] = self._metadata(conn, key)[
                 "MultiRegionConfiguration"
             ] | {"MultiRegionKeyType": "REPLICA"}
+            # As AWS answers it (a recorded response): the replica as it is being made,
+            # Creating and not yet enabled, without key material named. Here the making is
+            # done by the time the call returns: DescribeKey then says Enabled.
+            if meta.get("KeyState") == "Enabled":  # (a replica awaiting its import says so)
+                meta.update(KeyState="Creating", Enabled=False)
+                meta.pop("CurrentKeyMaterialId", None)
             return {
                 "ReplicaKeyMetadata": meta,
                 "ReplicaPolicy": replica.meta.get("x_policy")

@@ -579,8 +579,13 @@ def test_every_region_of_the_store_is_served(server: Server, admin: Any) -> None
     assert _code(e) == "NotFoundException"
     out = admin.replicate_key(KeyId=kid, ReplicaRegion="eu-west-1")
     assert out["ReplicaKeyMetadata"]["Arn"].startswith("arn:aws:kms:eu-west-1:")
+    # as AWS answers it (a recorded response): the replica being made; then Enabled
+    made = out["ReplicaKeyMetadata"]
+    assert (made["KeyState"], made["Enabled"]) == ("Creating", False)
+    assert "CurrentKeyMaterialId" not in made
     meta = eu.describe_key(KeyId=kid)["KeyMetadata"]
     assert meta["MultiRegionConfiguration"]["MultiRegionKeyType"] == "REPLICA"
+    assert (meta["KeyState"], meta["Enabled"]) == ("Enabled", True)
     blob = admin.encrypt(KeyId=kid, Plaintext=b"both ways")["CiphertextBlob"]
     assert eu.decrypt(CiphertextBlob=blob)["Plaintext"] == b"both ways"
     home_only = admin.create_key()["KeyMetadata"]["KeyId"]
