@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from .._botocore_logs import guard_botocore_logs
 
-__all__ = ("PART_SIZE", "MultipartSink", "client_for", "put_whole", "split_path")
+__all__ = ("MAX_PARTS", "PART_SIZE", "MultipartSink", "client_for", "put_whole", "split_path")
 
 #: Bytes per uploaded part (S3 requires >= 5 MiB for all but the last part).
 PART_SIZE = 8 << 20
@@ -109,10 +109,20 @@ def put_whole(client: Any, path: str, data: bytes | bytearray) -> None:
     client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
 
 
+#: S3's limit on the parts of one upload.
+MAX_PARTS = 10_000
+#: Parts of one size before the size doubles (see `MultipartSink`).
+_PARTS_PER_SIZE = 1_000
+
+
 class MultipartSink:
     """An engine Sink onto one S3 key: parts as they fill, complete on commit, abort on error.
 
-    Memory: one part buffer (PART_SIZE) besides the engine's own."""
+    The size of the object is not known in advance (a stream), and S3 takes at most 10,000
+    parts: with 8 MiB parts throughout, an output over 78 GiB failed after uploading all
+    10,000 (review). Parts may differ in size, so the part size doubles every 1,000 parts
+    (8 MiB, 16 MiB, ... 4 GiB): 8 GB of output in 8 MiB parts, and room for S3's 5 TiB
+    object. Memory: one part buffer besides the engine's own (64 MiB from 120 GB of output)."""
 
     def __init__(self, client: Any, path: str, *, part_size: int = PART_SIZE) -> None:
         self.client = client
@@ -137,11 +147,14 @@ class MultipartSink:
         )
         self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
 
+    def _next_part_size(self) -> int:
+        return self.part_size << min(len(self._parts) // _PARTS_PER_SIZE, 9)
+
     async def write(self, data: memoryview) -> None:
         self._buf += data
-        while len(self._buf) >= self.part_size:
-            part = bytes(self._buf[: self.part_size])
-            del self._buf[: self.part_size]
+        while len(self._buf) >= (size := self._next_part_size()):
+            part = bytes(self._buf[:size])
+            del self._buf[:size]
             await anyio.to_thread.run_sync(self._upload_part, part)
 
     def _finish(self) -> None:

@@ -124,3 +124,49 @@ def test_direct_refuses_a_segment_its_share_cannot_hold(tmp_path: Path) -> None:
             durable=False, memory_budget=S,
         )
     assert not (tmp_path / "enc").exists() and leftovers(tmp_path) == []
+
+
+def test_a_multipart_upload_stays_within_s3s_10000_parts() -> None:
+    """8 MiB parts throughout made any output over 78 GiB fail after uploading 10,000 parts
+    (S3's limit; review). The part size doubles every 1,000 parts. Shown on 16-byte parts
+    against a client that records what it is sent (S3 itself would refuse parts this small)."""
+    import itertools
+
+    import anyio
+
+    from envelope.lake.s3 import MAX_PARTS, MultipartSink
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.parts: list[tuple[int, int]] = []
+            self.completed: list[dict[str, object]] = []
+
+        def create_multipart_upload(self, **kw: object) -> dict[str, str]:
+            return {"UploadId": "u1"}
+
+        def upload_part(self, *, PartNumber: int, Body: bytes, **kw: object) -> dict[str, str]:
+            self.parts.append((PartNumber, len(Body)))
+            return {"ETag": f"e{PartNumber}"}
+
+        def complete_multipart_upload(self, **kw: object) -> None:
+            self.completed.append(kw)
+
+    client = Recorder()
+    sink = MultipartSink(client, "bucket/key", part_size=16)
+    total = 16 * MAX_PARTS * 20  # 200 times what 10,000 parts of the base size hold
+
+    async def fill() -> None:
+        chunk = memoryview(b"x" * 4096)
+        for _ in range(total // 4096):
+            await sink.write(chunk)
+        await sink.write(chunk[: total % 4096])
+        await sink.commit()
+
+    anyio.run(fill)
+    numbers = [n for n, _ in client.parts]
+    sizes = [size for _, size in client.parts]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) <= MAX_PARTS
+    assert sum(sizes) == total and sizes[:1000] == [16] * 1000 and sizes[1000] == 32
+    body = sizes[:-1]  # (the last part may be any size)
+    assert all(a <= b for a, b in itertools.pairwise(body))
+    assert len(client.completed) == 1
