@@ -7,8 +7,9 @@ memory traffic of a plain copy plus AES, and nothing else. Same guarantees as ev
 a temporary file renamed over the target only once whole (`envelope.atomic`), each
 segment's plaintext written only after its tag verified, and the same format v1 bytes.
 
-Sources are opened without following links: the job listed a regular file, and a link or
-special file swapped in since is refused (`UnsafePathError`).
+Sources are opened without following links unless the job follows them
+(`--follow-symlinks`, whose links were checked when the job listed them): the job listed a
+regular file, and a link or special file swapped in since is refused (`UnsafePathError`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def seal_file(
     expected_size: int,
     durable: bool,
     memory_budget: int | None = None,
+    follow_links: bool = False,
 ) -> int:
     """Encrypt local file `src` to `dst` under a prepared header; returns plaintext bytes.
     Two segment buffers are held; a segment `memory_budget` cannot hold is refused."""
     out = _output(dst, durable)
     try:
         n = files.seal_file(
-            prepared, src, out, workers=1, batch_bytes=1, follow_links=False,
+            prepared, src, out, workers=1, batch_bytes=1, follow_links=follow_links,
             expected_size=expected_size, memory_budget=memory_budget,
         )
         out.commit()
@@ -58,12 +60,13 @@ def open_file(
     *,
     durable: bool,
     memory_budget: int | None = None,
+    follow_links: bool = False,
 ) -> int:
     """Decrypt local file `src` (header already authenticated) to `dst`; returns its length."""
     out = _output(dst, durable)
     try:
         n = files.open_file(
-            header, keys, src, out, workers=1, batch_bytes=1, follow_links=False,
+            header, keys, src, out, workers=1, batch_bytes=1, follow_links=follow_links,
             memory_budget=memory_budget,
         )
         out.commit()

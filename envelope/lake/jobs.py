@@ -834,6 +834,7 @@ async def encrypt_prefix(
                 expected_size=entry.size,
                 durable=options.durable,
                 memory_budget=large.memory_budget,
+                follow_links=options.follow_symlinks,  # (links checked when listed)
             )
         )
 
@@ -981,6 +982,7 @@ async def decrypt_prefix(
                 dst_path,
                 durable=options.durable,
                 memory_budget=large.memory_budget,
+                follow_links=options.follow_symlinks,  # (links checked when listed)
             )
         )
 
