@@ -507,16 +507,24 @@ def _newer_or_same(dst: pafs.FileInfo, src: Entry, exact: bool) -> bool:
     written may be newer or older: that output is not trusted (the object is done again), so
     a source rewritten just after its output is never skipped. The cost is redoing an object
     whose source and output share a second, once: the new output is a second later."""
-    if src.mtime_ns is None or dst.mtime_ns is None:
+    if src.changed_ns is None or dst.mtime_ns is None:
         return True
     if exact:
-        return bool(dst.mtime_ns >= src.mtime_ns)
+        return bool(dst.mtime_ns >= src.changed_ns)
     second = 1_000_000_000
-    return bool(dst.mtime_ns // second > src.mtime_ns // second)
+    return bool(dst.mtime_ns // second > src.changed_ns // second)
 
 
 def _local(*filesystems: pafs.FileSystem) -> bool:
-    return all(isinstance(fs, pafs.LocalFileSystem) for fs in filesystems)
+    """Whether every filesystem is a local disk (times to the nanosecond), a sub-tree of one
+    included."""
+
+    def base(fs: pafs.FileSystem) -> pafs.FileSystem:
+        while isinstance(fs, pafs.SubTreeFileSystem):
+            fs = fs.base_fs
+        return fs
+
+    return all(isinstance(base(fs), pafs.LocalFileSystem) for fs in filesystems)
 
 
 def _encrypted_done(

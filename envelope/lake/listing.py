@@ -36,11 +36,15 @@ __all__ = ("Entry", "Listing", "Rejected", "SkippedPath", "scan")
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One object under a prefix: its path relative to the prefix, size and mtime (ns)."""
+    """One object under a prefix: its path relative to the prefix, its size, and when it last
+    changed (ns): an object store's modification time; for a local file the later of its
+    modification and status-change times, since a copy that keeps an old modification time
+    (``cp -p``, ``rsync -a``, ``tar x``, a file written then renamed in) is still a change,
+    and a resumed job compared modification times only, and kept the stale output (review)."""
 
     rel: str
     size: int
-    mtime_ns: int | None
+    changed_ns: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,7 @@ def scan(
     return out
 
 
-def _admit(out: Listing, rel: str, size: int, mtime_ns: int | None) -> None:
+def _admit(out: Listing, rel: str, size: int, changed_ns: int | None) -> None:
     """The one place an object of a listing becomes an Entry, a skipped lock or a refusal."""
     name = rel.rsplit("/", 1)[-1]
     if name and is_temporary(name):  # a run's own (a later one, or its clean-up, removes it)
@@ -108,7 +112,7 @@ def _admit(out: Listing, rel: str, size: int, mtime_ns: int | None) -> None:
     if problem is not None:
         out.rejected.append(Rejected(rel, "UnsafePathError", f"refusing object {rel!r}: {problem}"))
         return
-    out.entries.append(Entry(rel, size, mtime_ns))
+    out.entries.append(Entry(rel, size, changed_ns))
 
 
 # -- local folders -------------------------------------------------------------------------
@@ -205,7 +209,7 @@ def _walk_local(root: str, follow: bool, allow_outside: bool, exclude: str | Non
                     continue
                 stack.append((de.path, rel + "/", ancestors | {ident}))
             elif stat.S_ISREG(st.st_mode):
-                _admit(out, rel, st.st_size, st.st_mtime_ns)
+                _admit(out, rel, st.st_size, max(st.st_mtime_ns, st.st_ctime_ns))
             elif not is_temporary(de.name):
                 out.skipped.append(SkippedPath(rel, _kind(st.st_mode)))
     return out

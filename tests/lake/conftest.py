@@ -27,7 +27,9 @@ def make_tree(root: Path, sizes: list[int], seed: int = 0) -> dict[str, bytes]:
 
     Each file is dated a minute back, as a lake's data is older than the job that encrypts
     it: an output on S3 (whole-second times) written in the same second as its source is
-    redone by a resumed job, which tests of resume on S3 would otherwise meet at random."""
+    redone by a resumed job, which tests of resume on S3 would otherwise meet at random. A
+    local file's age counts its status-change time too (`cp -p` is a change), which cannot be
+    set back: the tree is made, then the next second awaited."""
     out = {}
     past = time.time() - 60
     for i, size in enumerate(sizes):
@@ -38,6 +40,7 @@ def make_tree(root: Path, sizes: list[int], seed: int = 0) -> dict[str, bytes]:
         p.write_bytes(data)
         os.utime(p, (past, past))
         out[rel] = data
+    time.sleep(1.01 - time.time() % 1)
     return out
 
 

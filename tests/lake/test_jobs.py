@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -920,3 +922,27 @@ async def test_files_named_like_temporaries_are_data_unless_named_as_ours(
     assert [s.path for s in r.skipped_paths] == [".f.0123456789ab.envelope-tmp"]
     assert (enc / ".mine.envelope-tmp").read_bytes() == b"a user's object in the destination"
     assert (enc / ".q.report.envelope-tmp").exists() and r.removed_temporaries == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resume_redoes_a_source_copied_in_with_an_old_modification_time(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """`cp -p`, `rsync -a`, `tar x` and a file written then renamed in keep an older
+    modification time than the output already there: a resumed job compared modification
+    times only, called it done, and the lake kept the old version (review). Its status-change
+    time is when it changed here."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"version-1 AAAA")
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).done == 1
+    update = tmp_path / "update.txt"
+    update.write_bytes(b"version-2 BBBB")  # same size
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(update, ns=(hour_ago, hour_ago))
+    shutil.copy2(update, src / "a.txt")  # cp -p: the new bytes, the old time
+    assert (src / "a.txt").stat().st_mtime_ns < (enc / "a.txt").stat().st_mtime_ns
+    again = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert (again.done, again.skipped) == (1, 0)
+    assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())).ok
+    assert (back / "a.txt").read_bytes() == b"version-2 BBBB"
