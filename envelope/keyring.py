@@ -474,6 +474,13 @@ class Keyring:
         copy of the key under itself (`envelope.objects.check_output_path`)."""
         return tuple(p for b in self.backends for p in state_paths_of(b))
 
+    def __enter__(self) -> Keyring:
+        """``with Keyring(...) as kr:`` closes it on the way out, as ``async with`` does."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """`aclose` for plain threads (the embedded KMS seals its audit log on close).
         Backends with a blocking face close on this thread; others on the portal loop."""

@@ -391,9 +391,9 @@ def read_header(
 
 
 def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None, what: str) -> None:
+    check_expected(expected, what)
     if not expected:
         return
-    check_expected(expected, what)
     missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
     if missing:
         raise ContextMismatchError(
@@ -412,8 +412,10 @@ def check_expected_contexts(
 
 
 def check_expected(expected: Mapping[str, str] | None, what: str) -> None:
-    """An expected context is a mapping of strings to strings (ConfigurationError)."""
-    if not expected:
+    """An expected context is a mapping of strings to strings (ConfigurationError); None or
+    an empty mapping asks for nothing. An empty list or string is refused like any other
+    non-mapping (it was taken as "no check"; review)."""
+    if expected is None:
         return
     if not isinstance(expected, Mapping):
         raise ConfigurationError(
@@ -449,8 +451,7 @@ def check_before_unwrap(
     not mappings of strings, and an output buffer too short for the plaintext. Not a context
     the header lacks: the header is not authenticated before the unwrap, and a tampered one
     must be refused as tampered (AuthenticationError), not as another object."""
-    if expected_context or expected_kms_context:
-        check_expected_contexts(expected_context, expected_kms_context)
+    check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
         try:
             plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
@@ -475,7 +476,7 @@ def open_object_keys(
         keys = open_header(header, data_key)
     finally:
         data_key[:] = bytes(len(data_key))
-    if expected_context or expected_kms_context:
+    if expected_context is not None or expected_kms_context is not None:
         check_contexts(header, expected_context, expected_kms_context)
     return keys
 

@@ -149,6 +149,8 @@ class DecryptingReader(io.RawIOBase):
         self._count = self._layout.segment_count(self._size)
         self._pos = 0
         self._verified = False
+        #: `readline`'s window: authenticated plaintext and the offset it starts at
+        self._window: tuple[bytes, int] = (b"", 0)
         #: recently opened (authenticated) segments, so readers that revisit a segment (a
         #: Parquet footer, then its column chunks) do not fetch and open it again. Bounded by
         #: bytes: at most `cache_segments` segments, and only what the memory budget leaves
@@ -237,6 +239,30 @@ class DecryptingReader(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line (through b"\n"), at most `size` bytes. IOBase's own reads a byte at a
+        time: iterating the reader over a CSV cost about 24 us a byte (review). Lines come
+        from a 64 KiB window of authenticated plaintext, kept until the position leaves it."""
+        self._check_open()
+        limit = -1 if size is None else whole_number(size, "size")
+        out = bytearray()
+        while limit < 0 or len(out) < limit:
+            buf, at = self._window
+            off = self._pos - at
+            if not 0 <= off < len(buf):
+                buf, at, off = self.pread(self._pos, 1 << 16), self._pos, 0
+                if not buf:
+                    break  # (pread verified the final segment: a true end)
+                self._window = (buf, at)
+            stop = len(buf) if limit < 0 else min(len(buf), off + limit - len(out))
+            end = buf.find(b"\n", off, stop)
+            upto = end + 1 if end >= 0 else stop
+            out += buf[off:upto]
+            self._pos = at + upto
+            if end >= 0:
+                break
+        return bytes(out)
 
     def pread(self, offset: int, length: int) -> bytes:
         """Plaintext [offset, offset+length) without moving the position. Thread-safe."""
@@ -357,6 +383,7 @@ class DecryptingReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._cache.clear()
+            self._window = (b"", 0)
             self._rf.close()
         super().close()
 

@@ -14,6 +14,7 @@ which cannot be called from inside a running loop: await `envelope.api` there.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import stat
 import threading
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from . import blocking_streams, files
 from .atomic import OutputFile, resolve_output
-from .errors import ConfigurationError, EnvelopeError
+from .errors import ClosedError, ConfigurationError, EnvelopeError
 from .keyring import Keyring
 from .metrics import NULL_OBSERVER, Observer
 from .objects import (
@@ -703,6 +704,13 @@ def _per_item(contexts: object, items: Sequence[object], name: str) -> None:
         raise ConfigurationError(f"{name} must have one entry per item")
 
 
+#: Set by the async batch calls (`envelope.api.encrypt_many`): their cancellation, seen by
+#: `_chunked` on its worker thread (anyio hands the context to it).
+BATCH_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "envelope_batch_stop", default=None
+)
+
+
 def _chunked(
     count: int,
     work: Callable[[int], bytearray],
@@ -723,10 +731,11 @@ def _chunked(
         workers = 1
     per_chunk = max(1, -(-count // (workers * 4)))  # a few chunks per worker balances load
     failed = threading.Event()
+    stop = BATCH_STOP.get()
 
     def chunk(first: int, last: int) -> None:
         for i in range(first * per_chunk, min(last * per_chunk, count)):
-            if failed.is_set():
+            if failed.is_set() or (stop is not None and stop.is_set()):
                 return
             try:
                 results[i] = work(i)
@@ -744,6 +753,11 @@ def _chunked(
             if isinstance(r, bytearray):
                 r[:] = bytes(len(r))
         raise
+    if stop is not None and stop.is_set():  # the awaiting caller was cancelled and left
+        for r in results:
+            if isinstance(r, bytearray):
+                r[:] = bytes(len(r))
+        raise ClosedError("the batch was cancelled")
     if failed.is_set():
         first_error = next(r for r in results if isinstance(r, EnvelopeError))
         for r in results:

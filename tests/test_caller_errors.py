@@ -280,3 +280,68 @@ def test_a_failed_abort_does_not_hide_the_failure_that_caused_it() -> None:
     with pytest.raises(OSError, match="UploadPart failed") as e:
         anyio.run(lambda: api.encrypt(b"x" * 100_000, FailingSink(), keyring=kr))
     assert any("AbortMultipartUpload failed" in n for n in e.value.__notes__)
+
+
+def test_keyrings_close_in_a_with_block_and_odd_arguments_are_refused() -> None:
+    """Sync callers had no `with` for a keyring (only `async with`); 2.5 attempts was a retry
+    policy; an empty list or string as an expected context was taken as "no check" (review)."""
+    import pytest
+
+    from envelope import sync
+    from envelope.errors import ClosedError, ConfigurationError
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+    from envelope.kms.retry import RetryPolicy
+
+    kms = MemoryKms()
+    with Keyring(kms, kms.create_key()) as kr:
+        ct = bytes(sync.encrypt_bytes(b"x", keyring=kr, object_context={"a": "b"}))
+        for odd in ([], "", ()):
+            with pytest.raises(ConfigurationError, match="mapping"):
+                sync.decrypt_bytes(ct, keyring=kr, expected_context=odd)  # type: ignore[arg-type]
+        assert bytes(sync.decrypt_bytes(ct, keyring=kr, expected_context={})) == b"x"
+    with pytest.raises(ClosedError):
+        sync.encrypt_bytes(b"x", keyring=kr)
+    for bad in (2.5, True, "3", 0):
+        with pytest.raises(ConfigurationError, match="max_attempts"):
+            RetryPolicy(max_attempts=bad)  # type: ignore[arg-type]
+
+
+def test_the_async_batch_calls_give_up_when_their_caller_is_cancelled() -> None:
+    """`await encrypt_many` / `decrypt_many` ran to their end whatever the caller's deadline
+    (a 0.2 s deadline waited 5 s here; review): the caller gets its cancellation at once, and
+    the batch stops starting items."""
+    import time
+
+    import anyio
+
+    from envelope import api, sync
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())  # no cache: one KMS call per item
+    items = [b"row %d" % i for i in range(100)]
+    sealed = sync.encrypt_many(items, keyring=kr)
+    kms.latency = 0.05  # 50 ms a call from here
+    for many, batch in ((api.encrypt_many, items), (api.decrypt_many, sealed)):
+        kms.calls.clear()
+
+        async def call(many=many, batch=batch) -> float:  # type: ignore[no-untyped-def]
+            started = time.monotonic()
+            with anyio.fail_after(0.2):
+                await many(batch, keyring=kr)
+            return started
+
+        t0 = time.monotonic()
+        try:
+            anyio.run(call)
+        except TimeoutError:
+            pass
+        else:
+            raise AssertionError("the batch finished within its deadline")
+        assert time.monotonic() - t0 < 1.0
+        time.sleep(0.3)  # the worker ends its item under way, then starts no more
+        calls = sum(kms.calls.values())
+        time.sleep(0.3)
+        assert sum(kms.calls.values()) == calls < 40

@@ -41,3 +41,20 @@ def test_secret_holding_settings_and_credentials_refuse_pickling() -> None:
         with pytest.raises(TypeError, match="pickled"):
             pickle.dumps(obj)
         assert secret not in repr(obj) and "PIN-9876" not in repr(obj)
+
+
+def test_the_embedded_and_aws_backends_refuse_pickling_by_design(tmp_path: Path) -> None:
+    """They failed on a sqlite3 connection and a botocore internal, by accident, with messages
+    that did not say to ship a KeySpec (review)."""
+    from envelope.kms.aws import AwsKms
+    from envelope.kms.local import open_local
+
+    local = open_local(tmp_path / "home")
+    try:
+        with pytest.raises(TypeError, match="KeySpec"):
+            pickle.dumps(local)
+    finally:
+        local.close_blocking()
+    aws = AwsKms(region="us-east-1")
+    with pytest.raises(TypeError, match="KeySpec"):
+        pickle.dumps(aws)

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from .._botocore_logs import guard_botocore_logs
 from .._names import KMS_ARN, KMS_PARTITION
 from ..errors import (
+    ClosedError,
     ConfigurationError,
     KmsAccessDeniedError,
     KmsKeyError,
@@ -325,6 +326,11 @@ class AwsKms:
     def __repr__(self) -> str:
         return f"AwsKms(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        """Refused: the pickle would carry credentials (ship a `KeySpec` to workers instead,
+        and build the keyring there). It failed on a botocore internal by accident."""
+        raise TypeError("AwsKms holds AWS credentials and cannot be pickled; ship a KeySpec")
+
     # -- clients ------------------------------------------------------------------------
 
     @property
@@ -363,7 +369,9 @@ class AwsKms:
 
         with self._lock:
             if self._closed:
-                raise ConfigurationError("this AWS KMS backend is closed")
+                # (ClosedError, as the other backends say it: keyrings sharing a backend
+                # close it together; review)
+                raise ClosedError("this AWS KMS backend is closed")
             client = self._clients.get(region)
             if client is None:
                 guard_botocore_logs()

@@ -126,6 +126,11 @@ class LocalKms:
     def __repr__(self) -> str:
         return f"LocalKms(region={self.service.region!r}, store={str(self.service.store.path)!r})"
 
+    def __reduce__(self) -> str | tuple[object, ...]:
+        """Refused: the pickle would carry the store's open root key (ship a `KeySpec` to
+        workers instead, and build the keyring there). It failed on sqlite3 by accident."""
+        raise TypeError("LocalKms holds the store's root key and cannot be pickled; ship a KeySpec")
+
     def state_paths(self) -> tuple[str, ...]:
         """The store's files, its root-key file and digest folder (see `Keyring.state_paths`)."""
         return self.service.state_paths()

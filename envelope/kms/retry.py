@@ -194,8 +194,14 @@ class RetryPolicy:
     success_refund: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_attempts <= 100:
-            raise ConfigurationError("max_attempts must be 1..100")
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or not 1 <= self.max_attempts <= 100
+        ):  # (2.5 attempts was taken; review)
+            raise ConfigurationError(
+                f"max_attempts must be a whole number 1..100, not {self.max_attempts!r}"
+            )
         if not 0 < self.deadline <= 3600:
             raise ConfigurationError("deadline must be in (0, 3600] seconds")
         for name in ("throttle_base", "transient_base", "cap"):
