@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from .. import sync
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EnvelopeError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
 from ..lake import jobs
@@ -290,6 +290,10 @@ def cmd_lake(args: argparse.Namespace) -> int:
                         observer=observer,
                     )
                 )
+        except BaseException as e:
+            if args.report:
+                _failed_report(op, args, e)
+            raise
         finally:
             sync.run(keyring.aclose)
             if to is not None:
@@ -299,6 +303,17 @@ def cmd_lake(args: argparse.Namespace) -> int:
         report.write(args.report)
     _print_summary(report, args)
     return _exit_code(report)
+
+
+def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
+    """The --report of a job that did not run or finish: its error in place of counts (an
+    older run's report left there read as this run's; review). Best effort: the job's own
+    error is what the command reports."""
+    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    try:
+        jobs.JobReport(op, args.src, args.dst, error=why).write(args.report)  # type: ignore[arg-type]
+    except (OSError, EnvelopeError):
+        pass
 
 
 def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:

@@ -174,6 +174,10 @@ class JobReport:
     skipped_paths: list[SkippedPath] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     planned_paths: list[str] = field(default_factory=list)
+    #: Why the job as a whole did not run or finish (a lock held, a bad setting, an
+    #: interrupt), when it did not: a --report file then says so, rather than an older
+    #: run's report staying in place (review).
+    error: str | None = None
 
     def __post_init__(self) -> None:
         # reports are printed, written (--report) and logged: never a credential of a URI
@@ -183,7 +187,7 @@ class JobReport:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and self.error is None
 
     def add(self, r: ObjectResult) -> None:
         self.objects += 1

@@ -556,3 +556,26 @@ async def test_a_destination_nested_through_a_link_is_refused_too(
             await jobs.encrypt_prefix(str(src), str(tmp_path / "alias" / "d1"), keyring=k1)
     finally:
         outer.release()
+
+
+def test_a_report_says_the_job_did_not_run(tmp_path: Path) -> None:
+    """--report was written only when the job returned: refused for a lock held elsewhere
+    (exit 2), the previous run's report stayed in place, ok and all (review)."""
+    src, dst, key, rep = tmp_path / "src", tmp_path / "dst", tmp_path / "k.key", tmp_path / "r.json"
+    make_tree(src, [10] * 3)
+    env = {**os.environ, "ENVELOPE_HOME": str(tmp_path / "home")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", *args],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+
+    assert cli("keygen", str(key)).returncode == 0
+    job = ("lake", "encrypt", str(src), str(dst), "--key-file", str(key), "--report", str(rep))
+    assert cli(*job).returncode == 0 and json.loads(rep.read_text())["ok"] is True
+    (dst / LOCK_NAME).write_bytes(holder_json("etl-2", 4242, time.time()))
+    r = cli(*job)
+    assert r.returncode == 2, r.stderr
+    report = json.loads(rep.read_text())
+    assert report["ok"] is False and "LockHeldError" in report["error"], report
