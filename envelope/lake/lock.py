@@ -457,6 +457,23 @@ class _RemoteStore:
             self.delete()
 
 
+def _locked_remote_ancestor(loc: Location, ttl: float) -> str | None:
+    """The nearest prefix above `loc` whose lock a job holds (renewed within `ttl`, or one
+    that cannot be read: held, to be safe): nested destinations count on object stores as
+    they do locally. A job in a prefix inside a running job's took its lock, wrote into the
+    outer job's destination and aborted its open uploads as a dead job's (review)."""
+    path = loc.path.rstrip("/")
+    while "/" in path:
+        path = path.rsplit("/", 1)[0]
+        data = _RemoteStore(loc.fs, f"{path}/{LOCK_NAME}").read()
+        if data is None:
+            continue
+        found = Holder.from_bytes(data)
+        if found is None or time.time() - found.renewed <= ttl:
+            return path
+    return None
+
+
 def _acquire_remote(loc: Location, holder: Holder, break_lock: bool, ttl: float) -> DestinationLock:
     store = _RemoteStore(loc.fs, loc.join(LOCK_NAME))
     where = loc.path
@@ -466,6 +483,14 @@ def _acquire_remote(loc: Location, holder: Holder, break_lock: bool, ttl: float)
         if store.create(holder.to_bytes()):
             lock = DestinationLock(where, holder, store, ttl)
             lock.took_over, lock.broke_unreadable = took_over, broke_unreadable
+            outer = _locked_remote_ancestor(loc, ttl)
+            if outer is not None:
+                lock.release()
+                raise LockHeldError(
+                    f"{where} is inside {outer}, the destination of a running job; wait for "
+                    "it to finish",
+                    None,
+                )
             return lock
         data = store.read()
         if data is None:

@@ -579,3 +579,23 @@ def test_a_report_says_the_job_did_not_run(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     report = json.loads(rep.read_text())
     assert report["ok"] is False and "LockHeldError" in report["error"], report
+
+
+def test_s3_nested_destinations_count_as_locally(s3: S3) -> None:
+    """A job in a prefix inside a running job's destination took its own lock, wrote there
+    and aborted the outer job's open uploads as a dead job's (review). Refused, as locally;
+    an outer lock not renewed within the TTL (its job gone) does not hold the inner one."""
+    s3.reset()
+    fs = s3.fs(allow_bucket_creation=True)
+    fs.create_dir("nest")
+    outer = acquire(resolve(s3.uri("nest/outer")), operation="encrypt")
+    try:
+        with pytest.raises(LockHeldError, match=r"inside .*nest/outer"):
+            acquire(resolve(s3.uri("nest/outer/big")), operation="encrypt")
+        assert fs.get_file_info(f"nest/outer/big/{LOCK_NAME}").type == pafs.FileType.NotFound
+    finally:
+        outer.release()
+    with fs.open_output_stream(f"nest/outer/{LOCK_NAME}") as f:
+        f.write(holder_json("gone-host", 1, time.time() - 3600))
+    inner = acquire(resolve(s3.uri("nest/outer/big")), operation="encrypt", ttl=60)
+    inner.release()
