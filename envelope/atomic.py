@@ -277,6 +277,23 @@ def remove_live_temporaries() -> None:
             pass
 
 
+def _keep_owner(fd: int, old: os.stat_result) -> None:
+    """A file replaced keeps its owner and group where this process may set them (root, or a
+    group of its own): a lake rewrap run as root gave every object to root, so the group
+    that read it could no longer (review). Where it may not, the new file is this
+    process's, as any new file is."""
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) == (old.st_uid, old.st_gid):
+        return
+    try:
+        os.fchown(fd, old.st_uid, old.st_gid)
+    except PermissionError:
+        try:
+            os.fchown(fd, -1, old.st_gid)  # the group alone, if it is one of ours
+        except PermissionError:
+            pass
+
+
 def _new_file_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -361,9 +378,12 @@ class OutputFile:
                 self._close()
                 return
             try:
-                mode = os.stat(self.path).st_mode & 0o7777
+                old = os.stat(self.path)
             except FileNotFoundError:
                 mode = _new_file_mode()
+            else:
+                mode = old.st_mode & 0o7777
+                _keep_owner(self.fd, old)
             os.fchmod(self.fd, mode)
             if self.durable:
                 os.fsync(self.fd)

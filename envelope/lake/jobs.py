@@ -1182,7 +1182,13 @@ async def rewrap_prefix(
         if new_header is None:
             return ObjectResult(entry.rel, "skipped", entry.size)
         stream = await anyio.to_thread.run_sync(src.fs.open_input_stream, path)
-        sink = atomic_sink(src.fs, path, durable=options.durable)
+        try:
+            sink = await anyio.to_thread.run_sync(
+                partial(atomic_sink, src.fs, path, durable=options.durable, replacing=True)
+            )
+        except BaseException:
+            await anyio.to_thread.run_sync(stream.close)
+            raise
         try:
             await sink.write(memoryview(new_header))
             source_ = ArrowSource(stream)

@@ -24,7 +24,15 @@ import pyarrow.fs as pafs
 
 from .._botocore_logs import guard_botocore_logs
 
-__all__ = ("MAX_PARTS", "PART_SIZE", "MultipartSink", "client_for", "put_whole", "split_path")
+__all__ = (
+    "MAX_PARTS",
+    "PART_SIZE",
+    "MultipartSink",
+    "client_for",
+    "object_attributes",
+    "put_whole",
+    "split_path",
+)
 
 #: Bytes per uploaded part (S3 requires >= 5 MiB for all but the last part).
 PART_SIZE = 8 << 20
@@ -109,6 +117,41 @@ def put_whole(client: Any, path: str, data: bytes | bytearray) -> None:
     client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
 
 
+#: The HeadObject members a replaced object keeps (as PutObject / CreateMultipartUpload take
+#: them), besides its tags.
+_KEPT = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+    "Metadata",
+    "StorageClass",
+    "ServerSideEncryption",
+    "SSEKMSKeyId",
+    "BucketKeyEnabled",
+)
+
+
+def object_attributes(client: Any, path: str) -> dict[str, Any]:
+    """What an object rewritten in place must keep (a rewrap writes a new object over it):
+    its content headers, user metadata, storage class, server-side encryption settings and
+    tags, as PutObject arguments. A rewrap dropped them all (the content type, an owner tag a
+    bucket policy or lifecycle rule keys on; review). ACLs and object-lock settings are not
+    carried (docs/lake.md)."""
+    from urllib.parse import urlencode
+
+    bucket, key = split_path(path)
+    head = client.head_object(Bucket=bucket, Key=key)
+    kept = {k: head[k] for k in _KEPT if head.get(k) not in (None, "", {})}
+    if kept.get("StorageClass") == "STANDARD":
+        del kept["StorageClass"]
+    tags = client.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
+    if tags:
+        kept["Tagging"] = urlencode([(t["Key"], t["Value"]) for t in tags])
+    return kept
+
+
 #: S3's limit on the parts of one upload.
 MAX_PARTS = 10_000
 #: Parts of one size before the size doubles (see `MultipartSink`).
@@ -124,10 +167,20 @@ class MultipartSink:
     (8 MiB, 16 MiB, ... 4 GiB): 8 GB of output in 8 MiB parts, and room for S3's 5 TiB
     object. Memory: one part buffer besides the engine's own (64 MiB from 120 GB of output)."""
 
-    def __init__(self, client: Any, path: str, *, part_size: int = PART_SIZE) -> None:
+    def __init__(
+        self,
+        client: Any,
+        path: str,
+        *,
+        part_size: int = PART_SIZE,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
         self.client = client
         self.bucket, self.key = split_path(path)
         self.part_size = part_size
+        #: PutObject / CreateMultipartUpload arguments the object is made with (a rewrap's:
+        #: `object_attributes` of the object it replaces)
+        self.attributes = attributes or {}
         self._buf = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
@@ -135,7 +188,9 @@ class MultipartSink:
 
     def _upload_part(self, data: bytes) -> None:
         if self._upload_id is None:
-            resp = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)
+            resp = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, **self.attributes
+            )
             self._upload_id = str(resp["UploadId"])
         number = len(self._parts) + 1
         resp = self.client.upload_part(
@@ -159,7 +214,9 @@ class MultipartSink:
 
     def _finish(self) -> None:
         if self._upload_id is None:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buf))
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=bytes(self._buf), **self.attributes
+            )
             return
         if self._buf:
             self._upload_part(bytes(self._buf))

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 from ..atomic import TMP_SUFFIX, is_temporary, temporary_name, write_bytes
 from ..streams import AtomicFileSink, Sink
 from .fs import open_output
-from .s3 import MultipartSink, client_for, put_whole
+from .s3 import MultipartSink, client_for, object_attributes, put_whole
 
 __all__ = ("TMP_SUFFIX", "ArrowAtomicSink", "atomic_sink", "is_temporary", "write_whole")
 
@@ -93,15 +93,20 @@ class ArrowAtomicSink:
         await anyio.to_thread.run_sync(self._remove)
 
 
-def atomic_sink(fs: pafs.FileSystem, path: str, *, durable: bool = True) -> Sink:
+def atomic_sink(
+    fs: pafs.FileSystem, path: str, *, durable: bool = True, replacing: bool = False
+) -> Sink:
     """The right atomic sink for `fs`: a real rename locally, an abortable multipart upload
-    on S3 (see envelope.lake.s3), a temporary key and a move elsewhere."""
+    on S3 (see envelope.lake.s3), a temporary key and a move elsewhere. `replacing`: the
+    object at `path` is rewritten in place (a rewrap), and keeps its attributes (locally its
+    mode and owner, as every replaced file does; on S3 its headers, metadata and tags)."""
     if _is_local(fs):
         _ensure_parent(fs, path)
         return AtomicFileSink(path, durable=durable, clean_stale=False, regular_only=True)
     client = client_for(fs)
     if client is not None:
-        return MultipartSink(client, path)
+        attributes = object_attributes(client, path) if replacing else None
+        return MultipartSink(client, path, attributes=attributes)
     return ArrowAtomicSink(fs, path)
 
 

@@ -189,9 +189,27 @@ async def test_s3_encrypt_verify_rewrap_decrypt(
         return out
 
     before = bodies()
+    # attributes a bucket's policies and lifecycle key on, on one small and the large object:
+    # a rewrap wrote new objects without them (review)
+    client = s3.client()
+    marked = ["lake/enc/" + list(tree)[1], "lake/enc/" + list(tree)[-1]]
+    for key in marked:
+        bucket, name = key.split("/", 1)
+        client.copy_object(
+            Bucket=bucket, Key=name, CopySource={"Bucket": bucket, "Key": name},
+            MetadataDirective="REPLACE", ContentType="application/x-envelope",
+            Metadata={"owner": "team-x"}, TaggingDirective="REPLACE", Tagging="pii=yes",
+        )  # fmt: skip
     rw = await jobs.rewrap_prefix(enc_uri, keyring=k1, to=k2, options=opts(concurrency=32))
     assert rw.ok and rw.done == len(tree)
     assert bodies() == before  # bodies byte-identical: only headers changed
+    for key in marked:
+        bucket, name = key.split("/", 1)
+        head = client.head_object(Bucket=bucket, Key=name)
+        assert head["ContentType"] == "application/x-envelope", key
+        assert head["Metadata"] == {"owner": "team-x"}
+        tags = client.get_object_tagging(Bucket=bucket, Key=name)["TagSet"]
+        assert tags == [{"Key": "pii", "Value": "yes"}]
     assert kms.calls["Encrypt"] == 1  # one wrap (32 at once): every object shares a data key
 
     # every object now opens under k2 alone (a keyring that cannot reach k1)
