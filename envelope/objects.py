@@ -584,11 +584,15 @@ def checked_contexts(
     kms, obj = dict(kms_context or {}), dict(object_context or {})
     if not kms and not obj:
         return kms, obj  # nothing to check
-    try:
-        encode_context(kms, limit=MAX_KMS_CTX_LEN)
-        encode_context(obj, limit=MAX_OBJ_CTX_LEN)
-    except HeaderFormatError as e:
-        raise ConfigurationError(str(e)) from None
+    for name, ctx, limit in (
+        ("kms_context", kms, MAX_KMS_CTX_LEN),
+        ("object_context", obj, MAX_OBJ_CTX_LEN),
+    ):
+        try:
+            encode_context(ctx, limit=limit)
+        except HeaderFormatError as e:
+            # named: "context is 9007 bytes" did not say which of the two (review)
+            raise ConfigurationError(f"{name}: {e}") from None
     return kms, obj
 
 

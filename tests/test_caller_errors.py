@@ -345,3 +345,20 @@ def test_the_async_batch_calls_give_up_when_their_caller_is_cancelled() -> None:
         calls = sum(kms.calls.values())
         time.sleep(0.3)
         assert sum(kms.calls.values()) == calls < 40
+
+
+def test_a_bad_context_is_named() -> None:
+    """"context is 9007 bytes; the limit is 8192" did not say which context (review)."""
+    import pytest
+
+    from envelope import sync
+    from envelope.errors import ConfigurationError
+    from envelope.keyring import Keyring
+    from envelope.kms.memory import MemoryKms
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    with pytest.raises(ConfigurationError, match=r"^object_context: context is"):
+        sync.encrypt_bytes(b"x", keyring=kr, object_context={"k": "v" * 9000})
+    with pytest.raises(ConfigurationError, match=r"^kms_context: context keys"):
+        sync.encrypt_bytes(b"x", keyring=kr, kms_context={"k": 1})  # type: ignore[dict-item]
