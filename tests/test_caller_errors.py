@@ -359,6 +359,6 @@ def test_a_bad_context_is_named() -> None:
     kms = MemoryKms()
     kr = Keyring(kms, kms.create_key())
     with pytest.raises(ConfigurationError, match=r"^object_context: context is"):
-        sync.encrypt_bytes(b"x", keyring=kr, object_context={"k": "v" * 9000})
+        sync.encrypt_bytes(b"x", keyring=kr, object_context={"k": "v" * 17_000})
     with pytest.raises(ConfigurationError, match=r"^kms_context: context keys"):
         sync.encrypt_bytes(b"x", keyring=kr, kms_context={"k": 1})  # type: ignore[dict-item]
