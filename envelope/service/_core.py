@@ -79,6 +79,15 @@ IMPORT_TOKEN_TTL = DAY
 MAX_GROUP = 64
 #: How long a call waiting for group commit sleeps before it checks that someone leads.
 _LEAD_CHECK_SECONDS = 0.5
+#: The values of the deprecated KeyMetadata.CustomerMasterKeySpec (botocore's model enum): it
+#: is not answered for a spec it has no value for (ML-DSA, ML-KEM, Edwards keys).
+_CMK_SPECS = frozenset(
+    {
+        "RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521",
+        "ECC_SECG_P256K1", "SYMMETRIC_DEFAULT", "HMAC_224", "HMAC_256", "HMAC_384",
+        "HMAC_512", "SM2",
+    }
+)  # fmt: skip
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the
@@ -1785,10 +1794,11 @@ class ServiceCore:
             "KeyState": state,
             "Origin": m["Origin"],
             "KeyManager": m["KeyManager"],
-            "CustomerMasterKeySpec": m["KeySpec"],
             "KeySpec": m["KeySpec"],
             "MultiRegion": m["MultiRegion"],
         }
+        if m["KeySpec"] in _CMK_SPECS:  # the deprecated member has no later spec (review)
+            out["CustomerMasterKeySpec"] = m["KeySpec"]
         out.update(key.algorithm_members())
         for f in (
             "DeletionDate",
