@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.to_thread
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ._pipeline import run_pipeline
-from .errors import HeaderFormatError, KmsKeyError
+from .errors import EnvelopeError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
     DATA_KEY_LEN,
     FIXED_PREFIX_LEN,
@@ -631,6 +631,28 @@ async def decrypt_bytes(
     return buf
 
 
+@overload
+async def encrypt_many(
+    items: Sequence[bytes | bytearray | memoryview],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = ...,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[False] = ...,
+) -> list[bytearray]: ...
+@overload
+async def encrypt_many(
+    items: Sequence[bytes | bytearray | memoryview],
+    *,
+    keyring: Keyring,
+    kms_context: Mapping[str, str] | None = ...,
+    object_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: bool,
+) -> list[bytearray | EnvelopeError]: ...
 async def encrypt_many(
     items: Sequence[bytes | bytearray | memoryview],
     *,
@@ -640,7 +662,7 @@ async def encrypt_many(
     options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
     return_exceptions: bool = False,
-) -> list[Any]:
+) -> list[bytearray] | list[bytearray | EnvelopeError]:
     """Encrypt many small objects on every core without blocking the event loop: the batch
     is cut into a few chunks per worker, each sealed on a worker thread by the object layer
     (one thread hop per chunk, not per object). Same results as `envelope.sync.encrypt_many`.
@@ -679,6 +701,28 @@ async def _cancellable_batch(batch: Callable[[], list[Any]]) -> list[Any]:
         sync.BATCH_STOP.reset(token)
 
 
+@overload
+async def decrypt_many(
+    items: Sequence[bytes | bytearray | memoryview],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    expected_kms_context: Mapping[str, str] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: Literal[False] = ...,
+) -> list[bytearray]: ...
+@overload
+async def decrypt_many(
+    items: Sequence[bytes | bytearray | memoryview],
+    *,
+    keyring: Keyring,
+    expected_contexts: Sequence[Mapping[str, str] | None] | None = ...,
+    expected_kms_context: Mapping[str, str] | None = ...,
+    options: Options = ...,
+    observer: Observer = ...,
+    return_exceptions: bool,
+) -> list[bytearray | EnvelopeError]: ...
 async def decrypt_many(
     items: Sequence[bytes | bytearray | memoryview],
     *,
@@ -688,7 +732,7 @@ async def decrypt_many(
     options: Options = DEFAULT_OPTIONS,
     observer: Observer = NULL_OBSERVER,
     return_exceptions: bool = False,
-) -> list[Any]:
+) -> list[bytearray] | list[bytearray | EnvelopeError]:
     """Decrypt many small objects on every core without blocking the event loop (see
     `encrypt_many`); a failure raises unless `return_exceptions`."""
     from . import sync
