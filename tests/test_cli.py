@@ -509,3 +509,23 @@ def test_a_region_no_key_can_be_in_is_refused_before_a_store_is_made(tmp_path: P
         svc.for_region("eu-mars-1").create_key()
     r = envelope("keys", "list", "--region", "eu-mars-1", "--json", home=home)
     assert r.returncode == 0 and len(json.loads(r.stdout)["Keys"]) == 1, r.stderr
+
+
+def test_the_region_check_reads_a_store_whose_path_has_uri_characters(tmp_path: Path) -> None:
+    """The check opens the store read-only through an SQLite URI: a "?" or "#" in its path
+    was read as the URI's own, so a stray empty database was made at the cut-off path and
+    the Region was let through (diff review)."""
+    import pytest
+
+    from envelope.service import open_service
+    from envelope.service.errors import StoreError
+
+    home = tmp_path / "we?ird#home"
+    with open_service(home) as svc:
+        svc.for_region("eu-mars-1").create_key()
+    with open_service(home, region="eu-mars-1") as svc:  # a Region it holds keys in
+        assert svc.region == "eu-mars-1"
+    with pytest.raises(StoreError, match="not an AWS Region"):
+        open_service(home, region="eu-venus-1")
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["we?ird#home", "we?ird#home.audit-digests"]

@@ -126,7 +126,10 @@ def _check_region(region: str, store: Path) -> None:
         import sqlite3
 
         try:
-            conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+            from urllib.parse import quote
+
+            # (a path's "?", "#" and "%" would be read as the URI's own)
+            conn = sqlite3.connect(f"file:{quote(str(store))}?mode=ro", uri=True)
             try:
                 held = conn.execute(
                     "SELECT 1 FROM keys WHERE region=? LIMIT 1", (region,)
