@@ -254,9 +254,11 @@ def cmd_lake(args: argparse.Namespace) -> int:
         if not scheduler and not args.workers:  # the variable, as --scheduler (lake.md)
             scheduler = os.environ.get("DASK_SCHEDULER_ADDRESS") or None
         t0 = time.perf_counter()
+        report_checked = False  # (a refused --report path is never written, not even to fail)
         try:
             if args.report:  # an output too: never over the keys (checked before the job)
                 KeptPaths([k for k in (keyring, to) if k is not None]).check(args.report)
+                report_checked = True
             if scheduler or args.workers:
                 from ..lake.distributed import run_distributed
 
@@ -291,7 +293,9 @@ def cmd_lake(args: argparse.Namespace) -> int:
                     )
                 )
         except BaseException as e:
-            if args.report:
+            if report_checked:
+                # (a report over a key file or the root key, refused above, destroyed the
+                # keys it was refused to protect: diff review)
                 _failed_report(op, args, e)
             raise
         finally:
