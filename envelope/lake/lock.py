@@ -457,6 +457,18 @@ class _RemoteStore:
             self.delete()
 
 
+def _access_denied(e: BaseException) -> bool:
+    """Whether `e` (botocore's or pyarrow's) is the store refusing this caller access."""
+    if isinstance(e, PermissionError):
+        return True
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):
+        code = str(response.get("Error", {}).get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in ("AccessDenied", "Forbidden", "403") or status == 403
+    return isinstance(e, OSError) and "ACCESS_DENIED" in str(e).upper().replace(" ", "_")
+
+
 def _locked_remote_ancestor(loc: Location, ttl: float) -> str | None:
     """The nearest prefix above `loc` whose lock a job holds (renewed within `ttl`, or one
     that cannot be read: held, to be safe): nested destinations count on object stores as
@@ -465,11 +477,17 @@ def _locked_remote_ancestor(loc: Location, ttl: float) -> str | None:
     path = loc.path.rstrip("/")
     while "/" in path:
         path = path.rsplit("/", 1)[0]
-        data = _RemoteStore(loc.fs, f"{path}/{LOCK_NAME}").read()
-        if data is None:
-            continue
-        found = Holder.from_bytes(data)
-        if found is None or time.time() - found.renewed <= ttl:
+        try:
+            data = _RemoteStore(loc.fs, f"{path}/{LOCK_NAME}").read()
+        except Exception as e:
+            # A prefix this job may not read above its own is not one it can know about:
+            # credentials scoped to a prefix are common, and such jobs ran before (review)
+            if _access_denied(e):
+                continue
+            raise
+        found = Holder.from_bytes(data) if data is not None else None
+        # (an unreadable lock object is no running job's: S3 puts a lock whole or not at all)
+        if found is not None and time.time() - found.renewed <= ttl:
             return path
     return None
 
@@ -483,7 +501,11 @@ def _acquire_remote(loc: Location, holder: Holder, break_lock: bool, ttl: float)
         if store.create(holder.to_bytes()):
             lock = DestinationLock(where, holder, store, ttl)
             lock.took_over, lock.broke_unreadable = took_over, broke_unreadable
-            outer = _locked_remote_ancestor(loc, ttl)
+            try:
+                outer = _locked_remote_ancestor(loc, ttl)
+            except BaseException:
+                lock.release()  # (never a held lock, and its renewer, left behind)
+                raise
             if outer is not None:
                 lock.release()
                 raise LockHeldError(

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pyarrow.fs as pafs
@@ -599,3 +600,46 @@ def test_s3_nested_destinations_count_as_locally(s3: S3) -> None:
         f.write(holder_json("gone-host", 1, time.time() - 3600))
     inner = acquire(resolve(s3.uri("nest/outer/big")), operation="encrypt", ttl=60)
     inner.release()
+
+
+def test_s3_ancestors_a_job_may_not_read_are_not_its_business(s3: S3) -> None:
+    """Credentials scoped to one prefix (GetObject under it only) cannot read an ancestor's
+    lock: the nested-destination check refused such jobs, and left its own lock held, its
+    renewer running (diff review). Access refused there is skipped; any other failure
+    releases the lock before it is raised. (moto does not enforce IAM: the client's
+    GetObject answers as S3 does for a key outside the credentials' prefix.)"""
+    from botocore.exceptions import ClientError
+
+    from envelope.lake import lock as lockmod
+    from envelope.lake.s3 import client_for
+
+    s3.reset()
+    fs = s3.fs(allow_bucket_creation=True)
+    fs.create_dir("nest")
+    loc = resolve(s3.uri("nest/team/a/enc"))
+    client = client_for(loc.fs)
+    real = client.get_object
+
+    def refusing(code: str, status: int) -> Any:
+        def get_object(*, Bucket: str, Key: str, **kw: Any) -> Any:
+            if not Key.startswith("team/a/"):
+                raise ClientError(
+                    {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                    "GetObject",
+                )
+            return real(Bucket=Bucket, Key=Key, **kw)
+
+        return get_object
+
+    held_before = len(lockmod._HELD)
+    try:
+        client.get_object = refusing("AccessDenied", 403)
+        acquire(loc, operation="encrypt").release()
+        client.get_object = refusing("InternalError", 500)
+        with pytest.raises(ClientError):
+            acquire(loc, operation="encrypt")
+    finally:
+        client.get_object = real
+    assert fs.get_file_info(f"nest/team/a/enc/{LOCK_NAME}").type == pafs.FileType.NotFound
+    assert len(lockmod._HELD) == held_before
+    assert not [t for t in threading.enumerate() if t.name == "envelope-lock" and t.is_alive()]
