@@ -341,6 +341,9 @@ class CryptoOps(ServiceCore):
                 n = _DATA_KEY_SPECS[key_spec]
             else:
                 n = _int_in(number_of_bytes, 1, 1024, "NumberOfBytes")
+            # kms:EncryptionAlgorithm: for the operations that make data keys, the algorithm
+            # that encrypts the data key (the developer guide), as the XKS prefetch sets it
+            call.values["kms:encryptionalgorithm"] = _specs.SYMMETRIC_DEFAULT
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             plaintext = _keystore_crypto.prefetched_plaintext(call, n) or os.urandom(n)
             blob = self._symmetric_encrypt(conn, call, key, plaintext, ctx)
@@ -437,6 +440,7 @@ class CryptoOps(ServiceCore):
             if key_pair_spec not in _specs.KEY_PAIR_SPECS:
                 raise ValidationException("KeyPairSpec must be an RSA_* or ECC_* key spec")
             call.values["kms:datakeypairspec"] = key_pair_spec
+            call.values["kms:encryptionalgorithm"] = _specs.SYMMETRIC_DEFAULT  # (see _data_key)
             key = self._key(conn, call, key_id, CRYPTO, now, managed=True)
             if key.spec != _specs.SYMMETRIC_DEFAULT or key.usage != _specs.ENCRYPT_DECRYPT:
                 raise InvalidKeyUsageException(f"{key.arn} is not a symmetric encryption key")

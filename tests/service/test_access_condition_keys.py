@@ -113,6 +113,22 @@ CASES: list[tuple[str, dict[str, Any], Callable[[KeyService, str], Any], Callabl
         ),
     ),
     (
+        # the algorithm that encrypts the data key (the developer guide); the XKS prefetch
+        # set it and the transaction did not, so the two decided differently (diff review)
+        "kms:EncryptionAlgorithm on GenerateDataKey",
+        {"StringEquals": {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}},
+        lambda s, c: s.generate_data_key(key_id=_key(s), key_spec="AES_256", principal=c),
+        lambda s, c: s.describe_key(key_id=_key(s), principal=c),
+    ),
+    (
+        "kms:EncryptionAlgorithm on GenerateDataKeyPair",
+        {"StringEquals": {"kms:EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}},
+        lambda s, c: s.generate_data_key_pair(
+            key_id=_key(s), key_pair_spec="ECC_NIST_P256", principal=c
+        ),
+        None,
+    ),
+    (
         "kms:SigningAlgorithm",
         {"StringEquals": {"kms:SigningAlgorithm": "ECDSA_SHA_256", "kms:MessageType": "RAW"}},
         lambda s, c: _sign(s, c, "ECDSA_SHA_256"),
