@@ -243,7 +243,9 @@ class DecryptingReader(io.RawIOBase):
     def readline(self, size: int | None = -1) -> bytes:
         """One line (through b"\n"), at most `size` bytes. IOBase's own reads a byte at a
         time: iterating the reader over a CSV cost about 24 us a byte (review). Lines come
-        from a 64 KiB window of authenticated plaintext, kept until the position leaves it."""
+        from a window of authenticated plaintext (up to 64 KiB, never past the segment the
+        position is in: damage further on is reported where it is read, not a line early),
+        kept until the position leaves it."""
         self._check_open()
         limit = -1 if size is None else whole_number(size, "size")
         out = bytearray()
@@ -251,7 +253,9 @@ class DecryptingReader(io.RawIOBase):
             buf, at = self._window
             off = self._pos - at
             if not 0 <= off < len(buf):
-                buf, at, off = self.pread(self._pos, 1 << 16), self._pos, 0
+                s = self._layout.segment_size
+                span = min(1 << 16, s - self._pos % s)  # (within this segment)
+                buf, at, off = self.pread(self._pos, span), self._pos, 0
                 if not buf:
                     break  # (pread verified the final segment: a true end)
                 self._window = (buf, at)

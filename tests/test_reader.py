@@ -163,6 +163,15 @@ def test_lines_come_whole_and_fast_and_the_end_is_checked() -> None:
     cut = ct[: header_len + 10 * (S + 16)]
     with open_decrypted(io.BytesIO(cut), keyring=KR) as r, pytest.raises(TruncatedObjectError):
         list(r)
+    # damage in segment 7 is met there, not a window earlier (diff review)
+    bad = bytearray(ct)
+    bad[header_len + 7 * (S + 16) + 100] ^= 1
+    got = []
+    with open_decrypted(io.BytesIO(bytes(bad)), keyring=KR) as r:
+        with pytest.raises(AuthenticationError):
+            for line in r:
+                got.append(line)
+    assert b"".join(got) == text[: len(b"".join(got))] and len(b"".join(got)) > 7 * S - 100
 
 
 def test_damaged_segment_fails_only_where_read() -> None:
