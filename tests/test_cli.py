@@ -529,3 +529,32 @@ def test_the_region_check_reads_a_store_whose_path_has_uri_characters(tmp_path: 
         open_service(home, region="eu-venus-1")
     made = sorted(p.name for p in tmp_path.iterdir())
     assert made == ["we?ird#home", "we?ird#home.audit-digests"]
+
+
+def test_the_region_check_loads_botocore_only_for_a_region_it_cannot_place(
+    tmp_path: Path,
+) -> None:
+    """botocore's Region list takes a third of a second to load, and every command of the
+    embedded KMS loaded it (diff review): the default Region and one the store holds keys in
+    are taken without it."""
+    probe = (
+        "import sys; from envelope.service import open_service as o; "
+        "o(sys.argv[1], region=sys.argv[2]).close(); print('botocore' in sys.modules)"
+    )
+    home = str(tmp_path / "home")
+
+    def loads_botocore(region: str) -> bool:
+        r = subprocess.run(
+            [sys.executable, "-c", probe, home, region], capture_output=True, text=True,
+            env=ENV, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip() == "True"
+
+    assert not loads_botocore("us-east-1")
+    assert loads_botocore("eu-west-3")  # a new Region for this store: checked against AWS's
+    from envelope.service import open_service
+
+    with open_service(home, region="eu-west-3") as svc:
+        svc.create_key()
+    assert not loads_botocore("eu-west-3")  # now it holds keys there

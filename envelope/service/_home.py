@@ -31,7 +31,7 @@ from .rootkey import (
     strict_from_environment,
 )
 from .service import KeyService
-from .store import Store, Synchronous, store_files
+from .store import Store, Synchronous, read_only_uri, store_files
 
 __all__ = (
     "ROOT_KEY_NAME",
@@ -116,34 +116,39 @@ def _check_region(region: str, store: Path) -> None:
     """Refuse a Region no key can be in, before a store is opened or made: a name of the
     wrong shape, or (with botocore's Region list at hand) a name AWS does not have and this
     store holds no keys in. A typo (us-eest-1) made keys in a Region no one looks in, and
-    ``envelope serve --region bogus`` left a new store behind with a traceback (review)."""
+    ``envelope serve --region bogus`` left a new store behind with a traceback (review).
+
+    The default Region and one the store holds keys in are taken without botocore: its Region
+    list costs a third of a second to load, which every command of the embedded KMS paid."""
     if not REGION_PATTERN.match(region):
         raise StoreError(f"{region!r} is not a Region name (like us-east-1)")
+    if region == DEFAULT_REGION or _holds_keys_in(store, region):
+        return
     aws = aws_kms_regions()
     if aws is None or region in aws:
         return
-    if store.exists():
-        import sqlite3
-
-        try:
-            from urllib.parse import quote
-
-            # (a path's "?", "#" and "%" would be read as the URI's own)
-            conn = sqlite3.connect(f"file:{quote(str(store))}?mode=ro", uri=True)
-            try:
-                held = conn.execute(
-                    "SELECT 1 FROM keys WHERE region=? LIMIT 1", (region,)
-                ).fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            return  # not readable as a store: Store.open says what is wrong with it
-        if held:
-            return  # (a Region an earlier release let keys into)
     raise StoreError(
         f"{region!r} is not an AWS Region, and this store holds no keys in it: check --region "
         "or $ENVELOPE_REGION"
     )
+
+
+def _holds_keys_in(store: Path, region: str) -> bool:
+    """Whether the store at `store` (if any) holds a key in `region` (a store that cannot be
+    read is left to `Store.open` to explain)."""
+    if not store.exists():
+        return False
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(read_only_uri(store), uri=True)
+        try:
+            held = conn.execute("SELECT 1 FROM keys WHERE region=? LIMIT 1", (region,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True  # (not readable as a store here: Store.open says what is wrong with it)
+    return held is not None
 
 
 def open_service(

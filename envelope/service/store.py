@@ -207,7 +207,7 @@ class Store:
         conn = sqlite3.connect(
             # read-only: not even a checkpoint of a WAL left by a killed process (its content
             # may be evidence), nor its removal when the connection closes
-            p.as_uri() + _read_only_query(p) if read_only else p,
+            read_only_uri(p) if read_only else p,
             uri=read_only,
             isolation_level=None,
             check_same_thread=False,
@@ -345,7 +345,7 @@ class Store:
         for a long scan: its reads take neither the write lock nor this store's connection,
         so every other call, of this process or another, goes on meanwhile."""
         conn = sqlite3.connect(
-            self.path.absolute().as_uri() + "?mode=ro",
+            read_only_uri(self.path),
             uri=True,
             isolation_level=None,
             check_same_thread=False,
@@ -508,6 +508,12 @@ def _directory_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def read_only_uri(p: Path) -> str:
+    """The SQLite URI that opens the store at `p` read-only (its path percent-encoded: a "?" or
+    "#" in it is not the URI's own), for every read-only opener."""
+    return p.absolute().as_uri() + _read_only_query(p)
 
 
 def _read_only_query(p: Path) -> str:
