@@ -65,3 +65,23 @@ def test_a_request_body_that_is_not_json(body: bytes) -> None:
     with pytest.raises(WireError, match="not valid JSON") as e:
         wire.parse(wire.operation("TrentService.Encrypt"), body)
     assert chain(e.value) == [e.value] and not holds_secret(e.value)
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"plaintext": "' + SECRET + b'", ', b'{"plaintext": "' + SECRET + b'\xff"}']
+)
+def test_an_xks_request_body_that_is_not_json(body: bytes) -> None:
+    """The XKS proxy's refusal kept the decode error, and the body with it (diff review)."""
+    import anyio
+
+    from envelope.xks.app import XksProxyApp, _Outcome
+    from envelope.xks.errors import XksProxyError
+
+    app = object.__new__(XksProxyApp)  # (the parse is the first thing `_serve` does)
+
+    async def serve() -> None:
+        await XksProxyApp._serve(app, None, _Outcome(), "application/json", body)  # type: ignore[arg-type]
+
+    with pytest.raises(XksProxyError, match="not valid JSON") as e:
+        anyio.run(serve)
+    assert chain(e.value) == [e.value] and not holds_secret(e.value)

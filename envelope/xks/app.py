@@ -418,8 +418,13 @@ class XksProxyApp:
             raise XksProxyError("ValidationException", "Content-Type must be application/json")
         try:
             doc = json.loads(body)
+            parsed = True
         except (ValueError, RecursionError):  # (RecursionError: nested past the parser's stack)
-            raise XksProxyError("ValidationException", "the body is not valid JSON") from None
+            parsed = False
+        if not parsed:
+            # raised outside the except block: the decode error holds the whole body (a
+            # plaintext), and ``from None`` would still keep it as __context__ (diff review)
+            raise XksProxyError("ValidationException", "the body is not valid JSON")
         if not isinstance(doc, dict):
             raise XksProxyError("ValidationException", "the body must be a JSON object")
         try:
