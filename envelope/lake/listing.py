@@ -243,13 +243,32 @@ def _list_s3(client: Any, loc: Location) -> Listing:
 
 
 def _list_arrow(loc: Location) -> Listing:
-    """Any other pyarrow filesystem: its own listing (which may normalise keys)."""
+    """Any other pyarrow filesystem: its own listing (which may normalise keys). A sub-tree of
+    a local disk gets its files' status-change times too, as a local listing does (resume
+    compares it to the nanosecond; without them a `cp -p` update was kept stale there)."""
     out = Listing([])
     base = loc.path.rstrip("/")
+    local_root = _local_root(loc.fs)
     for fi in loc.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
         if fi.type != pafs.FileType.File:
             continue
         rel = fi.path[len(base) :]
         rel = rel[1:] if rel.startswith("/") else rel
-        _admit(out, rel, int(fi.size or 0), fi.mtime_ns)
+        changed = fi.mtime_ns
+        if local_root is not None and changed is not None:
+            try:
+                st = os.stat(os.path.join(local_root, fi.path.lstrip("/")))
+                changed = max(changed, st.st_ctime_ns)
+            except OSError:
+                pass  # (gone since: the object fails when it is read)
+        _admit(out, rel, int(fi.size or 0), changed)
     return out
+
+
+def _local_root(fs: pafs.FileSystem) -> str | None:
+    """The local folder a sub-tree filesystem stands on, or None (not a local disk)."""
+    root = ""
+    while isinstance(fs, pafs.SubTreeFileSystem):
+        root = os.path.join(fs.base_path, root) if root else fs.base_path
+        fs = fs.base_fs
+    return root if root and isinstance(fs, pafs.LocalFileSystem) else None
