@@ -198,15 +198,18 @@ class CryptoOps(ServiceCore):
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
-        ignore = _ignores_ciphertext(dry_run, dry_run_modifiers)
-
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             _grant_tokens(grant_tokens)
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
             call.enc_context = ctx
-            if ignore:  # a permission test: the key named, authorized, in a usable state
+            if _ignores_ciphertext(call, dry_run, dry_run_modifiers):
+                # a permission test: the key named, authorized, usable, able to decrypt with
+                # this algorithm (what the real call checks before the ciphertext)
                 call.values["kms:encryptionalgorithm"] = encryption_algorithm
-                self._key(conn, call, _named(key_id, "KeyId"), CRYPTO, now, action="kms:Decrypt")
+                key = self._key(
+                    conn, call, _named(key_id, "KeyId"), CRYPTO, now, action="kms:Decrypt"
+                )
+                _decrypts_with(key, encryption_algorithm, call.op)
                 return {}
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
             key, pt = self._decrypt_with(conn, call, blob, ctx, key_id, encryption_algorithm, now)
@@ -254,26 +257,31 @@ class CryptoOps(ServiceCore):
         principal: str | None = None,
         context: RequestContext | None = None,
     ) -> Response:
-        ignore = _ignores_ciphertext(dry_run, dry_run_modifiers)
-
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             sctx = _context(source_encryption_context)
             dctx = _context(destination_encryption_context)
             _grant_tokens(grant_tokens)
-            if ignore:  # a permission test: both keys named, authorized, usable
+            if _ignores_ciphertext(call, dry_run, dry_run_modifiers):
+                # a permission test: both keys named, authorized, usable, able to do their
+                # part with these algorithms; kms:ReEncryptOnSameKey as the real call sets it
+                source = _named(source_key_id, "SourceKeyId")
+                named, _, _ = self._resolve_id(conn, source, managed=False, account=call.account)
+                dest, _, _ = self._resolve_id(
+                    conn, destination_key_id, managed=True, account=call.account
+                )
+                call.values["kms:reencryptonsamekey"] = named == dest
                 call.enc_context = sctx
                 call.values["kms:encryptionalgorithm"] = source_encryption_algorithm
-                src = self._key(
-                    conn, call, _named(source_key_id, "SourceKeyId"), CRYPTO, now,
-                    action="kms:ReEncryptFrom",
-                )  # fmt: skip
+                src = self._key(conn, call, source, CRYPTO, now, action="kms:ReEncryptFrom")
+                _decrypts_with(src, source_encryption_algorithm, call.op)
                 call.enc_context = dctx
                 call.values.pop("kms:requestalias", None)
                 call.values["kms:encryptionalgorithm"] = destination_encryption_algorithm
-                self._key(
+                dst = self._key(
                     conn, call, destination_key_id, CRYPTO, now, managed=True,
                     action="kms:ReEncryptTo",
                 )  # fmt: skip
+                _decrypts_with(dst, destination_encryption_algorithm, call.op)
                 call.key_id = src.arn
                 return {}
             blob = _bytes(ciphertext_blob, "CiphertextBlob", 1, _blob.MAX_CIPHERTEXT)
@@ -747,13 +755,17 @@ def _signing_values(call: _Call, algorithm: Any, message_type: Any) -> None:
 _DRY_RUN_MODIFIERS = frozenset({"IGNORE_CIPHERTEXT"})
 
 
-def _ignores_ciphertext(dry_run: object, modifiers: Sequence[str] | None) -> bool:
+def _ignores_ciphertext(call: _Call, dry_run: object, modifiers: Sequence[str] | None) -> bool:
     """Whether a Decrypt or ReEncrypt is a permission test only: DryRun with the
     IGNORE_CIPHERTEXT modifier ("KMS performs only authorization validation without
     ciphertext validation", the API reference). The modifiers "only apply when DryRun is set
-    to true": without it they are checked and otherwise ignored."""
+    to true": without it they are checked and otherwise ignored. Checked in the call (a bad
+    value is audited) and kept in its audit record (a permission test is told apart)."""
     if modifiers is None:
         return False
+    call.params["DryRunModifiers"] = (
+        list(modifiers) if isinstance(modifiers, list | tuple) else str(modifiers)[:40]
+    )
     if not isinstance(modifiers, Sequence) or isinstance(modifiers, str | bytes):
         raise ValidationException("DryRunModifiers must be a list")
     for m in modifiers:
@@ -762,6 +774,21 @@ def _ignores_ciphertext(dry_run: object, modifiers: Sequence[str] | None) -> boo
                 f"DryRunModifiers member {str(m)[:40]!r} is not one of IGNORE_CIPHERTEXT"
             )
     return dry_run is True and "IGNORE_CIPHERTEXT" in modifiers
+
+
+def _decrypts_with(key: _Key, algorithm: str, op: str) -> None:
+    """What Decrypt checks of its key before the ciphertext: ENCRYPT_DECRYPT usage, and an
+    algorithm the key takes (InvalidKeyUsageException, as the real call answers)."""
+    if key.usage != _specs.ENCRYPT_DECRYPT:
+        raise wrong_usage(key, op)
+    if key.spec == _specs.SYMMETRIC_DEFAULT:
+        if algorithm != _specs.SYMMETRIC_DEFAULT:
+            raise InvalidKeyUsageException(f"{key.arn} supports only SYMMETRIC_DEFAULT")
+    elif algorithm not in key.algorithms().encryption:
+        raise InvalidKeyUsageException(
+            f"EncryptionAlgorithm {algorithm} is not supported by this key "
+            f"({', '.join(key.algorithms().encryption) or 'none'})"
+        )
 
 
 def _named(key_ref: str | None, member: str) -> str:

@@ -84,3 +84,40 @@ def test_retire_and_revoke_dry_runs_keep_the_grant(svc: KeyService) -> None:
         with pytest.raises(DryRunOperationException):
             call()
     assert [x["GrantId"] for x in svc.list_grants(key_id=kid)["Grants"]] == [g["GrantId"]]
+
+
+def test_a_permission_test_checks_what_the_real_call_checks_before_the_ciphertext(
+    svc: KeyService,
+) -> None:
+    """DryRun with IGNORE_CIPHERTEXT said "would have succeeded" where the real call fails: a
+    ReEncrypt onto the same key under a Deny on kms:ReEncryptOnSameKey, a Decrypt with a
+    signing key or an algorithm the key does not take; its audit record did not say it was a
+    permission test (diff review)."""
+    from envelope.service.errors import (
+        AccessDeniedException,
+        DryRunOperationException,
+        InvalidKeyUsageException,
+    )
+
+    from .access_helpers import attach, stmt, user
+
+    key = svc.create_key()["KeyMetadata"]["Arn"]
+    other = svc.create_key()["KeyMetadata"]["Arn"]
+    signing = svc.create_key(key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")["KeyMetadata"]
+    caller = user(svc, "tester")
+    attach(
+        svc, caller, stmt(),
+        stmt("Deny", Condition={"Bool": {"kms:ReEncryptOnSameKey": "true"}}),
+    )  # fmt: skip
+    test = {"dry_run": True, "dry_run_modifiers": ["IGNORE_CIPHERTEXT"], "principal": caller}
+    with pytest.raises(AccessDeniedException):
+        svc.re_encrypt(source_key_id=key, destination_key_id=key, **test)
+    with pytest.raises(DryRunOperationException):
+        svc.re_encrypt(source_key_id=key, destination_key_id=other, **test)
+    with pytest.raises(InvalidKeyUsageException):
+        svc.decrypt(key_id=signing["Arn"], **test)
+    with pytest.raises(InvalidKeyUsageException):
+        svc.decrypt(key_id=key, encryption_algorithm="RSAES_OAEP_SHA_256", **test)
+    with pytest.raises(DryRunOperationException):
+        svc.decrypt(key_id=key, **test)
+    assert svc.audit_tail(1)[0]["params"]["DryRunModifiers"] == ["IGNORE_CIPHERTEXT"]
