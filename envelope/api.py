@@ -684,21 +684,41 @@ async def encrypt_many(
 
 
 async def _cancellable_batch(batch: Callable[[], list[Any]]) -> list[Any]:
-    """`batch` on a worker thread, given up at once when the caller is cancelled (a deadline,
-    a client gone): it ignored both and ran to its end, KMS retries and all (review). The
-    thread stops starting items, zeroes what it made and ends; an item under way (its KMS
-    call) finishes first."""
+    """`batch` on a worker thread; when the caller is cancelled (a deadline, a client gone),
+    the batch is told to stop and the caller waits only for the item under way, then gets its
+    cancellation. It ignored cancellation and ran to its end, KMS retries and all (review);
+    and it must not be left running, using the caller's keyring and buffers after the caller
+    has gone on to close them (diff review)."""
     from . import sync
 
     stop = threading.Event()
+    outcome: list[Any] = []
     token = sync.BATCH_STOP.set(stop)
     try:
-        return await anyio.to_thread.run_sync(batch, abandon_on_cancel=True)
-    except BaseException:
-        stop.set()
-        raise
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                with anyio.CancelScope(shield=True):  # (the thread is waited for, always)
+                    try:
+                        outcome.append(await anyio.to_thread.run_sync(batch))
+                    except Exception as e:  # raised below, outside the task group
+                        outcome.append(e)
+                tg.cancel_scope.cancel()  # done: the watcher goes
+
+            async def watch() -> None:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    stop.set()  # cancelled: the batch starts no more items
+
+            tg.start_soon(watch)
+            tg.start_soon(run)
     finally:
         sync.BATCH_STOP.reset(token)
+    result = outcome[0]
+    if isinstance(result, Exception):
+        raise result
+    return result  # type: ignore[no-any-return]
 
 
 @overload
