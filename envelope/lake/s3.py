@@ -164,8 +164,9 @@ class MultipartSink:
     The size of the object is not known in advance (a stream), and S3 takes at most 10,000
     parts: with 8 MiB parts throughout, an output over 78 GiB failed after uploading all
     10,000 (review). Parts may differ in size, so the part size doubles every 1,000 parts
-    (8 MiB, 16 MiB, ... 4 GiB): 8 GB of output in 8 MiB parts, and room for S3's 5 TiB
-    object. Memory: one part buffer besides the engine's own (64 MiB from 120 GB of output)."""
+    (8 MiB, 16 MiB, ... 4 GiB): 8 GiB of output in 8 MiB parts, and room for S3's 5 TiB
+    object. Memory: one part buffer besides the engine's own, and a copy of it while a part
+    is sent (64 MiB parts from 56 GiB of output, 128 MiB from 120 GiB: docs/lake.md)."""
 
     def __init__(
         self,
