@@ -528,6 +528,12 @@ class DataKeyCache:
         self._store.clear()
         self._flights.clear()
         self._by_wrapped.clear()
+        if self._entries_changed is not None:
+            # the child's gauge (copied from the parent) loses what this cache held: it sums
+            # deltas, so the child kept the parent's count for ever (diff review)
+            for kind, n in self._live.items():
+                if n:
+                    self._entries_changed(kind, -n)
         self._live = {"encrypt": 0, "decrypt": 0}
 
     # -- public operations ------------------------------------------------------------------

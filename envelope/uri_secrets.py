@@ -14,8 +14,9 @@ from urllib.parse import unquote
 __all__ = ("redact_uri", "without_secrets")
 
 #: query members of a pyarrow filesystem URI that carry secrets (compared in lower case): any
-#: name that says secret, token, key, password or credential (masking one too many is harmless)
-_SECRET_NAME = r"[a-z0-9_]*(?:secret|token|key|passw(?:or)?d|credential|sas)[a-z0-9_]*"
+#: name that says secret, token, key, password, credential or sig (an Azure SAS's signature,
+#: given as its own members) (masking one too many is harmless)
+_SECRET_NAME = r"[a-z0-9_]*(?:secret|token|key|passw(?:or)?d|credential|sas|sig)[a-z0-9_]*"
 #: scheme://USER:SECRET@ — the secret runs to the last "@" before the query: AWS secret keys
 #: hold "/" and "+", which a URI parser would take for the start of the path
 _USERINFO = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):(?P<secret>[^?#]*)@")

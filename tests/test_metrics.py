@@ -245,3 +245,29 @@ def test_the_series_alerts_watch_exist_before_their_first_event() -> None:
         assert value("envelope_kms_gave_up_total", **call, reason=reason) == 0
     assert value("envelope_kms_retries_total", **call, reason="throttled") == 0
     assert value("envelope_kms_throttles_total", **call) == 0
+
+
+def test_a_forked_child_s_entries_gauge_starts_from_its_empty_cache() -> None:
+    """After os.fork() the child's cache starts empty, but the gauge it inherited (a sum of
+    deltas) kept the parent's count for ever (diff review)."""
+    import os
+
+    registry = CollectorRegistry()
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key(), cache=CachePolicy(), observer=PrometheusObserver(registry))
+    sync.encrypt_bytes(b"x", keyring=kr)
+
+    def entries() -> float | None:
+        return registry.get_sample_value("envelope_cache_entries", {"cache": "encrypt"})
+
+    assert entries() == 1
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the gauge, then leave at once
+        os.write(write, str(entries()).encode())
+        os._exit(0)
+    os.close(write)
+    got = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert got == "0.0" and entries() == 1
