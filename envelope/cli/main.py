@@ -423,6 +423,8 @@ class _LostInterrupt:
         import time
 
         time.sleep(0.005)
+        if sys.unraisablehook is not self:
+            return  # the command is over (its handlers restored): nothing left to interrupt
         signal.pthread_kill(self.main_thread, signal.SIGINT)
 
 
