@@ -163,22 +163,12 @@ def test_a_key_in_an_external_store_without_its_xks_key_id_says_so(
     origin the user never gave (review): the option is named."""
     from envelope.service import open_service
 
-    from ..xks.conftest import KEY_A1, SECRET_A1
+    from .test_xks_store import xks_store
 
     monkeypatch.setenv("ENVELOPE_XKS_CA_FILE", str(proxy.ca.cert_file))
     ok(cli("keys", "create", "--json"))  # the store
     with open_service(tmp_path / "home") as svc:
-        store = svc.create_custom_key_store(
-            custom_key_store_name="ext",
-            custom_key_store_type="EXTERNAL_KEY_STORE",
-            xks_proxy_uri_endpoint=proxy.endpoint,
-            xks_proxy_uri_path="/ks/a/kms/xks/v1",
-            xks_proxy_connectivity="PUBLIC_ENDPOINT",
-            xks_proxy_authentication_credential={
-                "AccessKeyId": KEY_A1,
-                "RawSecretAccessKey": SECRET_A1,
-            },
-        )["CustomKeyStoreId"]
+        store = xks_store(svc, proxy.endpoint)
         svc.connect_custom_key_store(custom_key_store_id=store)
     r = cli("keys", "create", "--custom-key-store", store)
     assert r.code == 2 and "--xks-key-id" in r.err and "AWS_CLOUDHSM" not in r.err, r.err

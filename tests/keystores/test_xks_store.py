@@ -57,19 +57,27 @@ def svc(
     service.close()
 
 
+def _xks_args(
+    endpoint: str, name: str, path: str = "/ks/a/kms/xks/v1", secret: str = SECRET_A1
+) -> dict[str, Any]:
+    return {
+        "custom_key_store_name": name,
+        "custom_key_store_type": "EXTERNAL_KEY_STORE",
+        "xks_proxy_uri_endpoint": endpoint,
+        "xks_proxy_uri_path": path,
+        "xks_proxy_connectivity": "PUBLIC_ENDPOINT",
+        "xks_proxy_authentication_credential": {
+            "AccessKeyId": KEY_A1,
+            "RawSecretAccessKey": secret,
+        },
+    }
+
+
 def xks_store(svc: KeyService, endpoint: str, name: str = "ext", secret: str = SECRET_A1) -> str:
     return str(
-        svc.create_custom_key_store(
-            custom_key_store_name=name,
-            custom_key_store_type="EXTERNAL_KEY_STORE",
-            xks_proxy_uri_endpoint=endpoint,
-            xks_proxy_uri_path="/ks/a/kms/xks/v1",
-            xks_proxy_connectivity="PUBLIC_ENDPOINT",
-            xks_proxy_authentication_credential={
-                "AccessKeyId": KEY_A1,
-                "RawSecretAccessKey": secret,
-            },
-        )["CustomKeyStoreId"]
+        svc.create_custom_key_store(**_xks_args(endpoint, name, secret=secret))[
+            "CustomKeyStoreId"
+        ]
     )
 
 
@@ -467,6 +475,16 @@ def test_proxy_round_trips_of_concurrent_calls_overlap(svc: KeyService, canned: 
     assert errors == [] and not barrier.broken
 
 
+def _answer(handler: _Handler, doc: dict[str, Any]) -> None:
+    """A 200 JSON answer, as a proxy sends it."""
+    data = json.dumps(doc).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class _Barriered(_Handler):
     """Holds each Encrypt until another is in flight too (`canned.barrier`), then answers it
     as a proxy would (a well-formed answer with its integrity value)."""
@@ -488,12 +506,7 @@ class _Barriered(_Handler):
             "initializationVector": base64.b64encode(iv).decode(),
             "ciphertextDataIntegrityValue": base64.b64encode(cdiv(aad, None, iv, ct, tag)).decode(),
         }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _answer(self, answer)
 
 
 def test_a_slow_proxy_does_not_stall_the_servers_other_requests(
@@ -643,12 +656,7 @@ class _Sixteen(_Handler):
             if getattr(self.server, "lie", False):
                 ct = bytes((ct[0] ^ 1,)) + ct[1:]
             answer = {"plaintext": base64.b64encode(ct).decode()}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _answer(self, answer)
 
 
 def test_a_proxy_with_16_byte_ivs(svc: KeyService, canned: Canned) -> None:
@@ -691,19 +699,6 @@ def test_a_blob_no_proxy_answer_could_make_is_refused_without_asking_the_proxy(
         svc.decrypt(ciphertext_blob=bytes(blob))
     assert canned.requests == []
 
-
-def _xks_args(endpoint: str, name: str, path: str = "/ks/a/kms/xks/v1") -> dict[str, Any]:
-    return {
-        "custom_key_store_name": name,
-        "custom_key_store_type": "EXTERNAL_KEY_STORE",
-        "xks_proxy_uri_endpoint": endpoint,
-        "xks_proxy_uri_path": path,
-        "xks_proxy_connectivity": "PUBLIC_ENDPOINT",
-        "xks_proxy_authentication_credential": {
-            "AccessKeyId": KEY_A1,
-            "RawSecretAccessKey": SECRET_A1,
-        },
-    }
 
 
 def test_a_proxy_is_unique_in_an_account_and_region_only(
