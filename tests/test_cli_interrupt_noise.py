@@ -84,18 +84,13 @@ def test_a_signal_during_the_exit_of_a_finished_command_keeps_its_code(sig: str,
     assert out.stdout == "output"
 
 
-SWALLOWED = """
-import signal, sys, time, weakref
-import envelope.cli.main as cli
-{disable}
-
-def command(argv, *, _enable_gc=False):
-    cli._Stopped.signum = signal.SIGHUP  # what the SIGHUP handler records before it interrupts
+#: A job whose finalizer is interrupted (`{interrupt}`), then goes on for 5 s unless stopped.
+JOB_WITH_A_FINALIZER = """
     class C:
         pass
     c = C()
     def finalizer(ref):
-        raise KeyboardInterrupt  # the handler's interrupt, landing inside a finalizer
+        {interrupt}
     ref = weakref.ref(c, finalizer)
     del c
     t = time.monotonic()
@@ -103,10 +98,25 @@ def command(argv, *, _enable_gc=False):
         pass
     print("finished", file=sys.stderr)
     return 0
+"""
 
+SWALLOWED = (
+    """
+import signal, sys, time, weakref
+import envelope.cli.main as cli
+{disable}
+
+def command(argv, *, _enable_gc=False):
+    cli._Stopped.signum = signal.SIGHUP  # what the SIGHUP handler records before it interrupts
+"""
+    + JOB_WITH_A_FINALIZER.replace(
+        "{interrupt}", "raise KeyboardInterrupt  # the handler's interrupt, in a finalizer"
+    )
+    + """
 cli.main = command
 cli.run()
 """
+)
 
 
 @pytest.mark.parametrize("guarded", [True, False])
@@ -153,28 +163,22 @@ def test_ctrl_c_while_the_command_s_modules_import_is_a_quiet_130() -> None:
     assert r.returncode == 130 and r.stderr == b"envelope: interrupted\n", r.stderr
 
 
-SWALLOWED_IN_MAIN = """
+SWALLOWED_IN_MAIN = (
+    """
 import os, signal, sys, time, weakref
 import envelope.cli.main as cli
 
 def handler(args):
-    class C:
-        pass
-    c = C()
-    def finalizer(ref):
-        os.kill(os.getpid(), signal.SIGHUP)  # the signal lands inside the finalizer
-        time.sleep(0.05)
-    ref = weakref.ref(c, finalizer)
-    del c
-    t = time.monotonic()
-    while time.monotonic() - t < 5:  # the job goes on
-        pass
-    print("finished", file=sys.stderr)
-    return 0
-
+"""
+    + JOB_WITH_A_FINALIZER.replace(
+        "{interrupt}",
+        "os.kill(os.getpid(), signal.SIGHUP); time.sleep(0.05)  # the signal, in a finalizer",
+    )
+    + """
 cli._run = lambda fn, args: handler(args)
 sys.exit(cli.main(["keys", "list"]))
 """
+)
 
 
 def test_main_alone_delivers_an_interrupt_a_finalizer_swallowed() -> None:
