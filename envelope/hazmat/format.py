@@ -123,6 +123,8 @@ def encode_context(context: Mapping[str, str], *, limit: int = MAX_KMS_CTX_LEN) 
 
     The same mapping always gives the same bytes, so a context can be hashed, compared and bound.
     """
+    if type(context) is dict and not context:  # most objects: every small one pays for this
+        return _EMPTY_CONTEXT
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
         raise HeaderFormatError("context keys and values must be str")
     try:
