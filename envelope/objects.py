@@ -376,7 +376,9 @@ def parse_object_header(view: memoryview, *, max_wrapped_keys: int = MAX_EDKS) -
     header_len = header_length(view)
     if len(view) < header_len:
         raise HeaderFormatError("object ends inside its header")
-    return parse_header(bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys)
+    return parse_header(
+        bytes(view[:header_len]), max_wrapped_keys=max_wrapped_keys, header_len=header_len
+    )
 
 
 def read_header(
