@@ -888,6 +888,44 @@ class ServiceCore:
             except ThrottlingError as t:
                 raise ThrottlingException(str(t)) from None
 
+    def _resolve_session(self, conn: sqlite3.Connection, call: _Call) -> None:
+        """A role session's caller, bound to its role's full ARN (see `session_role`)."""
+        caller = call.caller
+        if caller is not None and caller.kind == "assumed-role" and caller.role_arn is None:
+            call.caller = self.session_role(conn, caller)
+
+    def session_role(self, conn: sqlite3.Connection, caller: Principal) -> Principal:
+        """`caller`, a role session, with the ARN of its role, path included.
+
+        A session ARN names its role without the path (``assumed-role/Ops/x1`` is a session of
+        ``role/sandbox/Ops``), and role names are unique in an account, as in IAM, so the name
+        finds the role. Without this, a session of ``role/sandbox/Ops`` was evaluated as
+        ``role/Ops``: with another role's policies, grants and key-policy entries when both
+        existed, and refused everything when only the role with a path did (review). A name
+        no role has leaves the path-less ARN (a principal that does not exist: refused). Two
+        roles of one name (possible in stores made before names were unique) are refused:
+        which one the session belongs to cannot be told."""
+        account = caller.account
+        assert account is not None
+        prefix = f"arn:aws:iam::{account}:role/"
+        found = [
+            str(arn)
+            for (arn,) in conn.execute(
+                "SELECT arn FROM principals WHERE account=? AND kind='role' AND arn>=? AND arn<?",
+                (account, prefix, prefix[:-1] + "0"),  # ('0' follows '/')
+            )
+            if str(arn).rsplit("/", 1)[1] == caller.name
+        ]
+        if not found:
+            return caller
+        if len(found) > 1:
+            raise AccessDeniedException(
+                f"the session {caller.arn} names role {caller.name!r}, which {len(found)} roles "
+                f"of account {account} are called ({', '.join(sorted(found))}): delete or rename "
+                "all but one (role names are unique in an account)"
+            )
+        return Principal(caller.arn, account, caller.kind, caller.name, found[0])
+
     def _run_batch(self, batch: list[_Slot]) -> None:
         """Several calls in one transaction, each in a savepoint: a refused call is rolled
         back to its savepoint and its refusal recorded in its place, as `_run_locked` would in
@@ -903,6 +941,7 @@ class ServiceCore:
                 result: Response | None = None
                 try:
                     self._prepare(call)
+                    self._resolve_session(conn, call)
                     result = slot.fn(conn, call, now)
                     self._record(conn, call, now, None)
                     self._audit_head = call.head
@@ -955,6 +994,7 @@ class ServiceCore:
         try:
             self._prepare(call)
             with self.store.write() as conn:
+                self._resolve_session(conn, call)
                 result = fn(conn, call, now)
                 self._record(conn, call, now, None)
             # only now is the material known to be committed (see `_material`)
@@ -1462,6 +1502,7 @@ class ServiceCore:
         call.enc_context = _context(encryption_context) if encryption_context else None
         call.values.update({k.lower(): v for k, v in (values or {}).items()})
         with self.store.read() as conn:
+            self._resolve_session(conn, call)
             if key_id is None:
                 request, decision = self._authorize_account(conn, call, action, explain=True)
             else:
@@ -1492,6 +1533,11 @@ class ServiceCore:
             return False
         if principal.kind in ("root", "service"):
             return True
+        if principal.kind == "assumed-role":
+            try:
+                principal = self.session_role(conn, principal)
+            except AccessDeniedException:
+                return False  # (a name two roles share names neither)
         row = conn.execute(
             "SELECT 1 FROM principals WHERE arn=?", (principal.identity_arn,)
         ).fetchone()

@@ -68,6 +68,18 @@ def _tags(tags: Any) -> dict[str, str]:
     return out
 
 
+
+def _same_name(conn: sqlite3.Connection, account: str, kind: str, name: str) -> str | None:
+    """The ARN of a user (or role) of `account` called `name` in any case, on any path."""
+    prefix = f"arn:aws:iam::{account}:{kind}/"
+    for (arn,) in conn.execute(
+        "SELECT arn FROM principals WHERE account=? AND kind=? AND arn>=? AND arn<?",
+        (account, kind, prefix, prefix[:-1] + "0"),  # ('0' follows '/')
+    ):
+        if str(arn).rsplit("/", 1)[1].lower() == name.lower():
+            return str(arn)
+    return None
+
 class IamOps(ServiceCore):
     """IAM users and roles with inline identity policies."""
 
@@ -162,6 +174,14 @@ class IamOps(ServiceCore):
         def fn(conn: sqlite3.Connection, call: _Call, now: float, arn: str) -> Response:
             if conn.execute("SELECT 1 FROM principals WHERE arn=?", (arn,)).fetchone():
                 raise AlreadyExistsException(f"the {kind} {arn} already exists")
+            same = _same_name(conn, str(call.account or self.account), kind, name)
+            if same is not None:
+                # IAM: names are unique in an account whatever the path, and not case
+                # sensitive; a role session names its role by name alone (review)
+                raise AlreadyExistsException(
+                    f"a {kind} named {name!r} already exists in this account: {same} (names "
+                    "are unique in an account, whatever the path, without regard to case)"
+                )
             if description is not None and (
                 not isinstance(description, str) or len(description) > 1000
             ):

@@ -25,6 +25,7 @@ from ._core import (
 )
 from ._specs import SYMMETRIC_DEFAULT
 from .errors import (
+    AccessDeniedException,
     CustomKeyStoreInvalidStateException,
     CustomKeyStoreNotFoundException,
     InvalidCiphertextException,
@@ -334,6 +335,11 @@ def _external_key(
         return None
     scratch = _Call(call.op, call.principal, call.ctx, {})
     scratch.caller = core._access.principal(call.principal)
+    if scratch.caller.kind == "assumed-role":  # as the transaction will see it
+        try:
+            scratch.caller = core.session_role(conn, scratch.caller)
+        except AccessDeniedException:
+            return None
     scratch.account = scratch.caller.account or core.account
     scratch.enc_context = dict(ctx)
     scratch.values.update(values)

@@ -17,6 +17,7 @@ import pytest
 from envelope.service import KeyService
 from envelope.service.errors import (
     AccessDeniedException,
+    AlreadyExistsException,
     LimitExceededException,
     MalformedPolicyDocumentException,
     NotFoundException,
@@ -246,6 +247,71 @@ def test_assume_role_shape(svc: KeyService, clock: FakeClock) -> None:
     assert resolved.expires == creds["Expiration"] and resolved.session_token_hash
     role_id = svc.get_principal(arn=r)["Role"]["RoleId"]
     assert who["AssumedRoleId"] == f"{role_id}:job-7"
+
+
+def test_names_are_unique_in_an_account_whatever_the_path_and_case(svc: KeyService) -> None:
+    """IAM: a role (or user) name is unique in its account, on any path, in any case."""
+    role(svc, "Ops")
+    for name, path in (("Ops", "/sandbox/"), ("OPS", "/"), ("ops", "/a/b/")):
+        with pytest.raises(AlreadyExistsException, match="already exists"):
+            svc.create_role(role_name=name, path=path, principal=ROOT_A)
+    user(svc, "bob")
+    with pytest.raises(AlreadyExistsException):
+        svc.create_user(user_name="Bob", principal=ROOT_A)
+    role(svc, "bob")  # a role may share a user's name
+    role(svc, "Ops", account=B)  # and another account's role a name
+
+
+def test_a_session_acts_as_its_role_with_a_path(svc: KeyService) -> None:
+    """A session ARN names its role without the path: the service finds the role by name.
+    It was evaluated as the path-less ``role/Ops`` (review): with another role's powers when
+    one existed, refused everything when none did."""
+    kid = svc.create_key(principal=ROOT_A)["KeyMetadata"]["Arn"]
+    weak = role(svc, "Ops", path="/sandbox/")
+    assert weak == f"arn:aws:iam::{A}:role/sandbox/Ops"
+    attach(svc, weak, stmt(Action="kms:DescribeKey"))
+    out = svc.assume_role(role_arn=weak, role_session_name="x1", principal=ROOT_A)
+    sess = out["AssumedRoleUser"]["Arn"]
+    assert sess == f"arn:aws:sts::{A}:assumed-role/Ops/x1"
+    svc.describe_key(key_id=kid, principal=sess)  # its role's policy applies
+    before = dump(svc)
+    with pytest.raises(AccessDeniedException):
+        svc.schedule_key_deletion(key_id=kid, principal=sess)
+    with pytest.raises(AccessDeniedException):
+        svc.disable_key(key_id=kid, principal=sess)
+    assert dump(svc) == before
+    decision = svc.explain_access(action="kms:DescribeKey", key_id=kid, principal=sess)
+    assert decision["Allowed"], decision
+
+
+def test_a_key_policy_names_a_roles_sessions_by_its_path(svc: KeyService) -> None:
+    r = role(svc, "app", path="/teams/data/")
+    policy = doc(
+        stmt(Sid="root", Principal=aws(ROOT_A)),
+        stmt(Sid="app", Principal=aws(r), Action="kms:Encrypt"),
+    )
+    kid = svc.create_key(policy=policy, principal=ROOT_A)["KeyMetadata"]["Arn"]
+    sess = svc.assume_role(role_arn=r, role_session_name="j1", principal=ROOT_A)
+    who = sess["AssumedRoleUser"]["Arn"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"x", principal=who)["CiphertextBlob"]
+    with pytest.raises(AccessDeniedException):
+        svc.decrypt(ciphertext_blob=blob, principal=who)
+
+
+def test_a_name_two_old_roles_share_is_refused(svc: KeyService) -> None:
+    """Stores made before names were unique may hold two roles of one name: their sessions
+    are refused (which role is meant cannot be told), not given either role's powers."""
+    strong = role(svc, "Ops")
+    attach(svc, strong, stmt(Action="kms:*"))
+    kid = svc.create_key(principal=ROOT_A)["KeyMetadata"]["Arn"]
+    old = svc.get_principal(arn=strong)["Role"]
+    with svc.store.write() as conn:  # a second "Ops", written as an old store could hold it
+        body = {**svc._principal_row(conn, strong), "Arn": f"arn:aws:iam::{A}:role/x/Ops"}
+        body["Id"] = "AROA" + "X" * 17
+        svc._write_principal(conn, body)
+    assert old["Arn"] == strong
+    with pytest.raises(AccessDeniedException, match="2 roles"):
+        svc.describe_key(key_id=kid, principal=session(strong))
 
 
 def test_default_trust_delegates_to_the_accounts_iam(svc: KeyService) -> None:

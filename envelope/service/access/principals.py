@@ -47,12 +47,19 @@ class Principal:
     "" for the root, and the service's first DNS label ("envelope") for a service principal.
     The identity and root ARNs are computed once here because the evaluator reads them on every
     statement it checks.
+
+    `role_arn`, for a session only: the ARN of the role it is a session of, path included,
+    as the store holds it. A session ARN names its role without the path
+    (``assumed-role/Ops/x1`` for ``role/sandbox/Ops``), so the service resolves it by name
+    (role names are unique in an account, as IAM's are) and passes it here; without it the
+    identity is the path-less role ARN.
     """
 
     arn: str
     account: str | None
     kind: str
     name: str
+    role_arn: str | None = None
     _identity: str = field(init=False, repr=False, compare=False)
     _root: str | None = field(init=False, repr=False, compare=False)
 
@@ -63,8 +70,22 @@ class Principal:
             raise ValidationException("a service principal has no account; every other has one")
         if self.kind == "assumed-role":
             # A session acts with its role's identity policies and is named by its role ARN in
-            # grants. AWS session ARNs omit the role's path, so the identity ARN has none.
+            # grants and policies, path included (the session ARN has none: see `role_arn`).
             identity = f"arn:aws:iam::{self.account}:role/{self.name}"
+            if self.role_arn is not None:
+                m = IAM_ARN.match(self.role_arn)
+                if (
+                    m is None
+                    or m.group("kind") != "role"
+                    or m.group("account") != self.account
+                    or m.group("name") != self.name
+                ):
+                    raise ValidationException(
+                        f"{self.role_arn!r} is not the role of the session {self.arn!r}"
+                    )
+                identity = self.role_arn
+        elif self.role_arn is not None:
+            raise ValidationException("only a role session has a role ARN")
         else:
             identity = self.arn
         object.__setattr__(self, "_identity", identity)
