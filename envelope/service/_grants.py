@@ -31,7 +31,7 @@ from ._core import (
     _paging,
 )
 from ._states import GRANT, READ
-from .access import GrantView, grant_covers
+from .access import Decision, GrantView, grant_covers
 from .errors import (
     AccessDeniedException,
     InvalidGrantIdException,
@@ -424,7 +424,24 @@ class GrantOps(ServiceCore):
             )
             if retiring is None:
                 raise ValidationException("RetiringPrincipal is required")
-            self._authorize_account(conn, call)
+            # AWS: "The authorized resource in ListRetirableGrants calls is the retiring
+            # principal specified in the request", which "must [be] a principal in your AWS
+            # account" (it was authorized on "*", for any account's principal; review)
+            owner = self._access.principal(retiring).account
+            if owner is None or owner == call.account:
+                self._authorize_account(conn, call, resource=retiring)
+            else:
+                request, _ = self._authorize_account(conn, call, resource=retiring, explain=True)
+                self._decided(
+                    call,
+                    request,
+                    Decision(
+                        False,
+                        None,
+                        f"{retiring} is not a principal of account {call.account} (the "
+                        "retiring principal must be in your own account)",
+                    ),
+                )
             rows = self._grant_rows(
                 conn,
                 "SELECT grant_id, body, mac FROM grants WHERE retiring=? AND region=? "

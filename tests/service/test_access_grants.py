@@ -22,7 +22,19 @@ from envelope.service.errors import (
     ValidationException,
 )
 
-from .access_helpers import ROOT_A, ROOT_B, A, B, assert_denied, aws, doc, root_stmt, stmt, user
+from .access_helpers import (
+    ROOT_A,
+    ROOT_B,
+    A,
+    B,
+    assert_denied,
+    attach,
+    aws,
+    doc,
+    root_stmt,
+    stmt,
+    user,
+)
 from .conftest import FakeClock, new_key
 
 EQ = "EncryptionContextEquals"
@@ -498,6 +510,37 @@ def test_list_retirable_grants_shows_only_the_retiring_principals(
     )
     mine = svc.list_retirable_grants(retiring_principal=retirer, principal=retirer)["Grants"]
     assert {g["GrantId"] for g in mine} == want
+
+
+def test_list_retirable_grants_is_authorized_on_the_retiring_principal(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS: "The authorized resource in ListRetirableGrants calls is the retiring principal
+    specified in the request", which must be in the caller's account. It was authorized on
+    "*" for any account's principal: another account's root read this one's grants (review)."""
+    retirer = user(svc, "retirer")
+    grant(svc, key, grantee, "Encrypt", retiring_principal=retirer)
+    assert_denied(
+        svc, lambda: svc.list_retirable_grants(retiring_principal=retirer, principal=ROOT_B),
+        ROOT_B, B,
+    )
+    lister = user(svc, "lister")
+    attach(svc, lister, stmt(Action="kms:ListRetirableGrants", Resource=retirer))
+    listed = svc.list_retirable_grants(retiring_principal=retirer, principal=lister)
+    assert len(listed["Grants"]) == 1
+    other = user(svc, "other")
+    assert_denied(
+        svc, lambda: svc.list_retirable_grants(retiring_principal=other, principal=lister),
+        lister, A,
+    )
+    attach(
+        svc, lister, stmt(Action="kms:ListRetirableGrants", Resource=retirer, Effect="Deny"),
+        name="deny",
+    )
+    assert_denied(
+        svc, lambda: svc.list_retirable_grants(retiring_principal=retirer, principal=lister),
+        lister, A,
+    )
 
 
 def test_the_keys_account_delegates_retiring_and_an_identity_deny_stops_it(
