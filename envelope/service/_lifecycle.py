@@ -93,6 +93,9 @@ class LifecycleOps(KeyStoreOps):
             if multi_region is True:
                 call.values["kms:multiregionkeytype"] = "PRIMARY"
             self._authorize_account(conn, call)
+            if new_tags:  # AWS: "To add tags when creating a KMS key, the caller must have
+                # kms:TagResource permission in an IAM policy" (it was not asked; review)
+                self._authorize_account(conn, call, "kms:TagResource")
             if key_spec and customer_master_key_spec and key_spec != customer_master_key_spec:
                 raise ValidationException("KeySpec and CustomerMasterKeySpec differ")
             if not isinstance(description, str) or len(description) > 8192:

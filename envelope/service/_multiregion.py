@@ -74,6 +74,14 @@ class MultiRegionOps(ServiceCore):
             )
             if replica_region == self.region or self._load(conn, replica_region, key.id):
                 raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
+            # AWS: "kms:CreateKey in an IAM policy in the replica Region. To use the Tags
+            # parameter, kms:TagResource in an IAM policy in the replica Region."
+            new_tags = self._check_tags(tags, {}, new_key=True)
+            call.values.update(_authz.tag_values("aws:requesttag/", new_tags))
+            call.values["aws:tagkeys"] = list(new_tags)
+            self._authorize_account(conn, call, "kms:CreateKey")
+            if new_tags:
+                self._authorize_account(conn, call, "kms:TagResource")
             replica_arn = self.arn(key.id, replica_region, key.account)
             replica_policy = (
                 None
@@ -92,7 +100,7 @@ class MultiRegionOps(ServiceCore):
                 description="" if description is None else description,  # not shared (AWS)
                 multi_region=True,
                 manager="CUSTOMER",
-                tags=self._check_tags(tags, {}, new_key=True),
+                tags=new_tags,
                 region=replica_region,
                 key_id=key.id,
                 account=key.account,

@@ -339,6 +339,35 @@ def test_request_tag_and_tag_keys_on_create_key_and_tag_resource(svc: KeyService
     assert_denied(svc, lambda: tag("owner"), app, A)
 
 
+def test_tags_on_a_new_key_need_tag_resource_too(svc: KeyService, app: str) -> None:
+    """AWS: "To add tags when creating a KMS key, the caller must have kms:TagResource
+    permission in an IAM policy"; ReplicateKey needs kms:CreateKey, and kms:TagResource for
+    its Tags. Only the operation's own action was asked (review)."""
+    attach(svc, app, stmt(Action="kms:CreateKey"), stmt(Action="kms:TagResource", Effect="Deny"))
+    tags = [{"TagKey": "team", "TagValue": "finance"}]
+    assert_denied(svc, lambda: svc.create_key(tags=tags, principal=app), app, A)
+    svc.create_key(principal=app)  # without tags, CreateKey alone is enough
+    primary = svc.create_key(multi_region=True)["KeyMetadata"]["Arn"]
+    replicator = user(svc, "replicator")
+    attach(svc, replicator, stmt(Action="kms:ReplicateKey"))
+    assert_denied(
+        svc,
+        lambda: svc.replicate_key(key_id=primary, replica_region="eu-west-1", principal=replicator),
+        replicator,
+        A,
+    )
+    attach(svc, replicator, stmt(Action="kms:CreateKey"), name="create")
+    assert_denied(
+        svc,
+        lambda: svc.replicate_key(
+            key_id=primary, replica_region="eu-west-1", tags=tags, principal=replicator
+        ),
+        replicator,
+        A,
+    )
+    svc.replicate_key(key_id=primary, replica_region="eu-west-1", principal=replicator)
+
+
 def test_request_alias_and_resource_aliases(svc: KeyService, app: str) -> None:
     """AWS rule: kms:RequestAlias is the alias the request named (absent for a key id);
     kms:ResourceAliases are the aliases the key has, however it was named."""
