@@ -55,6 +55,7 @@ from ..errors import (
     ConfigurationError,
     EnvelopeError,
     InvalidObjectError,
+    KmsKeyError,
     NoBackendError,
 )
 from ..kms.base import KmsBackend, WrappedKey
@@ -248,11 +249,35 @@ def _resolve_key_id(key_ids: KeyIds | None, master_key_id: str) -> str:
         ) from None
 
 
+def _check_pinned(key_ids: KeyIds | None, master_key_id: str, wrapped: WrappedKey) -> None:
+    """With `key_ids`, a reader holds each master key to the backend key it maps to: a file
+    whose master key id says ``pii-key`` but whose key was wrapped under another key the
+    backend can unwrap was read (a writer holding only its own key forged a victim's file;
+    review). KmsKeyError, before the KMS is asked. An alias is not held: the key it names
+    changes (rotation by re-pointing the alias), and files written before must still read."""
+    if key_ids is None:
+        return
+    expected = _resolve_key_id(key_ids, master_key_id)
+    for scheme in ("local:", "aws-kms:"):  # the key URI forms name the same key
+        expected = expected.removeprefix(scheme).removeprefix("//")
+    if expected.startswith("alias/") or ":alias/" in expected:
+        return
+    got = wrapped.key_id
+    if got == expected or (":key/" in got and got.endswith("/" + expected)):
+        return  # (a bare key id names the key of the ARN the file records)
+    raise KmsKeyError(
+        f"the Parquet key of master key {master_key_id!r} was wrapped under "
+        f"{wrapped_key_name(wrapped)}, not under {expected!r}, the key key_ids maps it to"
+    )
+
+
 class EnvelopeKmsClient(pe.KmsClient):  # type: ignore[misc]
     """A pyarrow PME `KmsClient` over an envelope `KmsBackend`.
 
     `key_ids` maps PME master key identifiers to backend key ids (a mapping or a function;
-    default: the identifier is the backend key id). `kms_context` adds static pairs to every
+    default: the identifier is the backend key id). A reader given `key_ids` unwraps a
+    master key's Parquet keys only if they were wrapped under the key it maps to (unless it
+    maps to an alias: `_check_pinned`). `kms_context` adds static pairs to every
     wrapping context (the same pairs are needed to unwrap). Build it through
     `kms_client_factory` / `ParquetCrypto` rather than directly.
     """
@@ -298,6 +323,7 @@ class EnvelopeKmsClient(pe.KmsClient):  # type: ignore[misc]
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
         wrapped, bits = _decode_wrapped(wrapped_key, master_key_identifier)
+        _check_pinned(self.key_ids, master_key_identifier, wrapped)
         if not self.backend.can_unwrap(wrapped):
             raise NoBackendError(
                 f"the Parquet key of master key {master_key_identifier!r} was wrapped by "

@@ -132,6 +132,30 @@ def test_pme_round_trip_memory(kms: MemoryKms, tmp_path: Path) -> None:
         pq.read_table(path)
 
 
+def test_pme_a_reader_with_key_ids_is_held_to_them(kms: MemoryKms, tmp_path: Path) -> None:
+    """A writer holding only its own key wrote a file whose master key ids are a victim's:
+    a reader mapping those ids to the victim's keys read its rows (review). Refused now, and
+    the victim's own file still reads."""
+    kms.create_key("mallory-key")
+    path = tmp_path / "victim.parquet"
+    forged = pa.table({"id": [666], "ssn": ["forged"]})
+    ParquetCrypto(kms, key_ids=lambda name: "mallory-key").write_table(
+        forged, path, footer_key="footer-key", column_keys={"pii-key": ["ssn"]}
+    )
+    pinned = ParquetCrypto(kms, key_ids={"footer-key": "footer-key", "pii-key": "pii-key"})
+    before = kms.calls.get("Decrypt", 0)
+    with pytest.raises(KmsKeyError, match="mallory-key"):
+        pinned.read_table(path)
+    assert kms.calls.get("Decrypt", 0) == before  # refused before the KMS is asked
+    real = pa.table({"id": [1], "ssn": ["111"]})
+    ParquetCrypto(kms).write_table(
+        real, path, footer_key="footer-key", column_keys={"pii-key": ["ssn"]}
+    )
+    assert pinned.read_table(path).equals(real)
+    by_alias = ParquetCrypto(kms, key_ids=lambda name: f"alias/{name}")
+    assert by_alias.read_table(path).equals(real)  # an alias's key may change: not held
+
+
 def test_pme_damaged_files_raise_this_package_s_errors(kms: MemoryKms, tmp_path: Path) -> None:
     """A changed page or footer, a truncated file and a file too short to be Parquet raised
     pyarrow's OSError and ArrowInvalid, which a caller catching `envelope.errors` missed
