@@ -40,6 +40,8 @@ import contextlib
 import datetime
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -444,6 +446,8 @@ class ParquetCrypto:
         self.backend: KmsBackend = backend
         self.cache_lifetime = cache_lifetime
         self.portal = portal
+        self._read_cache_lock = threading.Lock()
+        self._read_cache_born = time.monotonic()
         try:
             self.factory, self.connection = crypto_factory(
                 backend, key_ids=key_ids, kms_context=kms_context, retry=retry, portal=portal
@@ -543,8 +547,21 @@ class ParquetCrypto:
         )
         return self.factory.file_encryption_properties(self.connection, config)
 
+    def _expire_read_cache(self) -> None:
+        """Empty PME's caches once `cache_lifetime` has passed since they were last emptied.
+        pyarrow (26) keeps a reader's unwrapped keys past the lifetime its configuration
+        names: a key disabled in the KMS kept decrypting in a running reader for ever, where
+        docs/parquet.md says for `cache_lifetime` (review). Checked on every read this object
+        sets up; the writers' caches go too (one more wrap each)."""
+        with self._read_cache_lock:
+            now = time.monotonic()
+            if now - self._read_cache_born >= self.cache_lifetime.total_seconds():
+                self.factory.remove_cache_entries_for_all_tokens()
+                self._read_cache_born = now
+
     def decryption_properties(self) -> Any:
         """`FileDecryptionProperties` for reading (the keys come from each file's metadata)."""
+        self._expire_read_cache()
         config = pe.DecryptionConfiguration(cache_lifetime=self.cache_lifetime)
         return self.factory.file_decryption_properties(self.connection, config)
 
@@ -553,6 +570,7 @@ class ParquetCrypto:
 
         pyarrow reads an unencrypted file with it as readily as an encrypted one, so a file
         swapped for a plain one is read without a word: `dataset` checks every file first."""
+        self._expire_read_cache()
         config = ds.ParquetDecryptionConfig(
             self.factory,
             self.connection,

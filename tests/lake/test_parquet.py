@@ -156,6 +156,25 @@ def test_pme_a_reader_with_key_ids_is_held_to_them(kms: MemoryKms, tmp_path: Pat
     assert by_alias.read_table(path).equals(real)  # an alias's key may change: not held
 
 
+def test_pme_a_readers_keys_expire_after_the_cache_lifetime(
+    kms: MemoryKms, tmp_path: Path
+) -> None:
+    """pyarrow kept a reader's unwrapped keys past `cache_lifetime`: a key removed from the
+    KMS kept decrypting in a running reader (review). Now the next read asks the KMS."""
+    import datetime
+
+    path = tmp_path / "t.parquet"
+    crypto = ParquetCrypto(kms, cache_lifetime=datetime.timedelta(seconds=1))
+    crypto.write_table(TABLE, path, footer_key="footer-key", column_keys=COLUMN_KEYS)
+    crypto.read_table(path)
+    asked = kms.calls["Decrypt"]
+    crypto.read_table(path)
+    assert kms.calls["Decrypt"] == asked  # within the lifetime: cached
+    time.sleep(1.1)
+    crypto.read_table(path)
+    assert kms.calls["Decrypt"] > asked  # past it: asked again
+
+
 def test_pme_damaged_files_raise_this_package_s_errors(kms: MemoryKms, tmp_path: Path) -> None:
     """A changed page or footer, a truncated file and a file too short to be Parquet raised
     pyarrow's OSError and ArrowInvalid, which a caller catching `envelope.errors` missed
