@@ -611,13 +611,31 @@ class ParquetCrypto:
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
         schema: pa.Schema | None = None,
+        partitioning: Sequence[str] | None = None,
     ) -> ds.FileWriteOptions:
         """`file_options` for ``pyarrow.dataset.write_dataset``: pyarrow derives encryption
         properties (fresh data keys) for every file it writes from this configuration.
 
         ``write_dataset`` is not atomic: a column of `column_keys` its data lacks fails it
         after it has created an empty file under the final name. Give the data's `schema`
-        and such a column is a `ConfigurationError` here, before anything is written."""
+        and such a column is a `ConfigurationError` here, before anything is written.
+
+        `partitioning`: the names of the columns the dataset is partitioned by (what
+        ``write_dataset(partitioning=)`` names). Their values become folder names, in the
+        clear, and leave the files: one of them in `column_keys` is a `ConfigurationError`
+        (``write_dataset`` failed on it after making empty files in folders named by the
+        secret values; review)."""
+        parts = [partitioning] if isinstance(partitioning, str) else list(partitioning or ())
+        protected = {c for cols in (column_keys or {}).values() for c in cols}
+        leaked = sorted(protected.intersection(parts))
+        if leaked:
+            raise ConfigurationError(
+                f"the dataset is partitioned by {', '.join(map(repr, leaked))}, which "
+                "column_keys encrypts: partition values are written into folder names in "
+                "the clear. Partition by other columns, or leave this one unencrypted"
+            )
+        if schema is not None and parts:
+            schema = pa.schema([f for f in schema if f.name not in parts])
         settings = self.encryption_configuration(
             footer_key=footer_key,
             column_keys=column_keys,
