@@ -36,6 +36,10 @@ _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
+
+#: The longest timeout a setting may name: past it, a finite number is a mistake.
+_DAY = 86400.0
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything a worker needs to open the store and serve it."""
@@ -67,12 +71,21 @@ class ServerSettings:
             )
         if self.max_request_bytes < 1024:
             raise ConfigurationError("max_request_bytes must be at least 1024")
-        if self.graceful_shutdown_seconds < 0:
-            raise ConfigurationError("graceful_shutdown_seconds must be >= 0")
+        grace = self.graceful_shutdown_seconds
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < _DAY:
+            # (NaN and infinity crashed the start with a traceback; review)
+            raise ConfigurationError(
+                f"graceful_shutdown_seconds must be a number of seconds >= 0 and under a day, "
+                f"not {grace!r}"
+            )
         for name in ("header_timeout_seconds", "body_timeout_seconds"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {value!r}")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not 0 < value < _DAY:
+                # (infinity turned the slow-client guard off without a word; review)
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds > 0 and under a day, not {value!r}"
+                )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("TLS needs both a certificate and a key (tls cert and key)")
         if self.root_key not in ("file", "passphrase") and not self.root_key.startswith(

@@ -40,6 +40,10 @@ def test_defaults_bind_loopback() -> None:
         ("[quotas]\ncryptographic = 5500\nDecrypt = 1\n", "shares the 'cryptographic' quota"),
         ("[server]\nheader_timeout_seconds = 0\n", "header_timeout_seconds must be"),
         ("[server]\nbody_timeout_seconds = -1\n", "body_timeout_seconds must be"),
+        ("[server]\ngraceful_shutdown_seconds = nan\n", "graceful_shutdown_seconds must be"),
+        ("[server]\ngraceful_shutdown_seconds = inf\n", "graceful_shutdown_seconds must be"),
+        ("[server]\nheader_timeout_seconds = inf\n", "header_timeout_seconds must be"),
+        ("[server]\nbody_timeout_seconds = nan\n", "body_timeout_seconds must be"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path: Path, text: str, needle: str) -> None:
