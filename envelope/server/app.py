@@ -283,14 +283,22 @@ class KmsApp:
             await _respond(send, 200, self.metrics.exposition(), CONTENT_TYPE_LATEST.encode(), None)
             return
         if path != "/" or method != "POST":
-            # in the AWS error shape, with a request id, as every other answer of the API
+            # in the AWS error shape, with a request id, as every other answer of the API,
+            # and its log line (it had none: a request id no log held; review)
+            started = time.perf_counter()
+            request_id = str(uuid.uuid4())
             await _respond(
                 send,
                 404,
                 b'{"__type":"UnknownOperationException","message":"Not Found: the KMS API is '
                 b'POST / with an X-Amz-Target header"}',
                 AMZ_JSON,
-                str(uuid.uuid4()),
+                request_id,
+            )
+            _, first = decode_headers(scope.get("headers") or ())
+            self._log_line(
+                request_id, scope, first.get("user-agent", ""), None, "unknown", 404,
+                "UnknownOperationException", time.perf_counter() - started,
             )
             return
         await self._kms(scope, receive, send)
@@ -357,26 +365,44 @@ class KmsApp:
         close = refused_early or body_unread
         await _respond(send, out.status, out.body, AMZ_JSON, request_id, close=close)
         now = time.perf_counter()
-        elapsed = now - started
         self.metrics.observe(out.operation, out.code, now - served_from)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                json.dumps(
-                    {
-                        "time": round(time.time(), 3),
-                        "request_id": request_id,
-                        "pid": self.pid,
-                        "source_ip": source_ip,
-                        "user_agent": user_agent[:200],
-                        "principal": out.principal,
-                        "operation": out.operation,
-                        "status": out.status,
-                        "error": None if out.code == "OK" else out.code,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                    separators=(",", ":"),
-                )
+        self._log_line(
+            request_id, scope, user_agent, out.principal, out.operation, out.status,
+            None if out.code == "OK" else out.code, now - started,
+        )
+
+    def _log_line(
+        self,
+        request_id: str,
+        scope: Scope,
+        user_agent: str,
+        principal: str | None,
+        operation: str,
+        status: int,
+        error: str | None,
+        elapsed: float,
+    ) -> None:
+        """The one JSON line every answered API request gets (docs/server.md)."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        client = scope.get("client")
+        log.info(
+            json.dumps(
+                {
+                    "time": round(time.time(), 3),
+                    "request_id": request_id,
+                    "pid": self.pid,
+                    "source_ip": client[0] if client else "unknown",
+                    "user_agent": user_agent[:200],
+                    "principal": principal,
+                    "operation": operation,
+                    "status": status,
+                    "error": error,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
+                separators=(",", ":"),
             )
+        )
 
     @staticmethod
     def _context(scope: Scope, source_ip: str, user_agent: str, request_id: str) -> RequestContext:

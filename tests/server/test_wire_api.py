@@ -474,6 +474,10 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
         assert status == 404 and json.loads(body)["__type"] == "UnknownOperationException"
         assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-amzn-requestid"])
         assert headers["content-type"] == "application/x-amz-json-1.1"
+        rid = headers["x-amzn-requestid"]  # with its log line (it had none; review)
+        lines = [ln for ln in server.log_lines() if ln.get("request_id") == rid]
+        assert len(lines) == 1 and lines[0]["status"] == 404, lines
+        assert lines[0]["error"] == "UnknownOperationException"
 
 
 def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Server) -> None:
