@@ -191,9 +191,23 @@ def check_tls(options: Mapping[str, Any]) -> None:
             )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if cert is not None:
+        asked: list[bool] = []
+
+        def no_passphrase() -> bytes:
+            # OpenSSL asks only for an encrypted key; it prompted on the terminal (three
+            # times, once per load) and failed with "Invalid argument" without one (review)
+            asked.append(True)
+            return b""
+
         try:
-            context.load_cert_chain(cert, key)
+            context.load_cert_chain(cert, key, password=no_passphrase)
         except (OSError, ssl.SSLError) as e:
+            if asked:
+                raise ConfigurationError(
+                    f"the TLS private key {key or cert} is encrypted with a passphrase, which "
+                    "the server has no setting for: decrypt it (openssl pkey -in KEY -out "
+                    "PLAIN.pem) and keep the plain key readable by the server's user alone"
+                ) from None
             raise ConfigurationError(
                 f"the TLS certificate {cert} and key {key} do not load as a pair: {e}"
             ) from None

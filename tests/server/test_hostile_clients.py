@@ -257,6 +257,20 @@ def test_tls_files_that_do_not_pair_are_a_usage_error(tmp_path: Path) -> None:
     r = subprocess.run(r.args, capture_output=True, text=True, timeout=60)
     assert r.stderr.count("warning: TLS private key") == 1, r.stderr
     assert f"chmod 600 {tmp_path / 'other.key'}" in r.stderr
+    # an encrypted key: said so, without a passphrase prompt ("Enter PEM pass phrase", and
+    # "Invalid argument" without a terminal; review)
+    (tmp_path / "locked.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    (tmp_path / "locked.key").chmod(0o600)
+    args = [*r.args[:-1], str(tmp_path / "locked.key")]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert "is encrypted with a passphrase" in r.stderr and "pass phrase" not in r.stderr
 
 
 def test_a_store_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
