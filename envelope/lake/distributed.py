@@ -366,6 +366,21 @@ def _observe(observer: Observer, operation: str, part: Mapping[str, Any]) -> Non
         observer.object_finished(direction, 0, False)
 
 
+def _check_address(address: str, where: str) -> None:
+    """A scheduler address Dask can parse (ConfigurationError, exit 2): a malformed one was
+    a traceback and exit 1 from deep in the client (review)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as e:
+        raise ConfigurationError(
+            f"{where} {address!r} is not a Dask scheduler address (tcp://HOST:PORT): {e}"
+        ) from None
+
+
 def run_distributed(
     operation: str,
     source: str,
@@ -404,6 +419,7 @@ def run_distributed(
     )
     address = scheduler or (None if workers else os.environ.get("DASK_SCHEDULER_ADDRESS"))
     if address:
+        _check_address(address, "--scheduler" if scheduler else "DASK_SCHEDULER_ADDRESS")
         with Client(address) as client:
             return run(client)
     with (

@@ -208,6 +208,34 @@ def _cluster() -> distributed.LocalCluster:
     )
 
 
+@pytest.mark.parametrize(
+    ("flag", "env"),
+    [(["--scheduler", "notanaddress"], {}), ([], {"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1"})],
+)
+def test_a_malformed_scheduler_address_is_a_usage_error(
+    tmp_path: Path, home: Path, flag: list[str], env: dict[str, str]
+) -> None:
+    """A traceback and exit 1 from deep in Dask's client before (review)."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    make_tree(src, [100])
+    r = subprocess.run(
+        [
+            sys.executable, "-m", "envelope.cli.main", "lake", "encrypt", str(src),
+            str(tmp_path / "enc"), "--key", "alias/lake", *flag,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "ENVELOPE_HOME": str(home), **env},
+    )
+    assert r.returncode == 2, r.stderr
+    assert "is not a Dask scheduler address" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_relative_paths_name_the_drivers_files_not_the_workers(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
