@@ -31,10 +31,31 @@ def parquet_read_errors(path: str) -> Iterator[None]:
     except (OSError, pa.ArrowException) as e:
         text = str(e)
         lowered = text.lower()
-        if "decryption" in lowered or "signature verification" in lowered:
+        if any(m in lowered for m in _TAMPERED):
             raise AuthenticationError(
                 f"{path}: {text}: the file was changed, or its keys are not these"
             ) from None
-        if isinstance(e, ValueError) or "corrupt" in lowered or "invalid column" in lowered:
+        if (
+            isinstance(e, ValueError | KeyError | TypeError)  # (ArrowKeyError, ArrowTypeError:
+            # a key metadata field renamed or retyped)
+            or any(m in lowered for m in _MALFORMED)
+        ):
             raise InvalidObjectError(f"{path} is not a readable Parquet file: {text}") from None
         raise
+
+
+#: What pyarrow says of an encrypted module that fails to open: a page, the footer or a
+#: column's metadata changed (the length of a module's ciphertext too), or not this key's.
+_TAMPERED = ("decryption", "signature verification", "ciphertext length")
+
+#: What pyarrow says of a file it cannot parse. A file whose footer, key metadata or thrift
+#: structures were damaged raised a bare OSError (review); any other OSError (a file that is
+#: gone, a network failure) passes as it is.
+_MALFORMED = (
+    "corrupt",
+    "invalid column",
+    "deserialize thrift",
+    "key metadata",
+    "magic bytes",
+    "parquet file size",
+)
