@@ -267,6 +267,23 @@ class _Call:
         #: An external key store's answer obtained before the transaction (`_keystores`).
         self.prefetched: Any = None
 
+    def begin_attempt(self) -> None:
+        """Forget what an earlier attempt of this call found: a call whose group commit failed
+        as a whole runs again on its own (`_commit_pending`), and it kept the rolled-back
+        attempt's new key material (`_material` then handed out material no store held:
+        data keys no other process could decrypt) and doubled its audit record's matched
+        statements and material ids (review)."""
+        self.decision = None
+        self.matched = []
+        self.reason = None
+        self.identity_stamp = None
+        self.alarm = False
+        self.new_material = {}
+        self.head = None
+        self.purges = []
+        self.keystore_calls = []
+        self.material_ids = []
+
 
 class _Slot:
     """A call waiting for group commit: its outcome once its transaction committed.
@@ -939,6 +956,7 @@ class ServiceCore:
                 conn.execute("SAVEPOINT envelope_call")
                 err: KmsServiceError | None = None
                 result: Response | None = None
+                call.begin_attempt()
                 try:
                     self._prepare(call)
                     self._resolve_session(conn, call)
@@ -991,6 +1009,7 @@ class ServiceCore:
     ) -> Response:
         now = self.now()
         err: KmsServiceError
+        call.begin_attempt()
         try:
             self._prepare(call)
             with self.store.write() as conn:

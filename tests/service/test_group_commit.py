@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import statistics
 import threading
 import time
@@ -274,3 +275,66 @@ def test_a_call_already_handed_the_lead_is_not_handed_it_again(
     assert svc._leading and svc._pending == [f] and not f.wake.locked()
     svc._pending.clear()
     svc.close()
+
+
+class _CommitFailsOnce:
+    """The store's connection, whose next COMMIT fails once (a full disk, an I/O error)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self._real = real
+        self.armed = False
+        self.failed = 0
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if self.armed and sql == "COMMIT":
+            self.armed = False
+            self.failed += 1
+            raise sqlite3.OperationalError("database or disk is full (injected)")
+        return self._real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def test_a_failed_group_commit_is_run_again_from_scratch(home: Path, clock: FakeClock) -> None:
+    """A batch whose commit fails runs again call by call, and each call kept what its
+    rolled-back attempt found: the material of an automatic rotation that was never
+    committed served every later data key of the process (no other process could decrypt
+    them), and its audit record listed its statements and material ids twice (review)."""
+    svc = KeyService(open_store(home), clock=clock, owns_store=True)
+    kid = new_key(svc)
+    svc.enable_key_rotation(key_id=kid, rotation_period_in_days=90)
+    clock.now += 91 * 86400  # the next call rotates: new material, written in its transaction
+    failing = _CommitFailsOnce(svc.store._conn)
+    svc.store._conn = failing  # type: ignore[assignment]
+    results: dict[int, tuple[bytes, bytes]] = {}
+
+    def call(i: int) -> None:
+        out = svc.generate_data_key(key_id=kid, key_spec="AES_256")
+        results[i] = (out["CiphertextBlob"], out["Plaintext"])
+
+    svc.custom_key_store_types()  # (read once, outside the lock held below)
+    with svc.store.lock:  # no commit starts: every call queues for one batch
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(svc._pending) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        failing.armed = True
+    for t in threads:
+        t.join()
+    svc.store._conn = failing._real  # type: ignore[assignment]
+    assert failing.failed == 1 and len(results) == 4
+    svc.close()
+    fresh = KeyService(open_store(home), clock=clock, owns_store=True)  # another process's view
+    try:
+        for blob, plaintext in results.values():
+            assert fresh.decrypt(ciphertext_blob=blob)["Plaintext"] == plaintext
+        records = [r for r in fresh.audit_tail(100) if r["operation"] == "GenerateDataKey"]
+        assert len(records) == 4
+        for r in records:
+            assert r["matched"] == "key-policy:Enable IAM User Permissions", r
+            assert len(r["key_material_ids"]) == 1, r  # type: ignore[arg-type]
+    finally:
+        fresh.close()
