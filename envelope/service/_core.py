@@ -1356,17 +1356,17 @@ class ServiceCore:
         request, decision = self._decide_key(conn, call, key, action, explain=False)
         self._decided(call, request, decision)
 
-    def _decide_key(
-        self, conn: sqlite3.Connection, call: _Call, key: _Key, action: str, *, explain: bool
-    ) -> tuple[Request, Decision]:
-        caller = call.caller
-        assert caller is not None
-        now = self.now()
-        identity = self._access.identity(conn, caller, call.identity_stamp)
-        call.identity_stamp = None  # a later check in this call (after a write) reads it afresh
+    def _key_values(
+        self,
+        conn: sqlite3.Connection,
+        call: _Call,
+        key: _Key,
+        identity: _authz.Identity,
+        now: float,
+    ) -> _authz.ConditionContext:
+        """The condition context of a call on `key`: the caller's values and the key's (its
+        spec, usage, origin, multi-Region type, tags, aliases)."""
         m = key.meta
-        policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
-        key_policy = self._access.policy(policy_text, resource_policy=True)
         base = self._caller_values(call, now, identity)
         base["kms:keyspec"] = m["KeySpec"]
         base["kms:keyusage"] = m["KeyUsage"]
@@ -1384,9 +1384,22 @@ class ServiceCore:
                 )
             ]
 
-        values = _authz.ConditionContext(
+        return _authz.ConditionContext(
             base, call.enc_context, identity.tags, m.get("x_tags"), aliases
         )
+
+    def _decide_key(
+        self, conn: sqlite3.Connection, call: _Call, key: _Key, action: str, *, explain: bool
+    ) -> tuple[Request, Decision]:
+        caller = call.caller
+        assert caller is not None
+        now = self.now()
+        identity = self._access.identity(conn, caller, call.identity_stamp)
+        call.identity_stamp = None  # a later check in this call (after a write) reads it afresh
+        m = key.meta
+        policy_text = m.get("x_policy") or _authz.default_key_policy(key.account)
+        key_policy = self._access.policy(policy_text, resource_policy=True)
+        values = self._key_values(conn, call, key, identity, now)
         request = Request(
             action=action,
             caller=caller,
@@ -1570,9 +1583,17 @@ class ServiceCore:
         key_arn: str,
         account: str,
         bypass: Any,
+        key: _Key | None = None,
+        new_tags: Mapping[str, str] | None = None,
     ) -> str:
         """A key policy to store: valid (`MalformedPolicyDocumentException` otherwise) and, unless
-        `bypass`, one that still lets the caller call PutKeyPolicy (AWS's lockout safety check)."""
+        `bypass`, one that still lets the caller call PutKeyPolicy (AWS's lockout safety check).
+
+        The check asks what a later PutKeyPolicy on the key would be asked, with the key's own
+        condition keys: `key` (PutKeyPolicy; ReplicateKey passes its primary, whose spec,
+        usage and origin the replica has), or for a key being made, the ones its request
+        set, and `new_tags` as its resource tags. Without them a policy allowing the caller
+        on ``kms:KeySpec`` or ``aws:ResourceTag`` was refused as a lockout (review)."""
         if not isinstance(bypass, bool):
             raise ValidationException("BypassPolicyLockoutSafetyCheck must be a boolean")
         if not isinstance(text, str) or not text:
@@ -1588,9 +1609,15 @@ class ServiceCore:
         caller = call.caller
         assert caller is not None
         identity = self._access.identity(conn, caller)
-        values = _authz.ConditionContext(
-            self._caller_values(call, self.now(), identity), call.enc_context, identity.tags
-        )
+        if key is not None:
+            values = self._key_values(conn, call, key, identity, self.now())
+        else:
+            values = _authz.ConditionContext(
+                self._caller_values(call, self.now(), identity),
+                call.enc_context,
+                identity.tags,
+                new_tags,
+            )
         request = Request(
             action="kms:PutKeyPolicy",
             caller=caller,

@@ -139,6 +139,7 @@ class LifecycleOps(KeyStoreOps):
                     self.arn(key_id, account=account),
                     account,
                     bypass_policy_lockout_safety_check,
+                    new_tags=new_tags,
                 )
             )
             extra = (

@@ -79,6 +79,12 @@ class MultiRegionOps(ServiceCore):
             new_tags = self._check_tags(tags, {}, new_key=True)
             call.values.update(_authz.tag_values("aws:requesttag/", new_tags))
             call.values["aws:tagkeys"] = list(new_tags)
+            # the replica's own condition keys, as its CreateKey and a later call on it see them
+            call.values["kms:keyspec"] = key.meta["KeySpec"]
+            call.values["kms:keyusage"] = key.meta["KeyUsage"]
+            call.values["kms:keyorigin"] = key.meta["Origin"]
+            call.values["kms:multiregion"] = True
+            call.values["kms:multiregionkeytype"] = "REPLICA"
             self._authorize_account(conn, call, "kms:CreateKey")
             if new_tags:
                 self._authorize_account(conn, call, "kms:TagResource")
@@ -87,7 +93,13 @@ class MultiRegionOps(ServiceCore):
                 None
                 if policy is None
                 else self._checked_policy(
-                    conn, call, policy, replica_arn, key.account, bypass_policy_lockout_safety_check
+                    conn,
+                    call,
+                    policy,
+                    replica_arn,
+                    key.account,
+                    bypass_policy_lockout_safety_check,
+                    new_tags=new_tags,
                 )
             )
             replica = self._new_key(

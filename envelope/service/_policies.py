@@ -75,7 +75,7 @@ class KeyPolicyOps(ServiceCore):
             # an AWS managed key's policy allows no PutKeyPolicy, so `_key` refused it already
             self._customer_managed(key, "PutKeyPolicy")
             key.meta["x_policy"] = self._checked_policy(
-                conn, call, policy, key.arn, key.account, bypass_policy_lockout_safety_check
+                conn, call, policy, key.arn, key.account, bypass_policy_lockout_safety_check, key
             )
             self._save(conn, key)
             return {}

@@ -156,6 +156,39 @@ def test_lockout_check_refuses_then_bypass_accepts_and_key_obeys(svc: KeyService
     svc.encrypt(key_id=kid, plaintext=b"p", principal=ROOT_A)
 
 
+def test_lockout_check_sees_the_keys_own_condition_keys(svc: KeyService) -> None:
+    """The check asks what a later PutKeyPolicy would be asked, with the key's spec, tags and
+    aliases: a policy allowing the root on kms:KeySpec or aws:ResourceTag was refused as a
+    lockout, though once in force it lets the root put it again (review)."""
+    on_spec = doc(
+        stmt(
+            Sid="root",
+            Principal=aws(ROOT_A),
+            Condition={"StringEquals": {"kms:KeySpec": "SYMMETRIC_DEFAULT"}},
+        )
+    )
+    on_tag = doc(
+        stmt(
+            Sid="root",
+            Principal=aws(ROOT_A),
+            Condition={"StringEquals": {"aws:ResourceTag/env": "prod"}},
+        )
+    )
+    kid = new_key(svc)
+    svc.tag_resource(key_id=kid, tags=[{"TagKey": "env", "TagValue": "prod"}])
+    svc.put_key_policy(key_id=kid, policy=on_spec)
+    svc.put_key_policy(key_id=kid, policy=on_spec)  # and again, in force
+    svc.put_key_policy(key_id=kid, policy=on_tag)
+    svc.create_key(policy=on_spec)
+    svc.create_key(policy=on_tag, tags=[{"TagKey": "env", "TagValue": "prod"}])
+    with pytest.raises(MalformedPolicyDocumentException):  # still refused where it locks out
+        svc.create_key(policy=on_tag, tags=[{"TagKey": "env", "TagValue": "dev"}])
+    with pytest.raises(MalformedPolicyDocumentException):
+        svc.create_key(
+            policy=on_spec, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT"
+        )
+
+
 def test_lockout_check_counts_the_callers_iam_policy(svc: KeyService) -> None:
     """AWS rule: the lockout check asks whether the CALLER could still call PutKeyPolicy; a user
     who may only through IAM (the key policy delegating to the root) keeps that as long as the
