@@ -31,7 +31,7 @@ from ._core import (
     _paging,
 )
 from ._states import GRANT, READ
-from .access import Decision, GrantView, grant_covers
+from .access import Decision, grant_covers
 from .errors import (
     AccessDeniedException,
     InvalidGrantIdException,
@@ -343,18 +343,33 @@ class GrantOps(ServiceCore):
         ops: Sequence[str],
         cons: Mapping[str, Any] | None,
     ) -> None:
-        """A grantee allowed CreateGrant only by a grant may not give more than it holds."""
+        """A grantee allowed CreateGrant only by a grant may not give more than it holds: one
+        of its grants on the key that hold CreateGrant must cover the new grant's operations
+        and constraints (any of them, not only the one the evaluator met first: a grantee
+        holding Encrypt under one grant and Decrypt under another was refused a Decrypt
+        grant its second grant covered; review)."""
         matched = call.matched[-1] if call.matched else ""
         if not matched.startswith("grant:"):
             return
         parent_id = matched[len("grant:") :]
-        rows = self._grant_rows(
-            conn, "SELECT grant_id, body, mac FROM grants WHERE grant_id=?", (parent_id,)
-        )
-        parent: GrantView | None = _authz.grant_view(rows[0]) if rows else None
+        caller = call.caller
+        assert caller is not None
+        who = {caller.arn, caller.identity_arn}
+        held = [
+            view
+            for view in map(
+                _authz.grant_view,
+                self._grant_rows(
+                    conn,
+                    "SELECT grant_id, body, mac FROM grants WHERE region=? AND key_id=?",
+                    (key.region, key.id),
+                ),
+            )
+            if view.grantee in who and "CreateGrant" in view.operations
+        ]
         equals = (cons or {}).get("EncryptionContextEquals")
         subset = (cons or {}).get("EncryptionContextSubset")
-        if parent is None or not grant_covers(parent, ops, equals, subset):
+        if not any(grant_covers(g, ops, equals, subset) for g in held):
             call.decision = "denied"
             call.reason = f"grant {parent_id} does not hold everything the new grant gives"
             raise AccessDeniedException(

@@ -512,6 +512,30 @@ def test_list_retirable_grants_shows_only_the_retiring_principals(
     assert {g["GrantId"] for g in mine} == want
 
 
+def test_create_grant_through_grants_is_covered_by_any_of_them(svc: KeyService, key: str) -> None:
+    """A grantee holding CreateGrant under two grants may give what either one covers: only
+    the first grant the evaluator met was tried (review)."""
+    g, other = user(svc, "g"), user(svc, "other")
+    grant(
+        svc, key, g, "Encrypt", "CreateGrant",
+        constraints={"EncryptionContextSubset": {"a": "1"}},
+    )
+    grant(svc, key, g, "Decrypt", "CreateGrant")
+    svc.create_grant(key_id=key, grantee_principal=other, operations=["Decrypt"], principal=g)
+    sub = {"EncryptionContextSubset": {"a": "1"}}
+    svc.create_grant(
+        key_id=key, grantee_principal=other, operations=["Encrypt"], constraints=sub, principal=g
+    )
+    assert_denied(  # neither covers both operations
+        svc,
+        lambda: svc.create_grant(
+            key_id=key, grantee_principal=other, operations=["Encrypt", "Decrypt"], principal=g
+        ),
+        g,
+        A,
+    )
+
+
 def test_list_retirable_grants_is_authorized_on_the_retiring_principal(
     svc: KeyService, key: str, grantee: str
 ) -> None:
