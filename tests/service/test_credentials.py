@@ -9,6 +9,7 @@ principal trusts it; naming an account delegates to that account's IAM) with Dur
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -260,6 +261,26 @@ def test_names_are_unique_in_an_account_whatever_the_path_and_case(svc: KeyServi
         svc.create_user(user_name="Bob", principal=ROOT_A)
     role(svc, "bob")  # a role may share a user's name
     role(svc, "Ops", account=B)  # and another account's role a name
+
+
+def test_inline_policies_are_held_to_iams_aggregate_quotas(svc: KeyService) -> None:
+    """IAM: a user's inline policies total at most 2,048 characters, a role's 10,240, white
+    space not counted (32 KiB each were taken; review)."""
+    alice = user(svc, "alice")
+
+    def sized(n: int) -> str:  # a valid policy of about n characters, spaced out
+        sid = "S" * max(1, n - 100)
+        return json.dumps({"Version": "2012-10-17", "Statement": [stmt(Sid=sid)]}, indent=8)
+
+    svc.put_principal_policy(arn=alice, policy_name="a", policy_document=sized(1200))
+    with pytest.raises(LimitExceededException, match="2048"):
+        svc.put_principal_policy(arn=alice, policy_name="b", policy_document=sized(1200))
+    svc.put_principal_policy(arn=alice, policy_name="a", policy_document=sized(1900))  # replaced
+    r = role(svc, "worker")
+    for name in "abcd":
+        svc.put_principal_policy(arn=r, policy_name=name, policy_document=sized(2000))
+    with pytest.raises(LimitExceededException, match="10240"):
+        svc.put_principal_policy(arn=r, policy_name="e", policy_document=sized(2500))
 
 
 def test_a_session_acts_as_its_role_with_a_path(svc: KeyService) -> None:
