@@ -437,3 +437,26 @@ def test_an_interrupted_driver_whose_chunks_no_worker_took_leaves_at_once(tmp_pa
         timeout=120,
     )
     assert out.stdout.strip() == "interrupted; lock left: False", out.stderr[-2000:]
+
+
+def test_credentials_in_a_uri_are_warned_of_before_they_go_to_the_cluster() -> None:
+    """An ``s3://KEY:SECRET@`` URI goes in every task to the scheduler and workers, which
+    Dask sends unencrypted unless its comms use TLS: said, without the secret (review)."""
+    from types import SimpleNamespace
+
+    from envelope.lake.distributed import _warn_of_credentials
+
+    def client(address: str) -> object:
+        return SimpleNamespace(scheduler=SimpleNamespace(address=address))
+
+    uri = "s3://AKID:SuperSecret@lake/raw/?region=us-east-1"
+    with pytest.warns(UserWarning, match="holds credentials") as caught:
+        _warn_of_credentials(client("tcp://10.0.0.5:8786"), uri, "s3://lake/enc/")
+    assert len(caught) == 1 and "SuperSecret" not in str(caught[0].message)
+    assert "s3://AKID:***@lake/raw/" in str(caught[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_of_credentials(client("tls://10.0.0.5:8786"), uri, None)  # encrypted comms
+        _warn_of_credentials(client("tcp://10.0.0.5:8786"), "s3://lake/raw/", "/tmp/out")
