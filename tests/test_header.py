@@ -146,6 +146,21 @@ def test_encoder_agrees_with_the_independent_encoder() -> None:
     assert h.header_mac == MAC and h.raw == got and h.header_len == len(got)
 
 
+def test_a_remembered_wrapped_key_encoding_is_never_another_keys() -> None:
+    """The encoder remembers the last single wrapped key's encoding (objects under one cached
+    data key share it): alternating keys, equal but distinct keys, and a bytearray ciphertext
+    changed in place each still encode as the independent encoder does."""
+    a, b = W, WrappedKey("file", "x", b"z")
+    for w in (a, b, a, a, WrappedKey("memory", "k", b"\x01" * 61), b):
+        want = raw_edk(w.provider_id.encode(), w.key_id.encode(), w.ciphertext)
+        assert sealed(wrapped_keys=[w]) == raw_header(edks=[want])
+    mutable = bytearray(b"\x05" * 9)
+    m = WrappedKey("memory", "k", mutable)  # type: ignore[arg-type]
+    sealed(wrapped_keys=[m])
+    mutable[0] = 6
+    assert sealed(wrapped_keys=[m]) == raw_header(edks=[raw_edk(b"memory", b"k", bytes(mutable))])
+
+
 # -- round trips ----------------------------------------------------------------------------
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)

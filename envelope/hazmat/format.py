@@ -234,7 +234,26 @@ def _fixed_and_contexts(
     )
 
 
+#: The last single wrapped key encoded, and its encoding: objects sealed under one cached data
+#: key carry the very same `WrappedKey`, so its list is encoded once, not per object. (A
+#: tuple swapped whole: threads read a consistent pair.)
+_LAST_EDKS: tuple[WrappedKey | None, bytes] = (None, b"")
+
+
 def _encode_edks(wrapped_keys: Sequence[WrappedKey]) -> bytes:
+    global _LAST_EDKS
+    if len(wrapped_keys) == 1:
+        last = _LAST_EDKS
+        if wrapped_keys[0] is last[0]:
+            return last[1]
+        out = _encode_edk_list(wrapped_keys)
+        if type(wrapped_keys[0].ciphertext) is bytes:  # (immutable: a bytearray could change)
+            _LAST_EDKS = (wrapped_keys[0], out)
+        return out
+    return _encode_edk_list(wrapped_keys)
+
+
+def _encode_edk_list(wrapped_keys: Sequence[WrappedKey]) -> bytes:
     if not 1 <= len(wrapped_keys) <= MAX_EDKS:
         raise HeaderFormatError(f"an object carries 1..{MAX_EDKS} wrapped keys")
     parts = [bytes([len(wrapped_keys)])]
