@@ -281,8 +281,9 @@ class _Call:
         self.new_material = {}
         self.head = None
         self.purges = []
-        self.keystore_calls = []
         self.material_ids = []
+        # (not `keystore_calls`: the HSM and proxy calls it lists were made, an XKS proxy's
+        # before the first attempt even began, and the audit record names every one)
 
 
 class _Slot:
