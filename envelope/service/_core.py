@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from .._names import REGION as _REGION_RE
 from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
-from . import _authz, _materials, _rows, _specs, _states, audit, digests
+from . import _authz, _keystore_links, _materials, _rows, _specs, _states, audit, digests
 from ._states import (
     DISABLED,
     ENABLED,
@@ -1744,7 +1744,13 @@ class ServiceCore:
         if "x_hsm_label" in key.meta:
             conn.execute(
                 "INSERT OR IGNORE INTO token_deletions(store_id, label, due) VALUES (?,?,?)",
-                (str(key.meta["CustomKeyStoreId"]), str(key.meta["x_hsm_label"]), self.now()),
+                (
+                    str(key.meta["CustomKeyStoreId"]),
+                    _keystore_links.deletion_entry(
+                        str(key.meta["x_hsm_label"]), _keystore_links.hsm_key_id(key.meta)
+                    ),
+                    self.now(),
+                ),
             )
             # the token object goes once this deletion is committed (`_after_commit`)
             self._token_deletions_due = True

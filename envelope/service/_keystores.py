@@ -1014,10 +1014,11 @@ class KeyStoreOps(ServiceCore):
             return
         from envelope.pkcs11 import KeyNotInToken
 
-        for label in labels:
+        for entry in labels:
+            label, key_id = _keystore_links.parse_deletion_entry(entry)
             started = time.perf_counter()
             try:
-                token.destroy_key(label)
+                token.destroy_key(label, key_id)
                 outcome = "ok"
             except KeyNotInToken:
                 outcome = "ok"  # already gone
@@ -1028,7 +1029,7 @@ class KeyStoreOps(ServiceCore):
                 call.keystore_calls[-1]["Label"] = label
             if outcome == "ok":
                 conn.execute(
-                    "DELETE FROM token_deletions WHERE store_id=? AND label=?", (row.id, label)
+                    "DELETE FROM token_deletions WHERE store_id=? AND label=?", (row.id, entry)
                 )
 
     def _settle_token_deletions(self) -> None:

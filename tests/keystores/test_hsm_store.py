@@ -189,6 +189,38 @@ def test_a_deleted_key_leaves_the_token_once_its_window_ends(
     assert svc.verify_audit_log().ok
 
 
+def test_a_deleted_key_leaves_the_token_despite_an_object_added_under_its_label(
+    svc: KeyService, hsm: HsmToken, clock: FakeClock
+) -> None:
+    """The pending deletion named the label alone: one object added under it by anyone with
+    the PIN made every DestroyKey fail, and the deleted key's material stayed (review). The
+    key made for the KMS goes, by its CKA_ID; the stranger is left alone."""
+    _, store = make_store(svc, hsm, "hsm-decoy")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    label = f"kms-{kid}"
+    token = hsm.token()
+
+    def add_decoy(session: Any) -> None:
+        from pkcs11 import KeyType
+
+        session.p11.generate_key(KeyType.AES, 256, label=label, id=b"decoy", store=True)
+
+    token._run(add_decoy)
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    clock.advance(days=8)
+    svc.run_due_tasks()
+
+    def ids(session: Any) -> list[bytes]:
+        from pkcs11 import Attribute
+
+        return sorted(bytes(o[Attribute.ID]) for o in token._objects(session, label))
+
+    assert token._run(ids) == [b"decoy"]
+    (record,) = [r for r in svc.audit_tail(5) if r["operation"] == "DestroyHsmKeys"]
+    assert [c["Outcome"] for c in record["keystore_calls"]] == ["ok"]
+
+
 def test_wrong_pin_fails_the_connection_and_an_update_mends_it(
     svc: KeyService, hsm: HsmToken
 ) -> None:
