@@ -116,8 +116,10 @@ def _update(args: argparse.Namespace, svc: KeyService) -> None:
     svc.update_custom_key_store(
         custom_key_store_id=args.store,
         new_custom_key_store_name=args.name,
+        # a --password-file given must hold a PIN (an empty one was dropped: "updated", and
+        # the old PIN kept; review)
         key_store_password=_secret(
-            args.password_file, PASSWORD_ENV, "the token user's PIN", required=False
+            args.password_file, PASSWORD_ENV, "the token user's PIN", required=True
         )
         if args.password_file is not None
         else None,

@@ -118,6 +118,10 @@ def test_an_hsm_store_from_the_command_line(
     assert r.code == 3 and "FAILED to connect" in r.err and "connected" not in r.err, r.err
     assert r.json()["ConnectionState"] == "FAILED"
     ok(cli("keystores", "disconnect", store))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    r = cli("keystores", "update", store, "--password-file", str(empty))
+    assert r.code == 2 and "updated" not in r.err, r.err  # (it said "updated"; review)
     ok(cli("keystores", "update", store, "--password-file", str(pin)))
     r = cli("keystores", "delete", store)
     assert r.code != 0 and "CustomKeyStoreHasCMKsException" in r.err
