@@ -77,6 +77,12 @@ def key_id_from_uri(uri_or_key: str) -> str:
     return key
 
 
+def _key_part(key: str) -> str:
+    """The key id of a key ARN (``arn:...:key/ID`` -> ``ID``), else the text: a multi-Region
+    key has one id in every Region."""
+    return key.rsplit(":key/", 1)[-1]
+
+
 def _translate(e: KmsServiceError) -> Exception:
     """Service errors as the engine's: throttling and transient faults are retryable kinds."""
     if isinstance(e, TamperedStoreError):
@@ -223,6 +229,15 @@ class LocalKms:
         if len(key) != 32:
             key[:] = bytes(len(key))
             raise KmsKeyError("the wrapped key is not a 32-byte data key")
+        if _key_part(str(resp["KeyId"])) != _key_part(wrapped.key_id):
+            # the blob names the key that opens it; the wrapped key's own label is what the
+            # writer recorded: a writer holding only its own key labelled its blob with
+            # another key's ARN, and a reader pinned to that key read it (review)
+            key[:] = bytes(len(key))
+            raise KmsKeyError(
+                f"the wrapped key says it is under {wrapped.key_id}, but {resp['KeyId']} "
+                "opened it"
+            )
         return key
 
     def can_unwrap(self, wrapped: WrappedKey) -> bool:

@@ -156,6 +156,47 @@ def test_pme_a_reader_with_key_ids_is_held_to_them(kms: MemoryKms, tmp_path: Pat
     assert by_alias.read_table(path).equals(real)  # an alias's key may change: not held
 
 
+def test_pme_a_pinned_reader_of_the_embedded_kms_checks_the_key_that_opens(
+    tmp_path: Path,
+) -> None:
+    """The pin compared the key id a file's JSON records, which its writer chose: with the
+    embedded KMS (which opens a blob by the key the blob names) a writer holding only its own
+    key labelled its wrapped keys with the victim's ARN and a pinned reader read its rows
+    (review). The embedded KMS backend now refuses a wrapped key not opened by the key it
+    names."""
+    import dataclasses
+
+    from envelope.kms.local import LocalKms
+
+    backend = open_local(tmp_path / "home")
+    try:
+        victim = backend.service.create_key()["KeyMetadata"]["Arn"]
+        mallory = backend.service.create_key()["KeyMetadata"]["Arn"]
+
+        class Liar(LocalKms):  # the forger's own writer: wraps under its key, labels the victim's
+            async def encrypt_data_key(
+                self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
+            ) -> WrappedKey:
+                w = await super().encrypt_data_key(key_id, plaintext, context=context)
+                return dataclasses.replace(w, key_id=victim)
+
+        path = tmp_path / "victim.parquet"
+        ParquetCrypto(Liar(backend.service, owns=False), key_ids=lambda n: mallory).write_table(
+            pa.table({"id": [666], "ssn": ["forged"]}), path,
+            footer_key="footer-key", column_keys={"pii-key": ["ssn"]},
+        )
+        pinned = ParquetCrypto(backend, key_ids={"footer-key": victim, "pii-key": victim})
+        with pytest.raises(KmsKeyError, match="opened it"):
+            pinned.read_table(path)
+        honest = pa.table({"id": [1], "ssn": ["111"]})
+        ParquetCrypto(backend, key_ids=lambda n: victim).write_table(
+            honest, path, footer_key="footer-key", column_keys={"pii-key": ["ssn"]}
+        )
+        assert pinned.read_table(path).equals(honest)
+    finally:
+        backend.close_blocking()
+
+
 def test_pme_a_readers_keys_expire_after_the_cache_lifetime(
     kms: MemoryKms, tmp_path: Path
 ) -> None:
