@@ -365,7 +365,11 @@ class GrantOps(ServiceCore):
                     (key.region, key.id),
                 ),
             )
-            if view.grantee in who and "CreateGrant" in view.operations
+            if view.grantee in who
+            and "CreateGrant" in view.operations
+            # (a grant for requests made on behalf of one resource allows none made
+            # directly: it covers nothing here; diff review)
+            and (view.source_arn is None or view.source_arn == call.values.get("aws:sourcearn"))
         ]
         equals = (cons or {}).get("EncryptionContextEquals")
         subset = (cons or {}).get("EncryptionContextSubset")

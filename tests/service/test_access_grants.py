@@ -536,6 +536,28 @@ def test_create_grant_through_grants_is_covered_by_any_of_them(svc: KeyService, 
     )
 
 
+def test_a_grant_limited_to_a_source_arn_covers_no_direct_create_grant(
+    svc: KeyService, key: str
+) -> None:
+    """A grant for requests made on behalf of one resource is unusable directly: it must not
+    cover a grant its holder creates directly either (diff review: bob gave himself an
+    unrestricted Decrypt grant through it)."""
+    bob = user(svc, "bob")
+    grant(svc, key, bob, "CreateGrant")
+    grant(
+        svc, key, bob, "Decrypt", "CreateGrant",
+        constraints={"SourceArn": "arn:aws:s3:us-east-1:000000000000:bucket-x"},
+    )
+    assert_denied(
+        svc,
+        lambda: svc.create_grant(
+            key_id=key, grantee_principal=bob, operations=["Decrypt"], principal=bob
+        ),
+        bob,
+        A,
+    )
+
+
 def test_list_retirable_grants_is_authorized_on_the_retiring_principal(
     svc: KeyService, key: str, grantee: str
 ) -> None:
