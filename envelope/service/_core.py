@@ -707,6 +707,9 @@ class ServiceCore:
         #: Custom key stores' parsed rows and live connections, keyed by the row's MAC
         #: (`_keystore_rows`).
         self._keystore_cache: dict[tuple[str, str], Any] = {}
+        #: (account, role name) -> (access generation, the ARNs of roles of that name):
+        #: `session_role`'s lookups, good while the generation holds.
+        self._session_roles: dict[tuple[str, str], tuple[bytes | None, tuple[str, ...]]] = {}
         # Seal at garbage collection or interpreter exit if the caller forgets `close()`; it
         # must not hold `self`, only what sealing needs.
         self._finalizer = weakref.finalize(self, _seal_quietly, store, self._clock, owns_store)
@@ -925,15 +928,22 @@ class ServiceCore:
         which one the session belongs to cannot be told."""
         account = caller.account
         assert account is not None
-        prefix = f"arn:aws:iam::{account}:role/"
-        found = [
-            str(arn)
-            for (arn,) in conn.execute(
-                "SELECT arn FROM principals WHERE account=? AND kind='role' AND arn>=? AND arn<?",
-                (account, prefix, prefix[:-1] + "0"),  # ('0' follows '/')
+        # remembered until a user or role is made or deleted (each bumps the access
+        # generation): the lookup reads every role row of the account (0.6 ms with 1,000)
+        row = conn.execute("SELECT value FROM meta WHERE name=?", (_authz.ACCESS_GEN,)).fetchone()
+        generation = None if row is None else bytes(row[0])
+        remembered = self._session_roles.get((account, caller.name))
+        if remembered is not None and remembered[0] == generation:
+            found = remembered[1]
+        else:
+            found = tuple(
+                arn
+                for arn in _authz.principals_named(conn, account, "role", caller.name)
+                if arn.rsplit("/", 1)[1] == caller.name  # (the session names it as it is)
             )
-            if str(arn).rsplit("/", 1)[1] == caller.name
-        ]
+            if len(self._session_roles) >= 4096:
+                self._session_roles.clear()
+            self._session_roles[(account, caller.name)] = (generation, found)
         if not found:
             return caller
         if len(found) > 1:

@@ -305,6 +305,20 @@ def test_a_session_acts_as_its_role_with_a_path(svc: KeyService) -> None:
     assert decision["Allowed"], decision
 
 
+def test_a_session_follows_its_role_made_again_on_another_path(svc: KeyService) -> None:
+    """The role a session name resolves to is remembered until a principal is made or
+    deleted: a role made again elsewhere is the one a later call finds."""
+    kid = svc.create_key(principal=ROOT_A)["KeyMetadata"]["Arn"]
+    first = role(svc, "Ops", path="/a/")
+    attach(svc, first, stmt(Action="kms:DescribeKey"))
+    sess = session(first)
+    svc.describe_key(key_id=kid, principal=sess)
+    svc.delete_principal(arn=first)
+    role(svc, "Ops", path="/b/")  # no policy
+    with pytest.raises(AccessDeniedException):
+        svc.describe_key(key_id=kid, principal=sess)
+
+
 def test_a_key_policy_names_a_roles_sessions_by_its_path(svc: KeyService) -> None:
     r = role(svc, "app", path="/teams/data/")
     policy = doc(
