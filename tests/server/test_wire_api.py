@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from functools import partial
 from typing import Any
 
@@ -474,8 +475,13 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
         assert status == 404 and json.loads(body)["__type"] == "UnknownOperationException"
         assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-amzn-requestid"])
         assert headers["content-type"] == "application/x-amz-json-1.1"
-        rid = headers["x-amzn-requestid"]  # with its log line (it had none; review)
-        lines = [ln for ln in server.log_lines() if ln.get("request_id") == rid]
+        rid = headers["x-amzn-requestid"]  # with its log line (it had none; review),
+        deadline = time.monotonic() + 10  # written once the answer is sent: waited for
+        while True:
+            lines = [ln for ln in server.log_lines() if ln.get("request_id") == rid]
+            if lines or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(lines) == 1 and lines[0]["status"] == 404, lines
         assert lines[0]["error"] == "UnknownOperationException"
 
