@@ -411,6 +411,23 @@ def crypto_factory(
     return pe.CryptoFactory(factory), pe.KmsConnectionConfig(kms_instance_id=backend.provider_id)
 
 
+def _partition_columns(partitioning: Sequence[str] | ds.Partitioning | None) -> list[str]:
+    """The column names a ``write_dataset(partitioning=)`` argument partitions by."""
+    if partitioning is None:
+        return []
+    if isinstance(partitioning, str):
+        return [partitioning]
+    schema = getattr(partitioning, "schema", None)
+    if isinstance(schema, pa.Schema):  # a Partitioning (a factory has no schema yet)
+        return list(schema.names)
+    if isinstance(partitioning, ds.PartitioningFactory):
+        raise ConfigurationError(
+            "give partitioning= as column names or a Partitioning with its schema (a "
+            "discovering factory names no columns before it reads data)"
+        )
+    return [str(c) for c in partitioning]
+
+
 class ParquetCrypto:
     """PME over one envelope backend: properties per file, table helpers, dataset options.
 
@@ -611,7 +628,7 @@ class ParquetCrypto:
         double_wrapping: bool = True,
         data_key_length_bits: int = 256,
         schema: pa.Schema | None = None,
-        partitioning: Sequence[str] | None = None,
+        partitioning: Sequence[str] | ds.Partitioning | None = None,
     ) -> ds.FileWriteOptions:
         """`file_options` for ``pyarrow.dataset.write_dataset``: pyarrow derives encryption
         properties (fresh data keys) for every file it writes from this configuration.
@@ -620,14 +637,19 @@ class ParquetCrypto:
         after it has created an empty file under the final name. Give the data's `schema`
         and such a column is a `ConfigurationError` here, before anything is written.
 
-        `partitioning`: the names of the columns the dataset is partitioned by (what
-        ``write_dataset(partitioning=)`` names). Their values become folder names, in the
-        clear, and leave the files: one of them in `column_keys` is a `ConfigurationError`
+        `partitioning`: the columns the dataset is partitioned by (what
+        ``write_dataset(partitioning=)`` takes: names, or a `pyarrow.dataset.Partitioning`).
+        Their values become folder names, in the clear, and leave the files: one of them in
+        `column_keys` (any, when `column_keys` is None: every column is encrypted) is a
+        `ConfigurationError`
         (``write_dataset`` failed on it after making empty files in folders named by the
         secret values; review)."""
-        parts = [partitioning] if isinstance(partitioning, str) else list(partitioning or ())
-        protected = {c for cols in (column_keys or {}).values() for c in cols}
-        leaked = sorted(protected.intersection(parts))
+        parts = _partition_columns(partitioning)
+        if column_keys is None:  # every column under the footer key (uniform encryption)
+            leaked = sorted(parts)
+        else:
+            protected = {c for cols in column_keys.values() for c in cols}
+            leaked = sorted(protected.intersection(parts))
         if leaked:
             raise ConfigurationError(
                 f"the dataset is partitioned by {', '.join(map(repr, leaked))}, which "

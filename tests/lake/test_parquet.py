@@ -350,6 +350,18 @@ def test_pme_write_dataset_refuses_partitioning_by_an_encrypted_column(
             partitioning=["ssn"],
         )
     assert not list(tmp_path.iterdir())
+    # every column encrypted (column_keys=None), and a Partitioning object (diff review: both
+    # passed, the first writing the SSNs into folder names)
+    for partitioning in (["note"], ds.partitioning(pa.schema([("ssn", pa.string())]))):
+        with pytest.raises(ConfigurationError, match="folder names"):
+            crypto.dataset_write_options(
+                footer_key="footer-key", column_keys=None, partitioning=partitioning
+            )
+    with pytest.raises(ConfigurationError, match="'ssn'"):
+        crypto.dataset_write_options(
+            footer_key="footer-key", column_keys=COLUMN_KEYS,
+            partitioning=ds.partitioning(pa.schema([("ssn", pa.string())]), flavor="hive"),
+        )
     table = TABLE.slice(0, 10)
     options = crypto.dataset_write_options(
         footer_key="footer-key", column_keys=COLUMN_KEYS, schema=table.schema,
