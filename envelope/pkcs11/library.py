@@ -263,10 +263,7 @@ class Library:
             entry = self._logins.get(slot_id)
             if entry is not None:
                 if not hmac.compare_digest(entry.pin_digest, digest):
-                    raise TokenUnavailable(
-                        "INVALID_CREDENTIALS",
-                        f"this process is logged in to token {token.label!r} with another PIN",
-                    )
+                    self._change_pin(entry, token, pin, digest)
                 entry.users += 1
                 return
             anchor = self.open_session(token)
@@ -279,6 +276,22 @@ class Library:
                 _close_quietly(anchor)
                 raise
             self._logins[slot_id] = _Login(anchor, digest, 1)
+
+    def _change_pin(self, entry: _Login, token: pkcs11.Token, pin: str, digest: bytes) -> None:
+        """Another PIN than the one this process logged in with: the token user's PIN was
+        changed (an operator following a rotation: disconnect, update the store's password,
+        connect), or this one is wrong. Only the token can tell, and a login is per process:
+        log out and in again with it. Refused with "logged in with another PIN", the store
+        could not connect until the process restarted (review). A wrong PIN leaves the
+        process logged out: its other users log in again on their next call (`relogin`)."""
+        self.cryptoki.logout(_handle(entry.anchor))
+        try:
+            self._login(entry.anchor, token, pin)
+        except _AnchorGone:
+            _close_quietly(entry.anchor)
+            entry.anchor = self.open_session(token)
+            self._login(entry.anchor, token, pin)
+        entry.pin_digest = digest
 
     def relogin(self, slot_id: int, token: pkcs11.Token, pin: str) -> None:
         """Log in again after the token forgot the login (CKR_USER_NOT_LOGGED_IN)."""

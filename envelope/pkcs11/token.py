@@ -195,6 +195,13 @@ class Token:
     def _first_connect(self) -> None:
         try:
             self._in_module(self._ensure)
+        except _OtherPinRefused:
+            # the process was logged in with another PIN, and the token refused this one: a
+            # module may hold a PIN changed since it was initialised (SoftHSM2 reads it once),
+            # so it starts over once before the PIN is called wrong (after a PIN rotation
+            # the store could not connect until the process restarted; review)
+            self._library.rescan()
+            self._in_module(self._ensure)
         except TokenUnavailable as e:
             if e.code != "CLUSTER_NOT_FOUND":
                 raise
@@ -276,7 +283,13 @@ class Token:
         p11token = library.find_token(self.config.token_label)
         _check_mechanisms(p11token, self.config.token_label)
         slot_id = int(p11token.slot.slot_id)
-        library.login(slot_id, p11token, self.config.pin)
+        had_login = library.is_logged_in(slot_id)
+        try:
+            library.login(slot_id, p11token, self.config.pin)
+        except TokenUnavailable as e:
+            if had_login and e.code == "INVALID_CREDENTIALS":
+                raise _OtherPinRefused(e.code, e.message) from None
+            raise
         self._p11token, self._slot_id = p11token, slot_id
         self._handles = {}
         self._pool = SessionPool(
@@ -677,6 +690,10 @@ def probe_token(module: str, token_label: str) -> None:
         raise
     finally:
         metrics.observe("probe", outcome, perf_counter() - started)
+
+
+class _OtherPinRefused(TokenUnavailable):
+    """The token refused a PIN while the process was logged in with another (internal)."""
 
 
 def _check_label(label: str) -> None:

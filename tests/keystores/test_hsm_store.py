@@ -221,6 +221,68 @@ def test_a_deleted_key_leaves_the_token_despite_an_object_added_under_its_label(
     assert [c["Outcome"] for c in record["keystore_calls"]] == ["ok"]
 
 
+#: An HSM administrator changing the token user's PIN (C_Login, C_SetPIN), in a process of its
+#: own: python-pkcs11 has no C_SetPIN.
+_SET_PIN = r"""
+import ctypes, sys
+module = sys.argv[1]
+label, old, new = (a.encode() for a in sys.argv[2:5])
+lib = ctypes.CDLL(module)
+assert lib.C_Initialize(None) == 0
+n = ctypes.c_ulong()
+lib.C_GetSlotList(1, None, ctypes.byref(n))
+slots = (ctypes.c_ulong * n.value)()
+lib.C_GetSlotList(1, slots, ctypes.byref(n))
+class Info(ctypes.Structure):
+    _fields_ = [("label", ctypes.c_char * 32), ("rest", ctypes.c_char * 512)]
+for slot in slots[: n.value]:
+    info = Info()
+    lib.C_GetTokenInfo(ctypes.c_ulong(slot), ctypes.byref(info))
+    if info.label.rstrip() == label:
+        h = ctypes.c_ulong()
+        assert lib.C_OpenSession(ctypes.c_ulong(slot), 6, None, None, ctypes.byref(h)) == 0
+        assert lib.C_Login(h, 1, old, ctypes.c_ulong(len(old))) == 0
+        rv = lib.C_SetPIN(h, old, ctypes.c_ulong(len(old)), new, ctypes.c_ulong(len(new)))
+        lib.C_Finalize(None)
+        sys.exit(rv)
+sys.exit(9)
+"""
+
+
+def test_a_pin_changed_in_the_token_is_taken_by_update_and_connect(
+    svc: KeyService, tmp_path: Path
+) -> None:
+    """The operator's procedure after the HSM administrator changed the PIN (disconnect,
+    UpdateCustomKeyStore KeyStorePassword, connect) failed with INVALID_CREDENTIALS until the
+    process restarted: it was still logged in with the old PIN (review)."""
+    import subprocess
+    import sys
+
+    config = make_token(tmp_path, label="pin-" + secrets.token_hex(4), pin="11112222")
+    own = HsmToken(config)
+    _, store = make_store(svc, own, "rotated")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    kid = svc.create_key(origin="AWS_CLOUDHSM", custom_key_store_id=store)["KeyMetadata"]["KeyId"]
+    blob = svc.encrypt(key_id=kid, plaintext=b"before")["CiphertextBlob"]
+    done = subprocess.run(
+        [sys.executable, "-c", _SET_PIN, own.module, own.label, own.pin, "33334444"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.update_custom_key_store(custom_key_store_id=store, key_store_password="99990000")
+    svc.connect_custom_key_store(custom_key_store_id=store)  # a wrong one: said so
+    e = entry(svc, store)
+    assert e["ConnectionState"] == "FAILED" and e["ConnectionErrorCode"] == "INVALID_CREDENTIALS"
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.update_custom_key_store(custom_key_store_id=store, key_store_password="33334444")
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    assert entry(svc, store)["ConnectionState"] == "CONNECTED"
+    assert svc.decrypt(ciphertext_blob=blob)["Plaintext"] == b"before"
+    again = svc.encrypt(key_id=kid, plaintext=b"after")["CiphertextBlob"]
+    assert svc.decrypt(ciphertext_blob=again)["Plaintext"] == b"after"
+
+
 def test_wrong_pin_fails_the_connection_and_an_update_mends_it(
     svc: KeyService, hsm: HsmToken
 ) -> None:
