@@ -286,6 +286,18 @@ class Pkcs11RootKey:
                 f"the token key {self.label!r} cannot be a root key: it must be AES-256, "
                 "sensitive, not extractable, and allowed to encrypt and decrypt"
             )
+        if not (
+            attributes.get("local") is True
+            and attributes.get("always_sensitive") is True
+            and attributes.get("never_extractable") is True
+        ):
+            # a key imported into the token has a value someone outside it knew: what it
+            # seals opens with that copy (it was taken; review), as the store keys refuse
+            raise RootKeyError(
+                f"the token key {self.label!r} cannot be a root key: it was not generated in "
+                "the token (CKA_LOCAL, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE must all "
+                "be true): a key imported with a known value could open what it seals"
+            )
         return _TokenRootKey(token, self.label)
 
 

@@ -64,20 +64,33 @@ KNOWN_KEY = r"""
 import sys
 import pkcs11
 from pkcs11 import Attribute, KeyType, ObjectClass
-module, token_label, pin, label, value = sys.argv[1:6]
+module, token_label, pin, label, value, protected = sys.argv[1:7]
+protected = protected == "1"
 token = pkcs11.lib(module).get_token(token_label=token_label)
 with token.open(rw=True, user_pin=pin) as s:
     s.create_object({
         Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES,
         Attribute.VALUE: bytes.fromhex(value), Attribute.LABEL: label, Attribute.TOKEN: True,
-        Attribute.PRIVATE: True, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True,
+        Attribute.PRIVATE: True, Attribute.SENSITIVE: protected,
+        Attribute.EXTRACTABLE: not protected,
         Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
     })
 print("{}")
 """
 
 
-def make_known_key(config: TokenConfig, label: str, value: bytes) -> None:
-    """A test-only AES key whose value the test knows (extractable, not sensitive), made by
-    python-pkcs11 alone in another process."""
-    run_json(KNOWN_KEY, config.module, config.token_label, config.pin, label, value.hex())
+def make_known_key(
+    config: TokenConfig, label: str, value: bytes, *, protected: bool = False
+) -> None:
+    """A test-only AES key whose value the test knows (extractable, not sensitive; or, with
+    `protected`, imported as sensitive and not extractable), made by python-pkcs11 alone in
+    another process."""
+    run_json(
+        KNOWN_KEY,
+        config.module,
+        config.token_label,
+        config.pin,
+        label,
+        value.hex(),
+        "1" if protected else "0",
+    )

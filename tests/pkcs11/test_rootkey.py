@@ -49,6 +49,18 @@ def test_sealing_runs_in_the_token_and_keeps_the_blob_format(
         Pkcs11RootKey(_uri(root_config, label)).open(b"salt", create=True)
 
 
+def test_an_imported_key_is_no_root_key(root_config: TokenConfig, pin_env: None) -> None:
+    """Sensitive and not extractable, but imported with a value someone knew: what it seals
+    opens with that copy. It was accepted (review); only a key generated in the token is."""
+    label = f"imported-{uuid.uuid4().hex[:8]}"
+    make_known_key(root_config, label, os.urandom(32), protected=True)
+    with Token.open(root_config) as token:
+        attributes = token.key_attributes(label)
+    assert attributes["sensitive"] is True and attributes["extractable"] is False
+    with pytest.raises(RootKeyError, match="not generated in the token"):
+        Pkcs11RootKey(_uri(root_config, label)).open(b"salt", create=True)
+
+
 def test_a_new_store_makes_the_key_and_an_old_one_needs_it(
     root_config: TokenConfig, pin_env: None
 ) -> None:
