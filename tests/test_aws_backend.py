@@ -848,3 +848,98 @@ def test_botocore_retries_are_off_and_reprs_carry_no_secrets(moto_url: str) -> N
     # ClosedError, as the embedded KMS says it (keyrings sharing a backend close it together)
     with pytest.raises(ClosedError, match="closed"):
         kms.client("us-east-1")
+
+
+class Answering:
+    """An HTTP server answering every KMS request with one JSON body (status 200)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                outer.requests.append(self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("x-amzn-RequestId", "00000000-0000-4000-8000-000000000000")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Answering:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+_B64_KEY = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="  # 32 bytes of "A"
+_MRK = "mrk-1234abcd12ab34cd56ef1234567890ab"
+
+
+def test_a_replica_of_a_multi_region_key_decrypts_what_its_primary_sealed() -> None:
+    """A replica's Decrypt answer names the replica: a reader in another Region was refused
+    every object AWS KMS had decrypted for it (review). Another key's answer is still
+    refused, in any Region, and so is another account's replica."""
+    primary = f"arn:aws:kms:us-east-1:111122223333:key/{_MRK}"
+    wrapped = WrappedKey("aws-kms", primary, b"\x01" * 64)
+    cases = {
+        f"arn:aws:kms:{REGION}:111122223333:key/{_MRK}": True,
+        primary: True,
+        f"arn:aws:kms:{REGION}:999922223333:key/{_MRK}": False,
+        f"arn:aws:kms:{REGION}:111122223333:key/mrk-ffff": False,
+    }
+    for answered, accepted in cases.items():
+        with Answering({"KeyId": answered, "Plaintext": _B64_KEY}) as srv:
+            kms = new_kms(srv.url)
+            if accepted:
+                assert kms.decrypt_data_key_blocking(wrapped, context={}) == b"A" * 32
+            else:
+                with pytest.raises(KmsKeyError, match="not with a data key"):
+                    kms.decrypt_data_key_blocking(wrapped, context={})
+    plain = f"arn:aws:kms:us-east-1:111122223333:key/{'1' * 8}-1111-1111-1111-{'1' * 12}"
+    with Answering({"KeyId": plain.replace("us-east-1", REGION), "Plaintext": _B64_KEY}) as srv:
+        with pytest.raises(KmsKeyError):  # a single-Region key's namesake elsewhere is not it
+            new_kms(srv.url).decrypt_data_key_blocking(
+                WrappedKey("aws-kms", plain, b"\x01" * 64), context={}
+            )
+
+
+def test_malformed_answers_are_transient_and_another_keys_answer_is_refused() -> None:
+    """A 200 answer without its members (a truncated body parses as one) raised a bare
+    KeyError, a blob that is not base64 a binascii.Error: tracebacks, exit 1, no retry. They
+    are KmsTransientError now (retried). A GenerateDataKey answered for another key than the
+    ARN asked for went into the header: refused."""
+    asked = f"arn:aws:kms:{REGION}:111122223333:key/{_MRK}"
+    with Answering({"KeyId": asked}) as srv:
+        with pytest.raises(KmsTransientError, match="without Plaintext"):
+            new_kms(srv.url).generate_data_key_blocking(asked, context={})
+        wrapped = WrappedKey("aws-kms", asked, b"\x01" * 64)
+        with pytest.raises(KmsTransientError, match="without Plaintext"):
+            new_kms(srv.url).decrypt_data_key_blocking(wrapped, context={})
+    with Answering({"KeyId": asked, "Plaintext": "!!not base64!!"}) as srv:
+        with pytest.raises(KmsTransientError):
+            new_kms(srv.url).decrypt_data_key_blocking(wrapped, context={})
+    other = f"arn:aws:kms:us-east-1:111122223333:key/{_MRK}"
+    body = {"KeyId": other, "Plaintext": _B64_KEY, "CiphertextBlob": _B64_KEY}
+    with Answering(body) as srv:
+        with pytest.raises(KmsKeyError, match="not for the key asked"):
+            new_kms(srv.url).generate_data_key_blocking(asked, context={})
+        with pytest.raises(KmsKeyError, match="not for the key asked"):
+            new_kms(srv.url).encrypt_data_key_blocking(asked, b"A" * 32, context={})
+        # an alias is resolved by KMS: any key ARN it answers for
+        dk = new_kms(srv.url, region=REGION).generate_data_key_blocking("alias/etl", context={})
+        assert dk.wrapped.key_id == other

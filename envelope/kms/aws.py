@@ -29,6 +29,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 import threading
@@ -268,10 +269,44 @@ def _translate(exc: Exception, operation: str, key: str | None = None) -> Except
         # The report may quote parameter values; Encrypt's include the data key itself.
         detail = "" if operation == "Encrypt" else f": {exc}"
         return ConfigurationError(f"AWS KMS {operation}: invalid request{detail}")
-    if isinstance(exc, bx.BotoCoreError | ConnectionError | TimeoutError):
-        # Connection refused or reset, TLS failures, an unparseable answer: try again.
+    if isinstance(exc, bx.BotoCoreError | ConnectionError | TimeoutError | binascii.Error):
+        # Connection refused or reset, TLS failures, an unparseable answer (a blob that is
+        # not base64 came out of botocore as binascii.Error; review): try again.
         return KmsTransientError(f"AWS KMS {operation}: {name} ({exc})")
     return exc
+
+
+def _member(resp: Mapping[str, Any], name: str, operation: str) -> Any:
+    """A member the answer must hold. A truncated body parses as an answer without members:
+    `KmsTransientError` (an unparseable answer: try again), not a bare KeyError and a
+    traceback (review)."""
+    value = resp.get(name)
+    if value is None:
+        raise KmsTransientError(f"AWS KMS {operation} answered without {name}")
+    return value
+
+
+def _same_key(answer: object, asked: str) -> bool:
+    """Does a KeyId AWS KMS answered name the key `asked` (a key ARN, or a bare key id)? The
+    same ARN; or for a multi-Region key (``mrk-``), the same key of the same account in
+    another Region: a replica's Decrypt names the replica (a reader in another Region was
+    refused every object; review)."""
+    if not isinstance(answer, str):
+        return False
+    if answer == asked:
+        return True
+    got, want = KMS_ARN.fullmatch(answer), KMS_ARN.fullmatch(asked)
+    if got is None:
+        return False
+    if want is None:  # a bare key id: the key the answer's ARN names
+        return answer.endswith(":key/" + asked)
+    return (
+        got.group(1) == want.group(1)  # partition
+        and got.group(3) == want.group(3)  # account
+        and got.group(4) == want.group(4) == "key"
+        and got.group(5) == want.group(5)  # key id
+        and got.group(5).startswith("mrk-")
+    )
 
 
 # -- the backend ----------------------------------------------------------------------------
@@ -417,14 +452,15 @@ class AwsKms:
             ),
             kid,
         )
-        plaintext = bytearray(resp["Plaintext"])
+        plaintext = bytearray(_member(resp, "Plaintext", "GenerateDataKey"))
         try:
             if len(plaintext) != DATA_KEY_LEN:
                 raise KmsKeyError(
                     f"AWS KMS GenerateDataKey returned {len(plaintext)} bytes, not a data key"
                 )
-            arn = self._recorded_arn(resp, "GenerateDataKey")
-            return DataKey(plaintext, WrappedKey(PROVIDER_ID, arn, bytes(resp["CiphertextBlob"])))
+            arn = self._recorded_arn(resp, "GenerateDataKey", kid)
+            blob = bytes(_member(resp, "CiphertextBlob", "GenerateDataKey"))
+            return DataKey(plaintext, WrappedKey(PROVIDER_ID, arn, blob))
         finally:
             plaintext[:] = bytes(len(plaintext))
 
@@ -445,7 +481,9 @@ class AwsKms:
             kid,
         )
         return WrappedKey(
-            PROVIDER_ID, self._recorded_arn(resp, "Encrypt"), bytes(resp["CiphertextBlob"])
+            PROVIDER_ID,
+            self._recorded_arn(resp, "Encrypt", kid),
+            bytes(_member(resp, "CiphertextBlob", "Encrypt")),
         )
 
     def decrypt_data_key_blocking(
@@ -478,19 +516,32 @@ class AwsKms:
             ),
             key_id,
         )
-        key = bytearray(resp["Plaintext"])
-        if resp.get("KeyId") != wrapped.key_id or len(key) != DATA_KEY_LEN:
+        key = bytearray(_member(resp, "Plaintext", "Decrypt"))
+        if not _same_key(resp.get("KeyId"), wrapped.key_id) or len(key) != DATA_KEY_LEN:
             key[:] = bytes(len(key))
-            raise KmsKeyError(f"AWS KMS Decrypt did not return a data key of {wrapped.key_id!r}")
+            raise KmsKeyError(
+                f"AWS KMS Decrypt answered for {printable(str(resp.get('KeyId')))} with "
+                f"{len(key)} bytes, not with a data key of {wrapped.key_id!r}"
+            )
         return key
 
     @staticmethod
-    def _recorded_arn(resp: Mapping[str, Any], operation: str) -> str:
+    def _recorded_arn(resp: Mapping[str, Any], operation: str, asked: str) -> str:
+        """The key ARN an answer names, for the header: a key ARN, and the key asked for
+        when that was a key ARN or id (an answer for another key, or another Region's, went
+        into the header; review). An alias is resolved by KMS: any key ARN."""
         arn = resp.get("KeyId")
         if not isinstance(arn, str) or key_arn_region(arn) is None:
             raise KmsKeyError(
                 f"AWS KMS {operation} answered KeyId {arn!r}, not a key ARN: "
                 "a header must name the key's ARN for decryption to find it"
+            )
+        if not asked.startswith("alias/") and ":alias/" not in asked and (
+            arn != asked if KMS_ARN.fullmatch(asked) else not arn.endswith(":key/" + asked)
+        ):
+            raise KmsKeyError(
+                f"AWS KMS {operation} answered for {printable(arn)}, not for the key asked "
+                f"for, {printable(asked)}"
             )
         return arn
 
