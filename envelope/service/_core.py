@@ -1664,10 +1664,22 @@ class ServiceCore:
             if call is not None:
                 call.purges.append((key.region, key.id))
             return None
-        if state == PENDING_REPLICA_DELETION and not self._replica_regions(conn, key):
-            m["KeyState"] = PENDING_DELETION
-            m["DeletionDate"] = now + m["PendingDeletionWindowInDays"] * DAY
-            self._save(conn, key)
+        if state == PENDING_REPLICA_DELETION:
+            rows = self._replica_rows(conn, key)
+            gone = [other for _, other in rows if other is not None and self._gone(other)]
+            for other in gone:  # (their Region's next call would have; purged here)
+                self._purge(conn, other)
+                if call is not None:
+                    call.purges.append((other.region, other.id))
+            if len(gone) == len(rows):
+                # AWS: "when all replicas are deleted, it changes to PendingDeletion and its
+                # waiting period begins": when the last one went, not when this was seen
+                began = max((float(o.meta["DeletionDate"]) for o in gone), default=now)
+                m["KeyState"] = PENDING_DELETION
+                m["DeletionDate"] = began + m["PendingDeletionWindowInDays"] * DAY
+                self._save(conn, key)
+                if m["DeletionDate"] <= now:
+                    return self._settle(conn, key, now, call)
         elif m.get("x_mr_type") == "REPLICA" and m["Origin"] == "AWS_KMS":
             # A replica shares its primary's backing keys and rotation schedule: a rotation
             # that is due is applied to the primary before the replica uses the material, so
@@ -1778,15 +1790,38 @@ class ServiceCore:
             conn.execute("DELETE FROM material WHERE key_id=?", (key.id,))
 
     def _replica_regions(self, conn: sqlite3.Connection, key: _Key) -> list[str]:
+        """The other Regions holding this multi-Region key, without those whose copy is past
+        its deletion date (deleted, as AWS would have deleted it in the background, whether
+        or not a call in its Region has purged the row yet: the primary listed a dead
+        replica, and never began its own waiting period; review)."""
         if not key.multi_region:
             return []
-        return [
-            str(r[0])
-            for r in conn.execute(
-                "SELECT region FROM keys WHERE key_id=? AND region<>? ORDER BY region",
-                (key.id, key.region),
-            )
-        ]
+        return [region for region, other in self._replica_rows(conn, key) if not self._gone(other)]
+
+    def _replica_rows(
+        self, conn: sqlite3.Connection, key: _Key
+    ) -> list[tuple[str, _Key | None]]:
+        """(Region, key row) of every other Region's copy of this multi-Region key; None for
+        a row edited outside the KMS (refused where it is used: its Region still holds it)."""
+        out: list[tuple[str, _Key | None]] = []
+        for (region,) in conn.execute(
+            "SELECT region FROM keys WHERE key_id=? AND region<>? ORDER BY region",
+            (key.id, key.region),
+        ).fetchall():
+            try:
+                other = self._load(conn, str(region), key.id)
+            except TamperedStoreError:
+                other = None
+            out.append((str(region), other))
+        return out
+
+    def _gone(self, key: _Key | None) -> bool:
+        """A key past its deletion date: deleted, though its row may not be purged yet."""
+        return (
+            key is not None
+            and key.state == PENDING_DELETION
+            and key.meta["DeletionDate"] <= self.now()
+        )
 
     # -- material -------------------------------------------------------------------------
 
@@ -2057,15 +2092,18 @@ class ServiceCore:
         self._customer_managed(key, op)
         return key
 
-    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
-        """Settle every key of this Region (deletions and rotations that are due). A key row
-        edited outside the KMS is skipped here: it is refused (and alarmed) wherever it is
-        used, and one such row made every ListKeys of the Region fail (review)."""
-        for (kid,) in conn.execute(
-            "SELECT key_id FROM keys WHERE region=?", (self.region,)
-        ).fetchall():
+    def _sweep(self, conn: sqlite3.Connection, now: float, *, every_region: bool = False) -> None:
+        """Settle every key of this Region, or of every Region (deletions and rotations that
+        are due). A key row edited outside the KMS is skipped here: it is refused (and
+        alarmed) wherever it is used, and one such row made every ListKeys of the Region
+        fail (review)."""
+        rows = conn.execute(
+            "SELECT region, key_id FROM keys" + ("" if every_region else " WHERE region=?"),
+            () if every_region else (self.region,),
+        ).fetchall()
+        for region, kid in rows:
             try:
-                key = self._load(conn, self.region, str(kid))
+                key = self._load(conn, str(region), str(kid))
             except TamperedStoreError:
                 continue
             if key is not None:

@@ -248,11 +248,12 @@ class LifecycleOps(KeyStoreOps):
     def run_due_tasks(
         self, *, principal: str | None = None, context: RequestContext | None = None
     ) -> Response:
-        """Apply every due deletion, rotation and expiry now (AWS does this in the background)."""
+        """Apply every due deletion, rotation and expiry now, in every Region of the store (AWS
+        does this in the background; a replica's deletion waited for a call in its Region)."""
 
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             self._authorize_account(conn, call)
-            self._sweep(conn, now)
+            self._sweep(conn, now, every_region=True)
             return {}
 
         return self._run("RunDueTasks", principal, context, {}, op)

@@ -72,7 +72,10 @@ class MultiRegionOps(ServiceCore):
             key = self._primary(  # AWS's words
                 conn, call, key_id, MANAGE, now, "{arn} is not a multi-region primary key."
             )
-            if replica_region == self.region or self._load(conn, replica_region, key.id):
+            there = self._load(conn, replica_region, key.id)
+            if there is not None:  # a replica past its deletion date is gone: purged now
+                there = self._settle(conn, there, now, call)
+            if replica_region == self.region or there is not None:
                 raise AlreadyExistsException(f"{key.id} already exists in {replica_region}")
             # AWS: "kms:CreateKey in an IAM policy in the replica Region. To use the Tags
             # parameter, kms:TagResource in an IAM policy in the replica Region."

@@ -467,3 +467,51 @@ def test_multi_region_imported_signing_key(svc: KeyService) -> None:
         "SignatureValid"
     ]
     assert eu.get_public_key(key_id=kid)["PublicKey"] == svc.get_public_key(key_id=kid)["PublicKey"]
+
+
+def test_a_replica_past_its_deletion_date_is_gone_in_every_region(
+    svc: KeyService, clock: FakeClock
+) -> None:
+    """A replica's row stayed until a call in its own Region purged it: the primary listed
+    it, ReplicateKey back there was AlreadyExists, and a primary in PendingReplicaDeletion
+    never began its own window (review). AWS deletes in the background; its window begins
+    when the last replica is deleted."""
+    from envelope.service.errors import NotFoundException
+
+    eu = svc.for_region("eu-west-1")
+    k = svc.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
+    svc.replicate_key(key_id=k, replica_region="eu-west-1")
+    eu.schedule_key_deletion(key_id=k, pending_window_in_days=7)
+    clock.advance(days=10)
+    meta = svc.describe_key(key_id=k)["KeyMetadata"]
+    assert meta["MultiRegionConfiguration"]["ReplicaKeys"] == []
+    svc.replicate_key(key_id=k, replica_region="eu-west-1")  # there again
+    assert eu.describe_key(key_id=k)["KeyMetadata"]["KeyState"] == "Enabled"
+
+    k2 = svc.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
+    svc.replicate_key(key_id=k2, replica_region="eu-west-1")
+    eu.schedule_key_deletion(key_id=k2, pending_window_in_days=7)
+    svc.schedule_key_deletion(key_id=k2, pending_window_in_days=7)
+    assert svc.describe_key(key_id=k2)["KeyMetadata"]["KeyState"] == "PendingReplicaDeletion"
+    clock.advance(days=10)  # the replica went on day 7: the primary's window ends on day 14
+    meta = svc.describe_key(key_id=k2)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion"
+    assert meta["DeletionDate"] == pytest.approx(clock.now + 4 * 86400)
+    clock.advance(days=5)
+    svc.run_due_tasks()
+    with pytest.raises(NotFoundException):
+        svc.describe_key(key_id=k2)
+    eu.run_due_tasks()  # (nothing left there either)
+    with pytest.raises(NotFoundException):
+        eu.describe_key(key_id=k2)
+
+
+def test_run_due_tasks_settles_every_region(svc: KeyService, clock: FakeClock) -> None:
+    """run_due_tasks applies "every due deletion": another Region's keys too."""
+    eu = svc.for_region("eu-west-1")
+    k = eu.create_key()["KeyMetadata"]["KeyId"]
+    eu.schedule_key_deletion(key_id=k, pending_window_in_days=7)
+    clock.advance(days=8)
+    svc.run_due_tasks()
+    rows = svc.store._conn.execute("SELECT COUNT(*) FROM keys WHERE key_id=?", (k,)).fetchone()
+    assert rows[0] == 0
