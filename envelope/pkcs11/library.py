@@ -285,13 +285,18 @@ class Library:
         could not connect until the process restarted (review). A wrong PIN leaves the
         process logged out: its other users log in again on their next call (`relogin`)."""
         self.cryptoki.logout(_handle(entry.anchor))
+        self._login_anchored(entry, token, pin)
+        entry.pin_digest = digest
+
+    def _login_anchored(self, entry: _Login, token: pkcs11.Token, pin: str) -> None:
+        """Log in on the entry's anchor session; if that session itself is gone, a new one
+        carries the login from now on."""
         try:
             self._login(entry.anchor, token, pin)
         except _AnchorGone:
             _close_quietly(entry.anchor)
             entry.anchor = self.open_session(token)
             self._login(entry.anchor, token, pin)
-        entry.pin_digest = digest
 
     def relogin(self, slot_id: int, token: pkcs11.Token, pin: str) -> None:
         """Log in again after the token forgot the login (CKR_USER_NOT_LOGGED_IN)."""
@@ -299,13 +304,7 @@ class Library:
             entry = self._logins.get(slot_id)
             if entry is None:
                 return
-            try:
-                self._login(entry.anchor, token, pin)
-            except _AnchorGone:
-                # the anchor session itself is gone: a new one carries the login from now on
-                _close_quietly(entry.anchor)
-                entry.anchor = self.open_session(token)
-                self._login(entry.anchor, token, pin)
+            self._login_anchored(entry, token, pin)
 
     def logout(self, slot_id: int) -> None:
         """One user of the login is done; the last one logs out and closes the anchor."""
