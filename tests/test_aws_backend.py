@@ -164,6 +164,16 @@ def new_kms(url: str, **kwargs: Any) -> AwsKms:
     return AwsKms(endpoint_url=url, session=_SESSION[0], **kwargs)
 
 
+def _send_json(handler: http.server.BaseHTTPRequestHandler, status: int, payload: bytes) -> None:
+    """Answer as AWS KMS does: `status`, an awsJson 1.1 body, a request id."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/x-amz-json-1.1")
+    handler.send_header("x-amzn-RequestId", "00000000-0000-4000-8000-000000000000")
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 class Scripted:
     """An HTTP server answering KMS requests from a script, then forwarding to `upstream`.
 
@@ -198,12 +208,7 @@ class Scripted:
                 status, code, delay = step
                 time.sleep(delay)
                 payload = json.dumps({"__type": code, "message": f"scripted {code}"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("x-amzn-RequestId", "00000000-0000-4000-8000-000000000000")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                _send_json(self, status, payload)
 
             def _forward(self, body: bytes) -> None:
                 assert outer.upstream is not None
@@ -865,12 +870,7 @@ class Answering:
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 outer.requests.append(self.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1])
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-amz-json-1.1")
-                self.send_header("x-amzn-RequestId", "00000000-0000-4000-8000-000000000000")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                _send_json(self, 200, payload)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
