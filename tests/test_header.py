@@ -526,26 +526,38 @@ def test_header_len_must_cover_exactly_the_fields() -> None:
             parse_header(body)
 
 
-def test_a_wrapped_key_list_is_parsed_once_and_its_memo_stays_bounded() -> None:
-    """Objects sealed under one cached data key share their wrapped-key list: the reader keeps
-    the parsed list by its bytes (`format._WRAPPED_MEMO`). The memo must give what a fresh
-    parse gives, never skip a reader's own limit, and stay within its bounds."""
+def test_a_header_tail_is_parsed_once_and_its_memo_stays_bounded() -> None:
+    """Objects sealed under one cached data key and one context share their contexts and
+    wrapped-key list: the reader keeps them parsed by their bytes (`format._TAIL_MEMO`). The
+    memo must give what a fresh parse gives, never skip a reader's own limit, never let one
+    header's context change another's, and stay within its bounds."""
     from envelope.hazmat import format as fmt
 
-    fmt._WRAPPED_MEMO.clear()
+    fmt._TAIL_MEMO.clear()
     two = raw_header(edks=[raw_edk(b"m", b"k", b"e"), raw_edk(b"m", b"j", b"f")])
     first = parse_header(two)
-    assert parse_header(two).wrapped_keys is first.wrapped_keys  # from the memo
+    again = parse_header(two)
+    assert again.wrapped_keys is first.wrapped_keys  # from the memo
+    assert again == first
     assert first.wrapped_keys == (WrappedKey("m", "k", b"e"), WrappedKey("m", "j", b"f"))
     with pytest.raises(HeaderFormatError, match="allows 1"):
-        parse_header(two, max_wrapped_keys=1)  # the count is checked before the memo
+        parse_header(two, max_wrapped_keys=1)  # the count is checked on a memo hit too
+    fmt._TAIL_MEMO.clear()
+    with pytest.raises(HeaderFormatError, match="allows 1"):
+        parse_header(two, max_wrapped_keys=1)  # and before the list is parsed
+    ctx = encode_context({"tenant": "a"}, limit=fmt.MAX_KMS_CTX_LEN)
+    with_ctx = raw_header(kms=ctx, obj=ctx)
+    one, other = parse_header(with_ctx), parse_header(with_ctx)
+    one.kms_context["tenant"] = "b"
+    one.object_context.clear()
+    assert other.kms_context == {"tenant": "a"} == parse_header(with_ctx).object_context
     for i in range(600):
         parse_header(raw_header(edks=[raw_edk(b"m", b"k%d" % i, b"e")]))
-    assert 0 < len(fmt._WRAPPED_MEMO) <= fmt._WRAPPED_MEMO_ENTRIES
-    fmt._WRAPPED_MEMO.clear()
-    big = raw_header(edks=[raw_edk(b"m", b"k", b"\x02" * 2000)])
-    assert parse_header(big).wrapped_keys[0].ciphertext == b"\x02" * 2000
-    assert fmt._WRAPPED_MEMO == {}  # over the size kept
+    assert 0 < len(fmt._TAIL_MEMO) <= fmt._TAIL_MEMO_ENTRIES
+    fmt._TAIL_MEMO.clear()
+    big = raw_header(edks=[raw_edk(b"m", b"k", b"\x02" * 3000)])
+    assert parse_header(big).wrapped_keys[0].ciphertext == b"\x02" * 3000
+    assert fmt._TAIL_MEMO == {}  # over the size kept
 
 
 def test_a_few_bytes_of_something_else_are_not_an_envelope_object() -> None:
