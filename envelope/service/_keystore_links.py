@@ -64,8 +64,13 @@ def open_token(module: str, token_label: str, pin: str) -> Token:
     return Token.open(TokenConfig(module=module, token_label=token_label, pin=pin))
 
 
-def xks_client(endpoint: str, uri_path: str, access_key_id: str, secret: str) -> XksClient:
-    """One pooled client per proxy setting (endpoint, path, credential) in this process."""
+def xks_client(
+    endpoint: str, uri_path: str, access_key_id: str, secret: str, region: str
+) -> XksClient:
+    """One pooled client per proxy setting (endpoint, path, credential) and Region in this
+    process. Its requests are signed for `region`, the KMS Region calling the proxy (the XKS
+    spec's credential scope, Appendix A): they were signed for us-east-1 from every Region,
+    and a proxy elsewhere refused them all as a bad credential (review)."""
     from envelope.xks.client import XksClient
 
     ca_file = os.environ.get(XKS_CA_FILE_ENV) or None
@@ -77,13 +82,14 @@ def xks_client(endpoint: str, uri_path: str, access_key_id: str, secret: str) ->
         uri_path,
         access_key_id,
         hashlib.sha256(secret.encode()).digest(),
+        region,
         ca_file,
         timeout,
     )
     with _lock:
         client = _clients.get(ident)
         if client is None:
-            kwargs: dict[str, Any] = {"ca_file": ca_file}
+            kwargs: dict[str, Any] = {"ca_file": ca_file, "region": region}
             if timeout is not None:
                 kwargs["timeout"] = timeout
             client = XksClient(endpoint, uri_path, access_key_id, secret, **kwargs)

@@ -260,6 +260,7 @@ def _xks_for(core: ServiceCore, row: _StoreRow) -> XksClient:
         str(proxy["UriPath"]),
         str(proxy["AccessKeyId"]),
         _secret(core, row),
+        str(row.body.get("Region", core.region)),
     )
     if row.mac:
         core._keystore_cache[key] = (row.mac, client)

@@ -947,7 +947,11 @@ class KeyStoreOps(ServiceCore):
         settings change: the settings must work before they are kept. The round trip is in
         the call's audit record (``keystore_calls``), whatever its outcome."""
         client = _keystore_links.xks_client(
-            str(proxy["UriEndpoint"]), str(proxy["UriPath"]), str(proxy["AccessKeyId"]), secret
+            str(proxy["UriEndpoint"]),
+            str(proxy["UriPath"]),
+            str(proxy["AccessKeyId"]),
+            secret,
+            self.region,
         )
         where = f"{proxy['UriEndpoint']}{proxy['UriPath']}"
         started = time.perf_counter()

@@ -159,7 +159,9 @@ class XksSettings:
     port: int = 8443
     workers: int = 1
     log_level: str = "info"
-    region: str = "us-east-1"
+    #: the KMS Region(s) whose signatures are taken (a list: one proxy serving the stores of
+    #: several Regions; each request is signed for the Region of the KMS calling it)
+    region: str | tuple[str, ...] = "us-east-1"
     max_request_bytes: int = 65536
     graceful_shutdown_seconds: float = 10.0
     #: a request's headers must arrive within this (408), its body within the next (408)
@@ -224,11 +226,26 @@ class XksSettings:
             raise ConfigurationError("header_timeout_seconds and body_timeout_seconds must be > 0")
         if self.degraded_ms <= 0:
             raise ConfigurationError("[health] degraded_ms must be > 0")
+        if isinstance(self.region, list | tuple):
+            object.__setattr__(self, "region", tuple(self.region))
+        if not (
+            isinstance(self.region, str | tuple)
+            and self.regions
+            and all(isinstance(r, str) and r for r in self.regions)
+        ):
+            raise ConfigurationError("[server] region is a Region name or a list of them")
         if self.health_key is not None:
             try:
                 check_key_id(self.health_key)
             except SpecViolation as e:
                 raise ConfigurationError(f"[health] key: {e.message}") from None
+            if any(self.health_key in (k.keys or ()) for k in self.keystores):
+                # the specification: the deep health check uses "a test key ... rather than a
+                # key associated with a KMS key"
+                raise ConfigurationError(
+                    f"[health] key {self.health_key!r} is listed in a [[keystore]] keys: the "
+                    "health check's key must be no KMS key's"
+                )
         prefixes = [k.path_prefix for k in self.keystores]
         if len(set(prefixes)) != len(prefixes):
             raise ConfigurationError("two [[keystore]] tables have the same path_prefix")
@@ -236,6 +253,11 @@ class XksSettings:
         if len(set(ids)) != len(ids):
             # "an access key id must uniquely identify a secret access key"
             raise ConfigurationError("an access_key_id appears twice: each must be unique")
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The Regions a request's credential scope may name."""
+        return (self.region,) if isinstance(self.region, str) else self.region
 
     def __repr__(self) -> str:
         return (
@@ -276,7 +298,7 @@ _TABLES: Mapping[str, KeySpecs] = {
         "port": ("port", int),
         "workers": ("workers", int),
         "log_level": ("log_level", str),
-        "region": ("region", str),
+        "region": ("region", (str, list)),
         "max_request_bytes": ("max_request_bytes", int),
         "graceful_shutdown_seconds": ("graceful_shutdown_seconds", (int, float)),
         "dependency_timeout_ms": ("dependency_timeout_ms", (int, float)),

@@ -81,6 +81,20 @@ def _bytes(doc: Mapping[str, Any], name: str, *, required: bool) -> bytes | None
         raise _invalid(name, e.message) from None
 
 
+def _listed_elsewhere(settings: XksSettings) -> dict[str, frozenset[str]]:
+    """For each key store, the keys other key stores list. A store without a `keys` list may
+    use every key of the token but these (and the health check's key): the path prefix
+    "provides a mechanism to support multiple isolated customers on the same XKS proxy" (the
+    specification), and a store that listed its keys was open to any store that did not
+    (review)."""
+    return {
+        ks.path_prefix: frozenset().union(
+            *(other.keys or () for other in settings.keystores if other is not ks)
+        )
+        for ks in settings.keystores
+    }
+
+
 class Operations:
     """GetHealthStatus, GetKeyMetadata, Encrypt and Decrypt on `token` (one per process)."""
 
@@ -89,8 +103,15 @@ class Operations:
         self.token = token
         self._errlog = log
         self._keys: dict[str, tuple[float, dict[str, object]]] = {}
+        self._others = _listed_elsewhere(settings)
         self._timeout = settings.dependency_timeout_ms / 1000.0
         self.model = f"envelope XKS proxy {__version__}"
+
+    def use_keystores(self, settings: XksSettings) -> None:
+        """The key stores reloaded from the config file (`settings`: the running settings
+        with them): which keys each store may use follows."""
+        self.settings = settings
+        self._others = _listed_elsewhere(settings)
 
     async def _token(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Call the token, mapping its errors: inline, or on a worker thread abandoned past
@@ -125,7 +146,11 @@ class Operations:
         except SpecViolation:
             raise XksProxyError("KeyNotFoundException", "not a valid external key id") from None
         allowed = store.keys
-        if allowed is not None and key_id not in allowed:
+        if (
+            (allowed is not None and key_id not in allowed)
+            or key_id == self.settings.health_key
+            or (allowed is None and key_id in self._others.get(store.path_prefix, ()))
+        ):
             raise XksProxyError("KeyNotFoundException", "no such key in this key store")
         now = time.monotonic()
         hit = self._keys.get(key_id)

@@ -720,6 +720,25 @@ def test_a_proxy_is_unique_in_an_account_and_region_only(
     assert theirs not in str(e.value)
 
 
+def test_requests_to_the_proxy_are_signed_for_the_kms_region(
+    svc: KeyService, proxy: Proxy  # noqa: F811
+) -> None:
+    """The credential scope names "Region from which KMS called the XKS Proxy" (the XKS
+    specification, Appendix A). Every request was signed for us-east-1, whatever the Region:
+    this proxy takes us-east-1 and us-west-2, so a store in eu-west-1 was accepted and one
+    in us-west-2 was signed for the wrong Region (review)."""
+    west = svc.for_region("us-west-2")
+    store = west.create_custom_key_store(**_xks_args(proxy.endpoint, "west"))["CustomKeyStoreId"]
+    west.connect_custom_key_store(custom_key_store_id=store)
+    assert [e["ConnectionState"] for e in west.describe_custom_key_stores()["CustomKeyStores"]] == [
+        "CONNECTED"
+    ]
+    eu = svc.for_region("eu-west-1")
+    with pytest.raises(XksProxyIncorrectAuthenticationCredentialException):
+        eu.create_custom_key_store(**_xks_args(proxy.endpoint, "eu"))
+    assert eu.describe_custom_key_stores()["CustomKeyStores"] == []
+
+
 @pytest.mark.parametrize("path", ["/a//b/kms/xks/v1", "/kms/xks/v2", "/ks/a/kms/xks/v10"])
 def test_a_proxy_path_that_is_no_xks_api_path_is_a_validation_error(
     svc: KeyService, proxy: Proxy, path: str  # noqa: F811

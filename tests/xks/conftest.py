@@ -171,7 +171,7 @@ def write_config(folder: Path, port: int, cert: Path, key: Path, **extra: str) -
 [server]
 port = {port}
 log_level = "info"
-region = "us-east-1"
+region = ["us-east-1", "us-west-2"]
 {extra.get("server", "")}
 
 [tls]
@@ -208,6 +208,7 @@ secret_access_key = "{SECRET_B}"
 
 [[keystore]]
 path_prefix = "/ks/c"
+keys = ["k1", "aes128"]
 allowed_principals = ["arn:aws:iam::111122223333:*", "ec2.amazonaws.com"]
 key_principals = {{ aes128 = ["arn:aws:iam::111122223333:user/alice"] }}
 [[keystore.credential]]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from envelope.errors import ConfigurationError
 from envelope.pkcs11 import Token, TokenConfig
 from envelope.pkcs11.errors import TokenDecryptError
 from envelope.xks._sigv4 import Signer
@@ -22,7 +23,7 @@ from envelope.xks.config import Credential, KeyStoreSettings, XksSettings
 from envelope.xks.spec import ERROR_STATUS
 from tests.softhsm import SOFTHSM_MODULE
 
-from .conftest import KEY_A1, MD, PIN, SECRET_A1, TOKEN_LABEL
+from .conftest import KEY_A1, KEY_B, MD, PIN, SECRET_A1, SECRET_B, TOKEN_LABEL
 
 HOST = "xks.test:443"
 
@@ -40,9 +41,12 @@ def call(
     *,
     raw_path: bool = True,
     raw: bytes | None = None,
+    key: str = KEY_A1,
+    secret: str = SECRET_A1,
+    region: str = "us-east-1",
 ) -> tuple[int, dict[str, Any]]:
     body = json.dumps(doc).encode() if raw is None else raw
-    headers = Signer(KEY_A1, SECRET_A1, "us-east-1").sign(HOST, path, body)
+    headers = Signer(key, secret, region).sign(HOST, path, body)
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     raw.append((b"content-type", b"application/json"))
     scope = {
@@ -253,3 +257,59 @@ def test_an_encryption_past_the_dependency_timeout_is_not_checked(token: Token) 
     assert finished.wait(5)
     time.sleep(0.2)  # time for a check decryption, had one followed
     assert not decrypted.is_set()
+
+
+def _metadata(app: XksProxyApp, prefix: str, key_id: str, key: str, secret: str) -> tuple[int, str]:
+    status, doc = call(
+        app,
+        f"{prefix}/kms/xks/v1/keys/{key_id}/metadata",
+        {"requestMetadata": MD.to_wire("GetKeyMetadata")},
+        key=key,
+        secret=secret,
+    )
+    return status, str(doc.get("errorName", doc.get("keySpec")))
+
+
+def test_a_store_reaches_neither_keys_another_store_lists_nor_the_health_key(token: Token) -> None:
+    """The path prefix "provides a mechanism to support multiple isolated customers on the same
+    XKS proxy", and the health check uses "a test key ... rather than a key associated with a
+    KMS key" (the specification). A store without a keys list reached the keys another store
+    listed, and the health key (review)."""
+    listed = KeyStoreSettings("/a", (Credential(KEY_A1, SECRET_A1),), keys=frozenset({"k1"}))
+    open_ = KeyStoreSettings("/b", (Credential(KEY_B, SECRET_B),))
+    app = XksProxyApp(settings(keystores=(listed, open_), health_key="health"), token)
+    assert _metadata(app, "/a", "k1", KEY_A1, SECRET_A1) == (200, "AES_256")
+    assert _metadata(app, "/b", "k1", KEY_B, SECRET_B) == (404, "KeyNotFoundException")
+    assert _metadata(app, "/b", "health", KEY_B, SECRET_B) == (404, "KeyNotFoundException")
+    assert _metadata(app, "/b", "k-outside", KEY_B, SECRET_B) == (200, "AES_256")
+    status, doc = call(
+        app, "/b/kms/xks/v1/health", {}, key=KEY_B, secret=SECRET_B
+    )  # the health check itself still uses it
+    assert (status, doc["ekmFleetDetails"][0]["healthStatus"]) == (200, "ACTIVE")
+    with pytest.raises(ConfigurationError, match="no KMS key's"):
+        both = replace(listed, keys=frozenset({"k1", "health"}))
+        settings(keystores=(both,), health_key="health")
+
+
+def test_a_malformed_health_request_is_still_answered(token: Token) -> None:
+    """The specification's error table gives ValidationException to "ALL except
+    GetHealthStatus": a signed health request with a body that is no JSON, or without its
+    requestMetadata, was a ValidationException (review)."""
+    app = XksProxyApp(settings(health_key="health"), token)
+    for raw in (b"not json", b"{}", b"[]"):
+        status, doc = call(app, "/s/kms/xks/v1/health", {}, raw=raw)
+        assert status == 200 and doc["ekmFleetDetails"][0]["healthStatus"] == "ACTIVE", doc
+
+
+def test_a_proxy_takes_the_signatures_of_the_regions_it_is_given(token: Token) -> None:
+    """The credential scope names the Region of the KMS calling the proxy (Appendix A): one
+    proxy may serve the stores of several Regions ([server] region as a list)."""
+    app = XksProxyApp(settings(region=["us-east-1", "eu-west-1"]), token)
+    path, doc = "/s/kms/xks/v1/health", {"requestMetadata": MD.to_wire("GetHealthStatus")}
+    assert call(app, path, doc, region="eu-west-1")[0] == 200
+    assert call(app, path, doc, region="us-east-1")[0] == 200
+    status, answer = call(app, path, doc, region="ap-south-1")
+    assert (status, answer["errorName"]) == (401, "AuthenticationFailedException")
+    for bad in ([], [""], 5):
+        with pytest.raises(ConfigurationError, match="region"):
+            settings(region=bad)
