@@ -30,7 +30,7 @@ from ._plan import minimum_bytes as minimum_bytes
 from ._plan import plan_pipeline as plan_pipeline
 from .hazmat.format import TAG_LEN
 from .objects import zero
-from .streams import Sink, Source
+from .streams import Sink, Source, read_full
 
 __all__ = ("BatchFn", "Plan", "first_error", "plan_pipeline", "run_pipeline")
 
@@ -171,7 +171,13 @@ async def run_pipeline(
                     pre = 0
                     if carry is not None:
                         view[0], pre = carry, 1
-                    n = pre + await source.readinto(view[pre:])
+                    try:
+                        n = pre + await read_full(source, view[pre:])
+                    except BaseException:
+                        # a source that failed mid-read may have filled part of the buffer
+                        # (plaintext, when encrypting): the whole of it is wiped (review)
+                        inbuf.used = len(inbuf.data)
+                        raise
                     inbuf.used = max(inbuf.used, n)
                     final = n <= plan.in_batch
                     if not final:

@@ -66,7 +66,7 @@ from .options import ObjectInfo as ObjectInfo
 from .options import Options as Options
 from .options import check_options
 from .options import object_info as object_info
-from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source
+from .streams import Sink, SinkLike, Source, SourceLike, open_sink, open_source, read_full
 
 __all__ = (
     "ObjectInfo",
@@ -453,10 +453,10 @@ async def encrypt_bytes(
 async def read_header(source: Source, *, max_wrapped_keys: int = MAX_EDKS) -> Header:
     """Read and parse exactly one header from `source` (not authenticated yet)."""
     prefix = bytearray(FIXED_PREFIX_LEN)
-    got = await source.readinto(memoryview(prefix))
+    got = await read_full(source, memoryview(prefix))
     raw = bytearray(header_length(memoryview(prefix)[:got]))
     raw[:FIXED_PREFIX_LEN] = prefix
-    got += await source.readinto(memoryview(raw)[FIXED_PREFIX_LEN:])
+    got += await read_full(source, memoryview(raw)[FIXED_PREFIX_LEN:])
     return parse_object_header(memoryview(raw)[:got], max_wrapped_keys=max_wrapped_keys)
 
 
@@ -803,7 +803,7 @@ async def rewrap(
         await out.write(memoryview(new_header))
         buf = bytearray(max(1, options.batch_bytes))
         view = memoryview(buf)
-        while n := await src.readinto(view):
+        while n := await read_full(src, view):
             await out.write(view[:n])
             if n < len(buf):
                 break

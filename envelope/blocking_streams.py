@@ -32,6 +32,7 @@ __all__ = (
     "open_stream",
     "read_into_of",
     "read_stream_header",
+    "says_nothing_now",
     "seal_stream",
     "wait_ready",
     "write_all",
@@ -42,7 +43,7 @@ Write = Callable[[memoryview], None]
 Progress = Callable[[int], None]
 
 
-def _says_nothing_now(stream: object, *, reading: bool) -> bool:
+def says_nothing_now(stream: object, *, reading: bool) -> bool:
     """Whether a None from `stream` means "nothing now" (Python's io contract for raw and
     buffered streams, and what a read of a non-blocking descriptor answers) rather than what
     it always meant for other file-like objects: the end of the input, or a write that
@@ -114,7 +115,7 @@ def read_into_of(stream: object) -> ReadInto | None:
     seal a shorter, valid object). None if `stream` has neither method."""
     binary(stream, "source")
     readinto = getattr(stream, "readinto", None)
-    waits = _says_nothing_now(stream, reading=True)
+    waits = says_nothing_now(stream, reading=True)
     if callable(readinto):
 
         def via_readinto(buf: memoryview) -> int:
@@ -155,7 +156,7 @@ def write_all(stream: object, data: memoryview) -> None:
     """Write all of `data` to a file object, blocking: a raw stream may write part (or, when
     non-blocking, None: nothing now, or raise BlockingIOError with what it did write)."""
     write = stream.write  # type: ignore[attr-defined]
-    waits = _says_nothing_now(stream, reading=False)
+    waits = says_nothing_now(stream, reading=False)
     while data:
         try:
             n = write(data)

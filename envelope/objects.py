@@ -30,7 +30,6 @@ from .errors import (
     ConfigurationError,
     ContextMismatchError,
     HeaderFormatError,
-    InvalidObjectError,
     KmsKeyError,
 )
 from .hazmat.format import (
@@ -41,6 +40,7 @@ from .hazmat.format import (
     MAX_KMS_CTX_LEN,
     MAX_OBJ_CTX_LEN,
     MESSAGE_ID_LEN,
+    MIN_SEG_LOG2,
     WrappedKey,
     encode_context,
     parse_header,
@@ -455,13 +455,15 @@ def check_before_unwrap(
     must be refused as tampered (AuthenticationError), not as another object."""
     check_expected_contexts(expected_context, expected_kms_context)
     if out is not None:
-        try:
-            plen = Layout(header.header_len, header.seg_log2).plaintext_length(ciphertext_len)
-        except InvalidObjectError:
-            # an impossible body length is refused after the unwrap, as on every other face
-            # (format.md §7: the steps in order, the length after the header's MAC)
-            return
-        output_buffer(out, plen)  # (refuses a buffer too short for the plaintext)
+        # The least plaintext the object can hold whatever its segment size: the header's
+        # seg_log2 is not authenticated yet, and sized by it a tampered header was refused
+        # as the caller's buffer (ConfigurationError), not as tampered (review). The exact
+        # size is checked once the header is (`open_into`); an impossible body length is
+        # refused after the unwrap too (format.md §7: the length after the header's MAC).
+        body = ciphertext_len - header.header_len
+        if body > 0:
+            most_tags = -(-body // ((1 << MIN_SEG_LOG2) + TAG_LEN)) * TAG_LEN
+            output_buffer(out, max(0, body - most_tags))
 
 
 def open_object_keys(

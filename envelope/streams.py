@@ -23,7 +23,15 @@ from typing import IO, Any, Protocol, TypeAlias, cast
 import anyio.to_thread
 
 from .atomic import OutputFile
-from .blocking_streams import binary, fill, flush_all, read_into_of, write_all
+from .blocking_streams import (
+    binary,
+    fill,
+    flush_all,
+    read_into_of,
+    says_nothing_now,
+    wait_ready,
+    write_all,
+)
 from .errors import ConfigurationError
 
 __all__ = (
@@ -38,6 +46,7 @@ __all__ = (
     "CountingSink",
     "open_sink",
     "open_source",
+    "read_full",
 )
 
 
@@ -120,20 +129,54 @@ class _SyncFileSource:
             self._f.close()
 
 
+async def read_full(source: Source, buf: memoryview) -> int:
+    """Fill `buf` from `source`; fewer bytes only at the end of the input. A source that
+    answers part of what was asked is asked again: a short read taken for the end sealed a
+    shorter object that verifies, and failed a whole one as tampered (review)."""
+    got = 0
+    while got < len(buf):
+        n = await source.readinto(buf[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 class _AsyncFileSource:
+    """anyio's and aiofiles' files over a sync file: a read may return part of what was
+    asked, and a non-blocking descriptor's None ("nothing now") is waited out, never taken for
+    the end of the input (as `blocking_streams.read_into_of` does for sync files)."""
+
     def __init__(self, f: Any) -> None:
         self._f = f
+        readinto = getattr(f, "readinto", None)
+        self._readinto = readinto if inspect.iscoroutinefunction(readinto) else None
+        self._waits = says_nothing_now(f, reading=True)
+
+    async def _some(self, buf: memoryview) -> int | None:
+        try:
+            if self._readinto is not None:
+                n = await self._readinto(buf)
+                return None if n is None else int(n)
+            chunk = await self._f.read(len(buf))
+        except BlockingIOError:
+            if not self._waits:
+                raise
+            return None
+        if chunk is None:
+            return None
+        buf[: len(chunk)] = chunk
+        return len(chunk)
 
     async def readinto(self, buf: memoryview) -> int:
         got = 0
-        readinto = getattr(self._f, "readinto", None)
         while got < len(buf):
-            if readinto is not None and inspect.iscoroutinefunction(readinto):
-                n = await readinto(buf[got:])
-            else:
-                chunk = await self._f.read(len(buf) - got)
-                n = len(chunk) if chunk else 0
-                buf[got : got + n] = chunk or b""
+            n = await self._some(buf[got:])
+            if n is None:
+                if not self._waits:
+                    break  # (a reader without a descriptor: None was its end)
+                await anyio.to_thread.run_sync(lambda: wait_ready(self._f, writing=False))
+                continue
             if not n:
                 break
             got += n
@@ -186,10 +229,10 @@ def open_source(src: SourceLike) -> Source:
         except OSError as e:
             raise ConfigurationError(f"cannot open {os.fspath(src)!r}: {e.strerror}") from None
         return _SyncFileSource(f, owned=True)
+    if _is_async_file(src):  # (before the engine's own Sources: anyio's file looks like one)
+        return _AsyncFileSource(src)
     if all(inspect.iscoroutinefunction(getattr(src, m, None)) for m in ("readinto", "aclose")):
         return cast("Source", src)  # already an engine Source
-    if _is_async_file(src):
-        return _AsyncFileSource(src)
     if hasattr(src, "__aiter__"):
         return _IterSource(cast("AsyncIterable[bytes]", src))
     if hasattr(src, "read"):
@@ -289,11 +332,29 @@ class _SyncFileSink:
 
 
 class _AsyncFileSink:
+    """anyio's and aiofiles' files: a write may take part of the data (a pipe, a socket) or,
+    non-blocking, none of it; the rest is written again, so the call returns only once all of
+    it was taken (a decrypt returned with most of its plaintext dropped; review)."""
+
     def __init__(self, f: Any) -> None:
         self._f = f
+        inner = getattr(f, "wrapped", None) or getattr(f, "_file", None)  # (anyio, aiofiles)
+        self._waits = inner is not None and says_nothing_now(inner, reading=False)
 
     async def write(self, data: memoryview) -> None:
-        await self._f.write(bytes(data) if not isinstance(data, bytes) else data)
+        rest = memoryview(bytes(data))
+        while rest:
+            try:
+                n = await self._f.write(rest if len(rest) < len(data) else rest.obj)
+            except BlockingIOError as e:
+                rest = rest[e.characters_written :]
+                n = 0
+            if n is None and not self._waits:
+                return  # a writer that answers nothing took it all
+            if n:
+                rest = rest[n:]
+            elif rest:
+                await anyio.to_thread.run_sync(lambda: wait_ready(self._f, writing=True))
 
     async def commit(self) -> None:
         flush = getattr(self._f, "flush", None)

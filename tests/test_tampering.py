@@ -663,3 +663,31 @@ def test_decrypt_into_checks_in_the_specs_order_like_every_other_face(tmp_path: 
                     face()
                 assert type(e.value) is expected, (name, len(damaged), e.value)
 
+
+def test_decrypt_into_refuses_a_tampered_segment_size_as_tampered() -> None:
+    """The header's segment size is not authenticated until the header's MAC. decrypt_into
+    sized the caller's buffer by it before the KMS call, so a header claiming larger segments
+    (fewer tags, more plaintext) was refused as the caller's too-small buffer
+    (ConfigurationError) instead of as tampered (review). A buffer too small for any segment
+    size is still refused before the KMS call."""
+    import anyio
+
+    from envelope import api, sync
+    from envelope.errors import ConfigurationError
+
+    mine = MemoryKms()
+    kr = Keyring(mine, mine.create_key())
+    data = os.urandom(40_960)
+    ct = bytearray(sync.encrypt_bytes(data, keyring=kr, options=Options(segment_size=S)))
+    at = 12  # magic (4), version, flags, suite (2), header length (4), then seg_log2
+    assert ct[at] == 12 and api.parse_object_header(memoryview(ct)).seg_log2 == 12
+    ct[at] = 20
+    for name, face in {
+        "into": lambda buf: sync.decrypt_into(bytes(ct), buf, keyring=kr),
+        "async into": lambda buf: anyio.run(partial(api.decrypt_into, bytes(ct), buf, keyring=kr)),
+    }.items():
+        with pytest.raises(EnvelopeError) as e:
+            face(bytearray(len(data)))
+        assert type(e.value) is AuthenticationError, (name, e.value)
+        with pytest.raises(ConfigurationError):
+            face(bytearray(len(data) // 2))
