@@ -579,7 +579,11 @@ class WireModel:
         return kwargs
 
     def render(self, op: Operation, result: Mapping[str, Any] | None) -> bytes:
-        """The response body: only the output shape's members, blobs base64, times as numbers."""
-        if op.output is None or not result:
+        """The response body: only the output shape's members, blobs base64, times as numbers;
+        none at all for an operation without output (CreateAlias, EnableKey, TagResource...:
+        "HTTP 200 response with an empty HTTP body", as the API reference says of each)."""
+        if op.output is None:
+            return b""
+        if not result:
             return b"{}"
         return json.dumps(_render(op.output, result), separators=(",", ":")).encode()

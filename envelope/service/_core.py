@@ -569,6 +569,14 @@ def wrong_usage(key: _Key, op: str) -> InvalidKeyUsageException:
     )
 
 
+def wrong_origin(key: _Key) -> UnsupportedOperationException:
+    """A key whose origin an operation does not serve (importing into a KMS-made key, rotating
+    an imported or custom-store key automatically), in AWS's words."""
+    return UnsupportedOperationException(
+        f"{key.arn} origin is {key.meta['Origin']} which is not valid for this operation."
+    )
+
+
 def key_material_id(key_id: str, version: int) -> str:
     """The KeyMaterialId of version `version` of a key's backing key: 64 hex digits, as AWS's.
 
@@ -583,7 +591,7 @@ def key_material_id(key_id: str, version: int) -> str:
 def _int_in(value: Any, lo: int, hi: int, name: str) -> int:
     """An integer request member in lo..hi (AWS's range constraints), else ValidationException."""
     if not isinstance(value, int) or not lo <= value <= hi:
-        raise ValidationException(f"{name} must be {lo}..{hi}")
+        raise ValidationException(f"{name} must be between {lo} and {hi}")  # (AWS's wording)
     return value
 
 

@@ -23,6 +23,7 @@ from ._core import (
     _bytes,
     _Call,
     _Key,
+    wrong_origin,
 )
 from ._core import (
     key_material_id as key_material_id_of,
@@ -53,9 +54,7 @@ class ImportOps(ServiceCore):
     @staticmethod
     def _external(key: _Key, opname: str) -> None:
         if key.meta["Origin"] != "EXTERNAL":
-            raise UnsupportedOperationException(  # AWS's words
-                f"{key.arn} origin is {key.meta['Origin']} which is not valid for this operation."
-            )
+            raise wrong_origin(key)
 
     def get_parameters_for_import(
         self,

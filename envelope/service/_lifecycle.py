@@ -22,6 +22,7 @@ from ._core import (
     _page,
     _paging,
     key_material_id,
+    wrong_origin,
 )
 from ._keystore_rows import CUSTOM_ORIGINS
 from ._keystores import KeyStoreOps
@@ -368,17 +369,12 @@ class LifecycleOps(KeyStoreOps):
         key = self._customer_key(conn, call, key_id, ROTATION, now, opname)
         if key.spec != _specs.SYMMETRIC_DEFAULT:
             raise UnsupportedOperationException(f"{opname}: {key.spec} keys cannot be rotated")
-        if key.meta["Origin"] in CUSTOM_ORIGINS:
-            raise UnsupportedOperationException(
-                f"{opname}: keys in custom key stores cannot be rotated"
-            )
         if key.meta["Origin"] != "AWS_KMS" and not (
-            # AWS rotates an imported key on demand only, to material imported beforehand
+            # AWS rotates an imported key on demand only, to material imported beforehand;
+            # custom key store keys never
             key.meta["Origin"] == "EXTERNAL" and opname == "RotateKeyOnDemand"
         ):
-            raise UnsupportedOperationException(
-                f"{opname}: keys with imported material cannot be rotated automatically"
-            )
+            raise wrong_origin(key)
         if key.meta.get("x_mr_type") == "REPLICA":
             raise UnsupportedOperationException(f"{opname}: rotate the primary key instead")
         return key

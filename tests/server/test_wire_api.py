@@ -779,3 +779,18 @@ def test_a_forwarded_for_header_does_not_choose_the_source_address(
     finally:
         svc.close()
     assert rec["source_ip"] == "127.0.0.1"
+
+
+def test_an_operation_without_output_answers_an_empty_body(server: Server, key_id: str) -> None:
+    """CreateAlias, EnableKey, TagResource...: "HTTP 200 response with an empty HTTP body" (the
+    API reference of each); `{}` was answered. An operation with output answers its JSON."""
+    for target, doc in (
+        ("CreateAlias", {"AliasName": "alias/empty-body", "TargetKeyId": key_id}),
+        ("EnableKey", {"KeyId": key_id}),
+        ("TagResource", {"KeyId": key_id, "Tags": [{"TagKey": "k", "TagValue": "v"}]}),
+        ("DeleteAlias", {"AliasName": "alias/empty-body"}),
+    ):
+        status, headers, body = server.raw(f"TrentService.{target}", json.dumps(doc).encode())
+        assert (status, body, headers.get("content-length")) == (200, b"", "0"), target
+    status, _, body = server.raw("TrentService.DescribeKey", json.dumps({"KeyId": key_id}).encode())
+    assert status == 200 and json.loads(body)["KeyMetadata"]["KeyId"] == key_id

@@ -73,6 +73,12 @@ def test_external_multi_region_key_replicas_import_the_same_material(svc: KeySer
         "UnsupportedOperationException"
     )
     assert code_of(lambda: svc.enable_key_rotation(key_id=kid)) == ("UnsupportedOperationException")
+    with pytest.raises(KmsServiceError) as e:  # AWS's words
+        svc.enable_key_rotation(key_id=kid)
+    assert e.value.message == (
+        f"{svc.describe_key(key_id=kid)['KeyMetadata']['Arn']} origin is EXTERNAL which is "
+        "not valid for this operation."
+    )
 
 
 def test_replica_imported_first_fixes_the_material_for_the_primary(svc: KeyService) -> None:

@@ -901,3 +901,15 @@ def test_import_type_as_aws_defines_it(svc: KeyService) -> None:
     svc.delete_imported_key_material(key_id=kid)
     imp("EXISTING_KEY_MATERIAL")
     assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_a_deletion_window_out_of_range_is_refused_in_aws_words(svc: KeyService) -> None:
+    """ScheduleKeyDeletion with 6 or 31 days: ValidationException "PendingWindowInDays must be
+    between 7 and 30", AWS's message (a client matching on it missed "must be 7..30")."""
+    kid = new_key(svc)
+    for days in (6, 31):
+        with pytest.raises(
+            E.ValidationException, match=r"^PendingWindowInDays must be between 7 and 30$"
+        ):
+            svc.schedule_key_deletion(key_id=kid, pending_window_in_days=days)
+    assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
