@@ -37,6 +37,8 @@ import os
 import re
 import stat
 import threading
+import time
+from collections.abc import Callable
 from typing import Literal
 
 from .errors import ConfigurationError, UnsafePathError
@@ -368,8 +370,10 @@ class OutputFile:
         while view:
             view = view[os.write(self.fd, view) :]
 
-    def commit(self) -> None:
-        """Make the output visible under its name (atomic targets) or just finish it."""
+    def commit(self, *, mtime_ns: int | None = None) -> None:
+        """Make the output visible under its name (atomic targets) or just finish it.
+        `mtime_ns`: the modification time the output gets (a lake job stamps its source's
+        change time, which its resume compares; set before the rename)."""
         if self._done:
             return
         self._done = True
@@ -377,6 +381,8 @@ class OutputFile:
             if self.tmp_path is None:
                 self._close()
                 return
+            if mtime_ns is not None:
+                os.utime(self.fd, ns=(time.time_ns(), mtime_ns))
             try:
                 old = os.stat(self.path)
             except FileNotFoundError:
@@ -463,11 +469,17 @@ def write_bytes(
     durable: bool,
     clean_stale: bool = True,
     regular_only: bool = False,
+    before_commit: Callable[[], None] | None = None,
+    mtime_ns: int | None = None,
 ) -> None:
-    """Write a whole small output by the same rules (reports, small lake objects)."""
+    """Write a whole small output by the same rules (reports, small lake objects).
+    `before_commit` runs once the bytes are written, before the rename (raising, it leaves the
+    target as it was); `mtime_ns` as `OutputFile.commit`."""
     out = OutputFile(path, durable=durable, clean_stale=clean_stale, regular_only=regular_only)
     try:
         out.write(data)
-        out.commit()
+        if before_commit is not None:
+            before_commit()
+        out.commit(mtime_ns=mtime_ns)
     finally:
         out.discard()

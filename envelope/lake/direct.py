@@ -19,6 +19,7 @@ import os
 from .. import files
 from ..atomic import OutputFile
 from ..objects import Header, ObjectKeys, PreparedObject
+from .fs import SourceGuard
 
 __all__ = ("open_file", "seal_file")
 
@@ -26,6 +27,14 @@ __all__ = ("open_file", "seal_file")
 def _output(path: str, durable: bool) -> OutputFile:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return OutputFile(path, durable=durable, clean_stale=False, regular_only=True)
+
+
+def _commit(out: OutputFile, guard: SourceGuard | None) -> None:
+    if guard is None:
+        out.commit()
+        return
+    guard.check()
+    out.commit(mtime_ns=guard.changed_ns)
 
 
 def seal_file(
@@ -37,16 +46,19 @@ def seal_file(
     durable: bool,
     memory_budget: int | None = None,
     follow_links: bool = False,
+    guard: SourceGuard | None = None,
 ) -> int:
     """Encrypt local file `src` to `dst` under a prepared header; returns plaintext bytes.
-    Two segment buffers are held; a segment `memory_budget` cannot hold is refused."""
+    Two segment buffers are held; a segment `memory_budget` cannot hold is refused.
+    `guard`: the source as the job found it, checked before the commit (and the output's
+    modification time)."""
     out = _output(dst, durable)
     try:
         n = files.seal_file(
             prepared, src, out, workers=1, batch_bytes=1, follow_links=follow_links,
             expected_size=expected_size, memory_budget=memory_budget,
         )
-        out.commit()
+        _commit(out, guard)
         return n
     finally:
         out.discard()
@@ -61,15 +73,17 @@ def open_file(
     durable: bool,
     memory_budget: int | None = None,
     follow_links: bool = False,
+    guard: SourceGuard | None = None,
 ) -> int:
-    """Decrypt local file `src` (header already authenticated) to `dst`; returns its length."""
+    """Decrypt local file `src` (header already authenticated) to `dst`; returns its length.
+    `guard` as in `seal_file`."""
     out = _output(dst, durable)
     try:
         n = files.open_file(
             header, keys, src, out, workers=1, batch_bytes=1, follow_links=follow_links,
             memory_budget=memory_budget,
         )
-        out.commit()
+        _commit(out, guard)
         return n
     finally:
         out.discard()

@@ -26,6 +26,7 @@ __all__ = (
     "ArrowRangeFile",
     "ArrowSource",
     "Location",
+    "SourceGuard",
     "open_output",
     "open_source_at",
     "read_whole",
@@ -162,6 +163,44 @@ def _open_regular(path: str, follow_links: bool) -> int:
         raise ConfigurationError(f"{path!r} is no longer a regular file")
     os.set_blocking(fd, True)
     return fd
+
+
+class SourceGuard:
+    """What a local source file was when a job began an object, checked again before the
+    object's output is committed, and the change time the output is stamped with.
+
+    A source changed (rewritten in place, or replaced by a rename) after it was read but
+    before its output was written left an output made from the old bytes that looked newer
+    than the change, so a resumed job kept it for good (review). Now such an object fails
+    (SourceChangedError: the next run does it), and a local output's modification time is
+    the source's change time as seen before the read: a change the check misses (after it,
+    before the rename) still leaves the source newer than its output for the resume."""
+
+    __slots__ = ("_follow", "_path", "_seen")
+
+    def __init__(self, path: str, *, follow_links: bool) -> None:
+        self._path, self._follow = path, follow_links
+        self._seen = self._now()
+
+    def _now(self) -> tuple[int, int, int, int]:
+        st = os.stat(self._path) if self._follow else os.lstat(self._path)
+        return st.st_dev, st.st_ino, st.st_size, max(st.st_mtime_ns, st.st_ctime_ns)
+
+    @property
+    def changed_ns(self) -> int:
+        """The source's change time (the later of modification and status change) as seen."""
+        return self._seen[3]
+
+    def check(self) -> None:
+        """SourceChangedError if the file at the path is not the one seen, unchanged."""
+        try:
+            now = self._now()
+        except OSError:
+            now = None
+        if now != self._seen:
+            raise SourceChangedError(
+                f"{self._path!r} changed while the job processed it; its output not written"
+            )
 
 
 def read_whole(fs: pafs.FileSystem, path: str, size: int, *, follow_links: bool = True) -> bytes:

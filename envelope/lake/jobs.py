@@ -56,7 +56,15 @@ from ..kms.base import WrappedKey
 from ..metrics import NULL_OBSERVER, Observer
 from ..objects import MAX_EDKS, Header, ObjectPath, check_contexts, pick_path
 from . import direct
-from .fs import ArrowSource, Location, open_source_at, read_whole, redact_uri, resolve
+from .fs import (
+    ArrowSource,
+    Location,
+    SourceGuard,
+    open_source_at,
+    read_whole,
+    redact_uri,
+    resolve,
+)
 from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire, live_local_lock
 from .paths import check_apart, check_local_output
@@ -503,6 +511,15 @@ def _route(entry: Entry, src: Location, dst: Location, options: LakeOptions) -> 
     )
 
 
+def _guards(src: Location, options: LakeOptions) -> Callable[[str], SourceGuard | None]:
+    """A `SourceGuard` for each object of a local source, taken before it is read; None on
+    an object store, whose objects are replaced whole (and whose times are whole seconds,
+    which `_newer_or_same` already distrusts)."""
+    if not src.is_local:
+        return lambda path: None
+    return lambda path: SourceGuard(path, follow_links=options.follow_symlinks)
+
+
 def _newer_or_same(dst: pafs.FileInfo, src: Entry, exact: bool) -> bool:
     """Whether `dst` was written at or after `src`'s last change.
 
@@ -788,6 +805,8 @@ async def encrypt_prefix(
                         raise
         return names == {target[0]}
 
+    guard_of = _guards(src, options)
+
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
         if await done(entry):
@@ -823,11 +842,12 @@ async def encrypt_prefix(
             )
 
             def work() -> int:
+                guard = guard_of(src_path)
                 data = read_whole(
                     src.fs, src_path, entry.size, follow_links=options.follow_symlinks
                 )
                 sealed = api.seal_prepared(prepared, data)
-                write_whole(dst.fs, dst_path, sealed, durable=options.durable)
+                write_whole(dst.fs, dst_path, sealed, durable=options.durable, guard=guard)
                 return len(data)
 
             return await anyio.to_thread.run_sync(work)
@@ -847,6 +867,7 @@ async def encrypt_prefix(
                 durable=options.durable,
                 memory_budget=large.memory_budget,
                 follow_links=options.follow_symlinks,  # (links checked when listed)
+                guard=guard_of(src_path),
             )
         )
 
@@ -928,22 +949,28 @@ async def decrypt_prefix(
     async def done(entry: Entry) -> bool:
         return await anyio.to_thread.run_sync(already_done, entry)
 
+    guard_of = _guards(src, options)
+
     async def one(entry: Entry) -> ObjectResult:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
         route = _route(entry, src, dst, options)
         small = route == "small"
 
-        def check_and_read() -> bytes | None:
-            """One hop: the resume check, then (small objects) the whole ciphertext."""
+        def check_and_read() -> tuple[bytes, SourceGuard | None] | None:
+            """One hop: the resume check, then the source's guard and (small objects) the
+            whole ciphertext."""
             if already_done(entry):
                 return None
+            guard = None if route == "streamed" else guard_of(src_path)
             if not small:
-                return b""
-            return read_whole(src.fs, src_path, entry.size, follow_links=options.follow_symlinks)
+                return b"", guard
+            data = read_whole(src.fs, src_path, entry.size, follow_links=options.follow_symlinks)
+            return data, guard
 
-        ciphertext = await anyio.to_thread.run_sync(check_and_read)
-        if ciphertext is None:
+        read = await anyio.to_thread.run_sync(check_and_read)
+        if read is None:
             return ObjectResult(entry.rel, "skipped", entry.size)
+        ciphertext, guard = read
         expected = _expected(entry, options, object_context)
         if route == "streamed":  # api.decrypt reports it to the observer itself
             info = await api.decrypt(
@@ -957,11 +984,15 @@ async def decrypt_prefix(
             )
             return ObjectResult(entry.rel, "done", info.plaintext_len)
         with objects.Tracked(observer, "decrypt") as track:
-            track.plaintext_len = n = await local(entry, ciphertext, expected, route)
+            track.plaintext_len = n = await local(entry, ciphertext, expected, route, guard)
         return ObjectResult(entry.rel, "done", n)
 
     async def local(
-        entry: Entry, ciphertext: bytes, expected: Mapping[str, str], route: str
+        entry: Entry,
+        ciphertext: bytes,
+        expected: Mapping[str, str],
+        route: str,
+        guard: SourceGuard | None,
     ) -> int:
         """The small and direct routes (whole in memory, or file to file): plaintext bytes."""
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
@@ -972,7 +1003,9 @@ async def decrypt_prefix(
                 expected,
                 kms_context,
                 engine,
-                lambda plain: write_whole(dst.fs, dst_path, plain, durable=options.durable),
+                lambda plain: write_whole(
+                    dst.fs, dst_path, plain, durable=options.durable, guard=guard
+                ),
             )
         header, _ = await anyio.to_thread.run_sync(
             _read_header, src.fs, src_path, engine.max_wrapped_keys
@@ -995,6 +1028,7 @@ async def decrypt_prefix(
                 durable=options.durable,
                 memory_budget=large.memory_budget,
                 follow_links=options.follow_symlinks,  # (links checked when listed)
+                guard=guard,
             )
         )
 

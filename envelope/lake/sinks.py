@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 
 from ..atomic import TMP_SUFFIX, is_temporary, temporary_name, write_bytes
 from ..streams import AtomicFileSink, Sink
-from .fs import open_output
+from .fs import SourceGuard, open_output
 from .s3 import MultipartSink, client_for, object_attributes, put_whole
 
 __all__ = ("TMP_SUFFIX", "ArrowAtomicSink", "atomic_sink", "is_temporary", "write_whole")
@@ -110,20 +110,37 @@ def atomic_sink(
     return ArrowAtomicSink(fs, path)
 
 
-def write_whole(fs: pafs.FileSystem, path: str, data: bytes | bytearray, *, durable: bool) -> None:
-    """Write a whole small object atomically from a worker thread (one hop for the lot)."""
+def write_whole(
+    fs: pafs.FileSystem,
+    path: str,
+    data: bytes | bytearray,
+    *,
+    durable: bool,
+    guard: SourceGuard | None = None,
+) -> None:
+    """Write a whole small object atomically from a worker thread (one hop for the lot).
+    `guard`: a local source as the job found it, checked before the output is committed; a
+    local output gets its change time as modification time (`SourceGuard`)."""
     _ensure_parent(fs, path)
     if _is_local(fs):
-        write_bytes(path, data, durable=durable, clean_stale=False, regular_only=True)
+        write_bytes(
+            path, data, durable=durable, clean_stale=False, regular_only=True,
+            before_commit=None if guard is None else guard.check,
+            mtime_ns=None if guard is None else guard.changed_ns,
+        )  # fmt: skip
         return
     client = client_for(fs)
     if client is not None:
+        if guard is not None:
+            guard.check()
         put_whole(client, path, data)  # one PutObject: whole or nothing, no temporary key
         return
     tmp = temporary_name(path)
     try:
         with open_output(fs, tmp) as out:
             out.write(data)
+        if guard is not None:
+            guard.check()
         fs.move(tmp, path)
     except BaseException:
         try:

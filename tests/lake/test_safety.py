@@ -766,3 +766,101 @@ async def test_bench_lake_never_shows_the_uri_s_secret(
         )
     text = json.dumps(result)
     assert "SuperSecret123" not in text and "AKIAEXAMPLE:***@" in text
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("operation", ["encrypt", "decrypt"])
+@pytest.mark.parametrize("small_object_bytes", [8 << 20, 0], ids=["whole", "file to file"])
+@pytest.mark.parametrize("when", ["after the read", "after the check"])
+async def test_a_source_replaced_after_it_was_read_is_never_kept_stale(
+    anyio_backend: str,
+    tmp_path: Path,
+    k1: Keyring,
+    operation: str,
+    small_object_bytes: int,
+    when: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source replaced (renamed over, as `mv` does) after the job had read it, before its
+    output was written: the output, made from the old bytes, was newer than the change, and
+    every resumed run skipped it for good (review). Replaced before the check that precedes
+    the commit, the object fails and nothing is written; replaced after it, the output (its
+    modification time the source's change time as the job saw it) is redone by the next run.
+    Either way the resumed job ends with the new bytes."""
+    from envelope.lake import fs as lake_fs
+
+    src, out, back = tmp_path / "src", tmp_path / "out", tmp_path / "back"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "data.bin").write_bytes(b"old!" * 50_000)
+    (plain / "other.bin").write_bytes(b"steady")
+    o = opts(small_object_bytes=small_object_bytes)
+    if operation == "encrypt":
+        os.rename(plain, src)
+        new_bytes = b"NEW!" * 50_000
+        replacement = tmp_path / "replacement"
+        replacement.write_bytes(new_bytes)
+        run = jobs.encrypt_prefix
+    else:
+        assert (await jobs.encrypt_prefix(str(plain), str(src), keyring=k1, options=o)).ok
+        newer = tmp_path / "newer"
+        newer.mkdir()
+        new_bytes = b"NEW!" * 50_000
+        (newer / "data.bin").write_bytes(new_bytes)
+        assert (
+            await jobs.encrypt_prefix(str(newer), str(newer) + "-enc", keyring=k1, options=o)
+        ).ok
+        replacement = Path(str(newer) + "-enc") / "data.bin"
+        run = jobs.decrypt_prefix
+    victim = src / "data.bin"
+    swapped: list[bool] = []
+
+    def swap() -> None:
+        if not swapped:
+            swapped.append(True)
+            os.replace(replacement, victim)
+
+    real_check = lake_fs.SourceGuard.check
+
+    def check(self: Any) -> None:
+        ours = self._path == str(victim)
+        if ours and when == "after the read":
+            swap()
+        real_check(self)
+        if ours and when == "after the check":
+            swap()
+
+    monkeypatch.setattr(lake_fs.SourceGuard, "check", check)
+    r = await run(str(src), str(out), keyring=k1, options=o)
+    monkeypatch.undo()
+    assert swapped
+    if when == "after the read":
+        assert [(f.path, f.error_type) for f in r.failures] == [("data.bin", "SourceChangedError")]
+        assert not (out / "data.bin").exists()
+    else:
+        assert r.ok
+    r = await run(str(src), str(out), keyring=k1, options=o)
+    assert r.ok and r.done == 1 and r.skipped == 1, r
+    if operation == "encrypt":
+        assert (await jobs.decrypt_prefix(str(out), str(back), keyring=k1, options=o)).ok
+        assert (back / "data.bin").read_bytes() == new_bytes
+    else:
+        assert (out / "data.bin").read_bytes() == new_bytes
+    assert (await run(str(src), str(out), keyring=k1, options=o)).skipped == 2
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("small_object_bytes", [8 << 20, 0], ids=["whole", "file to file"])
+async def test_a_local_output_is_stamped_with_its_source_s_change_time(
+    anyio_backend: str, tmp_path: Path, k1: Keyring, small_object_bytes: int
+) -> None:
+    """What the resume compares: an output's modification time is its source's change time
+    (the later of modification and status change), as the job saw it before reading."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(300_000))
+    os.utime(src / "a.bin", ns=(0, 4 * 10**18))  # a modification time ahead of its status change
+    o = opts(small_object_bytes=small_object_bytes)
+    assert (await jobs.encrypt_prefix(str(src), str(out), keyring=k1, options=o)).ok
+    st = (src / "a.bin").stat()
+    assert (out / "a.bin").stat().st_mtime_ns == max(st.st_mtime_ns, st.st_ctime_ns) == 4 * 10**18
