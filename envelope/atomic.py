@@ -111,26 +111,53 @@ _DESCRIPTOR_ALIAS = re.compile(
 _STD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 
 
+def _normal(text: str) -> str:
+    """An absolute path without ``.``, ``..`` or repeated slashes (POSIX lets a path keep a
+    leading ``//``, and ``//dev/stdout`` passed for an ordinary path)."""
+    text = os.path.normpath(text)
+    return "/" + text.lstrip("/") if text.startswith("//") else text
+
+
+def _alias_match(path: str | os.PathLike[str]) -> re.Match[str] | None:
+    """The descriptor path that `path` is, or leads to through symbolic links (``so ->
+    /dev/stdout``), before the descriptor's own link to its file is followed."""
+    text = _normal(os.path.abspath(os.fspath(path)))
+    for _ in range(40):  # (the kernel's own limit on links followed)
+        match = _DESCRIPTOR_ALIAS.fullmatch(text)
+        if match is not None:
+            return match
+        try:
+            link = os.readlink(text)
+        except OSError:  # not a link (or none there): an ordinary path
+            return None
+        text = _normal(os.path.join(os.path.dirname(text), link))
+    return None
+
+
 def descriptor_alias(path: str | os.PathLike[str]) -> int | None:
     """The descriptor number a path such as ``/dev/stdout``, ``/dev/fd/3`` or
-    ``/proc/self/fd/1`` names (as the shell gives it, before links are followed), else None.
-    Such a path is not a file to replace: resolved, ``/dev/stdout`` is whatever the shell
-    redirected to, and replacing it atomically wiped a file opened with ``>>``."""
-    text = os.path.abspath(os.fspath(path))
-    if not _DESCRIPTOR_ALIAS.fullmatch(text):
+    ``/proc/self/fd/1`` names, spelled with extra slashes or reached through links, else
+    None. Such a path is not a file to replace: resolved, ``/dev/stdout`` is whatever the
+    shell redirected to, and replacing it atomically wiped a file opened with ``>>`` (and
+    ``//dev/stdout`` or a link to ``/dev/stdout`` still did; review)."""
+    match = _alias_match(path)
+    if match is None:
         return None
+    text = match.group(0)
     return _STD_NAMES[text] if text in _STD_NAMES else int(text.rsplit("/", 1)[1])
 
 
 def own_descriptor(path: str | os.PathLike[str]) -> int | None:
     """`descriptor_alias`, for this process's own descriptors only (``/proc/<another
     pid>/fd/1`` is another process's standard output, not ours)."""
-    fd = descriptor_alias(path)
-    if fd is None:
+    match = _alias_match(path)
+    if match is None:
         return None
-    match = _DESCRIPTOR_ALIAS.fullmatch(os.path.abspath(os.fspath(path)))
-    owner = match.group(1) if match else None
-    return fd if owner in (None, "self", "thread-self", str(os.getpid())) else None
+    owner = match.group(1)
+    if owner not in (None, "self", "thread-self", str(os.getpid())):
+        return None
+    text = match.group(0)
+    return _STD_NAMES[text] if text in _STD_NAMES else int(text.rsplit("/", 1)[1])
 
 
 #: The outputs this process has made visible under their names, most recent last (at most
@@ -205,6 +232,10 @@ def resolve_output(path: str | os.PathLike[str]) -> tuple[str, OutputKind]:
         st = None
     except OSError as e:
         raise _cannot_write(e, os.fspath(path)) from None
+    if os.fspath(path).endswith(("/", "/.")) and (st is None or not stat.S_ISDIR(st.st_mode)):
+        # a name ending in "/" is a folder's (as `cp` and the shell read it); its last name
+        # was dropped and a file by that name written or replaced (review)
+        raise ConfigurationError(f"cannot write {os.fspath(path)!r}: not a folder")
     if st is None:
         parent = os.path.dirname(real)
         if not os.path.isdir(parent):
@@ -296,10 +327,28 @@ def _keep_owner(fd: int, old: os.stat_result) -> None:
             pass
 
 
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """This process's umask, read where Linux shows it (4.7 and later). Asking `os.umask`
+    means setting it: for that moment every file any thread of the process created got mode
+    0666 (the lake jobs write from many threads; review), so that is the fallback only."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        umask = os.umask(0o077)  # (the safe value, for the moment it is set)
+        os.umask(umask)
+    return umask
+
+
 def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 class OutputFile:

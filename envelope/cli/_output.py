@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from ..errors import ConfigurationError
 from ..printable import printable
+from ._stdio import require_open
 
 __all__ = (
     "FORMATS",
@@ -199,6 +200,8 @@ def emit(
     args: argparse.Namespace, data: Any, title: str = "", *, stream: IO[str] | None = None
 ) -> None:
     """Print `data` (JSON-shaped) as the command line asked: query, then format."""
+    if stream is None:
+        require_open(1, "this command prints its data there")
     out = stream if stream is not None else sys.stdout
     fmt = resolve_format(args, out)
     value = jsonable(data)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import stat
 import sys
 from dataclasses import asdict
-from typing import IO
+from typing import IO, Any
 
 from .. import sync
 from ..atomic import own_descriptor
@@ -29,6 +31,7 @@ from ._common import (
     safety_arguments,
 )
 from ._output import add_output_arguments, emit, output_requested
+from ._stdio import require_open
 
 _OUT_HELP = (
     "output file (a regular file is replaced atomically: nothing appears under OUT unless the "
@@ -108,12 +111,16 @@ def add_crypt_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _open_in(path: str) -> str | IO[bytes]:
-    return sys.stdin.buffer if path == "-" else path
+    if path != "-":
+        return path
+    require_open(0, "the input is - (standard input)")
+    return sys.stdin.buffer
 
 
 def _open_out(path: str, *, ciphertext: bool = False) -> str | IO[bytes]:
     if path != "-":
         return path
+    require_open(1, "the output is - (standard output)")
     if ciphertext and sys.stdout.isatty():
         # binary on a terminal garbles it and is lost (age refuses this too)
         raise ConfigurationError(
@@ -144,6 +151,14 @@ def _check_paths(args: argparse.Namespace) -> None:
         args.input = "-"
     if own_descriptor(args.output) == 1:
         args.output = "-"
+    if args.input == "-":
+        require_open(0, "the input is - (standard input)")
+    if args.output == "-":
+        require_open(1, "the output is - (standard output)")
+    elif output_requested(args):
+        require_open(1, "--output prints the summary there")
+    if args.output != "-":
+        _check_replaceable(args.output)
     if args.input != "-":
         try:
             os.stat(args.input)
@@ -151,15 +166,32 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise ConfigurationError(f"cannot open {args.input!r}: {e.strerror}") from None
         if args.output != "-":
             check_not_the_input(args.input, args.output)
-        else:  # `encrypt f - >> f`: stdout is the input itself, appended to
-            try:
-                out, src = os.fstat(sys.stdout.fileno()), os.stat(args.input)
-            except (OSError, ValueError):
-                return
-            if (out.st_dev, out.st_ino) == (src.st_dev, src.st_ino):
-                raise ConfigurationError(
-                    f"standard output is {args.input!r} itself: write elsewhere"
-                )
+        elif _same_file(args.input, sys.stdout):  # `encrypt f - >> f`: appended to itself
+            raise ConfigurationError(f"standard output is {args.input!r} itself: write elsewhere")
+    elif args.output != "-" and _same_file(args.output, sys.stdin):
+        # `encrypt - f < f`: `encrypt f f` is refused, and this replaced f with itself sealed
+        raise ConfigurationError(f"standard input is {args.output!r} itself: write elsewhere")
+
+
+def _same_file(path: str, stream: IO[Any]) -> bool:
+    """Whether `path` is the file open as `stream` (False if either is not there)."""
+    try:
+        a, b = os.stat(path), os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _check_replaceable(path: str) -> None:
+    """An existing file the command could not write to is refused (exit 5), as `cp` and a
+    shell's ``>`` refuse it: the output replaces a file by renaming over it, which only the
+    folder's permission governs, so a read-only (0444) file was silently replaced (review)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # (a new file, or one `resolve_output` refuses with its reason)
+    if stat.S_ISREG(st.st_mode) and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", path)
 
 
 def _is_folder(path: str) -> bool:

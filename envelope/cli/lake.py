@@ -220,6 +220,36 @@ def _not_stdout(dst: str | None) -> None:
 
 
 def cmd_lake(args: argparse.Namespace) -> int:
+    try:
+        return _lake(args)
+    except BaseException as e:
+        if args.report and not getattr(args, "report_written", False) and _replaceable(args.report):
+            # a setting refused before the job began (--context, --kms-context, the key): the
+            # report of an earlier run was left there, read as this one's (review)
+            _failed_report(args.operation, args, e)
+        raise
+
+
+def _replaceable(path: str) -> bool:
+    """Whether a refused command may write its failure over `path`: nothing is there, or an
+    earlier report is (before the keys are known, a file that is neither may be one of them,
+    as a report over the root key would destroy it)."""
+    import json
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # (a FIFO would block this read, a device is no report)
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"operation", "ok"} <= doc.keys()
+
+
+def _lake(args: argparse.Namespace) -> int:
     _not_stdout(args.dst)
     options = jobs.LakeOptions(
         concurrency=args.concurrency,
@@ -293,6 +323,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
                     )
                 )
         except BaseException as e:
+            args.report_written = True  # (whatever happens here: not again by `cmd_lake`)
             if report_checked:
                 # (a report over a key file or the root key, refused above, destroyed the
                 # keys it was refused to protect: diff review)
@@ -304,6 +335,7 @@ def cmd_lake(args: argparse.Namespace) -> int:
                 sync.run(to.aclose)
         report.seconds = report.seconds or time.perf_counter() - t0
     if args.report:
+        args.report_written = True
         report.write(args.report)
     _print_summary(report, args)
     return _exit_code(report)

@@ -365,6 +365,9 @@ def run() -> None:
     `main()` in its own process keeps its collector as it was."""
     import gc
 
+    from . import _stdio
+
+    _stdio.hold()  # (first: before anything opens a file in a closed descriptor's place)
     redeliver_interrupts_from_finalizers()
     gc.disable()
     try:

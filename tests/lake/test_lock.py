@@ -580,6 +580,20 @@ def test_a_report_says_the_job_did_not_run(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     report = json.loads(rep.read_text())
     assert report["ok"] is False and "LockHeldError" in report["error"], report
+    # a setting refused before the job began: the earlier report was left there too (review)
+    (dst / LOCK_NAME).unlink()
+    assert cli(*job).returncode == 0 and json.loads(rep.read_text())["ok"] is True
+    for bad in (["--context", "novalue"], ["--kms-context", "a"], ["--memory-budget", "1K"]):
+        r = cli(*job, *bad)
+        assert r.returncode == 2, (bad, r.stderr)
+        report = json.loads(rep.read_text())
+        assert report["ok"] is False and report["error"], (bad, report)
+        rep.write_text(json.dumps({"operation": "encrypt", "ok": True}))
+    # ... but a file that is not a report is never replaced by one (it may be a key)
+    key_bytes = key.read_bytes()
+    r = cli("lake", "encrypt", str(src), str(dst), "--key-file", str(key), "--report", str(key),
+            "--context", "novalue")  # fmt: skip
+    assert r.returncode == 2 and key.read_bytes() == key_bytes
 
 
 def test_s3_nested_destinations_count_as_locally(s3: S3) -> None:
