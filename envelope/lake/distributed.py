@@ -29,6 +29,7 @@ import anyio
 
 from ..errors import ConfigurationError
 from ..keyring import Keyring
+from ..kms.base import WrappedKey
 from ..kms.keyspec import KeySpec, Purpose
 from ..metrics import NULL_OBSERVER, Direction, Observer
 from ..uri_secrets import redact_uri
@@ -57,6 +58,23 @@ class _Task:
 # chunk the worker runs, so its data-key cache and KMS client live as long as the worker.
 _WORKER_KEYRINGS: dict[KeySpec, Keyring] = {}
 _WORKER_LOCK = threading.Lock()
+
+
+# A rewrap's new wraps by data key, per job (its stop event's name) on this worker, shared by
+# its slices and chunks: each slice was a new job with a cache of its own, and wrapped every
+# data key again, so the objects of one data key ended under several wrapped keys (review).
+# The few latest jobs are kept (wrapped keys and MACs only: no secret).
+_WORKER_WRAPS: dict[str, dict[bytes, WrappedKey]] = {}
+
+
+def _job_wraps(job: str) -> dict[bytes, WrappedKey]:
+    with _WORKER_LOCK:
+        got = _WORKER_WRAPS.get(job)
+        if got is None:
+            got = _WORKER_WRAPS[job] = {}
+            while len(_WORKER_WRAPS) > 4:
+                del _WORKER_WRAPS[next(iter(_WORKER_WRAPS))]
+        return got
 
 
 def _worker_keyring(spec: KeySpec) -> Keyring:
@@ -96,6 +114,7 @@ def _run_chunk(task: _Task, entries: Sequence[jobs.Entry]) -> dict[str, Any]:
     to = _worker_keyring(task.to) if task.to is not None else None
     options = task.options
     stop = _distributed().Event(task.stop) if task.stop else None
+    wraps = _job_wraps(task.stop) if task.operation == "rewrap" and task.stop else None
     part: dict[str, Any] = dict.fromkeys(_PART_COUNTS, 0)
     part["failures"], part["planned_paths"] = [], []
     for piece in _slices(entries, 4 * options.concurrency):
@@ -113,6 +132,7 @@ def _run_chunk(task: _Task, entries: Sequence[jobs.Entry]) -> dict[str, Any]:
                 object_context=task.object_context,
                 options=options,
                 entries=piece,
+                wrapped_cache=wraps,
             )
 
         got: dict[str, Any] = anyio.run(go).to_dict()

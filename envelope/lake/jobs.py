@@ -1097,6 +1097,7 @@ async def rewrap_prefix(
     progress: Progress | None = None,
     source_fs: pafs.FileSystem | None = None,
     entries: Sequence[Entry] | None = None,
+    wrapped_cache: dict[bytes, WrappedKey] | None = None,
 ) -> JobReport:
     """Move every object under `source` to `to`'s key, in place: only headers change.
 
@@ -1105,7 +1106,9 @@ async def rewrap_prefix(
     is left as it was), its data key unwrapped (with `keyring`) and wrapped
     under the new key, and the object rewritten atomically with the new header and the body
     copied byte for byte. Objects already under the new key are skipped. Data keys shared by
-    many objects (a cache's bucket keys) are wrapped once per job.
+    many objects (a cache's bucket keys) are wrapped once per job; `wrapped_cache` (new data
+    keys' wraps under `to`, by a MAC of the data key) may be shared by the calls that run one
+    job in parts (a Dask worker's slices), so that each is wrapped once there too.
 
     Which (provider, key id) `to` writes is learned from the job's first real wrap, made with
     that object's own KMS context (a key policy may require one), so a job costs no KMS call
@@ -1115,7 +1118,8 @@ async def rewrap_prefix(
     src = resolve(source, filesystem=source_fs)
     target: list[tuple[str, str]] = []  # learned from the first wrap (`fresh_header`)
     learning = anyio.Lock()
-    wrapped_cache: dict[bytes, WrappedKey] = {}
+    if wrapped_cache is None:
+        wrapped_cache = {}
     engine = options.engine
 
     def bound_path(entry: Entry, header: Header) -> None:
@@ -1265,9 +1269,11 @@ async def run_job(
     progress: Progress | None = None,
     observer: Observer = NULL_OBSERVER,
     entries: Sequence[Entry] | None = None,
+    wrapped_cache: dict[bytes, WrappedKey] | None = None,
 ) -> JobReport:
     """Any of the four jobs by name (for the CLI and the Dask workers). `kms_context` and
-    `object_context` are written by encrypt and required by the others."""
+    `object_context` are written by encrypt and required by the others; `wrapped_cache` is
+    rewrap's (`rewrap_prefix`)."""
     if operation in ("encrypt", "decrypt") and destination is None:
         raise ConfigurationError(f"{operation} needs a destination")
     if operation == "encrypt":
@@ -1319,5 +1325,6 @@ async def run_job(
             options=options,
             progress=progress,
             entries=entries,
+            wrapped_cache=wrapped_cache,
         )
     raise ConfigurationError(f"unknown lake operation {operation!r}")

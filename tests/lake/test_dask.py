@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,15 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
+def _wraps(root: Path) -> set[bytes]:
+    """The distinct wrapped data keys of the objects under `root` (non-empty ones)."""
+    return {
+        api.parse_object_header(memoryview(p.read_bytes()[: 64 << 10])).wrapped_keys[0].ciphertext
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
 def test_dask_cluster_matches_single_machine(tmp_path: Path, home: Path) -> None:
     src = tmp_path / "src"
     tree = make_tree(src, [0, 7, 3000, 70_000, 300_000] * 12 + [(10 << 20) + 1])
@@ -99,6 +109,7 @@ def test_dask_cluster_matches_single_machine(tmp_path: Path, home: Path) -> None
             client, "encrypt", str(src), str(tmp_path / "many"), keys=keys, options=OPTS
         )
         assert again.skipped == len(tree) and again.done == 0  # the same resume rule
+        data_keys = len(_wraps(tmp_path / "many"))
         moved = run_on_dask(
             client,
             "rewrap",
@@ -106,9 +117,12 @@ def test_dask_cluster_matches_single_machine(tmp_path: Path, home: Path) -> None
             None,
             keys=KeySpec(home=str(home)),  # the purpose follows the operation
             to=KeySpec(key="alias/lake2", home=str(home)),
-            options=OPTS,
+            options=dataclasses.replace(OPTS, concurrency=1),  # slices of 4 objects
         )
         assert moved.ok and moved.done == len(tree), moved.failures
+        # each data key wrapped once per worker: every slice of a chunk wrapped it again,
+        # leaving the objects of one data key under many wrapped keys (review)
+        assert len(_wraps(tmp_path / "many")) <= 2 * data_keys
 
     assert set(read_tree(tmp_path / "many")) == set(read_tree(tmp_path / "one")) == set(tree)
     kr = Keyring(decrypt_with=[open_local(home)], cache=CachePolicy())
