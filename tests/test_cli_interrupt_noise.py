@@ -5,8 +5,10 @@ event loop's close: tests/test_signal_safe_loop.py.)
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -194,3 +196,47 @@ def test_main_alone_delivers_an_interrupt_a_finalizer_swallowed() -> None:
     )
     assert out.returncode == 129, out.stderr
     assert "Traceback" not in out.stderr and "finished" not in out.stderr, out.stderr
+
+
+BETWEEN = """
+import os, signal, sys
+import envelope.cli.main as cli
+
+where = sys.argv[1]
+if where == "after the work":  # the instant between the restored handlers and the late ones
+    real = cli.end_on_late_signals
+    def late(code):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(code)
+    cli.end_on_late_signals = late
+else:  # before the work: the command must not run
+    real_parser = cli.build_parser
+    def parser(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_parser(argv)
+    cli.build_parser = parser
+sys.argv = ["envelope", "encrypt", sys.argv[2], sys.argv[3], "--key-file", sys.argv[4]]
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("where", ["after the work", "before the work"])
+def test_a_sigterm_around_the_command(tmp_path: Path, where: str) -> None:
+    """A SIGTERM in the instant after the command had restored the default handlers, before
+    the late ones, ended a finished command as killed by the signal (-15, its output in place,
+    no word; review): the command's own code now. One before the work still ends the process
+    at once, nothing written."""
+    key, src, out = tmp_path / "k.key", tmp_path / "p.bin", tmp_path / "p.env"
+    subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "keygen", str(key)], check=True, timeout=60
+    )
+    src.write_bytes(b"x" * 100_000)
+    r = subprocess.run(
+        [sys.executable, "-c", BETWEEN, where, str(src), str(out), str(key)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if where == "after the work":
+        assert r.returncode == 0 and out.stat().st_size > 100_000, (r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr
+    else:
+        assert r.returncode == -signal.SIGTERM and not out.exists(), (r.returncode, r.stderr)

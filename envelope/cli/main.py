@@ -177,6 +177,11 @@ _STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 
 class _Stopped:
     signum: int | None = None
+    #: The code the command returned, once it has.
+    code: int | None = None
+    #: Set once the command's work is over (its outputs renamed or removed, its exit code
+    #: about to be decided): a signal from then on is late (`_around_the_command`).
+    over = False
 
 
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
@@ -204,9 +209,24 @@ def _stop_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        _Stopped.over = True
         sys.unraisablehook = hook
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _around_the_command(signum: int, frame: FrameType | None) -> None:
+    """`run`'s handler of SIGTERM and SIGHUP outside `_stop_signals`: before the command's
+    work, the default (the process ends); once the work is over, nothing here
+    (`end_on_late_signals` then ends the process with the command's own code). Between the
+    restore of the default handlers and `end_on_late_signals` a SIGTERM ended a finished
+    command as killed (-15, its output in place and no word; review). SIGINT keeps Python's
+    own handler: asyncio cancels its running task cleanly only under that one, and the
+    instant after the work is `run`'s `except KeyboardInterrupt`."""
+    if _Stopped.over:
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
@@ -229,15 +249,17 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
         except ConfigurationError as e:
             err(str(e))
             return EXIT_USAGE
-        _Stopped.signum = None
+        _Stopped.signum, _Stopped.code, _Stopped.over = None, None, False
         from ..atomic import forget_commits
 
         forget_commits()  # `_interrupted` asks about this command's outputs only
         try:
             with _stop_signals(), envelope_warnings():
-                return _run(handler, args)
+                code = _run(handler, args)
         except KeyboardInterrupt:  # a signal that arrived while the handlers were restored
-            return _interrupted(args)
+            code = _interrupted(args)
+        _Stopped.code = code
+        return code
     finally:
         for name, value in exported.items():
             if value is None:
@@ -369,11 +391,15 @@ def run() -> None:
 
     _stdio.hold()  # (first: before anything opens a file in a closed descriptor's place)
     redeliver_interrupts_from_finalizers()
+    for s in _STOP_SIGNALS:
+        if signal.getsignal(s) == signal.SIG_DFL:  # (one ignored, as by nohup, stays so)
+            signal.signal(s, _around_the_command)
     gc.disable()
     try:
         code = main(sys.argv[1:], _enable_gc=True)
     except KeyboardInterrupt:  # in the instant after `main` restored the signal handlers
-        code = _interrupted()
+        # the command's own code if it had one: its work was over (outputs renamed)
+        code = _Stopped.code if _Stopped.code is not None else _interrupted()
     finally:
         gc.enable()
     end_on_late_signals(code)
