@@ -347,6 +347,18 @@ def remove_temporaries(
     return n, aborted
 
 
+def _removed_temporary(loc: Location, skipped: SkippedPath) -> bool:
+    """Whether a skipped path is a temporary that is no longer there: a rewrap listed the
+    temporaries a killed run left as skipped, then removed them and said so too (review)."""
+    name = skipped.path.rsplit("/", 1)[-1]
+    if not is_temporary(name):
+        return False
+    try:
+        return bool(loc.fs.get_file_info(loc.join(skipped.path)).type == pafs.FileType.NotFound)
+    except (OSError, EnvelopeError):
+        return False
+
+
 def _check_nested(target: Location, busy: Sequence[str], listing: Listing) -> None:
     """Refuse a job that would write inside the destination of a running job nested in its
     own (the two would write the same files, each binding its own relative paths; review).
@@ -426,6 +438,8 @@ def begin_job(
             start.notes.append(f"removed an unreadable lock from {target.path}")
         busy: list[str] = []
         start.removed, aborted = remove_temporaries(target, lock, busy)
+        if target is src and start.removed:  # (rewrap) listed as skipped, and removed since
+            listing.skipped = [s for s in listing.skipped if not _removed_temporary(src, s)]
         _check_nested(target, busy, start.listing)
         if aborted:
             start.notes.append(

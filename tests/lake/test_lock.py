@@ -428,9 +428,11 @@ async def test_a_rewrap_does_not_report_the_lock_it_takes_over_as_a_skipped_path
     make_tree(src, [100] * 3)
     assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).ok
     (enc / LOCK_NAME).write_bytes(holder_json(socket.gethostname(), dead_pid(), time.time()))
+    # ... nor the temporaries it left, which it removes (and says so)
+    (enc / ".a.bin.0123456789ab.envelope-tmp").write_bytes(b"partial")
     r = await jobs.rewrap_prefix(str(enc), keyring=k1, to=k2, options=opts())
     assert r.ok and r.done == 3 and any("took over" in n for n in r.notes)
-    assert r.skipped_paths == []
+    assert r.skipped_paths == [] and r.removed_temporaries == 1
 
 
 def test_our_own_pid_on_an_object_store_is_neither_alive_nor_dead() -> None:
