@@ -238,6 +238,19 @@ def test_standard_output_that_is_the_input_is_refused(
     assert src.read_bytes() == plain
 
 
+def _decrypt_appending_to(
+    log: Path, sealed: Path, key: Path, name: str
+) -> subprocess.CompletedProcess[bytes]:
+    """`envelope decrypt SEALED NAME >> log` with `log` holding "precious" first."""
+    log.write_bytes(b"precious\n")
+    with open(log, "ab") as out:
+        return subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "decrypt", str(sealed), name,
+             "--key-file", str(key)],
+            stdout=out, stderr=subprocess.PIPE, env=ENV, timeout=120,
+        )  # fmt: skip
+
+
 def test_dev_stdout_is_standard_output_not_a_file_to_replace(
     tmp_path: Path, key: Path, plain: bytes, sealed: Path
 ) -> None:
@@ -247,13 +260,7 @@ def test_dev_stdout_is_standard_output_not_a_file_to_replace(
     descriptor's name is refused, never replaced."""
     log = tmp_path / "log.txt"
     for name in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
-        log.write_bytes(b"precious\n")
-        with open(log, "ab") as out:
-            r = subprocess.run(
-                [sys.executable, "-m", "envelope.cli.main", "decrypt", str(sealed), name,
-                 "--key-file", str(key)],
-                stdout=out, stderr=subprocess.PIPE, env=ENV, timeout=120,
-            )  # fmt: skip
+        r = _decrypt_appending_to(log, sealed, key, name)
         assert r.returncode == 0, r.stderr
         assert log.read_bytes() == b"precious\n" + plain, name
     with open(sealed, "rb") as source:
@@ -658,13 +665,7 @@ def test_standard_output_spelled_otherwise_is_still_standard_output(
     chain.symlink_to(link)
     log = tmp_path / "log.txt"
     for name in ("//dev/stdout", "/dev//stdout", str(link), str(chain), "///proc/self/fd/1"):
-        log.write_bytes(b"precious\n")
-        with open(log, "ab") as out:
-            r = subprocess.run(
-                [sys.executable, "-m", "envelope.cli.main", "decrypt", str(sealed), name,
-                 "--key-file", str(key)],
-                stdout=out, stderr=subprocess.PIPE, env=ENV, timeout=120,
-            )  # fmt: skip
+        r = _decrypt_appending_to(log, sealed, key, name)
         assert r.returncode == 0, (name, r.stderr)
         assert log.read_bytes() == b"precious\n" + plain, name
     err_link = tmp_path / "se"
