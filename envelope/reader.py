@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from typing import IO, Protocol
@@ -69,12 +70,18 @@ class _SeekableFile:
 
     def size(self) -> int:
         with self._lock:
-            return self._f.seek(0, os.SEEK_END)
+            return self._seek(0, os.SEEK_END)
+
+    def _seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        try:
+            return self._f.seek(offset, whence)
+        except io.UnsupportedOperation:  # (a file object without `seekable()` to ask first)
+            raise ConfigurationError(_NOT_SEEKABLE) from None
 
     def read_range(self, offset: int, length: int) -> bytes:
         with self._lock:
             self.reads += 1
-            self._f.seek(offset)
+            self._seek(offset)
             first = self._f.read(length)  # one allocation, no copy, in the usual case
             if len(first) == length or not first:
                 return first
@@ -102,9 +109,22 @@ def ciphertext_range(
     return layout(header).ciphertext_range(offset, length, ciphertext_len)
 
 
+_NOT_SEEKABLE = (
+    "random access needs a seekable source; this stream (a pipe or a socket?) is not: decrypt "
+    "it as a stream instead"
+)
+
+
 def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> RangeFile:
     if isinstance(source, str | os.PathLike):
         try:
+            # a FIFO's open waits for a writer, then its reads consume the pipe: only a file
+            # (or a block device holding one) has positions to read at (review)
+            mode = os.stat(source).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise ConfigurationError(
+                    f"{os.fspath(source)!r} is not a regular file: {_NOT_SEEKABLE}"
+                )
             return _SeekableFile(open(source, "rb"), owned=True)
         except OSError as e:
             raise ConfigurationError(f"cannot open {os.fspath(source)!r}: {e.strerror}") from None
@@ -114,10 +134,7 @@ def _as_range_file(source: str | os.PathLike[str] | IO[bytes] | RangeFile) -> Ra
         binary(source, "source")
         seekable = getattr(source, "seekable", None)
         if callable(seekable) and not seekable():
-            raise ConfigurationError(
-                "random access needs a seekable source; this stream (a pipe or a socket?) is "
-                "not: decrypt it as a stream instead"
-            )
+            raise ConfigurationError(_NOT_SEEKABLE)
         return _SeekableFile(source, owned=False)
     raise ConfigurationError("random access needs a path, a seekable file or a RangeFile")
 
@@ -254,7 +271,10 @@ class DecryptingReader(io.RawIOBase):
             off = self._pos - at
             if not 0 <= off < len(buf):
                 s = self._layout.segment_size
-                span = min(1 << 16, s - self._pos % s)  # (within this segment)
+                rest = s - self._pos % s  # (within this segment)
+                # 64 KiB windows, unless the cache cannot hold the segment: then each window
+                # fetched and opened all of it again, so the window is the rest of it
+                span = min(1 << 16, rest) if self.cache_bytes >= s else rest
                 buf, at, off = self.pread(self._pos, span), self._pos, 0
                 if not buf:
                     break  # (pread verified the final segment: a true end)
@@ -336,7 +356,12 @@ class DecryptingReader(io.RawIOBase):
             t = self._layout.ct_segment_size
             start = self.header.header_len + lo * t
             stop = min(self._ct_len, self.header.header_len + hi * t)
-            ct = self._rf.read_range(start, stop - start)
+            try:
+                ct = self._rf.read_range(start, stop - start)
+            except ValueError:  # ("I/O operation on closed file")
+                if self.closed:  # closed by another thread while this read ran
+                    raise ClosedError("reader is closed") from None
+                raise
             if len(ct) != stop - start:
                 # the object moved under the reader (not a header fault nor a truncation)
                 raise SourceChangedError("the object changed size while it was read")
@@ -370,19 +395,48 @@ class DecryptingReader(io.RawIOBase):
         """Cache the newest opened segments that fit; a lone segment is cached as the very
         buffer it was opened into (no copy)."""
         s = self._layout.segment_size
-        fit = min(hi - lo, self.cache_bytes // s) if self.cache_bytes else 0
+        # by the segments' real lengths: a short final segment is cached where a full one
+        # would not fit (counted by the nominal size, none was, and every small read of it
+        # fetched and opened it again: 16 MiB for each 4 KiB; review)
+        n, room = 0, self.cache_bytes
+        for i in range(hi - 1, lo - 1, -1):
+            size = min(s, len(out) - (i - lo) * s)
+            if size > room:
+                break
+            n, room = n + 1, room - size
         with self._lock:
             if final:
                 self._verified = True
-            if hi - lo == 1 and fit:
+            if self.closed:
+                return  # (a read that was running when the reader closed: nothing to keep)
+            if hi - lo == 1 and n:
                 self._cache[lo] = out
                 return
-            for i in range(hi - fit, hi):
+            for i in range(hi - n, hi):
                 self._cache[i] = bytes(out[(i - lo) * s : (i - lo + 1) * s])
 
     def _check_open(self) -> None:
         if self.closed:
             raise ClosedError("reader is closed")
+
+    # IOBase's own checks of these raise ValueError, which `except ClosedError` misses
+    def __iter__(self) -> DecryptingReader:
+        self._check_open()
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        self._check_open()
+        return super().readlines(-1 if hint is None else hint)
+
+    def __enter__(self) -> DecryptingReader:
+        self._check_open()
+        return self
 
     def close(self) -> None:
         if not self.closed:

@@ -119,6 +119,7 @@ def test_numpy_positions_are_python_ints_inside() -> None:
     given after the check: offset + length wrapped at 2**63, so a valid range read back as
     empty (a false end of file), and read(2**63) raised OverflowError (review)."""
     import numpy as np  # installed with the test extra (matplotlib, dask)
+
     big = 2**63 - 1
     with open_decrypted(io.BytesIO(CT), keyring=KR) as r:
         assert r.pread(np.int64(5), np.int64(big)) == DATA[5:]
@@ -254,3 +255,96 @@ def test_a_huge_claimed_size_is_not_allocated_before_a_segment_authenticates(
     with open_decrypted(path, keyring=KR) as reader:
         with pytest.raises(AuthenticationError):
             reader.read()
+
+
+def test_a_short_final_segment_is_cached_where_a_full_one_would_not_fit() -> None:
+    """The cache counted segments by their nominal size: under a budget whose cache holds
+    less than one segment, nothing was cached, and every small read of a short final segment
+    fetched and opened it again (16 MiB fetched for each 4 KiB read of a 16 MiB object with
+    64 MiB segments; review)."""
+    big = 2 << 20  # a 5 MiB memory budget caches less than one such segment
+    data = os.urandom(big + 100_000)
+    opts = api.Options(memory_budget=5 << 20)
+    sealed = bytes(sync.encrypt_bytes(data, keyring=KR, options=api.Options(segment_size=big)))
+    f = open_decrypted(io.BytesIO(sealed), keyring=KR, options=opts)
+    assert 100_000 <= f.cache_bytes < big
+    before = f._rf.reads  # type: ignore[attr-defined]
+    for i in range(big, len(data), 4096):
+        assert f.pread(i, 4096) == data[i : i + 4096]
+    assert f._rf.reads - before == 1  # type: ignore[attr-defined]
+
+
+def test_lines_of_a_segment_the_cache_cannot_hold_are_read_from_one_fetch() -> None:
+    """readline's 64 KiB windows each fetched and opened the whole segment again when the
+    cache could not hold it: the window is the rest of the segment then."""
+    big = 2 << 20  # lines of 100 bytes in segments the least budget cannot cache
+    text = b"".join(b"%099d\n" % i for i in range(3 * big // 100))
+    opts = api.Options(memory_budget=5 << 20)
+    sealed = bytes(sync.encrypt_bytes(text, keyring=KR, options=api.Options(segment_size=big)))
+    f = open_decrypted(io.BytesIO(sealed), keyring=KR, options=opts)
+    assert f.cache_bytes < big
+    before = f._rf.reads  # type: ignore[attr-defined]
+    assert b"".join(f) == text
+    assert f._rf.reads - before <= 4  # type: ignore[attr-defined]
+
+
+def test_a_fifo_path_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """A FIFO's path was opened (blocking until a writer came) and read as a file: an
+    untyped UnsupportedOperation after its bytes were consumed. A file object whose seek
+    fails (no `seekable()` to ask) raised it too. ConfigurationError, nothing read."""
+    from envelope.errors import ConfigurationError
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        open_decrypted(fifo, keyring=KR)
+
+    class NoSeek(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            return CT[:n]
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            raise io.UnsupportedOperation("not seekable")
+
+    raw = NoSeek()
+    raw.seekable = None  # type: ignore[assignment,method-assign]
+    with pytest.raises(ConfigurationError, match="seekable"):
+        open_decrypted(raw, keyring=KR)  # type: ignore[arg-type]
+
+
+def test_a_closed_reader_says_so_on_every_path() -> None:
+    """Iterating, readlines and `with` on a closed reader raised ValueError, as did reads
+    racing a close from another thread: `except ClosedError` missed them (review)."""
+    import threading
+
+    f = open_decrypted(io.BytesIO(CT), keyring=KR, options=OPTS)
+    f.close()
+    for use in (lambda: iter(f), f.readlines, lambda: f.__enter__(), f.read, f.readline):
+        with pytest.raises(ClosedError):
+            use()
+    errors: list[BaseException] = []
+    for _ in range(20):
+        g = open_decrypted(io.BytesIO(CT), keyring=KR, options=OPTS)
+        stop = threading.Event()
+
+        def hammer(g: object = g, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                try:
+                    g.pread(random.randrange(len(DATA)), 3 * S)  # type: ignore[attr-defined]
+                except ClosedError:
+                    return
+                except BaseException as e:  # anything else is the bug
+                    errors.append(e)
+                    return
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for th in threads:
+            th.start()
+        g.close()
+        stop.set()
+        for th in threads:
+            th.join(10)
+    assert errors == []
