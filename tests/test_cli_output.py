@@ -393,3 +393,30 @@ def test_ciphertext_is_not_written_to_a_terminal(tmp_path: Path) -> None:
     assert r.returncode == 2 and b"refusing to write ciphertext to a terminal" in r.stderr
     piped = subprocess.run(cmd, capture_output=True, timeout=60)
     assert piped.returncode == 0 and piped.stdout.startswith(b"\x89ENV")
+
+
+def test_help_and_version_load_no_data_stack() -> None:
+    """`envelope --version` loaded every command's module and `--help` the lake jobs, with
+    pyarrow and numpy, for 0.7-0.9 s (review): `--version` loads no command, `--help` no
+    pyarrow."""
+    code = (
+        "import sys\n"
+        "from envelope.cli.main import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(','.join(m for m in ('pyarrow', 'numpy', 'envelope.service', 'envelope.lake.jobs')"
+        " if m in sys.modules), file=sys.stderr)\n"
+    )
+
+    def loaded(*argv: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120
+        )
+        return r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+
+    assert loaded("--version") == ""
+    helped = loaded("--help").split(",")
+    assert "pyarrow" not in helped and "numpy" not in helped
+    assert "envelope.service" in helped  # the control: the commands' modules did load

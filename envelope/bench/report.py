@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ("cell", "figures", "sections", "to_json", "to_markdown", "print_table")
+__all__ = ("cell", "cleaned", "figures", "print_table", "sections", "to_json", "to_markdown")
 
 
 def cell(value: Any) -> str:
@@ -78,22 +78,24 @@ def sections(data: dict[str, Any]) -> Iterator[tuple[str, list[str], list[list[s
                 yield f"{key}: notes", [short[0], "field", "text"], notes
 
 
+def cleaned(x: Any) -> Any:
+    """The figures as data: keys in the order measured (documented in docs/bench.md), floats
+    to 6 significant digits (small costs stay visible), non-finite ones (a division by a zero
+    time) None rather than invalid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: cleaned(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [cleaned(v) for v in x]
+    return x
+
+
 def to_json(data: dict[str, Any]) -> str:
-    """Stable JSON: keys in the order measured (documented in docs/bench.md); non-finite
-    figures (a division by a zero time) become null rather than invalid JSON."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, float):
-            return float(f"{x:.6g}")  # 6 significant digits: small costs stay visible
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(data), indent=2) + "\n"
+    """Stable JSON of `cleaned` figures, indented as the command line's (4 spaces)."""
+    return json.dumps(cleaned(data), indent=4) + "\n"
 
 
 def to_markdown(title: str, data: dict[str, Any], *, plot: str | None = None) -> str:

@@ -1,6 +1,7 @@
 """`envelope bench machine|encrypt|peers|kms|lake`: throughput, peers and KMS cost, measured here.
 
-Every subcommand prints rich tables on a terminal, `--json` for machines (keys: docs/bench.md),
+Every subcommand prints rich tables on a terminal and data elsewhere or when asked (`--output
+json|text`, `--json`, `--query`: docs/cli.md; keys: docs/bench.md),
 `--markdown FILE` for a report to paste into an issue and `--plot FILE.png` (matplotlib, the
 `bench` extra). Sizes and rounds are flags, so a run can take a second or an hour. Ctrl-C
 stops a run cleanly: temporary files are removed and child processes are killed.
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ._common import byte_size, positive_int
+from ._output import add_output_arguments, emit, resolve_format
 
 __all__ = ("register",)
 
@@ -90,8 +92,8 @@ def _policy(args: argparse.Namespace) -> Any:
 def _common(p: argparse.ArgumentParser, *, rounds: bool = True, scratch: bool = True) -> None:
     """The output options, and `--rounds` / `--dir` for the benchmarks that use them (an
     option a benchmark would ignore is not offered)."""
-    g = p.add_argument_group("output")
-    g.add_argument("--json", action="store_true", help="print the result as JSON (docs/bench.md)")
+    add_output_arguments(p)  # --output json|text|table, --query, --json (docs/cli.md)
+    g = p.add_argument_group("reports")
     g.add_argument("--markdown", metavar="FILE", help="write a Markdown report to FILE")
     g.add_argument("--plot", metavar="FILE.png", help="draw the result (needs the bench extra)")
     if rounds:
@@ -219,11 +221,12 @@ def _finish(args: argparse.Namespace, title: str, result: dict[str, Any], kind: 
     loses no measurement), then the plot and the Markdown."""
     from ..bench import report
 
-    if args.json:
-        sys.stdout.write(report.to_json(result))
-        sys.stdout.flush()
-    else:
+    # The command line's output rules (docs/cli.md): the tables for a person on a terminal,
+    # the data (as docs/bench.md names it) in json or text everywhere else or when asked
+    if resolve_format(args) == "table" and getattr(args, "query", None) is None:
         report.print_table(title, result)
+    else:
+        emit(args, report.cleaned(result), title)
     plot = getattr(args, "plot", None)
     if plot:
         from ..bench import plot as plotting

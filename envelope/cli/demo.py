@@ -24,9 +24,7 @@ from ..errors import ConfigurationError
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..kms.uri import open_local_backend
-from ..lake import jobs
 from ..printable import printable
-from ..service.errors import AlreadyExistsException
 from ._common import positive_int
 from ._output import add_output_arguments, emit, output_requested
 
@@ -160,6 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run(work: Path, home: str, size: int) -> dict[str, Any]:
+    from ..service.errors import AlreadyExistsException  # (here: `--help` loads no service)
+
     sample = make_sample_lake(work / "lake", size)
     backend = open_local_backend(home)
     service = backend.service
@@ -184,6 +184,7 @@ def _run(work: Path, home: str, size: int) -> dict[str, Any]:
 def _steps(
     work: Path, home: str, sample: dict[str, int], keyring: Keyring, service: Any, key_id: str
 ) -> dict[str, Any]:
+    from ..lake import jobs  # (here: `--help` loads no pyarrow)
     from ..lake.parquet_objects import open_encrypted_parquet
 
     lake, enc, back = work / "lake", work / "encrypted", work / "restored"

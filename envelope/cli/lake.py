@@ -15,13 +15,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import sync
 from ..errors import ConfigurationError, EnvelopeError
 from ..keyring import Keyring
 from ..kms.keyspec import KeySpec
-from ..lake import jobs
 from ..metrics import Observer
 from ..objects import KeptPaths
 from ..options import Options
@@ -39,6 +38,9 @@ from ._common import (
     safety_arguments,
 )
 from ._output import add_output_arguments, emit, output_requested
+
+if TYPE_CHECKING:  # (pyarrow and the KMS service: loaded by a job, not by `--help`)
+    from ..lake import jobs
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -250,6 +252,8 @@ def _replaceable(path: str) -> bool:
 
 
 def _lake(args: argparse.Namespace) -> int:
+    from ..lake import jobs
+
     _not_stdout(args.dst)
     options = jobs.LakeOptions(
         concurrency=args.concurrency,
@@ -345,6 +349,8 @@ def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
     """The --report of a job that did not run or finish: its error in place of counts (an
     older run's report left there read as this run's; review). Best effort: the job's own
     error is what the command reports."""
+    from ..lake import jobs
+
     why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
     try:
         jobs.JobReport(op, args.src, args.dst, error=why).write(args.report)  # type: ignore[arg-type]
@@ -354,6 +360,8 @@ def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
 
 def run_folder(operation: str, args: argparse.Namespace, keys: KeySpec, observer: Observer) -> int:
     """`envelope encrypt DIR OUT` / `decrypt DIR OUT`: the lake job over a local folder."""
+    from ..lake import jobs
+
     _not_stdout(args.output)
     options = jobs.LakeOptions(
         engine=Options(

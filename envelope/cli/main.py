@@ -165,7 +165,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     command = _command(argv) if argv is not None else None
-    wanted = [_COMMANDS[command]] if command else list(dict.fromkeys(_COMMANDS.values()))
+    if command:
+        wanted = [_COMMANDS[command]]
+    elif argv is not None and "--version" in argv and not {"-h", "--help"} & set(argv):
+        wanted = []  # (argparse prints it before it asks for a command: no module is needed)
+    else:
+        wanted = list(dict.fromkeys(_COMMANDS.values()))
     for name in wanted:
         _register(name, sub)
     return parser

@@ -3,6 +3,8 @@ finite positive figures, a plot that opens and shows something, a Markdown repor
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +146,28 @@ def test_a_result_printed_into_a_pipe_is_plain_rows_never_wrapped() -> None:
     assert "│" not in text and "─" not in text
     assert "x" * 200 in text and "1024" in text.replace(",", "")
     assert all(len(line) < 400 for line in text.splitlines())
+
+
+def test_bench_follows_the_command_line_s_output_rules(tmp_path: Path) -> None:
+    """`envelope bench` refused `--output` and `--query`, printed figures rounded with
+    thousands commas into a pipe, and indented its JSON by 2 (docs/cli.md: every command that
+    prints data takes the AWS CLI's options, the data the same in every format; review)."""
+    import subprocess
+    import sys
+
+    def bench(*extra: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "envelope.cli.main", "bench", "machine", "--size", "1M",
+             "--rounds", "1", "--dir", str(tmp_path), *extra],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "ENVELOPE_CONFIG": "", "ENVELOPE_OUTPUT": ""},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    piped = bench()  # no option, not a terminal: the data as JSON, 4 spaces
+    data = json.loads(piped)
+    assert piped.startswith('{\n    "') and "aes_gcm_1t_mbps" in data
+    value = bench("--query", "aes_gcm_1t_mbps", "--output", "text").strip()
+    assert "," not in value and float(value) > 0
+    assert json.loads(bench("--json")).keys() == data.keys()
