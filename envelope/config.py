@@ -268,7 +268,8 @@ def _cache_from_env(v: str) -> CachePolicy:
 def select_profile(name: str | None, environ: Mapping[str, str] | None = None) -> Profile | None:
     """The profile named `name` (the --profile flag), else $ENVELOPE_PROFILE, else the file's
     `default` profile if it has one, else None. A profile named explicitly (flag or
-    environment) that the file lacks is an error."""
+    environment) that the file lacks is an error; so is a $ENVELOPE_CONFIG naming no file
+    (the default path may be absent)."""
     env = os.environ if environ is None else environ
     source = "--profile"
     if not name:
@@ -276,6 +277,9 @@ def select_profile(name: str | None, environ: Mapping[str, str] | None = None) -
     path = config_path(env)
     if path is not None and os.path.exists(path) and not os.path.isfile(path):
         raise ConfigurationError(f"the config file {path} is not a file")
+    if path is not None and env.get(CONFIG_ENV) and not os.path.exists(path):
+        # named on purpose: a typo in it went unnoticed, and the defaults ran instead (review)
+        raise ConfigurationError(f"${CONFIG_ENV} names {path}, which does not exist")
     if path is None or not os.path.isfile(path):
         if name:
             where = f"{CONFIG_ENV} is empty" if path is None else f"there is no config file {path}"

@@ -396,12 +396,21 @@ def check_context(actual: Mapping[str, str], expected: Mapping[str, str] | None,
     check_expected(expected, what)
     if not expected:
         return
-    missing = sorted(k for k, v in expected.items() if actual.get(k) != v)
-    if missing:
-        raise ContextMismatchError(
-            f"{what} context does not match the expected value for key(s): "
-            f"{', '.join(printable(k) for k in missing)}"
-        )
+    wrong = sorted(k for k, v in expected.items() if k in actual and actual[k] != v)
+    absent = sorted(k for k in expected if k not in actual)
+    if wrong or absent:
+        # which keys differ and which are not there at all, and (for those) the keys the
+        # object has: `path` expected where a lake job bound `envelope:path` read as a wrong
+        # value (review). Keys only, never values: a value may be anything the writer chose
+        parts = []
+        if wrong:
+            parts.append(f"a different value for key(s): {', '.join(printable(k) for k in wrong)}")
+        if absent:
+            has = ", ".join(printable(k) for k in sorted(actual)) or "none"
+            parts.append(
+                f"no key(s) {', '.join(printable(k) for k in absent)} (its keys: {has})"
+            )
+        raise ContextMismatchError(f"{what} context has " + "; ".join(parts))
 
 
 def check_expected_contexts(

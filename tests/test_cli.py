@@ -558,3 +558,14 @@ def test_the_region_check_loads_botocore_only_for_a_region_it_cannot_place(
     with open_service(home, region="eu-west-3") as svc:
         svc.create_key()
     assert not loads_botocore("eu-west-3")  # now it holds keys there
+
+
+def test_keys_list_brief_leaves_the_details_out(tmp_path: Path) -> None:
+    """`keys list --brief` printed every detail as null (None columns in text) where
+    docs/cli.md says it leaves them out (review)."""
+    home = tmp_path / "home"
+    assert envelope("keys", "create", "--description", "d", home=home).returncode == 0
+    full = json.loads(envelope("keys", "list", "--json", home=home).stdout)["Keys"][0]
+    brief = json.loads(envelope("keys", "list", "--brief", "--json", home=home).stdout)["Keys"][0]
+    assert full["Description"] == "d" and "KeyState" in full
+    assert set(brief) == {"KeyId", "KeyArn", "Aliases"}, brief

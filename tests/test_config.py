@@ -189,10 +189,16 @@ def test_a_missing_profile_named_explicitly_is_an_error(config: Path) -> None:
         select_profile("nope", {"ENVELOPE_CONFIG": str(config)})
     with pytest.raises(ConfigurationError, match="ENVELOPE_PROFILE"):
         select_profile(None, {"ENVELOPE_CONFIG": str(config), "ENVELOPE_PROFILE": "nope"})
+    # $ENVELOPE_CONFIG naming no file is an error, a profile named or not: a typo in it ran
+    # on the defaults without a word (review)
+    for named in ("prod", None):
+        with pytest.raises(ConfigurationError, match=r"ENVELOPE_CONFIG names .*absent.toml"):
+            select_profile(named, {"ENVELOPE_CONFIG": str(config.parent / "absent.toml")})
+    # not named: the default path absent, or no default profile, is fine
+    home = {"XDG_CONFIG_HOME": str(config.parent / "nowhere")}
+    assert select_profile(None, home) is None
     with pytest.raises(ConfigurationError, match="no config file"):
-        select_profile("prod", {"ENVELOPE_CONFIG": str(config.parent / "absent.toml")})
-    # not named: no file, or no default profile, is fine
-    assert select_profile(None, {"ENVELOPE_CONFIG": str(config.parent / "absent.toml")}) is None
+        select_profile("prod", home)
     config.write_text('[profile.x]\noutput = "json"\n')
     assert select_profile(None, {"ENVELOPE_CONFIG": str(config)}) is None
 

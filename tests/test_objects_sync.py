@@ -514,3 +514,17 @@ def test_an_interrupted_wait_for_ranges_returns_only_when_the_running_ones_ended
     with pytest.raises(KeyboardInterrupt):
         objects.run_ranges(fn, 8, 1, 2)
     assert ended.is_set()
+
+
+def test_a_context_mismatch_says_which_keys_differ_and_which_are_absent() -> None:
+    """`--expect-context path=...` on a lake object (which binds `envelope:path`) said the
+    value of `path` did not match, though the object has no `path` at all (review). Keys
+    only: no value of either side is shown."""
+    kr, _ = keyring()
+    sealed = sync.encrypt_bytes(b"x", keyring=kr, object_context={"envelope:path": "a/b", "t": "1"})
+    with pytest.raises(ContextMismatchError) as e:
+        sync.decrypt_bytes(sealed, keyring=kr, expected_context={"path": "a/b", "t": "2"})
+    text = str(e.value)
+    assert "a different value for key(s): t" in text
+    assert "no key(s) path (its keys: envelope:path, t)" in text
+    assert "a/b" not in text and "2" not in text.replace("envelope", "")

@@ -185,7 +185,7 @@ PEERS: tuple[Peer, ...] = (
     Peer(
         name="age",
         setting="age -r (X25519 recipient), 64 KiB ChaCha20-Poly1305 chunks",
-        install="apt-get install age  (or: brew install age; go install filippo.io/age/cmd/...)",
+        install="apt-get install age (or: brew install age; go install filippo.io/age/cmd/...)",
         present=_which("age", "age-keygen"),
         keygen=_age_keygen,
         encrypt=_age_encrypt,
@@ -236,11 +236,11 @@ def run_timed(command: Sequence[str], env: dict[str, str]) -> tuple[float, float
                 proc.kill()
                 proc.wait()
     if proc.returncode != 0:
-        raise PeerError(f"launcher failed: {err.strip()[-500:]}")
+        raise PeerError(f"launcher failed: {shortened(err.strip())}")
     got = json.loads(out)
     if got["status"] != 0:
         raise PeerError(
-            f"{os.path.basename(command[0])} exited {got['status']}: {err.strip()[-500:]}"
+            f"{os.path.basename(command[0])} exited {got['status']}: {shortened(err.strip())}"
         )
     return float(got["seconds"]), got["maxrss_kib"] / 1024
 
@@ -355,7 +355,7 @@ def measure(
                     _unlink(inproc)
                     same = filecmp.cmp(src, back, shallow=False)
             except Exception as e:  # any failure of a peer is that peer's row, not the run's
-                rows[peer.name] = _skipped(peer, "failed", error=str(e)[:500])
+                rows[peer.name] = _skipped(peer, "failed", error=_failure(e))
                 continue
             finally:
                 _unlink(back)
@@ -428,6 +428,26 @@ def startup(rounds: int = 3, directory: str | None = None) -> dict[str, float]:
             _settle()
             runs.append(run_timed(peer.encrypt(key, src, out), env))
     return {"seconds": min(t for t, _ in runs), "peak_rss_mib": min(m for _, m in runs)}
+
+
+def shortened(text: str, most: int = 600) -> str:
+    """`text` within `most` characters, its start and its end kept: a tool's error is its
+    last line (the exception), and cutting the end (or starting mid-traceback) lost it
+    (review)."""
+    if len(text) <= most:
+        return text
+    head = most // 4
+    return f"{text[:head]} ... {text[-(most - head - 5):]}"
+
+
+def _failure(e: Exception) -> str:
+    """What went wrong with a peer: a failed command's own error output included (a failing
+    keygen said only "returned non-zero exit status 1"; review)."""
+    if isinstance(e, subprocess.CalledProcessError):
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        name = os.path.basename(str(e.cmd[0] if isinstance(e.cmd, list | tuple) else e.cmd))
+        return shortened(f"{name} exited {e.returncode}: {(err or '').strip()}")
+    return shortened(str(e))
 
 
 def _best(size: int, runs: list[tuple[float, float]] | None) -> float | None:

@@ -137,8 +137,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"{'identical to the source' if result['round_trip_identical'] else 'DIFFERENT'}"
         )
         print(
-            f"KMS calls       {result['kms_calls']} for {result['objects']} objects "
-            f"({result['kms_calls_saved']} saved by the data-key cache)"
+            f"KMS calls       {result['kms_calls']} for {result['objects']} objects written "
+            f"and read 4 times ({result['kms_calls_saved']} saved by the data-key cache)"
         )
         print(
             f"KMS audit log   {result['kms_audit_records']} records, "

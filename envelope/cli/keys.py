@@ -274,10 +274,12 @@ def _list(args: argparse.Namespace, svc: KeyService) -> int:
                 # (it sank the whole listing; review); the command still exits 3
                 _err(f"ALARM: {e.message}")
                 alarms += 1
+        # --brief leaves the details out (they printed as null, and None columns in text)
+        details = {} if args.brief else {f: meta.get(f) for f in _LIST_DETAILS}
         rows.append(
             {
                 **k,
-                **{f: meta.get(f) for f in _LIST_DETAILS},
+                **details,
                 "Aliases": None if aliases is None else aliases.get(k["KeyId"], []),
             }
         )

@@ -426,7 +426,7 @@ def _print_summary(r: jobs.JobReport, args: argparse.Namespace, *, quiet: bool =
         return
     out = sys.stderr if quiet else sys.stdout
     if not quiet:
-        rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds else "-"
+        rate = f"{r.bytes / r.seconds / 1e6:.1f} MB/s" if r.seconds and r.bytes else "-"
         print(
             f"{r.operation}: {r.objects} objects: {r.done} done, {r.skipped} already done, "
             f"{r.failed} failed"

@@ -175,3 +175,33 @@ def test_a_peer_that_fails_during_the_timed_rounds_is_its_row(tmp_path: Path) ->
     assert rows["flaky"]["skipped"] and rows["flaky"]["reason"] == "failed"
     assert "exited 4" in rows["flaky"]["error"]
     assert rows["cp"]["skipped"] is False and rows["cp"]["encrypt_mbps"] > 0
+
+
+def test_a_failing_peer_s_row_keeps_the_end_of_its_error(tmp_path: Path) -> None:
+    """A long traceback was cut at 500 characters from its start (after a tail that began
+    mid-traceback), losing the exception's own line; a failing keygen said only "returned
+    non-zero exit status 1", without its error output (review)."""
+    noisy = made_up_peer(
+        "noisy",
+        "a long traceback, then its error",
+        encrypt=lambda key, src, dst: [
+            "sh",
+            "-c",
+            "for i in $(seq 80); do echo '  File \"x.py\", line 1, in main' >&2; "
+            "done; echo 'ImportError: the real reason' >&2; exit 1",
+        ],
+        decrypt=lambda key, src, dst: ["cp", src, dst],
+    )
+    keyless = made_up_peer(
+        "keyless",
+        "its keygen fails",
+        keygen=lambda key: [["sh", "-c", "echo 'no key for you' >&2; exit 1"]],
+        encrypt=lambda key, src, dst: ["cp", src, dst],
+        decrypt=lambda key, src, dst: ["cp", src, dst],
+    )
+    got = peers.measure(size=64 << 10, rounds=1, directory=str(tmp_path), peers=[noisy, keyless])
+    rows = {r["name"]: r for r in got["rows"]}
+    error = rows["noisy"]["error"]
+    assert error.startswith("sh exited 1: ") and error.endswith("ImportError: the real reason")
+    assert len(error) <= 600
+    assert rows["keyless"]["error"] == "sh exited 1: no key for you"
