@@ -42,17 +42,21 @@ def hkdf_sha256(ikm: bytes, salt: bytes | None, info: bytes) -> bytes:
 
 
 def read_key_file(text: str) -> bytes:
-    """A.2.1: prefix, standard padded base64 of exactly 32 bytes; surrounding whitespace ignored."""
+    """A.2.1: prefix, the canonical standard padded base64 of exactly 32 bytes; surrounding
+    whitespace (exactly SP, HT, LF, VT, FF, CR) ignored."""
     body = text.strip(" \t\n\v\f\r")
     prefix = "envelope-file-key-v1:"
     if not body.startswith(prefix):
         raise Rejected("not an envelope key file")
+    encoded = body[len(prefix) :]
     try:
-        key = base64.b64decode(body[len(prefix) :], validate=True)
+        key = base64.b64decode(encoded, validate=True)
     except ValueError:
         raise Rejected("not base64") from None
     if len(key) != 32:
         raise Rejected("not 32 bytes")
+    if base64.b64encode(key).decode("ascii") != encoded:
+        raise Rejected("not the canonical encoding")
     return key
 
 

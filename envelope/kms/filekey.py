@@ -27,6 +27,9 @@ from .base import DataKey, WrappedKey
 __all__ = ("FileKeyBackend", "InsecureKeyFileWarning", "generate_key_file")
 
 _PREFIX = "envelope-file-key-v1:"
+#: What a reader ignores around the line: exactly these (format.md A.2); `str.strip()` also
+#: took 0x1C-0x1F, which a reader of the spec refused (spec review).
+_WHITESPACE = " \t\n\v\f\r"
 
 
 def generate_key_file(path: str | os.PathLike[str]) -> str:
@@ -99,7 +102,7 @@ class FileKeyBackend:
                 os.close(fd)
             if len(raw) > _MAX_KEY_FILE:
                 raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
-            text = raw.decode("ascii").strip()
+            text = raw.decode("ascii").strip(_WHITESPACE)
         except UnicodeDecodeError:  # binary: not a key file (as text of another kind is not)
             raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file") from None
         except ConfigurationError:
@@ -111,11 +114,15 @@ class FileKeyBackend:
             ) from None
         if not text.startswith(_PREFIX):
             raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
+        encoded = text[len(_PREFIX) :]
         try:
-            key = base64.b64decode(text[len(_PREFIX) :], validate=True)
+            key = base64.b64decode(encoded, validate=True)
         except ValueError:
             key = b""
-        if len(key) != 32:
+        # the canonical encoding only (format.md A.2): unused low bits set in the last
+        # character decoded to the same key, so two texts named one key, and a strict reader
+        # (Go's, Rust's) refused what this one took (spec review)
+        if len(key) != 32 or base64.b64encode(key).decode("ascii") != encoded:
             raise ConfigurationError(f"{os.fspath(path)!r} does not hold a 256-bit key")
         self.key_id = _fingerprint(key)
         self._wrap_key = _subkey(key, b"wrap")

@@ -278,6 +278,10 @@ def keyfile_document() -> dict[str, Any]:
          * 4).decode() + "\n", "base64url alphabet ('-' and '_')"),
         ("space_inside", KEY_FILE_PREFIX + b64[:20] + " " + b64[20:] + "\n",
          "a space inside the base64"),
+        ("noncanonical_base64", KEY_FILE_PREFIX + _unused_bit_set(b64) + "\n",
+         "an unused low bit of the last base64 character set (decodes to the same key)"),
+        ("other_whitespace", "\x1c" + KEY_FILE_PREFIX + b64 + "\x1f\n",
+         "0x1C and 0x1F around the line (not whitespace to a key file)"),
     ]  # fmt: skip
     negative_files = []
     for name, bad, why in bad_files:
@@ -319,6 +323,14 @@ def keyfile_document() -> dict[str, Any]:
         "accepted_key_file_text": accepted,
         "negative_wraps": negative_wraps,
     }
+
+
+def _unused_bit_set(b64: str) -> str:
+    """`b64` (32 bytes: 43 characters and one '=') with the lowest of the last character's
+    two unused bits set: the same bytes to a lenient decoder, not the canonical text."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet[alphabet.index(b64[42]) | 1]
+    return b64[:42] + last + b64[43:]
 
 
 def memory_document() -> dict[str, Any]:
