@@ -287,6 +287,34 @@ def test_a_key_policy_with_forallvalues_on_an_encryption_context_key_is_refused(
     with pytest.raises(MalformedPolicyDocumentException, match="OverlyPermissiveCondition"):
         svc.put_key_policy(key_id=key, policy=text)
     assert svc.get_key_policy(key_id=key)["Policy"] == before
+    # ... on aws:RequestTag/ too, and in a Deny: the guide's warning names any policy that
+    # "includes" such a condition (review), in its own words
+    for effect, key_name, what in (
+        ("Allow", "aws:RequestTag/env", "tag"),
+        ("Deny", "kms:EncryptionContext:AppName", "encryption context"),
+    ):
+        text = json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    stmt(Principal={"AWS": f"arn:aws:iam::{A}:root"}),
+                    stmt(
+                        Effect=effect,
+                        Principal={"AWS": "*"},
+                        Action="kms:Decrypt",
+                        Condition={"ForAllValues:StringEquals": {key_name: "X"}},
+                    ),
+                ],
+            }
+        )
+        with pytest.raises(MalformedPolicyDocumentException) as e:
+            svc.put_key_policy(key_id=key, policy=text)
+        assert e.value.message == (
+            "OverlyPermissiveCondition: Using the ForAllValues set operator with a "
+            f"single-valued condition key matches requests without the specified {what} or "
+            f"with an unspecified {what}. To fix, remove ForAllValues."
+        )
+    assert svc.get_key_policy(key_id=key)["Policy"] == before
 
 
 @pytest.mark.parametrize("text", ["€", "日本", "\U0001f600", "\x7f", "\x85"])

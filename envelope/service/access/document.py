@@ -602,8 +602,10 @@ _IAM_SID = re.compile(r"[A-Za-z0-9]*\Z")
 
 def check_new_key_policy(policy: Policy) -> None:
     """The rules KMS applies when a key policy is set (CreateKey, PutKeyPolicy, ReplicateKey):
-    its character set, and no Allow whose ForAllValues tests a kms:EncryptionContext: key (the
-    guide's warning: it holds for a request with no encryption context at all)."""
+    its character set, and no statement whose ForAllValues tests a kms:EncryptionContext: or
+    an aws:RequestTag/ key (the guide's warning, "Using set operators with condition keys":
+    such a condition holds for a request without that context pair or tag, and KMS refuses
+    a policy that "includes" one, Allow or Deny)."""
     bad = _KEY_POLICY_TEXT.match(policy.text)
     if bad is None:
         at = next(i for i, c in enumerate(policy.text) if not _KEY_POLICY_TEXT.match(c))
@@ -612,15 +614,20 @@ def check_new_key_policy(policy: Policy) -> None:
             "hold only printable ASCII and Latin-1 characters, tab, line feed and carriage return"
         )
     for st in policy.statements:
-        if not st.allow:
-            continue
         for c in st.conditions:
-            if c.set_op == 2 and c.key.startswith("kms:encryptioncontext:"):
-                raise _fail(
-                    f"Statement {st.label}: OverlyPermissiveCondition:EncryptionContext: "
-                    f"{c.operator} on {c.written or c.key} allows requests without that "
-                    "encryption context pair; use the operator without ForAllValues"
-                )
+            if c.set_op != 2:
+                continue
+            if c.key.startswith("kms:encryptioncontext:"):
+                what = "encryption context"
+            elif c.key.startswith("aws:requesttag/"):
+                what = "tag"
+            else:
+                continue
+            raise _fail(  # AWS's words
+                "OverlyPermissiveCondition: Using the ForAllValues set operator with a "
+                f"single-valued condition key matches requests without the specified {what} "
+                f"or with an unspecified {what}. To fix, remove ForAllValues."
+            )
 
 
 def check_new_identity_policy(policy: Policy) -> None:
