@@ -114,6 +114,8 @@ def _token_hash(token: str) -> bytes:
 
 
 _CONTEXT_CONSTRAINTS = ("EncryptionContextEquals", "EncryptionContextSubset")
+_MAX_CONSTRAINT_PAIRS = 8
+_MAX_CONSTRAINT_VALUE = 384
 #: GrantConstraints.SourceArn's pattern in botocore's model (20..512 characters)
 _SOURCE_ARN = re.compile(r"^arn:aws[a-z0-9-]*:[a-z0-9-]+:[a-z0-9-]*:[0-9]{12}:.+$")
 
@@ -139,6 +141,19 @@ def _constraints(value: Any) -> dict[str, Any] | None:
             isinstance(k, str) and k and isinstance(v, str) for k, v in ctx.items()
         ):
             raise ValidationException(f"{member} must be a map of strings")
+        # the API reference (CreateGrant, Constraints): "Each constraint value can include up
+        # to 8 encryption context pairs. The encryption context value in each constraint
+        # cannot exceed 384 characters." (review)
+        if len(ctx) > _MAX_CONSTRAINT_PAIRS:
+            raise ValidationException(
+                f"{member} holds {len(ctx)} encryption context pairs; a grant constraint may "
+                f"hold up to {_MAX_CONSTRAINT_PAIRS}"
+            )
+        if any(len(v) > _MAX_CONSTRAINT_VALUE for v in ctx.values()):
+            raise ValidationException(
+                f"an encryption context value in {member} exceeds "
+                f"{_MAX_CONSTRAINT_VALUE} characters"
+            )
         out[member] = dict(ctx)
     return out or None
 

@@ -87,6 +87,22 @@ def test_constraints_do_not_bind_describe_key_and_retire_grant(
     assert svc.list_grants(key_id=key)["Grants"] == []
 
 
+@pytest.mark.parametrize("constraint", [EQ, SUB])
+def test_a_constraint_holds_at_most_8_pairs_of_at_most_384_characters(
+    svc: KeyService, key: str, grantee: str, constraint: str
+) -> None:
+    """CreateGrant, Constraints: "Each constraint value can include up to 8 encryption
+    context pairs. The encryption context value in each constraint cannot exceed 384
+    characters." Over either, ValidationException and no grant (review)."""
+    grant(svc, key, grantee, "Decrypt", constraints={constraint: {f"k{i}": "v" for i in range(8)}})
+    grant(svc, key, grantee, "Decrypt", constraints={constraint: {"k": "v" * 384}})
+    before = len(svc.list_grants(key_id=key)["Grants"])
+    for ctx in ({f"k{i}": "v" for i in range(9)}, {"k": "v" * 385}):
+        with pytest.raises(ValidationException):
+            grant(svc, key, grantee, "Decrypt", constraints={constraint: ctx})
+    assert len(svc.list_grants(key_id=key)["Grants"]) == before
+
+
 @pytest.mark.parametrize(
     ("constraint", "context", "ok"),
     [
