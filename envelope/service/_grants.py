@@ -271,12 +271,15 @@ class GrantOps(ServiceCore):
             retiring_member = "RetiringPrincipal"
             if retiring_service_principal is not None:
                 retiring_member = "RetiringServicePrincipal"
+            # "the account under which the grant was issued": the caller's (another account's
+            # principal may create grants on a key whose policy lets it; review)
+            issuer = call.caller.account if call.caller is not None else key.account
             body: dict[str, Any] = {
                 "KeyId": key.arn,
                 "Name": name,
                 grantee_member: grantee,
                 retiring_member: retiring,
-                "IssuingAccount": f"arn:aws:iam::{key.account}:root",
+                "IssuingAccount": f"arn:aws:iam::{issuer}:root",
                 "Operations": list(ops),
                 "Constraints": cons,
             }
@@ -568,6 +571,10 @@ class GrantOps(ServiceCore):
             call.matched.append(f"grant:{grant['GrantId']}")
         elif caller.kind == "root" and caller.account == key_account:
             call.matched.append("root")
+        elif caller.kind == "root" and grant.get("IssuingAccount") == caller.arn:
+            # AWS ("Retiring and revoking grants"): "the AWS account (root user) in which the
+            # grant was created" may retire it (a grant created from another account; review)
+            call.matched.append("issuing-account")
         elif caller.account == key_account and identity.allowed:
             call.matched.append(identity.matched or "iam")  # delegated by the key's account
         elif retiring == f"arn:aws:iam::{caller.account}:root" and identity.allowed:

@@ -315,6 +315,35 @@ def test_retire_by_the_keys_account_root(svc: KeyService, key: str, grantee: str
     assert svc.list_grants(key_id=key)["Grants"] == []
 
 
+def test_a_grant_made_from_another_account_is_that_account_s_to_retire(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """A principal of account B that A's key policy lets create grants made one: its
+    IssuingAccount named A ("the account under which the grant was issued" is B's), and B's
+    root, "the AWS account (root user) in which the grant was created", could not retire it
+    (review). Another account's root still cannot."""
+    svc.put_key_policy(
+        key_id=key,
+        policy=doc(root_stmt(), stmt(Principal=aws(ROOT_B), Action="kms:CreateGrant")),
+    )
+    maker = user(svc, "maker", account=B)
+    attach(svc, maker, stmt(Action="kms:*"))
+    made = svc.create_grant(
+        key_id=key, grantee_principal=grantee, operations=["Decrypt"], principal=maker
+    )
+    (listed,) = svc.list_grants(key_id=key)["Grants"]
+    assert listed["IssuingAccount"] == ROOT_B
+    stranger = f"arn:aws:iam::{'2' * 12}:root"
+    assert_denied(
+        svc,
+        lambda: svc.retire_grant(key_id=key, grant_id=made["GrantId"], principal=stranger),
+        stranger,
+        "2" * 12,
+    )
+    svc.retire_grant(key_id=key, grant_id=made["GrantId"], principal=ROOT_B)
+    assert svc.list_grants(key_id=key)["Grants"] == []
+
+
 def test_retire_refused_to_anyone_else(svc: KeyService, key: str, grantee: str) -> None:
     """AWS rule: RetireGrant is allowed only to the retiring principal, a grantee holding
     RetireGrant, or the key's account (its root, or a principal of it to whom an identity policy
