@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from ._pipeline import run_pipeline
-from .errors import EnvelopeError, HeaderFormatError, KmsKeyError
+from .errors import ConfigurationError, EnvelopeError, HeaderFormatError, KmsKeyError
 from .hazmat.format import (
     DATA_KEY_LEN,
     FIXED_PREFIX_LEN,
@@ -420,7 +420,7 @@ async def encrypt_into(
     hold the header plus the plaintext plus 16 bytes per segment; a short buffer raises
     ConfigurationError naming the size needed, before any segment is sealed.
     """
-    required_output(out, data)
+    required_output(out, data, sealing=options)
     _, total = await _seal_in_memory(
         data, out, keyring, kms_context, object_context, options, observer
     )
@@ -788,6 +788,11 @@ async def rewrap(
     the body is copied without being decrypted (run `decrypt` or the lake `verify` to
     authenticate it). A path sink is written atomically. Returns the old header.
     """
+    check_options(options)
+    if wrapped_cache is not None and not isinstance(wrapped_cache, dict):
+        raise ConfigurationError(
+            f"wrapped_cache must be a dict (or None), not {type(wrapped_cache).__name__}"
+        )
     if isinstance(sink, str | os.PathLike):
         KeptPaths([keyring, to]).check(sink)  # neither keyring's keys are written over
     async with _source_scope(source) as src, _sink_scope(sink) as out:
@@ -801,7 +806,8 @@ async def rewrap(
             expected_kms_context=expected_kms_context,
         )
         await out.write(memoryview(new_header))
-        buf = bytearray(max(1, options.batch_bytes))
+        # (batch_bytes has no upper bound of its own: 1 << 50 was a MemoryError here)
+        buf = bytearray(max(1, min(options.batch_bytes, options.memory_budget)))
         view = memoryview(buf)
         while n := await read_full(src, view):
             await out.write(view[:n])

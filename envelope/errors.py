@@ -60,6 +60,7 @@ __all__ = (
     "KmsUnavailableError",
     "LockHeldError",
     "NoBackendError",
+    "NoStoreError",
     "RetryBudgetExhaustedError",
     "RetryDeadlineExceededError",
     "RetryExhaustedError",
@@ -67,6 +68,7 @@ __all__ = (
     "StaleLockError",
     "ThrottlingError",
     "TruncatedObjectError",
+    "UnencryptedParquetError",
     "UnsafePathError",
     "UnsupportedSuiteError",
     "UnsupportedVersionError",
@@ -79,6 +81,11 @@ class EnvelopeError(Exception):
 
 class InvalidObjectError(EnvelopeError):
     """The input is not a valid `envelope` object; none of its plaintext may be trusted."""
+
+
+class UnencryptedParquetError(InvalidObjectError):
+    """A file read as PME-encrypted is not encrypted: pyarrow would read a plain file in its
+    place without a word, so a writer with no key could swap forged rows in."""
 
 
 class AuthenticationError(InvalidObjectError):
@@ -172,6 +179,11 @@ class KmsTimeoutError(KmsUnavailableError):
 
 class ConfigurationError(EnvelopeError, ValueError):
     """A bad argument or setting, caught before any data is touched."""
+
+
+class NoStoreError(ConfigurationError):
+    """There is no embedded KMS store where one must exist (`open_local_backend`'s
+    `must_exist`): a reader has nothing to find in an empty KMS."""
 
 
 class SourceChangedError(EnvelopeError):

@@ -107,6 +107,8 @@ class CachePolicy:
     wait_timeout: float | None = 300.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):  # ("no" turned the cache on; review)
+            raise ConfigurationError(f"cache enabled must be True or False, not {self.enabled!r}")
         for name in ("max_objects", "max_bytes", "capacity"):
             value = getattr(self, name)
             if isinstance(value, bool):

@@ -93,6 +93,14 @@ def _check_arguments(
             "decrypt_with is a sequence of backends (a list or tuple), not "
             f"{type(decrypt_with).__name__}"
         )
+    # (an int, bytes or None in their place failed on first use, as an AttributeError; review)
+    for what, b in (("backend", backend), *(("decrypt_with", d) for d in decrypt_with)):
+        if (what == "decrypt_with" or b is not None) and not isinstance(b, KmsBackend):
+            raise ConfigurationError(
+                f"{what} must be a KMS backend object (envelope.kms: a key file, the local "
+                f"KMS, AWS KMS, ...), not {type(b).__name__}; for a key URI use "
+                "envelope.open_backend(uri)"
+            )
 
 
 class Keyring:

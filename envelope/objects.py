@@ -40,6 +40,7 @@ from .hazmat.format import (
     MAX_KMS_CTX_LEN,
     MAX_OBJ_CTX_LEN,
     MESSAGE_ID_LEN,
+    MIN_HEADER_LEN,
     MIN_SEG_LOG2,
     WrappedKey,
     encode_context,
@@ -62,7 +63,7 @@ from .hazmat.segments import open_segments, seal_segments
 from .keyring import Keyring
 from .kms.base import DataKey
 from .metrics import NULL_OBSERVER, Direction, Observer
-from .options import cores
+from .options import Options, cores
 from .printable import printable
 
 __all__ = (
@@ -116,13 +117,17 @@ def byte_view(data: object, what: str = "data") -> memoryview:
     deep inside the call."""
     try:
         view = memoryview(data)  # type: ignore[arg-type]
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        if view.nbytes == 0:  # (an empty array of any shape: cast refuses zeros in a shape)
+            return memoryview(b"")
+        return view.cast("B")
     except TypeError:
         raise ConfigurationError(
             f"{what} must be bytes-like (bytes, bytearray, memoryview), not {type(data).__name__}"
         ) from None
-    if not view.c_contiguous:
-        view = memoryview(view.tobytes())
-    return view.cast("B")
+    except ValueError as e:  # a released view, a closed mmap: raw, they sank a whole batch
+        raise ConfigurationError(f"{what} cannot be read: {e}") from None
 
 
 def check_keyring(keyring: object) -> None:
@@ -228,16 +233,28 @@ def check_not_the_input(source: object, sink: object) -> None:
             )
 
 
-def required_output(out: object, data: object) -> None:
+def required_output(out: object, data: object, *, sealing: Options | None = None) -> None:
     """`out` of an ``*_into`` call is given: None is this module's "allocate a new buffer",
     so an ``*_into(data, None)`` would seal or open, report a length and drop the result.
-    And it is apart from `data` (`check_apart`): checked before any KMS call."""
+    And it is apart from `data` (`check_apart`): checked before any KMS call. `sealing`
+    (encrypt_into's options): `out` holds at least the object any header could make, so a
+    buffer surely too short is refused before a data key is fetched and counted against the
+    cache's limits (it was refused only after; review). The exact size follows the header."""
     if out is None:
         raise ConfigurationError(
             "out must be a writable buffer (bytearray, memoryview, mmap), not None: "
             "encrypt_bytes and decrypt_bytes return a new one"
         )
-    check_apart(byte_view(data), output_view(out))
+    src, dst = byte_view(data), output_view(out)
+    check_apart(src, dst)
+    if isinstance(sealing, Options):
+        least = Layout(MIN_HEADER_LEN, sealing.seg_log2).ciphertext_length(len(src))
+        if len(dst) < least:
+            raise ConfigurationError(
+                f"output buffer holds {len(dst)} bytes; at least {least} needed (the plaintext, "
+                "16 bytes per segment and a header of at least "
+                f"{MIN_HEADER_LEN} bytes)"
+            )
 
 
 def output_view(out: object) -> memoryview:

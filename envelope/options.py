@@ -20,6 +20,7 @@ from .metrics import Direction
 __all__ = (
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_OPTIONS",
+    "MAX_WORKERS",
     "MIN_MEMORY_BUDGET",
     "ObjectInfo",
     "Options",
@@ -30,6 +31,10 @@ __all__ = (
 #: (it holds the default 1 MiB segment with room to spare, so a budget valid for decrypting
 #: is never refused for the default `segment_size`).
 DEFAULT_MEMORY_BUDGET = 256 << 20
+
+#: The most worker threads one call may ask for (`Options.workers`): far beyond any core count
+#: the work could use, low enough that a typo cannot exhaust the process's threads.
+MAX_WORKERS = 1024
 
 #: Cores of this machine, read once (os.cpu_count() costs tens of microseconds a call, which
 #: a 16 KiB object cannot afford).
@@ -100,8 +105,10 @@ class Options:
         s = self.segment_size
         if s <= 0 or s & (s - 1) or not MIN_SEG_LOG2 <= s.bit_length() - 1 <= MAX_SEG_LOG2:
             raise ConfigurationError("segment_size must be a power of two from 4 KiB to 64 MiB")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigurationError("workers must be >= 1")
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
+            # one thread each, kept for the process (a pool per count): ten million was taken
+            # and died on "can't start new thread", with hundreds of threads left (review)
+            raise ConfigurationError(f"workers must be 1..{MAX_WORKERS}")
         if self.batch_bytes < 1:
             raise ConfigurationError("batch_bytes must be >= 1")
         if self.depth is not None and self.depth < 2:

@@ -643,7 +643,7 @@ def encrypt_into(
     observer: Observer = NULL_OBSERVER,
 ) -> int:
     """Encrypt into the caller's buffer; returns the bytes written (see `api.encrypt_into`)."""
-    required_output(out, data)
+    required_output(out, data, sealing=options)
     return _seal(data, out, keyring, kms_context, object_context, options, observer)[1]
 
 
@@ -725,6 +725,7 @@ def _chunked(
     not started (a KMS that throttles or is down got one request per remaining item, each
     after its own retries), the chunks running finish their item, every plaintext already
     produced is zeroed, and the failure is raised."""
+    check_options(options)  # (a dict of its fields failed as an AttributeError; review)
     results: list[bytearray | EnvelopeError | None] = [None] * count
     workers = options.worker_count
     if (count and total_bytes // count < THREADED_BATCH_MIN_BYTES) or _on_event_loop_thread():
@@ -798,7 +799,7 @@ def _nbytes(x: object) -> int:
     """`x`'s size in bytes, 0 if it is no buffer (its own slot reports that)."""
     try:
         return memoryview(x).nbytes  # type: ignore[arg-type]
-    except TypeError:
+    except (TypeError, ValueError):  # (ValueError: released or closed)
         return 0
 
 

@@ -379,3 +379,120 @@ def test_a_bad_context_is_named() -> None:
         sync.encrypt_bytes(b"x", keyring=kr, object_context={"k": "v" * 17_000})
     with pytest.raises(ConfigurationError, match=r"^kms_context: context keys"):
         sync.encrypt_bytes(b"x", keyring=kr, kms_context={"k": 1})  # type: ignore[dict-item]
+
+
+# -- buffers, options and arguments the review found escaping as raw errors --------------------
+
+
+def _odd_buffers() -> dict[str, Any]:
+    import mmap
+
+    import numpy as np
+
+    closed = mmap.mmap(-1, 4096)
+    closed.close()
+    released = memoryview(b"abc")
+    released.release()
+    return {"empty 2-D array": np.zeros((0, 3)), "closed mmap": closed, "released view": released}
+
+
+def test_odd_buffers_are_configuration_errors_and_stay_in_their_batch_slot(kr: Keyring) -> None:
+    """A zero-size 2-D array, a closed mmap or a released memoryview escaped as a raw
+    TypeError or ValueError, and in a `*_many(return_exceptions=True)` batch sank the whole
+    batch (review). An empty array of any shape is empty data."""
+    odd = _odd_buffers()
+    assert (
+        bytes(
+            sync.decrypt_bytes(
+                sync.encrypt_bytes(odd.pop("empty 2-D array"), keyring=kr), keyring=kr
+            )
+        )
+        == b""
+    )
+    for name, buf in odd.items():
+        with pytest.raises(ConfigurationError):
+            sync.encrypt_bytes(buf, keyring=kr)
+        out = sync.encrypt_many([b"a", buf, b"c"], keyring=kr, return_exceptions=True)
+        assert isinstance(out[1], ConfigurationError), name
+        assert [bytes(sync.decrypt_bytes(out[i], keyring=kr)) for i in (0, 2)] == [b"a", b"c"]
+
+
+def test_batches_and_rewrap_check_their_options(kr: Keyring) -> None:
+    """`options={}` failed as an AttributeError in the batch calls and in rewrap; rewrap
+    allocated `batch_bytes` whole (1 << 50: a MemoryError); absurd `workers` were taken and
+    left threads behind (review)."""
+    import anyio
+
+    sealed = bytes(sync.encrypt_bytes(b"x", keyring=kr))
+
+    def rewrap(**kw: Any) -> Any:
+        return anyio.run(
+            lambda: envelope.rewrap(io.BytesIO(sealed), io.BytesIO(), keyring=kr, to=kr, **kw)
+        )
+
+    for call in (
+        lambda: sync.encrypt_many([b"x"], keyring=kr, options={}),  # type: ignore[arg-type]
+        lambda: sync.decrypt_many([sealed], keyring=kr, options={}),  # type: ignore[arg-type]
+        lambda: rewrap(options={}),
+        lambda: rewrap(wrapped_cache=[]),
+        lambda: envelope.Options(workers=10**7),
+    ):
+        with pytest.raises(ConfigurationError):
+            call()
+    out = io.BytesIO()
+    big = envelope.Options(batch_bytes=1 << 50)
+    anyio.run(lambda: envelope.rewrap(io.BytesIO(sealed), out, keyring=kr, to=kr, options=big))
+    assert bytes(sync.decrypt_bytes(out.getvalue(), keyring=kr)) == b"x"
+
+
+def test_keyring_and_policies_refuse_what_is_not_theirs() -> None:
+    """`Keyring(5)`, `decrypt_with=[None]`, `RetryPolicy(deadline="5")` failed later as raw
+    AttributeError/TypeError, and `CachePolicy(enabled="no")` turned the cache on (review)."""
+    kms = MemoryKms()
+    for call in (
+        lambda: Keyring(5, "k"),  # type: ignore[arg-type]
+        lambda: Keyring(b"file:x", "k"),  # type: ignore[arg-type]
+        lambda: Keyring(kms, kms.create_key(), decrypt_with=[None]),  # type: ignore[list-item]
+        lambda: Keyring(decrypt_with=["file:my.key"]),  # type: ignore[list-item]
+        lambda: envelope.RetryPolicy(deadline="5"),  # type: ignore[arg-type]
+        lambda: envelope.RetryPolicy(budget_capacity=2.5),  # type: ignore[arg-type]
+        lambda: envelope.CachePolicy(enabled="no"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigurationError):
+            call()
+
+
+def test_a_short_encrypt_into_buffer_fetches_no_data_key() -> None:
+    """encrypt_into fetched (and counted against the cache's limits) a data key before it
+    found the buffer too short: without a cache each failed call cost a GenerateDataKey
+    (review). A buffer shorter than any header could make is refused first."""
+    import anyio
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key())
+    for call in (
+        lambda: sync.encrypt_into(b"x" * 1000, bytearray(1000), keyring=kr),
+        lambda: anyio.run(lambda: envelope.encrypt_into(b"x" * 1000, bytearray(1000), keyring=kr)),
+    ):
+        with pytest.raises(ConfigurationError, match="at least"):
+            call()
+    assert kms.calls["GenerateDataKey"] == 0
+
+
+def test_a_closed_key_file_backend_is_closed(tmp_path: Any) -> None:
+    """Closing a keyring over a key file left its backend wrapping and unwrapping for any
+    other keyring (docs/library.md: a backend used after close raises ClosedError, and
+    closing one closes it for all; review)."""
+    from envelope.errors import ClosedError
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    path = tmp_path / "k.key"
+    key_id = generate_key_file(path)
+    backend = FileKeyBackend(path)
+    r1, r2 = Keyring(backend, key_id), Keyring(backend, key_id)
+    sealed = sync.encrypt_bytes(b"x", keyring=r2)
+    r1.close()
+    with pytest.raises(ClosedError):
+        sync.encrypt_bytes(b"y", keyring=r2)
+    with pytest.raises(ClosedError):
+        sync.decrypt_bytes(sealed, keyring=r2)

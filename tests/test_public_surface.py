@@ -46,7 +46,8 @@ def test_the_surface_has_what_users_reach_for() -> None:
 
 
 def test_errors_come_only_from_envelope_errors() -> None:
-    """No module but envelope.errors lists an error class in its __all__."""
+    """No module but envelope.errors defines an error class of the library's tree or lists
+    one in its __all__."""
     error_names = {
         n for n in envelope.errors.__all__ if isinstance(getattr(envelope.errors, n), type)
     }
@@ -60,6 +61,12 @@ def test_errors_come_only_from_envelope_errors() -> None:
             continue
         tree = ast.parse(path.read_text())
         for node in tree.body:
+            # an error class of the library's tree defined elsewhere (NoStoreError in
+            # kms/uri.py, UnencryptedParquetError in lake/parquet_pme.py; review)
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", getattr(b, "attr", None)) in error_names for b in node.bases
+            ):
+                offenders.append(f"{rel}:class {node.name}")
             if isinstance(node, ast.Assign) and any(
                 getattr(t, "id", None) == "__all__" for t in node.targets
             ):

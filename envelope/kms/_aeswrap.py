@@ -36,19 +36,21 @@ def _aad(key_id: str, context: Mapping[str, str]) -> bytes:
     )
 
 
-def _cipher(master: bytes, salt: bytes) -> AESGCM:
+def _cipher(master: bytes | bytearray, salt: bytes) -> AESGCM:
     return AESGCM(HKDF(hashes.SHA256(), 32, salt, _LABEL).derive(master))
 
 
 def wrap(
-    master: bytes, key_id: str, plaintext: bytes | bytearray, context: Mapping[str, str]
+    master: bytes | bytearray, key_id: str, plaintext: bytes | bytearray, context: Mapping[str, str]
 ) -> bytes:
     salt, nonce = os.urandom(_SALT), os.urandom(12)
     sealed = _cipher(master, salt).encrypt(nonce, bytes(plaintext), _aad(key_id, context))
     return _VERSION + salt + nonce + sealed
 
 
-def unwrap(master: bytes, key_id: str, wrapped: bytes, context: Mapping[str, str]) -> bytearray:
+def unwrap(
+    master: bytes | bytearray, key_id: str, wrapped: bytes, context: Mapping[str, str]
+) -> bytearray:
     if len(wrapped) != WRAPPED_LEN or wrapped[:1] != _VERSION:
         raise KmsKeyError(f"wrapped key for {key_id!r} is malformed")
     salt, nonce, sealed = (

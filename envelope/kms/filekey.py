@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..errors import ConfigurationError, KmsKeyError
+from ..errors import ClosedError, ConfigurationError, KmsKeyError
 from . import _aeswrap
 from .base import DataKey, WrappedKey
 
@@ -125,7 +125,8 @@ class FileKeyBackend:
         if len(key) != 32 or base64.b64encode(key).decode("ascii") != encoded:
             raise ConfigurationError(f"{os.fspath(path)!r} does not hold a 256-bit key")
         self.key_id = _fingerprint(key)
-        self._wrap_key = _subkey(key, b"wrap")
+        self._wrap_key = bytearray(_subkey(key, b"wrap"))
+        self._closed = False
         self.path = os.fspath(path)
         if mode & 0o077:
             warnings.warn(
@@ -149,6 +150,8 @@ class FileKeyBackend:
         return (self.path,)
 
     def _check(self, key_id: str, wrapping: bool = False) -> None:
+        if self._closed:
+            raise ClosedError(f"key file backend {self.path!r} is closed")
         if key_id != self.key_id:
             if wrapping:  # asked to wrap under a key it does not hold
                 raise KmsKeyError(
@@ -199,7 +202,10 @@ class FileKeyBackend:
         return wrapped.provider_id == self.provider_id and wrapped.key_id == self.key_id
 
     def close_blocking(self) -> None:
-        return None  # nothing held open
+        """Wipe the wrapping subkey: a backend used after close raises ClosedError, as every
+        other does (docs/library.md; it went on wrapping and unwrapping; review)."""
+        self._closed = True
+        self._wrap_key[:] = bytes(len(self._wrap_key))
 
     async def aclose(self) -> None:
-        return None
+        self.close_blocking()

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NoStoreError
 from ..keycache import CachePolicy
 from ..keyring import Keyring
 from ..metrics import NULL_OBSERVER, Observer
@@ -39,7 +39,6 @@ from .base import KmsBackend
 from .filekey import FileKeyBackend
 from .retry import RetryingKms, RetryPolicy, shared_budget
 from .uri import (
-    NoStoreError,
     is_aws_key,
     open_aws_backend,
     open_backend,

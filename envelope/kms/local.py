@@ -34,6 +34,7 @@ from ..errors import (
     KmsAccessDeniedError,
     KmsKeyError,
     KmsTransientError,
+    NoStoreError,
     ThrottlingError,
 )
 from ..service import (
@@ -48,7 +49,6 @@ from ..service import (
 )
 from ..service.errors import StoreError, TamperedStoreError
 from .base import DataKey, WrappedKey
-from .uri import NoStoreError
 
 __all__ = (
     "PROVIDER_ID",

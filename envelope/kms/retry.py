@@ -202,6 +202,21 @@ class RetryPolicy:
             raise ConfigurationError(
                 f"max_attempts must be a whole number 1..100, not {self.max_attempts!r}"
             )
+        # numbers, not text ("5" failed as a raw TypeError from a comparison; review)
+        for name in ("deadline", "throttle_base", "transient_base", "cap", "attempt_timeout",
+                     "retry_after_max_extra"):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name == "attempt_timeout":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"{name} must be a number of seconds, not {value!r}")
+        for name in ("budget_capacity", "throttle_cost", "transient_cost", "timeout_cost",
+                     "success_refund"):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name == "budget_capacity":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"{name} must be a whole number, not {value!r}")
         if not 0 < self.deadline <= 3600:
             raise ConfigurationError("deadline must be in (0, 3600] seconds")
         for name in ("throttle_base", "transient_base", "cap"):

@@ -39,11 +39,6 @@ def is_aws_key(uri: str) -> bool:
     return exact(uri)
 
 
-class NoStoreError(ConfigurationError):
-    """There is no embedded KMS store where one must exist (`open_local_backend`'s
-    `must_exist`): a reader has nothing to find in an empty KMS."""
-
-
 def open_local_backend(
     home: str | os.PathLike[str] | None = None, *, must_exist: bool = False
 ) -> Any:

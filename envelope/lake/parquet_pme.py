@@ -59,6 +59,7 @@ from ..errors import (
     InvalidObjectError,
     KmsKeyError,
     NoBackendError,
+    UnencryptedParquetError,
 )
 from ..kms.base import KmsBackend, WrappedKey
 from ..kms.keyspec import KeySpec, RetryName, with_retry
@@ -74,7 +75,6 @@ __all__ = (
     "PME_PURPOSE",
     "EnvelopeKmsClient",
     "ParquetCrypto",
-    "UnencryptedParquetError",
     "check_encrypted",
     "crypto_factory",
     "kms_client_factory",
@@ -151,11 +151,6 @@ class _EncryptedOnly(pafs.FileSystemHandler):  # type: ignore[misc]
 
     create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _read_only
     delete_file = move = copy_file = open_output_stream = open_append_stream = _read_only
-
-
-class UnencryptedParquetError(InvalidObjectError):
-    """A file read as PME-encrypted is not encrypted: pyarrow would read a plain file in its
-    place without a word, so a writer with no key could swap forged rows in."""
 
 
 def check_encrypted(f: pa.NativeFile, path: str, *, plaintext_footer: bool = False) -> None:

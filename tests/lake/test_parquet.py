@@ -809,7 +809,8 @@ def test_a_plain_file_swapped_in_is_refused(kms: MemoryKms, tmp_path: Path) -> N
     """A writer with no key replaces an encrypted file with a plain one holding forged rows:
     pyarrow's PME reader reads it without a word (its decryption properties allow plaintext
     files), so every read path here checks the file first."""
-    from envelope.lake.parquet_pme import UnencryptedParquetError, read_encrypted_table
+    from envelope.errors import UnencryptedParquetError
+    from envelope.lake.parquet_pme import read_encrypted_table
 
     crypto = ParquetCrypto(kms)
     folder = tmp_path / "ds"
