@@ -15,8 +15,13 @@ import re
 
 __all__ = ("guard_botocore_logs",)
 
-#: What marks a record as holding a secret: a ``Plaintext`` member, or a session token
-_SECRET_MARKS = re.compile(r"Plaintext|security-token|SessionToken", re.IGNORECASE)
+#: What marks a record as holding a secret: a ``Plaintext`` member, a session token, or a
+#: request's signature (the ``Authorization`` header, botocore's ``Signature:`` line): a
+#: signed request can be replayed within the clock-skew window, and a replayed Decrypt gave
+#: the data key back to anyone who could read the log (review)
+_SECRET_MARKS = re.compile(
+    r"Plaintext|security-token|SessionToken|Authorization|Signature", re.IGNORECASE
+)
 
 
 class _SecretLogFilter(logging.Filter):

@@ -943,3 +943,32 @@ def test_malformed_answers_are_transient_and_another_keys_answer_is_refused() ->
         # an alias is resolved by KMS: any key ARN it answers for
         dk = new_kms(srv.url, region=REGION).generate_data_key_blocking("alias/etl", context={})
         assert dk.wrapped.key_id == other
+
+
+def test_botocore_debug_logs_carry_no_request_signature(
+    moto_url: str, key: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The signed request's Authorization header and botocore.auth's `Signature:` line
+    reached the debug log: a request replayed from them within the clock-skew window gave a
+    Decrypt's data key to anyone who could read the log (review). Withheld; the rest stays."""
+    import re
+
+    kms = new_kms(moto_url)
+    with caplog.at_level(logging.DEBUG):
+        dk = kms.generate_data_key_blocking(key["arn"], context={})
+    dk.wipe()
+    assert "botocore.endpoint" in caplog.text  # botocore still logs the rest
+    assert "AWS4-HMAC-SHA256 Credential" not in caplog.text
+    assert not re.search(r"Signature[=:]\s*[0-9a-f]{64}", caplog.text)
+
+
+def test_a_malformed_endpoint_url_is_not_echoed_with_its_password() -> None:
+    """A KMS endpoint URL with credentials is refused; a malformed one was quoted whole in
+    the error, its password included (review)."""
+    from envelope.errors import ConfigurationError
+    from envelope.kms.aws import check_endpoint_url
+
+    for url in ("http://AKIAX:EPSECRET2@kms.example.com:99999", "ftp://AKIAX:EPSECRET1@kms.x"):
+        with pytest.raises(ConfigurationError) as e:
+            check_endpoint_url(url)
+        assert "EPSECRET" not in str(e.value), e.value

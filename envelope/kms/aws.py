@@ -52,6 +52,7 @@ from ..errors import (
 )
 from ..hazmat.format import DATA_KEY_LEN
 from ..printable import printable, wrapped_key_name
+from ..uri_secrets import redact_uri
 from .base import DataKey, WrappedKey
 from .retry import BOTOCORE_NO_RETRIES
 
@@ -209,9 +210,12 @@ def check_endpoint_url(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError:
-        raise ConfigurationError(f"{url!r} is not a URL") from None
+        raise ConfigurationError(f"{redact_uri(url)!r} is not a URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"a KMS endpoint is an http(s)://HOST[:PORT] URL, not {url!r}")
+        # (quoted without its password: a malformed URL was echoed whole; review)
+        raise ConfigurationError(
+            f"a KMS endpoint is an http(s)://HOST[:PORT] URL, not {redact_uri(url)!r}"
+        )
     if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
         raise ConfigurationError(
             "a KMS endpoint URL carries no credentials, query or fragment "
