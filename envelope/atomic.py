@@ -126,6 +126,14 @@ def _alias_match(path: str | os.PathLike[str]) -> re.Match[str] | None:
         match = _DESCRIPTOR_ALIAS.fullmatch(text)
         if match is not None:
             return match
+        # its folder resolved (`devlink/fd/1` with devlink -> /dev is /proc/PID/fd/1: the
+        # folder's links were not followed, and the >> log was replaced; diff review), its
+        # last name not: that is the descriptor's own link to its file
+        head, name = os.path.split(text)
+        text = _normal(os.path.join(os.path.realpath(head), name))
+        match = _DESCRIPTOR_ALIAS.fullmatch(text)
+        if match is not None:
+            return match
         try:
             link = os.readlink(text)
         except OSError:  # not a link (or none there): an ordinary path

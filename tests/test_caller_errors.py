@@ -12,7 +12,7 @@ import pytest
 
 import envelope
 from envelope import sync
-from envelope.errors import ConfigurationError
+from envelope.errors import ConfigurationError, EnvelopeError
 from envelope.keyring import Keyring
 from envelope.kms.memory import MemoryKms
 
@@ -496,3 +496,50 @@ def test_a_closed_key_file_backend_is_closed(tmp_path: Any) -> None:
         sync.encrypt_bytes(b"y", keyring=r2)
     with pytest.raises(ClosedError):
         sync.decrypt_bytes(sealed, keyring=r2)
+
+
+def test_a_key_file_closed_mid_call_never_wraps_under_a_wiped_key(tmp_path: Any) -> None:
+    """The close wiped the subkey in place while another thread's wrap, past its check,
+    read it: data keys came back wrapped under an all-zero key, readable by anyone (diff
+    review; 235 of ~900 in 300 races). Every call either has the real key or is refused."""
+    import sys
+    import threading
+
+    from envelope.errors import ClosedError
+    from envelope.kms import _aeswrap
+    from envelope.kms.filekey import FileKeyBackend, generate_key_file
+
+    path = tmp_path / "k.key"
+    generate_key_file(path)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    exposed = made = 0
+    try:
+        for _ in range(100):
+            backend = FileKeyBackend(path)
+            got: list[Any] = []
+
+            def generate(b: FileKeyBackend = backend, out: list[Any] = got) -> None:
+                try:
+                    while True:
+                        out.append(b.generate_data_key_blocking(b.key_id, context={}))
+                except ClosedError:
+                    pass
+
+            t = threading.Thread(target=generate)
+            t.start()
+            while len(got) < 3:
+                pass
+            backend.close_blocking()
+            t.join(10)
+            for dk in got:
+                made += 1
+                try:
+                    w = dk.wrapped
+                    zero = _aeswrap.unwrap(bytearray(32), w.key_id, w.ciphertext, {})
+                except EnvelopeError:
+                    continue
+                exposed += bytes(zero) == bytes(dk.plaintext)
+    finally:
+        sys.setswitchinterval(interval)
+    assert made >= 300 and exposed == 0

@@ -664,13 +664,18 @@ def test_standard_output_spelled_otherwise_is_still_standard_output(
     chain = tmp_path / "chain"
     chain.symlink_to(link)
     log = tmp_path / "log.txt"
-    for name in ("//dev/stdout", "/dev//stdout", str(link), str(chain), "///proc/self/fd/1"):
+    devlink, proclink = tmp_path / "devlink", tmp_path / "procl"
+    devlink.symlink_to("/dev")
+    proclink.symlink_to("/proc/self")
+    # ... and through a linked folder (diff review): /dev/fd and /proc/self/fd by other names
+    for name in ("//dev/stdout", "/dev//stdout", str(link), str(chain), "///proc/self/fd/1",
+                 f"{devlink}/fd/1", f"{proclink}/fd/1", f"{devlink}/stdout"):  # fmt: skip
         r = _decrypt_appending_to(log, sealed, key, name)
         assert r.returncode == 0, (name, r.stderr)
         assert log.read_bytes() == b"precious\n" + plain, name
     err_link = tmp_path / "se"
     err_link.symlink_to("/dev/stderr")
-    for name in ("//dev/stderr", str(err_link)):
+    for name in ("//dev/stderr", str(err_link), f"{devlink}/fd/2"):
         log.write_bytes(b"precious\n")
         with open(log, "ab") as errors:
             r = subprocess.run(
@@ -788,6 +793,15 @@ def test_a_closed_standard_descriptor_never_takes_the_data(
         )  # fmt: skip
         assert r.returncode == 2 and what in r.stderr, (args, r.returncode, r.stderr)
     assert not (tmp_path / "y.env").exists() and not (tmp_path / "z.env").exists()
+    # a command that always prints data is refused before it acts: `keys create >&-` made
+    # the key, then said nothing was done (diff review)
+    r = subprocess.run(
+        [sys.executable, "-m", "envelope.cli.main", "keys", "create"],
+        stdout=None, stderr=subprocess.PIPE, env={**ENV, "ENVELOPE_HOME": str(home / "keys")},
+        timeout=120, preexec_fn=_closed(1),
+    )  # fmt: skip
+    assert r.returncode == 2 and b"standard output is closed" in r.stderr, r.stderr
+    assert not (home / "keys").exists()
 
 
 def test_a_new_output_s_mode_follows_the_umask_without_setting_it(

@@ -17,7 +17,7 @@ import sys
 
 from ..errors import ConfigurationError
 
-__all__ = ("hold", "require_open")
+__all__ = ("hold", "is_closed", "require_open")
 
 _NAMES = {0: "input", 1: "output", 2: "error"}
 
@@ -43,6 +43,11 @@ def hold() -> None:
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
     if sys.stderr is None:
         sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+
+
+def is_closed(fd: int) -> bool:
+    """Whether standard descriptor `fd` was closed when the command started."""
+    return fd in _closed
 
 
 def require_open(fd: int, why: str) -> None:

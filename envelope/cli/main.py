@@ -251,6 +251,7 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
     try:
         try:
             _settings(args)
+            _check_stdout(args)
         except ConfigurationError as e:
             err(str(e))
             return EXIT_USAGE
@@ -271,6 +272,26 @@ def main(argv: Sequence[str] | None = None, *, _enable_gc: bool = False) -> int:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+#: Commands that print their data only when asked (`--output`, `--json`, `--query`).
+_QUIET_COMMANDS = frozenset({"encrypt", "decrypt", "lake"})
+
+
+def _check_stdout(args: argparse.Namespace) -> None:
+    """A command that prints data, started with standard output closed, is refused before it
+    does anything: it was refused only when it came to print, the key it had been asked to
+    create already made (exit 2 says nothing was done; diff review)."""
+    from ._output import output_requested
+    from ._stdio import is_closed
+
+    prints = hasattr(args, "json") or "output" in getattr(args, "settings", ())
+    if not is_closed(1) or not prints:
+        return
+    if getattr(args, "command", None) not in _QUIET_COMMANDS or output_requested(args):
+        raise ConfigurationError(
+            "standard output is closed, and this command prints its data there"
+        )
 
 
 #: The environment variables `envelope.config.apply_settings` may export for a command.

@@ -11,10 +11,12 @@ message that says so.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -127,6 +129,7 @@ class FileKeyBackend:
         self.key_id = _fingerprint(key)
         self._wrap_key = bytearray(_subkey(key, b"wrap"))
         self._closed = False
+        self._lock = threading.Lock()
         self.path = os.fspath(path)
         if mode & 0o077:
             warnings.warn(
@@ -149,9 +152,23 @@ class FileKeyBackend:
         """The key file (see `Keyring.state_paths`)."""
         return (self.path,)
 
+    @contextlib.contextmanager
+    def _wrapping_key(self, key_id: str, wrapping: bool = False) -> Iterator[bytearray]:
+        """A private copy of the wrapping subkey for one call (wiped after it), taken under
+        the lock `close_blocking` wipes the subkey under: a call racing the close either has
+        the real subkey or raises ClosedError. Using the shared bytes, a wrap that had passed
+        the check before the close wrapped data keys under an all-zero subkey (diff review)."""
+        self._check(key_id, wrapping)
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"key file backend {self.path!r} is closed")
+            key = bytearray(self._wrap_key)
+        try:
+            yield key
+        finally:
+            key[:] = bytes(len(key))
+
     def _check(self, key_id: str, wrapping: bool = False) -> None:
-        if self._closed:
-            raise ClosedError(f"key file backend {self.path!r} is closed")
         if key_id != self.key_id:
             if wrapping:  # asked to wrap under a key it does not hold
                 raise KmsKeyError(
@@ -167,20 +184,16 @@ class FileKeyBackend:
         self, key_id: str, *, context: Mapping[str, str]
     ) -> DataKey:
         """The blocking face (`BlockingKms`): a key file never waits on anything."""
-        self._check(key_id, wrapping=True)
-        plaintext = bytearray(os.urandom(32))
-        return DataKey(
-            plaintext,
-            WrappedKey(
-                self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
-            ),
-        )
+        with self._wrapping_key(key_id, wrapping=True) as subkey:
+            plaintext = bytearray(os.urandom(32))
+            wrapped = _aeswrap.wrap(subkey, key_id, plaintext, context)
+        return DataKey(plaintext, WrappedKey(self.provider_id, key_id, wrapped))
 
     def decrypt_data_key_blocking(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
     ) -> bytearray:
-        self._check(wrapped.key_id)
-        return _aeswrap.unwrap(self._wrap_key, wrapped.key_id, wrapped.ciphertext, context)
+        with self._wrapping_key(wrapped.key_id) as subkey:
+            return _aeswrap.unwrap(subkey, wrapped.key_id, wrapped.ciphertext, context)
 
     async def generate_data_key(self, key_id: str, *, context: Mapping[str, str]) -> DataKey:
         return self.generate_data_key_blocking(key_id, context=context)
@@ -188,10 +201,10 @@ class FileKeyBackend:
     async def encrypt_data_key(
         self, key_id: str, plaintext: bytes | bytearray, *, context: Mapping[str, str]
     ) -> WrappedKey:
-        self._check(key_id, wrapping=True)
-        return WrappedKey(
-            self.provider_id, key_id, _aeswrap.wrap(self._wrap_key, key_id, plaintext, context)
-        )
+        with self._wrapping_key(key_id, wrapping=True) as subkey:
+            return WrappedKey(
+                self.provider_id, key_id, _aeswrap.wrap(subkey, key_id, plaintext, context)
+            )
 
     async def decrypt_data_key(
         self, wrapped: WrappedKey, *, context: Mapping[str, str]
@@ -204,8 +217,9 @@ class FileKeyBackend:
     def close_blocking(self) -> None:
         """Wipe the wrapping subkey: a backend used after close raises ClosedError, as every
         other does (docs/library.md; it went on wrapping and unwrapping; review)."""
-        self._closed = True
-        self._wrap_key[:] = bytes(len(self._wrap_key))
+        with self._lock:
+            self._closed = True
+            self._wrap_key[:] = bytes(len(self._wrap_key))
 
     async def aclose(self) -> None:
         self.close_blocking()
