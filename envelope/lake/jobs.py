@@ -69,7 +69,7 @@ from .listing import Entry, Listing, SkippedPath, scan
 from .lock import DEFAULT_LOCK_TTL, LOCK_NAME, DestinationLock, acquire, live_local_lock
 from .paths import check_apart, check_local_output
 from .s3 import client_for, split_path
-from .sinks import atomic_sink, is_temporary, write_whole
+from .sinks import GuardedSink, atomic_sink, is_temporary, write_whole
 
 __all__ = (
     "DEFAULT_LAKE_OPTIONS",
@@ -828,9 +828,11 @@ async def encrypt_prefix(
         octx = _object_context(entry, options, object_context)
         route = _route(entry, src, dst, options)
         if route == "streamed":  # api.encrypt reports it to the observer itself
+            guard = await anyio.to_thread.run_sync(guard_of, src_path)
+            sink = atomic_sink(dst.fs, dst_path, durable=options.durable)
             info = await api.encrypt(
                 await open_source_at(src.fs, src_path),
-                atomic_sink(dst.fs, dst_path, durable=options.durable),
+                sink if guard is None else GuardedSink(sink, guard),
                 keyring=keyring,
                 kms_context=kms_context,
                 object_context=octx,
@@ -987,9 +989,11 @@ async def decrypt_prefix(
         ciphertext, guard = read
         expected = _expected(entry, options, object_context)
         if route == "streamed":  # api.decrypt reports it to the observer itself
+            guard = await anyio.to_thread.run_sync(guard_of, src_path)
+            sink = atomic_sink(dst.fs, dst_path, durable=options.durable)
             info = await api.decrypt(
                 await open_source_at(src.fs, src_path),
-                atomic_sink(dst.fs, dst_path, durable=options.durable),
+                sink if guard is None else GuardedSink(sink, guard),
                 keyring=keyring,
                 expected_context=expected,
                 expected_kms_context=kms_context,

@@ -110,6 +110,27 @@ def atomic_sink(
     return ArrowAtomicSink(fs, path)
 
 
+class GuardedSink:
+    """A sink whose commit first looks at the object's local source again (`SourceGuard`):
+    a large local object streamed to an object store, whose upload completes as the stream
+    ends, was the one route a source changed or replaced after it was read could be
+    committed from."""
+
+    def __init__(self, inner: Sink, guard: SourceGuard) -> None:
+        self._inner, self._guard = inner, guard
+
+    async def write(self, data: memoryview) -> None:
+        await self._inner.write(data)
+
+    async def commit(self) -> None:
+        # (refused, the caller aborts this sink, and with it the upload: `api._sink_scope`)
+        await anyio.to_thread.run_sync(self._guard.check)
+        await self._inner.commit()
+
+    async def abort(self) -> None:
+        await self._inner.abort()
+
+
 def write_whole(
     fs: pafs.FileSystem,
     path: str,

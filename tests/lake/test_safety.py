@@ -864,3 +864,52 @@ async def test_a_local_output_is_stamped_with_its_source_s_change_time(
     assert (await jobs.encrypt_prefix(str(src), str(out), keyring=k1, options=o)).ok
     st = (src / "a.bin").stat()
     assert (out / "a.bin").stat().st_mtime_ns == max(st.st_mtime_ns, st.st_ctime_ns) == 4 * 10**18
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("small_object_bytes", [8 << 20, 0], ids=["whole", "streamed"])
+async def test_a_local_source_replaced_before_its_upload_completes_fails(
+    anyio_backend: str,
+    tmp_path: Path,
+    s3: S3,
+    k1: Keyring,
+    small_object_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """To an object store too: a local source replaced after it was read is looked at again
+    before the object is put or its multipart upload completed; the object fails, nothing is
+    left in the bucket, and the next run encrypts the new bytes. (The streamed route, for
+    large objects, had no check at all.)"""
+    from envelope.lake import fs as lake_fs
+
+    src = tmp_path / "src"
+    src.mkdir()
+    victim = src / "data.bin"
+    victim.write_bytes(b"old!" * 50_000)
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"NEW!" * 50_000)
+    real_check = lake_fs.SourceGuard.check
+    swapped: list[bool] = []
+
+    def check(self: Any) -> None:
+        if not swapped:
+            swapped.append(True)
+            os.replace(replacement, victim)
+        real_check(self)
+
+    uri = s3.uri(f"lake/guarded-{small_object_bytes}")
+    o = opts(small_object_bytes=small_object_bytes)
+    monkeypatch.setattr(lake_fs.SourceGuard, "check", check)
+    r = await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=o)
+    monkeypatch.undo()
+    assert swapped
+    assert [(f.path, f.error_type) for f in r.failures] == [("data.bin", "SourceChangedError")]
+    client = s3.client()
+    key = f"guarded-{small_object_bytes}/data.bin"
+    assert client.list_objects_v2(Bucket="lake", Prefix=key).get("KeyCount", 0) == 0
+    assert client.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []
+    r = await jobs.encrypt_prefix(str(src), uri, keyring=k1, options=o)
+    assert r.ok and r.done == 1
+    assert client.list_objects_v2(Bucket="lake", Prefix=key)["KeyCount"] == 1  # (the control)
+    back = await jobs.decrypt_prefix(uri, str(tmp_path / "back"), keyring=k1, options=o)
+    assert back.ok and (tmp_path / "back" / "data.bin").read_bytes() == b"NEW!" * 50_000
