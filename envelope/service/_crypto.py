@@ -342,7 +342,8 @@ class CryptoOps(ServiceCore):
             ctx = call.params["EncryptionContext"] = _context(encryption_context)
             call.enc_context = ctx
             if (number_of_bytes is None) == (key_spec is None):
-                raise ValidationException("exactly one of KeySpec and NumberOfBytes is required")
+                # the wording AWS is recorded answering (moto and local-kms use it too)
+                raise ValidationException("Please specify either number of bytes or key spec.")
             if key_spec is not None:
                 if key_spec not in _DATA_KEY_SPECS:
                     raise ValidationException("KeySpec must be AES_128 or AES_256")

@@ -913,3 +913,16 @@ def test_a_deletion_window_out_of_range_is_refused_in_aws_words(svc: KeyService)
         ):
             svc.schedule_key_deletion(key_id=kid, pending_window_in_days=days)
     assert svc.describe_key(key_id=kid)["KeyMetadata"]["KeyState"] == "Enabled"
+
+
+def test_a_data_key_size_given_twice_or_not_at_all_is_refused_in_aws_words(
+    svc: KeyService,
+) -> None:
+    """GenerateDataKey without KeySpec and NumberOfBytes, or with both: ValidationException
+    in the words AWS is recorded answering (review)."""
+    kid = new_key(svc)
+    for kw in ({}, {"key_spec": "AES_256", "number_of_bytes": 32}):
+        with pytest.raises(
+            E.ValidationException, match=r"^Please specify either number of bytes or key spec\.$"
+        ):
+            svc.generate_data_key(key_id=kid, **kw)  # type: ignore[arg-type]
