@@ -123,9 +123,6 @@ def _alias_match(path: str | os.PathLike[str]) -> re.Match[str] | None:
     /dev/stdout``), before the descriptor's own link to its file is followed."""
     text = _normal(os.path.abspath(os.fspath(path)))
     for _ in range(40):  # (the kernel's own limit on links followed)
-        match = _DESCRIPTOR_ALIAS.fullmatch(text)
-        if match is not None:
-            return match
         # its folder resolved (`devlink/fd/1` with devlink -> /dev is /proc/PID/fd/1: the
         # folder's links were not followed, and the >> log was replaced; diff review), its
         # last name not: that is the descriptor's own link to its file

@@ -7,13 +7,12 @@ same walk makes the rich table and the Markdown, so the two always show the same
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
-__all__ = ("cell", "cleaned", "figures", "print_table", "sections", "to_json", "to_markdown")
+__all__ = ("cell", "cleaned", "figures", "print_table", "sections", "to_markdown")
 
 
 def cell(value: Any) -> str:
@@ -91,11 +90,6 @@ def cleaned(x: Any) -> Any:
     if isinstance(x, list):
         return [cleaned(v) for v in x]
     return x
-
-
-def to_json(data: dict[str, Any]) -> str:
-    """Stable JSON of `cleaned` figures, indented as the command line's (4 spaces)."""
-    return json.dumps(cleaned(data), indent=4) + "\n"
 
 
 def to_markdown(title: str, data: dict[str, Any], *, plot: str | None = None) -> str:
