@@ -23,7 +23,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import IO
 
@@ -37,8 +37,7 @@ from .hazmat.format import TAG_LEN, Header
 from .hazmat.keyschedule import ObjectKeys
 from .hazmat.segments import Layout, open_segments, seal_segments
 from .metrics import NULL_OBSERVER
-from .objects import PageBuffer, PreparedObject, Tracked
-from .objects import pool_for as pool
+from .objects import PageBuffer, PreparedObject, Tracked, run_ranges
 
 __all__ = ("open_file", "seal_file")
 
@@ -71,60 +70,26 @@ def _batches(
     sizes: tuple[int, int],
     run: Callable[[int, Buffers], int],
 ) -> None:
-    """Run `run(b, buffers)` for every batch index on `workers` threads pulling from one
-    counter; each thread owns one pair of buffers, zeroed when the work ends however it ends
-    (they hold plaintext)."""
-    nbatches = -(-count // per_batch)
-    lock = threading.Lock()
-    next_batch = [0]
-    failed = threading.Event()
-    owned: list[Buffers] = []
+    """Run `run(b, buffers)` for every batch index on `workers` threads (`run_ranges`: each
+    takes the next batch until none is left); each thread owns one pair of buffers, zeroed
+    when the work ends however it ends (they hold plaintext)."""
+    owned: dict[int, Buffers] = {}
 
-    def worker(_a: int, _b: int) -> None:
-        bufs = (PageBuffer(sizes[0]), PageBuffer(sizes[1]))
-        with lock:
-            owned.append(bufs)
-        while not failed.is_set():
-            with lock:
-                b = next_batch[0]
-                next_batch[0] += 1
-            if b >= nbatches:
-                return
-            try:
-                run(b, bufs)
-            except BaseException:
-                failed.set()
-                raise
+    def batch(first: int, _last: int) -> None:
+        bufs = owned.get(threading.get_ident())
+        if bufs is None:
+            bufs = owned[threading.get_ident()] = (PageBuffer(sizes[0]), PageBuffer(sizes[1]))
+        run(first // per_batch, bufs)
 
-    n = max(1, min(workers, nbatches))
-    if n == 1:
-        try:
-            worker(0, 1)
-        except BaseException:
-            failed.set()
-            raise
-        finally:
-            _wipe(owned, failed.is_set())
-        return
-    from concurrent.futures import Future, wait  # loaded only when several workers run
-
-    futures: list[Future[None]] = []
-    try:  # submitted inside the try: an interrupt between two submits still waits for the first
-        for _ in range(n):
-            futures.append(pool(n).submit(worker, 0, 1))
-        for f in futures:
-            f.result()
-    except BaseException:  # a worker failed, or the caller was interrupted (SIGINT/SIGTERM)
-        failed.set()  # the others stop after their current batch...
-        for f in futures:
-            f.cancel()  # (those not started never start)
-        wait(futures)  # ...and are waited for: nothing writes once the caller cleans up
-        raise
+    failed = True
+    try:
+        run_ranges(batch, count, per_batch, workers)
+        failed = False
     finally:
-        _wipe(owned, failed.is_set())
+        _wipe(owned.values(), failed)
 
 
-def _wipe(owned: list[Buffers], everything: bool) -> None:
+def _wipe(owned: Iterable[Buffers], everything: bool) -> None:
     for a, b in owned:
         a.wipe(everything=everything)
         b.wipe(everything=everything)

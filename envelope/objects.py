@@ -17,6 +17,7 @@ AES-GCM releases the GIL, so an in-memory object uses every core without an even
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import queue
@@ -737,34 +738,49 @@ def pool_for(workers: int) -> WorkerPool:
 
 def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, workers: int) -> None:
     """Call `fn(first, last)` over `count` segments in batches of `per_batch`: inline when one
-    batch (a thread hop costs more than it saves) or one worker, else on the pool's threads.
-    The pool is per worker count, so at most `workers` ranges run at once."""
+    batch (a thread hop costs more than it saves) or one worker, else on `workers` threads
+    that each take the next batch from one counter until none is left: the calling thread
+    and `workers - 1` of the pool's (the pool is per worker count).
+
+    One hand-off per thread, not one per batch: a future per batch cost a queue put, a wake
+    and a result per 2 MiB (measured: a 256 MiB object on 2 threads sealed at 0.88 of the
+    AES-GCM limit with a future per batch). On a failure the others stop after their
+    current batch, and every thread has stopped before the first error is raised: nothing
+    still writes the caller's output once it cleans up."""
     if count <= per_batch:
         fn(0, count)
         return
-    ranges = [(i, min(i + per_batch, count)) for i in range(0, count, per_batch)]
+    batches = -(-count // per_batch)
     if workers <= 1:
-        for a, b in ranges:
-            fn(a, b)
+        for b in range(batches):
+            fn(b * per_batch, min((b + 1) * per_batch, count))
         return
-    futures = [pool_for(workers).submit(fn, a, b) for a, b in ranges]
-    errors = []
+    taken = itertools.count()  # (next() on it is atomic under the interpreter lock)
+    failed = threading.Event()
+
+    def work() -> None:
+        for b in taken:
+            if b >= batches or failed.is_set():
+                return
+            try:
+                fn(b * per_batch, min((b + 1) * per_batch, count))
+            except BaseException:
+                failed.set()
+                raise
+
+    helpers = [pool_for(workers).submit(work) for _ in range(min(workers, batches) - 1)]
     try:
-        for f in futures:  # wait for every range before raising: no thread still writes `dst`
-            e = f.exception()
-            if e is not None:
-                errors.append(e)
-    except BaseException:  # interrupted while waiting: ranges not started never start
-        for f in futures:
-            f.cancel()
-        # and those running end before the caller's clean-up zeroes their output (one range
-        # is a batch: milliseconds), else a worker could write plaintext after it
+        work()
+        for f in helpers:
+            f.result()  # (a helper's error is raised here)
+    except BaseException:  # a batch failed, or the caller was interrupted (SIGINT, SIGTERM)
+        failed.set()
+        for f in helpers:
+            f.cancel()  # (those not started never start)
         from concurrent.futures import wait  # (imported with the pool, never at start-up)
 
-        wait(futures)
+        wait(helpers)  # those running end after their current batch (milliseconds)
         raise
-    if errors:
-        raise errors[0]
 
 
 def seal_into(
