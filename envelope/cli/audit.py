@@ -14,12 +14,13 @@ sealed under it.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
 
 from ..service import KeyService, default_home
-from ..service._home import STORE_NAME
+from ..service._home import ROOT_KEY_NAME, STORE_NAME
 from ..service.digests import DigestLocation, verify_chain
 from ..service.errors import StoreError
 from ._common import EXIT_USAGE, positive_int
@@ -81,7 +82,19 @@ def _verify_command(args: argparse.Namespace) -> int:
     if (home / STORE_NAME).exists():
         # a tampered store (a sealed row replaced) fails verification: exit 1, not a usage error
         return _run(_verify, tampered=EXIT_TAMPERED, tampered_what="store check FAILED: ")(args)
+    # A store's companions without it: the store was deleted (its root key left behind), which
+    # a check of the digests alone must not pass (it exited 0, and a cron job saw no alarm).
+    companions = (ROOT_KEY_NAME, f"{STORE_NAME}-wal", f"{STORE_NAME}-shm")
+    left = [name for name in companions if os.path.lexists(home / name)]
+    if left:
+        print(
+            f"envelope: ALARM: store check FAILED: no store at {home / STORE_NAME}, but its "
+            f"{', '.join(left)} remain there: the store was deleted; restore it from a backup",
+            file=sys.stderr,
+        )
     if not getattr(args, "digests", None):
+        if left:
+            return EXIT_TAMPERED
         print(
             f"envelope: no KMS store at {home / STORE_NAME}; give --home, or --digests PATH to "
             "verify a copy of the digests alone",
@@ -93,8 +106,8 @@ def _verify_command(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"envelope: {e}", file=sys.stderr)
         return EXIT_USAGE
-    out: dict[str, object] = {"ok": chain.problems == [], "store": None, "digests": chain.as_dict()}
-    failed = _say_problems(chain.problems, "digest check")
+    failed = _say_problems(chain.problems, "digest check") or bool(left)
+    out: dict[str, object] = {"ok": not failed, "store": None, "digests": chain.as_dict()}
     if chain.latest is None and not failed:
         print(f"envelope: note: no digests in {chain.location}", file=sys.stderr)
     print(

@@ -33,6 +33,7 @@ from .._names import REGION as _REGION_RE
 from .._ratelimit import RateQuota
 from ..errors import ThrottlingError
 from . import _authz, _keystore_links, _materials, _rows, _specs, _states, audit, digests
+from ._columns import stored_blob, translated, unsealed
 from ._states import (
     DISABLED,
     ENABLED,
@@ -487,11 +488,11 @@ def _no_such_principal(caller: Principal) -> Decision:
 
 
 def _store_failure(e: BaseException, store: Store) -> KmsServiceError:
-    """A store failure as a service error: corruption is `StoreError` (not retryable); a busy,
-    full or failing disk is `KMSInternalException` (transient)."""
-    if type(e) is sqlite3.DatabaseError:  # "malformed", "file is not a database"
-        return StoreError(f"the KMS store {store.path} is corrupt ({e}); restore it from a backup")
-    return KMSInternalException(f"the store failed: {type(e).__name__}")
+    """A store failure as a service error: corruption is `StoreError` (not retryable), an
+    edited column `TamperedStoreError` (`_columns.translated`); a busy, full or failing disk
+    is `KMSInternalException` (transient)."""
+    meant = translated(e, store.path) if isinstance(e, sqlite3.Error) else None
+    return meant or KMSInternalException(f"the store failed: {type(e).__name__}")
 
 
 def _require(value: Any, name: str) -> Any:
@@ -939,7 +940,7 @@ class ServiceCore:
         # remembered until a user or role is made or deleted (each bumps the access
         # generation): the lookup reads every role row of the account (0.6 ms with 1,000)
         row = conn.execute("SELECT value FROM meta WHERE name=?", (_authz.ACCESS_GEN,)).fetchone()
-        generation = None if row is None else bytes(row[0])
+        generation = None if row is None else stored_blob(row[0], "the access generation")
         remembered = self._session_roles.get((account, caller.name))
         if remembered is not None and remembered[0] == generation:
             found = remembered[1]
@@ -1867,7 +1868,8 @@ class ServiceCore:
         if row is None:
             raise InvalidCiphertextException("the ciphertext names a backing key that is gone")
         try:
-            plain = self.store.root.unseal(bytes(row[0]), material_aad(key_id, version))
+            sealed = stored_blob(row[0], f"the key material of key {key_id} (version {version})")
+            plain = self.store.root.unseal(sealed, material_aad(key_id, version))
         except RootKeyError:
             # the root key opened the store's verifier at open: a material row it does not
             # open was replaced, copied from another key or edited (not a wrong root key)
@@ -1923,7 +1925,13 @@ class ServiceCore:
     def _fingerprint(self, conn: sqlite3.Connection, key_id: str, raw: bytes) -> str:
         if self._fp_key is None:
             row = conn.execute("SELECT value FROM meta WHERE name='fingerprint_key'").fetchone()
-            self._fp_key = self.store.root.unseal(bytes(row[0]), b"fingerprint-key")
+            if row is None:
+                raise TamperedStoreError(
+                    "the store's fingerprint key is missing: it was deleted outside the KMS"
+                )
+            self._fp_key = unsealed(
+                self.store.root, row[0], b"fingerprint-key", "the store's fingerprint key"
+            )
         return hmac.new(self._fp_key, key_id.encode() + b"|" + raw, "sha256").hexdigest()
 
     # -- metadata -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import _materials, _specs
+from ._columns import unsealed
 from ._core import (
     _WRAPPING_ALGORITHMS,
     _WRAPPING_KEY_SPECS,
@@ -217,7 +218,10 @@ class ImportOps(ServiceCore):
             if float(row[2]) <= now:
                 raise ExpiredImportTokenException("the import token has expired")
             private = serialization.load_der_private_key(
-                self.store.root.unseal(bytes(row[4]), f"import-token|{token.hex()}".encode()),
+                unsealed(
+                    self.store.root, row[4], f"import-token|{token.hex()}".encode(),
+                    "the import token's private key",
+                ),
                 password=None,
             )
             assert isinstance(private, rsa.RSAPrivateKey)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _keystore_links, _rows
+from ._columns import stored_blob
 from ._core import (
     Response,
     ServiceCore,
@@ -152,14 +153,16 @@ def _load_any_store(
     ).fetchone()
     if row is None or (account is not None and str(row[0]) != account):
         return None
-    mac = bytes(row[3])
+    mac = stored_blob(row[3], f"the MAC of custom key store {store_id}")
     cache = core._keystore_cache
     cached = cache.get(("row", store_id))
     if cached is not None and cached[0] == mac:
         body: dict[str, Any] = dict(cached[1])
         return _StoreRow(store_id, str(row[0]), body, cached[2], mac)
     body_text = str(row[1])
-    secret = None if row[2] is None else bytes(row[2])
+    secret = None
+    if row[2] is not None:
+        secret = stored_blob(row[2], f"the secret of custom key store {store_id}")
     if not _rows.check_record(
         core.store.row_key, "custom_key_stores", store_id, _mac_text(body_text, secret), mac
     ):

@@ -37,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import digests
+from ._columns import blob_or_none, stored_blob, unsealed
 from .errors import TamperedStoreError
 from .rootkey import RootKey
 
@@ -106,7 +107,9 @@ Head = tuple[int, bytes]
 
 def head(conn: sqlite3.Connection) -> Head:
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+    if row is None:
+        return (0, GENESIS)
+    return (int(row[0]), stored_blob(row[1], f"the hash of audit record {row[0]}"))
 
 
 class Sealer:
@@ -131,7 +134,7 @@ class Sealer:
         row = conn.execute("SELECT value FROM meta WHERE name='seal_counter'").fetchone()
         if row is None:
             raise TamperedStoreError("the store's seal counter is missing")
-        raw = self.root.unseal(bytes(row[0]), SEAL_COUNTER_AAD)
+        raw = unsealed(self.root, row[0], SEAL_COUNTER_AAD, "the store's seal counter")
         if len(raw) != 8:
             raise TamperedStoreError("the store's seal counter is malformed")
         return int(struct.unpack(">Q", raw)[0])
@@ -224,15 +227,10 @@ def seal_now(
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     if row is None:
         return None
-    seq, h = int(row[0]), bytes(row[1])
+    seq, h = int(row[0]), stored_blob(row[1], f"the hash of audit record {row[0]}")
     if conn.execute("SELECT 1 FROM seals WHERE seq=?", (seq,)).fetchone() is None:
         _seal(conn, seq, h, signer, now)
     return seq
-
-
-def _blob_or_none(value: object) -> bytes | None:
-    """A BLOB column's value as bytes; None for any other type (an edited row)."""
-    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else None
 
 
 @dataclass(frozen=True)
@@ -280,7 +278,7 @@ def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
     seals: dict[int, tuple[bytes, float, bytes]] = {}
     problems: list[AuditProblem] = []
     for s, c, a, g in conn.execute("SELECT seq, chain, at, sig FROM seals ORDER BY seq"):
-        chain, sig = _blob_or_none(c), _blob_or_none(g)
+        chain, sig = blob_or_none(c), blob_or_none(g)
         if chain is None or sig is None or not isinstance(a, int | float):
             problems.append(AuditProblem(int(s), "its seal is malformed (edited)"))
             break
@@ -289,18 +287,25 @@ def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
     expected = 1
     count = 0
     last_good_seal = 0
-    for seq, raw_prev, raw_hash, body in conn.execute(
-        "SELECT seq, prev, hash, body FROM audit ORDER BY seq"
+    # (the body is read as its bytes and decoded here: text that is not UTF-8, which only an
+    # edit can put there, made sqlite3 raise mid-walk, and verify end in a traceback)
+    for seq, raw_prev, raw_hash, raw_body, body_type in conn.execute(
+        "SELECT seq, prev, hash, CAST(body AS BLOB), typeof(body) FROM audit ORDER BY seq"
     ):
         count += 1
-        stored_prev, stored_hash = _blob_or_none(raw_prev), _blob_or_none(raw_hash)
+        stored_prev, stored_hash = blob_or_none(raw_prev), blob_or_none(raw_hash)
         if seq != expected:
             problems.append(
                 AuditProblem(expected, f"missing (deleted): the log jumps to record {seq}")
             )
             break
-        if stored_hash is None or not isinstance(body, str):
+        if stored_hash is None or body_type != "text":
             problems.append(AuditProblem(seq, "is malformed (a column has the wrong type)"))
+            break
+        try:
+            body = bytes(raw_body).decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(AuditProblem(seq, "was edited: its body is not UTF-8 text"))
             break
         if stored_prev != prev:
             problems.append(
@@ -316,9 +321,12 @@ def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
             problems.append(AuditProblem(seq, "was edited: its hash does not match its content"))
             break
         try:
-            json.loads(body)
-        except ValueError:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError):
             problems.append(AuditProblem(seq, "is not valid JSON"))
+            break
+        if not isinstance(parsed, dict):  # (the service writes objects only: `append`)
+            problems.append(AuditProblem(seq, "is not an audit record (not a JSON object)"))
             break
         if seq in seals:
             chain, at, sig = seals[seq]
@@ -360,8 +368,16 @@ def verify(conn: sqlite3.Connection, public: Ed25519PublicKey) -> VerifyReport:
 
 def tail(conn: sqlite3.Connection, n: int) -> Iterator[dict[str, object]]:
     """The last `n` records, oldest first, each with its `seq`."""
-    rows = conn.execute("SELECT seq, body FROM audit ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
-    for seq, body in reversed(rows):
-        record: dict[str, object] = json.loads(body)
+    rows = conn.execute(
+        "SELECT seq, CAST(body AS BLOB) FROM audit ORDER BY seq DESC LIMIT ?", (n,)
+    ).fetchall()
+    for seq, raw in reversed(rows):
+        try:
+            record = json.loads(bytes(raw).decode("utf-8"))
+        except (TypeError, ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            record = None
+        if not isinstance(record, dict):
+            # an edited record is shown for what it is, not a traceback that hides the rest
+            record = {"malformed": "not a JSON object: edited (`envelope audit verify`)"}
         record["seq"] = seq
         yield record

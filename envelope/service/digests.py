@@ -24,9 +24,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..uri_secrets import redact_uri, without_secrets
+from ._columns import blob_or_none
 from .errors import DigestError
 
 __all__ = (
@@ -169,7 +172,12 @@ def parse(data: bytes) -> Digest:
         raise DigestError("its 'chain_head' is not hex") from None
     if len(head) != 32:
         raise DigestError("its 'chain_head' is not 32 bytes")
-    time = float(_field(body, "time", (int, float)))
+    try:
+        time = float(_field(body, "time", (int, float)))
+    except OverflowError:  # (an integer past a float's range: only an edit writes one)
+        raise DigestError("its 'time' is out of range") from None
+    if not math.isfinite(time):
+        raise DigestError("its 'time' is out of range")
     store_id = _field(body, "store_id", str)
     prev = body.get("previous")
     previous: tuple[str, str] | None = None
@@ -256,7 +264,12 @@ class DigestLocation:
 
     def read(self, name: str) -> bytes:
         if self._fs is None:
-            with open(os.path.join(self.where, name), "rb") as f:
+            # Opened without blocking and refused unless a regular file: a FIFO under a
+            # digest's name made every open of the store (which publishes) wait for ever.
+            fd = os.open(os.path.join(self.where, name), os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise DigestError(f"{name} in {self} is not a regular file")
                 return f.read(MAX_DIGEST_BYTES + 1)
         with self._fs.open_input_stream(f"{self._base}/{name}") as f:
             return bytes(f.read(MAX_DIGEST_BYTES + 1))
@@ -411,7 +424,7 @@ def _store_seals(
             seq,
             store_id,
             public_key,
-        ) or d.chain_head != bytes(chain):
+        ) or d.chain_head != blob_or_none(chain):
             problems.append(
                 f"the store's seal at record {seq} says it is seal {counter}, but its signed "
                 f"digest is seal {d.counter} of record {d.records}: the seal row was edited"
@@ -477,7 +490,7 @@ def check_store(
                     f"digest covers record {d.records} (records were cut)"
                 )
                 break
-            if row is not None and bytes(row[0]) != d.chain_head:
+            if row is not None and blob_or_none(row[0]) != d.chain_head:
                 problems.append(
                     f"the store diverges from {d.name}: its chain at record {d.records} differs "
                     "(records at or before it were rewritten)"

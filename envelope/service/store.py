@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _rows, audit
+from ._columns import translated
 from ._migrate import (
     ACCESS_SCHEMA,
     KEYSTORE_SCHEMA,
@@ -115,6 +116,14 @@ if hasattr(os, "register_at_fork"):
         before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
     )
 
+
+
+def _raise_translated(e: sqlite3.Error, path: Path) -> None:
+    """Raise what `e`, raised inside a transaction, means for the store (`translated`), if
+    it means more than a failure that may pass."""
+    meant = translated(e, path)
+    if meant is not None:
+        raise meant from None
 
 class Store:
     """An open store: the SQLite connection, the root key and the audit signing key.
@@ -319,8 +328,10 @@ class Store:
                     raise KMSInternalException(f"the store is busy or unreadable: {e}") from None
                 try:
                     yield self._conn
-                except BaseException:
+                except BaseException as e:
                     self._conn.execute("ROLLBACK")
+                    if isinstance(e, sqlite3.Error):
+                        _raise_translated(e, self.path)
                     raise
                 try:
                     self._conn.execute("COMMIT")
@@ -336,6 +347,9 @@ class Store:
             self._conn.execute("BEGIN")
             try:
                 yield self._conn
+            except sqlite3.Error as e:
+                _raise_translated(e, self.path)
+                raise
             finally:
                 self._conn.execute("ROLLBACK")
 
