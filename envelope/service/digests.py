@@ -207,7 +207,16 @@ def default_location(store_path: str | os.PathLike[str]) -> Path:
     disk, an ``s3://`` prefix the KMS host may write but not delete) for a stronger anchor.
     """
     folder = Path(store_path).absolute().parent
-    return folder.parent / f"{folder.name}.audit-digests"
+    spelled = folder.parent / f"{folder.name}.audit-digests"
+    real = folder.resolve()
+    canonical = real.parent / f"{real.name}.audit-digests"
+    # A home reached through a link and through its target is one store: one folder of
+    # digests, the link's target's, so that the chain is not split between two (each then
+    # "missing" the other's digests). A folder made beside the link by an earlier release is
+    # kept while the target's does not exist, so that its chain goes on where it is.
+    if spelled != canonical and os.path.lexists(spelled) and not os.path.lexists(canonical):
+        return spelled
+    return canonical
 
 
 class DigestLocation:

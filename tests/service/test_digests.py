@@ -343,3 +343,34 @@ def test_a_digest_location_never_shows_its_credentials(
     shown = out + err + caplog.text
     assert "nosuchbucket" in shown  # it did report the location
     assert secret not in shown
+
+
+def test_a_home_reached_through_a_link_keeps_one_digest_folder(
+    home: Path, clock: FakeClock
+) -> None:
+    """Used through a link and through its target, a home's digests went to two folders
+    (``link.audit-digests`` and ``home.audit-digests``), each "missing" the other's: both
+    spellings failed `audit verify` on an untampered store (review)."""
+    home.mkdir()
+    link = home.parent / "link"
+    link.symlink_to(home, target_is_directory=True)
+    for spelling in (home, link, home, link):
+        session(spelling, clock)
+    assert not digests_of(link).exists()
+    assert len(list(digests_of(home).iterdir())) == 4
+    for spelling in (home, link):
+        assert check(spelling, clock) == (True, [])
+
+
+def test_a_digest_folder_beside_a_link_made_earlier_is_kept(home: Path, clock: FakeClock) -> None:
+    """A home used only through its link by an earlier release has its digests beside the
+    link: their chain goes on there, not in a new folder beside the target."""
+    home.mkdir()
+    link = home.parent / "link"
+    link.symlink_to(home, target_is_directory=True)
+    session(link, clock)
+    digests_of(home).rename(digests_of(link))  # where an earlier release put them
+    session(link, clock)
+    assert not digests_of(home).exists()
+    assert len(list(digests_of(link).iterdir())) == 2
+    assert check(link, clock) == (True, [])
