@@ -212,7 +212,10 @@ def xks_create_key_error(error: BaseException) -> KmsServiceError:
     key's own state or usage is XksKeyInvalidConfigurationException, a proxy that denies
     access is KMSInvalidStateException, and anything else (the proxy unreachable, slow,
     refusing the credential or the path, throttling, failing) says the custom key store is
-    not in a state to make keys: CustomKeyStoreInvalidStateException."""
+    not in a state to make keys: CustomKeyStoreInvalidStateException. (For the proxy's
+    UnsupportedOperationException the table names XksKeyInvalidResponseException, which the
+    KMS API does not have, neither among CreateKey's errors nor anywhere in botocore's model:
+    it is answered as the table answers the other replies the KMS cannot use.)"""
     from envelope.xks import errors as x
 
     why = f"CreateKey failed: {_xks_why(error)}."
