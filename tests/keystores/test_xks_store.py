@@ -36,6 +36,7 @@ from envelope.service.errors import (
 )
 from envelope.xks._sigv4 import Signer
 from envelope.xks.spec import ERROR_STATUS, cdiv
+from tests.histograms import bucket_bounds
 from tests.xks.conftest import KEY_A1, SECRET_A1, Proxy, proxy, xks_folder  # noqa: F401
 from tests.xks.test_client_transport import Canned, Pki, _Handler, free_port
 
@@ -296,13 +297,7 @@ def test_every_proxy_call_of_the_kms_is_timed_in_sub_millisecond_buckets(
         ("Decrypt", "OK"): 1,
         ("Decrypt", "InvalidCiphertextException"): 1,
     }
-    bounds = [
-        float(s.labels["le"])
-        for metric in REGISTRY.collect()
-        if metric.name == "envelope_xks_client_seconds"
-        for s in metric.samples
-        if s.name.endswith("_bucket") and s.labels["operation"] == "Encrypt"
-    ]
+    bounds = bucket_bounds("envelope_xks_client_seconds", operation="Encrypt")
     assert min(bounds) <= 0.0001 and len([b for b in bounds if b <= 0.001]) >= 5
 
 
