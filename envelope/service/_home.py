@@ -128,8 +128,8 @@ def _check_region(region: str, store: Path) -> None:
     if aws is None or region in aws:
         return
     raise StoreError(
-        f"{region!r} is not an AWS Region, and this store holds no keys in it: check --region "
-        "or $ENVELOPE_REGION"
+        f"{region!r} is not an AWS Region of the aws partition (this KMS's ARNs are arn:aws:), "
+        "and this store holds no keys in it: check --region or $ENVELOPE_REGION"
     )
 
 

@@ -47,6 +47,24 @@ _DESCRIPTION = re.compile(r"[a-zA-Z0-9:/_\s.-]{1,256}")
 MAX_VALID_TO = 365 * 86400  # seconds after the request that ValidTo may be
 
 
+
+def _check_wrapping(algorithm: str, wrapping_spec: str, key_spec: str) -> None:
+    """The pairs GetParametersForImport's reference excludes for the key's material (its
+    WrappingAlgorithm entry): RSAES_OAEP_* "Supported for all types of key material, except
+    RSA key material (private key)", and "You cannot use the RSAES_OAEP_SHA_256 wrapping
+    algorithm with the RSA_2048 wrapping key spec to wrap ECC_NIST_P521 key material" (it
+    does not fit). Refused here, before a token is made for an import that cannot work."""
+    if algorithm.startswith("RSAES_") and key_spec.startswith("RSA_"):
+        raise ValidationException(
+            f"To import an RSA private key, you must use an RSA_AES wrapping algorithm, not "
+            f"{algorithm}"
+        )
+    if (algorithm, wrapping_spec, key_spec) == ("RSAES_OAEP_SHA_256", "RSA_2048", "ECC_NIST_P521"):
+        raise ValidationException(
+            "You cannot use the RSAES_OAEP_SHA_256 wrapping algorithm with the RSA_2048 wrapping "
+            "key spec to wrap ECC_NIST_P521 key material"
+        )
+
 class ImportOps(ServiceCore):
     """GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial."""
 
@@ -77,6 +95,7 @@ class ImportOps(ServiceCore):
             call.values["kms:wrappingkeyspec"] = wrapping_key_spec
             key = self._key(conn, call, key_id, MANAGE, now)
             self._external(key, "GetParametersForImport")
+            _check_wrapping(wrapping_algorithm, wrapping_key_spec, key.spec)
             private = rsa.generate_private_key(
                 public_exponent=65537, key_size=_WRAPPING_KEY_SPECS[wrapping_key_spec]
             )

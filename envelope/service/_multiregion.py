@@ -67,7 +67,10 @@ class MultiRegionOps(ServiceCore):
             if known is not None and replica_region not in known:
                 # a replica there could never be reached over the wire (`envelope serve`
                 # answers for AWS's Regions): AWS has no endpoint for the name
-                raise ValidationException(f"{replica_region!r} is not an AWS Region")
+                raise ValidationException(
+                    f"{replica_region!r} is not an AWS Region of this key's partition (aws): a "
+                    "replica must be in the same partition as its primary key"
+                )
             call.values["kms:replicaregion"] = replica_region
             key = self._primary(  # AWS's words
                 conn, call, key_id, MANAGE, now, "{arn} is not a multi-region primary key."

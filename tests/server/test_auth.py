@@ -466,6 +466,24 @@ def test_replicas_go_only_to_aws_regions(kms: KeyService) -> None:
     assert kms.replicate_key(key_id=kid, replica_region="eu-west-1")["ReplicaKeyMetadata"]
 
 
+@pytest.mark.parametrize("region", ["cn-north-1", "us-gov-west-1"])
+def test_another_partition_is_neither_served_nor_a_replica_region(
+    kms: KeyService, alice: Credentials, region: str
+) -> None:
+    """This KMS's ARNs are ``arn:aws:``: a key made in cn-north-1 got ``arn:aws:kms:cn-north-1``,
+    an ARN that partition (``aws-cn``) cannot have, and its real ARN reached nothing; and
+    ReplicateKey put a replica there although AWS requires "the same ... partition" (review)."""
+    from envelope.server.run import authenticator_for
+    from envelope.service.errors import ValidationException
+
+    with pytest.raises(AuthError) as info:
+        authenticator_for(kms)(**signed(alice, at=time.time(), region=region))
+    assert info.value.code == "InvalidSignatureException"
+    kid = kms.create_key(multi_region=True)["KeyMetadata"]["KeyId"]
+    with pytest.raises(ValidationException, match="same partition"):
+        kms.replicate_key(key_id=kid, replica_region=region)
+
+
 def test_the_server_looks_up_a_request_s_access_key_once(
     kms: KeyService, alice: Credentials, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -348,14 +348,7 @@ def test_import_rsa_private_key_then_sign_and_verify(
     der = _pkcs8(private)
     kid = new_key(svc, key_spec=spec, key_usage="SIGN_VERIFY", origin="EXTERNAL")
     # an RSA private key is far longer than one OAEP block: AWS requires RSA_AES_KEY_WRAP for
-    # RSA key material, and RSAES_OAEP_SHA_256 cannot carry it
-    from .test_rotation_import_mrk import wrap
-
-    params = svc.get_parameters_for_import(
-        key_id=kid, wrapping_algorithm="RSAES_OAEP_SHA_256", wrapping_key_spec=wks
-    )
-    with pytest.raises(ValueError):
-        wrap(params, der, "RSAES_OAEP_SHA_256")
+    # RSA key material (RSAES_OAEP_SHA_256 is refused for it: see the test below)
     _import(svc, kid, der, "RSA_AES_KEY_WRAP_SHA_256", wks)
     public = private.public_key()
     msg = b"rsa import"
@@ -521,3 +514,31 @@ def test_run_due_tasks_settles_every_region(svc: KeyService, clock: FakeClock) -
     svc.run_due_tasks()
     rows = svc.store._conn.execute("SELECT COUNT(*) FROM keys WHERE key_id=?", (k,)).fetchone()
     assert rows[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("key_spec", "usage", "algorithm", "wrapping"),
+    [
+        ("RSA_2048", "SIGN_VERIFY", "RSAES_OAEP_SHA_256", "RSA_4096"),
+        ("RSA_3072", "ENCRYPT_DECRYPT", "RSAES_OAEP_SHA_1", "RSA_4096"),
+        ("ECC_NIST_P521", "SIGN_VERIFY", "RSAES_OAEP_SHA_256", "RSA_2048"),
+    ],
+)
+def test_wrapping_the_reference_excludes_is_refused_before_a_token_is_made(
+    svc: KeyService, key_spec: str, usage: str, algorithm: str, wrapping: str
+) -> None:
+    """GetParametersForImport's WrappingAlgorithm: RSAES_OAEP_* is "Supported for all types of
+    key material, except RSA key material (private key)", and "You cannot use the
+    RSAES_OAEP_SHA_256 wrapping algorithm with the RSA_2048 wrapping key spec to wrap
+    ECC_NIST_P521 key material". Both were answered with a token and a wrapping key (review)."""
+    kid = new_key(svc, key_spec=key_spec, key_usage=usage, origin="EXTERNAL")
+    assert code_of(
+        lambda: svc.get_parameters_for_import(
+            key_id=kid, wrapping_algorithm=algorithm, wrapping_key_spec=wrapping
+        )
+    ) == "ValidationException"
+    # the wrapping the reference names for it is served
+    svc.get_parameters_for_import(
+        key_id=kid, wrapping_algorithm="RSA_AES_KEY_WRAP_SHA_256", wrapping_key_spec=wrapping
+    )
+
