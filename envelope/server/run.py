@@ -23,7 +23,7 @@ from typing import Any
 
 from .._ratelimit import RateQuota
 from .._regions import aws_kms_regions
-from .._serving import base_options, check_tls, serve_with, set_header_timeout
+from .._serving import base_options, check_tls, serve_with, set_header_timeout, worker_start
 from ..errors import ConfigurationError
 from ..service import KeyService, open_service, store_path
 from ..service.errors import StoreError
@@ -127,7 +127,8 @@ def create_app() -> KmsApp:
     text = os.environ.get(ENV_SETTINGS)
     settings = ServerSettings.from_env(text) if text else ServerSettings()
     _configure_logging(settings.log_level)
-    service = open_store(settings, share=settings.workers)
+    with worker_start("envelope serve"):  # (its store gone since: the server stops)
+        service = open_store(settings, share=settings.workers)
     try:
         authenticator = _authenticator(service)
         set_header_timeout(settings.header_timeout_seconds)

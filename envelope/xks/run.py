@@ -23,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .._serving import base_options, serve_with, set_header_timeout
+from .._serving import base_options, serve_with, set_header_timeout, worker_start
 from .app import XksProxyApp
 from .config import ENV_CONFIG, XksSettings, load_settings
 from .protocol import ENV_CLIENT_SUBJECT
@@ -72,7 +72,8 @@ def create_app() -> XksProxyApp:
     settings = XksSettings.from_env(text) if text else load_settings(None)
     _configure_logging(settings.log_level)
     set_header_timeout(settings.header_timeout_seconds)
-    token = open_token(settings)
+    with worker_start("envelope xks serve"):  # (its token gone since: the proxy stops)
+        token = open_token(settings)
     return XksProxyApp(settings, token, share=settings.workers, close=token.close)
 
 

@@ -77,3 +77,49 @@ def test_sigterm_finishes_the_call_in_flight(tmp_path: Path) -> None:
         assert svc.verify_audit_log().ok
     finally:
         svc.close()
+
+
+def _workers(pid: int) -> list[int]:
+    """The uvicorn worker processes of server `pid` (spawned: not its resource tracker)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(p) for p in f.read().split()]
+    found = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.append(child)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_reopen_the_store_stops_the_server_with_an_error(
+    tmp_path: Path,
+) -> None:
+    """A worker that died (an OOM kill) is restarted; when its store has gone meanwhile, the
+    restarted worker cannot start, and uvicorn restarted it for ever (453 times in 25 s, a
+    traceback each) while the parent stayed up and later exited 0, so a service manager never
+    restarted it (review). Now the server stops, exits non-zero, and says why once."""
+    import os
+    import subprocess
+
+    srv = start_server(tmp_path / "home", tmp_path / "server.log", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while len(_workers(srv.proc.pid)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        (srv.home / "kms.sqlite3").rename(srv.home / "moved.sqlite3")
+        os.kill(_workers(srv.proc.pid)[-1], signal.SIGKILL)
+        try:
+            code = srv.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the server kept restarting a worker that cannot start") from None
+    finally:
+        srv.stop(signal.SIGKILL)
+    log = srv.log.read_text()
+    assert code != 0, log
+    assert "a worker cannot start" in log and "no embedded KMS store" in log
+    assert log.count("Traceback") == 0 and log.count("a worker cannot start") <= 2, log
