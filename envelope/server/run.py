@@ -14,6 +14,7 @@ The server never starts without authentication: `create_app` needs
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -144,6 +145,16 @@ def create_app() -> KmsApp:
         raise
 
 
+def _loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) binds to loopback only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: where it resolves is not known here
+        return False
+
+
 def serve(settings: ServerSettings) -> None:
     """Run the server until SIGTERM/SIGINT, finishing in-flight requests first."""
     # fail before binding: the TLS files load (before a new store and root key are made for
@@ -151,6 +162,14 @@ def serve(settings: ServerSettings) -> None:
     # exists
     options = base_options(settings)
     check_tls(options)
+    if settings.tls_cert is None and not _loopback(settings.host):
+        _configure_logging(settings.log_level)
+        _ACCESS.warning(
+            "envelope serve: serving plain HTTP on %s, beyond loopback: anyone on the path can "
+            "read every response (data keys in plaintext) and replay signed requests; set "
+            "[tls] (docs/server.md), or put a TLS-terminating proxy on this host",
+            settings.host,
+        )
     service = open_store(settings)
     try:
         authenticator_for(service)

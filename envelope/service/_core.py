@@ -915,8 +915,13 @@ class ServiceCore:
         if self.quota is not None:
             try:
                 self.quota.check(call.op)
-            except ThrottlingError as t:
-                raise ThrottlingException(str(t)) from None
+            except ThrottlingError:
+                # AWS's recorded words (its knowledge center's "ThrottlingException" page); the
+                # family and its rate are the server's configuration, not the caller's business
+                raise ThrottlingException(
+                    "You have exceeded the rate at which you may call KMS. Reduce the frequency "
+                    "of your calls."
+                ) from None
 
     def _resolve_session(self, conn: sqlite3.Connection, call: _Call) -> None:
         """A role session's caller, bound to its role's full ARN (see `session_role`)."""

@@ -313,3 +313,40 @@ def test_graceful_shutdown_zero_is_one_second_not_for_ever() -> None:
             ]
             == sent
         )
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("127.0.0.1", False), ("::1", False), ("localhost", False), ("0.0.0.0", True),
+     ("192.0.2.7", True), ("kms.example", True)],
+)  # fmt: skip
+def test_plain_http_beyond_loopback_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, host: str, warned: bool
+) -> None:
+    """docs/server.md: "Serve anything beyond loopback only with TLS" (responses carry data
+    keys; signed requests can be replayed), yet `--host 0.0.0.0` without TLS started without
+    a word (review)."""
+    import logging
+
+    from envelope.server import run
+
+    class Closed:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(run, "open_store", lambda settings: Closed())
+    monkeypatch.setattr(run, "authenticator_for", lambda service: None)
+    monkeypatch.setattr(run, "serve_with", lambda *args: None)
+    seen: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Seen(logging.WARNING)
+    logging.getLogger("envelope.server").addHandler(handler)
+    try:
+        run.serve(ServerSettings(host=host))
+    finally:
+        logging.getLogger("envelope.server").removeHandler(handler)
+    assert any("plain HTTP" in m and host in m for m in seen) == warned, seen

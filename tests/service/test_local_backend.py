@@ -94,6 +94,7 @@ async def test_quota_throttles_are_audited_and_retried(home: Path) -> None:
     from envelope.kms.quota import RateQuota
     from envelope.kms.retry import RetryingKms, RetryPolicy
     from envelope.service import audit, open_service
+    from envelope.service.errors import ThrottlingException
 
     clock = [0.0]
     svc = open_service(home, quota=RateQuota({"GenerateDataKey": 2.0}, clock=lambda: clock[0]))
@@ -103,6 +104,11 @@ async def test_quota_throttles_are_audited_and_retried(home: Path) -> None:
         await backend.generate_data_key(key_id, context={})
     with pytest.raises(ThrottlingError):
         await backend.generate_data_key(key_id, context={})
+    with pytest.raises(ThrottlingException) as info:  # in AWS's recorded words
+        svc.generate_data_key(key_id=key_id, key_spec="AES_256")
+    assert info.value.message == (
+        "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."
+    )
     with svc.store.read() as conn:
         (last,) = list(audit.tail(conn, 1))
     assert last["operation"] == "GenerateDataKey"
