@@ -1,7 +1,8 @@
 """The ASGI application of `envelope serve`: AWS KMS's JSON protocol over the embedded KMS.
 
     POST /   X-Amz-Target: TrentService.<Operation>   Content-Type: application/x-amz-json-1.1
-    GET  /healthz                                      {"status": "ok"}
+    GET  /healthz                                      {"status": "ok"} (503 when the store
+                                                       file was deleted or replaced)
     GET  /metrics                                      Prometheus text
 
 Per request: read the body (refused past `max_request_bytes` with 413), authenticate it (the
@@ -277,6 +278,13 @@ class KmsApp:
         path = scope.get("path", "/")
         method = scope.get("method", "GET")
         if path == "/healthz" and method in ("GET", "HEAD"):
+            try:
+                self.service.store.check_file()
+            except StoreError as e:  # (the reason is the operator's: logged, not answered)
+                errlog.error("health check failed: %s", e)
+                unavailable = b'{"status":"store unavailable"}'
+                await _respond(send, 503, unavailable, b"application/json", None)
+                return
             await _respond(send, 200, b'{"status":"ok"}', b"application/json", None)
             return
         if path == "/metrics" and method == "GET":
@@ -498,11 +506,15 @@ class KmsApp:
             out.body = self.wire.render(op, result)
         except WireError as e:
             out.fail(e.code, e.message, e.status)
-        except StoreError as e:
-            errlog.error("store error on request %s: %s", request_id, e)
-            out.fail("KMSInternalException", INTERNAL_MESSAGE)
         except KmsServiceError as e:
-            out.fail(e.code, e.message)
+            if isinstance(e, StoreError) or e.code == "KMSInternalException":
+                # the store's failures (a full disk, an unwritable WAL, corruption) are the
+                # operator's to read and fix; the caller is told what AWS tells it. They went
+                # to the client word for word, and the log held only the error code (review).
+                errlog.error("internal error on request %s: %s", request_id, e)
+                out.fail("KMSInternalException", INTERNAL_MESSAGE)
+            else:
+                out.fail(e.code, e.message)
         except Exception as e:
             self._internal(out, e, request_id)
 

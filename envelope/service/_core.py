@@ -1111,7 +1111,12 @@ class ServiceCore:
             return
         try:
             if self.seal_on_close and self.store.path.exists():  # (see `_seal_quietly`)
-                self.seal_audit_log(strict=False)
+                try:
+                    self.store.check_file()
+                except StoreError:  # replaced: a seal would go to the file no one will read
+                    pass
+                else:
+                    self.seal_audit_log(strict=False)
         finally:
             if self._owns_store:
                 self.store.close()

@@ -118,6 +118,15 @@ if hasattr(os, "register_at_fork"):
 
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, or None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _raise_translated(e: sqlite3.Error, path: Path) -> None:
     """Raise what `e`, raised inside a transaction, means for the store (`translated`), if
     it means more than a failure that may pass."""
@@ -157,7 +166,24 @@ class Store:
         self.closed = False
         #: The root-key file the store was opened with (None: a passphrase, an HSM key).
         self.root_file: Path | None = None
+        self._file = _file_identity(path)
         _open_stores.add(self)
+
+    def check_file(self) -> None:
+        """`StoreError` unless the store's path still names the file this process opened.
+
+        SQLite goes on writing to an open file after it was deleted or replaced (a restore
+        copied over it, a `mv`): a server acknowledged CreateKey calls into a deleted store,
+        and lost them all when it restarted on the path (review). Checked at the start of
+        every write transaction (a `stat`, about a microsecond) and by the health check."""
+        if self._file is None:
+            return
+        if _file_identity(self.path) != self._file:
+            raise StoreError(
+                f"the KMS store {self.path} was deleted or replaced while this process had it "
+                "open: nothing more is written to the file it opened (those writes would be "
+                "lost); restart on the store at that path, or put it back"
+            )
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -322,6 +348,7 @@ class Store:
             if self.closed:
                 raise KMSInternalException("the store is closed")
             with self._writers:
+                self.check_file()
                 try:
                     self._conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:

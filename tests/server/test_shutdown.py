@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import socket
 import time
@@ -102,7 +103,6 @@ def test_a_worker_that_cannot_reopen_the_store_stops_the_server_with_an_error(
     restarted worker cannot start, and uvicorn restarted it for ever (453 times in 25 s, a
     traceback each) while the parent stayed up and later exited 0, so a service manager never
     restarted it (review). Now the server stops, exits non-zero, and says why once."""
-    import os
     import subprocess
 
     srv = start_server(tmp_path / "home", tmp_path / "server.log", "--workers", "2")
@@ -123,3 +123,47 @@ def test_a_worker_that_cannot_reopen_the_store_stops_the_server_with_an_error(
     assert code != 0, log
     assert "a worker cannot start" in log and "no embedded KMS store" in log
     assert log.count("Traceback") == 0 and log.count("a worker cannot start") <= 2, log
+
+
+def test_a_store_deleted_under_the_server_takes_no_more_writes(tmp_path: Path) -> None:
+    """SQLite writes on into a file deleted (or replaced) under it: the server acknowledged
+    CreateKey calls that were gone once it restarted on the path, its health check said ok,
+    and a store failure's detail went to the client word for word (review). Now the write is
+    refused (KMSInternalException, the detail in the server's log), /healthz answers 503."""
+    import botocore.exceptions
+
+    from envelope.server.errors import INTERNAL_MESSAGE
+
+    srv = start_server(tmp_path / "home", tmp_path / "server.log")
+    try:
+        kms = srv.client()
+        kms.create_key()
+        for name in ("kms.sqlite3", "kms.sqlite3-wal", "kms.sqlite3-shm"):
+            (srv.home / name).unlink(missing_ok=True)
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            kms.create_key()
+        error = info.value.response["Error"]
+        assert (error["Code"], error["Message"]) == ("KMSInternalException", INTERNAL_MESSAGE)
+        status, _, body = srv.http("GET", "/healthz")
+        assert status == 503 and b"store unavailable" in body
+    finally:
+        assert srv.stop() == 0
+    log = srv.log.read_text()
+    assert "was deleted or replaced" in log and "Traceback" not in log, log
+
+
+def test_an_embedded_service_refuses_to_write_a_replaced_store(tmp_path: Path) -> None:
+    """The same through the Python API: a store file replaced by a copy (a restore over a
+    running process) is not written through the old file; closing does not fail."""
+    import shutil
+
+    from envelope.service.errors import StoreError
+
+    home = tmp_path / "home"
+    svc = open_service(home)
+    svc.create_key()
+    shutil.copy(home / "kms.sqlite3", tmp_path / "copy.sqlite3")
+    os.replace(tmp_path / "copy.sqlite3", home / "kms.sqlite3")
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        svc.create_key()
+    svc.close()
