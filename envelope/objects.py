@@ -772,7 +772,10 @@ def run_ranges(fn: Callable[[int, int], None], count: int, per_batch: int, worke
     try:
         work()
         for f in helpers:
-            f.result()  # (a helper's error is raised here)
+            # every batch is taken: a helper still queued (the pool busy with other objects'
+            # helpers) would find none, so it is cancelled rather than waited for
+            if not f.cancel():
+                f.result()  # (a helper's error is raised here)
     except BaseException:  # a batch failed, or the caller was interrupted (SIGINT, SIGTERM)
         failed.set()
         for f in helpers:

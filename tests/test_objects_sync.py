@@ -531,3 +531,27 @@ def test_a_context_mismatch_says_which_keys_differ_and_which_are_absent() -> Non
     assert "a different value for key(s): t" in text
     assert "no key(s) path (its keys: envelope:path, t)" in text
     assert "a/b" not in text and "2" not in text.replace("envelope", "")
+
+
+def test_ranges_do_not_wait_for_a_pool_busy_with_other_objects() -> None:
+    """Each object's helpers queue on the pool shared by every object of that worker count;
+    once the calling thread has taken every batch itself, a helper still queued has nothing
+    to do: it is cancelled, not waited for (an object waited for other objects' work)."""
+    pool = objects.pool_for(2)
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 30) for _ in range(2)]  # the pool's two threads
+    done: list[int] = []
+    finished = threading.Event()
+
+    def caller() -> None:
+        objects.run_ranges(lambda a, b: done.append(a), 6, 1, 2)
+        finished.set()
+
+    try:
+        threading.Thread(target=caller, daemon=True).start()
+        assert finished.wait(10), "waited for the busy pool"
+        assert sorted(done) == list(range(6))
+    finally:
+        release.set()
+        for f in blockers:
+            f.result(10)
