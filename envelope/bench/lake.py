@@ -93,11 +93,31 @@ def kms_calls(sizes: list[int], policy: CachePolicy | None, duration: float) -> 
     return calls, exact
 
 
+def job_failure(report: jobs.JobReport, what: str = "") -> Exception:
+    """A failed benchmark job's first failure as the error it was (its envelope error class,
+    so that the command line says it in one line with that error's exit code: a key that does
+    not exist is exit 3), else a RuntimeError. It was a RuntimeError and a traceback."""
+    from .. import errors
+
+    first = report.failures[0]
+    cls = getattr(errors, first.error_type or "", None)
+    message = f"{what}{first.path} failed: {first.error}"
+    if isinstance(cls, type) and issubclass(cls, errors.EnvelopeError):
+        try:
+            return cls(message)
+        except TypeError:  # (an error class with a constructor of its own)
+            pass
+    return RuntimeError(message)
+
+
 def pick_sample(
     entries: list[Entry], small_limit: int, sample: int, sample_bytes: int
 ) -> tuple[list[Entry], list[Entry]]:
     """(small, large) entries spread evenly over the listing: up to `sample` small ones and
-    large ones up to `sample_bytes` in all (at least one large one if there are any)."""
+    large ones up to `sample_bytes` in all, never more (it bounds what a dry run encrypts and
+    writes to scratch: the first large object was taken whatever its size, and a 1 GiB one
+    filled the scratch folder under a 1 MiB cap). Without one that fits, the smallest large
+    object if it fits, else none (`estimate` then says so)."""
     small = [e for e in entries if e.size <= small_limit]
     large = [e for e in entries if e.size > small_limit]
     step = max(1, len(small) // max(1, sample))
@@ -105,10 +125,13 @@ def pick_sample(
     picked_large: list[Entry] = []
     total = 0
     for e in large[:: max(1, len(large) // 8)] if large else ():
-        if picked_large and total + e.size > sample_bytes:
-            break
-        picked_large.append(e)
-        total += e.size
+        if total + e.size <= sample_bytes:
+            picked_large.append(e)
+            total += e.size
+    if large and not picked_large:
+        smallest = min(large, key=lambda e: e.size)
+        if smallest.size <= sample_bytes:
+            picked_large.append(smallest)
     return picked_small, picked_large
 
 
@@ -174,8 +197,7 @@ async def _timed_job(
             )
             seconds = time.perf_counter() - t0
     if not report.ok:
-        first = report.failures[0]
-        raise RuntimeError(f"sample object {first.path} failed: {first.error}")
+        raise job_failure(report, "sample object ")
     return seconds
 
 
@@ -229,6 +251,12 @@ async def estimate(
     large_bytes = sum(e.size for e in s_large)
     large_rate = large_bytes / max(1e-6, large_s - fixed) if s_large else 0.0
     small_part = len(small) / small_rate if small_rate else 0.0
+    large_from = "large objects"
+    if large and not s_large:
+        # no large object fits --sample-bytes: timed at the small objects' byte rate, which
+        # per-object costs make slower (the estimate errs long), and said so
+        large_from = "small objects (no large object fits --sample-bytes)"
+        large_rate = sum(e.size for e in s_small) / max(1e-6, small_s - fixed) if s_small else 0.0
     large_part = sum(e.size for e in large) / large_rate if large_rate else 0.0
     duration = fixed + small_part + large_part
     calls, exact = kms_calls([e.size for e in entries], policy, duration)
@@ -256,6 +284,7 @@ async def estimate(
             "large_bytes": large_bytes,
             "large_seconds": large_s,
             "large_mbps": large_rate / 1e6,
+            "large_rate_from": large_from,
             "job_start_seconds": fixed,
             "kms_calls": counting.calls["GenerateDataKey"],
         },
@@ -344,8 +373,7 @@ def compare_jobs(
         def run() -> None:
             report = anyio.run(make)
             if not report.ok:
-                first = report.failures[0]
-                raise RuntimeError(f"{first.path} failed: {first.error}")
+                raise job_failure(report)
 
         return run
 

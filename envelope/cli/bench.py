@@ -93,6 +93,9 @@ def _common(p: argparse.ArgumentParser, *, rounds: bool = True, scratch: bool = 
     """The output options, and `--rounds` / `--dir` for the benchmarks that use them (an
     option a benchmark would ignore is not offered)."""
     add_output_arguments(p)  # --output json|text|table, --query, --json (docs/cli.md)
+    # the output format from $ENVELOPE_OUTPUT or the profile when --output is not given, as
+    # every other command that prints data (both were ignored here; review)
+    p.set_defaults(settings=("output",))
     g = p.add_argument_group("reports")
     g.add_argument("--markdown", metavar="FILE", help="write a Markdown report to FILE")
     g.add_argument("--plot", metavar="FILE.png", help="draw the result (needs the bench extra)")

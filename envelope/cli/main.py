@@ -393,6 +393,9 @@ def _run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except OSError as e:  # disk full, broken pipe, permission: a message, not a traceback
         err(f"I/O error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         return EXIT_IO
+    except MemoryError:  # (`bench machine --size 8G` under a memory limit was a traceback)
+        err("out of memory: give a smaller size, or run where more memory is available")
+        return EXIT_USAGE
     except Exception as e:
         # an object store that cannot be reached or refuses (botocore's errors are not
         # OSError): the storage failed, as a disk does; anything else stays a traceback
