@@ -713,7 +713,26 @@ class ParquetCrypto:
             check_encrypted(f, loc.path, plaintext_footer=plaintext_footer)
             with parquet_read_errors(loc.path):
                 with pq.ParquetFile(f, decryption_properties=self.decryption_properties()) as pf:
+                    if columns is not None:
+                        _check_columns(pf, columns, loc.path)
                     return pf.read(columns=list(columns) if columns is not None else None)
+
+
+def _check_columns(pf: pq.ParquetFile, columns: Sequence[str], path: str) -> None:
+    """Every name in `columns` is a column of the file (a top-level name, or a dotted path to
+    or into a nested field, as `ParquetFile.read` takes them). `ParquetFile.read` passes over
+    a name the file does not have, so a typo (`amout`) read a table without that column and
+    without a word, where `pq.read_table` and a dataset refuse it (review)."""
+    known = set(pf.schema_arrow.names)
+    for i in range(len(pf.schema)):
+        parts = pf.schema.column(i).path.split(".")
+        known.update(".".join(parts[: n + 1]) for n in range(len(parts)))
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"{path} has no column {', '.join(map(repr, unknown))} (its columns: "
+            f"{', '.join(pf.schema_arrow.names)})"
+        )
 
 
 def _encoded(table: pa.Table, props: Any, **options: Any) -> bytes:

@@ -132,6 +132,25 @@ def test_pme_round_trip_memory(kms: MemoryKms, tmp_path: Path) -> None:
         pq.read_table(path)
 
 
+def test_pme_a_column_the_file_does_not_have_is_refused(kms: MemoryKms, tmp_path: Path) -> None:
+    """`ParquetFile.read` passes over a name the file lacks: `columns=["amout"]` read a table
+    without it and without a word, where `pq.read_table` and a dataset refuse it (review)."""
+    path = tmp_path / "t.parquet"
+    write_encrypted_table(
+        TABLE, path, backend=kms, footer_key="footer-key", column_keys=COLUMN_KEYS
+    )
+    for columns in (["amout"], ["amount", "zzz"]):
+        with pytest.raises(ConfigurationError, match="no column"):
+            read_encrypted_table(path, backend=kms, columns=columns)
+    nested = pa.table({"s": pa.array([{"a": 1, "b": "x"}]), "n": pa.array([1])})
+    path2 = tmp_path / "nested.parquet"
+    write_encrypted_table(
+        nested, path2, backend=kms, footer_key="footer-key", column_keys={"pii-key": ["n"]}
+    )
+    for columns in (["s"], ["s.a"], ["n"]):  # a struct, a path into it: as pyarrow takes them
+        assert read_encrypted_table(path2, backend=kms, columns=columns).num_rows == 1
+
+
 def test_pme_a_reader_with_key_ids_is_held_to_them(kms: MemoryKms, tmp_path: Path) -> None:
     """A writer holding only its own key wrote a file whose master key ids are a victim's:
     a reader mapping those ids to the victim's keys read its rows (review). Refused now, and
