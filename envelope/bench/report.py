@@ -121,12 +121,15 @@ def print_table(title: str, data: dict[str, Any], file: IO[str] | None = None) -
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file)
+    # As wide as its widest cells, whatever the terminal's width (the terminal wraps a long
+    # line): rich fitted the table to 80 columns by folding cells, `16.58` over two lines
+    # and `nam/e` in a header (review; docs/cli.md: nothing is ever cut or folded).
+    console = Console(file=file, width=1 << 14)
     for name, header, rows in sections(data):
         table = Table(title=f"{title}: {name}", title_justify="left")
         for i, h in enumerate(header):
             table.add_column(
-                h.replace("_", " "), justify="left" if i == 0 else "right", overflow="fold"
+                h.replace("_", " "), justify="left" if i == 0 else "right", no_wrap=True
             )
         for row in rows:
             table.add_row(*row)

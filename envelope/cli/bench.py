@@ -206,15 +206,15 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} rounds"),
+        TextColumn("{task.fields[rounds]}"),  # (empty until a total is known: "0/None")
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=True,
     ) as progress:
-        task = progress.add_task(label, total=None)
+        task = progress.add_task(label, total=None, rounds="")
 
         def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            progress.update(task, completed=done, total=total, rounds=f"{done}/{total} rounds")
 
         yield update
 

@@ -148,6 +148,28 @@ def test_a_result_printed_into_a_pipe_is_plain_rows_never_wrapped() -> None:
     assert all(len(line) < 400 for line in text.splitlines())
 
 
+def test_a_table_on_a_narrow_terminal_folds_no_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an 80-column terminal rich fitted the tables to the width by folding cells: `16.58`
+    over two lines, `nam/e` in a header (review). docs/cli.md: a table is as wide as its
+    widest cell, and the terminal wraps."""
+    import io
+
+    from envelope.bench.report import print_table
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "40")
+    data = {"a_rather_long_figure_name_" * 2: 16.58, "not_installed_peer": "not installed"}
+    out = Terminal()
+    print_table("bench", data, file=out)
+    lines = out.getvalue().splitlines()
+    assert any("a_rather_long_figure_name_" * 2 in line for line in lines)
+    assert any("16.58" in line for line in lines) and any("not installed" in line for line in lines)
+    assert max(len(line) for line in lines) > 40
+
+
 def test_bench_follows_the_command_line_s_output_rules(tmp_path: Path) -> None:
     """`envelope bench` refused `--output` and `--query`, printed figures rounded with
     thousands commas into a pipe, and indented its JSON by 2 (docs/cli.md: every command that
