@@ -150,6 +150,21 @@ class CachePolicy:
             raise ConfigurationError("cache wait_timeout must be None or in (0, 3600] s")
 
 
+def _byte_count(value: object, what: str) -> int:
+    """A count of bytes: an integer (or an int-like, as numpy's) >= 0. A NaN charged or
+    expected was taken, and made every later byte-limit comparison false: the entry's
+    `max_bytes` was off for good (review); text was a bare TypeError."""
+    try:
+        count = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigurationError(
+            f"{what} must be a whole number of bytes, not {type(value).__name__}"
+        ) from None
+    if count < 0:
+        raise ConfigurationError(f"{what} must be >= 0")
+    return count
+
+
 # -- cache keys -----------------------------------------------------------------------------
 
 _identities: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
@@ -369,6 +384,8 @@ _caches: weakref.WeakSet[DataKeyCache] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    global _identities_lock
+    _identities_lock = threading.Lock()  # (held by another thread at the fork: `_forksafe`)
     for cache in list(_caches):
         cache._reset_after_fork()
 
@@ -587,8 +604,7 @@ class DataKeyCache:
 
     def _bypass(self, expected_bytes: int) -> bool:
         p = self.policy
-        if expected_bytes < 0:
-            raise ConfigurationError("expected_bytes must be >= 0")
+        _byte_count(expected_bytes, "expected_bytes")
         if not p.enabled or expected_bytes > p.max_bytes:
             if p.enabled:
                 self.observer.cache_lookup("encrypt", False)
@@ -692,8 +708,7 @@ class DataKeyCache:
         The entry retires once its byte limit is reached; objects already holding the key
         finish with it. A key no longer cached (or never cached) is ignored.
         """
-        if nbytes < 0:
-            raise ConfigurationError("cannot charge a negative number of bytes")
+        nbytes = _byte_count(nbytes, "the bytes charged")
         with self._lock:
             entry = self._by_wrapped.get(wrapped)
             if entry is None or entry.dead:

@@ -665,3 +665,25 @@ def test_a_key_landing_after_its_keyring_closed_is_not_cached() -> None:
     t.join()
     assert len(results) == 1 and isinstance(results[0], int), results
     assert len(kr.cache) == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, "10"])
+def test_a_byte_count_is_a_whole_number(bad: object) -> None:
+    """`charge(wrapped, nan)` (or `expected_bytes=nan`) was taken: the entry's byte count became
+    NaN, every later `>= max_bytes` was false, and 51 objects of 100 B shared one data key under
+    `max_bytes=1000` (review); text was a bare TypeError."""
+    from envelope import sync
+
+    kms = MemoryKms()
+    kr = Keyring(kms, kms.create_key(), cache=CachePolicy(max_bytes=1000))
+    ct = sync.encrypt_bytes(b"x" * 100, keyring=kr)
+    wrapped = parse_object_header(memoryview(bytes(ct))).wrapped_keys[0]
+    with pytest.raises(ConfigurationError, match="whole number of bytes"):
+        kr.charge(wrapped, bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="whole number of bytes"):
+        kr.encryption_key_blocking({}, expected_bytes=bad)  # type: ignore[arg-type]
+    keys = set()
+    for _ in range(20):  # the limit still holds: 10 objects of 100 B a key at most
+        sealed = bytes(sync.encrypt_bytes(b"x" * 100, keyring=kr))
+        keys.add(parse_object_header(memoryview(sealed)).wrapped_keys[0])
+    assert len(keys) >= 2

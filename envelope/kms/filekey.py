@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .._forksafe import renew_after_fork
 from ..errors import ClosedError, ConfigurationError, KmsKeyError
 from . import _aeswrap
 from .base import DataKey, WrappedKey
@@ -130,6 +131,7 @@ class FileKeyBackend:
         self._wrap_key = bytearray(_subkey(key, b"wrap"))
         self._closed = False
         self._lock = threading.Lock()
+        renew_after_fork(self)  # (see `envelope._forksafe`)
         self.path = os.fspath(path)
         if mode & 0o077:
             warnings.warn(

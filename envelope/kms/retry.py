@@ -25,6 +25,7 @@ KMS call metrics count what was really sent, retries included.
 from __future__ import annotations
 
 import enum
+import os
 import random
 import sys
 import threading
@@ -34,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from .._forksafe import renew_after_fork
 from ..errors import (
     ConfigurationError,
     KmsError,
@@ -273,7 +275,7 @@ class RetryBudget:
     success, up to `capacity`. Share one budget per backend client.
     """
 
-    __slots__ = ("_lock", "_tokens", "capacity")
+    __slots__ = ("__weakref__", "_lock", "_tokens", "capacity")
 
     def __init__(self, capacity: int = 500) -> None:
         if capacity < 1:
@@ -281,6 +283,7 @@ class RetryBudget:
         self.capacity = capacity
         self._tokens = capacity
         self._lock = threading.Lock()
+        renew_after_fork(self)  # (every successful call takes it: a child must not wait)
 
     @property
     def available(self) -> int:
@@ -305,6 +308,15 @@ class RetryBudget:
 
 _budgets: weakref.WeakKeyDictionary[object, RetryBudget] = weakref.WeakKeyDictionary()
 _budgets_lock = threading.Lock()
+
+
+def _budgets_after_fork() -> None:
+    global _budgets_lock
+    _budgets_lock = threading.Lock()  # (held by another thread at the fork: see `_forksafe`)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_budgets_after_fork)
 
 
 def shared_budget(backend: object, capacity: int) -> RetryBudget:

@@ -1,0 +1,37 @@
+"""Locks that a forked child gets fresh, never as another thread held them at the fork.
+
+`os.fork()` copies only the calling thread: a lock another thread held at that moment stays
+held in the child, and the child's first use of it waits for ever. Objects whose `_lock`
+guards state the child goes on using (a retry budget, a key-file backend) register here and
+get a new lock of the same kind in the child (an adversarial review forked while a thread
+was inside `RetryBudget.release`: 20 of 20 children hung on their first encrypt).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+__all__ = ("renew_after_fork",)
+
+_holders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def renew_after_fork(holder: Any) -> None:
+    """Give `holder._lock` (a `threading.Lock` or `RLock`) a fresh lock in a forked child."""
+    _holders.add(holder)
+
+
+def _after_fork_in_child() -> None:
+    for holder in list(_holders):
+        rlock = isinstance(holder._lock, _RLOCK)
+        holder._lock = threading.RLock() if rlock else threading.Lock()
+
+
+_RLOCK = type(threading.RLock())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
