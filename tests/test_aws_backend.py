@@ -972,3 +972,17 @@ def test_a_malformed_endpoint_url_is_not_echoed_with_its_password() -> None:
         with pytest.raises(ConfigurationError) as e:
             check_endpoint_url(url)
         assert "EPSECRET" not in str(e.value), e.value
+
+
+def test_the_configured_region_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend without `region=` read $AWS_REGION at every call: after it changed, a bare
+    `alias/lake` went to another Region's key of that name, while the data-key cache (bound to
+    the backend and the key id) went on handing out the first Region's data keys, so an object
+    meant for eu-west-1 was sealed under a us-east-1 key (review). The Region is now the one
+    found at the first call, for the backend's life."""
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    kms = AwsKms(endpoint_url="http://127.0.0.1:9")
+    assert kms.client().meta.region_name == "us-east-1"
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert kms.client().meta.region_name == "us-east-1"
+    assert AwsKms(endpoint_url="http://127.0.0.1:9").client().meta.region_name == "eu-west-1"

@@ -356,6 +356,7 @@ class AwsKms:
         self._session = session
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._found_region: str | None = None  # (`_default_region`)
         self._closed = False
         #: The one key this backend decrypts with (a reader's ``--key`` naming a key): sent as
         #: Decrypt's KeyId instead of the header's, so AWS KMS refuses a data key wrapped under
@@ -388,14 +389,29 @@ class AwsKms:
             return self._session
 
     def _default_region(self) -> str:
+        """The Region of keys that name none: `region`, else the AWS configuration's, read
+        once, at the first call, and kept. Read at every call, a process that changed
+        $AWS_REGION sent `alias/lake` to another Region's key of that name, while the data-key
+        cache (bound to this backend and the key id) went on handing out the first Region's
+        data keys: an object meant for eu-west-1 sealed under a us-east-1 key (review)."""
+        if self.region is not None:
+            return self.region
+        with self._lock:
+            found = self._found_region
+        if found is not None:
+            return found
         # AWS_REGION first, as the other AWS SDKs read it (botocore reads AWS_DEFAULT_REGION
         # and the profile's region, which come next).
-        region = self.region or os.environ.get("AWS_REGION") or self.session.region_name
+        region = os.environ.get("AWS_REGION") or self.session.region_name
         if not region:
             raise ConfigurationError(
                 "no AWS Region for KMS: give a key ARN, aws-kms://REGION/..., or set AWS_REGION"
             )
-        return _check_region(str(region), "the AWS configuration")
+        checked = _check_region(str(region), "the AWS configuration")
+        with self._lock:
+            if self._found_region is None:
+                self._found_region = checked
+            return self._found_region
 
     def client(self, region: str | None = None) -> Any:
         """The KMS client for `region` (default: this backend's), one per Region, reused."""
