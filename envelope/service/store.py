@@ -117,7 +117,6 @@ if hasattr(os, "register_at_fork"):
     )
 
 
-
 def _file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at `path`, or None when nothing is there."""
     try:
@@ -133,6 +132,7 @@ def _raise_translated(e: sqlite3.Error, path: Path) -> None:
     meant = translated(e, path)
     if meant is not None:
         raise meant from None
+
 
 class Store:
     """An open store: the SQLite connection, the root key and the audit signing key.
