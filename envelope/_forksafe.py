@@ -14,9 +14,11 @@ import threading
 import weakref
 from typing import Any
 
-__all__ = ("renew_after_fork",)
+__all__ = ("renew_after_fork", "renew_global_after_fork")
 
+_RLOCK = type(threading.RLock())
 _holders: weakref.WeakSet[Any] = weakref.WeakSet()
+_globals: list[tuple[dict[str, Any], str]] = []
 
 
 def renew_after_fork(holder: Any) -> None:
@@ -24,13 +26,20 @@ def renew_after_fork(holder: Any) -> None:
     _holders.add(holder)
 
 
+def renew_global_after_fork(namespace: dict[str, Any], name: str) -> None:
+    """The same for a module's lock: `renew_global_after_fork(globals(), "_lock_name")`."""
+    _globals.append((namespace, name))
+
+
+def _fresh(lock: Any) -> Any:
+    return threading.RLock() if isinstance(lock, _RLOCK) else threading.Lock()
+
+
 def _after_fork_in_child() -> None:
     for holder in list(_holders):
-        rlock = isinstance(holder._lock, _RLOCK)
-        holder._lock = threading.RLock() if rlock else threading.Lock()
-
-
-_RLOCK = type(threading.RLock())
+        holder._lock = _fresh(holder._lock)
+    for namespace, name in _globals:
+        namespace[name] = _fresh(namespace[name])
 
 
 if hasattr(os, "register_at_fork"):

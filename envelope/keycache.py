@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from ._forksafe import renew_global_after_fork
 from .errors import ConfigurationError, KmsUnavailableError
 from .hazmat.format import DATA_KEY_LEN, SUITE_AES256GCM_HKDF_SHA512_COMMIT
 from .kms.base import DataKey, KmsBackend, WrappedKey
@@ -170,6 +171,7 @@ def _byte_count(value: object, what: str) -> int:
 _identities: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
 _identities_strong: dict[int, tuple[object, str]] = {}
 _identities_lock = threading.Lock()
+renew_global_after_fork(globals(), "_identities_lock")  # (held at a fork: `_forksafe`)
 
 
 def backend_identity(backend: KmsBackend) -> str:
@@ -384,8 +386,6 @@ _caches: weakref.WeakSet[DataKeyCache] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    global _identities_lock
-    _identities_lock = threading.Lock()  # (held by another thread at the fork: `_forksafe`)
     for cache in list(_caches):
         cache._reset_after_fork()
 
@@ -604,7 +604,7 @@ class DataKeyCache:
 
     def _bypass(self, expected_bytes: int) -> bool:
         p = self.policy
-        _byte_count(expected_bytes, "expected_bytes")
+        expected_bytes = _byte_count(expected_bytes, "expected_bytes")
         if not p.enabled or expected_bytes > p.max_bytes:
             if p.enabled:
                 self.observer.cache_lookup("encrypt", False)

@@ -396,10 +396,8 @@ class AwsKms:
         data keys: an object meant for eu-west-1 sealed under a us-east-1 key (review)."""
         if self.region is not None:
             return self.region
-        with self._lock:
-            found = self._found_region
-        if found is not None:
-            return found
+        if self._found_region is not None:
+            return self._found_region
         # AWS_REGION first, as the other AWS SDKs read it (botocore reads AWS_DEFAULT_REGION
         # and the profile's region, which come next).
         region = os.environ.get("AWS_REGION") or self.session.region_name

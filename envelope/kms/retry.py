@@ -25,7 +25,6 @@ KMS call metrics count what was really sent, retries included.
 from __future__ import annotations
 
 import enum
-import os
 import random
 import sys
 import threading
@@ -35,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .._forksafe import renew_after_fork
+from .._forksafe import renew_after_fork, renew_global_after_fork
 from ..errors import (
     ConfigurationError,
     KmsError,
@@ -308,15 +307,7 @@ class RetryBudget:
 
 _budgets: weakref.WeakKeyDictionary[object, RetryBudget] = weakref.WeakKeyDictionary()
 _budgets_lock = threading.Lock()
-
-
-def _budgets_after_fork() -> None:
-    global _budgets_lock
-    _budgets_lock = threading.Lock()  # (held by another thread at the fork: see `_forksafe`)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_budgets_after_fork)
+renew_global_after_fork(globals(), "_budgets_lock")
 
 
 def shared_budget(backend: object, capacity: int) -> RetryBudget:

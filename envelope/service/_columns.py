@@ -48,8 +48,9 @@ def unsealed(root: RootKey, value: object, aad: bytes, what: str) -> bytes:
         return root.unseal(stored_blob(value, what), aad)
     except RootKeyError:
         raise TamperedStoreError(
-            f"{what} fails authentication under the root key: it was replaced or edited "
-            "outside the KMS; restore the store from a backup"
+            f"{what} fails authentication under the root key: it was replaced (perhaps by a "
+            "row copied from elsewhere) or edited outside the KMS; restore the store from a "
+            "backup"
         ) from None
 
 

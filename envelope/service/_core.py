@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from .._names import REGION as _REGION_RE
 from .._ratelimit import RateQuota
+from .._regions import PARTITION
 from ..errors import ThrottlingError
 from . import _authz, _keystore_links, _materials, _rows, _specs, _states, audit, digests
 from ._columns import stored_blob, translated, unsealed
@@ -57,7 +58,6 @@ from .errors import (
     LimitExceededException,
     MalformedPolicyDocumentException,
     NotFoundException,
-    RootKeyError,
     StoreError,
     TagException,
     TamperedStoreError,
@@ -1266,7 +1266,7 @@ class ServiceCore:
                 or not re.fullmatch(r"aws(-[a-z]+)*", parts[1])
             ):
                 raise InvalidArnException(f"{ref} is not a KMS ARN")
-            if parts[1] != "aws":  # another partition's key (aws-cn, aws-us-gov, ...)
+            if parts[1] != PARTITION:  # another partition's key (aws-cn, aws-us-gov, ...)
                 raise NotFoundException(f"Invalid arn {parts[1]}")
             if parts[3] != self.region:
                 raise NotFoundException(f"Invalid arn {parts[3]}")  # AWS's words
@@ -1877,18 +1877,8 @@ class ServiceCore:
         ).fetchone()
         if row is None:
             raise InvalidCiphertextException("the ciphertext names a backing key that is gone")
-        try:
-            sealed = stored_blob(row[0], f"the key material of key {key_id} (version {version})")
-            plain = self.store.root.unseal(sealed, material_aad(key_id, version))
-        except RootKeyError:
-            # the root key opened the store's verifier at open: a material row it does not
-            # open was replaced, copied from another key or edited (not a wrong root key)
-            raise TamperedStoreError(
-                f"the key material of key {key_id} (version {version}) fails authentication "
-                "under the root key: the row was replaced, copied from another key or edited "
-                "outside the KMS. The key is refused; restore the store from a backup."
-            ) from None
-        mat = _Material(plain)
+        what = f"the key material of key {key_id} (version {version})"
+        mat = _Material(unsealed(self.store.root, row[0], material_aad(key_id, version), what))
         # The row may have been written by this very transaction (an automatic rotation), so it
         # is cached only once the transaction commits.
         call.new_material[(key_id, version)] = mat
