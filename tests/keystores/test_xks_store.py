@@ -185,6 +185,36 @@ def test_a_wrong_credential(svc: KeyService, proxy: Proxy) -> None:  # noqa: F81
     assert refused[-1]["error_code"] == "XksProxyIncorrectAuthenticationCredentialException"
 
 
+def _refused_as_invalid_state(
+    svc: KeyService,
+    call: Callable[[], object],
+    match: str,
+    operation: str,
+    inner: str,
+    outcome: str,
+) -> None:
+    """`call` fails as AWS answers a failed use of an external store, and its audit record
+    names the operation and the one proxy call it made, with the proxy's outcome."""
+    with pytest.raises(KMSInvalidStateException, match=match):
+        call()
+    rec = svc.audit_tail(1)[0]
+    assert (rec["operation"], rec["error_code"]) == (operation, "KMSInvalidStateException")
+    (made,) = rec["keystore_calls"]
+    assert (made["Call"], made["Outcome"]) == (inner, outcome)
+
+
+def _reconnect_fails(svc: KeyService, store: str, code: str) -> None:
+    """Disconnected and connected again, the store is FAILED with `code`, and the connect's
+    audit record names its health check with that outcome."""
+    svc.disconnect_custom_key_store(custom_key_store_id=store)
+    svc.connect_custom_key_store(custom_key_store_id=store)
+    e = entry(svc, store)
+    assert (e["ConnectionState"], e["ConnectionErrorCode"]) == ("FAILED", code)
+    connect = [r for r in svc.audit_tail(3) if r["operation"] == "ConnectCustomKeyStore"]
+    (check,) = connect[-1]["keystore_calls"]
+    assert (check["Call"], check["Outcome"]) == ("GetHealthStatus", code)
+
+
 _Sign = Callable[[Signer, str, str, bytes, float | None], dict[str, str]]
 
 
@@ -236,21 +266,13 @@ def test_a_tampered_proxy_signature(
             ("Decrypt", "Decrypt", lambda: svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])),
         ]
         for operation, inner, call in calls:
-            with pytest.raises(KMSInvalidStateException, match="credential is not valid"):
-                call()
-            rec = svc.audit_tail(1)[0]
-            assert (rec["operation"], rec["error_code"]) == (operation, "KMSInvalidStateException")
-            (made,) = rec["keystore_calls"]
-            assert (made["Call"], made["Outcome"]) == (inner, "AuthenticationFailedException")
+            _refused_as_invalid_state(
+                svc, call, "credential is not valid", operation, inner,
+                "AuthenticationFailedException",
+            )  # fmt: skip
         assert svc.describe_key(key_id=kid)["KeyMetadata"] == key_before
         assert entry(svc, store) == store_before
-        svc.disconnect_custom_key_store(custom_key_store_id=store)
-        svc.connect_custom_key_store(custom_key_store_id=store)
-        e = entry(svc, store)
-        assert (e["ConnectionState"], e["ConnectionErrorCode"]) == ("FAILED", "INVALID_CREDENTIALS")
-        connect = [r for r in svc.audit_tail(3) if r["operation"] == "ConnectCustomKeyStore"]
-        (check,) = connect[-1]["keystore_calls"]
-        assert (check["Call"], check["Outcome"]) == ("GetHealthStatus", "INVALID_CREDENTIALS")
+        _reconnect_fails(svc, store, "INVALID_CREDENTIALS")
     svc.disconnect_custom_key_store(custom_key_store_id=store)
     svc.connect_custom_key_store(custom_key_store_id=store)
     assert svc.decrypt(ciphertext_blob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
@@ -569,22 +591,12 @@ def test_an_unreachable_proxy(svc: KeyService, canned: Canned) -> None:
         ("Decrypt", lambda: svc.decrypt(ciphertext_blob=blob)),
     ]
     for operation, call in calls:
-        with pytest.raises(KMSInvalidStateException, match="cannot be reached"):
-            call()
-        rec = svc.audit_tail(1)[0]
-        assert (rec["operation"], rec["error_code"]) == (operation, "KMSInvalidStateException")
-        (made,) = rec["keystore_calls"]
-        assert (made["Call"], made["Outcome"]) == (operation, "XksUnreachable")
+        _refused_as_invalid_state(
+            svc, call, "cannot be reached", operation, operation, "XksUnreachable"
+        )
     assert svc.describe_key(key_id=kid)["KeyMetadata"] == key_before
     assert entry(svc, store) == store_before
-    svc.disconnect_custom_key_store(custom_key_store_id=store)
-    svc.connect_custom_key_store(custom_key_store_id=store)
-    e = entry(svc, store)
-    assert e["ConnectionState"] == "FAILED"
-    assert e["ConnectionErrorCode"] == "XKS_PROXY_NOT_REACHABLE"
-    connect = [r for r in svc.audit_tail(3) if r["operation"] == "ConnectCustomKeyStore"]
-    (check,) = connect[-1]["keystore_calls"]
-    assert (check["Call"], check["Outcome"]) == ("GetHealthStatus", "XKS_PROXY_NOT_REACHABLE")
+    _reconnect_fails(svc, store, "XKS_PROXY_NOT_REACHABLE")
     stores = svc.describe_custom_key_stores()["CustomKeyStores"]
     with pytest.raises(XksProxyUriUnreachableException):
         xks_store(svc, f"https://localhost:{free_port()}", "nobody-home")
