@@ -17,6 +17,7 @@ AES-GCM releases the GIL, so an in-memory object uses every core without an even
 
 from __future__ import annotations
 
+import array
 import itertools
 import mmap
 import os
@@ -275,6 +276,22 @@ def output_view(out: object) -> memoryview:
     if not view.c_contiguous:
         raise ConfigurationError("the output buffer must be contiguous")
     return view.cast("B")
+
+
+#: Exporters whose memory only this process can map: a `bytearray` or an `array.array` lives
+#: on the interpreter's heap. An `mmap` (a file or `SharedMemory`), a numpy array (possibly a
+#: memmap) or any other exporter may be readable by another process.
+_PRIVATE_EXPORTERS = (bytearray, array.array)
+
+
+def process_private(view: memoryview) -> bool:
+    """Whether `view`'s memory is readable only by this process (its exporter is on this
+    interpreter's heap). AES-GCM writes a segment's plaintext before it checks the tag, and
+    a failed open zeroes what it wrote, as Go's and BoringSSL's AEAD opens do: into private
+    memory, only this process could see those bytes in between, and this process holds the
+    key already. Into memory another process may read (a shared mapping), an unauthenticated
+    plaintext would be released, if briefly: such outputs are opened through a scratch."""
+    return isinstance(view.obj, _PRIVATE_EXPORTERS)
 
 
 def output_buffer(
@@ -852,10 +869,11 @@ def open_into(
     src = view[header.header_len :]
     s = 1 << seg_log2
     t = s + TAG_LEN
-    # The caller's own buffer is visible to it while this runs: segments are opened in a
-    # private scratch, one per thread and reused (a fresh 1 MiB buffer per range would fault
-    # in its pages each time), and copied there once authenticated (see `open_segments`).
-    scratches: dict[int, memoryview] | None = None if out is None else {}
+    # A caller's buffer that another process may read while this runs (a shared mapping):
+    # segments are opened in a private scratch, one per thread and reused (a fresh 1 MiB
+    # buffer per range would fault in its pages each time), and copied there once
+    # authenticated (see `open_segments`). Process-private memory is opened into directly.
+    scratches: dict[int, memoryview] | None = None if process_private(dst) else {}
     if plen <= per_batch * s and (track is None or track.observer is NULL_OBSERVER):
         scratch = None if scratches is None else memoryview(bytearray(min(plen, s)))
         try:  # one batch, untimed: no hop

@@ -204,8 +204,11 @@ def test_into_never_shows_a_failing_segment_s_plaintext_in_the_caller_s_buffer(
     face: str, opts: api.Options, bad: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """AES-GCM writes a segment's plaintext before it checks the tag: opened straight into the
-    caller's buffer, that plaintext sat there, for another thread or a shared mapping to read,
-    until the failure zeroed it (review). Checked at the instant each tag fails."""
+    caller's buffer, that plaintext sat there, for a shared mapping's other process to read,
+    until the failure zeroed it (review). Checked at the instant each tag fails, in a shared
+    mapping (process-private memory is opened in place: test_tampering's scratch test)."""
+    import mmap
+
     from cryptography.exceptions import InvalidTag
 
     from envelope.errors import AuthenticationError
@@ -215,7 +218,7 @@ def test_into_never_shows_a_failing_segment_s_plaintext_in_the_caller_s_buffer(
     data = marker * (3 * S // len(marker))
     ct = bytearray(sync.encrypt_bytes(data, keyring=KEYRING, options=opts))
     ct[-1 if bad == "last" else len(ct) - 2 * (S + 16) - 1] ^= 1  # a tag of the last or first
-    out = bytearray(len(data))
+    out = mmap.mmap(-1, len(data))
     seen: list[bool] = []
     real = ObjectKeys.segment_cipher
 
@@ -238,11 +241,11 @@ def test_into_never_shows_a_failing_segment_s_plaintext_in_the_caller_s_buffer(
         else:
             anyio.run(lambda: api.decrypt_into(bytes(ct), out, keyring=KEYRING, options=opts))
     assert seen and not any(seen)
-    assert not any(out)
+    assert not any(out[:])
     # and an intact object still opens into the caller's buffer
     ct[-1 if bad == "last" else len(ct) - 2 * (S + 16) - 1] ^= 1
     assert sync.decrypt_into(bytes(ct), out, keyring=KEYRING, options=opts) == len(data)
-    assert out == data
+    assert out[:] == data
 
 
 def test_sync_streams_refuse_to_run_inside_an_event_loop() -> None:

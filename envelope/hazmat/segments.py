@@ -158,11 +158,10 @@ def open_segments(
     TruncatedObjectError.
 
     AES-GCM writes a segment's plaintext before it checks the tag. Where `dst` is memory that
-    someone else can read while this runs (the caller's buffer of ``decrypt_into``: another
-    thread, a shared mapping), pass `scratch`, a private buffer of at least one segment: each
+    another process can read while this runs (a caller's shared mapping:
+    `objects.process_private`), pass `scratch`, a private buffer of at least one segment: each
     segment is opened there and copied into `dst` only once its tag verified (the caller wipes
-    `scratch` when done with it). Internal batch buffers, released only after the call, need
-    none.
+    `scratch` when done with it). Process-private buffers need none.
     """
     s = 1 << seg_log2
     t = s + TAG_LEN
