@@ -1096,7 +1096,9 @@ class ServiceCore:
             body["keystore_calls"] = call.keystore_calls
         if call.material_ids and err is None:
             body["key_material_ids"] = call.material_ids
+        changes = conn.total_changes
         call.head = audit.append(conn, body, self.store.sealer, now, self._audit_head)
+        self.store.audit_rows(conn.total_changes - changes)
 
     def _call_request_id(self, call: _Call) -> str:
         """The call's request id (the client's, else one made here), fixed once asked for."""

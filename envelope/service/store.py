@@ -4,9 +4,12 @@ Every state change happens inside `Store.write()`, a ``BEGIN IMMEDIATE`` transac
 leaves either the old state or the new one, and writers in other processes queue for it (a
 `flock` on the store file, then SQLite's own lock with its `busy_timeout`). With
 ``synchronous=NORMAL`` (the default) a committed transaction is in the WAL file before `COMMIT`
-returns, so it survives the process being killed; it may be lost only if the machine loses
-power before the next checkpoint. ``synchronous=FULL`` fsyncs on every
-commit and survives power loss too, at a few milliseconds per call on most disks.
+returns, so it survives the process being killed; a transaction that changed more than the
+audit log (a key made, rotated, disabled, a grant revoked: `Store.write`) is also fsynced
+before it is acknowledged, so it survives a power cut too. A call that only used a key and
+appended its audit record may be lost to a power cut before the next checkpoint.
+``synchronous=FULL`` fsyncs on every commit and survives power loss too, at a few
+milliseconds per call on most disks.
 
 Key material is stored only sealed under the root key (see `rootkey`), with the key id and
 version as AAD, so rows cannot be swapped between keys; key rows (state, usage, spec, dates,
@@ -167,6 +170,10 @@ class Store:
         #: The root-key file the store was opened with (None: a passphrase, an HSM key).
         self.root_file: Path | None = None
         self._file = _file_identity(path)
+        #: FULL: SQLite fsyncs every commit; NORMAL: `write` fsyncs those that change state.
+        self.synchronous: Synchronous = "NORMAL"
+        self._audit_changes = 0  # rows of the open transaction that are the audit log's
+        self._wal_dir_synced = False
         _open_stores.add(self)
 
     def check_file(self) -> None:
@@ -329,6 +336,7 @@ class Store:
             conn.close()
             raise
         store = cls(conn, p, rk, signer, row_key, store_id, location)
+        store.synchronous = synchronous
         store.root_file = getattr(root, "path", None)  # a root-key file's (FileRootKey)
         if not read_only:
             store.publish_digests(strict=False)  # any left by a process killed before publishing
@@ -343,7 +351,15 @@ class Store:
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error.
 
         Writers of other processes queue on `_WriterQueue` first, so the next one starts as soon
-        as this one commits instead of polling SQLite's lock."""
+        as this one commits instead of polling SQLite's lock.
+
+        With ``synchronous=NORMAL``, a transaction that changed any row beyond its audit
+        records (`audit_rows`) is fsynced before this returns: a CreateKey acknowledged and then
+        lost to a power cut leaves every object sealed under its data keys unreadable, and a
+        revoked grant that comes back is a grant no one meant to give. Calls that only use a
+        key append an audit record and stay at NORMAL's speed (SQLite cannot switch
+        `synchronous` inside a transaction, and which rows a call changes is known only once
+        it ran)."""
         with self.lock:
             if self.closed:
                 raise KMSInternalException("the store is closed")
@@ -353,6 +369,7 @@ class Store:
                     self._conn.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as e:
                     raise KMSInternalException(f"the store is busy or unreadable: {e}") from None
+                changes, self._audit_changes = self._conn.total_changes, 0
                 try:
                     yield self._conn
                 except BaseException as e:
@@ -366,6 +383,36 @@ class Store:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
                     raise KMSInternalException(f"the store could not commit: {e}") from None
+                changed = self._conn.total_changes - changes > self._audit_changes
+                if changed and self.synchronous != "FULL":
+                    self._sync_wal()
+
+    def audit_rows(self, rows: int) -> None:
+        """`rows` of the open write transaction's changes were audit bookkeeping (a record, a
+        seal): alone, they do not make its commit wait for an fsync (`write`)."""
+        self._audit_changes += rows
+
+    def _sync_wal(self) -> None:
+        """What ``synchronous=FULL`` does at a commit: fsync the WAL file that holds it (and,
+        once, the folder that holds the WAL file's name). A WAL file already checkpointed and
+        removed left the commit in the database file, which the checkpoint synced."""
+        wal = f"{self.path}-wal"
+        try:
+            fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+            if not self._wal_dir_synced:
+                _fsync_dir(self.path.parent)
+                self._wal_dir_synced = True
+        except OSError as e:
+            raise KMSInternalException(
+                f"the store committed, but could not sync {wal} to disk ({e.strerror}): the "
+                "change may not survive a power cut"
+            ) from None
+        finally:
+            os.close(fd)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -427,9 +474,11 @@ class Store:
             finally:
                 if done:
                     with self.write() as conn:
+                        changes = conn.total_changes
                         conn.executemany(
                             "UPDATE seals SET published=1 WHERE counter=?", [(c,) for c in done]
                         )
+                        self.audit_rows(conn.total_changes - changes)
             return len(done)
 
     def seal_counter(self, conn: sqlite3.Connection) -> int:

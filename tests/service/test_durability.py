@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,60 @@ def test_sigkill_loses_no_acknowledged_call(tmp_path: Path) -> None:
     conn.close()
     missing = [rid for *_, rid in data if rid not in rids]
     assert not missing
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_a_state_change_is_on_disk_before_it_is_acknowledged(
+    tmp_path: Path, synchronous: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With synchronous=NORMAL a commit sits in the WAL file in the page cache: a power cut
+    may take it. A CreateKey so lost leaves every object sealed under its data keys
+    unreadable, a revoked grant comes back: a call that changed more than the audit log
+    fsyncs the WAL before it is acknowledged. Calls that only use a key (their audit record
+    alone) keep NORMAL's speed; with FULL, SQLite syncs every commit itself."""
+    svc = open_service(tmp_path / "home", synchronous=synchronous)  # type: ignore[arg-type]
+    wal = f"{svc.store.path}-wal"
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+
+    def wal_syncs(call: Callable[[], object]) -> int:
+        synced.clear()
+        assert call() is not None
+        return synced.count(wal)
+
+    try:
+        kid = svc.create_key()["KeyMetadata"]["KeyId"]
+        key = {"key_id": kid}
+        grantee = "arn:aws:iam::111122223333:role/etl"
+        changes = {
+            "CreateKey": lambda: svc.create_key(),
+            "TagResource": lambda: svc.tag_resource(**key, tags=[{"TagKey": "a", "TagValue": "b"}]),
+            "CreateAlias": lambda: svc.create_alias(alias_name="alias/etl", target_key_id=kid),
+            "CreateGrant": lambda: svc.create_grant(
+                **key, grantee_principal=grantee, operations=["Decrypt"]
+            ),
+            "DisableKey": lambda: svc.disable_key(**key),
+            "EnableKey": lambda: svc.enable_key(**key),
+            "RotateKeyOnDemand": lambda: svc.rotate_key_on_demand(**key),
+        }
+        uses = {
+            "GenerateDataKey": lambda: svc.generate_data_key(**key, key_spec="AES_256"),
+            "Encrypt": lambda: svc.encrypt(**key, plaintext=b"x"),
+            "DescribeKey": lambda: svc.describe_key(**key),
+            "ListGrants": lambda: svc.list_grants(**key),
+        }
+        expected = 1 if synchronous == "NORMAL" else 0
+        for name, change in changes.items():
+            assert wal_syncs(change) == expected, name
+        for name, use in uses.items():
+            assert wal_syncs(use) == 0, name
+        blob = svc.encrypt(**key, plaintext=b"x")["CiphertextBlob"]
+        assert wal_syncs(lambda: svc.decrypt(ciphertext_blob=blob)) == 0
+    finally:
+        svc.close()
