@@ -23,7 +23,8 @@ Structure (../shared/design/format-and-cache.md, section 6):
 - single-flight: concurrent misses for one key make one backend call and share its outcome;
 - refresh ahead: within `refresh_ahead` seconds of expiry, one caller fetches a replacement
   while the others keep using the entry; the replacement gets its own TTL, and a failed refresh
-  leaves the old entry to die at its own expiry (no stale-if-error);
+  leaves the old entry to die at its own expiry (no stale-if-error); the refreshing caller
+  gets the key it took before its call only if that key is still within its TTL after it;
 - hygiene: plaintext keys sit in `bytearray`s, zeroed when an entry leaves; callers get copies
   (the engine wipes them); nothing here is picklable, no repr shows a key, nothing is logged,
   and a forked child starts with an empty cache.
@@ -360,11 +361,13 @@ class _Flight:
     the process whichever face (sync or async) and whichever thread or event loop they use.
     """
 
-    __slots__ = ("done", "error", "thread")
+    __slots__ = ("done", "error", "expires", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, expires: float = math.inf) -> None:
         self.done = threading.Event()
         self.error: Exception | None = None
+        #: A refresh-ahead's: when the entry it replaces expires (`DataKeyCache._outlived`).
+        self.expires = expires
         #: The owner's thread: a blocking caller on that same thread (a sync call inside the
         #: owner task's event loop) must not wait for it, or the loop could never finish it.
         self.thread = threading.get_ident()
@@ -537,8 +540,21 @@ class DataKeyCache:
         if entry.dead or now < entry.next_refresh or key in self._flights:
             return None
         entry.next_refresh = now + self.policy.refresh_retry
-        flight = self._flights[key] = _Flight()
+        flight = self._flights[key] = _Flight(entry.expires)
         return flight
+
+    def _outlived(self, flight: _Flight, got: DataKey | bytearray) -> bool:
+        """After a refresh-ahead: whether it outlasted the entry it was to replace (a slow
+        KMS, retries). The caller's key, taken from that entry before the refresh, is then
+        past its TTL: wiped, and the caller looks again (the refreshed entry, or a fetch)
+        instead of sealing with it."""
+        if self.clock() < flight.expires:
+            return False
+        if isinstance(got, DataKey):
+            got.wipe()
+        else:
+            got[:] = bytes(len(got))
+        return True
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()  # another thread may have held it at fork time
@@ -629,6 +645,8 @@ class DataKeyCache:
             if isinstance(got, DataKey):
                 if flight is not None:
                     await self._refresh(flight, key, "encrypt", fetch)
+                    if self._outlived(flight, got):
+                        continue
                 return got
             assert flight is not None
             if owner:
@@ -650,6 +668,8 @@ class DataKeyCache:
             if isinstance(got, DataKey):
                 if flight is not None:
                     self._refresh_blocking(flight, key, "encrypt", fetch)
+                    if self._outlived(flight, got):
+                        continue
                 return got
             assert flight is not None
             if owner:
@@ -669,6 +689,8 @@ class DataKeyCache:
             if isinstance(got, bytearray):
                 if flight is not None:
                     await self._refresh(flight, key, "decrypt", fetch)
+                    if self._outlived(flight, got):
+                        continue
                 return got
             assert flight is not None
             if owner:
@@ -684,6 +706,8 @@ class DataKeyCache:
             if isinstance(got, bytearray):
                 if flight is not None:
                     self._refresh_blocking(flight, key, "decrypt", fetch)
+                    if self._outlived(flight, got):
+                        continue
                 return got
             assert flight is not None
             if owner:

@@ -6,6 +6,7 @@ import os
 import pickle
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -193,6 +194,45 @@ async def test_refresh_ahead_does_not_stretch_the_ttl() -> None:
     assert (await kr.encryption_key({})).wrapped == new
     clock.now += 0.001
     assert (await kr.encryption_key({})).wrapped not in (old, new)
+
+
+@pytest.mark.parametrize("face", ["async", "blocking"])
+def test_a_refresh_that_outlasts_the_key_does_not_hand_that_key_out(face: str) -> None:
+    """The caller that refreshes ahead took the current key before its KMS call: a refresh
+    slower than the key's remaining life (a throttled KMS, retries) returned that key after
+    its TTL, and an object was sealed with it (review). It gets the refreshed key instead,
+    or, when the refresh failed, a fetch of its own; a refresh in time still returns the key
+    it took (test_refresh_ahead_does_not_stretch_the_ttl)."""
+    clock = FakeClock()
+    kms = MemoryKms()
+    slow: list[bool] = [False]
+
+    class Slow(MemoryKms):
+        async def generate_data_key(self, key_id: str, *, context: Any) -> Any:
+            if slow[0]:
+                clock.now += 3.0  # the refresh takes past the old entry's expiry
+            return await kms.generate_data_key(key_id, context=context)
+
+        def generate_data_key_blocking(self, key_id: str, *, context: Any) -> Any:
+            if slow[0]:
+                clock.now += 3.0
+            return kms.generate_data_key_blocking(key_id, context=context)
+
+    kr = Keyring(Slow(), kms.create_key(), cache=_cache(clock, ttl=10.0, refresh_ahead=2.0))
+
+    def key() -> WrappedKey:
+        if face == "async":
+            return anyio.run(lambda: kr.encryption_key({})).wrapped
+        return kr.encryption_key_blocking({}).wrapped
+
+    old = key()
+    clock.now += 8.5  # in the refresh window, 1.5 s before expiry
+    slow[0] = True
+    got = key()  # refreshes, and the refresh ends at t = 11.5
+    slow[0] = False
+    assert got != old
+    assert key() == got  # the refreshed entry, from the cache
+    assert kms.calls["GenerateDataKey"] == 2
 
 
 @pytest.mark.anyio
