@@ -304,10 +304,13 @@ class KmsApp:
                 request_id,
             )
             _, first = decode_headers(scope.get("headers") or ())
+            seconds = time.perf_counter() - started
             self._log_line(
                 request_id, scope, first.get("user-agent", ""), None, "unknown", 404,
-                "UnknownOperationException", time.perf_counter() - started,
+                "UnknownOperationException", seconds,
             )
+            # counted as an unknown target is: a scanner probing paths shows on a dashboard
+            self.metrics.observe("unknown", "UnknownOperationException", seconds)
             return
         await self._kms(scope, receive, send)
 

@@ -484,6 +484,15 @@ def test_healthz_and_metrics(server: Server, admin: Any, key_id: str) -> None:
             time.sleep(0.05)
         assert len(lines) == 1 and lines[0]["status"] == 404, lines
         assert lines[0]["error"] == "UnknownOperationException"
+    # and counted, as an unknown X-Amz-Target is (a scanner shows on a dashboard)
+    text = server.http("GET", "/metrics")[2].decode()
+    m = re.search(
+        r'^envelope_server_requests_total\{code="UnknownOperationException",'
+        r'operation="unknown"\} (\S+)$',
+        text,
+        re.M,
+    )
+    assert m is not None and float(m.group(1)) >= 4, text
 
 
 def test_unsigned_and_badly_signed_requests_are_refused_and_audited(server: Server) -> None:
