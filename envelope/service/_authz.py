@@ -415,7 +415,7 @@ class ConditionContext(Mapping[str, Any]):
     ) -> None:
         self._base = base
         self._ctx = enc_context or None
-        self._lctx: dict[str, str] | None = None
+        self._lctx: dict[str, Any] | None = None
         self._ptags = principal_tags or None
         self._rtags = resource_tags or None
         self._aliases = aliases
@@ -444,7 +444,7 @@ class ConditionContext(Mapping[str, Any]):
                 return list(self._ctx)
             if name.startswith("kms:encryptioncontext:"):
                 if self._lctx is None:
-                    self._lctx = {k.lower(): v for k, v in self._ctx.items()}
+                    self._lctx = _by_lower_key(self._ctx)
                 return self._lctx.get(name[22:], default)
             return default
         if name.startswith("aws:principaltag/"):
@@ -497,9 +497,30 @@ def encryption_context_values(ctx: Mapping[str, str] | None) -> dict[str, Any]:
     """``kms:EncryptionContext:<k>`` and ``kms:EncryptionContextKeys`` for a request."""
     if not ctx:
         return {}
-    values: dict[str, Any] = {f"kms:encryptioncontext:{k.lower()}": v for k, v in ctx.items()}
+    values: dict[str, Any] = {
+        f"kms:encryptioncontext:{k}": v for k, v in _by_lower_key(ctx).items()
+    }
     values["kms:encryptioncontextkeys"] = list(ctx)
     return values
+
+
+def _by_lower_key(ctx: Mapping[str, str]) -> dict[str, Any]:
+    """``kms:EncryptionContext:<k>``'s value for each lower-cased key `k`: the pair's value, or
+    the list of every value when keys differ only in case (``stage``, ``STAGE``). The condition
+    key ignores case, as AWS documents; keeping only the last such pair let a caller slip past
+    a Deny on ``stage = Restricted`` by adding ``Stage`` after it (review). A multivalued value
+    matches a positive operator when any value does and a negated one when none does
+    (`conditions`), so a Deny on either spelling's value applies."""
+    out: dict[str, Any] = {}
+    for k, v in ctx.items():
+        key = k.lower()
+        if key not in out:
+            out[key] = v
+        elif isinstance(out[key], list):
+            out[key].append(v)
+        else:
+            out[key] = [out[key], v]
+    return out
 
 
 def tag_values(prefix: str, tags: Mapping[str, str]) -> dict[str, Any]:

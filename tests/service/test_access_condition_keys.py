@@ -351,3 +351,30 @@ def test_an_identity_policys_sids_follow_iams_rules(
     else:
         with pytest.raises(MalformedPolicyDocumentException, match="Sid"):
             attach(svc, caller, *statements)
+
+
+def test_a_deny_on_an_encryption_context_value_sees_every_spelling_of_its_key(
+    svc: KeyService,
+) -> None:
+    """``kms:EncryptionContext:<k>`` ignores the case of `k` (AWS's "case sensitivity of the
+    encryption context condition"). With ``stage`` and ``Stage`` both in a context, only the
+    pair listed last was seen: adding ``Stage: Test`` after ``stage: Restricted`` slipped past
+    a Deny on ``stage = Restricted`` (review). Every value of the key is seen now."""
+    key = _key(svc)
+    caller = user(svc, "caller")
+    deny = {"StringEquals": {"kms:EncryptionContext:stage": "Restricted"}}
+    attach(
+        svc, caller, stmt(Action="kms:Encrypt"), stmt("Deny", Action="kms:Encrypt", Condition=deny)
+    )
+    for ctx in (
+        {"stage": "Restricted"},
+        {"stage": "Restricted", "Stage": "Test"},
+        {"Stage": "Test", "stage": "Restricted"},
+        {"STAGE": "Restricted", "stage": "Test"},
+    ):
+        with pytest.raises(AccessDeniedException, match="explicit deny"):
+            svc.encrypt(key_id=key, plaintext=b"x", encryption_context=ctx, principal=caller)
+    svc.encrypt(
+        key_id=key, plaintext=b"x", encryption_context={"stage": "Test", "Stage": "Dev"},
+        principal=caller,
+    )

@@ -737,3 +737,35 @@ def test_a_source_arn_grant_allows_no_direct_call(svc: KeyService, key: str, gra
     for bad in ("bucket", "arn:aws:s3:::bucket", "x" * 600):
         with pytest.raises(ValidationException):
             grant(svc, key, grantee, "Encrypt", constraints={"SourceArn": bad})
+
+
+def test_a_context_with_keys_that_differ_only_in_case_meets_constraints_pair_by_pair(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """Constraint keys ignore case, so ``stage`` and ``STAGE`` are two pairs of one key. The
+    context was folded into one mapping, which kept whichever the caller listed last: an
+    EncryptionContextEquals ``{stage: A}`` accepted ``{STAGE: B, stage: A}`` (an extra pair)
+    and refused the same pairs in the other order (review)."""
+    grant(svc, key, grantee, "Encrypt", constraints={EQ: {"stage": "A"}})
+    for ctx, ok in (
+        ({"stage": "A"}, True),
+        ({"STAGE": "A"}, True),
+        ({"STAGE": "B", "stage": "A"}, False),
+        ({"stage": "A", "STAGE": "B"}, False),
+        ({"stage": "A", "Stage": "A"}, False),
+    ):
+        call = lambda c=ctx: svc.encrypt(  # noqa: E731
+            key_id=key, plaintext=b"x", encryption_context=c, principal=grantee
+        )
+        assert allowed(call) is ok, ctx
+    other = user(svc, "other")
+    grant(svc, key, other, "Encrypt", constraints={SUB: {"stage": "A", "team": "x"}})
+    for ctx, ok in (
+        ({"STAGE": "B", "stage": "A", "team": "x"}, True),  # both required pairs are there
+        ({"stage": "A", "STAGE": "B", "team": "x"}, True),
+        ({"stage": "B", "STAGE": "B", "team": "x"}, False),
+    ):
+        call = lambda c=ctx: svc.encrypt(  # noqa: E731
+            key_id=key, plaintext=b"x", encryption_context=c, principal=other
+        )
+        assert allowed(call) is ok, ctx

@@ -52,15 +52,21 @@ def context_satisfies(
 
     As AWS documents for GrantConstraints, the key of each pair is compared without regard to
     case and the value exactly (a policy's kms:EncryptionContext conditions are the way to
-    require a fully case-sensitive context)."""
-    ctx = {k.lower(): v for k, v in (_EMPTY if context is None else context).items()}
-    if equals is not None and ctx != {k.lower(): v for k, v in equals.items()}:
+    require a fully case-sensitive context). Pairs are compared as pairs, not folded into one
+    mapping: a context with two keys that differ only in case (``stage=A``, ``STAGE=B``) kept
+    whichever the caller listed last, so it met an EncryptionContextEquals ``{stage: A}``
+    with an extra pair, depending on the order (review)."""
+    ctx = _pairs(_EMPTY if context is None else context)
+    if equals is not None and sorted(ctx) != sorted(_pairs(equals)):
         return False
-    if subset is not None:
-        for k, v in subset.items():
-            if ctx.get(k.lower()) != v:
-                return False
+    if subset is not None and not set(_pairs(subset)) <= set(ctx):
+        return False
     return True
+
+
+def _pairs(context: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A context's pairs, each key lower-cased (the grant constraints' comparison)."""
+    return [(k.lower(), v) for k, v in context.items()]
 
 
 def grant_allows(
