@@ -23,6 +23,7 @@ from ._core import (
     _grant_tokens,
     _int_in,
     _Key,
+    _names_alias,
     key_material_id,
     valid_key_id,
     wrong_usage,
@@ -84,6 +85,17 @@ class CryptoOps(ServiceCore):
         _, mat = self._current(conn, call, key)
         return _specs.rsa_encrypt(mat.private(), key.algorithms().encryption, algorithm, plaintext)
 
+    def _alias_names(
+        self, conn: sqlite3.Connection, call: _Call, alias: str, key_id: str
+    ) -> bool:
+        """Whether `alias` names the key `key_id` (an alias that names no key: False; the
+        request is refused as before, once its key was authorized)."""
+        try:
+            named, _, _ = self._resolve_id(conn, alias, managed=False, account=call.account)
+        except KmsServiceError:
+            return False
+        return named == key_id
+
     def _decrypt_with(
         self,
         conn: sqlite3.Connection,
@@ -110,6 +122,15 @@ class CryptoOps(ServiceCore):
                 raise
             if not valid_key_id(parsed.key_id):  # damaged or forged: names no key at all
                 raise InvalidCiphertextException("the ciphertext is not a KMS ciphertext blob")
+            if (
+                key_ref is not None
+                and _names_alias(key_ref)
+                and self._alias_names(conn, call, key_ref, parsed.key_id)
+            ):
+                # kms:RequestAlias covers Decrypt and ReEncrypt's source as every other
+                # cryptographic operation (AWS's condition keys page): the key is the
+                # ciphertext's, named in the request by that alias (review)
+                call.values["kms:requestalias"] = key_ref.rsplit(":", 1)[-1]
             key = self._key(conn, call, parsed.key_id, CRYPTO, now, action=action, any_account=True)
             if key_ref is not None:
                 named, _, _ = self._resolve_id(conn, key_ref, managed=False, account=call.account)

@@ -378,3 +378,38 @@ def test_a_deny_on_an_encryption_context_value_sees_every_spelling_of_its_key(
         key_id=key, plaintext=b"x", encryption_context={"stage": "Test", "Stage": "Dev"},
         principal=caller,
     )
+
+
+def test_request_alias_covers_decrypt_and_reencrypt_from(svc: KeyService) -> None:
+    """kms:RequestAlias applies to every cryptographic operation whose KeyId is an alias
+    (AWS's condition keys page). Decrypt and ReEncrypt's source authorized the key the
+    ciphertext names without it: an Allow through the alias refused them, and a Deny on the
+    alias did not stop Decrypt (review)."""
+    key = _key(svc)
+    svc.create_alias(alias_name="alias/fin", target_key_id=key)
+    other = _key(svc)
+    svc.create_alias(alias_name="alias/other", target_key_id=other)
+    through = {"StringEquals": {"kms:RequestAlias": "alias/fin"}}
+    alice = user(svc, "alice")
+    actions = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*"]
+    attach(svc, alice, stmt(Action=actions, Condition=through))
+    blob = svc.encrypt(key_id="alias/fin", plaintext=b"x", principal=alice)["CiphertextBlob"]
+    arn = f"arn:aws:kms:us-east-1:{A}:alias/fin"
+    for ref in ("alias/fin", arn):
+        assert svc.decrypt(ciphertext_blob=blob, key_id=ref, principal=alice)["Plaintext"] == b"x"
+    svc.re_encrypt(
+        ciphertext_blob=blob, source_key_id="alias/fin", destination_key_id="alias/fin",
+        principal=alice,
+    )
+    with pytest.raises(AccessDeniedException):  # no alias named: the Allow does not hold
+        svc.decrypt(ciphertext_blob=blob, principal=alice)
+    with pytest.raises(AccessDeniedException):  # an alias of another key sets nothing
+        svc.decrypt(ciphertext_blob=blob, key_id="alias/other", principal=alice)
+    bob = user(svc, "bob")
+    attach(
+        svc, bob, stmt(Action=["kms:Encrypt", "kms:Decrypt"]),
+        stmt("Deny", Action=["kms:Encrypt", "kms:Decrypt"], Condition=through),
+    )
+    with pytest.raises(AccessDeniedException, match="explicit deny"):
+        svc.decrypt(ciphertext_blob=blob, key_id="alias/fin", principal=bob)
+    assert svc.decrypt(ciphertext_blob=blob, principal=bob)["Plaintext"] == b"x"
