@@ -147,14 +147,36 @@ def _compiled_query(args: argparse.Namespace) -> Any:
         raise ConfigurationError(
             f"--query: invalid JMESPath expression {expression!r}: {detail}"
         ) from None
-    try:  # an unknown function or a wrong argument count shows on any input: say so now
-        compiled.search({})
-    except (jmespath.exceptions.UnknownFunctionError, jmespath.exceptions.ArityError) as e:
-        raise ConfigurationError(f"--query {expression!r}: {e}") from None
-    except jmespath.exceptions.JMESPathError:  # a type error on {}: the real data may fit
-        pass
+    problem = _function_problem(jmespath, compiled.parsed)
+    if problem is not None:
+        raise ConfigurationError(f"--query {expression!r}: {problem}")
     args.query_compiled = compiled
     return compiled
+
+
+def _function_problem(jmespath: Any, node: Any) -> str | None:
+    """An unknown function or a wrong argument count anywhere in a parsed expression, said
+    before the command acts. Running the expression on ``{}`` missed those under a
+    projection, a pipe or a multi-select (never reached on empty input): the key was made,
+    then the usage error came (review). Argument types depend on the data: checked then."""
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "function_expression":
+        name, given = node.get("value"), len(node.get("children") or ())
+        entry = jmespath.functions.Functions().FUNCTION_TABLE.get(name)
+        if entry is None:
+            return f"Unknown function: {name}()"
+        signature = entry["signature"]
+        if signature and signature[-1].get("variadic"):
+            if given < len(signature):
+                return str(jmespath.exceptions.VariadictArityError(len(signature), given, name))
+        elif given != len(signature):
+            return str(jmespath.exceptions.ArityError(len(signature), given, name))
+    for child in node.get("children") or ():
+        problem = _function_problem(jmespath, child)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _isatty(stream: IO[str]) -> bool:
@@ -209,8 +231,14 @@ def emit(
     if query is not None:
         try:
             value = query.search(value)
-        except ValueError as e:  # jmespath's errors: a function given the wrong types
-            raise ConfigurationError(f"--query {args.query!r}: {e}") from None
+        except (ValueError, TypeError) as e:
+            # jmespath's errors on this data: a function given the wrong types (ValueError),
+            # a comparison of a number with a string (a TypeError it lets through: a
+            # traceback, exit 1; review)
+            raise ConfigurationError(
+                f"--query {args.query!r}: {e} (the command itself was carried out; only its "
+                "output could not be drawn)"
+            ) from None
     width = _terminal_width(out) if fmt == "table" else None
     out.write(format_data(value, fmt, title=title, terminal_width=width))
     out.flush()
