@@ -71,6 +71,7 @@ def test_access_key_lifecycle(home: Path, capsys: pytest.CaptureFixture[str]) ->
 
     code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
     assert code == 0
+    assert set(json.loads(out)) == {"AccessKeyMetadata"}  # no IsTruncated, as the AWS CLI
     listed = json.loads(out)["AccessKeyMetadata"]
     assert [k["AccessKeyId"] for k in listed] == [key["AccessKeyId"]]
     assert key["SecretAccessKey"] not in out

@@ -91,7 +91,9 @@ def _delete_policy(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _list_policies(args: argparse.Namespace, svc: KeyService) -> None:
-    emit(args, svc.list_principal_policies(arn=args.arn), "ListPrincipalPolicies")
+    resp = svc.list_principal_policies(arn=args.arn)
+    resp.pop("IsTruncated", None)  # never truncated (all in one answer); the AWS CLI drops it
+    emit(args, resp, "ListPrincipalPolicies")
 
 
 def _accounts(args: argparse.Namespace, svc: KeyService) -> None:
@@ -120,7 +122,9 @@ def _create_access_key(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _list_access_keys(args: argparse.Namespace, svc: KeyService) -> None:
-    emit(args, svc.list_access_keys(user_arn=args.user_arn), "ListAccessKeys")
+    resp = svc.list_access_keys(user_arn=args.user_arn)
+    resp.pop("IsTruncated", None)  # never truncated (all in one answer); the AWS CLI drops it
+    emit(args, resp, "ListAccessKeys")
 
 
 def _update_access_key(args: argparse.Namespace, svc: KeyService) -> None:

@@ -276,13 +276,11 @@ def _list(args: argparse.Namespace, svc: KeyService) -> int:
                 alarms += 1
         # --brief leaves the details out (they printed as null, and None columns in text)
         details = {} if args.brief else {f: meta.get(f) for f in _LIST_DETAILS}
-        rows.append(
-            {
-                **k,
-                **details,
-                "Aliases": None if aliases is None else aliases.get(k["KeyId"], []),
-            }
-        )
+        row = {**k, **details}
+        if aliases is not None:  # (unknown: left out. A None was a scalar, so text output
+            # gained a first column and every `cut -f` field moved; review)
+            row["Aliases"] = aliases.get(k["KeyId"], [])
+        rows.append(row)
     if hidden:
         _err(f"note: not allowed kms:DescribeKey on {hidden} of {len(keys)} keys: no details shown")
     emit(args, {"Keys": rows}, "ListKeys")

@@ -25,7 +25,7 @@ from ..service import KeyService, KmsServiceError
 from ..service.errors import StoreError
 from ._common import EXIT_KMS, EXIT_OK, parse_pairs
 from ._output import emit
-from .keys import _cmd, _run, add_store_arguments
+from .keys import _all_pages, _cmd, _run, add_store_arguments
 
 __all__ = ("add_document_arguments", "add_key_policy_commands", "read_document", "register")
 
@@ -80,7 +80,10 @@ def _put(args: argparse.Namespace, svc: KeyService) -> None:
 
 
 def _list(args: argparse.Namespace, svc: KeyService) -> None:
-    emit(args, svc.list_key_policies(key_id=args.key), "ListKeyPolicies")
+    # every page (a key has one policy): the pagination flag goes, as the AWS CLI drops it
+    # (it printed a bare False line in text output; review)
+    names = _all_pages(lambda m: svc.list_key_policies(key_id=args.key, marker=m), "PolicyNames")
+    emit(args, {"PolicyNames": names}, "ListKeyPolicies")
 
 
 def add_key_policy_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
