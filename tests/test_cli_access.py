@@ -126,7 +126,7 @@ def test_iam_identity_policies_round_trip_from_document_and_file(cli: Cli, tmp_p
     assert names == ["decrypt", "describe"]
     # no pagination flag (the AWS CLI drops it; it printed a bare "False" line; review)
     listed = ok(cli("iam", "list-policies", arn, "--output", "text")).out
-    assert listed == "POLICYNAMES\tdecrypt\tdescribe\n"
+    assert listed == "POLICYNAMES\tdecrypt\nPOLICYNAMES\tdescribe\n"  # as awscli's text.py
     got = ok(cli("iam", "get-policy", arn, "describe", "--json")).json()
     assert got["PolicyDocument"] == written and got["PolicyName"] == "describe"
     assert ok(cli("iam", "get-policy", arn, "decrypt", "--json")).json()["PolicyDocument"] == inline
