@@ -266,6 +266,16 @@ class DecryptingReader(io.RawIOBase):
         self._check_open()
         limit = -1 if size is None else whole_number(size, "size")
         out = bytearray()
+        start = self._pos
+        try:
+            return self._readline(out, limit)
+        except BaseException:
+            # as read() and readinto() leave it: a retry after a failed fetch (a transient
+            # S3 error) reads the whole line again, not its tail (review)
+            self._pos = start
+            raise
+
+    def _readline(self, out: bytearray, limit: int) -> bytes:
         while limit < 0 or len(out) < limit:
             buf, at = self._window
             off = self._pos - at

@@ -348,3 +348,30 @@ def test_a_closed_reader_says_so_on_every_path() -> None:
         for th in threads:
             th.join(10)
     assert errors == []
+
+
+def test_a_failed_readline_leaves_the_position_where_it_was() -> None:
+    """readline moved the position through each window it had read before a later fetch
+    failed (a transient S3 error): a retry returned the line's tail, where read() and
+    readinto() leave the position alone (review)."""
+    lines = b"".join(b"line %05d " % i + b"x" * 200 + b"\n" for i in range(100))
+    ct = bytes(sync.encrypt_bytes(lines, keyring=KR, options=OPTS))
+
+    class Flaky(CountingFile):
+        fail_at: int | None = None
+
+        def read_range(self, offset: int, length: int) -> bytes:
+            if self.fail_at is not None and offset <= self.fail_at < offset + length:
+                self.fail_at = None
+                raise OSError("transient network error")
+            return super().read_range(offset, length)
+
+    rf = Flaky(ct)
+    with open_decrypted(rf, keyring=KR) as f:
+        start = lines.rfind(b"\n", 0, S) + 1  # a line across segments 0 and 1
+        f.seek(start)
+        rf.fail_at = f.header.header_len + S + 16 + 1  # the fetch of segment 1 fails once
+        with pytest.raises(OSError, match="transient"):
+            f.readline()
+        assert f.tell() == start
+        assert f.readline() == lines[start : lines.index(b"\n", start) + 1]
