@@ -306,6 +306,35 @@ def test_lake_report_follows_the_same_rule(tmp_path: Path, key: Path) -> None:
     assert stat.S_ISCHR(os.lstat(node).st_mode)
 
 
+def test_lake_report_says_unfinished_while_its_run_has_not_finished(
+    tmp_path: Path, key: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed outright (SIGKILL, the OOM killer) writes no report at its end, and the
+    last run's `"ok": true` was left there, read as this one's (review): while the job
+    runs, the report says it has not finished."""
+    from envelope.cli.main import main
+    from envelope.lake import jobs
+
+    src = tmp_path / "lake"
+    src.mkdir()
+    (src / "a.csv").write_bytes(b"x,y\n1,2\n")
+    report = tmp_path / "report.json"
+    args = ["lake", "encrypt", str(src), str(tmp_path / "enc"), "--key-file", str(key),
+            "--report", str(report), "--no-progress"]  # fmt: skip
+    assert main(args) == 0 and json.loads(report.read_text())["ok"] is True
+    seen: list[dict[str, Any]] = []
+    real = jobs.run_job
+
+    async def watched(*a: Any, **kw: Any) -> Any:
+        seen.append(json.loads(report.read_text()))  # what a kill here would leave
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(jobs, "run_job", watched)
+    assert main(args) == 0
+    assert seen[0]["ok"] is False and "has not finished" in seen[0]["error"]
+    assert json.loads(report.read_text())["ok"] is True  # and the run's own, once done
+
+
 @pytest.fixture
 def big(tmp_path: Path, key: Path) -> tuple[Path, Path]:
     """A plaintext and its sealed object, large enough to signal a run in its middle."""

@@ -232,16 +232,26 @@ def cmd_lake(args: argparse.Namespace) -> int:
         raise
 
 
+def _regular_or_missing(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 def _replaceable(path: str) -> bool:
     """Whether a refused command may write its failure over `path`: nothing is there, or an
     earlier report is (before the keys are known, a file that is neither may be one of them,
     as a report over the root key would destroy it)."""
     import json
-    import stat
 
+    if not _regular_or_missing(path):
+        return False  # (a FIFO would block this read, a device is no report)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False  # (a FIFO would block this read, a device is no report)
         with open(path, "rb") as f:
             doc = json.loads(f.read(1 << 20))
     except FileNotFoundError:
@@ -293,6 +303,12 @@ def _lake(args: argparse.Namespace) -> int:
             if args.report:  # an output too: never over the keys (checked before the job)
                 KeptPaths([k for k in (keyring, to) if k is not None]).check(args.report)
                 report_checked = True
+                # first a report that says it is not finished: a run killed outright (SIGKILL,
+                # the OOM killer) writes nothing more, and the last run's `"ok": true` was
+                # left there, read as this one's (review). Not into a FIFO or a device, which
+                # would get two reports.
+                if _regular_or_missing(args.report):
+                    _failed_report(op, args, RuntimeError(UNFINISHED))
             if scheduler or args.workers:
                 from ..lake.distributed import run_distributed
 
@@ -345,6 +361,10 @@ def _lake(args: argparse.Namespace) -> int:
     return _exit_code(report)
 
 
+#: The error a --report holds while its run has not finished (or was killed outright).
+UNFINISHED = "the run writing this report has not finished: still running, or killed"
+
+
 def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
     """The --report of a job that did not run or finish: its error in place of counts (an
     older run's report left there read as this run's; review). Best effort: the job's own
@@ -352,6 +372,8 @@ def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
     from ..lake import jobs
 
     why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    if str(e) == UNFINISHED:
+        why = UNFINISHED
     try:
         jobs.JobReport(op, args.src, args.dst, error=why).write(args.report)  # type: ignore[arg-type]
     except (OSError, EnvelopeError):

@@ -534,19 +534,46 @@ def _guards(src: Location, options: LakeOptions) -> Callable[[str], SourceGuard 
     return lambda path: SourceGuard(path, follow_links=options.follow_symlinks)
 
 
-def _newer_or_same(dst: pafs.FileInfo, src: Entry, exact: bool) -> bool:
-    """Whether `dst` was written at or after `src`'s last change.
+#: How a job's outputs' times compare with their sources' (`_times`, `_newer_or_same`).
+Times = Literal["stamped", "exact", "seconds"]
 
-    With both on local disks (`exact`) the times have nanoseconds. Object stores keep whole
-    seconds (S3's LastModified), so a source changed in the same second as its output was
-    written may be newer or older: that output is not trusted (the object is done again), so
-    a source rewritten just after its output is never skipped. The cost is redoing an object
-    whose source and output share a second, once: the new output is a second later."""
+
+def _times(src: Location, dst: Location) -> Times:
+    """``stamped``: a local source written by the local writer, which stamps each output with
+    its source's change time (`SourceGuard`); ``exact``: both on local disks otherwise (a
+    sub-tree filesystem over one), outputs at their write times, to the nanosecond;
+    ``seconds``: an object store at either end."""
+    if src.is_local and dst.is_local:
+        return "stamped"
+    return "exact" if _local(src.fs, dst.fs) else "seconds"
+
+
+def _newer_or_same(dst: pafs.FileInfo, src: Entry, times: Times) -> bool:
+    """Whether `dst` was written from `src` as it is now.
+
+    ``stamped``: the output is current when its time is its source's stamp, exactly (the
+    change time the job read: the later of modification and status change): a source changed
+    since has another change time, whatever the clocks did. (Later-or-equal let a source
+    whose modification time lay in the future, as `tar x` or `rsync -a` from a host whose
+    clock runs ahead leave it, keep its first output after every edit, and a
+    `--follow-symlinks` link pointed back at an older file keep the newer file's output;
+    review.) A destination that keeps whole seconds holds the stamp cut to its second.
+
+    ``exact``: an output written at or after its source's change (nanoseconds).
+
+    ``seconds``: object stores keep whole seconds (S3's LastModified) and set them themselves,
+    so a source changed in the same second as its output was written may be newer or older:
+    that output is not trusted (the object is done again), so a source rewritten just after
+    its output is never skipped. The cost is redoing an object whose source and output share
+    a second, once: the new output is a second later."""
     if src.changed_ns is None or dst.mtime_ns is None:
         return True
-    if exact:
-        return bool(dst.mtime_ns >= src.changed_ns)
     second = 1_000_000_000
+    if times == "stamped":
+        stamp = src.changed_ns
+        return bool(dst.mtime_ns == stamp or dst.mtime_ns == stamp // second * second)
+    if times == "exact":
+        return bool(dst.mtime_ns >= src.changed_ns)
     return bool(dst.mtime_ns // second > src.changed_ns // second)
 
 
@@ -566,7 +593,7 @@ def _encrypted_done(
     fs: pafs.FileSystem,
     path: str,
     src: Entry,
-    exact: bool,
+    times: Times,
     object_context: Mapping[str, str],
     kms_context: Mapping[str, str],
 ) -> Header | None:
@@ -575,7 +602,7 @@ def _encrypted_done(
     path binding among them): a re-run with other --context or --kms-context pairs encrypts
     again. Whether it is under this run's key is the caller's check (it may cost a KMS call)."""
     dst = _info(fs, path)
-    if dst is None or not _newer_or_same(dst, src, exact):
+    if dst is None or not _newer_or_same(dst, src, times):
         return None
     try:
         header, size = _read_header(fs, path)
@@ -587,16 +614,34 @@ def _encrypted_done(
 
 
 def _decrypted_done(
-    src_fs: pafs.FileSystem, src_path: str, dst_fs: pafs.FileSystem, path: str, src: Entry
+    src_fs: pafs.FileSystem,
+    src_path: str,
+    dst_fs: pafs.FileSystem,
+    path: str,
+    src: Entry,
+    times: Times,
+    keyring: Keyring,
+    object_context: Mapping[str, str],
+    kms_context: Mapping[str, str] | None,
 ) -> bool:
+    """Whether the output is current (see `_newer_or_same`), of this object's plaintext
+    length, and the object one this run would have written: its contexts hold the pairs this
+    run asks for, and a backend of this run's keyring can try one of its wrapped keys (no KMS
+    call). Without the last two, an output an unchecked run left was "already done" for a
+    run with --expect-context, --kms-context or another key, which a fresh run refuses
+    (review)."""
     dst = _info(dst_fs, path)
-    if dst is None or not _newer_or_same(dst, src, _local(src_fs, dst_fs)):
+    if dst is None or not _newer_or_same(dst, src, times):
         return False
     try:
         header, size = _read_header(src_fs, src_path)
-        return bool(dst.size == objects.plaintext_length(header, size))
+        if dst.size != objects.plaintext_length(header, size):
+            return False
+        objects.check_contexts(header, object_context, kms_context)
     except (EnvelopeError, OSError):
         return False
+    backends = keyring.backends
+    return any(b.can_unwrap(w) for w in header.wrapped_keys for b in backends)
 
 
 # -- the runner ----------------------------------------------------------------------------
@@ -770,17 +815,17 @@ async def encrypt_prefix(
 
     def output_header(entry: Entry) -> Header | None:
         dst_path = dst.join(entry.rel)
-        if dst_real is not None:
-            check_local_output(dst_real, dst_path)
-        if kept is not None:
+        if kept is not None:  # (first: over a key file is the more telling refusal)
             kept.check(dst_path)
+        if dst_real is not None:
+            check_local_output(dst_real, dst_path, entry.rel)
         if not options.resume:
             return None
         return _encrypted_done(
             dst.fs,
             dst_path,
             entry,
-            _local(src.fs, dst.fs),
+            _times(src, dst),
             _object_context(entry, options, object_context),
             kms_context or {},
         )
@@ -956,11 +1001,14 @@ async def decrypt_prefix(
 
     def already_done(entry: Entry) -> bool:
         src_path, dst_path = src.join(entry.rel), dst.join(entry.rel)
-        if dst_real is not None:
-            check_local_output(dst_real, dst_path)
-        if kept is not None:
+        if kept is not None:  # (first: over a key file is the more telling refusal)
             kept.check(dst_path)
-        return options.resume and _decrypted_done(src.fs, src_path, dst.fs, dst_path, entry)
+        if dst_real is not None:
+            check_local_output(dst_real, dst_path, entry.rel)
+        return options.resume and _decrypted_done(
+            src.fs, src_path, dst.fs, dst_path, entry, _times(src, dst), keyring,
+            _expected(entry, options, object_context), kms_context,
+        )  # fmt: skip
 
     async def done(entry: Entry) -> bool:
         return await anyio.to_thread.run_sync(already_done, entry)

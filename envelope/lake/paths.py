@@ -75,17 +75,21 @@ def check_relative(rel: str) -> str:
     return rel
 
 
-def check_local_output(root_real: str, path: str) -> None:
-    """Refuse a local output `path` whose resolved location is not under `root_real` (the
-    destination's real path): a symbolic link already standing in the destination (as the
-    file itself or a folder on the way) would otherwise carry the write elsewhere, since the
-    output writer writes a link's target. And refuse one that is a FIFO, socket or device:
-    the resume check would open it to read a header (a FIFO with no writer blocks for ever),
-    before the writer's own refusal (`OutputFile`'s ``regular_only``) is reached."""
+def check_local_output(root_real: str, path: str, rel: str) -> None:
+    """Refuse a local output `path` (object `rel` under the destination, whose real path is
+    `root_real`) with a symbolic link standing at it or on the way to it (a folder), since
+    the output writer writes a link's target: one leading outside would carry the write
+    elsewhere, and one inside sends two objects to one file (``a.txt -> b.txt``: both
+    written there, one lost, both counted done; review). And refuse one that is a FIFO,
+    socket or device: the resume check would open it to read a header (a FIFO with no writer
+    blocks for ever), before the writer's own refusal (`OutputFile`'s ``regular_only``)."""
     real = os.path.realpath(path)
-    if not (real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)):
+    if real != os.path.join(root_real, *rel.split("/")):
+        inside = real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
         raise UnsafePathError(
-            f"{path!r} leads outside the destination through a symbolic link; not written"
+            f"{path!r} leads "
+            + ("to another path of the destination" if inside else "outside the destination")
+            + " through a symbolic link; not written (a job writes no object through a link)"
         )
     try:
         mode = os.stat(real).st_mode

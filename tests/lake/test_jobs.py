@@ -972,3 +972,75 @@ async def test_resume_redoes_a_source_copied_in_with_an_old_modification_time(
     shutil.copy2(update, src / "a.txt")
     third = await jobs.encrypt_prefix("src", str(enc), keyring=k1, source_fs=fs, options=opts())
     assert (third.done, third.skipped) == (1, 0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resume_redoes_a_source_whose_time_lay_in_the_future(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """A source unpacked with a modification time ahead of the clock (`tar x`, `rsync -a`
+    from a host whose clock runs ahead) stamped its output with that future time; an edit
+    today has an earlier change time, so the resume, comparing later-or-equal, kept the
+    first output for good (review). The output is current only at its source's stamp."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"balance=100")
+    tomorrow = time.time_ns() + 86400 * 10**9
+    os.utime(src / "a.txt", ns=(tomorrow, tomorrow))
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())).done == 1
+    again = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert (again.done, again.skipped) == (0, 1)  # unchanged: still done
+    (src / "a.txt").write_bytes(b"balance=999")  # same size, today
+    third = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=opts())
+    assert (third.done, third.skipped) == (1, 0)
+    assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())).ok
+    assert (back / "a.txt").read_bytes() == b"balance=999"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_resume_redoes_a_followed_link_pointed_back_at_an_older_file(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """With --follow-symlinks, a ``current`` link rolled back from v2 to v1 (same size) kept
+    v2's output: v1's change time is older than the output's (review)."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    (src / "versions").mkdir(parents=True)
+    (src / "versions" / "v1").write_bytes(b"config=v1")
+    (src / "versions" / "v2").write_bytes(b"config=v2")
+    (src / "current").symlink_to("versions/v2")
+    o = opts(follow_symlinks=True)
+    assert (await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)).ok
+    (src / "current").unlink()
+    (src / "current").symlink_to("versions/v1")
+    again = await jobs.encrypt_prefix(str(src), str(enc), keyring=k1, options=o)
+    assert again.done == 1 and again.skipped == 2
+    assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())).ok
+    assert (back / "current").read_bytes() == b"config=v1"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_decrypt_resume_checks_what_a_fresh_decrypt_checks(
+    anyio_backend: str, tmp_path: Path, k1: Keyring
+) -> None:
+    """Outputs an unchecked decrypt left were "already done" for a later run asking for
+    other contexts or with a key that opens nothing, which a fresh run refuses (review): the
+    resume checks the contexts asked for and that this run's keyring can try the object's
+    wrapped keys (no KMS call)."""
+    src, enc, back = tmp_path / "src", tmp_path / "enc", tmp_path / "back"
+    src.mkdir()
+    (src / "hr.csv").write_bytes(b"salaries")
+    assert (await jobs.encrypt_prefix(
+        str(src), str(enc), keyring=k1, object_context={"dataset": "hr"}, options=opts()
+    )).ok  # fmt: skip
+    assert (await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts())).ok
+    same = await jobs.decrypt_prefix(
+        str(enc), str(back), keyring=k1, object_context={"dataset": "hr"}, options=opts()
+    )
+    assert (same.done, same.skipped) == (0, 1)  # it meets the check: done
+    for kw in ({"object_context": {"dataset": "orders"}}, {"kms_context": {"tenant": "acme"}}):
+        r = await jobs.decrypt_prefix(str(enc), str(back), keyring=k1, options=opts(), **kw)
+        assert (r.skipped, [f.error_type for f in r.failures]) == (0, ["ContextMismatchError"])
+    other = MemoryKms()
+    stranger = Keyring(other, other.create_key())
+    r = await jobs.decrypt_prefix(str(enc), str(back), keyring=stranger, options=opts())
+    assert r.skipped == 0 and [f.error_type for f in r.failures] == ["NoBackendError"]

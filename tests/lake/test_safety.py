@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pytest
 
-from envelope import api
+from envelope import api, sync
 from envelope.errors import ConfigurationError
 from envelope.keycache import CachePolicy
 from envelope.keyring import Keyring
@@ -508,7 +508,9 @@ async def test_links_standing_in_the_destination_do_not_carry_writes_out(
     anyio_backend: str, tmp_path: Path, k1: Keyring
 ) -> None:
     """A link already in the destination (a file, or a folder on the way) would carry the
-    output writer, which writes a link's target, outside the destination."""
+    output writer, which writes a link's target, outside the destination; and one inside it
+    sent two objects to one file (``a.bin -> b.bin``: both written to b.bin, one lost, both
+    counted done; review): no object is written through a link."""
     victim_dir = tmp_path / "elsewhere"
     victim_dir.mkdir()
     victim = victim_dir / "victim.txt"
@@ -522,13 +524,24 @@ async def test_links_standing_in_the_destination_do_not_carry_writes_out(
     dst.mkdir()
     os.symlink(victim, dst / "x.bin")
     os.symlink(victim_dir, dst / "sub")
-    os.symlink("z-real.bin", dst / "z.bin")  # a link that stays inside: allowed
+    os.symlink("z-real.bin", dst / "z.bin")  # a link that stays inside
+    (src / "a.bin").write_bytes(b"a" * 100)
+    (src / "b.bin").write_bytes(b"b" * 100)
+    os.symlink("b.bin", dst / "a.bin")  # onto another object's output
+    (src / "in").mkdir()
+    (src / "in" / "b.bin").write_bytes(b"B" * 100)
+    os.symlink(".", dst / "in")  # a folder link inside: in/b.bin would be b.bin
     r = await jobs.encrypt_prefix(str(src), str(dst), keyring=k1, options=opts())
     assert {f.path: f.error_type for f in r.failures} == {
         "x.bin": "UnsafePathError",
         "sub/y.bin": "UnsafePathError",
+        "z.bin": "UnsafePathError",
+        "a.bin": "UnsafePathError",
+        "in/b.bin": "UnsafePathError",
     }
-    assert r.done == 1 and (dst / "z-real.bin").is_file()
+    assert r.done == 1 and not (dst / "z-real.bin").exists()
+    assert sync.decrypt_bytes((dst / "b.bin").read_bytes(), keyring=k1) == b"b" * 100
+    assert (dst / "a.bin").is_symlink() and (dst / "in").is_symlink()
     assert victim.read_bytes() == b"do not overwrite"
     assert sorted(p.name for p in victim_dir.iterdir()) == ["victim.txt"]
     # and decrypting into such a destination is refused the same way
