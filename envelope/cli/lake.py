@@ -308,7 +308,7 @@ def _lake(args: argparse.Namespace) -> int:
                 # left there, read as this one's (review). Not into a FIFO or a device, which
                 # would get two reports.
                 if _regular_or_missing(args.report):
-                    _failed_report(op, args, RuntimeError(UNFINISHED))
+                    _error_report(op, args, UNFINISHED)
             if scheduler or args.workers:
                 from ..lake.distributed import run_distributed
 
@@ -369,11 +369,14 @@ def _failed_report(op: str, args: argparse.Namespace, e: BaseException) -> None:
     """The --report of a job that did not run or finish: its error in place of counts (an
     older run's report left there read as this run's; review). Best effort: the job's own
     error is what the command reports."""
+    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+    _error_report(op, args, why)
+
+
+def _error_report(op: str, args: argparse.Namespace, why: str) -> None:
+    """Write the --report of a run that has no counts to give: `why` as its error."""
     from ..lake import jobs
 
-    why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-    if str(e) == UNFINISHED:
-        why = UNFINISHED
     try:
         jobs.JobReport(op, args.src, args.dst, error=why).write(args.report)  # type: ignore[arg-type]
     except (OSError, EnvelopeError):
