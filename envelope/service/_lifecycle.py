@@ -7,7 +7,7 @@ import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
 
-from . import _authz, _materials, _specs
+from . import _authz, _materials, _specs, _states
 from ._core import (
     DAY,
     MAX_ON_DEMAND_ROTATIONS,
@@ -365,8 +365,13 @@ class LifecycleOps(KeyStoreOps):
     def _rotation_key(
         self, conn: sqlite3.Connection, call: _Call, key_id: str, now: float, opname: str
     ) -> _Key:
-        """The key a rotation-changing operation acts on: customer managed and rotatable."""
-        key = self._customer_key(conn, call, key_id, ROTATION, now, opname)
+        """The key a rotation-changing operation acts on: customer managed and rotatable.
+
+        What the key is (its spec, origin, a replica) is checked before its state, as AWS's
+        key-state table answers: an imported key still pending import gets "origin is
+        EXTERNAL" (UnsupportedOperationException) from Enable/DisableKeyRotation, not
+        KMSInvalidStateException (review)."""
+        key = self._customer_key(conn, call, key_id, READ, now, opname)
         if key.spec != _specs.SYMMETRIC_DEFAULT:
             raise UnsupportedOperationException(f"{opname}: {key.spec} keys cannot be rotated")
         if key.meta["Origin"] != "AWS_KMS" and not (
@@ -377,6 +382,7 @@ class LifecycleOps(KeyStoreOps):
             raise wrong_origin(key)
         if key.meta.get("x_mr_type") == "REPLICA":
             raise UnsupportedOperationException(f"{opname}: rotate the primary key instead")
+        _states.check(key.state, ROTATION, key.arn)
         return key
 
     def _rotate_imported(self, conn: sqlite3.Connection, key: _Key, now: float) -> None:
@@ -454,7 +460,10 @@ class LifecycleOps(KeyStoreOps):
         def op(conn: sqlite3.Connection, call: _Call, now: float) -> Response:
             key = self._key(conn, call, key_id, READ, now)
             if key.spec != _specs.SYMMETRIC_DEFAULT:
-                raise UnsupportedOperationException(f"{key.spec} keys have no rotation status")
+                # asymmetric and HMAC keys: "The key rotation status of these KMS keys is
+                # always false" (AWS's GetKeyRotationStatus reference, and what AWS answers:
+                # Terraform reads it for every key); Enable/DisableKeyRotation refuse them
+                return {"KeyId": key.arn, "KeyRotationEnabled": False}
             src = key
             if key.meta.get("x_mr_type") == "REPLICA":
                 primary = self._load(conn, key.meta["x_primary_region"], key.id)

@@ -81,6 +81,25 @@ def test_external_multi_region_key_replicas_import_the_same_material(svc: KeySer
     )
 
 
+def test_rotation_of_a_key_pending_import_is_refused_for_its_origin(svc: KeyService) -> None:
+    """AWS's key-state table: Enable/DisableKeyRotation on a key pending import answer
+    UnsupportedOperationException ("origin is EXTERNAL"), as after its import; the state was
+    checked first (KMSInvalidStateException; review). Its status reads false."""
+    arn = svc.create_key(origin="EXTERNAL")["KeyMetadata"]["Arn"]
+    for change in (svc.enable_key_rotation, svc.disable_key_rotation):
+        with pytest.raises(KmsServiceError) as e:
+            change(key_id=arn)
+        assert e.value.code == "UnsupportedOperationException"
+        assert e.value.message == f"{arn} origin is EXTERNAL which is not valid for this operation."
+    assert svc.get_key_rotation_status(key_id=arn)["KeyRotationEnabled"] is False
+    # an AWS_KMS key's state still answers as before
+    kid = svc.create_key()["KeyMetadata"]["KeyId"]
+    svc.disable_key(key_id=kid)
+    assert code_of(lambda: svc.enable_key_rotation(key_id=kid)) == "DisabledException"
+    svc.schedule_key_deletion(key_id=kid, pending_window_in_days=7)
+    assert code_of(lambda: svc.enable_key_rotation(key_id=kid)) == "KMSInvalidStateException"
+
+
 def test_replica_imported_first_fixes_the_material_for_the_primary(svc: KeyService) -> None:
     kid = external_mrk(svc)
     svc.replicate_key(key_id=kid, replica_region=EU)

@@ -227,6 +227,14 @@ def test_rotation_bounds(svc: KeyService) -> None:
     assert code_of(lambda: svc.rotate_key_on_demand(key_id=hmac_key)) == (
         "UnsupportedOperationException"
     )
+    # their status is always false, as AWS answers it (it refused; Terraform reads it for
+    # every key it manages; review)
+    rsa = new_key(svc, key_spec="RSA_2048", key_usage="SIGN_VERIFY")
+    for k in (hmac_key, rsa):
+        assert svc.get_key_rotation_status(key_id=k) == {
+            "KeyId": svc.arn(k),
+            "KeyRotationEnabled": False,
+        }
 
 
 def test_on_demand_rotation_limit(svc: KeyService) -> None:
