@@ -25,14 +25,30 @@ from ._states import (
 from .errors import (
     AlreadyExistsException,
     InvalidAliasNameException,
+    LimitExceededException,
     NotFoundException,
     TagException,
     ValidationException,
 )
 
 
+#: AWS's quota "Aliases per KMS key" (the developer guide's resource quotas): 50.
+MAX_ALIASES_PER_KEY = 50
+
+
 class AliasTagOps(ServiceCore):
     """Aliases and tags."""
+
+    def _room_for_alias(self, conn: sqlite3.Connection, key_id: str) -> None:
+        """LimitExceededException when the key has its 50 aliases already (AWS's resource
+        quota, answered as its quotas page says: there was no limit; review)."""
+        (n,) = conn.execute(
+            "SELECT count(*) FROM aliases WHERE region=? AND key_id=?", (self.region, key_id)
+        ).fetchone()
+        if int(n) >= MAX_ALIASES_PER_KEY:
+            raise LimitExceededException(
+                f"a KMS key can have at most {MAX_ALIASES_PER_KEY} aliases; this one has {n}"
+            )
 
     # -- aliases --------------------------------------------------------------------------
 
@@ -112,6 +128,7 @@ class AliasTagOps(ServiceCore):
                 raise AlreadyExistsException(
                     f"An alias with the name {self._alias_arn(name, account)} already exists"
                 )
+            self._room_for_alias(conn, key.id)
             conn.execute(
                 "INSERT INTO aliases(region, account, name, key_id, created, updated) "
                 "VALUES (?,?,?,?,?,?)",
@@ -147,6 +164,8 @@ class AliasTagOps(ServiceCore):
                     f"the new target key must be of the same type ({key_type(old.spec)}) and "
                     f"have the same KeyUsage ({old.usage}) as the alias's current key"
                 )
+            if key.id != old_id:
+                self._room_for_alias(conn, key.id)
             conn.execute(
                 "UPDATE aliases SET key_id=?, updated=? WHERE region=? AND account=? AND name=?",
                 (key.id, now, self.region, self._account_of(call), name),

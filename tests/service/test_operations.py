@@ -294,6 +294,26 @@ def test_alias_lifecycle(svc: KeyService) -> None:
     )
 
 
+def test_a_key_holds_at_most_50_aliases(svc: KeyService) -> None:
+    """AWS's resource quota "Aliases per KMS key": 50, a 51st refused with
+    LimitExceededException by CreateAlias and by UpdateAlias onto that key (there was no
+    limit; review)."""
+    full, other = new_key(svc), new_key(svc)
+    for i in range(50):
+        svc.create_alias(alias_name=f"alias/a{i}", target_key_id=full)
+    assert code_of(
+        lambda: svc.create_alias(alias_name="alias/a50", target_key_id=full)
+    ) == "LimitExceededException"
+    svc.create_alias(alias_name="alias/b", target_key_id=other)
+    assert code_of(
+        lambda: svc.update_alias(alias_name="alias/b", target_key_id=full)
+    ) == "LimitExceededException"
+    svc.update_alias(alias_name="alias/a0", target_key_id=full)  # (to its own key: no change)
+    svc.delete_alias(alias_name="alias/a49")
+    svc.update_alias(alias_name="alias/b", target_key_id=full)
+    assert len(svc.list_aliases(key_id=full)["Aliases"]) == 50
+
+
 @pytest.mark.parametrize(
     ("old", "new", "allowed"),
     [
