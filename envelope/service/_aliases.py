@@ -31,7 +31,6 @@ from .errors import (
     ValidationException,
 )
 
-
 #: AWS's quota "Aliases per KMS key" (the developer guide's resource quotas): 50.
 MAX_ALIASES_PER_KEY = 50
 
