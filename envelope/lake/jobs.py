@@ -528,13 +528,13 @@ def _route(entry: Entry, src: Location, dst: Location, options: LakeOptions) -> 
 def _guards(src: Location, options: LakeOptions) -> Callable[[str], SourceGuard | None]:
     """A `SourceGuard` for each object of a local source, taken before it is read; None on
     an object store, whose objects are replaced whole (and whose times are whole seconds,
-    which `_newer_or_same` already distrusts)."""
+    which `_output_current` already distrusts)."""
     if not src.is_local:
         return lambda path: None
     return lambda path: SourceGuard(path, follow_links=options.follow_symlinks)
 
 
-#: How a job's outputs' times compare with their sources' (`_times`, `_newer_or_same`).
+#: How a job's outputs' times compare with their sources' (`_times`, `_output_current`).
 Times = Literal["stamped", "exact", "seconds"]
 
 
@@ -548,7 +548,7 @@ def _times(src: Location, dst: Location) -> Times:
     return "exact" if _local(src.fs, dst.fs) else "seconds"
 
 
-def _newer_or_same(dst: pafs.FileInfo, src: Entry, times: Times) -> bool:
+def _output_current(dst: pafs.FileInfo, src: Entry, times: Times) -> bool:
     """Whether `dst` was written from `src` as it is now.
 
     ``stamped``: the output is current when its time is its source's stamp, exactly (the
@@ -597,12 +597,12 @@ def _encrypted_done(
     object_context: Mapping[str, str],
     kms_context: Mapping[str, str],
 ) -> Header | None:
-    """The output's header if the output is current (see `_newer_or_same`), is this source's
+    """The output's header if the output is current (see `_output_current`), is this source's
     ciphertext by length, and its header holds exactly the contexts this run would write (the
     path binding among them): a re-run with other --context or --kms-context pairs encrypts
     again. Whether it is under this run's key is the caller's check (it may cost a KMS call)."""
     dst = _info(fs, path)
-    if dst is None or not _newer_or_same(dst, src, times):
+    if dst is None or not _output_current(dst, src, times):
         return None
     try:
         header, size = _read_header(fs, path)
@@ -624,14 +624,14 @@ def _decrypted_done(
     object_context: Mapping[str, str],
     kms_context: Mapping[str, str] | None,
 ) -> bool:
-    """Whether the output is current (see `_newer_or_same`), of this object's plaintext
+    """Whether the output is current (see `_output_current`), of this object's plaintext
     length, and the object one this run would have written: its contexts hold the pairs this
     run asks for, and a backend of this run's keyring can try one of its wrapped keys (no KMS
     call). Without the last two, an output an unchecked run left was "already done" for a
     run with --expect-context, --kms-context or another key, which a fresh run refuses
     (review)."""
     dst = _info(dst_fs, path)
-    if dst is None or not _newer_or_same(dst, src, times):
+    if dst is None or not _output_current(dst, src, times):
         return False
     try:
         header, size = _read_header(src_fs, src_path)
@@ -799,6 +799,7 @@ async def encrypt_prefix(
     engine = options.engine
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
+    times = _times(src, dst)  # (once per job: how each output's time is judged)
     kept = _kept(keyring, dst)
     target: list[tuple[str, str]] = []  # (provider, key id) this run's headers name
     learning = anyio.Lock()
@@ -825,7 +826,7 @@ async def encrypt_prefix(
             dst.fs,
             dst_path,
             entry,
-            _times(src, dst),
+            times,
             _object_context(entry, options, object_context),
             kms_context or {},
         )
@@ -996,6 +997,7 @@ async def decrypt_prefix(
     engine = options.engine
     large = options.large_engine  # one large object's share of the memory budget
     dst_real = _real_root(dst)
+    times = _times(src, dst)  # (once per job: how each output's time is judged)
 
     kept = _kept(keyring, dst)
 
@@ -1006,7 +1008,7 @@ async def decrypt_prefix(
         if dst_real is not None:
             check_local_output(dst_real, dst_path, entry.rel)
         return options.resume and _decrypted_done(
-            src.fs, src_path, dst.fs, dst_path, entry, _times(src, dst), keyring,
+            src.fs, src_path, dst.fs, dst_path, entry, times, keyring,
             _expected(entry, options, object_context), kms_context,
         )  # fmt: skip
 

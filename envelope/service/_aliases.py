@@ -9,6 +9,7 @@ from typing import Any
 from . import _authz
 from ._core import (
     _ALIAS_RE,
+    MAX_ALIASES_PER_KEY,
     RequestContext,
     Response,
     ServiceCore,
@@ -31,16 +32,14 @@ from .errors import (
     ValidationException,
 )
 
-#: AWS's quota "Aliases per KMS key" (the developer guide's resource quotas): 50.
-MAX_ALIASES_PER_KEY = 50
-
 
 class AliasTagOps(ServiceCore):
     """Aliases and tags."""
 
     def _room_for_alias(self, conn: sqlite3.Connection, key_id: str) -> None:
-        """LimitExceededException when the key has its 50 aliases already (AWS's resource
-        quota, answered as its quotas page says: there was no limit; review)."""
+        """LimitExceededException when the key holds its MAX_ALIASES_PER_KEY aliases already,
+        as AWS's quotas page says a request over a resource quota is answered (there was no
+        limit; review)."""
         (n,) = conn.execute(
             "SELECT count(*) FROM aliases WHERE region=? AND key_id=?", (self.region, key_id)
         ).fetchone()

@@ -74,6 +74,8 @@ DEFAULT_ACCOUNT = "000000000000"
 DAY = 86400.0
 MAX_PLAINTEXT = 4096
 MAX_TAGS = 50
+#: AWS's quota "Aliases per KMS key" (the developer guide's resource quotas).
+MAX_ALIASES_PER_KEY = 50
 MAX_ON_DEMAND_ROTATIONS = 25
 IMPORT_TOKEN_TTL = DAY
 #: At most this many calls share one commit (bounds a commit's latency and size).
