@@ -45,6 +45,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: The smallest data a throughput figure is measured over: below it a run lasts microseconds,
+#: so a ratio is timer resolution and start-up (`--size 1` printed ratios of 0.005 and 26).
+MIN_MEASURED = 1 << 20
+
+
+def _measured_size(text: str) -> int:
+    """A `--size` or `--file-size` for a throughput figure: a byte size of at least 1M."""
+    size = byte_size(text)
+    if size < MIN_MEASURED:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too small to time: at least 1M (the defaults give figures worth "
+            "comparing)"
+        )
+    return size
+
+
 def _int_list(text: str) -> list[int]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items or not all(x.isdigit() and int(x) > 0 for x in items):
@@ -112,13 +128,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ops = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
     p = ops.add_parser("machine", help="this machine's limits: AES-GCM, memory, file copies")
-    p.add_argument("--size", type=byte_size, default=256 << 20, help="data size (256M)")
+    p.add_argument("--size", type=_measured_size, default=256 << 20, help="data size (256M)")
     _common(p)
     p.set_defaults(handler=cmd_machine)
 
     p = ops.add_parser("encrypt", help="envelope's throughput as ratios to this machine's limits")
-    p.add_argument("--size", type=byte_size, default=256 << 20, help="in-memory data size (256M)")
-    p.add_argument("--file-size", type=byte_size, default=None, help="file size (default --size)")
+    p.add_argument(
+        "--size", type=_measured_size, default=256 << 20, help="in-memory data size (256M)"
+    )
+    p.add_argument(
+        "--file-size", type=_measured_size, default=None, help="file size (default --size)"
+    )
     p.add_argument(
         "--max-object", type=byte_size, default=4 << 20, help="largest small object (4M; up to 1G)"
     )
@@ -128,7 +148,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = ops.add_parser(
         "peers", help="envelope beside Tink, the AWS Encryption SDK, age, openssl, cp"
     )
-    p.add_argument("--size", type=byte_size, default=512 << 20, help="file size (512M)")
+    p.add_argument("--size", type=_measured_size, default=512 << 20, help="file size (512M)")
     p.add_argument(
         "--peers",
         metavar="NAME,...",

@@ -77,6 +77,27 @@ def test_bad_size_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "is not a size" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["machine", "--size", "512K"],
+        ["encrypt", "--size", "1"],
+        ["encrypt", "--file-size", "64K"],
+        ["peers", "--size", "1023K"],
+    ],
+)
+def test_a_size_too_small_to_time_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Below 1M a run lasts microseconds: `--size 1` printed ratios of 0.005 and 26 as
+    figures. Refused before anything is measured."""
+    with pytest.raises(SystemExit) as e:
+        main(["bench", *argv, "--json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "too small to time: at least 1M" in err
+
+
 def test_other_commands_do_not_import_bench() -> None:
     import subprocess
     import sys
