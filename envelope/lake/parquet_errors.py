@@ -23,9 +23,16 @@ def parquet_read_errors(path: str) -> Iterator[None]:
     decryption or signature failure (a page, the footer or a column's metadata changed, or
     not this key's) is `AuthenticationError`; a file pyarrow cannot parse is
     `InvalidObjectError`. Errors of the KMS and of this package pass as they are, and so do
-    other I/O errors (a file that is gone, a network failure)."""
+    other I/O errors (a file that is gone, a network failure). An object error of this
+    package's own (the verifying reader's: a segment that fails its tag, a header that is not
+    one) is raised again naming `path`: read from a loop over many files, "authentication
+    failed" alone did not say which (review)."""
     try:
         yield
+    except InvalidObjectError as e:
+        if path in str(e):
+            raise
+        raise _naming(e, path) from None
     except EnvelopeError:
         raise
     except (OSError, pa.ArrowException) as e:
@@ -42,6 +49,13 @@ def parquet_read_errors(path: str) -> Iterator[None]:
         ):
             raise InvalidObjectError(f"{path} is not a readable Parquet file: {text}") from None
         raise
+
+
+def _naming(error: InvalidObjectError, path: str) -> InvalidObjectError:
+    """`error` again, of the same type, with `path` before its message (every object error
+    takes its message as its one argument)."""
+    named = type(error)(f"{path}: {error}")
+    return named.with_traceback(error.__traceback__)
 
 
 #: What pyarrow says of an encrypted module that fails to open: a page, the footer or a

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -63,6 +63,29 @@ class EncryptedParquetFile(pq.ParquetFile):  # type: ignore[misc]
             self.arrow_file.close()
             reader.close()
             raise
+
+    # Reads name the file in this package's errors (`parquet_read_errors`): a segment that
+    # fails its tag is found by whichever read fetches it, after the open.
+
+    def read(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with parquet_read_errors(self.range_file.path):
+            return super().read(*args, **kwargs)
+
+    def read_row_group(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with parquet_read_errors(self.range_file.path):
+            return super().read_row_group(*args, **kwargs)
+
+    def read_row_groups(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with parquet_read_errors(self.range_file.path):
+            return super().read_row_groups(*args, **kwargs)
+
+    def scan_contents(self, *args: Any, **kwargs: Any) -> int:
+        with parquet_read_errors(self.range_file.path):
+            return int(super().scan_contents(*args, **kwargs))
+
+    def iter_batches(self, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        with parquet_read_errors(self.range_file.path):
+            yield from super().iter_batches(*args, **kwargs)
 
     def close(self, force: bool = False) -> None:
         super().close(force=True)
@@ -172,13 +195,14 @@ async def aopen_encrypted_parquet(
         keyring = owned = await anyio.to_thread.run_sync(keyring.for_purpose("decrypt").keyring)
     try:
         rf = await anyio.to_thread.run_sync(_open_range, uri_or_path, filesystem)
-        reader = await aopen_decrypted(
-            rf,
-            keyring=keyring,
-            expected_context=expected_context,
-            expected_kms_context=expected_kms_context,
-            options=options,
-        )
+        with parquet_read_errors(rf.path):  # (a header that is not one names the file)
+            reader = await aopen_decrypted(
+                rf,
+                keyring=keyring,
+                expected_context=expected_context,
+                expected_kms_context=expected_kms_context,
+                options=options,
+            )
     finally:
         if owned is not None:  # the data key is unwrapped: the keyring is done
             await owned.aclose()
