@@ -51,7 +51,7 @@ class KeyAgreementOps(ServiceCore):
                 raise wrong_usage(key, "DeriveSharedSecret")
             _, mat = self._current(conn, call, key)
             secret = _specs.derive_shared_secret(
-                mat.private(), key.algorithms().key_agreement, key_agreement_algorithm, peer
+                mat.private(), key.algorithms(), key_agreement_algorithm, peer
             )
             return {
                 "KeyId": key.arn,

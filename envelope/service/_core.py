@@ -91,6 +91,15 @@ _CMK_SPECS = frozenset(
         "HMAC_512", "SM2",
     }
 )  # fmt: skip
+
+
+def deprecated_spec(spec: str) -> dict[str, str]:
+    """The deprecated CustomerMasterKeySpec member beside KeySpec (DescribeKey, GetPublicKey):
+    left out for a spec its enum has no value for (ML-DSA, ML-KEM, Edwards keys), by both
+    (GetPublicKey answered ML_DSA_44 there while DescribeKey left it out; review)."""
+    return {"CustomerMasterKeySpec": spec} if spec in _CMK_SPECS else {}
+
+
 _ACTION_NAME = re.compile(r"[a-z0-9-]+:[A-Z][A-Za-z0-9]*")
 _ALIAS_RE = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: The services whose AWS managed key (``alias/aws/<service>``) is made on first use: the
@@ -1961,8 +1970,7 @@ class ServiceCore:
             "KeySpec": m["KeySpec"],
             "MultiRegion": m["MultiRegion"],
         }
-        if m["KeySpec"] in _CMK_SPECS:  # the deprecated member has no later spec (review)
-            out["CustomerMasterKeySpec"] = m["KeySpec"]
+        out.update(deprecated_spec(m["KeySpec"]))
         out.update(key.algorithm_members())
         for f in (
             "DeletionDate",

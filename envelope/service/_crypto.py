@@ -24,6 +24,7 @@ from ._core import (
     _int_in,
     _Key,
     _names_alias,
+    deprecated_spec,
     key_material_id,
     valid_key_id,
     wrong_usage,
@@ -77,13 +78,12 @@ class CryptoOps(ServiceCore):
         if key.usage != _specs.ENCRYPT_DECRYPT:
             raise wrong_usage(key, call.op)
         if key.spec == _specs.SYMMETRIC_DEFAULT:
-            if algorithm != _specs.SYMMETRIC_DEFAULT:
-                raise InvalidKeyUsageException(f"{key.arn} supports only SYMMETRIC_DEFAULT")
+            _specs.check_algorithm(algorithm, key.algorithms().encryption, key.spec)
             return self._symmetric_encrypt(conn, call, key, plaintext, ctx)
         if ctx:
             raise ValidationException("asymmetric keys do not take an EncryptionContext")
         _, mat = self._current(conn, call, key)
-        return _specs.rsa_encrypt(mat.private(), key.algorithms().encryption, algorithm, plaintext)
+        return _specs.rsa_encrypt(mat.private(), key.algorithms(), algorithm, plaintext)
 
     def _alias_names(
         self, conn: sqlite3.Connection, call: _Call, alias: str, key_id: str
@@ -114,11 +114,7 @@ class CryptoOps(ServiceCore):
             except InvalidCiphertextException:
                 if key_ref is not None:  # named an asymmetric key without its algorithm?
                     given = self._key(conn, call, key_ref, CRYPTO, now, action=action)
-                    if given.spec != _specs.SYMMETRIC_DEFAULT:
-                        raise InvalidKeyUsageException(
-                            f"{given.arn} ({given.spec}) does not decrypt with SYMMETRIC_DEFAULT: "
-                            "give the EncryptionAlgorithm the ciphertext was made with"
-                        ) from None
+                    _decrypts_with(given, algorithm, call.op)  # (AWS's words for the key)
                 raise
             if not valid_key_id(parsed.key_id):  # damaged or forged: names no key at all
                 raise InvalidCiphertextException("the ciphertext is not a KMS ciphertext blob")
@@ -154,12 +150,11 @@ class CryptoOps(ServiceCore):
         if key_ref is None:
             raise ValidationException("KeyId is required to decrypt with an asymmetric key")
         key = self._key(conn, call, key_ref, CRYPTO, now, action=action)
-        if key.usage != _specs.ENCRYPT_DECRYPT or key.spec not in _specs.RSA_SPECS:
-            raise InvalidKeyUsageException(f"{key.arn} cannot decrypt with {algorithm}")
+        _decrypts_with(key, algorithm, call.op)  # (an RSA encryption key past this)
         if ctx:
             raise ValidationException("asymmetric keys do not take an EncryptionContext")
         _, mat = self._current(conn, call, key)
-        return key, _specs.rsa_decrypt(mat.private(), key.algorithms().encryption, algorithm, blob)
+        return key, _specs.rsa_decrypt(mat.private(), key.algorithms(), algorithm, blob)
 
     def encrypt(
         self,
@@ -616,7 +611,7 @@ class CryptoOps(ServiceCore):
             key = self._signing_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
             sig = _specs.sign(
-                mat.private(), key.algorithms().signing, signing_algorithm, msg, message_type
+                mat.private(), key.algorithms(), signing_algorithm, msg, message_type
             )
             return {"KeyId": key.arn, "Signature": sig, "SigningAlgorithm": signing_algorithm}
 
@@ -651,7 +646,7 @@ class CryptoOps(ServiceCore):
             _, mat = self._current(conn, call, key)
             ok = _specs.verify(
                 mat.private().public_key(),
-                key.algorithms().signing,
+                key.algorithms(),
                 signing_algorithm,
                 msg,
                 message_type,
@@ -687,7 +682,7 @@ class CryptoOps(ServiceCore):
             out: Response = {
                 "KeyId": key.arn,
                 "PublicKey": _specs.public_der(mat.private()),
-                "CustomerMasterKeySpec": key.spec,
+                **deprecated_spec(key.spec),
                 "KeySpec": key.spec,
                 "KeyUsage": key.usage,
             }
@@ -720,7 +715,7 @@ class CryptoOps(ServiceCore):
                 call.values["kms:macalgorithm"] = mac_algorithm
             key = self._mac_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
-            tag = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
+            tag = _specs.mac(mat.raw, key.algorithms(), mac_algorithm, msg)
             return {"Mac": tag, "MacAlgorithm": mac_algorithm, "KeyId": key.arn}
 
         return self._run(
@@ -747,7 +742,7 @@ class CryptoOps(ServiceCore):
                 call.values["kms:macalgorithm"] = mac_algorithm
             key = self._mac_key(conn, call, key_id, now)
             _, mat = self._current(conn, call, key)
-            expected = _specs.mac(mat.raw, key.algorithms().mac, mac_algorithm, msg)
+            expected = _specs.mac(mat.raw, key.algorithms(), mac_algorithm, msg)
             if not hmac.compare_digest(expected, tag):
                 raise KMSInvalidMacException("the MAC is not valid")
             return {"KeyId": key.arn, "MacValid": True, "MacAlgorithm": mac_algorithm}
@@ -803,14 +798,8 @@ def _decrypts_with(key: _Key, algorithm: str, op: str) -> None:
     algorithm the key takes (InvalidKeyUsageException, as the real call answers)."""
     if key.usage != _specs.ENCRYPT_DECRYPT:
         raise wrong_usage(key, op)
-    if key.spec == _specs.SYMMETRIC_DEFAULT:
-        if algorithm != _specs.SYMMETRIC_DEFAULT:
-            raise InvalidKeyUsageException(f"{key.arn} supports only SYMMETRIC_DEFAULT")
-    elif algorithm not in key.algorithms().encryption:
-        raise InvalidKeyUsageException(
-            f"EncryptionAlgorithm {algorithm} is not supported by this key "
-            f"({', '.join(key.algorithms().encryption) or 'none'})"
-        )
+    algs = key.algorithms()
+    _specs.check_algorithm(algorithm, algs.encryption, algs.spec)
 
 
 def _named(key_ref: str | None, member: str) -> str:

@@ -64,7 +64,7 @@ class KemOps(ServiceCore):
             algorithm = _algorithm(encapsulation_algorithm)
             key, mat = self._kem_key(conn, call, key_id, now)
             secret, ciphertext = _specs.encapsulate(
-                mat.private().public_key(), key.algorithms().encapsulation, algorithm
+                mat.private().public_key(), key.algorithms(), algorithm
             )
             return {
                 "KeyId": key.arn,
@@ -99,7 +99,7 @@ class KemOps(ServiceCore):
             blob = _bytes(shared_secret_ciphertext_blob, "SharedSecretCiphertextBlob", 1, 6144)
             key, mat = self._kem_key(conn, call, key_id, now)
             secret = _specs.decapsulate(
-                mat.private(), key.spec, key.algorithms().encapsulation, algorithm, blob
+                mat.private(), key.algorithms(), algorithm, blob
             )
             return {"KeyId": key.arn, "SharedSecret": secret, "EncapsulationAlgorithm": algorithm}
 

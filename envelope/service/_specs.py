@@ -114,6 +114,9 @@ MAX_MESSAGE = 4096
 
 @dataclass(frozen=True)
 class Algorithms:
+    """What a key of `spec` (and its usage) takes, by operation family."""
+
+    spec: str
     encryption: tuple[str, ...] = ()
     signing: tuple[str, ...] = ()
     mac: tuple[str, ...] = ()
@@ -130,25 +133,25 @@ def validate_spec(spec: str, usage: str) -> Algorithms:
     if usage not in KEY_USAGES:
         raise ValidationException(f"KeyUsage must be one of {', '.join(KEY_USAGES)}")
     if spec == SYMMETRIC_DEFAULT and usage == ENCRYPT_DECRYPT:
-        return Algorithms(encryption=(SYMMETRIC_DEFAULT,))
+        return Algorithms(spec, encryption=(SYMMETRIC_DEFAULT,))
     if spec in RSA_SPECS and usage == ENCRYPT_DECRYPT:
-        return Algorithms(encryption=RSA_ENCRYPTION)
+        return Algorithms(spec, encryption=RSA_ENCRYPTION)
     if spec in RSA_SPECS and usage == SIGN_VERIFY:
-        return Algorithms(signing=_RSA_SIGNING)
+        return Algorithms(spec, signing=_RSA_SIGNING)
     if spec in ECC_CURVES and usage == SIGN_VERIFY:
-        return Algorithms(signing=_ECC_SIGNING[spec])
+        return Algorithms(spec, signing=_ECC_SIGNING[spec])
     if spec == EDWARDS25519 and usage == SIGN_VERIFY:
-        return Algorithms(signing=(ED25519_SHA_512, ED25519_PH_SHA_512))
+        return Algorithms(spec, signing=(ED25519_SHA_512, ED25519_PH_SHA_512))
     if spec in ML_DSA_SPECS and usage == SIGN_VERIFY:
         _pq_class(spec)  # refused here if this build has no ML-DSA
-        return Algorithms(signing=(ML_DSA_SHAKE_256,))
+        return Algorithms(spec, signing=(ML_DSA_SHAKE_256,))
     if spec in ML_KEM_SPECS and usage == ENCAPSULATE_DECAPSULATE:
         _pq_class(spec)
-        return Algorithms(encapsulation=(ML_KEM,))
+        return Algorithms(spec, encapsulation=(ML_KEM,))
     if spec in HMAC_SPECS and usage == GENERATE_VERIFY_MAC:
-        return Algorithms(mac=(MAC_ALGORITHMS[spec],))
+        return Algorithms(spec, mac=(MAC_ALGORITHMS[spec],))
     if spec in KEY_AGREEMENT_SPECS and usage == KEY_AGREEMENT:
-        return Algorithms(key_agreement=KEY_AGREEMENT_ALGORITHMS)
+        return Algorithms(spec, key_agreement=KEY_AGREEMENT_ALGORITHMS)
     raise ValidationException(f"KeyUsage {usage} is not compatible with KeySpec {spec}")
 
 
@@ -191,20 +194,19 @@ def _pq_class(spec: str) -> Any:
     return cls
 
 
-def encapsulate(public: Any, allowed: tuple[str, ...], algorithm: str) -> tuple[bytes, bytes]:
+def encapsulate(public: Any, algs: Algorithms, algorithm: str) -> tuple[bytes, bytes]:
     """(shared secret, its ciphertext) for ML-KEM public key `public` (FIPS 203 Encaps)."""
-    _check_alg(algorithm, allowed, "EncapsulationAlgorithm")
+    check_algorithm(algorithm, algs.encapsulation, algs.spec)
     secret, ciphertext = public.encapsulate()
     return bytes(secret), bytes(ciphertext)
 
 
-def decapsulate(
-    private: Any, spec: str, allowed: tuple[str, ...], algorithm: str, ciphertext: bytes
-) -> bytes:
+def decapsulate(private: Any, algs: Algorithms, algorithm: str, ciphertext: bytes) -> bytes:
     """The shared secret of `ciphertext` (FIPS 203 Decaps, with its implicit rejection: a
     ciphertext of the right length always gives 32 bytes, the right ones only if it is the
     one Encapsulate made). A wrong length is InvalidCiphertextException, as AWS answers."""
-    _check_alg(algorithm, allowed, "EncapsulationAlgorithm")
+    check_algorithm(algorithm, algs.encapsulation, algs.spec)
+    spec = algs.spec
     if len(ciphertext) != ML_KEM_CIPHERTEXT[spec]:
         raise InvalidCiphertextException(
             f"SharedSecretCiphertextBlob of a {spec} key is {ML_KEM_CIPHERTEXT[spec]} bytes"
@@ -298,28 +300,31 @@ def _message(
     raise ValidationException(f"MessageType {message_type} is not valid for {algorithm}")
 
 
-def _check_alg(algorithm: str, allowed: tuple[str, ...], what: str) -> None:
+def check_algorithm(algorithm: str, allowed: tuple[str, ...], spec: str) -> None:
+    """`algorithm` is one the key takes, else InvalidKeyUsageException in AWS's recorded words
+    (an Encrypt with an RSA key and the default algorithm: "Algorithm SYMMETRIC_DEFAULT is
+    incompatible with key spec RSA_4096.")."""
     if algorithm not in allowed:
         raise InvalidKeyUsageException(
-            f"{what} {algorithm} is not supported by this key ({', '.join(allowed) or 'none'})"
+            f"Algorithm {algorithm} is incompatible with key spec {spec}."
         )
 
 
 def _signing_input(
-    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+    algorithm: str, message: bytes, mtype: str, spec: str
 ) -> tuple[hashes.HashAlgorithm, bytes, hashes.HashAlgorithm | utils.Prehashed]:
-    """Check the algorithm and message: (hash, data to sign, hash or Prehashed for `data`)."""
-    _check_alg(algorithm, allowed, "SigningAlgorithm")
+    """Check the message: (hash, data to sign, hash or Prehashed for `data`)."""
+    if mtype not in ("RAW", "DIGEST"):  # EXTERNAL_MU is ML-DSA's
+        raise _message_type(mtype, spec)
     h = _hash_of(algorithm)
     data, prehashed = _message(message, mtype, h, algorithm)
     return h, data, utils.Prehashed(h) if prehashed else h
 
 
-def _ed25519_message(allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str) -> bytes:
+def _ed25519_message(algorithm: str, message: bytes, mtype: str) -> bytes:
     """What Ed25519 signs: for ED25519_SHA_512 a RAW message (pure Ed25519 hashes it itself);
     for ED25519_PH_SHA_512 a DIGEST of SHA-512's length, which Ed25519ph hashes again (AWS:
     "the input is hashed twice: once by you and once by KMS")."""
-    _check_alg(algorithm, allowed, "SigningAlgorithm")
     if algorithm == ED25519_PH_SHA_512:
         if mtype != "DIGEST":
             raise ValidationException(
@@ -375,36 +380,39 @@ def _ed25519ph_verify(public: ed25519.Ed25519PublicKey, data: bytes, signature: 
         return False
 
 
+def _message_type(mtype: str, spec: str) -> ValidationException:
+    """A MessageType the key's spec does not take, in AWS's recorded words."""
+    return ValidationException(f"Message type {mtype} is incompatible with key spec {spec}.")
+
+
 def _ml_dsa_message(
-    allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+    algorithm: str, message: bytes, mtype: str, spec: str
 ) -> tuple[bytes, bool]:
     """(message or mu, is mu): ML_DSA_SHAKE_256 signs a RAW message (pure ML-DSA, empty
     context) or a 64-byte EXTERNAL_MU (FIPS 204 section 6.2's representative); no DIGEST."""
-    _check_alg(algorithm, allowed, "SigningAlgorithm")
     if mtype == "EXTERNAL_MU":
         if len(message) != MU_LENGTH:
             raise ValidationException(f"An EXTERNAL_MU Message must be {MU_LENGTH} bytes")
         return message, True
     if mtype != "RAW":
-        raise ValidationException(
-            f"The {algorithm} signing algorithm takes MessageType RAW or EXTERNAL_MU, not {mtype}"
-        )
+        raise _message_type(mtype, spec)
     return _message(message, mtype, hashes.SHA512(), algorithm)[0], False
 
 
 def sign(
-    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, message: bytes, mtype: str
+    private: PrivateKeyTypes, algs: Algorithms, algorithm: str, message: bytes, mtype: str
 ) -> bytes:
+    check_algorithm(algorithm, algs.signing, algs.spec)
     if _ml_dsa_key(private):
-        data, mu = _ml_dsa_message(allowed, algorithm, message, mtype)
+        data, mu = _ml_dsa_message(algorithm, message, mtype, algs.spec)
         ml: Any = private
         return bytes(ml.sign_mu(data) if mu else ml.sign(data))
     if isinstance(private, ed25519.Ed25519PrivateKey):
-        data = _ed25519_message(allowed, algorithm, message, mtype)
+        data = _ed25519_message(algorithm, message, mtype)
         if algorithm == ED25519_PH_SHA_512:
             return _ed25519ph_sign(private, data)
         return private.sign(data)
-    h, data, alg = _signing_input(allowed, algorithm, message, mtype)
+    h, data, alg = _signing_input(algorithm, message, mtype, algs.spec)
     if isinstance(private, rsa.RSAPrivateKey):
         pad = _rsa_sign_padding(algorithm, h)
         return private.sign(data, pad, alg)
@@ -420,14 +428,15 @@ def _rsa_sign_padding(algorithm: str, h: hashes.HashAlgorithm) -> padding.Asymme
 
 def verify(
     public: PublicKeyTypes,
-    allowed: tuple[str, ...],
+    algs: Algorithms,
     algorithm: str,
     message: bytes,
     mtype: str,
     signature: bytes,
 ) -> bool:
+    check_algorithm(algorithm, algs.signing, algs.spec)
     if _ml_dsa_key(public):
-        data, mu = _ml_dsa_message(allowed, algorithm, message, mtype)
+        data, mu = _ml_dsa_message(algorithm, message, mtype, algs.spec)
         ml: Any = public
         try:
             (ml.verify_mu if mu else ml.verify)(signature, data)
@@ -435,7 +444,7 @@ def verify(
             return False
         return True
     if isinstance(public, ed25519.Ed25519PublicKey):
-        data = _ed25519_message(allowed, algorithm, message, mtype)
+        data = _ed25519_message(algorithm, message, mtype)
         if algorithm == ED25519_PH_SHA_512:
             return _ed25519ph_verify(public, data, signature)
         try:
@@ -443,7 +452,7 @@ def verify(
         except InvalidSignature:
             return False
         return True
-    h, data, alg = _signing_input(allowed, algorithm, message, mtype)
+    h, data, alg = _signing_input(algorithm, message, mtype, algs.spec)
     try:
         if isinstance(public, rsa.RSAPublicKey):
             public.verify(signature, data, _rsa_sign_padding(algorithm, h), alg)
@@ -465,9 +474,9 @@ def rsa_max_plaintext(private: rsa.RSAPrivateKey, algorithm: str) -> int:
 
 
 def rsa_encrypt(
-    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, plaintext: bytes
+    private: PrivateKeyTypes, algs: Algorithms, algorithm: str, plaintext: bytes
 ) -> bytes:
-    _check_alg(algorithm, allowed, "EncryptionAlgorithm")
+    check_algorithm(algorithm, algs.encryption, algs.spec)
     assert isinstance(private, rsa.RSAPrivateKey)
     limit = rsa_max_plaintext(private, algorithm)
     if not 1 <= len(plaintext) <= limit:
@@ -479,9 +488,9 @@ def rsa_encrypt(
 
 
 def rsa_decrypt(
-    private: PrivateKeyTypes, allowed: tuple[str, ...], algorithm: str, ciphertext: bytes
+    private: PrivateKeyTypes, algs: Algorithms, algorithm: str, ciphertext: bytes
 ) -> bytes:
-    _check_alg(algorithm, allowed, "EncryptionAlgorithm")
+    check_algorithm(algorithm, algs.encryption, algs.spec)
     assert isinstance(private, rsa.RSAPrivateKey)
     try:
         return private.decrypt(ciphertext, _oaep(algorithm))
@@ -489,12 +498,8 @@ def rsa_decrypt(
         raise InvalidCiphertextException("the ciphertext does not decrypt under this key") from None
 
 
-def mac(material: bytes, allowed: tuple[str, ...], algorithm: str, message: bytes) -> bytes:
-    if algorithm not in allowed:  # AWS's words; the key's spec is HMAC_<bits> of its algorithm
-        spec = "HMAC_" + allowed[0].rsplit("_", 1)[1] if allowed else "none"
-        raise InvalidKeyUsageException(
-            f"Algorithm {algorithm} is incompatible with key spec {spec}."
-        )
+def mac(material: bytes, algs: Algorithms, algorithm: str, message: bytes) -> bytes:
+    check_algorithm(algorithm, algs.mac, algs.spec)
     if not 1 <= len(message) <= MAX_MESSAGE:
         raise ValidationException(f"Message must be 1..{MAX_MESSAGE} bytes")
     return hmac.digest(material, message, algorithm.rsplit("_", 2)[1].lower() + _bits(algorithm))
@@ -523,7 +528,7 @@ def unwrap_import(private: rsa.RSAPrivateKey, algorithm: str, blob: bytes) -> by
 
 def derive_shared_secret(
     private: PrivateKeyTypes,
-    allowed: tuple[str, ...],
+    algs: Algorithms,
     algorithm: str,
     peer: ec.EllipticCurvePublicKey,
 ) -> bytes:
@@ -532,7 +537,7 @@ def derive_shared_secret(
 
     The NIST curves have cofactor 1, so this is the cofactor Diffie-Hellman primitive AWS names
     (SP 800-56A r3, 5.7.1.2)."""
-    _check_alg(algorithm, allowed, "KeyAgreementAlgorithm")
+    check_algorithm(algorithm, algs.key_agreement, algs.spec)
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     if peer.curve.name != private.curve.name:
         raise ValidationException(

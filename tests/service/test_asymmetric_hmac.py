@@ -539,7 +539,86 @@ def test_customer_master_key_spec_is_answered_only_with_a_value_it_has(svc: KeyS
         ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"),
     ):
         meta = svc.create_key(key_spec=spec, key_usage=usage)["KeyMetadata"]
+        public = (
+            svc.get_public_key(key_id=meta["KeyId"]) if spec != "SYMMETRIC_DEFAULT" else None
+        )
         if spec in enum:
             assert meta["CustomerMasterKeySpec"] == spec
-        else:
+            assert public is None or public["CustomerMasterKeySpec"] == spec
+        else:  # GetPublicKey as DescribeKey (it answered ML_DSA_44 there; review)
             assert "CustomerMasterKeySpec" not in meta and meta["KeySpec"] == spec
+            assert public is not None
+            assert "CustomerMasterKeySpec" not in public and public["KeySpec"] == spec
+
+
+def message_of(fn: Callable[[], Any]) -> tuple[str, str]:
+    with pytest.raises(KmsServiceError) as info:
+        fn()
+    return info.value.code, info.value.message
+
+
+def test_an_algorithm_the_key_spec_does_not_take_is_refused_in_aws_words(
+    svc: KeyService,
+) -> None:
+    """Real AWS, Encrypt with an RSA key and the default algorithm: "Algorithm
+    SYMMETRIC_DEFAULT is incompatible with key spec RSA_4096." The same words for every
+    operation's algorithm (they were four different sentences here; review), and for a
+    MessageType the spec does not take ("Message type DIGEST is incompatible with key spec
+    ML_DSA_44.")."""
+    rsa_enc = new_key(svc, key_spec="RSA_4096", key_usage="ENCRYPT_DECRYPT")
+    sym = new_key(svc)
+    ec_sign = new_key(svc, key_spec="ECC_NIST_P256", key_usage="SIGN_VERIFY")
+    ml_dsa = new_key(svc, key_spec="ML_DSA_44", key_usage="SIGN_VERIFY")
+    usage = "InvalidKeyUsageException"
+    blob = svc.encrypt(key_id=sym, plaintext=b"x")["CiphertextBlob"]
+    rsa_blob = svc.encrypt(
+        key_id=rsa_enc, plaintext=b"x", encryption_algorithm="RSAES_OAEP_SHA_256"
+    )["CiphertextBlob"]
+    for call, words in (
+        (
+            lambda: svc.encrypt(key_id=rsa_enc, plaintext=b"x"),
+            "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_4096.",
+        ),
+        (
+            lambda: svc.encrypt(
+                key_id=sym, plaintext=b"x", encryption_algorithm="RSAES_OAEP_SHA_256"
+            ),
+            "Algorithm RSAES_OAEP_SHA_256 is incompatible with key spec SYMMETRIC_DEFAULT.",
+        ),
+        (
+            lambda: svc.decrypt(ciphertext_blob=rsa_blob, key_id=rsa_enc),
+            "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_4096.",
+        ),
+        (
+            lambda: svc.decrypt(
+                ciphertext_blob=blob, key_id=sym, encryption_algorithm="RSAES_OAEP_SHA_1"
+            ),
+            "Algorithm RSAES_OAEP_SHA_1 is incompatible with key spec SYMMETRIC_DEFAULT.",
+        ),
+        (
+            lambda: svc.sign(key_id=ec_sign, message=b"x", signing_algorithm="ECDSA_SHA_384"),
+            "Algorithm ECDSA_SHA_384 is incompatible with key spec ECC_NIST_P256.",
+        ),
+        (
+            lambda: svc.verify(
+                key_id=ec_sign, message=b"x", signature=b"s", signing_algorithm="RSASSA_PSS_SHA_256"
+            ),
+            "Algorithm RSASSA_PSS_SHA_256 is incompatible with key spec ECC_NIST_P256.",
+        ),
+    ):
+        assert message_of(call) == (usage, words)
+    assert message_of(
+        lambda: svc.sign(
+            key_id=ml_dsa, message=b"m" * 64, message_type="DIGEST",
+            signing_algorithm="ML_DSA_SHAKE_256",
+        )
+    ) == ("ValidationException", "Message type DIGEST is incompatible with key spec ML_DSA_44.")
+    assert message_of(
+        lambda: svc.sign(
+            key_id=ec_sign, message=b"m" * 64, message_type="EXTERNAL_MU",
+            signing_algorithm="ECDSA_SHA_256",
+        )
+    ) == (
+        "ValidationException",
+        "Message type EXTERNAL_MU is incompatible with key spec ECC_NIST_P256.",
+    )
