@@ -157,3 +157,33 @@ def test_a_secret_that_cannot_be_written_leaves_no_key(
     assert b"was deleted again" in r.stderr
     code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
     assert code == 0 and json.loads(out)["AccessKeyMetadata"] == []
+
+
+def test_a_query_that_fails_on_a_secret_neither_prints_it_nor_keeps_its_key(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jmespath's type error quotes the value it was given: `--query
+    'abs(AccessKey.SecretAccessKey)'` printed the new secret on stderr, and the key stayed
+    active with its secret only in that error line (review). The error names types, not
+    values, and the key is deleted again, as for an output that cannot be written."""
+    import re
+
+    assert run(capsys, "iam", "create-user", "alice", "--output", "json")[0] == 0
+    code, out, err = run(
+        capsys, "iam", "create-access-key", ALICE, "--query", "abs(AccessKey.SecretAccessKey)"
+    )
+    assert code == 2 and out == ""
+    assert "a value of type string, where number is expected" in err
+    assert "was deleted again" in err
+    # no secret-shaped run of characters at all (a secret is 40 of [A-Za-z0-9+/])
+    assert not re.search(r"[A-Za-z0-9+/]{40}", err), err
+    code, out, _ = run(capsys, "iam", "list-access-keys", ALICE, "--output", "json")
+    assert code == 0 and json.loads(out)["AccessKeyMetadata"] == []
+    # a session's token: nothing to delete, but not printed either
+    assert run(capsys, "iam", "create-role", "r1", "--output", "json")[0] == 0
+    code, out, err = run(
+        capsys, "iam", "assume-role", f"arn:aws:iam::{ACCOUNT}:role/r1", "--session", "s1",
+        "--query", "abs(Credentials.SessionToken)",
+    )  # fmt: skip
+    assert code == 2 and out == "" and "was carried out" in err
+    assert not re.search(r"[A-Za-z0-9+/=_-]{40,}", err), err  # (a token is hundreds long)

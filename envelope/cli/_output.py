@@ -218,10 +218,34 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+#: What a `--query` that fails on the data says of the command (`emit`'s `failed_query`).
+CARRIED_OUT = "the command itself was carried out; only its output could not be drawn"
+
+
+def _query_problem(e: Exception) -> str:
+    """What went wrong in a query run on the data, without the data: jmespath's type error
+    quotes the value it was given, which may be the secret the command just made (a
+    `--query 'abs(AccessKey.SecretAccessKey)'` printed it on stderr; review)."""
+    problem = getattr(e, "function_name", None)
+    if problem is not None:  # jmespath.exceptions.JMESPathTypeError
+        expected = ", ".join(map(str, getattr(e, "expected_types", ()) or ()))
+        actual = getattr(e, "actual_type", "?")
+        return f"in function {problem}(), a value of type {actual}, where {expected} is expected"
+    if isinstance(e, TypeError):  # a comparison of a number with a string: types, not values
+        return str(e)
+    return f"the expression cannot be evaluated on this output ({type(e).__name__})"
+
+
 def emit(
-    args: argparse.Namespace, data: Any, title: str = "", *, stream: IO[str] | None = None
+    args: argparse.Namespace,
+    data: Any,
+    title: str = "",
+    *,
+    stream: IO[str] | None = None,
+    failed_query: str = CARRIED_OUT,
 ) -> None:
-    """Print `data` (JSON-shaped) as the command line asked: query, then format."""
+    """Print `data` (JSON-shaped) as the command line asked: query, then format.
+    `failed_query` says what became of the command if the query fails on `data`."""
     if stream is None:
         require_open(1, "this command prints its data there")
     out = stream if stream is not None else sys.stdout
@@ -236,8 +260,7 @@ def emit(
             # a comparison of a number with a string (a TypeError it lets through: a
             # traceback, exit 1; review)
             raise ConfigurationError(
-                f"--query {args.query!r}: {e} (the command itself was carried out; only its "
-                "output could not be drawn)"
+                f"--query {args.query!r}: {_query_problem(e)} ({failed_query})"
             ) from None
     width = _terminal_width(out) if fmt == "table" else None
     out.write(format_data(value, fmt, title=title, terminal_width=width))

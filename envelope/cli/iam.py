@@ -102,18 +102,21 @@ def _accounts(args: argparse.Namespace, svc: KeyService) -> None:
 
 def _create_access_key(args: argparse.Namespace, svc: KeyService) -> None:
     resp = svc.create_access_key(user_arn=args.user_arn)
+    key_id = resp["AccessKey"]["AccessKeyId"]
+    gone = (
+        f"the secret access key could not be written, so access key {key_id} was deleted "
+        "again; nothing was created"
+    )
     try:
-        emit(args, resp, "CreateAccessKey")
+        emit(args, resp, "CreateAccessKey", failed_query=gone)
         sys.stdout.flush()
-    except OSError as e:
+    except BaseException as e:
         # The secret is shown once: if it never reached the output (a full disk, a closed
-        # pipe), the key would stay active with a secret no one has. Deleted, and said so.
-        key_id = resp["AccessKey"]["AccessKeyId"]
+        # pipe, a --query that fails on it, an interrupt), the key would stay active with a
+        # secret no one has. Deleted, and said so.
         svc.delete_access_key(access_key_id=key_id, user_arn=args.user_arn)
-        e.strerror = (
-            f"{e.strerror or e}: the secret access key could not be written, so access key "
-            f"{key_id} was deleted again; nothing was created"
-        )
+        if isinstance(e, OSError):
+            e.strerror = f"{e.strerror or e}: {gone}"
         raise
     print(
         "envelope: the secret access key is shown only now; store it safely",
