@@ -42,6 +42,12 @@ def read_toml(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     raise ConfigurationError(problem)
 
 
+#: TOML's names for the Python types `tomllib` gives.
+_TOML_TYPES = {
+    str: "string", int: "integer", float: "float", bool: "boolean", list: "array", dict: "table",
+}
+
+
 def table_values(
     path: Path,
     table: str,
@@ -49,11 +55,11 @@ def table_values(
     keys: KeySpecs,
     *,
     paths: Collection[str] = (),
-    secrets: Collection[str] = (),
 ) -> Iterator[tuple[str, Any]]:
     """(attribute, value) for every key of `[table]`, checked against `keys`. Attributes in
-    `paths` are resolved against the file's folder (``~`` expanded); the values of those in
-    `secrets` are never shown in an error."""
+    `paths` are resolved against the file's folder (``~`` expanded). A value of the wrong type
+    is named by its type, never shown: any key may hold a secret put in the wrong place (a
+    passphrase as `root_key = [...]` was printed; review)."""
     for key, value in body.items():
         spec = keys.get(key)
         if spec is None:
@@ -63,8 +69,12 @@ def table_values(
         attr, kind = spec  # (a TOML boolean is an int to isinstance: refused unless asked for)
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            shown = "<secret>" if attr in secrets else repr(value)
-            raise ConfigurationError(f"{path}: [{table}] {key} has the wrong type: {shown}")
+            wanted = " or ".join(_TOML_TYPES.get(k, k.__name__) for k in kinds)
+            raise ConfigurationError(
+                f"{path}: [{table}] {key} has the wrong type: "
+                f"{_TOML_TYPES.get(type(value), 'a value')} where {wanted} is expected (the "
+                "value is not shown: it may be a secret)"
+            )
         if isinstance(value, str) and "\x00" in value:  # no path, host or name holds one
             raise ConfigurationError(f"{path}: [{table}] {key} holds a NUL character")
         if attr in paths:

@@ -16,7 +16,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .hazmat.format import WrappedKey
 
-__all__ = ("printable", "wrapped_key_name")
+__all__ = ("is_utf8", "printable", "wrapped_key_name")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8: a lone surrogate (the bytes of an environment variable
+    or argument that are not UTF-8) does not. A secret is checked with this before it is
+    encoded, and refused outside any ``except`` block: the UnicodeEncodeError of a failed
+    encode holds the whole string (a passphrase, a PIN) for whatever prints or walks it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def printable(text: str) -> str:

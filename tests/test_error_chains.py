@@ -85,3 +85,106 @@ def test_an_xks_request_body_that_is_not_json(body: bytes) -> None:
     with pytest.raises(XksProxyError, match="not valid JSON") as e:
         anyio.run(serve)
     assert chain(e.value) == [e.value] and not holds_secret(e.value)
+
+
+def anywhere(e: BaseException, secret: str) -> bool:
+    """`secret` in any exception of the chain: its message, its repr, any argument."""
+    return any(
+        secret in str(x) or secret in repr(x) or any(secret in repr(a) for a in x.args)
+        for x in chain(e)
+    )
+
+
+def test_a_key_file_with_a_byte_that_is_not_ascii(tmp_path: Path) -> None:
+    """The key file's decode error (kept as __context__ under `from None`) held every byte of
+    the file, the key among them (review)."""
+    from envelope.kms.filekey import FileKeyBackend
+
+    p = tmp_path / "k.key"
+    p.write_bytes(b"envelope-file-key-v1:" + SECRET + b"\n\xff")
+    with pytest.raises(EnvelopeError, match="not an envelope key file") as e:
+        FileKeyBackend(p)
+    assert chain(e.value) == [e.value] and not anywhere(e.value, SECRET.decode())
+
+
+CANARY = "CANARY-4d71-" + SECRET.decode()[:20]
+
+
+def test_secrets_that_are_not_utf8_are_refused_without_them() -> None:
+    """A passphrase, a PIN or an XKS secret from an environment of another encoding arrives
+    with a lone surrogate; encoding it raised a bare UnicodeEncodeError whose arguments held
+    the whole secret (review). Each is refused, typed, without it."""
+    from envelope.pkcs11.config import TokenConfig
+    from envelope.service.errors import RootKeyError
+    from envelope.service.rootkey import PassphraseRootKey
+    from envelope.xks.client import XksClient
+
+    with pytest.raises(RootKeyError, match="not UTF-8") as r:
+        PassphraseRootKey(CANARY + "\udcff")
+    with pytest.raises(EnvelopeError, match="not UTF-8") as t:
+        TokenConfig("/x.so", "token", CANARY + "\udcff")
+    for secret in (CANARY + "\udcff", "x" * 50 + "\udcff", "short"):
+        with pytest.raises(EnvelopeError, match="RawSecretAccessKey") as x:
+            XksClient("https://127.0.0.1:1", "/kms/xks/v1", "A" * 20, secret)
+        assert not anywhere(x.value, secret)
+    for e in (r.value, t.value):
+        assert not anywhere(e, CANARY)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        # a ";" (the path's separator) in the query, or one percent-encoded: the PIN became
+        # part of module-path, quoted by "no PKCS#11 module at ..." (review)
+        f"pkcs11:token=t?module-path=/x.so;pin-value={CANARY}",
+        f"pkcs11:token=t?module-path=/x.so%3Bpin-value={CANARY}",
+        # a "&" in the path: the PIN became the key's label, stored in the clear
+        f"pkcs11:token=t;object=rk&pin-value={CANARY}?module-path=/x.so",
+        f"pkcs11:token=t?module-path=/x.so#pin-value={CANARY}",
+    ],
+)
+def test_a_pin_carried_into_another_pkcs11_attribute_is_refused_unshown(uri: str) -> None:
+    from envelope.pkcs11.uri import parse_pkcs11_uri
+
+    with pytest.raises(EnvelopeError, match="pin-value' or 'pin-source") as e:
+        parse_pkcs11_uri(uri)
+    assert not anywhere(e.value, CANARY)
+
+
+def test_a_pin_given_as_the_pin_source_path_is_not_shown() -> None:
+    from envelope.pkcs11.config import pin_from_source
+
+    with pytest.raises(EnvelopeError, match="absolute path") as e:
+        pin_from_source(f"file:{CANARY}")
+    assert not anywhere(e.value, CANARY)
+
+
+def test_a_settings_value_of_the_wrong_type_is_named_by_its_type(tmp_path: Path) -> None:
+    """`root_key = ["<passphrase>"]` printed the passphrase in the type error (review)."""
+    from envelope.server.config import load_settings
+
+    p = tmp_path / "kms.toml"
+    p.write_text(f'[store]\nroot_key = ["{CANARY}"]\n')
+    with pytest.raises(EnvelopeError, match="root_key has the wrong type: array where string") as e:
+        load_settings(p)
+    assert not anywhere(e.value, CANARY)
+
+
+def test_a_key_reference_that_is_not_one_stays_out_of_the_audit_log(tmp_path: Path) -> None:
+    """A key file's contents passed as `--key` went into the hash-chained audit log, which
+    cannot be cleaned without breaking its seals (review). The record keeps its length."""
+    from envelope.service import KmsServiceError, open_service
+
+    svc = open_service(str(tmp_path / "kms"))
+    try:
+        with pytest.raises(KmsServiceError, match="Invalid keyId"):
+            svc.generate_data_key(key_id=SECRET.decode(), key_spec="AES_256")
+        kid = svc.create_key()["KeyMetadata"]["KeyId"]
+        svc.generate_data_key(key_id=kid, key_spec="AES_256")
+        records = svc.audit_tail(10)
+    finally:
+        svc.close()
+    text = repr(records)
+    assert SECRET.decode() not in text
+    assert "<not a key reference: 44 characters, not recorded>" in text
+    assert kid in text  # a key id as given is kept

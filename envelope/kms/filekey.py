@@ -105,9 +105,7 @@ class FileKeyBackend:
                 os.close(fd)
             if len(raw) > _MAX_KEY_FILE:
                 raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
-            text = raw.decode("ascii").strip(_WHITESPACE)
-        except UnicodeDecodeError:  # binary: not a key file (as text of another kind is not)
-            raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file") from None
+            text = raw.decode("ascii", errors="replace").strip(_WHITESPACE)
         except ConfigurationError:
             raise
         except (OSError, ValueError) as e:  # (ValueError: a NUL in the path)
@@ -115,7 +113,10 @@ class FileKeyBackend:
             raise ConfigurationError(
                 f"cannot read key file {os.fspath(path)!r}: {reason}"
             ) from None
-        if not text.startswith(_PREFIX):
+        # binary (a byte that is not ASCII, decoded as U+FFFD): not a key file, as text of
+        # another kind is not. Not a decode error caught and re-raised: its __context__ (kept
+        # under `from None`) held every byte of the file, the key among them (review).
+        if not text.startswith(_PREFIX) or "\ufffd" in text:
             raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
         encoded = text[len(_PREFIX) :]
         try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigurationError
+from ..printable import is_utf8
 
 __all__ = ("PIN_ENV", "TokenConfig", "pin_from_source")
 
@@ -39,10 +40,14 @@ class TokenConfig:
             raise ConfigurationError("a token needs the path of its PKCS#11 module")
         if not self.token_label:
             raise ConfigurationError("a token needs its label")
-        if len(self.token_label.encode("utf-8")) > 32:
-            raise ConfigurationError("a PKCS#11 token label is at most 32 bytes")
         if not self.pin:
             raise ConfigurationError(f"the token's user PIN is empty (set ${PIN_ENV})")
+        if not is_utf8(self.pin) or not is_utf8(self.token_label):
+            raise ConfigurationError(
+                "the token's label or user PIN is not UTF-8 text (bytes of another encoding)"
+            )
+        if len(self.token_label.encode("utf-8")) > 32:
+            raise ConfigurationError("a PKCS#11 token label is at most 32 bytes")
         if not isinstance(self.pool_size, int) or not 1 <= self.pool_size <= 1024:
             raise ConfigurationError("pool_size is a session count from 1 to 1024")
 
@@ -72,7 +77,8 @@ def pin_from_source(source: str | None = None) -> str:
         )
     path = Path(source[len("file:") :].removeprefix("//"))
     if not path.is_absolute():
-        raise ConfigurationError(f"pin-source file {str(path)!r} is not an absolute path")
+        # not quoted: a PIN written where the path goes would be shown (review)
+        raise ConfigurationError("pin-source is file: and an absolute path (file:/path/to/pin)")
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_PIN_FILE + 1)

@@ -85,10 +85,20 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
             key = "module" if name == "module-path" else name
             if key in attributes:
                 raise ConfigurationError(f"PKCS#11 URI names the {name!r} attribute twice")
-            try:
-                attributes[key] = unquote(raw, errors="strict")
-            except UnicodeDecodeError:
-                raise ConfigurationError(f"PKCS#11 URI attribute {name!r} is not UTF-8") from None
+            value = unquote(raw, errors="replace")
+            if "\ufffd" in value:  # (refused here, not from a decode error holding the value)
+                raise ConfigurationError(f"PKCS#11 URI attribute {name!r} is not UTF-8")
+            if "pin-value" in value or "pin-source" in value:
+                # a separator mistaken (";" in the query, "&" in the path, or one
+                # percent-encoded) carried a PIN into another attribute, whose messages quote
+                # it and whose label is stored: refused, naming where, never what (review)
+                raise ConfigurationError(
+                    f"PKCS#11 URI attribute {name!r} holds 'pin-value' or 'pin-source': path "
+                    "attributes are separated by ';' and query attributes by '&' (RFC 7512), "
+                    "and a PIN never goes in the URI (use pin-source=file:/path or "
+                    "$ENVELOPE_HSM_PIN)"
+                )
+            attributes[key] = value
     if attributes.get("type", "secret-key") != "secret-key":
         raise ConfigurationError("only secret keys are used here: type=secret-key or no type")
     module, token = attributes.get("module"), attributes.get("token")

@@ -574,6 +574,15 @@ def valid_key_id(text: str) -> bool:
     return _KEY_ID_RE.match(text) is not None
 
 
+def recorded_reference(ref: str) -> str:
+    """A key reference as the audit record keeps it: as given when it is shaped like one (a key
+    id, an ARN, an alias), else only its length. A key file's contents passed as `--key` went
+    into the hash-chained log, which cannot be cleaned without breaking its seals (review)."""
+    if valid_key_id(ref) or ref.startswith(("arn:", "alias/")):
+        return ref[:2048]
+    return f"<not a key reference: {len(ref)} characters, not recorded>"
+
+
 def wrong_usage(key: _Key, op: str) -> InvalidKeyUsageException:
     """A key used for an operation its KeyUsage does not allow, in AWS's words."""
     return InvalidKeyUsageException(
@@ -1335,7 +1344,7 @@ class ServiceCore:
         any account; a reference the caller typed reaches another account only as an ARN.
         """
         if call.key_id is None and isinstance(ref, str):
-            call.key_id = ref[:2048]  # what was asked for, until it resolves to an ARN
+            call.key_id = recorded_reference(ref)  # what was asked, until it is an ARN
         if call.op in KEY_ID_ONLY and _names_alias(ref):
             # AWS's answer, alias name or alias ARN alike (its body, as clients have recorded
             # it for CreateGrant and GetKeyPolicy): InvalidArnException, not NotFound

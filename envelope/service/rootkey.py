@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ..printable import is_utf8
 from .errors import RootKeyError
 
 if TYPE_CHECKING:
@@ -198,6 +199,11 @@ class PassphraseRootKey:
     def __init__(self, passphrase: str | bytes, *, n: int | None = None) -> None:
         if not passphrase:
             raise RootKeyError("an empty passphrase cannot be a root key")
+        if isinstance(passphrase, str) and not is_utf8(passphrase):
+            raise RootKeyError(
+                "the passphrase is not UTF-8 text (its environment variable holds bytes of "
+                "another encoding)"
+            )
         self._passphrase = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
         self._n = n
 

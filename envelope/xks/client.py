@@ -62,6 +62,7 @@ from .spec import (
     b64encode,
     cdiv,
     check_key_id,
+    check_secret_access_key,
     health_path,
     key_path,
     split_uri_path,
@@ -187,6 +188,10 @@ class XksClient:
             raise ConfigurationError(str(e)) from None
         if not access_key_id or not secret_access_key:
             raise ConfigurationError("an XKS client needs an access key id and a secret")
+        try:  # (a secret of other characters failed later, inside the signer, holding it)
+            check_secret_access_key(secret_access_key)
+        except SpecViolation as e:
+            raise ConfigurationError(str(e)) from None  # (its message never quotes the value)
         self.endpoint = f"https://{parts.netloc}"
         self.uri_path = uri_path
         self.access_key_id = access_key_id

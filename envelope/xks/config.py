@@ -453,7 +453,7 @@ def load_settings(path: str | os.PathLike[str] | None) -> XksSettings:
             raise ConfigurationError(
                 f"{p}: unknown table [{table}] (known: {', '.join(_TABLES)}, [[keystore]])"
             )
-        for attr, value in table_values(p, table, body, keys, paths=_PATHS, secrets=("pin",)):
+        for attr, value in table_values(p, table, body, keys, paths=_PATHS):
             if attr in ("pin", "pin_env", "pin_source"):
                 pin_sources[attr] = str(value)
             else:
