@@ -15,12 +15,16 @@ import re
 
 __all__ = ("guard_botocore_logs",)
 
-#: What marks a record as holding a secret: a ``Plaintext`` member, a session token, or a
-#: request's signature (the ``Authorization`` header, botocore's ``Signature:`` line): a
+#: What marks a record as holding a secret: a ``Plaintext`` member (``PrivateKeyPlaintext``
+#: too), DeriveSharedSecret's ``SharedSecret``, a secret access key (an XKS store's
+#: ``RawSecretAccessKey``, an IAM key's), a CloudHSM ``KeyStorePassword``, a session token, or
+#: a request's signature (the ``Authorization`` header, botocore's ``Signature:`` line): a
 #: signed request can be replayed within the clock-skew window, and a replayed Decrypt gave
 #: the data key back to anyone who could read the log (review)
 _SECRET_MARKS = re.compile(
-    r"Plaintext|security-token|SessionToken|Authorization|Signature", re.IGNORECASE
+    r"Plaintext|SharedSecret|SecretAccessKey|KeyStorePassword|security-token|SessionToken"
+    r"|Authorization|Signature",
+    re.IGNORECASE,
 )
 
 

@@ -713,6 +713,24 @@ def test_botocore_debug_logs_carry_no_session_token(
     assert "withheld by envelope" in caplog.text and "botocore.endpoint" in caplog.text
 
 
+def test_botocore_debug_records_of_other_key_material_are_withheld(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The filter is process-wide, so it also guards an application's own boto3 client: a
+    DeriveSharedSecret answer, an XKS store's credential and a CloudHSM password passed it
+    (review); a record without a secret still passes whole."""
+    from envelope._botocore_logs import guard_botocore_logs
+
+    guard_botocore_logs()
+    log = logging.getLogger("botocore.parsers")
+    with caplog.at_level(logging.DEBUG, logger="botocore.parsers"):
+        for member in ("SharedSecret", "RawSecretAccessKey", "KeyStorePassword"):
+            log.debug("Response body: %s", {member: "CANARY-" + member})
+        log.debug("Response body: %s", {"KeyId": "kept-as-is"})
+    assert "CANARY-" not in caplog.text
+    assert caplog.text.count("withheld by envelope") == 3 and "kept-as-is" in caplog.text
+
+
 # -- error mapping ------------------------------------------------------------------------------
 
 
