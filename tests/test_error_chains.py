@@ -188,3 +188,15 @@ def test_a_key_reference_that_is_not_one_stays_out_of_the_audit_log(tmp_path: Pa
     assert SECRET.decode() not in text
     assert "<not a key reference: 44 characters, not recorded>" in text
     assert kid in text  # a key id as given is kept
+
+
+def test_a_key_file_s_text_given_as_its_path_is_not_quoted(tmp_path: Path) -> None:
+    """`--key-file "$(cat k.key)"` quoted the key back on stderr (review); a real path is."""
+    from envelope.kms.filekey import FileKeyBackend
+
+    for text in (f"envelope-file-key-v1:{SECRET.decode()}\n", SECRET.decode()):
+        with pytest.raises(EnvelopeError, match="key's text: not shown") as e:
+            FileKeyBackend(text)
+        assert not anywhere(e.value, SECRET.decode()[:30])
+    with pytest.raises(EnvelopeError, match=str(tmp_path / "absent")):
+        FileKeyBackend(tmp_path / "absent")

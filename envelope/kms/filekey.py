@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import stat
 import threading
 import warnings
@@ -82,12 +83,29 @@ class InsecureKeyFileWarning(UserWarning):
 _MAX_KEY_FILE = 4096
 
 
+#: A key's text, the way it would be pasted where its path goes (a whole line, or the base64
+#: of 32 bytes alone)
+_KEY_TEXT = re.compile(r"(?:.*envelope-file-key-v1:.*|\s*[A-Za-z0-9+/]{43}=\s*)", re.DOTALL)
+
+
+def _shown_path(path: str | os.PathLike[str]) -> str:
+    """The key file's path for a message, unless it is a key's text: a key file's contents
+    passed where its path goes (`--key-file "$(cat k.key)"`) were quoted back on stderr, into
+    CI logs (review)."""
+    text = os.fspath(path)
+    if isinstance(text, str) and _KEY_TEXT.fullmatch(text):
+        return "<a key file path that is a key's text: not shown>"
+    return repr(text)
+
+
 class FileKeyBackend:
     """Wraps data keys under the one key read from a key file."""
 
     provider_id = "file"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        shown = _shown_path(path)
+        reason: str | None = None
         try:
             # non-blocking, and a regular file only, read up to a bound: a FIFO given as the
             # key file hung the command, and /dev/zero (or a huge file) read until memory ran
@@ -97,27 +115,26 @@ class FileKeyBackend:
                 st = os.fstat(fd)
                 if not stat.S_ISREG(st.st_mode):
                     raise ConfigurationError(
-                        f"{os.fspath(path)!r} is not a regular file: a key file is one"
+                        f"{shown} is not a regular file: a key file is one"
                     )
                 mode = st.st_mode
                 raw = os.read(fd, _MAX_KEY_FILE + 1)
             finally:
                 os.close(fd)
             if len(raw) > _MAX_KEY_FILE:
-                raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
+                raise ConfigurationError(f"{shown} is not an envelope key file")
             text = raw.decode("ascii", errors="replace").strip(_WHITESPACE)
         except ConfigurationError:
             raise
         except (OSError, ValueError) as e:  # (ValueError: a NUL in the path)
             reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-            raise ConfigurationError(
-                f"cannot read key file {os.fspath(path)!r}: {reason}"
-            ) from None
+        if reason is not None:  # raised outside: the OSError's filename is the path as given
+            raise ConfigurationError(f"cannot read key file {shown}: {reason}")
         # binary (a byte that is not ASCII, decoded as U+FFFD): not a key file, as text of
         # another kind is not. Not a decode error caught and re-raised: its __context__ (kept
         # under `from None`) held every byte of the file, the key among them (review).
         if not text.startswith(_PREFIX) or "\ufffd" in text:
-            raise ConfigurationError(f"{os.fspath(path)!r} is not an envelope key file")
+            raise ConfigurationError(f"{shown} is not an envelope key file")
         encoded = text[len(_PREFIX) :]
         try:
             key = base64.b64decode(encoded, validate=True)
@@ -127,7 +144,7 @@ class FileKeyBackend:
         # character decoded to the same key, so two texts named one key, and a strict reader
         # (Go's, Rust's) refused what this one took (spec review)
         if len(key) != 32 or base64.b64encode(key).decode("ascii") != encoded:
-            raise ConfigurationError(f"{os.fspath(path)!r} does not hold a 256-bit key")
+            raise ConfigurationError(f"{shown} does not hold a 256-bit key")
         self.key_id = _fingerprint(key)
         self._wrap_key = bytearray(_subkey(key, b"wrap"))
         self._closed = False
