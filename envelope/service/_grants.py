@@ -127,6 +127,10 @@ def _constraints(value: Any) -> dict[str, Any] | None:
         raise ValidationException(
             "Constraints takes EncryptionContextEquals, EncryptionContextSubset and SourceArn"
         )
+    if all(m in value for m in _CONTEXT_CONSTRAINTS):
+        # AWS's answer when both are given, even one empty (a real response, aws-sdk-java
+        # #328): one kind of encryption context constraint per grant (review)
+        raise ValidationException("More than one constraint supplied")
     out: dict[str, Any] = {}
     for member, ctx in value.items():
         if member == "SourceArn":
@@ -351,6 +355,8 @@ class GrantOps(ServiceCore):
             raise ValidationException(
                 f"Operations has {bad[0]!r}; valid operations: {', '.join(GRANT_OPERATIONS)}"
             )
+        if ops == ("CreateGrant",):  # AWS's words (a recorded response; review)
+            raise ValidationException("Grants must not contain only the CreateGrant operation.")
         return ops
 
     def _check_narrower(

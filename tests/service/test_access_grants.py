@@ -103,6 +103,23 @@ def test_a_constraint_holds_at_most_8_pairs_of_at_most_384_characters(
     assert len(svc.list_grants(key_id=key)["Grants"]) == before
 
 
+def test_one_kind_of_context_constraint_and_not_create_grant_alone(
+    svc: KeyService, key: str, grantee: str
+) -> None:
+    """AWS's recorded answers (review): both context constraints in one grant, even one of
+    them empty, is "More than one constraint supplied"; a grant of CreateGrant alone is
+    "Grants must not contain only the CreateGrant operation.". Neither makes a grant."""
+    for both in ({EQ: {"a": "b"}, SUB: {"c": "d"}}, {EQ: {}, SUB: {"c": "d"}}):
+        with pytest.raises(ValidationException) as e:
+            grant(svc, key, grantee, "Decrypt", constraints=both)
+        assert e.value.message == "More than one constraint supplied"
+    with pytest.raises(ValidationException) as e:
+        grant(svc, key, grantee, "CreateGrant")
+    assert e.value.message == "Grants must not contain only the CreateGrant operation."
+    assert svc.list_grants(key_id=key)["Grants"] == []
+    grant(svc, key, grantee, "CreateGrant", "Decrypt")  # with another operation: a grant
+
+
 @pytest.mark.parametrize(
     ("constraint", "context", "ok"),
     [
@@ -588,7 +605,7 @@ def test_a_grant_limited_to_a_source_arn_covers_no_direct_create_grant(
     cover a grant its holder creates directly either (diff review: bob gave himself an
     unrestricted Decrypt grant through it)."""
     bob = user(svc, "bob")
-    grant(svc, key, bob, "CreateGrant")
+    grant(svc, key, bob, "CreateGrant", "DescribeKey")  # (CreateGrant alone is refused)
     grant(
         svc, key, bob, "Decrypt", "CreateGrant",
         constraints={"SourceArn": "arn:aws:s3:us-east-1:000000000000:bucket-x"},
